@@ -1,0 +1,1 @@
+"""The compiler: IR, operators, passes and code generation."""

@@ -1,0 +1,354 @@
+"""A small, target-neutral loop-level kernel IR.
+
+A :class:`Kernel` is a list of statements over flat 1-D arrays. Statements are loops, local
+definitions (:class:`Let`), stores and guarded blocks; expressions are integer index arithmetic,
+scalar float values and 8-lane float vectors (:class:`VZero`, :class:`VLoad`,
+:class:`VBroadcast`, :class:`VSplat`, :class:`VFma`, :class:`VBin`). Every array is flat: a
+builder computes the element offset from literal shapes and strides, so printers need no notion
+of multi-dimensional layout. The Numba printer (``numba_printer.py``) turns a kernel into Python
+source; a CUDA printer can print the same trees.
+
+Expressions overload ``+ - * // %`` with constant folding, so builders write index arithmetic
+naturally (``(n * 4 + c) * 58 + h``) and the printed code stays readable. ``==`` is *not*
+overloaded (dataclass equality is kept); use :func:`cmp` for comparisons.
+
+Fused epilogues (bias add, ReLU, ...) are ordinary expression trees wrapped around the value of a
+store; see :class:`Epilogue`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+# --------------------------------------------------------------------------------------------
+# Expressions
+# --------------------------------------------------------------------------------------------
+
+
+class Expr:
+    """Base class of expressions; arithmetic operators build folded :class:`BinOp` nodes."""
+
+    def __add__(self, other: ExprLike) -> Expr:
+        return binop("+", self, other)
+
+    def __radd__(self, other: ExprLike) -> Expr:
+        return binop("+", other, self)
+
+    def __sub__(self, other: ExprLike) -> Expr:
+        return binop("-", self, other)
+
+    def __rsub__(self, other: ExprLike) -> Expr:
+        return binop("-", other, self)
+
+    def __mul__(self, other: ExprLike) -> Expr:
+        return binop("*", self, other)
+
+    def __rmul__(self, other: ExprLike) -> Expr:
+        return binop("*", other, self)
+
+    def __floordiv__(self, other: ExprLike) -> Expr:
+        return binop("//", self, other)
+
+    def __mod__(self, other: ExprLike) -> Expr:
+        return binop("%", self, other)
+
+    __hash__ = object.__hash__
+
+
+ExprLike = Union[Expr, int, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Const(Expr):
+    """A literal: ``int`` for indices, ``float`` for float32 scalars."""
+
+    value: int | float
+
+
+@dataclass(frozen=True, eq=False)
+class Var(Expr):
+    """A reference to a kernel parameter, a loop variable or a local."""
+
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class BinOp(Expr):
+    """Scalar binary operation.
+
+    ``op`` is one of ``+ - * // %`` (integers, with Python floor semantics, always applied to
+    non-negative values in generated kernels), ``+ - * max min`` on floats, or a comparison /
+    logic operator ``< <= > >= == != and or`` yielding a boolean.
+    """
+
+    op: str
+    a: Expr
+    b: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Load(Expr):
+    """Scalar element ``array[index]`` of a flat array."""
+
+    array: str
+    index: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Expr):
+    """``a if cond else b``. Lazy: only the chosen branch is evaluated (so ``a`` may be an
+    out-of-bounds load guarded by ``cond``)."""
+
+    cond: Expr
+    a: Expr
+    b: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VZero(Expr):
+    """An 8-lane vector of zeros."""
+
+
+@dataclass(frozen=True, eq=False)
+class VLoad(Expr):
+    """Unaligned 8-lane load ``array[index : index + 8]``."""
+
+    array: str
+    index: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VBroadcast(Expr):
+    """All 8 lanes set to the element ``array[index]``."""
+
+    array: str
+    index: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VSplat(Expr):
+    """All 8 lanes set to a scalar expression."""
+
+    value: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VFma(Expr):
+    """Fused ``a * b + c`` on vectors."""
+
+    a: Expr
+    b: Expr
+    c: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VBin(Expr):
+    """Lane-wise vector ``add``, ``mul`` or ``max``."""
+
+    op: Literal["add", "mul", "max"]
+    a: Expr
+    b: Expr
+
+
+def const(x: ExprLike) -> Expr:
+    """Wrap a Python number as :class:`Const` (expressions pass through)."""
+    if isinstance(x, Expr):
+        return x
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"not an expression: {x!r}")
+    return Const(x)
+
+
+def binop(op: str, a: ExprLike, b: ExprLike) -> Expr:
+    """Build ``a op b`` with constant folding and the identities that keep indices readable."""
+    a, b = const(a), const(b)
+    ca = a.value if isinstance(a, Const) else None
+    cb = b.value if isinstance(b, Const) else None
+    if ca is not None and cb is not None and op in _FOLD:
+        return Const(_FOLD[op](ca, cb))
+    if op == "+":
+        if ca == 0:
+            return b
+        if cb == 0:
+            return a
+    elif op == "-":
+        if cb == 0:
+            return a
+    elif op == "*":
+        if ca == 0 or cb == 0:
+            return Const(0)
+        if ca == 1:
+            return b
+        if cb == 1:
+            return a
+    elif op == "//":
+        if cb == 1:
+            return a
+        if ca == 0:
+            return Const(0)
+    elif op == "%":
+        if cb == 1 or ca == 0:
+            return Const(0)
+    return BinOp(op, a, b)
+
+
+_FOLD = {
+    "+": lambda x, y: x + y,
+    "-": lambda x, y: x - y,
+    "*": lambda x, y: x * y,
+    "//": lambda x, y: x // y,
+    "%": lambda x, y: x % y,
+}
+
+
+def cmp(op: str, a: ExprLike, b: ExprLike) -> Expr:
+    """Comparison or logic expression (``< <= > >= == != and or``)."""
+    return BinOp(op, const(a), const(b))
+
+
+# --------------------------------------------------------------------------------------------
+# Statements
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Let:
+    """Define or re-assign the local ``var`` (scalar or vector) to ``value``."""
+
+    var: str
+    value: Expr
+
+
+@dataclass(eq=False)
+class Store:
+    """Scalar store ``array[index] = value``."""
+
+    array: str
+    index: Expr
+    value: Expr
+
+
+@dataclass(eq=False)
+class VStore:
+    """Vector store ``array[index : index + 8] = value``."""
+
+    array: str
+    index: Expr
+    value: Expr
+
+
+@dataclass(eq=False)
+class Loop:
+    """``for var in range(start, start + extent)``.
+
+    ``kind`` is ``"serial"`` or ``"parallel"``; a kernel holds at most one parallel loop on any
+    path (builders flatten several parallel dimensions into one). ``extent`` may be an
+    expression of runtime integer parameters (e.g. the batch size).
+    """
+
+    var: str
+    extent: Expr
+    body: list[Stmt]
+    kind: Literal["serial", "parallel"] = "serial"
+    start: Expr = field(default_factory=lambda: Const(0))
+
+
+@dataclass(eq=False)
+class If:
+    """``if cond: body else: orelse``."""
+
+    cond: Expr
+    body: list[Stmt]
+    orelse: list[Stmt] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Comment:
+    """A comment line in the printed code (text must come from the compiler, not the user)."""
+
+    text: str
+
+
+Stmt = Union[Let, Store, VStore, Loop, If, Comment]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A kernel argument: a flat float32 array, or a runtime integer (e.g. batch size)."""
+
+    name: str
+    kind: Literal["array", "int"] = "array"
+
+
+@dataclass(eq=False)
+class Kernel:
+    """A kernel: a named function of ``params`` with a statement ``body``.
+
+    ``comment`` is printed as a header comment; it must already be sanitized
+    (see ``numba_printer.sanitize_comment``).
+    """
+
+    name: str
+    params: list[Param]
+    body: list[Stmt]
+    comment: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Epilogues
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Element-wise work fused into the store of a kernel: optional bias add, then activation.
+
+    ``apply_vec`` wraps an 8-lane accumulator; ``apply_scalar`` a scalar one. ``bias_array`` is
+    the flat array parameter holding one bias per output channel.
+    """
+
+    bias: bool = False
+    activation: Literal[None, "relu"] = None
+    bias_array: str = "bias"
+
+    def apply_vec(self, value: Expr, channel_offset: ExprLike, same_channel: bool = False) -> Expr:
+        """Epilogue of an 8-lane accumulator ``value``.
+
+        By default the lanes are the 8 channels ``channel_offset .. +8`` (channel-blocked
+        layouts); with ``same_channel`` all lanes belong to channel ``channel_offset`` (a row of
+        an NCHW output), so the bias is broadcast.
+        """
+        if self.bias:
+            load = VBroadcast if same_channel else VLoad
+            value = VBin("add", value, load(self.bias_array, const(channel_offset)))
+        if self.activation == "relu":
+            value = VBin("max", value, VZero())
+        elif self.activation is not None:
+            raise ValueError(f"unsupported activation {self.activation!r}")
+        return value
+
+    def apply_scalar(self, value: Expr, channel: ExprLike) -> Expr:
+        """Epilogue of one element of output channel ``channel``."""
+        if self.bias:
+            value = value + Load(self.bias_array, const(channel))
+        if self.activation == "relu":
+            value = BinOp("max", value, Const(0.0))
+        elif self.activation is not None:
+            raise ValueError(f"unsupported activation {self.activation!r}")
+        return value
+
+
+def walk(stmts: list[Stmt]):
+    """Yield ``(stmt, depth_of_enclosing_parallel_loops)`` for every statement, pre-order."""
+
+    def rec(body: list[Stmt], par: int):
+        for s in body:
+            yield s, par
+            if isinstance(s, Loop):
+                yield from rec(s.body, par + (s.kind == "parallel"))
+            elif isinstance(s, If):
+                yield from rec(s.body, par)
+                yield from rec(s.orelse, par)
+
+    yield from rec(stmts, 0)

@@ -1,0 +1,189 @@
+"""Print kernel IR as Python source for ``numba.njit``.
+
+The output of :func:`print_module` is a complete, importable module: a header, imports of
+``prange`` and the :mod:`vec8` intrinsics, and one ``@njit(..., cache=True)`` function per kernel.
+Shapes, strides and paddings are already literal constants in the IR, so they print as literals
+and LLVM folds all index arithmetic. Parallel loops print as ``prange`` (the printer refuses a
+parallel loop nested in another: Numba would serialize it anyway, and one flattened ``prange``
+is the rule). Scalar float constants print as ``np.float32(...)`` so float32 arithmetic is not
+promoted to float64.
+
+Identifiers in the generated code come only from the compiler (kernel and parameter names are
+checked to be plain identifiers); user text appears only in ``#`` comments after
+:func:`sanitize_comment`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+
+from .kernel_ir import (
+    BinOp,
+    Comment,
+    Const,
+    Expr,
+    If,
+    Kernel,
+    Let,
+    Load,
+    Loop,
+    Select,
+    Store,
+    Var,
+    VBin,
+    VBroadcast,
+    VFma,
+    VLoad,
+    VSplat,
+    VStore,
+    VZero,
+    walk,
+)
+
+__all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
+
+MAX_COMMENT = 200
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax")
+
+
+def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
+    """Make arbitrary text safe for one ``#`` comment line.
+
+    Every control character (newlines, carriage returns, tabs, form feeds, NUL ...), the Unicode
+    line/paragraph separators and other non-printable characters become a space; runs of spaces
+    collapse; the result is cut to ``max_len`` characters (with ``...``). The result never
+    contains a character that Python's tokenizer treats as a line break, so it cannot end the
+    comment and inject code.
+    """
+    text = str(text)
+    cleaned = "".join(ch if ch.isprintable() and ch not in "\u2028\u2029\x85" else " "
+                      for ch in text)
+    cleaned = re.sub(r"\s+", " ", cleaned).strip()
+    # Surrogates cannot be encoded in the UTF-8 source file.
+    cleaned = cleaned.encode("utf-8", "replace").decode("utf-8")
+    if len(cleaned) > max_len:
+        cleaned = cleaned[: max_len - 3] + "..."
+    return cleaned
+
+
+def _check_ident(name: str) -> str:
+    if not _IDENT.match(name) or keyword.iskeyword(name) or name in _VEC_FUNCS:
+        raise ValueError(f"invalid identifier in kernel IR: {name!r}")
+    return name
+
+
+_PREC = {"or": 1, "and": 2, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
+         "+": 6, "-": 6, "*": 7, "//": 7, "%": 7}
+
+
+def print_expr(e: Expr, prec: int = 0) -> str:
+    """Python source of an expression; ``prec`` is the binding strength of the context."""
+    if isinstance(e, Const):
+        if isinstance(e.value, float):
+            return f"np.float32({e.value!r})"
+        return str(e.value) if e.value >= 0 or prec == 0 else f"({e.value})"
+    if isinstance(e, Var):
+        return _check_ident(e.name)
+    if isinstance(e, BinOp):
+        if e.op in ("max", "min"):
+            return f"{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
+        p = _PREC[e.op]
+        # Left-associative: the right operand needs parentheses at equal precedence.
+        s = f"{print_expr(e.a, p)} {e.op} {print_expr(e.b, p + 1)}"
+        return f"({s})" if p < prec else s
+    if isinstance(e, Load):
+        return f"{_check_ident(e.array)}[{print_expr(e.index)}]"
+    if isinstance(e, Select):
+        s = f"{print_expr(e.a, 1)} if {print_expr(e.cond, 1)} else {print_expr(e.b, 1)}"
+        return f"({s})" if prec > 0 else s
+    if isinstance(e, VZero):
+        return "vzero()"
+    if isinstance(e, VLoad):
+        return f"vload({_check_ident(e.array)}, {print_expr(e.index)})"
+    if isinstance(e, VBroadcast):
+        return f"vbroadcast({_check_ident(e.array)}, {print_expr(e.index)})"
+    if isinstance(e, VSplat):
+        return f"vsplat({print_expr(e.value)})"
+    if isinstance(e, VFma):
+        return f"vfma({print_expr(e.a)}, {print_expr(e.b)}, {print_expr(e.c)})"
+    if isinstance(e, VBin):
+        if e.op not in ("add", "mul", "max"):
+            raise ValueError(f"unknown vector op {e.op!r}")
+        return f"v{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
+    raise TypeError(f"cannot print expression {e!r}")
+
+
+def _print_body(body, indent: int, out: list[str]) -> None:
+    pad = "    " * indent
+    if not body:
+        out.append(pad + "pass")
+    for s in body:
+        if isinstance(s, Let):
+            out.append(f"{pad}{_check_ident(s.var)} = {print_expr(s.value)}")
+        elif isinstance(s, Store):
+            out.append(f"{pad}{_check_ident(s.array)}[{print_expr(s.index)}] = "
+                       f"{print_expr(s.value)}")
+        elif isinstance(s, VStore):
+            out.append(f"{pad}vstore({_check_ident(s.array)}, {print_expr(s.index)}, "
+                       f"{print_expr(s.value)})")
+        elif isinstance(s, Loop):
+            rng = "prange" if s.kind == "parallel" else "range"
+            ext = print_expr(s.extent)
+            if isinstance(s.start, Const) and s.start.value == 0:
+                args = ext
+            else:
+                args = f"{print_expr(s.start)}, {print_expr(s.start + s.extent)}"
+            out.append(f"{pad}for {_check_ident(s.var)} in {rng}({args}):")
+            _print_body(s.body, indent + 1, out)
+        elif isinstance(s, If):
+            out.append(f"{pad}if {print_expr(s.cond)}:")
+            _print_body(s.body, indent + 1, out)
+            if s.orelse:
+                out.append(f"{pad}else:")
+                _print_body(s.orelse, indent + 1, out)
+        elif isinstance(s, Comment):
+            out.append(f"{pad}# {sanitize_comment(s.text)}")
+        else:
+            raise TypeError(f"cannot print statement {s!r}")
+
+
+def print_kernel(k: Kernel, *, parallel: bool = True, fastmath: bool = True) -> str:
+    """Source of one ``@njit`` function for kernel ``k`` (no imports)."""
+    for s, depth in walk(k.body):
+        if isinstance(s, Loop) and s.kind == "parallel" and depth > 0:
+            raise ValueError(f"kernel {k.name}: nested parallel loop {s.var!r}")
+    has_prange = any(isinstance(s, Loop) and s.kind == "parallel" for s, _ in walk(k.body))
+    par = parallel and has_prange
+    out: list[str] = []
+    if k.comment:
+        out.append(f"# {sanitize_comment(k.comment)}")
+    out.append(f"@njit(parallel={par}, fastmath={fastmath}, cache=True, nogil=True)")
+    params = ", ".join(_check_ident(p.name) for p in k.params)
+    out.append(f"def {_check_ident(k.name)}({params}):")
+    _print_body(k.body, 1, out)
+    return "\n".join(out) + "\n"
+
+
+def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = True,
+                 fastmath: bool = True) -> str:
+    """A complete module holding ``kernels``; ``header`` is a (sanitized) comment line."""
+    lines = ["# Generated by cnnc (cnnc.compiler.codegen). Do not edit: regenerated on demand."]
+    if header:
+        lines.append(f"# {sanitize_comment(header)}")
+    lines += [
+        "import numpy as np",
+        "from numba import njit, prange",
+        "",
+        "from cnnc.compiler.codegen.vec8 import (",
+        "    vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore, vzero,",
+        ")",
+        "",
+        "_UNUSED = (np, prange, vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore, vzero)",
+        "",
+    ]
+    for k in kernels:
+        lines.append("")
+        lines.append(print_kernel(k, parallel=parallel, fastmath=fastmath))
+    return "\n".join(lines)

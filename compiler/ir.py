@@ -1,0 +1,244 @@
+"""The IR: a graph of tensor operations over networkx.
+
+A `Node` holds its op name, ordered inputs (the source of truth: a DiGraph cannot hold two edges
+between the same pair of nodes), attributes, inferred type, a human-readable layer name and the
+DSL span it came from. Parameters (weights, biases, batch-norm statistics) are nodes of op
+"param", so folding, autodiff and accounting treat them uniformly. Types exclude the batch
+dimension, which is chosen at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import networkx as nx
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of DSL (or other) source: 1-based line and column, end exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Per-sample shape (no batch dimension), element type and memory layout."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    layout: str = "NCHW"
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def with_shape(self, *shape: int) -> TensorType:
+        return replace(self, shape=tuple(int(d) for d in shape))
+
+    def __str__(self) -> str:
+        return "x".join(str(d) for d in self.shape)
+
+
+@dataclass
+class Node:
+    id: int
+    op: str
+    inputs: list[int]
+    attrs: dict[str, Any]
+    type: TensorType
+    name: str = ""
+    span: Span | None = None
+
+    def __repr__(self) -> str:
+        return f"Node(%{self.id} {self.op} {self.name!r} {self.type})"
+
+
+class IRError(Exception):
+    """An inconsistency in the graph itself (a bug in a pass, not in the user's program)."""
+
+
+@dataclass
+class Graph:
+    """A network: nodes in creation order, named inputs and outputs.
+
+    Passes use these methods and never touch `nx` directly.
+    """
+
+    name: str = "network"
+    _g: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
+    _next_id: int = 0
+    inputs: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)
+
+    # -- construction -------------------------------------------------------------------------
+    def add(
+        self,
+        op: str,
+        inputs: Iterable[int] = (),
+        attrs: dict[str, Any] | None = None,
+        type: TensorType | None = None,
+        name: str = "",
+        span: Span | None = None,
+    ) -> Node:
+        """Add a node; its type is inferred from the op's shape rule unless given."""
+        inputs = list(inputs)
+        for i in inputs:
+            if i not in self._g:
+                raise IRError(f"input %{i} of new {op} node is not in the graph")
+        attrs = dict(attrs or {})
+        if type is None:
+            type = self.infer(op, inputs, attrs)
+        node = Node(self._next_id, op, inputs, attrs, type, name, span)
+        self._next_id += 1
+        self._g.add_node(node.id, node=node)
+        for i in inputs:
+            self._g.add_edge(i, node.id)
+        return node
+
+    def infer(self, op: str, inputs: list[int], attrs: dict[str, Any]) -> TensorType:
+        from .ops import get_op
+
+        return get_op(op).infer([self.node(i).type for i in inputs], attrs)
+
+    # -- queries ------------------------------------------------------------------------------
+    def node(self, node_id: int) -> Node:
+        try:
+            return self._g.nodes[node_id]["node"]
+        except KeyError:
+            raise IRError(f"no node %{node_id}") from None
+
+    def __contains__(self, node_id: int) -> bool:
+        return node_id in self._g
+
+    def __len__(self) -> int:
+        return self._g.number_of_nodes()
+
+    def nodes(self) -> Iterator[Node]:
+        """All nodes in id order (which is a topological order for built graphs)."""
+        for nid in sorted(self._g.nodes):
+            yield self.node(nid)
+
+    def topo_order(self) -> list[Node]:
+        """Nodes in a deterministic topological order (smallest id first among ready nodes)."""
+        return [self.node(n) for n in nx.lexicographical_topological_sort(self._g)]
+
+    def users(self, node_id: int) -> list[Node]:
+        return [self.node(u) for u in sorted(self._g.successors(node_id))]
+
+    def params(self) -> list[Node]:
+        return [n for n in self.nodes() if n.op == "param"]
+
+    def param_by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in self.params()}
+
+    def compute_nodes(self) -> list[Node]:
+        """Nodes that compute something: not inputs, not parameters."""
+        return [n for n in self.topo_order() if n.op not in ("input", "param")]
+
+    # -- mutation -----------------------------------------------------------------------------
+    def set_inputs(self, node_id: int, inputs: list[int]) -> None:
+        node = self.node(node_id)
+        for i in set(node.inputs):
+            self._g.remove_edge(i, node_id)
+        node.inputs = list(inputs)
+        for i in inputs:
+            self._g.add_edge(i, node_id)
+
+    def replace_all_uses(self, old: int, new: int) -> None:
+        for user in self.users(old):
+            self.set_inputs(user.id, [new if i == old else i for i in user.inputs])
+        for table in (self.outputs,):
+            for k, v in table.items():
+                if v == old:
+                    table[k] = new
+
+    def erase(self, node_id: int) -> None:
+        if list(self._g.successors(node_id)):
+            raise IRError(f"cannot erase %{node_id}: it still has users")
+        if node_id in self.outputs.values():
+            raise IRError(f"cannot erase %{node_id}: it is a graph output")
+        self._g.remove_node(node_id)
+
+    def remove_dead(self) -> bool:
+        """Erase nodes no output depends on; returns whether anything changed."""
+        live: set[int] = set()
+        for o in self.outputs.values():
+            live.add(o)
+            live |= nx.ancestors(self._g, o)
+        live |= set(self.inputs.values())
+        dead = [n for n in self._g.nodes if n not in live]
+        self._g.remove_nodes_from(dead)
+        return bool(dead)
+
+    # -- checks and printing ------------------------------------------------------------------
+    def verify(self) -> None:
+        """Re-infer every type and check edges against the ordered inputs."""
+        from .ops import get_op
+
+        if not nx.is_directed_acyclic_graph(self._g):
+            raise IRError("graph has a cycle")
+        for node in self.nodes():
+            preds = set(self._g.predecessors(node.id))
+            if preds != set(node.inputs):
+                raise IRError(f"{node!r}: edges {sorted(preds)} disagree with inputs {node.inputs}")
+            if node.op in ("input", "param"):
+                continue
+            inferred = get_op(node.op).infer([self.node(i).type for i in node.inputs], node.attrs)
+            if inferred.shape != node.type.shape or inferred.dtype != node.type.dtype:
+                raise IRError(f"{node!r}: stored type {node.type}, re-inferred {inferred}")
+        for name, o in {**self.inputs, **self.outputs}.items():
+            if o not in self._g:
+                raise IRError(f"{name!r} refers to missing node %{o}")
+
+    def dump(self) -> str:
+        """A readable listing: one line per node."""
+        lines = [f"graph {self.name}"]
+        for node in self.topo_order():
+            args = ", ".join(f"%{i}" for i in node.inputs)
+            attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in node.attrs.items() if k != "value")
+            where = f"  # {node.span}" if node.span else ""
+            tag = ""
+            for kind, table in (("input", self.inputs), ("output", self.outputs)):
+                for k, v in table.items():
+                    if v == node.id:
+                        tag += f" [{kind} {k}]"
+            lines.append(
+                f"  %{node.id} = {node.op}({args}{', ' if args and attrs else ''}{attrs})"
+                f" : {node.type}  {node.name}{tag}{where}"
+            )
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "(" + ",".join(_fmt(x) for x in v) + ")"
+    return repr(v) if isinstance(v, str) else str(v)

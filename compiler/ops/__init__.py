@@ -1,0 +1,239 @@
+"""The operator registry: everything about one op lives in one `OpDef`, defined in one file.
+
+An op family file (conv.py, pool.py, ...) defines, next to each other, for each op:
+- `signature`: the attribute schema, in DSL positional order, with defaults;
+- `canonicalize`: DSL-level attribute values -> canonical attributes (e.g. `pad=same` -> four
+  explicit sides), given the input types;
+- `params`: the parameter tensors the op owns (name, shape, initializer, trainable);
+- `infer`: the shape rule, raising `ShapeError` with an exact message;
+- `reference`: obviously-correct float64 NumPy semantics;
+- `macs`: multiply-accumulate count per sample (FLOPs are 2 x MACs for convolutions and dense).
+
+The registry test fails when an op lacks one of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..ir import TensorType
+
+
+class ShapeError(Exception):
+    """A shape rule rejected its inputs; the message says what was given and what is valid."""
+
+
+class AttrError(Exception):
+    """An attribute value is invalid; `attr` names the offending attribute."""
+
+    def __init__(self, message: str, attr: str | None = None):
+        super().__init__(message)
+        self.attr = attr
+
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute of an op: its name, the kind of value it takes, and its default."""
+
+    name: str
+    kind: str  # int | float | bool | ints | pads | choice | tensor | shape | any
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter tensor owned by an op instance: `<layer>.<suffix>`."""
+
+    suffix: str
+    shape: tuple[int, ...]
+    init: str  # he | glorot | zeros | ones | uniform_fan_in | literal
+    trainable: bool = True
+    value: np.ndarray | None = None  # literal (fixed) weights
+    fan_in: int = 0
+    fan_out: int = 0
+
+
+Arrays = Sequence[np.ndarray]
+
+
+@dataclass
+class OpDef:
+    name: str
+    family: str
+    signature: tuple[Attr, ...]
+    infer: Callable[[list[TensorType], dict[str, Any]], TensorType]
+    reference: Callable[[Arrays, dict[str, Any]], np.ndarray]
+    macs: Callable[[list[TensorType], TensorType, dict[str, Any]], int]
+    canonicalize: Callable[[dict[str, Any], list[TensorType]], dict[str, Any]] | None = None
+    params: Callable[[dict[str, Any], list[TensorType]], list[ParamSpec]] | None = None
+    # How many tensor inputs the op takes from the program (params excluded): an int,
+    # or None for "one or more" (concat, add).
+    arity: int | None = 1
+    doc: str = ""
+    aliases: tuple[str, ...] = ()
+    # Whether the op's output counts as new activations ("neurons") in the accounting, as the
+    # seeds' tables count them: convolution, pooling and dense outputs do; activation
+    # functions, normalization applied in place, and reshapes do not.
+    new_activations: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def attr(self, name: str) -> Attr | None:
+        for a in self.signature:
+            if a.name == name:
+                return a
+        return None
+
+    def param_specs(self, attrs: dict[str, Any], in_types: list[TensorType]) -> list[ParamSpec]:
+        return self.params(attrs, in_types) if self.params else []
+
+
+_REGISTRY: dict[str, OpDef] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in _REGISTRY:
+        raise ValueError(f"op {op.name!r} registered twice")
+    _REGISTRY[op.name] = op
+    for alias in op.aliases:
+        _ALIASES[alias] = op.name
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    _load_families()
+    name = _ALIASES.get(name, name)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown op {name!r}") from None
+
+
+def all_ops() -> dict[str, OpDef]:
+    _load_families()
+    return dict(_REGISTRY)
+
+
+def all_names() -> list[str]:
+    """Op names and aliases, as the DSL accepts them."""
+    _load_families()
+    return sorted(set(_REGISTRY) | set(_ALIASES))
+
+
+_LOADED = False
+
+
+def _load_families() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from . import activation, conv, dense, norm, pool, resize, tensor  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the op families: attribute coercion with exact messages.
+# ---------------------------------------------------------------------------------------------
+
+
+def as_int(value: Any, attr: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise AttrError(f"{attr} must be an integer, got {_show(value)}", attr)
+    if minimum is not None and value < minimum:
+        raise AttrError(f"{attr} must be at least {minimum}, got {value}", attr)
+    return int(value)
+
+
+def as_float(value: Any, attr: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise AttrError(f"{attr} must be a number, got {_show(value)}", attr)
+    return float(value)
+
+
+def as_bool(value: Any, attr: str) -> bool:
+    if not isinstance(value, bool):
+        raise AttrError(f"{attr} must be true or false, got {_show(value)}", attr)
+    return value
+
+
+def as_pair(value: Any, attr: str, minimum: int | None = 1) -> tuple[int, int]:
+    """An int or a pair of ints (height, width)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise AttrError(f"{attr} takes one integer or two (height, width), got {len(value)}",
+                            attr)
+        return (as_int(value[0], attr, minimum), as_int(value[1], attr, minimum))
+    v = as_int(value, attr, minimum)
+    return (v, v)
+
+
+def as_choice(value: Any, attr: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise AttrError(f"{attr} must be one of {', '.join(choices)}; got {_show(value)}", attr)
+    return value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    if isinstance(value, TensorType):
+        return f"a tensor {value}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def spatial_out(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                dilation: int = 1, ceil_mode: bool = False) -> int:
+    """Output size of a window op: floor((H + p - d(k-1) - 1) / s) + 1, p the total padding.
+
+    With ceil mode the division rounds up, but, as in PyTorch and ONNX Runtime, a last window
+    that would start in the trailing padding is dropped.
+    """
+    span = dilation * (kernel - 1) + 1
+    numer = size + pad_begin + pad_end - span
+    if not ceil_mode:
+        return numer // stride + 1
+    out = -(-numer // stride) + 1
+    if (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out
+
+
+def require_rank(t: TensorType, rank: int, op: str, what: str = "input") -> None:
+    if t.rank != rank:
+        names = {3: "channels x height x width", 1: "features"}
+        raise ShapeError(
+            f"{op} needs a {names.get(rank, f'rank-{rank}')} {what}, got {t}"
+        )
+
+
+def out_channels_from(attrs: dict[str, Any]) -> int:
+    return attrs["out_channels"]
+
+
+def one_input(fn: Callable[[np.ndarray, dict[str, Any]], np.ndarray]):
+    """Adapt a reference over one array to the registry's list-of-inputs calling convention."""
+
+    def ref(inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:
+        return fn(inputs[0], attrs)
+
+    ref.__doc__ = fn.__doc__
+    return ref
+
+
+def no_macs(in_types: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> int:
+    return 0
+
+
+def same_shape(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    return in_types[0]

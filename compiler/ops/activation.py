@@ -1,0 +1,103 @@
+"""Elementwise activations and the channel softmax.
+
+Defaults follow PyTorch: leaky_relu slope 0.01, hard_sigmoid = relu6(x + 3) / 6 (alpha 1/6,
+beta 1/2; ONNX's HardSigmoid defaults to alpha 0.2 and the exporter writes ours explicitly),
+gelu exact (erf) unless `approximate=tanh`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import Attr, AttrError, OpDef, as_choice, as_float, no_macs, one_input, register, same_shape
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _f64(fn: Callable[[np.ndarray, dict[str, Any]], np.ndarray]):
+    return one_input(lambda x, a: fn(np.asarray(x, np.float64), a))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Two branches so that neither overflows: exp of a non-positive number only.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _gelu(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    if a["approximate"] == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+
+
+def _hard_sigmoid(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    return np.clip(a["alpha"] * x + a["beta"], 0.0, 1.0)
+
+
+def _floats(*names: str):
+    def canon(attrs, in_types):
+        return {n: as_float(attrs[n], n) for n in names}
+    return canon
+
+
+def _unary(name: str, fn, doc: str, signature=(), canonicalize=None, aliases=()):
+    register(OpDef(name=name, family="activation", signature=signature,
+                   canonicalize=canonicalize, infer=same_shape, reference=_f64(fn),
+                   macs=no_macs, doc=doc, aliases=aliases,
+                   new_activations=False))
+
+
+_unary("relu", lambda x, a: np.maximum(x, 0.0), "max(x, 0)")
+_unary("leaky_relu", lambda x, a: np.where(x >= 0, x, a["alpha"] * x),
+       "x if x >= 0 else alpha * x", signature=(Attr("alpha", "float", 0.01),),
+       canonicalize=_floats("alpha"), aliases=("leakyrelu",))
+_unary("relu6", lambda x, a: np.clip(x, 0.0, 6.0), "min(max(x, 0), 6) (MobileNet)")
+_unary("sigmoid", lambda x, a: _sigmoid(x), "1 / (1 + exp(-x))")
+_unary("hard_sigmoid", _hard_sigmoid, "clip(alpha * x + beta, 0, 1)",
+       signature=(Attr("alpha", "float", 1.0 / 6.0), Attr("beta", "float", 0.5)),
+       canonicalize=_floats("alpha", "beta"), aliases=("hardsigmoid",))
+_unary("tanh", lambda x, a: np.tanh(x), "hyperbolic tangent")
+_unary("swish", lambda x, a: x * _sigmoid(x), "x * sigmoid(x) (SiLU, EfficientNet)",
+       aliases=("silu",))
+_unary("hard_swish", lambda x, a: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+       "x * relu6(x + 3) / 6 (MobileNetV3)", aliases=("hardswish",))
+_unary("gelu", _gelu, "x * Phi(x), exact or tanh-approximated",
+       signature=(Attr("approximate", "choice", "none", choices=("none", "tanh")),),
+       canonicalize=lambda a, t: {"approximate": as_choice(a["approximate"], "approximate",
+                                                           ("none", "tanh"))})
+_unary("abs", lambda x, a: np.abs(x), "|x|")
+
+
+# -- softmax over channels --------------------------------------------------------------------
+
+def _softmax_canonicalize(attrs, in_types):
+    axis = attrs["axis"]
+    if isinstance(axis, str):
+        axis = as_choice(axis, "axis", ("channels",))
+        return {"axis": 0}
+    if not isinstance(axis, int) or not 0 <= axis < in_types[0].rank:
+        raise AttrError(f"axis must be 'channels' or 0..{in_types[0].rank - 1} (batch excluded),"
+                        f" got {axis}", "axis")
+    return {"axis": axis}
+
+
+def _log_softmax(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    axis = a["axis"] + 1
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+for _name, _fn, _doc in (
+    ("softmax", lambda x, a: np.exp(_log_softmax(x, a)),
+     "softmax over channels (per pixel for segmentation maps)"),
+    ("log_softmax", _log_softmax, "log of the channel softmax, computed stably"),
+):
+    register(OpDef(name=_name, family="activation",
+                   signature=(Attr("axis", "int", "channels"),),
+                   canonicalize=_softmax_canonicalize, infer=same_shape,
+                   reference=_f64(_fn), macs=no_macs, doc=_doc, new_activations=False,
+                   aliases=("logsoftmax",) if _name == "log_softmax" else ()))

@@ -1,0 +1,300 @@
+"""Convolution and transposed convolution.
+
+Convolution is cross-correlation, as in every framework: out[k, p, q] = sum over c, r, s of
+x[c, p*sh + r*dh - top, q*sw + s*dw - left] * w[k, c, r, s]. Padding is per side, canonically
+(top, left, bottom, right) as in ONNX. The textbook seed (004, eq. 6.17) writes TOTAL padding p:
+its "p" is our top + bottom. `same` pads so that out = ceil(in / stride), putting the odd extra
+row/column at the bottom/right (TensorFlow's and ONNX's SAME_UPPER).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ir import TensorType
+from . import (
+    Attr,
+    AttrError,
+    OpDef,
+    ParamSpec,
+    ShapeError,
+    as_bool,
+    as_int,
+    as_pair,
+    register,
+    require_rank,
+    spatial_out,
+)
+
+PAD_WORDS = ("same", "valid", "full")
+
+
+def resolve_pads(pad: Any, kernel: tuple[int, int], stride: tuple[int, int],
+                 dilation: tuple[int, int], in_hw: tuple[int, int],
+                 words: tuple[str, ...] = PAD_WORDS) -> tuple[int, int, int, int]:
+    """DSL padding -> (top, left, bottom, right).
+
+    An int pads every side; a pair is (vertical, horizontal) per side; four values are
+    (top, left, bottom, right); `same`, `valid` and `full` are computed from the window.
+    """
+    if isinstance(pad, str):
+        if pad not in words:
+            raise AttrError(f"pad must be an integer, a pair, four sides or one of "
+                            f"{', '.join(words)}; got {pad!r}", "pad")
+        if pad == "valid":
+            return (0, 0, 0, 0)
+        spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+        if pad == "full":
+            return (spans[0] - 1, spans[1] - 1, spans[0] - 1, spans[1] - 1)
+        totals = []
+        for size, s, span in zip(in_hw, stride, spans):
+            out = -(-size // s)
+            totals.append(max((out - 1) * s + span - size, 0))
+        return (totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2,
+                totals[1] - totals[1] // 2)
+    if isinstance(pad, (tuple, list)):
+        if len(pad) == 2:
+            v, h = (as_int(p, "pad", 0) for p in pad)
+            return (v, h, v, h)
+        if len(pad) == 4:
+            t, l, b, r = (as_int(p, "pad", 0) for p in pad)
+            return (t, l, b, r)
+        raise AttrError(f"pad takes 1, 2 (vertical, horizontal) or 4 (top, left, bottom, right) "
+                        f"integers, got {len(pad)}", "pad")
+    p = as_int(pad, "pad", 0)
+    return (p, p, p, p)
+
+
+def _common(attrs: dict[str, Any]) -> dict[str, Any]:
+    out = {
+        "out_channels": as_int(attrs["out_channels"], "out_channels", 1),
+        "kernel": as_pair(attrs["kernel"], "kernel"),
+        "stride": as_pair(attrs["stride"], "stride"),
+        "dilation": as_pair(attrs["dilation"], "dilation"),
+        "groups": as_int(attrs["groups"], "groups", 1),
+    }
+    bias = attrs["bias"]
+    out["bias"] = True if isinstance(bias, np.ndarray) else as_bool(bias, "bias")
+    return out
+
+
+def _check_groups(c: int, attrs: dict[str, Any], op: str) -> None:
+    g, k = attrs["groups"], attrs["out_channels"]
+    if c % g:
+        raise ShapeError(f"{op}: {c} input channels are not divisible by groups={g}")
+    if k % g:
+        raise ShapeError(f"{op}: {k} output channels are not divisible by groups={g}")
+
+
+# -- conv -------------------------------------------------------------------------------------
+
+def conv_canonicalize(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
+    x = in_types[0]
+    require_rank(x, 3, "conv")
+    out = _common(attrs)
+    out["pads"] = resolve_pads(attrs["pad"], out["kernel"], out["stride"], out["dilation"],
+                               (x.height, x.width))
+    return out
+
+
+def conv_params(attrs: dict[str, Any], in_types: list[TensorType]) -> list[ParamSpec]:
+    c = in_types[0].channels
+    _check_groups(c, attrs, "conv")
+    k, g, (r, s) = attrs["out_channels"], attrs["groups"], attrs["kernel"]
+    specs = [ParamSpec("weight", (k, c // g, r, s), "auto", fan_in=c // g * r * s,
+                       fan_out=k // g * r * s)]
+    if attrs["bias"]:
+        specs.append(ParamSpec("bias", (k,), "zeros"))
+    return specs
+
+
+def window_check(op: str, size_hw: tuple[int, int], pads: tuple[int, int, int, int],
+                 kernel: tuple[int, int], dilation: tuple[int, int] = (1, 1)) -> None:
+    """A window (dilated) may not be larger than its padded input."""
+    for axis, size, before, after, k, d in (("height", size_hw[0], pads[0], pads[2], kernel[0],
+                                             dilation[0]),
+                                            ("width", size_hw[1], pads[1], pads[3], kernel[1],
+                                             dilation[1])):
+        span = d * (k - 1) + 1
+        if span > size + before + after:
+            what = f"window {k}" + (f" (dilated to {span})" if d > 1 else "")
+            raise ShapeError(f"{op}: {what} is larger than the padded input {axis} "
+                             f"{size + before + after} ({size} + padding {before}+{after})")
+
+
+def conv_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x = in_types[0]
+    require_rank(x, 3, "conv")
+    _check_groups(x.channels, attrs, "conv")
+    k, g = attrs["out_channels"], attrs["groups"]
+    (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    t, l, b, rt = attrs["pads"]
+    window_check("conv", (x.height, x.width), attrs["pads"], (r, s), (dh, dw))
+    if len(in_types) > 1:
+        expected = (k, x.channels // g, r, s)
+        if in_types[1].shape != expected:
+            raise ShapeError(f"conv: weight has shape {in_types[1]}, expected "
+                             f"{'x'.join(map(str, expected))}")
+    p = spatial_out(x.height, r, sh, t, b, dh)
+    q = spatial_out(x.width, s, sw, l, rt, dw)
+    return x.with_shape(k, p, q)
+
+
+def pad_nchw(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0) -> np.ndarray:
+    t, l, b, r = pads
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+
+
+def conv_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
+    """Direct float64 cross-correlation, one (r, s) tap at a time, per group."""
+    x = np.asarray(inputs[0], np.float64)
+    w = np.asarray(inputs[1], np.float64)
+    n, c, h, wd = x.shape
+    k, cg, r, s = w.shape
+    g = attrs["groups"]
+    (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
+    t, l, b, rt = attrs["pads"]
+    p = spatial_out(h, r, sh, t, b, dh)
+    q = spatial_out(wd, s, sw, l, rt, dw)
+    xp = pad_nchw(x, attrs["pads"])
+    out = np.zeros((n, k, p, q))
+    kg = k // g
+    for gi in range(g):
+        xs = xp[:, gi * cg:(gi + 1) * cg]
+        ws = w[gi * kg:(gi + 1) * kg]
+        for i in range(r):
+            for j in range(s):
+                patch = xs[:, :, i * dh: i * dh + sh * (p - 1) + 1: sh,
+                           j * dw: j * dw + sw * (q - 1) + 1: sw]
+                out[:, gi * kg:(gi + 1) * kg] += np.einsum("ncpq,kc->nkpq", patch, ws[:, :, i, j])
+    if len(inputs) > 2:
+        out += np.asarray(inputs[2], np.float64)[None, :, None, None]
+    return out
+
+
+def conv_macs(in_types: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> int:
+    r, s = attrs["kernel"]
+    return out.size * (in_types[0].channels // attrs["groups"]) * r * s
+
+
+_CONV_SIGNATURE = (
+    Attr("out_channels", "int", doc="number of output channels (filters)"),
+    Attr("kernel", "ints", doc="window height and width: an int or (height, width)"),
+    Attr("stride", "ints", 1),
+    Attr("pad", "pads", 0, choices=PAD_WORDS),
+    Attr("dilation", "ints", 1),
+    Attr("groups", "int", 1),
+    Attr("bias", "bool", True),
+    Attr("weights", "tensor", None, doc="literal (fixed) weights, K x C/groups x R x S"),
+)
+
+register(OpDef(
+    name="conv", family="conv", signature=_CONV_SIGNATURE,
+    canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
+    reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
+    doc="2-D convolution (cross-correlation) with stride, padding, dilation and groups",
+))
+
+
+# -- conv_transpose ---------------------------------------------------------------------------
+
+def conv_transpose_canonicalize(attrs: dict[str, Any], in_types: list[TensorType]):
+    require_rank(in_types[0], 3, "conv_transpose")
+    out = _common(attrs)
+    out["pads"] = resolve_pads(attrs["pad"], out["kernel"], out["stride"], out["dilation"],
+                               (1, 1), words=("valid",))
+    out["output_padding"] = as_pair(attrs["output_padding"], "output_padding", 0)
+    for axis, op_, s, d in zip(("height", "width"), out["output_padding"], out["stride"],
+                               out["dilation"]):
+        if op_ >= max(s, d):
+            raise AttrError(f"output_padding ({axis}) must be smaller than the stride or the "
+                            f"dilation, got {op_} with stride {s}, dilation {d}",
+                            "output_padding")
+    return out
+
+
+def conv_transpose_params(attrs: dict[str, Any], in_types: list[TensorType]):
+    c = in_types[0].channels
+    _check_groups(c, attrs, "conv_transpose")
+    k, g, (r, s) = attrs["out_channels"], attrs["groups"], attrs["kernel"]
+    specs = [ParamSpec("weight", (c, k // g, r, s), "auto", fan_in=k // g * r * s,
+                       fan_out=c // g * r * s)]
+    if attrs["bias"]:
+        specs.append(ParamSpec("bias", (k,), "zeros"))
+    return specs
+
+
+def _transpose_out(size: int, k: int, s: int, d: int, before: int, after: int, op_: int) -> int:
+    return (size - 1) * s - before - after + d * (k - 1) + op_ + 1
+
+
+def conv_transpose_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    x = in_types[0]
+    require_rank(x, 3, "conv_transpose")
+    _check_groups(x.channels, attrs, "conv_transpose")
+    (r, s), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    t, l, b, rt = attrs["pads"]
+    oph, opw = attrs["output_padding"]
+    p = _transpose_out(x.height, r, sh, dh, t, b, oph)
+    q = _transpose_out(x.width, s, sw, dw, l, rt, opw)
+    if p < 1 or q < 1:
+        raise ShapeError(f"conv_transpose: padding {attrs['pads']} removes the whole output "
+                         f"({p}x{q})")
+    return x.with_shape(attrs["out_channels"], p, q)
+
+
+def conv_transpose_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
+    """Scatter form: each input pixel adds w * x into a window of the (uncropped) output."""
+    x = np.asarray(inputs[0], np.float64)
+    w = np.asarray(inputs[1], np.float64)
+    n, c, h, wd = x.shape
+    _, kg, r, s = w.shape
+    g = attrs["groups"]
+    cg = c // g
+    (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
+    t, l, b, rt = attrs["pads"]
+    oph, opw = attrs["output_padding"]
+    full_h = (h - 1) * sh + dh * (r - 1) + 1 + oph
+    full_w = (wd - 1) * sw + dw * (s - 1) + 1 + opw
+    full = np.zeros((n, kg * g, full_h + b, full_w + rt))
+    for gi in range(g):
+        xs = x[:, gi * cg:(gi + 1) * cg]
+        ws = w[gi * cg:(gi + 1) * cg]
+        for i in range(r):
+            for j in range(s):
+                contrib = np.einsum("nchw,ck->nkhw", xs, ws[:, :, i, j])
+                full[:, gi * kg:(gi + 1) * kg, i * dh: i * dh + sh * (h - 1) + 1: sh,
+                     j * dw: j * dw + sw * (wd - 1) + 1: sw] += contrib
+    out_h = _transpose_out(h, r, sh, dh, t, b, oph)
+    out_w = _transpose_out(wd, s, sw, dw, l, rt, opw)
+    out = full[:, :, t:t + out_h, l:l + out_w]
+    if len(inputs) > 2:
+        out = out + np.asarray(inputs[2], np.float64)[None, :, None, None]
+    return out
+
+
+def conv_transpose_macs(in_types: list[TensorType], out: TensorType, attrs: dict[str, Any]):
+    r, s = attrs["kernel"]
+    return in_types[0].size * (attrs["out_channels"] // attrs["groups"]) * r * s
+
+
+register(OpDef(
+    name="conv_transpose", family="conv",
+    signature=(
+        Attr("out_channels", "int"),
+        Attr("kernel", "ints"),
+        Attr("stride", "ints", 1),
+        Attr("pad", "pads", 0, choices=("valid",)),
+        Attr("output_padding", "ints", 0),
+        Attr("dilation", "ints", 1),
+        Attr("groups", "int", 1),
+        Attr("bias", "bool", True),
+        Attr("weights", "tensor", None),
+    ),
+    canonicalize=conv_transpose_canonicalize, params=conv_transpose_params,
+    infer=conv_transpose_infer, reference=conv_transpose_reference, macs=conv_transpose_macs,
+    aliases=("deconv", "convtranspose"),
+    doc="transposed convolution (the gradient of conv with respect to its input)",
+))

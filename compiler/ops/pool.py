@@ -1,0 +1,174 @@
+"""Pooling: max, average, min and Lp (L2) windows, and the global poolings.
+
+Attributes as in PyTorch: `stride` defaults to the kernel, `ceil_mode` rounds the output size up
+(a last window starting in the trailing padding is dropped), padding may be at most half the
+(dilated) window, and average pooling counts the zero padding in its divisor unless
+`count_include_pad=false` (PyTorch's default is true; ONNX's is false; the exporter writes it
+explicitly).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ir import TensorType
+from . import (
+    Attr,
+    AttrError,
+    OpDef,
+    ShapeError,
+    as_bool,
+    as_float,
+    as_pair,
+    no_macs,
+    one_input,
+    register,
+    require_rank,
+    spatial_out,
+)
+from .conv import resolve_pads, window_check
+
+
+def _pool_canonicalize(op: str, has_dilation: bool, has_divisor: bool, has_p: bool = False):
+    def canon(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
+        require_rank(in_types[0], 3, op)
+        kernel = as_pair(attrs["kernel"], "kernel")
+        stride = kernel if attrs["stride"] is None else as_pair(attrs["stride"], "stride")
+        dilation = as_pair(attrs["dilation"], "dilation") if has_dilation else (1, 1)
+        x = in_types[0]
+        pads = resolve_pads(attrs["pad"], kernel, stride, dilation, (x.height, x.width))
+        for side, p in zip(("top", "left", "bottom", "right"), pads):
+            k, d = (kernel[0], dilation[0]) if side in ("top", "bottom") else (kernel[1],
+                                                                             dilation[1])
+            if p > (d * (k - 1) + 1) // 2:
+                raise AttrError(f"{op}: padding {p} ({side}) is more than half the window "
+                                f"{d * (k - 1) + 1}; windows would see only padding", "pad")
+        out: dict[str, Any] = {"kernel": kernel, "stride": stride, "pads": pads,
+                               "ceil_mode": as_bool(attrs["ceil_mode"], "ceil_mode")}
+        if has_dilation:
+            out["dilation"] = dilation
+        if has_divisor:
+            out["count_include_pad"] = as_bool(attrs["count_include_pad"], "count_include_pad")
+        if has_p:
+            p = as_float(attrs["p"], "p")
+            if p <= 0:
+                raise AttrError(f"p must be positive, got {p}", "p")
+            out["p"] = p
+        return out
+    return canon
+
+
+def _pool_infer(op: str):
+    def infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        x = in_types[0]
+        require_rank(x, 3, op)
+        kernel, stride, pads = attrs["kernel"], attrs["stride"], attrs["pads"]
+        dilation = attrs.get("dilation", (1, 1))
+        window_check(op, (x.height, x.width), pads, kernel, dilation)
+        p = spatial_out(x.height, kernel[0], stride[0], pads[0], pads[2], dilation[0],
+                        attrs["ceil_mode"])
+        q = spatial_out(x.width, kernel[1], stride[1], pads[1], pads[3], dilation[1],
+                        attrs["ceil_mode"])
+        return x.with_shape(x.channels, p, q)
+    return infer
+
+
+def pool_windows(x: np.ndarray, attrs: dict[str, Any], fill: float,
+                 extra_fill: float | None = None) -> np.ndarray:
+    """All windows of x as an array [N, C, P, Q, R*S], the padding filled with `fill`.
+
+    Ceil mode may need cells past the declared padding: those hold `extra_fill` (default
+    `fill`).
+    """
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    ceil = attrs["ceil_mode"]
+    p = spatial_out(h, kh, sh, t, b, dh, ceil)
+    q = spatial_out(w, kw, sw, l, r, dw, ceil)
+    extra_h = max((p - 1) * sh + dh * (kh - 1) + 1 - (h + t + b), 0)
+    extra_w = max((q - 1) * sw + dw * (kw - 1) + 1 - (w + l + r), 0)
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=fill)
+    xp = np.pad(xp, ((0, 0), (0, 0), (0, extra_h), (0, extra_w)),
+                constant_values=fill if extra_fill is None else extra_fill)
+    taps = [xp[:, :, i * dh: i * dh + (p - 1) * sh + 1: sh, j * dw: j * dw + (q - 1) * sw + 1: sw]
+            for i in range(kh) for j in range(kw)]
+    return np.stack(taps, axis=-1)
+
+
+def _max_ref(x, attrs):
+    return pool_windows(np.asarray(x, np.float64), attrs, -np.inf).max(axis=-1)
+
+
+def _min_ref(x, attrs):
+    return pool_windows(np.asarray(x, np.float64), attrs, np.inf).min(axis=-1)
+
+
+def _avg_ref(x, attrs):
+    """Window sums over a divisor that counts the input cells of each window and, with
+    count_include_pad, the declared padding too (never the cells ceil mode adds)."""
+    x = np.asarray(x, np.float64)
+    sums = pool_windows(x, attrs, 0.0).sum(axis=-1)
+    ones = np.ones((1, 1) + x.shape[2:])
+    pad_counts = 1.0 if attrs["count_include_pad"] else 0.0
+    counts = pool_windows(ones, attrs, pad_counts, extra_fill=0.0).sum(axis=-1)
+    return sums / counts
+
+
+def _lp_ref(x, attrs):
+    x = np.abs(np.asarray(x, np.float64))
+    p = attrs["p"]
+    return (pool_windows(x, attrs, 0.0) ** p).sum(axis=-1) ** (1.0 / p)
+
+
+_WINDOW = (
+    Attr("kernel", "ints"),
+    Attr("stride", "ints", None),
+    Attr("pad", "pads", 0, choices=("same", "valid")),
+    Attr("ceil_mode", "bool", False),
+)
+
+for _name, _ref, _dil, _div, _doc in (
+    ("maxpool", _max_ref, True, False, "maximum over each window"),
+    ("minpool", _min_ref, True, False, "minimum over each window"),
+    ("avgpool", _avg_ref, False, True, "mean over each window"),
+):
+    _sig = _WINDOW + ((Attr("dilation", "ints", 1),) if _dil else ()) + (
+        (Attr("count_include_pad", "bool", True),) if _div else ())
+    register(OpDef(name=_name, family="pool", signature=_sig,
+                   canonicalize=_pool_canonicalize(_name, _dil, _div),
+                   infer=_pool_infer(_name), reference=one_input(_ref), macs=no_macs, doc=_doc,
+                   aliases=(_name.replace("pool", "_pool"),)))
+
+register(OpDef(name="lppool", family="pool", signature=_WINDOW + (Attr("p", "float", 2.0),),
+               canonicalize=_pool_canonicalize("lppool", False, False, has_p=True),
+               infer=_pool_infer("lppool"), reference=one_input(_lp_ref), macs=no_macs,
+               aliases=("l2pool", "lp_pool"),
+               doc="(sum |x|^p)^(1/p) over each window; p = 2 is L2 pooling"))
+
+
+# -- global pooling ---------------------------------------------------------------------------
+
+def _global_infer(op: str):
+    def infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        x = in_types[0]
+        if x.rank != 3:
+            raise ShapeError(f"{op} needs a channels x height x width input, got {x}")
+        return x.with_shape(x.channels, 1, 1)
+    return infer
+
+
+register(OpDef(name="globalavgpool", family="pool", signature=(),
+               infer=_global_infer("globalavgpool"),
+               reference=one_input(lambda x, a: np.asarray(x, np.float64)
+                                   .mean(axis=(2, 3), keepdims=True)),
+               macs=no_macs, aliases=("global_avgpool", "gap"),
+               doc="mean over height and width (C x 1 x 1)"))
+register(OpDef(name="globalmaxpool", family="pool", signature=(),
+               infer=_global_infer("globalmaxpool"),
+               reference=one_input(lambda x, a: np.asarray(x, np.float64)
+                                   .max(axis=(2, 3), keepdims=True)),
+               macs=no_macs, aliases=("global_maxpool",),
+               doc="maximum over height and width (C x 1 x 1)"))

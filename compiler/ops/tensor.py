@@ -1,0 +1,245 @@
+"""Graph plumbing and tensor reshaping: input, param, add, multiply, concat, flatten, reshape,
+zero padding, flip, dropout and identity."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..ir import TensorType
+from . import (
+    Attr,
+    AttrError,
+    OpDef,
+    ShapeError,
+    as_choice,
+    as_float,
+    as_int,
+    no_macs,
+    one_input,
+    register,
+    same_shape,
+)
+from .conv import pad_nchw, resolve_pads
+
+
+def _no_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    raise ShapeError("input and param nodes carry their type; nothing to infer")
+
+
+def _leaf_reference(inputs, attrs):
+    raise NotImplementedError("input and param values are supplied by the caller")
+
+
+register(OpDef(name="input", family="tensor", signature=(Attr("shape", "shape"),),
+               infer=_no_infer, reference=_leaf_reference, macs=no_macs, arity=0,
+               new_activations=False, doc="a network input (batch size chosen at run time)"))
+register(OpDef(name="param", family="tensor", signature=(Attr("init", "any"),),
+               infer=_no_infer, reference=_leaf_reference, macs=no_macs, arity=0,
+               new_activations=False, doc="a parameter tensor: weight, bias or statistic"))
+
+
+# -- broadcasting binary ops ------------------------------------------------------------------
+
+def broadcast_shapes(a: tuple[int, ...], b: tuple[int, ...], op: str) -> tuple[int, ...]:
+    """NumPy broadcasting over per-sample shapes (right-aligned)."""
+    rank = max(len(a), len(b))
+    pa, pb = (1,) * (rank - len(a)) + a, (1,) * (rank - len(b)) + b
+    out = []
+    for da, db in zip(pa, pb):
+        if da != db and 1 not in (da, db):
+            raise ShapeError(f"{op}: shapes {'x'.join(map(str, a))} and "
+                             f"{'x'.join(map(str, b))} do not match or broadcast")
+        out.append(max(da, db))
+    return tuple(out)
+
+
+def _binary_infer(op: str):
+    def infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+        if len(in_types) < 2:
+            raise ShapeError(f"{op} needs at least two inputs, got {len(in_types)}")
+        shape = in_types[0].shape
+        for t in in_types[1:]:
+            shape = broadcast_shapes(shape, t.shape, op)
+        return in_types[0].with_shape(*shape)
+    return infer
+
+
+def _per_sample(x: np.ndarray, rank: int) -> np.ndarray:
+    """Align a per-sample array of lower rank for broadcasting with a batched array."""
+    extra = rank + 1 - x.ndim
+    return x.reshape(x.shape[:1] + (1,) * extra + x.shape[1:])
+
+
+def _add_reference(inputs, attrs):
+    rank = max(np.ndim(x) for x in inputs) - 1
+    out = _per_sample(np.asarray(inputs[0], np.float64), rank)
+    for x in inputs[1:]:
+        out = out + _per_sample(np.asarray(x, np.float64), rank)
+    return out
+
+
+def _mul_reference(inputs, attrs):
+    rank = max(np.ndim(x) for x in inputs) - 1
+    out = _per_sample(np.asarray(inputs[0], np.float64), rank)
+    for x in inputs[1:]:
+        out = out * _per_sample(np.asarray(x, np.float64), rank)
+    return out
+
+
+def _elementwise_macs(in_types, out, attrs):
+    return 0
+
+
+register(OpDef(name="add", family="tensor", signature=(), infer=_binary_infer("add"),
+               reference=_add_reference, macs=_elementwise_macs, arity=None,
+               doc="elementwise sum with broadcasting (residual connections)"))
+register(OpDef(name="mul", family="tensor", signature=(), infer=_binary_infer("multiply"),
+               reference=_mul_reference, macs=_elementwise_macs, arity=None,
+               aliases=("multiply",),
+               doc="elementwise product with broadcasting (squeeze-excitation gates)"))
+
+
+# -- concat -----------------------------------------------------------------------------------
+
+def _concat_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    axis = attrs.get("axis", 0)
+    first = in_types[0]
+    if not 0 <= axis < first.rank:
+        raise ShapeError(f"concat: axis {axis} out of range for {first}")
+    for t in in_types[1:]:
+        if t.rank != first.rank or any(
+            d1 != d2 for i, (d1, d2) in enumerate(zip(first.shape, t.shape)) if i != axis
+        ):
+            raise ShapeError(
+                f"concat: shapes {first} and {t} differ outside the channel axis; "
+                "all inputs need the same height and width"
+            )
+    shape = list(first.shape)
+    shape[axis] = sum(t.shape[axis] for t in in_types)
+    return first.with_shape(*shape)
+
+
+def _concat_canonicalize(attrs, in_types):
+    return {"axis": as_int(attrs["axis"], "axis", 0)}
+
+
+register(OpDef(name="concat", family="tensor", signature=(Attr("axis", "int", 0),),
+               canonicalize=_concat_canonicalize, infer=_concat_infer,
+               reference=lambda xs, a: np.concatenate([np.asarray(x, np.float64) for x in xs],
+                                                      axis=a["axis"] + 1),
+               macs=no_macs, arity=None,
+               doc="concatenation along channels (inception modules, U-Net skips)"))
+
+
+# -- flatten / reshape ------------------------------------------------------------------------
+
+register(OpDef(name="flatten", family="tensor", signature=(),
+               infer=lambda ts, a: ts[0].with_shape(ts[0].size),
+               reference=one_input(lambda x, a: np.asarray(x, np.float64).reshape(len(x), -1)),
+               macs=no_macs, new_activations=False, doc="flatten each sample to a feature vector (C*H*W, C-order)"))
+
+
+def _reshape_canonicalize(attrs, in_types):
+    shape = attrs["shape"]
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise AttrError("reshape takes a shape such as (64, 7, 7) (batch excluded)", "shape")
+    dims = [as_int(d, "shape", -1) for d in shape]
+    if dims.count(-1) > 1:
+        raise AttrError("reshape: at most one dimension may be -1", "shape")
+    total = in_types[0].size
+    known = 1
+    for d in dims:
+        if d == 0:
+            raise AttrError("reshape: dimensions must be positive (or one -1)", "shape")
+        if d != -1:
+            known *= d
+    if -1 in dims:
+        if total % known:
+            raise AttrError(f"reshape: {total} elements cannot fill shape "
+                            f"{tuple(shape)}", "shape")
+        dims[dims.index(-1)] = total // known
+    return {"shape": tuple(dims)}
+
+
+def _reshape_infer(in_types, attrs):
+    shape = attrs["shape"]
+    size = int(np.prod(shape))
+    if size != in_types[0].size:
+        raise ShapeError(f"reshape: {in_types[0]} has {in_types[0].size} elements, shape "
+                         f"{'x'.join(map(str, shape))} has {size}")
+    return in_types[0].with_shape(*shape)
+
+
+register(OpDef(name="reshape", family="tensor", signature=(Attr("shape", "shape"),),
+               canonicalize=_reshape_canonicalize, infer=_reshape_infer,
+               reference=one_input(lambda x, a: np.asarray(x, np.float64)
+                                   .reshape((len(x),) + a["shape"])),
+               macs=no_macs, new_activations=False, doc="reshape each sample (C-order, batch kept)"))
+
+
+# -- zero padding / flip / dropout / identity -------------------------------------------------
+
+def _pad_canonicalize(attrs, in_types):
+    pads = resolve_pads(attrs["pad"], (1, 1), (1, 1), (1, 1), (1, 1), words=())
+    return {"pads": pads, "value": as_float(attrs["value"], "value")}
+
+
+def _pad_infer(in_types, attrs):
+    x = in_types[0]
+    if x.rank != 3:
+        raise ShapeError(f"pad needs a channels x height x width input, got {x}")
+    t, l, b, r = attrs["pads"]
+    return x.with_shape(x.channels, x.height + t + b, x.width + l + r)
+
+
+register(OpDef(name="pad", family="tensor",
+               signature=(Attr("pad", "pads"), Attr("value", "float", 0.0)),
+               canonicalize=_pad_canonicalize, infer=_pad_infer,
+               reference=one_input(lambda x, a: pad_nchw(np.asarray(x, np.float64),
+                                                         a["pads"], a["value"])),
+               macs=no_macs, aliases=("zeropad",),
+               doc="constant padding per side (top, left, bottom, right)"))
+
+
+def _flip_canonicalize(attrs, in_types):
+    return {"axis": as_choice(attrs["axis"], "axis", ("horizontal", "vertical", "both"))}
+
+
+def _flip_reference(x, attrs):
+    x = np.asarray(x, np.float64)
+    axes = {"horizontal": (3,), "vertical": (2,), "both": (2, 3)}[attrs["axis"]]
+    return np.flip(x, axes)
+
+
+def _flip_infer(in_types, attrs):
+    if in_types[0].rank != 3:
+        raise ShapeError(f"flip needs a channels x height x width input, got {in_types[0]}")
+    return in_types[0]
+
+
+register(OpDef(name="flip", family="tensor",
+               signature=(Attr("axis", "choice", "both", choices=("horizontal", "vertical",
+                                                                   "both")),),
+               canonicalize=_flip_canonicalize, infer=_flip_infer,
+               reference=one_input(_flip_reference), macs=no_macs,
+               doc="mirror an image (both axes: turns correlation into convolution)"))
+
+
+def _dropout_canonicalize(attrs, in_types):
+    rate = as_float(attrs["rate"], "rate")
+    if not 0.0 <= rate < 1.0:
+        raise AttrError(f"rate must be in [0, 1), got {rate}", "rate")
+    return {"rate": rate}
+
+
+register(OpDef(name="dropout", family="tensor", signature=(Attr("rate", "float", 0.5),),
+               canonicalize=_dropout_canonicalize, infer=same_shape,
+               reference=one_input(lambda x, a: np.asarray(x, np.float64)), macs=no_macs,
+               new_activations=False, doc="dropout: identity at inference"))
+register(OpDef(name="identity", family="tensor", signature=(), infer=same_shape,
+               reference=one_input(lambda x, a: np.asarray(x, np.float64)), macs=no_macs,
+               new_activations=False, doc="identity"))

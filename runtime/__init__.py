@@ -1,0 +1,1 @@
+"""Runtime: reference interpreter, compiled models, command-line interface."""

@@ -1,0 +1,80 @@
+"""The float64 reference interpreter: runs any IR graph with each op's obviously-correct NumPy
+semantics. It is the oracle for `cnnc check`, the tests and every optimization."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..compiler.ir import Graph
+from ..compiler.ops import get_op
+from .weights import check_weights, init_params
+
+
+class InputError(Exception):
+    """An input array that does not fit the network (name, expected and given shape)."""
+
+
+def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
+                 dtypes: tuple[type, ...] = (np.float32, np.float64)) -> int:
+    """Validate the inputs by name, shape and dtype; returns the batch size."""
+    missing = [n for n in graph.inputs if n not in inputs]
+    unknown = [n for n in inputs if n not in graph.inputs]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(repr(m) for m in missing))
+        if unknown:
+            parts.append("unknown " + ", ".join(repr(u) for u in unknown))
+        raise InputError(f"inputs do not match network {graph.name!r}: {'; '.join(parts)} "
+                         f"(it takes {', '.join(repr(n) for n in graph.inputs)})")
+    batch = None
+    for name, node_id in graph.inputs.items():
+        x = inputs[name]
+        want = graph.node(node_id).type.shape
+        shape_txt = "N x " + " x ".join(map(str, want))
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"input {name!r} must be a NumPy array of shape {shape_txt}, "
+                             f"got {type(x).__name__}")
+        if x.dtype.type not in dtypes:
+            allowed = " or ".join(np.dtype(d).name for d in dtypes)
+            raise InputError(f"input {name!r} has dtype {x.dtype}, expected {allowed} "
+                             f"(shape {shape_txt})")
+        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+            raise InputError(f"input {name!r} has shape {' x '.join(map(str, x.shape))}, "
+                             f"expected {shape_txt}")
+        if batch is not None and x.shape[0] != batch:
+            raise InputError(f"input {name!r} has batch size {x.shape[0]}, but another input "
+                             f"has {batch}")
+        batch = x.shape[0]
+        if batch == 0:
+            raise InputError(f"input {name!r} has batch size 0")
+        if not np.all(np.isfinite(x)):
+            raise InputError(f"input {name!r} contains NaN or infinity")
+    return batch or 1
+
+
+def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray],
+                  params: Mapping[str, np.ndarray] | None = None, *,
+                  keep: bool = False) -> dict[str, np.ndarray]:
+    """Evaluate the graph in float64. Returns the outputs by name (every node's value by
+    node name as well when `keep`)."""
+    check_inputs(graph, inputs)
+    if params is None:
+        params = init_params(graph)
+    else:
+        check_weights(graph, dict(params))
+    values: dict[int, np.ndarray] = {}
+    for node in graph.topo_order():
+        if node.op == "input":
+            values[node.id] = np.asarray(inputs[node.name], np.float64)
+        elif node.op == "param":
+            values[node.id] = np.asarray(params[node.name], np.float64)
+        else:
+            args = [values[i] for i in node.inputs]
+            values[node.id] = get_op(node.op).reference(args, node.attrs)
+    outputs = {name: values[nid] for name, nid in graph.outputs.items()}
+    if keep:
+        outputs.update({f"%{n.id}": values[n.id] for n in graph.nodes()})
+    return outputs

@@ -1,0 +1,104 @@
+"""Accounting: per-layer output shape, parameters, multiply-accumulates and activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..compiler.ir import Graph
+from ..compiler.ops import get_op
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    params: int  # trainable parameters first used by this layer
+    buffers: int  # non-trainable state (batch-norm running statistics, fixed weights)
+    macs: int  # per sample
+    activations: int  # output elements per sample, where the op makes new ones (else 0)
+
+
+@dataclass(frozen=True)
+class Summary:
+    name: str
+    rows: list[LayerRow]
+    input_shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def params(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def buffers(self) -> int:
+        return sum(r.buffers for r in self.rows)
+
+    @property
+    def macs(self) -> int:
+        return sum(r.macs for r in self.rows)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def activations(self) -> int:
+        return sum(r.activations for r in self.rows)
+
+
+def summarize(graph: Graph) -> Summary:
+    """One row per computing node, in execution order. A shared parameter counts once, at
+    its first use."""
+    seen: set[int] = set()
+    rows = []
+    for node in graph.compute_nodes():
+        op = get_op(node.op)
+        params = buffers = 0
+        for i in node.inputs:
+            src = graph.node(i)
+            if src.op != "param" or i in seen:
+                continue
+            seen.add(i)
+            if src.attrs.get("trainable", True):
+                params += src.type.size
+            else:
+                buffers += src.type.size
+        in_types = [graph.node(i).type for i in node.inputs]
+        rows.append(LayerRow(node.name, node.op, node.type.shape, params, buffers,
+                             op.macs(in_types, node.type, node.attrs),
+                             node.type.size if op.new_activations else 0))
+    shapes = {k: graph.node(v).type.shape for k, v in graph.inputs.items()}
+    return Summary(graph.name, rows, shapes)
+
+
+def format_summary(s: Summary, all_rows: bool = True) -> str:
+    """The table `cnnc summary` prints."""
+    header = ("layer", "op", "output", "params", "MACs", "activations")
+    table = [header]
+    for k, shape in s.input_shapes.items():
+        table.append((k, "input", _dims(shape), "-", "-", "-"))
+    for r in s.rows:
+        if not all_rows and not (r.params or r.macs or r.activations):
+            continue
+        table.append((r.name, r.op, _dims(r.shape), f"{r.params:,}", f"{r.macs:,}",
+                      f"{r.activations:,}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    right = {3, 4, 5}
+
+    def fmt(row):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    lines = [f"network {s.name}", fmt(header), "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    lines += [fmt(r) for r in table[1:]]
+    lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
+    lines.append(f"total parameters:   {s.params:,}")
+    if s.buffers:
+        lines.append(f"non-trainable:      {s.buffers:,} (running statistics, fixed weights)")
+    lines.append(f"multiply-accumulates per image: {s.macs:,} ({s.flops / 1e9:.3f} GFLOPs)")
+    lines.append(f"activations per image:          {s.activations:,}")
+    return "\n".join(lines)
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
