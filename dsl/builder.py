@@ -314,12 +314,12 @@ class Builder:
             if isinstance(v, Word):
                 raise self.undefined(v, frame)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
-            if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or expr.op not in "+*":
+            if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or expr.op not in "+-*":
                 raise DslError(
                     f"cannot apply {expr.op!r} to {_show(a)} and {_show(b)}", expr.span,
-                    "tensors combine with + (residual add) and * (elementwise product); "
+                    "tensors combine with + (residual add), - and * (elementwise product); "
                     "repeat a block in a chain with `-> block(...) * 2`")
-            op = "add" if expr.op == "+" else "mul"
+            op = {"+": "add", "-": "sub", "*": "mul"}[expr.op]
             return self.make_node(get_op(op), [a, b], {}, expr.span, None, frame.scope)
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
             raise DslError(f"cannot apply {expr.op!r} to {_show(a)} and {_show(b)}", expr.span)

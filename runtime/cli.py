@@ -182,15 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA: dict[str, tuple[Callable, str, Callable]] = {}
 
 
+EXTRA_MODULES = ("commands", "onnx_io")
+
+
 def _register_extras() -> None:
-    from . import commands  # noqa: F401  (registers compile, check, demo, import, export)
+    """Import the modules that add commands (compile, check, demo, import, export)."""
+    import importlib
+
+    for name in EXTRA_MODULES:
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{name}":
+                raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        _register_extras()
-    except ImportError:
-        pass
+    _register_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -95,6 +95,21 @@ def _elementwise_macs(in_types, out, attrs):
 register(OpDef(name="add", family="tensor", signature=(), infer=_binary_infer("add"),
                reference=_add_reference, macs=_elementwise_macs, arity=None,
                doc="elementwise sum with broadcasting (residual connections)"))
+def _sub_reference(inputs, attrs):
+    a, b = (np.asarray(x, np.float64) for x in inputs)
+    rank = max(a.ndim, b.ndim) - 1
+    return _per_sample(a, rank) - _per_sample(b, rank)
+
+
+def _sub_infer(in_types, attrs):
+    if len(in_types) != 2:
+        raise ShapeError(f"sub takes two inputs, got {len(in_types)}")
+    return _binary_infer("sub")(in_types, attrs)
+
+
+register(OpDef(name="sub", family="tensor", signature=(), infer=_sub_infer,
+               reference=_sub_reference, macs=_elementwise_macs, arity=2,
+               aliases=("subtract",), doc="elementwise difference with broadcasting"))
 register(OpDef(name="mul", family="tensor", signature=(), infer=_binary_infer("multiply"),
                reference=_mul_reference, macs=_elementwise_macs, arity=None,
                aliases=("multiply",),
@@ -243,3 +258,33 @@ register(OpDef(name="dropout", family="tensor", signature=(Attr("rate", "float",
 register(OpDef(name="identity", family="tensor", signature=(), infer=same_shape,
                reference=one_input(lambda x, a: np.asarray(x, np.float64)), macs=no_macs,
                new_activations=False, doc="identity"))
+
+
+# -- distance between embeddings --------------------------------------------------------------
+
+def _distance_infer(in_types, attrs):
+    a, b = in_types
+    if a.shape != b.shape:
+        raise ShapeError(f"distance: embeddings of shapes {a} and {b} differ")
+    return a.with_shape(1)
+
+
+def _distance_reference(inputs, attrs):
+    a, b = (np.asarray(x, np.float64) for x in inputs)
+    d = (a - b).reshape(len(a), -1)
+    p = attrs["p"]
+    return (np.abs(d) ** p).sum(axis=1, keepdims=True) ** (1.0 / p)
+
+
+def _distance_canonicalize(attrs, in_types):
+    p = as_float(attrs["p"], "p")
+    if p <= 0:
+        raise AttrError(f"p must be positive, got {p}", "p")
+    return {"p": p}
+
+
+register(OpDef(name="distance", family="tensor", signature=(Attr("p", "float", 2.0),),
+               canonicalize=_distance_canonicalize, infer=_distance_infer,
+               reference=_distance_reference,
+               macs=lambda ts, out, a: ts[0].size, arity=2,
+               doc="Lp distance between two embeddings, one number per sample (siamese)"))
