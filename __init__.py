@@ -30,7 +30,7 @@ def __getattr__(name: str) -> Any:
 
         return run_reference
     if name == "zoo":
-        from . import zoo
+        import importlib
 
-        return zoo
+        return importlib.import_module(f"{__name__}.zoo")
     raise AttributeError(f"module 'cnnc' has no attribute {name!r}")

@@ -1,4 +1,10 @@
-"""The landmark networks as DSL files, loadable by name: `cnnc.zoo.load("resnet18")`."""
+"""The landmark networks as DSL files, loadable by name: `cnnc.zoo.load("resnet18")`.
+
+Each `<name>.cnn` file starts with a comment giving its source paper, input size, parameter
+count and what is unusual about it; `description(name)` returns that text. Network parameters
+in the header (`classes`, `size`, and where sensible a `width`) can be overridden:
+`load("resnet50", classes=10, size=64)`.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +20,21 @@ def names() -> list[str]:
 
 
 def path(name: str) -> Path:
+    """The .cnn file of a zoo network; KeyError naming the valid names if there is none."""
     p = ZOO_DIR / f"{name}.cnn"
     if not p.is_file():
         raise KeyError(f"no zoo network {name!r}; the zoo has: {', '.join(names())}")
     return p
+
+
+def description(name: str) -> str:
+    """The header comment of a zoo network, without the `#` marks."""
+    lines = []
+    for line in path(name).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return "\n".join(lines)
 
 
 def load(name: str, **params: Any):
