@@ -4,7 +4,8 @@ Values during evaluation are numbers, bare words (`same`, `bilinear`), tuples, t
 nodes), blocks and shared instances. Layers get readable names: `conv1`, `conv2`, ... per scope,
 block instances `basic1.conv1`, or the name given with `as`. Parameters are named after their
 layer (`basic1.conv1.weight`); a `shared` instance creates its parameters once and reuses them
-every time it is applied (siamese towers).
+every time it is applied (siamese towers): `shared fc = dense(10)` owns `fc.weight`, and
+`shared tower = embed(128)` owns `tower.conv1.weight`, ...
 """
 
 from __future__ import annotations
@@ -20,13 +21,27 @@ from typing import Any
 import numpy as np
 
 from ..compiler.ir import Graph, Span, TensorType
-from ..compiler.ops import REQUIRED, AttrError, OpDef, ParamSpec, ShapeError, all_names, get_op
+from ..compiler.ops import (
+    REQUIRED,
+    Attr,
+    AttrError,
+    OpDef,
+    ParamSpec,
+    ShapeError,
+    all_names,
+    get_op,
+)
 from . import ast
 from .errors import DslError
 from .parser import parse
 
 MAX_REPEAT = 10_000
 
+# Attributes that take literal (fixed) parameter values, and the parameter each one fills.
+LITERAL_PARAMS = {"weights": "weight", "bias": "bias"}
+
+
+# -- values -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Tensor:
@@ -49,11 +64,15 @@ class Block:
 
 @dataclass
 class SharedInstance:
+    """`shared name = layer(args)`: one set of parameters, applied any number of times."""
+
     name: str
-    call: ast.Call
-    env: dict[str, Any]
-    param_prefix: str
+    call: ast.Call  # the declaration's layer or block call
+    env: dict[str, Any]  # the names visible where it was declared
+    param_base: str  # `tower` (or `basic1.tower` when declared inside a block instance)
+    params: dict[str, int] = field(default_factory=dict)  # parameter name -> node id
     uses: int = 0
+    first_input: tuple[TensorType, Span] | None = None
 
 
 @dataclass
@@ -64,27 +83,31 @@ class ModuleEnv:
 
 @dataclass
 class Scope:
+    """Where layers are named: `basic1.` for nodes and parameters inside block instance 1."""
+
     node_prefix: str = ""
     param_prefix: str = ""
     counters: Counter = field(default_factory=Counter)
     labels: set[str] = field(default_factory=set)
 
     def layer_name(self, base: str, label: str | None, span: Span) -> str:
+        """The `as` label, or `base` with the next free number (`conv3`, `stage2_1`)."""
         if label is not None:
             if label in self.labels:
-                raise DslError(f"the name {label!r} is already used for a layer here", span)
+                raise DslError(f"the name {label!r} is already used for a layer here", span,
+                               "give each layer in a scope its own `as` name")
             self.labels.add(label)
             return label
+        sep = "_" if base[-1:].isdigit() else ""  # a block `b2` numbers `b2_1`, not `b21`
         while True:
             self.counters[base] += 1
-            name = f"{base}{self.counters[base]}"
+            name = f"{base}{sep}{self.counters[base]}"
             if name not in self.labels:
                 self.labels.add(name)
                 return name
 
-    def child(self, name: str, param_name: str | None = None) -> Scope:
-        return Scope(self.node_prefix + name + ".",
-                     self.param_prefix + (param_name or name) + ".")
+    def child(self, name: str) -> Scope:
+        return Scope(self.node_prefix + name + ".", self.param_prefix + name + ".")
 
 
 @dataclass
@@ -101,6 +124,21 @@ class Frame:
             return self.local[name]
         return self.module.names.get(name)
 
+    def visible(self) -> list[str]:
+        return list(self.local) + [n for n in self.module.names if n not in self.local]
+
+
+@dataclass
+class LayerSite:
+    """How a new layer node is named and where it sits in the source."""
+
+    span: Span  # the call (for shape errors and the node's span)
+    node_name: str
+    param_base: str
+    shared_params: dict[str, int] | None = None  # a shared instance's parameters, to reuse
+
+
+# -- the builder ------------------------------------------------------------------------------
 
 class Builder:
     def __init__(self, file: str, overrides: dict[str, Any] | None = None,
@@ -110,141 +148,213 @@ class Builder:
         self.overrides = dict(overrides or {})
         self.search_dirs = search_dirs
         self.params: dict[str, int] = {}
+        self.output_spans: dict[str, Span] = {}
         self.block_stack: list[tuple[str, Span]] = []
-        self.importing: list[str] = []
+        # The parameters of the shared block instance being applied, if any (see _sharing).
+        self.current_shared: dict[str, int] | None = None
+        real_file = file and not file.startswith("<")
+        self.importing: list[str] = [str(Path(file).resolve())] if real_file else []
 
     # -- entry --------------------------------------------------------------------------------
     def build_module(self, module: ast.Module) -> Graph:
         env = ModuleEnv(module.file)
         frame = Frame(env.names, env, Scope())
-        header_seen = False
-        unused = set(self.overrides)
+        header: ast.Header | None = None
+        body_started = False  # the header may follow imports, nothing else
         for item in module.items:
             if isinstance(item, ast.Header):
-                if header_seen:
-                    raise DslError("a second `network` header", item.span,
-                                   "a file describes one network")
-                header_seen = True
-                self.graph.name = item.name
-                for p in item.params:
-                    if p.name in self.overrides:
-                        env.names[p.name] = self.overrides[p.name]
-                        unused.discard(p.name)
-                    elif p.default is None:
-                        raise DslError(f"network parameter {p.name!r} has no default and no "
-                                       "value was given", p.span)
-                    else:
-                        env.names[p.name] = self.eval(p.default, frame)
+                if body_started:
+                    raise DslError("the `network` header must come first", item.span,
+                                   "move it above the inputs and blocks (imports may precede "
+                                   "it)")
+                header = self.apply_header(item, header, frame)
             else:
+                body_started = body_started or not isinstance(item, ast.Import)
                 self.exec_stmt(item, frame, top_level=True)
-        if unused:
-            raise DslError(f"unknown network parameter(s): {', '.join(sorted(unused))}",
-                           None, "declare them in the header: network name(param = default)")
+        self.check_overrides(header)
         if not self.graph.outputs:
             raise DslError("the network has no output", _file_start(module.file),
-                           "end a chain with `-> output NAME`")
+                           "end a chain with `-> output NAME`, or write `output NAME = chain`")
         return self.graph
+
+    def apply_header(self, item: ast.Header, previous: ast.Header | None,
+                     frame: Frame) -> ast.Header:
+        """`network name(p = default, ...)`: binds the parameters, overridden by the caller's."""
+        if previous is not None:
+            raise DslError("a second `network` header", item.span,
+                           "a file describes one network", [f"the first is at {previous.span}"])
+        self.graph.name = item.name
+        for p in item.params:
+            if p.name in frame.local:
+                raise DslError(f"network parameter {p.name!r} is declared twice", p.span)
+            if p.name in self.overrides:
+                frame.local[p.name] = self.overrides[p.name]
+            elif p.default is None:
+                raise DslError(f"network parameter {p.name!r} has no default and no value was "
+                               "given", p.span,
+                               f"give it one: `{p.name} = ...` here, or "
+                               f"load_network(..., {p.name}=...) / --param {p.name}=...")
+            else:
+                frame.local[p.name] = self.eval(p.default, frame)
+        return item
+
+    def check_overrides(self, header: ast.Header | None) -> None:
+        declared = [p.name for p in header.params] if header else []
+        unknown = sorted(set(self.overrides) - set(declared))
+        if not unknown:
+            return
+        close = difflib.get_close_matches(unknown[0], declared, n=1)
+        what = (f"{self.graph.name} takes: {', '.join(declared)}" if declared else
+                "the network declares no parameters: network name(param = default)")
+        raise DslError(f"unknown network parameter{'s' * (len(unknown) > 1)}: "
+                       f"{', '.join(unknown)}", _header_span(header),
+                       (f"did you mean {close[0]!r}? " if close else "") + what)
 
     # -- statements ---------------------------------------------------------------------------
     def exec_stmt(self, stmt: ast.Stmt, frame: Frame, top_level: bool = False) -> None:
-        if isinstance(stmt, ast.InputDecl):
-            if not top_level:
-                raise DslError("inputs are declared at the top level, not inside a block",
-                               stmt.span)
-            self.declare_input(stmt, frame)
-        elif isinstance(stmt, ast.Import):
-            if not top_level:
-                raise DslError("imports belong at the top level", stmt.span)
-            self.do_import(stmt, frame.module)
-        elif isinstance(stmt, ast.BlockDef):
-            if stmt.name in frame.module.names or _is_op(stmt.name):
-                what = "an operator" if _is_op(stmt.name) else "already defined"
-                raise DslError(f"block name {stmt.name!r} is {what}", stmt.span)
-            frame.module.names[stmt.name] = Block(stmt, frame.module)
-        elif isinstance(stmt, ast.Assign):
-            if stmt.name == "in":
-                raise DslError("`in` is the block's input and cannot be reassigned", stmt.span)
-            frame.local[stmt.name] = self.eval_chain(stmt.value, frame)
-        elif isinstance(stmt, ast.Shared):
-            self.declare_shared(stmt, frame)
-        elif isinstance(stmt, ast.OutputStmt):
-            value = self.expect_tensor(self.eval_chain(stmt.value, frame), stmt.value.span)
-            self.add_output(stmt.name, value, stmt.span)
-        elif isinstance(stmt, ast.ChainStmt):
-            if not any(isinstance(s, ast.OutputStage) for s in stmt.value.stages):
-                raise DslError("this chain's result is never used", stmt.span,
-                               "assign it (`y = ...`), end it with `-> output NAME`, or return "
-                               "it from a block")
-            self.eval_chain(stmt.value, frame)
-        elif isinstance(stmt, ast.Return):
-            if top_level:
-                raise DslError("`return` is only valid inside a block", stmt.span,
-                               "at the top level, end the chain with `-> output NAME`")
-            frame.returned = (self.eval_chain(stmt.value, frame), stmt.span)
-        elif isinstance(stmt, ast.Header):
-            raise DslError("`network` header inside a block", stmt.span)
-        else:  # pragma: no cover - the grammar has no other statements
+        handler = getattr(self, f"stmt_{type(stmt).__name__.lower()}", None)
+        if handler is None:  # pragma: no cover - the grammar has no other statements
             raise DslError(f"unsupported statement {type(stmt).__name__}", stmt.span)
+        handler(stmt, frame, top_level)
 
-    def declare_input(self, stmt: ast.InputDecl, frame: Frame) -> None:
+    def stmt_inputdecl(self, stmt: ast.InputDecl, frame: Frame, top_level: bool) -> None:
+        if not top_level:
+            raise DslError("inputs are declared at the top level, not inside a block", stmt.span)
         if stmt.name in self.graph.inputs or frame.lookup(stmt.name) is not None:
             raise DslError(f"{stmt.name!r} is already defined", stmt.span)
-        dims = []
-        for d in stmt.dims:
-            v = self.eval(d, frame)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise DslError(f"input dimensions must be positive integers, got {_show(v)}",
-                               d.span, "write channels x height x width, e.g. 3 x 224 x 224")
-            dims.append(v)
+        dims = tuple(self.input_dim(d, frame) for d in stmt.dims)
         if len(dims) not in (1, 3):
             raise DslError(f"an input is channels x height x width (or a feature count), got "
-                           f"{len(dims)} dimensions", stmt.span)
-        node = self.graph.add("input", attrs={"shape": tuple(dims)},
-                              type=TensorType(tuple(dims)), name=stmt.name, span=stmt.span)
+                           f"{len(dims)} dimensions", stmt.span,
+                           "e.g. `input image: 3 x 224 x 224` or `input features: 128`")
+        node = self.graph.add("input", attrs={"shape": dims}, type=TensorType(dims),
+                              name=stmt.name, span=stmt.span)
         self.graph.inputs[stmt.name] = node.id
         frame.local[stmt.name] = Tensor(node.id)
 
-    def declare_shared(self, stmt: ast.Shared, frame: Frame) -> None:
-        target = frame.lookup(stmt.call.name)
-        if not isinstance(target, Block) and not _is_op(stmt.call.name):
-            raise self.unknown_layer(stmt.call, frame)
+    def input_dim(self, expr: ast.Expr, frame: Frame) -> int:
+        v = self.eval(expr, frame)
+        if isinstance(v, Word):
+            raise self.undefined(v, frame)
+        if not _is_int(v) or v < 1:
+            raise DslError(f"input dimensions must be positive integers, got {_show(v)}",
+                           expr.span, "write channels x height x width, e.g. 3 x 224 x 224")
+        return v
+
+    def stmt_import(self, stmt: ast.Import, frame: Frame, top_level: bool) -> None:
+        if not top_level:
+            raise DslError("imports belong at the top level", stmt.span)
+        self.do_import(stmt, frame.module)
+
+    def stmt_blockdef(self, stmt: ast.BlockDef, frame: Frame, top_level: bool) -> None:
+        if not top_level:
+            raise DslError("blocks are defined at the top level, not inside a block", stmt.span)
+        if stmt.name in frame.module.names or _is_op(stmt.name):
+            what = "the name of a layer" if _is_op(stmt.name) else "already defined"
+            raise DslError(f"block name {stmt.name!r} is {what}", stmt.span,
+                           "choose another name")
+        seen: set[str] = set()
+        for p in stmt.params:
+            if p.name in seen or p.name == "in":
+                raise DslError(f"block parameter {p.name!r} is "
+                               f"{'reserved for the input' if p.name == 'in' else 'repeated'}",
+                               p.span)
+            seen.add(p.name)
+        frame.module.names[stmt.name] = Block(stmt, frame.module)
+
+    def stmt_assign(self, stmt: ast.Assign, frame: Frame, top_level: bool) -> None:
+        if stmt.name == "in":
+            raise DslError("`in` is the block's input and cannot be reassigned", stmt.span)
+        if stmt.name in self.graph.inputs and top_level:
+            raise DslError(f"{stmt.name!r} is a network input and cannot be reassigned",
+                           stmt.span, "choose another name")
+        frame.local[stmt.name] = self.eval_chain(stmt.value, frame)
+
+    def stmt_shared(self, stmt: ast.Shared, frame: Frame, top_level: bool) -> None:
+        call = stmt.call
+        target = frame.lookup(call.name)
+        if isinstance(target, SharedInstance):
+            raise DslError(f"{call.name!r} is already a shared instance", call.name_span,
+                           f"apply it directly: `x -> {call.name}`")
+        if not isinstance(target, Block) and not _is_op(call.name):
+            raise self.unknown_layer(call, frame)
         if stmt.name in frame.local:
             raise DslError(f"{stmt.name!r} is already defined", stmt.span)
-        frame.local[stmt.name] = SharedInstance(stmt.name, stmt.call, frame.local,
-                                                frame.scope.param_prefix + stmt.name + ".")
+        if call.label is not None:
+            raise DslError("a shared instance is named by its declaration; drop the `as`",
+                           call.span)
+        frame.scope.labels.add(stmt.name)  # no other layer in this scope may take its name
+        frame.local[stmt.name] = SharedInstance(stmt.name, call, frame.local,
+                                                frame.scope.param_prefix + stmt.name)
+
+    def stmt_outputstmt(self, stmt: ast.OutputStmt, frame: Frame, top_level: bool) -> None:
+        value = self.expect_tensor(self.eval_chain(stmt.value, frame), stmt.value.span, frame)
+        self.add_output(stmt.name, value, stmt.span)
+
+    def stmt_chainstmt(self, stmt: ast.ChainStmt, frame: Frame, top_level: bool) -> None:
+        if not any(isinstance(s, ast.OutputStage) for s in stmt.value.stages):
+            raise DslError("this chain's result is never used", stmt.span,
+                           "assign it (`y = ...`), end it with `-> output NAME`, or return it "
+                           "from a block")
+        self.eval_chain(stmt.value, frame)
+
+    def stmt_return(self, stmt: ast.Return, frame: Frame, top_level: bool) -> None:
+        if top_level:
+            raise DslError("`return` is only valid inside a block", stmt.span,
+                           "at the top level, end the chain with `-> output NAME`")
+        frame.returned = (self.eval_chain(stmt.value, frame), stmt.span)
+
+    def stmt_header(self, stmt: ast.Header, frame: Frame, top_level: bool) -> None:
+        raise DslError("`network` header inside a block", stmt.span)
 
     def add_output(self, name: str, value: Tensor, span: Span) -> None:
         if name in self.graph.outputs:
-            raise DslError(f"output {name!r} is declared twice", span)
+            raise DslError(f"output {name!r} is declared twice", span,
+                           "give each output its own name",
+                           [f"the first {name!r} is at {self.output_spans[name]}"])
         self.graph.outputs[name] = value.node
+        self.output_spans[name] = span
 
+    # -- imports ------------------------------------------------------------------------------
     def do_import(self, stmt: ast.Import, env: ModuleEnv) -> None:
+        """Run another file's imports and block definitions; bind the blocks asked for."""
         path = self.resolve_import(stmt.path, env.file, stmt.span)
         key = str(path)
         if key in self.importing:
-            raise DslError(f"import cycle: {' -> '.join(self.importing + [key])}", stmt.span)
-        module = parse(path.read_text(), str(path))
-        sub = ModuleEnv(str(path))
-        self.importing.append(key)
-        try:
-            sub_frame = Frame(sub.names, sub, Scope())
-            for item in module.items:
-                if isinstance(item, (ast.BlockDef, ast.Import)):
-                    self.exec_stmt(item, sub_frame, top_level=True)
-        finally:
-            self.importing.pop()
-        wanted = stmt.names if stmt.names is not None else [
-            n for n, v in sub.names.items() if isinstance(v, Block)]
-        for name in wanted:
+            cycle = self.importing[self.importing.index(key):] + [key]
+            raise DslError("import cycle: " + " -> ".join(Path(f).name for f in cycle),
+                           stmt.span, "move the shared blocks into a third file that both "
+                           "import")
+        sub = self.load_module(path)
+        available = [n for n, v in sub.names.items() if isinstance(v, Block)]
+        for name in stmt.names if stmt.names is not None else available:
             value = sub.names.get(name)
             if not isinstance(value, Block):
-                blocks = [n for n, v in sub.names.items() if isinstance(v, Block)]
+                close = difflib.get_close_matches(name, available, n=1)
                 raise DslError(f"{path.name} defines no block {name!r}", stmt.span,
-                               f"it defines: {', '.join(blocks) or 'no blocks'}")
-            if name in env.names:
+                               (f"did you mean {close[0]!r}? " if close else "") +
+                               f"it defines: {', '.join(available) or 'no blocks'}")
+            if name in env.names and env.names[name] is not value:
                 raise DslError(f"imported block {name!r} clashes with an existing name",
                                stmt.span)
             env.names[name] = value
+
+    def load_module(self, path: Path) -> ModuleEnv:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DslError(f"cannot read {path}: {_os_reason(e)}") from None
+        module = parse(text, str(path))
+        sub = ModuleEnv(str(path))
+        self.importing.append(str(path))
+        try:
+            frame = Frame(sub.names, sub, Scope())
+            for item in module.items:
+                if isinstance(item, (ast.BlockDef, ast.Import)):
+                    self.exec_stmt(item, frame, top_level=True)
+        finally:
+            self.importing.pop()
+        return sub
 
     def resolve_import(self, rel: str, importer: str, span: Span) -> Path:
         candidates = []
@@ -254,8 +364,10 @@ class Builder:
         for c in candidates:
             if c.is_file():
                 return c.resolve()
+        where = Path(importer).parent if importer and not importer.startswith("<") else None
         raise DslError(f"cannot find {rel!r} to import", span,
-                       "paths are relative to the importing file")
+                       "paths are relative to the importing file" +
+                       (f" (looked in {where}/ and the zoo)" if where else ""))
 
     # -- chains -------------------------------------------------------------------------------
     def eval_chain(self, chain: ast.Chain, frame: Frame) -> Any:
@@ -266,9 +378,9 @@ class Builder:
 
     def eval_stage(self, stage: ast.Stage, value: Any, frame: Frame, head: Span) -> Any:
         if isinstance(stage, ast.OutputStage):
-            self.add_output(stage.name, self.expect_tensor(value, head), stage.span)
+            self.add_output(stage.name, self.expect_tensor(value, head, frame), stage.span)
             return value
-        value = self.expect_tensor(value, head)
+        value = self.expect_tensor(value, head, frame)
         if isinstance(stage, ast.CallStage):
             return self.apply(stage.call, frame, value)
         times = self.repeat_count(stage.times, frame) if stage.times is not None else 1
@@ -282,16 +394,18 @@ class Builder:
 
     def repeat_count(self, expr: ast.Expr, frame: Frame) -> int:
         times = self.eval(expr, frame)
-        if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= MAX_REPEAT:
+        if isinstance(times, Word):
+            raise self.undefined(times, frame)
+        if not _is_int(times) or not 1 <= times <= MAX_REPEAT:
             raise DslError(f"repetition count must be an integer from 1 to {MAX_REPEAT}, got "
-                           f"{_show(times)}", expr.span)
+                           f"{_show(times)}", expr.span,
+                           "to leave a stage out, delete it from the chain" if times == 0
+                           else "")
         return times
 
     # -- expressions --------------------------------------------------------------------------
     def eval(self, expr: ast.Expr, frame: Frame) -> Any:
-        if isinstance(expr, ast.Num):
-            return expr.value
-        if isinstance(expr, ast.Bool):
+        if isinstance(expr, (ast.Num, ast.Bool)):
             return expr.value
         if isinstance(expr, ast.Chain):
             return self.eval_chain(expr, frame)
@@ -299,9 +413,11 @@ class Builder:
             return tuple(self.eval(i, frame) for i in expr.items)
         if isinstance(expr, ast.Neg):
             v = self.eval(expr.operand, frame)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if isinstance(v, Word):
+                raise self.undefined(v, frame)
+            if _is_number(v):
                 return -v
-            raise DslError(f"cannot negate {_show(v)}", expr.span)
+            raise DslError(f"cannot negate {_show(v)}", expr.span, "only numbers have a sign")
         if isinstance(expr, ast.BinOp):
             return self.eval_binop(expr, frame)
         if isinstance(expr, ast.Call):
@@ -310,75 +426,86 @@ class Builder:
 
     def eval_binop(self, expr: ast.BinOp, frame: Frame) -> Any:
         a, b = self.eval(expr.left, frame), self.eval(expr.right, frame)
-        for v, e in ((a, expr.left), (b, expr.right)):
+        for v in (a, b):
             if isinstance(v, Word):
                 raise self.undefined(v, frame)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
-            if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or expr.op not in "+-*":
-                raise DslError(
-                    f"cannot apply {expr.op!r} to {_show(a)} and {_show(b)}", expr.span,
-                    "tensors combine with + (residual add), - and * (elementwise product); "
-                    "repeat a block in a chain with `-> block(...) * 2`")
-            op = {"+": "add", "-": "sub", "*": "mul"}[expr.op]
-            return self.make_node(get_op(op), [a, b], {}, expr.span, None, frame.scope)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
-            raise DslError(f"cannot apply {expr.op!r} to {_show(a)} and {_show(b)}", expr.span)
+            return self.tensor_binop(expr, a, b, frame)
+        if not (_is_number(a) and _is_number(b)):
+            raise DslError(f"cannot apply {expr.op!r} to {_show(a)} and {_show(b)}", expr.span,
+                           "arithmetic works on numbers")
         if expr.op in ("//", "%", "/") and b == 0:
             raise DslError("division by zero", expr.right.span)
         return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
                 "//": lambda: a // b, "/": lambda: a / b, "%": lambda: a % b}[expr.op]()
 
+    def tensor_binop(self, expr: ast.BinOp, a: Any, b: Any, frame: Frame) -> Tensor:
+        """`a + b`, `a - b`, `a * b` of two tensors: elementwise with broadcasting."""
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)) or expr.op not in "+-*":
+            raise DslError(
+                f"cannot apply {expr.op!r} to {_show(a)} and {_show(b)}", expr.span,
+                "tensors combine with + (residual add), - and * (elementwise product); "
+                "repeat a block in a chain with `-> block(...) * 2`")
+        op = get_op({"+": "add", "-": "sub", "*": "mul"}[expr.op])
+        return self.make_node(op, [a, b], {}, {}, self.site(frame.scope, op.name, None,
+                                                            expr.span))
+
     def eval_call(self, call: ast.Call, frame: Frame) -> Any:
+        """A bare name is its value (or a Word); `name(args)` applies a layer or block."""
         if call.args is None and call.label is None:
             value = frame.lookup(call.name)
-            if value is not None and not isinstance(value, (Block, SharedInstance)):
-                return value
-            if value is None and not _is_op(call.name):
+            if value is None:
                 return Word(call.name, call.span)
-            raise DslError(f"{call.name!r} is a layer and needs an input", call.span,
-                           f"write `x -> {call.name}` or `{call.name}(x)`")
+            if isinstance(value, (Block, SharedInstance)):
+                raise _needs_input(call.name, call.span)
+            return value
         return self.apply(call, frame, None)
 
-    def expect_tensor(self, value: Any, span: Span) -> Tensor:
+    def expect_tensor(self, value: Any, span: Span, frame: Frame | None) -> Tensor:
         if isinstance(value, Tensor):
             return value
         if isinstance(value, Word):
-            raise self.undefined(value, None)
+            raise self.undefined(value, frame)
         raise DslError(f"expected a tensor here, got {_show(value)}", span)
 
     def undefined(self, word: Word, frame: Frame | None) -> DslError:
-        names = list(self.graph.inputs)
-        if frame is not None:
-            names += list(frame.local) + list(frame.module.names)
+        """The error for a bare name used as a value: a layer without input, or unknown."""
+        if _is_op(word.name):
+            return _needs_input(word.name, word.span)
+        names = list(self.graph.inputs) + (frame.visible() if frame is not None else [])
         close = difflib.get_close_matches(word.name, names, n=1)
         hint = f"did you mean {close[0]!r}?" if close else ""
+        if word.name == "in" and not close:
+            hint = "`in` is a block's input; at the top level use an input's name"
         return DslError(f"undefined name {word.name!r}", word.span, hint)
 
     def unknown_layer(self, call: ast.Call, frame: Frame) -> DslError:
-        blocks = [n for n, v in {**frame.module.names, **frame.local}.items()
-                  if isinstance(v, (Block, SharedInstance))]
-        close = difflib.get_close_matches(call.name, blocks + all_names(), n=1, cutoff=0.5)
-        hint = (f"did you mean {close[0]!r}?" if close else
-                "valid layers: " + ", ".join(n for n in all_names()
-                                             if n not in ("input", "param")))
         value = frame.lookup(call.name)
         if isinstance(value, Tensor):
             return DslError(f"{call.name!r} is a tensor, not a layer", call.name_span,
                             "combine tensors with +, * or concat(a, b)")
+        if value is not None:
+            return DslError(f"{call.name!r} is {_show(value)}, not a layer", call.name_span)
+        blocks = [n for n in frame.visible()
+                  if isinstance(frame.lookup(n), (Block, SharedInstance))]
+        layers = [n for n in all_names() if _is_op(n)]
+        close = difflib.get_close_matches(call.name, blocks + layers, n=1, cutoff=0.5)
+        hint = (f"did you mean {close[0]!r}?" if close else
+                "valid layers: " + ", ".join(layers) +
+                (f"; blocks: {', '.join(blocks)}" if blocks else ""))
         return DslError(f"unknown layer {call.name!r}", call.name_span, hint)
 
     # -- applying layers, blocks and shared instances ------------------------------------------
     def apply(self, call: ast.Call, frame: Frame, piped: Tensor | None) -> Any:
         target = frame.lookup(call.name)
         if isinstance(target, SharedInstance):
-            if call.args:
-                raise DslError(f"shared instance {call.name!r} takes no arguments; they were "
-                               "given where it was declared", call.span)
             return self.apply_shared(target, call, frame, piped)
         if isinstance(target, Block):
-            return self.call_block(target, call, frame, piped, frame.scope)
-        if _is_op(call.name) and not isinstance(target, Tensor):
-            return self.apply_op(get_op(call.name), call, frame, piped, frame.scope)
+            return self.call_block(target, call, frame, piped)
+        if _is_op(call.name) and target is None:
+            op = get_op(call.name)
+            return self.apply_op(op, call, frame, piped,
+                                 self.site(frame.scope, op.name, call.label, call.span))
         raise self.unknown_layer(call, frame)
 
     def eval_args(self, call: ast.Call, frame: Frame) -> tuple[list[tuple[Any, ast.Arg]],
@@ -388,7 +515,8 @@ class Builder:
         for arg in call.args or ():
             if arg.keyword is None:
                 if keywords:
-                    raise DslError("positional argument after a keyword argument", arg.span)
+                    raise DslError("positional argument after a keyword argument", arg.span,
+                                   "put positional arguments first")
                 positional.append((self.eval(arg.value, frame), arg))
             else:
                 if arg.keyword in keywords:
@@ -396,49 +524,63 @@ class Builder:
                 keywords[arg.keyword] = (self.eval(arg.value, frame), arg)
         return positional, keywords
 
+    def site(self, scope: Scope, base: str, label: str | None, span: Span) -> LayerSite:
+        """Name a new layer in `scope`: `conv3`, or its `as` label."""
+        name = scope.layer_name(base, label, span)
+        return LayerSite(span, scope.node_prefix + name, scope.param_prefix + name,
+                         self.current_shared)
+
     def apply_op(self, op: OpDef, call: ast.Call, frame: Frame, piped: Tensor | None,
-                 scope: Scope, param_scope: Scope | None = None) -> Tensor:
+                 site: LayerSite) -> Tensor:
         positional, keywords = self.eval_args(call, frame)
+        inputs = self.op_inputs(op, call, piped, positional)
+        raw, spans = self.bind_attrs(op, call, positional, keywords, frame)
+        return self.make_node(op, inputs, raw, spans, site)
+
+    def op_inputs(self, op: OpDef, call: ast.Call, piped: Tensor | None,
+                  positional: list[tuple[Any, ast.Arg]]) -> list[Tensor]:
+        """The tensor inputs: the piped one, then leading tensor arguments (`add(a, b)`)."""
         inputs: list[Tensor] = [piped] if piped is not None else []
         while positional and isinstance(positional[0][0], Tensor):
             inputs.append(positional.pop(0)[0])
         want = op.arity
         if want is None:
-            if len(inputs) < 1 or (op.name in ("add", "mul") and len(inputs) < 2):
-                need = "two or more" if op.name in ("add", "mul") else "one or more"
-                raise DslError(f"{op.name} takes {need} tensors, got {len(inputs)}", call.span)
+            need = 2 if op.name in ("add", "mul") else 1
+            if len(inputs) < need:
+                words = "two or more" if need == 2 else "one or more"
+                raise DslError(f"{op.name} takes {words} tensors, got {len(inputs)}", call.span,
+                               f"e.g. {op.name}(a, b)")
         elif len(inputs) != want:
-            how = "from the chain (`x -> " + op.name + "(...)`)" if want == 1 else ""
+            hint = (f"give it its input from the chain: `x -> {op.name}`" if want == 1 else
+                    f"e.g. {op.name}(a, b)")
             raise DslError(f"{op.name} takes {want} input tensor{'s' * (want != 1)}, got "
-                           f"{len(inputs)}", call.span, f"give it its input {how}".strip())
-        raw, spans = self.bind_attrs(op, call, positional, keywords, frame)
-        return self.make_node(op, inputs, raw, call.span, call.label, scope, spans, param_scope)
+                           f"{len(inputs)}", call.span, hint)
+        return inputs
 
-    def bind_attrs(self, op: OpDef, call: ast.Call, positional, keywords, frame: Frame):
-        raw: dict[str, Any] = {}
-        spans: dict[str, Span] = {}
+    def bind_attrs(self, op: OpDef, call: ast.Call, positional: list[tuple[Any, ast.Arg]],
+                   keywords: dict[str, tuple[Any, ast.Arg]], frame: Frame
+                   ) -> tuple[dict[str, Any], dict[str, Span]]:
+        """Match arguments to the op's signature: values by attribute name, and their spans."""
         sig = op.signature
         if len(positional) > len(sig):
             extra = positional[len(sig)][1]
-            names = ", ".join(a.name for a in sig) or "no arguments"
+            if not sig:
+                raise DslError(f"{op.name} takes no arguments, got {len(positional)}",
+                               extra.span, f"write `x -> {op.name}`")
             raise DslError(f"{op.name} takes at most {len(sig)} argument"
-                           f"{'s' * (len(sig) != 1)} ({names}), got {len(positional)}",
-                           extra.span)
+                           f"{'s' * (len(sig) != 1)} ({', '.join(a.name for a in sig)}), got "
+                           f"{len(positional)}", extra.span)
+        raw: dict[str, Any] = {}
+        spans: dict[str, Span] = {}
         for (value, arg), attr in zip(positional, sig):
-            raw[attr.name] = value
-            spans[attr.name] = arg.span
+            raw[attr.name], spans[attr.name] = value, arg.span
         for key, (value, arg) in keywords.items():
             if op.attr(key) is None:
-                valid = [a.name for a in sig]
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = (f"did you mean {close[0]!r}? " if close else "") + \
-                    (f"{op.name} takes: {', '.join(valid)}" if valid else
-                     f"{op.name} takes no arguments")
-                raise DslError(f"{op.name} has no argument {key!r}", arg.keyword_span, hint)
+                raise self.unknown_keyword(op, key, arg.keyword_span)
             if key in raw:
-                raise DslError(f"argument {key!r} given twice", arg.keyword_span)
-            raw[key] = value
-            spans[key] = arg.span
+                raise DslError(f"argument {key!r} given twice (once by position)",
+                               arg.keyword_span)
+            raw[key], spans[key] = value, arg.value.span
         for attr in sig:
             if attr.name not in raw:
                 if attr.default is REQUIRED:
@@ -446,158 +588,210 @@ class Builder:
                                    f"{' (' + attr.doc + ')' if attr.doc else ''}", call.span,
                                    f"e.g. {_example(op)}")
                 raw[attr.name] = attr.default
-        for key, value in list(raw.items()):
-            if isinstance(value, Word):
-                attr = op.attr(key)
-                if attr is not None and attr.kind in ("int", "float", "bool", "ints", "tensor",
-                                                      "shape") and not attr.choices:
-                    raise self.undefined(value, frame)
-                raw[key] = value.name
-            elif isinstance(value, Tensor):
-                raise DslError(f"{op.name}: argument {key!r} must not be a tensor",
-                               spans[key])
-            elif isinstance(value, (Block, SharedInstance)):
-                raise DslError(f"{op.name}: argument {key!r} must be a value, not a layer",
-                               spans[key])
+            else:
+                raw[attr.name] = self.attr_value(op, attr, raw[attr.name], spans[attr.name],
+                                                 frame)
         return raw, spans
 
-    def make_node(self, op: OpDef, inputs: list[Tensor], raw: dict[str, Any], span: Span,
-                  label: str | None, scope: Scope, spans: dict[str, Span] | None = None,
-                  param_scope: Scope | None = None) -> Tensor:
-        spans = spans or {}
+    def unknown_keyword(self, op: OpDef, key: str, span: Span) -> DslError:
+        valid = [a.name for a in op.signature]
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = (f"did you mean {close[0]!r}? " if close else "") + \
+            (f"{op.name} takes: {', '.join(valid)}" if valid else
+             f"{op.name} takes no arguments")
+        return DslError(f"{op.name} has no argument {key!r}", span, hint)
+
+    def attr_value(self, op: OpDef, attr: Attr, value: Any, span: Span, frame: Frame) -> Any:
+        """An argument as the op sees it: words become strings, literal lists arrays."""
+        if isinstance(value, Word):
+            if not _takes_words(attr):
+                raise self.undefined(value, frame)
+            return value.name
+        if isinstance(value, Tensor):
+            raise DslError(f"{op.name}: argument {attr.name!r} must not be a tensor", span,
+                           "tensor inputs come first, or from the chain")
+        if isinstance(value, (Block, SharedInstance)):
+            raise DslError(f"{op.name}: argument {attr.name!r} must be a value, not a layer",
+                           span)
+        if attr.name in LITERAL_PARAMS and (isinstance(value, tuple) or attr.kind == "tensor"):
+            return _literal_array(value, span, attr.name) if value is not None else None
+        if isinstance(value, tuple):
+            return tuple(self.attr_value(op, attr, v, span, frame) for v in value)
+        return value
+
+    def make_node(self, op: OpDef, inputs: list[Tensor], raw: dict[str, Any],
+                  spans: dict[str, Span], site: LayerSite) -> Tensor:
+        """Canonicalize the attributes, create the parameters and add the op's node."""
         in_types = [self.graph.node(t.node).type for t in inputs]
-        literals = {k: raw[k] for k in ("weights", "bias") if k in raw and
-                    isinstance(raw[k], tuple)}
-        for k, v in literals.items():
-            raw[k] = _literal_array(v, spans.get(k, span), k)
         try:
             attrs = op.canonicalize(raw, in_types) if op.canonicalize else dict(raw)
             specs = op.param_specs(attrs, in_types)
         except AttrError as e:
-            raise DslError(f"{op.name}: {e}", spans.get(e.attr or "", span)) from None
+            raise DslError(f"{op.name}: {e}", spans.get(e.attr or "", site.span),
+                           _attr_hint(op, e.attr, raw)) from None
         except ShapeError as e:
-            raise DslError(str(e), span, _shape_hint(in_types)) from None
-        name = scope.layer_name(op.name, label, span)
-        pscope = param_scope or scope
-        param_ids = [self.make_param(pscope.param_prefix + name, spec, raw, spans, span)
-                     for spec in specs]
+            raise DslError(str(e), site.span, _shape_hint(op, in_types)) from None
+        param_ids = [self.make_param(site, spec, raw, spans) for spec in specs]
         try:
             node = self.graph.add(op.name, [t.node for t in inputs] + param_ids, attrs,
-                                  name=scope.node_prefix + name, span=span)
+                                  name=site.node_name, span=site.span)
         except ShapeError as e:
-            raise DslError(str(e), span, _shape_hint(in_types)) from None
+            raise DslError(str(e), site.span, _shape_hint(op, in_types)) from None
         return Tensor(node.id)
 
-    def make_param(self, layer: str, spec: ParamSpec, raw: dict[str, Any],
-                   spans: dict[str, Span], span: Span) -> int:
-        full = f"{layer}.{spec.suffix}"
-        if full in self.params:  # a shared instance applied again: reuse its parameters
-            existing = self.graph.node(self.params[full])
-            if existing.type.shape != spec.shape:
-                raise DslError(f"shared layer {layer!r} is applied to an input that needs "
-                               f"{spec.suffix} {_dims(spec.shape)}, but its first use made it "
-                               f"{existing.type}", span,
-                               "a shared instance must see inputs of the same shape")
+    def make_param(self, site: LayerSite, spec: ParamSpec, raw: dict[str, Any],
+                   spans: dict[str, Span]) -> int:
+        """A param node `<layer>.<suffix>`, or a shared instance's existing one."""
+        full = f"{site.param_base}.{spec.suffix}"
+        if site.shared_params is not None and full in site.shared_params:
+            existing = self.graph.node(site.shared_params[full])
+            if existing.type.shape != spec.shape:  # the input check makes this a safety net
+                raise DslError(f"shared parameter {full!r} is {existing.type} but this use "
+                               f"needs {_dims(spec.shape)}", site.span)
             return existing.id
+        if full in self.params:
+            raise DslError(f"parameter name {full!r} is already used by another layer",
+                           site.span, "rename one of the layers with `as`")
         attrs: dict[str, Any] = {"init": spec.init, "trainable": spec.trainable,
                                  "fan_in": spec.fan_in, "fan_out": spec.fan_out}
-        literal_key = {"weight": "weights", "bias": "bias"}.get(spec.suffix)
+        literal_key = next((k for k, s in LITERAL_PARAMS.items() if s == spec.suffix), None)
         value = raw.get(literal_key) if literal_key else None
         if isinstance(value, np.ndarray):
-            need = int(np.prod(spec.shape))
-            if value.size != need:
-                raise DslError(f"{literal_key} has {value.size} values; {spec.suffix} "
-                               f"{_dims(spec.shape)} needs {need}",
-                               spans.get(literal_key, span))
             attrs.update(init="literal", trainable=False,
-                         value=value.reshape(spec.shape).astype(np.float32))
+                         value=_fit_literal(value, spec, literal_key,
+                                            spans.get(literal_key, site.span)))
         node = self.graph.add("param", attrs=attrs, type=TensorType(spec.shape), name=full,
-                              span=span)
+                              span=site.span)
         self.params[full] = node.id
+        if site.shared_params is not None:
+            site.shared_params[full] = node.id
         return node.id
 
+    # -- shared instances ---------------------------------------------------------------------
     def apply_shared(self, inst: SharedInstance, call: ast.Call, frame: Frame,
                      piped: Tensor | None) -> Any:
+        """Apply a shared layer or block: new compute nodes, the same parameters."""
+        piped = self.shared_input(inst, call, frame, piped)
+        self.check_shared_input(inst, piped, call.span)
         inst.uses += 1
-        node_name = inst.name if inst.uses == 1 else f"{inst.name}@{inst.uses}"
+        use_name = inst.name if inst.uses == 1 else f"{inst.name}@{inst.uses}"
         target_frame = Frame(inst.env, frame.module, frame.scope)
-        # Layers inside are named per use (tower, tower@2) but parameters once (tower.*).
-        node_scope = frame.scope.child(node_name, inst.name)
-        param_scope = Scope(inst.param_prefix, inst.param_prefix)
         target = target_frame.lookup(inst.call.name)
         if isinstance(target, Block):
-            return self.call_block(target, inst.call, target_frame, piped, frame.scope,
-                                   fixed_scope=(node_scope, inst.param_prefix))
-        op = get_op(inst.call.name)
-        label_call = ast.Call(inst.call.span, inst.call.name, inst.call.name_span,
-                              inst.call.args, None)
-        return self.apply_op(op, label_call, target_frame, piped,
-                             Scope(frame.scope.node_prefix + node_name + "."), param_scope)
+            scope = Scope(frame.scope.node_prefix + use_name + ".", inst.param_base + ".")
+            return self.call_block(target, inst.call, target_frame, piped, scope, inst.params)
+        site = LayerSite(call.span, frame.scope.node_prefix + use_name, inst.param_base,
+                         inst.params)
+        return self.apply_op(get_op(inst.call.name), inst.call, target_frame, piped, site)
 
-    def call_block(self, block: Block, call: ast.Call, frame: Frame, piped: Tensor | None,
-                   scope: Scope, fixed_scope: tuple[Scope, str] | None = None) -> Any:
-        defn = block.defn
-        for name, where in self.block_stack:
-            if name == defn.name:
-                raise DslError(f"block {defn.name!r} calls itself", call.span,
-                               "blocks cannot be recursive; repeat them with `* n` instead",
-                               [f"{defn.name!r} was entered at {where}"])
+    def shared_input(self, inst: SharedInstance, call: ast.Call, frame: Frame,
+                     piped: Tensor | None) -> Tensor:
+        """The input of a shared instance: piped (`x -> tower`) or the one argument `tower(x)`."""
+        if call.label is not None:
+            raise DslError(f"shared instance {inst.name!r} keeps its own name; drop the `as`",
+                           call.span)
         positional, keywords = self.eval_args(call, frame)
-        local: dict[str, Any] = {}
+        tensors = [v for v, _ in positional if isinstance(v, Tensor)]
+        if keywords or len(tensors) != len(positional) or len(tensors) + (piped is not None) != 1:
+            raise DslError(f"shared instance {inst.name!r} takes only its input tensor", call.span,
+                           f"its arguments were given where it was declared ({inst.call.span}); "
+                           f"write `x -> {inst.name}` or `{inst.name}(x)`")
+        return piped if piped is not None else tensors[0]
+
+    def check_shared_input(self, inst: SharedInstance, x: Tensor, span: Span) -> None:
+        in_type = self.graph.node(x.node).type
+        if inst.first_input is None:
+            inst.first_input = (in_type, span)
+            return
+        first, where = inst.first_input
+        if first.shape != in_type.shape:
+            raise DslError(f"shared instance {inst.name!r} is applied to a {in_type} input, but "
+                           f"its first use was on {first}", span,
+                           "its weights are shared, so every input must have the same shape",
+                           [f"first used at {where}"])
+
+    # -- blocks -------------------------------------------------------------------------------
+    def call_block(self, block: Block, call: ast.Call, frame: Frame, piped: Tensor | None,
+                   scope: Scope | None = None, shared_params: dict[str, int] | None = None
+                   ) -> Any:
+        """Run a block's body on its input; `scope` is given for a shared instance."""
+        defn = block.defn
+        self.check_recursion(defn.name, call.span)
+        positional, keywords = self.eval_args(call, frame)
+        local = self.bind_block_args(defn, call, positional, keywords, piped)
+        if scope is None:
+            scope = frame.scope.child(frame.scope.layer_name(defn.name, call.label, call.span))
+        inner = Frame(local, block.module, scope)
+        site_note = f"in block {defn.name!r} called at {call.span}"
+        try:
+            self.bind_block_defaults(defn, call, inner)
+            with self._entered(defn.name, call.span), self._sharing(shared_params):
+                self.run_block_body(defn, inner)
+        except DslError as e:
+            e.notes.append(site_note)
+            raise
+        return inner.returned[0]
+
+    def check_recursion(self, name: str, span: Span) -> None:
+        names = [n for n, _ in self.block_stack]
+        if name not in names:
+            return
+        cycle = names[names.index(name):] + [name]
+        if len(cycle) == 2:
+            raise DslError(f"block {name!r} calls itself", span,
+                           f"blocks cannot be recursive; repeat a block with `-> {name}(...) * n`")
+        raise DslError(f"blocks call each other in a cycle: {' -> '.join(cycle)}", span,
+                       "blocks cannot be recursive; repeat a block with `-> block(...) * n`")
+
+    def bind_block_args(self, defn: ast.BlockDef, call: ast.Call,
+                        positional: list[tuple[Any, ast.Arg]],
+                        keywords: dict[str, tuple[Any, ast.Arg]],
+                        piped: Tensor | None) -> dict[str, Any]:
+        """`in` and the parameters given by position or keyword."""
         if piped is None:
             if not positional or not isinstance(positional[0][0], Tensor):
                 raise DslError(f"block {defn.name!r} needs an input tensor", call.span,
                                f"write `x -> {defn.name}(...)` or `{defn.name}(x, ...)`")
             piped = positional.pop(0)[0]
-        local["in"] = piped
-        params = {p.name: p for p in defn.params}
-        if len(positional) > len(defn.params):
-            raise DslError(f"block {defn.name!r} takes {len(defn.params)} argument"
-                           f"{'s' * (len(defn.params) != 1)} "
-                           f"({', '.join(params) or 'none'}), got {len(positional)}",
-                           positional[len(defn.params)][1].span)
-        for (value, _arg), p in zip(positional, defn.params):
-            local[p.name] = value
+        local: dict[str, Any] = {"in": piped}
+        names = [p.name for p in defn.params]
+        if len(positional) > len(names):
+            raise DslError(f"block {defn.name!r} takes {len(names)} argument"
+                           f"{'s' * (len(names) != 1)} ({', '.join(names) or 'none'}), got "
+                           f"{len(positional)}", positional[len(names)][1].span)
+        for (value, _arg), name in zip(positional, names):
+            local[name] = value
         for key, (value, arg) in keywords.items():
-            if key not in params:
-                close = difflib.get_close_matches(key, list(params), n=1)
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
                 raise DslError(f"block {defn.name!r} has no parameter {key!r}",
                                arg.keyword_span,
-                               f"did you mean {close[0]!r}?" if close else
-                               f"its parameters: {', '.join(params) or 'none'}")
+                               (f"did you mean {close[0]!r}? " if close else "") +
+                               f"its parameters: {', '.join(names) or 'none'}")
             if key in local:
-                raise DslError(f"parameter {key!r} given twice", arg.keyword_span)
+                raise DslError(f"parameter {key!r} given twice (once by position)",
+                               arg.keyword_span)
             local[key] = value
-        if fixed_scope is not None:
-            inner_scope = fixed_scope[0]
-            inner_scope = Scope(inner_scope.node_prefix, fixed_scope[1])
-        else:
-            name = scope.layer_name(defn.name, call.label, call.span)
-            inner_scope = scope.child(name)
-        inner = Frame(local, block.module, inner_scope)
+        return local
+
+    def bind_block_defaults(self, defn: ast.BlockDef, call: ast.Call, inner: Frame) -> None:
+        """Defaults in order, so that `d = c * 2` sees `c`."""
         for p in defn.params:
-            if p.name not in local:
-                if p.default is None:
-                    raise DslError(f"block {defn.name!r} needs its parameter {p.name!r}",
-                                   call.span, f"declared at {p.span}")
-                local[p.name] = self.eval(p.default, inner)
-        for key, value in local.items():
-            if isinstance(value, Word):
-                raise self.undefined(value, frame)
-        with self._entered(defn.name, call.span):
-            for stmt in defn.body:
-                try:
-                    self.exec_stmt(stmt, inner)
-                except DslError as e:
-                    if not any(n.startswith(f"in block {defn.name!r}") for n in e.notes):
-                        e.notes.append(f"in block {defn.name!r} called at {call.span}")
-                    raise
-                if inner.returned is not None:
-                    break
-        if inner.returned is None:
-            raise DslError(f"block {defn.name!r} does not return a value", defn.span,
-                           "end it with `return <chain>`")
-        return inner.returned[0]
+            if p.name in inner.local:
+                continue
+            if p.default is None:
+                raise DslError(f"block {defn.name!r} needs its parameter {p.name!r}", call.span,
+                               f"pass it: {defn.name}(..., {p.name}=...)",
+                               [f"{p.name!r} is declared at {p.span}"])
+            inner.local[p.name] = self.eval(p.default, inner)
+
+    def run_block_body(self, defn: ast.BlockDef, inner: Frame) -> None:
+        for stmt in defn.body:
+            self.exec_stmt(stmt, inner)
+            if inner.returned is not None:
+                return
+        raise DslError(f"block {defn.name!r} does not return a value", defn.span,
+                       "end it with `return <chain>`")
 
     @contextmanager
     def _entered(self, name: str, span: Span) -> Iterator[None]:
@@ -607,6 +801,17 @@ class Builder:
         finally:
             self.block_stack.pop()
 
+    @contextmanager
+    def _sharing(self, shared_params: dict[str, int] | None) -> Iterator[None]:
+        """While a shared block runs, every layer in it reuses the instance's parameters."""
+        saved = self.current_shared
+        if shared_params is not None:
+            self.current_shared = shared_params
+        try:
+            yield
+        finally:
+            self.current_shared = saved
+
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -614,7 +819,27 @@ def _is_op(name: str) -> bool:
     return name in all_names() and name not in ("input", "param")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _takes_words(attr: Attr) -> bool:
+    """Whether a bare word is a value of this attribute (`pad=same`, `axis=channels`)."""
+    return bool(attr.choices) or attr.kind in ("choice", "pads", "any") or \
+        isinstance(attr.default, str)
+
+
+def _needs_input(name: str, span: Span) -> DslError:
+    return DslError(f"{name!r} is a layer and needs an input", span,
+                    f"write `x -> {name}` or `{name}(x)`")
+
+
 def _show(v: Any) -> str:
+    """A value as the user wrote it, never a Python repr of an internal object."""
     if isinstance(v, Tensor):
         return "a tensor"
     if isinstance(v, Word):
@@ -623,6 +848,10 @@ def _show(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (Block, SharedInstance)):
         return "a layer"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_show(i) for i in v) + ")"
+    if isinstance(v, np.ndarray):
+        return f"a list of {v.size} numbers"
     return repr(v) if isinstance(v, str) else str(v)
 
 
@@ -638,26 +867,74 @@ def _example(op: OpDef) -> str:
                                                             if a.default is REQUIRED) + ")")
 
 
-def _shape_hint(in_types: list[TensorType]) -> str:
+def _attr_hint(op: OpDef, attr_name: str | None, raw: dict[str, Any]) -> str:
+    """For a misspelt word (`pad=sam`): the closest valid word."""
+    attr = op.attr(attr_name) if attr_name else None
+    value = raw.get(attr_name) if attr_name else None
+    if attr is None or not attr.choices or not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, attr.choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _shape_hint(op: OpDef, in_types: list[TensorType]) -> str:
     if not in_types:
         return ""
+    if op.name in ("add", "sub", "mul") and len(in_types) == 2:
+        return ("shapes must be equal, or 1 where they differ (broadcasting: a C x 1 x 1 gate "
+                "scales a C x H x W map)")
     return "input shape" + ("s " if len(in_types) > 1 else " ") + \
         ", ".join(str(t) for t in in_types)
 
 
-def _literal_array(value: tuple, span: Span, key: str) -> np.ndarray:
+def _literal_array(value: Any, span: Span, key: str) -> np.ndarray:
+    """Nested lists of numbers -> an array; anything else is an exact error."""
+    if not isinstance(value, tuple):
+        raise DslError(f"{key} takes a list of numbers such as [1, 0, -1] (nested for several "
+                       f"dimensions), got {_show(value)}", span)
+    _check_numbers(value, span, key)
     try:
-        arr = np.array(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise DslError(f"{key} must be a nested list of numbers with rows of equal length",
-                       span) from None
-    if arr.dtype == object:
-        raise DslError(f"{key} must be a nested list of numbers", span)
-    return arr
+        return np.array(value, dtype=np.float64)
+    except ValueError:
+        raise DslError(f"{key} must be nested lists with rows of equal length", span) from None
+
+
+def _check_numbers(value: tuple, span: Span, key: str) -> None:
+    for item in value:
+        if isinstance(item, tuple):
+            _check_numbers(item, span, key)
+        elif not _is_number(item):
+            raise DslError(f"{key} must contain only numbers, got {_show(item)}", span)
+
+
+def _fit_literal(value: np.ndarray, spec: ParamSpec, key: str, span: Span) -> np.ndarray:
+    """Literal values in the parameter's shape: the same shape, a flat list, or the same shape
+    without its size-1 dimensions (a 3 x 3 list for a 1 x 1 x 3 x 3 kernel)."""
+    need = int(np.prod(spec.shape))
+    if value.size != need:
+        raise DslError(f"{key} has {value.size} values; {spec.suffix} {_dims(spec.shape)} "
+                       f"needs {need}", span)
+    squeezed = tuple(d for d in spec.shape if d != 1)
+    if value.ndim > 1 and value.shape != spec.shape and \
+            tuple(d for d in value.shape if d != 1) != squeezed:
+        raise DslError(f"{key} is {_dims(value.shape)}; {spec.suffix} needs "
+                       f"{_dims(spec.shape)}", span,
+                       "write it in that shape, or as one flat list")
+    return value.reshape(spec.shape).astype(np.float32)
 
 
 def _file_start(file: str) -> Span:
     return Span(file, 1, 1, 1, 2)
+
+
+def _header_span(header: ast.Header | None) -> Span | None:
+    return header.span if header is not None else None
+
+
+def _os_reason(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    return getattr(e, "strerror", None) or str(e)
 
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -680,12 +957,19 @@ def read_source(source_or_path: str | Path) -> tuple[str, str]:
         return s, "<string>"
     path = Path(s)
     if path.is_file():
-        return path.read_text(), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise DslError(f"cannot read {path}: {_os_reason(e)}") from None
+    if path.is_dir():
+        raise DslError(f"{s} is a directory, not a .cnn file")
     zoo = ZOO_DIR / f"{s}.cnn"
     if zoo.is_file():
-        return zoo.read_text(), str(zoo)
+        return zoo.read_text(encoding="utf-8"), str(zoo)
+    if any(c in s for c in " ()=:#"):  # not a path or a name: a one-line program
+        return s, "<string>"
     names = sorted(p.stem for p in ZOO_DIR.glob("*.cnn"))
-    close = difflib.get_close_matches(s, names, n=1)
+    close = difflib.get_close_matches(Path(s).stem, names, n=1)
     raise DslError(f"no file {s!r} and no zoo network of that name",
                    hint=(f"did you mean {close[0]!r}? " if close else "") +
                    f"zoo: {', '.join(names) or '(empty)'}")

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from ..compiler.ir import Span
 from . import ast
@@ -19,49 +19,94 @@ GRAMMAR = Path(__file__).with_name("cnnc.lark")
 KEYWORDS = ("network", "input", "import", "from", "block", "shared", "return", "output", "as",
             "true", "false")
 
-# How the grammar's terminal names read in an error message.
-_READABLE = {
-    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": 'a "file.cnn" string',
-    "_NL": "end of line", "_ARROW": "->", "_TIMES": "x", "_LPAR": "(", "_RPAR": ")",
-    "_LBRACE": "{", "_RBRACE": "}", "LSQB": "[", "RSQB": "]", "COMMA": ",", "EQUAL": "=",
-    "COLON": ":", "PLUS": "+", "MINUS": "-", "STAR": "*", "SLASH": "/", "PERCENT": "%",
-    "__ANON_0": "//", "$END": "end of file",
+# How the grammar's terminals read in an error message, in the order they are listed.
+_PUNCTUATION = {
+    "_RPAR": "`)`", "RSQB": "`]`", "_RBRACE": "`}`", "COMMA": "`,`", "_ARROW": "`->`",
+    "EQUAL": "`=`", "COLON": "`:`", "_LBRACE": "`{`", "_TIMES": "`x`", "AS": "`as`",
+    "IMPORT": "`import`", "OUTPUT": "`output`", "RETURN": "`return`", "SHARED": "`shared`",
+    "NETWORK": "`network`", "INPUT": "`input`", "BLOCK": "`block`", "FROM": "`from`",
+    "STRING": 'a file name in quotes ("blocks.cnn")',
 }
+# Terminals that can start a value, and the arithmetic operators: each group reads as one item.
+_VALUE_START = {"NAME", "INT", "FLOAT", "_LPAR", "LSQB", "TRUE", "FALSE"}
+_OPERATORS = {"PLUS": "+", "MINUS": "-", "STAR": "*", "SLASH": "/", "_FLOORDIV": "//",
+              "PERCENT": "%"}
+# Tokens after which a statement cannot end (so "end of line" is never a sensible expectation).
+_CONTINUING = {"EQUAL", "COMMA", "_LPAR", "LSQB", "_ARROW", "COLON", "_TIMES", "PLUS", "MINUS",
+               "STAR", "SLASH", "_FLOORDIV", "PERCENT", "NETWORK", "INPUT", "IMPORT", "FROM",
+               "BLOCK", "SHARED", "RETURN", "OUTPUT", "AS"}
+_OPENERS = {"_LPAR": "_RPAR", "LSQB": "RSQB", "_LBRACE": "_RBRACE"}
+_CLOSERS = {v: k for k, v in _OPENERS.items()}
+_OPENER_TEXT = {"_RPAR": "(", "RSQB": "[", "_RBRACE": "{"}
+# Characters people paste from papers, and what to write instead.
+_LOOKALIKES = {"×": "write `x` between dimensions (3 x 224 x 224)", "→": "write the arrow as `->`",
+               "−": "write minus as `-`", "“": 'write quotes as "', "”": 'write quotes as "',
+               "'": 'file names are written in double quotes: "blocks.cnn"'}
 
 
 class LineJoiner:
     """Drops line ends that do not end a statement: inside ( ) or [ ], and after `->`.
 
     (A line end before a line starting with `->` is ignored by the grammar itself.) A final
-    line end is added so that the last statement needs none.
+    line end is added so that the last statement needs none. It remembers the open brackets
+    and the last tokens, so that a syntax error can say which bracket is still open.
     """
 
     always_accept = ("_NL",)
 
+    def __init__(self) -> None:
+        self.open: list[Token] = []  # brackets not yet closed, innermost last
+        self.recent: list[Token] = []  # the last two tokens passed on
+        self.statement: Token | None = None  # the first token of the current statement
+
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        depth = 0
-        previous: Token | None = None
+        self.open, self.recent, self.statement = [], [], None
         for tok in stream:
-            if tok.type == "_NL" and (depth > 0 or previous is None
-                                      or previous.type in ("_ARROW", "_NL")):
+            if tok.type == "_NL" and (self._inside_parens() or not self.recent
+                                      or self.recent[-1].type in ("_ARROW", "_NL")):
                 continue
-            if tok.type in ("_LPAR", "LSQB"):
-                depth += 1
-            elif tok.type in ("_RPAR", "RSQB"):
-                depth = max(0, depth - 1)
-            previous = tok
+            self._track(tok)
             yield tok
-        if previous is not None and previous.type != "_NL":
-            end = Token("_NL", "\n")
-            end.line, end.column = previous.end_line, previous.end_column
-            end.end_line, end.end_column = previous.end_line, previous.end_column
-            yield end
+        if self.open:
+            raise _Unclosed(self.open[-1])
+        if self.recent and self.recent[-1].type != "_NL":
+            last = self.recent[-1]
+            yield _token_at("_NL", "\n", last.end_line, last.end_column)
+
+    def _inside_parens(self) -> bool:
+        return bool(self.open) and self.open[-1].type != "_LBRACE"
+
+    def _track(self, tok: Token) -> None:
+        if tok.type in _OPENERS:
+            self.open.append(tok)
+        elif tok.type in _CLOSERS and self.open and self.open[-1].type == _CLOSERS[tok.type]:
+            self.open.pop()
+        if tok.type != "_NL" and (not self.recent or self.recent[-1].type in ("_NL", "_LBRACE")):
+            self.statement = tok
+        self.recent = (self.recent + [tok])[-2:]
+
+
+class _Unclosed(Exception):
+    """Raised by the line joiner at the end of the text when a bracket is still open."""
+
+    def __init__(self, opener: Token):
+        super().__init__(str(opener))
+        self.opener = opener
+
+
+def _token_at(kind: str, text: str, line: int, column: int) -> Token:
+    tok = Token(kind, text)
+    tok.line, tok.column, tok.end_line, tok.end_column = line, column, line, column
+    return tok
+
+
+_JOINER = LineJoiner()
 
 
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual",
-                postlex=LineJoiner(), propagate_positions=True, maybe_placeholders=True)
+                postlex=_JOINER, propagate_positions=True, maybe_placeholders=True)
 
 
 def parse(text: str, file: str = "<string>") -> ast.Module:
@@ -69,6 +114,8 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     remember_source(file, text)
     try:
         tree = _parser().parse(text)
+    except _Unclosed as e:
+        raise _unclosed_error(e.opener, file) from None
     except UnexpectedInput as e:
         raise _syntax_error(e, text, file) from None
     module = ast.Module(file)
@@ -76,16 +123,29 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
     return module
 
 
+def _unclosed_error(opener: Token, file: str) -> DslError:
+    closer = {"_LPAR": ")", "LSQB": "]", "_LBRACE": "}"}[opener.type]
+    return DslError(f"{str(opener)!r} is never closed", _tok_span(file, opener),
+                    f"add the matching {closer!r}")
+
+
 def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DslError:
+    """A lark error -> a DslError that names the unexpected text and what was expected."""
     line, column = max(getattr(e, "line", 1) or 1, 1), max(getattr(e, "column", 1) or 1, 1)
-    width = 1
+    width, notes, hint = 1, [], ""
+    previous = _JOINER.recent[-1] if _JOINER.recent else None
     if isinstance(e, UnexpectedCharacters):
         char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "end of file"
         message = f"unexpected character {char!r}"
-        expected = e.allowed or set()
+        expected = set(e.allowed or ())
+        hint = _LOOKALIKES.get(char, "")
+        if char == '"':
+            hint = 'a file name in quotes ends on the same line: "blocks.cnn"'
     elif isinstance(e, UnexpectedToken):
         tok = e.token
-        expected = e.expected or set()
+        expected = set(e.expected or ())
+        if len(_JOINER.recent) > 1 and _JOINER.recent[-1] is tok:
+            previous = _JOINER.recent[-2]
         if tok.type == "$END":
             message = "unexpected end of file"
             lines = text.splitlines() or [""]
@@ -96,21 +156,78 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DslError:
         else:
             message = f"unexpected {_describe(tok)}"
             width = max(1, len(str(tok)))
-        if tok.type == "NAME" and "NAME" not in expected:
-            close = difflib.get_close_matches(str(tok), KEYWORDS, n=1)
-            if close:
-                message += f" (did you mean the keyword {close[0]!r}?)"
-    elif isinstance(e, UnexpectedEOF):
-        message, expected = "unexpected end of file", set(e.expected or ())
-    else:  # pragma: no cover - lark has no other kinds
-        message, expected = str(e), set()
-    hint = ""
-    readable = sorted({_READABLE.get(t, t.strip('"').lower()) for t in expected
-                       if not t.startswith("__ANON") or t in _READABLE})
-    if readable:
-        hint = "expected " + _one_of(readable)
-    span = Span(file, line, column, line, column + width)
-    return DslError(message, span, hint)
+        if tok.type in _CLOSERS and not any(o.type == _CLOSERS[tok.type] for o in _JOINER.open):
+            message += f": no {_OPENER_TEXT[tok.type]!r} is open"
+        hint = _keyword_hint(tok, previous, expected)
+    else:  # UnexpectedEOF: lark raises it only for other parser kinds
+        message, expected = "unexpected end of file", set(getattr(e, "expected", ()) or ())
+    if _JOINER.open:
+        opener = _JOINER.open[-1]
+        notes.append(f"the {str(opener)!r} at {file}:{opener.line}:{opener.column} is still open")
+    if not hint:  # a specific hint says more than the list of what the grammar allows here
+        hint = expected_text(expected, _JOINER.open, previous, _JOINER.statement)
+    return DslError(message, Span(file, line, column, line, column + width), hint, notes)
+
+
+def expected_text(expected: set[str], open_brackets: list[Token], previous: Token | None,
+                  statement: Token | None) -> str:
+    """'expected `)`, `,` or an operator': lark's terminal set, filtered and in words.
+
+    LALR states are shared between contexts, so lark offers closers of brackets that are not
+    open and line ends where a statement cannot end; the open brackets, the previous token and
+    the statement's first token say which of them make sense here.
+    """
+    innermost = open_brackets[-1].type if open_brackets else None
+    keep = set(expected)
+    for closer, opener in _CLOSERS.items():
+        if innermost != opener:
+            keep.discard(closer)
+    if innermost in ("_LPAR", "LSQB"):
+        keep -= {"_NL", "$END"}  # line ends inside brackets are dropped before the parser
+    else:
+        keep.discard("COMMA")
+    if previous is not None and previous.type in _CONTINUING:
+        keep -= {"_NL", "$END"}
+    if statement is None or statement.type != "INPUT":
+        keep.discard("_TIMES")  # `x` separates dimensions only in an input declaration
+    if previous is not None and previous.type == "_ARROW" and "NAME" in keep:
+        return "expected a layer or block, stages in ( ), or `output NAME`"
+    items = [_PUNCTUATION[t] for t in _PUNCTUATION if t in keep]
+    values = keep & _VALUE_START
+    ops = keep & set(_OPERATORS)
+    if values & {"INT", "FLOAT"}:
+        items.append("a value (a number, a name or a layer)")
+        if ops == {"MINUS"}:
+            ops = set()  # a leading minus is part of a value
+    elif "NAME" in values:
+        items.append("a name")
+    if len(ops) > 1:
+        items.append("an operator (+ - * / // %)")
+    elif ops:
+        items.append(f"`{_OPERATORS[ops.pop()]}`")
+    if "_NL" in keep:
+        items.append("end of line")
+    elif "$END" in keep:
+        items.append("end of file")
+    if not items:
+        return ""
+    return "expected " + (items[0] if len(items) == 1 else
+                          ", ".join(items[:-1]) + " or " + items[-1])
+
+
+def _keyword_hint(tok: Token, previous: Token | None, expected: set[str]) -> str:
+    """'did you mean the keyword `network`?' for `netwrk n`, `outptu o` or `import blocks`."""
+    # The unexpected word itself, where a keyword (not a name) would be valid ...
+    allowed = [k for k in KEYWORDS if k.upper() in expected]
+    close = difflib.get_close_matches(str(tok), allowed, n=1, cutoff=0.7)
+    if tok.type == "NAME" and close:
+        return f"did you mean the keyword `{close[0]}` instead of `{tok}`?"
+    # ... or the word before it, read as a name: `netwrk n`, `-> outptu o`.
+    if previous is not None and previous.type == "NAME" and previous is not tok:
+        close = difflib.get_close_matches(str(previous), KEYWORDS, n=1, cutoff=0.7)
+        if close and str(previous) not in KEYWORDS:
+            return f"did you mean the keyword `{close[0]}` instead of `{previous}`?"
+    return ""
 
 
 def _describe(tok: Token) -> str:
@@ -118,15 +235,9 @@ def _describe(tok: Token) -> str:
         return f"name {str(tok)!r}"
     if tok.type in ("INT", "FLOAT"):
         return f"number {str(tok)}"
+    if tok.type == "STRING":
+        return f"string {str(tok)}"
     return f"{str(tok)!r}"
-
-
-def _one_of(items: list[str]) -> str:
-    if len(items) == 1:
-        return items[0]
-    if len(items) > 8:
-        items = items[:8] + ["..."]
-    return "one of: " + ", ".join(items)
 
 
 def _span(file: str, meta) -> Span:

@@ -4,6 +4,7 @@ never a Python traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -198,6 +199,9 @@ def _register_extras() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user mistake prints a located message and returns 2, never a
+    traceback. An unexpected exception is a bug in cnnc: it says so (set CNNC_TRACEBACK=1 to
+    see the Python traceback) and returns 70."""
     _register_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -207,13 +211,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except _user_errors() as e:
-        text = e.render() if isinstance(e, DslError) else f"error: {e}"
-        print(text, file=sys.stderr)
+        print(e.render() if isinstance(e, DslError) else f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read or written
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
+    except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback
+        if os.environ.get("CNNC_TRACEBACK"):
+            raise
+        print(f"internal error: {type(e).__name__}: {e}\n  this is a bug in cnnc, not in your "
+              "input; run again with CNNC_TRACEBACK=1 to see where it happened",
+              file=sys.stderr)
+        return 70
 
 if __name__ == "__main__":
     sys.exit(main())
