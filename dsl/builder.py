@@ -502,11 +502,30 @@ class Builder:
             return self.apply_shared(target, call, frame, piped)
         if isinstance(target, Block):
             return self.call_block(target, call, frame, piped)
+        if call.name in SHAPE_BUILTINS and target is None:
+            return self.shape_builtin(call, frame, piped)
         if _is_op(call.name) and target is None:
             op = get_op(call.name)
             return self.apply_op(op, call, frame, piped,
                                  self.site(frame.scope, op.name, call.label, call.span))
         raise self.unknown_layer(call, frame)
+
+    def shape_builtin(self, call: ast.Call, frame: Frame, piped: Tensor | None) -> int:
+        """`channels(x)`, `height(x)`, `width(x)`: a dimension of a tensor, as a number
+        (`conv(channels(in), 3, groups=channels(in))` is a depthwise convolution)."""
+        if piped is not None:
+            raise DslError(f"{call.name}(x) gives a number, not a layer", call.name_span,
+                           f"write `{call.name}(x)` where a number is expected")
+        positional, keywords = self.eval_args(call, frame)
+        if keywords or len(positional) != 1 or not isinstance(positional[0][0], Tensor):
+            raise DslError(f"{call.name} takes one tensor", call.span,
+                           f"e.g. `{call.name}(in)`")
+        t = self.graph.node(positional[0][0].node).type
+        axis = SHAPE_BUILTINS[call.name]
+        if t.rank != 3 and axis != 0:
+            raise DslError(f"{call.name}: the tensor is {t}, not channels x height x width",
+                           call.span)
+        return t.shape[axis]
 
     def eval_args(self, call: ast.Call, frame: Frame) -> tuple[list[tuple[Any, ast.Arg]],
                                                                 dict[str, tuple[Any, ast.Arg]]]:
@@ -814,6 +833,10 @@ class Builder:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+# Built-in functions that read a tensor's dimensions (the axis of the per-sample shape).
+SHAPE_BUILTINS = {"channels": 0, "height": 1, "width": 2}
+
 
 def _is_op(name: str) -> bool:
     return name in all_names() and name not in ("input", "param")
