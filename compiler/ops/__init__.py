@@ -24,11 +24,16 @@ from ..ir import TensorType
 
 
 class ShapeError(Exception):
-    """A shape rule rejected its inputs; the message says what was given and what is valid."""
+    """A shape rule rejected its inputs; the message says what was given and what is valid.
+
+    The message starts with the op's name ("conv: window 5 is larger than ...")."""
 
 
 class AttrError(Exception):
-    """An attribute value is invalid; `attr` names the offending attribute."""
+    """An attribute value is invalid; `attr` names the offending attribute.
+
+    The message names the attribute, not the op: callers (the DSL builder, the ONNX importer)
+    prefix the op and point at the argument."""
 
     def __init__(self, message: str, attr: str | None = None):
         super().__init__(message)

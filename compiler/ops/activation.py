@@ -3,6 +3,12 @@
 Defaults follow PyTorch: leaky_relu slope 0.01, hard_sigmoid = relu6(x + 3) / 6 (alpha 1/6,
 beta 1/2; ONNX's HardSigmoid defaults to alpha 0.2 and the exporter writes ours explicitly),
 gelu exact (erf) unless `approximate=tanh`.
+
+ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py): Relu,
+LeakyRelu(alpha), relu6 = Clip(min=0, max=6), Sigmoid, HardSigmoid(alpha, beta written out: the
+ONNX default alpha is 0.2), Tanh, swish = x * Sigmoid(x), HardSwish, Gelu (opset 20,
+approximate "none" | "tanh"), Abs; softmax / log_softmax = Softmax / LogSoftmax (opset 13+,
+a single axis) with axis = our axis + 1, since our axes exclude the batch.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import Attr, AttrError, OpDef, as_choice, as_float, no_macs, one_input, register, same_shape
+from . import _show as show_value
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -75,14 +82,14 @@ _unary("abs", lambda x, a: np.abs(x), "|x|")
 # -- softmax over channels --------------------------------------------------------------------
 
 def _softmax_canonicalize(attrs, in_types):
-    axis = attrs["axis"]
-    if isinstance(axis, str):
-        axis = as_choice(axis, "axis", ("channels",))
+    axis, rank = attrs["axis"], in_types[0].rank
+    if axis == "channels":
         return {"axis": 0}
-    if not isinstance(axis, int) or not 0 <= axis < in_types[0].rank:
-        raise AttrError(f"axis must be 'channels' or 0..{in_types[0].rank - 1} (batch excluded),"
-                        f" got {axis}", "axis")
-    return {"axis": axis}
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or \
+            not 0 <= axis < rank:
+        raise AttrError(f"axis must be 'channels' or 0..{rank - 1} (batch excluded), got "
+                        f"{show_value(axis)}", "axis")
+    return {"axis": int(axis)}
 
 
 def _log_softmax(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:

@@ -5,6 +5,13 @@ x[c, p*sh + r*dh - top, q*sw + s*dw - left] * w[k, c, r, s]. Padding is per side
 (top, left, bottom, right) as in ONNX. The textbook seed (004, eq. 6.17) writes TOTAL padding p:
 its "p" is our top + bottom. `same` pads so that out = ceil(in / stride), putting the odd extra
 row/column at the bottom/right (TensorFlow's and ONNX's SAME_UPPER).
+
+ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py):
+- conv = Conv(kernel_shape, strides, pads=[top, left, bottom, right] (the same order),
+  dilations, group); weight K x C/groups x R x S. `pad=same` = auto_pad SAME_UPPER.
+- conv_transpose = ConvTranspose with the same attributes plus output_padding; weight
+  C x K/groups x R x S. output_padding must be smaller than the stride OR the dilation
+  (PyTorch, ONNX spec); ONNX Runtime accepts only smaller than the stride.
 """
 
 from __future__ import annotations
@@ -41,8 +48,13 @@ def resolve_pads(pad: Any, kernel: tuple[int, int], stride: tuple[int, int],
     """
     if isinstance(pad, str):
         if pad not in words:
-            raise AttrError(f"pad must be an integer, a pair, four sides or one of "
-                            f"{', '.join(words)}; got {pad!r}", "pad")
+            kinds = "an integer, a pair (vertical, horizontal) or four sides (top, left, " \
+                    "bottom, right)"
+            if len(words) == 1:
+                kinds += f", or {words[0]}"
+            elif words:
+                kinds += f", or one of {', '.join(words)}"
+            raise AttrError(f"pad must be {kinds}; got {pad!r}", "pad")
         if pad == "valid":
             return (0, 0, 0, 0)
         spans = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
@@ -148,7 +160,7 @@ def pad_nchw(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0)
 
 
 def conv_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
-    """Direct float64 cross-correlation, one (r, s) tap at a time, per group."""
+    """Direct float64 cross-correlation, one (r, s) tap at a time, all groups at once."""
     x = np.asarray(inputs[0], np.float64)
     w = np.asarray(inputs[1], np.float64)
     n, c, h, wd = x.shape
@@ -158,17 +170,16 @@ def conv_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
     t, l, b, rt = attrs["pads"]
     p = spatial_out(h, r, sh, t, b, dh)
     q = spatial_out(wd, s, sw, l, rt, dw)
-    xp = pad_nchw(x, attrs["pads"])
-    out = np.zeros((n, k, p, q))
-    kg = k // g
-    for gi in range(g):
-        xs = xp[:, gi * cg:(gi + 1) * cg]
-        ws = w[gi * kg:(gi + 1) * kg]
-        for i in range(r):
-            for j in range(s):
-                patch = xs[:, :, i * dh: i * dh + sh * (p - 1) + 1: sh,
-                           j * dw: j * dw + sw * (q - 1) + 1: sw]
-                out[:, gi * kg:(gi + 1) * kg] += np.einsum("ncpq,kc->nkpq", patch, ws[:, :, i, j])
+    # Groups become an axis of their own: x -> [n, g, C/g, ...], w -> [g, K/g, C/g, r, s].
+    xp = pad_nchw(x, attrs["pads"]).reshape(n, g, cg, h + t + b, wd + l + rt)
+    wg = w.reshape(g, k // g, cg, r, s)
+    out = np.zeros((n, g, k // g, p, q))
+    for i in range(r):
+        for j in range(s):
+            patch = xp[:, :, :, i * dh: i * dh + sh * (p - 1) + 1: sh,
+                       j * dw: j * dw + sw * (q - 1) + 1: sw]
+            out += np.einsum("ngcpq,gkc->ngkpq", patch, wg[:, :, :, i, j])
+    out = out.reshape(n, k, p, q)
     if len(inputs) > 2:
         out += np.asarray(inputs[2], np.float64)[None, :, None, None]
     return out

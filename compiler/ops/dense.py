@@ -1,4 +1,7 @@
-"""Fully connected layer: y = x W^T + b, W of shape (out_features, in_features) as in PyTorch."""
+"""Fully connected layer: y = x W^T + b, W of shape (out_features, in_features) as in PyTorch.
+
+ONNX: Gemm(x, W, b, transB=1).
+"""
 
 from __future__ import annotations
 

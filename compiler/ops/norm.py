@@ -4,11 +4,16 @@ normalization (AlexNet).
 LRN sums squares over a window of `size` channels centred on each channel, as ONNX defines it:
 from c - floor((size-1)/2) to c + ceil((size-1)/2) (PyTorch puts the odd extra channel before,
 not after; the two agree for the odd sizes every published network uses).
+
+ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py):
+- batchnorm = BatchNormalization (inference: running statistics), epsilon = eps.
+- groupnorm = GroupNormalization of opset 21 (scale and bias per channel, as here and in
+  PyTorch; opset 18's version took them per group).
+- lrn = LRN(size, alpha, beta, bias = k). ONNX Runtime rejects even sizes; for those the tests
+  use the spec's window written as a loop.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
@@ -81,7 +86,7 @@ def _gn_canonicalize(attrs, in_types):
     c = _channels(in_types, "groupnorm")
     g = as_int(attrs["groups"], "groups", 1)
     if c % g:
-        raise AttrError(f"groupnorm: {c} channels are not divisible by groups={g}", "groups")
+        raise AttrError(f"{c} channels are not divisible by groups={g}", "groups")
     return {"groups": g, "eps": as_float(attrs["eps"], "eps")}
 
 

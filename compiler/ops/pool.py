@@ -5,6 +5,17 @@ Attributes as in PyTorch: `stride` defaults to the kernel, `ceil_mode` rounds th
 (dilated) window, and average pooling counts the zero padding in its divisor unless
 `count_include_pad=false` (PyTorch's default is true; ONNX's is false; the exporter writes it
 explicitly).
+
+ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py):
+- maxpool = MaxPool(kernel_shape, strides, pads, dilations, ceil_mode); padding counts as -inf.
+- minpool = Neg -> MaxPool -> Neg (ONNX has no MinPool); padding counts as +inf.
+- avgpool = AveragePool with count_include_pad written out (ONNX default 0, ours 1). With ceil
+  mode, the divisor counts the declared padding but never the cells past it, as PyTorch and
+  ONNX Runtime do.
+- lppool = LpPool (ONNX's p is an integer; ours is a float); padding counts as 0.
+- The output size with ceil_mode agrees with ONNX Runtime, including the dropped last window.
+  ONNX Runtime also requires each pad to be smaller than the undilated kernel, stricter than
+  PyTorch's half-a-dilated-window rule that we follow.
 """
 
 from __future__ import annotations
@@ -30,6 +41,10 @@ from . import (
 )
 from .conv import resolve_pads, window_check
 
+# `full` would pad a whole window minus one on each side: more than half a window, which the
+# padding rule below forbids for any window larger than 2.
+POOL_PAD_WORDS = ("same", "valid")
+
 
 def _pool_canonicalize(op: str, has_dilation: bool, has_divisor: bool, has_p: bool = False):
     def canon(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
@@ -38,12 +53,13 @@ def _pool_canonicalize(op: str, has_dilation: bool, has_divisor: bool, has_p: bo
         stride = kernel if attrs["stride"] is None else as_pair(attrs["stride"], "stride")
         dilation = as_pair(attrs["dilation"], "dilation") if has_dilation else (1, 1)
         x = in_types[0]
-        pads = resolve_pads(attrs["pad"], kernel, stride, dilation, (x.height, x.width))
+        pads = resolve_pads(attrs["pad"], kernel, stride, dilation, (x.height, x.width),
+                            words=POOL_PAD_WORDS)
         for side, p in zip(("top", "left", "bottom", "right"), pads):
             k, d = (kernel[0], dilation[0]) if side in ("top", "bottom") else (kernel[1],
                                                                              dilation[1])
             if p > (d * (k - 1) + 1) // 2:
-                raise AttrError(f"{op}: padding {p} ({side}) is more than half the window "
+                raise AttrError(f"padding {p} ({side}) is more than half the window "
                                 f"{d * (k - 1) + 1}; windows would see only padding", "pad")
         out: dict[str, Any] = {"kernel": kernel, "stride": stride, "pads": pads,
                                "ceil_mode": as_bool(attrs["ceil_mode"], "ceil_mode")}
@@ -126,7 +142,7 @@ def _lp_ref(x, attrs):
 _WINDOW = (
     Attr("kernel", "ints"),
     Attr("stride", "ints", None),
-    Attr("pad", "pads", 0, choices=("same", "valid")),
+    Attr("pad", "pads", 0, choices=POOL_PAD_WORDS),
     Attr("ceil_mode", "bool", False),
 )
 

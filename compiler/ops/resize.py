@@ -3,6 +3,13 @@
 Nearest: out[i] = in[floor(i / scale)]. Bilinear with align_corners=false samples at
 (i + 0.5) / scale - 0.5 clamped at 0 (PyTorch; ONNX Resize's pytorch_half_pixel); with
 align_corners=true at i * (in - 1) / (out - 1).
+
+ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py): Resize with
+scales [1, 1, sh, sw]; nearest = mode "nearest", coordinate_transformation_mode "asymmetric",
+nearest_mode "floor"; bilinear = mode "linear" with "pytorch_half_pixel" or "align_corners".
+One deliberate difference: when downsampling (scale < 1) to an output of length 1 without
+align_corners, pytorch_half_pixel samples at 0, while we (like PyTorch's scale_factor path)
+sample at 0.5 / scale - 0.5.
 """
 
 from __future__ import annotations

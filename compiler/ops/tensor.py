@@ -1,5 +1,17 @@
 """Graph plumbing and tensor reshaping: input, param, add, multiply, concat, flatten, reshape,
-zero padding, flip, dropout and identity."""
+zero padding, flip, dropout and identity.
+
+ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py):
+- add / sub / mul = Add (Sum for three or more) / Sub / Mul. Broadcasting is per sample,
+  right-aligned over the shapes without the batch; ONNX aligns whole shapes, so an input of
+  lower per-sample rank is unsqueezed after the batch axis first.
+- concat = Concat(axis = our axis + 1); flatten = Flatten(axis=1);
+  reshape = Reshape(shape = [N, *shape]).
+- pad = Pad(mode "constant", pads [0, 0, top, left, 0, 0, bottom, right], value).
+- flip = Slice(starts -1, ends INT64_MIN, steps -1) on the flipped axes.
+- dropout = Dropout at inference = Identity.
+- distance = Sub -> Abs -> Pow(p) -> ReduceSum -> Pow(1/p).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +33,7 @@ from . import (
     register,
     same_shape,
 )
+from . import _show as show_value
 from .conv import pad_nchw, resolve_pads
 
 
@@ -95,6 +108,8 @@ def _elementwise_macs(in_types, out, attrs):
 register(OpDef(name="add", family="tensor", signature=(), infer=_binary_infer("add"),
                reference=_add_reference, macs=_elementwise_macs, arity=None,
                doc="elementwise sum with broadcasting (residual connections)"))
+
+
 def _sub_reference(inputs, attrs):
     a, b = (np.asarray(x, np.float64) for x in inputs)
     rank = max(a.ndim, b.ndim) - 1
@@ -127,10 +142,10 @@ def _concat_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorTy
         if t.rank != first.rank or any(
             d1 != d2 for i, (d1, d2) in enumerate(zip(first.shape, t.shape)) if i != axis
         ):
-            raise ShapeError(
-                f"concat: shapes {first} and {t} differ outside the channel axis; "
-                "all inputs need the same height and width"
-            )
+            where = "the channel axis" if axis == 0 else f"axis {axis}"
+            same = ("; all inputs need the same height and width" if axis == 0 and first.rank == 3
+                    else "")
+            raise ShapeError(f"concat: shapes {first} and {t} differ outside {where}{same}")
     shape = list(first.shape)
     shape[axis] = sum(t.shape[axis] for t in in_types)
     return first.with_shape(*shape)
@@ -153,7 +168,8 @@ register(OpDef(name="concat", family="tensor", signature=(Attr("axis", "int", 0)
 register(OpDef(name="flatten", family="tensor", signature=(),
                infer=lambda ts, a: ts[0].with_shape(ts[0].size),
                reference=one_input(lambda x, a: np.asarray(x, np.float64).reshape(len(x), -1)),
-               macs=no_macs, new_activations=False, doc="flatten each sample to a feature vector (C*H*W, C-order)"))
+               macs=no_macs, new_activations=False,
+               doc="flatten each sample to a feature vector (C*H*W, C-order)"))
 
 
 def _reshape_canonicalize(attrs, in_types):
@@ -161,20 +177,22 @@ def _reshape_canonicalize(attrs, in_types):
     if isinstance(shape, (int, np.integer)):
         shape = (shape,)
     if not isinstance(shape, (tuple, list)) or not shape:
-        raise AttrError("reshape takes a shape such as (64, 7, 7) (batch excluded)", "shape")
+        raise AttrError(f"shape must be a tuple such as (64, 7, 7) (batch excluded), got "
+                        f"{show_value(shape)}", "shape")
     dims = [as_int(d, "shape", -1) for d in shape]
     if dims.count(-1) > 1:
-        raise AttrError("reshape: at most one dimension may be -1", "shape")
+        raise AttrError(f"at most one dimension of shape may be -1, got {tuple(shape)}", "shape")
     total = in_types[0].size
     known = 1
     for d in dims:
         if d == 0:
-            raise AttrError("reshape: dimensions must be positive (or one -1)", "shape")
+            raise AttrError(f"dimensions of shape must be positive (or one -1), got {tuple(shape)}",
+                            "shape")
         if d != -1:
             known *= d
     if -1 in dims:
         if total % known:
-            raise AttrError(f"reshape: {total} elements cannot fill shape "
+            raise AttrError(f"{total} elements cannot fill shape "
                             f"{tuple(shape)}", "shape")
         dims[dims.index(-1)] = total // known
     return {"shape": tuple(dims)}
@@ -193,7 +211,8 @@ register(OpDef(name="reshape", family="tensor", signature=(Attr("shape", "shape"
                canonicalize=_reshape_canonicalize, infer=_reshape_infer,
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .reshape((len(x),) + a["shape"])),
-               macs=no_macs, new_activations=False, doc="reshape each sample (C-order, batch kept)"))
+               macs=no_macs, new_activations=False,
+               doc="reshape each sample (C-order, batch kept)"))
 
 
 # -- zero padding / flip / dropout / identity -------------------------------------------------

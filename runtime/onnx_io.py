@@ -1,0 +1,178 @@
+"""ONNX import and export, and the `cnnc import` / `cnnc export` commands.
+
+- `export_onnx(graph, params, path)` writes a network as an ONNX model (opset 18, IR version
+  10), weights as initializers named like cnnc's parameters (see `onnx_export.py`).
+- `import_onnx(path_or_model)` turns an ONNX model into readable DSL source plus a weights
+  dictionary keyed `<layer>.weight` etc. (see `onnx_import.py`); `onnx_to_graph` also builds it.
+
+`onnx` (and `onnxruntime`, for tests and `--check`) are optional: they are imported inside the
+functions, and a clear message says what to install when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .cli import _EXTRA, CliError, load_graph
+
+if TYPE_CHECKING:
+    from ..compiler.ir import Graph
+
+
+class OnnxImportError(Exception):
+    """An ONNX model cnnc cannot read: not ONNX, damaged, or using an unsupported operator."""
+
+
+def require_onnx(what: str = "ONNX import and export") -> Any:
+    """The `onnx` module, or a clean error naming the package to install."""
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxImportError(f"{what} needs the onnx package: pip install onnx "
+                              "(or pip install -e '.[test]')") from None
+    return onnx
+
+
+# -- export -----------------------------------------------------------------------------------
+
+def export_onnx(graph: Graph, params: dict[str, np.ndarray] | None = None,
+                path: str | Path | None = None) -> Any:
+    """The ONNX ModelProto of `graph` with `params` (deterministic initial values when None),
+    checked with onnx.checker; saved to `path` when given."""
+    require_onnx("ONNX export")
+    from .onnx_export import export_model, save_model
+    from .weights import check_weights, init_params
+
+    if params is None:
+        params = init_params(graph)
+    else:
+        check_weights(graph, dict(params))
+    model = export_model(graph, dict(params))
+    if path is not None:
+        save_model(model, path)
+    return model
+
+
+# -- import -----------------------------------------------------------------------------------
+
+def import_onnx(path_or_model: str | Path | bytes | Any,
+                name: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """(DSL source, weights by parameter name) for an ONNX model file, bytes or ModelProto.
+
+    Raises OnnxImportError, naming the operator, node and opset, for anything it cannot map.
+    """
+    from .onnx_import import import_model
+
+    return import_model(path_or_model, name)
+
+
+def onnx_to_graph(path_or_model: str | Path | bytes | Any) -> tuple[Graph, dict[str, np.ndarray]]:
+    """Import an ONNX model and build its IR graph: (graph, weights)."""
+    from ..dsl.builder import load_network
+
+    text, weights = import_onnx(path_or_model)
+    return load_network(text), weights
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx_export import OPSET, OnnxExportError
+    from .weights import init_params, load_weights
+
+    graph = load_graph(args)
+    if args.weights:
+        params = load_weights(graph, args.weights)
+    else:
+        params = init_params(graph, args.seed)
+    try:
+        model = export_onnx(graph, params, args.output)
+    except OnnxExportError as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
+    source = args.weights or f"initial weights (seed {args.seed})"
+    print(f"wrote {args.output}: {graph.name}, {len(model.graph.node)} ONNX nodes, "
+          f"{len(model.graph.initializer)} initializers, opset {OPSET}; weights from {source}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    src = Path(args.model)
+    if not src.is_file():
+        raise CliError(f"no such ONNX file: {args.model}")
+    out = Path(args.output) if args.output else src.with_suffix(".cnn")
+    if out.suffix != ".cnn":
+        raise CliError(f"the output should be a .cnn file, got {out}")
+    weights_path = out.with_suffix(".npz")
+    text, weights = import_onnx(src)
+    from ..dsl.builder import load_network
+    from .weights import save_weights
+
+    graph = load_network(text)
+    try:
+        out.write_text(text)
+        save_weights(weights, weights_path)
+    except OSError as e:
+        raise CliError(f"cannot write {out}: {e.strerror or e}") from None
+    n_params = sum(int(np.prod(v.shape)) for v in weights.values())
+    print(f"wrote {out} ({len(graph.compute_nodes())} layers) and {weights_path} "
+          f"({len(weights)} tensors, {n_params:,} parameters)")
+    print(f"run it: cnnc run {out} --weights {weights_path} --input x.npy")
+    if args.check:
+        _check_against_ort(src, graph, weights)
+    return 0
+
+
+def _check_against_ort(src: Path, graph: Graph, weights: dict[str, np.ndarray]) -> None:
+    """Run ONNX Runtime and the float64 reference on one random input and compare."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CliError("--check needs onnxruntime: pip install onnxruntime") from None
+    from .reference import run_reference
+
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.standard_normal((2,) + graph.node(nid).type.shape).astype(np.float32)
+             for name, nid in graph.inputs.items()}
+    session = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    onnx_inputs = [i.name for i in session.get_inputs()]
+    onnx_outputs = [o.name for o in session.get_outputs()]
+    # Inputs and outputs keep their order; their names may have been made into identifiers.
+    ort_out = session.run(None, dict(zip(onnx_inputs, feeds.values())))
+    ref = run_reference(graph, feeds, weights)
+    worst = 0.0
+    for (name, value), theirs, onnx_name in zip(ref.items(), ort_out, onnx_outputs):
+        scale = max(1.0, float(np.max(np.abs(value))))
+        err = float(np.max(np.abs(value - theirs))) / scale
+        worst = max(worst, err)
+        print(f"  output {name} (ONNX {onnx_name!r}): max error {err:.2e} (relative to max |y|)")
+    if worst > 1e-4:
+        raise CliError(f"the imported network differs from ONNX Runtime by {worst:.2e}")
+    print("check: matches ONNX Runtime")
+
+
+def _configure_export(p: argparse.ArgumentParser, model_arg: Any) -> None:
+    model_arg(p)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--weights", help=".npz of parameters (default: initial weights)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
+
+
+def _configure_import(p: argparse.ArgumentParser, model_arg: Any) -> None:
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("-o", "--output", help="the .cnn file to write (weights go next to it as "
+                   ".npz); default: the model's name with .cnn")
+    p.add_argument("--check", action="store_true",
+                   help="compare with ONNX Runtime on a random input")
+
+
+_EXTRA["export"] = (cmd_export, "write a network as an ONNX model", _configure_export)
+_EXTRA["import"] = (cmd_import, "turn an ONNX model into DSL source and weights",
+                    _configure_import)
+
+__all__ = ["OnnxImportError", "export_onnx", "import_onnx", "onnx_to_graph"]

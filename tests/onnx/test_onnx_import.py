@@ -1,0 +1,460 @@
+"""ONNX import: models built here with `onnx.helper` (independently of cnnc's exporter), run by
+ONNX Runtime, imported to DSL + weights, built with `load_network`, and run by cnnc's float64
+reference. Outputs must agree within float32 tolerance: max |ref - ORT| <= 1e-4 * max(1, |ref|).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from cnnc.dsl.builder import load_network  # noqa: E402
+from cnnc.runtime.cli import main  # noqa: E402
+from cnnc.runtime.onnx_io import OnnxImportError, import_onnx  # noqa: E402
+from cnnc.runtime.reference import run_reference  # noqa: E402
+
+RNG = np.random.default_rng(1234)
+
+
+def _so() -> Any:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return so
+
+
+def rand(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def make_model(nodes: list, inputs: dict[str, tuple], inits: dict[str, np.ndarray] | None = None,
+               opset: int = 17, outputs: tuple[str, ...] = ("y",), name: str = "g") -> Any:
+    """A model whose inputs have a symbolic batch: `inputs` maps name -> per-sample shape."""
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, ["batch", *s])
+         for k, s in inputs.items()],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        initializer=[numpy_helper.from_array(np.asarray(v), k)
+                     for k, v in (inits or {}).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=8)
+    # Output types from ONNX's own shape inference (the checker wants their shapes).
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+             + list(inferred.graph.input)}
+    for k, out in enumerate(model.graph.output):
+        if known.get(out.name) is not None and known[out.name].type.tensor_type.HasField("shape"):
+            out.type.CopyFrom(known[out.name].type)
+        else:  # ops shape inference does not cover: ask ONNX Runtime for the rank
+            session = ort.InferenceSession(model.SerializeToString(), _so(),
+                                           providers=["CPUExecutionProvider"])
+            feeds = {k: np.zeros((2, *s), np.float32) for k, s in inputs.items()}
+            rank = session.run(None, feeds)[k].ndim
+            out.CopyFrom(helper.make_tensor_value_info(out.name, TensorProto.FLOAT,
+                                                       ["batch"] + [None] * (rank - 1)))
+    onnx.checker.check_model(model)
+    return model
+
+
+def roundtrip(model: Any, batch: int = 2, tol: float = 1e-4) -> tuple[str, dict]:
+    """Import `model`, run both sides on the same random input, compare every output."""
+    text, weights = import_onnx(model)
+    graph = load_network(text)
+    session = ort.InferenceSession(model.SerializeToString(), _so(),
+                                   providers=["CPUExecutionProvider"])
+    onnx_inputs = [i.name for i in session.get_inputs()]
+    feeds = {name: rand(batch, *graph.node(nid).type.shape) for name, nid in graph.inputs.items()}
+    theirs = session.run(None, {o: feeds[n] for o, n in zip(onnx_inputs, graph.inputs)})
+    ours = run_reference(graph, feeds, weights)
+    assert len(ours) == len(theirs)
+    for (name, mine), other in zip(ours.items(), theirs):
+        assert mine.shape == other.shape, (name, mine.shape, other.shape, text)
+        scale = max(1.0, float(np.max(np.abs(mine))))
+        err = float(np.max(np.abs(mine - other)))
+        assert err <= tol * scale, f"{name}: error {err:.3g} (scale {scale:.3g})\n{text}"
+    return text, weights
+
+
+def node(op: str, inputs: list[str], output: str = "y", **attrs: Any) -> Any:
+    return helper.make_node(op, inputs, [output], name=f"{op}_{output}", **attrs)
+
+
+def single(op: str, shape: tuple, inits: dict | None = None, opset: int = 17,
+           extra: list[str] = (), **attrs: Any) -> Any:
+    return make_model([node(op, ["x", *extra], **attrs)], {"x": shape}, inits, opset)
+
+
+# -- one operator at a time -------------------------------------------------------------------
+
+CONV_W = rand(6, 3, 3, 3)
+GROUP_W = rand(6, 2, 3, 2)
+
+SINGLE_OPS = [
+    ("conv", lambda: single("Conv", (3, 9, 8), {"w": CONV_W, "b": rand(6)}, extra=["w", "b"],
+                            pads=[1, 0, 2, 1], strides=[2, 1])),
+    ("conv_same_upper", lambda: single("Conv", (3, 9, 8), {"w": CONV_W}, extra=["w"],
+                                       auto_pad="SAME_UPPER", strides=[2, 2])),
+    ("conv_same_lower", lambda: single("Conv", (3, 8, 8), {"w": CONV_W}, extra=["w"],
+                                       auto_pad="SAME_LOWER", strides=[1, 2])),
+    ("conv_groups", lambda: single("Conv", (6, 7, 7), {"w": GROUP_W}, extra=["w"], group=3,
+                                   kernel_shape=[3, 2])),
+    ("conv_transpose", lambda: single("ConvTranspose", (3, 5, 4), {"w": rand(3, 4, 3, 3),
+                                                                   "b": rand(4)},
+                                      extra=["w", "b"], strides=[2, 2], pads=[1, 0, 1, 1],
+                                      output_padding=[1, 0])),
+    ("batchnorm", lambda: single("BatchNormalization", (4, 3, 3),
+                                 {"s": rand(4), "b": rand(4), "m": rand(4),
+                                  "v": np.abs(rand(4)) + 0.5},
+                                 extra=["s", "b", "m", "v"], epsilon=1e-3)),
+    ("batchnorm_features", lambda: single("BatchNormalization", (5,),
+                                          {"s": rand(5), "b": rand(5), "m": rand(5),
+                                           "v": np.abs(rand(5)) + 0.5},
+                                          extra=["s", "b", "m", "v"])),
+    ("instancenorm", lambda: single("InstanceNormalization", (4, 3, 5),
+                                    {"s": rand(4), "b": rand(4)}, extra=["s", "b"])),
+    ("groupnorm21", lambda: single("GroupNormalization", (4, 3, 5), {"s": rand(4), "b": rand(4)},
+                                   opset=21, extra=["s", "b"], num_groups=2)),
+    ("relu", lambda: single("Relu", (3, 4, 4))),
+    ("leaky_relu", lambda: single("LeakyRelu", (3, 4, 4), alpha=0.3)),
+    ("leaky_relu_default", lambda: single("LeakyRelu", (3, 4, 4))),
+    ("sigmoid", lambda: single("Sigmoid", (7,))),
+    ("hard_sigmoid", lambda: single("HardSigmoid", (3, 4, 4))),
+    ("hard_swish", lambda: single("HardSwish", (3, 4, 4), opset=14)),
+    ("tanh", lambda: single("Tanh", (3, 4, 4))),
+    ("abs", lambda: single("Abs", (3, 4, 4))),
+    ("gelu", lambda: single("Gelu", (3, 4, 4), opset=20)),
+    ("clip11", lambda: make_model([node("Clip", ["x", "lo", "hi"])], {"x": (3, 4, 4)},
+                                  {"lo": np.float32(0), "hi": np.float32(6)}, opset=11)),
+    ("clip13_relu", lambda: make_model([node("Clip", ["x", "lo"])], {"x": (3, 4, 4)},
+                                       {"lo": np.float32(0)}, opset=13)),
+    ("softmax11_2d", lambda: single("Softmax", (7,), opset=11)),
+    ("softmax13_channels", lambda: single("Softmax", (5, 2, 3), opset=13, axis=1)),
+    ("log_softmax13_2d", lambda: single("LogSoftmax", (7,), opset=13)),
+    ("log_softmax_width", lambda: single("LogSoftmax", (5, 2, 3), opset=17, axis=-1)),
+    ("maxpool", lambda: single("MaxPool", (3, 9, 8), kernel_shape=[3, 3], strides=[2, 2],
+                               pads=[1, 1, 1, 1], ceil_mode=1)),
+    ("maxpool_dilated", lambda: single("MaxPool", (3, 9, 8), kernel_shape=[2, 2],
+                                       dilations=[2, 2])),
+    ("maxpool_same", lambda: single("MaxPool", (3, 9, 8), kernel_shape=[3, 3], strides=[2, 2],
+                                    auto_pad="SAME_UPPER")),
+    ("avgpool_exclude_pad", lambda: single("AveragePool", (3, 7, 7), kernel_shape=[3, 3],
+                                           strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("avgpool_include_pad", lambda: single("AveragePool", (3, 7, 7), kernel_shape=[2, 3],
+                                           pads=[1, 1, 0, 1], count_include_pad=1)),
+    ("lppool", lambda: single("LpPool", (3, 6, 6), kernel_shape=[2, 2], strides=[2, 2], p=3)),
+    ("global_avg", lambda: single("GlobalAveragePool", (3, 5, 4))),
+    ("global_max", lambda: single("GlobalMaxPool", (3, 5, 4))),
+    ("gemm", lambda: single("Gemm", (6,), {"w": rand(4, 6), "c": rand(4)}, extra=["w", "c"],
+                            transB=1)),
+    ("gemm_alpha_beta", lambda: single("Gemm", (6,), {"w": rand(6, 4), "c": rand(1, 4)},
+                                       extra=["w", "c"], alpha=0.5, beta=2.0)),
+    ("gemm_no_bias", lambda: single("Gemm", (6,), {"w": rand(4, 6)}, extra=["w"], transB=1)),
+    ("matmul_add", lambda: make_model([node("MatMul", ["x", "w"], "h"),
+                                       node("Add", ["h", "b"])], {"x": (6,)},
+                                      {"w": rand(6, 3), "b": rand(3)})),
+    ("flatten", lambda: single("Flatten", (3, 2, 2))),
+    ("lrn", lambda: single("LRN", (6, 3, 3), size=3, alpha=0.01, beta=0.6, bias=2.0)),
+    ("lrn_defaults", lambda: single("LRN", (6, 3, 3), size=5)),
+    ("identity", lambda: single("Identity", (3, 2, 2))),
+    ("dropout11", lambda: single("Dropout", (3, 2, 2), opset=11, ratio=0.3)),
+    ("dropout13", lambda: make_model([node("Dropout", ["x", "r"])], {"x": (3, 2, 2)},
+                                     {"r": np.float32(0.2)}, opset=13)),
+    ("min_pool", lambda: make_model([node("Neg", ["x"], "n"),
+                                     node("MaxPool", ["n"], "m", kernel_shape=[2, 2]),
+                                     node("Neg", ["m"], "y")], {"x": (3, 4, 4)})),
+]
+
+
+@pytest.mark.parametrize("name,build", SINGLE_OPS, ids=[c[0] for c in SINGLE_OPS])
+def test_single_op(name, build):
+    roundtrip(build())
+
+
+# -- opset variations where signatures changed ------------------------------------------------
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 18, 21])
+def test_pad_opsets(opset):
+    """Pad takes pads (and from opset 18 axes) as inputs."""
+    if opset >= 18:
+        nodes = [node("Pad", ["x", "pads", "v", "axes"], mode="constant")]
+        inits = {"pads": np.array([1, 2, 0, 3], np.int64), "v": np.float32(0.5),
+                 "axes": np.array([2, 3], np.int64)}
+    else:
+        nodes = [node("Pad", ["x", "pads", "v"], mode="constant")]
+        inits = {"pads": np.array([0, 0, 1, 2, 0, 0, 0, 3], np.int64), "v": np.float32(0.5)}
+    text, _ = roundtrip(make_model(nodes, {"x": (2, 3, 4)}, inits, opset))
+    assert "pad((1, 2, 0, 3), value=0.5)" in text
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+@pytest.mark.parametrize("mode", ["nearest_asym_floor", "nearest_half_pixel", "linear_pytorch",
+                                  "linear_align", "linear_half_pixel"])
+def test_resize_opsets(opset, mode):
+    kind, coord = mode.split("_", 1)
+    attrs: dict[str, Any] = {"mode": "nearest" if kind == "nearest" else "linear"}
+    coord = {"asym_floor": "asymmetric", "align": "align_corners",
+             "pytorch": "pytorch_half_pixel"}.get(coord, coord)
+    attrs["coordinate_transformation_mode"] = coord
+    if mode == "nearest_asym_floor":
+        attrs["nearest_mode"] = "floor"
+    scales = np.array([1, 1, 2, 3], np.float32)
+    model = make_model([node("Resize", ["x", "roi", "scales"], **attrs)], {"x": (2, 3, 4)},
+                       {"roi": np.array([], np.float32), "scales": scales}, opset)
+    text, _ = roundtrip(model)
+    assert "upsample" in text
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_resize_sizes_and_axes(opset):
+    if opset >= 18:
+        nodes = [node("Resize", ["x", "", "", "sizes"], mode="nearest", axes=[2, 3],
+                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
+        inits = {"sizes": np.array([6, 8], np.int64)}
+    else:
+        nodes = [node("Resize", ["x", "", "", "sizes"], mode="nearest",
+                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")]
+        inits = {"sizes": np.array([2, 2, 6, 8], np.int64)}
+    # (The batch in `sizes` is 2 here, as a full sizes input has it: the test runs batch 2.)
+    roundtrip(make_model(nodes, {"x": (2, 3, 4)}, inits, opset))
+
+
+@pytest.mark.parametrize("opset", [11, 13, 21])
+def test_reshape_squeeze_opsets(opset):
+    """Squeeze/Unsqueeze take axes as an attribute before 13, an input from 13."""
+    if opset < 13:
+        nodes = [node("GlobalAveragePool", ["x"], "g"),
+                 node("Squeeze", ["g"], "s", axes=[2, 3]),
+                 node("Unsqueeze", ["s"], "u", axes=[2]),
+                 node("Reshape", ["u", "shape"])]
+        inits = {"shape": np.array([0, -1], np.int64)}
+    else:
+        nodes = [node("GlobalAveragePool", ["x"], "g"),
+                 node("Squeeze", ["g", "ax"], "s"),
+                 node("Unsqueeze", ["s", "ax1"], "u"),
+                 node("Reshape", ["u", "shape"])]
+        inits = {"ax": np.array([2, 3], np.int64), "ax1": np.array([2], np.int64),
+                 "shape": np.array([0, -1], np.int64)}
+    roundtrip(make_model(nodes, {"x": (5, 3, 3)}, inits, opset))
+
+
+def test_reshape_to_feature_maps():
+    nodes = [node("Reshape", ["x", "shape"], "r"), node("Relu", ["r"])]
+    text, _ = roundtrip(make_model(nodes, {"x": (24,)}, {"shape": np.array([-1, 6, 2, 2],
+                                                                             np.int64)}))
+    assert "reshape((6, 2, 2))" in text
+
+
+# -- graphs: branches, constants, shape subgraphs ---------------------------------------------
+
+def test_residual_concat_and_constant_operands():
+    """Branches, tensor + tensor, per-channel constants (Add/Sub/Mul/Div), Constant nodes."""
+    c = 4
+    nodes = [
+        node("Conv", ["x", "w1"], "a", pads=[1, 1, 1, 1]),
+        node("Relu", ["a"], "r"),
+        node("Conv", ["r", "w2"], "b", pads=[1, 1, 1, 1]),
+        node("Add", ["b", "a"], "s"),
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(
+            rand(1, c, 1, 1), "k")),
+        node("Mul", ["s", "k"], "m"),
+        node("Sub", ["half", "m"], "d"),
+        node("Div", ["d", "three"], "q"),
+        node("Sub", ["q", "r"], "q2"),
+        node("Mul", ["q2", "r"], "q3"),
+        node("Concat", ["q3", "r"], "cat", axis=1),
+        node("GlobalAveragePool", ["cat"], "g"),
+        node("Flatten", ["g"], "f"),
+        node("Gemm", ["f", "wd", "bd"], "y", transB=1),
+    ]
+    inits = {"w1": rand(c, 3, 3, 3), "w2": rand(c, c, 3, 3), "half": np.float32(0.5),
+             "three": np.full((c, 1, 1), 3.0, np.float32), "wd": rand(5, 2 * c), "bd": rand(5)}
+    text, _ = roundtrip(make_model(nodes, {"x": (3, 6, 5)}, inits))
+    # the residual's value is named once and used twice; the head is one chain
+    assert text.count("conv(") == 2 + 3  # two convolutions and three per-channel constants
+
+
+def test_pytorch_style_pad_and_resize_subgraphs():
+    """F.pad and interpolate(size=...) as PyTorch writes them: shape arithmetic over
+    constants and Shape(x), folded at import."""
+    i64 = TensorProto.INT64
+    nodes = [
+        # pads = reshape(transpose(reverse(reshape(concat(pad, zeros), (-1, 2)))), -1)
+        helper.make_node("Constant", [], ["p"], value=helper.make_tensor("p", i64, [4],
+                                                                         [1, 2, 0, 1])),
+        helper.make_node("Constant", [], ["n"], value=helper.make_tensor("n", i64, [1], [4])),
+        node("ConstantOfShape", ["n"], "zeros", value=helper.make_tensor("z", i64, [1], [0])),
+        node("Concat", ["p", "zeros"], "cat", axis=0),
+        node("Reshape", ["cat", "m1_2"], "pairs"),
+        node("Slice", ["pairs", "sm1", "send", "s0", "sm1"], "rev"),
+        node("Transpose", ["rev"], "tr", perm=[1, 0]),
+        node("Reshape", ["tr", "m1"], "flat"),
+        node("Cast", ["flat"], "pads", to=i64),
+        node("Pad", ["x", "pads", "zero"], "padded", mode="constant"),
+        # sizes = concat(shape(x)[0:2], [2 * H, 2 * W])
+        node("Shape", ["padded"], "shape"),
+        node("Slice", ["shape", "s0", "s2"], "nc"),
+        node("Gather", ["shape", "hw_idx"], "hw", axis=0),
+        node("Mul", ["hw", "two"], "hw2"),
+        node("Concat", ["nc", "hw2"], "sizes", axis=0),
+        node("Resize", ["padded", "", "", "sizes"], "up", mode="nearest",
+             coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        # x.view(x.size(0), -1)
+        node("Shape", ["up"], "shape2"),
+        node("Gather", ["shape2", "zero_idx"], "batch", axis=0),
+        node("Unsqueeze", ["batch", "s0"], "batch1"),
+        node("Concat", ["batch1", "m1"], "target", axis=0),
+        node("Reshape", ["up", "target"], "y"),
+    ]
+    inits = {"m1_2": np.array([-1, 2], np.int64), "m1": np.array([-1], np.int64),
+             "s0": np.array([0], np.int64), "s2": np.array([2], np.int64),
+             "send": np.array([np.iinfo(np.int64).min], np.int64),
+             "sm1": np.array([-1], np.int64), "zero": np.float32(0.0),
+             "hw_idx": np.array([2, 3], np.int64), "two": np.int64(2),
+             "zero_idx": np.int64(0)}
+    text, _ = roundtrip(make_model(nodes, {"x": (2, 3, 4)}, inits, opset=13))
+    # torch's (left, right, top, bottom) = (1, 2, 0, 1) is cnnc's (top, left, bottom, right)
+    assert "pad((0, 1, 1, 2))" in text
+    assert "upsample" in text and "flatten" in text
+
+
+def test_multiple_outputs_keep_their_order():
+    nodes = [node("Relu", ["x"], "a"), node("Sigmoid", ["a"], "b"), node("Tanh", ["a"], "c")]
+    model = make_model(nodes, {"x": (3, 2, 2)}, outputs=("c", "x", "b"))
+    text, _ = roundtrip(model)
+    graph = load_network(text)
+    assert list(graph.outputs) == ["c", "x", "b"]
+
+
+def test_names_are_sanitized_and_unique():
+    """ONNX names may be anything: they become identifiers and never leak into the source
+    outside a comment."""
+    evil = "x\n-> output hacked # \"'"
+    nodes = [
+        helper.make_node("Conv", [evil, "w"], ["relu1"], name="conv"),
+        helper.make_node("Relu", ["relu1"], ["0 weird/name"], name="relu1"),
+        helper.make_node("Conv", ["0 weird/name", "w2"], ["out put"], name="conv "),
+        helper.make_node("Add", ["out put", "0 weird/name"], ["in"], name="network"),
+    ]
+    model = make_model(nodes, {evil: (3, 4, 4)}, {"w": rand(3, 3, 1, 1), "w2": rand(3, 3, 1, 1)},
+                       outputs=("in",))
+    text, weights = roundtrip(model)
+    code = [line for line in text.splitlines() if not line.startswith("#")]
+    assert not any("output hacked" in line or "\"" in line for line in code)
+    assert list(load_network(text).outputs) == ["in_"]
+    assert len(weights) == 2 and len({k.split(".")[0] for k in weights}) == 2
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+def test_unsupported_operator_is_named():
+    model = make_model([helper.make_node("Sin", ["x"], ["y"], name="my_sin")], {"x": (3, 2, 2)})
+    with pytest.raises(OnnxImportError) as e:
+        import_onnx(model)
+    msg = str(e.value)
+    assert "Sin" in msg and "my_sin" in msg and "opset 17" in msg
+
+
+@pytest.mark.parametrize("build,words", [
+    (lambda: make_model([node("Clip", ["x", "lo", "hi"])], {"x": (3,)},
+                        {"lo": np.float32(-1), "hi": np.float32(1)}), ["Clip", "relu6"]),
+    (lambda: single("Resize", (2, 3, 3), {"s": np.array([1, 1, 2, 2], np.float32)},
+                    extra=["", "s"], mode="cubic"), ["cubic"]),
+    (lambda: single("Pad", (2, 3, 3), {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)},
+                    extra=["p"], mode="reflect"), ["reflect"]),
+    (lambda: single("Softmax", (3, 2, 2), opset=11, axis=1), ["Softmax", "axes"]),
+    (lambda: single("Conv", (3, 4, 4), extra=["x"]), ["constant"]),
+])
+def test_refusals_are_clean(build, words):
+    with pytest.raises(OnnxImportError) as e:
+        import_onnx(build())
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07 this is not a protobuf \xff\xff\xff")
+    good = single("Relu", (3, 2, 2)).SerializeToString()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good[: len(good) // 2])
+    for path in (garbage, truncated, tmp_path / "missing.onnx"):
+        with pytest.raises(OnnxImportError):
+            import_onnx(path)
+
+
+def test_opset_out_of_range():
+    model = single("Relu", (3, 2, 2), opset=22)
+    with pytest.raises(OnnxImportError, match="opset 22"):
+        import_onnx(model)
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def test_cli_import(tmp_path, capsys):
+    model = make_model([node("Conv", ["x", "w", "b"], "c", pads=[1, 1, 1, 1]),
+                        node("Relu", ["c"], "y")], {"x": (3, 5, 5)},
+                       {"w": rand(4, 3, 3, 3), "b": rand(4)})
+    src = tmp_path / "m.onnx"
+    onnx.save_model(model, str(src))
+    assert main(["import", str(src), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "matches ONNX Runtime" in out
+    assert (tmp_path / "m.cnn").is_file() and (tmp_path / "m.npz").is_file()
+    x = tmp_path / "x.npy"
+    np.save(x, rand(1, 3, 5, 5))
+    assert main(["run", str(tmp_path / "m.cnn"), "--weights", str(tmp_path / "m.npz"),
+                 "--input", str(x), "--reference"]) == 0
+
+
+def test_cli_bad_file_has_no_traceback(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx at all")
+    proc = subprocess.run([sys.executable, "-m", "cnnc.runtime.cli", "import", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+# -- a PyTorch export, where torch is available ------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore")
+def test_pytorch_exported_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(8)
+            self.pool = nn.MaxPool2d(2)
+            self.fc = nn.Linear(8 * 4 * 4, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.conv(x)))
+            y = nn.functional.pad(y, (1, 0, 0, 1))
+            y = self.pool(nn.functional.interpolate(y, scale_factor=2.0, mode="nearest"))
+            y = nn.functional.avg_pool2d(y, 2)
+            return self.fc(y.view(y.size(0), -1))
+
+    net = Net().eval()
+    path = tmp_path / "torch.onnx"
+    torch.onnx.export(net, torch.randn(1, 3, 7, 7), str(path), opset_version=17, dynamo=False,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    model = onnx.load(str(path))
+    text, _ = roundtrip(model)
+    # (PyTorch folds the eval-mode batch norm into the convolution itself.)
+    assert "pad((0, 1, 1, 0))" in text and "upsample" in text and "dense(5)" in text

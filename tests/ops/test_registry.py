@@ -1,0 +1,175 @@
+"""The op registry is complete: every op has each part of an `OpDef`, and the parts agree.
+
+Every registered op needs a signature, infer, reference, macs and a doc string; a canonicalize
+where it has attributes; params where it owns weights. An op may lack one only if it is on an
+allow-list below, with the reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cnnc.compiler.ir import TensorType
+from cnnc.compiler.ops import REQUIRED, Attr, OpDef, ParamSpec, all_names, all_ops, get_op
+
+OPS = all_ops()
+
+# Ops that have attributes but no canonicalize, and why.
+NO_CANONICALIZE = {
+    "input": "a graph leaf: the builder sets its type directly; nothing to canonicalize",
+    "param": "a graph leaf: init/trainable/fan_in/fan_out are set by the builder from ParamSpec",
+}
+# Ops that own parameter tensors.
+WEIGHTED = {"conv", "conv_transpose", "dense", "batchnorm", "groupnorm"}
+# Ops that are not computed from inputs: sample calls, reference and macs do not apply.
+LEAVES = {"input": "values supplied by the caller", "param": "values supplied by the caller"}
+
+ATTR_KINDS = {"int", "float", "bool", "ints", "pads", "choice", "tensor", "shape", "any"}
+
+# A typical call of each op: per-sample input shapes and the DSL attributes it needs.
+SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
+    "conv": ([(4, 9, 8)], {"out_channels": 6, "kernel": 3, "stride": 2, "pad": 1,
+                           "groups": 2}),
+    "conv_transpose": ([(4, 5, 6)], {"out_channels": 6, "kernel": 3, "stride": 2,
+                                     "output_padding": 1, "groups": 2}),
+    "maxpool": ([(3, 9, 8)], {"kernel": 3, "stride": 2, "ceil_mode": True}),
+    "minpool": ([(3, 9, 8)], {"kernel": 2}),
+    "avgpool": ([(3, 9, 8)], {"kernel": 3, "stride": 2, "pad": 1}),
+    "lppool": ([(3, 9, 8)], {"kernel": 2}),
+    "globalavgpool": ([(3, 5, 4)], {}),
+    "globalmaxpool": ([(3, 5, 4)], {}),
+    "upsample": ([(3, 4, 5)], {"mode": "bilinear"}),
+    "dense": ([(12,)], {"out_features": 5}),
+    "flatten": ([(3, 4, 5)], {}),
+    "reshape": ([(3, 4, 5)], {"shape": (5, -1)}),
+    "pad": ([(3, 4, 5)], {"pad": (1, 2, 3, 4)}),
+    "flip": ([(3, 4, 5)], {}),
+    "dropout": ([(3, 4, 5)], {}),
+    "identity": ([(3, 4, 5)], {}),
+    "relu": ([(3, 4, 5)], {}),
+    "leaky_relu": ([(3, 4, 5)], {}),
+    "relu6": ([(3, 4, 5)], {}),
+    "sigmoid": ([(3, 4, 5)], {}),
+    "hard_sigmoid": ([(3, 4, 5)], {}),
+    "tanh": ([(3, 4, 5)], {}),
+    "swish": ([(3, 4, 5)], {}),
+    "hard_swish": ([(3, 4, 5)], {}),
+    "gelu": ([(3, 4, 5)], {}),
+    "abs": ([(3, 4, 5)], {}),
+    "softmax": ([(3, 4, 5)], {}),
+    "log_softmax": ([(10,)], {}),
+    "batchnorm": ([(3, 4, 5)], {}),
+    "groupnorm": ([(6, 4, 5)], {"groups": 3}),
+    "lrn": ([(7, 4, 5)], {}),
+    "add": ([(3, 4, 5), (3, 1, 1)], {}),
+    "mul": ([(3, 4, 5), (3, 1, 1)], {}),
+    "sub": ([(3, 4, 5), (1, 4, 5)], {}),
+    "concat": ([(3, 4, 5), (2, 4, 5)], {}),
+    "distance": ([(16,), (16,)], {}),
+}
+
+
+def canonical(op: OpDef, in_types: list[TensorType], raw: dict[str, Any]) -> dict[str, Any]:
+    full = {a.name: raw.get(a.name, a.default) for a in op.signature}
+    missing = [k for k, v in full.items() if v is REQUIRED]
+    assert not missing, f"SAMPLES[{op.name!r}] must give {missing}"
+    return op.canonicalize(full, in_types) if op.canonicalize else full
+
+
+def test_registry_is_not_empty_and_names_match():
+    assert len(OPS) >= 30
+    for name, op in OPS.items():
+        assert op.name == name
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_has_every_part(name):
+    op = OPS[name]
+    assert isinstance(op.signature, tuple) and all(isinstance(a, Attr) for a in op.signature)
+    for part in ("infer", "reference", "macs"):
+        assert callable(getattr(op, part)), f"{name} has no {part}"
+    assert isinstance(op.doc, str) and op.doc.strip(), f"{name} has no doc string"
+    assert op.family, f"{name} has no family"
+    if op.signature and name not in NO_CANONICALIZE:
+        assert callable(op.canonicalize), f"{name} has attributes but no canonicalize"
+    if name in WEIGHTED:
+        assert callable(op.params), f"{name} owns weights but has no params"
+    else:
+        assert op.params is None, f"{name} declares params: add it to WEIGHTED in this test"
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_signature_is_well_formed(name):
+    sig = OPS[name].signature
+    names = [a.name for a in sig]
+    assert len(names) == len(set(names)), f"{name}: duplicate attribute names {names}"
+    for a in sig:
+        assert a.kind in ATTR_KINDS, f"{name}.{a.name}: unknown kind {a.kind!r}"
+        if a.kind == "choice" and a.default is not REQUIRED:
+            assert a.default in a.choices, f"{name}.{a.name}: default not among choices"
+    # Required attributes come first: the DSL binds positional arguments in this order.
+    required = [a.default is REQUIRED for a in sig]
+    assert required == sorted(required, reverse=True), f"{name}: required after optional"
+
+
+def test_aliases_resolve_and_do_not_shadow():
+    names = all_names()
+    assert len(names) == len(set(names))
+    for name, op in OPS.items():
+        for alias in op.aliases:
+            assert alias not in OPS, f"alias {alias!r} of {name} shadows an op"
+            assert get_op(alias) is op
+    with pytest.raises(KeyError, match="unknown op 'no_such_op'"):
+        get_op("no_such_op")
+
+
+def test_allow_lists_are_current():
+    assert set(NO_CANONICALIZE) <= set(OPS)
+    assert WEIGHTED <= set(OPS)
+    assert set(SAMPLES) == set(OPS) - set(LEAVES), "every op needs a sample call here"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_parts_agree_on_a_sample(name):
+    """canonicalize -> params -> infer -> reference -> macs on a typical call: the reference's
+    output has the inferred shape, params have the declared shapes, macs is a count."""
+    op = OPS[name]
+    shapes, raw = SAMPLES[name]
+    in_types = [TensorType(s) for s in shapes]
+    attrs = canonical(op, in_types, dict(raw))
+    specs = op.param_specs(attrs, in_types)
+    assert all(isinstance(s, ParamSpec) for s in specs)
+    if name in WEIGHTED:
+        assert specs and specs[0].suffix == "weight"
+        assert all(s.fan_in >= 0 and s.fan_out >= 0 for s in specs)
+    types = in_types + [TensorType(s.shape) for s in specs]
+    out = op.infer(types, attrs)
+    assert isinstance(out, TensorType) and all(d >= 1 for d in out.shape)
+    rng = np.random.default_rng(0)
+    batch = 3
+    values = [rng.standard_normal((batch,) + s) for s in shapes]
+    values += [rng.random(s.shape) + 0.5 for s in specs]  # positive: running_var
+    y = op.reference(values, attrs)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float64
+    assert y.shape == (batch,) + out.shape
+    assert np.all(np.isfinite(y))
+    macs = op.macs(types, out, attrs)
+    assert isinstance(macs, int) and not isinstance(macs, bool) and macs >= 0
+    if name in ("conv", "conv_transpose", "dense"):
+        assert macs > 0
+
+
+def test_conv_macs_and_params_match_the_textbook_count():
+    """001: ten 3 x 3 x 3 filters have (27 + 1) * 10 = 280 parameters; each output value
+    costs C/groups * R * S multiply-accumulates."""
+    op = get_op("conv")
+    t = [TensorType((3, 24, 24))]
+    attrs = canonical(op, t, {"out_channels": 10, "kernel": 3})
+    specs = op.param_specs(attrs, t)
+    assert sum(int(np.prod(s.shape)) for s in specs) == 280
+    out = op.infer(t + [TensorType(s.shape) for s in specs], attrs)
+    assert out.shape == (10, 22, 22)
+    assert op.macs(t, out, attrs) == 10 * 22 * 22 * 27
