@@ -368,8 +368,10 @@ class Importer:
             attrs = opdef.canonicalize(raw, in_types) if opdef.canonicalize else dict(raw)
             specs = opdef.param_specs(attrs, in_types)
             out_type = opdef.infer(in_types, attrs)
-        except (AttrError, ShapeError) as e:
+        except AttrError as e:  # names the attribute only: add the op
             raise _refuse(node, self.opset, f"as cnnc {op}: {e}") from None
+        except ShapeError as e:  # already starts with the op's name
+            raise _refuse(node, self.opset, f"as cnnc {e}") from None
         weights = {k: np.ascontiguousarray(v, np.float32) for k, v in (weights or {}).items()}
         for spec in specs:
             w = weights.get(spec.suffix)
