@@ -17,9 +17,10 @@ Two lowerings, both cross-correlation as in PyTorch:
 
 ``im2col``
     NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
-    ``P*Q`` rounded up to 16, zero columns), then a blocked GEMM ``W[Kgp, Cg*R*S] @ col`` with a
-    6 x 16 register tile on the same vector intrinsics, and a crop kernel copies the valid part
-    to ``[N, K, P, Q]`` while applying the epilogue. We use our own GEMM rather than BLAS sgemm:
+    ``P*Q`` rounded up to 16, zero columns; stored as 16-column panels), then a blocked GEMM
+    ``W[Kgp, Cg*R*S] @ col`` with a 6 x 16 register tile on the same vector intrinsics (the
+    epilogue fused into its stores), and a crop kernel copies the valid part to
+    ``[N, K, P, Q]``. We use our own GEMM rather than BLAS sgemm:
     scipy is not a runtime dependency, two thread pools (Numba's and BLAS's) fight unless BLAS
     is pinned to one thread, and the GEMM goes through the same printers as every other kernel
     (so a CUDA printer gets it for free). PERF-NOTES measured im2col + BLAS at 18-71% of peak,
@@ -42,11 +43,13 @@ import numpy as np
 
 from . import cache
 from .kernel_ir import (
+    BinOp,
     Comment,
     Const,
     Epilogue,
     Expr,
     ExprLike,
+    If,
     Kernel,
     Let,
     Load,
@@ -275,8 +278,21 @@ def _tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc") -> 
 # ----------------------------------------------------------------------------------------------
 
 
-def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "") -> Kernel:
-    """The register-tiled NCHW8c direct convolution (not depthwise)."""
+#: Weight bytes per group up to which ``order="auto"`` iterates k-blocks fastest (weights stay
+#: in L2 while consecutive tasks share input rows). L2 is 2 MiB per core on the target machine.
+WEIGHTS_IN_L2 = 1 << 20
+
+
+def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
+                       order: Literal["auto", "rows", "kblocks"] = "rows") -> Kernel:
+    """The register-tiled NCHW8c direct convolution (not depthwise).
+
+    ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-block,
+    row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-block); ``"auto"``
+    uses ``kblocks`` when one group's packed weights fit in :data:`WEIGHTS_IN_L2`. On the noisy
+    shared 2-core machine the two orders measured within noise of each other on the five
+    benchmark layers, so the default stays with the measured PERF-NOTES choice.
+    """
     if g.depthwise:
         raise ValueError("use depthwise_conv_kernel for groups == C == K")
     CB, Cgb, Kgb = g.CB, g.Cgb, g.Kgb
@@ -320,7 +336,13 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + _tile_stmts(T, 2, inner, stores)
 
     gi = kb // Kgb
-    body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
+    if order == "auto":
+        wbytes = Kgb * TILE_K * Cgb * CB * R * S * 4
+        order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
+    if order == "rows":
+        body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
+    else:
+        body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
     body += [
         Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh) * (Wp * CB)),
         Let("wk", kb * (Cgb * R * S * CB * TILE_K)),
@@ -383,17 +405,20 @@ def gemm_kernel(M: int, Kd: int, Nc: int, batch: int, epi: Epilogue, name: str =
                 comment: str = "") -> Kernel:
     """``c[b] = w[b % batch] @ col[b]`` for ``b < n_batch * batch``, blocked 6 x 16.
 
-    ``w`` is ``[batch, M, Kd]`` (``M`` a multiple of 6, the weights of each group), ``col`` is
-    ``[n_batch * batch, Kd, Nc]`` (``Nc`` a multiple of 16, the im2col matrices), ``c`` is
-    ``[n_batch * batch, M, Nc]``. The epilogue bias is per row (``bias[(b % batch) * M + m]``).
+    ``w`` is ``[batch, M, Kd]`` (``M`` a multiple of 6, the weights of each group); ``col`` is
+    ``[n_batch * batch, Nc/16, Kd, 16]``: the ``[Kd, Nc]`` im2col matrices stored as 16-column
+    panels (``Nc`` a multiple of 16); ``c`` is ``[n_batch * batch, M, Nc]``. One task per
+    (matrix, panel): the panel (``Kd`` x 64 bytes) stays in L1/L2 while every 6-row tile of
+    ``w`` (kept in L2) passes over it. The epilogue bias is per row
+    (``bias[(b % batch) * M + m]``).
     """
     assert M % GEMM_M == 0 and Nc % GEMM_N == 0
-    mt_count = M // GEMM_M
-    b, mt = Var("b"), Var("mt")
+    jt_count = Nc // GEMM_N
+    b, mt, jt = Var("b"), Var("mt"), Var("jt")
     ga = b % batch
     kk = Var("kk")
-    upd: list = [Let("b0", VLoad("col", Var("bcol") + kk * Nc)),
-                 Let("b1", VLoad("col", Var("bcol") + kk * Nc + 8))]
+    upd: list = [Let("b0", VLoad("col", Var("panel") + kk * GEMM_N)),
+                 Let("b1", VLoad("col", Var("panel") + kk * GEMM_N + 8))]
     for i in range(GEMM_M):
         upd.append(Let("av", VBroadcast("w", Var("arow") + i * Kd + kk)))
         for h in range(2):
@@ -403,16 +428,16 @@ def gemm_kernel(M: int, Kd: int, Nc: int, batch: int, epi: Epilogue, name: str =
     for i in range(GEMM_M):
         for h in range(2):
             val = epi.apply_vec(Var(f"acc_{i}_{h}"), ga * M + mt * GEMM_M + i, same_channel=True)
-            stores.append(VStore("c", Var("crow") + i * Nc + Var("jt") * GEMM_N + h * 8, val))
-    jt_body = [Let("bcol", b * (Kd * Nc) + Var("jt") * GEMM_N)] + \
+            stores.append(VStore("c", Var("crow") + i * Nc + h * 8, val))
+    mt_body = [Let("arow", (ga * M + mt * GEMM_M) * Kd),
+               Let("crow", (b * M + mt * GEMM_M) * Nc + jt * GEMM_N)] + \
         _tile_stmts(GEMM_M, 2, [Loop("kk", Const(Kd), upd)], stores)
-    body = _unflatten(Var("t"), [("b", Var("n_batch") * batch), ("mt", mt_count)])
-    body += [Let("arow", (ga * M + mt * GEMM_M) * Kd),
-             Let("crow", (b * M + mt * GEMM_M) * Nc),
-             Loop("jt", Const(Nc // GEMM_N), jt_body)]
+    body = _unflatten(Var("t"), [("b", Var("n_batch") * batch), ("jt", jt_count)])
+    body += [Let("panel", (b * jt_count + jt) * (Kd * GEMM_N)),
+             Loop("mt", Const(M // GEMM_M), mt_body)]
     params = [Param("col"), Param("w")] + ([Param("bias")] if epi.bias else []) + \
         [Param("c"), Param("n_batch", "int")]
-    loop = Loop("t", Var("n_batch") * (batch * mt_count), body, kind="parallel")
+    loop = Loop("t", Var("n_batch") * (batch * jt_count), body, kind="parallel")
     return Kernel(name, params, [loop], comment)
 
 
@@ -433,27 +458,39 @@ def layout_kernels() -> list[Kernel]:
       CB + lane`` (zero where that exceeds the group, and in the padding).
     - ``unpack_blocked_nchw(y, out, ...)``: ``[N, K8, P, Q, 8]`` -> ``[N, K, P, Q]``, channel
       ``k`` being at position ``(k // Kg) * KgPad + k % Kg`` of the blocked channel axis.
-    - ``im2col(x, col, ...)``: NCHW -> ``[N, g, Cg*R*S, PQp]`` (zero beyond ``P*Q``).
-    - ``crop_gemm(c, out, [bias,] ...)``: ``[N, g, Kgp, PQp]`` -> ``[N, K, P*Q]``.
+    - ``im2col(x, col, ...)``: NCHW -> ``[N, g, PQp/16, Cg*R*S, 16]``: per image and group the
+      matrix ``[Cg*R*S, PQp]`` (zero beyond ``P*Q``) stored as 16-column panels, so the GEMM
+      reads each panel contiguously.
+    - ``crop_gemm(c, out, ...)``: ``[N, g, Kgp, PQp]`` -> ``[N, K, P*Q]`` (the GEMM already
+      applied the epilogue).
     """
     N, C, H, W = Var("N"), Var("C"), Var("H"), Var("W")
     Hp, Wp, pt, pl = Var("Hp"), Var("Wp"), Var("pt"), Var("pl")
     NB, CB, Cg, Cgb = Var("NB"), Var("CB"), Var("Cg"), Var("Cgb")
     n, b, hp, wp, l = Var("n"), Var("b"), Var("hp"), Var("wp"), Var("l")
 
-    # ---- pack: NCHW -> padded NCHWc
+    # ---- pack: NCHW -> padded NCHWc. Per padded row and lane: zeros left of the image, a
+    # contiguous read of one input row, zeros right of it (no per-element bounds test).
     cin = (b % Cgb) * CB + l  # channel within the group
-    src = ((n * C + (b // Cgb) * Cg + cin) * H + Var("ih")) * W + Var("iw")
-    inside = cmp("and", cmp("and", Var("rowok"), cmp("<", Var("iw") , W)),
-                 cmp("and", cmp(">=", Var("iw"), 0), cmp("<", cin, Cg)))
+    src = ((n * C + (b // Cgb) * Cg + cin) * H + Var("ih")) * W - pl
+    wl, wr = Var("wl"), Var("wr")
+    zero_row = [Loop("wp", Wp, [Store("xp", Var("dst") + wp * CB + l, Const(0.0))])]
     pack_body = _unflatten(Var("t"), [("n", N), ("b", NB), ("hp", Hp)]) + [
         Let("ih", hp - pt),
-        Let("rowok", cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))),
         Let("dst", ((n * NB + b) * Hp + hp) * Wp * CB),
-        Loop("wp", Wp, [
-            Let("iw", wp - pl),
-            Loop("l", CB, [Store("xp", Var("dst") + wp * CB + l,
-                                 Select(inside, Load("x", src), Const(0.0)))]),
+        # [0, wl) left padding, [wl, wr) image columns, [wr, Wp) right padding
+        Let("wl", BinOp("min", pl, Wp)),
+        Let("wr", BinOp("max", wl, BinOp("min", Wp, pl + W))),
+        Loop("l", CB, [
+            If(cmp("and", cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H)),
+                   cmp("<", cin, Cg)),
+               [Let("src", src),
+                Loop("wp", wl, [Store("xp", Var("dst") + wp * CB + l, Const(0.0))]),
+                Loop("wp", wr - wl, [Store("xp", Var("dst") + wp * CB + l,
+                                           Load("x", Var("src") + wp))], start=wl),
+                Loop("wp", Wp - wr, [Store("xp", Var("dst") + wp * CB + l, Const(0.0))],
+                     start=wr)],
+               zero_row),
         ]),
     ]
     pack = Kernel("pack_nchw_blocked",
@@ -476,7 +513,7 @@ def layout_kernels() -> list[Kernel]:
                     [Loop("t", N * K * P, unpack_body, kind="parallel")],
                     "channel-blocked NCHW8c -> NCHW")
 
-    # ---- im2col: NCHW -> [N, g, Cg*R*S, PQp]
+    # ---- im2col: NCHW -> [N, g, PQp/16, Cg*R*S, 16]
     G, R, S, sh, sw, dh, dw, PQp = (Var(s) for s in ("G", "R", "S", "sh", "sw", "dh", "dw",
                                                      "PQp"))
     row, gi = Var("row"), Var("gi")
@@ -488,22 +525,26 @@ def layout_kernels() -> list[Kernel]:
         Let("c", row // (R * S)),
         Let("r", (row // S) % R),
         Let("s", row % S),
-        Let("dst", ((n * G + gi) * CRS + row) * PQp),
+        # element (row, j) of the matrix lives in panel j // 16 at row * 16 + j % 16
+        Let("dst", (n * G + gi) * CRS * PQp + row * GEMM_N),
         Loop("p", P, [
             Let("ih", p * sh - pt + Var("r") * dh),
             Let("rowok", cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))),
-            Loop("q", Q, [Store("col", Var("dst") + p * Q + q,
-                                Select(ok, Load("x", im_src), Const(0.0)))]),
+            Loop("q", Q, [
+                Let("j", p * Q + q),
+                Store("col", Var("dst") + (Var("j") // GEMM_N) * (CRS * GEMM_N)
+                      + Var("j") % GEMM_N, Select(ok, Load("x", im_src), Const(0.0)))]),
         ]),
-        Loop("j", PQp - P * Q, [Store("col", Var("dst") + Var("j"), Const(0.0))],
-             start=P * Q),
+        Loop("j", PQp - P * Q, [Store("col", Var("dst") + (Var("j") // GEMM_N) * (CRS * GEMM_N)
+                                       + Var("j") % GEMM_N, Const(0.0))], start=P * Q),
     ]
     im2col = Kernel("im2col",
                     [Param("x"), Param("col")] + _ints("N", "C", "H", "W", "G", "Cg", "R", "S",
                                                        "P", "Q", "sh", "sw", "dh", "dw", "pt",
                                                        "pl", "PQp"),
                     [Loop("t", N * G * CRS, im_body, kind="parallel")],
-                    "im2col: NCHW -> per image and group [Cg*R*S, P*Q padded to 16]")
+                    "im2col: NCHW -> per image and group [Cg*R*S, P*Q padded to 16], "
+                    "in 16-column panels")
 
     # ---- crop: [N, g, Kgp, PQp] -> [N, K, PQ]
     PQ, Kgp = Var("PQ"), Var("Kgp")
@@ -614,27 +655,40 @@ class ConvKernel:
             bp = bp.ravel()
         return _f32(wp).ravel(), bp
 
-    def pack_input(self, x: np.ndarray) -> np.ndarray:
-        """NCHW input -> the kernel's input layout (flat). For im2col: the col matrices."""
+    def in_blocked_size(self, N: int) -> int:
+        """Floats of the packed input of ``N`` images (im2col: the col matrices)."""
+        g = self.geometry
+        if self.lowering == "im2col":
+            return N * g.groups * g.Cg * g.R * g.S * _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
+        if g.depthwise:
+            return N * _ceil_div(g.C, 8) * g.Hp * g.Wp * 8
+        return N * g.groups * g.Cgb * g.Hp * g.Wp * g.CB
+
+    def pack_input(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """NCHW input -> the kernel's input layout (flat). For im2col: the col matrices.
+
+        ``out``, if given, is a flat float32 buffer of at least ``in_blocked_size(N)``.
+        """
         g = self.geometry
         x = _f32(x)
         N = x.shape[0]
+        size = self.in_blocked_size(N)
+        xp = np.empty(size, np.float32) if out is None else out[:size]
         if self.lowering == "im2col":
             PQp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
-            col = np.empty(N * g.groups * g.Cg * g.R * g.S * PQp, np.float32)
-            self.layout.im2col(x.ravel(), col, N, g.C, g.H, g.W, g.groups, g.Cg, g.R, g.S,
+            self.layout.im2col(x.ravel(), xp, N, g.C, g.H, g.W, g.groups, g.Cg, g.R, g.S,
                                g.P, g.Q, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, PQp)
-            return col
+            return xp
         if g.depthwise:
             NB, CB, Cg, Cgb = _ceil_div(g.C, 8), 8, g.C, _ceil_div(g.C, 8)
         else:
             NB, CB, Cg, Cgb = g.groups * g.Cgb, g.CB, g.Cg, g.Cgb
-        xp = np.empty(N * NB * g.Hp * g.Wp * CB, np.float32)
         self.layout.pack_nchw_blocked(x.ravel(), xp, N, g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl,
                                       NB, CB, Cg, Cgb)
         return xp
 
-    def _out_blocked_size(self, N: int) -> int:
+    def out_blocked_size(self, N: int) -> int:
+        """Floats of the packed output of ``N`` images."""
         g = self.geometry
         if self.lowering == "im2col":
             Kgp = _ceil_div(g.Kg, GEMM_M) * GEMM_M
@@ -642,21 +696,24 @@ class ConvKernel:
         k8 = _ceil_div(g.C, 8) if g.depthwise else 2 * g.groups * g.Kgb
         return N * k8 * g.P * g.Q * 8
 
+    _out_blocked_size = out_blocked_size  # former name, kept for callers
+
     def run(self, xp: np.ndarray, wp: np.ndarray, bp: np.ndarray | None, N: int,
             out: np.ndarray | None = None) -> np.ndarray:
         """Run the compute kernel on packed operands; returns the packed (flat) output."""
         if out is None:
-            out = np.empty(self._out_blocked_size(N), np.float32)
+            out = np.empty(self.out_blocked_size(N), np.float32)
         if self.geometry.bias:
             self.kernel(xp, wp, bp, out, N)
         else:
             self.kernel(xp, wp, out, N)
         return out
 
-    def unpack_output(self, yp: np.ndarray, N: int) -> np.ndarray:
-        """Packed output -> NCHW ``[N, K, P, Q]``."""
+    def unpack_output(self, yp: np.ndarray, N: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Packed output -> NCHW ``[N, K, P, Q]`` (into ``out`` if given: C-contiguous)."""
         g = self.geometry
-        out = np.empty((N, g.K, g.P, g.Q), np.float32)
+        if out is None:
+            out = np.empty((N, g.K, g.P, g.Q), np.float32)
         if self.lowering == "im2col":
             Kgp = _ceil_div(g.Kg, GEMM_M) * GEMM_M
             PQp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
@@ -669,6 +726,25 @@ class ConvKernel:
             self.layout.unpack_blocked_nchw(yp, out.reshape(-1), N, g.K, g.P, g.Q, g.Kg,
                                             g.Kgb * TILE_K, 2 * g.groups * g.Kgb)
         return out
+
+    def inspect_asm(self) -> str:
+        """Machine code of the compute kernel.
+
+        Numba cannot show the assembly of code loaded from its disk cache, so the kernel's
+        Python function is compiled once more here, without the cache, with the same options.
+        """
+        import numba
+        from numba import types
+
+        opts = dict(self.kernel.targetoptions)
+        opts.pop("cache", None)
+        opts.pop("nopython", None)
+        fresh = numba.njit(**opts)(self.kernel.py_func)
+        names = self.kernel.py_func.__code__.co_varnames[: self.kernel.py_func.__code__
+                                                        .co_argcount]
+        sig = tuple(types.int64 if n == "n_batch" else types.float32[::1] for n in names)
+        fresh.compile(sig)
+        return fresh.inspect_asm(sig)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
         x = np.asarray(x)

@@ -19,7 +19,7 @@ store; see :class:`Epilogue`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 # --------------------------------------------------------------------------------------------
 # Expressions
@@ -56,7 +56,7 @@ class Expr:
     __hash__ = object.__hash__
 
 
-ExprLike = Union[Expr, int, float]
+ExprLike = Expr | int | float
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,6 +172,11 @@ def binop(op: str, a: ExprLike, b: ExprLike) -> Expr:
             return b
         if cb == 0:
             return a
+        if isinstance(b, BinOp) and b.op == "-" and b.b is a:  # a + (x - a) -> x
+            return b.a
+        if cb is not None and isinstance(a, BinOp) and a.op == "+" \
+                and isinstance(a.b, Const):  # (x + c1) + c2 -> x + (c1 + c2)
+            return binop("+", a.a, a.b.value + cb)
     elif op == "-":
         if cb == 0:
             return a
@@ -182,6 +187,9 @@ def binop(op: str, a: ExprLike, b: ExprLike) -> Expr:
             return b
         if cb == 1:
             return a
+        if cb is not None and isinstance(a, BinOp) and a.op == "*" \
+                and isinstance(a.b, Const):  # (x * c1) * c2 -> x * (c1 * c2)
+            return binop("*", a.a, a.b.value * cb)
     elif op == "//":
         if cb == 1:
             return a
@@ -270,7 +278,7 @@ class Comment:
     text: str
 
 
-Stmt = Union[Let, Store, VStore, Loop, If, Comment]
+Stmt = Let | Store | VStore | Loop | If | Comment
 
 
 @dataclass(frozen=True)
