@@ -1,110 +1,232 @@
-"""Benchmark the generated convolution kernels on the five layers of PERF-NOTES.md.
+"""Per-layer convolution benchmark: cnnc's lowerings vs PyTorch, ONNX Runtime and NumPy.
 
-Usage: ``python bench/bench_conv_layers.py [--batch 1 8] [--lowering direct im2col] [--reps 10]``
+    .venv/bin/pip install torch==2.13.0 matplotlib      # once (CPU build from this disk)
+    .venv/bin/python bench/bench_conv_layers.py [--batch 1 8] [--engines ...] [--layers 0 2]
 
-For each layer, batch size and lowering it reports the median time and GFLOP/s of
+The five ResNet/VGG layers of PERF-NOTES.md at batch 1 and 8. Every engine runs in its own
+worker process (thread pools must not fight), all with the same thread count, on the same
+inputs and weights; outputs are compared with a float64 reference. Engines:
 
-- ``kernel``: the compute kernel alone on pre-packed operands (blocked NCHW8c in and out for
-  ``direct``; the im2col matrix in for ``im2col``), as inside a network whose layout transforms
-  are fused into the producers;
-- ``e2e``: NCHW in, NCHW out, including input packing and output unpacking (weights packed
-  once, outside the timing);
+- `cnnc-direct`: the register-tiled NCHW8c kernel; `kernel` time is the compute kernel alone on
+  packed operands (as inside a network whose layout transforms are fused), `e2e` includes
+  packing the NCHW input and unpacking the output;
+- `cnnc-im2col`: im2col + cnnc's own vectorized GEMM (e2e);
+- `torch`: torch.nn.functional.conv2d (PyTorch CPU, oneDNN);
+- `onnxruntime`: a one-node Conv model;
+- `numpy`: im2col (sliding_window_view) + BLAS sgemm through np.matmul.
 
-and the percentage of the nominal fp32 peak (166 GFLOP/s on 2 cores; 83 on one). Not collected
-by pytest (the file name does not start with ``test_``).
+Reports GFLOP/s, percent of the nominal fp32 peak (2 cores x 32 flop/cycle x 2.6 GHz = 166) and
+the ratio to PyTorch; writes bench/results/conv_layers.json and .png, and prints a markdown
+table. Not collected by pytest.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
 import sys
-import time
-from functools import partial
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-NOMINAL_PEAK_PER_CORE = 83.0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    NOMINAL_PEAK_PER_CORE,
+    RESULTS,
+    bar_chart,
+    markdown_table,
+    median_time,
+    spawn_worker,
+)
 
+# name, cnnc attrs, input shape (C, H, W)
 LAYERS = [
-    ("3x3 64->64 @56", dict(out_channels=64, kernel=3, pads=1), (64, 56, 56)),
-    ("1x1 256->64 @56", dict(out_channels=64, kernel=1), (256, 56, 56)),
-    ("3x3 256->256 @14", dict(out_channels=256, kernel=3, pads=1), (256, 14, 14)),
+    ("3x3 64->64 @56", dict(out_channels=64, kernel=3, stride=1, pads=1), (64, 56, 56)),
+    ("1x1 256->64 @56", dict(out_channels=64, kernel=1, stride=1, pads=0), (256, 56, 56)),
+    ("3x3 256->256 @14", dict(out_channels=256, kernel=3, stride=1, pads=1), (256, 14, 14)),
     ("7x7 s2 3->64 @224", dict(out_channels=64, kernel=7, stride=2, pads=3), (3, 224, 224)),
-    ("3x3 128->128 @112", dict(out_channels=128, kernel=3, pads=1), (128, 112, 112)),
+    ("3x3 128->128 @112", dict(out_channels=128, kernel=3, stride=1, pads=1), (128, 112, 112)),
 ]
+ENGINES = ["cnnc-direct", "cnnc-im2col", "torch", "onnxruntime", "numpy"]
 
 
-def _median_time(fn, reps: int, min_time: float = 0.2) -> tuple[float, float]:
-    """(median, best) wall time of ``fn()`` over at least ``reps`` runs and ``min_time`` s."""
-    fn()  # warm up (compile / load from cache, touch memory)
-    times = []
-    t_end = time.perf_counter() + min_time
-    while len(times) < reps or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 10 * reps:
-            break
-    return statistics.median(times), min(times)
+def flops(attrs: dict, shape: tuple[int, int, int], batch: int) -> float:
+    c, h, w = shape
+    k, r, s, p = attrs["out_channels"], attrs["kernel"], attrs["kernel"], attrs["pads"]
+    st = attrs["stride"]
+    oh, ow = (h + 2 * p - r) // st + 1, (w + 2 * p - s) // st + 1
+    return 2.0 * batch * k * c * r * s * oh * ow
 
 
-def _end_to_end(k, x: np.ndarray, wp: np.ndarray, bp: np.ndarray | None) -> np.ndarray:
-    """NCHW in, NCHW out: pack the input, run, unpack (weights already packed)."""
-    N = x.shape[0]
-    return k.unpack_output(k.run(k.pack_input(x), wp, bp, N), N)
+def reference(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
+    from cnnc.compiler.ops import get_op
+
+    p = attrs["pads"]
+    canon = dict(kernel=(attrs["kernel"],) * 2, stride=(attrs["stride"],) * 2,
+                 pads=(p, p, p, p), dilation=(1, 1), groups=1)
+    return get_op("conv").reference([x, w], canon)
 
 
-def main(argv: list[str] | None = None) -> int:
+# -- workers ----------------------------------------------------------------------------------
+
+def worker(engine: str, layer: int, batch: int, threads: int, repeat: int, workdir: Path):
+    name, attrs, shape = LAYERS[layer]
+    x = np.load(workdir / f"x_{layer}_{batch}.npy")
+    w = np.load(workdir / f"w_{layer}.npy")
+    stride, pad = attrs["stride"], attrs["pads"]
+    result: dict = {"engine": engine, "layer": name, "batch": batch}
+    if engine.startswith("cnnc"):
+        import numba
+
+        from cnnc.compiler.codegen.conv import compile_conv
+
+        numba.set_num_threads(threads)
+        k = compile_conv(attrs, shape, engine.split("-")[1])
+        wp, bp = k.pack_weights(w)
+
+        def run():
+            return k.unpack_output(k.run(k.pack_input(x), wp, bp, batch), batch)
+
+        if engine == "cnnc-direct":
+            xp = k.pack_input(x)
+            out = np.empty_like(k.run(xp, wp, bp, batch))
+            med, best, _ = median_time(lambda: k.run(xp, wp, bp, batch, out), repeat)
+            result.update(kernel_ms=med * 1e3, kernel_best_ms=best * 1e3)
+    elif engine == "torch":
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(threads)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+        def run():
+            with torch.inference_mode():
+                return F.conv2d(xt, wt, None, stride, pad).numpy()
+    elif engine == "onnxruntime":
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride] * 2,
+                                pads=[pad] * 4, kernel_shape=list(w.shape[2:]))
+        graph = helper.make_graph(
+            [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(w, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 10
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize")
+                                    else model.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+
+        def run():
+            return sess.run(None, {"x": x})[0]
+    elif engine == "numpy":
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+        r = w.shape[2]
+        wm = w.reshape(w.shape[0], -1)
+
+        def run():
+            xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+            win = np.lib.stride_tricks.sliding_window_view(xp, (r, r), axis=(2, 3))
+            win = win[:, :, ::stride, ::stride]  # N, C, P, Q, R, S
+            n, c, p, q = win.shape[:4]
+            cols = np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n, p * q, -1)
+            return np.matmul(cols, wm.T).transpose(0, 2, 1).reshape(n, -1, p, q)
+    else:
+        raise SystemExit(f"unknown engine {engine}")
+    med, best, runs = median_time(run, repeat)
+    out = np.asarray(run(), np.float64)
+    ref = np.load(workdir / f"ref_{layer}_{batch}.npy")
+    result.update(e2e_ms=med * 1e3, best_ms=best * 1e3, runs=runs,
+                  max_rel_err=float(np.abs(out - ref).max() / max(1.0, np.abs(ref).max())))
+    return result
+
+
+# -- driver -----------------------------------------------------------------------------------
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--lowering", nargs="+", default=["direct", "im2col"])
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--layers", type=int, nargs="+", default=None, help="layer indices (0-4)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--engines", nargs="+", default=ENGINES)
+    ap.add_argument("--layers", type=int, nargs="+", default=list(range(len(LAYERS))))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "LAYER", "BATCH"))
+    ap.add_argument("--workdir")
+    args = ap.parse_args()
+    if args.worker:
+        engine, layer, batch = args.worker[0], int(args.worker[1]), int(args.worker[2])
+        print(json.dumps(worker(engine, layer, batch, args.threads, args.repeat,
+                                Path(args.workdir))))
+        return
 
-    import numba
-
-    from cnnc.compiler.codegen.conv import compile_conv
-
-    if args.threads:
-        numba.set_num_threads(args.threads)
-    threads = numba.get_num_threads()
-    peak = NOMINAL_PEAK_PER_CORE * threads
-    print(f"threads={threads} nominal peak={peak:.0f} GFLOP/s  cpu_count={os.cpu_count()}")
-    print("kernel: compute kernel on packed operands (median; best of runs); e2e: NCHW -> NCHW")
-    print(f"{'layer':20s} {'N':>2s} {'lowering':8s} {'compile s':>9s} {'kernel ms':>9s} "
-          f"{'GFLOP/s':>8s} {'%peak':>6s} {'best':>8s} {'%peak':>6s} {'e2e ms':>8s} "
-          f"{'GFLOP/s':>8s} {'%peak':>6s}")
+    peak = NOMINAL_PEAK_PER_CORE * args.threads
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    # This machine sets OPENBLAS_CORETYPE/L2_SIZE for old OpenBLAS builds; they slow a current
+    # NumPy, so the NumPy worker runs without them (PERF-NOTES / env notes).
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        env.pop(var, None)
+    rows: list[dict] = []
     rng = np.random.default_rng(0)
-    layers = [LAYERS[i] for i in args.layers] if args.layers else LAYERS
-    for name, attrs, shape in layers:
-        for lowering in args.lowering:
-            t0 = time.perf_counter()
-            k = compile_conv(attrs, shape, lowering)
-            g = k.geometry
-            w = rng.standard_normal((g.K, g.Cg, g.R, g.S)).astype(np.float32)
-            wp, bp = k.pack_weights(w)
-            x1 = rng.standard_normal((1, *shape)).astype(np.float32)
-            k.run(k.pack_input(x1), wp, bp, 1)  # compile (or load) every kernel
-            k.unpack_output(k.run(k.pack_input(x1), wp, bp, 1), 1)
-            t_compile = time.perf_counter() - t0
-            for N in args.batch:
-                x = rng.standard_normal((N, *shape)).astype(np.float32)
-                xp = k.pack_input(x)
-                out = np.empty_like(k.run(xp, wp, bp, N))
-                flops = g.flops_per_image * N
-                t_k, best_k = _median_time(partial(k.run, xp, wp, bp, N, out), args.reps)
-                t_e, _ = _median_time(partial(_end_to_end, k, x, wp, bp), args.reps)
-                gk, ge, gb = flops / t_k / 1e9, flops / t_e / 1e9, flops / best_k / 1e9
-                print(f"{name:20s} {N:2d} {lowering:8s} {t_compile:9.2f} {t_k * 1e3:9.3f} "
-                      f"{gk:8.1f} {100 * gk / peak:5.0f}% {gb:8.1f} {100 * gb / peak:5.0f}% "
-                      f"{t_e * 1e3:8.3f} {ge:8.1f} {100 * ge / peak:5.0f}%")
-                sys.stdout.flush()
-    return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for li in args.layers:
+            name, attrs, shape = LAYERS[li]
+            w = (rng.standard_normal((attrs["out_channels"], shape[0], attrs["kernel"],
+                                      attrs["kernel"])) / np.sqrt(shape[0])).astype(np.float32)
+            np.save(workdir / f"w_{li}.npy", w)
+            for batch in args.batch:
+                x = rng.standard_normal((batch, *shape)).astype(np.float32)
+                np.save(workdir / f"x_{li}_{batch}.npy", x)
+                np.save(workdir / f"ref_{li}_{batch}.npy", reference(x, w, attrs))
+                for engine in args.engines:
+                    res = spawn_worker(__file__, ["--worker", engine, str(li), str(batch),
+                                                  "--workdir", str(workdir), "--threads",
+                                                  str(args.threads), "--repeat",
+                                                  str(args.repeat)], env)
+                    if res is None:
+                        continue
+                    f = flops(attrs, shape, batch)
+                    res["gflops"] = f / (res["e2e_ms"] / 1e3) / 1e9
+                    res["pct_peak"] = 100 * res["gflops"] / peak
+                    if "kernel_ms" in res:
+                        res["kernel_gflops"] = f / (res["kernel_ms"] / 1e3) / 1e9
+                        res["kernel_pct_peak"] = 100 * res["kernel_gflops"] / peak
+                    rows.append(res)
+                    print(f"{name} b{batch} {engine}: {res['e2e_ms']:.2f} ms "
+                          f"{res['gflops']:.1f} GFLOP/s", flush=True)
+    for r in rows:
+        base = next((b for b in rows if b["engine"] == "torch" and b["layer"] == r["layer"]
+                     and b["batch"] == r["batch"]), None)
+        if base:
+            r["speedup_vs_torch"] = base["e2e_ms"] / r["e2e_ms"]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "conv_layers.json").write_text(json.dumps(rows, indent=2))
+    table = []
+    for r in rows:
+        kernel = (f"{r['kernel_gflops']:.0f} ({r['kernel_pct_peak']:.0f}%)"
+                  if "kernel_gflops" in r else "")
+        table.append([r["layer"], str(r["batch"]), r["engine"], f"{r['e2e_ms']:.2f}",
+                      f"{r['gflops']:.0f}", f"{r['pct_peak']:.0f}%", kernel,
+                      f"{r.get('speedup_vs_torch', float('nan')):.2f}x",
+                      f"{r['max_rel_err']:.1e}"])
+    print()
+    print(f"threads: {args.threads}; nominal peak {peak:.0f} GFLOP/s")
+    print(markdown_table(["layer", "batch", "engine", "ms", "GFLOP/s", "% peak",
+                          "kernel only GFLOP/s (% peak)", "vs torch", "max rel err"], table))
+    groups = [f"{n}\nb{b}" for n, b in dict.fromkeys((r["layer"], r["batch"]) for r in rows)]
+    series = {e: [next((r["gflops"] for r in rows if f"{r['layer']}\nb{r['batch']}" == g
+                        and r["engine"] == e), 0.0) for g in groups] for e in args.engines}
+    bar_chart(groups, series, f"GFLOP/s ({args.threads} threads)", RESULTS / "conv_layers.png",
+              hline=peak)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -1,0 +1,77 @@
+"""Helpers shared by the benchmarks: timing, worker processes, tables and charts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+# Nominal fp32 peak of this machine kind: 2 FMA units x 8 lanes x 2 flops = 32 flop/cycle/core
+# at 2.6 GHz (PERF-NOTES.md). Percentages are of this figure, whatever the CPU boosts to.
+NOMINAL_PEAK_PER_CORE = 83.2
+
+
+def median_time(fn: Callable[[], object], repeat: int, min_time: float = 0.5,
+                max_runs: int = 200) -> tuple[float, float, int]:
+    """(median, best, runs) wall time of fn() after one warm-up call."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or (time.perf_counter() - start < min_time and
+                                  len(times) < max_runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(min(times)), len(times)
+
+
+def spawn_worker(script: str, args: list[str], env: dict | None = None,
+                 timeout: float = 3600) -> dict | None:
+    """Run `python script --worker ...` in a fresh process; its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if proc.returncode != 0:
+        print(f"  worker {' '.join(args)} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def bar_chart(groups: list[str], series: dict[str, list[float]], ylabel: str, path: Path,
+              hline: float | None = None) -> None:
+    """Grouped bars (one group per layer or network, one bar per engine) saved as PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no chart; pip install matplotlib)")
+        return
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(groups)), 4.5))
+    width = 0.8 / max(1, len(series))
+    for i, (name, vals) in enumerate(series.items()):
+        ax.bar([j + i * width for j in range(len(groups))], vals, width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(groups))])
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    if hline:
+        ax.axhline(hline, color="gray", linestyle="--", linewidth=1)
+        ax.text(len(groups) - 0.5, hline, " nominal peak", va="bottom", ha="right", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    print(f"chart: {path}")
