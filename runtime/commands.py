@@ -1,35 +1,176 @@
-"""CLI commands beyond the basics: demo (and, as they land, compile, check, import, export)."""
+"""CLI commands beyond the basics: compile, check and demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
 
-from .cli import _EXTRA, load_graph, report_outputs
+from .cli import _EXTRA, CliError, load_graph, parse_params, report_outputs
+
+
+def parse_lowering(items: list[str] | None) -> str | dict[str, str]:
+    """``--lowering direct`` (every convolution) and/or ``--lowering layer=im2col``."""
+    from ..compiler.codegen.lower import LOWERINGS
+
+    default, per_layer = "auto", {}
+    for item in items or ():
+        name, sep, choice = item.rpartition("=")
+        if choice not in LOWERINGS:
+            raise CliError(f"--lowering takes one of {', '.join(LOWERINGS)} or LAYER=CHOICE, "
+                           f"got {item!r}")
+        if sep:
+            per_layer[name] = choice
+        else:
+            default = choice
+    if not per_layer:
+        return default
+    if default != "auto":
+        raise CliError("give either one --lowering for every layer or LAYER=CHOICE entries, "
+                       "not both")
+    return per_layer
+
+
+def _lowering_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lowering", action="append", metavar="CHOICE|LAYER=CHOICE",
+                   help="convolution lowering: auto (default), direct or im2col; repeat "
+                        "LAYER=CHOICE to choose per layer")
+
+
+# -- compile ----------------------------------------------------------------------------------
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .model import compile as compile_model
+
+    graph = load_graph(args)
+    t0 = time.perf_counter()
+    model = compile_model(graph, lowering=parse_lowering(args.lowering),
+                          cache_dir=args.cache_dir)
+    elapsed = time.perf_counter() - t0
+    steps = [s for s in model.steps if s.lowering != "view"]
+    print(f"{graph.name}: compiled {len(steps)} kernel steps in {elapsed:.2f} s "
+          f"(kernels cached under {model.lowered.module_path and _cache_root(model)})")
+    print(f"buffers at batch 1: {model.bytes_needed(1) / 2**20:.1f} MiB "
+          f"({len(model.plan.slot_sizes)} activation slots after reuse)")
+    if args.emit:
+        files = model.emit(args.emit)
+        print(f"wrote {len(files)} generated source files to {args.emit}")
+    return 0
+
+
+def _cache_root(model) -> str:
+    from pathlib import Path
+
+    return str(Path(model.lowered.module_path).parent.parent)
+
+
+def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
+    model_arg(p)
+    _lowering_arg(p)
+    p.add_argument("--emit", metavar="DIR", help="write the generated kernel sources here")
+    p.add_argument("--cache-dir", help="kernel cache (default $CNNC_CACHE_DIR or ~/.cache/cnnc)")
+
+
+# -- check ------------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import check_model, format_rows
+    from .model import compile as compile_model
+
+    if args.batch < 1:
+        raise CliError(f"--batch must be at least 1, got {args.batch}")
+    if not args.tolerance > 0:
+        raise CliError(f"--tolerance must be positive, got {args.tolerance}")
+    graph = load_graph(args)
+    model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed)
+    rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
+    print(f"{graph.name}: every kernel vs the float64 reference, batch {args.batch}")
+    print(format_rows(rows, args.tolerance))
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def _configure_check(p: argparse.ArgumentParser, model_arg) -> None:
+    model_arg(p)
+    _lowering_arg(p)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="pass when max abs err <= T x max(1, max |reference|) (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+_CACHED_COMPILE = """
+import json, sys, time
+t0 = time.perf_counter()
+from cnnc.dsl.builder import load_network
+from cnnc.runtime.model import compile
+graph = load_network(sys.argv[1], **json.loads(sys.argv[2]))
+compile(graph)
+print(time.perf_counter() - t0)
+"""
+
+
+def _cached_compile_seconds(model: str, params: dict) -> float | None:
+    """Compile time in a fresh process, every kernel already in the disk cache (includes
+    importing numba and cnnc)."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _CACHED_COMPILE, model, json.dumps(params)],
+                             capture_output=True, text=True, timeout=600, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: build a zoo network, run it, and check it against the reference."""
-    from .reference import run_reference
+    """The main job: compile a zoo network, check it against the reference, run it."""
+    from .check import check_model
+    from .model import compile as compile_model
     from .summary import summarize
-    from .weights import init_params
 
-    t0 = time.perf_counter()
     graph = load_graph(args)
     s = summarize(graph)
     print(f"{graph.name}: {len(s.rows)} layers, {s.params:,} parameters, "
-          f"{s.flops / 1e9:.3f} GFLOPs per image (built in {time.perf_counter() - t0:.2f} s)")
+          f"{s.flops / 1e9:.3f} GFLOPs per image")
+    t0 = time.perf_counter()
+    model = compile_model(graph, seed=args.seed)
+    compile_s = time.perf_counter() - t0
+    cached = _cached_compile_seconds(args.model, parse_params(args.param))
+    kind = "cold" if cached is not None and compile_s > 2 * cached else "from the disk cache"
+    line = f"compile: {compile_s:.2f} s ({kind})"
+    if cached is not None:
+        line += f"; in a fresh process with a warm cache: {cached:.2f} s"
+    print(line)
+
+    t0 = time.perf_counter()
+    rows = check_model(model, batch=1, seed=args.seed)
+    worst = max(rows, key=lambda r: r.max_rel)
+    bad = [r for r in rows if not r.ok]
+    print(f"check vs float64 reference, batch 1 ({time.perf_counter() - t0:.1f} s): "
+          f"{len(rows)} steps, {len(bad)} failed; worst relative error {worst.max_rel:.2e} "
+          f"({worst.name})")
+
     rng = np.random.default_rng(args.seed)
     inputs = {name: rng.standard_normal((args.batch,) + graph.node(nid).type.shape)
               .astype(np.float32) for name, nid in graph.inputs.items()}
-    params = init_params(graph, args.seed)
-    t0 = time.perf_counter()
-    outputs = run_reference(graph, inputs, params)
-    print(f"float64 reference, batch {args.batch}: {(time.perf_counter() - t0) * 1e3:.0f} ms")
+    model.run(inputs)  # allocate the arena of this batch size
+    times = []
+    deadline = time.perf_counter() + 2.0
+    while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 50):
+        t1 = time.perf_counter()
+        outputs = model.run(inputs)
+        times.append(time.perf_counter() - t1)
+    med = statistics.median(times)
+    print(f"latency, batch {args.batch}: median {med * 1e3:.1f} ms, best "
+          f"{min(times) * 1e3:.1f} ms over {len(times)} runs "
+          f"({s.flops * args.batch / med / 1e9:.1f} GFLOP/s)")
     report_outputs(outputs)
-    return 0
+    return 1 if bad else 0
 
 
 def _configure_demo(p: argparse.ArgumentParser, model_arg) -> None:
@@ -39,5 +180,9 @@ def _configure_demo(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+_EXTRA["compile"] = (cmd_compile, "compile a network to cached Numba kernels",
+                     _configure_compile)
+_EXTRA["check"] = (cmd_check, "compare every generated kernel with the float64 reference",
+                   _configure_check)
 _EXTRA["demo"] = (cmd_demo, "compile a network, check it against the reference, run it",
                   _configure_demo)

@@ -1,0 +1,422 @@
+"""Kernel IR builders for everything that is not a convolution or a window op.
+
+Every builder returns a :class:`Kernel` over flat float32 arrays with literal per-sample shapes;
+the batch size is the runtime integer ``n_batch``, so one kernel serves every batch size. Each
+kernel has one flattened ``prange`` over (image, row) and a serial inner loop over a contiguous
+row, which is what LLVM vectorizes. Array parameters are named ``x0, x1, ...`` (tensor inputs),
+``y`` (output) and ``c_*`` (constants prepared once per weight set, e.g. folded batch-norm
+scale and shift).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .kernel_ir import (
+    BinOp,
+    Const,
+    Expr,
+    ExprLike,
+    If,
+    Kernel,
+    Let,
+    Load,
+    Loop,
+    Param,
+    Select,
+    Stmt,
+    Store,
+    Var,
+    VBin,
+    VFma,
+    VLoad,
+    VZero,
+    cmp,
+    const,
+)
+from .scalar_ext import F64, call, div
+
+#: Unary ops that can be fused as an epilogue into a producing kernel.
+ACTIVATIONS = ("relu", "leaky_relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "swish",
+               "hard_swish", "gelu", "abs")
+
+N_BATCH = Var("n_batch")
+
+
+def _prod(xs: Sequence[int]) -> int:
+    r = 1
+    for x in xs:
+        r *= int(x)
+    return r
+
+
+def fmax(a: ExprLike, b: ExprLike) -> Expr:
+    return BinOp("max", const(a), const(b))
+
+
+def fmin(a: ExprLike, b: ExprLike) -> Expr:
+    return BinOp("min", const(a), const(b))
+
+
+def activation_expr(op: str, attrs: dict[str, Any], x: Expr) -> Expr:
+    """The activation ``op`` applied to the scalar ``x`` (a variable: it may appear twice)."""
+    one, zero = Const(1.0), Const(0.0)
+    if op == "relu":
+        return fmax(x, zero)
+    if op == "leaky_relu":
+        return Select(cmp(">=", x, zero), x, x * Const(float(attrs["alpha"])))
+    if op == "relu6":
+        return fmin(fmax(x, zero), Const(6.0))
+    if op == "sigmoid":
+        return div(one, one + call("exp", Const(0.0) - x))
+    if op == "hard_sigmoid":
+        return fmin(fmax(x * Const(float(attrs["alpha"])) + Const(float(attrs["beta"])), zero),
+                    one)
+    if op == "tanh":
+        return call("tanh", x)
+    if op == "swish":
+        return div(x, one + call("exp", Const(0.0) - x))
+    if op == "hard_swish":
+        return x * fmin(fmax(x + Const(3.0), zero), Const(6.0)) * Const(1.0 / 6.0)
+    if op == "gelu":
+        if attrs.get("approximate", "none") == "tanh":
+            inner = Const(math.sqrt(2.0 / math.pi)) * (x + Const(0.044715) * x * x * x)
+            return Const(0.5) * x * (one + call("tanh", inner))
+        return Const(0.5) * x * (one + call("erf", x * Const(1.0 / math.sqrt(2.0))))
+    if op == "abs":
+        return call("abs", x)
+    raise ValueError(f"not an elementwise activation: {op!r}")
+
+
+def apply_chain(value: Expr, chain: Sequence[tuple[str, dict]], var: str = "v") -> list[Stmt]:
+    """Lets computing ``value`` then each activation of ``chain`` into the local ``var``."""
+    stmts: list[Stmt] = [Let(var, value)]
+    for op, attrs in chain:
+        stmts.append(Let(var, activation_expr(op, attrs, Var(var))))
+    return stmts
+
+
+def _unflatten(t: Expr, dims: list[tuple[str, ExprLike]]) -> list[Stmt]:
+    """Lets splitting a flattened index over ``dims`` (outermost first, last fastest)."""
+    lets: list[Stmt] = []
+    stride: ExprLike = 1
+    for i in range(len(dims) - 1, -1, -1):
+        name, extent = dims[i]
+        v = t // stride if i == 0 else (t // stride) % extent
+        lets.append(Let(name, v))
+        stride = stride * extent
+    return lets[::-1]
+
+
+def _arrays(*names: str) -> list[Param]:
+    return [Param(n) for n in names]
+
+
+def _rows_kernel(name: str, params: list[Param], rows: int, row_body: list[Stmt],
+                 comment: str) -> Kernel:
+    """``for t in prange(n_batch * rows): <row_body>`` (``t`` is the flattened row)."""
+    return Kernel(name, params + [Param("n_batch", "int")],
+                  [Loop("t", N_BATCH * rows, row_body, kind="parallel")], comment)
+
+
+def _split_rows(size: int, target: int = 4096) -> tuple[int, int]:
+    """(rows, row length) for a flat per-sample array of ``size`` elements: rows give the
+    parallel loop enough iterations, rows of a few thousand keep the inner loop long."""
+    if size <= target:
+        return 1, size
+    for length in range(target, 0, -1):
+        if size % length == 0 and length >= 256:
+            return size // length, length
+    return 1, size
+
+
+# -- elementwise ------------------------------------------------------------------------------
+
+def broadcast_plan(out_shape: Sequence[int], in_shapes: Sequence[Sequence[int]]):
+    """Collapse the per-sample output shape into as few dims as broadcasting allows.
+
+    Returns ``(dims, strides)``: ``dims`` the collapsed output extents, ``strides[j]`` the
+    per-dim element strides of input ``j`` (0 where it broadcasts), plus each input's
+    per-sample size as the batch stride.
+    """
+    rank = len(out_shape)
+    padded = [(1,) * (rank - len(s)) + tuple(s) for s in in_shapes]
+    full = []
+    for s in padded:
+        st, acc = [0] * rank, 1
+        for d in range(rank - 1, -1, -1):
+            st[d] = 0 if (s[d] == 1 and out_shape[d] != 1) else acc
+            acc *= s[d]
+        full.append(st)
+    dims: list[int] = []
+    strides: list[list[int]] = [[] for _ in in_shapes]
+    for d in range(rank):
+        if out_shape[d] == 1:
+            continue
+        if dims and all(strides[j][-1] == full[j][d] * out_shape[d] for j in range(len(full))):
+            dims[-1] *= out_shape[d]
+            for j in range(len(full)):
+                strides[j][-1] = full[j][d]
+            continue
+        dims.append(out_shape[d])
+        for j in range(len(full)):
+            strides[j].append(full[j][d])
+    if not dims:
+        dims, strides = [1], [[1] for _ in in_shapes]
+    return dims, strides
+
+
+def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
+                       in_shapes: Sequence[Sequence[int]], chain: Sequence[tuple[str, dict]],
+                       comment: str = "") -> Kernel:
+    """``y = chain(x0 op x1 op ...)`` with NumPy broadcasting over the per-sample shapes.
+
+    ``op`` is ``add``, ``sub``, ``mul`` or ``copy`` (a single input: a unary activation
+    chain). The collapsed output's last dim is the serial inner loop.
+    """
+    dims, strides = broadcast_plan(out_shape, in_shapes)
+    sizes = [_prod(s) for s in in_shapes]
+    total = _prod(out_shape)
+    if len(dims) == 1 and all(st == [1] for st in strides):
+        # Same shapes everywhere: split the flat sample into rows for the parallel loop.
+        rows, inner = _split_rows(total)
+        dims, strides = [rows, inner], [[inner, 1] for _ in in_shapes]
+    rows = _prod(dims[:-1])
+    inner = dims[-1]
+    names = [f"d{i}" for i in range(len(dims) - 1)]
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH)] + list(zip(names, dims[:-1])))
+    j = Var("j")
+    for k, (st, size) in enumerate(zip(strides, sizes)):
+        base: ExprLike = Var("n") * size
+        for nm, s in zip(names, st[:-1]):
+            base = base + Var(nm) * s
+        body.append(Let(f"b{k}", base))
+    body.append(Let("yb", Var("t") * inner))
+    loads = [Load(f"x{k}", Var(f"b{k}") + j * st[-1]) for k, st in enumerate(strides)]
+    value = loads[0]
+    for ld in loads[1:]:
+        value = {"add": value + ld, "sub": value - ld, "mul": value * ld}[op]
+    inner_body = apply_chain(value, chain) + [Store("y", Var("yb") + j, Var("v"))]
+    body.append(Loop("j", Const(inner), inner_body))
+    params = _arrays(*[f"x{k}" for k in range(len(in_shapes))], "y")
+    return _rows_kernel(name, params, rows, body, comment)
+
+
+def channel_affine_kernel(name: str, shape: Sequence[int], chain: Sequence[tuple[str, dict]],
+                          comment: str = "") -> Kernel:
+    """``y[n, c, ...] = chain(x[n, c, ...] * c_scale[c] + c_shift[c])`` (inference batch
+    norm with precomputed scale and shift)."""
+    C, inner = int(shape[0]), _prod(shape[1:])
+    body: list[Stmt] = [Let("c", Var("t") % C), Let("base", Var("t") * inner),
+                        Let("sc", Load("c_scale", Var("c"))), Let("sh", Load("c_shift", Var("c")))]
+    j = Var("j")
+    inner_body = apply_chain(Load("x0", Var("base") + j) * Var("sc") + Var("sh"), chain) + \
+        [Store("y", Var("base") + j, Var("v"))]
+    body.append(Loop("j", Const(inner), inner_body))
+    return _rows_kernel(name, _arrays("x0", "c_scale", "c_shift", "y"), C, body, comment)
+
+
+def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
+                   comment: str = "") -> Kernel:
+    """Softmax (or log-softmax) over per-sample ``axis``: per (outer, inner) position, the max,
+    the sum of exponentials (float64), then the outputs."""
+    outer, L, inner = _prod(shape[:axis]), int(shape[axis]), _prod(shape[axis + 1:])
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("o", outer), ("i", inner)])
+    body.append(Let("base", ((Var("n") * outer + Var("o")) * L) * inner + Var("i")))
+    idx = Var("base") + Var("l") * inner
+    body.append(Let("m", Load("x0", Var("base"))))
+    body.append(Loop("l", Const(L - 1), [Let("m", fmax(Var("m"), Load("x0", idx)))],
+                     start=Const(1)))
+    body.append(Let("s", call("f64", Const(0))))
+    body.append(Loop("l", Const(L), [Let("s", Var("s") + call("exp", call(
+        "f64", Load("x0", idx) - Var("m"))))]))
+    if log:
+        body.append(Let("ls", call("log", Var("s"))))
+        value: Expr = Load("x0", idx) - Var("m") - Var("ls")
+    else:
+        body.append(Let("inv", div(F64(1.0), Var("s"))))
+        value = call("exp", call("f64", Load("x0", idx) - Var("m"))) * Var("inv")
+    body.append(Loop("l", Const(L), [Store("y", idx, value)]))
+    return _rows_kernel(name, _arrays("x0", "y"), outer * inner, body, comment)
+
+
+def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
+                     comment: str = "") -> Kernel:
+    """Group norm: per (image, group) mean and variance (two passes, float64), then
+    ``(x - mean) / sqrt(var + eps) * c_weight[c] + c_bias[c]``."""
+    C, hw = int(shape[0]), _prod(shape[1:])
+    cg = C // groups
+    size = cg * hw
+    body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % groups)]
+    e = Var("e")
+    x = Load("x0", Var("base") + e)
+    body += [Let("s", call("f64", Const(0))),
+             Loop("e", Const(size), [Let("s", Var("s") + x)]),
+             Let("mean", div(Var("s"), F64(float(size)))),
+             Let("s2", call("f64", Const(0))),
+             Loop("e", Const(size), [Let("dv", x - Var("mean")),
+                                     Let("s2", Var("s2") + Var("dv") * Var("dv"))]),
+             Let("rstd", div(F64(1.0), call("sqrt", div(Var("s2"), F64(float(size)))
+                                                + F64(float(eps))))),
+             Loop("cl", Const(cg), [
+                 Let("c", Var("g") * cg + Var("cl")),
+                 Let("a", Load("c_weight", Var("c")) * Var("rstd")),
+                 Let("b", Load("c_bias", Var("c")) - Var("mean") * Var("a")),
+                 Loop("j", Const(hw), [
+                     Let("o", Var("base") + Var("cl") * hw + Var("j")),
+                     Store("y", Var("o"), Load("x0", Var("o")) * Var("a") + Var("b"))]),
+             ])]
+    return _rows_kernel(name, _arrays("x0", "c_weight", "c_bias", "y"), groups, body, comment)
+
+
+def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: float,
+               k: float, comment: str = "") -> Kernel:
+    """Local response normalization across channels (ONNX window placement)."""
+    C, hw = int(shape[0]), _prod(shape[1:])
+    before, after = (size - 1) // 2, size // 2
+    body: list[Stmt] = [Let("n", Var("t") // C), Let("c", Var("t") % C),
+                        Let("lo", fmax_i(Var("c") - before, 0)),
+                        Let("hi", fmin_i(Var("c") + (after + 1), C)),
+                        Let("base", Var("n") * (C * hw))]
+    j = Var("j")
+    xv = Load("x0", Var("base") + Var("cc") * hw + j)
+    inner = [Let("s", Const(0.0)),
+             Loop("cc", Var("hi") - Var("lo"), [Let("s", Var("s") + xv * xv)], start=Var("lo")),
+             Let("o", Var("base") + Var("c") * hw + j),
+             Store("y", Var("o"), div(Load("x0", Var("o")), call(
+                 "pow", F64(float(k)) + F64(alpha / size) * Var("s"), F64(float(beta)))))]
+    body.append(Loop("j", Const(hw), inner))
+    return _rows_kernel(name, _arrays("x0", "y"), C, body, comment)
+
+
+def fmax_i(a: ExprLike, b: ExprLike) -> Expr:
+    return BinOp("max", const(a), const(b))
+
+
+def fmin_i(a: ExprLike, b: ExprLike) -> Expr:
+    return BinOp("min", const(a), const(b))
+
+
+def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
+                  comment: str = "") -> Kernel:
+    """Concatenation along per-sample ``axis``: per (image, outer index), one contiguous copy
+    per input into its slice of the output row."""
+    outer = _prod(shapes[0][:axis])
+    inners = [_prod(s[axis:]) for s in shapes]
+    total = sum(inners)
+    body: list[Stmt] = [Let("ob", Var("t") * total)]
+    off = 0
+    for k, inner in enumerate(inners):
+        body.append(Let(f"ib{k}", Var("t") * inner))
+        body.append(Loop("j", Const(inner), [
+            Store("y", Var("ob") + (off + Var("j")), Load(f"x{k}", Var(f"ib{k}") + Var("j")))]))
+        off += inner
+    return _rows_kernel(name, _arrays(*[f"x{k}" for k in range(len(shapes))], "y"), outer,
+                        body, comment)
+
+
+def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: float,
+               comment: str = "") -> Kernel:
+    """Constant padding of a C x H x W sample: per output row, fill or copy."""
+    C, H, W = (int(d) for d in shape)
+    t, l, b, r = (int(p) for p in pads)
+    OH, OW = H + t + b, W + l + r
+    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body += [Let("ih", Var("oh") - t), Let("yb", Var("t") * OW)]
+    fill = Const(float(value))
+    ok = cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))
+    copy_row = [Let("xb", (Var("nc") * H + Var("ih")) * W),
+                Loop("j", Const(l), [Store("y", Var("yb") + Var("j"), fill)]),
+                Loop("j", Const(W), [Store("y", Var("yb") + l + Var("j"),
+                                           Load("x0", Var("xb") + Var("j")))]),
+                Loop("j", Const(r), [Store("y", Var("yb") + (l + W) + Var("j"), fill)])]
+    body.append(If(ok, copy_row, [Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"),
+                                                              fill)])]))
+    return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
+
+
+def flip_kernel(name: str, shape: Sequence[int], axis: str, comment: str = "") -> Kernel:
+    C, H, W = (int(d) for d in shape)
+    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("h", H)])
+    src_h = (H - 1) - Var("h") if axis in ("vertical", "both") else Var("h")
+    body += [Let("xb", (Var("nc") * H + src_h) * W), Let("yb", Var("t") * W)]
+    src_w = (W - 1) - Var("j") if axis in ("horizontal", "both") else Var("j")
+    body.append(Loop("j", Const(W), [Store("y", Var("yb") + Var("j"),
+                                           Load("x0", Var("xb") + src_w))]))
+    return _rows_kernel(name, _arrays("x0", "y"), C * H, body, comment)
+
+
+def distance_kernel(name: str, size: int, p: float, comment: str = "") -> Kernel:
+    """Lp distance of two embeddings per image (float64 sum)."""
+    j = Var("j")
+    d = Load("x0", Var("b") + j) - Load("x1", Var("b") + j)
+    term = d * d if p == 2.0 else call("pow", call("abs", call("f64", d)), F64(p))
+    root = call("sqrt", Var("s")) if p == 2.0 else call("pow", Var("s"), F64(1.0 / p))
+    body: list[Stmt] = [Let("b", Var("t") * size), Let("s", call("f64", Const(0))),
+                        Loop("j", Const(size), [Let("s", Var("s") + term)]),
+                        Store("y", Var("t"), root)]
+    return Kernel(name, _arrays("x0", "x1", "y") + [Param("n_batch", "int")],
+                  [Loop("t", N_BATCH, body, kind="parallel")], comment)
+
+
+def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
+                      before: tuple[int, int], out_hw: tuple[int, int],
+                      comment: str = "") -> Kernel:
+    """Input of a transposed convolution as a plain one: ``stride - 1`` zeros between pixels,
+    ``before`` rows/columns of zeros in front (negative: cropped), zeros after, to
+    ``out_hw``."""
+    C, H, W = (int(d) for d in shape)
+    sh, sw = stride
+    bt, bl = before
+    OH, OW = out_hw
+    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body += [Let("sr", Var("oh") - bt), Let("yb", Var("t") * OW)]
+    row_ok = cmp("and", cmp(">=", Var("sr"), 0),
+                 cmp("and", cmp("<", Var("sr"), (H - 1) * sh + 1),
+                     cmp("==", Var("sr") % sh, 0)))
+    sc = Var("j") - bl
+    col_ok = cmp("and", cmp(">=", sc, 0),
+                 cmp("and", cmp("<", sc, (W - 1) * sw + 1), cmp("==", sc % sw, 0)))
+    xb = (Var("nc") * H + Var("sr") // sh) * W
+    copy = [Let("xb", xb),
+            Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"),
+                                        Select(col_ok, Load("x0", Var("xb") + sc // sw),
+                                               Const(0.0)))])]
+    zero = [Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"), Const(0.0))])]
+    body.append(If(row_ok, copy, zero))
+    return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
+
+
+def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
+                 chain: Sequence[tuple[str, dict]], comment: str = "") -> Kernel:
+    """``y[n, o] = chain(sum_i x[n, i] * w[o, i] + b[o])``: one parallel iteration per output
+    feature (a row of ``w``, read once and kept in cache across the batch), 4 x 8-lane
+    accumulators over ``i``, a scalar tail."""
+    nvec, rem = divmod(n_in, 8)
+    nquad, vrem = divmod(nvec, 4)
+    o, n = Var("o"), Var("n")
+    body: list[Stmt] = [Let("wb", o * n_in)]
+    per_image: list[Stmt] = [Let("xb", n * n_in)] + [Let(f"a{k}", VZero()) for k in range(4)]
+    i = Var("i")
+    if nquad:
+        per_image.append(Loop("i", Const(nquad), [
+            Let(f"a{k}", VFma(VLoad("x0", Var("xb") + i * 32 + 8 * k),
+                              VLoad("c_w", Var("wb") + i * 32 + 8 * k), Var(f"a{k}")))
+            for k in range(4)]))
+    for k in range(vrem):
+        off = nquad * 32 + 8 * k
+        per_image.append(Let(f"a{k}", VFma(VLoad("x0", Var("xb") + off),
+                                           VLoad("c_w", Var("wb") + off), Var(f"a{k}"))))
+    per_image.append(Let("s", call("vsum", VBin("add", VBin("add", Var("a0"), Var("a1")),
+                                                 VBin("add", Var("a2"), Var("a3"))))))
+    if rem:
+        per_image.append(Loop("i", Const(rem), [Let("s", Var("s") + Load(
+            "x0", Var("xb") + i) * Load("c_w", Var("wb") + i))], start=Const(nvec * 8)))
+    value: Expr = Var("s") + Load("c_b", o) if bias else Var("s")
+    per_image += apply_chain(value, chain) + [Store("y", n * n_out + o, Var("v"))]
+    body.append(Loop("n", N_BATCH, per_image))
+    params = _arrays("x0", "c_w") + (_arrays("c_b") if bias else []) + _arrays("y")
+    return Kernel(name, params + [Param("n_batch", "int")],
+                  [Loop("o", Const(n_out), body, kind="parallel")], comment)

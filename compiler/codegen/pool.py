@@ -1,0 +1,125 @@
+"""Kernel IR builders for window ops: max/min/avg/Lp pooling, global pooling, upsampling.
+
+One parallel iteration per (image, channel, output row); every size, stride, padding and
+dilation is a literal. Window taps outside the input are skipped (max/min/Lp) or counted in
+the divisor as the op says (avg: ``count_include_pad`` counts the declared padding, never the
+cells ``ceil_mode`` adds past it), exactly as the float64 references in ``compiler/ops/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .elementwise import N_BATCH, _rows_kernel, _unflatten, fmax, fmin
+from .kernel_ir import Const, Expr, If, Kernel, Let, Load, Loop, Param, Stmt, Store, Var, cmp
+from .scalar_ext import F64, call, div
+
+
+def _in_range(v: Expr, lo: int, hi: int) -> Expr:
+    return cmp("and", cmp(">=", v, lo), cmp("<", v, hi))
+
+
+def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int],
+                attrs: dict[str, Any], comment: str = "") -> Kernel:
+    """``maxpool``, ``minpool``, ``avgpool`` or ``lppool`` of a C x H x W sample."""
+    C, H, W = (int(d) for d in shape)
+    P, Q = out_hw
+    (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
+    pt, pl, pb, pr = attrs["pads"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("p", P)])
+    body += [Let("h0", Var("p") * sh - pt), Let("xb", Var("nc") * (H * W)),
+             Let("yb", Var("t") * Q)]
+    ih = Var("h0") + Var("r") * dh
+    iw = Var("w0") + Var("s") * dw
+    x = Load("x0", Var("xb") + ih * W + iw)
+    if op in ("maxpool", "minpool"):
+        init: Expr = Const(float("-inf") if op == "maxpool" else float("inf"))
+        update: Expr = (fmax if op == "maxpool" else fmin)(Var("acc"), x)
+    elif op == "avgpool":
+        init, update = Const(0.0), Var("acc") + x
+    else:  # lppool
+        p = float(attrs["p"])
+        term = x * x if p == 2.0 else call("pow", call("abs", x), Const(p))
+        init, update = Const(0.0), Var("acc") + term
+    taps = Loop("r", Const(R), [If(_in_range(ih, 0, H), [
+        Loop("s", Const(S), [If(_in_range(iw, 0, W), [Let("acc", update)])])])])
+    q_body: list[Stmt] = [Let("w0", Var("q") * sw - pl), Let("acc", init), taps]
+    result: Expr = Var("acc")
+    if op == "avgpool":
+        # The window clipped to the counted region is a rectangle: divisor = rows x columns.
+        lo_h, hi_h = (-pt, H + pb) if attrs["count_include_pad"] else (0, H)
+        lo_w, hi_w = (-pl, W + pr) if attrs["count_include_pad"] else (0, W)
+        q_body += [
+            Let("rows", fmin(Var("h0") + R, hi_h) - fmax(Var("h0"), lo_h)),
+            Let("cols", fmin(Var("w0") + S, hi_w) - fmax(Var("w0"), lo_w)),
+        ]
+        result = div(Var("acc"), Var("rows") * Var("cols"))
+    elif op == "lppool":
+        p = float(attrs["p"])
+        result = call("sqrt", Var("acc")) if p == 2.0 else call("pow", Var("acc"), Const(1.0 / p))
+    q_body.append(Store("y", Var("yb") + Var("q"), result))
+    body.append(Loop("q", Const(Q), q_body))
+    return _rows_kernel(name, [Param("x0"), Param("y")], C * P, body, comment)
+
+
+def global_pool_kernel(name: str, op: str, shape: Sequence[int], comment: str = "") -> Kernel:
+    """Mean (float64 sum) or maximum over each channel's H x W plane."""
+    C = int(shape[0])
+    hw = 1
+    for d in shape[1:]:
+        hw *= int(d)
+    x = Load("x0", Var("xb") + Var("j"))
+    if op == "globalavgpool":
+        body: list[Stmt] = [Let("xb", Var("t") * hw), Let("acc", call("f64", Const(0))),
+                            Loop("j", Const(hw), [Let("acc", Var("acc") + x)]),
+                            Store("y", Var("t"), div(Var("acc"), F64(float(hw))))]
+    else:
+        body = [Let("xb", Var("t") * hw), Let("acc", Load("x0", Var("xb"))),
+                Loop("j", Const(hw - 1), [Let("acc", fmax(Var("acc"), x))], start=Const(1)),
+                Store("y", Var("t"), Var("acc"))]
+    return _rows_kernel(name, [Param("x0"), Param("y")], C, body, comment)
+
+
+def _source_index(i: Expr, n_in: int, n_out: int, scale: float, mode: str,
+                  align: bool, prefix: str) -> list[Stmt]:
+    """Lets for the source coordinate of output index ``i`` along one axis: ``{prefix}lo``,
+    ``{prefix}hi`` and ``{prefix}f`` (bilinear) or ``{prefix}lo`` (nearest), computed in
+    float64 exactly as ``compiler/ops/resize.py`` does."""
+    if mode == "nearest":
+        return [Let(f"{prefix}lo", fmin(call("int", call("floor", div(i, F64(scale)))),
+                                        n_in - 1))]
+    if align:
+        src: Expr = div(i * (n_in - 1), F64(float(n_out - 1))) if n_out > 1 else F64(0.0)
+    else:
+        src = fmax(div(i + F64(0.5), F64(scale)) - F64(0.5), F64(0.0))
+    return [Let(f"{prefix}src", src),
+            Let(f"{prefix}lo", fmin(call("int", call("floor", Var(f"{prefix}src"))), n_in - 1)),
+            Let(f"{prefix}hi", fmin(Var(f"{prefix}lo") + 1, n_in - 1)),
+            Let(f"{prefix}f", Var(f"{prefix}src") - Var(f"{prefix}lo"))]
+
+
+def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
+                    attrs: dict[str, Any], comment: str = "") -> Kernel:
+    C, H, W = (int(d) for d in shape)
+    OH, OW = out_hw
+    mode, align = attrs["mode"], attrs["align_corners"]
+    sy, sx = attrs["scale"]
+    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body += _source_index(Var("oh"), H, OH, sy, mode, align, "r")
+    body += [Let("xb", Var("nc") * (H * W)), Let("yb", Var("t") * OW)]
+    col = _source_index(Var("j"), W, OW, sx, mode, align, "c")
+
+    def at(r: str, c: str) -> Expr:
+        return Load("x0", Var("xb") + Var(r) * W + Var(c))
+
+    if mode == "nearest":
+        value: Expr = at("rlo", "clo")
+    else:
+        one = F64(1.0)
+        top = at("rlo", "clo") * (one - Var("rf")) + at("rhi", "clo") * Var("rf")
+        bot = at("rlo", "chi") * (one - Var("rf")) + at("rhi", "chi") * Var("rf")
+        value = top * (one - Var("cf")) + bot * Var("cf")
+    body.append(Loop("j", Const(OW), col + [Store("y", Var("yb") + Var("j"), value)]))
+    return _rows_kernel(name, [Param("x0"), Param("y")], C * OH, body, comment)

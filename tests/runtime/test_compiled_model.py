@@ -1,0 +1,269 @@
+"""CompiledModel: calling conventions, errors, weights, buffers, cache robustness, safety of
+generated code, golden kernels and the compile/check/demo commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnc.runtime import model as model_mod
+from cnnc.runtime.cli import main
+from cnnc.runtime.model import ModelError
+from cnnc.runtime.model import compile as compile_model
+from cnnc.runtime.reference import InputError, run_reference
+
+SMALL = """
+network small
+input image: 3 x 12 x 10
+image -> conv(8, 3, pad=1) -> batchnorm -> relu -> maxpool(2)
+      -> globalavgpool -> flatten -> dense(5) -> output logits
+"""
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN = {
+    "golden_mlp": """
+network golden_mlp
+input x: 4 x 6 x 6
+x -> avgpool(2, pad=1, count_include_pad=false) -> relu -> flatten -> dense(10)
+  -> sigmoid -> output y
+""",
+    "golden_branches": """
+network golden_branches
+input a: 3 x 5 x 5
+input b: 3 x 5 x 5
+s = a + b
+m = a * (b -> globalmaxpool)
+concat(s, m) -> upsample(2, mode=bilinear) -> softmax -> output y
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def small():
+    return compile_model(SMALL, seed=1)
+
+
+def test_call_forms_and_batch_sizes(small):
+    rng = np.random.default_rng(0)
+    for batch in (1, 9):
+        x = rng.standard_normal((batch, 3, 12, 10)).astype(np.float32)
+        y = small(x)
+        assert isinstance(y, np.ndarray) and y.shape == (batch, 5)
+        np.testing.assert_array_equal(small({"image": x}), y)
+        ref = run_reference(small.graph, {"image": x}, small.params)["logits"]
+        assert np.abs(y - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_several_outputs_give_a_dict():
+    m = compile_model("network two\ninput x: 2 x 4 x 4\nx -> relu -> output a\n"
+                      "x -> abs -> output b\n")
+    out = m(np.ones((2, 2, 4, 4), np.float32))
+    assert set(out) == {"a", "b"}
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((1, 3, 12, 11), np.float32), ["'image'", "N x 3 x 12 x 10"]),
+    (np.zeros((1, 3, 12, 10), np.float64), ["'image'", "float64", "float32"]),
+    (np.zeros((3, 12, 10), np.float32), ["'image'", "N x 3 x 12 x 10"]),
+    ([[1.0]], ["'image'", "NumPy array"]),
+])
+def test_wrong_input_is_a_clear_error(small, bad, words):
+    with pytest.raises(InputError) as e:
+        small(bad)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_wrong_input_name(small):
+    with pytest.raises(InputError, match="missing 'image'.*unknown 'img'"):
+        small({"img": np.zeros((1, 3, 12, 10), np.float32)})
+
+
+def test_weights_roundtrip_and_update(small, tmp_path):
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    before = small(x)
+    path = tmp_path / "w.npz"
+    small.save_weights(path)
+    other = compile_model(SMALL, seed=7)
+    assert not np.allclose(other(x), before)
+    other.load_weights(path)
+    np.testing.assert_allclose(other(x), before, rtol=1e-6, atol=1e-6)
+    params = other.params
+    with pytest.raises(ValueError):
+        params["dense1.bias"][0] = 1.0  # read-only: packed constants would go stale
+    params = {k: v.copy() for k, v in params.items()}
+    params["dense1.bias"] += 1.0
+    other.set_params(params)
+    np.testing.assert_allclose(other(x), before + 1.0, rtol=1e-5, atol=1e-5)
+
+
+def test_arena_is_reused_between_calls(small):
+    x = np.ones((2, 3, 12, 10), np.float32)
+    a = small.run({"image": x}, copy=False)["logits"]
+    b = small.run({"image": x * 2}, copy=False)["logits"]
+    assert np.shares_memory(a, b)  # the same arena buffer: nothing was allocated
+    c = small.run({"image": x})["logits"]
+    assert not np.shares_memory(c, b)  # the default returns a copy
+
+
+def test_buffers_are_reused_by_liveness():
+    chain = "network chain\ninput x: 4 x 8 x 8\nx" + " -> conv(4, 3, pad=1) -> relu6" * 6 + \
+        " -> output y\n"
+    m = compile_model(chain)
+    assert len(m.plan.slot_sizes) <= 3  # six steps, at most three live buffers
+    x = np.random.default_rng(2).standard_normal((3, 4, 8, 8)).astype(np.float32)
+    ref = run_reference(m.graph, {"x": x}, m.params)["y"]
+    assert np.abs(m(x) - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_too_large_batch_is_refused_before_allocating(small, monkeypatch):
+    monkeypatch.setattr(model_mod, "available_memory", lambda: 4096)
+    assert small.bytes_needed(7) > 4096
+    with pytest.raises(ModelError, match=r"batch size 7 needs .*KiB.*only 4.0 KiB"):
+        small(np.zeros((7, 3, 12, 10), np.float32))
+    assert 7 not in small._arenas
+
+
+def test_unknown_target_and_lowering():
+    with pytest.raises(ModelError, match="target 'cuda'"):
+        compile_model(SMALL, target="cuda")
+    with pytest.raises(ModelError, match="lowering"):
+        compile_model(SMALL, lowering="winograd")
+    with pytest.raises(ModelError, match="'nope'"):
+        compile_model(SMALL, lowering={"nope": "direct"})
+
+
+def test_per_layer_lowering(small):
+    m = compile_model(SMALL, lowering={"conv1": "im2col"}, seed=1)
+    conv = next(s for s in m.steps if s.ops.startswith("conv"))
+    assert conv.lowering == "im2col"
+    x = np.random.default_rng(3).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    np.testing.assert_allclose(m(x), small(x), rtol=1e-5, atol=1e-5)
+
+
+# -- generated code: safety, golden files, cache ------------------------------------------------
+
+def _code_lines(source: str) -> list[str]:
+    return [ln for ln in source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_file_name_cannot_inject_code(tmp_path):
+    evil = tmp_path / "x\nimport os\n'\"\"\"\u2028os.system('echo pwned').cnn"
+    evil.write_text("network evil\ninput x: 2 x 3 x 3\nx -> relu -> maxpool(2) -> output y\n")
+    m = compile_model(evil, cache_dir=tmp_path / "cache")
+    src = m.lowered.source
+    assert "x import os" in src  # the name is there, flattened into a comment
+    for line in _code_lines(src):
+        assert "os.system" not in line and "import os" not in line and "pwned" not in line
+    assert "\u2028" not in src
+    compile(src, "generated.py", "exec")  # still valid Python
+    for line in src.splitlines():
+        if "pwned" in line:
+            assert line.lstrip().startswith("#")
+
+
+def _golden_source(name: str) -> str:
+    return compile_model(GOLDEN[name]).lowered.source
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_generated_kernels(name):
+    src = _golden_source(name)
+    path = GOLDEN_DIR / f"{name}.py.txt"
+    if os.environ.get("CNNC_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(src, encoding="utf-8")
+    assert path.is_file(), f"no golden file {path}; run with CNNC_UPDATE_GOLDEN=1"
+    assert src == path.read_text(encoding="utf-8"), (
+        f"generated code for {name} changed; if on purpose, regenerate with "
+        "CNNC_UPDATE_GOLDEN=1")
+
+
+_RUN_CACHED = """
+import sys, numpy as np
+from cnnc.runtime.model import compile
+m = compile(sys.argv[1], cache_dir=sys.argv[2], seed=4)
+x = np.linspace(-1, 1, 2 * 3 * 6 * 6, dtype=np.float32).reshape(2, 3, 6, 6)
+np.save(sys.argv[3], m(x))
+"""
+
+
+def test_corrupted_cache_entry_is_rebuilt(tmp_path):
+    src = "network tiny\ninput x: 3 x 6 x 6\nx -> hard_swish -> avgpool(3, stride=1) -> output y\n"
+    cache = tmp_path / "cache"
+
+    def run(tag: str) -> np.ndarray:
+        out = tmp_path / f"{tag}.npy"
+        subprocess.run([sys.executable, "-c", _RUN_CACHED, src, str(cache), str(out)],
+                       check=True, capture_output=True, timeout=300)
+        return np.load(out)
+
+    first = run("first")
+    files = [p for p in cache.rglob("model_tiny*.py")]
+    assert files
+    for p in files:  # truncate the kernel module and garble Numba's index and data
+        p.write_text(p.read_text()[:100])
+    for p in cache.rglob("*.nb[ic]"):
+        if "model_tiny" in p.name:
+            p.write_bytes(b"\x80\x04garbage")
+    second = run("second")
+    np.testing.assert_array_equal(first, second)
+    m = compile_model(src, seed=4)
+    x = np.linspace(-1, 1, 2 * 3 * 6 * 6, dtype=np.float32).reshape(2, 3, 6, 6)
+    ref = run_reference(m.graph, {"x": x}, m.params)["y"]
+    assert np.abs(second - ref).max() < 1e-5
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def test_cli_compile_emits_sources(tmp_path, capsys):
+    f = tmp_path / "small.cnn"
+    f.write_text(SMALL)
+    assert main(["compile", str(f), "--emit", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "compiled" in out and "wrote" in out
+    emitted = list((tmp_path / "out").glob("*.py"))
+    model_src = [p for p in emitted if p.name.startswith("model_small")]
+    assert model_src and len(emitted) >= 2  # the model module and the convolution's module
+    text = model_src[0].read_text()
+    assert "small.cnn:" in text and "maxpool1" in text  # header comments name file and layer
+
+
+def test_cli_check_table_and_exit_status(tmp_path, capsys):
+    f = tmp_path / "small.cnn"
+    f.write_text(SMALL)
+    assert main(["check", str(f), "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "conv1+batchnorm1+relu1" in out and "FAIL" not in out and "0 failed" in out
+    assert main(["check", str(f), "--tolerance", "1e-12"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert main(["check", str(f), "--lowering", "winograd"]) == 2
+    assert "--lowering" in capsys.readouterr().err
+
+
+def test_cli_demo_runs(tmp_path, capsys):
+    f = tmp_path / "small.cnn"
+    f.write_text(SMALL)
+    assert main(["demo", str(f)]) == 0
+    out = capsys.readouterr().out
+    for words in ("compile:", "worst relative error", "latency, batch 1", "top-5"):
+        assert words in out
+
+
+def test_matches_onnxruntime_and_compiles_onnx_files(small, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from cnnc.runtime.onnx_io import export_onnx
+
+    path = tmp_path / "small.onnx"
+    export_onnx(small.graph, small.params, path)
+    x = np.random.default_rng(5).standard_normal((3, 3, 12, 10)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (want,) = sess.run(None, {sess.get_inputs()[0].name: x})
+    np.testing.assert_allclose(small(x), want, rtol=1e-4, atol=1e-4)
+    from_onnx = compile_model(path)
+    np.testing.assert_allclose(from_onnx(x), want, rtol=1e-4, atol=1e-4)

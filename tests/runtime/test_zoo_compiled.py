@@ -1,0 +1,56 @@
+"""`cnnc check` on every zoo network at a small input size: every generated kernel against the
+float64 reference. Each network costs tens of seconds of Numba compilation, so only the
+smallest run by default; set CNNC_HEAVY_TESTS=1 to check them all."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cnnc import zoo
+from cnnc.compiler.ops import AttrError, ShapeError
+from cnnc.dsl import ast
+from cnnc.dsl.errors import DslError
+from cnnc.dsl.parser import parse
+from cnnc.runtime.check import check_model, format_rows
+from cnnc.runtime.model import compile as compile_model
+
+HEAVY = os.environ.get("CNNC_HEAVY_TESTS") == "1"
+LIGHT = {"lenet5", "sobel", "scharr"}
+SIZES = (32, 48, 64, 67, 96, 128, 160, 227)
+SMALLER = {"classes": 10, "hidden": 64, "width": 16, "embedding": 16}
+
+
+def header_params(name: str) -> set[str]:
+    module = parse(zoo.path(name).read_text(), str(zoo.path(name)))
+    for item in module.items:
+        if isinstance(item, ast.Header):
+            return {p.name for p in item.params}
+    return set()
+
+
+def small_graph(name: str):
+    """The network at the smallest size it accepts (and narrower where it has a width)."""
+    declared = header_params(name)
+    base = {k: v for k, v in SMALLER.items() if k in declared}
+    for overrides in (base, {k: v for k, v in base.items() if k != "width"}):
+        sizes = SIZES if "size" in declared else (None,)
+        for size in sizes:
+            params = dict(overrides, **({"size": size} if size else {}))
+            try:
+                return zoo.load(name, **params), params
+            except (DslError, ShapeError, AttrError):
+                continue
+    raise AssertionError(f"{name}: no small size builds")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[] if n in LIGHT else pytest.mark.skipif(
+        not HEAVY, reason="heavy (compile time): set CNNC_HEAVY_TESTS=1"))
+    for n in zoo.names()])
+def test_zoo_network_checks(name):
+    graph, params = small_graph(name)
+    model = compile_model(graph, seed=0)
+    rows = check_model(model, batch=2)
+    assert all(r.ok for r in rows), f"{name} {params}\n{format_rows(rows, 1e-4)}"
