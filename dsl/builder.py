@@ -974,9 +974,12 @@ def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
 
 
 def read_source(source_or_path: str | Path) -> tuple[str, str]:
-    """(text, file name) for a zoo name, a file path, or source text."""
+    """(text, file name) for a zoo name, a file path, or source text.
+
+    A `Path` is always a file; a string is source text when it holds a newline or `->`.
+    """
     s = str(source_or_path)
-    if "\n" in s or "->" in s:
+    if not isinstance(source_or_path, Path) and ("\n" in s or "->" in s):
         return s, "<string>"
     path = Path(s)
     if path.is_file():

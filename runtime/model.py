@@ -69,23 +69,9 @@ def _load_graph(src: Any) -> tuple[Graph, dict[str, np.ndarray] | None]:
         from ..dsl.builder import load_network
 
         return load_network(dsl), weights
-    if isinstance(src, Path) and src.is_file():
-        return _load_file(src), None
     from ..dsl.builder import load_network
 
     return load_network(src), None
-
-
-def _load_file(path: Path) -> Graph:
-    """Build a .cnn file given as a Path. (load_network takes any string holding a newline
-    for source text, so it cannot load a file whose name contains one.)"""
-    from ..dsl.builder import ZOO_DIR, Builder
-    from ..dsl.parser import parse
-
-    text = path.read_text(encoding="utf-8")
-    graph = Builder(str(path), {}, search_dirs=(ZOO_DIR,)).build_module(parse(text, str(path)))
-    graph.verify()
-    return graph
 
 
 class _Arena:
