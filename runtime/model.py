@@ -192,7 +192,7 @@ class CompiledModel:
     # -- generated code -----------------------------------------------------------------------
     def sources(self) -> dict[str, str]:
         """Every generated source file of the model (file name -> text)."""
-        name = Path(self.lowered.module_path).name or f"model_{self.graph.name}.py"
+        name = f"model_{self.graph.name}.py"  # a listing; kernels run from shared modules
         return {name: self.lowered.source, **self.lowered.extra_sources}
 
     def emit(self, directory: str | Path) -> list[Path]:

@@ -26,16 +26,20 @@ Two lowerings, both cross-correlation as in PyTorch:
     (so a CUDA printer gets it for free). PERF-NOTES measured im2col + BLAS at 18-71% of peak,
     below the direct kernel everywhere; this lowering is the simple, general fallback.
 
-Kernels whose speed does not depend on literal shapes (layout conversion, im2col, the crop)
-take their sizes as runtime integers and are shared by every layer: they are compiled once and
-cached. The compute kernels (direct convolution, GEMM) have every size, stride and padding as a
-literal except the batch size, which is a runtime argument (it only bounds the ``prange``).
+Every kernel takes its sizes as runtime integers: the layout kernels (conversion, im2col, the
+crop) entirely; the compute kernels keep literal only what shapes their unrolled inner loops
+(channel block, kernel size, stride, dilation, tile structure), while channel-block counts,
+spatial sizes, the Q % 6 tail (a runtime branch between unrolled tail tiles) and the fused ReLU
+(a runtime flag) are arguments. Each is compiled once per kind and cached, shared by every layer
+and model (ResNet-18 needs four direct-convolution kernels). The bias is always added (zeros
+for a convolution without one).
 Weights and biases are repacked with NumPy (once per weight set, not per inference).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -58,14 +62,16 @@ from .kernel_ir import (
     Select,
     Store,
     Var,
+    VBin,
     VBroadcast,
     VFma,
     VLoad,
+    VSplat,
     VStore,
     VZero,
     cmp,
 )
-from .numba_printer import print_module, sanitize_comment
+from .numba_printer import print_expr, print_module, sanitize_comment
 
 __all__ = [
     "ConvGeometry",
@@ -283,24 +289,88 @@ def _tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc") -> 
 WEIGHTS_IN_L2 = 1 << 20
 
 
+def _ints(*names: str) -> list[Param]:
+    return [Param(n, "int") for n in names]
+
+
+#: Runtime integer arguments of each compute kernel, in order (after the arrays ``x``/``col``,
+#: ``w``, ``bias``, ``y``/``c``; then ``relu`` and ``n_batch``).
+DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q", "Hp", "Wp")
+DEPTHWISE_INTS = ("C8", "P", "Q", "Hp", "Wp")
+GEMM_INTS = ("M", "Kd", "Nc", "G")
+
+
+def _overlap_tail(Q: Expr, full: int, tile) -> list:
+    """Tiles for the last ``Q % full`` pixels of a row whose length ``Q`` is a runtime value.
+
+    Instead of one unrolled tile per possible tail width (long compiles), the tail is covered
+    by a full-width tile that ends at the last pixel and overlaps pixels already written (it
+    writes the same values again: same operands, same order); a row shorter than ``full`` runs
+    one-pixel tiles. Only two tile bodies are generated beside the main one.
+    """
+    return [
+        If(cmp("and", cmp(">", Var("tail"), 0), cmp(">", Var("nfull"), 0)),
+           tile(full, Q - full)),
+        If(cmp("==", Var("nfull"), 0), [Loop("q1", Q, tile(1, Var("q1")))]),
+    ]
+
+
+def _direct_tail(Q: Expr, tile) -> list:
+    """The tail of a direct-convolution row (``tail = Q % 6``), with the row length a runtime
+    value: a 2-pixel tile ending at the last pixel for tails of 1-2, a 4-pixel one for 3-4 (two
+    for 5), overlapping pixels already written (they write the same values again: same
+    operands, same order); rows of 1 or 3 pixels run one-pixel tiles. One unrolled tile per
+    tail width made the kernel compile several times slower; a single 4-pixel tail tile cost
+    15-20% on rows of 14 (ResNet's 14x14 layers)."""
+    t = Var("tail")
+    n4 = Select(cmp("==", t, 5), Const(2), Const(1))
+    return [
+        If(cmp("and", cmp(">", t, 0), cmp("and", cmp("<=", t, 2), cmp(">=", Q, 2))),
+           tile(2, Q - 2)),
+        If(cmp("and", cmp(">=", t, 3), cmp(">=", Q, 4)), [
+            Let("n4", n4),
+            Loop("q4", Var("n4"), tile(4, Var("q4") + (Q - 3 - Var("n4"))))]),
+        If(cmp("or", cmp("==", Q, 1), cmp("==", Q, 3)), [Loop("q1", Q, tile(1, Var("q1")))]),
+    ]
+
+
+#: The lowest finite float32: ``max(v, LOWEST)`` is ``v`` for every finite ``v``.
+LOWEST = -3.4028234663852886e38
+
+
+def _epilogue_stores(stores_for) -> list:
+    """The stores of a tile: bias, then ``max(v, floor)`` where ``floor`` is 0 for a fused
+    ReLU and the lowest float otherwise (a runtime choice: one ``vmaxps`` per store, outside
+    the hot loop; branching between two store blocks instead compiled noticeably slower)."""
+    return stores_for(Epilogue(bias=True, activation=None))
+
+
+def _floored(v: Expr) -> Expr:
+    return VBin("max", v, VSplat(Var("floor")))
+
+
+def _floor_let() -> Let:
+    return Let("floor", Select(cmp("!=", Var("relu"), 0), Const(0.0), Const(LOWEST)))
+
+
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
                        order: Literal["auto", "rows", "kblocks"] = "rows") -> Kernel:
     """The register-tiled NCHW8c direct convolution (not depthwise).
 
+    Literal: the channel block ``CB``, kernel size, stride, dilation and the 6 x 16 tile
+    structure (they shape the unrolled inner loops). Runtime integers (:data:`DIRECT_INTS`):
+    channel-block counts, output and padded input sizes, and ``relu`` (fuse a ReLU or not); the
+    bias is always added (zeros for a convolution without one). So one compiled kernel serves
+    every layer with the same ``CB``, ``R x S``, stride and dilation.
+
     ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-block,
-    row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-block); ``"auto"``
-    uses ``kblocks`` when one group's packed weights fit in :data:`WEIGHTS_IN_L2`. On the noisy
-    shared 2-core machine the two orders measured within noise of each other on the five
-    benchmark layers, so the default stays with the measured PERF-NOTES choice.
+    row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-block).
     """
     if g.depthwise:
         raise ValueError("use depthwise_conv_kernel for groups == C == K")
-    CB, Cgb, Kgb = g.CB, g.Cgb, g.Kgb
-    NB = g.groups * Cgb  # input channel blocks
-    KB = g.groups * Kgb  # 16-wide output channel blocks
-    K8 = 2 * KB
-    P, Q, Hp, Wp, R, S = g.P, g.Q, g.Hp, g.Wp, g.R, g.S
-    epi = Epilogue(bias=g.bias, activation=g.activation)
+    CB, R, S = g.CB, g.R, g.S
+    NB, Cgb, KB, Kgb, P, Q, Hp, Wp = (Var(v) for v in DIRECT_INTS)
+    K8 = KB * 2
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
@@ -314,11 +384,11 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             for h in range(2):
                 acc = f"acc_{i}_{h}"
                 lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
-        inner = [Loop("cb", Const(Cgb), [
-            Let("xc", Var("xq") + Var("cb") * (Hp * Wp * CB)),
+        inner = [Loop("cb", Cgb, [
+            Let("xc", Var("xq") + Var("cb") * Var("xplane")),
             Let("wc", Var("wk") + Var("cb") * (R * S * CB * TILE_K)),
             Loop("r", Const(R), [
-                Let("xr", Var("xc") + Var("r") * (g.dh * Wp * CB)),
+                Let("xr", Var("xc") + Var("r") * Var("xrstep")),
                 Let("wr", Var("wc") + Var("r") * (S * CB * TILE_K)),
                 Loop("s", Const(S), [
                     Let("xs", Var("xr") + Var("s") * (g.dw * CB)),
@@ -327,17 +397,22 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                 ]),
             ]),
         ])]
-        stores = []
-        for i in range(T):
-            for h in range(2):
-                idx = Var("yrow") + (q0 + i) * 8 + h * (P * Q * 8)
-                val = epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TILE_K + h * 8)
-                stores.append(VStore("y", idx, val))
-        return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + _tile_stmts(T, 2, inner, stores)
+
+        def stores_for(epi: Epilogue) -> list:
+            out = []
+            for i in range(T):
+                for h in range(2):
+                    idx = Var("yrow") + (q0 + i) * 8 + h * Var("yplane")
+                    val = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TILE_K + h * 8))
+                    out.append(VStore("y", idx, val))
+            return out
+
+        return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + \
+            _tile_stmts(T, 2, inner, _epilogue_stores(stores_for))
 
     gi = kb // Kgb
     if order == "auto":
-        wbytes = Kgb * TILE_K * Cgb * CB * R * S * 4
+        wbytes = g.Kgb * TILE_K * g.Cgb * CB * R * S * 4
         order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
     if order == "rows":
         body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
@@ -345,27 +420,29 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
     body += [
         Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh) * (Wp * CB)),
-        Let("wk", kb * (Cgb * R * S * CB * TILE_K)),
+        Let("wk", kb * (Cgb * (R * S * CB * TILE_K))),
         Let("yrow", ((n * K8 + kb * 2) * P + p) * (Q * 8)),
+        Let("nfull", Q // TILE_Q),
+        Let("tail", Q % TILE_Q),
     ]
-    nfull, tail = divmod(Q, TILE_Q)
-    if nfull:
-        body.append(Loop("qt", Const(nfull), tile(TILE_Q, Var("qt") * TILE_Q)))
-    if tail:
-        body.append(Comment(f"tail tile: the last {tail} output pixels of the row"))
-        body += tile(tail, nfull * TILE_Q)
-    params = [Param("x"), Param("w")] + ([Param("bias")] if g.bias else []) + \
-        [Param("y"), Param("n_batch", "int")]
+    body += [Loop("qt", Var("nfull"), tile(TILE_Q, Var("qt") * TILE_Q)),
+             Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
+    body += _direct_tail(Q, tile)
+    # Loop-invariant strides, computed once (runtime sizes).
+    pre = [_floor_let(), Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB)),
+           Let("yplane", P * Q * 8)]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + _ints(*DIRECT_INTS) + \
+        _ints("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (KB * P), body, kind="parallel")
-    return Kernel(name, params, [loop], comment)
+    return Kernel(name, params, pre + [loop], comment)
 
 
 def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                           comment: str = "") -> Kernel:
-    """Depthwise convolution: the 8 lanes are 8 channels; a tile is 8 output pixels."""
-    C8 = _ceil_div(g.C, 8)
-    P, Q, Hp, Wp, R, S = g.P, g.Q, g.Hp, g.Wp, g.R, g.S
-    epi = Epilogue(bias=g.bias, activation=g.activation)
+    """Depthwise convolution: the 8 lanes are 8 channels; a tile is 8 output pixels. Literal:
+    kernel size, stride, dilation; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
+    R, S = g.R, g.S
+    C8, P, Q, Hp, Wp = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
 
     def tile(T: int, q0: ExprLike) -> list:
@@ -375,25 +452,30 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
             acc = f"acc_{i}_0"
             upd.append(Let(acc, VFma(VLoad("x", xs + i * g.sw * 8), Var("wv"), Var(acc))))
         inner = [Loop("r", Const(R), [Loop("s", Const(S), [
-            Let("xs", Var("xq") + Var("r") * (g.dh * Wp * 8) + Var("s") * (g.dw * 8)),
+            Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * 8)),
             *upd])])]
-        stores = [VStore("y", Var("yrow") + (q0 + i) * 8,
-                         epi.apply_vec(Var(f"acc_{i}_0"), cb * 8)) for i in range(T)]
-        return [Let("xq", Var("xrow") + q0 * (g.sw * 8))] + _tile_stmts(T, 1, inner, stores)
+
+        def stores_for(epi: Epilogue) -> list:
+            return [VStore("y", Var("yrow") + (q0 + i) * 8,
+                           _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * 8)))
+                    for i in range(T)]
+
+        return [Let("xq", Var("xrow") + q0 * (g.sw * 8))] + \
+            _tile_stmts(T, 1, inner, _epilogue_stores(stores_for))
 
     body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
     body += [Let("xrow", ((n * C8 + cb) * Hp + p * g.sh) * (Wp * 8)),
-             Let("yrow", ((n * C8 + cb) * P + p) * (Q * 8))]
-    nfull, tail = divmod(Q, TILE_DW)
-    if nfull:
-        body.append(Loop("qt", Const(nfull), tile(TILE_DW, Var("qt") * TILE_DW)))
-    if tail:
-        body.append(Comment(f"tail tile: the last {tail} output pixels of the row"))
-        body += tile(tail, nfull * TILE_DW)
-    params = [Param("x"), Param("w")] + ([Param("bias")] if g.bias else []) + \
-        [Param("y"), Param("n_batch", "int")]
+             Let("yrow", ((n * C8 + cb) * P + p) * (Q * 8)),
+             Let("nfull", Q // TILE_DW),
+             Let("tail", Q % TILE_DW)]
+    body += [Loop("qt", Var("nfull"), tile(TILE_DW, Var("qt") * TILE_DW)),
+             Comment("tail: the last Q % 8 output pixels of the row (overlapping tile)")]
+    body += _overlap_tail(Q, TILE_DW, tile)
+    pre = [_floor_let(), Let("xrstep", Wp * (g.dh * 8))]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + _ints(*DEPTHWISE_INTS) + \
+        _ints("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (C8 * P), body, kind="parallel")
-    return Kernel(name, params, [loop], comment)
+    return Kernel(name, params, pre + [loop], comment)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,21 +483,21 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
 # ----------------------------------------------------------------------------------------------
 
 
-def gemm_kernel(M: int, Kd: int, Nc: int, batch: int, epi: Epilogue, name: str = "gemm",
-                comment: str = "") -> Kernel:
-    """``c[b] = w[b % batch] @ col[b]`` for ``b < n_batch * batch``, blocked 6 x 16.
+def gemm_kernel(name: str = "gemm", comment: str = "") -> Kernel:
+    """``c[b] = w[b % G] @ col[b]`` for ``b < n_batch * G``, blocked 6 x 16; every size is a
+    runtime integer (:data:`GEMM_INTS`), so one compiled GEMM serves every layer.
 
-    ``w`` is ``[batch, M, Kd]`` (``M`` a multiple of 6, the weights of each group); ``col`` is
-    ``[n_batch * batch, Nc/16, Kd, 16]``: the ``[Kd, Nc]`` im2col matrices stored as 16-column
-    panels (``Nc`` a multiple of 16); ``c`` is ``[n_batch * batch, M, Nc]``. One task per
+    ``w`` is ``[G, M, Kd]`` (``M`` a multiple of 6, the weights of each group); ``col`` is
+    ``[n_batch * G, Nc/16, Kd, 16]``: the ``[Kd, Nc]`` im2col matrices stored as 16-column
+    panels (``Nc`` a multiple of 16); ``c`` is ``[n_batch * G, M, Nc]``. One task per
     (matrix, panel): the panel (``Kd`` x 64 bytes) stays in L1/L2 while every 6-row tile of
     ``w`` (kept in L2) passes over it. The epilogue bias is per row
-    (``bias[(b % batch) * M + m]``).
+    (``bias[(b % G) * M + m]``); ``relu`` fuses a ReLU.
     """
-    assert M % GEMM_M == 0 and Nc % GEMM_N == 0
-    jt_count = Nc // GEMM_N
+    M, Kd, Nc, G = (Var(v) for v in GEMM_INTS)
+    jt_count = Var("jtn")
     b, mt, jt = Var("b"), Var("mt"), Var("jt")
-    ga = b % batch
+    ga = b % G
     kk = Var("kk")
     upd: list = [Let("b0", VLoad("col", Var("panel") + kk * GEMM_N)),
                  Let("b1", VLoad("col", Var("panel") + kk * GEMM_N + 8))]
@@ -424,30 +506,31 @@ def gemm_kernel(M: int, Kd: int, Nc: int, batch: int, epi: Epilogue, name: str =
         for h in range(2):
             acc = f"acc_{i}_{h}"
             upd.append(Let(acc, VFma(Var("av"), Var(f"b{h}"), Var(acc))))
-    stores = []
-    for i in range(GEMM_M):
-        for h in range(2):
-            val = epi.apply_vec(Var(f"acc_{i}_{h}"), ga * M + mt * GEMM_M + i, same_channel=True)
-            stores.append(VStore("c", Var("crow") + i * Nc + h * 8, val))
+
+    def stores_for(epi: Epilogue) -> list:
+        out = []
+        for i in range(GEMM_M):
+            for h in range(2):
+                val = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), ga * M + mt * GEMM_M + i,
+                                             same_channel=True))
+                out.append(VStore("c", Var("crow") + i * Nc + h * 8, val))
+        return out
+
     mt_body = [Let("arow", (ga * M + mt * GEMM_M) * Kd),
                Let("crow", (b * M + mt * GEMM_M) * Nc + jt * GEMM_N)] + \
-        _tile_stmts(GEMM_M, 2, [Loop("kk", Const(Kd), upd)], stores)
-    body = _unflatten(Var("t"), [("b", Var("n_batch") * batch), ("jt", jt_count)])
+        _tile_stmts(GEMM_M, 2, [Loop("kk", Kd, upd)], _epilogue_stores(stores_for))
+    body = _unflatten(Var("t"), [("b", Var("n_batch") * G), ("jt", jt_count)])
     body += [Let("panel", (b * jt_count + jt) * (Kd * GEMM_N)),
-             Loop("mt", Const(M // GEMM_M), mt_body)]
-    params = [Param("col"), Param("w")] + ([Param("bias")] if epi.bias else []) + \
-        [Param("c"), Param("n_batch", "int")]
-    loop = Loop("t", Var("n_batch") * (batch * jt_count), body, kind="parallel")
-    return Kernel(name, params, [loop], comment)
+             Loop("mt", M // GEMM_M, mt_body)]
+    params = [Param("col"), Param("w"), Param("bias"), Param("c")] + _ints(*GEMM_INTS) + \
+        _ints("relu", "n_batch")
+    loop = Loop("t", Var("n_batch") * (G * jt_count), body, kind="parallel")
+    return Kernel(name, params, [_floor_let(), Let("jtn", Nc // GEMM_N), loop], comment)
 
 
 # ----------------------------------------------------------------------------------------------
 # Shared layout kernels (sizes are runtime arguments)
 # ----------------------------------------------------------------------------------------------
-
-
-def _ints(*names: str) -> list[Param]:
-    return [Param(n, "int") for n in names]
 
 
 def layout_kernels() -> list[Kernel]:
@@ -591,14 +674,18 @@ class ConvKernel:
     """
 
     def __init__(self, geometry: ConvGeometry, lowering: str, module, source: str,
-                 kernel_name: str) -> None:
+                 kernel_name: str, comment: str = "") -> None:
         self.geometry = geometry
         self.lowering = lowering
         self.module = module
         self.source = source
+        self.comment = comment  # the layer this instance is for (the module is shared)
         self.path = getattr(module, "__file__", None)
         self.kernel = getattr(module, kernel_name)
         self.layout = _layout_module()
+        self.int_args = kernel_int_args(geometry, lowering)
+        self.relu = int(geometry.activation == "relu")
+        self._zero_bias: np.ndarray | None = None
 
     # -- shapes ------------------------------------------------------------------------------
     @property
@@ -703,11 +790,26 @@ class ConvKernel:
         """Run the compute kernel on packed operands; returns the packed (flat) output."""
         if out is None:
             out = np.empty(self.out_blocked_size(N), np.float32)
-        if self.geometry.bias:
-            self.kernel(xp, wp, bp, out, N)
-        else:
-            self.kernel(xp, wp, out, N)
+        if bp is None:  # the kernel always adds a bias (shared with biased layers)
+            if self._zero_bias is None:
+                self._zero_bias = np.zeros(self.bias_size(), np.float32)
+            bp = self._zero_bias
+        self.kernel(xp, wp, bp, out, *self.int_args, self.relu, int(N))
         return out
+
+    def bias_size(self) -> int:
+        """Floats of the packed bias."""
+        g = self.geometry
+        if self.lowering == "im2col":
+            return g.groups * _ceil_div(g.Kg, GEMM_M) * GEMM_M
+        if g.depthwise:
+            return _ceil_div(g.C, 8) * 8
+        return g.groups * g.Kgb * TILE_K
+
+    def signature(self) -> tuple[str, ...]:
+        """Argument kinds of the compute kernel (``array`` or ``int``), for ahead-of-time
+        compilation (``warm.py``)."""
+        return ("array",) * 4 + ("int",) * (len(self.int_args) + 2)
 
     def unpack_output(self, yp: np.ndarray, N: int, out: np.ndarray | None = None) -> np.ndarray:
         """Packed output -> NCHW ``[N, K, P, Q]`` (into ``out`` if given: C-contiguous)."""
@@ -739,10 +841,15 @@ class ConvKernel:
         opts = dict(self.kernel.targetoptions)
         opts.pop("cache", None)
         opts.pop("nopython", None)
-        fresh = numba.njit(**opts)(self.kernel.py_func)
-        names = self.kernel.py_func.__code__.co_varnames[: self.kernel.py_func.__code__
-                                                        .co_argcount]
-        sig = tuple(types.int64 if n == "n_batch" else types.float32[::1] for n in names)
+        # the tile code lives in the serial task function (see print_tasked)
+        task = getattr(self.module, self.kernel.py_func.__name__ + "_task", None)
+        py_func = task.py_func if task is not None else self.kernel.py_func
+        opts = dict(task.targetoptions) if task is not None else opts
+        opts.pop("cache", None)
+        opts.pop("nopython", None)
+        fresh = numba.njit(**opts)(py_func)
+        kinds = self.signature() + (("int",) if task is not None else ())
+        sig = tuple(types.int64 if k == "int" else types.float32[::1] for k in kinds)
         fresh.compile(sig)
         return fresh.inspect_asm(sig)
 
@@ -756,19 +863,69 @@ class ConvKernel:
         return self.unpack_output(self.run(self.pack_input(x), wp, bp, N), N)
 
 
-def build_conv_kernels(g: ConvGeometry, lowering: str, comment: str = "") -> tuple[Kernel, str]:
-    """The compute kernel of a convolution (kernel IR) and its function name."""
-    note = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
-    if lowering == "direct":
-        if g.depthwise:
-            return depthwise_conv_kernel(g, comment=note), "conv_depthwise"
-        return direct_conv_kernel(g, comment=note), "conv_direct"
+def kernel_int_args(g: ConvGeometry, lowering: str) -> tuple[int, ...]:
+    """The runtime size arguments of the compute kernel of ``g`` (see ``*_INTS``)."""
     if lowering == "im2col":
         Kgp = _ceil_div(g.Kg, GEMM_M) * GEMM_M
         PQp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
-        epi = Epilogue(bias=g.bias, activation=g.activation)
-        return gemm_kernel(Kgp, g.Cg * g.R * g.S, PQp, g.groups, epi, comment=note), "gemm"
+        return (Kgp, g.Cg * g.R * g.S, PQp, g.groups)
+    if g.depthwise:
+        return (_ceil_div(g.C, 8), g.P, g.Q, g.Hp, g.Wp)
+    return (g.groups * g.Cgb, g.Cgb, g.groups * g.Kgb, g.Kgb, g.P, g.Q, g.Hp, g.Wp)
+
+
+def build_conv_kernels(g: ConvGeometry, lowering: str) -> tuple[Kernel, str, str]:
+    """The compute kernel of a convolution (kernel IR), its function name and a cache tag.
+
+    The kernel depends only on what stays literal (lowering, channel block, kernel size,
+    stride, dilation), so layers and models that share those share one compiled kernel.
+    """
+    rs = f"{g.R}x{g.S}_s{g.sh}x{g.sw}_d{g.dh}x{g.dw}"
+    if lowering == "direct":
+        if g.depthwise:
+            note = f"depthwise convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
+                   f"dilation {g.dh}x{g.dw}; sizes are runtime arguments"
+            return depthwise_conv_kernel(g, comment=note), "conv_depthwise", f"depthwise_{rs}"
+        note = f"direct NCHW{g.CB}c convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
+               f"dilation {g.dh}x{g.dw}; sizes are runtime arguments"
+        return direct_conv_kernel(g, comment=note), "conv_direct", f"direct_cb{g.CB}_{rs}"
+    if lowering == "im2col":
+        note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
+        return gemm_kernel(comment=note), "gemm", "gemm"
     raise ValueError(f"unknown conv lowering {lowering!r} (expected 'direct' or 'im2col')")
+
+
+def print_tasked(kernel: Kernel, header: str) -> str:
+    """Module source for a compute kernel whose body is one flattened ``prange`` loop, split in
+    two functions: ``<name>_task`` (serial: the loop body for one task ``t``) and ``<name>``,
+    a parallel loop calling it.
+
+    Numba's parallel passes grow much faster than linearly with the size of a ``prange`` body;
+    with the runtime-sized tails the unrolled tiles made a single-function kernel compile 4-5x
+    slower. Outlined, the task compiles as an ordinary function (the call per output row costs
+    nothing measurable).
+    """
+    *pre, loop = kernel.body
+    assert isinstance(loop, Loop) and loop.kind == "parallel", kernel.name
+    task = Kernel(f"{kernel.name}_task", kernel.params + [Param(loop.var, "int")],
+                  pre + loop.body, kernel.comment)
+    src = print_module([task], header=header, parallel=False, fastmath=False)
+    names = [p.name for p in kernel.params]
+    args = ", ".join(names)
+    extent = print_expr(loop.extent)
+    used = {st.var for st in pre
+            if isinstance(st, Let) and re.search(rf"\b{st.var}\b", extent)}
+    return src + "\n".join([
+        "",
+        "",
+        "@njit(parallel=True, fastmath=False, cache=True, nogil=True)",
+        f"def {kernel.name}({args}):",
+        *(f"    {st.var} = {print_expr(st.value)}" for st in pre
+          if isinstance(st, Let) and st.var in used),
+        f"    for {loop.var} in prange({print_expr(loop.extent)}):",
+        f"        {task.name}({args}, {loop.var})",
+        "",
+    ])
 
 
 def compile_conv(attrs: dict, in_shape: tuple[int, int, int],
@@ -779,15 +936,20 @@ def compile_conv(attrs: dict, in_shape: tuple[int, int, int],
     ``attrs`` are the canonical conv attributes (``out_channels``, ``kernel``, ``stride``,
     ``pads`` = (top, left, bottom, right), ``dilation``, ``groups``, ``bias``, ``activation``);
     ``in_shape`` is ``(C, H, W)`` (the batch size is chosen at call time). ``comment`` is
-    free text (e.g. ``"model.cnn:12 conv1"``); it is sanitized and only ever printed in a
-    comment. Kernels compile on first call (or load from the disk cache).
+    free text (e.g. ``"model.cnn:12 conv1"``); it is sanitized and kept as
+    ``ConvKernel.comment`` (the module is shared by every layer of the same kind, so it holds
+    no layer text). Kernels compile on first call (or load from the disk cache).
     """
     g = ConvGeometry.from_attrs(attrs, in_shape)
-    kernel, name = build_conv_kernels(g, lowering, comment)
-    src = print_module([kernel], header="convolution kernel", parallel=parallel,
-                       fastmath=False)
-    mod = cache.load_module(src, f"{lowering}_{g.tag()}")
-    return ConvKernel(g, lowering, mod, src, name)
+    kernel, name, tag = build_conv_kernels(g, lowering)
+    if parallel:
+        src = print_tasked(kernel, "convolution kernel")
+    else:
+        src = print_module([kernel], header="convolution kernel", parallel=False,
+                           fastmath=False)
+    mod = cache.load_module(src, tag)
+    note = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
+    return ConvKernel(g, lowering, mod, src, name, note)
 
 
 def gflops(g: ConvGeometry, N: int, seconds: float) -> float:

@@ -45,6 +45,29 @@ ACTIVATIONS = ("relu", "leaky_relu", "relu6", "sigmoid", "hard_sigmoid", "tanh",
 N_BATCH = Var("n_batch")
 
 
+class Sizes:
+    """Sizes that become runtime integer arguments of a kernel instead of literals.
+
+    ``sz("C", 64)`` returns the variable ``C`` and records 64 as its value for this layer; the
+    kernel gets an int parameter ``C`` (before ``n_batch``). Kernels that differ only in such
+    sizes print identically, so one compiled kernel serves every layer and model. A builder
+    given ``literal=True`` gets the numbers back instead (fully specialized code).
+    """
+
+    def __init__(self, literal: bool = False) -> None:
+        self.literal = literal
+        self.values: dict[str, int] = {}
+
+    def __call__(self, name: str, value: int) -> ExprLike:
+        if self.literal:
+            return int(value)
+        self.values[name] = int(value)
+        return Var(name)
+
+    def params(self) -> list[Param]:
+        return [Param(n, "int") for n in self.values]
+
+
 def _prod(xs: Sequence[int]) -> int:
     r = 1
     for x in xs:
@@ -114,10 +137,11 @@ def _arrays(*names: str) -> list[Param]:
     return [Param(n) for n in names]
 
 
-def _rows_kernel(name: str, params: list[Param], rows: int, row_body: list[Stmt],
-                 comment: str) -> Kernel:
+def _rows_kernel(name: str, params: list[Param], rows: ExprLike, row_body: list[Stmt],
+                 comment: str, sz: Sizes | None = None) -> Kernel:
     """``for t in prange(n_batch * rows): <row_body>`` (``t`` is the flattened row)."""
-    return Kernel(name, params + [Param("n_batch", "int")],
+    ints = sz.params() if sz is not None else []
+    return Kernel(name, params + ints + [Param("n_batch", "int")],
                   [Loop("t", N_BATCH * rows, row_body, kind="parallel")], comment)
 
 
@@ -170,12 +194,14 @@ def broadcast_plan(out_shape: Sequence[int], in_shapes: Sequence[Sequence[int]])
 
 def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
                        in_shapes: Sequence[Sequence[int]], chain: Sequence[tuple[str, dict]],
-                       comment: str = "") -> Kernel:
+                       comment: str = "", sz: Sizes | None = None) -> Kernel:
     """``y = chain(x0 op x1 op ...)`` with NumPy broadcasting over the per-sample shapes.
 
     ``op`` is ``add``, ``sub``, ``mul`` or ``copy`` (a single input: a unary activation
-    chain). The collapsed output's last dim is the serial inner loop.
+    chain). The collapsed output's last dim is the serial inner loop. Extents and strides are
+    runtime sizes (``sz``) except strides 0 and 1, which decide broadcasting and vectorization.
     """
+    sz = sz if sz is not None else Sizes(literal=True)
     dims, strides = broadcast_plan(out_shape, in_shapes)
     sizes = [_prod(s) for s in in_shapes]
     total = _prod(out_shape)
@@ -183,15 +209,18 @@ def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
         # Same shapes everywhere: split the flat sample into rows for the parallel loop.
         rows, inner = _split_rows(total)
         dims, strides = [rows, inner], [[inner, 1] for _ in in_shapes]
-    rows = _prod(dims[:-1])
-    inner = dims[-1]
+    dimv = [sz(f"D{i}", d) for i, d in enumerate(dims[:-1])]
+    rows: ExprLike = 1
+    for d in dimv:
+        rows = rows * d
+    inner = sz("L", dims[-1])
     names = [f"d{i}" for i in range(len(dims) - 1)]
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH)] + list(zip(names, dims[:-1])))
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH)] + list(zip(names, dimv)))
     j = Var("j")
     for k, (st, size) in enumerate(zip(strides, sizes)):
-        base: ExprLike = Var("n") * size
-        for nm, s in zip(names, st[:-1]):
-            base = base + Var(nm) * s
+        base: ExprLike = Var("n") * sz(f"N{k}", size)
+        for i, (nm, s) in enumerate(zip(names, st[:-1])):
+            base = base + Var(nm) * (s if s in (0, 1) else sz(f"S{k}_{i}", s))
         body.append(Let(f"b{k}", base))
     body.append(Let("yb", Var("t") * inner))
     loads = [Load(f"x{k}", Var(f"b{k}") + j * st[-1]) for k, st in enumerate(strides)]
@@ -199,38 +228,41 @@ def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
     for ld in loads[1:]:
         value = {"add": value + ld, "sub": value - ld, "mul": value * ld}[op]
     inner_body = apply_chain(value, chain) + [Store("y", Var("yb") + j, Var("v"))]
-    body.append(Loop("j", Const(inner), inner_body))
+    body.append(Loop("j", const(inner), inner_body))
     params = _arrays(*[f"x{k}" for k in range(len(in_shapes))], "y")
-    return _rows_kernel(name, params, rows, body, comment)
+    return _rows_kernel(name, params, rows, body, comment, sz)
 
 
 def channel_affine_kernel(name: str, shape: Sequence[int], chain: Sequence[tuple[str, dict]],
-                          comment: str = "") -> Kernel:
+                          comment: str = "", sz: Sizes | None = None) -> Kernel:
     """``y[n, c, ...] = chain(x[n, c, ...] * c_scale[c] + c_shift[c])`` (inference batch
     norm with precomputed scale and shift)."""
-    C, inner = int(shape[0]), _prod(shape[1:])
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, inner = sz("C", shape[0]), sz("L", _prod(shape[1:]))
     body: list[Stmt] = [Let("c", Var("t") % C), Let("base", Var("t") * inner),
                         Let("sc", Load("c_scale", Var("c"))), Let("sh", Load("c_shift", Var("c")))]
     j = Var("j")
     inner_body = apply_chain(Load("x0", Var("base") + j) * Var("sc") + Var("sh"), chain) + \
         [Store("y", Var("base") + j, Var("v"))]
-    body.append(Loop("j", Const(inner), inner_body))
-    return _rows_kernel(name, _arrays("x0", "c_scale", "c_shift", "y"), C, body, comment)
+    body.append(Loop("j", const(inner), inner_body))
+    return _rows_kernel(name, _arrays("x0", "c_scale", "c_shift", "y"), C, body, comment, sz)
 
 
 def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
-                   comment: str = "") -> Kernel:
+                   comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Softmax (or log-softmax) over per-sample ``axis``: per (outer, inner) position, the max,
     the sum of exponentials (float64), then the outputs."""
-    outer, L, inner = _prod(shape[:axis]), int(shape[axis]), _prod(shape[axis + 1:])
+    sz = sz if sz is not None else Sizes(literal=True)
+    outer, L, inner = (sz("O", _prod(shape[:axis])), sz("L", shape[axis]),
+                       sz("I", _prod(shape[axis + 1:])))
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("o", outer), ("i", inner)])
     body.append(Let("base", ((Var("n") * outer + Var("o")) * L) * inner + Var("i")))
     idx = Var("base") + Var("l") * inner
     body.append(Let("m", Load("x0", Var("base"))))
-    body.append(Loop("l", Const(L - 1), [Let("m", fmax(Var("m"), Load("x0", idx)))],
+    body.append(Loop("l", const(L - 1), [Let("m", fmax(Var("m"), Load("x0", idx)))],
                      start=Const(1)))
     body.append(Let("s", call("f64", Const(0))))
-    body.append(Loop("l", Const(L), [Let("s", Var("s") + call("exp", call(
+    body.append(Loop("l", const(L), [Let("s", Var("s") + call("exp", call(
         "f64", Load("x0", idx) - Var("m"))))]))
     if log:
         body.append(Let("ls", call("log", Var("s"))))
@@ -238,8 +270,8 @@ def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
     else:
         body.append(Let("inv", div(F64(1.0), Var("s"))))
         value = call("exp", call("f64", Load("x0", idx) - Var("m"))) * Var("inv")
-    body.append(Loop("l", Const(L), [Store("y", idx, value)]))
-    return _rows_kernel(name, _arrays("x0", "y"), outer * inner, body, comment)
+    body.append(Loop("l", const(L), [Store("y", idx, value)]))
+    return _rows_kernel(name, _arrays("x0", "y"), outer * inner, body, comment, sz)
 
 
 def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
@@ -300,21 +332,24 @@ def fmin_i(a: ExprLike, b: ExprLike) -> Expr:
 
 
 def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
-                  comment: str = "") -> Kernel:
+                  comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Concatenation along per-sample ``axis``: per (image, outer index), one contiguous copy
     per input into its slice of the output row."""
-    outer = _prod(shapes[0][:axis])
-    inners = [_prod(s[axis:]) for s in shapes]
-    total = sum(inners)
+    sz = sz if sz is not None else Sizes(literal=True)
+    outer = sz("O", _prod(shapes[0][:axis]))
+    inners = [sz(f"L{k}", _prod(s[axis:])) for k, s in enumerate(shapes)]
+    total: ExprLike = 0
+    for inner in inners:
+        total = total + inner
     body: list[Stmt] = [Let("ob", Var("t") * total)]
-    off = 0
+    off: ExprLike = 0
     for k, inner in enumerate(inners):
         body.append(Let(f"ib{k}", Var("t") * inner))
-        body.append(Loop("j", Const(inner), [
+        body.append(Loop("j", const(inner), [
             Store("y", Var("ob") + (off + Var("j")), Load(f"x{k}", Var(f"ib{k}") + Var("j")))]))
-        off += inner
+        off = off + inner
     return _rows_kernel(name, _arrays(*[f"x{k}" for k in range(len(shapes))], "y"), outer,
-                        body, comment)
+                        body, comment, sz)
 
 
 def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: float,

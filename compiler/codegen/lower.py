@@ -26,6 +26,7 @@ from ..ir import Graph, Node
 from ..schedule import Group, fuse_groups
 from . import cache
 from .elementwise import (
+    Sizes,
     channel_affine_kernel,
     concat_kernel,
     dense_kernel,
@@ -128,11 +129,12 @@ class KernelStep(Step):
     ``y`` the output, ``c_*`` constants, ``n_batch`` the batch size."""
 
     def __init__(self, group: Group, kernel: Kernel, packer=None,
-                 size: int | None = None) -> None:
+                 size: int | None = None, sizes: Sizes | None = None) -> None:
         super().__init__(group, "kernel")
         self.kernel = kernel
         self._size = size
         self._packer = packer
+        self.ints = dict(sizes.values) if sizes is not None else {}  # runtime size arguments
         self.fn = None
 
     @property
@@ -143,20 +145,24 @@ class KernelStep(Step):
         return [self.kernel]
 
     def bind(self, module, names) -> None:
-        self.fn = getattr(module, names[self.kernel.name])
-        self._spec = [p.name for p in self.kernel.params]
+        self.fn = module[names[self.kernel.name]]
+        self._spec = [(p.name, p.kind) for p in self.kernel.params]
 
     def pack(self, params) -> dict[str, np.ndarray]:
-        return {k: _f32(v).ravel() for k, v in self._packer(params).items()} \
+        # np.array copies: writable arrays, so every call has the type the kernels were
+        # compiled for (a read-only array would be a second Numba signature)
+        return {k: np.array(v, dtype=np.float32).ravel() for k, v in self._packer(params).items()} \
             if self._packer else {}
 
     def run(self, ins, out, consts, scratch, n) -> None:
-        args = []
-        for p in self._spec:
+        args: list = []
+        for p, kind in self._spec:
             if p == "y":
                 args.append(out)
             elif p == "n_batch":
-                args.append(n)
+                args.append(int(n))
+            elif kind == "int":
+                args.append(self.ints[p])
             elif p.startswith("c_"):
                 args.append(consts[p])
             else:
@@ -384,19 +390,23 @@ def lower_group(graph: Graph, group: Group, lowering: str) -> Step:
     if op == "conv_transpose":
         return ConvTransposeStep(graph, group, lowering, comment)
     if op in ("add", "sub", "mul"):
-        k = elementwise_kernel(kname, op, out_shape, in_shapes, chain, comment)
-        return KernelStep(group, k)
+        sz = Sizes()
+        k = elementwise_kernel(kname, op, out_shape, in_shapes, chain, comment, sz)
+        return KernelStep(group, k, sizes=sz)
     if op in ("relu", "leaky_relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "swish",
               "hard_swish", "gelu", "abs"):
+        sz = Sizes()
         k = elementwise_kernel(kname, "copy", out_shape, in_shapes,
-                               [(op, a)] + chain, comment)
-        return KernelStep(group, k)
+                               [(op, a)] + chain, comment, sz)
+        return KernelStep(group, k, sizes=sz)
     if op == "batchnorm":
         def pack_bn(params, pnames=pnames, eps=a["eps"]):
             w, b, mean, var = (np.asarray(params[p], np.float64) for p in pnames)
             scale = w / np.sqrt(var + eps)
             return {"c_scale": scale, "c_shift": b - mean * scale}
-        return KernelStep(group, channel_affine_kernel(kname, shape, chain, comment), pack_bn)
+        sz = Sizes()
+        return KernelStep(group, channel_affine_kernel(kname, shape, chain, comment, sz), pack_bn,
+                          sizes=sz)
     if op == "dense":
         bias = len(pnames) > 1
 
@@ -408,15 +418,18 @@ def lower_group(graph: Graph, group: Group, lowering: str) -> Step:
         k = dense_kernel(kname, shape[0], a["out_features"], bias, chain, comment)
         return KernelStep(group, k, pack_dense)
     if op in POOL_OPS:
-        k = pool_kernel(kname, op, shape, out_shape[1:], a, comment)
-        return KernelStep(group, k)
+        sz = Sizes()
+        k = pool_kernel(kname, op, shape, out_shape[1:], a, comment, sz)
+        return KernelStep(group, k, sizes=sz)
     if op in ("globalavgpool", "globalmaxpool"):
-        return KernelStep(group, global_pool_kernel(kname, op, shape, comment))
+        sz = Sizes()
+        return KernelStep(group, global_pool_kernel(kname, op, shape, comment, sz), sizes=sz)
     if op == "upsample":
         return KernelStep(group, upsample_kernel(kname, shape, out_shape[1:], a, comment))
     if op in ("softmax", "log_softmax"):
-        k = softmax_kernel(kname, shape, a["axis"], op == "log_softmax", comment)
-        return KernelStep(group, k)
+        sz = Sizes()
+        k = softmax_kernel(kname, shape, a["axis"], op == "log_softmax", comment, sz)
+        return KernelStep(group, k, sizes=sz)
     if op == "groupnorm":
         def pack_gn(params, pnames=pnames):
             return {"c_weight": params[pnames[0]], "c_bias": params[pnames[1]]}
@@ -426,7 +439,9 @@ def lower_group(graph: Graph, group: Group, lowering: str) -> Step:
         k = lrn_kernel(kname, shape, a["size"], a["alpha"], a["beta"], a["k"], comment)
         return KernelStep(group, k)
     if op == "concat":
-        return KernelStep(group, concat_kernel(kname, in_shapes, a["axis"], comment))
+        sz = Sizes()
+        return KernelStep(group, concat_kernel(kname, in_shapes, a["axis"], comment, sz),
+                          sizes=sz)
     if op == "pad":
         return KernelStep(group, pad_kernel(kname, shape, a["pads"], a["value"], comment))
     if op == "flip":
@@ -517,21 +532,57 @@ def _conv_map(steps: list[Step]) -> str:
         "\n".join(lines) + "\n"
 
 
+def _shared_name(kernel: Kernel) -> str:
+    """The function name of a kernel in its shared module: the op part of ``n12_maxpool``."""
+    name = kernel.name
+    if name.startswith("n") and "_" in name and name[1:name.index("_")].isdigit():
+        name = name[name.index("_") + 1:]
+    return f"k_{name}"  # never a builtin (abs, max, ...) the kernel body may call
+
+
+def shared_source(kernel: Kernel) -> tuple[str, str]:
+    """``(function name, module source)`` of a kernel's shared module: no layer text, so
+    every layer and model with the same code uses (and caches) the same module."""
+    fname = _shared_name(kernel)
+    src = print_module([replace(kernel, name=fname, comment="")],
+                       header=f"{fname} kernel (sizes are runtime arguments)")
+    return fname, src
+
+
 def lower_graph(graph: Graph, lowering: str | Mapping[str, str] = "auto", *, fuse: bool = True,
                 cache_dir: str | Path | None = None) -> Lowered:
-    """Lower every fusion group, print the model module and load it through the cache."""
+    """Lower every fusion group and load each distinct kernel from its shared cached module.
+
+    ``source`` is a readable listing of the model's kernels with the layers that use them (what
+    ``--emit`` writes as the model file); the code that runs is in the shared modules, one per
+    distinct kernel (``extra_sources``), compiled in parallel on a cold cache (``warm.py``).
+    """
     choice = resolve_lowering(graph, lowering)
     steps: list[Step] = []
     with _cache_dir(cache_dir):
         for group in fuse_groups(graph, fuse):
             steps.append(lower_group(graph, group, choice.get(group.anchor.id, "kernel")))
     kernels, names = _dedup(steps)
-    header = f"network {graph.name}: {len(kernels)} kernels"
+    header = f"network {graph.name}: {len(kernels)} kernels (listing; each runs from its " \
+             "shared module)"
     source = print_module(kernels, header=header) + _conv_map(steps)
-    module = cache.load_module(source, f"model_{graph.name}", cache_dir)
-    for s in steps:
-        s.bind(module, names)
+    funcs: dict[str, Any] = {}
     extra: dict[str, str] = {}
+    modules = []
+    for k in kernels:
+        fname, src = shared_source(k)
+        mod = cache.load_module(src, fname, cache_dir)
+        funcs[k.name] = getattr(mod, fname)
+        modules.append((mod, fname, k))
+        extra[Path(getattr(mod, "__file__", fname)).parent.name + ".py"] = src
+    from . import warm  # noqa: PLC0415 - optional speed-up, imported when needed
+
+    warm.warm_modules(warm.jobs_for(modules, steps))
+    for s in steps:
+        s.bind(funcs, names)
     for s in steps:
         extra.update(s.sources())
-    return Lowered(steps, module, source, getattr(module, "__file__", ""), extra)
+    # A file in the cache (commands.py shows its grandparent as the cache folder).
+    paths = [getattr(m, "__file__", "") for m, _, _ in modules] + \
+        [s.ck.path or "" for s in steps if isinstance(s, ConvStep)]
+    return Lowered(steps, funcs, source, next((p for p in paths if p), ""), extra)

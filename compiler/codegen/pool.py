@@ -11,20 +11,37 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .elementwise import N_BATCH, _rows_kernel, _unflatten, fmax, fmin
-from .kernel_ir import Const, Expr, If, Kernel, Let, Load, Loop, Param, Stmt, Store, Var, cmp
+from .elementwise import N_BATCH, Sizes, _rows_kernel, _unflatten, fmax, fmin
+from .kernel_ir import (
+    Const,
+    Expr,
+    ExprLike,
+    If,
+    Kernel,
+    Let,
+    Load,
+    Loop,
+    Param,
+    Stmt,
+    Store,
+    Var,
+    cmp,
+    const,
+)
 from .scalar_ext import F64, call, div
 
 
-def _in_range(v: Expr, lo: int, hi: int) -> Expr:
+def _in_range(v: Expr, lo: ExprLike, hi: ExprLike) -> Expr:
     return cmp("and", cmp(">=", v, lo), cmp("<", v, hi))
 
 
 def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int],
-                attrs: dict[str, Any], comment: str = "") -> Kernel:
-    """``maxpool``, ``minpool``, ``avgpool`` or ``lppool`` of a C x H x W sample."""
-    C, H, W = (int(d) for d in shape)
-    P, Q = out_hw
+                attrs: dict[str, Any], comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``maxpool``, ``minpool``, ``avgpool`` or ``lppool`` of a C x H x W sample. Window,
+    stride, padding and dilation are literal; the sizes are runtime arguments (``sz``)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, H, W = (sz(n, d) for n, d in zip("CHW", shape))
+    P, Q = sz("P", out_hw[0]), sz("Q", out_hw[1])
     (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
     pt, pl, pb, pr = attrs["pads"]
     dh, dw = attrs.get("dilation", (1, 1))
@@ -60,26 +77,28 @@ def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int
         p = float(attrs["p"])
         result = call("sqrt", Var("acc")) if p == 2.0 else call("pow", Var("acc"), Const(1.0 / p))
     q_body.append(Store("y", Var("yb") + Var("q"), result))
-    body.append(Loop("q", Const(Q), q_body))
-    return _rows_kernel(name, [Param("x0"), Param("y")], C * P, body, comment)
+    body.append(Loop("q", const(Q), q_body))
+    return _rows_kernel(name, [Param("x0"), Param("y")], C * P, body, comment, sz)
 
 
-def global_pool_kernel(name: str, op: str, shape: Sequence[int], comment: str = "") -> Kernel:
+def global_pool_kernel(name: str, op: str, shape: Sequence[int], comment: str = "",
+                       sz: Sizes | None = None) -> Kernel:
     """Mean (float64 sum) or maximum over each channel's H x W plane."""
-    C = int(shape[0])
-    hw = 1
+    sz = sz if sz is not None else Sizes(literal=True)
+    hw_n = 1
     for d in shape[1:]:
-        hw *= int(d)
+        hw_n *= int(d)
+    C, hw = sz("C", shape[0]), sz("L", hw_n)
     x = Load("x0", Var("xb") + Var("j"))
     if op == "globalavgpool":
         body: list[Stmt] = [Let("xb", Var("t") * hw), Let("acc", call("f64", Const(0))),
-                            Loop("j", Const(hw), [Let("acc", Var("acc") + x)]),
-                            Store("y", Var("t"), div(Var("acc"), F64(float(hw))))]
+                            Loop("j", const(hw), [Let("acc", Var("acc") + x)]),
+                            Store("y", Var("t"), div(Var("acc"), call("f64", hw)))]
     else:
         body = [Let("xb", Var("t") * hw), Let("acc", Load("x0", Var("xb"))),
-                Loop("j", Const(hw - 1), [Let("acc", fmax(Var("acc"), x))], start=Const(1)),
+                Loop("j", const(hw - 1), [Let("acc", fmax(Var("acc"), x))], start=Const(1)),
                 Store("y", Var("t"), Var("acc"))]
-    return _rows_kernel(name, [Param("x0"), Param("y")], C, body, comment)
+    return _rows_kernel(name, [Param("x0"), Param("y")], C, body, comment, sz)
 
 
 def _source_index(i: Expr, n_in: int, n_out: int, scale: float, mode: str,

@@ -138,9 +138,9 @@ def test_comment_is_sanitized_and_source_readable():
     evil = "model.cnn:12 conv1\nimport os; os.system('echo pwned')\r\x00"
     k = compile_conv(dict(out_channels=10, kernel=1, bias=True), (7, 1, 1), "direct",
                      comment=evil)
-    for line in k.source.splitlines():
-        assert "os.system" not in line or line.lstrip().startswith("#")
-    assert "# model.cnn:12 conv1 import os" in k.source
+    assert "os.system" not in k.source  # the shared module holds no layer text
+    assert "\n" not in k.comment and "\r" not in k.comment and "\x00" not in k.comment
+    assert k.comment.startswith("model.cnn:12 conv1 import os")
     assert "prange(" in k.source and k.source.count("prange(") == 1
     assert k.path is not None and open(k.path).read() == k.source
 

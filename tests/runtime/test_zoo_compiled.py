@@ -1,10 +1,8 @@
 """`cnnc check` on every zoo network at a small input size: every generated kernel against the
-float64 reference. Each network costs tens of seconds of Numba compilation, so only the
-smallest run by default; set CNNC_HEAVY_TESTS=1 to check them all."""
+float64 reference. Kernels take their sizes as runtime arguments and live in shared cached
+modules, so the networks share most of their (1-7 s) Numba compilations."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -16,8 +14,6 @@ from cnnc.dsl.parser import parse
 from cnnc.runtime.check import check_model, format_rows
 from cnnc.runtime.model import compile as compile_model
 
-HEAVY = os.environ.get("CNNC_HEAVY_TESTS") == "1"
-LIGHT = {"lenet5", "sobel", "scharr"}
 SIZES = (32, 48, 64, 67, 96, 128, 160, 227)
 SMALLER = {"classes": 10, "hidden": 64, "width": 16, "embedding": 16}
 
@@ -45,10 +41,7 @@ def small_graph(name: str):
     raise AssertionError(f"{name}: no small size builds")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=[] if n in LIGHT else pytest.mark.skipif(
-        not HEAVY, reason="heavy (compile time): set CNNC_HEAVY_TESTS=1"))
-    for n in zoo.names()])
+@pytest.mark.parametrize("name", zoo.names())
 def test_zoo_network_checks(name):
     graph, params = small_graph(name)
     model = compile_model(graph, seed=0)

@@ -1,0 +1,162 @@
+"""Compile a model's distinct kernels in parallel worker processes on a cold cache.
+
+Numba compiles one function at a time in one thread, and a network needs a few to a few tens of
+distinct kernels (1-7 s each). Every kernel lives in its own cached module file with
+``cache=True``, so compilation can happen anywhere: when more than one kernel is missing from
+Numba's disk cache, ``warm_modules`` starts ``min(os.cpu_count(), n)`` worker processes, each
+importing its share of the modules and compiling their functions for the exact argument types
+the runtime passes (flat C-contiguous float32 arrays, int64 sizes), which writes Numba's cache.
+The main process then loads the machine code from the cache on the first call.
+
+Everything here is an optimization: if a worker fails, times out or cannot start, the kernels
+it did not finish compile in-process on first call as before. Concurrent compiles of the same
+kernel (pytest-xdist, two users) are safe: Numba replaces its cache files atomically, and a
+lost index entry only means one more compile. ``CNNC_PARALLEL_COMPILE=0`` turns this off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Job", "jobs_for", "warm_modules", "is_cached"]
+
+#: Seconds a worker may take before it is abandoned (its kernels then compile in-process).
+WORKER_TIMEOUT = 900
+
+
+@dataclass(frozen=True)
+class Job:
+    """Compile function ``func`` of the module file ``path`` for argument ``kinds``."""
+
+    path: str
+    func: str
+    kinds: tuple[str, ...]
+    cost: int = 1  # rough relative compile time, to balance the workers
+
+
+def is_cached(dispatcher: Any) -> bool:
+    """Whether Numba's disk cache has an index for ``dispatcher`` (a cheap, conservative test:
+    a false "cached" only means the main process compiles that kernel itself)."""
+    try:
+        return os.path.exists(dispatcher._cache._cache_file._index_path)
+    except Exception:
+        return False
+
+
+def jobs_for(modules: Iterable[tuple[Any, str, Any]], steps: Iterable[Any]) -> list[Job]:
+    """Jobs for the kernels of a lowered model that are not in Numba's cache yet.
+
+    ``modules`` holds ``(module, function name, kernel IR)`` of the shared element-wise
+    kernels; convolution steps (anything with a ``ck`` ConvKernel) add their compute kernel
+    and the shared layout kernels they call.
+    """
+    jobs: dict[tuple[str, str], Job] = {}
+
+    def add(fn: Any, path: str | None, name: str, kinds: tuple[str, ...], cost: int) -> None:
+        if path and (path, name) not in jobs and not is_cached(fn):
+            jobs[(path, name)] = Job(path, name, kinds, cost)
+
+    for mod, fname, kernel in modules:
+        add(getattr(mod, fname), getattr(mod, "__file__", None), fname,
+            tuple(p.kind for p in kernel.params), 1)
+    layout_done = False
+    for step in steps:
+        ck = getattr(step, "ck", None)
+        if ck is None:
+            continue
+        add(ck.kernel, ck.path, ck.kernel.py_func.__name__, ck.signature(), 4)
+        if not layout_done:
+            layout_done = True
+            from .conv import layout_kernels
+
+            for k in layout_kernels():
+                add(getattr(ck.layout, k.name), getattr(ck.layout, "__file__", None), k.name,
+                    tuple(p.kind for p in k.params), 1)
+    return list(jobs.values())
+
+
+def _enabled() -> bool:
+    return os.environ.get("CNNC_PARALLEL_COMPILE", "1") not in ("0", "", "false", "no")
+
+
+def warm_modules(jobs: list[Job], workers: int | None = None) -> int:
+    """Compile ``jobs`` in parallel worker processes; returns how many workers ran.
+
+    Does nothing for fewer than two jobs or one CPU. Never raises: failures leave the kernels
+    to the in-process compile.
+    """
+    n_cpu = os.cpu_count() or 1
+    workers = min(workers or n_cpu, len(jobs))
+    if workers < 2 or not _enabled():
+        return 0
+    # Longest first, each to the least loaded worker.
+    shares: list[list[Job]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for job in sorted(jobs, key=lambda j: -j.cost):
+        i = loads.index(min(loads))
+        shares[i].append(job)
+        loads[i] += job.cost
+    procs = []
+    files = []
+    try:
+        for share in shares:
+            fd, name = tempfile.mkstemp(prefix="cnnc-warm-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                json.dump([[j.path, j.func, list(j.kinds)] for j in share], f)
+            files.append(name)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "cnnc.compiler.codegen.warm", name],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for p in procs:
+            try:
+                p.wait(timeout=WORKER_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    except Exception:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    finally:
+        for name in files:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+    return len(procs)
+
+
+def _compile_jobs(jobs: list[list]) -> None:
+    """Worker: import each module file and compile its function (writes Numba's cache)."""
+    import importlib.util
+
+    from numba import types
+
+    kinds_to_type = {"array": types.float32[::1], "int": types.int64}
+    for path, func, kinds in jobs:
+        try:
+            p = Path(path)
+            name = f"cnnc_gen_{p.parent.name.replace('-', '_')}"
+            mod = sys.modules.get(name)
+            if mod is None:
+                spec = importlib.util.spec_from_file_location(name, p)
+                assert spec is not None and spec.loader is not None
+                mod = importlib.util.module_from_spec(spec)
+                sys.modules[name] = mod
+                spec.loader.exec_module(mod)
+            getattr(mod, func).compile(tuple(kinds_to_type[k] for k in kinds))
+        except Exception:  # the main process compiles it instead
+            continue
+
+
+if __name__ == "__main__":  # pragma: no cover - run as a worker process
+    with open(sys.argv[1]) as f:
+        _compile_jobs(json.load(f))
