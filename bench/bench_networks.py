@@ -120,9 +120,10 @@ def prepare(model: str, batches: list[int], workdir: Path) -> dict:
     rng = np.random.default_rng(0)
     for b in batches:
         np.save(workdir / f"x{b}.npy", rng.standard_normal((b,) + shape).astype(np.float32))
-    x1 = np.load(workdir / f"x{batches[0]}.npy")[:1]
-    ref = next(iter(run_reference(graph, {next(iter(graph.inputs)): x1}, params).values()))
-    np.save(workdir / "ref.npy", ref)
+    for b in batches:  # the float64 reference of each batch's first image
+        x1 = np.load(workdir / f"x{b}.npy")[:1]
+        ref = next(iter(run_reference(graph, {next(iter(graph.inputs)): x1}, params).values()))
+        np.save(workdir / f"ref{b}.npy", ref)
     return {"flops": summarize(graph).flops}
 
 
@@ -148,8 +149,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             info = prepare(model, args.batches, workdir)
-            ref = np.load(workdir / "ref.npy")
             for batch in args.batches:
+                ref = np.load(workdir / f"ref{batch}.npy")
                 results = {}
                 for engine in args.engines:
                     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
