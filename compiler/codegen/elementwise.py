@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .kernel_ir import (
+    F64,
     BinOp,
     Const,
     Expr,
@@ -33,10 +34,11 @@ from .kernel_ir import (
     VFma,
     VLoad,
     VZero,
+    call,
     cmp,
     const,
+    div,
 )
-from .scalar_ext import F64, call, div
 
 #: Unary ops that can be fused as an epilogue into a producing kernel.
 ACTIVATIONS = ("relu", "leaky_relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "swish",

@@ -360,3 +360,58 @@ def walk(stmts: list[Stmt]):
                 yield from rec(s.orelse, par)
 
     yield from rec(stmts, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar math: whitelisted function calls, float64 literals and true division (activations,
+# softmax, normalization, upsampling index math).
+# --------------------------------------------------------------------------------------------
+
+#: Function name in the IR -> how it prints. Only these can appear in generated code.
+FUNCS = {
+    "exp": "math.exp",
+    "log": "math.log",
+    "tanh": "math.tanh",
+    "erf": "math.erf",
+    "sqrt": "math.sqrt",
+    "floor": "math.floor",
+    "abs": "abs",
+    "int": "int",
+    "f32": "np.float32",
+    "f64": "np.float64",
+    "vsum": "vsum",
+    "pow": None,  # printed as a ** b
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Call(Expr):
+    """``fn(*args)`` for ``fn`` in :data:`FUNCS`."""
+
+    fn: str
+    args: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class F64(Expr):
+    """A float64 literal (``Const(float)`` prints as float32)."""
+
+    value: float
+
+
+@dataclass(frozen=True, eq=False)
+class Div(Expr):
+    """True division ``a / b``."""
+
+    a: Expr
+    b: Expr
+
+
+def call(fn: str, *args: ExprLike) -> Call:
+    if fn not in FUNCS:
+        raise ValueError(f"unknown kernel function {fn!r}")
+    return Call(fn, tuple(const(a) for a in args))
+
+
+def div(a: ExprLike, b: ExprLike) -> Div:
+    return Div(const(a), const(b))

@@ -40,9 +40,8 @@ from .elementwise import (
     zero_stuff_kernel,
 )
 from .kernel_ir import Kernel
-from .numba_printer import sanitize_comment
+from .numba_printer import print_kernel, print_module, sanitize_comment
 from .pool import global_pool_kernel, pool_kernel, upsample_kernel
-from .scalar_ext import print_kernel, print_module
 
 LOWERINGS = ("auto", "direct", "im2col")
 POOL_OPS = ("maxpool", "minpool", "avgpool", "lppool")
@@ -501,7 +500,8 @@ def _dedup(steps: list[Step]) -> tuple[list[Kernel], dict[str, str]]:
     order: list[str] = []
     for step in steps:
         for k in step.kernels():
-            key = print_kernel(replace(k, name="k", comment=""), with_comment=False)
+            key = print_kernel(replace(k, name="k", comment=""), with_comment=False,
+                               fastmath=False)
             if key not in first:
                 first[key] = k
                 order.append(key)
@@ -545,7 +545,7 @@ def shared_source(kernel: Kernel) -> tuple[str, str]:
     every layer and model with the same code uses (and caches) the same module."""
     fname = _shared_name(kernel)
     src = print_module([replace(kernel, name=fname, comment="")],
-                       header=f"{fname} kernel (sizes are runtime arguments)")
+                       header=f"{fname} kernel (sizes are runtime arguments)", fastmath=False)
     return fname, src
 
 
@@ -565,7 +565,7 @@ def lower_graph(graph: Graph, lowering: str | Mapping[str, str] = "auto", *, fus
     kernels, names = _dedup(steps)
     header = f"network {graph.name}: {len(kernels)} kernels (listing; each runs from its " \
              "shared module)"
-    source = print_module(kernels, header=header) + _conv_map(steps)
+    source = print_module(kernels, header=header, fastmath=False) + _conv_map(steps)
     funcs: dict[str, Any] = {}
     extra: dict[str, str] = {}
     modules = []

@@ -16,12 +16,17 @@ checked to be plain identifiers); user text appears only in ``#`` comments after
 from __future__ import annotations
 
 import keyword
+import math
 import re
 
 from .kernel_ir import (
+    F64,
+    FUNCS,
     BinOp,
+    Call,
     Comment,
     Const,
+    Div,
     Expr,
     If,
     Kernel,
@@ -45,7 +50,8 @@ __all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
 
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax")
+_VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
+              "vsum")
 
 
 def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
@@ -75,17 +81,37 @@ def _check_ident(name: str) -> str:
 
 
 _PREC = {"or": 1, "and": 2, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
-         "+": 6, "-": 6, "*": 7, "//": 7, "%": 7}
+         "+": 6, "-": 6, "*": 7, "//": 7, "%": 7, "/": 7, "**": 9}
+
+
+def _float_literal(v: float) -> str:
+    """A float as Python source, non-finite values included."""
+    if math.isnan(v):
+        return "np.nan"
+    if math.isinf(v):
+        return "np.inf" if v > 0 else "(-np.inf)"
+    return repr(float(v))
 
 
 def print_expr(e: Expr, prec: int = 0) -> str:
     """Python source of an expression; ``prec`` is the binding strength of the context."""
     if isinstance(e, Const):
         if isinstance(e.value, float):
-            return f"np.float32({e.value!r})"
+            return f"np.float32({_float_literal(e.value)})"
         return str(e.value) if e.value >= 0 or prec == 0 else f"({e.value})"
+    if isinstance(e, F64):
+        s = _float_literal(e.value)
+        return f"({s})" if s.startswith("-") and prec > 0 else s
     if isinstance(e, Var):
         return _check_ident(e.name)
+    if isinstance(e, Div):
+        s = f"{print_expr(e.a, 7)} / {print_expr(e.b, 8)}"
+        return f"({s})" if prec > 7 else s
+    if isinstance(e, Call):
+        if e.fn == "pow":
+            s = f"{print_expr(e.args[0], 10)} ** {print_expr(e.args[1], 10)}"
+            return f"({s})" if prec > 0 else s
+        return f"{FUNCS[e.fn]}({', '.join(print_expr(a) for a in e.args)})"
     if isinstance(e, BinOp):
         if e.op in ("max", "min"):
             return f"{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
@@ -149,7 +175,8 @@ def _print_body(body, indent: int, out: list[str]) -> None:
             raise TypeError(f"cannot print statement {s!r}")
 
 
-def print_kernel(k: Kernel, *, parallel: bool = True, fastmath: bool = True) -> str:
+def print_kernel(k: Kernel, *, parallel: bool = True, fastmath: bool = True,
+                 with_comment: bool = True) -> str:
     """Source of one ``@njit`` function for kernel ``k`` (no imports)."""
     for s, depth in walk(k.body):
         if isinstance(s, Loop) and s.kind == "parallel" and depth > 0:
@@ -157,8 +184,8 @@ def print_kernel(k: Kernel, *, parallel: bool = True, fastmath: bool = True) -> 
     has_prange = any(isinstance(s, Loop) and s.kind == "parallel" for s, _ in walk(k.body))
     par = parallel and has_prange
     out: list[str] = []
-    if k.comment:
-        out.append(f"# {sanitize_comment(k.comment)}")
+    if k.comment and with_comment:
+        out += [f"# {sanitize_comment(line)}" for line in k.comment.split("\n")]
     out.append(f"@njit(parallel={par}, fastmath={fastmath}, cache=True, nogil=True)")
     params = ", ".join(_check_ident(p.name) for p in k.params)
     out.append(f"def {_check_ident(k.name)}({params}):")
@@ -173,14 +200,17 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
     if header:
         lines.append(f"# {sanitize_comment(header)}")
     lines += [
+        "import math",
+        "",
         "import numpy as np",
         "from numba import njit, prange",
         "",
         "from cnnc.compiler.codegen.vec8 import (",
-        "    vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore, vzero,",
+        "    vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore, vsum, vzero,",
         ")",
         "",
-        "_UNUSED = (np, prange, vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore, vzero)",
+        "_UNUSED = (math, np, prange, vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore,",
+        "           vsum, vzero)",
         "",
     ]
     for k in kernels:

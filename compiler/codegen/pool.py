@@ -13,6 +13,7 @@ from typing import Any
 
 from .elementwise import N_BATCH, Sizes, _rows_kernel, _unflatten, fmax, fmin
 from .kernel_ir import (
+    F64,
     Const,
     Expr,
     ExprLike,
@@ -25,10 +26,11 @@ from .kernel_ir import (
     Stmt,
     Store,
     Var,
+    call,
     cmp,
     const,
+    div,
 )
-from .scalar_ext import F64, call, div
 
 
 def _in_range(v: Expr, lo: ExprLike, hi: ExprLike) -> Expr:
