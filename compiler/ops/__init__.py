@@ -222,10 +222,6 @@ def require_rank(t: TensorType, rank: int, op: str, what: str = "input") -> None
         )
 
 
-def out_channels_from(attrs: dict[str, Any]) -> int:
-    return attrs["out_channels"]
-
-
 def one_input(fn: Callable[[np.ndarray, dict[str, Any]], np.ndarray]):
     """Adapt a reference over one array to the registry's list-of-inputs calling convention."""
 
