@@ -80,7 +80,7 @@ def worker(engine: str, layer: int, batch: int, threads: int, repeat: int, workd
     if engine.startswith("cnnc"):
         import numba
 
-        from cnnc.compiler.codegen.conv import compile_conv
+        from cnnc.runtime.conv_kernel import compile_conv
 
         numba.set_num_threads(threads)
         k = compile_conv(attrs, shape, engine.split("-")[1])

@@ -10,62 +10,14 @@ dimension, which is chosen at run time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
+from .types import Span, TensorType
 
-@dataclass(frozen=True)
-class Span:
-    """A region of DSL (or other) source: 1-based line and column, end exclusive."""
-
-    file: str
-    line: int
-    column: int
-    end_line: int
-    end_column: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
-
-
-@dataclass(frozen=True)
-class TensorType:
-    """Per-sample shape (no batch dimension), element type and memory layout."""
-
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    layout: str = "NCHW"
-
-    @property
-    def channels(self) -> int:
-        return self.shape[0]
-
-    @property
-    def height(self) -> int:
-        return self.shape[1]
-
-    @property
-    def width(self) -> int:
-        return self.shape[2]
-
-    @property
-    def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    def with_shape(self, *shape: int) -> TensorType:
-        return replace(self, shape=tuple(int(d) for d in shape))
-
-    def __str__(self) -> str:
-        return "x".join(str(d) for d in self.shape)
+__all__ = ["Graph", "IRError", "Node", "Span", "TensorType"]
 
 
 @dataclass
@@ -125,9 +77,9 @@ class Graph:
         return node
 
     def infer(self, op: str, inputs: list[int], attrs: dict[str, Any]) -> TensorType:
-        from .ops import get_op
+        from .ops import infer_node
 
-        return get_op(op).infer([self.node(i).type for i in inputs], attrs)
+        return infer_node(op, [self.node(i).type for i in inputs], attrs)
 
     # -- queries ------------------------------------------------------------------------------
     def node(self, node_id: int) -> Node:
@@ -163,6 +115,23 @@ class Graph:
     def compute_nodes(self) -> list[Node]:
         """Nodes that compute something: not inputs, not parameters."""
         return [n for n in self.topo_order() if n.op not in ("input", "param")]
+
+    def copy(self) -> Graph:
+        """An independent copy (nodes, attributes and tables; attribute values are shared,
+        so passes must replace an attribute value rather than mutate it)."""
+        g = Graph(self.name)
+        g._g = self._g.copy()
+        for nid in g._g.nodes:
+            n = self.node(nid)
+            g._g.nodes[nid]["node"] = Node(n.id, n.op, list(n.inputs), dict(n.attrs), n.type,
+                                           n.name, n.span)
+        g._next_id = self._next_id
+        g.inputs = dict(self.inputs)
+        g.outputs = dict(self.outputs)
+        return g
+
+    def is_output(self, node_id: int) -> bool:
+        return node_id in self.outputs.values()
 
     # -- mutation -----------------------------------------------------------------------------
     def set_inputs(self, node_id: int, inputs: list[int]) -> None:
@@ -202,7 +171,7 @@ class Graph:
     # -- checks and printing ------------------------------------------------------------------
     def verify(self) -> None:
         """Re-infer every type and check edges against the ordered inputs."""
-        from .ops import get_op
+        from .ops import infer_node
 
         if not nx.is_directed_acyclic_graph(self._g):
             raise IRError("graph has a cycle")
@@ -212,7 +181,7 @@ class Graph:
                 raise IRError(f"{node!r}: edges {sorted(preds)} disagree with inputs {node.inputs}")
             if node.op in ("input", "param"):
                 continue
-            inferred = get_op(node.op).infer([self.node(i).type for i in node.inputs], node.attrs)
+            inferred = infer_node(node.op, [self.node(i).type for i in node.inputs], node.attrs)
             if inferred.shape != node.type.shape or inferred.dtype != node.type.dtype:
                 raise IRError(f"{node!r}: stored type {node.type}, re-inferred {inferred}")
         for name, o in {**self.inputs, **self.outputs}.items():

@@ -1,9 +1,10 @@
 """`cnnc check`: every generated kernel against the float64 reference, node by node.
 
-The whole network runs once through the reference interpreter (float64) on random inputs.
-Then each step (a kernel, or a fused group such as conv+batchnorm+relu) runs alone on the
-reference's values of its inputs rounded to float32, and its output is compared with the
-float64 reference of the same nodes evaluated on those same rounded inputs. So an error never
+The optimized graph (the one the kernels compute) runs once through the reference interpreter
+(float64) on random inputs. Then each step (one node with its fused epilogue, such as a
+convolution with folded batch norm, residual add and ReLU) runs alone on the reference's values
+of its inputs rounded to float32, and its output is compared with the float64 reference of the
+same node evaluated on those same rounded inputs. So an error never
 accumulates across layers: each row measures one kernel's own arithmetic.
 
 Tolerance rule: a step passes when
@@ -25,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.ops import get_op
-from .model import CompiledModel, _Arena
+from ..compiler.ops import evaluate
+from .model import CompiledModel
 from .model import compile as compile_model
 from .reference import run_reference
 
@@ -44,50 +45,41 @@ class CheckRow:
     ok: bool
 
 
-def _reference_group(model: CompiledModel, step, inputs: list[np.ndarray]) -> np.ndarray:
-    """The float64 reference of the step's nodes, fed ``inputs`` (already float32-rounded)."""
-    graph = model.graph
-    values = dict(zip(step.inputs, inputs))
-    out = None
-    for node in step.group.nodes:
-        args = []
-        for i in node.inputs:
-            src = graph.node(i)
-            if src.op == "param":
-                args.append(np.asarray(model.params[src.name], np.float64))
-            else:
-                args.append(values[i])
-        out = get_op(node.op).reference(args, node.attrs)
-        values[node.id] = out
-    return out
-
-
 def check_model(model: CompiledModel, *, batch: int = 1, tol: float = DEFAULT_TOL,
                 seed: int = 0) -> list[CheckRow]:
     """One row per step of ``model`` (see the module docstring)."""
-    graph = model.graph
+    graph = model.plan.graph
+    executor = model.executor
     rng = np.random.default_rng(seed)
     inputs = {name: rng.standard_normal((batch,) + graph.node(nid).type.shape)
               .astype(np.float32) for name, nid in graph.inputs.items()}
     ref = run_reference(graph, inputs, model.params, keep=True)
-    arena = _Arena(model.plan, model.scratch_sizes, batch)
+    consts = executor.parameter_values(model.params)
+    arena = executor.arena(batch)
     rows = []
-    for step, consts in zip(model.steps, model._consts):
-        last = step.group.nodes[-1]
-        shape = "x".join(map(str, last.type.shape))
-        if step.lowering == "view":
-            rows.append(CheckRow(step.name, step.ops, shape, "view", 0.0, 0.0, True))
+    for index, step in enumerate(model.steps):
+        node = graph.node(step.node)
+        shape = "x".join(map(str, node.type.shape))
+        if step.view:
+            rows.append(CheckRow(step.name, step.op, shape, "view", 0.0, 0.0, True))
             continue
-        xs64 = [np.asarray(ref[f"%{i}"], np.float32).astype(np.float64) for i in step.inputs]
-        xs32 = [np.ascontiguousarray(x, np.float32).reshape(-1) for x in xs64]
-        out = np.empty(batch * step.out_size, np.float32)
-        step.run(xs32, out, consts, arena.scratch, batch)
-        want = _reference_group(model, step, xs64)
-        got = out.reshape(want.shape).astype(np.float64)
+        feeds: dict[int, np.ndarray] = {}
+        for i in step.inputs:
+            x32 = np.ascontiguousarray(ref[f"%{i}"], np.float32).reshape(-1)
+            buf = arena.value(model.plan, i)
+            if buf is None:
+                feeds[model.plan.buffers.root(i)] = x32
+            else:
+                buf[:] = x32
+        executor.run_step(arena, index, feeds)
+        args = [consts[i] if i in consts else
+                np.asarray(ref[f"%{i}"], np.float32).astype(np.float64) for i in node.inputs]
+        want = evaluate(node.op, args, node.attrs)
+        got = executor.output(arena, feeds, step.node).reshape(want.shape).astype(np.float64)
         err = float(np.max(np.abs(got - want))) if want.size else 0.0
         scale = float(np.max(np.abs(want))) if want.size else 0.0
         ok = bool(np.isfinite(err) and err <= tol * max(1.0, scale))
-        rows.append(CheckRow(step.name, step.ops, shape, step.lowering, err,
+        rows.append(CheckRow(step.name, step.op, shape, step.lowering, err,
                              err / scale if scale > 0 else err, ok))
     return rows
 

@@ -16,7 +16,7 @@ from .cli import _EXTRA, CliError, load_graph, parse_params, report_outputs
 
 def parse_lowering(items: list[str] | None) -> str | dict[str, str]:
     """``--lowering direct`` (every convolution) and/or ``--lowering layer=im2col``."""
-    from ..compiler.codegen.lower import LOWERINGS
+    from ..compiler.passes.select_lowering import CHOICES as LOWERINGS
 
     default, per_layer = "auto", {}
     for item in items or ():
@@ -45,35 +45,53 @@ def _lowering_arg(p: argparse.ArgumentParser) -> None:
 # -- compile ----------------------------------------------------------------------------------
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from ..compiler.passes import format_explain
     from .model import compile as compile_model
 
     graph = load_graph(args)
     t0 = time.perf_counter()
     model = compile_model(graph, lowering=parse_lowering(args.lowering),
-                          cache_dir=args.cache_dir)
+                          cache_dir=args.cache_dir, opt_level=args.opt_level,
+                          dump_ir=args.dump_ir)
     elapsed = time.perf_counter() - t0
-    steps = [s for s in model.steps if s.lowering != "view"]
-    print(f"{graph.name}: compiled {len(steps)} kernel steps in {elapsed:.2f} s "
-          f"(kernels cached under {model.lowered.module_path and _cache_root(model)})")
+    if args.stats:
+        for key, value in model.stats().items():
+            print(f"{key}: {value}")
+        return 0
+    steps = [s for s in model.steps if not s.view]
+    print(f"{graph.name}: compiled at -O{args.opt_level}, {len(steps)} steps, "
+          f"{model.plan.kernel_calls} kernels per call, in {elapsed:.2f} s "
+          f"(kernels cached under {model.plan.cache_path})")
     print(f"buffers at batch 1: {model.bytes_needed(1) / 2**20:.1f} MiB "
-          f"({len(model.plan.slot_sizes)} activation slots after reuse)")
+          f"({len(model.plan.buffers.slot_sizes)} activation slots after reuse)")
+    if args.explain:
+        print(format_explain(model.passes))
+    if args.dump_ir:
+        print(f"wrote the IR after each pass to {args.dump_ir}")
     if args.emit:
         files = model.emit(args.emit)
         print(f"wrote {len(files)} generated source files to {args.emit}")
     return 0
 
 
-def _cache_root(model) -> str:
-    from pathlib import Path
-
-    return str(Path(model.lowered.module_path).parent.parent)
+def _opt_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2,
+                   help="optimization level: 0 none, 1 folding and fusion, 2 everything "
+                        "(default)")
 
 
 def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
     model_arg(p)
     _lowering_arg(p)
+    _opt_arg(p)
     p.add_argument("--emit", metavar="DIR", help="write the generated kernel sources here")
     p.add_argument("--cache-dir", help="kernel cache (default $CNNC_CACHE_DIR or ~/.cache/cnnc)")
+    p.add_argument("--explain", action="store_true",
+                   help="per pass, what it changed (with DSL locations), then totals")
+    p.add_argument("--stats", action="store_true",
+                   help="kernels and layout transforms per call, arena bytes and "
+                        "multiply-accumulates per image, one per line")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass here")
 
 
 # -- check ------------------------------------------------------------------------------------
@@ -87,7 +105,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.tolerance > 0:
         raise CliError(f"--tolerance must be positive, got {args.tolerance}")
     graph = load_graph(args)
-    model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed)
+    model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed,
+                          opt_level=args.opt_level)
     rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
     print(f"{graph.name}: every kernel vs the float64 reference, batch {args.batch}")
     print(format_rows(rows, args.tolerance))
@@ -97,6 +116,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _configure_check(p: argparse.ArgumentParser, model_arg) -> None:
     model_arg(p)
     _lowering_arg(p)
+    _opt_arg(p)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="pass when max abs err <= T x max(1, max |reference|) (default 1e-4)")

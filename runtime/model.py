@@ -4,10 +4,12 @@
     y = model(x)                            # NCHW float32, any batch size
     outs = model({"image": x})              # a dict when the network has several outputs
 
-Each batch size gets its own arena (allocated on the first call with that batch size): one
-flat float32 buffer per slot of the liveness plan (``compiler/schedule.py``) plus the scratch
-space convolutions need. A call then allocates nothing but the returned outputs (copies; pass
-``copy=False`` to ``run`` for views into the arena, valid until the next call).
+Compiling runs the pass pipeline over a copy of the graph (``compiler/passes``), lowers it to
+a plan (``compiler/codegen/lowering.py``) and hands the plan to the CPU executor
+(``runtime/executor.py``). Each batch size gets its own arena (allocated on the first call with
+that batch size): one flat float32 buffer per slot of the compiler's buffer plan plus the
+scratch space convolutions need. A call then allocates nothing but the returned outputs (copies;
+pass ``copy=False`` to ``run`` for views into the arena, valid until the next call).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.codegen.lower import Lowered, LoweringError, lower_graph
+from ..compiler.codegen.lowering import lower_graph
 from ..compiler.ir import Graph
-from ..compiler.schedule import BufferPlan, plan_buffers
+from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
+from ..compiler.plan import Plan
+from .executor import CpuExecutor
 from .reference import InputError, check_inputs
 from .weights import check_weights, init_params, load_weights, save_weights
 
@@ -74,32 +78,25 @@ def _load_graph(src: Any) -> tuple[Graph, dict[str, np.ndarray] | None]:
     return load_network(src), None
 
 
-class _Arena:
-    """Buffers for one batch size."""
-
-    def __init__(self, plan: BufferPlan, scratch: dict[str, int], n: int) -> None:
-        self.n = n
-        self.slots = [np.empty(n * size, np.float32) for size in plan.slot_sizes]
-        self.scratch = {k: np.empty(n * v, np.float32) for k, v in scratch.items()}
-
-
 class CompiledModel:
-    """A network compiled to generated kernels. Call it on NCHW float32 arrays."""
+    """A network compiled to generated kernels. Call it on NCHW float32 arrays.
 
-    def __init__(self, graph: Graph, lowered: Lowered, params: dict[str, np.ndarray],
-                 *, compile_seconds: float = 0.0, reuse_buffers: bool = True) -> None:
+    ``graph`` is the network as written (parameters are named and checked against it);
+    ``plan.graph`` is the optimized graph the kernels compute; ``passes`` records what each
+    pass did (``cnnc compile --explain``).
+    """
+
+    def __init__(self, graph: Graph, plan: Plan, params: dict[str, np.ndarray],
+                 *, compile_seconds: float = 0.0, passes: list[PassRecord] | None = None,
+                 opt_level: int = 2) -> None:
         self.graph = graph
-        self.lowered = lowered
-        self.steps = lowered.steps
-        self.plan = plan_buffers(graph, [s.group for s in self.steps], reuse=reuse_buffers)
-        self.scratch_sizes: dict[str, int] = {}
-        for s in self.steps:
-            for k, v in s.scratch().items():
-                self.scratch_sizes[k] = max(self.scratch_sizes.get(k, 0), v)
+        self.plan = plan
+        self.steps = plan.steps
+        self.passes = passes or []
+        self.opt_level = opt_level
+        self.executor = CpuExecutor(plan)
         self.compile_seconds = compile_seconds
-        self._arenas: dict[int, _Arena] = {}
         self._params: dict[str, np.ndarray] = {}
-        self._consts: list[dict[str, np.ndarray]] = []
         self.set_params(params)
 
     # -- parameters ---------------------------------------------------------------------------
@@ -109,7 +106,8 @@ class CompiledModel:
         return dict(self._params)
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
-        """Replace the parameters (all of them, checked by name and shape) and repack."""
+        """Replace the parameters (all of them, checked by name and shape); derived parameters
+        (folded batch norms) are recomputed and every kernel's constants repacked."""
         values = {k: np.array(v, dtype=np.float32) for k, v in values.items()}
         check_weights(self.graph, values)
         for node in self.graph.params():  # literal weights come from the network definition
@@ -118,7 +116,7 @@ class CompiledModel:
         for v in values.values():
             v.setflags(write=False)
         self._params = values
-        self._consts = [s.pack(values) for s in self.steps]
+        self.executor.set_params(values)
 
     def save_weights(self, path: str | Path) -> None:
         save_weights(self._params, path)
@@ -129,23 +127,23 @@ class CompiledModel:
     # -- memory -------------------------------------------------------------------------------
     def bytes_needed(self, batch: int) -> int:
         """Bytes of the arena for ``batch`` images (activations and scratch)."""
-        floats = self.plan.floats_per_image + sum(self.scratch_sizes.values())
-        return 4 * batch * floats
+        return self.executor.bytes_needed(batch)
 
-    def _arena(self, n: int) -> _Arena:
-        arena = self._arenas.get(n)
-        if arena is None:
-            need = self.bytes_needed(n)
-            avail = available_memory()
-            if need > avail:
-                raise ModelError(
-                    f"network {self.graph.name!r} at batch size {n} needs "
-                    f"{_fmt_bytes(need)} of buffers, but only {_fmt_bytes(avail)} of memory is "
-                    f"available; use a smaller batch (batch 1 needs "
-                    f"{_fmt_bytes(self.bytes_needed(1))})")
-            arena = _Arena(self.plan, self.scratch_sizes, n)
-            self._arenas[n] = arena
-        return arena
+    def _check_memory(self, n: int) -> None:
+        if n in self.executor.arenas:
+            return
+        need = self.bytes_needed(n)
+        avail = available_memory()
+        if need > avail:
+            raise ModelError(
+                f"network {self.graph.name!r} at batch size {n} needs "
+                f"{_fmt_bytes(need)} of buffers, but only {_fmt_bytes(avail)} of memory is "
+                f"available; use a smaller batch (batch 1 needs "
+                f"{_fmt_bytes(self.bytes_needed(1))})")
+
+    @property
+    def _arenas(self) -> dict[int, Any]:
+        return self.executor.arenas
 
     # -- running ------------------------------------------------------------------------------
     def _as_inputs(self, x: Any) -> dict[str, np.ndarray]:
@@ -160,22 +158,15 @@ class CompiledModel:
     def run(self, inputs: Mapping[str, np.ndarray], *, copy: bool = True) -> dict[str, Any]:
         """Run on named inputs; returns every output by name."""
         n = check_inputs(self.graph, inputs, dtypes=(np.float32,))
-        arena = self._arena(n)
-        values: dict[int, np.ndarray] = {}
-        for name, nid in self.graph.inputs.items():
-            values[nid] = np.ascontiguousarray(inputs[name]).reshape(-1)
-        plan = self.plan
-        for step, consts in zip(self.steps, self._consts):
-            if step.lowering == "view":
-                values[step.output] = values[step.inputs[0]]
-                continue
-            out = arena.slots[plan.slot_of[step.output]][: n * step.out_size]
-            step.run([values[i] for i in step.inputs], out, consts, arena.scratch, n)
-            values[step.output] = out
+        self._check_memory(n)
+        graph = self.plan.graph
+        flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
+                for name, nid in graph.inputs.items()}
+        arena = self.executor.run(flat, n)
         result = {}
-        for name, nid in self.graph.outputs.items():
-            shape = (n,) + self.graph.node(nid).type.shape
-            v = values[nid].reshape(shape)
+        for name, nid in graph.outputs.items():
+            shape = (n,) + graph.node(nid).type.shape
+            v = self.executor.output(arena, flat, nid).reshape(shape)
             result[name] = v.copy() if copy else v
         return result
 
@@ -189,11 +180,30 @@ class CompiledModel:
         self.run({name: np.zeros((1,) + self.graph.node(nid).type.shape, np.float32)
                   for name, nid in self.graph.inputs.items()})
 
+    # -- statistics ---------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """What one call does, after the passes (``cnnc compile --stats``)."""
+        from ..compiler.ops import get_op
+
+        g = self.plan.graph
+        macs = 0
+        for node in g.compute_nodes():
+            if node.id in self.plan.param_nodes:
+                continue
+            own = [g.node(i).type for i in node.inputs]
+            macs += get_op(node.op).macs(own, node.type, node.attrs)
+        transforms = sum(1 for s in self.steps for c in s.calls
+                         if any(t in c.kernel for t in LAYOUT_TRANSFORMS))
+        return {"kernels per call": self.plan.kernel_calls,
+                "layout transforms per call": transforms,
+                "arena bytes per image": self.bytes_needed(1),
+                "multiply-accumulates per image": macs}
+
     # -- generated code -----------------------------------------------------------------------
     def sources(self) -> dict[str, str]:
         """Every generated source file of the model (file name -> text)."""
         name = f"model_{self.graph.name}.py"  # a listing; kernels run from shared modules
-        return {name: self.lowered.source, **self.lowered.extra_sources}
+        return {name: self.plan.listing, **self.plan.sources}
 
     def emit(self, directory: str | Path) -> list[Path]:
         """Write the generated sources to ``directory``; returns the files written."""
@@ -207,26 +217,35 @@ class CompiledModel:
         return written
 
     def __repr__(self) -> str:
-        kernels = sum(1 for s in self.steps if s.lowering != "view")
-        return (f"CompiledModel({self.graph.name!r}, {kernels} kernel steps, "
-                f"inputs {list(self.graph.inputs)}, outputs {list(self.graph.outputs)})")
+        kernels = sum(1 for s in self.steps if not s.view)
+        return (f"CompiledModel({self.graph.name!r}, -O{self.opt_level}, {kernels} kernel "
+                f"steps, inputs {list(self.graph.inputs)}, outputs {list(self.graph.outputs)})")
+
+
+#: Kernels that only change how a tensor is laid out in memory (NCHW <-> blocked, im2col).
+LAYOUT_TRANSFORMS = ("pack_nchw_blocked", "unpack", "im2col", "crop")
 
 
 def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - public API name
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
-            *, fuse: bool = True, warm: bool = True) -> CompiledModel:
+            *, opt_level: int = 2, warm: bool = True,
+            dump_ir: str | Path | None = None) -> CompiledModel:
     """Compile a network to Numba kernels.
 
     ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
-    or an .npz path. ``lowering``: ``auto``, ``direct`` or ``im2col`` for every convolution, or
-    a dict from layer name to one of those. ``cache_dir`` overrides the kernel cache
-    (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). With ``warm`` (default) every kernel is
-    compiled (or loaded from the disk cache) before this returns.
+    or an .npz path. ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2
+    (everything; ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
+    chooses), ``direct`` or ``im2col`` for every convolution, or a dict from layer name to one
+    of those. ``cache_dir`` overrides the kernel cache (default ``$CNNC_CACHE_DIR`` or
+    ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR after each pass. With ``warm``
+    (default) every kernel is compiled (or loaded from the disk cache) before this returns.
     """
     t0 = time.perf_counter()
     if target != "cpu":
         raise ModelError(f"target {target!r} is not available; the only target is 'cpu'")
+    if opt_level not in (0, 1, 2):
+        raise ModelError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
     graph, onnx_weights = _load_graph(source_or_graph_or_path)
     if weights is None:
         params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
@@ -235,11 +254,14 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     else:
         params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
         check_weights(graph, params)
+    optimized = graph.copy()
     try:
-        lowered = lower_graph(graph, lowering, fuse=fuse, cache_dir=cache_dir)
+        records = optimize(optimized, opt_level, ctx=PassContext(lowering=lowering),
+                           dump_dir=dump_ir)
     except LoweringError as e:
         raise ModelError(str(e)) from None
-    model = CompiledModel(graph, lowered, params)
+    plan = lower_graph(optimized, cache_dir=cache_dir)
+    model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
     if model.bytes_needed(1) > available_memory():
         raise ModelError(f"network {graph.name!r} needs {_fmt_bytes(model.bytes_needed(1))} "
                          f"of buffers at batch 1, more than the "
@@ -248,4 +270,3 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
         model.warm_up()
     model.compile_seconds = time.perf_counter() - t0
     return model
-

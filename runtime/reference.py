@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..compiler.ir import Graph
-from ..compiler.ops import get_op
+from ..compiler.ops import evaluate
 from .weights import check_weights, init_params
 
 
@@ -63,8 +63,9 @@ def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray],
     check_inputs(graph, inputs)
     if params is None:
         params = init_params(graph)
-    else:
-        check_weights(graph, dict(params))
+    else:  # an optimized graph may use fewer parameters than were given
+        names = {n.name for n in graph.params()}
+        check_weights(graph, {k: v for k, v in params.items() if k in names})
     values: dict[int, np.ndarray] = {}
     for node in graph.topo_order():
         if node.op == "input":
@@ -73,7 +74,7 @@ def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray],
             values[node.id] = np.asarray(params[node.name], np.float64)
         else:
             args = [values[i] for i in node.inputs]
-            values[node.id] = get_op(node.op).reference(args, node.attrs)
+            values[node.id] = evaluate(node.op, args, node.attrs)
     outputs = {name: values[nid] for name, nid in graph.outputs.items()}
     if keep:
         outputs.update({f"%{n.id}": values[n.id] for n in graph.nodes()})

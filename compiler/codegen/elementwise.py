@@ -10,10 +10,9 @@ scale and shift).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
+from ..ops import EpilogueOp, get_op, own_attrs, own_input_count
 from .kernel_ir import (
     F64,
     BinOp,
@@ -39,10 +38,6 @@ from .kernel_ir import (
     const,
     div,
 )
-
-#: Unary ops that can be fused as an epilogue into a producing kernel.
-ACTIVATIONS = ("relu", "leaky_relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "swish",
-               "hard_swish", "gelu", "abs")
 
 N_BATCH = Var("n_batch")
 
@@ -85,41 +80,15 @@ def fmin(a: ExprLike, b: ExprLike) -> Expr:
     return BinOp("min", const(a), const(b))
 
 
-def activation_expr(op: str, attrs: dict[str, Any], x: Expr) -> Expr:
-    """The activation ``op`` applied to the scalar ``x`` (a variable: it may appear twice)."""
-    one, zero = Const(1.0), Const(0.0)
-    if op == "relu":
-        return fmax(x, zero)
-    if op == "leaky_relu":
-        return Select(cmp(">=", x, zero), x, x * Const(float(attrs["alpha"])))
-    if op == "relu6":
-        return fmin(fmax(x, zero), Const(6.0))
-    if op == "sigmoid":
-        return div(one, one + call("exp", Const(0.0) - x))
-    if op == "hard_sigmoid":
-        return fmin(fmax(x * Const(float(attrs["alpha"])) + Const(float(attrs["beta"])), zero),
-                    one)
-    if op == "tanh":
-        return call("tanh", x)
-    if op == "swish":
-        return div(x, one + call("exp", Const(0.0) - x))
-    if op == "hard_swish":
-        return x * fmin(fmax(x + Const(3.0), zero), Const(6.0)) * Const(1.0 / 6.0)
-    if op == "gelu":
-        if attrs.get("approximate", "none") == "tanh":
-            inner = Const(math.sqrt(2.0 / math.pi)) * (x + Const(0.044715) * x * x * x)
-            return Const(0.5) * x * (one + call("tanh", inner))
-        return Const(0.5) * x * (one + call("erf", x * Const(1.0 / math.sqrt(2.0))))
-    if op == "abs":
-        return call("abs", x)
-    raise ValueError(f"not an elementwise activation: {op!r}")
-
-
-def apply_chain(value: Expr, chain: Sequence[tuple[str, dict]], var: str = "v") -> list[Stmt]:
-    """Lets computing ``value`` then each activation of ``chain`` into the local ``var``."""
+def apply_epilogue(value: Expr, epilogue: Sequence[EpilogueOp],
+                   operands: Mapping[int, Expr] | None = None, var: str = "v") -> list[Stmt]:
+    """Lets computing ``value`` then each fused epilogue op into the local ``var``: each op's
+    own ``epilogue`` rule (``compiler/ops``), a binary op's second operand being
+    ``operands[e.operand]`` (an expression loading it at the element being stored)."""
     stmts: list[Stmt] = [Let(var, value)]
-    for op, attrs in chain:
-        stmts.append(Let(var, activation_expr(op, attrs, Var(var))))
+    for e in epilogue:
+        operand = None if e.operand is None else (operands or {})[e.operand]
+        stmts.append(Let(var, get_op(e.op).epilogue(Var(var), e.attr_dict, operand)))
     return stmts
 
 
@@ -195,14 +164,17 @@ def broadcast_plan(out_shape: Sequence[int], in_shapes: Sequence[Sequence[int]])
 
 
 def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
-                       in_shapes: Sequence[Sequence[int]], chain: Sequence[tuple[str, dict]],
-                       comment: str = "", sz: Sizes | None = None) -> Kernel:
-    """``y = chain(x0 op x1 op ...)`` with NumPy broadcasting over the per-sample shapes.
+                       in_shapes: Sequence[Sequence[int]], epilogue: Sequence[EpilogueOp],
+                       comment: str = "", sz: Sizes | None = None, n_own: int = 0) -> Kernel:
+    """``y = epilogue(x0 op x1 op ... op x<n_own - 1>)`` with NumPy broadcasting over the
+    per-sample shapes; inputs from ``n_own`` on are the epilogue's operands.
 
-    ``op`` is ``add``, ``sub``, ``mul`` or ``copy`` (a single input: a unary activation
-    chain). The collapsed output's last dim is the serial inner loop. Extents and strides are
-    runtime sizes (``sz``) except strides 0 and 1, which decide broadcasting and vectorization.
+    ``op`` is ``add``, ``sub``, ``mul`` or ``copy`` (a single own input, the epilogue being
+    the activations). The collapsed output's last dim is the serial inner loop. Extents and
+    strides are runtime sizes (``sz``) except strides 0 and 1, which decide broadcasting and
+    vectorization.
     """
+    n_own = n_own or len(in_shapes)
     sz = sz if sz is not None else Sizes(literal=True)
     dims, strides = broadcast_plan(out_shape, in_shapes)
     sizes = [_prod(s) for s in in_shapes]
@@ -227,24 +199,25 @@ def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
     body.append(Let("yb", Var("t") * inner))
     loads = [Load(f"x{k}", Var(f"b{k}") + j * st[-1]) for k, st in enumerate(strides)]
     value = loads[0]
-    for ld in loads[1:]:
+    for ld in loads[1:n_own]:
         value = {"add": value + ld, "sub": value - ld, "mul": value * ld}[op]
-    inner_body = apply_chain(value, chain) + [Store("y", Var("yb") + j, Var("v"))]
+    inner_body = apply_epilogue(value, epilogue, dict(enumerate(loads))) + \
+        [Store("y", Var("yb") + j, Var("v"))]
     body.append(Loop("j", const(inner), inner_body))
     params = _arrays(*[f"x{k}" for k in range(len(in_shapes))], "y")
     return _rows_kernel(name, params, rows, body, comment, sz)
 
 
-def channel_affine_kernel(name: str, shape: Sequence[int], chain: Sequence[tuple[str, dict]],
+def channel_affine_kernel(name: str, shape: Sequence[int], epilogue: Sequence[EpilogueOp],
                           comment: str = "", sz: Sizes | None = None) -> Kernel:
-    """``y[n, c, ...] = chain(x[n, c, ...] * c_scale[c] + c_shift[c])`` (inference batch
-    norm with precomputed scale and shift)."""
+    """``y[n, c, ...] = epilogue(x[n, c, ...] * c_scale[c] + c_shift[c])`` (inference batch
+    norm with precomputed scale and shift; activations only in the epilogue)."""
     sz = sz if sz is not None else Sizes(literal=True)
     C, inner = sz("C", shape[0]), sz("L", _prod(shape[1:]))
     body: list[Stmt] = [Let("c", Var("t") % C), Let("base", Var("t") * inner),
                         Let("sc", Load("c_scale", Var("c"))), Let("sh", Load("c_shift", Var("c")))]
     j = Var("j")
-    inner_body = apply_chain(Load("x0", Var("base") + j) * Var("sc") + Var("sh"), chain) + \
+    inner_body = apply_epilogue(Load("x0", Var("base") + j) * Var("sc") + Var("sh"), epilogue) + \
         [Store("y", Var("base") + j, Var("v"))]
     body.append(Loop("j", const(inner), inner_body))
     return _rows_kernel(name, _arrays("x0", "c_scale", "c_shift", "y"), C, body, comment, sz)
@@ -427,10 +400,10 @@ def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
 
 
 def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
-                 chain: Sequence[tuple[str, dict]], comment: str = "") -> Kernel:
-    """``y[n, o] = chain(sum_i x[n, i] * w[o, i] + b[o])``: one parallel iteration per output
-    feature (a row of ``w``, read once and kept in cache across the batch), 4 x 8-lane
-    accumulators over ``i``, a scalar tail."""
+                 epilogue: Sequence[EpilogueOp], comment: str = "") -> Kernel:
+    """``y[n, o] = epilogue(sum_i x[n, i] * w[o, i] + b[o])`` (activations only): one parallel
+    iteration per output feature (a row of ``w``, read once and kept in cache across the
+    batch), 4 x 8-lane accumulators over ``i``, a scalar tail."""
     nvec, rem = divmod(n_in, 8)
     nquad, vrem = divmod(nvec, 4)
     o, n = Var("o"), Var("n")
@@ -452,8 +425,28 @@ def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
         per_image.append(Loop("i", Const(rem), [Let("s", Var("s") + Load(
             "x0", Var("xb") + i) * Load("c_w", Var("wb") + i))], start=Const(nvec * 8)))
     value: Expr = Var("s") + Load("c_b", o) if bias else Var("s")
-    per_image += apply_chain(value, chain) + [Store("y", n * n_out + o, Var("v"))]
+    per_image += apply_epilogue(value, epilogue) + [Store("y", n * n_out + o, Var("v"))]
     body.append(Loop("n", N_BATCH, per_image))
     params = _arrays("x0", "c_w") + (_arrays("c_b") if bias else []) + _arrays("y")
     return Kernel(name, params + [Param("n_batch", "int")],
                   [Loop("o", Const(n_out), body, kind="parallel")], comment)
+
+
+# -- lowering rules shared by several ops -----------------------------------------------------
+
+def lower_elementwise(ctx, node, op: str):
+    """``add`` / ``sub`` / ``mul`` of the node's inputs, or ``copy`` of its one input, with
+    its fused epilogue (operands are further inputs, broadcast like any other)."""
+    from .lowering import kernel_step
+
+    inputs = list(node.inputs)
+    shapes = [ctx.graph.node(i).type.shape for i in inputs]
+    sz = Sizes()
+    n_own = own_input_count(len(inputs), node.attrs)
+    epilogue = list(ctx.epilogue)
+    if op == "copy":  # a standalone activation is the copy kernel with itself as epilogue
+        attrs = tuple(sorted(own_attrs(node.attrs).items()))
+        epilogue = [EpilogueOp(node.op, attrs)] + epilogue
+    k = elementwise_kernel(ctx.kname, op, ctx.out_shape, shapes, epilogue, ctx.comment, sz,
+                           n_own=n_own)
+    return kernel_step(ctx, k, inputs=inputs, ints=sz.values)

@@ -33,6 +33,7 @@ from .kernel_ir import (
     Let,
     Load,
     Loop,
+    Param,
     Select,
     Store,
     Var,
@@ -217,3 +218,36 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         lines.append("")
         lines.append(print_kernel(k, parallel=parallel, fastmath=fastmath))
     return "\n".join(lines)
+
+
+def print_tasked(kernel: Kernel, header: str) -> str:
+    """Module source for a compute kernel whose body is one flattened ``prange`` loop, split in
+    two functions: ``<name>_task`` (serial: the loop body for one task ``t``) and ``<name>``,
+    a parallel loop calling it.
+
+    Numba's parallel passes grow much faster than linearly with the size of a ``prange`` body;
+    with the runtime-sized tails the unrolled tiles made a single-function kernel compile 4-5x
+    slower. Outlined, the task compiles as an ordinary function (the call per output row costs
+    nothing measurable).
+    """
+    *pre, loop = kernel.body
+    assert isinstance(loop, Loop) and loop.kind == "parallel", kernel.name
+    task = Kernel(f"{kernel.name}_task", kernel.params + [Param(loop.var, "int")],
+                  pre + loop.body, kernel.comment)
+    src = print_module([task], header=header, parallel=False, fastmath=False)
+    names = [p.name for p in kernel.params]
+    args = ", ".join(names)
+    extent = print_expr(loop.extent)
+    used = {st.var for st in pre
+            if isinstance(st, Let) and re.search(rf"\b{st.var}\b", extent)}
+    return src + "\n".join([
+        "",
+        "",
+        "@njit(parallel=True, fastmath=False, cache=True, nogil=True)",
+        f"def {kernel.name}({args}):",
+        *(f"    {st.var} = {print_expr(st.value)}" for st in pre
+          if isinstance(st, Let) and st.var in used),
+        f"    for {loop.var} in prange({print_expr(loop.extent)}):",
+        f"        {task.name}({args}, {loop.var})",
+        "",
+    ])

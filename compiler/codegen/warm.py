@@ -51,35 +51,31 @@ def is_cached(dispatcher: Any) -> bool:
         return False
 
 
-def jobs_for(modules: Iterable[tuple[Any, str, Any]], steps: Iterable[Any]) -> list[Job]:
-    """Jobs for the kernels of a lowered model that are not in Numba's cache yet.
+def _module_file(fn: Any) -> str | None:
+    mod = sys.modules.get(getattr(getattr(fn, "py_func", None), "__module__", ""), None)
+    return getattr(mod, "__file__", None)
 
-    ``modules`` holds ``(module, function name, kernel IR)`` of the shared element-wise
-    kernels; convolution steps (anything with a ``ck`` ConvKernel) add their compute kernel
-    and the shared layout kernels they call.
-    """
+
+#: How a plan argument kind is typed when compiled ahead of time.
+_ARG_KINDS = {"value": "array", "output": "array", "scratch": "array", "const": "array",
+              "int": "int", "batch": "int"}
+
+
+def jobs_for(steps: Iterable[Any]) -> list[Job]:
+    """Jobs for the kernels a plan's steps call that are not in Numba's cache yet, typed by
+    their bound arguments (arrays and integers). Convolution kernels count 4x (they compile
+    slower)."""
     jobs: dict[tuple[str, str], Job] = {}
-
-    def add(fn: Any, path: str | None, name: str, kinds: tuple[str, ...], cost: int) -> None:
-        if path and (path, name) not in jobs and not is_cached(fn):
-            jobs[(path, name)] = Job(path, name, kinds, cost)
-
-    for mod, fname, kernel in modules:
-        add(getattr(mod, fname), getattr(mod, "__file__", None), fname,
-            tuple(p.kind for p in kernel.params), 1)
-    layout_done = False
     for step in steps:
-        ck = getattr(step, "ck", None)
-        if ck is None:
-            continue
-        add(ck.kernel, ck.path, ck.kernel.py_func.__name__, ck.signature(), 4)
-        if not layout_done:
-            layout_done = True
-            from .conv import layout_kernels
-
-            for k in layout_kernels():
-                add(getattr(ck.layout, k.name), getattr(ck.layout, "__file__", None), k.name,
-                    tuple(p.kind for p in k.params), 1)
+        for call in step.calls:
+            fn = call.fn
+            path = _module_file(fn)
+            name = getattr(getattr(fn, "py_func", None), "__name__", None)
+            if not path or not name or (path, name) in jobs or is_cached(fn):
+                continue
+            kinds = tuple(_ARG_KINDS[a.kind] for a in call.args)
+            cost = 4 if step.lowering in ("direct", "im2col") and call.ir is None else 1
+            jobs[(path, name)] = Job(path, name, kinds, cost)
     return list(jobs.values())
 
 

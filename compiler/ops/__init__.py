@@ -7,9 +7,24 @@ An op family file (conv.py, pool.py, ...) defines, next to each other, for each 
 - `params`: the parameter tensors the op owns (name, shape, initializer, trainable);
 - `infer`: the shape rule, raising `ShapeError` with an exact message;
 - `reference`: obviously-correct float64 NumPy semantics;
-- `macs`: multiply-accumulate count per sample (FLOPs are 2 x MACs for convolutions and dense).
+- `macs`: multiply-accumulate count per sample (FLOPs are 2 x MACs for convolutions and dense);
 
-The registry test fails when an op lacks one of these.
+and the rules the middle of the compiler reads:
+- `lower`: how the op becomes kernels (``lower(ctx, node) -> plan.Step``, calling the kernel
+  builders of ``compiler/codegen``); None for ops that never reach code generation
+  (parameter-time ops, which the executor evaluates in float64 when parameters are set);
+- `epilogue`: how the op is applied at another kernel's store (``epilogue(x, attrs, operand)``
+  returns a kernel-IR expression; ``operand`` is the loaded second tensor of a binary op);
+- `takes_epilogue`: which epilogues the op's kernels can apply at their store: ``none``,
+  ``unary`` (activations only) or ``any`` (also a second tensor: residual add, gates);
+- `layouts`: the activation layouts its kernels accept and produce;
+- `algorithms`: the lowerings a pass may choose between (conv: direct, im2col);
+- `view`: the output aliases the input buffer (flatten, reshape, dropout, identity);
+- `inplace`: the kernel may write its output over its first input;
+- `gradient`: the backward rule (a slot the training pipeline fills).
+
+The registry test fails when an op lacks one of the first group, or a lowering without being
+on its explicit list.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import TensorType
+from ..types import TensorType
 
 
 class ShapeError(Exception):
@@ -90,6 +105,17 @@ class OpDef:
     # functions, normalization applied in place, and reshapes do not.
     new_activations: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    lower: Callable[[Any, Any], Any] | None = None
+    epilogue: Callable[[Any, dict[str, Any], Any], Any] | None = None
+    takes_epilogue: str = "none"  # none | unary | any
+    layouts: tuple[str, ...] = ("NCHW",)
+    algorithms: tuple[str, ...] = ()
+    view: bool = False
+    inplace: bool = False
+    # Parameter-time ops (derived parameters such as folded batch-norm weights): not in the
+    # DSL, evaluated in float64 whenever parameters are set, never lowered.
+    internal: bool = False
+    gradient: Callable[..., Any] | None = None
 
     def attr(self, name: str) -> Attr | None:
         for a in self.signature:
@@ -129,9 +155,10 @@ def all_ops() -> dict[str, OpDef]:
 
 
 def all_names() -> list[str]:
-    """Op names and aliases, as the DSL accepts them."""
+    """Op names and aliases, as the DSL accepts them (parameter-time ops excluded)."""
     _load_families()
-    return sorted(set(_REGISTRY) | set(_ALIASES))
+    public = {n for n, op in _REGISTRY.items() if not op.internal}
+    return sorted(public | {a for a, n in _ALIASES.items() if n in public})
 
 
 _LOADED = False
@@ -143,6 +170,87 @@ def _load_families() -> None:
         return
     _LOADED = True
     from . import activation, conv, dense, norm, pool, resize, tensor  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused epilogues: element-wise ops applied at the store of the node that produces their input.
+# ---------------------------------------------------------------------------------------------
+
+#: Node attributes that record a pass's decision rather than the op's meaning; they are
+#: stripped before an op's own shape rule and reference see the attributes.
+DECISION_KEYS = ("epilogue", "lowering", "layout", "folded", "parameter_time")
+
+
+@dataclass(frozen=True)
+class EpilogueOp:
+    """One element-wise op fused at a node's store: ``op`` (an op with an ``epilogue`` rule)
+    with its attributes; a binary op takes its second operand from the node's input at
+    position ``operand`` (operands are appended after the node's own inputs, in order)."""
+
+    op: str
+    attrs: tuple[tuple[str, Any], ...] = ()
+    operand: int | None = None
+    origin: str = field(default="", compare=False)  # "file:line layer" for kernel comments
+
+    @property
+    def attr_dict(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+    def __str__(self) -> str:
+        args = [f"%in{self.operand}"] if self.operand is not None else []
+        args += [f"{k}={v}" for k, v in self.attrs]
+        return f"{self.op}({', '.join(args)})" if args else self.op
+
+
+def epilogue_of(attrs: dict[str, Any]) -> tuple[EpilogueOp, ...]:
+    return tuple(attrs.get("epilogue", ()))
+
+
+def own_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The op's own attributes (pass decisions removed)."""
+    return {k: v for k, v in attrs.items() if k not in DECISION_KEYS}
+
+
+def own_input_count(n_inputs: int, attrs: dict[str, Any]) -> int:
+    """How many of a node's inputs are the op's own (the rest are epilogue operands)."""
+    return n_inputs - sum(e.operand is not None for e in epilogue_of(attrs))
+
+
+def infer_node(op: str, in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    """The type of a node: the op's shape rule on its own inputs; a fused epilogue keeps that
+    type, and each binary operand must broadcast to it (never widen it)."""
+    n = own_input_count(len(in_types), attrs)
+    out = get_op(op).infer(in_types[:n], own_attrs(attrs))
+    for e in epilogue_of(attrs):
+        if e.operand is not None:
+            t = in_types[e.operand]
+            if operand_kind(t.shape, out.shape) is None:
+                raise ShapeError(f"{op}: fused {e.op} operand {t} does not broadcast to {out}")
+    return out
+
+
+def operand_kind(shape: tuple[int, ...], target: tuple[int, ...]) -> str | None:
+    """How a fused epilogue's second operand of ``shape`` meets a value of ``target`` shape:
+    ``full`` (the same shape: a residual), ``channel`` (C x 1 x 1 against C x H x W: a gate),
+    ``scalar`` (one value per sample), or None (another broadcast, which stays unfused)."""
+    if tuple(shape) == tuple(target):
+        return "full"
+    if int(np.prod(shape)) == 1 and len(shape) <= len(target):
+        return "scalar"
+    if len(target) == 3 and tuple(shape) == (target[0], 1, 1):
+        return "channel"
+    return None
+
+
+def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:
+    """The float64 reference of a node, its fused epilogue included: the op's reference on
+    its own inputs, then each epilogue op's reference in order."""
+    n = own_input_count(len(inputs), attrs)
+    y = get_op(op).reference(list(inputs[:n]), own_attrs(attrs))
+    for e in epilogue_of(attrs):
+        args = [y] if e.operand is None else [y, inputs[e.operand]]
+        y = get_op(e.op).reference(args, e.attr_dict)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------

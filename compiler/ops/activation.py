@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codegen.kernel_ir import BinOp, Const, Expr, Select, call, cmp, div
 from . import Attr, AttrError, OpDef, as_choice, as_float, no_macs, one_input, register, same_shape
 from . import _show as show_value
 
@@ -51,32 +52,67 @@ def _floats(*names: str):
     return canon
 
 
-def _unary(name: str, fn, doc: str, signature=(), canonicalize=None, aliases=()):
+# -- epilogue rules: each activation as a kernel-IR expression of its input ``x`` (a variable:
+# it may appear twice), applied at the store of whichever kernel produces ``x``.
+ONE, ZERO = Const(1.0), Const(0.0)
+
+
+def _fmax(a: Expr, b: Expr) -> Expr:
+    return BinOp("max", a, b)
+
+
+def _fmin(a: Expr, b: Expr) -> Expr:
+    return BinOp("min", a, b)
+
+
+def _gelu_expr(x: Expr, a: dict[str, Any]) -> Expr:
+    if a.get("approximate", "none") == "tanh":
+        inner = Const(math.sqrt(2.0 / math.pi)) * (x + Const(0.044715) * x * x * x)
+        return Const(0.5) * x * (ONE + call("tanh", inner))
+    return Const(0.5) * x * (ONE + call("erf", x * Const(1.0 / math.sqrt(2.0))))
+
+
+def _lower_unary(ctx, node):
+    """A standalone activation: the element-wise kernel with the op as its first epilogue."""
+    from ..codegen.elementwise import lower_elementwise
+
+    return lower_elementwise(ctx, node, "copy")
+
+
+def _unary(name: str, fn, expr, doc: str, signature=(), canonicalize=None, aliases=()):
     register(OpDef(name=name, family="activation", signature=signature,
                    canonicalize=canonicalize, infer=same_shape, reference=_f64(fn),
-                   macs=no_macs, doc=doc, aliases=aliases,
-                   new_activations=False))
+                   macs=no_macs, doc=doc, aliases=aliases, new_activations=False,
+                   epilogue=lambda x, a, operand: expr(x, a), lower=_lower_unary,
+                   takes_epilogue="any", inplace=True))
 
 
-_unary("relu", lambda x, a: np.maximum(x, 0.0), "max(x, 0)")
+_unary("relu", lambda x, a: np.maximum(x, 0.0), lambda x, a: _fmax(x, ZERO), "max(x, 0)")
 _unary("leaky_relu", lambda x, a: np.where(x >= 0, x, a["alpha"] * x),
+       lambda x, a: Select(cmp(">=", x, ZERO), x, x * Const(float(a["alpha"]))),
        "x if x >= 0 else alpha * x", signature=(Attr("alpha", "float", 0.01),),
        canonicalize=_floats("alpha"), aliases=("leakyrelu",))
-_unary("relu6", lambda x, a: np.clip(x, 0.0, 6.0), "min(max(x, 0), 6) (MobileNet)")
-_unary("sigmoid", lambda x, a: _sigmoid(x), "1 / (1 + exp(-x))")
-_unary("hard_sigmoid", _hard_sigmoid, "clip(alpha * x + beta, 0, 1)",
+_unary("relu6", lambda x, a: np.clip(x, 0.0, 6.0), lambda x, a: _fmin(_fmax(x, ZERO), Const(6.0)),
+       "min(max(x, 0), 6) (MobileNet)")
+_unary("sigmoid", lambda x, a: _sigmoid(x), lambda x, a: div(ONE, ONE + call("exp", ZERO - x)),
+       "1 / (1 + exp(-x))")
+_unary("hard_sigmoid", _hard_sigmoid,
+       lambda x, a: _fmin(_fmax(x * Const(float(a["alpha"])) + Const(float(a["beta"])), ZERO),
+                          ONE),
+       "clip(alpha * x + beta, 0, 1)",
        signature=(Attr("alpha", "float", 1.0 / 6.0), Attr("beta", "float", 0.5)),
        canonicalize=_floats("alpha", "beta"), aliases=("hardsigmoid",))
-_unary("tanh", lambda x, a: np.tanh(x), "hyperbolic tangent")
-_unary("swish", lambda x, a: x * _sigmoid(x), "x * sigmoid(x) (SiLU, EfficientNet)",
-       aliases=("silu",))
+_unary("tanh", lambda x, a: np.tanh(x), lambda x, a: call("tanh", x), "hyperbolic tangent")
+_unary("swish", lambda x, a: x * _sigmoid(x), lambda x, a: div(x, ONE + call("exp", ZERO - x)),
+       "x * sigmoid(x) (SiLU, EfficientNet)", aliases=("silu",))
 _unary("hard_swish", lambda x, a: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+       lambda x, a: x * _fmin(_fmax(x + Const(3.0), ZERO), Const(6.0)) * Const(1.0 / 6.0),
        "x * relu6(x + 3) / 6 (MobileNetV3)", aliases=("hardswish",))
-_unary("gelu", _gelu, "x * Phi(x), exact or tanh-approximated",
+_unary("gelu", _gelu, _gelu_expr, "x * Phi(x), exact or tanh-approximated",
        signature=(Attr("approximate", "choice", "none", choices=("none", "tanh")),),
        canonicalize=lambda a, t: {"approximate": as_choice(a["approximate"], "approximate",
                                                            ("none", "tanh"))})
-_unary("abs", lambda x, a: np.abs(x), "|x|")
+_unary("abs", lambda x, a: np.abs(x), lambda x, a: call("abs", x), "|x|")
 
 
 # -- softmax over channels --------------------------------------------------------------------
@@ -98,6 +134,16 @@ def _log_softmax(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def _lower_softmax(ctx, node):
+    from ..codegen.elementwise import Sizes, softmax_kernel
+    from ..codegen.lowering import kernel_step
+
+    sz = Sizes()
+    k = softmax_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["axis"],
+                       node.op == "log_softmax", ctx.comment, sz)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 for _name, _fn, _doc in (
     ("softmax", lambda x, a: np.exp(_log_softmax(x, a)),
      "softmax over channels (per pixel for segmentation maps)"),
@@ -107,4 +153,5 @@ for _name, _fn, _doc in (
                    signature=(Attr("axis", "int", "channels"),),
                    canonicalize=_softmax_canonicalize, infer=same_shape,
                    reference=_f64(_fn), macs=no_macs, doc=_doc, new_activations=False,
+                   lower=lambda ctx, node: _lower_softmax(ctx, node),
                    aliases=("logsoftmax",) if _name == "log_softmax" else ()))

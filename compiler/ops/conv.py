@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import TensorType
+from ..types import TensorType
 from . import (
     Attr,
     AttrError,
@@ -201,7 +201,16 @@ _CONV_SIGNATURE = (
     Attr("weights", "tensor", None, doc="literal (fixed) weights, K x C/groups x R x S"),
 )
 
+def _lower(ctx, node):
+    """Convolutions lower through ``codegen/conv.py`` (direct NCHW8c or im2col + GEMM, as the
+    ``lowering`` attribute of select_lowering says); Winograd will be the third algorithm."""
+    from ..codegen.conv import lower_conv
+
+    return lower_conv(ctx, node)
+
+
 register(OpDef(
+    lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
@@ -292,6 +301,7 @@ def conv_transpose_macs(in_types: list[TensorType], out: TensorType, attrs: dict
 
 
 register(OpDef(
+    lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
     name="conv_transpose", family="conv",
     signature=(
         Attr("out_channels", "int"),

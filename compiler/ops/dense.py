@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import TensorType
+from ..types import TensorType
 from . import Attr, OpDef, ParamSpec, ShapeError, as_bool, as_int, register
 
 
@@ -49,8 +49,22 @@ def _reference(inputs, attrs):
     return y
 
 
+def _lower(ctx, node):
+    """The dense kernel; weights and bias by value (no repacking), activations fused."""
+    from ..codegen.elementwise import dense_kernel
+    from ..codegen.lowering import kernel_step
+
+    w, *b = ctx.param_inputs
+    k = dense_kernel(ctx.kname, ctx.in_shapes[0][0], node.attrs["out_features"], bool(b),
+                     ctx.epilogue, ctx.comment)
+
+    def pack(values):
+        return {"c_w": values[w], **({"c_b": values[b[0]]} if b else {})}
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, pack=pack)
+
+
 register(OpDef(
-    name="dense", family="dense",
+    name="dense", family="dense", lower=_lower, takes_epilogue="unary",
     signature=(Attr("out_features", "int"), Attr("bias", "bool", True),
                Attr("weights", "tensor", None)),
     canonicalize=_canonicalize, params=_params, infer=_infer, reference=_reference,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import TensorType
+from ..types import TensorType
 from . import (
     Attr,
     AttrError,
@@ -58,10 +58,20 @@ def _channel_view(v: np.ndarray, ndim: int) -> np.ndarray:
     return np.asarray(v, np.float64).reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def batchnorm_scale_shift(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Inference batch norm as one affine map per channel: ``y = x * scale + shift`` with
+    ``scale = gamma / sqrt(var + eps)`` and ``shift = beta - mean * scale`` (float64). The one
+    place this algebra is written: the reference, the folding into a convolution and the
+    standalone kernel's constants all use it."""
+    gamma, beta, mean, var = (np.asarray(v, np.float64) for v in (gamma, beta, mean, var))
+    scale = gamma / np.sqrt(var + eps)
+    return scale, beta - mean * scale
+
+
 def _bn_reference(inputs, attrs):
     x = np.asarray(inputs[0], np.float64)
-    w, b, mean, var = (_channel_view(v, x.ndim) for v in inputs[1:5])
-    return (x - mean) / np.sqrt(var + attrs["eps"]) * w + b
+    scale, shift = batchnorm_scale_shift(*inputs[1:5], attrs["eps"])
+    return x * _channel_view(scale, x.ndim) + _channel_view(shift, x.ndim)
 
 
 def _params_match(in_types, attrs, op):
@@ -72,12 +82,30 @@ def _params_match(in_types, attrs, op):
     return in_types[0]
 
 
+def _lower_bn(ctx, node):
+    """A batch norm not folded into a producer: one multiply-add per element with the scale
+    and shift of ``batchnorm_scale_shift``, activations fused."""
+    from ..codegen.elementwise import Sizes, channel_affine_kernel
+    from ..codegen.lowering import kernel_step
+
+    stats = ctx.param_inputs
+    eps = node.attrs["eps"]
+
+    def pack(values):
+        scale, shift = batchnorm_scale_shift(*(values[i] for i in stats), eps)
+        return {"c_scale": scale, "c_shift": shift}
+    sz = Sizes()
+    k = channel_affine_kernel(ctx.kname, ctx.in_shapes[0], ctx.epilogue, ctx.comment, sz)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
+
+
 register(OpDef(
     name="batchnorm", family="norm",
     signature=(Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1)),
     canonicalize=_bn_canonicalize, params=_bn_params,
     infer=lambda ts, a: _params_match(ts, a, "batchnorm"),
     reference=_bn_reference, macs=no_macs, aliases=("batch_norm", "bn"), new_activations=False,
+    lower=lambda ctx, node: _lower_bn(ctx, node), takes_epilogue="unary", inplace=True,
     doc="batch normalization with running statistics (inference form)",
 ))
 
@@ -101,6 +129,17 @@ def _gn_reference(inputs, attrs):
     return y * _channel_view(inputs[1], x.ndim) + _channel_view(inputs[2], x.ndim)
 
 
+def _lower_gn(ctx, node):
+    from ..codegen.elementwise import groupnorm_kernel
+    from ..codegen.lowering import kernel_step
+
+    w, b = ctx.param_inputs
+    k = groupnorm_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["groups"], node.attrs["eps"],
+                         ctx.comment)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs,
+                       pack=lambda values: {"c_weight": values[w], "c_bias": values[b]})
+
+
 register(OpDef(
     name="groupnorm", family="norm",
     signature=(Attr("groups", "int"), Attr("eps", "float", 1e-5)),
@@ -109,6 +148,7 @@ register(OpDef(
                           ParamSpec("bias", (ts[0].channels,), "zeros")],
     infer=lambda ts, a: _params_match(ts, a, "groupnorm"),
     reference=_gn_reference, macs=no_macs, aliases=("group_norm",), new_activations=False,
+    lower=lambda ctx, node: _lower_gn(ctx, node),
     doc="normalize each group of channels per sample, then scale and shift",
 ))
 
@@ -130,11 +170,64 @@ def _lrn_reference(inputs, attrs):
     return x / (attrs["k"] + attrs["alpha"] / size * window) ** attrs["beta"]
 
 
+def _lower_lrn(ctx, node):
+    from ..codegen.elementwise import lrn_kernel
+    from ..codegen.lowering import kernel_step
+
+    a = node.attrs
+    k = lrn_kernel(ctx.kname, ctx.in_shapes[0], a["size"], a["alpha"], a["beta"], a["k"],
+                   ctx.comment)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+
+
 register(OpDef(
     name="lrn", family="norm",
     signature=(Attr("size", "int", 5), Attr("alpha", "float", 1e-4),
                Attr("beta", "float", 0.75), Attr("k", "float", 1.0)),
     canonicalize=_lrn_canonicalize, infer=same_shape, reference=_lrn_reference, macs=no_macs,
+    lower=lambda ctx, node: _lower_lrn(ctx, node),
     aliases=("local_response_norm",),
     doc="local response normalization across channels (AlexNet)",
 ))
+
+
+# -- derived parameters of batch-norm folding (parameter-time ops, not in the DSL) -----------
+# conv(x, w) + b -> batchnorm(gamma, beta, mean, var)
+#   =>  conv(x, w * scale) + (b * scale + shift)        (scale, shift: batchnorm_scale_shift)
+# The fold pass (compiler/passes/fold_batchnorm.py) inserts these nodes; the executor evaluates
+# them in float64 whenever parameters are set, so loading new weights re-folds them.
+
+
+def _bn_fold_weight_reference(inputs, attrs):
+    w, gamma, var = (np.asarray(v, np.float64) for v in inputs)
+    scale, _ = batchnorm_scale_shift(gamma, np.zeros_like(gamma), np.zeros_like(gamma), var,
+                                     attrs["eps"])
+    return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+
+
+def _bn_fold_bias_reference(inputs, attrs):
+    scale, shift = batchnorm_scale_shift(*inputs[:4], attrs["eps"])
+    bias = np.asarray(inputs[4], np.float64) if len(inputs) > 4 else 0.0
+    return bias * scale + shift
+
+
+def _fold_infer(in_types, attrs, op):
+    """Every statistic (and a bias) has one value per output channel of the result."""
+    k = in_types[0].shape[0]
+    if any(t.shape != (k,) for t in in_types[1:]):
+        raise ShapeError(f"{op}: per-channel inputs {', '.join(map(str, in_types[1:]))} do not "
+                         f"match {k} output channels")
+    return in_types[0]
+
+
+register(OpDef(
+    name="bn_fold_weight", family="norm", signature=(Attr("eps", "float"),),
+    infer=lambda ts, a: _fold_infer(ts, a, "bn_fold_weight"),
+    reference=_bn_fold_weight_reference, macs=no_macs, arity=3, internal=True,
+    new_activations=False,
+    doc="w * gamma / sqrt(var + eps) per output channel (batch norm folded into a weight)"))
+register(OpDef(
+    name="bn_fold_bias", family="norm", signature=(Attr("eps", "float"),),
+    infer=lambda ts, a: _fold_infer(ts, a, "bn_fold_bias"), reference=_bn_fold_bias_reference,
+    macs=no_macs, arity=None, internal=True, new_activations=False,
+    doc="b * scale + beta - mean * scale (batch norm folded into a bias)"))

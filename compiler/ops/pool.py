@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import TensorType
+from ..types import TensorType
 from . import (
     Attr,
     AttrError,
@@ -146,6 +146,28 @@ _WINDOW = (
     Attr("ceil_mode", "bool", False),
 )
 
+
+def _lower_window(ctx, node):
+    from ..codegen.elementwise import Sizes
+    from ..codegen.lowering import kernel_step
+    from ..codegen.pool import pool_kernel
+
+    sz = Sizes()
+    k = pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs,
+                    ctx.comment, sz)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
+def _lower_global(ctx, node):
+    from ..codegen.elementwise import Sizes
+    from ..codegen.lowering import kernel_step
+    from ..codegen.pool import global_pool_kernel
+
+    sz = Sizes()
+    k = global_pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.comment, sz)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 for _name, _ref, _dil, _div, _doc in (
     ("maxpool", _max_ref, True, False, "maximum over each window"),
     ("minpool", _min_ref, True, False, "minimum over each window"),
@@ -156,11 +178,13 @@ for _name, _ref, _dil, _div, _doc in (
     register(OpDef(name=_name, family="pool", signature=_sig,
                    canonicalize=_pool_canonicalize(_name, _dil, _div),
                    infer=_pool_infer(_name), reference=one_input(_ref), macs=no_macs, doc=_doc,
+                   lower=_lower_window,
                    aliases=(_name.replace("pool", "_pool"),)))
 
 register(OpDef(name="lppool", family="pool", signature=_WINDOW + (Attr("p", "float", 2.0),),
                canonicalize=_pool_canonicalize("lppool", False, False, has_p=True),
                infer=_pool_infer("lppool"), reference=one_input(_lp_ref), macs=no_macs,
+               lower=_lower_window,
                aliases=("l2pool", "lp_pool"),
                doc="(sum |x|^p)^(1/p) over each window; p = 2 is L2 pooling"))
 
@@ -180,11 +204,11 @@ register(OpDef(name="globalavgpool", family="pool", signature=(),
                infer=_global_infer("globalavgpool"),
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .mean(axis=(2, 3), keepdims=True)),
-               macs=no_macs, aliases=("global_avgpool", "gap"),
+               macs=no_macs, aliases=("global_avgpool", "gap"), lower=_lower_global,
                doc="mean over height and width (C x 1 x 1)"))
 register(OpDef(name="globalmaxpool", family="pool", signature=(),
                infer=_global_infer("globalmaxpool"),
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .max(axis=(2, 3), keepdims=True)),
-               macs=no_macs, aliases=("global_maxpool",),
+               macs=no_macs, aliases=("global_maxpool",), lower=_lower_global,
                doc="maximum over height and width (C x 1 x 1)"))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import TensorType
+from ..types import TensorType
 from . import Attr, AttrError, OpDef, ShapeError, as_bool, as_choice, no_macs, one_input, register
 
 
@@ -70,11 +70,20 @@ def _reference(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
     return rows[:, :, :, cl] * (1 - cf) + rows[:, :, :, ch] * cf
 
 
+def _lower(ctx, node):
+    from ..codegen.lowering import kernel_step
+    from ..codegen.pool import upsample_kernel
+
+    k = upsample_kernel(ctx.kname, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs, ctx.comment)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+
+
 register(OpDef(
     name="upsample", family="resize",
     signature=(Attr("scale", "ints", 2), Attr("mode", "choice", "nearest",
                                                choices=("nearest", "bilinear")),
                Attr("align_corners", "bool", False)),
     canonicalize=_canonicalize, infer=_infer, reference=one_input(_reference), macs=no_macs,
+    lower=lambda ctx, node: _lower(ctx, node),
     aliases=("resize",), doc="nearest or bilinear upsampling by a scale factor",
 ))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import TensorType
+from ..types import TensorType
 from . import (
     Attr,
     AttrError,
@@ -105,8 +105,19 @@ def _elementwise_macs(in_types, out, attrs):
     return 0
 
 
+def _lower_as(op: str):
+    def lower(ctx, node):
+        from ..codegen.elementwise import lower_elementwise
+
+        return lower_elementwise(ctx, node, op)
+    return lower
+
+
+_ELEMENTWISE = dict(takes_epilogue="any", inplace=True)
+
 register(OpDef(name="add", family="tensor", signature=(), infer=_binary_infer("add"),
                reference=_add_reference, macs=_elementwise_macs, arity=None,
+               epilogue=lambda x, a, o: x + o, lower=_lower_as("add"), **_ELEMENTWISE,
                doc="elementwise sum with broadcasting (residual connections)"))
 
 
@@ -124,9 +135,11 @@ def _sub_infer(in_types, attrs):
 
 register(OpDef(name="sub", family="tensor", signature=(), infer=_sub_infer,
                reference=_sub_reference, macs=_elementwise_macs, arity=2,
+               epilogue=lambda x, a, o: x - o, lower=_lower_as("sub"), **_ELEMENTWISE,
                aliases=("subtract",), doc="elementwise difference with broadcasting"))
 register(OpDef(name="mul", family="tensor", signature=(), infer=_binary_infer("multiply"),
                reference=_mul_reference, macs=_elementwise_macs, arity=None,
+               epilogue=lambda x, a, o: x * o, lower=_lower_as("mul"), **_ELEMENTWISE,
                aliases=("multiply",),
                doc="elementwise product with broadcasting (squeeze-excitation gates)"))
 
@@ -155,17 +168,35 @@ def _concat_canonicalize(attrs, in_types):
     return {"axis": as_int(attrs["axis"], "axis", 0)}
 
 
+def _lower_simple(ctx, builder: str, *args):
+    """A kernel with literal sizes from ``codegen.elementwise.<builder>(name, *args, comment)``."""
+    from ..codegen import elementwise
+    from ..codegen.lowering import kernel_step
+
+    k = getattr(elementwise, builder)(ctx.kname, *args, ctx.comment)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+
+
+def _lower_concat(ctx, node):
+    from ..codegen.elementwise import Sizes, concat_kernel
+    from ..codegen.lowering import kernel_step
+
+    sz = Sizes()
+    k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 register(OpDef(name="concat", family="tensor", signature=(Attr("axis", "int", 0),),
                canonicalize=_concat_canonicalize, infer=_concat_infer,
                reference=lambda xs, a: np.concatenate([np.asarray(x, np.float64) for x in xs],
                                                       axis=a["axis"] + 1),
-               macs=no_macs, arity=None,
+               macs=no_macs, arity=None, lower=_lower_concat,
                doc="concatenation along channels (inception modules, U-Net skips)"))
 
 
 # -- flatten / reshape ------------------------------------------------------------------------
 
-register(OpDef(name="flatten", family="tensor", signature=(),
+register(OpDef(name="flatten", family="tensor", view=True, signature=(),
                infer=lambda ts, a: ts[0].with_shape(ts[0].size),
                reference=one_input(lambda x, a: np.asarray(x, np.float64).reshape(len(x), -1)),
                macs=no_macs, new_activations=False,
@@ -207,7 +238,7 @@ def _reshape_infer(in_types, attrs):
     return in_types[0].with_shape(*shape)
 
 
-register(OpDef(name="reshape", family="tensor", signature=(Attr("shape", "shape"),),
+register(OpDef(name="reshape", family="tensor", view=True, signature=(Attr("shape", "shape"),),
                canonicalize=_reshape_canonicalize, infer=_reshape_infer,
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .reshape((len(x),) + a["shape"])),
@@ -235,7 +266,8 @@ register(OpDef(name="pad", family="tensor",
                canonicalize=_pad_canonicalize, infer=_pad_infer,
                reference=one_input(lambda x, a: pad_nchw(np.asarray(x, np.float64),
                                                          a["pads"], a["value"])),
-               macs=no_macs, aliases=("zeropad",),
+               macs=no_macs, aliases=("zeropad",), lower=lambda ctx, node: _lower_simple(
+                   ctx, "pad_kernel", ctx.in_shapes[0], node.attrs["pads"], node.attrs["value"]),
                doc="constant padding per side (top, left, bottom, right)"))
 
 
@@ -260,6 +292,8 @@ register(OpDef(name="flip", family="tensor",
                                                                    "both")),),
                canonicalize=_flip_canonicalize, infer=_flip_infer,
                reference=one_input(_flip_reference), macs=no_macs,
+               lower=lambda ctx, node: _lower_simple(ctx, "flip_kernel", ctx.in_shapes[0],
+                                                     node.attrs["axis"]),
                doc="mirror an image (both axes: turns correlation into convolution)"))
 
 
@@ -270,11 +304,11 @@ def _dropout_canonicalize(attrs, in_types):
     return {"rate": rate}
 
 
-register(OpDef(name="dropout", family="tensor", signature=(Attr("rate", "float", 0.5),),
+register(OpDef(name="dropout", family="tensor", view=True, signature=(Attr("rate", "float", 0.5),),
                canonicalize=_dropout_canonicalize, infer=same_shape,
                reference=one_input(lambda x, a: np.asarray(x, np.float64)), macs=no_macs,
                new_activations=False, doc="dropout: identity at inference"))
-register(OpDef(name="identity", family="tensor", signature=(), infer=same_shape,
+register(OpDef(name="identity", family="tensor", view=True, signature=(), infer=same_shape,
                reference=one_input(lambda x, a: np.asarray(x, np.float64)), macs=no_macs,
                new_activations=False, doc="identity"))
 
@@ -305,5 +339,8 @@ def _distance_canonicalize(attrs, in_types):
 register(OpDef(name="distance", family="tensor", signature=(Attr("p", "float", 2.0),),
                canonicalize=_distance_canonicalize, infer=_distance_infer,
                reference=_distance_reference,
+               lower=lambda ctx, node: _lower_simple(ctx, "distance_kernel",
+                                                     int(np.prod(ctx.in_shapes[0])),
+                                                     float(node.attrs["p"])),
                macs=lambda ts, out, a: ts[0].size, arity=2,
                doc="Lp distance between two embeddings, one number per sample (siamese)"))

@@ -15,12 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnc.compiler.codegen.conv import (
-    ConvGeometry,
-    compile_conv,
-    conv_output_size,
-    normalize_attrs,
-)
+from cnnc.compiler.codegen.conv import ConvGeometry
+from cnnc.compiler.ops import spatial_out
+from cnnc.runtime.conv_kernel import compile_conv, geometry, normalize_attrs
 
 LOWERINGS = ["direct", "im2col"]
 
@@ -103,11 +100,11 @@ def test_conv_hypothesis(cfg, conv_ref, close):
 
 def test_output_size_formula():
     # P = (H + top + bottom - dh*(R-1) - 1)//sh + 1
-    assert conv_output_size(224, 3, 3, 7, 2, 1) == 112
-    assert conv_output_size(71, 1, 1, 3, 1, 1) == 71
-    assert conv_output_size(10, 0, 1, 3, 3, 2) == 3
-    g = ConvGeometry.from_attrs(dict(out_channels=4, kernel=3, stride=2, pads=(0, 1, 2, 3)),
-                                (2, 9, 8))
+    # spatial_out(size, kernel, stride, pad_begin, pad_end, dilation)
+    assert spatial_out(224, 7, 2, 3, 3, 1) == 112
+    assert spatial_out(71, 3, 1, 1, 1, 1) == 71
+    assert spatial_out(10, 3, 3, 0, 1, 2) == 3
+    g = geometry(dict(out_channels=4, kernel=3, stride=2, pads=(0, 1, 2, 3)), (2, 9, 8))
     assert (g.P, g.Q) == ((9 + 2 - 3) // 2 + 1, (8 + 4 - 3) // 2 + 1)
 
 
@@ -119,7 +116,7 @@ def test_output_size_formula():
 ])
 def test_invalid_attrs(attrs, shape, message):
     with pytest.raises(ValueError, match=message):
-        ConvGeometry.from_attrs(attrs, shape)
+        geometry(attrs, shape)
 
 
 def test_operand_shape_errors():

@@ -93,12 +93,33 @@ def test_op_has_every_part(name):
         assert callable(getattr(op, part)), f"{name} has no {part}"
     assert isinstance(op.doc, str) and op.doc.strip(), f"{name} has no doc string"
     assert op.family, f"{name} has no family"
-    if op.signature and name not in NO_CANONICALIZE:
+    if op.signature and name not in NO_CANONICALIZE and not op.internal:
         assert callable(op.canonicalize), f"{name} has attributes but no canonicalize"
     if name in WEIGHTED:
         assert callable(op.params), f"{name} owns weights but has no params"
     else:
         assert op.params is None, f"{name} declares params: add it to WEIGHTED in this test"
+
+
+#: Ops that never reach code generation: graph plumbing, and parameter-time ops (derived
+#: parameters), which the executor evaluates in float64 when parameters are set.
+NOT_LOWERED = {"input", "param"}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_op_has_its_middle_floor_rules(name):
+    """Every op says how it lowers (or aliases its input), and its epilogue rules agree."""
+    op = OPS[name]
+    if op.internal or name in NOT_LOWERED:
+        assert op.lower is None and not op.view, f"{name} is never lowered"
+        assert name not in all_names() or not op.internal, f"{name} must not be in the DSL"
+        return
+    assert op.view or callable(op.lower), f"{name} has no lowering rule"
+    assert op.takes_epilogue in ("none", "unary", "any")
+    assert op.layouts and all(isinstance(x, str) for x in op.layouts)
+    if op.epilogue is not None:  # an op that can be fused can also run on its own
+        assert callable(op.lower)
+    assert op.gradient is None or callable(op.gradient)
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -129,7 +150,8 @@ def test_aliases_resolve_and_do_not_shadow():
 def test_allow_lists_are_current():
     assert set(NO_CANONICALIZE) <= set(OPS)
     assert WEIGHTED <= set(OPS)
-    assert set(SAMPLES) == set(OPS) - set(LEAVES), "every op needs a sample call here"
+    internal = {n for n, op in OPS.items() if op.internal}  # tested in tests/passes
+    assert set(SAMPLES) == set(OPS) - set(LEAVES) - internal, "every op needs a sample call here"
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

@@ -1,0 +1,210 @@
+"""The direct convolution builders: the register-tiled NCHW8c micro-kernel of PERF-NOTES.md
+and the depthwise kernel (see ``conv.py`` for the layouts and the geometry)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from .elementwise import _unflatten
+from .kernel_ir import (
+    Comment,
+    Const,
+    Epilogue,
+    Expr,
+    ExprLike,
+    If,
+    Kernel,
+    Let,
+    Loop,
+    Param,
+    Select,
+    Var,
+    VBroadcast,
+    VFma,
+    VLoad,
+    VStore,
+    cmp,
+)
+from .tiles import (
+    TILE_DW,
+    TILE_K,
+    TILE_Q,
+    _epilogue_stores,
+    _floor_let,
+    _floored,
+    _ints,
+    _tile_stmts,
+)
+
+if TYPE_CHECKING:
+    from .conv import ConvGeometry
+
+#: Weight bytes per group up to which ``order="auto"`` iterates k-blocks fastest (weights stay
+#: in L2 while consecutive tasks share input rows). L2 is 2 MiB per core on the target machine.
+WEIGHTS_IN_L2 = 1 << 20
+
+
+#: Runtime integer arguments of each compute kernel, in order (after the arrays ``x``/``col``,
+#: ``w``, ``bias``, ``y``/``c``; then ``relu`` and ``n_batch``).
+DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q", "Hp", "Wp")
+DEPTHWISE_INTS = ("C8", "P", "Q", "Hp", "Wp")
+
+def _overlap_tail(Q: Expr, full: int, tile) -> list:
+    """Tiles for the last ``Q % full`` pixels of a row whose length ``Q`` is a runtime value.
+
+    Instead of one unrolled tile per possible tail width (long compiles), the tail is covered
+    by a full-width tile that ends at the last pixel and overlaps pixels already written (it
+    writes the same values again: same operands, same order); a row shorter than ``full`` runs
+    one-pixel tiles. Only two tile bodies are generated beside the main one.
+    """
+    return [
+        If(cmp("and", cmp(">", Var("tail"), 0), cmp(">", Var("nfull"), 0)),
+           tile(full, Q - full)),
+        If(cmp("==", Var("nfull"), 0), [Loop("q1", Q, tile(1, Var("q1")))]),
+    ]
+
+
+def _direct_tail(Q: Expr, tile) -> list:
+    """The tail of a direct-convolution row (``tail = Q % 6``), with the row length a runtime
+    value: a 2-pixel tile ending at the last pixel for tails of 1-2, a 4-pixel one for 3-4 (two
+    for 5), overlapping pixels already written (they write the same values again: same
+    operands, same order); rows of 1 or 3 pixels run one-pixel tiles. One unrolled tile per
+    tail width made the kernel compile several times slower; a single 4-pixel tail tile cost
+    15-20% on rows of 14 (ResNet's 14x14 layers)."""
+    t = Var("tail")
+    n4 = Select(cmp("==", t, 5), Const(2), Const(1))
+    return [
+        If(cmp("and", cmp(">", t, 0), cmp("and", cmp("<=", t, 2), cmp(">=", Q, 2))),
+           tile(2, Q - 2)),
+        If(cmp("and", cmp(">=", t, 3), cmp(">=", Q, 4)), [
+            Let("n4", n4),
+            Loop("q4", Var("n4"), tile(4, Var("q4") + (Q - 3 - Var("n4"))))]),
+        If(cmp("or", cmp("==", Q, 1), cmp("==", Q, 3)), [Loop("q1", Q, tile(1, Var("q1")))]),
+    ]
+
+
+
+def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
+                       order: Literal["auto", "rows", "kblocks"] = "rows") -> Kernel:
+    """The register-tiled NCHW8c direct convolution (not depthwise).
+
+    Literal: the channel block ``CB``, kernel size, stride, dilation and the 6 x 16 tile
+    structure (they shape the unrolled inner loops). Runtime integers (:data:`DIRECT_INTS`):
+    channel-block counts, output and padded input sizes, and ``relu`` (fuse a ReLU or not); the
+    bias is always added (zeros for a convolution without one). So one compiled kernel serves
+    every layer with the same ``CB``, ``R x S``, stride and dilation.
+
+    ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-block,
+    row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-block).
+    """
+    if g.depthwise:
+        raise ValueError("use depthwise_conv_kernel for groups == C == K")
+    CB, R, S = g.CB, g.R, g.S
+    NB, Cgb, KB, Kgb, P, Q, Hp, Wp = (Var(v) for v in DIRECT_INTS)
+    K8 = KB * 2
+    n, kb, p = Var("n"), Var("kb"), Var("p")
+    t = Var("t")
+
+    def tile(T: int, q0: ExprLike) -> list:
+        l = Var("l")
+        xs, ws = Var("xs"), Var("ws")
+        lane: list = [Let("w0", VLoad("w", ws + l * TILE_K)),
+                      Let("w1", VLoad("w", ws + l * TILE_K + 8))]
+        for i in range(T):
+            lane.append(Let("xb", VBroadcast("x", xs + (i * g.sw * CB) + l)))
+            for h in range(2):
+                acc = f"acc_{i}_{h}"
+                lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
+        inner = [Loop("cb", Cgb, [
+            Let("xc", Var("xq") + Var("cb") * Var("xplane")),
+            Let("wc", Var("wk") + Var("cb") * (R * S * CB * TILE_K)),
+            Loop("r", Const(R), [
+                Let("xr", Var("xc") + Var("r") * Var("xrstep")),
+                Let("wr", Var("wc") + Var("r") * (S * CB * TILE_K)),
+                Loop("s", Const(S), [
+                    Let("xs", Var("xr") + Var("s") * (g.dw * CB)),
+                    Let("ws", Var("wr") + Var("s") * (CB * TILE_K)),
+                    Loop("l", Const(CB), lane),
+                ]),
+            ]),
+        ])]
+
+        def stores_for(epi: Epilogue) -> list:
+            out = []
+            for i in range(T):
+                for h in range(2):
+                    idx = Var("yrow") + (q0 + i) * 8 + h * Var("yplane")
+                    val = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TILE_K + h * 8))
+                    out.append(VStore("y", idx, val))
+            return out
+
+        return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + \
+            _tile_stmts(T, 2, inner, _epilogue_stores(stores_for))
+
+    gi = kb // Kgb
+    if order == "auto":
+        wbytes = g.Kgb * TILE_K * g.Cgb * CB * R * S * 4
+        order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
+    if order == "rows":
+        body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
+    else:
+        body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
+    body += [
+        Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh) * (Wp * CB)),
+        Let("wk", kb * (Cgb * (R * S * CB * TILE_K))),
+        Let("yrow", ((n * K8 + kb * 2) * P + p) * (Q * 8)),
+        Let("nfull", Q // TILE_Q),
+        Let("tail", Q % TILE_Q),
+    ]
+    body += [Loop("qt", Var("nfull"), tile(TILE_Q, Var("qt") * TILE_Q)),
+             Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
+    body += _direct_tail(Q, tile)
+    # Loop-invariant strides, computed once (runtime sizes).
+    pre = [_floor_let(), Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB)),
+           Let("yplane", P * Q * 8)]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + _ints(*DIRECT_INTS) + \
+        _ints("relu", "n_batch")
+    loop = Loop("t", Var("n_batch") * (KB * P), body, kind="parallel")
+    return Kernel(name, params, pre + [loop], comment)
+
+
+def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
+                          comment: str = "") -> Kernel:
+    """Depthwise convolution: the 8 lanes are 8 channels; a tile is 8 output pixels. Literal:
+    kernel size, stride, dilation; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
+    R, S = g.R, g.S
+    C8, P, Q, Hp, Wp = (Var(v) for v in DEPTHWISE_INTS)
+    n, cb, p = Var("n"), Var("cb"), Var("p")
+
+    def tile(T: int, q0: ExprLike) -> list:
+        xs = Var("xs")
+        upd: list = [Let("wv", VLoad("w", ((cb * R + Var("r")) * S + Var("s")) * 8))]
+        for i in range(T):
+            acc = f"acc_{i}_0"
+            upd.append(Let(acc, VFma(VLoad("x", xs + i * g.sw * 8), Var("wv"), Var(acc))))
+        inner = [Loop("r", Const(R), [Loop("s", Const(S), [
+            Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * 8)),
+            *upd])])]
+
+        def stores_for(epi: Epilogue) -> list:
+            return [VStore("y", Var("yrow") + (q0 + i) * 8,
+                           _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * 8)))
+                    for i in range(T)]
+
+        return [Let("xq", Var("xrow") + q0 * (g.sw * 8))] + \
+            _tile_stmts(T, 1, inner, _epilogue_stores(stores_for))
+
+    body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
+    body += [Let("xrow", ((n * C8 + cb) * Hp + p * g.sh) * (Wp * 8)),
+             Let("yrow", ((n * C8 + cb) * P + p) * (Q * 8)),
+             Let("nfull", Q // TILE_DW),
+             Let("tail", Q % TILE_DW)]
+    body += [Loop("qt", Var("nfull"), tile(TILE_DW, Var("qt") * TILE_DW)),
+             Comment("tail: the last Q % 8 output pixels of the row (overlapping tile)")]
+    body += _overlap_tail(Q, TILE_DW, tile)
+    pre = [_floor_let(), Let("xrstep", Wp * (g.dh * 8))]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + _ints(*DEPTHWISE_INTS) + \
+        _ints("relu", "n_batch")
+    loop = Loop("t", Var("n_batch") * (C8 * P), body, kind="parallel")
+    return Kernel(name, params, pre + [loop], comment)
+

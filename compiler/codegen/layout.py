@@ -1,0 +1,203 @@
+"""Layout kernels shared by every layer (all sizes are runtime arguments): NCHW to the padded,
+channel-blocked NCHWc of the direct convolution and back, im2col and the GEMM crop; and the
+variants of the two output kernels that apply a fused epilogue at their store."""
+
+from __future__ import annotations
+
+from . import cache
+from .elementwise import _unflatten
+from .kernel_ir import (
+    BinOp,
+    Const,
+    Expr,
+    If,
+    Kernel,
+    Let,
+    Load,
+    Loop,
+    Param,
+    Select,
+    Store,
+    Var,
+    cmp,
+)
+from .numba_printer import print_module
+from .tiles import GEMM_N, _ints
+
+
+def layout_kernels() -> list[Kernel]:
+    """Kernels shared by all layers; every size is a runtime integer argument.
+
+    - ``pack_nchw_blocked(x, xp, ...)``: NCHW ``[N, C, H, W]`` -> padded, channel-blocked
+      ``[N, NB, Hp, Wp, CB]`` where block ``b`` holds channels ``(b // Cgb) * Cg + (b % Cgb) *
+      CB + lane`` (zero where that exceeds the group, and in the padding).
+    - ``unpack_blocked_nchw(y, out, ...)``: ``[N, K8, P, Q, 8]`` -> ``[N, K, P, Q]``, channel
+      ``k`` being at position ``(k // Kg) * KgPad + k % Kg`` of the blocked channel axis.
+    - ``im2col(x, col, ...)``: NCHW -> ``[N, g, PQp/16, Cg*R*S, 16]``: per image and group the
+      matrix ``[Cg*R*S, PQp]`` (zero beyond ``P*Q``) stored as 16-column panels, so the GEMM
+      reads each panel contiguously.
+    - ``crop_gemm(c, out, ...)``: ``[N, g, Kgp, PQp]`` -> ``[N, K, P*Q]`` (the GEMM already
+      applied the epilogue).
+    """
+    N, C, H, W = Var("N"), Var("C"), Var("H"), Var("W")
+    Hp, Wp, pt, pl = Var("Hp"), Var("Wp"), Var("pt"), Var("pl")
+    NB, CB, Cg, Cgb = Var("NB"), Var("CB"), Var("Cg"), Var("Cgb")
+    n, b, hp, wp, l = Var("n"), Var("b"), Var("hp"), Var("wp"), Var("l")
+
+    # ---- pack: NCHW -> padded NCHWc. Per padded row and lane: zeros left of the image, a
+    # contiguous read of one input row, zeros right of it (no per-element bounds test).
+    cin = (b % Cgb) * CB + l  # channel within the group
+    src = ((n * C + (b // Cgb) * Cg + cin) * H + Var("ih")) * W - pl
+    wl, wr = Var("wl"), Var("wr")
+    zero_row = [Loop("wp", Wp, [Store("xp", Var("dst") + wp * CB + l, Const(0.0))])]
+    pack_body = _unflatten(Var("t"), [("n", N), ("b", NB), ("hp", Hp)]) + [
+        Let("ih", hp - pt),
+        Let("dst", ((n * NB + b) * Hp + hp) * Wp * CB),
+        # [0, wl) left padding, [wl, wr) image columns, [wr, Wp) right padding
+        Let("wl", BinOp("min", pl, Wp)),
+        Let("wr", BinOp("max", wl, BinOp("min", Wp, pl + W))),
+        Loop("l", CB, [
+            If(cmp("and", cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H)),
+                   cmp("<", cin, Cg)),
+               [Let("src", src),
+                Loop("wp", wl, [Store("xp", Var("dst") + wp * CB + l, Const(0.0))]),
+                Loop("wp", wr - wl, [Store("xp", Var("dst") + wp * CB + l,
+                                           Load("x", Var("src") + wp))], start=wl),
+                Loop("wp", Wp - wr, [Store("xp", Var("dst") + wp * CB + l, Const(0.0))],
+                     start=wr)],
+               zero_row),
+        ]),
+    ]
+    pack = Kernel("pack_nchw_blocked",
+                  [Param("x"), Param("xp")] + _ints("N", "C", "H", "W", "Hp", "Wp", "pt", "pl",
+                                                    "NB", "CB", "Cg", "Cgb"),
+                  [Loop("t", N * NB * Hp, pack_body, kind="parallel")],
+                  "NCHW -> zero-padded channel-blocked NCHWc")
+
+    # ---- unpack: NCHW8c -> NCHW
+    K, P, Q, Kg, KgPad, K8 = (Var(s) for s in ("K", "P", "Q", "Kg", "KgPad", "K8"))
+    k, p, q = Var("k"), Var("p"), Var("q")
+    unpack_body = _unflatten(Var("t"), [("n", N), ("k", K), ("p", P)]) + [
+        Let("cpos", (k // Kg) * KgPad + k % Kg),
+        Let("src", ((n * K8 + Var("cpos") // 8) * P + p) * Q * 8 + Var("cpos") % 8),
+        Let("dst", ((n * K + k) * P + p) * Q),
+        Loop("q", Q, [Store("out", Var("dst") + q, Load("y", Var("src") + q * 8))]),
+    ]
+    unpack = Kernel("unpack_blocked_nchw",
+                    [Param("y"), Param("out")] + _ints("N", "K", "P", "Q", "Kg", "KgPad", "K8"),
+                    [Loop("t", N * K * P, unpack_body, kind="parallel")],
+                    "channel-blocked NCHW8c -> NCHW")
+
+    # ---- im2col: NCHW -> [N, g, PQp/16, Cg*R*S, 16]
+    G, R, S, sh, sw, dh, dw, PQp = (Var(s) for s in ("G", "R", "S", "sh", "sw", "dh", "dw",
+                                                     "PQp"))
+    row, gi = Var("row"), Var("gi")
+    CRS = Cg * R * S
+    iw = q * sw - pl + Var("s") * dw
+    im_src = ((n * C + gi * Cg + Var("c")) * H + Var("ih")) * W + iw
+    ok = cmp("and", Var("rowok"), cmp("and", cmp(">=", iw, 0), cmp("<", iw, W)))
+    im_body = _unflatten(Var("t"), [("n", N), ("gi", G), ("row", CRS)]) + [
+        Let("c", row // (R * S)),
+        Let("r", (row // S) % R),
+        Let("s", row % S),
+        # element (row, j) of the matrix lives in panel j // 16 at row * 16 + j % 16
+        Let("dst", (n * G + gi) * CRS * PQp + row * GEMM_N),
+        Loop("p", P, [
+            Let("ih", p * sh - pt + Var("r") * dh),
+            Let("rowok", cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))),
+            Loop("q", Q, [
+                Let("j", p * Q + q),
+                Store("col", Var("dst") + (Var("j") // GEMM_N) * (CRS * GEMM_N)
+                      + Var("j") % GEMM_N, Select(ok, Load("x", im_src), Const(0.0)))]),
+        ]),
+        Loop("j", PQp - P * Q, [Store("col", Var("dst") + (Var("j") // GEMM_N) * (CRS * GEMM_N)
+                                       + Var("j") % GEMM_N, Const(0.0))], start=P * Q),
+    ]
+    im2col = Kernel("im2col",
+                    [Param("x"), Param("col")] + _ints("N", "C", "H", "W", "G", "Cg", "R", "S",
+                                                       "P", "Q", "sh", "sw", "dh", "dw", "pt",
+                                                       "pl", "PQp"),
+                    [Loop("t", N * G * CRS, im_body, kind="parallel")],
+                    "im2col: NCHW -> per image and group [Cg*R*S, P*Q padded to 16], "
+                    "in 16-column panels")
+
+    # ---- crop: [N, g, Kgp, PQp] -> [N, K, PQ]
+    PQ, Kgp = Var("PQ"), Var("Kgp")
+    j = Var("j")
+    crop_body = _unflatten(Var("t"), [("n", N), ("k", K)]) + [
+        Let("src", ((n * (K // Kg) + k // Kg) * Kgp + k % Kg) * PQp),
+        Let("dst", (n * K + k) * PQ),
+        Loop("j", PQ, [Store("out", Var("dst") + j, Load("c", Var("src") + j))]),
+    ]
+    crop = Kernel("crop_gemm", [Param("c"), Param("out")] + _ints("N", "K", "Kg", "Kgp", "PQ",
+                                                                  "PQp"),
+                  [Loop("t", N * K, crop_body, kind="parallel")],
+                  "GEMM output [N, g, Kg padded, PQ padded] -> NCHW")
+    return [pack, unpack, im2col, crop]
+
+
+_LAYOUT_MODULES: dict[str, object] = {}
+
+
+def layout_module(root=None):
+    """The compiled shared layout kernels (one cached module per cache root and process)."""
+    key = str(root)
+    if key not in _LAYOUT_MODULES:
+        src = print_module(layout_kernels(), header="shared layout kernels", fastmath=False)
+        _LAYOUT_MODULES[key] = cache.load_module(src, "layout", root)
+    return _LAYOUT_MODULES[key]
+
+
+
+def _operand_load(name: str, kind: str, full_index: Expr, n: Expr, nk: Expr) -> Expr:
+    """The element of a fused epilogue operand that meets output element ``full_index``:
+    ``full`` operands share the output's index, a ``channel`` gate is indexed by (image,
+    channel) ``nk``, a ``scalar`` by the image ``n`` (``ops.operand_kind``)."""
+    index = {"full": full_index, "channel": nk, "scalar": n}[kind]
+    return Load(name, index)
+
+
+def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str = "") -> Kernel:
+    """``unpack_blocked_nchw`` applying ``epilogue`` at its store; operand ``i`` of the
+    epilogue (of kind ``kinds[i]``) is the array parameter ``e<i>``."""
+    from .elementwise import apply_epilogue
+
+    N, K, P, Q, Kg, KgPad, K8 = (Var(s) for s in ("N", "K", "P", "Q", "Kg", "KgPad", "K8"))
+    n, k, p, q = Var("n"), Var("k"), Var("p"), Var("q")
+    operands = _epilogue_operands(epilogue, kinds, Var("dst") + q, n, n * K + k)
+    body = _unflatten(Var("t"), [("n", N), ("k", K), ("p", P)]) + [
+        Let("cpos", (k // Kg) * KgPad + k % Kg),
+        Let("src", ((n * K8 + Var("cpos") // 8) * P + p) * Q * 8 + Var("cpos") % 8),
+        Let("dst", ((n * K + k) * P + p) * Q),
+        Loop("q", Q, apply_epilogue(Load("y", Var("src") + q * 8), epilogue, operands)
+             + [Store("out", Var("dst") + q, Var("v"))]),
+    ]
+    params = [Param("y"), Param("out")] + [Param(f"e{i}") for i in range(len(kinds))] + \
+        _ints("N", "K", "P", "Q", "Kg", "KgPad", "K8")
+    return Kernel(name, params, [Loop("t", N * K * P, body, kind="parallel")], comment)
+
+
+def crop_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str = "") -> Kernel:
+    """``crop_gemm`` applying ``epilogue`` at its store (operands as in
+    :func:`unpack_epilogue_kernel`)."""
+    from .elementwise import apply_epilogue
+
+    N, K, Kg, Kgp, PQ, PQp = (Var(s) for s in ("N", "K", "Kg", "Kgp", "PQ", "PQp"))
+    n, k, j = Var("n"), Var("k"), Var("j")
+    operands = _epilogue_operands(epilogue, kinds, Var("dst") + j, n, n * K + k)
+    body = _unflatten(Var("t"), [("n", N), ("k", K)]) + [
+        Let("src", ((n * (K // Kg) + k // Kg) * Kgp + k % Kg) * PQp),
+        Let("dst", (n * K + k) * PQ),
+        Loop("j", PQ, apply_epilogue(Load("c", Var("src") + j), epilogue, operands)
+             + [Store("out", Var("dst") + j, Var("v"))]),
+    ]
+    params = [Param("c"), Param("out")] + [Param(f"e{i}") for i in range(len(kinds))] + \
+        _ints("N", "K", "Kg", "Kgp", "PQ", "PQp")
+    return Kernel(name, params, [Loop("t", N * K, body, kind="parallel")], comment)
+
+
+def _epilogue_operands(epilogue, kinds: list[str], full: Expr, n: Expr, nk: Expr) -> dict:
+    """Loads of the epilogue's operands by their input position (``EpilogueOp.operand``)."""
+    positions = [e.operand for e in epilogue if e.operand is not None]
+    return {pos: _operand_load(f"e{i}", kinds[i], full, n, nk)
+            for i, pos in enumerate(positions)}

@@ -1,0 +1,257 @@
+"""Lowering: an optimized graph becomes a :class:`~cnnc.compiler.plan.Plan`.
+
+Every compute node (its fused epilogue included) becomes one plan step through its op's
+``lower`` rule (in ``compiler/ops/<family>.py``), which calls the kernel builders and returns
+the step with its kernel calls. The lowering reads the decisions the passes recorded on the
+nodes (``epilogue``, ``lowering``) and decides nothing itself. Parameter-time nodes (derived
+parameters, folded constants) get no step: the executor evaluates them when parameters are set.
+
+Then the distinct generated kernels are deduplicated, each loaded from its shared cached
+module (compiled in parallel workers on a cold cache), every call's function bound, and the
+buffers planned (``compiler/passes/plan_memory.py``, the last analysis).
+
+Kernel and argument identifiers derive from node ids (``n12_maxpool``); text from the DSL
+(file names, layer names) reaches generated source only through ``sanitize_comment``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..ir import Graph, Node
+from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count
+from ..passes.common import is_constant
+from ..plan import Arg, Call, Plan, Step
+from . import cache
+from .kernel_ir import Kernel
+from .numba_printer import print_kernel, print_module, sanitize_comment
+
+__all__ = ["LowerCtx", "lower_graph", "kernel_step", "describe_node"]
+
+
+class LoweringError(Exception):
+    """An op the code generator cannot lower (a bug or a missing rule)."""
+
+
+def describe_node(node: Node) -> str:
+    """``file:line layer (op)`` for a header comment (sanitized by the printer)."""
+    where = f"{node.span.file}:{node.span.line} " if node.span else ""
+    return sanitize_comment(f"{where}{node.name or '%' + str(node.id)} ({node.op})")
+
+
+@dataclass
+class LowerCtx:
+    """What an op's lowering rule sees of one node."""
+
+    graph: Graph
+    node: Node
+    cache_dir: Path | None = None
+
+    @property
+    def kname(self) -> str:
+        return f"n{self.node.id}_{self.node.op}"
+
+    @property
+    def comment(self) -> str:
+        lines = [describe_node(self.node)]
+        lines += [sanitize_comment(f"{e.origin} ({e.op}, fused)") for e in self.epilogue]
+        return "\n".join(lines)
+
+    @property
+    def own_inputs(self) -> list[int]:
+        return self.node.inputs[:own_input_count(len(self.node.inputs), self.node.attrs)]
+
+    @property
+    def tensor_inputs(self) -> list[int]:
+        """The op's own activation inputs (parameters and constants excluded)."""
+        return [i for i in self.own_inputs if not is_constant(self.graph, self.graph.node(i))]
+
+    @property
+    def param_inputs(self) -> list[int]:
+        """The op's own constant inputs (weights, biases, statistics), by node id."""
+        return [i for i in self.own_inputs if is_constant(self.graph, self.graph.node(i))]
+
+    @property
+    def in_shapes(self) -> list[tuple[int, ...]]:
+        return [self.graph.node(i).type.shape for i in self.tensor_inputs]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return self.node.type.shape
+
+    @property
+    def epilogue(self) -> tuple[EpilogueOp, ...]:
+        return epilogue_of(self.node.attrs)
+
+    def operand(self, e: EpilogueOp) -> int:
+        """The node id of a binary epilogue op's second operand."""
+        assert e.operand is not None
+        return self.node.inputs[e.operand]
+
+    @property
+    def operands(self) -> list[int]:
+        return [self.operand(e) for e in self.epilogue if e.operand is not None]
+
+    def load(self, source: str, tag: str) -> Any:
+        return cache.load_module(source, tag, self.cache_dir)
+
+
+def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],
+                ints: dict[str, int] | None = None,
+                pack: Callable[[Any], dict[str, np.ndarray]] | None = None,
+                out_size: int | None = None, lowering: str = "kernel") -> Step:
+    """A step of one generated kernel, its arguments bound by the builders' parameter names
+    (once, here): ``x<k>`` is ``inputs[k]``, ``y`` the output, ``c_*`` a packed constant,
+    ``n_batch`` the batch size, other integers the literal ``ints``."""
+    ints = ints or {}
+    args = []
+    for p in kernel.params:
+        if p.name == "y":
+            args.append(Arg("output"))
+        elif p.name == "n_batch":
+            args.append(Arg("batch"))
+        elif p.kind == "int":
+            args.append(Arg("int", int(ints[p.name])))
+        elif p.name.startswith("c_"):
+            args.append(Arg("const", p.name))
+        elif p.name.startswith("x") and p.name[1:].isdigit():
+            args.append(Arg("value", inputs[int(p.name[1:])]))
+        else:
+            raise LoweringError(f"kernel {kernel.name}: cannot bind parameter {p.name!r}")
+    node = ctx.node
+    op = get_op(node.op)
+    return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
+                out_size if out_size is not None else node.type.size,
+                [Call(None, tuple(args), kernel.name, kernel)], pack=pack, lowering=lowering,
+                inplace=op.inplace)
+
+
+def step_name(node: Node) -> str:
+    names = [node.name or f"%{node.id}", *node.attrs.get("folded", ())]
+    names += [e.origin.split(" ")[-1] for e in epilogue_of(node.attrs) if e.origin]
+    return "+".join(names)
+
+
+def step_ops(node: Node) -> str:
+    folded = ["batchnorm"] * len(node.attrs.get("folded", ()))
+    return "+".join([node.op, *folded] + [e.op for e in epilogue_of(node.attrs)])
+
+
+def view_step(ctx: LowerCtx) -> Step:
+    """An op whose output aliases its input buffer (no kernel)."""
+    node = ctx.node
+    return Step(node.id, step_name(node), node.op, ctx.tensor_inputs, node.type.size,
+                lowering="view", view=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole graphs
+# ---------------------------------------------------------------------------------------------
+
+
+def _dedup(kernels: list[Kernel]) -> tuple[list[Kernel], dict[str, str]]:
+    """Kernels with identical code are compiled once; the survivor's comment lists every
+    layer that uses it. Returns the kernels to print and a map kernel name -> survivor name."""
+    first: dict[str, Kernel] = {}
+    names: dict[str, str] = {}
+    comments: dict[str, list[str]] = {}
+    order: list[str] = []
+    for k in kernels:
+        key = print_kernel(replace(k, name="k", comment=""), with_comment=False, fastmath=False)
+        if key not in first:
+            first[key] = k
+            order.append(key)
+            comments[key] = [k.comment]
+        else:
+            comments[key].append(k.comment)
+        names[k.name] = first[key].name
+    out = []
+    for key in order:
+        lines = "\n".join(comments[key]).split("\n")
+        if len(lines) > 12:
+            lines = lines[:11] + [f"... and {len(lines) - 11} more"]
+        out.append(replace(first[key], comment="\n".join(lines)))
+    return out, names
+
+
+def _shared_name(kernel: Kernel) -> str:
+    """The function name of a kernel in its shared module: the op part of ``n12_maxpool``."""
+    name = kernel.name
+    if name.startswith("n") and "_" in name and name[1:name.index("_")].isdigit():
+        name = name[name.index("_") + 1:]
+    return f"k_{name}"  # never a builtin (abs, max, ...) the kernel body may call
+
+
+def shared_source(kernel: Kernel) -> tuple[str, str]:
+    """``(function name, module source)`` of a kernel's shared module: no layer text, so
+    every layer and model with the same code uses (and caches) the same module."""
+    fname = _shared_name(kernel)
+    src = print_module([replace(kernel, name=fname, comment="")],
+                       header=f"{fname} kernel (sizes are runtime arguments)", fastmath=False)
+    return fname, src
+
+
+def lower_node(ctx: LowerCtx) -> Step:
+    op = get_op(ctx.node.op)
+    if op.view:
+        return view_step(ctx)
+    if op.lower is None:
+        raise LoweringError(f"no lowering for op {ctx.node.op!r} (layer {ctx.node.name!r})")
+    return op.lower(ctx, ctx.node)
+
+
+def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
+                reuse_buffers: bool = True) -> Plan:
+    """Lower every compute node, load each distinct kernel from its shared cached module, bind
+    the calls and plan the buffers."""
+    from ..passes.plan_memory import plan_memory
+    from . import warm
+
+    root = Path(cache_dir) if cache_dir is not None else None
+    steps: list[Step] = []
+    param_nodes: list[int] = []
+    for node in graph.compute_nodes():
+        if is_constant(graph, node):
+            param_nodes.append(node.id)
+            continue
+        steps.append(lower_node(LowerCtx(graph, node, root)))
+    generated = [c.ir for s in steps for c in s.calls if c.ir is not None]
+    kernels, names = _dedup(generated)
+    header = f"network {graph.name}: {len(kernels)} kernels (listing; each runs from its " \
+             "shared module)"
+    listing = print_module(kernels, header=header, fastmath=False) + _module_map(steps)
+    funcs: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for k in kernels:
+        fname, src = shared_source(k)
+        mod = cache.load_module(src, fname, root)
+        funcs[k.name] = getattr(mod, fname)
+        sources[Path(getattr(mod, "__file__", fname)).parent.name + ".py"] = src
+    for s in steps:
+        for c in s.calls:
+            if c.ir is not None:
+                c.fn = funcs[names[c.ir.name]]
+        sources.update(s.sources)
+    warm.warm_modules(warm.jobs_for(steps))
+    buffers = plan_memory(graph, steps, reuse=reuse_buffers)
+    scratch: dict[str, int] = {}
+    for s in steps:
+        for k, v in s.scratch.items():
+            scratch[k] = max(scratch.get(k, 0), v)
+    return Plan(graph, steps, buffers, scratch, param_nodes, listing, sources,
+                str(root if root is not None else cache.cache_root()))
+
+
+def _module_map(steps: list[Step]) -> str:
+    """Comment lines naming, per convolution layer, the cached module that runs it."""
+    lines = [f"# {sanitize_comment(s.name)} ({s.op}) -> {s.lowering} "
+             f"{sanitize_comment(', '.join(s.sources))}" for s in steps if s.sources]
+    if not lines:
+        return ""
+    return "\n\n# Convolutions run by kernels of their own cached modules:\n" + \
+        "\n".join(lines) + "\n"

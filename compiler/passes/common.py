@@ -1,0 +1,33 @@
+"""Use-def helpers the passes share."""
+
+from __future__ import annotations
+
+from ..ir import Graph, Node
+from ..ops import get_op
+
+
+def is_constant(graph: Graph, node: Node) -> bool:
+    """A parameter, or a node evaluated when parameters are set (derived parameters and
+    folded constants): its value does not depend on the network's inputs."""
+    return node.op == "param" or get_op(node.op).internal or \
+        bool(node.attrs.get("parameter_time"))
+
+
+def tensor_inputs(graph: Graph, node: Node) -> list[int]:
+    """The node's inputs that are activations (not parameters or constants)."""
+    return [i for i in node.inputs if not is_constant(graph, graph.node(i))]
+
+
+def sole_user(graph: Graph, node: Node) -> Node | None:
+    """The only user of ``node``, if it has exactly one, uses it once and ``node`` is not a
+    graph output (its value must then survive on its own)."""
+    if graph.is_output(node.id):
+        return None
+    users = graph.users(node.id)
+    if len(users) != 1 or users[0].inputs.count(node.id) != 1:
+        return None
+    return users[0]
+
+
+def layer(node: Node) -> str:
+    return node.name or f"%{node.id}"

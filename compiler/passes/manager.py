@@ -1,0 +1,124 @@
+"""The pass manager: runs a named pipeline over a graph, verifies after every pass, times each
+pass, records what it changed (``--explain``), can dump the IR after each pass, and on failure
+names the pass, the passes before it and the node it was working on, with its DSL location."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ir import Graph, Node
+
+__all__ = ["PassContext", "PassRecord", "PassError", "OptionError", "run_passes"]
+
+
+@dataclass
+class PassContext:
+    """Settings and the change log shared by the passes of one compile.
+
+    ``lowering``: the user's override for every convolution (``auto`` lets the cost model
+    choose) or a mapping from layer name to choice. ``training``: passes that are valid only for
+    inference (batch-norm folding) leave the graph alone.
+    """
+
+    training: bool = False
+    lowering: str | Mapping[str, str] = "auto"
+    opt_level: int = 2
+    notes: list[str] = field(default_factory=list)
+    current: Node | None = None
+
+    def at(self, node: Node | None) -> None:
+        """Name the node a pass is working on (for the error if it fails)."""
+        self.current = node
+
+    def note(self, text: str, node: Node | None = None) -> None:
+        """Record one change for ``--explain`` (with the node's DSL location)."""
+        where = f" ({node.span.file}:{node.span.line})" if node is not None and node.span else ""
+        self.notes.append(text + where)
+
+
+@dataclass
+class PassRecord:
+    name: str
+    seconds: float
+    changed: bool
+    nodes_before: int
+    nodes_after: int
+    notes: list[str]
+
+
+class PassError(Exception):
+    """A pass failed or left an invalid graph: a bug in cnnc, reported with its context."""
+
+
+class OptionError(Exception):
+    """A compile option that does not fit the graph: the user's mistake, passed through."""
+
+
+Pass = Callable[[Graph, PassContext], bool]
+
+
+def describe(node: Node | None) -> str:
+    if node is None:
+        return ""
+    where = f" at {node.span}" if node.span else ""
+    return f" while rewriting %{node.id} {node.op} {node.name!r}{where}"
+
+
+def run_passes(graph: Graph, passes: list[tuple[str, Pass]], ctx: PassContext, *,
+               dump_dir: str | Path | None = None) -> list[PassRecord]:
+    """Run ``passes`` in order over ``graph`` (in place); returns one record per pass."""
+    records: list[PassRecord] = []
+    if dump_dir is not None:
+        dump_dir = Path(dump_dir)
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        (dump_dir / "00-input.ir").write_text(graph.dump() + "\n", encoding="utf-8")
+    for i, (name, fn) in enumerate(passes):
+        before = len(graph)
+        ctx.notes = []
+        ctx.at(None)
+        t0 = time.perf_counter()
+        try:
+            changed = bool(fn(graph, ctx))
+        except OptionError:
+            raise
+        except Exception as e:
+            raise PassError(f"pass {name} failed{describe(ctx.current)} (after "
+                            f"{_names(passes[:i])}): {type(e).__name__}: {e}") from e
+        try:
+            graph.verify()
+        except Exception as e:
+            bad = getattr(e, "node", None)
+            node = graph.node(bad) if isinstance(bad, int) and bad in graph else ctx.current
+            raise PassError(f"pass {name} left an invalid graph{describe(node)} (after "
+                            f"{_names(passes[:i])}): {e}") from e
+        records.append(PassRecord(name, time.perf_counter() - t0, changed, before, len(graph),
+                                  list(ctx.notes)))
+        if dump_dir is not None:
+            (dump_dir / f"{i + 1:02d}-{name}.ir").write_text(graph.dump() + "\n",
+                                                            encoding="utf-8")
+    return records
+
+
+def _names(passes: list[tuple[str, Any]]) -> str:
+    return ", ".join(n for n, _ in passes) or "no other pass"
+
+
+def format_explain(records: list[PassRecord]) -> str:
+    """Per pass, what it changed, then totals (``cnnc compile --explain``)."""
+    lines = []
+    for r in records:
+        delta = r.nodes_after - r.nodes_before
+        head = (f"{r.name}: {'changed' if r.changed else 'no change'}, nodes {r.nodes_before} "
+                f"-> {r.nodes_after} ({delta:+d}), {r.seconds * 1e3:.1f} ms")
+        lines.append(head)
+        lines += [f"  {n}" for n in r.notes]
+    total = sum(r.seconds for r in records)
+    if records:
+        lines.append(f"{len(records)} passes, nodes {records[0].nodes_before} -> "
+                     f"{records[-1].nodes_after}, {total * 1e3:.1f} ms")
+    return "\n".join(lines)
+

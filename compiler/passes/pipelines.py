@@ -1,0 +1,54 @@
+"""The pipelines, as explicit lists: the list is the documentation.
+
+- ``-O0``: no optimization; only the passes every compile needs (lowering selection records the
+  algorithm of each convolution: the default, or the user's choice).
+- ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
+  dead-code elimination, batch-norm folding, epilogue fusion.
+- ``-O2``: everything: -O1, and lowering chosen by the cost model.
+
+Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
+folding, epilogue fusion: backward needs the intermediate values); autodiff will insert its
+passes before lowering selection.
+"""
+
+from __future__ import annotations
+
+from .canonicalize import canonicalize
+from .eliminate_common_subexpressions import eliminate_common_subexpressions
+from .eliminate_dead_code import eliminate_dead_code
+from .fold_batchnorm import fold_batchnorm
+from .fold_constants import fold_constants
+from .fuse_epilogues import fuse_epilogues
+from .manager import Pass
+from .select_lowering import select_lowering
+
+REQUIRED: list[tuple[str, Pass]] = [("select_lowering", select_lowering)]
+
+CLEANUP: list[tuple[str, Pass]] = [
+    ("canonicalize", canonicalize),
+    ("fold_constants", fold_constants),
+    ("eliminate_common_subexpressions", eliminate_common_subexpressions),
+    ("eliminate_dead_code", eliminate_dead_code),
+]
+
+INFERENCE: dict[int, list[tuple[str, Pass]]] = {
+    0: REQUIRED,
+    1: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
+                  ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
+    2: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
+                  ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
+}
+
+TRAINING: dict[int, list[tuple[str, Pass]]] = {
+    0: REQUIRED,
+    1: CLEANUP + REQUIRED,
+    2: CLEANUP + REQUIRED,
+}
+
+
+def pipeline(opt_level: int, training: bool = False) -> list[tuple[str, Pass]]:
+    """The passes of ``-O<opt_level>``."""
+    table = TRAINING if training else INFERENCE
+    if opt_level not in table:
+        raise ValueError(f"optimization level must be 0, 1 or 2, got {opt_level!r}")
+    return list(table[opt_level])

@@ -1,0 +1,126 @@
+"""The plan: what the compiler hands an executor.
+
+A plan lists the steps of one call in order. A step computes one IR node (its fused epilogue
+included) by calling one or more compiled kernels; every argument of every kernel call is bound
+here, once, as an :class:`Arg` that says where the value comes from (a tensor value, a scratch
+buffer, a packed constant, a literal integer or the batch size). An executor resolves the
+arguments to arrays once per batch size and then only calls functions.
+
+The compiler never imports the runtime: the executor (``runtime/executor.py``) reads this
+module's dataclasses and nothing else of the compiler's internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .ir import Graph
+
+__all__ = ["Arg", "Call", "Step", "BufferPlan", "Plan"]
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One kernel argument.
+
+    ``kind``:
+    - ``value``: the flat float32 buffer of tensor ``ref`` (a node id: a graph input, a step's
+      output, or a view of one);
+    - ``output``: the step's own output buffer;
+    - ``scratch``: the shared scratch buffer named ``ref`` (sized per image, times the batch);
+    - ``const``: the packed constant ``ref`` of this step (prepared when parameters are set);
+    - ``int``: the literal integer ``ref``;
+    - ``batch``: the batch size of the call.
+    """
+
+    kind: str
+    ref: Any = None
+
+
+@dataclass
+class Call:
+    """``fn(*args)``: one compiled kernel call. ``kernel`` names it for listings; ``ir`` is
+    the kernel IR of a generated per-model kernel until the compiler has loaded it into
+    ``fn`` (kernels of their own cached modules, such as convolutions, come with ``fn``)."""
+
+    fn: Callable[..., Any] | None
+    args: tuple[Arg, ...]
+    kernel: str = ""
+    ir: Any = None
+
+
+Packer = Callable[[Mapping[int, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass
+class Step:
+    """One IR node lowered: its kernel calls, and how its constants come from parameters.
+
+    ``pack`` maps parameter values by node id (float64: source parameters and the derived ones
+    evaluated at parameter time) to this step's constants (``const`` arguments); it runs when
+    parameters are set, never per call.
+    """
+
+    node: int
+    name: str
+    op: str
+    inputs: list[int]
+    out_size: int
+    calls: list[Call] = field(default_factory=list)
+    pack: Packer | None = None
+    scratch: dict[str, int] = field(default_factory=dict)
+    lowering: str = "kernel"
+    view: bool = False
+    inplace: bool = False
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def output(self) -> int:
+        return self.node
+
+
+@dataclass
+class BufferPlan:
+    """Where every value lives: graph inputs are the caller's arrays, views alias their base,
+    every other step output is a slot of the arena (float32 elements per image)."""
+
+    slot_of: dict[int, int] = field(default_factory=dict)
+    slot_sizes: list[int] = field(default_factory=list)
+    alias: dict[int, int] = field(default_factory=dict)
+
+    def root(self, value: int) -> int:
+        while value in self.alias:
+            value = self.alias[value]
+        return value
+
+    @property
+    def floats_per_image(self) -> int:
+        return sum(self.slot_sizes)
+
+
+@dataclass
+class Plan:
+    """Everything an executor needs to run a compiled graph.
+
+    ``param_nodes`` are the parameter-time nodes (derived parameters, folded constants) in
+    topological order: the executor evaluates them in float64 (``compiler.ops.evaluate``)
+    from the source parameters whenever parameters are set, before calling the packers.
+    """
+
+    graph: Graph
+    steps: list[Step]
+    buffers: BufferPlan
+    scratch: dict[str, int]
+    param_nodes: list[int]
+    listing: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    cache_path: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kernel_calls(self) -> int:
+        return sum(len(s.calls) for s in self.steps)

@@ -1,0 +1,58 @@
+"""Value types shared by the IR, the op registry and the front end: source spans and tensor
+types. A module of its own so that the ops never import the graph module (which imports them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of DSL (or other) source: 1-based line and column, end exclusive."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Per-sample shape (no batch dimension), element type and memory layout."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    layout: str = "NCHW"
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.shape[2]
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def with_shape(self, *shape: int) -> TensorType:
+        return replace(self, shape=tuple(int(d) for d in shape))
+
+    def __str__(self) -> str:
+        return "x".join(str(d) for d in self.shape)

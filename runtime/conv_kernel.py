@@ -1,0 +1,172 @@
+"""One convolution compiled on its own: ``compile_conv(attrs, (C, H, W))(x, w, b)``.
+
+For the kernel tests and the per-layer benchmark: the same compute and layout kernels a
+compiled model's convolution steps call (``compiler/codegen/conv.py``), without a graph. The
+pieces are exposed for a caller that keeps operands packed (``pack_input`` / ``pack_weights``
+/ ``run`` / ``unpack_output``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+
+from ..compiler.codegen.conv import (
+    ConvGeometry,
+    conv_module,
+    in_floats,
+    kernel_int_args,
+    out_floats,
+    pack_weights,
+)
+from ..compiler.codegen.layout import layout_module
+from ..compiler.codegen.numba_printer import sanitize_comment
+from ..compiler.codegen.tiles import GEMM_M, GEMM_N, TILE_K
+
+__all__ = ["ConvKernel", "compile_conv", "normalize_attrs", "gflops"]
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    t = tuple(int(x) for x in v)
+    if len(t) != 2:
+        raise ValueError(f"conv attribute {name!r} must be an int or a pair, got {v!r}")
+    return t
+
+
+def normalize_attrs(attrs: dict) -> dict:
+    """Attributes as a test writes them (ints for pairs, 1, 2 or 4 pads, an ``activation``)
+    -> the canonical conv attributes of ``compiler/ops/conv.py`` plus ``activation``."""
+    a = dict(attrs)
+    pads = a.get("pads", 0)
+    pads = (int(pads),) * 4 if isinstance(pads, (int, np.integer)) else tuple(map(int, pads))
+    if len(pads) == 2:  # (vertical, horizontal)
+        pads = (pads[0], pads[1], pads[0], pads[1])
+    if len(pads) != 4:
+        raise ValueError(f"conv pads must be (top, left, bottom, right), got {a.get('pads')!r}")
+    out = {"out_channels": int(a["out_channels"]), "kernel": _pair(a["kernel"], "kernel"),
+           "stride": _pair(a.get("stride", 1), "stride"),
+           "dilation": _pair(a.get("dilation", 1), "dilation"),
+           "groups": int(a.get("groups", 1)), "bias": bool(a.get("bias", False)),
+           "pads": pads, "activation": a.get("activation")}
+    if out["activation"] not in (None, "relu"):
+        raise ValueError(f"unsupported conv activation {out['activation']!r}")
+    return out
+
+
+def geometry(attrs: dict, in_shape: tuple[int, int, int]) -> ConvGeometry:
+    a = normalize_attrs(attrs)
+    return ConvGeometry.from_attrs(a, in_shape, a["activation"])
+
+
+class ConvKernel:
+    """A compiled convolution: ``kernel(x, w, b) -> y`` on NCHW float32 arrays."""
+
+    def __init__(self, g: ConvGeometry, lowering: str, comment: str = "", root=None) -> None:
+        self.geometry = g
+        self.lowering = lowering
+        self.module, name, self.source = conv_module(g, lowering, root)
+        self.kernel = getattr(self.module, name)
+        self.path = getattr(self.module, "__file__", None)
+        self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
+        self.layout = layout_module(root)
+        self.int_args = kernel_int_args(g, lowering)
+        self.relu = int(g.activation == "relu")
+
+    def _check(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> None:
+        g = self.geometry
+        if x.ndim != 4 or tuple(x.shape[1:]) != (g.C, g.H, g.W):
+            raise ValueError(f"conv input must be [N, {g.C}, {g.H}, {g.W}], got {x.shape}")
+        if tuple(w.shape) != (g.K, g.Cg, g.R, g.S):
+            raise ValueError(f"conv weight must be {(g.K, g.Cg, g.R, g.S)}, got {w.shape}")
+        if g.bias and (b is None or tuple(b.shape) != (g.K,)):
+            raise ValueError(f"conv bias must be [{g.K}], got "
+                             f"{None if b is None else b.shape}")
+        if not g.bias and b is not None:
+            raise ValueError("this conv was compiled without bias, but a bias was given")
+
+    def pack_weights(self, w: np.ndarray, b: np.ndarray | None = None):
+        return pack_weights(self.geometry, self.lowering, w, b)
+
+    def pack_input(self, x: np.ndarray) -> np.ndarray:
+        g = self.geometry
+        x = np.ascontiguousarray(x, np.float32)
+        N = x.shape[0]
+        xp = np.empty(N * in_floats(g, self.lowering), np.float32)
+        if self.lowering == "im2col":
+            PQp = -(-(g.P * g.Q) // GEMM_N) * GEMM_N
+            self.layout.im2col(x.ravel(), xp, N, g.C, g.H, g.W, g.groups, g.Cg, g.R, g.S,
+                               g.P, g.Q, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, PQp)
+            return xp
+        if g.depthwise:
+            NB, CB, Cg, Cgb = -(-g.C // 8), 8, g.C, -(-g.C // 8)
+        else:
+            NB, CB, Cg, Cgb = g.groups * g.Cgb, g.CB, g.Cg, g.Cgb
+        self.layout.pack_nchw_blocked(x.ravel(), xp, N, g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl,
+                                      NB, CB, Cg, Cgb)
+        return xp
+
+    def run(self, xp, wp, bp, N: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The compute kernel on packed operands; returns the packed (flat) output."""
+        if out is None:
+            out = np.empty(N * out_floats(self.geometry, self.lowering), np.float32)
+        self.kernel(xp, wp, bp, out, *self.int_args, self.relu, int(N))
+        return out
+
+    def unpack_output(self, yp: np.ndarray, N: int) -> np.ndarray:
+        g = self.geometry
+        out = np.empty((N, g.K, g.P, g.Q), np.float32)
+        if self.lowering == "im2col":
+            Kgp = -(-g.Kg // GEMM_M) * GEMM_M
+            PQp = -(-(g.P * g.Q) // GEMM_N) * GEMM_N
+            self.layout.crop_gemm(yp, out.reshape(-1), N, g.K, g.Kg, Kgp, g.P * g.Q, PQp)
+        elif g.depthwise:
+            C8 = -(-g.C // 8)
+            self.layout.unpack_blocked_nchw(yp, out.reshape(-1), N, g.K, g.P, g.Q, g.K, C8 * 8,
+                                            C8)
+        else:
+            self.layout.unpack_blocked_nchw(yp, out.reshape(-1), N, g.K, g.P, g.Q, g.Kg,
+                                            g.Kgb * TILE_K, 2 * g.groups * g.Kgb)
+        return out
+
+    def signature(self) -> tuple[str, ...]:
+        return ("array",) * 4 + ("int",) * (len(self.int_args) + 2)
+
+    def inspect_asm(self) -> str:
+        """Machine code of the compute kernel's task function (compiled again without the
+        cache: Numba cannot show the assembly of code loaded from its disk cache)."""
+        import numba
+        from numba import types
+
+        task = getattr(self.module, self.kernel.py_func.__name__ + "_task")
+        opts = dict(task.targetoptions)
+        opts.pop("cache", None)
+        opts.pop("nopython", None)
+        fresh = numba.njit(**opts)(task.py_func)
+        sig = tuple(types.int64 if k == "int" else types.float32[::1]
+                    for k in self.signature() + ("int",))
+        fresh.compile(sig)
+        return fresh.inspect_asm(sig)
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        x, w = np.asarray(x), np.asarray(w)
+        b = None if b is None else np.asarray(b)
+        self._check(x, w, b)
+        N = x.shape[0]
+        wp, bp = self.pack_weights(w, b)
+        return self.unpack_output(self.run(self.pack_input(x), wp, bp, N), N)
+
+
+def compile_conv(attrs: dict, in_shape: tuple[int, int, int],
+                 lowering: Literal["direct", "im2col"] = "direct", *, comment: str = "",
+                 root=None) -> ConvKernel:
+    """Generate, cache and load the kernels of one convolution (see the module docstring)."""
+    return ConvKernel(geometry(attrs, in_shape), lowering, comment, root)
+
+
+def gflops(g: ConvGeometry, N: int, seconds: float) -> float:
+    """GFLOP/s of one convolution of batch ``N`` that took ``seconds``."""
+    return g.flops_per_image * N / seconds / 1e9 if seconds > 0 else math.inf

@@ -1,0 +1,149 @@
+"""The CPU executor: binds a compiler plan once, then runs it.
+
+Parameters: whenever they are set, the plan's parameter-time nodes (derived parameters such as
+folded batch-norm weights, folded constants) are evaluated in float64 from the source
+parameters, and each step's packer turns those values into its flat float32 constants.
+
+Calls: every batch size gets an arena (one flat float32 buffer per slot of the plan's buffer
+plan, plus the scratch buffers), and every kernel call's arguments are resolved to arrays and
+integers once for that arena. A call then only patches in the caller's input arrays and calls
+the kernels in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..compiler.ops import evaluate
+from ..compiler.plan import Arg, Plan, Step
+
+__all__ = ["CpuExecutor", "Arena"]
+
+
+class Arena:
+    """Buffers of one batch size and the calls bound to them."""
+
+    def __init__(self, executor: CpuExecutor, n: int) -> None:
+        plan = executor.plan
+        self.n = n
+        self.slots = [np.empty(n * size, np.float32) for size in plan.buffers.slot_sizes]
+        self.scratch = {k: np.empty(n * v, np.float32) for k, v in plan.scratch.items()}
+        self.values: dict[int, np.ndarray] = {}
+        for step in plan.steps:
+            if step.view:
+                continue
+            slot = self.slots[plan.buffers.slot_of[step.output]]
+            self.values[step.output] = slot[: n * step.out_size]
+        self.calls: list[tuple[Any, list[Any], list[tuple[int, int]]]] = []
+        self.step_calls: list[list[tuple[Any, list[Any], list[tuple[int, int]]]]] = []
+        self.bind(executor)
+
+    def value(self, plan: Plan, node: int) -> np.ndarray | None:
+        """The buffer of a tensor value (None for a graph input: the caller's array)."""
+        return self.values.get(plan.buffers.root(node))
+
+    def bind(self, executor: CpuExecutor) -> None:
+        """Resolve every argument of every call (constants are bound by reference, so new
+        parameters need a rebind: ``CpuExecutor.set_params`` drops the arenas)."""
+        plan = executor.plan
+        self.calls = []
+        self.step_calls = []
+        for step, consts in zip(plan.steps, executor.consts):
+            self.step_calls.append([])
+            for call in step.calls:
+                args: list[Any] = []
+                patches: list[tuple[int, int]] = []
+                for pos, a in enumerate(call.args):
+                    args.append(self._resolve(plan, step, consts, a))
+                    if args[-1] is None:  # a graph input: patched in per call
+                        patches.append((pos, plan.buffers.root(a.ref)))
+                self.calls.append((call.fn, args, patches))
+                self.step_calls[-1].append(self.calls[-1])
+
+    def _resolve(self, plan: Plan, step: Step, consts: dict[str, np.ndarray], a: Arg) -> Any:
+        if a.kind == "value":
+            return self.value(plan, a.ref)
+        if a.kind == "output":
+            return self.values[step.output]
+        if a.kind == "scratch":
+            return self.scratch[a.ref][: self.n * plan.scratch[a.ref]]
+        if a.kind == "const":
+            return consts[a.ref]
+        if a.kind == "int":
+            return int(a.ref)
+        if a.kind == "batch":
+            return int(self.n)
+        raise ValueError(f"unknown argument kind {a.kind!r}")
+
+
+class CpuExecutor:
+    """Runs a :class:`~cnnc.compiler.plan.Plan` with its Numba kernels."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.consts: list[dict[str, np.ndarray]] = [{} for _ in plan.steps]
+        self.arenas: dict[int, Arena] = {}
+
+    def bytes_needed(self, batch: int) -> int:
+        """Bytes of the arena for ``batch`` images (activations and scratch)."""
+        floats = self.plan.buffers.floats_per_image + sum(self.plan.scratch.values())
+        return 4 * batch * floats
+
+    def parameter_values(self, params: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
+        """Every constant of the plan's graph by node id, in float64: the source parameters by
+        name, then the parameter-time nodes evaluated from them."""
+        graph = self.plan.graph
+        values: dict[int, np.ndarray] = {}
+        for node in graph.params():
+            values[node.id] = np.asarray(params[node.name], np.float64)
+        for nid in self.plan.param_nodes:
+            node = graph.node(nid)
+            values[nid] = evaluate(node.op, [values[i] for i in node.inputs], node.attrs)
+        return values
+
+    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        values = self.parameter_values(params)
+        consts = []
+        for step in self.plan.steps:
+            packed = step.pack(values) if step.pack else {}
+            # np.array copies: writable arrays, so every call has the type the kernels were
+            # compiled for (a read-only array would be a second Numba signature)
+            consts.append({k: np.array(v, dtype=np.float32).ravel() for k, v in packed.items()})
+        self.consts = consts
+        for arena in self.arenas.values():
+            arena.bind(self)
+
+    def arena(self, n: int) -> Arena:
+        arena = self.arenas.get(n)
+        if arena is None:
+            arena = Arena(self, n)
+            self.arenas[n] = arena
+        return arena
+
+    def run(self, inputs: Mapping[int, np.ndarray], n: int) -> Arena:
+        """Run every step on flat float32 inputs by graph-input node id; the outputs are in
+        the returned arena (``arena.value(plan, node)``, or the input itself)."""
+        arena = self.arena(n)
+        _call_all(arena.calls, inputs)
+        return arena
+
+    def run_step(self, arena: Arena, index: int, inputs: Mapping[int, np.ndarray]) -> None:
+        """Run step ``index`` alone (``cnnc check``); its tensor inputs must be in their
+        buffers already, or in ``inputs`` for graph inputs."""
+        _call_all(arena.step_calls[index], inputs)
+
+    def output(self, arena: Arena, inputs: Mapping[int, np.ndarray], node: int) -> np.ndarray:
+        buf = arena.value(self.plan, node)
+        return inputs[self.plan.buffers.root(node)] if buf is None else buf
+
+
+def _call_all(calls, inputs: Mapping[int, np.ndarray]) -> None:
+    for fn, args, patches in calls:
+        if patches:
+            args = list(args)
+            for pos, nid in patches:
+                args[pos] = inputs[nid]
+        fn(*args)
