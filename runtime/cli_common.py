@@ -153,11 +153,13 @@ def write_files(files: Mapping[str | Path, Content], *, force: bool = False,
     no half-written one. Returns the paths written.
     """
     targets: dict[Path, Content] = {}
+    seen: set[str] = set()
     for name, content in files.items():
         path = Path(name)
-        key = Path(os.path.abspath(path))
-        if key in {Path(os.path.abspath(t)) for t in targets}:
+        real = os.path.realpath(path)
+        if real in seen:
             raise CliError(f"{path} would be written twice; give the files different names")
+        seen.add(real)
         targets[path] = content
     existing, refused = [], []
     for path in targets:
