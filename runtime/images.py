@@ -123,9 +123,9 @@ def read_pixels(source: str | Path | bytes, name: str | None = None) -> np.ndarr
                 img = ImageOps.exif_transpose(img)
                 return _samples(img, name)
     except UnidentifiedImageError:
-        raise ImageError(f"{name} is not an image file Pillow can read; convert it to PNG or "
-                         "JPEG, or save the array with numpy.save and pass the .npy file"
-                         ) from None
+        raise ImageError(f"{name} is not an image file Pillow can read (or its header is "
+                         "damaged); convert it to PNG or JPEG, or save the array with "
+                         "numpy.save and pass the .npy file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"{name}: the image is too large to read safely ({e})") from None
     except ImageError:
