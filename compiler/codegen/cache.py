@@ -250,7 +250,7 @@ def _record(path: Path, *, adopt_only: bool = False) -> None:
             if adopt_only and rel in manifest:
                 continue
             data = _read_regular(f)
-            if data is None or (adopt_only and not _numba_data_ok(f, data)):
+            if data is None or (adopt_only and f != path and not _numba_data_ok(f, data)):
                 continue
             digest = _sha256(data)
             if manifest.get(rel) != digest:

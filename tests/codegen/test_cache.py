@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -120,6 +121,7 @@ def test_one_flipped_byte_in_numba_machine_code_is_detected_and_rebuilt(tmp_path
     manifest = json.loads((Path(first["path"]).parent / cache.MANIFEST).read_text())
     nbc = [f for f in _numba_files(first["path"]) if f.suffix == ".nbc"]
     assert len(nbc) == 1 and f"__pycache__/{nbc[0].name}" in manifest
+    assert manifest[Path(first["path"]).name] == hashlib.sha256(SOURCE.encode()).hexdigest()
     data = bytearray(nbc[0].read_bytes())
     data[len(data) // 2] ^= 0x01
     nbc[0].write_bytes(bytes(data))
