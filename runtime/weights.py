@@ -19,7 +19,7 @@ from typing import IO
 import numpy as np
 
 from ..compiler.ir import Graph
-from .memory import check_parameter_memory
+from .memory import available_memory, check_parameter_memory, fmt_bytes
 
 RELU_FAMILY = {"relu", "leaky_relu", "relu6", "hard_swish", "swish", "gelu"}
 
@@ -216,6 +216,21 @@ def _read_header(fp: IO[bytes]) -> Header:
     return tuple(shape), dtype
 
 
+def _size_problem(header: Header, stored: int) -> str | None:
+    """Why the data an array header declares cannot be read: more bytes than the file holds
+    (truncated), or more than the memory available. Checked before NumPy allocates it."""
+    shape, dtype = header
+    count = 1
+    for d in shape:
+        count *= int(d)
+    nbytes = count * dtype.itemsize
+    if nbytes > stored:
+        return f"the header declares {nbytes:,} bytes of data but only {stored:,} are stored"
+    if nbytes > available_memory():
+        return f"the array needs {fmt_bytes(nbytes)}, more than the memory available"
+    return None
+
+
 def _read_data(fp: IO[bytes]) -> np.ndarray:
     array = np.lib.format.read_array(fp, allow_pickle=False)
     if fp.read(1):
@@ -237,6 +252,7 @@ def read_npz(path: str | Path, *, what: str = "weights", error: type[Exception] 
     with _open_archive(path, what, error) as zf:
         headers: dict[str, Header] = {}
         members: dict[str, zipfile.ZipInfo] = {}
+        sizes: dict[str, int] = {}
         for info in zf.infolist():
             key = info.filename.removesuffix(".npy")
             if info.is_dir() or not info.filename.endswith(".npy"):
@@ -245,10 +261,12 @@ def read_npz(path: str | Path, *, what: str = "weights", error: type[Exception] 
             try:
                 with zf.open(info) as fp:
                     headers[key] = _read_header(fp)
+                    stored = info.file_size - fp.tell()
             except _READ_ERRORS as e:
                 raise error(f"cannot read {what} from {path}: key {key!r}: damaged array "
                             f"header ({e})") from None
             members[key] = info
+            sizes[key] = stored
         if check is not None:
             check(headers)
         else:
@@ -256,6 +274,10 @@ def read_npz(path: str | Path, *, what: str = "weights", error: type[Exception] 
                         if p]
             if problems:
                 raise error(f"cannot use {what} from {path}: " + "; ".join(problems))
+        for key, header in headers.items():  # after `check`: its message is the clearer one
+            problem = _size_problem(header, sizes[key])
+            if problem:
+                raise error(f"cannot read {what} from {path}: key {key!r}: {problem}")
         values: dict[str, np.ndarray] = {}
         for key, info in members.items():
             try:
@@ -272,7 +294,7 @@ def read_npy(path: str | Path, *, what: str = "the array",
     """One array from a .npy file, without pickle: real numbers only; a damaged, truncated
     or foreign file raises ``error`` naming it."""
     path = Path(path)
-    _regular_file(path, what, error)
+    size = _regular_file(path, what, error)
     try:
         with open(path, "rb") as fp:
             if fp.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
@@ -280,8 +302,9 @@ def read_npy(path: str | Path, *, what: str = "the array",
                 raise error(f"cannot read {what} from {path}: it is {kind} (a .npy file "
                             "starts with \\x93NUMPY)")
             fp.seek(0)
-            _, dtype = _read_header(fp)
-            problem = _dtype_problem("the array", dtype)
+            header = _read_header(fp)
+            problem = _dtype_problem("the array", header[1]) or \
+                _size_problem(header, size - fp.tell())
             if problem:
                 raise error(f"cannot use {what} from {path}: {problem}")
             fp.seek(0)

@@ -200,3 +200,18 @@ def test_bad_npz_input_names_the_file_and_key(graph, tmp_path):
     path.write_bytes(data[: len(data) - 30])
     with pytest.raises(CliError, match=r"x\.npz"):
         load_inputs([str(path)], graph)
+
+
+def test_an_input_header_claiming_a_huge_array_is_refused_before_allocation(graph, tmp_path):
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        head, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 2, 5, 5)})
+    (tmp_path / "x.npy").write_bytes(head.getvalue() + b"\0" * 64)  # magic, header, no data
+    with pytest.raises(CliError, match=r"x\.npy: the header declares 200,000,000,000 bytes"):
+        load_inputs([str(tmp_path / "x.npy")], graph)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("image.npy", head.getvalue() + b"\0" * 64)
+    (tmp_path / "x.npz").write_bytes(buf.getvalue())
+    with pytest.raises(CliError, match=r"x\.npz: key 'image': the header declares"):
+        load_inputs([str(tmp_path / "x.npz")], graph)
