@@ -97,6 +97,8 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
             files += found
         elif p.is_file():
             files.append(p)
+        elif p.exists():  # a FIFO or device: reading it could block
+            raise ImageError(f"{p}: not a regular file")
         else:
             raise ImageError(f"no such input file: {p}")
     if not files:
