@@ -374,6 +374,8 @@ def _check_entry(path: Path, source: str) -> None:
     if problem is not None:
         _warn(f"kernel cache: {path.parent}: {problem}; purged, the kernel compiles again")
         _purge_numba_cache(path)
+        if _numba_files(path):  # a read-only cache keeps its damaged files: use another
+            raise PermissionError(f"cannot remove the damaged files in {path.parent}")
     _record(path, adopt_only=True)
 
 
