@@ -14,8 +14,6 @@ import pytest
 from cnnc.runtime.cli import main
 from cnnc.runtime.cli_common import CliError, write_files
 
-pytest.importorskip("onnx")
-
 NET = """network tiny
 input image: 2 x 5 x 5
 image -> conv(3, 3, pad=same) -> relu -> flatten -> dense(4) -> output logits
@@ -24,6 +22,7 @@ image -> conv(3, 3, pad=same) -> relu -> flatten -> dense(4) -> output logits
 
 @pytest.fixture()
 def onnx_model(tmp_path):
+    pytest.importorskip("onnx")  # only the import/export tests need it
     src = tmp_path / "tiny.cnn"
     src.write_text(NET)
     assert main(["export", str(src), "-o", str(tmp_path / "net.onnx")]) == 0
