@@ -8,16 +8,21 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from ..compiler.ir import Graph
 from ..dsl.errors import DslError
-
-
-class CliError(Exception):
-    """A usage problem: bad file, bad option value."""
+from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re-exported
+    _EXTRA,
+    CliError,
+    force_arg,
+    load_array,
+    load_graph,
+    load_inputs,
+    parse_params,
+    report_outputs,
+    write_files,
+)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -36,57 +41,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-def parse_params(items: Sequence[str] | None) -> dict[str, object]:
-    """`--param classes=10` -> {"classes": 10}."""
-    out: dict[str, object] = {}
-    for item in items or ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise CliError(f"--param takes NAME=VALUE, got {item!r}")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                raise CliError(f"--param {key}: {value!r} is not a number") from None
-    return out
-
-
-def load_graph(args: argparse.Namespace) -> Graph:
-    from ..dsl.builder import load_network
-
-    return load_network(args.model, **parse_params(getattr(args, "param", None)))
-
-
-def load_array(path: str, graph: Graph) -> dict[str, np.ndarray]:
-    """Inputs from .npy (the single input), .npz (by input name) or an image file."""
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"no such input file: {path}")
-    names = list(graph.inputs)
-    if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    if p.suffix == ".npy":
-        try:
-            x = np.load(p, allow_pickle=False)
-        except ValueError as e:
-            raise CliError(f"cannot read {path}: {e}") from None
-        if len(names) != 1:
-            raise CliError(f"the network has {len(names)} inputs ({', '.join(names)}); give "
-                           "them as an .npz keyed by input name")
-        want = graph.node(graph.inputs[names[0]]).type.shape
-        if x.ndim == len(want):
-            x = x[None]
-        return {names[0]: x}
-    from .images import load_image
-
-    if len(names) != 1:
-        raise CliError("an image can feed only a network with one input")
-    return {names[0]: load_image(p, graph.node(graph.inputs[names[0]]).type.shape)}
-
-
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -103,11 +57,15 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .images import ImageOptions
     from .reference import run_reference
     from .weights import init_params, load_weights
 
+    if args.output and not args.output.endswith(".npz"):
+        raise CliError(f"the output should be an .npz file, got {args.output}")
     graph = load_graph(args)
-    inputs = load_array(args.input, graph)
+    options = ImageOptions(resize=args.resize, mean=args.mean, std=args.std)
+    inputs = load_inputs(args.input, graph, options)
     params = load_weights(graph, args.weights) if args.weights else init_params(graph, args.seed)
     t0 = time.perf_counter()
     if args.reference:
@@ -120,29 +78,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()})
         engine = "compiled (Numba CPU)"
     elapsed = time.perf_counter() - t0
-    print(f"{graph.name}: {engine}, {elapsed * 1e3:.1f} ms")
+    batch = next(iter(inputs.values())).shape[0] if inputs else 1
+    print(f"{graph.name}: {engine}, batch {batch}, {elapsed * 1e3:.1f} ms")
     report_outputs(outputs)
     if args.output:
-        np.savez(args.output, **{k: np.asarray(v) for k, v in outputs.items()})
-        print(f"saved outputs to {args.output}")
+        values = {k: np.asarray(v) for k, v in outputs.items()}
+        write_files({args.output: lambda f: np.savez(f, **values)}, force=args.force)
+        print(f"wrote outputs to {args.output}")
     return 0
-
-
-def report_outputs(outputs: dict[str, np.ndarray]) -> None:
-    for name, value in outputs.items():
-        print(f"output {name}: shape {'x'.join(map(str, value.shape))}, "
-              f"min {value.min():.6g}, max {value.max():.6g}, mean {value.mean():.6g}")
-        if value.ndim == 2 and value.shape[1] >= 5:
-            for b, row in enumerate(value[:4]):
-                top = np.argsort(-row)[:5]
-                items = ", ".join(f"{int(i)}: {row[i]:.4g}" for i in top)
-                print(f"  image {b} top-5 (class: score): {items}")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .images import channel_values
+
     parser = argparse.ArgumentParser(
         prog="cnnc", description="cnnc: a compiler for convolutional neural networks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -164,12 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a network on an input")
     model_arg(p)
-    p.add_argument("--input", required=True, help=".npy, .npz or an image (.png/.jpg)")
+    p.add_argument("--input", required=True, nargs="+", metavar="FILE",
+                   help="one .npy (the single input) or .npz (by input name), or images "
+                        "(.jpg, .png, ...; files or folders) run as one batch in the order "
+                        "given, a folder's images sorted by name")
+    p.add_argument("--resize", choices=("stretch", "crop"), default="stretch",
+                   help="images to the input's height x width: stretch both axes (default) "
+                        "or crop: scale the shorter side to fit, keep the centre")
+    p.add_argument("--mean", type=channel_values, default=(0.0,), metavar="M[,M,...]",
+                   help="per-channel mean subtracted after scaling pixels to [0, 1] "
+                        "(default 0), e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=channel_values, default=(1.0,), metavar="S[,S,...]",
+                   help="per-channel divisor applied after the mean (default 1), e.g. "
+                        "0.229,0.224,0.225")
     p.add_argument("--weights", help=".npz of parameters keyed by layer name")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
     p.add_argument("--reference", action="store_true", help="use the float64 interpreter")
     p.add_argument("--lowering", default="auto", choices=("auto", "direct", "im2col"))
-    p.add_argument("--output", "-o", help="save outputs to this .npz")
+    p.add_argument("--output", "-o", metavar="FILE.npz",
+                   help="also write the outputs to this .npz (keyed by output name)")
+    force_arg(p)
     p.set_defaults(func=cmd_run)
 
     for name, (func, help_text, configure) in _EXTRA.items():
@@ -177,10 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
         configure(p, model_arg)
         p.set_defaults(func=func)
     return parser
-
-
-# Commands contributed by other modules: name -> (function, help, configure(parser, model_arg)).
-_EXTRA: dict[str, tuple[Callable, str, Callable]] = {}
 
 
 EXTRA_MODULES = ("commands", "onnx_io")

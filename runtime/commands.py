@@ -11,7 +11,15 @@ import time
 
 import numpy as np
 
-from .cli import _EXTRA, CliError, load_graph, parse_params, report_outputs
+from .cli_common import (
+    _EXTRA,
+    CliError,
+    force_arg,
+    load_graph,
+    parse_params,
+    report_outputs,
+    write_files,
+)
 
 
 def parse_lowering(items: list[str] | None) -> str | dict[str, str]:
@@ -69,8 +77,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.dump_ir:
         print(f"wrote the IR after each pass to {args.dump_ir}")
     if args.emit:
-        files = model.emit(args.emit)
-        print(f"wrote {len(files)} generated source files to {args.emit}")
+        from pathlib import Path
+
+        files = write_files({Path(args.emit) / name: text
+                             for name, text in model.sources().items()},
+                            force=args.force, create_folders=True)
+        print(f"wrote {len(files)} generated source files to {args.emit}: "
+              f"{', '.join(f.name for f in files)}")
     return 0
 
 
@@ -84,8 +97,10 @@ def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
     model_arg(p)
     _lowering_arg(p)
     _opt_arg(p)
-    p.add_argument("--emit", metavar="DIR", help="write the generated kernel sources here")
+    p.add_argument("--emit", metavar="DIR", help="write the generated kernel sources here "
+                   "(created if missing; existing files are kept unless --force)")
     p.add_argument("--cache-dir", help="kernel cache (default $CNNC_CACHE_DIR or ~/.cache/cnnc)")
+    force_arg(p)
     p.add_argument("--explain", action="store_true",
                    help="per pass, what it changed (with DSL locations), then totals")
     p.add_argument("--stats", action="store_true",
@@ -151,12 +166,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: compile a zoo network, check it against the reference, run it."""
     from .check import check_model
     from .model import compile as compile_model
-    from .summary import summarize
+    from .summary import format_giga, summarize
 
     graph = load_graph(args)
     s = summarize(graph)
     print(f"{graph.name}: {len(s.rows)} layers, {s.params:,} parameters, "
-          f"{s.flops / 1e9:.3f} GFLOPs per image")
+          f"{format_giga(s.flops)} GFLOPs per image")
     t0 = time.perf_counter()
     model = compile_model(graph, seed=args.seed)
     compile_s = time.perf_counter() - t0

@@ -27,6 +27,7 @@ from ..compiler.ir import Graph
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.plan import Plan
 from .executor import CpuExecutor
+from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
 from .weights import check_weights, init_params, load_weights, save_weights
 
@@ -36,29 +37,6 @@ __all__ = ["compile", "CompiledModel", "ModelError", "available_memory"]
 class ModelError(InputError):
     """A model that cannot be built or run as asked (a target we lack, a batch size whose
     buffers would not fit in memory). An InputError so the CLI reports it as a user error."""
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (MemAvailable, else free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 1 << 62
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 def _load_graph(src: Any) -> tuple[Graph, dict[str, np.ndarray] | None]:
@@ -137,9 +115,9 @@ class CompiledModel:
         if need > avail:
             raise ModelError(
                 f"network {self.graph.name!r} at batch size {n} needs "
-                f"{_fmt_bytes(need)} of buffers, but only {_fmt_bytes(avail)} of memory is "
+                f"{fmt_bytes(need)} of buffers, but only {fmt_bytes(avail)} of memory is "
                 f"available; use a smaller batch (batch 1 needs "
-                f"{_fmt_bytes(self.bytes_needed(1))})")
+                f"{fmt_bytes(self.bytes_needed(1))})")
 
     @property
     def _arenas(self) -> dict[int, Any]:
@@ -252,8 +230,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     elif isinstance(weights, (str, Path)):
         params = load_weights(graph, weights)
     else:
+        check_weights(graph, dict(weights))  # refuses strings, complex, NaN before converting
         params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
-        check_weights(graph, params)
     optimized = graph.copy()
     try:
         records = optimize(optimized, opt_level, ctx=PassContext(lowering=lowering),
@@ -263,9 +241,9 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     plan = lower_graph(optimized, cache_dir=cache_dir)
     model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
     if model.bytes_needed(1) > available_memory():
-        raise ModelError(f"network {graph.name!r} needs {_fmt_bytes(model.bytes_needed(1))} "
+        raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "
                          f"of buffers at batch 1, more than the "
-                         f"{_fmt_bytes(available_memory())} available")
+                         f"{fmt_bytes(available_memory())} available")
     if warm:
         model.warm_up()
     model.compile_seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cli import _EXTRA, CliError, load_graph
+from .cli_common import _EXTRA, CliError, force_arg, load_graph, write_files
 
 if TYPE_CHECKING:
     from ..compiler.ir import Graph
@@ -90,11 +90,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         params = init_params(graph, args.seed)
     try:
-        model = export_onnx(graph, params, args.output)
+        model = export_onnx(graph, params)
     except OnnxExportError as e:
         raise CliError(str(e)) from None
-    except OSError as e:
-        raise CliError(f"cannot write {args.output}: {e.strerror or e}") from None
+    write_files({args.output: model.SerializeToString()}, force=args.force)
     source = args.weights or f"initial weights (seed {args.seed})"
     print(f"wrote {args.output}: {graph.name}, {len(model.graph.node)} ONNX nodes, "
           f"{len(model.graph.initializer)} initializers, opset {OPSET}; weights from {source}")
@@ -108,17 +107,18 @@ def cmd_import(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else src.with_suffix(".cnn")
     if out.suffix != ".cnn":
         raise CliError(f"the output should be a .cnn file, got {out}")
-    weights_path = out.with_suffix(".npz")
+    weights_path = Path(args.weights_out) if args.weights_out else out.with_suffix(".npz")
+    if weights_path.suffix != ".npz":
+        raise CliError(f"the weights file should be an .npz file, got {weights_path}")
+    if src.resolve() in (out.resolve(), weights_path.resolve()):
+        raise CliError(f"{src} is the model being imported; choose another output name")
     text, weights = import_onnx(src)
     from ..dsl.builder import load_network
     from .weights import save_weights
 
     graph = load_network(text)
-    try:
-        out.write_text(text)
-        save_weights(weights, weights_path)
-    except OSError as e:
-        raise CliError(f"cannot write {out}: {e.strerror or e}") from None
+    write_files({out: text, weights_path: lambda f: save_weights(weights, f)},
+                force=args.force)
     n_params = sum(int(np.prod(v.shape)) for v in weights.values())
     print(f"wrote {out} ({len(graph.compute_nodes())} layers) and {weights_path} "
           f"({len(weights)} tensors, {n_params:,} parameters)")
@@ -158,17 +158,24 @@ def _check_against_ort(src: Path, graph: Graph, weights: dict[str, np.ndarray]) 
 
 def _configure_export(p: argparse.ArgumentParser, model_arg: Any) -> None:
     model_arg(p)
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write (the only "
+                   "file written; an existing one is kept unless --force)")
     p.add_argument("--weights", help=".npz of parameters (default: initial weights)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
+    force_arg(p)
 
 
 def _configure_import(p: argparse.ArgumentParser, model_arg: Any) -> None:
     p.add_argument("model", help="an .onnx file")
-    p.add_argument("-o", "--output", help="the .cnn file to write (weights go next to it as "
-                   ".npz); default: the model's name with .cnn")
+    p.add_argument("-o", "--output", metavar="FILE.cnn",
+                   help="the DSL source to write (default: the model's name with .cnn)")
+    p.add_argument("--weights-out", metavar="FILE.npz",
+                   help="the weights to write (default: the .cnn file's name with .npz); "
+                        "these two are the only files written, and existing ones are kept "
+                        "unless --force")
     p.add_argument("--check", action="store_true",
                    help="compare with ONNX Runtime on a random input")
+    force_arg(p)
 
 
 _EXTRA["export"] = (cmd_export, "write a network as an ONNX model", _configure_export)

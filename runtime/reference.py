@@ -18,7 +18,12 @@ class InputError(Exception):
 
 def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
                  dtypes: tuple[type, ...] = (np.float32, np.float64)) -> int:
-    """Validate the inputs by name, shape and dtype; returns the batch size."""
+    """Validate the inputs by name, shape and dtype; returns the batch size.
+
+    An array in non-native byte order (a big-endian ``>f4`` read from a file) is refused with
+    the conversion to make, not converted: this function only checks, and the CLI's loaders
+    convert what they read to native float32 themselves.
+    """
     missing = [n for n in graph.inputs if n not in inputs]
     unknown = [n for n in inputs if n not in graph.inputs]
     if missing or unknown:
@@ -41,6 +46,12 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
             allowed = " or ".join(np.dtype(d).name for d in dtypes)
             raise InputError(f"input {name!r} has dtype {x.dtype}, expected {allowed} "
                              f"(shape {shape_txt})")
+        if not x.dtype.isnative:
+            # Refused rather than converted: this only validates (the caller keeps its array),
+            # and a kernel handed non-native bytes would fail deep inside Numba.
+            raise InputError(f"input {name!r} is stored in non-native (big-endian) byte order "
+                             f"({x.dtype.str}); pass x.astype(np.{x.dtype.name}) (shape "
+                             f"{shape_txt})")
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
             raise InputError(f"input {name!r} has shape {' x '.join(map(str, x.shape))}, "
                              f"expected {shape_txt}")

@@ -95,9 +95,16 @@ def format_summary(s: Summary, all_rows: bool = True) -> str:
     lines.append(f"total parameters:   {s.params:,}")
     if s.buffers:
         lines.append(f"non-trainable:      {s.buffers:,} (running statistics, fixed weights)")
-    lines.append(f"multiply-accumulates per image: {s.macs:,} ({s.flops / 1e9:.3f} GFLOPs)")
+    lines.append(f"multiply-accumulates per image: {s.macs:,} ({format_giga(s.flops)} GFLOPs)")
     lines.append(f"activations per image:          {s.activations:,}")
     return "\n".join(lines)
+
+
+def format_giga(n: int) -> str:
+    """``n / 1e9`` with three decimals, in integer arithmetic: exact for counts of any size
+    (a float division overflows beyond 1e308)."""
+    thousandths = (int(n) + 500_000) // 1_000_000
+    return f"{thousandths // 1000}.{thousandths % 1000:03d}"
 
 
 def _dims(shape: tuple[int, ...]) -> str:

@@ -11,25 +11,40 @@ the kernel file, not the intrinsics it calls). Numba then keeps its compiled cod
 ``__pycache__`` folder beside the file, so a second process loads a kernel in a fraction of a
 second instead of compiling it again.
 
-Robustness:
+Robustness (a cache must heal itself, never need deleting by hand):
 
-- the file is written to a temporary name and ``os.replace``-d into place, so concurrent writers
-  never leave a torn file (and the file is only rewritten when its content is wrong, because a
-  new mtime invalidates Numba's cache);
-- a kernel file whose content does not match the source (truncated, edited, corrupt) is
-  rewritten; Numba index/data files that cannot be unpickled are deleted so that Numba compiles
-  again instead of raising (Numba itself does not survive a corrupt cache file);
-- if the cache directory cannot be written at all, a private temporary directory is used.
+- files are written to a temporary name and ``os.replace``-d into place, so concurrent writers
+  never leave a torn file (and the kernel file is only rewritten when its content is wrong,
+  because a new mtime invalidates Numba's cache);
+- every entry has a manifest, ``checksums.json``: the SHA-256 of the kernel file and of each of
+  Numba's index (``.nbi``) and data (``.nbc``) files, recorded right after Numba saves them (and,
+  for files written by the parallel-compile workers, when first seen: at this process's exit or
+  the next load, after a structural check). On load, a kernel file that differs from its source
+  or a Numba file that differs from its checksum (one flipped byte of machine code is enough)
+  is purged with a one-line warning on stderr, and Numba compiles the kernel again;
+- anything that is not a regular file where a cache file belongs (a FIFO, which would block
+  any reader forever, a folder, a link) is removed without being opened;
+- if the cache directory cannot be used (read-only, a file in its place), the process says so
+  once and uses one per-user folder, ``<tmp>/cnnc-cache-<uid>``, for the rest of its life (the
+  same folder in every run, so no new temporary directory per run).
+
+A concurrent process rewriting Numba's index between another's save and its checksum can make
+a sound entry look damaged: the cost is one more compile, never a wrong kernel.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
+import io
+import json
 import os
 import pickle
 import pickletools
 import re
+import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -91,12 +106,83 @@ def module_path(source: str, tag: str, root: Path | None = None) -> Path:
     return root / f"{tag}-{cache_key(source)}" / f"{tag}.py"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+MANIFEST = "checksums.json"
+_MANIFEST_LOCK = threading.Lock()
+_FALLBACK: dict[Path, Path] = {}  # unusable root -> the folder used instead
+_SEEN: set[Path] = set()  # kernel files loaded here: their Numba files are recorded at exit
+
+
+def _warn(message: str) -> None:
+    """One line on stderr (a warning about the cache is never an error)."""
+    print(f"cnnc: warning: {message}", file=sys.stderr)
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (not followed through a link), else None.
+
+    Opened non-blocking and checked with fstat before reading, so a FIFO cannot block.
+    """
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:  # a link (ELOOP), no permission
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at ``path`` (a folder with its content); ignore failures."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    try:
+        if stat.S_ISDIR(mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _ensure_dir(path: Path) -> None:
+    """Make ``path`` a folder, removing a non-folder in its place (only inside an entry)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    if not stat.S_ISDIR(mode):
+        _remove(path)
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -106,61 +192,226 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+# -- the manifest -----------------------------------------------------------------------------
+
+def _read_manifest(entry: Path) -> dict[str, str] | None:
+    """The checksums of an entry: {} when it has none yet, None when the manifest is damaged."""
+    path = entry / MANIFEST
+    if not os.path.lexists(path):
+        return {}
+    data = _read_regular(path)
+    try:
+        manifest = json.loads(data) if data is not None else None
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in manifest.items()):
+        return None
+    return manifest
+
+
+def _write_manifest(entry: Path, manifest: dict[str, str]) -> None:
+    """Best effort: a cache that cannot record checksums still works (it checks structure)."""
+    try:
+        if os.path.lexists(entry / MANIFEST) and not _is_regular(entry / MANIFEST):
+            _remove(entry / MANIFEST)
+        _write_atomic(entry / MANIFEST, json.dumps(manifest, indent=0, sort_keys=True))
+    except OSError:
+        pass
+
+
+def _numba_files(path: Path) -> list[Path]:
+    """Numba's index and data files for the kernel file ``path`` (whatever their type)."""
+    pyc = path.parent / "__pycache__"
+    try:
+        names = os.listdir(pyc)
+    except OSError:
+        return []
+    return [pyc / n for n in sorted(names)
+            if n.startswith(path.stem + ".") and n.endswith((".nbi", ".nbc"))]
+
+
+def _rel(path: Path, entry: Path) -> str:
+    return path.relative_to(entry).as_posix()
+
+
+def _record(path: Path, *, adopt_only: bool = False) -> None:
+    """Write the checksums of the kernel file ``path`` and its Numba files to the manifest.
+
+    With ``adopt_only``, files that already have a checksum keep it (a file changed since it
+    was recorded is for the next load to judge) and unrecorded ones are checked first.
+    """
+    entry = path.parent
+    with _MANIFEST_LOCK:
+        manifest = _read_manifest(entry) or {}
+        changed = False
+        for f in [path] + _numba_files(path):
+            rel = _rel(f, entry)
+            if adopt_only and rel in manifest:
+                continue
+            data = _read_regular(f)
+            if data is None or (adopt_only and f != path and not _numba_data_ok(f, data)):
+                continue
+            digest = _sha256(data)
+            if manifest.get(rel) != digest:
+                manifest[rel] = digest
+                changed = True
+        # Forget files that are gone (Numba renumbers data files as overloads come and go).
+        for rel in [r for r in manifest if not os.path.lexists(entry / r)]:
+            del manifest[rel]
+            changed = True
+        if changed:
+            _write_manifest(entry, manifest)
+
+
+@atexit.register
+def _record_seen() -> None:
+    """Record the Numba files that appeared during this process and have no checksum yet
+    (written by the parallel-compile workers, which do not go through this module)."""
+    for path in list(_SEEN):
+        try:
+            _record(path, adopt_only=True)
+        except Exception:  # noqa: BLE001 - never fail at interpreter exit
+            pass
+
+
+def _track_saves(mod: ModuleType, path: Path) -> None:
+    """Record checksums right after Numba saves a compiled overload of a function in ``mod``."""
+    for value in list(vars(mod).values()):
+        cache = getattr(value, "_cache", None)
+        save = getattr(cache, "save_overload", None)
+        if save is None or getattr(save, "_cnnc_tracked", False):
+            continue
+
+        def tracked(sig, data, _save=save):
+            _save(sig, data)
+            try:
+                _record(path)
+            except OSError:
+                pass
+
+        tracked._cnnc_tracked = True  # type: ignore[attr-defined]
+        cache.save_overload = tracked
+
+
+# -- checking an entry ------------------------------------------------------------------------
+
 def _ensure_file(path: Path, source: str) -> None:
     """Make ``path`` hold exactly ``source``; drop Numba's cache when the file is rewritten."""
-    try:
-        if path.read_text(encoding="utf-8") == source:
-            return
-    except (OSError, UnicodeDecodeError):
-        pass
+    _ensure_dir(path.parent)
+    data = _read_regular(path)
+    if data is not None and data == source.encode("utf-8"):
+        return
+    if os.path.lexists(path):
+        what = "is not a regular file" if data is None else "differs from its source"
+        _warn(f"kernel cache: {path} {what}; rebuilding it")
+        _remove(path)
     _write_atomic(path, source)
     _purge_numba_cache(path)
 
 
 def _purge_numba_cache(path: Path) -> None:
-    pyc = path.parent / "__pycache__"
-    if pyc.is_dir():
-        for f in pyc.iterdir():
-            if f.name.startswith(path.stem + ".") and f.suffix in (".nbi", ".nbc"):
-                try:
-                    f.unlink()
-                except OSError:
-                    pass
+    for f in _numba_files(path):
+        _remove(f)
+    entry = path.parent
+    with _MANIFEST_LOCK:
+        manifest = _read_manifest(entry)
+        if manifest:
+            kept = {k: v for k, v in manifest.items() if not k.startswith("__pycache__/")}
+            _write_manifest(entry, kept)
 
 
-def _numba_cache_ok(path: Path) -> bool:
-    """Check that Numba's index (.nbi) and data (.nbc) files for ``path`` are well-formed."""
-    pyc = path.parent / "__pycache__"
-    if not pyc.is_dir():
-        return True
-    for f in pyc.iterdir():
-        if not f.name.startswith(path.stem + "."):
-            continue
-        try:
-            if f.suffix == ".nbi":
-                with open(f, "rb") as fh:
-                    pickle.load(fh)  # format version
-                    pickle.loads(fh.read())  # (stamp, overloads)
-            elif f.suffix == ".nbc":
-                # Walk the opcode stream without building objects: a full unpickle would need
-                # the generated module itself to be imported already. This catches truncated
-                # and garbled files.
-                for _ in pickletools.genops(f.read_bytes()):
-                    pass
-        except FileNotFoundError:
-            continue  # replaced concurrently
-        except Exception:
-            return False
+def _numba_data_ok(f: Path, data: bytes) -> bool:
+    """A structural check of one Numba file, for files without a checksum yet."""
+    try:
+        if f.suffix == ".nbi":
+            fh = io.BytesIO(data)
+            pickle.load(fh)  # format version
+            pickle.loads(fh.read())  # (stamp, overloads)
+        else:
+            # Walk the opcode stream without building objects: a full unpickle would need
+            # the generated module itself to be imported already. This catches truncated
+            # and garbled files.
+            for _ in pickletools.genops(data):
+                pass
+    except Exception:  # noqa: BLE001 - any failure means a damaged file
+        return False
     return True
 
 
+def _damage(path: Path) -> str | None:
+    """Why the Numba files of kernel file ``path`` cannot be trusted, or None when sound."""
+    entry = path.parent
+    pyc = entry / "__pycache__"
+    if os.path.lexists(pyc) and not (os.path.isdir(pyc) and not os.path.islink(pyc)):
+        _remove(pyc)
+        return f"{pyc.name} is not a folder"
+    files = _numba_files(path)
+    if not files:
+        return None
+    manifest = _read_manifest(entry)
+    if manifest is None:
+        return f"{MANIFEST} is damaged"
+    for f in files:
+        data = _read_regular(f)
+        if data is None:
+            if os.path.lexists(f):
+                return f"{f.name} is not a regular file"
+            continue  # replaced concurrently
+        want = manifest.get(_rel(f, entry))
+        if want is None:
+            if not _numba_data_ok(f, data):
+                return f"{f.name} is damaged"
+        elif _sha256(data) != want:
+            return f"{f.name} does not match its checksum"
+    return None
+
+
+def _check_entry(path: Path, source: str) -> None:
+    """Make the entry of ``path`` sound: the kernel file, then Numba's files."""
+    _ensure_file(path, source)
+    problem = _damage(path)
+    if problem is not None:
+        _warn(f"kernel cache: {path.parent}: {problem}; purged, the kernel compiles again")
+        _purge_numba_cache(path)
+        if _numba_files(path):  # a read-only cache keeps its damaged files: use another
+            raise PermissionError(f"cannot remove the damaged files in {path.parent}")
+    _record(path, adopt_only=True)
+
+
+# -- an unusable cache ------------------------------------------------------------------------
+
+def _fallback_root(root: Path, error: OSError) -> Path:
+    """The folder used instead of the unusable ``root`` (chosen, and announced, once)."""
+    if root in _FALLBACK:
+        return _FALLBACK[root]
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    folder = Path(tempfile.gettempdir()) / f"cnnc-cache-{uid}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+        ours = stat.S_ISDIR(st.st_mode) and (not hasattr(os, "getuid") or st.st_uid == uid)
+        if not ours or not os.access(folder, os.W_OK):
+            raise PermissionError(f"{folder} is not a folder of this user")
+    except OSError:
+        # Someone else's folder (or none can be made): a private one, removed at exit.
+        folder = Path(tempfile.mkdtemp(prefix="cnnc-cache-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    why = error.strerror or str(error)
+    _warn(f"kernel cache {root} is not usable ({why}); using {folder} instead "
+          "(set CNNC_CACHE_DIR to choose another)")
+    _FALLBACK[root] = folder
+    return folder
+
+
 def load_module(source: str, tag: str, root: Path | str | None = None) -> ModuleType:
-    """Write ``source`` to the cache (if needed) and import it as a module.
+    """Write ``source`` to the cache (if needed), check the entry, and import it as a module.
 
     ``tag`` is a readable prefix for the folder and module name (sanitized; it never becomes an
     identifier inside the source). Modules are memoized per process by path.
     """
     root_path = cache_root() if root is None else Path(root)
+    root_path = _FALLBACK.get(root_path, root_path)
     path = module_path(source, tag, root_path)
     key = str(path)
     with _LOCK:
@@ -168,13 +419,14 @@ def load_module(source: str, tag: str, root: Path | str | None = None) -> Module
         if mod is not None:
             return mod
         try:
-            _ensure_file(path, source)
-        except OSError:
-            # Unwritable cache: fall back to a private directory (compiles, but still works).
-            path = module_path(source, tag, Path(tempfile.mkdtemp(prefix="cnnc-")))
-            _ensure_file(path, source)
-        if not _numba_cache_ok(path):
-            _purge_numba_cache(path)
+            _check_entry(path, source)
+        except OSError as e:
+            path = module_path(source, tag, _fallback_root(root_path, e))
+            key = str(path)
+            mod = _LOADED.get(key)
+            if mod is not None:
+                return mod
+            _check_entry(path, source)
         name = f"cnnc_gen_{path.parent.name.replace('-', '_')}"
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
@@ -185,5 +437,7 @@ def load_module(source: str, tag: str, root: Path | str | None = None) -> Module
         except BaseException:
             sys.modules.pop(name, None)
             raise
+        _track_saves(mod, path)
+        _SEEN.add(path)
         _LOADED[key] = mod
         return mod

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -43,16 +45,22 @@ CHILD = textwrap.dedent('''\
     ''')
 
 
-def _child(tmp_path: Path) -> dict:
+def _child(tmp_path: Path, timeout: float = 300) -> dict:
+    """Run CHILD in a fresh process; its result, with its stderr under "stderr"."""
     src = tmp_path / "source.txt"
     src.write_text(SOURCE)
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     out = subprocess.run([sys.executable, str(script), str(src), str(tmp_path / "cache")],
-                         capture_output=True, text=True, timeout=300,
+                         capture_output=True, text=True, timeout=timeout,
                          env={**os.environ, "NUMBA_CACHE_DIR": ""})
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stderr": out.stderr}
+
+
+def _numba_files(module_file: str) -> list[Path]:
+    pyc = Path(module_file).parent / "__pycache__"
+    return sorted(f for f in pyc.iterdir() if f.suffix in (".nbi", ".nbc"))
 
 
 def test_second_process_hits_cache_and_corrupt_files_are_rebuilt(tmp_path):
@@ -102,3 +110,79 @@ def test_default_root_honours_env(monkeypatch, tmp_path):
     monkeypatch.delenv("CNNC_CACHE_DIR")
     assert cache.cache_root() == Path.home() / ".cache" / "cnnc"
 
+
+
+def test_one_flipped_byte_in_numba_machine_code_is_detected_and_rebuilt(tmp_path):
+    """A byte flipped inside a real .nbc keeps the pickle well-formed (the old structural check
+    passed it); the checksum written with the entry catches it."""
+    expected = (2 * np.arange(16) + 1).tolist()
+    first = _child(tmp_path)
+    assert first["y"] == expected and first["hits"] == 0 and "warning" not in first["stderr"]
+    manifest = json.loads((Path(first["path"]).parent / cache.MANIFEST).read_text())
+    nbc = [f for f in _numba_files(first["path"]) if f.suffix == ".nbc"]
+    assert len(nbc) == 1 and f"__pycache__/{nbc[0].name}" in manifest
+    assert manifest[Path(first["path"]).name] == hashlib.sha256(SOURCE.encode()).hexdigest()
+    data = bytearray(nbc[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    nbc[0].write_bytes(bytes(data))
+    second = _child(tmp_path)
+    assert second["y"] == expected and second["hits"] == 0  # purged and compiled again
+    warnings = [line for line in second["stderr"].splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "does not match its checksum" in warnings[0]
+    third = _child(tmp_path)
+    assert third["y"] == expected and third["hits"] == 1 and "warning" not in third["stderr"]
+
+
+def test_damaged_manifest_purges_the_entry(tmp_path):
+    first = _child(tmp_path)
+    (Path(first["path"]).parent / cache.MANIFEST).write_text("{not json")
+    second = _child(tmp_path)
+    assert second["hits"] == 0 and f"{cache.MANIFEST} is damaged" in second["stderr"]
+    assert _child(tmp_path)["hits"] == 1
+
+
+def test_a_fifo_in_the_cache_never_blocks(tmp_path):
+    """A FIFO where the kernel file or a Numba index belongs would block any reader forever;
+    it is removed unopened and the entry rebuilt."""
+    first = _child(tmp_path)
+    path = Path(first["path"])
+    nbi = next(f for f in _numba_files(first["path"]) if f.suffix == ".nbi")
+    nbi.unlink()
+    os.mkfifo(nbi)
+    second = _child(tmp_path, timeout=120)
+    assert second["y"] == first["y"] and "not a regular file" in second["stderr"]
+    path.unlink()
+    os.mkfifo(path)
+    third = _child(tmp_path, timeout=120)
+    assert third["y"] == first["y"] and path.read_text() == SOURCE
+    # In-process as well, for a plain module (no compile): a FIFO at the kernel file's path.
+    src = "x = 7\n"
+    mod_path = cache.module_path(src, "fifo", tmp_path / "plain")
+    mod_path.parent.mkdir(parents=True)
+    os.mkfifo(mod_path)
+    assert cache.load_module(src, "fifo", root=tmp_path / "plain").x == 7
+
+
+def test_unusable_cache_dir_falls_back_once_to_one_folder(tmp_path, monkeypatch, capsys):
+    """A file where the cache folder should be (chmod does not stop root, a file does): one
+    warning, one per-user folder for every module, the same folder in the next run."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("the user's file, not a cache\n")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(cache, "_FALLBACK", {})
+    a = cache.load_module("a = 1\n", "fallback_a", root=blocked)
+    b = cache.load_module("b = 2\n", "fallback_b", root=blocked)
+    assert (a.a, b.b) == (1, 2)
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and f"kernel cache {blocked} is not usable" in err
+    folders = list(temp.iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("cnnc-cache-")
+    assert Path(a.__file__).parent.parent == folders[0] == Path(b.__file__).parent.parent
+    assert blocked.read_text() == "the user's file, not a cache\n"
+    # The next run (a fresh fallback table and module memo) reuses that folder.
+    monkeypatch.setattr(cache, "_FALLBACK", {})
+    monkeypatch.setattr(cache, "_LOADED", {})
+    c = cache.load_module("c = 3\n", "fallback_c", root=blocked)
+    assert c.c == 3 and list(temp.iterdir()) == folders

@@ -1,0 +1,77 @@
+"""Parameter memory is checked before anything is allocated, and counts never overflow."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from cnnc.dsl.builder import load_network
+from cnnc.runtime import memory
+from cnnc.runtime.cli import main
+from cnnc.runtime.summary import format_giga, format_summary, summarize
+from cnnc.runtime.weights import ParameterMemoryError, WeightsError, init_params, load_weights
+
+DENSE = "network wide\ninput x: 3 x 8 x 8\nx -> flatten -> dense(100000000) -> output y\n"
+CONVS = "network deep\ninput x: 3 x 8 x 8\nx -> conv(100000, 1) -> conv(100000, 1) -> output y\n"
+
+
+@pytest.mark.parametrize("text, params", [(DENSE, 19_300_000_000),
+                                          (CONVS, 10_000_500_000)])
+def test_parameters_beyond_memory_are_refused_before_allocation(text, params, monkeypatch,
+                                                                tmp_path):
+    graph = load_network(text)
+    assert memory.parameter_bytes(graph) == 4 * params
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**30)
+    t0 = time.perf_counter()
+    with pytest.raises(ParameterMemoryError, match=rf"{params:,} parameters.*1\.0 GiB"):
+        init_params(graph)
+    (tmp_path / "w.npz").write_bytes(b"never read")
+    with pytest.raises(ParameterMemoryError):
+        load_weights(graph, tmp_path / "w.npz")
+    assert time.perf_counter() - t0 < 5  # refused, not attempted
+    assert issubclass(ParameterMemoryError, WeightsError)
+
+
+def test_parameters_that_fit_are_made(monkeypatch):
+    graph = load_network("network ok\ninput x: 3 x 4 x 4\nx -> flatten -> dense(10) -> "
+                         "output y\n")
+    need = memory.parameter_peak_bytes(graph)
+    assert need == 4 * (48 * 10 + 10) + 8 * 480
+    monkeypatch.setattr(memory, "available_memory", lambda: need)
+    assert init_params(graph)["dense1.weight"].shape == (10, 48)
+    monkeypatch.setattr(memory, "available_memory", lambda: need - 1)
+    with pytest.raises(ParameterMemoryError):
+        init_params(graph)
+
+
+def test_cli_refuses_a_huge_network_cleanly(tmp_path, monkeypatch, capsys):
+    model = tmp_path / "wide.cnn"
+    model.write_text(DENSE)
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
+    monkeypatch.setattr(memory, "available_memory", lambda: 2**30)
+    rc = main(["run", str(model), "--input", str(tmp_path / "x.npy"), "--reference"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: network 'wide' has 19,300,000,000 parameters")
+
+
+def test_summary_of_a_huge_network_just_prints_numbers(capsys, tmp_path):
+    model = tmp_path / "deep.cnn"
+    model.write_text(CONVS)
+    assert main(["summary", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "total parameters:   10,000,500,000" in out
+    assert "(1280.038 GFLOPs)" in out
+
+
+def test_counts_are_exact_python_ints():
+    assert format_giga(38_400_000_000) == "38.400"
+    assert format_giga(1_499_999) == "0.001" and format_giga(1_500_000) == "0.002"
+    assert format_giga(10**400) == str(10**391) + ".000"
+    assert memory.fmt_bytes(1536) == "1.5 KiB" and memory.fmt_bytes(1000) == "1000 B"
+    assert memory.fmt_bytes(3 * 2**40) == "3.0 TiB"
+    assert memory.fmt_bytes(10**400).endswith("e+400 B")
+    graph = load_network(DENSE)
+    s = summarize(graph)
+    assert isinstance(s.params, int) and "19,300,000,000" in format_summary(s)
