@@ -14,7 +14,6 @@ pass ``copy=False`` to ``run`` for views into the arena, valid until the next ca
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
