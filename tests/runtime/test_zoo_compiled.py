@@ -4,6 +4,7 @@ modules, so the networks share most of their (1-7 s) Numba compilations."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cnnc import zoo
@@ -13,6 +14,7 @@ from cnnc.dsl.errors import DslError
 from cnnc.dsl.parser import parse
 from cnnc.runtime.check import check_model, format_rows
 from cnnc.runtime.model import compile as compile_model
+from cnnc.runtime.reference import run_reference
 
 SIZES = (32, 48, 64, 67, 96, 128, 160, 227)
 SMALLER = {"classes": 10, "hidden": 64, "width": 16, "embedding": 16}
@@ -47,3 +49,29 @@ def test_zoo_network_checks(name):
     model = compile_model(graph, seed=0)
     rows = check_model(model, batch=2)
     assert all(r.ok for r in rows), f"{name} {params}\n{format_rows(rows, 1e-4)}"
+
+
+def _close(got, want, tol: float = 2e-4) -> float:
+    """max |got - want| / max(1, max |want|)."""
+    scale = max(1.0, float(np.max(np.abs(want))))
+    err = float(np.max(np.abs(np.asarray(got, np.float64) - want))) / scale
+    assert err <= tol, f"relative error {err:.3g}"
+    return err
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_schedule_invariance(name):
+    """Every optimization level and every convolution lowering computes the same numbers:
+    each compiled model against the float64 reference of the network as written."""
+    graph, _ = small_graph(name)
+    model = compile_model(graph, seed=0, opt_level=0)
+    rng = np.random.default_rng(1)
+    inputs = {n: rng.standard_normal((2,) + graph.node(i).type.shape).astype(np.float32)
+              for n, i in graph.inputs.items()}
+    want = run_reference(graph, inputs, model.params)
+    for level in (0, 1, 2):
+        for lowering in ("direct", "im2col"):
+            m = compile_model(graph, seed=0, opt_level=level, lowering=lowering)
+            got = m.run(inputs)
+            for out in want:
+                _close(got[out], want[out])

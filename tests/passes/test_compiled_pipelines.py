@@ -1,0 +1,84 @@
+"""The pipelines end to end: derived parameters follow new weights, -O levels change the work
+and never the numbers, and the command line reports it (`--stats`, `--explain`, `--dump-ir`)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from cnnc.runtime.cli import main
+from cnnc.runtime.model import compile as compile_model
+from cnnc.runtime.reference import run_reference
+
+NET = """network small
+input x: 3 x 12 x 10
+block b(c) {
+  y = in -> conv(c, 3, pad=1, bias=false) -> batchnorm -> relu -> conv(c, 3, pad=1) -> batchnorm
+  return relu(y + in)
+}
+x -> conv(8, 3, pad=1) -> batchnorm -> relu -> b(8) -> maxpool(2) -> globalavgpool -> flatten
+  -> dense(5) -> output y
+"""
+
+
+def _bn_heavy(params, seed):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, v in params.items():
+        if k.endswith("running_var"):
+            out[k] = rng.uniform(0.3, 3.0, v.shape).astype(np.float32)
+        else:
+            out[k] = rng.standard_normal(v.shape).astype(np.float32) * 0.5
+    return out
+
+
+def test_new_weights_after_compiling_refold_the_batch_norms(tmp_path):
+    m = compile_model(NET, seed=0)
+    assert "batchnorm" not in [n.op for n in m.plan.graph.compute_nodes()]
+    x = np.random.default_rng(2).standard_normal((3, 3, 12, 10)).astype(np.float32)
+    for seed in (1, 2):
+        params = _bn_heavy(m.params, seed)
+        path = tmp_path / f"w{seed}.npz"
+        np.savez(path, **params)
+        m.load_weights(path)
+        want = run_reference(m.graph, {"x": x}, params)["y"]
+        err = np.abs(m(x) - want).max() / max(1.0, np.abs(want).max())
+        assert err < 1e-5, err
+
+
+def test_levels_change_the_work_not_the_numbers():
+    x = np.random.default_rng(4).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    stats, outs = {}, {}
+    for level in (0, 1, 2):
+        m = compile_model(NET, seed=3, opt_level=level)
+        stats[level] = m.stats()
+        outs[level] = m(x)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    for level in (0, 1, 2):
+        assert np.abs(outs[level] - want).max() < 1e-5
+    k0, k2 = stats[0]["kernels per call"], stats[2]["kernels per call"]
+    # -O0: 3 convs x 3 kernels + 3 batchnorm + 3 relu + add + pool + gap + dense = 19
+    assert k0 == 19 and k2 == 12, (k0, k2)
+    assert stats[2]["arena bytes per image"] <= stats[0]["arena bytes per image"]
+    assert stats[0]["multiply-accumulates per image"] == \
+        stats[2]["multiply-accumulates per image"]
+
+
+def test_cli_stats_explain_and_dump_ir(tmp_path, capsys):
+    f = tmp_path / "small.cnn"
+    f.write_text(NET)
+    assert main(["compile", str(f), "--stats"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [
+        "kernels per call", "layout transforms per call", "arena bytes per image",
+        "multiply-accumulates per image"]
+    assert all(ln.split(": ")[1].isdigit() for ln in lines)
+    assert main(["compile", str(f), "-O1", "--explain", "--dump-ir", str(tmp_path / "ir")]) == 0
+    out = capsys.readouterr().out
+    assert "fold_batchnorm: changed" in out and f"folded batchnorm1 into conv1 ({f}:7)" in out
+    assert re.search(r"fused add \S*add1 into b1\.conv2 as epilogue add\(%in3\)", out), out
+    assert len(list((tmp_path / "ir").iterdir())) > 5
+    with pytest.raises(SystemExit):
+        main(["compile", str(f), "-O", "3"])

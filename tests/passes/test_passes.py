@@ -1,0 +1,272 @@
+"""Each pass on a small graph: the exact structural change, unchanged numbers (float64
+reference of the graph before vs after), and the cases where it must not fire."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnc import zoo
+from cnnc.compiler.ir import Graph, TensorType
+from cnnc.compiler.passes import PassContext, PassError, optimize
+from cnnc.compiler.passes.canonicalize import canonicalize
+from cnnc.compiler.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
+from cnnc.compiler.passes.eliminate_dead_code import eliminate_dead_code
+from cnnc.compiler.passes.fold_batchnorm import fold_batchnorm
+from cnnc.compiler.passes.fold_constants import fold_constants
+from cnnc.compiler.passes.fuse_epilogues import fuse_epilogues
+from cnnc.compiler.passes.manager import run_passes
+from cnnc.compiler.passes.select_lowering import LoweringError, select_lowering
+from cnnc.dsl.builder import load_network
+from cnnc.runtime.reference import run_reference
+from cnnc.runtime.weights import init_params
+
+
+def build(body: str, channels: int = 4) -> Graph:
+    return load_network(f"network t\ninput x: {channels} x 6 x 6\n{body}\n")
+
+
+def ops(graph: Graph) -> list[str]:
+    return [n.op for n in graph.compute_nodes()]
+
+
+def random_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial weights with batch-norm statistics far from the identity, so a wrong fold
+    changes the numbers."""
+    rng = np.random.default_rng(seed)
+    params = init_params(graph, seed)
+    for name, v in params.items():
+        if name.endswith(("running_var", "weight")) and "batchnorm" in name:
+            params[name] = rng.uniform(0.5, 2.0, v.shape).astype(np.float32)
+        elif name.endswith(("running_mean", "bias")):
+            params[name] = rng.standard_normal(v.shape).astype(np.float32)
+    return params
+
+
+def same_numbers(before: Graph, after: Graph, params, batch: int = 2) -> None:
+    rng = np.random.default_rng(3)
+    inputs = {n: rng.standard_normal((batch,) + before.node(i).type.shape)
+              for n, i in before.inputs.items()}
+    want = run_reference(before, inputs, params)
+    got = run_reference(after, inputs, params)
+    assert want.keys() == got.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-10, atol=1e-10)
+
+
+def run(pass_fn, graph: Graph, **ctx) -> bool:
+    changed = pass_fn(graph, PassContext(**ctx))
+    graph.verify()
+    return changed
+
+
+# -- batch-norm folding -----------------------------------------------------------------------
+
+def test_fold_batchnorm_into_conv_and_dense():
+    g = build("x -> conv(8, 3, pad=1, bias=false) -> batchnorm -> relu -> flatten -> dense(5) "
+              "-> batchnorm -> output y")
+    params = random_params(g)
+    before = g.copy()
+    assert run(fold_batchnorm, g)
+    assert "batchnorm" not in ops(g)
+    assert ops(g).count("bn_fold_weight") == 2 and ops(g).count("bn_fold_bias") == 2
+    conv = next(n for n in g.compute_nodes() if n.op == "conv")
+    assert conv.attrs["bias"] is True and conv.attrs["folded"] == ("batchnorm1",)
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("body, why", [
+    ("c = x -> conv(8, 3, pad=1)\nc -> batchnorm -> output y\nc -> relu -> output z",
+     "the conv output has another user"),
+    ("x -> conv(8, 3, pad=1) -> output c -> batchnorm -> output y", "the conv output is an output"),
+    ("x -> relu -> batchnorm -> output y", "no conv or dense before it"),
+    ("x -> conv_transpose(8, 3) -> batchnorm -> output y", "transposed convolutions do not fold"),
+])
+def test_fold_batchnorm_declines(body, why):
+    g = build(body)
+    assert not run(fold_batchnorm, g), why
+    assert "batchnorm" in ops(g)
+
+
+def test_fold_batchnorm_not_in_training():
+    g = build("x -> conv(8, 3, pad=1) -> batchnorm -> output y")
+    assert not run(fold_batchnorm, g, training=True)
+    assert ops(g) == ["conv", "batchnorm"]
+
+
+# -- epilogue fusion ----------------------------------------------------------------------------
+
+def test_residual_add_and_activation_fuse_into_the_conv():
+    g = build("y = x -> conv(4, 3, pad=1) -> batchnorm\nrelu(y + x) -> output out")
+    params = random_params(g)
+    before = g.copy()
+    run(fold_batchnorm, g)
+    assert run(fuse_epilogues, g)
+    conv = next(n for n in g.compute_nodes() if n.op == "conv")
+    assert [str(e) for e in conv.attrs["epilogue"]] == ["add(%in3)", "relu"]
+    assert conv.inputs[3] == g.inputs["x"]
+    assert ops(g) == ["bn_fold_weight", "bn_fold_bias", "conv"]
+    same_numbers(before, g, params)
+
+
+def test_every_activation_fuses_and_chains_collapse():
+    acts = ["relu6", "swish", "hard_swish", "sigmoid", "leaky_relu(0.2)", "gelu", "tanh",
+            "abs", "hard_sigmoid", "gelu(approximate=tanh)"]
+    g = build("x -> conv(4, 3, pad=1) -> " + " -> ".join(acts) + " -> output y")
+    params = random_params(g)
+    before = g.copy()
+    assert run(fuse_epilogues, g)
+    assert ops(g) == ["conv"]
+    assert len(g.compute_nodes()[0].attrs["epilogue"]) == len(acts)
+    same_numbers(before, g, params)
+
+
+def test_gate_fuses_as_per_channel_mul():
+    g = build("f = x -> conv(4, 3, pad=1)\ns = f -> globalavgpool -> conv(4, 1) -> sigmoid\n"
+              "f * s -> output y")
+    params = random_params(g)
+    before = g.copy()
+    run(fuse_epilogues, g)
+    # f has two users (the pool and the mul): the mul fuses into the gate's producer? No:
+    # the gate is 4x1x1, it can never be the anchor; f keeps its own kernel.
+    assert "mul" in ops(g)
+    same_numbers(before, g, params)
+    g2 = build("s = x -> globalavgpool -> conv(4, 1) -> sigmoid\n"
+               "(x -> conv(4, 3, pad=1)) * s -> output y")
+    before2 = g2.copy()
+    run(fuse_epilogues, g2)
+    assert "mul" not in ops(g2) and "sigmoid" not in ops(g2)
+    big = next(n for n in g2.compute_nodes() if n.op == "conv" and n.attrs["kernel"] == (3, 3))
+    assert [e.op for e in big.attrs["epilogue"]] == ["mul"]
+    same_numbers(before2, g2, random_params(before2))
+
+
+@pytest.mark.parametrize("body, why", [
+    ("c = x -> conv(4, 3, pad=1)\nc -> relu -> output y\nc -> output c", "producer is an output"),
+    ("c = x -> conv(4, 3, pad=1)\nc -> relu -> output y\nc -> sigmoid -> output z",
+     "producer has two users"),
+    ("x -> maxpool(2) -> relu -> output y", "pooling takes no epilogue"),
+])
+def test_fusion_declines(body, why):
+    g = build(body)
+    n_before = len(ops(g))
+    assert not run(fuse_epilogues, g), why
+    assert len(ops(g)) == n_before
+
+
+def test_sub_fuses_only_into_its_left_operand():
+    g = build("a = x -> relu\nb = x -> conv(4, 1)\n(a - b) -> output y")
+    before = g.copy()
+    run(fuse_epilogues, g)
+    relu = next(n for n in g.compute_nodes() if n.op == "relu")
+    assert [e.op for e in relu.attrs.get("epilogue", ())] == ["sub"]
+    same_numbers(before, g, random_params(before))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
+def test_no_standalone_activation_kernels_left(name):
+    g = zoo.load(name, classes=10, size=32)
+    optimize(g, 2)
+    acts = {"relu", "relu6", "swish", "sigmoid", "hard_swish"}
+    assert not acts & set(ops(g)), [n.name for n in g.compute_nodes() if n.op in acts]
+    assert "batchnorm" not in ops(g)
+
+
+# -- cleanup passes ----------------------------------------------------------------------------
+
+def test_cse_merges_duplicates_but_not_parameters():
+    g = build("a = x -> relu\nb = x -> relu\nc = x -> conv(4, 1)\nd = x -> conv(4, 1)\n"
+              "(a + b) -> output y\n(c + d) -> output z")
+    before = g.copy()
+    assert run(eliminate_common_subexpressions, g)
+    assert ops(g).count("relu") == 1 and ops(g).count("conv") == 2
+    same_numbers(before, g, random_params(before))
+
+
+def test_dce_removes_what_no_output_needs():
+    g = build("u = x -> conv(4, 3)\nx -> relu -> output y")
+    assert run(eliminate_dead_code, g)
+    assert ops(g) == ["relu"] and not g.params()
+
+
+def test_canonicalize_removes_no_ops_and_merges_reshapes():
+    g = build("x -> dropout -> identity -> flatten -> reshape(144) -> reshape([12, 12]) "
+              "-> output y")
+    before = g.copy()
+    assert run(canonicalize, g)
+    assert ops(g) == ["reshape"]
+    same_numbers(before, g, {})
+
+
+def test_fold_constants_marks_parameter_only_nodes():
+    """conv(x, abs(w)): the weight's abs depends only on a parameter; it is evaluated when
+    parameters are set, and the compiled model still matches the reference."""
+    from cnnc.compiler.codegen.lowering import lower_graph
+    from cnnc.runtime.model import CompiledModel
+
+    g = Graph("t")
+    x = g.add("input", [], {"shape": (3, 5, 5)}, type=TensorType((3, 5, 5)), name="x")
+    g.inputs["x"] = x.id
+    w = g.add("param", [], {"init": "he", "trainable": True, "fan_in": 27, "fan_out": 36},
+              type=TensorType((4, 3, 3, 3)), name="w")
+    r = g.add("abs", [w.id], name="r")
+    conv = g.add("conv", [x.id, r.id], {"out_channels": 4, "kernel": (3, 3), "stride": (1, 1),
+                                        "dilation": (1, 1), "groups": 1, "bias": False,
+                                        "pads": (1, 1, 1, 1)}, name="c")
+    g.outputs["y"] = conv.id
+    before = g.copy()
+    params = {"w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    assert run(fold_constants, g)
+    assert g.node(r.id).attrs["parameter_time"] is True
+    assert not g.node(conv.id).attrs.get("parameter_time")
+    same_numbers(before, g, params)
+    run(select_lowering, g)
+    plan = lower_graph(g)
+    assert plan.param_nodes == [r.id] and [s.op for s in plan.steps] == ["conv"]
+    model = CompiledModel(before, plan, params)
+    xin = np.random.default_rng(1).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    want = run_reference(before, {"x": xin}, params)["y"]
+    np.testing.assert_allclose(model(xin), want, rtol=1e-5, atol=1e-5)
+
+
+# -- lowering selection and the manager ------------------------------------------------------
+
+def test_lowering_override_and_cost_model():
+    g = build("x -> conv(64, 3, pad=1, groups=16) as grouped -> conv(8, 3, pad=1) as plain "
+              "-> output y", 64)
+    assert run(select_lowering, g, lowering={"plain": "im2col"}, opt_level=2)
+    lowering = {n.name: n.attrs["lowering"] for n in g.compute_nodes()}
+    assert lowering["plain"] == "im2col"
+    from cnnc.compiler.codegen.conv import estimate_cost
+    grouped = next(n for n in g.compute_nodes() if n.name == "grouped")
+    costs = {a: estimate_cost("conv", grouped.attrs, (64, 6, 6), a) for a in ("direct", "im2col")}
+    assert lowering["grouped"] == min(costs, key=costs.get)
+    with pytest.raises(LoweringError, match="'nope'"):
+        run(select_lowering, g, lowering={"nope": "direct"})
+
+
+def test_manager_names_the_failing_pass_and_node(tmp_path):
+    g = build("x -> conv(4, 3, pad=1) -> relu -> output y")
+
+    def breaks(graph, ctx):
+        conv = next(n for n in graph.compute_nodes() if n.op == "conv")
+        ctx.at(conv)
+        conv.attrs["out_channels"] = 5  # the stored type no longer matches: verify catches it
+        return True
+
+    with pytest.raises(PassError) as e:
+        run_passes(g, [("fold_batchnorm", fold_batchnorm), ("breaks", breaks)], PassContext())
+    msg = str(e.value)
+    assert "pass breaks" in msg and "after fold_batchnorm" in msg and "conv1" in msg
+    assert "<string>:3:" in msg
+
+
+def test_dump_ir_and_explain(tmp_path):
+    g = build("x -> conv(4, 3, pad=1) -> batchnorm -> relu -> output y")
+    records = optimize(g, 2, dump_dir=tmp_path)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files[0] == "00-input.ir" and len(files) == len(records) + 1
+    assert "batchnorm" in (tmp_path / files[0]).read_text()
+    assert "batchnorm(" not in (tmp_path / files[-1]).read_text()
+    notes = [n for r in records for n in r.notes]
+    assert any("folded batchnorm1 into conv1" in n and "<string>:3" in n for n in notes)
