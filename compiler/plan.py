@@ -20,7 +20,49 @@ import numpy as np
 
 from .ir import Graph
 
-__all__ = ["Arg", "Call", "Step", "BufferPlan", "Plan"]
+__all__ = ["Arg", "Call", "Step", "BufferPlan", "Plan", "Storage", "BLOCKED", "PLAIN"]
+
+#: Layout names: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``).
+PLAIN, BLOCKED = "NCHW", "NCHW8c"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How a channel-blocked tensor is stored: ``[N, blocks, height, width, 8]`` floats, the
+    tensor's C x H x W at rows ``top ..`` and columns ``left ..``, zeros around it (the halo a
+    consuming convolution reads as its padding) and in the lanes past C. Buffers are zeroed
+    once and shared only between tensors of equal storage, so the halo stays zero."""
+
+    channels: int
+    blocks: int
+    height: int
+    width: int
+    top: int
+    left: int
+
+    @property
+    def floats(self) -> int:
+        return self.blocks * self.height * self.width * 8
+
+    def ints(self) -> tuple[int, int, int, int, int]:
+        """``(blocks, height, width, top, left)``: the geometry arguments kernels take."""
+        return (self.blocks, self.height, self.width, self.top, self.left)
+
+    def store(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Write NCHW ``x`` ``[N, C, H, W]`` into the flat storage ``out`` (halo untouched)."""
+        n, c, h, w = x.shape
+        view = out[: n * self.floats].reshape(n, self.blocks, self.height, self.width, 8)
+        padded = np.zeros((n, self.blocks * 8, h, w), np.float32)
+        padded[:, :c] = x
+        blocked = padded.reshape(n, self.blocks, 8, h, w).transpose(0, 1, 3, 4, 2)
+        view[:, :, self.top:self.top + h, self.left:self.left + w] = blocked
+
+    def load(self, flat: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The NCHW ``[n, *shape]`` tensor held in the flat storage ``flat``."""
+        c, h, w = shape
+        view = flat[: n * self.floats].reshape(n, self.blocks, self.height, self.width, 8)
+        inner = view[:, :, self.top:self.top + h, self.left:self.left + w]
+        return inner.transpose(0, 1, 4, 2, 3).reshape(n, self.blocks * 8, h, w)[:, :c]
 
 
 @dataclass(frozen=True)
@@ -77,6 +119,7 @@ class Step:
     view: bool = False
     inplace: bool = False
     sources: dict[str, str] = field(default_factory=dict)
+    storage: Storage | None = None  # the output's channel-blocked storage, None for NCHW
 
     @property
     def output(self) -> int:
@@ -91,6 +134,7 @@ class BufferPlan:
     slot_of: dict[int, int] = field(default_factory=dict)
     slot_sizes: list[int] = field(default_factory=list)
     alias: dict[int, int] = field(default_factory=dict)
+    storage: dict[int, Storage] = field(default_factory=dict)  # blocked values by node id
 
     def root(self, value: int) -> int:
         while value in self.alias:

@@ -64,18 +64,24 @@ def check_model(model: CompiledModel, *, batch: int = 1, tol: float = DEFAULT_TO
             rows.append(CheckRow(step.name, step.op, shape, "view", 0.0, 0.0, True))
             continue
         feeds: dict[int, np.ndarray] = {}
+        buffers = model.plan.buffers
         for i in step.inputs:
-            x32 = np.ascontiguousarray(ref[f"%{i}"], np.float32).reshape(-1)
+            x32 = np.ascontiguousarray(ref[f"%{i}"], np.float32)
             buf = arena.value(model.plan, i)
             if buf is None:
-                feeds[model.plan.buffers.root(i)] = x32
+                feeds[buffers.root(i)] = x32.reshape(-1)
+            elif buffers.root(i) in buffers.storage:
+                buffers.storage[buffers.root(i)].store(x32, buf)
             else:
-                buf[:] = x32
+                buf[:] = x32.reshape(-1)
         executor.run_step(arena, index, feeds)
         args = [consts[i] if i in consts else
                 np.asarray(ref[f"%{i}"], np.float32).astype(np.float64) for i in node.inputs]
         want = evaluate(node.op, args, node.attrs)
-        got = executor.output(arena, feeds, step.node).reshape(want.shape).astype(np.float64)
+        flat = executor.output(arena, feeds, step.node)
+        if step.storage is not None:
+            flat = step.storage.load(flat, batch, node.type.shape)
+        got = flat.reshape(want.shape).astype(np.float64)
         err = float(np.max(np.abs(got - want))) if want.size else 0.0
         scale = float(np.max(np.abs(want))) if want.size else 0.0
         ok = bool(np.isfinite(err) and err <= tol * max(1.0, scale))

@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from .model import compile as compile_model
 
-        model = compile_model(graph, weights=params, lowering=args.lowering)
+        model = compile_model(graph, weights=params, lowering=args.lowering, progress=True)
         outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()})
         engine = "compiled (Numba CPU)"
     elapsed = time.perf_counter() - t0

@@ -60,7 +60,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = compile_model(graph, lowering=parse_lowering(args.lowering),
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
-                          dump_ir=args.dump_ir)
+                          dump_ir=args.dump_ir, progress=True)
     elapsed = time.perf_counter() - t0
     if args.stats:
         for key, value in model.stats().items():
@@ -121,7 +121,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CliError(f"--tolerance must be positive, got {args.tolerance}")
     graph = load_graph(args)
     model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed,
-                          opt_level=args.opt_level)
+                          opt_level=args.opt_level, progress=True)
     rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
     print(f"{graph.name}: every kernel vs the float64 reference, batch {args.batch}")
     print(format_rows(rows, args.tolerance))
@@ -173,7 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{graph.name}: {len(s.rows)} layers, {s.params:,} parameters, "
           f"{format_giga(s.flops)} GFLOPs per image")
     t0 = time.perf_counter()
-    model = compile_model(graph, seed=args.seed)
+    model = compile_model(graph, seed=args.seed, progress=True)
     compile_s = time.perf_counter() - t0
     cached = _cached_compile_seconds(args.model, parse_params(args.param))
     kind = "cold" if cached is not None and compile_s > 2 * cached else "from the disk cache"

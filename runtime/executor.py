@@ -29,7 +29,8 @@ class Arena:
     def __init__(self, executor: CpuExecutor, n: int) -> None:
         plan = executor.plan
         self.n = n
-        self.slots = [np.empty(n * size, np.float32) for size in plan.buffers.slot_sizes]
+        # zeroed once: channel-blocked values keep a zero halo (their padding) for good
+        self.slots = [np.zeros(n * size, np.float32) for size in plan.buffers.slot_sizes]
         self.scratch = {k: np.empty(n * v, np.float32) for k, v in plan.scratch.items()}
         self.values: dict[int, np.ndarray] = {}
         for step in plan.steps:

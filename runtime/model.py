@@ -14,6 +14,7 @@ pass ``copy=False`` to ``run`` for views into the arena, valid until the next ca
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -203,11 +204,42 @@ class CompiledModel:
 LAYOUT_TRANSFORMS = ("pack_nchw_blocked", "unpack", "im2col", "crop")
 
 
+class CompileProgress:
+    """A progress bar (kernels compiled / total) for a cold compile that takes more than a
+    second; nothing for a warm one."""
+
+    def __init__(self, enabled: bool | None = None, delay: float = 1.0) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+        self.delay = delay
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.perf_counter() - self.start < self.delay:
+                return
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="compiling kernels", unit="kernel",
+                            file=sys.stderr, leave=False)
+        self.bar.n = done
+        self.bar.refresh()
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - public API name
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
             *, opt_level: int = 2, warm: bool = True,
-            dump_ir: str | Path | None = None) -> CompiledModel:
+            dump_ir: str | Path | None = None, progress: bool | None = None) -> CompiledModel:
     """Compile a network to Numba kernels.
 
     ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
@@ -217,6 +249,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     of those. ``cache_dir`` overrides the kernel cache (default ``$CNNC_CACHE_DIR`` or
     ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR after each pass. With ``warm``
     (default) every kernel is compiled (or loaded from the disk cache) before this returns.
+    ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
+    when stderr is a terminal).
     """
     t0 = time.perf_counter()
     if target != "cpu":
@@ -237,7 +271,11 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
                            dump_dir=dump_ir)
     except LoweringError as e:
         raise ModelError(str(e)) from None
-    plan = lower_graph(optimized, cache_dir=cache_dir)
+    bar = CompileProgress(progress)
+    try:
+        plan = lower_graph(optimized, cache_dir=cache_dir, progress=bar)
+    finally:
+        bar.close()
     model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
     if model.bytes_needed(1) > available_memory():
         raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "

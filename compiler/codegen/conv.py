@@ -54,7 +54,7 @@ import numpy as np
 
 from ..ops import operand_kind as _operand_kind
 from ..ops import own_attrs, spatial_out
-from ..plan import Arg, Call, Step
+from ..plan import Arg, Call, Step, Storage
 from .conv_direct import depthwise_conv_kernel, direct_conv_kernel
 from .gemm import gemm_kernel
 from .kernel_ir import Kernel
@@ -223,32 +223,54 @@ class ConvGeometry:
                 f"_p{self.pt}{self.pl}{self.pb}{self.pr}_d{self.dh}{self.dw}_g{self.groups}")
 
 
-def kernel_int_args(g: ConvGeometry, lowering: str) -> tuple[int, ...]:
-    """The runtime size arguments of the compute kernel of ``g`` (see ``*_INTS``)."""
+def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
+                    y: Storage | None = None) -> tuple[int, ...]:
+    """The runtime size arguments of the compute kernel of ``g`` (see ``*_INTS``): with ``x``
+    the input is read where a producer stored it channel-blocked (else from the packed scratch
+    buffer), with ``y`` the output is written into its channel-blocked storage (else into the
+    packed scratch buffer the output kernel reads)."""
     if lowering == "im2col":
         Kgp = _ceil_div(g.Kg, GEMM_M) * GEMM_M
         PQp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
         return (Kgp, g.Cg * g.R * g.S, PQp, g.groups)
+    if x is None:
+        nb = _ceil_div(g.C, 8) if g.depthwise else g.groups * g.Cgb
+        xin = (g.Hp, g.Wp, 0, 0)
+    else:
+        nb = x.blocks
+        xin = (x.height, x.width, x.top - g.pt, x.left - g.pl)
+    if y is None:
+        k8 = _ceil_div(g.C, 8) if g.depthwise else 2 * g.groups * g.Kgb
+        yout = (k8, g.P, g.Q, 0, 0)
+    else:
+        yout = y.ints()
     if g.depthwise:
-        return (_ceil_div(g.C, 8), g.P, g.Q, g.Hp, g.Wp)
-    return (g.groups * g.Cgb, g.Cgb, g.groups * g.Kgb, g.Kgb, g.P, g.Q, g.Hp, g.Wp)
+        return (nb if x is not None else _ceil_div(g.C, 8), g.P, g.Q) + xin + yout
+    return (nb, g.Cgb, g.groups * g.Kgb, g.Kgb, g.P, g.Q) + xin + yout
 
 
-def build_conv_kernels(g: ConvGeometry, lowering: str) -> tuple[Kernel, str, str]:
+def build_conv_kernels(g: ConvGeometry, lowering: str,
+                       epilogue=()) -> tuple[Kernel, str, str]:
     """The compute kernel of a convolution (kernel IR), its function name and a cache tag.
 
     The kernel depends only on what stays literal (lowering, channel block, kernel size,
-    stride, dilation), so layers and models that share those share one compiled kernel.
+    stride, dilation, the ops of an epilogue applied at its store), so layers and models that
+    share those share one compiled kernel.
     """
     rs = f"{g.R}x{g.S}_s{g.sh}x{g.sw}_d{g.dh}x{g.dw}"
+    if epilogue:
+        rs += "_" + "-".join(e.op for e in epilogue)
     if lowering == "direct":
+        fused = f"; epilogue {', '.join(map(str, epilogue))}" if epilogue else ""
         if g.depthwise:
             note = f"depthwise convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
-                   f"dilation {g.dh}x{g.dw}; sizes are runtime arguments"
-            return depthwise_conv_kernel(g, comment=note), "conv_depthwise", f"depthwise_{rs}"
+                   f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
+            return depthwise_conv_kernel(g, comment=note, epilogue=epilogue), \
+                "conv_depthwise", f"depthwise_{rs}"
         note = f"direct NCHW{g.CB}c convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
-               f"dilation {g.dh}x{g.dw}; sizes are runtime arguments"
-        return direct_conv_kernel(g, comment=note), "conv_direct", f"direct_cb{g.CB}_{rs}"
+               f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
+        return direct_conv_kernel(g, comment=note, epilogue=epilogue), "conv_direct", \
+            f"direct_cb{g.CB}_{rs}"
     if lowering == "im2col":
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm", "gemm"
@@ -308,11 +330,12 @@ def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray,
     return np.ascontiguousarray(wp).ravel(), bp.ravel()
 
 
-def conv_module(g: ConvGeometry, lowering: str, root=None) -> tuple[Any, str, str]:
+def conv_module(g: ConvGeometry, lowering: str, root=None,
+                epilogue=()) -> tuple[Any, str, str]:
     """``(module, function name, source)`` of the compute kernel, from the cache."""
     from . import cache
 
-    kernel, name, tag = build_conv_kernels(g, lowering)
+    kernel, name, tag = build_conv_kernels(g, lowering, epilogue)
     src = print_tasked(kernel, "convolution kernel")
     return cache.load_module(src, tag, root), name, src
 
@@ -384,26 +407,30 @@ def _transposed_weight(w: np.ndarray, groups: int) -> np.ndarray:
 
 
 def lower_conv(ctx, node) -> Step:
-    """A ``conv`` / ``conv_transpose`` node: [zero-stuff,] pack (or im2col), the compute kernel,
-    unpack (or crop) with the fused epilogue. The compute kernel fuses the bias and a leading
-    ReLU; anything else in the epilogue runs in the output kernel, whose operands are NCHW."""
+    """A ``conv`` / ``conv_transpose`` node as kernel calls: [zero-stuff,] pack (or im2col)
+    unless the input is already channel-blocked, the compute kernel, then unpack (or crop) with
+    the fused epilogue unless the output stays channel-blocked, in which case the compute
+    kernel applies the epilogue at its store. The compute kernel always fuses the bias and a
+    leading ReLU (a runtime flag, so layers with and without share a kernel)."""
     from .elementwise import zero_stuff_kernel
 
     lowering = node.attrs["lowering"]
     attrs = own_attrs(node.attrs)
     x = ctx.tensor_inputs[0]
     x_shape = ctx.graph.node(x).type.shape
+    x_store, y_store = ctx.storage(x), ctx.out_storage
     epilogue = list(ctx.epilogue)
     relu = bool(epilogue) and epilogue[0].op == "relu"
     if relu:
         epilogue = epilogue[1:]
+    operands = [ctx.operand(e) for e in epilogue if e.operand is not None]
+    in_kernel = epilogue if y_store is not None else []
     g = _geometry(node.op, attrs, x_shape, "relu" if relu else None)
     root = ctx.cache_dir
     layout = layout_module(root)
-    mod, fname, src = conv_module(g, lowering, root)
+    mod, fname, src = conv_module(g, lowering, root, in_kernel)
     calls: list[Call] = []
-    scratch: dict[str, int] = {"conv_in": in_floats(g, lowering),
-                               "conv_out": out_floats(g, lowering)}
+    scratch: dict[str, int] = {}
     source = Arg("value", x)
     if node.op == "conv_transpose":
         _, stuffed, before, hw = _transpose_as_conv(attrs, x_shape)
@@ -415,37 +442,37 @@ def lower_conv(ctx, node) -> Step:
         source = Arg("scratch", "stuffed")
     xp, yp = Arg("scratch", "conv_in"), Arg("scratch", "conv_out")
     ints = [Arg("int", v) for v in (g.C, g.H, g.W)]
-    if lowering == "im2col":
+    if x_store is not None:
+        xp = source  # read where the producer stored it
+    elif lowering == "im2col":
         pqp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
         calls.append(Call(layout.im2col, (source, xp, Arg("batch"), *ints, *(
             Arg("int", v) for v in (g.groups, g.Cg, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.dh, g.dw,
                                     g.pt, g.pl, pqp))), "im2col"))
-        out_ints = (g.K, g.Kg, _ceil_div(g.Kg, GEMM_M) * GEMM_M, g.P * g.Q, pqp)
-        plain, with_epilogue = layout.crop_gemm, crop_epilogue_kernel
     else:
         if g.depthwise:
             nb, cb, cg, cgb = _ceil_div(g.C, 8), 8, g.C, _ceil_div(g.C, 8)
-            out_ints = (g.K, g.P, g.Q, g.K, cgb * 8, cgb)
         else:
             nb, cb, cg, cgb = g.groups * g.Cgb, g.CB, g.Cg, g.Cgb
-            out_ints = (g.K, g.P, g.Q, g.Kg, g.Kgb * TILE_K, 2 * g.groups * g.Kgb)
         calls.append(Call(layout.pack_nchw_blocked, (source, xp, Arg("batch"), *ints, *(
             Arg("int", v) for v in (g.Hp, g.Wp, g.pt, g.pl, nb, cb, cg, cgb))),
             "pack_nchw_blocked"))
-        plain, with_epilogue = layout.unpack_blocked_nchw, unpack_epilogue_kernel
-    calls.append(Call(getattr(mod, fname), (xp, Arg("const", "w"), Arg("const", "b"), yp, *(
-        Arg("int", v) for v in kernel_int_args(g, lowering)), Arg("int", int(relu)),
-        Arg("batch")), fname))
-    operands = [ctx.operand(e) for e in epilogue if e.operand is not None]
-    if epilogue:
-        kinds = [_operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
-        name = f"n{node.id}_{'unpack' if lowering != 'im2col' else 'crop'}_epilogue"
-        k = with_epilogue(name, epilogue, kinds, ctx.comment)
-        calls.append(Call(None, (yp, Arg("output"), *(Arg("value", o) for o in operands),
-                                 Arg("batch"), *(Arg("int", v) for v in out_ints)), name, k))
+    if x_store is None:
+        scratch["conv_in"] = in_floats(g, lowering)
+    if y_store is not None:
+        yp = Arg("output")
     else:
-        calls.append(Call(plain, (yp, Arg("output"), Arg("batch"),
-                                  *(Arg("int", v) for v in out_ints)), plain.py_func.__name__))
+        scratch["conv_out"] = out_floats(g, lowering)
+    op_args = [Arg("value", o) for o in operands] if in_kernel else []
+    op_ints = [Arg("int", v) for o in operands for v in ctx.storage(o).ints()] if in_kernel \
+        else []
+    calls.append(Call(getattr(mod, fname), (xp, Arg("const", "w"), Arg("const", "b"), yp,
+                                            *op_args, *(Arg("int", v) for v in kernel_int_args(
+                                                g, lowering, x_store, y_store)),
+                                            *op_ints, Arg("int", int(relu)), Arg("batch")),
+                      fname))
+    if y_store is None:
+        calls.append(_output_call(ctx, node, g, lowering, layout, epilogue, operands))
     w, *b = ctx.param_inputs
 
     def pack(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
@@ -455,6 +482,35 @@ def lower_conv(ctx, node) -> Step:
         wp, bp = pack_weights(g, lowering, weight, values[b[0]] if b else None)
         return {"w": wp, "b": bp}
 
-    return Step(node.id, step_name(node), step_ops(node), [x] + operands, node.type.size,
-                calls, pack=pack, scratch=scratch, lowering=lowering, inplace=True,
+    return Step(node.id, step_name(node), step_ops(node), [x] + operands,
+                y_store.floats if y_store is not None else node.type.size, calls, pack=pack,
+                scratch=scratch, lowering=lowering, storage=y_store,
+                # packing reads the whole input before the output is written; a blocked input
+                # or output is read and written in place by the compute kernel itself
+                inplace=x_store is None and y_store is None,
                 sources={Path(mod.__file__).parent.name + ".py": src})
+
+
+def _output_call(ctx, node, g: ConvGeometry, lowering: str, layout, epilogue,
+                 operands: list[int]) -> Call:
+    """The kernel that brings the packed output to NCHW, applying the epilogue at its store."""
+    yp = Arg("scratch", "conv_out")
+    if lowering == "im2col":
+        pqp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
+        out_ints = (g.K, g.Kg, _ceil_div(g.Kg, GEMM_M) * GEMM_M, g.P * g.Q, pqp)
+        plain, with_epilogue = layout.crop_gemm, crop_epilogue_kernel
+    else:
+        if g.depthwise:
+            c8 = _ceil_div(g.C, 8)
+            out_ints = (g.K, g.P, g.Q, g.K, c8 * 8, c8)
+        else:
+            out_ints = (g.K, g.P, g.Q, g.Kg, g.Kgb * TILE_K, 2 * g.groups * g.Kgb)
+        plain, with_epilogue = layout.unpack_blocked_nchw, unpack_epilogue_kernel
+    ints = tuple(Arg("int", v) for v in out_ints)
+    if not epilogue:
+        return Call(plain, (yp, Arg("output"), Arg("batch"), *ints), plain.py_func.__name__)
+    kinds = [_operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
+    name = f"n{node.id}_{'unpack' if lowering != 'im2col' else 'crop'}_epilogue"
+    k = with_epilogue(name, epilogue, kinds, ctx.comment)
+    return Call(None, (yp, Arg("output"), *(Arg("value", o) for o in operands), Arg("batch"),
+                       *ints), name, k)

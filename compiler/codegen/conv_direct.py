@@ -22,7 +22,6 @@ from .kernel_ir import (
     VBroadcast,
     VFma,
     VLoad,
-    VStore,
     cmp,
 )
 from .tiles import (
@@ -34,6 +33,9 @@ from .tiles import (
     _floored,
     _ints,
     _tile_stmts,
+    operand_ints,
+    operand_row,
+    store_epilogue,
 )
 
 if TYPE_CHECKING:
@@ -44,10 +46,15 @@ if TYPE_CHECKING:
 WEIGHTS_IN_L2 = 1 << 20
 
 
-#: Runtime integer arguments of each compute kernel, in order (after the arrays ``x``/``col``,
-#: ``w``, ``bias``, ``y``/``c``; then ``relu`` and ``n_batch``).
-DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q", "Hp", "Wp")
-DEPTHWISE_INTS = ("C8", "P", "Q", "Hp", "Wp")
+#: Runtime integer arguments of each compute kernel, in order (after the arrays ``x``, ``w``,
+#: ``bias``, ``y`` and the epilogue operands ``e<k>``; then each operand's geometry, ``relu``
+#: and ``n_batch``). ``Hp`` x ``Wp`` is the stored input plane and ``XT``/``XL`` where the
+#: window origin of output (0, 0) sits in it (a producer's halo larger than this layer's
+#: padding); ``YB`` blocks per image, ``YH`` x ``YW`` the stored output plane, ``YT``/``YL``
+#: where the output starts in it (the halo the next convolution reads as padding).
+IO_INTS = ("Hp", "Wp", "XT", "XL", "YB", "YH", "YW", "YT", "YL")
+DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS
+DEPTHWISE_INTS = ("C8", "P", "Q") + IO_INTS
 
 def _overlap_tail(Q: Expr, full: int, tile) -> list:
     """Tiles for the last ``Q % full`` pixels of a row whose length ``Q`` is a runtime value.
@@ -84,8 +91,16 @@ def _direct_tail(Q: Expr, tile) -> list:
 
 
 
+def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
+    """Array parameters ``e<k>`` of the fused epilogue's operands and their geometry ints."""
+    count = sum(e.operand is not None for e in epilogue)
+    return [Param(f"e{k}") for k in range(count)], \
+        _ints(*[n for k in range(count) for n in operand_ints(k)])
+
+
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
-                       order: Literal["auto", "rows", "kblocks"] = "rows") -> Kernel:
+                       order: Literal["auto", "rows", "kblocks"] = "rows",
+                       epilogue=()) -> Kernel:
     """The register-tiled NCHW8c direct convolution (not depthwise).
 
     Literal: the channel block ``CB``, kernel size, stride, dilation and the 6 x 16 tile
@@ -100,8 +115,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     if g.depthwise:
         raise ValueError("use depthwise_conv_kernel for groups == C == K")
     CB, R, S = g.CB, g.R, g.S
-    NB, Cgb, KB, Kgb, P, Q, Hp, Wp = (Var(v) for v in DIRECT_INTS)
-    K8 = KB * 2
+    NB, Cgb, KB, Kgb, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DIRECT_INTS)
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
@@ -135,7 +149,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                 for h in range(2):
                     idx = Var("yrow") + (q0 + i) * 8 + h * Var("yplane")
                     val = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TILE_K + h * 8))
-                    out.append(VStore("y", idx, val))
+                    out += store_epilogue("y", idx, val, epilogue, lambda k, i=i, h=h: Var(
+                        f"erow{k}") + (q0 + i) * 8 + h * Var(f"eplane{k}"))
             return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + \
@@ -150,30 +165,33 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     else:
         body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
     body += [
-        Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh) * (Wp * CB)),
+        Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) + XL * CB),
         Let("wk", kb * (Cgb * (R * S * CB * TILE_K))),
-        Let("yrow", ((n * K8 + kb * 2) * P + p) * (Q * 8)),
+        Let("yrow", ((n * YB + kb * 2) * YH + p + YT) * (YW * 8) + YL * 8),
         Let("nfull", Q // TILE_Q),
         Let("tail", Q % TILE_Q),
     ]
+    ops, op_ints = _epilogue_params(epilogue)
+    body += [Let(f"erow{k}", operand_row(k, n, kb * 2, p)) for k in range(len(ops))]
     body += [Loop("qt", Var("nfull"), tile(TILE_Q, Var("qt") * TILE_Q)),
              Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
     body += _direct_tail(Q, tile)
     # Loop-invariant strides, computed once (runtime sizes).
     pre = [_floor_let(), Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB)),
-           Let("yplane", P * Q * 8)]
-    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + _ints(*DIRECT_INTS) + \
-        _ints("relu", "n_batch")
+           Let("yplane", YH * YW * 8)]
+    pre += [Let(f"eplane{k}", Var(f"E{k}H") * Var(f"E{k}W") * 8) for k in range(len(ops))]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
+        _ints(*DIRECT_INTS) + op_ints + _ints("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (KB * P), body, kind="parallel")
     return Kernel(name, params, pre + [loop], comment)
 
 
 def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
-                          comment: str = "") -> Kernel:
+                          comment: str = "", epilogue=()) -> Kernel:
     """Depthwise convolution: the 8 lanes are 8 channels; a tile is 8 output pixels. Literal:
     kernel size, stride, dilation; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
     R, S = g.R, g.S
-    C8, P, Q, Hp, Wp = (Var(v) for v in DEPTHWISE_INTS)
+    C8, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
 
     def tile(T: int, q0: ExprLike) -> list:
@@ -187,24 +205,29 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
             *upd])])]
 
         def stores_for(epi: Epilogue) -> list:
-            return [VStore("y", Var("yrow") + (q0 + i) * 8,
-                           _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * 8)))
-                    for i in range(T)]
+            out = []
+            for i in range(T):
+                val = _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * 8))
+                out += store_epilogue("y", Var("yrow") + (q0 + i) * 8, val, epilogue,
+                                      lambda k, i=i: Var(f"erow{k}") + (q0 + i) * 8)
+            return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * 8))] + \
             _tile_stmts(T, 1, inner, _epilogue_stores(stores_for))
 
     body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
-    body += [Let("xrow", ((n * C8 + cb) * Hp + p * g.sh) * (Wp * 8)),
-             Let("yrow", ((n * C8 + cb) * P + p) * (Q * 8)),
+    ops, op_ints = _epilogue_params(epilogue)
+    body += [Let("xrow", ((n * C8 + cb) * Hp + p * g.sh + XT) * (Wp * 8) + XL * 8),
+             Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
              Let("nfull", Q // TILE_DW),
              Let("tail", Q % TILE_DW)]
+    body += [Let(f"erow{k}", operand_row(k, n, cb, p)) for k in range(len(ops))]
     body += [Loop("qt", Var("nfull"), tile(TILE_DW, Var("qt") * TILE_DW)),
              Comment("tail: the last Q % 8 output pixels of the row (overlapping tile)")]
     body += _overlap_tail(Q, TILE_DW, tile)
     pre = [_floor_let(), Let("xrstep", Wp * (g.dh * 8))]
-    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + _ints(*DEPTHWISE_INTS) + \
-        _ints("relu", "n_batch")
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
+        _ints(*DEPTHWISE_INTS) + op_ints + _ints("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (C8 * P), body, kind="parallel")
     return Kernel(name, params, pre + [loop], comment)
 

@@ -144,9 +144,9 @@ class VFma(Expr):
 
 @dataclass(frozen=True, eq=False)
 class VBin(Expr):
-    """Lane-wise vector ``add``, ``mul`` or ``max``."""
+    """Lane-wise vector ``add``, ``mul``, ``max`` or ``min``."""
 
-    op: Literal["add", "mul", "max"]
+    op: Literal["add", "mul", "max", "min"]
     a: Expr
     b: Expr
 

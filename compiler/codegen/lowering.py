@@ -26,7 +26,7 @@ import numpy as np
 from ..ir import Graph, Node
 from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count
 from ..passes.common import is_constant
-from ..plan import Arg, Call, Plan, Step
+from ..plan import BLOCKED, Arg, Call, Plan, Step, Storage
 from . import cache
 from .kernel_ir import Kernel
 from .numba_printer import print_kernel, print_module, sanitize_comment
@@ -97,8 +97,28 @@ class LowerCtx:
     def operands(self) -> list[int]:
         return [self.operand(e) for e in self.epilogue if e.operand is not None]
 
-    def load(self, source: str, tag: str) -> Any:
-        return cache.load_module(source, tag, self.cache_dir)
+    def storage(self, node_id: int) -> Storage | None:
+        """The channel-blocked storage of a value (None when it is plain NCHW)."""
+        return blocked_storage(self.graph, self.graph.node(node_id))
+
+    @property
+    def out_storage(self) -> Storage | None:
+        return self.storage(self.node.id)
+
+
+def blocked_storage(graph: Graph, node: Node) -> Storage | None:
+    """How a value ``select_layout`` kept channel-blocked is stored: as many 8-channel blocks
+    as its producer's kernel writes (a direct convolution pads its output channels to a
+    multiple of 16), and the ``halo`` the pass chose around it."""
+    if node.attrs.get("layout") != BLOCKED:
+        return None
+    c, h, w = node.type.shape
+    blocks = -(-c // 8)
+    if node.op == "conv" and not (node.attrs["groups"] > 1 and node.attrs["groups"] ==
+                                  node.attrs["out_channels"]):
+        blocks = 2 * -(-c // 16)
+    t, l, b, r = node.attrs.get("halo", (0, 0, 0, 0))
+    return Storage(c, blocks, h + t + b, w + l + r, t, l)
 
 
 def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],
@@ -125,10 +145,12 @@ def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],
             raise LoweringError(f"kernel {kernel.name}: cannot bind parameter {p.name!r}")
     node = ctx.node
     op = get_op(node.op)
+    storage = ctx.out_storage
+    if out_size is None:
+        out_size = storage.floats if storage is not None else node.type.size
     return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
-                out_size if out_size is not None else node.type.size,
-                [Call(None, tuple(args), kernel.name, kernel)], pack=pack, lowering=lowering,
-                inplace=op.inplace)
+                out_size, [Call(None, tuple(args), kernel.name, kernel)], pack=pack,
+                lowering=lowering, inplace=op.inplace and storage is None, storage=storage)
 
 
 def step_name(node: Node) -> str:
@@ -206,9 +228,10 @@ def lower_node(ctx: LowerCtx) -> Step:
 
 
 def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
-                reuse_buffers: bool = True) -> Plan:
+                reuse_buffers: bool = True,
+                progress: Callable[[int, int], None] | None = None) -> Plan:
     """Lower every compute node, load each distinct kernel from its shared cached module, bind
-    the calls and plan the buffers."""
+    the calls and plan the buffers. ``progress(done, total)`` follows a cold compile."""
     from ..passes.plan_memory import plan_memory
     from . import warm
 
@@ -237,7 +260,7 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
             if c.ir is not None:
                 c.fn = funcs[names[c.ir.name]]
         sources.update(s.sources)
-    warm.warm_modules(warm.jobs_for(steps))
+    warm.warm_modules(warm.jobs_for(steps), progress=progress)
     buffers = plan_memory(graph, steps, reuse=reuse_buffers)
     scratch: dict[str, int] = {}
     for s in steps:

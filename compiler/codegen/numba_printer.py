@@ -52,7 +52,7 @@ __all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
-              "vsum")
+              "vmin", "vsum")
 
 
 def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
@@ -136,7 +136,7 @@ def print_expr(e: Expr, prec: int = 0) -> str:
     if isinstance(e, VFma):
         return f"vfma({print_expr(e.a)}, {print_expr(e.b)}, {print_expr(e.c)})"
     if isinstance(e, VBin):
-        if e.op not in ("add", "mul", "max"):
+        if e.op not in ("add", "mul", "max", "min"):
             raise ValueError(f"unknown vector op {e.op!r}")
         return f"v{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
     raise TypeError(f"cannot print expression {e!r}")
@@ -207,11 +207,11 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         "from numba import njit, prange",
         "",
         "from cnnc.compiler.codegen.vec8 import (",
-        "    vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore, vsum, vzero,",
+        "    vadd, vbroadcast, vfma, vload, vmax, vmin, vmul, vsplat, vstore, vsum, vzero,",
         ")",
         "",
-        "_UNUSED = (math, np, prange, vadd, vbroadcast, vfma, vload, vmax, vmul, vsplat, vstore,",
-        "           vsum, vzero)",
+        "_UNUSED = (math, np, prange, vadd, vbroadcast, vfma, vload, vmax, vmin, vmul, vsplat,",
+        "           vstore, vsum, vzero)",
         "",
     ]
     for k in kernels:

@@ -26,11 +26,17 @@ from .kernel_ir import (
     Stmt,
     Store,
     Var,
+    VBin,
+    VLoad,
+    VSplat,
+    VStore,
+    VZero,
     call,
     cmp,
     const,
     div,
 )
+from .tiles import BLOCKED_INTS
 
 
 def _in_range(v: Expr, lo: ExprLike, hi: ExprLike) -> Expr:
@@ -144,3 +150,66 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
         value = top * (one - Var("cf")) + bot * Var("cf")
     body.append(Loop("j", Const(OW), col + [Store("y", Var("yb") + Var("j"), value)]))
     return _rows_kernel(name, [Param("x0"), Param("y")], C * OH, body, comment)
+
+
+# -- channel-blocked (NCHW8c) variants: 8 channels per vector ---------------------------------
+
+def maxpool_blocked_kernel(name: str, attrs: dict[str, Any], comment: str = "") -> Kernel:
+    """Max pooling of channel-blocked storage into channel-blocked storage, 8 channels a
+    vector. Taps outside the tensor are skipped (never its zero halo: a window of negative
+    values must not see a 0). Input geometry ``X*`` and output geometry ``Y*`` are
+    ``(blocks, stored height, stored width, top, left)``; window, stride, padding and dilation
+    are literal."""
+    (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
+    pt, pl = attrs["pads"][0], attrs["pads"][1]
+    dh, dw = attrs.get("dilation", (1, 1))
+    C8, H, W, P, Q = (Var(v) for v in ("C8", "H", "W", "P", "Q"))
+    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
+    ih, iw = Var("h0") + Var("r") * dh, Var("w0") + Var("s") * dw
+    tap = VLoad("x0", Var("xb") + (ih + XT) * (XW * 8) + (iw + XL) * 8)
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
+        Let("h0", p * sh - pt),
+        Let("xb", (n * XB + cb) * XH * (XW * 8)),
+        Let("yb", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
+        Loop("q", Q, [
+            Let("w0", q * sw - pl),
+            Let("acc", VSplat(Const(float("-inf")))),
+            Loop("r", Const(R), [If(_in_range(ih, 0, H), [
+                Loop("s", Const(S), [If(_in_range(iw, 0, W), [
+                    Let("acc", VBin("max", Var("acc"), tap))])])])]),
+            VStore("y", Var("yb") + q * 8, Var("acc"))]),
+    ]
+    ints = ["C8", "H", "W", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
+        ["Y" + s for s in BLOCKED_INTS]
+    return Kernel(name, [Param("x0"), Param("y")] + [Param(i, "int") for i in ints]
+                  + [Param("n_batch", "int")],
+                  [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")], comment)
+
+
+def global_pool_blocked_kernel(name: str, op: str, comment: str = "") -> Kernel:
+    """Mean or maximum over each channel's H x W plane of channel-blocked storage, written as
+    the plain ``[N, C]`` result (``C`` a multiple of 8); the mean sums in float32 vectors."""
+    C8, H, W = Var("C8"), Var("H"), Var("W")
+    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    n, cb = Var("n"), Var("cb")
+    tap = VLoad("x0", Var("xb") + (Var("h") + XT) * (XW * 8) + (Var("w") + XL) * 8)
+    if op == "globalavgpool":
+        init: Expr = VZero()
+        update: Expr = VBin("add", Var("acc"), tap)
+        final: Expr = VBin("mul", Var("acc"), VSplat(div(Const(1.0), call("f32", H * W))))
+    else:
+        init = VSplat(Const(float("-inf")))
+        update = VBin("max", Var("acc"), tap)
+        final = Var("acc")
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8)]) + [
+        Let("xb", (n * XB + cb) * XH * (XW * 8)),
+        Let("acc", init),
+        Loop("h", H, [Loop("w", W, [Let("acc", update)])]),
+        VStore("y", (n * C8 + cb) * 8, final),
+    ]
+    ints = ["C8", "H", "W"] + ["X" + s for s in BLOCKED_INTS]
+    return Kernel(name, [Param("x0"), Param("y")] + [Param(i, "int") for i in ints]
+                  + [Param("n_batch", "int")],
+                  [Loop("t", N_BATCH * C8, body, kind="parallel")], comment)

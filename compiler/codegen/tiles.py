@@ -65,3 +65,55 @@ def _floored(v: Expr) -> Expr:
 
 def _floor_let() -> Let:
     return Let("floor", Select(cmp("!=", Var("relu"), 0), Const(0.0), Const(LOWEST)))
+
+
+#: Runtime integers describing a channel-blocked buffer an operand lives in: blocks per image,
+#: stored height and width (halo included), and where the tensor starts in them.
+BLOCKED_INTS = ("B", "H", "W", "T", "L")
+
+
+def operand_ints(k: int) -> list[str]:
+    """Names of the geometry integers of fused epilogue operand ``k`` (``e<k>``)."""
+    return [f"E{k}{s}" for s in BLOCKED_INTS]
+
+
+def operand_row(k: int, n: Expr, block: Expr, p: Expr) -> Expr:
+    """Offset of row ``p`` of 8-channel block ``block`` of image ``n`` in operand ``k``."""
+    B, H, W, T, L = (Var(s) for s in operand_ints(k))
+    return ((n * B + block) * H + p + T) * (W * 8) + L * 8
+
+
+def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index) -> list:
+    """Store the 8-lane ``value`` at ``array[index]`` with the fused ``epilogue`` applied.
+
+    Ops with a vector rule (``OpDef.vector_epilogue``: ReLU, ReLU6, a residual add, ...) are
+    applied to the vector; from the first op without one on, the stored lanes are rewritten one
+    by one with the scalar rules (sigmoid, swish, GELU: their ``exp``/``erf`` have no vector
+    form here). ``operand_index(k)`` is the element offset in operand ``e<k>`` that meets
+    ``index``; operands are numbered in epilogue order.
+    """
+    from ..ops import get_op
+    from .elementwise import apply_epilogue
+    from .kernel_ir import Const, Load, Loop, Store, VLoad, VStore
+
+    numbers = {e.operand: k for k, e in enumerate(o for o in epilogue if o.operand is not None)}
+    v = value
+    rest = list(epilogue)
+    while rest:
+        e = rest[0]
+        rule = get_op(e.op).vector_epilogue
+        operand = None if e.operand is None else VLoad(f"e{numbers[e.operand]}",
+                                                        operand_index(numbers[e.operand]))
+        vec = rule(v, e.attr_dict, operand) if rule else None
+        if vec is None:
+            break
+        v = vec
+        rest.pop(0)
+    stmts: list = [VStore(array, index, v)]
+    if rest:
+        lane = Var("el")
+        loads = {pos: Load(f"e{k}", operand_index(k) + lane) for pos, k in numbers.items()}
+        stmts.append(Loop("el", Const(8), apply_epilogue(
+            Load(array, index + lane), rest, loads, var="ev")
+            + [Store(array, index + lane, Var("ev"))]))
+    return stmts

@@ -15,7 +15,7 @@ intrinsic              meaning                                         typical i
 ``vbroadcast(a, i)``   all lanes ``a[i]``                              ``vbroadcastss``
 ``vsplat(x)``          all lanes the scalar ``x``                      ``vbroadcastss``
 ``vfma(a, b, c)``      ``a * b + c`` (one rounding, ``llvm.fma``)      ``vfmadd231ps``
-``vadd/vmul/vmax``     lane-wise ``+``, ``*``, ``max``                 ``vaddps`` ...
+``vadd/vmul/vmax/vmin`` lane-wise ``+``, ``*``, ``max``, ``min``       ``vaddps`` ...
 ``vsum(v)``            horizontal sum of the 8 lanes (a float32)       shuffles + adds
 =====================  ==============================================  =====================
 
@@ -44,6 +44,7 @@ __all__ = [
     "vadd",
     "vmul",
     "vmax",
+    "vmin",
     "vsum",
 ]
 
@@ -199,6 +200,8 @@ vmul.__doc__ = "Lane-wise ``a * b``."
 # one instruction; llvm.maxnum would add NaN fix-up code.
 vmax = _binary("vmax", lambda b, x, y: b.select(b.fcmp_ordered(">", x, y), x, y))
 vmax.__doc__ = "Lane-wise ``max(a, b)`` (``vmaxps``; ReLU is ``vmax(v, vzero())``)."
+vmin = _binary("vmin", lambda b, x, y: b.select(b.fcmp_ordered("<", x, y), x, y))
+vmin.__doc__ = "Lane-wise ``min(a, b)`` (``vminps``; ReLU6 is ``vmin(vmax(v, 0), 6)``)."
 
 
 @intrinsic

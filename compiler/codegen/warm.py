@@ -21,7 +21,8 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,15 +41,21 @@ class Job:
     func: str
     kinds: tuple[str, ...]
     cost: int = 1  # rough relative compile time, to balance the workers
+    index: str = ""  # Numba's cache index file: it exists once the job is done
+
+
+def _index_path(dispatcher: Any) -> str:
+    try:
+        return str(dispatcher._cache._cache_file._index_path)
+    except Exception:
+        return ""
 
 
 def is_cached(dispatcher: Any) -> bool:
     """Whether Numba's disk cache has an index for ``dispatcher`` (a cheap, conservative test:
     a false "cached" only means the main process compiles that kernel itself)."""
-    try:
-        return os.path.exists(dispatcher._cache._cache_file._index_path)
-    except Exception:
-        return False
+    path = _index_path(dispatcher)
+    return bool(path) and os.path.exists(path)
 
 
 def _module_file(fn: Any) -> str | None:
@@ -75,7 +82,7 @@ def jobs_for(steps: Iterable[Any]) -> list[Job]:
                 continue
             kinds = tuple(_ARG_KINDS[a.kind] for a in call.args)
             cost = 4 if step.lowering in ("direct", "im2col") and call.ir is None else 1
-            jobs[(path, name)] = Job(path, name, kinds, cost)
+            jobs[(path, name)] = Job(path, name, kinds, cost, _index_path(fn))
     return list(jobs.values())
 
 
@@ -83,9 +90,14 @@ def _enabled() -> bool:
     return os.environ.get("CNNC_PARALLEL_COMPILE", "1") not in ("0", "", "false", "no")
 
 
-def warm_modules(jobs: list[Job], workers: int | None = None) -> int:
+Progress = Callable[[int, int], None]
+
+
+def warm_modules(jobs: list[Job], workers: int | None = None,
+                 progress: Progress | None = None) -> int:
     """Compile ``jobs`` in parallel worker processes; returns how many workers ran.
 
+    ``progress(done, total)`` is called as jobs finish (polled from Numba's cache files).
     Does nothing for fewer than two jobs or one CPU. Never raises: failures leave the kernels
     to the in-process compile.
     """
@@ -111,12 +123,17 @@ def warm_modules(jobs: list[Job], workers: int | None = None) -> int:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cnnc.compiler.codegen.warm", name],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            if progress is not None:
+                progress(sum(bool(j.index) and os.path.exists(j.index) for j in jobs), len(jobs))
+            time.sleep(0.2)
         for p in procs:
-            try:
-                p.wait(timeout=WORKER_TIMEOUT)
-            except subprocess.TimeoutExpired:
+            if p.poll() is None:
                 p.kill()
                 p.wait()
+        if progress is not None:
+            progress(len(jobs), len(jobs))
     except Exception:
         for p in procs:
             if p.poll() is None:

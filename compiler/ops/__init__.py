@@ -17,7 +17,10 @@ and the rules the middle of the compiler reads:
   returns a kernel-IR expression; ``operand`` is the loaded second tensor of a binary op);
 - `takes_epilogue`: which epilogues the op's kernels can apply at their store: ``none``,
   ``unary`` (activations only) or ``any`` (also a second tensor: residual add, gates);
-- `layouts`: the activation layouts its kernels accept and produce;
+- `vector_epilogue`: the same on an 8-lane vector, where the op has one (ReLU is a ``vmax``);
+- `layouts`: the activation layouts its kernels can work in; `layout_rule(node, in_types)`
+  says, for one node, which layouts its first input may arrive in and which its output may be
+  stored in (``select_layout`` keeps channel-blocked NCHW8c between such kernels);
 - `algorithms`: the lowerings a pass may choose between (conv: direct, im2col);
 - `view`: the output aliases the input buffer (flatten, reshape, dropout, identity);
 - `inplace`: the kernel may write its output over its first input;
@@ -107,6 +110,12 @@ class OpDef:
     extra: dict[str, Any] = field(default_factory=dict)
     lower: Callable[[Any, Any], Any] | None = None
     epilogue: Callable[[Any, dict[str, Any], Any], Any] | None = None
+    # The same on an 8-lane vector (None for these attributes: the kernel then applies the op
+    # per lane with ``epilogue``).
+    vector_epilogue: Callable[[Any, dict[str, Any], Any], Any] | None = None
+    # (accepted layouts of the first input, producible output layouts) for a node.
+    layout_rule: Callable[[Any, list[TensorType]], tuple[tuple[str, ...], tuple[str, ...]]] \
+        | None = None
     takes_epilogue: str = "none"  # none | unary | any
     layouts: tuple[str, ...] = ("NCHW",)
     algorithms: tuple[str, ...] = ()
@@ -178,7 +187,7 @@ def _load_families() -> None:
 
 #: Node attributes that record a pass's decision rather than the op's meaning; they are
 #: stripped before an op's own shape rule and reference see the attributes.
-DECISION_KEYS = ("epilogue", "lowering", "layout", "folded", "parameter_time")
+DECISION_KEYS = ("epilogue", "lowering", "layout", "halo", "folded", "parameter_time")
 
 
 @dataclass(frozen=True)

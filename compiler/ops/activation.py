@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen.kernel_ir import BinOp, Const, Expr, Select, call, cmp, div
+from ..codegen.kernel_ir import BinOp, Const, Expr, Select, VBin, VSplat, VZero, call, cmp, div
 from . import Attr, AttrError, OpDef, as_choice, as_float, no_macs, one_input, register, same_shape
 from . import _show as show_value
 
@@ -79,11 +79,38 @@ def _lower_unary(ctx, node):
     return lower_elementwise(ctx, node, "copy")
 
 
+def _vmax(a: Expr, b: Expr) -> Expr:
+    return VBin("max", a, b)
+
+
+def _vmin(a: Expr, b: Expr) -> Expr:
+    return VBin("min", a, b)
+
+
+def _vleaky(x: Expr, a: dict[str, Any]) -> Expr | None:
+    # max(x, alpha * x) is x for x >= 0 and alpha * x below only when 0 <= alpha <= 1
+    alpha = float(a["alpha"])
+    return _vmax(x, VBin("mul", x, VSplat(Const(alpha)))) if 0.0 <= alpha <= 1.0 else None
+
+
+VECTOR = {
+    "relu": lambda x, a: _vmax(x, VZero()),
+    "relu6": lambda x, a: _vmin(_vmax(x, VZero()), VSplat(Const(6.0))),
+    "leaky_relu": _vleaky,
+    "hard_sigmoid": lambda x, a: _vmin(_vmax(VBin("add", VBin("mul", x, VSplat(Const(float(
+        a["alpha"])))), VSplat(Const(float(a["beta"])))), VZero()), VSplat(Const(1.0))),
+    "hard_swish": lambda x, a: VBin("mul", VBin("mul", x, _vmin(_vmax(VBin(
+        "add", x, VSplat(Const(3.0))), VZero()), VSplat(Const(6.0)))), VSplat(Const(1.0 / 6.0))),
+}
+
+
 def _unary(name: str, fn, expr, doc: str, signature=(), canonicalize=None, aliases=()):
+    vec = VECTOR.get(name)
     register(OpDef(name=name, family="activation", signature=signature,
                    canonicalize=canonicalize, infer=same_shape, reference=_f64(fn),
                    macs=no_macs, doc=doc, aliases=aliases, new_activations=False,
                    epilogue=lambda x, a, operand: expr(x, a), lower=_lower_unary,
+                   vector_epilogue=(lambda x, a, operand: vec(x, a)) if vec else None,
                    takes_epilogue="any", inplace=True))
 
 

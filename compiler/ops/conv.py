@@ -201,6 +201,21 @@ _CONV_SIGNATURE = (
     Attr("weights", "tensor", None, doc="literal (fixed) weights, K x C/groups x R x S"),
 )
 
+def _layout_rule(node, in_types):
+    """The direct lowering reads and writes NCHW8c (``compiler/codegen/conv.py``): a plain or
+    depthwise convolution can take its input blocked (8 channels a block; a stem with fewer
+    channels packs its own block of 3) and store its output blocked."""
+    from ..plan import BLOCKED, PLAIN
+
+    a = node.attrs
+    c, g = in_types[0].channels, a["groups"]
+    depthwise = g > 1 and g == c == a["out_channels"]
+    if node.op != "conv" or a.get("lowering") != "direct" or (g != 1 and not depthwise):
+        return ((PLAIN, PLAIN),)
+    ins = (PLAIN, BLOCKED) if depthwise or c >= 8 else (PLAIN,)
+    return tuple((i, o) for i in ins for o in (PLAIN, BLOCKED))
+
+
 def _lower(ctx, node):
     """Convolutions lower through ``codegen/conv.py`` (direct NCHW8c or im2col + GEMM, as the
     ``lowering`` attribute of select_lowering says); Winograd will be the third algorithm."""
@@ -211,6 +226,7 @@ def _lower(ctx, node):
 
 register(OpDef(
     lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
+    layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule,
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
@@ -302,6 +318,7 @@ def conv_transpose_macs(in_types: list[TensorType], out: TensorType, attrs: dict
 
 register(OpDef(
     lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
+    layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule,
     name="conv_transpose", family="conv",
     signature=(
         Attr("out_channels", "int"),

@@ -147,11 +147,36 @@ _WINDOW = (
 )
 
 
+def _keeps_blocked(node, in_types):
+    """Max pooling has an NCHW8c kernel: blocked in, blocked out."""
+    from ..plan import BLOCKED, PLAIN
+
+    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED)) if node.op == "maxpool" else ((PLAIN, PLAIN),)
+
+
+def _reads_blocked(node, in_types):
+    """Global pooling reads NCHW8c and writes the plain C x 1 x 1 result (whole blocks only)."""
+    from ..plan import BLOCKED, PLAIN
+
+    if in_types[0].channels % 8:
+        return ((PLAIN, PLAIN),)
+    return ((PLAIN, PLAIN), (BLOCKED, PLAIN))
+
+
 def _lower_window(ctx, node):
     from ..codegen.elementwise import Sizes
     from ..codegen.lowering import kernel_step
-    from ..codegen.pool import pool_kernel
+    from ..codegen.pool import maxpool_blocked_kernel, pool_kernel
 
+    src = ctx.storage(ctx.tensor_inputs[0])
+    if src is not None:  # NCHW8c in and out (the layout rule)
+        out = ctx.out_storage
+        c, h, w = ctx.in_shapes[0]
+        ints = {"C8": -(-c // 8), "H": h, "W": w, "P": ctx.out_shape[1], "Q": ctx.out_shape[2]}
+        ints.update(zip(("XB", "XH", "XW", "XT", "XL"), src.ints()))
+        ints.update(zip(("YB", "YH", "YW", "YT", "YL"), out.ints()))
+        k = maxpool_blocked_kernel(ctx.kname, node.attrs, ctx.comment)
+        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs,
                     ctx.comment, sz)
@@ -161,8 +186,15 @@ def _lower_window(ctx, node):
 def _lower_global(ctx, node):
     from ..codegen.elementwise import Sizes
     from ..codegen.lowering import kernel_step
-    from ..codegen.pool import global_pool_kernel
+    from ..codegen.pool import global_pool_blocked_kernel, global_pool_kernel
 
+    src = ctx.storage(ctx.tensor_inputs[0])
+    if src is not None:  # reads NCHW8c, writes the plain C x 1 x 1 result
+        c, h, w = ctx.in_shapes[0]
+        ints = {"C8": c // 8, "H": h, "W": w}
+        ints.update(zip(("XB", "XH", "XW", "XT", "XL"), src.ints()))
+        k = global_pool_blocked_kernel(ctx.kname, node.op, ctx.comment)
+        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = global_pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.comment, sz)
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
@@ -178,7 +210,7 @@ for _name, _ref, _dil, _div, _doc in (
     register(OpDef(name=_name, family="pool", signature=_sig,
                    canonicalize=_pool_canonicalize(_name, _dil, _div),
                    infer=_pool_infer(_name), reference=one_input(_ref), macs=no_macs, doc=_doc,
-                   lower=_lower_window,
+                   lower=_lower_window, layout_rule=_keeps_blocked,
                    aliases=(_name.replace("pool", "_pool"),)))
 
 register(OpDef(name="lppool", family="pool", signature=_WINDOW + (Attr("p", "float", 2.0),),
@@ -205,10 +237,12 @@ register(OpDef(name="globalavgpool", family="pool", signature=(),
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .mean(axis=(2, 3), keepdims=True)),
                macs=no_macs, aliases=("global_avgpool", "gap"), lower=_lower_global,
+               layout_rule=_reads_blocked,
                doc="mean over height and width (C x 1 x 1)"))
 register(OpDef(name="globalmaxpool", family="pool", signature=(),
                infer=_global_infer("globalmaxpool"),
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .max(axis=(2, 3), keepdims=True)),
                macs=no_macs, aliases=("global_maxpool",), lower=_lower_global,
+               layout_rule=_reads_blocked,
                doc="maximum over height and width (C x 1 x 1)"))

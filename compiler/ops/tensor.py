@@ -105,6 +105,12 @@ def _elementwise_macs(in_types, out, attrs):
     return 0
 
 
+def _vbin(op: str, x, o):
+    from ..codegen.kernel_ir import VBin
+
+    return VBin(op, x, o)
+
+
 def _lower_as(op: str):
     def lower(ctx, node):
         from ..codegen.elementwise import lower_elementwise
@@ -118,6 +124,7 @@ _ELEMENTWISE = dict(takes_epilogue="any", inplace=True)
 register(OpDef(name="add", family="tensor", signature=(), infer=_binary_infer("add"),
                reference=_add_reference, macs=_elementwise_macs, arity=None,
                epilogue=lambda x, a, o: x + o, lower=_lower_as("add"), **_ELEMENTWISE,
+               vector_epilogue=lambda x, a, o: _vbin("add", x, o),
                doc="elementwise sum with broadcasting (residual connections)"))
 
 
@@ -140,6 +147,7 @@ register(OpDef(name="sub", family="tensor", signature=(), infer=_sub_infer,
 register(OpDef(name="mul", family="tensor", signature=(), infer=_binary_infer("multiply"),
                reference=_mul_reference, macs=_elementwise_macs, arity=None,
                epilogue=lambda x, a, o: x * o, lower=_lower_as("mul"), **_ELEMENTWISE,
+               vector_epilogue=lambda x, a, o: _vbin("mul", x, o),
                aliases=("multiply",),
                doc="elementwise product with broadcasting (squeeze-excitation gates)"))
 

@@ -4,7 +4,8 @@
   algorithm of each convolution: the default, or the user's choice).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding, epilogue fusion.
-- ``-O2``: everything: -O1, and lowering chosen by the cost model.
+- ``-O2``: everything: -O1, lowering chosen by the cost model, and layout selection
+  (activations stay channel-blocked between convolutions and pools).
 
 Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
 folding, epilogue fusion: backward needs the intermediate values); autodiff will insert its
@@ -20,6 +21,7 @@ from .fold_batchnorm import fold_batchnorm
 from .fold_constants import fold_constants
 from .fuse_epilogues import fuse_epilogues
 from .manager import Pass
+from .select_layout import select_layout
 from .select_lowering import select_lowering
 
 REQUIRED: list[tuple[str, Pass]] = [("select_lowering", select_lowering)]
@@ -36,7 +38,8 @@ INFERENCE: dict[int, list[tuple[str, Pass]]] = {
     1: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
                   ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
     2: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
-                  ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
+                  ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
+    + [("select_layout", select_layout)],
 }
 
 TRAINING: dict[int, list[tuple[str, Pass]]] = {

@@ -48,6 +48,15 @@ input x: 8 x 6 x 6
 y = x -> conv(8, 3, pad=1, bias=false) -> batchnorm
 (y + x) -> swish -> batchnorm -> relu6 -> output out
 """,
+    # channel-blocked between kernels: the direct convolution applies the residual add and
+    # the ReLU at its store, the max pool reads and writes NCHW8c
+    "golden_blocked": """
+network golden_blocked
+input x: 3 x 8 x 8
+s = x -> conv(16, 3, pad=1) -> relu -> maxpool(2)
+y = s -> conv(16, 3, pad=1) -> relu
+(s + y) -> relu -> globalavgpool -> output out
+""",
 }
 
 
@@ -176,7 +185,10 @@ def test_file_name_cannot_inject_code(tmp_path):
 
 
 def _golden_source(name: str) -> str:
-    return compile_model(GOLDEN[name]).plan.listing
+    """The model's listing and every kernel module it runs (convolutions included)."""
+    m = compile_model(GOLDEN[name])
+    return "\n".join([m.plan.listing] + [f"# ==== {file.split('-')[0]}\n{text}" for file, text
+                                          in sorted(m.plan.sources.items())])
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))

@@ -1,0 +1,94 @@
+"""Layout selection: which activations stay channel-blocked (NCHW8c) between kernels.
+
+    conv -> [NCHW -> NCHW8c] conv [NCHW8c -> NCHW] -> conv ...
+        =>  conv -> conv -> ... in NCHW8c, transforms only where the region ends
+
+A node's output is stored blocked (``layout=NCHW8c``) when its op can produce it from the
+layout its input arrives in, every user can read it (as its first input, in the layout pairs
+of its op's ``layout_rule``, or as a residual operand of a fused epilogue whose node is blocked
+too), and it is not a graph output. Solved as a fixpoint: start from every node that could
+produce NCHW8c and drop those that violate a condition until none does; what remains are
+regions whose only transforms are at their borders (the pack of a region's first input, the
+unpack or the global pool at its end), so no inverse pair of transforms is left inside.
+
+The producer also writes the padding its consuming convolutions need: ``halo`` (top, left,
+bottom, right) is the largest padding per side among them, and the stored tensor is zero
+there. Only at -O2.
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph, Node
+from ..ops import epilogue_of, get_op, operand_kind, own_input_count
+from ..plan import BLOCKED, PLAIN
+from .common import is_constant, layer
+from .manager import PassContext
+
+DEFAULT_PAIRS = ((PLAIN, PLAIN),)
+
+
+def layout_pairs(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:
+    """(input layout, output layout) pairs the node's kernels support."""
+    rule = get_op(node.op).layout_rule
+    if rule is None or node.op in ("input", "param"):
+        return DEFAULT_PAIRS
+    return tuple(rule(node, [graph.node(i).type for i in node.inputs]))
+
+
+def select_layout(graph: Graph, ctx: PassContext) -> bool:
+    if ctx.opt_level < 2 or ctx.training:
+        return False
+    blocked = {n.id for n in graph.compute_nodes()
+               if not is_constant(graph, n) and not graph.is_output(n.id)
+               and any(out == BLOCKED for _, out in layout_pairs(graph, n))}
+
+    def in_layout(node: Node) -> str:
+        return BLOCKED if node.inputs and node.inputs[0] in blocked else PLAIN
+
+    def out_layout(node: Node) -> str:
+        return BLOCKED if node.id in blocked else PLAIN
+
+    def fits(node: Node) -> bool:
+        if (in_layout(node), BLOCKED) not in layout_pairs(graph, node):
+            return False
+        for e in epilogue_of(node.attrs):
+            if e.operand is not None:
+                o = node.inputs[e.operand]
+                if o not in blocked or operand_kind(graph.node(o).type.shape,
+                                                    node.type.shape) != "full":
+                    return False
+        for user in graph.users(node.id):
+            own = own_input_count(len(user.inputs), user.attrs)
+            for pos, i in enumerate(user.inputs):
+                if i != node.id:
+                    continue
+                if pos == 0 and (BLOCKED, out_layout(user)) in layout_pairs(graph, user):
+                    continue
+                if pos >= own and user.id in blocked:
+                    continue  # a residual operand of a blocked node (checked by `fits(user)`)
+                return False
+        return True
+
+    changed = True
+    while changed:
+        changed = False
+        for nid in sorted(blocked):
+            if not fits(graph.node(nid)):
+                blocked.discard(nid)
+                changed = True
+    for nid in sorted(blocked):
+        node = graph.node(nid)
+        ctx.at(node)
+        node.attrs["layout"] = BLOCKED
+        node.attrs["halo"] = _halo(graph, node)
+        ctx.note(f"{layer(node)}: output kept in {BLOCKED}, halo {node.attrs['halo']}", node)
+    return bool(blocked)
+
+
+def _halo(graph: Graph, node: Node) -> tuple[int, int, int, int]:
+    """The largest padding per side among the convolutions that read ``node``."""
+    halo = [0, 0, 0, 0]
+    for user in graph.users(node.id):
+        if user.op == "conv" and user.inputs[0] == node.id:
+            halo = [max(h, p) for h, p in zip(halo, user.attrs["pads"])]
+    return tuple(halo)
