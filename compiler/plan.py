@@ -39,30 +39,49 @@ class Storage:
     width: int
     top: int
     left: int
+    # A tensor written straight into its channel range of a concatenation: its channels start
+    # at this block of a buffer of ``blocks`` blocks per image (the concatenation's).
+    first_block: int = 0
 
     @property
     def floats(self) -> int:
+        """Floats per image of the whole buffer."""
         return self.blocks * self.height * self.width * 8
+
+    @property
+    def offset(self) -> int:
+        """Where the tensor starts in its buffer (floats; independent of the batch size)."""
+        return self.first_block * self.height * self.width * 8
+
+    def _view(self, buffer: np.ndarray, n: int) -> np.ndarray:
+        """``[n, C/8 blocks, height, width, 8]`` view of the tensor's blocks in ``buffer``
+        (the buffer from the tensor's first element on)."""
+        item = buffer.itemsize
+        hw8 = self.height * self.width * 8
+        return np.lib.stride_tricks.as_strided(
+            buffer, (n, -(-self.channels // 8), self.height, self.width, 8),
+            (self.blocks * hw8 * item, hw8 * item, self.width * 8 * item, 8 * item, item))
 
     def ints(self) -> tuple[int, int, int, int, int]:
         """``(blocks, height, width, top, left)``: the geometry arguments kernels take."""
         return (self.blocks, self.height, self.width, self.top, self.left)
 
     def store(self, x: np.ndarray, out: np.ndarray) -> None:
-        """Write NCHW ``x`` ``[N, C, H, W]`` into the flat storage ``out`` (halo untouched)."""
+        """Write NCHW ``x`` ``[N, C, H, W]`` into its storage (``out`` starts at the tensor's
+        first element; halo and other channel ranges untouched)."""
         n, c, h, w = x.shape
-        view = out[: n * self.floats].reshape(n, self.blocks, self.height, self.width, 8)
-        padded = np.zeros((n, self.blocks * 8, h, w), np.float32)
+        c8 = -(-c // 8)
+        padded = np.zeros((n, c8 * 8, h, w), np.float32)
         padded[:, :c] = x
-        blocked = padded.reshape(n, self.blocks, 8, h, w).transpose(0, 1, 3, 4, 2)
-        view[:, :, self.top:self.top + h, self.left:self.left + w] = blocked
+        blocked = padded.reshape(n, c8, 8, h, w).transpose(0, 1, 3, 4, 2)
+        self._view(out, n)[:, :, self.top:self.top + h, self.left:self.left + w] = blocked
 
     def load(self, flat: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
-        """The NCHW ``[n, *shape]`` tensor held in the flat storage ``flat``."""
+        """The NCHW ``[n, *shape]`` tensor held in its storage (``flat`` starts at the
+        tensor's first element)."""
         c, h, w = shape
-        view = flat[: n * self.floats].reshape(n, self.blocks, self.height, self.width, 8)
-        inner = view[:, :, self.top:self.top + h, self.left:self.left + w]
-        return inner.transpose(0, 1, 4, 2, 3).reshape(n, self.blocks * 8, h, w)[:, :c]
+        inner = self._view(flat, n)[:, :, self.top:self.top + h, self.left:self.left + w]
+        return inner.transpose(0, 1, 4, 2, 3).reshape(n, -1, h, w)[:, :c]
 
 
 @dataclass(frozen=True)

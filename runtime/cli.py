@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTRA_MODULES = ("commands", "onnx_io")
+EXTRA_MODULES = ("commands", "onnx_io", "show")
 
 
 def _register_extras() -> None:

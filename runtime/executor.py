@@ -34,10 +34,14 @@ class Arena:
         self.scratch = {k: np.empty(n * v, np.float32) for k, v in plan.scratch.items()}
         self.values: dict[int, np.ndarray] = {}
         for step in plan.steps:
-            if step.view:
-                continue
+            if step.output not in plan.buffers.slot_of:
+                continue  # a view of another value, or a graph input
             slot = self.slots[plan.buffers.slot_of[step.output]]
-            self.values[step.output] = slot[: n * step.out_size]
+            if step.storage is not None:  # maybe a channel range of a concatenation's buffer
+                start = step.storage.offset
+                self.values[step.output] = slot[start: n * step.storage.floats]
+            else:
+                self.values[step.output] = slot[: n * step.out_size]
         self.calls: list[tuple[Any, list[Any], list[tuple[int, int]]]] = []
         self.step_calls: list[list[tuple[Any, list[Any], list[tuple[int, int]]]]] = []
         self.bind(executor)

@@ -112,6 +112,13 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
     multiple of 16), and the ``halo`` the pass chose around it."""
     if node.attrs.get("layout") != BLOCKED:
         return None
+    users = graph.users(node.id)
+    if len(users) == 1 and users[0].op == "concat" and users[0].attrs.get("layout") == BLOCKED:
+        concat = users[0]  # written straight into its channel range of the concatenation
+        whole = blocked_storage(graph, concat)
+        before = sum(graph.node(i).type.shape[0] for i in
+                     concat.inputs[:concat.inputs.index(node.id)])
+        return replace(whole, channels=node.type.shape[0], first_block=before // 8)
     c, h, w = node.type.shape
     blocks = -(-c // 8)
     if node.op == "conv" and not (node.attrs["groups"] > 1 and node.attrs["groups"] ==
@@ -162,6 +169,15 @@ def step_name(node: Node) -> str:
 def step_ops(node: Node) -> str:
     folded = ["batchnorm"] * len(node.attrs.get("folded", ()))
     return "+".join([node.op, *folded] + [e.op for e in epilogue_of(node.attrs)])
+
+
+def concat_view_step(ctx: LowerCtx) -> Step:
+    """A concatenation whose inputs were written into its channel-blocked buffer: no kernel;
+    it owns the buffer (``plan_memory`` gives its producers their ranges of it)."""
+    node = ctx.node
+    storage = ctx.out_storage
+    return Step(node.id, step_name(node), node.op, ctx.tensor_inputs, storage.floats,
+                lowering="in place", view=True, storage=storage)
 
 
 def view_step(ctx: LowerCtx) -> Step:

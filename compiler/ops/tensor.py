@@ -187,8 +187,10 @@ def _lower_simple(ctx, builder: str, *args):
 
 def _lower_concat(ctx, node):
     from ..codegen.elementwise import Sizes, concat_kernel
-    from ..codegen.lowering import kernel_step
+    from ..codegen.lowering import concat_view_step, kernel_step
 
+    if ctx.out_storage is not None:  # its producers wrote into its buffer: nothing to do
+        return concat_view_step(ctx)
     sz = Sizes()
     k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz)
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)

@@ -18,8 +18,11 @@ from ..plan import BufferPlan, Step
 
 def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPlan:
     plan = BufferPlan()
+    # A concatenation done in place owns a buffer its producers write their ranges of.
+    owners = {s.output: s for s in steps if s.view and s.storage is not None}
+    member_of = {i: c for c, s in owners.items() for i in s.inputs}
     for s in steps:
-        if s.view:
+        if s.view and s.output not in owners:
             plan.alias[s.output] = s.inputs[0]
     outputs = {plan.root(o) for o in graph.outputs.values()}
     inputs = set(graph.inputs.values())
@@ -34,28 +37,16 @@ def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPl
             continue
         if s.storage is not None:
             plan.storage[s.output] = s.storage
-        need = s.out_size
-        slot = None
-        if reuse and s.inplace:
-            roots = [plan.root(v) for v in s.inputs]
-            for r in roots:
-                if (r in plan.slot_of and r not in outputs and last_use.get(r) == i
-                        and graph.node(r).type.size == need and roots.count(r) == 1
-                        and s.storage is None and kind[plan.slot_of[r]] is None):
-                    slot = plan.slot_of[r]
-                    break
-        usable = [f for f in free if kind[f] == s.storage]
-        if slot is None and reuse and usable:
-            fits = [f for f in usable if plan.slot_sizes[f] >= need]
-            slot = min(fits, key=lambda f: plan.slot_sizes[f]) if fits else \
-                max(usable, key=lambda f: plan.slot_sizes[f])
-            free.remove(slot)
-            plan.slot_sizes[slot] = max(plan.slot_sizes[slot], need)
-        if slot is None:
-            slot = len(plan.slot_sizes)
-            plan.slot_sizes.append(need)
-            kind[slot] = s.storage
-        plan.slot_of[s.output] = slot
+        owner = owners.get(member_of.get(s.output, -1))
+        target = owner if owner is not None else s
+        if target.output in plan.slot_of:  # a later producer of an in-place concatenation
+            plan.slot_of[s.output] = plan.slot_of[target.output]
+        else:
+            slot = _choose_slot(plan, graph, target, s, i, reuse, free, kind, last_use, outputs)
+            plan.slot_of[target.output] = plan.slot_of[s.output] = slot
+            if owner is not None:
+                plan.storage[owner.output] = owner.storage
+        slot = plan.slot_of[s.output]
         if not reuse:
             continue
         for v in {plan.root(u) for u in s.inputs}:
@@ -63,3 +54,29 @@ def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPl
                     and v not in inputs and plan.slot_of[v] != slot):
                 free.append(plan.slot_of[v])
     return plan
+
+
+def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: int, reuse: bool,
+                 free: list[int], kind: dict[int, object], last_use: dict[int, int],
+                 outputs: set[int]) -> int:
+    """A slot for ``target``'s value (``step`` computes it, or its first range): in place over
+    an input that dies here, else a free slot of the same storage, else a new one."""
+    need = target.out_size
+    if reuse and step.inplace:
+        roots = [plan.root(v) for v in step.inputs]
+        for r in roots:
+            if (r in plan.slot_of and r not in outputs and last_use.get(r) == i
+                    and graph.node(r).type.size == need and roots.count(r) == 1
+                    and target.storage is None and kind[plan.slot_of[r]] is None):
+                return plan.slot_of[r]
+    usable = [f for f in free if kind[f] == target.storage]
+    if reuse and usable:
+        fits = [f for f in usable if plan.slot_sizes[f] >= need]
+        slot = min(fits, key=lambda f: plan.slot_sizes[f]) if fits else \
+            max(usable, key=lambda f: plan.slot_sizes[f])
+        free.remove(slot)
+        plan.slot_sizes[slot] = max(plan.slot_sizes[slot], need)
+        return slot
+    plan.slot_sizes.append(need)
+    kind[len(plan.slot_sizes) - 1] = target.storage
+    return len(plan.slot_sizes) - 1

@@ -13,7 +13,12 @@ unpack or the global pool at its end), so no inverse pair of transforms is left 
 
 The producer also writes the padding its consuming convolutions need: ``halo`` (top, left,
 bottom, right) is the largest padding per side among them, and the stored tensor is zero
-there. Only at -O2.
+there.
+
+Concatenation without copies: a channel concatenation is kept blocked when each of its inputs
+is blocked, used by it alone, and fills whole 8-channel blocks; its producers then write
+straight into their channel range of its buffer and the concatenation itself is no kernel
+(inception modules). Only at -O2.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
     blocked = {n.id for n in graph.compute_nodes()
                if not is_constant(graph, n) and not graph.is_output(n.id)
                and any(out == BLOCKED for _, out in layout_pairs(graph, n))}
+    blocked |= {n.id for n in graph.compute_nodes()
+                if n.op == "concat" and _concat_in_place(graph, n)}
 
     def in_layout(node: Node) -> str:
         return BLOCKED if node.inputs and node.inputs[0] in blocked else PLAIN
@@ -49,7 +56,10 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         return BLOCKED if node.id in blocked else PLAIN
 
     def fits(node: Node) -> bool:
-        if (in_layout(node), BLOCKED) not in layout_pairs(graph, node):
+        if node.op == "concat":
+            if not all(i in blocked for i in node.inputs):
+                return False
+        elif (in_layout(node), BLOCKED) not in layout_pairs(graph, node):
             return False
         for e in epilogue_of(node.attrs):
             if e.operand is not None:
@@ -66,6 +76,8 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
                     continue
                 if pos >= own and user.id in blocked:
                     continue  # a residual operand of a blocked node (checked by `fits(user)`)
+                if user.op == "concat" and user.id in blocked:
+                    continue  # written into its channel range (checked by `fits(user)`)
                 return False
         return True
 
@@ -82,7 +94,30 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         node.attrs["layout"] = BLOCKED
         node.attrs["halo"] = _halo(graph, node)
         ctx.note(f"{layer(node)}: output kept in {BLOCKED}, halo {node.attrs['halo']}", node)
+    for nid in sorted(blocked):
+        node = graph.node(nid)
+        if node.op == "concat":
+            for i in node.inputs:  # its inputs live in its buffer: the same halo
+                graph.node(i).attrs["halo"] = node.attrs["halo"]
+            ctx.note(f"{layer(node)}: {len(node.inputs)} producers write into their channel "
+                     "ranges (no copy)", node)
     return bool(blocked)
+
+
+def _concat_in_place(graph: Graph, node: Node) -> bool:
+    """A channel concatenation whose producers can write into its buffer: each input is
+    computed by a kernel, used only here, and fills whole blocks (a direct convolution writes
+    its channels in blocks of 16)."""
+    if node.attrs.get("axis") != 0 or len(node.type.shape) != 3 or graph.is_output(node.id):
+        return False
+    for i in node.inputs:
+        src = graph.node(i)
+        c = src.type.shape[0]
+        whole = 16 if src.op == "conv" and src.attrs.get("groups") == 1 else 8
+        if (c % whole or graph.is_output(i) or len(graph.users(i)) != 1
+                or node.inputs.count(i) != 1 or src.op in ("input", "param")):
+            return False
+    return True
 
 
 def _halo(graph: Graph, node: Node) -> tuple[int, int, int, int]:
