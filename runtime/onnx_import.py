@@ -13,6 +13,7 @@ Anything without an exact cnnc equivalent is refused with the operator, node and
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,13 @@ import numpy as np
 
 from ..compiler.ir import TensorType
 from ..compiler.ops import REQUIRED, AttrError, ShapeError, all_names, get_op
-from .onnx_io import OnnxImportError, require_onnx
+from .onnx_io import OnnxImportError, OnnxImportNote, require_onnx
 
-MIN_OPSET, MAX_OPSET = 7, 21
+# Opsets read directly: from 7 (the handlers know every change since) to the newest the
+# installed onnx package defines (22 and later only added types to the ops cnnc maps, and
+# Cast-28's round_mode concerns 8-bit floats). Older models are brought up to UPGRADE_TO with
+# onnx's version converter first.
+MIN_OPSET, UPGRADE_TO = 7, 7
 BATCH = 1 << 40  # stands for the batch dimension in folded shape arithmetic
 MAX_FOLDED = 10_000_000  # elements; larger constants are not shape arithmetic
 KEYWORDS = {"network", "input", "output", "block", "shared", "return", "import", "from", "true",
@@ -106,15 +111,65 @@ def load_model(path_or_model: Any) -> tuple[Any, str]:
     return model, source
 
 
+def max_opset() -> int:
+    """The newest default-domain opset the installed onnx package defines."""
+    from onnx import defs
+
+    return int(defs.onnx_opset_version())
+
+
 def _opset(model: Any) -> int:
     versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     if "ai.onnx" not in versions:
         raise OnnxImportError("the model does not import the default ONNX operator set")
     v = versions["ai.onnx"]
-    if not MIN_OPSET <= v <= MAX_OPSET:
-        raise OnnxImportError(f"the model uses opset {v}; cnnc imports opsets {MIN_OPSET} to "
-                              f"{MAX_OPSET} (re-export it with one of those)")
+    if not MIN_OPSET <= v <= max_opset():
+        raise OnnxImportError(f"the model uses opset {v}; cnnc imports opsets 1 to "
+                              f"{max_opset()} (those before {MIN_OPSET} through onnx's version "
+                              "converter)")
     return v
+
+
+def upgrade(model: Any, source: str) -> tuple[Any, list[str]]:
+    """The model at an opset the importer reads, and a one-line note for each conversion:
+    opsets before MIN_OPSET go through `onnx.version_converter`; an opset newer than the
+    installed onnx package knows is refused."""
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    v = versions.get("ai.onnx")
+    if v is None:
+        raise OnnxImportError("the model does not import the default ONNX operator set")
+    if v > max_opset():
+        raise OnnxImportError(f"the model uses opset {v}, newer than the installed onnx "
+                              f"package defines ({max_opset()}); upgrade onnx to read it")
+    if v >= MIN_OPSET:
+        return model, []
+    from onnx import version_converter
+
+    # The converter's broadcasting adapters need integer dimensions: a symbolic batch is fixed
+    # to 1 for the conversion and given back to the inputs and outputs afterwards.
+    fixed = type(model)()
+    fixed.CopyFrom(model)
+    symbolic: dict[tuple[str, int], str] = {}
+    for kind, values in (("in", fixed.graph.input), ("out", fixed.graph.output),
+                         ("info", fixed.graph.value_info)):
+        for value in values:
+            for k, d in enumerate(value.type.tensor_type.shape.dim):
+                if not d.HasField("dim_value"):
+                    if kind != "info":
+                        symbolic[(value.name, k)] = d.dim_param
+                    d.dim_value = 1
+    try:
+        converted = version_converter.convert_version(fixed, UPGRADE_TO)
+        for value in list(converted.graph.input) + list(converted.graph.output):
+            for k, d in enumerate(value.type.tensor_type.shape.dim):
+                if (value.name, k) in symbolic:
+                    d.dim_param = symbolic[(value.name, k)] or "N"
+    except Exception as e:  # the converter raises RuntimeError and its own C++ errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxImportError(f"{source} uses opset {v}; onnx's version converter cannot "
+                              f"bring it to opset {UPGRADE_TO}: {first}") from None
+    return converted, [f"converted from opset {v} to opset {UPGRADE_TO} with "
+                       "onnx.version_converter"]
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -299,6 +354,7 @@ class Importer:
                 if name:
                     self.consumers.setdefault(name, []).append(i)
         self.graph_outputs = [o.name for o in g.output]
+        self.literal_batch: int | None = None
         for inp in g.input:
             if inp.name in self.consts:
                 continue
@@ -320,6 +376,13 @@ class Importer:
                 "every dimension but the batch fixed")
         self.shapes[inp.name] = tuple(dims[1:])
         self.inputs.append(inp.name)
+        # A leading literal in a Reshape target that equals the declared batch (1 where the
+        # batch is symbolic) stands for the batch: exporters write `[1, 1024]` for batch 1.
+        batch = dims[0] if dims and dims[0] is not None and dims[0] >= 1 else 1
+        if self.literal_batch is None or self.literal_batch == batch:
+            self.literal_batch = batch
+        else:  # inputs that disagree on the batch: no literal stands for it
+            self.literal_batch = 0
 
     def name_of(self, name: str) -> str:
         while name in self.alias:
@@ -591,10 +654,11 @@ HANDLERS.update({
 
 @handles("Gelu")
 def _gelu(imp: Importer, node: Any, i: int) -> None:
-    if _attrs(node).get("approximate", "none") != "none":
-        # The DSL cannot write gelu(approximate=tanh): `tanh` is read as the layer.
-        raise _refuse(node, imp.opset, "the tanh approximation is not supported")
-    imp.add(node, "gelu", {}, [imp.dyn(node)])
+    approximate = _attrs(node).get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise _refuse(node, imp.opset, f"approximate={approximate!r} (none or tanh)")
+    imp.add(node, "gelu", {} if approximate == "none" else {"approximate": "tanh"},
+            [imp.dyn(node)])
 
 
 @handles("Clip")
@@ -857,6 +921,8 @@ def _reshape_to(imp: Importer, node: Any, x: str, target: list[int]) -> None:
     shape = imp.shapes[x]
     size = int(np.prod(shape))
     rest = target[1:]
+    if imp.literal_batch and target[0] == imp.literal_batch and target[0] != BATCH:
+        target = [BATCH, *rest]
     if target[0] not in (BATCH, 0, -1) or (target[0] == -1 and -1 in rest):
         raise _refuse(node, imp.opset, f"the target shape {target} does not keep the batch "
                       "dimension first")
@@ -1110,6 +1176,31 @@ def _reduce(imp: Importer, node: Any, i: int) -> None:
                   "(Sub -> Flatten -> reduce over axis 1 with keepdims)")
 
 
+@handles("ReduceMean", "ReduceMax")
+def _global_reduce(imp: Importer, node: Any, i: int) -> None:
+    """A mean or maximum over height and width (how PyTorch's dynamo exporter writes global
+    pooling): globalavgpool / globalmaxpool, followed by a flatten when keepdims=0."""
+    x = imp.dyn(node)
+    a = _attrs(node)
+    axes = _axes_arg(imp, node, a, 1) if imp.opset >= 18 else a.get("axes")
+    rank = len(imp.shapes[x]) + 1
+    if axes is None or len(axes) == 0:
+        if a.get("noop_with_empty_axes", 0):
+            imp.alias[node.output[0]] = x
+            return
+        axes = list(range(rank))
+    axes = sorted({int(ax) % rank for ax in axes}) if rank else []
+    if rank != 4 or axes != [2, 3]:
+        raise _refuse(node, imp.opset, f"reducing over axes {axes} of a rank-{rank} tensor has "
+                      "no cnnc layer; only over height and width (axes 2, 3: global pooling)")
+    op = "globalavgpool" if node.op_type == "ReduceMean" else "globalmaxpool"
+    if a.get("keepdims", 1):
+        imp.add(node, op, {}, [x])
+        return
+    pooled = imp.add(node, op, {}, [x], output=node.output[0] + "/pooled")
+    imp.add(node, "flatten", {}, [pooled.output])
+
+
 # -- printing the DSL -------------------------------------------------------------------------
 
 COMPACT = {"kernel", "stride", "pad", "dilation", "output_padding", "scale"}
@@ -1310,6 +1401,9 @@ class Printer:
 def import_model(path_or_model: Any, name: str | None = None
                  ) -> tuple[str, dict[str, np.ndarray]]:
     model, source = load_model(path_or_model)
+    model, notes = upgrade(model, source)
+    for note in notes:
+        warnings.warn(f"{source}: {note}", OnnxImportNote, stacklevel=2)
     imp = Importer(model, source)
     imp.run()
     for o in imp.graph_outputs:
@@ -1322,6 +1416,7 @@ def import_model(path_or_model: Any, name: str | None = None
     title = (f"Imported from {source} by `cnnc import` (opset {imp.opset}"
              f"{', producer ' + producer if producer else ''}, {len(model.graph.node)} nodes)")
     network = Names().make(name or model.graph.name or Path(source).stem, "imported")
+    title += "".join(f"; {note}" for note in notes)
     text = printer.render(title, network)
     weights = {f"{la.label}.{k}": v for la in printer.layers for k, v in la.weights.items()}
     _verify(text, weights)

@@ -135,6 +135,7 @@ SINGLE_OPS = [
     ("tanh", lambda: single("Tanh", (3, 4, 4))),
     ("abs", lambda: single("Abs", (3, 4, 4))),
     ("gelu", lambda: single("Gelu", (3, 4, 4), opset=20)),
+    ("gelu_tanh", lambda: single("Gelu", (3, 4, 4), opset=20, approximate="tanh")),
     ("clip11", lambda: make_model([node("Clip", ["x", "lo", "hi"])], {"x": (3, 4, 4)},
                                   {"lo": np.float32(0), "hi": np.float32(6)}, opset=11)),
     ("clip13_relu", lambda: make_model([node("Clip", ["x", "lo"])], {"x": (3, 4, 4)},
@@ -394,10 +395,111 @@ def test_bad_files(tmp_path):
             import_onnx(path)
 
 
-def test_opset_out_of_range():
-    model = single("Relu", (3, 2, 2), opset=22)
-    with pytest.raises(OnnxImportError, match="opset 22"):
+def test_opset_newer_than_onnx_knows():
+    model = single("Relu", (3, 2, 2))
+    model.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+    with pytest.raises(OnnxImportError, match=f"opset {onnx.defs.onnx_opset_version() + 1}"):
         import_onnx(model)
+
+
+# -- global pooling written as a reduction (PyTorch's dynamo exporter) -------------------------
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 20, 21])
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax"])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_over_space_is_global_pooling(opset, op, keepdims):
+    """Axes as an attribute before opset 18, as an input from 18 (negative axes too)."""
+    axes = [2, 3] if keepdims else [-1, -2]
+    if opset >= 18:
+        nodes = [node(op, ["x", "axes"], keepdims=keepdims)]
+        inits = {"axes": np.array(axes, np.int64)}
+    else:
+        nodes = [node(op, ["x"], axes=axes, keepdims=keepdims)]
+        inits = {}
+    text, _ = roundtrip(make_model(nodes, {"x": (3, 5, 4)}, inits, opset))
+    pool = "globalavgpool" if op == "ReduceMean" else "globalmaxpool"
+    assert pool in text and ("flatten" in text) == (not keepdims)
+
+
+@pytest.mark.parametrize("axes", [[1], [1, 2, 3], [3]])
+def test_reduce_over_other_axes_is_refused(axes):
+    model = make_model([node("ReduceMean", ["x"], axes=axes)], {"x": (3, 5, 4)}, opset=13)
+    with pytest.raises(OnnxImportError, match="ReduceMean .*height and width"):
+        import_onnx(model)
+
+
+# -- every opset --------------------------------------------------------------------------------
+
+def small_net(opset: int) -> Any:
+    """One network written for `opset`: conv, batch norm, relu, max pool, a residual add, global
+    pooling, flatten and a dense layer. Opset 6 has its own spellings (is_test, broadcast)."""
+    old = {"is_test": 1} if opset < 7 else {}
+    nodes = [node("Conv", ["x", "w", "b"], "c", pads=[1, 1, 1, 1]),
+             node("BatchNormalization", ["c", "s", "bb", "m", "v"], "n", **old),
+             node("Relu", ["n"], "r"),
+             node("Conv", ["r", "w2"], "c2", pads=[1, 1, 1, 1]),
+             node("Add", ["c2", "r"], "a"),
+             node("MaxPool", ["a"], "p", kernel_shape=[2, 2], strides=[2, 2]),
+             node("GlobalAveragePool", ["p"], "g"),
+             node("Flatten", ["g"], "f"),
+             node("Gemm", ["f", "fw", "fb"], "y", transB=1,
+                  **({"broadcast": 1} if opset < 7 else {}))]
+    inits = {"w": NET_W["w"], "b": NET_W["b"], "s": NET_W["s"], "bb": NET_W["bb"],
+             "m": NET_W["m"], "v": NET_W["v"], "w2": NET_W["w2"], "fw": NET_W["fw"],
+             "fb": NET_W["fb"]}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
+    if opset < 7:  # IR version 3 lists the initializers among the graph's inputs
+        inputs += [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
+                   for k, v in inits.items()]
+    graph = helper.make_graph(
+        nodes, "small", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=3 if opset < 7 else 8)
+    onnx.checker.check_model(model)
+    return model
+
+
+NET_W = {"w": rand(4, 3, 3, 3), "b": rand(4), "s": rand(4), "bb": rand(4), "m": rand(4),
+         "v": np.abs(rand(4)) + 0.5, "w2": rand(4, 4, 3, 3), "fw": rand(5, 4), "fb": rand(5)}
+
+
+def test_every_opset_gives_the_same_outputs():
+    """The same network at opset 6 (brought up by onnx's version converter, with a note), 13,
+    21 and the newest: the same outputs, equal to ONNX Runtime's at opset 13."""
+    x = rand(2, 3, 8, 8)
+    results = {}
+    for opset in (6, 13, 21, onnx.defs.onnx_opset_version()):
+        model = small_net(opset)
+        if opset < 7:
+            with pytest.warns(UserWarning, match="converted from opset 6"):
+                text, weights = import_onnx(model)
+            assert "converted from opset 6" in text.splitlines()[0]
+        else:
+            text, weights = import_onnx(model)
+        graph = load_network(text)
+        results[opset] = run_reference(graph, {"x": x}, weights)["y"]
+    session = ort.InferenceSession(small_net(13).SerializeToString(), _so(),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    for opset, y in results.items():
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4, err_msg=f"opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [1, 3, 5])
+def test_very_old_opsets_convert_or_are_refused_cleanly(opset):
+    """Opsets 1-5 go through the version converter: the answer is a network or a clean error."""
+    model = make_model([node("Relu", ["x"], "r"), node("Sigmoid", ["r"])], {"x": (3, 2, 2)},
+                       opset=13)
+    model.opset_import[0].version = opset
+    model.ir_version = 3
+    try:
+        with pytest.warns(UserWarning, match=f"converted from opset {opset}"):
+            text, _ = import_onnx(model)
+    except OnnxImportError as e:
+        assert f"opset {opset}" in str(e)
+    else:
+        assert "relu -> sigmoid" in text
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -458,3 +560,52 @@ def test_pytorch_exported_model(tmp_path):
     text, _ = roundtrip(model)
     # (PyTorch folds the eval-mode batch norm into the convolution itself.)
     assert "pad((0, 1, 1, 0))" in text and "upsample" in text and "dense(5)" in text
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pytorch_default_exporter_global_pooling(tmp_path):
+    """PyTorch's default (dynamo) exporter writes adaptive average pooling as ReduceMean and the
+    flatten as a Reshape to a literal batch of 1: a small ResNet imports and matches PyTorch."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+    class Net(nn.Module):
+        def __init__(self, pool: Any) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+                                      nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            self.block, self.pool, self.fc = Block(8), pool, nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.block(self.stem(x))), 1))
+
+    torch.manual_seed(0)
+    for pool, layer in ((nn.AdaptiveAvgPool2d(1), "globalavgpool"),
+                        (nn.AdaptiveMaxPool2d(1), "globalmaxpool")):
+        net = Net(pool).eval()
+        for m in net.modules():  # non-trivial batch norm statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(1, 3, 32, 32)
+        path = tmp_path / "resnet.onnx"
+        torch.onnx.export(net, (x,), str(path))
+        model = onnx.load(str(path))
+        assert {n.op_type for n in model.graph.node} & {"ReduceMean", "ReduceMax"}
+        text, weights = import_onnx(model)
+        assert layer in text
+        graph = load_network(text)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        (ours,) = run_reference(graph, {next(iter(graph.inputs)): x.numpy()}, weights).values()
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
