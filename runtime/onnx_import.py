@@ -12,6 +12,7 @@ Anything without an exact cnnc equivalent is refused with the operator, node and
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from .onnx_io import OnnxImportError, OnnxImportNote, require_onnx
 # onnx's version converter first.
 MIN_OPSET, UPGRADE_TO = 7, 7
 BATCH = 1 << 40  # stands for the batch dimension in folded shape arithmetic
-MAX_FOLDED = 10_000_000  # elements; larger constants are not shape arithmetic
+# Elements of a ConstantOfShape: it is folded lazily (one value broadcast, no memory), but the
+# weight it may become is real memory (the light zoo models fill VGG's fc6, 103M, this way).
+MAX_CONSTANT = 1 << 28
 KEYWORDS = {"network", "input", "output", "block", "shared", "return", "import", "from", "true",
             "false", "in"}
 
@@ -277,9 +280,13 @@ def _fold_constant_of_shape(imp, node, ins, attrs):
     from onnx import numpy_helper
 
     fill = numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
-    if int(np.prod(shape)) > MAX_FOLDED:
-        raise _refuse(node, imp.opset, f"a constant of shape {shape} is too large to fold")
-    return np.full(shape, fill, dtype=np.asarray(fill).dtype)
+    if any(d < 0 for d in shape):
+        raise _refuse(node, imp.opset, f"a constant of negative shape {shape}")
+    if math.prod(shape) > MAX_CONSTANT:
+        raise _refuse(node, imp.opset, f"a constant of shape {shape} has more than "
+                      f"{MAX_CONSTANT:,} elements")
+    # A read-only broadcast of the one value: memory is spent only if it becomes a weight.
+    return np.broadcast_to(np.asarray(fill), tuple(shape))
 
 
 def _fold_div(imp, node, ins, attrs):
@@ -355,6 +362,7 @@ class Importer:
                     self.consumers.setdefault(name, []).append(i)
         self.graph_outputs = [o.name for o in g.output]
         self.literal_batch: int | None = None
+        self.static_batch = True  # every input declares a number for its batch
         for inp in g.input:
             if inp.name in self.consts:
                 continue
@@ -379,6 +387,7 @@ class Importer:
         # A leading literal in a Reshape target that equals the declared batch (1 where the
         # batch is symbolic) stands for the batch: exporters write `[1, 1024]` for batch 1.
         batch = dims[0] if dims and dims[0] is not None and dims[0] >= 1 else 1
+        self.static_batch = self.static_batch and dims[0] is not None
         if self.literal_batch is None or self.literal_batch == batch:
             self.literal_batch = batch
         else:  # inputs that disagree on the batch: no literal stands for it
@@ -482,7 +491,8 @@ class Importer:
             raise
         except Exception as e:  # NumPy's errors for inconsistent shape arithmetic
             raise _refuse(node, self.opset, f"cannot fold its constant inputs: {e}") from None
-        self.consts[node.output[0]] = np.asarray(value)
+        self.consts[node.output[0]] = value if isinstance(value, np.ndarray) else \
+            np.asarray(value)
 
 
 def _constant_value(node: Any, opset: int) -> np.ndarray:
@@ -890,6 +900,54 @@ def _swish(imp: Importer, node: Any, a: str, b: str) -> bool:
     return False
 
 
+@handles("Sum", "Mean")
+def _sum(imp: Importer, node: Any, i: int) -> None:
+    """Sum of tensors (Caffe2's residual add) as a chain of adds; Mean as the sum scaled by
+    1/n per channel (a depthwise 1x1 convolution: cnnc has no scaling layer)."""
+    xs = [imp.name_of(n) for n in node.input if n]
+    for k, x in enumerate(xs):
+        if x not in imp.shapes:
+            raise _refuse(node, imp.opset, f"input {k + 1} ({x!r}) is a constant; only sums "
+                          "of tensors computed from the network's inputs are supported")
+    if any(imp.shapes[x] != imp.shapes[xs[0]] for x in xs):
+        raise _refuse(node, imp.opset, "operands of different shapes (broadcasting) are not "
+                      "supported")
+    if len(xs) == 1:
+        imp.alias[node.output[0]] = xs[0]
+        return
+    mean = node.op_type == "Mean"
+    total = xs[0]
+    for k, x in enumerate(xs[1:], start=2):
+        last = k == len(xs) and not mean
+        layer = imp.add(node, "add", {}, [total, x],
+                        output=None if last else f"{node.output[0]}/sum{k}")
+        total = layer.output
+    if mean:
+        c = imp.shapes[total][0]
+        scale = np.full(c, 1.0 / len(xs), np.float32)
+        _affine(imp, node, total, scale, None)
+
+
+@handles("Transpose")
+def _transpose(imp: Importer, node: Any, i: int) -> None:
+    """Only the identity permutation; ShuffleNet's channel shuffle is named when seen."""
+    x = imp.dyn(node)
+    rank = len(imp.shapes[x]) + 1
+    perm = [int(p) for p in _attrs(node).get("perm", list(range(rank))[::-1])]
+    if perm == list(range(rank)):
+        imp.alias[node.output[0]] = x
+        return
+    layer = imp.producer.get(x)
+    g = imp.model.graph.node
+    users = imp.consumers.get(node.output[0], [])
+    if rank == 5 and perm == [0, 2, 1, 3, 4] and layer is not None and layer.op == "reshape" \
+            and len(users) == 1 and g[users[0]].op_type == "Reshape":
+        raise _refuse(node, imp.opset, "channel shuffle (Reshape-Transpose-Reshape) is not "
+                      "supported yet")
+    raise _refuse(node, imp.opset, f"transposing a tensor (perm {perm}) is not supported; "
+                  "only the identity permutation")
+
+
 @handles("Concat")
 def _concat(imp: Importer, node: Any, i: int) -> None:
     xs = [imp.dyn(node, k) for k in range(len(node.input))]
@@ -907,6 +965,8 @@ def _flatten(imp: Importer, node: Any, i: int) -> None:
     rank = len(imp.shapes[x]) + 1
     axis = int(_attrs(node).get("axis", 1))
     axis = axis + rank if axis < 0 else axis
+    if axis == 0 and imp.literal_batch == 1 and imp.static_batch:
+        axis = 1  # (1, N*C*H*W) is (N, C*H*W) for the model's declared batch of 1
     if axis != 1:
         raise _refuse(node, imp.opset, f"only axis 1 (keep the batch) is supported, got {axis}")
     if len(imp.shapes[x]) == 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -609,3 +610,109 @@ def test_pytorch_default_exporter_global_pooling(tmp_path):
             expected = net(x).numpy()
         (ours,) = run_reference(graph, {next(iter(graph.inputs)): x.numpy()}, weights).values()
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+# -- classic model zoo shapes -----------------------------------------------------------------
+
+def static_batch(model: Any, batch: int = 1) -> Any:
+    """The model with its inputs' batch written as the number `batch`."""
+    for inp in model.graph.input:
+        inp.type.tensor_type.shape.dim[0].dim_value = batch
+    return model
+
+
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_reshape_to_a_literal_batch(batch):
+    """`[1, 1024]` (or `[3, ...]` for a declared batch of 3) keeps the batch; batch-1 literals
+    stand for a symbolic batch too."""
+    lead = batch or 1
+    model = make_model([node("GlobalAveragePool", ["x"], "g"), node("Reshape", ["g", "shape"])],
+                       {"x": (6, 3, 3)}, {"shape": np.array([lead, 6], np.int64)})
+    if batch:
+        static_batch(model, batch)
+    text, _ = roundtrip(model, batch=batch or 1)
+    assert "flatten" in text
+
+
+def test_reshape_to_another_literal_leading_dim_is_refused():
+    model = make_model([node("Reshape", ["x", "shape"])], {"x": (6, 2, 2)},
+                       {"shape": np.array([2, 12], np.int64)})
+    with pytest.raises(OnnxImportError, match="batch"):
+        import_onnx(static_batch(model, 1))
+
+
+def test_flatten_axis_0_with_a_declared_batch_of_1():
+    model = static_batch(single("Flatten", (3, 2, 2), axis=0), 1)
+    text, _ = roundtrip(model, batch=1)
+    assert "flatten" in text
+    with pytest.raises(OnnxImportError, match="axis"):
+        import_onnx(single("Flatten", (3, 2, 2), axis=0))  # a symbolic batch
+
+
+@pytest.mark.parametrize("op,n", [("Sum", 1), ("Sum", 2), ("Sum", 3), ("Mean", 2), ("Mean", 3)])
+@pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
+def test_sum_and_mean_of_tensors(op, n, shape):
+    names = [f"x{k}" for k in range(n)]
+    model = make_model([node("Relu", [x], f"r{k}") for k, x in enumerate(names)] +
+                       [node(op, [f"r{k}" for k in range(n)])], dict.fromkeys(names, shape))
+    text, _ = roundtrip(model)
+    assert text.count(" + ") + text.count("add(") == n - 1
+
+
+def test_sum_with_a_constant_is_refused():
+    model = make_model([node("Sum", ["x", "c"])], {"x": (3,)}, {"c": rand(3)})
+    with pytest.raises(OnnxImportError, match="Sum .*constant"):
+        import_onnx(model)
+
+
+def test_constant_of_shape_weight_is_folded_lazily():
+    """A weight made by ConstantOfShape (as the light zoo models fill theirs) bigger than any
+    shape arithmetic; one with more than MAX_CONSTANT elements is refused by size."""
+    from cnnc.runtime.onnx_import import MAX_CONSTANT
+
+    fill = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.01])
+    model = make_model([node("ConstantOfShape", ["s"], "w", value=fill),
+                        node("Gemm", ["x", "w"], transB=1)], {"x": (4096,)},
+                       {"s": np.array([3000, 4096], np.int64)})
+    text, weights = roundtrip(model)
+    assert "dense(3000" in text and np.all(weights[next(iter(weights))] == np.float32(0.01))
+    huge = make_model([node("ConstantOfShape", ["s"], "w", value=fill),
+                       node("Gemm", ["x", "w"], transB=1)], {"x": (4096,)},
+                      {"s": np.array([MAX_CONSTANT, 4096], np.int64)})
+    with pytest.raises(OnnxImportError, match="ConstantOfShape .*elements"):
+        import_onnx(huge)
+
+
+def test_channel_shuffle_is_refused_by_name():
+    model = make_model([node("Reshape", ["x", "s1"], "r"),
+                        node("Transpose", ["r"], "t", perm=[0, 2, 1, 3, 4]),
+                        node("Reshape", ["t", "s2"])], {"x": (6, 2, 2)},
+                       {"s1": np.array([-1, 2, 3, 2, 2], np.int64),
+                        "s2": np.array([-1, 6, 2, 2], np.int64)})
+    with pytest.raises(OnnxImportError, match="channel shuffle"):
+        import_onnx(model)
+
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
+                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+def test_model_zoo_light_models_import(name):
+    """The reduced-weight zoo models onnx ships: every one imports and builds (weights listed
+    among the inputs, literal batches, Sum, ConstantOfShape weights), except ShuffleNet, which
+    is refused by name."""
+    path = LIGHT / f"light_{name}.onnx"
+    if name == "shufflenet":
+        with pytest.raises(OnnxImportError, match="channel shuffle"):
+            import_onnx(path)
+        return
+    text, weights = import_onnx(path)
+    graph = load_network(text)
+    assert weights
+    if name in ("squeezenet", "inception_v1", "densenet121"):  # the quicker ones: run them
+        session = ort.InferenceSession(str(path), _so(), providers=["CPUExecutionProvider"])
+        x = rand(1, *graph.node(next(iter(graph.inputs.values()))).type.shape)
+        (theirs,) = session.run(None, {session.get_inputs()[0].name: x})
+        (ours,) = run_reference(graph, {next(iter(graph.inputs)): x}, weights).values()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
