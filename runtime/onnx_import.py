@@ -50,6 +50,10 @@ class Layer:
     hint: str = ""  # where a label comes from: the ONNX node name
     label: str = ""
     removed: bool = False
+    # Which ONNX constants (and node attributes) the weights come from: layers with the same
+    # key and equal weights are one shared layer applied several times (as cnnc exports one).
+    share: tuple | None = None
+    shared: bool = False
 
 
 def _refuse(node: Any, opset: int, why: str = "") -> OnnxImportError:
@@ -197,9 +201,10 @@ class Names:
     the builder's automatic names (relu1, maxpool2, ...) of the ops in `auto_ops`: a label the
     builder has already given away automatically is an error."""
 
-    def __init__(self, auto_ops: set[str] | frozenset[str] = frozenset()) -> None:
+    def __init__(self, auto_ops: set[str] | frozenset[str] = frozenset(),
+                 layer_names: bool = True) -> None:
         self.taken: set[str] = set()
-        self.reserved = set(all_names()) | KEYWORDS
+        self.reserved = (set(all_names()) if layer_names else set()) | KEYWORDS
         ops = sorted(auto_ops, key=len, reverse=True)
         self.auto = re.compile(r"(" + "|".join(map(re.escape, ops)) + r")\d+") if ops else None
 
@@ -216,6 +221,28 @@ class Names:
 
 
 # -- constant folding -------------------------------------------------------------------------
+
+def tensor_array(t: Any, what: str) -> np.ndarray:
+    """A TensorProto as an array; a clean error naming it when its dims disagree with its data
+    (which onnx's checker accepts), its type is unknown, or it is too large."""
+    from onnx import numpy_helper
+
+    dims = list(t.dims)
+    if any(d < 0 for d in dims):
+        raise OnnxImportError(f"{what} has negative dimensions {dims}")
+    if math.prod(dims) > MAX_CONSTANT:
+        raise OnnxImportError(f"{what} has {math.prod(dims):,} elements, more than cnnc reads "
+                              f"({MAX_CONSTANT:,})")
+    try:
+        value = numpy_helper.to_array(t)
+    except Exception as e:  # ValueError (size), TypeError/KeyError (type), OSError (external)
+        raise OnnxImportError(f"{what} cannot be read: its data does not match its type and "
+                              f"dims {dims} ({str(e).splitlines()[0] if str(e) else e!r})"
+                              ) from None
+    if list(value.shape) != dims:
+        raise OnnxImportError(f"{what} has dims {dims} but data of shape {list(value.shape)}")
+    return value
+
 
 def _np_dtype(onnx_type: int) -> Any:
     from onnx import helper
@@ -277,9 +304,9 @@ def _fold_constant_of_shape(imp, node, ins, attrs):
     if BATCH in shape:
         raise _refuse(node, imp.opset, "a constant the size of the batch is not supported")
     value = attrs.get("value")
-    from onnx import numpy_helper
 
-    fill = numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
+    fill = tensor_array(value, f"the value of {node.op_type} {node.name or node.output[0]!r}") \
+        .reshape(-1)[0] if value is not None else np.float32(0)
     if any(d < 0 for d in shape):
         raise _refuse(node, imp.opset, f"a constant of negative shape {shape}")
     if math.prod(shape) > MAX_CONSTANT:
@@ -339,14 +366,13 @@ FOLDERS = {
 
 class Importer:
     def __init__(self, model: Any, source: str):
-        from onnx import numpy_helper
 
         self.model = model
         self.source = source
         self.opset = _opset(model)
         g = model.graph
         self.consts: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in g.initializer}
+            t.name: tensor_array(t, f"initializer {t.name!r}") for t in g.initializer}
         self.shapes: dict[str, tuple[int, ...]] = {}  # dynamic tensors: per-sample shapes
         self.alias: dict[str, str] = {}
         self.layers: list[Layer] = []
@@ -452,11 +478,23 @@ class Importer:
                 raise _refuse(node, self.opset, f"{spec.suffix} of shape {got}, cnnc {op} "
                               f"needs {'x'.join(map(str, spec.shape))}")
         layer = Layer(op, args, inputs, output or node.output[0], weights, hint=node.name or
-                      node.output[0])
+                      node.output[0], share=self.share_key(node) if weights else None)
         self.layers.append(layer)
         self.producer[layer.output] = layer
         self.shapes[layer.output] = out_type.shape
         return layer
+
+    def share_key(self, node: Any) -> tuple | None:
+        """What a node's weights are made of: its type, attributes and constant inputs by
+        position (None when a constant has no name to share)."""
+        from onnx import helper
+
+        consts = tuple(n if n in self.consts else None for n in node.input)
+        if not any(consts):
+            return None
+        attrs = tuple(sorted((a.name, repr(helper.get_attribute_value(a)))
+                             for a in node.attribute))
+        return (node.op_type, attrs, consts)
 
     def run(self) -> None:
         for i, node in enumerate(self.model.graph.node):
@@ -496,11 +534,11 @@ class Importer:
 
 
 def _constant_value(node: Any, opset: int) -> np.ndarray:
-    from onnx import numpy_helper
 
     attrs = {a.name: a for a in node.attribute}
     if "value" in attrs:
-        return numpy_helper.to_array(attrs["value"].t)
+        return tensor_array(attrs["value"].t, f"the value of Constant "
+                            f"{node.name or node.output[0]!r}")
     for key, dtype in (("value_float", np.float32), ("value_int", np.int64),
                        ("value_floats", np.float32), ("value_ints", np.int64)):
         if key in attrs:
@@ -845,6 +883,8 @@ def _absorb_bias(imp: Importer, node: Any, x: str, c: np.ndarray) -> bool:
         return False
     layer.args["bias"] = True
     layer.weights["bias"] = bias
+    key = imp.share_key(node)
+    layer.share = (layer.share, key) if layer.share and key else None
     del imp.producer[x]
     layer.output = node.output[0]
     imp.producer[layer.output] = layer
@@ -1289,9 +1329,12 @@ def _fmt(v: Any, compact: bool = False) -> str:
     raise TypeError(f"cannot print {v!r} as a DSL value")
 
 
-def _call(layer: Layer, extra_inputs: list[str]) -> str:
+def _call(layer: Layer, extra_inputs: list[str], shared_def: bool = False) -> str:
     """`conv(64, 3, stride=2, pad=1) as stem` for a layer; tensor inputs after the first are
-    leading positional arguments."""
+    leading positional arguments. An application of a shared layer is its name; `shared_def`
+    gives the call of its `shared` statement."""
+    if layer.shared and not shared_def:
+        return layer.label
     opdef = get_op(layer.op)
     parts = list(extra_inputs)
     positional = True
@@ -1308,7 +1351,7 @@ def _call(layer: Layer, extra_inputs: list[str]) -> str:
             continue
         parts.append(f"{attr.name}={_fmt(value, attr.name in COMPACT)}")
     text = layer.op + (f"({', '.join(parts)})" if parts else "")
-    return text + (f" as {layer.label}" if layer.label else "")
+    return text + (f" as {layer.label}" if layer.label and not shared_def else "")
 
 
 def _same(value: Any, default: Any) -> bool:
@@ -1318,6 +1361,11 @@ def _same(value: Any, default: Any) -> bool:
         isinstance(value, (int, float)) and not isinstance(value, bool) and
         isinstance(default, (int, float)) and not isinstance(default, bool) and
         value == default)
+
+
+def _same_weights(a: Layer, b: Layer) -> bool:
+    return a.op == b.op and a.args == b.args and a.weights.keys() == b.weights.keys() and all(
+        np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
 
 
 def _comment(text: str) -> str:
@@ -1369,11 +1417,28 @@ class Printer:
         lines = [f"# {_comment(title)}"]
         for name in imp.inputs:
             self.var[name] = self.values.make(name, "input")
-        outs = Names()
+        outs = Names(layer_names=False)  # (an output may be called `distance`)
         out_names = {o: outs.make(o, "output") for o in imp.graph_outputs}
+        shared: dict[tuple, list[Layer]] = {}
+        self.labels.taken |= set(self.var.values())  # a shared layer's name is a stage
         for layer in self.layers:
-            if layer.weights:
-                layer.label = self.labels.make(layer.hint, layer.op)
+            if not layer.weights:
+                continue
+            group = shared.get(layer.share) if layer.share else None
+            if group and _same_weights(group[0], layer):
+                group.append(layer)
+                layer.label = group[0].label
+                continue
+            layer.label = self.labels.make(layer.hint, layer.op)
+            if layer.share:
+                shared.setdefault(layer.share, [layer])
+        shared_defs = []
+        for group in shared.values():
+            if len(group) > 1:
+                for layer in group:
+                    layer.shared = True
+                self.values.taken.add(group[0].label)
+                shared_defs.append(f"shared {group[0].label} = {_call(group[0], [], True)}")
         renamed = [(o, n) for o, n in list(zip(imp.inputs, [self.var[i] for i in imp.inputs]))
                    + list(out_names.items()) if o != n]
         if renamed:
@@ -1384,6 +1449,7 @@ class Printer:
             dims = " x ".join(str(d) for d in imp.shapes[name])
             lines.append(f"input {self.var[name]}: {dims}")
         lines.append("")
+        lines += shared_defs
         for layer in self.layers:
             if not self.continues(layer.output) and layer.output in self.uses:
                 producer_hint = layer.label or layer.hint

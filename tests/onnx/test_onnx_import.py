@@ -716,3 +716,21 @@ def test_model_zoo_light_models_import(name):
         (theirs,) = session.run(None, {session.get_inputs()[0].name: x})
         (ours,) = run_reference(graph, {next(iter(graph.inputs)): x}, weights).values()
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+# -- malformed models -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["raw_data_too_long", "float_data_too_long"])
+def test_initializer_whose_dims_disagree_with_its_data(damage):
+    """onnx's checker accepts more data than the dims need; the import names the tensor."""
+    model = single("Conv", (3, 5, 5), {"w": rand(4, 3, 3, 3)}, extra=["w"])
+    w = model.graph.initializer[0]
+    if damage == "raw_data_too_long":
+        w.raw_data = w.raw_data + b"\0" * 8
+    else:
+        values = numpy_helper.to_array(w).reshape(-1).tolist()
+        w.ClearField("raw_data")
+        w.float_data.extend(values + [0.0] * 3)
+    onnx.checker.check_model(model)
+    with pytest.raises(OnnxImportError, match="initializer 'w'"):
+        import_onnx(model)
