@@ -389,10 +389,16 @@ class Importer:
         self.graph_outputs = [o.name for o in g.output]
         self.literal_batch: int | None = None
         self.static_batch = True  # every input declares a number for its batch
+        # Inputs cnnc cannot take as network inputs; the error is raised when one is used as
+        # a tensor (a backend may bind it as a weight when the importer asks for a constant).
+        self.bad_inputs: dict[str, OnnxImportError] = {}
         for inp in g.input:
             if inp.name in self.consts:
                 continue
-            self.declare_input(inp)
+            try:
+                self.declare_input(inp)
+            except OnnxImportError as e:
+                self.bad_inputs[inp.name] = e
 
     # -- values -------------------------------------------------------------------------------
     def declare_input(self, inp: Any) -> None:
@@ -428,9 +434,11 @@ class Importer:
         return name in self.consts
 
     def const(self, node: Any, idx: int) -> np.ndarray:
-        name = node.input[idx]
+        name = self.name_of(node.input[idx])
         if name not in self.consts:
-            raise _refuse(node, self.opset, f"input {idx + 1} ({name!r}) must be a constant")
+            err = _refuse(node, self.opset, f"input {idx + 1} ({name!r}) must be a constant")
+            err.constant = name  # which tensor, for a backend that binds weights late
+            raise err
         return self.consts[name]
 
     def opt_const(self, node: Any, idx: int) -> np.ndarray | None:
@@ -440,6 +448,8 @@ class Importer:
 
     def dyn(self, node: Any, idx: int = 0) -> str:
         name = self.name_of(node.input[idx])
+        if name in self.bad_inputs:
+            raise self.bad_inputs[name]
         if name not in self.shapes:
             raise _refuse(node, self.opset, f"input {idx + 1} ({name!r}) must be a tensor "
                           "computed from the network's inputs")
@@ -908,9 +918,12 @@ def _arith(imp: Importer, node: Any, i: int) -> None:
         imp.add(node, op.lower(), {}, [a_name, b_name])
         return
     if not (a_dyn or b_dyn):
+        for name in (a_name, b_name):
+            if name in imp.bad_inputs:
+                raise imp.bad_inputs[name]
         raise _refuse(node, imp.opset, "operands are neither constants nor tensors")
     x = a_name if a_dyn else b_name
-    c = imp.consts[b_name if a_dyn else a_name]
+    c = imp.const(node, 1 if a_dyn else 0)
     shape = imp.shapes[x]
     if op == "Add" and _absorb_bias(imp, node, x, c):
         return
@@ -946,9 +959,10 @@ def _sum(imp: Importer, node: Any, i: int) -> None:
     1/n per channel (a depthwise 1x1 convolution: cnnc has no scaling layer)."""
     xs = [imp.name_of(n) for n in node.input if n]
     for k, x in enumerate(xs):
-        if x not in imp.shapes:
+        if x in imp.consts:
             raise _refuse(node, imp.opset, f"input {k + 1} ({x!r}) is a constant; only sums "
                           "of tensors computed from the network's inputs are supported")
+    xs = [imp.dyn(node, k) for k, n in enumerate(node.input) if n]
     if any(imp.shapes[x] != imp.shapes[xs[0]] for x in xs):
         raise _refuse(node, imp.opset, "operands of different shapes (broadcasting) are not "
                       "supported")
@@ -1176,6 +1190,23 @@ def _onnx_nearest(n_in: int, n_out: int, scale: float, coord: str, rounding: str
     return np.clip(idx, 0, n_in - 1).astype(int)
 
 
+def _onnx_linear(n_in: int, n_out: int, scale: float, coord: str,
+                 from_scales: bool) -> np.ndarray:
+    """ONNX Resize's linear source coordinate for each output index (the spec's formulas;
+    with scales given, align_corners divides by the unrounded length in * scale)."""
+    i = np.arange(n_out, dtype=np.float64)
+    if coord == "align_corners":
+        length = n_in * scale if from_scales else n_out
+        return i * (n_in - 1) / (length - 1) if length != 1 else np.zeros_like(i)
+    if coord == "pytorch_half_pixel":
+        return (i + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(i)
+    if coord == "half_pixel":
+        return (i + 0.5) / scale - 0.5
+    if coord == "asymmetric":
+        return i / scale
+    return np.full(n_out, np.nan)  # other modes: never equal to cnnc's
+
+
 @handles("Resize", "Upsample")
 def _resize(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
@@ -1236,14 +1267,22 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
                               f"for scale {scales[axis]:g}")
         args: dict[str, Any] = {"scale": scale}
     else:
-        if coord == "align_corners":
-            align = True
-        elif coord == "pytorch_half_pixel" or (coord == "half_pixel" and min(out[2:]) > 1):
-            align = False
-        else:
+        from ..compiler.ops.resize import _source_coords
+
+        align = None
+        for candidate in (coord == "align_corners", coord != "align_corners"):
+            if all(np.allclose(
+                    np.clip(_onnx_linear(full[ax], out[ax], scales[ax], coord, sizes is None),
+                            0, full[ax] - 1),
+                    np.clip(sum(_source_coords(full[ax], out[ax], scales[ax], "bilinear",
+                                               candidate)[::2]), 0, full[ax] - 1),
+                    atol=1e-6) for ax in (2, 3)):
+                align = candidate
+                break
+        if align is None:
             raise _refuse(node, imp.opset, f"linear resizing with coordinate_transformation_"
-                          f"mode={coord} is not supported (half_pixel, pytorch_half_pixel or "
-                          "align_corners)")
+                          f"mode={coord} samples other points than cnnc's bilinear upsample "
+                          f"for scales {scales[2]:g}, {scales[3]:g}")
         args = {"scale": scale, "mode": "bilinear", "align_corners": align}
     layer = imp.add(node, "upsample", args, [x])
     if list(imp.shapes[layer.output][1:]) != out[2:]:
@@ -1532,6 +1571,8 @@ def import_model(path_or_model: Any, name: str | None = None
         warnings.warn(f"{source}: {note}", OnnxImportNote, stacklevel=2)
     imp = Importer(model, source)
     imp.run()
+    for err in imp.bad_inputs.values():  # (unused, or used only where any value would do)
+        raise err
     for o in imp.graph_outputs:
         if imp.name_of(o) not in imp.shapes:
             raise OnnxImportError(f"output {o!r} is a constant, not computed from the inputs")
