@@ -71,8 +71,14 @@ def _attrs(node: Any) -> dict[str, Any]:
 
     out = {}
     for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
+        where = f"{node.op_type} {node.name or (node.output[0] if node.output else '')!r}"
+        try:
+            v = helper.get_attribute_value(a)
+            out[a.name] = v.decode() if isinstance(v, bytes) else v
+        except (ValueError, UnicodeDecodeError) as e:  # an unknown type, a string not UTF-8
+            raise OnnxImportError(f"attribute {a.name!r} of {where} cannot be read: "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                  ) from None
     return out
 
 
@@ -355,11 +361,25 @@ FOLDERS = {
     "Floor": lambda imp, node, ins, attrs: np.floor(ins[0]),
     "Ceil": lambda imp, node, ins, attrs: np.ceil(ins[0]),
     "Sqrt": lambda imp, node, ins, attrs: np.sqrt(ins[0]),
-    "Range": lambda imp, node, ins, attrs: np.arange(ins[0], ins[1], ins[2]).astype(
-        ins[0].dtype),
-    "Expand": lambda imp, node, ins, attrs: ins[0] * np.ones([int(d) for d in ins[1]],
-                                                             ins[0].dtype),
+    "Range": lambda imp, node, ins, attrs: np.arange(
+        ins[0], ins[1], ins[2])[:_capped(imp, node, math.ceil((ins[1] - ins[0]) / ins[2]))]
+    .astype(ins[0].dtype),
+    "Expand": lambda imp, node, ins, attrs: _fold_expand(imp, node, ins),
 }
+
+
+def _capped(imp: Importer, node: Any, count: float) -> int:
+    """An element count a fold may make, refused above MAX_CONSTANT (bounded memory)."""
+    if count > MAX_CONSTANT:
+        raise _refuse(node, imp.opset, f"a constant of {count:,.0f} elements (more than "
+                      f"{MAX_CONSTANT:,})")
+    return max(int(count), 0)
+
+
+def _fold_expand(imp: Importer, node: Any, ins: list[np.ndarray]) -> np.ndarray:
+    shape = np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1]))
+    _capped(imp, node, math.prod(shape))
+    return np.broadcast_to(ins[0], shape)
 
 
 # -- the importer -----------------------------------------------------------------------------
@@ -480,7 +500,19 @@ class Importer:
             raise _refuse(node, self.opset, f"as cnnc {op}: {e}") from None
         except ShapeError as e:  # already starts with the op's name
             raise _refuse(node, self.opset, f"as cnnc {e}") from None
-        weights = {k: np.ascontiguousarray(v, np.float32) for k, v in (weights or {}).items()}
+        for k, v in args.items():
+            values = v if isinstance(v, tuple) else (v,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                raise _refuse(node, self.opset, f"as cnnc {op}: {k} = {v} is not finite")
+        try:
+            weights = {k: np.ascontiguousarray(v, np.float32)
+                       for k, v in (weights or {}).items()}
+        except (TypeError, ValueError) as e:  # strings, objects
+            raise _refuse(node, self.opset, f"its weights are not numbers: {e}") from None
+        for k, v in weights.items():
+            if not np.all(np.isfinite(v)):
+                raise _refuse(node, self.opset, f"its {k} (from {self.source}) contains NaN "
+                              "or infinity (or values beyond float32)")
         for spec in specs:
             w = weights.get(spec.suffix)
             if w is None or w.shape != spec.shape:
@@ -510,26 +542,40 @@ class Importer:
         for i, node in enumerate(self.model.graph.node):
             if i in self.skip:
                 continue
-            if node.domain not in ("", "ai.onnx"):
-                raise _refuse(node, self.opset, f"operator domain {node.domain!r} is not "
-                              "supported (only the default ONNX domain)")
-            if node.op_type == "Constant":
-                self.consts[node.output[0]] = _constant_value(node, self.opset)
-                continue
-            present = [self.name_of(n) for n in node.input if n]
-            if node.op_type == "Shape" and present[0] in self.shapes:
-                attrs = _attrs(node)
-                full = (BATCH, *self.shapes[present[0]])
-                self.consts[node.output[0]] = np.array(
-                    full[attrs.get("start", 0):attrs.get("end", None)], np.int64)
-                continue
-            if all(self.is_const(n) for n in present) and node.op_type in FOLDERS:
-                self.fold(node)
-                continue
-            handler = HANDLERS.get(node.op_type)
-            if handler is None:
-                raise _refuse(node, self.opset)
-            handler(self, node, i)
+            if not node.output or not node.output[0]:
+                raise OnnxImportError(f"{node.op_type} node {node.name!r} has no output")
+            try:
+                self.node(i, node)
+            except OnnxImportError:
+                raise
+            except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
+                # A malformed node (an attribute of the wrong type or length, an input
+                # missing) that no check anticipated: still named, never a traceback.
+                raise _refuse(node, self.opset, f"malformed node ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+    def node(self, i: int, node: Any) -> None:
+        """Fold one node or turn it into layers."""
+        if node.domain not in ("", "ai.onnx"):
+            raise _refuse(node, self.opset, f"operator domain {node.domain!r} is not "
+                          "supported (only the default ONNX domain)")
+        if node.op_type == "Constant":
+            self.consts[node.output[0]] = _constant_value(node, self.opset)
+            return
+        present = [self.name_of(n) for n in node.input if n]
+        if node.op_type == "Shape" and present and present[0] in self.shapes:
+            attrs = _attrs(node)
+            full = (BATCH, *self.shapes[present[0]])
+            self.consts[node.output[0]] = np.array(
+                full[attrs.get("start", 0):attrs.get("end", None)], np.int64)
+            return
+        if all(self.is_const(n) for n in present) and node.op_type in FOLDERS:
+            self.fold(node)
+            return
+        handler = HANDLERS.get(node.op_type)
+        if handler is None:
+            raise _refuse(node, self.opset)
+        handler(self, node, i)
 
     def fold(self, node: Any) -> None:
         ins = [self.consts[self.name_of(n)] if n else None for n in node.input]
@@ -591,8 +637,12 @@ def _spatial_pads(imp: Importer, node: Any, attrs: dict[str, Any], x: str,
     return (begin[0], begin[1], end[0], end[1])
 
 
-def _pair_attr(attrs: dict[str, Any], key: str, default: int = 1) -> tuple[int, int]:
-    v = list(attrs.get(key, [default, default]))
+def _pair_attr(imp: Importer, node: Any, attrs: dict[str, Any], key: str,
+               default: int = 1) -> tuple[int, int]:
+    v = attrs.get(key, [default, default])
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise _refuse(node, imp.opset, f"attribute {key} must give 2 values (height, width), "
+                      f"got {v!r}")
     return (int(v[0]), int(v[1]))
 
 
@@ -610,7 +660,7 @@ def _conv(imp: Importer, node: Any, i: int) -> None:
     _need_rank(imp, node, x, 3, "C x H x W")
     a = _attrs(node)
     kernel = (int(w.shape[2]), int(w.shape[3]))
-    stride, dilation = _pair_attr(a, "strides"), _pair_attr(a, "dilations")
+    stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
     pads = _spatial_pads(imp, node, a, x, kernel, stride, dilation)
     args = {"out_channels": int(w.shape[0]), "kernel": kernel, "stride": stride, "pad": pads,
             "dilation": dilation, "groups": int(a.get("group", 1)), "bias": b is not None}
@@ -627,8 +677,8 @@ def _conv_transpose(imp: Importer, node: Any, i: int) -> None:
     a = _attrs(node)
     g = int(a.get("group", 1))
     kernel = (int(w.shape[2]), int(w.shape[3]))
-    stride, dilation = _pair_attr(a, "strides"), _pair_attr(a, "dilations")
-    out_pad = _pair_attr(a, "output_padding", 0)
+    stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
+    out_pad = _pair_attr(imp, node, a, "output_padding", 0)
     auto = a.get("auto_pad", "NOTSET")
     if "output_shape" in a or auto not in ("NOTSET", "", "VALID"):
         raise _refuse(node, imp.opset, "output_shape and auto_pad SAME are not supported; "
@@ -726,8 +776,12 @@ def _clip(imp: Importer, node: Any, i: int) -> None:
         lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
     else:
         lo_c, hi_c = imp.opt_const(node, 1), imp.opt_const(node, 2)
-        lo = -np.inf if lo_c is None else float(lo_c)
-        hi = np.inf if hi_c is None else float(hi_c)
+        for c in (lo_c, hi_c):
+            if c is not None and c.size != 1:
+                raise _refuse(node, imp.opset, f"min and max must be scalars, got shape "
+                              f"{list(c.shape)}")
+        lo = -np.inf if lo_c is None else float(lo_c.reshape(-1)[0])
+        hi = np.inf if hi_c is None else float(hi_c.reshape(-1)[0])
     if lo == 0 and hi == 6:
         imp.add(node, "relu6", {}, [imp.dyn(node)])
     elif lo == 0 and hi == np.inf:
@@ -760,7 +814,7 @@ def _pool_common(imp: Importer, node: Any, x: str, dilated: bool) -> dict[str, A
     kernel = tuple(int(k) for k in a["kernel_shape"])
     if len(kernel) != 2:
         raise _refuse(node, imp.opset, "only 2-D pooling is supported")
-    stride, dilation = _pair_attr(a, "strides"), _pair_attr(a, "dilations")
+    stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
     if not dilated and dilation != (1, 1):
         raise _refuse(node, imp.opset, "dilated windows are supported for max pooling only")
     args = {"kernel": kernel, "stride": stride,
@@ -1070,7 +1124,8 @@ def _reshape(imp: Importer, node: Any, i: int) -> None:
 @handles("Squeeze", "Unsqueeze")
 def _squeeze(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    probe = np.empty((2, *imp.shapes[x]))  # batch 2: touching the batch axis shows
+    # A batch of 2 (touching the batch axis shows); a broadcast view, whatever the size.
+    probe = np.broadcast_to(np.empty(()), (2, *imp.shapes[x]))
     axes = _axes_arg(imp, node, _attrs(node), 1)
     if node.op_type == "Squeeze" and axes is None:
         axes = [k for k, d in enumerate(probe.shape) if d == 1]
