@@ -136,6 +136,8 @@ def _mutate_attribute(m: Any, rng: random.Random) -> str:
 
 def _mutate_dims(m: Any, rng: random.Random) -> str:
     values = list(m.graph.input) + list(m.graph.output)
+    if not values:
+        return "no inputs or outputs"
     v = rng.choice(values)
     dims = v.type.tensor_type.shape.dim
     if not dims or rng.random() < 0.15:
@@ -177,13 +179,15 @@ def _mutate_initializer(m: Any, rng: random.Random) -> str:
             data[rng.randrange(len(data))] = 0xFF  # NaN payloads, huge values
         t.raw_data = bytes(data)
     else:
-        t.name = rng.choice(["", "x", m.graph.node[0].output[0]])
+        t.name = rng.choice(["", "x"] + [o for n in m.graph.node[:1] for o in n.output])
     return f"initializer {t.name}"
 
 
 def _mutate_opset(m: Any, rng: random.Random) -> str:
     r = rng.random()
-    if r < 0.7:
+    if not m.opset_import:
+        m.opset_import.add(domain="", version=rng.choice([1, 13, 21]))
+    elif r < 0.7:
         m.opset_import[0].version = rng.choice([1, 3, 5, 6, 7, 9, 10, 11, 12, 13, 17, 18, 21,
                                                 22, 25, onnx.defs.onnx_opset_version(), 99])
     elif r < 0.8:
@@ -197,6 +201,8 @@ def _mutate_opset(m: Any, rng: random.Random) -> str:
 
 def _mutate_graph(m: Any, rng: random.Random) -> str:
     g = m.graph
+    if not g.node:
+        return "no nodes"
     n = rng.choice(list(g.node))
     r = rng.random()
     if r < 0.3 and n.input:
@@ -231,9 +237,9 @@ def _mutate_graph(m: Any, rng: random.Random) -> str:
 
 def _mutate_bytes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
     b = bytearray(data)
-    for _ in range(rng.choice([1, 2, 8])):
+    for _ in range(rng.choice([1, 2, 8]) if b else 0):
         b[rng.randrange(len(b))] = rng.randrange(256)
-    if rng.random() < 0.2:
+    if rng.random() < 0.2 and b:
         b = b[: rng.randrange(len(b))]
     return bytes(b), "bytes"
 

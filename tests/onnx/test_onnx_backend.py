@@ -155,6 +155,21 @@ def test_compiled_path():
     np.testing.assert_allclose(ref, _conv_expected(v), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["test_basic_conv_with_padding", "test_maxpool_2d_strides",
+                                  "test_gemm_default_vector_bias"])
+def test_compiled_node_tests(name):
+    """A few of ONNX's node tests through the compiled kernels (weights as inputs included)."""
+    from onnx.backend.test.loader import load_model_tests
+
+    (case,) = [t for t in load_model_tests(kind="node") if t.name == name]
+    rep = CnncBackend.prepare(case.model, compiled=True)
+    for inputs, expected in case.data_sets:
+        outputs = rep.run([numpy_helper.to_array(x) if not isinstance(x, np.ndarray) else x
+                           for x in inputs])
+        for got, want in zip(outputs, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_devices_and_refusals():
     assert CnncBackend.supports_device("CPU") and not CnncBackend.supports_device("CUDA")
     model, v = _conv_model(False)

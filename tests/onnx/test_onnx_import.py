@@ -734,3 +734,31 @@ def test_initializer_whose_dims_disagree_with_its_data(damage):
     onnx.checker.check_model(model)
     with pytest.raises(OnnxImportError, match="initializer 'w'"):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("coord,scales,sizes", [
+    ("align_corners", [1, 1, 0.6, 0.6], None),      # ONNX divides by in * scale - 1, not out - 1
+    ("pytorch_half_pixel", None, [2, 2, 3, 1]),     # an output of width 1 samples at 0
+    ("half_pixel", [1, 1, 0.5, 0.5], None),
+    ("asymmetric", [1, 1, 2, 2], None),
+    ("align_corners", [1, 1, 2, 2], None),
+])
+def test_linear_resize_is_imported_only_where_it_samples_cnnc_points(coord, scales, sizes):
+    """Either a clean refusal or the same numbers as ONNX Runtime, never a different answer."""
+    inits = {"roi": np.array([], np.float32)}
+    ins = ["x", "roi"]
+    if scales is not None:
+        inits["scales"] = np.array(scales, np.float32)
+        ins.append("scales")
+    else:
+        inits["sizes"] = np.array(sizes, np.int64)
+        ins += ["", "sizes"]
+    model = make_model([node("Resize", ins, mode="linear",
+                             coordinate_transformation_mode=coord)], {"x": (2, 4, 4)}, inits,
+                       opset=13)
+    try:
+        text, _ = roundtrip(model)
+    except OnnxImportError as e:
+        assert "samples other points" in str(e)
+    else:
+        assert "bilinear" in text
