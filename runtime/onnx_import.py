@@ -34,6 +34,7 @@ BATCH = 1 << 40  # stands for the batch dimension in folded shape arithmetic
 # Elements of a ConstantOfShape: it is folded lazily (one value broadcast, no memory), but the
 # weight it may become is real memory (the light zoo models fill VGG's fc6, 103M, this way).
 MAX_CONSTANT = 1 << 28
+MAX_SIDE = 1 << 24  # pixels per side of a resized image (the importer checks index maps)
 KEYWORDS = {"network", "input", "output", "block", "shared", "return", "import", "from", "true",
             "false", "in"}
 
@@ -79,7 +80,16 @@ def _attrs(node: Any) -> dict[str, Any]:
             raise OnnxImportError(f"attribute {a.name!r} of {where} cannot be read: "
                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                   ) from None
+        if a.name in FLAGS and out[a.name] not in (0, 1):
+            # (Runtimes disagree on what keepdims=7 means: refuse rather than guess.)
+            raise OnnxImportError(f"attribute {a.name!r} of {where} must be 0 or 1, got "
+                                  f"{out[a.name]!r}")
     return out
+
+
+FLAGS = {"ceil_mode", "count_include_pad", "keepdims", "transA", "transB", "training_mode",
+         "noop_with_empty_axes", "allowzero", "antialias", "is_test", "spatial", "broadcast",
+         "select_last_index"}
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -876,6 +886,9 @@ def _gemm(imp: Importer, node: Any, i: int) -> None:
     _need_rank(imp, node, x, 1, "N x features")
     if a.get("transA", 0):
         raise _refuse(node, imp.opset, "transA=1 is not supported")
+    for key in ("alpha", "beta"):
+        if not math.isfinite(float(a.get(key, 1.0))):
+            raise _refuse(node, imp.opset, f"{key} = {a[key]} is not finite")
     w = imp.const(node, 1)
     w = w if a.get("transB", 0) else w.T
     w = w * np.float32(a.get("alpha", 1.0))
@@ -1302,6 +1315,9 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
         scales = [o / d for o, d in zip(out, full)]
     else:
         raise _refuse(node, imp.opset, "needs constant scales or sizes")
+    if any(o > MAX_SIDE or o < 1 for o in out[2:]):
+        raise _refuse(node, imp.opset, f"an output of {out[2]} x {out[3]} pixels (1 to "
+                      f"{MAX_SIDE:,} per side)")
     # (A constant `sizes` holds some batch size: only the channels must stay.)
     if len(scales) != 4 or out[1] != full[1] or (sizes is None and out[0] != 1):
         raise _refuse(node, imp.opset, "only height and width may be resized")
@@ -1519,7 +1535,9 @@ class Printer:
             if not layer.weights:
                 continue
             group = shared.get(layer.share) if layer.share else None
-            if group and _same_weights(group[0], layer):
+            if group and _same_weights(group[0], layer) and [
+                    self.imp.shapes[x] for x in layer.inputs] == [
+                    self.imp.shapes[x] for x in group[0].inputs]:
                 group.append(layer)
                 layer.label = group[0].label
                 continue

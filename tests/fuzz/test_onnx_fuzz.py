@@ -5,7 +5,8 @@ graph. Every mutant must be answered within a time budget with a clean user erro
 its weights; where ONNX Runtime also accepts the mutant, the two must compute the same numbers.
 
 The short run (in the suite) tries SHORT mutants; `CNNC_FUZZ_LONG=1` tries LONG (or
-`CNNC_FUZZ_COUNT`). Mutant k is reproducible from its seed: `mutate(seed_models()[i], k)`.
+`CNNC_FUZZ_COUNT`, from mutant `CNNC_FUZZ_START`). Mutant k is reproducible:
+`mutate(seed_models()[k % len(seed_models())], k)`.
 """
 
 from __future__ import annotations
@@ -292,6 +293,9 @@ def _compare_with_ort(data: bytes, text: str, weights: dict[str, np.ndarray]) ->
     except Exception:  # noqa: BLE001 - ORT cannot run it (shape errors at run time)
         return None
     ours = list(run_reference(graph, feeds, weights).values())
+    if any(not np.all(np.isfinite(b)) or np.max(np.abs(a), initial=0.0) > 1e30
+           for a, b in zip(ours, theirs)):
+        return None  # float32 overflow in ONNX Runtime, not in the float64 reference
     if len(ours) != len(theirs):
         return f"{len(ours)} outputs, ONNX Runtime has {len(theirs)}"
     for k, (a, b) in enumerate(zip(ours, theirs)):
@@ -336,11 +340,11 @@ def answer(data: bytes) -> tuple[str, str]:
             pytest.fail("a mutant ran past twice the time budget")
 
 
-def fuzz(count: int) -> tuple[Counter, list[str]]:
+def fuzz(count: int, start: int = 0) -> tuple[Counter, list[str]]:
     seeds = seed_models()
     counts: Counter = Counter()
     problems = []
-    for k in range(count):
+    for k in range(start, start + count):
         i = k % len(seeds)
         data, what = mutate(seeds[i], k)
         outcome, detail = answer(data)
@@ -359,7 +363,7 @@ def test_seeds_import_cleanly():
 def test_fuzz_onnx_import():
     long = os.environ.get("CNNC_FUZZ_LONG") == "1"
     count = int(os.environ.get("CNNC_FUZZ_COUNT", LONG if long else SHORT))
-    counts, problems = fuzz(count)
+    counts, problems = fuzz(count, int(os.environ.get("CNNC_FUZZ_START", 0)))
     print(f"{count} mutants: {dict(counts)}")
     assert not problems, "\n".join(problems[:30])
     # The mutants must reach the importer's checks, not only the protobuf parser.

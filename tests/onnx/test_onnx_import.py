@@ -762,3 +762,56 @@ def test_linear_resize_is_imported_only_where_it_samples_cnnc_points(coord, scal
         assert "samples other points" in str(e)
     else:
         assert "bilinear" in text
+
+
+def _with_attr(model: Any, op: str, name: str, value: Any) -> Any:
+    (n,) = [n for n in model.graph.node if n.op_type == op]
+    for a in list(n.attribute):
+        if a.name == name:
+            n.attribute.remove(a)
+    n.attribute.append(helper.make_attribute(name, value))
+    return model
+
+
+def _bad_string_attr() -> Any:
+    model = single("MaxPool", (3, 4, 4), kernel_shape=[2, 2])
+    model.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "x"))
+    model.graph.node[0].attribute[-1].s = b"\xff\xfe"
+    return model
+
+
+@pytest.mark.parametrize("build,words", [
+    # classes the fuzzer found, each answered with the node or tensor named
+    (lambda: _with_attr(single("MaxPool", (3, 4, 4), kernel_shape=[2, 2]), "MaxPool",
+                        "strides", [2]), ["MaxPool", "strides", "2 values"]),
+    (lambda: _bad_string_attr(), ["auto_pad", "MaxPool", "cannot be read"]),
+    (lambda: _with_attr(make_model([node("ReduceMean", ["x"], axes=[2, 3])], {"x": (3, 4, 4)},
+                                   opset=13), "ReduceMean", "keepdims", 7),
+     ["keepdims", "0 or 1"]),
+    (lambda: make_model([node("Clip", ["x", "lo", "hi"])], {"x": (3, 4, 4)},
+                        {"lo": np.zeros(2, np.float32), "hi": np.float32(6)}, opset=13),
+     ["Clip", "scalars"]),
+    (lambda: single("Conv", (3, 5, 5), {"w": np.full((4, 3, 3, 3), np.nan, np.float32)},
+                    extra=["w"]), ["Conv", "NaN"]),
+    (lambda: _with_attr(single("BatchNormalization", (4, 3, 3),
+                               {"s": rand(4), "b": rand(4), "m": rand(4), "v": rand(4) ** 2},
+                               extra=["s", "b", "m", "v"]), "BatchNormalization", "epsilon",
+                        float("inf")), ["BatchNormalization", "not finite"]),
+    (lambda: single("Resize", (2, 3, 3), {"s": np.array([1, 1, 1e8, 1], np.float32)},
+                    extra=["", "s"], mode="nearest"), ["Resize", "per side"]),
+])
+def test_malformed_nodes_are_named(build, words):
+    with pytest.raises(OnnxImportError) as e:
+        import_onnx(build())
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_shared_weights_on_inputs_of_different_shapes_stay_separate():
+    """One initializer used by convolutions on different input sizes: not one `shared`
+    layer (the DSL requires one shape), still the same numbers."""
+    model = make_model([node("Conv", ["a", "w"], "ya"), node("Conv", ["b", "w"], "yb")],
+                       {"a": (3, 6, 6), "b": (3, 5, 5)}, {"w": rand(4, 3, 3, 3)},
+                       outputs=("ya", "yb"))
+    text, weights = roundtrip(model)
+    assert "shared" not in text and len(weights) == 2
