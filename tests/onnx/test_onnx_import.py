@@ -815,3 +815,47 @@ def test_shared_weights_on_inputs_of_different_shapes_stay_separate():
                        outputs=("ya", "yb"))
     text, weights = roundtrip(model)
     assert "shared" not in text and len(weights) == 2
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pytorch_default_exporter_mobile_blocks(tmp_path):
+    """A MobileNet / EfficientNet-style network through the default exporter: relu6 (Clip),
+    depthwise conv, hard swish, squeeze-excitation (ReduceMean, a C x 1 x 1 gate), SiLU,
+    upsampling, tanh GELU, and `mean((2, 3))` (ReduceMean with keepdims=0) before the head."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    nn = torch.nn
+
+    class SE(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.pool, self.f1, self.f2 = nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c // 2, 1), \
+                nn.Conv2d(c // 2, c, 1)
+
+        def forward(self, x):
+            return x * torch.sigmoid(self.f2(torch.relu(self.f1(self.pool(x)))))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6(),
+                nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.Hardswish(), SE(8), nn.Conv2d(8, 16, 1),
+                nn.SiLU(), nn.AvgPool2d(2), nn.Upsample(scale_factor=2),
+                nn.GELU(approximate="tanh"))
+            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, 4))
+
+        def forward(self, x):
+            return torch.softmax(self.head(self.body(x).mean((2, 3))), 1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(1, 3, 32, 32)
+    path = tmp_path / "mobile.onnx"
+    torch.onnx.export(net, (x,), str(path))
+    text, weights = import_onnx(onnx.load(str(path)))
+    assert "globalavgpool" in text and "gelu(approximate=tanh)" in text
+    graph = load_network(text)
+    (ours,) = run_reference(graph, {next(iter(graph.inputs)): x.numpy()}, weights).values()
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, net(x).numpy(), rtol=1e-4, atol=1e-6)
