@@ -891,12 +891,13 @@ def _gemm(imp: Importer, node: Any, i: int) -> None:
             raise _refuse(node, imp.opset, f"{key} = {a[key]} is not finite")
     w = imp.const(node, 1)
     w = w if a.get("transB", 0) else w.T
-    w = w * np.float32(a.get("alpha", 1.0))
     c = imp.opt_const(node, 2)
-    weights = {"weight": w}
-    if c is not None:
-        bias = _per_channel(imp, node, c, w.shape[0], 2)
-        weights["bias"] = bias * np.float32(a.get("beta", 1.0))
+    with np.errstate(all="ignore"):  # (an overflow to inf is refused by `add`, named)
+        w = w * np.float32(a.get("alpha", 1.0))
+        weights = {"weight": w}
+        if c is not None:
+            bias = _per_channel(imp, node, c, w.shape[0], 2)
+            weights["bias"] = bias * np.float32(a.get("beta", 1.0))
     imp.add(node, "dense", {"out_features": int(w.shape[0]), "bias": c is not None}, [x],
             weights)
 
