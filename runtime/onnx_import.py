@@ -12,7 +12,9 @@ Anything without an exact cnnc equivalent is refused with the operator, node and
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,18 @@ import numpy as np
 
 from ..compiler.ir import TensorType
 from ..compiler.ops import REQUIRED, AttrError, ShapeError, all_names, get_op
-from .onnx_io import OnnxImportError, require_onnx
+from .onnx_io import OnnxImportError, OnnxImportNote, require_onnx
 
-MIN_OPSET, MAX_OPSET = 7, 21
+# Opsets read directly: from 7 (the handlers know every change since) to the newest the
+# installed onnx package defines (22 and later only added types to the ops cnnc maps, and
+# Cast-28's round_mode concerns 8-bit floats). Older models are brought up to UPGRADE_TO with
+# onnx's version converter first.
+MIN_OPSET, UPGRADE_TO = 7, 7
 BATCH = 1 << 40  # stands for the batch dimension in folded shape arithmetic
-MAX_FOLDED = 10_000_000  # elements; larger constants are not shape arithmetic
+# Elements of a ConstantOfShape: it is folded lazily (one value broadcast, no memory), but the
+# weight it may become is real memory (the light zoo models fill VGG's fc6, 103M, this way).
+MAX_CONSTANT = 1 << 28
+MAX_SIDE = 1 << 24  # pixels per side of a resized image (the importer checks index maps)
 KEYWORDS = {"network", "input", "output", "block", "shared", "return", "import", "from", "true",
             "false", "in"}
 
@@ -42,6 +51,10 @@ class Layer:
     hint: str = ""  # where a label comes from: the ONNX node name
     label: str = ""
     removed: bool = False
+    # Which ONNX constants (and node attributes) the weights come from: layers with the same
+    # key and equal weights are one shared layer applied several times (as cnnc exports one).
+    share: tuple | None = None
+    shared: bool = False
 
 
 def _refuse(node: Any, opset: int, why: str = "") -> OnnxImportError:
@@ -59,9 +72,24 @@ def _attrs(node: Any) -> dict[str, Any]:
 
     out = {}
     for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        out[a.name] = v.decode() if isinstance(v, bytes) else v
+        where = f"{node.op_type} {node.name or (node.output[0] if node.output else '')!r}"
+        try:
+            v = helper.get_attribute_value(a)
+            out[a.name] = v.decode() if isinstance(v, bytes) else v
+        except (ValueError, UnicodeDecodeError) as e:  # an unknown type, a string not UTF-8
+            raise OnnxImportError(f"attribute {a.name!r} of {where} cannot be read: "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                  ) from None
+        if a.name in FLAGS and out[a.name] not in (0, 1):
+            # (Runtimes disagree on what keepdims=7 means: refuse rather than guess.)
+            raise OnnxImportError(f"attribute {a.name!r} of {where} must be 0 or 1, got "
+                                  f"{out[a.name]!r}")
     return out
+
+
+FLAGS = {"ceil_mode", "count_include_pad", "keepdims", "transA", "transB", "training_mode",
+         "noop_with_empty_axes", "allowzero", "antialias", "is_test", "spatial", "broadcast",
+         "select_last_index"}
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -106,15 +134,65 @@ def load_model(path_or_model: Any) -> tuple[Any, str]:
     return model, source
 
 
+def max_opset() -> int:
+    """The newest default-domain opset the installed onnx package defines."""
+    from onnx import defs
+
+    return int(defs.onnx_opset_version())
+
+
 def _opset(model: Any) -> int:
     versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     if "ai.onnx" not in versions:
         raise OnnxImportError("the model does not import the default ONNX operator set")
     v = versions["ai.onnx"]
-    if not MIN_OPSET <= v <= MAX_OPSET:
-        raise OnnxImportError(f"the model uses opset {v}; cnnc imports opsets {MIN_OPSET} to "
-                              f"{MAX_OPSET} (re-export it with one of those)")
+    if not MIN_OPSET <= v <= max_opset():
+        raise OnnxImportError(f"the model uses opset {v}; cnnc imports opsets 1 to "
+                              f"{max_opset()} (those before {MIN_OPSET} through onnx's version "
+                              "converter)")
     return v
+
+
+def upgrade(model: Any, source: str) -> tuple[Any, list[str]]:
+    """The model at an opset the importer reads, and a one-line note for each conversion:
+    opsets before MIN_OPSET go through `onnx.version_converter`; an opset newer than the
+    installed onnx package knows is refused."""
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    v = versions.get("ai.onnx")
+    if v is None:
+        raise OnnxImportError("the model does not import the default ONNX operator set")
+    if v > max_opset():
+        raise OnnxImportError(f"the model uses opset {v}, newer than the installed onnx "
+                              f"package defines ({max_opset()}); upgrade onnx to read it")
+    if v >= MIN_OPSET:
+        return model, []
+    from onnx import version_converter
+
+    # The converter's broadcasting adapters need integer dimensions: a symbolic batch is fixed
+    # to 1 for the conversion and given back to the inputs and outputs afterwards.
+    fixed = type(model)()
+    fixed.CopyFrom(model)
+    symbolic: dict[tuple[str, int], str] = {}
+    for kind, values in (("in", fixed.graph.input), ("out", fixed.graph.output),
+                         ("info", fixed.graph.value_info)):
+        for value in values:
+            for k, d in enumerate(value.type.tensor_type.shape.dim):
+                if not d.HasField("dim_value"):
+                    if kind != "info":
+                        symbolic[(value.name, k)] = d.dim_param
+                    d.dim_value = 1
+    try:
+        converted = version_converter.convert_version(fixed, UPGRADE_TO)
+        for value in list(converted.graph.input) + list(converted.graph.output):
+            for k, d in enumerate(value.type.tensor_type.shape.dim):
+                if (value.name, k) in symbolic:
+                    d.dim_param = symbolic[(value.name, k)] or "N"
+    except Exception as e:  # the converter raises RuntimeError and its own C++ errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OnnxImportError(f"{source} uses opset {v}; onnx's version converter cannot "
+                              f"bring it to opset {UPGRADE_TO}: {first}") from None
+    return converted, [f"converted from opset {v} to opset {UPGRADE_TO} with "
+                       "onnx.version_converter"]
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -139,9 +217,10 @@ class Names:
     the builder's automatic names (relu1, maxpool2, ...) of the ops in `auto_ops`: a label the
     builder has already given away automatically is an error."""
 
-    def __init__(self, auto_ops: set[str] | frozenset[str] = frozenset()) -> None:
+    def __init__(self, auto_ops: set[str] | frozenset[str] = frozenset(),
+                 layer_names: bool = True) -> None:
         self.taken: set[str] = set()
-        self.reserved = set(all_names()) | KEYWORDS
+        self.reserved = (set(all_names()) if layer_names else set()) | KEYWORDS
         ops = sorted(auto_ops, key=len, reverse=True)
         self.auto = re.compile(r"(" + "|".join(map(re.escape, ops)) + r")\d+") if ops else None
 
@@ -158,6 +237,28 @@ class Names:
 
 
 # -- constant folding -------------------------------------------------------------------------
+
+def tensor_array(t: Any, what: str) -> np.ndarray:
+    """A TensorProto as an array; a clean error naming it when its dims disagree with its data
+    (which onnx's checker accepts), its type is unknown, or it is too large."""
+    from onnx import numpy_helper
+
+    dims = list(t.dims)
+    if any(d < 0 for d in dims):
+        raise OnnxImportError(f"{what} has negative dimensions {dims}")
+    if math.prod(dims) > MAX_CONSTANT:
+        raise OnnxImportError(f"{what} has {math.prod(dims):,} elements, more than cnnc reads "
+                              f"({MAX_CONSTANT:,})")
+    try:
+        value = numpy_helper.to_array(t)
+    except Exception as e:  # ValueError (size), TypeError/KeyError (type), OSError (external)
+        raise OnnxImportError(f"{what} cannot be read: its data does not match its type and "
+                              f"dims {dims} ({str(e).splitlines()[0] if str(e) else e!r})"
+                              ) from None
+    if list(value.shape) != dims:
+        raise OnnxImportError(f"{what} has dims {dims} but data of shape {list(value.shape)}")
+    return value
+
 
 def _np_dtype(onnx_type: int) -> Any:
     from onnx import helper
@@ -219,12 +320,16 @@ def _fold_constant_of_shape(imp, node, ins, attrs):
     if BATCH in shape:
         raise _refuse(node, imp.opset, "a constant the size of the batch is not supported")
     value = attrs.get("value")
-    from onnx import numpy_helper
 
-    fill = numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
-    if int(np.prod(shape)) > MAX_FOLDED:
-        raise _refuse(node, imp.opset, f"a constant of shape {shape} is too large to fold")
-    return np.full(shape, fill, dtype=np.asarray(fill).dtype)
+    fill = tensor_array(value, f"the value of {node.op_type} {node.name or node.output[0]!r}") \
+        .reshape(-1)[0] if value is not None else np.float32(0)
+    if any(d < 0 for d in shape):
+        raise _refuse(node, imp.opset, f"a constant of negative shape {shape}")
+    if math.prod(shape) > MAX_CONSTANT:
+        raise _refuse(node, imp.opset, f"a constant of shape {shape} has more than "
+                      f"{MAX_CONSTANT:,} elements")
+    # A read-only broadcast of the one value: memory is spent only if it becomes a weight.
+    return np.broadcast_to(np.asarray(fill), tuple(shape))
 
 
 def _fold_div(imp, node, ins, attrs):
@@ -266,25 +371,38 @@ FOLDERS = {
     "Floor": lambda imp, node, ins, attrs: np.floor(ins[0]),
     "Ceil": lambda imp, node, ins, attrs: np.ceil(ins[0]),
     "Sqrt": lambda imp, node, ins, attrs: np.sqrt(ins[0]),
-    "Range": lambda imp, node, ins, attrs: np.arange(ins[0], ins[1], ins[2]).astype(
-        ins[0].dtype),
-    "Expand": lambda imp, node, ins, attrs: ins[0] * np.ones([int(d) for d in ins[1]],
-                                                             ins[0].dtype),
+    "Range": lambda imp, node, ins, attrs: np.arange(
+        ins[0], ins[1], ins[2])[:_capped(imp, node, math.ceil((ins[1] - ins[0]) / ins[2]))]
+    .astype(ins[0].dtype),
+    "Expand": lambda imp, node, ins, attrs: _fold_expand(imp, node, ins),
 }
+
+
+def _capped(imp: Importer, node: Any, count: float) -> int:
+    """An element count a fold may make, refused above MAX_CONSTANT (bounded memory)."""
+    if count > MAX_CONSTANT:
+        raise _refuse(node, imp.opset, f"a constant of {count:,.0f} elements (more than "
+                      f"{MAX_CONSTANT:,})")
+    return max(int(count), 0)
+
+
+def _fold_expand(imp: Importer, node: Any, ins: list[np.ndarray]) -> np.ndarray:
+    shape = np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1]))
+    _capped(imp, node, math.prod(shape))
+    return np.broadcast_to(ins[0], shape)
 
 
 # -- the importer -----------------------------------------------------------------------------
 
 class Importer:
     def __init__(self, model: Any, source: str):
-        from onnx import numpy_helper
 
         self.model = model
         self.source = source
         self.opset = _opset(model)
         g = model.graph
         self.consts: dict[str, np.ndarray] = {
-            t.name: numpy_helper.to_array(t) for t in g.initializer}
+            t.name: tensor_array(t, f"initializer {t.name!r}") for t in g.initializer}
         self.shapes: dict[str, tuple[int, ...]] = {}  # dynamic tensors: per-sample shapes
         self.alias: dict[str, str] = {}
         self.layers: list[Layer] = []
@@ -299,10 +417,18 @@ class Importer:
                 if name:
                     self.consumers.setdefault(name, []).append(i)
         self.graph_outputs = [o.name for o in g.output]
+        self.literal_batch: int | None = None
+        self.static_batch = True  # every input declares a number for its batch
+        # Inputs cnnc cannot take as network inputs; the error is raised when one is used as
+        # a tensor (a backend may bind it as a weight when the importer asks for a constant).
+        self.bad_inputs: dict[str, OnnxImportError] = {}
         for inp in g.input:
             if inp.name in self.consts:
                 continue
-            self.declare_input(inp)
+            try:
+                self.declare_input(inp)
+            except OnnxImportError as e:
+                self.bad_inputs[inp.name] = e
 
     # -- values -------------------------------------------------------------------------------
     def declare_input(self, inp: Any) -> None:
@@ -320,6 +446,14 @@ class Importer:
                 "every dimension but the batch fixed")
         self.shapes[inp.name] = tuple(dims[1:])
         self.inputs.append(inp.name)
+        # A leading literal in a Reshape target that equals the declared batch (1 where the
+        # batch is symbolic) stands for the batch: exporters write `[1, 1024]` for batch 1.
+        batch = dims[0] if dims and dims[0] is not None and dims[0] >= 1 else 1
+        self.static_batch = self.static_batch and dims[0] is not None
+        if self.literal_batch is None or self.literal_batch == batch:
+            self.literal_batch = batch
+        else:  # inputs that disagree on the batch: no literal stands for it
+            self.literal_batch = 0
 
     def name_of(self, name: str) -> str:
         while name in self.alias:
@@ -330,9 +464,11 @@ class Importer:
         return name in self.consts
 
     def const(self, node: Any, idx: int) -> np.ndarray:
-        name = node.input[idx]
+        name = self.name_of(node.input[idx])
         if name not in self.consts:
-            raise _refuse(node, self.opset, f"input {idx + 1} ({name!r}) must be a constant")
+            err = _refuse(node, self.opset, f"input {idx + 1} ({name!r}) must be a constant")
+            err.constant = name  # which tensor, for a backend that binds weights late
+            raise err
         return self.consts[name]
 
     def opt_const(self, node: Any, idx: int) -> np.ndarray | None:
@@ -342,6 +478,8 @@ class Importer:
 
     def dyn(self, node: Any, idx: int = 0) -> str:
         name = self.name_of(node.input[idx])
+        if name in self.bad_inputs:
+            raise self.bad_inputs[name]
         if name not in self.shapes:
             raise _refuse(node, self.opset, f"input {idx + 1} ({name!r}) must be a tensor "
                           "computed from the network's inputs")
@@ -372,7 +510,19 @@ class Importer:
             raise _refuse(node, self.opset, f"as cnnc {op}: {e}") from None
         except ShapeError as e:  # already starts with the op's name
             raise _refuse(node, self.opset, f"as cnnc {e}") from None
-        weights = {k: np.ascontiguousarray(v, np.float32) for k, v in (weights or {}).items()}
+        for k, v in args.items():
+            values = v if isinstance(v, tuple) else (v,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                raise _refuse(node, self.opset, f"as cnnc {op}: {k} = {v} is not finite")
+        try:
+            weights = {k: np.ascontiguousarray(v, np.float32)
+                       for k, v in (weights or {}).items()}
+        except (TypeError, ValueError) as e:  # strings, objects
+            raise _refuse(node, self.opset, f"its weights are not numbers: {e}") from None
+        for k, v in weights.items():
+            if not np.all(np.isfinite(v)):
+                raise _refuse(node, self.opset, f"its {k} (from {self.source}) contains NaN "
+                              "or infinity (or values beyond float32)")
         for spec in specs:
             w = weights.get(spec.suffix)
             if w is None or w.shape != spec.shape:
@@ -380,36 +530,62 @@ class Importer:
                 raise _refuse(node, self.opset, f"{spec.suffix} of shape {got}, cnnc {op} "
                               f"needs {'x'.join(map(str, spec.shape))}")
         layer = Layer(op, args, inputs, output or node.output[0], weights, hint=node.name or
-                      node.output[0])
+                      node.output[0], share=self.share_key(node) if weights else None)
         self.layers.append(layer)
         self.producer[layer.output] = layer
         self.shapes[layer.output] = out_type.shape
         return layer
 
+    def share_key(self, node: Any) -> tuple | None:
+        """What a node's weights are made of: its type, attributes and constant inputs by
+        position (None when a constant has no name to share)."""
+        from onnx import helper
+
+        consts = tuple(n if n in self.consts else None for n in node.input)
+        if not any(consts):
+            return None
+        attrs = tuple(sorted((a.name, repr(helper.get_attribute_value(a)))
+                             for a in node.attribute))
+        return (node.op_type, attrs, consts)
+
     def run(self) -> None:
         for i, node in enumerate(self.model.graph.node):
             if i in self.skip:
                 continue
-            if node.domain not in ("", "ai.onnx"):
-                raise _refuse(node, self.opset, f"operator domain {node.domain!r} is not "
-                              "supported (only the default ONNX domain)")
-            if node.op_type == "Constant":
-                self.consts[node.output[0]] = _constant_value(node, self.opset)
-                continue
-            present = [self.name_of(n) for n in node.input if n]
-            if node.op_type == "Shape" and present[0] in self.shapes:
-                attrs = _attrs(node)
-                full = (BATCH, *self.shapes[present[0]])
-                self.consts[node.output[0]] = np.array(
-                    full[attrs.get("start", 0):attrs.get("end", None)], np.int64)
-                continue
-            if all(self.is_const(n) for n in present) and node.op_type in FOLDERS:
-                self.fold(node)
-                continue
-            handler = HANDLERS.get(node.op_type)
-            if handler is None:
-                raise _refuse(node, self.opset)
-            handler(self, node, i)
+            if not node.output or not node.output[0]:
+                raise OnnxImportError(f"{node.op_type} node {node.name!r} has no output")
+            try:
+                self.node(i, node)
+            except OnnxImportError:
+                raise
+            except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
+                # A malformed node (an attribute of the wrong type or length, an input
+                # missing) that no check anticipated: still named, never a traceback.
+                raise _refuse(node, self.opset, f"malformed node ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+    def node(self, i: int, node: Any) -> None:
+        """Fold one node or turn it into layers."""
+        if node.domain not in ("", "ai.onnx"):
+            raise _refuse(node, self.opset, f"operator domain {node.domain!r} is not "
+                          "supported (only the default ONNX domain)")
+        if node.op_type == "Constant":
+            self.consts[node.output[0]] = _constant_value(node, self.opset)
+            return
+        present = [self.name_of(n) for n in node.input if n]
+        if node.op_type == "Shape" and present and present[0] in self.shapes:
+            attrs = _attrs(node)
+            full = (BATCH, *self.shapes[present[0]])
+            self.consts[node.output[0]] = np.array(
+                full[attrs.get("start", 0):attrs.get("end", None)], np.int64)
+            return
+        if all(self.is_const(n) for n in present) and node.op_type in FOLDERS:
+            self.fold(node)
+            return
+        handler = HANDLERS.get(node.op_type)
+        if handler is None:
+            raise _refuse(node, self.opset)
+        handler(self, node, i)
 
     def fold(self, node: Any) -> None:
         ins = [self.consts[self.name_of(n)] if n else None for n in node.input]
@@ -419,15 +595,16 @@ class Importer:
             raise
         except Exception as e:  # NumPy's errors for inconsistent shape arithmetic
             raise _refuse(node, self.opset, f"cannot fold its constant inputs: {e}") from None
-        self.consts[node.output[0]] = np.asarray(value)
+        self.consts[node.output[0]] = value if isinstance(value, np.ndarray) else \
+            np.asarray(value)
 
 
 def _constant_value(node: Any, opset: int) -> np.ndarray:
-    from onnx import numpy_helper
 
     attrs = {a.name: a for a in node.attribute}
     if "value" in attrs:
-        return numpy_helper.to_array(attrs["value"].t)
+        return tensor_array(attrs["value"].t, f"the value of Constant "
+                            f"{node.name or node.output[0]!r}")
     for key, dtype in (("value_float", np.float32), ("value_int", np.int64),
                        ("value_floats", np.float32), ("value_ints", np.int64)):
         if key in attrs:
@@ -470,8 +647,12 @@ def _spatial_pads(imp: Importer, node: Any, attrs: dict[str, Any], x: str,
     return (begin[0], begin[1], end[0], end[1])
 
 
-def _pair_attr(attrs: dict[str, Any], key: str, default: int = 1) -> tuple[int, int]:
-    v = list(attrs.get(key, [default, default]))
+def _pair_attr(imp: Importer, node: Any, attrs: dict[str, Any], key: str,
+               default: int = 1) -> tuple[int, int]:
+    v = attrs.get(key, [default, default])
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise _refuse(node, imp.opset, f"attribute {key} must give 2 values (height, width), "
+                      f"got {v!r}")
     return (int(v[0]), int(v[1]))
 
 
@@ -489,7 +670,7 @@ def _conv(imp: Importer, node: Any, i: int) -> None:
     _need_rank(imp, node, x, 3, "C x H x W")
     a = _attrs(node)
     kernel = (int(w.shape[2]), int(w.shape[3]))
-    stride, dilation = _pair_attr(a, "strides"), _pair_attr(a, "dilations")
+    stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
     pads = _spatial_pads(imp, node, a, x, kernel, stride, dilation)
     args = {"out_channels": int(w.shape[0]), "kernel": kernel, "stride": stride, "pad": pads,
             "dilation": dilation, "groups": int(a.get("group", 1)), "bias": b is not None}
@@ -506,8 +687,8 @@ def _conv_transpose(imp: Importer, node: Any, i: int) -> None:
     a = _attrs(node)
     g = int(a.get("group", 1))
     kernel = (int(w.shape[2]), int(w.shape[3]))
-    stride, dilation = _pair_attr(a, "strides"), _pair_attr(a, "dilations")
-    out_pad = _pair_attr(a, "output_padding", 0)
+    stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
+    out_pad = _pair_attr(imp, node, a, "output_padding", 0)
     auto = a.get("auto_pad", "NOTSET")
     if "output_shape" in a or auto not in ("NOTSET", "", "VALID"):
         raise _refuse(node, imp.opset, "output_shape and auto_pad SAME are not supported; "
@@ -591,10 +772,11 @@ HANDLERS.update({
 
 @handles("Gelu")
 def _gelu(imp: Importer, node: Any, i: int) -> None:
-    if _attrs(node).get("approximate", "none") != "none":
-        # The DSL cannot write gelu(approximate=tanh): `tanh` is read as the layer.
-        raise _refuse(node, imp.opset, "the tanh approximation is not supported")
-    imp.add(node, "gelu", {}, [imp.dyn(node)])
+    approximate = _attrs(node).get("approximate", "none")
+    if approximate not in ("none", "tanh"):
+        raise _refuse(node, imp.opset, f"approximate={approximate!r} (none or tanh)")
+    imp.add(node, "gelu", {} if approximate == "none" else {"approximate": "tanh"},
+            [imp.dyn(node)])
 
 
 @handles("Clip")
@@ -604,8 +786,12 @@ def _clip(imp: Importer, node: Any, i: int) -> None:
         lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
     else:
         lo_c, hi_c = imp.opt_const(node, 1), imp.opt_const(node, 2)
-        lo = -np.inf if lo_c is None else float(lo_c)
-        hi = np.inf if hi_c is None else float(hi_c)
+        for c in (lo_c, hi_c):
+            if c is not None and c.size != 1:
+                raise _refuse(node, imp.opset, f"min and max must be scalars, got shape "
+                              f"{list(c.shape)}")
+        lo = -np.inf if lo_c is None else float(lo_c.reshape(-1)[0])
+        hi = np.inf if hi_c is None else float(hi_c.reshape(-1)[0])
     if lo == 0 and hi == 6:
         imp.add(node, "relu6", {}, [imp.dyn(node)])
     elif lo == 0 and hi == np.inf:
@@ -638,7 +824,7 @@ def _pool_common(imp: Importer, node: Any, x: str, dilated: bool) -> dict[str, A
     kernel = tuple(int(k) for k in a["kernel_shape"])
     if len(kernel) != 2:
         raise _refuse(node, imp.opset, "only 2-D pooling is supported")
-    stride, dilation = _pair_attr(a, "strides"), _pair_attr(a, "dilations")
+    stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
     if not dilated and dilation != (1, 1):
         raise _refuse(node, imp.opset, "dilated windows are supported for max pooling only")
     args = {"kernel": kernel, "stride": stride,
@@ -700,14 +886,18 @@ def _gemm(imp: Importer, node: Any, i: int) -> None:
     _need_rank(imp, node, x, 1, "N x features")
     if a.get("transA", 0):
         raise _refuse(node, imp.opset, "transA=1 is not supported")
+    for key in ("alpha", "beta"):
+        if not math.isfinite(float(a.get(key, 1.0))):
+            raise _refuse(node, imp.opset, f"{key} = {a[key]} is not finite")
     w = imp.const(node, 1)
     w = w if a.get("transB", 0) else w.T
-    w = w * np.float32(a.get("alpha", 1.0))
     c = imp.opt_const(node, 2)
-    weights = {"weight": w}
-    if c is not None:
-        bias = _per_channel(imp, node, c, w.shape[0], 2)
-        weights["bias"] = bias * np.float32(a.get("beta", 1.0))
+    with np.errstate(all="ignore"):  # (an overflow to inf is refused by `add`, named)
+        w = w * np.float32(a.get("alpha", 1.0))
+        weights = {"weight": w}
+        if c is not None:
+            bias = _per_channel(imp, node, c, w.shape[0], 2)
+            weights["bias"] = bias * np.float32(a.get("beta", 1.0))
     imp.add(node, "dense", {"out_features": int(w.shape[0]), "bias": c is not None}, [x],
             weights)
 
@@ -771,6 +961,8 @@ def _absorb_bias(imp: Importer, node: Any, x: str, c: np.ndarray) -> bool:
         return False
     layer.args["bias"] = True
     layer.weights["bias"] = bias
+    key = imp.share_key(node)
+    layer.share = (layer.share, key) if layer.share and key else None
     del imp.producer[x]
     layer.output = node.output[0]
     imp.producer[layer.output] = layer
@@ -794,9 +986,12 @@ def _arith(imp: Importer, node: Any, i: int) -> None:
         imp.add(node, op.lower(), {}, [a_name, b_name])
         return
     if not (a_dyn or b_dyn):
+        for name in (a_name, b_name):
+            if name in imp.bad_inputs:
+                raise imp.bad_inputs[name]
         raise _refuse(node, imp.opset, "operands are neither constants nor tensors")
     x = a_name if a_dyn else b_name
-    c = imp.consts[b_name if a_dyn else a_name]
+    c = imp.const(node, 1 if a_dyn else 0)
     shape = imp.shapes[x]
     if op == "Add" and _absorb_bias(imp, node, x, c):
         return
@@ -826,6 +1021,55 @@ def _swish(imp: Importer, node: Any, a: str, b: str) -> bool:
     return False
 
 
+@handles("Sum", "Mean")
+def _sum(imp: Importer, node: Any, i: int) -> None:
+    """Sum of tensors (Caffe2's residual add) as a chain of adds; Mean as the sum scaled by
+    1/n per channel (a depthwise 1x1 convolution: cnnc has no scaling layer)."""
+    xs = [imp.name_of(n) for n in node.input if n]
+    for k, x in enumerate(xs):
+        if x in imp.consts:
+            raise _refuse(node, imp.opset, f"input {k + 1} ({x!r}) is a constant; only sums "
+                          "of tensors computed from the network's inputs are supported")
+    xs = [imp.dyn(node, k) for k, n in enumerate(node.input) if n]
+    if any(imp.shapes[x] != imp.shapes[xs[0]] for x in xs):
+        raise _refuse(node, imp.opset, "operands of different shapes (broadcasting) are not "
+                      "supported")
+    if len(xs) == 1:
+        imp.alias[node.output[0]] = xs[0]
+        return
+    mean = node.op_type == "Mean"
+    total = xs[0]
+    for k, x in enumerate(xs[1:], start=2):
+        last = k == len(xs) and not mean
+        layer = imp.add(node, "add", {}, [total, x],
+                        output=None if last else f"{node.output[0]}/sum{k}")
+        total = layer.output
+    if mean:
+        c = imp.shapes[total][0]
+        scale = np.full(c, 1.0 / len(xs), np.float32)
+        _affine(imp, node, total, scale, None)
+
+
+@handles("Transpose")
+def _transpose(imp: Importer, node: Any, i: int) -> None:
+    """Only the identity permutation; ShuffleNet's channel shuffle is named when seen."""
+    x = imp.dyn(node)
+    rank = len(imp.shapes[x]) + 1
+    perm = [int(p) for p in _attrs(node).get("perm", list(range(rank))[::-1])]
+    if perm == list(range(rank)):
+        imp.alias[node.output[0]] = x
+        return
+    layer = imp.producer.get(x)
+    g = imp.model.graph.node
+    users = imp.consumers.get(node.output[0], [])
+    if rank == 5 and perm == [0, 2, 1, 3, 4] and layer is not None and layer.op == "reshape" \
+            and len(users) == 1 and g[users[0]].op_type == "Reshape":
+        raise _refuse(node, imp.opset, "channel shuffle (Reshape-Transpose-Reshape) is not "
+                      "supported yet")
+    raise _refuse(node, imp.opset, f"transposing a tensor (perm {perm}) is not supported; "
+                  "only the identity permutation")
+
+
 @handles("Concat")
 def _concat(imp: Importer, node: Any, i: int) -> None:
     xs = [imp.dyn(node, k) for k in range(len(node.input))]
@@ -843,6 +1087,8 @@ def _flatten(imp: Importer, node: Any, i: int) -> None:
     rank = len(imp.shapes[x]) + 1
     axis = int(_attrs(node).get("axis", 1))
     axis = axis + rank if axis < 0 else axis
+    if axis == 0 and imp.literal_batch == 1 and imp.static_batch:
+        axis = 1  # (1, N*C*H*W) is (N, C*H*W) for the model's declared batch of 1
     if axis != 1:
         raise _refuse(node, imp.opset, f"only axis 1 (keep the batch) is supported, got {axis}")
     if len(imp.shapes[x]) == 1:
@@ -857,6 +1103,8 @@ def _reshape_to(imp: Importer, node: Any, x: str, target: list[int]) -> None:
     shape = imp.shapes[x]
     size = int(np.prod(shape))
     rest = target[1:]
+    if imp.literal_batch and target[0] == imp.literal_batch and target[0] != BATCH:
+        target = [BATCH, *rest]
     if target[0] not in (BATCH, 0, -1) or (target[0] == -1 and -1 in rest):
         raise _refuse(node, imp.opset, f"the target shape {target} does not keep the batch "
                       "dimension first")
@@ -890,7 +1138,8 @@ def _reshape(imp: Importer, node: Any, i: int) -> None:
 @handles("Squeeze", "Unsqueeze")
 def _squeeze(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    probe = np.empty((2, *imp.shapes[x]))  # batch 2: touching the batch axis shows
+    # A batch of 2 (touching the batch axis shows); a broadcast view, whatever the size.
+    probe = np.broadcast_to(np.empty(()), (2, *imp.shapes[x]))
     axes = _axes_arg(imp, node, _attrs(node), 1)
     if node.op_type == "Squeeze" and axes is None:
         axes = [k for k, d in enumerate(probe.shape) if d == 1]
@@ -1010,6 +1259,23 @@ def _onnx_nearest(n_in: int, n_out: int, scale: float, coord: str, rounding: str
     return np.clip(idx, 0, n_in - 1).astype(int)
 
 
+def _onnx_linear(n_in: int, n_out: int, scale: float, coord: str,
+                 from_scales: bool) -> np.ndarray:
+    """ONNX Resize's linear source coordinate for each output index (the spec's formulas;
+    with scales given, align_corners divides by the unrounded length in * scale)."""
+    i = np.arange(n_out, dtype=np.float64)
+    if coord == "align_corners":
+        length = n_in * scale if from_scales else n_out
+        return i * (n_in - 1) / (length - 1) if length != 1 else np.zeros_like(i)
+    if coord == "pytorch_half_pixel":
+        return (i + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(i)
+    if coord == "half_pixel":
+        return (i + 0.5) / scale - 0.5
+    if coord == "asymmetric":
+        return i / scale
+    return np.full(n_out, np.nan)  # other modes: never equal to cnnc's
+
+
 @handles("Resize", "Upsample")
 def _resize(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
@@ -1050,6 +1316,9 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
         scales = [o / d for o, d in zip(out, full)]
     else:
         raise _refuse(node, imp.opset, "needs constant scales or sizes")
+    if any(o > MAX_SIDE or o < 1 for o in out[2:]):
+        raise _refuse(node, imp.opset, f"an output of {out[2]} x {out[3]} pixels (1 to "
+                      f"{MAX_SIDE:,} per side)")
     # (A constant `sizes` holds some batch size: only the channels must stay.)
     if len(scales) != 4 or out[1] != full[1] or (sizes is None and out[0] != 1):
         raise _refuse(node, imp.opset, "only height and width may be resized")
@@ -1070,14 +1339,22 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
                               f"for scale {scales[axis]:g}")
         args: dict[str, Any] = {"scale": scale}
     else:
-        if coord == "align_corners":
-            align = True
-        elif coord == "pytorch_half_pixel" or (coord == "half_pixel" and min(out[2:]) > 1):
-            align = False
-        else:
+        from ..compiler.ops.resize import _source_coords
+
+        align = None
+        for candidate in (coord == "align_corners", coord != "align_corners"):
+            if all(np.allclose(
+                    np.clip(_onnx_linear(full[ax], out[ax], scales[ax], coord, sizes is None),
+                            0, full[ax] - 1),
+                    np.clip(sum(_source_coords(full[ax], out[ax], scales[ax], "bilinear",
+                                               candidate)[::2]), 0, full[ax] - 1),
+                    atol=1e-6) for ax in (2, 3)):
+                align = candidate
+                break
+        if align is None:
             raise _refuse(node, imp.opset, f"linear resizing with coordinate_transformation_"
-                          f"mode={coord} is not supported (half_pixel, pytorch_half_pixel or "
-                          "align_corners)")
+                          f"mode={coord} samples other points than cnnc's bilinear upsample "
+                          f"for scales {scales[2]:g}, {scales[3]:g}")
         args = {"scale": scale, "mode": "bilinear", "align_corners": align}
     layer = imp.add(node, "upsample", args, [x])
     if list(imp.shapes[layer.output][1:]) != out[2:]:
@@ -1110,6 +1387,31 @@ def _reduce(imp: Importer, node: Any, i: int) -> None:
                   "(Sub -> Flatten -> reduce over axis 1 with keepdims)")
 
 
+@handles("ReduceMean", "ReduceMax")
+def _global_reduce(imp: Importer, node: Any, i: int) -> None:
+    """A mean or maximum over height and width (how PyTorch's dynamo exporter writes global
+    pooling): globalavgpool / globalmaxpool, followed by a flatten when keepdims=0."""
+    x = imp.dyn(node)
+    a = _attrs(node)
+    axes = _axes_arg(imp, node, a, 1) if imp.opset >= 18 else a.get("axes")
+    rank = len(imp.shapes[x]) + 1
+    if axes is None or len(axes) == 0:
+        if a.get("noop_with_empty_axes", 0):
+            imp.alias[node.output[0]] = x
+            return
+        axes = list(range(rank))
+    axes = sorted({int(ax) % rank for ax in axes}) if rank else []
+    if rank != 4 or axes != [2, 3]:
+        raise _refuse(node, imp.opset, f"reducing over axes {axes} of a rank-{rank} tensor has "
+                      "no cnnc layer; only over height and width (axes 2, 3: global pooling)")
+    op = "globalavgpool" if node.op_type == "ReduceMean" else "globalmaxpool"
+    if a.get("keepdims", 1):
+        imp.add(node, op, {}, [x])
+        return
+    pooled = imp.add(node, op, {}, [x], output=node.output[0] + "/pooled")
+    imp.add(node, "flatten", {}, [pooled.output])
+
+
 # -- printing the DSL -------------------------------------------------------------------------
 
 COMPACT = {"kernel", "stride", "pad", "dilation", "output_padding", "scale"}
@@ -1138,9 +1440,12 @@ def _fmt(v: Any, compact: bool = False) -> str:
     raise TypeError(f"cannot print {v!r} as a DSL value")
 
 
-def _call(layer: Layer, extra_inputs: list[str]) -> str:
+def _call(layer: Layer, extra_inputs: list[str], shared_def: bool = False) -> str:
     """`conv(64, 3, stride=2, pad=1) as stem` for a layer; tensor inputs after the first are
-    leading positional arguments."""
+    leading positional arguments. An application of a shared layer is its name; `shared_def`
+    gives the call of its `shared` statement."""
+    if layer.shared and not shared_def:
+        return layer.label
     opdef = get_op(layer.op)
     parts = list(extra_inputs)
     positional = True
@@ -1157,7 +1462,7 @@ def _call(layer: Layer, extra_inputs: list[str]) -> str:
             continue
         parts.append(f"{attr.name}={_fmt(value, attr.name in COMPACT)}")
     text = layer.op + (f"({', '.join(parts)})" if parts else "")
-    return text + (f" as {layer.label}" if layer.label else "")
+    return text + (f" as {layer.label}" if layer.label and not shared_def else "")
 
 
 def _same(value: Any, default: Any) -> bool:
@@ -1167,6 +1472,11 @@ def _same(value: Any, default: Any) -> bool:
         isinstance(value, (int, float)) and not isinstance(value, bool) and
         isinstance(default, (int, float)) and not isinstance(default, bool) and
         value == default)
+
+
+def _same_weights(a: Layer, b: Layer) -> bool:
+    return a.op == b.op and a.args == b.args and a.weights.keys() == b.weights.keys() and all(
+        np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
 
 
 def _comment(text: str) -> str:
@@ -1218,11 +1528,30 @@ class Printer:
         lines = [f"# {_comment(title)}"]
         for name in imp.inputs:
             self.var[name] = self.values.make(name, "input")
-        outs = Names()
+        outs = Names(layer_names=False)  # (an output may be called `distance`)
         out_names = {o: outs.make(o, "output") for o in imp.graph_outputs}
+        shared: dict[tuple, list[Layer]] = {}
+        self.labels.taken |= set(self.var.values())  # a shared layer's name is a stage
         for layer in self.layers:
-            if layer.weights:
-                layer.label = self.labels.make(layer.hint, layer.op)
+            if not layer.weights:
+                continue
+            group = shared.get(layer.share) if layer.share else None
+            if group and _same_weights(group[0], layer) and [
+                    self.imp.shapes[x] for x in layer.inputs] == [
+                    self.imp.shapes[x] for x in group[0].inputs]:
+                group.append(layer)
+                layer.label = group[0].label
+                continue
+            layer.label = self.labels.make(layer.hint, layer.op)
+            if layer.share:
+                shared.setdefault(layer.share, [layer])
+        shared_defs = []
+        for group in shared.values():
+            if len(group) > 1:
+                for layer in group:
+                    layer.shared = True
+                self.values.taken.add(group[0].label)
+                shared_defs.append(f"shared {group[0].label} = {_call(group[0], [], True)}")
         renamed = [(o, n) for o, n in list(zip(imp.inputs, [self.var[i] for i in imp.inputs]))
                    + list(out_names.items()) if o != n]
         if renamed:
@@ -1233,6 +1562,7 @@ class Printer:
             dims = " x ".join(str(d) for d in imp.shapes[name])
             lines.append(f"input {self.var[name]}: {dims}")
         lines.append("")
+        lines += shared_defs
         for layer in self.layers:
             if not self.continues(layer.output) and layer.output in self.uses:
                 producer_hint = layer.label or layer.hint
@@ -1310,8 +1640,13 @@ class Printer:
 def import_model(path_or_model: Any, name: str | None = None
                  ) -> tuple[str, dict[str, np.ndarray]]:
     model, source = load_model(path_or_model)
+    model, notes = upgrade(model, source)
+    for note in notes:
+        warnings.warn(f"{source}: {note}", OnnxImportNote, stacklevel=2)
     imp = Importer(model, source)
     imp.run()
+    for err in imp.bad_inputs.values():  # (unused, or used only where any value would do)
+        raise err
     for o in imp.graph_outputs:
         if imp.name_of(o) not in imp.shapes:
             raise OnnxImportError(f"output {o!r} is a constant, not computed from the inputs")
@@ -1322,6 +1657,7 @@ def import_model(path_or_model: Any, name: str | None = None
     title = (f"Imported from {source} by `cnnc import` (opset {imp.opset}"
              f"{', producer ' + producer if producer else ''}, {len(model.graph.node)} nodes)")
     network = Names().make(name or model.graph.name or Path(source).stem, "imported")
+    title += "".join(f"; {note}" for note in notes)
     text = printer.render(title, network)
     weights = {f"{la.label}.{k}": v for la in printer.layers for k, v in la.weights.items()}
     _verify(text, weights)

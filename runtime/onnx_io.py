@@ -27,6 +27,11 @@ class OnnxImportError(Exception):
     """An ONNX model cnnc cannot read: not ONNX, damaged, or using an unsupported operator."""
 
 
+class OnnxImportNote(UserWarning):
+    """Something the importer did to read a model that the user should know, in one line
+    (e.g. an old opset brought up with onnx's version converter)."""
+
+
 def require_onnx(what: str = "ONNX import and export") -> Any:
     """The `onnx` module, or a clean error naming the package to install."""
     try:
@@ -182,4 +187,4 @@ _EXTRA["export"] = (cmd_export, "write a network as an ONNX model", _configure_e
 _EXTRA["import"] = (cmd_import, "turn an ONNX model into DSL source and weights",
                     _configure_import)
 
-__all__ = ["OnnxImportError", "export_onnx", "import_onnx", "onnx_to_graph"]
+__all__ = ["OnnxImportError", "OnnxImportNote", "export_onnx", "import_onnx", "onnx_to_graph"]

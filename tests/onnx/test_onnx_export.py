@@ -16,7 +16,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from cnnc import zoo  # noqa: E402
-from cnnc.compiler.ir import Graph, TensorType  # noqa: E402
+from cnnc.compiler.ir import Graph  # noqa: E402
 from cnnc.compiler.ops import all_ops  # noqa: E402
 from cnnc.dsl import ast  # noqa: E402
 from cnnc.dsl.builder import load_network  # noqa: E402
@@ -134,13 +134,23 @@ distance(image, other, p=3) -> output d3
 
 
 def test_gelu_tanh():
-    # The DSL cannot write gelu(approximate=tanh) (`tanh` reads as the layer): build the IR.
-    graph = Graph(name="gelu_tanh")
-    x = graph.add("input", attrs={"shape": (3, 4, 4)}, type=TensorType((3, 4, 4)), name="x")
-    graph.inputs["x"] = x.id
-    y = graph.add("gelu", [x.id], {"approximate": "tanh"}, name="gelu1")
-    graph.outputs["y"] = y.id
-    check_export(graph, roundtrip=False)
+    """gelu(approximate=tanh) exports as Gelu(approximate="tanh") and imports back."""
+    graph = load_network("""
+network gelu_tanh
+input x: 3 x 4 x 4
+x -> gelu(approximate=tanh) -> output y
+""")
+    model = check_export(graph)
+    assert helper_attr(model, "Gelu", "approximate") == "tanh"
+    text, _ = import_onnx(model)
+    assert "gelu(approximate=tanh)" in text
+
+
+def helper_attr(model: Any, op: str, name: str) -> Any:
+    (node,) = [n for n in model.graph.node if n.op_type == op]
+    (attr,) = [a for a in node.attribute if a.name == name]
+    value = onnx.helper.get_attribute_value(attr)
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def test_model_metadata(tmp_path):
@@ -217,3 +227,30 @@ def test_cli_export_reports_bad_weights(tmp_path, capsys):
     np.savez(bad, nothing=np.zeros(3))
     assert main(["export", "lenet5", "-o", str(tmp_path / "x.onnx"), "--weights", str(bad)]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_siamese_round_trip_keeps_the_shared_tower_and_the_output_names():
+    """The shared tower's layers, applied to both inputs, come back as `shared` layers (the
+    parameters once, not twice), and the output `distance` keeps its name."""
+    graph = small_zoo_graph("siamese")
+    model = check_export(graph)
+    text, weights = import_onnx(model)
+    again = load_network(text)
+    count = sum(int(np.prod(v.shape)) for v in init_params(graph).values())
+    assert sum(int(np.prod(v.shape)) for v in weights.values()) == count
+    assert list(again.outputs) == list(graph.outputs)
+    assert "shared " in text
+
+
+def test_equal_weights_from_different_initializers_stay_separate():
+    """Two layers with equal (here: zero) weights but their own initializers are not merged."""
+    graph = load_network("""
+network twins
+input a: 3 x 4 x 4
+input b: 3 x 4 x 4
+a -> conv(4, 1) -> output ya
+b -> conv(4, 1) -> output yb
+""")
+    params = {k: np.zeros_like(v) for k, v in init_params(graph).items()}
+    text, weights = import_onnx(export_onnx(graph, params))
+    assert "shared" not in text and len(weights) == 4

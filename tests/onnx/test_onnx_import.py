@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,7 @@ SINGLE_OPS = [
     ("tanh", lambda: single("Tanh", (3, 4, 4))),
     ("abs", lambda: single("Abs", (3, 4, 4))),
     ("gelu", lambda: single("Gelu", (3, 4, 4), opset=20)),
+    ("gelu_tanh", lambda: single("Gelu", (3, 4, 4), opset=20, approximate="tanh")),
     ("clip11", lambda: make_model([node("Clip", ["x", "lo", "hi"])], {"x": (3, 4, 4)},
                                   {"lo": np.float32(0), "hi": np.float32(6)}, opset=11)),
     ("clip13_relu", lambda: make_model([node("Clip", ["x", "lo"])], {"x": (3, 4, 4)},
@@ -394,10 +396,111 @@ def test_bad_files(tmp_path):
             import_onnx(path)
 
 
-def test_opset_out_of_range():
-    model = single("Relu", (3, 2, 2), opset=22)
-    with pytest.raises(OnnxImportError, match="opset 22"):
+def test_opset_newer_than_onnx_knows():
+    model = single("Relu", (3, 2, 2))
+    model.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+    with pytest.raises(OnnxImportError, match=f"opset {onnx.defs.onnx_opset_version() + 1}"):
         import_onnx(model)
+
+
+# -- global pooling written as a reduction (PyTorch's dynamo exporter) -------------------------
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 20, 21])
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceMax"])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_over_space_is_global_pooling(opset, op, keepdims):
+    """Axes as an attribute before opset 18, as an input from 18 (negative axes too)."""
+    axes = [2, 3] if keepdims else [-1, -2]
+    if opset >= 18:
+        nodes = [node(op, ["x", "axes"], keepdims=keepdims)]
+        inits = {"axes": np.array(axes, np.int64)}
+    else:
+        nodes = [node(op, ["x"], axes=axes, keepdims=keepdims)]
+        inits = {}
+    text, _ = roundtrip(make_model(nodes, {"x": (3, 5, 4)}, inits, opset))
+    pool = "globalavgpool" if op == "ReduceMean" else "globalmaxpool"
+    assert pool in text and ("flatten" in text) == (not keepdims)
+
+
+@pytest.mark.parametrize("axes", [[1], [1, 2, 3], [3]])
+def test_reduce_over_other_axes_is_refused(axes):
+    model = make_model([node("ReduceMean", ["x"], axes=axes)], {"x": (3, 5, 4)}, opset=13)
+    with pytest.raises(OnnxImportError, match="ReduceMean .*height and width"):
+        import_onnx(model)
+
+
+# -- every opset --------------------------------------------------------------------------------
+
+def small_net(opset: int) -> Any:
+    """One network written for `opset`: conv, batch norm, relu, max pool, a residual add, global
+    pooling, flatten and a dense layer. Opset 6 has its own spellings (is_test, broadcast)."""
+    old = {"is_test": 1} if opset < 7 else {}
+    nodes = [node("Conv", ["x", "w", "b"], "c", pads=[1, 1, 1, 1]),
+             node("BatchNormalization", ["c", "s", "bb", "m", "v"], "n", **old),
+             node("Relu", ["n"], "r"),
+             node("Conv", ["r", "w2"], "c2", pads=[1, 1, 1, 1]),
+             node("Add", ["c2", "r"], "a"),
+             node("MaxPool", ["a"], "p", kernel_shape=[2, 2], strides=[2, 2]),
+             node("GlobalAveragePool", ["p"], "g"),
+             node("Flatten", ["g"], "f"),
+             node("Gemm", ["f", "fw", "fb"], "y", transB=1,
+                  **({"broadcast": 1} if opset < 7 else {}))]
+    inits = {"w": NET_W["w"], "b": NET_W["b"], "s": NET_W["s"], "bb": NET_W["bb"],
+             "m": NET_W["m"], "v": NET_W["v"], "w2": NET_W["w2"], "fw": NET_W["fw"],
+             "fb": NET_W["fb"]}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
+    if opset < 7:  # IR version 3 lists the initializers among the graph's inputs
+        inputs += [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape)
+                   for k, v in inits.items()]
+    graph = helper.make_graph(
+        nodes, "small", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=3 if opset < 7 else 8)
+    onnx.checker.check_model(model)
+    return model
+
+
+NET_W = {"w": rand(4, 3, 3, 3), "b": rand(4), "s": rand(4), "bb": rand(4), "m": rand(4),
+         "v": np.abs(rand(4)) + 0.5, "w2": rand(4, 4, 3, 3), "fw": rand(5, 4), "fb": rand(5)}
+
+
+def test_every_opset_gives_the_same_outputs():
+    """The same network at opset 6 (brought up by onnx's version converter, with a note), 13,
+    21 and the newest: the same outputs, equal to ONNX Runtime's at opset 13."""
+    x = rand(2, 3, 8, 8)
+    results = {}
+    for opset in (6, 13, 21, onnx.defs.onnx_opset_version()):
+        model = small_net(opset)
+        if opset < 7:
+            with pytest.warns(UserWarning, match="converted from opset 6"):
+                text, weights = import_onnx(model)
+            assert "converted from opset 6" in text.splitlines()[0]
+        else:
+            text, weights = import_onnx(model)
+        graph = load_network(text)
+        results[opset] = run_reference(graph, {"x": x}, weights)["y"]
+    session = ort.InferenceSession(small_net(13).SerializeToString(), _so(),
+                                   providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": x})[0]
+    for opset, y in results.items():
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4, err_msg=f"opset {opset}")
+
+
+@pytest.mark.parametrize("opset", [1, 3, 5])
+def test_very_old_opsets_convert_or_are_refused_cleanly(opset):
+    """Opsets 1-5 go through the version converter: the answer is a network or a clean error."""
+    model = make_model([node("Relu", ["x"], "r"), node("Sigmoid", ["r"])], {"x": (3, 2, 2)},
+                       opset=13)
+    model.opset_import[0].version = opset
+    model.ir_version = 3
+    try:
+        with pytest.warns(UserWarning, match=f"converted from opset {opset}"):
+            text, _ = import_onnx(model)
+    except OnnxImportError as e:
+        assert f"opset {opset}" in str(e)
+    else:
+        assert "relu -> sigmoid" in text
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -458,3 +561,301 @@ def test_pytorch_exported_model(tmp_path):
     text, _ = roundtrip(model)
     # (PyTorch folds the eval-mode batch norm into the convolution itself.)
     assert "pad((0, 1, 1, 0))" in text and "upsample" in text and "dense(5)" in text
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pytorch_default_exporter_global_pooling(tmp_path):
+    """PyTorch's default (dynamo) exporter writes adaptive average pooling as ReduceMean and the
+    flatten as a Reshape to a literal batch of 1: a small ResNet imports and matches PyTorch."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+    class Net(nn.Module):
+        def __init__(self, pool: Any) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+                                      nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+            self.block, self.pool, self.fc = Block(8), pool, nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.pool(self.block(self.stem(x))), 1))
+
+    torch.manual_seed(0)
+    for pool, layer in ((nn.AdaptiveAvgPool2d(1), "globalavgpool"),
+                        (nn.AdaptiveMaxPool2d(1), "globalmaxpool")):
+        net = Net(pool).eval()
+        for m in net.modules():  # non-trivial batch norm statistics
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(1, 3, 32, 32)
+        path = tmp_path / "resnet.onnx"
+        torch.onnx.export(net, (x,), str(path))
+        model = onnx.load(str(path))
+        assert {n.op_type for n in model.graph.node} & {"ReduceMean", "ReduceMax"}
+        text, weights = import_onnx(model)
+        assert layer in text
+        graph = load_network(text)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        (ours,) = run_reference(graph, {next(iter(graph.inputs)): x.numpy()}, weights).values()
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+# -- classic model zoo shapes -----------------------------------------------------------------
+
+def static_batch(model: Any, batch: int = 1) -> Any:
+    """The model with its inputs' batch written as the number `batch`."""
+    for inp in model.graph.input:
+        inp.type.tensor_type.shape.dim[0].dim_value = batch
+    return model
+
+
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_reshape_to_a_literal_batch(batch):
+    """`[1, 1024]` (or `[3, ...]` for a declared batch of 3) keeps the batch; batch-1 literals
+    stand for a symbolic batch too."""
+    lead = batch or 1
+    model = make_model([node("GlobalAveragePool", ["x"], "g"), node("Reshape", ["g", "shape"])],
+                       {"x": (6, 3, 3)}, {"shape": np.array([lead, 6], np.int64)})
+    if batch:
+        static_batch(model, batch)
+    text, _ = roundtrip(model, batch=batch or 1)
+    assert "flatten" in text
+
+
+def test_reshape_to_another_literal_leading_dim_is_refused():
+    model = make_model([node("Reshape", ["x", "shape"])], {"x": (6, 2, 2)},
+                       {"shape": np.array([2, 12], np.int64)})
+    with pytest.raises(OnnxImportError, match="batch"):
+        import_onnx(static_batch(model, 1))
+
+
+def test_flatten_axis_0_with_a_declared_batch_of_1():
+    model = static_batch(single("Flatten", (3, 2, 2), axis=0), 1)
+    text, _ = roundtrip(model, batch=1)
+    assert "flatten" in text
+    with pytest.raises(OnnxImportError, match="axis"):
+        import_onnx(single("Flatten", (3, 2, 2), axis=0))  # a symbolic batch
+
+
+@pytest.mark.parametrize("op,n", [("Sum", 1), ("Sum", 2), ("Sum", 3), ("Mean", 2), ("Mean", 3)])
+@pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
+def test_sum_and_mean_of_tensors(op, n, shape):
+    names = [f"x{k}" for k in range(n)]
+    model = make_model([node("Relu", [x], f"r{k}") for k, x in enumerate(names)] +
+                       [node(op, [f"r{k}" for k in range(n)])], dict.fromkeys(names, shape))
+    text, _ = roundtrip(model)
+    assert text.count(" + ") + text.count("add(") == n - 1
+
+
+def test_sum_with_a_constant_is_refused():
+    model = make_model([node("Sum", ["x", "c"])], {"x": (3,)}, {"c": rand(3)})
+    with pytest.raises(OnnxImportError, match="Sum .*constant"):
+        import_onnx(model)
+
+
+def test_constant_of_shape_weight_is_folded_lazily():
+    """A weight made by ConstantOfShape (as the light zoo models fill theirs) bigger than any
+    shape arithmetic; one with more than MAX_CONSTANT elements is refused by size."""
+    from cnnc.runtime.onnx_import import MAX_CONSTANT
+
+    fill = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.01])
+    model = make_model([node("ConstantOfShape", ["s"], "w", value=fill),
+                        node("Gemm", ["x", "w"], transB=1)], {"x": (4096,)},
+                       {"s": np.array([3000, 4096], np.int64)})
+    text, weights = roundtrip(model)
+    assert "dense(3000" in text and np.all(weights[next(iter(weights))] == np.float32(0.01))
+    huge = make_model([node("ConstantOfShape", ["s"], "w", value=fill),
+                       node("Gemm", ["x", "w"], transB=1)], {"x": (4096,)},
+                      {"s": np.array([MAX_CONSTANT, 4096], np.int64)})
+    with pytest.raises(OnnxImportError, match="ConstantOfShape .*elements"):
+        import_onnx(huge)
+
+
+def test_channel_shuffle_is_refused_by_name():
+    model = make_model([node("Reshape", ["x", "s1"], "r"),
+                        node("Transpose", ["r"], "t", perm=[0, 2, 1, 3, 4]),
+                        node("Reshape", ["t", "s2"])], {"x": (6, 2, 2)},
+                       {"s1": np.array([-1, 2, 3, 2, 2], np.int64),
+                        "s2": np.array([-1, 6, 2, 2], np.int64)})
+    with pytest.raises(OnnxImportError, match="channel shuffle"):
+        import_onnx(model)
+
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+
+
+@pytest.mark.parametrize("name", ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2",
+                                  "resnet50", "shufflenet", "squeezenet", "vgg19", "zfnet512"])
+def test_model_zoo_light_models_import(name):
+    """The reduced-weight zoo models onnx ships: every one imports and builds (weights listed
+    among the inputs, literal batches, Sum, ConstantOfShape weights), except ShuffleNet, which
+    is refused by name."""
+    path = LIGHT / f"light_{name}.onnx"
+    if name == "shufflenet":
+        with pytest.raises(OnnxImportError, match="channel shuffle"):
+            import_onnx(path)
+        return
+    text, weights = import_onnx(path)
+    graph = load_network(text)
+    assert weights
+    if name in ("squeezenet", "inception_v1", "densenet121"):  # the quicker ones: run them
+        session = ort.InferenceSession(str(path), _so(), providers=["CPUExecutionProvider"])
+        x = rand(1, *graph.node(next(iter(graph.inputs.values()))).type.shape)
+        (theirs,) = session.run(None, {session.get_inputs()[0].name: x})
+        (ours,) = run_reference(graph, {next(iter(graph.inputs)): x}, weights).values()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+# -- malformed models -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["raw_data_too_long", "float_data_too_long"])
+def test_initializer_whose_dims_disagree_with_its_data(damage):
+    """onnx's checker accepts more data than the dims need; the import names the tensor."""
+    model = single("Conv", (3, 5, 5), {"w": rand(4, 3, 3, 3)}, extra=["w"])
+    w = model.graph.initializer[0]
+    if damage == "raw_data_too_long":
+        w.raw_data = w.raw_data + b"\0" * 8
+    else:
+        values = numpy_helper.to_array(w).reshape(-1).tolist()
+        w.ClearField("raw_data")
+        w.float_data.extend(values + [0.0] * 3)
+    onnx.checker.check_model(model)
+    with pytest.raises(OnnxImportError, match="initializer 'w'"):
+        import_onnx(model)
+
+
+@pytest.mark.parametrize("coord,scales,sizes", [
+    ("align_corners", [1, 1, 0.6, 0.6], None),      # ONNX divides by in * scale - 1, not out - 1
+    ("pytorch_half_pixel", None, [2, 2, 3, 1]),     # an output of width 1 samples at 0
+    ("half_pixel", [1, 1, 0.5, 0.5], None),
+    ("asymmetric", [1, 1, 2, 2], None),
+    ("align_corners", [1, 1, 2, 2], None),
+])
+def test_linear_resize_is_imported_only_where_it_samples_cnnc_points(coord, scales, sizes):
+    """Either a clean refusal or the same numbers as ONNX Runtime, never a different answer."""
+    inits = {"roi": np.array([], np.float32)}
+    ins = ["x", "roi"]
+    if scales is not None:
+        inits["scales"] = np.array(scales, np.float32)
+        ins.append("scales")
+    else:
+        inits["sizes"] = np.array(sizes, np.int64)
+        ins += ["", "sizes"]
+    model = make_model([node("Resize", ins, mode="linear",
+                             coordinate_transformation_mode=coord)], {"x": (2, 4, 4)}, inits,
+                       opset=13)
+    try:
+        text, _ = roundtrip(model)
+    except OnnxImportError as e:
+        assert "samples other points" in str(e)
+    else:
+        assert "bilinear" in text
+
+
+def _with_attr(model: Any, op: str, name: str, value: Any) -> Any:
+    (n,) = [n for n in model.graph.node if n.op_type == op]
+    for a in list(n.attribute):
+        if a.name == name:
+            n.attribute.remove(a)
+    n.attribute.append(helper.make_attribute(name, value))
+    return model
+
+
+def _bad_string_attr() -> Any:
+    model = single("MaxPool", (3, 4, 4), kernel_shape=[2, 2])
+    model.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "x"))
+    model.graph.node[0].attribute[-1].s = b"\xff\xfe"
+    return model
+
+
+@pytest.mark.parametrize("build,words", [
+    # classes the fuzzer found, each answered with the node or tensor named
+    (lambda: _with_attr(single("MaxPool", (3, 4, 4), kernel_shape=[2, 2]), "MaxPool",
+                        "strides", [2]), ["MaxPool", "strides", "2 values"]),
+    (lambda: _bad_string_attr(), ["auto_pad", "MaxPool", "cannot be read"]),
+    (lambda: _with_attr(make_model([node("ReduceMean", ["x"], axes=[2, 3])], {"x": (3, 4, 4)},
+                                   opset=13), "ReduceMean", "keepdims", 7),
+     ["keepdims", "0 or 1"]),
+    (lambda: make_model([node("Clip", ["x", "lo", "hi"])], {"x": (3, 4, 4)},
+                        {"lo": np.zeros(2, np.float32), "hi": np.float32(6)}, opset=13),
+     ["Clip", "scalars"]),
+    (lambda: single("Conv", (3, 5, 5), {"w": np.full((4, 3, 3, 3), np.nan, np.float32)},
+                    extra=["w"]), ["Conv", "NaN"]),
+    (lambda: _with_attr(single("BatchNormalization", (4, 3, 3),
+                               {"s": rand(4), "b": rand(4), "m": rand(4), "v": rand(4) ** 2},
+                               extra=["s", "b", "m", "v"]), "BatchNormalization", "epsilon",
+                        float("inf")), ["BatchNormalization", "not finite"]),
+    (lambda: single("Resize", (2, 3, 3), {"s": np.array([1, 1, 1e8, 1], np.float32)},
+                    extra=["", "s"], mode="nearest"), ["Resize", "per side"]),
+])
+def test_malformed_nodes_are_named(build, words):
+    with pytest.raises(OnnxImportError) as e:
+        import_onnx(build())
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_shared_weights_on_inputs_of_different_shapes_stay_separate():
+    """One initializer used by convolutions on different input sizes: not one `shared`
+    layer (the DSL requires one shape), still the same numbers."""
+    model = make_model([node("Conv", ["a", "w"], "ya"), node("Conv", ["b", "w"], "yb")],
+                       {"a": (3, 6, 6), "b": (3, 5, 5)}, {"w": rand(4, 3, 3, 3)},
+                       outputs=("ya", "yb"))
+    text, weights = roundtrip(model)
+    assert "shared" not in text and len(weights) == 2
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_pytorch_default_exporter_mobile_blocks(tmp_path):
+    """A MobileNet / EfficientNet-style network through the default exporter: relu6 (Clip),
+    depthwise conv, hard swish, squeeze-excitation (ReduceMean, a C x 1 x 1 gate), SiLU,
+    upsampling, tanh GELU, and `mean((2, 3))` (ReduceMean with keepdims=0) before the head."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxscript")
+    nn = torch.nn
+
+    class SE(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.pool, self.f1, self.f2 = nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c // 2, 1), \
+                nn.Conv2d(c // 2, c, 1)
+
+        def forward(self, x):
+            return x * torch.sigmoid(self.f2(torch.relu(self.f1(self.pool(x)))))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6(),
+                nn.Conv2d(8, 8, 3, 1, 1, groups=8), nn.Hardswish(), SE(8), nn.Conv2d(8, 16, 1),
+                nn.SiLU(), nn.AvgPool2d(2), nn.Upsample(scale_factor=2),
+                nn.GELU(approximate="tanh"))
+            self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, 4))
+
+        def forward(self, x):
+            return torch.softmax(self.head(self.body(x).mean((2, 3))), 1)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(1, 3, 32, 32)
+    path = tmp_path / "mobile.onnx"
+    torch.onnx.export(net, (x,), str(path))
+    text, weights = import_onnx(onnx.load(str(path)))
+    assert "globalavgpool" in text and "gelu(approximate=tanh)" in text
+    graph = load_network(text)
+    (ours,) = run_reference(graph, {next(iter(graph.inputs)): x.numpy()}, weights).values()
+    with torch.no_grad():
+        np.testing.assert_allclose(ours, net(x).numpy(), rtol=1e-4, atol=1e-6)
