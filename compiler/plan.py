@@ -139,6 +139,9 @@ class Step:
     inplace: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     storage: Storage | None = None  # the output's channel-blocked storage, None for NCHW
+    # A concatenation done in place: its inputs were written into its buffer, which it owns
+    # (``view`` is then set too: it runs no kernel).
+    owner: bool = False
 
     @property
     def output(self) -> int:

@@ -70,8 +70,8 @@ def check_model(model: CompiledModel, *, batch: int = 1, tol: float = DEFAULT_TO
             buf = arena.value(model.plan, i)
             if buf is None:
                 feeds[buffers.root(i)] = x32.reshape(-1)
-            elif buffers.root(i) in buffers.storage:
-                buffers.storage[buffers.root(i)].store(x32, buf)
+            elif (buffers.storage.get(i) or buffers.storage.get(buffers.root(i))) is not None:
+                (buffers.storage.get(i) or buffers.storage[buffers.root(i)]).store(x32, buf)
             else:
                 buf[:] = x32.reshape(-1)
         executor.run_step(arena, index, feeds)

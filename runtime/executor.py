@@ -47,8 +47,14 @@ class Arena:
         self.bind(executor)
 
     def value(self, plan: Plan, node: int) -> np.ndarray | None:
-        """The buffer of a tensor value (None for a graph input: the caller's array)."""
-        return self.values.get(plan.buffers.root(node))
+        """The buffer of a tensor value, from its first element on (None for a graph input:
+        the caller's array). A slice of blocked storage starts later in its base's buffer."""
+        root = plan.buffers.root(node)
+        buf = self.values.get(root)
+        storage = plan.buffers.storage.get(node)
+        if buf is None or storage is None or node == root:
+            return buf
+        return buf[storage.offset - plan.buffers.storage[root].offset:]
 
     def bind(self, executor: CpuExecutor) -> None:
         """Resolve every argument of every call (constants are bound by reference, so new

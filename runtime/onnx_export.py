@@ -229,6 +229,13 @@ def _flip(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
                              ex.ints(node.name + "/steps", [-1] * k)], node.name, out)
 
 
+@converts("channel_slice")
+def _channel_slice(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    return ex.emit("Slice", [xs[0], ex.ints(node.name + "/starts", [node.attrs["start"]]),
+                             ex.ints(node.name + "/ends", [node.attrs["stop"]]),
+                             ex.ints(node.name + "/axes", [1])], node.name, out)
+
+
 @converts("dropout", "identity")
 def _identity(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     return ex.emit("Identity", xs[:1], node.name, out)

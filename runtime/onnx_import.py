@@ -1167,7 +1167,8 @@ def _dropout(imp: Importer, node: Any, i: int) -> None:
 
 @handles("Slice")
 def _slice(imp: Importer, node: Any, i: int) -> None:
-    """Only whole-axis reversals of height and/or width: cnnc's flip."""
+    """Whole-axis reversals of height and/or width (cnnc's flip), or a range of channels with
+    step 1 (cnnc's channel_slice)."""
     x = imp.dyn(node)
     full = (2, *imp.shapes[x])
     if imp.opset < 10:
@@ -1178,13 +1179,23 @@ def _slice(imp: Importer, node: Any, i: int) -> None:
     axes = list(range(len(starts))) if axes is None else [int(a) % len(full) for a in axes]
     steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
     flipped = set()
+    channels = None
     for a, start, end, step in zip(axes, starts, ends, steps):
         whole = range(full[a])[slice(int(start), int(end), step)]
         if list(whole) == list(range(full[a]))[::step] and step in (1, -1):
             if step == -1 and full[a] > 1:
                 flipped.add(a)
             continue
-        raise _refuse(node, imp.opset, "only reversing whole axes (a flip) is supported")
+        if a == 1 and step == 1 and len(full) == 4 and len(whole) > 0:
+            channels = (whole.start, whole.stop)
+            continue
+        raise _refuse(node, imp.opset, "only reversing whole axes (a flip) or a range of "
+                      "channels is supported")
+    if channels is not None:
+        if flipped:
+            raise _refuse(node, imp.opset, "a channel range and a flip in one Slice")
+        imp.add(node, "channel_slice", {"start": channels[0], "stop": channels[1]}, [x])
+        return
     if not flipped:
         imp.alias[node.output[0]] = x
         return

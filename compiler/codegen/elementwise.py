@@ -347,6 +347,19 @@ def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: floa
     return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
 
 
+def channel_slice_kernel(name: str, shape: Sequence[int], start: int, stop: int,
+                         comment: str = "") -> Kernel:
+    """Channels ``start .. stop-1`` of a C x H x W sample: one contiguous copy per image."""
+    C, H, W = (int(d) for d in shape)
+    hw = H * W
+    size = (stop - start) * hw
+    body: list[Stmt] = [Let("xb", Var("t") * (C * hw) + start * hw), Let("yb", Var("t") * size),
+                        Loop("j", Const(size), [Store("y", Var("yb") + Var("j"),
+                                                      Load("x0", Var("xb") + Var("j")))])]
+    return Kernel(name, _arrays("x0", "y") + [Param("n_batch", "int")],
+                  [Loop("t", N_BATCH, body, kind="parallel")], comment)
+
+
 def flip_kernel(name: str, shape: Sequence[int], axis: str, comment: str = "") -> Kernel:
     C, H, W = (int(d) for d in shape)
     body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("h", H)])

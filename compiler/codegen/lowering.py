@@ -112,6 +112,10 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
     multiple of 16), and the ``halo`` the pass chose around it."""
     if node.attrs.get("layout") != BLOCKED:
         return None
+    if node.op == "channel_slice":  # a view of whole blocks of its input's storage
+        whole = blocked_storage(graph, graph.node(node.inputs[0]))
+        return replace(whole, channels=node.type.shape[0],
+                       first_block=whole.first_block + node.attrs["start"] // 8)
     users = graph.users(node.id)
     if len(users) == 1 and users[0].op == "concat" and users[0].attrs.get("layout") == BLOCKED:
         concat = users[0]  # written straight into its channel range of the concatenation
@@ -177,14 +181,16 @@ def concat_view_step(ctx: LowerCtx) -> Step:
     node = ctx.node
     storage = ctx.out_storage
     return Step(node.id, step_name(node), node.op, ctx.tensor_inputs, storage.floats,
-                lowering="in place", view=True, storage=storage)
+                lowering="in place", view=True, storage=storage, owner=True)
 
 
 def view_step(ctx: LowerCtx) -> Step:
     """An op whose output aliases its input buffer (no kernel)."""
     node = ctx.node
-    return Step(node.id, step_name(node), node.op, ctx.tensor_inputs, node.type.size,
-                lowering="view", view=True)
+    storage = ctx.out_storage
+    return Step(node.id, step_name(node), node.op, ctx.tensor_inputs,
+                storage.floats if storage is not None else node.type.size,
+                lowering="view", view=True, storage=storage)
 
 
 # ---------------------------------------------------------------------------------------------

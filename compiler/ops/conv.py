@@ -201,6 +201,25 @@ _CONV_SIGNATURE = (
     Attr("weights", "tensor", None, doc="literal (fixed) weights, K x C/groups x R x S"),
 )
 
+# -- derived parameter of sibling merging (a parameter-time op, not in the DSL) --------------
+# conv(x, w1) ... conv(x, wk)  =>  conv(x, stack_filters(w1, ..., wk)), each branch a slice.
+
+
+def _stack_infer(in_types, attrs):
+    rest = {t.shape[1:] for t in in_types}
+    if len(rest) != 1:
+        raise ShapeError(f"stack_filters: filters {', '.join(map(str, in_types))} differ "
+                         "beyond their first axis")
+    return in_types[0].with_shape(sum(t.shape[0] for t in in_types), *in_types[0].shape[1:])
+
+
+register(OpDef(
+    name="stack_filters", family="conv", signature=(), infer=_stack_infer,
+    reference=lambda xs, a: np.concatenate([np.asarray(x, np.float64) for x in xs], axis=0),
+    macs=lambda ts, out, a: 0, arity=None, internal=True, new_activations=False,
+    doc="filters (or biases) of sibling convolutions stacked along the output channels"))
+
+
 def _layout_rule(node, in_types):
     """The direct lowering reads and writes NCHW8c (``compiler/codegen/conv.py``): a plain or
     depthwise convolution can take its input blocked (8 channels a block; a stem with fewer

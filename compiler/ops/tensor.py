@@ -204,6 +204,56 @@ register(OpDef(name="concat", family="tensor", signature=(Attr("axis", "int", 0)
                doc="concatenation along channels (inception modules, U-Net skips)"))
 
 
+# -- channel slice ----------------------------------------------------------------------------
+
+def _slice_canonicalize(attrs, in_types):
+    x = in_types[0]
+    if x.rank != 3:
+        raise ShapeError(f"channel_slice needs a channels x height x width input, got {x}")
+    start = as_int(attrs["start"], "start", 0)
+    stop = as_int(attrs["stop"], "stop", 1)
+    if not start < stop <= x.channels:
+        raise AttrError(f"start and stop must satisfy 0 <= start < stop <= "
+                        f"{x.channels}, got start={start}, stop={stop}", "stop")
+    return {"start": start, "stop": stop}
+
+
+def _slice_infer(in_types, attrs):
+    x = in_types[0]
+    if x.rank != 3 or not 0 <= attrs["start"] < attrs["stop"] <= x.channels:
+        raise ShapeError(f"channel_slice: channels {attrs['start']}..{attrs['stop'] - 1} of {x}")
+    return x.with_shape(attrs["stop"] - attrs["start"], x.height, x.width)
+
+
+def _slice_layouts(node, in_types):
+    """A slice starting at a whole block is a view of channel-blocked storage."""
+    from ..plan import BLOCKED, PLAIN
+
+    pairs = [(PLAIN, PLAIN)]
+    if node.attrs["start"] % 8 == 0:
+        pairs.append((BLOCKED, BLOCKED))
+    return tuple(pairs)
+
+
+def _lower_slice(ctx, node):
+    from ..codegen.lowering import view_step
+
+    if ctx.storage(ctx.tensor_inputs[0]) is not None:  # a view of the blocked storage
+        return view_step(ctx)
+    return _lower_simple(ctx, "channel_slice_kernel", ctx.in_shapes[0], node.attrs["start"],
+                         node.attrs["stop"])
+
+
+register(OpDef(name="channel_slice", family="tensor",
+               signature=(Attr("start", "int"), Attr("stop", "int")),
+               canonicalize=_slice_canonicalize, infer=_slice_infer,
+               reference=one_input(lambda x, a: np.asarray(x, np.float64)[:, a["start"]:
+                                                                          a["stop"]]),
+               macs=no_macs, new_activations=False, lower=_lower_slice,
+               layout_rule=_slice_layouts,
+               doc="channels start..stop-1 (a merged 1x1 convolution's share for one branch)"))
+
+
 # -- flatten / reshape ------------------------------------------------------------------------
 
 register(OpDef(name="flatten", family="tensor", view=True, signature=(),

@@ -4,8 +4,8 @@
   algorithm of each convolution: the default, or the user's choice).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding, epilogue fusion.
-- ``-O2``: everything: -O1, lowering chosen by the cost model, and layout selection
-  (activations stay channel-blocked between convolutions and pools).
+- ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
+  and layout selection (activations stay channel-blocked between convolutions and pools).
 
 Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
 folding, epilogue fusion: backward needs the intermediate values); autodiff will insert its
@@ -18,6 +18,7 @@ from .canonicalize import canonicalize
 from .eliminate_common_subexpressions import eliminate_common_subexpressions
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batchnorm import fold_batchnorm
+from .fold_bottlenecks import fold_bottlenecks
 from .fold_constants import fold_constants
 from .fuse_epilogues import fuse_epilogues
 from .manager import Pass
@@ -38,6 +39,7 @@ INFERENCE: dict[int, list[tuple[str, Pass]]] = {
     1: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
                   ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
     2: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
+                  ("fold_bottlenecks", fold_bottlenecks),
                   ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
     + [("select_layout", select_layout)],
 }

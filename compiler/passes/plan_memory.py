@@ -19,11 +19,13 @@ from ..plan import BufferPlan, Step
 def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPlan:
     plan = BufferPlan()
     # A concatenation done in place owns a buffer its producers write their ranges of.
-    owners = {s.output: s for s in steps if s.view and s.storage is not None}
+    owners = {s.output: s for s in steps if s.owner}
     member_of = {i: c for c, s in owners.items() for i in s.inputs}
     for s in steps:
-        if s.view and s.output not in owners:
+        if s.view and not s.owner:
             plan.alias[s.output] = s.inputs[0]
+            if s.storage is not None:  # a channel range of blocked storage (a slice)
+                plan.storage[s.output] = s.storage
     outputs = {plan.root(o) for o in graph.outputs.values()}
     inputs = set(graph.inputs.values())
     last_use: dict[int, int] = {}

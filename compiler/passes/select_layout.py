@@ -96,6 +96,8 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         ctx.note(f"{layer(node)}: output kept in {BLOCKED}, halo {node.attrs['halo']}", node)
     for nid in sorted(blocked):
         node = graph.node(nid)
+        if node.op == "channel_slice":  # a view: its base's halo
+            node.attrs["halo"] = graph.node(node.inputs[0]).attrs["halo"]
         if node.op == "concat":
             for i in node.inputs:  # its inputs live in its buffer: the same halo
                 graph.node(i).attrs["halo"] = node.attrs["halo"]
@@ -121,9 +123,12 @@ def _concat_in_place(graph: Graph, node: Node) -> bool:
 
 
 def _halo(graph: Graph, node: Node) -> tuple[int, int, int, int]:
-    """The largest padding per side among the convolutions that read ``node``."""
+    """The largest padding per side among the convolutions that read ``node`` (through the
+    channel slices that are views of it)."""
     halo = [0, 0, 0, 0]
     for user in graph.users(node.id):
         if user.op == "conv" and user.inputs[0] == node.id:
             halo = [max(h, p) for h, p in zip(halo, user.attrs["pads"])]
+        elif user.op == "channel_slice":
+            halo = [max(h, p) for h, p in zip(halo, _halo(graph, user))]
     return tuple(halo)

@@ -99,10 +99,10 @@ e = a -> pad((1, 2, 0, 1), value=0.5) -> maxpool(2, stride=1) -> avgpool((1, 3),
       -> flip(axis=horizontal) -> flip(axis=vertical) -> flip -> gelu -> swish -> hard_swish
       -> hard_sigmoid -> relu6 -> leaky_relu(0.2) -> sigmoid -> tanh -> abs -> lrn(3)
       -> groupnorm(2) -> softmax -> log_softmax -> softmax(axis=2) -> dropout -> identity
-      -> conv(8, 1, groups=4, dilation=2, bias=false)
+      -> conv(8, 1, groups=4, dilation=2, bias=false) -> channel_slice(0, 8)
 g = a -> globalavgpool
 h = a -> globalmaxpool
-k = a * g + h - a
+k = (a * g + h - a) -> channel_slice(1, 7) -> conv(8, 1)
 m = concat(k, e) -> reshape((16, 5, 5)) -> flatten -> dense(6) -> batchnorm
 n = m + vec
 n -> output sum

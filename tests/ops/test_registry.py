@@ -69,6 +69,7 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "sub": ([(3, 4, 5), (1, 4, 5)], {}),
     "concat": ([(3, 4, 5), (2, 4, 5)], {}),
     "distance": ([(16,), (16,)], {}),
+    "channel_slice": ([(24, 5, 4)], {"start": 8, "stop": 20}),
 }
 
 

@@ -270,3 +270,66 @@ def test_dump_ir_and_explain(tmp_path):
     assert "batchnorm(" not in (tmp_path / files[-1]).read_text()
     notes = [n for r in records for n in r.notes]
     assert any("folded batchnorm1 into conv1" in n and "<string>:3" in n for n in notes)
+
+
+# -- bottleneck folding ----------------------------------------------------------------------
+
+INCEPTION = """a = x -> conv(16, 1) -> relu
+b = x -> conv(16, 1) -> relu -> conv(16, 3, pad=1)
+c = x -> conv(8, 1) -> relu -> conv(16, 5, pad=2)
+concat(a, b, c) -> output y"""
+
+
+def test_sibling_1x1_convolutions_merge_into_one():
+    g = build(INCEPTION, 16)
+    run(fold_batchnorm, g)
+    run(fuse_epilogues, g)
+    params = random_params(g)
+    before = g.copy()
+    from cnnc.compiler.passes.fold_bottlenecks import fold_bottlenecks
+
+    assert run(fold_bottlenecks, g)
+    convs = [n for n in g.compute_nodes() if n.op == "conv"]
+    merged = [n for n in convs if n.attrs["kernel"] == (1, 1)]
+    # the reduce convs (16 and 8 channels) merge; the first branch feeds the concat alone
+    assert sorted(n.attrs["out_channels"] for n in merged) == [16, 24]
+    slices = [(n.attrs["start"], n.attrs["stop"]) for n in g.compute_nodes()
+              if n.op == "channel_slice"]
+    assert slices == [(0, 16), (16, 24)]
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("body, why", [
+    ("a = x -> conv(8, 1, stride=2)\nb = x -> conv(8, 1, stride=2)\n(a + b) -> output y",
+     "strided"),
+    ("a = x -> conv(8, 1) -> relu\nb = x -> conv(8, 1) -> sigmoid\n(a + b) -> output y",
+     "different epilogues"),
+    ("a = x -> conv(6, 1)\nb = x -> conv(8, 1)\nconcat(a -> conv(8, 3), b -> conv(8, 3)) "
+     "-> output y", "not whole blocks of 8 channels"),
+    ("a = x -> conv(8, 3, pad=1)\nb = x -> conv(8, 3, pad=1)\n(a + b) -> output y", "3x3"),
+])
+def test_bottleneck_folding_declines(body, why):
+    from cnnc.compiler.passes.fold_bottlenecks import fold_bottlenecks
+
+    g = build(body, 16)
+    run(fuse_epilogues, g)
+    assert not run(fold_bottlenecks, g), why
+
+
+def test_inception_compiled_at_every_level_matches_the_reference():
+    from cnnc.runtime.model import compile as compile_model
+
+    g = build(INCEPTION.replace("-> output y", "-> conv(8, 1) -> output y"), 16)
+    x = np.random.default_rng(5).standard_normal((2, 16, 6, 6)).astype(np.float32)
+    want = None
+    kernels = {}
+    for level in (0, 1, 2):
+        m = compile_model(g, seed=2, opt_level=level)
+        if want is None:
+            want = run_reference(g, {"x": x}, m.params)["y"]
+        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)
+        kernels[level] = m.stats()["kernels per call"]
+    # -O2: the first 1x1 and the merged 1x1 (each packing the graph input itself: 2 + 2), the
+    # 3x3, the 5x5 (the concat is in place: the branches write into it), the last 1x1 and its
+    # unpack to NCHW: 8 kernels
+    assert kernels[2] == 8, kernels
