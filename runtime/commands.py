@@ -60,7 +60,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = compile_model(graph, lowering=parse_lowering(args.lowering),
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
-                          dump_ir=args.dump_ir, progress=True)
+                          dump_ir=args.dump_ir, progress=True, autotune=args.autotune)
     elapsed = time.perf_counter() - t0
     if args.stats:
         for key, value in model.stats().items():
@@ -107,6 +107,9 @@ def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
                    help="kernels and layout transforms per call, arena bytes and "
                         "multiply-accumulates per image, one per line")
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass here")
+    p.add_argument("--autotune", action="store_true",
+                   help="time each convolution's algorithms once (cached) instead of trusting "
+                        "the cost model")
 
 
 # -- check ------------------------------------------------------------------------------------

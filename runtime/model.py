@@ -239,7 +239,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
             *, opt_level: int = 2, warm: bool = True,
-            dump_ir: str | Path | None = None, progress: bool | None = None) -> CompiledModel:
+            dump_ir: str | Path | None = None, progress: bool | None = None,
+            autotune: bool = False) -> CompiledModel:
     """Compile a network to Numba kernels.
 
     ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
@@ -250,7 +251,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR after each pass. With ``warm``
     (default) every kernel is compiled (or loaded from the disk cache) before this returns.
     ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
-    when stderr is a terminal).
+    when stderr is a terminal). ``autotune``: time each convolution's algorithms once (the
+    winner is cached per shape, attributes and CPU) instead of trusting the cost model.
     """
     t0 = time.perf_counter()
     if target != "cpu":
@@ -267,7 +269,13 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
         params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     optimized = graph.copy()
     try:
-        records = optimize(optimized, opt_level, ctx=PassContext(lowering=lowering),
+        measure = None
+        if autotune:
+            from .autotune import Autotuner
+
+            measure = Autotuner(cache_dir)
+        records = optimize(optimized, opt_level,
+                           ctx=PassContext(lowering=lowering, measure=measure),
                            dump_dir=dump_ir)
     except LoweringError as e:
         raise ModelError(str(e)) from None

@@ -27,6 +27,9 @@ class PassContext:
     training: bool = False
     lowering: str | Mapping[str, str] = "auto"
     opt_level: int = 2
+    # ``measure(graph, node, candidates) -> winner``: times the candidate algorithms of one
+    # node (``--autotune``). The runtime provides it: the compiler runs no kernels itself.
+    measure: Callable[[Graph, Node, tuple[str, ...]], str] | None = None
     notes: list[str] = field(default_factory=list)
     current: Node | None = None
 

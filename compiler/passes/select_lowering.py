@@ -4,10 +4,11 @@
 
 Every candidate the op lists (its ``algorithms`` rule) computes the same numbers within float32
 rounding; the choice only changes the time. The user's ``--lowering`` wins (for every layer, or
-per layer name); otherwise, at -O2, the cost model of ``codegen.conv.estimate_cost`` (padded
-work of each kernel's tiling divided by the fraction of peak it reaches) picks the cheaper one,
-and at -O0/-O1 the default (``direct``) is taken. Winograd is the next candidate (a slot in
-``conv``'s algorithm list).
+per layer name); otherwise, with ``--autotune``, the candidates are measured (once per shape,
+attributes, target and CPU: the winner is kept in the kernel cache); otherwise, at -O2, the cost
+model of ``codegen.conv.estimate_cost`` (padded work of each kernel's tiling divided by the
+fraction of peak it reaches) picks the cheaper one, and at -O0/-O1 the default (``direct``) is
+taken. Winograd is the next candidate (a slot in ``conv``'s algorithm list).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
             continue
         ctx.at(node)
         choice = per_name.get(node.name, default)
+        if choice == "auto" and ctx.measure is not None and len(algorithms) > 1:
+            choice = ctx.measure(graph, node, algorithms)
+            ctx.note(f"{layer(node)}: {choice} (measured)", node)
         if choice == "auto":
             choice = algorithms[0]
             if ctx.opt_level >= 2 and len(algorithms) > 1:
