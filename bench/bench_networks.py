@@ -2,6 +2,7 @@
 
     .venv/bin/pip install torch==2.13.0 matplotlib   # once; CPU build from this machine's disk
     .venv/bin/python bench/bench_networks.py [--models resnet18 vgg16] [--batches 1 8]
+        [--engines cnnc cnnc-O0 torch onnxruntime]
 
 One driver process prepares weights, inputs and the ONNX file, then runs each engine in its own
 worker process (their thread pools must not fight), all limited to the same thread count. The
@@ -42,7 +43,7 @@ def _median_time(fn, repeat: int, min_time: float = 1.0) -> tuple[float, list[fl
 def worker(engine: str, workdir: Path, model: str, batch: int, threads: int, repeat: int) -> dict:
     x = np.load(workdir / f"x{batch}.npy")
     result: dict = {"engine": engine, "model": model, "batch": batch}
-    if engine == "cnnc":
+    if engine.startswith("cnnc"):
         import numba
 
         import cnnc
@@ -52,7 +53,9 @@ def worker(engine: str, workdir: Path, model: str, batch: int, threads: int, rep
         graph = cnnc.load(model)
         params = load_weights(graph, workdir / "weights.npz")
         t0 = time.perf_counter()
-        compiled = cnnc.compile(graph, weights=params)
+        level = int(engine.split("-O")[1]) if "-O" in engine else 2
+        compiled = cnnc.compile(graph, weights=params, opt_level=level)
+        result.update(compiled.stats())
         compiled(x)
         result["compile_s"] = time.perf_counter() - t0
         run = lambda: compiled(x)  # noqa: E731
@@ -144,6 +147,12 @@ def main() -> None:
                                 args.batches[0], args.threads, args.repeat)))
         return
 
+    sys.path.insert(0, str(HERE))
+    from common import measure_peak
+
+    measured = measure_peak(args.threads)
+    print(f"measured 8-lane FMA peak on {args.threads} threads: {measured:.0f} GFLOP/s",
+          flush=True)
     rows = []
     for model in args.models:
         with tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +163,7 @@ def main() -> None:
                 results = {}
                 for engine in args.engines:
                     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-                    if engine == "cnnc":
+                    if engine.startswith("cnnc"):
                         env["CNNC_CACHE_DIR"] = str(workdir / "cache")
                         cold = spawn(engine, workdir, model, batch, args.threads, 1, env)
                         res = spawn(engine, workdir, model, batch, args.threads, args.repeat,
@@ -173,12 +182,16 @@ def main() -> None:
                     gflops = info["flops"] * batch / (res["median_ms"] / 1e3) / 1e9
                     res["gflops"] = gflops
                     res["pct_peak"] = 100 * gflops / args.peak
+                    res["pct_measured_peak"] = 100 * gflops / measured
                     results[engine] = res
                     print(f"{model} b{batch} {engine}: {res['median_ms']:.1f} ms", flush=True)
                 base = results.get("torch")
+                peers = [r["median_ms"] for e, r in results.items() if not e.startswith("cnnc")]
                 for res in results.values():
                     if base:
                         res["speedup_vs_torch"] = base["median_ms"] / res["median_ms"]
+                    if peers:
+                        res["speedup_vs_best_peer"] = min(peers) / res["median_ms"]
                     rows.append(res)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "networks.json").write_text(json.dumps(rows, indent=2))
@@ -187,15 +200,17 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("\n| model | batch | engine | ms | images/s | GFLOP/s | % peak | vs torch | "
-          "max rel err | compile cold / cached s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | batch | engine | ms | images/s | GFLOP/s | % measured peak | vs torch | "
+          "vs best peer | kernels/call | max rel err | compile cold / cached s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         comp = (f"{r['cold_compile_s']:.1f} / {r['cached_compile_s']:.2f}"
                 if "cold_compile_s" in r else "")
         print(f"| {r['model']} | {r['batch']} | {r['engine']} | {r['median_ms']:.1f} | "
-              f"{r['images_per_s']:.1f} | {r['gflops']:.1f} | {r['pct_peak']:.0f}% | "
+              f"{r['images_per_s']:.1f} | {r['gflops']:.1f} | {r['pct_measured_peak']:.0f}% | "
               f"{r.get('speedup_vs_torch', float('nan')):.2f}x | "
+              f"{r.get('speedup_vs_best_peer', float('nan')):.2f}x | "
+              f"{r.get('kernels per call', '')} | "
               f"{r['max_rel_err_vs_fp64']:.1e} | {comp} |")
 
 

@@ -75,3 +75,52 @@ def bar_chart(groups: list[str], series: dict[str, list[float]], ylabel: str, pa
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     print(f"chart: {path}")
+
+
+_PEAK_KERNEL = '''
+import numba
+from numba import njit, prange
+from cnnc.compiler.codegen.vec8 import vfma, vsplat, vstore, vadd
+
+@njit(parallel=True, fastmath=False, cache=False)
+def fma_loop(out, n_iter, n_task):
+    for t in prange(n_task):
+        a0 = vsplat(numba.float32(1.0)); a1 = vsplat(numba.float32(1.1))
+        a2 = vsplat(numba.float32(1.2)); a3 = vsplat(numba.float32(1.3))
+        a4 = vsplat(numba.float32(1.4)); a5 = vsplat(numba.float32(1.5))
+        a6 = vsplat(numba.float32(1.6)); a7 = vsplat(numba.float32(1.7))
+        a8 = vsplat(numba.float32(1.8)); a9 = vsplat(numba.float32(1.9))
+        a10 = vsplat(numba.float32(2.0)); a11 = vsplat(numba.float32(2.1))
+        m = vsplat(numba.float32(0.999999)); c = vsplat(numba.float32(1e-7))
+        for i in range(n_iter):
+            a0 = vfma(a0, m, c); a1 = vfma(a1, m, c); a2 = vfma(a2, m, c)
+            a3 = vfma(a3, m, c); a4 = vfma(a4, m, c); a5 = vfma(a5, m, c)
+            a6 = vfma(a6, m, c); a7 = vfma(a7, m, c); a8 = vfma(a8, m, c)
+            a9 = vfma(a9, m, c); a10 = vfma(a10, m, c); a11 = vfma(a11, m, c)
+        s = vadd(vadd(vadd(a0, a1), vadd(a2, a3)), vadd(vadd(a4, a5), vadd(a6, a7)))
+        s = vadd(s, vadd(vadd(a8, a9), vadd(a10, a11)))
+        vstore(out, t * 8, s)
+'''
+
+
+def measure_peak(threads: int, seconds: float = 1.0) -> float:
+    """GFLOP/s of a register-resident 8-lane FMA loop (12 independent accumulators) on
+    ``threads`` threads, through the same Numba vector extension the kernels use: the peak an
+    8-lane kernel can reach on this machine, measured in the same run as the benchmark."""
+    import numba
+
+    namespace: dict = {}
+    exec(_PEAK_KERNEL, namespace)  # noqa: S102 - a fixed benchmark kernel, not user input
+    fma_loop = namespace["fma_loop"]
+    numba.set_num_threads(threads)
+    out = np.zeros(8 * threads, np.float32)
+    fma_loop(out, 10, threads)
+    n_iter = 1_000_000
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fma_loop(out, n_iter, threads)
+        dt = time.perf_counter() - t0
+        best = max(best, threads * n_iter * 12 * 8 * 2 / dt / 1e9)
+    return best
