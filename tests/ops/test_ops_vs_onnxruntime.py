@@ -116,11 +116,14 @@ COVERED = {
     "globalmaxpool", "upsample", "dense", "flatten", "reshape", "relu", "leaky_relu", "relu6",
     "sigmoid", "hard_sigmoid", "tanh", "swish", "hard_swish", "gelu", "abs", "softmax",
     "log_softmax", "batchnorm", "groupnorm", "lrn", "add", "mul", "sub", "concat", "pad", "flip",
-    "dropout", "identity", "distance",
+    "dropout", "identity", "distance", "channel_slice",
 }
 NOT_IN_ONNX = {
     "input": "a graph leaf: values are supplied by the caller, there is nothing to compute",
     "param": "a graph leaf: weights are supplied by the caller, there is nothing to compute",
+    "bn_fold_weight": "a derived parameter of the batch-norm folding pass (tests/passes)",
+    "bn_fold_bias": "a derived parameter of the batch-norm folding pass (tests/passes)",
+    "stack_filters": "a derived parameter of the bottleneck folding pass (tests/passes)",
 }
 
 
@@ -675,6 +678,17 @@ def test_flip(axis, onnx_axes):
              "axes": np.array(onnx_axes, np.int64), "steps": np.full(k, -1, np.int64)}
     expected = run_ort([node("Slice", ["x", "starts", "ends", "axes", "steps"])], {"x": x}, inits)
     check("flip", [x], expected, axis=axis)
+
+
+@given(c=st.integers(1, 40), data=st.data(), seed=seeds)
+def test_channel_slice(c, data, seed):
+    start = data.draw(st.integers(0, c - 1))
+    stop = data.draw(st.integers(start + 1, c))
+    x = rand(np.random.default_rng(seed), 2, c, 3, 4)
+    inits = {"starts": np.array([start], np.int64), "ends": np.array([stop], np.int64),
+             "axes": np.array([1], np.int64)}
+    expected = run_ort([node("Slice", ["x", "starts", "ends", "axes"])], {"x": x}, inits)
+    check("channel_slice", [x], expected, start=start, stop=stop)
 
 
 def test_dropout_and_identity_at_inference():
