@@ -117,7 +117,16 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CliError(f"the weights file should be an .npz file, got {weights_path}")
     if src.resolve() in (out.resolve(), weights_path.resolve()):
         raise CliError(f"{src} is the model being imported; choose another output name")
-    text, weights = import_onnx(src)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", OnnxImportNote)
+        text, weights = import_onnx(src)
+    for note in notes:
+        if issubclass(note.category, OnnxImportNote):
+            print(f"note: {note.message}")
+        else:
+            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
     from ..dsl.builder import load_network
     from .weights import save_weights
 

@@ -859,3 +859,15 @@ def test_pytorch_default_exporter_mobile_blocks(tmp_path):
     (ours,) = run_reference(graph, {next(iter(graph.inputs)): x.numpy()}, weights).values()
     with torch.no_grad():
         np.testing.assert_allclose(ours, net(x).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_cli_import_prints_the_conversion_note(tmp_path, capsys):
+    """`cnnc import` of an opset-6 model says in one `note:` line that it was converted."""
+    from cnnc.runtime.cli import main
+
+    src = tmp_path / "old.onnx"
+    onnx.save(small_net(6), src)
+    assert main(["import", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert any(ln.startswith("note: ") and "converted from opset 6" in ln
+               for ln in out.splitlines()), out
