@@ -71,51 +71,6 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def conv_output_size(size: int, pad_before: int, pad_after: int, kernel: int, stride: int,
-                     dilation: int) -> int:
-    """Output extent: ``(size + before + after - dilation*(kernel-1) - 1) // stride + 1``."""
-    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _pair(v, name: str) -> tuple[int, int]:
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    t = tuple(int(x) for x in v)
-    if len(t) != 2:
-        raise ValueError(f"conv attribute {name!r} must be an int or a pair, got {v!r}")
-    return t
-
-
-def normalize_attrs(attrs: dict) -> dict:
-    """Canonical conv attributes with defaults (kernel/stride/dilation pairs, 4 pads)."""
-    a = dict(attrs)
-    out = {
-        "out_channels": int(a["out_channels"]),
-        "kernel": _pair(a["kernel"], "kernel"),
-        "stride": _pair(a.get("stride", 1), "stride"),
-        "dilation": _pair(a.get("dilation", 1), "dilation"),
-        "groups": int(a.get("groups", 1)),
-        "bias": bool(a.get("bias", False)),
-        "activation": a.get("activation"),
-    }
-    pads = a.get("pads", 0)
-    if isinstance(pads, (int, np.integer)):
-        pads = (int(pads),) * 4
-    pads = tuple(int(p) for p in pads)
-    if len(pads) == 2:  # (vertical, horizontal)
-        pads = (pads[0], pads[1], pads[0], pads[1])
-    if len(pads) != 4:
-        raise ValueError(f"conv pads must be (top, left, bottom, right), got {a.get('pads')!r}")
-    out["pads"] = pads
-    if out["activation"] not in (None, "relu"):
-        raise ValueError(f"unsupported conv activation {out['activation']!r}")
-    return out
-
-
 @dataclass(frozen=True)
 class ConvGeometry:
     """Every size a convolution kernel needs (batch excluded), validated."""
@@ -249,8 +204,8 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
     return (nb, g.Cgb, g.groups * g.Kgb, g.Kgb, g.P, g.Q) + xin + yout
 
 
-def build_conv_kernels(g: ConvGeometry, lowering: str,
-                       epilogue=()) -> tuple[Kernel, str, str]:
+def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(),
+                       kinds=()) -> tuple[Kernel, str, str]:
     """The compute kernel of a convolution (kernel IR), its function name and a cache tag.
 
     The kernel depends only on what stays literal (lowering, channel block, kernel size,
@@ -259,17 +214,18 @@ def build_conv_kernels(g: ConvGeometry, lowering: str,
     """
     rs = f"{g.R}x{g.S}_s{g.sh}x{g.sw}_d{g.dh}x{g.dw}"
     if epilogue:
-        rs += "_" + "-".join(e.op for e in epilogue)
+        rs += "_" + "-".join(e.op for e in epilogue) + "".join(f"_{k}" for k in kinds)
     if lowering == "direct":
         fused = f"; epilogue {', '.join(map(str, epilogue))}" if epilogue else ""
         if g.depthwise:
             note = f"depthwise convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
                    f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
-            return depthwise_conv_kernel(g, comment=note, epilogue=epilogue), \
+            return depthwise_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds), \
                 "conv_depthwise", f"depthwise_{rs}"
         note = f"direct NCHW{g.CB}c convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
                f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
-        return direct_conv_kernel(g, comment=note, epilogue=epilogue), "conv_direct", \
+        return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds), \
+            "conv_direct", \
             f"direct_cb{g.CB}_{rs}"
     if lowering == "im2col":
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
@@ -330,12 +286,12 @@ def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray,
     return np.ascontiguousarray(wp).ravel(), bp.ravel()
 
 
-def conv_module(g: ConvGeometry, lowering: str, root=None,
-                epilogue=()) -> tuple[Any, str, str]:
+def conv_module(g: ConvGeometry, lowering: str, root=None, epilogue=(),
+                kinds=()) -> tuple[Any, str, str]:
     """``(module, function name, source)`` of the compute kernel, from the cache."""
     from . import cache
 
-    kernel, name, tag = build_conv_kernels(g, lowering, epilogue)
+    kernel, name, tag = build_conv_kernels(g, lowering, epilogue, kinds)
     src = print_tasked(kernel, "convolution kernel")
     return cache.load_module(src, tag, root), name, src
 
@@ -425,10 +381,11 @@ def lower_conv(ctx, node) -> Step:
         epilogue = epilogue[1:]
     operands = [ctx.operand(e) for e in epilogue if e.operand is not None]
     in_kernel = epilogue if y_store is not None else []
+    kinds = [_operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
     g = _geometry(node.op, attrs, x_shape, "relu" if relu else None)
     root = ctx.cache_dir
     layout = layout_module(root)
-    mod, fname, src = conv_module(g, lowering, root, in_kernel)
+    mod, fname, src = conv_module(g, lowering, root, in_kernel, kinds if in_kernel else ())
     calls: list[Call] = []
     scratch: dict[str, int] = {}
     source = Arg("value", x)
@@ -464,8 +421,8 @@ def lower_conv(ctx, node) -> Step:
     else:
         scratch["conv_out"] = out_floats(g, lowering)
     op_args = [Arg("value", o) for o in operands] if in_kernel else []
-    op_ints = [Arg("int", v) for o in operands for v in ctx.storage(o).ints()] if in_kernel \
-        else []
+    op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
+        if in_kernel else []
     calls.append(Call(getattr(mod, fname), (xp, Arg("const", "w"), Arg("const", "b"), yp,
                                             *op_args, *(Arg("int", v) for v in kernel_int_args(
                                                 g, lowering, x_store, y_store)),

@@ -34,7 +34,9 @@ from .tiles import (
     _ints,
     _tile_stmts,
     operand_ints,
+    operand_plane,
     operand_row,
+    operand_step,
     store_epilogue,
 )
 
@@ -100,7 +102,7 @@ def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
 
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
                        order: Literal["auto", "rows", "kblocks"] = "rows",
-                       epilogue=()) -> Kernel:
+                       epilogue=(), kinds=()) -> Kernel:
     """The register-tiled NCHW8c direct convolution (not depthwise).
 
     Literal: the channel block ``CB``, kernel size, stride, dilation and the 6 x 16 tile
@@ -150,7 +152,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                     idx = Var("yrow") + (q0 + i) * 8 + h * Var("yplane")
                     val = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TILE_K + h * 8))
                     out += store_epilogue("y", idx, val, epilogue, lambda k, i=i, h=h: Var(
-                        f"erow{k}") + (q0 + i) * 8 + h * Var(f"eplane{k}"))
+                        f"erow{k}") + operand_step(k, kinds[k], q0 + i, h))
             return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + \
@@ -172,14 +174,14 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         Let("tail", Q % TILE_Q),
     ]
     ops, op_ints = _epilogue_params(epilogue)
-    body += [Let(f"erow{k}", operand_row(k, n, kb * 2, p)) for k in range(len(ops))]
+    body += [Let(f"erow{k}", operand_row(k, n, kb * 2, p, kinds[k])) for k in range(len(ops))]
     body += [Loop("qt", Var("nfull"), tile(TILE_Q, Var("qt") * TILE_Q)),
              Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
     body += _direct_tail(Q, tile)
     # Loop-invariant strides, computed once (runtime sizes).
     pre = [_floor_let(), Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB)),
            Let("yplane", YH * YW * 8)]
-    pre += [Let(f"eplane{k}", Var(f"E{k}H") * Var(f"E{k}W") * 8) for k in range(len(ops))]
+    pre += [Let(f"eplane{k}", operand_plane(k, kinds[k])) for k in range(len(ops))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
         _ints(*DIRECT_INTS) + op_ints + _ints("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (KB * P), body, kind="parallel")
@@ -187,7 +189,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
 
 
 def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
-                          comment: str = "", epilogue=()) -> Kernel:
+                          comment: str = "", epilogue=(), kinds=()) -> Kernel:
     """Depthwise convolution: the 8 lanes are 8 channels; a tile is 8 output pixels. Literal:
     kernel size, stride, dilation; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
     R, S = g.R, g.S
@@ -209,7 +211,8 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
             for i in range(T):
                 val = _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * 8))
                 out += store_epilogue("y", Var("yrow") + (q0 + i) * 8, val, epilogue,
-                                      lambda k, i=i: Var(f"erow{k}") + (q0 + i) * 8)
+                                      lambda k, i=i: Var(f"erow{k}") + operand_step(
+                                          k, kinds[k], q0 + i))
             return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * 8))] + \
@@ -221,7 +224,7 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
              Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
              Let("nfull", Q // TILE_DW),
              Let("tail", Q % TILE_DW)]
-    body += [Let(f"erow{k}", operand_row(k, n, cb, p)) for k in range(len(ops))]
+    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k])) for k in range(len(ops))]
     body += [Loop("qt", Var("nfull"), tile(TILE_DW, Var("qt") * TILE_DW)),
              Comment("tail: the last Q % 8 output pixels of the row (overlapping tile)")]
     body += _overlap_tail(Q, TILE_DW, tile)

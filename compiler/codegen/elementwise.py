@@ -32,6 +32,7 @@ from .kernel_ir import (
     VBin,
     VFma,
     VLoad,
+    VSplat,
     VZero,
     call,
     cmp,
@@ -460,6 +461,76 @@ def lower_elementwise(ctx, node, op: str):
     if op == "copy":  # a standalone activation is the copy kernel with itself as epilogue
         attrs = tuple(sorted(own_attrs(node.attrs).items()))
         epilogue = [EpilogueOp(node.op, attrs)] + epilogue
+    source = ctx.storage(inputs[0])
+    if source is not None:  # NCHW8c in and out (the layout rule)
+        from ..ops import operand_kind
+
+        kinds = [operand_kind(s, ctx.out_shape) for s in shapes[1:]]
+        c, h, w = ctx.out_shape
+        ints = {"C8": -(-c // 8), "P": h, "Q": w}
+        ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
+        for k, i in enumerate(inputs[1:]):
+            ints.update(zip((f"E{k}B", f"E{k}H", f"E{k}W", f"E{k}T", f"E{k}L"),
+                            ctx.operand_geometry(i)))
+        ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
+        k = elementwise_blocked_kernel(ctx.kname, op, n_own, kinds, epilogue, ctx.comment)
+        return kernel_step(ctx, k, inputs=inputs, ints=ints)
     k = elementwise_kernel(ctx.kname, op, ctx.out_shape, shapes, epilogue, ctx.comment, sz,
                            n_own=n_own)
     return kernel_step(ctx, k, inputs=inputs, ints=sz.values)
+
+
+def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[str],
+                               epilogue: Sequence[EpilogueOp], comment: str = "") -> Kernel:
+    """``y = epilogue(x0 op x1 op ...)`` over channel-blocked storage, 8 channels a vector.
+
+    ``x0`` is blocked storage (geometry ``X0*``), the output too (``Y*``); every other input
+    ``x<k>`` (the op's own, then the epilogue's operands) is either blocked storage of the
+    same tensor shape (``kinds[k-1] == "full"``) or a plain per-channel gate ``[N, C]``
+    (``"channel"``). ``op`` is ``add``, ``sub``, ``mul`` or ``copy`` (``n_own`` = 1).
+    """
+    from .tiles import (
+        BLOCKED_INTS,
+        operand_ints,
+        operand_plane,
+        operand_row,
+        operand_step,
+        store_epilogue,
+    )
+
+    C8, P, Q = Var("C8"), Var("P"), Var("Q")
+    n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
+    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    others = len(kinds)
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
+        Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * 8) + XL * 8),
+        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
+    ]
+    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k])) for k in range(others)]
+
+    def load(k: int) -> Expr:  # input x<k+1>
+        return VLoad(f"x{k + 1}", Var(f"erow{k}") + operand_step(k, kinds[k], q))
+
+    value: Expr = VLoad("x0", Var("xrow") + q * 8)
+    for k in range(n_own - 1):
+        other = load(k)
+        if op == "sub":
+            other = VBin("mul", other, VSplat(Const(-1.0)))
+        value = VBin({"add": "add", "sub": "add", "mul": "mul"}[op], value, other)
+    # the epilogue's operands (numbered in epilogue order by store_epilogue) are the inputs
+    # after the op's own: x<n_own + k>, whose offsets are erow<n_own - 1 + k>
+
+    def operand_index(k: int) -> Expr:
+        j = n_own - 1 + k
+        return Var(f"erow{j}") + operand_step(j, kinds[j], q)
+
+    body.append(Loop("q", Q, store_epilogue("y", Var("yrow") + q * 8, value, epilogue,
+                                            operand_index, lambda k: f"x{n_own + k}")))
+    ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
+        [n for k in range(others) for n in operand_ints(k)] + ["Y" + s for s in BLOCKED_INTS]
+    pre = [Let(f"eplane{k}", operand_plane(k, kinds[k])) for k in range(others)]
+    params = [Param(f"x{k}") for k in range(others + 1)] + [Param("y")] + \
+        [Param(i, "int") for i in ints] + [Param("n_batch", "int")]
+    return Kernel(name, params, pre + [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")],
+                  comment)

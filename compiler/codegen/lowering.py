@@ -105,6 +105,14 @@ class LowerCtx:
     def out_storage(self) -> Storage | None:
         return self.storage(self.node.id)
 
+    def operand_geometry(self, operand: int) -> tuple[int, ...]:
+        """The geometry integers of a fused operand of a kernel writing channel-blocked
+        storage: its storage, or for a plain per-channel gate ``[N, C]`` its C/8 blocks."""
+        storage = self.storage(operand)
+        if storage is not None:
+            return storage.ints()
+        return (self.graph.node(operand).type.shape[0] // 8, 1, 1, 0, 0)
+
 
 def blocked_storage(graph: Graph, node: Node) -> Storage | None:
     """How a value ``select_layout`` kept channel-blocked is stored: as many 8-channel blocks

@@ -16,6 +16,7 @@ from .kernel_ir import (
     VSplat,
     VZero,
     cmp,
+    const,
 )
 
 #: Output pixels per register tile of the direct kernel.
@@ -77,13 +78,32 @@ def operand_ints(k: int) -> list[str]:
     return [f"E{k}{s}" for s in BLOCKED_INTS]
 
 
-def operand_row(k: int, n: Expr, block: Expr, p: Expr) -> Expr:
-    """Offset of row ``p`` of 8-channel block ``block`` of image ``n`` in operand ``k``."""
+def operand_row(k: int, n: Expr, block: Expr, p: Expr, kind: str = "full") -> Expr:
+    """Offset of row ``p`` of 8-channel block ``block`` of image ``n`` in operand ``k``: a
+    ``full`` operand is channel-blocked storage; a ``channel`` gate is the plain ``[N, C]``
+    vector (``E<k>B`` = C/8), 8 consecutive channels per block, the same for every pixel."""
     B, H, W, T, L = (Var(s) for s in operand_ints(k))
+    if kind == "channel":
+        return (n * B + block) * 8
     return ((n * B + block) * H + p + T) * (W * 8) + L * 8
 
 
-def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index) -> list:
+def operand_step(k: int, kind: str, pixel: ExprLike, half: ExprLike = 0) -> Expr:
+    """The offset from ``operand_row`` to output pixel ``pixel`` of 8-channel half ``half`` of
+    a 16-channel tile (``eplane<k>``: one block further on)."""
+    step = const(half) * Var(f"eplane{k}")
+    return step if kind == "channel" else const(pixel) * 8 + step
+
+
+def operand_plane(k: int, kind: str) -> Expr:
+    """Floats between consecutive blocks of operand ``k`` (a ``Let`` of ``eplane<k>``)."""
+    if kind == "channel":
+        return Const(8)
+    return Var(f"E{k}H") * Var(f"E{k}W") * 8
+
+
+def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index,
+                   operand_array=lambda k: f"e{k}") -> list:
     """Store the 8-lane ``value`` at ``array[index]`` with the fused ``epilogue`` applied.
 
     Ops with a vector rule (``OpDef.vector_epilogue``: ReLU, ReLU6, a residual add, ...) are
@@ -102,7 +122,7 @@ def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index
     while rest:
         e = rest[0]
         rule = get_op(e.op).vector_epilogue
-        operand = None if e.operand is None else VLoad(f"e{numbers[e.operand]}",
+        operand = None if e.operand is None else VLoad(operand_array(numbers[e.operand]),
                                                         operand_index(numbers[e.operand]))
         vec = rule(v, e.attr_dict, operand) if rule else None
         if vec is None:
@@ -112,7 +132,8 @@ def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index
     stmts: list = [VStore(array, index, v)]
     if rest:
         lane = Var("el")
-        loads = {pos: Load(f"e{k}", operand_index(k) + lane) for pos, k in numbers.items()}
+        loads = {pos: Load(operand_array(k), operand_index(k) + lane)
+                 for pos, k in numbers.items()}
         stmts.append(Loop("el", Const(8), apply_epilogue(
             Load(array, index + lane), rest, loads, var="ev")
             + [Store(array, index + lane, Var("ev"))]))

@@ -251,6 +251,14 @@ def operand_kind(shape: tuple[int, ...], target: tuple[int, ...]) -> str | None:
     return None
 
 
+def elementwise_layouts(node: Any, in_types: list[TensorType]) -> tuple[tuple[str, str], ...]:
+    """The layout rule of element-wise ops: their kernels run over NCHW8c storage too (a
+    per-channel gate operand stays plain ``[N, C]``)."""
+    if in_types[0].rank != 3:
+        return (("NCHW", "NCHW"),)
+    return (("NCHW", "NCHW"), ("NCHW8c", "NCHW8c"))
+
+
 def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:
     """The float64 reference of a node, its fused epilogue included: the op's reference on
     its own inputs, then each epilogue op's reference in order."""

@@ -20,7 +20,18 @@ from typing import Any
 import numpy as np
 
 from ..codegen.kernel_ir import BinOp, Const, Expr, Select, VBin, VSplat, VZero, call, cmp, div
-from . import Attr, AttrError, OpDef, as_choice, as_float, no_macs, one_input, register, same_shape
+from . import (
+    Attr,
+    AttrError,
+    OpDef,
+    as_choice,
+    as_float,
+    elementwise_layouts,
+    no_macs,
+    one_input,
+    register,
+    same_shape,
+)
 from . import _show as show_value
 
 _erf = np.frompyfunc(math.erf, 1, 1)
@@ -111,7 +122,7 @@ def _unary(name: str, fn, expr, doc: str, signature=(), canonicalize=None, alias
                    macs=no_macs, doc=doc, aliases=aliases, new_activations=False,
                    epilogue=lambda x, a, operand: expr(x, a), lower=_lower_unary,
                    vector_epilogue=(lambda x, a, operand: vec(x, a)) if vec else None,
-                   takes_epilogue="any", inplace=True))
+                   takes_epilogue="any", inplace=True, layout_rule=elementwise_layouts))
 
 
 _unary("relu", lambda x, a: np.maximum(x, 0.0), lambda x, a: _fmax(x, ZERO), "max(x, 0)")

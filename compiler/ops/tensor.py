@@ -28,6 +28,7 @@ from . import (
     as_choice,
     as_float,
     as_int,
+    elementwise_layouts,
     no_macs,
     one_input,
     register,
@@ -119,7 +120,7 @@ def _lower_as(op: str):
     return lower
 
 
-_ELEMENTWISE = dict(takes_epilogue="any", inplace=True)
+_ELEMENTWISE = dict(takes_epilogue="any", inplace=True, layout_rule=elementwise_layouts)
 
 register(OpDef(name="add", family="tensor", signature=(), infer=_binary_infer("add"),
                reference=_add_reference, macs=_elementwise_macs, arity=None,

@@ -24,7 +24,7 @@ straight into their channel range of its buffer and the concatenation itself is 
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..ops import epilogue_of, get_op, operand_kind, own_input_count
+from ..ops import get_op, operand_kind
 from ..plan import BLOCKED, PLAIN
 from .common import is_constant, layer
 from .manager import PassContext
@@ -61,21 +61,25 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
                 return False
         elif (in_layout(node), BLOCKED) not in layout_pairs(graph, node):
             return False
-        for e in epilogue_of(node.attrs):
-            if e.operand is not None:
-                o = node.inputs[e.operand]
-                if o not in blocked or operand_kind(graph.node(o).type.shape,
-                                                    node.type.shape) != "full":
-                    return False
+        if node.op != "concat":
+            for pos, o in enumerate(node.inputs):
+                if pos == 0 or is_constant(graph, graph.node(o)):
+                    continue  # the first input, weights
+                kind = operand_kind(graph.node(o).type.shape, node.type.shape)
+                if kind == "full" and o in blocked:
+                    continue  # a residual in the same storage layout
+                if kind == "channel" and o not in blocked and node.type.shape[0] % 8 == 0:
+                    continue  # a plain per-channel gate, 8 channels a vector
+                return False
         for user in graph.users(node.id):
-            own = own_input_count(len(user.inputs), user.attrs)
             for pos, i in enumerate(user.inputs):
                 if i != node.id:
                     continue
                 if pos == 0 and (BLOCKED, out_layout(user)) in layout_pairs(graph, user):
                     continue
-                if pos >= own and user.id in blocked:
-                    continue  # a residual operand of a blocked node (checked by `fits(user)`)
+                if pos > 0 and user.id in blocked and user.op != "concat" and operand_kind(
+                        node.type.shape, user.type.shape) == "full":
+                    continue  # a residual of a blocked node (checked by `fits(user)`)
                 if user.op == "concat" and user.id in blocked:
                     continue  # written into its channel range (checked by `fits(user)`)
                 return False
