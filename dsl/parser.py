@@ -12,7 +12,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 
 from ..compiler.ir import Span
 from . import ast
-from .errors import DslError, remember_source
+from .errors import DslError, remember_source, source_lines
 
 GRAMMAR = Path(__file__).with_name("cnnc.lark")
 
@@ -148,7 +148,7 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DslError:
             previous = _JOINER.recent[-2]
         if tok.type == "$END":
             message = "unexpected end of file"
-            lines = text.splitlines() or [""]
+            lines = source_lines(text.removesuffix("\n"))  # point after the last text
             line, column = len(lines), len(lines[-1]) + 1
         elif tok.type == "_NL":
             message = "unexpected end of line"
