@@ -32,10 +32,11 @@ from ..compiler.ops import (
     get_op,
 )
 from . import ast
-from .errors import DslError
+from .errors import DslError, display_file
 from .parser import parse
 
 MAX_REPEAT = 10_000
+MAX_SOURCE_BYTES = 10 * 1024 * 1024  # a program file (or text) larger than this is refused
 
 # Attributes that take literal (fixed) parameter values, and the parameter each one fills.
 LITERAL_PARAMS = {"weights": "weight", "bias": "bias"}
@@ -154,6 +155,7 @@ class Builder:
         self.current_shared: dict[str, int] | None = None
         real_file = file and not file.startswith("<")
         self.importing: list[str] = [str(Path(file).resolve())] if real_file else []
+        self.loaded: dict[str, ModuleEnv] = {}  # imported modules by resolved path
 
     # -- entry --------------------------------------------------------------------------------
     def build_module(self, module: ast.Module) -> Graph:
@@ -340,12 +342,13 @@ class Builder:
             env.names[name] = value
 
     def load_module(self, path: Path) -> ModuleEnv:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DslError(f"cannot read {path}: {_os_reason(e)}") from None
-        module = parse(text, str(path))
+        """A module's blocks, loaded once per build (a file imported by many files is read and
+        run once, so a diamond of imports does not multiply the work)."""
+        if str(path) in self.loaded:
+            return self.loaded[str(path)]
+        module = parse(_read_file(path), str(path))
         sub = ModuleEnv(str(path))
+        self.loaded[str(path)] = sub
         self.importing.append(str(path))
         try:
             frame = Frame(sub.names, sub, Scope())
@@ -966,36 +969,83 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
     """Build the IR for a zoo name, a path to a .cnn file, or DSL source text."""
     text, file = read_source(source_or_path)
-    module = parse(text, file)
-    builder = Builder(file, overrides, search_dirs=(ZOO_DIR,))
-    graph = builder.build_module(module)
+    try:
+        module = parse(text, file)
+        builder = Builder(file, overrides, search_dirs=(ZOO_DIR,))
+        graph = builder.build_module(module)
+    except DslError as e:
+        if file == TEXT_SOURCE and "\n" not in text.strip():
+            # A one-line string might have been meant as a path: say how it was read.
+            e.notes.append(f"read as program text: there is no file named {text.strip()!r}")
+        raise
     graph.verify()
     return graph
 
 
-def read_source(source_or_path: str | Path) -> tuple[str, str]:
-    """(text, file name) for a zoo name, a file path, or source text.
+TEXT_SOURCE = "<string>"  # the file name of a program given as text
 
-    A `Path` is always a file; a string is source text when it holds a newline or `->`.
+
+def read_source(source_or_path: str | Path) -> tuple[str, str]:
+    """(text, file name) for a file path, a zoo name, or source text.
+
+    A `Path` is always a file. A string is a file when a file of that name exists (whatever
+    characters it holds, `->` and newlines included), else a zoo network's name, else program
+    text when it looks like one (a newline, `->` or punctuation no name has).
     """
     s = str(source_or_path)
-    if not isinstance(source_or_path, Path) and ("\n" in s or "->" in s):
-        return s, "<string>"
     path = Path(s)
-    if path.is_file():
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise DslError(f"cannot read {path}: {_os_reason(e)}") from None
-    if path.is_dir():
-        raise DslError(f"{s} is a directory, not a .cnn file")
+    if isinstance(source_or_path, Path) or _is_file(path):
+        return _read_file(path), s
+    if _is_dir(path):
+        raise DslError(f"{display_file(s)} is a directory, not a .cnn file")
+    if "\n" in s or "->" in s:
+        return _check_size(s, "the program text"), TEXT_SOURCE
     zoo = ZOO_DIR / f"{s}.cnn"
-    if zoo.is_file():
+    if "/" not in s and _is_file(zoo):
         return zoo.read_text(encoding="utf-8"), str(zoo)
     if any(c in s for c in " ()=:#"):  # not a path or a name: a one-line program
-        return s, "<string>"
+        return s, TEXT_SOURCE
     names = sorted(p.stem for p in ZOO_DIR.glob("*.cnn"))
     close = difflib.get_close_matches(Path(s).stem, names, n=1)
     raise DslError(f"no file {s!r} and no zoo network of that name",
                    hint=(f"did you mean {close[0]!r}? " if close else "") +
                    f"zoo: {', '.join(names) or '(empty)'}")
+
+
+def _read_file(path: Path) -> str:
+    """A program file's text; never blocks on a FIFO or device, never reads a huge file."""
+    name = display_file(str(path))
+    try:
+        if path.is_dir():
+            raise DslError(f"{name} is a directory, not a .cnn file")
+        if path.exists() and not path.is_file():
+            raise DslError(f"{name} is not a regular file (a pipe or a device?)")
+        if path.exists() and path.stat().st_size > MAX_SOURCE_BYTES:
+            raise DslError(f"{name} is {path.stat().st_size:,} bytes; a program may be at most "
+                           f"{MAX_SOURCE_BYTES:,}")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DslError(f"cannot read {name}: {_os_reason(e)}") from None
+
+
+def _check_size(text: str, what: str) -> str:
+    if len(text) > MAX_SOURCE_BYTES:
+        raise DslError(f"{what} is {len(text):,} characters; a program may be at most "
+                       f"{MAX_SOURCE_BYTES:,}")
+    return text
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a regular file of this name exists; names the OS cannot take (a NUL byte, too
+    long) name no file."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
