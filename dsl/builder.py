@@ -11,6 +11,7 @@ every time it is applied (siamese towers): `shared fc = dense(10)` owns `fc.weig
 from __future__ import annotations
 
 import difflib
+import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +34,17 @@ from ..compiler.ops import (
 )
 from . import ast
 from .errors import DslError, display_file
+from .limits import (
+    MAX_DEPTH,
+    MAX_DIM,
+    MAX_ELEMENTS,
+    MAX_INT,
+    MAX_NODES,
+    MAX_REPEAT,
+    MAX_SOURCE_BYTES,
+    MAX_STEPS,
+)
 from .parser import parse
-
-MAX_REPEAT = 10_000
-MAX_SOURCE_BYTES = 10 * 1024 * 1024  # a program file (or text) larger than this is refused
 
 # Attributes that take literal (fixed) parameter values, and the parameter each one fills.
 LITERAL_PARAMS = {"weights": "weight", "bias": "bias"}
@@ -156,6 +164,32 @@ class Builder:
         real_file = file and not file.startswith("<")
         self.importing: list[str] = [str(Path(file).resolve())] if real_file else []
         self.loaded: dict[str, ModuleEnv] = {}  # imported modules by resolved path
+        self.depth = 0  # expressions, chains and block calls being evaluated, nested
+        self.steps = 0  # evaluation steps so far (bounded by MAX_STEPS)
+
+    # -- bounds -------------------------------------------------------------------------------
+    def enter(self, span: Span) -> None:
+        """One more evaluation step, one level deeper; a located error past a limit (deep block
+        nesting and runaway repetition would otherwise recurse or run without bound)."""
+        self.steps += 1
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise DslError(f"evaluation nested too deeply: more than {MAX_DEPTH} expressions "
+                           "and block calls inside each other (the limit)", span,
+                           "blocks calling blocks this deep, or deeply nested values: "
+                           "flatten them into a chain")
+        if self.steps > MAX_STEPS:
+            raise DslError(f"the program takes too long to evaluate: more than {MAX_STEPS:,} "
+                           "steps (expressions, layers and block calls; the limit)", span,
+                           "lower the repetition counts (`* n`), especially of blocks that "
+                           "repeat inside repeated blocks")
+
+    def check_node_budget(self, span: Span, adding: int = 1) -> None:
+        """Refuse a network that grows past MAX_NODES before adding more."""
+        if len(self.graph) + adding > MAX_NODES:
+            raise DslError(f"the network is too large: more than {MAX_NODES:,} nodes (layers, "
+                           "parameters and inputs; the limit)", span,
+                           "lower the repetition counts (`* n`); nested repetitions multiply")
 
     # -- entry --------------------------------------------------------------------------------
     def build_module(self, module: ast.Module) -> Graph:
@@ -190,7 +224,7 @@ class Builder:
             if p.name in frame.local:
                 raise DslError(f"network parameter {p.name!r} is declared twice", p.span)
             if p.name in self.overrides:
-                frame.local[p.name] = self.overrides[p.name]
+                frame.local[p.name] = _check_override(p, self.overrides[p.name])
             elif p.default is None:
                 raise DslError(f"network parameter {p.name!r} has no default and no value was "
                                "given", p.span,
@@ -229,6 +263,8 @@ class Builder:
             raise DslError(f"an input is channels x height x width (or a feature count), got "
                            f"{len(dims)} dimensions", stmt.span,
                            "e.g. `input image: 3 x 224 x 224` or `input features: 128`")
+        _check_elements(f"input {stmt.name!r}", dims, stmt.span)
+        self.check_node_budget(stmt.span)
         node = self.graph.add("input", attrs={"shape": dims}, type=TensorType(dims),
                               name=stmt.name, span=stmt.span)
         self.graph.inputs[stmt.name] = node.id
@@ -241,6 +277,9 @@ class Builder:
         if not _is_int(v) or v < 1:
             raise DslError(f"input dimensions must be positive integers, got {_show(v)}",
                            expr.span, "write channels x height x width, e.g. 3 x 224 x 224")
+        if v > MAX_DIM:
+            raise DslError(f"input dimension {v:,} is larger than the limit of {MAX_DIM:,} "
+                           "(2^20) per dimension", expr.span)
         return v
 
     def stmt_import(self, stmt: ast.Import, frame: Frame, top_level: bool) -> None:
@@ -374,10 +413,14 @@ class Builder:
 
     # -- chains -------------------------------------------------------------------------------
     def eval_chain(self, chain: ast.Chain, frame: Frame) -> Any:
-        value = self.eval(chain.head, frame)
-        for stage in chain.stages:
-            value = self.eval_stage(stage, value, frame, chain.head.span)
-        return value
+        self.enter(chain.span)
+        try:
+            value = self.eval(chain.head, frame)
+            for stage in chain.stages:
+                value = self.eval_stage(stage, value, frame, chain.head.span)
+            return value
+        finally:
+            self.depth -= 1
 
     def eval_stage(self, stage: ast.Stage, value: Any, frame: Frame, head: Span) -> Any:
         if isinstance(stage, ast.OutputStage):
@@ -388,6 +431,7 @@ class Builder:
             return self.apply(stage.call, frame, value)
         times = self.repeat_count(stage.times, frame) if stage.times is not None else 1
         for _ in range(times):
+            self.steps += 1  # a repetition may add nothing (a block returning `in`)
             if isinstance(stage, ast.RepeatStage):
                 value = self.apply(stage.call, frame, value)
             else:
@@ -408,6 +452,13 @@ class Builder:
 
     # -- expressions --------------------------------------------------------------------------
     def eval(self, expr: ast.Expr, frame: Frame) -> Any:
+        self.enter(expr.span)
+        try:
+            return self.eval_expr(expr, frame)
+        finally:
+            self.depth -= 1
+
+    def eval_expr(self, expr: ast.Expr, frame: Frame) -> Any:
         if isinstance(expr, (ast.Num, ast.Bool)):
             return expr.value
         if isinstance(expr, ast.Chain):
@@ -439,8 +490,18 @@ class Builder:
                            "arithmetic works on numbers")
         if expr.op in ("//", "%", "/") and b == 0:
             raise DslError("division by zero", expr.right.span)
-        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
-                "//": lambda: a // b, "/": lambda: a / b, "%": lambda: a % b}[expr.op]()
+        if expr.op == "*" and _is_int(a) and _is_int(b) and \
+                a.bit_length() + b.bit_length() > MAX_INT.bit_length() + 1:
+            raise _too_large(expr)  # before multiplying: squaring runs away fast
+        try:
+            value = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
+                     "//": lambda: a // b, "/": lambda: a / b, "%": lambda: a % b}[expr.op]()
+        except (OverflowError, ZeroDivisionError):
+            raise _too_large(expr) from None
+        if (_is_int(value) and abs(value) > MAX_INT) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            raise _too_large(expr)
+        return value
 
     def tensor_binop(self, expr: ast.BinOp, a: Any, b: Any, frame: Frame) -> Tensor:
         """`a + b`, `a - b`, `a * b` of two tensors: elementwise with broadcasting."""
@@ -645,6 +706,7 @@ class Builder:
                   spans: dict[str, Span], site: LayerSite) -> Tensor:
         """Canonicalize the attributes, create the parameters and add the op's node."""
         in_types = [self.graph.node(t.node).type for t in inputs]
+        _check_attr_sizes(op, raw, spans, site.span)
         try:
             attrs = op.canonicalize(raw, in_types) if op.canonicalize else dict(raw)
             specs = op.param_specs(attrs, in_types)
@@ -653,12 +715,16 @@ class Builder:
                            _attr_hint(op, e.attr, raw)) from None
         except ShapeError as e:
             raise DslError(str(e), site.span, _shape_hint(op, in_types)) from None
+        for spec in specs:  # before anything is created (or, later, allocated)
+            _check_elements(f"{op.name}: its {spec.suffix}", spec.shape, site.span)
+        self.check_node_budget(site.span, len(specs) + 1)
         param_ids = [self.make_param(site, spec, raw, spans) for spec in specs]
         try:
             node = self.graph.add(op.name, [t.node for t in inputs] + param_ids, attrs,
                                   name=site.node_name, span=site.span)
         except ShapeError as e:
             raise DslError(str(e), site.span, _shape_hint(op, in_types)) from None
+        _check_elements(f"{op.name}: its output", node.type.shape, site.span)
         return Tensor(node.id)
 
     def make_param(self, site: LayerSite, spec: ParamSpec, raw: dict[str, Any],
@@ -739,6 +805,15 @@ class Builder:
         """Run a block's body on its input; `scope` is given for a shared instance."""
         defn = block.defn
         self.check_recursion(defn.name, call.span)
+        self.enter(call.span)
+        try:
+            return self.run_block(block, call, frame, piped, scope, shared_params)
+        finally:
+            self.depth -= 1
+
+    def run_block(self, block: Block, call: ast.Call, frame: Frame, piped: Tensor | None,
+                  scope: Scope | None, shared_params: dict[str, int] | None) -> Any:
+        defn = block.defn
         positional, keywords = self.eval_args(call, frame)
         local = self.bind_block_args(defn, call, positional, keywords, piped)
         if scope is None:
@@ -839,6 +914,56 @@ class Builder:
 
 # Built-in functions that read a tensor's dimensions (the axis of the per-sample shape).
 SHAPE_BUILTINS = {"channels": 0, "height": 1, "width": 2}
+
+
+def _check_override(param: ast.Param, value: Any) -> Any:
+    """A value given from outside (`--param`, load_network keywords) obeys the program's
+    number limits; it is located at the parameter it sets."""
+    if (_is_int(value) and abs(value) > MAX_INT) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        raise DslError(f"the value given for network parameter {param.name!r} is too large "
+                       f"(numbers are at most 2^53 = {MAX_INT:,}; floats must be finite)",
+                       param.span)
+    return value
+
+
+def _too_large(expr: ast.BinOp) -> DslError:
+    return DslError(f"the result of {expr.op!r} is too large (numbers are at most 2^53 = "
+                    f"{MAX_INT:,}; floats must stay finite)", expr.span)
+
+
+# Attribute kinds that hold sizes (channels, features, kernel, stride, pads, shapes, factors).
+_SIZE_KINDS = ("int", "ints", "pads", "shape")
+
+
+def _check_attr_sizes(op: OpDef, raw: dict[str, Any], spans: dict[str, Span],
+                      where: Span) -> None:
+    """Every integer in a size attribute is at most MAX_DIM, located at the argument: a
+    400-digit channel count must not reach the shape rules, the accounting or NumPy."""
+    for attr in op.signature:
+        if attr.kind not in _SIZE_KINDS or attr.name not in raw:
+            continue
+        for v in _ints_in(raw[attr.name]):
+            if abs(v) > MAX_DIM:
+                raise DslError(f"{op.name}: {attr.name} {v:,} is larger than the limit of "
+                               f"{MAX_DIM:,} (2^20) per dimension",
+                               spans.get(attr.name, where))
+
+
+def _ints_in(value: Any) -> Iterator[int]:
+    if _is_int(value):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _ints_in(v)
+
+
+def _check_elements(what: str, shape: tuple[int, ...], span: Span) -> None:
+    """A tensor of more than MAX_ELEMENTS elements is refused where it is written."""
+    size = math.prod(shape)
+    if size > MAX_ELEMENTS:
+        raise DslError(f"{what} would be {_dims(shape)} = {size:,} elements; a tensor may have "
+                       f"at most {MAX_ELEMENTS:,} (2^30, 4 GiB of float32)", span)
 
 
 def _is_op(name: str) -> bool:
@@ -946,6 +1071,10 @@ def _fit_literal(value: np.ndarray, spec: ParamSpec, key: str, span: Span) -> np
         raise DslError(f"{key} is {_dims(value.shape)}; {spec.suffix} needs "
                        f"{_dims(spec.shape)}", span,
                        "write it in that shape, or as one flat list")
+    big = np.abs(value) > np.finfo(np.float32).max
+    if big.any():
+        raise DslError(f"{key} value {value[big].flat[0]:g} does not fit a 32-bit float (at most "
+                       f"about {float(np.finfo(np.float32).max):.3g})", span)
     return value.reshape(spec.shape).astype(np.float32)
 
 
