@@ -717,6 +717,10 @@ class Builder:
             raise DslError(str(e), site.span, _shape_hint(op, in_types)) from None
         for spec in specs:  # before anything is created (or, later, allocated)
             _check_elements(f"{op.name}: its {spec.suffix}", spec.shape, site.span)
+        if "pads" in attrs and in_types and in_types[0].rank == 3:  # a padded copy is made
+            (c, h, w), (t, left, b, r) = in_types[0].shape, attrs["pads"]
+            _check_elements(f"{op.name}: its padded input", (c, h + t + b, w + left + r),
+                            site.span)
         self.check_node_budget(site.span, len(specs) + 1)
         param_ids = [self.make_param(site, spec, raw, spans) for spec in specs]
         try:
@@ -932,6 +936,8 @@ def _too_large(expr: ast.BinOp) -> DslError:
                     f"{MAX_INT:,}; floats must stay finite)", expr.span)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # kernels compute in float32
+
 # Attribute kinds that hold sizes (channels, features, kernel, stride, pads, shapes, factors).
 _SIZE_KINDS = ("int", "ints", "pads", "shape")
 
@@ -941,6 +947,11 @@ def _check_attr_sizes(op: OpDef, raw: dict[str, Any], spans: dict[str, Span],
     """Every integer in a size attribute is at most MAX_DIM, located at the argument: a
     400-digit channel count must not reach the shape rules, the accounting or NumPy."""
     for attr in op.signature:
+        if attr.kind == "float" and _is_number(raw.get(attr.name)) and \
+                abs(raw[attr.name]) > _FLOAT32_MAX:
+            raise DslError(f"{op.name}: {attr.name} {raw[attr.name]:g} does not fit a 32-bit "
+                           f"float (at most about {_FLOAT32_MAX:.3g})",
+                           spans.get(attr.name, where))
         if attr.kind not in _SIZE_KINDS or attr.name not in raw:
             continue
         for v in _ints_in(raw[attr.name]):
@@ -1071,10 +1082,10 @@ def _fit_literal(value: np.ndarray, spec: ParamSpec, key: str, span: Span) -> np
         raise DslError(f"{key} is {_dims(value.shape)}; {spec.suffix} needs "
                        f"{_dims(spec.shape)}", span,
                        "write it in that shape, or as one flat list")
-    big = np.abs(value) > np.finfo(np.float32).max
+    big = np.abs(value) > _FLOAT32_MAX
     if big.any():
         raise DslError(f"{key} value {value[big].flat[0]:g} does not fit a 32-bit float (at most "
-                       f"about {float(np.finfo(np.float32).max):.3g})", span)
+                       f"about {_FLOAT32_MAX:.3g})", span)
     return value.reshape(spec.shape).astype(np.float32)
 
 

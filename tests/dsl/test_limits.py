@@ -174,3 +174,14 @@ def test_huge_input_is_refused():
 def test_every_size_attribute_is_bounded(args):
     e = refused(H + f"x -> conv({args}) -> output y\n")
     assert "is larger than the limit of 1,048,576 (2^20) per dimension" in e.message
+
+
+def test_huge_padding_is_refused_for_the_padded_copy_it_implies():
+    e = refused("input x: 1 x 4 x 4\nx -> maxpool(1048576, pad=same) -> output y\n")
+    assert e.message.startswith("maxpool: its padded input would be 1x1048576x1048576")
+
+
+def test_float_attribute_beyond_float32_is_refused():
+    e = refused("input x: 1 x 4 x 4\nx -> pad(1, value=1e300) -> output y\n")
+    assert e.message == "pad: value 1e+300 does not fit a 32-bit float (at most about 3.4e+38)"
+    assert e.span.column == 22
