@@ -213,12 +213,17 @@ def program(draw, wild: bool | None = None) -> str:
     lines: list[str] = []
     if draw(st.booleans()):
         lines.append("network fuzz(c = " + (draw(number_text) if wild else "3") + ")")
+    imported: list[str] = []
+    if draw(st.integers(0, 5)) == 0:  # zoo files are found by the importer's search path
+        line, names = draw(st.sampled_from(IMPORTS))
+        lines.append(line)
+        imported += names
     if draw(st.integers(0, 4)):
         c, h, w = (draw(st.integers(1, 4)), draw(st.integers(1, 12)), draw(st.integers(1, 12)))
         lines.append(f"input x: {c} x {h} x {w}")
     else:
         lines.append(f"input x: {draw(st.integers(1, 16))}")
-    blocks: list[str] = []
+    blocks: list[str] = imported
     for i in range(draw(st.integers(0, 2))):
         name = f"b{i}"
         params = draw(st.sampled_from(["", "c = 4", "c", "c = 2, k = 3"]))
@@ -238,6 +243,12 @@ def program(draw, wild: bool | None = None) -> str:
         head = draw(st.sampled_from(["a", "x"]))
         lines.append(f"{draw(chain(head, tuple(blocks), 0, wild))} -> output y{i}")
     return "\n".join(lines) + "\n"
+
+
+IMPORTS = [('from "resnet18.cnn" import basic', ["basic"]),
+           ('from "googlenet.cnn" import conv_relu, inception', ["conv_relu", "inception"]),
+           ('import "vgg16.cnn"', ["stage"]), ('import "missing.cnn"', []),
+           ('from "vgg16.cnn" import nothing', [])]
 
 
 # Token-level edits that make near-valid programs from valid-looking ones.
