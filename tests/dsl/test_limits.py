@@ -185,3 +185,20 @@ def test_float_attribute_beyond_float32_is_refused():
     e = refused("input x: 1 x 4 x 4\nx -> pad(1, value=1e300) -> output y\n")
     assert e.message == "pad: value 1e+300 does not fit a 32-bit float (at most about 3.4e+38)"
     assert (e.span.column, e.span.end_column) == (19, 24)  # the value, not the keyword
+
+
+@pytest.mark.parametrize("layer, fragment", [
+    ("conv(" + "9" * 400 + ", 1)", "number too large"),
+    ("conv(100000, 1) -> conv(100000, 1)", "a tensor may have at most"),
+    ("flatten -> dense(100000000)", "larger than the limit of 1,048,576"),
+])
+def test_cnnc_summary_answers_oversized_programs_with_a_located_error(tmp_path, capsys, layer,
+                                                                      fragment):
+    from cnnc.runtime.cli import main
+
+    path = tmp_path / "big.cnn"
+    path.write_text(f"input x: 3 x 8 x 8\nx -> {layer} -> output y\n")
+    assert main(["summary", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:2:") and fragment in err and "^" in err
+    assert "bug in cnnc" not in err and "Traceback" not in err
