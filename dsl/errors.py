@@ -7,12 +7,17 @@ import unicodedata
 
 from ..compiler.ir import Span
 
-# Source texts by file name, so an error can quote its line wherever it is raised.
+# Source texts by file name, so an error can quote its line wherever it is raised: the most
+# recent ones only, so that a long-lived process that parses many files does not keep them all.
 _SOURCES: dict[str, str] = {}
+_KEEP_SOURCES = 256
 
 
 def remember_source(name: str, text: str) -> None:
-    _SOURCES[name] = text
+    _SOURCES.pop(name, None)
+    _SOURCES[name] = text  # now the newest
+    while len(_SOURCES) > _KEEP_SOURCES:
+        del _SOURCES[next(iter(_SOURCES))]
 
 
 def source_lines(text: str) -> list[str]:

@@ -76,3 +76,13 @@ def test_error_line_is_the_lexer_line_for_any_comment_text(comments, bad_line):
     assert e.span.line == k + 2
     assert source_lines(src)[e.span.line - 1] == "x -> cnv(3) -> output o"
     assert lines[1] == "    x -> cnv(3) -> output o"
+
+
+def test_remembered_sources_are_bounded_and_the_newest_still_quoted():
+    from cnnc.dsl import errors
+
+    for i in range(errors._KEEP_SOURCES + 50):
+        errors.remember_source(f"<fuzz {i}>", "x\n")
+    assert len(errors._SOURCES) == errors._KEEP_SOURCES
+    e, lines = rendered("input x: 3 x 8 x 8\nx -> cnv(3) -> output o\n")
+    assert lines[1] == "    x -> cnv(3) -> output o"
