@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .ir import Graph, Node
+from .ops import get_op
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,6 @@ def receptive_fields(graph: Graph) -> dict[int, Field]:
 
 def field_of(node: Node, ins: list[Field]) -> Field:
     """One node's field from its inputs' fields and its canonical attributes."""
-    from .ops import get_op
-
     op = get_op(node.op)
     a = node.attrs
     if not ins:
