@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from cnnc.compiler.ir import Graph
@@ -37,7 +37,10 @@ WALL_S = 60
 
 
 def fuzz_settings(short: int, long: int = 3000):
+    # No explain phase: it runs every example under a line tracer (several times slower),
+    # which would make the time budget measure the tracer rather than cnnc.
     return settings(max_examples=long if LONG else short, deadline=None, database=None,
+                    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
 
