@@ -11,6 +11,7 @@ every time it is applied (siamese towers): `shared fc = dense(10)` owns `fc.weig
 from __future__ import annotations
 
 import difflib
+import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,10 +33,18 @@ from ..compiler.ops import (
     get_op,
 )
 from . import ast
-from .errors import DslError
+from .errors import DslError, display_file
+from .limits import (
+    MAX_DEPTH,
+    MAX_DIM,
+    MAX_ELEMENTS,
+    MAX_INT,
+    MAX_NODES,
+    MAX_REPEAT,
+    MAX_SOURCE_BYTES,
+    MAX_STEPS,
+)
 from .parser import parse
-
-MAX_REPEAT = 10_000
 
 # Attributes that take literal (fixed) parameter values, and the parameter each one fills.
 LITERAL_PARAMS = {"weights": "weight", "bias": "bias"}
@@ -154,6 +163,33 @@ class Builder:
         self.current_shared: dict[str, int] | None = None
         real_file = file and not file.startswith("<")
         self.importing: list[str] = [str(Path(file).resolve())] if real_file else []
+        self.loaded: dict[str, ModuleEnv] = {}  # imported modules by resolved path
+        self.depth = 0  # expressions, chains and block calls being evaluated, nested
+        self.steps = 0  # evaluation steps so far (bounded by MAX_STEPS)
+
+    # -- bounds -------------------------------------------------------------------------------
+    def enter(self, span: Span) -> None:
+        """One more evaluation step, one level deeper; a located error past a limit (deep block
+        nesting and runaway repetition would otherwise recurse or run without bound)."""
+        self.steps += 1
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise DslError(f"evaluation nested too deeply: more than {MAX_DEPTH} expressions "
+                           "and block calls inside each other (the limit)", span,
+                           "blocks calling blocks this deep, or deeply nested values: "
+                           "flatten them into a chain")
+        if self.steps > MAX_STEPS:
+            raise DslError(f"the program takes too long to evaluate: more than {MAX_STEPS:,} "
+                           "steps (expressions, layers and block calls; the limit)", span,
+                           "lower the repetition counts (`* n`), especially of blocks that "
+                           "repeat inside repeated blocks")
+
+    def check_node_budget(self, span: Span, adding: int = 1) -> None:
+        """Refuse a network that grows past MAX_NODES before adding more."""
+        if len(self.graph) + adding > MAX_NODES:
+            raise DslError(f"the network is too large: more than {MAX_NODES:,} nodes (layers, "
+                           "parameters and inputs; the limit)", span,
+                           "lower the repetition counts (`* n`); nested repetitions multiply")
 
     # -- entry --------------------------------------------------------------------------------
     def build_module(self, module: ast.Module) -> Graph:
@@ -188,7 +224,7 @@ class Builder:
             if p.name in frame.local:
                 raise DslError(f"network parameter {p.name!r} is declared twice", p.span)
             if p.name in self.overrides:
-                frame.local[p.name] = self.overrides[p.name]
+                frame.local[p.name] = _check_override(p, self.overrides[p.name])
             elif p.default is None:
                 raise DslError(f"network parameter {p.name!r} has no default and no value was "
                                "given", p.span,
@@ -227,6 +263,8 @@ class Builder:
             raise DslError(f"an input is channels x height x width (or a feature count), got "
                            f"{len(dims)} dimensions", stmt.span,
                            "e.g. `input image: 3 x 224 x 224` or `input features: 128`")
+        _check_elements(f"input {stmt.name!r}", dims, stmt.span)
+        self.check_node_budget(stmt.span)
         node = self.graph.add("input", attrs={"shape": dims}, type=TensorType(dims),
                               name=stmt.name, span=stmt.span)
         self.graph.inputs[stmt.name] = node.id
@@ -239,6 +277,9 @@ class Builder:
         if not _is_int(v) or v < 1:
             raise DslError(f"input dimensions must be positive integers, got {_show(v)}",
                            expr.span, "write channels x height x width, e.g. 3 x 224 x 224")
+        if v > MAX_DIM:
+            raise DslError(f"input dimension {v:,} is larger than the limit of {MAX_DIM:,} "
+                           "(2^20) per dimension", expr.span)
         return v
 
     def stmt_import(self, stmt: ast.Import, frame: Frame, top_level: bool) -> None:
@@ -340,12 +381,13 @@ class Builder:
             env.names[name] = value
 
     def load_module(self, path: Path) -> ModuleEnv:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DslError(f"cannot read {path}: {_os_reason(e)}") from None
-        module = parse(text, str(path))
+        """A module's blocks, loaded once per build (a file imported by many files is read and
+        run once, so a diamond of imports does not multiply the work)."""
+        if str(path) in self.loaded:
+            return self.loaded[str(path)]
+        module = parse(_read_file(path), str(path))
         sub = ModuleEnv(str(path))
+        self.loaded[str(path)] = sub
         self.importing.append(str(path))
         try:
             frame = Frame(sub.names, sub, Scope())
@@ -371,10 +413,14 @@ class Builder:
 
     # -- chains -------------------------------------------------------------------------------
     def eval_chain(self, chain: ast.Chain, frame: Frame) -> Any:
-        value = self.eval(chain.head, frame)
-        for stage in chain.stages:
-            value = self.eval_stage(stage, value, frame, chain.head.span)
-        return value
+        self.enter(chain.span)
+        try:
+            value = self.eval(chain.head, frame)
+            for stage in chain.stages:
+                value = self.eval_stage(stage, value, frame, chain.head.span)
+            return value
+        finally:
+            self.depth -= 1
 
     def eval_stage(self, stage: ast.Stage, value: Any, frame: Frame, head: Span) -> Any:
         if isinstance(stage, ast.OutputStage):
@@ -385,6 +431,7 @@ class Builder:
             return self.apply(stage.call, frame, value)
         times = self.repeat_count(stage.times, frame) if stage.times is not None else 1
         for _ in range(times):
+            self.steps += 1  # a repetition may add nothing (a block returning `in`)
             if isinstance(stage, ast.RepeatStage):
                 value = self.apply(stage.call, frame, value)
             else:
@@ -405,6 +452,13 @@ class Builder:
 
     # -- expressions --------------------------------------------------------------------------
     def eval(self, expr: ast.Expr, frame: Frame) -> Any:
+        self.enter(expr.span)
+        try:
+            return self.eval_expr(expr, frame)
+        finally:
+            self.depth -= 1
+
+    def eval_expr(self, expr: ast.Expr, frame: Frame) -> Any:
         if isinstance(expr, (ast.Num, ast.Bool)):
             return expr.value
         if isinstance(expr, ast.Chain):
@@ -436,8 +490,18 @@ class Builder:
                            "arithmetic works on numbers")
         if expr.op in ("//", "%", "/") and b == 0:
             raise DslError("division by zero", expr.right.span)
-        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
-                "//": lambda: a // b, "/": lambda: a / b, "%": lambda: a % b}[expr.op]()
+        if expr.op == "*" and _is_int(a) and _is_int(b) and \
+                a.bit_length() + b.bit_length() > MAX_INT.bit_length() + 1:
+            raise _too_large(expr)  # before multiplying: squaring runs away fast
+        try:
+            value = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
+                     "//": lambda: a // b, "/": lambda: a / b, "%": lambda: a % b}[expr.op]()
+        except (OverflowError, ZeroDivisionError):
+            raise _too_large(expr) from None
+        if (_is_int(value) and abs(value) > MAX_INT) or \
+                (isinstance(value, float) and not math.isfinite(value)):
+            raise _too_large(expr)
+        return value
 
     def tensor_binop(self, expr: ast.BinOp, a: Any, b: Any, frame: Frame) -> Tensor:
         """`a + b`, `a - b`, `a * b` of two tensors: elementwise with broadcasting."""
@@ -642,6 +706,7 @@ class Builder:
                   spans: dict[str, Span], site: LayerSite) -> Tensor:
         """Canonicalize the attributes, create the parameters and add the op's node."""
         in_types = [self.graph.node(t.node).type for t in inputs]
+        _check_attr_sizes(op, raw, spans, site.span)
         try:
             attrs = op.canonicalize(raw, in_types) if op.canonicalize else dict(raw)
             specs = op.param_specs(attrs, in_types)
@@ -650,12 +715,20 @@ class Builder:
                            _attr_hint(op, e.attr, raw)) from None
         except ShapeError as e:
             raise DslError(str(e), site.span, _shape_hint(op, in_types)) from None
+        for spec in specs:  # before anything is created (or, later, allocated)
+            _check_elements(f"{op.name}: its {spec.suffix}", spec.shape, site.span)
+        if "pads" in attrs and in_types and in_types[0].rank == 3:  # a padded copy is made
+            (c, h, w), (t, left, b, r) = in_types[0].shape, attrs["pads"]
+            _check_elements(f"{op.name}: its padded input", (c, h + t + b, w + left + r),
+                            site.span)
+        self.check_node_budget(site.span, len(specs) + 1)
         param_ids = [self.make_param(site, spec, raw, spans) for spec in specs]
         try:
             node = self.graph.add(op.name, [t.node for t in inputs] + param_ids, attrs,
                                   name=site.node_name, span=site.span)
         except ShapeError as e:
             raise DslError(str(e), site.span, _shape_hint(op, in_types)) from None
+        _check_elements(f"{op.name}: its output", node.type.shape, site.span)
         return Tensor(node.id)
 
     def make_param(self, site: LayerSite, spec: ParamSpec, raw: dict[str, Any],
@@ -736,6 +809,15 @@ class Builder:
         """Run a block's body on its input; `scope` is given for a shared instance."""
         defn = block.defn
         self.check_recursion(defn.name, call.span)
+        self.enter(call.span)
+        try:
+            return self.run_block(block, call, frame, piped, scope, shared_params)
+        finally:
+            self.depth -= 1
+
+    def run_block(self, block: Block, call: ast.Call, frame: Frame, piped: Tensor | None,
+                  scope: Scope | None, shared_params: dict[str, int] | None) -> Any:
+        defn = block.defn
         positional, keywords = self.eval_args(call, frame)
         local = self.bind_block_args(defn, call, positional, keywords, piped)
         if scope is None:
@@ -836,6 +918,63 @@ class Builder:
 
 # Built-in functions that read a tensor's dimensions (the axis of the per-sample shape).
 SHAPE_BUILTINS = {"channels": 0, "height": 1, "width": 2}
+
+
+def _check_override(param: ast.Param, value: Any) -> Any:
+    """A value given from outside (`--param`, load_network keywords) obeys the program's
+    number limits; it is located at the parameter it sets."""
+    if (_is_int(value) and abs(value) > MAX_INT) or \
+            (isinstance(value, float) and not math.isfinite(value)):
+        raise DslError(f"the value given for network parameter {param.name!r} is too large "
+                       f"(numbers are at most 2^53 = {MAX_INT:,}; floats must be finite)",
+                       param.span)
+    return value
+
+
+def _too_large(expr: ast.BinOp) -> DslError:
+    return DslError(f"the result of {expr.op!r} is too large (numbers are at most 2^53 = "
+                    f"{MAX_INT:,}; floats must stay finite)", expr.span)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # kernels compute in float32
+
+# Attribute kinds that hold sizes (channels, features, kernel, stride, pads, shapes, factors).
+_SIZE_KINDS = ("int", "ints", "pads", "shape")
+
+
+def _check_attr_sizes(op: OpDef, raw: dict[str, Any], spans: dict[str, Span],
+                      where: Span) -> None:
+    """Every integer in a size attribute is at most MAX_DIM, located at the argument: a
+    400-digit channel count must not reach the shape rules, the accounting or NumPy."""
+    for attr in op.signature:
+        if attr.kind == "float" and _is_number(raw.get(attr.name)) and \
+                abs(raw[attr.name]) > _FLOAT32_MAX:
+            raise DslError(f"{op.name}: {attr.name} {raw[attr.name]:g} does not fit a 32-bit "
+                           f"float (at most about {_FLOAT32_MAX:.3g})",
+                           spans.get(attr.name, where))
+        if attr.kind not in _SIZE_KINDS or attr.name not in raw:
+            continue
+        for v in _ints_in(raw[attr.name]):
+            if abs(v) > MAX_DIM:
+                raise DslError(f"{op.name}: {attr.name} {v:,} is larger than the limit of "
+                               f"{MAX_DIM:,} (2^20) per dimension",
+                               spans.get(attr.name, where))
+
+
+def _ints_in(value: Any) -> Iterator[int]:
+    if _is_int(value):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _ints_in(v)
+
+
+def _check_elements(what: str, shape: tuple[int, ...], span: Span) -> None:
+    """A tensor of more than MAX_ELEMENTS elements is refused where it is written."""
+    size = math.prod(shape)
+    if size > MAX_ELEMENTS:
+        raise DslError(f"{what} would be {_dims(shape)} = {size:,} elements; a tensor may have "
+                       f"at most {MAX_ELEMENTS:,} (2^30, 4 GiB of float32)", span)
 
 
 def _is_op(name: str) -> bool:
@@ -943,6 +1082,10 @@ def _fit_literal(value: np.ndarray, spec: ParamSpec, key: str, span: Span) -> np
         raise DslError(f"{key} is {_dims(value.shape)}; {spec.suffix} needs "
                        f"{_dims(spec.shape)}", span,
                        "write it in that shape, or as one flat list")
+    big = np.abs(value) > _FLOAT32_MAX
+    if big.any():
+        raise DslError(f"{key} value {value[big].flat[0]:g} does not fit a 32-bit float (at most "
+                       f"about {_FLOAT32_MAX:.3g})", span)
     return value.reshape(spec.shape).astype(np.float32)
 
 
@@ -966,36 +1109,83 @@ ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
 def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
     """Build the IR for a zoo name, a path to a .cnn file, or DSL source text."""
     text, file = read_source(source_or_path)
-    module = parse(text, file)
-    builder = Builder(file, overrides, search_dirs=(ZOO_DIR,))
-    graph = builder.build_module(module)
+    try:
+        module = parse(text, file)
+        builder = Builder(file, overrides, search_dirs=(ZOO_DIR,))
+        graph = builder.build_module(module)
+    except DslError as e:
+        if file == TEXT_SOURCE and "\n" not in text.strip():
+            # A one-line string might have been meant as a path: say how it was read.
+            e.notes.append(f"read as program text: there is no file named {text.strip()!r}")
+        raise
     graph.verify()
     return graph
 
 
-def read_source(source_or_path: str | Path) -> tuple[str, str]:
-    """(text, file name) for a zoo name, a file path, or source text.
+TEXT_SOURCE = "<string>"  # the file name of a program given as text
 
-    A `Path` is always a file; a string is source text when it holds a newline or `->`.
+
+def read_source(source_or_path: str | Path) -> tuple[str, str]:
+    """(text, file name) for a file path, a zoo name, or source text.
+
+    A `Path` is always a file. A string is a file when a file of that name exists (whatever
+    characters it holds, `->` and newlines included), else a zoo network's name, else program
+    text when it looks like one (a newline, `->` or punctuation no name has).
     """
     s = str(source_or_path)
-    if not isinstance(source_or_path, Path) and ("\n" in s or "->" in s):
-        return s, "<string>"
     path = Path(s)
-    if path.is_file():
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise DslError(f"cannot read {path}: {_os_reason(e)}") from None
-    if path.is_dir():
-        raise DslError(f"{s} is a directory, not a .cnn file")
+    if isinstance(source_or_path, Path) or _is_file(path):
+        return _read_file(path), s
+    if _is_dir(path):
+        raise DslError(f"{display_file(s)} is a directory, not a .cnn file")
+    if "\n" in s or "->" in s:
+        return _check_size(s, "the program text"), TEXT_SOURCE
     zoo = ZOO_DIR / f"{s}.cnn"
-    if zoo.is_file():
+    if "/" not in s and _is_file(zoo):
         return zoo.read_text(encoding="utf-8"), str(zoo)
     if any(c in s for c in " ()=:#"):  # not a path or a name: a one-line program
-        return s, "<string>"
+        return s, TEXT_SOURCE
     names = sorted(p.stem for p in ZOO_DIR.glob("*.cnn"))
     close = difflib.get_close_matches(Path(s).stem, names, n=1)
     raise DslError(f"no file {s!r} and no zoo network of that name",
                    hint=(f"did you mean {close[0]!r}? " if close else "") +
                    f"zoo: {', '.join(names) or '(empty)'}")
+
+
+def _read_file(path: Path) -> str:
+    """A program file's text; never blocks on a FIFO or device, never reads a huge file."""
+    name = display_file(str(path))
+    try:
+        if path.is_dir():
+            raise DslError(f"{name} is a directory, not a .cnn file")
+        if path.exists() and not path.is_file():
+            raise DslError(f"{name} is not a regular file (a pipe or a device?)")
+        if path.exists() and path.stat().st_size > MAX_SOURCE_BYTES:
+            raise DslError(f"{name} is {path.stat().st_size:,} bytes; a program may be at most "
+                           f"{MAX_SOURCE_BYTES:,}")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DslError(f"cannot read {name}: {_os_reason(e)}") from None
+
+
+def _check_size(text: str, what: str) -> str:
+    if len(text) > MAX_SOURCE_BYTES:
+        raise DslError(f"{what} is {len(text):,} characters; a program may be at most "
+                       f"{MAX_SOURCE_BYTES:,}")
+    return text
+
+
+def _is_file(path: Path) -> bool:
+    """Whether a regular file of this name exists; names the OS cannot take (a NUL byte, too
+    long) name no file."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..compiler.ir import Span
 from . import ast
-from .errors import DslError, remember_source
+from .errors import DslError, remember_source, source_lines
+from .limits import MAX_INT, MAX_NESTING
 
 GRAMMAR = Path(__file__).with_name("cnnc.lark")
 
@@ -118,9 +119,32 @@ def parse(text: str, file: str = "<string>") -> ast.Module:
         raise _unclosed_error(e.opener, file) from None
     except UnexpectedInput as e:
         raise _syntax_error(e, text, file) from None
+    check_nesting(tree, file)
     module = ast.Module(file)
-    module.items = _ToAst(file).transform(tree)
+    try:
+        module.items = _ToAst(file).transform(tree)
+    except VisitError as e:  # lark wraps what a transformer method raises
+        if isinstance(e.orig_exc, DslError):
+            raise e.orig_exc from None
+        raise
     return module
+
+
+def check_nesting(tree: Tree, file: str) -> None:
+    """Refuse a parse tree nested deeper than MAX_NESTING (600 nested parentheses, a long
+    `- - - 1`): the syntax-tree conversion and the builder recurse once per level, so without
+    this a deep program ends in Python's RecursionError. Walks the tree without recursion."""
+    stack: list[tuple[Tree, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            meta = node.meta
+            span = (Span(file, meta.line, meta.column, meta.line, meta.column + 1)
+                    if not meta.empty else Span(file, 1, 1, 1, 2))
+            raise DslError(f"nesting too deep: more than {MAX_NESTING} levels of brackets, "
+                           "operators and chains inside each other (the limit)", span,
+                           "split the expression: give inner parts names (`a = ...`) or blocks")
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
 
 
 def _unclosed_error(opener: Token, file: str) -> DslError:
@@ -148,7 +172,7 @@ def _syntax_error(e: UnexpectedInput, text: str, file: str) -> DslError:
             previous = _JOINER.recent[-2]
         if tok.type == "$END":
             message = "unexpected end of file"
-            lines = text.splitlines() or [""]
+            lines = source_lines(text.removesuffix("\n"))  # point after the last text
             line, column = len(lines), len(lines[-1]) + 1
         elif tok.type == "_NL":
             message = "unexpected end of line"
@@ -238,6 +262,11 @@ def _describe(tok: Token) -> str:
     if tok.type == "STRING":
         return f"string {str(tok)}"
     return f"{str(tok)!r}"
+
+
+def _abbrev(text: str) -> str:
+    """A long number as `123456...789 (400 digits)`."""
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-6:]} ({len(text)} characters)"
 
 
 def _span(file: str, meta) -> Span:
@@ -338,10 +367,19 @@ class _ToAst(Transformer):
         return ast.Arg(self._s(meta), value, str(name), _tok_span(self.file, name))
 
     def int(self, meta, children):
-        return ast.Num(self._s(meta), int(children[0]))
+        text = str(children[0])
+        # Checked on the digits first: int() of thousands of digits is slow (and refused).
+        if len(text.lstrip("0")) > len(str(MAX_INT)) or int(text) > MAX_INT:
+            raise DslError(f"number too large: {_abbrev(text)} (numbers are at most "
+                           f"2^53 = {MAX_INT:,})", self._s(meta))
+        return ast.Num(self._s(meta), int(text))
 
     def float(self, meta, children):
-        return ast.Num(self._s(meta), float(children[0]))
+        value = float(children[0])  # never raises: too large reads as inf
+        if value == float("inf"):
+            raise DslError(f"number too large: {_abbrev(str(children[0]))} is beyond the "
+                           "range of a 64-bit float (about 1.8e308)", self._s(meta))
+        return ast.Num(self._s(meta), value)
 
     def true(self, meta, children):
         return ast.Bool(self._s(meta), True)

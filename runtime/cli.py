@@ -44,10 +44,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .summary import format_summary, summarize
+    from .summary import format_receptive_fields, format_summary, summarize
 
     graph = load_graph(args)
     print(format_summary(summarize(graph), all_rows=args.all))
+    if args.receptive_field:
+        print("\n" + format_receptive_fields(graph, all_rows=args.all))
     return 0
 
 
@@ -107,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_arg(p)
     p.add_argument("--all", action="store_true",
                    help="also list layers without parameters or new activations")
+    p.add_argument("--receptive-field", action="store_true",
+                   help="also print each layer's receptive field (size, jump, start)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("dump", help="print the IR graph")

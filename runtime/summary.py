@@ -109,3 +109,24 @@ def format_giga(n: int) -> str:
 
 def _dims(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape))
+
+
+def format_receptive_fields(graph: Graph, all_rows: bool = True) -> str:
+    """The table `cnnc summary --receptive-field` prints: per layer, the receptive field
+    (height x width, in input pixels), the jump between neighbouring outputs and the centre of
+    the first output's window (see compiler/receptive_field.py)."""
+    from ..compiler.receptive_field import describe, receptive_fields
+
+    fields = receptive_fields(graph)
+    shown = {r.name for r in summarize(graph).rows if all_rows or r.params or r.macs or
+             r.activations}
+    table = [("layer", "op", "output", "receptive field", "jump", "start")]
+    for k, v in graph.inputs.items():
+        table.append((k, "input", _dims(graph.node(v).type.shape), *describe(fields[v])))
+    for node in graph.compute_nodes():
+        if node.name in shown:
+            table.append((node.name, node.op, _dims(node.type.shape), *describe(fields[node.id])))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join([f"receptive fields of {graph.name} (in input pixels)"] + lines)
