@@ -1103,7 +1103,11 @@ def _os_reason(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
-ZOO_DIR = Path(__file__).resolve().parent.parent / "zoo"
+def _zoo_dir() -> Path:
+    """The zoo's folder, from the zoo package (``cnnc.zoo``), the one owner of that path."""
+    from .. import zoo
+
+    return zoo.ZOO_DIR
 
 
 def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
@@ -1111,7 +1115,7 @@ def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
     text, file = read_source(source_or_path)
     try:
         module = parse(text, file)
-        builder = Builder(file, overrides, search_dirs=(ZOO_DIR,))
+        builder = Builder(file, overrides, search_dirs=(_zoo_dir(),))
         graph = builder.build_module(module)
     except DslError as e:
         if file == TEXT_SOURCE and "\n" not in text.strip():
@@ -1140,12 +1144,14 @@ def read_source(source_or_path: str | Path) -> tuple[str, str]:
         raise DslError(f"{display_file(s)} is a directory, not a .cnn file")
     if "\n" in s or "->" in s:
         return _check_size(s, "the program text"), TEXT_SOURCE
-    zoo = ZOO_DIR / f"{s}.cnn"
+    zoo = _zoo_dir() / f"{s}.cnn"
     if "/" not in s and _is_file(zoo):
         return zoo.read_text(encoding="utf-8"), str(zoo)
     if any(c in s for c in " ()=:#"):  # not a path or a name: a one-line program
         return s, TEXT_SOURCE
-    names = sorted(p.stem for p in ZOO_DIR.glob("*.cnn"))
+    from .. import zoo as zoo_package
+
+    names = zoo_package.names()
     close = difflib.get_close_matches(Path(s).stem, names, n=1)
     raise DslError(f"no file {s!r} and no zoo network of that name",
                    hint=(f"did you mean {close[0]!r}? " if close else "") +

@@ -44,10 +44,17 @@ def _user_errors() -> tuple[type[Exception], ...]:
 # -- commands ---------------------------------------------------------------------------------
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from ..compiler.ops import count_macs
+    from ..compiler.passes import optimize
     from .summary import format_receptive_fields, format_summary, summarize
 
     graph = load_graph(args)
     print(format_summary(summarize(graph), all_rows=args.all))
+    optimized = graph.copy()
+    optimize(optimized, 2)
+    before, after = count_macs(graph), count_macs(optimized)
+    print(f"after the -O2 passes:           {after:,} multiply-accumulates per image "
+          f"({before - after:,} saved)")
     if args.receptive_field:
         print("\n" + format_receptive_fields(graph, all_rows=args.all))
     return 0

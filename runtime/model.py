@@ -161,15 +161,9 @@ class CompiledModel:
     # -- statistics ---------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
         """What one call does, after the passes (``cnnc compile --stats``)."""
-        from ..compiler.ops import get_op
+        from ..compiler.ops import count_macs
 
-        g = self.plan.graph
-        macs = 0
-        for node in g.compute_nodes():
-            if node.id in self.plan.param_nodes:
-                continue
-            own = [g.node(i).type for i in node.inputs]
-            macs += get_op(node.op).macs(own, node.type, node.attrs)
+        macs = count_macs(self.plan.graph)
         transforms = sum(1 for s in self.steps for c in s.calls
                          if any(t in c.kernel for t in LAYOUT_TRANSFORMS))
         return {"kernels per call": self.plan.kernel_calls,

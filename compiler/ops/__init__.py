@@ -251,6 +251,20 @@ def operand_kind(shape: tuple[int, ...], target: tuple[int, ...]) -> str | None:
     return None
 
 
+def count_macs(graph: Any) -> int:
+    """Multiply-accumulates per image of a graph's per-call work (each op's ``macs`` rule on
+    its own inputs; parameter-time nodes are not per-call work)."""
+    total = 0
+    for node in graph.compute_nodes():
+        op = get_op(node.op)
+        if op.internal or node.attrs.get("parameter_time"):
+            continue
+        n = own_input_count(len(node.inputs), node.attrs)
+        types = [graph.node(i).type for i in node.inputs[:n]]
+        total += op.macs(types, node.type, own_attrs(node.attrs))
+    return total
+
+
 def elementwise_layouts(node: Any, in_types: list[TensorType]) -> tuple[tuple[str, str], ...]:
     """The layout rule of element-wise ops: their kernels run over NCHW8c storage too (a
     per-channel gate operand stays plain ``[N, C]``)."""

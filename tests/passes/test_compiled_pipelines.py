@@ -86,3 +86,14 @@ def test_cli_stats_explain_and_dump_ir(tmp_path, capsys):
     assert len(list((tmp_path / "ir").iterdir())) > 5
     with pytest.raises(SystemExit):
         main(["compile", str(f), "-O", "3"])
+
+
+def test_summary_shows_multiply_accumulates_before_and_after(tmp_path, capsys):
+    f = tmp_path / "small.cnn"
+    f.write_text(NET)
+    assert main(["summary", str(f)]) == 0
+    out = capsys.readouterr().out
+    before = re.search(r"multiply-accumulates per image: ([\d,]+)", out).group(1)
+    after = re.search(r"after the -O2 passes: +([\d,]+) multiply-accumulates per image "
+                      r"\((\d[\d,]*) saved\)", out)
+    assert after.group(1) == before and after.group(2) == "0"  # folding saves kernels, not MACs
