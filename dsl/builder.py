@@ -33,7 +33,7 @@ from ..compiler.ops import (
     get_op,
 )
 from . import ast
-from .errors import DslError, display_file
+from .errors import DslError, LimitError, display_file
 from .limits import (
     MAX_DEPTH,
     MAX_DIM,
@@ -174,12 +174,12 @@ class Builder:
         self.steps += 1
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise DslError(f"evaluation nested too deeply: more than {MAX_DEPTH} expressions "
+            raise LimitError(f"evaluation nested too deeply: more than {MAX_DEPTH} expressions "
                            "and block calls inside each other (the limit)", span,
                            "blocks calling blocks this deep, or deeply nested values: "
                            "flatten them into a chain")
         if self.steps > MAX_STEPS:
-            raise DslError(f"the program takes too long to evaluate: more than {MAX_STEPS:,} "
+            raise LimitError(f"the program takes too long to evaluate: more than {MAX_STEPS:,} "
                            "steps (expressions, layers and block calls; the limit)", span,
                            "lower the repetition counts (`* n`), especially of blocks that "
                            "repeat inside repeated blocks")
@@ -187,7 +187,7 @@ class Builder:
     def check_node_budget(self, span: Span, adding: int = 1) -> None:
         """Refuse a network that grows past MAX_NODES before adding more."""
         if len(self.graph) + adding > MAX_NODES:
-            raise DslError(f"the network is too large: more than {MAX_NODES:,} nodes (layers, "
+            raise LimitError(f"the network is too large: more than {MAX_NODES:,} nodes (layers, "
                            "parameters and inputs; the limit)", span,
                            "lower the repetition counts (`* n`); nested repetitions multiply")
 
@@ -278,7 +278,7 @@ class Builder:
             raise DslError(f"input dimensions must be positive integers, got {_show(v)}",
                            expr.span, "write channels x height x width, e.g. 3 x 224 x 224")
         if v > MAX_DIM:
-            raise DslError(f"input dimension {v:,} is larger than the limit of {MAX_DIM:,} "
+            raise LimitError(f"input dimension {v:,} is larger than the limit of {MAX_DIM:,} "
                            "(2^20) per dimension", expr.span)
         return v
 
@@ -956,7 +956,7 @@ def _check_attr_sizes(op: OpDef, raw: dict[str, Any], spans: dict[str, Span],
             continue
         for v in _ints_in(raw[attr.name]):
             if abs(v) > MAX_DIM:
-                raise DslError(f"{op.name}: {attr.name} {v:,} is larger than the limit of "
+                raise LimitError(f"{op.name}: {attr.name} {v:,} is larger than the limit of "
                                f"{MAX_DIM:,} (2^20) per dimension",
                                spans.get(attr.name, where))
 
@@ -973,8 +973,8 @@ def _check_elements(what: str, shape: tuple[int, ...], span: Span) -> None:
     """A tensor of more than MAX_ELEMENTS elements is refused where it is written."""
     size = math.prod(shape)
     if size > MAX_ELEMENTS:
-        raise DslError(f"{what} would be {_dims(shape)} = {size:,} elements; a tensor may have "
-                       f"at most {MAX_ELEMENTS:,} (2^30, 4 GiB of float32)", span)
+        raise LimitError(f"{what} would be {_dims(shape)} = {size:,} elements; a tensor may "
+                         f"have at most {MAX_ELEMENTS:,} (2^30, 4 GiB of float32)", span)
 
 
 def _is_op(name: str) -> bool:

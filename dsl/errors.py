@@ -83,6 +83,11 @@ class DslError(Exception):
         return self.render()
 
 
+class LimitError(DslError):
+    """A program beyond one of cnnc's bounds (``dsl/limits.py``: sizes, element counts, total
+    work): still a located user error, and one an importer reports as the model's, not its own."""
+
+
 def _indent_like(line: str, n: int) -> str:
     """Whitespace that lines a caret up under column n, keeping the line's tabs."""
     return "".join("\t" if ch == "\t" else " " for ch in line[:n])

@@ -1678,12 +1678,14 @@ def import_model(path_or_model: Any, name: str | None = None
 def _verify(text: str, weights: dict[str, np.ndarray]) -> None:
     """The generated source must build and take exactly these weights."""
     from ..dsl.builder import load_network
-    from ..dsl.errors import DslError
+    from ..dsl.errors import DslError, LimitError
     from .weights import WeightsError, check_weights
 
     try:
         graph = load_network(text)
         check_weights(graph, weights, "imported weights")
+    except LimitError as e:  # the model's sizes, not the importer's mistake
+        raise OnnxImportError(f"the model is beyond cnnc's limits: {e.message}") from None
     except (DslError, WeightsError) as e:
         raise OnnxImportError(f"internal error: the generated network does not build:\n{e}\n"
                               f"--- generated source ---\n{text}") from None

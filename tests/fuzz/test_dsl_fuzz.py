@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 
 from cnnc.compiler.ir import Graph
 from cnnc.compiler.ops import REQUIRED, all_names, get_op
-from cnnc.dsl.builder import ZOO_DIR, load_network
+from cnnc.dsl.builder import load_network
 from cnnc.dsl.errors import DslError, source_lines
 from cnnc.runtime.cli import _user_errors
 from cnnc.runtime.summary import format_summary, summarize
+from cnnc.zoo import ZOO_DIR
 
 LONG = os.environ.get("CNNC_FUZZ_LONG") == "1"
 # Per input: CPU seconds (not disturbed by other work on a shared machine), and a wall-clock
