@@ -12,7 +12,6 @@ constant; no kernel is generated for it. The decision is the node attribute
 from __future__ import annotations
 
 from ..ir import Graph
-from ..ops import get_op
 from .common import is_constant, layer
 from .manager import PassContext
 
@@ -22,8 +21,6 @@ def fold_constants(graph: Graph, ctx: PassContext) -> bool:
     for node in graph.topo_order():
         if node.op in ("input", "param") or is_constant(graph, node) or not node.inputs:
             continue
-        if get_op(node.op).params is not None and node.op != "mul":
-            continue  # a layer with weights of its own stays a layer
         if all(is_constant(graph, graph.node(i)) for i in node.inputs):
             ctx.at(node)
             node.attrs["parameter_time"] = True
