@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from .ir import Graph
+from .types import BLOCKED, PLAIN  # the layout names, re-exported for executors
 
 __all__ = ["Arg", "Call", "Step", "BufferPlan", "Plan", "Storage", "BLOCKED", "PLAIN"]
 
-#: Layout names: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``).
-PLAIN, BLOCKED = "NCHW", "NCHW8c"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+#: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``).
+PLAIN, BLOCKED = "NCHW", "NCHW8c"
+
 
 @dataclass(frozen=True)
 class Span:

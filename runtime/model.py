@@ -119,10 +119,6 @@ class CompiledModel:
                 f"available; use a smaller batch (batch 1 needs "
                 f"{fmt_bytes(self.bytes_needed(1))})")
 
-    @property
-    def _arenas(self) -> dict[int, Any]:
-        return self.executor.arenas
-
     # -- running ------------------------------------------------------------------------------
     def _as_inputs(self, x: Any) -> dict[str, np.ndarray]:
         if isinstance(x, Mapping):

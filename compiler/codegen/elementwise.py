@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..ops import EpilogueOp, get_op, own_attrs, own_input_count
+from ..ops import EpilogueOp, get_op, operand_kind, own_attrs, own_input_count
 from .kernel_ir import (
     F64,
     BinOp,
@@ -463,8 +463,6 @@ def lower_elementwise(ctx, node, op: str):
         epilogue = [EpilogueOp(node.op, attrs)] + epilogue
     source = ctx.storage(inputs[0])
     if source is not None:  # NCHW8c in and out (the layout rule)
-        from ..ops import operand_kind
-
         kinds = [operand_kind(s, ctx.out_shape) for s in shapes[1:]]
         c, h, w = ctx.out_shape
         ints = {"C8": -(-c // 8), "P": h, "Q": w}

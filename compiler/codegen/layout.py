@@ -75,20 +75,11 @@ def layout_kernels() -> list[Kernel]:
                   "NCHW -> zero-padded channel-blocked NCHWc")
 
     # ---- unpack: NCHW8c -> NCHW
-    K, P, Q, Kg, KgPad, K8 = (Var(s) for s in ("K", "P", "Q", "Kg", "KgPad", "K8"))
-    k, p, q = Var("k"), Var("p"), Var("q")
-    unpack_body = _unflatten(Var("t"), [("n", N), ("k", K), ("p", P)]) + [
-        Let("cpos", (k // Kg) * KgPad + k % Kg),
-        Let("src", ((n * K8 + Var("cpos") // 8) * P + p) * Q * 8 + Var("cpos") % 8),
-        Let("dst", ((n * K + k) * P + p) * Q),
-        Loop("q", Q, [Store("out", Var("dst") + q, Load("y", Var("src") + q * 8))]),
-    ]
-    unpack = Kernel("unpack_blocked_nchw",
-                    [Param("y"), Param("out")] + _ints("N", "K", "P", "Q", "Kg", "KgPad", "K8"),
-                    [Loop("t", N * K * P, unpack_body, kind="parallel")],
-                    "channel-blocked NCHW8c -> NCHW")
+    unpack = unpack_epilogue_kernel("unpack_blocked_nchw", (), [],
+                                    "channel-blocked NCHW8c -> NCHW")
 
     # ---- im2col: NCHW -> [N, g, PQp/16, Cg*R*S, 16]
+    P, Q, p, q = Var("P"), Var("Q"), Var("p"), Var("q")
     G, R, S, sh, sw, dh, dw, PQp = (Var(s) for s in ("G", "R", "S", "sh", "sw", "dh", "dw",
                                                      "PQp"))
     row, gi = Var("row"), Var("gi")
@@ -122,17 +113,8 @@ def layout_kernels() -> list[Kernel]:
                     "in 16-column panels")
 
     # ---- crop: [N, g, Kgp, PQp] -> [N, K, PQ]
-    PQ, Kgp = Var("PQ"), Var("Kgp")
-    j = Var("j")
-    crop_body = _unflatten(Var("t"), [("n", N), ("k", K)]) + [
-        Let("src", ((n * (K // Kg) + k // Kg) * Kgp + k % Kg) * PQp),
-        Let("dst", (n * K + k) * PQ),
-        Loop("j", PQ, [Store("out", Var("dst") + j, Load("c", Var("src") + j))]),
-    ]
-    crop = Kernel("crop_gemm", [Param("c"), Param("out")] + _ints("N", "K", "Kg", "Kgp", "PQ",
-                                                                  "PQp"),
-                  [Loop("t", N * K, crop_body, kind="parallel")],
-                  "GEMM output [N, g, Kg padded, PQ padded] -> NCHW")
+    crop = crop_epilogue_kernel("crop_gemm", (), [],
+                                "GEMM output [N, g, Kg padded, PQ padded] -> NCHW")
     return [pack, unpack, im2col, crop]
 
 
@@ -158,8 +140,9 @@ def _operand_load(name: str, kind: str, full_index: Expr, n: Expr, nk: Expr) -> 
 
 
 def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str = "") -> Kernel:
-    """``unpack_blocked_nchw`` applying ``epilogue`` at its store; operand ``i`` of the
-    epilogue (of kind ``kinds[i]``) is the array parameter ``e<i>``."""
+    """Channel-blocked ``[N, K8, P, Q, 8]`` -> NCHW, applying ``epilogue`` at its store;
+    operand ``i`` of the epilogue (of kind ``kinds[i]``) is the array parameter ``e<i>``. With
+    no epilogue this is the shared ``unpack_blocked_nchw``."""
     from .elementwise import apply_epilogue
 
     N, K, P, Q, Kg, KgPad, K8 = (Var(s) for s in ("N", "K", "P", "Q", "Kg", "KgPad", "K8"))
@@ -178,8 +161,9 @@ def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str =
 
 
 def crop_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str = "") -> Kernel:
-    """``crop_gemm`` applying ``epilogue`` at its store (operands as in
-    :func:`unpack_epilogue_kernel`)."""
+    """The GEMM's ``[N, g, Kgp, PQp]`` -> NCHW ``[N, K, PQ]``, applying ``epilogue`` at its
+    store (operands as in :func:`unpack_epilogue_kernel`). With no epilogue this is the shared
+    ``crop_gemm``."""
     from .elementwise import apply_epilogue
 
     N, K, Kg, Kgp, PQ, PQp = (Var(s) for s in ("N", "K", "Kg", "Kgp", "PQ", "PQp"))

@@ -142,8 +142,7 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
 
 def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],
                 ints: dict[str, int] | None = None,
-                pack: Callable[[Any], dict[str, np.ndarray]] | None = None,
-                out_size: int | None = None, lowering: str = "kernel") -> Step:
+                pack: Callable[[Any], dict[str, np.ndarray]] | None = None) -> Step:
     """A step of one generated kernel, its arguments bound by the builders' parameter names
     (once, here): ``x<k>`` is ``inputs[k]``, ``y`` the output, ``c_*`` a packed constant,
     ``n_batch`` the batch size, other integers the literal ``ints``."""
@@ -165,11 +164,10 @@ def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],
     node = ctx.node
     op = get_op(node.op)
     storage = ctx.out_storage
-    if out_size is None:
-        out_size = storage.floats if storage is not None else node.type.size
+    out_size = storage.floats if storage is not None else node.type.size
     return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
                 out_size, [Call(None, tuple(args), kernel.name, kernel)], pack=pack,
-                lowering=lowering, inplace=op.inplace and storage is None, storage=storage)
+                inplace=op.inplace and storage is None, storage=storage)
 
 
 def step_name(node: Node) -> str:

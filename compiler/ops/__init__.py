@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import BLOCKED, PLAIN, TensorType
 
 
 class ShapeError(Exception):
@@ -269,8 +269,8 @@ def elementwise_layouts(node: Any, in_types: list[TensorType]) -> tuple[tuple[st
     """The layout rule of element-wise ops: their kernels run over NCHW8c storage too (a
     per-channel gate operand stays plain ``[N, C]``)."""
     if in_types[0].rank != 3:
-        return (("NCHW", "NCHW"),)
-    return (("NCHW", "NCHW"), ("NCHW8c", "NCHW8c"))
+        return ((PLAIN, PLAIN),)
+    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
 
 
 def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:

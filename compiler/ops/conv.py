@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import BLOCKED, PLAIN, TensorType
 from . import (
     Attr,
     AttrError,
@@ -224,8 +224,6 @@ def _layout_rule(node, in_types):
     """The direct lowering reads and writes NCHW8c (``compiler/codegen/conv.py``): a plain or
     depthwise convolution can take its input blocked (8 channels a block; a stem with fewer
     channels packs its own block of 3) and store its output blocked."""
-    from ..plan import BLOCKED, PLAIN
-
     a = node.attrs
     c, g = in_types[0].channels, a["groups"]
     depthwise = g > 1 and g == c == a["out_channels"]

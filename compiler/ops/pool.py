@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import BLOCKED, PLAIN, TensorType
 from . import (
     Attr,
     AttrError,
@@ -149,15 +149,11 @@ _WINDOW = (
 
 def _keeps_blocked(node, in_types):
     """Max pooling has an NCHW8c kernel: blocked in, blocked out."""
-    from ..plan import BLOCKED, PLAIN
-
     return ((PLAIN, PLAIN), (BLOCKED, BLOCKED)) if node.op == "maxpool" else ((PLAIN, PLAIN),)
 
 
 def _reads_blocked(node, in_types):
     """Global pooling reads NCHW8c and writes the plain C x 1 x 1 result (whole blocks only)."""
-    from ..plan import BLOCKED, PLAIN
-
     if in_types[0].channels % 8:
         return ((PLAIN, PLAIN),)
     return ((PLAIN, PLAIN), (BLOCKED, PLAIN))

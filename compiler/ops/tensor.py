@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import BLOCKED, PLAIN, TensorType
 from . import (
     Attr,
     AttrError,
@@ -228,8 +228,6 @@ def _slice_infer(in_types, attrs):
 
 def _slice_layouts(node, in_types):
     """A slice starting at a whole block is a view of channel-blocked storage."""
-    from ..plan import BLOCKED, PLAIN
-
     pairs = [(PLAIN, PLAIN)]
     if node.attrs["start"] % 8 == 0:
         pairs.append((BLOCKED, BLOCKED))

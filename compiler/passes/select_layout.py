@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import get_op, operand_kind
-from ..plan import BLOCKED, PLAIN
+from ..types import BLOCKED, PLAIN
 from .common import is_constant, layer
 from .manager import PassContext
 

@@ -127,8 +127,8 @@ def test_gate_fuses_as_per_channel_mul():
     params = random_params(g)
     before = g.copy()
     run(fuse_epilogues, g)
-    # f has two users (the pool and the mul): the mul fuses into the gate's producer? No:
-    # the gate is 4x1x1, it can never be the anchor; f keeps its own kernel.
+    # f has two users (the pool and the mul), and the 4x1x1 gate can never take the mul as
+    # its epilogue (it would widen its output): the mul keeps its own kernel
     assert "mul" in ops(g)
     same_numbers(before, g, params)
     g2 = build("s = x -> globalavgpool -> conv(4, 1) -> sigmoid\n"

@@ -143,7 +143,7 @@ def test_too_large_batch_is_refused_before_allocating(small, monkeypatch):
     assert small.bytes_needed(7) > 4096
     with pytest.raises(ModelError, match=r"batch size 7 needs .*KiB.*only 4.0 KiB"):
         small(np.zeros((7, 3, 12, 10), np.float32))
-    assert 7 not in small._arenas
+    assert 7 not in small.executor.arenas
 
 
 def test_unknown_target_and_lowering():
