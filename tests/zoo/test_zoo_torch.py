@@ -6,7 +6,9 @@ batch-norm statistics. Its state_dict, in registration order, maps one to one on
 network's parameters in DSL order (names' last parts and shapes are checked pair by pair), so
 the same weights run in both; cnnc's compiled output must match PyTorch's within 1e-4 of the
 output's largest magnitude. The twins' parameter counts must equal the DSL's (the published ones,
-checked in test_zoo.py). Skipped without torch (torchvision is not needed).
+checked in test_zoo.py). The twins also go through PyTorch's TorchScript ONNX exporter
+(dynamo=False) and cnnc's importer, and must match the same way. Skipped without torch
+(torchvision is not needed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed: no twin t
 
 import cnnc.zoo as zoo  # noqa: E402
 from cnnc.compiler.ir import Graph  # noqa: E402
+from cnnc.dsl.builder import load_network  # noqa: E402
 from cnnc.runtime.model import compile as compile_model  # noqa: E402
+from cnnc.runtime.onnx_io import import_onnx  # noqa: E402
 from cnnc.runtime.summary import summarize  # noqa: E402
 
 nn = torch.nn
@@ -251,6 +255,21 @@ def _cnnc_weights(graph: Graph, net: Any) -> dict[str, np.ndarray]:
     return weights
 
 
+def _input(size: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+
+
+def _pytorch(net: Any, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy().astype(np.float64)
+
+
+def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want|."""
+    assert got.shape == want.shape == (2, 1000)
+    return float(np.max(np.abs(got - want))) / float(np.max(np.abs(want)))
+
+
 @pytest.mark.parametrize("name", sorted(TWINS))
 def test_twin_has_the_dsl_parameter_count(name):
     net = _twin(name)
@@ -261,13 +280,27 @@ def test_twin_has_the_dsl_parameter_count(name):
 @pytest.mark.parametrize("name", sorted(TWINS))
 def test_compiled_zoo_network_matches_pytorch(name):
     size = TWINS[name][1]
-    net = _twin(name)
+    net, x = _twin(name), _input(size)
     graph = zoo.load(name, size=size)
     model = compile_model(graph, weights=_cnnc_weights(graph, net))
-    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-    with torch.no_grad():
-        want = net(torch.from_numpy(x)).numpy().astype(np.float64)
-    got = model.run({"image": x})["logits"]
-    assert got.shape == want.shape == (2, 1000)
-    err = float(np.max(np.abs(got - want))) / float(np.max(np.abs(want)))
+    err = _relative_error(model.run({"image": x})["logits"], _pytorch(net, x))
+    assert err <= TOL, f"{name}: relative error {err:.3g}"
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", sorted(TWINS))
+def test_twin_through_onnx_matches_pytorch(name, tmp_path):
+    """The twin exported by PyTorch (TorchScript exporter, which folds each eval-mode batch
+    norm into its convolution), imported and compiled by cnnc."""
+    onnx = pytest.importorskip("onnx")
+    size = TWINS[name][1]
+    net, x = _twin(name), _input(size)
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=False,
+                      input_names=["image"], output_names=["logits"],
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    text, weights = import_onnx(onnx.load(str(path)))
+    model = compile_model(load_network(text), weights=weights)
+    (got,) = model.run({"image": x}).values()
+    err = _relative_error(got, _pytorch(net, x))
     assert err <= TOL, f"{name}: relative error {err:.3g}"
