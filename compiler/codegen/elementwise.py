@@ -224,6 +224,23 @@ def channel_affine_kernel(name: str, shape: Sequence[int], epilogue: Sequence[Ep
     return _rows_kernel(name, _arrays("x0", "c_scale", "c_shift", "y"), C, body, comment, sz)
 
 
+def channel_prelu_kernel(name: str, shape: Sequence[int], epilogue: Sequence[EpilogueOp],
+                         comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``y[n, c, ...] = epilogue(x if x >= 0 else x * c_slope[c])`` (PReLU; a feature vector
+    is C channels of one element; activations only in the epilogue)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, inner = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    body: list[Stmt] = [Let("c", Var("t") % C), Let("base", Var("t") * inner),
+                        Let("sl", Load("c_slope", Var("c")))]
+    j = Var("j")
+    inner_body = [Let("xv", Load("x0", Var("base") + j))]
+    inner_body += apply_epilogue(Select(cmp(">=", Var("xv"), Const(0.0)), Var("xv"),
+                                        Var("xv") * Var("sl")), epilogue)
+    inner_body.append(Store("y", Var("base") + j, Var("v")))
+    body.append(Loop("j", const(inner), inner_body))
+    return _rows_kernel(name, _arrays("x0", "c_slope", "y"), C, body, comment, sz)
+
+
 def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
                    comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Softmax (or log-softmax) over per-sample ``axis``: per (outer, inner) position, the max,
