@@ -233,10 +233,11 @@ def _prelu_params(attrs, in_types):
 
 
 def _prelu_infer(in_types, attrs):
-    x, slope = in_types
-    if slope.shape not in ((1,), (x.channels,)):
-        raise ShapeError(f"prelu: slope of shape {slope} for {x.channels} channels (one slope, "
-                         "or one per channel)")
+    x = in_types[0]
+    for slope in in_types[1:]:  # (callers that check attributes pass the input alone)
+        if slope.shape != (attrs["num_parameters"],):
+            raise ShapeError(f"prelu: slope of shape {slope} for num_parameters="
+                             f"{attrs['num_parameters']} on {x}")
     return x
 
 
