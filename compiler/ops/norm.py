@@ -157,7 +157,10 @@ register(OpDef(
 # -- instance norm: group norm with one channel per group ----------------------------------------
 # ONNX InstanceNormalization(x, scale, B, epsilon): per sample and channel, the mean and the
 # (biased) variance over the spatial axes, then the channel's scale and shift. It is group norm
-# with as many groups as channels, so the reference and the kernel are group norm's.
+# with as many groups as channels, so the reference and the kernel are group norm's. The scale
+# and shift always exist, as in ONNX; PyTorch's InstanceNorm2d has none by default
+# (affine=False), which is this op with its initial weights (1 and 0). Statistics are always
+# the sample's own (PyTorch's default track_running_stats=False).
 
 
 def _in_canonicalize(attrs, in_types):
