@@ -322,8 +322,8 @@ def _pad_canonicalize(attrs, in_types):
     if mode != "constant" and value != 0.0:
         raise AttrError(f"value is the fill of mode=constant; mode={mode} takes its values "
                         "from the input", "value")
-    x = in_types[0] if in_types else None
-    if x is not None and x.rank == 3:
+    x = in_types[0]
+    if x.rank == 3:  # (another rank is the shape rule's to refuse)
         t, l, b, r = pads
         if mode == "reflect" and (max(t, b) >= x.height or max(l, r) >= x.width):
             raise AttrError(f"mode=reflect needs padding smaller than the input on each axis: "
