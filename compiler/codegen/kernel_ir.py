@@ -382,7 +382,9 @@ def walk(stmts: list[Stmt]):
 #: Function name in the IR -> how it prints. Only these can appear in generated code.
 FUNCS = {
     "exp": "math.exp",
+    "expm1": "math.expm1",
     "log": "math.log",
+    "log1p": "math.log1p",
     "tanh": "math.tanh",
     "erf": "math.erf",
     "sqrt": "math.sqrt",

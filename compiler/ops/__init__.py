@@ -78,7 +78,7 @@ class ParamSpec:
 
     suffix: str
     shape: tuple[int, ...]
-    init: str  # he | glorot | zeros | ones | uniform_fan_in | literal
+    init: str  # he | glorot | zeros | ones | prelu (0.25) | uniform_fan_in | literal
     trainable: bool = True
     value: np.ndarray | None = None  # literal (fixed) weights
     fan_in: int = 0
