@@ -8,7 +8,8 @@ from an ONNX default (avgpool's count_include_pad, hard_sigmoid's alpha, resize 
 attribute is written explicitly. Opset 21 is the first with Gelu and with GroupNormalization
 scaling per channel; ONNX Runtime reads it from version 1.18. Ops ONNX lacks are written as small
 subgraphs: minpool = -maxpool(-x), swish = x * sigmoid(x), lppool with a fractional p as a
-window sum of |x|^p, distance as a reduction of the difference.
+window sum of |x|^p, distance as a reduction of the difference, channel_shuffle as ShuffleNet's
+Reshape -> Transpose -> Reshape.
 """
 
 from __future__ import annotations
@@ -234,6 +235,29 @@ def _channel_slice(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     return ex.emit("Slice", [xs[0], ex.ints(node.name + "/starts", [node.attrs["start"]]),
                              ex.ints(node.name + "/ends", [node.attrs["stop"]]),
                              ex.ints(node.name + "/axes", [1])], node.name, out)
+
+
+@converts("depth_to_space")
+def _depth_to_space(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    return ex.emit("DepthToSpace", xs, node.name, out, blocksize=node.attrs["block"],
+                   mode=node.attrs["mode"])
+
+
+@converts("space_to_depth")
+def _space_to_depth(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    return ex.emit("SpaceToDepth", xs, node.name, out, blocksize=node.attrs["block"])
+
+
+@converts("channel_shuffle")
+def _channel_shuffle(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    # ONNX has no shuffle: ShuffleNet's Reshape -> Transpose -> Reshape (0 keeps the batch).
+    c, h, w = node.type.shape
+    g = node.attrs["groups"]
+    split = ex.emit("Reshape", [xs[0], ex.ints(node.name + "/groups", [0, g, c // g, h, w])],
+                    node.name + "/split")
+    swapped = ex.emit("Transpose", [split], node.name + "/transpose", perm=[0, 2, 1, 3, 4])
+    return ex.emit("Reshape", [swapped, ex.ints(node.name + "/shape", [0, c, h, w])],
+                   node.name, out)
 
 
 @converts("dropout", "identity")

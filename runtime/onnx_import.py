@@ -1052,7 +1052,8 @@ def _sum(imp: Importer, node: Any, i: int) -> None:
 
 @handles("Transpose")
 def _transpose(imp: Importer, node: Any, i: int) -> None:
-    """Only the identity permutation; ShuffleNet's channel shuffle is named when seen."""
+    """The identity permutation, or ShuffleNet's channel shuffle: Reshape to [N, g, C/g, H, W]
+    -> Transpose(perm 0, 2, 1, 3, 4) -> Reshape (cnnc's channel_shuffle)."""
     x = imp.dyn(node)
     rank = len(imp.shapes[x]) + 1
     perm = [int(p) for p in _attrs(node).get("perm", list(range(rank))[::-1])]
@@ -1063,9 +1064,19 @@ def _transpose(imp: Importer, node: Any, i: int) -> None:
     g = imp.model.graph.node
     users = imp.consumers.get(node.output[0], [])
     if rank == 5 and perm == [0, 2, 1, 3, 4] and layer is not None and layer.op == "reshape" \
-            and len(users) == 1 and g[users[0]].op_type == "Reshape":
-        raise _refuse(node, imp.opset, "channel shuffle (Reshape-Transpose-Reshape) is not "
-                      "supported yet")
+            and users and all(g[u].op_type == "Reshape" for u in users) \
+            and node.output[0] not in imp.graph_outputs \
+            and len(imp.consumers.get(x, [])) == 1 and x not in imp.graph_outputs:
+        source = layer.inputs[0]
+        c, h, w = (imp.shapes[source] + (0, 0, 0))[:3]
+        groups = layer.args["shape"][0]
+        if len(imp.shapes[source]) == 3 and layer.args["shape"] == (groups, c // groups, h, w) \
+                and groups * (c // groups) == c:
+            # The transposed [N, C/g, g, H, W] read in C order is the shuffled [N, C, H, W]:
+            # its Reshape users see the shuffled map, so any target they give stays right.
+            layer.removed = True
+            imp.add(node, "channel_shuffle", {"groups": int(groups)}, [source])
+            return
     raise _refuse(node, imp.opset, f"transposing a tensor (perm {perm}) is not supported; "
                   "only the identity permutation")
 
@@ -1203,6 +1214,64 @@ def _slice(imp: Importer, node: Any, i: int) -> None:
         raise _refuse(node, imp.opset, "only height and width can be flipped")
     axis = "both" if flipped == {2, 3} else ("vertical" if flipped == {2} else "horizontal")
     imp.add(node, "flip", {"axis": axis}, [x])
+
+
+@handles("Split")
+def _split(imp: Importer, node: Any, i: int) -> None:
+    """A split of the channels (axis 1 of N x C x H x W) into channel_slice layers: sizes from
+    the `split` attribute (opsets 2-12), the `split` input (13 and later), `num_outputs` (18
+    and later: ceil(C / n) each, the last smaller), or equal parts, one per output."""
+    x = imp.dyn(node)
+    a = _attrs(node)
+    full = (2, *imp.shapes[x])
+    axis = int(a.get("axis", 0))
+    axis = axis + len(full) if axis < 0 else axis
+    if len(full) != 4 or axis != 1:
+        raise _refuse(node, imp.opset, f"only a split of the channels (axis 1 of N x C x H x W)"
+                      f" is supported, got axis {axis} of a rank-{len(full)} tensor")
+    c, n_out = full[1], len(node.output)
+    if "split" in a:
+        sizes = [int(v) for v in a["split"]]
+    elif imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in imp.const(node, 1)]
+    elif "num_outputs" in a:
+        n = int(a["num_outputs"])
+        if n != n_out or n < 1:
+            raise _refuse(node, imp.opset, f"num_outputs = {n} but the node has {n_out} outputs")
+        part = -(-c // n)
+        sizes = [min(part, c - k * part) for k in range(n)]
+    else:
+        if c % n_out:
+            raise _refuse(node, imp.opset, f"{c} channels cannot be split into {n_out} equal "
+                          "parts")
+        sizes = [c // n_out] * n_out
+    if len(sizes) != n_out or sum(sizes) != c or any(s < 0 for s in sizes):
+        raise _refuse(node, imp.opset, f"split sizes {sizes} do not divide {c} channels into "
+                      f"{n_out} outputs")
+    start = 0
+    for size, out in zip(sizes, node.output):
+        if out and imp.used(out):
+            if size == 0:
+                raise _refuse(node, imp.opset, f"output {out!r} is empty (a split of size 0)")
+            if size == c:
+                imp.alias[out] = x
+            else:
+                imp.add(node, "channel_slice", {"start": start, "stop": start + size}, [x],
+                        output=out)
+        start += size
+
+
+@handles("DepthToSpace", "SpaceToDepth")
+def _depth_space(imp: Importer, node: Any, i: int) -> None:
+    x = imp.dyn(node)
+    _need_rank(imp, node, x, 3, "C x H x W")
+    a = _attrs(node)
+    args: dict[str, Any] = {"block": int(a["blocksize"])}
+    if node.op_type == "DepthToSpace":
+        args["mode"] = str(a.get("mode", "DCR"))
+        imp.add(node, "depth_to_space", args, [x])
+    else:
+        imp.add(node, "space_to_depth", args, [x])
 
 
 @handles("Cast")
