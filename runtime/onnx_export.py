@@ -140,7 +140,14 @@ def _minpool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
 def _avgpool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     a = node.attrs
     return ex.emit("AveragePool", xs, node.name, out, ceil_mode=int(a["ceil_mode"]),
-                   count_include_pad=int(a["count_include_pad"]), **_window(a))
+                   count_include_pad=int(a["count_include_pad"]), **_dilations(a),
+                   **_window(a))
+
+
+def _dilations(a: dict[str, Any]) -> dict[str, Any]:
+    """AveragePool's and LpPool's dilations, written only when dilated (opsets 19 and 18)."""
+    d = a.get("dilation", (1, 1))
+    return {} if tuple(d) == (1, 1) else {"dilations": _pair(d)}
 
 
 @converts("lppool")
@@ -149,15 +156,16 @@ def _lppool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     p = a["p"]
     if float(p).is_integer():
         return ex.emit("LpPool", xs, node.name, out, p=int(p), ceil_mode=int(a["ceil_mode"]),
-                       **_window(a))
+                       **_dilations(a), **_window(a))
     # ONNX's LpPool takes an integer p: (sum |x|^p)^(1/p) as a window sum, i.e. a depthwise
     # convolution with a kernel of ones, over |x|^p zero-padded by the declared padding plus
     # the cells ceil mode adds at the end.
     x = ex.graph.node(node.inputs[0]).type
     y = node.type
     (kh, kw), (sh, sw), (t, l, b, r) = a["kernel"], a["stride"], a["pads"]
-    extra_h = max((y.height - 1) * sh + kh - (x.height + t + b), 0)
-    extra_w = max((y.width - 1) * sw + kw - (x.width + l + r), 0)
+    dh, dw = a.get("dilation", (1, 1))
+    extra_h = max((y.height - 1) * sh + dh * (kh - 1) + 1 - (x.height + t + b), 0)
+    extra_w = max((y.width - 1) * sw + dw * (kw - 1) + 1 - (x.width + l + r), 0)
     powed = ex.emit("Pow", [ex.emit("Abs", xs, node.name + "/abs"),
                             ex.const(node.name + "/p", p)], node.name + "/pow")
     padded = ex.emit("Pad", [powed, ex.ints(node.name + "/pads",
@@ -165,7 +173,7 @@ def _lppool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
                      node.name + "/pad")
     ones = ex.const(node.name + "/ones", np.ones((x.channels, 1, kh, kw)))
     sums = ex.emit("Conv", [padded, ones], node.name + "/sum", group=x.channels,
-                   kernel_shape=[kh, kw], strides=[sh, sw])
+                   kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw])
     return ex.emit("Pow", [sums, ex.const(node.name + "/inv_p", 1.0 / p)], node.name, out)
 
 

@@ -818,20 +818,16 @@ def _softmax(imp: Importer, node: Any, i: int) -> None:
     imp.add(node, op, {} if axis == 1 else {"axis": axis - 1}, [x])
 
 
-def _pool_common(imp: Importer, node: Any, x: str, dilated: bool) -> dict[str, Any]:
+def _pool_common(imp: Importer, node: Any, x: str) -> dict[str, Any]:
     _need_rank(imp, node, x, 3, "C x H x W")
     a = _attrs(node)
     kernel = tuple(int(k) for k in a["kernel_shape"])
     if len(kernel) != 2:
         raise _refuse(node, imp.opset, "only 2-D pooling is supported")
     stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
-    if not dilated and dilation != (1, 1):
-        raise _refuse(node, imp.opset, "dilated windows are supported for max pooling only")
     args = {"kernel": kernel, "stride": stride,
             "pad": _spatial_pads(imp, node, a, x, kernel, stride, dilation),
-            "ceil_mode": bool(a.get("ceil_mode", 0))}
-    if dilated:
-        args["dilation"] = dilation
+            "ceil_mode": bool(a.get("ceil_mode", 0)), "dilation": dilation}
     return args
 
 
@@ -839,14 +835,14 @@ def _pool_common(imp: Importer, node: Any, x: str, dilated: bool) -> dict[str, A
 def _maxpool(imp: Importer, node: Any, i: int) -> None:
     imp.only_first_output(node)
     x = imp.dyn(node)
-    args = _pool_common(imp, node, x, dilated=True)
+    args = _pool_common(imp, node, x)
     imp.add(node, "maxpool", args, [x])
 
 
 @handles("AveragePool")
 def _avgpool(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    args = _pool_common(imp, node, x, dilated=False)
+    args = _pool_common(imp, node, x)
     args["count_include_pad"] = bool(_attrs(node).get("count_include_pad", 0))
     imp.add(node, "avgpool", args, [x])
 
@@ -854,7 +850,7 @@ def _avgpool(imp: Importer, node: Any, i: int) -> None:
 @handles("LpPool")
 def _lppool(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    args = _pool_common(imp, node, x, dilated=False)
+    args = _pool_common(imp, node, x)
     args["p"] = float(_attrs(node).get("p", 2))
     imp.add(node, "lppool", args, [x])
 
@@ -872,7 +868,7 @@ def _neg(imp: Importer, node: Any, i: int) -> None:
                 pool.output[0] not in imp.graph_outputs and not any(
                     o and imp.used(o) for o in pool.output[1:]):
             x = imp.dyn(node)
-            args = _pool_common(imp, pool, x, dilated=True)
+            args = _pool_common(imp, pool, x)
             imp.add(pool, "minpool", args, [x], output=g[after[0]].output[0])
             imp.skip |= {users[0], after[0]}
             return

@@ -117,6 +117,7 @@ COVERED = {
     "sigmoid", "hard_sigmoid", "tanh", "swish", "hard_swish", "gelu", "abs", "softmax",
     "log_softmax", "batchnorm", "groupnorm", "lrn", "add", "mul", "sub", "concat", "pad", "flip",
     "dropout", "identity", "distance", "channel_slice",
+    "depth_to_space", "space_to_depth", "channel_shuffle",  # in tests/ops/test_rearrange_ops.py
 }
 NOT_IN_ONNX = {
     "input": "a graph leaf: values are supplied by the caller, there is nothing to compute",
