@@ -112,6 +112,8 @@ vec -> output passthrough
 b -> flatten -> dense(5, bias=false) -> log_softmax -> output scores
 c -> output minlp
 d -> output up
+a -> channel_shuffle(2) -> depth_to_space(2, mode=CRD) -> space_to_depth(2) -> depth_to_space(2)
+  -> avgpool(2, stride=1, pad=1, dilation=2, count_include_pad=false) -> output rearranged
 """
 
 
