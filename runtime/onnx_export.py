@@ -253,15 +253,24 @@ def _depth_to_space(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
 
 @converts("space_to_depth")
 def _space_to_depth(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
-    return ex.emit("SpaceToDepth", xs, node.name, out, blocksize=node.attrs["block"])
+    b = node.attrs["block"]
+    if node.attrs["mode"] == "DCR":
+        return ex.emit("SpaceToDepth", xs, node.name, out, blocksize=b)
+    # SpaceToDepth's CRD mode needs opset 28: CRD is DCR with its channels shuffled in b^2
+    # groups (DCR channel (i*b + j)*C + c becomes c*b^2 + i*b + j).
+    dcr = ex.emit("SpaceToDepth", xs, node.name + "/dcr", blocksize=b)
+    return _shuffle(ex, node, dcr, b * b, out)
 
 
 @converts("channel_shuffle")
 def _channel_shuffle(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
-    # ONNX has no shuffle: ShuffleNet's Reshape -> Transpose -> Reshape (0 keeps the batch).
+    return _shuffle(ex, node, xs[0], node.attrs["groups"], out)
+
+
+def _shuffle(ex: Exporter, node: Node, x: str, g: int, out: str) -> str:
+    """ONNX has no shuffle: ShuffleNet's Reshape -> Transpose -> Reshape (0 keeps the batch)."""
     c, h, w = node.type.shape
-    g = node.attrs["groups"]
-    split = ex.emit("Reshape", [xs[0], ex.ints(node.name + "/groups", [0, g, c // g, h, w])],
+    split = ex.emit("Reshape", [x, ex.ints(node.name + "/groups", [0, g, c // g, h, w])],
                     node.name + "/split")
     swapped = ex.emit("Transpose", [split], node.name + "/transpose", perm=[0, 2, 1, 3, 4])
     return ex.emit("Reshape", [swapped, ex.ints(node.name + "/shape", [0, c, h, w])],

@@ -1262,12 +1262,10 @@ def _depth_space(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
     _need_rank(imp, node, x, 3, "C x H x W")
     a = _attrs(node)
-    args: dict[str, Any] = {"block": int(a["blocksize"])}
-    if node.op_type == "DepthToSpace":
-        args["mode"] = str(a.get("mode", "DCR"))
-        imp.add(node, "depth_to_space", args, [x])
-    else:
-        imp.add(node, "space_to_depth", args, [x])
+    # (SpaceToDepth has a mode from opset 28; both default to DCR)
+    args: dict[str, Any] = {"block": int(a["blocksize"]), "mode": str(a.get("mode", "DCR"))}
+    op = "depth_to_space" if node.op_type == "DepthToSpace" else "space_to_depth"
+    imp.add(node, op, args, [x])
 
 
 @handles("Cast")

@@ -51,17 +51,20 @@ def depth_to_space_kernel(name: str, shape: Sequence[int], block: int, mode: str
     return _rows_kernel(name, [Param("x0"), Param("y")], CO * (H * b), body, comment, sz)
 
 
-def space_to_depth_kernel(name: str, shape: Sequence[int], block: int, comment: str = "",
-                          sz: Sizes | None = None) -> Kernel:
-    """``y[n, (i*b + j)*C + c, h, w] = x[n, c, h*b + i, w*b + j]``; one output row per
-    parallel iteration."""
+def space_to_depth_kernel(name: str, shape: Sequence[int], block: int, mode: str,
+                          comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``y[n, oc, h, w] = x[n, c, h*b + i, w*b + j]`` with ``oc`` = ``(i*b + j)*C + c`` (DCR)
+    or ``c*b^2 + i*b + j`` (CRD); one output row per parallel iteration."""
     sz = sz if sz is not None else Sizes(literal=True)
     b = int(block)
     c, h, w = (int(d) for d in shape)
     C, OH, OW = sz("C", c), sz("OH", h // b), sz("OW", w // b)
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("oc", C * (b * b)), ("oh", OH)])
-    body += [Let("q", Var("oc") // C), Let("c", Var("oc") % C),
-             Let("i", Var("q") // b), Let("j", Var("q") % b),
+    if mode == "DCR":
+        body += [Let("q", Var("oc") // C), Let("c", Var("oc") % C)]
+    else:
+        body += [Let("q", Var("oc") % (b * b)), Let("c", Var("oc") // (b * b))]
+    body += [Let("i", Var("q") // b), Let("j", Var("q") % b),
              Let("xb", ((Var("n") * C + Var("c")) * (OH * b) + Var("oh") * b + Var("i"))
                  * (OW * b) + Var("j")),
              Let("yb", Var("t") * OW),

@@ -8,9 +8,11 @@ ONNX mapping (checked against ONNX Runtime in tests/ops/test_rearrange_ops.py):
   ``y[c, h*b + i, w*b + j]`` reads input channel ``(i*b + j) * C' + c`` in mode DCR (depth,
   column, row: ONNX's default, TensorFlow's) and ``c * b^2 + i*b + j`` in mode CRD (PyTorch's
   PixelShuffle).
-- space_to_depth = SpaceToDepth(blocksize), the inverse of DCR:
-  ``y[(i*b + j) * C + c, h, w] = x[c, h*b + i, w*b + j]`` (PyTorch's PixelUnshuffle is the CRD
-  order instead, which ONNX has no mode for).
+- space_to_depth = SpaceToDepth(blocksize, mode), the inverse of depth_to_space in the same
+  mode: ``y[(i*b + j) * C + c, h, w] = x[c, h*b + i, w*b + j]`` in mode DCR, ``y[c*b^2 + i*b +
+  j, h, w]`` in mode CRD (PyTorch's PixelUnshuffle; ONNX's mode attribute from opset 28). The
+  exporter (opset 21) writes CRD as SpaceToDepth followed by a channel shuffle with b^2 groups,
+  which is the same permutation.
 - channel_shuffle (ShuffleNet) has no ONNX operator: it is Reshape to [N, g, C/g, H, W],
   Transpose(perm 0, 2, 1, 3, 4), Reshape back to [N, C, H, W]; output channel ``o`` reads
   input channel ``(o % g) * (C/g) + o // g``. The importer recognizes that pattern and the
@@ -115,12 +117,13 @@ def _s2d_check(x: TensorType, block: int) -> None:
 
 def _s2d_canonicalize(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
     block = as_int(attrs["block"], "block", 1)
+    mode = as_choice(attrs["mode"], "mode", DEPTH_TO_SPACE_MODES)
     x = in_types[0]
     require_rank(x, 3, "space_to_depth")
     if x.height % block or x.width % block:
         raise AttrError(f"block must divide the height and width {x.height} x {x.width}, "
                         f"got {block}", "block")
-    return {"block": block}
+    return {"block": block, "mode": mode}
 
 
 def _s2d_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -134,16 +137,19 @@ def _s2d_ref(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
     x = np.asarray(x, np.float64)
     n, c, h, w = x.shape
     b = attrs["block"]
-    t = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    t = x.reshape(n, c, h // b, b, w // b, b)
+    t = t.transpose(0, 3, 5, 1, 2, 4) if attrs["mode"] == "DCR" else t.transpose(0, 1, 3, 5, 2, 4)
     return t.reshape(n, c * b * b, h // b, w // b)
 
 
-register(OpDef(name="space_to_depth", family="rearrange", signature=(Attr("block", "int"),),
+register(OpDef(name="space_to_depth", family="rearrange",
+               signature=(Attr("block", "int"),
+                          Attr("mode", "choice", "DCR", choices=DEPTH_TO_SPACE_MODES)),
                canonicalize=_s2d_canonicalize, infer=_s2d_infer, reference=one_input(_s2d_ref),
                macs=no_macs, new_activations=False,
-               lower=_lower_with("space_to_depth_kernel", "block"),
+               lower=_lower_with("space_to_depth_kernel", "block", "mode"),
                doc="move block x block pixels into channels (the inverse of depth_to_space "
-                   "in mode DCR)"))
+                   "in the same mode; mode=CRD is PyTorch's PixelUnshuffle)"))
 
 
 # -- channel_shuffle --------------------------------------------------------------------------

@@ -102,10 +102,26 @@ def test_channel_shuffle_matches_onnxruntime(g, k, h, w, n, seed):
     np.testing.assert_array_equal(got, x[:, (o % g) * k + o // g])
 
 
-def test_space_to_depth_inverts_depth_to_space_dcr():
+@settings(max_examples=10, deadline=None)
+@given(b=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 4), w=st.integers(1, 4),
+       seed=st.integers(0, 99))
+def test_space_to_depth_crd_matches_the_onnx_reference(b, c, h, w, seed):
+    """SpaceToDepth's CRD mode (opset 28) is newer than ONNX Runtime reads: onnx's own
+    reference implementation instead."""
+    from onnx.reference import ReferenceEvaluator
+
+    x = np.random.default_rng(seed).standard_normal((2, c, h * b, w * b)).astype(np.float32)
+    model = onnx_model([helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=b,
+                                         mode="CRD")], x.shape[1:], opset=28)
+    (want,) = ReferenceEvaluator(model).run(None, {"x": x})
+    np.testing.assert_array_equal(reference("space_to_depth", x, block=b, mode="CRD"), want)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_space_to_depth_inverts_depth_to_space(mode):
     x = np.random.default_rng(0).standard_normal((2, 18, 3, 4))
-    y = reference("depth_to_space", x, block=3)
-    np.testing.assert_array_equal(reference("space_to_depth", y, block=3), x)
+    y = reference("depth_to_space", x, block=3, mode=mode)
+    np.testing.assert_array_equal(reference("space_to_depth", y, block=3, mode=mode), x)
 
 
 # -- compiled against the reference -----------------------------------------------------------
@@ -135,6 +151,7 @@ x -> depth_to_space({b}) -> output dcr
 x -> depth_to_space({b}, mode=CRD) -> output crd
 x -> channel_shuffle({g}) -> output shuffled
 x -> depth_to_space({b}, mode=CRD) -> space_to_depth({b}) -> output back
+x -> depth_to_space({b}) -> space_to_depth({b}, mode=CRD) -> output back_crd
 """
     assert_compiled_matches(src, batch, opt_level)
 
@@ -190,6 +207,7 @@ input x: 12 x 4 x 6
 x -> depth_to_space(2) -> output a
 x -> depth_to_space(2, mode=CRD) -> output b
 x -> space_to_depth(2) -> output c
+x -> space_to_depth(2, mode=CRD) -> output e
 x -> channel_shuffle(3) -> conv(6, 1) -> output d
 """
     graph = load_network(src)
@@ -202,8 +220,9 @@ x -> channel_shuffle(3) -> conv(6, 1) -> output d
     sess = ort.InferenceSession(str(path), SO, providers=["CPUExecutionProvider"])
     theirs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
     text, weights = import_onnx(path)
+    # (space_to_depth's CRD mode comes back as DCR followed by channel_shuffle(4))
     for line in ("depth_to_space(2)", "depth_to_space(2, mode=CRD)", "space_to_depth(2)",
-                 "channel_shuffle(3)"):
+                 "channel_shuffle(3)", "channel_shuffle(4)"):
         assert line in text
     ours = run_reference(load_network(text), {"x": x}, weights)
     want = run_reference(graph, {"x": x}, model.params)

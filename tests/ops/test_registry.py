@@ -71,7 +71,7 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "distance": ([(16,), (16,)], {}),
     "channel_slice": ([(24, 5, 4)], {"start": 8, "stop": 20}),
     "depth_to_space": ([(12, 3, 2)], {"block": 2, "mode": "CRD"}),
-    "space_to_depth": ([(3, 4, 6)], {"block": 2}),
+    "space_to_depth": ([(3, 4, 6)], {"block": 2, "mode": "CRD"}),
     "channel_shuffle": ([(6, 3, 2)], {"groups": 3}),
 }
 
