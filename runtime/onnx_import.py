@@ -1048,8 +1048,10 @@ def _sum(imp: Importer, node: Any, i: int) -> None:
 
 @handles("Transpose")
 def _transpose(imp: Importer, node: Any, i: int) -> None:
-    """The identity permutation, or ShuffleNet's channel shuffle: Reshape to [N, g, C/g, H, W]
-    -> Transpose(perm 0, 2, 1, 3, 4) -> Reshape (cnnc's channel_shuffle)."""
+    """The identity permutation, or a Reshape -> Transpose -> Reshape that is one of cnnc's
+    rearranging ops: ShuffleNet's channel shuffle (Reshape to [N, g, C/g, H, W], perm 0, 2, 1,
+    3, 4), and DepthToSpace / SpaceToDepth written out (PyTorch's PixelShuffle, ONNX's
+    expanded function bodies)."""
     x = imp.dyn(node)
     rank = len(imp.shapes[x]) + 1
     perm = [int(p) for p in _attrs(node).get("perm", list(range(rank))[::-1])]
@@ -1059,22 +1061,48 @@ def _transpose(imp: Importer, node: Any, i: int) -> None:
     layer = imp.producer.get(x)
     g = imp.model.graph.node
     users = imp.consumers.get(node.output[0], [])
-    if rank == 5 and perm == [0, 2, 1, 3, 4] and layer is not None and layer.op == "reshape" \
+    if layer is not None and layer.op == "reshape" and len(imp.shapes[layer.inputs[0]]) == 3 \
             and users and all(g[u].op_type == "Reshape" for u in users) \
             and node.output[0] not in imp.graph_outputs \
-            and len(imp.consumers.get(x, [])) == 1 and x not in imp.graph_outputs:
+            and len(imp.consumers.get(x, [])) == 1 and x not in imp.graph_outputs \
+            and sorted(perm) == list(range(rank)) and perm[0] == 0:
         source = layer.inputs[0]
-        c, h, w = (imp.shapes[source] + (0, 0, 0))[:3]
-        groups = layer.args["shape"][0]
-        if len(imp.shapes[source]) == 3 and layer.args["shape"] == (groups, c // groups, h, w) \
-                and groups * (c // groups) == c:
-            # The transposed [N, C/g, g, H, W] read in C order is the shuffled [N, C, H, W]:
-            # its Reshape users see the shuffled map, so any target they give stays right.
+        found = _rearrangement(imp.shapes[source], layer.args["shape"], perm)
+        if found is not None:
+            # The transposed tensor read in C order is that op's output: its Reshape users
+            # see the op's output, so any target they give stays right.
             layer.removed = True
-            imp.add(node, "channel_shuffle", {"groups": int(groups)}, [source])
+            imp.add(node, found[0], found[1], [source])
             return
     raise _refuse(node, imp.opset, f"transposing a tensor (perm {perm}) is not supported; "
-                  "only the identity permutation")
+                  "only the identity permutation, or a Reshape-Transpose-Reshape that is a "
+                  "channel shuffle, DepthToSpace or SpaceToDepth")
+
+
+def _rearrangement(shape: tuple[int, ...], split: tuple[int, ...], perm: list[int]
+                   ) -> tuple[str, dict[str, Any]] | None:
+    """The cnnc op (and attributes) whose output, read in C order, is a C x H x W tensor
+    reshaped to ``split`` per sample and transposed by ``perm``; None when none is. Checked
+    on the element indices themselves, so the match is exact."""
+    size = math.prod(shape)
+    if size > MAX_CONSTANT:
+        return None
+    index = np.arange(size, dtype=np.float64).reshape(1, *shape)
+    moved = index.reshape(1, *split).transpose(perm).reshape(-1)
+    candidates: list[tuple[str, dict[str, Any]]] = [("channel_shuffle", {"groups": split[0]})]
+    for b in sorted(set(split)):
+        for mode in ("DCR", "CRD"):
+            candidates += [("depth_to_space", {"block": b, "mode": mode}),
+                           ("space_to_depth", {"block": b, "mode": mode})]
+    for op, args in candidates:
+        opdef = get_op(op)
+        try:
+            attrs = opdef.canonicalize(args, [TensorType(shape)])
+        except (AttrError, ShapeError):
+            continue
+        if np.array_equal(opdef.reference([index], attrs).reshape(-1), moved):
+            return op, args
+    return None
 
 
 @handles("Concat")

@@ -248,6 +248,33 @@ def test_channel_shuffle_pattern_with_literal_batch_imports():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("op,mode,split,perm", [
+    # PyTorch's PixelShuffle as its exporter writes it: depth_to_space in mode CRD
+    ("depth_to_space", "CRD", lambda c, h, w, b: (c, b, b, h, w), [0, 1, 4, 2, 5, 3]),
+    ("depth_to_space", "DCR", lambda c, h, w, b: (b, b, c, h, w), [0, 3, 4, 1, 5, 2]),
+    ("space_to_depth", "DCR", lambda c, h, w, b: (c, h, b, w, b), [0, 3, 5, 1, 2, 4]),
+    ("space_to_depth", "CRD", lambda c, h, w, b: (c, h, b, w, b), [0, 1, 3, 5, 2, 4]),
+])
+def test_rearrangements_written_out_import_as_one_layer(op, mode, split, perm):
+    b, c, h, w = 2, 3, 2, 3
+    if op == "depth_to_space":
+        shape, out = (c * b * b, h, w), (c, h * b, w * b)
+    else:
+        shape, out = (c, h * b, w * b), (c * b * b, h, w)
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=perm),
+             helper.make_node("Reshape", ["t", "s2"], ["y"])]
+    inits = {"s1": np.array([0, *split(c, h, w, b)], np.int64),
+             "s2": np.array([-1, *out], np.int64)}
+    model = onnx_model(nodes, shape, inits)
+    text, weights = import_onnx(model)
+    assert f"{op}(2{', mode=CRD' if mode == 'CRD' else ''})" in text
+    x = np.random.default_rng(6).standard_normal((2, *shape)).astype(np.float32)
+    (want,) = run_ort(model, x)
+    (got,) = run_reference(load_network(text), {"x": x}, weights).values()
+    np.testing.assert_array_equal(got, want)
+
+
 def test_transpose_of_another_pattern_is_still_refused():
     nodes = [helper.make_node("Reshape", ["x", "s1"], ["r"]),
              helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 1, 3, 4])]
