@@ -35,6 +35,9 @@ BATCH = 1 << 40  # stands for the batch dimension in folded shape arithmetic
 # weight it may become is real memory (the light zoo models fill VGG's fc6, 103M, this way).
 MAX_CONSTANT = 1 << 28
 MAX_SIDE = 1 << 24  # pixels per side of a resized image (the importer checks index maps)
+# Elements per sample of a Reshape-Transpose-Reshape matched against the rearranging ops on
+# its indices (a few float64 copies: 128 MiB each at most).
+MAX_MATCHED = 1 << 24
 KEYWORDS = {"network", "input", "output", "block", "shared", "return", "import", "from", "true",
             "false", "in"}
 
@@ -1085,7 +1088,7 @@ def _rearrangement(shape: tuple[int, ...], split: tuple[int, ...], perm: list[in
     reshaped to ``split`` per sample and transposed by ``perm``; None when none is. Checked
     on the element indices themselves, so the match is exact."""
     size = math.prod(shape)
-    if size > MAX_CONSTANT:
+    if size > MAX_MATCHED:
         return None
     index = np.arange(size, dtype=np.float64).reshape(1, *shape)
     moved = index.reshape(1, *split).transpose(perm).reshape(-1)
