@@ -9,7 +9,7 @@ attribute is written explicitly. Opset 21 is the first with Gelu and with GroupN
 scaling per channel; ONNX Runtime reads it from version 1.18. Ops ONNX lacks are written as small
 subgraphs: minpool = -maxpool(-x), swish = x * sigmoid(x), lppool with a fractional p as a
 window sum of |x|^p, distance as a reduction of the difference, channel_shuffle as ShuffleNet's
-Reshape -> Transpose -> Reshape.
+Reshape -> Transpose -> Reshape, space_to_depth in mode CRD as SpaceToDepth and such a shuffle.
 """
 
 from __future__ import annotations
