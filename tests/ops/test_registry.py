@@ -70,9 +70,6 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "concat": ([(3, 4, 5), (2, 4, 5)], {}),
     "distance": ([(16,), (16,)], {}),
     "channel_slice": ([(24, 5, 4)], {"start": 8, "stop": 20}),
-    "depth_to_space": ([(12, 3, 2)], {"block": 2, "mode": "CRD"}),
-    "space_to_depth": ([(3, 4, 6)], {"block": 2, "mode": "CRD"}),
-    "channel_shuffle": ([(6, 3, 2)], {"groups": 3}),
 }
 
 
@@ -81,6 +78,14 @@ def canonical(op: OpDef, in_types: list[TensorType], raw: dict[str, Any]) -> dic
     missing = [k for k, v in full.items() if v is REQUIRED]
     assert not missing, f"SAMPLES[{op.name!r}] must give {missing}"
     return op.canonicalize(full, in_types) if op.canonicalize else full
+
+
+# The rearranging ops (compiler/ops/rearrange.py).
+SAMPLES.update({
+    "depth_to_space": ([(12, 3, 2)], {"block": 2, "mode": "CRD"}),
+    "space_to_depth": ([(3, 4, 6)], {"block": 2, "mode": "CRD"}),
+    "channel_shuffle": ([(6, 3, 2)], {"groups": 3}),
+})
 
 
 def test_registry_is_not_empty_and_names_match():
