@@ -230,12 +230,6 @@ def _layout_rule(node, in_types):
     if node.op != "conv" or a.get("lowering") != "direct" or (g != 1 and not depthwise):
         return ((PLAIN, PLAIN),)
     ins = (PLAIN, BLOCKED) if depthwise or c >= 8 else (PLAIN,)
-    if depthwise and -(-c // 8) % 2:
-        # The depthwise kernel loops over its input storage's blocks, which a direct
-        # convolution pads to a multiple of 16 channels: with an odd number of 8-channel
-        # blocks (116 channels: 15) it would write one block past its own output storage
-        # (ShuffleNet V2's 116 and 232). Plain input until the kernel takes both counts.
-        ins = (PLAIN,)
     return tuple((i, o) for i in ins for o in (PLAIN, BLOCKED))
 
 
