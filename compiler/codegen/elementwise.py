@@ -33,6 +33,7 @@ from .kernel_ir import (
     VFma,
     VLoad,
     VSplat,
+    VStore,
     VZero,
     call,
     cmp,
@@ -355,6 +356,32 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
                         body, comment, sz)
 
 
+def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "") -> Kernel:
+    """Channel concatenation over channel-blocked storage: per (image, row), input ``k``'s
+    ``K<k>`` 8-channel blocks (geometry ``X<k>*``) are copied, a vector per pixel, to the
+    output blocks from ``O<k>`` on (geometry ``Y*``). Every input starts at a block boundary;
+    the sizes are runtime integers, so one kernel serves every concatenation of ``n_inputs``."""
+    from .tiles import BLOCKED_INTS
+
+    n, p, q, cb = Var("n"), Var("p"), Var("q"), Var("cb")
+    P, Q = Var("P"), Var("Q")
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("p", P)])
+    ints = ["P", "Q"]
+    for k in range(n_inputs):
+        XB, XH, XW, XT, XL = (Var(f"X{k}{s}") for s in BLOCKED_INTS)
+        body.append(Loop("cb", Var(f"K{k}"), [
+            Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * 8) + XL * 8),
+            Let("yrow", ((n * YB + Var(f"O{k}") + cb) * YH + p + YT) * (YW * 8) + YL * 8),
+            Loop("q", Q, [VStore("y", Var("yrow") + q * 8, VLoad(f"x{k}", Var("xrow") + q * 8))]),
+        ]))
+        ints += [f"K{k}", f"O{k}"] + [f"X{k}{s}" for s in BLOCKED_INTS]
+    ints += ["Y" + s for s in BLOCKED_INTS]
+    params = [Param(f"x{k}") for k in range(n_inputs)] + [Param("y")] + \
+        [Param(i, "int") for i in ints] + [Param("n_batch", "int")]
+    return Kernel(name, params, [Loop("t", N_BATCH * P, body, kind="parallel")], comment)
+
+
 def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: float,
                comment: str = "", mode: str = "constant") -> Kernel:
     """Padding of a C x H x W sample: per output row, fill or copy (``constant``), or copy
@@ -508,12 +535,13 @@ def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
 
 # -- lowering rules shared by several ops -----------------------------------------------------
 
-def lower_elementwise(ctx, node, op: str):
+def lower_elementwise(ctx, node, op: str, pack=None):
     """``add`` / ``sub`` / ``mul`` of the node's inputs, or ``copy`` of its one input, with
-    its fused epilogue (operands are further inputs, broadcast like any other)."""
+    its fused epilogue (operands are further inputs, broadcast like any other); ``affine``
+    (channel-blocked only: a batch norm, whose ``pack`` gives its scale and shift)."""
     from .lowering import kernel_step
 
-    inputs = list(node.inputs)
+    inputs = list(node.inputs) if op != "affine" else list(ctx.tensor_inputs)
     shapes = [ctx.graph.node(i).type.shape for i in inputs]
     sz = Sizes()
     n_own = own_input_count(len(inputs), node.attrs)
@@ -532,7 +560,7 @@ def lower_elementwise(ctx, node, op: str):
                             ctx.operand_geometry(i)))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
         k = elementwise_blocked_kernel(ctx.kname, op, n_own, kinds, epilogue, ctx.comment)
-        return kernel_step(ctx, k, inputs=inputs, ints=ints)
+        return kernel_step(ctx, k, inputs=inputs, ints=ints, pack=pack)
     k = elementwise_kernel(ctx.kname, op, ctx.out_shape, shapes, epilogue, ctx.comment, sz,
                            n_own=n_own)
     return kernel_step(ctx, k, inputs=inputs, ints=sz.values)
@@ -545,7 +573,9 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
     ``x0`` is blocked storage (geometry ``X0*``), the output too (``Y*``); every other input
     ``x<k>`` (the op's own, then the epilogue's operands) is either blocked storage of the
     same tensor shape (``kinds[k-1] == "full"``) or a plain per-channel gate ``[N, C]``
-    (``"channel"``). ``op`` is ``add``, ``sub``, ``mul`` or ``copy`` (``n_own`` = 1).
+    (``"channel"``). ``op`` is ``add``, ``sub``, ``mul``, ``copy`` (``n_own`` = 1) or
+    ``affine``: ``x0 * c_scale[c] + c_shift[c]`` (an inference batch norm; the packed scale and
+    shift padded with zeros to whole blocks; ``n_own`` = 1).
     """
     from .tiles import (
         BLOCKED_INTS,
@@ -571,6 +601,9 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
         return VLoad(f"x{k + 1}", Var(f"erow{k}") + operand_step(k, kinds[k], q))
 
     value: Expr = VLoad("x0", Var("xrow") + q * 8)
+    if op == "affine":
+        value = VFma(value, Var("sc"), Var("sh"))
+        body += [Let("sc", VLoad("c_scale", cb * 8)), Let("sh", VLoad("c_shift", cb * 8))]
     for k in range(n_own - 1):
         other = load(k)
         if op == "sub":
@@ -588,7 +621,8 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
         [n for k in range(others) for n in operand_ints(k)] + ["Y" + s for s in BLOCKED_INTS]
     pre = [Let(f"eplane{k}", operand_plane(k, kinds[k])) for k in range(others)]
-    params = [Param(f"x{k}") for k in range(others + 1)] + [Param("y")] + \
+    consts = [Param("c_scale"), Param("c_shift")] if op == "affine" else []
+    params = [Param(f"x{k}") for k in range(others + 1)] + consts + [Param("y")] + \
         [Param(i, "int") for i in ints] + [Param("n_batch", "int")]
     return Kernel(name, params, pre + [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")],
                   comment)

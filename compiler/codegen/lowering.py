@@ -125,7 +125,7 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
         return replace(whole, channels=node.type.shape[0],
                        first_block=whole.first_block + node.attrs["start"] // 8)
     users = graph.users(node.id)
-    if len(users) == 1 and users[0].op == "concat" and users[0].attrs.get("layout") == BLOCKED:
+    if len(users) == 1 and users[0].op == "concat" and users[0].attrs.get("in_place"):
         concat = users[0]  # written straight into its channel range of the concatenation
         whole = blocked_storage(graph, concat)
         before = sum(graph.node(i).type.shape[0] for i in

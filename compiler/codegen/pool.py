@@ -192,12 +192,14 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
 
 # -- channel-blocked (NCHW8c) variants: 8 channels per vector ---------------------------------
 
-def maxpool_blocked_kernel(name: str, attrs: dict[str, Any], comment: str = "") -> Kernel:
-    """Max pooling of channel-blocked storage into channel-blocked storage, 8 channels a
-    vector. Taps outside the tensor are skipped (never its zero halo: a window of negative
-    values must not see a 0). Input geometry ``X*`` and output geometry ``Y*`` are
-    ``(blocks, stored height, stored width, top, left)``; window, stride, padding and dilation
-    are literal."""
+def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
+                               comment: str = "") -> Kernel:
+    """Max or average pooling of channel-blocked storage into channel-blocked storage, 8
+    channels a vector. Taps outside the tensor are skipped (never its zero halo: a window of
+    negative values must not see a 0). Average pooling is offered blocked only where its
+    divisor is the window size (``avgpool_blocked_ok``). Input geometry ``X*`` and output
+    geometry ``Y*`` are ``(blocks, stored height, stored width, top, left)``; window, stride,
+    padding and dilation are literal."""
     (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
     pt, pl = attrs["pads"][0], attrs["pads"][1]
     dh, dw = attrs.get("dilation", (1, 1))
@@ -207,19 +209,28 @@ def maxpool_blocked_kernel(name: str, attrs: dict[str, Any], comment: str = "") 
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     ih, iw = Var("h0") + Var("r") * dh, Var("w0") + Var("s") * dw
     tap = VLoad("x0", Var("xb") + (ih + XT) * (XW * 8) + (iw + XL) * 8)
-    track = may_miss_input(attrs)  # a window of only padding gives the lowest float32
+    if op == "avgpool":
+        if not avgpool_blocked_ok(attrs):
+            raise ValueError("this average pool's divisor is not its window size")
+        init: Expr = VZero()
+        update: Expr = VBin("add", Var("acc"), tap)
+        track = False
+    else:
+        init, update = VSplat(Const(float("-inf"))), VBin("max", Var("acc"), tap)
+        track = may_miss_input(attrs)  # a window of only padding gives the lowest float32
     hit = [Let("hit", Const(1))] if track else []
     q_body: list[Stmt] = [
         Let("w0", q * sw - pl),
-        Let("acc", VSplat(Const(float("-inf")))),
+        Let("acc", init),
         *([Let("hit", Const(0))] if track else []),
         Loop("r", Const(R), [If(_in_range(ih, 0, H), [
-            Loop("s", Const(S), [If(_in_range(iw, 0, W), [
-                Let("acc", VBin("max", Var("acc"), tap))] + hit)])])]),
+            Loop("s", Const(S), [If(_in_range(iw, 0, W), [Let("acc", update)] + hit)])])]),
     ]
     if track:
         q_body.append(If(cmp("==", Var("hit"), 0), [
             Let("acc", VSplat(Const(float(np.finfo(np.float32).min))))]))
+    if op == "avgpool":
+        q_body.append(Let("acc", VBin("mul", Var("acc"), VSplat(Const(1.0 / (R * S))))))
     q_body.append(VStore("y", Var("yb") + q * 8, Var("acc")))
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
         Let("h0", p * sh - pt),
@@ -232,6 +243,16 @@ def maxpool_blocked_kernel(name: str, attrs: dict[str, Any], comment: str = "") 
     return Kernel(name, [Param("x0"), Param("y")] + [Param(i, "int") for i in ints]
                   + [Param("n_batch", "int")],
                   [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")], comment)
+
+
+def avgpool_blocked_ok(attrs: dict[str, Any]) -> bool:
+    """Whether an average pool divides every window by its size, so the blocked kernel (which
+    skips the taps off the input and multiplies by ``1 / (R*S)``) computes it: no ceil-mode
+    cells past the padding, and either no padding or padding that counts
+    (``count_include_pad``; DenseNet's transitions, Inception's 3x3 average pools)."""
+    if attrs.get("ceil_mode"):
+        return False
+    return bool(attrs.get("count_include_pad", True)) or not any(attrs["pads"])
 
 
 def global_pool_blocked_kernel(name: str, op: str, comment: str = "") -> Kernel:

@@ -187,7 +187,8 @@ def _load_families() -> None:
 
 #: Node attributes that record a pass's decision rather than the op's meaning; they are
 #: stripped before an op's own shape rule and reference see the attributes.
-DECISION_KEYS = ("epilogue", "lowering", "tile", "layout", "halo", "folded", "parameter_time")
+DECISION_KEYS = ("epilogue", "lowering", "tile", "layout", "halo", "in_place", "folded",
+                 "parameter_time")
 
 
 @dataclass(frozen=True)

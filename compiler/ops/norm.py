@@ -27,6 +27,7 @@ from . import (
     ShapeError,
     as_float,
     as_int,
+    elementwise_layouts,
     no_macs,
     register,
     same_shape,
@@ -91,10 +92,22 @@ def _lower_bn(ctx, node):
 
     stats = ctx.param_inputs
     eps = node.attrs["eps"]
+    source = ctx.storage(ctx.tensor_inputs[0])
+    blocks = -(-node.type.shape[0] // 8)
 
     def pack(values):
         scale, shift = batchnorm_scale_shift(*(values[i] for i in stats), eps)
-        return {"c_scale": scale, "c_shift": shift}
+        if source is None:
+            return {"c_scale": scale, "c_shift": shift}
+        # whole 8-channel vectors, zeros past the channels (the storage's padding lanes)
+        padded = [np.zeros(blocks * 8) for _ in range(2)]
+        padded[0][: scale.size], padded[1][: shift.size] = scale, shift
+        return {"c_scale": padded[0], "c_shift": padded[1]}
+
+    if source is not None:  # NCHW8c in and out (the layout rule)
+        from ..codegen.elementwise import lower_elementwise
+
+        return lower_elementwise(ctx, node, "affine", pack=pack)
     sz = Sizes()
     k = channel_affine_kernel(ctx.kname, ctx.in_shapes[0], ctx.epilogue, ctx.comment, sz)
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
@@ -107,6 +120,7 @@ register(OpDef(
     infer=lambda ts, a: _params_match(ts, a, "batchnorm"),
     reference=_bn_reference, macs=no_macs, aliases=("batch_norm", "bn"), new_activations=False,
     lower=lambda ctx, node: _lower_bn(ctx, node), takes_epilogue="unary", inplace=True,
+    layout_rule=elementwise_layouts,
     doc="batch normalization with running statistics (inference form)",
 ))
 

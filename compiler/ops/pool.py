@@ -44,6 +44,7 @@ from . import (
     as_pair,
     no_macs,
     one_input,
+    own_attrs,
     register,
     require_rank,
     spatial_out,
@@ -162,9 +163,14 @@ _WINDOW = (
 
 
 def _keeps_blocked(node, in_types):
-    """Max pooling has an NCHW8c kernel (every padding and dilation): blocked in, blocked
-    out."""
-    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED)) if node.op == "maxpool" else ((PLAIN, PLAIN),)
+    """Max pooling has an NCHW8c kernel (every padding and dilation), average pooling where
+    its divisor is the window size: blocked in, blocked out."""
+    from ..codegen.pool import avgpool_blocked_ok
+
+    if node.op == "maxpool" or (node.op == "avgpool" and avgpool_blocked_ok(own_attrs(
+            node.attrs))):
+        return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
+    return ((PLAIN, PLAIN),)
 
 
 def _reads_blocked(node, in_types):
@@ -177,7 +183,7 @@ def _reads_blocked(node, in_types):
 def _lower_window(ctx, node):
     from ..codegen.elementwise import Sizes
     from ..codegen.lowering import kernel_step
-    from ..codegen.pool import maxpool_blocked_kernel, pool_kernel
+    from ..codegen.pool import pool_kernel, window_pool_blocked_kernel
 
     src = ctx.storage(ctx.tensor_inputs[0])
     if src is not None:  # NCHW8c in and out (the layout rule)
@@ -186,7 +192,7 @@ def _lower_window(ctx, node):
         ints = {"C8": -(-c // 8), "H": h, "W": w, "P": ctx.out_shape[1], "Q": ctx.out_shape[2]}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), src.ints()))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), out.ints()))
-        k = maxpool_blocked_kernel(ctx.kname, node.attrs, ctx.comment)
+        k = window_pool_blocked_kernel(ctx.kname, node.op, node.attrs, ctx.comment)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs,

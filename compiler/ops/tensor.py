@@ -188,11 +188,23 @@ def _lower_simple(ctx, builder: str, *args):
 
 
 def _lower_concat(ctx, node):
-    from ..codegen.elementwise import Sizes, concat_kernel
+    from ..codegen.elementwise import Sizes, concat_blocked_kernel, concat_kernel
     from ..codegen.lowering import concat_view_step, kernel_step
 
-    if ctx.out_storage is not None:  # its producers wrote into its buffer: nothing to do
+    if node.attrs.get("in_place"):  # its producers wrote into its buffer: nothing to do
         return concat_view_step(ctx)
+    if ctx.out_storage is not None:  # blocked inputs, copied block by block
+        ints = {"P": node.type.shape[1], "Q": node.type.shape[2]}
+        ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
+        first = 0
+        for k, i in enumerate(ctx.tensor_inputs):
+            c = ctx.graph.node(i).type.shape[0]
+            ints.update({f"K{k}": c // 8, f"O{k}": first // 8})
+            ints.update(zip((f"X{k}B", f"X{k}H", f"X{k}W", f"X{k}T", f"X{k}L"),
+                            ctx.storage(i).ints()))
+            first += c
+        k = concat_blocked_kernel(ctx.kname, len(ctx.tensor_inputs), ctx.comment)
+        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz)
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)

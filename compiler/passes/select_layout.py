@@ -18,7 +18,10 @@ there.
 Concatenation without copies: a channel concatenation is kept blocked when each of its inputs
 is blocked, used by it alone, and fills whole 8-channel blocks; its producers then write
 straight into their channel range of its buffer and the concatenation itself is no kernel
-(inception modules). Only at -O2.
+(inception modules: ``in_place=True``). When an input has other users (DenseNet's features,
+read by the next layer and the next concatenation) but every input fills whole blocks, the
+concatenation stays blocked and copies block by block (``in_place=False``): no layout
+transform around it. Only at -O2.
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
     blocked = {n.id for n in graph.compute_nodes()
                if not is_constant(graph, n) and not graph.is_output(n.id)
                and any(out == BLOCKED for _, out in layout_pairs(graph, n))}
-    blocked |= {n.id for n in graph.compute_nodes()
+    in_place = {n.id for n in graph.compute_nodes()
                 if n.op == "concat" and _concat_in_place(graph, n)}
+    blocked |= in_place | {n.id for n in graph.compute_nodes()
+                           if n.op == "concat" and _concat_blocked_copy(graph, n)}
 
     def in_layout(node: Node) -> str:
         return BLOCKED if node.inputs and node.inputs[0] in blocked else PLAIN
@@ -103,6 +108,11 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         if node.op == "channel_slice":  # a view: its base's halo
             node.attrs["halo"] = graph.node(node.inputs[0]).attrs["halo"]
         if node.op == "concat":
+            node.attrs["in_place"] = nid in in_place
+            if nid not in in_place:
+                ctx.note(f"{layer(node)}: {len(node.inputs)} blocked inputs copied block by "
+                         "block (an input has other users)", node)
+                continue
             for i in node.inputs:  # its inputs live in its buffer: the same halo
                 graph.node(i).attrs["halo"] = node.attrs["halo"]
             ctx.note(f"{layer(node)}: {len(node.inputs)} producers write into their channel "
@@ -124,6 +134,15 @@ def _concat_in_place(graph: Graph, node: Node) -> bool:
                 or node.inputs.count(i) != 1 or src.op in ("input", "param")):
             return False
     return True
+
+
+def _concat_blocked_copy(graph: Graph, node: Node) -> bool:
+    """A channel concatenation of blocked inputs that cannot be done in place (an input has
+    other users: DenseNet's growing features) can still copy whole 8-channel blocks, when
+    every input starts at a block boundary of the output."""
+    if node.attrs.get("axis") != 0 or len(node.type.shape) != 3 or graph.is_output(node.id):
+        return False
+    return all(graph.node(i).type.shape[0] % 8 == 0 for i in node.inputs)
 
 
 def _halo(graph: Graph, node: Node) -> tuple[int, int, int, int]:

@@ -115,3 +115,42 @@ def test_depthwise_after_a_direct_conv_with_an_odd_number_of_blocks_stays_in_bou
     x = np.random.default_rng(4).standard_normal((2, 8, 9, 9)).astype(np.float32)
     want = run_reference(m.graph, {"x": x}, m.params)["y"]
     np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+DENSE_BLOCK = """network dense_block
+input x: 8 x 10 x 10
+block layer(growth) {
+  y = in -> batchnorm -> relu -> conv(32, 1, bias=false) -> batchnorm -> relu
+    -> conv(growth, 3, pad=1, bias=false)
+  return concat(in, y)
+}
+x -> conv(16, 3, pad=1) -> layer(16) -> layer(8) -> batchnorm -> relu
+  -> conv(16, 1) -> avgpool(2) -> conv(16, 3, pad=1) -> avgpool(3, stride=1, pad=1)
+  -> conv(8, 3) -> avgpool(2, pad=1, count_include_pad=false) -> output y
+"""
+
+
+def test_densenet_features_stay_blocked_through_norms_copies_and_average_pools():
+    """A DenseNet block at -O2: the standalone batch norms run on NCHW8c, each concatenation
+    whose input is also read by the next layer copies whole blocks (``in_place=False``), the
+    average pools whose divisor is the window size stay blocked; only the average pool that
+    excludes its padding from the divisor leaves the region."""
+    m = compile_model(DENSE_BLOCK, seed=5)
+    g = m.plan.graph
+    by_op: dict[str, list] = {}
+    for n in g.compute_nodes():
+        by_op.setdefault(n.op, []).append(n)
+    assert all(n.attrs.get("layout") == "NCHW8c" for n in by_op["batchnorm"])
+    assert [n.attrs.get("in_place") for n in by_op["concat"]] == [False, False]
+    pools = by_op["avgpool"]
+    assert [n.attrs.get("layout") for n in pools] == ["NCHW8c", "NCHW8c", None]
+    assert m.stats()["layout transforms per call"] == 2  # pack at the start, unpack before it
+    assert "concat" in " ".join(c.kernel for s in m.plan.steps for c in s.calls)
+    x = np.random.default_rng(6).standard_normal((2, 8, 10, 10)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, _bn_heavy(m.params, 7))["y"]
+    m.set_params(_bn_heavy(m.params, 7))
+    got = m(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    plain = compile_model(DENSE_BLOCK, seed=5, opt_level=1)
+    plain.set_params(_bn_heavy(plain.params, 7))
+    np.testing.assert_allclose(plain(x), got, rtol=1e-5, atol=1e-5 * np.abs(want).max())
