@@ -124,13 +124,14 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
         whole = blocked_storage(graph, graph.node(node.inputs[0]))
         return replace(whole, channels=node.type.shape[0],
                        first_block=whole.first_block + node.attrs["start"] // 8)
-    users = graph.users(node.id)
-    if len(users) == 1 and users[0].op == "concat" and users[0].attrs.get("in_place"):
-        concat = users[0]  # written straight into its channel range of the concatenation
+    owners = [u for u in graph.users(node.id) if u.op == "concat" and u.attrs.get("in_place")]
+    if owners:  # written straight into its channel range of the (one) concatenation
+        concat = owners[0]
         whole = blocked_storage(graph, concat)
         before = sum(graph.node(i).type.shape[0] for i in
                      concat.inputs[:concat.inputs.index(node.id)])
-        return replace(whole, channels=node.type.shape[0], first_block=before // 8)
+        return replace(whole, channels=node.type.shape[0],
+                       first_block=whole.first_block + before // 8)
     c, h, w = node.type.shape
     blocks = -(-c // 8)
     if node.op == "conv" and not (node.attrs["groups"] > 1 and node.attrs["groups"] ==

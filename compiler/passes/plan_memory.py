@@ -18,9 +18,17 @@ from ..plan import BufferPlan, Step
 
 def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPlan:
     plan = BufferPlan()
-    # A concatenation done in place owns a buffer its producers write their ranges of.
+    # A concatenation done in place owns a buffer its producers write their ranges of; it may
+    # itself be a part of an outer one (DenseNet: each concatenation a prefix of the next).
+    # The outermost owner's slot holds them all, and lives as long as any of them.
     owners = {s.output: s for s in steps if s.owner}
     member_of = {i: c for c, s in owners.items() for i in s.inputs}
+
+    def top(v: int) -> int:
+        while v in member_of:
+            v = member_of[v]
+        return v
+
     for s in steps:
         if s.view and not s.owner:
             plan.alias[s.output] = s.inputs[0]
@@ -31,7 +39,7 @@ def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPl
     last_use: dict[int, int] = {}
     for i, s in enumerate(steps):
         for v in s.inputs:
-            last_use[plan.root(v)] = i
+            last_use[top(plan.root(v))] = i
     free: list[int] = []
     kind: dict[int, object] = {}  # slot -> the storage of its values (None: plain NCHW)
     for i, s in enumerate(steps):
@@ -39,7 +47,7 @@ def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPl
             continue
         if s.storage is not None:
             plan.storage[s.output] = s.storage
-        owner = owners.get(member_of.get(s.output, -1))
+        owner = owners.get(top(s.output)) if s.output in member_of else None
         target = owner if owner is not None else s
         if target.output in plan.slot_of:  # a later producer of an in-place concatenation
             plan.slot_of[s.output] = plan.slot_of[target.output]
@@ -51,10 +59,14 @@ def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPl
         slot = plan.slot_of[s.output]
         if not reuse:
             continue
-        for v in {plan.root(u) for u in s.inputs}:
+        for v in {top(plan.root(u)) for u in s.inputs}:
             if (last_use.get(v) == i and v in plan.slot_of and v not in outputs
                     and v not in inputs and plan.slot_of[v] != slot):
                 free.append(plan.slot_of[v])
+    for o in owners:  # nested owners: a range of the outermost one's slot
+        if o in member_of and top(o) in plan.slot_of:
+            plan.slot_of[o] = plan.slot_of[top(o)]
+            plan.storage[o] = owners[o].storage
     return plan
 
 

@@ -103,6 +103,11 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         node.attrs["layout"] = BLOCKED
         node.attrs["halo"] = _halo(graph, node)
         ctx.note(f"{layer(node)}: output kept in {BLOCKED}, halo {node.attrs['halo']}", node)
+    in_place &= blocked
+    for group in _buffer_groups(graph, in_place):  # one buffer: one halo, the largest
+        halo = tuple(max(graph.node(i).attrs["halo"][k] for i in group) for k in range(4))
+        for i in group:
+            graph.node(i).attrs["halo"] = halo
     for nid in sorted(blocked):
         node = graph.node(nid)
         if node.op == "channel_slice":  # a view: its base's halo
@@ -111,10 +116,8 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
             node.attrs["in_place"] = nid in in_place
             if nid not in in_place:
                 ctx.note(f"{layer(node)}: {len(node.inputs)} blocked inputs copied block by "
-                         "block (an input has other users)", node)
+                         "block", node)
                 continue
-            for i in node.inputs:  # its inputs live in its buffer: the same halo
-                graph.node(i).attrs["halo"] = node.attrs["halo"]
             ctx.note(f"{layer(node)}: {len(node.inputs)} producers write into their channel "
                      "ranges (no copy)", node)
     return bool(blocked)
@@ -122,18 +125,38 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
 
 def _concat_in_place(graph: Graph, node: Node) -> bool:
     """A channel concatenation whose producers can write into its buffer: each input is
-    computed by a kernel, used only here, and fills whole blocks (a direct convolution writes
-    its channels in blocks of 16)."""
+    computed by a kernel (or is another concatenation: DenseNet's chains, each a prefix of the
+    next), feeds no other concatenation, and fills whole blocks (a direct convolution writes
+    its channels in blocks of 16). An input may have other users: they read it where it lies
+    in the buffer, which lives as long as any of its parts."""
     if node.attrs.get("axis") != 0 or len(node.type.shape) != 3 or graph.is_output(node.id):
         return False
     for i in node.inputs:
         src = graph.node(i)
         c = src.type.shape[0]
         whole = 16 if src.op == "conv" and src.attrs.get("groups") == 1 else 8
-        if (c % whole or graph.is_output(i) or len(graph.users(i)) != 1
-                or node.inputs.count(i) != 1 or src.op in ("input", "param")):
+        concats = sum(u.op == "concat" for u in graph.users(i))
+        if (c % whole or graph.is_output(i) or concats != 1 or node.inputs.count(i) != 1
+                or src.op in ("input", "param") or get_op(src.op).view):
             return False
     return True
+
+
+def _buffer_groups(graph: Graph, in_place: set[int]) -> list[set[int]]:
+    """The values sharing one buffer: each outermost in-place concatenation with every value
+    written into it, through nested in-place concatenations."""
+    groups = []
+    for nid in in_place:
+        if any(u.id in in_place for u in graph.users(nid) if u.op == "concat"):
+            continue  # a part of an outer one
+        group, todo = {nid}, [nid]
+        while todo:
+            for i in graph.node(todo.pop()).inputs:
+                group.add(i)
+                if i in in_place:
+                    todo.append(i)
+        groups.append(group)
+    return groups
 
 
 def _concat_blocked_copy(graph: Graph, node: Node) -> bool:

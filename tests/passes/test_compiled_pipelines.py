@@ -124,7 +124,7 @@ block layer(growth) {
     -> conv(growth, 3, pad=1, bias=false)
   return concat(in, y)
 }
-x -> conv(16, 3, pad=1) -> layer(16) -> layer(8) -> batchnorm -> relu
+x -> conv(16, 3, pad=1) -> layer(16) -> layer(16) -> layer(8) -> batchnorm -> relu
   -> conv(16, 1) -> avgpool(2) -> conv(16, 3, pad=1) -> avgpool(3, stride=1, pad=1)
   -> conv(8, 3) -> avgpool(2, pad=1, count_include_pad=false) -> output y
 """
@@ -141,7 +141,10 @@ def test_densenet_features_stay_blocked_through_norms_copies_and_average_pools()
     for n in g.compute_nodes():
         by_op.setdefault(n.op, []).append(n)
     assert all(n.attrs.get("layout") == "NCHW8c" for n in by_op["batchnorm"])
-    assert [n.attrs.get("in_place") for n in by_op["concat"]] == [False, False]
+    # the first two concatenations in place, the first a prefix of the second (their
+    # 16-channel inputs: whole blocks of a direct conv), the third copies (its new 8 channels
+    # are half of such a block)
+    assert [n.attrs.get("in_place") for n in by_op["concat"]] == [True, True, False]
     pools = by_op["avgpool"]
     assert [n.attrs.get("layout") for n in pools] == ["NCHW8c", "NCHW8c", None]
     assert m.stats()["layout transforms per call"] == 2  # pack at the start, unpack before it
@@ -154,3 +157,19 @@ def test_densenet_features_stay_blocked_through_norms_copies_and_average_pools()
     plain = compile_model(DENSE_BLOCK, seed=5, opt_level=1)
     plain.set_params(_bn_heavy(plain.params, 7))
     np.testing.assert_allclose(plain(x), got, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_part_of_an_in_place_concatenation_read_after_it_keeps_its_values():
+    """``a`` lives in the concatenation's buffer and is read again by a later layer: the
+    buffer lives as long as any of its parts, and nothing else is planned into it."""
+    net = ("network reread\ninput x: 8 x 9 x 9\n"
+           "a = x -> conv(16, 3, pad=1) -> relu\nb = x -> conv(16, 3, pad=1)\n"
+           "c = concat(a, b) -> conv(16, 3, pad=1) -> relu -> conv(16, 3, pad=1)\n"
+           "d = a -> conv(16, 1) -> relu -> conv(16, 3, pad=1)\n"
+           "(c + d) -> relu -> conv(8, 1) -> output y\n")
+    m = compile_model(net, seed=8)
+    concat = next(n for n in m.plan.graph.compute_nodes() if n.op == "concat")
+    assert concat.attrs.get("in_place") is True
+    x = np.random.default_rng(9).standard_normal((3, 8, 9, 9)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
