@@ -122,17 +122,19 @@ VECTOR = {
 
 # -- error bounds (``pointwise_bound``): the Lipschitz constant max |f'| carries an error of
 # the input through f (relu 1; sigmoid 1/4; swish 1.0998 at x = 2.4; gelu 1.129 at x = 2.4;
-# hard_swish 3/2 at x = 3), ``rel`` counts f's roundings (in EPS32) and transcendental calls
-# (TRANSCENDENTAL each) relative to |f(x)|; gelu's 0.5 x (1 + erf(x / sqrt 2)) cancels for
+# hard_swish 3/2 at x = 3), ``rel`` counts f's roundings (in EPS32: a constant such as alpha
+# rounded to float32 counts too) and transcendental calls (TRANSCENDENTAL each) relative to
+# |f(x)|; gelu's 0.5 x (1 + erf(x / sqrt 2)) cancels for
 # x << 0, so erf's error counts relative to |x| (``rel_in``).
 T = TRANSCENDENTAL
 BOUNDS = {
     "relu": pointwise_bound(),
-    "leaky_relu": pointwise_bound(lambda a: max(1.0, abs(a["alpha"])), rel=1.0),
+    "leaky_relu": pointwise_bound(lambda a: max(1.0, abs(a["alpha"])), rel=2.0),
     "relu6": pointwise_bound(),
     "sigmoid": pointwise_bound(0.25, rel=T + 2),
-    "hard_sigmoid": pointwise_bound(lambda a: abs(a["alpha"]), rel=1.0,
-                                    rel_in=lambda a: abs(a["alpha"])),
+    # alpha, its product, beta (|beta| <= |y| + |alpha x| unclipped) and the sum
+    "hard_sigmoid": pointwise_bound(lambda a: abs(a["alpha"]), rel=2.0,
+                                    rel_in=lambda a: 3 * abs(a["alpha"])),
     "tanh": pointwise_bound(1.0, rel=T),
     "swish": pointwise_bound(1.1, rel=T + 2),
     "hard_swish": pointwise_bound(1.5, rel=4.0),

@@ -37,7 +37,6 @@ from . import (
     as_float,
     as_pair,
     exact_bound,
-    f64_sum_bound,
     no_macs,
     one_input,
     register,
@@ -257,8 +256,9 @@ register(OpDef(name="globalavgpool", family="pool", signature=(),
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .mean(axis=(2, 3), keepdims=True)),
                macs=no_macs, aliases=("global_avgpool", "gap"), lower=_lower_global,
-               # float64 sum of H x W values, one division, one rounding to float32
-               error_bound=f64_sum_bound(terms=lambda ctx: ctx.inputs[0][0, 0].size),
+               # H x W values summed: in float64 by the NCHW kernel, but in float32 vectors by
+               # the NCHW8c one, then scaled by a rounded 1 / (H x W): the float32 bound
+               error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0][0, 0].size, extra=2),
                layout_rule=_reads_blocked,
                doc="mean over height and width (C x 1 x 1)"))
 register(OpDef(name="globalmaxpool", family="pool", signature=(),
