@@ -16,9 +16,9 @@ from typing import Any
 
 import networkx as nx
 
-from .types import Span, TensorType
+from .types import Span, TensorType, shown_path
 
-__all__ = ["Graph", "IRError", "Node", "Span", "TensorType", "model_folder"]
+__all__ = ["Graph", "IRError", "Node", "Span", "TensorType", "model_folder", "shown_path"]
 
 
 def model_folder(graph: Graph) -> str | None:

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..ir import Graph, Node, model_folder
-from ..types import shown_path
+from ..ir import Graph, Node, model_folder, shown_path
 
 __all__ = ["PassContext", "PassRecord", "PassError", "OptionError", "run_passes"]
 
