@@ -80,7 +80,7 @@ def bar_chart(groups: list[str], series: dict[str, list[float]], ylabel: str, pa
 _PEAK_KERNEL = '''
 import numba
 from numba import njit, prange
-from cnnc.compiler.codegen.vec8 import vfma, vsplat, vstore, vadd
+from cnnc.compiler.codegen.simd import vfma, vsplat, vstore, vadd
 
 @njit(parallel=True, fastmath=False, cache=False)
 def fma_loop(out, n_iter, n_task):

@@ -23,7 +23,7 @@ from ..compiler.codegen.conv import (
 )
 from ..compiler.codegen.layout import layout_module
 from ..compiler.codegen.numba_printer import sanitize_comment
-from ..compiler.codegen.tiles import GEMM_M, GEMM_N, TILE_K
+from ..compiler.codegen.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
 
 __all__ = ["ConvKernel", "compile_conv", "normalize_attrs", "gflops"]
 
@@ -65,15 +65,17 @@ def geometry(attrs: dict, in_shape: tuple[int, int, int]) -> ConvGeometry:
 class ConvKernel:
     """A compiled convolution: ``kernel(x, w, b) -> y`` on NCHW float32 arrays."""
 
-    def __init__(self, g: ConvGeometry, lowering: str, comment: str = "", root=None) -> None:
+    def __init__(self, g: ConvGeometry, lowering: str, comment: str = "", root=None,
+                 tile: DirectTile = TILE_8) -> None:
         self.geometry = g
         self.lowering = lowering
-        self.module, name, self.source = conv_module(g, lowering, root)
+        self.tile = tile
+        self.module, name, self.source = conv_module(g, lowering, root, tile=tile)
         self.kernel = getattr(self.module, name)
         self.path = getattr(self.module, "__file__", None)
         self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
         self.layout = layout_module(root)
-        self.int_args = kernel_int_args(g, lowering)
+        self.int_args = kernel_int_args(g, lowering, tile=tile)
         self.relu = int(g.activation == "relu")
 
     def _check(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> None:
@@ -89,7 +91,7 @@ class ConvKernel:
             raise ValueError("this conv was compiled without bias, but a bias was given")
 
     def pack_weights(self, w: np.ndarray, b: np.ndarray | None = None):
-        return pack_weights(self.geometry, self.lowering, w, b)
+        return pack_weights(self.geometry, self.lowering, w, b, self.tile)
 
     def pack_input(self, x: np.ndarray) -> np.ndarray:
         g = self.geometry
@@ -162,9 +164,12 @@ class ConvKernel:
 
 def compile_conv(attrs: dict, in_shape: tuple[int, int, int],
                  lowering: Literal["direct", "im2col"] = "direct", *, comment: str = "",
-                 root=None) -> ConvKernel:
-    """Generate, cache and load the kernels of one convolution (see the module docstring)."""
-    return ConvKernel(geometry(attrs, in_shape), lowering, comment, root)
+                 root=None, tile: DirectTile | str = TILE_8) -> ConvKernel:
+    """Generate, cache and load the kernels of one convolution (see the module docstring);
+    ``tile`` is the direct kernel's register tile (``"14x32/16"``: see ``DirectTile``)."""
+    if isinstance(tile, str):
+        tile = DirectTile.parse(tile)
+    return ConvKernel(geometry(attrs, in_shape), lowering, comment, root, tile)
 
 
 def gflops(g: ConvGeometry, N: int, seconds: float) -> float:

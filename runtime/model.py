@@ -26,6 +26,7 @@ from ..compiler.codegen.lowering import lower_graph
 from ..compiler.ir import Graph, model_folder
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.plan import Plan
+from ..compiler.target import resolve_target
 from .executor import CpuExecutor
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
@@ -276,6 +277,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
             autotune: bool = False) -> CompiledModel:
     """Compile a network to Numba kernels.
 
+    ``target``: ``cpu`` (this machine's CPU: 16-lane kernels with AVX-512, else 8-lane), or
+    ``avx2`` / ``avx512`` to choose (``compiler/target.py``; the numbers are the same).
     ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
     or an .npz path. ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2
     (everything; ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
@@ -288,8 +291,10 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     winner is cached per shape, attributes and CPU) instead of trusting the cost model.
     """
     t0 = time.perf_counter()
-    if target != "cpu":
-        raise ModelError(f"target {target!r} is not available; the only target is 'cpu'")
+    try:
+        cpu = resolve_target(target)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
     if opt_level not in (0, 1, 2):
         raise ModelError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
     graph, onnx_weights = _load_graph(source_or_graph_or_path)
@@ -308,7 +313,7 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
 
             measure = Autotuner(cache_dir)
         records = optimize(optimized, opt_level,
-                           ctx=PassContext(lowering=lowering, measure=measure),
+                           ctx=PassContext(lowering=lowering, measure=measure, target=cpu),
                            dump_dir=dump_ir)
     except LoweringError as e:
         raise ModelError(str(e)) from None

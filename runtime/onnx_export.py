@@ -215,6 +215,8 @@ def _concat(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
 def _pad(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     t, l, b, r = node.attrs["pads"]
     pads = ex.ints(node.name + "/pads", [0, 0, t, l, 0, 0, b, r])
+    if node.attrs["mode"] != "constant":
+        return ex.emit("Pad", [xs[0], pads], node.name, out, mode=node.attrs["mode"])
     value = ex.const(node.name + "/value", node.attrs["value"])
     return ex.emit("Pad", [xs[0], pads, value], node.name, out, mode="constant")
 
@@ -290,6 +292,10 @@ CONVERTERS.update({
     "tanh": _simple("Tanh"),
     "hard_swish": _simple("HardSwish"),
     "abs": _simple("Abs"),
+    "elu": _simple("Elu", alpha=lambda a: float(a["alpha"])),
+    "selu": _simple("Selu", alpha=lambda a: float(a["alpha"]), gamma=lambda a: float(a["gamma"])),
+    "softplus": _simple("Softplus"),
+    "mish": _simple("Mish"),
     "softmax": _simple("Softmax", axis=lambda a: a["axis"] + 1),
     "log_softmax": _simple("LogSoftmax", axis=lambda a: a["axis"] + 1),
     "lrn": _simple("LRN", size=lambda a: a["size"], alpha=lambda a: float(a["alpha"]),
@@ -301,6 +307,17 @@ CONVERTERS.update({
 def _relu6(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     lo, hi = ex.const(node.name + "/min", 0.0), ex.const(node.name + "/max", 6.0)
     return ex.emit("Clip", [xs[0], lo, hi], node.name, out)
+
+
+@converts("prelu")
+def _prelu(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    # The slope parameter is [num_parameters]; ONNX right-aligns it, so one per channel of a
+    # C x H x W input is written [C, 1, 1].
+    slope = xs[1]
+    if ex.rank(node.inputs[0]) == 4 and node.attrs["num_parameters"] > 1:
+        slope = ex.emit("Unsqueeze", [slope, ex.ints(node.name + "/axes", [1, 2])],
+                        node.name + "/slope")
+    return ex.emit("PRelu", [xs[0], slope], node.name, out)
 
 
 @converts("swish")
@@ -329,6 +346,11 @@ def _groupnorm(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
         raise OnnxExportError(f"{node.name}: groupnorm of a feature vector has no ONNX form")
     return ex.emit("GroupNormalization", xs, node.name, out, epsilon=float(node.attrs["eps"]),
                    num_groups=node.attrs["groups"])
+
+
+@converts("instance_norm")
+def _instance_norm(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    return ex.emit("InstanceNormalization", xs, node.name, out, epsilon=float(node.attrs["eps"]))
 
 
 @converts("distance")

@@ -395,11 +395,14 @@ def _fold_expand(imp: Importer, node: Any, ins: list[np.ndarray]) -> np.ndarray:
 # -- the importer -----------------------------------------------------------------------------
 
 class Importer:
-    def __init__(self, model: Any, source: str):
+    def __init__(self, model: Any, source: str, declared_opset: int | None = None):
 
         self.model = model
         self.source = source
         self.opset = _opset(model)
+        # The opset the file declared, before onnx's version converter (which leaves some
+        # changes of meaning to the importer: PRelu's slope before opset 7).
+        self.declared_opset = declared_opset or self.opset
         g = model.graph
         self.consts: dict[str, np.ndarray] = {
             t.name: tensor_array(t, f"initializer {t.name!r}") for t in g.initializer}
@@ -716,9 +719,8 @@ def _batchnorm(imp: Importer, node: Any, i: int) -> None:
 @handles("InstanceNormalization")
 def _instance_norm(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    c = imp.shapes[x][0]
     eps = _f(_attrs(node).get("epsilon", 1e-5))
-    imp.add(node, "groupnorm", {"groups": c, "eps": eps}, [x],
+    imp.add(node, "instance_norm", {"eps": eps}, [x],
             {"weight": imp.const(node, 1), "bias": imp.const(node, 2)})
 
 
@@ -765,9 +767,50 @@ HANDLERS.update({
     "HardSwish": _unary("hard_swish"),
     "Tanh": _unary("tanh"),
     "Abs": _unary("abs"),
+    "Softplus": _unary("softplus"),
+    "Mish": _unary("mish"),
     "GlobalAveragePool": _unary("globalavgpool"),
     "GlobalMaxPool": _unary("globalmaxpool"),
 })
+
+
+@handles("Elu", "Selu")
+def _elu(imp: Importer, node: Any, i: int) -> None:
+    # Attributes are float32 in ONNX: one equal to cnnc's default (in float32) is left out, so
+    # an exported model comes back as `selu`, not `selu(alpha=1.6732632, ...)`.
+    op = node.op_type.lower()
+    a = _attrs(node)
+    args = {}
+    for attr in get_op(op).signature:
+        if attr.name in a and np.float32(a[attr.name]) != np.float32(attr.default):
+            args[attr.name] = _f(a[attr.name])
+    imp.add(node, op, args, [imp.dyn(node)])
+
+
+@handles("PRelu")
+def _prelu(imp: Importer, node: Any, i: int) -> None:
+    x = imp.dyn(node)
+    slope = imp.const(node, 1)
+    shape = imp.shapes[x]
+    # ONNX broadcasts the slope unidirectionally, right-aligned against N x C x ...: it is per
+    # channel only as [C, 1, 1] (or [C] for N x C), and one for all when it has one element.
+    # Before opset 7 (PRelu-6 and older) a 1-D slope of C values was one per channel, and the
+    # version converter keeps it as it is.
+    full = (1,) * (len(shape) + 1 - slope.ndim) + tuple(slope.shape)
+    if slope.size == 1 and slope.ndim <= len(shape) + 1:
+        args: dict[str, Any] = {} if shape[0] == 1 else {"num_parameters": 1}
+    elif len(full) == len(shape) + 1 and full[1] == shape[0] and \
+            all(d == 1 for k, d in enumerate(full) if k != 1):
+        args = {}
+    elif imp.declared_opset < 7 and slope.shape == (shape[0],):
+        args = {}
+    else:
+        dims = "[C, 1, 1]" if len(shape) == 3 else "[C]"
+        raise _refuse(node, imp.opset, f"slope of shape {list(slope.shape)} against an input "
+                      f"of per-sample shape {list(shape)}: ONNX broadcasts it along axes other "
+                      f"than the channels; cnnc's prelu takes one slope per channel ({dims}) "
+                      "or one for all ([1])")
+    imp.add(node, "prelu", args, [x], {"weight": slope.reshape(-1)})
 
 
 @handles("Gelu")
@@ -1223,8 +1266,10 @@ def _identity(imp: Importer, node: Any, i: int) -> None:
 def _pad(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
     a = _attrs(node)
-    if a.get("mode", "constant") != "constant":
-        raise _refuse(node, imp.opset, f"mode {a.get('mode')!r}; only constant padding")
+    mode = a.get("mode", "constant")
+    if mode not in ("constant", "reflect", "edge"):
+        raise _refuse(node, imp.opset, f"mode {mode!r}; cnnc pads in modes constant, reflect "
+                      "and edge")
     rank = len(imp.shapes[x]) + 1
     if imp.opset < 11:
         pads, value = list(a["pads"]), float(a.get("value", 0.0))
@@ -1241,7 +1286,9 @@ def _pad(imp: Importer, node: Any, i: int) -> None:
     if min(t, l, b, r) < 0:
         raise _refuse(node, imp.opset, "negative padding (cropping) is not supported")
     args: dict[str, Any] = {"pad": (t, l, b, r)}
-    if value:
+    if mode != "constant":
+        args["mode"] = mode  # (ONNX ignores the value in these modes)
+    elif value:
         args["value"] = _f(value)
     imp.add(node, "pad", args, [x])
 
@@ -1651,10 +1698,11 @@ class Printer:
 def import_model(path_or_model: Any, name: str | None = None
                  ) -> tuple[str, dict[str, np.ndarray]]:
     model, source = load_model(path_or_model)
+    declared = {o.domain or "ai.onnx": o.version for o in model.opset_import}.get("ai.onnx")
     model, notes = upgrade(model, source)
     for note in notes:
         warnings.warn(f"{source}: {note}", OnnxImportNote, stacklevel=2)
-    imp = Importer(model, source)
+    imp = Importer(model, source, declared)
     imp.run()
     for err in imp.bad_inputs.values():  # (unused, or used only where any value would do)
         raise err

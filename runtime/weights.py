@@ -21,7 +21,8 @@ import numpy as np
 from ..compiler.ir import Graph
 from .memory import available_memory, check_parameter_memory, fmt_bytes
 
-RELU_FAMILY = {"relu", "leaky_relu", "relu6", "hard_swish", "swish", "gelu"}
+RELU_FAMILY = {"relu", "leaky_relu", "relu6", "hard_swish", "swish", "gelu", "prelu", "elu",
+               "softplus", "mish"}
 
 
 class WeightsError(Exception):
@@ -58,6 +59,8 @@ def init_params(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
             v = np.ones(shape, np.float32)
         elif init == "zeros":
             v = np.zeros(shape, np.float32)
+        elif init == "prelu":  # PReLU's slopes start at 0.25, as in PyTorch
+            v = np.full(shape, 0.25, np.float32)
         elif init == "auto":
             fan_in, fan_out = max(a.get("fan_in", 1), 1), max(a.get("fan_out", 1), 1)
             if he:

@@ -6,7 +6,7 @@ cached), so generated source is written to
     ``<root>/<tag>-<key>/<tag>.py``
 
 where ``root`` is ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, and ``key`` hashes the source, the
-cnnc, Numba and llvmlite versions and the source of :mod:`vec8` (Numba's own cache only watches
+cnnc, Numba and llvmlite versions and the source of :mod:`simd` (Numba's own cache only watches
 the kernel file, not the intrinsics it calls). Numba then keeps its compiled code in the
 ``__pycache__`` folder beside the file, so a second process loads a kernel in a fraction of a
 second instead of compiling it again.
@@ -74,9 +74,9 @@ def _versions() -> str:
         cnnc_version = version("cnnc")
     except Exception:  # pragma: no cover - not installed as a distribution
         cnnc_version = "0"
-    vec8_src = (Path(__file__).with_name("vec8.py")).read_bytes()
+    simd_src = (Path(__file__).with_name("simd.py")).read_bytes()
     return "|".join([cnnc_version, numba.__version__, llvmlite.__version__,
-                     hashlib.sha256(vec8_src).hexdigest()])
+                     hashlib.sha256(simd_src).hexdigest()])
 
 
 _VERSIONS: str | None = None

@@ -61,7 +61,7 @@ from .kernel_ir import Kernel
 from .layout import crop_epilogue_kernel, layout_module, unpack_epilogue_kernel
 from .lowering import step_name, step_ops
 from .numba_printer import print_tasked
-from .tiles import GEMM_M, GEMM_N, TILE_K
+from .tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
 
 __all__ = ["ConvGeometry", "build_conv_kernels", "kernel_int_args", "pack_weights",
            "estimate_cost", "lower_conv", "conv_module"]
@@ -162,6 +162,13 @@ class ConvGeometry:
         """16-channel output blocks per group (direct kernel)."""
         return _ceil_div(self.Kg, TILE_K)
 
+    def k_tiles(self, tile: DirectTile) -> int:
+        """Register tiles of ``tile.channels`` output channels per group (direct kernel)."""
+        if (self.Kgb * TILE_K) % tile.channels:
+            raise ValueError(f"tile {tile} does not divide {self.Kg} output channels per group "
+                             f"(padded to {self.Kgb * TILE_K})")
+        return self.Kgb * TILE_K // tile.channels
+
     @property
     def flops_per_image(self) -> int:
         return 2 * self.K * self.Cg * self.R * self.S * self.P * self.Q
@@ -179,7 +186,7 @@ class ConvGeometry:
 
 
 def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
-                    y: Storage | None = None) -> tuple[int, ...]:
+                    y: Storage | None = None, tile: DirectTile = TILE_8) -> tuple[int, ...]:
     """The runtime size arguments of the compute kernel of ``g`` (see ``*_INTS``): with ``x``
     the input is read where a producer stored it channel-blocked (else from the packed scratch
     buffer), with ``y`` the output is written into its channel-blocked storage (else into the
@@ -201,16 +208,17 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
         yout = y.ints()
     if g.depthwise:
         return (nb if x is not None else _ceil_div(g.C, 8), g.P, g.Q) + xin + yout
-    return (nb, g.Cgb, g.groups * g.Kgb, g.Kgb, g.P, g.Q) + xin + yout
+    kt = g.k_tiles(tile)
+    return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout
 
 
-def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(),
-                       kinds=()) -> tuple[Kernel, str, str]:
+def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
+                       tile: DirectTile = TILE_8) -> tuple[Kernel, str, str]:
     """The compute kernel of a convolution (kernel IR), its function name and a cache tag.
 
     The kernel depends only on what stays literal (lowering, channel block, kernel size,
-    stride, dilation, the ops of an epilogue applied at its store), so layers and models that
-    share those share one compiled kernel.
+    stride, dilation, register tile, the ops of an epilogue applied at its store), so layers
+    and models that share those share one compiled kernel.
     """
     rs = f"{g.R}x{g.S}_s{g.sh}x{g.sw}_d{g.dh}x{g.dw}"
     if epilogue:
@@ -223,10 +231,11 @@ def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(),
             return depthwise_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds), \
                 "conv_depthwise", f"depthwise_{rs}"
         note = f"direct NCHW{g.CB}c convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
-               f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
-        return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds), \
-            "conv_direct", \
-            f"direct_cb{g.CB}_{rs}"
+               f"dilation {g.dh}x{g.dw}, tile {tile}{fused}; sizes are runtime arguments"
+        tag = f"direct_cb{g.CB}_{rs}" if tile == TILE_8 else \
+            f"direct_cb{g.CB}_t{tile.pixels}x{tile.channels}l{tile.lanes}_{rs}"
+        return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
+                                  tile_shape=tile), "conv_direct", tag
     if lowering == "im2col":
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm", "gemm"
@@ -255,10 +264,11 @@ def out_floats(g: ConvGeometry, lowering: str) -> int:
     return k8 * g.P * g.Q * 8
 
 
-def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray,
-                 b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray, b: np.ndarray | None,
+                 tile: DirectTile = TILE_8) -> tuple[np.ndarray, np.ndarray]:
     """Weights ``[K, C/groups, R, S]`` and bias (zeros when None: the kernels always add one)
-    in the compute kernel's layout, flat float32."""
+    in the compute kernel's layout, flat float32 (direct: ``[G, k-tiles, Cgb, R, S, CB,
+    tile.channels]``)."""
     w = np.asarray(w, dtype=np.float32)
     b = np.zeros(g.K, np.float32) if b is None else np.asarray(b, np.float32)
     G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
@@ -276,22 +286,22 @@ def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray,
         bp = np.zeros(C8 * 8, np.float32)
         bp[: g.C] = b
         return np.ascontiguousarray(wd.reshape(C8, 8, R, S).transpose(0, 2, 3, 1)).ravel(), bp
-    CB, Cgb, Kgb = g.CB, g.Cgb, g.Kgb
+    CB, Cgb, Kgb, kt, TK = g.CB, g.Cgb, g.Kgb, g.k_tiles(tile), tile.channels
     wpad = np.zeros((G, Kgb * TILE_K, Cgb * CB, R, S), np.float32)
     wpad[:, :Kg, :Cg] = w.reshape(G, Kg, Cg, R, S)
-    # [G, Kgb, 16, Cgb, CB, R, S] -> [G, Kgb, Cgb, R, S, CB, 16]
-    wp = wpad.reshape(G, Kgb, TILE_K, Cgb, CB, R, S).transpose(0, 1, 3, 5, 6, 4, 2)
+    # [G, kt, TK, Cgb, CB, R, S] -> [G, kt, Cgb, R, S, CB, TK]
+    wp = wpad.reshape(G, kt, TK, Cgb, CB, R, S).transpose(0, 1, 3, 5, 6, 4, 2)
     bp = np.zeros((G, Kgb * TILE_K), np.float32)
     bp[:, :Kg] = b.reshape(G, Kg)
     return np.ascontiguousarray(wp).ravel(), bp.ravel()
 
 
-def conv_module(g: ConvGeometry, lowering: str, root=None, epilogue=(),
-                kinds=()) -> tuple[Any, str, str]:
+def conv_module(g: ConvGeometry, lowering: str, root=None, epilogue=(), kinds=(),
+                tile: DirectTile = TILE_8) -> tuple[Any, str, str]:
     """``(module, function name, source)`` of the compute kernel, from the cache."""
     from . import cache
 
-    kernel, name, tag = build_conv_kernels(g, lowering, epilogue, kinds)
+    kernel, name, tag = build_conv_kernels(g, lowering, epilogue, kinds, tile)
     src = print_tasked(kernel, "convolution kernel")
     return cache.load_module(src, tag, root), name, src
 
@@ -300,16 +310,19 @@ def conv_module(g: ConvGeometry, lowering: str, root=None, epilogue=(),
 # Cost model (lowering selection)
 # ----------------------------------------------------------------------------------------------
 
-#: Fraction of the fp32 peak each compute kernel reaches on well-shaped layers (PERF-NOTES and
-#: bench/RESULTS.md: the direct kernel 55-79%, im2col + our GEMM well below it, its gather
-#: costing about as much as a pass over the col matrix at memory speed).
+#: Fraction of the 8-lane fp32 peak each compute kernel reaches on well-shaped layers
+#: (PERF-NOTES and bench/RESULTS.md: the direct kernel 55-79%, im2col + our GEMM well below
+#: it, its gather costing about as much as a pass over the col matrix at memory speed). The
+#: direct kernel's 16-lane tiles measured 1.4-1.8x its 8-lane speed on 3x3 layers (the GEMM
+#: stays 8-lane).
 EFFICIENCY = {"direct": 0.6, "im2col": 0.3}
+SPEEDUP_16_LANES = {"direct": 1.5, "im2col": 1.0}
 #: Flop-equivalents per float moved by a layout kernel (pack, im2col, unpack, crop).
 FLOPS_PER_FLOAT_MOVED = 8.0
 
 
 def estimate_cost(op: str, attrs: Mapping[str, Any], in_shape: tuple[int, ...],
-                  lowering: str) -> float:
+                  lowering: str, lanes: int = 8) -> float:
     """Relative time of a convolution under ``lowering``: the multiply-adds of each kernel's
     padded tiling divided by the fraction of peak it reaches, plus the floats its layout
     kernels move. Only the comparison between lowerings of one layer is meaningful."""
@@ -322,7 +335,9 @@ def estimate_cost(op: str, attrs: Mapping[str, Any], in_shape: tuple[int, ...],
     else:
         work = g.groups * g.Kgb * TILE_K * g.Cgb * g.CB * g.R * g.S * g.P * g.Q
     moved = in_floats(g, lowering) + out_floats(g, lowering)
-    return 2 * work / EFFICIENCY[lowering] + FLOPS_PER_FLOAT_MOVED * moved
+    speed = EFFICIENCY[lowering] * (SPEEDUP_16_LANES[lowering] if lanes == 16 and not
+                                    g.depthwise else 1.0)
+    return 2 * work / speed + FLOPS_PER_FLOAT_MOVED * moved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,9 +398,12 @@ def lower_conv(ctx, node) -> Step:
     in_kernel = epilogue if y_store is not None else []
     kinds = [_operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
     g = _geometry(node.op, attrs, x_shape, "relu" if relu else None)
+    # The register tile chosen by the select_tile pass (absent: depthwise, im2col, or a graph
+    # lowered without the pipeline).
+    tile = DirectTile.parse(node.attrs["tile"]) if "tile" in node.attrs else TILE_8
     root = ctx.cache_dir
     layout = layout_module(root)
-    mod, fname, src = conv_module(g, lowering, root, in_kernel, kinds if in_kernel else ())
+    mod, fname, src = conv_module(g, lowering, root, in_kernel, kinds if in_kernel else (), tile)
     calls: list[Call] = []
     scratch: dict[str, int] = {}
     source = Arg("value", x)
@@ -425,7 +443,7 @@ def lower_conv(ctx, node) -> Step:
         if in_kernel else []
     calls.append(Call(getattr(mod, fname), (xp, Arg("const", "w"), Arg("const", "b"), yp,
                                             *op_args, *(Arg("int", v) for v in kernel_int_args(
-                                                g, lowering, x_store, y_store)),
+                                                g, lowering, x_store, y_store, tile)),
                                             *op_ints, Arg("int", int(relu)), Arg("batch")),
                       fname))
     if y_store is None:
@@ -436,7 +454,7 @@ def lower_conv(ctx, node) -> Step:
         weight = np.asarray(values[w], np.float64)
         if node.op == "conv_transpose":
             weight = _transposed_weight(weight, attrs["groups"])
-        wp, bp = pack_weights(g, lowering, weight, values[b[0]] if b else None)
+        wp, bp = pack_weights(g, lowering, weight, values[b[0]] if b else None, tile)
         return {"w": wp, "b": bp}
 
     return Step(node.id, step_name(node), step_ops(node), [x] + operands,

@@ -21,13 +21,15 @@ from .kernel_ir import (
     Var,
     VBroadcast,
     VFma,
+    VHalf,
     VLoad,
     cmp,
 )
 from .tiles import (
+    TILE_8,
     TILE_DW,
     TILE_K,
-    TILE_Q,
+    DirectTile,
     _epilogue_stores,
     _floor_let,
     _floored,
@@ -102,21 +104,27 @@ def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
 
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
                        order: Literal["auto", "rows", "kblocks"] = "rows",
-                       epilogue=(), kinds=()) -> Kernel:
-    """The register-tiled NCHW8c direct convolution (not depthwise).
+                       epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8) -> Kernel:
+    """The register-tiled direct convolution (not depthwise) over NCHW8c activations.
 
-    Literal: the channel block ``CB``, kernel size, stride, dilation and the 6 x 16 tile
-    structure (they shape the unrolled inner loops). Runtime integers (:data:`DIRECT_INTS`):
-    channel-block counts, output and padded input sizes, and ``relu`` (fuse a ReLU or not); the
-    bias is always added (zeros for a convolution without one). So one compiled kernel serves
-    every layer with the same ``CB``, ``R x S``, stride and dilation.
+    Literal: the channel block ``CB``, kernel size, stride, dilation and the register tile
+    (``tile_shape``: pixels x vectors of 8 or 16 lanes; they shape the unrolled inner loops).
+    Runtime integers (:data:`DIRECT_INTS`): channel-block counts (``KB``/``Kgb`` count tiles of
+    ``tile_shape.channels`` output channels), output and padded input sizes, and ``relu`` (fuse
+    a ReLU or not); the bias is always added (zeros for a convolution without one). So one
+    compiled kernel serves every layer with the same ``CB``, ``R x S``, stride, dilation and tile.
 
-    ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-block,
-    row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-block).
+    A 16-lane accumulator holds two 8-channel output blocks: its halves are stored (with the
+    epilogue) one block apart, so the activation layout is NCHW8c whatever the tile.
+
+    ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-tile,
+    row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-tile).
     """
     if g.depthwise:
         raise ValueError("use depthwise_conv_kernel for groups == C == K")
     CB, R, S = g.CB, g.R, g.S
+    lanes, nvec, TK = tile_shape.lanes, tile_shape.vectors, tile_shape.channels
+    halves = lanes // 8  # 8-channel blocks per vector
     NB, Cgb, KB, Kgb, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DIRECT_INTS)
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
@@ -124,22 +132,22 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     def tile(T: int, q0: ExprLike) -> list:
         l = Var("l")
         xs, ws = Var("xs"), Var("ws")
-        lane: list = [Let("w0", VLoad("w", ws + l * TILE_K)),
-                      Let("w1", VLoad("w", ws + l * TILE_K + 8))]
+        lane: list = [Let(f"w{h}", VLoad("w", ws + l * TK + h * lanes, lanes))
+                      for h in range(nvec)]
         for i in range(T):
-            lane.append(Let("xb", VBroadcast("x", xs + (i * g.sw * CB) + l)))
-            for h in range(2):
+            lane.append(Let("xb", VBroadcast("x", xs + (i * g.sw * CB) + l, lanes)))
+            for h in range(nvec):
                 acc = f"acc_{i}_{h}"
                 lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
         inner = [Loop("cb", Cgb, [
             Let("xc", Var("xq") + Var("cb") * Var("xplane")),
-            Let("wc", Var("wk") + Var("cb") * (R * S * CB * TILE_K)),
+            Let("wc", Var("wk") + Var("cb") * (R * S * CB * TK)),
             Loop("r", Const(R), [
                 Let("xr", Var("xc") + Var("r") * Var("xrstep")),
-                Let("wr", Var("wc") + Var("r") * (S * CB * TILE_K)),
+                Let("wr", Var("wc") + Var("r") * (S * CB * TK)),
                 Loop("s", Const(S), [
                     Let("xs", Var("xr") + Var("s") * (g.dw * CB)),
-                    Let("ws", Var("wr") + Var("s") * (CB * TILE_K)),
+                    Let("ws", Var("wr") + Var("s") * (CB * TK)),
                     Loop("l", Const(CB), lane),
                 ]),
             ]),
@@ -148,15 +156,19 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         def stores_for(epi: Epilogue) -> list:
             out = []
             for i in range(T):
-                for h in range(2):
-                    idx = Var("yrow") + (q0 + i) * 8 + h * Var("yplane")
-                    val = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TILE_K + h * 8))
-                    out += store_epilogue("y", idx, val, epilogue, lambda k, i=i, h=h: Var(
-                        f"erow{k}") + operand_step(k, kinds[k], q0 + i, h))
+                for h in range(nvec):
+                    for j in range(halves):
+                        block = h * halves + j  # 8-channel block within the tile
+                        acc = Var(f"acc_{i}_{h}")
+                        part = VHalf(acc, j == 1) if lanes == 16 else acc
+                        idx = Var("yrow") + (q0 + i) * 8 + block * Var("yplane")
+                        val = _floored(epi.apply_vec(part, kb * TK + block * 8))
+                        out += store_epilogue("y", idx, val, epilogue, lambda k, i=i, b=block: Var(
+                            f"erow{k}") + operand_step(k, kinds[k], q0 + i, b))
             return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + \
-            _tile_stmts(T, 2, inner, _epilogue_stores(stores_for))
+            _tile_stmts(T, nvec, inner, _epilogue_stores(stores_for), lanes=lanes)
 
     gi = kb // Kgb
     if order == "auto":
@@ -166,18 +178,24 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
     else:
         body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
+    T = tile_shape.pixels
     body += [
         Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) + XL * CB),
-        Let("wk", kb * (Cgb * (R * S * CB * TILE_K))),
-        Let("yrow", ((n * YB + kb * 2) * YH + p + YT) * (YW * 8) + YL * 8),
-        Let("nfull", Q // TILE_Q),
-        Let("tail", Q % TILE_Q),
+        Let("wk", kb * (Cgb * (R * S * CB * TK))),
+        Let("yrow", ((n * YB + kb * (TK // 8)) * YH + p + YT) * (YW * 8) + YL * 8),
+        Let("nfull", Q // T),
+        Let("tail", Q % T),
     ]
     ops, op_ints = _epilogue_params(epilogue)
-    body += [Let(f"erow{k}", operand_row(k, n, kb * 2, p, kinds[k])) for k in range(len(ops))]
-    body += [Loop("qt", Var("nfull"), tile(TILE_Q, Var("qt") * TILE_Q)),
-             Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
-    body += _direct_tail(Q, tile)
+    body += [Let(f"erow{k}", operand_row(k, n, kb * (TK // 8), p, kinds[k]))
+             for k in range(len(ops))]
+    body += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
+    if tile_shape == TILE_8:
+        body += [Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
+        body += _direct_tail(Q, tile)
+    else:
+        body += [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
+        body += _overlap_tail(Q, T, tile)
     # Loop-invariant strides, computed once (runtime sizes).
     pre = [_floor_let(), Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB)),
            Let("yplane", YH * YW * 8)]

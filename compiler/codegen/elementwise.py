@@ -224,6 +224,23 @@ def channel_affine_kernel(name: str, shape: Sequence[int], epilogue: Sequence[Ep
     return _rows_kernel(name, _arrays("x0", "c_scale", "c_shift", "y"), C, body, comment, sz)
 
 
+def channel_prelu_kernel(name: str, shape: Sequence[int], epilogue: Sequence[EpilogueOp],
+                         comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``y[n, c, ...] = epilogue(x if x >= 0 else x * c_slope[c])`` (PReLU; a feature vector
+    is C channels of one element; activations only in the epilogue)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, inner = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    body: list[Stmt] = [Let("c", Var("t") % C), Let("base", Var("t") * inner),
+                        Let("sl", Load("c_slope", Var("c")))]
+    j = Var("j")
+    inner_body = [Let("xv", Load("x0", Var("base") + j))]
+    inner_body += apply_epilogue(Select(cmp(">=", Var("xv"), Const(0.0)), Var("xv"),
+                                        Var("xv") * Var("sl")), epilogue)
+    inner_body.append(Store("y", Var("base") + j, Var("v")))
+    body.append(Loop("j", const(inner), inner_body))
+    return _rows_kernel(name, _arrays("x0", "c_slope", "y"), C, body, comment, sz)
+
+
 def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
                    comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Softmax (or log-softmax) over per-sample ``axis``: per (outer, inner) position, the max,
@@ -251,9 +268,10 @@ def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
 
 
 def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
-                     comment: str = "") -> Kernel:
+                     comment: str = "", epilogue: Sequence[EpilogueOp] = ()) -> Kernel:
     """Group norm: per (image, group) mean and variance (two passes, float64), then
-    ``(x - mean) / sqrt(var + eps) * c_weight[c] + c_bias[c]``."""
+    ``epilogue((x - mean) / sqrt(var + eps) * c_weight[c] + c_bias[c])`` (activations only;
+    instance norm is the case groups = C)."""
     C, hw = int(shape[0]), _prod(shape[1:])
     cg = C // groups
     size = cg * hw
@@ -273,10 +291,19 @@ def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
                  Let("a", Load("c_weight", Var("c")) * Var("rstd")),
                  Let("b", Load("c_bias", Var("c")) - Var("mean") * Var("a")),
                  Loop("j", Const(hw), [
-                     Let("o", Var("base") + Var("cl") * hw + Var("j")),
-                     Store("y", Var("o"), Load("x0", Var("o")) * Var("a") + Var("b"))]),
+                     Let("o", Var("base") + Var("cl") * hw + Var("j")), *_store_through(
+                         "y", Var("o"), Load("x0", Var("o")) * Var("a") + Var("b"), epilogue)]),
              ])]
     return _rows_kernel(name, _arrays("x0", "c_weight", "c_bias", "y"), groups, body, comment)
+
+
+def _store_through(array: str, index: Expr, value: Expr,
+                   epilogue: Sequence[EpilogueOp]) -> list[Stmt]:
+    """``array[index] = value``, through the fused epilogue when there is one (without one,
+    the code is what it was before kernels took epilogues)."""
+    if not epilogue:
+        return [Store(array, index, value)]
+    return apply_epilogue(value, epilogue) + [Store(array, index, Var("v"))]
 
 
 def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: float,
@@ -329,8 +356,11 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
 
 
 def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: float,
-               comment: str = "") -> Kernel:
-    """Constant padding of a C x H x W sample: per output row, fill or copy."""
+               comment: str = "", mode: str = "constant") -> Kernel:
+    """Padding of a C x H x W sample: per output row, fill or copy (``constant``), or copy
+    from the mirrored (``reflect``) or clamped (``edge``) source row and columns."""
+    if mode != "constant":
+        return _mirror_pad_kernel(name, shape, pads, mode, comment)
     C, H, W = (int(d) for d in shape)
     t, l, b, r = (int(p) for p in pads)
     OH, OW = H + t + b, W + l + r
@@ -345,6 +375,36 @@ def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: floa
                 Loop("j", Const(r), [Store("y", Var("yb") + (l + W) + Var("j"), fill)])]
     body.append(If(ok, copy_row, [Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"),
                                                               fill)])]))
+    return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
+
+
+def _source_index(i: Expr, n: int, mode: str) -> Expr:
+    """The input index an output index ``i`` (in input coordinates, -pad .. n - 1 + pad)
+    reads: mirrored about the first and last index without repeating them (``reflect``; the
+    shape rule keeps the padding below ``n``, so one reflection suffices), or clamped
+    (``edge``)."""
+    if mode == "edge":
+        return fmin_i(fmax_i(i, 0), n - 1)
+    mirrored = Select(cmp("<", i, 0), Const(0) - i, i)
+    return Select(cmp(">=", mirrored, n), (2 * (n - 1)) - mirrored, mirrored)
+
+
+def _mirror_pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mode: str,
+                       comment: str = "") -> Kernel:
+    """Reflect or edge padding: per output row, its source row; the left and right borders
+    read their mirrored or clamped columns, the middle is a contiguous copy."""
+    C, H, W = (int(d) for d in shape)
+    t, l, b, r = (int(p) for p in pads)
+    OH, OW = H + t + b, W + l + r
+    j = Var("j")
+    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body += [Let("ih", _source_index(Var("oh") - t, H, mode)),
+             Let("xb", (Var("nc") * H + Var("ih")) * W), Let("yb", Var("t") * OW),
+             Loop("j", Const(l), [Store("y", Var("yb") + j, Load(
+                 "x0", Var("xb") + _source_index(j - l, W, mode)))]),
+             Loop("j", Const(W), [Store("y", Var("yb") + l + j, Load("x0", Var("xb") + j))]),
+             Loop("j", Const(r), [Store("y", Var("yb") + (l + W) + j, Load(
+                 "x0", Var("xb") + _source_index(j + W, W, mode)))])]
     return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
 
 

@@ -107,23 +107,27 @@ class Select(Expr):
 
 @dataclass(frozen=True, eq=False)
 class VZero(Expr):
-    """An 8-lane vector of zeros."""
+    """A vector of zeros (8 lanes, or ``lanes``)."""
+
+    lanes: int = 8
 
 
 @dataclass(frozen=True, eq=False)
 class VLoad(Expr):
-    """Unaligned 8-lane load ``array[index : index + 8]``."""
+    """Unaligned vector load ``array[index : index + lanes]``."""
 
     array: str
     index: Expr
+    lanes: int = 8
 
 
 @dataclass(frozen=True, eq=False)
 class VBroadcast(Expr):
-    """All 8 lanes set to the element ``array[index]``."""
+    """All lanes (8, or ``lanes``) set to the element ``array[index]``."""
 
     array: str
     index: Expr
+    lanes: int = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,6 +144,14 @@ class VFma(Expr):
     a: Expr
     b: Expr
     c: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VHalf(Expr):
+    """Lanes 0-7 (``high`` false) or 8-15 of a 16-lane vector, as an 8-lane vector."""
+
+    value: Expr
+    high: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -239,7 +251,7 @@ class Store:
 
 @dataclass(eq=False)
 class VStore:
-    """Vector store ``array[index : index + 8] = value``."""
+    """Vector store ``array[index : index + lanes] = value`` (the lanes of ``value``)."""
 
     array: str
     index: Expr
@@ -370,7 +382,9 @@ def walk(stmts: list[Stmt]):
 #: Function name in the IR -> how it prints. Only these can appear in generated code.
 FUNCS = {
     "exp": "math.exp",
+    "expm1": "math.expm1",
     "log": "math.log",
+    "log1p": "math.log1p",
     "tanh": "math.tanh",
     "erf": "math.erf",
     "sqrt": "math.sqrt",

@@ -1,7 +1,7 @@
 """Print kernel IR as Python source for ``numba.njit``.
 
 The output of :func:`print_module` is a complete, importable module: a header, imports of
-``prange`` and the :mod:`vec8` intrinsics, and one ``@njit(..., cache=True)`` function per kernel.
+``prange`` and the :mod:`simd` intrinsics, and one ``@njit(..., cache=True)`` function per kernel.
 Shapes, strides and paddings are already literal constants in the IR, so they print as literals
 and LLVM folds all index arithmetic. Parallel loops print as ``prange`` (the printer refuses a
 parallel loop nested in another: Numba would serialize it anyway, and one flattened ``prange``
@@ -40,6 +40,7 @@ from .kernel_ir import (
     VBin,
     VBroadcast,
     VFma,
+    VHalf,
     VLoad,
     VSplat,
     VStore,
@@ -126,11 +127,13 @@ def print_expr(e: Expr, prec: int = 0) -> str:
         s = f"{print_expr(e.a, 1)} if {print_expr(e.cond, 1)} else {print_expr(e.b, 1)}"
         return f"({s})" if prec > 0 else s
     if isinstance(e, VZero):
-        return "vzero()"
+        return f"vzero{_width(e.lanes)}()"
     if isinstance(e, VLoad):
-        return f"vload({_check_ident(e.array)}, {print_expr(e.index)})"
+        return f"vload{_width(e.lanes)}({_check_ident(e.array)}, {print_expr(e.index)})"
     if isinstance(e, VBroadcast):
-        return f"vbroadcast({_check_ident(e.array)}, {print_expr(e.index)})"
+        return f"vbroadcast{_width(e.lanes)}({_check_ident(e.array)}, {print_expr(e.index)})"
+    if isinstance(e, VHalf):
+        return f"{'vhigh' if e.high else 'vlow'}({print_expr(e.value)})"
     if isinstance(e, VSplat):
         return f"vsplat({print_expr(e.value)})"
     if isinstance(e, VFma):
@@ -140,6 +143,13 @@ def print_expr(e: Expr, prec: int = 0) -> str:
             raise ValueError(f"unknown vector op {e.op!r}")
         return f"v{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
     raise TypeError(f"cannot print expression {e!r}")
+
+
+def _width(lanes: int) -> str:
+    """The name suffix of a load/zero/broadcast intrinsic of ``lanes`` lanes (8: none)."""
+    if lanes not in (8, 16):
+        raise ValueError(f"vectors have 8 or 16 lanes, not {lanes}")
+    return "" if lanes == 8 else str(lanes)
 
 
 def _print_body(body, indent: int, out: list[str]) -> None:
@@ -206,12 +216,13 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         "import numpy as np",
         "from numba import njit, prange",
         "",
-        "from cnnc.compiler.codegen.vec8 import (",
-        "    vadd, vbroadcast, vfma, vload, vmax, vmin, vmul, vsplat, vstore, vsum, vzero,",
+        "from cnnc.compiler.codegen.simd import (",
+        "    vadd, vbroadcast, vbroadcast16, vfma, vhigh, vload, vload16, vlow, vmax, vmin, vmul,",
+        "    vsplat, vstore, vsum, vzero, vzero16,",
         ")",
         "",
-        "_UNUSED = (math, np, prange, vadd, vbroadcast, vfma, vload, vmax, vmin, vmul, vsplat,",
-        "           vstore, vsum, vzero)",
+        "_UNUSED = (math, np, prange, vadd, vbroadcast, vbroadcast16, vfma, vhigh, vload, vload16,",
+        "           vlow, vmax, vmin, vmul, vsplat, vstore, vsum, vzero, vzero16)",
         "",
     ]
     for k in kernels:

@@ -3,6 +3,8 @@ tile sizes, accumulator blocks, the store epilogue's ReLU floor, integer paramet
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .kernel_ir import (
     Const,
     Epilogue,
@@ -19,9 +21,8 @@ from .kernel_ir import (
     const,
 )
 
-#: Output pixels per register tile of the direct kernel.
-TILE_Q = 6
-#: Output channels per register tile (two 8-lane vectors).
+#: Output channels of one channel-blocked storage block pair: each group's output channels are
+#: stored padded to a multiple of this (two 8-channel blocks), whatever the kernel's tile.
 TILE_K = 16
 #: Pixels per tile of the depthwise kernel (one accumulator per pixel).
 TILE_DW = 8
@@ -36,9 +37,79 @@ def _prod(*xs: ExprLike) -> ExprLike:
     return r
 
 
-def _tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc") -> list:
+@dataclass(frozen=True)
+class DirectTile:
+    """The register tile of the direct convolution: ``pixels`` output pixels of one row times
+    ``vectors`` vectors of ``lanes`` output channels, ``pixels x vectors`` accumulators.
+
+    The default is the 8-lane tile of PERF-NOTES.md (6 x 16: 12 ymm accumulators + 2 weight
+    vectors + 1 broadcast, 15 of 16 registers); with AVX-512, 16-lane vectors and 32 registers
+    allow up to 14 pixels x 32 channels (28 + 2 + 1 = 31). The activation layout does not
+    change with the tile: the kernel splits each 16-lane accumulator into two 8-channel blocks
+    at its store. Printed (and parsed) as ``<pixels>x<channels>/<lanes>``, e.g. ``14x32/16``.
+    """
+
+    lanes: int = 8
+    vectors: int = 2
+    pixels: int = 6
+
+    def __post_init__(self) -> None:
+        if self.lanes not in (8, 16) or self.vectors not in (1, 2) or self.pixels < 1:
+            raise ValueError(f"not a direct-convolution tile: {self!r}")
+        if self.lanes == 8 and self.vectors != 2:
+            raise ValueError("an 8-lane tile has two vectors (one 16-channel block pair)")
+        if self.pixels * self.vectors + self.vectors + 1 > self.registers:
+            raise ValueError(f"tile {self} needs more than {self.registers} vector registers")
+
+    @property
+    def channels(self) -> int:
+        """Output channels per tile (16 or 32)."""
+        return self.lanes * self.vectors
+
+    @property
+    def registers(self) -> int:
+        return 16 if self.lanes == 8 else 32
+
+    def __str__(self) -> str:
+        return f"{self.pixels}x{self.channels}/{self.lanes}"
+
+    @classmethod
+    def parse(cls, text: str) -> DirectTile:
+        shape, lanes = text.split("/")
+        pixels, channels = shape.split("x")
+        return cls(int(lanes), int(channels) // int(lanes), int(pixels))
+
+
+#: The 8-lane tile (AVX2 and every CPU).
+TILE_8 = DirectTile()
+#: The pixel counts of 16-lane tiles: few, because each is a kernel of its own (a Numba compile
+#: of several seconds); 14 is the most that fits 32 registers with two vectors (wider
+#: one-vector tiles measured slower: the broadcasts then outnumber the FMAs' loads).
+PIXELS_16 = (14, 7, 4, 2, 1)
+
+
+def choose_tile(lanes: int, groups_k: int, Q: int) -> DirectTile:
+    """The tile for a layer with ``groups_k`` output channels per group and rows of ``Q`` output
+    pixels, on a target with ``lanes``-lane vectors.
+
+    16 lanes: two vectors (32 channels) when each group's channels, padded to 16, are a multiple
+    of 32, else one; of :data:`PIXELS_16`, the pixel count ``T <= Q`` that minimizes
+    ``ceil(Q / T) * (T + 2)``: the pixels computed, the last tile overlapping (see
+    ``conv_direct._overlap_tail``), plus about two pixels' worth of weight loads per tile (rows
+    of 56 take 4 x 14, of 7 one 7-pixel tile, of 8 two 4-pixel tiles).
+    """
+    if lanes == 8:
+        return TILE_8
+    vectors = 2 if -(-groups_k // TILE_K) % 2 == 0 else 1
+    pixels = min((t for t in PIXELS_16 if t <= max(1, Q)),
+                 key=lambda t: (-(-Q // t) * (t + 2), -t))
+    return DirectTile(16, vectors, pixels)
+
+
+def _tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc",
+                lanes: int = 8) -> list:
     """Zero ``T x nvec`` accumulators, run ``inner`` (loops that update them), then ``stores``."""
-    body: list = [Let(f"{prefix}_{i}_{h}", VZero()) for i in range(T) for h in range(nvec)]
+    body: list = [Let(f"{prefix}_{i}_{h}", VZero(lanes)) for i in range(T) for h in range(nvec)]
     body += inner
     body += stores
     return body
@@ -89,8 +160,8 @@ def operand_row(k: int, n: Expr, block: Expr, p: Expr, kind: str = "full") -> Ex
 
 
 def operand_step(k: int, kind: str, pixel: ExprLike, half: ExprLike = 0) -> Expr:
-    """The offset from ``operand_row`` to output pixel ``pixel`` of 8-channel half ``half`` of
-    a 16-channel tile (``eplane<k>``: one block further on)."""
+    """The offset from ``operand_row`` to output pixel ``pixel`` of 8-channel block ``half`` of
+    a tile of 16 or 32 channels (``eplane<k>``: one block further on)."""
     step = const(half) * Var(f"eplane{k}")
     return step if kind == "channel" else const(pixel) * 8 + step
 

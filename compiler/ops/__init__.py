@@ -80,7 +80,7 @@ class ParamSpec:
 
     suffix: str
     shape: tuple[int, ...]
-    init: str  # he | glorot | zeros | ones | uniform_fan_in | literal
+    init: str  # he | glorot | zeros | ones | prelu (0.25) | uniform_fan_in | literal
     trainable: bool = True
     value: np.ndarray | None = None  # literal (fixed) weights
     fan_in: int = 0
@@ -192,7 +192,7 @@ def _load_families() -> None:
 
 #: Node attributes that record a pass's decision rather than the op's meaning; they are
 #: stripped before an op's own shape rule and reference see the attributes.
-DECISION_KEYS = ("epilogue", "lowering", "layout", "halo", "folded", "parameter_time")
+DECISION_KEYS = ("epilogue", "lowering", "tile", "layout", "halo", "folded", "parameter_time")
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,11 @@ from . import (
     AttrError,
     BoundCtx,
     OpDef,
+    ParamSpec,
+    ShapeError,
     as_choice,
     as_float,
+    as_int,
     elementwise_layouts,
     no_macs,
     one_input,
@@ -140,6 +143,14 @@ BOUNDS = {
     "hard_swish": pointwise_bound(1.5, rel=4.0),
     "gelu": pointwise_bound(1.13, rel=4.0, rel_in=T + 4),
     "abs": pointwise_bound(),
+    # alpha * expm1(x) below 0 (x itself above): expm1's call, alpha and the product; selu's
+    # gamma and its product; softplus: exp, log1p and the sum; mish: softplus, then tanh
+    # (whose relative error never grows a relative error of its argument) and the product.
+    # Lipschitz: elu max(1, alpha), selu gamma max(1, alpha), softplus 1, mish 1.09 (x ~ 1.2).
+    "elu": pointwise_bound(lambda a: max(1.0, abs(a["alpha"])), rel=T + 2),
+    "selu": pointwise_bound(lambda a: abs(a["gamma"]) * max(1.0, abs(a["alpha"])), rel=T + 4),
+    "softplus": pointwise_bound(1.0, rel=2 * T + 1),
+    "mish": pointwise_bound(1.1, rel=3 * T + 2),
 }
 
 
@@ -180,6 +191,121 @@ _unary("gelu", _gelu, _gelu_expr, "x * Phi(x), exact or tanh-approximated",
        canonicalize=lambda a, t: {"approximate": as_choice(a["approximate"], "approximate",
                                                            ("none", "tanh"))})
 _unary("abs", lambda x, a: np.abs(x), lambda x, a: call("abs", x), "|x|")
+
+
+# -- exponential-linear and smooth activations ------------------------------------------------
+# ONNX: Elu(alpha), Selu(alpha, gamma), Softplus, Mish (opset 18). x <= 0 takes the exponential
+# branch in all of them (the two branches agree at 0). expm1 keeps alpha * (e^x - 1) accurate
+# near 0; the fused rule evaluates only the branch it takes (``Select`` is lazy), so a large x
+# never reaches exp.
+
+#: ONNX's Selu defaults (float32 values of the self-normalizing constants of Klambauer et al.).
+SELU_ALPHA = 1.67326319217681884765625
+SELU_GAMMA = 1.05070102214813232421875
+
+
+def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0.0)))
+
+
+def _elu_expr(x: Expr, alpha: float) -> Expr:
+    return Select(cmp(">", x, ZERO), x, Const(alpha) * call("expm1", x))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + e^x) as max(x, 0) + log1p(e^-|x|): exact algebra, and exp never overflows.
+
+    ONNX Runtime computes this form; PyTorch returns x itself above its threshold (x > 20), which
+    differs from it by log1p(e^-x) < 2.1e-9 * x, below float32's resolution there."""
+    return np.maximum(x, 0.0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def _softplus_expr(x: Expr) -> Expr:
+    return _fmax(x, ZERO) + call("log1p", call("exp", ZERO - call("abs", x)))
+
+
+_unary("elu", lambda x, a: _elu(x, a["alpha"]), lambda x, a: _elu_expr(x, float(a["alpha"])),
+       "x if x > 0 else alpha * (exp(x) - 1)", signature=(Attr("alpha", "float", 1.0),),
+       canonicalize=_floats("alpha"))
+_unary("selu", lambda x, a: a["gamma"] * _elu(x, a["alpha"]),
+       lambda x, a: Const(float(a["gamma"])) * _elu_expr(x, float(a["alpha"])),
+       "gamma * (x if x > 0 else alpha * (exp(x) - 1)) (self-normalizing)",
+       signature=(Attr("alpha", "float", SELU_ALPHA), Attr("gamma", "float", SELU_GAMMA)),
+       canonicalize=_floats("alpha", "gamma"))
+_unary("softplus", lambda x, a: _softplus(x), lambda x, a: _softplus_expr(x),
+       "log(1 + exp(x)), computed without overflow")
+_unary("mish", lambda x, a: x * np.tanh(_softplus(x)),
+       lambda x, a: x * call("tanh", _softplus_expr(x)), "x * tanh(softplus(x)) (YOLOv4)")
+
+
+# -- prelu: a learned slope per channel ----------------------------------------------------------
+# ONNX PRelu(x, slope) broadcasts the slope unidirectionally, right-aligned: per channel of an
+# N x C x H x W tensor is a slope of shape [C, 1, 1]; [1] is one slope for all. The parameter is
+# stored as PyTorch's PReLU.weight, of shape [num_parameters] (the exporter reshapes it).
+# PyTorch's default is num_parameters=1; here it is one per channel, as CNNs use it.
+#
+# Not fused into the producing kernel's store: the slope is a parameter, and fused epilogue
+# operands are activation buffers (a residual, a per-sample gate), not packed constants. Its
+# own kernel takes the following activations as its epilogue, as batch norm's does.
+
+
+def _prelu_canonicalize(attrs, in_types):
+    x = in_types[0]
+    if x.rank not in (1, 3):
+        raise ShapeError(f"prelu needs a channels x height x width or a feature input, got {x}")
+    n = attrs["num_parameters"]
+    if isinstance(n, str) and n != "channels":
+        raise AttrError(f"num_parameters must be 'channels' or 1, got {show_value(n)}",
+                        "num_parameters")
+    n = x.channels if n == "channels" else as_int(n, "num_parameters", 1)
+    if n not in (1, x.channels):
+        raise AttrError(f"num_parameters must be 1 (one slope) or the {x.channels} channels "
+                        f"(one slope each), got {n}", "num_parameters")
+    return {"num_parameters": n}
+
+
+def _prelu_params(attrs, in_types):
+    # PyTorch initializes every slope to 0.25 (init kind "prelu" in runtime/weights.py).
+    return [ParamSpec("weight", (attrs["num_parameters"],), "prelu")]
+
+
+def _prelu_infer(in_types, attrs):
+    x = in_types[0]
+    for slope in in_types[1:]:  # (callers that check attributes pass the input alone)
+        if slope.shape != (attrs["num_parameters"],):
+            raise ShapeError(f"prelu: slope of shape {slope} for num_parameters="
+                             f"{attrs['num_parameters']} on {x}")
+    return x
+
+
+def _prelu_reference(inputs, attrs):
+    x = np.asarray(inputs[0], np.float64)
+    slope = np.asarray(inputs[1], np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return np.where(x >= 0, x, slope * x)
+
+
+def _lower_prelu(ctx, node):
+    """One kernel: ``x if x >= 0 else c_slope[c] * x``, the slope broadcast to every channel
+    (so one kernel serves both forms), the following activations fused."""
+    from ..codegen.elementwise import Sizes, channel_prelu_kernel
+    from ..codegen.lowering import kernel_step
+
+    (slope,) = ctx.param_inputs
+    c = ctx.in_shapes[0][0]
+    sz = Sizes()
+    k = channel_prelu_kernel(ctx.kname, ctx.in_shapes[0], ctx.epilogue, ctx.comment, sz)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values, pack=lambda values: {
+        "c_slope": np.broadcast_to(np.asarray(values[slope], np.float64).reshape(-1), (c,))})
+
+
+register(OpDef(name="prelu", family="activation",
+               signature=(Attr("num_parameters", "int", "channels"),),
+               canonicalize=_prelu_canonicalize, params=_prelu_params, infer=_prelu_infer,
+               reference=_prelu_reference, macs=no_macs, new_activations=False,
+               lower=_lower_prelu, takes_epilogue="unary", inplace=True,
+               # never an epilogue (no incoming error): the slope rounded to float32, the product
+               error_bound=lambda ctx: 2 * EPS32 * np.abs(ctx.out),
+               doc="x if x >= 0 else slope * x, a learned slope per channel (or one for all)"))
 
 
 # -- softmax over channels --------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Normalization: batch norm (inference statistics), group norm, and local response
-normalization (AlexNet).
+"""Normalization: batch norm (inference statistics), group norm, instance norm, and local
+response normalization (AlexNet).
 
 LRN sums squares over a window of `size` channels centred on each channel, as ONNX defines it:
 from c - floor((size-1)/2) to c + ceil((size-1)/2) (PyTorch puts the odd extra channel before,
@@ -9,6 +9,7 @@ ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.
 - batchnorm = BatchNormalization (inference: running statistics), epsilon = eps.
 - groupnorm = GroupNormalization of opset 21 (scale and bias per channel, as here and in
   PyTorch; opset 18's version took them per group).
+- instance_norm = InstanceNormalization(epsilon = eps), scale and bias per channel.
 - lrn = LRN(size, alpha, beta, bias = k). ONNX Runtime rejects even sizes; for those the tests
   use the spec's window written as a loop.
 """
@@ -144,12 +145,12 @@ def _gn_reference(inputs, attrs):
     return y * _channel_view(inputs[1], x.ndim) + _channel_view(inputs[2], x.ndim)
 
 
-def _gn_bound(ctx: BoundCtx):
+def _gn_bound(ctx: BoundCtx, groups: int | None = None):
     """Mean, variance (two passes) and the per-channel affine map are float64 in the kernel
     (``groupnorm_kernel``), the result is rounded once to float32: ``EPS32 |y|`` plus float64
     rounding of M-term sums (M = channels per group x H x W), amplified by gamma / sigma."""
     x = ctx.inputs[0]
-    n, g = x.shape[0], ctx.attrs["groups"]
+    n, g = x.shape[0], ctx.attrs["groups"] if groups is None else groups
     xg = x.reshape(n, g, -1)
     rstd = 1.0 / np.sqrt(xg.var(axis=2, keepdims=True) + ctx.attrs["eps"])
     scale = np.abs(xg).mean(axis=2, keepdims=True) * rstd  # |mean| / sigma bounds
@@ -181,6 +182,58 @@ register(OpDef(
     reference=_gn_reference, macs=no_macs, aliases=("group_norm",), new_activations=False,
     lower=lambda ctx, node: _lower_gn(ctx, node), error_bound=_gn_bound,
     doc="normalize each group of channels per sample, then scale and shift",
+))
+
+
+# -- instance norm: group norm with one channel per group ----------------------------------------
+# ONNX InstanceNormalization(x, scale, B, epsilon): per sample and channel, the mean and the
+# (biased) variance over the spatial axes, then the channel's scale and shift. It is group norm
+# with as many groups as channels, so the reference and the kernel are group norm's. The scale
+# and shift always exist, as in ONNX; PyTorch's InstanceNorm2d has none by default
+# (affine=False), which is this op with its initial weights (1 and 0). Statistics are always
+# the sample's own (PyTorch's default track_running_stats=False).
+
+
+def _in_canonicalize(attrs, in_types):
+    x = in_types[0]
+    if x.rank != 3:
+        raise ShapeError(f"instance_norm needs a channels x height x width input (it "
+                         f"normalizes each channel over its pixels), got {x}")
+    eps = as_float(attrs["eps"], "eps")
+    if eps <= 0:
+        raise AttrError(f"eps must be positive, got {eps}", "eps")
+    return {"eps": eps}
+
+
+def _in_reference(inputs, attrs):
+    return _gn_reference(inputs, {"groups": inputs[0].shape[1], "eps": attrs["eps"]})
+
+
+def _lower_in(ctx, node):
+    """Group norm's kernel with a group per channel: one parallel iteration per (image,
+    channel) plane, two float64 passes for the mean and variance; activations fused."""
+    from ..codegen.elementwise import groupnorm_kernel
+    from ..codegen.lowering import kernel_step
+
+    w, b = ctx.param_inputs
+    shape = ctx.in_shapes[0]
+    k = groupnorm_kernel(ctx.kname, shape, shape[0], node.attrs["eps"], ctx.comment,
+                         epilogue=ctx.epilogue)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs,
+                       pack=lambda values: {"c_weight": values[w], "c_bias": values[b]})
+
+
+register(OpDef(
+    name="instance_norm", family="norm",
+    signature=(Attr("eps", "float", 1e-5),),
+    canonicalize=_in_canonicalize,
+    params=lambda a, ts: [ParamSpec("weight", (ts[0].channels,), "ones"),
+                          ParamSpec("bias", (ts[0].channels,), "zeros")],
+    infer=lambda ts, a: _params_match(ts, a, "instance_norm"),
+    reference=_in_reference, macs=no_macs, aliases=("instancenorm",), new_activations=False,
+    lower=_lower_in, takes_epilogue="unary",
+    error_bound=lambda ctx: _gn_bound(ctx, groups=ctx.inputs[0].shape[1]),  # group norm's kernel
+    doc="normalize each channel of each sample over its pixels, then scale and shift",
 ))
 
 

@@ -1,5 +1,5 @@
 """Graph plumbing and tensor reshaping: input, param, add, multiply, concat, flatten, reshape,
-zero padding, flip, dropout and identity.
+padding (constant, reflect, edge), flip, dropout and identity.
 
 ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py):
 - add / sub / mul = Add (Sum for three or more) / Sub / Mul. Broadcasting is per sample,
@@ -7,7 +7,8 @@ ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.
   lower per-sample rank is unsqueezed after the batch axis first.
 - concat = Concat(axis = our axis + 1); flatten = Flatten(axis=1);
   reshape = Reshape(shape = [N, *shape]).
-- pad = Pad(mode "constant", pads [0, 0, top, left, 0, 0, bottom, right], value).
+- pad = Pad(mode "constant" | "reflect" | "edge", pads [0, 0, top, left, 0, 0, bottom, right],
+  value for constant padding).
 - flip = Slice(starts -1, ends INT64_MIN, steps -1) on the flipped axes.
 - dropout = Dropout at inference = Identity.
 - distance = Sub -> Abs -> Pow(p) -> ReduceSum -> Pow(1/p).
@@ -324,9 +325,29 @@ register(OpDef(name="reshape", family="tensor", view=True, signature=(Attr("shap
 
 # -- zero padding / flip / dropout / identity -------------------------------------------------
 
+PAD_MODES = ("constant", "reflect", "edge")
+
+
 def _pad_canonicalize(attrs, in_types):
+    """Per-side padding and its mode. ``reflect`` mirrors about the edge pixel (not repeating
+    it: ONNX's reflect, PyTorch's ReflectionPad2d), so each side's padding must be smaller than
+    the input along that axis; ``edge`` repeats the edge pixel (ReplicationPad2d). ``value``
+    belongs to constant padding only."""
     pads = resolve_pads(attrs["pad"], (1, 1), (1, 1), (1, 1), (1, 1), words=())
-    return {"pads": pads, "value": as_float(attrs["value"], "value")}
+    mode = as_choice(attrs["mode"], "mode", PAD_MODES)
+    value = as_float(attrs["value"], "value")
+    if mode != "constant" and value != 0.0:
+        raise AttrError(f"value is the fill of mode=constant; mode={mode} takes its values "
+                        "from the input", "value")
+    x = in_types[0]
+    if x.rank == 3:  # (another rank is the shape rule's to refuse)
+        t, l, b, r = pads
+        if mode == "reflect" and (max(t, b) >= x.height or max(l, r) >= x.width):
+            raise AttrError(f"mode=reflect needs padding smaller than the input on each axis: "
+                            f"pad (top, left, bottom, right) = {pads} on a {x.height} x "
+                            f"{x.width} input (at most {x.height - 1} rows and {x.width - 1} "
+                            "columns)", "pad")
+    return {"pads": pads, "value": value, "mode": mode}
 
 
 def _pad_infer(in_types, attrs):
@@ -337,15 +358,33 @@ def _pad_infer(in_types, attrs):
     return x.with_shape(x.channels, x.height + t + b, x.width + l + r)
 
 
+def _pad_reference(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    mode = attrs["mode"]
+    if mode == "constant":
+        return pad_nchw(x, attrs["pads"], attrs["value"])
+    t, l, b, r = attrs["pads"]
+    # NumPy's reflect and edge are ONNX's (and PyTorch's reflection / replication padding).
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), mode=mode)
+
+
+def _lower_pad(ctx, node):
+    from ..codegen.elementwise import pad_kernel
+    from ..codegen.lowering import kernel_step
+
+    a = node.attrs
+    k = pad_kernel(ctx.kname, ctx.in_shapes[0], a["pads"], a["value"], ctx.comment,
+                   mode=a["mode"])
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+
+
 register(OpDef(name="pad", family="tensor",
-               signature=(Attr("pad", "pads"), Attr("value", "float", 0.0)),
+               signature=(Attr("pad", "pads"), Attr("value", "float", 0.0),
+                          Attr("mode", "choice", "constant", choices=PAD_MODES)),
                canonicalize=_pad_canonicalize, infer=_pad_infer,
-               reference=one_input(lambda x, a: pad_nchw(np.asarray(x, np.float64),
-                                                         a["pads"], a["value"])),
-               macs=no_macs, aliases=("zeropad",), error_bound=exact_bound(),
-               lower=lambda ctx, node: _lower_simple(
-                   ctx, "pad_kernel", ctx.in_shapes[0], node.attrs["pads"], node.attrs["value"]),
-               doc="constant padding per side (top, left, bottom, right)"))
+               reference=one_input(_pad_reference), macs=no_macs, aliases=("zeropad",),
+               lower=_lower_pad, error_bound=exact_bound(),  # copies, in every mode
+               doc="padding per side (top, left, bottom, right): constant, reflect or edge"))
 
 
 def _flip_canonicalize(attrs, in_types):

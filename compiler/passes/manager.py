@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ir import Graph, Node, model_folder, shown_path
+from ..target import Target, host_target
 
 __all__ = ["PassContext", "PassRecord", "PassError", "OptionError", "run_passes"]
 
@@ -27,6 +28,8 @@ class PassContext:
     training: bool = False
     lowering: str | Mapping[str, str] = "auto"
     opt_level: int = 2
+    # The CPU the kernels are generated for (vector width: ``compiler/target.py``).
+    target: Target = field(default_factory=host_target)
     # ``measure(graph, node, candidates) -> winner``: times the candidate algorithms of one
     # node (``--autotune``). The runtime provides it: the compiler runs no kernels itself.
     measure: Callable[[Graph, Node, tuple[str, ...]], str] | None = None

@@ -1,7 +1,8 @@
 """The pipelines, as explicit lists: the list is the documentation.
 
 - ``-O0``: no optimization; only the passes every compile needs (lowering selection records the
-  algorithm of each convolution: the default, or the user's choice).
+  algorithm of each convolution: the default, or the user's choice; tile selection, the
+  register tile of each direct convolution for the target's vector width).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding, epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
@@ -24,8 +25,10 @@ from .fuse_epilogues import fuse_epilogues
 from .manager import Pass
 from .select_layout import select_layout
 from .select_lowering import select_lowering
+from .select_tile import select_tile
 
-REQUIRED: list[tuple[str, Pass]] = [("select_lowering", select_lowering)]
+REQUIRED: list[tuple[str, Pass]] = [("select_lowering", select_lowering),
+                                    ("select_tile", select_tile)]
 
 CLEANUP: list[tuple[str, Pass]] = [
     ("canonicalize", canonicalize),

@@ -63,8 +63,8 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
                 from ..codegen.conv import estimate_cost
 
                 x = graph.node(node.inputs[0]).type.shape
-                costs = {a: estimate_cost(node.op, own_attrs(node.attrs), x, a)
-                         for a in algorithms}
+                costs = {a: estimate_cost(node.op, own_attrs(node.attrs), x, a,
+                                          ctx.target.lanes) for a in algorithms}
                 choice = min(algorithms, key=lambda a: costs[a])
                 if choice != algorithms[0]:
                     ctx.note(f"{layer(node)}: {choice} (cost model: "

@@ -19,7 +19,7 @@ SOURCE = textwrap.dedent('''\
     import numpy as np
     from numba import njit
 
-    from cnnc.compiler.codegen.vec8 import vfma, vload, vstore
+    from cnnc.compiler.codegen.simd import vfma, vload, vstore
 
 
     @njit(cache=True)

@@ -155,3 +155,73 @@ def test_direct_kernel_asm_is_vectorized():
     for block in re.split(r"\n\.?LBB\S*:", asm):
         if len(re.findall(r"vfmadd231ps", block)) >= 12:
             assert not re.search(r"ymm\d+,\s*-?\d*\(%rsp\)|\(%rsp\),\s*%ymm", block), block
+
+
+# -- register tiles (16 lanes, AVX-512) -----------------------------------------------------
+
+TILE_CASES = [
+    # (id, attrs, (C, H, W), tile): 32-channel tiles, one-vector tiles, rows shorter than the
+    # tile (one-pixel tiles), an overlapping last tile, groups, the 3-channel stem
+    ("t14x32_rows_of_15", dict(out_channels=64, kernel=3, pads=1, bias=True,
+                               activation="relu"), (16, 9, 15), "14x32/16"),
+    ("t14x16_K48_stride2", dict(out_channels=48, kernel=3, stride=2, pads=(1, 0, 1, 2)),
+     (8, 11, 40), "14x16/16"),
+    ("t14x32_rows_of_5", dict(out_channels=32, kernel=1, bias=True), (24, 4, 5), "14x32/16"),
+    ("t7x16_groups2", dict(out_channels=40, kernel=3, groups=2, pads=1, dilation=2),
+     (12, 10, 9), "7x16/16"),
+    ("t8x32_stem", dict(out_channels=32, kernel=7, stride=2, pads=3, activation="relu"),
+     (3, 20, 22), "8x32/16"),
+]
+
+
+@pytest.mark.parametrize("case", TILE_CASES, ids=[c[0] for c in TILE_CASES])
+def test_16_lane_tiles_match_reference_and_8_lanes_bitwise(case, conv_ref, close):
+    """Every tile computes each output with the same chain of FMAs in the same order as the
+    8-lane kernel: the results are identical bit for bit, and match the float64 reference."""
+    name, attrs, shape, tile = case
+    k16 = compile_conv(attrs, shape, "direct", tile=tile)
+    k8 = compile_conv(attrs, shape, "direct")
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    x, w, b = _operands(rng, k16.geometry, 2)
+    y16 = k16(x, w, b)
+    np.testing.assert_array_equal(y16, k8(x, w, b))
+    a = normalize_attrs(attrs)
+    close(y16, conv_ref(x, w, b, stride=a["stride"], pads=a["pads"], dilation=a["dilation"],
+                        groups=a["groups"], activation=a["activation"]))
+
+
+def test_choose_tile():
+    from cnnc.compiler.codegen.tiles import TILE_8, DirectTile, choose_tile
+
+    assert choose_tile(8, 64, 56) == TILE_8
+    assert str(choose_tile(16, 64, 56)) == "14x32/16"  # 4 tiles of 14, no waste
+    assert str(choose_tile(16, 512, 7)) == "7x32/16"
+    assert str(choose_tile(16, 48, 28)) == "14x16/16"  # 48 = 3 blocks of 16: one vector
+    assert choose_tile(16, 24, 3).pixels == 2  # never wider than the row
+    assert choose_tile(16, 64, 8).pixels == 4 and choose_tile(16, 64, 17).pixels == 7
+    for q in range(1, 120):
+        for k in (16, 24, 32, 48, 64, 100):
+            t = choose_tile(16, k, q)
+            assert 1 <= t.pixels <= q and t.pixels * t.vectors + t.vectors + 1 <= 32
+            assert (-(-k // 16) * 16) % t.channels == 0
+    assert DirectTile.parse("14x32/16") == DirectTile(16, 2, 14)
+    with pytest.raises(ValueError, match="registers"):
+        DirectTile(16, 2, 15)
+    with pytest.raises(ValueError, match="does not divide"):
+        compile_conv(dict(out_channels=48, kernel=1), (8, 4, 4), tile="4x32/16")
+
+
+def test_16_lane_kernel_asm_uses_zmm_without_spills():
+    """With AVX-512 the 14 x 32 tile is 28 zmm accumulators, 2 weight vectors and a broadcast:
+    31 of 32 registers, and nothing spills to the stack in the micro-kernel."""
+    from cnnc.compiler.target import host_target
+
+    if host_target().lanes != 16:
+        pytest.skip("this CPU has no AVX-512: LLVM splits 16-lane vectors into ymm halves")
+    k = compile_conv(dict(out_channels=64, kernel=3, pads=1), (16, 16, 16), "direct",
+                     tile="14x32/16")
+    asm = k.inspect_asm()
+    assert len(re.findall(r"vfmadd\d+ps\s+[^\n]*zmm", asm)) >= 2 * 28  # main and tail tile
+    for block in re.split(r"\n\.?LBB\S*:", asm):
+        if len(re.findall(r"vfmadd231ps", block)) >= 28:
+            assert not re.search(r"zmm\d+,\s*-?\d*\(%rsp\)|\(%rsp\),\s*%zmm", block), block

@@ -67,6 +67,10 @@ CONVERTED = [
     "operator_concat2", "operator_conv", "operator_convtranspose", "operator_flatten",
     "operator_mm", "operator_symbolic_override", "single_relu_model", "softmax_functional_dim3",
     "softmax_lastdim",
+    # the operators of issue 9: PReLU (one slope, and PRelu-6's slope per channel), padding by
+    # reflection and replication, Softplus, SELU
+    "PReLU_2d", "PReLU_2d_multiparam", "ReflectionPad2d", "ReplicationPad2d", "Softplus",
+    "operator_pad", "operator_selu",
 ]
 
 # The light zoo models take 2-20 s each on the float64 reference: the quickest two run here.

@@ -112,6 +112,9 @@ vec -> output passthrough
 b -> flatten -> dense(5, bias=false) -> log_softmax -> output scores
 c -> output minlp
 d -> output up
+a -> elu(0.5) -> selu -> softplus -> mish -> prelu -> instance_norm -> pad(1, mode=reflect)
+  -> pad((1, 0, 2, 3), mode=edge) -> prelu(num_parameters=1) -> output issue9
+m -> prelu -> output issue9_features
 """
 
 

@@ -118,6 +118,8 @@ COVERED = {
     "log_softmax", "batchnorm", "groupnorm", "lrn", "add", "mul", "sub", "concat", "pad", "flip",
     "dropout", "identity", "distance", "channel_slice",
 }
+# compared in tests/ops/test_new_activation_ops.py (pad's reflect and edge modes too)
+COVERED |= {"elu", "selu", "softplus", "mish", "prelu", "instance_norm"}
 NOT_IN_ONNX = {
     "input": "a graph leaf: values are supplied by the caller, there is nothing to compute",
     "param": "a graph leaf: weights are supplied by the caller, there is nothing to compute",

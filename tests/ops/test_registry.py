@@ -32,7 +32,7 @@ NO_CANONICALIZE = {
     "param": "a graph leaf: init/trainable/fan_in/fan_out are set by the builder from ParamSpec",
 }
 # Ops that own parameter tensors.
-WEIGHTED = {"conv", "conv_transpose", "dense", "batchnorm", "groupnorm"}
+WEIGHTED = {"conv", "conv_transpose", "dense", "batchnorm", "groupnorm", "instance_norm", "prelu"}
 # Ops that are not computed from inputs: sample calls, reference and macs do not apply.
 LEAVES = {"input": "values supplied by the caller", "param": "values supplied by the caller"}
 
@@ -79,6 +79,12 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "concat": ([(3, 4, 5), (2, 4, 5)], {}),
     "distance": ([(16,), (16,)], {}),
     "channel_slice": ([(24, 5, 4)], {"start": 8, "stop": 20}),
+    "elu": ([(3, 4, 5)], {}),
+    "selu": ([(3, 4, 5)], {}),
+    "softplus": ([(3, 4, 5)], {}),
+    "mish": ([(3, 4, 5)], {}),
+    "prelu": ([(3, 4, 5)], {}),
+    "instance_norm": ([(3, 4, 5)], {}),
 }
 
 

@@ -56,6 +56,26 @@ def _siamese(dim: int = 128, width: int = 32) -> int:
     return tower + dense_p(8 * width, dim)  # once: both applications share it
 
 
+def _resnet50_like(inner: int = 1, groups: int = 1, se: int = 0, se_bias: bool = True) -> int:
+    """ResNet-50's bottleneck network, counted layer by layer: the 3x3 convolution of a stage
+    with base width c is inner * c wide in `groups` groups; `se` > 0 adds a squeeze-excitation
+    block (two 1x1 convolutions, reduction `se`) on each residual branch."""
+    total, cin = conv_p(3, 64, 7, bias=False) + bn_p(64), 64
+    for stage, blocks in enumerate((3, 4, 6, 3)):
+        c = 64 * 2**stage
+        d, out = inner * c, 4 * c
+        for i in range(blocks):
+            total += (conv_p(cin, d, 1, bias=False) + bn_p(d)
+                      + conv_p(d, d, 3, bias=False, groups=groups) + bn_p(d)
+                      + conv_p(d, out, 1, bias=False) + bn_p(out))
+            if se:
+                total += conv_p(out, out // se, 1, se_bias) + conv_p(out // se, out, 1, se_bias)
+            if i == 0:  # the projection shortcut
+                total += conv_p(cin, out, 1, bias=False) + bn_p(out)
+            cin = out
+    return total + dense_p(2048, 1000)
+
+
 def _yolo(classes: int = 20, boxes: int = 2, width: int = 16) -> int:
     ws = [3] + [width * 2**i for i in range(7)] + [width * 16]
     body = sum(conv_p(a, b, 3, bias=False) + bn_p(b) for a, b in zip(ws, ws[1:]))
@@ -75,11 +95,14 @@ PARAMS = {
     "googlenet": 6_998_552 + 2 * (dense_p(128 * 16, 1024) + dense_p(1024, 1000))
     + conv_p(512, 128, 1) + conv_p(528, 128, 1),
     "googlenet_bn": 6_624_904,
+    "inception_v3": 23_834_568,
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "se_resnet50": 28_088_024,
     "mobilenet": 4_231_976,
     "mobilenet_v2": 3_504_872,
     "efficientnet_b0": 5_288_548,
@@ -121,11 +144,14 @@ SMALL = {
     "vgg19": {"size": 32, "width": 8, "hidden": 32, "classes": 10},
     "googlenet": {"size": 80, "classes": 10},
     "googlenet_bn": {"size": 32, "classes": 10},
+    "inception_v3": {"size": 75, "width": 8, "classes": 10},
     "resnet18": {"size": 32, "width": 8, "classes": 10},
     "resnet34": {"size": 32, "width": 8, "classes": 10},
     "resnet50": {"size": 32, "width": 8, "classes": 10},
     "resnet101": {"size": 32, "width": 8, "classes": 10},
     "resnet152": {"size": 32, "width": 8, "classes": 10},
+    "resnext50_32x4d": {"size": 32, "width": 8, "groups": 4, "classes": 10},
+    "se_resnet50": {"size": 32, "width": 8, "classes": 10},
     "mobilenet": {"size": 32, "w": 8, "classes": 10},
     "mobilenet_v2": {"size": 32, "classes": 10},
     "efficientnet_b0": {"size": 16, "classes": 10},
@@ -316,3 +342,58 @@ def test_header_comment_names_source_and_count(name):
     assert any(year in text for year in ("19", "20"))  # the source's year
     if PARAMS[name]:
         assert f"{PARAMS[name]:,}" in text
+
+
+def test_resnet50_family_counts_computed_layer_by_layer():
+    """The published figures, recomputed from the architectures: ResNet-50 (torchvision),
+    ResNeXt-50 32x4d (grouped width 2c: 32 groups of 4 in stage 1) and SE-ResNet-50 (SE biases,
+    as Cadene's and timm's count it; the header's figure without them too)."""
+    assert _resnet50_like() == PARAMS["resnet50"]
+    assert _resnet50_like(inner=2, groups=32) == PARAMS["resnext50_32x4d"]
+    assert _resnet50_like(se=16) == PARAMS["se_resnet50"] == 25_557_032 + 2_530_992
+    assert f"{_resnet50_like(se=16, se_bias=False):,}" in zoo.description("se_resnet50")
+
+
+def test_resnext_bottlenecks_are_grouped():
+    g = full("resnext50_32x4d")
+    grouped = [n for n in g.nodes() if n.op == "conv" and n.attrs["groups"] > 1]
+    assert len(grouped) == 16 and {n.attrs["groups"] for n in grouped} == {32}
+    assert {n.attrs["kernel"] for n in grouped} == {(3, 3)}
+    assert sorted({n.attrs["out_channels"] for n in grouped}) == [128, 256, 512, 1024]
+    # v1.5: the first block of stages 2-4 strides its grouped convolution.
+    assert sum(n.attrs["stride"] == (2, 2) for n in grouped) == 3
+    assert g.node(grouped[0].inputs[0]).type.channels == 128  # 32 paths of 4 channels
+
+
+def test_se_resnet50_gates_each_residual_branch():
+    g = full("se_resnet50")
+    gates = [n for n in g.nodes() if n.op == "mul"]
+    assert len(gates) == 16  # one per bottleneck
+    for n in gates:
+        x, gate = (g.node(i).type.shape for i in n.inputs)
+        assert gate == (x[0], 1, 1) and n.type.shape == x
+        assert g.node(n.inputs[1]).op == "sigmoid"
+    adds = [n for n in g.nodes() if n.op == "add"]
+    assert len(adds) == 16 and all(g.node(n.inputs[0]).op == "mul" for n in adds)
+
+
+def test_inception_v3_is_torchvision_s():
+    g = full("inception_v3")
+    bns = [n for n in g.nodes() if n.op == "batchnorm"]
+    assert len(bns) == 94 and {n.attrs["eps"] for n in bns} == {0.001}
+    convs = [n for n in g.nodes() if n.op == "conv"]
+    assert not any(n.attrs["bias"] for n in convs)
+    kernels = [n.attrs["kernel"] for n in convs]
+    assert kernels.count((1, 7)) == kernels.count((7, 1)) == 4 * 3 + 1  # modules C and D
+    assert kernels.count((1, 3)) == kernels.count((3, 1)) == 2 * 2      # modules E
+    pools = [n for n in g.nodes() if n.op == "avgpool"]
+    assert len(pools) == 3 + 4 + 2
+    for n in pools:  # torchvision's F.avg_pool2d(x, 3, stride=1, padding=1)
+        assert n.attrs["kernel"] == (3, 3) and n.attrs["stride"] == (1, 1)
+        assert n.attrs["pads"] == (1, 1, 1, 1) and n.attrs["count_include_pad"]
+    assert [n.type.shape for n in g.nodes() if n.op == "concat"][-1] == (2048, 8, 8)
+    # torchvision's 27,161,264 adds the training-only auxiliary classifier on Mixed_6e.
+    aux = (conv_p(768, 128, 1, bias=False) + bn_p(128) + conv_p(128, 768, 5, bias=False)
+           + bn_p(768) + dense_p(768, 1000))
+    assert PARAMS["inception_v3"] + aux == 27_161_264
+    assert "27,161,264" in zoo.description("inception_v3")

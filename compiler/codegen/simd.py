@@ -1,0 +1,274 @@
+"""Explicit 8- and 16-lane float32 vector types for Numba, built on llvmlite.
+
+LLVM does not turn scalar register tiles into SIMD by itself (see PERF-NOTES.md: with
+``fastmath`` it vectorizes the wrong dimension, producing gathers and spills). This module gives
+generated kernels explicit vector value types, :data:`vec8` (``<8 x float>``, a ymm register)
+and :data:`vec16` (``<16 x float>``, a zmm register with AVX-512; LLVM splits it into two ymm
+halves on a CPU without AVX-512, so 16-lane code is correct everywhere, only slower). Locals of
+these types are plain SSA values after ``mem2reg``, so they live in registers, and the
+intrinsics below map one-to-one onto SIMD instructions:
+
+========================  ==============================================  ==================
+intrinsic                 meaning                                         instruction
+========================  ==============================================  ==================
+``vzero()``               8 lanes of 0.0 (``vzero16()``: 16)              ``vxorps``
+``vload(a, i)``           ``a[i:i+8]``, unaligned (``vload16``: 16)       ``vmovups``
+``vstore(a, i, v)``       ``a[i:i+n] = v`` for a vector of n lanes        ``vmovups``
+``vbroadcast(a, i)``      8 lanes of ``a[i]`` (``vbroadcast16``: 16)      ``vbroadcastss``
+``vsplat(x)``             8 lanes of the scalar ``x``                     ``vbroadcastss``
+``vfma(a, b, c)``         ``a * b + c``, one rounding (``llvm.fma``)      ``vfmadd231ps``
+``vadd/vmul/vmax/vmin``   lane-wise ``+``, ``*``, ``max``, ``min``        ``vaddps`` ...
+``vlow(v)/vhigh(v)``      lanes 0-7 / 8-15 of a 16-lane vector (a vec8)   ``vextractf32x8``
+``vsum(v)``               horizontal sum of the lanes (a float32)         shuffles + adds
+========================  ==============================================  ==================
+
+``vfma``, ``vadd``, ``vmul``, ``vmax``, ``vmin``, ``vstore`` and ``vsum`` take either width (both
+operands the same). ``a`` is a flat (1-D, C-contiguous) float32 array and ``i`` an element
+offset. Loads and stores deliberately skip bounds checks and Numba's negative-index wraparound:
+generated kernels compute their indices from literal shapes, and the wraparound costs a compare
+and a cmov per access. Calling these helpers outside ``@njit`` code is not supported.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+__all__ = [
+    "VecType", "vec8", "vec16", "LANES",
+    "vzero", "vzero16", "vload", "vload16", "vstore", "vbroadcast", "vbroadcast16", "vsplat",
+    "vfma", "vadd", "vmul", "vmax", "vmin", "vlow", "vhigh", "vsum",
+]
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+#: The vector widths this module defines.
+LANES = (8, 16)
+
+
+class VecType(types.Type):
+    """The Numba type of a ``<lanes x float>`` value."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        super().__init__(name=f"Vec{lanes}")
+
+
+#: The instances used in signatures.
+vec8 = VecType(8)
+vec16 = VecType(16)
+_BY_LANES = {8: vec8, 16: vec16}
+
+
+def _llvm(lanes: int) -> ir.VectorType:
+    return ir.VectorType(_F32, lanes)
+
+
+@register_model(VecType)
+class _VecModel(models.PrimitiveModel):
+    """Represent a vector as a bare LLVM vector so it is kept in one SIMD register."""
+
+    def __init__(self, dmm, fe_type) -> None:
+        super().__init__(dmm, fe_type, _llvm(fe_type.lanes))
+
+
+def _is_vec(*tys) -> bool:
+    return all(isinstance(t, VecType) for t in tys) and len({t.lanes for t in tys}) == 1
+
+
+def _is_f32_array(ty) -> bool:
+    return isinstance(ty, types.Array) and ty.dtype == types.float32
+
+
+def _element_ptr(context, builder, arrty, arr, idxty, idx):
+    """Pointer to element ``idx`` of a flat float32 array, with no checks at all."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    idx = context.cast(builder, idx, idxty, types.intp)
+    return builder.gep(ary.data, [idx], inbounds=True)
+
+
+def _splat(builder, scalar, lanes: int):
+    """Broadcast an LLVM float into every lane (insertelement + zero shuffle)."""
+    vt = _llvm(lanes)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    mask = ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes)
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), mask)
+
+
+def _shuffle(builder, v, lanes_in: int, picks: list[int]):
+    mask = ir.Constant(ir.VectorType(_I32, len(picks)), picks)
+    return builder.shuffle_vector(v, ir.Constant(_llvm(lanes_in), ir.Undefined), mask)
+
+
+# Loads and constants: one intrinsic per width (the width is not in the arguments) ------------
+
+
+def _zero(lanes: int):
+    def impl(typingctx):
+        def codegen(context, builder, signature, args):
+            return ir.Constant(_llvm(lanes), [0.0] * lanes)
+
+        return _BY_LANES[lanes](), codegen
+
+    impl.__name__ = impl.__qualname__ = "vzero" if lanes == 8 else f"vzero{lanes}"
+    return intrinsic(impl)
+
+
+def _load(lanes: int):
+    def impl(typingctx, arr, i):
+        if not (_is_f32_array(arr) and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_ptr(context, builder, signature.args[0], args[0],
+                               signature.args[1], args[1])
+            return builder.load(builder.bitcast(ptr, _llvm(lanes).as_pointer()), align=4)
+
+        return _BY_LANES[lanes](arr, i), codegen
+
+    impl.__name__ = impl.__qualname__ = "vload" if lanes == 8 else f"vload{lanes}"
+    return intrinsic(impl)
+
+
+def _broadcast(lanes: int):
+    def impl(typingctx, arr, i):
+        if not (_is_f32_array(arr) and isinstance(i, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_ptr(context, builder, signature.args[0], args[0],
+                               signature.args[1], args[1])
+            return _splat(builder, builder.load(ptr, align=4), lanes)
+
+        return _BY_LANES[lanes](arr, i), codegen
+
+    impl.__name__ = impl.__qualname__ = "vbroadcast" if lanes == 8 else f"vbroadcast{lanes}"
+    return intrinsic(impl)
+
+
+vzero, vzero16 = _zero(8), _zero(16)
+vzero.__doc__ = "All-zero 8-lane vector."
+vzero16.__doc__ = "All-zero 16-lane vector."
+vload, vload16 = _load(8), _load(16)
+vload.__doc__ = "Unaligned load of the 8 float32 ``arr[i:i+8]``."
+vload16.__doc__ = "Unaligned load of the 16 float32 ``arr[i:i+16]``."
+vbroadcast, vbroadcast16 = _broadcast(8), _broadcast(16)
+vbroadcast.__doc__ = "All 8 lanes set to ``arr[i]`` (a load-and-broadcast)."
+vbroadcast16.__doc__ = "All 16 lanes set to ``arr[i]`` (a load-and-broadcast)."
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    """All 8 lanes set to the scalar ``x`` (converted to float32)."""
+    if not isinstance(x, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        scalar = context.cast(builder, args[0], signature.args[0], types.float32)
+        return _splat(builder, scalar, 8)
+
+    return vec8(x), codegen
+
+
+# Width-generic operations --------------------------------------------------------------------
+
+
+@intrinsic
+def vstore(typingctx, arr, i, v):
+    """Unaligned store of the vector ``v`` into ``arr[i:i+lanes]``."""
+    if not (_is_f32_array(arr) and isinstance(i, types.Integer) and _is_vec(v)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_ptr(context, builder, signature.args[0], args[0], signature.args[1],
+                           args[1])
+        builder.store(args[2], builder.bitcast(ptr, _llvm(v.lanes).as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """Fused multiply-add ``a * b + c`` through ``llvm.fma.v<lanes>f32``.
+
+    The intrinsic is declared by name: llvmlite's ``declare_intrinsic`` cannot build the
+    overloaded vector form of ``fma``.
+    """
+    if not _is_vec(a, b, c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vt = _llvm(a.lanes)
+        fnty = ir.FunctionType(vt, [vt, vt, vt])
+        fma = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{a.lanes}f32")
+        return builder.call(fma, list(args))
+
+    return a(a, b, c), codegen
+
+
+def _binary(name: str, emit):
+    def impl(typingctx, a, b):
+        if not _is_vec(a, b):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return emit(builder, args[0], args[1])
+
+        return a(a, b), codegen
+
+    impl.__name__ = impl.__qualname__ = name
+    return intrinsic(impl)
+
+
+vadd = _binary("vadd", lambda b, x, y: b.fadd(x, y))
+vadd.__doc__ = "Lane-wise ``a + b``."
+vmul = _binary("vmul", lambda b, x, y: b.fmul(x, y))
+vmul.__doc__ = "Lane-wise ``a * b``."
+# fcmp + select is exactly the semantics of vmaxps (returns b when either is NaN), so LLVM emits
+# one instruction; llvm.maxnum would add NaN fix-up code.
+vmax = _binary("vmax", lambda b, x, y: b.select(b.fcmp_ordered(">", x, y), x, y))
+vmax.__doc__ = "Lane-wise ``max(a, b)`` (``vmaxps``; ReLU is ``vmax(v, vzero())``)."
+vmin = _binary("vmin", lambda b, x, y: b.select(b.fcmp_ordered("<", x, y), x, y))
+vmin.__doc__ = "Lane-wise ``min(a, b)`` (``vminps``; ReLU6 is ``vmin(vmax(v, 0), 6)``)."
+
+
+def _half(name: str, first: int):
+    def impl(typingctx, v):
+        if v != vec16:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return _shuffle(builder, args[0], 16, list(range(first, first + 8)))
+
+        return vec8(vec16), codegen
+
+    impl.__name__ = impl.__qualname__ = name
+    return intrinsic(impl)
+
+
+vlow = _half("vlow", 0)
+vlow.__doc__ = "Lanes 0-7 of a 16-lane vector, as an 8-lane one."
+vhigh = _half("vhigh", 8)
+vhigh.__doc__ = "Lanes 8-15 of a 16-lane vector, as an 8-lane one."
+
+
+@intrinsic
+def vsum(typingctx, v):
+    """Horizontal sum of the lanes, as a float32 scalar."""
+    if not _is_vec(v):
+        return None
+    lanes = v.lanes
+
+    def codegen(context, builder, signature, args):
+        x = args[0]
+        width = lanes
+        while width > 1:  # pairwise tree: hi half + lo half
+            width //= 2
+            x = builder.fadd(x, _shuffle(builder, x, lanes,
+                                         list(range(width, 2 * width)) + [0] * (lanes - width)))
+        return builder.extract_element(x, ir.Constant(_I32, 0))
+
+    return types.float32(v), codegen

@@ -1,0 +1,57 @@
+"""Register-tile selection: the shape of each direct convolution's micro-kernel for the target.
+
+    conv(x, w; lowering=direct)  =>  conv(x, w; lowering=direct, tile=<pixels>x<channels>/<lanes>)
+
+The tile changes which output values one kernel iteration computes together, never the
+numbers: every output is the same chain of fused multiply-adds in the same order (c-block, r,
+s, lane), so 8- and 16-lane kernels agree bitwise. On an 8-lane target every layer takes the
+6 x 16 tile of PERF-NOTES.md. With 16 lanes (AVX-512) the tile is 32 output channels (two
+vectors) when each group's channels, padded to 16, divide into 32-channel tiles, else 16, and
+as many pixels of a row as fit the registers and waste least on the row's last tile
+(``codegen.tiles.choose_tile``). Depthwise convolutions keep their own 8-channel kernel.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from ..ir import Graph
+from ..ops import own_attrs
+from .manager import PassContext
+
+
+def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
+    """The tile of a direct, non-depthwise convolution node (None for other nodes)."""
+    from ..codegen.tiles import choose_tile
+
+    if node.op not in ("conv", "conv_transpose") or node.attrs.get("lowering") != "direct":
+        return None
+    a = own_attrs(node.attrs)
+    groups, k = a["groups"], a["out_channels"]
+    if groups > 1 and groups == in_shape[0] == k:  # depthwise
+        return None
+    # Rows of the output (a transposed convolution runs as a stride-1 convolution of its
+    # output's size).
+    return str(choose_tile(lanes, k // groups, node.type.shape[2]))
+
+
+def select_tile(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    chosen: Counter[str] = Counter()
+    for node in graph.topo_order():
+        ctx.at(node)
+        tile = direct_tile_for(node, graph.node(node.inputs[0]).type.shape
+                               if node.inputs else (), ctx.target.lanes)
+        if tile is None:
+            if "tile" in node.attrs:
+                del node.attrs["tile"]
+                changed = True
+            continue
+        chosen[tile] += 1
+        if node.attrs.get("tile") != tile:
+            node.attrs["tile"] = tile
+            changed = True
+    if changed:
+        ctx.note(f"target {ctx.target}: direct convolution tiles " + ", ".join(
+            f"{t} x{n}" for t, n in sorted(chosen.items())))
+    return changed

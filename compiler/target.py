@@ -1,0 +1,49 @@
+"""The CPU a model is compiled for: which vector width the kernels use.
+
+Detected from the host's features at compile time (llvmlite reports what LLVM sees: with
+AVX-512F, 16-lane ``<16 x float>`` values live in zmm registers and there are 32 of them), or
+named by the user. The choice is recorded in the IR (each direct convolution's ``tile``), so a
+dump shows it; kernels compiled for ``avx512`` still run on an AVX2 CPU (LLVM splits each
+16-lane value into two ymm halves), only slower, so a wrong guess is never a wrong number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Target:
+    """A CPU target: its name and the lanes of the widest float32 vector its kernels use."""
+
+    name: str
+    lanes: int
+
+    def __str__(self) -> str:
+        return self.name
+
+
+#: The targets cnnc generates code for.
+TARGETS = {"avx2": Target("avx2", 8), "avx512": Target("avx512", 16)}
+
+
+@lru_cache(maxsize=1)
+def host_target() -> Target:
+    """The target of this machine's CPU."""
+    from llvmlite import binding
+
+    features = binding.get_host_cpu_features()
+    return TARGETS["avx512" if features.get("avx512f") else "avx2"]
+
+
+def resolve_target(target: str | Target | None) -> Target:
+    """``"cpu"``/``None`` (this machine's CPU), a target name, or a :class:`Target`."""
+    if isinstance(target, Target):
+        return target
+    if target in (None, "cpu"):
+        return host_target()
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}: expected cpu (this machine), "
+                         f"{', '.join(TARGETS)}")
+    return TARGETS[target]

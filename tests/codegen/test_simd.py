@@ -1,0 +1,123 @@
+"""The 8- and 16-lane vector extension: semantics of every intrinsic inside njit code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from cnnc.compiler.codegen.simd import (
+    vadd,
+    vbroadcast,
+    vbroadcast16,
+    vfma,
+    vhigh,
+    vload,
+    vload16,
+    vlow,
+    vmax,
+    vmin,
+    vmul,
+    vsplat,
+    vstore,
+    vsum,
+    vzero,
+    vzero16,
+)
+
+
+@njit
+def _all_ops(a, b, out, s):
+    x = vload(a, 1)  # unaligned
+    y = vload(b, 0)
+    vstore(out, 0, vfma(x, y, vbroadcast(a, 0)))
+    vstore(out, 8, vadd(x, y))
+    vstore(out, 16, vmul(x, y))
+    vstore(out, 24, vmax(x, vzero()))
+    vstore(out, 32, vsplat(s))
+    return vsum(y)
+
+
+def test_intrinsics_match_numpy():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(9).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    out = np.zeros(40, np.float32)
+    total = _all_ops(a, b, out, 2.5)
+    x = a[1:]
+    np.testing.assert_allclose(out[:8], x * b + a[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out[8:16], x + b)
+    np.testing.assert_array_equal(out[16:24], x * b)
+    np.testing.assert_array_equal(out[24:32], np.maximum(x, 0))
+    np.testing.assert_array_equal(out[32:40], np.full(8, 2.5, np.float32))
+    assert abs(total - b.astype(np.float64).sum()) < 1e-5
+
+
+def test_fma_is_fused():
+    # a*b+c with a single rounding differs from the two-step float32 result here.
+    a = np.full(8, 1 + 2.0**-12, np.float32)
+    c = np.full(8, -(1 + 2.0**-11), np.float32)
+    out = np.zeros(8, np.float32)
+
+    @njit
+    def f(a, c, out):
+        vstore(out, 0, vfma(vload(a, 0), vload(a, 0), vload(c, 0)))
+
+    f(a, c, out)
+    assert out[0] == np.float32(2.0**-24)
+
+
+@njit
+def _all_ops16(a, b, out):
+    x = vload16(a, 1)  # unaligned
+    y = vload16(b, 0)
+    vstore(out, 0, vfma(x, y, vbroadcast16(a, 0)))
+    vstore(out, 16, vadd(x, y))
+    vstore(out, 32, vmul(x, y))
+    vstore(out, 48, vmax(x, vzero16()))
+    vstore(out, 64, vmin(x, y))
+    vstore(out, 80, vlow(x))
+    vstore(out, 88, vhigh(x))
+    return vsum(y)
+
+
+def test_16_lane_intrinsics_match_numpy():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal(17).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    out = np.zeros(96, np.float32)
+    total = _all_ops16(a, b, out)
+    x = a[1:]
+    np.testing.assert_allclose(out[:16], x * b + a[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(out[16:32], x + b)
+    np.testing.assert_array_equal(out[32:48], x * b)
+    np.testing.assert_array_equal(out[48:64], np.maximum(x, 0))
+    np.testing.assert_array_equal(out[64:80], np.minimum(x, b))
+    np.testing.assert_array_equal(out[80:96], x)  # the two halves, in order
+    assert abs(total - b.astype(np.float64).sum()) < 1e-5
+
+
+def test_16_lane_fma_is_fused_and_agrees_with_8_lanes():
+    a = np.full(16, 1 + 2.0**-12, np.float32)
+    c = np.full(16, -(1 + 2.0**-11), np.float32)
+    out = np.zeros(32, np.float32)
+
+    @njit
+    def f(a, c, out):
+        vstore(out, 0, vfma(vload16(a, 0), vload16(a, 0), vload16(c, 0)))
+        vstore(out, 16, vfma(vload(a, 0), vload(a, 0), vload(c, 0)))
+        vstore(out, 24, vfma(vload(a, 8), vload(a, 8), vload(c, 8)))
+
+    f(a, c, out)
+    assert (out == np.float32(2.0**-24)).all()
+
+
+def test_mixed_widths_are_refused():
+    from numba.core.errors import TypingError
+
+    @njit
+    def bad(a):
+        return vsum(vadd(vload(a, 0), vload16(a, 0)))
+
+    with pytest.raises(TypingError):
+        bad(np.zeros(16, np.float32))
