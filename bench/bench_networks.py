@@ -2,7 +2,7 @@
 
     .venv/bin/pip install torch==2.13.0 matplotlib   # once; CPU build from this machine's disk
     .venv/bin/python bench/bench_networks.py [--models resnet18 vgg16] [--batches 1 8]
-        [--engines cnnc cnnc-O0 torch onnxruntime]
+        [--engines cnnc cnnc-O0 cnnc-avx2 torch onnxruntime]
 
 One driver process prepares weights, inputs and the ONNX file, then runs each engine in its own
 worker process (their thread pools must not fight), all limited to the same thread count. The
@@ -53,8 +53,11 @@ def worker(engine: str, workdir: Path, model: str, batch: int, threads: int, rep
         graph = cnnc.load(model)
         params = load_weights(graph, workdir / "weights.npz")
         t0 = time.perf_counter()
-        level = int(engine.split("-O")[1]) if "-O" in engine else 2
-        compiled = cnnc.compile(graph, weights=params, opt_level=level)
+        # cnnc[-O<level>][-<target>]: e.g. cnnc-O0, cnnc-avx2 (8-lane kernels on any CPU)
+        options = engine.split("-")[1:]
+        level = next((int(o[1:]) for o in options if o.startswith("O")), 2)
+        target = next((o for o in options if not o.startswith("O")), "cpu")
+        compiled = cnnc.compile(graph, weights=params, opt_level=level, target=target)
         result.update(compiled.stats())
         compiled(x)
         result["compile_s"] = time.perf_counter() - t0
@@ -150,9 +153,13 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from common import measure_peak
 
-    measured = measure_peak(args.threads)
-    print(f"measured 8-lane FMA peak on {args.threads} threads: {measured:.0f} GFLOP/s",
-          flush=True)
+    from cnnc.compiler.target import host_target
+
+    peaks = {lanes: measure_peak(args.threads, lanes=lanes) for lanes in (8, 16)}
+    # The machine's peak: 16-lane FMAs with AVX-512 (zmm), 8-lane otherwise.
+    measured = peaks[host_target().lanes]
+    print(f"measured FMA peak on {args.threads} threads: 8 lanes {peaks[8]:.0f} GFLOP/s, "
+          f"16 lanes {peaks[16]:.0f} GFLOP/s (target {host_target()})", flush=True)
     rows = []
     for model in args.models:
         with tempfile.TemporaryDirectory() as tmp:

@@ -78,20 +78,17 @@ def bar_chart(groups: list[str], series: dict[str, list[float]], ylabel: str, pa
 
 
 _PEAK_KERNEL = '''
-import numba
 from numba import njit, prange
-from cnnc.compiler.codegen.simd import vfma, vsplat, vstore, vadd
+from cnnc.compiler.codegen.simd import vadd, vfma, vload{w}, vstore
 
 @njit(parallel=True, fastmath=False, cache=False)
-def fma_loop(out, n_iter, n_task):
+def fma_loop(init, out, n_iter, n_task):
     for t in prange(n_task):
-        a0 = vsplat(numba.float32(1.0)); a1 = vsplat(numba.float32(1.1))
-        a2 = vsplat(numba.float32(1.2)); a3 = vsplat(numba.float32(1.3))
-        a4 = vsplat(numba.float32(1.4)); a5 = vsplat(numba.float32(1.5))
-        a6 = vsplat(numba.float32(1.6)); a7 = vsplat(numba.float32(1.7))
-        a8 = vsplat(numba.float32(1.8)); a9 = vsplat(numba.float32(1.9))
-        a10 = vsplat(numba.float32(2.0)); a11 = vsplat(numba.float32(2.1))
-        m = vsplat(numba.float32(0.999999)); c = vsplat(numba.float32(1e-7))
+        a0 = vload{w}(init, 0); a1 = vload{w}(init, 1); a2 = vload{w}(init, 2)
+        a3 = vload{w}(init, 3); a4 = vload{w}(init, 4); a5 = vload{w}(init, 5)
+        a6 = vload{w}(init, 6); a7 = vload{w}(init, 7); a8 = vload{w}(init, 8)
+        a9 = vload{w}(init, 9); a10 = vload{w}(init, 10); a11 = vload{w}(init, 11)
+        m = vload{w}(init, 32); c = vload{w}(init, 64)
         for i in range(n_iter):
             a0 = vfma(a0, m, c); a1 = vfma(a1, m, c); a2 = vfma(a2, m, c)
             a3 = vfma(a3, m, c); a4 = vfma(a4, m, c); a5 = vfma(a5, m, c)
@@ -99,28 +96,33 @@ def fma_loop(out, n_iter, n_task):
             a9 = vfma(a9, m, c); a10 = vfma(a10, m, c); a11 = vfma(a11, m, c)
         s = vadd(vadd(vadd(a0, a1), vadd(a2, a3)), vadd(vadd(a4, a5), vadd(a6, a7)))
         s = vadd(s, vadd(vadd(a8, a9), vadd(a10, a11)))
-        vstore(out, t * 8, s)
+        vstore(out, t * {lanes}, s)
 '''
 
 
-def measure_peak(threads: int, seconds: float = 1.0) -> float:
-    """GFLOP/s of a register-resident 8-lane FMA loop (12 independent accumulators) on
-    ``threads`` threads, through the same Numba vector extension the kernels use: the peak an
-    8-lane kernel can reach on this machine, measured in the same run as the benchmark."""
+def measure_peak(threads: int, seconds: float = 1.0, lanes: int = 8) -> float:
+    """GFLOP/s of a register-resident FMA loop (12 independent accumulators of ``lanes`` lanes:
+    8 is ymm, 16 is zmm with AVX-512) on ``threads`` threads, through the same Numba vector
+    extension the kernels use: the peak a kernel of that width can reach on this machine,
+    measured in the same run as the benchmark."""
     import numba
 
     namespace: dict = {}
-    exec(_PEAK_KERNEL, namespace)  # noqa: S102 - a fixed benchmark kernel, not user input
+    src = _PEAK_KERNEL.format(w="" if lanes == 8 else str(lanes), lanes=lanes)
+    exec(src, namespace)  # noqa: S102 - a fixed benchmark kernel, not user input
     fma_loop = namespace["fma_loop"]
     numba.set_num_threads(threads)
-    out = np.zeros(8 * threads, np.float32)
-    fma_loop(out, 10, threads)
+    init = np.ones(96, np.float32)
+    init[:32] += np.arange(32, dtype=np.float32) * 0.01
+    init[32:64], init[64:] = 0.999999, 1e-7
+    out = np.zeros(lanes * threads, np.float32)
+    fma_loop(init, out, 10, threads)
     n_iter = 1_000_000
     best = 0.0
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         t0 = time.perf_counter()
-        fma_loop(out, n_iter, threads)
+        fma_loop(init, out, n_iter, threads)
         dt = time.perf_counter() - t0
-        best = max(best, threads * n_iter * 12 * 8 * 2 / dt / 1e9)
+        best = max(best, threads * n_iter * 12 * lanes * 2 / dt / 1e9)
     return best

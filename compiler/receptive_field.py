@@ -15,14 +15,16 @@ axis (k_eff = d (k - 1) + 1 is the dilated kernel):
     start' = start + ((k_eff - 1) / 2 - p) jump
 
 so two stacked 3x3 convolutions see 5x5, three see 7x7, and one 3x3 with dilation 2 sees 5x5.
-Elementwise ops (activations, batch norm, LRN, dropout, flip, flatten) keep the field; group
-norm (statistics over the whole map) and a softmax along a spatial axis see the whole input.
+Elementwise ops (activations, batch norm, LRN, dropout, flip, flatten), channel slices and
+shuffles keep the field; group norm (statistics over the whole map) and a softmax along a
+spatial axis see the whole input.
 Ops that join tensors (add, mul, concat, ...) take, per axis, the largest size and jump of
 their inputs and the start of the widest (a broadcast C x 1 x 1 gate joins a whole-input
 field, so the result sees everything). Global pooling, dense layers, reshapes and the distance
 of two towers see the whole input. A transposed convolution divides the jump by its stride and
 grows the size by the input pixels one output gathers (ceil(k_eff / s)); resizing divides the
-jump by the scale (bilinear reads two neighbours). Fractions are exact.
+jump by the scale (bilinear reads two neighbours); depth_to_space is nearest upsampling by its
+block, space_to_depth a block x block window with stride block. Fractions are exact.
 
 Fields are read from the canonical attributes each op stores on its node (`kernel`, `stride`,
 `dilation`, `pads` = (top, left, bottom, right), `scale`, `mode`), so they hold for graphs from
@@ -70,7 +72,7 @@ _INPUT = Field((Axis(Fraction(1), Fraction(1), Fraction(0)),) * 2)
 
 # Ops that keep each element's field: elementwise, per-position or channel-wise.
 _KEEP_FAMILIES = ("activation", "norm")
-_KEEP_OPS = ("dropout", "identity", "flip", "flatten")
+_KEEP_OPS = ("dropout", "identity", "flip", "flatten", "channel_shuffle", "channel_slice")
 # Ops that join several tensors position by position.
 _JOIN_OPS = ("add", "sub", "mul", "multiply", "subtract", "concat")
 
@@ -112,6 +114,10 @@ def field_of(node: Node, ins: list[Field]) -> Field:
         return Field(tuple(_window(ax, k, s, d, p) for ax, k, s, d, p in
                            zip(x.axes, a["kernel"], a["stride"], a.get("dilation", (1, 1)),
                                a["pads"][:2])))
+    if node.op == "space_to_depth":  # a b x b window with stride b, no padding
+        return Field(tuple(_window(ax, a["block"], a["block"], 1, 0) for ax in x.axes))
+    if node.op == "depth_to_space":  # nearest upsampling by b: pixel h*b + i reads h
+        return Field(tuple(Axis(ax.size, ax.jump / a["block"], ax.start) for ax in x.axes))
     if op.family == "resize":
         return Field(tuple(_resized(ax, f, a["mode"]) for ax, f in zip(x.axes, a["scale"])))
     if "pads" in a:  # explicit padding shifts the positions, not the sizes

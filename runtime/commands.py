@@ -58,7 +58,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     graph = load_graph(args)
     t0 = time.perf_counter()
-    model = compile_model(graph, lowering=parse_lowering(args.lowering),
+    model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
                           dump_ir=args.dump_ir, progress=True, autotune=args.autotune)
     elapsed = time.perf_counter() - t0
@@ -91,6 +91,9 @@ def _opt_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2,
                    help="optimization level: 0 none, 1 folding and fusion, 2 everything "
                         "(default)")
+    p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
+                   help="vector width of the kernels: cpu (this machine's: 16 lanes with "
+                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
 
 
 def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
@@ -124,7 +127,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CliError(f"--tolerance must be positive, got {args.tolerance}")
     graph = load_graph(args)
     model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed,
-                          opt_level=args.opt_level, progress=True)
+                          opt_level=args.opt_level, progress=True, target=args.target)
     rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
     print(f"{graph.name}: every kernel vs the float64 reference, batch {args.batch}")
     print(format_rows(rows, args.tolerance))

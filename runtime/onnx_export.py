@@ -8,7 +8,8 @@ from an ONNX default (avgpool's count_include_pad, hard_sigmoid's alpha, resize 
 attribute is written explicitly. Opset 21 is the first with Gelu and with GroupNormalization
 scaling per channel; ONNX Runtime reads it from version 1.18. Ops ONNX lacks are written as small
 subgraphs: minpool = -maxpool(-x), swish = x * sigmoid(x), lppool with a fractional p as a
-window sum of |x|^p, distance as a reduction of the difference.
+window sum of |x|^p, distance as a reduction of the difference, channel_shuffle as ShuffleNet's
+Reshape -> Transpose -> Reshape, space_to_depth in mode CRD as SpaceToDepth and such a shuffle.
 """
 
 from __future__ import annotations
@@ -139,7 +140,14 @@ def _minpool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
 def _avgpool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     a = node.attrs
     return ex.emit("AveragePool", xs, node.name, out, ceil_mode=int(a["ceil_mode"]),
-                   count_include_pad=int(a["count_include_pad"]), **_window(a))
+                   count_include_pad=int(a["count_include_pad"]), **_dilations(a),
+                   **_window(a))
+
+
+def _dilations(a: dict[str, Any]) -> dict[str, Any]:
+    """AveragePool's and LpPool's dilations, written only when dilated (opsets 19 and 18)."""
+    d = a.get("dilation", (1, 1))
+    return {} if tuple(d) == (1, 1) else {"dilations": _pair(d)}
 
 
 @converts("lppool")
@@ -148,15 +156,16 @@ def _lppool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     p = a["p"]
     if float(p).is_integer():
         return ex.emit("LpPool", xs, node.name, out, p=int(p), ceil_mode=int(a["ceil_mode"]),
-                       **_window(a))
+                       **_dilations(a), **_window(a))
     # ONNX's LpPool takes an integer p: (sum |x|^p)^(1/p) as a window sum, i.e. a depthwise
     # convolution with a kernel of ones, over |x|^p zero-padded by the declared padding plus
     # the cells ceil mode adds at the end.
     x = ex.graph.node(node.inputs[0]).type
     y = node.type
     (kh, kw), (sh, sw), (t, l, b, r) = a["kernel"], a["stride"], a["pads"]
-    extra_h = max((y.height - 1) * sh + kh - (x.height + t + b), 0)
-    extra_w = max((y.width - 1) * sw + kw - (x.width + l + r), 0)
+    dh, dw = a.get("dilation", (1, 1))
+    extra_h = max((y.height - 1) * sh + dh * (kh - 1) + 1 - (x.height + t + b), 0)
+    extra_w = max((y.width - 1) * sw + dw * (kw - 1) + 1 - (x.width + l + r), 0)
     powed = ex.emit("Pow", [ex.emit("Abs", xs, node.name + "/abs"),
                             ex.const(node.name + "/p", p)], node.name + "/pow")
     padded = ex.emit("Pad", [powed, ex.ints(node.name + "/pads",
@@ -164,7 +173,7 @@ def _lppool(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
                      node.name + "/pad")
     ones = ex.const(node.name + "/ones", np.ones((x.channels, 1, kh, kw)))
     sums = ex.emit("Conv", [padded, ones], node.name + "/sum", group=x.channels,
-                   kernel_shape=[kh, kw], strides=[sh, sw])
+                   kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw])
     return ex.emit("Pow", [sums, ex.const(node.name + "/inv_p", 1.0 / p)], node.name, out)
 
 
@@ -236,6 +245,38 @@ def _channel_slice(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
     return ex.emit("Slice", [xs[0], ex.ints(node.name + "/starts", [node.attrs["start"]]),
                              ex.ints(node.name + "/ends", [node.attrs["stop"]]),
                              ex.ints(node.name + "/axes", [1])], node.name, out)
+
+
+@converts("depth_to_space")
+def _depth_to_space(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    return ex.emit("DepthToSpace", xs, node.name, out, blocksize=node.attrs["block"],
+                   mode=node.attrs["mode"])
+
+
+@converts("space_to_depth")
+def _space_to_depth(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    b = node.attrs["block"]
+    if node.attrs["mode"] == "DCR":
+        return ex.emit("SpaceToDepth", xs, node.name, out, blocksize=b)
+    # SpaceToDepth's CRD mode needs opset 28: CRD is DCR with its channels shuffled in b^2
+    # groups (DCR channel (i*b + j)*C + c becomes c*b^2 + i*b + j).
+    dcr = ex.emit("SpaceToDepth", xs, node.name + "/dcr", blocksize=b)
+    return _shuffle(ex, node, dcr, b * b, out)
+
+
+@converts("channel_shuffle")
+def _channel_shuffle(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    return _shuffle(ex, node, xs[0], node.attrs["groups"], out)
+
+
+def _shuffle(ex: Exporter, node: Node, x: str, g: int, out: str) -> str:
+    """ONNX has no shuffle: ShuffleNet's Reshape -> Transpose -> Reshape (0 keeps the batch)."""
+    c, h, w = node.type.shape
+    split = ex.emit("Reshape", [x, ex.ints(node.name + "/groups", [0, g, c // g, h, w])],
+                    node.name + "/split")
+    swapped = ex.emit("Transpose", [split], node.name + "/transpose", perm=[0, 2, 1, 3, 4])
+    return ex.emit("Reshape", [swapped, ex.ints(node.name + "/shape", [0, c, h, w])],
+                   node.name, out)
 
 
 @converts("dropout", "identity")

@@ -35,6 +35,9 @@ BATCH = 1 << 40  # stands for the batch dimension in folded shape arithmetic
 # weight it may become is real memory (the light zoo models fill VGG's fc6, 103M, this way).
 MAX_CONSTANT = 1 << 28
 MAX_SIDE = 1 << 24  # pixels per side of a resized image (the importer checks index maps)
+# Elements per sample of a Reshape-Transpose-Reshape matched against the rearranging ops on
+# its indices (a few float64 copies: 128 MiB each at most).
+MAX_MATCHED = 1 << 24
 KEYWORDS = {"network", "input", "output", "block", "shared", "return", "import", "from", "true",
             "false", "in"}
 
@@ -861,20 +864,16 @@ def _softmax(imp: Importer, node: Any, i: int) -> None:
     imp.add(node, op, {} if axis == 1 else {"axis": axis - 1}, [x])
 
 
-def _pool_common(imp: Importer, node: Any, x: str, dilated: bool) -> dict[str, Any]:
+def _pool_common(imp: Importer, node: Any, x: str) -> dict[str, Any]:
     _need_rank(imp, node, x, 3, "C x H x W")
     a = _attrs(node)
     kernel = tuple(int(k) for k in a["kernel_shape"])
     if len(kernel) != 2:
         raise _refuse(node, imp.opset, "only 2-D pooling is supported")
     stride, dilation = _pair_attr(imp, node, a, "strides"), _pair_attr(imp, node, a, "dilations")
-    if not dilated and dilation != (1, 1):
-        raise _refuse(node, imp.opset, "dilated windows are supported for max pooling only")
     args = {"kernel": kernel, "stride": stride,
             "pad": _spatial_pads(imp, node, a, x, kernel, stride, dilation),
-            "ceil_mode": bool(a.get("ceil_mode", 0))}
-    if dilated:
-        args["dilation"] = dilation
+            "ceil_mode": bool(a.get("ceil_mode", 0)), "dilation": dilation}
     return args
 
 
@@ -882,14 +881,14 @@ def _pool_common(imp: Importer, node: Any, x: str, dilated: bool) -> dict[str, A
 def _maxpool(imp: Importer, node: Any, i: int) -> None:
     imp.only_first_output(node)
     x = imp.dyn(node)
-    args = _pool_common(imp, node, x, dilated=True)
+    args = _pool_common(imp, node, x)
     imp.add(node, "maxpool", args, [x])
 
 
 @handles("AveragePool")
 def _avgpool(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    args = _pool_common(imp, node, x, dilated=False)
+    args = _pool_common(imp, node, x)
     args["count_include_pad"] = bool(_attrs(node).get("count_include_pad", 0))
     imp.add(node, "avgpool", args, [x])
 
@@ -897,7 +896,7 @@ def _avgpool(imp: Importer, node: Any, i: int) -> None:
 @handles("LpPool")
 def _lppool(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    args = _pool_common(imp, node, x, dilated=False)
+    args = _pool_common(imp, node, x)
     args["p"] = float(_attrs(node).get("p", 2))
     imp.add(node, "lppool", args, [x])
 
@@ -915,7 +914,7 @@ def _neg(imp: Importer, node: Any, i: int) -> None:
                 pool.output[0] not in imp.graph_outputs and not any(
                     o and imp.used(o) for o in pool.output[1:]):
             x = imp.dyn(node)
-            args = _pool_common(imp, pool, x, dilated=True)
+            args = _pool_common(imp, pool, x)
             imp.add(pool, "minpool", args, [x], output=g[after[0]].output[0])
             imp.skip |= {users[0], after[0]}
             return
@@ -1095,7 +1094,10 @@ def _sum(imp: Importer, node: Any, i: int) -> None:
 
 @handles("Transpose")
 def _transpose(imp: Importer, node: Any, i: int) -> None:
-    """Only the identity permutation; ShuffleNet's channel shuffle is named when seen."""
+    """The identity permutation, or a Reshape -> Transpose -> Reshape that is one of cnnc's
+    rearranging ops: ShuffleNet's channel shuffle (Reshape to [N, g, C/g, H, W], perm 0, 2, 1,
+    3, 4), and DepthToSpace / SpaceToDepth written out (PyTorch's PixelShuffle, ONNX's
+    expanded function bodies)."""
     x = imp.dyn(node)
     rank = len(imp.shapes[x]) + 1
     perm = [int(p) for p in _attrs(node).get("perm", list(range(rank))[::-1])]
@@ -1105,12 +1107,48 @@ def _transpose(imp: Importer, node: Any, i: int) -> None:
     layer = imp.producer.get(x)
     g = imp.model.graph.node
     users = imp.consumers.get(node.output[0], [])
-    if rank == 5 and perm == [0, 2, 1, 3, 4] and layer is not None and layer.op == "reshape" \
-            and len(users) == 1 and g[users[0]].op_type == "Reshape":
-        raise _refuse(node, imp.opset, "channel shuffle (Reshape-Transpose-Reshape) is not "
-                      "supported yet")
+    if layer is not None and layer.op == "reshape" and len(imp.shapes[layer.inputs[0]]) == 3 \
+            and users and all(g[u].op_type == "Reshape" for u in users) \
+            and node.output[0] not in imp.graph_outputs \
+            and len(imp.consumers.get(x, [])) == 1 and x not in imp.graph_outputs \
+            and sorted(perm) == list(range(rank)) and perm[0] == 0:
+        source = layer.inputs[0]
+        found = _rearrangement(imp.shapes[source], layer.args["shape"], perm)
+        if found is not None:
+            # The transposed tensor read in C order is that op's output: its Reshape users
+            # see the op's output, so any target they give stays right.
+            layer.removed = True
+            imp.add(node, found[0], found[1], [source])
+            return
     raise _refuse(node, imp.opset, f"transposing a tensor (perm {perm}) is not supported; "
-                  "only the identity permutation")
+                  "only the identity permutation, or a Reshape-Transpose-Reshape that is a "
+                  "channel shuffle, DepthToSpace or SpaceToDepth")
+
+
+def _rearrangement(shape: tuple[int, ...], split: tuple[int, ...], perm: list[int]
+                   ) -> tuple[str, dict[str, Any]] | None:
+    """The cnnc op (and attributes) whose output, read in C order, is a C x H x W tensor
+    reshaped to ``split`` per sample and transposed by ``perm``; None when none is. Checked
+    on the element indices themselves, so the match is exact."""
+    size = math.prod(shape)
+    if size > MAX_MATCHED:
+        return None
+    index = np.arange(size, dtype=np.float64).reshape(1, *shape)
+    moved = index.reshape(1, *split).transpose(perm).reshape(-1)
+    candidates: list[tuple[str, dict[str, Any]]] = [("channel_shuffle", {"groups": split[0]})]
+    for b in sorted(set(split)):
+        for mode in ("DCR", "CRD"):
+            candidates += [("depth_to_space", {"block": b, "mode": mode}),
+                           ("space_to_depth", {"block": b, "mode": mode})]
+    for op, args in candidates:
+        opdef = get_op(op)
+        try:
+            attrs = opdef.canonicalize(args, [TensorType(shape)])
+        except (AttrError, ShapeError):
+            continue
+        if np.array_equal(opdef.reference([index], attrs).reshape(-1), moved):
+            return op, args
+    return None
 
 
 @handles("Concat")
@@ -1246,6 +1284,62 @@ def _slice(imp: Importer, node: Any, i: int) -> None:
         raise _refuse(node, imp.opset, "only height and width can be flipped")
     axis = "both" if flipped == {2, 3} else ("vertical" if flipped == {2} else "horizontal")
     imp.add(node, "flip", {"axis": axis}, [x])
+
+
+@handles("Split")
+def _split(imp: Importer, node: Any, i: int) -> None:
+    """A split of the channels (axis 1 of N x C x H x W) into channel_slice layers: sizes from
+    the `split` attribute (opsets 2-12), the `split` input (13 and later), `num_outputs` (18
+    and later: ceil(C / n) each, the last smaller), or equal parts, one per output."""
+    x = imp.dyn(node)
+    a = _attrs(node)
+    full = (2, *imp.shapes[x])
+    axis = int(a.get("axis", 0))
+    axis = axis + len(full) if axis < 0 else axis
+    if len(full) != 4 or axis != 1:
+        raise _refuse(node, imp.opset, f"only a split of the channels (axis 1 of N x C x H x W)"
+                      f" is supported, got axis {axis} of a rank-{len(full)} tensor")
+    c, n_out = full[1], len(node.output)
+    if "split" in a:
+        sizes = [int(v) for v in a["split"]]
+    elif imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
+        sizes = [int(v) for v in imp.const(node, 1)]
+    elif "num_outputs" in a:
+        n = int(a["num_outputs"])
+        if n != n_out or n < 1:
+            raise _refuse(node, imp.opset, f"num_outputs = {n} but the node has {n_out} outputs")
+        part = -(-c // n)
+        sizes = [min(part, c - k * part) for k in range(n)]
+    else:
+        if c % n_out:
+            raise _refuse(node, imp.opset, f"{c} channels cannot be split into {n_out} equal "
+                          "parts")
+        sizes = [c // n_out] * n_out
+    if len(sizes) != n_out or sum(sizes) != c or any(s < 0 for s in sizes):
+        raise _refuse(node, imp.opset, f"split sizes {sizes} do not divide {c} channels into "
+                      f"{n_out} outputs")
+    start = 0
+    for size, out in zip(sizes, node.output):
+        if out and imp.used(out):
+            if size == 0:
+                raise _refuse(node, imp.opset, f"output {out!r} is empty (a split of size 0)")
+            if size == c:
+                imp.alias[out] = x
+            else:
+                imp.add(node, "channel_slice", {"start": start, "stop": start + size}, [x],
+                        output=out)
+        start += size
+
+
+@handles("DepthToSpace", "SpaceToDepth")
+def _depth_space(imp: Importer, node: Any, i: int) -> None:
+    x = imp.dyn(node)
+    _need_rank(imp, node, x, 3, "C x H x W")
+    a = _attrs(node)
+    # (SpaceToDepth has a mode from opset 28; both default to DCR)
+    args: dict[str, Any] = {"block": int(a["blocksize"]), "mode": str(a.get("mode", "DCR"))}
+    op = "depth_to_space" if node.op_type == "DepthToSpace" else "space_to_depth"
+    imp.add(node, op, args, [x])
 
 
 @handles("Cast")

@@ -58,7 +58,9 @@ WEIGHTS_IN_L2 = 1 << 20
 #: where the output starts in it (the halo the next convolution reads as padding).
 IO_INTS = ("Hp", "Wp", "XT", "XL", "YB", "YH", "YW", "YT", "YL")
 DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS
-DEPTHWISE_INTS = ("C8", "P", "Q") + IO_INTS
+#: ``C8``: the 8-channel blocks computed; ``XB``: blocks per image of the input's storage (a
+#: direct convolution producer stores 2 * ceil(C/16) blocks, one more than C8 for 116 channels).
+DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS
 
 def _overlap_tail(Q: Expr, full: int, tile) -> list:
     """Tiles for the last ``Q % full`` pixels of a row whose length ``Q`` is a runtime value.
@@ -211,7 +213,7 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     """Depthwise convolution: the 8 lanes are 8 channels; a tile is 8 output pixels. Literal:
     kernel size, stride, dilation; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
     R, S = g.R, g.S
-    C8, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DEPTHWISE_INTS)
+    C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
 
     def tile(T: int, q0: ExprLike) -> list:
@@ -238,7 +240,7 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
 
     body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
     ops, op_ints = _epilogue_params(epilogue)
-    body += [Let("xrow", ((n * C8 + cb) * Hp + p * g.sh + XT) * (Wp * 8) + XL * 8),
+    body += [Let("xrow", ((n * XB + cb) * Hp + p * g.sh + XT) * (Wp * 8) + XL * 8),
              Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
              Let("nfull", Q // TILE_DW),
              Let("tail", Q % TILE_DW)]

@@ -1,15 +1,20 @@
 """Kernel IR builders for window ops: max/min/avg/Lp pooling, global pooling, upsampling.
 
-One parallel iteration per (image, channel, output row); every size, stride, padding and
-dilation is a literal. Window taps outside the input are skipped (max/min/Lp) or counted in
-the divisor as the op says (avg: ``count_include_pad`` counts the declared padding, never the
-cells ``ceil_mode`` adds past it), exactly as the float64 references in ``compiler/ops/``.
+One parallel iteration per (image, channel, output row); window, stride, padding and dilation
+are literals. Window taps outside the input are skipped (max/min/Lp) or counted in the divisor
+as the op says (avg: ``count_include_pad`` counts the declared padding, never the cells
+``ceil_mode`` adds past it), exactly as the float64 references in ``compiler/ops/``. Where a
+window can see only padding (``may_miss_input``), max/min pooling give the lowest/highest
+float32 there and average pooling without counted cells gives 0, as the references define it;
+otherwise the kernels skip that bookkeeping.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from .elementwise import N_BATCH, Sizes, _rows_kernel, _unflatten, fmax, fmin
 from .kernel_ir import (
@@ -23,6 +28,7 @@ from .kernel_ir import (
     Load,
     Loop,
     Param,
+    Select,
     Stmt,
     Store,
     Var,
@@ -41,6 +47,24 @@ from .tiles import BLOCKED_INTS
 
 def _in_range(v: Expr, lo: ExprLike, hi: ExprLike) -> Expr:
     return cmp("and", cmp(">=", v, lo), cmp("<", v, hi))
+
+
+def may_miss_input(attrs: dict[str, Any]) -> bool:
+    """Whether some window could see only padding. Not when undilated with every pad smaller
+    than the window: the first window then reaches the input, and every window starts before
+    its far edge (ceil mode drops a window starting in the trailing padding)."""
+    (R, S), (pt, pl, pb, pr) = attrs["kernel"], attrs["pads"]
+    if tuple(attrs.get("dilation", (1, 1))) != (1, 1):
+        return True
+    return max(pt, pb) >= R or max(pl, pr) >= S
+
+
+def _count_taps(var: str, loop: str, start: Expr, k: int, d: int, lo: ExprLike,
+                hi: ExprLike) -> list[Stmt]:
+    """``var`` = how many of the ``k`` taps ``start + i * d`` lie in ``[lo, hi)``."""
+    tap = start + Var(loop) * d
+    return [Let(var, Const(0)),
+            Loop(loop, Const(k), [If(_in_range(tap, lo, hi), [Let(var, Var(var) + 1)])])]
 
 
 def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int],
@@ -68,19 +92,33 @@ def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int
         p = float(attrs["p"])
         term = x * x if p == 2.0 else call("pow", call("abs", x), Const(p))
         init, update = Const(0.0), Var("acc") + term
+    miss = may_miss_input(attrs)
+    track = miss and op in ("maxpool", "minpool")  # did the window see an input cell?
+    hit = [Let("hit", Const(1))] if track else []
     taps = Loop("r", Const(R), [If(_in_range(ih, 0, H), [
-        Loop("s", Const(S), [If(_in_range(iw, 0, W), [Let("acc", update)])])])])
-    q_body: list[Stmt] = [Let("w0", Var("q") * sw - pl), Let("acc", init), taps]
+        Loop("s", Const(S), [If(_in_range(iw, 0, W), [Let("acc", update)] + hit)])])])
+    q_body: list[Stmt] = [Let("w0", Var("q") * sw - pl), Let("acc", init)]
+    q_body += [Let("hit", Const(0)), taps] if track else [taps]
+    if track:
+        lowest = float(np.finfo(np.float32).min)
+        q_body.append(If(cmp("==", Var("hit"), 0), [
+            Let("acc", Const(lowest if op == "maxpool" else -lowest))]))
     result: Expr = Var("acc")
     if op == "avgpool":
-        # The window clipped to the counted region is a rectangle: divisor = rows x columns.
         lo_h, hi_h = (-pt, H + pb) if attrs["count_include_pad"] else (0, H)
         lo_w, hi_w = (-pl, W + pr) if attrs["count_include_pad"] else (0, W)
-        q_body += [
-            Let("rows", fmin(Var("h0") + R, hi_h) - fmax(Var("h0"), lo_h)),
-            Let("cols", fmin(Var("w0") + S, hi_w) - fmax(Var("w0"), lo_w)),
-        ]
-        result = div(Var("acc"), Var("rows") * Var("cols"))
+        if not miss:
+            # The window clipped to the counted region is a rectangle: rows x columns.
+            q_body += [
+                Let("rows", fmin(Var("h0") + R, hi_h) - fmax(Var("h0"), lo_h)),
+                Let("cols", fmin(Var("w0") + S, hi_w) - fmax(Var("w0"), lo_w)),
+            ]
+            result = div(Var("acc"), Var("rows") * Var("cols"))
+        else:  # dilated taps, or a window that may count nothing (then the mean is 0)
+            q_body += _count_taps("rows", "r", Var("h0"), R, dh, lo_h, hi_h)
+            q_body += _count_taps("cols", "s", Var("w0"), S, dw, lo_w, hi_w)
+            q_body.append(Let("cnt", Var("rows") * Var("cols")))
+            result = Select(cmp(">", Var("cnt"), 0), div(Var("acc"), Var("cnt")), Const(0.0))
     elif op == "lppool":
         p = float(attrs["p"])
         result = call("sqrt", Var("acc")) if p == 2.0 else call("pow", Var("acc"), Const(1.0 / p))
@@ -169,17 +207,25 @@ def maxpool_blocked_kernel(name: str, attrs: dict[str, Any], comment: str = "") 
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     ih, iw = Var("h0") + Var("r") * dh, Var("w0") + Var("s") * dw
     tap = VLoad("x0", Var("xb") + (ih + XT) * (XW * 8) + (iw + XL) * 8)
+    track = may_miss_input(attrs)  # a window of only padding gives the lowest float32
+    hit = [Let("hit", Const(1))] if track else []
+    q_body: list[Stmt] = [
+        Let("w0", q * sw - pl),
+        Let("acc", VSplat(Const(float("-inf")))),
+        *([Let("hit", Const(0))] if track else []),
+        Loop("r", Const(R), [If(_in_range(ih, 0, H), [
+            Loop("s", Const(S), [If(_in_range(iw, 0, W), [
+                Let("acc", VBin("max", Var("acc"), tap))] + hit)])])]),
+    ]
+    if track:
+        q_body.append(If(cmp("==", Var("hit"), 0), [
+            Let("acc", VSplat(Const(float(np.finfo(np.float32).min))))]))
+    q_body.append(VStore("y", Var("yb") + q * 8, Var("acc")))
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
         Let("h0", p * sh - pt),
         Let("xb", (n * XB + cb) * XH * (XW * 8)),
         Let("yb", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
-        Loop("q", Q, [
-            Let("w0", q * sw - pl),
-            Let("acc", VSplat(Const(float("-inf")))),
-            Loop("r", Const(R), [If(_in_range(ih, 0, H), [
-                Loop("s", Const(S), [If(_in_range(iw, 0, W), [
-                    Let("acc", VBin("max", Var("acc"), tap))])])])]),
-            VStore("y", Var("yb") + q * 8, Var("acc"))]),
+        Loop("q", Q, q_body),
     ]
     ints = ["C8", "H", "W", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
         ["Y" + s for s in BLOCKED_INTS]

@@ -183,7 +183,7 @@ def _load_families() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from . import activation, conv, dense, norm, pool, resize, tensor  # noqa: F401
+    from . import activation, conv, dense, norm, pool, rearrange, resize, tensor  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,21 +1,30 @@
 """Pooling: max, average, min and Lp (L2) windows, and the global poolings.
 
 Attributes as in PyTorch: `stride` defaults to the kernel, `ceil_mode` rounds the output size up
-(a last window starting in the trailing padding is dropped), padding may be at most half the
-(dilated) window, and average pooling counts the zero padding in its divisor unless
-`count_include_pad=false` (PyTorch's default is true; ONNX's is false; the exporter writes it
-explicitly).
+(a last window starting in the trailing padding is dropped), and average pooling counts the zero
+padding in its divisor unless `count_include_pad=false` (PyTorch's default is true; ONNX's is
+false; the exporter writes it explicitly). Every window op takes a `dilation`.
 
-ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py):
+Padding may be as large as ONNX allows (any size; PyTorch allows at most half the window, ONNX
+Runtime less than the window), so a window may see only padding (large pads, or a dilated
+window that steps over a small input). What such a window gives, as ONNX Runtime computes it:
+- maxpool: the lowest float32, -3.4028235e38 (ONNX Runtime starts its maximum there); minpool
+  the highest, +3.4028235e38 (what its export, -maxpool(-x), gives);
+- avgpool with count_include_pad=false: 0 (no cell counted; ONNX Runtime writes 0); with
+  count_include_pad=true the zero padding is counted, so the mean is 0 too;
+- lppool: 0 (padding counts as 0).
+
+ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py and
+tests/ops/test_pool_padding.py):
 - maxpool = MaxPool(kernel_shape, strides, pads, dilations, ceil_mode); padding counts as -inf.
 - minpool = Neg -> MaxPool -> Neg (ONNX has no MinPool); padding counts as +inf.
-- avgpool = AveragePool with count_include_pad written out (ONNX default 0, ours 1). With ceil
-  mode, the divisor counts the declared padding but never the cells past it, as PyTorch and
-  ONNX Runtime do.
-- lppool = LpPool (ONNX's p is an integer; ours is a float); padding counts as 0.
+- avgpool = AveragePool with count_include_pad written out (ONNX default 0, ours 1). The divisor
+  counts the window's taps on input cells and, with count_include_pad, on the declared padding
+  (never the cells ceil mode adds past it), as PyTorch and ONNX Runtime do; dilations from
+  opset 19.
+- lppool = LpPool (ONNX's p is an integer; ours is a float); padding counts as 0; dilations
+  from opset 18.
 - The output size with ceil_mode agrees with ONNX Runtime, including the dropped last window.
-  ONNX Runtime also requires each pad to be smaller than the undilated kernel, stricter than
-  PyTorch's half-a-dilated-window rule that we follow.
 """
 
 from __future__ import annotations
@@ -46,30 +55,23 @@ from . import (
 )
 from .conv import resolve_pads, window_check
 
-# `full` would pad a whole window minus one on each side: more than half a window, which the
-# padding rule below forbids for any window larger than 2.
-POOL_PAD_WORDS = ("same", "valid")
+POOL_PAD_WORDS = ("same", "valid", "full")
+# The value of a max (min) pool window that sees only padding, as ONNX Runtime gives it.
+LOWEST = float(np.finfo(np.float32).min)
 
 
-def _pool_canonicalize(op: str, has_dilation: bool, has_divisor: bool, has_p: bool = False):
+def _pool_canonicalize(op: str, has_divisor: bool, has_p: bool = False):
     def canon(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
         require_rank(in_types[0], 3, op)
         kernel = as_pair(attrs["kernel"], "kernel")
         stride = kernel if attrs["stride"] is None else as_pair(attrs["stride"], "stride")
-        dilation = as_pair(attrs["dilation"], "dilation") if has_dilation else (1, 1)
+        dilation = as_pair(attrs["dilation"], "dilation")
         x = in_types[0]
         pads = resolve_pads(attrs["pad"], kernel, stride, dilation, (x.height, x.width),
                             words=POOL_PAD_WORDS)
-        for side, p in zip(("top", "left", "bottom", "right"), pads):
-            k, d = (kernel[0], dilation[0]) if side in ("top", "bottom") else (kernel[1],
-                                                                             dilation[1])
-            if p > (d * (k - 1) + 1) // 2:
-                raise AttrError(f"padding {p} ({side}) is more than half the window "
-                                f"{d * (k - 1) + 1}; windows would see only padding", "pad")
         out: dict[str, Any] = {"kernel": kernel, "stride": stride, "pads": pads,
-                               "ceil_mode": as_bool(attrs["ceil_mode"], "ceil_mode")}
-        if has_dilation:
-            out["dilation"] = dilation
+                               "ceil_mode": as_bool(attrs["ceil_mode"], "ceil_mode"),
+                               "dilation": dilation}
         if has_divisor:
             out["count_include_pad"] = as_bool(attrs["count_include_pad"], "count_include_pad")
         if has_p:
@@ -119,23 +121,35 @@ def pool_windows(x: np.ndarray, attrs: dict[str, Any], fill: float,
     return np.stack(taps, axis=-1)
 
 
+def _input_taps(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    """How many taps of each window fall on input cells, [1, 1, P, Q]."""
+    return pool_windows(np.ones((1, 1) + x.shape[2:]), attrs, 0.0).sum(axis=-1)
+
+
 def _max_ref(x, attrs):
-    return pool_windows(np.asarray(x, np.float64), attrs, -np.inf).max(axis=-1)
+    """The maximum over each window's input cells; LOWEST where it sees only padding."""
+    x = np.asarray(x, np.float64)
+    y = pool_windows(x, attrs, -np.inf).max(axis=-1)
+    return np.where(_input_taps(x, attrs) > 0, y, LOWEST)
 
 
 def _min_ref(x, attrs):
-    return pool_windows(np.asarray(x, np.float64), attrs, np.inf).min(axis=-1)
+    """The minimum over each window's input cells; -LOWEST where it sees only padding."""
+    x = np.asarray(x, np.float64)
+    y = pool_windows(x, attrs, np.inf).min(axis=-1)
+    return np.where(_input_taps(x, attrs) > 0, y, -LOWEST)
 
 
 def _avg_ref(x, attrs):
-    """Window sums over a divisor that counts the input cells of each window and, with
-    count_include_pad, the declared padding too (never the cells ceil mode adds)."""
+    """Window sums over a divisor that counts the taps on input cells of each window and, with
+    count_include_pad, on the declared padding too (never the cells ceil mode adds); 0 where
+    nothing is counted (a window of only padding without count_include_pad)."""
     x = np.asarray(x, np.float64)
     sums = pool_windows(x, attrs, 0.0).sum(axis=-1)
     ones = np.ones((1, 1) + x.shape[2:])
     pad_counts = 1.0 if attrs["count_include_pad"] else 0.0
     counts = pool_windows(ones, attrs, pad_counts, extra_fill=0.0).sum(axis=-1)
-    return sums / counts
+    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)
 
 
 def _lp_ref(x, attrs):
@@ -153,7 +167,8 @@ _WINDOW = (
 
 
 def _keeps_blocked(node, in_types):
-    """Max pooling has an NCHW8c kernel: blocked in, blocked out."""
+    """Max pooling has an NCHW8c kernel (every padding and dilation): blocked in, blocked
+    out."""
     return ((PLAIN, PLAIN), (BLOCKED, BLOCKED)) if node.op == "maxpool" else ((PLAIN, PLAIN),)
 
 
@@ -219,21 +234,23 @@ def _lp_bound(ctx: BoundCtx):
 _BOUNDS = {"maxpool": exact_bound(), "minpool": exact_bound(),
            "avgpool": sum_bound(terms=_window, extra=1)}
 
-for _name, _ref, _dil, _div, _doc in (
-    ("maxpool", _max_ref, True, False, "maximum over each window"),
-    ("minpool", _min_ref, True, False, "minimum over each window"),
-    ("avgpool", _avg_ref, False, True, "mean over each window"),
+for _name, _ref, _div, _doc in (
+    ("maxpool", _max_ref, False, "maximum over each window"),
+    ("minpool", _min_ref, False, "minimum over each window"),
+    ("avgpool", _avg_ref, True, "mean over each window"),
 ):
-    _sig = _WINDOW + ((Attr("dilation", "ints", 1),) if _dil else ()) + (
-        (Attr("count_include_pad", "bool", True),) if _div else ())
+    # (dilation after count_include_pad: positional arguments keep their order)
+    _sig = _WINDOW + ((Attr("count_include_pad", "bool", True),) if _div else ()) + (
+        Attr("dilation", "ints", 1),)
     register(OpDef(name=_name, family="pool", signature=_sig,
-                   canonicalize=_pool_canonicalize(_name, _dil, _div),
+                   canonicalize=_pool_canonicalize(_name, _div),
                    infer=_pool_infer(_name), reference=one_input(_ref), macs=no_macs, doc=_doc,
                    lower=_lower_window, layout_rule=_keeps_blocked, error_bound=_BOUNDS[_name],
                    aliases=(_name.replace("pool", "_pool"),)))
 
-register(OpDef(name="lppool", family="pool", signature=_WINDOW + (Attr("p", "float", 2.0),),
-               canonicalize=_pool_canonicalize("lppool", False, False, has_p=True),
+register(OpDef(name="lppool", family="pool",
+               signature=_WINDOW + (Attr("p", "float", 2.0), Attr("dilation", "ints", 1)),
+               canonicalize=_pool_canonicalize("lppool", False, has_p=True),
                infer=_pool_infer("lppool"), reference=one_input(_lp_ref), macs=no_macs,
                lower=_lower_window, error_bound=_lp_bound,
                aliases=("l2pool", "lp_pool"),

@@ -1,10 +1,10 @@
 """cnnc behind ONNX's backend interface, run by ONNX's own backend test runner.
 
 The runner's node tests of the operators cnnc imports, its PyTorch-converted and PyTorch-operator
-tests, and two of the light model zoo models: every test named in the lists below must pass
+tests, and three of the light model zoo models: every test named in the lists below must pass
 (a listed test that fails, fails the suite); every other test is left out (the rest of that
 selection is refused by cnnc with a clean OnnxImportError: 3-D or 5-D inputs, integer tensors,
-padding beyond half a window, cubic resizing, ...; see the README). The float64 reference runs
+cubic resizing, ...; see the README). The float64 reference runs
 them; a few models also run compiled.
 """
 
@@ -73,8 +73,22 @@ CONVERTED = [
     "operator_pad", "operator_selu",
 ]
 
-# The light zoo models take 2-20 s each on the float64 reference: the quickest two run here.
+# The rearranging ops (DepthToSpace / SpaceToDepth, also written out as Reshape-Transpose-
+# Reshape) and pooling with padding beyond half the window or dilated average and Lp windows.
+NODE += [
+    "averagepool_2d_dilations", "averagepool_2d_pads", "averagepool_2d_pads_count_include_pad",
+    "lppool_2d_dilations", "lppool_2d_pads", "maxpool_2d_pads",
+    "depthtospace_crd_mode_example", "depthtospace_crd_mode_example_expanded",
+    "depthtospace_example", "depthtospace_example_expanded", "spacetodepth",
+    "spacetodepth_crd_mode_example", "spacetodepth_crd_mode_example_expanded",
+    "spacetodepth_dcr_mode_example", "spacetodepth_dcr_mode_example_expanded",
+    "spacetodepth_example", "spacetodepth_example_expanded", "spacetodepth_expanded",
+]
+CONVERTED += ["PixelShuffle"]
+
+# The light zoo models take 2-20 s each on the float64 reference: the quickest run here.
 LIGHT = ["squeezenet", "inception_v1"]
+LIGHT += ["shufflenet"]  # ShuffleNet v1: its channel shuffles (under a second)
 
 
 @pytest.fixture(scope="module", autouse=True)

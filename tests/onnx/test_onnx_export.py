@@ -102,6 +102,9 @@ e = a -> pad((1, 2, 0, 1), value=0.5) -> maxpool(2, stride=1) -> avgpool((1, 3),
       -> conv(8, 1, groups=4, dilation=2, bias=false) -> channel_slice(0, 8)
 g = a -> globalavgpool
 h = a -> globalmaxpool
+a -> channel_shuffle(2) -> depth_to_space(2, mode=CRD) -> space_to_depth(2, mode=CRD)
+  -> depth_to_space(2) -> avgpool(2, stride=1, pad=1, dilation=2, count_include_pad=false)
+  -> output rearranged
 k = (a * g + h - a) -> channel_slice(1, 7) -> conv(8, 1)
 m = concat(k, e) -> reshape((16, 5, 5)) -> flatten -> dense(6) -> batchnorm
 n = m + vec

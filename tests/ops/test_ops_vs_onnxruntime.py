@@ -117,6 +117,7 @@ COVERED = {
     "sigmoid", "hard_sigmoid", "tanh", "swish", "hard_swish", "gelu", "abs", "softmax",
     "log_softmax", "batchnorm", "groupnorm", "lrn", "add", "mul", "sub", "concat", "pad", "flip",
     "dropout", "identity", "distance", "channel_slice",
+    "depth_to_space", "space_to_depth", "channel_shuffle",  # in tests/ops/test_rearrange_ops.py
 }
 # compared in tests/ops/test_new_activation_ops.py (pad's reflect and edge modes too)
 COVERED |= {"elu", "selu", "softplus", "mish", "prelu", "instance_norm"}

@@ -95,6 +95,14 @@ def canonical(op: OpDef, in_types: list[TensorType], raw: dict[str, Any]) -> dic
     return op.canonicalize(full, in_types) if op.canonicalize else full
 
 
+# The rearranging ops (compiler/ops/rearrange.py).
+SAMPLES.update({
+    "depth_to_space": ([(12, 3, 2)], {"block": 2, "mode": "CRD"}),
+    "space_to_depth": ([(3, 4, 6)], {"block": 2, "mode": "CRD"}),
+    "channel_shuffle": ([(6, 3, 2)], {"groups": 3}),
+})
+
+
 def test_registry_is_not_empty_and_names_match():
     assert len(OPS) >= 30
     for name, op in OPS.items():

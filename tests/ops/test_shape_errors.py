@@ -99,20 +99,17 @@ SIDES = "an integer, a pair (vertical, horizontal) or four sides (top, left, bot
 @pytest.mark.parametrize("name,raw,message", [
     ("conv", dict(out_channels=2, kernel=3, pad="sane"),
      f"pad must be {SIDES}, or one of same, valid, full; got 'sane'"),
-    ("maxpool", dict(kernel=3, pad="full"),
-     f"pad must be {SIDES}, or one of same, valid; got 'full'"),
+    ("maxpool", dict(kernel=3, pad="fill"),
+     f"pad must be {SIDES}, or one of same, valid, full; got 'fill'"),
     ("avgpool", dict(kernel=3, pad="SAME"),
-     f"pad must be {SIDES}, or one of same, valid; got 'SAME'"),
+     f"pad must be {SIDES}, or one of same, valid, full; got 'SAME'"),
     ("conv_transpose", dict(out_channels=2, kernel=3, pad="same"),
      f"pad must be {SIDES}, or valid; got 'same'"),
     ("pad", dict(pad="same"), f"pad must be {SIDES}; got 'same'"),
     ("conv", dict(out_channels=2, kernel=3, pad=(1, 2, 3)),
      "pad takes 1, 2 (vertical, horizontal) or 4 (top, left, bottom, right) integers, got 3"),
     ("conv", dict(out_channels=2, kernel=3, pad=-1), "pad must be at least 0, got -1"),
-    ("maxpool", dict(kernel=3, pad=2),
-     "padding 2 (top) is more than half the window 3; windows would see only padding"),
-    ("maxpool", dict(kernel=(3, 2), pad=(0, 0, 0, 2)),
-     "padding 2 (right) is more than half the window 2; windows would see only padding"),
+    ("maxpool", dict(kernel=3, pad=(0, 0, 0, -2)), "pad must be at least 0, got -2"),
 ])
 def test_bad_padding(name, raw, message):
     with pytest.raises(AttrError) as e:
@@ -124,6 +121,12 @@ def test_bad_padding(name, raw, message):
 def test_pool_padding_may_be_half_a_dilated_window():
     """kernel 2 dilated by 3 spans 4 cells: padding 2 is allowed (PyTorch's rule)."""
     assert build("maxpool", (1, 6, 6), kernel=2, stride=1, dilation=3, pad=2).shape == (1, 7, 7)
+
+
+def test_pool_padding_may_exceed_the_window():
+    """ONNX allows any padding: windows of only padding are defined (compiler/ops/pool.py)."""
+    assert build("maxpool", (1, 3, 3), kernel=2, stride=1, pad=3).shape == (1, 8, 8)
+    assert build("avgpool", (1, 3, 3), kernel=3, stride=1, pad="full").shape == (1, 5, 5)
 
 
 # -- transposed convolution --------------------------------------------------------------------
@@ -207,8 +210,8 @@ def test_multi_input_rules(name, shapes, message):
 
 @pytest.mark.parametrize("layer,message", [
     ("groupnorm(3)", "groupnorm: 4 channels are not divisible by groups=3"),
-    ("maxpool(3, pad=2)", "maxpool: padding 2 (top) is more than half the window 3; windows "
-                          "would see only padding"),
+    ("maxpool(7)", "maxpool: window 7 is larger than the padded input height 3 (3 + padding "
+                   "0+0)"),
     ("reshape((7, -1))", "reshape: 36 elements cannot fill shape (7, -1)"),
     ("conv(4, 5)", "conv: window 5 is larger than the padded input height 3 (3 + padding 0+0)"),
 ])

@@ -97,3 +97,21 @@ def test_summary_shows_multiply_accumulates_before_and_after(tmp_path, capsys):
     after = re.search(r"after the -O2 passes: +([\d,]+) multiply-accumulates per image "
                       r"\((\d[\d,]*) saved\)", out)
     assert after.group(1) == before and after.group(2) == "0"  # folding saves kernels, not MACs
+
+
+def test_depthwise_after_a_direct_conv_with_an_odd_number_of_blocks_stays_in_bounds():
+    """A direct convolution stores its 116 channels as 16 blocks (a multiple of 16 channels);
+    the depthwise convolution reading them computes only its 15 blocks: it takes the input's
+    block count for addressing apart from its own (ShuffleNet V2's 116 and 232 channels)."""
+    net = ("network odd_blocks\ninput x: 8 x 9 x 9\n"
+           "x -> conv(116, 1) -> relu -> conv(116, 3, pad=1, groups=116) -> relu "
+           "-> conv(16, 1) -> output y\n")
+    m = compile_model(net, seed=3)
+    dw = [s for s in m.plan.steps if any(c.kernel == "conv_depthwise" for c in s.calls)]
+    assert len(dw) == 1 and dw[0].storage is not None and dw[0].storage.blocks == 15
+    call = next(c for c in dw[0].calls if c.kernel == "conv_depthwise")
+    ints = [a.ref for a in call.args if a.kind == "int"]
+    assert ints[:2] == [15, 16]  # blocks computed, blocks per image of the input's storage
+    x = np.random.default_rng(4).standard_normal((2, 8, 9, 9)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
