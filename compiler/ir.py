@@ -9,15 +9,27 @@ dimension, which is chosen at run time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
-from .types import Span, TensorType
+from .types import Span, TensorType, shown_path
 
-__all__ = ["Graph", "IRError", "Node", "Span", "TensorType"]
+__all__ = ["Graph", "IRError", "Node", "Span", "TensorType", "model_folder", "shown_path"]
+
+
+def model_folder(graph: Graph) -> str | None:
+    """The folder of the file that defines the network (where its inputs are declared: never
+    in an imported file), or None for a network not read from a file. Messages and generated
+    code name DSL files relative to it (``types.shown_path``)."""
+    for nid in graph.inputs.values():
+        span = graph.node(nid).span
+        if span is not None and span.file and not span.file.startswith("<"):
+            return os.path.dirname(span.file) or "."
+    return None
 
 
 @dataclass

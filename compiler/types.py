@@ -4,6 +4,7 @@ types. A module of its own so that the ops never import the graph module (which 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 #: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``).
 PLAIN, BLOCKED = "NCHW", "NCHW8c"
@@ -20,7 +21,23 @@ class Span:
     end_column: int
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}"
+        return f"{shown_path(self.file)}:{self.line}:{self.column}"
+
+
+def shown_path(file: str, folder: str | None = None) -> str:
+    """A source file as messages and generated code name it: relative to ``folder`` (the
+    folder of the model's own file) when it lies inside it, else its file name; program text
+    (``<string>``) as it is. Never an absolute path of this machine, so what is printed or
+    emitted does not depend on where the model lives."""
+    if not file or file.startswith("<"):
+        return file
+    path = Path(file)
+    if folder is not None:
+        try:
+            return path.resolve().relative_to(Path(folder).resolve()).as_posix()
+        except (OSError, ValueError):  # outside the folder (the zoo), or a name the OS refuses
+            pass
+    return path.name
 
 
 @dataclass(frozen=True)

@@ -1118,6 +1118,8 @@ def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
         builder = Builder(file, overrides, search_dirs=(_zoo_dir(),))
         graph = builder.build_module(module)
     except DslError as e:
+        if file != TEXT_SOURCE:
+            e.folder = str(Path(file).parent)
         if file == TEXT_SOURCE and "\n" not in text.strip():
             # A one-line string might have been meant as a path: say how it was read.
             e.notes.append(f"read as program text: there is no file named {text.strip()!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import unicodedata
 
 from ..compiler.ir import Span
+from ..compiler.types import shown_path
 
 # Source texts by file name, so an error can quote its line wherever it is raised: the most
 # recent ones only, so that a long-lived process that parses many files does not keep them all.
@@ -54,6 +55,9 @@ class DslError(Exception):
         self.span = span
         self.hint = hint
         self.notes = list(notes or [])
+        # The folder of the model being built (set by ``load_network``): the header names the
+        # file relative to it, never by an absolute path of this machine.
+        self.folder: str | None = None
 
     def render(self) -> str:
         span = self.span
@@ -61,7 +65,8 @@ class DslError(Exception):
             head = f"error: {self.message}"
             lines = [head]
         else:
-            lines = [f"{display_file(span.file)}:{span.line}:{span.column}: error: "
+            lines = [f"{display_file(shown_path(span.file, self.folder))}:{span.line}:"
+                     f"{span.column}: error: "
                      f"{self.message}"]
             text = _SOURCES.get(span.file)
             if text is not None:

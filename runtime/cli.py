@@ -72,6 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.output and not args.output.endswith(".npz"):
         raise CliError(f"the output should be an .npz file, got {args.output}")
+    if args.check_numerics and args.reference:
+        raise CliError("--check-numerics watches the compiled kernels; the float64 reference "
+                       "has no kernels to watch (drop --reference)")
     graph = load_graph(args)
     options = ImageOptions(resize=args.resize, mean=args.mean, std=args.std)
     inputs = load_inputs(args.input, graph, options)
@@ -81,11 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         outputs = run_reference(graph, inputs, params)
         engine = "float64 reference"
     else:
+        from .model import NumericsError
         from .model import compile as compile_model
 
         model = compile_model(graph, weights=params, lowering=args.lowering, progress=True)
-        outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()})
-        engine = "compiled (Numba CPU)"
+        try:
+            outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()},
+                                check_numerics=args.check_numerics)
+        except NumericsError as e:
+            print(f"numerics: {e}", file=sys.stderr)
+            return 1
+        engine = "compiled (Numba CPU)" + (", numerics checked" if args.check_numerics else "")
     elapsed = time.perf_counter() - t0
     batch = next(iter(inputs.values())).shape[0] if inputs else 1
     print(f"{graph.name}: {engine}, batch {batch}, {elapsed * 1e3:.1f} ms")
@@ -143,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
     p.add_argument("--reference", action="store_true", help="use the float64 interpreter")
     p.add_argument("--lowering", default="auto", choices=("auto", "direct", "im2col"))
+    p.add_argument("--check-numerics", action="store_true",
+                   help="check every layer's output for NaN and Inf; report the first layer "
+                        "that produces one (with its DSL line) and exit with status 1")
     p.add_argument("--output", "-o", metavar="FILE.npz",
                    help="also write the outputs to this .npz (keyed by output name)")
     force_arg(p)

@@ -12,7 +12,7 @@ the kernels in order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -140,6 +140,27 @@ class CpuExecutor:
         arena = self.arena(n)
         _call_all(arena.calls, inputs)
         return arena
+
+    def run_watched(self, inputs: Mapping[int, np.ndarray], n: int,
+                    after: Callable[[int, Arena], bool]) -> Arena:
+        """Run the steps in order like :meth:`run`, calling ``after(index, arena)`` after each;
+        stop early when it returns True (``check_numerics``: the first non-finite output)."""
+        arena = self.arena(n)
+        for index in range(len(self.plan.steps)):
+            _call_all(arena.step_calls[index], inputs)
+            if after(index, arena):
+                break
+        return arena
+
+    def value(self, arena: Arena, inputs: Mapping[int, np.ndarray], node: int) -> np.ndarray:
+        """A tensor value as an NCHW ``[n, *shape]`` array (a view of plain storage; read out of
+        channel-blocked storage, halo and padding channels left out)."""
+        flat = self.output(arena, inputs, node)
+        shape = self.plan.graph.node(node).type.shape
+        storage = self.plan.buffers.storage.get(node)
+        if storage is not None:
+            return storage.load(flat, arena.n, shape)
+        return flat[: arena.n * int(np.prod(shape))].reshape((arena.n,) + shape)
 
     def run_step(self, arena: Arena, index: int, inputs: Mapping[int, np.ndarray]) -> None:
         """Run step ``index`` alone (``cnnc check``); its tensor inputs must be in their

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..compiler.codegen.lowering import lower_graph
-from ..compiler.ir import Graph
+from ..compiler.ir import Graph, model_folder
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import resolve_target
@@ -32,12 +32,29 @@ from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
 from .weights import check_weights, init_params, load_weights, save_weights
 
-__all__ = ["compile", "CompiledModel", "ModelError", "available_memory"]
+__all__ = ["compile", "CompiledModel", "ModelError", "NumericsError", "available_memory"]
 
 
 class ModelError(InputError):
     """A model that cannot be built or run as asked (a target we lack, a batch size whose
     buffers would not fit in memory). An InputError so the CLI reports it as a user error."""
+
+
+class NumericsError(ModelError):
+    """``run(..., check_numerics=True)`` found a step whose output holds NaN or Inf: the first
+    one in execution order. ``layer`` (with the names of the ops fused into it), ``op``,
+    ``where`` (``file:line`` of its DSL, or ""), ``nan``, ``inf`` and ``size`` (elements of the
+    output, batch included) say which and how many."""
+
+    def __init__(self, layer: str, op: str, where: str, nan: int, inf: int, size: int,
+                 fused: bool) -> None:
+        self.layer, self.op, self.where = layer, op, where
+        self.nan, self.inf, self.size = nan, inf, size
+        at = f" at {where}" if where else ""
+        note = ("; its kernel also computes the fused ops, compile with -O0 to see each alone"
+                if fused else "")
+        super().__init__(f"first non-finite values: layer {layer} ({op}){at} produced {nan:,} "
+                         f"NaN and {inf:,} Inf of {size:,} values{note}")
 
 
 def _load_graph(src: Any) -> tuple[Graph, dict[str, np.ndarray] | None]:
@@ -130,20 +147,46 @@ class CompiledModel:
                              f"({', '.join(names)}); call it with a dict keyed by input name")
         return {names[0]: x}
 
-    def run(self, inputs: Mapping[str, np.ndarray], *, copy: bool = True) -> dict[str, Any]:
-        """Run on named inputs; returns every output by name."""
+    def run(self, inputs: Mapping[str, np.ndarray], *, copy: bool = True,
+            check_numerics: bool = False) -> dict[str, Any]:
+        """Run on named inputs; returns every output by name.
+
+        ``check_numerics``: look at every step's output as it is produced and raise
+        :class:`NumericsError` at the first one (in execution order) holding NaN or Inf, naming
+        its layer, op, DSL location and the count of bad values. Off by default, and then it
+        costs nothing: the plain run never looks at the values."""
         n = check_inputs(self.graph, inputs, dtypes=(np.float32,))
         self._check_memory(n)
         graph = self.plan.graph
         flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
                 for name, nid in graph.inputs.items()}
-        arena = self.executor.run(flat, n)
+        if check_numerics:
+            arena = self.executor.run_watched(flat, n, lambda i, a: self._raise_nonfinite(
+                self.steps[i], a, flat))
+        else:
+            arena = self.executor.run(flat, n)
         result = {}
         for name, nid in graph.outputs.items():
             shape = (n,) + graph.node(nid).type.shape
             v = self.executor.output(arena, flat, nid).reshape(shape)
             result[name] = v.copy() if copy else v
         return result
+
+    def _raise_nonfinite(self, step: Any, arena: Any, flat: Mapping[int, np.ndarray]) -> bool:
+        """Raise NumericsError when ``step``'s output holds NaN or Inf (views: never)."""
+        if step.view:
+            return False
+        value = self.executor.value(arena, flat, step.output)
+        if np.isfinite(value).all():
+            return False
+        from ..compiler.types import shown_path
+
+        node = self.plan.graph.node(step.output)
+        where = (f"{shown_path(node.span.file, model_folder(self.plan.graph))}:"
+                 f"{node.span.line}" if node.span else "")
+        nan = int(np.isnan(value).sum())
+        raise NumericsError(step.name, step.op, where, nan, int((~np.isfinite(value)).sum()) - nan,
+                            int(value.size), fused="+" in step.op)
 
     def __call__(self, x: Any) -> Any:
         """``model(x)`` or ``model({"name": x})``: an array for one output, else a dict."""

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, model_folder
 from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count
 from ..passes.common import is_constant
 from ..plan import BLOCKED, Arg, Call, Plan, Step, Storage
+from ..types import shown_path
 from . import cache
 from .kernel_ir import Kernel
 from .numba_printer import print_kernel, print_module, sanitize_comment
@@ -38,9 +39,10 @@ class LoweringError(Exception):
     """An op the code generator cannot lower (a bug or a missing rule)."""
 
 
-def describe_node(node: Node) -> str:
-    """``file:line layer (op)`` for a header comment (sanitized by the printer)."""
-    where = f"{node.span.file}:{node.span.line} " if node.span else ""
+def describe_node(node: Node, folder: str | None = None) -> str:
+    """``file:line layer (op)`` for a header comment (sanitized by the printer); the file
+    relative to ``folder``, the model's (never an absolute path of this machine)."""
+    where = f"{shown_path(node.span.file, folder)}:{node.span.line} " if node.span else ""
     return sanitize_comment(f"{where}{node.name or '%' + str(node.id)} ({node.op})")
 
 
@@ -58,7 +60,7 @@ class LowerCtx:
 
     @property
     def comment(self) -> str:
-        lines = [describe_node(self.node)]
+        lines = [describe_node(self.node, model_folder(self.graph))]
         lines += [sanitize_comment(f"{e.origin} ({e.op}, fused)") for e in self.epilogue]
         return "\n".join(lines)
 

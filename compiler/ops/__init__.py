@@ -24,7 +24,9 @@ and the rules the middle of the compiler reads:
 - `algorithms`: the lowerings a pass may choose between (conv: direct, im2col);
 - `view`: the output aliases the input buffer (flatten, reshape, dropout, identity);
 - `inplace`: the kernel may write its output over its first input;
-- `gradient`: the backward rule (a slot the training pipeline fills).
+- `gradient`: the backward rule (a slot the training pipeline fills);
+- `error_bound`: how far a float32 kernel of the op may be from its float64 reference, per
+  output element (`cnnc check`; the rule factories below: ``sum_bound``, ``exact_bound``, ...).
 
 The registry test fails when an op lacks one of the first group, or a lowering without being
 on its explicit list.
@@ -125,6 +127,9 @@ class OpDef:
     # DSL, evaluated in float64 whenever parameters are set, never lowered.
     internal: bool = False
     gradient: Callable[..., Any] | None = None
+    # (BoundCtx) -> per-element bound on |float32 kernel - float64 reference| (``cnnc check``);
+    # built with one of the factories below, each documenting the analysis it encodes.
+    error_bound: Callable[[BoundCtx], Any] | None = None
 
     def attr(self, name: str) -> Attr | None:
         for a in self.signature:
@@ -252,6 +257,13 @@ def operand_kind(shape: tuple[int, ...], target: tuple[int, ...]) -> str | None:
     return None
 
 
+def node_macs(graph: Any, node: Any) -> int:
+    """Multiply-accumulates per image of one node: its op's ``macs`` rule on its own inputs."""
+    n = own_input_count(len(node.inputs), node.attrs)
+    types = [graph.node(i).type for i in node.inputs[:n]]
+    return get_op(node.op).macs(types, node.type, own_attrs(node.attrs))
+
+
 def count_macs(graph: Any) -> int:
     """Multiply-accumulates per image of a graph's per-call work (each op's ``macs`` rule on
     its own inputs; parameter-time nodes are not per-call work)."""
@@ -260,9 +272,7 @@ def count_macs(graph: Any) -> int:
         op = get_op(node.op)
         if op.internal or node.attrs.get("parameter_time"):
             continue
-        n = own_input_count(len(node.inputs), node.attrs)
-        types = [graph.node(i).type for i in node.inputs[:n]]
-        total += op.macs(types, node.type, own_attrs(node.attrs))
+        total += node_macs(graph, node)
     return total
 
 
@@ -283,6 +293,134 @@ def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:
         args = [y] if e.operand is None else [y, inputs[e.operand]]
         y = get_op(e.op).reference(args, e.attr_dict)
     return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Error bounds of float32 kernels (``cnnc check``): each op's ``error_bound`` rule.
+# ---------------------------------------------------------------------------------------------
+
+#: Unit roundoff of float32 (round to nearest): every float32 operation is exact to a relative
+#: 2^-24 ~ 6e-8. ``EPS64`` is float64's.
+EPS32 = 2.0 ** -24
+EPS64 = 2.0 ** -53
+#: One call of a float32 transcendental function (exp, tanh, erf, pow, sqrt): glibc documents
+#: at most 1-2 ulps for expf, tanhf, erff and powf on x86-64 (1 ulp <= 2 EPS32); we allow 4
+#: ulps, in units of EPS32.
+TRANSCENDENTAL = 8.0
+#: Errors below the smallest normal float32 never count: a kernel may produce a subnormal (or,
+#: with flush-to-zero, a zero) where the reference has another tiny value.
+ERROR_FLOOR = float(np.finfo(np.float32).tiny)
+
+
+@dataclass
+class BoundCtx:
+    """What an op's ``error_bound`` rule sees: its inputs in float64 (the values the kernel
+    read: float32 activations, parameters as the kernel's float32 constants round them), its
+    attributes, its reference output ``out``, ``err_in`` (a bound on the error already in
+    ``inputs[0]``: 0 for a kernel's own inputs, the bound so far for a fused epilogue op),
+    ``terms`` (the op's multiply-accumulates per output element, from its ``macs`` rule) and
+    the op's ``reference``."""
+
+    inputs: list[np.ndarray]
+    attrs: dict[str, Any]
+    out: np.ndarray
+    err_in: Any
+    terms: float
+    reference: Callable[[Arrays, dict[str, Any]], np.ndarray]
+
+    def absolute(self, reference: Callable[[Arrays, dict[str, Any]], np.ndarray] | None = None
+                 ) -> np.ndarray:
+        """``reference`` (default the op's) on the absolute values of the inputs: for a sum of
+        products with non-negative coefficients (convolution, dense, average, add), the sum of
+        |terms| of each output."""
+        return (reference or self.reference)([np.abs(a) for a in self.inputs], self.attrs)
+
+
+def _value(v: Any, attrs: dict[str, Any]) -> Any:
+    return v(attrs) if callable(v) else v
+
+
+def sum_bound(terms: Callable[[BoundCtx], float] | None = None, extra: float = 2.0,
+              via: Callable[[Arrays, dict[str, Any]], np.ndarray] | None = None):
+    """Outputs are sums of K products computed in float32 (convolution, dense, average
+    pooling, add). Whatever the summation order (direct, im2col, blocked, FMA or not),
+    ``|fl(sum) - sum| <= gamma_K * sum |terms|`` (Higham, Accuracy and Stability, 3.1), so
+
+        bound = err_in + (K + extra) * EPS32 * sum |terms|
+
+    with sum |terms| the op's reference on |inputs| (``via``: the reference to use instead
+    where the op's is not monotone in |inputs|, as for sub), K = ``terms(ctx)`` (default: the
+    op's multiply-accumulates per output element) and ``extra`` further roundings (default 2:
+    the weights rounded to float32, often float64-derived ones such as folded batch norm, and
+    the bias)."""
+
+    def rule(ctx: BoundCtx) -> np.ndarray:
+        k = terms(ctx) if terms is not None else ctx.terms
+        return ctx.err_in + (k + extra) * EPS32 * ctx.absolute(via)
+    return rule
+
+
+def f64_sum_bound(terms: Callable[[BoundCtx], float], extra: float = 2.0):
+    """A sum accumulated in float64 and rounded once to float32 at the store (global average
+    pooling, bilinear upsampling): ``EPS32 * |out| + (K + extra) * EPS64 * sum |terms|``."""
+
+    def rule(ctx: BoundCtx) -> np.ndarray:
+        return ctx.err_in + EPS32 * np.abs(ctx.out) + \
+            (terms(ctx) + extra) * EPS64 * ctx.absolute()
+    return rule
+
+
+def exact_bound():
+    """Outputs are input values moved or chosen (max/min pooling, concat, pad, flip, slices,
+    nearest upsampling): exact, so the bound is the error already in the input (0 for a
+    kernel's own inputs; a selection never grows an error)."""
+
+    def rule(ctx: BoundCtx) -> np.ndarray:
+        return np.zeros_like(ctx.out) + ctx.err_in
+    return rule
+
+
+def pointwise_bound(lipschitz: Any = 1.0, rel: Any = 0.0, rel_in: Any = 0.0):
+    """An element-wise function f (activations) applied in float32:
+
+        bound = lipschitz * err_in + EPS32 * (rel * |f(x)| + rel_in * |x|)
+
+    ``lipschitz`` bounds |f'| (an input error grows at most that much through f); ``rel``
+    counts the roundings and transcendental calls relative to the result (``TRANSCENDENTAL``
+    per call), ``rel_in`` those relative to the input where f cancels (gelu's 1 + erf(x) for
+    x << 0). Each may be a function of the attributes."""
+
+    def rule(ctx: BoundCtx) -> np.ndarray:
+        a = ctx.attrs
+        return _value(lipschitz, a) * ctx.err_in + EPS32 * (
+            _value(rel, a) * np.abs(ctx.out) + _value(rel_in, a) * np.abs(ctx.inputs[0]))
+    return rule
+
+
+def evaluate_bound(op: str, inputs: Arrays, attrs: dict[str, Any],
+                   terms: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 reference of a node, as :func:`evaluate`, and a bound per output element
+    on how far a float32 kernel computing it on these (float32-representable) inputs may be:
+    the op's ``error_bound`` on its own inputs, then each fused epilogue op's rule, which
+    carries the error so far through the op (its ``err_in``) and adds its own rounding.
+    ``terms``: the node's multiply-accumulates per output element (``node_macs``)."""
+
+    def step(name: str, args: list[np.ndarray], a: dict[str, Any], err_in: Any,
+             k: float) -> tuple[np.ndarray, np.ndarray]:
+        d = get_op(name)
+        if d.error_bound is None:
+            raise ValueError(f"op {name!r} has no error_bound rule (compiler/ops)")
+        y = d.reference(args, a)
+        return y, d.error_bound(BoundCtx(args, a, y, err_in, k, d.reference))
+
+    n = own_input_count(len(inputs), attrs)
+    y, bound = step(op, list(inputs[:n]), own_attrs(attrs), 0.0, terms)
+    for e in epilogue_of(attrs):
+        args = [y] if e.operand is None else [y, inputs[e.operand]]
+        y, bound = step(e.op, args, e.attr_dict, bound, 0.0)
+    # the reference is float64, not exact: a few EPS64 of its own (this matters only where the
+    # float32 bound is a single rounding, which a correct kernel may come within a hair of)
+    return y, np.broadcast_to(bound + 4 * EPS64 * np.abs(y), y.shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,8 +21,12 @@ import numpy as np
 
 from ..codegen.kernel_ir import BinOp, Const, Expr, Select, VBin, VSplat, VZero, call, cmp, div
 from . import (
+    EPS32,
+    EPS64,
+    TRANSCENDENTAL,
     Attr,
     AttrError,
+    BoundCtx,
     OpDef,
     ParamSpec,
     ShapeError,
@@ -32,6 +36,7 @@ from . import (
     elementwise_layouts,
     no_macs,
     one_input,
+    pointwise_bound,
     register,
     same_shape,
 )
@@ -118,11 +123,43 @@ VECTOR = {
 }
 
 
+# -- error bounds (``pointwise_bound``): the Lipschitz constant max |f'| carries an error of
+# the input through f (relu 1; sigmoid 1/4; swish 1.0998 at x = 2.4; gelu 1.129 at x = 2.4;
+# hard_swish 3/2 at x = 3), ``rel`` counts f's roundings (in EPS32: a constant such as alpha
+# rounded to float32 counts too) and transcendental calls (TRANSCENDENTAL each) relative to
+# |f(x)|; gelu's 0.5 x (1 + erf(x / sqrt 2)) cancels for
+# x << 0, so erf's error counts relative to |x| (``rel_in``).
+T = TRANSCENDENTAL
+BOUNDS = {
+    "relu": pointwise_bound(),
+    "leaky_relu": pointwise_bound(lambda a: max(1.0, abs(a["alpha"])), rel=2.0),
+    "relu6": pointwise_bound(),
+    "sigmoid": pointwise_bound(0.25, rel=T + 2),
+    # alpha, its product, beta (|beta| <= |y| + |alpha x| unclipped) and the sum
+    "hard_sigmoid": pointwise_bound(lambda a: abs(a["alpha"]), rel=2.0,
+                                    rel_in=lambda a: 3 * abs(a["alpha"])),
+    "tanh": pointwise_bound(1.0, rel=T),
+    "swish": pointwise_bound(1.1, rel=T + 2),
+    "hard_swish": pointwise_bound(1.5, rel=4.0),
+    "gelu": pointwise_bound(1.13, rel=4.0, rel_in=T + 4),
+    "abs": pointwise_bound(),
+    # alpha * expm1(x) below 0 (x itself above): expm1's call, alpha and the product; selu's
+    # gamma and its product; softplus: exp, log1p and the sum; mish: softplus, then tanh
+    # (whose relative error never grows a relative error of its argument) and the product.
+    # Lipschitz: elu max(1, alpha), selu gamma max(1, alpha), softplus 1, mish 1.09 (x ~ 1.2).
+    "elu": pointwise_bound(lambda a: max(1.0, abs(a["alpha"])), rel=T + 2),
+    "selu": pointwise_bound(lambda a: abs(a["gamma"]) * max(1.0, abs(a["alpha"])), rel=T + 4),
+    "softplus": pointwise_bound(1.0, rel=2 * T + 1),
+    "mish": pointwise_bound(1.1, rel=3 * T + 2),
+}
+
+
 def _unary(name: str, fn, expr, doc: str, signature=(), canonicalize=None, aliases=()):
     vec = VECTOR.get(name)
     register(OpDef(name=name, family="activation", signature=signature,
                    canonicalize=canonicalize, infer=same_shape, reference=_f64(fn),
                    macs=no_macs, doc=doc, aliases=aliases, new_activations=False,
+                   error_bound=BOUNDS[name],
                    epilogue=lambda x, a, operand: expr(x, a), lower=_lower_unary,
                    vector_epilogue=(lambda x, a, operand: vec(x, a)) if vec else None,
                    takes_epilogue="any", inplace=True, layout_rule=elementwise_layouts))
@@ -266,6 +303,8 @@ register(OpDef(name="prelu", family="activation",
                canonicalize=_prelu_canonicalize, params=_prelu_params, infer=_prelu_infer,
                reference=_prelu_reference, macs=no_macs, new_activations=False,
                lower=_lower_prelu, takes_epilogue="unary", inplace=True,
+               # never an epilogue (no incoming error): the slope rounded to float32, the product
+               error_bound=lambda ctx: 2 * EPS32 * np.abs(ctx.out),
                doc="x if x >= 0 else slope * x, a learned slope per channel (or one for all)"))
 
 
@@ -288,6 +327,28 @@ def _log_softmax(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+def _softmax_bound(log: bool):
+    """The kernel (``softmax_kernel``) rounds ``z = x - max`` to float32 (an error of
+    EPS32 |z|) and does the rest in float64: each exp(z) is off by a relative EPS32 |z|, so
+    their sum by the softmax-weighted mean of those; the result is rounded once to float32.
+    Softmax: ``|y| (EPS32 (|z| + mean |z| + 1) + 4 L EPS64)``; log-softmax adds the errors
+    (``z - log sum``, absolute): ``EPS32 (|z| + mean |z| + |y|) + 4 L EPS64 (1 + |log sum|)``
+    (L the length of the axis)."""
+
+    def rule(ctx: BoundCtx) -> np.ndarray:
+        x, y = ctx.inputs[0], ctx.out
+        axis = ctx.attrs["axis"] + 1
+        shifted = x - x.max(axis=axis, keepdims=True)
+        z = np.abs(shifted)
+        mean_z = ((np.exp(y) if log else y) * z).sum(axis=axis, keepdims=True)
+        length = x.shape[axis]
+        if log:
+            log_sum = np.abs(shifted - y)
+            return EPS32 * (z + mean_z + np.abs(y)) + 4 * length * EPS64 * (1 + log_sum)
+        return np.abs(y) * (EPS32 * (z + mean_z + 1) + 4 * length * EPS64)
+    return rule
+
+
 def _lower_softmax(ctx, node):
     from ..codegen.elementwise import Sizes, softmax_kernel
     from ..codegen.lowering import kernel_step
@@ -307,5 +368,6 @@ for _name, _fn, _doc in (
                    signature=(Attr("axis", "int", "channels"),),
                    canonicalize=_softmax_canonicalize, infer=same_shape,
                    reference=_f64(_fn), macs=no_macs, doc=_doc, new_activations=False,
+                   error_bound=_softmax_bound(_name == "log_softmax"),
                    lower=lambda ctx, node: _lower_softmax(ctx, node),
                    aliases=("logsoftmax",) if _name == "log_softmax" else ()))

@@ -33,6 +33,7 @@ from . import (
     register,
     require_rank,
     spatial_out,
+    sum_bound,
 )
 
 PAD_WORDS = ("same", "valid", "full")
@@ -247,6 +248,7 @@ register(OpDef(
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
+    error_bound=sum_bound(),  # C/groups x R x S products per output (conv_macs), bias, weights
     doc="2-D convolution (cross-correlation) with stride, padding, dilation and groups",
 ))
 
@@ -350,6 +352,10 @@ register(OpDef(
     ),
     canonicalize=conv_transpose_canonicalize, params=conv_transpose_params,
     infer=conv_transpose_infer, reference=conv_transpose_reference, macs=conv_transpose_macs,
+    # computed as a convolution of the zero-stuffed input: C/groups x R x S products per
+    # output, some of them zeros (the macs average is lower, so it would not bound them all)
+    error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0].shape[1] // ctx.attrs["groups"] *
+                          ctx.attrs["kernel"][0] * ctx.attrs["kernel"][1]),
     aliases=("deconv", "convtranspose"),
     doc="transposed convolution (the gradient of conv with respect to its input)",
 ))

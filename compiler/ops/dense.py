@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..types import TensorType
-from . import Attr, OpDef, ParamSpec, ShapeError, as_bool, as_int, register
+from . import Attr, OpDef, ParamSpec, ShapeError, as_bool, as_int, register, sum_bound
 
 
 def _features(t: TensorType) -> int:
@@ -70,4 +70,5 @@ register(OpDef(
     canonicalize=_canonicalize, params=_params, infer=_infer, reference=_reference,
     macs=lambda ts, out, a: _features(ts[0]) * a["out_features"],
     aliases=("linear", "fc"), doc="fully connected layer",
+    error_bound=sum_bound(),  # in_features products per output (macs), bias, weights
 ))

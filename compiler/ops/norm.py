@@ -20,8 +20,11 @@ import numpy as np
 
 from ..types import TensorType
 from . import (
+    EPS32,
+    EPS64,
     Attr,
     AttrError,
+    BoundCtx,
     OpDef,
     ParamSpec,
     ShapeError,
@@ -76,6 +79,17 @@ def _bn_reference(inputs, attrs):
     return x * _channel_view(scale, x.ndim) + _channel_view(shift, x.ndim)
 
 
+def _bn_bound(ctx: BoundCtx):
+    """The kernel computes ``x * scale + shift`` with both rounded to float32: a relative
+    EPS32 in the scale and in the product (2 EPS32 |x scale|), one in the shift and one in the
+    sum; an input error is scaled by |scale|."""
+    x = ctx.inputs[0]
+    scale, shift = (_channel_view(v, x.ndim) for v in
+                    batchnorm_scale_shift(*ctx.inputs[1:5], ctx.attrs["eps"]))
+    return ctx.err_in * np.abs(scale) + EPS32 * (
+        2 * np.abs(x * scale) + np.abs(shift) + np.abs(ctx.out))
+
+
 def _params_match(in_types, attrs, op):
     c = _channels(in_types, op)
     for t in in_types[1:]:
@@ -120,7 +134,7 @@ register(OpDef(
     infer=lambda ts, a: _params_match(ts, a, "batchnorm"),
     reference=_bn_reference, macs=no_macs, aliases=("batch_norm", "bn"), new_activations=False,
     lower=lambda ctx, node: _lower_bn(ctx, node), takes_epilogue="unary", inplace=True,
-    layout_rule=elementwise_layouts,
+    layout_rule=elementwise_layouts, error_bound=_bn_bound,
     doc="batch normalization with running statistics (inference form)",
 ))
 
@@ -144,6 +158,22 @@ def _gn_reference(inputs, attrs):
     return y * _channel_view(inputs[1], x.ndim) + _channel_view(inputs[2], x.ndim)
 
 
+def _gn_bound(ctx: BoundCtx, groups: int | None = None):
+    """Mean, variance (two passes) and the per-channel affine map are float64 in the kernel
+    (``groupnorm_kernel``), the result is rounded once to float32: ``EPS32 |y|`` plus float64
+    rounding of M-term sums (M = channels per group x H x W), amplified by gamma / sigma."""
+    x = ctx.inputs[0]
+    n, g = x.shape[0], ctx.attrs["groups"] if groups is None else groups
+    xg = x.reshape(n, g, -1)
+    rstd = 1.0 / np.sqrt(xg.var(axis=2, keepdims=True) + ctx.attrs["eps"])
+    scale = np.abs(xg).mean(axis=2, keepdims=True) * rstd  # |mean| / sigma bounds
+    spread = ((np.abs(xg - xg.mean(axis=2, keepdims=True)) * rstd + scale)
+              .reshape(x.shape) * np.abs(_channel_view(ctx.inputs[1], x.ndim)))
+    m = xg.shape[2]
+    return EPS32 * np.abs(ctx.out) + 4 * (m + 8) * EPS64 * (
+        spread + np.abs(_channel_view(ctx.inputs[2], x.ndim)))
+
+
 def _lower_gn(ctx, node):
     from ..codegen.elementwise import groupnorm_kernel
     from ..codegen.lowering import kernel_step
@@ -163,7 +193,7 @@ register(OpDef(
                           ParamSpec("bias", (ts[0].channels,), "zeros")],
     infer=lambda ts, a: _params_match(ts, a, "groupnorm"),
     reference=_gn_reference, macs=no_macs, aliases=("group_norm",), new_activations=False,
-    lower=lambda ctx, node: _lower_gn(ctx, node),
+    lower=lambda ctx, node: _lower_gn(ctx, node), error_bound=_gn_bound,
     doc="normalize each group of channels per sample, then scale and shift",
 ))
 
@@ -215,6 +245,7 @@ register(OpDef(
     infer=lambda ts, a: _params_match(ts, a, "instance_norm"),
     reference=_in_reference, macs=no_macs, aliases=("instancenorm",), new_activations=False,
     lower=_lower_in, takes_epilogue="unary",
+    error_bound=lambda ctx: _gn_bound(ctx, groups=ctx.inputs[0].shape[1]),  # group norm's kernel
     doc="normalize each channel of each sample over its pixels, then scale and shift",
 ))
 
@@ -252,6 +283,10 @@ register(OpDef(
                Attr("beta", "float", 0.75), Attr("k", "float", 1.0)),
     canonicalize=_lrn_canonicalize, infer=same_shape, reference=_lrn_reference, macs=no_macs,
     lower=lambda ctx, node: _lower_lrn(ctx, node),
+    # float32 sum of `size` squares (positive: a relative (size + 1) EPS32), pow in float64
+    # (scales it by beta), the division and the store: one EPS32 each
+    error_bound=lambda ctx: EPS32 * np.abs(ctx.out) * (
+        abs(ctx.attrs["beta"]) * (ctx.attrs["size"] + 1) + 2),
     aliases=("local_response_norm",),
     doc="local response normalization across channels (AlexNet)",
 ))

@@ -35,19 +35,24 @@ import numpy as np
 
 from ..types import BLOCKED, PLAIN, TensorType
 from . import (
+    EPS32,
+    TRANSCENDENTAL,
     Attr,
     AttrError,
+    BoundCtx,
     OpDef,
     ShapeError,
     as_bool,
     as_float,
     as_pair,
+    exact_bound,
     no_macs,
     one_input,
     own_attrs,
     register,
     require_rank,
     spatial_out,
+    sum_bound,
 )
 from .conv import resolve_pads, window_check
 
@@ -217,6 +222,24 @@ def _lower_global(ctx, node):
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
+def _window(ctx: BoundCtx) -> int:
+    return ctx.attrs["kernel"][0] * ctx.attrs["kernel"][1]
+
+
+def _lp_bound(ctx: BoundCtx):
+    """K = kh x kw terms |x|^p (a rounding, or a pow call, each) summed in float32 (a relative
+    K EPS32: the terms are positive), then the root, which scales that relative error by 1/p
+    and adds its own call."""
+    p = ctx.attrs["p"]
+    own = 1.0 if p == 2.0 else TRANSCENDENTAL
+    return EPS32 * np.abs(ctx.out) * (max(1.0, 1.0 / p) * (_window(ctx) + own) + TRANSCENDENTAL)
+
+
+# Error bounds: max and min choose an input (exact); the average is a float32 sum of the
+# window's taps over a count, one division (``sum_bound``).
+_BOUNDS = {"maxpool": exact_bound(), "minpool": exact_bound(),
+           "avgpool": sum_bound(terms=_window, extra=1)}
+
 for _name, _ref, _div, _doc in (
     ("maxpool", _max_ref, False, "maximum over each window"),
     ("minpool", _min_ref, False, "minimum over each window"),
@@ -228,14 +251,14 @@ for _name, _ref, _div, _doc in (
     register(OpDef(name=_name, family="pool", signature=_sig,
                    canonicalize=_pool_canonicalize(_name, _div),
                    infer=_pool_infer(_name), reference=one_input(_ref), macs=no_macs, doc=_doc,
-                   lower=_lower_window, layout_rule=_keeps_blocked,
+                   lower=_lower_window, layout_rule=_keeps_blocked, error_bound=_BOUNDS[_name],
                    aliases=(_name.replace("pool", "_pool"),)))
 
 register(OpDef(name="lppool", family="pool",
                signature=_WINDOW + (Attr("p", "float", 2.0), Attr("dilation", "ints", 1)),
                canonicalize=_pool_canonicalize("lppool", False, has_p=True),
                infer=_pool_infer("lppool"), reference=one_input(_lp_ref), macs=no_macs,
-               lower=_lower_window,
+               lower=_lower_window, error_bound=_lp_bound,
                aliases=("l2pool", "lp_pool"),
                doc="(sum |x|^p)^(1/p) over each window; p = 2 is L2 pooling"))
 
@@ -256,6 +279,9 @@ register(OpDef(name="globalavgpool", family="pool", signature=(),
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .mean(axis=(2, 3), keepdims=True)),
                macs=no_macs, aliases=("global_avgpool", "gap"), lower=_lower_global,
+               # H x W values summed: in float64 by the NCHW kernel, but in float32 vectors by
+               # the NCHW8c one, then scaled by a rounded 1 / (H x W): the float32 bound
+               error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0][0, 0].size, extra=2),
                layout_rule=_reads_blocked,
                doc="mean over height and width (C x 1 x 1)"))
 register(OpDef(name="globalmaxpool", family="pool", signature=(),
@@ -263,5 +289,6 @@ register(OpDef(name="globalmaxpool", family="pool", signature=(),
                reference=one_input(lambda x, a: np.asarray(x, np.float64)
                                    .max(axis=(2, 3), keepdims=True)),
                macs=no_macs, aliases=("global_maxpool",), lower=_lower_global,
+               error_bound=exact_bound(),
                layout_rule=_reads_blocked,
                doc="maximum over height and width (C x 1 x 1)"))

@@ -33,6 +33,7 @@ from . import (
     ShapeError,
     as_choice,
     as_int,
+    exact_bound,
     no_macs,
     one_input,
     register,
@@ -102,6 +103,7 @@ register(OpDef(name="depth_to_space", family="rearrange",
                canonicalize=_d2s_canonicalize, infer=_d2s_infer, reference=one_input(_d2s_ref),
                macs=no_macs, new_activations=False,
                lower=_lower_with("depth_to_space_kernel", "block", "mode"),
+               error_bound=exact_bound(),  # a permutation: exact
                doc="move blocks of channels into block x block pixels (sub-pixel upsampling; "
                    "mode=CRD is PyTorch's PixelShuffle)"))
 
@@ -148,6 +150,7 @@ register(OpDef(name="space_to_depth", family="rearrange",
                canonicalize=_s2d_canonicalize, infer=_s2d_infer, reference=one_input(_s2d_ref),
                macs=no_macs, new_activations=False,
                lower=_lower_with("space_to_depth_kernel", "block", "mode"),
+               error_bound=exact_bound(),  # a permutation: exact
                doc="move block x block pixels into channels (the inverse of depth_to_space "
                    "in the same mode; mode=CRD is PyTorch's PixelUnshuffle)"))
 
@@ -187,5 +190,6 @@ register(OpDef(name="channel_shuffle", family="rearrange", signature=(Attr("grou
                canonicalize=_shuffle_canonicalize, infer=_shuffle_infer,
                reference=one_input(_shuffle_ref), macs=no_macs, new_activations=False,
                lower=_lower_with("channel_shuffle_kernel", "groups"),
+               error_bound=exact_bound(),  # a permutation: exact
                doc="interleave the channels of `groups` groups (ShuffleNet): output channel o "
                    "is input channel (o % groups) * (C / groups) + o // groups"))

@@ -19,7 +19,20 @@ from typing import Any
 import numpy as np
 
 from ..types import TensorType
-from . import Attr, AttrError, OpDef, ShapeError, as_bool, as_choice, no_macs, one_input, register
+from . import (
+    Attr,
+    AttrError,
+    BoundCtx,
+    OpDef,
+    ShapeError,
+    as_bool,
+    as_choice,
+    exact_bound,
+    f64_sum_bound,
+    no_macs,
+    one_input,
+    register,
+)
 
 
 def _canonicalize(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
@@ -70,6 +83,15 @@ def _reference(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
     return rows[:, :, :, cl] * (1 - cf) + rows[:, :, :, ch] * cf
 
 
+_NEAREST, _BILINEAR = exact_bound(), f64_sum_bound(terms=lambda ctx: 4)
+
+
+def _bound(ctx: BoundCtx):
+    """Nearest: a copy (exact). Bilinear: four taps weighted in float64 with the reference's
+    own coordinates (``codegen/pool.upsample_kernel``), rounded once at the store."""
+    return (_NEAREST if ctx.attrs["mode"] == "nearest" else _BILINEAR)(ctx)
+
+
 def _lower(ctx, node):
     from ..codegen.lowering import kernel_step
     from ..codegen.pool import upsample_kernel
@@ -84,6 +106,6 @@ register(OpDef(
                                                choices=("nearest", "bilinear")),
                Attr("align_corners", "bool", False)),
     canonicalize=_canonicalize, infer=_infer, reference=one_input(_reference), macs=no_macs,
-    lower=lambda ctx, node: _lower(ctx, node),
+    lower=lambda ctx, node: _lower(ctx, node), error_bound=_bound,
     aliases=("resize",), doc="nearest or bilinear upsampling by a scale factor",
 ))

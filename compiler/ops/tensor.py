@@ -22,18 +22,22 @@ import numpy as np
 
 from ..types import BLOCKED, PLAIN, TensorType
 from . import (
+    EPS32,
     Attr,
     AttrError,
+    BoundCtx,
     OpDef,
     ShapeError,
     as_choice,
     as_float,
     as_int,
     elementwise_layouts,
+    exact_bound,
     no_macs,
     one_input,
     register,
     same_shape,
+    sum_bound,
 )
 from . import _show as show_value
 from .conv import pad_nchw, resolve_pads
@@ -127,6 +131,8 @@ register(OpDef(name="add", family="tensor", signature=(), infer=_binary_infer("a
                reference=_add_reference, macs=_elementwise_macs, arity=None,
                epilogue=lambda x, a, o: x + o, lower=_lower_as("add"), **_ELEMENTWISE,
                vector_epilogue=lambda x, a, o: _vbin("add", x, o),
+               # n inputs: n - 1 float32 additions
+               error_bound=sum_bound(terms=lambda ctx: len(ctx.inputs) - 1, extra=0),
                doc="elementwise sum with broadcasting (residual connections)"))
 
 
@@ -145,12 +151,22 @@ def _sub_infer(in_types, attrs):
 register(OpDef(name="sub", family="tensor", signature=(), infer=_sub_infer,
                reference=_sub_reference, macs=_elementwise_macs, arity=2,
                epilogue=lambda x, a, o: x - o, lower=_lower_as("sub"), **_ELEMENTWISE,
+               # one rounding of |a| + |b| (the sum of |terms|: add's reference on |inputs|)
+               error_bound=sum_bound(terms=lambda ctx: 1, extra=0, via=_add_reference),
                aliases=("subtract",), doc="elementwise difference with broadcasting"))
+def _mul_bound(ctx: BoundCtx):
+    """n - 1 float32 products (a relative EPS32 each); an error in the first input (a fused
+    gate's scaled value) is multiplied by the other factors."""
+    others = _mul_reference([np.ones(ctx.out.shape)] + [np.abs(x) for x in ctx.inputs[1:]],
+                            ctx.attrs)
+    return ctx.err_in * others + (len(ctx.inputs) - 1) * EPS32 * np.abs(ctx.out)
+
+
 register(OpDef(name="mul", family="tensor", signature=(), infer=_binary_infer("multiply"),
                reference=_mul_reference, macs=_elementwise_macs, arity=None,
                epilogue=lambda x, a, o: x * o, lower=_lower_as("mul"), **_ELEMENTWISE,
                vector_epilogue=lambda x, a, o: _vbin("mul", x, o),
-               aliases=("multiply",),
+               aliases=("multiply",), error_bound=_mul_bound,
                doc="elementwise product with broadcasting (squeeze-excitation gates)"))
 
 
@@ -214,7 +230,7 @@ register(OpDef(name="concat", family="tensor", signature=(Attr("axis", "int", 0)
                canonicalize=_concat_canonicalize, infer=_concat_infer,
                reference=lambda xs, a: np.concatenate([np.asarray(x, np.float64) for x in xs],
                                                       axis=a["axis"] + 1),
-               macs=no_macs, arity=None, lower=_lower_concat,
+               macs=no_macs, arity=None, lower=_lower_concat, error_bound=exact_bound(),
                doc="concatenation along channels (inception modules, U-Net skips)"))
 
 
@@ -262,6 +278,7 @@ register(OpDef(name="channel_slice", family="tensor",
                reference=one_input(lambda x, a: np.asarray(x, np.float64)[:, a["start"]:
                                                                           a["stop"]]),
                macs=no_macs, new_activations=False, lower=_lower_slice,
+               error_bound=exact_bound(),
                layout_rule=_slice_layouts,
                doc="channels start..stop-1 (a merged 1x1 convolution's share for one branch)"))
 
@@ -378,7 +395,7 @@ register(OpDef(name="pad", family="tensor",
                           Attr("mode", "choice", "constant", choices=PAD_MODES)),
                canonicalize=_pad_canonicalize, infer=_pad_infer,
                reference=one_input(_pad_reference), macs=no_macs, aliases=("zeropad",),
-               lower=_lower_pad,
+               lower=_lower_pad, error_bound=exact_bound(),  # copies, in every mode
                doc="padding per side (top, left, bottom, right): constant, reflect or edge"))
 
 
@@ -402,7 +419,7 @@ register(OpDef(name="flip", family="tensor",
                signature=(Attr("axis", "choice", "both", choices=("horizontal", "vertical",
                                                                    "both")),),
                canonicalize=_flip_canonicalize, infer=_flip_infer,
-               reference=one_input(_flip_reference), macs=no_macs,
+               reference=one_input(_flip_reference), macs=no_macs, error_bound=exact_bound(),
                lower=lambda ctx, node: _lower_simple(ctx, "flip_kernel", ctx.in_shapes[0],
                                                      node.attrs["axis"]),
                doc="mirror an image (both axes: turns correlation into convolution)"))
@@ -440,6 +457,14 @@ def _distance_reference(inputs, attrs):
     return (np.abs(d) ** p).sum(axis=1, keepdims=True) ** (1.0 / p)
 
 
+def _distance_bound(ctx: BoundCtx):
+    """The kernel rounds each difference to float32 (p = 2: and its square) and does the rest
+    in float64, rounding the result once: a relative error of at most about (p + 1) EPS32 in
+    the sum, 1/p of it in the root, so ``3 max(p, 1) / min(p, 1) + 2`` EPS32 of |y|."""
+    p = ctx.attrs["p"]
+    return EPS32 * (3 * max(p, 1.0) / min(p, 1.0) + 2) * np.abs(ctx.out)
+
+
 def _distance_canonicalize(attrs, in_types):
     p = as_float(attrs["p"], "p")
     if p <= 0:
@@ -453,5 +478,5 @@ register(OpDef(name="distance", family="tensor", signature=(Attr("p", "float", 2
                lower=lambda ctx, node: _lower_simple(ctx, "distance_kernel",
                                                      int(np.prod(ctx.in_shapes[0])),
                                                      float(node.attrs["p"])),
-               macs=lambda ts, out, a: ts[0].size, arity=2,
+               macs=lambda ts, out, a: ts[0].size, arity=2, error_bound=_distance_bound,
                doc="Lp distance between two embeddings, one number per sample (siamese)"))

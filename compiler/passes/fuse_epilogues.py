@@ -28,9 +28,8 @@ from .manager import PassContext
 BINARY = ("add", "sub", "mul")
 
 
-def _origin(node: Node) -> str:
-    where = f"{node.span.file}:{node.span.line} " if node.span else ""
-    return f"{where}{layer(node)}"
+def _origin(node: Node, ctx: PassContext) -> str:
+    return f"{ctx.where(node)} {layer(node)}".lstrip()
 
 
 def _accepts(graph: Graph, prod: Node, user: Node, kind: str) -> bool:
@@ -64,7 +63,7 @@ def fuse_epilogues(graph: Graph, ctx: PassContext) -> bool:
         if user.op not in BINARY:
             prod = graph.node(user.inputs[0])
             if _accepts(graph, prod, user, "unary"):
-                _fuse(graph, prod, user, [EpilogueOp(user.op, attrs, origin=_origin(user))],
+                _fuse(graph, prod, user, [EpilogueOp(user.op, attrs, origin=_origin(user, ctx))],
                       [], ctx)
                 changed = True
             continue
@@ -82,7 +81,7 @@ def fuse_epilogues(graph: Graph, ctx: PassContext) -> bool:
         if any(operand_kind(graph.node(o).type.shape, prod.type.shape) is None for o in others):
             continue
         first = len(prod.inputs)
-        ops = [EpilogueOp(user.op, (), first + k, origin=_origin(user))
+        ops = [EpilogueOp(user.op, (), first + k, origin=_origin(user, ctx))
                for k in range(len(others))]
         _fuse(graph, prod, user, ops, others, ctx)
         changed = True

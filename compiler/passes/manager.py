@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, model_folder, shown_path
 from ..target import Target, host_target
 
 __all__ = ["PassContext", "PassRecord", "PassError", "OptionError", "run_passes"]
@@ -35,6 +35,13 @@ class PassContext:
     measure: Callable[[Graph, Node, tuple[str, ...]], str] | None = None
     notes: list[str] = field(default_factory=list)
     current: Node | None = None
+    folder: str | None = None  # the model's folder: DSL files are named relative to it
+
+    def where(self, node: Node | None) -> str:
+        """``file:line`` of a node's DSL (file relative to the model's folder), or ""."""
+        if node is None or node.span is None:
+            return ""
+        return f"{shown_path(node.span.file, self.folder)}:{node.span.line}"
 
     def at(self, node: Node | None) -> None:
         """Name the node a pass is working on (for the error if it fails)."""
@@ -42,8 +49,8 @@ class PassContext:
 
     def note(self, text: str, node: Node | None = None) -> None:
         """Record one change for ``--explain`` (with the node's DSL location)."""
-        where = f" ({node.span.file}:{node.span.line})" if node is not None and node.span else ""
-        self.notes.append(text + where)
+        where = self.where(node)
+        self.notes.append(text + (f" ({where})" if where else ""))
 
 
 @dataclass
@@ -78,6 +85,7 @@ def run_passes(graph: Graph, passes: list[tuple[str, Pass]], ctx: PassContext, *
                dump_dir: str | Path | None = None) -> list[PassRecord]:
     """Run ``passes`` in order over ``graph`` (in place); returns one record per pass."""
     records: list[PassRecord] = []
+    ctx.folder = model_folder(graph)
     if dump_dir is not None:
         dump_dir = Path(dump_dir)
         dump_dir.mkdir(parents=True, exist_ok=True)

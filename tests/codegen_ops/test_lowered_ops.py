@@ -81,6 +81,18 @@ def test_every_op_matches_reference(lowering):
         assert_matches_reference(model, batch, seed=batch)
 
 
+@pytest.mark.parametrize("level", (0, 2))
+def test_every_op_within_its_float32_error_bound(level):
+    """`cnnc check` on every op: each kernel alone within its op's ``error_bound`` (at -O0 each
+    op is its own kernel; at -O2 with fused epilogues and blocked layouts)."""
+    from cnnc.runtime.check import check_model, format_rows
+
+    model = compile_model(ALL_OPS, seed=3, opt_level=level)
+    rows = check_model(model, batch=3)
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+    assert max(r.fraction for r in rows) > 0.01  # the bounds are not vacuous
+
+
 def test_distance_and_broadcast_activations():
     src = """
 network twins

@@ -56,6 +56,16 @@ f -> output of
 
 
 @pytest.mark.parametrize("opt", [0, 2])
+def test_new_ops_within_their_float32_error_bounds(opt):
+    """`cnnc check` on the new ops: each kernel within its op's ``error_bound``."""
+    from cnnc.runtime.check import check_model, format_rows
+
+    model = compile_model(ALL_NEW, seed=2, opt_level=opt)
+    rows = check_model(model, batch=3)
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+
+
+@pytest.mark.parametrize("opt", [0, 2])
 def test_new_ops_match_reference(opt):
     model = compile_model(ALL_NEW, seed=2, opt_level=opt)
     ops = {n.op for n in model.graph.nodes()}

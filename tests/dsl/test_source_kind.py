@@ -28,7 +28,7 @@ def test_file_whose_name_holds_a_newline_is_read_as_a_file_and_named_escaped(tmp
     with pytest.raises(DslError) as info:
         load_network(str(path))
     header = info.value.render().split("\n")[0]
-    assert header.startswith(ascii(str(path)) + ":2:6: error: unknown layer 'cnv'")
+    assert header.startswith(ascii(path.name) + ":2:6: error: unknown layer 'cnv'")
 
 
 def test_string_that_names_no_file_is_program_text_and_the_error_says_so(tmp_path):

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 
 from cnnc.compiler.ir import TensorType
-from cnnc.compiler.ops import REQUIRED, Attr, OpDef, ParamSpec, all_names, all_ops, get_op
+from cnnc.compiler.ops import (
+    REQUIRED,
+    Attr,
+    OpDef,
+    ParamSpec,
+    all_names,
+    all_ops,
+    evaluate_bound,
+    get_op,
+)
 
 OPS = all_ops()
 
@@ -135,6 +144,8 @@ def test_op_has_its_middle_floor_rules(name):
     if op.epilogue is not None:  # an op that can be fused can also run on its own
         assert callable(op.lower)
     assert op.gradient is None or callable(op.gradient)
+    # `cnnc check` bounds every kernel's float32 error by its op's rule (views run no kernel)
+    assert op.view or callable(op.error_bound), f"{name} has no error_bound rule"
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -197,6 +208,10 @@ def test_parts_agree_on_a_sample(name):
     assert isinstance(macs, int) and not isinstance(macs, bool) and macs >= 0
     if name in ("conv", "conv_transpose", "dense"):
         assert macs > 0
+    if op.error_bound is not None:  # a finite, non-negative bound per output element
+        ref, bound = evaluate_bound(name, values, attrs, macs / out.size)
+        np.testing.assert_array_equal(ref, y)
+        assert bound.shape == y.shape and np.all(np.isfinite(bound)) and np.all(bound >= 0)
 
 
 def test_conv_macs_and_params_match_the_textbook_count():

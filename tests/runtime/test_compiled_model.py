@@ -265,6 +265,7 @@ def test_cli_check_table_and_exit_status(tmp_path, capsys):
     assert main(["check", str(f), "--batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "conv1+batchnorm1+relu1" in out and "FAIL" not in out and "0 failed" in out
+    assert "of bound" in out  # each row's error as a fraction of its float32 bound
     assert main(["check", str(f), "--tolerance", "1e-12"]) == 1
     assert "FAIL" in capsys.readouterr().out
     assert main(["check", str(f), "--lowering", "winograd"]) == 2
@@ -276,7 +277,7 @@ def test_cli_demo_runs(tmp_path, capsys):
     f.write_text(SMALL)
     assert main(["demo", str(f)]) == 0
     out = capsys.readouterr().out
-    for words in ("compile:", "worst relative error", "latency, batch 1", "top-5"):
+    for words in ("compile:", "of its float32 bound", "latency, batch 1", "top-5"):
         assert words in out
 
 
