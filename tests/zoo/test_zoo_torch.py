@@ -1,7 +1,9 @@
-"""ResNeXt-50 32x4d, SE-ResNet-50 and Inception v3 against PyTorch twins written here.
+"""ResNeXt-50 32x4d, SE-ResNet-50, Inception v3 and ShuffleNet V2 x1.0 against PyTorch twins
+written here.
 
-Each twin transcribes the reference implementation (torchvision's ResNet `Bottleneck` and
-`Inception3`, timm's SE block placement) in plain `torch.nn`, at full width, with non-trivial
+Each twin transcribes the reference implementation (torchvision's ResNet `Bottleneck`,
+`Inception3` and `ShuffleNetV2` (channel split by `chunk`, shuffle by view -> transpose ->
+view), timm's SE block placement) in plain `torch.nn`, at full width, with non-trivial
 batch-norm statistics. Its state_dict, in registration order, maps one to one onto the zoo
 network's parameters in DSL order (names' last parts and shapes are checked pair by pair), so
 the same weights run in both; cnnc's compiled output must match PyTorch's within 1e-4 of the
@@ -222,10 +224,69 @@ class Inception3(nn.Module):
 # -- the comparison ---------------------------------------------------------------------------
 
 # zoo name -> (the twin, the input size of the comparison: 64, or Inception v3's smallest 75)
+def channel_shuffle(x: Any, groups: int) -> Any:
+    b, c, h, w = x.size()
+    x = x.view(b, groups, c // groups, h, w)
+    return torch.transpose(x, 1, 2).contiguous().view(b, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """torchvision's unit: stride 1 splits the channels; stride 2 sends the input down both
+    branches."""
+
+    def __init__(self, inp: int, oup: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        bf = oup // 2
+        if stride > 1:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(inp, inp, 3, stride, 1, groups=inp, bias=False), nn.BatchNorm2d(inp),
+                nn.Conv2d(inp, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+        else:
+            self.branch1 = nn.Sequential()
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(inp if stride > 1 else bf, bf, 1, bias=False), nn.BatchNorm2d(bf),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(bf, bf, 3, stride, 1, groups=bf, bias=False), nn.BatchNorm2d(bf),
+            nn.Conv2d(bf, bf, 1, bias=False), nn.BatchNorm2d(bf), nn.ReLU(inplace=True))
+
+    def forward(self, x: Any) -> Any:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+class ShuffleNetV2(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        widths = [24, 116, 232, 464, 1024]
+        self.conv1 = nn.Sequential(nn.Conv2d(3, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24),
+                                   nn.ReLU(inplace=True))
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = 24
+        for i, (repeats, c) in enumerate(zip((4, 8, 4), widths[1:4]), start=2):
+            units = [ShuffleUnit(cin, c, 2)] + [ShuffleUnit(c, c, 1)
+                                                      for _ in range(repeats - 1)]
+            setattr(self, f"stage{i}", nn.Sequential(*units))
+            cin = c
+        self.conv5 = nn.Sequential(nn.Conv2d(464, 1024, 1, bias=False), nn.BatchNorm2d(1024),
+                                   nn.ReLU(inplace=True))
+        self.fc = nn.Linear(1024, 1000)
+
+    def forward(self, x: Any) -> Any:
+        x = self.maxpool(self.conv1(x))
+        x = self.conv5(self.stage4(self.stage3(self.stage2(x))))
+        return self.fc(x.mean([2, 3]))
+
+
 TWINS = {
     "resnext50_32x4d": (lambda: ResNet50(groups=32, base_width=4), 64),
     "se_resnet50": (lambda: ResNet50(se=16), 64),
     "inception_v3": (Inception3, 75),
+    "shufflenet_v2": (ShuffleNetV2, 64),
 }
 
 
@@ -304,3 +365,16 @@ def test_twin_through_onnx_matches_pytorch(name, tmp_path):
     (got,) = model.run({"image": x}).values()
     err = _relative_error(got, _pytorch(net, x))
     assert err <= TOL, f"{name}: relative error {err:.3g}"
+
+
+def test_shufflenet_export_imports_as_splits_and_channel_shuffles(tmp_path):
+    """PyTorch's TorchScript exporter writes `chunk` as Split and the shuffle as Reshape ->
+    Transpose -> Reshape; cnnc imports them as channel_slice and channel_shuffle."""
+    onnx = pytest.importorskip("onnx")
+    net, x = _twin("shufflenet_v2"), _input(64)
+    path = tmp_path / "shufflenet_v2.onnx"
+    torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=False,
+                      input_names=["image"], output_names=["logits"])
+    text, _ = import_onnx(onnx.load(str(path)))
+    assert text.count("channel_shuffle(2)") == 16
+    assert summarize(zoo.load("shufflenet_v2")).params == 2_278_604
