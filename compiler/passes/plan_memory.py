@@ -4,10 +4,12 @@ Every step output that is not a view gets a slot of the arena; views alias their
 are reused once their value is dead (liveness over the step order), and a step whose kernels
 read each element of an input before writing the same element of the output (``Step.inplace``:
 element-wise kernels, convolutions that pack their input first) may write over an input that
-dies at that step and has the output's size. A channel-blocked value (``Step.storage``) shares
-a slot only with values of exactly the same storage, so the zero halo a convolution reads as its
-padding is never overwritten. Sizes are float32 elements per image; the executor multiplies by
-the batch size. Graph inputs are the caller's arrays and are never written.
+dies at that step and has the output's size. A channel-blocked value (``Step.storage``) with a
+halo or padding lanes shares a slot only with values of exactly the same storage, so the zero
+halo a convolution reads as its padding is never overwritten; one whose every float its
+producer writes shares slots with plain values. Sizes are float32 elements per image; the
+executor multiplies by the batch size. Graph inputs are the caller's arrays and are never
+written.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
                     and graph.node(r).type.size == need and roots.count(r) == 1
                     and target.storage is None and kind[plan.slot_of[r]] is None):
                 return plan.slot_of[r]
-    usable = [f for f in free if kind[f] == target.storage]
+    usable = [f for f in free if kind[f] == _kind(graph, target)]
     if reuse and usable:
         fits = [f for f in usable if plan.slot_sizes[f] >= need]
         slot = min(fits, key=lambda f: plan.slot_sizes[f]) if fits else \
@@ -92,5 +94,19 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
         plan.slot_sizes[slot] = max(plan.slot_sizes[slot], need)
         return slot
     plan.slot_sizes.append(need)
-    kind[len(plan.slot_sizes) - 1] = target.storage
+    kind[len(plan.slot_sizes) - 1] = _kind(graph, target)
     return len(plan.slot_sizes) - 1
+
+
+def _kind(graph: Graph, step: Step) -> object:
+    """What a slot must have held before to hold ``step``'s value: its exact storage when that
+    has a zero halo or zero lanes to keep; None (any slot of plain values or of such dense
+    storage) when the producer writes every float of it: no halo, whole 8-channel blocks, its
+    own buffer (DenseNet's batch-norm outputs of many channel counts then share slots)."""
+    st = step.storage
+    if st is None:
+        return None
+    c, h, w = graph.node(step.output).type.shape
+    dense = (st.height, st.width, st.top, st.left, st.first_block) == (h, w, 0, 0, 0) \
+        and c % 8 == 0
+    return None if dense else st
