@@ -1,7 +1,9 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CI machine."""
+"""Shared test settings: hypothesis profiles sized for a 2-core CI machine, and the default
+compile target."""
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -10,3 +12,20 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("CNNC_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _eight_lane_target_by_default(request, monkeypatch):
+    """Compile at the 8-lane target (``compile(target="cpu")`` means avx2 here), unless a
+    test is marked ``host_target`` or names its target.
+
+    Why: on an AVX-512 machine the 16-lane kernels take about twice as long to compile, and
+    a cold CI cache compiles every zoo network's kernels. They compute the same numbers bit for
+    bit (same FMAs, same order), which ``test_targets_agree_bitwise`` (whole networks, both
+    targets) and the tile tests in ``tests/codegen/test_conv.py`` check directly.
+    """
+    if request.node.get_closest_marker("host_target"):
+        return
+    from cnnc.compiler import target
+
+    monkeypatch.setattr(target, "host_target", lambda: target.TARGETS["avx2"])

@@ -82,10 +82,11 @@ class DirectTile:
 
 #: The 8-lane tile (AVX2 and every CPU).
 TILE_8 = DirectTile()
-#: The pixel counts of 16-lane tiles: few, because each is a kernel of its own (a Numba compile
-#: of several seconds); 14 is the most that fits 32 registers with two vectors (wider
-#: one-vector tiles measured slower: the broadcasts then outnumber the FMAs' loads).
-PIXELS_16 = (14, 7, 4, 2, 1)
+#: The pixel counts of 16-lane tiles: two, because each is a kernel of its own (a Numba compile
+#: of several seconds): 14 is the most that fits 32 registers with two vectors, 7 divides the
+#: rows of every ImageNet-sized layer (112, 56, 28, 14, 7) and is the tile of rows shorter than
+#: 14 (a row shorter than 7 runs one-pixel tiles of the same kernel).
+PIXELS_16 = (14, 7)
 
 
 def choose_tile(lanes: int, groups_k: int, Q: int) -> DirectTile:
@@ -96,13 +97,13 @@ def choose_tile(lanes: int, groups_k: int, Q: int) -> DirectTile:
     of 32, else one; of :data:`PIXELS_16`, the pixel count ``T <= Q`` that minimizes
     ``ceil(Q / T) * (T + 2)``: the pixels computed, the last tile overlapping (see
     ``conv_direct._overlap_tail``), plus about two pixels' worth of weight loads per tile (rows
-    of 56 take 4 x 14, of 7 one 7-pixel tile, of 8 two 4-pixel tiles).
+    of 56 take 4 x 14, of 17 three 7-pixel tiles); rows shorter than 7 take the 7-pixel kernel.
     """
     if lanes == 8:
         return TILE_8
     vectors = 2 if -(-groups_k // TILE_K) % 2 == 0 else 1
-    pixels = min((t for t in PIXELS_16 if t <= max(1, Q)),
-                 key=lambda t: (-(-Q // t) * (t + 2), -t))
+    fitting = [t for t in PIXELS_16 if t <= Q] or [min(PIXELS_16)]
+    pixels = min(fitting, key=lambda t: (-(-Q // t) * (t + 2), -t))
     return DirectTile(16, vectors, pixels)
 
 

@@ -186,3 +186,16 @@ def test_blocked_values_that_fill_their_storage_share_slots(name):
     arena = {level: compile_model(graph, opt_level=level, warm=False).stats()[
         "arena bytes per image"] for level in (0, 2)}
     assert arena[2] <= arena[0], arena
+
+
+@pytest.mark.host_target
+def test_cpu_target_is_this_machines_and_the_cli_names_one(tmp_path, capsys):
+    from cnnc.compiler.target import host_target
+
+    m = compile_model(NET, seed=0, warm=False)
+    tiles = {n.attrs["tile"] for n in m.plan.graph.nodes() if "tile" in n.attrs}
+    assert tiles and all(t.endswith(f"/{host_target().lanes}") for t in tiles)
+    src = tmp_path / "small.cnn"
+    src.write_text(NET)
+    assert main(["compile", str(src), "--target", "avx512", "--explain"]) == 0
+    assert "target avx512: direct convolution tiles 7x16/16 x" in capsys.readouterr().out

@@ -349,17 +349,25 @@ def test_compiled_zoo_network_matches_pytorch(name):
 
 
 @pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", sorted(TWINS))
-def test_twin_through_onnx_matches_pytorch(name, tmp_path):
-    """The twin exported by PyTorch (TorchScript exporter, which folds each eval-mode batch
-    norm into its convolution), imported and compiled by cnnc."""
+def test_twin_through_onnx_matches_pytorch(name, dynamo, tmp_path):
+    """The twin exported by PyTorch, with the TorchScript exporter (which folds each eval-mode
+    batch norm into its convolution) and with the default dynamo exporter (opset 18+, global
+    pooling as ReduceMean; needs onnxscript), imported and compiled by cnnc."""
     onnx = pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript", reason="PyTorch's dynamo exporter needs onnxscript")
     size = TWINS[name][1]
     net, x = _twin(name), _input(size)
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=False,
-                      input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    if dynamo:
+        torch.onnx.export(net, (torch.from_numpy(x),), str(path), input_names=["image"],
+                          output_names=["logits"])
+    else:
+        torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=False,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     text, weights = import_onnx(onnx.load(str(path)))
     model = compile_model(load_network(text), weights=weights)
     (got,) = model.run({"image": x}).values()
