@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/cnnc demo $(MODEL)
 
 test: install
-	$(BIN)/python -m pytest -n 2 tests
+	$(BIN)/python -m pytest -n 2 --durations=30 tests
 
 lint: install
 	$(BIN)/ruff check .

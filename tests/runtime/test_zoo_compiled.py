@@ -80,21 +80,36 @@ def test_schedule_invariance(name):
                 _close(got[out], want[out])
 
 
-@pytest.mark.parametrize("name", ["resnet18", "googlenet_bn", "mobilenet_v2", "resnext50_32x4d"])
-def test_targets_agree_bitwise(name):
+# Fused epilogues of every kind at a 16-lane store: vector rules (relu6, the residual add),
+# per-lane scalar ones (swish, sigmoid) and a per-channel gate, with 1-pixel rows (the gate's
+# 1x1 convolutions) and 7-pixel tiles.
+EPILOGUES = """network epilogues16
+input x: 16 x 12 x 12
+a = x -> conv(32, 3, pad=1) -> relu6
+b = a -> conv(32, 1) -> swish
+g = b -> globalavgpool -> conv(16, 1) -> relu -> conv(32, 1) -> sigmoid
+((b * g) + a) -> relu -> conv(48, 3, stride=2) -> output y
+"""
+
+
+@pytest.mark.parametrize("name, level", [("resnet18", 0), ("resnet18", 2),
+                                         ("googlenet_bn", 2), ("epilogues", 2)])
+def test_targets_agree_bitwise(name, level):
     """The 16-lane tiles (AVX-512) and the 8-lane ones compute every output with the same FMAs
-    in the same order: the whole network agrees bit for bit, at -O0 and at -O2 (whichever
-    target this CPU has: 16-lane code also runs on AVX2, split into ymm halves)."""
-    graph, _ = small_graph(name)
+    in the same order: the whole network agrees bit for bit (whichever target this CPU has:
+    16-lane code also runs on AVX2, split into ymm halves). The networks cover both tile widths
+    (32 and 16 channels), 14- and 7-pixel tiles and every kind of fused epilogue."""
+    from cnnc.dsl.builder import load_network
+
+    graph = load_network(EPILOGUES) if name == "epilogues" else small_graph(name)[0]
     rng = np.random.default_rng(2)
     inputs = {n: rng.standard_normal((2,) + graph.node(i).type.shape).astype(np.float32)
               for n, i in graph.inputs.items()}
-    for level in (0, 2):
-        got = {}
-        for target in ("avx2", "avx512"):
-            m = compile_model(graph, seed=0, opt_level=level, lowering="direct", target=target)
-            tiles = {n.attrs["tile"] for n in m.plan.graph.nodes() if "tile" in n.attrs}
-            assert tiles and all(t.endswith("/8" if target == "avx2" else "/16") for t in tiles)
-            got[target] = m.run(inputs)
-        for out in got["avx2"]:
-            np.testing.assert_array_equal(got["avx2"][out], got["avx512"][out])
+    got = {}
+    for target in ("avx2", "avx512"):
+        m = compile_model(graph, seed=0, opt_level=level, lowering="direct", target=target)
+        tiles = {n.attrs["tile"] for n in m.plan.graph.nodes() if "tile" in n.attrs}
+        assert tiles and all(t.endswith("/8" if target == "avx2" else "/16") for t in tiles)
+        got[target] = m.run(inputs)
+    for out in got["avx2"]:
+        np.testing.assert_array_equal(got["avx2"][out], got["avx512"][out])
