@@ -207,8 +207,7 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
     else:
         yout = y.ints()
     if g.depthwise:
-        return (_ceil_div(g.C, 8), nb, g.P, g.Q) + \
-            xin + yout
+        return (_ceil_div(g.C, 8), nb, g.P, g.Q) + xin + yout
     kt = g.k_tiles(tile)
     return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout
 

@@ -116,36 +116,31 @@ def _zero(lanes: int):
     return intrinsic(impl)
 
 
-def _load(lanes: int):
+def _from_pointer(name: str, lanes: int, emit):
+    """An intrinsic ``f(arr, i)`` of ``lanes`` lanes built by ``emit(builder, ptr)`` from the
+    unchecked pointer to ``arr[i]`` (named ``name`` for 8 lanes, ``name<lanes>`` otherwise)."""
     def impl(typingctx, arr, i):
         if not (_is_f32_array(arr) and isinstance(i, types.Integer)):
             return None
 
         def codegen(context, builder, signature, args):
-            ptr = _element_ptr(context, builder, signature.args[0], args[0],
-                               signature.args[1], args[1])
-            return builder.load(builder.bitcast(ptr, _llvm(lanes).as_pointer()), align=4)
+            return emit(builder, _element_ptr(context, builder, signature.args[0], args[0],
+                                              signature.args[1], args[1]))
 
         return _BY_LANES[lanes](arr, i), codegen
 
-    impl.__name__ = impl.__qualname__ = "vload" if lanes == 8 else f"vload{lanes}"
+    impl.__name__ = impl.__qualname__ = name if lanes == 8 else f"{name}{lanes}"
     return intrinsic(impl)
+
+
+def _load(lanes: int):
+    return _from_pointer("vload", lanes, lambda builder, ptr: builder.load(
+        builder.bitcast(ptr, _llvm(lanes).as_pointer()), align=4))
 
 
 def _broadcast(lanes: int):
-    def impl(typingctx, arr, i):
-        if not (_is_f32_array(arr) and isinstance(i, types.Integer)):
-            return None
-
-        def codegen(context, builder, signature, args):
-            ptr = _element_ptr(context, builder, signature.args[0], args[0],
-                               signature.args[1], args[1])
-            return _splat(builder, builder.load(ptr, align=4), lanes)
-
-        return _BY_LANES[lanes](arr, i), codegen
-
-    impl.__name__ = impl.__qualname__ = "vbroadcast" if lanes == 8 else f"vbroadcast{lanes}"
-    return intrinsic(impl)
+    return _from_pointer("vbroadcast", lanes, lambda builder, ptr: _splat(
+        builder, builder.load(ptr, align=4), lanes))
 
 
 vzero, vzero16 = _zero(8), _zero(16)
