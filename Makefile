@@ -6,7 +6,7 @@ MODEL ?= resnet18
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install graphviz clean
 
 $(BIN)/cnnc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,23 @@ $(BIN)/cnnc: pyproject.toml
 
 install: $(BIN)/cnnc
 
-demo: install
+# `cnnc show` renders pictures with Graphviz's `dot`, which is not a Python package: install the
+# Debian package where this user may (root or password-less sudo); otherwise say how, and go on
+# (without it `cnnc show` writes the DOT text and prints the command that renders it).
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	  else echo "note: Graphviz is not installed (apt install graphviz); cnnc show will write DOT"; exit 0; fi; \
+	  echo "installing Graphviz (apt-get install graphviz) for cnnc show"; \
+	  { $$SUDO apt-get install -y -qq graphviz >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq graphviz >/dev/null 2>&1; }; } || \
+	  echo "note: could not install Graphviz; cnnc show will write DOT"; }
+
+demo: install graphviz
 	$(BIN)/cnnc demo $(MODEL)
 
-test: install
+test: install graphviz
 	$(BIN)/python -m pytest -n 2 --durations=30 tests
 
 lint: install

@@ -332,3 +332,63 @@ register(OpDef(
     infer=lambda ts, a: _fold_infer(ts, a, "bn_fold_bias"), reference=_bn_fold_bias_reference,
     macs=no_macs, arity=None, internal=True, new_activations=False,
     doc="b * scale + beta - mean * scale (batch norm folded into a bias)"))
+
+
+# -- derived parameters of batch-norm folding into the *following* layer ---------------------
+# batchnorm(x) -> conv(w, b, groups g, no padding)   (or dense: one group, no window)
+#   =>  conv(x, w') + b',   w'[o, c, ...] = w[o, c, ...] * scale[ch(o, c)],
+#                           b'[o] = b[o] + sum_{c, ...} w[o, c, ...] * shift[ch(o, c)]
+# where ch(o, c) = (o // (K / g)) * (C / g) + c is the input channel that weight row o, column c
+# reads (compiler/passes/fold_batchnorm_into_consumer.py inserts these nodes).
+
+
+def _input_channels(w: np.ndarray, groups: int) -> np.ndarray:
+    """ch(o, c) for every (output channel, input column) of ``w`` [K, C/g, ...], shaped
+    [K, C/g] + (1,) * window rank, to broadcast against ``w``."""
+    k, cg = w.shape[:2]
+    ch = (np.arange(k) // (k // groups))[:, None] * cg + np.arange(cg)[None, :]
+    return ch.reshape(ch.shape + (1,) * (w.ndim - 2))
+
+
+def _bn_fold_input_weight_reference(inputs, attrs):
+    w, gamma, var = (np.asarray(v, np.float64) for v in inputs)
+    scale, _ = batchnorm_scale_shift(gamma, np.zeros_like(gamma), np.zeros_like(gamma), var,
+                                     attrs["eps"])
+    return w * scale[_input_channels(w, attrs["groups"])]
+
+
+def _bn_fold_input_bias_reference(inputs, attrs):
+    w = np.asarray(inputs[0], np.float64)
+    _, shift = batchnorm_scale_shift(*inputs[1:5], attrs["eps"])
+    contribution = (w * shift[_input_channels(w, attrs["groups"])]).reshape(w.shape[0], -1)
+    bias = np.asarray(inputs[5], np.float64) if len(inputs) > 5 else 0.0
+    return bias + contribution.sum(axis=1)
+
+
+def _fold_input_infer(in_types, attrs, op):
+    """The statistics have one value per input channel the weight reads; the bias one per
+    output channel."""
+    w = in_types[0].shape
+    channels = w[1] * attrs["groups"]
+    stats = in_types[1:3] if op == "bn_fold_input_weight" else in_types[1:5]
+    if any(t.shape != (channels,) for t in stats) or \
+            any(t.shape != (w[0],) for t in in_types[1 + len(stats):]):
+        raise ShapeError(f"{op}: inputs {', '.join(map(str, in_types[1:]))} do not match a "
+                         f"weight {in_types[0]} reading {channels} channels")
+    return in_types[0] if op == "bn_fold_input_weight" else in_types[0].with_shape(w[0])
+
+
+register(OpDef(
+    name="bn_fold_input_weight", family="norm",
+    signature=(Attr("eps", "float"), Attr("groups", "int", 1)),
+    infer=lambda ts, a: _fold_input_infer(ts, a, "bn_fold_input_weight"),
+    reference=_bn_fold_input_weight_reference, macs=no_macs, arity=3, internal=True,
+    new_activations=False,
+    doc="w * gamma / sqrt(var + eps) per input channel (batch norm folded into the next layer)"))
+register(OpDef(
+    name="bn_fold_input_bias", family="norm",
+    signature=(Attr("eps", "float"), Attr("groups", "int", 1)),
+    infer=lambda ts, a: _fold_input_infer(ts, a, "bn_fold_input_bias"),
+    reference=_bn_fold_input_bias_reference, macs=no_macs, arity=None, internal=True,
+    new_activations=False,
+    doc="b + sum of w * (beta - mean * scale) (batch norm folded into the next layer's bias)"))

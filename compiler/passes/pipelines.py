@@ -4,7 +4,8 @@
   algorithm of each convolution: the default, or the user's choice; tile selection, the
   register tile of each direct convolution for the target's vector width).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
-  dead-code elimination, batch-norm folding, epilogue fusion.
+  dead-code elimination, batch-norm folding (into the producer, else into a following
+  convolution or dense layer), epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
   and layout selection (activations stay channel-blocked between convolutions and pools).
 
@@ -19,6 +20,7 @@ from .canonicalize import canonicalize
 from .eliminate_common_subexpressions import eliminate_common_subexpressions
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batchnorm import fold_batchnorm
+from .fold_batchnorm_into_consumer import fold_batchnorm_into_consumer
 from .fold_bottlenecks import fold_bottlenecks
 from .fold_constants import fold_constants
 from .fuse_epilogues import fuse_epilogues
@@ -37,13 +39,17 @@ CLEANUP: list[tuple[str, Pass]] = [
     ("eliminate_dead_code", eliminate_dead_code),
 ]
 
+FOLD_AND_FUSE: list[tuple[str, Pass]] = [
+    ("fold_batchnorm", fold_batchnorm),
+    ("fold_batchnorm_into_consumer", fold_batchnorm_into_consumer),
+    ("fuse_epilogues", fuse_epilogues),
+]
+
 INFERENCE: dict[int, list[tuple[str, Pass]]] = {
     0: REQUIRED,
-    1: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
-                  ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
-    2: CLEANUP + [("fold_batchnorm", fold_batchnorm), ("fuse_epilogues", fuse_epilogues),
-                  ("fold_bottlenecks", fold_bottlenecks),
-                  ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
+    1: CLEANUP + FOLD_AND_FUSE + [("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
+    2: CLEANUP + FOLD_AND_FUSE + [("fold_bottlenecks", fold_bottlenecks),
+                                  ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
     + [("select_layout", select_layout)],
 }
 

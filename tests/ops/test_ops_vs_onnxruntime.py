@@ -126,6 +126,10 @@ NOT_IN_ONNX = {
     "param": "a graph leaf: weights are supplied by the caller, there is nothing to compute",
     "bn_fold_weight": "a derived parameter of the batch-norm folding pass (tests/passes)",
     "bn_fold_bias": "a derived parameter of the batch-norm folding pass (tests/passes)",
+    "bn_fold_input_weight": "a derived parameter of folding a batch norm into the next layer "
+                            "(tests/passes)",
+    "bn_fold_input_bias": "a derived parameter of folding a batch norm into the next layer "
+                          "(tests/passes)",
     "stack_filters": "a derived parameter of the bottleneck folding pass (tests/passes)",
 }
 

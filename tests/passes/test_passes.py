@@ -13,6 +13,7 @@ from cnnc.compiler.passes.canonicalize import canonicalize
 from cnnc.compiler.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
 from cnnc.compiler.passes.eliminate_dead_code import eliminate_dead_code
 from cnnc.compiler.passes.fold_batchnorm import fold_batchnorm
+from cnnc.compiler.passes.fold_batchnorm_into_consumer import fold_batchnorm_into_consumer
 from cnnc.compiler.passes.fold_constants import fold_constants
 from cnnc.compiler.passes.fuse_epilogues import fuse_epilogues
 from cnnc.compiler.passes.manager import run_passes
@@ -92,6 +93,66 @@ def test_fold_batchnorm_not_in_training():
     g = build("x -> conv(8, 3, pad=1) -> batchnorm -> output y")
     assert not run(fold_batchnorm, g, training=True)
     assert ops(g) == ["conv", "batchnorm"]
+
+
+@pytest.mark.parametrize("body, channels", [
+    ("x -> relu -> batchnorm -> conv(8, 1) -> output y", 4),
+    ("x -> relu -> batchnorm -> conv(6, 3, stride=2, bias=false) -> output y", 4),
+    ("x -> relu -> batchnorm -> conv(8, 1, groups=2) -> output y", 8),
+    ("x -> relu -> batchnorm -> conv(4, 3, groups=4, dilation=2) -> output y", 4),
+    ("x -> relu -> globalavgpool -> flatten -> batchnorm -> dense(5) -> output y", 4),
+])
+def test_fold_batchnorm_into_the_following_layer(body, channels):
+    """scale and shift move into the next layer's weights (per input channel it reads, groups
+    included) and bias: no batch norm is left, and the numbers are the same."""
+    g = build(body, channels)
+    params = random_params(g)
+    before = g.copy()
+    assert not run(fold_batchnorm, g)  # nothing before it to fold into
+    assert run(fold_batchnorm_into_consumer, g)
+    assert "batchnorm" not in ops(g)
+    assert ops(g).count("bn_fold_input_weight") == 1 and ops(g).count("bn_fold_input_bias") == 1
+    layer = next(n for n in g.compute_nodes() if n.op in ("conv", "dense"))
+    assert layer.attrs["bias"] is True and layer.attrs["folded"] == ("batchnorm1",)
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("body, why", [
+    ("x -> relu -> batchnorm -> conv(8, 3, pad=1) -> output y",
+     "padding reads zeros of the normalized value"),
+    ("b = x -> relu -> batchnorm\nb -> conv(8, 1) -> output y\nb -> relu -> output z",
+     "the batch norm has another user"),
+    ("x -> relu -> batchnorm -> output b -> conv(8, 1) -> output y", "the batch norm is an output"),
+    ("x -> relu -> batchnorm -> relu -> conv(8, 1) -> output y", "a nonlinearity between"),
+    ("x -> relu -> batchnorm -> conv_transpose(8, 1) -> output y", "not a conv or dense"),
+])
+def test_fold_batchnorm_into_consumer_declines(body, why):
+    g = build(body)
+    assert not run(fold_batchnorm_into_consumer, g), why
+    assert "batchnorm" in ops(g)
+
+
+def test_fold_batchnorm_into_consumer_not_in_training():
+    g = build("x -> relu -> batchnorm -> conv(8, 1) -> output y")
+    assert not run(fold_batchnorm_into_consumer, g, training=True)
+    assert "batchnorm" in ops(g)
+
+
+def test_folded_following_batchnorm_compiles_and_reloads():
+    """Compiled at -O1 the batch norm is gone and the numbers match the float64 reference of
+    the network as written, also after new weights are loaded (the fold is re-evaluated)."""
+    from cnnc.runtime.model import compile as compile_model
+
+    g = build("x -> relu -> batchnorm -> conv(8, 1) -> relu -> output y", 8)
+    model = compile_model(g, seed=0, opt_level=1)
+    assert "batchnorm" not in [n.op for n in model.plan.graph.compute_nodes()]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 8, 6, 6)).astype(np.float32)
+    for seed in (1, 2):
+        params = random_params(g, seed)
+        model.set_params(params)
+        want = run_reference(g, {"x": x}, params)["y"]
+        np.testing.assert_allclose(model.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
 
 
 # -- epilogue fusion ----------------------------------------------------------------------------

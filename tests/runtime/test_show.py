@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
+
+import pytest
 
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.cli import main
@@ -68,3 +71,19 @@ def test_with_graphviz_the_picture_is_rendered(tmp_path, monkeypatch):
     assert main(["show", str(f), "-o", str(tmp_path / "g.svg")]) == 0
     svg = (tmp_path / "g.svg").read_text()
     assert svg.startswith("<svg>") and 'digraph "small"' in svg
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed (make demo "
+                    "and make test install it where apt-get may run)")
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<svg"), (".png", b"\x89PNG")])
+def test_real_graphviz_renders_the_picture(tmp_path, suffix, magic):
+    """With Graphviz installed, the file is the picture itself: SVG naming the blocks, or PNG."""
+    f = tmp_path / "small.cnn"
+    f.write_text(NET)
+    out = tmp_path / f"g{suffix}"
+    assert main(["show", str(f), "-o", str(out), "--after-passes"]) == 0
+    data = out.read_bytes()
+    assert magic in data[:400]
+    if suffix == ".svg":
+        assert b"b1" in data and b"cluster" in data
+    assert not out.with_suffix(".dot").exists()
