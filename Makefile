@@ -25,8 +25,8 @@ graphviz:
 	  elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
 	  else echo "note: Graphviz is not installed (apt install graphviz); cnnc show will write DOT"; exit 0; fi; \
 	  echo "installing Graphviz (apt-get install graphviz) for cnnc show"; \
-	  { $$SUDO apt-get install -y -qq graphviz >/dev/null 2>&1 || \
-	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq graphviz >/dev/null 2>&1; }; } || \
+	  { timeout 300 $$SUDO apt-get install -y -qq graphviz >/dev/null 2>&1 || \
+	    { timeout 300 $$SUDO apt-get update -qq >/dev/null 2>&1 && timeout 300 $$SUDO apt-get install -y -qq graphviz >/dev/null 2>&1; }; } || \
 	  echo "note: could not install Graphviz; cnnc show will write DOT"; }
 
 demo: install graphviz

@@ -92,13 +92,14 @@ g = b -> globalavgpool -> conv(16, 1) -> relu -> conv(32, 1) -> sigmoid
 """
 
 
-@pytest.mark.parametrize("name, level", [("resnet18", 0), ("resnet18", 2),
-                                         ("googlenet_bn", 2), ("epilogues", 2)])
+@pytest.mark.parametrize("name, level", [("resnet18", 2), ("epilogues", 2)])
 def test_targets_agree_bitwise(name, level):
     """The 16-lane tiles (AVX-512) and the 8-lane ones compute every output with the same FMAs
     in the same order: the whole network agrees bit for bit (whichever target this CPU has:
     16-lane code also runs on AVX2, split into ymm halves). The networks cover both tile widths
-    (32 and 16 channels), 14- and 7-pixel tiles and every kind of fused epilogue."""
+    (32 and 16 channels), 14- and 7-pixel tiles and every kind of fused epilogue; the awkward
+    tile cases one layer at a time are in tests/codegen/test_conv.py. (-O0 ResNet-18 and -O2
+    GoogLeNet-BN also agreed bit for bit; they left the suite for its compile time.)"""
     from cnnc.dsl.builder import load_network
 
     graph = load_network(EPILOGUES) if name == "epilogues" else small_graph(name)[0]
