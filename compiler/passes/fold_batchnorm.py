@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..ir import Graph
 from ..ops import epilogue_of
-from .common import layer, sole_user
+from .common import fold_into_layer, layer, sole_user
 from .manager import PassContext
 
 FOLDS_INTO = ("conv", "dense")
@@ -44,12 +44,7 @@ def fold_batchnorm(graph: Graph, ctx: PassContext) -> bool:
                        name=f"{wname}@{layer(bn)}", span=bn.span)
         b2 = graph.add("bn_fold_bias", [gamma, beta, mean, var, *bias], {"eps": eps},
                        name=f"{prod.name}.bias@{layer(bn)}", span=bn.span)
-        attrs = {**prod.attrs, "bias": True,
-                 "folded": tuple(prod.attrs.get("folded", ())) + (layer(bn),)}
-        folded = graph.add(prod.op, [x, w2.id, b2.id], attrs, name=prod.name, span=prod.span)
-        graph.replace_all_uses(bn.id, folded.id)
-        graph.erase(bn.id)
-        graph.erase(prod.id)
+        fold_into_layer(graph, prod, bn, [x, w2.id, b2.id])
         ctx.note(f"folded {layer(bn)} into {layer(prod)}", bn)
         changed = True
     return changed

@@ -22,7 +22,7 @@ batch norm into its producer where it can (that needs no condition on padding).
 from __future__ import annotations
 
 from ..ir import Graph
-from .common import is_constant, layer, sole_user
+from .common import fold_into_layer, is_constant, layer, sole_user
 from .manager import PassContext
 
 
@@ -49,12 +49,7 @@ def fold_batchnorm_into_consumer(graph: Graph, ctx: PassContext) -> bool:
                        name=f"{graph.node(w).name}@{layer(bn)}", span=bn.span)
         b2 = graph.add("bn_fold_input_bias", [w, gamma, beta, mean, var, *bias], attrs,
                        name=f"{user.name}.bias@{layer(bn)}", span=bn.span)
-        new_attrs = {**user.attrs, "bias": True,
-                     "folded": tuple(user.attrs.get("folded", ())) + (layer(bn),)}
-        folded = graph.add(user.op, [x, w2.id, b2.id], new_attrs, name=user.name, span=user.span)
-        graph.replace_all_uses(user.id, folded.id)
-        graph.erase(user.id)
-        graph.erase(bn.id)
+        fold_into_layer(graph, user, bn, [x, w2.id, b2.id])
         ctx.note(f"folded {layer(bn)} into the following {layer(user)}", bn)
         changed = True
     return changed
