@@ -31,9 +31,14 @@ from cnnc.runtime.summary import format_summary, summarize
 from cnnc.zoo import ZOO_DIR
 
 LONG = os.environ.get("CNNC_FUZZ_LONG") == "1"
-# Per input: CPU seconds (not disturbed by other work on a shared machine), and a wall-clock
-# bound for an input that blocks without computing. Both catch hangs; neither is a benchmark.
+# Per input: CPU seconds of the thread that answers (not disturbed by other work on a shared
+# machine), and a wall-clock bound for an input that blocks without computing. Both catch hangs;
+# neither is a benchmark. The watchdog timer can only count the whole process's CPU time, which
+# includes the kernel thread pool of the tests this worker ran before (its threads spin for a
+# while after a parallel kernel): it fires at WATCHDOG_S, and the test asserts BUDGET_S on the
+# answering thread's own time.
 BUDGET_S = 10
+WATCHDOG_S = 3 * BUDGET_S
 WALL_S = 60
 
 
@@ -51,7 +56,7 @@ class Hang(Exception):
 
 
 def _hang(signum, frame):
-    raise Hang(f"no answer within {BUDGET_S} s of CPU time or {WALL_S} s of wall time")
+    raise Hang(f"no answer within {WATCHDOG_S} s of CPU time or {WALL_S} s of wall time")
 
 
 def answer(source: str | Path) -> str:
@@ -60,7 +65,7 @@ def answer(source: str | Path) -> str:
     # Hypothesis's own heap grows over thousands of examples; frozen, the garbage collector
     # skips it, so the budget measures cnnc's work (not full collections of the test's heap).
     gc.freeze()
-    signal.setitimer(signal.ITIMER_PROF, BUDGET_S)
+    signal.setitimer(signal.ITIMER_PROF, WATCHDOG_S)
     signal.alarm(WALL_S)
     try:
         graph = load_network(source)
@@ -350,9 +355,9 @@ def stress(draw) -> str:
 @fuzz_settings(short=15, long=400)
 @given(stress())
 def test_hostile_programs_are_answered_in_bounded_time(src):
-    start = time.process_time()
+    start = time.thread_time()
     answer(src)
-    assert time.process_time() - start < BUDGET_S
+    assert time.thread_time() - start < BUDGET_S
 
 
 # -- byte-level mutants of the zoo ------------------------------------------------------------
@@ -403,6 +408,6 @@ def test_zoo_mutants_are_answered_cleanly(tmp_path_factory, path, seed, edits, h
 @pytest.mark.parametrize("path", ZOO, ids=[p.stem for p in ZOO])
 def test_every_zoo_program_builds(path):
     """The unmutated zoo is the valid end of the mutation test's range."""
-    start = time.process_time()
+    start = time.thread_time()
     assert answer(path) == "graph"
-    assert time.process_time() - start < BUDGET_S
+    assert time.thread_time() - start < BUDGET_S
