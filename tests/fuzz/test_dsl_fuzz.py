@@ -34,9 +34,9 @@ LONG = os.environ.get("CNNC_FUZZ_LONG") == "1"
 # Per input: CPU seconds of the thread that answers (not disturbed by other work on a shared
 # machine), and a wall-clock bound for an input that blocks without computing. Both catch hangs;
 # neither is a benchmark. The watchdog timer can only count the whole process's CPU time, which
-# includes the kernel thread pool of the tests this worker ran before (its threads spin for a
-# while after a parallel kernel): it fires at WATCHDOG_S, and the test asserts BUDGET_S on the
-# answering thread's own time.
+# includes every other thread of this test worker (the kernel thread pool, anything an earlier
+# test left running): it fires at WATCHDOG_S, and the test asserts BUDGET_S on the answering
+# thread's own time. (A CI run once saw a 1.4 s input pass 10 s of process time under load.)
 BUDGET_S = 10
 WATCHDOG_S = 3 * BUDGET_S
 WALL_S = 60
