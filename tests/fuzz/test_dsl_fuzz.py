@@ -355,9 +355,17 @@ def stress(draw) -> str:
 @fuzz_settings(short=15, long=400)
 @given(stress())
 def test_hostile_programs_are_answered_in_bounded_time(src):
+    if answer_time(src) >= BUDGET_S:
+        # A slow input is slow every time; a hiccup of the machine is not (a CI run once
+        # charged 10.8 s of thread time to an input that takes 0.4 s, and not on the rerun).
+        assert answer_time(src) < BUDGET_S
+
+
+def answer_time(src: str) -> float:
+    """CPU seconds of this thread that answering `src` took."""
     start = time.thread_time()
     answer(src)
-    assert time.thread_time() - start < BUDGET_S
+    return time.thread_time() - start
 
 
 # -- byte-level mutants of the zoo ------------------------------------------------------------
