@@ -145,6 +145,10 @@ class Graph:
     def is_output(self, node_id: int) -> bool:
         return node_id in self.outputs.values()
 
+    def reaches(self, source: int, target: int) -> bool:
+        """Whether ``target`` depends on ``source`` (a path of edges from one to the other)."""
+        return source != target and nx.has_path(self._g, source, target)
+
     # -- mutation -----------------------------------------------------------------------------
     def set_inputs(self, node_id: int, inputs: list[int]) -> None:
         node = self.node(node_id)

@@ -186,11 +186,13 @@ class ConvGeometry:
 
 
 def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
-                    y: Storage | None = None, tile: DirectTile = TILE_8) -> tuple[int, ...]:
+                    y: Storage | None = None, tile: DirectTile = TILE_8,
+                    zero_halo: bool = False) -> tuple[int, ...]:
     """The runtime size arguments of the compute kernel of ``g`` (see ``*_INTS``): with ``x``
     the input is read where a producer stored it channel-blocked (else from the packed scratch
     buffer), with ``y`` the output is written into its channel-blocked storage (else into the
-    packed scratch buffer the output kernel reads)."""
+    packed scratch buffer the output kernel reads); ``zero_halo``: a direct kernel zeroes the
+    halo of ``y``'s whole buffer on every call."""
     if lowering == "im2col":
         Kgp = _ceil_div(g.Kg, GEMM_M) * GEMM_M
         PQp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
@@ -209,7 +211,7 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
     if g.depthwise:
         return (_ceil_div(g.C, 8), nb, g.P, g.Q) + xin + yout
     kt = g.k_tiles(tile)
-    return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout
+    return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
 
 
 def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
@@ -443,7 +445,8 @@ def lower_conv(ctx, node) -> Step:
         if in_kernel else []
     calls.append(Call(getattr(mod, fname), (xp, Arg("const", "w"), Arg("const", "b"), yp,
                                             *op_args, *(Arg("int", v) for v in kernel_int_args(
-                                                g, lowering, x_store, y_store, tile)),
+                                                g, lowering, x_store, y_store, tile,
+                                                bool(node.attrs.get("zero_halo")))),
                                             *op_ints, Arg("int", int(relu)), Arg("batch")),
                       fname))
     if y_store is None:

@@ -23,6 +23,8 @@ from .kernel_ir import (
     VFma,
     VHalf,
     VLoad,
+    VStore,
+    VZero,
     cmp,
 )
 from .tiles import (
@@ -57,7 +59,9 @@ WEIGHTS_IN_L2 = 1 << 20
 #: padding); ``YB`` blocks per image, ``YH`` x ``YW`` the stored output plane, ``YT``/``YL``
 #: where the output starts in it (the halo the next convolution reads as padding).
 IO_INTS = ("Hp", "Wp", "XT", "XL", "YB", "YH", "YW", "YT", "YL")
-DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS
+#: ``ZH``: 1 when the kernel zeroes the halo of every block of its output buffer on each call
+#: (a buffer whose slot other values used before: see ``_zero_halo``).
+DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS + ("ZH",)
 #: ``C8``: the 8-channel blocks computed; ``XB``: blocks per image of the input's storage (a
 #: direct convolution producer stores 2 * ceil(C/16) blocks, one more than C8 for 116 channels).
 DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS
@@ -97,6 +101,33 @@ def _direct_tail(Q: Expr, tile) -> list:
 
 
 
+def _zero_halo() -> list:
+    """Zero the halo of row ``p`` of the output buffer (and the rows above or below the
+    tensor, in the first or last row's task) in every ``KB``-th block from ``kb``: together
+    the tasks zero the halo of all ``YB`` blocks of the buffer, including ranges that other
+    kernels fill (a concatenation's buffer after a merged 1x1's ``prefix``), so the buffer may
+    reuse a slot other values dirtied. Halo and interior are disjoint: no race with the
+    stores, and no value another kernel writes is touched."""
+    n, kb, p, zb = Var("n"), Var("kb"), Var("p"), Var("zb")
+    KB, P, Q, YB, YH, YW, YT, YL = (Var(v) for v in ("KB", "P", "Q", "YB", "YH", "YW", "YT",
+                                                      "YL"))
+
+    def row(r: ExprLike, cols: list) -> list:
+        return [Let("zrow", ((n * YB + zb) * YH + r) * (YW * 8)), *cols]
+
+    def zero_cols(start: Expr, count: ExprLike) -> Loop:
+        return Loop("zc", count, [VStore("y", Var("zrow") + Var("zc") * 8, VZero())],
+                    start=start)
+
+    block = row(p + YT, [zero_cols(Const(0), YL), zero_cols(YL + Q, YW - YL - Q)])
+    block.append(If(cmp("==", p, 0), [Loop("zr", YT, row(Var("zr"), [zero_cols(Const(0), YW)]))]))
+    block.append(If(cmp("==", p, P - 1), [Loop("zr", YH - YT - P, row(
+        Var("zr"), [zero_cols(Const(0), YW)]), start=YT + P)]))
+    return [Comment("with ZH: zero this row's halo in every KB-th block of the whole buffer"),
+            If(cmp(">", Var("ZH"), 0), [Loop("zi", (YB + KB - 1) // KB, [
+        Let("zb", kb + Var("zi") * KB), If(cmp("<", zb, YB), block)])])]
+
+
 def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
     """Array parameters ``e<k>`` of the fused epilogue's operands and their geometry ints."""
     count = sum(e.operand is not None for e in epilogue)
@@ -127,7 +158,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     CB, R, S = g.CB, g.R, g.S
     lanes, nvec, TK = tile_shape.lanes, tile_shape.vectors, tile_shape.channels
     halves = lanes // 8  # 8-channel blocks per vector
-    NB, Cgb, KB, Kgb, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DIRECT_INTS)
+    NB, Cgb, KB, Kgb, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DIRECT_INTS)
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
@@ -198,6 +229,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     else:
         body += [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
         body += _overlap_tail(Q, T, tile)
+    body += _zero_halo()
     # Loop-invariant strides, computed once (runtime sizes).
     pre = [_floor_let(), Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB)),
            Let("yplane", YH * YW * 8)]

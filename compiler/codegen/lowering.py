@@ -126,6 +126,15 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
         whole = blocked_storage(graph, graph.node(node.inputs[0]))
         return replace(whole, channels=node.type.shape[0],
                        first_block=whole.first_block + node.attrs["start"] // 8)
+    for piece in graph.users(node.id):  # its last channels begin a concatenation's buffer
+        if piece.op != "channel_slice":
+            continue
+        starts = [c for c in graph.users(piece.id) if c.attrs.get("in_place")
+                  and "prefix" in c.attrs and c.inputs[0] == piece.id]
+        if starts:
+            whole = blocked_storage(graph, starts[0])
+            return replace(whole, channels=node.type.shape[0],
+                           first_block=whole.first_block - piece.attrs["start"] // 8)
     owners = [u for u in graph.users(node.id) if u.op == "concat" and u.attrs.get("in_place")]
     if owners:  # written straight into its channel range of the (one) concatenation
         concat = owners[0]
@@ -140,7 +149,8 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
                                   node.attrs["out_channels"]):
         blocks = 2 * -(-c // 16)
     t, l, b, r = node.attrs.get("halo", (0, 0, 0, 0))
-    return Storage(c, blocks, h + t + b, w + l + r, t, l)
+    prefix = node.attrs.get("prefix", 0)  # blocks of a merged convolution before a concat
+    return Storage(c, prefix + blocks, h + t + b, w + l + r, t, l, first_block=prefix)
 
 
 def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],

@@ -10,17 +10,26 @@ set); the slices start at whole 8-channel blocks, so in channel-blocked storage 
 of the merged output (no copy). Multiply-accumulates are unchanged: the saving is in kernels and
 in reads of ``x``.
 
+A sibling whose only user is a channel concatenation, as its first input (an inception
+module's 1x1 branch), joins as the last range:
+
+    m = conv1x1(x, [wa; wb; wc]);  concat(channel_slice(m, Ka + Kb, K), y, ...)
+
+so that layout selection can put the concatenation's buffer right after the other ranges: the
+merged convolution writes its first ranges and the concatenation's first input in one pass
+(``select_layout``: the concatenation's ``prefix``). At most one such sibling per group.
+
 Preconditions: stride 1, no padding or dilation, one group; the same fused epilogue (unary ops
 only) and all with a bias or all without; each has a multiple of 8 output channels; none is a
-graph output; a sibling whose only user is a channel concatenation stays separate (it can write
-straight into the concatenation's buffer, which a range of the merged output could not).
+graph output; a sibling used by a channel concatenation is its only user and the
+concatenation's first input.
 """
 
 from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import epilogue_of, own_input_count
-from .common import layer
+from .common import layer, sole_user
 from .manager import PassContext
 
 
@@ -33,8 +42,14 @@ def _mergeable(graph: Graph, node: Node) -> bool:
         return False
     if graph.is_output(node.id) or own_input_count(len(node.inputs), a) != len(node.inputs):
         return False
-    users = graph.users(node.id)
-    return not (len(users) == 1 and users[0].op == "concat")
+    return not any(u.op == "concat" for u in graph.users(node.id)) or \
+        _feeds_concat_first(graph, node)
+
+
+def _feeds_concat_first(graph: Graph, node: Node) -> bool:
+    """Whether ``node``'s only use is as the first input of a channel concatenation."""
+    user = sole_user(graph, node)
+    return user is not None and user.op == "concat" and user.inputs[0] == node.id
 
 
 def _key(node: Node) -> tuple:
@@ -48,6 +63,11 @@ def fold_bottlenecks(graph: Graph, ctx: PassContext) -> bool:
         if _mergeable(graph, node):
             groups.setdefault(_key(node), []).append(node)
     for siblings in groups.values():
+        # the concatenation's first input last, so that its range can begin the buffer
+        siblings.sort(key=lambda s: _feeds_concat_first(graph, s))
+        if len(siblings) > 1 and _feeds_concat_first(graph, siblings[-2]):
+            siblings = [s for s in siblings if not _feeds_concat_first(graph, s)] + \
+                siblings[-1:]
         if len(siblings) < 2:
             continue
         first = siblings[0]

@@ -23,19 +23,20 @@ def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPl
     # A concatenation done in place owns a buffer its producers write their ranges of; it may
     # itself be a part of an outer one (DenseNet: each concatenation a prefix of the next).
     # The outermost owner's slot holds them all, and lives as long as any of them.
-    owners = {s.output: s for s in steps if s.owner}
-    member_of = {i: c for c, s in owners.items() for i in s.inputs}
-
-    def top(v: int) -> int:
-        while v in member_of:
-            v = member_of[v]
-        return v
-
     for s in steps:
         if s.view and not s.owner:
             plan.alias[s.output] = s.inputs[0]
             if s.storage is not None:  # a channel range of blocked storage (a slice)
                 plan.storage[s.output] = s.storage
+    owners = {s.output: s for s in steps if s.owner}
+    # A member is a value written into the buffer: an input of the concatenation, or for a
+    # channel slice (the first input after a ``prefix``) the convolution it is a range of.
+    member_of = {plan.root(i): c for c, s in owners.items() for i in s.inputs}
+
+    def top(v: int) -> int:
+        while v in member_of:
+            v = member_of[v]
+        return v
     outputs = {plan.root(o) for o in graph.outputs.values()}
     inputs = set(graph.inputs.values())
     last_use: dict[int, int] = {}
@@ -102,10 +103,11 @@ def _kind(graph: Graph, step: Step) -> object:
     """What a slot must have held before to hold ``step``'s value: its exact storage when that
     has a zero halo or zero lanes to keep; None (any slot of plain values or of such dense
     storage) when the producer writes every float of it: no halo, whole 8-channel blocks, its
-    own buffer (DenseNet's batch-norm outputs of many channel counts then share slots)."""
+    own buffer (DenseNet's batch-norm outputs of many channel counts then share slots); or a
+concatenation's buffer after a ``prefix``, written whole and its halo zeroed every call."""
     st = step.storage
-    if st is None:
-        return None
+    if st is None or "prefix" in graph.node(step.output).attrs:
+        return None  # plain, or a buffer whose merged 1x1 convolution zeroes its halo
     c, h, w = graph.node(step.output).type.shape
     dense = (st.height, st.width, st.top, st.left, st.first_block) == (h, w, 0, 0, 0) \
         and c % 8 == 0

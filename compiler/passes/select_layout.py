@@ -22,6 +22,19 @@ straight into their channel range of its buffer and the concatenation itself is 
 read by the next layer and the next concatenation) but every input fills whole blocks, the
 concatenation stays blocked and copies block by block (``in_place=False``): no layout
 transform around it. Only at -O2.
+
+A concatenation whose first input is the last channel range of a merged 1x1 convolution
+(``fold_bottlenecks``: an inception module's 1x1 branch merged with the reductions) extends its
+buffer in front: ``prefix`` blocks hold the convolution's other ranges, so the merged kernel
+writes the reductions and the concatenation's first range in one pass,
+
+    buffer = [ m's first ranges | concat(channel_slice(m, start, K), y, ...) ]
+
+and everything in the buffer shares its halo (the largest any reader needs). The merged
+kernel zeroes that halo on every call (``zero_halo``: every reader of the halo depends on it),
+so the buffer, written whole each call, may reuse any dead slot. When ``K`` is not
+a multiple of 16, the merged kernel's padding block falls on the next input's first block,
+which is written later (its producer depends on ``m``).
 """
 
 from __future__ import annotations
@@ -118,26 +131,36 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
                 ctx.note(f"{layer(node)}: {len(node.inputs)} blocked inputs copied block by "
                          "block", node)
                 continue
+            base = _prefix_source(graph, node)
+            after = ""
+            if base is not None:
+                node.attrs["prefix"] = graph.node(node.inputs[0]).attrs["start"] // 8
+                base.attrs["zero_halo"] = True  # the buffer may then take any free slot
+                after = f", after the first {node.attrs['prefix']} blocks of {layer(base)}"
             ctx.note(f"{layer(node)}: {len(node.inputs)} producers write into their channel "
-                     "ranges (no copy)", node)
+                     f"ranges (no copy){after}", node)
     return bool(blocked)
 
 
 def _concat_in_place(graph: Graph, node: Node) -> bool:
     """A channel concatenation whose producers can write into its buffer: each input is
     computed by a kernel (or is another concatenation: DenseNet's chains, each a prefix of the
-    next), feeds no other concatenation, and fills whole blocks (a direct convolution writes
-    its channels in blocks of 16). An input may have other users: they read it where it lies
+    next; a channel slice only as the first input after a ``prefix``, see `_prefix_source`),
+    feeds no other concatenation, and fills whole blocks (a direct convolution writes its
+    channels in blocks of 16). An input may have other users: they read it where it lies
     in the buffer, which lives as long as any of its parts."""
     if node.attrs.get("axis") != 0 or len(node.type.shape) != 3 or graph.is_output(node.id):
         return False
-    for i in node.inputs:
+    prefix = _prefix_source(graph, node) is not None
+    for pos, i in enumerate(node.inputs):
+        if pos == 0 and prefix:
+            continue  # written by the merged convolution before it (checked there)
         src = graph.node(i)
         c = src.type.shape[0]
         whole = 16 if src.op == "conv" and src.attrs.get("groups") == 1 else 8
         concats = sum(u.op == "concat" for u in graph.users(i))
         if (c % whole or graph.is_output(i) or concats != 1 or node.inputs.count(i) != 1
-                or src.op in ("input", "param") or get_op(src.op).view):
+                or src.op in ("input", "param", "channel_slice") or get_op(src.op).view):
             return False
     return True
 
@@ -151,12 +174,43 @@ def _buffer_groups(graph: Graph, in_place: set[int]) -> list[set[int]]:
             continue  # a part of an outer one
         group, todo = {nid}, [nid]
         while todo:
-            for i in graph.node(todo.pop()).inputs:
+            concat = graph.node(todo.pop())
+            base = _prefix_source(graph, concat)
+            if base is not None:
+                group.add(base.id)
+            for i in concat.inputs:
                 group.add(i)
                 if i in in_place:
                     todo.append(i)
         groups.append(group)
     return groups
+
+
+def _prefix_source(graph: Graph, concat: Node) -> Node | None:
+    """The convolution ``m`` whose last channels are ``concat``'s first input (a channel slice
+    of it from a whole block to its end), when the concatenation's buffer can begin with
+    ``m``'s other channels: ``m`` is a kernel's output used only through channel slices, no
+    other of which feeds a concatenation; the concatenation is in no other one; and ``m``'s
+    padding block (``K % 16 == 8``: a direct convolution writes blocks of 16 channels) falls
+    on a range written after ``m``."""
+    first = graph.node(concat.inputs[0])
+    if first.op != "channel_slice" or concat.inputs.count(first.id) != 1:
+        return None
+    base = graph.node(first.inputs[0])
+    k = base.type.shape[0]
+    if (base.op != "conv" or base.attrs["groups"] != 1 or graph.is_output(base.id)
+            or first.attrs["stop"] != k or first.attrs["start"] % 8
+            or any(u.op == "concat" for u in graph.users(concat.id))):
+        return None
+    for u in graph.users(base.id):
+        if u.op != "channel_slice":
+            return None
+        concats = sum(c.op == "concat" for c in graph.users(u.id))
+        if concats != (1 if u.id == first.id else 0):
+            return None
+    if k % 16 and not (len(concat.inputs) > 1 and graph.reaches(base.id, concat.inputs[1])):
+        return None
+    return base
 
 
 def _concat_blocked_copy(graph: Graph, node: Node) -> bool:

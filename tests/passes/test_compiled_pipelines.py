@@ -188,6 +188,40 @@ def test_blocked_values_that_fill_their_storage_share_slots(name):
     assert arena[2] <= arena[0], arena
 
 
+THREE_INCEPTIONS = """network three
+input x: 16 x 9 x 9
+block inception() {
+  a = in -> conv(16, 1) -> relu
+  b = in -> conv(16, 1) -> relu -> conv(16, 3, pad=1) -> relu
+  c = in -> conv(8, 1) -> relu -> conv(16, 5, pad=2) -> relu
+  return concat(a, b, c)
+}
+x -> conv(160, 3, pad=1) -> conv(16, 1) -> inception() -> conv(16, 1) -> inception()
+  -> conv(16, 1) -> inception() -> conv(8, 1) -> output y
+"""
+
+
+def test_a_concatenation_after_a_prefix_reuses_a_dirty_slot_and_its_halo_is_zeroed():
+    """Each module's buffer (the merged 1x1's reductions, then the concatenation) has the
+    halo the 5x5 reads as padding; the merged kernel zeroes it every call, so the third
+    module's buffer takes the slot the 160-channel stem wrote and the numbers stay right."""
+    from cnnc.dsl.builder import load_network
+
+    source = load_network(THREE_INCEPTIONS)
+    m = compile_model(source, seed=4, opt_level=2)
+    graph, buffers = m.plan.graph, m.plan.buffers
+    concats = [n for n in graph.compute_nodes() if n.op == "concat"]
+    assert all(c.attrs.get("prefix") == 3 for c in concats)
+    zeroing = [n for n in graph.compute_nodes() if n.attrs.get("zero_halo")]
+    assert len(zeroing) == 3 and all(n.attrs["halo"] == (2, 2, 2, 2) for n in zeroing)
+    stem = next(n for n in graph.compute_nodes() if n.attrs.get("out_channels") == 160)
+    assert buffers.slot_of[stem.id] == buffers.slot_of[concats[0].id]
+    x = np.random.default_rng(8).standard_normal((2, 16, 9, 9)).astype(np.float32)
+    want = run_reference(source, {"x": x}, m.params)["y"]
+    for _ in range(2):  # the second call finds the slots as the first left them
+        np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 @pytest.mark.host_target
 def test_cpu_target_is_this_machines_and_the_cli_names_one(tmp_path, capsys):
     from cnnc.compiler.target import host_target

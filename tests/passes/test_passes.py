@@ -352,12 +352,25 @@ def test_sibling_1x1_convolutions_merge_into_one():
     assert run(fold_bottlenecks, g)
     convs = [n for n in g.compute_nodes() if n.op == "conv"]
     merged = [n for n in convs if n.attrs["kernel"] == (1, 1)]
-    # the reduce convs (16 and 8 channels) merge; the first branch feeds the concat alone
-    assert sorted(n.attrs["out_channels"] for n in merged) == [16, 24]
-    slices = [(n.attrs["start"], n.attrs["stop"]) for n in g.compute_nodes()
-              if n.op == "channel_slice"]
-    assert slices == [(0, 16), (16, 24)]
+    # all three merge; the first branch, the concatenation's first input, is the last range
+    assert [n.attrs["out_channels"] for n in merged] == [40]
+    slices = {n.id: (n.attrs["start"], n.attrs["stop"]) for n in g.compute_nodes()
+              if n.op == "channel_slice"}
+    assert sorted(slices.values()) == [(0, 16), (16, 24), (24, 40)]
+    concat = next(n for n in g.compute_nodes() if n.op == "concat")
+    assert slices[concat.inputs[0]] == (24, 40)
     same_numbers(before, g, params)
+
+
+def test_a_branch_that_is_not_the_concatenations_first_input_stays_separate():
+    from cnnc.compiler.passes.fold_bottlenecks import fold_bottlenecks
+
+    g = build(INCEPTION.replace("concat(a, b, c)", "concat(b, a, c)"), 16)
+    run(fuse_epilogues, g)
+    assert run(fold_bottlenecks, g)
+    merged = [n.attrs["out_channels"] for n in g.compute_nodes()
+              if n.op == "conv" and n.attrs["kernel"] == (1, 1)]
+    assert sorted(merged) == [16, 24]  # the reductions only
 
 
 @pytest.mark.parametrize("body, why", [
@@ -390,7 +403,48 @@ def test_inception_compiled_at_every_level_matches_the_reference():
             want = run_reference(g, {"x": x}, m.params)["y"]
         np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)
         kernels[level] = m.stats()["kernels per call"]
-    # -O2: the first 1x1 and the merged 1x1 (each packing the graph input itself: 2 + 2), the
-    # 3x3, the 5x5 (the concat is in place: the branches write into it), the last 1x1 and its
-    # unpack to NCHW: 8 kernels
-    assert kernels[2] == 8, kernels
+    # -O2: the pack of the input, the three 1x1 merged into one, the 3x3, the 5x5 (the concat
+    # is in place: the branches write into it), the last 1x1 and its unpack to NCHW: 6 kernels
+    assert kernels[2] == 6, kernels
+
+
+@pytest.mark.parametrize("reduce5", [8, 16])
+def test_the_merged_1x1_writes_the_reductions_in_front_of_the_concatenation(reduce5):
+    """The concatenation's buffer begins after the merged convolution's first ranges (its
+    ``prefix``), whether the merged channel count is a multiple of 16 or its padding block
+    falls on the next branch's range (written later)."""
+    from cnnc.runtime.model import compile as compile_model
+
+    src = INCEPTION.replace("conv(8, 1)", f"conv({reduce5}, 1)")
+    g = build(src.replace("-> output y", "-> conv(8, 1) -> output y"), 16)
+    m = compile_model(g, seed=2, opt_level=2)
+    concat = next(n for n in m.plan.graph.compute_nodes() if n.op == "concat")
+    assert concat.attrs["in_place"] and concat.attrs["prefix"] == (16 + reduce5) // 8
+    assert "prefix" in m.plan.graph.dump()
+    x = np.random.default_rng(5).standard_normal((3, 16, 6, 6)).astype(np.float32)
+    want = run_reference(g, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_no_prefix_when_the_padding_block_would_land_on_a_range_written_before():
+    """24 merged channels write 32: the padding block would fall on ``d``'s first block, and
+    ``d`` does not depend on the merged convolution (it may be written first), so the
+    concatenation copies instead; the numbers stay right."""
+    from cnnc.runtime.model import compile as compile_model
+
+    g = build("a = x -> conv(16, 1) -> relu\n"
+              "b = x -> conv(8, 1) -> relu -> conv(16, 3, pad=1)\n"
+              "d = x -> conv(16, 3, pad=1)\n"
+              "concat(a, d) -> conv(8, 1) -> output y\nb -> output z", 16)
+    m = compile_model(g, seed=2, opt_level=2)
+    graph = m.plan.graph
+    assert [n.attrs["out_channels"] for n in graph.compute_nodes()
+            if n.op == "conv" and n.inputs[0] in graph.inputs.values()
+            and n.attrs["kernel"] == (1, 1)] == [24]
+    concat = next(n for n in graph.compute_nodes() if n.op == "concat")
+    assert "prefix" not in concat.attrs
+    x = np.random.default_rng(6).standard_normal((2, 16, 6, 6)).astype(np.float32)
+    want = run_reference(g, {"x": x}, m.params)
+    got = m.run({"x": x})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
