@@ -311,20 +311,67 @@ def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: f
                k: float, comment: str = "") -> Kernel:
     """Local response normalization across channels (ONNX window placement)."""
     C, hw = int(shape[0]), _prod(shape[1:])
-    before, after = (size - 1) // 2, size // 2
     body: list[Stmt] = [Let("n", Var("t") // C), Let("c", Var("t") % C),
-                        Let("lo", fmax_i(Var("c") - before, 0)),
-                        Let("hi", fmin_i(Var("c") + (after + 1), C)),
+                        *_lrn_window(Var("c"), C, size),
                         Let("base", Var("n") * (C * hw))]
     j = Var("j")
-    xv = Load("x0", Var("base") + Var("cc") * hw + j)
-    inner = [Let("s", Const(0.0)),
-             Loop("cc", Var("hi") - Var("lo"), [Let("s", Var("s") + xv * xv)], start=Var("lo")),
-             Let("o", Var("base") + Var("c") * hw + j),
-             Store("y", Var("o"), div(Load("x0", Var("o")), call(
-                 "pow", F64(float(k)) + F64(alpha / size) * Var("s"), F64(float(beta)))))]
+
+    def x_at(c: Expr) -> Expr:
+        return Load("x0", Var("base") + c * hw + j)
+
+    inner = _lrn_store(Var("base") + Var("c") * hw + j, x_at, Var("c"), size, alpha, beta, k)
     body.append(Loop("j", Const(hw), inner))
     return _rows_kernel(name, _arrays("x0", "y"), C, body, comment)
+
+
+def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: float,
+                       k: float, comment: str = "") -> Kernel:
+    """Local response normalization over channel-blocked storage (geometry ``X*`` in, ``Y*``
+    out): per (image, block, row), each lane's window of channels reaches into the
+    neighbouring blocks; lanes past the channels are stored as zeros (the padding lanes)."""
+    from .tiles import BLOCKED_INTS
+
+    C = channels
+    n, cb, p, q, j = Var("n"), Var("cb"), Var("p"), Var("q"), Var("j")
+    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    C8, P, Q = Var("C8"), Var("P"), Var("Q")
+
+    def x_at(c: Expr) -> Expr:  # channel c of pixel (p, q)
+        return Load("x0", ((n * XB + c // 8) * XH + p + XT) * (XW * 8) + (XL + q) * 8 + c % 8)
+
+    c = Var("c")
+    lane = [Let("c", cb * 8 + j), Let("o", Var("yrow") + q * 8 + j),
+            If(cmp("<", c, C), [*_lrn_window(c, C, size),
+                                *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
+               [Store("y", Var("o"), Const(0.0))])]
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
+        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
+        Loop("q", Q, [Loop("j", Const(8), lane)])]
+    ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
+    params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
+        [Param("n_batch", "int")]
+    return Kernel(name, params, [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")],
+                  comment)
+
+
+def _lrn_window(c: Expr, C: int, size: int) -> list[Stmt]:
+    """``lo .. hi``: the channels in the window of channel ``c`` (ONNX: ``(size - 1) // 2``
+    before, ``size // 2`` after, clipped to the tensor)."""
+    before, after = (size - 1) // 2, size // 2
+    return [Let("lo", fmax_i(c - before, 0)), Let("hi", fmin_i(c + (after + 1), C))]
+
+
+def _lrn_store(index: Expr, x_at, c: Expr, size: int, alpha: float, beta: float,
+               k: float) -> list[Stmt]:
+    """``y[index] = x_c / (k + alpha / size * sum of x^2 over lo .. hi) ** beta``, where
+    ``x_at(channel)`` loads the pixel's value of a channel."""
+    cc = Var("cc")
+    return [Let("s", Const(0.0)),
+            Loop("cc", Var("hi") - Var("lo"), [Let("s", Var("s") + x_at(cc) * x_at(cc))],
+                 start=Var("lo")),
+            Store("y", index, div(x_at(c), call(
+                "pow", F64(float(k)) + F64(alpha / size) * Var("s"), F64(float(beta)))))]
 
 
 def fmax_i(a: ExprLike, b: ExprLike) -> Expr:

@@ -268,12 +268,20 @@ def _lrn_reference(inputs, attrs):
 
 
 def _lower_lrn(ctx, node):
-    from ..codegen.elementwise import lrn_kernel
+    from ..codegen.elementwise import lrn_blocked_kernel, lrn_kernel
     from ..codegen.lowering import kernel_step
 
     a = node.attrs
-    k = lrn_kernel(ctx.kname, ctx.in_shapes[0], a["size"], a["alpha"], a["beta"], a["k"],
-                   ctx.comment)
+    window = (a["size"], a["alpha"], a["beta"], a["k"])
+    source = ctx.storage(ctx.tensor_inputs[0])
+    if source is not None:  # NCHW8c in and out (the layout rule)
+        c, h, w = ctx.out_shape
+        ints = {"C8": -(-c // 8), "P": h, "Q": w}
+        ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
+        ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
+        k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment)
+        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
+    k = lrn_kernel(ctx.kname, ctx.in_shapes[0], *window, ctx.comment)
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
 
 
@@ -282,7 +290,7 @@ register(OpDef(
     signature=(Attr("size", "int", 5), Attr("alpha", "float", 1e-4),
                Attr("beta", "float", 0.75), Attr("k", "float", 1.0)),
     canonicalize=_lrn_canonicalize, infer=same_shape, reference=_lrn_reference, macs=no_macs,
-    lower=lambda ctx, node: _lower_lrn(ctx, node),
+    lower=lambda ctx, node: _lower_lrn(ctx, node), layout_rule=elementwise_layouts,
     # float32 sum of `size` squares (positive: a relative (size + 1) EPS32), pow in float64
     # (scales it by beta), the division and the store: one EPS32 each
     error_bound=lambda ctx: EPS32 * np.abs(ctx.out) * (

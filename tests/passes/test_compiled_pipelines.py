@@ -188,6 +188,25 @@ def test_blocked_values_that_fill_their_storage_share_slots(name):
     assert arena[2] <= arena[0], arena
 
 
+@pytest.mark.parametrize("channels, size", [(12, 5), (16, 4), (8, 1)])
+def test_local_response_norm_runs_blocked_between_convolutions(channels, size):
+    """AlexNet's and GoogLeNet's LRN on NCHW8c: each lane's window reaches into the
+    neighbouring blocks, the padding lanes stay zero (12 channels), and no layout transform is
+    left around it."""
+    from cnnc.dsl.builder import load_network
+
+    source = load_network(f"network lrn\ninput x: 5 x 9 x 7\n"
+                          f"x -> conv({channels}, 3, pad=1) -> relu -> maxpool(2)\n"
+                          f"  -> lrn(size={size}, alpha=0.5) -> conv(8, 3, pad=1) -> output y\n")
+    m = compile_model(source, seed=3, opt_level=2)
+    lrn = next(n for n in m.plan.graph.compute_nodes() if n.op == "lrn")
+    assert lrn.attrs["layout"] == "NCHW8c"
+    assert m.stats()["layout transforms per call"] == 2  # the input's pack, the output's unpack
+    x = np.random.default_rng(9).standard_normal((2, 5, 9, 7)).astype(np.float32)
+    want = run_reference(source, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 THREE_INCEPTIONS = """network three
 input x: 16 x 9 x 9
 block inception() {
