@@ -77,6 +77,8 @@ def check_model(model: CompiledModel, *, batch: int = 1, tol: float = DEFAULT_TO
             if buf is None:
                 feeds[buffers.root(i)] = x32.reshape(-1)
             elif (buffers.storage.get(i) or buffers.storage.get(buffers.root(i))) is not None:
+                if x32.ndim == 2:  # a flattened blocked tensor: store the tensor itself
+                    x32 = x32.reshape((batch,) + graph.node(graph.node(i).inputs[0]).type.shape)
                 (buffers.storage.get(i) or buffers.storage[buffers.root(i)]).store(x32, buf)
             else:
                 buf[:] = x32.reshape(-1)

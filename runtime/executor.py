@@ -158,6 +158,9 @@ class CpuExecutor:
         flat = self.output(arena, inputs, node)
         shape = self.plan.graph.node(node).type.shape
         storage = self.plan.buffers.storage.get(node)
+        if storage is not None and len(shape) == 1:  # a flattened blocked tensor
+            source = self.plan.graph.node(node).inputs[0]
+            return self.value(arena, inputs, source).reshape(arena.n, -1)
         if storage is not None:
             return storage.load(flat, arena.n, shape)
         return flat[: arena.n * int(np.prod(shape))].reshape((arena.n,) + shape)

@@ -122,6 +122,8 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
     multiple of 16), and the ``halo`` the pass chose around it."""
     if node.attrs.get("layout") != BLOCKED:
         return None
+    if node.op == "flatten":  # the same floats, read in storage order (by a dense layer)
+        return blocked_storage(graph, graph.node(node.inputs[0]))
     if node.op == "channel_slice":  # a view of whole blocks of its input's storage
         whole = blocked_storage(graph, graph.node(node.inputs[0]))
         return replace(whole, channels=node.type.shape[0],

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import BLOCKED, PLAIN, TensorType
 from . import Attr, OpDef, ParamSpec, ShapeError, as_bool, as_int, register, sum_bound
 
 
@@ -49,17 +49,44 @@ def _reference(inputs, attrs):
     return y
 
 
+def _layouts(node, in_types):
+    """NCHW features, or a channel-blocked tensor flattened in its storage order (``flatten``
+    of NCHW8c storage: the weights are permuted to match, see ``_lower``)."""
+    return ((PLAIN, PLAIN), (BLOCKED, PLAIN))
+
+
+def storage_order(shape: tuple[int, ...], storage) -> np.ndarray:
+    """Where feature ``c * H * W + h * W + w`` of a ``C x H x W`` tensor lies in its
+    channel-blocked storage, flattened (``[blocks, height, width, 8]`` floats per image)."""
+    c, h, w = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    return ((((c // 8) * storage.height + h + storage.top) * storage.width + w + storage.left)
+            * 8 + c % 8).ravel()
+
+
 def _lower(ctx, node):
-    """The dense kernel; weights and bias by value (no repacking), activations fused."""
+    """The dense kernel; weights and bias by value, activations fused. Over a flattened
+    blocked tensor it reads every float of the storage (halo and padding lanes are zeros,
+    a convolution's padding block finite), the weights scattered to the features' places and
+    zero elsewhere."""
     from ..codegen.elementwise import dense_kernel
     from ..codegen.lowering import kernel_step
 
     w, *b = ctx.param_inputs
-    k = dense_kernel(ctx.kname, ctx.in_shapes[0][0], node.attrs["out_features"], bool(b),
-                     ctx.epilogue, ctx.comment)
+    x = ctx.tensor_inputs[0]
+    storage = ctx.storage(x)
+    n_in = ctx.in_shapes[0][0] if storage is None else storage.floats
+    k = dense_kernel(ctx.kname, n_in, node.attrs["out_features"], bool(b), ctx.epilogue,
+                     ctx.comment)
+    if storage is not None:
+        places = storage_order(ctx.graph.node(ctx.graph.node(x).inputs[0]).type.shape, storage)
 
     def pack(values):
-        return {"c_w": values[w], **({"c_b": values[b[0]]} if b else {})}
+        weight = values[w]
+        if storage is not None:
+            scattered = np.zeros((weight.shape[0], n_in), weight.dtype)
+            scattered[:, places] = weight
+            weight = scattered
+        return {"c_w": weight, **({"c_b": values[b[0]]} if b else {})}
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs, pack=pack)
 
 
@@ -69,6 +96,6 @@ register(OpDef(
                Attr("weights", "tensor", None)),
     canonicalize=_canonicalize, params=_params, infer=_infer, reference=_reference,
     macs=lambda ts, out, a: _features(ts[0]) * a["out_features"],
-    aliases=("linear", "fc"), doc="fully connected layer",
+    aliases=("linear", "fc"), doc="fully connected layer", layout_rule=_layouts,
     error_bound=sum_bound(),  # in_features products per output (macs), bias, weights
 ))

@@ -285,10 +285,18 @@ register(OpDef(name="channel_slice", family="tensor",
 
 # -- flatten / reshape ------------------------------------------------------------------------
 
+def _flatten_layouts(node, in_types):
+    """NCHW, or a view of NCHW8c storage whose features are in the storage's order (only a
+    dense layer reads that: its weights follow the order)."""
+    if in_types[0].rank != 3:
+        return ((PLAIN, PLAIN),)
+    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
+
+
 register(OpDef(name="flatten", family="tensor", view=True, signature=(),
                infer=lambda ts, a: ts[0].with_shape(ts[0].size),
                reference=one_input(lambda x, a: np.asarray(x, np.float64).reshape(len(x), -1)),
-               macs=no_macs, new_activations=False,
+               macs=no_macs, new_activations=False, layout_rule=_flatten_layouts,
                doc="flatten each sample to a feature vector (C*H*W, C-order)"))
 
 

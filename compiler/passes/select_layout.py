@@ -74,6 +74,8 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         return BLOCKED if node.id in blocked else PLAIN
 
     def fits(node: Node) -> bool:
+        if node.op == "flatten" and any(u.op == "concat" for u in graph.users(node.inputs[0])):
+            return False  # a dense layer reads the whole storage, from the buffer's start
         if node.op == "concat":
             if not all(i in blocked for i in node.inputs):
                 return False

@@ -207,6 +207,32 @@ def test_local_response_norm_runs_blocked_between_convolutions(channels, size):
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("channels, pad", [(16, 0), (12, 1)])
+def test_a_dense_layer_reads_a_flattened_blocked_tensor_in_its_storage_order(channels, pad):
+    """conv -> flatten -> dense without the unpack: the dense layer's weights are scattered
+    to where each feature lies in NCHW8c storage (12 channels: padding lanes; the halo the
+    second convolution reads), the numbers unchanged, and weights set after compiling are
+    scattered too."""
+    from cnnc.dsl.builder import load_network
+
+    reader = "a -> conv(8, 3, pad=1) -> flatten -> dense(3) -> output z\n" if pad else ""
+    source = load_network(f"network head\ninput x: 5 x 6 x 7\n"
+                          f"a = x -> conv({channels}, 3, pad=1) -> relu -> maxpool(2)\n"
+                          f"a -> flatten -> dense(10) -> relu -> dense(4) -> output y\n{reader}")
+    m = compile_model(source, seed=3, opt_level=2)
+    flats = [n for n in m.plan.graph.compute_nodes() if n.op == "flatten"]
+    assert [n.attrs.get("layout") for n in flats] == ["NCHW8c"] * (1 + pad)
+    assert m.stats()["layout transforms per call"] == 1  # the input's pack
+    x = np.random.default_rng(10).standard_normal((3, 5, 6, 7)).astype(np.float32)
+    params = {k: np.random.default_rng(11).standard_normal(v.shape).astype(np.float32)
+              for k, v in m.params.items()}
+    m.set_params(params)
+    want = run_reference(source, {"x": x}, params)
+    got = m.run({"x": x})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4 * np.abs(want[k]).max())
+
+
 THREE_INCEPTIONS = """network three
 input x: 16 x 9 x 9
 block inception() {
