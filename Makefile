@@ -33,7 +33,7 @@ demo: install graphviz
 	$(BIN)/cnnc demo $(MODEL)
 
 test: install graphviz
-	$(BIN)/python -m pytest -n 2 --durations=30 tests
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=30 tests
 
 lint: install
 	$(BIN)/ruff check .

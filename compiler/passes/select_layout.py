@@ -74,8 +74,8 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         return BLOCKED if node.id in blocked else PLAIN
 
     def fits(node: Node) -> bool:
-        if node.op == "flatten" and any(u.op == "concat" for u in graph.users(node.inputs[0])):
-            return False  # a dense layer reads the whole storage, from the buffer's start
+        if node.op == "flatten" and not _starts_its_buffer(graph, graph.node(node.inputs[0])):
+            return False  # a dense layer reads every float of the storage from its start
         if node.op == "concat":
             if not all(i in blocked for i in node.inputs):
                 return False
@@ -186,6 +186,14 @@ def _buffer_groups(graph: Graph, in_place: set[int]) -> list[set[int]]:
                     todo.append(i)
         groups.append(group)
     return groups
+
+
+def _starts_its_buffer(graph: Graph, node: Node) -> bool:
+    """Whether ``node``'s blocked storage would begin its buffer: not a channel range of
+    another value (a slice, a part of a concatenation, a concatenation after a prefix)."""
+    if node.op == "channel_slice" or any(u.op == "concat" for u in graph.users(node.id)):
+        return False
+    return not (node.op == "concat" and _prefix_source(graph, node) is not None)
 
 
 def _prefix_source(graph: Graph, concat: Node) -> Node | None:

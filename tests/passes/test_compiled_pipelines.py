@@ -233,6 +233,28 @@ def test_a_dense_layer_reads_a_flattened_blocked_tensor_in_its_storage_order(cha
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4 * np.abs(want[k]).max())
 
 
+def test_a_flattened_channel_range_of_a_merged_convolution_is_unpacked_first():
+    """``a`` and ``b`` are ranges of the merged 1x1 convolution's buffer: a dense layer reading
+    every float from ``b``'s start would run past the buffer, so each flatten of a range
+    stays NCHW (after an unpack)."""
+    from cnnc.dsl.builder import load_network
+
+    source = load_network("network two\ninput x: 16 x 5 x 5\n"
+                          "a = x -> conv(8, 1) -> relu\nb = x -> conv(8, 1) -> relu\n"
+                          "a -> flatten -> dense(3) -> output y\n"
+                          "b -> flatten -> dense(4) -> output z\n")
+    m = compile_model(source, seed=5, opt_level=2)
+    graph = m.plan.graph
+    layouts = {graph.node(n.inputs[0]).attrs["start"]: n.attrs.get("layout")
+               for n in graph.compute_nodes() if n.op == "flatten"}
+    assert layouts == {0: None, 8: None}
+    x = np.random.default_rng(12).standard_normal((2, 16, 5, 5)).astype(np.float32)
+    want = run_reference(source, {"x": x}, m.params)
+    got = m.run({"x": x})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5 * np.abs(want[k]).max())
+
+
 THREE_INCEPTIONS = """network three
 input x: 16 x 9 x 9
 block inception() {
