@@ -63,11 +63,9 @@ def fold_bottlenecks(graph: Graph, ctx: PassContext) -> bool:
         if _mergeable(graph, node):
             groups.setdefault(_key(node), []).append(node)
     for siblings in groups.values():
-        # the concatenation's first input last, so that its range can begin the buffer
-        siblings.sort(key=lambda s: _feeds_concat_first(graph, s))
-        if len(siblings) > 1 and _feeds_concat_first(graph, siblings[-2]):
-            siblings = [s for s in siblings if not _feeds_concat_first(graph, s)] + \
-                siblings[-1:]
+        # one concatenation's first input, last, so that its range can begin the buffer
+        feeders = [s for s in siblings if _feeds_concat_first(graph, s)]
+        siblings = [s for s in siblings if s not in feeders] + feeders[-1:]
         if len(siblings) < 2:
             continue
         first = siblings[0]

@@ -104,7 +104,7 @@ def _kind(graph: Graph, step: Step) -> object:
     has a zero halo or zero lanes to keep; None (any slot of plain values or of such dense
     storage) when the producer writes every float of it: no halo, whole 8-channel blocks, its
     own buffer (DenseNet's batch-norm outputs of many channel counts then share slots); or a
-concatenation's buffer after a ``prefix``, written whole and its halo zeroed every call."""
+    concatenation's buffer after a ``prefix``, written whole and its halo zeroed every call."""
     st = step.storage
     if st is None or "prefix" in graph.node(step.output).attrs:
         return None  # plain, or a buffer whose merged 1x1 convolution zeroes its halo
