@@ -53,13 +53,13 @@ from typing import Any
 import numpy as np
 
 from ..ops import operand_kind as _operand_kind
-from ..ops import own_attrs, spatial_out
+from ..ops import own_attrs, own_input_types, prologue_of, spatial_out
 from ..plan import Arg, Call, Step, Storage
 from .conv_direct import depthwise_conv_kernel, direct_conv_kernel
 from .gemm import gemm_kernel
 from .kernel_ir import Kernel
 from .layout import crop_epilogue_kernel, layout_module, unpack_epilogue_kernel
-from .lowering import step_name, step_ops
+from .lowering import LoweringError, step_name, step_ops
 from .numba_printer import print_tasked
 from .tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
 
@@ -215,7 +215,8 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
 
 
 def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
-                       tile: DirectTile = TILE_8) -> tuple[Kernel, str, str]:
+                       tile: DirectTile = TILE_8,
+                       prologue: tuple[str, dict] | None = None) -> tuple[Kernel, str, str]:
     """The compute kernel of a convolution (kernel IR), its function name and a cache tag.
 
     The kernel depends only on what stays literal (lowering, channel block, kernel size,
@@ -225,8 +226,15 @@ def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
     rs = f"{g.R}x{g.S}_s{g.sh}x{g.sw}_d{g.dh}x{g.dw}"
     if epilogue:
         rs += "_" + "-".join(e.op for e in epilogue) + "".join(f"_{k}" for k in kinds)
+    if prologue is not None:
+        op, a = prologue
+        rs += f"_pro_{op}_k{'x'.join(map(str, a['kernel']))}_s{'x'.join(map(str, a['stride']))}" \
+            f"_p{''.join(map(str, a['pads']))}_d{'x'.join(map(str, a.get('dilation', (1, 1))))}"
     if lowering == "direct":
         fused = f"; epilogue {', '.join(map(str, epilogue))}" if epilogue else ""
+        if prologue is not None:
+            fused += f"; prologue {prologue[0]} kernel {prologue[1]['kernel']} stride " \
+                     f"{prologue[1]['stride']} pads {prologue[1]['pads']}"
         if g.depthwise:
             note = f"depthwise convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
                    f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
@@ -237,7 +245,9 @@ def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
         tag = f"direct_cb{g.CB}_{rs}" if tile == TILE_8 else \
             f"direct_cb{g.CB}_t{tile.pixels}x{tile.channels}l{tile.lanes}_{rs}"
         return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
-                                  tile_shape=tile), "conv_direct", tag
+                                  tile_shape=tile, prologue=prologue), "conv_direct", tag
+    if prologue is not None:
+        raise ValueError("a pooling prologue runs only in the direct convolution kernel")
     if lowering == "im2col":
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm", "gemm"
@@ -299,11 +309,12 @@ def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray, b: np.ndarray | 
 
 
 def conv_module(g: ConvGeometry, lowering: str, root=None, epilogue=(), kinds=(),
-                tile: DirectTile = TILE_8) -> tuple[Any, str, str]:
+                tile: DirectTile = TILE_8,
+                prologue: tuple[str, dict] | None = None) -> tuple[Any, str, str]:
     """``(module, function name, source)`` of the compute kernel, from the cache."""
     from . import cache
 
-    kernel, name, tag = build_conv_kernels(g, lowering, epilogue, kinds, tile)
+    kernel, name, tag = build_conv_kernels(g, lowering, epilogue, kinds, tile, prologue)
     src = print_tasked(kernel, "convolution kernel")
     return cache.load_module(src, tag, root), name, src
 
@@ -390,8 +401,14 @@ def lower_conv(ctx, node) -> Step:
     lowering = node.attrs["lowering"]
     attrs = own_attrs(node.attrs)
     x = ctx.tensor_inputs[0]
-    x_shape = ctx.graph.node(x).type.shape
+    # the convolution's own input: x, or the pool of x its prologue computes
+    x_shape = own_input_types([ctx.graph.node(i).type for i in node.inputs], node.attrs)[0].shape
     x_store, y_store = ctx.storage(x), ctx.out_storage
+    pre = prologue_of(node.attrs)
+    prologue = (pre[0].op, pre[0].attr_dict) if pre else None
+    if prologue is not None and (x_store is None or lowering != "direct" or len(pre) > 1):
+        raise LoweringError(f"{ctx.kname}: a pooling prologue needs one pool of a "
+                            "channel-blocked input and the direct lowering")
     epilogue = list(ctx.epilogue)
     relu = bool(epilogue) and epilogue[0].op == "relu"
     if relu:
@@ -405,7 +422,8 @@ def lower_conv(ctx, node) -> Step:
     tile = DirectTile.parse(node.attrs["tile"]) if "tile" in node.attrs else TILE_8
     root = ctx.cache_dir
     layout = layout_module(root)
-    mod, fname, src = conv_module(g, lowering, root, in_kernel, kinds if in_kernel else (), tile)
+    mod, fname, src = conv_module(g, lowering, root, in_kernel, kinds if in_kernel else (), tile,
+                                  prologue)
     calls: list[Call] = []
     scratch: dict[str, int] = {}
     source = Arg("value", x)
@@ -441,13 +459,20 @@ def lower_conv(ctx, node) -> Step:
     else:
         scratch["conv_out"] = out_floats(g, lowering)
     op_args = [Arg("value", o) for o in operands] if in_kernel else []
+    pooled: list[Arg] = []
+    if prologue is not None:  # the scratch rows the prologue pools into, and x's H x W
+        scratch["pooled"] = g.Cgb * g.P * g.Q * 8
+        pooled = [Arg("scratch", "pooled")]
+        op_args += pooled
+    pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]] if pooled else []
     op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
         if in_kernel else []
     calls.append(Call(getattr(mod, fname), (xp, Arg("const", "w"), Arg("const", "b"), yp,
                                             *op_args, *(Arg("int", v) for v in kernel_int_args(
                                                 g, lowering, x_store, y_store, tile,
                                                 bool(node.attrs.get("zero_halo")))),
-                                            *op_ints, Arg("int", int(relu)), Arg("batch")),
+                                            *pooled_ints, *op_ints, Arg("int", int(relu)),
+                                            Arg("batch")),
                       fname))
     if y_store is None:
         calls.append(_output_call(ctx, node, g, lowering, layout, epilogue, operands))

@@ -27,6 +27,7 @@ from .kernel_ir import (
     VZero,
     cmp,
 )
+from .pool import blocked_window
 from .tiles import (
     TILE_8,
     TILE_DW,
@@ -137,7 +138,8 @@ def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
 
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
                        order: Literal["auto", "rows", "kblocks"] = "rows",
-                       epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8) -> Kernel:
+                       epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8,
+                       prologue: tuple[str, dict] | None = None) -> Kernel:
     """The register-tiled direct convolution (not depthwise) over NCHW8c activations.
 
     Literal: the channel block ``CB``, kernel size, stride, dilation and the register tile
@@ -152,9 +154,21 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
 
     ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-tile,
     row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-tile).
+
+    ``prologue`` (a pooling op and its attributes; a 1x1, stride-1, unpadded, ungrouped
+    convolution only): ``x`` is the pool's input, and each task (n, row) first pools its row
+    of every input block into the scratch ``xpool`` (``[n, P, Cgb, Q, 8]``, ``blocked_window``),
+    then runs every k-tile over it while it is in cache. The pool's input sizes are the
+    runtime ints ``H`` and ``W``; ``Hp``/``Wp``/``XT``/``XL`` then describe ``x``'s storage.
     """
     if g.depthwise:
         raise ValueError("use depthwise_conv_kernel for groups == C == K")
+    if prologue is not None and (
+            (g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.groups, g.CB) !=
+            (1, 1, 1, 1, 0, 0, 0, 0, 1, 8)):
+        raise ValueError("a pooling prologue needs a 1x1, stride-1, unpadded, ungrouped "
+                         f"convolution of at least 8 channels, not {g.describe()}")
+    xarr = "x" if prologue is None else "xpool"
     CB, R, S = g.CB, g.R, g.S
     lanes, nvec, TK = tile_shape.lanes, tile_shape.vectors, tile_shape.channels
     halves = lanes // 8  # 8-channel blocks per vector
@@ -168,7 +182,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         lane: list = [Let(f"w{h}", VLoad("w", ws + l * TK + h * lanes, lanes))
                       for h in range(nvec)]
         for i in range(T):
-            lane.append(Let("xb", VBroadcast("x", xs + (i * g.sw * CB) + l, lanes)))
+            lane.append(Let("xb", VBroadcast(xarr, xs + (i * g.sw * CB) + l, lanes)))
             for h in range(nvec):
                 acc = f"acc_{i}_{h}"
                 lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
@@ -207,36 +221,64 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     if order == "auto":
         wbytes = g.Kgb * TILE_K * g.Cgb * CB * R * S * 4
         order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
-    if order == "rows":
-        body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
-    else:
-        body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
     T = tile_shape.pixels
-    body += [
-        Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) + XL * CB),
+    per_tile: list = [
         Let("wk", kb * (Cgb * (R * S * CB * TK))),
         Let("yrow", ((n * YB + kb * (TK // 8)) * YH + p + YT) * (YW * 8) + YL * 8),
         Let("nfull", Q // T),
         Let("tail", Q % T),
     ]
     ops, op_ints = _epilogue_params(epilogue)
-    body += [Let(f"erow{k}", operand_row(k, n, kb * (TK // 8), p, kinds[k]))
-             for k in range(len(ops))]
-    body += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
+    per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // 8), p, kinds[k]))
+                 for k in range(len(ops))]
+    per_tile += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
     if tile_shape == TILE_8:
-        body += [Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
-        body += _direct_tail(Q, tile)
+        per_tile += [Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
+        per_tile += _direct_tail(Q, tile)
     else:
-        body += [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
-        body += _overlap_tail(Q, T, tile)
-    body += _zero_halo()
+        per_tile += [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping "
+                             "tile)")]
+        per_tile += _overlap_tail(Q, T, tile)
+    per_tile += _zero_halo()
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops
+    ints = _ints(*DIRECT_INTS)
+    if prologue is None:
+        if order == "rows":
+            body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
+        else:
+            body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
+        body.append(Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) +
+                        XL * CB))
+        body += per_tile
+        xstrides = [Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB))]
+        tasks = Var("n_batch") * (KB * P)
+    else:
+        op, attrs = prologue
+        H, W = Var("H"), Var("W")
+        q = Var("q")
+        window = blocked_window(op, attrs, "x", Var("xblk"), q, H, W, Wp, XT, XL)
+        body = _unflatten(t, [("n", Var("n_batch")), ("p", P)])
+        body += [
+            Comment(f"prologue: {op} of row p of every input block, into xpool"),
+            Let("h0", p * attrs["stride"][0] - attrs["pads"][0]),
+            Let("xrow", (n * P + p) * (Cgb * Q * 8)),
+            Loop("cb", Cgb, [
+                Let("xblk", (n * NB + Var("cb")) * Hp * (Wp * 8)),
+                Let("xcb", Var("xrow") + Var("cb") * (Q * 8)),
+                Loop("q", Q, window + [VStore("xpool", Var("xcb") + q * 8, Var("acc"))]),
+            ]),
+            Comment("then every k-tile of the row over the pooled row"),
+            Loop("kb", KB, per_tile),
+        ]
+        xstrides = [Let("xplane", Q * 8), Let("xrstep", Const(0))]
+        params.append(Param("xpool"))
+        ints += _ints("H", "W")
+        tasks = Var("n_batch") * P
+    params += ints + op_ints + _ints("relu", "n_batch")
     # Loop-invariant strides, computed once (runtime sizes).
-    pre = [_floor_let(), Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB)),
-           Let("yplane", YH * YW * 8)]
+    pre = [_floor_let(), *xstrides, Let("yplane", YH * YW * 8)]
     pre += [Let(f"eplane{k}", operand_plane(k, kinds[k])) for k in range(len(ops))]
-    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
-        _ints(*DIRECT_INTS) + op_ints + _ints("relu", "n_batch")
-    loop = Loop("t", Var("n_batch") * (KB * P), body, kind="parallel")
+    loop = Loop("t", tasks, body, kind="parallel")
     return Kernel(name, params, pre + [loop], comment)
 
 

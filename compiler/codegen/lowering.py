@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..ir import Graph, Node, model_folder
-from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count
+from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count, prologue_of
 from ..passes.common import is_constant
 from ..plan import BLOCKED, Arg, Call, Plan, Step, Storage
 from ..types import shown_path
@@ -61,6 +61,8 @@ class LowerCtx:
     @property
     def comment(self) -> str:
         lines = [describe_node(self.node, model_folder(self.graph))]
+        lines += [sanitize_comment(f"{p.origin} ({p.op}, fused prologue)")
+                  for p in prologue_of(self.node.attrs)]
         lines += [sanitize_comment(f"{e.origin} ({e.op}, fused)") for e in self.epilogue]
         return "\n".join(lines)
 
@@ -186,14 +188,16 @@ def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],
 
 
 def step_name(node: Node) -> str:
-    names = [node.name or f"%{node.id}", *node.attrs.get("folded", ())]
+    names = [p.origin.split(" ")[-1] for p in prologue_of(node.attrs) if p.origin]
+    names += [node.name or f"%{node.id}", *node.attrs.get("folded", ())]
     names += [e.origin.split(" ")[-1] for e in epilogue_of(node.attrs) if e.origin]
     return "+".join(names)
 
 
 def step_ops(node: Node) -> str:
     folded = ["batchnorm"] * len(node.attrs.get("folded", ()))
-    return "+".join([node.op, *folded] + [e.op for e in epilogue_of(node.attrs)])
+    return "+".join([p.op for p in prologue_of(node.attrs)] + [node.op, *folded] +
+                    [e.op for e in epilogue_of(node.attrs)])
 
 
 def concat_view_step(ctx: LowerCtx) -> Step:

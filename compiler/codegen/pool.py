@@ -192,34 +192,34 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
 
 # -- channel-blocked (NCHW8c) variants: 8 channels per vector ---------------------------------
 
-def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
-                               comment: str = "") -> Kernel:
-    """Max or average pooling of channel-blocked storage into channel-blocked storage, 8
-    channels a vector. Taps outside the tensor are skipped (never its zero halo: a window of
-    negative values must not see a 0). Average pooling is offered blocked only where its
-    divisor is the window size (``avgpool_blocked_ok``). Input geometry ``X*`` and output
-    geometry ``Y*`` are ``(blocks, stored height, stored width, top, left)``; window, stride,
-    padding and dilation are literal."""
-    (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
-    pt, pl = attrs["pads"][0], attrs["pads"][1]
+def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
+                   H: ExprLike, W: ExprLike, XW: ExprLike, XT: ExprLike,
+                   XL: ExprLike) -> list[Stmt]:
+    """Statements leaving in ``acc`` the max or average pool (8 channels a vector) of output
+    column ``q`` of the row whose window starts at input row ``h0`` (a local the caller sets),
+    over the block of ``x`` stored from ``xb`` (``H x W`` tensor at row ``XT``, column ``XL``
+    of rows ``XW`` wide). Taps outside the tensor are skipped (never its zero halo: a window
+    of negative values must not see a 0); average pooling only where its divisor is the
+    window size (``avgpool_blocked_ok``). Shared by the pooling kernel and the convolution
+    that computes its input's pool as a prologue."""
+    (R, S), sw = attrs["kernel"], attrs["stride"][1]
+    pl = attrs["pads"][1]
     dh, dw = attrs.get("dilation", (1, 1))
-    C8, H, W, P, Q = (Var(v) for v in ("C8", "H", "W", "P", "Q"))
-    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
-    n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     ih, iw = Var("h0") + Var("r") * dh, Var("w0") + Var("s") * dw
-    tap = VLoad("x0", Var("xb") + (ih + XT) * (XW * 8) + (iw + XL) * 8)
+    tap = VLoad(x, xb + (ih + XT) * (XW * 8) + (iw + XL) * 8)
     if op == "avgpool":
         if not avgpool_blocked_ok(attrs):
             raise ValueError("this average pool's divisor is not its window size")
         init: Expr = VZero()
         update: Expr = VBin("add", Var("acc"), tap)
         track = False
-    else:
+    elif op == "maxpool":
         init, update = VSplat(Const(float("-inf"))), VBin("max", Var("acc"), tap)
         track = may_miss_input(attrs)  # a window of only padding gives the lowest float32
+    else:
+        raise ValueError(f"no channel-blocked window kernel for {op!r}")
     hit = [Let("hit", Const(1))] if track else []
-    q_body: list[Stmt] = [
+    stmts: list[Stmt] = [
         Let("w0", q * sw - pl),
         Let("acc", init),
         *([Let("hit", Const(0))] if track else []),
@@ -227,10 +227,25 @@ def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
             Loop("s", Const(S), [If(_in_range(iw, 0, W), [Let("acc", update)] + hit)])])]),
     ]
     if track:
-        q_body.append(If(cmp("==", Var("hit"), 0), [
+        stmts.append(If(cmp("==", Var("hit"), 0), [
             Let("acc", VSplat(Const(float(np.finfo(np.float32).min))))]))
     if op == "avgpool":
-        q_body.append(Let("acc", VBin("mul", Var("acc"), VSplat(Const(1.0 / (R * S))))))
+        stmts.append(Let("acc", VBin("mul", Var("acc"), VSplat(Const(1.0 / (R * S))))))
+    return stmts
+
+
+def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
+                               comment: str = "") -> Kernel:
+    """Max or average pooling of channel-blocked storage into channel-blocked storage, 8
+    channels a vector (the window: ``blocked_window``). Input geometry ``X*`` and output
+    geometry ``Y*`` are ``(blocks, stored height, stored width, top, left)``; window, stride,
+    padding and dilation are literal."""
+    sh, pt = attrs["stride"][0], attrs["pads"][0]
+    C8, H, W, P, Q = (Var(v) for v in ("C8", "H", "W", "P", "Q"))
+    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
+    q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, XW, XT, XL)
     q_body.append(VStore("y", Var("yb") + q * 8, Var("acc")))
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
         Let("h0", p * sh - pt),

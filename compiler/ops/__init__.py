@@ -192,8 +192,8 @@ def _load_families() -> None:
 
 #: Node attributes that record a pass's decision rather than the op's meaning; they are
 #: stripped before an op's own shape rule and reference see the attributes.
-DECISION_KEYS = ("epilogue", "lowering", "tile", "layout", "halo", "in_place", "folded",
-                 "parameter_time")
+DECISION_KEYS = ("epilogue", "prologue", "lowering", "tile", "layout", "halo", "in_place",
+                 "folded", "parameter_time")
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,45 @@ def epilogue_of(attrs: dict[str, Any]) -> tuple[EpilogueOp, ...]:
     return tuple(attrs.get("epilogue", ()))
 
 
+@dataclass(frozen=True)
+class PrologueOp:
+    """A one-input op fused at the read of a node's first input: the node's own rule sees
+    ``op(inputs[0])`` (``fuse_prologues``: the pool of an inception module's pool projection
+    computed by the 1x1 convolution that reads it, ``conv(maxpool(x), w) => conv(x, w;
+    prologue=maxpool)``). The node's op is affine in that input (a convolution)."""
+
+    op: str
+    attrs: tuple[tuple[str, Any], ...] = ()
+    origin: str = field(default="", compare=False)  # "file:line layer" for kernel comments
+
+    @property
+    def attr_dict(self) -> dict[str, Any]:
+        return dict(self.attrs)
+
+    def __str__(self) -> str:
+        return f"{self.op}({', '.join(f'{k}={v}' for k, v in self.attrs)})"
+
+
+def prologue_of(attrs: dict[str, Any]) -> tuple[PrologueOp, ...]:
+    return tuple(attrs.get("prologue", ()))
+
+
+def own_input_types(in_types: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    """The types the op's own rule sees: its own inputs, the first through the prologue."""
+    types = list(in_types[:own_input_count(len(in_types), attrs)])
+    for pre in prologue_of(attrs):
+        types[0] = get_op(pre.op).infer([types[0]], pre.attr_dict)
+    return types
+
+
+def _through_prologue(inputs: Arrays, attrs: dict[str, Any]) -> list[np.ndarray]:
+    """The op's own inputs as its reference sees them (the first through the prologue)."""
+    args = list(inputs[:own_input_count(len(inputs), attrs)])
+    for pre in prologue_of(attrs):
+        args[0] = get_op(pre.op).reference([args[0]], pre.attr_dict)
+    return args
+
+
 def own_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """The op's own attributes (pass decisions removed)."""
     return {k: v for k, v in attrs.items() if k not in DECISION_KEYS}
@@ -234,8 +273,7 @@ def own_input_count(n_inputs: int, attrs: dict[str, Any]) -> int:
 def infer_node(op: str, in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     """The type of a node: the op's shape rule on its own inputs; a fused epilogue keeps that
     type, and each binary operand must broadcast to it (never widen it)."""
-    n = own_input_count(len(in_types), attrs)
-    out = get_op(op).infer(in_types[:n], own_attrs(attrs))
+    out = get_op(op).infer(own_input_types(in_types, attrs), own_attrs(attrs))
     for e in epilogue_of(attrs):
         if e.operand is not None:
             t = in_types[e.operand]
@@ -259,8 +297,7 @@ def operand_kind(shape: tuple[int, ...], target: tuple[int, ...]) -> str | None:
 
 def node_macs(graph: Any, node: Any) -> int:
     """Multiply-accumulates per image of one node: its op's ``macs`` rule on its own inputs."""
-    n = own_input_count(len(node.inputs), node.attrs)
-    types = [graph.node(i).type for i in node.inputs[:n]]
+    types = own_input_types([graph.node(i).type for i in node.inputs], node.attrs)
     return get_op(node.op).macs(types, node.type, own_attrs(node.attrs))
 
 
@@ -287,8 +324,7 @@ def elementwise_layouts(node: Any, in_types: list[TensorType]) -> tuple[tuple[st
 def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:
     """The float64 reference of a node, its fused epilogue included: the op's reference on
     its own inputs, then each epilogue op's reference in order."""
-    n = own_input_count(len(inputs), attrs)
-    y = get_op(op).reference(list(inputs[:n]), own_attrs(attrs))
+    y = get_op(op).reference(_through_prologue(inputs, attrs), own_attrs(attrs))
     for e in epilogue_of(attrs):
         args = [y] if e.operand is None else [y, inputs[e.operand]]
         y = get_op(e.op).reference(args, e.attr_dict)
@@ -413,8 +449,19 @@ def evaluate_bound(op: str, inputs: Arrays, attrs: dict[str, Any],
         y = d.reference(args, a)
         return y, d.error_bound(BoundCtx(args, a, y, err_in, k, d.reference))
 
-    n = own_input_count(len(inputs), attrs)
-    y, bound = step(op, list(inputs[:n]), own_attrs(attrs), 0.0, terms)
+    own = list(inputs[:own_input_count(len(inputs), attrs)])
+    err_in: Any = 0.0
+    for pre in prologue_of(attrs):  # computed in float32 by the same kernel
+        own[0], pre_bound = step(pre.op, [own[0]], pre.attr_dict, err_in, 0.0)
+        err_in = pre_bound
+    y, bound = step(op, own, own_attrs(attrs), 0.0, terms)
+    if np.any(err_in):
+        # an error e in the first input of an affine op moves each output by at most the
+        # op's linear part applied to e with |other inputs|: ref(|x| + e) - ref(|x|)
+        a = own_attrs(attrs)
+        mags = [np.abs(v) for v in own]
+        bound = bound + get_op(op).reference([mags[0] + err_in, *mags[1:]], a) - \
+            get_op(op).reference(mags, a)
     for e in epilogue_of(attrs):
         args = [y] if e.operand is None else [y, inputs[e.operand]]
         y, bound = step(e.op, args, e.attr_dict, bound, 0.0)

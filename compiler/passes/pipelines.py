@@ -7,7 +7,8 @@
   dead-code elimination, batch-norm folding (into the producer, else into a following
   convolution or dense layer), epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
-  and layout selection (activations stay channel-blocked between convolutions and pools).
+  layout selection (activations stay channel-blocked between convolutions and pools), then
+  pools read only by a 1x1 convolution computed in its kernel (prologue fusion).
 
 Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
 folding, epilogue fusion: backward needs the intermediate values); autodiff will insert its
@@ -24,6 +25,7 @@ from .fold_batchnorm_into_consumer import fold_batchnorm_into_consumer
 from .fold_bottlenecks import fold_bottlenecks
 from .fold_constants import fold_constants
 from .fuse_epilogues import fuse_epilogues
+from .fuse_prologues import fuse_prologues
 from .manager import Pass
 from .select_layout import select_layout
 from .select_lowering import select_lowering
@@ -50,7 +52,7 @@ INFERENCE: dict[int, list[tuple[str, Pass]]] = {
     1: CLEANUP + FOLD_AND_FUSE + [("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
     2: CLEANUP + FOLD_AND_FUSE + [("fold_bottlenecks", fold_bottlenecks),
                                   ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
-    + [("select_layout", select_layout)],
+    + [("select_layout", select_layout), ("fuse_prologues", fuse_prologues)],
 }
 
 TRAINING: dict[int, list[tuple[str, Pass]]] = {

@@ -302,3 +302,34 @@ def test_cpu_target_is_this_machines_and_the_cli_names_one(tmp_path, capsys):
     src.write_text(net)
     assert main(["compile", str(src), "--target", "avx512", "--explain"]) == 0
     assert "target avx512: direct convolution tiles 7x16/16 x" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pool,channels,out", [
+    ("maxpool(3, stride=1, pad=1)", 16, 8),
+    ("maxpool(3, stride=1, pad=1)", 12, 24),  # padding lanes; a padding output block
+    ("avgpool(3, stride=1, pad=1)", 16, 16),
+    ("maxpool(2)", 24, 8),
+    ("maxpool(3, stride=2, ceil_mode=true)", 8, 16),
+    ("avgpool(5, stride=3)", 16, 8),
+])
+def test_a_pool_computed_as_the_1x1_convolutions_prologue_matches_the_reference(
+        pool, channels, out):
+    """The pool's input has a halo (a 3x3 convolution reads it too) and negative values, so a
+    window that took the halo's zeros for input would be wrong; one kernel fewer than -O1's
+    layout-free count would suggest."""
+    src = f"""network pp
+input x: 5 x 11 x 13
+a = x -> conv({channels}, 3, pad=1)
+b = a -> conv(8, 3, pad=1) -> output z
+a -> {pool} -> conv({out}, 1) -> relu -> output y
+"""
+    m = compile_model(src, seed=3, opt_level=2)
+    fused = [n for n in m.plan.graph.compute_nodes() if n.attrs.get("prologue")]
+    assert len(fused) == 1 and "pool" not in " ".join(n.op for n in m.plan.graph.compute_nodes())
+    # pack, the stem conv, the 3x3 and its unpack, the fused 1x1 and its unpack
+    assert m.stats()["kernels per call"] == 6
+    x = np.random.default_rng(8).standard_normal((3, 5, 11, 13)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)
+    got = m.run({"x": x})
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)

@@ -448,3 +448,45 @@ def test_no_prefix_when_the_padding_block_would_land_on_a_range_written_before()
     got = m.run({"x": x})
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
+# -- prologue fusion ----------------------------------------------------------------------------
+
+POOL_PROJECTION = """a = x -> conv(16, 3, pad=1)
+b = a -> conv(16, 3, pad=1) -> relu
+p = a -> maxpool(3, stride=1, pad=1) -> conv(8, 1) -> relu
+concat(b, p) -> conv(8, 1) -> output y"""
+
+
+def test_a_pool_read_only_by_a_1x1_convolution_becomes_its_prologue():
+    g = build(POOL_PROJECTION, 16)
+    params = random_params(g)
+    before = g.copy()
+    optimize(g, 2)
+    assert "maxpool" not in ops(g)
+    conv = next(n for n in g.compute_nodes() if n.attrs.get("prologue"))
+    (pre,) = conv.attrs["prologue"]
+    assert pre.op == "maxpool" and pre.attr_dict["kernel"] == (3, 3)
+    assert pre.attr_dict["pads"] == (1, 1, 1, 1) and "layout" not in pre.attr_dict
+    assert g.node(conv.inputs[0]).op == "conv"  # reads the pool's input, a
+    assert "prologue=" in g.dump()
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("body,level,why", [
+    ("p = x -> conv(16, 1) -> maxpool(3, stride=1, pad=1)\n"
+     "p -> conv(8, 1) -> output y\np -> conv(8, 3) -> output z", 2, "the pool has two readers"),
+    ("x -> conv(16, 1) -> maxpool(3, stride=1, pad=1) -> conv(8, 3) -> output y", 2,
+     "a 3x3 convolution reads the pool"),
+    ("x -> conv(16, 1) -> maxpool(3, stride=1, pad=1) -> conv(8, 1, stride=2) -> output y", 2,
+     "a strided 1x1 convolution"),
+    ("x -> maxpool(3, stride=1, pad=1) -> conv(8, 1) -> output y", 2,
+     "the pool reads the network's (plain) input"),
+    ("x -> conv(16, 1) -> maxpool(3, stride=1, pad=1) -> conv(8, 1) -> output y", 1,
+     "-O1 keeps the layouts plain"),
+])
+def test_prologue_fusion_declines(body, level, why):
+    g = build(body, 16)
+    optimize(g, level)
+    assert "maxpool" in ops(g), why
+    assert not any(n.attrs.get("prologue") for n in g.compute_nodes()), why
