@@ -28,11 +28,13 @@ from .kernel_ir import (
     Select,
     Stmt,
     Store,
+    VAlign,
     Var,
     VBin,
     VFma,
     VLoad,
     VSplat,
+    VSqrt,
     VStore,
     VZero,
     call,
@@ -324,11 +326,23 @@ def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: f
     return _rows_kernel(name, _arrays("x0", "y"), C, body, comment)
 
 
+#: The exponents ``beta`` the vector LRN kernel raises to with square roots (the divisor
+#: ``t ** beta``): AlexNet's and GoogLeNet's 0.75 is ``sqrt(t) * sqrt(sqrt(t))``.
+LRN_ROOT_EXPONENTS = (0.5, 0.75, 1.0)
+
+
 def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: float,
                        k: float, comment: str = "") -> Kernel:
     """Local response normalization over channel-blocked storage (geometry ``X*`` in, ``Y*``
-    out): per (image, block, row), each lane's window of channels reaches into the
-    neighbouring blocks; lanes past the channels are stored as zeros (the padding lanes)."""
+    out), per (image, block, row).
+
+    Where ``beta`` is one of :data:`LRN_ROOT_EXPONENTS` and ``k > 0``, 8 channels a vector:
+    the squares of the block and of the neighbouring blocks the window reaches (zeros past
+    the tensor's blocks; padding lanes are stored zeros), the window sum as ``size`` shifted
+    vectors (``valign`` across a block boundary), ``norm = k + alpha / size * sum`` in one fused
+    multiply-add and ``x / norm ** beta`` with square roots, all in float32; padding lanes get
+    ``0 / norm = 0``. Otherwise each lane's window is summed and raised with ``pow`` per lane in
+    float64 (as the NCHW kernel), padding lanes stored as zeros."""
     from .tiles import BLOCKED_INTS
 
     C = channels
@@ -337,17 +351,52 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
     YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
 
-    def x_at(c: Expr) -> Expr:  # channel c of pixel (p, q)
-        return Load("x0", ((n * XB + c // 8) * XH + p + XT) * (XW * 8) + (XL + q) * 8 + c % 8)
+    def block_at(b: ExprLike) -> Expr:  # index of pixel (p, q) of block b
+        return ((n * XB + b) * XH + p + XT) * (XW * 8) + (XL + q) * 8
 
-    c = Var("c")
-    lane = [Let("c", cb * 8 + j), Let("o", Var("yrow") + q * 8 + j),
-            If(cmp("<", c, C), [*_lrn_window(c, C, size),
-                                *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
-               [Store("y", Var("o"), Const(0.0))])]
+    if beta in LRN_ROOT_EXPONENTS and k > 0:
+        before, after = (size - 1) // 2, size // 2
+        pieces = [(d // 8, d % 8) for d in range(-before, after + 1)]
+        blocks = sorted({b for b, m in pieces} | {b + 1 for b, m in pieces if m})
+
+        def sq(b: int) -> Var:
+            return Var(f"sq{b}" if b >= 0 else f"sq_m{-b}")
+
+        pixel: list[Stmt] = [Let("xc", VLoad("x0", block_at(cb)))]
+        for b in blocks:
+            if b == 0:
+                pixel.append(Let(sq(0).name, VBin("mul", Var("xc"), Var("xc"))))
+                continue
+            inside = cmp("and", cmp(">=", cb + b, 0), cmp("<", cb + b, C8))
+            v = Select(inside, VLoad("x0", block_at(cb + b)), VZero())
+            pixel += [Let("v", v), Let(sq(b).name, VBin("mul", Var("v"), Var("v")))]
+        window: Expr | None = None
+        for b, m in pieces:
+            piece: Expr = sq(b) if m == 0 else VAlign(sq(b), sq(b + 1), m)
+            window = piece if window is None else VBin("add", window, piece)
+        assert window is not None
+        pixel.append(Let("norm", VFma(VSplat(Const(alpha / size)), window, VSplat(Const(k)))))
+        if beta == 1.0:
+            den: Expr = Var("norm")
+        elif beta == 0.5:
+            den = VSqrt(Var("norm"))
+        else:
+            pixel.append(Let("r", VSqrt(Var("norm"))))
+            den = VBin("mul", Var("r"), VSqrt(Var("r")))
+        pixel.append(VStore("y", Var("yrow") + q * 8, VBin("div", Var("xc"), den)))
+        row: Stmt = Loop("q", Q, pixel)
+    else:
+        def x_at(c: Expr) -> Expr:  # channel c of pixel (p, q)
+            return Load("x0", block_at(c // 8) + c % 8)
+
+        c = Var("c")
+        lane = [Let("c", cb * 8 + j), Let("o", Var("yrow") + q * 8 + j),
+                If(cmp("<", c, C), [*_lrn_window(c, C, size),
+                                    *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
+                   [Store("y", Var("o"), Const(0.0))])]
+        row = Loop("q", Q, [Loop("j", Const(8), lane)])
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
-        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
-        Loop("q", Q, [Loop("j", Const(8), lane)])]
+        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8), row]
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
     params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
         [Param("n_batch", "int")]

@@ -156,11 +156,28 @@ class VHalf(Expr):
 
 @dataclass(frozen=True, eq=False)
 class VBin(Expr):
-    """Lane-wise vector ``add``, ``mul``, ``max`` or ``min``."""
+    """Lane-wise vector ``add``, ``mul``, ``max``, ``min`` or ``div``."""
 
-    op: Literal["add", "mul", "max", "min"]
+    op: Literal["add", "mul", "max", "min", "div"]
     a: Expr
     b: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VSqrt(Expr):
+    """Lane-wise square root of a vector."""
+
+    value: Expr
+
+
+@dataclass(frozen=True, eq=False)
+class VAlign(Expr):
+    """Lanes ``shift .. shift + 7`` of the 8-lane vectors ``a`` then ``b`` (``shift`` 1..7):
+    a block of channels moved by ``shift`` channels, across a block boundary."""
+
+    a: Expr
+    b: Expr
+    shift: int
 
 
 def const(x: ExprLike) -> Expr:

@@ -36,6 +36,7 @@ from .kernel_ir import (
     Param,
     Select,
     Store,
+    VAlign,
     Var,
     VBin,
     VBroadcast,
@@ -43,6 +44,7 @@ from .kernel_ir import (
     VHalf,
     VLoad,
     VSplat,
+    VSqrt,
     VStore,
     VZero,
     walk,
@@ -53,7 +55,7 @@ __all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
-              "vmin", "vsum")
+              "vmin", "vdiv", "vsqrt", "valign", "vsum")
 
 
 def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
@@ -139,9 +141,15 @@ def print_expr(e: Expr, prec: int = 0) -> str:
     if isinstance(e, VFma):
         return f"vfma({print_expr(e.a)}, {print_expr(e.b)}, {print_expr(e.c)})"
     if isinstance(e, VBin):
-        if e.op not in ("add", "mul", "max", "min"):
+        if e.op not in ("add", "mul", "max", "min", "div"):
             raise ValueError(f"unknown vector op {e.op!r}")
         return f"v{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
+    if isinstance(e, VSqrt):
+        return f"vsqrt({print_expr(e.value)})"
+    if isinstance(e, VAlign):
+        if not 1 <= e.shift <= 7:
+            raise ValueError(f"valign shifts by 1 to 7 lanes, not {e.shift}")
+        return f"valign({print_expr(e.a)}, {print_expr(e.b)}, {int(e.shift)})"
     raise TypeError(f"cannot print expression {e!r}")
 
 
@@ -217,12 +225,13 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         "from numba import njit, prange",
         "",
         "from cnnc.compiler.codegen.simd import (",
-        "    vadd, vbroadcast, vbroadcast16, vfma, vhigh, vload, vload16, vlow, vmax, vmin, vmul,",
-        "    vsplat, vstore, vsum, vzero, vzero16,",
+        "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vfma, vhigh, vload, vload16, vlow,",
+        "    vmax, vmin, vmul, vsplat, vsqrt, vstore, vsum, vzero, vzero16,",
         ")",
         "",
-        "_UNUSED = (math, np, prange, vadd, vbroadcast, vbroadcast16, vfma, vhigh, vload, vload16,",
-        "           vlow, vmax, vmin, vmul, vsplat, vstore, vsum, vzero, vzero16)",
+        "_UNUSED = (math, np, prange, vadd, valign, vbroadcast, vbroadcast16, vdiv, vfma, vhigh,",
+        "           vload, vload16, vlow, vmax, vmin, vmul, vsplat, vsqrt, vstore, vsum, vzero,",
+        "           vzero16)",
         "",
     ]
     for k in kernels:

@@ -18,15 +18,20 @@ intrinsic                 meaning                                         instru
 ``vsplat(x)``             8 lanes of the scalar ``x``                     ``vbroadcastss``
 ``vfma(a, b, c)``         ``a * b + c``, one rounding (``llvm.fma``)      ``vfmadd231ps``
 ``vadd/vmul/vmax/vmin``   lane-wise ``+``, ``*``, ``max``, ``min``        ``vaddps`` ...
+``vdiv(a, b)``            lane-wise ``a / b`` (correctly rounded)         ``vdivps``
+``vsqrt(v)``              lane-wise square root (correctly rounded)       ``vsqrtps``
+``valign(a, b, k)``       lanes ``k .. k+7`` of ``a`` then ``b`` (literal   ``valignd``
+                          ``k`` in 1..7: a window across two blocks)
 ``vlow(v)/vhigh(v)``      lanes 0-7 / 8-15 of a 16-lane vector (a vec8)   ``vextractf32x8``
 ``vsum(v)``               horizontal sum of the lanes (a float32)         shuffles + adds
 ========================  ==============================================  ==================
 
-``vfma``, ``vadd``, ``vmul``, ``vmax``, ``vmin``, ``vstore`` and ``vsum`` take either width (both
-operands the same). ``a`` is a flat (1-D, C-contiguous) float32 array and ``i`` an element
-offset. Loads and stores deliberately skip bounds checks and Numba's negative-index wraparound:
-generated kernels compute their indices from literal shapes, and the wraparound costs a compare
-and a cmov per access. Calling these helpers outside ``@njit`` code is not supported.
+``vfma``, ``vadd``, ``vmul``, ``vmax``, ``vmin``, ``vdiv``, ``vsqrt``, ``vstore`` and ``vsum`` take
+either width (both operands the same); ``valign`` takes 8 lanes. ``a`` is a flat (1-D,
+C-contiguous) float32 array and ``i`` an element offset. Loads and stores deliberately skip
+bounds checks and Numba's negative-index wraparound: generated kernels compute their indices
+from literal shapes, and the wraparound costs a compare and a cmov per access. Calling these
+helpers outside ``@njit`` code is not supported.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from numba.extending import intrinsic, models, register_model
 __all__ = [
     "VecType", "vec8", "vec16", "LANES",
     "vzero", "vzero16", "vload", "vload16", "vstore", "vbroadcast", "vbroadcast16", "vsplat",
-    "vfma", "vadd", "vmul", "vmax", "vmin", "vlow", "vhigh", "vsum",
+    "vfma", "vadd", "vmul", "vmax", "vmin", "vdiv", "vsqrt", "valign", "vlow", "vhigh", "vsum",
 ]
 
 _F32 = ir.FloatType()
@@ -228,6 +233,42 @@ vmax = _binary("vmax", lambda b, x, y: b.select(b.fcmp_ordered(">", x, y), x, y)
 vmax.__doc__ = "Lane-wise ``max(a, b)`` (``vmaxps``; ReLU is ``vmax(v, vzero())``)."
 vmin = _binary("vmin", lambda b, x, y: b.select(b.fcmp_ordered("<", x, y), x, y))
 vmin.__doc__ = "Lane-wise ``min(a, b)`` (``vminps``; ReLU6 is ``vmin(vmax(v, 0), 6)``)."
+
+
+vdiv = _binary("vdiv", lambda b, x, y: b.fdiv(x, y))
+vdiv.__doc__ = "Lane-wise ``a / b``."
+
+
+@intrinsic
+def vsqrt(typingctx, v):
+    """Lane-wise square root through ``llvm.sqrt.v<lanes>f32`` (correctly rounded)."""
+    if not _is_vec(v):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vt = _llvm(v.lanes)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]),
+                                            f"llvm.sqrt.v{v.lanes}f32")
+        return builder.call(fn, [args[0]])
+
+    return v(v), codegen
+
+
+@intrinsic(prefer_literal=True)
+def valign(typingctx, a, b, k):
+    """Lanes ``k .. k+7`` of the 16 lanes ``a`` then ``b`` (8-lane vectors; ``k`` a literal
+    from 1 to 7): the vector one block of channels further on by ``k``."""
+    if not (a == vec8 and b == vec8 and isinstance(k, types.IntegerLiteral)):
+        return None
+    shift = k.literal_value
+    if not 1 <= shift <= 7:
+        return None
+
+    def codegen(context, builder, signature, args):
+        mask = ir.Constant(ir.VectorType(_I32, 8), list(range(shift, shift + 8)))
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return vec8(a, b, k), codegen
 
 
 def _half(name: str, first: int):

@@ -188,16 +188,23 @@ def test_blocked_values_that_fill_their_storage_share_slots(name):
     assert arena[2] <= arena[0], arena
 
 
-@pytest.mark.parametrize("channels, size", [(12, 5), (16, 4), (8, 1)])
-def test_local_response_norm_runs_blocked_between_convolutions(channels, size):
+@pytest.mark.parametrize("channels, size, beta, k", [
+    (12, 5, 0.75, 1.0), (16, 4, 0.75, 1.0), (8, 1, 0.75, 1.0),
+    (40, 11, 0.75, 2.0),  # the window reaches 5 channels each way
+    (40, 19, 0.5, 1.0),  # 9 channels back: two blocks
+    (24, 3, 1.0, 0.5),
+    (20, 5, 0.6, 1.0),  # an exponent without square roots: pow per lane
+])
+def test_local_response_norm_runs_blocked_between_convolutions(channels, size, beta, k):
     """AlexNet's and GoogLeNet's LRN on NCHW8c: each lane's window reaches into the
-    neighbouring blocks, the padding lanes stay zero (12 channels), and no layout transform is
-    left around it."""
+    neighbouring blocks (shifted vectors across block boundaries), the padding lanes stay
+    zero (12, 20 channels), and no layout transform is left around it."""
     from cnnc.dsl.builder import load_network
 
     source = load_network(f"network lrn\ninput x: 5 x 9 x 7\n"
                           f"x -> conv({channels}, 3, pad=1) -> relu -> maxpool(2)\n"
-                          f"  -> lrn(size={size}, alpha=0.5) -> conv(8, 3, pad=1) -> output y\n")
+                          f"  -> lrn(size={size}, alpha=0.5, beta={beta}, k={k})\n"
+                          f"  -> conv(8, 3, pad=1) -> output y\n")
     m = compile_model(source, seed=3, opt_level=2)
     lrn = next(n for n in m.plan.graph.compute_nodes() if n.op == "lrn")
     assert lrn.attrs["layout"] == "NCHW8c"
