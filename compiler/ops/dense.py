@@ -99,3 +99,18 @@ register(OpDef(
     aliases=("linear", "fc"), doc="fully connected layer", layout_rule=_layouts,
     error_bound=sum_bound(),  # in_features products per output (macs), bias, weights
 ))
+
+
+def _conv_weight_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    k, c, r, s = in_types[0].shape
+    if (r, s) != (1, 1):
+        raise ShapeError(f"dense_weight_of_conv: a 1x1 kernel's weight, got {in_types[0]}")
+    return in_types[0].with_shape(k, c)
+
+
+register(OpDef(
+    name="dense_weight_of_conv", family="dense", signature=(), arity=1, internal=True,
+    infer=_conv_weight_infer, macs=lambda ts, out, a: 0, new_activations=False,
+    reference=lambda inputs, a: np.asarray(inputs[0], np.float64).reshape(
+        inputs[0].shape[0], -1),
+    doc="a 1x1 convolution's weight [K, C, 1, 1] as a dense layer's [K, C] (conv_as_dense)"))

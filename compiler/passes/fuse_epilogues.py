@@ -6,6 +6,10 @@ input, instead of in a kernel of their own.
     p = f(...); mul(p, g)      =>  p = f(..., g; epilogue=[mul(g)])      (gate, broadcast)
     p = f(...); sub(p, r)      =>  p = f(..., r; epilogue=[sub(r)])
 
+A unary op also fuses through a reshape or flatten of the producer's value (an element-wise
+op commutes with a view): ``act(reshape(p))  =>  reshape(p; epilogue=[act])`` (the dense
+layers ``conv_as_dense`` makes of squeeze-excitation convolutions).
+
 Repeated, so ``conv -> add(shortcut) -> relu`` becomes one convolution with the epilogue
 ``[add(%in3), relu]`` and an element-wise chain becomes one kernel. The second operand of a
 binary op becomes an extra input of the producer (after its own inputs): a residual of the
@@ -26,6 +30,8 @@ from .common import is_constant, layer, sole_user
 from .manager import PassContext
 
 BINARY = ("add", "sub", "mul")
+#: Views an element-wise op commutes with (the same floats, another shape).
+RESHAPES = ("reshape", "flatten")
 
 
 def _origin(node: Node, ctx: PassContext) -> str:
@@ -42,10 +48,12 @@ def _accepts(graph: Graph, prod: Node, user: Node, kind: str) -> bool:
 
 
 def _fuse(graph: Graph, prod: Node, user: Node, ops: list[EpilogueOp], operands: list[int],
-          ctx: PassContext) -> None:
+          ctx: PassContext, result: Node | None = None) -> None:
+    """Apply ``ops`` at ``prod``'s store; ``user``'s readers read ``result`` (``prod``, or the
+    view of it the user read)."""
     prod.attrs["epilogue"] = epilogue_of(prod.attrs) + tuple(ops)
     graph.set_inputs(prod.id, prod.inputs + operands)
-    graph.replace_all_uses(user.id, prod.id)
+    graph.replace_all_uses(user.id, (result or prod).id)
     graph.erase(user.id)
     what = ", ".join(str(o) for o in ops)
     ctx.note(f"fused {user.op} {layer(user)} into {layer(prod)} as epilogue {what}", user)
@@ -61,10 +69,12 @@ def fuse_epilogues(graph: Graph, ctx: PassContext) -> bool:
         ctx.at(user)
         attrs = tuple(sorted(user.attrs.items()))
         if user.op not in BINARY:
-            prod = graph.node(user.inputs[0])
-            if _accepts(graph, prod, user, "unary"):
+            prod, view = graph.node(user.inputs[0]), None
+            if prod.op in RESHAPES and sole_user(graph, prod) is user:
+                prod, view = graph.node(prod.inputs[0]), prod
+            if _accepts(graph, prod, view or user, "unary"):
                 _fuse(graph, prod, user, [EpilogueOp(user.op, attrs, origin=_origin(user, ctx))],
-                      [], ctx)
+                      [], ctx, result=view)
                 changed = True
             continue
         if any(is_constant(graph, graph.node(i)) for i in user.inputs):

@@ -5,7 +5,7 @@
   register tile of each direct convolution for the target's vector width).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding (into the producer, else into a following
-  convolution or dense layer), epilogue fusion.
+  convolution or dense layer), 1x1 convolutions of one pixel as dense layers, epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
   layout selection (activations stay channel-blocked between convolutions and pools), then
   pools read only by a 1x1 convolution computed in its kernel (prologue fusion).
@@ -18,6 +18,7 @@ passes before lowering selection.
 from __future__ import annotations
 
 from .canonicalize import canonicalize
+from .conv_as_dense import conv_as_dense
 from .eliminate_common_subexpressions import eliminate_common_subexpressions
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batchnorm import fold_batchnorm
@@ -44,6 +45,7 @@ CLEANUP: list[tuple[str, Pass]] = [
 FOLD_AND_FUSE: list[tuple[str, Pass]] = [
     ("fold_batchnorm", fold_batchnorm),
     ("fold_batchnorm_into_consumer", fold_batchnorm_into_consumer),
+    ("conv_as_dense", conv_as_dense),
     ("fuse_epilogues", fuse_epilogues),
 ]
 

@@ -131,6 +131,7 @@ NOT_IN_ONNX = {
     "bn_fold_input_bias": "a derived parameter of folding a batch norm into the next layer "
                           "(tests/passes)",
     "stack_filters": "a derived parameter of the bottleneck folding pass (tests/passes)",
+    "dense_weight_of_conv": "a derived parameter of the conv_as_dense pass (tests/passes)",
 }
 
 

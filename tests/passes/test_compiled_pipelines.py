@@ -340,3 +340,26 @@ a -> {pool} -> conv({out}, 1) -> relu -> output y
     got = m.run({"x": x})
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
+def test_squeeze_excitation_gates_run_as_dense_layers_without_layout_transforms():
+    """The squeeze and excitation 1x1 convolutions of one pixel are dense layers (their
+    activations fused) reading the global pool's plain result: no pack and unpack around
+    them; the gate multiplies the blocked tensor per channel."""
+    src = """network se
+input x: 5 x 9 x 11
+f = x -> conv(32, 3, pad=1) -> relu
+s = f -> globalavgpool -> conv(8, 1) -> swish -> conv(32, 1) -> sigmoid
+f * s -> conv(16, 3, pad=1) -> output y
+"""
+    m = compile_model(src, seed=3, opt_level=2)
+    graph = m.plan.graph
+    assert [n.op for n in graph.compute_nodes() if n.op in ("dense", "swish", "sigmoid")] == \
+        ["dense", "dense"]
+    stats = m.stats()
+    assert stats["layout transforms per call"] == 2  # the input's pack, the output's unpack
+    # pack, conv, global pool, two dense, the gate's mul, conv, unpack
+    assert stats["kernels per call"] == 8
+    x = np.random.default_rng(8).standard_normal((3, 5, 9, 11)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -490,3 +490,55 @@ def test_prologue_fusion_declines(body, level, why):
     optimize(g, level)
     assert "maxpool" in ops(g), why
     assert not any(n.attrs.get("prologue") for n in g.compute_nodes()), why
+
+
+# -- 1x1 convolutions of one pixel as dense layers ----------------------------------------------
+
+SQUEEZE_EXCITE = """f = x -> conv(16, 3, pad=1)
+s = f -> globalavgpool -> conv(4, 1) -> relu -> conv(16, 1) -> sigmoid
+f * s -> conv(8, 1) -> output y"""
+
+
+def test_a_1x1_convolution_of_one_pixel_becomes_a_dense_layer():
+    from cnnc.compiler.passes.conv_as_dense import conv_as_dense
+
+    g = build(SQUEEZE_EXCITE, 8)
+    params = random_params(g)
+    before = g.copy()
+    assert run(conv_as_dense, g)
+    dense = [n for n in g.compute_nodes() if n.op == "dense"]
+    assert [n.attrs["out_features"] for n in dense] == [4, 16]
+    assert [n.type.shape for n in g.compute_nodes() if n.op == "conv"] == [(16, 6, 6), (8, 6, 6)]
+    weights = [g.node(n.inputs[1]) for n in dense]
+    assert [(w.op, w.type.shape) for w in weights] == [("dense_weight_of_conv", (4, 16)),
+                                                      ("dense_weight_of_conv", (16, 4))]
+    same_numbers(before, g, params)
+    # the activations then fuse into the dense layers through the reshapes (views)
+    run(fuse_epilogues, g)
+    assert "relu" not in ops(g) and "sigmoid" not in ops(g)
+    assert [[e.op for e in n.attrs["epilogue"]] for n in g.compute_nodes()
+            if n.op == "dense"] == [["relu"], ["sigmoid"]]
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("body, why", [
+    ("x -> globalavgpool -> conv(4, 1, pad=1) -> output y", "padding: the output is 3x3"),
+    ("x -> globalavgpool -> conv(4, 3, pad=1) -> output y", "a 3x3 kernel"),
+    ("x -> globalavgpool -> conv(8, 1, groups=2) -> output y", "groups"),
+    ("x -> conv(4, 1) -> output y", "a 6x6 image"),
+])
+def test_conv_as_dense_declines(body, why):
+    from cnnc.compiler.passes.conv_as_dense import conv_as_dense
+
+    g = build(body, 8)
+    assert not run(conv_as_dense, g), why
+
+
+def test_an_activation_does_not_fuse_through_a_view_with_another_reader():
+    g = build("d = x -> flatten -> dense(6)\nr = d -> reshape((6, 1, 1))\n"
+              "r -> sigmoid -> output y\nr -> output z", 4)
+    params = random_params(g)
+    before = g.copy()
+    run(fuse_epilogues, g)
+    assert "sigmoid" in ops(g)
+    same_numbers(before, g, params)
