@@ -171,6 +171,13 @@ class VSqrt(Expr):
 
 
 @dataclass(frozen=True, eq=False)
+class VExp(Expr):
+    """Lane-wise ``e ** value`` (``simd.vexp``: within 2 ulps)."""
+
+    value: Expr
+
+
+@dataclass(frozen=True, eq=False)
 class VAlign(Expr):
     """Lanes ``shift .. shift + 7`` of the 8-lane vectors ``a`` then ``b`` (``shift`` 1..7):
     a block of channels moved by ``shift`` channels, across a block boundary."""

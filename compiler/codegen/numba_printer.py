@@ -40,6 +40,7 @@ from .kernel_ir import (
     Var,
     VBin,
     VBroadcast,
+    VExp,
     VFma,
     VHalf,
     VLoad,
@@ -55,7 +56,7 @@ __all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
-              "vmin", "vdiv", "vsqrt", "valign", "vsum")
+              "vmin", "vdiv", "vsqrt", "valign", "vexp", "vsum")
 
 
 def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
@@ -146,6 +147,8 @@ def print_expr(e: Expr, prec: int = 0) -> str:
         return f"v{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
     if isinstance(e, VSqrt):
         return f"vsqrt({print_expr(e.value)})"
+    if isinstance(e, VExp):
+        return f"vexp({print_expr(e.value)})"
     if isinstance(e, VAlign):
         if not 1 <= e.shift <= 7:
             raise ValueError(f"valign shifts by 1 to 7 lanes, not {e.shift}")
@@ -225,13 +228,13 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         "from numba import njit, prange",
         "",
         "from cnnc.compiler.codegen.simd import (",
-        "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vfma, vhigh, vload, vload16, vlow,",
-        "    vmax, vmin, vmul, vsplat, vsqrt, vstore, vsum, vzero, vzero16,",
+        "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vload, vload16,",
+        "    vlow, vmax, vmin, vmul, vsplat, vsqrt, vstore, vsum, vzero, vzero16,",
         ")",
         "",
-        "_UNUSED = (math, np, prange, vadd, valign, vbroadcast, vbroadcast16, vdiv, vfma, vhigh,",
-        "           vload, vload16, vlow, vmax, vmin, vmul, vsplat, vsqrt, vstore, vsum, vzero,",
-        "           vzero16)",
+        "_UNUSED = (math, np, prange, vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma,",
+        "           vhigh, vload, vload16, vlow, vmax, vmin, vmul, vsplat, vsqrt, vstore, vsum,",
+        "           vzero, vzero16)",
         "",
     ]
     for k in kernels:

@@ -22,6 +22,7 @@ intrinsic                 meaning                                         instru
 ``vsqrt(v)``              lane-wise square root (correctly rounded)       ``vsqrtps``
 ``valign(a, b, k)``       lanes ``k .. k+7`` of ``a`` then ``b`` (literal   ``valignd``
                           ``k`` in 1..7: a window across two blocks)
+``vexp(v)``               lane-wise ``e ** v`` (within 2 ulps)            ~12 FMAs/shifts
 ``vlow(v)/vhigh(v)``      lanes 0-7 / 8-15 of a 16-lane vector (a vec8)   ``vextractf32x8``
 ``vsum(v)``               horizontal sum of the lanes (a float32)         shuffles + adds
 ========================  ==============================================  ==================
@@ -44,7 +45,8 @@ from numba.extending import intrinsic, models, register_model
 __all__ = [
     "VecType", "vec8", "vec16", "LANES",
     "vzero", "vzero16", "vload", "vload16", "vstore", "vbroadcast", "vbroadcast16", "vsplat",
-    "vfma", "vadd", "vmul", "vmax", "vmin", "vdiv", "vsqrt", "valign", "vlow", "vhigh", "vsum",
+    "vfma", "vadd", "vmul", "vmax", "vmin", "vdiv", "vsqrt", "valign", "vexp", "vlow", "vhigh",
+    "vsum",
 ]
 
 _F32 = ir.FloatType()
@@ -250,6 +252,58 @@ def vsqrt(typingctx, v):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt]),
                                             f"llvm.sqrt.v{v.lanes}f32")
         return builder.call(fn, [args[0]])
+
+    return v(v), codegen
+
+
+#: ``vexp``: e ** x = 2 ** n * e ** r with n = round(x / ln 2) and r = x - n ln 2 in two
+#: steps (Cody-Waite: ``LN2_HI`` has few bits, so ``n * LN2_HI`` is exact), e ** r by the
+#: degree-6 polynomial of Cephes' ``expf`` on |r| <= ln 2 / 2, 2 ** n as two exponent-field
+#: powers (each in the normal range, so results that underflow do so gradually). Inputs are
+#: clamped to [-104, 89.5] first: below, e ** x rounds to 0; above, the product overflows to
+#: inf; NaN stays NaN.
+_LOG2E = 1.44269504088896341
+_LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+             1.6666665459e-1, 5.0000001201e-1)
+
+
+@intrinsic
+def vexp(typingctx, v):
+    """Lane-wise ``e ** v`` (float32, within 2 ulps of the correctly rounded value)."""
+    if not _is_vec(v):
+        return None
+    lanes = v.lanes
+
+    def codegen(context, builder, signature, args):
+        vt, it = _llvm(lanes), ir.VectorType(_I32, lanes)
+
+        def c(value: float):
+            return ir.Constant(vt, [value] * lanes)
+
+        def llvm(name: str, *operands):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vt, [vt] * len(operands)),
+                f"llvm.{name}.v{lanes}f32")
+            return builder.call(fn, list(operands))
+
+        x = args[0]
+        clamped = builder.select(builder.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)
+        clamped = builder.select(builder.fcmp_ordered(">", clamped, c(89.5)), c(89.5), clamped)
+        n = llvm("floor", llvm("fma", clamped, c(_LOG2E), c(0.5)))
+        r = llvm("fma", builder.fneg(n), c(_LN2_HI), clamped)
+        r = llvm("fma", builder.fneg(n), c(_LN2_LO), r)
+        p = c(_EXP_POLY[0])
+        for coef in _EXP_POLY[1:]:
+            p = llvm("fma", p, r, c(coef))
+        y = builder.fadd(llvm("fma", p, builder.fmul(r, r), r), c(1.0))
+        ni = builder.fptosi(n, it)
+        half = builder.ashr(ni, ir.Constant(it, [1] * lanes))
+        for part in (half, builder.sub(ni, half)):
+            bits = builder.shl(builder.add(part, ir.Constant(it, [127] * lanes)),
+                               ir.Constant(it, [23] * lanes))
+            y = builder.fmul(y, builder.bitcast(bits, vt))
+        return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
 
     return v(v), codegen
 

@@ -19,7 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen.kernel_ir import BinOp, Const, Expr, Select, VBin, VSplat, VZero, call, cmp, div
+from ..codegen.kernel_ir import (
+    BinOp,
+    Const,
+    Expr,
+    Select,
+    VBin,
+    VExp,
+    VSplat,
+    VZero,
+    call,
+    cmp,
+    div,
+)
 from . import (
     EPS32,
     EPS64,
@@ -112,8 +124,16 @@ def _vleaky(x: Expr, a: dict[str, Any]) -> Expr | None:
     return _vmax(x, VBin("mul", x, VSplat(Const(alpha)))) if 0.0 <= alpha <= 1.0 else None
 
 
+def _vsigmoid_of(x: Expr, numerator: Expr) -> Expr:
+    """``numerator / (1 + e ** -x)`` on a vector (the scalar rule's formula)."""
+    one = VSplat(Const(1.0))
+    return VBin("div", numerator, VBin("add", one, VExp(VBin("mul", x, VSplat(Const(-1.0))))))
+
+
 VECTOR = {
     "relu": lambda x, a: _vmax(x, VZero()),
+    "sigmoid": lambda x, a: _vsigmoid_of(x, VSplat(Const(1.0))),
+    "swish": lambda x, a: _vsigmoid_of(x, x),
     "relu6": lambda x, a: _vmin(_vmax(x, VZero()), VSplat(Const(6.0))),
     "leaky_relu": _vleaky,
     "hard_sigmoid": lambda x, a: _vmin(_vmax(VBin("add", VBin("mul", x, VSplat(Const(float(

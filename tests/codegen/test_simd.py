@@ -8,8 +8,11 @@ from numba import njit
 
 from cnnc.compiler.codegen.simd import (
     vadd,
+    valign,
     vbroadcast,
     vbroadcast16,
+    vdiv,
+    vexp,
     vfma,
     vhigh,
     vload,
@@ -19,6 +22,7 @@ from cnnc.compiler.codegen.simd import (
     vmin,
     vmul,
     vsplat,
+    vsqrt,
     vstore,
     vsum,
     vzero,
@@ -121,3 +125,54 @@ def test_mixed_widths_are_refused():
 
     with pytest.raises(TypingError):
         bad(np.zeros(16, np.float32))
+
+
+@njit
+def _division_roots_windows(a, b, out):
+    x, y = vload(a, 0), vload(b, 0)
+    vstore(out, 0, vdiv(x, y))
+    vstore(out, 8, vsqrt(y))
+    vstore(out, 16, valign(x, y, 3))
+    vstore(out, 24, valign(x, y, 7))
+
+
+def test_division_square_root_and_windows_across_two_vectors():
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal(8).astype(np.float32)
+    b = rng.uniform(0.1, 9.0, 8).astype(np.float32)
+    out = np.zeros(32, np.float32)
+    _division_roots_windows(a, b, out)
+    np.testing.assert_array_equal(out[:8], a / b)  # both correctly rounded
+    np.testing.assert_array_equal(out[8:16], np.sqrt(b))
+    both = np.concatenate([a, b])
+    np.testing.assert_array_equal(out[16:24], both[3:11])
+    np.testing.assert_array_equal(out[24:32], both[7:15])
+
+
+@njit
+def _exp_all(a, out):
+    for i in range(0, a.size, 8):
+        vstore(out, i, vexp(vload(a, i)))
+
+
+def test_vector_exp_is_within_two_ulps_and_handles_the_edges():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-110.0, 95.0, 200_000), rng.uniform(-3.0, 3.0, 200_000),
+                        np.linspace(-104.5, 89.0, 100_000)]).astype(np.float32)
+    x = x[: x.size // 8 * 8]
+    out = np.empty_like(x)
+    _exp_all(x, out)
+    with np.errstate(over="ignore"):
+        want = np.exp(x.astype(np.float64))
+        want32 = want.astype(np.float32)
+    normal = np.isfinite(want32) & (want32 >= np.finfo(np.float32).tiny)
+    ulps = np.abs(out[normal] - want[normal]) / np.spacing(want32[normal]).astype(np.float64)
+    assert ulps.max() <= 2.0, ulps.max()
+    assert np.all(np.isinf(out[np.isinf(want32)]))  # overflow
+    tiny = ~normal & np.isfinite(want32)  # gradual underflow, then 0
+    assert np.abs(out[tiny] - want[tiny]).max() <= 2 * 2.0 ** -149
+    edges = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e30, -1e30, 1.0], np.float32)
+    got = np.empty_like(edges)
+    _exp_all(edges, got)
+    np.testing.assert_array_equal(got, [np.inf, 0.0, np.nan, 1.0, 1.0, np.inf, 0.0,
+                                        np.float32(np.e)])
