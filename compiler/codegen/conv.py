@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..ops import operand_kind as _operand_kind
@@ -460,8 +461,8 @@ def lower_conv(ctx, node) -> Step:
         scratch["conv_out"] = out_floats(g, lowering)
     op_args = [Arg("value", o) for o in operands] if in_kernel else []
     pooled: list[Arg] = []
-    if prologue is not None:  # the scratch rows the prologue pools into, and x's H x W
-        scratch["pooled"] = g.Cgb * g.P * g.Q * 8
+    if prologue is not None:  # one pooled row per thread, and x's H x W
+        scratch["pooled"] = numba.config.NUMBA_NUM_THREADS * g.Cgb * g.Q * 8
         pooled = [Arg("scratch", "pooled")]
         op_args += pooled
     pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]] if pooled else []

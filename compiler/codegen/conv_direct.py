@@ -25,6 +25,7 @@ from .kernel_ir import (
     VLoad,
     VStore,
     VZero,
+    call,
     cmp,
 )
 from .pool import blocked_window
@@ -261,7 +262,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         body += [
             Comment(f"prologue: {op} of row p of every input block, into xpool"),
             Let("h0", p * attrs["stride"][0] - attrs["pads"][0]),
-            Let("xrow", (n * P + p) * (Cgb * Q * 8)),
+            Let("xrow", call("thread_id") * (Cgb * Q * 8)),
             Loop("cb", Cgb, [
                 Let("xblk", (n * NB + Var("cb")) * Hp * (Wp * 8)),
                 Let("xcb", Var("xrow") + Var("cb") * (Q * 8)),

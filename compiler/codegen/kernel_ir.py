@@ -418,6 +418,8 @@ FUNCS = {
     "f32": "np.float32",
     "f64": "np.float64",
     "vsum": "vsum",
+    # the worker thread running this task, 0 .. NUMBA_NUM_THREADS - 1 (per-thread scratch)
+    "thread_id": "get_thread_id",
     "pow": None,  # printed as a ** b
 }
 
