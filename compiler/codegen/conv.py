@@ -460,16 +460,17 @@ def lower_conv(ctx, node) -> Step:
     else:
         scratch["conv_out"] = out_floats(g, lowering)
     op_args = [Arg("value", o) for o in operands] if in_kernel else []
-    pooled: list[Arg] = []
-    if prologue is not None:  # one pooled row per thread, and x's H x W
+    pooled: list[Arg] = []  # the prologue's scratch (one pooled row per thread), x's H x W
+    pooled_ints: list[Arg] = []
+    if prologue is not None:
         scratch["pooled"] = numba.config.NUMBA_NUM_THREADS * g.Cgb * g.Q * 8
         pooled = [Arg("scratch", "pooled")]
-        op_args += pooled
-    pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]] if pooled else []
+        pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]]
     op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
         if in_kernel else []
     calls.append(Call(getattr(mod, fname), (xp, Arg("const", "w"), Arg("const", "b"), yp,
-                                            *op_args, *(Arg("int", v) for v in kernel_int_args(
+                                            *op_args, *pooled,
+                                            *(Arg("int", v) for v in kernel_int_args(
                                                 g, lowering, x_store, y_store, tile,
                                                 bool(node.attrs.get("zero_halo")))),
                                             *pooled_ints, *op_ints, Arg("int", int(relu)),

@@ -7,8 +7,8 @@ input, instead of in a kernel of their own.
     p = f(...); sub(p, r)      =>  p = f(..., r; epilogue=[sub(r)])
 
 A unary op also fuses through a reshape or flatten of the producer's value (an element-wise
-op commutes with a view): ``act(reshape(p))  =>  reshape(p; epilogue=[act])`` (the dense
-layers ``conv_as_dense`` makes of squeeze-excitation convolutions).
+op commutes with a view): ``act(reshape(p = f(...)))  =>  reshape(p = f(...; epilogue=[act]))``
+(the dense layers ``conv_as_dense`` makes of squeeze-excitation convolutions).
 
 Repeated, so ``conv -> add(shortcut) -> relu`` becomes one convolution with the epilogue
 ``[add(%in3), relu]`` and an element-wise chain becomes one kernel. The second operand of a
