@@ -210,13 +210,15 @@ def print_table(rows: list[dict]) -> None:
     print("\n| model | batch | engine | ms | images/s | GFLOP/s | % measured peak | vs torch | "
           "vs best peer | kernels/call | max rel err | compile cold / cached s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    def ratio(r: dict, key: str) -> str:  # empty where the peer did not run
+        return f"{r[key]:.2f}x" if key in r and np.isfinite(r[key]) else ""
+
     for r in rows:
         comp = (f"{r['cold_compile_s']:.1f} / {r['cached_compile_s']:.2f}"
                 if "cold_compile_s" in r else "")
         print(f"| {r['model']} | {r['batch']} | {r['engine']} | {r['median_ms']:.1f} | "
               f"{r['images_per_s']:.1f} | {r['gflops']:.1f} | {r['pct_measured_peak']:.0f}% | "
-              f"{r.get('speedup_vs_torch', float('nan')):.2f}x | "
-              f"{r.get('speedup_vs_best_peer', float('nan')):.2f}x | "
+              f"{ratio(r, 'speedup_vs_torch')} | {ratio(r, 'speedup_vs_best_peer')} | "
               f"{r.get('kernels per call', '')} | "
               f"{r['max_rel_err_vs_fp64']:.1e} | {comp} |")
 
