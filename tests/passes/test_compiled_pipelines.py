@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cnnc.runtime.cli import main
 from cnnc.runtime.model import compile as compile_model
@@ -363,3 +365,41 @@ f * s -> conv(16, 3, pad=1) -> output y
     x = np.random.default_rng(8).standard_normal((3, 5, 9, 11)).astype(np.float32)
     want = run_reference(m.graph, {"x": x}, m.params)["y"]
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@settings(max_examples=8, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), op=st.sampled_from(["maxpool", "avgpool"]),
+       k=st.integers(1, 4), stride=st.integers(1, 3), channels=st.sampled_from([8, 12, 20, 40]),
+       out=st.sampled_from([1, 8, 16, 24]), batch=st.integers(1, 3))
+def test_pool_prologues_of_any_window_match_the_reference(data, op, k, stride, channels, out,
+                                                          batch):
+    """Any max or average pool read by a 1x1 convolution (window, stride, padding, dilation,
+    ceil mode; sizes down to one output pixel) gives the float64 reference's numbers, fused
+    or not, and is fused wherever its layout is channel-blocked."""
+    pad = data.draw(st.integers(0, k // 2))
+    dil = data.draw(st.integers(1, 2)) if op == "maxpool" else 1
+    span = dil * (k - 1) + 1
+    h, w = data.draw(st.integers(span, 12)), data.draw(st.integers(span, 12))
+    extra = f", dilation={dil}" if dil > 1 else ""
+    if data.draw(st.booleans()):
+        extra += ", ceil_mode=true"
+    if op == "avgpool" and data.draw(st.booleans()):
+        extra += ", count_include_pad=false"
+    src = (f"network pp\ninput x: 3 x {h} x {w}\n"
+           f"a = x -> conv({channels}, 3, pad=1)\n"
+           f"a -> {op}({k}, stride={stride}, pad={pad}{extra}) -> conv({out}, 1) -> output y\n"
+           f"a -> conv(8, 3, pad=1) -> output z\n")
+    m = compile_model(src, seed=3, opt_level=2)
+    graph = m.plan.graph
+    fused = [n for n in graph.compute_nodes() if n.attrs.get("prologue")]
+    pools = [n for n in graph.compute_nodes() if n.op == op]
+    assert len(fused) + len(pools) == 1
+    if pools:  # not fused: the pool's layout is plain (an average pool dividing by less), or
+        # its output is one pixel and the 1x1 convolution became a dense layer (conv_as_dense)
+        assert pools[0].attrs.get("layout") != "NCHW8c" or pools[0].type.shape[1:] == (1, 1), src
+    x = np.random.default_rng(8).standard_normal((batch, 3, h, w)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)
+    got = m.run({"x": x})
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=src)
