@@ -261,7 +261,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         body = _unflatten(t, [("n", Var("n_batch")), ("p", P)])
         body += [
             Comment(f"prologue: {op} of row p of every input block, into xpool"),
-            Let("h0", p * attrs["stride"][0] - attrs["pads"][0]),
+            Let("win_r", p * attrs["stride"][0] - attrs["pads"][0]),
             Let("xrow", call("thread_id") * (Cgb * Q * 8)),
             Loop("cb", Cgb, [
                 Let("xblk", (n * NB + Var("cb")) * Hp * (Wp * 8)),

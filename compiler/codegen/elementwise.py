@@ -34,8 +34,8 @@ from .kernel_ir import (
     VFma,
     VLoad,
     VSplat,
-    VSqrt,
     VStore,
+    VUnary,
     VZero,
     call,
     cmp,
@@ -379,10 +379,10 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
         if beta == 1.0:
             den: Expr = Var("norm")
         elif beta == 0.5:
-            den = VSqrt(Var("norm"))
+            den = VUnary("sqrt", Var("norm"))
         else:
-            pixel.append(Let("r", VSqrt(Var("norm"))))
-            den = VBin("mul", Var("r"), VSqrt(Var("r")))
+            pixel.append(Let("r", VUnary("sqrt", Var("norm"))))
+            den = VBin("mul", Var("r"), VUnary("sqrt", Var("r")))
         pixel.append(VStore("y", Var("yrow") + q * 8, VBin("div", Var("xc"), den)))
         row: Stmt = Loop("q", Q, pixel)
     else:

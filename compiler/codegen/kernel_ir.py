@@ -164,16 +164,11 @@ class VBin(Expr):
 
 
 @dataclass(frozen=True, eq=False)
-class VSqrt(Expr):
-    """Lane-wise square root of a vector."""
+class VUnary(Expr):
+    """Lane-wise vector ``sqrt`` (correctly rounded) or ``exp`` (``simd.vexp``: within 2
+    ulps)."""
 
-    value: Expr
-
-
-@dataclass(frozen=True, eq=False)
-class VExp(Expr):
-    """Lane-wise ``e ** value`` (``simd.vexp``: within 2 ulps)."""
-
+    op: Literal["sqrt", "exp"]
     value: Expr
 
 

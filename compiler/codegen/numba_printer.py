@@ -40,13 +40,12 @@ from .kernel_ir import (
     Var,
     VBin,
     VBroadcast,
-    VExp,
     VFma,
     VHalf,
     VLoad,
     VSplat,
-    VSqrt,
     VStore,
+    VUnary,
     VZero,
     walk,
 )
@@ -145,10 +144,10 @@ def print_expr(e: Expr, prec: int = 0) -> str:
         if e.op not in ("add", "mul", "max", "min", "div"):
             raise ValueError(f"unknown vector op {e.op!r}")
         return f"v{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
-    if isinstance(e, VSqrt):
-        return f"vsqrt({print_expr(e.value)})"
-    if isinstance(e, VExp):
-        return f"vexp({print_expr(e.value)})"
+    if isinstance(e, VUnary):
+        if e.op not in ("sqrt", "exp"):
+            raise ValueError(f"unknown vector op {e.op!r}")
+        return f"v{e.op}({print_expr(e.value)})"
     if isinstance(e, VAlign):
         if not 1 <= e.shift <= 7:
             raise ValueError(f"valign shifts by 1 to 7 lanes, not {e.shift}")

@@ -196,7 +196,7 @@ def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
                    H: ExprLike, W: ExprLike, XW: ExprLike, XT: ExprLike,
                    XL: ExprLike) -> list[Stmt]:
     """Statements leaving in ``acc`` the max or average pool (8 channels a vector) of output
-    column ``q`` of the row whose window starts at input row ``h0`` (a local the caller sets),
+    column ``q`` of the row whose window starts at input row ``win_r`` (a local the caller sets),
     over the block of ``x`` stored from ``xb`` (``H x W`` tensor at row ``XT``, column ``XL``
     of rows ``XW`` wide). Taps outside the tensor are skipped (never its zero halo: a window
     of negative values must not see a 0); average pooling only where its divisor is the
@@ -205,7 +205,7 @@ def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
     (R, S), sw = attrs["kernel"], attrs["stride"][1]
     pl = attrs["pads"][1]
     dh, dw = attrs.get("dilation", (1, 1))
-    ih, iw = Var("h0") + Var("r") * dh, Var("w0") + Var("s") * dw
+    ih, iw = Var("win_r") + Var("r") * dh, Var("win_c") + Var("s") * dw
     tap = VLoad(x, xb + (ih + XT) * (XW * 8) + (iw + XL) * 8)
     if op == "avgpool":
         if not avgpool_blocked_ok(attrs):
@@ -220,7 +220,7 @@ def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
         raise ValueError(f"no channel-blocked window kernel for {op!r}")
     hit = [Let("hit", Const(1))] if track else []
     stmts: list[Stmt] = [
-        Let("w0", q * sw - pl),
+        Let("win_c", q * sw - pl),
         Let("acc", init),
         *([Let("hit", Const(0))] if track else []),
         Loop("r", Const(R), [If(_in_range(ih, 0, H), [
@@ -248,7 +248,7 @@ def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
     q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, XW, XT, XL)
     q_body.append(VStore("y", Var("yb") + q * 8, Var("acc")))
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
-        Let("h0", p * sh - pt),
+        Let("win_r", p * sh - pt),
         Let("xb", (n * XB + cb) * XH * (XW * 8)),
         Let("yb", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
         Loop("q", Q, q_body),

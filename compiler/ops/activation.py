@@ -25,8 +25,8 @@ from ..codegen.kernel_ir import (
     Expr,
     Select,
     VBin,
-    VExp,
     VSplat,
+    VUnary,
     VZero,
     call,
     cmp,
@@ -127,7 +127,8 @@ def _vleaky(x: Expr, a: dict[str, Any]) -> Expr | None:
 def _vsigmoid_of(x: Expr, numerator: Expr) -> Expr:
     """``numerator / (1 + e ** -x)`` on a vector (the scalar rule's formula)."""
     one = VSplat(Const(1.0))
-    return VBin("div", numerator, VBin("add", one, VExp(VBin("mul", x, VSplat(Const(-1.0))))))
+    e = VUnary("exp", VBin("mul", x, VSplat(Const(-1.0))))
+    return VBin("div", numerator, VBin("add", one, e))
 
 
 VECTOR = {

@@ -40,7 +40,7 @@ def conv_as_dense(graph: Graph, ctx: PassContext) -> bool:
         x, w, *bias = conv.inputs
         k = conv.attrs["out_channels"]
         flat = graph.add("flatten", [x], {}, name=f"{layer(conv)}.flatten", span=conv.span)
-        weight = graph.add("dense_weight_of_conv", [w], {"parameter_time": True},
+        weight = graph.add("dense_weight_of_conv", [w], {},
                            name=f"{graph.node(w).name}@dense", span=conv.span)
         attrs = {"out_features": k, "bias": bool(bias)}
         if conv.attrs.get("folded"):

@@ -324,8 +324,8 @@ def test_cpu_target_is_this_machines_and_the_cli_names_one(tmp_path, capsys):
 def test_a_pool_computed_as_the_1x1_convolutions_prologue_matches_the_reference(
         pool, channels, out):
     """The pool's input has a halo (a 3x3 convolution reads it too) and negative values, so a
-    window that took the halo's zeros for input would be wrong; one kernel fewer than -O1's
-    layout-free count would suggest."""
+    window that took the halo's zeros for input would be wrong; the pool has no kernel of its
+    own."""
     src = f"""network pp
 input x: 5 x 11 x 13
 a = x -> conv({channels}, 3, pad=1)
