@@ -23,7 +23,7 @@ from ..compiler.codegen.conv import (
 )
 from ..compiler.codegen.layout import layout_module
 from ..compiler.codegen.numba_printer import sanitize_comment
-from ..compiler.codegen.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
+from ..compiler.codegen.tiles import GEMM_M, GEMM_N, TILE_8, DirectTile
 
 __all__ = ["ConvKernel", "compile_conv", "normalize_attrs", "gflops"]
 
@@ -103,12 +103,8 @@ class ConvKernel:
             self.layout.im2col(x.ravel(), xp, N, g.C, g.H, g.W, g.groups, g.Cg, g.R, g.S,
                                g.P, g.Q, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, PQp)
             return xp
-        if g.depthwise:
-            NB, CB, Cg, Cgb = -(-g.C // 8), 8, g.C, -(-g.C // 8)
-        else:
-            NB, CB, Cg, Cgb = g.groups * g.Cgb, g.CB, g.Cg, g.Cgb
         self.layout.pack_nchw_blocked(x.ravel(), xp, N, g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl,
-                                      NB, CB, Cg, Cgb)
+                                      *g.pack_ints())
         return xp
 
     def run(self, xp, wp, bp, N: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -125,13 +121,8 @@ class ConvKernel:
             Kgp = -(-g.Kg // GEMM_M) * GEMM_M
             PQp = -(-(g.P * g.Q) // GEMM_N) * GEMM_N
             self.layout.crop_gemm(yp, out.reshape(-1), N, g.K, g.Kg, Kgp, g.P * g.Q, PQp)
-        elif g.depthwise:
-            C8 = -(-g.C // 8)
-            self.layout.unpack_blocked_nchw(yp, out.reshape(-1), N, g.K, g.P, g.Q, g.K, C8 * 8,
-                                            C8)
         else:
-            self.layout.unpack_blocked_nchw(yp, out.reshape(-1), N, g.K, g.P, g.Q, g.Kg,
-                                            g.Kgb * TILE_K, 2 * g.groups * g.Kgb)
+            self.layout.unpack_blocked_nchw(yp, out.reshape(-1), N, *g.unpack_ints())
         return out
 
     def signature(self) -> tuple[str, ...]:

@@ -12,8 +12,12 @@ Two lowerings, both cross-correlation as in PyTorch:
     flattened ``prange`` over (n, k-block, output row), row fastest so a thread keeps one
     k-block's weights in cache; q-tiles of 6 plus one unrolled tail tile for ``Q % 6``; then
     c-block, r, s and the ``CB`` lanes. Strides and dilations only change literal offsets.
-    Depthwise convolutions (``groups == C == K``) use a simpler kernel whose 8 lanes are 8
-    channels: ``[N, C8, Hp, Wp, 8]`` x ``[C8, R, S, 8]``.
+    Depthwise convolutions and narrow groups (``C == K``, ``C/groups`` dividing 8: ResNeXt's
+    4-channel groups) use the channel-wise kernel, whose 8 lanes are 8 output channels:
+    ``[N, C8, Hp, Wp, 8]`` x ``[C8, R, S, Cg, 8]`` (``vspread`` picks each lane's group input).
+    Wider groups run the direct kernel group by group; when a group is whole input blocks
+    (``C/groups`` a multiple of 8) and whole output block pairs (``K/groups`` of 16), its
+    input and output are the dense channel-blocked layout and stay blocked between kernels.
 
 ``im2col``
     NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
@@ -26,7 +30,7 @@ Two lowerings, both cross-correlation as in PyTorch:
     (so a CUDA printer gets it for free). PERF-NOTES measured im2col + BLAS at 18-71% of peak,
     below the direct kernel everywhere; this lowering is the simple, general fallback.
 
-Files: ``conv_direct.py`` (direct and depthwise builders), ``gemm.py`` (the GEMM),
+Files: ``conv_direct.py`` (direct and channel-wise builders), ``gemm.py`` (the GEMM),
 ``layout.py`` (the layout kernels and their epilogue variants), ``tiles.py`` (tile pieces they
 share); this file holds the geometry, the weight packing, the cost model and the lowering rule
 that turns a ``conv`` / ``conv_transpose`` node into plan steps.
@@ -55,8 +59,9 @@ import numpy as np
 
 from ..ops import operand_kind as _operand_kind
 from ..ops import own_attrs, own_input_types, prologue_of, spatial_out
+from ..ops.conv import channelwise
 from ..plan import Arg, Call, Step, Storage
-from .conv_direct import depthwise_conv_kernel, direct_conv_kernel
+from .conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from .gemm import gemm_kernel
 from .kernel_ir import Kernel
 from .layout import crop_epilogue_kernel, layout_module, unpack_epilogue_kernel
@@ -139,6 +144,17 @@ class ConvGeometry:
         return self.groups > 1 and self.groups == self.C == self.K
 
     @property
+    def channelwise(self) -> bool:
+        """Run by the channel-wise kernel (8 lanes = 8 channels; depthwise and narrow groups:
+        ``ops.conv.channelwise``) rather than the register-tiled direct one."""
+        return channelwise(self.C, self.K, self.groups)
+
+    @property
+    def C8(self) -> int:
+        """8-channel blocks of the input (and, channel-wise, of the output)."""
+        return _ceil_div(self.C, 8)
+
+    @property
     def Hp(self) -> int:
         # Only rows the kernel reads: (P-1)*sh + (R-1)*dh + 1 <= H + pt + pb.
         return (self.P - 1) * self.sh + (self.R - 1) * self.dh + 1
@@ -151,12 +167,12 @@ class ConvGeometry:
     @property
     def CB(self) -> int:
         """Channel block: 8, or the group's channel count when smaller (3-channel stem)."""
-        return 8 if self.depthwise else min(8, self.Cg)
+        return 8 if self.channelwise else min(8, self.Cg)
 
     @property
     def Cgb(self) -> int:
         """Channel blocks per group (direct kernel)."""
-        return _ceil_div(self.C, 8) if self.depthwise else _ceil_div(self.Cg, self.CB)
+        return self.C8 if self.channelwise else _ceil_div(self.Cg, self.CB)
 
     @property
     def Kgb(self) -> int:
@@ -169,6 +185,26 @@ class ConvGeometry:
             raise ValueError(f"tile {tile} does not divide {self.Kg} output channels per group "
                              f"(padded to {self.Kgb * TILE_K})")
         return self.Kgb * TILE_K // tile.channels
+
+    @property
+    def out_blocks(self) -> int:
+        """8-channel blocks of the compute kernel's output (the direct kernel pads each
+        group's output channels to a multiple of 16)."""
+        return self.C8 if self.channelwise else 2 * self.groups * self.Kgb
+
+    def pack_ints(self) -> tuple[int, int, int, int]:
+        """``pack_nchw_blocked``'s blocking of the input: blocks per image, channel block,
+        channels and blocks per group (channel-wise: one group of all channels)."""
+        if self.channelwise:
+            return self.C8, 8, self.C, self.C8
+        return self.groups * self.Cgb, self.CB, self.Cg, self.Cgb
+
+    def unpack_ints(self) -> tuple[int, ...]:
+        """``unpack_blocked_nchw``'s sizes of the packed output: K, P, Q, channels per group,
+        their padded count, blocks per image."""
+        if self.channelwise:
+            return self.K, self.P, self.Q, self.K, self.C8 * 8, self.C8
+        return self.K, self.P, self.Q, self.Kg, self.Kgb * TILE_K, self.out_blocks
 
     @property
     def flops_per_image(self) -> int:
@@ -199,18 +235,17 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
         PQp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
         return (Kgp, g.Cg * g.R * g.S, PQp, g.groups)
     if x is None:
-        nb = _ceil_div(g.C, 8) if g.depthwise else g.groups * g.Cgb
+        nb = g.pack_ints()[0]
         xin = (g.Hp, g.Wp, 0, 0)
     else:
         nb = x.blocks
         xin = (x.height, x.width, x.top - g.pt, x.left - g.pl)
     if y is None:
-        k8 = _ceil_div(g.C, 8) if g.depthwise else 2 * g.groups * g.Kgb
-        yout = (k8, g.P, g.Q, 0, 0)
+        yout = (g.out_blocks, g.P, g.Q, 0, 0)
     else:
         yout = y.ints()
-    if g.depthwise:
-        return (_ceil_div(g.C, 8), nb, g.P, g.Q) + xin + yout
+    if g.channelwise:
+        return (g.C8, nb, g.P, g.Q) + xin + yout
     kt = g.k_tiles(tile)
     return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
 
@@ -236,11 +271,13 @@ def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
         if prologue is not None:
             fused += f"; prologue {prologue[0]} kernel {prologue[1]['kernel']} stride " \
                      f"{prologue[1]['stride']} pads {prologue[1]['pads']}"
-        if g.depthwise:
-            note = f"depthwise convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
+        if g.channelwise:
+            kind = "depthwise" if g.Cg == 1 else f"grouped ({g.Cg} channels a group)"
+            note = f"{kind} convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
                    f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
-            return depthwise_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds), \
-                "conv_depthwise", f"depthwise_{rs}"
+            name = "conv_depthwise" if g.Cg == 1 else "conv_grouped"
+            tag = f"depthwise_{rs}" if g.Cg == 1 else f"grouped{g.Cg}_{rs}"
+            return channelwise_conv_kernel(g, name, note, epilogue, kinds), name, tag
         note = f"direct NCHW{g.CB}c convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
                f"dilation {g.dh}x{g.dw}, tile {tile}{fused}; sizes are runtime arguments"
         tag = f"direct_cb{g.CB}_{rs}" if tile == TILE_8 else \
@@ -264,17 +301,15 @@ def in_floats(g: ConvGeometry, lowering: str) -> int:
     """Floats per image of the packed input (im2col: the col matrices)."""
     if lowering == "im2col":
         return g.groups * g.Cg * g.R * g.S * _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
-    if g.depthwise:
-        return _ceil_div(g.C, 8) * g.Hp * g.Wp * 8
-    return g.groups * g.Cgb * g.Hp * g.Wp * g.CB
+    nb, cb, _, _ = g.pack_ints()
+    return nb * g.Hp * g.Wp * cb
 
 
 def out_floats(g: ConvGeometry, lowering: str) -> int:
     """Floats per image of the packed output."""
     if lowering == "im2col":
         return g.groups * _ceil_div(g.Kg, GEMM_M) * GEMM_M * _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
-    k8 = _ceil_div(g.C, 8) if g.depthwise else 2 * g.groups * g.Kgb
-    return k8 * g.P * g.Q * 8
+    return g.out_blocks * g.P * g.Q * 8
 
 
 def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray, b: np.ndarray | None,
@@ -292,13 +327,13 @@ def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray, b: np.ndarray | 
         bp = np.zeros((G, Kgp), np.float32)
         bp[:, :Kg] = b.reshape(G, Kg)
         return wp.ravel(), bp.ravel()
-    if g.depthwise:
-        C8 = _ceil_div(g.C, 8)
-        wd = np.zeros((C8 * 8, R, S), np.float32)
-        wd[: g.C] = w[:, 0]
-        bp = np.zeros(C8 * 8, np.float32)
+    if g.channelwise:  # [C8, R, S, Cg, 8]: lane l of block cb is output channel 8 cb + l
+        wd = np.zeros((g.C8 * 8, Cg, R, S), np.float32)
+        wd[: g.C] = w
+        bp = np.zeros(g.C8 * 8, np.float32)
         bp[: g.C] = b
-        return np.ascontiguousarray(wd.reshape(C8, 8, R, S).transpose(0, 2, 3, 1)).ravel(), bp
+        wd = wd.reshape(g.C8, 8, Cg, R, S).transpose(0, 3, 4, 2, 1)
+        return np.ascontiguousarray(wd).ravel(), bp
     CB, Cgb, Kgb, kt, TK = g.CB, g.Cgb, g.Kgb, g.k_tiles(tile), tile.channels
     wpad = np.zeros((G, Kgb * TILE_K, Cgb * CB, R, S), np.float32)
     wpad[:, :Kg, :Cg] = w.reshape(G, Kg, Cg, R, S)
@@ -344,13 +379,13 @@ def estimate_cost(op: str, attrs: Mapping[str, Any], in_shape: tuple[int, ...],
     if lowering == "im2col":
         work = g.groups * _ceil_div(g.Kg, GEMM_M) * GEMM_M * g.Cg * g.R * g.S * \
             _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
-    elif g.depthwise:
-        work = _ceil_div(g.C, 8) * 8 * g.R * g.S * g.P * g.Q
+    elif g.channelwise:
+        work = g.C8 * 8 * g.Cg * g.R * g.S * g.P * g.Q
     else:
         work = g.groups * g.Kgb * TILE_K * g.Cgb * g.CB * g.R * g.S * g.P * g.Q
     moved = in_floats(g, lowering) + out_floats(g, lowering)
     speed = EFFICIENCY[lowering] * (SPEEDUP_16_LANES[lowering] if lanes == 16 and not
-                                    g.depthwise else 1.0)
+                                    g.channelwise else 1.0)
     return 2 * work / speed + FLOPS_PER_FLOAT_MOVED * moved
 
 
@@ -446,12 +481,8 @@ def lower_conv(ctx, node) -> Step:
             Arg("int", v) for v in (g.groups, g.Cg, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.dh, g.dw,
                                     g.pt, g.pl, pqp))), "im2col"))
     else:
-        if g.depthwise:
-            nb, cb, cg, cgb = _ceil_div(g.C, 8), 8, g.C, _ceil_div(g.C, 8)
-        else:
-            nb, cb, cg, cgb = g.groups * g.Cgb, g.CB, g.Cg, g.Cgb
         calls.append(Call(layout.pack_nchw_blocked, (source, xp, Arg("batch"), *ints, *(
-            Arg("int", v) for v in (g.Hp, g.Wp, g.pt, g.pl, nb, cb, cg, cgb))),
+            Arg("int", v) for v in (g.Hp, g.Wp, g.pt, g.pl, *g.pack_ints()))),
             "pack_nchw_blocked"))
     if x_store is None:
         scratch["conv_in"] = in_floats(g, lowering)
@@ -505,11 +536,7 @@ def _output_call(ctx, node, g: ConvGeometry, lowering: str, layout, epilogue,
         out_ints = (g.K, g.Kg, _ceil_div(g.Kg, GEMM_M) * GEMM_M, g.P * g.Q, pqp)
         plain, with_epilogue = layout.crop_gemm, crop_epilogue_kernel
     else:
-        if g.depthwise:
-            c8 = _ceil_div(g.C, 8)
-            out_ints = (g.K, g.P, g.Q, g.K, c8 * 8, c8)
-        else:
-            out_ints = (g.K, g.P, g.Q, g.Kg, g.Kgb * TILE_K, 2 * g.groups * g.Kgb)
+        out_ints = g.unpack_ints()
         plain, with_epilogue = layout.unpack_blocked_nchw, unpack_epilogue_kernel
     ints = tuple(Arg("int", v) for v in out_ints)
     if not epilogue:

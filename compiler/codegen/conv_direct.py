@@ -1,5 +1,6 @@
 """The direct convolution builders: the register-tiled NCHW8c micro-kernel of PERF-NOTES.md
-and the depthwise kernel (see ``conv.py`` for the layouts and the geometry)."""
+and the channel-wise kernel of depthwise and narrow-group convolutions (see ``conv.py`` for
+the layouts and the geometry)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .kernel_ir import (
     VFma,
     VHalf,
     VLoad,
+    VSpread,
     VStore,
     VZero,
     call,
@@ -162,8 +164,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     then runs every k-tile over it while it is in cache. The pool's input sizes are the
     runtime ints ``H`` and ``W``; ``Hp``/``Wp``/``XT``/``XL`` then describe ``x``'s storage.
     """
-    if g.depthwise:
-        raise ValueError("use depthwise_conv_kernel for groups == C == K")
+    if g.channelwise:
+        raise ValueError("use channelwise_conv_kernel for depthwise and narrow groups")
     if prologue is not None and (
             (g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, g.groups, g.CB) !=
             (1, 1, 1, 1, 0, 0, 0, 0, 1, 8)):
@@ -283,20 +285,38 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     return Kernel(name, params, pre + [loop], comment)
 
 
-def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
-                          comment: str = "", epilogue=(), kinds=()) -> Kernel:
-    """Depthwise convolution: the 8 lanes are 8 channels; a tile is 8 output pixels. Literal:
-    kernel size, stride, dilation; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
-    R, S = g.R, g.S
+def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
+                            comment: str = "", epilogue=(), kinds=()) -> Kernel:
+    """Depthwise and narrow-group convolution (``g.channelwise``): the 8 lanes are 8 output
+    channels, and each reads the ``Cg`` input channels of its own group, which lie in the same
+    8-channel input block. Per tap and pixel the kernel loads that block once and, for each
+    ``j < Cg``, multiplies the ``j``-th input channel of every lane's group (the vector itself
+    when ``Cg == 1``, ``vspread`` for 2 or 4, a broadcast of channel ``j`` for 8) by the
+    weights ``w[C8, R, S, Cg, 8]``: exactly the multiply-adds of the convolution, no padded
+    group. A tile is 8 output pixels (6 when 8 weight vectors must stay in registers).
+    Literal: kernel size, stride, dilation, ``Cg``; runtime: :data:`DEPTHWISE_INTS` and
+    ``relu``."""
+    R, S, cg = g.R, g.S, g.Cg
+    if not g.channelwise:
+        raise ValueError(f"not a channel-wise convolution: {g.describe()}")
+    T = TILE_DW if cg <= 4 else 6
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
 
     def tile(T: int, q0: ExprLike) -> list:
         xs = Var("xs")
-        upd: list = [Let("wv", VLoad("w", ((cb * R + Var("r")) * S + Var("s")) * 8))]
+        wtap = (((cb * R + Var("r")) * S + Var("s")) * cg) * 8
+        upd: list = [Let(f"wv{j}", VLoad("w", wtap + j * 8)) for j in range(cg)]
         for i in range(T):
-            acc = f"acc_{i}_0"
-            upd.append(Let(acc, VFma(VLoad("x", xs + i * g.sw * 8), Var("wv"), Var(acc))))
+            acc, xi = f"acc_{i}_0", xs + i * g.sw * 8
+            if cg == 1:
+                upd.append(Let(acc, VFma(VLoad("x", xi), Var("wv0"), Var(acc))))
+                continue
+            if cg < 8:
+                upd.append(Let("xv", VLoad("x", xi)))
+            for j in range(cg):
+                xj = VBroadcast("x", xi + j, 8) if cg == 8 else VSpread(Var("xv"), cg, j)
+                upd.append(Let(acc, VFma(xj, Var(f"wv{j}"), Var(acc))))
         inner = [Loop("r", Const(R), [Loop("s", Const(S), [
             Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * 8)),
             *upd])])]
@@ -317,12 +337,12 @@ def depthwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     ops, op_ints = _epilogue_params(epilogue)
     body += [Let("xrow", ((n * XB + cb) * Hp + p * g.sh + XT) * (Wp * 8) + XL * 8),
              Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
-             Let("nfull", Q // TILE_DW),
-             Let("tail", Q % TILE_DW)]
+             Let("nfull", Q // T),
+             Let("tail", Q % T)]
     body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k])) for k in range(len(ops))]
-    body += [Loop("qt", Var("nfull"), tile(TILE_DW, Var("qt") * TILE_DW)),
-             Comment("tail: the last Q % 8 output pixels of the row (overlapping tile)")]
-    body += _overlap_tail(Q, TILE_DW, tile)
+    body += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T)),
+             Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
+    body += _overlap_tail(Q, T, tile)
     pre = [_floor_let(), Let("xrstep", Wp * (g.dh * 8))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
         _ints(*DEPTHWISE_INTS) + op_ints + _ints("relu", "n_batch")

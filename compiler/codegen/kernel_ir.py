@@ -182,6 +182,16 @@ class VAlign(Expr):
     shift: int
 
 
+@dataclass(frozen=True, eq=False)
+class VSpread(Expr):
+    """Lane ``lane`` of each run of ``run`` lanes of an 8-lane vector, copied over that run
+    (``run`` 2 or 4): each output channel's ``lane``-th input channel of its group."""
+
+    value: Expr
+    run: int
+    lane: int
+
+
 def const(x: ExprLike) -> Expr:
     """Wrap a Python number as :class:`Const` (expressions pass through)."""
     if isinstance(x, Expr):

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..ir import Graph, Node, model_folder
 from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count, prologue_of
+from ..ops.conv import channelwise
 from ..passes.common import is_constant
 from ..plan import BLOCKED, Arg, Call, Plan, Step, Storage
 from ..types import shown_path
@@ -149,8 +150,8 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
                        first_block=whole.first_block + before // 8)
     c, h, w = node.type.shape
     blocks = -(-c // 8)
-    if node.op == "conv" and not (node.attrs["groups"] > 1 and node.attrs["groups"] ==
-                                  node.attrs["out_channels"]):
+    if node.op == "conv" and not channelwise(graph.node(node.inputs[0]).type.shape[0], c,
+                                             node.attrs["groups"]):
         blocks = 2 * -(-c // 16)
     t, l, b, r = node.attrs.get("halo", (0, 0, 0, 0))
     prefix = node.attrs.get("prefix", 0)  # blocks of a merged convolution before a concat

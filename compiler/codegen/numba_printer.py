@@ -44,6 +44,7 @@ from .kernel_ir import (
     VHalf,
     VLoad,
     VSplat,
+    VSpread,
     VStore,
     VUnary,
     VZero,
@@ -55,7 +56,7 @@ __all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
-              "vmin", "vdiv", "vsqrt", "valign", "vexp", "vsum")
+              "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vsum")
 
 
 def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
@@ -152,6 +153,10 @@ def print_expr(e: Expr, prec: int = 0) -> str:
         if not 1 <= e.shift <= 7:
             raise ValueError(f"valign shifts by 1 to 7 lanes, not {e.shift}")
         return f"valign({print_expr(e.a)}, {print_expr(e.b)}, {int(e.shift)})"
+    if isinstance(e, VSpread):
+        if e.run not in (2, 4) or not 0 <= e.lane < e.run:
+            raise ValueError(f"vspread takes runs of 2 or 4 lanes, not {e.run}, {e.lane}")
+        return f"vspread({print_expr(e.value)}, {int(e.run)}, {int(e.lane)})"
     raise TypeError(f"cannot print expression {e!r}")
 
 
@@ -228,12 +233,12 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         "",
         "from cnnc.compiler.codegen.simd import (",
         "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vload, vload16,",
-        "    vlow, vmax, vmin, vmul, vsplat, vsqrt, vstore, vsum, vzero, vzero16,",
+        "    vlow, vmax, vmin, vmul, vsplat, vspread, vsqrt, vstore, vsum, vzero, vzero16,",
         ")",
         "",
         "_UNUSED = (math, np, get_thread_id, prange, vadd, valign, vbroadcast, vbroadcast16, vdiv,",
-        "           vexp, vfma, vhigh, vload, vload16, vlow, vmax, vmin, vmul, vsplat, vsqrt,",
-        "           vstore, vsum, vzero, vzero16)",
+        "           vexp, vfma, vhigh, vload, vload16, vlow, vmax, vmin, vmul, vsplat, vspread,",
+        "           vsqrt, vstore, vsum, vzero, vzero16)",
         "",
     ]
     for k in kernels:

@@ -22,14 +22,16 @@ intrinsic                 meaning                                         instru
 ``vsqrt(v)``              lane-wise square root (correctly rounded)       ``vsqrtps``
 ``valign(a, b, k)``       lanes ``k .. k+7`` of ``a`` then ``b`` (literal   ``valignd``
                           ``k`` in 1..7: a window across two blocks)
+``vspread(v, k, j)``      lane ``j`` of each run of ``k`` lanes, over      ``vpermps``
+                          that run (literal ``k`` in 2, 4; ``j < k``)
 ``vexp(v)``               lane-wise ``e ** v`` (within 2 ulps)            ~12 FMAs/shifts
 ``vlow(v)/vhigh(v)``      lanes 0-7 / 8-15 of a 16-lane vector (a vec8)   ``vextractf32x8``
 ``vsum(v)``               horizontal sum of the lanes (a float32)         shuffles + adds
 ========================  ==============================================  ==================
 
 ``vfma``, ``vadd``, ``vmul``, ``vmax``, ``vmin``, ``vdiv``, ``vsqrt``, ``vstore`` and ``vsum`` take
-either width (both operands the same); ``valign`` takes 8 lanes. ``a`` is a flat (1-D,
-C-contiguous) float32 array and ``i`` an element offset. Loads and stores deliberately skip
+either width (both operands the same); ``valign`` and ``vspread`` take 8 lanes. ``a`` is a flat
+(1-D, C-contiguous) float32 array and ``i`` an element offset. Loads and stores deliberately skip
 bounds checks and Numba's negative-index wraparound: generated kernels compute their indices
 from literal shapes, and the wraparound costs a compare and a cmov per access. Calling these
 helpers outside ``@njit`` code is not supported.
@@ -45,8 +47,8 @@ from numba.extending import intrinsic, models, register_model
 __all__ = [
     "VecType", "vec8", "vec16", "LANES",
     "vzero", "vzero16", "vload", "vload16", "vstore", "vbroadcast", "vbroadcast16", "vsplat",
-    "vfma", "vadd", "vmul", "vmax", "vmin", "vdiv", "vsqrt", "valign", "vexp", "vlow", "vhigh",
-    "vsum",
+    "vfma", "vadd", "vmul", "vmax", "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vlow",
+    "vhigh", "vsum",
 ]
 
 _F32 = ir.FloatType()
@@ -323,6 +325,24 @@ def valign(typingctx, a, b, k):
         return builder.shuffle_vector(args[0], args[1], mask)
 
     return vec8(a, b, k), codegen
+
+
+@intrinsic(prefer_literal=True)
+def vspread(typingctx, v, k, j):
+    """Lane ``j`` of each run of ``k`` lanes, copied over that run (8-lane vector; ``k`` a
+    literal 2 or 4, ``j`` a literal below it): with 8 channels of ``k``-channel groups in a
+    vector, the ``j``-th input channel of each lane's own group (a grouped convolution)."""
+    if not (v == vec8 and isinstance(k, types.IntegerLiteral)
+            and isinstance(j, types.IntegerLiteral)):
+        return None
+    run, lane = k.literal_value, j.literal_value
+    if run not in (2, 4) or not 0 <= lane < run:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _shuffle(builder, args[0], 8, [(i // run) * run + lane for i in range(8)])
+
+    return vec8(v, k, j), codegen
 
 
 def _half(name: str, first: int):

@@ -221,17 +221,32 @@ register(OpDef(
     doc="filters (or biases) of sibling convolutions stacked along the output channels"))
 
 
+def channelwise(c: int, k: int, groups: int) -> bool:
+    """Whether a grouped convolution runs as the channel-wise kernel, whose 8 lanes are 8
+    output channels: each group maps its channels to as many outputs (``C == K``) and a group
+    fits inside an 8-channel block (``C/groups`` divides 8), so an output block reads only
+    the input block at the same place. Depthwise convolutions (one channel a group) and the
+    narrow groups of ResNeXt's first stages (4 and 8 channels)."""
+    return groups > 1 and c == k and c % groups == 0 and 8 % (c // groups) == 0
+
+
 def _layout_rule(node, in_types):
-    """The direct lowering reads and writes NCHW8c (``compiler/codegen/conv.py``): a plain or
-    depthwise convolution can take its input blocked (8 channels a block; a stem with fewer
-    channels packs its own block of 3) and store its output blocked."""
+    """The direct lowering reads and writes NCHW8c (``compiler/codegen/conv.py``). It reads a
+    blocked input when the input's blocks are the kernel's: an ungrouped convolution of at
+    least 8 channels (a stem with fewer packs its own block of 3), the channel-wise kernel
+    (`channelwise`), or groups of whole blocks (``C/groups`` a multiple of 8). It writes a
+    blocked output unless each group's outputs would be padded inside the tensor (the direct
+    kernel writes ``K/groups`` padded to a multiple of 16)."""
     a = node.attrs
-    c, g = in_types[0].channels, a["groups"]
-    depthwise = g > 1 and g == c == a["out_channels"]
-    if node.op != "conv" or a.get("lowering") != "direct" or (g != 1 and not depthwise):
+    c, k, g = in_types[0].channels, a["out_channels"], a["groups"]
+    if node.op != "conv" or a.get("lowering") != "direct":
         return ((PLAIN, PLAIN),)
-    ins = (PLAIN, BLOCKED) if depthwise or c >= 8 else (PLAIN,)
-    return tuple((i, o) for i in ins for o in (PLAIN, BLOCKED))
+    lanes = channelwise(c, k, g)
+    reads = lanes or (c >= 8 if g == 1 else (c // g) % 8 == 0)
+    writes = lanes or g == 1 or (k // g) % 16 == 0
+    ins = (PLAIN, BLOCKED) if reads else (PLAIN,)
+    outs = (PLAIN, BLOCKED) if writes else (PLAIN,)
+    return tuple((i, o) for i in ins for o in outs)
 
 
 def _lower(ctx, node):

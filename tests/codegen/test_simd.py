@@ -22,6 +22,7 @@ from cnnc.compiler.codegen.simd import (
     vmin,
     vmul,
     vsplat,
+    vspread,
     vsqrt,
     vstore,
     vsum,
@@ -147,6 +148,27 @@ def test_division_square_root_and_windows_across_two_vectors():
     both = np.concatenate([a, b])
     np.testing.assert_array_equal(out[16:24], both[3:11])
     np.testing.assert_array_equal(out[24:32], both[7:15])
+
+
+@njit
+def _spreads(a, out):
+    v = vload(a, 0)
+    vstore(out, 0, vspread(v, 2, 0))
+    vstore(out, 8, vspread(v, 2, 1))
+    vstore(out, 16, vspread(v, 4, 0))
+    vstore(out, 24, vspread(v, 4, 3))
+
+
+def test_spread_copies_one_lane_over_each_run():
+    """``vspread(v, k, j)``: lane j of each run of k lanes (a grouped convolution's j-th input
+    channel of every output channel's group)."""
+    a = np.arange(8, dtype=np.float32) + 0.5
+    out = np.zeros(32, np.float32)
+    _spreads(a, out)
+    np.testing.assert_array_equal(out[:8], a[[0, 0, 2, 2, 4, 4, 6, 6]])
+    np.testing.assert_array_equal(out[8:16], a[[1, 1, 3, 3, 5, 5, 7, 7]])
+    np.testing.assert_array_equal(out[16:24], a[[0, 0, 0, 0, 4, 4, 4, 4]])
+    np.testing.assert_array_equal(out[24:32], a[[3, 3, 3, 3, 7, 7, 7, 7]])
 
 
 @njit

@@ -403,3 +403,67 @@ def test_pool_prologues_of_any_window_match_the_reference(data, op, k, stride, c
     got = m.run({"x": x})
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=src)
+
+
+@pytest.mark.parametrize("channels, out, groups, conv, reads, writes", [
+    (16, 16, 8, "3, pad=1", True, True),  # 2 channels a group: the channel-wise kernel
+    (32, 32, 8, "3, pad=1", True, True),  # 4 (ResNeXt's first stage)
+    (32, 32, 4, "3, stride=2, pad=1", True, True),  # 8: broadcasts of each group channel
+    (12, 12, 3, "3, pad=1", True, True),  # 4, and a last block half padding
+    (40, 40, 10, "3, pad=2, dilation=2", True, True),
+    (16, 16, 2, "5, stride=2, pad=2", True, True),
+    (32, 32, 2, "3, pad=1", True, True),  # 16: whole blocks in, whole block pairs out
+    (96, 64, 2, "3, pad=1", True, True),  # AlexNet's groups (48 -> 32 a group)
+    (16, 48, 2, "3, pad=1", True, False),  # 24 outputs a group: padded inside the tensor
+    (12, 12, 2, "3, pad=1", False, False),  # 6 a group: neither a block nor inside one
+    (24, 48, 12, "1", False, False),  # 2 -> 4: not channel-wise
+])
+def test_grouped_convolutions_stay_channel_blocked_where_their_groups_allow(
+        channels, out, groups, conv, reads, writes):
+    """A grouped convolution between two ungrouped ones: it reads the blocked input when its
+    groups are whole blocks or lie inside one (the channel-wise kernel: C == K, C/groups
+    dividing 8), and writes blocked output unless each group's outputs would be padded; the
+    numbers are the float64 reference's either way, and -O0 agrees."""
+    src = (f"network grouped\ninput x: 3 x 11 x 13\n"
+           f"x -> conv({channels}, 3, pad=1) -> relu -> conv({out}, {conv}, groups={groups})"
+           f" -> relu\n  -> conv(8, 3, pad=1) -> output y\n")
+    x = np.random.default_rng(5).standard_normal((2, 3, 11, 13)).astype(np.float32)
+    got = {}
+    for level in (0, 2):
+        m = compile_model(src, seed=4, opt_level=level)
+        got[level] = m(x)
+    convs = [n for n in m.plan.graph.compute_nodes() if n.op == "conv"]
+    assert (convs[0].attrs.get("layout") == "NCHW8c") == reads
+    assert (convs[1].attrs.get("layout") == "NCHW8c") == writes
+    # the input's pack, the output's unpack, and an unpack and a pack at each plain edge
+    assert m.stats()["layout transforms per call"] == 2 + 2 * (not reads) + 2 * (not writes)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    for level in (0, 2):
+        np.testing.assert_allclose(got[level], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@settings(max_examples=8, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), per_group=st.sampled_from([1, 2, 4, 8, 16]), groups=st.integers(1, 6),
+       k=st.integers(1, 3), stride=st.integers(1, 2), dil=st.integers(1, 2),
+       batch=st.integers(1, 2))
+def test_grouped_convolutions_of_any_shape_match_the_reference(data, per_group, groups, k,
+                                                               stride, dil, batch):
+    """Random grouped convolutions (channels a group, groups, window, stride, dilation,
+    padding, sizes down to one output pixel) in a blocked region, with the residual add and
+    ReLU fused at their store."""
+    c = per_group * groups
+    pad = data.draw(st.integers(0, k // 2 * dil))
+    span = dil * (k - 1) + 1
+    h, w = data.draw(st.integers(max(1, span - 2 * pad), 12)), data.draw(st.integers(1, 12))
+    w = max(w, span - 2 * pad)
+    src = (f"network g\ninput x: 3 x {h} x {w}\n"
+           f"a = x -> conv({c}, 3, pad=1) -> relu\n"
+           f"b = a -> conv({c}, {k}, stride={stride}, pad={pad}, dilation={dil}, "
+           f"groups={groups})\n"
+           f"b -> conv({c}, 1, groups={groups}) -> add(b) -> relu -> conv(8, 1) -> output y\n")
+    m = compile_model(src, seed=3, opt_level=2)
+    x = np.random.default_rng(8).standard_normal((batch, 3, h, w)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                               err_msg=src)
