@@ -1,4 +1,5 @@
-"""Kernel IR builders for the rearranging ops: depth_to_space, space_to_depth, channel_shuffle.
+"""Kernel IR builders for the rearranging ops: depth_to_space, space_to_depth, channel_shuffle,
+and the channel gather that passes compose them into.
 
 Each output element is a copy of one input element; the builders only compute where from. Sizes
 (channels, heights, widths) are runtime integers (``Sizes``), so one compiled kernel serves every
@@ -12,7 +13,87 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .elementwise import N_BATCH, Sizes, _rows_kernel, _unflatten
-from .kernel_ir import Expr, Kernel, Let, Load, Loop, Param, Stmt, Store, Var, const
+from .kernel_ir import (
+    Const,
+    Expr,
+    If,
+    Kernel,
+    Let,
+    Load,
+    Loop,
+    Param,
+    Stmt,
+    Store,
+    Var,
+    call,
+    cmp,
+    const,
+)
+from .tiles import BLOCKED_INTS
+
+#: Input counts of the generated channel-gather kernels: a gather of fewer inputs repeats its
+#: last one, so a network needs few variants (each a compile on a cold cache).
+GATHER_ARITIES = (1, 2, 4, 8, 16)
+
+
+def gather_arity(n_inputs: int) -> int:
+    """The kernel variant that takes ``n_inputs`` inputs."""
+    for arity in GATHER_ARITIES:
+        if n_inputs <= arity:
+            return arity
+    raise ValueError(f"a channel gather takes at most {GATHER_ARITIES[-1]} inputs, "
+                     f"not {n_inputs}")
+
+
+def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str = "") -> Kernel:
+    """``y[n, o] = x_i[n, c]`` with ``(i, c)`` = ``c_table[2 o], c_table[2 o + 1]`` (small
+    integers, exact in float32): any channel of any input to any output channel.
+
+    Plain NCHW (``blocked=False``): one H x W plane copied per (image, output channel);
+    ``X<k>C`` is input ``k``'s channel count. Channel-blocked (NCHW8c): per (image, output
+    block, row), each lane copies its source channel's row (a stride-8 scalar copy: the
+    channel may sit in any lane of any block of its input), and the padding lanes of the
+    last block get zeros; ``X<k>*`` and ``Y*`` are the storages' geometry (blocks, stored
+    height and width, halo). Sizes are runtime integers: one kernel per arity and layout."""
+    n, o, p, q = Var("n"), Var("o"), Var("p"), Var("q")
+    C, P, Q = Var("C"), Var("P"), Var("Q")
+    src, ch = Var("src"), Var("ch")
+    lookup = [Let("src", call("int", Load("c_table", o * 2))),
+              Let("ch", call("int", Load("c_table", o * 2 + 1)))]
+    ints = ["C", "P", "Q"]
+    if not blocked:
+        L = P * Q
+        body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("o", C)]) + lookup
+        body.append(Let("yb", Var("t") * L))
+        for k in range(n_inputs):
+            body.append(If(cmp("==", src, k), [
+                Let("xb", (n * Var(f"X{k}C") + ch) * L),
+                Loop("j", L, [Store("y", Var("yb") + Var("j"), Load(f"x{k}", Var("xb") +
+                                                                       Var("j")))])]))
+            ints.append(f"X{k}C")
+        tasks = N_BATCH * C
+    else:
+        YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+        ob, lane = Var("ob"), Var("l")
+        body = _unflatten(Var("t"), [("n", N_BATCH), ("ob", (C + 7) // 8), ("p", P)])
+        body.append(Let("yrow", ((n * YB + ob) * YH + p + YT) * (YW * 8) + YL * 8))
+        copies: list[Stmt] = []
+        for k in range(n_inputs):
+            XB, XH, XW, XT, XL = (Var(f"X{k}{s}") for s in BLOCKED_INTS)
+            copies.append(If(cmp("==", src, k), [
+                Let("xrow", ((n * XB + ch // 8) * XH + p + XT) * (XW * 8) + XL * 8 + ch % 8),
+                Loop("q", Q, [Store("y", Var("yrow") + q * 8 + lane,
+                                    Load(f"x{k}", Var("xrow") + q * 8))])]))
+            ints += [f"X{k}{s}" for s in BLOCKED_INTS]
+        ints += ["Y" + s for s in BLOCKED_INTS]
+        body.append(Loop("l", Const(8), [
+            Let("o", ob * 8 + lane),
+            If(cmp("<", o, C), lookup + copies,
+               [Loop("q", Q, [Store("y", Var("yrow") + q * 8 + lane, Const(0.0))])])]))
+        tasks = N_BATCH * ((C + 7) // 8) * P
+    params = [Param(f"x{k}") for k in range(n_inputs)] + [Param("c_table"), Param("y")] + \
+        [Param(i, "int") for i in ints] + [Param("n_batch", "int")]
+    return Kernel(name, params, [Loop("t", tasks, body, kind="parallel")], comment)
 
 
 def channel_shuffle_kernel(name: str, shape: Sequence[int], groups: int, comment: str = "",

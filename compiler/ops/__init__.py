@@ -126,6 +126,9 @@ class OpDef:
     # Parameter-time ops (derived parameters such as folded batch-norm weights): not in the
     # DSL, evaluated in float64 whenever parameters are set, never lowered.
     internal: bool = False
+    # Compute ops only a pass creates (``channel_gather``): lowered like any op, but not in the
+    # DSL and with no ONNX form.
+    pass_made: bool = False
     gradient: Callable[..., Any] | None = None
     # (BoundCtx) -> per-element bound on |float32 kernel - float64 reference| (``cnnc check``);
     # built with one of the factories below, each documenting the analysis it encodes.
@@ -171,7 +174,7 @@ def all_ops() -> dict[str, OpDef]:
 def all_names() -> list[str]:
     """Op names and aliases, as the DSL accepts them (parameter-time ops excluded)."""
     _load_families()
-    public = {n for n, op in _REGISTRY.items() if not op.internal}
+    public = {n for n, op in _REGISTRY.items() if not (op.internal or op.pass_made)}
     return sorted(public | {a for a, n in _ALIASES.items() if n in public})
 
 

@@ -283,6 +283,74 @@ register(OpDef(name="channel_slice", family="tensor",
                doc="channels start..stop-1 (a merged 1x1 convolution's share for one branch)"))
 
 
+# -- channel gather (made by fold_channel_moves) ----------------------------------------------
+
+def _gather_canonicalize(attrs, in_types):
+    try:
+        channels = tuple((int(i), int(c)) for i, c in attrs["channels"])
+    except (TypeError, ValueError):
+        raise AttrError("channels must be (input, channel) pairs", "channels") from None
+    if not channels:
+        raise AttrError("a channel gather needs at least one channel", "channels")
+    return {"channels": channels}
+
+
+def _gather_infer(in_types, attrs):
+    first = in_types[0]
+    for t in in_types:
+        if t.rank != 3 or t.shape[1:] != first.shape[1:]:
+            raise ShapeError(f"channel_gather: inputs {first} and {t} differ in height or width")
+    for i, c in attrs["channels"]:
+        if not (0 <= i < len(in_types) and 0 <= c < in_types[i].channels):
+            raise ShapeError(f"channel_gather: no channel {c} in input {i}")
+    return first.with_shape(len(attrs["channels"]), first.height, first.width)
+
+
+def _gather_ref(xs, attrs):
+    return np.stack([np.asarray(xs[i], np.float64)[:, c] for i, c in attrs["channels"]], axis=1)
+
+
+def _gather_layouts(node, in_types):
+    """Every input in the output's layout: plain planes, or lanes of channel-blocked storage
+    (any channel to any lane: no alignment needed)."""
+    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
+
+
+def _lower_gather(ctx, node):
+    from ..codegen.lowering import kernel_step
+    from ..codegen.rearrange import channel_gather_kernel, gather_arity
+
+    inputs = ctx.tensor_inputs
+    arity = gather_arity(len(inputs))
+    inputs = inputs + [inputs[-1]] * (arity - len(inputs))  # unused repeats: fewer variants
+    table = np.asarray(node.attrs["channels"], np.float64).ravel()
+    c, h, w = node.type.shape
+    ints = {"C": c, "P": h, "Q": w}
+    blocked = ctx.out_storage is not None
+    for k, i in enumerate(inputs):
+        storage = ctx.storage(i)
+        if blocked:
+            ints.update(zip((f"X{k}B", f"X{k}H", f"X{k}W", f"X{k}T", f"X{k}L"), storage.ints()))
+        else:
+            ints[f"X{k}C"] = ctx.graph.node(i).type.shape[0]
+    if blocked:
+        ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
+    kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment)
+    return kernel_step(ctx, kernel, inputs=inputs, ints=ints,
+                       pack=lambda values: {"c_table": table})
+
+
+register(OpDef(name="channel_gather", family="tensor",
+               signature=(Attr("channels", "any", doc="(input, channel) per output channel"),),
+               canonicalize=_gather_canonicalize, infer=_gather_infer, reference=_gather_ref,
+               macs=no_macs, arity=None,
+               new_activations=False, lower=_lower_gather, error_bound=exact_bound(),
+               layout_rule=_gather_layouts, layouts=("NCHW", "NCHW8c"), pass_made=True,
+               doc="output channel o is channel channels[o][1] of input channels[o][0]: "
+                   "concatenations, channel slices and shuffles composed into one copy "
+                   "(fold_channel_moves)"))
+
+
 # -- flatten / reshape ------------------------------------------------------------------------
 
 def _flatten_layouts(node, in_types):

@@ -5,7 +5,8 @@
   register tile of each direct convolution for the target's vector width).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding (into the producer, else into a following
-  convolution or dense layer), 1x1 convolutions of one pixel as dense layers, epilogue fusion.
+  convolution or dense layer), 1x1 convolutions of one pixel as dense layers, channel shuffles
+  and the concatenations and slices around them composed into gathers, epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
   layout selection (activations stay channel-blocked between convolutions and pools), then
   pools read only by a 1x1 convolution computed in its kernel (prologue fusion).
@@ -24,6 +25,7 @@ from .eliminate_dead_code import eliminate_dead_code
 from .fold_batchnorm import fold_batchnorm
 from .fold_batchnorm_into_consumer import fold_batchnorm_into_consumer
 from .fold_bottlenecks import fold_bottlenecks
+from .fold_channel_moves import fold_channel_moves
 from .fold_constants import fold_constants
 from .fuse_epilogues import fuse_epilogues
 from .fuse_prologues import fuse_prologues
@@ -46,6 +48,7 @@ FOLD_AND_FUSE: list[tuple[str, Pass]] = [
     ("fold_batchnorm", fold_batchnorm),
     ("fold_batchnorm_into_consumer", fold_batchnorm_into_consumer),
     ("conv_as_dense", conv_as_dense),
+    ("fold_channel_moves", fold_channel_moves),
     ("fuse_epilogues", fuse_epilogues),
 ]
 

@@ -15,6 +15,9 @@ The producer also writes the padding its consuming convolutions need: ``halo`` (
 bottom, right) is the largest padding per side among them, and the stored tensor is zero
 there.
 
+A channel gather (``fold_channel_moves``: shuffles, ragged concatenations and slices) is
+blocked when all its inputs are: it copies any channel to any lane.
+
 Concatenation without copies: a channel concatenation is kept blocked when each of its inputs
 is blocked, used by it alone, and fills whole 8-channel blocks; its producers then write
 straight into their channel range of its buffer and the concatenation itself is no kernel
@@ -46,6 +49,8 @@ from .common import is_constant, layer
 from .manager import PassContext
 
 DEFAULT_PAIRS = ((PLAIN, PLAIN),)
+#: Ops that read every input in their output's layout (not only the first).
+GATHERING = ("concat", "channel_gather")
 
 
 def layout_pairs(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:
@@ -76,12 +81,12 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
     def fits(node: Node) -> bool:
         if node.op == "flatten" and not _starts_its_buffer(graph, graph.node(node.inputs[0])):
             return False  # a dense layer reads every float of the storage from its start
-        if node.op == "concat":
+        if node.op in GATHERING:
             if not all(i in blocked for i in node.inputs):
                 return False
         elif (in_layout(node), BLOCKED) not in layout_pairs(graph, node):
             return False
-        if node.op != "concat":
+        if node.op not in GATHERING:
             for pos, o in enumerate(node.inputs):
                 if pos == 0 or is_constant(graph, graph.node(o)):
                     continue  # the first input, weights
@@ -97,11 +102,11 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
                     continue
                 if pos == 0 and (BLOCKED, out_layout(user)) in layout_pairs(graph, user):
                     continue
-                if pos > 0 and user.id in blocked and user.op != "concat" and operand_kind(
+                if pos > 0 and user.id in blocked and user.op not in GATHERING and operand_kind(
                         node.type.shape, user.type.shape) == "full":
                     continue  # a residual of a blocked node (checked by `fits(user)`)
-                if user.op == "concat" and user.id in blocked:
-                    continue  # written into its channel range (checked by `fits(user)`)
+                if user.op in GATHERING and user.id in blocked:
+                    continue  # read (or written into its range) blocked (`fits(user)`)
                 return False
         return True
 

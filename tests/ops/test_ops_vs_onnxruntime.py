@@ -125,6 +125,8 @@ NOT_IN_ONNX = {
     "input": "a graph leaf: values are supplied by the caller, there is nothing to compute",
     "param": "a graph leaf: weights are supplied by the caller, there is nothing to compute",
     "bn_fold_weight": "a derived parameter of the batch-norm folding pass (tests/passes)",
+    "channel_gather": "made by the fold_channel_moves pass from concatenations, slices and "
+                      "shuffles, which are checked here (tests/passes)",
     "bn_fold_bias": "a derived parameter of the batch-norm folding pass (tests/passes)",
     "bn_fold_input_weight": "a derived parameter of folding a batch norm into the next layer "
                             "(tests/passes)",

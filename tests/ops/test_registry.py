@@ -100,6 +100,7 @@ SAMPLES.update({
     "depth_to_space": ([(12, 3, 2)], {"block": 2, "mode": "CRD"}),
     "space_to_depth": ([(3, 4, 6)], {"block": 2, "mode": "CRD"}),
     "channel_shuffle": ([(6, 3, 2)], {"groups": 3}),
+    "channel_gather": ([(3, 4, 5), (2, 4, 5)], {"channels": ((0, 2), (1, 0), (0, 0), (1, 1))}),
 })
 
 

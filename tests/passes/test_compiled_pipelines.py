@@ -467,3 +467,66 @@ def test_grouped_convolutions_of_any_shape_match_the_reference(data, per_group, 
     want = run_reference(m.graph, {"x": x}, m.params)["y"]
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
                                err_msg=src)
+
+
+SHUFFLE_NET = """network shuffle
+input x: 3 x 9 x 11
+block down(cin, c) {
+  left = in -> conv(cin, 3, stride=2, pad=1, groups=cin) -> conv(c // 2, 1) -> relu
+  right = in -> conv(c // 2, 1) -> relu -> conv(c // 2, 3, stride=2, pad=1, groups=c // 2)
+    -> conv(c // 2, 1) -> relu
+  return concat(left, right) -> channel_shuffle(2)
+}
+block unit(c) {
+  kept = in -> channel_slice(0, c // 2)
+  changed = in -> channel_slice(c // 2, c) -> conv(c // 2, 1) -> relu
+    -> conv(c // 2, 3, pad=1, groups=c // 2) -> conv(c // 2, 1) -> relu
+  return concat(kept, changed) -> channel_shuffle(2)
+}
+x -> conv(STEM, 3, pad=1) -> relu -> down(STEM, WIDTH) -> unit(WIDTH) * 3 -> conv(16, 3, pad=1)
+  -> output y
+"""
+
+
+@pytest.mark.parametrize("c0, c", [(12, 58), (8, 16), (10, 26)])
+def test_shuffle_units_run_as_channel_blocked_gathers(c0, c):
+    """ShuffleNet's units at every level: at -O1 and -O2 no concatenation, shuffle or slice is
+    left (gathers instead: one per unit for the changed half, one for the last output), and
+    at -O2 they run channel-blocked, lanes of any channel count (29, 13) moved to any lane,
+    the 3x3 readers' halo kept zero; the numbers are the float64 reference's."""
+    src = SHUFFLE_NET.replace("STEM", str(c0)).replace("WIDTH", str(c))
+    x = np.random.default_rng(6).standard_normal((2, 3, 9, 11)).astype(np.float32)
+    for level in (0, 1, 2):
+        m = compile_model(src, seed=5, opt_level=level)
+        graph = m.plan.graph
+        kinds = {n.op for n in graph.compute_nodes()}
+        if level:
+            assert not kinds & {"concat", "channel_shuffle", "channel_slice"}, kinds
+            gathers = [n for n in graph.compute_nodes() if n.op == "channel_gather"]
+            assert len(gathers) == 4  # three units' changed halves, the last output
+        if level == 2:
+            assert all(n.attrs.get("layout") == "NCHW8c" for n in gathers)
+            assert m.stats()["layout transforms per call"] == 2
+        want = run_reference(m.graph, {"x": x}, m.params)["y"]
+        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=f"-O{level}")
+
+
+@pytest.mark.parametrize("body", [
+    "a = x -> conv(13, 3, pad=1)\nb = x -> conv(11, 3, pad=1)\n"
+    "concat(a, b) -> conv(8, 3, pad=1) -> output y",
+    "x -> conv(20, 1) -> relu -> channel_slice(3, 17) -> conv(8, 3, pad=2, dilation=2)"
+    " -> output y",
+    "x -> conv(16, 1) -> relu -> channel_shuffle(4) -> conv(16, 3, pad=1, groups=16)"
+    " -> output y",
+])
+def test_ragged_channel_moves_between_padded_convolutions(body):
+    """A concatenation of 13 + 11 channels, a slice from channel 3, a shuffle of 4 groups:
+    gathers in the blocked region, the padding the next convolution reads written zero."""
+    src = f"network moves\ninput x: 3 x 7 x 6\n{body}\n"
+    m = compile_model(src, seed=2, opt_level=2)
+    gather = next(n for n in m.plan.graph.compute_nodes() if n.op == "channel_gather")
+    assert gather.attrs["layout"] == "NCHW8c" and any(gather.attrs["halo"])
+    x = np.random.default_rng(7).standard_normal((3, 3, 7, 6)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

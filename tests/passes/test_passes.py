@@ -542,3 +542,81 @@ def test_an_activation_does_not_fuse_through_a_view_with_another_reader():
     run(fuse_epilogues, g)
     assert "sigmoid" in ops(g)
     same_numbers(before, g, params)
+
+
+# -- channel moves ----------------------------------------------------------------------------
+
+SHUFFLE_UNITS = """
+block unit(c) {
+  kept = in -> channel_slice(0, c // 2)
+  changed = in -> channel_slice(c // 2, c) -> conv(c // 2, 1) -> relu
+  return concat(kept, changed) -> channel_shuffle(2)
+}
+x -> conv(12, 1) -> unit(12) -> unit(12) -> output y
+"""
+
+
+def test_shuffle_units_become_gathers_that_read_the_kept_halves_where_they_were_written():
+    """concat -> shuffle -> slices of ShuffleNet's units compose into gathers: each unit's
+    output reads the convolutions that computed its channels (the kept half is never copied),
+    and only the changed half, a convolution's input, is gathered."""
+    from cnnc.compiler.passes.fold_channel_moves import fold_channel_moves
+
+    g = build(SHUFFLE_UNITS, channels=3)
+    before = g.copy()
+    assert run(fold_channel_moves, g)
+    run(eliminate_dead_code, g)
+    assert ops(g) == ["conv", "channel_gather", "conv", "relu", "channel_gather", "conv",
+                      "relu", "channel_gather"]
+    convs = [n.id for n in g.compute_nodes() if n.op == "conv"]
+    gathers = [n for n in g.compute_nodes() if n.op == "channel_gather"]
+    # unit 1's changed half: channels 6..11 of conv 0; unit 2's: its output's channels 6..11
+    assert gathers[0].inputs == [convs[0]]
+    assert [c for _, c in gathers[0].attrs["channels"]] == list(range(6, 12))
+    # the output: a shuffle of (unit 1's output's first half, unit 2's changed half): it
+    # reads the first conv and each unit's relu, where their channels were computed
+    relus = [n.id for n in g.compute_nodes() if n.op == "relu"]
+    out = g.node(g.outputs["y"])
+    assert out.op == "channel_gather" and set(out.inputs) == {convs[0], *relus}
+    assert gathers[1].inputs == [convs[0], relus[0]]  # unit 2's changed half
+    same_numbers(before, g, random_params(before))
+
+
+@pytest.mark.parametrize("body, why", [
+    ("a = x -> conv(8, 1)\nb = x -> conv(8, 1)\nconcat(a, b) -> output y",
+     "whole blocks: written in place"),
+    ("x -> conv(16, 1) -> channel_slice(8, 16) -> output y", "a view of whole blocks"),
+])
+def test_channel_moves_of_whole_blocks_stay(body, why):
+    from cnnc.compiler.passes.fold_channel_moves import fold_channel_moves
+
+    g = build(body)
+    assert not run(fold_channel_moves, g), why
+
+
+@pytest.mark.parametrize("body", [
+    "a = x -> conv(5, 1)\nb = x -> conv(11, 1)\nconcat(a, b) -> output y",
+    "x -> conv(16, 1) -> channel_slice(3, 13) -> output y",
+])
+def test_ragged_concatenations_and_slices_become_gathers(body):
+    from cnnc.compiler.passes.fold_channel_moves import fold_channel_moves
+
+    g = build(body)
+    before = g.copy()
+    assert run(fold_channel_moves, g)
+    assert ops(g)[-1] == "channel_gather"
+    same_numbers(before, g, random_params(before))
+
+
+def test_a_gather_reads_at_most_sixteen_tensors():
+    """Twenty shuffle units: composing every unit's gather into the next would read one
+    more convolution per unit; past 16 sources the inner gather stays an input."""
+    from cnnc.compiler.passes.fold_channel_moves import MAX_SOURCES, fold_channel_moves
+
+    g = build(SHUFFLE_UNITS.replace("unit(12) -> unit(12)", "unit(12) * 20"), channels=3)
+    before = g.copy()
+    run(fold_channel_moves, g)
+    run(eliminate_dead_code, g)
+    widths = [len(n.inputs) for n in g.compute_nodes() if n.op == "channel_gather"]
+    assert max(widths) <= MAX_SOURCES and max(widths) > 4
+    same_numbers(before, g, random_params(before))
