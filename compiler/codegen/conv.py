@@ -140,10 +140,6 @@ class ConvGeometry:
         return self.K // self.groups
 
     @property
-    def depthwise(self) -> bool:
-        return self.groups > 1 and self.groups == self.C == self.K
-
-    @property
     def channelwise(self) -> bool:
         """Run by the channel-wise kernel (8 lanes = 8 channels; depthwise and narrow groups:
         ``ops.conv.channelwise``) rather than the register-tiled direct one."""

@@ -309,13 +309,11 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         upd: list = [Let(f"wv{j}", VLoad("w", wtap + j * 8)) for j in range(cg)]
         for i in range(T):
             acc, xi = f"acc_{i}_0", xs + i * g.sw * 8
-            if cg == 1:
-                upd.append(Let(acc, VFma(VLoad("x", xi), Var("wv0"), Var(acc))))
-                continue
-            if cg < 8:
+            if 1 < cg < 8:
                 upd.append(Let("xv", VLoad("x", xi)))
             for j in range(cg):
-                xj = VBroadcast("x", xi + j, 8) if cg == 8 else VSpread(Var("xv"), cg, j)
+                xj = (VLoad("x", xi) if cg == 1 else VBroadcast("x", xi + j, 8) if cg == 8
+                      else VSpread(Var("xv"), cg, j))
                 upd.append(Let(acc, VFma(xj, Var(f"wv{j}"), Var(acc))))
         inner = [Loop("r", Const(R), [Loop("s", Const(S), [
             Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * 8)),

@@ -319,6 +319,7 @@ def _gather_layouts(node, in_types):
 def _lower_gather(ctx, node):
     from ..codegen.lowering import kernel_step
     from ..codegen.rearrange import channel_gather_kernel, gather_arity
+    from ..codegen.tiles import BLOCKED_INTS
 
     inputs = ctx.tensor_inputs
     arity = gather_arity(len(inputs))
@@ -330,11 +331,11 @@ def _lower_gather(ctx, node):
     for k, i in enumerate(inputs):
         storage = ctx.storage(i)
         if blocked:
-            ints.update(zip((f"X{k}B", f"X{k}H", f"X{k}W", f"X{k}T", f"X{k}L"), storage.ints()))
+            ints.update(zip((f"X{k}{s}" for s in BLOCKED_INTS), storage.ints()))
         else:
             ints[f"X{k}C"] = ctx.graph.node(i).type.shape[0]
     if blocked:
-        ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
+        ints.update(zip(("Y" + s for s in BLOCKED_INTS), ctx.out_storage.ints()))
     kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment)
     return kernel_step(ctx, kernel, inputs=inputs, ints=ints,
                        pack=lambda values: {"c_table": table})
