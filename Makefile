@@ -6,7 +6,7 @@ MODEL ?= resnet18
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install graphviz clean
+.PHONY: demo test lint install graphviz bench-deps bench clean
 
 $(BIN)/cnnc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ demo: install graphviz
 
 test: install graphviz
 	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=30 tests
+
+# The peers of bench/ (each runs in its own process on the same ONNX weights): PyTorch's CPU
+# build (torch 2.13.0 is on this machine's disk), ONNX Runtime (a test dependency), OpenVINO.
+bench-deps: install
+	$(BIN)/pip install --quiet torch==2.13.0 openvino matplotlib
+
+bench: bench-deps
+	$(BIN)/python bench/bench_networks.py --models resnet18 googlenet mobilenet_v2 --batches 1 \
+	  --engines cnnc cnnc-O0 torch onnxruntime openvino
 
 lint: install
 	$(BIN)/ruff check .

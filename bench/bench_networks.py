@@ -1,8 +1,9 @@
-"""Whole-network benchmark: cnnc vs PyTorch vs ONNX Runtime, same weights, outputs compared.
+"""Whole-network benchmark: cnnc vs PyTorch, ONNX Runtime and OpenVINO; same weights, outputs
+compared.
 
-    .venv/bin/pip install torch==2.13.0 matplotlib   # once; CPU build from this machine's disk
+    .venv/bin/pip install torch==2.13.0 openvino matplotlib   # once (make bench-deps)
     .venv/bin/python bench/bench_networks.py [--models resnet18 vgg16] [--batches 1 8]
-        [--engines cnnc cnnc-O0 cnnc-avx2 torch onnxruntime]
+        [--engines cnnc cnnc-O0 cnnc-avx2 torch onnxruntime openvino]
 
 One driver process prepares weights, inputs and the ONNX file, then runs each engine in its own
 worker process (their thread pools must not fight), all limited to the same thread count. The
@@ -86,6 +87,16 @@ def worker(engine: str, workdir: Path, model: str, batch: int, threads: int, rep
                                     providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         run = lambda: sess.run(None, {name: x})  # noqa: E731
+    elif engine == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        # f32 everywhere: OpenVINO's CPU plugin otherwise runs bf16 or f16 where the CPU has it
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                  "PERFORMANCE_HINT": "LATENCY"}
+        net = core.compile_model(core.read_model(str(workdir / "model.onnx")), "CPU", config)
+        request = net.create_infer_request()
+        run = lambda: request.infer({0: x})[net.output(0)]  # noqa: E731
     else:
         raise SystemExit(f"unknown engine {engine}")
     median, times = _median_time(run, repeat)
@@ -137,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["resnet18", "vgg16"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
-    ap.add_argument("--engines", nargs="+", default=["cnnc", "torch", "onnxruntime"])
+    ap.add_argument("--engines", nargs="+", default=["cnnc", "torch", "onnxruntime", "openvino"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--peak", type=float, default=166.0,

@@ -30,6 +30,20 @@ def _conv(x, w, b, a):
     return F.conv2d(x, w, b, a["stride"], sym, a["dilation"], a["groups"])
 
 
+def _conv_transpose(x, w, b, a):
+    t, l, bottom, r = a["pads"]
+    oh, ow = a["output_padding"]
+    # torch pads symmetrically: pad by the larger side, then crop what it added
+    y = F.conv_transpose2d(x, w, b, a["stride"], 0, (oh, ow), a["groups"], a["dilation"])
+    return y[:, :, t:y.shape[2] - bottom, l:y.shape[3] - r]
+
+
+def _channel_shuffle(x, a):
+    n, c, h, w = x.shape
+    g = a["groups"]
+    return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 def _maxpool(x, a):
     sym = _sym(a["pads"])
     if sym is None:
@@ -51,6 +65,10 @@ def _bn(x, w, b, mean, var, a):
 
 OPS: dict[str, Any] = {
     "conv": lambda xs, a: _conv(xs[0], xs[1], xs[2] if len(xs) > 2 else None, a),
+    "conv_transpose": lambda xs, a: _conv_transpose(xs[0], xs[1], xs[2] if len(xs) > 2 else None,
+                                                    a),
+    "channel_shuffle": lambda xs, a: _channel_shuffle(xs[0], a),
+    "channel_slice": lambda xs, a: xs[0][:, a["start"]:a["stop"]],
     "batchnorm": lambda xs, a: _bn(*xs, a),
     "relu": lambda xs, a: F.relu(xs[0]),
     "relu6": lambda xs, a: F.relu6(xs[0]),

@@ -59,7 +59,7 @@ import numpy as np
 
 from ..ops import operand_kind as _operand_kind
 from ..ops import own_attrs, own_input_types, prologue_of, spatial_out
-from ..ops.conv import channelwise
+from ..ops.conv import channelwise, transposed_as_conv_weight
 from ..plan import Arg, Call, Step, Storage
 from .conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from .gemm import gemm_kernel
@@ -413,15 +413,6 @@ def _geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
     return ConvGeometry.from_attrs(attrs, in_shape, activation)
 
 
-def _transposed_weight(w: np.ndarray, groups: int) -> np.ndarray:
-    """A transposed convolution's weight ``[C, K/g, R, S]`` as the equivalent convolution's
-    ``[K, C/g, R, S]``, flipped in space."""
-    C, kg, R, S = w.shape
-    cg = C // groups
-    wc = w.reshape(groups, cg, kg, R, S).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-    return np.ascontiguousarray(wc.reshape(groups * kg, cg, R, S))
-
-
 def lower_conv(ctx, node) -> Step:
     """A ``conv`` / ``conv_transpose`` node as kernel calls: [zero-stuff,] pack (or im2col)
     unless the input is already channel-blocked, the compute kernel, then unpack (or crop) with
@@ -510,7 +501,7 @@ def lower_conv(ctx, node) -> Step:
     def pack(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
         weight = np.asarray(values[w], np.float64)
         if node.op == "conv_transpose":
-            weight = _transposed_weight(weight, attrs["groups"])
+            weight = transposed_as_conv_weight(weight, attrs["groups"])
         wp, bp = pack_weights(g, lowering, weight, values[b[0]] if b else None, tile)
         return {"w": wp, "b": bp}
 

@@ -25,6 +25,8 @@ from .kernel_ir import (
     Stmt,
     Store,
     Var,
+    VLoad,
+    VStore,
     call,
     cmp,
     const,
@@ -152,3 +154,57 @@ def space_to_depth_kernel(name: str, shape: Sequence[int], block: int, mode: str
              Loop("w", const(OW), [Store("y", Var("yb") + Var("w"),
                                          Load("x0", Var("xb") + Var("w") * b))])]
     return _rows_kernel(name, [Param("x0"), Param("y")], C * (b * b) * OH, body, comment, sz)
+
+
+def depth_to_space_blocked_kernel(name: str, block: int, comment: str = "") -> Kernel:
+    """Mode DCR on channel-blocked storage: output block ``ob`` of pixel ``(h*b + i, w*b + j)``
+    is input block ``(i*b + j) * CO8 + ob`` of pixel ``(h, w)`` (``CO8`` output blocks: the
+    output channels a multiple of 8), one 8-channel vector a copy; one output row per
+    parallel iteration. ``X*`` and ``Y*`` are the storages' geometry (blocks, stored height
+    and width, halo top and left); the block is literal, sizes are runtime integers."""
+    b = int(block)
+    CO8, H, W = Var("CO8"), Var("H"), Var("W")
+    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    n, ob, oh, j, w = Var("n"), Var("ob"), Var("oh"), Var("j"), Var("w")
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("ob", CO8), ("oh", H * b)]) + [
+        Let("yrow", ((n * YB + ob) * YH + oh + YT) * (YW * 8) + YL * 8),
+        Loop("j", const(b), [
+            Let("xrow", ((n * XB + ((oh % b) * b + j) * CO8 + ob) * XH + oh // b + XT)
+                * (XW * 8) + XL * 8),
+            Loop("w", W, [VStore("y", Var("yrow") + (w * b + j) * 8,
+                                 VLoad("x0", Var("xrow") + w * 8))])]),
+    ]
+    return _blocked_rows_kernel(name, ["CO8", "H", "W"], N_BATCH * CO8 * (H * b), body, comment)
+
+
+def space_to_depth_blocked_kernel(name: str, block: int, comment: str = "") -> Kernel:
+    """Mode DCR on channel-blocked storage, the inverse of ``depth_to_space_blocked_kernel``:
+    output block ``(i*b + j) * C8 + cb`` of pixel ``(h, w)`` is input block ``cb`` of pixel
+    ``(h*b + i, w*b + j)`` (the input channels a multiple of 8); one output row per parallel
+    iteration, sizes of the output (``OH x OW``) runtime integers."""
+    b = int(block)
+    C8, OH, OW = Var("C8"), Var("OH"), Var("OW")
+    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    n, yb, oh, w = Var("n"), Var("yb"), Var("oh"), Var("w")
+    q, cb = yb // C8, yb % C8
+    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("yb", C8 * (b * b)), ("oh", OH)])
+    body += [
+        Let("yrow", ((n * YB + yb) * YH + oh + YT) * (YW * 8) + YL * 8),
+        Let("xrow", ((n * XB + cb) * XH + oh * b + q // b + XT) * (XW * 8) + XL * 8
+            + (q % b) * 8),
+        Loop("w", OW, [VStore("y", Var("yrow") + w * 8,
+                              VLoad("x0", Var("xrow") + w * (b * 8)))]),
+    ]
+    return _blocked_rows_kernel(name, ["C8", "OH", "OW"], N_BATCH * (C8 * (b * b)) * OH, body,
+                                comment)
+
+
+def _blocked_rows_kernel(name: str, sizes: list[str], tasks: Expr, body: list[Stmt],
+                         comment: str) -> Kernel:
+    """A kernel over ``tasks`` parallel rows of channel-blocked storage ``x0 -> y``."""
+    ints = sizes + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
+    return Kernel(name, [Param("x0"), Param("y")] + [Param(i, "int") for i in ints]
+                  + [Param("n_batch", "int")], [Loop("t", tasks, body, kind="parallel")],
+                  comment)

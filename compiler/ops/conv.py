@@ -350,6 +350,95 @@ def conv_transpose_macs(in_types: list[TensorType], out: TensorType, attrs: dict
     return in_types[0].size * (attrs["out_channels"] // attrs["groups"]) * r * s
 
 
+def transposed_as_conv_weight(w: np.ndarray, groups: int) -> np.ndarray:
+    """A transposed convolution's weight ``[C, K/g, R, S]`` as the equivalent stride-1
+    convolution's ``[K, C/g, R, S]``, flipped in space: ``wc[g*Kg + k, c, r, s] =
+    w[g*Cg + c, k, R-1-r, S-1-s]``."""
+    C, kg, R, S = w.shape
+    cg = C // groups
+    wc = w.reshape(groups, cg, kg, R, S).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    return np.ascontiguousarray(wc.reshape(groups * kg, cg, R, S))
+
+
+# -- a transposed convolution as stride-1 convolutions, one per output phase ------------------
+#
+# With stride s, output row o = s*a + i (phase i < s) receives exactly the taps r of the kernel
+# with r = (i + top) mod s (mod s): r = r0 + s*m for m < M = ceil((R - r0) / s), reading input
+# row h = a + e - m, e = (i + top) // s. So phase i is a stride-1 convolution of x with the
+# flipped sub-kernel w[r0 + s*(M-1-m')] (m' < M), padded by M-1-e rows before and by what
+# makes its output P = out / s rows after. No zero-stuffed input: exactly the transposed
+# convolution's multiply-adds, where the stuffed stride-1 convolution does s^2 times as many.
+
+
+def _phase_axis(size: int, out: int, kernel: int, stride: int, before: int,
+                phase: int) -> tuple[int, int, int, int] | None:
+    """One axis of one phase: (taps M, padding before, padding after, first tap of the
+    flipped kernel), or None where no stride-1 convolution computes it (no tap reaches the
+    phase, or it would need negative padding: a crop)."""
+    r0 = (phase + before) % stride
+    taps = -(-(kernel - r0) // stride)
+    if taps < 1:
+        return None
+    pad_before = taps - 1 - (phase + before) // stride
+    pad_after = out // stride - 1 - size - pad_before + taps
+    if pad_before < 0 or pad_after < 0:
+        return None
+    return taps, pad_before, pad_after, kernel - 1 - r0 - stride * (taps - 1)
+
+
+def transposed_phases(attrs: dict[str, Any], in_shape: tuple[int, ...],
+                      out_shape: tuple[int, ...]) -> list[dict[str, Any]] | str:
+    """The ``s x s`` stride-1 convolutions whose outputs, interleaved (``depth_to_space`` of
+    their concatenation in phase order, mode DCR), are the transposed convolution: per phase
+    (row-major) its ``kernel``, ``pads`` (top, left, bottom, right) and ``start`` (the first
+    row and column of the flipped weight, ``transposed_as_conv_weight``, taken every ``s``).
+    A string says why not: a non-square stride, dilation, an output not a multiple of the
+    stride, or a phase no convolution computes."""
+    (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
+    if sh != sw or sh < 2:
+        return "the stride is not square and at least 2"
+    if (dh, dw) != (1, 1):
+        return "dilation"
+    (R, S), (t, l, _, _) = attrs["kernel"], attrs["pads"]
+    _, H, W = in_shape
+    _, P, Q = out_shape
+    if P % sh or Q % sw:
+        return f"the output {P}x{Q} is not a multiple of the stride {sh}"
+    phases = []
+    for i in range(sh):
+        for j in range(sw):
+            rows = _phase_axis(H, P, R, sh, t, i)
+            cols = _phase_axis(W, Q, S, sw, l, j)
+            if rows is None or cols is None:
+                return f"output phase ({i}, {j}) is not a padded stride-1 convolution"
+            phases.append({"kernel": (rows[0], cols[0]),
+                           "pads": (rows[1], cols[1], rows[2], cols[2]),
+                           "start": (rows[3], cols[3])})
+    return phases
+
+
+def _phase_filter_infer(in_types, attrs):
+    c, kg, r, s = in_types[0].shape
+    (sh, sw), (r0, s0) = attrs["stride"], attrs["start"]
+    g = attrs["groups"]
+    return in_types[0].with_shape(kg * g, c // g, len(range(r0, r, sh)), len(range(s0, s, sw)))
+
+
+def _phase_filter_reference(inputs, attrs):
+    (sh, sw), (r0, s0) = attrs["stride"], attrs["start"]
+    w = transposed_as_conv_weight(np.asarray(inputs[0], np.float64), attrs["groups"])
+    return np.ascontiguousarray(w[:, :, r0::sh, s0::sw])
+
+
+register(OpDef(
+    name="phase_filter", family="conv",
+    signature=(Attr("groups", "int"), Attr("stride", "ints"), Attr("start", "ints")),
+    infer=_phase_filter_infer, reference=_phase_filter_reference,
+    macs=lambda ts, out, a: 0, arity=1, internal=True, new_activations=False,
+    doc="one output phase's filter of a transposed convolution (transposed_phases): the "
+        "flipped, transposed weight's taps start, start + stride, ..."))
+
+
 register(OpDef(
     lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
     layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import BLOCKED, PLAIN, TensorType
 from . import (
     Attr,
     AttrError,
@@ -57,6 +57,43 @@ def _lower_with(builder: str, *attr_names: str):
                                         ctx.comment, sz)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
     return lower
+
+
+def _lower_blocked_or(plain: str, blocked: str):
+    """The plain lowering through ``plain``, or, where layout selection stored the output
+    channel-blocked, the blocked kernel ``codegen.rearrange.<blocked>(name, block)``."""
+    lower_plain = _lower_with(plain, "block", "mode")
+
+    def lower(ctx, node):
+        from ..codegen import rearrange
+        from ..codegen.lowering import kernel_step
+        from ..codegen.tiles import BLOCKED_INTS
+
+        if ctx.out_storage is None:
+            return lower_plain(ctx, node)
+        (c, h, w), (oc, oh, ow) = ctx.in_shapes[0], ctx.out_shape
+        ints = {"CO8": oc // 8, "H": h, "W": w, "C8": c // 8, "OH": oh, "OW": ow}
+        ints.update(zip(("X" + s for s in BLOCKED_INTS),
+                        ctx.storage(ctx.tensor_inputs[0]).ints()))
+        ints.update(zip(("Y" + s for s in BLOCKED_INTS), ctx.out_storage.ints()))
+        k = getattr(rearrange, blocked)(ctx.kname, node.attrs["block"], ctx.comment)
+        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
+    return lower
+
+
+def _dcr_layouts(channels_of: str):
+    """Mode DCR moves whole 8-channel blocks when the channels on the image side (the
+    output's of depth_to_space, the input's of space_to_depth) are a multiple of 8: then it
+    reads and writes NCHW8c too (one vector a copy). Mode CRD moves single channels."""
+
+    def rule(node, in_types):
+        x = in_types[0]
+        b2 = node.attrs["block"] ** 2
+        image_side = x.channels // b2 if channels_of == "output" else x.channels
+        if node.attrs["mode"] == "DCR" and image_side % 8 == 0:
+            return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
+        return ((PLAIN, PLAIN),)
+    return rule
 
 
 # -- depth_to_space ---------------------------------------------------------------------------
@@ -102,7 +139,8 @@ register(OpDef(name="depth_to_space", family="rearrange",
                           Attr("mode", "choice", "DCR", choices=DEPTH_TO_SPACE_MODES)),
                canonicalize=_d2s_canonicalize, infer=_d2s_infer, reference=one_input(_d2s_ref),
                macs=no_macs, new_activations=False,
-               lower=_lower_with("depth_to_space_kernel", "block", "mode"),
+               lower=_lower_blocked_or("depth_to_space_kernel", "depth_to_space_blocked_kernel"),
+               layout_rule=_dcr_layouts("output"), layouts=("NCHW", "NCHW8c"),
                error_bound=exact_bound(),  # a permutation: exact
                doc="move blocks of channels into block x block pixels (sub-pixel upsampling; "
                    "mode=CRD is PyTorch's PixelShuffle)"))
@@ -149,7 +187,8 @@ register(OpDef(name="space_to_depth", family="rearrange",
                           Attr("mode", "choice", "DCR", choices=DEPTH_TO_SPACE_MODES)),
                canonicalize=_s2d_canonicalize, infer=_s2d_infer, reference=one_input(_s2d_ref),
                macs=no_macs, new_activations=False,
-               lower=_lower_with("space_to_depth_kernel", "block", "mode"),
+               lower=_lower_blocked_or("space_to_depth_kernel", "space_to_depth_blocked_kernel"),
+               layout_rule=_dcr_layouts("input"), layouts=("NCHW", "NCHW8c"),
                error_bound=exact_bound(),  # a permutation: exact
                doc="move block x block pixels into channels (the inverse of depth_to_space "
                    "in the same mode; mode=CRD is PyTorch's PixelUnshuffle)"))

@@ -5,7 +5,8 @@
   register tile of each direct convolution for the target's vector width).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding (into the producer, else into a following
-  convolution or dense layer), 1x1 convolutions of one pixel as dense layers, channel shuffles
+  convolution or dense layer), 1x1 convolutions of one pixel as dense layers, strided
+  transposed convolutions as one stride-1 convolution per output phase, channel shuffles
   and the concatenations and slices around them composed into gathers, epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
   layout selection (activations stay channel-blocked between convolutions and pools), then
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from .canonicalize import canonicalize
 from .conv_as_dense import conv_as_dense
+from .conv_transpose_as_phases import conv_transpose_as_phases
 from .eliminate_common_subexpressions import eliminate_common_subexpressions
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batchnorm import fold_batchnorm
@@ -48,6 +50,7 @@ FOLD_AND_FUSE: list[tuple[str, Pass]] = [
     ("fold_batchnorm", fold_batchnorm),
     ("fold_batchnorm_into_consumer", fold_batchnorm_into_consumer),
     ("conv_as_dense", conv_as_dense),
+    ("conv_transpose_as_phases", conv_transpose_as_phases),
     ("fold_channel_moves", fold_channel_moves),
     ("fuse_epilogues", fuse_epilogues),
 ]

@@ -134,6 +134,7 @@ NOT_IN_ONNX = {
                           "(tests/passes)",
     "stack_filters": "a derived parameter of the bottleneck folding pass (tests/passes)",
     "dense_weight_of_conv": "a derived parameter of the conv_as_dense pass (tests/passes)",
+    "phase_filter": "a derived parameter of the conv_transpose_as_phases pass (tests/passes)",
 }
 
 

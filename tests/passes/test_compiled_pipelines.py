@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cnnc.runtime.cli import main
@@ -528,5 +528,89 @@ def test_ragged_channel_moves_between_padded_convolutions(body):
     gather = next(n for n in m.plan.graph.compute_nodes() if n.op == "channel_gather")
     assert gather.attrs["layout"] == "NCHW8c" and any(gather.attrs["halo"])
     x = np.random.default_rng(7).standard_normal((3, 3, 7, 6)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+UP_BLOCK = """network up
+input x: 3 x 8 x 6
+skip = x -> conv(16, 3, pad=1) -> relu
+low = skip -> maxpool(2) -> conv(32, 3, pad=1) -> relu
+concat(skip, low -> conv_transpose(16, 2, stride=2)) -> conv(16, 3, pad=1) -> relu
+  -> output y
+"""
+
+
+def test_an_up_convolution_runs_as_one_1x1_convolution_and_a_blocked_interleave():
+    """U-Net's up block: the 2x2 stride-2 transposed convolution becomes one 1x1 convolution
+    of 4 x 16 filters and a depth_to_space (mode DCR) that moves whole 8-channel vectors,
+    written straight into its range of the concatenation with the halo the next 3x3 reads;
+    two layout transforms in all, the float64 reference's numbers at every level."""
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 6)).astype(np.float32)
+    for level in (0, 1, 2):
+        m = compile_model(UP_BLOCK, seed=3, opt_level=level)
+        graph = m.plan.graph
+        kinds = [n.op for n in graph.compute_nodes()]
+        assert ("conv_transpose" in kinds) == (level == 0)
+        if level == 2:
+            shuffle = next(n for n in graph.compute_nodes() if n.op == "depth_to_space")
+            assert shuffle.attrs["layout"] == "NCHW8c" and shuffle.attrs["halo"] == (1, 1, 1, 1)
+            assert graph.node(shuffle.inputs[0]).attrs["kernel"] == (1, 1)
+            concat = next(n for n in graph.compute_nodes() if n.op == "concat")
+            assert concat.attrs["in_place"]
+            assert m.stats()["layout transforms per call"] == 2
+        want = run_reference(m.graph, {"x": x}, m.params)["y"]
+        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=f"-O{level}")
+
+
+@settings(max_examples=14, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), k=st.integers(1, 5), stride=st.sampled_from([2, 3, 2, 1]),
+       out=st.sampled_from([3, 8, 16]), groups=st.sampled_from([1, 2]),
+       batch=st.integers(1, 2))
+def test_transposed_convolutions_of_any_shape_match_the_reference(data, k, stride, out, groups,
+                                                                  batch):
+    """Random transposed convolutions (window, stride, per-side padding, output padding,
+    groups) between two blocked convolutions, at -O1 and -O2: as phase convolutions where
+    they apply, zero-stuffed where not; the float64 reference's numbers either way."""
+    pads = [data.draw(st.integers(0, k - 1)) for _ in range(4)]
+    op = data.draw(st.integers(0, stride - 1))
+    if data.draw(st.sampled_from([True, True, False])):  # an output a multiple of the stride
+        for end in (2, 3):
+            pads[end] = min(range(k), key=lambda p: (k + op - pads[end - 2] - p) % stride)
+    pads = tuple(pads)
+    h, w = data.draw(st.integers(2, 6)), data.draw(st.integers(2, 6))
+    assume((h - 1) * stride + k + op - pads[0] - pads[2] >= 1 and
+           (w - 1) * stride + k + op - pads[1] - pads[3] >= 1)
+    out *= groups
+    src = (f"network t\ninput x: 3 x {h} x {w}\n"
+           f"x -> conv(16, 3, pad=1) -> relu -> conv_transpose({out}, {k}, stride={stride}, "
+           f"pad={pads}, output_padding={op}, groups={groups}) -> relu\n"
+           f"  -> conv(8, 3, pad=1) -> output y\n")
+    x = np.random.default_rng(4).standard_normal((batch, 3, h, w)).astype(np.float32)
+    for level in (1, 2):
+        m = compile_model(src, seed=6, opt_level=level)
+        want = run_reference(m.graph, {"x": x}, m.params)["y"]
+        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=f"-O{level}: {src}")
+
+
+@pytest.mark.parametrize("move, blocked", [
+    ("depth_to_space(2)", True),  # 32 -> 8 channels: whole vectors move
+    ("depth_to_space(2, mode=CRD)", False),  # PixelShuffle: single channels move
+    ("space_to_depth(2)", True),  # 32 -> 128
+    ("space_to_depth(2, mode=CRD)", False),
+    ("depth_to_space(4)", False),  # 32 -> 2 channels: less than a block
+])
+def test_pixel_moves_of_whole_blocks_run_channel_blocked(move, blocked):
+    src = (f"network moves\ninput x: 3 x 8 x 12\n"
+           f"x -> conv(32, 3, pad=1) -> relu -> {move} -> conv(8, 3, pad=1) -> output y\n")
+    m = compile_model(src, seed=1, opt_level=2)
+    node = next(n for n in m.plan.graph.compute_nodes() if n.op in ("depth_to_space",
+                                                                     "space_to_depth"))
+    assert (node.attrs.get("layout") == "NCHW8c") == blocked
+    assert m.stats()["layout transforms per call"] == (2 if blocked else 4)
+    x = np.random.default_rng(3).standard_normal((2, 3, 8, 12)).astype(np.float32)
     want = run_reference(m.graph, {"x": x}, m.params)["y"]
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

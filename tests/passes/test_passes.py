@@ -620,3 +620,59 @@ def test_a_gather_reads_at_most_sixteen_tensors():
     widths = [len(n.inputs) for n in g.compute_nodes() if n.op == "channel_gather"]
     assert max(widths) <= MAX_SOURCES and max(widths) > 4
     same_numbers(before, g, random_params(before))
+
+
+@pytest.mark.parametrize("deconv, kernels, pads", [
+    # U-Net's up-convolution: each phase is a 1x1 convolution, all four one of 4 x 6 filters
+    ("conv_transpose(6, 2, stride=2)", [(1, 1)], [(0, 0, 0, 0)]),
+    # kernel 4, stride 2, pad 1 (DCGAN): 2x2 phases, each padded differently
+    ("conv_transpose(6, 4, stride=2, pad=1)", [(2, 2)] * 4,
+     [(1, 1, 0, 0), (1, 0, 0, 1), (0, 1, 1, 0), (0, 0, 1, 1)]),
+    # kernel 3, stride 2, pad 1, output padding 1: phases of 2, 1 and 1 taps a side
+    ("conv_transpose(6, 3, stride=2, pad=1, output_padding=1)",
+     [(1, 1), (1, 2), (2, 1), (2, 2)], [(0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 1, 0), (0, 0, 1, 1)]),
+    # stride 3, kernel 6, pad 3: uniform phases of 2x2 taps, one convolution of 9 x 6 filters
+    ("conv_transpose(6, 6, stride=3, pad=3)", [(2, 2)], [(0, 0, 0, 0)]),
+    # groups: the phases stay separate convolutions (stacking would mix the groups)
+    ("conv_transpose(6, 2, stride=2, groups=2)", [(1, 1)] * 4, [(0, 0, 0, 0)] * 4),
+])
+def test_a_strided_transposed_convolution_becomes_its_phase_convolutions(deconv, kernels, pads):
+    from cnnc.compiler.passes.conv_transpose_as_phases import conv_transpose_as_phases
+
+    g = build(f"x -> conv(4, 3, pad=1) -> relu -> {deconv} -> relu -> output y")
+    params = random_params(g)
+    before = g.copy()
+    assert run(conv_transpose_as_phases, g)
+    assert "conv_transpose" not in ops(g)
+    convs = [n for n in g.compute_nodes() if n.op == "conv"][1:]
+    assert [n.attrs["kernel"] for n in convs] == kernels
+    assert [n.attrs["pads"] for n in convs] == pads
+    assert all(n.attrs["stride"] == (1, 1) for n in convs)
+    shuffle = next(n for n in g.compute_nodes() if n.op == "depth_to_space")
+    assert shuffle.attrs["mode"] == "DCR" and shuffle.type == before.node(
+        next(n.id for n in before.compute_nodes() if n.op == "conv_transpose")).type
+    stacked = g.node(shuffle.inputs[0])
+    assert stacked.op == ("conv" if len(convs) == 1 else "concat")
+    assert {g.node(n.inputs[1]).op for n in convs} == (
+        {"stack_filters"} if len(convs) == 1 else {"phase_filter"})
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("deconv, why", [
+    ("conv_transpose(6, 3, stride=(2, 1), pad=1)", "a stride that is not square"),
+    ("conv_transpose(6, 3, pad=1)", "stride 1: nothing is stuffed"),
+    ("conv_transpose(6, 2, stride=2, dilation=2)", "dilation"),
+    ("conv_transpose(6, 3, stride=2)", "13 rows: not a multiple of the stride"),
+    ("conv_transpose(6, 1, stride=2, output_padding=1)", "phases no tap reaches (bias only)"),
+    ("conv_transpose(6, 2, stride=2, pad=1)", "a phase that would crop its input"),
+    ("conv_transpose(6, 10, stride=5, pad=(2, 2, 3, 3))",
+     "25 different phases, more than the cap"),
+])
+def test_conv_transpose_as_phases_declines(deconv, why):
+    from cnnc.compiler.passes.conv_transpose_as_phases import conv_transpose_as_phases
+
+    g = build(f"x -> {deconv} -> output y")
+    ctx = PassContext()
+    assert not conv_transpose_as_phases(g, ctx), why
+    assert ops(g) == ["conv_transpose"]
+    assert len(ctx.notes) == 1 and "kept as a zero-stuffed convolution" in ctx.notes[0]

@@ -1,0 +1,100 @@
+"""A strided transposed convolution as one stride-1 convolution per output phase.
+
+    y = conv_transpose(x, w[C, K/g, R, S], b; stride s, pads)
+        =>  y = depth_to_space(concat(conv(x, w_00, b), conv(x, w_01, b), ...), s, DCR)
+
+Output pixel ``(s*a + i, s*c + j)`` only receives the taps ``r = i + top (mod s)``, ``q = j +
+left (mod s)`` of the kernel, so phase ``(i, j)`` is a stride-1 convolution of ``x`` with that
+sub-kernel, flipped and transposed (``phase_filter``, a derived parameter), with its own
+padding (``ops/conv.transposed_phases``, where the algebra is); ``depth_to_space`` in mode DCR
+interleaves the ``s^2`` phase outputs, in phase order, back into the image. The lowering of a
+transposed convolution otherwise convolves the zero-stuffed input, where ``s^2 - 1`` of every
+``s^2`` products are zeros (U-Net's 2x2 stride-2 up-convolutions: 4x the work).
+
+When every phase has the same kernel and padding (``R`` and the top and left padding
+multiples of ``s``; U-Net's, where each phase is a 1x1 convolution), and one group, the phases
+are one convolution of ``s^2 K`` filters (``stack_filters``): one kernel, no concatenation.
+
+Preconditions: a square stride of at least 2, no dilation, the output a multiple of the stride
+in both axes, every phase a convolution with non-negative padding (no tap-less phase, no crop),
+no fused epilogue, at most 16 phases unless they are one convolution, and a weight that is a
+parameter or derived from parameters (its phase filters are evaluated when parameters are
+set). Otherwise the node stays, and ``--explain`` says why.
+"""
+
+from __future__ import annotations
+
+from ..ir import Graph
+from ..ops import epilogue_of
+from ..ops.conv import transposed_phases
+from .common import is_constant, layer
+from .manager import PassContext
+
+#: The most separate phase convolutions a transposed convolution becomes (stride 4).
+MAX_PHASES = 16
+
+
+def _uniform(phases: list[dict]) -> bool:
+    return all(p["kernel"] == phases[0]["kernel"] and p["pads"] == phases[0]["pads"]
+               for p in phases)
+
+
+def conv_transpose_as_phases(graph: Graph, ctx: PassContext) -> bool:
+    changed = False
+    for node in graph.topo_order():
+        if node.op != "conv_transpose" or node.id not in graph or epilogue_of(node.attrs) \
+                or is_constant(graph, node):
+            continue
+        x, w, *bias = node.inputs
+        if not is_constant(graph, graph.node(w)):
+            continue
+        a = node.attrs
+        phases = transposed_phases(a, graph.node(x).type.shape, node.type.shape)
+        if isinstance(phases, str):
+            ctx.note(f"{layer(node)}: kept as a zero-stuffed convolution ({phases})", node)
+            continue
+        merge = _uniform(phases) and a["groups"] == 1
+        if not merge and len(phases) > MAX_PHASES:
+            ctx.note(f"{layer(node)}: kept as a zero-stuffed convolution ({len(phases)} "
+                     f"different phases, more than {MAX_PHASES})", node)
+            continue
+        ctx.at(node)
+        s = a["stride"][0]
+        filters = [graph.add("phase_filter", [w], {"groups": a["groups"], "stride": a["stride"],
+                                                   "start": p["start"]},
+                             name=f"{layer(node)}.phase{k}.weight", span=node.span).id
+                   for k, p in enumerate(phases)]
+        conv_attrs = {"out_channels": a["out_channels"], "stride": (1, 1),
+                      "dilation": (1, 1), "groups": a["groups"], "bias": a["bias"]}
+        if a.get("folded"):
+            conv_attrs["folded"] = a["folded"]
+        if merge:
+            weight = graph.add("stack_filters", filters, name=f"{layer(node)}.phases.weight",
+                               span=node.span)
+            ins = [x, weight.id]
+            if bias:
+                ins.append(graph.add("stack_filters", bias * len(phases),
+                                     name=f"{layer(node)}.phases.bias", span=node.span).id)
+            attrs = {**conv_attrs, "out_channels": a["out_channels"] * len(phases),
+                     "kernel": phases[0]["kernel"], "pads": phases[0]["pads"]}
+            stacked = graph.add("conv", ins, attrs, name=f"{layer(node)}.phases",
+                                span=node.span)
+            how = f"one convolution of {len(phases)} x {a['out_channels']} " \
+                  f"{phases[0]['kernel'][0]}x{phases[0]['kernel'][1]} filters"
+        else:
+            convs = [graph.add("conv", [x, f, *bias],
+                               {**conv_attrs, "kernel": p["kernel"], "pads": p["pads"]},
+                               name=f"{layer(node)}.phase{k}", span=node.span).id
+                     for k, (f, p) in enumerate(zip(filters, phases))]
+            stacked = graph.add("concat", convs, {"axis": 0}, name=f"{layer(node)}.phases",
+                                span=node.span)
+            kernels = sorted({f"{p['kernel'][0]}x{p['kernel'][1]}" for p in phases})
+            how = f"{len(phases)} convolutions ({', '.join(kernels)} kernels)"
+        shuffle = graph.add("depth_to_space", [stacked.id], {"block": s, "mode": "DCR"},
+                            name=node.name, span=node.span)
+        graph.replace_all_uses(node.id, shuffle.id)
+        graph.erase(node.id)
+        ctx.note(f"{layer(node)}: a stride-{s} transposed convolution as {how}, interleaved "
+                 "by depth_to_space (no zero-stuffed input)", node)
+        changed = True
+    return changed
