@@ -103,11 +103,15 @@ def _kind(graph: Graph, step: Step) -> object:
     """What a slot must have held before to hold ``step``'s value: its exact storage when that
     has a zero halo or zero lanes to keep; None (any slot of plain values or of such dense
     storage) when the producer writes every float of it: no halo, whole 8-channel blocks, its
-    own buffer (DenseNet's batch-norm outputs of many channel counts then share slots); or a
+    own buffer (DenseNet's batch-norm outputs of many channel counts then share slots); a
+    convolution's output whose halo the kernel zeroes every call (``zero_halo``); or a
     concatenation's buffer after a ``prefix``, written whole and its halo zeroed every call."""
     st = step.storage
-    if st is None or "prefix" in graph.node(step.output).attrs:
+    node = graph.node(step.output)
+    if st is None or "prefix" in node.attrs:
         return None  # plain, or a buffer whose merged 1x1 convolution zeroes its halo
+    if node.attrs.get("zero_halo") and st.first_block == 0:
+        return None  # a convolution that writes its halo too (``select_layout``)
     c, h, w = graph.node(step.output).type.shape
     dense = (st.height, st.width, st.top, st.left, st.first_block) == (h, w, 0, 0, 0) \
         and c % 8 == 0

@@ -177,11 +177,15 @@ def test_a_part_of_an_in_place_concatenation_read_after_it_keeps_its_values():
     np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("name", ["densenet121", "googlenet_bn", "resnet50"])
+@pytest.mark.parametrize("name", ["densenet121", "googlenet_bn", "resnet50", "resnet18",
+                                  "resnext50_32x4d", "mobilenet_v2", "efficientnet_b0",
+                                  "vgg16"])
 def test_blocked_values_that_fill_their_storage_share_slots(name):
     """A blocked value with no halo and whole 8-channel blocks is written entirely by its
-    producer, so it may reuse any dead slot (DenseNet's batch-norm outputs, 58 channel counts):
-    the -O2 arena is no larger than the -O0 one, which has no blocked values."""
+    producer, and so is a convolution's output whose halo its kernel zeroes every call: either
+    may reuse any dead slot (DenseNet's batch-norm outputs, 58 channel counts; the inputs of
+    every 3x3 convolution of ResNeXt's four stages): the -O2 arena is no larger than the -O0
+    one, which has no blocked values."""
     from cnnc import zoo
 
     graph = zoo.load(name)
@@ -614,3 +618,25 @@ def test_pixel_moves_of_whole_blocks_run_channel_blocked(move, blocked):
     x = np.random.default_rng(3).standard_normal((2, 3, 8, 12)).astype(np.float32)
     want = run_reference(m.graph, {"x": x}, m.params)["y"]
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_convolution_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied():
+    """The second 1x1 convolution's output has the halo the 3x3 reads as padding; its kernel
+    zeroes that halo every call, so it takes the slot the first convolution's output (another
+    storage, no halo) left, and the second call, which finds the slot as the first call left
+    it, gives the same numbers."""
+    src = ("network dirty\ninput x: 3 x 10 x 10\n"
+           "x -> conv(32, 3, pad=1) -> relu -> conv(24, 1) -> relu -> conv(16, 1) -> relu\n"
+           "  -> conv(16, 3, pad=1) -> relu -> conv(8, 1) -> output y\n")
+    m = compile_model(src, seed=2, opt_level=2)
+    graph, buffers = m.plan.graph, m.plan.buffers
+    first, _, reduce, _, _ = (n for n in graph.compute_nodes() if n.op == "conv")
+    assert reduce.attrs["zero_halo"] and reduce.attrs["halo"] == (1, 1, 1, 1)
+    assert "zero_halo" not in first.attrs and first.attrs["halo"] == (0, 0, 0, 0)
+    assert buffers.slot_of[first.id] == buffers.slot_of[reduce.id]
+    assert buffers.storage[first.id] != buffers.storage[reduce.id]
+    rng = np.random.default_rng(4)
+    for _ in range(2):
+        x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32) * 3
+        want = run_reference(m.graph, {"x": x}, m.params)["y"]
+        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
