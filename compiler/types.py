@@ -8,6 +8,9 @@ from pathlib import Path
 
 #: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``).
 PLAIN, BLOCKED = "NCHW", "NCHW8c"
+#: What a user may ask for (``compile(layout=...)``, ``--layout``): layout selection's choice,
+#: or every activation plain.
+LAYOUT_CHOICES = ("auto", PLAIN)
 
 
 @dataclass(frozen=True)

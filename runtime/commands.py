@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from ..compiler.types import LAYOUT_CHOICES
 from .cli_common import (
     _EXTRA,
     CliError,
@@ -60,6 +61,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
+                          layout=args.layout,
                           dump_ir=args.dump_ir, progress=True, autotune=args.autotune)
     elapsed = time.perf_counter() - t0
     if args.stats:
@@ -91,6 +93,9 @@ def _opt_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2,
                    help="optimization level: 0 none, 1 folding and fusion, 2 everything "
                         "(default)")
+    p.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
+                   help="activation layout at -O2: auto (channel-blocked where the rules "
+                        "allow; default) or NCHW (every activation plain)")
     p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
                    help="vector width of the kernels: cpu (this machine's: 16 lanes with "
                         "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
@@ -127,7 +132,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CliError(f"--tolerance must be positive, got {args.tolerance}")
     graph = load_graph(args)
     model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed,
-                          opt_level=args.opt_level, progress=True, target=args.target)
+                          opt_level=args.opt_level, layout=args.layout, progress=True,
+                          target=args.target)
     rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
     print(f"{graph.name}: every kernel vs the float64 reference, batch {args.batch}")
     print(format_rows(rows, args.tolerance))

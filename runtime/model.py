@@ -27,6 +27,7 @@ from ..compiler.ir import Graph, model_folder
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import resolve_target
+from ..compiler.types import LAYOUT_CHOICES
 from .executor import CpuExecutor
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
@@ -272,7 +273,7 @@ class CompileProgress:
 def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - public API name
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
-            *, opt_level: int = 2, warm: bool = True,
+            *, opt_level: int = 2, layout: str = "auto", warm: bool = True,
             dump_ir: str | Path | None = None, progress: bool | None = None,
             autotune: bool = False) -> CompiledModel:
     """Compile a network to Numba kernels.
@@ -283,9 +284,11 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     or an .npz path. ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2
     (everything; ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
     chooses), ``direct`` or ``im2col`` for every convolution, or a dict from layer name to one
-    of those. ``cache_dir`` overrides the kernel cache (default ``$CNNC_CACHE_DIR`` or
-    ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR after each pass. With ``warm``
-    (default) every kernel is compiled (or loaded from the disk cache) before this returns.
+    of those. ``layout``: ``auto`` (activations stay channel-blocked where the rules allow, at
+    -O2) or ``NCHW`` (every activation plain). ``cache_dir`` overrides the kernel cache
+    (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR
+    after each pass. With ``warm`` (default) every kernel is compiled (or loaded from the disk
+    cache) before this returns.
     ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
     when stderr is a terminal). ``autotune``: time each convolution's algorithms once (the
     winner is cached per shape, attributes and CPU) instead of trusting the cost model.
@@ -297,6 +300,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
         raise ModelError(str(e)) from None
     if opt_level not in (0, 1, 2):
         raise ModelError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
+    if layout not in LAYOUT_CHOICES:
+        raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {layout!r}")
     graph, onnx_weights = _load_graph(source_or_graph_or_path)
     if weights is None:
         params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
@@ -313,7 +318,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
 
             measure = Autotuner(cache_dir)
         records = optimize(optimized, opt_level,
-                           ctx=PassContext(lowering=lowering, measure=measure, target=cpu),
+                           ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
+                                           target=cpu),
                            dump_dir=dump_ir)
     except LoweringError as e:
         raise ModelError(str(e)) from None

@@ -21,12 +21,15 @@ class PassContext:
     """Settings and the change log shared by the passes of one compile.
 
     ``lowering``: the user's override for every convolution (``auto`` lets the cost model
-    choose) or a mapping from layer name to choice. ``training``: passes that are valid only for
-    inference (batch-norm folding) leave the graph alone.
+    choose) or a mapping from layer name to choice. ``layout``: ``auto`` (layout selection keeps
+    activations channel-blocked where every rule allows) or ``NCHW`` (every activation stays
+    plain; each blocked kernel packs and unpacks its own). ``training``: passes that are valid
+    only for inference (batch-norm folding) leave the graph alone.
     """
 
     training: bool = False
     lowering: str | Mapping[str, str] = "auto"
+    layout: str = "auto"
     opt_level: int = 2
     # The CPU the kernels are generated for (vector width: ``compiler/target.py``).
     target: Target = field(default_factory=host_target)

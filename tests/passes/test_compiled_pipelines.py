@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cnnc.runtime.cli import main
+from cnnc.runtime.model import ModelError
 from cnnc.runtime.model import compile as compile_model
 from cnnc.runtime.reference import run_reference
 
@@ -88,6 +89,25 @@ def test_cli_stats_explain_and_dump_ir(tmp_path, capsys):
     assert len(list((tmp_path / "ir").iterdir())) > 5
     with pytest.raises(SystemExit):
         main(["compile", str(f), "-O", "3"])
+
+
+def test_layout_nchw_keeps_every_activation_plain(tmp_path, capsys):
+    """``--layout NCHW`` at -O2: layout selection leaves every activation plain, so each of
+    the three convolutions packs its input and unpacks its output (6 transforms, 1 with the
+    blocked region); the numbers are the same."""
+    f = tmp_path / "small.cnn"
+    f.write_text(NET)
+    transforms = {}
+    for layout in ("auto", "NCHW"):
+        assert main(["compile", str(f), "--stats", "--layout", layout]) == 0
+        stats = dict(ln.split(": ") for ln in capsys.readouterr().out.strip().splitlines())
+        transforms[layout] = int(stats["layout transforms per call"])
+    assert transforms == {"auto": 1, "NCHW": 6}
+    x = np.random.default_rng(1).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    blocked, plain = (compile_model(NET, seed=2, layout=lt) for lt in ("auto", "NCHW"))
+    np.testing.assert_allclose(plain(x), blocked(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelError, match="layout must be one of auto, NCHW, got 'NHWC'"):
+        compile_model(NET, layout="NHWC")
 
 
 def test_summary_shows_multiply_accumulates_before_and_after(tmp_path, capsys):

@@ -64,20 +64,24 @@ def _close(got, want, tol: float = 2e-4) -> float:
 
 @pytest.mark.parametrize("name", zoo.names())
 def test_schedule_invariance(name):
-    """Every optimization level and every convolution lowering computes the same numbers:
-    each compiled model against the float64 reference of the network as written."""
+    """Every optimization level, every convolution lowering and both layouts (channel-blocked
+    where the rules allow, and every activation plain) compute the same numbers: each compiled
+    model against the float64 reference of the network as written."""
     graph, _ = small_graph(name)
     model = compile_model(graph, seed=0, opt_level=0)
     rng = np.random.default_rng(1)
     inputs = {n: rng.standard_normal((2,) + graph.node(i).type.shape).astype(np.float32)
               for n, i in graph.inputs.items()}
     want = run_reference(graph, inputs, model.params)
-    for level in (0, 1, 2):
-        for lowering in ("direct", "im2col"):
-            m = compile_model(graph, seed=0, opt_level=level, lowering=lowering)
-            got = m.run(inputs)
-            for out in want:
-                _close(got[out], want[out])
+    schedules = [(level, lowering, "auto") for level in (0, 1, 2)
+                 for lowering in ("direct", "im2col")] + [(2, "direct", "NCHW")]
+    for level, lowering, layout in schedules:
+        m = compile_model(graph, seed=0, opt_level=level, lowering=lowering, layout=layout)
+        if layout == "NCHW":
+            assert not any(n.attrs.get("layout") for n in m.plan.graph.nodes())
+        got = m.run(inputs)
+        for out in want:
+            _close(got[out], want[out])
 
 
 # Fused epilogues of every kind at a 16-lane store: vector rules (relu6, the residual add),
