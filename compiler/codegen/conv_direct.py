@@ -46,6 +46,7 @@ from .tiles import (
     operand_row,
     operand_step,
     store_epilogue,
+    vector_head,
 )
 
 if TYPE_CHECKING:
@@ -204,16 +205,25 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         ])]
 
         def stores_for(epi: Epilogue) -> list:
+            # bias, floor and the operand-free head of the epilogue on the whole accumulator
+            # (16 lanes: one vexp for swish, not two), the rest on each 8-channel block
             out = []
             for i in range(T):
                 for h in range(nvec):
+                    acc = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TK + h * lanes,
+                                                 lanes=lanes), lanes)
+                    rest = epilogue
+                    if lanes == 16:  # each step once for both halves
+                        out.append(Let(f"acc_{i}_{h}", acc))
+                        acc, rest = vector_head(Var(f"acc_{i}_{h}"), epilogue, lanes)
+                        if len(rest) < len(epilogue):
+                            out.append(Let(f"acc_{i}_{h}", acc))
+                        acc = Var(f"acc_{i}_{h}")
                     for j in range(halves):
                         block = h * halves + j  # 8-channel block within the tile
-                        acc = Var(f"acc_{i}_{h}")
                         part = VHalf(acc, j == 1) if lanes == 16 else acc
                         idx = Var("yrow") + (q0 + i) * 8 + block * Var("yplane")
-                        val = _floored(epi.apply_vec(part, kb * TK + block * 8))
-                        out += store_epilogue("y", idx, val, epilogue, lambda k, i=i, b=block: Var(
+                        out += store_epilogue("y", idx, part, rest, lambda k, i=i, b=block: Var(
                             f"erow{k}") + operand_step(k, kinds[k], q0 + i, b))
             return out
 

@@ -18,7 +18,7 @@ store; see :class:`Epilogue`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 # --------------------------------------------------------------------------------------------
@@ -132,9 +132,10 @@ class VBroadcast(Expr):
 
 @dataclass(frozen=True, eq=False)
 class VSplat(Expr):
-    """All 8 lanes set to a scalar expression."""
+    """All lanes (8, or ``lanes``) set to a scalar expression."""
 
     value: Expr
+    lanes: int = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -361,18 +362,19 @@ class Epilogue:
     activation: Literal[None, "relu"] = None
     bias_array: str = "bias"
 
-    def apply_vec(self, value: Expr, channel_offset: ExprLike, same_channel: bool = False) -> Expr:
-        """Epilogue of an 8-lane accumulator ``value``.
+    def apply_vec(self, value: Expr, channel_offset: ExprLike, same_channel: bool = False,
+                  lanes: int = 8) -> Expr:
+        """Epilogue of an 8-lane (or ``lanes``-lane) accumulator ``value``.
 
-        By default the lanes are the 8 channels ``channel_offset .. +8`` (channel-blocked
+        By default the lanes are the channels ``channel_offset .. +lanes`` (channel-blocked
         layouts); with ``same_channel`` all lanes belong to channel ``channel_offset`` (a row of
         an NCHW output), so the bias is broadcast.
         """
         if self.bias:
             load = VBroadcast if same_channel else VLoad
-            value = VBin("add", value, load(self.bias_array, const(channel_offset)))
+            value = VBin("add", value, load(self.bias_array, const(channel_offset), lanes))
         if self.activation == "relu":
-            value = VBin("max", value, VZero())
+            value = VBin("max", value, VZero(lanes))
         elif self.activation is not None:
             raise ValueError(f"unsupported activation {self.activation!r}")
         return value
@@ -386,6 +388,22 @@ class Epilogue:
         elif self.activation is not None:
             raise ValueError(f"unsupported activation {self.activation!r}")
         return value
+
+
+def widened(e: Expr, lanes: int, keep: Expr | None = None) -> Expr:
+    """The vector expression ``e`` with its splats and zeros made ``lanes`` wide, except
+    inside the subexpression ``keep`` (already that wide): a vector rule written for 8 lanes
+    (``OpDef.vector_epilogue``) applied to the wider value ``keep``. Loads are refused (they
+    would stay 8 lanes)."""
+    if e is keep:
+        return e
+    if isinstance(e, (VSplat, VZero)):
+        return replace(e, lanes=lanes)
+    if isinstance(e, (VLoad, VBroadcast, Load)):
+        raise ValueError(f"cannot widen an expression that loads: {e!r}")
+    changes = {f.name: widened(getattr(e, f.name), lanes, keep) for f in fields(e)
+               if isinstance(getattr(e, f.name), Expr)}
+    return replace(e, **changes) if changes else e
 
 
 def walk(stmts: list[Stmt]):

@@ -138,7 +138,7 @@ def print_expr(e: Expr, prec: int = 0) -> str:
     if isinstance(e, VHalf):
         return f"{'vhigh' if e.high else 'vlow'}({print_expr(e.value)})"
     if isinstance(e, VSplat):
-        return f"vsplat({print_expr(e.value)})"
+        return f"vsplat{_width(e.lanes)}({print_expr(e.value)})"
     if isinstance(e, VFma):
         return f"vfma({print_expr(e.a)}, {print_expr(e.b)}, {print_expr(e.c)})"
     if isinstance(e, VBin):
@@ -233,12 +233,13 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         "",
         "from cnnc.compiler.codegen.simd import (",
         "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vload, vload16,",
-        "    vlow, vmax, vmin, vmul, vsplat, vspread, vsqrt, vstore, vsum, vzero, vzero16,",
+        "    vlow, vmax, vmin, vmul, vsplat, vsplat16, vspread, vsqrt, vstore, vsum, vzero,",
+        "    vzero16,",
         ")",
         "",
         "_UNUSED = (math, np, get_thread_id, prange, vadd, valign, vbroadcast, vbroadcast16, vdiv,",
-        "           vexp, vfma, vhigh, vload, vload16, vlow, vmax, vmin, vmul, vsplat, vspread,",
-        "           vsqrt, vstore, vsum, vzero, vzero16)",
+        "           vexp, vfma, vhigh, vload, vload16, vlow, vmax, vmin, vmul, vsplat, vsplat16,",
+        "           vspread, vsqrt, vstore, vsum, vzero, vzero16)",
         "",
     ]
     for k in kernels:

@@ -163,17 +163,24 @@ vbroadcast.__doc__ = "All 8 lanes set to ``arr[i]`` (a load-and-broadcast)."
 vbroadcast16.__doc__ = "All 16 lanes set to ``arr[i]`` (a load-and-broadcast)."
 
 
-@intrinsic
-def vsplat(typingctx, x):
-    """All 8 lanes set to the scalar ``x`` (converted to float32)."""
-    if not isinstance(x, (types.Float, types.Integer)):
-        return None
+def _splat_scalar(lanes: int):
+    def impl(typingctx, x):
+        if not isinstance(x, (types.Float, types.Integer)):
+            return None
 
-    def codegen(context, builder, signature, args):
-        scalar = context.cast(builder, args[0], signature.args[0], types.float32)
-        return _splat(builder, scalar, 8)
+        def codegen(context, builder, signature, args):
+            scalar = context.cast(builder, args[0], signature.args[0], types.float32)
+            return _splat(builder, scalar, lanes)
 
-    return vec8(x), codegen
+        return _BY_LANES[lanes](x), codegen
+
+    impl.__name__ = impl.__qualname__ = "vsplat" if lanes == 8 else f"vsplat{lanes}"
+    return intrinsic(impl)
+
+
+vsplat, vsplat16 = _splat_scalar(8), _splat_scalar(16)
+vsplat.__doc__ = "All 8 lanes set to the scalar ``x`` (converted to float32)."
+vsplat16.__doc__ = "All 16 lanes set to the scalar ``x`` (converted to float32)."
 
 
 # Width-generic operations --------------------------------------------------------------------

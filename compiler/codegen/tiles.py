@@ -132,8 +132,8 @@ def _epilogue_stores(stores_for) -> list:
     return stores_for(Epilogue(bias=True, activation=None))
 
 
-def _floored(v: Expr) -> Expr:
-    return VBin("max", v, VSplat(Var("floor")))
+def _floored(v: Expr, lanes: int = 8) -> Expr:
+    return VBin("max", v, VSplat(Var("floor"), lanes))
 
 
 def _floor_let() -> Let:
@@ -172,6 +172,26 @@ def operand_plane(k: int, kind: str) -> Expr:
     if kind == "channel":
         return Const(8)
     return Var(f"E{k}H") * Var(f"E{k}W") * 8
+
+
+def vector_head(value: Expr, epilogue, lanes: int) -> tuple[Expr, list]:
+    """Apply the leading element-wise ops of ``epilogue`` that need no operand and have a
+    vector rule to the ``lanes``-wide ``value`` (a 16-lane accumulator before it is split into
+    8-channel blocks: one ``vexp`` of 16 lanes for swish instead of two of 8); returns the new
+    value and the ops left for ``store_epilogue``. Lane for lane the same operations in the
+    same order: the numbers are those of applying every op to each half."""
+    from ..ops import get_op
+    from .kernel_ir import widened
+
+    rest = list(epilogue)
+    while rest and rest[0].operand is None:
+        rule = get_op(rest[0].op).vector_epilogue
+        vec = rule(value, rest[0].attr_dict, None) if rule else None
+        if vec is None:
+            break
+        value = widened(vec, lanes, keep=value)
+        rest.pop(0)
+    return value, rest
 
 
 def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index,

@@ -22,6 +22,7 @@ from cnnc.compiler.codegen.simd import (
     vmin,
     vmul,
     vsplat,
+    vsplat16,
     vspread,
     vsqrt,
     vstore,
@@ -83,6 +84,7 @@ def _all_ops16(a, b, out):
     vstore(out, 64, vmin(x, y))
     vstore(out, 80, vlow(x))
     vstore(out, 88, vhigh(x))
+    vstore(out, 96, vsplat16(a[0]))
     return vsum(y)
 
 
@@ -90,7 +92,7 @@ def test_16_lane_intrinsics_match_numpy():
     rng = np.random.default_rng(2)
     a = rng.standard_normal(17).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
-    out = np.zeros(96, np.float32)
+    out = np.zeros(112, np.float32)
     total = _all_ops16(a, b, out)
     x = a[1:]
     np.testing.assert_allclose(out[:16], x * b + a[0], rtol=1e-6, atol=1e-6)
@@ -99,6 +101,7 @@ def test_16_lane_intrinsics_match_numpy():
     np.testing.assert_array_equal(out[48:64], np.maximum(x, 0))
     np.testing.assert_array_equal(out[64:80], np.minimum(x, b))
     np.testing.assert_array_equal(out[80:96], x)  # the two halves, in order
+    np.testing.assert_array_equal(out[96:112], np.full(16, a[0]))
     assert abs(total - b.astype(np.float64).sum()) < 1e-5
 
 
@@ -198,3 +201,25 @@ def test_vector_exp_is_within_two_ulps_and_handles_the_edges():
     _exp_all(edges, got)
     np.testing.assert_array_equal(got, [np.inf, 0.0, np.nan, 1.0, 1.0, np.inf, 0.0,
                                         np.float32(np.e)])
+
+
+def test_a_16_lane_accumulator_gets_its_activation_before_it_is_split():
+    """In a 16-lane direct convolution, bias, the ReLU floor and an operand-free activation
+    (swish: one vector exp and division) run on each whole accumulator, and only what needs an
+    8-channel operand (the residual add) per half: one vexp per accumulator, not two."""
+    from cnnc.compiler.codegen.conv import ConvGeometry
+    from cnnc.compiler.codegen.conv_direct import direct_conv_kernel
+    from cnnc.compiler.codegen.numba_printer import print_kernel
+    from cnnc.compiler.codegen.tiles import DirectTile
+    from cnnc.compiler.ops import EpilogueOp
+
+    g = ConvGeometry.from_attrs({"out_channels": 32, "kernel": (1, 1), "stride": (1, 1),
+                                 "pads": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1,
+                                 "bias": True}, (16, 7, 7))
+    tile = DirectTile.parse("7x32/16")
+    src = print_kernel(direct_conv_kernel(g, "k", tile_shape=tile,
+                                          epilogue=[EpilogueOp("swish")], kinds=[]))
+    accumulators = tile.pixels * tile.vectors
+    # the main tile, the overlapping tail tile and the 1-pixel tile
+    assert src.count("vexp(") == accumulators + accumulators + tile.vectors
+    assert "vsplat16(floor)" in src and "vload16(bias" in src
