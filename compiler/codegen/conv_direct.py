@@ -26,7 +26,6 @@ from .kernel_ir import (
     VLoad,
     VSpread,
     VStore,
-    VZero,
     call,
     cmp,
 )
@@ -47,6 +46,7 @@ from .tiles import (
     operand_step,
     store_epilogue,
     vector_head,
+    zero_row_halo,
 )
 
 if TYPE_CHECKING:
@@ -107,30 +107,17 @@ def _direct_tail(Q: Expr, tile) -> list:
 
 
 def _zero_halo() -> list:
-    """Zero the halo of row ``p`` of the output buffer (and the rows above or below the
-    tensor, in the first or last row's task) in every ``KB``-th block from ``kb``: together
-    the tasks zero the halo of all ``YB`` blocks of the buffer, including ranges that other
-    kernels fill (a concatenation's buffer after a merged 1x1's ``prefix``), so the buffer may
-    reuse a slot other values dirtied. Halo and interior are disjoint: no race with the
-    stores, and no value another kernel writes is touched."""
-    n, kb, p, zb = Var("n"), Var("kb"), Var("p"), Var("zb")
-    KB, P, Q, YB, YH, YW, YT, YL = (Var(v) for v in ("KB", "P", "Q", "YB", "YH", "YW", "YT",
-                                                      "YL"))
-
-    def row(r: ExprLike, cols: list) -> list:
-        return [Let("zrow", ((n * YB + zb) * YH + r) * (YW * 8)), *cols]
-
-    def zero_cols(start: Expr, count: ExprLike) -> Loop:
-        return Loop("zc", count, [VStore("y", Var("zrow") + Var("zc") * 8, VZero())],
-                    start=start)
-
-    block = row(p + YT, [zero_cols(Const(0), YL), zero_cols(YL + Q, YW - YL - Q)])
-    block.append(If(cmp("==", p, 0), [Loop("zr", YT, row(Var("zr"), [zero_cols(Const(0), YW)]))]))
-    block.append(If(cmp("==", p, P - 1), [Loop("zr", YH - YT - P, row(
-        Var("zr"), [zero_cols(Const(0), YW)]), start=YT + P)]))
+    """Zero the halo of row ``p`` in every ``KB``-th block of the output buffer from ``kb``:
+    together the tasks zero the halo of all ``YB`` blocks of the buffer, including ranges that
+    other kernels fill (a concatenation's buffer after a merged 1x1's ``prefix``), so the
+    buffer may reuse a slot other values dirtied."""
+    kb, zb = Var("kb"), Var("zb")
+    KB, YB = Var("KB"), Var("YB")
     return [Comment("with ZH: zero this row's halo in every KB-th block of the whole buffer"),
             If(cmp(">", Var("ZH"), 0), [Loop("zi", (YB + KB - 1) // KB, [
-        Let("zb", kb + Var("zi") * KB), If(cmp("<", zb, YB), block)])])]
+                Let("zb", kb + Var("zi") * KB),
+                If(cmp("<", zb, YB), zero_row_halo(Var("n"), zb, Var("p"), Var("P"),
+                                                   Var("Q")))])])]
 
 
 def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:

@@ -31,7 +31,7 @@ from .kernel_ir import (
     cmp,
     const,
 )
-from .tiles import BLOCKED_INTS
+from .tiles import BLOCKED_INTS, zero_row_halo
 
 #: Input counts of the generated channel-gather kernels: a gather of fewer inputs repeats its
 #: last one, so a network needs few variants (each a compile on a cold cache).
@@ -56,7 +56,8 @@ def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str 
     block, row), each lane copies its source channel's row (a stride-8 scalar copy: the
     channel may sit in any lane of any block of its input), and the padding lanes of the
     last block get zeros; ``X<k>*`` and ``Y*`` are the storages' geometry (blocks, stored
-    height and width, halo). Sizes are runtime integers: one kernel per arity and layout."""
+    height and width, halo); with ``ZH`` each task also zeroes its row's halo
+    (``zero_row_halo``). Sizes are runtime integers: one kernel per arity and layout."""
     n, o, p, q = Var("n"), Var("o"), Var("p"), Var("q")
     C, P, Q = Var("C"), Var("P"), Var("Q")
     src, ch = Var("src"), Var("ch")
@@ -92,6 +93,8 @@ def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str 
             Let("o", ob * 8 + lane),
             If(cmp("<", o, C), lookup + copies,
                [Loop("q", Q, [Store("y", Var("yrow") + q * 8 + lane, Const(0.0))])])]))
+        body.append(If(cmp(">", Var("ZH"), 0), zero_row_halo(n, ob, p, P, Q)))
+        ints.append("ZH")
         tasks = N_BATCH * ((C + 7) // 8) * P
     params = [Param(f"x{k}") for k in range(n_inputs)] + [Param("c_table"), Param("y")] + \
         [Param(i, "int") for i in ints] + [Param("n_batch", "int")]

@@ -10,12 +10,16 @@ from .kernel_ir import (
     Epilogue,
     Expr,
     ExprLike,
+    If,
     Let,
+    Loop,
     Param,
     Select,
+    Stmt,
     Var,
     VBin,
     VSplat,
+    VStore,
     VZero,
     cmp,
     const,
@@ -143,6 +147,30 @@ def _floor_let() -> Let:
 #: Runtime integers describing a channel-blocked buffer an operand lives in: blocks per image,
 #: stored height and width (halo included), and where the tensor starts in them.
 BLOCKED_INTS = ("B", "H", "W", "T", "L")
+
+
+def zero_row_halo(n: Expr, block: Expr, p: Expr, P: ExprLike, Q: ExprLike) -> list[Stmt]:
+    """Zero the halo of output row ``p`` of 8-channel block ``block`` of image ``n`` in ``y``
+    (geometry ``Y*``: ``BLOCKED_INTS``): its columns left and right of the ``Q`` pixels, and
+    in the first and the last row's task the halo rows above and below the ``P`` rows. A
+    row-parallel kernel whose tasks cover every (block, row) of its output zeroes the whole
+    halo with it, so the buffer may reuse a slot other values dirtied (``zero_halo``). Halo
+    and interior are disjoint: no race with the stores of the rows."""
+    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+
+    def row(r: ExprLike, cols: list) -> list:
+        return [Let("zrow", ((n * YB + block) * YH + r) * (YW * 8)), *cols]
+
+    def zero_cols(start: ExprLike, count: ExprLike) -> Loop:
+        return Loop("zc", count, [VStore("y", Var("zrow") + Var("zc") * 8, VZero())],
+                    start=start)
+
+    stmts = row(p + YT, [zero_cols(Const(0), YL), zero_cols(YL + Q, YW - YL - Q)])
+    stmts.append(If(cmp("==", p, 0), [Loop("zr", YT, row(Var("zr"), [zero_cols(Const(0),
+                                                                                YW)]))]))
+    stmts.append(If(cmp("==", p, const(P) - 1), [Loop("zr", YH - YT - P, row(
+        Var("zr"), [zero_cols(Const(0), YW)]), start=YT + P)]))
+    return stmts
 
 
 def operand_ints(k: int) -> list[str]:

@@ -336,6 +336,7 @@ def _lower_gather(ctx, node):
             ints[f"X{k}C"] = ctx.graph.node(i).type.shape[0]
     if blocked:
         ints.update(zip(("Y" + s for s in BLOCKED_INTS), ctx.out_storage.ints()))
+        ints["ZH"] = int(bool(node.attrs.get("zero_halo")))
     kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment)
     return kernel_step(ctx, kernel, inputs=inputs, ints=ints,
                        pack=lambda values: {"c_table": table})

@@ -157,15 +157,18 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
 
 
 def _zeroes_its_halo(graph: Graph, node: Node) -> bool:
-    """Whether a direct convolution with a halo should zero it on every call (``zero_halo``):
-    its kernel then writes every float of its storage (interior, padding lanes and halo), so
-    memory planning may give the value any free slot, not only one that held the same storage
-    (ResNeXt-50: 20.1 -> 8.9 MB of arena per image). The halo is a border of each row: a few
-    stores per row of a compute-bound kernel."""
+    """Whether a node with a halo zeroes it on every call (``zero_halo``): a direct convolution
+    (not the channel-wise kernel) or a channel gather, whose kernels then write every float of
+    their storage (interior, padding lanes and halo), so memory planning may give the value
+    any free slot, not only one that held the same storage (ResNeXt-50: 20.1 -> 8.9 MB of arena
+    per image). The halo is a border of each row: a few stores per row."""
+    if not any(node.attrs["halo"]):
+        return False
+    if node.op == "channel_gather":
+        return True
     return (node.op == "conv" and node.attrs.get("lowering") == "direct" and
-            any(node.attrs["halo"]) and not channelwise(graph.node(node.inputs[0]).type.channels,
-                                                        node.attrs["out_channels"],
-                                                        node.attrs["groups"]))
+            not channelwise(graph.node(node.inputs[0]).type.channels,
+                            node.attrs["out_channels"], node.attrs["groups"]))
 
 
 def _concat_in_place(graph: Graph, node: Node) -> bool:

@@ -660,3 +660,24 @@ def test_a_convolution_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied
         x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32) * 3
         want = run_reference(m.graph, {"x": x}, m.params)["y"]
         np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_gather_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied():
+    """The shuffle (a channel gather) writes the halo the 3x3 reads as padding and zeroes it
+    every call, so it may take the first convolution's dead slot (another storage): two calls
+    give the float64 reference's numbers."""
+    src = ("network dirty\ninput x: 3 x 9 x 11\n"
+           "x -> conv(32, 3, pad=1) -> relu -> conv(24, 1) -> relu -> channel_shuffle(4)\n"
+           "  -> conv(16, 3, pad=1) -> relu -> conv(8, 1) -> output y\n")
+    m = compile_model(src, seed=3, opt_level=2)
+    graph, buffers = m.plan.graph, m.plan.buffers
+    first = next(n for n in graph.compute_nodes() if n.op == "conv")
+    gather = next(n for n in graph.compute_nodes() if n.op == "channel_gather")
+    assert gather.attrs["zero_halo"] and gather.attrs["halo"] == (1, 1, 1, 1)
+    assert buffers.slot_of[first.id] == buffers.slot_of[gather.id]
+    assert buffers.storage[first.id] != buffers.storage[gather.id]
+    rng = np.random.default_rng(5)
+    for _ in range(2):
+        x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32) * 3
+        want = run_reference(m.graph, {"x": x}, m.params)["y"]
+        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
