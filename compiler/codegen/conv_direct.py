@@ -23,11 +23,14 @@ from .kernel_ir import (
     VBroadcast,
     VFma,
     VHalf,
+    VJoin,
     VLoad,
     VSpread,
     VStore,
+    VUnary,
     call,
     cmp,
+    contains,
 )
 from .pool import blocked_window
 from .tiles import (
@@ -300,6 +303,11 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
 
+    # An epilogue of operand-free vector ops with an exp or square root in it (sigmoid,
+    # swish) runs on two pixels at a time: 16 lanes, one vexp for both.
+    head, rest = vector_head(Var("v"), epilogue, 16)
+    pairs = not rest and contains(head, VUnary)
+
     def tile(T: int, q0: ExprLike) -> list:
         xs = Var("xs")
         wtap = (((cb * R + Var("r")) * S + Var("s")) * cg) * 8
@@ -318,11 +326,20 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
 
         def stores_for(epi: Epilogue) -> list:
             out = []
-            for i in range(T):
+            i = 0
+            while i < T:
                 val = _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * 8))
+                if pairs and i + 1 < T:  # pixels i and i + 1 are 16 floats in a row
+                    nxt = _floored(epi.apply_vec(Var(f"acc_{i + 1}_0"), cb * 8))
+                    out.append(Let(f"pair_{i}", VJoin(val, nxt)))
+                    head, _ = vector_head(Var(f"pair_{i}"), epilogue, 16)
+                    out.append(VStore("y", Var("yrow") + (q0 + i) * 8, head))
+                    i += 2
+                    continue
                 out += store_epilogue("y", Var("yrow") + (q0 + i) * 8, val, epilogue,
                                       lambda k, i=i: Var(f"erow{k}") + operand_step(
                                           k, kinds[k], q0 + i))
+                i += 1
             return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * 8))] + \

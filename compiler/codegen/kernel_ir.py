@@ -148,6 +148,14 @@ class VFma(Expr):
 
 
 @dataclass(frozen=True, eq=False)
+class VJoin(Expr):
+    """The 16-lane vector of the 8-lane ``a`` (lanes 0-7) then ``b`` (lanes 8-15)."""
+
+    a: Expr
+    b: Expr
+
+
+@dataclass(frozen=True, eq=False)
 class VHalf(Expr):
     """Lanes 0-7 (``high`` false) or 8-15 of a 16-lane vector, as an 8-lane vector."""
 
@@ -404,6 +412,13 @@ def widened(e: Expr, lanes: int, keep: Expr | None = None) -> Expr:
     changes = {f.name: widened(getattr(e, f.name), lanes, keep) for f in fields(e)
                if isinstance(getattr(e, f.name), Expr)}
     return replace(e, **changes) if changes else e
+
+
+def contains(e: Expr, kind: type) -> bool:
+    """Whether the expression ``e`` has a node of type ``kind`` in it."""
+    return isinstance(e, kind) or any(
+        isinstance(getattr(e, f.name), Expr) and contains(getattr(e, f.name), kind)
+        for f in fields(e))
 
 
 def walk(stmts: list[Stmt]):

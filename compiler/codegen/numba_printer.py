@@ -42,6 +42,7 @@ from .kernel_ir import (
     VBroadcast,
     VFma,
     VHalf,
+    VJoin,
     VLoad,
     VSplat,
     VSpread,
@@ -56,7 +57,7 @@ __all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
-              "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vsum")
+              "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vsum", "vjoin")
 
 
 def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
@@ -137,6 +138,8 @@ def print_expr(e: Expr, prec: int = 0) -> str:
         return f"vbroadcast{_width(e.lanes)}({_check_ident(e.array)}, {print_expr(e.index)})"
     if isinstance(e, VHalf):
         return f"{'vhigh' if e.high else 'vlow'}({print_expr(e.value)})"
+    if isinstance(e, VJoin):
+        return f"vjoin({print_expr(e.a)}, {print_expr(e.b)})"
     if isinstance(e, VSplat):
         return f"vsplat{_width(e.lanes)}({print_expr(e.value)})"
     if isinstance(e, VFma):
@@ -232,14 +235,14 @@ def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = Tr
         "from numba import get_thread_id, njit, prange",
         "",
         "from cnnc.compiler.codegen.simd import (",
-        "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vload, vload16,",
-        "    vlow, vmax, vmin, vmul, vsplat, vsplat16, vspread, vsqrt, vstore, vsum, vzero,",
-        "    vzero16,",
+        "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vjoin, vload,",
+        "    vload16, vlow, vmax, vmin, vmul, vsplat, vsplat16, vspread, vsqrt, vstore, vsum,",
+        "    vzero, vzero16,",
         ")",
         "",
         "_UNUSED = (math, np, get_thread_id, prange, vadd, valign, vbroadcast, vbroadcast16, vdiv,",
-        "           vexp, vfma, vhigh, vload, vload16, vlow, vmax, vmin, vmul, vsplat, vsplat16,",
-        "           vspread, vsqrt, vstore, vsum, vzero, vzero16)",
+        "           vexp, vfma, vhigh, vjoin, vload, vload16, vlow, vmax, vmin, vmul, vsplat,",
+        "           vsplat16, vspread, vsqrt, vstore, vsum, vzero, vzero16)",
         "",
     ]
     for k in kernels:

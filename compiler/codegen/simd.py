@@ -373,6 +373,20 @@ vhigh.__doc__ = "Lanes 8-15 of a 16-lane vector, as an 8-lane one."
 
 
 @intrinsic
+def vjoin(typingctx, a, b):
+    """The 16-lane vector of ``a`` (lanes 0-7) then ``b`` (8-15): two 8-lane values that sit
+    next to each other in memory (two pixels of a channel block), worked on as one."""
+    if not (a == vec8 and b == vec8):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(_I32, 16),
+                                                                    list(range(16))))
+
+    return vec16(a, b), codegen
+
+
+@intrinsic
 def vsum(typingctx, v):
     """Horizontal sum of the lanes, as a float32 scalar."""
     if not _is_vec(v):

@@ -15,6 +15,7 @@ from cnnc.compiler.codegen.simd import (
     vexp,
     vfma,
     vhigh,
+    vjoin,
     vload,
     vload16,
     vlow,
@@ -85,6 +86,7 @@ def _all_ops16(a, b, out):
     vstore(out, 80, vlow(x))
     vstore(out, 88, vhigh(x))
     vstore(out, 96, vsplat16(a[0]))
+    vstore(out, 112, vjoin(vhigh(x), vlow(x)))
     return vsum(y)
 
 
@@ -92,7 +94,7 @@ def test_16_lane_intrinsics_match_numpy():
     rng = np.random.default_rng(2)
     a = rng.standard_normal(17).astype(np.float32)
     b = rng.standard_normal(16).astype(np.float32)
-    out = np.zeros(112, np.float32)
+    out = np.zeros(128, np.float32)
     total = _all_ops16(a, b, out)
     x = a[1:]
     np.testing.assert_allclose(out[:16], x * b + a[0], rtol=1e-6, atol=1e-6)
@@ -102,6 +104,7 @@ def test_16_lane_intrinsics_match_numpy():
     np.testing.assert_array_equal(out[64:80], np.minimum(x, b))
     np.testing.assert_array_equal(out[80:96], x)  # the two halves, in order
     np.testing.assert_array_equal(out[96:112], np.full(16, a[0]))
+    np.testing.assert_array_equal(out[112:128], np.concatenate([x[8:], x[:8]]))
     assert abs(total - b.astype(np.float64).sum()) < 1e-5
 
 
@@ -223,3 +226,25 @@ def test_a_16_lane_accumulator_gets_its_activation_before_it_is_split():
     # the main tile, the overlapping tail tile and the 1-pixel tile
     assert src.count("vexp(") == accumulators + accumulators + tile.vectors
     assert "vsplat16(floor)" in src and "vload16(bias" in src
+
+
+@pytest.mark.parametrize("epilogue, exps", [
+    (["swish"], 4 + 4 + 1),  # pairs of the 8-pixel tile, of its overlapping tail, one pixel
+    (["sigmoid", "relu6"], 4 + 4 + 1),
+    (["relu6"], 0),  # nothing costly: no pairs
+])
+def test_the_channel_wise_kernel_activates_two_pixels_at_a_time(epilogue, exps):
+    """Two neighbouring pixels of a block are 16 floats in a row: an epilogue of
+    operand-free vector ops with an exp in it runs on both at once (``vjoin``)."""
+    from cnnc.compiler.codegen.conv import ConvGeometry
+    from cnnc.compiler.codegen.conv_direct import channelwise_conv_kernel
+    from cnnc.compiler.codegen.numba_printer import print_kernel
+    from cnnc.compiler.ops import EpilogueOp
+
+    g = ConvGeometry.from_attrs({"out_channels": 32, "kernel": (3, 3), "stride": (1, 1),
+                                 "pads": (1, 1, 1, 1), "dilation": (1, 1), "groups": 32,
+                                 "bias": True}, (32, 7, 7))
+    src = print_kernel(channelwise_conv_kernel(g, "k", epilogue=[EpilogueOp(e) for e in
+                                                                 epilogue], kinds=[]))
+    assert src.count("vexp(") == exps
+    assert ("vjoin(" in src) == bool(exps)

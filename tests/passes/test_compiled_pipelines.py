@@ -681,3 +681,20 @@ def test_a_gather_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied():
         x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32) * 3
         want = run_reference(m.graph, {"x": x}, m.params)["y"]
         np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 8, 9, 13])
+@pytest.mark.parametrize("act", ["swish", "sigmoid"])
+def test_depthwise_activations_on_pixel_pairs_match_the_reference(width, act):
+    """The channel-wise kernel applies swish and sigmoid to two pixels at a time (16 lanes):
+    rows of every tail length (the 8-pixel tile, its overlapping tail, single pixels), a
+    stride-2 layer and a 5x5 window, against the float64 reference."""
+    src = (f"network pairs\ninput x: 3 x 5 x {width}\n"
+           f"x -> conv(24, 3, pad=1) -> {act} -> conv(24, 3, pad=1, groups=24) -> {act}\n"
+           f"  -> conv(24, 5, stride=2, pad=2, groups=24) -> {act} -> conv(8, 1) -> output y\n")
+    m = compile_model(src, seed=7, opt_level=2)
+    dw = [n for n in m.plan.graph.compute_nodes() if n.op == "conv" and n.attrs["groups"] > 1]
+    assert all(n.attrs["layout"] == "NCHW8c" and n.attrs["epilogue"] for n in dw)
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, width)).astype(np.float32) * 4
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
