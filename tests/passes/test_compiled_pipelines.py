@@ -197,9 +197,7 @@ def test_a_part_of_an_in_place_concatenation_read_after_it_keeps_its_values():
     np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("name", ["densenet121", "googlenet_bn", "resnet50", "resnet18",
-                                  "resnext50_32x4d", "mobilenet_v2", "efficientnet_b0",
-                                  "vgg16"])
+@pytest.mark.parametrize("name", ["densenet121", "googlenet_bn", "resnet50", "resnext50_32x4d"])
 def test_blocked_values_that_fill_their_storage_share_slots(name):
     """A blocked value with no halo and whole 8-channel blocks is written entirely by its
     producer, and so is a convolution's output whose halo its kernel zeroes every call: either
