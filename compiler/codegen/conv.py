@@ -224,8 +224,8 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
     """The runtime size arguments of the compute kernel of ``g`` (see ``*_INTS``): with ``x``
     the input is read where a producer stored it channel-blocked (else from the packed scratch
     buffer), with ``y`` the output is written into its channel-blocked storage (else into the
-    packed scratch buffer the output kernel reads); ``zero_halo``: a direct kernel zeroes the
-    halo of ``y``'s whole buffer on every call."""
+    packed scratch buffer the output kernel reads); ``zero_halo``: the kernel zeroes the halo
+    of ``y``'s whole buffer on every call."""
     if lowering == "im2col":
         Kgp = _ceil_div(g.Kg, GEMM_M) * GEMM_M
         PQp = _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
@@ -241,7 +241,7 @@ def kernel_int_args(g: ConvGeometry, lowering: str, x: Storage | None = None,
     else:
         yout = y.ints()
     if g.channelwise:
-        return (g.C8, nb, g.P, g.Q) + xin + yout
+        return (g.C8, nb, g.P, g.Q) + xin + yout + (int(zero_halo),)
     kt = g.k_tiles(tile)
     return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
 

@@ -72,7 +72,7 @@ IO_INTS = ("Hp", "Wp", "XT", "XL", "YB", "YH", "YW", "YT", "YL")
 DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS + ("ZH",)
 #: ``C8``: the 8-channel blocks computed; ``XB``: blocks per image of the input's storage (a
 #: direct convolution producer stores 2 * ceil(C/16) blocks, one more than C8 for 116 channels).
-DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS
+DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS + ("ZH",)
 
 def _overlap_tail(Q: Expr, full: int, tile) -> list:
     """Tiles for the last ``Q % full`` pixels of a row whose length ``Q`` is a runtime value.
@@ -300,7 +300,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     if not g.channelwise:
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")
     T = TILE_DW if cg <= 4 else 6
-    C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL = (Var(v) for v in DEPTHWISE_INTS)
+    C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
 
     # An epilogue of operand-free vector ops with an exp or square root in it (sigmoid,
@@ -355,6 +355,8 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     body += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T)),
              Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
     body += _overlap_tail(Q, T, tile)
+    body += [Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
+             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q))]
     pre = [_floor_let(), Let("xrstep", Wp * (g.dh * 8))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
         _ints(*DEPTHWISE_INTS) + op_ints + _ints("relu", "n_batch")

@@ -118,6 +118,10 @@ class OpDef:
     # (accepted layouts of the first input, producible output layouts) for a node.
     layout_rule: Callable[[Any, list[TensorType]], tuple[tuple[str, ...], tuple[str, ...]]] \
         | None = None
+    # (node, in_types) -> whether its channel-blocked kernel writes every lane of every block
+    # of its output (padding lanes included) and can zero the output's halo on each call
+    # (``zero_halo``): such a value may take any free arena slot (``plan_memory``).
+    writes_whole_blocks: Callable[[Any, list[TensorType]], bool] | None = None
     takes_epilogue: str = "none"  # none | unary | any
     layouts: tuple[str, ...] = ("NCHW",)
     algorithms: tuple[str, ...] = ()

@@ -249,6 +249,12 @@ def _layout_rule(node, in_types):
     return tuple((i, o) for i in ins for o in outs)
 
 
+def _writes_whole_blocks(node, in_types):
+    """The direct and channel-wise kernels compute padded output channels too (zero weights)
+    and zero the output's halo with ``ZH``."""
+    return node.op == "conv" and node.attrs.get("lowering") == "direct"
+
+
 def _lower(ctx, node):
     """Convolutions lower through ``codegen/conv.py`` (direct NCHW8c or im2col + GEMM, as the
     ``lowering`` attribute of select_lowering says); Winograd will be the third algorithm."""
@@ -259,7 +265,7 @@ def _lower(ctx, node):
 
 register(OpDef(
     lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
-    layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule,
+    layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule, writes_whole_blocks=_writes_whole_blocks,
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),

@@ -348,6 +348,8 @@ register(OpDef(name="channel_gather", family="tensor",
                macs=no_macs, arity=None,
                new_activations=False, lower=_lower_gather, error_bound=exact_bound(),
                layout_rule=_gather_layouts, layouts=("NCHW", "NCHW8c"), pass_made=True,
+               # its padding lanes are written zero, its halo zeroed with ZH
+               writes_whole_blocks=lambda node, in_types: True,
                doc="output channel o is channel channels[o][1] of input channels[o][0]: "
                    "concatenations, channel slices and shuffles composed into one copy "
                    "(fold_channel_moves)"))

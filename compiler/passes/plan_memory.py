@@ -15,6 +15,7 @@ written.
 from __future__ import annotations
 
 from ..ir import Graph
+from ..ops import get_op
 from ..plan import BufferPlan, Step
 
 
@@ -99,12 +100,6 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
     return len(plan.slot_sizes) - 1
 
 
-#: Ops whose channel-blocked kernels write every lane of every block of their output, padding
-#: lanes included (a convolution computes padded channels with zero weights, a gather writes
-#: zeros there): with no halo, or one they zero (``zero_halo``), they write every float.
-WHOLE_BLOCK_WRITERS = ("conv", "channel_gather")
-
-
 def _kind(graph: Graph, step: Step) -> object:
     """What a slot must have held before to hold ``step``'s value: its exact storage when that
     has a zero halo or zero lanes to keep; None (any slot of plain values or of such dense
@@ -116,7 +111,9 @@ def _kind(graph: Graph, step: Step) -> object:
     node = graph.node(step.output)
     if st is None or "prefix" in node.attrs:
         return None  # plain, or a buffer whose merged 1x1 convolution zeroes its halo
-    if node.op in WHOLE_BLOCK_WRITERS and st.first_block == 0 and (
+    whole = get_op(node.op).writes_whole_blocks
+    if whole is not None and st.first_block == 0 and whole(
+            node, [graph.node(i).type for i in node.inputs]) and (
             node.attrs.get("zero_halo") or not any(node.attrs.get("halo", (0, 0, 0, 0)))):
         return None  # every lane of every block written, and the halo zeroed if it has one
     c, h, w = graph.node(step.output).type.shape

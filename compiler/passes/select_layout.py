@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import get_op, operand_kind
-from ..ops.conv import channelwise
 from ..types import BLOCKED, PLAIN
 from .common import is_constant, layer
 from .manager import PassContext
@@ -157,18 +156,14 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
 
 
 def _zeroes_its_halo(graph: Graph, node: Node) -> bool:
-    """Whether a node with a halo zeroes it on every call (``zero_halo``): a direct convolution
-    (not the channel-wise kernel) or a channel gather, whose kernels then write every float of
-    their storage (interior, padding lanes and halo), so memory planning may give the value
-    any free slot, not only one that held the same storage (ResNeXt-50: 20.1 -> 8.9 MB of arena
-    per image). The halo is a border of each row: a few stores per row."""
-    if not any(node.attrs["halo"]):
-        return False
-    if node.op == "channel_gather":
-        return True
-    return (node.op == "conv" and node.attrs.get("lowering") == "direct" and
-            not channelwise(graph.node(node.inputs[0]).type.channels,
-                            node.attrs["out_channels"], node.attrs["groups"]))
+    """Whether a node with a halo zeroes it on every call (``zero_halo``): one whose kernel
+    can (``OpDef.writes_whole_blocks``: a direct convolution, a channel gather) then writes
+    every float of its storage (interior, padding lanes and halo), so memory planning may give
+    the value any free slot, not only one that held the same storage (ResNeXt-50: 20.1 -> 8.9
+    MB of arena per image). The halo is a border of each row: a few stores per row."""
+    rule = get_op(node.op).writes_whole_blocks
+    return any(node.attrs["halo"]) and rule is not None and rule(
+        node, [graph.node(i).type for i in node.inputs])
 
 
 def _concat_in_place(graph: Graph, node: Node) -> bool:

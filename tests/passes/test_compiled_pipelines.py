@@ -638,43 +638,31 @@ def test_pixel_moves_of_whole_blocks_run_channel_blocked(move, blocked):
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-def test_a_convolution_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied():
-    """The second 1x1 convolution's output has the halo the 3x3 reads as padding; its kernel
-    zeroes that halo every call, so it takes the slot the first convolution's output (another
-    storage, no halo) left, and the second call, which finds the slot as the first call left
-    it, gives the same numbers."""
-    src = ("network dirty\ninput x: 3 x 10 x 10\n"
-           "x -> conv(32, 3, pad=1) -> relu -> conv(24, 1) -> relu -> conv(16, 1) -> relu\n"
+@pytest.mark.parametrize("move, op", [
+    ("conv(16, 1) -> relu", "conv"),  # a direct convolution with the halo of the next 3x3
+    ("conv(24, 3, pad=1, groups=24) -> relu", "conv"),  # the channel-wise kernel
+    ("channel_shuffle(4)", "channel_gather"),
+])
+def test_a_producer_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied(move, op):
+    """The value before the 3x3 has the halo it reads as padding; its producer (a 1x1 or a
+    depthwise convolution, or a shuffle's channel gather) zeroes that halo every call, so it
+    takes the slot the first convolution's output (another storage, no halo) left, and the
+    second call, which finds the slot as the first call left it, gives the same numbers."""
+    src = ("network dirty\ninput x: 3 x 9 x 11\n"
+           f"x -> conv(32, 3, pad=1) -> relu -> conv(24, 1) -> relu -> {move}\n"
            "  -> conv(16, 3, pad=1) -> relu -> conv(8, 1) -> output y\n")
     m = compile_model(src, seed=2, opt_level=2)
     graph, buffers = m.plan.graph, m.plan.buffers
-    first, _, reduce, _, _ = (n for n in graph.compute_nodes() if n.op == "conv")
-    assert reduce.attrs["zero_halo"] and reduce.attrs["halo"] == (1, 1, 1, 1)
-    assert "zero_halo" not in first.attrs and first.attrs["halo"] == (0, 0, 0, 0)
-    assert buffers.slot_of[first.id] == buffers.slot_of[reduce.id]
-    assert buffers.storage[first.id] != buffers.storage[reduce.id]
-    rng = np.random.default_rng(4)
-    for _ in range(2):
-        x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32) * 3
-        want = run_reference(m.graph, {"x": x}, m.params)["y"]
-        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-
-
-def test_a_gather_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied():
-    """The shuffle (a channel gather) writes the halo the 3x3 reads as padding and zeroes it
-    every call, so it may take the first convolution's dead slot (another storage): two calls
-    give the float64 reference's numbers."""
-    src = ("network dirty\ninput x: 3 x 9 x 11\n"
-           "x -> conv(32, 3, pad=1) -> relu -> conv(24, 1) -> relu -> channel_shuffle(4)\n"
-           "  -> conv(16, 3, pad=1) -> relu -> conv(8, 1) -> output y\n")
-    m = compile_model(src, seed=3, opt_level=2)
-    graph, buffers = m.plan.graph, m.plan.buffers
     first = next(n for n in graph.compute_nodes() if n.op == "conv")
-    gather = next(n for n in graph.compute_nodes() if n.op == "channel_gather")
-    assert gather.attrs["zero_halo"] and gather.attrs["halo"] == (1, 1, 1, 1)
-    assert buffers.slot_of[first.id] == buffers.slot_of[gather.id]
-    assert buffers.storage[first.id] != buffers.storage[gather.id]
-    rng = np.random.default_rng(5)
+    last3x3 = next(n for n in graph.compute_nodes() if n.op == "conv" and n.attrs[
+        "out_channels"] == 16 and n.attrs["kernel"] == (3, 3))
+    padded = graph.node(last3x3.inputs[0])
+    assert padded.op == op and padded.attrs["halo"] == (1, 1, 1, 1)
+    assert padded.attrs["zero_halo"] and first.attrs["halo"] == (0, 0, 0, 0)
+    assert "zero_halo" not in first.attrs
+    assert buffers.slot_of[first.id] == buffers.slot_of[padded.id]
+    assert buffers.storage[first.id] != buffers.storage[padded.id]
+    rng = np.random.default_rng(4)
     for _ in range(2):
         x = rng.standard_normal((2, 3, 9, 11)).astype(np.float32) * 3
         want = run_reference(m.graph, {"x": x}, m.params)["y"]
