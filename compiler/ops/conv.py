@@ -398,11 +398,12 @@ def transposed_phases(attrs: dict[str, Any], in_shape: tuple[int, ...],
     their concatenation in phase order, mode DCR), are the transposed convolution: per phase
     (row-major) its ``kernel``, ``pads`` (top, left, bottom, right) and ``start`` (the first
     row and column of the flipped weight, ``transposed_as_conv_weight``, taken every ``s``).
-    A string says why not: a non-square stride, dilation, an output not a multiple of the
+    With stride 1 that is one convolution, the flipped kernel padded by ``R - 1 - top``. A
+    string says why not: a non-square stride, dilation, an output not a multiple of the
     stride, or a phase no convolution computes."""
     (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
-    if sh != sw or sh < 2:
-        return "the stride is not square and at least 2"
+    if sh != sw:
+        return "the stride is not square"
     if (dh, dw) != (1, 1):
         return "dilation"
     (R, S), (t, l, _, _) = attrs["kernel"], attrs["pads"]

@@ -1,4 +1,4 @@
-"""A strided transposed convolution as one stride-1 convolution per output phase.
+"""A transposed convolution as one stride-1 convolution per output phase.
 
     y = conv_transpose(x, w[C, K/g, R, S], b; stride s, pads)
         =>  y = depth_to_space(concat(conv(x, w_00, b), conv(x, w_01, b), ...), s, DCR)
@@ -15,7 +15,10 @@ When every phase has the same kernel and padding (``R`` and the top and left pad
 multiples of ``s``; U-Net's, where each phase is a 1x1 convolution), and one group, the phases
 are one convolution of ``s^2 K`` filters (``stack_filters``): one kernel, no concatenation.
 
-Preconditions: a square stride of at least 2, no dilation, the output a multiple of the stride
+With stride 1 there is one phase: the convolution of the flipped kernel, padded by ``R - 1 -
+top`` (no depth_to_space; the zero-stuffed lowering would copy the input into a padded buffer).
+
+Preconditions: a square stride, no dilation, the output a multiple of the stride
 in both axes, every phase a convolution with non-negative padding (no tap-less phase, no crop),
 no fused epilogue, at most 16 phases unless they are one convolution, and a weight that is a
 parameter or derived from parameters (its phase filters are evaluated when parameters are
@@ -68,7 +71,12 @@ def conv_transpose_as_phases(graph: Graph, ctx: PassContext) -> bool:
                       "dilation": (1, 1), "groups": a["groups"], "bias": a["bias"]}
         if a.get("folded"):
             conv_attrs["folded"] = a["folded"]
-        if merge:
+        if len(phases) == 1:
+            stacked = graph.add("conv", [x, filters[0], *bias],
+                                {**conv_attrs, "kernel": phases[0]["kernel"],
+                                 "pads": phases[0]["pads"]}, name=node.name, span=node.span)
+            how = "one convolution"
+        elif merge:
             weight = graph.add("stack_filters", filters, name=f"{layer(node)}.phases.weight",
                                span=node.span)
             ins = [x, weight.id]
@@ -90,6 +98,13 @@ def conv_transpose_as_phases(graph: Graph, ctx: PassContext) -> bool:
                                 span=node.span)
             kernels = sorted({f"{p['kernel'][0]}x{p['kernel'][1]}" for p in phases})
             how = f"{len(phases)} convolutions ({', '.join(kernels)} kernels)"
+        if s == 1:  # one phase: the convolution itself
+            graph.replace_all_uses(node.id, stacked.id)
+            graph.erase(node.id)
+            ctx.note(f"{layer(node)}: a stride-1 transposed convolution as the convolution "
+                     "of its flipped kernel (no padded copy of the input)", node)
+            changed = True
+            continue
         shuffle = graph.add("depth_to_space", [stacked.id], {"block": s, "mode": "DCR"},
                             name=node.name, span=node.span)
         graph.replace_all_uses(node.id, shuffle.id)

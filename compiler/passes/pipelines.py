@@ -5,8 +5,8 @@
   register tile of each direct convolution for the target's vector width).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding (into the producer, else into a following
-  convolution or dense layer), 1x1 convolutions of one pixel as dense layers, strided
-  transposed convolutions as one stride-1 convolution per output phase, channel shuffles
+  convolution or dense layer), 1x1 convolutions of one pixel as dense layers, transposed
+  convolutions as one stride-1 convolution per output phase, channel shuffles
   and the concatenations and slices around them composed into gathers, epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
   layout selection (activations stay channel-blocked between convolutions and pools), then

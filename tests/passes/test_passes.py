@@ -660,7 +660,7 @@ def test_a_strided_transposed_convolution_becomes_its_phase_convolutions(deconv,
 
 @pytest.mark.parametrize("deconv, why", [
     ("conv_transpose(6, 3, stride=(2, 1), pad=1)", "a stride that is not square"),
-    ("conv_transpose(6, 3, pad=1)", "stride 1: nothing is stuffed"),
+    ("conv_transpose(6, 2, pad=2)", "stride 1 with more padding than the kernel reaches"),
     ("conv_transpose(6, 2, stride=2, dilation=2)", "dilation"),
     ("conv_transpose(6, 3, stride=2)", "13 rows: not a multiple of the stride"),
     ("conv_transpose(6, 1, stride=2, output_padding=1)", "phases no tap reaches (bias only)"),
@@ -676,3 +676,19 @@ def test_conv_transpose_as_phases_declines(deconv, why):
     assert not conv_transpose_as_phases(g, ctx), why
     assert ops(g) == ["conv_transpose"]
     assert len(ctx.notes) == 1 and "kept as a zero-stuffed convolution" in ctx.notes[0]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_a_stride_1_transposed_convolution_becomes_the_convolution_of_its_flipped_kernel(
+        groups):
+    from cnnc.compiler.passes.conv_transpose_as_phases import conv_transpose_as_phases
+
+    g = build(f"x -> conv_transpose(6, 3, pad=(0, 1, 2, 1), groups={groups}) -> output y")
+    params = random_params(g)
+    before = g.copy()
+    assert run(conv_transpose_as_phases, g)
+    assert ops(g) == ["phase_filter", "conv"]  # a derived weight, the convolution
+    conv = g.compute_nodes()[1]
+    assert conv.attrs["kernel"] == (3, 3) and conv.attrs["pads"] == (2, 1, 0, 1)
+    assert conv.attrs["groups"] == groups and g.node(conv.inputs[1]).op == "phase_filter"
+    same_numbers(before, g, params)
