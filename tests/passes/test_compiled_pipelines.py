@@ -586,7 +586,7 @@ def test_an_up_convolution_runs_as_one_1x1_convolution_and_a_blocked_interleave(
                                    err_msg=f"-O{level}")
 
 
-@settings(max_examples=14, derandomize=True, deadline=None,
+@settings(max_examples=10, derandomize=True, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data(), k=st.integers(1, 5), stride=st.sampled_from([2, 3, 2, 1]),
        out=st.sampled_from([3, 8, 16]), groups=st.sampled_from([1, 2]),
@@ -669,7 +669,7 @@ def test_a_producer_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied(mo
         np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 8, 9, 13])
+@pytest.mark.parametrize("width", [1, 3, 9, 13])
 @pytest.mark.parametrize("act", ["swish", "sigmoid"])
 def test_depthwise_activations_on_pixel_pairs_match_the_reference(width, act):
     """The channel-wise kernel applies swish and sigmoid to two pixels at a time (16 lanes):
