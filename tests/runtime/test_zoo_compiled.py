@@ -62,11 +62,20 @@ def _close(got, want, tol: float = 2e-4) -> float:
     return err
 
 
+#: Networks also run at -O2 with every activation plain (``layout="NCHW"``): one with each
+#: -O2 rewrite that changes a plain graph (merged 1x1s and pooling prologues, gathers, phase
+#: convolutions, blocked concatenations, gates as dense layers, residual epilogues). The
+#: others' plain -O2 graphs differ from their -O1 ones (run above) only in lowering choices.
+PLAIN_AT_O2 = {"googlenet", "shufflenet_v2", "unet", "densenet121", "efficientnet_b0",
+               "resnet18"}
+
+
 @pytest.mark.parametrize("name", zoo.names())
 def test_schedule_invariance(name):
     """Every optimization level, every convolution lowering and both layouts (channel-blocked
-    where the rules allow, and every activation plain) compute the same numbers: each compiled
-    model against the float64 reference of the network as written."""
+    where the rules allow, and every activation plain: ``PLAIN_AT_O2``; -O1 and im2col are
+    plain too) compute the same numbers: each compiled model against the float64 reference
+    of the network as written."""
     graph, _ = small_graph(name)
     model = compile_model(graph, seed=0, opt_level=0)
     rng = np.random.default_rng(1)
@@ -74,7 +83,9 @@ def test_schedule_invariance(name):
               for n, i in graph.inputs.items()}
     want = run_reference(graph, inputs, model.params)
     schedules = [(level, lowering, "auto") for level in (0, 1, 2)
-                 for lowering in ("direct", "im2col")] + [(2, "direct", "NCHW")]
+                 for lowering in ("direct", "im2col")]
+    if name in PLAIN_AT_O2:
+        schedules.append((2, "direct", "NCHW"))
     for level, lowering, layout in schedules:
         m = compile_model(graph, seed=0, opt_level=level, lowering=lowering, layout=layout)
         if layout == "NCHW":
