@@ -18,6 +18,13 @@ def tensor_inputs(graph: Graph, node: Node) -> list[int]:
     return [i for i in node.inputs if not is_constant(graph, graph.node(i))]
 
 
+def writes_whole_blocks(graph: Graph, node: Node) -> bool:
+    """The op's rule (``OpDef.writes_whole_blocks``): its channel-blocked kernel writes every
+    lane of every block of its output and can zero the output's halo on each call."""
+    rule = get_op(node.op).writes_whole_blocks
+    return rule is not None and rule(node, [graph.node(i).type for i in node.inputs])
+
+
 def sole_user(graph: Graph, node: Node) -> Node | None:
     """The only user of ``node``, if it has exactly one, uses it once and ``node`` is not a
     graph output (its value must then survive on its own)."""

@@ -75,7 +75,6 @@ def conv_transpose_as_phases(graph: Graph, ctx: PassContext) -> bool:
             stacked = graph.add("conv", [x, filters[0], *bias],
                                 {**conv_attrs, "kernel": phases[0]["kernel"],
                                  "pads": phases[0]["pads"]}, name=node.name, span=node.span)
-            how = "one convolution"
         elif merge:
             weight = graph.add("stack_filters", filters, name=f"{layer(node)}.phases.weight",
                                span=node.span)

@@ -15,8 +15,8 @@ written.
 from __future__ import annotations
 
 from ..ir import Graph
-from ..ops import get_op
 from ..plan import BufferPlan, Step
+from .common import writes_whole_blocks
 
 
 def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPlan:
@@ -111,9 +111,7 @@ def _kind(graph: Graph, step: Step) -> object:
     node = graph.node(step.output)
     if st is None or "prefix" in node.attrs:
         return None  # plain, or a buffer whose merged 1x1 convolution zeroes its halo
-    whole = get_op(node.op).writes_whole_blocks
-    if whole is not None and st.first_block == 0 and whole(
-            node, [graph.node(i).type for i in node.inputs]) and (
+    if st.first_block == 0 and writes_whole_blocks(graph, node) and (
             node.attrs.get("zero_halo") or not any(node.attrs.get("halo", (0, 0, 0, 0)))):
         return None  # every lane of every block written, and the halo zeroed if it has one
     c, h, w = graph.node(step.output).type.shape

@@ -45,7 +45,7 @@ from __future__ import annotations
 from ..ir import Graph, Node
 from ..ops import get_op, operand_kind
 from ..types import BLOCKED, PLAIN
-from .common import is_constant, layer
+from .common import is_constant, layer, writes_whole_blocks
 from .manager import PassContext
 
 DEFAULT_PAIRS = ((PLAIN, PLAIN),)
@@ -157,13 +157,12 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
 
 def _zeroes_its_halo(graph: Graph, node: Node) -> bool:
     """Whether a node with a halo zeroes it on every call (``zero_halo``): one whose kernel
-    can (``OpDef.writes_whole_blocks``: a direct convolution, a channel gather) then writes
-    every float of its storage (interior, padding lanes and halo), so memory planning may give
-    the value any free slot, not only one that held the same storage (ResNeXt-50: 20.1 -> 8.9
-    MB of arena per image). The halo is a border of each row: a few stores per row."""
-    rule = get_op(node.op).writes_whole_blocks
-    return any(node.attrs["halo"]) and rule is not None and rule(
-        node, [graph.node(i).type for i in node.inputs])
+    can (``writes_whole_blocks``: a direct or channel-wise convolution, a channel gather) then
+    writes every float of its storage (interior, padding lanes and halo), so memory planning
+    may give the value any free slot, not only one that held the same storage (ResNeXt-50:
+    20.1 -> 8.9 MB of arena per image). The halo is a border of each row: a few stores per
+    row."""
+    return any(node.attrs["halo"]) and writes_whole_blocks(graph, node)
 
 
 def _concat_in_place(graph: Graph, node: Node) -> bool:
