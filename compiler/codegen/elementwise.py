@@ -532,15 +532,18 @@ def _mirror_pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mod
 
 
 def channel_slice_kernel(name: str, shape: Sequence[int], start: int, stop: int,
-                         comment: str = "") -> Kernel:
-    """Channels ``start .. stop-1`` of a C x H x W sample: one contiguous copy per image."""
+                         comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """Channels ``start .. stop-1`` of a C x H x W sample: one contiguous copy per image. The
+    sizes are runtime integers (``XS`` floats an input image, the copy's offset ``X0`` in it,
+    ``YS`` floats copied) recorded in ``sz``: one compiled kernel for every slice."""
     C, H, W = (int(d) for d in shape)
     hw = H * W
-    size = (stop - start) * hw
-    body: list[Stmt] = [Let("xb", Var("t") * (C * hw) + start * hw), Let("yb", Var("t") * size),
-                        Loop("j", Const(size), [Store("y", Var("yb") + Var("j"),
-                                                      Load("x0", Var("xb") + Var("j")))])]
-    return Kernel(name, _arrays("x0", "y") + [Param("n_batch", "int")],
+    sz = sz if sz is not None else Sizes(literal=True)
+    xs, x0, ys = sz("XS", C * hw), sz("X0", start * hw), sz("YS", (stop - start) * hw)
+    body: list[Stmt] = [Let("xb", Var("t") * xs + x0), Let("yb", Var("t") * ys),
+                        Loop("j", ys, [Store("y", Var("yb") + Var("j"),
+                                             Load("x0", Var("xb") + Var("j")))])]
+    return Kernel(name, _arrays("x0", "y") + sz.params() + [Param("n_batch", "int")],
                   [Loop("t", N_BATCH, body, kind="parallel")], comment)
 
 
@@ -597,36 +600,40 @@ def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
 
 
 def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
-                 epilogue: Sequence[EpilogueOp], comment: str = "") -> Kernel:
+                 epilogue: Sequence[EpilogueOp], comment: str = "",
+                 sz: Sizes | None = None) -> Kernel:
     """``y[n, o] = epilogue(sum_i x[n, i] * w[o, i] + b[o])`` (activations only): one parallel
     iteration per output feature (a row of ``w``, read once and kept in cache across the
-    batch), 4 x 8-lane accumulators over ``i``, a scalar tail."""
-    nvec, rem = divmod(n_in, 8)
-    nquad, vrem = divmod(nvec, 4)
-    o, n = Var("o"), Var("n")
-    body: list[Stmt] = [Let("wb", o * n_in)]
-    per_image: list[Stmt] = [Let("xb", n * n_in)] + [Let(f"a{k}", VZero()) for k in range(4)]
-    i = Var("i")
-    if nquad:
-        per_image.append(Loop("i", Const(nquad), [
-            Let(f"a{k}", VFma(VLoad("x0", Var("xb") + i * 32 + 8 * k),
-                              VLoad("c_w", Var("wb") + i * 32 + 8 * k), Var(f"a{k}")))
-            for k in range(4)]))
-    for k in range(vrem):
-        off = nquad * 32 + 8 * k
-        per_image.append(Let(f"a{k}", VFma(VLoad("x0", Var("xb") + off),
-                                           VLoad("c_w", Var("wb") + off), Var(f"a{k}"))))
+    batch), 4 x 8-lane accumulators over ``i`` (the last 1-3 vectors into the first of them),
+    a scalar tail. ``NI`` and ``NO`` are runtime integers recorded in ``sz``: one compiled
+    kernel per epilogue serves every dense layer (a literal-size kernel per layer cost a Numba
+    compile each)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    ni, no = sz("NI", n_in), sz("NO", n_out)
+    o, n, i = Var("o"), Var("n"), Var("i")
+    body: list[Stmt] = [Let("wb", o * ni)]
+    per_image: list[Stmt] = [Let("xb", n * ni)] + [Let(f"a{k}", VZero()) for k in range(4)]
+    per_image.append(Loop("i", Var("nquad"), [
+        Let(f"a{k}", VFma(VLoad("x0", Var("xb") + i * 32 + 8 * k),
+                          VLoad("c_w", Var("wb") + i * 32 + 8 * k), Var(f"a{k}")))
+        for k in range(4)]))
+    for k in range(3):  # the vectors after the last whole group of four
+        off = Var("nquad") * 32 + 8 * k
+        per_image.append(If(cmp(">", Var("vrem"), k), [
+            Let(f"a{k}", VFma(VLoad("x0", Var("xb") + off), VLoad("c_w", Var("wb") + off),
+                              Var(f"a{k}")))]))
     per_image.append(Let("s", call("vsum", VBin("add", VBin("add", Var("a0"), Var("a1")),
                                                  VBin("add", Var("a2"), Var("a3"))))))
-    if rem:
-        per_image.append(Loop("i", Const(rem), [Let("s", Var("s") + Load(
-            "x0", Var("xb") + i) * Load("c_w", Var("wb") + i))], start=Const(nvec * 8)))
+    per_image.append(Loop("i", ni - Var("nvec") * 8, [Let("s", Var("s") + Load(
+        "x0", Var("xb") + i) * Load("c_w", Var("wb") + i))], start=Var("nvec") * 8))
     value: Expr = Var("s") + Load("c_b", o) if bias else Var("s")
-    per_image += apply_epilogue(value, epilogue) + [Store("y", n * n_out + o, Var("v"))]
+    per_image += apply_epilogue(value, epilogue) + [Store("y", n * no + o, Var("v"))]
     body.append(Loop("n", N_BATCH, per_image))
     params = _arrays("x0", "c_w") + (_arrays("c_b") if bias else []) + _arrays("y")
-    return Kernel(name, params + [Param("n_batch", "int")],
-                  [Loop("o", Const(n_out), body, kind="parallel")], comment)
+    pre: list[Stmt] = [Let("nvec", ni // 8), Let("nquad", Var("nvec") // 4),
+                       Let("vrem", Var("nvec") % 4)]
+    return Kernel(name, params + sz.params() + [Param("n_batch", "int")],
+                  pre + [Loop("o", no, body, kind="parallel")], comment)
 
 
 # -- lowering rules shared by several ops -----------------------------------------------------

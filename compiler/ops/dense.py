@@ -68,15 +68,16 @@ def _lower(ctx, node):
     blocked tensor it reads every float of the storage (halo and padding lanes are zeros,
     a convolution's padding block finite), the weights scattered to the features' places and
     zero elsewhere."""
-    from ..codegen.elementwise import dense_kernel
+    from ..codegen.elementwise import Sizes, dense_kernel
     from ..codegen.lowering import kernel_step
 
     w, *b = ctx.param_inputs
     x = ctx.tensor_inputs[0]
     storage = ctx.storage(x)
     n_in = ctx.in_shapes[0][0] if storage is None else storage.floats
+    sz = Sizes()
     k = dense_kernel(ctx.kname, n_in, node.attrs["out_features"], bool(b), ctx.epilogue,
-                     ctx.comment)
+                     ctx.comment, sz)
     if storage is not None:
         places = storage_order(ctx.graph.node(ctx.graph.node(x).inputs[0]).type.shape, storage)
 
@@ -87,7 +88,7 @@ def _lower(ctx, node):
             scattered[:, places] = weight
             weight = scattered
         return {"c_w": weight, **({"c_b": values[b[0]]} if b else {})}
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, pack=pack)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
 
 
 register(OpDef(

@@ -268,8 +268,13 @@ def _lower_slice(ctx, node):
 
     if ctx.storage(ctx.tensor_inputs[0]) is not None:  # a view of the blocked storage
         return view_step(ctx)
-    return _lower_simple(ctx, "channel_slice_kernel", ctx.in_shapes[0], node.attrs["start"],
-                         node.attrs["stop"])
+    from ..codegen.elementwise import Sizes, channel_slice_kernel
+    from ..codegen.lowering import kernel_step
+
+    sz = Sizes()
+    k = channel_slice_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["start"],
+                             node.attrs["stop"], ctx.comment, sz)
+    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 register(OpDef(name="channel_slice", family="tensor",
