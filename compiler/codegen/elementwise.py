@@ -624,14 +624,17 @@ def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
                               Var(f"a{k}")))]))
     per_image.append(Let("s", call("vsum", VBin("add", VBin("add", Var("a0"), Var("a1")),
                                                  VBin("add", Var("a2"), Var("a3"))))))
-    per_image.append(Loop("i", ni - Var("nvec") * 8, [Let("s", Var("s") + Load(
-        "x0", Var("xb") + i) * Load("c_w", Var("wb") + i))], start=Var("nvec") * 8))
+    # the scalar tail from the inputs the vectors covered (one Var object in start and extent,
+    # so the loop prints as range(done, NI))
+    done = Var("done")
+    per_image.append(Loop("i", ni - done, [Let("s", Var("s") + Load(
+        "x0", Var("xb") + i) * Load("c_w", Var("wb") + i))], start=done))
     value: Expr = Var("s") + Load("c_b", o) if bias else Var("s")
     per_image += apply_epilogue(value, epilogue) + [Store("y", n * no + o, Var("v"))]
     body.append(Loop("n", N_BATCH, per_image))
     params = _arrays("x0", "c_w") + (_arrays("c_b") if bias else []) + _arrays("y")
     pre: list[Stmt] = [Let("nvec", ni // 8), Let("nquad", Var("nvec") // 4),
-                       Let("vrem", Var("nvec") % 4)]
+                       Let("vrem", Var("nvec") % 4), Let("done", Var("nvec") * 8)]
     return Kernel(name, params + sz.params() + [Param("n_batch", "int")],
                   pre + [Loop("o", no, body, kind="parallel")], comment)
 
