@@ -24,7 +24,7 @@ intrinsic                 meaning                                         instru
                           ``k`` in 1..7: a window across two blocks)
 ``vspread(v, k, j)``      lane ``j`` of each run of ``k`` lanes, over      ``vpermps``
                           that run (literal ``k`` in 2, 4; ``j < k``)
-``vexp(v)``               lane-wise ``e ** v`` (within 2 ulps)            ~12 FMAs/shifts
+``vexp(v)``               lane-wise ``e ** v`` (within 2 ulps)            ~12 FMAs, vscalefps
 ``vlow(v)/vhigh(v)``      lanes 0-7 / 8-15 of a 16-lane vector (a vec8)   ``vextractf32x8``
 ``vsum(v)``               horizontal sum of the lanes (a float32)         shuffles + adds
 ========================  ==============================================  ==================
@@ -48,7 +48,7 @@ __all__ = [
     "VecType", "vec8", "vec16", "LANES",
     "vzero", "vzero16", "vload", "vload16", "vstore", "vbroadcast", "vbroadcast16", "vsplat",
     "vfma", "vadd", "vmul", "vmax", "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vlow",
-    "vhigh", "vsum",
+    "vhigh", "vsum", "make_vexp", "host_has",
 ]
 
 _F32 = ir.FloatType()
@@ -267,8 +267,8 @@ def vsqrt(typingctx, v):
 
 #: ``vexp``: e ** x = 2 ** n * e ** r with n = round(x / ln 2) and r = x - n ln 2 in two
 #: steps (Cody-Waite: ``LN2_HI`` has few bits, so ``n * LN2_HI`` is exact), e ** r by the
-#: degree-6 polynomial of Cephes' ``expf`` on |r| <= ln 2 / 2, 2 ** n as two exponent-field
-#: powers (each in the normal range, so results that underflow do so gradually). Inputs are
+#: degree-6 polynomial of Cephes' ``expf`` on |r| <= ln 2 / 2, times 2 ** n (``vscalefps`` with
+#: AVX-512, else two exponent-field powers; results that underflow do so gradually). Inputs are
 #: clamped to [-104, 89.5] first: below, e ** x rounds to 0; above, the product overflows to
 #: inf; NaN stays NaN.
 _LOG2E = 1.44269504088896341
@@ -277,44 +277,92 @@ _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
              1.6666665459e-1, 5.0000001201e-1)
 
 
-@intrinsic
-def vexp(typingctx, v):
-    """Lane-wise ``e ** v`` (float32, within 2 ulps of the correctly rounded value)."""
-    if not _is_vec(v):
-        return None
-    lanes = v.lanes
+def host_has(*features: str) -> bool:
+    """Whether the CPU that LLVM compiles for has every one of ``features``."""
+    from llvmlite import binding
 
-    def codegen(context, builder, signature, args):
-        vt, it = _llvm(lanes), ir.VectorType(_I32, lanes)
+    host = binding.get_host_cpu_features()
+    return all(host.get(f) for f in features)
 
-        def c(value: float):
-            return ir.Constant(vt, [value] * lanes)
 
-        def llvm(name: str, *operands):
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(vt, [vt] * len(operands)),
-                f"llvm.{name}.v{lanes}f32")
-            return builder.call(fn, list(operands))
+def _scale_by_scalef(builder, y, n, lanes: int):
+    """``y * 2 ** n`` in one ``vscalefps`` (AVX-512F; 8 lanes also need AVX-512VL), exact
+    unless the result is subnormal, where it rounds once: the same value as the two
+    exponent-field products of ``_scale_by_exponent_bits``."""
+    vt = _llvm(lanes)
+    if lanes == 16:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vt, [vt, vt, vt, ir.IntType(16), _I32]),
+            "llvm.x86.avx512.mask.scalef.ps.512")
+        # mask all ones: every lane; rounding 4: the current mode (MXCSR, round to nearest)
+        return builder.call(fn, [y, n, y, ir.Constant(ir.IntType(16), -1), ir.Constant(_I32, 4)])
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vt, [vt, vt, vt, ir.IntType(8)]),
+        "llvm.x86.avx512.mask.scalef.ps.256")
+    return builder.call(fn, [y, n, y, ir.Constant(ir.IntType(8), -1)])
 
-        x = args[0]
-        clamped = builder.select(builder.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)
-        clamped = builder.select(builder.fcmp_ordered(">", clamped, c(89.5)), c(89.5), clamped)
-        n = llvm("floor", llvm("fma", clamped, c(_LOG2E), c(0.5)))
-        r = llvm("fma", builder.fneg(n), c(_LN2_HI), clamped)
-        r = llvm("fma", builder.fneg(n), c(_LN2_LO), r)
-        p = c(_EXP_POLY[0])
-        for coef in _EXP_POLY[1:]:
-            p = llvm("fma", p, r, c(coef))
-        y = builder.fadd(llvm("fma", p, builder.fmul(r, r), r), c(1.0))
-        ni = builder.fptosi(n, it)
-        half = builder.ashr(ni, ir.Constant(it, [1] * lanes))
-        for part in (half, builder.sub(ni, half)):
-            bits = builder.shl(builder.add(part, ir.Constant(it, [127] * lanes)),
-                               ir.Constant(it, [23] * lanes))
-            y = builder.fmul(y, builder.bitcast(bits, vt))
-        return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
 
-    return v(v), codegen
+def _scale_by_exponent_bits(builder, y, n, lanes: int):
+    """``y * 2 ** n`` as two products with powers of two built in the exponent field (each
+    factor in the normal range, so a result that underflows does so gradually): 9
+    instructions where ``vscalefps`` is one."""
+    vt, it = _llvm(lanes), ir.VectorType(_I32, lanes)
+    ni = builder.fptosi(n, it)
+    half = builder.ashr(ni, ir.Constant(it, [1] * lanes))
+    for part in (half, builder.sub(ni, half)):
+        bits = builder.shl(builder.add(part, ir.Constant(it, [127] * lanes)),
+                           ir.Constant(it, [23] * lanes))
+        y = builder.fmul(y, builder.bitcast(bits, vt))
+    return y
+
+
+def make_vexp(scalef: bool | None):
+    """``vexp``, its ``2 ** n`` scaling by ``vscalefps`` (``scalef=True``), by exponent bits
+    (``False``), or whichever the CPU compiled for has (``None``: the generated kernels').
+    Both give the same bits; ``tests/codegen/test_simd.py`` compares them."""
+
+    def vexp(typingctx, v):
+        """Lane-wise ``e ** v`` (float32, within 2 ulps of the correctly rounded value)."""
+        if not _is_vec(v):
+            return None
+        lanes = v.lanes
+
+        def codegen(context, builder, signature, args):
+            vt = _llvm(lanes)
+
+            def c(value: float):
+                return ir.Constant(vt, [value] * lanes)
+
+            def llvm(name: str, *operands):
+                fn = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(vt, [vt] * len(operands)),
+                    f"llvm.{name}.v{lanes}f32")
+                return builder.call(fn, list(operands))
+
+            x = args[0]
+            clamped = builder.select(builder.fcmp_ordered("<", x, c(-104.0)), c(-104.0), x)
+            clamped = builder.select(builder.fcmp_ordered(">", clamped, c(89.5)), c(89.5),
+                                     clamped)
+            n = llvm("floor", llvm("fma", clamped, c(_LOG2E), c(0.5)))
+            r = llvm("fma", builder.fneg(n), c(_LN2_HI), clamped)
+            r = llvm("fma", builder.fneg(n), c(_LN2_LO), r)
+            p = c(_EXP_POLY[0])
+            for coef in _EXP_POLY[1:]:
+                p = llvm("fma", p, r, c(coef))
+            y = builder.fadd(llvm("fma", p, builder.fmul(r, r), r), c(1.0))
+            use_scalef = scalef
+            if use_scalef is None:
+                use_scalef = host_has("avx512f", *(("avx512vl",) if lanes == 8 else ()))
+            scale = _scale_by_scalef if use_scalef else _scale_by_exponent_bits
+            y = scale(builder, y, n, lanes)
+            return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
+
+        return v(v), codegen
+
+    return intrinsic(vexp)
+
+
+vexp = make_vexp(None)
 
 
 @intrinsic(prefer_literal=True)

@@ -7,6 +7,8 @@ import pytest
 from numba import njit
 
 from cnnc.compiler.codegen.simd import (
+    host_has,
+    make_vexp,
     vadd,
     valign,
     vbroadcast,
@@ -204,6 +206,36 @@ def test_vector_exp_is_within_two_ulps_and_handles_the_edges():
     _exp_all(edges, got)
     np.testing.assert_array_equal(got, [np.inf, 0.0, np.nan, 1.0, 1.0, np.inf, 0.0,
                                         np.float32(np.e)])
+
+
+def _exp_kernel(exp, lanes: int):
+    load = vload16 if lanes == 16 else vload
+
+    @njit(cache=False)
+    def run(a, out):
+        for i in range(0, a.size, lanes):
+            vstore(out, i, exp(load(a, i)))
+
+    return run
+
+
+@pytest.mark.skipif(not host_has("avx512f", "avx512vl"),
+                    reason="vscalefps needs AVX-512F and AVX-512VL; this CPU compiles the "
+                           "exponent-bits scaling only (checked above)")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_vector_exp_scales_by_vscalef_to_the_same_bits_as_by_exponent_bits(lanes):
+    """Both ways of multiplying by ``2 ** n`` (one ``vscalefps``; two exponent-field
+    products) give the same float32, overflow, gradual underflow and NaN included: which one a
+    CPU compiles never changes a number."""
+    x = np.concatenate([np.linspace(-120.0, 100.0, 1 << 18, dtype=np.float32),
+                        np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 88.72, 89.4, -103.97,
+                                  -87.34, -100.0, 1e30, -1e30, 1.0, 0.5, -0.5, 2.0],
+                                 np.float32)])
+    by_scalef, by_bits = np.empty_like(x), np.empty_like(x)
+    _exp_kernel(make_vexp(True), lanes)(x, by_scalef)
+    _exp_kernel(make_vexp(False), lanes)(x, by_bits)
+    np.testing.assert_array_equal(by_scalef.view(np.uint32), by_bits.view(np.uint32))
+    assert np.count_nonzero((by_bits > 0) & (by_bits < np.finfo(np.float32).tiny)) > 100
 
 
 def test_a_16_lane_accumulator_gets_its_activation_before_it_is_split():
