@@ -126,7 +126,7 @@ def print_expr(e: Expr, prec: int = 0) -> str:
         s = f"{print_expr(e.a, p)} {e.op} {print_expr(e.b, p + 1)}"
         return f"({s})" if p < prec else s
     if isinstance(e, Load):
-        return f"{_check_ident(e.array)}[{print_expr(e.index)}]"
+        return f"{_check_ident(e.array)}[{_subscript(e.index)}]"
     if isinstance(e, Select):
         s = f"{print_expr(e.a, 1)} if {print_expr(e.cond, 1)} else {print_expr(e.b, 1)}"
         return f"({s})" if prec > 0 else s
@@ -163,6 +163,17 @@ def print_expr(e: Expr, prec: int = 0) -> str:
     raise TypeError(f"cannot print expression {e!r}")
 
 
+def _subscript(index: Expr) -> str:
+    """A scalar subscript as unsigned: Numba then omits its negative-index wraparound (a
+    compare and a select per access), which inside a ``prange`` body also kept LLVM from
+    vectorizing the loop: a plain copy of 200K floats took 100 us in a ``prange`` body and
+    8 us with unsigned subscripts (the input pack of a 224x224 image: 95 -> 31 us). Generated
+    indices are never negative. A literal index stays as it is (nothing to check)."""
+    if isinstance(index, Const):
+        return print_expr(index)
+    return f"np.uint64({print_expr(index)})"
+
+
 def _width(lanes: int) -> str:
     """The name suffix of a load/zero/broadcast intrinsic of ``lanes`` lanes (8: none)."""
     if lanes not in (8, 16):
@@ -178,7 +189,7 @@ def _print_body(body, indent: int, out: list[str]) -> None:
         if isinstance(s, Let):
             out.append(f"{pad}{_check_ident(s.var)} = {print_expr(s.value)}")
         elif isinstance(s, Store):
-            out.append(f"{pad}{_check_ident(s.array)}[{print_expr(s.index)}] = "
+            out.append(f"{pad}{_check_ident(s.array)}[{_subscript(s.index)}] = "
                        f"{print_expr(s.value)}")
         elif isinstance(s, VStore):
             out.append(f"{pad}vstore({_check_ident(s.array)}, {print_expr(s.index)}, "
