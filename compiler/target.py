@@ -29,12 +29,22 @@ TARGETS = {"avx2": Target("avx2", 8), "avx512": Target("avx512", 16)}
 
 
 @lru_cache(maxsize=1)
-def host_target() -> Target:
-    """The target of this machine's CPU."""
+def _host_features() -> frozenset[str]:
     from llvmlite import binding
 
-    features = binding.get_host_cpu_features()
-    return TARGETS["avx512" if features.get("avx512f") else "avx2"]
+    return frozenset(name for name, on in binding.get_host_cpu_features().items() if on)
+
+
+def host_has(*features: str) -> bool:
+    """Whether this machine's CPU, as LLVM sees it, has every one of ``features``
+    (``"avx512f"``, ``"avx512vl"``, ...)."""
+    return _host_features().issuperset(features)
+
+
+@lru_cache(maxsize=1)
+def host_target() -> Target:
+    """The target of this machine's CPU."""
+    return TARGETS["avx512" if host_has("avx512f") else "avx2"]
 
 
 def resolve_target(target: str | Target | None) -> Target:

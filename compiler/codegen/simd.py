@@ -44,11 +44,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from ..target import host_has
+
 __all__ = [
     "VecType", "vec8", "vec16", "LANES",
     "vzero", "vzero16", "vload", "vload16", "vstore", "vbroadcast", "vbroadcast16", "vsplat",
     "vfma", "vadd", "vmul", "vmax", "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vlow",
-    "vhigh", "vsum", "make_vexp", "host_has",
+    "vhigh", "vsum", "make_vexp",
 ]
 
 _F32 = ir.FloatType()
@@ -275,14 +277,6 @@ _LOG2E = 1.44269504088896341
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
 _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
              1.6666665459e-1, 5.0000001201e-1)
-
-
-def host_has(*features: str) -> bool:
-    """Whether the CPU that LLVM compiles for has every one of ``features``."""
-    from llvmlite import binding
-
-    host = binding.get_host_cpu_features()
-    return all(host.get(f) for f in features)
 
 
 def _scale_by_scalef(builder, y, n, lanes: int):

@@ -7,7 +7,6 @@ import pytest
 from numba import njit
 
 from cnnc.compiler.codegen.simd import (
-    host_has,
     make_vexp,
     vadd,
     valign,
@@ -33,6 +32,7 @@ from cnnc.compiler.codegen.simd import (
     vzero,
     vzero16,
 )
+from cnnc.compiler.target import host_has
 
 
 @njit
