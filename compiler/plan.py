@@ -19,18 +19,19 @@ from typing import Any
 import numpy as np
 
 from .ir import Graph
-from .types import BLOCKED, PLAIN  # the layout names, re-exported for executors
+from .types import BLOCKED, BLOCKED16, PLAIN  # the layout names, re-exported for executors
 
-__all__ = ["Arg", "Call", "Step", "BufferPlan", "Plan", "Storage", "BLOCKED", "PLAIN"]
-
+__all__ = ["Arg", "Call", "Step", "BufferPlan", "Plan", "Storage", "BLOCKED", "BLOCKED16",
+           "PLAIN"]
 
 
 @dataclass(frozen=True)
 class Storage:
-    """How a channel-blocked tensor is stored: ``[N, blocks, height, width, 8]`` floats, the
-    tensor's C x H x W at rows ``top ..`` and columns ``left ..``, zeros around it (the halo a
-    consuming convolution reads as its padding) and in the lanes past C. Buffers are zeroed
-    once and shared only between tensors of equal storage, so the halo stays zero."""
+    """How a channel-blocked tensor is stored: ``[N, blocks, height, width, lanes]`` floats
+    (``lanes`` 8: NCHW8c, 16: NCHW16c), the tensor's C x H x W at rows ``top ..`` and columns
+    ``left ..``, zeros around it (the halo a consuming convolution reads as its padding) and in
+    the lanes past C. Buffers are zeroed once and shared only between tensors of equal
+    storage, so the halo stays zero."""
 
     channels: int
     blocks: int
@@ -41,25 +42,26 @@ class Storage:
     # A tensor written straight into its channel range of a concatenation: its channels start
     # at this block of a buffer of ``blocks`` blocks per image (the concatenation's).
     first_block: int = 0
+    lanes: int = 8  # channels a block
 
     @property
     def floats(self) -> int:
         """Floats per image of the whole buffer."""
-        return self.blocks * self.height * self.width * 8
+        return self.blocks * self.height * self.width * self.lanes
 
     @property
     def offset(self) -> int:
         """Where the tensor starts in its buffer (floats; independent of the batch size)."""
-        return self.first_block * self.height * self.width * 8
+        return self.first_block * self.height * self.width * self.lanes
 
     def _view(self, buffer: np.ndarray, n: int) -> np.ndarray:
-        """``[n, C/8 blocks, height, width, 8]`` view of the tensor's blocks in ``buffer``
-        (the buffer from the tensor's first element on)."""
-        item = buffer.itemsize
-        hw8 = self.height * self.width * 8
+        """``[n, C/lanes blocks, height, width, lanes]`` view of the tensor's blocks in
+        ``buffer`` (the buffer from the tensor's first element on)."""
+        item, b = buffer.itemsize, self.lanes
+        plane = self.height * self.width * b
         return np.lib.stride_tricks.as_strided(
-            buffer, (n, -(-self.channels // 8), self.height, self.width, 8),
-            (self.blocks * hw8 * item, hw8 * item, self.width * 8 * item, 8 * item, item))
+            buffer, (n, -(-self.channels // b), self.height, self.width, b),
+            (self.blocks * plane * item, plane * item, self.width * b * item, b * item, item))
 
     def ints(self) -> tuple[int, int, int, int, int]:
         """``(blocks, height, width, top, left)``: the geometry arguments kernels take."""
@@ -69,10 +71,11 @@ class Storage:
         """Write NCHW ``x`` ``[N, C, H, W]`` into its storage (``out`` starts at the tensor's
         first element; halo and other channel ranges untouched)."""
         n, c, h, w = x.shape
-        c8 = -(-c // 8)
-        padded = np.zeros((n, c8 * 8, h, w), np.float32)
+        b = self.lanes
+        cb = -(-c // b)
+        padded = np.zeros((n, cb * b, h, w), np.float32)
         padded[:, :c] = x
-        blocked = padded.reshape(n, c8, 8, h, w).transpose(0, 1, 3, 4, 2)
+        blocked = padded.reshape(n, cb, b, h, w).transpose(0, 1, 3, 4, 2)
         self._view(out, n)[:, :, self.top:self.top + h, self.left:self.left + w] = blocked
 
     def load(self, flat: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -6,11 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-#: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``).
-PLAIN, BLOCKED = "NCHW", "NCHW8c"
+#: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``) and
+#: NCHW16c (``[N, C/16, H, W, 16]``: one AVX-512 vector a pixel).
+PLAIN, BLOCKED, BLOCKED16 = "NCHW", "NCHW8c", "NCHW16c"
+#: Channels per block (vector lanes) of each channel-blocked layout.
+BLOCK_LANES = {BLOCKED: 8, BLOCKED16: 16}
 #: What a user may ask for (``compile(layout=...)``, ``--layout``): layout selection's choice,
-#: or every activation plain.
-LAYOUT_CHOICES = ("auto", PLAIN)
+#: every activation plain, or every channel-blocked region in one block width (16 where each of
+#: its ops has a 16-lane kernel, else 8).
+LAYOUT_CHOICES = ("auto", PLAIN, BLOCKED, BLOCKED16)
+
+
+def blocked_layout(lanes: int) -> str:
+    """The channel-blocked layout of ``lanes`` channels a block."""
+    return {v: k for k, v in BLOCK_LANES.items()}[lanes]
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,9 @@ def _opt_arg(p: argparse.ArgumentParser) -> None:
                         "(default)")
     p.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
                    help="activation layout at -O2: auto (channel-blocked where the rules "
-                        "allow; default) or NCHW (every activation plain)")
+                        "allow, 8 or 16 channels a block by a cost model per region; default), "
+                        "NCHW (every activation plain), NCHW8c or NCHW16c (every blocked "
+                        "region in that block width, 16 where its kernels have 16 lanes)")
     p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
                    help="vector width of the kernels: cpu (this machine's: 16 lanes with "
                         "AVX-512, else 8; default), avx2 (8) or avx512 (16)")

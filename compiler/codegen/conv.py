@@ -18,6 +18,9 @@ Two lowerings, both cross-correlation as in PyTorch:
     Wider groups run the direct kernel group by group; when a group is whole input blocks
     (``C/groups`` a multiple of 8) and whole output block pairs (``K/groups`` of 16), its
     input and output are the dense channel-blocked layout and stay blocked between kernels.
+    In NCHW16c regions (``select_layout``) the same kernels read and write 16-channel blocks
+    (``lanes_in`` / ``lanes_out``): the direct kernel reads each as two 8-channel halves and
+    stores whole 16-lane accumulators; the depthwise kernel has 16 lanes.
 
 ``im2col``
     NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
@@ -50,7 +53,8 @@ Weights and biases are repacked with NumPy (once per weight set, not per inferen
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +102,12 @@ class ConvGeometry:
     groups: int
     bias: bool
     activation: str | None
+    # Channels a block of the channel-blocked storage the compute kernel reads (a producer's
+    # NCHW16c storage: 16; the kernel's own packed input: 8) and writes (its NCHW16c output
+    # storage: 16; NCHW8c storage or the packed output an unpack reads: 8). The channel-wise
+    # kernel works in one block width: its lanes are channels in and out.
+    lanes_in: int = 8
+    lanes_out: int = 8
 
     @classmethod
     def from_attrs(cls, attrs: dict, in_shape: tuple[int, ...],
@@ -122,6 +132,15 @@ class ConvGeometry:
                              f"out_channels={self.K}")
         if self.P < 1 or self.Q < 1:
             raise ValueError(f"conv output would be empty ({self.P}x{self.Q}): {self}")
+        if self.lanes_in not in (8, 16) or self.lanes_out not in (8, 16):
+            raise ValueError(f"conv blocks are 8 or 16 channels: {self}")
+        if self.channelwise and self.lanes_in != self.lanes_out:
+            raise ValueError(f"a channel-wise convolution reads and writes one block width: "
+                             f"{self}")
+        if self.lanes_in == 16 and self.channelwise and self.Cg != 1:
+            raise ValueError(f"the 16-lane channel-wise kernel is depthwise only: {self}")
+        if self.lanes_in == 16 and not self.channelwise and self.Cg % 8 and self.groups > 1:
+            raise ValueError(f"blocked input needs whole 8-channel blocks per group: {self}")
 
     @property
     def P(self) -> int:
@@ -141,14 +160,14 @@ class ConvGeometry:
 
     @property
     def channelwise(self) -> bool:
-        """Run by the channel-wise kernel (8 lanes = 8 channels; depthwise and narrow groups:
-        ``ops.conv.channelwise``) rather than the register-tiled direct one."""
+        """Run by the channel-wise kernel (its lanes are channels; depthwise and narrow
+        groups: ``ops.conv.channelwise``) rather than the register-tiled direct one."""
         return channelwise(self.C, self.K, self.groups)
 
     @property
     def C8(self) -> int:
-        """8-channel blocks of the input (and, channel-wise, of the output)."""
-        return _ceil_div(self.C, 8)
+        """Input blocks of ``lanes_in`` channels (channel-wise: of the output too)."""
+        return _ceil_div(self.C, self.lanes_in)
 
     @property
     def Hp(self) -> int:
@@ -162,8 +181,11 @@ class ConvGeometry:
     # Blocking of the direct kernel -----------------------------------------------------------
     @property
     def CB(self) -> int:
-        """Channel block: 8, or the group's channel count when smaller (3-channel stem)."""
-        return 8 if self.channelwise else min(8, self.Cg)
+        """Channel block of the direct kernel's loops and weights: 8, or the group's channel
+        count when smaller (3-channel stem), whatever the input storage's block (an NCHW16c
+        input is read as two 8-channel halves a block, in the order of NCHW8c: the same sums);
+        the channel-wise kernel's: ``lanes_in``."""
+        return self.lanes_in if self.channelwise else min(8, self.Cg)
 
     @property
     def Cgb(self) -> int:
@@ -184,22 +206,24 @@ class ConvGeometry:
 
     @property
     def out_blocks(self) -> int:
-        """8-channel blocks of the compute kernel's output (the direct kernel pads each
-        group's output channels to a multiple of 16)."""
-        return self.C8 if self.channelwise else 2 * self.groups * self.Kgb
+        """Blocks of ``lanes_out`` channels of the compute kernel's output (the direct kernel
+        pads each group's output channels to a multiple of 16)."""
+        if self.channelwise:
+            return self.C8
+        return TILE_K // self.lanes_out * self.groups * self.Kgb
 
     def pack_ints(self) -> tuple[int, int, int, int]:
         """``pack_nchw_blocked``'s blocking of the input: blocks per image, channel block,
         channels and blocks per group (channel-wise: one group of all channels)."""
         if self.channelwise:
-            return self.C8, 8, self.C, self.C8
+            return self.C8, self.lanes_in, self.C, self.C8
         return self.groups * self.Cgb, self.CB, self.Cg, self.Cgb
 
     def unpack_ints(self) -> tuple[int, ...]:
         """``unpack_blocked_nchw``'s sizes of the packed output: K, P, Q, channels per group,
         their padded count, blocks per image."""
         if self.channelwise:
-            return self.K, self.P, self.Q, self.K, self.C8 * 8, self.C8
+            return self.K, self.P, self.Q, self.K, self.C8 * self.lanes_out, self.C8
         return self.K, self.P, self.Q, self.Kg, self.Kgb * TILE_K, self.out_blocks
 
     @property
@@ -273,11 +297,20 @@ def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
                    f"dilation {g.dh}x{g.dw}{fused}; sizes are runtime arguments"
             name = "conv_depthwise" if g.Cg == 1 else "conv_grouped"
             tag = f"depthwise_{rs}" if g.Cg == 1 else f"grouped{g.Cg}_{rs}"
+            if g.lanes_in == 16:
+                note = f"NCHW16c {note}"
+                tag = f"l16_{tag}"
             return channelwise_conv_kernel(g, name, note, epilogue, kinds), name, tag
-        note = f"direct NCHW{g.CB}c convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
+        note = f"direct NCHW{16 if g.lanes_in == 16 else g.CB}c convolution, kernel " \
+               f"{g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
                f"dilation {g.dh}x{g.dw}, tile {tile}{fused}; sizes are runtime arguments"
         tag = f"direct_cb{g.CB}_{rs}" if tile == TILE_8 else \
             f"direct_cb{g.CB}_t{tile.pixels}x{tile.channels}l{tile.lanes}_{rs}"
+        if g.lanes_in == 16:
+            tag += "_x16"
+        if g.lanes_out == 16:
+            note = note.replace(" convolution,", " convolution into NCHW16c,")
+            tag += "_y16"
         return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
                                   tile_shape=tile, prologue=prologue), "conv_direct", tag
     if prologue is not None:
@@ -305,7 +338,7 @@ def out_floats(g: ConvGeometry, lowering: str) -> int:
     """Floats per image of the packed output."""
     if lowering == "im2col":
         return g.groups * _ceil_div(g.Kg, GEMM_M) * GEMM_M * _ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
-    return g.out_blocks * g.P * g.Q * 8
+    return g.out_blocks * g.P * g.Q * g.lanes_out
 
 
 def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray, b: np.ndarray | None,
@@ -323,12 +356,13 @@ def pack_weights(g: ConvGeometry, lowering: str, w: np.ndarray, b: np.ndarray | 
         bp = np.zeros((G, Kgp), np.float32)
         bp[:, :Kg] = b.reshape(G, Kg)
         return wp.ravel(), bp.ravel()
-    if g.channelwise:  # [C8, R, S, Cg, 8]: lane l of block cb is output channel 8 cb + l
-        wd = np.zeros((g.C8 * 8, Cg, R, S), np.float32)
+    if g.channelwise:  # [C8, R, S, Cg, L]: lane l of block cb is output channel L cb + l
+        L = g.lanes_in
+        wd = np.zeros((g.C8 * L, Cg, R, S), np.float32)
         wd[: g.C] = w
-        bp = np.zeros(g.C8 * 8, np.float32)
+        bp = np.zeros(g.C8 * L, np.float32)
         bp[: g.C] = b
-        wd = wd.reshape(g.C8, 8, Cg, R, S).transpose(0, 3, 4, 2, 1)
+        wd = wd.reshape(g.C8, L, Cg, R, S).transpose(0, 3, 4, 2, 1)
         return np.ascontiguousarray(wd).ravel(), bp
     CB, Cgb, Kgb, kt, TK = g.CB, g.Cgb, g.Kgb, g.k_tiles(tile), tile.channels
     wpad = np.zeros((G, Kgb * TILE_K, Cgb * CB, R, S), np.float32)
@@ -440,6 +474,14 @@ def lower_conv(ctx, node) -> Step:
     in_kernel = epilogue if y_store is not None else []
     kinds = [_operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
     g = _geometry(node.op, attrs, x_shape, "relu" if relu else None)
+    # the block widths of the storage read and written (the packed scratch buffers: 8)
+    lanes_in = x_store.lanes if x_store is not None else 8
+    lanes_out = y_store.lanes if y_store is not None else 8
+    if g.channelwise:  # one width in and out: the stored side's
+        lanes_in = lanes_out = lanes_in if x_store is not None else lanes_out
+    if (lanes_in, lanes_out) != (8, 8):
+        g = replace(g, lanes_in=lanes_in, lanes_out=lanes_out)
+        g.validate()
     # The register tile chosen by the select_tile pass (absent: depthwise, im2col, or a graph
     # lowered without the pipeline).
     tile = DirectTile.parse(node.attrs["tile"]) if "tile" in node.attrs else TILE_8
@@ -524,7 +566,8 @@ def _output_call(ctx, node, g: ConvGeometry, lowering: str, layout, epilogue,
         plain, with_epilogue = layout.crop_gemm, crop_epilogue_kernel
     else:
         out_ints = g.unpack_ints()
-        plain, with_epilogue = layout.unpack_blocked_nchw, unpack_epilogue_kernel
+        plain = layout.unpack_blocked_nchw if g.lanes_out == 8 else layout.unpack_blocked16_nchw
+        with_epilogue = partial(unpack_epilogue_kernel, lanes=g.lanes_out)
     ints = tuple(Arg("int", v) for v in out_ints)
     if not epilogue:
         return Call(plain, (yp, Arg("output"), Arg("batch"), *ints), plain.py_func.__name__)

@@ -109,7 +109,7 @@ def _direct_tail(Q: Expr, tile) -> list:
 
 
 
-def _zero_halo() -> list:
+def _zero_halo(lanes: int = 8) -> list:
     """Zero the halo of row ``p`` in every ``KB``-th block of the output buffer from ``kb``:
     together the tasks zero the halo of all ``YB`` blocks of the buffer, including ranges that
     other kernels fill (a concatenation's buffer after a merged 1x1's ``prefix``), so the
@@ -120,7 +120,7 @@ def _zero_halo() -> list:
             If(cmp(">", Var("ZH"), 0), [Loop("zi", (YB + KB - 1) // KB, [
                 Let("zb", kb + Var("zi") * KB),
                 If(cmp("<", zb, YB), zero_row_halo(Var("n"), zb, Var("p"), Var("P"),
-                                                   Var("Q")))])])]
+                                                   Var("Q"), lanes))])])]
 
 
 def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
@@ -134,7 +134,9 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                        order: Literal["auto", "rows", "kblocks"] = "rows",
                        epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8,
                        prologue: tuple[str, dict] | None = None) -> Kernel:
-    """The register-tiled direct convolution (not depthwise) over NCHW8c activations.
+    """The register-tiled direct convolution (not depthwise) over NCHW8c or NCHW16c
+    activations (``g.lanes_in`` / ``g.lanes_out``: the block widths of the storage it reads
+    and writes; a 16-channel input block is read as two 8-channel halves, in NCHW8c's order).
 
     Literal: the channel block ``CB``, kernel size, stride, dilation and the register tile
     (``tile_shape``: pixels x vectors of 8 or 16 lanes; they shape the unrolled inner loops).
@@ -143,8 +145,9 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     a ReLU or not); the bias is always added (zeros for a convolution without one). So one
     compiled kernel serves every layer with the same ``CB``, ``R x S``, stride, dilation and tile.
 
-    A 16-lane accumulator holds two 8-channel output blocks: its halves are stored (with the
-    epilogue) one block apart, so the activation layout is NCHW8c whatever the tile.
+    A 16-lane accumulator holds two 8-channel output blocks of NCHW8c: its halves are stored
+    (with the epilogue) one block apart; in NCHW16c it is one block, stored whole. An 8-lane
+    accumulator is one NCHW8c block or half an NCHW16c one.
 
     ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-tile,
     row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-tile).
@@ -162,10 +165,16 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             (1, 1, 1, 1, 0, 0, 0, 0, 1, 8)):
         raise ValueError("a pooling prologue needs a 1x1, stride-1, unpadded, ungrouped "
                          f"convolution of at least 8 channels, not {g.describe()}")
+    if prologue is not None and g.lanes_out != 8:
+        raise ValueError("a pooling prologue writes NCHW8c")
     xarr = "x" if prologue is None else "xpool"
     CB, R, S = g.CB, g.R, g.S
     lanes, nvec, TK = tile_shape.lanes, tile_shape.vectors, tile_shape.channels
-    halves = lanes // 8  # 8-channel blocks per vector
+    yl = g.lanes_out  # channels a block of the output storage
+    piece = min(lanes, yl)  # lanes of each store
+    # floats between input pixels: the channel block of NCHW8c (or of the stem's packed
+    # input), 16 in NCHW16c, whose blocks the loops read as two 8-channel halves
+    xpix = CB if g.lanes_in == 8 else g.lanes_in
     NB, Cgb, KB, Kgb, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DIRECT_INTS)
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
@@ -176,18 +185,20 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         lane: list = [Let(f"w{h}", VLoad("w", ws + l * TK + h * lanes, lanes))
                       for h in range(nvec)]
         for i in range(T):
-            lane.append(Let("xb", VBroadcast(xarr, xs + (i * g.sw * CB) + l, lanes)))
+            lane.append(Let("xb", VBroadcast(xarr, xs + (i * g.sw * xpix) + l, lanes)))
             for h in range(nvec):
                 acc = f"acc_{i}_{h}"
                 lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
         inner = [Loop("cb", Cgb, [
-            Let("xc", Var("xq") + Var("cb") * Var("xplane")),
+            Let("xc", Var("xq") + Var("cb") * Var("xplane") if xpix == CB else
+                Var("xq") + (Var("xg") + Var("cb")) // 2 * Var("xplane") +
+                (Var("xg") + Var("cb")) % 2 * 8),
             Let("wc", Var("wk") + Var("cb") * (R * S * CB * TK)),
             Loop("r", Const(R), [
                 Let("xr", Var("xc") + Var("r") * Var("xrstep")),
                 Let("wr", Var("wc") + Var("r") * (S * CB * TK)),
                 Loop("s", Const(S), [
-                    Let("xs", Var("xr") + Var("s") * (g.dw * CB)),
+                    Let("xs", Var("xr") + Var("s") * (g.dw * xpix)),
                     Let("ws", Var("wr") + Var("s") * (CB * TK)),
                     Loop("l", Const(CB), lane),
                 ]),
@@ -196,7 +207,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
 
         def stores_for(epi: Epilogue) -> list:
             # bias, floor and the operand-free head of the epilogue on the whole accumulator
-            # (16 lanes: one vexp for swish, not two), the rest on each 8-channel block
+            # (16 lanes: one vexp for swish, not two), the rest on each stored piece (an
+            # 8-channel block of NCHW8c, a half or a whole 16-channel block of NCHW16c)
             out = []
             for i in range(T):
                 for h in range(nvec):
@@ -209,15 +221,20 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                         if len(rest) < len(epilogue):
                             out.append(Let(f"acc_{i}_{h}", acc))
                         acc = Var(f"acc_{i}_{h}")
-                    for j in range(halves):
-                        block = h * halves + j  # 8-channel block within the tile
-                        part = VHalf(acc, j == 1) if lanes == 16 else acc
-                        idx = Var("yrow") + (q0 + i) * 8 + block * Var("yplane")
-                        out += store_epilogue("y", idx, part, rest, lambda k, i=i, b=block: Var(
-                            f"erow{k}") + operand_step(k, kinds[k], q0 + i, b))
+                    for j in range(lanes // piece):
+                        # the output block within the tile, and the lane in it
+                        block, lane0 = divmod(h * lanes + j * piece, yl)
+                        part = VHalf(acc, j == 1) if piece < lanes else acc
+                        idx = Var("yrow") + (q0 + i) * yl + block * Var("yplane")
+                        if lane0:
+                            idx = idx + lane0
+                        out += store_epilogue(
+                            "y", idx, part, rest, lambda k, i=i, b=block, l0=lane0: Var(
+                                f"erow{k}") + operand_step(k, kinds[k], q0 + i, b, yl, l0),
+                            lanes=piece)
             return out
 
-        return [Let("xq", Var("xrow") + q0 * (g.sw * CB))] + \
+        return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
             _tile_stmts(T, nvec, inner, _epilogue_stores(stores_for), lanes=lanes)
 
     gi = kb // Kgb
@@ -227,12 +244,12 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     T = tile_shape.pixels
     per_tile: list = [
         Let("wk", kb * (Cgb * (R * S * CB * TK))),
-        Let("yrow", ((n * YB + kb * (TK // 8)) * YH + p + YT) * (YW * 8) + YL * 8),
+        Let("yrow", ((n * YB + kb * (TK // yl)) * YH + p + YT) * (YW * yl) + YL * yl),
         Let("nfull", Q // T),
         Let("tail", Q % T),
     ]
     ops, op_ints = _epilogue_params(epilogue)
-    per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // 8), p, kinds[k]))
+    per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // yl), p, kinds[k], yl))
                  for k in range(len(ops))]
     per_tile += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
     if tile_shape == TILE_8:
@@ -242,7 +259,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         per_tile += [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping "
                              "tile)")]
         per_tile += _overlap_tail(Q, T, tile)
-    per_tile += _zero_halo()
+    per_tile += _zero_halo(yl)
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops
     ints = _ints(*DIRECT_INTS)
     if prologue is None:
@@ -250,10 +267,14 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
         else:
             body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
-        body.append(Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) +
-                        XL * CB))
+        if xpix == CB:
+            body.append(Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) +
+                            XL * CB))
+        else:  # the group's first 8-channel half-block xg, added in the channel loop
+            body += [Let("xg", gi * Cgb),
+                     Let("xrow", ((n * NB) * Hp + p * g.sh + XT) * (Wp * xpix) + XL * xpix)]
         body += per_tile
-        xstrides = [Let("xplane", Hp * Wp * CB), Let("xrstep", Wp * (g.dh * CB))]
+        xstrides = [Let("xplane", Hp * Wp * xpix), Let("xrstep", Wp * (g.dh * xpix))]
         tasks = Var("n_batch") * (KB * P)
     else:
         op, attrs = prologue
@@ -279,8 +300,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         tasks = Var("n_batch") * P
     params += ints + op_ints + _ints("relu", "n_batch")
     # Loop-invariant strides, computed once (runtime sizes).
-    pre = [_floor_let(), *xstrides, Let("yplane", YH * YW * 8)]
-    pre += [Let(f"eplane{k}", operand_plane(k, kinds[k])) for k in range(len(ops))]
+    pre = [_floor_let(), *xstrides, Let("yplane", YH * YW * yl)]
+    pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl)) for k in range(len(ops))]
     loop = Loop("t", tasks, body, kind="parallel")
     return Kernel(name, params, pre + [loop], comment)
 
@@ -288,8 +309,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
 def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                             comment: str = "", epilogue=(), kinds=()) -> Kernel:
     """Depthwise and narrow-group convolution (``g.channelwise``): the 8 lanes are 8 output
-    channels, and each reads the ``Cg`` input channels of its own group, which lie in the same
-    8-channel input block. Per tap and pixel the kernel loads that block once and, for each
+    channels (16 lanes in NCHW16c, depthwise only: ``g.lanes_in``), and each reads the ``Cg``
+    input channels of its own group, which lie in the same input block. Per tap and pixel the kernel loads that block once and, for each
     ``j < Cg``, multiplies the ``j``-th input channel of every lane's group (the vector itself
     when ``Cg == 1``, ``vspread`` for 2 or 4, a broadcast of channel ``j`` for 8) by the
     weights ``w[C8, R, S, Cg, 8]``: exactly the multiply-adds of the convolution, no padded
@@ -299,6 +320,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     R, S, cg = g.R, g.S, g.Cg
     if not g.channelwise:
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")
+    L = g.lanes_in  # channels a block, in and out: the vector width
     T = TILE_DW if cg <= 4 else 6
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
@@ -306,29 +328,32 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     # An epilogue of operand-free vector ops with an exp or square root in it (sigmoid,
     # swish) runs on two pixels at a time: 16 lanes, one vexp for both.
     head, rest = vector_head(Var("v"), epilogue, 16)
-    pairs = not rest and contains(head, VUnary)
+    pairs = L == 8 and not rest and contains(head, VUnary)
 
     def tile(T: int, q0: ExprLike) -> list:
         xs = Var("xs")
-        wtap = (((cb * R + Var("r")) * S + Var("s")) * cg) * 8
-        upd: list = [Let(f"wv{j}", VLoad("w", wtap + j * 8)) for j in range(cg)]
+        wtap = (((cb * R + Var("r")) * S + Var("s")) * cg) * L
+        upd: list = [Let(f"wv{j}", VLoad("w", wtap + j * L, L)) for j in range(cg)]
         for i in range(T):
-            acc, xi = f"acc_{i}_0", xs + i * g.sw * 8
+            acc, xi = f"acc_{i}_0", xs + i * g.sw * L
             if 1 < cg < 8:
                 upd.append(Let("xv", VLoad("x", xi)))
             for j in range(cg):
-                xj = (VLoad("x", xi) if cg == 1 else VBroadcast("x", xi + j, 8) if cg == 8
+                xj = (VLoad("x", xi, L) if cg == 1 else VBroadcast("x", xi + j, 8) if cg == 8
                       else VSpread(Var("xv"), cg, j))
                 upd.append(Let(acc, VFma(xj, Var(f"wv{j}"), Var(acc))))
         inner = [Loop("r", Const(R), [Loop("s", Const(S), [
-            Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * 8)),
+            Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * L)),
             *upd])])]
 
         def stores_for(epi: Epilogue) -> list:
             out = []
             i = 0
             while i < T:
-                val = _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * 8))
+                val = _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * L, lanes=L), L)
+                if L == 16:  # bias and floor once, before an epilogue that reads them twice
+                    out.append(Let(f"acc_{i}_0", val))
+                    val = Var(f"acc_{i}_0")
                 if pairs and i + 1 < T:  # pixels i and i + 1 are 16 floats in a row
                     nxt = _floored(epi.apply_vec(Var(f"acc_{i + 1}_0"), cb * 8))
                     out.append(Let(f"pair_{i}", VJoin(val, nxt)))
@@ -336,28 +361,28 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                     out.append(VStore("y", Var("yrow") + (q0 + i) * 8, head))
                     i += 2
                     continue
-                out += store_epilogue("y", Var("yrow") + (q0 + i) * 8, val, epilogue,
+                out += store_epilogue("y", Var("yrow") + (q0 + i) * L, val, epilogue,
                                       lambda k, i=i: Var(f"erow{k}") + operand_step(
-                                          k, kinds[k], q0 + i))
+                                          k, kinds[k], q0 + i, lanes=L), lanes=L)
                 i += 1
             return out
 
-        return [Let("xq", Var("xrow") + q0 * (g.sw * 8))] + \
-            _tile_stmts(T, 1, inner, _epilogue_stores(stores_for))
+        return [Let("xq", Var("xrow") + q0 * (g.sw * L))] + \
+            _tile_stmts(T, 1, inner, _epilogue_stores(stores_for), lanes=L)
 
     body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
     ops, op_ints = _epilogue_params(epilogue)
-    body += [Let("xrow", ((n * XB + cb) * Hp + p * g.sh + XT) * (Wp * 8) + XL * 8),
-             Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
+    body += [Let("xrow", ((n * XB + cb) * Hp + p * g.sh + XT) * (Wp * L) + XL * L),
+             Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * L) + YL * L),
              Let("nfull", Q // T),
              Let("tail", Q % T)]
-    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k])) for k in range(len(ops))]
+    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], L)) for k in range(len(ops))]
     body += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T)),
              Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
     body += _overlap_tail(Q, T, tile)
     body += [Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
-             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q))]
-    pre = [_floor_let(), Let("xrstep", Wp * (g.dh * 8))]
+             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L))]
+    pre = [_floor_let(), Let("xrstep", Wp * (g.dh * L))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
         _ints(*DEPTHWISE_INTS) + op_ints + _ints("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (C8 * P), body, kind="parallel")

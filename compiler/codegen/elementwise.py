@@ -656,16 +656,17 @@ def lower_elementwise(ctx, node, op: str, pack=None):
         attrs = tuple(sorted(own_attrs(node.attrs).items()))
         epilogue = [EpilogueOp(node.op, attrs)] + epilogue
     source = ctx.storage(inputs[0])
-    if source is not None:  # NCHW8c in and out (the layout rule)
+    if source is not None:  # NCHW8c or NCHW16c in and out (the layout rule)
         kinds = [operand_kind(s, ctx.out_shape) for s in shapes[1:]]
         c, h, w = ctx.out_shape
-        ints = {"C8": -(-c // 8), "P": h, "Q": w}
+        ints = {"C8": -(-c // source.lanes), "P": h, "Q": w}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
         for k, i in enumerate(inputs[1:]):
             ints.update(zip((f"E{k}B", f"E{k}H", f"E{k}W", f"E{k}T", f"E{k}L"),
                             ctx.operand_geometry(i)))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
-        k = elementwise_blocked_kernel(ctx.kname, op, n_own, kinds, epilogue, ctx.comment)
+        k = elementwise_blocked_kernel(ctx.kname, op, n_own, kinds, epilogue, ctx.comment,
+                                       source.lanes)
         return kernel_step(ctx, k, inputs=inputs, ints=ints, pack=pack)
     k = elementwise_kernel(ctx.kname, op, ctx.out_shape, shapes, epilogue, ctx.comment, sz,
                            n_own=n_own)
@@ -673,8 +674,10 @@ def lower_elementwise(ctx, node, op: str, pack=None):
 
 
 def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[str],
-                               epilogue: Sequence[EpilogueOp], comment: str = "") -> Kernel:
-    """``y = epilogue(x0 op x1 op ...)`` over channel-blocked storage, 8 channels a vector.
+                               epilogue: Sequence[EpilogueOp], comment: str = "",
+                               lanes: int = 8) -> Kernel:
+    """``y = epilogue(x0 op x1 op ...)`` over channel-blocked storage, ``lanes`` (8 or 16)
+    channels a block and a vector.
 
     ``x0`` is blocked storage (geometry ``X0*``), the output too (``Y*``); every other input
     ``x<k>`` (the op's own, then the epilogue's operands) is either blocked storage of the
@@ -698,35 +701,37 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
     YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
     others = len(kinds)
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
-        Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * 8) + XL * 8),
-        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
+        Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * lanes) + XL * lanes),
+        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * lanes) + YL * lanes),
     ]
-    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k])) for k in range(others)]
+    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], lanes)) for k in range(others)]
 
     def load(k: int) -> Expr:  # input x<k+1>
-        return VLoad(f"x{k + 1}", Var(f"erow{k}") + operand_step(k, kinds[k], q))
+        return VLoad(f"x{k + 1}", Var(f"erow{k}") + operand_step(k, kinds[k], q, lanes=lanes),
+                     lanes)
 
-    value: Expr = VLoad("x0", Var("xrow") + q * 8)
+    value: Expr = VLoad("x0", Var("xrow") + q * lanes, lanes)
     if op == "affine":
         value = VFma(value, Var("sc"), Var("sh"))
-        body += [Let("sc", VLoad("c_scale", cb * 8)), Let("sh", VLoad("c_shift", cb * 8))]
+        body += [Let("sc", VLoad("c_scale", cb * lanes, lanes)),
+                 Let("sh", VLoad("c_shift", cb * lanes, lanes))]
     for k in range(n_own - 1):
         other = load(k)
         if op == "sub":
-            other = VBin("mul", other, VSplat(Const(-1.0)))
+            other = VBin("mul", other, VSplat(Const(-1.0), lanes))
         value = VBin({"add": "add", "sub": "add", "mul": "mul"}[op], value, other)
     # the epilogue's operands (numbered in epilogue order by store_epilogue) are the inputs
     # after the op's own: x<n_own + k>, whose offsets are erow<n_own - 1 + k>
 
     def operand_index(k: int) -> Expr:
         j = n_own - 1 + k
-        return Var(f"erow{j}") + operand_step(j, kinds[j], q)
+        return Var(f"erow{j}") + operand_step(j, kinds[j], q, lanes=lanes)
 
-    body.append(Loop("q", Q, store_epilogue("y", Var("yrow") + q * 8, value, epilogue,
-                                            operand_index, lambda k: f"x{n_own + k}")))
+    body.append(Loop("q", Q, store_epilogue("y", Var("yrow") + q * lanes, value, epilogue,
+                                            operand_index, lambda k: f"x{n_own + k}", lanes)))
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
         [n for k in range(others) for n in operand_ints(k)] + ["Y" + s for s in BLOCKED_INTS]
-    pre = [Let(f"eplane{k}", operand_plane(k, kinds[k])) for k in range(others)]
+    pre = [Let(f"eplane{k}", operand_plane(k, kinds[k], lanes)) for k in range(others)]
     consts = [Param("c_scale"), Param("c_shift")] if op == "affine" else []
     params = [Param(f"x{k}") for k in range(others + 1)] + consts + [Param("y")] + \
         [Param(i, "int") for i in ints] + [Param("n_batch", "int")]

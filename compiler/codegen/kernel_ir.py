@@ -398,12 +398,13 @@ class Epilogue:
         return value
 
 
-def widened(e: Expr, lanes: int, keep: Expr | None = None) -> Expr:
+def widened(e: Expr, lanes: int, keep: Expr | tuple[Expr | None, ...] | None = None) -> Expr:
     """The vector expression ``e`` with its splats and zeros made ``lanes`` wide, except
-    inside the subexpression ``keep`` (already that wide): a vector rule written for 8 lanes
-    (``OpDef.vector_epilogue``) applied to the wider value ``keep``. Loads are refused (they
-    would stay 8 lanes)."""
-    if e is keep:
+    inside the subexpressions ``keep`` (already that wide): a vector rule written for 8 lanes
+    (``OpDef.vector_epilogue``) applied to the wider value and operand in ``keep``. Other loads
+    are refused (they would stay 8 lanes)."""
+    kept = keep if isinstance(keep, tuple) else (keep,)
+    if any(e is k for k in kept):
         return e
     if isinstance(e, (VSplat, VZero)):
         return replace(e, lanes=lanes)

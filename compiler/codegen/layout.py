@@ -74,9 +74,11 @@ def layout_kernels() -> list[Kernel]:
                   [Loop("t", N * NB * Hp, pack_body, kind="parallel")],
                   "NCHW -> zero-padded channel-blocked NCHWc")
 
-    # ---- unpack: NCHW8c -> NCHW
+    # ---- unpack: NCHW8c -> NCHW (and NCHW16c, the depthwise kernel's 16-lane output)
     unpack = unpack_epilogue_kernel("unpack_blocked_nchw", (), [],
                                     "channel-blocked NCHW8c -> NCHW")
+    unpack16 = unpack_epilogue_kernel("unpack_blocked16_nchw", (), [],
+                                      "channel-blocked NCHW16c -> NCHW", lanes=16)
 
     # ---- im2col: NCHW -> [N, g, PQp/16, Cg*R*S, 16]
     P, Q, p, q = Var("P"), Var("Q"), Var("p"), Var("q")
@@ -115,7 +117,7 @@ def layout_kernels() -> list[Kernel]:
     # ---- crop: [N, g, Kgp, PQp] -> [N, K, PQ]
     crop = crop_epilogue_kernel("crop_gemm", (), [],
                                 "GEMM output [N, g, Kg padded, PQ padded] -> NCHW")
-    return [pack, unpack, im2col, crop]
+    return [pack, unpack, unpack16, im2col, crop]
 
 
 _LAYOUT_MODULES: dict[str, object] = {}
@@ -139,10 +141,11 @@ def _operand_load(name: str, kind: str, full_index: Expr, n: Expr, nk: Expr) -> 
     return Load(name, index)
 
 
-def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str = "") -> Kernel:
-    """Channel-blocked ``[N, K8, P, Q, 8]`` -> NCHW, applying ``epilogue`` at its store;
+def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str = "",
+                           lanes: int = 8) -> Kernel:
+    """Channel-blocked ``[N, K8, P, Q, lanes]`` -> NCHW, applying ``epilogue`` at its store;
     operand ``i`` of the epilogue (of kind ``kinds[i]``) is the array parameter ``e<i>``. With
-    no epilogue this is the shared ``unpack_blocked_nchw``."""
+    no epilogue this is the shared ``unpack_blocked_nchw`` (``unpack_blocked16_nchw``)."""
     from .elementwise import apply_epilogue
 
     N, K, P, Q, Kg, KgPad, K8 = (Var(s) for s in ("N", "K", "P", "Q", "Kg", "KgPad", "K8"))
@@ -150,9 +153,10 @@ def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str =
     operands = _epilogue_operands(epilogue, kinds, Var("dst") + q, n, n * K + k)
     body = _unflatten(Var("t"), [("n", N), ("k", K), ("p", P)]) + [
         Let("cpos", (k // Kg) * KgPad + k % Kg),
-        Let("src", ((n * K8 + Var("cpos") // 8) * P + p) * Q * 8 + Var("cpos") % 8),
+        Let("src", ((n * K8 + Var("cpos") // lanes) * P + p) * Q * lanes +
+            Var("cpos") % lanes),
         Let("dst", ((n * K + k) * P + p) * Q),
-        Loop("q", Q, apply_epilogue(Load("y", Var("src") + q * 8), epilogue, operands)
+        Loop("q", Q, apply_epilogue(Load("y", Var("src") + q * lanes), epilogue, operands)
              + [Store("out", Var("dst") + q, Var("v"))]),
     ]
     params = [Param("y"), Param("out")] + [Param(f"e{i}") for i in range(len(kinds))] + \

@@ -27,8 +27,8 @@ from ..ir import Graph, Node, model_folder
 from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count, prologue_of
 from ..ops.conv import channelwise
 from ..passes.common import is_constant
-from ..plan import BLOCKED, Arg, Call, Plan, Step, Storage
-from ..types import shown_path
+from ..plan import Arg, Call, Plan, Step, Storage
+from ..types import BLOCK_LANES, shown_path
 from . import cache
 from .kernel_ir import Kernel
 from .numba_printer import print_kernel, print_module, sanitize_comment
@@ -112,25 +112,29 @@ class LowerCtx:
 
     def operand_geometry(self, operand: int) -> tuple[int, ...]:
         """The geometry integers of a fused operand of a kernel writing channel-blocked
-        storage: its storage, or for a plain per-channel gate ``[N, C]`` its C/8 blocks."""
+        storage: its storage, or for a plain per-channel gate ``[N, C]`` its blocks of the
+        output storage's lanes."""
         storage = self.storage(operand)
         if storage is not None:
             return storage.ints()
-        return (self.graph.node(operand).type.shape[0] // 8, 1, 1, 0, 0)
+        out = self.out_storage
+        lanes = out.lanes if out is not None else 8
+        return (self.graph.node(operand).type.shape[0] // lanes, 1, 1, 0, 0)
 
 
 def blocked_storage(graph: Graph, node: Node) -> Storage | None:
-    """How a value ``select_layout`` kept channel-blocked is stored: as many 8-channel blocks
-    as its producer's kernel writes (a direct convolution pads its output channels to a
-    multiple of 16), and the ``halo`` the pass chose around it."""
-    if node.attrs.get("layout") != BLOCKED:
+    """How a value ``select_layout`` kept channel-blocked is stored: as many blocks of its
+    layout's lanes as its producer's kernel writes (a direct convolution pads its output
+    channels to a multiple of 16), and the ``halo`` the pass chose around it."""
+    lanes = BLOCK_LANES.get(node.attrs.get("layout"))
+    if lanes is None:
         return None
     if node.op == "flatten":  # the same floats, read in storage order (by a dense layer)
         return blocked_storage(graph, graph.node(node.inputs[0]))
     if node.op == "channel_slice":  # a view of whole blocks of its input's storage
         whole = blocked_storage(graph, graph.node(node.inputs[0]))
         return replace(whole, channels=node.type.shape[0],
-                       first_block=whole.first_block + node.attrs["start"] // 8)
+                       first_block=whole.first_block + node.attrs["start"] // lanes)
     for piece in graph.users(node.id):  # its last channels begin a concatenation's buffer
         if piece.op != "channel_slice":
             continue
@@ -139,7 +143,7 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
         if starts:
             whole = blocked_storage(graph, starts[0])
             return replace(whole, channels=node.type.shape[0],
-                           first_block=whole.first_block - piece.attrs["start"] // 8)
+                           first_block=whole.first_block - piece.attrs["start"] // lanes)
     owners = [u for u in graph.users(node.id) if u.op == "concat" and u.attrs.get("in_place")]
     if owners:  # written straight into its channel range of the (one) concatenation
         concat = owners[0]
@@ -147,15 +151,16 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
         before = sum(graph.node(i).type.shape[0] for i in
                      concat.inputs[:concat.inputs.index(node.id)])
         return replace(whole, channels=node.type.shape[0],
-                       first_block=whole.first_block + before // 8)
+                       first_block=whole.first_block + before // lanes)
     c, h, w = node.type.shape
-    blocks = -(-c // 8)
+    blocks = -(-c // lanes)
     if node.op == "conv" and not channelwise(graph.node(node.inputs[0]).type.shape[0], c,
                                              node.attrs["groups"]):
-        blocks = 2 * -(-c // 16)
+        blocks = (16 // lanes) * -(-c // 16)
     t, l, b, r = node.attrs.get("halo", (0, 0, 0, 0))
     prefix = node.attrs.get("prefix", 0)  # blocks of a merged convolution before a concat
-    return Storage(c, prefix + blocks, h + t + b, w + l + r, t, l, first_block=prefix)
+    return Storage(c, prefix + blocks, h + t + b, w + l + r, t, l, first_block=prefix,
+                   lanes=lanes)
 
 
 def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],

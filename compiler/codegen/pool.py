@@ -33,6 +33,7 @@ from .kernel_ir import (
     Store,
     Var,
     VBin,
+    VHalf,
     VLoad,
     VSplat,
     VStore,
@@ -194,8 +195,8 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
 
 def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
                    H: ExprLike, W: ExprLike, XW: ExprLike, XT: ExprLike,
-                   XL: ExprLike) -> list[Stmt]:
-    """Statements leaving in ``acc`` the max or average pool (8 channels a vector) of output
+                   XL: ExprLike, lanes: int = 8) -> list[Stmt]:
+    """Statements leaving in ``acc`` the max or average pool (``lanes`` channels a vector) of output
     column ``q`` of the row whose window starts at input row ``win_r`` (a local the caller sets),
     over the block of ``x`` stored from ``xb`` (``H x W`` tensor at row ``XT``, column ``XL``
     of rows ``XW`` wide). Taps outside the tensor are skipped (never its zero halo: a window
@@ -206,15 +207,15 @@ def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
     pl = attrs["pads"][1]
     dh, dw = attrs.get("dilation", (1, 1))
     ih, iw = Var("win_r") + Var("r") * dh, Var("win_c") + Var("s") * dw
-    tap = VLoad(x, xb + (ih + XT) * (XW * 8) + (iw + XL) * 8)
+    tap = VLoad(x, xb + (ih + XT) * (XW * lanes) + (iw + XL) * lanes, lanes)
     if op == "avgpool":
         if not avgpool_blocked_ok(attrs):
             raise ValueError("this average pool's divisor is not its window size")
-        init: Expr = VZero()
+        init: Expr = VZero(lanes)
         update: Expr = VBin("add", Var("acc"), tap)
         track = False
     elif op == "maxpool":
-        init, update = VSplat(Const(float("-inf"))), VBin("max", Var("acc"), tap)
+        init, update = VSplat(Const(float("-inf")), lanes), VBin("max", Var("acc"), tap)
         track = may_miss_input(attrs)  # a window of only padding gives the lowest float32
     else:
         raise ValueError(f"no channel-blocked window kernel for {op!r}")
@@ -228,29 +229,29 @@ def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
     ]
     if track:
         stmts.append(If(cmp("==", Var("hit"), 0), [
-            Let("acc", VSplat(Const(float(np.finfo(np.float32).min))))]))
+            Let("acc", VSplat(Const(float(np.finfo(np.float32).min)), lanes))]))
     if op == "avgpool":
-        stmts.append(Let("acc", VBin("mul", Var("acc"), VSplat(Const(1.0 / (R * S))))))
+        stmts.append(Let("acc", VBin("mul", Var("acc"), VSplat(Const(1.0 / (R * S)), lanes))))
     return stmts
 
 
 def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
-                               comment: str = "") -> Kernel:
-    """Max or average pooling of channel-blocked storage into channel-blocked storage, 8
-    channels a vector (the window: ``blocked_window``). Input geometry ``X*`` and output
-    geometry ``Y*`` are ``(blocks, stored height, stored width, top, left)``; window, stride,
-    padding and dilation are literal."""
+                               comment: str = "", lanes: int = 8) -> Kernel:
+    """Max or average pooling of channel-blocked storage into channel-blocked storage,
+    ``lanes`` channels a block and a vector (the window: ``blocked_window``). Input geometry
+    ``X*`` and output geometry ``Y*`` are ``(blocks, stored height, stored width, top,
+    left)``; window, stride, padding and dilation are literal."""
     sh, pt = attrs["stride"][0], attrs["pads"][0]
     C8, H, W, P, Q = (Var(v) for v in ("C8", "H", "W", "P", "Q"))
     XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
     YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
-    q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, XW, XT, XL)
-    q_body.append(VStore("y", Var("yb") + q * 8, Var("acc")))
+    q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, XW, XT, XL, lanes)
+    q_body.append(VStore("y", Var("yb") + q * lanes, Var("acc")))
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
         Let("win_r", p * sh - pt),
-        Let("xb", (n * XB + cb) * XH * (XW * 8)),
-        Let("yb", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8),
+        Let("xb", (n * XB + cb) * XH * (XW * lanes)),
+        Let("yb", ((n * YB + cb) * YH + p + YT) * (YW * lanes) + YL * lanes),
         Loop("q", Q, q_body),
     ]
     ints = ["C8", "H", "W", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
@@ -270,28 +271,38 @@ def avgpool_blocked_ok(attrs: dict[str, Any]) -> bool:
     return bool(attrs.get("count_include_pad", True)) or not any(attrs["pads"])
 
 
-def global_pool_blocked_kernel(name: str, op: str, comment: str = "") -> Kernel:
-    """Mean or maximum over each channel's H x W plane of channel-blocked storage, written as
-    the plain ``[N, C]`` result (``C`` a multiple of 8); the mean sums in float32 vectors."""
+def global_pool_blocked_kernel(name: str, op: str, comment: str = "", lanes: int = 8) -> Kernel:
+    """Mean or maximum over each channel's H x W plane of channel-blocked storage (``lanes``
+    channels a block), written as the plain ``[N, C]`` result (``C`` a multiple of 8: with 16
+    lanes the last block may hold 8 channels, and only its low half is stored); the mean sums
+    in float32 vectors."""
     C8, H, W = Var("C8"), Var("H"), Var("W")
     XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
     n, cb = Var("n"), Var("cb")
-    tap = VLoad("x0", Var("xb") + (Var("h") + XT) * (XW * 8) + (Var("w") + XL) * 8)
+    tap = VLoad("x0", Var("xb") + (Var("h") + XT) * (XW * lanes) + (Var("w") + XL) * lanes,
+                lanes)
     if op == "globalavgpool":
-        init: Expr = VZero()
+        init: Expr = VZero(lanes)
         update: Expr = VBin("add", Var("acc"), tap)
-        final: Expr = VBin("mul", Var("acc"), VSplat(div(Const(1.0), call("f32", H * W))))
+        final: Expr = VBin("mul", Var("acc"), VSplat(div(Const(1.0), call("f32", H * W)), lanes))
     else:
-        init = VSplat(Const(float("-inf")))
+        init = VSplat(Const(float("-inf")), lanes)
         update = VBin("max", Var("acc"), tap)
         final = Var("acc")
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8)]) + [
-        Let("xb", (n * XB + cb) * XH * (XW * 8)),
+        Let("xb", (n * XB + cb) * XH * (XW * lanes)),
         Let("acc", init),
         Loop("h", H, [Loop("w", W, [Let("acc", update)])]),
-        VStore("y", (n * C8 + cb) * 8, final),
     ]
     ints = ["C8", "H", "W"] + ["X" + s for s in BLOCKED_INTS]
+    if lanes == 8:
+        body.append(VStore("y", (n * C8 + cb) * lanes, final))
+    else:
+        C = Var("C")
+        body += [Let("acc", final), If(cmp("<=", (cb + 1) * lanes, C), [
+            VStore("y", n * C + cb * lanes, Var("acc"))], [
+            VStore("y", n * C + cb * lanes, VHalf(Var("acc"), False))])]
+        ints.append("C")
     return Kernel(name, [Param("x0"), Param("y")] + [Param(i, "int") for i in ints]
                   + [Param("n_batch", "int")],
                   [Loop("t", N_BATCH * C8, body, kind="parallel")], comment)

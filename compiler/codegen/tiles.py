@@ -149,9 +149,10 @@ def _floor_let() -> Let:
 BLOCKED_INTS = ("B", "H", "W", "T", "L")
 
 
-def zero_row_halo(n: Expr, block: Expr, p: Expr, P: ExprLike, Q: ExprLike) -> list[Stmt]:
-    """Zero the halo of output row ``p`` of 8-channel block ``block`` of image ``n`` in ``y``
-    (geometry ``Y*``: ``BLOCKED_INTS``): its columns left and right of the ``Q`` pixels, and
+def zero_row_halo(n: Expr, block: Expr, p: Expr, P: ExprLike, Q: ExprLike,
+                  lanes: int = 8) -> list[Stmt]:
+    """Zero the halo of output row ``p`` of ``lanes``-channel block ``block`` of image ``n`` in
+    ``y`` (geometry ``Y*``: ``BLOCKED_INTS``): its columns left and right of the ``Q`` pixels, and
     in the first and the last row's task the halo rows above and below the ``P`` rows. A
     row-parallel kernel whose tasks cover every (block, row) of its output zeroes the whole
     halo with it, so the buffer may reuse a slot other values dirtied (``zero_halo``). Halo
@@ -159,11 +160,11 @@ def zero_row_halo(n: Expr, block: Expr, p: Expr, P: ExprLike, Q: ExprLike) -> li
     YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
 
     def row(r: ExprLike, cols: list) -> list:
-        return [Let("zrow", ((n * YB + block) * YH + r) * (YW * 8)), *cols]
+        return [Let("zrow", ((n * YB + block) * YH + r) * (YW * lanes)), *cols]
 
     def zero_cols(start: ExprLike, count: ExprLike) -> Loop:
-        return Loop("zc", count, [VStore("y", Var("zrow") + Var("zc") * 8, VZero())],
-                    start=start)
+        return Loop("zc", count, [VStore("y", Var("zrow") + Var("zc") * lanes,
+                                         VZero(lanes))], start=start)
 
     stmts = row(p + YT, [zero_cols(Const(0), YL), zero_cols(YL + Q, YW - YL - Q)])
     stmts.append(If(cmp("==", p, 0), [Loop("zr", YT, row(Var("zr"), [zero_cols(Const(0),
@@ -178,28 +179,33 @@ def operand_ints(k: int) -> list[str]:
     return [f"E{k}{s}" for s in BLOCKED_INTS]
 
 
-def operand_row(k: int, n: Expr, block: Expr, p: Expr, kind: str = "full") -> Expr:
-    """Offset of row ``p`` of 8-channel block ``block`` of image ``n`` in operand ``k``: a
-    ``full`` operand is channel-blocked storage; a ``channel`` gate is the plain ``[N, C]``
-    vector (``E<k>B`` = C/8), 8 consecutive channels per block, the same for every pixel."""
+def operand_row(k: int, n: Expr, block: Expr, p: Expr, kind: str = "full",
+                lanes: int = 8) -> Expr:
+    """Offset of row ``p`` of ``lanes``-channel block ``block`` of image ``n`` in operand
+    ``k``: a ``full`` operand is channel-blocked storage of that block width; a ``channel``
+    gate is the plain ``[N, C]`` vector (``E<k>B`` = C/lanes), ``lanes`` consecutive channels
+    per block, the same for every pixel."""
     B, H, W, T, L = (Var(s) for s in operand_ints(k))
     if kind == "channel":
-        return (n * B + block) * 8
-    return ((n * B + block) * H + p + T) * (W * 8) + L * 8
+        return (n * B + block) * lanes
+    return ((n * B + block) * H + p + T) * (W * lanes) + L * lanes
 
 
-def operand_step(k: int, kind: str, pixel: ExprLike, half: ExprLike = 0) -> Expr:
-    """The offset from ``operand_row`` to output pixel ``pixel`` of 8-channel block ``half`` of
-    a tile of 16 or 32 channels (``eplane<k>``: one block further on)."""
+def operand_step(k: int, kind: str, pixel: ExprLike, half: ExprLike = 0, lanes: int = 8,
+                 lane: int = 0) -> Expr:
+    """The offset from ``operand_row`` to output pixel ``pixel`` of block ``half`` of a tile of
+    16 or 32 channels (``eplane<k>``: one block further on), at lane ``lane`` of the block."""
     step = const(half) * Var(f"eplane{k}")
-    return step if kind == "channel" else const(pixel) * 8 + step
+    if lane:
+        step = step + lane
+    return step if kind == "channel" else const(pixel) * lanes + step
 
 
-def operand_plane(k: int, kind: str) -> Expr:
+def operand_plane(k: int, kind: str, lanes: int = 8) -> Expr:
     """Floats between consecutive blocks of operand ``k`` (a ``Let`` of ``eplane<k>``)."""
     if kind == "channel":
-        return Const(8)
-    return Var(f"E{k}H") * Var(f"E{k}W") * 8
+        return Const(lanes)
+    return Var(f"E{k}H") * Var(f"E{k}W") * lanes
 
 
 def vector_head(value: Expr, epilogue, lanes: int) -> tuple[Expr, list]:
@@ -223,8 +229,9 @@ def vector_head(value: Expr, epilogue, lanes: int) -> tuple[Expr, list]:
 
 
 def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index,
-                   operand_array=lambda k: f"e{k}") -> list:
-    """Store the 8-lane ``value`` at ``array[index]`` with the fused ``epilogue`` applied.
+                   operand_array=lambda k: f"e{k}", lanes: int = 8) -> list:
+    """Store the ``lanes``-lane ``value`` at ``array[index]`` with the fused ``epilogue``
+    applied.
 
     Ops with a vector rule (``OpDef.vector_epilogue``: ReLU, ReLU6, a residual add, ...) are
     applied to the vector; from the first op without one on, the stored lanes are rewritten one
@@ -234,7 +241,7 @@ def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index
     """
     from ..ops import get_op
     from .elementwise import apply_epilogue
-    from .kernel_ir import Const, Load, Loop, Store, VLoad, VStore
+    from .kernel_ir import Const, Load, Loop, Store, VLoad, VStore, widened
 
     numbers = {e.operand: k for k, e in enumerate(o for o in epilogue if o.operand is not None)}
     v = value
@@ -243,18 +250,18 @@ def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index
         e = rest[0]
         rule = get_op(e.op).vector_epilogue
         operand = None if e.operand is None else VLoad(operand_array(numbers[e.operand]),
-                                                        operand_index(numbers[e.operand]))
+                                                        operand_index(numbers[e.operand]), lanes)
         vec = rule(v, e.attr_dict, operand) if rule else None
         if vec is None:
             break
-        v = vec
+        v = vec if lanes == 8 else widened(vec, lanes, keep=(v, operand))
         rest.pop(0)
     stmts: list = [VStore(array, index, v)]
     if rest:
         lane = Var("el")
         loads = {pos: Load(operand_array(k), operand_index(k) + lane)
                  for pos, k in numbers.items()}
-        stmts.append(Loop("el", Const(8), apply_epilogue(
+        stmts.append(Loop("el", Const(lanes), apply_epilogue(
             Load(array, index + lane), rest, loads, var="ev")
             + [Store(array, index + lane, Var("ev"))]))
     return stmts

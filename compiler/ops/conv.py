@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, PLAIN, TensorType
+from ..types import BLOCKED, BLOCKED16, PLAIN, TensorType
 from . import (
     Attr,
     AttrError,
@@ -236,7 +236,11 @@ def _layout_rule(node, in_types):
     least 8 channels (a stem with fewer packs its own block of 3), the channel-wise kernel
     (`channelwise`), or groups of whole blocks (``C/groups`` a multiple of 8). It writes a
     blocked output unless each group's outputs would be padded inside the tensor (the direct
-    kernel writes ``K/groups`` padded to a multiple of 16)."""
+    kernel writes ``K/groups`` padded to a multiple of 16).
+
+    NCHW16c wherever NCHW8c (the direct kernel reads a 16-channel block as two 8-channel
+    halves); of the channel-wise kernels only the depthwise one has 16 lanes (in, out, and in
+    its packed input and output)."""
     a = node.attrs
     c, k, g = in_types[0].channels, a["out_channels"], a["groups"]
     if node.op != "conv" or a.get("lowering") != "direct":
@@ -246,7 +250,15 @@ def _layout_rule(node, in_types):
     writes = lanes or g == 1 or (k // g) % 16 == 0
     ins = (PLAIN, BLOCKED) if reads else (PLAIN,)
     outs = (PLAIN, BLOCKED) if writes else (PLAIN,)
-    return tuple((i, o) for i in ins for o in outs)
+    pairs = [(i, o) for i in ins for o in outs]
+    if lanes:
+        if c == g:  # depthwise
+            pairs += [(PLAIN, BLOCKED16), (BLOCKED16, BLOCKED16), (BLOCKED16, PLAIN)]
+    else:
+        ins16 = (PLAIN, BLOCKED16) if reads else (PLAIN,)
+        outs16 = (PLAIN, BLOCKED16) if writes else (PLAIN,)
+        pairs += [(i, o) for i in ins16 for o in outs16 if BLOCKED16 in (i, o)]
+    return tuple(pairs)
 
 
 def _writes_whole_blocks(node, in_types):
@@ -265,7 +277,8 @@ def _lower(ctx, node):
 
 register(OpDef(
     lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
-    layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule, writes_whole_blocks=_writes_whole_blocks,
+    layouts=("NCHW", "NCHW8c", "NCHW16c"), layout_rule=_layout_rule,
+    writes_whole_blocks=_writes_whole_blocks,
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),

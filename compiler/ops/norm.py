@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import TensorType
+from ..types import BLOCKED16, TensorType
 from . import (
     EPS32,
     EPS64,
@@ -98,6 +98,12 @@ def _params_match(in_types, attrs, op):
     return in_types[0]
 
 
+def _lrn_layouts(node, in_types):
+    """LRN has an NCHW8c kernel (a window across the lanes of neighbouring blocks), no
+    NCHW16c one."""
+    return tuple(pair for pair in elementwise_layouts(node, in_types) if BLOCKED16 not in pair)
+
+
 def _lower_bn(ctx, node):
     """A batch norm not folded into a producer: one multiply-add per element with the scale
     and shift of ``batchnorm_scale_shift``, activations fused."""
@@ -107,14 +113,15 @@ def _lower_bn(ctx, node):
     stats = ctx.param_inputs
     eps = node.attrs["eps"]
     source = ctx.storage(ctx.tensor_inputs[0])
-    blocks = -(-node.type.shape[0] // 8)
+    lanes = source.lanes if source is not None else 8
+    blocks = -(-node.type.shape[0] // lanes)
 
     def pack(values):
         scale, shift = batchnorm_scale_shift(*(values[i] for i in stats), eps)
         if source is None:
             return {"c_scale": scale, "c_shift": shift}
-        # whole 8-channel vectors, zeros past the channels (the storage's padding lanes)
-        padded = [np.zeros(blocks * 8) for _ in range(2)]
+        # whole vectors, zeros past the channels (the storage's padding lanes)
+        padded = [np.zeros(blocks * lanes) for _ in range(2)]
         padded[0][: scale.size], padded[1][: shift.size] = scale, shift
         return {"c_scale": padded[0], "c_shift": padded[1]}
 
@@ -290,7 +297,7 @@ register(OpDef(
     signature=(Attr("size", "int", 5), Attr("alpha", "float", 1e-4),
                Attr("beta", "float", 0.75), Attr("k", "float", 1.0)),
     canonicalize=_lrn_canonicalize, infer=same_shape, reference=_lrn_reference, macs=no_macs,
-    lower=lambda ctx, node: _lower_lrn(ctx, node), layout_rule=elementwise_layouts,
+    lower=lambda ctx, node: _lower_lrn(ctx, node), layout_rule=_lrn_layouts,
     # the vector kernel (codegen/elementwise.lrn_blocked_kernel): float32 sum of `size`
     # squares (positive: a relative `size` EPS32), alpha / size rounded and the fused
     # multiply-add (2 more), raised to beta (scales the relative error by beta) with square

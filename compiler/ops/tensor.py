@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, PLAIN, TensorType
+from ..types import BLOCKED, BLOCKED16, PLAIN, TensorType
 from . import (
     EPS32,
     Attr,
@@ -363,11 +363,11 @@ register(OpDef(name="channel_gather", family="tensor",
 # -- flatten / reshape ------------------------------------------------------------------------
 
 def _flatten_layouts(node, in_types):
-    """NCHW, or a view of NCHW8c storage whose features are in the storage's order (only a
-    dense layer reads that: its weights follow the order)."""
+    """NCHW, or a view of NCHW8c or NCHW16c storage whose features are in the storage's
+    order (only a dense layer reads that: its weights follow the order)."""
     if in_types[0].rank != 3:
         return ((PLAIN, PLAIN),)
-    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
+    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED), (BLOCKED16, BLOCKED16))
 
 
 register(OpDef(name="flatten", family="tensor", view=True, signature=(),

@@ -22,8 +22,10 @@ class PassContext:
 
     ``lowering``: the user's override for every convolution (``auto`` lets the cost model
     choose) or a mapping from layer name to choice. ``layout``: ``auto`` (layout selection keeps
-    activations channel-blocked where every rule allows) or ``NCHW`` (every activation stays
-    plain; each blocked kernel packs and unpacks its own). ``training``: passes that are valid
+    activations channel-blocked where every rule allows, each region in the block width its
+    cost model picks), ``NCHW`` (every activation stays plain; each blocked kernel packs and
+    unpacks its own), ``NCHW8c`` or ``NCHW16c`` (every region in that width where its kernels
+    have it). ``training``: passes that are valid
     only for inference (batch-norm folding) leave the graph alone.
     """
 

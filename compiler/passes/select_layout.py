@@ -1,4 +1,5 @@
-"""Layout selection: which activations stay channel-blocked (NCHW8c) between kernels.
+"""Layout selection: which activations stay channel-blocked between kernels, and in blocks of
+8 channels (NCHW8c) or 16 (NCHW16c).
 
     conv -> [NCHW -> NCHW8c] conv [NCHW8c -> NCHW] -> conv ...
         =>  conv -> conv -> ... in NCHW8c, transforms only where the region ends
@@ -17,6 +18,17 @@ there.
 
 A channel gather (``fold_channel_moves``: shuffles, ragged concatenations and slices) is
 blocked when all its inputs are: it copies any channel to any lane.
+
+Block width, per region (the blocked values connected through the inputs they read: one
+storage width, as a residual operand or a concatenation's parts must share it): 16 channels a
+block when every kernel of the region has a 16-lane form (each op's ``layout_rule`` lists
+``NCHW16c`` pairs: convolutions, depthwise, element-wise ops, pools, flatten into dense; not
+the gathers, concatenations, slices and LRN) and ``region_cost`` prefers it, which it does
+only on a 16-lane target and where the padding to whole 16-channel blocks costs less than the
+wider vectors save (depthwise, pooling and element-wise kernels: one 16-lane vector a pixel
+instead of two 8-lane ones). ``layout=NCHW8c`` or ``NCHW16c`` overrides the cost model (16
+still only where every kernel has it). The kernels compute lane for lane what they compute
+in NCHW8c, so the numbers do not change.
 
 Concatenation without copies: a channel concatenation is kept blocked when each of its inputs
 is blocked, used by it alone, and fills whole 8-channel blocks; its producers then write
@@ -44,7 +56,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import get_op, operand_kind
-from ..types import BLOCKED, PLAIN
+from ..types import BLOCKED, BLOCKED16, PLAIN
 from .common import is_constant, layer, writes_whole_blocks
 from .manager import PassContext
 
@@ -117,12 +129,18 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
             if not fits(graph.node(nid)):
                 blocked.discard(nid)
                 changed = True
+    wide: set[int] = set()
+    for region in _regions(graph, blocked):
+        lanes = _region_lanes(graph, region, blocked, ctx)
+        if lanes == 16:
+            wide |= region
     for nid in sorted(blocked):
         node = graph.node(nid)
         ctx.at(node)
-        node.attrs["layout"] = BLOCKED
+        node.attrs["layout"] = BLOCKED16 if nid in wide else BLOCKED
         node.attrs["halo"] = _halo(graph, node)
-        ctx.note(f"{layer(node)}: output kept in {BLOCKED}, halo {node.attrs['halo']}", node)
+        ctx.note(f"{layer(node)}: output kept in {node.attrs['layout']}, halo "
+                 f"{node.attrs['halo']}", node)
     in_place &= blocked
     shared = set()
     for group in _buffer_groups(graph, in_place):  # one buffer: one halo, the largest
@@ -153,6 +171,103 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
             ctx.note(f"{layer(node)}: {len(node.inputs)} producers write into their channel "
                      f"ranges (no copy){after}", node)
     return bool(blocked)
+
+
+def _regions(graph: Graph, blocked: set[int]) -> list[set[int]]:
+    """The connected regions of blocked values: a value and every blocked value it reads (its
+    input, a residual operand, the parts of a concatenation) share one storage block width."""
+    parent = {nid: nid for nid in blocked}
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for nid in sorted(blocked):
+        for i in graph.node(nid).inputs:
+            if i in blocked:
+                parent[find(i)] = find(nid)
+    regions: dict[int, set[int]] = {}
+    for nid in sorted(blocked):
+        regions.setdefault(find(nid), set()).add(nid)
+    return [regions[r] for r in sorted(regions)]
+
+
+def _wide_ok(graph: Graph, region: set[int], blocked: set[int]) -> bool:
+    """Whether every kernel of a region has an NCHW16c form: each value's op produces it from
+    its input's layout (``layout_rule``), each plain per-channel gate fills whole 16-lane
+    vectors, and each reader outside the region (an unpack, a global pool) reads NCHW16c."""
+    for nid in region:
+        node = graph.node(nid)
+        if node.op in GATHERING:
+            return False
+        source = BLOCKED16 if node.inputs and node.inputs[0] in blocked else PLAIN
+        if (source, BLOCKED16) not in layout_pairs(graph, node):
+            return False
+        for o in node.inputs[1:]:
+            other = graph.node(o)
+            if o not in blocked and not is_constant(graph, other) and other.type.shape[0] % 16:
+                return False  # a plain gate of channels past the last whole vector
+        for user in graph.users(nid):
+            if user.id not in region and user.inputs[0] == nid and (
+                    BLOCKED16, PLAIN) not in layout_pairs(graph, user):
+                return False
+    return True
+
+
+#: Float moves (loads and stores) per vector instruction in the region cost model: one vector
+#: operation per 8 floats moved, so padding channels costs memory traffic as well as lanes.
+FLOATS_PER_VECTOR_OP = 8
+
+
+def region_cost(graph: Graph, region: set[int], lanes: int, vector: int) -> float:
+    """Relative time of a region's kernels with ``lanes`` channels a block on a target of
+    ``vector``-lane registers:
+
+        sum over values  P*Q * (taps * padded(C) / min(lanes, vector)
+                                + 2 * padded(C) / FLOATS_PER_VECTOR_OP)
+
+    with ``padded(C)`` the channels rounded up to the block and ``taps`` the window of a
+    depthwise convolution or a pooling (1 for element-wise ops): vector operations plus the
+    floats written and read. A direct (dense) convolution costs the same in either width
+    (its tiles are 16 or 32 channels and its padded output channels a multiple of 16), so it
+    does not count. Wider blocks pay where the vector is wider and the padding small
+    (MobileNetV2's 144-channel depthwise layers: 9 vectors a pixel instead of 18)."""
+    total = 0.0
+    for nid in region:
+        node = graph.node(nid)
+        if node.op in ("flatten", "channel_slice") or get_op(node.op).view:
+            continue
+        if node.op == "conv" and node.attrs["groups"] == 1:
+            continue
+        c, p, q = node.type.shape
+        taps = 1
+        if node.op == "conv" or "kernel" in node.attrs:
+            r, s = node.attrs["kernel"]
+            taps = r * s
+        padded = -(-c // lanes) * lanes
+        total += p * q * (taps * padded / min(lanes, vector) +
+                          2 * padded / FLOATS_PER_VECTOR_OP)
+    return total
+
+
+def _region_lanes(graph: Graph, region: set[int], blocked: set[int], ctx: PassContext) -> int:
+    """The block width of one region: 8 unless every kernel in it has a 16-lane form, and then
+    16 when asked for (``layout=NCHW16c``) or, by default, when ``region_cost`` says so on a
+    16-lane target."""
+    if ctx.layout == BLOCKED or not _wide_ok(graph, region, blocked):
+        return 8
+    if ctx.layout == BLOCKED16:
+        return 16
+    vector = ctx.target.lanes
+    wide, narrow = (region_cost(graph, region, n, vector) for n in (16, 8))
+    first = graph.node(min(region))
+    choice = 16 if vector == 16 and wide < narrow else 8
+    ctx.note(f"region of {len(region)} blocked values from {layer(first)}: "
+             f"{BLOCKED16 if choice == 16 else BLOCKED} (cost {wide:.3g} in 16-channel blocks, "
+             f"{narrow:.3g} in 8)", first)
+    return choice
 
 
 def _zeroes_its_halo(graph: Graph, node: Node) -> bool:

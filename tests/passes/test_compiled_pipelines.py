@@ -106,7 +106,8 @@ def test_layout_nchw_keeps_every_activation_plain(tmp_path, capsys):
     x = np.random.default_rng(1).standard_normal((2, 3, 12, 10)).astype(np.float32)
     blocked, plain = (compile_model(NET, seed=2, layout=lt) for lt in ("auto", "NCHW"))
     np.testing.assert_allclose(plain(x), blocked(x), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ModelError, match="layout must be one of auto, NCHW, got 'NHWC'"):
+    with pytest.raises(ModelError,
+                       match="layout must be one of auto, NCHW, NCHW8c, NCHW16c, got 'NHWC'"):
         compile_model(NET, layout="NHWC")
 
 

@@ -58,11 +58,21 @@ y = s -> conv(16, 3, pad=1) -> relu
 (s + y) -> relu -> globalavgpool -> output out
 """,
 }
-# The same network for the 16-lane target (AVX-512): 16-lane accumulators, stored as two
-# 8-channel blocks each. Every other golden pins the 8-lane target, so the files do not depend
-# on the machine that regenerates them.
+# The same network for the 16-lane target (AVX-512) in NCHW8c: 16-lane accumulators, stored as
+# two 8-channel blocks each. Every other golden pins the 8-lane target, so the files do not
+# depend on the machine that regenerates them.
 GOLDEN["golden_blocked_avx512"] = GOLDEN["golden_blocked"].replace(
     "golden_blocked", "golden_blocked_avx512").replace("conv(16", "conv(32")
+# NCHW16c, as layout selection picks it for the 16-lane target: whole 16-lane stores of the
+# direct convolution, the 16-lane depthwise kernel with swish on each vector (one vexp of 16
+# lanes a pixel), the pool and the global pool over 16-channel blocks.
+GOLDEN["golden_nchw16c_avx512"] = """
+network golden_nchw16c_avx512
+input x: 3 x 8 x 8
+s = x -> conv(32, 3, pad=1) -> relu -> maxpool(2)
+d = s -> conv(32, 3, pad=1, groups=32) -> swish -> conv(32, 1)
+(s + d) -> relu -> globalavgpool -> output out
+"""
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +201,11 @@ def test_file_name_cannot_inject_code(tmp_path):
 
 def _golden_source(name: str) -> str:
     """The model's listing and every kernel module it runs (convolutions included)."""
-    m = compile_model(GOLDEN[name], target="avx512" if name.endswith("_avx512") else "avx2")
+    target = "avx512" if name.endswith("_avx512") else "avx2"
+    layout = "NCHW8c" if name == "golden_blocked_avx512" else "auto"
+    m = compile_model(GOLDEN[name], target=target, layout=layout)
+    if name == "golden_nchw16c_avx512":
+        assert {n.attrs.get("layout") for n in m.plan.graph.nodes()} == {None, "NCHW16c"}
     return "\n".join([m.plan.listing] + [f"# ==== {file.split('-')[0]}\n{text}" for file, text
                                           in sorted(m.plan.sources.items())])
 

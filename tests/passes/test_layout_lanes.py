@@ -1,0 +1,169 @@
+"""NCHW16c: layout selection's block width per region (``compiler/passes/select_layout.py``).
+
+A region of channel-blocked values is stored in 16-channel blocks when every kernel in it has
+a 16-lane form and, by default, the region cost model prefers it on a 16-lane target; the
+kernels then compute lane for lane what they compute in NCHW8c (same multiply-adds in the same
+order), so every output agrees bit for bit with NCHW8c and with the float64 reference within
+float32 error. The numbers must not depend on the layout; only the work does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cnnc.compiler.passes.select_layout import region_cost
+from cnnc.dsl.builder import load_network
+from cnnc.runtime.cli import main
+from cnnc.runtime.model import compile as compile_model
+from cnnc.runtime.reference import run_reference
+
+#: An inverted residual block as EfficientNet has it: a stem (its second 3x3 convolution reads
+#: NCHW16c as 8-channel halves, in NCHW8c's order), 1x1 expansion with ReLU6, a
+#: depthwise convolution with swish, a squeeze-excitation gate (a plain per-channel operand), a
+#: 1x1 projection with the residual add fused, a max pool, then the head.
+INVERTED = """network inverted
+input x: 3 x {size} x {size}
+s = x -> conv({c}, 3, pad=1) -> batchnorm -> swish -> conv({c}, 3, pad=1) -> relu
+d = s -> conv({e}, 1) -> relu6 -> conv({e}, {k}, pad={pad}, groups={e}) -> swish
+g = d -> globalavgpool -> conv(8, 1) -> relu -> conv({e}, 1) -> sigmoid
+p = (d * g) -> conv({c}, 1)
+(s + p) -> relu -> maxpool(3, stride=2, pad=1) -> globalavgpool -> flatten -> dense(10) -> output y
+"""
+
+
+def _inputs(graph, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {n: rng.standard_normal((2,) + graph.node(i).type.shape).astype(np.float32)
+            for n, i in graph.inputs.items()}
+
+
+def _layouts(model) -> set[str]:
+    return {n.attrs["layout"] for n in model.plan.graph.nodes() if n.attrs.get("layout")}
+
+
+def _agree(graph, runs: dict[str, object], tol: float = 2e-4) -> None:
+    """Every compiled model bit for bit equal to the first, and within ``tol`` of the float64
+    reference."""
+    inputs = _inputs(graph)
+    models = list(runs.values())
+    want = run_reference(graph, inputs, models[0].params)
+    first = models[0].run(inputs)
+    for name, m in runs.items():
+        got = m.run(inputs)
+        for out in want:
+            np.testing.assert_array_equal(got[out], first[out], err_msg=name)
+            scale = max(1.0, float(np.max(np.abs(want[out]))))
+            err = float(np.max(np.abs(got[out] - want[out]))) / scale
+            assert err <= tol, f"{name}: relative error {err:.3g}"
+
+
+def test_block_width_follows_the_target_and_the_request():
+    """auto: NCHW16c on the 16-lane target (the cost model prefers whole 16-lane vectors for
+    the 48-channel depthwise layer), NCHW8c on the 8-lane one; an explicit width is taken on
+    either target. The same numbers everywhere, bit for bit."""
+    graph = load_network(INVERTED.format(size=12, c=24, e=48, k=3, pad=1))
+    runs = {}
+    for target, layout, want in (("avx2", "auto", "NCHW8c"), ("avx512", "auto", "NCHW16c"),
+                                 ("avx2", "NCHW16c", "NCHW16c"),
+                                 ("avx512", "NCHW8c", "NCHW8c")):
+        m = compile_model(graph, seed=0, target=target, layout=layout)
+        assert _layouts(m) == {want}, (target, layout)
+        assert m.stats()["layout transforms per call"] == 1  # the stem's pack
+        runs[f"{target} {layout}"] = m
+    _agree(graph, runs)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(5, 17), c=st.sampled_from([16, 24, 40]), e=st.sampled_from([32, 48]),
+       k=st.sampled_from([3, 5]))
+def test_nchw16c_matches_nchw8c_bitwise(size, c, e, k):
+    """Channel counts that fill 16-channel blocks or not (24, 40: a padded half block), rows
+    shorter and longer than a tile, both kernel sizes: NCHW16c and NCHW8c agree bit for bit
+    and with the reference."""
+    graph = load_network(INVERTED.format(size=size, c=c, e=e, k=k, pad=k // 2))
+    runs = {layout: compile_model(graph, seed=3, layout=layout)
+            for layout in ("NCHW8c", "NCHW16c")}
+    assert _layouts(runs["NCHW16c"]) == {"NCHW16c"}
+    _agree(graph, runs)
+
+
+def test_grouped_convolutions_read_nchw16c_halves():
+    """Groups of 24 channels start inside a 16-channel block (the second group at the upper
+    half of block 1): the direct kernel reads each group's 8-channel halves where they lie;
+    groups of 16 are whole blocks. Bit for bit NCHW8c's numbers."""
+    graph = load_network("""network grouped
+input x: 3 x 9 x 9
+s = x -> conv(48, 3, pad=1) -> relu -> conv(64, 3, pad=1, groups=2) -> relu
+s -> conv(64, 3, pad=1, groups=4) -> relu -> globalavgpool -> output y
+""")
+    runs = {layout: compile_model(graph, seed=0, layout=layout)
+            for layout in ("NCHW8c", "NCHW16c")}
+    grouped = [n for n in runs["NCHW16c"].plan.graph.nodes() if n.attrs.get("groups", 1) > 1]
+    assert len(grouped) == 2 and all(n.attrs["layout"] == "NCHW16c" for n in grouped)
+    _agree(graph, runs)
+
+
+def test_flatten_into_dense_reads_nchw16c_storage():
+    """A dense layer over a flattened NCHW16c tensor reads the storage in its order, its
+    weights scattered to match (the float sums then run in another order than NCHW8c's)."""
+    graph = load_network("""network flat
+input x: 3 x 6 x 6
+x -> conv(24, 3, pad=1) -> relu -> conv(24, 3, groups=24) -> flatten -> dense(5) -> output y
+""")
+    m = compile_model(graph, seed=0, layout="NCHW16c")
+    flat = [n for n in m.plan.graph.nodes() if n.op == "flatten"]
+    assert flat and flat[0].attrs["layout"] == "NCHW16c"
+    assert m.stats()["layout transforms per call"] == 1
+    _agree(graph, {"NCHW16c": m}, tol=2e-5)
+
+
+def test_regions_without_16_lane_kernels_stay_nchw8c():
+    """A concatenation copies 8-channel blocks and LRN has an NCHW8c kernel only: asked for
+    NCHW16c, their region stays NCHW8c, still blocked, with the same numbers."""
+    graph = load_network("""network gathered
+input x: 3 x 10 x 10
+s = x -> conv(32, 3, pad=1) -> relu
+a = s -> conv(16, 1)
+b = s -> conv(16, 3, pad=1)
+concat(a, b) -> lrn(size=5) -> conv(32, 3, pad=1) -> globalavgpool -> output y
+""")
+    runs = {layout: compile_model(graph, seed=0, layout=layout)
+            for layout in ("NCHW8c", "NCHW16c")}
+    assert _layouts(runs["NCHW16c"]) == {"NCHW8c"}
+    _agree(graph, runs)
+
+
+def test_region_cost_weighs_lanes_against_padding(tmp_path, capsys):
+    """The cost model: an 8-channel depthwise layer is one 8-lane vector a pixel either way,
+    and 16-channel blocks would double its floats, so NCHW8c; 48 channels are three 8-lane
+    vectors or two 16-lane ones (with a third of a block padded), so NCHW16c. ``--explain``
+    says which and why."""
+    narrow = load_network("""network narrow
+input x: 8 x 12 x 12
+x -> conv(8, 3, pad=1, groups=8) -> relu -> conv(8, 3, pad=1, groups=8) -> globalavgpool
+  -> output y
+""")
+    m = compile_model(narrow, seed=0, target="avx512")
+    assert _layouts(m) == {"NCHW8c"}
+    region = {n.id for n in m.plan.graph.nodes() if n.attrs.get("layout")}
+    assert region_cost(m.plan.graph, region, 8, 16) < region_cost(m.plan.graph, region, 16, 16)
+    # on an 8-lane target 16-channel blocks only add padding
+    assert region_cost(m.plan.graph, region, 8, 8) < region_cost(m.plan.graph, region, 16, 8)
+    f = tmp_path / "wide.cnn"
+    f.write_text(INVERTED.format(size=12, c=24, e=48, k=3, pad=1))
+    assert main(["compile", str(f), "--explain", "--target", "avx512"]) == 0
+    out = capsys.readouterr().out
+    assert "NCHW16c (cost" in out and "in 16-channel blocks" in out
+    assert main(["compile", str(f), "--explain", "--target", "avx2"]) == 0
+    assert "blocked values from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("layout", ["NCHW8c", "NCHW16c"])
+def test_layout_choices_reach_the_cli(tmp_path, capsys, layout):
+    f = tmp_path / "inv.cnn"
+    f.write_text(INVERTED.format(size=8, c=16, e=32, k=3, pad=1))
+    assert main(["compile", str(f), "--stats", "--layout", layout]) == 0
+    assert "layout transforms per call: 1" in capsys.readouterr().out
