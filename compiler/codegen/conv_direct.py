@@ -310,13 +310,13 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                             comment: str = "", epilogue=(), kinds=()) -> Kernel:
     """Depthwise and narrow-group convolution (``g.channelwise``): the 8 lanes are 8 output
     channels (16 lanes in NCHW16c, depthwise only: ``g.lanes_in``), and each reads the ``Cg``
-    input channels of its own group, which lie in the same input block. Per tap and pixel the kernel loads that block once and, for each
-    ``j < Cg``, multiplies the ``j``-th input channel of every lane's group (the vector itself
-    when ``Cg == 1``, ``vspread`` for 2 or 4, a broadcast of channel ``j`` for 8) by the
-    weights ``w[C8, R, S, Cg, 8]``: exactly the multiply-adds of the convolution, no padded
-    group. A tile is 8 output pixels (6 when 8 weight vectors must stay in registers).
-    Literal: kernel size, stride, dilation, ``Cg``; runtime: :data:`DEPTHWISE_INTS` and
-    ``relu``."""
+    input channels of its own group, which lie in the same input block. Per tap and pixel the
+    kernel loads that block once and, for each ``j < Cg``, multiplies the ``j``-th input channel
+    of every lane's group (the vector itself when ``Cg == 1``, ``vspread`` for 2 or 4, a
+    broadcast of channel ``j`` for 8) by the weights ``w[C8, R, S, Cg, 8]``: exactly the
+    multiply-adds of the convolution, no padded group. A tile is 8 output pixels (6 when 8
+    weight vectors must stay in registers). Literal: kernel size, stride, dilation, ``Cg``;
+    runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
     R, S, cg = g.R, g.S, g.Cg
     if not g.channelwise:
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")

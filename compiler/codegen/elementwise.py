@@ -332,11 +332,12 @@ LRN_ROOT_EXPONENTS = (0.5, 0.75, 1.0)
 
 
 def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: float,
-                       k: float, comment: str = "") -> Kernel:
+                       k: float, comment: str = "", lanes: int = 8) -> Kernel:
     """Local response normalization over channel-blocked storage (geometry ``X*`` in, ``Y*``
     out), per (image, block, row).
 
-    Where ``beta`` is one of :data:`LRN_ROOT_EXPONENTS` and ``k > 0``, 8 channels a vector:
+    Where ``beta`` is one of :data:`LRN_ROOT_EXPONENTS` and ``k > 0``, a block (``lanes``
+    channels: 8 or 16) a vector:
     the squares of the block and of the neighbouring blocks the window reaches (zeros past
     the tensor's blocks; padding lanes are stored zeros), the window sum as ``size`` shifted
     vectors (``valign`` across a block boundary), ``norm = k + alpha / size * sum`` in one fused
@@ -345,37 +346,38 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
     float64 (as the NCHW kernel), padding lanes stored as zeros."""
     from .tiles import BLOCKED_INTS
 
-    C = channels
+    C, L = channels, lanes
     n, cb, p, q, j = Var("n"), Var("cb"), Var("p"), Var("q"), Var("j")
     XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
     YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
 
     def block_at(b: ExprLike) -> Expr:  # index of pixel (p, q) of block b
-        return ((n * XB + b) * XH + p + XT) * (XW * 8) + (XL + q) * 8
+        return ((n * XB + b) * XH + p + XT) * (XW * L) + (XL + q) * L
 
     if beta in LRN_ROOT_EXPONENTS and k > 0:
         before, after = (size - 1) // 2, size // 2
-        pieces = [(d // 8, d % 8) for d in range(-before, after + 1)]
+        pieces = [(d // L, d % L) for d in range(-before, after + 1)]
         blocks = sorted({b for b, m in pieces} | {b + 1 for b, m in pieces if m})
 
         def sq(b: int) -> Var:
             return Var(f"sq{b}" if b >= 0 else f"sq_m{-b}")
 
-        pixel: list[Stmt] = [Let("xc", VLoad("x0", block_at(cb)))]
+        pixel: list[Stmt] = [Let("xc", VLoad("x0", block_at(cb), L))]
         for b in blocks:
             if b == 0:
                 pixel.append(Let(sq(0).name, VBin("mul", Var("xc"), Var("xc"))))
                 continue
             inside = cmp("and", cmp(">=", cb + b, 0), cmp("<", cb + b, C8))
-            v = Select(inside, VLoad("x0", block_at(cb + b)), VZero())
+            v = Select(inside, VLoad("x0", block_at(cb + b), L), VZero(L))
             pixel += [Let("v", v), Let(sq(b).name, VBin("mul", Var("v"), Var("v")))]
         window: Expr | None = None
         for b, m in pieces:
             piece: Expr = sq(b) if m == 0 else VAlign(sq(b), sq(b + 1), m)
             window = piece if window is None else VBin("add", window, piece)
         assert window is not None
-        pixel.append(Let("norm", VFma(VSplat(Const(alpha / size)), window, VSplat(Const(k)))))
+        pixel.append(Let("norm", VFma(VSplat(Const(alpha / size), L), window,
+                                      VSplat(Const(k), L))))
         if beta == 1.0:
             den: Expr = Var("norm")
         elif beta == 0.5:
@@ -383,20 +385,20 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
         else:
             pixel.append(Let("r", VUnary("sqrt", Var("norm"))))
             den = VBin("mul", Var("r"), VUnary("sqrt", Var("r")))
-        pixel.append(VStore("y", Var("yrow") + q * 8, VBin("div", Var("xc"), den)))
+        pixel.append(VStore("y", Var("yrow") + q * L, VBin("div", Var("xc"), den)))
         row: Stmt = Loop("q", Q, pixel)
     else:
         def x_at(c: Expr) -> Expr:  # channel c of pixel (p, q)
-            return Load("x0", block_at(c // 8) + c % 8)
+            return Load("x0", block_at(c // L) + c % L)
 
         c = Var("c")
-        lane = [Let("c", cb * 8 + j), Let("o", Var("yrow") + q * 8 + j),
+        lane = [Let("c", cb * L + j), Let("o", Var("yrow") + q * L + j),
                 If(cmp("<", c, C), [*_lrn_window(c, C, size),
                                     *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
                    [Store("y", Var("o"), Const(0.0))])]
-        row = Loop("q", Q, [Loop("j", Const(8), lane)])
+        row = Loop("q", Q, [Loop("j", Const(L), lane)])
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
-        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * 8) + YL * 8), row]
+        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * L) + YL * L), row]
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
     params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
         [Param("n_batch", "int")]
@@ -452,11 +454,13 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
                         body, comment, sz)
 
 
-def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "") -> Kernel:
+def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "",
+                          lanes: int = 8) -> Kernel:
     """Channel concatenation over channel-blocked storage: per (image, row), input ``k``'s
-    ``K<k>`` 8-channel blocks (geometry ``X<k>*``) are copied, a vector per pixel, to the
-    output blocks from ``O<k>`` on (geometry ``Y*``). Every input starts at a block boundary;
-    the sizes are runtime integers, so one kernel serves every concatenation of ``n_inputs``."""
+    ``K<k>`` blocks of ``lanes`` channels (geometry ``X<k>*``) are copied, a vector per pixel,
+    to the output blocks from ``O<k>`` on (geometry ``Y*``). Every input starts at a block
+    boundary; the sizes are runtime integers, so one kernel serves every concatenation of
+    ``n_inputs``."""
     from .tiles import BLOCKED_INTS
 
     n, p, q, cb = Var("n"), Var("p"), Var("q"), Var("cb")
@@ -467,9 +471,11 @@ def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "") -> Kernel
     for k in range(n_inputs):
         XB, XH, XW, XT, XL = (Var(f"X{k}{s}") for s in BLOCKED_INTS)
         body.append(Loop("cb", Var(f"K{k}"), [
-            Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * 8) + XL * 8),
-            Let("yrow", ((n * YB + Var(f"O{k}") + cb) * YH + p + YT) * (YW * 8) + YL * 8),
-            Loop("q", Q, [VStore("y", Var("yrow") + q * 8, VLoad(f"x{k}", Var("xrow") + q * 8))]),
+            Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * lanes) + XL * lanes),
+            Let("yrow", ((n * YB + Var(f"O{k}") + cb) * YH + p + YT) * (YW * lanes) +
+                YL * lanes),
+            Loop("q", Q, [VStore("y", Var("yrow") + q * lanes,
+                                 VLoad(f"x{k}", Var("xrow") + q * lanes, lanes))]),
         ]))
         ints += [f"K{k}", f"O{k}"] + [f"X{k}{s}" for s in BLOCKED_INTS]
     ints += ["Y" + s for s in BLOCKED_INTS]

@@ -183,8 +183,9 @@ class VUnary(Expr):
 
 @dataclass(frozen=True, eq=False)
 class VAlign(Expr):
-    """Lanes ``shift .. shift + 7`` of the 8-lane vectors ``a`` then ``b`` (``shift`` 1..7):
-    a block of channels moved by ``shift`` channels, across a block boundary."""
+    """Lanes ``shift .. shift + n - 1`` of the ``n``-lane vectors ``a`` then ``b`` (``shift``
+    1..n-1, ``n`` 8 or 16): a block of channels moved by ``shift`` channels, across a block
+    boundary."""
 
     a: Expr
     b: Expr

@@ -153,8 +153,8 @@ def print_expr(e: Expr, prec: int = 0) -> str:
             raise ValueError(f"unknown vector op {e.op!r}")
         return f"v{e.op}({print_expr(e.value)})"
     if isinstance(e, VAlign):
-        if not 1 <= e.shift <= 7:
-            raise ValueError(f"valign shifts by 1 to 7 lanes, not {e.shift}")
+        if not 1 <= e.shift <= 15:
+            raise ValueError(f"valign shifts by 1 to 15 lanes, not {e.shift}")
         return f"valign({print_expr(e.a)}, {print_expr(e.b)}, {int(e.shift)})"
     if isinstance(e, VSpread):
         if e.run not in (2, 4) or not 0 <= e.lane < e.run:

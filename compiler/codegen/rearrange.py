@@ -47,13 +47,15 @@ def gather_arity(n_inputs: int) -> int:
                      f"not {n_inputs}")
 
 
-def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str = "") -> Kernel:
+def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str = "",
+                          lanes: int = 8) -> Kernel:
     """``y[n, o] = x_i[n, c]`` with ``(i, c)`` = ``c_table[2 o], c_table[2 o + 1]`` (small
     integers, exact in float32): any channel of any input to any output channel.
 
     Plain NCHW (``blocked=False``): one H x W plane copied per (image, output channel);
-    ``X<k>C`` is input ``k``'s channel count. Channel-blocked (NCHW8c): per (image, output
-    block, row), each lane copies its source channel's row (a stride-8 scalar copy: the
+    ``X<k>C`` is input ``k``'s channel count. Channel-blocked (NCHW8c, or NCHW16c with
+    ``lanes`` 16): per (image, output block, row), each lane copies its source channel's row
+    (a stride-``lanes`` scalar copy: the
     channel may sit in any lane of any block of its input), and the padding lanes of the
     last block get zeros; ``X<k>*`` and ``Y*`` are the storages' geometry (blocks, stored
     height and width, halo); with ``ZH`` each task also zeroes its row's halo
@@ -78,24 +80,25 @@ def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str 
     else:
         YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
         ob, lane = Var("ob"), Var("l")
-        body = _unflatten(Var("t"), [("n", N_BATCH), ("ob", (C + 7) // 8), ("p", P)])
-        body.append(Let("yrow", ((n * YB + ob) * YH + p + YT) * (YW * 8) + YL * 8))
+        body = _unflatten(Var("t"), [("n", N_BATCH), ("ob", (C + (lanes - 1)) // lanes), ("p", P)])
+        body.append(Let("yrow", ((n * YB + ob) * YH + p + YT) * (YW * lanes) + YL * lanes))
         copies: list[Stmt] = []
         for k in range(n_inputs):
             XB, XH, XW, XT, XL = (Var(f"X{k}{s}") for s in BLOCKED_INTS)
             copies.append(If(cmp("==", src, k), [
-                Let("xrow", ((n * XB + ch // 8) * XH + p + XT) * (XW * 8) + XL * 8 + ch % 8),
-                Loop("q", Q, [Store("y", Var("yrow") + q * 8 + lane,
-                                    Load(f"x{k}", Var("xrow") + q * 8))])]))
+                Let("xrow", ((n * XB + ch // lanes) * XH + p + XT) * (XW * lanes) + XL * lanes
+                    + ch % lanes),
+                Loop("q", Q, [Store("y", Var("yrow") + q * lanes + lane,
+                                    Load(f"x{k}", Var("xrow") + q * lanes))])]))
             ints += [f"X{k}{s}" for s in BLOCKED_INTS]
         ints += ["Y" + s for s in BLOCKED_INTS]
-        body.append(Loop("l", Const(8), [
-            Let("o", ob * 8 + lane),
+        body.append(Loop("l", Const(lanes), [
+            Let("o", ob * lanes + lane),
             If(cmp("<", o, C), lookup + copies,
-               [Loop("q", Q, [Store("y", Var("yrow") + q * 8 + lane, Const(0.0))])])]))
-        body.append(If(cmp(">", Var("ZH"), 0), zero_row_halo(n, ob, p, P, Q)))
+               [Loop("q", Q, [Store("y", Var("yrow") + q * lanes + lane, Const(0.0))])])]))
+        body.append(If(cmp(">", Var("ZH"), 0), zero_row_halo(n, ob, p, P, Q, lanes)))
         ints.append("ZH")
-        tasks = N_BATCH * ((C + 7) // 8) * P
+        tasks = N_BATCH * ((C + (lanes - 1)) // lanes) * P
     params = [Param(f"x{k}") for k in range(n_inputs)] + [Param("c_table"), Param("y")] + \
         [Param(i, "int") for i in ints] + [Param("n_batch", "int")]
     return Kernel(name, params, [Loop("t", tasks, body, kind="parallel")], comment)

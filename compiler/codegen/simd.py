@@ -21,7 +21,8 @@ intrinsic                 meaning                                         instru
 ``vdiv(a, b)``            lane-wise ``a / b`` (correctly rounded)         ``vdivps``
 ``vsqrt(v)``              lane-wise square root (correctly rounded)       ``vsqrtps``
 ``valign(a, b, k)``       lanes ``k .. k+7`` of ``a`` then ``b`` (literal   ``valignd``
-                          ``k`` in 1..7: a window across two blocks)
+                          ``k`` in 1..7, 1..15 with 16 lanes: a window
+                          across two blocks)
 ``vspread(v, k, j)``      lane ``j`` of each run of ``k`` lanes, over      ``vpermps``
                           that run (literal ``k`` in 2, 4; ``j < k``)
 ``vexp(v)``               lane-wise ``e ** v`` (within 2 ulps)            ~12 FMAs, vscalefps
@@ -29,8 +30,8 @@ intrinsic                 meaning                                         instru
 ``vsum(v)``               horizontal sum of the lanes (a float32)         shuffles + adds
 ========================  ==============================================  ==================
 
-``vfma``, ``vadd``, ``vmul``, ``vmax``, ``vmin``, ``vdiv``, ``vsqrt``, ``vstore`` and ``vsum`` take
-either width (both operands the same); ``valign`` and ``vspread`` take 8 lanes. ``a`` is a flat
+``vfma``, ``vadd``, ``vmul``, ``vmax``, ``vmin``, ``vdiv``, ``vsqrt``, ``valign``, ``vstore`` and
+``vsum`` take either width (both operands the same); ``vspread`` takes 8 lanes. ``a`` is a flat
 (1-D, C-contiguous) float32 array and ``i`` an element offset. Loads and stores deliberately skip
 bounds checks and Numba's negative-index wraparound: generated kernels compute their indices
 from literal shapes, and the wraparound costs a compare and a cmov per access. Calling these
@@ -361,19 +362,20 @@ vexp = make_vexp(None)
 
 @intrinsic(prefer_literal=True)
 def valign(typingctx, a, b, k):
-    """Lanes ``k .. k+7`` of the 16 lanes ``a`` then ``b`` (8-lane vectors; ``k`` a literal
-    from 1 to 7): the vector one block of channels further on by ``k``."""
-    if not (a == vec8 and b == vec8 and isinstance(k, types.IntegerLiteral)):
+    """Lanes ``k .. k+n-1`` of the ``2n`` lanes ``a`` then ``b`` (vectors of ``n`` = 8 or 16
+    lanes; ``k`` a literal from 1 to ``n - 1``): the vector one block of channels further on
+    by ``k``."""
+    if not (isinstance(a, VecType) and b == a and isinstance(k, types.IntegerLiteral)):
         return None
-    shift = k.literal_value
-    if not 1 <= shift <= 7:
+    shift, lanes = k.literal_value, a.lanes
+    if not 1 <= shift < lanes:
         return None
 
     def codegen(context, builder, signature, args):
-        mask = ir.Constant(ir.VectorType(_I32, 8), list(range(shift, shift + 8)))
+        mask = ir.Constant(ir.VectorType(_I32, lanes), list(range(shift, shift + lanes)))
         return builder.shuffle_vector(args[0], args[1], mask)
 
-    return vec8(a, b, k), codegen
+    return a(a, b, k), codegen
 
 
 @intrinsic(prefer_literal=True)

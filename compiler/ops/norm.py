@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..types import BLOCKED16, TensorType
+from ..types import TensorType
 from . import (
     EPS32,
     EPS64,
@@ -96,12 +96,6 @@ def _params_match(in_types, attrs, op):
         if t.shape != (c,):
             raise ShapeError(f"{op}: parameter of shape {t} for {c} channels")
     return in_types[0]
-
-
-def _lrn_layouts(node, in_types):
-    """LRN has an NCHW8c kernel (a window across the lanes of neighbouring blocks), no
-    NCHW16c one."""
-    return tuple(pair for pair in elementwise_layouts(node, in_types) if BLOCKED16 not in pair)
 
 
 def _lower_bn(ctx, node):
@@ -281,12 +275,12 @@ def _lower_lrn(ctx, node):
     a = node.attrs
     window = (a["size"], a["alpha"], a["beta"], a["k"])
     source = ctx.storage(ctx.tensor_inputs[0])
-    if source is not None:  # NCHW8c in and out (the layout rule)
+    if source is not None:  # NCHW8c or NCHW16c in and out (the layout rule)
         c, h, w = ctx.out_shape
-        ints = {"C8": -(-c // 8), "P": h, "Q": w}
+        ints = {"C8": -(-c // source.lanes), "P": h, "Q": w}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
-        k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment)
+        k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment, source.lanes)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     k = lrn_kernel(ctx.kname, ctx.in_shapes[0], *window, ctx.comment)
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
@@ -297,7 +291,7 @@ register(OpDef(
     signature=(Attr("size", "int", 5), Attr("alpha", "float", 1e-4),
                Attr("beta", "float", 0.75), Attr("k", "float", 1.0)),
     canonicalize=_lrn_canonicalize, infer=same_shape, reference=_lrn_reference, macs=no_macs,
-    lower=lambda ctx, node: _lower_lrn(ctx, node), layout_rule=_lrn_layouts,
+    lower=lambda ctx, node: _lower_lrn(ctx, node), layout_rule=elementwise_layouts,
     # the vector kernel (codegen/elementwise.lrn_blocked_kernel): float32 sum of `size`
     # squares (positive: a relative `size` EPS32), alpha / size rounded and the fused
     # multiply-add (2 more), raised to beta (scales the relative error by beta) with square

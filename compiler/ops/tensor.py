@@ -212,14 +212,14 @@ def _lower_concat(ctx, node):
     if ctx.out_storage is not None:  # blocked inputs, copied block by block
         ints = {"P": node.type.shape[1], "Q": node.type.shape[2]}
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
-        first = 0
+        first, lanes = 0, ctx.out_storage.lanes
         for k, i in enumerate(ctx.tensor_inputs):
             c = ctx.graph.node(i).type.shape[0]
-            ints.update({f"K{k}": c // 8, f"O{k}": first // 8})
+            ints.update({f"K{k}": c // lanes, f"O{k}": first // lanes})
             ints.update(zip((f"X{k}B", f"X{k}H", f"X{k}W", f"X{k}T", f"X{k}L"),
                             ctx.storage(i).ints()))
             first += c
-        k = concat_blocked_kernel(ctx.kname, len(ctx.tensor_inputs), ctx.comment)
+        k = concat_blocked_kernel(ctx.kname, len(ctx.tensor_inputs), ctx.comment, lanes)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz)
@@ -260,6 +260,8 @@ def _slice_layouts(node, in_types):
     pairs = [(PLAIN, PLAIN)]
     if node.attrs["start"] % 8 == 0:
         pairs.append((BLOCKED, BLOCKED))
+    if node.attrs["start"] % 16 == 0:
+        pairs.append((BLOCKED16, BLOCKED16))
     return tuple(pairs)
 
 
@@ -318,7 +320,7 @@ def _gather_ref(xs, attrs):
 def _gather_layouts(node, in_types):
     """Every input in the output's layout: plain planes, or lanes of channel-blocked storage
     (any channel to any lane: no alignment needed)."""
-    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
+    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED), (BLOCKED16, BLOCKED16))
 
 
 def _lower_gather(ctx, node):
@@ -342,7 +344,8 @@ def _lower_gather(ctx, node):
     if blocked:
         ints.update(zip(("Y" + s for s in BLOCKED_INTS), ctx.out_storage.ints()))
         ints["ZH"] = int(bool(node.attrs.get("zero_halo")))
-    kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment)
+    lanes = ctx.out_storage.lanes if blocked else 8
+    kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment, lanes)
     return kernel_step(ctx, kernel, inputs=inputs, ints=ints,
                        pack=lambda values: {"c_table": table})
 
@@ -352,7 +355,8 @@ register(OpDef(name="channel_gather", family="tensor",
                canonicalize=_gather_canonicalize, infer=_gather_infer, reference=_gather_ref,
                macs=no_macs, arity=None,
                new_activations=False, lower=_lower_gather, error_bound=exact_bound(),
-               layout_rule=_gather_layouts, layouts=("NCHW", "NCHW8c"), pass_made=True,
+               layout_rule=_gather_layouts, layouts=("NCHW", "NCHW8c", "NCHW16c"),
+               pass_made=True,
                # its padding lanes are written zero, its halo zeroed with ZH
                writes_whole_blocks=lambda node, in_types: True,
                doc="output channel o is channel channels[o][1] of input channels[o][0]: "

@@ -19,16 +19,18 @@ there.
 A channel gather (``fold_channel_moves``: shuffles, ragged concatenations and slices) is
 blocked when all its inputs are: it copies any channel to any lane.
 
-Block width, per region (the blocked values connected through the inputs they read: one
-storage width, as a residual operand or a concatenation's parts must share it): 16 channels a
-block when every kernel of the region has a 16-lane form (each op's ``layout_rule`` lists
-``NCHW16c`` pairs: convolutions, depthwise, element-wise ops, pools, flatten into dense; not
-the gathers, concatenations, slices and LRN) and ``region_cost`` prefers it, which it does
-only on a 16-lane target and where the padding to whole 16-channel blocks costs less than the
-wider vectors save (depthwise, pooling and element-wise kernels: one 16-lane vector a pixel
-instead of two 8-lane ones). ``layout=NCHW8c`` or ``NCHW16c`` overrides the cost model (16
-still only where every kernel has it). The kernels compute lane for lane what they compute
-in NCHW8c, so the numbers do not change.
+Block width, per region (the blocked values connected through the inputs they read: one storage
+width, as a residual operand or a concatenation's parts must share it): 16 channels a block when
+every kernel of the region has a 16-lane form (each op's ``layout_rule`` lists ``NCHW16c``
+pairs: convolutions but the narrow-group channel-wise ones, element-wise ops, LRN, pools,
+channel gathers, flatten into dense, slices at whole 16-channel blocks, concatenations of whole
+16-channel blocks, a merged 1x1's ``prefix`` of whole blocks; not space-to-depth moves nor
+pooling prologues) and ``region_cost`` prefers it, which it does only on a 16-lane target and
+where the padding to whole 16-channel blocks costs less than the wider vectors save (depthwise,
+pooling and element-wise kernels: one 16-lane vector a pixel instead of two 8-lane ones).
+``layout=NCHW8c`` or ``NCHW16c`` overrides the cost model (16 still only where every kernel has
+it). The kernels compute lane for lane what they compute in NCHW8c, so the numbers do not change
+(a dense layer over a flattened tensor sums its features in storage order: another order).
 
 Concatenation without copies: a channel concatenation is kept blocked when each of its inputs
 is blocked, used by it alone, and fills whole 8-channel blocks; its producers then write
@@ -56,7 +58,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import get_op, operand_kind
-from ..types import BLOCKED, BLOCKED16, PLAIN
+from ..types import BLOCK_LANES, BLOCKED, BLOCKED16, PLAIN
 from .common import is_constant, layer, writes_whole_blocks
 from .manager import PassContext
 
@@ -165,7 +167,8 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
             base = _prefix_source(graph, node)
             after = ""
             if base is not None:
-                node.attrs["prefix"] = graph.node(node.inputs[0]).attrs["start"] // 8
+                lanes = BLOCK_LANES[node.attrs["layout"]]
+                node.attrs["prefix"] = graph.node(node.inputs[0]).attrs["start"] // lanes
                 base.attrs["zero_halo"] = True  # the buffer may then take any free slot
                 after = f", after the first {node.attrs['prefix']} blocks of {layer(base)}"
             ctx.note(f"{layer(node)}: {len(node.inputs)} producers write into their channel "
@@ -196,13 +199,20 @@ def _regions(graph: Graph, blocked: set[int]) -> list[set[int]]:
 
 def _wide_ok(graph: Graph, region: set[int], blocked: set[int]) -> bool:
     """Whether every kernel of a region has an NCHW16c form: each value's op produces it from
-    its input's layout (``layout_rule``), each plain per-channel gate fills whole 16-lane
-    vectors, and each reader outside the region (an unpack, a global pool) reads NCHW16c."""
+    its input's layout (``layout_rule``; a concatenation when each part fills whole
+    16-channel blocks, a merged convolution's ``prefix`` too), each plain per-channel
+    gate fills whole 16-lane vectors, and each reader outside the region (an unpack, a global
+    pool) reads NCHW16c."""
     for nid in region:
         node = graph.node(nid)
-        if node.op in GATHERING:
-            return False
+        if node.op == "concat" and (
+                any(graph.node(i).type.shape[0] % 16 for i in node.inputs)
+                or (_prefix_source(graph, node) is not None
+                    and graph.node(node.inputs[0]).attrs["start"] % 16)):
+            return False  # its parts (and a merged convolution's prefix) fill whole blocks
         source = BLOCKED16 if node.inputs and node.inputs[0] in blocked else PLAIN
+        if node.op == "concat":
+            continue  # copied block by block, or written in place by its producers
         if (source, BLOCKED16) not in layout_pairs(graph, node):
             return False
         for o in node.inputs[1:]:

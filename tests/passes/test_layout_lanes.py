@@ -120,15 +120,43 @@ x -> conv(24, 3, pad=1) -> relu -> conv(24, 3, groups=24) -> flatten -> dense(5)
     _agree(graph, {"NCHW16c": m}, tol=2e-5)
 
 
+def test_concatenations_gathers_slices_and_lrn_in_nchw16c():
+    """Concatenations of whole 16-channel blocks (written in place by their producers, or
+    copied when a part has other users), a shuffle folded into a channel gather, slices at
+    whole blocks and LRN (its window across neighbouring 16-lane blocks): all NCHW16c, bit for
+    bit NCHW8c's numbers."""
+    graph = load_network("""network moves
+input x: 3 x 10 x 10
+s = x -> conv(32, 3, pad=1) -> relu -> lrn(size=5)
+a = s -> conv(16, 1)
+b = s -> conv(32, 3, pad=1)
+c = concat(a, b) -> channel_shuffle(2)
+u = c -> channel_slice(0, 32) -> conv(16, 3, pad=1)
+v = c -> conv(32, 1)
+w = concat(u, v) -> conv(32, 3, pad=1) -> relu
+(concat(w, a) + concat(a, w)) -> globalavgpool -> output y
+""")
+    runs = {layout: compile_model(graph, seed=0, layout=layout)
+            for layout in ("NCHW8c", "NCHW16c")}
+    assert _layouts(runs["NCHW16c"]) == {"NCHW16c"}
+    ops = {n.op for n in runs["NCHW16c"].plan.graph.nodes() if n.attrs.get("layout")}
+    assert {"concat", "lrn", "channel_gather"} <= ops, ops
+    concats = [n for n in runs["NCHW16c"].plan.graph.nodes() if n.op == "concat"]
+    assert {bool(n.attrs["in_place"]) for n in concats} == {True, False}
+    _agree(graph, runs)
+
+
 def test_regions_without_16_lane_kernels_stay_nchw8c():
-    """A concatenation copies 8-channel blocks and LRN has an NCHW8c kernel only: asked for
-    NCHW16c, their region stays NCHW8c, still blocked, with the same numbers."""
-    graph = load_network("""network gathered
+    """A concatenation whose second part starts inside a 16-channel block (8 + 24 channels)
+    and a depth-to-space move have no NCHW16c form: asked for NCHW16c, their regions stay
+    NCHW8c, still blocked, with the same numbers."""
+    graph = load_network("""network misaligned
 input x: 3 x 10 x 10
 s = x -> conv(32, 3, pad=1) -> relu
-a = s -> conv(16, 1)
-b = s -> conv(16, 3, pad=1)
-concat(a, b) -> lrn(size=5) -> conv(32, 3, pad=1) -> globalavgpool -> output y
+a = s -> conv(8, 1)
+b = s -> conv(24, 3, pad=1)
+concat(a, b) -> conv(32, 3, pad=1) -> depth_to_space(2) -> conv(16, 3, pad=1)
+  -> globalavgpool -> output y
 """)
     runs = {layout: compile_model(graph, seed=0, layout=layout)
             for layout in ("NCHW8c", "NCHW16c")}
