@@ -137,8 +137,6 @@ class ConvGeometry:
         if self.channelwise and self.lanes_in != self.lanes_out:
             raise ValueError(f"a channel-wise convolution reads and writes one block width: "
                              f"{self}")
-        if self.lanes_in == 16 and self.channelwise and self.Cg != 1:
-            raise ValueError(f"the 16-lane channel-wise kernel is depthwise only: {self}")
         if self.lanes_in == 16 and not self.channelwise and self.Cg % 8 and self.groups > 1:
             raise ValueError(f"blocked input needs whole 8-channel blocks per group: {self}")
 

@@ -309,19 +309,19 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
 def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                             comment: str = "", epilogue=(), kinds=()) -> Kernel:
     """Depthwise and narrow-group convolution (``g.channelwise``): the 8 lanes are 8 output
-    channels (16 lanes in NCHW16c, depthwise only: ``g.lanes_in``), and each reads the ``Cg``
-    input channels of its own group, which lie in the same input block. Per tap and pixel the
-    kernel loads that block once and, for each ``j < Cg``, multiplies the ``j``-th input channel
-    of every lane's group (the vector itself when ``Cg == 1``, ``vspread`` for 2 or 4, a
-    broadcast of channel ``j`` for 8) by the weights ``w[C8, R, S, Cg, 8]``: exactly the
-    multiply-adds of the convolution, no padded group. A tile is 8 output pixels (6 when 8
-    weight vectors must stay in registers). Literal: kernel size, stride, dilation, ``Cg``;
-    runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
+    channels (16 lanes in NCHW16c: ``g.lanes_in``), and each reads the ``Cg`` input channels
+    of its own group, which lie in the same input block. Per tap and pixel the kernel loads
+    that block once and, for each ``j < Cg``, multiplies the ``j``-th input channel of every
+    lane's group (the vector itself when ``Cg == 1``, ``vspread`` for groups narrower than the
+    vector, a broadcast of channel ``j`` for 8 channels in 8 lanes) by the weights ``w[C8, R,
+    S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is 8
+    output pixels (6 when 8 weight vectors must stay in 16 registers). Literal: kernel size,
+    stride, dilation, ``Cg``, lanes; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
     R, S, cg = g.R, g.S, g.Cg
     if not g.channelwise:
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")
     L = g.lanes_in  # channels a block, in and out: the vector width
-    T = TILE_DW if cg <= 4 else 6
+    T = TILE_DW if cg <= 4 or L == 16 else 6  # 16 lanes: 32 registers
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
 
@@ -336,10 +336,10 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         upd: list = [Let(f"wv{j}", VLoad("w", wtap + j * L, L)) for j in range(cg)]
         for i in range(T):
             acc, xi = f"acc_{i}_0", xs + i * g.sw * L
-            if 1 < cg < 8:
-                upd.append(Let("xv", VLoad("x", xi)))
+            if 1 < cg < L:
+                upd.append(Let("xv", VLoad("x", xi, L)))
             for j in range(cg):
-                xj = (VLoad("x", xi, L) if cg == 1 else VBroadcast("x", xi + j, 8) if cg == 8
+                xj = (VLoad("x", xi, L) if cg == 1 else VBroadcast("x", xi + j, 8) if cg == L
                       else VSpread(Var("xv"), cg, j))
                 upd.append(Let(acc, VFma(xj, Var(f"wv{j}"), Var(acc))))
         inner = [Loop("r", Const(R), [Loop("s", Const(S), [

@@ -194,8 +194,9 @@ class VAlign(Expr):
 
 @dataclass(frozen=True, eq=False)
 class VSpread(Expr):
-    """Lane ``lane`` of each run of ``run`` lanes of an 8-lane vector, copied over that run
-    (``run`` 2 or 4): each output channel's ``lane``-th input channel of its group."""
+    """Lane ``lane`` of each run of ``run`` lanes of a vector, copied over that run (``run`` 2
+    or 4; 8 in a 16-lane vector): each output channel's ``lane``-th input channel of its
+    group."""
 
     value: Expr
     run: int

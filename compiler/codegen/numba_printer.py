@@ -157,8 +157,8 @@ def print_expr(e: Expr, prec: int = 0) -> str:
             raise ValueError(f"valign shifts by 1 to 15 lanes, not {e.shift}")
         return f"valign({print_expr(e.a)}, {print_expr(e.b)}, {int(e.shift)})"
     if isinstance(e, VSpread):
-        if e.run not in (2, 4) or not 0 <= e.lane < e.run:
-            raise ValueError(f"vspread takes runs of 2 or 4 lanes, not {e.run}, {e.lane}")
+        if e.run not in (2, 4, 8) or not 0 <= e.lane < e.run:
+            raise ValueError(f"vspread takes runs of 2, 4 or 8 lanes, not {e.run}, {e.lane}")
         return f"vspread({print_expr(e.value)}, {int(e.run)}, {int(e.lane)})"
     raise TypeError(f"cannot print expression {e!r}")
 

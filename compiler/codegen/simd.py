@@ -24,14 +24,15 @@ intrinsic                 meaning                                         instru
                           ``k`` in 1..7, 1..15 with 16 lanes: a window
                           across two blocks)
 ``vspread(v, k, j)``      lane ``j`` of each run of ``k`` lanes, over      ``vpermps``
-                          that run (literal ``k`` in 2, 4; ``j < k``)
+                          that run (literal ``k`` in 2, 4, and 8 with 16
+                          lanes; ``j < k``)
 ``vexp(v)``               lane-wise ``e ** v`` (within 2 ulps)            ~12 FMAs, vscalefps
 ``vlow(v)/vhigh(v)``      lanes 0-7 / 8-15 of a 16-lane vector (a vec8)   ``vextractf32x8``
 ``vsum(v)``               horizontal sum of the lanes (a float32)         shuffles + adds
 ========================  ==============================================  ==================
 
 ``vfma``, ``vadd``, ``vmul``, ``vmax``, ``vmin``, ``vdiv``, ``vsqrt``, ``valign``, ``vstore`` and
-``vsum`` take either width (both operands the same); ``vspread`` takes 8 lanes. ``a`` is a flat
+``vsum`` take either width (both operands the same), and so does ``vspread``. ``a`` is a flat
 (1-D, C-contiguous) float32 array and ``i`` an element offset. Loads and stores deliberately skip
 bounds checks and Numba's negative-index wraparound: generated kernels compute their indices
 from literal shapes, and the wraparound costs a compare and a cmov per access. Calling these
@@ -380,20 +381,22 @@ def valign(typingctx, a, b, k):
 
 @intrinsic(prefer_literal=True)
 def vspread(typingctx, v, k, j):
-    """Lane ``j`` of each run of ``k`` lanes, copied over that run (8-lane vector; ``k`` a
-    literal 2 or 4, ``j`` a literal below it): with 8 channels of ``k``-channel groups in a
-    vector, the ``j``-th input channel of each lane's own group (a grouped convolution)."""
-    if not (v == vec8 and isinstance(k, types.IntegerLiteral)
+    """Lane ``j`` of each run of ``k`` lanes, copied over that run (``k`` a literal 2 or 4 of
+    an 8-lane vector, 2, 4 or 8 of a 16-lane one; ``j`` a literal below it): with the channels
+    of ``k``-channel groups in a vector, the ``j``-th input channel of each lane's own group (a
+    grouped convolution)."""
+    if not (isinstance(v, VecType) and isinstance(k, types.IntegerLiteral)
             and isinstance(j, types.IntegerLiteral)):
         return None
-    run, lane = k.literal_value, j.literal_value
-    if run not in (2, 4) or not 0 <= lane < run:
+    run, lane, lanes = k.literal_value, j.literal_value, v.lanes
+    if run not in (2, 4, 8) or run >= lanes or not 0 <= lane < run:
         return None
 
     def codegen(context, builder, signature, args):
-        return _shuffle(builder, args[0], 8, [(i // run) * run + lane for i in range(8)])
+        return _shuffle(builder, args[0], lanes,
+                        [(i // run) * run + lane for i in range(lanes)])
 
-    return vec8(v, k, j), codegen
+    return v(v, k, j), codegen
 
 
 def _half(name: str, first: int):

@@ -239,8 +239,8 @@ def _layout_rule(node, in_types):
     kernel writes ``K/groups`` padded to a multiple of 16).
 
     NCHW16c wherever NCHW8c (the direct kernel reads a 16-channel block as two 8-channel
-    halves); of the channel-wise kernels only the depthwise one has 16 lanes (in, out, and in
-    its packed input and output)."""
+    halves; the channel-wise kernel has 16 lanes, in, out, and in its packed input and
+    output)."""
     a = node.attrs
     c, k, g = in_types[0].channels, a["out_channels"], a["groups"]
     if node.op != "conv" or a.get("lowering") != "direct":
@@ -252,8 +252,7 @@ def _layout_rule(node, in_types):
     outs = (PLAIN, BLOCKED) if writes else (PLAIN,)
     pairs = [(i, o) for i in ins for o in outs]
     if lanes:
-        if c == g:  # depthwise
-            pairs += [(PLAIN, BLOCKED16), (BLOCKED16, BLOCKED16), (BLOCKED16, PLAIN)]
+        pairs += [(PLAIN, BLOCKED16), (BLOCKED16, BLOCKED16), (BLOCKED16, PLAIN)]
     else:
         ins16 = (PLAIN, BLOCKED16) if reads else (PLAIN,)
         outs16 = (PLAIN, BLOCKED16) if writes else (PLAIN,)

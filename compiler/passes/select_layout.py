@@ -22,7 +22,7 @@ blocked when all its inputs are: it copies any channel to any lane.
 Block width, per region (the blocked values connected through the inputs they read: one storage
 width, as a residual operand or a concatenation's parts must share it): 16 channels a block when
 every kernel of the region has a 16-lane form (each op's ``layout_rule`` lists ``NCHW16c``
-pairs: convolutions but the narrow-group channel-wise ones, element-wise ops, LRN, pools,
+pairs: convolutions, depthwise and grouped too, element-wise ops, LRN, pools,
 channel gathers, flatten into dense, slices at whole 16-channel blocks, concatenations of whole
 16-channel blocks, a merged 1x1's ``prefix`` of whole blocks; not space-to-depth moves nor
 pooling prologues) and ``region_cost`` prefers it, which it does only on a 16-lane target and

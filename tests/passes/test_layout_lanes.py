@@ -106,6 +106,23 @@ s -> conv(64, 3, pad=1, groups=4) -> relu -> globalavgpool -> output y
     _agree(graph, runs)
 
 
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_narrow_groups_run_16_lanes(width):
+    """ResNeXt's narrow groups (2, 4 or 8 channels a group) in the 16-lane channel-wise
+    kernel: each lane multiplies the inputs of its own group, spread over the group's lanes
+    (``vspread`` of 16 lanes; for 8-channel groups two groups a vector), bit for bit NCHW8c."""
+    graph = load_network(f"""network narrow{width}
+input x: 3 x 10 x 10
+s = x -> conv(48, 3, pad=1) -> relu -> conv(48, 3, pad=1, groups={48 // width}) -> relu
+(s + (s -> conv(48, 3, stride=2, pad=1, groups={48 // width}) -> upsample(2)))
+  -> globalavgpool -> output y
+""")
+    runs = {layout: compile_model(graph, seed=0, layout=layout)
+            for layout in ("NCHW8c", "NCHW16c")}
+    assert _layouts(runs["NCHW16c"]) == {"NCHW16c"}
+    _agree(graph, runs)
+
+
 def test_flatten_into_dense_reads_nchw16c_storage():
     """A dense layer over a flattened NCHW16c tensor reads the storage in its order, its
     weights scattered to match (the float sums then run in another order than NCHW8c's)."""
