@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import get_op, operand_kind
+from ..ops.conv import channelwise
 from ..types import BLOCK_LANES, BLOCKED, BLOCKED16, PLAIN
 from .common import is_constant, layer, writes_whole_blocks
 from .manager import PassContext
@@ -210,9 +211,9 @@ def _wide_ok(graph: Graph, region: set[int], blocked: set[int]) -> bool:
                 or (_prefix_source(graph, node) is not None
                     and graph.node(node.inputs[0]).attrs["start"] % 16)):
             return False  # its parts (and a merged convolution's prefix) fill whole blocks
-        source = BLOCKED16 if node.inputs and node.inputs[0] in blocked else PLAIN
         if node.op == "concat":
             continue  # copied block by block, or written in place by its producers
+        source = BLOCKED16 if node.inputs and node.inputs[0] in blocked else PLAIN
         if (source, BLOCKED16) not in layout_pairs(graph, node):
             return False
         for o in node.inputs[1:]:
@@ -240,7 +241,8 @@ def region_cost(graph: Graph, region: set[int], lanes: int, vector: int) -> floa
 
     with ``padded(C)`` the channels rounded up to the block and ``taps`` the window of a
     depthwise convolution or a pooling (1 for element-wise ops): vector operations plus the
-    floats written and read. A direct (dense) convolution costs the same in either width
+    floats written and read. A direct (not channel-wise) convolution costs the same in either
+    width
     (its tiles are 16 or 32 channels and its padded output channels a multiple of 16), so it
     does not count. Wider blocks pay where the vector is wider and the padding small
     (MobileNetV2's 144-channel depthwise layers: 9 vectors a pixel instead of 18)."""
@@ -249,9 +251,10 @@ def region_cost(graph: Graph, region: set[int], lanes: int, vector: int) -> floa
         node = graph.node(nid)
         if node.op in ("flatten", "channel_slice") or get_op(node.op).view:
             continue
-        if node.op == "conv" and node.attrs["groups"] == 1:
-            continue
         c, p, q = node.type.shape
+        if node.op == "conv" and not channelwise(graph.node(node.inputs[0]).type.shape[0], c,
+                                                 node.attrs["groups"]):
+            continue
         taps = 1
         if node.op == "conv" or "kernel" in node.attrs:
             r, s = node.attrs["kernel"]
@@ -270,10 +273,9 @@ def _region_lanes(graph: Graph, region: set[int], blocked: set[int], ctx: PassCo
         return 8
     if ctx.layout == BLOCKED16:
         return 16
-    vector = ctx.target.lanes
-    wide, narrow = (region_cost(graph, region, n, vector) for n in (16, 8))
+    wide, narrow = (region_cost(graph, region, n, ctx.target.lanes) for n in (16, 8))
     first = graph.node(min(region))
-    choice = 16 if vector == 16 and wide < narrow else 8
+    choice = 16 if wide < narrow else 8  # never on an 8-lane target: padding only adds
     ctx.note(f"region of {len(region)} blocked values from {layer(first)}: "
              f"{BLOCKED16 if choice == 16 else BLOCKED} (cost {wide:.3g} in 16-channel blocks, "
              f"{narrow:.3g} in 8)", first)
