@@ -114,8 +114,9 @@ g = b -> globalavgpool -> conv(16, 1) -> relu -> conv(32, 1) -> sigmoid
 @pytest.mark.parametrize("name, level", [("resnet18", 2), ("epilogues", 2)])
 def test_targets_agree_bitwise(name, level):
     """The 16-lane tiles (AVX-512) and the 8-lane ones compute every output with the same FMAs
-    in the same order: the whole network agrees bit for bit (whichever target this CPU has:
-    16-lane code also runs on AVX2, split into ymm halves). The networks cover both tile widths
+    in the same order, and so do the 16-lane target's NCHW16c regions (its default layout) and
+    the 8-lane target's NCHW8c: the whole network agrees bit for bit (whichever target this CPU
+    has: 16-lane code also runs on AVX2, split into ymm halves). The networks cover both tile widths
     (32 and 16 channels), 14- and 7-pixel tiles and every kind of fused epilogue; the awkward
     tile cases one layer at a time are in tests/codegen/test_conv.py. (-O0 ResNet-18 and -O2
     GoogLeNet-BN also agreed bit for bit; they left the suite for its compile time.)"""
@@ -130,6 +131,8 @@ def test_targets_agree_bitwise(name, level):
         m = compile_model(graph, seed=0, opt_level=level, lowering="direct", target=target)
         tiles = {n.attrs["tile"] for n in m.plan.graph.nodes() if "tile" in n.attrs}
         assert tiles and all(t.endswith("/8" if target == "avx2" else "/16") for t in tiles)
+        layouts = {n.attrs["layout"] for n in m.plan.graph.nodes() if n.attrs.get("layout")}
+        assert layouts == {"NCHW8c" if target == "avx2" else "NCHW16c"}
         got[target] = m.run(inputs)
     for out in got["avx2"]:
         np.testing.assert_array_equal(got["avx2"][out], got["avx512"][out])
