@@ -190,7 +190,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                 acc = f"acc_{i}_{h}"
                 lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
         inner = [Loop("cb", Cgb, [
-            Let("xc", Var("xq") + Var("cb") * Var("xplane") if xpix == CB else
+            Let("xc", Var("xq") + Var("cb") * Var("xplane") if g.lanes_in == 8 else
                 Var("xq") + (Var("xg") + Var("cb")) // 2 * Var("xplane") +
                 (Var("xg") + Var("cb")) % 2 * 8),
             Let("wc", Var("wk") + Var("cb") * (R * S * CB * TK)),
@@ -267,7 +267,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
         else:
             body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
-        if xpix == CB:
+        if g.lanes_in == 8:
             body.append(Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) +
                             XL * CB))
         else:  # the group's first 8-channel half-block xg, added in the channel loop

@@ -251,13 +251,8 @@ def _layout_rule(node, in_types):
     ins = (PLAIN, BLOCKED) if reads else (PLAIN,)
     outs = (PLAIN, BLOCKED) if writes else (PLAIN,)
     pairs = [(i, o) for i in ins for o in outs]
-    if lanes:
-        pairs += [(PLAIN, BLOCKED16), (BLOCKED16, BLOCKED16), (BLOCKED16, PLAIN)]
-    else:
-        ins16 = (PLAIN, BLOCKED16) if reads else (PLAIN,)
-        outs16 = (PLAIN, BLOCKED16) if writes else (PLAIN,)
-        pairs += [(i, o) for i in ins16 for o in outs16 if BLOCKED16 in (i, o)]
-    return tuple(pairs)
+    wide = {BLOCKED: BLOCKED16}  # the same pairs in 16-channel blocks
+    return tuple(pairs + [(wide.get(i, i), wide.get(o, o)) for i, o in pairs if BLOCKED in (i, o)])
 
 
 def _writes_whole_blocks(node, in_types):
