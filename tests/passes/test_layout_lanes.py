@@ -212,3 +212,7 @@ def test_layout_choices_reach_the_cli(tmp_path, capsys, layout):
     f.write_text(INVERTED.format(size=8, c=16, e=32, k=3, pad=1))
     assert main(["compile", str(f), "--stats", "--layout", layout]) == 0
     assert "layout transforms per call: 1" in capsys.readouterr().out
+    assert main(["compile", str(f), "--explain", "--layout", layout]) == 0
+    out = capsys.readouterr().out
+    assert f"output kept in {layout}" in out
+    assert f"output kept in {'NCHW16c' if layout == 'NCHW8c' else 'NCHW8c'}" not in out
