@@ -6,20 +6,30 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-#: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``) and
-#: NCHW16c (``[N, C/16, H, W, 16]``: one AVX-512 vector a pixel).
-PLAIN, BLOCKED, BLOCKED16 = "NCHW", "NCHW8c", "NCHW16c"
+#: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``),
+#: NCHW16c (``[N, C/16, H, W, 16]``: one AVX-512 vector a pixel) and NHWC (``[N, H, W, C]``,
+#: C padded to whole 8-channel blocks: the kernels see ``[N, H, W, C/8, 8]``).
+PLAIN, BLOCKED, BLOCKED16, NHWC = "NCHW", "NCHW8c", "NCHW16c", "NHWC"
 #: Channels per block (vector lanes) of each channel-blocked layout.
-BLOCK_LANES = {BLOCKED: 8, BLOCKED16: 16}
+BLOCK_LANES = {BLOCKED: 8, BLOCKED16: 16, NHWC: 8}
 #: What a user may ask for (``compile(layout=...)``, ``--layout``): layout selection's choice,
-#: every activation plain, or every channel-blocked region in one block width (16 where each of
-#: its ops has a 16-lane kernel, else 8).
-LAYOUT_CHOICES = ("auto", PLAIN, BLOCKED, BLOCKED16)
+#: every activation plain, or every channel-blocked region in one storage (NCHW16c or NHWC
+#: where each of its ops has a kernel for it, else NCHW8c).
+LAYOUT_CHOICES = ("auto", PLAIN, BLOCKED, BLOCKED16, NHWC)
+
+
+def in_every_blocked_layout(pairs, layouts=(BLOCKED16, NHWC)) -> tuple[tuple[str, str], ...]:
+    """A layout rule's ``(input, output)`` pairs, and each pair with NCHW8c in it again with
+    NCHW8c replaced by each of ``layouts``: for ops whose kernels have every channel-blocked
+    form (the same operations lane for lane, in another storage order or block width)."""
+    pairs = tuple(pairs)
+    return pairs + tuple(tuple(other if x == BLOCKED else x for x in pair)
+                         for other in layouts for pair in pairs if BLOCKED in pair)
 
 
 def blocked_layout(lanes: int) -> str:
-    """The channel-blocked layout of ``lanes`` channels a block."""
-    return {v: k for k, v in BLOCK_LANES.items()}[lanes]
+    """The channel-blocked NCHWc layout of ``lanes`` channels a block."""
+    return {8: BLOCKED, 16: BLOCKED16}[lanes]
 
 
 @dataclass(frozen=True)

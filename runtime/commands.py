@@ -64,16 +64,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
                           layout=args.layout,
                           dump_ir=args.dump_ir, progress=True, autotune=args.autotune)
     elapsed = time.perf_counter() - t0
-    if args.stats:
+    if args.stats:  # exactly the stats lines first (scripts parse them), then what else was asked
         for key, value in model.stats().items():
             print(f"{key}: {value}")
-        return 0
-    steps = [s for s in model.steps if not s.view]
-    print(f"{graph.name}: compiled at -O{args.opt_level}, {len(steps)} steps, "
-          f"{model.plan.kernel_calls} kernels per call, in {elapsed:.2f} s "
-          f"(kernels cached under {model.plan.cache_path})")
-    print(f"buffers at batch 1: {model.bytes_needed(1) / 2**20:.1f} MiB "
-          f"({len(model.plan.buffers.slot_sizes)} activation slots after reuse)")
+    else:
+        steps = [s for s in model.steps if not s.view]
+        print(f"{graph.name}: compiled at -O{args.opt_level}, {len(steps)} steps, "
+              f"{model.plan.kernel_calls} kernels per call, in {elapsed:.2f} s "
+              f"(kernels cached under {model.plan.cache_path})")
+        print(f"buffers at batch 1: {model.bytes_needed(1) / 2**20:.1f} MiB "
+              f"({len(model.plan.buffers.slot_sizes)} activation slots after reuse)")
     if args.explain:
         print(format_explain(model.passes))
     if args.dump_ir:
@@ -96,8 +96,9 @@ def _opt_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
                    help="activation layout at -O2: auto (channel-blocked where the rules "
                         "allow, 8 or 16 channels a block by a cost model per region; default), "
-                        "NCHW (every activation plain), NCHW8c or NCHW16c (every blocked "
-                        "region in that block width, 16 where its kernels have 16 lanes)")
+                        "NCHW (every activation plain), NCHW8c, NCHW16c or NHWC (every "
+                        "blocked region in that storage where its kernels have it, else "
+                        "NCHW8c)")
     p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
                    help="vector width of the kernels: cpu (this machine's: 16 lanes with "
                         "AVX-512, else 8; default), avx2 (8) or avx512 (16)")

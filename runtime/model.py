@@ -286,8 +286,9 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     chooses), ``direct`` or ``im2col`` for every convolution, or a dict from layer name to one
     of those. ``layout``: ``auto`` (activations stay channel-blocked where the rules allow, at
     -O2, in blocks of 8 or 16 channels as a cost model picks per region), ``NCHW`` (every
-    activation plain), ``NCHW8c`` or ``NCHW16c`` (every blocked region in that block width,
-    16 where each of its kernels has a 16-lane form). ``cache_dir`` overrides the kernel cache
+    activation plain), ``NCHW8c``, ``NCHW16c`` or ``NHWC`` (every blocked region in that
+    storage where each of its kernels has that form, else NCHW8c; NHWC: channels padded to
+    whole 8-channel blocks). ``cache_dir`` overrides the kernel cache
     (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR
     after each pass. With ``warm`` (default) every kernel is compiled (or loaded from the disk
     cache) before this returns.

@@ -108,6 +108,10 @@ class ConvGeometry:
     # kernel works in one block width: its lanes are channels in and out.
     lanes_in: int = 8
     lanes_out: int = 8
+    # Whether that storage is NHWC (8-channel blocks, the blocks of a pixel adjacent: a
+    # producer's or consumer's storage only; the packed scratch buffers are NCHW8c).
+    nhwc_in: bool = False
+    nhwc_out: bool = False
 
     @classmethod
     def from_attrs(cls, attrs: dict, in_shape: tuple[int, ...],
@@ -137,6 +141,8 @@ class ConvGeometry:
         if self.channelwise and self.lanes_in != self.lanes_out:
             raise ValueError(f"a channel-wise convolution reads and writes one block width: "
                              f"{self}")
+        if (self.nhwc_in and self.lanes_in != 8) or (self.nhwc_out and self.lanes_out != 8):
+            raise ValueError(f"NHWC storage is read and written in 8-channel blocks: {self}")
         if self.lanes_in == 16 and not self.channelwise and self.Cg % 8 and self.groups > 1:
             raise ValueError(f"blocked input needs whole 8-channel blocks per group: {self}")
 
@@ -298,6 +304,12 @@ def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
             if g.lanes_in == 16:
                 note = f"NCHW16c {note}"
                 tag = f"l16_{tag}"
+            tag += "_xhwc" if g.nhwc_in else ""
+            tag += "_yhwc" if g.nhwc_out else ""
+            if g.nhwc_in or g.nhwc_out:
+                note = f"{note}; NHWC {'in' if g.nhwc_in else ''}" \
+                       f"{' and ' if g.nhwc_in and g.nhwc_out else ''}" \
+                       f"{'out' if g.nhwc_out else ''}"
             return channelwise_conv_kernel(g, name, note, epilogue, kinds), name, tag
         note = f"direct NCHW{16 if g.lanes_in == 16 else g.CB}c convolution, kernel " \
                f"{g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
@@ -309,6 +321,12 @@ def build_conv_kernels(g: ConvGeometry, lowering: str, epilogue=(), kinds=(),
         if g.lanes_out == 16:
             note = note.replace(" convolution,", " convolution into NCHW16c,")
             tag += "_y16"
+        if g.nhwc_in:
+            note = note.replace(f"direct NCHW{g.CB}c", "direct NHWC")
+            tag += "_xhwc"
+        if g.nhwc_out:
+            note = note.replace(" convolution,", " convolution into NHWC,")
+            tag += "_yhwc"
         return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
                                   tile_shape=tile, prologue=prologue), "conv_direct", tag
     if prologue is not None:
@@ -477,8 +495,11 @@ def lower_conv(ctx, node) -> Step:
     lanes_out = y_store.lanes if y_store is not None else 8
     if g.channelwise:  # one width in and out: the stored side's
         lanes_in = lanes_out = lanes_in if x_store is not None else lanes_out
-    if (lanes_in, lanes_out) != (8, 8):
-        g = replace(g, lanes_in=lanes_in, lanes_out=lanes_out)
+    nhwc_in = x_store is not None and x_store.nhwc
+    nhwc_out = y_store is not None and y_store.nhwc
+    if (lanes_in, lanes_out, nhwc_in, nhwc_out) != (8, 8, False, False):
+        g = replace(g, lanes_in=lanes_in, lanes_out=lanes_out, nhwc_in=nhwc_in,
+                    nhwc_out=nhwc_out)
         g.validate()
     # The register tile chosen by the select_tile pass (absent: depthwise, im2col, or a graph
     # lowered without the pipeline).

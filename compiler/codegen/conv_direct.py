@@ -30,6 +30,7 @@ from .kernel_ir import (
     VUnary,
     call,
     cmp,
+    const,
     contains,
 )
 from .pool import blocked_window
@@ -38,6 +39,7 @@ from .tiles import (
     TILE_DW,
     TILE_K,
     DirectTile,
+    StorageIndex,
     _epilogue_stores,
     _floor_let,
     _floored,
@@ -109,7 +111,7 @@ def _direct_tail(Q: Expr, tile) -> list:
 
 
 
-def _zero_halo(lanes: int = 8) -> list:
+def _zero_halo(lanes: int = 8, nhwc: bool = False) -> list:
     """Zero the halo of row ``p`` in every ``KB``-th block of the output buffer from ``kb``:
     together the tasks zero the halo of all ``YB`` blocks of the buffer, including ranges that
     other kernels fill (a concatenation's buffer after a merged 1x1's ``prefix``), so the
@@ -120,7 +122,7 @@ def _zero_halo(lanes: int = 8) -> list:
             If(cmp(">", Var("ZH"), 0), [Loop("zi", (YB + KB - 1) // KB, [
                 Let("zb", kb + Var("zi") * KB),
                 If(cmp("<", zb, YB), zero_row_halo(Var("n"), zb, Var("p"), Var("P"),
-                                                   Var("Q"), lanes))])])]
+                                                   Var("Q"), lanes, nhwc))])])]
 
 
 def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
@@ -134,9 +136,11 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                        order: Literal["auto", "rows", "kblocks"] = "rows",
                        epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8,
                        prologue: tuple[str, dict] | None = None) -> Kernel:
-    """The register-tiled direct convolution (not depthwise) over NCHW8c or NCHW16c
+    """The register-tiled direct convolution (not depthwise) over NCHW8c, NCHW16c or NHWC
     activations (``g.lanes_in`` / ``g.lanes_out``: the block widths of the storage it reads
-    and writes; a 16-channel input block is read as two 8-channel halves, in NCHW8c's order).
+    and writes; a 16-channel input block is read as two 8-channel halves, in NCHW8c's order;
+    ``g.nhwc_in`` / ``g.nhwc_out``: NHWC storage, whose pixel stride ``xpix`` / ``ypix`` is
+    the runtime ``blocks * 8``, the index arithmetic of ``tiles.StorageIndex``).
 
     Literal: the channel block ``CB``, kernel size, stride, dilation and the register tile
     (``tile_shape``: pixels x vectors of 8 or 16 lanes; they shape the unrolled inner loops).
@@ -166,16 +170,22 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         raise ValueError("a pooling prologue needs a 1x1, stride-1, unpadded, ungrouped "
                          f"convolution of at least 8 channels, not {g.describe()}")
     if prologue is not None and g.lanes_out != 8:
-        raise ValueError("a pooling prologue writes NCHW8c")
+        raise ValueError("a pooling prologue writes 8-channel blocks (NCHW8c or NHWC)")
     xarr = "x" if prologue is None else "xpool"
     CB, R, S = g.CB, g.R, g.S
     lanes, nvec, TK = tile_shape.lanes, tile_shape.vectors, tile_shape.channels
     yl = g.lanes_out  # channels a block of the output storage
     piece = min(lanes, yl)  # lanes of each store
-    # floats between input pixels: the channel block of NCHW8c (or of the stem's packed
-    # input), 16 in NCHW16c, whose blocks the loops read as two 8-channel halves
-    xpix = CB if g.lanes_in == 8 else g.lanes_in
     NB, Cgb, KB, Kgb, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DIRECT_INTS)
+    # the input's blocks: of the channel block of NCHW8c (or of the stem's packed input), of
+    # 16 in NCHW16c, whose blocks the loops read as two 8-channel halves, or of 8 in NHWC
+    x = StorageIndex(NB, Hp, Wp, XT, XL, CB if g.lanes_in == 8 else g.lanes_in, g.nhwc_in)
+    y = StorageIndex(YB, YH, YW, YT, YL, yl, g.nhwc_out)
+    # floats between the pixels the loops read (the prologue's pooled rows: 8) and between
+    # output pixels: literal in NCHWc, a runtime local in NHWC
+    nhwc_x = g.nhwc_in and prologue is None
+    xpix = Var("xpix") if nhwc_x else CB if prologue is not None else x.pixel
+    ypix = Var("ypix") if g.nhwc_out else y.pixel
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
@@ -225,12 +235,13 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                         # the output block within the tile, and the lane in it
                         block, lane0 = divmod(h * lanes + j * piece, yl)
                         part = VHalf(acc, j == 1) if piece < lanes else acc
-                        idx = Var("yrow") + (q0 + i) * yl + block * Var("yplane")
+                        idx = Var("yrow") + (q0 + i) * ypix + block * Var("yplane")
                         if lane0:
                             idx = idx + lane0
                         out += store_epilogue(
                             "y", idx, part, rest, lambda k, i=i, b=block, l0=lane0: Var(
-                                f"erow{k}") + operand_step(k, kinds[k], q0 + i, b, yl, l0),
+                                f"erow{k}") + operand_step(k, kinds[k], q0 + i, b, yl, l0,
+                                                           g.nhwc_out),
                             lanes=piece)
             return out
 
@@ -244,13 +255,13 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     T = tile_shape.pixels
     per_tile: list = [
         Let("wk", kb * (Cgb * (R * S * CB * TK))),
-        Let("yrow", ((n * YB + kb * (TK // yl)) * YH + p + YT) * (YW * yl) + YL * yl),
+        Let("yrow", y.row(n, kb * (TK // yl), p)),
         Let("nfull", Q // T),
         Let("tail", Q % T),
     ]
     ops, op_ints = _epilogue_params(epilogue)
-    per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // yl), p, kinds[k], yl))
-                 for k in range(len(ops))]
+    per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // yl), p, kinds[k], yl,
+                                             g.nhwc_out)) for k in range(len(ops))]
     per_tile += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
     if tile_shape == TILE_8:
         per_tile += [Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
@@ -259,7 +270,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         per_tile += [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping "
                              "tile)")]
         per_tile += _overlap_tail(Q, T, tile)
-    per_tile += _zero_halo(yl)
+    per_tile += _zero_halo(yl, g.nhwc_out)
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops
     ints = _ints(*DIRECT_INTS)
     if prologue is None:
@@ -268,26 +279,24 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         else:
             body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
         if g.lanes_in == 8:
-            body.append(Let("xrow", ((n * NB + gi * Cgb) * Hp + p * g.sh + XT) * (Wp * CB) +
-                            XL * CB))
+            body.append(Let("xrow", x.row(n, gi * Cgb, p * g.sh)))
         else:  # the group's first 8-channel half-block xg, added in the channel loop
-            body += [Let("xg", gi * Cgb),
-                     Let("xrow", ((n * NB) * Hp + p * g.sh + XT) * (Wp * xpix) + XL * xpix)]
+            body += [Let("xg", gi * Cgb), Let("xrow", x.row(n, 0, p * g.sh))]
         body += per_tile
-        xstrides = [Let("xplane", Hp * Wp * xpix), Let("xrstep", Wp * (g.dh * xpix))]
+        xstrides = [Let("xplane", const(x.plane)), Let("xrstep", Wp * (g.dh * xpix))]
         tasks = Var("n_batch") * (KB * P)
     else:
         op, attrs = prologue
         H, W = Var("H"), Var("W")
         q = Var("q")
-        window = blocked_window(op, attrs, "x", Var("xblk"), q, H, W, Wp, XT, XL)
+        window = blocked_window(op, attrs, "x", Var("xblk"), q, H, W, x)
         body = _unflatten(t, [("n", Var("n_batch")), ("p", P)])
         body += [
             Comment(f"prologue: {op} of row p of every input block, into xpool"),
             Let("win_r", p * attrs["stride"][0] - attrs["pads"][0]),
             Let("xrow", call("thread_id") * (Cgb * Q * 8)),
             Loop("cb", Cgb, [
-                Let("xblk", (n * NB + Var("cb")) * Hp * (Wp * 8)),
+                Let("xblk", x.block_start(n, Var("cb"))),
                 Let("xcb", Var("xrow") + Var("cb") * (Q * 8)),
                 Loop("q", Q, window + [VStore("xpool", Var("xcb") + q * 8, Var("acc"))]),
             ]),
@@ -300,8 +309,12 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         tasks = Var("n_batch") * P
     params += ints + op_ints + _ints("relu", "n_batch")
     # Loop-invariant strides, computed once (runtime sizes).
-    pre = [_floor_let(), *xstrides, Let("yplane", YH * YW * yl)]
-    pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl)) for k in range(len(ops))]
+    pre = [_floor_let()]
+    pre += [Let("xpix", x.pixel)] if nhwc_x else []
+    pre += [Let("ypix", y.pixel)] if g.nhwc_out else []
+    pre += [*xstrides, Let("yplane", const(y.plane))]
+    pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl, g.nhwc_out))
+            for k in range(len(ops))]
     loop = Loop("t", tasks, body, kind="parallel")
     return Kernel(name, params, pre + [loop], comment)
 
@@ -324,18 +337,23 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     T = TILE_DW if cg <= 4 or L == 16 else 6  # 16 lanes: 32 registers
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
+    x = StorageIndex(XB, Hp, Wp, XT, XL, L, g.nhwc_in)
+    y = StorageIndex(YB, YH, YW, YT, YL, L, g.nhwc_out)
+    # floats between input (output) pixels: literal in NCHWc, a runtime local in NHWC
+    xpix = Var("xpix") if g.nhwc_in else x.pixel
+    ypix = Var("ypix") if g.nhwc_out else y.pixel
 
     # An epilogue of operand-free vector ops with an exp or square root in it (sigmoid,
-    # swish) runs on two pixels at a time: 16 lanes, one vexp for both.
+    # swish) runs on two pixels at a time (in NCHW8c: 16 floats in a row, one vexp for both).
     head, rest = vector_head(Var("v"), epilogue, 16)
-    pairs = L == 8 and not rest and contains(head, VUnary)
+    pairs = L == 8 and not rest and contains(head, VUnary) and not g.nhwc_out
 
     def tile(T: int, q0: ExprLike) -> list:
         xs = Var("xs")
         wtap = (((cb * R + Var("r")) * S + Var("s")) * cg) * L
         upd: list = [Let(f"wv{j}", VLoad("w", wtap + j * L, L)) for j in range(cg)]
         for i in range(T):
-            acc, xi = f"acc_{i}_0", xs + i * g.sw * L
+            acc, xi = f"acc_{i}_0", xs + i * g.sw * xpix
             if 1 < cg < L:
                 upd.append(Let("xv", VLoad("x", xi, L)))
             for j in range(cg):
@@ -343,7 +361,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                       else VSpread(Var("xv"), cg, j))
                 upd.append(Let(acc, VFma(xj, Var(f"wv{j}"), Var(acc))))
         inner = [Loop("r", Const(R), [Loop("s", Const(S), [
-            Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * L)),
+            Let("xs", Var("xq") + Var("r") * Var("xrstep") + Var("s") * (g.dw * xpix)),
             *upd])])]
 
         def stores_for(epi: Epilogue) -> list:
@@ -361,28 +379,33 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                     out.append(VStore("y", Var("yrow") + (q0 + i) * 8, head))
                     i += 2
                     continue
-                out += store_epilogue("y", Var("yrow") + (q0 + i) * L, val, epilogue,
+                out += store_epilogue("y", Var("yrow") + (q0 + i) * ypix, val, epilogue,
                                       lambda k, i=i: Var(f"erow{k}") + operand_step(
-                                          k, kinds[k], q0 + i, lanes=L), lanes=L)
+                                          k, kinds[k], q0 + i, lanes=L, nhwc=g.nhwc_out),
+                                      lanes=L)
                 i += 1
             return out
 
-        return [Let("xq", Var("xrow") + q0 * (g.sw * L))] + \
+        return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
             _tile_stmts(T, 1, inner, _epilogue_stores(stores_for), lanes=L)
 
     body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
     ops, op_ints = _epilogue_params(epilogue)
-    body += [Let("xrow", ((n * XB + cb) * Hp + p * g.sh + XT) * (Wp * L) + XL * L),
-             Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * L) + YL * L),
+    body += [Let("xrow", x.row(n, cb, p * g.sh)),
+             Let("yrow", y.row(n, cb, p)),
              Let("nfull", Q // T),
              Let("tail", Q % T)]
-    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], L)) for k in range(len(ops))]
+    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], L, g.nhwc_out))
+             for k in range(len(ops))]
     body += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T)),
              Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
     body += _overlap_tail(Q, T, tile)
     body += [Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
-             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L))]
-    pre = [_floor_let(), Let("xrstep", Wp * (g.dh * L))]
+             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L, g.nhwc_out))]
+    pre = [_floor_let()]
+    pre += [Let("xpix", x.pixel)] if g.nhwc_in else []
+    pre += [Let("ypix", y.pixel)] if g.nhwc_out else []
+    pre += [Let("xrstep", Wp * (g.dh * xpix))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
         _ints(*DEPTHWISE_INTS) + op_ints + _ints("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (C8 * P), body, kind="parallel")

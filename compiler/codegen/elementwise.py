@@ -332,7 +332,8 @@ LRN_ROOT_EXPONENTS = (0.5, 0.75, 1.0)
 
 
 def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: float,
-                       k: float, comment: str = "", lanes: int = 8) -> Kernel:
+                       k: float, comment: str = "", lanes: int = 8,
+                       nhwc: bool = False) -> Kernel:
     """Local response normalization over channel-blocked storage (geometry ``X*`` in, ``Y*``
     out), per (image, block, row).
 
@@ -344,16 +345,15 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
     multiply-add and ``x / norm ** beta`` with square roots, all in float32; padding lanes get
     ``0 / norm = 0``. Otherwise each lane's window is summed and raised with ``pow`` per lane in
     float64 (as the NCHW kernel), padding lanes stored as zeros."""
-    from .tiles import BLOCKED_INTS
+    from .tiles import BLOCKED_INTS, StorageIndex
 
     C, L = channels, lanes
     n, cb, p, q, j = Var("n"), Var("cb"), Var("p"), Var("q"), Var("j")
-    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    x, y = StorageIndex.named("X", L, nhwc), StorageIndex.named("Y", L, nhwc)
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
 
     def block_at(b: ExprLike) -> Expr:  # index of pixel (p, q) of block b
-        return ((n * XB + b) * XH + p + XT) * (XW * L) + (XL + q) * L
+        return x.at(n, b, p, q)
 
     if beta in LRN_ROOT_EXPONENTS and k > 0:
         before, after = (size - 1) // 2, size // 2
@@ -385,20 +385,20 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
         else:
             pixel.append(Let("r", VUnary("sqrt", Var("norm"))))
             den = VBin("mul", Var("r"), VUnary("sqrt", Var("r")))
-        pixel.append(VStore("y", Var("yrow") + q * L, VBin("div", Var("xc"), den)))
+        pixel.append(VStore("y", Var("yrow") + q * y.pixel, VBin("div", Var("xc"), den)))
         row: Stmt = Loop("q", Q, pixel)
     else:
         def x_at(c: Expr) -> Expr:  # channel c of pixel (p, q)
             return Load("x0", block_at(c // L) + c % L)
 
         c = Var("c")
-        lane = [Let("c", cb * L + j), Let("o", Var("yrow") + q * L + j),
+        lane = [Let("c", cb * L + j), Let("o", Var("yrow") + q * y.pixel + j),
                 If(cmp("<", c, C), [*_lrn_window(c, C, size),
                                     *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
                    [Store("y", Var("o"), Const(0.0))])]
         row = Loop("q", Q, [Loop("j", Const(L), lane)])
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
-        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * L) + YL * L), row]
+        Let("yrow", y.row(n, cb, p)), row]
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
     params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
         [Param("n_batch", "int")]
@@ -455,27 +455,26 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
 
 
 def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "",
-                          lanes: int = 8) -> Kernel:
+                          lanes: int = 8, nhwc: bool = False) -> Kernel:
     """Channel concatenation over channel-blocked storage: per (image, row), input ``k``'s
     ``K<k>`` blocks of ``lanes`` channels (geometry ``X<k>*``) are copied, a vector per pixel,
     to the output blocks from ``O<k>`` on (geometry ``Y*``). Every input starts at a block
     boundary; the sizes are runtime integers, so one kernel serves every concatenation of
     ``n_inputs``."""
-    from .tiles import BLOCKED_INTS
+    from .tiles import BLOCKED_INTS, StorageIndex
 
     n, p, q, cb = Var("n"), Var("p"), Var("q"), Var("cb")
     P, Q = Var("P"), Var("Q")
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    y = StorageIndex.named("Y", lanes, nhwc)
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("p", P)])
     ints = ["P", "Q"]
     for k in range(n_inputs):
-        XB, XH, XW, XT, XL = (Var(f"X{k}{s}") for s in BLOCKED_INTS)
+        x = StorageIndex.named(f"X{k}", lanes, nhwc)
         body.append(Loop("cb", Var(f"K{k}"), [
-            Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * lanes) + XL * lanes),
-            Let("yrow", ((n * YB + Var(f"O{k}") + cb) * YH + p + YT) * (YW * lanes) +
-                YL * lanes),
-            Loop("q", Q, [VStore("y", Var("yrow") + q * lanes,
-                                 VLoad(f"x{k}", Var("xrow") + q * lanes, lanes))]),
+            Let("xrow", x.row(n, cb, p)),
+            Let("yrow", y.row(n, Var(f"O{k}") + cb, p)),
+            Loop("q", Q, [VStore("y", Var("yrow") + q * y.pixel,
+                                 VLoad(f"x{k}", Var("xrow") + q * x.pixel, lanes))]),
         ]))
         ints += [f"K{k}", f"O{k}"] + [f"X{k}{s}" for s in BLOCKED_INTS]
     ints += ["Y" + s for s in BLOCKED_INTS]
@@ -672,7 +671,7 @@ def lower_elementwise(ctx, node, op: str, pack=None):
                             ctx.operand_geometry(i)))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
         k = elementwise_blocked_kernel(ctx.kname, op, n_own, kinds, epilogue, ctx.comment,
-                                       source.lanes)
+                                       source.lanes, source.nhwc)
         return kernel_step(ctx, k, inputs=inputs, ints=ints, pack=pack)
     k = elementwise_kernel(ctx.kname, op, ctx.out_shape, shapes, epilogue, ctx.comment, sz,
                            n_own=n_own)
@@ -681,7 +680,7 @@ def lower_elementwise(ctx, node, op: str, pack=None):
 
 def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[str],
                                epilogue: Sequence[EpilogueOp], comment: str = "",
-                               lanes: int = 8) -> Kernel:
+                               lanes: int = 8, nhwc: bool = False) -> Kernel:
     """``y = epilogue(x0 op x1 op ...)`` over channel-blocked storage, ``lanes`` (8 or 16)
     channels a block and a vector.
 
@@ -694,6 +693,7 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
     """
     from .tiles import (
         BLOCKED_INTS,
+        StorageIndex,
         operand_ints,
         operand_plane,
         operand_row,
@@ -703,20 +703,20 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
 
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
-    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     others = len(kinds)
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
-        Let("xrow", ((n * XB + cb) * XH + p + XT) * (XW * lanes) + XL * lanes),
-        Let("yrow", ((n * YB + cb) * YH + p + YT) * (YW * lanes) + YL * lanes),
+        Let("xrow", x.row(n, cb, p)),
+        Let("yrow", y.row(n, cb, p)),
     ]
-    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], lanes)) for k in range(others)]
+    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], lanes, nhwc))
+             for k in range(others)]
 
     def load(k: int) -> Expr:  # input x<k+1>
-        return VLoad(f"x{k + 1}", Var(f"erow{k}") + operand_step(k, kinds[k], q, lanes=lanes),
-                     lanes)
+        return VLoad(f"x{k + 1}", Var(f"erow{k}") + operand_step(k, kinds[k], q, lanes=lanes,
+                                                                   nhwc=nhwc), lanes)
 
-    value: Expr = VLoad("x0", Var("xrow") + q * lanes, lanes)
+    value: Expr = VLoad("x0", Var("xrow") + q * x.pixel, lanes)
     if op == "affine":
         value = VFma(value, Var("sc"), Var("sh"))
         body += [Let("sc", VLoad("c_scale", cb * lanes, lanes)),
@@ -731,13 +731,13 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
 
     def operand_index(k: int) -> Expr:
         j = n_own - 1 + k
-        return Var(f"erow{j}") + operand_step(j, kinds[j], q, lanes=lanes)
+        return Var(f"erow{j}") + operand_step(j, kinds[j], q, lanes=lanes, nhwc=nhwc)
 
-    body.append(Loop("q", Q, store_epilogue("y", Var("yrow") + q * lanes, value, epilogue,
+    body.append(Loop("q", Q, store_epilogue("y", Var("yrow") + q * y.pixel, value, epilogue,
                                             operand_index, lambda k: f"x{n_own + k}", lanes)))
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
         [n for k in range(others) for n in operand_ints(k)] + ["Y" + s for s in BLOCKED_INTS]
-    pre = [Let(f"eplane{k}", operand_plane(k, kinds[k], lanes)) for k in range(others)]
+    pre = [Let(f"eplane{k}", operand_plane(k, kinds[k], lanes, nhwc)) for k in range(others)]
     consts = [Param("c_scale"), Param("c_shift")] if op == "affine" else []
     params = [Param(f"x{k}") for k in range(others + 1)] + consts + [Param("y")] + \
         [Param(i, "int") for i in ints] + [Param("n_batch", "int")]

@@ -28,7 +28,7 @@ from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count, prologue_of
 from ..ops.conv import channelwise
 from ..passes.common import is_constant
 from ..plan import Arg, Call, Plan, Step, Storage
-from ..types import BLOCK_LANES, shown_path
+from ..types import BLOCK_LANES, NHWC, shown_path
 from . import cache
 from .kernel_ir import Kernel
 from .numba_printer import print_kernel, print_module, sanitize_comment
@@ -160,7 +160,7 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
     t, l, b, r = node.attrs.get("halo", (0, 0, 0, 0))
     prefix = node.attrs.get("prefix", 0)  # blocks of a merged convolution before a concat
     return Storage(c, prefix + blocks, h + t + b, w + l + r, t, l, first_block=prefix,
-                   lanes=lanes)
+                   lanes=lanes, nhwc=node.attrs["layout"] == NHWC)
 
 
 def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],

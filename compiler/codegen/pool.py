@@ -43,7 +43,7 @@ from .kernel_ir import (
     const,
     div,
 )
-from .tiles import BLOCKED_INTS
+from .tiles import BLOCKED_INTS, StorageIndex
 
 
 def _in_range(v: Expr, lo: ExprLike, hi: ExprLike) -> Expr:
@@ -194,20 +194,20 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
 # -- channel-blocked (NCHW8c) variants: 8 channels per vector ---------------------------------
 
 def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
-                   H: ExprLike, W: ExprLike, XW: ExprLike, XT: ExprLike,
-                   XL: ExprLike, lanes: int = 8) -> list[Stmt]:
-    """Statements leaving in ``acc`` the max or average pool (``lanes`` channels a vector) of output
-    column ``q`` of the row whose window starts at input row ``win_r`` (a local the caller sets),
-    over the block of ``x`` stored from ``xb`` (``H x W`` tensor at row ``XT``, column ``XL``
-    of rows ``XW`` wide). Taps outside the tensor are skipped (never its zero halo: a window
-    of negative values must not see a 0); average pooling only where its divisor is the
-    window size (``avgpool_blocked_ok``). Shared by the pooling kernel and the convolution
-    that computes its input's pool as a prologue."""
+                   H: ExprLike, W: ExprLike, storage: StorageIndex) -> list[Stmt]:
+    """Statements leaving in ``acc`` the max or average pool (``storage.lanes`` channels a
+    vector) of output column ``q`` of the row whose window starts at input row ``win_r`` (a
+    local the caller sets), over the block of ``x`` stored from ``xb`` (a ``block_start`` of
+    the ``H x W`` tensor in ``storage``). Taps outside the tensor are skipped (never its zero
+    halo: a window of negative values must not see a 0); average pooling only where its
+    divisor is the window size (``avgpool_blocked_ok``). Shared by the pooling kernel and the
+    convolution that computes its input's pool as a prologue."""
     (R, S), sw = attrs["kernel"], attrs["stride"][1]
     pl = attrs["pads"][1]
     dh, dw = attrs.get("dilation", (1, 1))
     ih, iw = Var("win_r") + Var("r") * dh, Var("win_c") + Var("s") * dw
-    tap = VLoad(x, xb + (ih + XT) * (XW * lanes) + (iw + XL) * lanes, lanes)
+    lanes = storage.lanes
+    tap = VLoad(x, storage.tap(xb, ih, iw), lanes)
     if op == "avgpool":
         if not avgpool_blocked_ok(attrs):
             raise ValueError("this average pool's divisor is not its window size")
@@ -236,22 +236,21 @@ def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
 
 
 def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
-                               comment: str = "", lanes: int = 8) -> Kernel:
+                               comment: str = "", lanes: int = 8, nhwc: bool = False) -> Kernel:
     """Max or average pooling of channel-blocked storage into channel-blocked storage,
     ``lanes`` channels a block and a vector (the window: ``blocked_window``). Input geometry
     ``X*`` and output geometry ``Y*`` are ``(blocks, stored height, stored width, top,
     left)``; window, stride, padding and dilation are literal."""
     sh, pt = attrs["stride"][0], attrs["pads"][0]
     C8, H, W, P, Q = (Var(v) for v in ("C8", "H", "W", "P", "Q"))
-    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
-    q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, XW, XT, XL, lanes)
-    q_body.append(VStore("y", Var("yb") + q * lanes, Var("acc")))
+    q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, x)
+    q_body.append(VStore("y", Var("yb") + q * y.pixel, Var("acc")))
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
         Let("win_r", p * sh - pt),
-        Let("xb", (n * XB + cb) * XH * (XW * lanes)),
-        Let("yb", ((n * YB + cb) * YH + p + YT) * (YW * lanes) + YL * lanes),
+        Let("xb", x.block_start(n, cb)),
+        Let("yb", y.row(n, cb, p)),
         Loop("q", Q, q_body),
     ]
     ints = ["C8", "H", "W", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
@@ -271,16 +270,16 @@ def avgpool_blocked_ok(attrs: dict[str, Any]) -> bool:
     return bool(attrs.get("count_include_pad", True)) or not any(attrs["pads"])
 
 
-def global_pool_blocked_kernel(name: str, op: str, comment: str = "", lanes: int = 8) -> Kernel:
+def global_pool_blocked_kernel(name: str, op: str, comment: str = "", lanes: int = 8,
+                               nhwc: bool = False) -> Kernel:
     """Mean or maximum over each channel's H x W plane of channel-blocked storage (``lanes``
     channels a block), written as the plain ``[N, C]`` result (``C`` a multiple of 8: with 16
     lanes the last block may hold 8 channels, and only its low half is stored); the mean sums
     in float32 vectors."""
     C8, H, W = Var("C8"), Var("H"), Var("W")
-    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
+    x = StorageIndex.named("X", lanes, nhwc)
     n, cb = Var("n"), Var("cb")
-    tap = VLoad("x0", Var("xb") + (Var("h") + XT) * (XW * lanes) + (Var("w") + XL) * lanes,
-                lanes)
+    tap = VLoad("x0", x.tap(Var("xb"), Var("h"), Var("w")), lanes)
     if op == "globalavgpool":
         init: Expr = VZero(lanes)
         update: Expr = VBin("add", Var("acc"), tap)
@@ -290,7 +289,7 @@ def global_pool_blocked_kernel(name: str, op: str, comment: str = "", lanes: int
         update = VBin("max", Var("acc"), tap)
         final = Var("acc")
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8)]) + [
-        Let("xb", (n * XB + cb) * XH * (XW * lanes)),
+        Let("xb", x.block_start(n, cb)),
         Let("acc", init),
         Loop("h", H, [Loop("w", W, [Let("acc", update)])]),
     ]

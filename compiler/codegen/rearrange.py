@@ -31,7 +31,7 @@ from .kernel_ir import (
     cmp,
     const,
 )
-from .tiles import BLOCKED_INTS, zero_row_halo
+from .tiles import BLOCKED_INTS, StorageIndex, zero_row_halo
 
 #: Input counts of the generated channel-gather kernels: a gather of fewer inputs repeats its
 #: last one, so a network needs few variants (each a compile on a cold cache).
@@ -48,7 +48,7 @@ def gather_arity(n_inputs: int) -> int:
 
 
 def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str = "",
-                          lanes: int = 8) -> Kernel:
+                          lanes: int = 8, nhwc: bool = False) -> Kernel:
     """``y[n, o] = x_i[n, c]`` with ``(i, c)`` = ``c_table[2 o], c_table[2 o + 1]`` (small
     integers, exact in float32): any channel of any input to any output channel.
 
@@ -78,25 +78,24 @@ def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str 
             ints.append(f"X{k}C")
         tasks = N_BATCH * C
     else:
-        YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+        y = StorageIndex.named("Y", lanes, nhwc)
         ob, lane = Var("ob"), Var("l")
         body = _unflatten(Var("t"), [("n", N_BATCH), ("ob", (C + (lanes - 1)) // lanes), ("p", P)])
-        body.append(Let("yrow", ((n * YB + ob) * YH + p + YT) * (YW * lanes) + YL * lanes))
+        body.append(Let("yrow", y.row(n, ob, p)))
         copies: list[Stmt] = []
         for k in range(n_inputs):
-            XB, XH, XW, XT, XL = (Var(f"X{k}{s}") for s in BLOCKED_INTS)
+            x = StorageIndex.named(f"X{k}", lanes, nhwc)
             copies.append(If(cmp("==", src, k), [
-                Let("xrow", ((n * XB + ch // lanes) * XH + p + XT) * (XW * lanes) + XL * lanes
-                    + ch % lanes),
-                Loop("q", Q, [Store("y", Var("yrow") + q * lanes + lane,
-                                    Load(f"x{k}", Var("xrow") + q * lanes))])]))
+                Let("xrow", x.row(n, ch // lanes, p) + ch % lanes),
+                Loop("q", Q, [Store("y", Var("yrow") + q * y.pixel + lane,
+                                    Load(f"x{k}", Var("xrow") + q * x.pixel))])]))
             ints += [f"X{k}{s}" for s in BLOCKED_INTS]
         ints += ["Y" + s for s in BLOCKED_INTS]
         body.append(Loop("l", Const(lanes), [
             Let("o", ob * lanes + lane),
             If(cmp("<", o, C), lookup + copies,
-               [Loop("q", Q, [Store("y", Var("yrow") + q * lanes + lane, Const(0.0))])])]))
-        body.append(If(cmp(">", Var("ZH"), 0), zero_row_halo(n, ob, p, P, Q, lanes)))
+               [Loop("q", Q, [Store("y", Var("yrow") + q * y.pixel + lane, Const(0.0))])])]))
+        body.append(If(cmp(">", Var("ZH"), 0), zero_row_halo(n, ob, p, P, Q, lanes, nhwc)))
         ints.append("ZH")
         tasks = N_BATCH * ((C + (lanes - 1)) // lanes) * P
     params = [Param(f"x{k}") for k in range(n_inputs)] + [Param("c_table"), Param("y")] + \

@@ -149,21 +149,98 @@ def _floor_let() -> Let:
 BLOCKED_INTS = ("B", "H", "W", "T", "L")
 
 
+@dataclass(frozen=True)
+class StorageIndex:
+    """The index arithmetic of one channel-blocked operand of a kernel: its geometry (``B``
+    blocks of ``lanes`` channels per image, stored ``H x W``, the tensor from row ``T``,
+    column ``L``: runtime integers, see :data:`BLOCKED_INTS`) and the literal order of the
+    storage, the only place a kernel builder learns it:
+
+        NCHWc (``nhwc=False``)  [N, B, H, W, lanes]   offset ((n*B + b)*H + h)*W*lanes + w*lanes
+        NHWC  (``nhwc=True``)   [N, H, W, B, lanes]   offset ((n*H + h)*W + w)*B*lanes + b*lanes
+
+    NHWC is the same storage with the blocks of a pixel adjacent: one pixel is the padded
+    channel count ``B * lanes`` floats, and ``b * lanes`` is a block's place in it. Every
+    offset below is one of these with ``h = T + row``, ``w = L + column``."""
+
+    B: ExprLike
+    H: ExprLike
+    W: ExprLike
+    T: ExprLike
+    L: ExprLike
+    lanes: int = 8
+    nhwc: bool = False
+
+    @classmethod
+    def named(cls, prefix: str, lanes: int = 8, nhwc: bool = False) -> StorageIndex:
+        """The operand whose geometry integers are ``<prefix>B``, ``<prefix>H``, ..."""
+        return cls(*(Var(prefix + s) for s in BLOCKED_INTS), lanes=lanes, nhwc=nhwc)
+
+    @property
+    def pixel(self) -> ExprLike:
+        """Floats between horizontally adjacent pixels of a block."""
+        return self.B * self.lanes if self.nhwc else self.lanes
+
+    @property
+    def plane(self) -> ExprLike:
+        """Floats between a pixel of block ``b`` and the same pixel of block ``b + 1``."""
+        return self.lanes if self.nhwc else self.H * self.W * self.lanes
+
+    @property
+    def line(self) -> ExprLike:
+        """Floats between vertically adjacent pixels."""
+        return self.W * (self.B * self.lanes) if self.nhwc else self.W * self.lanes
+
+    def row(self, n: ExprLike, block: ExprLike, p: ExprLike) -> Expr:
+        """Offset of the first pixel of the tensor's row ``p`` in block ``block`` of image
+        ``n``."""
+        if self.nhwc:
+            return ((n * self.H + p + self.T) * self.W + self.L) * (self.B * self.lanes) + \
+                block * self.lanes
+        return ((n * self.B + block) * self.H + p + self.T) * (self.W * self.lanes) + \
+            self.L * self.lanes
+
+    def at(self, n: ExprLike, block: ExprLike, p: ExprLike, q: ExprLike) -> Expr:
+        """Offset of the tensor's pixel (``p``, ``q``) in block ``block`` of image ``n``."""
+        if self.nhwc:
+            return ((n * self.H + p + self.T) * self.W + self.L + q) * (self.B * self.lanes) + \
+                block * self.lanes
+        return ((n * self.B + block) * self.H + p + self.T) * (self.W * self.lanes) + \
+            (self.L + q) * self.lanes
+
+    def stored_row(self, n: ExprLike, block: ExprLike, r: ExprLike) -> Expr:
+        """Offset of stored row ``r`` (halo rows included: ``T`` not added), column 0."""
+        if self.nhwc:
+            return (n * self.H + r) * self.line + block * self.lanes
+        return ((n * self.B + block) * self.H + r) * (self.W * self.lanes)
+
+    def block_start(self, n: ExprLike, block: ExprLike) -> Expr:
+        """Offset of stored pixel (0, 0) of block ``block`` of image ``n``."""
+        if self.nhwc:
+            return n * self.H * self.line + block * self.lanes
+        return (n * self.B + block) * self.H * (self.W * self.lanes)
+
+    def tap(self, start: ExprLike, r: ExprLike, c: ExprLike) -> Expr:
+        """Offset of the tensor's pixel (``r``, ``c``) from a ``block_start``."""
+        return start + (r + self.T) * self.line + (c + self.L) * self.pixel
+
+
 def zero_row_halo(n: Expr, block: Expr, p: Expr, P: ExprLike, Q: ExprLike,
-                  lanes: int = 8) -> list[Stmt]:
+                  lanes: int = 8, nhwc: bool = False) -> list[Stmt]:
     """Zero the halo of output row ``p`` of ``lanes``-channel block ``block`` of image ``n`` in
     ``y`` (geometry ``Y*``: ``BLOCKED_INTS``): its columns left and right of the ``Q`` pixels, and
     in the first and the last row's task the halo rows above and below the ``P`` rows. A
     row-parallel kernel whose tasks cover every (block, row) of its output zeroes the whole
     halo with it, so the buffer may reuse a slot other values dirtied (``zero_halo``). Halo
     and interior are disjoint: no race with the stores of the rows."""
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    y = StorageIndex.named("Y", lanes, nhwc)
+    YH, YW, YT, YL = y.H, y.W, y.T, y.L
 
     def row(r: ExprLike, cols: list) -> list:
-        return [Let("zrow", ((n * YB + block) * YH + r) * (YW * lanes)), *cols]
+        return [Let("zrow", y.stored_row(n, block, r)), *cols]
 
     def zero_cols(start: ExprLike, count: ExprLike) -> Loop:
-        return Loop("zc", count, [VStore("y", Var("zrow") + Var("zc") * lanes,
+        return Loop("zc", count, [VStore("y", Var("zrow") + Var("zc") * y.pixel,
                                          VZero(lanes))], start=start)
 
     stmts = row(p + YT, [zero_cols(Const(0), YL), zero_cols(YL + Q, YW - YL - Q)])
@@ -180,32 +257,34 @@ def operand_ints(k: int) -> list[str]:
 
 
 def operand_row(k: int, n: Expr, block: Expr, p: Expr, kind: str = "full",
-                lanes: int = 8) -> Expr:
+                lanes: int = 8, nhwc: bool = False) -> Expr:
     """Offset of row ``p`` of ``lanes``-channel block ``block`` of image ``n`` in operand
-    ``k``: a ``full`` operand is channel-blocked storage of that block width; a ``channel``
-    gate is the plain ``[N, C]`` vector (``E<k>B`` = C/lanes), ``lanes`` consecutive channels
-    per block, the same for every pixel."""
-    B, H, W, T, L = (Var(s) for s in operand_ints(k))
+    ``k``: a ``full`` operand is channel-blocked storage of that block width and order; a
+    ``channel`` gate is the plain ``[N, C]`` vector (``E<k>B`` = C/lanes), ``lanes``
+    consecutive channels per block, the same for every pixel."""
+    e = StorageIndex.named(f"E{k}", lanes, nhwc)
     if kind == "channel":
-        return (n * B + block) * lanes
-    return ((n * B + block) * H + p + T) * (W * lanes) + L * lanes
+        return (n * e.B + block) * lanes
+    return e.row(n, block, p)
 
 
 def operand_step(k: int, kind: str, pixel: ExprLike, half: ExprLike = 0, lanes: int = 8,
-                 lane: int = 0) -> Expr:
+                 lane: int = 0, nhwc: bool = False) -> Expr:
     """The offset from ``operand_row`` to output pixel ``pixel`` of block ``half`` of a tile of
     16 or 32 channels (``eplane<k>``: one block further on), at lane ``lane`` of the block."""
     step = const(half) * Var(f"eplane{k}")
     if lane:
         step = step + lane
-    return step if kind == "channel" else const(pixel) * lanes + step
+    if kind == "channel":
+        return step
+    return const(pixel) * StorageIndex.named(f"E{k}", lanes, nhwc).pixel + step
 
 
-def operand_plane(k: int, kind: str, lanes: int = 8) -> Expr:
+def operand_plane(k: int, kind: str, lanes: int = 8, nhwc: bool = False) -> Expr:
     """Floats between consecutive blocks of operand ``k`` (a ``Let`` of ``eplane<k>``)."""
     if kind == "channel":
         return Const(lanes)
-    return Var(f"E{k}H") * Var(f"E{k}W") * lanes
+    return const(StorageIndex.named(f"E{k}", lanes, nhwc).plane)
 
 
 def vector_head(value: Expr, epilogue, lanes: int) -> tuple[Expr, list]:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, BLOCKED16, PLAIN, TensorType
+from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 
 
 class ShapeError(Exception):
@@ -321,11 +321,11 @@ def count_macs(graph: Any) -> int:
 
 
 def elementwise_layouts(node: Any, in_types: list[TensorType]) -> tuple[tuple[str, str], ...]:
-    """The layout rule of element-wise ops: their kernels run over NCHW8c and NCHW16c storage
-    too (a per-channel gate operand stays plain ``[N, C]``)."""
+    """The layout rule of element-wise ops: their kernels run over NCHW8c, NCHW16c and NHWC
+    storage too (a per-channel gate operand stays plain ``[N, C]``)."""
     if in_types[0].rank != 3:
         return ((PLAIN, PLAIN),)
-    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED), (BLOCKED16, BLOCKED16))
+    return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, BLOCKED)))
 
 
 def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:

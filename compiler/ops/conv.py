@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, BLOCKED16, PLAIN, TensorType
+from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     Attr,
     AttrError,
@@ -238,9 +238,9 @@ def _layout_rule(node, in_types):
     blocked output unless each group's outputs would be padded inside the tensor (the direct
     kernel writes ``K/groups`` padded to a multiple of 16).
 
-    NCHW16c wherever NCHW8c (the direct kernel reads a 16-channel block as two 8-channel
-    halves; the channel-wise kernel has 16 lanes, in, out, and in its packed input and
-    output)."""
+    NCHW16c and NHWC wherever NCHW8c (the direct kernel reads a 16-channel block as two
+    8-channel halves; the channel-wise kernel has 16 lanes, in, out, and in its packed input
+    and output; in NHWC the kernels step from pixel to pixel by the padded channel count)."""
     a = node.attrs
     c, k, g = in_types[0].channels, a["out_channels"], a["groups"]
     if node.op != "conv" or a.get("lowering") != "direct":
@@ -250,9 +250,7 @@ def _layout_rule(node, in_types):
     writes = lanes or g == 1 or (k // g) % 16 == 0
     ins = (PLAIN, BLOCKED) if reads else (PLAIN,)
     outs = (PLAIN, BLOCKED) if writes else (PLAIN,)
-    pairs = [(i, o) for i in ins for o in outs]
-    wide = {BLOCKED: BLOCKED16}  # the same pairs in 16-channel blocks
-    return tuple(pairs + [(wide.get(i, i), wide.get(o, o)) for i, o in pairs if BLOCKED in (i, o)])
+    return in_every_blocked_layout((i, o) for i in ins for o in outs)
 
 
 def _writes_whole_blocks(node, in_types):
@@ -271,7 +269,7 @@ def _lower(ctx, node):
 
 register(OpDef(
     lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
-    layouts=("NCHW", "NCHW8c", "NCHW16c"), layout_rule=_layout_rule,
+    layouts=("NCHW", "NCHW8c", "NCHW16c", "NHWC"), layout_rule=_layout_rule,
     writes_whole_blocks=_writes_whole_blocks,
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, BLOCKED16, PLAIN, TensorType
+from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 from . import Attr, OpDef, ParamSpec, ShapeError, as_bool, as_int, register, sum_bound
 
 
@@ -51,17 +51,15 @@ def _reference(inputs, attrs):
 
 def _layouts(node, in_types):
     """NCHW features, or a channel-blocked tensor flattened in its storage order (``flatten``
-    of NCHW8c or NCHW16c storage: the weights are permuted to match, see ``_lower``)."""
-    return ((PLAIN, PLAIN), (BLOCKED, PLAIN), (BLOCKED16, PLAIN))
+    of channel-blocked storage: the weights are permuted to match, see ``_lower``)."""
+    return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, PLAIN)))
 
 
 def storage_order(shape: tuple[int, ...], storage) -> np.ndarray:
     """Where feature ``c * H * W + h * W + w`` of a ``C x H x W`` tensor lies in its
-    channel-blocked storage, flattened (``[blocks, height, width, lanes]`` floats per image)."""
+    channel-blocked storage, flattened (``storage.floats`` per image)."""
     c, h, w = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    b = storage.lanes
-    return ((((c // b) * storage.height + h + storage.top) * storage.width + w + storage.left)
-            * b + c % b).ravel()
+    return storage.index(c, h, w).ravel()
 
 
 def _lower(ctx, node):

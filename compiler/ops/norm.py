@@ -280,7 +280,7 @@ def _lower_lrn(ctx, node):
         ints = {"C8": -(-c // source.lanes), "P": h, "Q": w}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
-        k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment, source.lanes)
+        k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment, source.lanes, source.nhwc)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     k = lrn_kernel(ctx.kname, ctx.in_shapes[0], *window, ctx.comment)
     return kernel_step(ctx, k, inputs=ctx.tensor_inputs)

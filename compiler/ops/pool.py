@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, BLOCKED16, PLAIN, TensorType
+from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     EPS32,
     TRANSCENDENTAL,
@@ -168,22 +168,22 @@ _WINDOW = (
 
 
 def _keeps_blocked(node, in_types):
-    """Max pooling has NCHW8c and NCHW16c kernels (every padding and dilation), average
-    pooling where its divisor is the window size: blocked in, blocked out."""
+    """Max pooling has NCHW8c, NCHW16c and NHWC kernels (every padding and dilation),
+    average pooling where its divisor is the window size: blocked in, blocked out."""
     from ..codegen.pool import avgpool_blocked_ok
 
     if node.op == "maxpool" or (node.op == "avgpool" and avgpool_blocked_ok(own_attrs(
             node.attrs))):
-        return ((PLAIN, PLAIN), (BLOCKED, BLOCKED), (BLOCKED16, BLOCKED16))
+        return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, BLOCKED)))
     return ((PLAIN, PLAIN),)
 
 
 def _reads_blocked(node, in_types):
-    """Global pooling reads NCHW8c or NCHW16c and writes the plain C x 1 x 1 result (whole
-    8-lane vectors: the channels a multiple of 8)."""
+    """Global pooling reads channel-blocked storage and writes the plain C x 1 x 1 result
+    (whole 8-lane vectors: the channels a multiple of 8)."""
     if in_types[0].channels % 8:
         return ((PLAIN, PLAIN),)
-    return ((PLAIN, PLAIN), (BLOCKED, PLAIN), (BLOCKED16, PLAIN))
+    return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, PLAIN)))
 
 
 def _lower_window(ctx, node):
@@ -199,7 +199,8 @@ def _lower_window(ctx, node):
                 "Q": ctx.out_shape[2]}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), src.ints()))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), out.ints()))
-        k = window_pool_blocked_kernel(ctx.kname, node.op, node.attrs, ctx.comment, src.lanes)
+        k = window_pool_blocked_kernel(ctx.kname, node.op, node.attrs, ctx.comment, src.lanes,
+                                       src.nhwc)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs,
@@ -217,7 +218,7 @@ def _lower_global(ctx, node):
         c, h, w = ctx.in_shapes[0]
         ints = {"C8": -(-c // src.lanes), "H": h, "W": w, "C": c}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), src.ints()))
-        k = global_pool_blocked_kernel(ctx.kname, node.op, ctx.comment, src.lanes)
+        k = global_pool_blocked_kernel(ctx.kname, node.op, ctx.comment, src.lanes, src.nhwc)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = global_pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.comment, sz)

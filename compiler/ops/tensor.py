@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, BLOCKED16, PLAIN, TensorType
+from ..types import BLOCKED, BLOCKED16, NHWC, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     EPS32,
     Attr,
@@ -219,7 +219,8 @@ def _lower_concat(ctx, node):
             ints.update(zip((f"X{k}B", f"X{k}H", f"X{k}W", f"X{k}T", f"X{k}L"),
                             ctx.storage(i).ints()))
             first += c
-        k = concat_blocked_kernel(ctx.kname, len(ctx.tensor_inputs), ctx.comment, lanes)
+        k = concat_blocked_kernel(ctx.kname, len(ctx.tensor_inputs), ctx.comment, lanes,
+                                  ctx.out_storage.nhwc)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz)
@@ -259,7 +260,7 @@ def _slice_layouts(node, in_types):
     """A slice starting at a whole block is a view of channel-blocked storage."""
     pairs = [(PLAIN, PLAIN)]
     if node.attrs["start"] % 8 == 0:
-        pairs.append((BLOCKED, BLOCKED))
+        pairs += [(BLOCKED, BLOCKED), (NHWC, NHWC)]
     if node.attrs["start"] % 16 == 0:
         pairs.append((BLOCKED16, BLOCKED16))
     return tuple(pairs)
@@ -320,7 +321,7 @@ def _gather_ref(xs, attrs):
 def _gather_layouts(node, in_types):
     """Every input in the output's layout: plain planes, or lanes of channel-blocked storage
     (any channel to any lane: no alignment needed)."""
-    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED), (BLOCKED16, BLOCKED16))
+    return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, BLOCKED)))
 
 
 def _lower_gather(ctx, node):
@@ -345,7 +346,8 @@ def _lower_gather(ctx, node):
         ints.update(zip(("Y" + s for s in BLOCKED_INTS), ctx.out_storage.ints()))
         ints["ZH"] = int(bool(node.attrs.get("zero_halo")))
     lanes = ctx.out_storage.lanes if blocked else 8
-    kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment, lanes)
+    kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment, lanes,
+                                   blocked and ctx.out_storage.nhwc)
     return kernel_step(ctx, kernel, inputs=inputs, ints=ints,
                        pack=lambda values: {"c_table": table})
 
@@ -355,7 +357,7 @@ register(OpDef(name="channel_gather", family="tensor",
                canonicalize=_gather_canonicalize, infer=_gather_infer, reference=_gather_ref,
                macs=no_macs, arity=None,
                new_activations=False, lower=_lower_gather, error_bound=exact_bound(),
-               layout_rule=_gather_layouts, layouts=("NCHW", "NCHW8c", "NCHW16c"),
+               layout_rule=_gather_layouts, layouts=("NCHW", "NCHW8c", "NCHW16c", "NHWC"),
                pass_made=True,
                # its padding lanes are written zero, its halo zeroed with ZH
                writes_whole_blocks=lambda node, in_types: True,
@@ -367,11 +369,11 @@ register(OpDef(name="channel_gather", family="tensor",
 # -- flatten / reshape ------------------------------------------------------------------------
 
 def _flatten_layouts(node, in_types):
-    """NCHW, or a view of NCHW8c or NCHW16c storage whose features are in the storage's
-    order (only a dense layer reads that: its weights follow the order)."""
+    """NCHW, or a view of channel-blocked storage whose features are in the storage's order
+    (only a dense layer reads that: its weights follow the order)."""
     if in_types[0].rank != 3:
         return ((PLAIN, PLAIN),)
-    return ((PLAIN, PLAIN), (BLOCKED, BLOCKED), (BLOCKED16, BLOCKED16))
+    return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, BLOCKED)))
 
 
 register(OpDef(name="flatten", family="tensor", view=True, signature=(),

@@ -24,8 +24,8 @@ class PassContext:
     choose) or a mapping from layer name to choice. ``layout``: ``auto`` (layout selection keeps
     activations channel-blocked where every rule allows, each region in the block width its
     cost model picks), ``NCHW`` (every activation stays plain; each blocked kernel packs and
-    unpacks its own), ``NCHW8c`` or ``NCHW16c`` (every region in that width where its kernels
-    have it). ``training``: passes that are valid
+    unpacks its own), ``NCHW8c``, ``NCHW16c`` or ``NHWC`` (every region in that storage where
+    its kernels have it, else NCHW8c). ``training``: passes that are valid
     only for inference (batch-norm folding) leave the graph alone.
     """
 

@@ -1,5 +1,6 @@
-"""Layout selection: which activations stay channel-blocked between kernels, and in blocks of
-8 channels (NCHW8c) or 16 (NCHW16c).
+"""Layout selection: which activations stay channel-blocked between kernels, and how: in blocks
+of 8 channels (NCHW8c) or 16 (NCHW16c), or NHWC (8-channel blocks, the blocks of a pixel
+adjacent).
 
     conv -> [NCHW -> NCHW8c] conv [NCHW8c -> NCHW] -> conv ...
         =>  conv -> conv -> ... in NCHW8c, transforms only where the region ends
@@ -29,8 +30,13 @@ pooling prologues) and ``region_cost`` prefers it, which it does only on a 16-la
 where the padding to whole 16-channel blocks costs less than the wider vectors save (depthwise,
 pooling and element-wise kernels: one 16-lane vector a pixel instead of two 8-lane ones).
 ``layout=NCHW8c`` or ``NCHW16c`` overrides the cost model (16 still only where every kernel has
-it). The kernels compute lane for lane what they compute in NCHW8c, so the numbers do not change
-(a dense layer over a flattened tensor sums its features in storage order: another order).
+it). ``layout=NHWC`` stores each region whose kernels all have an NHWC form (every op with an
+NCHW8c kernel but the space-to-depth moves: the kernels are NCHW8c's with the pixel stride
+``blocks * 8`` and the block stride 8, ``codegen.tiles.StorageIndex``) in NHWC, the others in
+NCHW8c; the cost model never picks it (the same vector operations and floats moved as NCHW8c:
+no term tells them apart, and measured they run alike). The kernels compute lane for lane what
+they compute in NCHW8c, so the numbers do not change (a dense layer over a flattened tensor
+sums its features in storage order: another order).
 
 Concatenation without copies: a channel concatenation is kept blocked when each of its inputs
 is blocked, used by it alone, and fills whole 8-channel blocks; its producers then write
@@ -59,7 +65,7 @@ from __future__ import annotations
 from ..ir import Graph, Node
 from ..ops import get_op, operand_kind
 from ..ops.conv import channelwise
-from ..types import BLOCK_LANES, BLOCKED, BLOCKED16, PLAIN
+from ..types import BLOCK_LANES, BLOCKED, BLOCKED16, NHWC, PLAIN
 from .common import is_constant, layer, writes_whole_blocks
 from .manager import PassContext
 
@@ -132,15 +138,14 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
             if not fits(graph.node(nid)):
                 blocked.discard(nid)
                 changed = True
-    wide: set[int] = set()
+    storage: dict[int, str] = {}
     for region in _regions(graph, blocked):
-        lanes = _region_lanes(graph, region, blocked, ctx)
-        if lanes == 16:
-            wide |= region
+        layout = _region_layout(graph, region, blocked, ctx)
+        storage.update(dict.fromkeys(region, layout))
     for nid in sorted(blocked):
         node = graph.node(nid)
         ctx.at(node)
-        node.attrs["layout"] = BLOCKED16 if nid in wide else BLOCKED
+        node.attrs["layout"] = storage[nid]
         node.attrs["halo"] = _halo(graph, node)
         ctx.note(f"{layer(node)}: output kept in {node.attrs['layout']}, halo "
                  f"{node.attrs['halo']}", node)
@@ -198,31 +203,33 @@ def _regions(graph: Graph, blocked: set[int]) -> list[set[int]]:
     return [regions[r] for r in sorted(regions)]
 
 
-def _wide_ok(graph: Graph, region: set[int], blocked: set[int]) -> bool:
-    """Whether every kernel of a region has an NCHW16c form: each value's op produces it from
-    its input's layout (``layout_rule``; a concatenation when each part fills whole
-    16-channel blocks, a merged convolution's ``prefix`` too), each plain per-channel
-    gate fills whole 16-lane vectors, and each reader outside the region (an unpack, a global
-    pool) reads NCHW16c."""
+def _region_fits(graph: Graph, region: set[int], blocked: set[int], layout: str) -> bool:
+    """Whether every kernel of a region has a form for ``layout`` (NCHW16c or NHWC; the
+    region was found for NCHW8c): each value's op produces it from its input's layout
+    (``layout_rule``), each reader outside the region (an unpack, a global pool) reads it,
+    and, in 16-channel blocks, a concatenation's parts (and a merged convolution's prefix)
+    fill whole 16-channel blocks and each plain per-channel gate whole 16-lane vectors."""
+    whole = BLOCK_LANES[layout]
     for nid in region:
         node = graph.node(nid)
         if node.op == "concat" and (
-                any(graph.node(i).type.shape[0] % 16 for i in node.inputs)
+                any(graph.node(i).type.shape[0] % whole for i in node.inputs)
                 or (_prefix_source(graph, node) is not None
-                    and graph.node(node.inputs[0]).attrs["start"] % 16)):
+                    and graph.node(node.inputs[0]).attrs["start"] % whole)):
             return False  # its parts (and a merged convolution's prefix) fill whole blocks
         if node.op == "concat":
             continue  # copied block by block, or written in place by its producers
-        source = BLOCKED16 if node.inputs and node.inputs[0] in blocked else PLAIN
-        if (source, BLOCKED16) not in layout_pairs(graph, node):
+        source = layout if node.inputs and node.inputs[0] in blocked else PLAIN
+        if (source, layout) not in layout_pairs(graph, node):
             return False
         for o in node.inputs[1:]:
             other = graph.node(o)
-            if o not in blocked and not is_constant(graph, other) and other.type.shape[0] % 16:
+            if o not in blocked and not is_constant(graph, other) and \
+                    other.type.shape[0] % whole:
                 return False  # a plain gate of channels past the last whole vector
         for user in graph.users(nid):
             if user.id not in region and user.inputs[0] == nid and (
-                    BLOCKED16, PLAIN) not in layout_pairs(graph, user):
+                    layout, PLAIN) not in layout_pairs(graph, user):
                 return False
     return True
 
@@ -265,20 +272,21 @@ def region_cost(graph: Graph, region: set[int], lanes: int, vector: int) -> floa
     return total
 
 
-def _region_lanes(graph: Graph, region: set[int], blocked: set[int], ctx: PassContext) -> int:
-    """The block width of one region: 8 unless every kernel in it has a 16-lane form, and then
-    16 when asked for (``layout=NCHW16c``) or, by default, when ``region_cost`` says so on a
-    16-lane target."""
-    if ctx.layout == BLOCKED or not _wide_ok(graph, region, blocked):
-        return 8
-    if ctx.layout == BLOCKED16:
-        return 16
+def _region_layout(graph: Graph, region: set[int], blocked: set[int], ctx: PassContext) -> str:
+    """The storage of one region: NCHW8c unless asked for NCHW16c or NHWC (``layout=``) and
+    every kernel in it has that form, or, by default, NCHW16c where every kernel has a 16-lane
+    form and ``region_cost`` says so on a 16-lane target. NHWC is never the default: its
+    kernels do what NCHW8c's do with other strides, and the cost model has no term that tells
+    the two apart (measured: see ``region_cost``)."""
+    if ctx.layout in (BLOCKED16, NHWC):
+        return ctx.layout if _region_fits(graph, region, blocked, ctx.layout) else BLOCKED
+    if ctx.layout == BLOCKED or not _region_fits(graph, region, blocked, BLOCKED16):
+        return BLOCKED
     wide, narrow = (region_cost(graph, region, n, ctx.target.lanes) for n in (16, 8))
     first = graph.node(min(region))
-    choice = 16 if wide < narrow else 8  # never on an 8-lane target: padding only adds
-    ctx.note(f"region of {len(region)} blocked values from {layer(first)}: "
-             f"{BLOCKED16 if choice == 16 else BLOCKED} (cost {wide:.3g} in 16-channel blocks, "
-             f"{narrow:.3g} in 8)", first)
+    choice = BLOCKED16 if wide < narrow else BLOCKED  # never on 8 lanes: padding only adds
+    ctx.note(f"region of {len(region)} blocked values from {layer(first)}: {choice} (cost "
+             f"{wide:.3g} in 16-channel blocks, {narrow:.3g} in 8)", first)
     return choice
 
 

@@ -87,6 +87,13 @@ def test_cli_stats_explain_and_dump_ir(tmp_path, capsys):
     assert "fold_batchnorm: changed" in out and "folded batchnorm1 into conv1 (small.cnn:7)" in out
     assert re.search(r"fused add \S*add1 into b1\.conv2 as epilogue add\(%in3\)", out), out
     assert len(list((tmp_path / "ir").iterdir())) > 5
+    # together: the four stats lines first, then the explanation and the emitted sources
+    assert main(["compile", str(f), "-O1", "--stats", "--explain", "--emit",
+                 str(tmp_path / "src")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.split(":")[0] for ln in out[:4]] == [ln.split(":")[0] for ln in lines]
+    assert any("fold_batchnorm: changed" in ln for ln in out[4:])
+    assert list((tmp_path / "src").glob("*.py"))
     with pytest.raises(SystemExit):
         main(["compile", str(f), "-O", "3"])
 
@@ -107,8 +114,9 @@ def test_layout_nchw_keeps_every_activation_plain(tmp_path, capsys):
     blocked, plain = (compile_model(NET, seed=2, layout=lt) for lt in ("auto", "NCHW"))
     np.testing.assert_allclose(plain(x), blocked(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ModelError,
-                       match="layout must be one of auto, NCHW, NCHW8c, NCHW16c, got 'NHWC'"):
-        compile_model(NET, layout="NHWC")
+                       match="layout must be one of auto, NCHW, NCHW8c, NCHW16c, NHWC, got "
+                             "'NWHC'"):
+        compile_model(NET, layout="NWHC")
 
 
 def test_summary_shows_multiply_accumulates_before_and_after(tmp_path, capsys):

@@ -1,7 +1,8 @@
-"""NCHW16c: layout selection's block width per region (``compiler/passes/select_layout.py``).
+"""NCHW16c and NHWC: layout selection's storage per region (``compiler/passes/select_layout.py``).
 
 A region of channel-blocked values is stored in 16-channel blocks when every kernel in it has
-a 16-lane form and, by default, the region cost model prefers it on a 16-lane target; the
+a 16-lane form and, by default, the region cost model prefers it on a 16-lane target; in NHWC
+(the blocks of a pixel adjacent) when asked for and every kernel in it has an NHWC form. The
 kernels then compute lane for lane what they compute in NCHW8c (same multiply-adds in the same
 order), so every output agrees bit for bit with NCHW8c and with the float64 reference within
 float32 error. The numbers must not depend on the layout; only the work does.
@@ -32,6 +33,11 @@ g = d -> globalavgpool -> conv(8, 1) -> relu -> conv({e}, 1) -> sigmoid
 p = (d * g) -> conv({c}, 1)
 (s + p) -> relu -> maxpool(3, stride=2, pad=1) -> globalavgpool -> flatten -> dense(10) -> output y
 """
+
+
+#: The channel-blocked layouts, and those that must agree with NCHW8c bit for bit.
+ALL = ("NCHW8c", "NCHW16c", "NHWC")
+WIDE = ("NCHW16c", "NHWC")
 
 
 def _inputs(graph, seed: int = 1) -> dict[str, np.ndarray]:
@@ -68,7 +74,8 @@ def test_block_width_follows_the_target_and_the_request():
     runs = {}
     for target, layout, want in (("avx2", "auto", "NCHW8c"), ("avx512", "auto", "NCHW16c"),
                                  ("avx2", "NCHW16c", "NCHW16c"),
-                                 ("avx512", "NCHW8c", "NCHW8c")):
+                                 ("avx512", "NCHW8c", "NCHW8c"), ("avx2", "NHWC", "NHWC"),
+                                 ("avx512", "NHWC", "NHWC")):
         m = compile_model(graph, seed=0, target=target, layout=layout)
         assert _layouts(m) == {want}, (target, layout)
         assert m.stats()["layout transforms per call"] == 1  # the stem's pack
@@ -79,30 +86,31 @@ def test_block_width_follows_the_target_and_the_request():
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(size=st.integers(5, 17), c=st.sampled_from([16, 24, 40]), e=st.sampled_from([32, 48]),
        k=st.sampled_from([3, 5]))
-def test_nchw16c_matches_nchw8c_bitwise(size, c, e, k):
+def test_nchw16c_and_nhwc_match_nchw8c_bitwise(size, c, e, k):
     """Channel counts that fill 16-channel blocks or not (24, 40: a padded half block), rows
-    shorter and longer than a tile, both kernel sizes: NCHW16c and NCHW8c agree bit for bit
-    and with the reference."""
+    shorter and longer than a tile, both kernel sizes: NCHW16c, NHWC and NCHW8c agree bit for
+    bit and with the reference."""
     graph = load_network(INVERTED.format(size=size, c=c, e=e, k=k, pad=k // 2))
-    runs = {layout: compile_model(graph, seed=3, layout=layout)
-            for layout in ("NCHW8c", "NCHW16c")}
-    assert _layouts(runs["NCHW16c"]) == {"NCHW16c"}
+    runs = {layout: compile_model(graph, seed=3, layout=layout) for layout in ALL}
+    for layout in ALL:
+        assert _layouts(runs[layout]) == {layout}
     _agree(graph, runs)
 
 
 def test_grouped_convolutions_read_nchw16c_halves():
     """Groups of 24 channels start inside a 16-channel block (the second group at the upper
     half of block 1): the direct kernel reads each group's 8-channel halves where they lie;
-    groups of 16 are whole blocks. Bit for bit NCHW8c's numbers."""
+    groups of 16 are whole blocks; in NHWC a group's blocks are its place in each pixel. Bit
+    for bit NCHW8c's numbers."""
     graph = load_network("""network grouped
 input x: 3 x 9 x 9
 s = x -> conv(48, 3, pad=1) -> relu -> conv(64, 3, pad=1, groups=2) -> relu
 s -> conv(64, 3, pad=1, groups=4) -> relu -> globalavgpool -> output y
 """)
-    runs = {layout: compile_model(graph, seed=0, layout=layout)
-            for layout in ("NCHW8c", "NCHW16c")}
-    grouped = [n for n in runs["NCHW16c"].plan.graph.nodes() if n.attrs.get("groups", 1) > 1]
-    assert len(grouped) == 2 and all(n.attrs["layout"] == "NCHW16c" for n in grouped)
+    runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ALL}
+    for layout in WIDE:
+        grouped = [n for n in runs[layout].plan.graph.nodes() if n.attrs.get("groups", 1) > 1]
+        assert len(grouped) == 2 and all(n.attrs["layout"] == layout for n in grouped)
     _agree(graph, runs)
 
 
@@ -110,38 +118,42 @@ s -> conv(64, 3, pad=1, groups=4) -> relu -> globalavgpool -> output y
 def test_narrow_groups_run_16_lanes(width):
     """ResNeXt's narrow groups (2, 4 or 8 channels a group) in the 16-lane channel-wise
     kernel: each lane multiplies the inputs of its own group, spread over the group's lanes
-    (``vspread`` of 16 lanes; for 8-channel groups two groups a vector), bit for bit NCHW8c."""
+    (``vspread`` of 16 lanes; for 8-channel groups two groups a vector), bit for bit NCHW8c;
+    and in NHWC."""
     graph = load_network(f"""network narrow{width}
 input x: 3 x 10 x 10
 s = x -> conv(48, 3, pad=1) -> relu -> conv(48, 3, pad=1, groups={48 // width}) -> relu
 (s + (s -> conv(48, 3, stride=2, pad=1, groups={48 // width}) -> upsample(2)))
   -> globalavgpool -> output y
 """)
-    runs = {layout: compile_model(graph, seed=0, layout=layout)
-            for layout in ("NCHW8c", "NCHW16c")}
-    assert _layouts(runs["NCHW16c"]) == {"NCHW16c"}
+    runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ALL}
+    for layout in WIDE:
+        assert _layouts(runs[layout]) == {layout}
     _agree(graph, runs)
 
 
-def test_flatten_into_dense_reads_nchw16c_storage():
-    """A dense layer over a flattened NCHW16c tensor reads the storage in its order, its
-    weights scattered to match (the float sums then run in another order than NCHW8c's)."""
+@pytest.mark.parametrize("layout", WIDE)
+def test_flatten_into_dense_reads_the_storage_in_its_order(layout):
+    """A dense layer over a flattened NCHW16c or NHWC tensor reads the storage in its order,
+    its weights scattered to match (the float sums then run in another order than
+    NCHW8c's)."""
     graph = load_network("""network flat
 input x: 3 x 6 x 6
 x -> conv(24, 3, pad=1) -> relu -> conv(24, 3, groups=24) -> flatten -> dense(5) -> output y
 """)
-    m = compile_model(graph, seed=0, layout="NCHW16c")
+    m = compile_model(graph, seed=0, layout=layout)
     flat = [n for n in m.plan.graph.nodes() if n.op == "flatten"]
-    assert flat and flat[0].attrs["layout"] == "NCHW16c"
+    assert flat and flat[0].attrs["layout"] == layout
     assert m.stats()["layout transforms per call"] == 1
-    _agree(graph, {"NCHW16c": m}, tol=2e-5)
+    _agree(graph, {layout: m}, tol=2e-5)
 
 
-def test_concatenations_gathers_slices_and_lrn_in_nchw16c():
+@pytest.mark.parametrize("layout", WIDE)
+def test_concatenations_gathers_slices_and_lrn(layout):
     """Concatenations of whole 16-channel blocks (written in place by their producers, or
     copied when a part has other users), a shuffle folded into a channel gather, slices at
-    whole blocks and LRN (its window across neighbouring 16-lane blocks): all NCHW16c, bit for
-    bit NCHW8c's numbers."""
+    whole blocks and LRN (its window across neighbouring 16-lane blocks): all NCHW16c (or all
+    NHWC), bit for bit NCHW8c's numbers."""
     graph = load_network("""network moves
 input x: 3 x 10 x 10
 s = x -> conv(32, 3, pad=1) -> relu -> lrn(size=5)
@@ -153,12 +165,11 @@ v = c -> conv(32, 1)
 w = concat(u, v) -> conv(32, 3, pad=1) -> relu
 (concat(w, a) + concat(a, w)) -> globalavgpool -> output y
 """)
-    runs = {layout: compile_model(graph, seed=0, layout=layout)
-            for layout in ("NCHW8c", "NCHW16c")}
-    assert _layouts(runs["NCHW16c"]) == {"NCHW16c"}
-    ops = {n.op for n in runs["NCHW16c"].plan.graph.nodes() if n.attrs.get("layout")}
+    runs = {name: compile_model(graph, seed=0, layout=name) for name in ("NCHW8c", layout)}
+    assert _layouts(runs[layout]) == {layout}
+    ops = {n.op for n in runs[layout].plan.graph.nodes() if n.attrs.get("layout")}
     assert {"concat", "lrn", "channel_gather"} <= ops, ops
-    concats = [n for n in runs["NCHW16c"].plan.graph.nodes() if n.op == "concat"]
+    concats = [n for n in runs[layout].plan.graph.nodes() if n.op == "concat"]
     assert {bool(n.attrs["in_place"]) for n in concats} == {True, False}
     _agree(graph, runs)
 
@@ -166,7 +177,9 @@ w = concat(u, v) -> conv(32, 3, pad=1) -> relu
 def test_regions_without_16_lane_kernels_stay_nchw8c():
     """A concatenation whose second part starts inside a 16-channel block (8 + 24 channels)
     and a depth-to-space move have no NCHW16c form: asked for NCHW16c, their regions stay
-    NCHW8c, still blocked, with the same numbers."""
+    NCHW8c, still blocked, with the same numbers. The concatenation has an NHWC form (8-channel
+    blocks), the move none: asked for NHWC, the region with both stays NCHW8c, and the
+    concatenation alone is NHWC."""
     graph = load_network("""network misaligned
 input x: 3 x 10 x 10
 s = x -> conv(32, 3, pad=1) -> relu
@@ -175,10 +188,20 @@ b = s -> conv(24, 3, pad=1)
 concat(a, b) -> conv(32, 3, pad=1) -> depth_to_space(2) -> conv(16, 3, pad=1)
   -> globalavgpool -> output y
 """)
-    runs = {layout: compile_model(graph, seed=0, layout=layout)
-            for layout in ("NCHW8c", "NCHW16c")}
-    assert _layouts(runs["NCHW16c"]) == {"NCHW8c"}
+    runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ALL}
+    assert _layouts(runs["NCHW16c"]) == _layouts(runs["NHWC"]) == {"NCHW8c"}
     _agree(graph, runs)
+    aligned = load_network("""network misaligned_nhwc
+input x: 3 x 10 x 10
+s = x -> conv(32, 3, pad=1) -> relu
+a = s -> conv(8, 1)
+b = s -> conv(24, 3, pad=1)
+concat(a, b) -> conv(32, 3, pad=1) -> globalavgpool -> output y
+""")
+    runs = {layout: compile_model(aligned, seed=0, layout=layout) for layout in ALL}
+    assert _layouts(runs["NCHW16c"]) == {"NCHW8c"}
+    assert _layouts(runs["NHWC"]) == {"NHWC"}
+    _agree(aligned, runs)
 
 
 def test_region_cost_weighs_lanes_against_padding(tmp_path, capsys):
@@ -206,7 +229,7 @@ x -> conv(8, 3, pad=1, groups=8) -> relu -> conv(8, 3, pad=1, groups=8) -> globa
     assert "blocked values from" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("layout", ["NCHW8c", "NCHW16c"])
+@pytest.mark.parametrize("layout", ALL)
 def test_layout_choices_reach_the_cli(tmp_path, capsys, layout):
     f = tmp_path / "inv.cnn"
     f.write_text(INVERTED.format(size=8, c=16, e=32, k=3, pad=1))
@@ -215,4 +238,67 @@ def test_layout_choices_reach_the_cli(tmp_path, capsys, layout):
     assert main(["compile", str(f), "--explain", "--layout", layout]) == 0
     out = capsys.readouterr().out
     assert f"output kept in {layout}" in out
-    assert f"output kept in {'NCHW16c' if layout == 'NCHW8c' else 'NCHW8c'}" not in out
+    for other in set(ALL) - {layout}:
+        assert f"output kept in {other}" not in out
+
+
+def test_nhwc_storage_is_nhwc():
+    """NHWC storage holds ``[N, H, W, C]`` with C padded to whole 8-channel blocks, the halo
+    around each image (the layout a reader of the raw buffer sees): NumPy's transpose of the
+    NCHW tensor, zeros in the halo and the padding lanes; a part of a concatenation starts at
+    its block's place in the first pixel."""
+    from dataclasses import replace
+
+    from cnnc.compiler.plan import Storage
+
+    x = np.random.default_rng(0).standard_normal((2, 12, 5, 4)).astype(np.float32) + 3.0
+    s = Storage(12, 2, 5 + 1 + 2, 4 + 2 + 1, 1, 2, nhwc=True)
+    assert s.layout == "NHWC" and s.floats == 8 * 7 * 16
+    buf = np.zeros(2 * s.floats, np.float32)
+    s.store(x, buf)
+    images = buf.reshape(2, 8, 7, 16)
+    np.testing.assert_array_equal(images[:, 1:6, 2:6, :12], x.transpose(0, 2, 3, 1))
+    images[:, 1:6, 2:6, :12] = 0
+    assert not buf.any()  # halo and padding lanes
+    s.store(x, buf)
+    np.testing.assert_array_equal(s.load(buf, 2, (12, 5, 4)), x)
+    part = replace(s, channels=4, first_block=1)
+    assert part.offset == 8
+    part.store(x[:, :4], buf[part.offset:])
+    np.testing.assert_array_equal(images[:, 1:6, 2:6, 8:12], x[:, :4].transpose(0, 2, 3, 1))
+
+
+#: A pool read only by a 1x1 convolution (fused as its prologue), an inception-like
+#: concatenation of the two branches.
+POOLED = """network pooled
+input x: 3 x 11 x 11
+s = x -> conv(32, 3, pad=1) -> relu
+a = s -> maxpool(3, stride=1, pad=1) -> conv(16, 1) -> relu
+b = s -> conv(24, 3, pad=1)
+concat(a, b) -> conv(16, 3, stride=2) -> globalavgpool -> output y
+"""
+
+
+def test_pooling_prologue_reads_nhwc():
+    """The 1x1 convolution computing its input's pool as a prologue reads the pool's NHWC
+    input (the pooled rows in its scratch are 8-channel blocks as in NCHW8c): fused in both,
+    bit for bit equal."""
+    graph = load_network(POOLED)
+    runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ("NCHW8c", "NHWC")}
+    for layout, m in runs.items():
+        assert _layouts(m) == {layout}
+        assert [n.op for n in m.plan.graph.nodes() if n.attrs.get("prologue")] == ["conv"]
+        assert not [n for n in m.plan.graph.nodes() if n.op == "maxpool"]
+    _agree(graph, runs)
+
+
+@pytest.mark.parametrize("source", [POOLED, INVERTED.format(size=9, c=16, e=40, k=5, pad=2)])
+def test_every_nhwc_kernel_checks_against_the_reference(source):
+    """`cnnc check` in NHWC: each step fed the reference's values through the storage's own
+    NHWC layout (``Storage.store``) and read back through it, so a kernel that wrote another
+    order than the storage's would fail its row."""
+    from cnnc.runtime.check import check
+
+    model, rows = check(load_network(source), layout="NHWC")
+    assert _layouts(model) == {"NHWC"}
+    assert rows and all(r.ok for r in rows), [(r.name, r.fraction) for r in rows if not r.ok]

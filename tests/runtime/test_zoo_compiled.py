@@ -73,9 +73,11 @@ PLAIN_AT_O2 = {"googlenet", "shufflenet_v2", "unet", "densenet121", "efficientne
 @pytest.mark.parametrize("name", zoo.names())
 def test_schedule_invariance(name):
     """Every optimization level, every convolution lowering and every layout (channel-blocked
-    where the rules allow: NCHW8c, the default at this 8-lane target, and NCHW16c forced; every
-    activation plain: ``PLAIN_AT_O2``; -O1 and im2col are plain too) compute the same numbers:
-    each compiled model against the float64 reference of the network as written."""
+    where the rules allow: NCHW8c, the default at this 8-lane target, and NCHW16c and NHWC
+    forced; every activation plain: ``PLAIN_AT_O2``; -O1 and im2col are plain too) compute the
+    same numbers: each compiled model against the float64 reference of the network as written,
+    and NHWC bit for bit NCHW8c's (the same kernels with other strides; unless a dense layer
+    reads a flattened blocked tensor: it sums in storage order)."""
     graph, _ = small_graph(name)
     model = compile_model(graph, seed=0, opt_level=0)
     rng = np.random.default_rng(1)
@@ -84,19 +86,26 @@ def test_schedule_invariance(name):
     want = run_reference(graph, inputs, model.params)
     schedules = [(level, lowering, "auto") for level in (0, 1, 2)
                  for lowering in ("direct", "im2col")]
-    schedules.append((2, "direct", "NCHW16c"))
+    schedules += [(2, "direct", "NCHW16c"), (2, "direct", "NHWC")]
     if name in PLAIN_AT_O2:
         schedules.append((2, "direct", "NCHW"))
+    runs, models = {}, {}
     for level, lowering, layout in schedules:
-        m = compile_model(graph, seed=0, opt_level=level, lowering=lowering, layout=layout)
+        m = models[layout] = compile_model(graph, seed=0, opt_level=level, lowering=lowering,
+                                           layout=layout)
         layouts = {n.attrs.get("layout") for n in m.plan.graph.nodes()} - {None}
         if layout == "NCHW":
             assert not layouts
         if level == 2 and lowering == "direct" and layout == "auto":
             assert layouts <= {"NCHW8c"}  # the 8-lane target's choice
-        got = m.run(inputs)
+        got = runs[level, lowering, layout] = m.run(inputs)
         for out in want:
             _close(got[out], want[out])
+    nhwc = models["NHWC"].plan.graph
+    if not any(n.op == "flatten" and n.attrs.get("layout") for n in nhwc.nodes()):
+        for out in want:
+            np.testing.assert_array_equal(runs[2, "direct", "NHWC"][out],
+                                          runs[2, "direct", "auto"][out])
 
 
 # Fused epilogues of every kind at a 16-lane store: vector rules (relu6, the residual add),
