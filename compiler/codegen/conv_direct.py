@@ -158,7 +158,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
 
     ``prologue`` (a pooling op and its attributes; a 1x1, stride-1, unpadded, ungrouped
     convolution only): ``x`` is the pool's input, and each task (n, row) first pools its row
-    of every input block into the scratch ``xpool`` (``[n, P, Cgb, Q, 8]``, ``blocked_window``),
+    of every input block into the scratch ``xpool`` (``[n, P, Cgb, Q, 8]``, ``blocked_window``;
+    an NCHW16c input block as two 8-channel halves),
     then runs every k-tile over it while it is in cache. The pool's input sizes are the
     runtime ints ``H`` and ``W``; ``Hp``/``Wp``/``XT``/``XL`` then describe ``x``'s storage.
     """
@@ -169,13 +170,13 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             (1, 1, 1, 1, 0, 0, 0, 0, 1, 8)):
         raise ValueError("a pooling prologue needs a 1x1, stride-1, unpadded, ungrouped "
                          f"convolution of at least 8 channels, not {g.describe()}")
-    if prologue is not None and g.lanes_out != 8:
-        raise ValueError("a pooling prologue writes 8-channel blocks (NCHW8c or NHWC)")
     xarr = "x" if prologue is None else "xpool"
     CB, R, S = g.CB, g.R, g.S
     lanes, nvec, TK = tile_shape.lanes, tile_shape.vectors, tile_shape.channels
     yl = g.lanes_out  # channels a block of the output storage
-    piece = min(lanes, yl)  # lanes of each store
+    # lanes of each store: the accumulator, or its halves when they go to two NCHW8c blocks
+    # (in NHWC the blocks of a pixel are adjacent: a whole 16-lane accumulator is one store)
+    piece = lanes if g.nhwc_out else min(lanes, yl)
     NB, Cgb, KB, Kgb, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DIRECT_INTS)
     # the input's blocks: of the channel block of NCHW8c (or of the stem's packed input), of
     # 16 in NCHW16c, whose blocks the loops read as two 8-channel halves, or of 8 in NHWC
@@ -186,6 +187,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     nhwc_x = g.nhwc_in and prologue is None
     xpix = Var("xpix") if nhwc_x else CB if prologue is not None else x.pixel
     ypix = Var("ypix") if g.nhwc_out else y.pixel
+    # 16-channel input blocks read as 8-channel halves (not the prologue's pooled rows)
+    halves = g.lanes_in == 16 and prologue is None
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
@@ -200,7 +203,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                 acc = f"acc_{i}_{h}"
                 lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
         inner = [Loop("cb", Cgb, [
-            Let("xc", Var("xq") + Var("cb") * Var("xplane") if g.lanes_in == 8 else
+            Let("xc", Var("xq") + Var("cb") * Var("xplane") if not halves else
                 Var("xq") + (Var("xg") + Var("cb")) // 2 * Var("xplane") +
                 (Var("xg") + Var("cb")) % 2 * 8),
             Let("wc", Var("wk") + Var("cb") * (R * S * CB * TK)),
@@ -218,7 +221,8 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         def stores_for(epi: Epilogue) -> list:
             # bias, floor and the operand-free head of the epilogue on the whole accumulator
             # (16 lanes: one vexp for swish, not two), the rest on each stored piece (an
-            # 8-channel block of NCHW8c, a half or a whole 16-channel block of NCHW16c)
+            # 8-channel block of NCHW8c, a half or a whole 16-channel block of NCHW16c, two
+            # adjacent 8-channel blocks of NHWC)
             out = []
             for i in range(T):
                 for h in range(nvec):
@@ -289,14 +293,15 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         op, attrs = prologue
         H, W = Var("H"), Var("W")
         q = Var("q")
-        window = blocked_window(op, attrs, "x", Var("xblk"), q, H, W, x)
+        window = blocked_window(op, attrs, "x", Var("xblk"), q, H, W, x, lanes=8)
         body = _unflatten(t, [("n", Var("n_batch")), ("p", P)])
         body += [
             Comment(f"prologue: {op} of row p of every input block, into xpool"),
             Let("win_r", p * attrs["stride"][0] - attrs["pads"][0]),
             Let("xrow", call("thread_id") * (Cgb * Q * 8)),
             Loop("cb", Cgb, [
-                Let("xblk", x.block_start(n, Var("cb"))),
+                Let("xblk", x.block_start(n, Var("cb")) if g.lanes_in == 8 else
+                    x.block_start(n, Var("cb") // 2) + Var("cb") % 2 * 8),
                 Let("xcb", Var("xrow") + Var("cb") * (Q * 8)),
                 Loop("q", Q, window + [VStore("xpool", Var("xcb") + q * 8, Var("acc"))]),
             ]),

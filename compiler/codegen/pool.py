@@ -194,19 +194,21 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
 # -- channel-blocked (NCHW8c) variants: 8 channels per vector ---------------------------------
 
 def blocked_window(op: str, attrs: dict[str, Any], x: str, xb: Expr, q: Expr,
-                   H: ExprLike, W: ExprLike, storage: StorageIndex) -> list[Stmt]:
-    """Statements leaving in ``acc`` the max or average pool (``storage.lanes`` channels a
-    vector) of output column ``q`` of the row whose window starts at input row ``win_r`` (a
-    local the caller sets), over the block of ``x`` stored from ``xb`` (a ``block_start`` of
-    the ``H x W`` tensor in ``storage``). Taps outside the tensor are skipped (never its zero
-    halo: a window of negative values must not see a 0); average pooling only where its
-    divisor is the window size (``avgpool_blocked_ok``). Shared by the pooling kernel and the
-    convolution that computes its input's pool as a prologue."""
+                   H: ExprLike, W: ExprLike, storage: StorageIndex,
+                   lanes: int | None = None) -> list[Stmt]:
+    """Statements leaving in ``acc`` the max or average pool (``lanes`` channels a vector: the
+    storage's block, or its first 8 channels from ``xb`` on) of output column ``q`` of the row
+    whose window starts at input row ``win_r`` (a local the caller sets), over the block of
+    ``x`` stored from ``xb`` (a ``block_start`` of the ``H x W`` tensor in ``storage``). Taps
+    outside the tensor are skipped (never its zero halo: a window of negative values must not
+    see a 0); average pooling only where its divisor is the window size
+    (``avgpool_blocked_ok``). Shared by the pooling kernel and the convolution that computes
+    its input's pool as a prologue."""
     (R, S), sw = attrs["kernel"], attrs["stride"][1]
     pl = attrs["pads"][1]
     dh, dw = attrs.get("dilation", (1, 1))
     ih, iw = Var("win_r") + Var("r") * dh, Var("win_c") + Var("s") * dw
-    lanes = storage.lanes
+    lanes = lanes or storage.lanes
     tap = VLoad(x, storage.tap(xb, ih, iw), lanes)
     if op == "avgpool":
         if not avgpool_blocked_ok(attrs):

@@ -161,46 +161,45 @@ def space_to_depth_kernel(name: str, shape: Sequence[int], block: int, mode: str
     return _rows_kernel(name, [Param("x0"), Param("y")], C * (b * b) * OH, body, comment, sz)
 
 
-def depth_to_space_blocked_kernel(name: str, block: int, comment: str = "") -> Kernel:
-    """Mode DCR on channel-blocked storage: output block ``ob`` of pixel ``(h*b + i, w*b + j)``
-    is input block ``(i*b + j) * CO8 + ob`` of pixel ``(h, w)`` (``CO8`` output blocks: the
-    output channels a multiple of 8), one 8-channel vector a copy; one output row per
-    parallel iteration. ``X*`` and ``Y*`` are the storages' geometry (blocks, stored height
-    and width, halo top and left); the block is literal, sizes are runtime integers."""
+def depth_to_space_blocked_kernel(name: str, block: int, comment: str = "", lanes: int = 8,
+                                  nhwc: bool = False) -> Kernel:
+    """Mode DCR on channel-blocked storage (``lanes`` channels a block, NCHWc or NHWC): output
+    block ``ob`` of pixel ``(h*b + i, w*b + j)`` is input block ``(i*b + j) * CO8 + ob`` of
+    pixel ``(h, w)`` (``CO8`` output blocks: the output channels a multiple of ``lanes``), one
+    vector a copy; one output row per parallel iteration. ``X*`` and ``Y*`` are the storages'
+    geometry (blocks, stored height and width, halo top and left); the block is literal, sizes
+    are runtime integers."""
     b = int(block)
     CO8, H, W = Var("CO8"), Var("H"), Var("W")
-    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     n, ob, oh, j, w = Var("n"), Var("ob"), Var("oh"), Var("j"), Var("w")
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("ob", CO8), ("oh", H * b)]) + [
-        Let("yrow", ((n * YB + ob) * YH + oh + YT) * (YW * 8) + YL * 8),
+        Let("yrow", y.row(n, ob, oh)),
         Loop("j", const(b), [
-            Let("xrow", ((n * XB + ((oh % b) * b + j) * CO8 + ob) * XH + oh // b + XT)
-                * (XW * 8) + XL * 8),
-            Loop("w", W, [VStore("y", Var("yrow") + (w * b + j) * 8,
-                                 VLoad("x0", Var("xrow") + w * 8))])]),
+            Let("xrow", x.row(n, ((oh % b) * b + j) * CO8 + ob, oh // b)),
+            Loop("w", W, [VStore("y", Var("yrow") + (w * b + j) * y.pixel,
+                                 VLoad("x0", Var("xrow") + w * x.pixel, lanes))])]),
     ]
     return _blocked_rows_kernel(name, ["CO8", "H", "W"], N_BATCH * CO8 * (H * b), body, comment)
 
 
-def space_to_depth_blocked_kernel(name: str, block: int, comment: str = "") -> Kernel:
+def space_to_depth_blocked_kernel(name: str, block: int, comment: str = "", lanes: int = 8,
+                                  nhwc: bool = False) -> Kernel:
     """Mode DCR on channel-blocked storage, the inverse of ``depth_to_space_blocked_kernel``:
     output block ``(i*b + j) * C8 + cb`` of pixel ``(h, w)`` is input block ``cb`` of pixel
-    ``(h*b + i, w*b + j)`` (the input channels a multiple of 8); one output row per parallel
-    iteration, sizes of the output (``OH x OW``) runtime integers."""
+    ``(h*b + i, w*b + j)`` (the input channels a multiple of ``lanes``); one output row per
+    parallel iteration, sizes of the output (``OH x OW``) runtime integers."""
     b = int(block)
     C8, OH, OW = Var("C8"), Var("OH"), Var("OW")
-    XB, XH, XW, XT, XL = (Var("X" + s) for s in BLOCKED_INTS)
-    YB, YH, YW, YT, YL = (Var("Y" + s) for s in BLOCKED_INTS)
+    x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     n, yb, oh, w = Var("n"), Var("yb"), Var("oh"), Var("w")
     q, cb = yb // C8, yb % C8
     body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("yb", C8 * (b * b)), ("oh", OH)])
     body += [
-        Let("yrow", ((n * YB + yb) * YH + oh + YT) * (YW * 8) + YL * 8),
-        Let("xrow", ((n * XB + cb) * XH + oh * b + q // b + XT) * (XW * 8) + XL * 8
-            + (q % b) * 8),
-        Loop("w", OW, [VStore("y", Var("yrow") + w * 8,
-                              VLoad("x0", Var("xrow") + w * (b * 8)))]),
+        Let("yrow", y.row(n, yb, oh)),
+        Let("xrow", x.row(n, cb, oh * b + q // b) + (q % b) * x.pixel),
+        Loop("w", OW, [VStore("y", Var("yrow") + w * y.pixel,
+                              VLoad("x0", Var("xrow") + w * (b * x.pixel), lanes))]),
     ]
     return _blocked_rows_kernel(name, ["C8", "OH", "OW"], N_BATCH * (C8 * (b * b)) * OH, body,
                                 comment)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, PLAIN, TensorType
+from ..types import BLOCKED, BLOCKED16, NHWC, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     Attr,
     AttrError,
@@ -72,27 +72,31 @@ def _lower_blocked_or(plain: str, blocked: str):
         if ctx.out_storage is None:
             return lower_plain(ctx, node)
         (c, h, w), (oc, oh, ow) = ctx.in_shapes[0], ctx.out_shape
-        ints = {"CO8": oc // 8, "H": h, "W": w, "C8": c // 8, "OH": oh, "OW": ow}
+        lanes = ctx.out_storage.lanes
+        ints = {"CO8": oc // lanes, "H": h, "W": w, "C8": c // lanes, "OH": oh, "OW": ow}
         ints.update(zip(("X" + s for s in BLOCKED_INTS),
                         ctx.storage(ctx.tensor_inputs[0]).ints()))
         ints.update(zip(("Y" + s for s in BLOCKED_INTS), ctx.out_storage.ints()))
-        k = getattr(rearrange, blocked)(ctx.kname, node.attrs["block"], ctx.comment)
+        k = getattr(rearrange, blocked)(ctx.kname, node.attrs["block"], ctx.comment, lanes,
+                                        ctx.out_storage.nhwc)
         return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
     return lower
 
 
 def _dcr_layouts(channels_of: str):
-    """Mode DCR moves whole 8-channel blocks when the channels on the image side (the
-    output's of depth_to_space, the input's of space_to_depth) are a multiple of 8: then it
-    reads and writes NCHW8c too (one vector a copy). Mode CRD moves single channels."""
+    """Mode DCR moves whole blocks when the channels on the image side (the output's of
+    depth_to_space, the input's of space_to_depth) fill whole blocks: then it reads and writes
+    NCHW8c and NHWC (a multiple of 8) and NCHW16c (of 16) too, one vector a copy. Mode CRD
+    moves single channels."""
 
     def rule(node, in_types):
         x = in_types[0]
         b2 = node.attrs["block"] ** 2
         image_side = x.channels // b2 if channels_of == "output" else x.channels
-        if node.attrs["mode"] == "DCR" and image_side % 8 == 0:
-            return ((PLAIN, PLAIN), (BLOCKED, BLOCKED))
-        return ((PLAIN, PLAIN),)
+        if node.attrs["mode"] != "DCR" or image_side % 8:
+            return ((PLAIN, PLAIN),)
+        return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, BLOCKED)),
+                                       (NHWC,) if image_side % 16 else (BLOCKED16, NHWC))
     return rule
 
 
@@ -140,7 +144,7 @@ register(OpDef(name="depth_to_space", family="rearrange",
                canonicalize=_d2s_canonicalize, infer=_d2s_infer, reference=one_input(_d2s_ref),
                macs=no_macs, new_activations=False,
                lower=_lower_blocked_or("depth_to_space_kernel", "depth_to_space_blocked_kernel"),
-               layout_rule=_dcr_layouts("output"), layouts=("NCHW", "NCHW8c"),
+               layout_rule=_dcr_layouts("output"), layouts=("NCHW", "NCHW8c", "NCHW16c", "NHWC"),
                error_bound=exact_bound(),  # a permutation: exact
                doc="move blocks of channels into block x block pixels (sub-pixel upsampling; "
                    "mode=CRD is PyTorch's PixelShuffle)"))
@@ -188,7 +192,7 @@ register(OpDef(name="space_to_depth", family="rearrange",
                canonicalize=_s2d_canonicalize, infer=_s2d_infer, reference=one_input(_s2d_ref),
                macs=no_macs, new_activations=False,
                lower=_lower_blocked_or("space_to_depth_kernel", "space_to_depth_blocked_kernel"),
-               layout_rule=_dcr_layouts("input"), layouts=("NCHW", "NCHW8c"),
+               layout_rule=_dcr_layouts("input"), layouts=("NCHW", "NCHW8c", "NCHW16c", "NHWC"),
                error_bound=exact_bound(),  # a permutation: exact
                doc="move block x block pixels into channels (the inverse of depth_to_space "
                    "in the same mode; mode=CRD is PyTorch's PixelUnshuffle)"))

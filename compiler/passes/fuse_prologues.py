@@ -10,17 +10,16 @@ tensor is never stored whole, and a kernel launch is saved per module.
 
 Preconditions: the convolution is lowered direct, 1x1 with stride 1, no padding, one group
 and at least 8 input channels; the pool is a max or average pool (``maxpool``/``avgpool``) of
-a channel-blocked input in 8-channel blocks (NCHW8c or NHWC), kept in that layout itself by
-``select_layout`` (so its window has the blocked kernel's semantics); the pool's value has no
-other reader and is not a graph output. Runs after layout selection (it needs the layouts),
--O2 inference only.
+a channel-blocked input, kept in its layout itself by ``select_layout`` (so its window has the
+blocked kernel's semantics); the pool's value has no other reader and is not a graph output.
+Runs after layout selection (it needs the layouts), -O2 inference only.
 """
 
 from __future__ import annotations
 
 from ..ir import Graph, Node
 from ..ops import PrologueOp, own_attrs, prologue_of
-from ..types import BLOCKED, NHWC
+from ..types import BLOCKED, BLOCKED16, NHWC
 from .common import is_constant, layer, sole_user
 from .manager import PassContext
 
@@ -39,7 +38,7 @@ def _fusable(graph: Graph, conv: Node) -> Node | None:
         return None
     source = graph.node(pool.inputs[0])
     layout = pool.attrs.get("layout")
-    if layout not in (BLOCKED, NHWC) or source.attrs.get("layout") != layout:
+    if layout not in (BLOCKED, BLOCKED16, NHWC) or source.attrs.get("layout") != layout:
         return None
     return pool if sole_user(graph, pool) is conv else None
 

@@ -9,7 +9,7 @@ declined shapes included; pools with ceil mode and count_include_pad; squeeze-ex
 residual adds, concatenations of ragged widths, channel shuffles, depth-to-space, upsampling,
 padding modes, LRN, group norm, every activation) on a small odd-sized input, compiles it at
 -O0, -O1, -O2, -O2 with im2col forced, -O2 with every activation plain, for the AVX2 target, and
-with NCHW8c and NCHW16c forced, and compares each with the float64 reference. Prints each
+with NCHW8c, NCHW16c and NHWC forced, and compares each with the float64 reference. Prints each
 mismatch or crash with its program; exits 1 if there was one. Session 14: seeds 0-29 found
 nothing (nor did 220 networks of a first draft of this generator). Session 15, with the NCHW8c
 and NCHW16c configurations: seeds 0-69, nothing.
@@ -32,7 +32,8 @@ ACTIVATIONS = ["relu", "relu6", "swish", "sigmoid", "hard_swish", "leaky_relu", 
 CONFIGS = ({"opt_level": 0}, {"opt_level": 1}, {"opt_level": 2},
            {"opt_level": 2, "lowering": "im2col"}, {"opt_level": 2, "layout": "NCHW"},
            {"opt_level": 2, "target": "avx2"}, {"opt_level": 2, "layout": "NCHW8c"},
-           {"opt_level": 2, "layout": "NCHW16c", "target": "avx2"})
+           {"opt_level": 2, "layout": "NCHW16c", "target": "avx2"},
+           {"opt_level": 2, "layout": "NHWC", "target": "avx2"})
 KINDS = ["conv", "conv", "depthwise", "grouped", "transposed", "transposed_declined", "maxpool",
          "avgpool", "residual", "se_gate", "max_gate", "concat", "shuffle", "activation",
          "batchnorm", "upsample", "depth_to_space", "pad", "lrn", "groupnorm", "concat_shuffle",

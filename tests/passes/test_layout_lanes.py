@@ -176,10 +176,9 @@ w = concat(u, v) -> conv(32, 3, pad=1) -> relu
 
 def test_regions_without_16_lane_kernels_stay_nchw8c():
     """A concatenation whose second part starts inside a 16-channel block (8 + 24 channels)
-    and a depth-to-space move have no NCHW16c form: asked for NCHW16c, their regions stay
-    NCHW8c, still blocked, with the same numbers. The concatenation has an NHWC form (8-channel
-    blocks), the move none: asked for NHWC, the region with both stays NCHW8c, and the
-    concatenation alone is NHWC."""
+    and a depth-to-space move to 8 channels have no NCHW16c form: asked for NCHW16c, their
+    region stays NCHW8c, still blocked, with the same numbers. Both have NHWC forms (8-channel
+    blocks): asked for NHWC, it is NHWC."""
     graph = load_network("""network misaligned
 input x: 3 x 10 x 10
 s = x -> conv(32, 3, pad=1) -> relu
@@ -189,19 +188,27 @@ concat(a, b) -> conv(32, 3, pad=1) -> depth_to_space(2) -> conv(16, 3, pad=1)
   -> globalavgpool -> output y
 """)
     runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ALL}
-    assert _layouts(runs["NCHW16c"]) == _layouts(runs["NHWC"]) == {"NCHW8c"}
-    _agree(graph, runs)
-    aligned = load_network("""network misaligned_nhwc
-input x: 3 x 10 x 10
-s = x -> conv(32, 3, pad=1) -> relu
-a = s -> conv(8, 1)
-b = s -> conv(24, 3, pad=1)
-concat(a, b) -> conv(32, 3, pad=1) -> globalavgpool -> output y
-""")
-    runs = {layout: compile_model(aligned, seed=0, layout=layout) for layout in ALL}
     assert _layouts(runs["NCHW16c"]) == {"NCHW8c"}
     assert _layouts(runs["NHWC"]) == {"NHWC"}
-    _agree(aligned, runs)
+    _agree(graph, runs)
+
+
+def test_space_to_depth_moves_in_every_blocked_layout():
+    """Depth-to-space and space-to-depth (mode DCR) move whole blocks of the image-side
+    channels: 16 of them are whole 16-channel blocks, so the moves run in every layout, one
+    vector a copy, bit for bit NCHW8c's numbers."""
+    graph = load_network("""network moves2
+input x: 3 x 10 x 10
+s = x -> conv(64, 3, pad=1) -> relu -> depth_to_space(2) -> conv(16, 3, pad=1) -> relu
+s -> space_to_depth(2) -> conv(32, 3, pad=1) -> globalavgpool -> output y
+""")
+    runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ALL}
+    for layout in ALL:
+        m = runs[layout]
+        assert _layouts(m) == {layout}
+        moved = {n.op for n in m.plan.graph.nodes() if n.attrs.get("layout")}
+        assert {"depth_to_space", "space_to_depth"} <= moved
+    _agree(graph, runs)
 
 
 def test_region_cost_weighs_lanes_against_padding(tmp_path, capsys):
@@ -274,17 +281,17 @@ POOLED = """network pooled
 input x: 3 x 11 x 11
 s = x -> conv(32, 3, pad=1) -> relu
 a = s -> maxpool(3, stride=1, pad=1) -> conv(16, 1) -> relu
-b = s -> conv(24, 3, pad=1)
+b = s -> conv(32, 3, pad=1)
 concat(a, b) -> conv(16, 3, stride=2) -> globalavgpool -> output y
 """
 
 
-def test_pooling_prologue_reads_nhwc():
-    """The 1x1 convolution computing its input's pool as a prologue reads the pool's NHWC
-    input (the pooled rows in its scratch are 8-channel blocks as in NCHW8c): fused in both,
-    bit for bit equal."""
+def test_pooling_prologue_reads_every_blocked_layout():
+    """The 1x1 convolution computing its input's pool as a prologue reads the pool's input in
+    its layout (an NCHW16c block as two 8-channel halves; the pooled rows in its scratch are
+    8-channel blocks, as in NCHW8c): fused in each, bit for bit equal."""
     graph = load_network(POOLED)
-    runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ("NCHW8c", "NHWC")}
+    runs = {layout: compile_model(graph, seed=0, layout=layout) for layout in ALL}
     for layout, m in runs.items():
         assert _layouts(m) == {layout}
         assert [n.op for n in m.plan.graph.nodes() if n.attrs.get("prologue")] == ["conv"]

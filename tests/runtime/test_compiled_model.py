@@ -73,6 +73,11 @@ s = x -> conv(32, 3, pad=1) -> relu -> maxpool(2)
 d = s -> conv(32, 3, pad=1, groups=32) -> swish -> conv(32, 1)
 (s + d) -> relu -> globalavgpool -> output out
 """
+# The same network in NHWC (asked for; never the default): the kernels step from pixel to pixel
+# by the padded channel count (``xpix``, ``ypix``), a block of a pixel 8 floats on; the direct
+# convolution stores a 16-lane accumulator whole (two adjacent 8-channel blocks).
+GOLDEN["golden_nhwc_avx512"] = GOLDEN["golden_nchw16c_avx512"].replace(
+    "golden_nchw16c_avx512", "golden_nhwc_avx512")
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +207,11 @@ def test_file_name_cannot_inject_code(tmp_path):
 def _golden_source(name: str) -> str:
     """The model's listing and every kernel module it runs (convolutions included)."""
     target = "avx512" if name.endswith("_avx512") else "avx2"
-    layout = "NCHW8c" if name == "golden_blocked_avx512" else "auto"
+    layout = {"golden_blocked_avx512": "NCHW8c", "golden_nhwc_avx512": "NHWC"}.get(name, "auto")
     m = compile_model(GOLDEN[name], target=target, layout=layout)
-    if name == "golden_nchw16c_avx512":
-        assert {n.attrs.get("layout") for n in m.plan.graph.nodes()} == {None, "NCHW16c"}
+    if name in ("golden_nchw16c_avx512", "golden_nhwc_avx512"):
+        want = "NHWC" if layout == "NHWC" else "NCHW16c"
+        assert {n.attrs.get("layout") for n in m.plan.graph.nodes()} == {None, want}
     return "\n".join([m.plan.listing] + [f"# ==== {file.split('-')[0]}\n{text}" for file, text
                                           in sorted(m.plan.sources.items())])
 
