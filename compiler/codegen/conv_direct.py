@@ -394,25 +394,36 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
             _tile_stmts(T, 1, inner, _epilogue_stores(stores_for), lanes=L)
 
-    body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
     ops, op_ints = _epilogue_params(epilogue)
-    body += [Let("xrow", x.row(n, cb, p * g.sh)),
-             Let("yrow", y.row(n, cb, p)),
-             Let("nfull", Q // T),
-             Let("tail", Q % T)]
-    body += [Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], L, g.nhwc_out))
-             for k in range(len(ops))]
-    body += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T)),
-             Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)")]
-    body += _overlap_tail(Q, T, tile)
-    body += [Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
-             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L, g.nhwc_out))]
+
+    def in_block(stmts: list, counts: list) -> list:  # stmts with the block's rows in scope
+        return [Let("xrow", x.row(n, cb, p * g.sh)), Let("yrow", y.row(n, cb, p)), *counts,
+                *(Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], L, g.nhwc_out))
+                  for k in range(len(ops)))] + stmts
+
+    tail = [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)"),
+            *_overlap_tail(Q, T, tile),
+            Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
+            If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L, g.nhwc_out))]
+    counts = [Let("nfull", Q // T), Let("tail", Q % T)]
+    if g.nhwc_in or g.nhwc_out:
+        # a task is a row, its blocks innermost: in NHWC a tile's pixels hold the blocks side
+        # by side, so the next block reads (and writes) the other halves of the cache lines
+        # this one fetched
+        body = _unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)]) + counts + [
+            Loop("qt", Var("nfull"), [Loop("cb", C8, in_block(tile(T, Var("qt") * T), []))]),
+            Loop("cb", C8, in_block(tail, []))]
+        tasks = Var("n_batch") * P
+    else:
+        body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
+        body += in_block([Loop("qt", Var("nfull"), tile(T, Var("qt") * T))] + tail, counts)
+        tasks = Var("n_batch") * (C8 * P)
     pre = [_floor_let()]
     pre += [Let("xpix", x.pixel)] if g.nhwc_in else []
     pre += [Let("ypix", y.pixel)] if g.nhwc_out else []
     pre += [Let("xrstep", Wp * (g.dh * xpix))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
         _ints(*DEPTHWISE_INTS) + op_ints + _ints("relu", "n_batch")
-    loop = Loop("t", Var("n_batch") * (C8 * P), body, kind="parallel")
+    loop = Loop("t", tasks, body, kind="parallel")
     return Kernel(name, params, pre + [loop], comment)
 

@@ -397,7 +397,7 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
                                     *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
                    [Store("y", Var("o"), Const(0.0))])]
         row = Loop("q", Q, [Loop("j", Const(L), lane)])
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
+    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("yrow", y.row(n, cb, p)), row]
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
     params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
@@ -705,7 +705,7 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     others = len(kinds)
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
+    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("xrow", x.row(n, cb, p)),
         Let("yrow", y.row(n, cb, p)),
     ]

@@ -249,7 +249,7 @@ def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, x)
     q_body.append(VStore("y", Var("yb") + q * y.pixel, Var("acc")))
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8), ("p", P)]) + [
+    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("win_r", p * sh - pt),
         Let("xb", x.block_start(n, cb)),
         Let("yb", y.row(n, cb, p)),

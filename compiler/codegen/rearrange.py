@@ -80,7 +80,8 @@ def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str 
     else:
         y = StorageIndex.named("Y", lanes, nhwc)
         ob, lane = Var("ob"), Var("l")
-        body = _unflatten(Var("t"), [("n", N_BATCH), ("ob", (C + (lanes - 1)) // lanes), ("p", P)])
+        body = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("ob", (C + (lanes - 1)) // lanes),
+                                            ("p", P)))
         body.append(Let("yrow", y.row(n, ob, p)))
         copies: list[Stmt] = []
         for k in range(n_inputs):
@@ -173,7 +174,7 @@ def depth_to_space_blocked_kernel(name: str, block: int, comment: str = "", lane
     CO8, H, W = Var("CO8"), Var("H"), Var("W")
     x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     n, ob, oh, j, w = Var("n"), Var("ob"), Var("oh"), Var("j"), Var("w")
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("ob", CO8), ("oh", H * b)]) + [
+    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("ob", CO8), ("oh", H * b))) + [
         Let("yrow", y.row(n, ob, oh)),
         Loop("j", const(b), [
             Let("xrow", x.row(n, ((oh % b) * b + j) * CO8 + ob, oh // b)),
@@ -194,7 +195,8 @@ def space_to_depth_blocked_kernel(name: str, block: int, comment: str = "", lane
     x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     n, yb, oh, w = Var("n"), Var("yb"), Var("oh"), Var("w")
     q, cb = yb // C8, yb % C8
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("yb", C8 * (b * b)), ("oh", OH)])
+    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("yb", C8 * (b * b)),
+                                                    ("oh", OH)))
     body += [
         Let("yrow", y.row(n, yb, oh)),
         Let("xrow", x.row(n, cb, oh * b + q // b) + (q % b) * x.pixel),

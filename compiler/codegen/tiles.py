@@ -191,6 +191,14 @@ class StorageIndex:
         """Floats between vertically adjacent pixels."""
         return self.W * (self.B * self.lanes) if self.nhwc else self.W * self.lanes
 
+    def tasks(self, n: tuple, blocks: tuple, rows: tuple) -> list:
+        """The dimensions ``(name, extent)`` of a parallel loop over images, blocks and rows,
+        outermost first (for ``_unflatten``): each thread takes a contiguous range of tasks,
+        so consecutive tasks should touch neighbouring memory, the rows of a block in NCHWc and
+        the blocks of a row in NHWC (a block's pixels there are half cache lines apart from
+        the next block's: in block order every line is fetched twice)."""
+        return [n, rows, blocks] if self.nhwc else [n, blocks, rows]
+
     def row(self, n: ExprLike, block: ExprLike, p: ExprLike) -> Expr:
         """Offset of the first pixel of the tensor's row ``p`` in block ``block`` of image
         ``n``."""
