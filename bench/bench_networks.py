@@ -54,11 +54,16 @@ def worker(engine: str, workdir: Path, model: str, batch: int, threads: int, rep
         graph = cnnc.load(model)
         params = load_weights(graph, workdir / "weights.npz")
         t0 = time.perf_counter()
-        # cnnc[-O<level>][-<target>]: e.g. cnnc-O0, cnnc-avx2 (8-lane kernels on any CPU)
+        # cnnc[-O<level>][-<target>][-<layout>]: e.g. cnnc-O0, cnnc-avx2 (8-lane kernels on
+        # any CPU), cnnc-NHWC
+        from cnnc.compiler.types import LAYOUT_CHOICES
+
         options = engine.split("-")[1:]
         level = next((int(o[1:]) for o in options if o.startswith("O")), 2)
-        target = next((o for o in options if not o.startswith("O")), "cpu")
-        compiled = cnnc.compile(graph, weights=params, opt_level=level, target=target)
+        layout = next((o for o in options if o in LAYOUT_CHOICES), "auto")
+        target = next((o for o in options if not o.startswith("O") and o != layout), "cpu")
+        compiled = cnnc.compile(graph, weights=params, opt_level=level, target=target,
+                                layout=layout)
         result.update(compiled.stats())
         compiled(x)
         result["compile_s"] = time.perf_counter() - t0
