@@ -23,23 +23,23 @@ blocked when all its inputs are: it copies any channel to any lane.
 Block width, per region (the blocked values connected through the inputs they read: one storage
 width, as a residual operand or a concatenation's parts must share it): 16 channels a block when
 every kernel of the region has a 16-lane form (each op's ``layout_rule`` lists ``NCHW16c``
-pairs: convolutions, depthwise and grouped too, element-wise ops, LRN, pools,
-channel gathers, flatten into dense, slices at whole 16-channel blocks, concatenations of whole
-16-channel blocks, a merged 1x1's ``prefix`` of whole blocks; not space-to-depth moves nor
-pooling prologues) and ``region_cost`` prefers it, which it does only on a 16-lane target and
-where the padding to whole 16-channel blocks costs less than the wider vectors save (depthwise,
+pairs: convolutions, depthwise and grouped too, element-wise ops, LRN, pools, channel gathers,
+flatten into dense, slices, concatenations and depth/space moves of whole 16-channel blocks, a
+merged 1x1's ``prefix`` of whole blocks; pooling prologues, fused after this pass, read every
+blocked layout) and ``region_cost`` prefers it, which it does only on a 16-lane target and where
+the padding to whole 16-channel blocks costs less than the wider vectors save (depthwise,
 pooling and element-wise kernels: one 16-lane vector a pixel instead of two 8-lane ones).
 ``layout=NCHW8c`` or ``NCHW16c`` overrides the cost model (16 still only where every kernel has
 it). ``layout=NHWC`` stores each region whose kernels all have an NHWC form (every op with an
-NCHW8c kernel but the space-to-depth moves: the kernels are NCHW8c's with the pixel stride
-``blocks * 8`` and the block stride 8, ``codegen.tiles.StorageIndex``) in NHWC, the others in
-NCHW8c; the cost model never picks it: it counts the same vector operations and floats moved
-as NCHW8c, and measured NHWC is never faster (as fast for MobileNetV2, 1-5% slower for
-ResNet-18, GoogLeNet, DenseNet-121 and EfficientNet-B0: a channel range of a wider buffer, as
-DenseNet's growing concatenations, is read with the whole buffer's pixel stride, and swish after
-a depthwise convolution runs 8 lanes at a time, not two pixels in one 16-lane vector). The
-kernels compute lane for lane what they compute in NCHW8c, so the numbers do not change (a dense
-layer over a flattened tensor sums its features in storage order: another order).
+NCHW8c kernel has one: the kernels are NCHW8c's with the pixel stride ``blocks * 8`` and the
+block stride 8, ``codegen.tiles.StorageIndex``) in NHWC, the others in NCHW8c; the cost model
+never picks it: it counts the same vector operations and floats moved as NCHW8c, and measured
+NHWC is never faster (as fast for MobileNetV2, 1-5% slower for ResNet-18, GoogLeNet,
+DenseNet-121 and EfficientNet-B0: a channel range of a wider buffer, as DenseNet's growing
+concatenations, is read with the whole buffer's pixel stride, and swish after a depthwise
+convolution runs 8 lanes at a time, not two pixels in one 16-lane vector). The kernels compute
+lane for lane what they compute in NCHW8c, so the numbers do not change (a dense layer over a
+flattened tensor sums its features in storage order: another order).
 
 Concatenation without copies: a channel concatenation is kept blocked when each of its inputs
 is blocked, used by it alone, and fills whole 8-channel blocks; its producers then write
