@@ -182,10 +182,13 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     # 16 in NCHW16c, whose blocks the loops read as two 8-channel halves, or of 8 in NHWC
     x = StorageIndex(NB, Hp, Wp, XT, XL, CB if g.lanes_in == 8 else g.lanes_in, g.nhwc_in)
     y = StorageIndex(YB, YH, YW, YT, YL, yl, g.nhwc_out)
-    # floats between the pixels the loops read (the prologue's pooled rows: 8) and between
-    # output pixels: literal in NCHWc, a runtime local in NHWC
+    # floats between the pixels the loops read and between output pixels: literal in NCHWc
+    # and in the prologue's pooled rows, a runtime local in NHWC
     nhwc_x = g.nhwc_in and prologue is None
-    xpix = Var("xpix") if nhwc_x else CB if prologue is not None else x.pixel
+    if prologue is not None:
+        xpix: ExprLike = CB
+    else:
+        xpix = Var("xpix") if nhwc_x else x.pixel
     ypix = Var("ypix") if g.nhwc_out else y.pixel
     # 16-channel input blocks read as 8-channel halves (not the prologue's pooled rows)
     halves = g.lanes_in == 16 and prologue is None
