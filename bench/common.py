@@ -79,7 +79,7 @@ def bar_chart(groups: list[str], series: dict[str, list[float]], ylabel: str, pa
 
 _PEAK_KERNEL = '''
 from numba import njit, prange
-from cnnc.compiler.codegen.simd import vadd, vfma, vload{w}, vstore
+from cnnc.compiler.backends.numba.simd import vadd, vfma, vload{w}, vstore
 
 @njit(parallel=True, fastmath=False, cache=False)
 def fma_loop(init, out, n_iter, n_task):

@@ -10,7 +10,7 @@ dimension, which is chosen at run time.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,13 @@ import networkx as nx
 
 from .types import Span, TensorType, shown_path
 
-__all__ = ["Graph", "IRError", "Node", "Span", "TensorType", "model_folder", "shown_path"]
+__all__ = ["Graph", "IRError", "Node", "Span", "TensorType", "TypeRule", "model_folder",
+           "shown_path"]
+
+#: How a graph infers a node's type: ``rule(op, input types, attrs)`` (the op registry's
+#: ``compiler.ops.infer_node``, handed to the graph where graphs are made, so that this module
+#: never imports the registry).
+TypeRule = Callable[[str, list[TensorType], dict[str, Any]], TensorType]
 
 
 def model_folder(graph: Graph) -> str | None:
@@ -54,10 +60,12 @@ class IRError(Exception):
 class Graph:
     """A network: nodes in creation order, named inputs and outputs.
 
-    Passes use these methods and never touch `nx` directly.
+    Passes use these methods and never touch `nx` directly. ``type_rule`` infers the type of
+    a node added without one and re-infers every type in :meth:`verify`.
     """
 
     name: str = "network"
+    type_rule: TypeRule | None = field(default=None, repr=False)
     _g: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
     _next_id: int = 0
     inputs: dict[str, int] = field(default_factory=dict)
@@ -89,9 +97,10 @@ class Graph:
         return node
 
     def infer(self, op: str, inputs: list[int], attrs: dict[str, Any]) -> TensorType:
-        from .ops import infer_node
-
-        return infer_node(op, [self.node(i).type for i in inputs], attrs)
+        if self.type_rule is None:
+            raise IRError(f"cannot infer the type of a new {op} node: the graph has no type "
+                          "rule (make graphs with Graph(name, type_rule=ops.infer_node))")
+        return self.type_rule(op, [self.node(i).type for i in inputs], attrs)
 
     # -- queries ------------------------------------------------------------------------------
     def node(self, node_id: int) -> Node:
@@ -131,7 +140,7 @@ class Graph:
     def copy(self) -> Graph:
         """An independent copy (nodes, attributes and tables; attribute values are shared,
         so passes must replace an attribute value rather than mutate it)."""
-        g = Graph(self.name)
+        g = Graph(self.name, self.type_rule)
         g._g = self._g.copy()
         for nid in g._g.nodes:
             n = self.node(nid)
@@ -187,8 +196,6 @@ class Graph:
     # -- checks and printing ------------------------------------------------------------------
     def verify(self) -> None:
         """Re-infer every type and check edges against the ordered inputs."""
-        from .ops import infer_node
-
         if not nx.is_directed_acyclic_graph(self._g):
             raise IRError("graph has a cycle")
         for node in self.nodes():
@@ -197,7 +204,7 @@ class Graph:
                 raise IRError(f"{node!r}: edges {sorted(preds)} disagree with inputs {node.inputs}")
             if node.op in ("input", "param"):
                 continue
-            inferred = infer_node(node.op, [self.node(i).type for i in node.inputs], node.attrs)
+            inferred = self.infer(node.op, node.inputs, node.attrs)
             if inferred.shape != node.type.shape or inferred.dtype != node.type.dtype:
                 raise IRError(f"{node!r}: stored type {node.type}, re-inferred {inferred}")
         for name, o in {**self.inputs, **self.outputs}.items():

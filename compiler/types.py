@@ -1,10 +1,13 @@
-"""Value types shared by the IR, the op registry and the front end: source spans and tensor
-types. A module of its own so that the ops never import the graph module (which imports them)."""
+"""The vocabulary every floor of the compiler shares: activation layouts and how a
+channel-blocked value is stored (:class:`Storage`), tensor types, source spans, and the output
+size of a window. It imports nothing of the project's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 #: Activation layouts: plain NCHW, and channel-blocked NCHW8c (``[N, C/8, H, W, 8]``),
 #: NCHW16c (``[N, C/16, H, W, 16]``: one AVX-512 vector a pixel) and NHWC (``[N, H, W, C]``,
@@ -30,6 +33,90 @@ def in_every_blocked_layout(pairs, layouts=(BLOCKED16, NHWC)) -> tuple[tuple[str
 def blocked_layout(lanes: int) -> str:
     """The channel-blocked NCHWc layout of ``lanes`` channels a block."""
     return {8: BLOCKED, 16: BLOCKED16}[lanes]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How a channel-blocked tensor is stored: ``[N, blocks, height, width, lanes]`` floats
+    (``lanes`` 8: NCHW8c, 16: NCHW16c), or with ``nhwc`` ``[N, height, width, blocks, lanes]``
+    (NHWC, its channels padded to whole 8-channel blocks), the tensor's C x H x W at rows
+    ``top ..`` and columns ``left ..``, zeros around it (the halo a consuming convolution reads
+    as its padding) and in the lanes past C. Buffers are zeroed once and shared only between
+    tensors of equal storage, so the halo stays zero. The kernels' index arithmetic of the same
+    storage is ``kernels.tiles.StorageIndex``."""
+
+    channels: int
+    blocks: int
+    height: int
+    width: int
+    top: int
+    left: int
+    # A tensor written straight into its channel range of a concatenation: its channels start
+    # at this block of a buffer of ``blocks`` blocks per image (the concatenation's).
+    first_block: int = 0
+    lanes: int = 8  # channels a block
+    nhwc: bool = False  # the blocks of a pixel adjacent
+
+    @property
+    def layout(self) -> str:
+        """The layout's name (``NCHW8c``, ``NCHW16c``, ``NHWC``)."""
+        return NHWC if self.nhwc else blocked_layout(self.lanes)
+
+    @property
+    def floats(self) -> int:
+        """Floats per image of the whole buffer."""
+        return self.blocks * self.height * self.width * self.lanes
+
+    @property
+    def strides(self) -> tuple[int, int, int, int]:
+        """Floats between consecutive blocks, rows and columns of an image, and images."""
+        b = self.lanes
+        if self.nhwc:
+            return b, self.width * self.blocks * b, self.blocks * b, self.floats
+        return self.height * self.width * b, self.width * b, b, self.floats
+
+    @property
+    def offset(self) -> int:
+        """Where the tensor starts in its buffer (floats; independent of the batch size)."""
+        return self.first_block * self.strides[0]
+
+    def index(self, c, h, w):
+        """Offset of channel ``c`` at the tensor's pixel (``h``, ``w``) from the tensor's first
+        element (numbers or integer arrays)."""
+        block, row, col, _ = self.strides
+        return (c // self.lanes) * block + (h + self.top) * row + (w + self.left) * col + \
+            c % self.lanes
+
+    def _view(self, buffer: np.ndarray, n: int) -> np.ndarray:
+        """``[n, C/lanes blocks, height, width, lanes]`` view of the tensor's blocks in
+        ``buffer`` (the buffer from the tensor's first element on)."""
+        item, b = buffer.itemsize, self.lanes
+        block, row, col, image = self.strides
+        return np.lib.stride_tricks.as_strided(
+            buffer, (n, -(-self.channels // b), self.height, self.width, b),
+            (image * item, block * item, row * item, col * item, item))
+
+    def ints(self) -> tuple[int, int, int, int, int]:
+        """``(blocks, height, width, top, left)``: the geometry arguments kernels take."""
+        return (self.blocks, self.height, self.width, self.top, self.left)
+
+    def store(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Write NCHW ``x`` ``[N, C, H, W]`` into its storage (``out`` starts at the tensor's
+        first element; halo and other channel ranges untouched)."""
+        n, c, h, w = x.shape
+        b = self.lanes
+        cb = -(-c // b)
+        padded = np.zeros((n, cb * b, h, w), np.float32)
+        padded[:, :c] = x
+        blocked = padded.reshape(n, cb, b, h, w).transpose(0, 1, 3, 4, 2)
+        self._view(out, n)[:, :, self.top:self.top + h, self.left:self.left + w] = blocked
+
+    def load(self, flat: np.ndarray, n: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The NCHW ``[n, *shape]`` tensor held in its storage (``flat`` starts at the
+        tensor's first element)."""
+        c, h, w = shape
+        inner = self._view(flat, n)[:, :, self.top:self.top + h, self.left:self.left + w]
+        return inner.transpose(0, 1, 4, 2, 3).reshape(n, -1, h, w)[:, :c]
 
 
 @dataclass(frozen=True)
@@ -98,3 +185,20 @@ class TensorType:
 
     def __str__(self) -> str:
         return "x".join(str(d) for d in self.shape)
+
+
+def spatial_out(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
+                dilation: int = 1, ceil_mode: bool = False) -> int:
+    """Output size of a window op: floor((H + p - d(k-1) - 1) / s) + 1, p the total padding.
+
+    With ceil mode the division rounds up, but, as in PyTorch and ONNX Runtime, a last window
+    that would start in the trailing padding is dropped.
+    """
+    span = dilation * (kernel - 1) + 1
+    numer = size + pad_begin + pad_end - span
+    if not ceil_mode:
+        return numer // stride + 1
+    out = -(-numer // stride) + 1
+    if (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out

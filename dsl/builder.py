@@ -31,6 +31,7 @@ from ..compiler.ops import (
     ShapeError,
     all_names,
     get_op,
+    infer_node,
 )
 from . import ast
 from .errors import DslError, LimitError, display_file
@@ -152,7 +153,7 @@ class LayerSite:
 class Builder:
     def __init__(self, file: str, overrides: dict[str, Any] | None = None,
                  search_dirs: tuple[Path, ...] = ()):
-        self.graph = Graph()
+        self.graph = Graph(type_rule=infer_node)
         self.file = file
         self.overrides = dict(overrides or {})
         self.search_dirs = search_dirs

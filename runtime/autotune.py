@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.codegen import cache
+from ..compiler.backends.numba import cache
 from ..compiler.ir import Graph, Node
-from ..compiler.ops import own_attrs, own_input_count
+from ..compiler.ops import infer_node, own_attrs, own_input_count
 
 __all__ = ["Autotuner"]
 
@@ -68,7 +68,7 @@ class Autotuner:
               lowering: str) -> float:
         from .model import compile as compile_model
 
-        g = Graph(f"autotune_{node.op}")
+        g = Graph(f"autotune_{node.op}", infer_node)
         x = g.add("input", [], {"shape": in_shape}, type=graph.node(node.inputs[0]).type,
                   name="x")
         g.inputs["x"] = x.id

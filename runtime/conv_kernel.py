@@ -1,7 +1,7 @@
 """One convolution compiled on its own: ``compile_conv(attrs, (C, H, W))(x, w, b)``.
 
 For the kernel tests and the per-layer benchmark: the same compute and layout kernels a
-compiled model's convolution steps call (``compiler/codegen/conv.py``), without a graph. The
+compiled model's convolution steps call (``compiler/kernels/conv.py``), without a graph. The
 pieces are exposed for a caller that keeps operands packed (``pack_input`` / ``pack_weights``
 / ``run`` / ``unpack_output``).
 """
@@ -9,21 +9,22 @@ pieces are exposed for a caller that keeps operands packed (``pack_input`` / ``p
 from __future__ import annotations
 
 import math
+import sys
 from typing import Literal
 
 import numpy as np
 
-from ..compiler.codegen.conv import (
-    ConvGeometry,
-    conv_module,
+from ..compiler.backends.numba.loader import NumbaBackend, layout_module
+from ..compiler.backends.numba.printer import sanitize_comment
+from ..compiler.kernels.conv import (
+    build_conv_kernels,
     in_floats,
     kernel_int_args,
     out_floats,
     pack_weights,
 )
-from ..compiler.codegen.layout import layout_module
-from ..compiler.codegen.numba_printer import sanitize_comment
-from ..compiler.codegen.tiles import GEMM_M, GEMM_N, TILE_8, DirectTile
+from ..compiler.kernels.conv_geometry import ConvGeometry
+from ..compiler.kernels.tiles import GEMM_M, GEMM_N, TILE_8, DirectTile
 
 __all__ = ["ConvKernel", "compile_conv", "normalize_attrs", "gflops"]
 
@@ -70,8 +71,10 @@ class ConvKernel:
         self.geometry = g
         self.lowering = lowering
         self.tile = tile
-        self.module, name, self.source = conv_module(g, lowering, root, tile=tile)
-        self.kernel = getattr(self.module, name)
+        kernel, _, tag = build_conv_kernels(g, lowering, tile=tile)
+        self.kernel, _, self.source = NumbaBackend(root).load_tasked(kernel, tag,
+                                                                     "convolution kernel")
+        self.module = sys.modules[self.kernel.py_func.__module__]
         self.path = getattr(self.module, "__file__", None)
         self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
         self.layout = layout_module(root)

@@ -5,7 +5,7 @@
     outs = model({"image": x})              # a dict when the network has several outputs
 
 Compiling runs the pass pipeline over a copy of the graph (``compiler/passes``), lowers it to
-a plan (``compiler/codegen/lowering.py``) and hands the plan to the CPU executor
+a plan (``compiler/lower/driver.py``) and hands the plan to the CPU executor
 (``runtime/executor.py``). Each batch size gets its own arena (allocated on the first call with
 that batch size): one flat float32 buffer per slot of the compiler's buffer plan plus the
 scratch space convolutions need. A call then allocates nothing but the returned outputs (copies;
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.codegen.lowering import lower_graph
 from ..compiler.ir import Graph, model_folder
+from ..compiler.lower import lower_graph
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import resolve_target

@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 from ..compiler.ir import Graph, Node
-from ..compiler.ops import epilogue_of, own_input_count
-from ..compiler.passes.common import is_constant
+from ..compiler.ops import epilogue_of, is_constant, own_input_count
 from .cli_common import EXTRA, CliError, force_arg, load_graph, write_files
 
 FORMATS = (".svg", ".png", ".dot", ".gv")

@@ -10,9 +10,10 @@ An op family file (conv.py, pool.py, ...) defines, next to each other, for each 
 - `macs`: multiply-accumulate count per sample (FLOPs are 2 x MACs for convolutions and dense);
 
 and the rules the middle of the compiler reads:
-- `lower`: how the op becomes kernels (``lower(ctx, node) -> plan.Step``, calling the kernel
-  builders of ``compiler/codegen``); None for ops that never reach code generation
-  (parameter-time ops, which the executor evaluates in float64 when parameters are set);
+- `lower`: how the op becomes kernels (``lower(ctx, node) -> plan.Step``: it calls the kernel
+  builders of ``compiler/kernels`` and makes its step through ``ctx``, the lowering driver's
+  context); None for ops that never reach code generation (parameter-time ops, which the
+  executor evaluates in float64 when parameters are set);
 - `epilogue`: how the op is applied at another kernel's store (``epilogue(x, attrs, operand)``
   returns a kernel-IR expression; ``operand`` is the loaded second tensor of a binary op);
 - `takes_epilogue`: which epilogues the op's kernels can apply at their store: ``none``,
@@ -40,6 +41,13 @@ from typing import Any
 
 import numpy as np
 
+from ..decisions import (
+    epilogue_of,
+    operand_kind,
+    own_attrs,
+    own_input_count,
+    prologue_of,
+)
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 
 
@@ -58,6 +66,10 @@ class AttrError(Exception):
     def __init__(self, message: str, attr: str | None = None):
         super().__init__(message)
         self.attr = attr
+
+
+class LoweringError(Exception):
+    """An op's lowering rule cannot lower a node (a bug or a missing rule)."""
 
 
 REQUIRED = object()
@@ -194,62 +206,9 @@ def _load_families() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fused epilogues: element-wise ops applied at the store of the node that produces their input.
+# A node through its op's rules: its own inputs (fused operands excluded, the first through
+# the prologue), its type, its float64 value (``compiler/decisions.py`` holds the records).
 # ---------------------------------------------------------------------------------------------
-
-#: Node attributes that record a pass's decision rather than the op's meaning; they are
-#: stripped before an op's own shape rule and reference see the attributes.
-DECISION_KEYS = ("epilogue", "prologue", "lowering", "tile", "layout", "halo", "in_place",
-                 "folded", "parameter_time")
-
-
-@dataclass(frozen=True)
-class EpilogueOp:
-    """One element-wise op fused at a node's store: ``op`` (an op with an ``epilogue`` rule)
-    with its attributes; a binary op takes its second operand from the node's input at
-    position ``operand`` (operands are appended after the node's own inputs, in order)."""
-
-    op: str
-    attrs: tuple[tuple[str, Any], ...] = ()
-    operand: int | None = None
-    origin: str = field(default="", compare=False)  # "file:line layer" for kernel comments
-
-    @property
-    def attr_dict(self) -> dict[str, Any]:
-        return dict(self.attrs)
-
-    def __str__(self) -> str:
-        args = [f"%in{self.operand}"] if self.operand is not None else []
-        args += [f"{k}={v}" for k, v in self.attrs]
-        return f"{self.op}({', '.join(args)})" if args else self.op
-
-
-def epilogue_of(attrs: dict[str, Any]) -> tuple[EpilogueOp, ...]:
-    return tuple(attrs.get("epilogue", ()))
-
-
-@dataclass(frozen=True)
-class PrologueOp:
-    """A one-input op fused at the read of a node's first input: the node's own rule sees
-    ``op(inputs[0])`` (``fuse_prologues``: the pool of an inception module's pool projection
-    computed by the 1x1 convolution that reads it, ``conv(maxpool(x), w) => conv(x, w;
-    prologue=maxpool)``). The node's op is affine in that input (a convolution)."""
-
-    op: str
-    attrs: tuple[tuple[str, Any], ...] = ()
-    origin: str = field(default="", compare=False)  # "file:line layer" for kernel comments
-
-    @property
-    def attr_dict(self) -> dict[str, Any]:
-        return dict(self.attrs)
-
-    def __str__(self) -> str:
-        return f"{self.op}({', '.join(f'{k}={v}' for k, v in self.attrs)})"
-
-
-def prologue_of(attrs: dict[str, Any]) -> tuple[PrologueOp, ...]:
-    return tuple(attrs.get("prologue", ()))
-
 
 def own_input_types(in_types: Sequence[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     """The types the op's own rule sees: its own inputs, the first through the prologue."""
@@ -267,16 +226,6 @@ def _through_prologue(inputs: Arrays, attrs: dict[str, Any]) -> list[np.ndarray]
     return args
 
 
-def own_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The op's own attributes (pass decisions removed)."""
-    return {k: v for k, v in attrs.items() if k not in DECISION_KEYS}
-
-
-def own_input_count(n_inputs: int, attrs: dict[str, Any]) -> int:
-    """How many of a node's inputs are the op's own (the rest are epilogue operands)."""
-    return n_inputs - sum(e.operand is not None for e in epilogue_of(attrs))
-
-
 def infer_node(op: str, in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     """The type of a node: the op's shape rule on its own inputs; a fused epilogue keeps that
     type, and each binary operand must broadcast to it (never widen it)."""
@@ -289,17 +238,18 @@ def infer_node(op: str, in_types: list[TensorType], attrs: dict[str, Any]) -> Te
     return out
 
 
-def operand_kind(shape: tuple[int, ...], target: tuple[int, ...]) -> str | None:
-    """How a fused epilogue's second operand of ``shape`` meets a value of ``target`` shape:
-    ``full`` (the same shape: a residual), ``channel`` (C x 1 x 1 against C x H x W: a gate),
-    ``scalar`` (one value per sample), or None (another broadcast, which stays unfused)."""
-    if tuple(shape) == tuple(target):
-        return "full"
-    if int(np.prod(shape)) == 1 and len(shape) <= len(target):
-        return "scalar"
-    if len(target) == 3 and tuple(shape) == (target[0], 1, 1):
-        return "channel"
-    return None
+def is_constant(graph: Any, node: Any) -> bool:
+    """A parameter, or a node evaluated when parameters are set (derived parameters and
+    folded constants): its value does not depend on the network's inputs."""
+    return node.op == "param" or get_op(node.op).internal or \
+        bool(node.attrs.get("parameter_time"))
+
+
+def writes_whole_blocks(graph: Any, node: Any) -> bool:
+    """The op's rule (``OpDef.writes_whole_blocks``): its channel-blocked kernel writes every
+    lane of every block of its output and can zero the output's halo on each call."""
+    rule = get_op(node.op).writes_whole_blocks
+    return rule is not None and rule(node, [graph.node(i).type for i in node.inputs])
 
 
 def node_macs(graph: Any, node: Any) -> int:
@@ -527,23 +477,6 @@ def _show(value: Any) -> str:
     if isinstance(value, TensorType):
         return f"a tensor {value}"
     return repr(value) if isinstance(value, str) else str(value)
-
-
-def spatial_out(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,
-                dilation: int = 1, ceil_mode: bool = False) -> int:
-    """Output size of a window op: floor((H + p - d(k-1) - 1) / s) + 1, p the total padding.
-
-    With ceil mode the division rounds up, but, as in PyTorch and ONNX Runtime, a last window
-    that would start in the trailing padding is dropped.
-    """
-    span = dilation * (kernel - 1) + 1
-    numer = size + pad_begin + pad_end - span
-    if not ceil_mode:
-        return numer // stride + 1
-    out = -(-numer // stride) + 1
-    if (out - 1) * stride >= size + pad_begin:
-        out -= 1
-    return out
 
 
 def require_rank(t: TensorType, rank: int, op: str, what: str = "input") -> None:

@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..codegen.kernel_ir import (
+from ..kernels.common import Sizes
+from ..kernels.elementwise import channel_prelu_kernel, softmax_kernel
+from ..kernels.kernel_ir import (
     BinOp,
     Const,
     Expr,
@@ -53,6 +55,7 @@ from . import (
     same_shape,
 )
 from . import _show as show_value
+from .lowering import lower_elementwise
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -105,7 +108,6 @@ def _gelu_expr(x: Expr, a: dict[str, Any]) -> Expr:
 
 def _lower_unary(ctx, node):
     """A standalone activation: the element-wise kernel with the op as its first epilogue."""
-    from ..codegen.elementwise import lower_elementwise
 
     return lower_elementwise(ctx, node, "copy")
 
@@ -308,14 +310,12 @@ def _prelu_reference(inputs, attrs):
 def _lower_prelu(ctx, node):
     """One kernel: ``x if x >= 0 else c_slope[c] * x``, the slope broadcast to every channel
     (so one kernel serves both forms), the following activations fused."""
-    from ..codegen.elementwise import Sizes, channel_prelu_kernel
-    from ..codegen.lowering import kernel_step
 
     (slope,) = ctx.param_inputs
     c = ctx.in_shapes[0][0]
     sz = Sizes()
     k = channel_prelu_kernel(ctx.kname, ctx.in_shapes[0], ctx.epilogue, ctx.comment, sz)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values, pack=lambda values: {
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=lambda values: {
         "c_slope": np.broadcast_to(np.asarray(values[slope], np.float64).reshape(-1), (c,))})
 
 
@@ -371,13 +371,11 @@ def _softmax_bound(log: bool):
 
 
 def _lower_softmax(ctx, node):
-    from ..codegen.elementwise import Sizes, softmax_kernel
-    from ..codegen.lowering import kernel_step
 
     sz = Sizes()
     k = softmax_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["axis"],
                        node.op == "log_softmax", ctx.comment, sz)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 for _name, _fn, _doc in (

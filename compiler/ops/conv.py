@@ -16,23 +16,34 @@ ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
+from ..decisions import operand_kind, own_attrs, prologue_of
+from ..kernels.conv import build_conv_kernels, in_floats, kernel_int_args, out_floats, pack_weights
+from ..kernels.conv_geometry import ConvGeometry, ceil_div, channelwise
+from ..kernels.elementwise import zero_stuff_kernel
+from ..kernels.layout import crop_epilogue_kernel, unpack_epilogue_kernel
+from ..kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
+from ..plan import Arg, Call, Step
+from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatial_out
 from . import (
     Attr,
     AttrError,
+    LoweringError,
     OpDef,
     ParamSpec,
     ShapeError,
     as_bool,
     as_int,
     as_pair,
+    own_input_types,
     register,
     require_rank,
-    spatial_out,
     sum_bound,
 )
 
@@ -221,17 +232,8 @@ register(OpDef(
     doc="filters (or biases) of sibling convolutions stacked along the output channels"))
 
 
-def channelwise(c: int, k: int, groups: int) -> bool:
-    """Whether a grouped convolution runs as the channel-wise kernel, whose 8 lanes are 8
-    output channels: each group maps its channels to as many outputs (``C == K``) and a group
-    fits inside an 8-channel block (``C/groups`` divides 8), so an output block reads only
-    the input block at the same place. Depthwise convolutions (one channel a group) and the
-    narrow groups of ResNeXt's first stages (4 and 8 channels)."""
-    return groups > 1 and c == k and c % groups == 0 and 8 % (c // groups) == 0
-
-
 def _layout_rule(node, in_types):
-    """The direct lowering reads and writes NCHW8c (``compiler/codegen/conv.py``). It reads a
+    """The direct lowering reads and writes NCHW8c (``lower_conv`` below). It reads a
     blocked input when the input's blocks are the kernel's: an ungrouped convolution of at
     least 8 channels (a stem with fewer packs its own block of 3), the channel-wise kernel
     (`channelwise`), or groups of whole blocks (``C/groups`` a multiple of 8). It writes a
@@ -259,16 +261,202 @@ def _writes_whole_blocks(node, in_types):
     return node.op == "conv" and node.attrs.get("lowering") == "direct"
 
 
-def _lower(ctx, node):
-    """Convolutions lower through ``codegen/conv.py`` (direct NCHW8c or im2col + GEMM, as the
-    ``lowering`` attribute of select_lowering says); Winograd will be the third algorithm."""
-    from ..codegen.conv import lower_conv
+# ----------------------------------------------------------------------------------------------
+# Cost model (lowering selection)
+# ----------------------------------------------------------------------------------------------
 
-    return lower_conv(ctx, node)
+#: Fraction of the 8-lane fp32 peak each compute kernel reaches on well-shaped layers
+#: (PERF-NOTES and bench/RESULTS.md: the direct kernel 55-79%, im2col + our GEMM well below
+#: it, its gather costing about as much as a pass over the col matrix at memory speed). The
+#: direct kernel's 16-lane tiles measured 1.4-1.8x its 8-lane speed on 3x3 layers (the GEMM
+#: stays 8-lane).
+EFFICIENCY = {"direct": 0.6, "im2col": 0.3}
+SPEEDUP_16_LANES = {"direct": 1.5, "im2col": 1.0}
+#: Flop-equivalents per float moved by a layout kernel (pack, im2col, unpack, crop).
+FLOPS_PER_FLOAT_MOVED = 8.0
+
+
+def estimate_cost(op: str, attrs: Mapping[str, Any], in_shape: tuple[int, ...],
+                  lowering: str, lanes: int = 8) -> float:
+    """Relative time of a convolution under ``lowering``: the multiply-adds of each kernel's
+    padded tiling divided by the fraction of peak it reaches, plus the floats its layout
+    kernels move. Only the comparison between lowerings of one layer is meaningful."""
+    g = _geometry(op, dict(attrs), in_shape)
+    if lowering == "im2col":
+        work = g.groups * ceil_div(g.Kg, GEMM_M) * GEMM_M * g.Cg * g.R * g.S * \
+            ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
+    elif g.channelwise:
+        work = g.C8 * 8 * g.Cg * g.R * g.S * g.P * g.Q
+    else:
+        work = g.groups * g.Kgb * TILE_K * g.Cgb * g.CB * g.R * g.S * g.P * g.Q
+    moved = in_floats(g, lowering) + out_floats(g, lowering)
+    speed = EFFICIENCY[lowering] * (SPEEDUP_16_LANES[lowering] if lanes == 16 and not
+                                    g.channelwise else 1.0)
+    return 2 * work / speed + FLOPS_PER_FLOAT_MOVED * moved
+
+
+# ----------------------------------------------------------------------------------------------
+# The lowering rule of conv and conv_transpose
+# ----------------------------------------------------------------------------------------------
+
+
+def _transpose_as_conv(attrs: dict, in_shape: tuple[int, ...]):
+    """conv_transpose as a stride-1 convolution of the zero-stuffed, re-padded input with the
+    flipped, transposed kernel: ``(conv attrs, stuffed shape, padding before, stuffed hw)``."""
+    C, H, W = in_shape
+    (R, S), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
+    t, l, b, r = attrs["pads"]
+    oph, opw = attrs["output_padding"]
+    before = (dh * (R - 1) - t, dw * (S - 1) - l)
+    zh = (H - 1) * sh + 1 + before[0] + dh * (R - 1) - b + oph
+    zw = (W - 1) * sw + 1 + before[1] + dw * (S - 1) - r + opw
+    conv = {"out_channels": attrs["out_channels"], "kernel": (R, S), "stride": (1, 1),
+            "pads": (0, 0, 0, 0), "dilation": (dh, dw), "groups": attrs["groups"],
+            "bias": attrs["bias"]}
+    return conv, (C, zh, zw), before, (zh, zw)
+
+
+def _geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
+              activation: str | None = None) -> ConvGeometry:
+    if op == "conv_transpose":
+        attrs, in_shape, _, _ = _transpose_as_conv(attrs, in_shape)
+    return ConvGeometry.from_attrs(attrs, in_shape, activation)
+
+
+def lower_conv(ctx, node) -> Step:
+    """A ``conv`` / ``conv_transpose`` node as kernel calls: [zero-stuff,] pack (or im2col)
+    unless the input is already channel-blocked, the compute kernel, then unpack (or crop) with
+    the fused epilogue unless the output stays channel-blocked, in which case the compute
+    kernel applies the epilogue at its store. The compute kernel always fuses the bias and a
+    leading ReLU (a runtime flag, so layers with and without share a kernel)."""
+    lowering = node.attrs["lowering"]
+    attrs = own_attrs(node.attrs)
+    x = ctx.tensor_inputs[0]
+    # the convolution's own input: x, or the pool of x its prologue computes
+    x_shape = own_input_types([ctx.graph.node(i).type for i in node.inputs], node.attrs)[0].shape
+    x_store, y_store = ctx.storage(x), ctx.out_storage
+    pre = prologue_of(node.attrs)
+    prologue = (pre[0].op, pre[0].attr_dict) if pre else None
+    if prologue is not None and (x_store is None or lowering != "direct" or len(pre) > 1):
+        raise LoweringError(f"{ctx.kname}: a pooling prologue needs one pool of a "
+                            "channel-blocked input and the direct lowering")
+    epilogue = list(ctx.epilogue)
+    relu = bool(epilogue) and epilogue[0].op == "relu"
+    if relu:
+        epilogue = epilogue[1:]
+    operands = [ctx.operand(e) for e in epilogue if e.operand is not None]
+    in_kernel = epilogue if y_store is not None else []
+    kinds = [operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
+    g = _geometry(node.op, attrs, x_shape, "relu" if relu else None)
+    # the block widths of the storage read and written (the packed scratch buffers: 8)
+    lanes_in = x_store.lanes if x_store is not None else 8
+    lanes_out = y_store.lanes if y_store is not None else 8
+    if g.channelwise:  # one width in and out: the stored side's
+        lanes_in = lanes_out = lanes_in if x_store is not None else lanes_out
+    nhwc_in = x_store is not None and x_store.nhwc
+    nhwc_out = y_store is not None and y_store.nhwc
+    if (lanes_in, lanes_out, nhwc_in, nhwc_out) != (8, 8, False, False):
+        g = replace(g, lanes_in=lanes_in, lanes_out=lanes_out, nhwc_in=nhwc_in,
+                    nhwc_out=nhwc_out)
+        g.validate()
+    # The register tile chosen by the select_tile pass (absent: depthwise, im2col, or a graph
+    # lowered without the pipeline).
+    tile = DirectTile.parse(node.attrs["tile"]) if "tile" in node.attrs else TILE_8
+    kernel, fname, tag = build_conv_kernels(g, lowering, in_kernel, kinds if in_kernel else (),
+                                            tile, prologue)
+    compute, source_name, src = ctx.load_tasked(kernel, tag, "convolution kernel")
+    calls: list[Call] = []
+    scratch: dict[str, int] = {}
+    source = Arg("value", x)
+    if node.op == "conv_transpose":
+        _, stuffed, before, hw = _transpose_as_conv(attrs, x_shape)
+        k = zero_stuff_kernel(f"n{node.id}_zero_stuff", x_shape, attrs["stride"], before, hw,
+                              ctx.comment)
+        calls.append(Call(None, (Arg("value", x), Arg("scratch", "stuffed"), Arg("batch")),
+                          k.name, k))
+        scratch["stuffed"] = int(np.prod(stuffed))
+        source = Arg("scratch", "stuffed")
+    xp, yp = Arg("scratch", "conv_in"), Arg("scratch", "conv_out")
+    ints = [Arg("int", v) for v in (g.C, g.H, g.W)]
+    if x_store is not None:
+        xp = source  # read where the producer stored it
+    elif lowering == "im2col":
+        pqp = ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
+        calls.append(Call(ctx.layout_kernel("im2col"), (source, xp, Arg("batch"), *ints, *(
+            Arg("int", v) for v in (g.groups, g.Cg, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.dh, g.dw,
+                                    g.pt, g.pl, pqp))), "im2col"))
+    else:
+        pack_input = ctx.layout_kernel("pack_nchw_blocked")
+        calls.append(Call(pack_input, (source, xp, Arg("batch"), *ints, *(
+            Arg("int", v) for v in (g.Hp, g.Wp, g.pt, g.pl, *g.pack_ints()))),
+            "pack_nchw_blocked"))
+    if x_store is None:
+        scratch["conv_in"] = in_floats(g, lowering)
+    if y_store is not None:
+        yp = Arg("output")
+    else:
+        scratch["conv_out"] = out_floats(g, lowering)
+    op_args = [Arg("value", o) for o in operands] if in_kernel else []
+    pooled: list[Arg] = []  # the prologue's scratch (one pooled row per thread), x's H x W
+    pooled_ints: list[Arg] = []
+    if prologue is not None:
+        scratch["pooled"] = ctx.threads * g.Cgb * g.Q * 8
+        pooled = [Arg("scratch", "pooled")]
+        pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]]
+    op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
+        if in_kernel else []
+    calls.append(Call(compute, (xp, Arg("const", "w"), Arg("const", "b"), yp,
+                                            *op_args, *pooled,
+                                            *(Arg("int", v) for v in kernel_int_args(
+                                                g, lowering, x_store, y_store, tile,
+                                                bool(node.attrs.get("zero_halo")))),
+                                            *pooled_ints, *op_ints, Arg("int", int(relu)),
+                                            Arg("batch")),
+                      fname))
+    if y_store is None:
+        calls.append(_output_call(ctx, node, g, lowering, epilogue, operands))
+    w, *b = ctx.param_inputs
+
+    def pack(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+        weight = np.asarray(values[w], np.float64)
+        if node.op == "conv_transpose":
+            weight = transposed_as_conv_weight(weight, attrs["groups"])
+        wp, bp = pack_weights(g, lowering, weight, values[b[0]] if b else None, tile)
+        return {"w": wp, "b": bp}
+
+    return Step(node.id, ctx.step_name, ctx.step_ops, [x] + operands,
+                y_store.floats if y_store is not None else node.type.size, calls, pack=pack,
+                scratch=scratch, lowering=lowering, storage=y_store,
+                # packing reads the whole input before the output is written; a blocked input
+                # or output is read and written in place by the compute kernel itself
+                inplace=x_store is None and y_store is None,
+                sources={source_name: src})
+
+
+def _output_call(ctx, node, g: ConvGeometry, lowering: str, epilogue,
+                 operands: list[int]) -> Call:
+    """The kernel that brings the packed output to NCHW, applying the epilogue at its store."""
+    yp = Arg("scratch", "conv_out")
+    if lowering == "im2col":
+        pqp = ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
+        out_ints = (g.K, g.Kg, ceil_div(g.Kg, GEMM_M) * GEMM_M, g.P * g.Q, pqp)
+        plain, with_epilogue = "crop_gemm", crop_epilogue_kernel
+    else:
+        out_ints = g.unpack_ints()
+        plain = "unpack_blocked_nchw" if g.lanes_out == 8 else "unpack_blocked16_nchw"
+        with_epilogue = partial(unpack_epilogue_kernel, lanes=g.lanes_out)
+    ints = tuple(Arg("int", v) for v in out_ints)
+    if not epilogue:
+        return Call(ctx.layout_kernel(plain), (yp, Arg("output"), Arg("batch"), *ints), plain)
+    kinds = [operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
+    name = f"n{node.id}_{'unpack' if lowering != 'im2col' else 'crop'}_epilogue"
+    k = with_epilogue(name, epilogue, kinds, ctx.comment)
+    return Call(None, (yp, Arg("output"), *(Arg("value", o) for o in operands), Arg("batch"),
+                       *ints), name, k)
 
 
 register(OpDef(
-    lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
+    lower=lower_conv, takes_epilogue="any", algorithms=("direct", "im2col"),
     layouts=("NCHW", "NCHW8c", "NCHW16c", "NHWC"), layout_rule=_layout_rule,
     writes_whole_blocks=_writes_whole_blocks,
     name="conv", family="conv", signature=_CONV_SIGNATURE,
@@ -452,7 +640,7 @@ register(OpDef(
 
 
 register(OpDef(
-    lower=_lower, takes_epilogue="any", algorithms=("direct", "im2col"),
+    lower=lower_conv, takes_epilogue="any", algorithms=("direct", "im2col"),
     layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule,
     name="conv_transpose", family="conv",
     signature=(

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.common import Sizes
+from ..kernels.elementwise import dense_kernel
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 from . import Attr, OpDef, ParamSpec, ShapeError, as_bool, as_int, register, sum_bound
 
@@ -67,8 +69,6 @@ def _lower(ctx, node):
     blocked tensor it reads every float of the storage (halo and padding lanes are zeros,
     a convolution's padding block finite), the weights scattered to the features' places and
     zero elsewhere."""
-    from ..codegen.elementwise import Sizes, dense_kernel
-    from ..codegen.lowering import kernel_step
 
     w, *b = ctx.param_inputs
     x = ctx.tensor_inputs[0]
@@ -87,7 +87,7 @@ def _lower(ctx, node):
             scattered[:, places] = weight
             weight = scattered
         return {"c_w": weight, **({"c_b": values[b[0]]} if b else {})}
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
 
 
 register(OpDef(

@@ -18,6 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.common import Sizes
+from ..kernels.elementwise import (
+    channel_affine_kernel,
+    groupnorm_kernel,
+    lrn_blocked_kernel,
+    lrn_kernel,
+)
 from ..types import TensorType
 from . import (
     EPS32,
@@ -35,6 +42,7 @@ from . import (
     register,
     same_shape,
 )
+from .lowering import lower_elementwise
 
 
 def _channels(in_types: list[TensorType], op: str) -> int:
@@ -101,8 +109,6 @@ def _params_match(in_types, attrs, op):
 def _lower_bn(ctx, node):
     """A batch norm not folded into a producer: one multiply-add per element with the scale
     and shift of ``batchnorm_scale_shift``, activations fused."""
-    from ..codegen.elementwise import Sizes, channel_affine_kernel
-    from ..codegen.lowering import kernel_step
 
     stats = ctx.param_inputs
     eps = node.attrs["eps"]
@@ -120,12 +126,11 @@ def _lower_bn(ctx, node):
         return {"c_scale": padded[0], "c_shift": padded[1]}
 
     if source is not None:  # NCHW8c in and out (the layout rule)
-        from ..codegen.elementwise import lower_elementwise
 
         return lower_elementwise(ctx, node, "affine", pack=pack)
     sz = Sizes()
     k = channel_affine_kernel(ctx.kname, ctx.in_shapes[0], ctx.epilogue, ctx.comment, sz)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
 
 
 register(OpDef(
@@ -176,13 +181,11 @@ def _gn_bound(ctx: BoundCtx, groups: int | None = None):
 
 
 def _lower_gn(ctx, node):
-    from ..codegen.elementwise import groupnorm_kernel
-    from ..codegen.lowering import kernel_step
 
     w, b = ctx.param_inputs
     k = groupnorm_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["groups"], node.attrs["eps"],
                          ctx.comment)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs,
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs,
                        pack=lambda values: {"c_weight": values[w], "c_bias": values[b]})
 
 
@@ -226,14 +229,12 @@ def _in_reference(inputs, attrs):
 def _lower_in(ctx, node):
     """Group norm's kernel with a group per channel: one parallel iteration per (image,
     channel) plane, two float64 passes for the mean and variance; activations fused."""
-    from ..codegen.elementwise import groupnorm_kernel
-    from ..codegen.lowering import kernel_step
 
     w, b = ctx.param_inputs
     shape = ctx.in_shapes[0]
     k = groupnorm_kernel(ctx.kname, shape, shape[0], node.attrs["eps"], ctx.comment,
                          epilogue=ctx.epilogue)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs,
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs,
                        pack=lambda values: {"c_weight": values[w], "c_bias": values[b]})
 
 
@@ -269,8 +270,6 @@ def _lrn_reference(inputs, attrs):
 
 
 def _lower_lrn(ctx, node):
-    from ..codegen.elementwise import lrn_blocked_kernel, lrn_kernel
-    from ..codegen.lowering import kernel_step
 
     a = node.attrs
     window = (a["size"], a["alpha"], a["beta"], a["k"])
@@ -281,9 +280,9 @@ def _lower_lrn(ctx, node):
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
         k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment, source.lanes, source.nhwc)
-        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
     k = lrn_kernel(ctx.kname, ctx.in_shapes[0], *window, ctx.comment)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
 
 
 register(OpDef(
@@ -292,7 +291,7 @@ register(OpDef(
                Attr("beta", "float", 0.75), Attr("k", "float", 1.0)),
     canonicalize=_lrn_canonicalize, infer=same_shape, reference=_lrn_reference, macs=no_macs,
     lower=lambda ctx, node: _lower_lrn(ctx, node), layout_rule=elementwise_layouts,
-    # the vector kernel (codegen/elementwise.lrn_blocked_kernel): float32 sum of `size`
+    # the vector kernel (kernels/elementwise.lrn_blocked_kernel): float32 sum of `size`
     # squares (positive: a relative `size` EPS32), alpha / size rounded and the fused
     # multiply-add (2 more), raised to beta (scales the relative error by beta) with square
     # roots and a product (3.5 EPS32 for beta = 0.75), the division (1). The float64 `pow`

@@ -33,7 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
+from ..kernels.common import Sizes
+from ..kernels.pool import (
+    avgpool_blocked_ok,
+    global_pool_blocked_kernel,
+    global_pool_kernel,
+    pool_kernel,
+    window_pool_blocked_kernel,
+)
+from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatial_out
 from . import (
     EPS32,
     TRANSCENDENTAL,
@@ -51,7 +59,6 @@ from . import (
     own_attrs,
     register,
     require_rank,
-    spatial_out,
     sum_bound,
 )
 from .conv import resolve_pads, window_check
@@ -170,7 +177,6 @@ _WINDOW = (
 def _keeps_blocked(node, in_types):
     """Max pooling has NCHW8c, NCHW16c and NHWC kernels (every padding and dilation),
     average pooling where its divisor is the window size: blocked in, blocked out."""
-    from ..codegen.pool import avgpool_blocked_ok
 
     if node.op == "maxpool" or (node.op == "avgpool" and avgpool_blocked_ok(own_attrs(
             node.attrs))):
@@ -187,9 +193,6 @@ def _reads_blocked(node, in_types):
 
 
 def _lower_window(ctx, node):
-    from ..codegen.elementwise import Sizes
-    from ..codegen.lowering import kernel_step
-    from ..codegen.pool import pool_kernel, window_pool_blocked_kernel
 
     src = ctx.storage(ctx.tensor_inputs[0])
     if src is not None:  # NCHW8c in and out (the layout rule)
@@ -201,17 +204,14 @@ def _lower_window(ctx, node):
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), out.ints()))
         k = window_pool_blocked_kernel(ctx.kname, node.op, node.attrs, ctx.comment, src.lanes,
                                        src.nhwc)
-        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs,
                     ctx.comment, sz)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 def _lower_global(ctx, node):
-    from ..codegen.elementwise import Sizes
-    from ..codegen.lowering import kernel_step
-    from ..codegen.pool import global_pool_blocked_kernel, global_pool_kernel
 
     src = ctx.storage(ctx.tensor_inputs[0])
     if src is not None:  # reads NCHW8c, writes the plain C x 1 x 1 result
@@ -219,10 +219,10 @@ def _lower_global(ctx, node):
         ints = {"C8": -(-c // src.lanes), "H": h, "W": w, "C": c}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), src.ints()))
         k = global_pool_blocked_kernel(ctx.kname, node.op, ctx.comment, src.lanes, src.nhwc)
-        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = global_pool_kernel(ctx.kname, node.op, ctx.in_shapes[0], ctx.comment, sz)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 def _window(ctx: BoundCtx) -> int:

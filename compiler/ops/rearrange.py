@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels import rearrange
+from ..kernels.common import Sizes
+from ..kernels.tiles import BLOCKED_INTS
 from ..types import BLOCKED, BLOCKED16, NHWC, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     Attr,
@@ -44,30 +47,24 @@ DEPTH_TO_SPACE_MODES = ("DCR", "CRD")
 
 
 def _lower_with(builder: str, *attr_names: str):
-    """A lowering through ``codegen.rearrange.<builder>(name, shape, *attrs, comment, sz)``."""
+    """A lowering through ``kernels.rearrange.<builder>(name, shape, *attrs, comment, sz)``."""
 
     def lower(ctx, node):
-        from ..codegen import rearrange
-        from ..codegen.elementwise import Sizes
-        from ..codegen.lowering import kernel_step
 
         sz = Sizes()
         k = getattr(rearrange, builder)(ctx.kname, ctx.in_shapes[0],
                                         *(node.attrs[a] for a in attr_names),
                                         ctx.comment, sz)
-        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
     return lower
 
 
 def _lower_blocked_or(plain: str, blocked: str):
     """The plain lowering through ``plain``, or, where layout selection stored the output
-    channel-blocked, the blocked kernel ``codegen.rearrange.<blocked>(name, block)``."""
+    channel-blocked, the blocked kernel ``kernels.rearrange.<blocked>(name, block)``."""
     lower_plain = _lower_with(plain, "block", "mode")
 
     def lower(ctx, node):
-        from ..codegen import rearrange
-        from ..codegen.lowering import kernel_step
-        from ..codegen.tiles import BLOCKED_INTS
 
         if ctx.out_storage is None:
             return lower_plain(ctx, node)
@@ -79,7 +76,7 @@ def _lower_blocked_or(plain: str, blocked: str):
         ints.update(zip(("Y" + s for s in BLOCKED_INTS), ctx.out_storage.ints()))
         k = getattr(rearrange, blocked)(ctx.kname, node.attrs["block"], ctx.comment, lanes,
                                         ctx.out_storage.nhwc)
-        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
     return lower
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.pool import upsample_kernel
 from ..types import TensorType
 from . import (
     Attr,
@@ -88,16 +89,14 @@ _NEAREST, _BILINEAR = exact_bound(), f64_sum_bound(terms=lambda ctx: 4)
 
 def _bound(ctx: BoundCtx):
     """Nearest: a copy (exact). Bilinear: four taps weighted in float64 with the reference's
-    own coordinates (``codegen/pool.upsample_kernel``), rounded once at the store."""
+    own coordinates (``kernels/pool.upsample_kernel``), rounded once at the store."""
     return (_NEAREST if ctx.attrs["mode"] == "nearest" else _BILINEAR)(ctx)
 
 
 def _lower(ctx, node):
-    from ..codegen.lowering import kernel_step
-    from ..codegen.pool import upsample_kernel
 
     k = upsample_kernel(ctx.kname, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs, ctx.comment)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
 
 
 register(OpDef(

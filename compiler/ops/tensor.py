@@ -20,6 +20,17 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels import elementwise
+from ..kernels.common import Sizes
+from ..kernels.elementwise import (
+    channel_slice_kernel,
+    concat_blocked_kernel,
+    concat_kernel,
+    pad_kernel,
+)
+from ..kernels.kernel_ir import VBin
+from ..kernels.rearrange import channel_gather_kernel, gather_arity
+from ..kernels.tiles import BLOCKED_INTS
 from ..types import BLOCKED, BLOCKED16, NHWC, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     EPS32,
@@ -41,6 +52,7 @@ from . import (
 )
 from . import _show as show_value
 from .conv import pad_nchw, resolve_pads
+from .lowering import lower_elementwise
 
 
 def _no_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -112,14 +124,12 @@ def _elementwise_macs(in_types, out, attrs):
 
 
 def _vbin(op: str, x, o):
-    from ..codegen.kernel_ir import VBin
 
     return VBin(op, x, o)
 
 
 def _lower_as(op: str):
     def lower(ctx, node):
-        from ..codegen.elementwise import lower_elementwise
 
         return lower_elementwise(ctx, node, op)
     return lower
@@ -195,20 +205,16 @@ def _concat_canonicalize(attrs, in_types):
 
 
 def _lower_simple(ctx, builder: str, *args):
-    """A kernel with literal sizes from ``codegen.elementwise.<builder>(name, *args, comment)``."""
-    from ..codegen import elementwise
-    from ..codegen.lowering import kernel_step
+    """A kernel with literal sizes from ``kernels.elementwise.<builder>(name, *args, comment)``."""
 
     k = getattr(elementwise, builder)(ctx.kname, *args, ctx.comment)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
 
 
 def _lower_concat(ctx, node):
-    from ..codegen.elementwise import Sizes, concat_blocked_kernel, concat_kernel
-    from ..codegen.lowering import concat_view_step, kernel_step
 
     if node.attrs.get("in_place"):  # its producers wrote into its buffer: nothing to do
-        return concat_view_step(ctx)
+        return ctx.concat_view_step()
     if ctx.out_storage is not None:  # blocked inputs, copied block by block
         ints = {"P": node.type.shape[1], "Q": node.type.shape[2]}
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
@@ -221,10 +227,10 @@ def _lower_concat(ctx, node):
             first += c
         k = concat_blocked_kernel(ctx.kname, len(ctx.tensor_inputs), ctx.comment, lanes,
                                   ctx.out_storage.nhwc)
-        return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=ints)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 register(OpDef(name="concat", family="tensor", signature=(Attr("axis", "int", 0),),
@@ -267,17 +273,14 @@ def _slice_layouts(node, in_types):
 
 
 def _lower_slice(ctx, node):
-    from ..codegen.lowering import view_step
 
     if ctx.storage(ctx.tensor_inputs[0]) is not None:  # a view of the blocked storage
-        return view_step(ctx)
-    from ..codegen.elementwise import Sizes, channel_slice_kernel
-    from ..codegen.lowering import kernel_step
+        return ctx.view_step()
 
     sz = Sizes()
     k = channel_slice_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["start"],
                              node.attrs["stop"], ctx.comment, sz)
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs, ints=sz.values)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 register(OpDef(name="channel_slice", family="tensor",
@@ -325,9 +328,6 @@ def _gather_layouts(node, in_types):
 
 
 def _lower_gather(ctx, node):
-    from ..codegen.lowering import kernel_step
-    from ..codegen.rearrange import channel_gather_kernel, gather_arity
-    from ..codegen.tiles import BLOCKED_INTS
 
     inputs = ctx.tensor_inputs
     arity = gather_arity(len(inputs))
@@ -348,7 +348,7 @@ def _lower_gather(ctx, node):
     lanes = ctx.out_storage.lanes if blocked else 8
     kernel = channel_gather_kernel(ctx.kname, arity, blocked, ctx.comment, lanes,
                                    blocked and ctx.out_storage.nhwc)
-    return kernel_step(ctx, kernel, inputs=inputs, ints=ints,
+    return ctx.kernel_step(kernel, inputs=inputs, ints=ints,
                        pack=lambda values: {"c_table": table})
 
 
@@ -472,13 +472,11 @@ def _pad_reference(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
 
 
 def _lower_pad(ctx, node):
-    from ..codegen.elementwise import pad_kernel
-    from ..codegen.lowering import kernel_step
 
     a = node.attrs
     k = pad_kernel(ctx.kname, ctx.in_shapes[0], a["pads"], a["value"], ctx.comment,
                    mode=a["mode"])
-    return kernel_step(ctx, k, inputs=ctx.tensor_inputs)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
 
 
 register(OpDef(name="pad", family="tensor",

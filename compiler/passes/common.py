@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..ops import get_op
-
-
-def is_constant(graph: Graph, node: Node) -> bool:
-    """A parameter, or a node evaluated when parameters are set (derived parameters and
-    folded constants): its value does not depend on the network's inputs."""
-    return node.op == "param" or get_op(node.op).internal or \
-        bool(node.attrs.get("parameter_time"))
+from ..ops import is_constant
 
 
 def tensor_inputs(graph: Graph, node: Node) -> list[int]:
     """The node's inputs that are activations (not parameters or constants)."""
     return [i for i in node.inputs if not is_constant(graph, graph.node(i))]
-
-
-def writes_whole_blocks(graph: Graph, node: Node) -> bool:
-    """The op's rule (``OpDef.writes_whole_blocks``): its channel-blocked kernel writes every
-    lane of every block of its output and can zero the output's halo on each call."""
-    rule = get_op(node.op).writes_whole_blocks
-    return rule is not None and rule(node, [graph.node(i).type for i in node.inputs])
 
 
 def sole_user(graph: Graph, node: Node) -> Node | None:

@@ -17,8 +17,8 @@ epilogue yet, and is computed per call (not a parameter-time constant).
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..ops import epilogue_of
-from .common import is_constant, layer
+from ..ops import epilogue_of, is_constant
+from .common import layer
 from .manager import PassContext
 
 

@@ -28,9 +28,9 @@ set). Otherwise the node stays, and ``--explain`` says why.
 from __future__ import annotations
 
 from ..ir import Graph
-from ..ops import epilogue_of
+from ..ops import epilogue_of, is_constant
 from ..ops.conv import transposed_phases
-from .common import is_constant, layer
+from .common import layer
 from .manager import PassContext
 
 #: The most separate phase convolutions a transposed convolution becomes (stride 4).

@@ -22,7 +22,8 @@ batch norm into its producer where it can (that needs no condition on padding).
 from __future__ import annotations
 
 from ..ir import Graph
-from .common import fold_into_layer, is_constant, layer, sole_user
+from ..ops import is_constant
+from .common import fold_into_layer, layer, sole_user
 from .manager import PassContext
 
 

@@ -31,10 +31,11 @@ gather is a scatter: the training issue's slot).
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from .common import is_constant, layer
+from ..ops import is_constant
+from .common import layer
 from .manager import PassContext
 
-#: The most inputs a gather reads (``codegen.rearrange.GATHER_ARITIES``).
+#: The most inputs a gather reads (``kernels.rearrange.GATHER_ARITIES``).
 MAX_SOURCES = 16
 
 Table = list[tuple[int, int]]

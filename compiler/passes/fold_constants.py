@@ -12,7 +12,8 @@ constant; no kernel is generated for it. The decision is the node attribute
 from __future__ import annotations
 
 from ..ir import Graph
-from .common import is_constant, layer
+from ..ops import is_constant
+from .common import layer
 from .manager import PassContext
 
 

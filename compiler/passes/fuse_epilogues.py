@@ -24,9 +24,10 @@ Training pipelines do not run this pass (backward needs the intermediate values)
 
 from __future__ import annotations
 
+from ..decisions import EpilogueOp, epilogue_of, operand_kind
 from ..ir import Graph, Node
-from ..ops import EpilogueOp, epilogue_of, get_op, operand_kind
-from .common import is_constant, layer, sole_user
+from ..ops import get_op, is_constant
+from .common import layer, sole_user
 from .manager import PassContext
 
 BINARY = ("add", "sub", "mul")

@@ -5,7 +5,7 @@ convolution's kernel, row by row, instead of by a kernel of its own.
 
 An inception module's pool projection (a 3x3 max pool, then a 1x1 convolution) becomes one
 kernel: each of its tasks pools one row of every input block into a small scratch buffer and
-runs the 1x1 convolution over it while it is in cache (``codegen/conv_direct.py``). The pooled
+runs the 1x1 convolution over it while it is in cache (``kernels/conv_direct.py``). The pooled
 tensor is never stored whole, and a kernel launch is saved per module.
 
 Preconditions: the convolution is lowered direct, 1x1 with stride 1, no padding, one group
@@ -17,10 +17,11 @@ Runs after layout selection (it needs the layouts), -O2 inference only.
 
 from __future__ import annotations
 
+from ..decisions import PrologueOp, own_attrs, prologue_of
 from ..ir import Graph, Node
-from ..ops import PrologueOp, own_attrs, prologue_of
+from ..ops import is_constant
 from ..types import BLOCKED, BLOCKED16, NHWC
-from .common import is_constant, layer, sole_user
+from .common import layer, sole_user
 from .manager import PassContext
 
 POOLS = ("maxpool", "avgpool")

@@ -32,7 +32,7 @@ pooling and element-wise kernels: one 16-lane vector a pixel instead of two 8-la
 ``layout=NCHW8c`` or ``NCHW16c`` overrides the cost model (16 still only where every kernel has
 it). ``layout=NHWC`` stores each region whose kernels all have an NHWC form (every op with an
 NCHW8c kernel has one: the kernels are NCHW8c's with the pixel stride ``blocks * 8`` and the
-block stride 8, ``codegen.tiles.StorageIndex``) in NHWC, the others in NCHW8c; the cost model
+block stride 8, ``kernels.tiles.StorageIndex``) in NHWC, the others in NCHW8c; the cost model
 never picks it: it counts the same vector operations and floats moved as NCHW8c, and measured
 NHWC is never faster (as fast for MobileNetV2, 1-5% slower for ResNet-18, GoogLeNet,
 DenseNet-121 and EfficientNet-B0: a channel range of a wider buffer, as DenseNet's growing
@@ -66,10 +66,10 @@ which is written later (its producer depends on ``m``).
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..ops import get_op, operand_kind
-from ..ops.conv import channelwise
+from ..kernels.conv_geometry import channelwise
+from ..ops import get_op, is_constant, operand_kind, writes_whole_blocks
 from ..types import BLOCK_LANES, BLOCKED, BLOCKED16, NHWC, PLAIN
-from .common import is_constant, layer, writes_whole_blocks
+from .common import layer
 from .manager import PassContext
 
 DEFAULT_PAIRS = ((PLAIN, PLAIN),)

@@ -6,7 +6,7 @@ Every candidate the op lists (its ``algorithms`` rule) computes the same numbers
 rounding; the choice only changes the time. The user's ``--lowering`` wins (for every layer, or
 per layer name); otherwise, with ``--autotune``, the candidates are measured (once per shape,
 attributes, target and CPU: the winner is kept in the kernel cache); otherwise, at -O2, the cost
-model of ``codegen.conv.estimate_cost`` (padded work of each kernel's tiling divided by the
+model of ``ops.conv.estimate_cost`` (padded work of each kernel's tiling divided by the
 fraction of peak it reaches) picks the cheaper one, and at -O0/-O1 the default (``direct``) is
 taken. Winograd is the next candidate (a slot in ``conv``'s algorithm list).
 """
@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from ..ir import Graph
 from ..ops import get_op, own_attrs
+from ..ops.conv import estimate_cost
 from .common import layer
 from .manager import OptionError, PassContext
 
@@ -60,8 +61,6 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
         if choice == "auto":
             choice = algorithms[0]
             if ctx.opt_level >= 2 and len(algorithms) > 1:
-                from ..codegen.conv import estimate_cost
-
                 x = graph.node(node.inputs[0]).type.shape
                 costs = {a: estimate_cost(node.op, own_attrs(node.attrs), x, a,
                                           ctx.target.lanes) for a in algorithms}

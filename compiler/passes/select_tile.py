@@ -8,7 +8,7 @@ s, lane), so 8- and 16-lane kernels agree bitwise. On an 8-lane target every lay
 6 x 16 tile of PERF-NOTES.md. With 16 lanes (AVX-512) the tile is 32 output channels (two
 vectors) when each group's channels, padded to 16, divide into 32-channel tiles, else 16, and
 as many pixels of a row as fit the registers and waste least on the row's last tile
-(``codegen.tiles.choose_tile``). Depthwise and narrow-group convolutions keep their own
+(``kernels.tiles.choose_tile``). Depthwise and narrow-group convolutions keep their own
 8-channel kernel (``ops.conv.channelwise``).
 """
 
@@ -17,16 +17,15 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir import Graph
+from ..kernels.conv_geometry import channelwise
+from ..kernels.tiles import choose_tile
 from ..ops import own_attrs
-from ..ops.conv import channelwise
 from .manager import PassContext
 
 
 def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
     """The tile of a direct convolution node run by the register-tiled kernel (None for other
     nodes, and for the channel-wise kernel of depthwise and narrow-group convolutions)."""
-    from ..codegen.tiles import choose_tile
-
     if node.op not in ("conv", "conv_transpose") or node.attrs.get("lowering") != "direct":
         return None
     a = own_attrs(node.attrs)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnc.compiler.codegen import cache
+from cnnc.compiler.backends.numba import cache
 
 SOURCE = textwrap.dedent('''\
     import numpy as np
     from numba import njit
 
-    from cnnc.compiler.codegen.simd import vfma, vload, vstore
+    from cnnc.compiler.backends.numba.simd import vfma, vload, vstore
 
 
     @njit(cache=True)
@@ -32,7 +32,7 @@ SOURCE = textwrap.dedent('''\
 CHILD = textwrap.dedent('''\
     import json, sys, time
     import numpy as np
-    from cnnc.compiler.codegen import cache
+    from cnnc.compiler.backends.numba import cache
     src, root = sys.argv[1], sys.argv[2]
     t0 = time.perf_counter()
     mod = cache.load_module(open(src).read(), "axpy", root=root)

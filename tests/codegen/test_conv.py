@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnc.compiler.codegen.conv import ConvGeometry
-from cnnc.compiler.ops import spatial_out
+from cnnc.compiler.kernels.conv_geometry import ConvGeometry
+from cnnc.compiler.types import spatial_out
 from cnnc.runtime.conv_kernel import compile_conv, geometry, normalize_attrs
 
 LOWERINGS = ["direct", "im2col"]
@@ -191,7 +191,7 @@ def test_16_lane_tiles_match_reference_and_8_lanes_bitwise(case, conv_ref, close
 
 
 def test_choose_tile():
-    from cnnc.compiler.codegen.tiles import TILE_8, DirectTile, choose_tile
+    from cnnc.compiler.kernels.tiles import TILE_8, DirectTile, choose_tile
 
     assert choose_tile(8, 64, 56) == TILE_8
     assert str(choose_tile(16, 64, 56)) == "14x32/16"  # 4 tiles of 14, no waste

@@ -7,7 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnc.compiler.codegen.kernel_ir import (
+from cnnc.compiler.backends.numba.printer import (
+    MAX_COMMENT,
+    print_expr,
+    print_kernel,
+    print_module,
+    sanitize_comment,
+)
+from cnnc.compiler.kernels.kernel_ir import (
     BinOp,
     Const,
     Epilogue,
@@ -21,13 +28,6 @@ from cnnc.compiler.codegen.kernel_ir import (
     VLoad,
     VStore,
     VZero,
-)
-from cnnc.compiler.codegen.numba_printer import (
-    MAX_COMMENT,
-    print_expr,
-    print_kernel,
-    print_module,
-    sanitize_comment,
 )
 
 
@@ -66,7 +66,7 @@ def _kernel(parallel_inner: bool = False) -> Kernel:
 
 
 def test_print_and_run_scalar_kernel(tmp_path):
-    from cnnc.compiler.codegen.cache import load_module
+    from cnnc.compiler.backends.numba.cache import load_module
 
     src = print_module([_kernel()], header="test\nheader")
     assert "for i in prange(n):" in src and "for j in range(4):" in src

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from cnnc.compiler.codegen.simd import (
+from cnnc.compiler.backends.numba.simd import (
     make_vexp,
     vadd,
     valign,
@@ -242,18 +242,19 @@ def test_a_16_lane_accumulator_gets_its_activation_before_it_is_split():
     """In a 16-lane direct convolution, bias, the ReLU floor and an operand-free activation
     (swish: one vector exp and division) run on each whole accumulator, and only what needs an
     8-channel operand (the residual add) per half: one vexp per accumulator, not two."""
-    from cnnc.compiler.codegen.conv import ConvGeometry
-    from cnnc.compiler.codegen.conv_direct import direct_conv_kernel
-    from cnnc.compiler.codegen.numba_printer import print_kernel
-    from cnnc.compiler.codegen.tiles import DirectTile
-    from cnnc.compiler.ops import EpilogueOp
+    from cnnc.compiler.backends.numba.printer import print_kernel
+    from cnnc.compiler.decisions import EpilogueOp
+    from cnnc.compiler.kernels.conv_direct import direct_conv_kernel
+    from cnnc.compiler.kernels.conv_geometry import ConvGeometry
+    from cnnc.compiler.kernels.tiles import DirectTile
+    from cnnc.compiler.lower.driver import resolve
 
     g = ConvGeometry.from_attrs({"out_channels": 32, "kernel": (1, 1), "stride": (1, 1),
                                  "pads": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1,
                                  "bias": True}, (16, 7, 7))
     tile = DirectTile.parse("7x32/16")
     src = print_kernel(direct_conv_kernel(g, "k", tile_shape=tile,
-                                          epilogue=[EpilogueOp("swish")], kinds=[]))
+                                          epilogue=[resolve(EpilogueOp("swish"))], kinds=[]))
     accumulators = tile.pixels * tile.vectors
     # the main tile, the overlapping tail tile and the 1-pixel tile
     assert src.count("vexp(") == accumulators + accumulators + tile.vectors
@@ -268,15 +269,16 @@ def test_a_16_lane_accumulator_gets_its_activation_before_it_is_split():
 def test_the_channel_wise_kernel_activates_two_pixels_at_a_time(epilogue, exps):
     """Two neighbouring pixels of a block are 16 floats in a row: an epilogue of
     operand-free vector ops with an exp in it runs on both at once (``vjoin``)."""
-    from cnnc.compiler.codegen.conv import ConvGeometry
-    from cnnc.compiler.codegen.conv_direct import channelwise_conv_kernel
-    from cnnc.compiler.codegen.numba_printer import print_kernel
-    from cnnc.compiler.ops import EpilogueOp
+    from cnnc.compiler.backends.numba.printer import print_kernel
+    from cnnc.compiler.decisions import EpilogueOp
+    from cnnc.compiler.kernels.conv_direct import channelwise_conv_kernel
+    from cnnc.compiler.kernels.conv_geometry import ConvGeometry
+    from cnnc.compiler.lower.driver import resolve
 
     g = ConvGeometry.from_attrs({"out_channels": 32, "kernel": (3, 3), "stride": (1, 1),
                                  "pads": (1, 1, 1, 1), "dilation": (1, 1), "groups": 32,
                                  "bias": True}, (32, 7, 7))
-    src = print_kernel(channelwise_conv_kernel(g, "k", epilogue=[EpilogueOp(e) for e in
-                                                                 epilogue], kinds=[]))
+    src = print_kernel(channelwise_conv_kernel(g, "k", epilogue=[resolve(EpilogueOp(e))
+                                                                 for e in epilogue], kinds=[]))
     assert src.count("vexp(") == exps
     assert ("vjoin(" in src) == bool(exps)

@@ -3,6 +3,7 @@
 import pytest
 
 from cnnc.compiler.ir import Graph, IRError, TensorType
+from cnnc.compiler.ops import infer_node
 from cnnc.dsl.builder import load_network
 
 SMALL = """
@@ -76,7 +77,7 @@ def test_dump_names_every_node_with_its_source_line():
 
 
 def test_two_identical_inputs_keep_their_order():
-    g = Graph()
+    g = Graph(type_rule=infer_node)
     x = g.add("input", attrs={"shape": (2,)}, type=TensorType((2,)), name="x")
     s = g.add("add", [x.id, x.id])
     assert s.inputs == [x.id, x.id]

@@ -8,6 +8,7 @@ import pytest
 
 from cnnc import zoo
 from cnnc.compiler.ir import Graph, TensorType
+from cnnc.compiler.ops import infer_node
 from cnnc.compiler.passes import PassContext, PassError, optimize
 from cnnc.compiler.passes.canonicalize import canonicalize
 from cnnc.compiler.passes.eliminate_common_subexpressions import eliminate_common_subexpressions
@@ -262,10 +263,10 @@ def test_canonicalize_removes_no_ops_and_merges_reshapes():
 def test_fold_constants_marks_parameter_only_nodes():
     """conv(x, abs(w)): the weight's abs depends only on a parameter; it is evaluated when
     parameters are set, and the compiled model still matches the reference."""
-    from cnnc.compiler.codegen.lowering import lower_graph
+    from cnnc.compiler.lower import lower_graph
     from cnnc.runtime.model import CompiledModel
 
-    g = Graph("t")
+    g = Graph("t", infer_node)
     x = g.add("input", [], {"shape": (3, 5, 5)}, type=TensorType((3, 5, 5)), name="x")
     g.inputs["x"] = x.id
     w = g.add("param", [], {"init": "he", "trainable": True, "fan_in": 27, "fan_out": 36},
@@ -298,7 +299,7 @@ def test_lowering_override_and_cost_model():
     assert run(select_lowering, g, lowering={"plain": "im2col"}, opt_level=2)
     lowering = {n.name: n.attrs["lowering"] for n in g.compute_nodes()}
     assert lowering["plain"] == "im2col"
-    from cnnc.compiler.codegen.conv import estimate_cost
+    from cnnc.compiler.ops.conv import estimate_cost
     grouped = next(n for n in g.compute_nodes() if n.name == "grouped")
     costs = {a: estimate_cost("conv", grouped.attrs, (64, 6, 6), a) for a in ("direct", "im2col")}
     assert lowering["grouped"] == min(costs, key=costs.get)

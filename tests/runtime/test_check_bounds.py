@@ -57,7 +57,7 @@ def test_a_sum_bound_is_k_roundings_of_the_absolute_terms():
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal((1, 3, 5, 5)), rng.standard_normal((2, 3, 3, 3)), np.zeros(2)
     res = rng.standard_normal((1, 2, 3, 3))
-    from cnnc.compiler.ops import EpilogueOp
+    from cnnc.compiler.decisions import EpilogueOp
 
     attrs = {"out_channels": 2, "kernel": (3, 3), "stride": (1, 1), "pads": (0, 0, 0, 0),
              "dilation": (1, 1), "groups": 1,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .elementwise import N_BATCH, Sizes, _rows_kernel, _unflatten
+from .common import N_BATCH, Sizes, rows_kernel, unflatten
 from .kernel_ir import (
     Const,
     Expr,
@@ -68,7 +68,7 @@ def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str 
     ints = ["C", "P", "Q"]
     if not blocked:
         L = P * Q
-        body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("o", C)]) + lookup
+        body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("o", C)]) + lookup
         body.append(Let("yb", Var("t") * L))
         for k in range(n_inputs):
             body.append(If(cmp("==", src, k), [
@@ -80,7 +80,7 @@ def channel_gather_kernel(name: str, n_inputs: int, blocked: bool, comment: str 
     else:
         y = StorageIndex.named("Y", lanes, nhwc)
         ob, lane = Var("ob"), Var("l")
-        body = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("ob", (C + (lanes - 1)) // lanes),
+        body = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("ob", (C + (lanes - 1)) // lanes),
                                             ("p", P)))
         body.append(Let("yrow", y.row(n, ob, p)))
         copies: list[Stmt] = []
@@ -111,12 +111,12 @@ def channel_shuffle_kernel(name: str, shape: Sequence[int], groups: int, comment
     sz = sz if sz is not None else Sizes(literal=True)
     c, h, w = (int(d) for d in shape)
     C, G, K, L = sz("C", c), sz("G", groups), sz("K", c // groups), sz("L", h * w)
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("o", C)])
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("o", C)])
     body += [Let("src", (Var("o") % G) * K + Var("o") // G),
              Let("xb", (Var("n") * C + Var("src")) * L), Let("yb", Var("t") * L),
              Loop("j", const(L), [Store("y", Var("yb") + Var("j"),
                                         Load("x0", Var("xb") + Var("j")))])]
-    return _rows_kernel(name, [Param("x0"), Param("y")], C, body, comment, sz)
+    return rows_kernel(name, [Param("x0"), Param("y")], C, body, comment, sz)
 
 
 def depth_to_space_kernel(name: str, shape: Sequence[int], block: int, mode: str,
@@ -128,7 +128,7 @@ def depth_to_space_kernel(name: str, shape: Sequence[int], block: int, mode: str
     c, h, w = (int(d) for d in shape)
     CO, H, W = sz("CO", c // (b * b)), sz("H", h), sz("W", w)
     CI = sz("C", c)
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("c", CO), ("oh", H * b)])
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", CO), ("oh", H * b)])
     body += [Let("h", Var("oh") // b), Let("i", Var("oh") % b), Let("yb", Var("t") * (W * b))]
     j = Var("j")
     src: Expr = ((Var("i") * b + j) * CO + Var("c")) if mode == "DCR" else \
@@ -137,7 +137,7 @@ def depth_to_space_kernel(name: str, shape: Sequence[int], block: int, mode: str
            Loop("w", const(W), [Store("y", Var("yb") + Var("w") * b + j,
                                       Load("x0", Var("xb") + Var("w")))])]
     body.append(Loop("j", const(b), row))
-    return _rows_kernel(name, [Param("x0"), Param("y")], CO * (H * b), body, comment, sz)
+    return rows_kernel(name, [Param("x0"), Param("y")], CO * (H * b), body, comment, sz)
 
 
 def space_to_depth_kernel(name: str, shape: Sequence[int], block: int, mode: str,
@@ -148,7 +148,7 @@ def space_to_depth_kernel(name: str, shape: Sequence[int], block: int, mode: str
     b = int(block)
     c, h, w = (int(d) for d in shape)
     C, OH, OW = sz("C", c), sz("OH", h // b), sz("OW", w // b)
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("oc", C * (b * b)), ("oh", OH)])
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("oc", C * (b * b)), ("oh", OH)])
     if mode == "DCR":
         body += [Let("q", Var("oc") // C), Let("c", Var("oc") % C)]
     else:
@@ -159,7 +159,7 @@ def space_to_depth_kernel(name: str, shape: Sequence[int], block: int, mode: str
              Let("yb", Var("t") * OW),
              Loop("w", const(OW), [Store("y", Var("yb") + Var("w"),
                                          Load("x0", Var("xb") + Var("w") * b))])]
-    return _rows_kernel(name, [Param("x0"), Param("y")], C * (b * b) * OH, body, comment, sz)
+    return rows_kernel(name, [Param("x0"), Param("y")], C * (b * b) * OH, body, comment, sz)
 
 
 def depth_to_space_blocked_kernel(name: str, block: int, comment: str = "", lanes: int = 8,
@@ -174,7 +174,7 @@ def depth_to_space_blocked_kernel(name: str, block: int, comment: str = "", lane
     CO8, H, W = Var("CO8"), Var("H"), Var("W")
     x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     n, ob, oh, j, w = Var("n"), Var("ob"), Var("oh"), Var("j"), Var("w")
-    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("ob", CO8), ("oh", H * b))) + [
+    body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("ob", CO8), ("oh", H * b))) + [
         Let("yrow", y.row(n, ob, oh)),
         Loop("j", const(b), [
             Let("xrow", x.row(n, ((oh % b) * b + j) * CO8 + ob, oh // b)),
@@ -195,7 +195,7 @@ def space_to_depth_blocked_kernel(name: str, block: int, comment: str = "", lane
     x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     n, yb, oh, w = Var("n"), Var("yb"), Var("oh"), Var("w")
     q, cb = yb // C8, yb % C8
-    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("yb", C8 * (b * b)),
+    body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("yb", C8 * (b * b)),
                                                     ("oh", OH)))
     body += [
         Let("yrow", y.row(n, yb, oh)),

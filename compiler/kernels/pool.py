@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .elementwise import N_BATCH, Sizes, _rows_kernel, _unflatten, fmax, fmin
+from .common import N_BATCH, Sizes, fmax, fmin, rows_kernel, unflatten
 from .kernel_ir import (
     F64,
     Const,
@@ -78,7 +78,7 @@ def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int
     (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
     pt, pl, pb, pr = attrs["pads"]
     dh, dw = attrs.get("dilation", (1, 1))
-    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("p", P)])
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("p", P)])
     body += [Let("h0", Var("p") * sh - pt), Let("xb", Var("nc") * (H * W)),
              Let("yb", Var("t") * Q)]
     ih = Var("h0") + Var("r") * dh
@@ -125,7 +125,7 @@ def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int
         result = call("sqrt", Var("acc")) if p == 2.0 else call("pow", Var("acc"), Const(1.0 / p))
     q_body.append(Store("y", Var("yb") + Var("q"), result))
     body.append(Loop("q", const(Q), q_body))
-    return _rows_kernel(name, [Param("x0"), Param("y")], C * P, body, comment, sz)
+    return rows_kernel(name, [Param("x0"), Param("y")], C * P, body, comment, sz)
 
 
 def global_pool_kernel(name: str, op: str, shape: Sequence[int], comment: str = "",
@@ -145,7 +145,7 @@ def global_pool_kernel(name: str, op: str, shape: Sequence[int], comment: str = 
         body = [Let("xb", Var("t") * hw), Let("acc", Load("x0", Var("xb"))),
                 Loop("j", const(hw - 1), [Let("acc", fmax(Var("acc"), x))], start=Const(1)),
                 Store("y", Var("t"), Var("acc"))]
-    return _rows_kernel(name, [Param("x0"), Param("y")], C, body, comment, sz)
+    return rows_kernel(name, [Param("x0"), Param("y")], C, body, comment, sz)
 
 
 def _source_index(i: Expr, n_in: int, n_out: int, scale: float, mode: str,
@@ -172,7 +172,7 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
     OH, OW = out_hw
     mode, align = attrs["mode"], attrs["align_corners"]
     sy, sx = attrs["scale"]
-    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += _source_index(Var("oh"), H, OH, sy, mode, align, "r")
     body += [Let("xb", Var("nc") * (H * W)), Let("yb", Var("t") * OW)]
     col = _source_index(Var("j"), W, OW, sx, mode, align, "c")
@@ -188,7 +188,7 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
         bot = at("rlo", "chi") * (one - Var("rf")) + at("rhi", "chi") * Var("rf")
         value = top * (one - Var("cf")) + bot * Var("cf")
     body.append(Loop("j", Const(OW), col + [Store("y", Var("yb") + Var("j"), value)]))
-    return _rows_kernel(name, [Param("x0"), Param("y")], C * OH, body, comment)
+    return rows_kernel(name, [Param("x0"), Param("y")], C * OH, body, comment)
 
 
 # -- channel-blocked (NCHW8c) variants: 8 channels per vector ---------------------------------
@@ -249,7 +249,7 @@ def window_pool_blocked_kernel(name: str, op: str, attrs: dict[str, Any],
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     q_body = blocked_window(op, attrs, "x0", Var("xb"), q, H, W, x)
     q_body.append(VStore("y", Var("yb") + q * y.pixel, Var("acc")))
-    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
+    body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("win_r", p * sh - pt),
         Let("xb", x.block_start(n, cb)),
         Let("yb", y.row(n, cb, p)),
@@ -290,7 +290,7 @@ def global_pool_blocked_kernel(name: str, op: str, comment: str = "", lanes: int
         init = VSplat(Const(float("-inf")), lanes)
         update = VBin("max", Var("acc"), tap)
         final = Var("acc")
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("cb", C8)]) + [
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("cb", C8)]) + [
         Let("xb", x.block_start(n, cb)),
         Let("acc", init),
         Loop("h", H, [Loop("w", W, [Let("acc", update)])]),

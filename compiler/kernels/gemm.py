@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .elementwise import _unflatten
+from .common import int_params, unflatten
 from .kernel_ir import (
     Epilogue,
     Kernel,
@@ -15,7 +15,7 @@ from .kernel_ir import (
     VLoad,
     VStore,
 )
-from .tiles import GEMM_M, GEMM_N, _epilogue_stores, _floor_let, _floored, _ints, _tile_stmts
+from .tiles import GEMM_M, GEMM_N, epilogue_stores, floor_let, floored, tile_stmts
 
 GEMM_INTS = ("M", "Kd", "Nc", "G")
 
@@ -48,19 +48,19 @@ def gemm_kernel(name: str = "gemm", comment: str = "") -> Kernel:
         out = []
         for i in range(GEMM_M):
             for h in range(2):
-                val = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), ga * M + mt * GEMM_M + i,
+                val = floored(epi.apply_vec(Var(f"acc_{i}_{h}"), ga * M + mt * GEMM_M + i,
                                              same_channel=True))
                 out.append(VStore("c", Var("crow") + i * Nc + h * 8, val))
         return out
 
     mt_body = [Let("arow", (ga * M + mt * GEMM_M) * Kd),
                Let("crow", (b * M + mt * GEMM_M) * Nc + jt * GEMM_N)] + \
-        _tile_stmts(GEMM_M, 2, [Loop("kk", Kd, upd)], _epilogue_stores(stores_for))
-    body = _unflatten(Var("t"), [("b", Var("n_batch") * G), ("jt", jt_count)])
+        tile_stmts(GEMM_M, 2, [Loop("kk", Kd, upd)], epilogue_stores(stores_for))
+    body = unflatten(Var("t"), [("b", Var("n_batch") * G), ("jt", jt_count)])
     body += [Let("panel", (b * jt_count + jt) * (Kd * GEMM_N)),
              Loop("mt", M // GEMM_M, mt_body)]
-    params = [Param("col"), Param("w"), Param("bias"), Param("c")] + _ints(*GEMM_INTS) + \
-        _ints("relu", "n_batch")
+    params = [Param("col"), Param("w"), Param("bias"), Param("c")] + int_params(*GEMM_INTS) + \
+        int_params("relu", "n_batch")
     loop = Loop("t", Var("n_batch") * (G * jt_count), body, kind="parallel")
-    return Kernel(name, params, [_floor_let(), Let("jtn", Nc // GEMM_N), loop], comment)
+    return Kernel(name, params, [floor_let(), Let("jtn", Nc // GEMM_N), loop], comment)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .common import apply_epilogue
 from .kernel_ir import (
     Const,
     Epilogue,
@@ -12,17 +13,20 @@ from .kernel_ir import (
     ExprLike,
     If,
     Let,
+    Load,
     Loop,
-    Param,
     Select,
     Stmt,
+    Store,
     Var,
     VBin,
+    VLoad,
     VSplat,
     VStore,
     VZero,
     cmp,
     const,
+    widened,
 )
 
 #: Output channels of one channel-blocked storage block pair: each group's output channels are
@@ -111,7 +115,7 @@ def choose_tile(lanes: int, groups_k: int, Q: int) -> DirectTile:
     return DirectTile(16, vectors, pixels)
 
 
-def _tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc",
+def tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc",
                 lanes: int = 8) -> list:
     """Zero ``T x nvec`` accumulators, run ``inner`` (loops that update them), then ``stores``."""
     body: list = [Let(f"{prefix}_{i}_{h}", VZero(lanes)) for i in range(T) for h in range(nvec)]
@@ -121,26 +125,22 @@ def _tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc",
 
 
 
-def _ints(*names: str) -> list[Param]:
-    return [Param(n, "int") for n in names]
-
-
 #: The lowest finite float32: ``max(v, LOWEST)`` is ``v`` for every finite ``v``.
 LOWEST = -3.4028234663852886e38
 
 
-def _epilogue_stores(stores_for) -> list:
+def epilogue_stores(stores_for) -> list:
     """The stores of a tile: bias, then ``max(v, floor)`` where ``floor`` is 0 for a fused
     ReLU and the lowest float otherwise (a runtime choice: one ``vmaxps`` per store, outside
     the hot loop; branching between two store blocks instead compiled noticeably slower)."""
     return stores_for(Epilogue(bias=True, activation=None))
 
 
-def _floored(v: Expr, lanes: int = 8) -> Expr:
+def floored(v: Expr, lanes: int = 8) -> Expr:
     return VBin("max", v, VSplat(Var("floor"), lanes))
 
 
-def _floor_let() -> Let:
+def floor_let() -> Let:
     return Let("floor", Select(cmp("!=", Var("relu"), 0), Const(0.0), Const(LOWEST)))
 
 
@@ -193,7 +193,7 @@ class StorageIndex:
 
     def tasks(self, n: tuple, blocks: tuple, rows: tuple) -> list:
         """The dimensions ``(name, extent)`` of a parallel loop over images, blocks and rows,
-        outermost first (for ``_unflatten``): each thread takes a contiguous range of tasks,
+        outermost first (for ``unflatten``): each thread takes a contiguous range of tasks,
         so consecutive tasks should touch neighbouring memory, the rows of a block in NCHWc and
         the blocks of a row in NHWC (a block's pixels there are half cache lines apart from
         the next block's: in block order every line is fetched twice)."""
@@ -301,12 +301,9 @@ def vector_head(value: Expr, epilogue, lanes: int) -> tuple[Expr, list]:
     8-channel blocks: one ``vexp`` of 16 lanes for swish instead of two of 8); returns the new
     value and the ops left for ``store_epilogue``. Lane for lane the same operations in the
     same order: the numbers are those of applying every op to each half."""
-    from ..ops import get_op
-    from .kernel_ir import widened
-
     rest = list(epilogue)
     while rest and rest[0].operand is None:
-        rule = get_op(rest[0].op).vector_epilogue
+        rule = rest[0].vector
         vec = rule(value, rest[0].attr_dict, None) if rule else None
         if vec is None:
             break
@@ -326,16 +323,12 @@ def store_epilogue(array: str, index: Expr, value: Expr, epilogue, operand_index
     form here). ``operand_index(k)`` is the element offset in operand ``e<k>`` that meets
     ``index``; operands are numbered in epilogue order.
     """
-    from ..ops import get_op
-    from .elementwise import apply_epilogue
-    from .kernel_ir import Const, Load, Loop, Store, VLoad, VStore, widened
-
     numbers = {e.operand: k for k, e in enumerate(o for o in epilogue if o.operand is not None)}
     v = value
     rest = list(epilogue)
     while rest:
         e = rest[0]
-        rule = get_op(e.op).vector_epilogue
+        rule = e.vector
         operand = None if e.operand is None else VLoad(operand_array(numbers[e.operand]),
                                                         operand_index(numbers[e.operand]), lanes)
         vec = rule(v, e.attr_dict, operand) if rule else None

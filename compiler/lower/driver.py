@@ -1,14 +1,18 @@
-"""Lowering: an optimized graph becomes a :class:`~cnnc.compiler.plan.Plan`.
+"""The lowering driver: an optimized graph becomes a :class:`~cnnc.compiler.plan.Plan`.
 
 Every compute node (its fused epilogue included) becomes one plan step through its op's
-``lower`` rule (in ``compiler/ops/<family>.py``), which calls the kernel builders and returns
-the step with its kernel calls. The lowering reads the decisions the passes recorded on the
-nodes (``epilogue``, ``lowering``) and decides nothing itself. Parameter-time nodes (derived
-parameters, folded constants) get no step: the executor evaluates them when parameters are set.
+``lower`` rule (in ``compiler/ops/<family>.py``), which is handed a :class:`LowerCtx`: the
+node, its storage, its fused epilogue resolved to the ops' rules, and the means to make steps
+(``kernel_step``, ``view_step``, ``concat_view_step``) and to load the kernels it compiles on
+its own (``load_tasked``, ``layout_kernel``) through the target's backend. Op rules import
+nothing of this module. The lowering reads the decisions the passes recorded on the nodes
+(``epilogue``, ``lowering``, ``layout``, ``tile``) and decides nothing itself. Parameter-time
+nodes (derived parameters, folded constants) get no step: the executor evaluates them when
+parameters are set.
 
-Then the distinct generated kernels are deduplicated, each loaded from its shared cached
-module (compiled in parallel workers on a cold cache), every call's function bound, and the
-buffers planned (``compiler/passes/plan_memory.py``, the last analysis).
+Then the distinct generated kernels are deduplicated, each loaded by the backend from its
+shared cached module (compiled in parallel workers on a cold cache), every call's function
+bound, and the buffers planned (``memory.plan_memory``, the last analysis).
 
 Kernel and argument identifiers derive from node ids (``n12_maxpool``); text from the DSL
 (file names, layer names) reaches generated source only through ``sanitize_comment``.
@@ -23,37 +27,40 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.numba.loader import NumbaBackend
+from ..decisions import EpilogueOp, epilogue_of, own_input_count, prologue_of
 from ..ir import Graph, Node, model_folder
-from ..ops import EpilogueOp, epilogue_of, get_op, own_input_count, prologue_of
-from ..ops.conv import channelwise
-from ..passes.common import is_constant
+from ..kernels.common import FusedOp
+from ..kernels.conv_geometry import channelwise
+from ..kernels.kernel_ir import Kernel
+from ..ops import LoweringError, get_op, is_constant
 from ..plan import Arg, Call, Plan, Step, Storage
 from ..types import BLOCK_LANES, NHWC, shown_path
-from . import cache
-from .kernel_ir import Kernel
-from .numba_printer import print_kernel, print_module, sanitize_comment
+from .memory import plan_memory
 
-__all__ = ["LowerCtx", "lower_graph", "kernel_step", "describe_node"]
-
-
-class LoweringError(Exception):
-    """An op the code generator cannot lower (a bug or a missing rule)."""
+__all__ = ["LowerCtx", "lower_graph", "describe_node", "step_name", "step_ops"]
 
 
 def describe_node(node: Node, folder: str | None = None) -> str:
     """``file:line layer (op)`` for a header comment (sanitized by the printer); the file
     relative to ``folder``, the model's (never an absolute path of this machine)."""
     where = f"{shown_path(node.span.file, folder)}:{node.span.line} " if node.span else ""
-    return sanitize_comment(f"{where}{node.name or '%' + str(node.id)} ({node.op})")
+    return NumbaBackend.comment(f"{where}{node.name or '%' + str(node.id)} ({node.op})")
+
+
+def resolve(e: EpilogueOp) -> FusedOp:
+    """A fused op with its op's scalar and vector rules, as the kernel builders apply it."""
+    op = get_op(e.op)
+    return FusedOp(e.op, e.attrs, e.operand, e.origin, op.epilogue, op.vector_epilogue)
 
 
 @dataclass
 class LowerCtx:
-    """What an op's lowering rule sees of one node."""
+    """What an op's lowering rule sees of one node, and how it makes its step."""
 
     graph: Graph
     node: Node
-    cache_dir: Path | None = None
+    backend: NumbaBackend
 
     @property
     def kname(self) -> str:
@@ -61,10 +68,11 @@ class LowerCtx:
 
     @property
     def comment(self) -> str:
+        comment = self.backend.comment
         lines = [describe_node(self.node, model_folder(self.graph))]
-        lines += [sanitize_comment(f"{p.origin} ({p.op}, fused prologue)")
+        lines += [comment(f"{p.origin} ({p.op}, fused prologue)")
                   for p in prologue_of(self.node.attrs)]
-        lines += [sanitize_comment(f"{e.origin} ({e.op}, fused)") for e in self.epilogue]
+        lines += [comment(f"{e.origin} ({e.op}, fused)") for e in self.epilogue]
         return "\n".join(lines)
 
     @property
@@ -90,10 +98,23 @@ class LowerCtx:
         return self.node.type.shape
 
     @property
-    def epilogue(self) -> tuple[EpilogueOp, ...]:
-        return epilogue_of(self.node.attrs)
+    def epilogue(self) -> tuple[FusedOp, ...]:
+        """The node's fused epilogue, each op resolved to its rules (``resolve``)."""
+        return tuple(resolve(e) for e in epilogue_of(self.node.attrs))
 
-    def operand(self, e: EpilogueOp) -> int:
+    resolve = staticmethod(resolve)
+
+    @property
+    def step_name(self) -> str:
+        """The step's name: its layer and the layers fused into it (``step_name``)."""
+        return step_name(self.node)
+
+    @property
+    def step_ops(self) -> str:
+        """The ops the step computes, fused ones included (``step_ops``)."""
+        return step_ops(self.node)
+
+    def operand(self, e: EpilogueOp | FusedOp) -> int:
         """The node id of a binary epilogue op's second operand."""
         assert e.operand is not None
         return self.node.inputs[e.operand]
@@ -120,6 +141,66 @@ class LowerCtx:
         out = self.out_storage
         lanes = out.lanes if out is not None else 8
         return (self.graph.node(operand).type.shape[0] // lanes, 1, 1, 0, 0)
+
+    def kernel_step(self, kernel: Kernel, *, inputs: list[int],
+                    ints: dict[str, int] | None = None,
+                    pack: Callable[[Any], dict[str, np.ndarray]] | None = None) -> Step:
+        """A step of one generated kernel, its arguments bound by the builders' parameter names
+        (once, here): ``x<k>`` is ``inputs[k]``, ``y`` the output, ``c_*`` a packed constant,
+        ``n_batch`` the batch size, other integers the literal ``ints``."""
+        ints = ints or {}
+        args = []
+        for p in kernel.params:
+            if p.name == "y":
+                args.append(Arg("output"))
+            elif p.name == "n_batch":
+                args.append(Arg("batch"))
+            elif p.kind == "int":
+                args.append(Arg("int", int(ints[p.name])))
+            elif p.name.startswith("c_"):
+                args.append(Arg("const", p.name))
+            elif p.name.startswith("x") and p.name[1:].isdigit():
+                args.append(Arg("value", inputs[int(p.name[1:])]))
+            else:
+                raise LoweringError(f"kernel {kernel.name}: cannot bind parameter {p.name!r}")
+        node = self.node
+        op = get_op(node.op)
+        storage = self.out_storage
+        out_size = storage.floats if storage is not None else node.type.size
+        return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
+                    out_size, [Call(None, tuple(args), kernel.name, kernel)], pack=pack,
+                    inplace=op.inplace and storage is None, storage=storage)
+
+    def concat_view_step(self) -> Step:
+        """A concatenation whose inputs were written into its channel-blocked buffer: no kernel;
+        it owns the buffer (``plan_memory`` gives its producers their ranges of it)."""
+        node = self.node
+        storage = self.out_storage
+        return Step(node.id, step_name(node), node.op, self.tensor_inputs, storage.floats,
+                    lowering="in place", view=True, storage=storage, owner=True)
+
+    def view_step(self) -> Step:
+        """An op whose output aliases its input buffer (no kernel)."""
+        node = self.node
+        storage = self.out_storage
+        return Step(node.id, step_name(node), node.op, self.tensor_inputs,
+                    storage.floats if storage is not None else node.type.size,
+                    lowering="view", view=True, storage=storage)
+
+    def load_tasked(self, kernel: Kernel, tag: str,
+                    header: str) -> tuple[Callable[..., Any], str, str]:
+        """A compute kernel compiled in a cached module of its own (``tag``) by the backend:
+        ``(function, source file name, source)``."""
+        return self.backend.load_tasked(kernel, tag, header)
+
+    def layout_kernel(self, name: str) -> Callable[..., Any]:
+        """One of the layout kernels every convolution shares (``kernels.layout``), loaded."""
+        return self.backend.layout_kernel(name)
+
+    @property
+    def threads(self) -> int:
+        """Threads of the parallel loops (for per-thread scratch buffers)."""
+        return self.backend.threads
 
 
 def blocked_storage(graph: Graph, node: Node) -> Storage | None:
@@ -163,36 +244,6 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
                    lanes=lanes, nhwc=node.attrs["layout"] == NHWC)
 
 
-def kernel_step(ctx: LowerCtx, kernel: Kernel, *, inputs: list[int],
-                ints: dict[str, int] | None = None,
-                pack: Callable[[Any], dict[str, np.ndarray]] | None = None) -> Step:
-    """A step of one generated kernel, its arguments bound by the builders' parameter names
-    (once, here): ``x<k>`` is ``inputs[k]``, ``y`` the output, ``c_*`` a packed constant,
-    ``n_batch`` the batch size, other integers the literal ``ints``."""
-    ints = ints or {}
-    args = []
-    for p in kernel.params:
-        if p.name == "y":
-            args.append(Arg("output"))
-        elif p.name == "n_batch":
-            args.append(Arg("batch"))
-        elif p.kind == "int":
-            args.append(Arg("int", int(ints[p.name])))
-        elif p.name.startswith("c_"):
-            args.append(Arg("const", p.name))
-        elif p.name.startswith("x") and p.name[1:].isdigit():
-            args.append(Arg("value", inputs[int(p.name[1:])]))
-        else:
-            raise LoweringError(f"kernel {kernel.name}: cannot bind parameter {p.name!r}")
-    node = ctx.node
-    op = get_op(node.op)
-    storage = ctx.out_storage
-    out_size = storage.floats if storage is not None else node.type.size
-    return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
-                out_size, [Call(None, tuple(args), kernel.name, kernel)], pack=pack,
-                inplace=op.inplace and storage is None, storage=storage)
-
-
 def step_name(node: Node) -> str:
     names = [p.origin.split(" ")[-1] for p in prologue_of(node.attrs) if p.origin]
     names += [node.name or f"%{node.id}", *node.attrs.get("folded", ())]
@@ -206,30 +257,12 @@ def step_ops(node: Node) -> str:
                     [e.op for e in epilogue_of(node.attrs)])
 
 
-def concat_view_step(ctx: LowerCtx) -> Step:
-    """A concatenation whose inputs were written into its channel-blocked buffer: no kernel;
-    it owns the buffer (``plan_memory`` gives its producers their ranges of it)."""
-    node = ctx.node
-    storage = ctx.out_storage
-    return Step(node.id, step_name(node), node.op, ctx.tensor_inputs, storage.floats,
-                lowering="in place", view=True, storage=storage, owner=True)
-
-
-def view_step(ctx: LowerCtx) -> Step:
-    """An op whose output aliases its input buffer (no kernel)."""
-    node = ctx.node
-    storage = ctx.out_storage
-    return Step(node.id, step_name(node), node.op, ctx.tensor_inputs,
-                storage.floats if storage is not None else node.type.size,
-                lowering="view", view=True, storage=storage)
-
-
 # ---------------------------------------------------------------------------------------------
 # Whole graphs
 # ---------------------------------------------------------------------------------------------
 
 
-def _dedup(kernels: list[Kernel]) -> tuple[list[Kernel], dict[str, str]]:
+def _dedup(kernels: list[Kernel], backend: NumbaBackend) -> tuple[list[Kernel], dict[str, str]]:
     """Kernels with identical code are compiled once; the survivor's comment lists every
     layer that uses it. Returns the kernels to print and a map kernel name -> survivor name."""
     first: dict[str, Kernel] = {}
@@ -237,7 +270,7 @@ def _dedup(kernels: list[Kernel]) -> tuple[list[Kernel], dict[str, str]]:
     comments: dict[str, list[str]] = {}
     order: list[str] = []
     for k in kernels:
-        key = print_kernel(replace(k, name="k", comment=""), with_comment=False, fastmath=False)
+        key = backend.dedup_key(k)
         if key not in first:
             first[key] = k
             order.append(key)
@@ -254,27 +287,10 @@ def _dedup(kernels: list[Kernel]) -> tuple[list[Kernel], dict[str, str]]:
     return out, names
 
 
-def _shared_name(kernel: Kernel) -> str:
-    """The function name of a kernel in its shared module: the op part of ``n12_maxpool``."""
-    name = kernel.name
-    if name.startswith("n") and "_" in name and name[1:name.index("_")].isdigit():
-        name = name[name.index("_") + 1:]
-    return f"k_{name}"  # never a builtin (abs, max, ...) the kernel body may call
-
-
-def shared_source(kernel: Kernel) -> tuple[str, str]:
-    """``(function name, module source)`` of a kernel's shared module: no layer text, so
-    every layer and model with the same code uses (and caches) the same module."""
-    fname = _shared_name(kernel)
-    src = print_module([replace(kernel, name=fname, comment="")],
-                       header=f"{fname} kernel (sizes are runtime arguments)", fastmath=False)
-    return fname, src
-
-
 def lower_node(ctx: LowerCtx) -> Step:
     op = get_op(ctx.node.op)
     if op.view:
-        return view_step(ctx)
+        return ctx.view_step()
     if op.lower is None:
         raise LoweringError(f"no lowering for op {ctx.node.op!r} (layer {ctx.node.name!r})")
     return op.lower(ctx, ctx.node)
@@ -285,48 +301,44 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
                 progress: Callable[[int, int], None] | None = None) -> Plan:
     """Lower every compute node, load each distinct kernel from its shared cached module, bind
     the calls and plan the buffers. ``progress(done, total)`` follows a cold compile."""
-    from ..passes.plan_memory import plan_memory
-    from . import warm
-
-    root = Path(cache_dir) if cache_dir is not None else None
+    backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
     steps: list[Step] = []
     param_nodes: list[int] = []
     for node in graph.compute_nodes():
         if is_constant(graph, node):
             param_nodes.append(node.id)
             continue
-        steps.append(lower_node(LowerCtx(graph, node, root)))
+        steps.append(lower_node(LowerCtx(graph, node, backend)))
     generated = [c.ir for s in steps for c in s.calls if c.ir is not None]
-    kernels, names = _dedup(generated)
+    kernels, names = _dedup(generated, backend)
     header = f"network {graph.name}: {len(kernels)} kernels (listing; each runs from its " \
              "shared module)"
-    listing = print_module(kernels, header=header, fastmath=False) + _module_map(steps)
+    listing = backend.listing(kernels, header) + _module_map(steps, backend)
     funcs: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for k in kernels:
-        fname, src = shared_source(k)
-        mod = cache.load_module(src, fname, root)
-        funcs[k.name] = getattr(mod, fname)
-        sources[Path(getattr(mod, "__file__", fname)).parent.name + ".py"] = src
+        fn, file_name, src = backend.load_shared(k)
+        funcs[k.name] = fn
+        sources[file_name] = src
     for s in steps:
         for c in s.calls:
             if c.ir is not None:
                 c.fn = funcs[names[c.ir.name]]
         sources.update(s.sources)
-    warm.warm_modules(warm.jobs_for(steps), progress=progress)
+    backend.warm(steps, progress=progress)
     buffers = plan_memory(graph, steps, reuse=reuse_buffers)
     scratch: dict[str, int] = {}
     for s in steps:
         for k, v in s.scratch.items():
             scratch[k] = max(scratch.get(k, 0), v)
     return Plan(graph, steps, buffers, scratch, param_nodes, listing, sources,
-                str(root if root is not None else cache.cache_root()))
+                backend.cache_path)
 
 
-def _module_map(steps: list[Step]) -> str:
+def _module_map(steps: list[Step], backend: NumbaBackend) -> str:
     """Comment lines naming, per convolution layer, the cached module that runs it."""
-    lines = [f"# {sanitize_comment(s.name)} ({s.op}) -> {s.lowering} "
-             f"{sanitize_comment(', '.join(s.sources))}" for s in steps if s.sources]
+    lines = [f"# {backend.comment(s.name)} ({s.op}) -> {s.lowering} "
+             f"{backend.comment(', '.join(s.sources))}" for s in steps if s.sources]
     if not lines:
         return ""
     return "\n\n# Convolutions run by kernels of their own cached modules:\n" + \

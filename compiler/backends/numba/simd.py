@@ -46,7 +46,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from ..target import host_has
+from ...target import host_has
 
 __all__ = [
     "VecType", "vec8", "vec16", "LANES",

@@ -4,8 +4,7 @@ variants of the two output kernels that apply a fused epilogue at their store.""
 
 from __future__ import annotations
 
-from . import cache
-from .elementwise import _unflatten
+from .common import apply_epilogue, int_params, unflatten
 from .kernel_ir import (
     BinOp,
     Const,
@@ -21,8 +20,7 @@ from .kernel_ir import (
     Var,
     cmp,
 )
-from .numba_printer import print_module
-from .tiles import GEMM_N, _ints
+from .tiles import GEMM_N
 
 
 def layout_kernels() -> list[Kernel]:
@@ -50,7 +48,7 @@ def layout_kernels() -> list[Kernel]:
     src = ((n * C + (b // Cgb) * Cg + cin) * H + Var("ih")) * W - pl
     wl, wr = Var("wl"), Var("wr")
     zero_row = [Loop("wp", Wp, [Store("xp", Var("dst") + wp * CB + l, Const(0.0))])]
-    pack_body = _unflatten(Var("t"), [("n", N), ("b", NB), ("hp", Hp)]) + [
+    pack_body = unflatten(Var("t"), [("n", N), ("b", NB), ("hp", Hp)]) + [
         Let("ih", hp - pt),
         Let("dst", ((n * NB + b) * Hp + hp) * Wp * CB),
         # [0, wl) left padding, [wl, wr) image columns, [wr, Wp) right padding
@@ -69,7 +67,7 @@ def layout_kernels() -> list[Kernel]:
         ]),
     ]
     pack = Kernel("pack_nchw_blocked",
-                  [Param("x"), Param("xp")] + _ints("N", "C", "H", "W", "Hp", "Wp", "pt", "pl",
+                  [Param("x"), Param("xp")] + int_params("N", "C", "H", "W", "Hp", "Wp", "pt", "pl",
                                                     "NB", "CB", "Cg", "Cgb"),
                   [Loop("t", N * NB * Hp, pack_body, kind="parallel")],
                   "NCHW -> zero-padded channel-blocked NCHWc")
@@ -89,7 +87,7 @@ def layout_kernels() -> list[Kernel]:
     iw = q * sw - pl + Var("s") * dw
     im_src = ((n * C + gi * Cg + Var("c")) * H + Var("ih")) * W + iw
     ok = cmp("and", Var("rowok"), cmp("and", cmp(">=", iw, 0), cmp("<", iw, W)))
-    im_body = _unflatten(Var("t"), [("n", N), ("gi", G), ("row", CRS)]) + [
+    im_body = unflatten(Var("t"), [("n", N), ("gi", G), ("row", CRS)]) + [
         Let("c", row // (R * S)),
         Let("r", (row // S) % R),
         Let("s", row % S),
@@ -107,7 +105,7 @@ def layout_kernels() -> list[Kernel]:
                                        + Var("j") % GEMM_N, Const(0.0))], start=P * Q),
     ]
     im2col = Kernel("im2col",
-                    [Param("x"), Param("col")] + _ints("N", "C", "H", "W", "G", "Cg", "R", "S",
+                    [Param("x"), Param("col")] + int_params("N", "C", "H", "W", "G", "Cg", "R", "S",
                                                        "P", "Q", "sh", "sw", "dh", "dw", "pt",
                                                        "pl", "PQp"),
                     [Loop("t", N * G * CRS, im_body, kind="parallel")],
@@ -118,19 +116,6 @@ def layout_kernels() -> list[Kernel]:
     crop = crop_epilogue_kernel("crop_gemm", (), [],
                                 "GEMM output [N, g, Kg padded, PQ padded] -> NCHW")
     return [pack, unpack, unpack16, im2col, crop]
-
-
-_LAYOUT_MODULES: dict[str, object] = {}
-
-
-def layout_module(root=None):
-    """The compiled shared layout kernels (one cached module per cache root and process)."""
-    key = str(root)
-    if key not in _LAYOUT_MODULES:
-        src = print_module(layout_kernels(), header="shared layout kernels", fastmath=False)
-        _LAYOUT_MODULES[key] = cache.load_module(src, "layout", root)
-    return _LAYOUT_MODULES[key]
-
 
 
 def _operand_load(name: str, kind: str, full_index: Expr, n: Expr, nk: Expr) -> Expr:
@@ -146,12 +131,10 @@ def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str =
     """Channel-blocked ``[N, K8, P, Q, lanes]`` -> NCHW, applying ``epilogue`` at its store;
     operand ``i`` of the epilogue (of kind ``kinds[i]``) is the array parameter ``e<i>``. With
     no epilogue this is the shared ``unpack_blocked_nchw`` (``unpack_blocked16_nchw``)."""
-    from .elementwise import apply_epilogue
-
     N, K, P, Q, Kg, KgPad, K8 = (Var(s) for s in ("N", "K", "P", "Q", "Kg", "KgPad", "K8"))
     n, k, p, q = Var("n"), Var("k"), Var("p"), Var("q")
     operands = _epilogue_operands(epilogue, kinds, Var("dst") + q, n, n * K + k)
-    body = _unflatten(Var("t"), [("n", N), ("k", K), ("p", P)]) + [
+    body = unflatten(Var("t"), [("n", N), ("k", K), ("p", P)]) + [
         Let("cpos", (k // Kg) * KgPad + k % Kg),
         Let("src", ((n * K8 + Var("cpos") // lanes) * P + p) * Q * lanes +
             Var("cpos") % lanes),
@@ -160,7 +143,7 @@ def unpack_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str =
              + [Store("out", Var("dst") + q, Var("v"))]),
     ]
     params = [Param("y"), Param("out")] + [Param(f"e{i}") for i in range(len(kinds))] + \
-        _ints("N", "K", "P", "Q", "Kg", "KgPad", "K8")
+        int_params("N", "K", "P", "Q", "Kg", "KgPad", "K8")
     return Kernel(name, params, [Loop("t", N * K * P, body, kind="parallel")], comment)
 
 
@@ -168,19 +151,17 @@ def crop_epilogue_kernel(name: str, epilogue, kinds: list[str], comment: str = "
     """The GEMM's ``[N, g, Kgp, PQp]`` -> NCHW ``[N, K, PQ]``, applying ``epilogue`` at its
     store (operands as in :func:`unpack_epilogue_kernel`). With no epilogue this is the shared
     ``crop_gemm``."""
-    from .elementwise import apply_epilogue
-
     N, K, Kg, Kgp, PQ, PQp = (Var(s) for s in ("N", "K", "Kg", "Kgp", "PQ", "PQp"))
     n, k, j = Var("n"), Var("k"), Var("j")
     operands = _epilogue_operands(epilogue, kinds, Var("dst") + j, n, n * K + k)
-    body = _unflatten(Var("t"), [("n", N), ("k", K)]) + [
+    body = unflatten(Var("t"), [("n", N), ("k", K)]) + [
         Let("src", ((n * (K // Kg) + k // Kg) * Kgp + k % Kg) * PQp),
         Let("dst", (n * K + k) * PQ),
         Loop("j", PQ, apply_epilogue(Load("c", Var("src") + j), epilogue, operands)
              + [Store("out", Var("dst") + j, Var("v"))]),
     ]
     params = [Param("c"), Param("out")] + [Param(f"e{i}") for i in range(len(kinds))] + \
-        _ints("N", "K", "Kg", "Kgp", "PQ", "PQp")
+        int_params("N", "K", "Kg", "Kgp", "PQ", "PQp")
     return Kernel(name, params, [Loop("t", N * K, body, kind="parallel")], comment)
 
 

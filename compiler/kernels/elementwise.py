@@ -10,9 +10,18 @@ scale and shift).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from ..ops import EpilogueOp, get_op, operand_kind, own_attrs, own_input_count
+from .common import (
+    N_BATCH,
+    FusedOp,
+    Sizes,
+    apply_epilogue,
+    arrays,
+    fmax,
+    rows_kernel,
+    unflatten,
+)
 from .kernel_ir import (
     F64,
     BinOp,
@@ -42,31 +51,15 @@ from .kernel_ir import (
     const,
     div,
 )
-
-N_BATCH = Var("n_batch")
-
-
-class Sizes:
-    """Sizes that become runtime integer arguments of a kernel instead of literals.
-
-    ``sz("C", 64)`` returns the variable ``C`` and records 64 as its value for this layer; the
-    kernel gets an int parameter ``C`` (before ``n_batch``). Kernels that differ only in such
-    sizes print identically, so one compiled kernel serves every layer and model. A builder
-    given ``literal=True`` gets the numbers back instead (fully specialized code).
-    """
-
-    def __init__(self, literal: bool = False) -> None:
-        self.literal = literal
-        self.values: dict[str, int] = {}
-
-    def __call__(self, name: str, value: int) -> ExprLike:
-        if self.literal:
-            return int(value)
-        self.values[name] = int(value)
-        return Var(name)
-
-    def params(self) -> list[Param]:
-        return [Param(n, "int") for n in self.values]
+from .tiles import (
+    BLOCKED_INTS,
+    StorageIndex,
+    operand_ints,
+    operand_plane,
+    operand_row,
+    operand_step,
+    store_epilogue,
+)
 
 
 def _prod(xs: Sequence[int]) -> int:
@@ -74,50 +67,6 @@ def _prod(xs: Sequence[int]) -> int:
     for x in xs:
         r *= int(x)
     return r
-
-
-def fmax(a: ExprLike, b: ExprLike) -> Expr:
-    return BinOp("max", const(a), const(b))
-
-
-def fmin(a: ExprLike, b: ExprLike) -> Expr:
-    return BinOp("min", const(a), const(b))
-
-
-def apply_epilogue(value: Expr, epilogue: Sequence[EpilogueOp],
-                   operands: Mapping[int, Expr] | None = None, var: str = "v") -> list[Stmt]:
-    """Lets computing ``value`` then each fused epilogue op into the local ``var``: each op's
-    own ``epilogue`` rule (``compiler/ops``), a binary op's second operand being
-    ``operands[e.operand]`` (an expression loading it at the element being stored)."""
-    stmts: list[Stmt] = [Let(var, value)]
-    for e in epilogue:
-        operand = None if e.operand is None else (operands or {})[e.operand]
-        stmts.append(Let(var, get_op(e.op).epilogue(Var(var), e.attr_dict, operand)))
-    return stmts
-
-
-def _unflatten(t: Expr, dims: list[tuple[str, ExprLike]]) -> list[Stmt]:
-    """Lets splitting a flattened index over ``dims`` (outermost first, last fastest)."""
-    lets: list[Stmt] = []
-    stride: ExprLike = 1
-    for i in range(len(dims) - 1, -1, -1):
-        name, extent = dims[i]
-        v = t // stride if i == 0 else (t // stride) % extent
-        lets.append(Let(name, v))
-        stride = stride * extent
-    return lets[::-1]
-
-
-def _arrays(*names: str) -> list[Param]:
-    return [Param(n) for n in names]
-
-
-def _rows_kernel(name: str, params: list[Param], rows: ExprLike, row_body: list[Stmt],
-                 comment: str, sz: Sizes | None = None) -> Kernel:
-    """``for t in prange(n_batch * rows): <row_body>`` (``t`` is the flattened row)."""
-    ints = sz.params() if sz is not None else []
-    return Kernel(name, params + ints + [Param("n_batch", "int")],
-                  [Loop("t", N_BATCH * rows, row_body, kind="parallel")], comment)
 
 
 def _split_rows(size: int, target: int = 4096) -> tuple[int, int]:
@@ -168,7 +117,7 @@ def broadcast_plan(out_shape: Sequence[int], in_shapes: Sequence[Sequence[int]])
 
 
 def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
-                       in_shapes: Sequence[Sequence[int]], epilogue: Sequence[EpilogueOp],
+                       in_shapes: Sequence[Sequence[int]], epilogue: Sequence[FusedOp],
                        comment: str = "", sz: Sizes | None = None, n_own: int = 0) -> Kernel:
     """``y = epilogue(x0 op x1 op ... op x<n_own - 1>)`` with NumPy broadcasting over the
     per-sample shapes; inputs from ``n_own`` on are the epilogue's operands.
@@ -193,7 +142,7 @@ def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
         rows = rows * d
     inner = sz("L", dims[-1])
     names = [f"d{i}" for i in range(len(dims) - 1)]
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH)] + list(zip(names, dimv)))
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH)] + list(zip(names, dimv)))
     j = Var("j")
     for k, (st, size) in enumerate(zip(strides, sizes)):
         base: ExprLike = Var("n") * sz(f"N{k}", size)
@@ -208,11 +157,11 @@ def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
     inner_body = apply_epilogue(value, epilogue, dict(enumerate(loads))) + \
         [Store("y", Var("yb") + j, Var("v"))]
     body.append(Loop("j", const(inner), inner_body))
-    params = _arrays(*[f"x{k}" for k in range(len(in_shapes))], "y")
-    return _rows_kernel(name, params, rows, body, comment, sz)
+    params = arrays(*[f"x{k}" for k in range(len(in_shapes))], "y")
+    return rows_kernel(name, params, rows, body, comment, sz)
 
 
-def channel_affine_kernel(name: str, shape: Sequence[int], epilogue: Sequence[EpilogueOp],
+def channel_affine_kernel(name: str, shape: Sequence[int], epilogue: Sequence[FusedOp],
                           comment: str = "", sz: Sizes | None = None) -> Kernel:
     """``y[n, c, ...] = epilogue(x[n, c, ...] * c_scale[c] + c_shift[c])`` (inference batch
     norm with precomputed scale and shift; activations only in the epilogue)."""
@@ -224,10 +173,10 @@ def channel_affine_kernel(name: str, shape: Sequence[int], epilogue: Sequence[Ep
     inner_body = apply_epilogue(Load("x0", Var("base") + j) * Var("sc") + Var("sh"), epilogue) + \
         [Store("y", Var("base") + j, Var("v"))]
     body.append(Loop("j", const(inner), inner_body))
-    return _rows_kernel(name, _arrays("x0", "c_scale", "c_shift", "y"), C, body, comment, sz)
+    return rows_kernel(name, arrays("x0", "c_scale", "c_shift", "y"), C, body, comment, sz)
 
 
-def channel_prelu_kernel(name: str, shape: Sequence[int], epilogue: Sequence[EpilogueOp],
+def channel_prelu_kernel(name: str, shape: Sequence[int], epilogue: Sequence[FusedOp],
                          comment: str = "", sz: Sizes | None = None) -> Kernel:
     """``y[n, c, ...] = epilogue(x if x >= 0 else x * c_slope[c])`` (PReLU; a feature vector
     is C channels of one element; activations only in the epilogue)."""
@@ -241,7 +190,7 @@ def channel_prelu_kernel(name: str, shape: Sequence[int], epilogue: Sequence[Epi
                                         Var("xv") * Var("sl")), epilogue)
     inner_body.append(Store("y", Var("base") + j, Var("v")))
     body.append(Loop("j", const(inner), inner_body))
-    return _rows_kernel(name, _arrays("x0", "c_slope", "y"), C, body, comment, sz)
+    return rows_kernel(name, arrays("x0", "c_slope", "y"), C, body, comment, sz)
 
 
 def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
@@ -251,7 +200,7 @@ def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
     sz = sz if sz is not None else Sizes(literal=True)
     outer, L, inner = (sz("O", _prod(shape[:axis])), sz("L", shape[axis]),
                        sz("I", _prod(shape[axis + 1:])))
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("o", outer), ("i", inner)])
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("o", outer), ("i", inner)])
     body.append(Let("base", ((Var("n") * outer + Var("o")) * L) * inner + Var("i")))
     idx = Var("base") + Var("l") * inner
     body.append(Let("m", Load("x0", Var("base"))))
@@ -267,11 +216,11 @@ def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
         body.append(Let("inv", div(F64(1.0), Var("s"))))
         value = call("exp", call("f64", Load("x0", idx) - Var("m"))) * Var("inv")
     body.append(Loop("l", const(L), [Store("y", idx, value)]))
-    return _rows_kernel(name, _arrays("x0", "y"), outer * inner, body, comment, sz)
+    return rows_kernel(name, arrays("x0", "y"), outer * inner, body, comment, sz)
 
 
 def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
-                     comment: str = "", epilogue: Sequence[EpilogueOp] = ()) -> Kernel:
+                     comment: str = "", epilogue: Sequence[FusedOp] = ()) -> Kernel:
     """Group norm: per (image, group) mean and variance (two passes, float64), then
     ``epilogue((x - mean) / sqrt(var + eps) * c_weight[c] + c_bias[c])`` (activations only;
     instance norm is the case groups = C)."""
@@ -297,11 +246,11 @@ def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
                      Let("o", Var("base") + Var("cl") * hw + Var("j")), *_store_through(
                          "y", Var("o"), Load("x0", Var("o")) * Var("a") + Var("b"), epilogue)]),
              ])]
-    return _rows_kernel(name, _arrays("x0", "c_weight", "c_bias", "y"), groups, body, comment)
+    return rows_kernel(name, arrays("x0", "c_weight", "c_bias", "y"), groups, body, comment)
 
 
 def _store_through(array: str, index: Expr, value: Expr,
-                   epilogue: Sequence[EpilogueOp]) -> list[Stmt]:
+                   epilogue: Sequence[FusedOp]) -> list[Stmt]:
     """``array[index] = value``, through the fused epilogue when there is one (without one,
     the code is what it was before kernels took epilogues)."""
     if not epilogue:
@@ -323,7 +272,7 @@ def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: f
 
     inner = _lrn_store(Var("base") + Var("c") * hw + j, x_at, Var("c"), size, alpha, beta, k)
     body.append(Loop("j", Const(hw), inner))
-    return _rows_kernel(name, _arrays("x0", "y"), C, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C, body, comment)
 
 
 #: The exponents ``beta`` the vector LRN kernel raises to with square roots (the divisor
@@ -345,7 +294,6 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
     multiply-add and ``x / norm ** beta`` with square roots, all in float32; padding lanes get
     ``0 / norm = 0``. Otherwise each lane's window is summed and raised with ``pow`` per lane in
     float64 (as the NCHW kernel), padding lanes stored as zeros."""
-    from .tiles import BLOCKED_INTS, StorageIndex
 
     C, L = channels, lanes
     n, cb, p, q, j = Var("n"), Var("cb"), Var("p"), Var("q"), Var("j")
@@ -397,7 +345,7 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
                                     *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
                    [Store("y", Var("o"), Const(0.0))])]
         row = Loop("q", Q, [Loop("j", Const(L), lane)])
-    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
+    body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("yrow", y.row(n, cb, p)), row]
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
     params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
@@ -450,7 +398,7 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
         body.append(Loop("j", const(inner), [
             Store("y", Var("ob") + (off + Var("j")), Load(f"x{k}", Var(f"ib{k}") + Var("j")))]))
         off = off + inner
-    return _rows_kernel(name, _arrays(*[f"x{k}" for k in range(len(shapes))], "y"), outer,
+    return rows_kernel(name, arrays(*[f"x{k}" for k in range(len(shapes))], "y"), outer,
                         body, comment, sz)
 
 
@@ -461,12 +409,11 @@ def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "",
     to the output blocks from ``O<k>`` on (geometry ``Y*``). Every input starts at a block
     boundary; the sizes are runtime integers, so one kernel serves every concatenation of
     ``n_inputs``."""
-    from .tiles import BLOCKED_INTS, StorageIndex
 
     n, p, q, cb = Var("n"), Var("p"), Var("q"), Var("cb")
     P, Q = Var("P"), Var("Q")
     y = StorageIndex.named("Y", lanes, nhwc)
-    body: list[Stmt] = _unflatten(Var("t"), [("n", N_BATCH), ("p", P)])
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("p", P)])
     ints = ["P", "Q"]
     for k in range(n_inputs):
         x = StorageIndex.named(f"X{k}", lanes, nhwc)
@@ -492,7 +439,7 @@ def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: floa
     C, H, W = (int(d) for d in shape)
     t, l, b, r = (int(p) for p in pads)
     OH, OW = H + t + b, W + l + r
-    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += [Let("ih", Var("oh") - t), Let("yb", Var("t") * OW)]
     fill = Const(float(value))
     ok = cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))
@@ -503,7 +450,7 @@ def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: floa
                 Loop("j", Const(r), [Store("y", Var("yb") + (l + W) + Var("j"), fill)])]
     body.append(If(ok, copy_row, [Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"),
                                                               fill)])]))
-    return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment)
 
 
 def _source_index(i: Expr, n: int, mode: str) -> Expr:
@@ -525,7 +472,7 @@ def _mirror_pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mod
     t, l, b, r = (int(p) for p in pads)
     OH, OW = H + t + b, W + l + r
     j = Var("j")
-    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += [Let("ih", _source_index(Var("oh") - t, H, mode)),
              Let("xb", (Var("nc") * H + Var("ih")) * W), Let("yb", Var("t") * OW),
              Loop("j", Const(l), [Store("y", Var("yb") + j, Load(
@@ -533,7 +480,7 @@ def _mirror_pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mod
              Loop("j", Const(W), [Store("y", Var("yb") + l + j, Load("x0", Var("xb") + j))]),
              Loop("j", Const(r), [Store("y", Var("yb") + (l + W) + j, Load(
                  "x0", Var("xb") + _source_index(j + W, W, mode)))])]
-    return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment)
 
 
 def channel_slice_kernel(name: str, shape: Sequence[int], start: int, stop: int,
@@ -548,19 +495,19 @@ def channel_slice_kernel(name: str, shape: Sequence[int], start: int, stop: int,
     body: list[Stmt] = [Let("xb", Var("t") * xs + x0), Let("yb", Var("t") * ys),
                         Loop("j", ys, [Store("y", Var("yb") + Var("j"),
                                              Load("x0", Var("xb") + Var("j")))])]
-    return Kernel(name, _arrays("x0", "y") + sz.params() + [Param("n_batch", "int")],
+    return Kernel(name, arrays("x0", "y") + sz.params() + [Param("n_batch", "int")],
                   [Loop("t", N_BATCH, body, kind="parallel")], comment)
 
 
 def flip_kernel(name: str, shape: Sequence[int], axis: str, comment: str = "") -> Kernel:
     C, H, W = (int(d) for d in shape)
-    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("h", H)])
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("h", H)])
     src_h = (H - 1) - Var("h") if axis in ("vertical", "both") else Var("h")
     body += [Let("xb", (Var("nc") * H + src_h) * W), Let("yb", Var("t") * W)]
     src_w = (W - 1) - Var("j") if axis in ("horizontal", "both") else Var("j")
     body.append(Loop("j", Const(W), [Store("y", Var("yb") + Var("j"),
                                            Load("x0", Var("xb") + src_w))]))
-    return _rows_kernel(name, _arrays("x0", "y"), C * H, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C * H, body, comment)
 
 
 def distance_kernel(name: str, size: int, p: float, comment: str = "") -> Kernel:
@@ -572,7 +519,7 @@ def distance_kernel(name: str, size: int, p: float, comment: str = "") -> Kernel
     body: list[Stmt] = [Let("b", Var("t") * size), Let("s", call("f64", Const(0))),
                         Loop("j", Const(size), [Let("s", Var("s") + term)]),
                         Store("y", Var("t"), root)]
-    return Kernel(name, _arrays("x0", "x1", "y") + [Param("n_batch", "int")],
+    return Kernel(name, arrays("x0", "x1", "y") + [Param("n_batch", "int")],
                   [Loop("t", N_BATCH, body, kind="parallel")], comment)
 
 
@@ -586,7 +533,7 @@ def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
     sh, sw = stride
     bt, bl = before
     OH, OW = out_hw
-    body: list[Stmt] = _unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += [Let("sr", Var("oh") - bt), Let("yb", Var("t") * OW)]
     row_ok = cmp("and", cmp(">=", Var("sr"), 0),
                  cmp("and", cmp("<", Var("sr"), (H - 1) * sh + 1),
@@ -601,11 +548,11 @@ def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
                                                Const(0.0)))])]
     zero = [Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"), Const(0.0))])]
     body.append(If(row_ok, copy, zero))
-    return _rows_kernel(name, _arrays("x0", "y"), C * OH, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment)
 
 
 def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
-                 epilogue: Sequence[EpilogueOp], comment: str = "",
+                 epilogue: Sequence[FusedOp], comment: str = "",
                  sz: Sizes | None = None) -> Kernel:
     """``y[n, o] = epilogue(sum_i x[n, i] * w[o, i] + b[o])`` (activations only): one parallel
     iteration per output feature (a row of ``w``, read once and kept in cache across the
@@ -637,49 +584,15 @@ def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
     value: Expr = Var("s") + Load("c_b", o) if bias else Var("s")
     per_image += apply_epilogue(value, epilogue) + [Store("y", n * no + o, Var("v"))]
     body.append(Loop("n", N_BATCH, per_image))
-    params = _arrays("x0", "c_w") + (_arrays("c_b") if bias else []) + _arrays("y")
+    params = arrays("x0", "c_w") + (arrays("c_b") if bias else []) + arrays("y")
     pre: list[Stmt] = [Let("nvec", ni // 8), Let("nquad", Var("nvec") // 4),
                        Let("vrem", Var("nvec") % 4), Let("done", Var("nvec") * 8)]
     return Kernel(name, params + sz.params() + [Param("n_batch", "int")],
                   pre + [Loop("o", no, body, kind="parallel")], comment)
 
 
-# -- lowering rules shared by several ops -----------------------------------------------------
-
-def lower_elementwise(ctx, node, op: str, pack=None):
-    """``add`` / ``sub`` / ``mul`` of the node's inputs, or ``copy`` of its one input, with
-    its fused epilogue (operands are further inputs, broadcast like any other); ``affine``
-    (channel-blocked only: a batch norm, whose ``pack`` gives its scale and shift)."""
-    from .lowering import kernel_step
-
-    inputs = list(node.inputs) if op != "affine" else list(ctx.tensor_inputs)
-    shapes = [ctx.graph.node(i).type.shape for i in inputs]
-    sz = Sizes()
-    n_own = own_input_count(len(inputs), node.attrs)
-    epilogue = list(ctx.epilogue)
-    if op == "copy":  # a standalone activation is the copy kernel with itself as epilogue
-        attrs = tuple(sorted(own_attrs(node.attrs).items()))
-        epilogue = [EpilogueOp(node.op, attrs)] + epilogue
-    source = ctx.storage(inputs[0])
-    if source is not None:  # NCHW8c or NCHW16c in and out (the layout rule)
-        kinds = [operand_kind(s, ctx.out_shape) for s in shapes[1:]]
-        c, h, w = ctx.out_shape
-        ints = {"C8": -(-c // source.lanes), "P": h, "Q": w}
-        ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
-        for k, i in enumerate(inputs[1:]):
-            ints.update(zip((f"E{k}B", f"E{k}H", f"E{k}W", f"E{k}T", f"E{k}L"),
-                            ctx.operand_geometry(i)))
-        ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
-        k = elementwise_blocked_kernel(ctx.kname, op, n_own, kinds, epilogue, ctx.comment,
-                                       source.lanes, source.nhwc)
-        return kernel_step(ctx, k, inputs=inputs, ints=ints, pack=pack)
-    k = elementwise_kernel(ctx.kname, op, ctx.out_shape, shapes, epilogue, ctx.comment, sz,
-                           n_own=n_own)
-    return kernel_step(ctx, k, inputs=inputs, ints=sz.values)
-
-
 def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[str],
-                               epilogue: Sequence[EpilogueOp], comment: str = "",
+                               epilogue: Sequence[FusedOp], comment: str = "",
                                lanes: int = 8, nhwc: bool = False) -> Kernel:
     """``y = epilogue(x0 op x1 op ...)`` over channel-blocked storage, ``lanes`` (8 or 16)
     channels a block and a vector.
@@ -691,21 +604,12 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
     ``affine``: ``x0 * c_scale[c] + c_shift[c]`` (an inference batch norm; the packed scale and
     shift padded with zeros to whole blocks; ``n_own`` = 1).
     """
-    from .tiles import (
-        BLOCKED_INTS,
-        StorageIndex,
-        operand_ints,
-        operand_plane,
-        operand_row,
-        operand_step,
-        store_epilogue,
-    )
 
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     others = len(kinds)
-    body: list[Stmt] = _unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
+    body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("xrow", x.row(n, cb, p)),
         Let("yrow", y.row(n, cb, p)),
     ]

@@ -15,8 +15,8 @@ written.
 from __future__ import annotations
 
 from ..ir import Graph
+from ..ops import writes_whole_blocks
 from ..plan import BufferPlan, Step
-from .common import writes_whole_blocks
 
 
 def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPlan:

@@ -121,7 +121,7 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
                 json.dump([[j.path, j.func, list(j.kinds)] for j in share], f)
             files.append(name)
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "cnnc.compiler.codegen.warm", name],
+                [sys.executable, "-m", "cnnc.compiler.backends.numba.warm", name],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + WORKER_TIMEOUT
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:

@@ -4,9 +4,10 @@ the layouts and the geometry)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from .elementwise import _unflatten
+from .common import int_params, unflatten
+from .conv_geometry import ConvGeometry
 from .kernel_ir import (
     Comment,
     Const,
@@ -40,22 +41,18 @@ from .tiles import (
     TILE_K,
     DirectTile,
     StorageIndex,
-    _epilogue_stores,
-    _floor_let,
-    _floored,
-    _ints,
-    _tile_stmts,
+    epilogue_stores,
+    floor_let,
+    floored,
     operand_ints,
     operand_plane,
     operand_row,
     operand_step,
     store_epilogue,
+    tile_stmts,
     vector_head,
     zero_row_halo,
 )
-
-if TYPE_CHECKING:
-    from .conv import ConvGeometry
 
 #: Weight bytes per group up to which ``order="auto"`` iterates k-blocks fastest (weights stay
 #: in L2 while consecutive tasks share input rows). L2 is 2 MiB per core on the target machine.
@@ -129,7 +126,7 @@ def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
     """Array parameters ``e<k>`` of the fused epilogue's operands and their geometry ints."""
     count = sum(e.operand is not None for e in epilogue)
     return [Param(f"e{k}") for k in range(count)], \
-        _ints(*[n for k in range(count) for n in operand_ints(k)])
+        int_params(*[n for k in range(count) for n in operand_ints(k)])
 
 
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
@@ -229,7 +226,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             out = []
             for i in range(T):
                 for h in range(nvec):
-                    acc = _floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TK + h * lanes,
+                    acc = floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TK + h * lanes,
                                                  lanes=lanes), lanes)
                     rest = epilogue
                     if lanes == 16:  # each step once for both halves
@@ -253,7 +250,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
-            _tile_stmts(T, nvec, inner, _epilogue_stores(stores_for), lanes=lanes)
+            tile_stmts(T, nvec, inner, epilogue_stores(stores_for), lanes=lanes)
 
     gi = kb // Kgb
     if order == "auto":
@@ -279,12 +276,12 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         per_tile += _overlap_tail(Q, T, tile)
     per_tile += _zero_halo(yl, g.nhwc_out)
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops
-    ints = _ints(*DIRECT_INTS)
+    ints = int_params(*DIRECT_INTS)
     if prologue is None:
         if order == "rows":
-            body = _unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
+            body = unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
         else:
-            body = _unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
+            body = unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
         if g.lanes_in == 8:
             body.append(Let("xrow", x.row(n, gi * Cgb, p * g.sh)))
         else:  # the group's first 8-channel half-block xg, added in the channel loop
@@ -297,7 +294,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         H, W = Var("H"), Var("W")
         q = Var("q")
         window = blocked_window(op, attrs, "x", Var("xblk"), q, H, W, x, lanes=8)
-        body = _unflatten(t, [("n", Var("n_batch")), ("p", P)])
+        body = unflatten(t, [("n", Var("n_batch")), ("p", P)])
         body += [
             Comment(f"prologue: {op} of row p of every input block, into xpool"),
             Let("win_r", p * attrs["stride"][0] - attrs["pads"][0]),
@@ -313,11 +310,11 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         ]
         xstrides = [Let("xplane", Q * 8), Let("xrstep", Const(0))]
         params.append(Param("xpool"))
-        ints += _ints("H", "W")
+        ints += int_params("H", "W")
         tasks = Var("n_batch") * P
-    params += ints + op_ints + _ints("relu", "n_batch")
+    params += ints + op_ints + int_params("relu", "n_batch")
     # Loop-invariant strides, computed once (runtime sizes).
-    pre = [_floor_let()]
+    pre = [floor_let()]
     pre += [Let("xpix", x.pixel)] if nhwc_x else []
     pre += [Let("ypix", y.pixel)] if g.nhwc_out else []
     pre += [*xstrides, Let("yplane", const(y.plane))]
@@ -376,12 +373,12 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
             out = []
             i = 0
             while i < T:
-                val = _floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * L, lanes=L), L)
+                val = floored(epi.apply_vec(Var(f"acc_{i}_0"), cb * L, lanes=L), L)
                 if L == 16:  # bias and floor once, before an epilogue that reads them twice
                     out.append(Let(f"acc_{i}_0", val))
                     val = Var(f"acc_{i}_0")
                 if pairs and i + 1 < T:  # pixels i and i + 1 are 16 floats in a row
-                    nxt = _floored(epi.apply_vec(Var(f"acc_{i + 1}_0"), cb * 8))
+                    nxt = floored(epi.apply_vec(Var(f"acc_{i + 1}_0"), cb * 8))
                     out.append(Let(f"pair_{i}", VJoin(val, nxt)))
                     head, _ = vector_head(Var(f"pair_{i}"), epilogue, 16)
                     out.append(VStore("y", Var("yrow") + (q0 + i) * 8, head))
@@ -395,7 +392,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
             return out
 
         return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
-            _tile_stmts(T, 1, inner, _epilogue_stores(stores_for), lanes=L)
+            tile_stmts(T, 1, inner, epilogue_stores(stores_for), lanes=L)
 
     ops, op_ints = _epilogue_params(epilogue)
 
@@ -413,20 +410,20 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         # a task is a row, its blocks innermost: in NHWC a tile's pixels hold the blocks side
         # by side, so the next block reads (and writes) the other halves of the cache lines
         # this one fetched
-        body = _unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)]) + counts + [
+        body = unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)]) + counts + [
             Loop("qt", Var("nfull"), [Loop("cb", C8, in_block(tile(T, Var("qt") * T), []))]),
             Loop("cb", C8, in_block(tail, []))]
         tasks = Var("n_batch") * P
     else:
-        body = _unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
+        body = unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
         body += in_block([Loop("qt", Var("nfull"), tile(T, Var("qt") * T))] + tail, counts)
         tasks = Var("n_batch") * (C8 * P)
-    pre = [_floor_let()]
+    pre = [floor_let()]
     pre += [Let("xpix", x.pixel)] if g.nhwc_in else []
     pre += [Let("ypix", y.pixel)] if g.nhwc_out else []
     pre += [Let("xrstep", Wp * (g.dh * xpix))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + \
-        _ints(*DEPTHWISE_INTS) + op_ints + _ints("relu", "n_batch")
+        int_params(*DEPTHWISE_INTS) + op_ints + int_params("relu", "n_batch")
     loop = Loop("t", tasks, body, kind="parallel")
     return Kernel(name, params, pre + [loop], comment)
 

@@ -1,0 +1,108 @@
+"""How the lowering driver loads kernels through Numba: :class:`NumbaBackend`.
+
+A per-model kernel is printed into a module of its own with no layer text in it (so every layer
+and model with the same code shares, and caches, one module); a convolution's compute kernel is
+printed as a task function and a parallel loop calling it (``printer.print_tasked``); the
+layout kernels every convolution shares live in one module per cache root and process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numba
+
+from ...kernels.kernel_ir import Kernel
+from ...kernels.layout import layout_kernels
+from . import cache, warm
+from .printer import print_kernel, print_module, print_tasked, sanitize_comment
+
+__all__ = ["NumbaBackend", "layout_module", "shared_source"]
+
+_LAYOUT_MODULES: dict[str, Any] = {}
+
+
+def layout_module(root: Path | None = None) -> Any:
+    """The compiled shared layout kernels (one cached module per cache root and process)."""
+    key = str(root)
+    if key not in _LAYOUT_MODULES:
+        src = print_module(layout_kernels(), header="shared layout kernels", fastmath=False)
+        _LAYOUT_MODULES[key] = cache.load_module(src, "layout", root)
+    return _LAYOUT_MODULES[key]
+
+
+def _shared_name(kernel: Kernel) -> str:
+    """The function name of a kernel in its shared module: the op part of ``n12_maxpool``."""
+    name = kernel.name
+    if name.startswith("n") and "_" in name and name[1:name.index("_")].isdigit():
+        name = name[name.index("_") + 1:]
+    return f"k_{name}"  # never a builtin (abs, max, ...) the kernel body may call
+
+
+def shared_source(kernel: Kernel) -> tuple[str, str]:
+    """``(function name, module source)`` of a kernel's shared module: no layer text, so
+    every layer and model with the same code uses (and caches) the same module."""
+    fname = _shared_name(kernel)
+    src = print_module([replace(kernel, name=fname, comment="")],
+                       header=f"{fname} kernel (sizes are runtime arguments)", fastmath=False)
+    return fname, src
+
+
+def module_file_name(module: Any, fallback: str) -> str:
+    """The name a loaded module's source is listed under: its cache folder's, ``.py``."""
+    return Path(getattr(module, "__file__", fallback)).parent.name + ".py"
+
+
+class NumbaBackend:
+    """Numba CPU kernels cached under ``root`` (None: the default cache root)."""
+
+    name = "numba"
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+
+    @property
+    def cache_path(self) -> str:
+        return str(self.root if self.root is not None else cache.cache_root())
+
+    @property
+    def threads(self) -> int:
+        """Threads of the parallel loops (per-thread scratch buffers are sized by it)."""
+        return numba.config.NUMBA_NUM_THREADS
+
+    comment = staticmethod(sanitize_comment)
+
+    def dedup_key(self, kernel: Kernel) -> str:
+        """Kernels with equal keys have identical code whatever their names and comments."""
+        return print_kernel(replace(kernel, name="k", comment=""), with_comment=False,
+                            fastmath=False)
+
+    def listing(self, kernels: list[Kernel], header: str) -> str:
+        """One readable module of ``kernels`` (with their comments): the model's listing."""
+        return print_module(kernels, header=header, fastmath=False)
+
+    def load_shared(self, kernel: Kernel) -> tuple[Callable[..., Any], str, str]:
+        """``(function, source file name, source)`` of a kernel from its shared module."""
+        fname, src = shared_source(kernel)
+        mod = cache.load_module(src, fname, self.root)
+        return getattr(mod, fname), module_file_name(mod, fname), src
+
+    def load_tasked(self, kernel: Kernel, tag: str,
+                    header: str) -> tuple[Callable[..., Any], str, str]:
+        """``(function, source file name, source)`` of a compute kernel printed as a task and
+        a parallel loop (``print_tasked``), cached as the module ``tag``."""
+        src = print_tasked(kernel, header)
+        mod = cache.load_module(src, tag, self.root)
+        return getattr(mod, kernel.name), module_file_name(mod, tag), src
+
+    def layout_kernel(self, name: str) -> Callable[..., Any]:
+        """One of the shared layout kernels (``kernels.layout.layout_kernels``)."""
+        return getattr(layout_module(self.root), name)
+
+    def warm(self, steps: Iterable[Any],
+             progress: Callable[[int, int], None] | None = None) -> None:
+        """Compile the kernels of ``steps`` missing from Numba's cache, in parallel workers."""
+        warm.warm_modules(warm.jobs_for(steps), progress=progress)
