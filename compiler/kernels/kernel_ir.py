@@ -444,30 +444,16 @@ def walk(stmts: list[Stmt]):
 # softmax, normalization, upsampling index math).
 # --------------------------------------------------------------------------------------------
 
-#: Function name in the IR -> how it prints. Only these can appear in generated code.
-FUNCS = {
-    "exp": "math.exp",
-    "expm1": "math.expm1",
-    "log": "math.log",
-    "log1p": "math.log1p",
-    "tanh": "math.tanh",
-    "erf": "math.erf",
-    "sqrt": "math.sqrt",
-    "floor": "math.floor",
-    "abs": "abs",
-    "int": "int",
-    "f32": "np.float32",
-    "f64": "np.float64",
-    "vsum": "vsum",
-    # the worker thread running this task, 0 .. NUMBA_NUM_THREADS - 1 (per-thread scratch)
-    "thread_id": "get_thread_id",
-    "pow": None,  # printed as a ** b
-}
+#: The functions a kernel may call (``call(fn, ...)``); each backend's printer spells them
+#: (``FUNCS`` of ``backends/<target>/printer.py``). ``thread_id`` is the worker thread running
+#: the task (0 .. threads - 1: per-thread scratch); ``pow`` is ``a ** b``.
+FUNCTIONS = ("exp", "expm1", "log", "log1p", "tanh", "erf", "sqrt", "floor", "abs", "int", "f32",
+             "f64", "vsum", "thread_id", "pow")
 
 
 @dataclass(frozen=True, eq=False)
 class Call(Expr):
-    """``fn(*args)`` for ``fn`` in :data:`FUNCS`."""
+    """``fn(*args)`` for ``fn`` in :data:`FUNCTIONS`."""
 
     fn: str
     args: tuple[Expr, ...]
@@ -489,7 +475,7 @@ class Div(Expr):
 
 
 def call(fn: str, *args: ExprLike) -> Call:
-    if fn not in FUNCS:
+    if fn not in FUNCTIONS:
         raise ValueError(f"unknown kernel function {fn!r}")
     return Call(fn, tuple(const(a) for a in args))
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 import keyword
 import math
 import re
+from dataclasses import fields
 
 from ...kernels.kernel_ir import (
     F64,
-    FUNCS,
-    BinOp,
     Call,
     Comment,
     Const,
-    Div,
     Expr,
     If,
     Kernel,
@@ -40,18 +38,12 @@ from ...kernels.kernel_ir import (
     VAlign,
     Var,
     VBin,
-    VBroadcast,
-    VFma,
     VHalf,
-    VJoin,
-    VLoad,
-    VSplat,
     VSpread,
     VStore,
     VUnary,
-    VZero,
-    walk,
 )
+from ..printer import KernelPrinter
 
 __all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
 
@@ -87,10 +79,6 @@ def _check_ident(name: str) -> str:
     return name
 
 
-_PREC = {"or": 1, "and": 2, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
-         "+": 6, "-": 6, "*": 7, "//": 7, "%": 7, "/": 7, "**": 9}
-
-
 def _float_literal(v: float) -> str:
     """A float as Python source, non-finite values included."""
     if math.isnan(v):
@@ -100,79 +88,45 @@ def _float_literal(v: float) -> str:
     return repr(float(v))
 
 
-def print_expr(e: Expr, prec: int = 0) -> str:
-    """Python source of an expression; ``prec`` is the binding strength of the context."""
-    if isinstance(e, Const):
-        if isinstance(e.value, float):
-            return f"np.float32({_float_literal(e.value)})"
-        return str(e.value) if e.value >= 0 or prec == 0 else f"({e.value})"
-    if isinstance(e, F64):
-        s = _float_literal(e.value)
-        return f"({s})" if s.startswith("-") and prec > 0 else s
-    if isinstance(e, Var):
-        return _check_ident(e.name)
-    if isinstance(e, Div):
-        s = f"{print_expr(e.a, 7)} / {print_expr(e.b, 8)}"
-        return f"({s})" if prec > 7 else s
-    if isinstance(e, Call):
-        if e.fn == "pow":
-            s = f"{print_expr(e.args[0], 10)} ** {print_expr(e.args[1], 10)}"
-            return f"({s})" if prec > 0 else s
-        return f"{FUNCS[e.fn]}({', '.join(print_expr(a) for a in e.args)})"
-    if isinstance(e, BinOp):
-        if e.op in ("max", "min"):
-            return f"{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
-        p = _PREC[e.op]
-        # Left-associative: the right operand needs parentheses at equal precedence.
-        s = f"{print_expr(e.a, p)} {e.op} {print_expr(e.b, p + 1)}"
-        return f"({s})" if p < prec else s
-    if isinstance(e, Load):
-        return f"{_check_ident(e.array)}[{_subscript(e.index)}]"
-    if isinstance(e, Select):
-        s = f"{print_expr(e.a, 1)} if {print_expr(e.cond, 1)} else {print_expr(e.b, 1)}"
-        return f"({s})" if prec > 0 else s
-    if isinstance(e, VZero):
-        return f"vzero{_width(e.lanes)}()"
-    if isinstance(e, VLoad):
-        return f"vload{_width(e.lanes)}({_check_ident(e.array)}, {print_expr(e.index)})"
-    if isinstance(e, VBroadcast):
-        return f"vbroadcast{_width(e.lanes)}({_check_ident(e.array)}, {print_expr(e.index)})"
-    if isinstance(e, VHalf):
-        return f"{'vhigh' if e.high else 'vlow'}({print_expr(e.value)})"
-    if isinstance(e, VJoin):
-        return f"vjoin({print_expr(e.a)}, {print_expr(e.b)})"
-    if isinstance(e, VSplat):
-        return f"vsplat{_width(e.lanes)}({print_expr(e.value)})"
-    if isinstance(e, VFma):
-        return f"vfma({print_expr(e.a)}, {print_expr(e.b)}, {print_expr(e.c)})"
-    if isinstance(e, VBin):
-        if e.op not in ("add", "mul", "max", "min", "div"):
-            raise ValueError(f"unknown vector op {e.op!r}")
-        return f"v{e.op}({print_expr(e.a)}, {print_expr(e.b)})"
-    if isinstance(e, VUnary):
-        if e.op not in ("sqrt", "exp"):
-            raise ValueError(f"unknown vector op {e.op!r}")
-        return f"v{e.op}({print_expr(e.value)})"
-    if isinstance(e, VAlign):
-        if not 1 <= e.shift <= 15:
-            raise ValueError(f"valign shifts by 1 to 15 lanes, not {e.shift}")
-        return f"valign({print_expr(e.a)}, {print_expr(e.b)}, {int(e.shift)})"
-    if isinstance(e, VSpread):
-        if e.run not in (2, 4, 8) or not 0 <= e.lane < e.run:
-            raise ValueError(f"vspread takes runs of 2, 4 or 8 lanes, not {e.run}, {e.lane}")
-        return f"vspread({print_expr(e.value)}, {int(e.run)}, {int(e.lane)})"
-    raise TypeError(f"cannot print expression {e!r}")
+#: The IR's functions (``kernel_ir.FUNCTIONS``) as Numba-compiled Python spells them.
+FUNCS = {
+    "exp": "math.exp",
+    "expm1": "math.expm1",
+    "log": "math.log",
+    "log1p": "math.log1p",
+    "tanh": "math.tanh",
+    "erf": "math.erf",
+    "sqrt": "math.sqrt",
+    "floor": "math.floor",
+    "abs": "abs",
+    "int": "int",
+    "f32": "np.float32",
+    "f64": "np.float64",
+    "vsum": "vsum",
+    "thread_id": "get_thread_id",
+}
+
+#: Vector nodes that print as one call of the SIMD extension (``simd``) on their fields, in
+#: order: node class -> (intrinsic, whether its name takes the width suffix ``16``).
+VECTOR_CALLS = {
+    "VZero": ("vzero", True),
+    "VLoad": ("vload", True),
+    "VBroadcast": ("vbroadcast", True),
+    "VSplat": ("vsplat", True),
+    "VJoin": ("vjoin", False),
+    "VFma": ("vfma", False),
+}
 
 
-def _subscript(index: Expr) -> str:
+def _subscript(printer: NumbaPrinter, index: Expr) -> str:
     """A scalar subscript as unsigned: Numba then omits its negative-index wraparound (a
     compare and a select per access), which inside a ``prange`` body also kept LLVM from
     vectorizing the loop: a plain copy of 200K floats took 100 us in a ``prange`` body and
     8 us with unsigned subscripts (the input pack of a 224x224 image: 95 -> 31 us). Generated
     indices are never negative. A literal index stays as it is (nothing to check)."""
     if isinstance(index, Const):
-        return print_expr(index)
-    return f"np.uint64({print_expr(index)})"
+        return printer.expr(index)
+    return f"np.uint64({printer.expr(index)})"
 
 
 def _width(lanes: int) -> str:
@@ -182,56 +136,141 @@ def _width(lanes: int) -> str:
     return "" if lanes == 8 else str(lanes)
 
 
-def _print_body(body, indent: int, out: list[str]) -> None:
-    pad = "    " * indent
-    if not body:
-        out.append(pad + "pass")
-    for s in body:
-        if isinstance(s, Let):
-            out.append(f"{pad}{_check_ident(s.var)} = {print_expr(s.value)}")
-        elif isinstance(s, Store):
-            out.append(f"{pad}{_check_ident(s.array)}[{_subscript(s.index)}] = "
-                       f"{print_expr(s.value)}")
-        elif isinstance(s, VStore):
-            out.append(f"{pad}vstore({_check_ident(s.array)}, {print_expr(s.index)}, "
-                       f"{print_expr(s.value)})")
-        elif isinstance(s, Loop):
-            rng = "prange" if s.kind == "parallel" else "range"
-            ext = print_expr(s.extent)
-            if isinstance(s.start, Const) and s.start.value == 0:
-                args = ext
-            else:
-                args = f"{print_expr(s.start)}, {print_expr(s.start + s.extent)}"
-            out.append(f"{pad}for {_check_ident(s.var)} in {rng}({args}):")
-            _print_body(s.body, indent + 1, out)
-        elif isinstance(s, If):
-            out.append(f"{pad}if {print_expr(s.cond)}:")
-            _print_body(s.body, indent + 1, out)
-            if s.orelse:
-                out.append(f"{pad}else:")
-                _print_body(s.orelse, indent + 1, out)
-        elif isinstance(s, Comment):
-            out.append(f"{pad}# {sanitize_comment(s.text)}")
+class NumbaPrinter(KernelPrinter):
+    """Kernel IR as Python for ``numba.njit``: float32 literals as ``np.float32(...)`` (so
+    arithmetic is not promoted to float64), parallel loops as ``prange``, vectors as calls of
+    the SIMD extension."""
+
+    FUNCS = FUNCS
+    PRECEDENCE = {"or": 1, "and": 2, "<": 4, "<=": 4, ">": 4, ">=": 4, "==": 4, "!=": 4,
+                  "+": 6, "-": 6, "*": 7, "//": 7, "%": 7, "/": 7, "**": 9}
+
+    # -- expressions ------------------------------------------------------------------------
+    def expr_Const(self, e: Const, prec: int) -> str:
+        if isinstance(e.value, float):
+            return f"np.float32({_float_literal(e.value)})"
+        return str(e.value) if e.value >= 0 or prec == 0 else f"({e.value})"
+
+    def expr_F64(self, e: F64, prec: int) -> str:
+        s = _float_literal(e.value)
+        return f"({s})" if s.startswith("-") and prec > 0 else s
+
+    def expr_Var(self, e: Var, prec: int) -> str:
+        return _check_ident(e.name)
+
+    def expr_Call(self, e: Call, prec: int) -> str:
+        if e.fn == "pow":
+            s = f"{self.expr(e.args[0], 10)} ** {self.expr(e.args[1], 10)}"
+            return f"({s})" if prec > 0 else s
+        return super().expr_Call(e, prec)
+
+    def expr_Load(self, e: Load, prec: int) -> str:
+        return f"{_check_ident(e.array)}[{_subscript(self, e.index)}]"
+
+    def expr_Select(self, e: Select, prec: int) -> str:
+        s = f"{self.expr(e.a, 1)} if {self.expr(e.cond, 1)} else {self.expr(e.b, 1)}"
+        return f"({s})" if prec > 0 else s
+
+    def vector_call(self, e: Expr, prec: int) -> str:
+        """A node of ``VECTOR_CALLS``: its intrinsic on its array name and expressions."""
+        name, sized = VECTOR_CALLS[type(e).__name__]
+        args = []
+        for f in fields(e):
+            value = getattr(e, f.name)
+            if f.name == "array":
+                args.append(_check_ident(value))
+            elif isinstance(value, Expr):
+                args.append(self.expr(value))
+        return f"{name}{_width(e.lanes) if sized else ''}({', '.join(args)})"
+
+    expr_VZero = expr_VLoad = expr_VBroadcast = expr_VSplat = vector_call
+    expr_VJoin = expr_VFma = vector_call
+
+    def expr_VHalf(self, e: VHalf, prec: int) -> str:
+        return f"{'vhigh' if e.high else 'vlow'}({self.expr(e.value)})"
+
+    def expr_VBin(self, e: VBin, prec: int) -> str:
+        if e.op not in ("add", "mul", "max", "min", "div"):
+            raise ValueError(f"unknown vector op {e.op!r}")
+        return f"v{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
+
+    def expr_VUnary(self, e: VUnary, prec: int) -> str:
+        if e.op not in ("sqrt", "exp"):
+            raise ValueError(f"unknown vector op {e.op!r}")
+        return f"v{e.op}({self.expr(e.value)})"
+
+    def expr_VAlign(self, e: VAlign, prec: int) -> str:
+        if not 1 <= e.shift <= 15:
+            raise ValueError(f"valign shifts by 1 to 15 lanes, not {e.shift}")
+        return f"valign({self.expr(e.a)}, {self.expr(e.b)}, {int(e.shift)})"
+
+    def expr_VSpread(self, e: VSpread, prec: int) -> str:
+        if e.run not in (2, 4, 8) or not 0 <= e.lane < e.run:
+            raise ValueError(f"vspread takes runs of 2, 4 or 8 lanes, not {e.run}, {e.lane}")
+        return f"vspread({self.expr(e.value)}, {int(e.run)}, {int(e.lane)})"
+
+    # -- statements -------------------------------------------------------------------------
+    def empty_body(self) -> str:
+        return "pass"
+
+    def stmt_Let(self, s: Let, depth: int, out: list[str]) -> None:
+        out.append(f"{self.INDENT * depth}{_check_ident(s.var)} = {self.expr(s.value)}")
+
+    def stmt_Store(self, s: Store, depth: int, out: list[str]) -> None:
+        out.append(f"{self.INDENT * depth}{_check_ident(s.array)}[{_subscript(self, s.index)}] "
+                   f"= {self.expr(s.value)}")
+
+    def stmt_VStore(self, s: VStore, depth: int, out: list[str]) -> None:
+        out.append(f"{self.INDENT * depth}vstore({_check_ident(s.array)}, "
+                   f"{self.expr(s.index)}, {self.expr(s.value)})")
+
+    def stmt_Loop(self, s: Loop, depth: int, out: list[str]) -> None:
+        rng = "prange" if s.kind == "parallel" else "range"
+        if isinstance(s.start, Const) and s.start.value == 0:
+            args = self.expr(s.extent)
         else:
-            raise TypeError(f"cannot print statement {s!r}")
+            args = f"{self.expr(s.start)}, {self.expr(s.start + s.extent)}"
+        out.append(f"{self.INDENT * depth}for {_check_ident(s.var)} in {rng}({args}):")
+        self.body(s.body, depth + 1, out)
+
+    def stmt_If(self, s: If, depth: int, out: list[str]) -> None:
+        pad = self.INDENT * depth
+        out.append(f"{pad}if {self.expr(s.cond)}:")
+        self.body(s.body, depth + 1, out)
+        if s.orelse:
+            out.append(f"{pad}else:")
+            self.body(s.orelse, depth + 1, out)
+
+    def stmt_Comment(self, s: Comment, depth: int, out: list[str]) -> None:
+        out.append(f"{self.INDENT * depth}# {sanitize_comment(s.text)}")
+
+    # -- functions --------------------------------------------------------------------------
+    def kernel(self, k: Kernel, *, parallel: bool = True, fastmath: bool = True,
+               with_comment: bool = True) -> str:
+        """Source of one ``@njit`` function for kernel ``k`` (no imports)."""
+        par = self.check_parallel_loops(k.name, k.body) and parallel
+        out: list[str] = []
+        if k.comment and with_comment:
+            out += [f"# {sanitize_comment(line)}" for line in k.comment.split("\n")]
+        out.append(f"@njit(parallel={par}, fastmath={fastmath}, cache=True, nogil=True)")
+        params = ", ".join(_check_ident(p.name) for p in k.params)
+        out.append(f"def {_check_ident(k.name)}({params}):")
+        self.body(k.body, 1, out)
+        return "\n".join(out) + "\n"
+
+
+PRINTER = NumbaPrinter()
+
+
+def print_expr(e: Expr, prec: int = 0) -> str:
+    """Python source of an expression; ``prec`` is the binding strength of the context."""
+    return PRINTER.expr(e, prec)
 
 
 def print_kernel(k: Kernel, *, parallel: bool = True, fastmath: bool = True,
                  with_comment: bool = True) -> str:
     """Source of one ``@njit`` function for kernel ``k`` (no imports)."""
-    for s, depth in walk(k.body):
-        if isinstance(s, Loop) and s.kind == "parallel" and depth > 0:
-            raise ValueError(f"kernel {k.name}: nested parallel loop {s.var!r}")
-    has_prange = any(isinstance(s, Loop) and s.kind == "parallel" for s, _ in walk(k.body))
-    par = parallel and has_prange
-    out: list[str] = []
-    if k.comment and with_comment:
-        out += [f"# {sanitize_comment(line)}" for line in k.comment.split("\n")]
-    out.append(f"@njit(parallel={par}, fastmath={fastmath}, cache=True, nogil=True)")
-    params = ", ".join(_check_ident(p.name) for p in k.params)
-    out.append(f"def {_check_ident(k.name)}({params}):")
-    _print_body(k.body, 1, out)
-    return "\n".join(out) + "\n"
+    return PRINTER.kernel(k, parallel=parallel, fastmath=fastmath, with_comment=with_comment)
 
 
 def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = True,

@@ -1,0 +1,78 @@
+"""The walk every target's printer shares: a kernel's statements with their nesting and its
+expressions with their binding strength, dispatched by node class. A target's printer
+(``backends/<target>/printer.py``) subclasses :class:`KernelPrinter` and gives its spellings:
+the tables ``FUNCS`` (the IR's functions, ``kernel_ir.FUNCTIONS``) and ``PRECEDENCE`` (its
+binary operators), and one method per node whose syntax is its own (``expr_Const``,
+``stmt_Loop``, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..kernels.kernel_ir import BinOp, Call, Div, Expr, Loop, Stmt, walk
+
+
+class KernelPrinter:
+    """Kernel IR as the source of one target. ``expr(e, prec)`` prints expression ``e`` in a
+    context of binding strength ``prec`` (0: none; it adds parentheses where ``e`` binds
+    less); ``body(stmts, depth, out)`` appends the lines of statements at nesting ``depth``."""
+
+    #: IR function name -> how this target spells the call; a function missing here cannot
+    #: be printed (``pow`` is the infix power where the target has one).
+    FUNCS: Mapping[str, str] = {}
+    #: Binary operator -> binding strength (higher binds tighter; all left-associative).
+    PRECEDENCE: Mapping[str, int] = {}
+    #: How one level of nesting is indented.
+    INDENT = "    "
+
+    # -- the walk ---------------------------------------------------------------------------
+    def expr(self, e: Expr, prec: int = 0) -> str:
+        method = getattr(self, f"expr_{type(e).__name__}", None)
+        if method is None:
+            raise TypeError(f"cannot print expression {e!r}")
+        return method(e, prec)
+
+    def body(self, stmts: list[Stmt], depth: int, out: list[str]) -> None:
+        if not stmts:
+            out.append(self.INDENT * depth + self.empty_body())
+        for s in stmts:
+            method = getattr(self, f"stmt_{type(s).__name__}", None)
+            if method is None:
+                raise TypeError(f"cannot print statement {s!r}")
+            method(s, depth, out)
+
+    @staticmethod
+    def check_parallel_loops(name: str, stmts: list[Stmt]) -> bool:
+        """Whether the kernel has a parallel loop; refuses one nested in another (one flattened
+        parallel loop is the rule: a target would serialize the inner one anyway)."""
+        found = False
+        for s, depth in walk(stmts):
+            if isinstance(s, Loop) and s.kind == "parallel":
+                if depth > 0:
+                    raise ValueError(f"kernel {name}: nested parallel loop {s.var!r}")
+                found = True
+        return found
+
+    # -- what every target spells the same way, given its tables ----------------------------
+    def infix(self, left: Expr, op: str, right: Expr, prec: int) -> str:
+        """``left op right`` with the parentheses its binding strength needs (left-associative:
+        the right operand needs them at equal strength too)."""
+        p = self.PRECEDENCE[op]
+        s = f"{self.expr(left, p)} {op} {self.expr(right, p + 1)}"
+        return f"({s})" if p < prec else s
+
+    def expr_BinOp(self, e: BinOp, prec: int) -> str:
+        if e.op in ("max", "min"):
+            return f"{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
+        return self.infix(e.a, e.op, e.b, prec)
+
+    def expr_Div(self, e: Div, prec: int) -> str:
+        return self.infix(e.a, "/", e.b, prec)
+
+    def expr_Call(self, e: Call, prec: int) -> str:
+        if e.fn not in self.FUNCS:
+            raise ValueError(f"function {e.fn!r} has no spelling in {type(self).__name__}")
+        return f"{self.FUNCS[e.fn]}({', '.join(self.expr(a) for a in e.args)})"
+
+    def empty_body(self) -> str:
+        raise NotImplementedError
