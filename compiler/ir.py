@@ -10,7 +10,7 @@ dimension, which is chosen at run time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,13 +211,16 @@ class Graph:
             if o not in self._g:
                 raise IRError(f"{name!r} refers to missing node %{o}")
 
-    def dump(self) -> str:
-        """A readable listing: one line per node."""
+    def dump(self, notes: Mapping[int, str] | None = None) -> str:
+        """A readable listing: one line per node (with ``notes[node id]`` in braces, where
+        given: the memory plan's, ``Plan.dump``)."""
         lines = [f"graph {self.name}"]
         for node in self.topo_order():
             args = ", ".join(f"%{i}" for i in node.inputs)
             attrs = ", ".join(f"{k}={_fmt(v)}" for k, v in node.attrs.items() if k != "value")
             where = f"  # {node.span}" if node.span else ""
+            if notes and node.id in notes:
+                where = f"  {{{notes[node.id]}}}{where}"
             tag = ""
             for kind, table in (("input", self.inputs), ("output", self.outputs)):
                 for k, v in table.items():

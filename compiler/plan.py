@@ -131,3 +131,26 @@ class Plan:
     @property
     def kernel_calls(self) -> int:
         return sum(len(s.calls) for s in self.steps)
+
+    def memory_notes(self) -> dict[int, str]:
+        """Where each value of the graph lives, by node id: an arena slot (and the float where
+        a channel range of a concatenation's buffer starts), a view of another value, the
+        caller's array, or a parameter-time constant."""
+        b = self.buffers
+        notes = {nid: "the caller's array" for nid in self.graph.inputs.values()}
+        notes.update({nid: "evaluated when parameters are set" for nid in self.param_nodes})
+        for step in self.steps:
+            v = step.output
+            root = b.root(v)
+            where = f"arena slot {b.slot_of[root]}" if root in b.slot_of else "the caller's array"
+            storage = b.storage.get(v, step.storage)
+            start = f", from float {storage.offset}" if storage is not None and storage.offset \
+                else ""
+            notes[v] = (f"{where}{start}" if root == v else f"view of %{root} in {where}{start}")
+        return notes
+
+    def dump(self) -> str:
+        """The optimized graph with the memory plan: each value's arena slot."""
+        sizes = ", ".join(f"{i}: {n}" for i, n in enumerate(self.buffers.slot_sizes))
+        return (self.graph.dump(self.memory_notes()) +
+                f"\n  # arena slots (floats per image) {{{sizes}}}")

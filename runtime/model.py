@@ -290,8 +290,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     storage where each of its kernels has that form, else NCHW8c; NHWC: channels padded to
     whole 8-channel blocks). ``cache_dir`` overrides the kernel cache
     (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR
-    after each pass. With ``warm`` (default) every kernel is compiled (or loaded from the disk
-    cache) before this returns.
+    after each pass and, last, the lowered graph with each value's arena slot. With ``warm``
+    (default) every kernel is compiled (or loaded from the disk cache) before this returns.
     ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
     when stderr is a terminal). ``autotune``: time each convolution's algorithms once (the
     winner is cached per shape, attributes and CPU) instead of trusting the cost model.
@@ -331,6 +331,9 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
         plan = lower_graph(optimized, cache_dir=cache_dir, progress=bar)
     finally:
         bar.close()
+    if dump_ir is not None:  # the last listing: the lowered graph with its memory plan
+        (Path(dump_ir) / f"{len(records) + 1:02d}-memory-plan.ir").write_text(
+            plan.dump() + "\n", encoding="utf-8")
     model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
     if model.bytes_needed(1) > available_memory():
         raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "

@@ -313,3 +313,21 @@ def test_matches_onnxruntime_and_compiles_onnx_files(small, tmp_path):
     np.testing.assert_allclose(small(x), want, rtol=1e-4, atol=1e-4)
     from_onnx = compile_model(path)
     np.testing.assert_allclose(from_onnx(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_the_memory_plan_is_in_the_last_ir_dump(tmp_path):
+    """``dump_ir`` ends with the lowered graph: every computed value names its arena slot (or
+    the value it is a view of), and the slots named are the plan's."""
+    m = compile_model(GOLDEN["golden_residual"], dump_ir=tmp_path / "ir")
+    last = sorted((tmp_path / "ir").iterdir())[-1]
+    assert last.name.endswith("-memory-plan.ir")
+    text = last.read_text()
+    buffers = m.plan.buffers
+    for step in m.plan.steps:
+        line = next(x for x in text.splitlines() if x.startswith(f"  %{step.output} = "))
+        root = buffers.root(step.output)
+        assert f"arena slot {buffers.slot_of[root]}" in line, line
+        if root != step.output:
+            assert f"view of %{root}" in line, line
+    sizes = text.rsplit("arena slots (floats per image) {", 1)[1].split("}")[0]
+    assert [int(x.split(": ")[1]) for x in sizes.split(", ")] == buffers.slot_sizes
