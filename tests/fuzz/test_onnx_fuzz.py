@@ -27,8 +27,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from cnnc import zoo  # noqa: E402
-from cnnc.dsl.builder import load_network  # noqa: E402
+from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
 from cnnc.runtime.cli import _user_errors  # noqa: E402
 from cnnc.runtime.onnx_io import OnnxImportError, export_onnx, import_onnx  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
@@ -88,7 +87,7 @@ def seed_models() -> list[bytes]:
     """The unmutated models, serialized (each imports cleanly)."""
     if not _SEEDS:
         for name, over in ZOO:
-            graph = zoo.load(name, **over)
+            graph = load_zoo(name, **over)
             _SEEDS.append(export_onnx(graph, init_params(graph, 1)).SerializeToString())
         _SEEDS.append(_pytorch_style().SerializeToString())
     return _SEEDS
