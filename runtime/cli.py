@@ -27,11 +27,12 @@ from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from ..compiler.ops import AttrError, ShapeError
+    from .images import ImageError
     from .reference import InputError
     from .weights import WeightsError
 
     errors: list[type[Exception]] = [DslError, CliError, InputError, WeightsError, ShapeError,
-                                     AttrError]
+                                     AttrError, ImageError]
     try:
         from ..runtime.onnx_io import OnnxImportError
 
