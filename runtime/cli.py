@@ -34,7 +34,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     errors: list[type[Exception]] = [DslError, CliError, InputError, WeightsError, ShapeError,
                                      AttrError, ImageError]
     try:
-        from ..runtime.onnx_io import OnnxImportError
+        from .onnx import OnnxImportError
 
         errors.append(OnnxImportError)
     except ImportError:
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTRA_MODULES = ("commands", "onnx_io", "show")
+EXTRA_MODULES = ("commands", "onnx_commands", "show")
 
 
 def _register_extras() -> None:

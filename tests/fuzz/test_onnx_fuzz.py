@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
 from cnnc.runtime.cli import _user_errors  # noqa: E402
-from cnnc.runtime.onnx_io import OnnxImportError, export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx import OnnxImportError, export_onnx, import_onnx  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402
 
@@ -371,7 +371,7 @@ def test_fuzz_onnx_import():
 
 def test_oracle_catches_a_wrong_import(monkeypatch):
     """The comparison with ONNX Runtime is live: a relu imported as a sigmoid is caught."""
-    import cnnc.runtime.onnx_import as imp
+    import cnnc.runtime.onnx.handlers as imp
 
     monkeypatch.setitem(imp.HANDLERS, "Relu", imp.HANDLERS["Sigmoid"])
     assert answer(seed_models()[1])[0] == "wrong"  # resnet18
@@ -380,7 +380,7 @@ def test_oracle_catches_a_wrong_import(monkeypatch):
 def test_errors_inside_a_handler(monkeypatch):
     """A handler's unanticipated IndexError (a malformed node) becomes a clean error naming
     the node; any other exception type is a bug the fuzzer reports."""
-    import cnnc.runtime.onnx_import as imp
+    import cnnc.runtime.onnx.handlers as imp
 
     def index_error(importer: Any, node: Any, i: int) -> None:
         raise IndexError("list index out of range")

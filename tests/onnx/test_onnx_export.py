@@ -23,8 +23,8 @@ from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
 from cnnc.dsl.errors import DslError  # noqa: E402
 from cnnc.dsl.parser import parse  # noqa: E402
 from cnnc.runtime.cli import main  # noqa: E402
-from cnnc.runtime.onnx_export import CONVERTERS, IR_VERSION, OPSET  # noqa: E402
-from cnnc.runtime.onnx_io import export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx import export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx.export import CONVERTERS, IR_VERSION, OPSET  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.summary import summarize  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402

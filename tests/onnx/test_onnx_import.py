@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnnc.dsl.builder import load_network  # noqa: E402
 from cnnc.runtime.cli import main  # noqa: E402
-from cnnc.runtime.onnx_io import OnnxImportError, export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx import OnnxImportError, export_onnx, import_onnx  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 
 RNG = np.random.default_rng(1234)
@@ -668,7 +668,7 @@ def test_sum_with_a_constant_is_refused():
 def test_constant_of_shape_weight_is_folded_lazily():
     """A weight made by ConstantOfShape (as the light zoo models fill theirs) bigger than any
     shape arithmetic; one with more than MAX_CONSTANT elements is refused by size."""
-    from cnnc.runtime.onnx_import import MAX_CONSTANT
+    from cnnc.runtime.onnx.load import MAX_CONSTANT
 
     fill = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.01])
     model = make_model([node("ConstantOfShape", ["s"], "w", value=fill),

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed: no twin t
 from cnnc.compiler.ir import Graph  # noqa: E402
 from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
 from cnnc.runtime.model import compile as compile_model  # noqa: E402
-from cnnc.runtime.onnx_io import import_onnx  # noqa: E402
+from cnnc.runtime.onnx import import_onnx  # noqa: E402
 from cnnc.runtime.summary import summarize  # noqa: E402
 
 nn = torch.nn
