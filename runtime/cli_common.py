@@ -19,6 +19,7 @@ from typing import IO
 import numpy as np
 
 from ..compiler.ir import Graph
+from ..dsl.builder import load_network
 from .images import ImageOptions, image_files, load_images
 from .weights import read_npy, read_npz
 
@@ -53,8 +54,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, object]:
 
 
 def load_graph(args: argparse.Namespace) -> Graph:
-    from ..dsl.builder import load_network
-
+    """The network a command names (a .cnn file or a zoo name), with its --param values."""
     return load_network(args.model, **parse_params(getattr(args, "param", None)))
 
 
