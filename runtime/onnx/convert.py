@@ -86,15 +86,10 @@ def read_nodes(imp: Importer) -> None:
             continue
         if not node.output or not node.output[0]:
             raise OnnxImportError(f"{node.op_type} node {node.name!r} has no output")
-        try:
-            read_node(imp, i, node)
-        except OnnxImportError:
-            raise
-        except (ValueError, TypeError, IndexError, KeyError, ArithmeticError) as e:
-            # A malformed node (an attribute of the wrong type or length, an input
-            # missing) that no check anticipated: still named, never a traceback.
-            raise refuse(node, imp.opset, f"malformed node ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+        # Malformed nodes are refused by the checks that read them (onnx's checker: inputs,
+        # attributes and their types; the importer: constants' shapes, axes, lengths); any
+        # other exception from a handler is a bug in cnnc, and surfaces as one.
+        read_node(imp, i, node)
 
 
 def read_node(imp: Importer, i: int, node: Any) -> None:
@@ -126,9 +121,8 @@ def fold_node(imp: Importer, node: Any) -> None:
     ins = [imp.consts[imp.name_of(n)] if n else None for n in node.input]
     try:
         value = FOLDERS[node.op_type](imp, node, ins, node_attrs(node))
-    except OnnxImportError:
-        raise
-    except Exception as e:  # NumPy's errors for inconsistent shape arithmetic
+    except (ValueError, TypeError, IndexError, ArithmeticError) as e:
+        # NumPy's errors for inconsistent shape arithmetic in the model's constants
         raise refuse(node, imp.opset, f"cannot fold its constant inputs: {e}") from None
     imp.consts[node.output[0]] = value if isinstance(value, np.ndarray) else \
         np.asarray(value)

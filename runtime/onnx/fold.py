@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .importer import BATCH, Importer, axes_arg, node_attrs, refuse
+from .importer import BATCH, Importer, axes_arg, axis_in_range, node_attrs, refuse
 from .load import MAX_CONSTANT, tensor_array
 
 
@@ -48,7 +48,7 @@ def fold_unsqueeze(imp, node, ins, attrs):
     axes = axes_arg(imp, node, attrs, 1)
     x = ins[0]
     rank = x.ndim + len(axes)
-    for a in sorted(a % rank for a in axes):
+    for a in sorted(axis_in_range(imp, node, a, rank) for a in axes):
         x = np.expand_dims(x, a)
     return x
 

@@ -152,8 +152,15 @@ class Importer:
     def is_const(self, name: str) -> bool:
         return name in self.consts
 
+    def input_name(self, node: Any, idx: int) -> str:
+        """The tensor a node reads as its input `idx` (aliases resolved); refused when the node
+        has no such input."""
+        if idx >= len(node.input) or not node.input[idx]:
+            raise refuse(node, self.opset, f"input {idx + 1} is missing")
+        return self.name_of(node.input[idx])
+
     def const(self, node: Any, idx: int) -> np.ndarray:
-        name = self.name_of(node.input[idx])
+        name = self.input_name(node, idx)
         if name not in self.consts:
             err = refuse(node, self.opset, f"input {idx + 1} ({name!r}) must be a constant")
             err.constant = name  # which tensor, for a backend that binds weights late
@@ -165,8 +172,25 @@ class Importer:
             return self.const(node, idx)
         return None
 
+    def const_ints(self, node: Any, idx: int) -> list[int]:
+        """A constant input that lists integers (axes, pads, a shape, starts, sizes): 1-D and
+        of an integer type, as ONNX requires; refused, naming it, otherwise."""
+        value = self.const(node, idx)
+        if value.ndim != 1 or value.dtype.kind not in "iu":
+            raise refuse(node, self.opset, f"input {idx + 1} ({node.input[idx]!r}) must be a "
+                         f"1-D list of integers, got {value.dtype} of shape {list(value.shape)}")
+        return [int(v) for v in value]
+
+    def const_scalar(self, node: Any, idx: int) -> float:
+        """A constant input that holds one number (a scalar or a one-element tensor)."""
+        value = self.const(node, idx)
+        if value.size != 1 or value.dtype.kind not in "iuf":
+            raise refuse(node, self.opset, f"input {idx + 1} ({node.input[idx]!r}) must be "
+                         f"one number, got {value.dtype} of shape {list(value.shape)}")
+        return float(value.reshape(-1)[0])
+
     def dyn(self, node: Any, idx: int = 0) -> str:
-        name = self.name_of(node.input[idx])
+        name = self.input_name(node, idx)
         if name in self.bad_inputs:
             raise self.bad_inputs[name]
         if name not in self.shapes:
@@ -249,8 +273,16 @@ def axes_arg(imp: Importer, node: Any, attrs: dict[str, Any], idx: int) -> list[
     if "axes" in attrs:
         return list(attrs["axes"])
     if len(node.input) > idx and node.input[idx]:
-        return [int(a) for a in imp.const(node, idx)]
+        return imp.const_ints(node, idx)
     return None
+
+
+def axis_in_range(imp: Importer, node: Any, axis: int, rank: int) -> int:
+    """An ONNX axis of a rank-`rank` tensor (negative ones count from the end) as 0 to
+    rank - 1; refused out of that range (a malformed node: ONNX Runtime refuses it too)."""
+    if not -rank <= axis < rank:
+        raise refuse(node, imp.opset, f"axis {axis} is out of range for a rank-{rank} tensor")
+    return axis % rank
 
 
 def spatial_pads(imp: Importer, node: Any, attrs: dict[str, Any], x: str,

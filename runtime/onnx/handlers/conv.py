@@ -37,6 +37,8 @@ def _conv_transpose(imp: Importer, node: Any, i: int) -> None:
         raise refuse(node, imp.opset, "output_shape and auto_pad SAME are not supported; "
                      "give explicit pads")
     pads = (0, 0, 0, 0) if auto == "VALID" else tuple(int(p) for p in a.get("pads", [0] * 4))
+    if len(pads) != 4:
+        raise refuse(node, imp.opset, "only 2-D windows are supported")
     args = {"out_channels": int(w.shape[1]) * g, "kernel": kernel, "stride": stride,
             "pad": pads, "output_padding": out_pad, "dilation": dilation, "groups": g,
             "bias": b is not None}

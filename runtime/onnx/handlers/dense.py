@@ -21,6 +21,8 @@ def _gemm(imp: Importer, node: Any, i: int) -> None:
         if not math.isfinite(float(a.get(key, 1.0))):
             raise refuse(node, imp.opset, f"{key} = {a[key]} is not finite")
     w = imp.const(node, 1)
+    if w.ndim != 2:
+        raise refuse(node, imp.opset, "the weight must be a 2-D constant")
     w = w if a.get("transB", 0) else w.T
     c = imp.opt_const(node, 2)
     with np.errstate(all="ignore"):  # (an overflow to inf is refused by `add`, named)

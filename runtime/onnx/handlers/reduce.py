@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..importer import Handler, Importer, axes_arg, node_attrs, refuse
+from ..importer import Handler, Importer, axes_arg, axis_in_range, node_attrs, refuse
 
 
 def _reduce(imp: Importer, node: Any, i: int) -> None:
@@ -44,7 +44,7 @@ def _global_reduce(imp: Importer, node: Any, i: int) -> None:
             imp.alias[node.output[0]] = x
             return
         axes = list(range(rank))
-    axes = sorted({int(ax) % rank for ax in axes}) if rank else []
+    axes = sorted({axis_in_range(imp, node, int(ax), rank) for ax in axes})
     if rank != 4 or axes != [2, 3]:
         raise refuse(node, imp.opset, f"reducing over axes {axes} of a rank-{rank} tensor has "
                      "no cnnc layer; only over height and width (axes 2, 3: global pooling)")

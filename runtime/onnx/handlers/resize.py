@@ -3,12 +3,13 @@ pixels (nearest) or samples the same points (linear) as cnnc's upsample."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from ....compiler.ops.resize import _source_coords
-from ..importer import Handler, Importer, need_rank, node_attrs, refuse
+from ..importer import Handler, Importer, axis_in_range, need_rank, node_attrs, refuse
 
 MAX_SIDE = 1 << 24  # pixels per side of a resized image (the importer checks index maps)
 
@@ -75,8 +76,13 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
         axes = a.get("axes")
         if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
             raise refuse(node, imp.opset, "keep_aspect_ratio_policy is not supported")
+        for what, value in (("scales", scales), ("sizes", sizes)):
+            if value is not None and value.size and (
+                    value.ndim != 1 or len(value) != (4 if axes is None else len(axes))):
+                raise refuse(node, imp.opset, f"{what} of shape {list(value.shape)}: one value "
+                             f"per axis, {4 if axes is None else len(axes)}, is needed")
         if axes is not None:
-            axes = [ax % 4 for ax in axes]
+            axes = [axis_in_range(imp, node, ax, 4) for ax in axes]
             if scales is not None and scales.size:
                 s = np.ones(4)
                 s[axes] = scales
@@ -86,7 +92,9 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
                 z[axes] = sizes
                 sizes = z
     if scales is not None and np.size(scales):
-        scales = [float(s) for s in np.asarray(scales, np.float32)]
+        scales = [float(s) for s in np.asarray(scales, np.float32).reshape(-1)]
+        if not all(math.isfinite(s) and s > 0 for s in scales):
+            raise refuse(node, imp.opset, f"scales {scales} must be positive numbers")
         out = [int(np.floor(d * s)) for d, s in zip(full, scales)]
     elif sizes is not None and np.size(sizes):
         out = [int(s) for s in sizes]

@@ -121,7 +121,7 @@ def _reshape_to(imp: Importer, node: Any, x: str, target: list[int]) -> None:
 
 def _reshape(imp: Importer, node: Any, i: int) -> None:
     x = imp.dyn(node)
-    target = [int(d) for d in imp.const(node, 1)]
+    target = imp.const_ints(node, 1)
     allowzero = node_attrs(node).get("allowzero", 0)
     full = (BATCH, *imp.shapes[x])
     if not allowzero:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..importer import Handler, Importer, axes_arg, f32_literal, node_attrs, refuse
+from ..importer import (
+    Handler,
+    Importer,
+    axes_arg,
+    axis_in_range,
+    f32_literal,
+    node_attrs,
+    refuse,
+)
 
 
 def _concat(imp: Importer, node: Any, i: int) -> None:
@@ -24,8 +32,8 @@ def _dropout(imp: Importer, node: Any, i: int) -> None:
     if imp.opset < 12:
         rate = float(node_attrs(node).get("ratio", 0.5))
     else:
-        r = imp.opt_const(node, 1)
-        rate = 0.5 if r is None else float(r)
+        given = len(node.input) > 1 and node.input[1]
+        rate = imp.const_scalar(node, 1) if given else 0.5
     imp.add(node, "dropout", {"rate": f32_literal(rate)}, [x])
 
 
@@ -36,15 +44,21 @@ def _slice(imp: Importer, node: Any, i: int) -> None:
     full = (2, *imp.shapes[x])
     if imp.opset < 10:
         raise refuse(node, imp.opset, "slicing tensors is not supported")
-    starts, ends = imp.const(node, 1), imp.const(node, 2)
-    axes = imp.opt_const(node, 3)
-    steps = imp.opt_const(node, 4)
-    axes = list(range(len(starts))) if axes is None else [int(a) % len(full) for a in axes]
-    steps = [1] * len(starts) if steps is None else [int(s) for s in steps]
+    starts, ends = imp.const_ints(node, 1), imp.const_ints(node, 2)
+    axes = axes_arg(imp, node, {}, 3)
+    axes = list(range(len(starts))) if axes is None else [
+        axis_in_range(imp, node, a, len(full)) for a in axes]
+    given = len(node.input) > 4 and node.input[4]
+    steps = imp.const_ints(node, 4) if given else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise refuse(node, imp.opset, f"starts, ends, axes and steps must have one value per "
+                     f"axis, got {len(starts)}, {len(ends)}, {len(axes)} and {len(steps)}")
+    if 0 in steps:
+        raise refuse(node, imp.opset, "a step of 0")
     flipped = set()
     channels = None
     for a, start, end, step in zip(axes, starts, ends, steps):
-        whole = range(full[a])[slice(int(start), int(end), step)]
+        whole = range(full[a])[slice(start, end, step)]
         if list(whole) == list(range(full[a]))[::step] and step in (1, -1):
             if step == -1 and full[a] > 1:
                 flipped.add(a)
@@ -84,7 +98,7 @@ def _split(imp: Importer, node: Any, i: int) -> None:
     if "split" in a:
         sizes = [int(v) for v in a["split"]]
     elif imp.opset >= 13 and len(node.input) > 1 and node.input[1]:
-        sizes = [int(v) for v in imp.const(node, 1)]
+        sizes = imp.const_ints(node, 1)
     elif "num_outputs" in a:
         n = int(a["num_outputs"])
         if n != n_out or n < 1:
@@ -135,11 +149,15 @@ def _pad(imp: Importer, node: Any, i: int) -> None:
     if imp.opset < 11:
         pads, value = list(a["pads"]), float(a.get("value", 0.0))
     else:
-        pads = [int(p) for p in imp.const(node, 1)]
+        pads = imp.const_ints(node, 1)
         v = imp.opt_const(node, 2)
-        value = 0.0 if v is None or v.size == 0 else float(v.reshape(-1)[0])
+        value = 0.0 if v is None or v.size == 0 else imp.const_scalar(node, 2)
     axes = axes_arg(imp, node, {}, 3) if imp.opset >= 18 else None
-    axes = [ax % rank for ax in axes] if axes is not None else list(range(rank))
+    axes = [axis_in_range(imp, node, ax, rank) for ax in axes] if axes is not None else \
+        list(range(rank))
+    if len(pads) != 2 * len(axes):
+        raise refuse(node, imp.opset, f"pads has {len(pads)} values; {2 * len(axes)} are needed "
+                     f"(a start and an end for each of {len(axes)} axes)")
     per_axis = {ax: (pads[k], pads[k + len(axes)]) for k, ax in enumerate(axes)}
     if rank != 4 or any(per_axis.get(ax, (0, 0)) != (0, 0) for ax in (0, 1)):
         raise refuse(node, imp.opset, "only padding of height and width is supported")
