@@ -129,7 +129,7 @@ def spawn(engine: str, workdir: Path, model: str, batch: int, threads: int, repe
 
 def prepare(model: str, batches: list[int], workdir: Path) -> dict:
     import cnnc
-    from cnnc.runtime.onnx_io import export_onnx
+    from cnnc.runtime.onnx import export_onnx
     from cnnc.runtime.reference import run_reference
     from cnnc.runtime.summary import summarize
     from cnnc.runtime.weights import init_params, save_weights

@@ -33,6 +33,9 @@ from ..compiler.ops import (
     get_op,
     infer_node,
 )
+from ..zoo import ZOO_DIR
+from ..zoo import names as zoo_names
+from ..zoo import path as zoo_path
 from . import ast
 from .errors import DslError, LimitError, display_file
 from .limits import (
@@ -1104,19 +1107,12 @@ def _os_reason(e: Exception) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
-def _zoo_dir() -> Path:
-    """The zoo's folder, from the zoo package (``cnnc.zoo``), the one owner of that path."""
-    from .. import zoo
-
-    return zoo.ZOO_DIR
-
-
 def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
     """Build the IR for a zoo name, a path to a .cnn file, or DSL source text."""
     text, file = read_source(source_or_path)
     try:
         module = parse(text, file)
-        builder = Builder(file, overrides, search_dirs=(_zoo_dir(),))
+        builder = Builder(file, overrides, search_dirs=(ZOO_DIR,))
         graph = builder.build_module(module)
     except DslError as e:
         if file != TEXT_SOURCE:
@@ -1127,6 +1123,13 @@ def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
         raise
     graph.verify()
     return graph
+
+
+def load_zoo(name: str, **params: Any) -> Graph:
+    """Build the IR graph of the zoo network ``name`` (``cnnc.zoo.names()``); network
+    parameters such as ``classes=10`` override its header. KeyError naming the zoo's networks
+    for an unknown name."""
+    return load_network(zoo_path(name), **params)
 
 
 TEXT_SOURCE = "<string>"  # the file name of a program given as text
@@ -1147,14 +1150,12 @@ def read_source(source_or_path: str | Path) -> tuple[str, str]:
         raise DslError(f"{display_file(s)} is a directory, not a .cnn file")
     if "\n" in s or "->" in s:
         return _check_size(s, "the program text"), TEXT_SOURCE
-    zoo = _zoo_dir() / f"{s}.cnn"
-    if "/" not in s and _is_file(zoo):
-        return zoo.read_text(encoding="utf-8"), str(zoo)
+    names = zoo_names()
+    if s in names:
+        zoo_file = zoo_path(s)
+        return zoo_file.read_text(encoding="utf-8"), str(zoo_file)
     if any(c in s for c in " ()=:#"):  # not a path or a name: a one-line program
         return s, TEXT_SOURCE
-    from .. import zoo as zoo_package
-
-    names = zoo_package.names()
     close = difflib.get_close_matches(Path(s).stem, names, n=1)
     raise DslError(f"no file {s!r} and no zoo network of that name",
                    hint=(f"did you mean {close[0]!r}? " if close else "") +

@@ -27,13 +27,14 @@ from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from ..compiler.ops import AttrError, ShapeError
+    from .images import ImageError
     from .reference import InputError
     from .weights import WeightsError
 
     errors: list[type[Exception]] = [DslError, CliError, InputError, WeightsError, ShapeError,
-                                     AttrError]
+                                     AttrError, ImageError]
     try:
-        from ..runtime.onnx_io import OnnxImportError
+        from .onnx import OnnxImportError
 
         errors.append(OnnxImportError)
     except ImportError:
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTRA_MODULES = ("commands", "onnx_io", "show")
+EXTRA_MODULES = ("commands", "onnx_commands", "show")
 
 
 def _register_extras() -> None:

@@ -2,7 +2,8 @@
 input loading (arrays and image batches), output reporting, the registry of extra commands, and
 the one way files are written (never over a user's file without --force, always atomically).
 
-Library modules import this, never `cli.py` (which holds only `main()` and the parser).
+Command modules import this, never `cli.py` (which holds only `main()` and the parser);
+library modules import neither: their errors are their own, and `cli.py` reports them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import IO
 import numpy as np
 
 from ..compiler.ir import Graph
+from ..dsl.builder import load_network
+from .images import ImageOptions, image_files, load_images
+from .weights import read_npy, read_npz
 
 __all__ = ["CliError", "parse_params", "load_graph", "load_array", "load_inputs",
            "report_outputs", "write_files", "force_arg", "EXTRA", "_EXTRA"]
@@ -50,8 +54,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, object]:
 
 
 def load_graph(args: argparse.Namespace) -> Graph:
-    from ..dsl.builder import load_network
-
+    """The network a command names (a .cnn file or a zoo name), with its --param values."""
     return load_network(args.model, **parse_params(getattr(args, "param", None)))
 
 
@@ -71,19 +74,17 @@ def _input_shape(graph: Graph, name: str) -> tuple[int, ...]:
     return graph.node(graph.inputs[name]).type.shape
 
 
-def load_array(path: str, graph: Graph, image_options: object | None = None
+def load_array(path: str, graph: Graph, image_options: ImageOptions | None = None
                ) -> dict[str, np.ndarray]:
     """Inputs from one file: .npy (the single input), .npz (by input name) or an image."""
     return load_inputs([path], graph, image_options)
 
 
-def load_inputs(paths: Sequence[str], graph: Graph, image_options: object | None = None
+def load_inputs(paths: Sequence[str], graph: Graph, image_options: ImageOptions | None = None
                 ) -> dict[str, np.ndarray]:
     """Inputs from `--input`: one .npy (the single input), one .npz (by input name), or
     images (files, or folders of them) stacked as a batch in the order given (a folder's
-    images sorted by name). `image_options` is an `images.ImageOptions`."""
-    from .weights import read_npy, read_npz
-
+    images sorted by name), prepared as `image_options` says (default: `ImageOptions()`)."""
     names = list(graph.inputs)
     arrays = [p for p in paths if Path(p).suffix.lower() in (".npy", ".npz")]
     if arrays:
@@ -102,13 +103,11 @@ def load_inputs(paths: Sequence[str], graph: Graph, image_options: object | None
         if x.ndim == len(_input_shape(graph, names[0])):
             x = x[None]
         return {names[0]: x}
-    from .images import ImageOptions, image_files, load_images
-
     files = image_files(paths)
     if len(names) != 1:
         raise CliError(f"images can feed only a network with one input; this one has "
                        f"{len(names)} ({', '.join(names)}): give an .npz keyed by input name")
-    options = image_options if isinstance(image_options, ImageOptions) else ImageOptions()
+    options = image_options if image_options is not None else ImageOptions()
     return {names[0]: load_images(files, _input_shape(graph, names[0]), options)}
 
 

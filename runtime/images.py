@@ -28,8 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_common import CliError
-
 RESIZE_MODES = ("stretch", "crop")
 _EIGHT_BIT = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "PA": "LA", "RGB": "RGB",
               "RGBA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB", "YCbCr": "RGB",
@@ -37,8 +35,9 @@ _EIGHT_BIT = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "PA": "LA", "RGB": "RG
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
 
 
-class ImageError(CliError):
-    """An image that cannot be used as an input; the message says why and what to do."""
+class ImageError(Exception):
+    """An image that cannot be used as an input; the message says why and what to do (the
+    command line reports it as a usage error)."""
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def _load_graph(src: Any) -> tuple[Graph, dict[str, np.ndarray] | None]:
         return src, None
     text = str(src)
     if "\n" not in text and text.lower().endswith(".onnx"):
-        from .onnx_io import import_onnx  # written separately; imported only when needed
+        from .onnx import import_onnx  # written separately; imported only when needed
 
         dsl, weights = import_onnx(text)
         from ..dsl.builder import load_network

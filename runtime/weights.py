@@ -1,4 +1,5 @@
-"""Parameter values: deterministic initialization, and .npz save/load keyed by layer names.
+"""Parameter values: deterministic initialization, and .npz save/load keyed by layer names;
+neither starts when the parameters would not fit in memory.
 
 Reading a weights file never trusts it: the archive's structure, each array's header (name,
 shape, dtype) and its data are checked in that order, so a damaged, truncated or foreign file
@@ -19,7 +20,7 @@ from typing import IO
 import numpy as np
 
 from ..compiler.ir import Graph
-from .memory import available_memory, check_parameter_memory, fmt_bytes
+from .memory import available_memory, fmt_bytes
 
 RELU_FAMILY = {"relu", "leaky_relu", "relu6", "hard_swish", "swish", "gelu", "prelu", "elu",
                "softplus", "mish"}
@@ -31,6 +32,42 @@ class WeightsError(Exception):
 
 class ParameterMemoryError(WeightsError):
     """A network whose parameters would not fit in the memory available."""
+
+
+# -- memory: parameters are made or loaded only when they fit ---------------------------------
+
+FLOAT32_BYTES = 4
+FLOAT64_BYTES = 8
+
+
+def parameter_bytes(graph: Graph) -> int:
+    """Bytes the parameters of ``graph`` occupy as float32 (a shared parameter counts once)."""
+    return sum(node.type.size for node in graph.params()) * FLOAT32_BYTES
+
+
+def parameter_peak_bytes(graph: Graph) -> int:
+    """Peak bytes while parameters are made or loaded: every parameter in float32, plus one
+    float64 array of the largest (initialization draws in float64, loading may convert)."""
+    largest = max((node.type.size for node in graph.params()), default=0)
+    return parameter_bytes(graph) + largest * FLOAT64_BYTES
+
+
+def check_parameter_memory(graph: Graph, available: int | None = None) -> None:
+    """Refuse, before anything is allocated, a network whose parameters do not fit in memory.
+
+    Raises ``ParameterMemoryError`` naming the network, the bytes needed and the bytes
+    available. ``available`` defaults to ``available_memory()``.
+    """
+    need = parameter_peak_bytes(graph)
+    if need == 0:
+        return
+    avail = available_memory() if available is None else available
+    if need > avail:
+        params = sum(node.type.size for node in graph.params())
+        raise ParameterMemoryError(
+            f"network {graph.name!r} has {params:,} parameters: making or loading them needs "
+            f"{fmt_bytes(need)}, more than the {fmt_bytes(avail)} of memory available; "
+            "make the layers smaller")
 
 
 def uses_relu(graph: Graph) -> bool:

@@ -1,15 +1,15 @@
-"""The landmark networks as DSL files, loadable by name: `cnnc.zoo.load("resnet18")`.
+"""The landmark networks as DSL files: their names, files and descriptions. This package is
+data: the DSL builds them (`cnnc.dsl.builder.load_zoo("resnet18")`, or `cnnc.load("resnet18")`).
 
 Each `<name>.cnn` file starts with a comment giving its source paper, input size, parameter
 count and what is unusual about it; `description(name)` returns that text. Network parameters
 in the header (`classes`, `size`, and where sensible a `width`) can be overridden:
-`load("resnet50", classes=10, size=64)`.
+`load_zoo("resnet50", classes=10, size=64)`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 ZOO_DIR = Path(__file__).resolve().parent
 
@@ -36,9 +36,3 @@ def description(name: str) -> str:
         lines.append(line[1:].strip())
     return "\n".join(lines)
 
-
-def load(name: str, **params: Any):
-    """Build the IR graph of a zoo network (network parameters such as classes= override)."""
-    from ..dsl.builder import load_network
-
-    return load_network(path(name), **params)

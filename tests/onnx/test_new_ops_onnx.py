@@ -18,7 +18,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from cnnc.dsl.builder import load_network  # noqa: E402
-from cnnc.runtime.onnx_io import OnnxImportError, export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx import OnnxImportError, export_onnx, import_onnx  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402
 

@@ -21,8 +21,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.backend.test import BackendTest  # noqa: E402
 
-from cnnc.runtime.onnx_backend import CnncBackend  # noqa: E402
-from cnnc.runtime.onnx_io import OnnxImportError  # noqa: E402
+from cnnc.runtime.onnx import OnnxImportError  # noqa: E402
+from cnnc.runtime.onnx.backend import CnncBackend  # noqa: E402
 
 # Node tests cnnc passes (test_<name>_cpu).
 NODE = [

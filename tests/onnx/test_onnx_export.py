@@ -19,12 +19,12 @@ from cnnc import zoo  # noqa: E402
 from cnnc.compiler.ir import Graph  # noqa: E402
 from cnnc.compiler.ops import all_ops  # noqa: E402
 from cnnc.dsl import ast  # noqa: E402
-from cnnc.dsl.builder import load_network  # noqa: E402
+from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
 from cnnc.dsl.errors import DslError  # noqa: E402
 from cnnc.dsl.parser import parse  # noqa: E402
 from cnnc.runtime.cli import main  # noqa: E402
-from cnnc.runtime.onnx_export import CONVERTERS, IR_VERSION, OPSET  # noqa: E402
-from cnnc.runtime.onnx_io import export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx import export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx.export import CONVERTERS, IR_VERSION, OPSET  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.summary import summarize  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402
@@ -203,10 +203,10 @@ def small_zoo_graph(name: str) -> Graph:
     over = {k: v for k, v in SMALL.items() if k in declared}
     for size in SIZES if "size" in declared else ():
         try:
-            return zoo.load(name, **over, size=size)
+            return load_zoo(name, **over, size=size)
         except DslError:
             continue
-    return zoo.load(name, **over)
+    return load_zoo(name, **over)
 
 
 @pytest.mark.parametrize("name", zoo.names())
@@ -228,7 +228,7 @@ def test_cli_export_then_import(tmp_path, capsys):
     assert main(["import", str(onnx_path), "-o", str(cnn), "--check"]) == 0
     assert "matches ONNX Runtime" in capsys.readouterr().out
     graph = load_network(cnn)
-    assert list(graph.outputs) == list(zoo.load("lenet5", classes=7).outputs)
+    assert list(graph.outputs) == list(load_zoo("lenet5", classes=7).outputs)
 
 
 def test_cli_export_reports_bad_weights(tmp_path, capsys):

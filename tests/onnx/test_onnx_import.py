@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnnc.dsl.builder import load_network  # noqa: E402
 from cnnc.runtime.cli import main  # noqa: E402
-from cnnc.runtime.onnx_io import OnnxImportError, export_onnx, import_onnx  # noqa: E402
+from cnnc.runtime.onnx import OnnxImportError, export_onnx, import_onnx  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 
 RNG = np.random.default_rng(1234)
@@ -668,7 +668,7 @@ def test_sum_with_a_constant_is_refused():
 def test_constant_of_shape_weight_is_folded_lazily():
     """A weight made by ConstantOfShape (as the light zoo models fill theirs) bigger than any
     shape arithmetic; one with more than MAX_CONSTANT elements is refused by size."""
-    from cnnc.runtime.onnx_import import MAX_CONSTANT
+    from cnnc.runtime.onnx.load import MAX_CONSTANT
 
     fill = helper.make_tensor("v", TensorProto.FLOAT, [1], [0.01])
     model = make_model([node("ConstantOfShape", ["s"], "w", value=fill),
@@ -776,6 +776,24 @@ def _with_attr(model: Any, op: str, name: str, value: Any) -> Any:
     return model
 
 
+def _unchecked(nodes: list, inits: dict[str, np.ndarray], opset: int = 17,
+               shape: tuple = (3, 4, 4)) -> Any:
+    """A model with input x (a batch of `shape`) that onnx's checker accepts but ONNX Runtime
+    refuses: the node itself is malformed (no shape inference, so no inferred output)."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _i64(*values: Any) -> np.ndarray:
+    return np.array(values, np.int64)
+
+
 def _bad_string_attr() -> Any:
     model = single("MaxPool", (3, 4, 4), kernel_shape=[2, 2])
     model.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "x"))
@@ -802,6 +820,43 @@ def _bad_string_attr() -> Any:
                         float("inf")), ["BatchNormalization", "not finite"]),
     (lambda: single("Resize", (2, 3, 3), {"s": np.array([1, 1, 1e8, 1], np.float32)},
                     extra=["", "s"], mode="nearest"), ["Resize", "per side"]),
+    # constant inputs of the wrong shape or length, axes out of range: each refused by the
+    # check that reads it (some were imported, reading the axis modulo the rank)
+    (lambda: _unchecked([node("Pad", ["x", "p"])], {"p": _i64(0, 0, 1)}),
+     ["Pad", "pads has 3 values; 8 are needed"]),
+    (lambda: _unchecked([node("Pad", ["x", "p"])], {"p": np.zeros((2, 4), np.int64)}),
+     ["Pad", "input 2 ('p') must be a 1-D list of integers"]),
+    (lambda: _unchecked([node("Pad", ["x", "p", "", "a"])], {"p": _i64(1, 1), "a": _i64(9)},
+                        opset=18), ["Pad", "axis 9 is out of range for a rank-4 tensor"]),
+    (lambda: _unchecked([node("Reshape", ["x", "s"])], {"s": np.array([[1, -1]], np.int64)}),
+     ["Reshape", "1-D list of integers"]),
+    (lambda: _unchecked([node("Dropout", ["x", "r"])], {"r": np.zeros(2, np.float32)}),
+     ["Dropout", "must be one number"]),
+    (lambda: _unchecked([node("Slice", ["x", "s", "e", "a"])],
+                        {"s": _i64(0), "e": _i64(1), "a": _i64(9)}),
+     ["Slice", "axis 9 is out of range"]),
+    (lambda: _unchecked([node("Slice", ["x", "s", "e", "a"])],
+                        {"s": _i64(0), "e": _i64(1), "a": _i64(1, 2)}),
+     ["Slice", "one value per axis, got 1, 1, 2 and 1"]),
+    (lambda: _unchecked([node("Slice", ["x", "s", "e", "a", "t"])],
+                        {"s": _i64(0), "e": _i64(1), "a": _i64(1), "t": _i64(0)}),
+     ["Slice", "a step of 0"]),
+    (lambda: _unchecked([node("Unsqueeze", ["x", "a"])], {"a": _i64(9)}, opset=13),
+     ["Unsqueeze", "axis 9 is out of range"]),
+    (lambda: _unchecked([node("ReduceMean", ["x"], axes=[2, 9])], {}, opset=13),
+     ["ReduceMean", "axis 9 is out of range"]),
+    (lambda: _unchecked([node("Resize", ["x", "", "s"], axes=[9, 3])],
+                        {"s": np.array([2, 2], np.float32)}, opset=18),
+     ["Resize", "axis 9 is out of range"]),
+    (lambda: _unchecked([node("Resize", ["x", "", "s"])], {"s": np.ones((2, 2), np.float32)}),
+     ["Resize", "scales of shape [2, 2]"]),
+    (lambda: _unchecked([node("Resize", ["x", "", "s"])],
+                        {"s": np.array([1, 1, np.inf, 1], np.float32)}),
+     ["Resize", "must be positive numbers"]),
+    (lambda: _unchecked([node("ConvTranspose", ["x", "w"], pads=[1, 1])],
+                        {"w": rand(3, 2, 3, 3)}), ["ConvTranspose", "2-D windows"]),
+    (lambda: _unchecked([node("Gemm", ["x", "w"])], {"w": np.float32(1)}, shape=(3,)),
+     ["Gemm", "2-D constant"]),
 ])
 def test_malformed_nodes_are_named(build, words):
     with pytest.raises(OnnxImportError) as e:

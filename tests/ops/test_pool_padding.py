@@ -27,7 +27,7 @@ from cnnc.compiler.ir import TensorType
 from cnnc.compiler.ops import get_op
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.model import compile as compile_model
-from cnnc.runtime.onnx_io import export_onnx, import_onnx
+from cnnc.runtime.onnx import export_onnx, import_onnx
 from cnnc.runtime.reference import run_reference
 
 LOWEST = float(np.finfo(np.float32).min)

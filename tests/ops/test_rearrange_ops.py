@@ -21,7 +21,7 @@ from cnnc.compiler.ops import AttrError, ShapeError, get_op
 from cnnc.dsl.builder import load_network
 from cnnc.dsl.errors import DslError
 from cnnc.runtime.model import compile as compile_model
-from cnnc.runtime.onnx_io import OnnxImportError, export_onnx, import_onnx
+from cnnc.runtime.onnx import OnnxImportError, export_onnx, import_onnx
 from cnnc.runtime.reference import run_reference
 
 SO = ort.SessionOptions()

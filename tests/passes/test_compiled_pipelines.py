@@ -213,9 +213,9 @@ def test_blocked_values_that_fill_their_storage_share_slots(name):
     may reuse any dead slot (DenseNet's batch-norm outputs, 58 channel counts; the inputs of
     every 3x3 convolution of ResNeXt's four stages): the -O2 arena is no larger than the -O0
     one, which has no blocked values."""
-    from cnnc import zoo
+    from cnnc.dsl.builder import load_zoo
 
-    graph = zoo.load(name)
+    graph = load_zoo(name)
     arena = {level: compile_model(graph, opt_level=level, warm=False).stats()[
         "arena bytes per image"] for level in (0, 2)}
     assert arena[2] <= arena[0], arena

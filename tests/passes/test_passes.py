@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnc import zoo
 from cnnc.compiler.ir import Graph, TensorType
 from cnnc.compiler.ops import infer_node
 from cnnc.compiler.passes import PassContext, PassError, optimize
@@ -19,7 +18,7 @@ from cnnc.compiler.passes.fold_constants import fold_constants
 from cnnc.compiler.passes.fuse_epilogues import fuse_epilogues
 from cnnc.compiler.passes.manager import run_passes
 from cnnc.compiler.passes.select_lowering import LoweringError, select_lowering
-from cnnc.dsl.builder import load_network
+from cnnc.dsl.builder import load_network, load_zoo
 from cnnc.runtime.reference import run_reference
 from cnnc.runtime.weights import init_params
 
@@ -227,7 +226,7 @@ def test_sub_fuses_only_into_its_left_operand():
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
 def test_no_standalone_activation_kernels_left(name):
-    g = zoo.load(name, classes=10, size=32)
+    g = load_zoo(name, classes=10, size=32)
     optimize(g, 2)
     acts = {"relu", "relu6", "swish", "sigmoid", "hard_swish"}
     assert not acts & set(ops(g)), [n.name for n in g.compute_nodes() if n.op in acts]

@@ -303,7 +303,7 @@ def test_cli_demo_runs(tmp_path, capsys):
 
 def test_matches_onnxruntime_and_compiles_onnx_files(small, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from cnnc.runtime.onnx_io import export_onnx
+    from cnnc.runtime.onnx import export_onnx
 
     path = tmp_path / "small.onnx"
     export_onnx(small.graph, small.params, path)

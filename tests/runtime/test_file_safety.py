@@ -127,7 +127,7 @@ def test_write_files_is_all_or_nothing(tmp_path):
 def test_library_modules_never_import_cli():
     """Command modules and library modules import cli_common; only `main` lives in cli.py."""
     code = ("import sys\n"
-            "import cnnc.runtime.commands, cnnc.runtime.onnx_io, cnnc.runtime.images\n"
+            "import cnnc.runtime.commands, cnnc.runtime.onnx_commands, cnnc.runtime.images\n"
             "import cnnc.runtime.weights, cnnc.runtime.memory, cnnc.runtime.cli_common\n"
             "print('cnnc.runtime.cli' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

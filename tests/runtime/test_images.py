@@ -258,3 +258,7 @@ def test_cli_reports_a_bad_image_without_traceback(tmp_path, capsys):
     status = main(["run", str(model), "--input", str(photo), str(tmp_path / "x.npy"),
                    "--reference"])
     assert status == 2 and "not 2 files with arrays among them" in capsys.readouterr().err
+    # Options argparse lets through that the image library refuses: a usage error too.
+    status = main(["run", str(model), "--input", str(photo), "--std", "0", "--reference"])
+    assert status == 2
+    assert capsys.readouterr().err == "error: --std values must be positive numbers\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cnnc.dsl.builder import load_network
-from cnnc.runtime import memory
+from cnnc.runtime import memory, weights
 from cnnc.runtime.cli import main
 from cnnc.runtime.summary import format_giga, format_summary, summarize
 from cnnc.runtime.weights import ParameterMemoryError, WeightsError, init_params, load_weights
@@ -23,8 +23,8 @@ CONVS = "network deep\ninput x: 3 x 8 x 8\nx -> conv(30000, 1) -> conv(30000, 1)
 def test_parameters_beyond_memory_are_refused_before_allocation(text, params, monkeypatch,
                                                                 tmp_path):
     graph = load_network(text)
-    assert memory.parameter_bytes(graph) == 4 * params
-    monkeypatch.setattr(memory, "available_memory", lambda: 2**28)
+    assert weights.parameter_bytes(graph) == 4 * params
+    monkeypatch.setattr(weights, "available_memory", lambda: 2**28)
     t0 = time.perf_counter()
     with pytest.raises(ParameterMemoryError, match=rf"{params:,} parameters.*256\.0 MiB"):
         init_params(graph)
@@ -38,11 +38,11 @@ def test_parameters_beyond_memory_are_refused_before_allocation(text, params, mo
 def test_parameters_that_fit_are_made(monkeypatch):
     graph = load_network("network ok\ninput x: 3 x 4 x 4\nx -> flatten -> dense(10) -> "
                          "output y\n")
-    need = memory.parameter_peak_bytes(graph)
+    need = weights.parameter_peak_bytes(graph)
     assert need == 4 * (48 * 10 + 10) + 8 * 480
-    monkeypatch.setattr(memory, "available_memory", lambda: need)
+    monkeypatch.setattr(weights, "available_memory", lambda: need)
     assert init_params(graph)["dense1.weight"].shape == (10, 48)
-    monkeypatch.setattr(memory, "available_memory", lambda: need - 1)
+    monkeypatch.setattr(weights, "available_memory", lambda: need - 1)
     with pytest.raises(ParameterMemoryError):
         init_params(graph)
 
@@ -51,7 +51,7 @@ def test_cli_refuses_a_huge_network_cleanly(tmp_path, monkeypatch, capsys):
     model = tmp_path / "wide.cnn"
     model.write_text(DENSE)
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 8, 8), np.float32))
-    monkeypatch.setattr(memory, "available_memory", lambda: 2**28)
+    monkeypatch.setattr(weights, "available_memory", lambda: 2**28)
     rc = main(["run", str(model), "--input", str(tmp_path / "x.npy"), "--reference"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: network 'wide' has 193,000,000 parameters")

@@ -10,6 +10,7 @@ import pytest
 from cnnc import zoo
 from cnnc.compiler.ops import AttrError, ShapeError
 from cnnc.dsl import ast
+from cnnc.dsl.builder import load_zoo
 from cnnc.dsl.errors import DslError
 from cnnc.dsl.parser import parse
 from cnnc.runtime.check import check_model, format_rows
@@ -37,7 +38,7 @@ def small_graph(name: str):
         for size in sizes:
             params = dict(overrides, **({"size": size} if size else {}))
             try:
-                return zoo.load(name, **params), params
+                return load_zoo(name, **params), params
             except (DslError, ShapeError, AttrError):
                 continue
     raise AssertionError(f"{name}: no small size builds")

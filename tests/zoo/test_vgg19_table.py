@@ -1,7 +1,7 @@
 """004 Table 6.1 (VGG19) as an exact oracle: every row's shape, neurons and parameters."""
 
+from cnnc.dsl.builder import load_zoo
 from cnnc.runtime.summary import summarize
-from cnnc.zoo import load
 
 # (output shape, neurons, learned parameters) for layers 1..24 of Table 6.1.
 TABLE_6_1 = [
@@ -23,16 +23,16 @@ TABLE_6_1 = [
 
 
 def test_vgg19_rows_match_table_6_1():
-    s = summarize(load("vgg19"))
+    s = summarize(load_zoo("vgg19"))
     layers = [r for r in s.rows if r.activations]  # the table's numbered layers
     assert [(r.shape, r.activations, r.params) for r in layers] == TABLE_6_1
 
 
 def test_vgg19_totals():
-    s = summarize(load("vgg19"))
+    s = summarize(load_zoo("vgg19"))
     assert s.params == 143_667_240
     assert s.activations == 16_391_656
 
 
 def test_resnet18_parameter_count():
-    assert summarize(load("resnet18")).params == 11_689_512
+    assert summarize(load_zoo("resnet18")).params == 11_689_512

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cnnc.zoo as zoo
-from cnnc.dsl.builder import load_network
+from cnnc.dsl.builder import load_network, load_zoo
 from cnnc.runtime.reference import run_reference
 from cnnc.runtime.summary import summarize
 from cnnc.runtime.weights import init_params
@@ -39,7 +38,7 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def test_alexnet_matches_seed_001_row_by_row():
-    graph = zoo.load("alexnet")
+    graph = load_zoo("alexnet")
     assert graph.node(graph.inputs["image"]).type.shape == (3, 227, 227)
     s = summarize(graph)
     rows = [r for r in s.rows if r.op in ("conv", "maxpool", "dense")]
@@ -54,7 +53,7 @@ def test_alexnet_matches_seed_001_row_by_row():
 
 
 def test_alexnet_two_gpu_groups_halve_conv2_4_5():
-    full, grouped = (summarize(zoo.load(n)) for n in ("alexnet", "alexnet_groups"))
+    full, grouped = (summarize(load_zoo(n)) for n in ("alexnet", "alexnet_groups"))
     by_name = {r.name: r.params for r in grouped.rows}
     assert by_name["conv2"] == 5 * 5 * 48 * 256 + 256  # each GPU's kernels see 48 maps
     assert by_name["conv3"] == 3 * 3 * 256 * 384 + 384  # conv3 crosses GPUs: full
@@ -65,7 +64,7 @@ def test_alexnet_two_gpu_groups_halve_conv2_4_5():
 
 
 def test_lenet_like_network_of_seeds_000_and_003():
-    s = summarize(zoo.load("lenet_rgb"))
+    s = summarize(load_zoo("lenet_rgb"))
     learned = [r.params for r in s.rows if r.params]
     assert learned == [608, 3_216, 48_120, 10_164, 850]  # 000's corrected counts
     # 003's activation shapes and sizes (H x W x C there).
@@ -75,7 +74,7 @@ def test_lenet_like_network_of_seeds_000_and_003():
 
 
 def test_lenet5_layers():
-    s = summarize(zoo.load("lenet5"))
+    s = summarize(load_zoo("lenet5"))
     assert [r.params for r in s.rows if r.params] == [
         (5 * 5 * 1 + 1) * 6, (5 * 5 * 6 + 1) * 16, (5 * 5 * 16 + 1) * 120, 120 * 84 + 84,
         84 * 10 + 10]
@@ -161,7 +160,7 @@ def test_edge_detector_on_a_vertical_step(name, kernel):
     img[:, 5:] = 1.0  # dark left half, bright right half: a vertical edge
     rng = np.random.default_rng(3)
     noisy = img + 0.1 * rng.standard_normal(img.shape)
-    graph = zoo.load(name, size=size)
+    graph = load_zoo(name, size=size)
     assert summarize(graph).params == 0  # fixed weights are not learned
     out = run_reference(graph, {"image": np.stack([img, noisy])[:, None]})
     for b, x in enumerate((img, noisy)):

@@ -22,11 +22,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: no twin to compare with")
 
-import cnnc.zoo as zoo  # noqa: E402
 from cnnc.compiler.ir import Graph  # noqa: E402
-from cnnc.dsl.builder import load_network  # noqa: E402
+from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
 from cnnc.runtime.model import compile as compile_model  # noqa: E402
-from cnnc.runtime.onnx_io import import_onnx  # noqa: E402
+from cnnc.runtime.onnx import import_onnx  # noqa: E402
 from cnnc.runtime.summary import summarize  # noqa: E402
 
 nn = torch.nn
@@ -334,7 +333,7 @@ def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
 @pytest.mark.parametrize("name", sorted(TWINS))
 def test_twin_has_the_dsl_parameter_count(name):
     net = _twin(name)
-    assert sum(p.numel() for p in net.parameters()) == summarize(zoo.load(name)).params
+    assert sum(p.numel() for p in net.parameters()) == summarize(load_zoo(name)).params
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -342,7 +341,7 @@ def test_twin_has_the_dsl_parameter_count(name):
 def test_compiled_zoo_network_matches_pytorch(name):
     size = TWINS[name][1]
     net, x = _twin(name), _input(size)
-    graph = zoo.load(name, size=size)
+    graph = load_zoo(name, size=size)
     model = compile_model(graph, weights=_cnnc_weights(graph, net))
     err = _relative_error(model.run({"image": x})["logits"], _pytorch(net, x))
     assert err <= TOL, f"{name}: relative error {err:.3g}"
@@ -385,4 +384,4 @@ def test_shufflenet_export_imports_as_splits_and_channel_shuffles(tmp_path):
                       input_names=["image"], output_names=["logits"])
     text, _ = import_onnx(onnx.load(str(path)))
     assert text.count("channel_shuffle(2)") == 16
-    assert summarize(zoo.load("shufflenet_v2")).params == 2_278_604
+    assert summarize(load_zoo("shufflenet_v2")).params == 2_278_604

@@ -1,94 +1,24 @@
-"""ONNX import and export, and the `cnnc import` / `cnnc export` commands.
-
-- `export_onnx(graph, params, path)` writes a network as an ONNX model (opset 18, IR version
-  10), weights as initializers named like cnnc's parameters (see `onnx_export.py`).
-- `import_onnx(path_or_model)` turns an ONNX model into readable DSL source plus a weights
-  dictionary keyed `<layer>.weight` etc. (see `onnx_import.py`); `onnx_to_graph` also builds it.
-
-`onnx` (and `onnxruntime`, for tests and `--check`) are optional: they are imported inside the
-functions, and a clear message says what to install when they are missing.
-"""
+"""The `cnnc import` and `cnnc export` commands, over the ONNX library (`runtime/onnx/`)."""
 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .cli_common import _EXTRA, CliError, force_arg, load_graph, write_files
+from ..compiler.ir import Graph
+from ..dsl.builder import load_network
+from .cli_common import EXTRA, CliError, force_arg, load_graph, write_files
+from .onnx import OnnxExportError, OnnxImportNote, export_onnx, import_onnx
+from .onnx.export import OPSET
+from .reference import run_reference
+from .weights import init_params, load_weights, save_weights
 
-if TYPE_CHECKING:
-    from ..compiler.ir import Graph
-
-
-class OnnxImportError(Exception):
-    """An ONNX model cnnc cannot read: not ONNX, damaged, or using an unsupported operator."""
-
-
-class OnnxImportNote(UserWarning):
-    """Something the importer did to read a model that the user should know, in one line
-    (e.g. an old opset brought up with onnx's version converter)."""
-
-
-def require_onnx(what: str = "ONNX import and export") -> Any:
-    """The `onnx` module, or a clean error naming the package to install."""
-    try:
-        import onnx
-    except ImportError:
-        raise OnnxImportError(f"{what} needs the onnx package: pip install onnx "
-                              "(or pip install -e '.[test]')") from None
-    return onnx
-
-
-# -- export -----------------------------------------------------------------------------------
-
-def export_onnx(graph: Graph, params: dict[str, np.ndarray] | None = None,
-                path: str | Path | None = None) -> Any:
-    """The ONNX ModelProto of `graph` with `params` (deterministic initial values when None),
-    checked with onnx.checker; saved to `path` when given."""
-    require_onnx("ONNX export")
-    from .onnx_export import export_model, save_model
-    from .weights import check_weights, init_params
-
-    if params is None:
-        params = init_params(graph)
-    else:
-        check_weights(graph, dict(params))
-    model = export_model(graph, dict(params))
-    if path is not None:
-        save_model(model, path)
-    return model
-
-
-# -- import -----------------------------------------------------------------------------------
-
-def import_onnx(path_or_model: str | Path | bytes | Any,
-                name: str | None = None) -> tuple[str, dict[str, np.ndarray]]:
-    """(DSL source, weights by parameter name) for an ONNX model file, bytes or ModelProto.
-
-    Raises OnnxImportError, naming the operator, node and opset, for anything it cannot map.
-    """
-    from .onnx_import import import_model
-
-    return import_model(path_or_model, name)
-
-
-def onnx_to_graph(path_or_model: str | Path | bytes | Any) -> tuple[Graph, dict[str, np.ndarray]]:
-    """Import an ONNX model and build its IR graph: (graph, weights)."""
-    from ..dsl.builder import load_network
-
-    text, weights = import_onnx(path_or_model)
-    return load_network(text), weights
-
-
-# -- commands ---------------------------------------------------------------------------------
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .onnx_export import OPSET, OnnxExportError
-    from .weights import init_params, load_weights
-
     graph = load_graph(args)
     if args.weights:
         params = load_weights(graph, args.weights)
@@ -117,8 +47,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CliError(f"the weights file should be an .npz file, got {weights_path}")
     if src.resolve() in (out.resolve(), weights_path.resolve()):
         raise CliError(f"{src} is the model being imported; choose another output name")
-    import warnings
-
     with warnings.catch_warnings(record=True) as notes:
         warnings.simplefilter("always", OnnxImportNote)
         text, weights = import_onnx(src)
@@ -127,9 +55,6 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"note: {note.message}")
         else:
             warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
-    from ..dsl.builder import load_network
-    from .weights import save_weights
-
     graph = load_network(text)
     write_files({out: text, weights_path: lambda f: save_weights(weights, f)},
                 force=args.force)
@@ -148,8 +73,6 @@ def _check_against_ort(src: Path, graph: Graph, weights: dict[str, np.ndarray]) 
         import onnxruntime as ort
     except ImportError:
         raise CliError("--check needs onnxruntime: pip install onnxruntime") from None
-    from .reference import run_reference
-
     rng = np.random.default_rng(0)
     feeds = {name: rng.standard_normal((2,) + graph.node(nid).type.shape).astype(np.float32)
              for name, nid in graph.inputs.items()}
@@ -192,8 +115,6 @@ def _configure_import(p: argparse.ArgumentParser, model_arg: Any) -> None:
     force_arg(p)
 
 
-_EXTRA["export"] = (cmd_export, "write a network as an ONNX model", _configure_export)
-_EXTRA["import"] = (cmd_import, "turn an ONNX model into DSL source and weights",
+EXTRA["export"] = (cmd_export, "write a network as an ONNX model", _configure_export)
+EXTRA["import"] = (cmd_import, "turn an ONNX model into DSL source and weights",
                     _configure_import)
-
-__all__ = ["OnnxImportError", "OnnxImportNote", "export_onnx", "import_onnx", "onnx_to_graph"]

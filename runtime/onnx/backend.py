@@ -1,7 +1,7 @@
 """cnnc as an ONNX backend (`onnx.backend.base.Backend`), so ONNX's own backend test runner can
 run against it.
 
-`CnncBackend.prepare(model)` imports the model (runtime/onnx_import.py) and returns a
+`CnncBackend.prepare(model)` imports the model (`convert.import_onnx`) and returns a
 `CnncBackendRep`; its `run(inputs)` evaluates the imported network with the float64 reference
 interpreter (outputs cast to the model's declared types), or with the compiled kernels when
 prepared with `compiled=True` (slow to compile: meant for a handful of models).
@@ -20,7 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from .onnx_io import OnnxImportError, require_onnx
+from ...dsl.builder import load_network
+from ..reference import run_reference
+from .convert import import_onnx
+from .errors import OnnxImportError, require_onnx
+from .load import load_model
 
 onnx = require_onnx("the ONNX backend")
 from onnx.backend.base import Backend, BackendRep  # noqa: E402
@@ -30,10 +34,7 @@ class _Imported:
     """One import of the model: the graph, its weights, and which ONNX inputs feed it."""
 
     def __init__(self, model: Any, bound: Mapping[str, np.ndarray], compiled: bool) -> None:
-        from ..dsl.builder import load_network
-        from .onnx_import import import_model
-
-        self.text, self.weights = import_model(_with_initializers(model, bound))
+        self.text, self.weights = import_onnx(_with_initializers(model, bound))
         self.graph = load_network(self.text)
         inits = {t.name for t in model.graph.initializer} | set(bound)
         onnx_inputs = [i.name for i in model.graph.input if i.name not in inits]
@@ -41,7 +42,7 @@ class _Imported:
         self.feeds = dict(zip(onnx_inputs, self.graph.inputs))
         self.model = None
         if compiled:
-            from .model import compile as compile_model
+            from ..model import compile as compile_model  # (Numba: loaded only when compiled)
 
             self.model = compile_model(self.graph, weights=self.weights)
 
@@ -50,8 +51,6 @@ class _Imported:
         if self.model is not None:
             feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()}
             return list(self.model.run(feeds).values())
-        from .reference import run_reference
-
         return list(run_reference(self.graph, feeds, self.weights).values())
 
 
@@ -151,8 +150,6 @@ class CnncBackend(Backend):
 
     @classmethod
     def prepare(cls, model: Any, device: str = "CPU", **kwargs: Any) -> CnncBackendRep:
-        from .onnx_import import load_model
-
         if not cls.supports_device(device):
             raise OnnxImportError(f"cnnc runs on the CPU, not on {device}")
         model, _ = load_model(model)

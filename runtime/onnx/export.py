@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.ir import Graph, Node
+from ...compiler.ir import Graph, Node
+from ..weights import check_weights, init_params
+from .errors import require_onnx
 
 OPSET = 21
 IR_VERSION = 10
@@ -461,3 +463,18 @@ def save_model(model: Any, path: str | Path) -> None:
     import onnx
 
     onnx.save_model(model, str(path))
+
+
+def export_onnx(graph: Graph, params: dict[str, np.ndarray] | None = None,
+                path: str | Path | None = None) -> Any:
+    """The ONNX ModelProto of `graph` with `params` (deterministic initial values when None),
+    checked with onnx.checker; saved to `path` when given."""
+    require_onnx("ONNX export")
+    if params is None:
+        params = init_params(graph)
+    else:
+        check_weights(graph, dict(params))
+    model = export_model(graph, dict(params))
+    if path is not None:
+        save_model(model, path)
+    return model
