@@ -36,9 +36,9 @@ test: install graphviz
 	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=30 tests
 
 # The peers of bench/ (each runs in its own process on the same ONNX weights): PyTorch's CPU
-# build (torch 2.13.0 is on this machine's disk), ONNX Runtime (a test dependency), OpenVINO.
+# build and ONNX Runtime (test dependencies, pinned in pyproject.toml), OpenVINO.
 bench-deps: install
-	$(BIN)/pip install --quiet torch==2.13.0 openvino matplotlib
+	$(BIN)/pip install --quiet openvino matplotlib
 
 bench: bench-deps
 	$(BIN)/python bench/bench_networks.py --models resnet18 googlenet mobilenet_v2 --batches 1 \

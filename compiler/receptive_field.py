@@ -16,15 +16,18 @@ axis (k_eff = d (k - 1) + 1 is the dilated kernel):
 
 so two stacked 3x3 convolutions see 5x5, three see 7x7, and one 3x3 with dilation 2 sees 5x5.
 Elementwise ops (activations, batch norm, LRN, dropout, flip, flatten), channel slices and
-shuffles keep the field; group norm (statistics over the whole map) and a softmax along a
-spatial axis see the whole input.
+shuffles keep the field; group and instance norm (statistics over the whole map) and a softmax
+along a spatial axis see the whole input.
 Ops that join tensors (add, mul, concat, ...) take, per axis, the largest size and jump of
 their inputs and the start of the widest (a broadcast C x 1 x 1 gate joins a whole-input
 field, so the result sees everything). Global pooling, dense layers, reshapes and the distance
 of two towers see the whole input. A transposed convolution divides the jump by its stride and
-grows the size by the input pixels one output gathers (ceil(k_eff / s)); resizing divides the
-jump by the scale (bilinear reads two neighbours); depth_to_space is nearest upsampling by its
-block, space_to_depth a block x block window with stride block. Fractions are exact.
+grows the size by the input pixels one output gathers (ceil(k_eff / s)); nearest resizing
+divides the jump by the scale; bilinear reads the two pixels around each output's source
+coordinate (its weights a tent two pixels wide, centred there), spaced 1 / scale apart
+(half-pixel) or (in - 1) / (out - 1) apart (align_corners: the corner pixels' centres meet);
+depth_to_space is nearest upsampling by its block, space_to_depth a block x block window with
+stride block. Fractions are exact.
 
 Fields are read from the canonical attributes each op stores on its node (`kernel`, `stride`,
 `dilation`, `pads` = (top, left, bottom, right), `scale`, `mode`), so they hold for graphs from
@@ -73,6 +76,8 @@ _INPUT = Field((Axis(Fraction(1), Fraction(1), Fraction(0)),) * 2)
 # Ops that keep each element's field: elementwise, per-position or channel-wise.
 _KEEP_FAMILIES = ("activation", "norm")
 _KEEP_OPS = ("dropout", "identity", "flip", "flatten", "channel_shuffle", "channel_slice")
+# Ops whose statistics span the whole height and width of their input.
+_WHOLE_MAP_OPS = ("groupnorm", "instance_norm")
 # Ops that join several tensors position by position.
 _JOIN_OPS = ("add", "sub", "mul", "multiply", "subtract", "concat")
 
@@ -87,12 +92,15 @@ def receptive_fields(graph: Graph) -> dict[int, Field]:
             fields[node.id] = _INPUT if node.type.rank == 3 else _NONE
             continue
         ins = [fields[i] for i in node.inputs if i in fields]
-        fields[node.id] = field_of(node, ins)
+        fields[node.id] = field_of(node, ins, graph.node(node.inputs[0]).type.shape
+                                   if node.inputs else ())
     return fields
 
 
-def field_of(node: Node, ins: list[Field]) -> Field:
-    """One node's field from its inputs' fields and its canonical attributes."""
+def field_of(node: Node, ins: list[Field], in_shape: tuple[int, ...]) -> Field:
+    """One node's field from its inputs' fields, its canonical attributes and its first
+    input's shape (``in_shape``, () without inputs: bilinear resizing with ``align_corners``
+    reads it)."""
     op = get_op(node.op)
     a = node.attrs
     if not ins:
@@ -100,7 +108,7 @@ def field_of(node: Node, ins: list[Field]) -> Field:
     if len(ins) > 1 or node.op in _JOIN_OPS:
         return _join(ins) if node.op in _JOIN_OPS else _WHOLE
     x = ins[0]
-    if node.op == "groupnorm" or a.get("axis", 0) != 0 and op.family == "activation":
+    if node.op in _WHOLE_MAP_OPS or a.get("axis", 0) != 0 and op.family == "activation":
         return _WHOLE  # statistics over height and width, or a softmax along a spatial axis
     if op.family in _KEEP_FAMILIES or node.op in _KEEP_OPS:
         return x
@@ -119,7 +127,9 @@ def field_of(node: Node, ins: list[Field]) -> Field:
     if node.op == "depth_to_space":  # nearest upsampling by b: pixel h*b + i reads h
         return Field(tuple(Axis(ax.size, ax.jump / a["block"], ax.start) for ax in x.axes))
     if op.family == "resize":
-        return Field(tuple(_resized(ax, f, a["mode"]) for ax, f in zip(x.axes, a["scale"])))
+        return Field(tuple(_resized(ax, f, a["mode"], a["align_corners"], n_in, n_out)
+                           for ax, f, n_in, n_out in zip(x.axes, a["scale"], in_shape[1:],
+                                                         node.type.shape[1:])))
     if "pads" in a:  # explicit padding shifts the positions, not the sizes
         return Field(tuple(Axis(ax.size, ax.jump, ax.start - p * ax.jump)
                            for ax, p in zip(x.axes, a["pads"][:2])))
@@ -141,13 +151,18 @@ def _transposed(ax: Axis, k: int, s: int, d: int, p: int) -> Axis:
                 ax.start + (p - Fraction(k_eff - 1, 2)) / s * ax.jump)
 
 
-def _resized(ax: Axis, scale: float, mode: str) -> Axis:
+def _resized(ax: Axis, scale: float, mode: str, align_corners: bool, n_in: int,
+             n_out: int) -> Axis:
+    """Output i of a bilinear resize reads the two inputs around its source coordinate
+    src(i) = first + i step (``compiler/ops/resize.py``)."""
     f = Fraction(scale).limit_denominator(1000)
     if mode == "nearest":  # out[i] = in[floor(i / f)]
         return Axis(ax.size, ax.jump / f, ax.start)
-    # bilinear (half-pixel): out[i] reads the two inputs around (i + 1/2) / f - 1/2
-    return Axis(ax.size + ax.jump, ax.jump / f, ax.start + (Fraction(1, 2) / f - Fraction(1, 2))
-                * ax.jump)
+    if align_corners:  # src(i) = i (n_in - 1) / (n_out - 1); one output has no neighbour
+        first, step = Fraction(0), Fraction(n_in - 1, n_out - 1) if n_out > 1 else 1 / f
+    else:  # half-pixel: src(i) = (i + 1/2) / f - 1/2
+        first, step = Fraction(1, 2) / f - Fraction(1, 2), 1 / f
+    return Axis(ax.size + ax.jump, ax.jump * step, ax.start + first * ax.jump)
 
 
 def _join(ins: list[Field]) -> Field:

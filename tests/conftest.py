@@ -16,8 +16,10 @@ settings.load_profile(os.environ.get("CNNC_HYPOTHESIS_PROFILE", "ci"))
 
 @pytest.fixture(autouse=True)
 def _eight_lane_target_by_default(request, monkeypatch):
-    """Compile at the 8-lane target (``compile(target="cpu")`` means avx2 here), unless a
-    test is marked ``host_target`` or names its target.
+    """Compile at the 8-lane target ("cpu" means avx2 here), unless a test is marked
+    ``host_target`` or names its target. The patched host query is the one every default asks
+    when it is used (``resolve_target``: ``compile()``, ``PassContext()``, so the passes run
+    alone and ``cnnc summary``/``show``), so it reaches them all (tests/compiler/test_target.py).
 
     Why: on an AVX-512 machine the 16-lane kernels take about twice as long to compile, and
     a cold CI cache compiles every zoo network's kernels. They compute the same numbers bit for

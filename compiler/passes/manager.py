@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ir import Graph, Node, model_folder, shown_path
-from ..target import Target, host_target
+from ..target import Target, resolve_target
 
 __all__ = ["PassContext", "PassRecord", "PassError", "OptionError", "run_passes"]
 
@@ -33,8 +33,10 @@ class PassContext:
     lowering: str | Mapping[str, str] = "auto"
     layout: str = "auto"
     opt_level: int = 2
-    # The CPU the kernels are generated for (vector width: ``compiler/target.py``).
-    target: Target = field(default_factory=host_target)
+    # The CPU the kernels are generated for (vector width: ``compiler/target.py``); by default
+    # this machine's, asked when the context is made (through ``resolve_target``, the one place
+    # that decides what "cpu" means).
+    target: Target = field(default_factory=lambda: resolve_target("cpu"))
     # ``measure(graph, node, candidates) -> winner``: times the candidate algorithms of one
     # node (``--autotune``). The runtime provides it: the compiler runs no kernels itself.
     measure: Callable[[Graph, Node, tuple[str, ...]], str] | None = None

@@ -1,11 +1,13 @@
 """Receptive fields: the seeds' examples (two stacked 3x3 convolutions see 5x5, three see 7x7,
 a 3x3 with dilation 2 sees 5x5), the VGG-16 and ResNet-18 values computed by hand, the joins,
-and the recurrence against a brute-force walk of the window index sets."""
+and the recurrence against a brute-force walk of the window index sets (convolutions, pools,
+bilinear upsampling with and without align_corners, instance norm)."""
 
 from __future__ import annotations
 
 from fractions import Fraction
 
+import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from cnnc.compiler.receptive_field import describe, receptive_fields
 from cnnc.dsl.builder import load_network
 from cnnc.dsl.errors import DslError
 from cnnc.runtime.cli import main
+from cnnc.runtime.reference import run_reference
 
 
 def fields_by_name(src: str) -> dict[str, tuple[str, str, str]]:
@@ -106,31 +109,104 @@ layer = st.one_of(
     st.tuples(st.just("conv"), st.sampled_from([1, 2, 3, 5]), st.sampled_from([1, 2]),
               st.sampled_from([1, 2]), st.sampled_from([0, 1, 2])),
     st.tuples(st.sampled_from(["maxpool", "avgpool"]), st.sampled_from([2, 3]),
-              st.sampled_from([1, 2]), st.just(1), st.sampled_from([0, 1])))
+              st.sampled_from([1, 2]), st.just(1), st.sampled_from([0, 1])),
+    st.tuples(st.just("bilinear"), st.sampled_from([2, 3]), st.booleans()),
+    st.tuples(st.just("instance_norm")))
 
 
-def brute_force(layers: list[tuple[str, int, int, int, int]], o: int) -> set[int]:
+def dsl(step: tuple) -> str:
+    op = step[0]
+    if op == "conv":
+        _, k, s, d, p = step
+        return f"conv(4, {k}, stride={s}, dilation={d}, pad={p})"
+    if op == "bilinear":
+        _, f, align = step
+        return f"upsample({f}, mode=bilinear, align_corners={str(align).lower()})"
+    if op == "instance_norm":
+        return "instance_norm"
+    _, k, s, _, p = step
+    return f"{op}({k}, stride={s}, pad={p})"
+
+
+def source_coordinate(o: Fraction, f: int, align: bool, n_in: int, n_out: int) -> Fraction:
+    """Where bilinear output ``o`` samples its input (``compiler/ops/resize.py``'s formulas)."""
+    if align:
+        return o * Fraction(n_in - 1, n_out - 1)
+    return (o + Fraction(1, 2)) / f - Fraction(1, 2)
+
+
+def brute_force(layers: list[tuple], lengths: list[tuple[int, int]],
+                o: int) -> set[Fraction] | None:
     """The input positions (one axis, padding not clipped) output position `o` depends on,
-    by walking the window index sets back through the layers."""
-    positions = {o}
-    for _, k, s, d, p in reversed(layers):
+    walking the index sets back through the layers (`lengths`: each layer's input and output
+    length); None when a layer reads its whole input (instance norm).
+
+    A bilinear output reads the two pixels around its source coordinate src, with a tent of
+    weights centred on src: the walk puts them at src -/+ 1/2 (their weighted centre is src,
+    as `test_bilinear_source_coordinate_is_the_reference_s_weighted_centre` checks), so every
+    position stays an exact affine function of `o`."""
+    positions = {Fraction(o)}
+    for step, (n_in, n_out) in zip(reversed(layers), reversed(lengths)):
+        if step[0] == "instance_norm":
+            return None
+        if step[0] == "bilinear":
+            _, f, align = step
+            positions = {source_coordinate(q, f, align, n_in, n_out) + side
+                         for q in positions for side in (Fraction(-1, 2), Fraction(1, 2))}
+            continue
+        _, k, s, d, p = step
         positions = {q * s - p + d * t for q in positions for t in range(k)}
     return positions
 
 
 @given(st.lists(layer, min_size=1, max_size=4))
 def test_recurrence_matches_the_window_index_sets(layers):
-    text = " -> ".join(f"{op}(4, {k}, stride={s}, dilation={d}, pad={p})" if op == "conv" else
-                       f"{op}({k}, stride={s}, pad={p})" for op, k, s, d, p in layers)
+    text = " -> ".join(map(dsl, layers))
     try:
         g = load_network("input x: 1 x 96 x 96\nx -> " + text + " -> output y\n")
     except DslError:
         assume(False)  # the windows outgrew the input, or padding above half the window
-    ax = receptive_fields(g)[g.outputs["y"]].axes[0]
-    first, second = brute_force(layers, 0), brute_force(layers, 1)
+    nodes = list(g.compute_nodes())
+    lengths = [(g.node(n.inputs[0]).type.shape[1], n.type.shape[1]) for n in nodes]
+    assert [n.op for n in nodes] == [{"bilinear": "upsample"}.get(s[0], s[0]) for s in layers]
+    field = receptive_fields(g)[g.outputs["y"]]
+    first, second = brute_force(layers, lengths, 0), brute_force(layers, lengths, 1)
+    if first is None:
+        assert field.whole
+        return
+    ax = field.axes[0]
     assert ax.size == max(first) - min(first) + 1
     assert ax.jump == min(second) - min(first)
-    assert ax.start == Fraction(max(first) + min(first), 2)
+    assert ax.start == (max(first) + min(first)) / 2
+
+
+@pytest.mark.parametrize("align", [False, True])
+@pytest.mark.parametrize("n_in, f", [(5, 2), (4, 3), (1, 2)])
+def test_bilinear_source_coordinate_is_the_reference_s_weighted_centre(n_in, f, align):
+    """The float64 reference's weights of each output (its response to each one-hot input)
+    are centred on the source coordinate the walk above and the field use, on at most two
+    neighbouring pixels (the field's size), wherever the coordinate lies inside the input."""
+    g = load_network(f"input x: 1 x 1 x {n_in}\nx -> upsample((1, {f}), mode=bilinear, "
+                     f"align_corners={str(align).lower()}) -> output y\n")
+    n_out = n_in * f
+    weights = run_reference(g, {"x": np.eye(n_in).reshape(n_in, 1, 1, n_in)})["y"]
+    weights = weights.reshape(n_in, n_out).T  # [output, input]
+    ax = receptive_fields(g)[g.outputs["y"]].axes[1]
+    assert ax.size == 2
+    for o in range(n_out):
+        src = source_coordinate(Fraction(o), f, align, n_in, n_out)
+        assert src == ax.start + o * ax.jump
+        if not 0 <= src <= n_in - 1:
+            continue  # clamped to the edge pixel, as padding is not clipped
+        read = np.flatnonzero(weights[o])
+        assert len(read) <= 2 and read.max() - read.min() <= 1
+        assert weights[o] @ np.arange(n_in) == pytest.approx(float(src), abs=1e-12)
+
+
+def test_instance_norm_sees_the_whole_input():
+    assert last(H + "x -> conv(4, 3) -> instance_norm -> output y\n") == \
+        ("whole input", "-", "-")
+    assert last(H + "x -> conv(4, 3) -> groupnorm(2) -> output y\n") == ("whole input", "-", "-")
 
 
 # -- the command line -------------------------------------------------------------------------

@@ -9,8 +9,9 @@ network's parameters in DSL order (names' last parts and shapes are checked pair
 the same weights run in both; cnnc's compiled output must match PyTorch's within 1e-4 of the
 output's largest magnitude. The twins' parameter counts must equal the DSL's (the published ones,
 checked in test_zoo.py). The twins also go through PyTorch's TorchScript ONNX exporter
-(dynamo=False) and cnnc's importer, and must match the same way. Skipped without torch
-(torchvision is not needed).
+(dynamo=False) and its default dynamo exporter, then cnnc's importer, and must match the same
+way. torch and onnxscript are test dependencies (pyproject's `test` extra): without them these
+tests fail, they do not skip (torchvision is not needed).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: no twin to compare with")
-
-from cnnc.compiler.ir import Graph  # noqa: E402
-from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
-from cnnc.runtime.model import compile as compile_model  # noqa: E402
-from cnnc.runtime.onnx import import_onnx  # noqa: E402
-from cnnc.runtime.summary import summarize  # noqa: E402
+from cnnc.compiler.ir import Graph
+from cnnc.dsl.builder import load_network, load_zoo
+from cnnc.runtime.model import compile as compile_model
+from cnnc.runtime.onnx import import_onnx
+from cnnc.runtime.summary import summarize
 
 nn = torch.nn
 F = torch.nn.functional
@@ -355,8 +355,6 @@ def test_twin_through_onnx_matches_pytorch(name, dynamo, tmp_path):
     batch norm into its convolution) and with the default dynamo exporter (opset 18+, global
     pooling as ReduceMean; needs onnxscript), imported and compiled by cnnc."""
     onnx = pytest.importorskip("onnx")
-    if dynamo:
-        pytest.importorskip("onnxscript", reason="PyTorch's dynamo exporter needs onnxscript")
     size = TWINS[name][1]
     net, x = _twin(name), _input(size)
     path = tmp_path / f"{name}.onnx"
