@@ -4,8 +4,12 @@ The lowering-selection pass asks ``measure(graph, node, candidates)`` for each c
 user left on ``auto``. Each candidate is compiled as a one-layer network (the same kernels a
 model uses), run on random data at batch 1 and timed (median of a few runs after a warm-up);
 the winner is stored under the kernel cache, keyed by the op, its attributes, the input shape,
-the target, the CPU (LLVM's name and features) and the cnnc, Numba and llvmlite versions, so
-every later compile of any model with that layer reuses it without measuring.
+the target and layout the model is compiled for (each candidate is measured compiled for them),
+the CPU (LLVM's name and features) and the cnnc, Numba and llvmlite versions, so every later
+compile of any model with that layer reuses it without measuring.
+
+The autotuner is handed the compile function (``runtime.model.compile``) instead of importing
+it: the model module builds autotuners, so the two never import each other.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,11 @@ def _cpu() -> str:
 class Autotuner:
     """A ``PassContext.measure`` that caches its answers on disk."""
 
-    def __init__(self, cache_dir: str | Path | None = None, repeats: int = 5) -> None:
+    def __init__(self, compile_model: Callable[..., Any], target: str, layout: str = "auto",
+                 cache_dir: str | Path | None = None, repeats: int = 5) -> None:
+        self.compile_model = compile_model
+        self.target = str(target)  # a target name (``compiler.target.TARGETS``)
+        self.layout = layout
         self.root = Path(cache_dir) if cache_dir is not None else cache.cache_root()
         self.repeats = repeats
         self.measured: dict[str, dict[str, float]] = {}  # this process, for reports
@@ -45,7 +54,8 @@ class Autotuner:
     def key(self, node: Node, in_shape: tuple[int, ...]) -> str:
         attrs = {k: v for k, v in own_attrs(node.attrs).items()}
         text = json.dumps([node.op, sorted((k, repr(v)) for k, v in attrs.items()),
-                           list(in_shape), "cpu", _cpu(), cache.cache_key("autotune")])
+                           list(in_shape), self.target, self.layout, _cpu(),
+                           cache.cache_key("autotune")])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def __call__(self, graph: Graph, node: Node, candidates: tuple[str, ...]) -> str:
@@ -66,8 +76,6 @@ class Autotuner:
 
     def _time(self, graph: Graph, node: Node, in_shape: tuple[int, ...],
               lowering: str) -> float:
-        from .model import compile as compile_model
-
         g = Graph(f"autotune_{node.op}", infer_node)
         x = g.add("input", [], {"shape": in_shape}, type=graph.node(node.inputs[0]).type,
                   name="x")
@@ -81,8 +89,8 @@ class Autotuner:
         rng = np.random.default_rng(0)
         weights = {g.node(p).name: rng.standard_normal(g.node(p).type.shape).astype(np.float32)
                    for p in params}
-        m = compile_model(g, weights=weights, lowering=lowering, opt_level=0,
-                          cache_dir=self.root)
+        m = self.compile_model(g, target=self.target, layout=self.layout, weights=weights,
+                               lowering=lowering, cache_dir=self.root)
         xin = rng.standard_normal((1, *in_shape)).astype(np.float32)
         m(xin)
         runs = []

@@ -28,6 +28,7 @@ from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import resolve_target
 from ..compiler.types import LAYOUT_CHOICES
+from .autotune import Autotuner
 from .executor import CpuExecutor
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
@@ -317,9 +318,7 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     try:
         measure = None
         if autotune:
-            from .autotune import Autotuner
-
-            measure = Autotuner(cache_dir)
+            measure = Autotuner(compile, cpu.name, layout, cache_dir)
         records = optimize(optimized, opt_level,
                            ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
                                            target=cpu),

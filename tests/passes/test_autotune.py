@@ -48,3 +48,23 @@ def test_explicit_lowering_wins_over_autotune(tmp_path, monkeypatch):
     m = compile_model(NET, cache_dir=tmp_path, autotune=True, lowering="im2col")
     assert {n.attrs["lowering"] for n in m.plan.graph.compute_nodes() if n.op == "conv"} == \
         {"im2col"}
+
+
+def test_measures_and_keys_by_the_target_and_layout_the_model_runs(tmp_path):
+    """Each candidate is compiled for the model's own target and layout (not the host's at
+    -O0), and a winner measured for one target or layout is not reused for another."""
+    seen = []
+
+    def recording_compile(graph, **kwargs):
+        seen.append((kwargs["target"], kwargs["layout"], kwargs["lowering"]))
+        return compile_model(graph, **kwargs)
+
+    graph = compile_model(NET, warm=False).graph
+    conv = next(n for n in graph.compute_nodes() if n.op == "conv")
+    shape = graph.node(conv.inputs[0]).type.shape
+    tuner = Autotuner(recording_compile, "avx512", "NHWC", cache_dir=tmp_path, repeats=1)
+    assert tuner(graph, conv, ("direct", "im2col")) in ("direct", "im2col")
+    assert seen == [("avx512", "NHWC", "direct"), ("avx512", "NHWC", "im2col")]
+    keys = {Autotuner(recording_compile, t, lay, cache_dir=tmp_path).key(conv, shape)
+            for t in ("avx2", "avx512") for lay in ("auto", "NHWC")}
+    assert len(keys) == 4
