@@ -14,6 +14,7 @@ import numpy as np
 
 from ...compiler.ir import TensorType
 from ...compiler.ops import REQUIRED, AttrError, ShapeError, get_op
+from ...dsl.limits import MAX_INT
 from .errors import OnnxImportError
 from .load import model_opset, tensor_array
 
@@ -227,6 +228,9 @@ class Importer:
             values = v if isinstance(v, tuple) else (v,)
             if any(isinstance(x, float) and not math.isfinite(x) for x in values):
                 raise refuse(node, self.opset, f"as cnnc {op}: {k} = {v} is not finite")
+            if any(isinstance(x, int) and abs(x) > MAX_INT for x in values):
+                raise refuse(node, self.opset, f"as cnnc {op}: {k} = {v} is beyond the "
+                             "integers a network may hold (at most 2^53)")
         try:
             weights = {k: np.ascontiguousarray(v, np.float32)
                        for k, v in (weights or {}).items()}

@@ -856,6 +856,9 @@ def _bad_string_attr() -> Any:
                         {"w": rand(3, 2, 3, 3)}), ["ConvTranspose", "2-D windows"]),
     (lambda: _unchecked([node("Gemm", ["x", "w"])], {"w": np.float32(1)}, shape=(3,)),
      ["Gemm", "2-D constant"]),
+    (lambda: _unchecked([node("Conv", ["x", "w"], pads=[0, 2**62, 0, 0])],
+                        {"w": rand(2, 3, 1, 1)}), ["Conv (", "pad = (0, 4611686018427387904",
+                                                   "at most 2^53"]),
 ])
 def test_malformed_nodes_are_named(build, words):
     with pytest.raises(OnnxImportError) as e:

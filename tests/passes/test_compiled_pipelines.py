@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from cnnc.dsl.builder import load_zoo
 from cnnc.runtime.cli import main
 from cnnc.runtime.model import ModelError
 from cnnc.runtime.model import compile as compile_model
@@ -213,8 +214,6 @@ def test_blocked_values_that_fill_their_storage_share_slots(name):
     may reuse any dead slot (DenseNet's batch-norm outputs, 58 channel counts; the inputs of
     every 3x3 convolution of ResNeXt's four stages): the -O2 arena is no larger than the -O0
     one, which has no blocked values."""
-    from cnnc.dsl.builder import load_zoo
-
     graph = load_zoo(name)
     arena = {level: compile_model(graph, opt_level=level, warm=False).stats()[
         "arena bytes per image"] for level in (0, 2)}
