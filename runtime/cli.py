@@ -111,6 +111,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..compiler.passes.select_lowering import CHOICES as LOWERINGS
     from .images import channel_values
 
     parser = argparse.ArgumentParser(
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help=".npz of parameters keyed by layer name")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
     p.add_argument("--reference", action="store_true", help="use the float64 interpreter")
-    p.add_argument("--lowering", default="auto", choices=("auto", "direct", "im2col"))
+    p.add_argument("--lowering", default="auto", choices=LOWERINGS)
     p.add_argument("--check-numerics", action="store_true",
                    help="check every layer's output for NaN and Inf; report the first layer "
                         "that produces one (with its DSL line) and exit with status 1")

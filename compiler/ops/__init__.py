@@ -22,7 +22,12 @@ and the rules the middle of the compiler reads:
 - `layouts`: the activation layouts its kernels can work in; `layout_rule(node, in_types)`
   says, for one node, which layouts its first input may arrive in and which its output may be
   stored in (``select_layout`` keeps channel-blocked NCHW8c between such kernels);
-- `algorithms`: the lowerings a pass may choose between (conv: direct, im2col);
+- `algorithms`: the algorithms a pass may choose between (conv: direct, channel-wise, im2col),
+  objects with a ``name``, the ``family`` a user asks for, ``applies_to(node, in_types)`` and
+  ``estimate(node, in_types, lanes)`` (``compiler/ops/conv/algorithms.py``); the node records
+  the chosen one's name (``lowering``);
+- `out_blocks`: how many channel blocks its blocked kernel writes (``out_blocks(node,
+  in_types, lanes)``; None: the channels rounded up to whole blocks);
 - `view`: the output aliases the input buffer (flatten, reshape, dropout, identity);
 - `inplace`: the kernel may write its output over its first input;
 - `gradient`: the backward rule (a slot the training pipeline fills);
@@ -134,9 +139,11 @@ class OpDef:
     # of its output (padding lanes included) and can zero the output's halo on each call
     # (``zero_halo``): such a value may take any free arena slot (``plan_memory``).
     writes_whole_blocks: Callable[[Any, list[TensorType]], bool] | None = None
+    # (node, in_types, lanes) -> blocks of ``lanes`` channels its blocked kernel writes
+    out_blocks: Callable[[Any, list[TensorType], int], int] | None = None
     takes_epilogue: str = "none"  # none | unary | any
     layouts: tuple[str, ...] = ("NCHW",)
-    algorithms: tuple[str, ...] = ()
+    algorithms: tuple[Any, ...] = ()
     view: bool = False
     inplace: bool = False
     # Parameter-time ops (derived parameters such as folded batch-norm weights): not in the

@@ -81,7 +81,7 @@ def jobs_for(steps: Iterable[Any]) -> list[Job]:
             if not path or not name or (path, name) in jobs or is_cached(fn):
                 continue
             kinds = tuple(_ARG_KINDS[a.kind] for a in call.args)
-            cost = 4 if step.lowering in ("direct", "im2col") and call.ir is None else 1
+            cost = 4 if step.sources and call.ir is None else 1  # a convolution step's kernels
             jobs[(path, name)] = Job(path, name, kinds, cost, _index_path(fn))
     return list(jobs.values())
 
