@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .model import NumericsError
         from .model import compile as compile_model
 
-        model = compile_model(graph, weights=params, lowering=args.lowering, progress=True)
+        model = compile_model(graph, weights=params, lowering=args.lowering)
         try:
             outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()},
                                 check_numerics=args.check_numerics)

@@ -62,7 +62,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
                           layout=args.layout,
-                          dump_ir=args.dump_ir, progress=True, autotune=args.autotune)
+                          dump_ir=args.dump_ir, autotune=args.autotune)
     elapsed = time.perf_counter() - t0
     if args.stats:  # exactly the stats lines first (scripts parse them), then what else was asked
         for key, value in model.stats().items():
@@ -135,7 +135,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CliError(f"--tolerance must be positive, got {args.tolerance}")
     graph = load_graph(args)
     model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed,
-                          opt_level=args.opt_level, layout=args.layout, progress=True,
+                          opt_level=args.opt_level, layout=args.layout,
                           target=args.target)
     rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
     print(f"{graph.name}: every kernel vs the float64 reference, batch {args.batch}")
@@ -189,7 +189,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{graph.name}: {len(s.rows)} layers, {s.params:,} parameters, "
           f"{format_giga(s.flops)} GFLOPs per image")
     t0 = time.perf_counter()
-    model = compile_model(graph, seed=args.seed, progress=True)
+    model = compile_model(graph, seed=args.seed)
     compile_s = time.perf_counter() - t0
     cached = _cached_compile_seconds(args.model, parse_params(args.param))
     kind = "cold" if cached is not None and compile_s > 2 * cached else "from the disk cache"

@@ -241,13 +241,15 @@ LAYOUT_TRANSFORMS = ("pack_nchw_blocked", "unpack", "im2col", "crop")
 
 
 class CompileProgress:
-    """A progress bar (kernels compiled / total) for a cold compile that takes more than a
-    second; nothing for a warm one."""
+    """A progress bar (kernels compiled / total) on stderr for a cold compile; nothing for a
+    warm one. Drawn when asked (``enabled=True``), or by default only on a terminal and once
+    the compile has taken a second; it stays on its line when done, ending with a newline,
+    so what follows starts on a line of its own."""
 
     def __init__(self, enabled: bool | None = None, delay: float = 1.0) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
-        self.delay = delay
+        self.delay = 0.0 if enabled else delay
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -259,7 +261,7 @@ class CompileProgress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="compiling kernels", unit="kernel",
-                            file=sys.stderr, leave=False)
+                            file=sys.stderr, leave=True)
         self.bar.n = done
         self.bar.refresh()
         if done >= total:
@@ -293,9 +295,10 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR
     after each pass and, last, the lowered graph with each value's arena slot. With ``warm``
     (default) every kernel is compiled (or loaded from the disk cache) before this returns.
-    ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
-    when stderr is a terminal). ``autotune``: time each convolution's algorithms once (the
-    winner is cached per shape, attributes and CPU) instead of trusting the cost model.
+    ``progress``: a progress bar on stderr while kernels compile (True: always, from the
+    start; None: only when stderr is a terminal and the compile takes over a second).
+    ``autotune``: time each convolution's algorithms once (the winner is cached per shape,
+    attributes, target, layout and CPU) instead of trusting the cost model.
     """
     t0 = time.perf_counter()
     try:
