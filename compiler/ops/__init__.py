@@ -441,7 +441,7 @@ def evaluate_bound(op: str, inputs: Arrays, attrs: dict[str, Any],
 
 def as_int(value: Any, attr: str, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise AttrError(f"{attr} must be an integer, got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be an integer, got {show_value(value)}", attr)
     if minimum is not None and value < minimum:
         raise AttrError(f"{attr} must be at least {minimum}, got {value}", attr)
     return int(value)
@@ -449,13 +449,13 @@ def as_int(value: Any, attr: str, minimum: int | None = None) -> int:
 
 def as_float(value: Any, attr: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise AttrError(f"{attr} must be a number, got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be a number, got {show_value(value)}", attr)
     return float(value)
 
 
 def as_bool(value: Any, attr: str) -> bool:
     if not isinstance(value, bool):
-        raise AttrError(f"{attr} must be true or false, got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be true or false, got {show_value(value)}", attr)
     return value
 
 
@@ -472,11 +472,13 @@ def as_pair(value: Any, attr: str, minimum: int | None = 1) -> tuple[int, int]:
 
 def as_choice(value: Any, attr: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise AttrError(f"{attr} must be one of {', '.join(choices)}; got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be one of {', '.join(choices)}; got {show_value(value)}", attr)
     return value
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as an error message shows it: true/false, an array by its shape, a tensor by
+    its type, a string quoted."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, np.ndarray):
