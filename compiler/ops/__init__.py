@@ -472,7 +472,8 @@ def as_pair(value: Any, attr: str, minimum: int | None = 1) -> tuple[int, int]:
 
 def as_choice(value: Any, attr: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise AttrError(f"{attr} must be one of {', '.join(choices)}; got {show_value(value)}", attr)
+        raise AttrError(f"{attr} must be one of {', '.join(choices)}; got {show_value(value)}",
+                        attr)
     return value
 
 
