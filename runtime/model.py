@@ -26,8 +26,9 @@ from ..compiler.codegen.lowering import lower_graph
 from ..compiler.ir import Graph, model_folder
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.plan import Plan
-from ..compiler.target import resolve_target
+from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
+from .autotune import Autotuner
 from .executor import CpuExecutor
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
@@ -270,7 +271,7 @@ class CompileProgress:
             self.bar = None
 
 
-def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - public API name
+def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa: A001 - public API
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
             *, opt_level: int = 2, layout: str = "auto", warm: bool = True,
@@ -293,8 +294,9 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     after each pass. With ``warm`` (default) every kernel is compiled (or loaded from the disk
     cache) before this returns.
     ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
-    when stderr is a terminal). ``autotune``: time each convolution's algorithms once (the
-    winner is cached per shape, attributes and CPU) instead of trusting the cost model.
+    when stderr is a terminal). ``autotune``: time each convolution's algorithms once, compiled
+    for this target, optimization level and layout (the winner is cached per shape, attributes,
+    those options and CPU), instead of trusting the cost model.
     """
     t0 = time.perf_counter()
     try:
@@ -315,11 +317,8 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
         params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     optimized = graph.copy()
     try:
-        measure = None
-        if autotune:
-            from .autotune import Autotuner
-
-            measure = Autotuner(cache_dir)
+        measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
+                             cache_dir=cache_dir) if autotune else None)
         records = optimize(optimized, opt_level,
                            ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
                                            target=cpu),
