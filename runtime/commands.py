@@ -62,7 +62,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
                           layout=args.layout,
-                          dump_ir=args.dump_ir, progress=True, autotune=args.autotune)
+                          dump_ir=args.dump_ir, force=args.force, progress=True,
+                          autotune=args.autotune)
     elapsed = time.perf_counter() - t0
     if args.stats:  # exactly the stats lines first (scripts parse them), then what else was asked
         for key, value in model.stats().items():
@@ -117,7 +118,10 @@ def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--stats", action="store_true",
                    help="kernels and layout transforms per call, arena bytes and "
                         "multiply-accumulates per image, one per line")
-    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass here")
+    p.add_argument("--dump-ir", metavar="DIR",
+                   help="write the IR after each pass here (created if missing; a folder that "
+                        "is not empty is refused unless --force, which replaces an earlier "
+                        "dump there)")
     p.add_argument("--autotune", action="store_true",
                    help="time each convolution's algorithms once (cached) instead of trusting "
                         "the cost model")

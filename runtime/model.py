@@ -25,6 +25,7 @@ import numpy as np
 from ..compiler.codegen.lowering import lower_graph
 from ..compiler.ir import Graph, model_folder
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
+from ..compiler.passes.manager import DumpFolderError
 from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
@@ -275,8 +276,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
             *, opt_level: int = 2, layout: str = "auto", warm: bool = True,
-            dump_ir: str | Path | None = None, progress: bool | None = None,
-            autotune: bool = False) -> CompiledModel:
+            dump_ir: str | Path | None = None, force: bool = False,
+            progress: bool | None = None, autotune: bool = False) -> CompiledModel:
     """Compile a network to Numba kernels.
 
     ``target``: ``cpu`` (this machine's CPU: 16-lane kernels with AVX-512, else 8-lane), or
@@ -291,7 +292,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     storage where each of its kernels has that form, else NCHW8c; NHWC: channels padded to
     whole 8-channel blocks). ``cache_dir`` overrides the kernel cache
     (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR
-    after each pass. With ``warm`` (default) every kernel is compiled (or loaded from the disk
+    after each pass to: a new or empty one, unless ``force`` (an earlier dump there is
+    replaced). With ``warm`` (default) every kernel is compiled (or loaded from the disk
     cache) before this returns.
     ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
     when stderr is a terminal). ``autotune``: time each convolution's algorithms once, compiled
@@ -321,9 +323,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
                              cache_dir=cache_dir) if autotune else None)
         records = optimize(optimized, opt_level,
                            ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
-                                           target=cpu),
+                                           target=cpu, replace_dump=force),
                            dump_dir=dump_ir)
-    except LoweringError as e:
+    except (LoweringError, DumpFolderError) as e:
         raise ModelError(str(e)) from None
     bar = CompileProgress(progress)
     try:
