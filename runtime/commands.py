@@ -13,7 +13,7 @@ import numpy as np
 
 from ..compiler.types import LAYOUT_CHOICES
 from .cli_common import (
-    _EXTRA,
+    EXTRA,
     CliError,
     force_arg,
     load_graph,
@@ -235,9 +235,9 @@ def _configure_demo(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-_EXTRA["compile"] = (cmd_compile, "compile a network to cached Numba kernels",
+EXTRA["compile"] = (cmd_compile, "compile a network to cached Numba kernels",
                      _configure_compile)
-_EXTRA["check"] = (cmd_check, "compare every generated kernel with the float64 reference",
+EXTRA["check"] = (cmd_check, "compare every generated kernel with the float64 reference",
                    _configure_check)
-_EXTRA["demo"] = (cmd_demo, "compile a network, check it against the reference, run it",
+EXTRA["demo"] = (cmd_demo, "compile a network, check it against the reference, run it",
                   _configure_demo)

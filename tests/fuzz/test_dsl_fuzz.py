@@ -28,7 +28,7 @@ from cnnc.compiler.ir import Graph
 from cnnc.compiler.ops import REQUIRED, all_names, get_op
 from cnnc.dsl.builder import load_network
 from cnnc.dsl.errors import DslError, source_lines
-from cnnc.runtime.cli import _user_errors
+from cnnc.runtime.cli import user_errors
 from cnnc.runtime.summary import format_summary, summarize
 from cnnc.zoo import ZOO_DIR
 
@@ -67,7 +67,7 @@ def answer(source: str | Path) -> str:
     signal.alarm(WALL_S)
     try:
         graph = load_network(source)
-    except _user_errors() as e:
+    except user_errors() as e:
         _stop_timers()
         if isinstance(e, DslError):
             check_rendering(e, source)

@@ -31,14 +31,14 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnnc import zoo  # noqa: E402
 from cnnc.dsl.builder import load_network  # noqa: E402
-from cnnc.runtime.cli import _user_errors  # noqa: E402
+from cnnc.runtime.cli import user_errors  # noqa: E402
 from cnnc.runtime.onnx_io import OnnxImportError, export_onnx, import_onnx  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402
 
 SHORT, LONG = 250, 6000
 HANG_S = 120.0  # per mutant, hang protection only (each answers in about a second or less)
-CLEAN = _user_errors()
+CLEAN = user_errors()
 
 # Zoo networks at reduced sizes (the export tests' shapes): small enough to run.
 ZOO = [("lenet5", {}), ("resnet18", {"classes": 10, "size": 32}),
