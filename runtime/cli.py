@@ -13,7 +13,7 @@ import numpy as np
 
 from ..dsl.errors import DslError
 from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re-exported
-    _EXTRA,
+    EXTRA,
     CliError,
     force_arg,
     load_array,
@@ -25,7 +25,9 @@ from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re
 )
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exception types that are the user's mistake: ``main`` prints them as one located
+    message and returns 2 (the fuzz tests accept exactly these)."""
     from ..compiler.ops import AttrError, ShapeError
     from .images import ImageError
     from .reference import InputError
@@ -162,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     force_arg(p)
     p.set_defaults(func=cmd_run)
 
-    for name, (func, help_text, configure) in _EXTRA.items():
+    for name, (func, help_text, configure) in EXTRA.items():
         p = sub.add_parser(name, help=help_text)
         configure(p, model_arg)
         p.set_defaults(func=func)
@@ -196,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except _user_errors() as e:
+    except user_errors() as e:
         print(e.render() if isinstance(e, DslError) else f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file that cannot be read or written

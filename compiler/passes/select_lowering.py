@@ -8,7 +8,7 @@ one the others); each computes the same numbers within float32 rounding, so the 
 changes the time, and the node records it. The user's ``--lowering`` wins (for every layer, or
 per layer name), naming an algorithm or its family (``direct`` is the direct or the
 channel-wise kernel, whichever computes the layer); otherwise, with ``--autotune``, the
-candidates are measured (once per shape, attributes, target, layout and CPU: the winner is
+candidates are measured (once per shape, attributes, target, -O level, layout and CPU: the winner is
 kept in the kernel cache); otherwise, at -O2, each algorithm's cost model (``estimate``:
 padded work of its tiling divided by the fraction of peak it reaches, plus the floats its
 layout kernels move) picks the cheapest, and at -O0/-O1 the first candidate is taken.
