@@ -7,7 +7,8 @@ algorithm (``lowering``), the register tile (``tile``), the activation layout (`
 zero border kept around a channel-blocked value (``halo``), whether its kernel zeroes that
 border on every call (``zero_halo``), the channel blocks before it in a merged convolution's
 buffer (``prefix``), a concatenation written in place (``in_place``), the batch norms folded
-into it (``folded``) and whether it is evaluated when parameters are set (``parameter_time``).
+into it (``folded``), whether it is evaluated when parameters are set (``parameter_time``) and
+whether its last input is the parameter-time node of its packed weights (``packed``).
 
 A module of its own, below the op registry and the kernel builders, so that both read the same
 records without importing each other.
@@ -23,7 +24,7 @@ import numpy as np
 #: Node attributes that record a pass's decision rather than the op's meaning; they are
 #: stripped before an op's own shape rule and reference see the attributes.
 DECISION_KEYS = ("epilogue", "prologue", "lowering", "tile", "layout", "halo", "zero_halo",
-                 "prefix", "in_place", "folded", "parameter_time")
+                 "prefix", "in_place", "folded", "parameter_time", "packed")
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,10 @@ def own_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 def own_input_count(n_inputs: int, attrs: dict[str, Any]) -> int:
-    """How many of a node's inputs are the op's own (the rest are epilogue operands)."""
-    return n_inputs - sum(e.operand is not None for e in epilogue_of(attrs))
+    """How many of a node's inputs are the op's own (the rest are epilogue operands and, last,
+    with ``packed``, the parameter-time node holding its packed weights)."""
+    return n_inputs - sum(e.operand is not None for e in epilogue_of(attrs)) - \
+        bool(attrs.get("packed"))
 
 
 def operand_kind(shape: tuple[int, ...], target: tuple[int, ...]) -> str | None:

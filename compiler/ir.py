@@ -120,9 +120,11 @@ class Graph:
         for nid in sorted(self._g.nodes):
             yield self.node(nid)
 
-    def topo_order(self) -> list[Node]:
-        """Nodes in a deterministic topological order (smallest id first among ready nodes)."""
-        return [self.node(n) for n in nx.lexicographical_topological_sort(self._g)]
+    def topo_order(self, key: Callable[[Node], Any] | None = None) -> list[Node]:
+        """Nodes in a deterministic topological order: among ready nodes, the smallest id
+        first (or the smallest ``key(node)``)."""
+        by = None if key is None else (lambda nid: key(self.node(nid)))
+        return [self.node(n) for n in nx.lexicographical_topological_sort(self._g, key=by)]
 
     def users(self, node_id: int) -> list[Node]:
         return [self.node(u) for u in sorted(self._g.successors(node_id))]

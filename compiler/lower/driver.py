@@ -260,6 +260,17 @@ def step_ops(node: Node) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _schedule_key(graph: Graph) -> Callable[[Node], tuple[int, int]]:
+    """The order steps run in: by node id among ready nodes, except that a node made for its
+    user (``OpDef.made_for_user``: packed weights) sorts just before that user, so that adding
+    it does not move the user later."""
+    def key(node: Node) -> tuple[int, int]:
+        if get_op(node.op).made_for_user:
+            return (min(u.id for u in graph.users(node.id)), 0)
+        return (node.id, 1)
+    return key
+
+
 def _dedup(kernels: list[Kernel], backend: NumbaBackend) -> tuple[list[Kernel], dict[str, str]]:
     """Kernels with identical code are compiled once; the survivor's comment lists every
     layer that uses it. Returns the kernels to print and a map kernel name -> survivor name."""
@@ -302,7 +313,9 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
     backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
     steps: list[Step] = []
     param_nodes: list[int] = []
-    for node in graph.compute_nodes():
+    for node in graph.topo_order(key=_schedule_key(graph)):
+        if node.op in ("input", "param"):
+            continue
         if is_constant(graph, node):
             param_nodes.append(node.id)
             continue

@@ -149,6 +149,9 @@ class OpDef:
     # Parameter-time ops (derived parameters such as folded batch-norm weights): not in the
     # DSL, evaluated in float64 whenever parameters are set, never lowered.
     internal: bool = False
+    # A parameter-time op made by the last pass for its one user (packed weights): scheduled
+    # with that user, so adding it leaves the order of the computation as it was.
+    made_for_user: bool = False
     # Compute ops only a pass creates (``channel_gather``): lowered like any op, but not in the
     # DSL and with no ONNX form.
     pass_made: bool = False

@@ -2,7 +2,8 @@
 
 - ``-O0``: no optimization; only the passes every compile needs (lowering selection records the
   algorithm of each convolution: the default, or the user's choice; tile selection, the
-  register tile of each direct convolution for the target's vector width).
+  register tile of each direct convolution for the target's vector width; and, last in every
+  pipeline, weight packing: each convolution's packed weights as a parameter-time node).
 - ``-O1``: folding and fusion: canonicalization, constant folding, common-subexpression and
   dead-code elimination, batch-norm folding (into the producer, else into a following
   convolution or dense layer), 1x1 convolutions of one pixel as dense layers, transposed
@@ -32,6 +33,7 @@ from .fold_constants import fold_constants
 from .fuse_epilogues import fuse_epilogues
 from .fuse_prologues import fuse_prologues
 from .manager import Pass
+from .pack_weights import pack_weights
 from .select_layout import select_layout
 from .select_lowering import select_lowering
 from .select_tile import select_tile
@@ -55,18 +57,22 @@ FOLD_AND_FUSE: list[tuple[str, Pass]] = [
     ("fuse_epilogues", fuse_epilogues),
 ]
 
+#: Last in every pipeline: it packs for the decisions all the others made.
+PACK: list[tuple[str, Pass]] = [("pack_weights", pack_weights)]
+
 INFERENCE: dict[int, list[tuple[str, Pass]]] = {
-    0: REQUIRED,
-    1: CLEANUP + FOLD_AND_FUSE + [("eliminate_dead_code", eliminate_dead_code)] + REQUIRED,
+    0: REQUIRED + PACK,
+    1: CLEANUP + FOLD_AND_FUSE + [("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
+    + PACK,
     2: CLEANUP + FOLD_AND_FUSE + [("fold_bottlenecks", fold_bottlenecks),
                                   ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
-    + [("select_layout", select_layout), ("fuse_prologues", fuse_prologues)],
+    + [("select_layout", select_layout), ("fuse_prologues", fuse_prologues)] + PACK,
 }
 
 TRAINING: dict[int, list[tuple[str, Pass]]] = {
-    0: REQUIRED,
-    1: CLEANUP + REQUIRED,
-    2: CLEANUP + REQUIRED,
+    0: REQUIRED + PACK,
+    1: CLEANUP + REQUIRED + PACK,
+    2: CLEANUP + REQUIRED + PACK,
 }
 
 

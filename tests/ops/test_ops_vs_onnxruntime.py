@@ -135,6 +135,8 @@ NOT_IN_ONNX = {
     "stack_filters": "a derived parameter of the bottleneck folding pass (tests/passes)",
     "dense_weight_of_conv": "a derived parameter of the conv_as_dense pass (tests/passes)",
     "phase_filter": "a derived parameter of the conv_transpose_as_phases pass (tests/passes)",
+    "conv_pack": "a convolution's packed weights, made by the pack_weights pass: every "
+                 "compiled convolution runs with them (tests/runtime, tests/codegen_ops)",
 }
 
 

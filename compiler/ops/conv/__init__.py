@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ...kernels.conv_geometry import ConvGeometry
+from ...kernels.tiles import TILE_8, DirectTile
 from ...types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatial_out
 from .. import (
     Attr,
@@ -40,12 +42,13 @@ from .. import (
     as_bool,
     as_int,
     as_pair,
+    own_input_types,
     register,
     require_rank,
     sum_bound,
 )
-from .algorithms import ALGORITHMS, ConvAlgorithm, by_name, geometry, node_geometry
-from .lowering import lower_conv
+from .algorithms import ALGORITHMS, ConvAlgorithm, by_name, geometry, kernel_lanes, node_geometry
+from .lowering import lower_conv, pack_conv_weights
 from .padding import PAD_WORDS, pad_nchw, resolve_pads, window_check
 from .transpose import (
     transpose_out,
@@ -351,3 +354,52 @@ register(OpDef(
     aliases=("deconv", "convtranspose"),
     doc="transposed convolution (the gradient of conv with respect to its input)",
 ))
+
+
+# -- packed weights: a convolution's weights as its compute kernel reads them ---------------
+# conv(x, w, b; lowering=a, tile=t)  =>  conv(x, w, b, conv_pack(w, b; a, t, lanes); packed)
+# (the ``pack_weights`` pass): a parameter-time node, evaluated when parameters are set, so the
+# IR dump shows each packing and its layout decisions; the convolution's own inputs (and so its
+# shape rule, reference and gradients) stay ``w`` and ``b``.
+
+#: The attributes of a convolution its packing depends on (with its input shape).
+PACKING_ATTRS = ("out_channels", "kernel", "stride", "pads", "dilation", "groups", "bias",
+                 "output_padding")
+
+
+def pack_attrs(node, in_types, x_lanes: int | None, y_lanes: int | None) -> dict[str, Any]:
+    """The ``conv_pack`` attributes of a lowered convolution node whose input and output are
+    stored in blocks of ``x_lanes`` and ``y_lanes`` channels (None: not channel-blocked)."""
+    g = node_geometry(node, in_types)
+    own = {k: v for k, v in node.attrs.items() if k in PACKING_ATTRS}
+    return {"of": node.op, **own, "in_shape": tuple(own_input_types(in_types, node.attrs)[0].shape),
+            "algorithm": node.attrs["lowering"],
+            "kernel_tile": node.attrs.get("tile", str(TILE_8)),
+            "block_lanes": kernel_lanes(g, x_lanes, y_lanes)[0]}
+
+
+def _packing(attrs: dict[str, Any]) -> tuple[ConvGeometry, ConvAlgorithm, DirectTile]:
+    conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
+    g = geometry(attrs["of"], conv, attrs["in_shape"])
+    g = replace(g, lanes_in=attrs["block_lanes"], lanes_out=attrs["block_lanes"])
+    return g, by_name(attrs["algorithm"]), DirectTile.parse(attrs["kernel_tile"])
+
+
+def _pack_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    g, algorithm, tile = _packing(attrs)
+    return in_types[0].with_shape(sum(algorithm.packed_sizes(g, tile)))
+
+
+def _pack_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
+    g, algorithm, tile = _packing(attrs)
+    conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
+    return pack_conv_weights(attrs["of"], conv, g, algorithm, tile, inputs[0],
+                             inputs[1] if len(inputs) > 1 else None)
+
+
+register(OpDef(
+    name="conv_pack", family="conv", signature=(), infer=_pack_infer,
+    reference=_pack_reference, macs=lambda ts, out, a: 0, arity=None, internal=True,
+    new_activations=False, made_for_user=True,
+    doc="a convolution's weights and bias packed for its compute kernel (its algorithm, "
+        "register tile and block width), flat: the weights, then the bias"))

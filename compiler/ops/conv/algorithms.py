@@ -59,7 +59,7 @@ from .. import own_input_types
 from .transpose import transpose_as_conv
 
 __all__ = ["ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "ALGORITHMS", "by_name",
-           "geometry", "node_geometry", "FLOPS_PER_FLOAT_MOVED"]
+           "geometry", "node_geometry", "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
 
 def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
               activation: str | None = None) -> ConvGeometry:
@@ -75,6 +75,17 @@ def node_geometry(node, in_types) -> ConvGeometry:
     input seen through a fused prologue)."""
     return geometry(node.op, own_attrs(node.attrs),
                     own_input_types(in_types, node.attrs)[0].shape)
+
+
+def kernel_lanes(g: ConvGeometry, x_lanes: int | None, y_lanes: int | None) -> tuple[int, int]:
+    """The block widths the compute kernel reads and writes: those of the input's and the
+    output's channel-blocked storage (None: not stored blocked; the kernel then reads or writes
+    its own packed scratch buffer, of 8-channel blocks). The channel-wise kernel works in one
+    width, the stored side's."""
+    lanes_in, lanes_out = x_lanes or 8, y_lanes or 8
+    if g.channelwise:
+        lanes_in = lanes_out = lanes_in if x_lanes is not None else lanes_out
+    return lanes_in, lanes_out
 
 
 #: Flop-equivalents per float moved by a layout kernel (pack, im2col, unpack, crop).
@@ -179,6 +190,10 @@ class ConvAlgorithm:
         one) in the compute kernel's layout, flat float32."""
         raise NotImplementedError
 
+    def packed_sizes(self, g: ConvGeometry, tile: DirectTile = TILE_8) -> tuple[int, int]:
+        """Floats of the packed weights and of the packed bias (:meth:`pack_weights`)."""
+        raise NotImplementedError
+
     def input_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
         """The shared layout kernel (``kernels.layout``) that brings an NCHW input to the
         compute kernel's packed input, and its size arguments (after the source, the packed
@@ -279,6 +294,10 @@ class Direct(_BlockedAlgorithm):
         kt = g.k_tiles(tile)
         return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
 
+    def packed_sizes(self, g, tile=TILE_8):
+        padded = g.groups * g.Kgb * TILE_K
+        return padded * g.Cgb * g.CB * g.R * g.S, padded
+
     def pack_weights(self, g, w, b, tile=TILE_8):
         """``[G, k-tiles, Cgb, R, S, CB, tile.channels]``."""
         w = np.asarray(w, dtype=np.float32)
@@ -333,6 +352,10 @@ class ChannelWise(_BlockedAlgorithm):
         nb, xin, yout = _blocked_int_args(g, x, y)
         return (g.C8, nb, g.P, g.Q) + xin + yout + (int(zero_halo),)
 
+    def packed_sizes(self, g, tile=TILE_8):
+        padded = g.C8 * g.lanes_in
+        return padded * g.Cg * g.R * g.S, padded
+
     def pack_weights(self, g, w, b, tile=TILE_8):
         """``[C8, R, S, Cg, L]``: lane l of block cb is output channel ``L cb + l``."""
         w = np.asarray(w, dtype=np.float32)
@@ -386,6 +409,10 @@ class Im2col(ConvAlgorithm):
 
     def output_epilogue_kernel(self, name, g, epilogue, kinds, comment):
         return crop_epilogue_kernel(name, epilogue, kinds, comment)
+
+    def packed_sizes(self, g, tile=TILE_8):
+        padded = g.groups * self.padded(g)[0]
+        return padded * g.Cg * g.R * g.S, padded
 
     def pack_weights(self, g, w, b, tile=TILE_8):
         """``[G, Kg padded, Cg R S]``."""

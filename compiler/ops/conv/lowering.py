@@ -14,7 +14,7 @@ from ...kernels.elementwise import zero_stuff_kernel
 from ...kernels.tiles import TILE_8, DirectTile
 from ...plan import Arg, Call, Step
 from .. import LoweringError, own_input_types
-from .algorithms import DIRECT, ConvAlgorithm, by_name, geometry
+from .algorithms import DIRECT, ConvAlgorithm, by_name, geometry, kernel_lanes
 from .transpose import transpose_as_conv, transposed_as_conv_weight
 
 
@@ -46,11 +46,8 @@ def lower_conv(ctx, node) -> Step:
     if not algorithm.applies(g):
         raise LoweringError(f"{ctx.kname}: the {algorithm.name} algorithm does not compute "
                             f"{g.describe()}")
-    # the block widths of the storage read and written (the packed scratch buffers: 8)
-    lanes_in = x_store.lanes if x_store is not None else 8
-    lanes_out = y_store.lanes if y_store is not None else 8
-    if g.channelwise:  # one width in and out: the stored side's
-        lanes_in = lanes_out = lanes_in if x_store is not None else lanes_out
+    lanes_in, lanes_out = kernel_lanes(g, x_store.lanes if x_store is not None else None,
+                                       y_store.lanes if y_store is not None else None)
     nhwc_in = x_store is not None and x_store.nhwc
     nhwc_out = y_store is not None and y_store.nhwc
     if (lanes_in, lanes_out, nhwc_in, nhwc_out) != (8, 8, False, False):
@@ -101,14 +98,7 @@ def lower_conv(ctx, node) -> Step:
                       kernel.name))
     if y_store is None:
         calls.append(_output_call(ctx, node, g, algorithm, epilogue, operands))
-    w, *b = ctx.param_inputs
-
-    def pack(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
-        weight = np.asarray(values[w], np.float64)
-        if node.op == "conv_transpose":
-            weight = transposed_as_conv_weight(weight, attrs["groups"])
-        wp, bp = algorithm.pack_weights(g, weight, values[b[0]] if b else None, tile)
-        return {"w": wp, "b": bp}
+    pack = _packer(ctx, node, g, algorithm, tile)
 
     return Step(node.id, ctx.step_name, ctx.step_ops, [x] + operands,
                 y_store.floats if y_store is not None else node.type.size, calls, pack=pack,
@@ -117,6 +107,44 @@ def lower_conv(ctx, node) -> Step:
                 # or output is read and written in place by the compute kernel itself
                 inplace=x_store is None and y_store is None,
                 sources={source_name: src})
+
+
+def pack_conv_weights(op: str, attrs: dict, g: ConvGeometry, algorithm: ConvAlgorithm,
+                      tile: DirectTile, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """A convolution's weights and bias packed for its compute kernel, one flat array (the
+    weights, then the bias): a transposed convolution's weight first becomes the equivalent
+    convolution's (flipped, transposed)."""
+    weight = np.asarray(w, np.float64)
+    if op == "conv_transpose":
+        weight = transposed_as_conv_weight(weight, attrs["groups"])
+    wp, bp = algorithm.pack_weights(g, weight, b, tile)
+    return np.concatenate([wp, bp]).astype(np.float64)
+
+
+def _packer(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile):
+    """How the step gets its constants ``w`` and ``b`` when parameters are set: from the
+    parameter-time node of its packed weights (``pack_weights`` pass: ``packed``), which must
+    be packed for this very kernel, or, in a graph lowered without that pass, packed here."""
+    n_w = algorithm.packed_sizes(g, tile)[0]
+    if node.attrs.get("packed"):
+        packed = ctx.graph.node(node.inputs[-1])
+        made = tuple(packed.attrs.get(k) for k in ("algorithm", "kernel_tile", "block_lanes"))
+        if packed.op != "conv_pack" or made != (algorithm.name, str(tile), g.lanes_in):
+            raise LoweringError(f"{ctx.kname}: its packed weights {packed.name!r} were packed "
+                                f"for {made}, not for ({algorithm.name}, {tile}, {g.lanes_in})")
+
+        def split(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+            flat = np.asarray(values[packed.id], np.float32)
+            return {"w": flat[:n_w], "b": flat[n_w:]}
+        return split
+    op, attrs = node.op, own_attrs(node.attrs)
+    w, *b = ctx.param_inputs
+
+    def pack(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+        flat = pack_conv_weights(op, attrs, g, algorithm, tile, values[w],
+                                 values[b[0]] if b else None)
+        return {"w": flat[:n_w], "b": flat[n_w:]}
+    return pack
 
 
 def _output_call(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, epilogue,
