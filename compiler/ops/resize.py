@@ -31,11 +31,11 @@ so every input pixel counts), else 1. Both axes are resampled independently.
 
 The output is ``size`` where given (the scale is then size / input size), else
 floor(input size x scale). Where ONNX's text leaves it open, m is that integer output length,
-as ONNX Runtime and PyTorch compute it (ONNX's reference implementation divides by the
-unrounded n x scale - 1 for align_corners; the importer refuses the scales where the two
-differ), pytorch_half_pixel samples at 0 for one output as ONNX's text says (its reference at
--1/2, which only bicubic tells apart), and tf_crop_and_resize's output is floor(n x scale), as
-both compute it.
+as ONNX Runtime and PyTorch compute it (ONNX's reference implementation takes the unrounded
+n x scale for align_corners, tf_crop_and_resize and pytorch_half_pixel's test for one output;
+the importer refuses the scales where the two differ); pytorch_half_pixel samples one output at
+0 as ONNX's text says (its reference at -1/2, which bicubic and antialiasing tell apart); and
+tf_crop_and_resize's output is floor(n x scale), as both compute it.
 
 DSL defaults follow PyTorch's ``interpolate``: ``coordinates=pytorch`` is asymmetric for
 nearest (out[i] = in[floor(i / scale)], with ``rounding=floor``) and half_pixel for bilinear and

@@ -132,10 +132,12 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
         raise refuse(node, imp.opset, "nearest downsampling before opset 11 (ONNX leaves its "
                      "rounding open; ONNX Runtime rounds up)")
     for ax, scale in zip((2, 3), args.get("scale", ())):
-        # Given a scale, ONNX's reference divides by the unrounded length in x scale where
-        # ONNX Runtime and PyTorch divide by the output's length.
-        if coords in ("align_corners", "tf_crop_and_resize") and full[ax] * scale != out[ax] \
-                and (out[ax] > 1 or coords == "tf_crop_and_resize"):
+        # Given a scale, ONNX's reference takes the unrounded length in x scale where ONNX
+        # Runtime and PyTorch take the output's: align_corners and tf_crop_and_resize divide
+        # by it less 1, pytorch_half_pixel tells a single output by it.
+        if full[ax] * scale != out[ax] and (
+                coords == "tf_crop_and_resize" or coords == "align_corners" and out[ax] > 1
+                or coords == "pytorch_half_pixel" and out[ax] == 1):
             raise refuse(node, imp.opset, f"{coords} with a scale whose output length "
                          f"{full[ax]} x {scale:g} is not whole: ONNX's reference and ONNX "
                          "Runtime place the samples differently; give sizes")
