@@ -184,6 +184,44 @@ def test_single_op(name, build):
     roundtrip(build())
 
 
+# -- Flatten's axis: rows of the dimensions before it --------------------------------------------
+
+@pytest.mark.parametrize("shape,axis", [
+    ((3, 4, 5), 1), ((3, 4, 5), -3), ((1, 4, 5), 2), ((1, 4, 5), -2), ((1, 1, 5), 3),
+    ((1, 1, 1), 4), ((1, 1, 1), -1), ((6,), 1), ((1,), 2), ((1,), -1),
+])
+def test_flatten_axis_after_dimensions_of_size_one(shape, axis):
+    """(N x the dimensions before the axis, the rest): one row per sample where those are 1."""
+    text, _ = roundtrip(single("Flatten", shape, opset=13, axis=axis))
+    assert "flatten" in text or len(shape) == 1
+
+
+def test_flatten_axis_0_where_the_batch_is_declared_1():
+    graph = helper.make_graph(
+        [node("Flatten", ["x"], axis=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    text, _ = roundtrip(model, batch=1)
+    assert "flatten" in text
+
+
+@pytest.mark.parametrize("shape,axis,words", [
+    ((3, 4, 5), 0, "axis 0 folds the batch into the features"),
+    ((3, 4, 5), 2, "axis 2 folds each sample's first 1 dimension (3) into the batch"),
+    ((3, 4, 5), -1, "axis -1 (3) folds each sample's first 2 dimensions (3x4)"),
+    ((1, 4, 5), 3, "first 2 dimensions (1x4)"),
+    ((6,), 2, "first 1 dimension (6)"),
+    ((3, 4, 5), 5, "axis 5 is out of range for a rank-4 tensor (-4 to 4)"),
+    ((3, 4, 5), -5, "axis -5 is out of range"),
+])
+def test_flatten_that_folds_samples_into_the_batch_is_refused(shape, axis, words):
+    with pytest.raises(OnnxImportError) as e:
+        import_onnx(single("Flatten", shape, opset=13, axis=axis) if abs(axis) <= 4 else
+                    _unchecked([node("Flatten", ["x"], axis=axis)], {}, 13, shape))
+    assert str(e.value).startswith("Flatten (") and words in str(e.value)
+
+
 # -- opset variations where signatures changed ------------------------------------------------
 
 @pytest.mark.parametrize("opset", [11, 13, 17, 18, 21])
