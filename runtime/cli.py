@@ -13,7 +13,7 @@ import numpy as np
 
 from ..dsl.errors import DslError
 from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re-exported
-    _EXTRA,
+    EXTRA,
     CliError,
     force_arg,
     load_array,
@@ -25,7 +25,9 @@ from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re
 )
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exception types that are the user's mistake: ``main`` prints them as one located
+    message and returns 2 (the fuzz tests accept exactly these)."""
     from ..compiler.ops import AttrError, ShapeError
     from .images import ImageError
     from .reference import InputError
@@ -88,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .model import NumericsError
         from .model import compile as compile_model
 
-        model = compile_model(graph, weights=params, lowering=args.lowering, progress=True)
+        model = compile_model(graph, weights=params, lowering=args.lowering)
         try:
             outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()},
                                 check_numerics=args.check_numerics)
@@ -111,6 +113,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..compiler.passes.select_lowering import CHOICES as LOWERINGS
     from .images import channel_values
 
     parser = argparse.ArgumentParser(
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help=".npz of parameters keyed by layer name")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
     p.add_argument("--reference", action="store_true", help="use the float64 interpreter")
-    p.add_argument("--lowering", default="auto", choices=("auto", "direct", "im2col"))
+    p.add_argument("--lowering", default="auto", choices=LOWERINGS)
     p.add_argument("--check-numerics", action="store_true",
                    help="check every layer's output for NaN and Inf; report the first layer "
                         "that produces one (with its DSL line) and exit with status 1")
@@ -161,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     force_arg(p)
     p.set_defaults(func=cmd_run)
 
-    for name, (func, help_text, configure) in _EXTRA.items():
+    for name, (func, help_text, configure) in EXTRA.items():
         p = sub.add_parser(name, help=help_text)
         configure(p, model_arg)
         p.set_defaults(func=func)
@@ -195,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except _user_errors() as e:
+    except user_errors() as e:
         print(e.render() if isinstance(e, DslError) else f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file that cannot be read or written

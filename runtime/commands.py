@@ -13,7 +13,7 @@ import numpy as np
 
 from ..compiler.types import LAYOUT_CHOICES
 from .cli_common import (
-    _EXTRA,
+    EXTRA,
     CliError,
     force_arg,
     load_graph,
@@ -62,7 +62,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
                           layout=args.layout,
-                          dump_ir=args.dump_ir, progress=True, autotune=args.autotune)
+                          dump_ir=args.dump_ir, force=args.force, autotune=args.autotune)
     elapsed = time.perf_counter() - t0
     if args.stats:  # exactly the stats lines first (scripts parse them), then what else was asked
         for key, value in model.stats().items():
@@ -117,7 +117,10 @@ def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--stats", action="store_true",
                    help="kernels and layout transforms per call, arena bytes and "
                         "multiply-accumulates per image, one per line")
-    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass here")
+    p.add_argument("--dump-ir", metavar="DIR",
+                   help="write the IR after each pass here (created if missing; a folder that "
+                        "is not empty is refused unless --force, which replaces an earlier "
+                        "dump there)")
     p.add_argument("--autotune", action="store_true",
                    help="time each convolution's algorithms once (cached) instead of trusting "
                         "the cost model")
@@ -135,7 +138,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CliError(f"--tolerance must be positive, got {args.tolerance}")
     graph = load_graph(args)
     model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed,
-                          opt_level=args.opt_level, layout=args.layout, progress=True,
+                          opt_level=args.opt_level, layout=args.layout,
                           target=args.target)
     rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
     print(f"{graph.name}: every kernel vs the float64 reference, batch {args.batch}")
@@ -189,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{graph.name}: {len(s.rows)} layers, {s.params:,} parameters, "
           f"{format_giga(s.flops)} GFLOPs per image")
     t0 = time.perf_counter()
-    model = compile_model(graph, seed=args.seed, progress=True)
+    model = compile_model(graph, seed=args.seed)
     compile_s = time.perf_counter() - t0
     cached = _cached_compile_seconds(args.model, parse_params(args.param))
     kind = "cold" if cached is not None and compile_s > 2 * cached else "from the disk cache"
@@ -231,9 +234,9 @@ def _configure_demo(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-_EXTRA["compile"] = (cmd_compile, "compile a network to cached Numba kernels",
+EXTRA["compile"] = (cmd_compile, "compile a network to cached Numba kernels",
                      _configure_compile)
-_EXTRA["check"] = (cmd_check, "compare every generated kernel with the float64 reference",
+EXTRA["check"] = (cmd_check, "compare every generated kernel with the float64 reference",
                    _configure_check)
-_EXTRA["demo"] = (cmd_demo, "compile a network, check it against the reference, run it",
+EXTRA["demo"] = (cmd_demo, "compile a network, check it against the reference, run it",
                   _configure_demo)

@@ -1,9 +1,10 @@
 """One convolution compiled on its own: ``compile_conv(attrs, (C, H, W))(x, w, b)``.
 
-For the kernel tests and the per-layer benchmark: the same compute and layout kernels a
-compiled model's convolution steps call (``compiler/kernels/conv.py``), without a graph. The
-pieces are exposed for a caller that keeps operands packed (``pack_input`` / ``pack_weights``
-/ ``run`` / ``unpack_output``).
+For the kernel tests and the per-layer benchmark: the same compute and layout kernels, with the
+same arguments, that a compiled model's convolution steps call, described by the same algorithm
+object (``compiler/ops/conv/algorithms.py``: its kernel, its input and output layout calls, its
+size arguments, its weight packing), without a graph. The pieces are exposed for a caller that
+keeps operands packed (``pack_input`` / ``pack_weights`` / ``run`` / ``unpack_output``).
 """
 
 from __future__ import annotations
@@ -16,15 +17,9 @@ import numpy as np
 
 from ..compiler.backends.numba.loader import NumbaBackend, layout_module
 from ..compiler.backends.numba.printer import sanitize_comment
-from ..compiler.kernels.conv import (
-    build_conv_kernels,
-    in_floats,
-    kernel_int_args,
-    out_floats,
-    pack_weights,
-)
 from ..compiler.kernels.conv_geometry import ConvGeometry
-from ..compiler.kernels.tiles import GEMM_M, GEMM_N, TILE_8, DirectTile
+from ..compiler.kernels.tiles import TILE_8, DirectTile
+from ..compiler.ops.conv.algorithms import ALGORITHMS, ConvAlgorithm
 
 __all__ = ["ConvKernel", "compile_conv", "normalize_attrs", "gflops"]
 
@@ -69,16 +64,17 @@ class ConvKernel:
     def __init__(self, g: ConvGeometry, lowering: str, comment: str = "", root=None,
                  tile: DirectTile = TILE_8) -> None:
         self.geometry = g
-        self.lowering = lowering
+        self.algorithm = _algorithm(g, lowering)
+        self.lowering = self.algorithm.name
         self.tile = tile
-        kernel, _, tag = build_conv_kernels(g, lowering, tile=tile)
+        kernel, tag = self.algorithm.kernel(g, tile=tile)
         self.kernel, _, self.source = NumbaBackend(root).load_tasked(kernel, tag,
                                                                      "convolution kernel")
         self.module = sys.modules[self.kernel.py_func.__module__]
         self.path = getattr(self.module, "__file__", None)
         self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
         self.layout = layout_module(root)
-        self.int_args = kernel_int_args(g, lowering, tile=tile)
+        self.int_args = self.algorithm.int_args(g, tile=tile)
         self.relu = int(g.activation == "relu")
 
     def _check(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> None:
@@ -94,38 +90,28 @@ class ConvKernel:
             raise ValueError("this conv was compiled without bias, but a bias was given")
 
     def pack_weights(self, w: np.ndarray, b: np.ndarray | None = None):
-        return pack_weights(self.geometry, self.lowering, w, b, self.tile)
+        return self.algorithm.pack_weights(self.geometry, w, b, self.tile)
 
     def pack_input(self, x: np.ndarray) -> np.ndarray:
-        g = self.geometry
         x = np.ascontiguousarray(x, np.float32)
         N = x.shape[0]
-        xp = np.empty(N * in_floats(g, self.lowering), np.float32)
-        if self.lowering == "im2col":
-            PQp = -(-(g.P * g.Q) // GEMM_N) * GEMM_N
-            self.layout.im2col(x.ravel(), xp, N, g.C, g.H, g.W, g.groups, g.Cg, g.R, g.S,
-                               g.P, g.Q, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, PQp)
-            return xp
-        self.layout.pack_nchw_blocked(x.ravel(), xp, N, g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl,
-                                      *g.pack_ints())
+        xp = np.empty(N * self.algorithm.in_floats(self.geometry), np.float32)
+        name, sizes = self.algorithm.input_call(self.geometry)
+        getattr(self.layout, name)(x.ravel(), xp, N, *sizes)
         return xp
 
     def run(self, xp, wp, bp, N: int, out: np.ndarray | None = None) -> np.ndarray:
         """The compute kernel on packed operands; returns the packed (flat) output."""
         if out is None:
-            out = np.empty(N * out_floats(self.geometry, self.lowering), np.float32)
+            out = np.empty(N * self.algorithm.out_floats(self.geometry), np.float32)
         self.kernel(xp, wp, bp, out, *self.int_args, self.relu, int(N))
         return out
 
     def unpack_output(self, yp: np.ndarray, N: int) -> np.ndarray:
         g = self.geometry
         out = np.empty((N, g.K, g.P, g.Q), np.float32)
-        if self.lowering == "im2col":
-            Kgp = -(-g.Kg // GEMM_M) * GEMM_M
-            PQp = -(-(g.P * g.Q) // GEMM_N) * GEMM_N
-            self.layout.crop_gemm(yp, out.reshape(-1), N, g.K, g.Kg, Kgp, g.P * g.Q, PQp)
-        else:
-            self.layout.unpack_blocked_nchw(yp, out.reshape(-1), N, *g.unpack_ints())
+        name, sizes = self.algorithm.output_call(g)
+        getattr(self.layout, name)(yp, out.reshape(-1), N, *sizes)
         return out
 
     def signature(self) -> tuple[str, ...]:
@@ -156,8 +142,18 @@ class ConvKernel:
         return self.unpack_output(self.run(self.pack_input(x), wp, bp, N), N)
 
 
+def _algorithm(g: ConvGeometry, lowering: str) -> ConvAlgorithm:
+    """The algorithm named ``lowering`` (a name or a family: ``direct`` is the channel-wise
+    kernel for depthwise and narrow-group shapes) that computes ``g``."""
+    for a in ALGORITHMS:
+        if lowering in (a.name, a.family) and a.applies(g):
+            return a
+    raise ValueError(f"no {lowering!r} algorithm computes {g.describe()}")
+
+
 def compile_conv(attrs: dict, in_shape: tuple[int, int, int],
-                 lowering: Literal["direct", "im2col"] = "direct", *, comment: str = "",
+                 lowering: Literal["direct", "channelwise", "im2col"] = "direct", *,
+                 comment: str = "",
                  root=None, tile: DirectTile | str = TILE_8) -> ConvKernel:
     """Generate, cache and load the kernels of one convolution (see the module docstring);
     ``tile`` is the direct kernel's register tile (``"14x32/16"``: see ``DirectTile``)."""

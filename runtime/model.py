@@ -25,8 +25,9 @@ import numpy as np
 from ..compiler.ir import Graph, model_folder
 from ..compiler.lower import lower_graph
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
+from ..compiler.passes.manager import DumpFolderError
 from ..compiler.plan import Plan
-from ..compiler.target import resolve_target
+from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
 from .autotune import Autotuner
 from .executor import CpuExecutor
@@ -241,13 +242,15 @@ LAYOUT_TRANSFORMS = ("pack_nchw_blocked", "unpack", "im2col", "crop")
 
 
 class CompileProgress:
-    """A progress bar (kernels compiled / total) for a cold compile that takes more than a
-    second; nothing for a warm one."""
+    """A progress bar (kernels compiled / total) on stderr for a cold compile; nothing for a
+    warm one. Drawn when asked (``enabled=True``), or by default only on a terminal and once
+    the compile has taken a second; it stays on its line when done, ending with a newline,
+    so what follows starts on a line of its own."""
 
     def __init__(self, enabled: bool | None = None, delay: float = 1.0) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
-        self.delay = delay
+        self.delay = 0.0 if enabled else delay
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -259,7 +262,7 @@ class CompileProgress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="compiling kernels", unit="kernel",
-                            file=sys.stderr, leave=False)
+                            file=sys.stderr, leave=True)
         self.bar.n = done
         self.bar.refresh()
         if done >= total:
@@ -271,12 +274,12 @@ class CompileProgress:
             self.bar = None
 
 
-def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - public API name
+def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa: A001 - public API
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
             *, opt_level: int = 2, layout: str = "auto", warm: bool = True,
-            dump_ir: str | Path | None = None, progress: bool | None = None,
-            autotune: bool = False) -> CompiledModel:
+            dump_ir: str | Path | None = None, force: bool = False,
+            progress: bool | None = None, autotune: bool = False) -> CompiledModel:
     """Compile a network to Numba kernels.
 
     ``target``: ``cpu`` (this machine's CPU: 16-lane kernels with AVX-512, else 8-lane), or
@@ -291,11 +294,14 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
     storage where each of its kernels has that form, else NCHW8c; NHWC: channels padded to
     whole 8-channel blocks). ``cache_dir`` overrides the kernel cache
     (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR
-    after each pass and, last, the lowered graph with each value's arena slot. With ``warm``
+    after each pass to: a new or empty one, unless ``force`` (an earlier dump there is
+    replaced), and, last, the lowered graph with each value's arena slot. With ``warm``
     (default) every kernel is compiled (or loaded from the disk cache) before this returns.
-    ``progress``: show a progress bar on stderr when a cold compile takes over a second (None:
-    when stderr is a terminal). ``autotune``: time each convolution's algorithms once (the
-    winner is cached per shape, attributes and CPU) instead of trusting the cost model.
+    ``progress``: a progress bar on stderr while kernels compile (True: always, from the
+    start; None: only when stderr is a terminal and the compile takes over a second).
+    ``autotune``: time each convolution's algorithms once, compiled for this target,
+    optimization level and layout (the winner is cached per shape, attributes, those options
+    and CPU), instead of trusting the cost model.
     """
     t0 = time.perf_counter()
     try:
@@ -316,14 +322,13 @@ def compile(source_or_graph_or_path: Any, target: str = "cpu",  # noqa: A001 - p
         params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     optimized = graph.copy()
     try:
-        measure = None
-        if autotune:
-            measure = Autotuner(compile, cpu.name, layout, cache_dir)
+        measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
+                             cache_dir=cache_dir) if autotune else None)
         records = optimize(optimized, opt_level,
                            ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
-                                           target=cpu),
+                                           target=cpu, replace_dump=force),
                            dump_dir=dump_ir)
-    except LoweringError as e:
+    except (LoweringError, DumpFolderError) as e:
         raise ModelError(str(e)) from None
     bar = CompileProgress(progress)
     try:

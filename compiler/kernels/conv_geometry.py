@@ -158,6 +158,13 @@ class ConvGeometry:
             return self.C8
         return TILE_K // self.lanes_out * self.groups * self.Kgb
 
+    @property
+    def output_blocks_dense(self) -> bool:
+        """Whether the output's channel blocks are the tensor's dense blocks: no group's
+        output channels are padded inside the tensor (the direct kernel pads each group's to
+        whole 16-channel block pairs, so groups must fill them exactly)."""
+        return self.channelwise or self.groups == 1 or self.Kg % TILE_K == 0
+
     def pack_ints(self) -> tuple[int, int, int, int]:
         """``pack_nchw_blocked``'s blocking of the input: blocks per image, channel block,
         channels and blocks per group (channel-wise: one group of all channels)."""

@@ -31,7 +31,6 @@ from ..backends.numba.loader import NumbaBackend
 from ..decisions import EpilogueOp, epilogue_of, own_input_count, prologue_of
 from ..ir import Graph, Node, model_folder
 from ..kernels.common import FusedOp
-from ..kernels.conv_geometry import channelwise
 from ..kernels.kernel_ir import Kernel
 from ..ops import LoweringError, get_op, is_constant
 from ..plan import Arg, Call, Plan, Step, Storage
@@ -205,8 +204,8 @@ class LowerCtx:
 
 def blocked_storage(graph: Graph, node: Node) -> Storage | None:
     """How a value ``select_layout`` kept channel-blocked is stored: as many blocks of its
-    layout's lanes as its producer's kernel writes (a direct convolution pads its output
-    channels to a multiple of 16), and the ``halo`` the pass chose around it."""
+    layout's lanes as its producer's kernel writes (``OpDef.out_blocks``: a direct convolution
+    pads its output channels to a multiple of 16), and the ``halo`` the pass chose around it."""
     lanes = BLOCK_LANES.get(node.attrs.get("layout"))
     if lanes is None:
         return None
@@ -234,10 +233,9 @@ def blocked_storage(graph: Graph, node: Node) -> Storage | None:
         return replace(whole, channels=node.type.shape[0],
                        first_block=whole.first_block + before // lanes)
     c, h, w = node.type.shape
-    blocks = -(-c // lanes)
-    if node.op == "conv" and not channelwise(graph.node(node.inputs[0]).type.shape[0], c,
-                                             node.attrs["groups"]):
-        blocks = (16 // lanes) * -(-c // 16)
+    rule = get_op(node.op).out_blocks
+    blocks = rule(node, [graph.node(i).type for i in node.inputs], lanes) if rule else \
+        -(-c // lanes)
     t, l, b, r = node.attrs.get("halo", (0, 0, 0, 0))
     prefix = node.attrs.get("prefix", 0)  # blocks of a merged convolution before a concat
     return Storage(c, prefix + blocks, h + t + b, w + l + r, t, l, first_block=prefix,

@@ -22,7 +22,12 @@ and the rules the middle of the compiler reads:
 - `layouts`: the activation layouts its kernels can work in; `layout_rule(node, in_types)`
   says, for one node, which layouts its first input may arrive in and which its output may be
   stored in (``select_layout`` keeps channel-blocked NCHW8c between such kernels);
-- `algorithms`: the lowerings a pass may choose between (conv: direct, im2col);
+- `algorithms`: the algorithms a pass may choose between (conv: direct, channel-wise, im2col),
+  objects with a ``name``, the ``family`` a user asks for, ``applies_to(node, in_types)`` and
+  ``estimate(node, in_types, lanes)`` (``compiler/ops/conv/algorithms.py``); the node records
+  the chosen one's name (``lowering``);
+- `out_blocks`: how many channel blocks its blocked kernel writes (``out_blocks(node,
+  in_types, lanes)``; None: the channels rounded up to whole blocks);
 - `view`: the output aliases the input buffer (flatten, reshape, dropout, identity);
 - `inplace`: the kernel may write its output over its first input;
 - `gradient`: the backward rule (a slot the training pipeline fills);
@@ -134,9 +139,11 @@ class OpDef:
     # of its output (padding lanes included) and can zero the output's halo on each call
     # (``zero_halo``): such a value may take any free arena slot (``plan_memory``).
     writes_whole_blocks: Callable[[Any, list[TensorType]], bool] | None = None
+    # (node, in_types, lanes) -> blocks of ``lanes`` channels its blocked kernel writes
+    out_blocks: Callable[[Any, list[TensorType], int], int] | None = None
     takes_epilogue: str = "none"  # none | unary | any
     layouts: tuple[str, ...] = ("NCHW",)
-    algorithms: tuple[str, ...] = ()
+    algorithms: tuple[Any, ...] = ()
     view: bool = False
     inplace: bool = False
     # Parameter-time ops (derived parameters such as folded batch-norm weights): not in the
@@ -434,7 +441,7 @@ def evaluate_bound(op: str, inputs: Arrays, attrs: dict[str, Any],
 
 def as_int(value: Any, attr: str, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise AttrError(f"{attr} must be an integer, got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be an integer, got {show_value(value)}", attr)
     if minimum is not None and value < minimum:
         raise AttrError(f"{attr} must be at least {minimum}, got {value}", attr)
     return int(value)
@@ -442,13 +449,13 @@ def as_int(value: Any, attr: str, minimum: int | None = None) -> int:
 
 def as_float(value: Any, attr: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise AttrError(f"{attr} must be a number, got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be a number, got {show_value(value)}", attr)
     return float(value)
 
 
 def as_bool(value: Any, attr: str) -> bool:
     if not isinstance(value, bool):
-        raise AttrError(f"{attr} must be true or false, got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be true or false, got {show_value(value)}", attr)
     return value
 
 
@@ -465,11 +472,14 @@ def as_pair(value: Any, attr: str, minimum: int | None = 1) -> tuple[int, int]:
 
 def as_choice(value: Any, attr: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise AttrError(f"{attr} must be one of {', '.join(choices)}; got {_show(value)}", attr)
+        raise AttrError(f"{attr} must be one of {', '.join(choices)}; got {show_value(value)}",
+                        attr)
     return value
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as an error message shows it: true/false, an array by its shape, a tensor by
+    its type, a string quoted."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, np.ndarray):

@@ -53,8 +53,8 @@ from . import (
     pointwise_bound,
     register,
     same_shape,
+    show_value,
 )
-from . import _show as show_value
 from .lowering import lower_elementwise
 
 _erf = np.frompyfunc(math.erf, 1, 1)

@@ -48,9 +48,9 @@ from . import (
     one_input,
     register,
     same_shape,
+    show_value,
     sum_bound,
 )
-from . import _show as show_value
 from .conv import pad_nchw, resolve_pads
 from .lowering import lower_elementwise
 

@@ -4,6 +4,7 @@ names the pass, the passes before it and the node it was working on, with its DS
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ from typing import Any
 from ..ir import Graph, Node, model_folder, shown_path
 from ..target import Target, resolve_target
 
-__all__ = ["PassContext", "PassRecord", "PassError", "OptionError", "run_passes"]
+__all__ = ["PassContext", "PassRecord", "PassError", "OptionError", "DumpFolderError",
+           "run_passes"]
 
 
 @dataclass
@@ -26,7 +28,8 @@ class PassContext:
     cost model picks), ``NCHW`` (every activation stays plain; each blocked kernel packs and
     unpacks its own), ``NCHW8c``, ``NCHW16c`` or ``NHWC`` (every region in that storage where
     its kernels have it, else NCHW8c). ``training``: passes that are valid
-    only for inference (batch-norm folding) leave the graph alone.
+    only for inference (batch-norm folding) leave the graph alone. ``replace_dump``: an IR dump
+    may go into a folder that is not empty, replacing the earlier dump there (``--force``).
     """
 
     training: bool = False
@@ -40,6 +43,7 @@ class PassContext:
     # ``measure(graph, node, candidates) -> winner``: times the candidate algorithms of one
     # node (``--autotune``). The runtime provides it: the compiler runs no kernels itself.
     measure: Callable[[Graph, Node, tuple[str, ...]], str] | None = None
+    replace_dump: bool = False
     notes: list[str] = field(default_factory=list)
     current: Node | None = None
     folder: str | None = None  # the model's folder: DSL files are named relative to it
@@ -78,6 +82,31 @@ class OptionError(Exception):
     """A compile option that does not fit the graph: the user's mistake, passed through."""
 
 
+class DumpFolderError(OptionError):
+    """A folder for the IR dump that cannot take it: not a folder, or not empty (without
+    ``replace_dump``)."""
+
+
+#: The files of an IR dump: ``00-input.ir``, then ``NN-<pass>.ir`` after each pass.
+DUMP_FILE = re.compile(r"\d{2,}-\w+\.ir")
+
+
+def prepare_dump_folder(folder: Path, replace: bool) -> None:
+    """Make ``folder`` ready for a new IR dump, so two runs never mix: created when missing;
+    refused when it holds anything, unless ``replace``: then the files of an earlier dump are
+    removed (other files stay)."""
+    if folder.exists() and not folder.is_dir():
+        raise DumpFolderError(f"cannot write the IR dump to {folder}: not a folder")
+    entries = sorted(folder.iterdir()) if folder.exists() else []
+    if entries and not replace:
+        raise DumpFolderError(f"{folder} is not empty; give --force to replace the IR dump in "
+                              "it (nothing was written)")
+    for path in entries:
+        if DUMP_FILE.fullmatch(path.name) and (path.is_symlink() or path.is_file()):
+            path.unlink()  # a link itself, never what it points to
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 Pass = Callable[[Graph, PassContext], bool]
 
 
@@ -90,12 +119,14 @@ def describe(node: Node | None) -> str:
 
 def run_passes(graph: Graph, passes: list[tuple[str, Pass]], ctx: PassContext, *,
                dump_dir: str | Path | None = None) -> list[PassRecord]:
-    """Run ``passes`` in order over ``graph`` (in place); returns one record per pass."""
+    """Run ``passes`` in order over ``graph`` (in place); returns one record per pass. With
+    ``dump_dir``, the IR before the first pass and after each one is written there (a new or
+    empty folder, or one with an earlier dump when ``ctx.replace_dump``)."""
     records: list[PassRecord] = []
     ctx.folder = model_folder(graph)
     if dump_dir is not None:
         dump_dir = Path(dump_dir)
-        dump_dir.mkdir(parents=True, exist_ok=True)
+        prepare_dump_folder(dump_dir, ctx.replace_dump)
         (dump_dir / "00-input.ir").write_text(graph.dump() + "\n", encoding="utf-8")
     for i, (name, fn) in enumerate(passes):
         before = len(graph)

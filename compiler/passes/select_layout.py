@@ -66,7 +66,6 @@ which is written later (its producer depends on ``m``).
 from __future__ import annotations
 
 from ..ir import Graph, Node
-from ..kernels.conv_geometry import channelwise
 from ..ops import get_op, is_constant, operand_kind, writes_whole_blocks
 from ..types import BLOCK_LANES, BLOCKED, BLOCKED16, NHWC, PLAIN
 from .common import layer
@@ -262,8 +261,7 @@ def region_cost(graph: Graph, region: set[int], lanes: int, vector: int) -> floa
         if node.op in ("flatten", "channel_slice") or get_op(node.op).view:
             continue
         c, p, q = node.type.shape
-        if node.op == "conv" and not channelwise(graph.node(node.inputs[0]).type.shape[0], c,
-                                                 node.attrs["groups"]):
+        if node.op == "conv" and node.attrs.get("lowering") != "channelwise":
             continue
         taps = 1
         if node.op == "conv" or "kernel" in node.attrs:

@@ -1,14 +1,17 @@
 """Lowering selection: which algorithm computes each convolution.
 
-    conv(x, w)  =>  conv(x, w; lowering=direct | im2col)
+    conv(x, w)  =>  conv(x, w; lowering=direct | channelwise | im2col)
 
-Every candidate the op lists (its ``algorithms`` rule) computes the same numbers within float32
-rounding; the choice only changes the time. The user's ``--lowering`` wins (for every layer, or
-per layer name); otherwise, with ``--autotune``, the candidates are measured (once per shape,
-attributes, target and CPU: the winner is kept in the kernel cache); otherwise, at -O2, the cost
-model of ``ops.conv.estimate_cost`` (padded work of each kernel's tiling divided by the
-fraction of peak it reaches) picks the cheaper one, and at -O0/-O1 the default (``direct``) is
-taken. Winograd is the next candidate (a slot in ``conv``'s algorithm list).
+The candidates are the algorithms of the op (``OpDef.algorithms``) that compute the node
+(``applies_to``: the channel-wise kernel takes depthwise and narrow-group shapes, the direct
+one the others); each computes the same numbers within float32 rounding, so the choice only
+changes the time, and the node records it. The user's ``--lowering`` wins (for every layer, or
+per layer name), naming an algorithm or its family (``direct`` is the direct or the
+channel-wise kernel, whichever computes the layer); otherwise, with ``--autotune``, the
+candidates are measured (once per shape, attributes, target, -O level, layout and CPU: the winner is
+kept in the kernel cache); otherwise, at -O2, each algorithm's cost model (``estimate``:
+padded work of its tiling divided by the fraction of peak it reaches, plus the floats its
+layout kernels move) picks the cheapest, and at -O0/-O1 the first candidate is taken.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..ir import Graph
-from ..ops import get_op, own_attrs
-from ..ops.conv import estimate_cost
+from ..ops import get_op
+from ..ops.conv import ALGORITHMS
 from .common import layer
 from .manager import OptionError, PassContext
 
-CHOICES = ("auto", "direct", "im2col")
+#: What a user may ask for: ``auto``, an algorithm's family or its name.
+CHOICES = ("auto", *dict.fromkeys(n for a in ALGORITHMS for n in (a.family, a.name)))
 
 
 class LoweringError(OptionError):
@@ -54,21 +58,28 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
         if not algorithms:
             continue
         ctx.at(node)
+        in_types = [graph.node(i).type for i in node.inputs]
+        candidates = [a for a in algorithms if a.applies_to(node, in_types)]
         choice = per_name.get(node.name, default)
-        if choice == "auto" and ctx.measure is not None and len(algorithms) > 1:
-            choice = ctx.measure(graph, node, algorithms)
+        if choice == "auto" and ctx.measure is not None and len(candidates) > 1:
+            choice = ctx.measure(graph, node, tuple(a.name for a in candidates))
             ctx.note(f"{layer(node)}: {choice} (measured)", node)
         if choice == "auto":
-            choice = algorithms[0]
-            if ctx.opt_level >= 2 and len(algorithms) > 1:
-                x = graph.node(node.inputs[0]).type.shape
-                costs = {a: estimate_cost(node.op, own_attrs(node.attrs), x, a,
-                                          ctx.target.lanes) for a in algorithms}
-                choice = min(algorithms, key=lambda a: costs[a])
-                if choice != algorithms[0]:
-                    ctx.note(f"{layer(node)}: {choice} (cost model: "
+            chosen = candidates[0]
+            if ctx.opt_level >= 2 and len(candidates) > 1:
+                costs = {a.name: a.estimate(node, in_types, ctx.target.lanes)
+                         for a in candidates}
+                chosen = min(candidates, key=lambda a: costs[a.name])
+                if chosen is not candidates[0]:
+                    ctx.note(f"{layer(node)}: {chosen.name} (cost model: "
                              + ", ".join(f"{a} {c:.3g}" for a, c in costs.items()) + ")", node)
-        if node.attrs.get("lowering") != choice:
-            node.attrs["lowering"] = choice
+        else:
+            chosen = next((a for a in candidates if choice in (a.name, a.family)), None)
+            if chosen is None:
+                raise LoweringError(
+                    f"lowering {choice} does not compute {layer(node)} ({node.op}); it can "
+                    f"use {', '.join(a.name for a in candidates)}")
+        if node.attrs.get("lowering") != chosen.name:
+            node.attrs["lowering"] = chosen.name
             changed = True
     return changed

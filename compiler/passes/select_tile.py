@@ -17,21 +17,18 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir import Graph
-from ..kernels.conv_geometry import channelwise
 from ..kernels.tiles import choose_tile
 from ..ops import own_attrs
 from .manager import PassContext
 
 
 def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
-    """The tile of a direct convolution node run by the register-tiled kernel (None for other
-    nodes, and for the channel-wise kernel of depthwise and narrow-group convolutions)."""
+    """The tile of a convolution node run by the register-tiled direct kernel (None for other
+    nodes, among them the channel-wise kernel's, which has one tile)."""
     if node.op not in ("conv", "conv_transpose") or node.attrs.get("lowering") != "direct":
         return None
     a = own_attrs(node.attrs)
     groups, k = a["groups"], a["out_channels"]
-    if channelwise(in_shape[0], k, groups):  # the channel-wise kernel has one tile
-        return None
     # Rows of the output (a transposed convolution runs as a stride-1 convolution of its
     # output's size).
     return str(choose_tile(lanes, k // groups, node.type.shape[2]))

@@ -14,6 +14,7 @@ import numpy as np
 
 from ...compiler.ir import TensorType
 from ...compiler.ops import REQUIRED, AttrError, ShapeError, get_op
+from ...compiler.ops.conv.padding import same_pads
 from ...dsl.limits import MAX_INT
 from .errors import OnnxImportError
 from .load import model_opset, tensor_array
@@ -301,14 +302,10 @@ def spatial_pads(imp: Importer, node: Any, attrs: dict[str, Any], x: str,
         return tuple(int(p) for p in pads)
     if auto == "VALID":
         return (0, 0, 0, 0)
-    begin, end = [], []
-    for size, k, s, d in zip(imp.shapes[x][1:], kernel, stride, dilation):
-        out = -(-size // s)
-        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
-        small, big = total // 2, total - total // 2
-        begin.append(small if auto == "SAME_UPPER" else big)
-        end.append(big if auto == "SAME_UPPER" else small)
-    return (begin[0], begin[1], end[0], end[1])
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise refuse(node, imp.opset, f"auto_pad {auto!r} is not an ONNX padding mode")
+    return same_pads(tuple(imp.shapes[x][1:3]), kernel, stride, dilation,
+                     upper=auto == "SAME_UPPER")
 
 
 def pair_attr(imp: Importer, node: Any, attrs: dict[str, Any], key: str,

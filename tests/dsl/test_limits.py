@@ -1,12 +1,12 @@
 """Bounded work and bounded numbers: every program is answered in bounded time and memory,
-with a located error that names the limit it went past.
-
-The wall-clock bounds (10 s) only catch hangs and runaway growth on a loaded machine; they are
-not performance assertions (each case answers in about a second or less)."""
+with a located error that names the limit it went past (nesting, evaluation depth and steps,
+nodes, numbers, sizes: ``dsl/limits.py``). Those limits bound the work; what the tests assert
+is which limit stopped each program, never how fast (each case answers in about a second or
+less). A generous alarm only turns a hang into a failure."""
 
 from __future__ import annotations
 
-import time
+import signal
 
 import pytest
 
@@ -23,15 +23,23 @@ from cnnc.dsl.limits import (
 )
 
 H = "input x: 3 x 8 x 8\n"
-BOUND_S = 10.0
+HANG_S = 300  # hang protection only, far above any answer on the slowest machine
+
+
+def _hang(signum, frame):
+    raise AssertionError(f"no answer within {HANG_S} s: a hang")
 
 
 def refused(src: str, **overrides) -> DslError:
-    """The DslError for `src`, which must arrive within BOUND_S and render with a caret."""
-    start = time.monotonic()
-    with pytest.raises(DslError) as info:
-        load_network(src, **overrides)
-    assert time.monotonic() - start < BOUND_S
+    """The DslError for `src` (a hang fails after HANG_S), which must render with a caret."""
+    old = signal.signal(signal.SIGALRM, _hang)
+    signal.alarm(HANG_S)
+    try:
+        with pytest.raises(DslError) as info:
+            load_network(src, **overrides)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     e = info.value
     assert e.span is not None and e.span.file == "<string>"
     text = e.render()

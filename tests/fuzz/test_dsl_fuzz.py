@@ -1,9 +1,12 @@
 """Fuzzing the DSL front end: generated programs (valid and near-valid, from the grammar's
 pieces) and byte-level mutants of the zoo programs.
 
-Every input must be answered within a time budget with either a clean user error (the types
-the CLI reports without a traceback: DslError, ShapeError, AttrError, ...), whose rendering
-works, or a Graph that passes `verify()` and can be summarized. Anything else fails the test.
+Every input must be answered with either a clean user error (the types the CLI reports
+without a traceback: DslError, ShapeError, AttrError, ...), whose rendering works, or a Graph
+that passes `verify()` and can be summarized. Anything else fails the test. The work is bounded
+by the DSL's limits (``dsl/limits.py``: nesting, evaluation steps, nodes, numbers, sizes) and by
+the inputs' sizes and counts here; no test asserts how fast an input is answered, a generous
+watchdog only turns a hang into a failure.
 
 The short run is part of the suite (well under a minute on one core). The long run, thousands
 of inputs per strategy, runs with `CNNC_FUZZ_LONG=1`.
@@ -15,7 +18,6 @@ import gc
 import os
 import random
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -26,25 +28,21 @@ from cnnc.compiler.ir import Graph
 from cnnc.compiler.ops import REQUIRED, all_names, get_op
 from cnnc.dsl.builder import load_network
 from cnnc.dsl.errors import DslError, source_lines
-from cnnc.runtime.cli import _user_errors
+from cnnc.runtime.cli import user_errors
 from cnnc.runtime.summary import format_summary, summarize
 from cnnc.zoo import ZOO_DIR
 
 LONG = os.environ.get("CNNC_FUZZ_LONG") == "1"
-# Per input: CPU seconds of the thread that answers (not disturbed by other work on a shared
-# machine), and a wall-clock bound for an input that blocks without computing. Both catch hangs;
-# neither is a benchmark. The watchdog timer can only count the whole process's CPU time, which
-# includes every other thread of this test worker (the kernel thread pool, anything an earlier
-# test left running): it fires at WATCHDOG_S, and the test asserts BUDGET_S on the answering
-# thread's own time. (A CI run once saw a 1.4 s input pass 10 s of process time under load.)
-BUDGET_S = 10
-WATCHDOG_S = 3 * BUDGET_S
-WALL_S = 60
+# Hang protection, per input: CPU seconds of the whole process (every thread of this test
+# worker, so far above any answer: a CI run once charged 10 s to a 1.4 s input under load), and
+# wall-clock seconds for an input that blocks without computing. Not a benchmark: every input
+# answers in about a second or less.
+WATCHDOG_S = 120
+WALL_S = 300
 
 
 def fuzz_settings(short: int, long: int = 3000):
-    # No explain phase: it runs every example under a line tracer (several times slower),
-    # which would make the time budget measure the tracer rather than cnnc.
+    # No explain phase: it runs every example under a line tracer (several times slower).
     return settings(max_examples=long if LONG else short, deadline=None, database=None,
                     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -63,13 +61,13 @@ def answer(source: str | Path) -> str:
     """Load `source`; 'graph' or 'error' for the acceptable outcomes, else the test fails."""
     old = {sig: signal.signal(sig, _hang) for sig in (signal.SIGALRM, signal.SIGPROF)}
     # Hypothesis's own heap grows over thousands of examples; frozen, the garbage collector
-    # skips it, so the budget measures cnnc's work (not full collections of the test's heap).
+    # skips it (no full collections of the test's heap inside each answer).
     gc.freeze()
     signal.setitimer(signal.ITIMER_PROF, WATCHDOG_S)
     signal.alarm(WALL_S)
     try:
         graph = load_network(source)
-    except _user_errors() as e:
+    except user_errors() as e:
         _stop_timers()
         if isinstance(e, DslError):
             check_rendering(e, source)
@@ -354,18 +352,8 @@ def stress(draw) -> str:
 
 @fuzz_settings(short=15, long=400)
 @given(stress())
-def test_hostile_programs_are_answered_in_bounded_time(src):
-    if answer_time(src) >= BUDGET_S:
-        # A slow input is slow every time; a hiccup of the machine is not (a CI run once
-        # charged 10.8 s of thread time to an input that takes 0.4 s, and not on the rerun).
-        assert answer_time(src) < BUDGET_S
-
-
-def answer_time(src: str) -> float:
-    """CPU seconds of this thread that answering `src` took."""
-    start = time.thread_time()
+def test_hostile_programs_are_answered_within_the_limits(src):
     answer(src)
-    return time.thread_time() - start
 
 
 # -- byte-level mutants of the zoo ------------------------------------------------------------
@@ -416,6 +404,4 @@ def test_zoo_mutants_are_answered_cleanly(tmp_path_factory, path, seed, edits, h
 @pytest.mark.parametrize("path", ZOO, ids=[p.stem for p in ZOO])
 def test_every_zoo_program_builds(path):
     """The unmutated zoo is the valid end of the mutation test's range."""
-    start = time.thread_time()
     assert answer(path) == "graph"
-    assert time.thread_time() - start < BUDGET_S

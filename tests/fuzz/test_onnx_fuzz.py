@@ -1,8 +1,11 @@
 """Fuzzing ONNX import: mutated models (protobuf fields, dims, initializers, opsets, attribute
 values, dropped inputs and nodes, raw bytes) made from exported zoo networks and a PyTorch-style
-graph. Every mutant must be answered within a time budget with a clean user error (the types
-`cnnc`'s command line reports as errors, OnnxImportError first) or a network that builds with
-its weights; where ONNX Runtime also accepts the mutant, the two must compute the same numbers.
+graph. Every mutant must be answered with a clean user error (the types `cnnc`'s command line
+reports as errors, OnnxImportError first) or a network that builds with its weights; where ONNX
+Runtime also accepts the mutant, the two must compute the same numbers. The work is bounded by
+the seeds' sizes, the DSL's limits and the count of mutants (the comparison runs only networks
+of at most 2^20 values a tensor); no test asserts how fast a mutant is answered, a generous
+alarm only turns a hang into a failure.
 
 The short run (in the suite) tries SHORT mutants; `CNNC_FUZZ_LONG=1` tries LONG (or
 `CNNC_FUZZ_COUNT`, from mutant `CNNC_FUZZ_START`). Mutant k is reproducible:
@@ -14,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import time
 import traceback
 from collections import Counter
 from typing import Any
@@ -28,14 +30,14 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from cnnc.dsl.builder import load_network, load_zoo  # noqa: E402
-from cnnc.runtime.cli import _user_errors, main  # noqa: E402
+from cnnc.runtime.cli import main, user_errors  # noqa: E402
 from cnnc.runtime.onnx import export_onnx, import_onnx  # noqa: E402
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402
 
 SHORT, LONG = 250, 6000
-BUDGET_S = 10.0  # per mutant: import (and the comparison run)
-CLEAN = _user_errors()
+HANG_S = 120.0  # per mutant, hang protection only (each answers in about a second or less)
+CLEAN = user_errors()
 
 # Zoo networks at reduced sizes (the export tests' shapes): small enough to run.
 ZOO = [("lenet5", {}), ("resnet18", {"classes": 10, "size": 32}),
@@ -282,7 +284,7 @@ def _compare_with_ort(data: bytes, text: str, weights: dict[str, np.ndarray]) ->
     graph = load_network(text)
     sizes = [int(np.prod(n.type.shape)) for n in graph.topo_order() if n.op != "param"]
     if max(sizes) > 1 << 20 or sum(sizes) > 1 << 23:
-        return None  # too large to run in the budget (the import itself was checked)
+        return None  # too large to run here (the import itself was checked)
     rng = np.random.default_rng(0)
     feeds = {k: rng.standard_normal((1,) + graph.node(v).type.shape).astype(np.float32)
              for k, v in graph.inputs.items()}
@@ -312,10 +314,9 @@ def _compare_with_ort(data: bytes, text: str, weights: dict[str, np.ndarray]) ->
 
 
 def answer(data: bytes) -> tuple[str, str]:
-    """('clean' | 'imported' | 'bug' | 'wrong' | 'slow', detail) for one mutant."""
+    """('clean' | 'imported' | 'bug' | 'wrong' | 'hang', detail) for one mutant."""
     old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, BUDGET_S)
-    start = time.perf_counter()
+    signal.setitimer(signal.ITIMER_REAL, HANG_S)
     try:
         try:
             text, weights = import_onnx(data)
@@ -328,15 +329,13 @@ def answer(data: bytes) -> tuple[str, str]:
         wrong = _compare_with_ort(data, text, weights)
         return ("wrong", wrong) if wrong else ("imported", "")
     except _Timeout:
-        return "slow", f"more than {BUDGET_S:g} s"
+        return "hang", f"no answer within {HANG_S:g} s"
     except Exception as e:  # noqa: BLE001 - what the fuzzer looks for
         tb = traceback.extract_tb(e.__traceback__)[-1]
         return "bug", f"{type(e).__name__}: {str(e)[:200]} at {tb.filename}:{tb.lineno}"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-        if time.perf_counter() - start > BUDGET_S * 2:  # pragma: no cover - a stuck C call
-            pytest.fail("a mutant ran past twice the time budget")
 
 
 def fuzz(count: int, start: int = 0) -> tuple[Counter, list[str]]:
@@ -348,7 +347,7 @@ def fuzz(count: int, start: int = 0) -> tuple[Counter, list[str]]:
         data, what = mutate(seeds[i], k)
         outcome, detail = answer(data)
         counts[outcome] += 1
-        if outcome in ("bug", "wrong", "slow"):
+        if outcome in ("bug", "wrong", "hang"):
             problems.append(f"seed {i} ({(ZOO + [('torchish', {})])[i][0]}) mutant {k} "
                             f"[{what}]: {outcome}: {detail}")
     return counts, problems

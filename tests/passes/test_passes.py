@@ -298,12 +298,27 @@ def test_lowering_override_and_cost_model():
     assert run(select_lowering, g, lowering={"plain": "im2col"}, opt_level=2)
     lowering = {n.name: n.attrs["lowering"] for n in g.compute_nodes()}
     assert lowering["plain"] == "im2col"
-    from cnnc.compiler.ops.conv import estimate_cost
+    from cnnc.compiler.ops.conv import ALGORITHMS
     grouped = next(n for n in g.compute_nodes() if n.name == "grouped")
-    costs = {a: estimate_cost("conv", grouped.attrs, (64, 6, 6), a) for a in ("direct", "im2col")}
+    in_types = [g.node(i).type for i in grouped.inputs]
+    costs = {a.name: a.estimate(grouped, in_types) for a in ALGORITHMS
+             if a.applies_to(grouped, in_types)}
+    assert set(costs) == {"channelwise", "im2col"}  # 4-channel groups: the channel-wise kernel
     assert lowering["grouped"] == min(costs, key=costs.get)
     with pytest.raises(LoweringError, match="'nope'"):
         run(select_lowering, g, lowering={"nope": "direct"})
+
+
+def test_the_channel_wise_choice_is_recorded_and_direct_names_its_family():
+    """``direct`` asks for the direct family: the channel-wise kernel for a depthwise layer,
+    the register-tiled one for the others; the node records which. An algorithm that does not
+    compute a layer is refused by name."""
+    g = build("x -> conv(16, 3, pad=1, groups=16) as dw -> conv(8, 1) as pw -> output y", 16)
+    assert run(select_lowering, g, lowering="direct")
+    assert {n.name: n.attrs["lowering"] for n in g.compute_nodes()} == \
+        {"dw": "channelwise", "pw": "direct"}
+    with pytest.raises(LoweringError, match="channelwise does not compute pw"):
+        run(select_lowering, g, lowering={"pw": "channelwise"})
 
 
 def test_manager_names_the_failing_pass_and_node(tmp_path):

@@ -331,3 +331,53 @@ def test_the_memory_plan_is_in_the_last_ir_dump(tmp_path):
             assert f"view of %{root}" in line, line
     sizes = text.rsplit("arena slots (floats per image) {", 1)[1].split("}")[0]
     assert [int(x.split(": ")[1]) for x in sizes.split(", ")] == buffers.slot_sizes
+
+
+_ONE_KERNEL = """network one_kernel
+input x: 3 x 5 x 7
+x -> sigmoid -> output y
+"""
+
+_COMPILE_WITH_BAR = """
+import sys
+from cnnc.runtime.model import compile
+compile(sys.argv[1], cache_dir=sys.argv[2], progress={progress})
+print("done", flush=True)
+"""
+
+
+def _cold_compile_stderr(tmp_path, progress: str) -> tuple[str, str]:
+    """stdout and stderr (a pipe, not a terminal) of a cold compile in a fresh process."""
+    src = tmp_path / "one.cnn"
+    src.write_text(_ONE_KERNEL)
+    run = subprocess.run([sys.executable, "-c", _COMPILE_WITH_BAR.format(progress=progress),
+                          str(src), str(tmp_path / "cache")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return run.stdout, run.stderr
+
+
+def test_a_cold_compile_draws_no_bar_where_stderr_is_not_a_terminal(tmp_path):
+    """``cnnc compile --stats 2>&1 | head`` on an empty cache: the statistics, with no bar
+    glued to them (a script reading them must not see carriage returns)."""
+    src = tmp_path / "one.cnn"
+    src.write_text(_ONE_KERNEL)
+    env = {**os.environ, "CNNC_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", "import sys; from cnnc.runtime.cli import main; "
+                          "sys.exit(main())", "compile", str(src), "--stats"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=600, env=env)
+    assert run.returncode == 0, run.stdout
+    assert "compiling kernels" not in run.stdout and "\r" not in run.stdout
+    assert any(line.startswith("kernels per call") for line in run.stdout.splitlines()), \
+        run.stdout
+
+
+def test_a_bar_asked_for_follows_even_one_kernel_and_ends_its_line(tmp_path):
+    """One kernel compiles in this process (no workers): the bar still counts it, reaches
+    the total and ends with a newline, so nothing printed next is glued to it."""
+    _, err = _cold_compile_stderr(tmp_path, "True")
+    assert "compiling kernels" in err
+    last = err.rstrip("\n").split("\r")[-1]
+    assert "100%" in last and "1/1" in last, err
+    assert err.endswith("\n")

@@ -11,8 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+from cnnc.compiler.passes import pipeline
 from cnnc.runtime.cli import main
 from cnnc.runtime.cli_common import CliError, write_files
+from cnnc.runtime.model import ModelError
+from cnnc.runtime.model import compile as compile_model
 
 NET = """network tiny
 input image: 2 x 5 x 5
@@ -96,6 +99,40 @@ def test_compile_emit_refuses_to_overwrite(tmp_path, capsys):
     assert files[0].read_text() == "# my edits\n" and "--force" in capsys.readouterr().err
     assert main(["compile", str(src), "--emit", str(emit), "--force"]) == 0
     assert files[0].read_text() != "# my edits\n"
+
+
+def test_compile_dump_ir_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    """--dump-ir writes one run's IR into a new or empty folder; an earlier dump (or anything
+    else) there is refused without --force, with the same words as every writer. With --force
+    the earlier dump's files are replaced, none left from a run with more passes, and the
+    user's other files stay."""
+    src = tmp_path / "r.cnn"
+    src.write_text("network r\ninput x: 2 x 3 x 3\nx -> relu -> output y\n")
+    dump = tmp_path / "ir"
+    assert main(["compile", str(src), "--dump-ir", str(dump)]) == 0
+    at_o2 = sorted(p.name for p in dump.iterdir())
+    assert at_o2[0] == "00-input.ir" and len(at_o2) > 5
+    capsys.readouterr()
+    (dump / "00-input.ir").write_text("my notes\n")
+    assert main(["compile", str(src), "-O0", "--dump-ir", str(dump)]) == 2
+    err = capsys.readouterr().err
+    assert f"{dump} is not empty; give --force" in err and "(nothing was written)" in err
+    assert sorted(p.name for p in dump.iterdir()) == at_o2
+    assert (dump / "00-input.ir").read_text() == "my notes\n"
+
+    (dump / "notes.txt").write_text("mine\n")
+    assert main(["compile", str(src), "-O0", "--dump-ir", str(dump), "--force"]) == 0
+    at_o0 = ["00-input.ir"] + [f"{i:02d}-{name}.ir" for i, (name, _) in enumerate(pipeline(0), 1)]
+    assert sorted(p.name for p in dump.iterdir()) == at_o0 + ["notes.txt"]
+    assert "graph r" in (dump / "00-input.ir").read_text()
+    assert (dump / "notes.txt").read_text() == "mine\n"
+
+    with pytest.raises(ModelError, match="is not empty; give --force"):
+        compile_model(src.read_text(), dump_ir=dump, warm=False)
+    compile_model(src.read_text(), dump_ir=dump, force=True, warm=False)
+    (tmp_path / "file").write_text("")
+    assert main(["compile", str(src), "--dump-ir", str(tmp_path / "file")]) == 2
+    assert "not a folder" in capsys.readouterr().err
 
 
 def test_write_files_is_all_or_nothing(tmp_path):

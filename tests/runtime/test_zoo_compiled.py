@@ -146,3 +146,29 @@ def test_targets_agree_bitwise(name, level):
         got[target] = m.run(inputs)
     for out in got["avx2"]:
         np.testing.assert_array_equal(got["avx2"][out], got["avx512"][out])
+
+
+@pytest.mark.host_target
+@pytest.mark.parametrize("name", ["resnet18", "unet", "mobilenet_v2"])
+def test_default_schedule_at_this_machines_target(name):
+    """What a user of this machine gets by default (target "cpu", -O2, layout and lowering
+    chosen by the cost models): 16-lane kernels and NCHW16c regions with AVX-512, else the
+    8-lane ones the rest of the suite runs, against the float64 reference. ResNet-18 (direct
+    convolutions, residual epilogues; its kernels are test_targets_agree_bitwise's), U-Net
+    (upsampling, skip concatenations) and MobileNetV2 (depthwise kernels, 16 lanes wide)."""
+    from cnnc.compiler.target import host_target
+
+    graph, _ = small_graph(name)
+    model = compile_model(graph, seed=0)
+    lanes = host_target().lanes
+    tiles = {n.attrs["tile"] for n in model.plan.graph.nodes() if "tile" in n.attrs}
+    assert tiles and all(t.endswith(f"/{lanes}") for t in tiles)
+    if lanes == 16:
+        assert "NCHW16c" in {n.attrs.get("layout") for n in model.plan.graph.nodes()}
+    rng = np.random.default_rng(3)
+    inputs = {n: rng.standard_normal((2,) + graph.node(i).type.shape).astype(np.float32)
+              for n, i in graph.inputs.items()}
+    want = run_reference(graph, inputs, model.params)
+    got = model.run(inputs)
+    for out in want:
+        _close(got[out], want[out])

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class Job:
     kinds: tuple[str, ...]
     cost: int = 1  # rough relative compile time, to balance the workers
     index: str = ""  # Numba's cache index file: it exists once the job is done
+    dispatcher: Any = field(default=None, compare=False)  # the loaded function, in-process
 
 
 def _index_path(dispatcher: Any) -> str:
@@ -81,8 +82,8 @@ def jobs_for(steps: Iterable[Any]) -> list[Job]:
             if not path or not name or (path, name) in jobs or is_cached(fn):
                 continue
             kinds = tuple(_ARG_KINDS[a.kind] for a in call.args)
-            cost = 4 if step.lowering in ("direct", "im2col") and call.ir is None else 1
-            jobs[(path, name)] = Job(path, name, kinds, cost, _index_path(fn))
+            cost = 4 if step.sources and call.ir is None else 1  # a convolution step's kernels
+            jobs[(path, name)] = Job(path, name, kinds, cost, _index_path(fn), fn)
     return list(jobs.values())
 
 
@@ -97,13 +98,16 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
                  progress: Progress | None = None) -> int:
     """Compile ``jobs`` in parallel worker processes; returns how many workers ran.
 
-    ``progress(done, total)`` is called as jobs finish (polled from Numba's cache files).
-    Does nothing for fewer than two jobs or one CPU. Never raises: failures leave the kernels
-    to the in-process compile.
+    ``progress(done, total)`` is called as jobs finish (polled from Numba's cache files), and
+    at the end. With fewer than two jobs or one CPU (or parallel compiling turned off) the
+    jobs compile here, one after the other, each followed by a ``progress`` call: a cold
+    compile always reports, even of one slow kernel. Never raises: failures leave the kernels
+    to the compile at their first call.
     """
     n_cpu = os.cpu_count() or 1
     workers = min(workers or n_cpu, len(jobs))
     if workers < 2 or not _enabled():
+        _compile_here(jobs, progress)
         return 0
     # Longest first, each to the least loaded worker.
     shares: list[list[Job]] = [[] for _ in range(workers)]
@@ -147,13 +151,30 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
     return len(procs)
 
 
+def _compile_here(jobs: list[Job], progress: Progress | None) -> None:
+    """Compile each job's function in this process (its loaded dispatcher, so the first call
+    finds it compiled), reporting after each."""
+    for done, job in enumerate(jobs, 1):
+        if job.dispatcher is not None:
+            try:
+                job.dispatcher.compile(_signature(job.kinds))
+            except Exception:  # the first call compiles it instead, and says why
+                pass
+        if progress is not None:
+            progress(done, len(jobs))
+
+
+def _signature(kinds) -> tuple:
+    from numba import types
+
+    by_kind = {"array": types.float32[::1], "int": types.int64}
+    return tuple(by_kind[k] for k in kinds)
+
+
 def _compile_jobs(jobs: list[list]) -> None:
     """Worker: import each module file and compile its function (writes Numba's cache)."""
     import importlib.util
 
-    from numba import types
-
-    kinds_to_type = {"array": types.float32[::1], "int": types.int64}
     for path, func, kinds in jobs:
         try:
             p = Path(path)
@@ -165,7 +186,7 @@ def _compile_jobs(jobs: list[list]) -> None:
                 mod = importlib.util.module_from_spec(spec)
                 sys.modules[name] = mod
                 spec.loader.exec_module(mod)
-            getattr(mod, func).compile(tuple(kinds_to_type[k] for k in kinds))
+            getattr(mod, func).compile(_signature(kinds))
         except Exception:  # the main process compiles it instead
             continue
 

@@ -1,0 +1,420 @@
+"""The algorithms that compute a convolution, one object each: which shapes it takes, its cost,
+the channel-blocked storage it reads and writes, its buffer sizes, its weight packing, its
+compute kernel and that kernel's size arguments. ``lowering.lower_conv`` turns the one a node
+records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) into kernel calls.
+
+``direct``
+    The register-tiled micro-kernel of PERF-NOTES.md over channel-blocked tensors. Input
+    ``[N, g*Cgb, Hp, Wp, CB]`` (pre-padded, each group's channels zero-padded to a multiple of
+    the channel block ``CB``: 8, or ``Cg`` itself when a group has fewer than 8 channels, e.g.
+    the 3-channel stem); weights ``[g*Kgb, Cgb, R, S, CB, 16]``; output ``[N, g*Kgb*2, P, Q,
+    8]`` (each group's output channels zero-padded to a multiple of 16). A tile is 6 output
+    pixels x 16 output channels: 12 ``<8 x float>`` accumulators + 2 weight vectors + 1
+    broadcast (wider tiles on 16-lane targets: ``select_tile``). One flattened parallel loop
+    over (n, k-block, output row); q-tiles plus an unrolled tail tile for ``Q % 6``; then
+    c-block, r, s and the ``CB`` lanes. Strides and dilations only change literal offsets.
+    Groups run group by group; when a group is whole input blocks (``C/groups`` a multiple of
+    8) and whole output block pairs (``K/groups`` of 16), its input and output are the dense
+    channel-blocked layout and stay blocked between kernels. In NCHW16c regions the kernel
+    reads each 16-channel block as two 8-channel halves and stores whole 16-lane accumulators.
+
+``channelwise``
+    Depthwise convolutions and narrow groups (``C == K``, ``C/groups`` dividing 8: ResNeXt's
+    4-channel groups): 8 (or 16) lanes are 8 (16) output channels, ``[N, C8, Hp, Wp, L]`` x
+    ``[C8, R, S, Cg, L]`` (``vspread`` picks each lane's group input). Its user-facing family
+    is ``direct``: ``--lowering direct`` means this kernel for such shapes.
+
+``im2col``
+    NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
+    ``P*Q`` rounded up to 16, zero columns; stored as 16-column panels), then a blocked GEMM
+    ``W[Kgp, Cg*R*S] @ col`` with a 6 x 16 register tile on the same vector intrinsics (the
+    epilogue fused into its stores), and a crop kernel copies the valid part to ``[N, K, P,
+    Q]``. Our own GEMM rather than BLAS sgemm: scipy is not a runtime dependency, two thread
+    pools (Numba's and BLAS's) fight unless BLAS is pinned to one thread, and the GEMM goes
+    through the same printers as every other kernel. PERF-NOTES measured im2col + BLAS at
+    18-71% of peak, below the direct kernel everywhere; this is the general fallback.
+
+Every kernel takes its sizes as runtime integers where that costs nothing: the compute kernels
+keep literal only what shapes their unrolled inner loops (channel block, kernel size, stride,
+dilation, tile structure), so one compiled kernel serves many layers and models. The bias is
+always added (zeros for a convolution without one); weights are packed with NumPy once per
+weight set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...decisions import own_attrs
+from ...kernels.conv_direct import channelwise_conv_kernel, direct_conv_kernel
+from ...kernels.conv_geometry import ConvGeometry, ceil_div
+from ...kernels.gemm import gemm_kernel
+from ...kernels.kernel_ir import Kernel
+from ...kernels.layout import crop_epilogue_kernel, unpack_epilogue_kernel
+from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
+from ...types import Storage
+from .. import own_input_types
+from .transpose import transpose_as_conv
+
+__all__ = ["ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "ALGORITHMS", "by_name",
+           "geometry", "node_geometry", "FLOPS_PER_FLOAT_MOVED"]
+
+def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
+              activation: str | None = None) -> ConvGeometry:
+    """The geometry of a ``conv`` (or of the stuffed convolution a ``conv_transpose`` runs)
+    from its canonical attributes and input shape."""
+    if op == "conv_transpose":
+        attrs, in_shape, _, _ = transpose_as_conv(attrs, in_shape)
+    return ConvGeometry.from_attrs(attrs, in_shape, activation)
+
+
+def node_geometry(node, in_types) -> ConvGeometry:
+    """The geometry of a ``conv`` / ``conv_transpose`` node given its input types (its own
+    input seen through a fused prologue)."""
+    return geometry(node.op, own_attrs(node.attrs),
+                    own_input_types(in_types, node.attrs)[0].shape)
+
+
+#: Flop-equivalents per float moved by a layout kernel (pack, im2col, unpack, crop).
+FLOPS_PER_FLOAT_MOVED = 8.0
+
+#: A pooling prologue of the compute kernel: ``(op, attrs)``.
+Prologue = tuple[str, dict]
+
+
+def _window_tag(g: ConvGeometry, epilogue, kinds, prologue: Prologue | None) -> str:
+    """The literal part of a compute kernel's cache tag: window, stride, dilation, fused ops."""
+    rs = f"{g.R}x{g.S}_s{g.sh}x{g.sw}_d{g.dh}x{g.dw}"
+    if epilogue:
+        rs += "_" + "-".join(e.op for e in epilogue) + "".join(f"_{k}" for k in kinds)
+    if prologue is not None:
+        op, a = prologue
+        rs += f"_pro_{op}_k{'x'.join(map(str, a['kernel']))}_s{'x'.join(map(str, a['stride']))}" \
+            f"_p{''.join(map(str, a['pads']))}_d{'x'.join(map(str, a.get('dilation', (1, 1))))}"
+    return rs
+
+
+def _fused_note(epilogue, prologue: Prologue | None) -> str:
+    fused = f"; epilogue {', '.join(map(str, epilogue))}" if epilogue else ""
+    if prologue is not None:
+        fused += f"; prologue {prologue[0]} kernel {prologue[1]['kernel']} stride " \
+                 f"{prologue[1]['stride']} pads {prologue[1]['pads']}"
+    return fused
+
+
+@dataclass(frozen=True)
+class ConvAlgorithm:
+    """What every convolution algorithm answers. ``family`` is the name a user asks for
+    (``--lowering``): the channel-wise kernel is the ``direct`` family's form for its shapes.
+    ``efficiency``: the fraction of the 8-lane fp32 peak its compute kernel reaches on
+    well-shaped layers; ``speedup_16_lanes``: how much faster it runs on a 16-lane target."""
+
+    name: str
+    family: str
+    efficiency: float
+    speedup_16_lanes: float = 1.0
+    #: Whether it reads and writes channel-blocked storage (NCHW8c, NCHW16c, NHWC).
+    blocked: bool = False
+
+    def applies(self, g: ConvGeometry) -> bool:
+        raise NotImplementedError
+
+    def applies_to(self, node, in_types) -> bool:
+        """Whether it computes this node (lowering selection's question)."""
+        return self.applies(node_geometry(node, in_types))
+
+    def estimate(self, node, in_types, lanes: int = 8) -> float:
+        """:meth:`cost` of this node on a target of ``lanes`` lanes."""
+        return self.cost(node_geometry(node, in_types), lanes)
+
+    def work(self, g: ConvGeometry) -> int:
+        """Multiply-adds per image of its padded tiling."""
+        raise NotImplementedError
+
+    def in_floats(self, g: ConvGeometry) -> int:
+        """Floats per image of the packed input (im2col: the col matrices)."""
+        raise NotImplementedError
+
+    def out_floats(self, g: ConvGeometry) -> int:
+        """Floats per image of the packed output."""
+        raise NotImplementedError
+
+    def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
+        """Relative time: the multiply-adds of its padded tiling divided by the fraction of
+        peak it reaches, plus the floats its layout kernels move. Only the comparison between
+        algorithms of one layer is meaningful."""
+        speed = self.efficiency * (self.speedup_16_lanes if lanes == 16 else 1.0)
+        moved = self.in_floats(g) + self.out_floats(g)
+        return 2 * self.work(g) / speed + FLOPS_PER_FLOAT_MOVED * moved
+
+    def reads_blocked(self, g: ConvGeometry) -> bool:
+        """Whether its compute kernel can read a producer's channel-blocked storage."""
+        return False
+
+    def writes_blocked(self, g: ConvGeometry) -> bool:
+        """Whether its compute kernel can write channel-blocked storage for a consumer."""
+        return False
+
+    def kernel(self, g: ConvGeometry, epilogue=(), kinds=(), tile: DirectTile = TILE_8,
+               prologue: Prologue | None = None) -> tuple[Kernel, str]:
+        """The compute kernel (kernel IR) and a cache tag. The kernel depends only on what
+        stays literal (channel block, kernel size, stride, dilation, register tile, the ops of
+        an epilogue applied at its store), so layers and models that share those share it."""
+        raise NotImplementedError
+
+    def int_args(self, g: ConvGeometry, x: Storage | None = None, y: Storage | None = None,
+                 tile: DirectTile = TILE_8, zero_halo: bool = False) -> tuple[int, ...]:
+        """The runtime size arguments of the compute kernel: with ``x`` the input is read
+        where a producer stored it channel-blocked (else from the packed scratch buffer), with
+        ``y`` the output is written into its channel-blocked storage (else into the packed
+        scratch buffer the output kernel reads); ``zero_halo``: the kernel zeroes the halo of
+        ``y``'s whole buffer on every call."""
+        raise NotImplementedError
+
+    def pack_weights(self, g: ConvGeometry, w: np.ndarray, b: np.ndarray | None,
+                     tile: DirectTile = TILE_8) -> tuple[np.ndarray, np.ndarray]:
+        """Weights ``[K, C/groups, R, S]`` and bias (zeros when None: the kernels always add
+        one) in the compute kernel's layout, flat float32."""
+        raise NotImplementedError
+
+    def input_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        """The shared layout kernel (``kernels.layout``) that brings an NCHW input to the
+        compute kernel's packed input, and its size arguments (after the source, the packed
+        buffer and the batch size)."""
+        raise NotImplementedError
+
+    def output_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        """The shared layout kernel that brings the packed output to NCHW, and its size
+        arguments (after the packed buffer, the output and the batch size)."""
+        raise NotImplementedError
+
+    def output_epilogue_kernel(self, name: str, g: ConvGeometry, epilogue, kinds,
+                               comment: str) -> Kernel:
+        """The output kernel with a fused epilogue applied at its store (its operands after
+        the output, then the batch size and the sizes of :meth:`output_call`)."""
+        raise NotImplementedError
+
+
+def _blocked_int_args(g: ConvGeometry, x: Storage | None, y: Storage | None
+                      ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Input blocks per image, the input's geometry and the output's, as the direct and
+    channel-wise kernels take them (the packed scratch buffers where no storage is given)."""
+    if x is None:
+        nb = g.pack_ints()[0]
+        xin = (g.Hp, g.Wp, 0, 0)
+    else:
+        nb = x.blocks
+        xin = (x.height, x.width, x.top - g.pt, x.left - g.pl)
+    yout = (g.out_blocks, g.P, g.Q, 0, 0) if y is None else y.ints()
+    return nb, xin, yout
+
+
+@dataclass(frozen=True)
+class _BlockedAlgorithm(ConvAlgorithm):
+    """The direct and channel-wise kernels: input packed to (or read from) channel-blocked
+    storage, output written to it (unpacked to NCHW by the output kernel where needed)."""
+
+    def in_floats(self, g: ConvGeometry) -> int:
+        nb, cb, _, _ = g.pack_ints()
+        return nb * g.Hp * g.Wp * cb
+
+    def out_floats(self, g: ConvGeometry) -> int:
+        return g.out_blocks * g.P * g.Q * g.lanes_out
+
+    def input_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        return "pack_nchw_blocked", (g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl, *g.pack_ints())
+
+    def output_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        plain = "unpack_blocked_nchw" if g.lanes_out == 8 else "unpack_blocked16_nchw"
+        return plain, g.unpack_ints()
+
+    def output_epilogue_kernel(self, name, g, epilogue, kinds, comment):
+        return unpack_epilogue_kernel(name, epilogue, kinds, comment, lanes=g.lanes_out)
+
+
+@dataclass(frozen=True)
+class Direct(_BlockedAlgorithm):
+    def applies(self, g: ConvGeometry) -> bool:
+        return not g.channelwise
+
+    def work(self, g: ConvGeometry) -> int:
+        return g.groups * g.Kgb * TILE_K * g.Cgb * g.CB * g.R * g.S * g.P * g.Q
+
+    def reads_blocked(self, g: ConvGeometry) -> bool:
+        """An ungrouped convolution of at least 8 channels (a stem with fewer packs its own
+        block of 3), or groups of whole 8-channel blocks."""
+        return g.C >= 8 if g.groups == 1 else g.Cg % 8 == 0
+
+    def writes_blocked(self, g: ConvGeometry) -> bool:
+        """Unless each group's outputs would be padded inside the tensor (``K/groups`` is
+        padded to whole 16-channel block pairs)."""
+        return g.output_blocks_dense
+
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+        rs = _window_tag(g, epilogue, kinds, prologue)
+        note = f"direct NCHW{16 if g.lanes_in == 16 else g.CB}c convolution, kernel " \
+               f"{g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
+               f"dilation {g.dh}x{g.dw}, tile {tile}{_fused_note(epilogue, prologue)}; " \
+               "sizes are runtime arguments"
+        tag = f"direct_cb{g.CB}_{rs}" if tile == TILE_8 else \
+            f"direct_cb{g.CB}_t{tile.pixels}x{tile.channels}l{tile.lanes}_{rs}"
+        if g.lanes_in == 16:
+            tag += "_x16"
+        if g.lanes_out == 16:
+            note = note.replace(" convolution,", " convolution into NCHW16c,")
+            tag += "_y16"
+        if g.nhwc_in:
+            note = note.replace(f"direct NCHW{g.CB}c", "direct NHWC")
+            tag += "_xhwc"
+        if g.nhwc_out:
+            note = note.replace(" convolution,", " convolution into NHWC,")
+            tag += "_yhwc"
+        return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
+                                  tile_shape=tile, prologue=prologue), tag
+
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+        nb, xin, yout = _blocked_int_args(g, x, y)
+        kt = g.k_tiles(tile)
+        return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
+
+    def pack_weights(self, g, w, b, tile=TILE_8):
+        """``[G, k-tiles, Cgb, R, S, CB, tile.channels]``."""
+        w = np.asarray(w, dtype=np.float32)
+        b = np.zeros(g.K, np.float32) if b is None else np.asarray(b, np.float32)
+        G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
+        CB, Cgb, Kgb, kt, TK = g.CB, g.Cgb, g.Kgb, g.k_tiles(tile), tile.channels
+        wpad = np.zeros((G, Kgb * TILE_K, Cgb * CB, R, S), np.float32)
+        wpad[:, :Kg, :Cg] = w.reshape(G, Kg, Cg, R, S)
+        # [G, kt, TK, Cgb, CB, R, S] -> [G, kt, Cgb, R, S, CB, TK]
+        wp = wpad.reshape(G, kt, TK, Cgb, CB, R, S).transpose(0, 1, 3, 5, 6, 4, 2)
+        bp = np.zeros((G, Kgb * TILE_K), np.float32)
+        bp[:, :Kg] = b.reshape(G, Kg)
+        return np.ascontiguousarray(wp).ravel(), bp.ravel()
+
+
+@dataclass(frozen=True)
+class ChannelWise(_BlockedAlgorithm):
+    def applies(self, g: ConvGeometry) -> bool:
+        return g.channelwise
+
+    def work(self, g: ConvGeometry) -> int:
+        return g.C8 * 8 * g.Cg * g.R * g.S * g.P * g.Q
+
+    def reads_blocked(self, g: ConvGeometry) -> bool:
+        return True
+
+    def writes_blocked(self, g: ConvGeometry) -> bool:
+        return True
+
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        rs = _window_tag(g, epilogue, kinds, prologue)
+        kind = "depthwise" if g.Cg == 1 else f"grouped ({g.Cg} channels a group)"
+        note = f"{kind} convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
+               f"dilation {g.dh}x{g.dw}{_fused_note(epilogue, prologue)}; " \
+               "sizes are runtime arguments"
+        name = "conv_depthwise" if g.Cg == 1 else "conv_grouped"
+        tag = f"depthwise_{rs}" if g.Cg == 1 else f"grouped{g.Cg}_{rs}"
+        if g.lanes_in == 16:
+            note = f"NCHW16c {note}"
+            tag = f"l16_{tag}"
+        tag += "_xhwc" if g.nhwc_in else ""
+        tag += "_yhwc" if g.nhwc_out else ""
+        if g.nhwc_in or g.nhwc_out:
+            note = f"{note}; NHWC {'in' if g.nhwc_in else ''}" \
+                   f"{' and ' if g.nhwc_in and g.nhwc_out else ''}" \
+                   f"{'out' if g.nhwc_out else ''}"
+        return channelwise_conv_kernel(g, name, note, epilogue, kinds), tag
+
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+        nb, xin, yout = _blocked_int_args(g, x, y)
+        return (g.C8, nb, g.P, g.Q) + xin + yout + (int(zero_halo),)
+
+    def pack_weights(self, g, w, b, tile=TILE_8):
+        """``[C8, R, S, Cg, L]``: lane l of block cb is output channel ``L cb + l``."""
+        w = np.asarray(w, dtype=np.float32)
+        b = np.zeros(g.K, np.float32) if b is None else np.asarray(b, np.float32)
+        L, Cg, R, S = g.lanes_in, g.Cg, g.R, g.S
+        wd = np.zeros((g.C8 * L, Cg, R, S), np.float32)
+        wd[: g.C] = w
+        bp = np.zeros(g.C8 * L, np.float32)
+        bp[: g.C] = b
+        wd = wd.reshape(g.C8, L, Cg, R, S).transpose(0, 3, 4, 2, 1)
+        return np.ascontiguousarray(wd).ravel(), bp
+
+
+@dataclass(frozen=True)
+class Im2col(ConvAlgorithm):
+    def applies(self, g: ConvGeometry) -> bool:
+        return True
+
+    def padded(self, g: ConvGeometry) -> tuple[int, int]:
+        """Output channels per group and pixels, each padded to the GEMM's tile."""
+        return ceil_div(g.Kg, GEMM_M) * GEMM_M, ceil_div(g.P * g.Q, GEMM_N) * GEMM_N
+
+    def work(self, g: ConvGeometry) -> int:
+        kgp, pqp = self.padded(g)
+        return g.groups * kgp * g.Cg * g.R * g.S * pqp
+
+    def in_floats(self, g: ConvGeometry) -> int:
+        return g.groups * g.Cg * g.R * g.S * self.padded(g)[1]
+
+    def out_floats(self, g: ConvGeometry) -> int:
+        kgp, pqp = self.padded(g)
+        return g.groups * kgp * pqp
+
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
+        return gemm_kernel(comment=note), "gemm"
+
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+        kgp, pqp = self.padded(g)
+        return (kgp, g.Cg * g.R * g.S, pqp, g.groups)
+
+    def input_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        return "im2col", (g.C, g.H, g.W, g.groups, g.Cg, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.dh,
+                          g.dw, g.pt, g.pl, self.padded(g)[1])
+
+    def output_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        kgp, pqp = self.padded(g)
+        return "crop_gemm", (g.K, g.Kg, kgp, g.P * g.Q, pqp)
+
+    def output_epilogue_kernel(self, name, g, epilogue, kinds, comment):
+        return crop_epilogue_kernel(name, epilogue, kinds, comment)
+
+    def pack_weights(self, g, w, b, tile=TILE_8):
+        """``[G, Kg padded, Cg R S]``."""
+        w = np.asarray(w, dtype=np.float32)
+        b = np.zeros(g.K, np.float32) if b is None else np.asarray(b, np.float32)
+        G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
+        kgp = self.padded(g)[0]
+        wp = np.zeros((G, kgp, Cg * R * S), np.float32)
+        wp[:, :Kg] = w.reshape(G, Kg, Cg * R * S)
+        bp = np.zeros((G, kgp), np.float32)
+        bp[:, :Kg] = b.reshape(G, Kg)
+        return wp.ravel(), bp.ravel()
+
+
+#: PERF-NOTES and bench/RESULTS.md: the direct kernel reaches 55-79% of the 8-lane peak, its
+#: 16-lane tiles 1.4-1.8x its 8-lane speed on 3x3 layers; the channel-wise kernel is memory
+#: bound (no 16-lane gain counted); im2col + our GEMM well below, its gather costing about as
+#: much as a pass over the col matrix at memory speed (the GEMM stays 8-lane).
+DIRECT = Direct("direct", "direct", efficiency=0.6, speedup_16_lanes=1.5, blocked=True)
+CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
+IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
+#: Every convolution algorithm, the default first (``select_lowering`` takes the first that
+#: applies at -O0 and -O1).
+ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL)
+
+
+def by_name(name: str) -> ConvAlgorithm:
+    for a in ALGORITHMS:
+        if a.name == name:
+            return a
+    raise ValueError(f"unknown convolution algorithm {name!r} (expected one of "
+                     f"{', '.join(a.name for a in ALGORITHMS)})")

@@ -1,0 +1,134 @@
+"""The lowering rule of ``conv`` and ``conv_transpose``: the algorithm a node records
+(``lowering``) as plan steps, through the lowering driver's context."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+import numpy as np
+
+from ...decisions import operand_kind, own_attrs, prologue_of
+from ...kernels.conv_geometry import ConvGeometry
+from ...kernels.elementwise import zero_stuff_kernel
+from ...kernels.tiles import TILE_8, DirectTile
+from ...plan import Arg, Call, Step
+from .. import LoweringError, own_input_types
+from .algorithms import DIRECT, ConvAlgorithm, by_name, geometry
+from .transpose import transpose_as_conv, transposed_as_conv_weight
+
+
+def lower_conv(ctx, node) -> Step:
+    """A ``conv`` / ``conv_transpose`` node as kernel calls: [zero-stuff,] pack (or im2col)
+    unless the input is already channel-blocked, the compute kernel, then unpack (or crop) with
+    the fused epilogue unless the output stays channel-blocked, in which case the compute
+    kernel applies the epilogue at its store. The compute kernel always fuses the bias and a
+    leading ReLU (a runtime flag, so layers with and without share a kernel)."""
+    algorithm = by_name(node.attrs["lowering"])
+    attrs = own_attrs(node.attrs)
+    x = ctx.tensor_inputs[0]
+    # the convolution's own input: x, or the pool of x its prologue computes
+    x_shape = own_input_types([ctx.graph.node(i).type for i in node.inputs], node.attrs)[0].shape
+    x_store, y_store = ctx.storage(x), ctx.out_storage
+    pre = prologue_of(node.attrs)
+    prologue = (pre[0].op, pre[0].attr_dict) if pre else None
+    if prologue is not None and (x_store is None or algorithm is not DIRECT or len(pre) > 1):
+        raise LoweringError(f"{ctx.kname}: a pooling prologue needs one pool of a "
+                            "channel-blocked input and the direct lowering")
+    epilogue = list(ctx.epilogue)
+    relu = bool(epilogue) and epilogue[0].op == "relu"
+    if relu:
+        epilogue = epilogue[1:]
+    operands = [ctx.operand(e) for e in epilogue if e.operand is not None]
+    in_kernel = epilogue if y_store is not None else []
+    kinds = [operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
+    g = geometry(node.op, attrs, x_shape, "relu" if relu else None)
+    if not algorithm.applies(g):
+        raise LoweringError(f"{ctx.kname}: the {algorithm.name} algorithm does not compute "
+                            f"{g.describe()}")
+    # the block widths of the storage read and written (the packed scratch buffers: 8)
+    lanes_in = x_store.lanes if x_store is not None else 8
+    lanes_out = y_store.lanes if y_store is not None else 8
+    if g.channelwise:  # one width in and out: the stored side's
+        lanes_in = lanes_out = lanes_in if x_store is not None else lanes_out
+    nhwc_in = x_store is not None and x_store.nhwc
+    nhwc_out = y_store is not None and y_store.nhwc
+    if (lanes_in, lanes_out, nhwc_in, nhwc_out) != (8, 8, False, False):
+        g = replace(g, lanes_in=lanes_in, lanes_out=lanes_out, nhwc_in=nhwc_in,
+                    nhwc_out=nhwc_out)
+        g.validate()
+    # The register tile chosen by the select_tile pass (absent: depthwise, im2col, or a graph
+    # lowered without the pipeline).
+    tile = DirectTile.parse(node.attrs["tile"]) if "tile" in node.attrs else TILE_8
+    kernel, tag = algorithm.kernel(g, in_kernel, kinds if in_kernel else (), tile, prologue)
+    compute, source_name, src = ctx.load_tasked(kernel, tag, "convolution kernel")
+    calls: list[Call] = []
+    scratch: dict[str, int] = {}
+    source = Arg("value", x)
+    if node.op == "conv_transpose":
+        _, stuffed, before, hw = transpose_as_conv(attrs, x_shape)
+        k = zero_stuff_kernel(f"n{node.id}_zero_stuff", x_shape, attrs["stride"], before, hw,
+                              ctx.comment)
+        calls.append(Call(None, (Arg("value", x), Arg("scratch", "stuffed"), Arg("batch")),
+                          k.name, k))
+        scratch["stuffed"] = int(np.prod(stuffed))
+        source = Arg("scratch", "stuffed")
+    xp, yp = Arg("scratch", "conv_in"), Arg("scratch", "conv_out")
+    if x_store is not None:
+        xp = source  # read where the producer stored it
+    else:
+        name, sizes = algorithm.input_call(g)
+        calls.append(Call(ctx.layout_kernel(name), (source, xp, Arg("batch"),
+                                                    *(Arg("int", v) for v in sizes)), name))
+        scratch["conv_in"] = algorithm.in_floats(g)
+    if y_store is not None:
+        yp = Arg("output")
+    else:
+        scratch["conv_out"] = algorithm.out_floats(g)
+    op_args = [Arg("value", o) for o in operands] if in_kernel else []
+    pooled: list[Arg] = []  # the prologue's scratch (one pooled row per thread), x's H x W
+    pooled_ints: list[Arg] = []
+    if prologue is not None:
+        scratch["pooled"] = ctx.threads * g.Cgb * g.Q * 8
+        pooled = [Arg("scratch", "pooled")]
+        pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]]
+    op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
+        if in_kernel else []
+    sizes = algorithm.int_args(g, x_store, y_store, tile, bool(node.attrs.get("zero_halo")))
+    calls.append(Call(compute, (xp, Arg("const", "w"), Arg("const", "b"), yp, *op_args,
+                                *pooled, *(Arg("int", v) for v in sizes), *pooled_ints,
+                                *op_ints, Arg("int", int(relu)), Arg("batch")),
+                      kernel.name))
+    if y_store is None:
+        calls.append(_output_call(ctx, node, g, algorithm, epilogue, operands))
+    w, *b = ctx.param_inputs
+
+    def pack(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+        weight = np.asarray(values[w], np.float64)
+        if node.op == "conv_transpose":
+            weight = transposed_as_conv_weight(weight, attrs["groups"])
+        wp, bp = algorithm.pack_weights(g, weight, values[b[0]] if b else None, tile)
+        return {"w": wp, "b": bp}
+
+    return Step(node.id, ctx.step_name, ctx.step_ops, [x] + operands,
+                y_store.floats if y_store is not None else node.type.size, calls, pack=pack,
+                scratch=scratch, lowering=algorithm.name, storage=y_store,
+                # packing reads the whole input before the output is written; a blocked input
+                # or output is read and written in place by the compute kernel itself
+                inplace=x_store is None and y_store is None,
+                sources={source_name: src})
+
+
+def _output_call(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, epilogue,
+                 operands: list[int]) -> Call:
+    """The kernel that brings the packed output to NCHW, applying the epilogue at its store."""
+    yp = Arg("scratch", "conv_out")
+    plain, out_ints = algorithm.output_call(g)
+    ints = tuple(Arg("int", v) for v in out_ints)
+    if not epilogue:
+        return Call(ctx.layout_kernel(plain), (yp, Arg("output"), Arg("batch"), *ints), plain)
+    kinds = [operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
+    name = f"n{node.id}_{plain.split('_')[0]}_epilogue"
+    k = algorithm.output_epilogue_kernel(name, g, epilogue, kinds, ctx.comment)
+    return Call(None, (yp, Arg("output"), *(Arg("value", o) for o in operands), Arg("batch"),
+                       *ints), name, k)
