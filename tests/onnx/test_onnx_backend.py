@@ -91,6 +91,9 @@ NODE += [
 ]
 CONVERTED += ["PixelShuffle"]
 
+# ConvTranspose with output_shape or auto_pad SAME (pads derived from ONNX's formulas).
+NODE += ["convtranspose_autopad_same", "convtranspose_kernel_shape", "convtranspose_output_shape"]
+
 # Resize as ONNX defines it: every coordinate transformation, downsampling, bicubic
 # (cubic_coeff_a, exclude_outside), antialiasing, tf_crop_and_resize, keep_aspect_ratio_policy.
 NODE += [
