@@ -3,8 +3,8 @@
 The runner's node tests of the operators cnnc imports, its PyTorch-converted and PyTorch-operator
 tests, and three of the light model zoo models: every test named in the lists below must pass
 (a listed test that fails, fails the suite); the runner leaves every other test out. That the
-others are refused cleanly (3-D or 5-D inputs, integer tensors, cubic resizing, ...; see the
-README) is checked over every node test whose operators cnnc imports or folds, with their
+others are refused cleanly (3-D or 5-D inputs, integer tensors, MaxPool's indices, ...; see
+the README) is checked over every node test whose operators cnnc imports or folds, with their
 expected outputs, by `test_every_node_test_passes_or_is_refused_cleanly`. The float64 reference
 runs them; a few models also run compiled.
 """
