@@ -217,10 +217,14 @@ def _tent(p: str, x: Expr, n_in: int) -> list[Stmt]:
             Let(f"{p}f", Var(f"{p}src") - Var(f"{p}lo"))]
 
 
-def _weight(p: str, tap: Expr, axis: FilterAxis, attrs: dict[str, Any], n_in: int) -> Expr:
-    """The filter at ``stretch`` x (``tap`` - ``{p}x``): the tent, or Keys' cubic (the op's
-    formulas, in the same order)."""
-    u = call("abs", F64(axis.stretch) * (tap - Var(f"{p}x")))
+def _weight(p: str, tap: Expr, axis: FilterAxis, attrs: dict[str, Any],
+            n_in: int) -> list[Stmt]:
+    """Lets leaving in ``{p}w`` the weight of input position ``{p}t`` = ``tap``: the filter at
+    ``stretch`` x (``{p}t`` - ``{p}x``), the tent or Keys' cubic (the op's formulas, in the same
+    order); 0 outside the input with ``exclude_outside``."""
+    t, u = Var(f"{p}t"), Var(f"{p}u")
+    lets: list[Stmt] = [Let(f"{p}t", tap),
+                        Let(f"{p}u", call("abs", F64(axis.stretch) * (t - Var(f"{p}x"))))]
     if attrs["mode"] == "bilinear":
         w: Expr = fmax(F64(0.0), F64(1.0) - u)
     else:
@@ -230,8 +234,8 @@ def _weight(p: str, tap: Expr, axis: FilterAxis, attrs: dict[str, Any], n_in: in
         w = Select(cmp("<=", u, F64(1.0)), inner,
                    Select(cmp("<", u, F64(2.0)), outer, F64(0.0)))
     if attrs["exclude_outside"]:
-        w = Select(_in_range(tap, 0, n_in), w, F64(0.0))
-    return w
+        w = Select(_in_range(t, 0, n_in), w, F64(0.0))
+    return lets + [Let(f"{p}w", w)]
 
 
 def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
@@ -285,18 +289,16 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
         value = top * (one - Var("cf")) + bot * Var("cf")
     else:
         rows, cols = axes  # type: ignore[misc]
-        rt, ct = Var("rt0") + Var("a"), Var("ct0") + Var("b")
+        col_weight = _weight("c", Var("ct0") + Var("b"), cols, attrs, W)
         zero = call("f64", Const(0))
         col += [Let("csum", zero),
-                Loop("b", Const(cols.taps), [Let("csum", Var("csum") +
-                                                  _weight("c", ct, cols, attrs, W))]),
+                Loop("b", Const(cols.taps), col_weight + [Let("csum", Var("csum") + Var("cw"))]),
                 Let("acc", zero), Let("rsum", zero),
-                Loop("a", Const(rows.taps), [
-                    Let("rw", _weight("r", rt, rows, attrs, H)),
-                    Let("ri", _clamp(rt, H)),
+                Loop("a", Const(rows.taps), _weight("r", Var("rt0") + Var("a"), rows, attrs, H) + [
+                    Let("ri", _clamp(Var("rt"), H)),
                     Let("racc", zero),
-                    Loop("b", Const(cols.taps), [Let("racc", Var("racc") + _weight(
-                        "c", ct, cols, attrs, W) * at(Var("ri"), _clamp(ct, W)))]),
+                    Loop("b", Const(cols.taps), col_weight + [Let("racc", Var("racc") + Var(
+                        "cw") * at(Var("ri"), _clamp(Var("ct"), W)))]),
                     Let("acc", Var("acc") + Var("rw") * Var("racc")),
                     Let("rsum", Var("rsum") + Var("rw"))]),
                 Let("wsum", Var("rsum") * Var("csum"))]
