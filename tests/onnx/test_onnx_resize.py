@@ -28,8 +28,9 @@ CROP = [-0.25, 0.25, 1.25, 0.75]  # (top, left) to (bottom, right): past the inp
 
 def resize_branches(c: int, h: int, w: int) -> list[tuple[str, dict[str, Any], dict]]:
     """(output, Resize attributes, constant inputs) for one input of c x 2h x 2w (even, so
-    antialiasing by 1/2 has whole lengths, as ONNX Runtime needs to agree). None of them
-    samples within float32's reach of a rounding or crop boundary without being on it."""
+    antialiasing by 1/2 has whole lengths, as ONNX Runtime needs to agree; 2h <= 8 and
+    2w <= 10). None of them samples within float32's reach of a rounding or crop boundary
+    without being on it, nor keeps an axis's length (ONNX Runtime would leave it as it is)."""
     H, W = 2 * h, 2 * w
     return [
         ("nearest_floor", dict(mode="nearest", coordinate_transformation_mode="asymmetric",
@@ -42,9 +43,9 @@ def resize_branches(c: int, h: int, w: int) -> list[tuple[str, dict[str, Any], d
         ("bicubic_antialias", dict(mode="cubic", antialias=1, exclude_outside=1,
                                    cubic_coeff_a=-0.5), {"scales": [1, 1, 0.5, 0.5]}),
         ("bilinear_antialias", dict(mode="linear", antialias=1), {"sizes": [h, W + 1]}),
-        # (m - 1 = 7 and 13: no output lands on the input's edge)
+        # (m - 1 = 8 and 13: no output lands on the input's edge)
         ("bilinear_crop", dict(mode="linear", coordinate_transformation_mode="tf_crop_and_resize",
-                               extrapolation_value=2.5), {"roi": CROP, "sizes": [8, 14]}),
+                               extrapolation_value=2.5), {"roi": CROP, "sizes": [9, 14]}),
     ]
 
 
