@@ -336,7 +336,7 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     finally:
         bar.close()
     if dump_ir is not None:  # the last listing: the lowered graph with its memory plan
-        (Path(dump_ir) / f"{len(records) + 1:02d}-memory-plan.ir").write_text(
+        (Path(dump_ir) / f"{len(records) + 1:02d}-memory_plan.ir").write_text(
             plan.dump() + "\n", encoding="utf-8")
     model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
     if model.bytes_needed(1) > available_memory():

@@ -320,7 +320,7 @@ def test_the_memory_plan_is_in_the_last_ir_dump(tmp_path):
     the value it is a view of), and the slots named are the plan's."""
     m = compile_model(GOLDEN["golden_residual"], dump_ir=tmp_path / "ir")
     last = sorted((tmp_path / "ir").iterdir())[-1]
-    assert last.name.endswith("-memory-plan.ir")
+    assert last.name.endswith("-memory_plan.ir")
     text = last.read_text()
     buffers = m.plan.buffers
     for step in m.plan.steps:

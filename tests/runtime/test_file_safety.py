@@ -123,6 +123,7 @@ def test_compile_dump_ir_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     (dump / "notes.txt").write_text("mine\n")
     assert main(["compile", str(src), "-O0", "--dump-ir", str(dump), "--force"]) == 0
     at_o0 = ["00-input.ir"] + [f"{i:02d}-{name}.ir" for i, (name, _) in enumerate(pipeline(0), 1)]
+    at_o0.append(f"{len(at_o0):02d}-memory_plan.ir")  # the lowered graph with the memory plan
     assert sorted(p.name for p in dump.iterdir()) == at_o0 + ["notes.txt"]
     assert "graph r" in (dump / "00-input.ir").read_text()
     assert (dump / "notes.txt").read_text() == "mine\n"
