@@ -55,7 +55,6 @@ from ..kernels.pool import FilterAxis, upsample_kernel
 from ..types import TensorType
 from . import (
     EPS32,
-    EPS64,
     Attr,
     AttrError,
     BoundCtx,
@@ -65,6 +64,7 @@ from . import (
     as_choice,
     as_float,
     as_pair,
+    f64_sum_bound,
     no_macs,
     one_input,
     register,
@@ -254,18 +254,24 @@ def axis_taps(attrs: dict[str, Any], axis: int) -> int:
     return 2 * math.ceil(SUPPORT[attrs["mode"]] / s)
 
 
+def _magnitudes(inputs: Any, attrs: dict[str, Any]) -> np.ndarray:
+    """sum |w| |x| of each output (0 where extrapolated)."""
+    return _resample(inputs[0], attrs, magnitude=True)
+
+
+_FILTERED = f64_sum_bound(terms=lambda ctx: axis_taps(ctx.attrs, 0) * axis_taps(ctx.attrs, 1),
+                          extra=8, via=_magnitudes)
+
+
 def _bound(ctx: BoundCtx):
     """Nearest: a copy (exact), and the extrapolation value rounded once to float32. Bilinear
     and bicubic: the weights and sums in float64 with the reference's own coordinates
     (computed in the same order), the K products summed in any order and divided by the
-    weights' sums, rounded once at the store: ``EPS32 |out| + (K + 8) EPS64 sum |w| |x|``."""
-    a = ctx.attrs
-    if a["mode"] == "nearest":
-        copied = _resample(np.ones_like(ctx.inputs[0]), a, magnitude=True)  # 0: extrapolated
-        return ctx.err_in + EPS32 * np.abs(ctx.out) * (copied == 0)
-    terms = axis_taps(a, 0) * axis_taps(a, 1)
-    return ctx.err_in + EPS32 * np.abs(ctx.out) + \
-        (terms + 8) * EPS64 * _resample(ctx.inputs[0], a, magnitude=True)
+    weights' sums (8 roundings more), rounded once at the store."""
+    if ctx.attrs["mode"] != "nearest":
+        return _FILTERED(ctx)
+    copied = _magnitudes([np.ones_like(ctx.inputs[0])], ctx.attrs)  # 0: extrapolated
+    return ctx.err_in + EPS32 * np.abs(ctx.out) * (copied == 0)
 
 
 def _lower(ctx, node):
