@@ -203,6 +203,11 @@ def _filter(d: np.ndarray, mode: str, a: float) -> np.ndarray:
     return np.where(u <= 1, inner, np.where(u < 2, outer, 0.0))
 
 
+def stretch(attrs: dict[str, Any], axis: int) -> float:
+    """s of the filter K(s d) along an axis: min(scale, 1) when antialiasing, else 1."""
+    return min(attrs["scale"][axis], 1.0) if attrs["antialias"] else 1.0
+
+
 def axis_weights(n_in: int, n_out: int, axis: int,
                  attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(m x n matrix A, mask) for one axis (0 height, 1 width): output i is sum_t A[i, t] in[t]
@@ -214,7 +219,7 @@ def axis_weights(n_in: int, n_out: int, axis: int,
     if attrs["mode"] == "nearest":
         a[rows, np.clip(nearest_index(x, attrs["rounding"]), 0, n_in - 1).astype(int)] = 1.0
     else:
-        s = min(attrs["scale"][axis], 1.0) if attrs["antialias"] else 1.0
+        s = stretch(attrs, axis)
         reach = math.ceil(SUPPORT[attrs["mode"]] / s) + 1  # past every non-zero weight
         t = np.floor(x).astype(int)[:, None] + np.arange(-reach, reach + 1)[None, :]
         w = _filter(s * (t - x[:, None]), attrs["mode"], attrs["cubic_a"])
@@ -250,8 +255,7 @@ def _reference(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
 def axis_taps(attrs: dict[str, Any], axis: int) -> int:
     """How many input positions one output reads along an axis (bilinear and bicubic): every t
     with s |t - x| < support, for any x."""
-    s = min(attrs["scale"][axis], 1.0) if attrs["antialias"] else 1.0
-    return 2 * math.ceil(SUPPORT[attrs["mode"]] / s)
+    return 2 * math.ceil(SUPPORT[attrs["mode"]] / stretch(attrs, axis))
 
 
 def _magnitudes(inputs: Any, attrs: dict[str, Any]) -> np.ndarray:
@@ -278,8 +282,7 @@ def _lower(ctx, node):
     a = node.attrs
     axes = None
     if a["mode"] != "nearest":
-        axes = tuple(FilterAxis(taps=axis_taps(a, k), stretch=min(a["scale"][k], 1.0)
-                                if a["antialias"] else 1.0) for k in (0, 1))
+        axes = tuple(FilterAxis(axis_taps(a, k), stretch(a, k)) for k in (0, 1))
     k = upsample_kernel(ctx.kname, ctx.in_shapes[0], ctx.out_shape[1:], a, axes, ctx.comment)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
 
