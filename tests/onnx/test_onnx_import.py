@@ -411,6 +411,8 @@ def test_unsupported_operator_is_named():
                         {"lo": np.float32(-1), "hi": np.float32(1)}), ["Clip", "relu6"]),
     (lambda: single("Resize", (2, 3, 3), {"s": np.array([1, 2, 2, 2], np.float32)},
                     extra=["", "s"], mode="cubic"), ["Resize", "height and width"]),
+    (lambda: single("Resize", (2, 3, 5), {"s": np.array([1, 1, 1, 0.6], np.float32)},
+                    extra=["s"], opset=10), ["Resize", "nearest downsampling before opset 11"]),
     (lambda: single("Pad", (2, 3, 3), {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)},
                     extra=["p"], mode="wrap", opset=19), ["wrap"]),
     (lambda: single("Softmax", (3, 2, 2), opset=11, axis=1), ["Softmax", "axes"]),

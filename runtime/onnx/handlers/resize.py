@@ -126,9 +126,8 @@ def _resize(imp: Importer, node: Any, i: int) -> None:
     if any(o > MAX_SIDE or o < 1 for o in out[2:]):
         raise refuse(node, imp.opset, f"an output of {out[2]} x {out[3]} pixels (1 to "
                      f"{MAX_SIDE:,} per side)")
-    if mode == "nearest" and coords == "asymmetric" and rounding == "floor" and \
-            node.op_type == "Resize" and imp.opset < 11 and min(out[2] - full[2],
-                                                                out[3] - full[3]) < 0:
+    if node.op_type == "Resize" and imp.opset < 11 and mode == "nearest" and \
+            (out[2] < full[2] or out[3] < full[3]):
         raise refuse(node, imp.opset, "nearest downsampling before opset 11 (ONNX leaves its "
                      "rounding open; ONNX Runtime rounds up)")
     for ax, scale in zip((2, 3), args.get("scale", ())):
