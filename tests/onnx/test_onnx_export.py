@@ -129,6 +129,29 @@ def test_every_op_network():
     check_export(graph)
 
 
+def test_resize_attributes_export():
+    """upsample's modes and ONNX attributes written as Resize's: ONNX Runtime computes the same
+    numbers, and the file imports back to them (scales where float32 holds the scale, else
+    sizes)."""
+    graph = load_network("""
+network resizes
+input image: 3 x 8 x 10
+image -> upsample(0.5, mode=bicubic, antialias=true, exclude_outside=true, cubic_a=-0.5)
+      -> output shrunk
+image -> upsample(size=(11, 7), mode=bicubic) -> output sized
+image -> upsample(1.5, mode=bilinear, coordinates=tf_crop_and_resize, roi=(0.1, -0.2, 0.9, 1.1),
+                  extrapolation=1.5) -> output cropped
+image -> upsample(2, coordinates=half_pixel, rounding=round_prefer_ceil) -> output nearest
+image -> upsample((1.25, 0.6), mode=bilinear, coordinates=half_pixel_symmetric)
+      -> output symmetric
+""")
+    model = check_export(graph)
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 5
+    sized = resizes[1]  # a width scale of 7 / 10, which float32 does not hold: sizes
+    assert len(sized.input) == 4 and sized.input[2] == "" and sized.input[3]
+
+
 def test_exports_without_an_exact_import_form():
     """lppool with a fractional p and distance with p = 3 are written as ONNX subgraphs (no
     single ONNX op does them); ORT must still agree with the reference."""
