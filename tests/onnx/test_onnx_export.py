@@ -24,7 +24,12 @@ from cnnc.dsl.errors import DslError  # noqa: E402
 from cnnc.dsl.parser import parse  # noqa: E402
 from cnnc.runtime.cli import main  # noqa: E402
 from cnnc.runtime.onnx import export_onnx, import_onnx  # noqa: E402
-from cnnc.runtime.onnx.export import CONVERTERS, IR_VERSION, OPSET  # noqa: E402
+from cnnc.runtime.onnx.export import (  # noqa: E402
+    CONVERTERS,
+    IR_VERSION,
+    OPSET,
+    OnnxExportError,
+)
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.summary import summarize  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402
@@ -150,6 +155,9 @@ image -> upsample((1.25, 0.6), mode=bilinear, coordinates=half_pixel_symmetric)
     assert len(resizes) == 5
     sized = resizes[1]  # a width scale of 7 / 10, which float32 does not hold: sizes
     assert len(sized.input) == 4 and sized.input[2] == "" and sized.input[3]
+    both = load_network("input x: 1 x 4 x 4\nx -> upsample(2, size=(5, 5)) -> output y\n")
+    with pytest.raises(OnnxExportError, match=r"scale \(2.0, 2.0\) and size \(5, 5\)"):
+        export_onnx(both, {})
 
 
 def test_exports_without_an_exact_import_form():
