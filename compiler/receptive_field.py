@@ -24,10 +24,11 @@ field, so the result sees everything). Global pooling, dense layers, reshapes an
 of two towers see the whole input. A transposed convolution divides the jump by its stride and
 grows the size by the input pixels one output gathers (ceil(k_eff / s)); nearest resizing
 divides the jump by the scale; bilinear reads the two pixels around each output's source
-coordinate (its weights a tent two pixels wide, centred there), spaced 1 / scale apart
-(half-pixel) or (in - 1) / (out - 1) apart (align_corners: the corner pixels' centres meet);
-depth_to_space is nearest upsampling by its block, space_to_depth a block x block window with
-stride block. Fractions are exact.
+coordinate (its weights a tent two pixels wide, centred there), bicubic four, and antialiased
+downsampling by s stretches either over 1 / s times as many; the source coordinates are
+spaced 1 / scale apart (half-pixel) or (in - 1) / (out - 1) apart (align_corners: the corner
+pixels' centres meet); depth_to_space is nearest upsampling by its block, space_to_depth a
+block x block window with stride block. Fractions are exact (resizing's to 1/1000).
 
 Fields are read from the canonical attributes each op stores on its node (`kernel`, `stride`,
 `dilation`, `pads` = (top, left, bottom, right), `scale`, `mode`), so they hold for graphs from
@@ -42,6 +43,7 @@ from fractions import Fraction
 
 from .ir import Graph, Node
 from .ops import get_op
+from .ops.resize import axis_taps, nearest_index, source_coordinates
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,8 @@ def field_of(node: Node, ins: list[Field], in_shape: tuple[int, ...]) -> Field:
     if node.op == "depth_to_space":  # nearest upsampling by b: pixel h*b + i reads h
         return Field(tuple(Axis(ax.size, ax.jump / a["block"], ax.start) for ax in x.axes))
     if op.family == "resize":
-        return Field(tuple(_resized(ax, f, a["mode"], a["align_corners"], n_in, n_out)
-                           for ax, f, n_in, n_out in zip(x.axes, a["scale"], in_shape[1:],
-                                                         node.type.shape[1:])))
+        return Field(tuple(_resized(ax, a, k, n_in, n_out) for k, (ax, n_in, n_out) in
+                           enumerate(zip(x.axes, in_shape[1:], node.type.shape[1:]))))
     if "pads" in a:  # explicit padding shifts the positions, not the sizes
         return Field(tuple(Axis(ax.size, ax.jump, ax.start - p * ax.jump)
                            for ax, p in zip(x.axes, a["pads"][:2])))
@@ -151,18 +152,23 @@ def _transposed(ax: Axis, k: int, s: int, d: int, p: int) -> Axis:
                 ax.start + (p - Fraction(k_eff - 1, 2)) / s * ax.jump)
 
 
-def _resized(ax: Axis, scale: float, mode: str, align_corners: bool, n_in: int,
-             n_out: int) -> Axis:
-    """Output i of a bilinear resize reads the two inputs around its source coordinate
-    src(i) = first + i step (``compiler/ops/resize.py``)."""
-    f = Fraction(scale).limit_denominator(1000)
-    if mode == "nearest":  # out[i] = in[floor(i / f)]
+def _resized(ax: Axis, a: dict, k: int, n_in: int, n_out: int) -> Axis:
+    """Output i of a resize along axis ``k`` reads the input around its source coordinate
+    src(i) = first + i step (``compiler/ops/resize.py``'s): nearest one pixel, round(src(i));
+    bilinear and bicubic their filter's taps around it."""
+    f = Fraction(a["scale"][k]).limit_denominator(1000)
+    if a["mode"] == "nearest" and a["coordinates"] == "asymmetric":  # in[floor(i / f)]
         return Axis(ax.size, ax.jump / f, ax.start)
-    if align_corners:  # src(i) = i (n_in - 1) / (n_out - 1); one output has no neighbour
-        first, step = Fraction(0), Fraction(n_in - 1, n_out - 1) if n_out > 1 else 1 / f
-    else:  # half-pixel: src(i) = (i + 1/2) / f - 1/2
-        first, step = Fraction(1, 2) / f - Fraction(1, 2), 1 / f
-    return Axis(ax.size + ax.jump, ax.jump * step, ax.start + first * ax.jump)
+    src = source_coordinates(n_in, n_out, a["scale"][k], a["coordinates"],
+                             (a["roi"][k], a["roi"][k + 2]))
+    first = Fraction(src[0]).limit_denominator(1000)
+    step = Fraction(src[1] - src[0]).limit_denominator(1000) if n_out > 1 else 1 / f
+    if a["mode"] == "nearest":
+        return Axis(ax.size, ax.jump * step,
+                    ax.start + int(nearest_index(src[:1], a["rounding"])[0]) * ax.jump)
+    # the filter's taps around src(i), one input pixel apart
+    return Axis(ax.size + (axis_taps(a, k) - 1) * ax.jump, ax.jump * step,
+                ax.start + first * ax.jump)
 
 
 def _join(ins: list[Field]) -> Field:

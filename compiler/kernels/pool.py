@@ -12,6 +12,7 @@ otherwise the kernels skip that bookkeeping.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -148,45 +149,164 @@ def global_pool_kernel(name: str, op: str, shape: Sequence[int], comment: str = 
     return rows_kernel(name, [Param("x0"), Param("y")], C, body, comment, sz)
 
 
-def _source_index(i: Expr, n_in: int, n_out: int, scale: float, mode: str,
-                  align: bool, prefix: str) -> list[Stmt]:
-    """Lets for the source coordinate of output index ``i`` along one axis: ``{prefix}lo``,
-    ``{prefix}hi`` and ``{prefix}f`` (bilinear) or ``{prefix}lo`` (nearest), computed in
-    float64 exactly as ``compiler/ops/resize.py`` does."""
-    if mode == "nearest":
-        return [Let(f"{prefix}lo", fmin(call("int", call("floor", div(i, F64(scale)))),
-                                        n_in - 1))]
-    if align:
-        src: Expr = div(i * (n_in - 1), F64(float(n_out - 1))) if n_out > 1 else F64(0.0)
+@dataclass(frozen=True)
+class FilterAxis:
+    """How bilinear or bicubic resizing samples one axis: ``taps`` input positions per output,
+    weighted by the filter at ``stretch`` x distance (``stretch`` < 1: antialiased)."""
+
+    taps: int
+    stretch: float = 1.0
+
+
+def _coordinate(i: Expr, n_in: int, n_out: int, scale: float, coordinates: str,
+                roi: tuple[float, float]) -> Expr:
+    """ONNX's source coordinate of output index ``i`` along one axis, in float64 and in the
+    order of operations of ``compiler/ops/resize.source_coordinates`` (so rounding to the
+    nearest pixel and the tf_crop_and_resize range test agree with it bit for bit)."""
+    half = F64(0.5)
+    if coordinates in ("half_pixel", "pytorch_half_pixel"):
+        if coordinates == "pytorch_half_pixel" and n_out == 1:
+            return F64(0.0)
+        return div(i + half, F64(scale)) - half
+    if coordinates == "half_pixel_symmetric":
+        offset = n_in / 2 * (1 - n_out / (n_in * scale))
+        return F64(offset) + div(i + half, F64(scale)) - half
+    if coordinates == "align_corners":
+        return div(i * (n_in - 1), F64(float(n_out - 1))) if n_out > 1 else F64(0.0)
+    if coordinates == "asymmetric":
+        return div(i, F64(scale))
+    if coordinates == "tf_half_pixel_for_nn":
+        return div(i + half, F64(scale))
+    if coordinates == "tf_crop_and_resize":
+        start, end = roi
+        if n_out == 1:
+            return F64(0.5 * (start + end) * (n_in - 1))
+        return div((F64(start) * (n_out - 1 - i) + F64(end) * i) * (n_in - 1),
+                   F64(float(n_out - 1)))
+    raise ValueError(f"unknown coordinate transformation {coordinates!r}")
+
+
+def _clamp(v: ExprLike, n: int) -> Expr:
+    return fmin(fmax(v, 0), n - 1)
+
+
+def _floor(v: Expr) -> Expr:
+    return call("int", call("floor", v))
+
+
+def _nearest(p: str, rounding: str, n_in: int) -> list[Stmt]:
+    """``{p}i``: input pixel round(``{p}x``) as ``rounding`` rounds (ceil(v) is floor(v), plus
+    one where v is above it), clamped to the input."""
+    x = Var(f"{p}x")
+    if rounding in ("floor", "round_prefer_ceil"):  # round half up: floor(x + 1/2)
+        return [Let(f"{p}i", _clamp(_floor(x if rounding == "floor" else x + F64(0.5)),
+                                     n_in))]
+    v = x if rounding == "ceil" else x - F64(0.5)  # round half down: ceil(x - 1/2)
+    return [Let(f"{p}v", v), Let(f"{p}fl", _floor(Var(f"{p}v"))),
+            Let(f"{p}i", _clamp(Select(cmp(">", Var(f"{p}v"), Var(f"{p}fl")),
+                                       Var(f"{p}fl") + 1, Var(f"{p}fl")), n_in))]
+
+
+def _tent(p: str, x: Expr, n_in: int) -> list[Stmt]:
+    """The two taps of unstretched bilinear sampling at ``x``: ``{p}lo``, ``{p}hi`` and the
+    weight ``{p}f`` of ``{p}hi``. Reading the edge pixel past either end is what clamping the
+    coordinate to [0, n - 1] gives."""
+    return [Let(f"{p}src", fmax(x, F64(0.0))),
+            Let(f"{p}lo", fmin(_floor(Var(f"{p}src")), n_in - 1)),
+            Let(f"{p}hi", fmin(Var(f"{p}lo") + 1, n_in - 1)),
+            Let(f"{p}f", Var(f"{p}src") - Var(f"{p}lo"))]
+
+
+def _weight(p: str, tap: Expr, axis: FilterAxis, attrs: dict[str, Any],
+            n_in: int) -> list[Stmt]:
+    """Lets leaving in ``{p}w`` the weight of input position ``{p}t`` = ``tap``: the filter at
+    ``stretch`` x (``{p}t`` - ``{p}x``), the tent or Keys' cubic (the op's formulas, in the same
+    order); 0 outside the input with ``exclude_outside``."""
+    t, u = Var(f"{p}t"), Var(f"{p}u")
+    lets: list[Stmt] = [Let(f"{p}t", tap),
+                        Let(f"{p}u", call("abs", F64(axis.stretch) * (t - Var(f"{p}x"))))]
+    if attrs["mode"] == "bilinear":
+        w: Expr = fmax(F64(0.0), F64(1.0) - u)
     else:
-        src = fmax(div(i + F64(0.5), F64(scale)) - F64(0.5), F64(0.0))
-    return [Let(f"{prefix}src", src),
-            Let(f"{prefix}lo", fmin(call("int", call("floor", Var(f"{prefix}src"))), n_in - 1)),
-            Let(f"{prefix}hi", fmin(Var(f"{prefix}lo") + 1, n_in - 1)),
-            Let(f"{prefix}f", Var(f"{prefix}src") - Var(f"{prefix}lo"))]
+        a = float(attrs["cubic_a"])
+        inner = (F64(a + 2) * u - F64(a + 3)) * u * u + F64(1.0)
+        outer = ((F64(a) * u - F64(5 * a)) * u + F64(8 * a)) * u - F64(4 * a)
+        w = Select(cmp("<=", u, F64(1.0)), inner,
+                   Select(cmp("<", u, F64(2.0)), outer, F64(0.0)))
+    if attrs["exclude_outside"]:
+        w = Select(_in_range(t, 0, n_in), w, F64(0.0))
+    return lets + [Let(f"{p}w", w)]
 
 
 def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
-                    attrs: dict[str, Any], comment: str = "") -> Kernel:
+                    attrs: dict[str, Any], axes: tuple[FilterAxis, FilterAxis] | None = None,
+                    comment: str = "") -> Kernel:
+    """Resizing of a C x H x W sample (``compiler/ops/resize.py``: coordinates, rounding,
+    filters), one parallel iteration per output row, in float64 rounded once at the store.
+    Nearest reads one pixel; bilinear without antialiasing two per axis in closed form;
+    otherwise (bicubic, antialiased) each output sums ``axes[0].taps x axes[1].taps`` weighted
+    pixels and divides by the weights' sums. tf_crop_and_resize's outputs from outside the
+    input are the extrapolation value."""
     C, H, W = (int(d) for d in shape)
     OH, OW = out_hw
-    mode, align = attrs["mode"], attrs["align_corners"]
-    sy, sx = attrs["scale"]
-    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
-    body += _source_index(Var("oh"), H, OH, sy, mode, align, "r")
-    body += [Let("xb", Var("nc") * (H * W)), Let("yb", Var("t") * OW)]
-    col = _source_index(Var("j"), W, OW, sx, mode, align, "c")
+    mode, coords = attrs["mode"], attrs["coordinates"]
+    roi = attrs["roi"]
+    crop = coords == "tf_crop_and_resize"
+    plain = mode == "bilinear" and axes is not None and \
+        all(ax.taps == 2 and ax.stretch == 1.0 for ax in axes)
 
-    def at(r: str, c: str) -> Expr:
-        return Load("x0", Var("xb") + Var(r) * W + Var(c))
+    def axis_lets(p: str, i: Expr, n_in: int, n_out: int, k: int) -> list[Stmt]:
+        x = _coordinate(i, n_in, n_out, attrs["scale"][k], coords, (roi[k], roi[k + 2]))
+        if plain and not crop:
+            return _tent(p, x, n_in)
+        lets: list[Stmt] = [Let(f"{p}x", x)]
+        if crop:
+            lets.append(Let(f"{p}out", cmp("or", cmp("<", Var(f"{p}x"), F64(0.0)),
+                                           cmp(">", Var(f"{p}x"), F64(float(n_in - 1))))))
+        if mode == "nearest":
+            return lets + _nearest(p, attrs["rounding"], n_in)
+        if plain:
+            return lets + _tent(p, Var(f"{p}x"), n_in)
+        taps = axes[k].taps  # type: ignore[index]
+        return lets + [Let(f"{p}t0", _floor(Var(f"{p}x")) - (taps // 2 - 1))]
+
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+    body += axis_lets("r", Var("oh"), H, OH, 0)
+    body += [Let("xb", Var("nc") * (H * W)), Let("yb", Var("t") * OW)]
+    col = axis_lets("c", Var("j"), W, OW, 1)
+
+    def at(r: ExprLike, c: ExprLike) -> Expr:
+        return Load("x0", Var("xb") + r * W + c)
 
     if mode == "nearest":
-        value: Expr = at("rlo", "clo")
-    else:
+        value: Expr = at(Var("ri"), Var("ci"))
+    elif plain:
         one = F64(1.0)
-        top = at("rlo", "clo") * (one - Var("rf")) + at("rhi", "clo") * Var("rf")
-        bot = at("rlo", "chi") * (one - Var("rf")) + at("rhi", "chi") * Var("rf")
+        top = at(Var("rlo"), Var("clo")) * (one - Var("rf")) + \
+            at(Var("rhi"), Var("clo")) * Var("rf")
+        bot = at(Var("rlo"), Var("chi")) * (one - Var("rf")) + \
+            at(Var("rhi"), Var("chi")) * Var("rf")
         value = top * (one - Var("cf")) + bot * Var("cf")
+    else:
+        rows, cols = axes  # type: ignore[misc]
+        col_weight = _weight("c", Var("ct0") + Var("b"), cols, attrs, W)
+        zero = call("f64", Const(0))
+        col += [Let("csum", zero),
+                Loop("b", Const(cols.taps), col_weight + [Let("csum", Var("csum") + Var("cw"))]),
+                Let("acc", zero), Let("rsum", zero),
+                Loop("a", Const(rows.taps), _weight("r", Var("rt0") + Var("a"), rows, attrs, H) + [
+                    Let("ri", _clamp(Var("rt"), H)),
+                    Let("racc", zero),
+                    Loop("b", Const(cols.taps), col_weight + [Let("racc", Var("racc") + Var(
+                        "cw") * at(Var("ri"), _clamp(Var("ct"), W)))]),
+                    Let("acc", Var("acc") + Var("rw") * Var("racc")),
+                    Let("rsum", Var("rsum") + Var("rw"))]),
+                Let("wsum", Var("rsum") * Var("csum"))]
+        value = Select(cmp("!=", Var("wsum"), F64(0.0)), div(Var("acc"), Var("wsum")),
+                       F64(0.0))
+    if crop:
+        value = Select(cmp("or", Var("rout"), Var("cout")), Const(float(attrs["extrapolation"])),
+                       value)
     body.append(Loop("j", Const(OW), col + [Store("y", Var("yb") + Var("j"), value)]))
     return rows_kernel(name, [Param("x0"), Param("y")], C * OH, body, comment)
 

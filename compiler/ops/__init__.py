@@ -363,13 +363,16 @@ def sum_bound(terms: Callable[[BoundCtx], float] | None = None, extra: float = 2
     return rule
 
 
-def f64_sum_bound(terms: Callable[[BoundCtx], float], extra: float = 2.0):
-    """A sum accumulated in float64 and rounded once to float32 at the store (global average
-    pooling, bilinear upsampling): ``EPS32 * |out| + (K + extra) * EPS64 * sum |terms|``."""
+def f64_sum_bound(terms: Callable[[BoundCtx], float], extra: float = 2.0,
+                  via: Callable[[Arrays, dict[str, Any]], np.ndarray] | None = None):
+    """A sum accumulated in float64 and rounded once to float32 at the store (resizing):
+    ``EPS32 * |out| + (K + extra) * EPS64 * sum |terms|``, sum |terms| as ``sum_bound`` takes
+    it (``via``: where the op's reference is not monotone in |inputs|, as bicubic's negative
+    weights make it)."""
 
     def rule(ctx: BoundCtx) -> np.ndarray:
         return ctx.err_in + EPS32 * np.abs(ctx.out) + \
-            (terms(ctx) + extra) * EPS64 * ctx.absolute()
+            (terms(ctx) + extra) * EPS64 * ctx.absolute(via)
     return rule
 
 

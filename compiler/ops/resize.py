@@ -1,26 +1,60 @@
-"""Upsampling by a scale factor: nearest neighbour or bilinear.
+"""Resizing (ONNX's Resize): each channel's H x W plane sampled by nearest neighbour, bilinear
+or bicubic interpolation, by a scale factor or to a size, with ONNX's coordinate
+transformations, cubic coefficient, outside exclusion and antialiasing.
 
-Nearest: out[i] = in[floor(i / scale)]. Bilinear with align_corners=false samples at
-(i + 0.5) / scale - 0.5 clamped at 0 (PyTorch; ONNX Resize's pytorch_half_pixel); with
-align_corners=true at i * (in - 1) / (out - 1).
+Per axis (height, width), output index i maps to a source coordinate x(i) in the input
+(``coordinates``, ONNX's coordinate_transformation_mode), with ``scale`` the axis's scale
+factor, ``n`` the input length and ``m`` the output length:
 
-ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.py): Resize with
-scales [1, 1, sh, sw]; nearest = mode "nearest", coordinate_transformation_mode "asymmetric",
-nearest_mode "floor"; bilinear = mode "linear" with "pytorch_half_pixel" or "align_corners".
-One deliberate difference: when downsampling (scale < 1) to an output of length 1 without
-align_corners, pytorch_half_pixel samples at 0, while we (like PyTorch's scale_factor path)
-sample at 0.5 / scale - 0.5.
+    half_pixel            (i + 1/2) / scale - 1/2
+    half_pixel_symmetric  offset + (i + 1/2) / scale - 1/2,  offset = n/2 (1 - m / (n scale))
+    pytorch_half_pixel    (i + 1/2) / scale - 1/2, or 0 where m = 1
+    align_corners         i (n - 1) / (m - 1), or 0 where m = 1
+    asymmetric            i / scale
+    tf_half_pixel_for_nn  (i + 1/2) / scale
+    tf_crop_and_resize    start (n - 1) + i (end - start)(n - 1) / (m - 1), or
+                          (start + end)(n - 1) / 2 where m = 1; (start, end) from ``roi``, and
+                          outputs whose x is outside [0, n - 1] are ``extrapolation``
+
+Nearest reads input pixel round(x), rounded as ``rounding`` says (ONNX's nearest_mode: floor,
+ceil, round_prefer_floor = half down, round_prefer_ceil = half up) and clamped to [0, n - 1].
+Bilinear and bicubic weigh every integer position t by K(s (t - x)), normalised to sum 1, and
+read the input at t clamped to [0, n - 1] (the edge repeats); with ``exclude_outside`` the
+positions outside the input weigh 0 instead. K is the tent max(0, 1 - |d|) or Keys' cubic with
+a = ``cubic_a`` (-0.75 as PyTorch, -0.5 as TensorFlow):
+
+    K(d) = (a + 2)|d|^3 - (a + 3)|d|^2 + 1     for |d| <= 1
+           a|d|^3 - 5a|d|^2 + 8a|d| - 4a        for 1 < |d| < 2, else 0
+
+and s = min(scale, 1) with ``antialias`` (the filter stretched by 1 / scale when downsampling,
+so every input pixel counts), else 1. Both axes are resampled independently.
+
+The output is ``size`` where given (the scale is then size / input size), else
+floor(input size x scale). Where ONNX's text leaves it open, m is that integer output length,
+as ONNX Runtime and PyTorch compute it (ONNX's reference implementation takes the unrounded
+n x scale for align_corners, tf_crop_and_resize and pytorch_half_pixel's test for one output;
+the importer refuses the scales where the two differ); pytorch_half_pixel samples one output at
+0 as ONNX's text says (its reference at -1/2, which bicubic and antialiasing tell apart); and
+tf_crop_and_resize's output is floor(n x scale), as both compute it.
+
+DSL defaults follow PyTorch's ``interpolate``: ``coordinates=pytorch`` is asymmetric for
+nearest (out[i] = in[floor(i / scale)], with ``rounding=floor``) and half_pixel for bilinear and
+bicubic, or align_corners with ``align_corners=true``. ONNX mapping (checked against ONNX
+Runtime in tests/ops/test_resize.py): Resize with the same modes ("linear" is bilinear,
+"cubic" bicubic) and attributes, scales [1, 1, sh, sw] or sizes [N, C, h, w].
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from ..kernels.pool import upsample_kernel
+from ..kernels.pool import FilterAxis, upsample_kernel
 from ..types import TensorType
 from . import (
+    EPS32,
     Attr,
     AttrError,
     BoundCtx,
@@ -28,83 +62,247 @@ from . import (
     ShapeError,
     as_bool,
     as_choice,
-    exact_bound,
+    as_float,
+    as_pair,
     f64_sum_bound,
     no_macs,
     one_input,
     register,
 )
 
+MODES = ("nearest", "bilinear", "bicubic")
+COORDINATES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+               "asymmetric", "tf_half_pixel_for_nn", "tf_crop_and_resize")
+ROUNDINGS = ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil")
+#: Half the width of each filter, in input pixels before antialiasing stretches it.
+SUPPORT = {"bilinear": 1, "bicubic": 2}
+
+
+def _scale_pair(value: Any) -> tuple[float, float]:
+    scales = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(scales) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
+                                   and math.isfinite(s) and s > 0 for s in scales):
+        raise AttrError(f"scale must be a positive number or (height, width) pair, got {value}",
+                        "scale")
+    return (float(scales[0]), float(scales[1]))
+
+
+def _roi(value: Any) -> tuple[float, float, float, float]:
+    if value is None:
+        return (0.0, 0.0, 1.0, 1.0)
+    if not isinstance(value, (tuple, list)) or len(value) != 4 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value):
+        raise AttrError(f"roi takes four numbers (top, left, bottom, right: where the crop "
+                        f"starts and ends, as fractions of the input), got {value}", "roi")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _coordinates(attrs: dict[str, Any], mode: str) -> str:
+    """The ONNX coordinate transformation the attributes ask for (``pytorch``: as PyTorch's
+    ``interpolate`` maps its ``align_corners`` flag)."""
+    coords = as_choice(attrs["coordinates"], "coordinates", ("pytorch", *COORDINATES))
+    align = as_bool(attrs["align_corners"], "align_corners")
+    if coords != "pytorch":
+        if align:
+            raise AttrError(f"align_corners is PyTorch's flag, for coordinates=pytorch; with "
+                            f"coordinates={coords} leave it out", "align_corners")
+        return coords
+    if align and mode == "nearest":
+        raise AttrError("align_corners is for bilinear and bicubic (as in PyTorch); nearest "
+                        "takes coordinates=align_corners", "align_corners")
+    return "align_corners" if align else ("asymmetric" if mode == "nearest" else "half_pixel")
+
 
 def _canonicalize(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
-    scale = attrs["scale"]
-    scales = tuple(scale) if isinstance(scale, (tuple, list)) else (scale, scale)
-    if len(scales) != 2 or not all(isinstance(s, (int, float)) and not isinstance(s, bool)
-                                   and s > 0 for s in scales):
-        raise AttrError(f"scale must be a positive number or (height, width) pair, got {scale}",
-                        "scale")
-    mode = as_choice(attrs["mode"], "mode", ("nearest", "bilinear"))
-    return {"scale": tuple(float(s) for s in scales), "mode": mode,
-            "align_corners": as_bool(attrs["align_corners"], "align_corners")}
+    x = in_types[0]
+    if x.rank != 3:
+        raise ShapeError(f"upsample needs a channels x height x width input, got {x}")
+    mode = as_choice(attrs["mode"], "mode", MODES)
+    coords = _coordinates(attrs, mode)
+    size = None if attrs["size"] is None else as_pair(attrs["size"], "size")
+    if attrs["scale"] is not None:
+        scale = _scale_pair(attrs["scale"])
+    elif size is not None:
+        scale = (size[0] / x.height, size[1] / x.width)
+    else:
+        scale = (2.0, 2.0)
+    if size is None:
+        size = (math.floor(x.height * scale[0]), math.floor(x.width * scale[1]))
+    antialias = as_bool(attrs["antialias"], "antialias")
+    if antialias and mode == "nearest":
+        raise AttrError("antialias is for bilinear and bicubic", "antialias")
+    if attrs["roi"] is not None and coords != "tf_crop_and_resize":
+        raise AttrError("roi is for coordinates=tf_crop_and_resize", "roi")
+    return {"scale": scale, "size": size, "mode": mode, "coordinates": coords,
+            "rounding": as_choice(attrs["rounding"], "rounding", ROUNDINGS),
+            "cubic_a": as_float(attrs["cubic_a"], "cubic_a"),
+            "exclude_outside": as_bool(attrs["exclude_outside"], "exclude_outside"),
+            "antialias": antialias, "roi": _roi(attrs["roi"]),
+            "extrapolation": as_float(attrs["extrapolation"], "extrapolation")}
 
 
 def _infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
     x = in_types[0]
     if x.rank != 3:
         raise ShapeError(f"upsample needs a channels x height x width input, got {x}")
-    h, w = (int(np.floor(d * s)) for d, s in zip(x.shape[1:], attrs["scale"]))
+    h, w = attrs["size"]
     if h < 1 or w < 1:
         raise ShapeError(f"upsample: scale {attrs['scale']} leaves no pixels of {x}")
     return x.with_shape(x.channels, h, w)
 
 
-def _source_coords(n_in: int, n_out: int, scale: float, mode: str, align: bool):
+# -- the float64 reference: ONNX's formulas, one axis at a time --------------------------------
+
+def source_coordinates(n_in: int, n_out: int, scale: float, coordinates: str,
+                       roi: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """ONNX's x_original of each output index along one axis (the module docstring's table;
+    ``roi`` is this axis's (start, end) for tf_crop_and_resize)."""
     i = np.arange(n_out, dtype=np.float64)
-    if mode == "nearest":
-        return np.minimum(np.floor(i / scale), n_in - 1).astype(int), None, None
-    if align:
-        src = i * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(i)
+    if coordinates == "half_pixel":
+        return (i + 0.5) / scale - 0.5
+    if coordinates == "half_pixel_symmetric":
+        offset = n_in / 2 * (1 - n_out / (n_in * scale))
+        return offset + (i + 0.5) / scale - 0.5
+    if coordinates == "pytorch_half_pixel":
+        return (i + 0.5) / scale - 0.5 if n_out > 1 else np.zeros(n_out)
+    if coordinates == "align_corners":
+        return i * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros(n_out)
+    if coordinates == "asymmetric":
+        return i / scale
+    if coordinates == "tf_half_pixel_for_nn":
+        return (i + 0.5) / scale
+    if coordinates == "tf_crop_and_resize":
+        start, end = roi
+        if n_out == 1:
+            return np.full(n_out, 0.5 * (start + end) * (n_in - 1))
+        # start (n - 1) + i (end - start)(n - 1) / (m - 1), written so that the ends of the
+        # region come out exact: whether they lie inside the input is then decided right
+        return (start * (n_out - 1 - i) + end * i) * (n_in - 1) / (n_out - 1)
+    raise ValueError(f"unknown coordinate transformation {coordinates!r}")
+
+
+def nearest_index(x: np.ndarray, rounding: str) -> np.ndarray:
+    """The input pixel nearest neighbour resizing reads at each coordinate (before clamping)."""
+    if rounding == "floor":
+        return np.floor(x)
+    if rounding == "ceil":
+        return np.ceil(x)
+    if rounding == "round_prefer_floor":  # half down
+        return np.ceil(x - 0.5)
+    return np.floor(x + 0.5)  # round_prefer_ceil: half up
+
+
+def _filter(d: np.ndarray, mode: str, a: float) -> np.ndarray:
+    """The tent, or Keys' cubic with coefficient ``a`` (the module docstring's K)."""
+    u = np.abs(d)
+    if mode == "bilinear":
+        return np.maximum(0.0, 1.0 - u)
+    inner = ((a + 2) * u - (a + 3)) * u * u + 1
+    outer = ((a * u - 5 * a) * u + 8 * a) * u - 4 * a
+    return np.where(u <= 1, inner, np.where(u < 2, outer, 0.0))
+
+
+def stretch(attrs: dict[str, Any], axis: int) -> float:
+    """s of the filter K(s d) along an axis: min(scale, 1) when antialiasing, else 1."""
+    return min(attrs["scale"][axis], 1.0) if attrs["antialias"] else 1.0
+
+
+def axis_weights(n_in: int, n_out: int, axis: int,
+                 attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(m x n matrix A, mask) for one axis (0 height, 1 width): output i is sum_t A[i, t] in[t]
+    (then the other axis's), or ``extrapolation`` where ``mask[i]`` (tf_crop_and_resize)."""
+    roi = attrs["roi"][axis], attrs["roi"][axis + 2]
+    x = source_coordinates(n_in, n_out, attrs["scale"][axis], attrs["coordinates"], roi)
+    rows = np.arange(n_out)
+    a = np.zeros((n_out, n_in))
+    if attrs["mode"] == "nearest":
+        a[rows, np.clip(nearest_index(x, attrs["rounding"]), 0, n_in - 1).astype(int)] = 1.0
     else:
-        src = np.maximum((i + 0.5) / scale - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(int), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, src - lo
+        s = stretch(attrs, axis)
+        reach = math.ceil(SUPPORT[attrs["mode"]] / s) + 1  # past every non-zero weight
+        t = np.floor(x).astype(int)[:, None] + np.arange(-reach, reach + 1)[None, :]
+        w = _filter(s * (t - x[:, None]), attrs["mode"], attrs["cubic_a"])
+        if attrs["exclude_outside"]:
+            w = np.where((t >= 0) & (t < n_in), w, 0.0)
+        total = w.sum(axis=1, keepdims=True)
+        w = np.divide(w, total, out=np.zeros_like(w), where=total != 0)  # all 0: output 0
+        np.add.at(a, (np.repeat(rows, t.shape[1]), np.clip(t, 0, n_in - 1).reshape(-1)),
+                  w.reshape(-1))
+    outside = (x < 0) | (x > n_in - 1) if attrs["coordinates"] == "tf_crop_and_resize" \
+        else np.zeros(n_out, bool)
+    return a, outside
+
+
+def _resample(x: np.ndarray, attrs: dict[str, Any], magnitude: bool = False) -> np.ndarray:
+    """The reference (``magnitude``: with |weights| on |x|, the sum of |terms| of each output,
+    and 0 where extrapolated)."""
+    x = np.asarray(x, np.float64)
+    (h, w), (oh, ow) = x.shape[2:], attrs["size"]
+    ah, out_h = axis_weights(h, oh, 0, attrs)
+    aw, out_w = axis_weights(w, ow, 1, attrs)
+    if magnitude:
+        ah, aw, x = np.abs(ah), np.abs(aw), np.abs(x)
+    y = np.einsum("ph,nchw,qw->ncpq", ah, x, aw)
+    outside = out_h[:, None] | out_w[None, :]
+    return np.where(outside, 0.0 if magnitude else attrs["extrapolation"], y)
 
 
 def _reference(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    h, w = x.shape[2:]
-    oh, ow = int(np.floor(h * attrs["scale"][0])), int(np.floor(w * attrs["scale"][1]))
-    mode, align = attrs["mode"], attrs["align_corners"]
-    rl, rh, rf = _source_coords(h, oh, attrs["scale"][0], mode, align)
-    cl, ch, cf = _source_coords(w, ow, attrs["scale"][1], mode, align)
-    if mode == "nearest":
-        return x[:, :, rl][:, :, :, cl]
-    rows = x[:, :, rl] * (1 - rf)[:, None] + x[:, :, rh] * rf[:, None]
-    return rows[:, :, :, cl] * (1 - cf) + rows[:, :, :, ch] * cf
+    return _resample(x, attrs)
 
 
-_NEAREST, _BILINEAR = exact_bound(), f64_sum_bound(terms=lambda ctx: 4)
+def axis_taps(attrs: dict[str, Any], axis: int) -> int:
+    """How many input positions one output reads along an axis (bilinear and bicubic): every t
+    with s |t - x| < support, for any x."""
+    return 2 * math.ceil(SUPPORT[attrs["mode"]] / stretch(attrs, axis))
+
+
+def _magnitudes(inputs: Any, attrs: dict[str, Any]) -> np.ndarray:
+    """sum |w| |x| of each output (0 where extrapolated)."""
+    return _resample(inputs[0], attrs, magnitude=True)
+
+
+_FILTERED = f64_sum_bound(terms=lambda ctx: axis_taps(ctx.attrs, 0) * axis_taps(ctx.attrs, 1),
+                          extra=8, via=_magnitudes)
 
 
 def _bound(ctx: BoundCtx):
-    """Nearest: a copy (exact). Bilinear: four taps weighted in float64 with the reference's
-    own coordinates (``kernels/pool.upsample_kernel``), rounded once at the store."""
-    return (_NEAREST if ctx.attrs["mode"] == "nearest" else _BILINEAR)(ctx)
+    """Nearest: a copy (exact), and the extrapolation value rounded once to float32. Bilinear
+    and bicubic: the weights and sums in float64 with the reference's own coordinates
+    (computed in the same order), the K products summed in any order and divided by the
+    weights' sums (8 roundings more), rounded once at the store."""
+    if ctx.attrs["mode"] != "nearest":
+        return _FILTERED(ctx)
+    copied = _magnitudes([np.ones_like(ctx.inputs[0])], ctx.attrs)  # 0: extrapolated
+    return ctx.err_in + EPS32 * np.abs(ctx.out) * (copied == 0)
 
 
 def _lower(ctx, node):
-
-    k = upsample_kernel(ctx.kname, ctx.in_shapes[0], ctx.out_shape[1:], node.attrs, ctx.comment)
+    a = node.attrs
+    axes = None
+    if a["mode"] != "nearest":
+        axes = tuple(FilterAxis(axis_taps(a, k), stretch(a, k)) for k in (0, 1))
+    k = upsample_kernel(ctx.kname, ctx.in_shapes[0], ctx.out_shape[1:], a, axes, ctx.comment)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
 
 
 register(OpDef(
     name="upsample", family="resize",
-    signature=(Attr("scale", "ints", 2), Attr("mode", "choice", "nearest",
-                                               choices=("nearest", "bilinear")),
-               Attr("align_corners", "bool", False)),
+    signature=(Attr("scale", "ints", None, doc="a number or (height, width); default 2, or "
+                    "size / input size where size is given"),
+               Attr("mode", "choice", "nearest", choices=MODES),
+               Attr("align_corners", "bool", False),
+               Attr("coordinates", "choice", "pytorch", choices=("pytorch", *COORDINATES)),
+               Attr("rounding", "choice", "floor", choices=ROUNDINGS),
+               Attr("cubic_a", "float", -0.75),
+               Attr("exclude_outside", "bool", False),
+               Attr("antialias", "bool", False),
+               Attr("size", "ints", None, doc="output (height, width)"),
+               Attr("roi", "any", None, doc="(top, left, bottom, right) of the crop"),
+               Attr("extrapolation", "float", 0.0)),
     canonicalize=_canonicalize, infer=_infer, reference=one_input(_reference), macs=no_macs,
     lower=lambda ctx, node: _lower(ctx, node), error_bound=_bound,
-    aliases=("resize",), doc="nearest or bilinear upsampling by a scale factor",
+    aliases=("resize",), doc="nearest, bilinear or bicubic resizing by a scale factor or to a "
+                             "size (ONNX's Resize)",
 ))

@@ -14,6 +14,7 @@ Reshape -> Transpose -> Reshape, space_to_depth in mode CRD as SpaceToDepth and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,16 +192,40 @@ def _gmp(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
 
 @converts("upsample")
 def _upsample(ex: Exporter, node: Node, xs: list[str], out: str) -> str:
+    """Resize over height and width with the op's own modes and attributes: scales where
+    float32 holds the op's scale and it gives the op's size (floor(in x scale)), else sizes
+    where the op's scale is size / in, as ONNX then computes it."""
     a = node.attrs
-    scales = ex.const(node.name + "/scales", [1.0, 1.0, *a["scale"]])
-    if a["mode"] == "nearest":
-        # out[i] = in[floor(i / scale)]
-        mode = dict(mode="nearest", coordinate_transformation_mode="asymmetric",
-                    nearest_mode="floor")
+    in_hw = ex.graph.node(node.inputs[0]).type.shape[1:]
+    f32 = [float(np.float32(s)) for s in a["scale"]]
+    roi = ""
+    if a["coordinates"] == "tf_crop_and_resize":
+        top, left, bottom, right = a["roi"]
+        roi = ex.const(node.name + "/roi", [top, left, bottom, right])
+    if f32 == list(a["scale"]) and [math.floor(n * s) for n, s in zip(in_hw, f32)] == \
+            list(a["size"]):
+        inputs = [xs[0], roi, ex.const(node.name + "/scales", f32)]
+    elif all(s == size / n for s, size, n in zip(a["scale"], a["size"], in_hw)):
+        inputs = [xs[0], roi, "", ex.ints(node.name + "/sizes", list(a["size"]))]
     else:
-        coords = "align_corners" if a["align_corners"] else "pytorch_half_pixel"
-        mode = dict(mode="linear", coordinate_transformation_mode=coords)
-    return ex.emit("Resize", [xs[0], "", scales], node.name, out, **mode)
+        raise OnnxExportError(f"{node.name}: upsample with scale {a['scale']} and size "
+                              f"{a['size']}: ONNX's Resize takes one or the other")
+    attrs: dict[str, Any] = {"axes": [2, 3], "coordinate_transformation_mode": a["coordinates"],
+                             "mode": {"bilinear": "linear", "bicubic": "cubic"}.get(a["mode"],
+                                                                                   a["mode"])}
+    if a["mode"] == "nearest":
+        attrs["nearest_mode"] = a["rounding"]
+    else:
+        attrs["antialias"] = int(a["antialias"])
+        if a["mode"] == "bicubic":
+            attrs["cubic_coeff_a"] = a["cubic_a"]
+        # (ONNX Runtime takes it for cubic and antialiased linear only: elsewhere, reading the
+        # edge pixel or leaving it out gives the same numbers)
+        if a["exclude_outside"] and (a["mode"] == "bicubic" or a["antialias"]):
+            attrs["exclude_outside"] = 1
+    if roi:
+        attrs["extrapolation_value"] = a["extrapolation"]
+    return ex.emit("Resize", inputs, node.name, out, **attrs)
 
 
 # -- shapes -----------------------------------------------------------------------------------

@@ -24,7 +24,12 @@ from cnnc.dsl.errors import DslError  # noqa: E402
 from cnnc.dsl.parser import parse  # noqa: E402
 from cnnc.runtime.cli import main  # noqa: E402
 from cnnc.runtime.onnx import export_onnx, import_onnx  # noqa: E402
-from cnnc.runtime.onnx.export import CONVERTERS, IR_VERSION, OPSET  # noqa: E402
+from cnnc.runtime.onnx.export import (  # noqa: E402
+    CONVERTERS,
+    IR_VERSION,
+    OPSET,
+    OnnxExportError,
+)
 from cnnc.runtime.reference import run_reference  # noqa: E402
 from cnnc.runtime.summary import summarize  # noqa: E402
 from cnnc.runtime.weights import init_params  # noqa: E402
@@ -127,6 +132,32 @@ def test_every_op_network():
     ops = {n.op for n in graph.compute_nodes()}
     assert set(CONVERTERS) <= ops, "add the missing ops to ALL_OPS"
     check_export(graph)
+
+
+def test_resize_attributes_export():
+    """upsample's modes and ONNX attributes written as Resize's: ONNX Runtime computes the same
+    numbers, and the file imports back to them (scales where float32 holds the scale, else
+    sizes)."""
+    graph = load_network("""
+network resizes
+input image: 3 x 8 x 10
+image -> upsample(0.5, mode=bicubic, antialias=true, exclude_outside=true, cubic_a=-0.5)
+      -> output shrunk
+image -> upsample(size=(11, 7), mode=bicubic) -> output sized
+image -> upsample(1.5, mode=bilinear, coordinates=tf_crop_and_resize, roi=(0.1, -0.2, 0.9, 1.1),
+                  extrapolation=1.5) -> output cropped
+image -> upsample(2, coordinates=half_pixel, rounding=round_prefer_ceil) -> output nearest
+image -> upsample((1.25, 0.6), mode=bilinear, coordinates=half_pixel_symmetric)
+      -> output symmetric
+""")
+    model = check_export(graph)
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 5
+    sized = resizes[1]  # a width scale of 7 / 10, which float32 does not hold: sizes
+    assert len(sized.input) == 4 and sized.input[2] == "" and sized.input[3]
+    both = load_network("input x: 1 x 4 x 4\nx -> upsample(2, size=(5, 5)) -> output y\n")
+    with pytest.raises(OnnxExportError, match=r"scale \(2.0, 2.0\) and size \(5, 5\)"):
+        export_onnx(both, {})
 
 
 def test_exports_without_an_exact_import_form():

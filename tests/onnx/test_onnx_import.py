@@ -184,6 +184,44 @@ def test_single_op(name, build):
     roundtrip(build())
 
 
+# -- Flatten's axis: rows of the dimensions before it --------------------------------------------
+
+@pytest.mark.parametrize("shape,axis", [
+    ((3, 4, 5), 1), ((3, 4, 5), -3), ((1, 4, 5), 2), ((1, 4, 5), -2), ((1, 1, 5), 3),
+    ((1, 1, 1), 4), ((1, 1, 1), -1), ((6,), 1), ((1,), 2), ((1,), -1),
+])
+def test_flatten_axis_after_dimensions_of_size_one(shape, axis):
+    """(N x the dimensions before the axis, the rest): one row per sample where those are 1."""
+    text, _ = roundtrip(single("Flatten", shape, opset=13, axis=axis))
+    assert "flatten" in text or len(shape) == 1
+
+
+def test_flatten_axis_0_where_the_batch_is_declared_1():
+    graph = helper.make_graph(
+        [node("Flatten", ["x"], axis=0)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    text, _ = roundtrip(model, batch=1)
+    assert "flatten" in text
+
+
+@pytest.mark.parametrize("shape,axis,words", [
+    ((3, 4, 5), 0, "axis 0 folds the batch into the features"),
+    ((3, 4, 5), 2, "axis 2 folds each sample's first 1 dimension (3) into the batch"),
+    ((3, 4, 5), -1, "axis -1 (3) folds each sample's first 2 dimensions (3x4)"),
+    ((1, 4, 5), 3, "first 2 dimensions (1x4)"),
+    ((6,), 2, "first 1 dimension (6)"),
+    ((3, 4, 5), 5, "axis 5 is out of range for a rank-4 tensor (-4 to 4)"),
+    ((3, 4, 5), -5, "axis -5 is out of range"),
+])
+def test_flatten_that_folds_samples_into_the_batch_is_refused(shape, axis, words):
+    with pytest.raises(OnnxImportError) as e:
+        import_onnx(single("Flatten", shape, opset=13, axis=axis) if abs(axis) <= 4 else
+                    _unchecked([node("Flatten", ["x"], axis=axis)], {}, 13, shape))
+    assert str(e.value).startswith("Flatten (") and words in str(e.value)
+
+
 # -- opset variations where signatures changed ------------------------------------------------
 
 @pytest.mark.parametrize("opset", [11, 13, 17, 18, 21])
@@ -371,8 +409,10 @@ def test_unsupported_operator_is_named():
 @pytest.mark.parametrize("build,words", [
     (lambda: make_model([node("Clip", ["x", "lo", "hi"])], {"x": (3,)},
                         {"lo": np.float32(-1), "hi": np.float32(1)}), ["Clip", "relu6"]),
-    (lambda: single("Resize", (2, 3, 3), {"s": np.array([1, 1, 2, 2], np.float32)},
-                    extra=["", "s"], mode="cubic"), ["cubic"]),
+    (lambda: single("Resize", (2, 3, 3), {"s": np.array([1, 2, 2, 2], np.float32)},
+                    extra=["", "s"], mode="cubic"), ["Resize", "height and width"]),
+    (lambda: single("Resize", (2, 3, 5), {"s": np.array([1, 1, 1, 0.6], np.float32)},
+                    extra=["s"], opset=10), ["Resize", "nearest downsampling before opset 11"]),
     (lambda: single("Pad", (2, 3, 3), {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)},
                     extra=["p"], mode="wrap", opset=19), ["wrap"]),
     (lambda: single("Softmax", (3, 2, 2), opset=11, axis=1), ["Softmax", "axes"]),
@@ -738,15 +778,19 @@ def test_initializer_whose_dims_disagree_with_its_data(damage):
         import_onnx(model)
 
 
-@pytest.mark.parametrize("coord,scales,sizes", [
-    ("align_corners", [1, 1, 0.6, 0.6], None),      # ONNX divides by in * scale - 1, not out - 1
-    ("pytorch_half_pixel", None, [2, 2, 3, 1]),     # an output of width 1 samples at 0
-    ("half_pixel", [1, 1, 0.5, 0.5], None),
-    ("asymmetric", [1, 1, 2, 2], None),
-    ("align_corners", [1, 1, 2, 2], None),
+@pytest.mark.parametrize("coord,scales,sizes,ambiguous", [
+    # ONNX's reference takes the length in x scale (2.4, 1.2), ONNX Runtime the output's
+    ("align_corners", [1, 1, 0.6, 0.6], None, True),  # divides by it less 1
+    ("pytorch_half_pixel", [1, 1, 0.3, 0.3], None, True),  # tells one output by it
+    ("pytorch_half_pixel", None, [2, 2, 3, 1], False),  # an output of width 1 samples at 0
+    ("half_pixel", [1, 1, 0.5, 0.5], None, False),
+    ("asymmetric", [1, 1, 2, 2], None, False),
+    ("align_corners", [1, 1, 2, 2], None, False),
 ])
-def test_linear_resize_is_imported_only_where_it_samples_cnnc_points(coord, scales, sizes):
-    """Either a clean refusal or the same numbers as ONNX Runtime, never a different answer."""
+def test_linear_resize_is_imported_or_refused_where_onnx_is_ambiguous(coord, scales, sizes,
+                                                                       ambiguous):
+    """Either a clean refusal (where ONNX's reference and ONNX Runtime disagree) or the same
+    numbers as ONNX Runtime, never a different answer."""
     inits = {"roi": np.array([], np.float32)}
     ins = ["x", "roi"]
     if scales is not None:
@@ -758,11 +802,11 @@ def test_linear_resize_is_imported_only_where_it_samples_cnnc_points(coord, scal
     model = make_model([node("Resize", ins, mode="linear",
                              coordinate_transformation_mode=coord)], {"x": (2, 4, 4)}, inits,
                        opset=13)
-    try:
-        text, _ = roundtrip(model)
-    except OnnxImportError as e:
-        assert "samples other points" in str(e)
+    if ambiguous:
+        with pytest.raises(OnnxImportError, match="place the samples differently"):
+            import_onnx(model)
     else:
+        text, _ = roundtrip(model)
         assert "bilinear" in text
 
 

@@ -15,6 +15,13 @@ from .. import AttrError, ShapeError, as_int
 PAD_WORDS = ("same", "valid", "full")
 
 
+def split_padding(total: int, upper: bool = True) -> tuple[int, int]:
+    """(before, after): a total padding in halves, the odd one after (``upper``: ONNX's
+    SAME_UPPER) or before the input (SAME_LOWER)."""
+    small, big = total // 2, total - total // 2
+    return (small, big) if upper else (big, small)
+
+
 def same_pads(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
               dilation: tuple[int, int], upper: bool = True) -> tuple[int, int, int, int]:
     """``same`` padding, (top, left, bottom, right): the least total padding that makes
@@ -23,10 +30,9 @@ def same_pads(in_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int
     begin, end = [], []
     for size, k, s, d in zip(in_hw, kernel, stride, dilation):
         out = -(-size // s)
-        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
-        small, big = total // 2, total - total // 2
-        begin.append(small if upper else big)
-        end.append(big if upper else small)
+        before, after = split_padding(max((out - 1) * s + d * (k - 1) + 1 - size, 0), upper)
+        begin.append(before)
+        end.append(after)
     return (begin[0], begin[1], end[0], end[1])
 
 

@@ -1,6 +1,7 @@
-"""A transposed convolution in terms of convolutions: its output size, its weight as the
-equivalent convolution's (flipped, transposed), the zero-stuffed stride-1 convolution the
-direct lowering runs, and the output phases ``conv_transpose_as_phases`` splits it into."""
+"""A transposed convolution in terms of convolutions: its output size (and the padding that
+gives a requested one), its weight as the equivalent convolution's (flipped, transposed), the
+zero-stuffed stride-1 convolution the direct lowering runs, and the output phases
+``conv_transpose_as_phases`` splits it into."""
 
 from __future__ import annotations
 
@@ -8,9 +9,24 @@ from typing import Any
 
 import numpy as np
 
+from .padding import split_padding
+
 
 def transpose_out(size: int, k: int, s: int, d: int, before: int, after: int, op_: int) -> int:
     return (size - 1) * s - before - after + d * (k - 1) + op_ + 1
+
+
+def transpose_pads_for(size: int, out: int, k: int, s: int, d: int, op_: int,
+                       upper: bool) -> tuple[int, int, int]:
+    """(before, after, output_padding) giving an output of length ``out`` (ONNX's
+    ConvTranspose with ``output_shape`` or auto_pad SAME): the full output less ``out`` as
+    padding, split as ``split_padding`` splits it; an ``out`` longer than the full output
+    grows the output padding instead (the extra outputs at the end, as ONNX Runtime has
+    them)."""
+    total = transpose_out(size, k, s, d, 0, 0, op_) - out
+    if total < 0:
+        return (0, 0, op_ - total)
+    return (*split_padding(total, upper), op_)
 
 
 def transposed_as_conv_weight(w: np.ndarray, groups: int) -> np.ndarray:

@@ -78,15 +78,33 @@ def _rearrangement(shape: tuple[int, ...], split: tuple[int, ...], perm: list[in
 
 
 def _flatten(imp: Importer, node: Any, i: int) -> None:
+    """Flatten(axis) makes rows of the dimensions before the axis: (N x d1 ... d[axis-1],
+    d[axis] ...). With the batch first, that is cnnc's flatten (one row per sample) where the
+    per-sample dimensions before the axis are all 1, and for axis 0 where the model declares a
+    batch of 1; any other axis would fold per-sample dimensions into the batch (or the batch
+    into the features), which cnnc's tensors, a batch of samples, cannot hold."""
     x = imp.dyn(node)
-    rank = len(imp.shapes[x]) + 1
-    axis = int(node_attrs(node).get("axis", 1))
-    axis = axis + rank if axis < 0 else axis
-    if axis == 0 and imp.literal_batch == 1 and imp.static_batch:
-        axis = 1  # (1, N*C*H*W) is (N, C*H*W) for the model's declared batch of 1
-    if axis != 1:
-        raise refuse(node, imp.opset, f"only axis 1 (keep the batch) is supported, got {axis}")
-    if len(imp.shapes[x]) == 1:
+    shape = imp.shapes[x]
+    rank = len(shape) + 1
+    given = int(node_attrs(node).get("axis", 1))
+    if not -rank <= given <= rank:
+        raise refuse(node, imp.opset, f"axis {given} is out of range for a rank-{rank} tensor "
+                     f"(-{rank} to {rank})")
+    axis = given + rank if given < 0 else given
+    shown = f"axis {given}" + (f" ({axis})" if given < 0 else "")
+    if axis == 0 and not (imp.literal_batch == 1 and imp.static_batch):
+        raise refuse(node, imp.opset, f"{shown} folds the batch into the features (one row of "
+                     "N x ... values); cnnc keeps one row per sample, so it imports axis 0 only "
+                     "where the model declares a batch of 1")
+    folded = shape[:max(axis - 1, 0)]
+    if math.prod(folded) != 1:
+        raise refuse(node, imp.opset, f"{shown} folds each sample's first {axis - 1} "
+                     f"dimension{'s' * (axis > 2)} ({'x'.join(map(str, folded))}) into the "
+                     "batch (rows of N x those); cnnc keeps one row per sample: axis 1, or an "
+                     "axis after dimensions of size 1")
+    # (1, N*C*H*W) for a declared batch of 1, or (N, ...) past dimensions of size 1: one row
+    # of every value of each sample
+    if len(shape) == 1:
         imp.alias[node.output[0]] = x
     else:
         imp.add(node, "flatten", {}, [x])
