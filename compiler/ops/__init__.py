@@ -28,6 +28,9 @@ and the rules the middle of the compiler reads:
   the chosen one's name (``lowering``);
 - `out_blocks`: how many channel blocks its blocked kernel writes (``out_blocks(node,
   in_types, lanes)``; None: the channels rounded up to whole blocks);
+- `pack`: the parameter-time node its constants are packed by for its kernel (``pack(graph,
+  node, x_storage, y_storage) -> (op, inputs, attrs)``; the ``pack_weights`` pass adds it as
+  the node's last input, ``packed``);
 - `view`: the output aliases the input buffer (flatten, reshape, dropout, identity);
 - `inplace`: the kernel may write its output over its first input;
 - `gradient`: the backward rule (a slot the training pipeline fills);
@@ -141,6 +144,11 @@ class OpDef:
     writes_whole_blocks: Callable[[Any, list[TensorType]], bool] | None = None
     # (node, in_types, lanes) -> blocks of ``lanes`` channels its blocked kernel writes
     out_blocks: Callable[[Any, list[TensorType], int], int] | None = None
+    # (graph, node, storage of its first input, storage of its output) -> the parameter-time
+    # node that packs, pads or transforms its constants for its kernel, as (op, inputs,
+    # attributes), or None where the kernel reads them as they are (``pack_weights`` pass)
+    pack: Callable[[Any, Any, Any, Any], tuple[str, list[int], dict[str, Any]] | None] \
+        | None = None
     takes_epilogue: str = "none"  # none | unary | any
     layouts: tuple[str, ...] = ("NCHW",)
     algorithms: tuple[Any, ...] = ()

@@ -12,7 +12,17 @@ import numpy as np
 from ..kernels.common import Sizes
 from ..kernels.elementwise import dense_kernel
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
-from . import Attr, OpDef, ParamSpec, ShapeError, as_bool, as_int, register, sum_bound
+from . import (
+    Attr,
+    LoweringError,
+    OpDef,
+    ParamSpec,
+    ShapeError,
+    as_bool,
+    as_int,
+    register,
+    sum_bound,
+)
 
 
 def _features(t: TensorType) -> int:
@@ -64,11 +74,30 @@ def storage_order(shape: tuple[int, ...], storage) -> np.ndarray:
     return storage.index(c, h, w).ravel()
 
 
+def scatter_weight(weight: np.ndarray, features: tuple[int, ...], storage) -> np.ndarray:
+    """A dense weight ``[out, C*H*W]`` over a flattened channel-blocked tensor: each feature's
+    column moved to where the feature lies in the storage (``storage.floats`` columns), zero
+    elsewhere (halo and padding lanes)."""
+    weight = np.asarray(weight)
+    scattered = np.zeros((weight.shape[0], storage.floats), weight.dtype)
+    scattered[:, storage_order(features, storage)] = weight
+    return scattered
+
+
+def _pack_rule(graph, node, x_store, y_store):
+    """Over a flattened blocked tensor the weights are scattered to the features' places
+    (``dense_pack``); over a plain one the kernel reads them as they are."""
+    if x_store is None:
+        return None
+    features = graph.node(graph.node(node.inputs[0]).inputs[0]).type.shape
+    return "dense_pack", [node.inputs[1]], {"features": tuple(features), "storage": x_store}
+
+
 def _lower(ctx, node):
     """The dense kernel; weights and bias by value, activations fused. Over a flattened
     blocked tensor it reads every float of the storage (halo and padding lanes are zeros,
     a convolution's padding block finite), the weights scattered to the features' places and
-    zero elsewhere."""
+    zero elsewhere (``dense_pack``, the node's last input, ``packed``)."""
 
     w, *b = ctx.param_inputs
     x = ctx.tensor_inputs[0]
@@ -77,17 +106,32 @@ def _lower(ctx, node):
     sz = Sizes()
     k = dense_kernel(ctx.kname, n_in, node.attrs["out_features"], bool(b), ctx.epilogue,
                      ctx.comment, sz)
+    weight = w
     if storage is not None:
-        places = storage_order(ctx.graph.node(ctx.graph.node(x).inputs[0]).type.shape, storage)
+        packed = ctx.graph.node(node.inputs[-1])
+        if not node.attrs.get("packed") or packed.attrs.get("storage") != storage:
+            raise LoweringError(f"{ctx.kname}: the weights over its blocked input "
+                                f"{storage} are not packed for it")
+        weight = packed.id
 
     def pack(values):
-        weight = values[w]
-        if storage is not None:
-            scattered = np.zeros((weight.shape[0], n_in), weight.dtype)
-            scattered[:, places] = weight
-            weight = scattered
-        return {"c_w": weight, **({"c_b": values[b[0]]} if b else {})}
+        return {"c_w": values[weight], **({"c_b": values[b[0]]} if b else {})}
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
+
+
+def _dense_pack_infer(in_types, attrs):
+    return in_types[0].with_shape(in_types[0].shape[0], attrs["storage"].floats)
+
+
+def _dense_pack_reference(inputs, attrs):
+    return scatter_weight(np.asarray(inputs[0], np.float64), attrs["features"], attrs["storage"])
+
+
+register(OpDef(
+    name="dense_pack", family="dense", signature=(), infer=_dense_pack_infer,
+    reference=_dense_pack_reference, macs=lambda ts, out, a: 0, internal=True,
+    new_activations=False, made_for_user=True,
+    doc="a dense weight scattered over the channel-blocked storage of its flattened input"))
 
 
 register(OpDef(
@@ -97,6 +141,7 @@ register(OpDef(
     canonicalize=_canonicalize, params=_params, infer=_infer, reference=_reference,
     macs=lambda ts, out, a: _features(ts[0]) * a["out_features"],
     aliases=("linear", "fc"), doc="fully connected layer", layout_rule=_layouts,
+    pack=_pack_rule,
     error_bound=sum_bound(),  # in_features products per output (macs), bias, weights
 ))
 

@@ -32,6 +32,7 @@ from . import (
     Attr,
     AttrError,
     BoundCtx,
+    LoweringError,
     OpDef,
     ParamSpec,
     ShapeError,
@@ -106,24 +107,34 @@ def _params_match(in_types, attrs, op):
     return in_types[0]
 
 
+def _bn_padded(channels: int, storage) -> int:
+    """Constants of a standalone batch norm's kernel: one per channel, or whole vectors of the
+    channel-blocked storage it runs over (zeros past the channels: the padding lanes)."""
+    return channels if storage is None else -(-channels // storage.lanes) * storage.lanes
+
+
+def _bn_pack_rule(graph, node, x_store, y_store):
+    """``bn_scale_shift`` over the statistics: the kernel's scale and shift."""
+    channels = node.type.shape[0]
+    return "bn_scale_shift", list(node.inputs[1:5]), {
+        "eps": node.attrs["eps"], "padded": _bn_padded(channels, x_store)}
+
+
 def _lower_bn(ctx, node):
     """A batch norm not folded into a producer: one multiply-add per element with the scale
-    and shift of ``batchnorm_scale_shift``, activations fused."""
+    and shift of ``batchnorm_scale_shift`` (the ``bn_scale_shift`` node, its last input,
+    ``packed``), activations fused."""
 
-    stats = ctx.param_inputs
-    eps = node.attrs["eps"]
     source = ctx.storage(ctx.tensor_inputs[0])
-    lanes = source.lanes if source is not None else 8
-    blocks = -(-node.type.shape[0] // lanes)
+    padded = _bn_padded(node.type.shape[0], source)
+    packed = ctx.graph.node(node.inputs[-1])
+    if not node.attrs.get("packed") or packed.attrs.get("padded") != padded:
+        raise LoweringError(f"{ctx.kname}: its scale and shift are not packed for its kernel "
+                            f"({padded} channels)")
 
     def pack(values):
-        scale, shift = batchnorm_scale_shift(*(values[i] for i in stats), eps)
-        if source is None:
-            return {"c_scale": scale, "c_shift": shift}
-        # whole vectors, zeros past the channels (the storage's padding lanes)
-        padded = [np.zeros(blocks * lanes) for _ in range(2)]
-        padded[0][: scale.size], padded[1][: shift.size] = scale, shift
-        return {"c_scale": padded[0], "c_shift": padded[1]}
+        flat = values[packed.id]
+        return {"c_scale": flat[:padded], "c_shift": flat[padded:]}
 
     if source is not None:  # NCHW8c in and out (the layout rule)
 
@@ -133,6 +144,21 @@ def _lower_bn(ctx, node):
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
 
 
+def _scale_shift_reference(inputs, attrs):
+    scale, shift = batchnorm_scale_shift(*inputs, attrs["eps"])
+    padded = np.zeros((2, attrs["padded"]))
+    padded[0, :scale.size], padded[1, :shift.size] = scale, shift
+    return padded.ravel()
+
+
+register(OpDef(
+    name="bn_scale_shift", family="norm", signature=(),
+    infer=lambda ts, a: ts[0].with_shape(2 * a["padded"]), reference=_scale_shift_reference,
+    macs=no_macs, arity=4, internal=True, new_activations=False, made_for_user=True,
+    doc="a standalone batch norm's scale, then shift (batchnorm_scale_shift), each padded "
+        "with zeros to the channels its kernel reads"))
+
+
 register(OpDef(
     name="batchnorm", family="norm",
     signature=(Attr("eps", "float", 1e-5), Attr("momentum", "float", 0.1)),
@@ -140,6 +166,7 @@ register(OpDef(
     infer=lambda ts, a: _params_match(ts, a, "batchnorm"),
     reference=_bn_reference, macs=no_macs, aliases=("batch_norm", "bn"), new_activations=False,
     lower=lambda ctx, node: _lower_bn(ctx, node), takes_epilogue="unary", inplace=True,
+    pack=_bn_pack_rule,
     layout_rule=elementwise_layouts, error_bound=_bn_bound,
     doc="batch normalization with running statistics (inference form)",
 ))

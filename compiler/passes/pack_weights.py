@@ -1,41 +1,40 @@
-"""Packed weights as derived parameters: each lowered convolution reads its weights packed for
-its compute kernel from a parameter-time node.
+"""Packed weights as derived parameters: each kernel that reads its constants packed, padded
+or transformed reads them from a parameter-time node, evaluated when parameters are set.
 
     conv(x, w, b; lowering=a, tile=t)  =>  conv(x, w, b, conv_pack(w, b; a, t, lanes); packed)
+    dense(flatten(x), w, b)            =>  dense(.., w, b, dense_pack(w; x's storage); packed)
+    batchnorm(x, g, b, m, v; eps)      =>  batchnorm(.., bn_scale_shift(g, b, m, v; eps,
+                                                                   padded); packed)
 
-The packing depends on decisions made before: the algorithm (``select_lowering``), the
-register tile (``select_tile``) and the block width of the storage the kernel reads
-(``select_layout``), so this pass runs last. ``conv_pack`` is evaluated when parameters are set
-(never per call), the dump shows it with those decisions, and the convolution's own inputs stay
-``w`` and ``b``: its shape rule, reference and gradients do not change. A convolution already
-packed is left alone.
+Each op says what its kernel needs (``OpDef.pack``), given the storage of its input and output:
+what is packed depends on decisions made before (the algorithm, the register tile, the layouts
+and halos of ``select_layout``), so this pass runs last. The dump shows every packing, and the
+node's own inputs stay what they were: its shape rule, reference and gradients do not change;
+a backward pass sees through the packing to the parameters. A node already packed is left alone.
 """
 
 from __future__ import annotations
 
-from ..decisions import own_input_count
 from ..ir import Graph
-from ..ops.conv import pack_attrs
-from ..types import BLOCK_LANES
+from ..lower.driver import blocked_storage
+from ..ops import get_op
 from .common import layer
 from .manager import PassContext
-
-CONVOLUTIONS = ("conv", "conv_transpose")
 
 
 def pack_weights(graph: Graph, ctx: PassContext) -> bool:
     changed = False
     for node in graph.topo_order():
-        if node.op not in CONVOLUTIONS or "lowering" not in node.attrs \
-                or node.attrs.get("packed"):
+        rule = get_op(node.op).pack
+        if rule is None or node.attrs.get("packed"):
             continue
         ctx.at(node)
-        in_types = [graph.node(i).type for i in node.inputs]
-        x_lanes = BLOCK_LANES.get(graph.node(node.inputs[0]).attrs.get("layout"))
-        y_lanes = BLOCK_LANES.get(node.attrs.get("layout"))
-        weights = node.inputs[1:own_input_count(len(node.inputs), node.attrs)]  # w[, b]
-        packed = graph.add("conv_pack", weights, pack_attrs(node, in_types, x_lanes, y_lanes),
-                           name=f"{layer(node)}.packed", span=node.span)
+        made = rule(graph, node, blocked_storage(graph, graph.node(node.inputs[0])),
+                    blocked_storage(graph, node))
+        if made is None:
+            continue
+        op, inputs, attrs = made
+        packed = graph.add(op, inputs, attrs, name=f"{layer(node)}.packed", span=node.span)
         node.attrs["packed"] = True
         graph.set_inputs(node.id, [*node.inputs, packed.id])
         changed = True

@@ -137,6 +137,10 @@ NOT_IN_ONNX = {
     "phase_filter": "a derived parameter of the conv_transpose_as_phases pass (tests/passes)",
     "conv_pack": "a convolution's packed weights, made by the pack_weights pass: every "
                  "compiled convolution runs with them (tests/runtime, tests/codegen_ops)",
+    "dense_pack": "a dense weight scattered over blocked storage, made by the pack_weights "
+                  "pass (tests/runtime: every classifier head over a blocked flatten)",
+    "bn_scale_shift": "a standalone batch norm's constants, made by the pack_weights pass "
+                      "(tests/codegen_ops, tests/runtime)",
 }
 
 

@@ -406,3 +406,40 @@ def test_a_compiled_resnet18_dump_shows_packed_weights_and_arena_slots(tmp_path)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     want = run_reference(m.graph, {"image": x}, m.params)["logits"]
     np.testing.assert_allclose(m(x), want, rtol=1e-3, atol=1e-4)
+
+
+_HEAD_AND_NORM = """network head_and_norm
+input x: 16 x 6 x 6
+x -> conv(16, 3, pad=1) -> batchnorm -> relu -> maxpool(2) -> flatten -> dense(5) -> output y
+"""
+
+
+@pytest.mark.parametrize("level, packings", [
+    (2, {"conv_pack", "dense_pack"}),  # the batch norm folded; the head over blocked storage
+    (0, {"conv_pack", "bn_scale_shift"}),  # the batch norm standalone; everything plain
+])
+def test_every_packing_is_a_parameter_time_node_its_kernel_checks(level, packings):
+    m = compile_model(_HEAD_AND_NORM, opt_level=level, seed=2)
+    graph = m.plan.graph
+    made = {graph.node(n.inputs[-1]).op for n in graph.compute_nodes() if n.attrs.get("packed")}
+    assert made == packings
+    assert {graph.node(i).op for i in m.plan.param_nodes} >= packings
+    x = np.random.default_rng(1).standard_normal((3, 16, 6, 6)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_packing_made_for_another_kernel_is_refused():
+    """The lowering reads the packing's attributes: weights packed for another register tile
+    (or algorithm, or block width) would be read in the wrong order, so they are refused."""
+    from cnnc.compiler.lower import lower_graph
+    from cnnc.compiler.ops import LoweringError
+    from cnnc.compiler.passes import optimize
+    from cnnc.dsl.builder import load_network
+
+    graph = load_network(_HEAD_AND_NORM)
+    optimize(graph, 0)
+    pack = next(n for n in graph.nodes() if n.op == "conv_pack")
+    pack.attrs["kernel_tile"] = "4x16/8"
+    with pytest.raises(LoweringError, match="packed for"):
+        lower_graph(graph)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ...decisions import own_input_count
 from ...kernels.conv_geometry import ConvGeometry
 from ...kernels.tiles import TILE_8, DirectTile
 from ...types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatial_out
@@ -218,8 +219,69 @@ def _out_blocks(node, in_types, lanes: int) -> int:
     return g.out_blocks
 
 
+# -- packed weights: a convolution's weights as its compute kernel reads them ---------------
+# conv(x, w, b; lowering=a, tile=t)  =>  conv(x, w, b, conv_pack(w, b; a, t, lanes); packed)
+# (the ``pack_weights`` pass): a parameter-time node, evaluated when parameters are set, so the
+# IR dump shows each packing and its layout decisions; the convolution's own inputs (and so its
+# shape rule, reference and gradients) stay ``w`` and ``b``.
+
+#: The attributes of a convolution its packing depends on (with its input shape).
+PACKING_ATTRS = ("out_channels", "kernel", "stride", "pads", "dilation", "groups", "bias",
+                 "output_padding")
+
+
+def pack_attrs(node, in_types, x_lanes: int | None, y_lanes: int | None) -> dict[str, Any]:
+    """The ``conv_pack`` attributes of a lowered convolution node whose input and output are
+    stored in blocks of ``x_lanes`` and ``y_lanes`` channels (None: not channel-blocked)."""
+    g = node_geometry(node, in_types)
+    own = {k: v for k, v in node.attrs.items() if k in PACKING_ATTRS}
+    return {"of": node.op, **own, "in_shape": tuple(own_input_types(in_types, node.attrs)[0].shape),
+            "algorithm": node.attrs["lowering"],
+            "kernel_tile": node.attrs.get("tile", str(TILE_8)),
+            "block_lanes": kernel_lanes(g, x_lanes, y_lanes)[0]}
+
+
+def _pack_rule(graph, node, x_store, y_store):
+    """``conv_pack`` over the weight and bias, for the lowered algorithm."""
+    if "lowering" not in node.attrs:
+        return None
+    in_types = [graph.node(i).type for i in node.inputs]
+    weights = node.inputs[1:own_input_count(len(node.inputs), node.attrs)]  # w[, b]
+    return "conv_pack", weights, pack_attrs(node, in_types,
+                                            x_store.lanes if x_store is not None else None,
+                                            y_store.lanes if y_store is not None else None)
+
+
+def _packing(attrs: dict[str, Any]) -> tuple[ConvGeometry, ConvAlgorithm, DirectTile]:
+    conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
+    g = geometry(attrs["of"], conv, attrs["in_shape"])
+    g = replace(g, lanes_in=attrs["block_lanes"], lanes_out=attrs["block_lanes"])
+    return g, by_name(attrs["algorithm"]), DirectTile.parse(attrs["kernel_tile"])
+
+
+def _pack_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
+    g, algorithm, tile = _packing(attrs)
+    return in_types[0].with_shape(sum(algorithm.packed_sizes(g, tile)))
+
+
+def _pack_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
+    g, algorithm, tile = _packing(attrs)
+    conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
+    return pack_conv_weights(attrs["of"], conv, g, algorithm, tile, inputs[0],
+                             inputs[1] if len(inputs) > 1 else None)
+
+
+register(OpDef(
+    name="conv_pack", family="conv", signature=(), infer=_pack_infer,
+    reference=_pack_reference, macs=lambda ts, out, a: 0, arity=None, internal=True,
+    new_activations=False, made_for_user=True,
+    doc="a convolution's weights and bias packed for its compute kernel (its algorithm, "
+        "register tile and block width), flat: the weights, then the bias"))
+
+
 register(OpDef(
     lower=lower_conv, takes_epilogue="any", algorithms=ALGORITHMS, out_blocks=_out_blocks,
+    pack=_pack_rule,
     layouts=("NCHW", "NCHW8c", "NCHW16c", "NHWC"), layout_rule=_layout_rule,
     writes_whole_blocks=_writes_whole_blocks,
     name="conv", family="conv", signature=_CONV_SIGNATURE,
@@ -332,6 +394,7 @@ register(OpDef(
 
 register(OpDef(
     lower=lower_conv, takes_epilogue="any", algorithms=ALGORITHMS, out_blocks=_out_blocks,
+    pack=_pack_rule,
     layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule,
     name="conv_transpose", family="conv",
     signature=(
@@ -354,52 +417,3 @@ register(OpDef(
     aliases=("deconv", "convtranspose"),
     doc="transposed convolution (the gradient of conv with respect to its input)",
 ))
-
-
-# -- packed weights: a convolution's weights as its compute kernel reads them ---------------
-# conv(x, w, b; lowering=a, tile=t)  =>  conv(x, w, b, conv_pack(w, b; a, t, lanes); packed)
-# (the ``pack_weights`` pass): a parameter-time node, evaluated when parameters are set, so the
-# IR dump shows each packing and its layout decisions; the convolution's own inputs (and so its
-# shape rule, reference and gradients) stay ``w`` and ``b``.
-
-#: The attributes of a convolution its packing depends on (with its input shape).
-PACKING_ATTRS = ("out_channels", "kernel", "stride", "pads", "dilation", "groups", "bias",
-                 "output_padding")
-
-
-def pack_attrs(node, in_types, x_lanes: int | None, y_lanes: int | None) -> dict[str, Any]:
-    """The ``conv_pack`` attributes of a lowered convolution node whose input and output are
-    stored in blocks of ``x_lanes`` and ``y_lanes`` channels (None: not channel-blocked)."""
-    g = node_geometry(node, in_types)
-    own = {k: v for k, v in node.attrs.items() if k in PACKING_ATTRS}
-    return {"of": node.op, **own, "in_shape": tuple(own_input_types(in_types, node.attrs)[0].shape),
-            "algorithm": node.attrs["lowering"],
-            "kernel_tile": node.attrs.get("tile", str(TILE_8)),
-            "block_lanes": kernel_lanes(g, x_lanes, y_lanes)[0]}
-
-
-def _packing(attrs: dict[str, Any]) -> tuple[ConvGeometry, ConvAlgorithm, DirectTile]:
-    conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
-    g = geometry(attrs["of"], conv, attrs["in_shape"])
-    g = replace(g, lanes_in=attrs["block_lanes"], lanes_out=attrs["block_lanes"])
-    return g, by_name(attrs["algorithm"]), DirectTile.parse(attrs["kernel_tile"])
-
-
-def _pack_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
-    g, algorithm, tile = _packing(attrs)
-    return in_types[0].with_shape(sum(algorithm.packed_sizes(g, tile)))
-
-
-def _pack_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
-    g, algorithm, tile = _packing(attrs)
-    conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
-    return pack_conv_weights(attrs["of"], conv, g, algorithm, tile, inputs[0],
-                             inputs[1] if len(inputs) > 1 else None)
-
-
-register(OpDef(
-    name="conv_pack", family="conv", signature=(), infer=_pack_infer,
-    reference=_pack_reference, macs=lambda ts, out, a: 0, arity=None, internal=True,
-    new_activations=False, made_for_user=True,
-    doc="a convolution's weights and bias packed for its compute kernel (its algorithm, "
-        "register tile and block width), flat: the weights, then the bias"))
