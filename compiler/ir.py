@@ -135,9 +135,9 @@ class Graph:
     def param_by_name(self) -> dict[str, Node]:
         return {n.name: n for n in self.params()}
 
-    def compute_nodes(self) -> list[Node]:
-        """Nodes that compute something: not inputs, not parameters."""
-        return [n for n in self.topo_order() if n.op not in ("input", "param")]
+    def compute_nodes(self, key: Callable[[Node], Any] | None = None) -> list[Node]:
+        """Nodes that compute something: not inputs, not parameters (in ``topo_order(key)``)."""
+        return [n for n in self.topo_order(key) if n.op not in ("input", "param")]
 
     def copy(self) -> Graph:
         """An independent copy (nodes, attributes and tables; attribute values are shared,

@@ -146,7 +146,7 @@ def _algorithm(g: ConvGeometry, lowering: str) -> ConvAlgorithm:
     """The algorithm named ``lowering`` (a name or a family: ``direct`` is the channel-wise
     kernel for depthwise and narrow-group shapes) that computes ``g``."""
     for a in ALGORITHMS:
-        if lowering in (a.name, a.family) and a.applies(g):
+        if a.is_named(lowering) and a.applies(g):
             return a
     raise ValueError(f"no {lowering!r} algorithm computes {g.describe()}")
 

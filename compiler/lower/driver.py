@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,10 @@ __all__ = ["LowerCtx", "lower_graph", "describe_node", "step_name", "step_ops"]
 
 
 def describe_node(node: Node, folder: str | None = None) -> str:
-    """``file:line layer (op)`` for a header comment (sanitized by the printer); the file
+    """``file:line layer (op)`` for a header comment (the backend sanitizes it); the file
     relative to ``folder``, the model's (never an absolute path of this machine)."""
     where = f"{shown_path(node.span.file, folder)}:{node.span.line} " if node.span else ""
-    return NumbaBackend.comment(f"{where}{node.name or '%' + str(node.id)} ({node.op})")
+    return f"{where}{node.name or '%' + str(node.id)} ({node.op})"
 
 
 def resolve(e: EpilogueOp) -> FusedOp:
@@ -68,7 +69,7 @@ class LowerCtx:
     @property
     def comment(self) -> str:
         comment = self.backend.comment
-        lines = [describe_node(self.node, model_folder(self.graph))]
+        lines = [comment(describe_node(self.node, model_folder(self.graph)))]
         lines += [comment(f"{p.origin} ({p.op}, fused prologue)")
                   for p in prologue_of(self.node.attrs)]
         lines += [comment(f"{e.origin} ({e.op}, fused)") for e in self.epilogue]
@@ -96,7 +97,7 @@ class LowerCtx:
     def out_shape(self) -> tuple[int, ...]:
         return self.node.type.shape
 
-    @property
+    @cached_property
     def epilogue(self) -> tuple[FusedOp, ...]:
         """The node's fused epilogue, each op resolved to its rules (``resolve``)."""
         return tuple(resolve(e) for e in epilogue_of(self.node.attrs))
@@ -313,9 +314,7 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
     backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
     steps: list[Step] = []
     param_nodes: list[int] = []
-    for node in graph.topo_order(key=_schedule_key(graph)):
-        if node.op in ("input", "param"):
-            continue
+    for node in graph.compute_nodes(key=_schedule_key(graph)):
         if is_constant(graph, node):
             param_nodes.append(node.id)
             continue

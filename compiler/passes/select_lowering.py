@@ -74,7 +74,7 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
                     ctx.note(f"{layer(node)}: {chosen.name} (cost model: "
                              + ", ".join(f"{a} {c:.3g}" for a, c in costs.items()) + ")", node)
         else:
-            chosen = next((a for a in candidates if choice in (a.name, a.family)), None)
+            chosen = next((a for a in candidates if a.is_named(choice)), None)
             if chosen is None:
                 raise LoweringError(
                     f"lowering {choice} does not compute {layer(node)} ({node.op}); it can "

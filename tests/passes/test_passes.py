@@ -17,6 +17,7 @@ from cnnc.compiler.passes.fold_batchnorm_into_consumer import fold_batchnorm_int
 from cnnc.compiler.passes.fold_constants import fold_constants
 from cnnc.compiler.passes.fuse_epilogues import fuse_epilogues
 from cnnc.compiler.passes.manager import run_passes
+from cnnc.compiler.passes.pack_weights import pack_weights
 from cnnc.compiler.passes.select_lowering import LoweringError, select_lowering
 from cnnc.dsl.builder import load_network, load_zoo
 from cnnc.runtime.reference import run_reference
@@ -282,8 +283,10 @@ def test_fold_constants_marks_parameter_only_nodes():
     assert not g.node(conv.id).attrs.get("parameter_time")
     same_numbers(before, g, params)
     run(select_lowering, g)
+    run(pack_weights, g)
     plan = lower_graph(g)
-    assert plan.param_nodes == [r.id] and [s.op for s in plan.steps] == ["conv"]
+    packed = g.node(conv.id).inputs[-1]
+    assert plan.param_nodes == [r.id, packed] and [s.op for s in plan.steps] == ["conv"]
     model = CompiledModel(before, plan, params)
     xin = np.random.default_rng(1).standard_normal((2, 3, 5, 5)).astype(np.float32)
     want = run_reference(before, {"x": xin}, params)["y"]

@@ -266,8 +266,7 @@ def _pack_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType
 
 def _pack_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
     g, algorithm, tile = _packing(attrs)
-    conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
-    return pack_conv_weights(attrs["of"], conv, g, algorithm, tile, inputs[0],
+    return pack_conv_weights(attrs["of"], g, algorithm, tile, inputs[0],
                              inputs[1] if len(inputs) > 1 else None)
 
 

@@ -132,6 +132,10 @@ class ConvAlgorithm:
     def applies(self, g: ConvGeometry) -> bool:
         raise NotImplementedError
 
+    def is_named(self, choice: str) -> bool:
+        """Whether a user's ``--lowering`` choice names it: its name, or its family."""
+        return choice in (self.name, self.family)
+
     def applies_to(self, node, in_types) -> bool:
         """Whether it computes this node (lowering selection's question)."""
         return self.applies(node_geometry(node, in_types))

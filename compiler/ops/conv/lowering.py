@@ -109,42 +109,36 @@ def lower_conv(ctx, node) -> Step:
                 sources={source_name: src})
 
 
-def pack_conv_weights(op: str, attrs: dict, g: ConvGeometry, algorithm: ConvAlgorithm,
-                      tile: DirectTile, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+def pack_conv_weights(op: str, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile,
+                      w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """A convolution's weights and bias packed for its compute kernel, one flat array (the
     weights, then the bias): a transposed convolution's weight first becomes the equivalent
     convolution's (flipped, transposed)."""
     weight = np.asarray(w, np.float64)
     if op == "conv_transpose":
-        weight = transposed_as_conv_weight(weight, attrs["groups"])
+        weight = transposed_as_conv_weight(weight, g.groups)
     wp, bp = algorithm.pack_weights(g, weight, b, tile)
     return np.concatenate([wp, bp]).astype(np.float64)
 
 
 def _packer(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile):
-    """How the step gets its constants ``w`` and ``b`` when parameters are set: from the
+    """How the step gets its constants ``w`` and ``b`` when parameters are set: split from the
     parameter-time node of its packed weights (``pack_weights`` pass: ``packed``), which must
-    be packed for this very kernel, or, in a graph lowered without that pass, packed here."""
+    be packed for this very kernel."""
+    packed = ctx.graph.node(node.inputs[-1]) if node.attrs.get("packed") else None
+    made = None if packed is None else \
+        tuple(packed.attrs.get(k) for k in ("algorithm", "kernel_tile", "block_lanes"))
+    if packed is None or packed.op != "conv_pack" or \
+            made != (algorithm.name, str(tile), g.lanes_in):
+        raise LoweringError(f"{ctx.kname}: its weights are not packed for its kernel "
+                            f"({algorithm.name}, {tile}, {g.lanes_in}), but packed for {made} "
+                            "(the pack_weights pass runs last in every pipeline)")
     n_w = algorithm.packed_sizes(g, tile)[0]
-    if node.attrs.get("packed"):
-        packed = ctx.graph.node(node.inputs[-1])
-        made = tuple(packed.attrs.get(k) for k in ("algorithm", "kernel_tile", "block_lanes"))
-        if packed.op != "conv_pack" or made != (algorithm.name, str(tile), g.lanes_in):
-            raise LoweringError(f"{ctx.kname}: its packed weights {packed.name!r} were packed "
-                                f"for {made}, not for ({algorithm.name}, {tile}, {g.lanes_in})")
 
-        def split(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
-            flat = np.asarray(values[packed.id], np.float32)
-            return {"w": flat[:n_w], "b": flat[n_w:]}
-        return split
-    op, attrs = node.op, own_attrs(node.attrs)
-    w, *b = ctx.param_inputs
-
-    def pack(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
-        flat = pack_conv_weights(op, attrs, g, algorithm, tile, values[w],
-                                 values[b[0]] if b else None)
+    def split(values: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+        flat = np.asarray(values[packed.id], np.float32)
         return {"w": flat[:n_w], "b": flat[n_w:]}
-    return pack
+    return split
 
 
 def _output_call(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, epilogue,
