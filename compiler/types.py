@@ -151,11 +151,16 @@ def shown_path(file: str, folder: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class TensorType:
-    """Per-sample shape (no batch dimension), element type and memory layout."""
+    """Per-sample shape (no batch dimension), element type and memory layout.
+
+    ``batched`` is False for a value of the whole batch rather than one per sample: a loss
+    averaged over the batch, a parameter's gradient summed over it (``compiler/autodiff.py``),
+    batch statistics. Such a value has exactly ``shape`` (no batch dimension at run time)."""
 
     shape: tuple[int, ...]
     dtype: str = "float32"
     layout: str = "NCHW"
+    batched: bool = True
 
     @property
     def channels(self) -> int:
@@ -183,8 +188,13 @@ class TensorType:
     def with_shape(self, *shape: int) -> TensorType:
         return replace(self, shape=tuple(int(d) for d in shape))
 
+    def unbatched(self) -> TensorType:
+        """The same shape, one value for the whole batch."""
+        return replace(self, batched=False)
+
     def __str__(self) -> str:
-        return "x".join(str(d) for d in self.shape)
+        text = "x".join(str(d) for d in self.shape) or "scalar"
+        return text if self.batched else f"{text} (whole batch)"
 
 
 def spatial_out(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int,

@@ -33,7 +33,8 @@ and the rules the middle of the compiler reads:
   the node's last input, ``packed``);
 - `view`: the output aliases the input buffer (flatten, reshape, dropout, identity);
 - `inplace`: the kernel may write its output over its first input;
-- `gradient`: the backward rule (a slot the training pipeline fills);
+- `gradient`: the backward rule, as other IR ops (``gradient(d) -> [input gradients]``, ``d`` a
+  ``compiler.autodiff.GradBuilder``); `backward` marks the ops only those rules make;
 - `error_bound`: how far a float32 kernel of the op may be from its float64 reference, per
   output element (`cnnc check`; the rule factories below: ``sum_bound``, ``exact_bound``, ...).
 
@@ -163,7 +164,14 @@ class OpDef:
     # Compute ops only a pass creates (``channel_gather``): lowered like any op, but not in the
     # DSL and with no ONNX form.
     pass_made: bool = False
+    # (GradBuilder) -> one gradient node id per input (None where none is needed): the op's
+    # backward rule as other IR ops (``compiler/autodiff.py``); None: the op cannot be trained
+    # through, and autodiff refuses it by name.
     gradient: Callable[..., Any] | None = None
+    # An op of the backward graph only autodiff makes (``activation_grad``, ``pool_grad``...):
+    # made with canonical attributes, checked against finite differences through the forward
+    # op whose gradient it is (tests/training).
+    backward: bool = False
     # (BoundCtx) -> per-element bound on |float32 kernel - float64 reference| (``cnnc check``);
     # built with one of the factories below, each documenting the analysis it encodes.
     error_bound: Callable[[BoundCtx], Any] | None = None
@@ -220,7 +228,7 @@ def _load_families() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from . import activation, conv, dense, norm, pool, rearrange, resize, tensor  # noqa: F401
+    from . import activation, conv, dense, loss, norm, pool, rearrange, resize, tensor  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from . import (
     as_float,
     as_int,
     elementwise_layouts,
+    get_op,
     no_macs,
     one_input,
     pointwise_bound,
@@ -55,7 +56,7 @@ from . import (
     same_shape,
     show_value,
 )
-from .lowering import lower_elementwise
+from .lowering import lower_binary_epilogue, lower_elementwise
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -390,3 +391,168 @@ for _name, _fn, _doc in (
                    error_bound=_softmax_bound(_name == "log_softmax"),
                    lower=lambda ctx, node: _lower_softmax(ctx, node),
                    aliases=("logsoftmax",) if _name == "log_softmax" else ()))
+
+
+# -- gradients ----------------------------------------------------------------------------------
+# An activation's gradient is one element-wise op of its input x and the output gradient dy:
+#     activation_grad(x, dy; of=f, f's attributes) = f'(x) * dy
+# lowered as the element-wise kernel with f' * dy as its epilogue (``lower_binary_epilogue``).
+# Where f is not differentiable, PyTorch's choice: relu'(0) = 0, leaky_relu'(0) = alpha,
+# relu6' = 0 at 0 and 6, abs'(0) = 0, hard_sigmoid' = 0 at the kinks, hard_swish'(3) = 1.5.
+
+def _sigmoid_expr(x: Expr) -> Expr:
+    return div(ONE, ONE + call("exp", ZERO - x))
+
+
+def _softplus_grad(x: np.ndarray) -> np.ndarray:
+    return _sigmoid(x)
+
+
+def _mish_grad(x: np.ndarray) -> np.ndarray:
+    t = np.tanh(_softplus(x))
+    return t + x * (1.0 - t * t) * _sigmoid(x)
+
+
+def _gelu_grad(x: np.ndarray, a: dict[str, Any]) -> np.ndarray:
+    if a["approximate"] == "tanh":
+        k = math.sqrt(2.0 / math.pi)
+        t = np.tanh(k * (x + 0.044715 * x ** 3))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3 * 0.044715 * x * x)
+    cdf = 0.5 * (1.0 + _erf(x / math.sqrt(2.0)).astype(np.float64))
+    return cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_grad_expr(x: Expr, a: dict[str, Any]) -> Expr:
+    if a.get("approximate", "none") == "tanh":
+        k = math.sqrt(2.0 / math.pi)
+        t = call("tanh", Const(k) * (x + Const(0.044715) * x * x * x))
+        return Const(0.5) * (ONE + t) + Const(0.5) * x * (ONE - t * t) * Const(k) * (
+            ONE + Const(3 * 0.044715) * x * x)
+    cdf = Const(0.5) * (ONE + call("erf", x * Const(1.0 / math.sqrt(2.0))))
+    return cdf + x * call("exp", Const(-0.5) * x * x) * Const(1.0 / math.sqrt(2.0 * math.pi))
+
+
+def _step(condition, inside: Expr, outside: Expr = ZERO) -> Expr:
+    return Select(condition, inside, outside)
+
+
+def _elu_grad(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0.0)))
+
+
+#: name -> (f'(x) in float64, f'(x) as a kernel-IR expression of the variable x)
+DERIVATIVES: dict[str, tuple[Callable[..., np.ndarray], Callable[..., Expr]]] = {
+    "relu": (lambda x, a: (x > 0).astype(np.float64),
+             lambda x, a: _step(cmp(">", x, ZERO), ONE)),
+    "leaky_relu": (lambda x, a: np.where(x > 0, 1.0, a["alpha"]),
+                   lambda x, a: _step(cmp(">", x, ZERO), ONE, Const(float(a["alpha"])))),
+    "relu6": (lambda x, a: ((x > 0) & (x < 6)).astype(np.float64),
+              lambda x, a: _step(cmp(">", x, ZERO), _step(cmp("<", x, Const(6.0)), ONE))),
+    "sigmoid": (lambda x, a: _sigmoid(x) * (1.0 - _sigmoid(x)),
+                lambda x, a: _sigmoid_expr(x) * (ONE - _sigmoid_expr(x))),
+    "hard_sigmoid": (
+        lambda x, a: np.where((a["alpha"] * x + a["beta"] > 0) &
+                              (a["alpha"] * x + a["beta"] < 1), a["alpha"], 0.0),
+        lambda x, a: _step(cmp(">", x * Const(float(a["alpha"])) + Const(float(a["beta"])),
+                               ZERO),
+                           _step(cmp("<", x * Const(float(a["alpha"])) +
+                                     Const(float(a["beta"])), ONE), Const(float(a["alpha"]))))),
+    "tanh": (lambda x, a: 1.0 - np.tanh(x) ** 2,
+             lambda x, a: ONE - call("tanh", x) * call("tanh", x)),
+    "swish": (lambda x, a: _sigmoid(x) * (1.0 + x * (1.0 - _sigmoid(x))),
+              lambda x, a: _sigmoid_expr(x) * (ONE + x * (ONE - _sigmoid_expr(x)))),
+    "hard_swish": (lambda x, a: np.where(x < -3, 0.0, np.where(x <= 3, (2 * x + 3) / 6, 1.0)),
+                   lambda x, a: _step(cmp("<", x, Const(-3.0)), ZERO, _step(
+                       cmp("<=", x, Const(3.0)), (x * Const(2.0) + Const(3.0)) *
+                       Const(1.0 / 6.0), ONE))),
+    "gelu": (_gelu_grad, _gelu_grad_expr),
+    "abs": (lambda x, a: np.sign(x),
+            lambda x, a: _step(cmp(">", x, ZERO), ONE, _step(cmp("<", x, ZERO), Const(-1.0)))),
+    "elu": (lambda x, a: _elu_grad(x, a["alpha"]),
+            lambda x, a: _step(cmp(">", x, ZERO), ONE,
+                               Const(float(a["alpha"])) * call("exp", x))),
+    "selu": (lambda x, a: a["gamma"] * _elu_grad(x, a["alpha"]),
+             lambda x, a: Const(float(a["gamma"])) * _step(
+                 cmp(">", x, ZERO), ONE, Const(float(a["alpha"])) * call("exp", x))),
+    "softplus": (lambda x, a: _softplus_grad(x), lambda x, a: _sigmoid_expr(x)),
+    "mish": (lambda x, a: _mish_grad(x),
+             lambda x, a: call("tanh", _softplus_expr(x)) + x * (
+                 ONE - call("tanh", _softplus_expr(x)) * call("tanh", _softplus_expr(x))) *
+             _sigmoid_expr(x)),
+}
+
+
+def _of(attrs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The activation an ``activation_grad`` node differentiates, and its attributes."""
+    return attrs["of"], {k: v for k, v in attrs.items() if k != "of"}
+
+
+def _activation_grad_reference(inputs, attrs):
+    of, a = _of(attrs)
+    x, dy = (np.asarray(v, np.float64) for v in inputs)
+    return DERIVATIVES[of][0](x, a) * dy
+
+
+def _activation_grad_infer(in_types, attrs):
+    if in_types[0].shape != in_types[1].shape:
+        raise ShapeError(f"activation_grad: input {in_types[0]} and gradient {in_types[1]} "
+                         "differ")
+    return in_types[0]
+
+
+def _activation_gradient(d):
+    """dx = f'(x) * dy."""
+    return [d.add("activation_grad", [d.input(0), d.dy], {"of": d.node.op, **d.attrs})]
+
+
+for _name in DERIVATIVES:
+    get_op(_name).gradient = _activation_gradient
+
+register(OpDef(
+    name="activation_grad", family="activation", signature=(Attr("of", "any"),),
+    infer=_activation_grad_infer, reference=_activation_grad_reference, macs=no_macs,
+    arity=2, pass_made=True, backward=True, new_activations=False,
+    epilogue=lambda x, a, dy: DERIVATIVES[a["of"]][1](x, _of(a)[1]) * dy,
+    lower=lower_binary_epilogue,
+    # f'(x) in float32 (its transcendental calls and roundings, relative), times dy
+    error_bound=pointwise_bound(rel=3 * TRANSCENDENTAL + 8),
+    doc="f'(x) * dy: the input gradient of activation `of` (autodiff)"))
+
+
+# -- softmax and log-softmax: the Jacobian-vector products over the axis, from the output y
+#     softmax:      dx = y * (dy - sum(dy * y))        log_softmax:  dx = dy - exp(y) * sum(dy)
+
+def _softmax_grad_reference(inputs, attrs):
+    y, dy = (np.asarray(v, np.float64) for v in inputs)
+    axis = attrs["axis"] + 1
+    if attrs["log"]:
+        return dy - np.exp(y) * dy.sum(axis=axis, keepdims=True)
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+def _softmax_gradient(d):
+    return [d.add("softmax_grad", [d.node.id, d.dy],
+                  {"axis": d.attrs["axis"], "log": d.node.op == "log_softmax"})]
+
+
+get_op("softmax").gradient = _softmax_gradient
+get_op("log_softmax").gradient = _softmax_gradient
+
+
+def _softmax_grad_bound(ctx: BoundCtx) -> np.ndarray:
+    """A sum over the axis (L products) per element, then one product and one difference."""
+    y, dy = np.abs(ctx.inputs[0]), np.abs(ctx.inputs[1])
+    axis = ctx.attrs["axis"] + 1
+    length = y.shape[axis]
+    scale = np.exp(ctx.inputs[0]) if ctx.attrs["log"] else y
+    total = (dy * (1 if ctx.attrs["log"] else y)).sum(axis=axis, keepdims=True)
+    return (length + 4) * EPS32 * (np.abs(scale) * total + dy * (1 if ctx.attrs["log"] else y)) \
+        + TRANSCENDENTAL * EPS32 * np.abs(scale) * total
+
+
+register(OpDef(
+    name="softmax_grad", family="activation",
+    signature=(Attr("axis", "int"), Attr("log", "bool")),
+    infer=_activation_grad_infer, reference=_softmax_grad_reference, macs=no_macs, arity=2,
+    pass_made=True, backward=True, new_activations=False, error_bound=_softmax_grad_bound,
+    doc="the input gradient of softmax (log: of log_softmax) from its output y and dy"))

@@ -13,6 +13,7 @@ from ..kernels.common import Sizes
 from ..kernels.elementwise import dense_kernel
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 from . import (
+    EPS32,
     Attr,
     LoweringError,
     OpDef,
@@ -20,6 +21,7 @@ from . import (
     ShapeError,
     as_bool,
     as_int,
+    get_op,
     register,
     sum_bound,
 )
@@ -159,3 +161,46 @@ register(OpDef(
     reference=lambda inputs, a: np.asarray(inputs[0], np.float64).reshape(
         inputs[0].shape[0], -1),
     doc="a 1x1 convolution's weight [K, C, 1, 1] as a dense layer's [K, C] (conv_as_dense)"))
+
+
+# -- gradients ----------------------------------------------------------------------------------
+# y = x W^T + b:  dx = dy W = dense(dy, transpose_weight(W)),  dW = dy^T x summed over the batch
+# (dense_weight_grad),  db = channel_sum(dy).
+
+def _dense_gradient(d):
+    x, w = d.input(0), d.input(1)
+    grads: list[int | None] = [None] * len(d.node.inputs)
+    if d.needs(0):
+        wt = d.add("transpose_weight", [w], what="weight_t")
+        grads[0] = d.add("dense", [d.dy, wt], {"out_features": d.type(x).shape[0],
+                                               "bias": False}, what="input")
+    if d.needs(1):
+        grads[1] = d.add("dense_weight_grad", [x, d.dy], what="weight")
+    if len(d.node.inputs) > 2 and d.needs(2):
+        grads[2] = d.add("channel_sum", [d.dy], what="bias")
+    return grads
+
+
+get_op("dense").gradient = _dense_gradient
+
+register(OpDef(
+    name="transpose_weight", family="dense", signature=(), arity=1, internal=True,
+    infer=lambda ts, a: ts[0].with_shape(*ts[0].shape[::-1]), macs=lambda ts, out, a: 0,
+    new_activations=False,
+    reference=lambda inputs, a: np.ascontiguousarray(np.asarray(inputs[0], np.float64).T),
+    doc="a dense weight [out, in] transposed (the weight of its input gradient)"))
+
+
+def _weight_grad_infer(in_types, attrs):
+    x, dy = in_types
+    return TensorType((dy.shape[0], x.shape[0]), x.dtype, batched=False)
+
+
+register(OpDef(
+    name="dense_weight_grad", family="dense", signature=(), arity=2, pass_made=True, backward=True,
+    infer=_weight_grad_infer, macs=lambda ts, out, a: ts[0].shape[0] * ts[1].shape[0],
+    new_activations=False,
+    reference=lambda inputs, a: np.asarray(inputs[1], np.float64).T @
+    np.asarray(inputs[0], np.float64),
+    error_bound=lambda ctx: (len(ctx.inputs[0]) + 2) * EPS32 * ctx.absolute(),
+    doc="a dense layer's weight gradient dy^T x, summed over the batch (autodiff)"))

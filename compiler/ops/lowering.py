@@ -36,3 +36,15 @@ def lower_elementwise(ctx, node, op: str, pack=None):
     k = elementwise_kernel(ctx.kname, op, ctx.out_shape, shapes, epilogue, ctx.comment, sz,
                            n_own=n_own)
     return ctx.kernel_step(k, inputs=inputs, ints=sz.values)
+
+
+def lower_binary_epilogue(ctx, node):
+    """An element-wise op of two same-shaped inputs written as its own epilogue rule over the
+    first with the second as operand (``f'(x) * dy``: the activation gradients), plain NCHW."""
+    shapes = [ctx.graph.node(i).type.shape for i in node.inputs]
+    sz = Sizes()
+    attrs = tuple(sorted(own_attrs(node.attrs).items()))
+    epilogue = [ctx.resolve(EpilogueOp(node.op, attrs, operand=1))] + list(ctx.epilogue)
+    k = elementwise_kernel(ctx.kname, "copy", ctx.out_shape, shapes, epilogue, ctx.comment, sz,
+                           n_own=1)
+    return ctx.kernel_step(k, inputs=list(node.inputs), ints=sz.values)

@@ -54,6 +54,7 @@ from . import (
     as_float,
     as_pair,
     exact_bound,
+    get_op,
     no_macs,
     one_input,
     own_attrs,
@@ -295,3 +296,99 @@ register(OpDef(name="globalmaxpool", family="pool", signature=(),
                error_bound=exact_bound(),
                layout_rule=_reads_blocked,
                doc="maximum over height and width (C x 1 x 1)"))
+
+
+# -- gradients ----------------------------------------------------------------------------------
+# pool_grad(x, dy; of=op, op's attributes) is the adjoint of the window op at x: each window's
+# output gradient spread over its taps (``window_scatter``, the adjoint of ``pool_windows``):
+# max (min) pooling routes all of it to the window's largest (smallest) input cell, the first
+# in row-major window order on a tie (PyTorch's CPU kernels: a later equal value does not
+# replace the maximum); a window of only padding passes nothing on. Average pooling gives each
+# tap dy / divisor (the forward's divisor, ``count_include_pad`` and ceil mode included; taps on
+# padding go nowhere); Lp pooling dy * (|x| / y)^(p-1) * sign(x) (0 where y = 0).
+
+def window_scatter(taps: np.ndarray, attrs: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """The adjoint of ``pool_windows``: per-tap values ``[N, C, P, Q, R*S]`` added back onto
+    the cells of an ``[N, C, H, W]`` input they were read from (padding dropped)."""
+    n, c, h, w = shape
+    (kh, kw), (sh, sw), (t, l, b, r) = attrs["kernel"], attrs["stride"], attrs["pads"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    p, q = taps.shape[2:4]
+    full_h = max(h + t + b, (p - 1) * sh + dh * (kh - 1) + 1)
+    full_w = max(w + l + r, (q - 1) * sw + dw * (kw - 1) + 1)
+    xp = np.zeros((n, c, full_h, full_w))
+    for k, (i, j) in enumerate((i, j) for i in range(kh) for j in range(kw)):
+        xp[:, :, i * dh: i * dh + (p - 1) * sh + 1: sh,
+           j * dw: j * dw + (q - 1) * sw + 1: sw] += taps[..., k]
+    return xp[:, :, t:t + h, l:l + w]
+
+
+def _pool_of(attrs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return attrs["of"], {k: v for k, v in attrs.items() if k != "of"}
+
+
+def pool_grad_reference(inputs, attrs):
+    of, a = _pool_of(attrs)
+    x, dy = (np.asarray(v, np.float64) for v in inputs)
+    if of in ("maxpool", "minpool"):
+        windows = pool_windows(x, a, -np.inf if of == "maxpool" else np.inf)
+        pick = (np.argmax if of == "maxpool" else np.argmin)(windows, axis=-1)
+        onehot = np.arange(windows.shape[-1]) == pick[..., None]
+        seen = _input_taps(x, a)[..., None] > 0
+        taps = np.where(onehot & seen, dy[..., None], 0.0)
+    elif of == "avgpool":
+        counts = pool_windows(np.ones((1, 1) + x.shape[2:]), a,
+                              1.0 if a["count_include_pad"] else 0.0,
+                              extra_fill=0.0).sum(axis=-1)
+        share = np.divide(dy, counts, out=np.zeros_like(dy), where=counts > 0)
+        taps = np.broadcast_to(share[..., None], dy.shape + (a["kernel"][0] * a["kernel"][1],))
+    else:  # lppool
+        p = a["p"]
+        windows = pool_windows(x, a, 0.0)
+        y = _lp_ref(x, a)[..., None]
+        ratio = np.divide(np.abs(windows), y, out=np.zeros_like(windows), where=y > 0)
+        taps = dy[..., None] * ratio ** (p - 1) * np.sign(windows)
+    return window_scatter(taps, a, x.shape)
+
+
+def _pool_gradient(d):
+    return [d.add("pool_grad", [d.input(0), d.dy], {"of": d.node.op, **d.attrs})]
+
+
+def _pool_grad_bound(ctx: BoundCtx) -> np.ndarray:
+    """Each input cell sums the shares of the windows covering it (at most kh x kw x the
+    overlap), each a product or quotient: a float32 sum's bound over |shares|."""
+    of, a = _pool_of(ctx.attrs)
+    cover = -(-a["kernel"][0] // a["stride"][0]) * -(-a["kernel"][1] // a["stride"][1])
+    if of in ("maxpool", "minpool"):
+        return ctx.err_in + cover * EPS32 * ctx.absolute()
+    return ctx.err_in + (cover + TRANSCENDENTAL + 3) * EPS32 * ctx.absolute()
+
+
+def _global_grad_reference(inputs, attrs):
+    x, dy = (np.asarray(v, np.float64) for v in inputs)
+    if attrs["of"] == "globalavgpool":
+        return np.broadcast_to(dy / (x.shape[2] * x.shape[3]), x.shape).copy()
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    onehot = np.arange(flat.shape[-1]) == np.argmax(flat, axis=-1)[..., None]
+    return (onehot * dy.reshape(dy.shape[0], dy.shape[1], 1)).reshape(x.shape)
+
+
+def _global_gradient(d):
+    return [d.add("global_pool_grad", [d.input(0), d.dy], {"of": d.node.op})]
+
+
+for _name in ("maxpool", "minpool", "avgpool", "lppool"):
+    get_op(_name).gradient = _pool_gradient
+for _name in ("globalavgpool", "globalmaxpool"):
+    get_op(_name).gradient = _global_gradient
+
+register(OpDef(name="pool_grad", family="pool", signature=(Attr("of", "any"),),
+               infer=lambda ts, a: ts[0], reference=pool_grad_reference, macs=no_macs, arity=2,
+               pass_made=True, backward=True, new_activations=False, error_bound=_pool_grad_bound,
+               doc="the input gradient of window pooling `of` (autodiff)"))
+register(OpDef(name="global_pool_grad", family="pool", signature=(Attr("of", "any"),),
+               infer=lambda ts, a: ts[0], reference=_global_grad_reference, macs=no_macs,
+               arity=2, pass_made=True, backward=True, new_activations=False,
+               error_bound=lambda ctx: ctx.err_in + 2 * EPS32 * ctx.absolute(),
+               doc="the input gradient of global pooling `of` (autodiff)"))

@@ -28,12 +28,13 @@ from ..kernels.elementwise import (
     concat_kernel,
     pad_kernel,
 )
-from ..kernels.kernel_ir import VBin
+from ..kernels.kernel_ir import Const, VBin
 from ..kernels.rearrange import channel_gather_kernel, gather_arity
 from ..kernels.tiles import BLOCKED_INTS
 from ..types import BLOCKED, BLOCKED16, NHWC, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     EPS32,
+    TRANSCENDENTAL,
     Attr,
     AttrError,
     BoundCtx,
@@ -44,6 +45,7 @@ from . import (
     as_int,
     elementwise_layouts,
     exact_bound,
+    get_op,
     no_macs,
     one_input,
     register,
@@ -569,3 +571,205 @@ register(OpDef(name="distance", family="tensor", signature=(Attr("p", "float", 2
                                                      float(node.attrs["p"])),
                macs=lambda ts, out, a: ts[0].size, arity=2, error_bound=_distance_bound,
                doc="Lp distance between two embeddings, one number per sample (siamese)"))
+
+
+# -- gradients ----------------------------------------------------------------------------------
+# add:      dx_i = reduce_to(dy, x_i)             (summed over the axes x_i was broadcast along)
+# sub:      da = reduce_to(dy, a), db = reduce_to(scale(dy, -1), b)
+# mul:      dx_i = reduce_to(dy * prod_{j != i} x_j, x_i)
+# flatten, reshape:  dx = reshape(dy, x's shape);  identity: dx = dy
+# concat:   dx_i = channel_slice(dy) of its channels;  channel_slice: dx = channel_pad(dy)
+# pad:      dx = pad_grad(dy): the inner window of dy, plus (reflect, edge) the padded values
+#           added back onto the pixels they copy;  flip: dx = flip(dy)
+
+def _add_gradient(d):
+    return [d.reduce_to(d.dy, i) if d.needs(k) else None for k, i in enumerate(d.node.inputs)]
+
+
+def _sub_gradient(d):
+    a, b = d.node.inputs
+    return [d.reduce_to(d.dy, a) if d.needs(0) else None,
+            d.reduce_to(d.add("scale", [d.dy], {"factor": -1.0}), b) if d.needs(1) else None]
+
+
+def _mul_gradient(d):
+    grads = []
+    for k, i in enumerate(d.node.inputs):
+        if not d.needs(k):
+            grads.append(None)
+            continue
+        others = [j for m, j in enumerate(d.node.inputs) if m != k]
+        grads.append(d.reduce_to(d.add("mul", [d.dy, *others]), i))
+    return grads
+
+
+def _reshape_gradient(d):
+    return [d.add("reshape", [d.dy], {"shape": d.type(d.input(0)).shape})]
+
+
+def _identity_gradient(d):
+    return [d.dy]
+
+
+def _concat_gradient(d):
+    if d.attrs["axis"] != 0 or d.node.type.rank != 3:
+        raise ShapeError(f"concat: cnnc differentiates concatenations along the channels of "
+                         f"images only, not axis {d.attrs['axis']} of {d.node.type}")
+    grads, start = [], 0
+    for k, i in enumerate(d.node.inputs):
+        c = d.type(i).channels
+        grads.append(d.add("channel_slice", [d.dy], {"start": start, "stop": start + c})
+                     if d.needs(k) else None)
+        start += c
+    return grads
+
+
+def _slice_gradient(d):
+    c = d.type(d.input(0)).channels
+    return [d.add("channel_pad", [d.dy], {"before": d.attrs["start"],
+                                          "after": c - d.attrs["stop"]})]
+
+
+def _pad_gradient(d):
+    return [d.add("pad_grad", [d.dy], {"pads": d.attrs["pads"], "mode": d.attrs["mode"]})]
+
+
+def _flip_gradient(d):
+    return [d.add("flip", [d.dy], {"axis": d.attrs["axis"]})]
+
+
+def _distance_gradient(d):
+    """y = ||a - b||_p:  da = dy sign(a - b) (|a - b| / y)^(p-1) = -db (0 where y = 0)."""
+    da = d.add("distance_grad", [*d.node.inputs, d.node.id, d.dy], {"p": d.attrs["p"]})
+    return [da if d.needs(0) else None,
+            d.add("scale", [da], {"factor": -1.0}) if d.needs(1) else None]
+
+
+def _distance_grad_reference(inputs, attrs):
+    a, b, y, dy = (np.asarray(v, np.float64) for v in inputs)
+    diff = a - b
+    scale = (y / 1.0).reshape((len(a),) + (1,) * (a.ndim - 1))
+    ratio = np.divide(np.abs(diff), scale, out=np.zeros_like(diff), where=scale > 0)
+    return dy.reshape(scale.shape) * np.sign(diff) * ratio ** (attrs["p"] - 1)
+
+
+for _op, _rule in (("add", _add_gradient), ("sub", _sub_gradient), ("mul", _mul_gradient),
+                   ("flatten", _reshape_gradient), ("reshape", _reshape_gradient),
+                   ("identity", _identity_gradient), ("concat", _concat_gradient),
+                   ("channel_slice", _slice_gradient), ("pad", _pad_gradient),
+                   ("flip", _flip_gradient), ("distance", _distance_gradient)):
+    get_op(_op).gradient = _rule
+
+
+# -- the ops only gradients use -------------------------------------------------------------------
+
+def _reduce_to_infer(in_types, attrs):
+    x, shape = in_types[0], tuple(attrs["shape"])
+    try:
+        if broadcast_shapes(x.shape, shape, "reduce_to") != x.shape:
+            raise ShapeError(f"reduce_to: {x} does not broadcast from {shape}")
+    except ShapeError:
+        raise ShapeError(f"reduce_to: {x} is not a broadcast of "
+                         f"{'x'.join(map(str, shape)) or 'a scalar'}") from None
+    return TensorType(shape, x.dtype, batched=attrs["batched"] and x.batched)
+
+
+def reduce_to_reference(inputs, attrs):
+    """Sum a batched value over the batch (when the result is unbatched) and over the axes
+    the result was broadcast along (NumPy's right-aligned rule)."""
+    x = np.asarray(inputs[0], np.float64)
+    shape, batched = tuple(attrs["shape"]), attrs["batched"]
+    per_sample = x.shape[1:]
+    lead = len(per_sample) - len(shape)
+    axes = tuple(range(1, 1 + lead)) + tuple(
+        1 + lead + i for i, d in enumerate(shape) if d == 1 and per_sample[lead + i] != 1)
+    y = x.sum(axis=axes, keepdims=True).reshape((len(x),) + shape)
+    return y if batched else y.sum(axis=0)
+
+
+def _channel_sum_infer(in_types, attrs):
+    return TensorType((in_types[0].shape[0],), in_types[0].dtype, batched=False)
+
+
+def _channel_sum_reference(inputs, attrs):
+    x = np.asarray(inputs[0], np.float64)
+    return x.reshape(x.shape[0], x.shape[1], -1).sum(axis=(0, 2))
+
+
+def _channel_pad_infer(in_types, attrs):
+    x = in_types[0]
+    return x.with_shape(attrs["before"] + x.channels + attrs["after"], *x.shape[1:])
+
+
+def _channel_pad_reference(inputs, attrs):
+    x = np.asarray(inputs[0], np.float64)
+    return np.pad(x, ((0, 0), (attrs["before"], attrs["after"])) + ((0, 0),) * (x.ndim - 2))
+
+
+def _pad_grad_infer(in_types, attrs):
+    x = in_types[0]
+    t, l, b, r = attrs["pads"]
+    return x.with_shape(x.channels, x.height - t - b, x.width - l - r)
+
+
+def pad_grad_reference(inputs, attrs):
+    """The adjoint of ``pad``: every padded value's gradient added back onto the input pixel it
+    copies (none for constant padding; reflect: the mirrored pixel; edge: the edge pixel)."""
+    dy = np.asarray(inputs[0], np.float64)
+    t, l, b, r = attrs["pads"]
+    h, w = dy.shape[2] - t - b, dy.shape[3] - l - r
+    rows = np.arange(-t, h + b)
+    cols = np.arange(-l, w + r)
+    if attrs["mode"] == "constant":
+        return dy[:, :, t:t + h, l:l + w].copy()
+    if attrs["mode"] == "edge":
+        rows, cols = np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)
+    else:  # reflect about the edge pixel
+        rows = np.abs(rows)
+        rows = np.where(rows > h - 1, 2 * (h - 1) - rows, rows)
+        cols = np.abs(cols)
+        cols = np.where(cols > w - 1, 2 * (w - 1) - cols, cols)
+    dx = np.zeros(dy.shape[:2] + (h, w))
+    across = np.zeros(dy.shape[:2] + (h, dy.shape[3]))
+    np.add.at(across, (slice(None), slice(None), rows), dy)
+    np.add.at(dx, (slice(None), slice(None), slice(None), cols), across)
+    return dx
+
+
+register(OpDef(name="reduce_to", family="tensor",
+               signature=(Attr("shape", "shape"), Attr("batched", "bool")),
+               infer=_reduce_to_infer, reference=reduce_to_reference, macs=no_macs,
+               pass_made=True, backward=True, new_activations=False,
+               error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0].size // max(
+                   1, ctx.out.size), extra=0),
+               doc="a broadcast value's gradient summed back to its shape (and over the batch)"))
+register(OpDef(name="channel_sum", family="tensor", signature=(),
+               infer=_channel_sum_infer, reference=_channel_sum_reference, macs=no_macs,
+               pass_made=True, backward=True, new_activations=False,
+               error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0].size // max(
+                   1, ctx.out.size), extra=0),
+               doc="the sum over the batch and every pixel of each channel (bias gradients)"))
+register(OpDef(name="scale", family="tensor", signature=(Attr("factor", "float"),),
+               infer=same_shape, macs=no_macs, pass_made=True, backward=True, new_activations=False,
+               reference=one_input(lambda x, a: np.asarray(x, np.float64) * a["factor"]),
+               epilogue=lambda x, a, o: x * Const(float(a["factor"])),
+               lower=lambda ctx, node: lower_elementwise(ctx, node, "copy"), inplace=True,
+               error_bound=lambda ctx: ctx.err_in * abs(ctx.attrs["factor"]) +
+               2 * EPS32 * np.abs(ctx.out),
+               doc="x * factor"))
+register(OpDef(name="channel_pad", family="tensor",
+               signature=(Attr("before", "int"), Attr("after", "int")),
+               infer=_channel_pad_infer, reference=_channel_pad_reference, macs=no_macs,
+               pass_made=True, backward=True, new_activations=False, error_bound=exact_bound(),
+               doc="zero channels before and after (the gradient of channel_slice)"))
+register(OpDef(name="pad_grad", family="tensor",
+               signature=(Attr("pads", "ints"), Attr("mode", "choice", choices=PAD_MODES)),
+               infer=_pad_grad_infer, reference=pad_grad_reference, macs=no_macs,
+               pass_made=True, backward=True, new_activations=False,
+               error_bound=sum_bound(terms=lambda ctx: 4, extra=0),
+               doc="the gradient of pad: the inner window, padded values added back"))
+register(OpDef(name="distance_grad", family="tensor", signature=(Attr("p", "float"),),
+               infer=lambda ts, a: ts[0], reference=_distance_grad_reference, macs=no_macs,
+               arity=4, pass_made=True, backward=True, new_activations=False,
+               error_bound=lambda ctx: (2 * TRANSCENDENTAL + 4) * EPS32 * np.abs(ctx.out),
+               doc="the gradient of distance with respect to its first embedding"))

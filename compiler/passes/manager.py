@@ -44,6 +44,10 @@ class PassContext:
     # node (``--autotune``). The runtime provides it: the compiler runs no kernels itself.
     measure: Callable[[Graph, Node, tuple[str, ...]], str] | None = None
     replace_dump: bool = False
+    # Training (``compiler/autodiff.py``): parameter name patterns left as they are (fnmatch),
+    # and whether the network's inputs get gradients too (``input_gradient``).
+    frozen: tuple[str, ...] = ()
+    input_gradients: bool = False
     notes: list[str] = field(default_factory=list)
     current: Node | None = None
     folder: str | None = None  # the model's folder: DSL files are named relative to it

@@ -14,12 +14,14 @@
   pools read only by a 1x1 convolution computed in its kernel (prologue fusion).
 
 Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
-folding, epilogue fusion: backward needs the intermediate values); autodiff will insert its
-passes before lowering selection.
+folding: batch statistics change every step) and start with ``autodiff``
+(``compiler/autodiff.py``), which adds the backward graph; every later pass then sees forward
+and backward nodes alike.
 """
 
 from __future__ import annotations
 
+from ..autodiff import autodiff
 from .canonicalize import canonicalize
 from .conv_as_dense import conv_as_dense
 from .conv_transpose_as_phases import conv_transpose_as_phases
@@ -69,10 +71,12 @@ INFERENCE: dict[int, list[tuple[str, Pass]]] = {
     + [("select_layout", select_layout), ("fuse_prologues", fuse_prologues)] + PACK,
 }
 
+AUTODIFF: list[tuple[str, Pass]] = [("autodiff", autodiff)]
+
 TRAINING: dict[int, list[tuple[str, Pass]]] = {
-    0: REQUIRED + PACK,
-    1: CLEANUP + REQUIRED + PACK,
-    2: CLEANUP + REQUIRED + PACK,
+    0: AUTODIFF + REQUIRED + PACK,
+    1: AUTODIFF + CLEANUP + REQUIRED + PACK,
+    2: AUTODIFF + CLEANUP + REQUIRED + PACK,
 }
 
 

@@ -49,6 +49,14 @@ from .. import (
     sum_bound,
 )
 from .algorithms import ALGORITHMS, ConvAlgorithm, by_name, geometry, kernel_lanes, node_geometry
+from .gradient import (
+    conv_gradient,
+    conv_transpose_gradient,
+    weight_grad_bound,
+    weight_grad_infer,
+    weight_grad_macs,
+    weight_grad_reference,
+)
 from .lowering import lower_conv, pack_conv_weights
 from .padding import PAD_WORDS, pad_nchw, resolve_pads, window_check
 from .transpose import (
@@ -287,6 +295,7 @@ register(OpDef(
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
     error_bound=sum_bound(),  # C/groups x R x S products per output (conv_macs), bias, weights
+    gradient=conv_gradient,
     doc="2-D convolution (cross-correlation) with stride, padding, dilation and groups",
 ))
 
@@ -413,6 +422,16 @@ register(OpDef(
     # output, some of them zeros (the macs average is lower, so it would not bound them all)
     error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0].shape[1] // ctx.attrs["groups"] *
                           ctx.attrs["kernel"][0] * ctx.attrs["kernel"][1]),
-    aliases=("deconv", "convtranspose"),
+    aliases=("deconv", "convtranspose"), gradient=conv_transpose_gradient,
     doc="transposed convolution (the gradient of conv with respect to its input)",
 ))
+
+
+register(OpDef(
+    name="conv_weight_grad", family="conv",
+    signature=(Attr("out_channels", "int"), Attr("kernel", "ints"), Attr("stride", "ints"),
+               Attr("pads", "ints"), Attr("dilation", "ints"), Attr("groups", "int")),
+    infer=weight_grad_infer, reference=weight_grad_reference, macs=weight_grad_macs, arity=2,
+    pass_made=True, backward=True, new_activations=False, error_bound=weight_grad_bound,
+    doc="a convolution's weight gradient from its input and output gradient, summed over "
+        "the batch (autodiff)"))
