@@ -36,7 +36,8 @@ class Arg:
     - ``scratch``: the shared scratch buffer named ``ref`` (sized per image, times the batch);
     - ``const``: the packed constant ``ref`` of this step (prepared when parameters are set);
     - ``int``: the literal integer ``ref``;
-    - ``batch``: the batch size of the call.
+    - ``batch``: the batch size of the call (``ref`` 1 instead for a kernel whose inputs and
+      output are all whole-batch values: it runs once, not once per image).
     """
 
     kind: str
@@ -83,6 +84,9 @@ class Step:
     # A concatenation done in place: its inputs were written into its buffer, which it owns
     # (``view`` is then set too: it runs no kernel).
     owner: bool = False
+    # False for a value of the whole batch (``TensorType.batched``: a loss, a parameter's
+    # gradient): ``out_size`` floats in all, not per image.
+    batched: bool = True
 
     @property
     def output(self) -> int:
@@ -98,6 +102,8 @@ class BufferPlan:
     slot_sizes: list[int] = field(default_factory=list)
     alias: dict[int, int] = field(default_factory=dict)
     storage: dict[int, Storage] = field(default_factory=dict)  # blocked values by node id
+    # Slots of whole-batch values (``Step.batched`` False): their size is not per image.
+    unbatched: set[int] = field(default_factory=set)
 
     def root(self, value: int) -> int:
         while value in self.alias:
@@ -106,7 +112,12 @@ class BufferPlan:
 
     @property
     def floats_per_image(self) -> int:
-        return sum(self.slot_sizes)
+        return sum(s for i, s in enumerate(self.slot_sizes) if i not in self.unbatched)
+
+    @property
+    def whole_batch_floats(self) -> int:
+        """Floats of the whole-batch slots (independent of the batch size)."""
+        return sum(self.slot_sizes[i] for i in self.unbatched)
 
 
 @dataclass

@@ -30,7 +30,9 @@ class Arena:
         plan = executor.plan
         self.n = n
         # zeroed once: channel-blocked values keep a zero halo (their padding) for good
-        self.slots = [np.zeros(n * size, np.float32) for size in plan.buffers.slot_sizes]
+        whole = plan.buffers.unbatched
+        self.slots = [np.zeros(size if i in whole else n * size, np.float32)
+                      for i, size in enumerate(plan.buffers.slot_sizes)]
         self.scratch = {k: np.empty(n * v, np.float32) for k, v in plan.scratch.items()}
         self.values: dict[int, np.ndarray] = {}
         for step in plan.steps:
@@ -41,7 +43,7 @@ class Arena:
                 start = step.storage.offset
                 self.values[step.output] = slot[start: n * step.storage.floats]
             else:
-                self.values[step.output] = slot[: n * step.out_size]
+                self.values[step.output] = slot[: (n if step.batched else 1) * step.out_size]
         self.calls: list[tuple[Any, list[Any], list[tuple[int, int]]]] = []
         self.step_calls: list[list[tuple[Any, list[Any], list[tuple[int, int]]]]] = []
         self.bind(executor)
@@ -86,7 +88,7 @@ class Arena:
         if a.kind == "int":
             return int(a.ref)
         if a.kind == "batch":
-            return int(self.n)
+            return int(self.n) if a.ref is None else int(a.ref)
         raise ValueError(f"unknown argument kind {a.kind!r}")
 
 
@@ -101,7 +103,7 @@ class CpuExecutor:
     def bytes_needed(self, batch: int) -> int:
         """Bytes of the arena for ``batch`` images (activations and scratch)."""
         floats = self.plan.buffers.floats_per_image + sum(self.plan.scratch.values())
-        return 4 * batch * floats
+        return 4 * (batch * floats + self.plan.buffers.whole_batch_floats)
 
     def parameter_values(self, params: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
         """Every constant of the plan's graph by node id, in float64: the source parameters by
@@ -157,6 +159,8 @@ class CpuExecutor:
         channel-blocked storage, halo and padding channels left out)."""
         flat = self.output(arena, inputs, node)
         shape = self.plan.graph.node(node).type.shape
+        if not self.plan.graph.node(node).type.batched:
+            return flat[: int(np.prod(shape))].reshape(shape)
         storage = self.plan.buffers.storage.get(node)
         if storage is not None and len(shape) == 1:  # a flattened blocked tensor
             source = self.plan.graph.node(node).inputs[0]

@@ -61,6 +61,68 @@ def may_miss_input(attrs: dict[str, Any]) -> bool:
     return max(pt, pb) >= R or max(pl, pr) >= S
 
 
+def average_divisor(attrs: dict[str, Any], H: ExprLike, W: ExprLike) -> list[Stmt]:
+    """Lets computing ``cnt``, the divisor of the average pooling window at ``h0, w0``: its
+    taps on input cells and, with ``count_include_pad``, on the declared padding (never the
+    cells ceil mode adds). Without ``may_miss_input`` the window clipped to the counted region
+    is a rectangle: rows x columns; else the taps are counted (and ``cnt`` may be 0)."""
+    (R, S), (pt, pl, pb, pr) = attrs["kernel"], attrs["pads"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    lo_h, hi_h = (-pt, H + pb) if attrs["count_include_pad"] else (0, H)
+    lo_w, hi_w = (-pl, W + pr) if attrs["count_include_pad"] else (0, W)
+    if not may_miss_input(attrs):
+        return [Let("rows", fmin(Var("h0") + R, hi_h) - fmax(Var("h0"), lo_h)),
+                Let("cols", fmin(Var("w0") + S, hi_w) - fmax(Var("w0"), lo_w)),
+                Let("cnt", Var("rows") * Var("cols"))]
+    return _count_taps("rows", "r", Var("h0"), R, dh, lo_h, hi_h) + \
+        _count_taps("cols", "s", Var("w0"), S, dw, lo_w, hi_w) + \
+        [Let("cnt", Var("rows") * Var("cols"))]
+
+
+def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int],
+                     attrs: dict[str, Any], comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """The input gradient of ``maxpool``, ``minpool`` or ``avgpool`` (``pool_grad``): one
+    parallel iteration per (image, channel) plane, which it zeroes and then adds each window's
+    share of ``dy`` (``x1``) into: max (min) pooling all of it to the window's first largest
+    (smallest) input cell of ``x0``, as the forward scans it; average pooling ``dy / cnt`` to
+    every tap on an input cell."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, H, W = (sz(n, d) for n, d in zip("CHW", shape))
+    P, Q = sz("P", out_hw[0]), sz("Q", out_hw[1])
+    (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
+    pt, pl, _, _ = attrs["pads"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    ih = Var("h0") + Var("r") * dh
+    iw = Var("w0") + Var("s") * dw
+    at = Var("xb") + ih * W + iw
+    body: list[Stmt] = [Let("xb", Var("t") * (H * W)), Let("yb", Var("t") * (P * Q)),
+                        Loop("i", const(H * W), [Store("y", Var("xb") + Var("i"), Const(0.0))])]
+    q_body: list[Stmt] = [Let("w0", Var("q") * sw - pl),
+                          Let("g", Load("x1", Var("yb") + Var("p") * Q + Var("q")))]
+    if op in ("maxpool", "minpool"):
+        better = ">" if op == "maxpool" else "<"
+        q_body += [
+            Let("acc", Const(float("-inf") if op == "maxpool" else float("inf"))),
+            Let("best", Const(-1)),
+            Loop("r", Const(R), [If(_in_range(ih, 0, H), [Loop("s", Const(S), [
+                If(_in_range(iw, 0, W), [If(cmp(better, Load("x0", at), Var("acc")), [
+                    Let("acc", Load("x0", at)), Let("best", at)])])])])]),
+            If(cmp(">=", Var("best"), 0), [
+                Store("y", Var("best"), Load("y", Var("best")) + Var("g"))]),
+        ]
+    elif op == "avgpool":
+        q_body += average_divisor(attrs, H, W)
+        q_body += [If(cmp(">", Var("cnt"), 0), [
+            Let("share", div(Var("g"), Var("cnt"))),
+            Loop("r", Const(R), [If(_in_range(ih, 0, H), [Loop("s", Const(S), [
+                If(_in_range(iw, 0, W), [Store("y", at, Load("y", at) + Var("share"))])])])])])]
+    else:
+        raise ValueError(f"pool_grad_kernel: no kernel for the gradient of {op}")
+    body.append(Loop("p", const(P), [Let("h0", Var("p") * sh - pt),
+                                      Loop("q", const(Q), q_body)]))
+    return rows_kernel(name, [Param("x0"), Param("x1"), Param("y")], C, body, comment, sz)
+
+
 def _count_taps(var: str, loop: str, start: Expr, k: int, d: int, lo: ExprLike,
                 hi: ExprLike) -> list[Stmt]:
     """``var`` = how many of the ``k`` taps ``start + i * d`` lie in ``[lo, hi)``."""
@@ -107,20 +169,9 @@ def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int
             Let("acc", Const(lowest if op == "maxpool" else -lowest))]))
     result: Expr = Var("acc")
     if op == "avgpool":
-        lo_h, hi_h = (-pt, H + pb) if attrs["count_include_pad"] else (0, H)
-        lo_w, hi_w = (-pl, W + pr) if attrs["count_include_pad"] else (0, W)
-        if not miss:
-            # The window clipped to the counted region is a rectangle: rows x columns.
-            q_body += [
-                Let("rows", fmin(Var("h0") + R, hi_h) - fmax(Var("h0"), lo_h)),
-                Let("cols", fmin(Var("w0") + S, hi_w) - fmax(Var("w0"), lo_w)),
-            ]
-            result = div(Var("acc"), Var("rows") * Var("cols"))
-        else:  # dilated taps, or a window that may count nothing (then the mean is 0)
-            q_body += _count_taps("rows", "r", Var("h0"), R, dh, lo_h, hi_h)
-            q_body += _count_taps("cols", "s", Var("w0"), S, dw, lo_w, hi_w)
-            q_body.append(Let("cnt", Var("rows") * Var("cols")))
-            result = Select(cmp(">", Var("cnt"), 0), div(Var("acc"), Var("cnt")), Const(0.0))
+        q_body += average_divisor(attrs, H, W)
+        result = Select(cmp(">", Var("cnt"), 0), div(Var("acc"), Var("cnt")), Const(0.0)) \
+            if miss else div(Var("acc"), Var("cnt"))
     elif op == "lppool":
         p = float(attrs["p"])
         result = call("sqrt", Var("acc")) if p == 2.0 else call("pow", Var("acc"), Const(1.0 / p))

@@ -150,11 +150,14 @@ class LowerCtx:
         ``n_batch`` the batch size, other integers the literal ``ints``."""
         ints = ints or {}
         args = []
+        node = self.node
+        whole_batch = not node.type.batched and not any(
+            self.graph.node(i).type.batched for i in inputs)
         for p in kernel.params:
             if p.name == "y":
                 args.append(Arg("output"))
             elif p.name == "n_batch":
-                args.append(Arg("batch"))
+                args.append(Arg("batch", 1) if whole_batch else Arg("batch"))
             elif p.kind == "int":
                 args.append(Arg("int", int(ints[p.name])))
             elif p.name.startswith("c_"):
@@ -163,13 +166,13 @@ class LowerCtx:
                 args.append(Arg("value", inputs[int(p.name[1:])]))
             else:
                 raise LoweringError(f"kernel {kernel.name}: cannot bind parameter {p.name!r}")
-        node = self.node
         op = get_op(node.op)
         storage = self.out_storage
         out_size = storage.floats if storage is not None else node.type.size
         return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
                     out_size, [Call(None, tuple(args), kernel.name, kernel)], pack=pack,
-                    inplace=op.inplace and storage is None, storage=storage)
+                    inplace=op.inplace and storage is None, storage=storage,
+                    batched=node.type.batched)
 
     def concat_view_step(self) -> Step:
         """A concatenation whose inputs were written into its channel-blocked buffer: no kernel;

@@ -8,8 +8,9 @@ dies at that step and has the output's size. A channel-blocked value (``Step.sto
 halo or padding lanes shares a slot only with values of exactly the same storage, so the zero
 halo a convolution reads as its padding is never overwritten; one whose every float its
 producer writes shares slots with plain values. Sizes are float32 elements per image; the
-executor multiplies by the batch size. Graph inputs are the caller's arrays and are never
-written.
+executor multiplies by the batch size, except for whole-batch values (a loss, a parameter's
+gradient: ``Step.batched`` False), which get slots of their own, never shared with per-image
+values. Graph inputs are the caller's arrays and are never written.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPl
             continue
         for v in {top(plan.root(u)) for u in s.inputs}:
             if (last_use.get(v) == i and v in plan.slot_of and v not in outputs
-                    and v not in inputs and plan.slot_of[v] != slot):
+                    and v not in inputs and plan.slot_of[v] != slot
+                    and plan.slot_of[v] not in plan.unbatched):
                 free.append(plan.slot_of[v])
     for o in owners:  # nested owners: a range of the outermost one's slot
         if o in member_of and top(o) in plan.slot_of:
@@ -80,6 +82,11 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
     """A slot for ``target``'s value (``step`` computes it, or its first range): in place over
     an input that dies here, else a free slot of the same storage, else a new one."""
     need = target.out_size
+    if not target.batched:  # a whole-batch value: a slot of its own
+        plan.slot_sizes.append(need)
+        plan.unbatched.add(len(plan.slot_sizes) - 1)
+        kind[len(plan.slot_sizes) - 1] = None
+        return len(plan.slot_sizes) - 1
     if reuse and step.inplace:
         roots = [plan.root(v) for v in step.inputs]
         for r in roots:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.backward import softmax_grad_kernel
 from ..kernels.common import Sizes
 from ..kernels.elementwise import channel_prelu_kernel, softmax_kernel
 from ..kernels.kernel_ir import (
@@ -539,6 +540,13 @@ get_op("softmax").gradient = _softmax_gradient
 get_op("log_softmax").gradient = _softmax_gradient
 
 
+def _lower_softmax_grad(ctx, node):
+    sz = Sizes()
+    k = softmax_grad_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["axis"], node.attrs["log"],
+                            ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 def _softmax_grad_bound(ctx: BoundCtx) -> np.ndarray:
     """A sum over the axis (L products) per element, then one product and one difference."""
     y, dy = np.abs(ctx.inputs[0]), np.abs(ctx.inputs[1])
@@ -555,4 +563,5 @@ register(OpDef(
     signature=(Attr("axis", "int"), Attr("log", "bool")),
     infer=_activation_grad_infer, reference=_softmax_grad_reference, macs=no_macs, arity=2,
     pass_made=True, backward=True, new_activations=False, error_bound=_softmax_grad_bound,
+    lower=_lower_softmax_grad,
     doc="the input gradient of softmax (log: of log_softmax) from its output y and dy"))

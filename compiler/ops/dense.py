@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.backward import dense_weight_grad_kernel
 from ..kernels.common import Sizes
 from ..kernels.elementwise import dense_kernel
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
@@ -183,6 +184,13 @@ def _dense_gradient(d):
 
 get_op("dense").gradient = _dense_gradient
 
+
+def _lower_weight_grad(ctx, node):
+    sz = Sizes()
+    (n_in,), (n_out,) = ctx.in_shapes
+    k = dense_weight_grad_kernel(ctx.kname, n_in, n_out, ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
 register(OpDef(
     name="transpose_weight", family="dense", signature=(), arity=1, internal=True,
     infer=lambda ts, a: ts[0].with_shape(*ts[0].shape[::-1]), macs=lambda ts, out, a: 0,
@@ -199,7 +207,7 @@ def _weight_grad_infer(in_types, attrs):
 register(OpDef(
     name="dense_weight_grad", family="dense", signature=(), arity=2, pass_made=True, backward=True,
     infer=_weight_grad_infer, macs=lambda ts, out, a: ts[0].shape[0] * ts[1].shape[0],
-    new_activations=False,
+    new_activations=False, lower=_lower_weight_grad,
     reference=lambda inputs, a: np.asarray(inputs[1], np.float64).T @
     np.asarray(inputs[0], np.float64),
     error_bound=lambda ctx: (len(ctx.inputs[0]) + 2) * EPS32 * ctx.absolute(),

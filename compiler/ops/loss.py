@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.backward import cross_entropy_grad_kernel, cross_entropy_kernel
+from ..kernels.common import Sizes
 from ..types import TensorType
 from . import (
     EPS32,
@@ -104,6 +106,14 @@ def _ce_gradient(d):
     return [d.add("cross_entropy_grad", list(d.node.inputs), dict(d.attrs)), None]
 
 
+def _lower_ce(ctx, node):
+    """The loss (one serial loop: a scalar) or its gradient (per image and pixel)."""
+    sz = Sizes()
+    build = cross_entropy_kernel if node.op == "cross_entropy" else cross_entropy_grad_kernel
+    k = build(ctx.kname, ctx.in_shapes[0], node.attrs["label_smoothing"], ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 def _ce_bound(ctx: BoundCtx) -> np.ndarray:
     """Log-softmax per sample (``softmax``'s analysis: exp and log calls, a sum of K terms),
     then a mean of N x pixels values."""
@@ -116,13 +126,13 @@ register(OpDef(
     name="cross_entropy", family="loss",
     signature=(Attr("label_smoothing", "float", 0.0),), canonicalize=_ce_canonicalize,
     infer=_ce_infer, reference=_ce_reference, macs=no_macs, arity=2, pass_made=True,
-    new_activations=False, gradient=_ce_gradient, error_bound=_ce_bound,
+    new_activations=False, gradient=_ce_gradient, error_bound=_ce_bound, lower=_lower_ce,
     extra={"labels_type": _ce_labels_type},
     doc="softmax cross-entropy of class scores against integer labels, batch mean"))
 register(OpDef(
     name="cross_entropy_grad", family="loss", signature=(Attr("label_smoothing", "float"),),
     infer=lambda ts, a: ts[0], reference=_ce_grad_reference, macs=no_macs, arity=2,
-    pass_made=True, backward=True, new_activations=False,
+    pass_made=True, backward=True, new_activations=False, lower=_lower_ce,
     error_bound=lambda ctx: (ctx.inputs[0].shape[1] + 2 * TRANSCENDENTAL) * EPS32 *
     (np.abs(ctx.out) + 1.0 / ctx.inputs[0].shape[0]),
     doc="(softmax(z) - q) / count: the gradient of cross_entropy with respect to the scores"))

@@ -33,11 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.backward import global_pool_grad_kernel
 from ..kernels.common import Sizes
 from ..kernels.pool import (
     avgpool_blocked_ok,
     global_pool_blocked_kernel,
     global_pool_kernel,
+    pool_grad_kernel,
     pool_kernel,
     window_pool_blocked_kernel,
 )
@@ -48,6 +50,7 @@ from . import (
     Attr,
     AttrError,
     BoundCtx,
+    LoweringError,
     OpDef,
     ShapeError,
     as_bool,
@@ -365,6 +368,25 @@ def _pool_grad_bound(ctx: BoundCtx) -> np.ndarray:
     return ctx.err_in + (cover + TRANSCENDENTAL + 3) * EPS32 * ctx.absolute()
 
 
+def _lower_pool_grad(ctx, node):
+    """Max, min and average pooling's gradients (``pool_grad_kernel``); Lp pooling's has no
+    kernel yet and is refused by name."""
+    of, attrs = _pool_of(node.attrs)
+    if of not in ("maxpool", "minpool", "avgpool"):
+        raise LoweringError(f"layer {node.name}: cnnc has no kernel for the gradient of {of} "
+                            "yet (its float64 reference exists: cnnc check, tests)")
+    sz = Sizes()
+    x, dy = ctx.in_shapes
+    k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
+def _lower_global_grad(ctx, node):
+    sz = Sizes()
+    k = global_pool_grad_kernel(ctx.kname, node.attrs["of"], ctx.in_shapes[0], ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 def _global_grad_reference(inputs, attrs):
     x, dy = (np.asarray(v, np.float64) for v in inputs)
     if attrs["of"] == "globalavgpool":
@@ -386,9 +408,11 @@ for _name in ("globalavgpool", "globalmaxpool"):
 register(OpDef(name="pool_grad", family="pool", signature=(Attr("of", "any"),),
                infer=lambda ts, a: ts[0], reference=pool_grad_reference, macs=no_macs, arity=2,
                pass_made=True, backward=True, new_activations=False, error_bound=_pool_grad_bound,
+               lower=_lower_pool_grad,
                doc="the input gradient of window pooling `of` (autodiff)"))
 register(OpDef(name="global_pool_grad", family="pool", signature=(Attr("of", "any"),),
                infer=lambda ts, a: ts[0], reference=_global_grad_reference, macs=no_macs,
                arity=2, pass_made=True, backward=True, new_activations=False,
+               lower=_lower_global_grad,
                error_bound=lambda ctx: ctx.err_in + 2 * EPS32 * ctx.absolute(),
                doc="the input gradient of global pooling `of` (autodiff)"))

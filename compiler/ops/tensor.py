@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import elementwise
+from ..kernels.backward import channel_sum_kernel
 from ..kernels.common import Sizes
 from ..kernels.elementwise import (
     channel_slice_kernel,
@@ -743,7 +744,13 @@ register(OpDef(name="reduce_to", family="tensor",
                error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0].size // max(
                    1, ctx.out.size), extra=0),
                doc="a broadcast value's gradient summed back to its shape (and over the batch)"))
-register(OpDef(name="channel_sum", family="tensor", signature=(),
+def _lower_channel_sum(ctx, node):
+    sz = Sizes()
+    k = channel_sum_kernel(ctx.kname, ctx.in_shapes[0], ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
+register(OpDef(name="channel_sum", family="tensor", signature=(), lower=_lower_channel_sum,
                infer=_channel_sum_infer, reference=_channel_sum_reference, macs=no_macs,
                pass_made=True, backward=True, new_activations=False,
                error_bound=sum_bound(terms=lambda ctx: ctx.inputs[0].size // max(

@@ -133,9 +133,7 @@ def test_op_has_every_part(name):
 NOT_LOWERED = {"input", "param"}
 #: Backward ops with a float64 reference but no kernel yet: compiling a training graph that
 #: needs one is refused by name (tests/training); each comes off this list with its lowering.
-REFERENCE_ONLY = {"softmax_grad", "global_pool_grad", "reduce_to", "channel_pad", "pad_grad",
-                  "mse", "mse_grad", "distance_grad", "pool_grad", "conv_weight_grad",
-                  "channel_sum", "dense_weight_grad", "cross_entropy", "cross_entropy_grad"}
+REFERENCE_ONLY = {"reduce_to", "channel_pad", "pad_grad", "mse", "mse_grad", "distance_grad"}
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

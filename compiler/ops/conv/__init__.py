@@ -52,6 +52,7 @@ from .algorithms import ALGORITHMS, ConvAlgorithm, by_name, geometry, kernel_lan
 from .gradient import (
     conv_gradient,
     conv_transpose_gradient,
+    lower_weight_grad,
     weight_grad_bound,
     weight_grad_infer,
     weight_grad_macs,
@@ -433,5 +434,6 @@ register(OpDef(
                Attr("pads", "ints"), Attr("dilation", "ints"), Attr("groups", "int")),
     infer=weight_grad_infer, reference=weight_grad_reference, macs=weight_grad_macs, arity=2,
     pass_made=True, backward=True, new_activations=False, error_bound=weight_grad_bound,
+    lower=lower_weight_grad,
     doc="a convolution's weight gradient from its input and output gradient, summed over "
         "the batch (autodiff)"))

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ...kernels.backward import conv_weight_grad_kernel
+from ...kernels.common import Sizes
 from ...types import TensorType, spatial_out
 from .. import EPS32, BoundCtx, ShapeError
 from .padding import pad_nchw
@@ -127,3 +129,11 @@ def weight_grad_bound(ctx: BoundCtx) -> np.ndarray:
     """A sum of N x P x Q products per weight, in float32 (``sum_bound``'s analysis)."""
     n, _, p, q = ctx.inputs[1].shape
     return (n * p * q + 2) * EPS32 * ctx.absolute()
+
+
+def lower_weight_grad(ctx, node):
+    """One parallel iteration per filter plane (``conv_weight_grad_kernel``)."""
+    sz = Sizes()
+    k = conv_weight_grad_kernel(ctx.kname, node.attrs, ctx.in_shapes[0], ctx.in_shapes[1],
+                                ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
