@@ -33,6 +33,7 @@ from .autotune import Autotuner
 from .executor import CpuExecutor
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
+from .train import TrainingModel, compile_training
 from .weights import check_weights, init_params, load_weights, save_weights
 
 __all__ = ["compile", "CompiledModel", "ModelError", "NumericsError", "available_memory"]
@@ -279,7 +280,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
             *, opt_level: int = 2, layout: str = "auto", warm: bool = True,
             dump_ir: str | Path | None = None, force: bool = False,
-            progress: bool | None = None, autotune: bool = False) -> CompiledModel:
+            progress: bool | None = None, autotune: bool = False, mode: str = "infer",
+            **training: Any) -> CompiledModel | TrainingModel:
     """Compile a network to Numba kernels.
 
     ``target``: ``cpu`` (this machine's CPU: 16-lane kernels with AVX-512, else 8-lane), or
@@ -302,6 +304,13 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     ``autotune``: time each convolution's algorithms once, compiled for this target,
     optimization level and layout (the winner is cached per shape, attributes, those options
     and CPU), instead of trusting the cost model.
+
+    ``mode="train"``: a :class:`~cnnc.runtime.train.TrainingModel` (the loss attached, the
+    backward graph generated, an optimizer over the trainable parameters); ``training`` takes
+    ``runtime.train.compile_training``'s options: ``loss`` (``cross_entropy``, ``mse``),
+    ``output``, ``optimizer`` (``sgd``, ``adam``, ``adamw``), ``lr``, ``momentum``,
+    ``nesterov``, ``weight_decay``, ``betas``, ``eps``, ``clip_norm``, ``label_smoothing``,
+    ``freeze`` (parameter name patterns).
     """
     t0 = time.perf_counter()
     try:
@@ -320,6 +329,25 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     else:
         check_weights(graph, dict(weights))  # refuses strings, complex, NaN before converting
         params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+    if mode not in ("infer", "train"):
+        raise ModelError(f"mode must be 'infer' or 'train', got {mode!r}")
+    if mode == "train":
+        if lowering != "auto" or layout != "auto" or autotune or dump_ir is not None:
+            raise ModelError("mode='train' takes no lowering, layout, autotune or dump_ir "
+                             "options yet")
+        bar = CompileProgress(progress)
+        try:
+            tm = compile_training(graph, params, target=cpu, opt_level=opt_level,
+                                  cache_dir=cache_dir, progress=bar, compile_inference=compile,
+                                  **training)
+        except TypeError as e:
+            raise ModelError(f"mode='train': {e}") from None
+        finally:
+            bar.close()
+        tm.compile_seconds = time.perf_counter() - t0
+        return tm
+    if training:
+        raise ModelError(f"{', '.join(sorted(training))}: training options need mode='train'")
     optimized = graph.copy()
     try:
         measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
