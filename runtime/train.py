@@ -27,6 +27,7 @@ from ..compiler.autodiff import LOSS, GradientError, attach_loss, gradient_outpu
 from ..compiler.ir import Graph
 from ..compiler.lower import lower_graph
 from ..compiler.ops.loss import check_labels
+from ..compiler.ops import ShapeError
 from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import Target
@@ -127,7 +128,7 @@ class TrainingModel:
             scores = self.plan.graph.node(self.plan.graph.outputs[LOSS]).inputs[0]
             try:
                 check_labels(labels, self.plan.graph.node(scores).type.shape[0])
-            except ValueError as e:
+            except ShapeError as e:
                 raise TrainingError(str(e)) from None
         flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
                 for name, nid in self.plan.graph.inputs.items()}

@@ -1,0 +1,112 @@
+"""The compiled training step against PyTorch: the same network and weights, the loss and
+every parameter's gradient from ``loss_and_grads``, and the parameters after SGD-with-momentum
+and Adam steps; LeNet-5 trained from scratch on the digits; the command's refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnc
+from cnnc.runtime.cli import main
+from cnnc.runtime.train import TrainingError
+from cnnc.runtime.weights import init_params
+
+NET = """network small
+input image: 3 x 9 x 9
+a = image -> conv(4, 3, stride=2, pad=(1, 0, 1, 1)) as c1 -> relu
+b = a -> conv(4, 3, pad=1) as c2 -> tanh
+add(a, b) -> maxpool(2, ceil_mode=true) -> conv(5, 1) as c3 -> sigmoid -> avgpool(2, pad=1)
+  -> flatten -> dense(3) as fc -> output scores
+"""
+
+
+def torch_loss(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> torch.Tensor:
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    t = F.pad(torch.tensor(x, dtype=torch.float64), (0, 1, 1, 1))  # left, right, top, bottom
+    a = F.relu(F.conv2d(t, p["c1.weight"], p["c1.bias"], stride=2))
+    b = torch.tanh(F.conv2d(a, p["c2.weight"], p["c2.bias"], padding=1))
+    h = F.max_pool2d(a + b, 2, ceil_mode=True)
+    h = torch.sigmoid(F.conv2d(h, p["c3.weight"], p["c3.bias"]))
+    h = F.avg_pool2d(h, 2, padding=1)
+    scores = F.linear(h.flatten(1), p["fc.weight"], p["fc.bias"])
+    loss = F.cross_entropy(scores, torch.tensor(y, dtype=torch.long))
+    return loss, p
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(0)
+    graph = cnnc.load(NET)
+    params = {k: (rng.standard_normal(v.shape) * 0.5).astype(np.float32)
+              for k, v in init_params(graph).items()}
+    x = rng.standard_normal((4, 3, 9, 9)).astype(np.float32)
+    y = np.array([0, 2, 1, 2])
+    return graph, params, x, y
+
+
+def test_loss_and_grads_match_pytorch_autograd(small):
+    graph, params, x, y = small
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy")
+    loss, grads = tm.loss_and_grads(x, y)
+    ref, p = torch_loss(params, x, y)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5)
+    assert set(grads) == set(params)
+    for name, g in grads.items():
+        want = p[name].grad.numpy()
+        assert g.shape == want.shape
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=name)
+    np.testing.assert_array_equal(tm.params["c1.weight"], params["c1.weight"])  # no update
+
+
+@pytest.mark.parametrize("kind, options, torch_opt", [
+    ("sgd", {"momentum": 0.9, "weight_decay": 0.01, "nesterov": True},
+     lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)),
+    ("adam", {"weight_decay": 0.01},
+     lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.01)),
+    ("adamw", {"weight_decay": 0.01},
+     lambda ps: torch.optim.AdamW(ps, lr=0.1, weight_decay=0.01)),
+])
+def test_train_steps_match_pytorch_optimizers(small, kind, options, torch_opt):
+    graph, params, x, y = small
+    tm = cnnc.compile(graph, weights=params, mode="train", optimizer=kind, lr=0.1, **options)
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    opt = torch_opt(list(p.values()))
+    for _ in range(3):
+        tm.train_step(x, y)
+        opt.zero_grad()
+        loss, q = torch_loss({k: v.detach().numpy() for k, v in p.items()}, x, y)
+        loss.backward()
+        for k in p:
+            p[k].grad = q[k].grad
+        opt.step()
+    for name, value in tm.params.items():
+        np.testing.assert_allclose(value, p[name].detach().numpy(), rtol=2e-4, atol=2e-5,
+                                   err_msg=f"{kind}: {name}")
+
+
+def test_bad_labels_and_options_are_refused(small):
+    graph, params, x, y = small
+    tm = cnnc.compile(graph, weights=params, mode="train")
+    with pytest.raises(TrainingError, match=r"class indices 0\.\.2; got 3"):
+        tm.loss_and_grads(x, np.array([0, 1, 3, 1]))
+    with pytest.raises(TrainingError, match="optimizer must be one of"):
+        cnnc.compile(graph, mode="train", optimizer="rmsprop")
+    with pytest.raises(cnnc.runtime.model.ModelError, match="training options need"):
+        cnnc.compile(graph, lr=0.1)
+
+
+def test_lenet5_learns_the_digits(capsys, tmp_path):
+    """From scratch with the command's defaults (fixed seed): at least 97% test accuracy."""
+    out = tmp_path / "w.npz"
+    assert main(["train", "lenet5", "--data", "digits", "--epochs", "5", "--quiet",
+                 "--save", str(out)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("test accuracy: ")
+    assert float(last.split(": ")[1]) >= 0.97
+    assert main(["train", "lenet5", "--epochs", "1", "--save", str(out)]) == 2  # no --force
+    assert "pass --force" in capsys.readouterr().err
