@@ -26,8 +26,8 @@ import numpy as np
 from ..compiler.autodiff import LOSS, GradientError, attach_loss, gradient_outputs, trainable_params
 from ..compiler.ir import Graph
 from ..compiler.lower import lower_graph
-from ..compiler.ops.loss import check_labels
 from ..compiler.ops import ShapeError
+from ..compiler.ops.loss import check_labels
 from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import Target
