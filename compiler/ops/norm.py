@@ -1,5 +1,7 @@
-"""Normalization: batch norm (inference statistics), group norm, instance norm, and local
-response normalization (AlexNet).
+"""Normalization: batch norm (inference statistics; in a training graph the batch's, by its
+training form: ``batch_mean``, ``batch_var``, ``batchnorm_train`` and the running statistics'
+``running_update``), group norm, instance norm, and local response normalization (AlexNet),
+with their gradient rules.
 
 LRN sums squares over a window of `size` channels centred on each channel, as ONNX defines it:
 from c - floor((size-1)/2) to c + ceil((size-1)/2) (PyTorch puts the odd extra channel before,

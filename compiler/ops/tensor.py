@@ -10,7 +10,8 @@ ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.
 - pad = Pad(mode "constant" | "reflect" | "edge", pads [0, 0, top, left, 0, 0, bottom, right],
   value for constant padding).
 - flip = Slice(starts -1, ends INT64_MIN, steps -1) on the flipped axes.
-- dropout = Dropout at inference = Identity.
+- dropout = Dropout at inference = Identity (in a training graph: ``dropout_train``, its seeded
+  mask, by its training form).
 - distance = Sub -> Abs -> Pow(p) -> ReduceSum -> Pow(1/p).
 """
 

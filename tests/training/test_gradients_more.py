@@ -20,6 +20,9 @@ from cnnc.compiler.autodiff import (
 )
 from cnnc.compiler.ops import ShapeError
 from cnnc.compiler.ops.tensor import DROPOUT_SEED, dropout_keep
+from cnnc.compiler.passes import PassContext
+from cnnc.compiler.passes.manager import run_passes
+from cnnc.compiler.passes.pipelines import pipeline
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.reference import run_reference
 
@@ -168,8 +171,9 @@ def test_groupnorm(groups, per_group, h, w, seed):
 
 
 @pytest.mark.parametrize("body", ["instance_norm -> tanh -> conv(2, 1)",
-                                  "instance_norm(eps=0.5) -> conv(2, 1)"])
-def test_instance_norm(body):
+                                  "instance_norm(eps=0.5) -> conv(2, 1)",
+                                  "flatten -> dense(6) -> groupnorm(3) -> tanh -> dense(2)"])
+def test_instance_norm_and_group_norm_of_features(body):
     check(net((3, 4, 5), f"conv(3, 1) -> {body}"), seed=3, batch=3)
 
 
@@ -337,3 +341,27 @@ dropout_seed -> conv(2, 1) -> dropout -> output y
     with pytest.raises(GradientError, match=r"<string>:3:\d+: layer dropout1 cannot train: the "
                                             r"network has an input named 'dropout_seed'"):
         attach_loss(load_network(src), "mse")
+
+
+def test_every_new_rule_in_one_network_and_through_the_training_pipeline():
+    """All the rules above in one network: its gradients against finite differences, and the
+    training pipeline's passes (-O2) leave the loss, the gradients and the updates as they
+    were."""
+    src = """network t
+input x: 3 x 6 x 6
+x -> conv(4, 3, pad=1) -> batchnorm -> prelu -> dropout(0.3) -> groupnorm(2) -> lrn(3)
+  -> upsample(2, mode=bilinear) -> depth_to_space(2) -> conv(4, 1) -> channel_shuffle(2)
+  -> space_to_depth(2) -> instance_norm -> globalavgpool -> flatten -> dense(5) -> output y
+"""
+    rng = np.random.default_rng(11)
+    tg = training_graph(src, "cross_entropy")
+    feed, params = random_feed(tg, 2, rng, classes=5)
+    assert check_gradients(tg, feed, params, rng, samples=3) > 0
+    before = run_graph(tg, feed, params)
+    optimized = attach_loss(load_network(src), "cross_entropy")
+    run_passes(optimized, pipeline(2, training=True), PassContext(training=True))
+    after = run_graph(optimized, feed, params)
+    assert set(after) == set(before) - {"grad:x"}  # no input gradients asked for here
+    for name in after:
+        np.testing.assert_allclose(after[name], before[name], rtol=1e-12, atol=1e-15,
+                                   err_msg=name)
