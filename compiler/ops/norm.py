@@ -643,11 +643,11 @@ def _bn_channel_grad_bound(ctx: BoundCtx):
     m = x.size // x.shape[1]
     rstd = 1.0 / np.sqrt(var + ctx.attrs["eps"])
     axes = _stat_axes(x)
+    if ctx.attrs["wrt"] == "mean":  # -gamma rstd sum dy
+        return (m + 8) * EPS32 * np.abs(gamma) * rstd * np.abs(dy).sum(axis=axes)
+    # sum dy (x - mean), times rstd (weight) or gamma rstd^3 / 2 (var)
     spread = (np.abs(dy) * (np.abs(x) + np.abs(_channel_view(mean, x.ndim)))).sum(axis=axes)
-    scale = {"weight": rstd, "mean": np.abs(gamma) * rstd,
-             "var": 0.5 * np.abs(gamma) * rstd ** 3}[ctx.attrs["wrt"]]
-    if ctx.attrs["wrt"] == "mean":
-        spread = np.abs(dy).sum(axis=axes)
+    scale = rstd if ctx.attrs["wrt"] == "weight" else 0.5 * np.abs(gamma) * rstd ** 3
     return (m + 8) * EPS32 * scale * spread
 
 
