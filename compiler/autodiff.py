@@ -1,7 +1,12 @@
 """Reverse-mode automatic differentiation over the IR: the backward graph as more IR.
 
 A training graph is the network as written with a loss attached (``attach_loss``: the loss op
-of ``compiler/ops/loss.py`` over the chosen output and a ``labels`` input). The ``autodiff``
+of ``compiler/ops/loss.py`` over the chosen output and a ``labels`` input), each layer in its
+training form first (``OpDef.training_form``: batch norm normalizes with the batch's statistics,
+dropout draws its mask from the ``dropout_seed`` input, ``compiler/ops/tensor.py``). A
+parameter a step updates by itself, not by its gradient (batch norm's running statistics), is
+a graph output ``update:<name>`` holding its new value (one for the whole batch), which the
+runtime writes back into the parameter after each step. The ``autodiff``
 pass, at the head of the training pipeline, then adds to the same graph, for every trainable
 parameter (and, when asked, every network input), the gradient of the loss with respect to it,
 as graph outputs named ``grad:<name>``:
@@ -33,10 +38,11 @@ from .ops import AttrError, ShapeError, get_op, is_constant
 from .types import TensorType, shown_path
 
 __all__ = ["GradBuilder", "GradientError", "LOSSES", "attach_loss", "autodiff",
-           "gradient_outputs", "trainable_params"]
+           "gradient_outputs", "trainable_params", "update_outputs"]
 
-#: Graph outputs of a training graph: the loss, and ``grad:<name>`` per differentiated value.
-LOSS, GRAD = "loss", "grad:"
+#: Graph outputs of a training graph: the loss, ``grad:<name>`` per differentiated value and
+#: ``update:<name>`` per parameter the step sets (the module docstring).
+LOSS, GRAD, UPDATE = "loss", "grad:", "update:"
 
 
 class GradientError(Exception):
@@ -186,6 +192,16 @@ def attach_loss(graph: Graph, loss: str = "cross_entropy", output: str | None = 
         raise GradientError(f"network {graph.name!r} has no output {output!r} (it has "
                             f"{', '.join(graph.outputs)})")
     g = graph.copy()
+    updates: dict[int, int] = {}  # parameter -> its value after the step
+    for n in g.topo_order():
+        form = get_op(n.op).training_form
+        if form is not None:
+            try:
+                form(g, n, updates)
+            except ShapeError as e:
+                at = where(g, n)
+                raise GradientError(f"{at + ': ' if at else ''}layer {n.name or n.id} cannot "
+                                    f"train: {e}") from None
     y = g.node(g.outputs[output])
     if loss == "cross_entropy" and y.op in ("softmax", "log_softmax") and \
             y.attrs.get("axis", 0) == 0:
@@ -213,6 +229,7 @@ def attach_loss(graph: Graph, loss: str = "cross_entropy", output: str | None = 
         raise GradientError(f"loss {loss!r} does not fit output {output!r} ({y.type}): "
                             f"{e}") from None
     g.outputs = {LOSS: node.id}
+    g.outputs.update({UPDATE + g.node(p).name: v for p, v in updates.items()})
     g.remove_dead()
     return g
 
@@ -220,6 +237,11 @@ def attach_loss(graph: Graph, loss: str = "cross_entropy", output: str | None = 
 def gradient_outputs(graph: Graph) -> dict[str, int]:
     """The ``grad:<name>`` outputs of a differentiated graph, by parameter or input name."""
     return {k[len(GRAD):]: v for k, v in graph.outputs.items() if k.startswith(GRAD)}
+
+
+def update_outputs(graph: Graph) -> dict[str, int]:
+    """The ``update:<name>`` outputs of a training graph, by parameter name."""
+    return {k[len(UPDATE):]: v for k, v in graph.outputs.items() if k.startswith(UPDATE)}
 
 
 class TrainingOptions(Protocol):
@@ -233,13 +255,14 @@ class TrainingOptions(Protocol):
 
 def autodiff(graph: Graph, ctx: TrainingOptions) -> bool:
     """The pass: gradients of ``loss`` with respect to the trainable parameters (not those
-    ``ctx.frozen`` names) and, with ``ctx.input_gradients``, the network's inputs, as outputs
-    ``grad:<name>``."""
+    ``ctx.frozen`` names) and, with ``ctx.input_gradients``, the network's inputs (not the
+    labels, not the whole-batch ``dropout_seed``), as outputs ``grad:<name>``."""
     if LOSS not in graph.outputs:
         return False
     wrt = [p.id for p in trainable_params(graph, ctx.frozen)]
     if ctx.input_gradients:
-        wrt += [nid for name, nid in graph.inputs.items() if name != "labels"]
+        wrt += [nid for name, nid in graph.inputs.items()
+                if name != "labels" and graph.node(nid).type.batched]  # not dropout_seed
     grads = differentiate(graph, graph.outputs[LOSS], wrt)
     for nid, g in grads.items():
         node = graph.node(nid)

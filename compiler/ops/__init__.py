@@ -35,6 +35,12 @@ and the rules the middle of the compiler reads:
 - `inplace`: the kernel may write its output over its first input;
 - `gradient`: the backward rule, as other IR ops (``gradient(d) -> [input gradients]``, ``d`` a
   ``compiler.autodiff.GradBuilder``); `backward` marks the ops only those rules make;
+- `training_form`: how the op computes in a training graph where that differs from inference
+  (batch norm: batch statistics; dropout: a seeded mask): ``training_form(graph, node,
+  updates)`` rewrites the node in place of itself (``compiler.autodiff.attach_loss`` applies it
+  to every node); where it updates a parameter each step (running statistics) it reads the
+  parameter's value so far as ``updates.get(param id, param id)`` and records the new value's
+  node as ``updates[param id]`` (a layer applied twice updates twice, in order, as PyTorch's);
 - `error_bound`: how far a float32 kernel of the op may be from its float64 reference, per
   output element (`cnnc check`; the rule factories below: ``sum_bound``, ``exact_bound``, ...).
 
@@ -172,6 +178,9 @@ class OpDef:
     # made with canonical attributes, checked against finite differences through the forward
     # op whose gradient it is (tests/training).
     backward: bool = False
+    # (graph, node, updates) -> None: the node rewritten into its training-mode computation
+    # (the module docstring); None: the op computes the same in training and inference.
+    training_form: Callable[[Any, Any, dict[int, int]], None] | None = None
     # (BoundCtx) -> per-element bound on |float32 kernel - float64 reference| (``cnnc check``);
     # built with one of the factories below, each documenting the analysis it encodes.
     error_bound: Callable[[BoundCtx], Any] | None = None

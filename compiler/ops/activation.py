@@ -35,6 +35,7 @@ from ..kernels.kernel_ir import (
     cmp,
     div,
 )
+from ..types import TensorType
 from . import (
     EPS32,
     EPS64,
@@ -565,3 +566,54 @@ register(OpDef(
     pass_made=True, backward=True, new_activations=False, error_bound=_softmax_grad_bound,
     lower=_lower_softmax_grad,
     doc="the input gradient of softmax (log: of log_softmax) from its output y and dy"))
+
+
+# -- prelu: dx = dy where x > 0, else slope dy (PyTorch's choice at 0: the slope's side);
+#    dslope = the sum of dy x where x <= 0 over the batch and the pixels (and the channels, for
+#    one slope shared by all)
+
+def _prelu_gradient(d):
+    x, slope = d.input(0), d.input(1)
+    return [d.add("prelu_input_grad", [x, slope, d.dy], what="input") if d.needs(0) else None,
+            d.add("prelu_slope_grad", [x, d.dy], {"num_parameters": d.attrs["num_parameters"]},
+                  what="slope") if d.needs(1) else None]
+
+
+def _prelu_input_grad_reference(inputs, attrs):
+    x, slope, dy = (np.asarray(v, np.float64) for v in inputs)
+    return np.where(x > 0, dy, slope.reshape((1, -1) + (1,) * (x.ndim - 2)) * dy)
+
+
+def _slope_sum(terms: np.ndarray, num_parameters: int) -> np.ndarray:
+    per_channel = terms.reshape(terms.shape[0], terms.shape[1], -1).sum(axis=(0, 2))
+    return per_channel if num_parameters > 1 else per_channel.sum(keepdims=True)
+
+
+def _prelu_slope_grad_reference(inputs, attrs):
+    x, dy = (np.asarray(v, np.float64) for v in inputs)
+    return _slope_sum(np.where(x > 0, 0.0, x * dy), attrs["num_parameters"])
+
+
+def _prelu_slope_grad_bound(ctx: BoundCtx) -> np.ndarray:
+    """A float32 sum of the N x pixels (x channels) terms of each slope."""
+    x, dy = ctx.inputs
+    return (x.size // ctx.out.size + 2) * EPS32 * _slope_sum(
+        np.where(x > 0, 0.0, np.abs(x * dy)), ctx.attrs["num_parameters"])
+
+
+get_op("prelu").gradient = _prelu_gradient
+
+register(OpDef(
+    name="prelu_input_grad", family="activation", signature=(),
+    infer=lambda ts, a: ts[0], reference=_prelu_input_grad_reference, macs=no_macs, arity=3,
+    pass_made=True, backward=True, new_activations=False,
+    error_bound=lambda ctx: 2 * EPS32 * np.abs(ctx.out),  # the slope rounded, one product
+    doc="the input gradient of prelu: dy where x > 0, else slope dy"))
+register(OpDef(
+    name="prelu_slope_grad", family="activation", signature=(Attr("num_parameters", "int"),),
+    infer=lambda ts, a: TensorType((a["num_parameters"],), batched=False),
+    reference=_prelu_slope_grad_reference, macs=no_macs, arity=2, pass_made=True,
+    backward=True, new_activations=False,
+    error_bound=_prelu_slope_grad_bound,
+    doc="the slope gradient of prelu: dy x where x <= 0, summed over the batch and the "
+        "pixels (and the channels, for one slope)"))

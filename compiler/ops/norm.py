@@ -1,5 +1,7 @@
-"""Normalization: batch norm (inference statistics), group norm, instance norm, and local
-response normalization (AlexNet).
+"""Normalization: batch norm (inference statistics; in a training graph the batch's, by its
+training form: ``batch_mean``, ``batch_var``, ``batchnorm_train`` and the running statistics'
+``running_update``), group norm, instance norm, and local response normalization (AlexNet),
+with their gradient rules.
 
 LRN sums squares over a window of `size` channels centred on each channel, as ONNX defines it:
 from c - floor((size-1)/2) to c + ceil((size-1)/2) (PyTorch puts the odd extra channel before,
@@ -39,6 +41,7 @@ from . import (
     as_float,
     as_int,
     elementwise_layouts,
+    get_op,
     no_macs,
     register,
     same_shape,
@@ -180,14 +183,17 @@ def _gn_canonicalize(attrs, in_types):
     return {"groups": g, "eps": as_float(attrs["eps"], "eps")}
 
 
+def group_normalized(x: np.ndarray, groups: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(xhat, rstd) of group norm, each ``[N, groups, values per group]``: every group of each
+    sample less its mean, times rstd = 1 / sqrt(its biased variance + eps)."""
+    xg = np.asarray(x, np.float64).reshape(x.shape[0], groups, -1)
+    rstd = 1.0 / np.sqrt(xg.var(axis=2, keepdims=True) + eps)
+    return (xg - xg.mean(axis=2, keepdims=True)) * rstd, rstd
+
+
 def _gn_reference(inputs, attrs):
     x = np.asarray(inputs[0], np.float64)
-    n, c = x.shape[:2]
-    g = attrs["groups"]
-    xg = x.reshape(n, g, -1)
-    mean = xg.mean(axis=2, keepdims=True)
-    var = xg.var(axis=2, keepdims=True)
-    y = ((xg - mean) / np.sqrt(var + attrs["eps"])).reshape(x.shape)
+    y = group_normalized(x, attrs["groups"], attrs["eps"])[0].reshape(x.shape)
     return y * _channel_view(inputs[1], x.ndim) + _channel_view(inputs[2], x.ndim)
 
 
@@ -286,14 +292,24 @@ def _lrn_canonicalize(attrs, in_types):
             "beta": as_float(attrs["beta"], "beta"), "k": as_float(attrs["k"], "k")}
 
 
+def _channel_window_sum(v: np.ndarray, before: int, after: int) -> np.ndarray:
+    """sum of v over channels c - before .. c + after for each channel c (zeros past the
+    ends)."""
+    padded = np.pad(v, ((0, 0), (before, after), (0, 0), (0, 0)))
+    c = v.shape[1]
+    return sum(padded[:, i:i + c] for i in range(before + after + 1))
+
+
+def _lrn_divisor(x: np.ndarray, attrs) -> np.ndarray:
+    """D = k + alpha / size * (sum of x^2 over the window of each channel); y = x / D^beta."""
+    size = attrs["size"]
+    window = _channel_window_sum(x * x, (size - 1) // 2, size // 2)
+    return attrs["k"] + attrs["alpha"] / size * window
+
+
 def _lrn_reference(inputs, attrs):
     x = np.asarray(inputs[0], np.float64)
-    size = attrs["size"]
-    before, after = (size - 1) // 2, size // 2
-    sq = np.pad(x * x, ((0, 0), (before, after), (0, 0), (0, 0)))
-    c = x.shape[1]
-    window = sum(sq[:, i:i + c] for i in range(size))
-    return x / (attrs["k"] + attrs["alpha"] / size * window) ** attrs["beta"]
+    return x / _lrn_divisor(x, attrs) ** attrs["beta"]
 
 
 def _lower_lrn(ctx, node):
@@ -430,3 +446,343 @@ register(OpDef(
     reference=_bn_fold_input_bias_reference, macs=no_macs, arity=None, internal=True,
     new_activations=False,
     doc="b + sum of w * (beta - mean * scale) (batch norm folded into the next layer's bias)"))
+
+
+# -- training mode --------------------------------------------------------------------------------
+# In a training graph batch norm normalizes with the batch's statistics, as PyTorch's train mode
+# (``batchnorm``'s training form):
+#
+#     mean = batch_mean(x), var = batch_var(x)       (per channel over N, H, W; var biased)
+#     y = batchnorm_train(x, gamma, beta, mean, var) (the inference algebra with these)
+#     update:<running_mean> = (1 - momentum) running_mean + momentum mean
+#     update:<running_var>  = (1 - momentum) running_var + momentum var M / (M - 1)
+#
+# with M = N x H x W values per channel (the running variance takes the unbiased estimate).
+# The statistics are ops of their own, each with its own gradient, so the chain rule composes
+# the batch-norm backward: batchnorm_train's partial derivatives for x, gamma, beta, mean and
+# var (mean and var as if independent inputs), then the statistics' own:
+#
+#     d batch_mean / dx = dmean / M,   d batch_var / dx = dvar 2 (x - mean(x)) / M
+#
+# and the three meet at x, summed: gamma rstd (dy - sum(dy) / M - xhat sum(dy xhat) / M), the
+# closed form (checked against PyTorch in tests/training). Why not one fused op: the batch's
+# statistics are needed anyway as values of the graph (the running updates read them), every
+# op keeps a true derivative of its own (checked alone by finite differences), and the
+# backward's reductions (sum dy, sum dy xhat) stay per-channel ops the kernels can share.
+
+
+def _stat_axes(x: np.ndarray) -> tuple[int, ...]:
+    """Every axis but the channels' (1): the batch and the pixels."""
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def batch_count(x: np.ndarray) -> int:
+    """M: the values per channel in a batch (N x H x W); PyTorch refuses one."""
+    m = x.size // x.shape[1]
+    if m < 2:
+        raise ShapeError(f"batchnorm in training needs more than one value per channel, got "
+                         f"a batch of {x.shape[0]} x {'x'.join(map(str, x.shape[2:])) or '1'}")
+    return m
+
+
+def _stat_infer(in_types, attrs, op):
+    x = in_types[0]
+    _channels(in_types, op)
+    if not x.batched:
+        raise ShapeError(f"{op} reads a batch of values, got {x}")
+    return TensorType((x.channels,), x.dtype, batched=False)
+
+
+def _batch_mean_reference(inputs, attrs):
+    x = np.asarray(inputs[0], np.float64)
+    batch_count(x)
+    return x.mean(axis=_stat_axes(x))
+
+
+def _batch_var_reference(inputs, attrs):
+    x = np.asarray(inputs[0], np.float64)
+    batch_count(x)
+    return x.var(axis=_stat_axes(x))
+
+
+def _batch_mean_bound(ctx: BoundCtx):
+    """A float32 sum of M terms, divided by M."""
+    x = ctx.inputs[0]
+    return (x.size // x.shape[1] + 2) * EPS32 * np.abs(x).mean(axis=_stat_axes(x))
+
+
+def _batch_var_bound(ctx: BoundCtx):
+    """A float32 sum of M squared deviations from a float32 mean (whose own error moves each
+    deviation by the mean's bound)."""
+    x = ctx.inputs[0]
+    m = x.size // x.shape[1]
+    return (m + 6) * EPS32 * (np.abs(ctx.out) + x.mean(axis=_stat_axes(x)) ** 2 +
+                              np.abs(x).mean(axis=_stat_axes(x)) ** 2)
+
+
+def _batch_stat_gradient(d):
+    return [d.add("batch_stat_grad", [d.input(0), d.dy], {"of": d.node.op[len("batch_"):]})]
+
+
+def _batch_stat_grad_reference(inputs, attrs):
+    """dx = dmean / M, or dvar 2 (x - mean(x)) / M, per channel."""
+    x, dstat = (np.asarray(v, np.float64) for v in inputs)
+    m = batch_count(x)
+    per_channel = _channel_view(dstat, x.ndim)
+    if attrs["of"] == "mean":
+        return np.broadcast_to(per_channel / m, x.shape).copy()
+    centred = x - x.mean(axis=_stat_axes(x), keepdims=True)
+    return 2.0 * centred * per_channel / m
+
+
+def _batch_stat_grad_infer(in_types, attrs):
+    x, dstat = in_types
+    if dstat.shape != (x.channels,) or dstat.batched:
+        raise ShapeError(f"batch_stat_grad: gradient {dstat} for the statistics of {x}")
+    return x
+
+
+for _of, _ref, _bound in (("mean", _batch_mean_reference, _batch_mean_bound),
+                          ("var", _batch_var_reference, _batch_var_bound)):
+    register(OpDef(
+        name=f"batch_{_of}", family="norm", signature=(),
+        infer=lambda ts, a, op=f"batch_{_of}": _stat_infer(ts, a, op), reference=_ref,
+        macs=no_macs, pass_made=True, new_activations=False, gradient=_batch_stat_gradient,
+        error_bound=_bound,
+        doc=f"the {'mean' if _of == 'mean' else 'biased variance'} of each channel over the "
+            "batch and its pixels (batch norm in training)"))
+
+register(OpDef(
+    name="batch_stat_grad", family="norm", signature=(Attr("of", "choice", choices=("mean",
+                                                                                    "var")),),
+    infer=_batch_stat_grad_infer, reference=_batch_stat_grad_reference, macs=no_macs, arity=2,
+    pass_made=True, backward=True, new_activations=False,
+    error_bound=lambda ctx: 6 * EPS32 * np.abs(ctx.out) + 4 * EPS32 * np.abs(
+        ctx.inputs[0]) * np.abs(_channel_view(ctx.inputs[1], ctx.inputs[0].ndim)) / max(
+        1, ctx.inputs[0].size // ctx.inputs[0].shape[1]),
+    doc="the input gradient of batch_mean or batch_var (`of`) from the statistic's gradient"))
+
+
+def _bn_training_form(graph, node, updates: dict[int, int]) -> None:
+    """batchnorm -> batchnorm_train over batch_mean and batch_var of its input, and the running
+    statistics' updates (the section comment)."""
+    x, gamma, beta, running_mean, running_var = node.inputs[:5]
+    layer = node.name or f"%{node.id}"
+
+    def add(op: str, inputs: list[int], attrs: dict, what: str) -> int:
+        return graph.add(op, inputs, attrs, name=f"{layer}.{what}", span=node.span).id
+
+    mean = add("batch_mean", [x], {}, "batch_mean")
+    var = add("batch_var", [x], {}, "batch_var")
+    train = graph.add("batchnorm_train", [x, gamma, beta, mean, var],
+                      {"eps": node.attrs["eps"]}, name=node.name, span=node.span)
+    graph.replace_all_uses(node.id, train.id)
+    graph.erase(node.id)
+    for param, stat, unbiased in ((running_mean, mean, False), (running_var, var, True)):
+        updates[param] = add("running_update", [updates.get(param, param), stat, x],
+                             {"momentum": node.attrs["momentum"], "unbiased": unbiased},
+                             "update_" + graph.node(param).name.rsplit(".", 1)[-1])
+
+
+get_op("batchnorm").training_form = _bn_training_form
+
+
+def _bn_train_infer(in_types, attrs):
+    x, *_, mean, var = in_types
+    if mean.batched or var.batched:
+        raise ShapeError(f"batchnorm_train: statistics {mean} and {var} must be the batch's")
+    return _params_match(in_types, attrs, "batchnorm_train")
+
+
+def _bn_train_gradient(d):
+    """The partial derivatives of y = (x - mean) rstd gamma + beta, rstd = (var + eps)^-1/2:
+    dx = dy gamma rstd, dgamma = sum dy xhat, dbeta = sum dy, dmean = -gamma rstd sum dy,
+    dvar = -gamma rstd^3 / 2 sum dy (x - mean) (sums over the batch and the pixels)."""
+    x, gamma, _, mean, var = d.node.inputs
+    eps = {"eps": d.attrs["eps"]}
+    grads: list[int | None] = [None] * 5
+    if d.needs(0):
+        grads[0] = d.add("bn_input_grad", [d.dy, gamma, var], eps, what="input")
+    for index, wrt in ((1, "weight"), (3, "mean"), (4, "var")):
+        if d.needs(index):
+            grads[index] = d.add("bn_channel_grad", [x, gamma, mean, var, d.dy],
+                                 {**eps, "wrt": wrt}, what=wrt)
+    if d.needs(2):
+        grads[2] = d.add("channel_sum", [d.dy], what="bias")
+    return grads
+
+
+register(OpDef(
+    name="batchnorm_train", family="norm", signature=(Attr("eps", "float"),),
+    infer=_bn_train_infer, reference=_bn_reference, macs=no_macs, arity=5, pass_made=True,
+    new_activations=False, gradient=_bn_train_gradient, error_bound=_bn_bound,
+    doc="batch normalization with the batch's statistics (batchnorm's training form)"))
+
+
+def _bn_input_grad_reference(inputs, attrs):
+    dy, gamma, var = (np.asarray(v, np.float64) for v in inputs)
+    return dy * _channel_view(gamma / np.sqrt(var + attrs["eps"]), dy.ndim)
+
+
+def _bn_channel_grad_reference(inputs, attrs):
+    x, gamma, mean, var, dy = (np.asarray(v, np.float64) for v in inputs)
+    rstd = 1.0 / np.sqrt(var + attrs["eps"])
+    axes = _stat_axes(x)
+    centred_sum = (dy * (x - _channel_view(mean, x.ndim))).sum(axis=axes)
+    if attrs["wrt"] == "weight":
+        return centred_sum * rstd
+    if attrs["wrt"] == "mean":
+        return -gamma * rstd * dy.sum(axis=axes)
+    return -0.5 * gamma * rstd ** 3 * centred_sum
+
+
+def _bn_channel_grad_bound(ctx: BoundCtx):
+    """A float32 sum of M products per channel, scaled by per-channel factors (a few roundings
+    and a square root)."""
+    x, gamma, mean, var, dy = ctx.inputs
+    m = x.size // x.shape[1]
+    rstd = 1.0 / np.sqrt(var + ctx.attrs["eps"])
+    axes = _stat_axes(x)
+    if ctx.attrs["wrt"] == "mean":  # -gamma rstd sum dy
+        return (m + 8) * EPS32 * np.abs(gamma) * rstd * np.abs(dy).sum(axis=axes)
+    # sum dy (x - mean), times rstd (weight) or gamma rstd^3 / 2 (var)
+    spread = (np.abs(dy) * (np.abs(x) + np.abs(_channel_view(mean, x.ndim)))).sum(axis=axes)
+    scale = rstd if ctx.attrs["wrt"] == "weight" else 0.5 * np.abs(gamma) * rstd ** 3
+    return (m + 8) * EPS32 * scale * spread
+
+
+register(OpDef(
+    name="bn_input_grad", family="norm", signature=(Attr("eps", "float"),),
+    infer=lambda ts, a: ts[0], reference=_bn_input_grad_reference, macs=no_macs, arity=3,
+    pass_made=True, backward=True, new_activations=False,
+    error_bound=lambda ctx: 6 * EPS32 * np.abs(ctx.out),
+    doc="dy gamma / sqrt(var + eps): batchnorm_train's gradient for x, statistics held"))
+register(OpDef(
+    name="bn_channel_grad", family="norm",
+    signature=(Attr("eps", "float"), Attr("wrt", "choice", choices=("weight", "mean", "var"))),
+    infer=lambda ts, a: TensorType((ts[0].channels,), batched=False),
+    reference=_bn_channel_grad_reference,
+    macs=no_macs, arity=5, pass_made=True, backward=True, new_activations=False,
+    error_bound=_bn_channel_grad_bound,
+    doc="batchnorm_train's gradient for its scale, mean or variance (`wrt`): a per-channel sum "
+        "over the batch and the pixels"))
+
+
+def _running_update_reference(inputs, attrs):
+    running, stat, x = (np.asarray(v, np.float64) for v in inputs)
+    if attrs["unbiased"]:
+        m = batch_count(x)
+        stat = stat * m / (m - 1)
+    return (1.0 - attrs["momentum"]) * running + attrs["momentum"] * stat
+
+
+def _running_update_infer(in_types, attrs):
+    running, stat, x = in_types
+    if running.shape != stat.shape or running.shape != (x.channels,) or stat.batched:
+        raise ShapeError(f"running_update: running statistic {running} and batch statistic "
+                         f"{stat} of {x} disagree")
+    return stat
+
+
+register(OpDef(
+    name="running_update", family="norm",
+    signature=(Attr("momentum", "float"), Attr("unbiased", "bool")),
+    infer=_running_update_infer, reference=_running_update_reference, macs=no_macs, arity=3,
+    pass_made=True, new_activations=False,
+    error_bound=lambda ctx: 6 * EPS32 * (np.abs(ctx.out) + np.abs(ctx.inputs[0])),
+    doc="(1 - momentum) running + momentum batch statistic (unbiased: the variance times "
+        "M / (M - 1), M the values per channel; x is read for M only)"))
+
+
+# -- group norm, instance norm and LRN gradients --------------------------------------------------
+# Group norm, y = xhat gamma + beta with xhat normalized per group of each sample (M values):
+#     dxhat = dy gamma,  dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))  (per group)
+#     dgamma = sum dy xhat,  dbeta = sum dy   (over the batch and the pixels)
+# Instance norm is group norm with a group per channel. LRN, y_c = x_c D_c^-beta with
+# D_c = k + alpha / size sum_{c' in window(c)} x_c'^2: x_j is in the windows of the channels c
+# from j - after to j + before (the window mirrored), so
+#     dx_j = dy_j D_j^-beta - 2 beta alpha / size x_j sum_{c: j in window(c)} dy_c x_c D_c^-beta-1
+
+
+def _norm_gradient(d, groups: int):
+    x, gamma = d.input(0), d.input(1)
+    a = {"groups": groups, "eps": d.attrs["eps"]}
+    return [d.add("groupnorm_input_grad", [x, gamma, d.dy], a, what="input")
+            if d.needs(0) else None,
+            d.add("groupnorm_weight_grad", [x, d.dy], a, what="weight") if d.needs(1) else None,
+            d.add("channel_sum", [d.dy], what="bias") if d.needs(2) else None]
+
+
+def _groupnorm_input_grad_reference(inputs, attrs):
+    x, gamma, dy = (np.asarray(v, np.float64) for v in inputs)
+    xhat, rstd = group_normalized(x, attrs["groups"], attrs["eps"])
+    dxhat = (dy * _channel_view(gamma, x.ndim)).reshape(xhat.shape)
+    dx = rstd * (dxhat - dxhat.mean(axis=2, keepdims=True) -
+                 xhat * (dxhat * xhat).mean(axis=2, keepdims=True))
+    return dx.reshape(x.shape)
+
+
+def _groupnorm_weight_grad_reference(inputs, attrs):
+    x, dy = (np.asarray(v, np.float64) for v in inputs)
+    xhat = group_normalized(x, attrs["groups"], attrs["eps"])[0].reshape(x.shape)
+    return (dy * xhat).sum(axis=_stat_axes(x))
+
+
+def _group_grad_bound(ctx: BoundCtx):
+    """Float32 sums over a group (M values) for the statistics and the means, and over the
+    batch and the pixels for the scale's gradient: each a sum's bound over |terms|."""
+    x, dy = ctx.inputs[0], ctx.inputs[-1]
+    xhat, rstd = group_normalized(x, ctx.attrs["groups"], ctx.attrs["eps"])
+    m = xhat.shape[2] + 8
+    if len(ctx.inputs) == 2:  # the scale's gradient, per channel
+        terms = np.abs(dy * xhat.reshape(x.shape))
+        return (m + terms.size // x.shape[1]) * EPS32 * terms.sum(axis=_stat_axes(x))
+    dxhat = np.abs(dy * _channel_view(ctx.inputs[1], x.ndim)).reshape(xhat.shape)
+    spread = rstd * (dxhat + dxhat.mean(axis=2, keepdims=True) +
+                     np.abs(xhat) * (dxhat * np.abs(xhat)).mean(axis=2, keepdims=True))
+    return m * EPS32 * spread.reshape(x.shape)
+
+
+get_op("groupnorm").gradient = lambda d: _norm_gradient(d, d.attrs["groups"])
+get_op("instance_norm").gradient = lambda d: _norm_gradient(d, d.type(d.input(0)).channels)
+
+register(OpDef(
+    name="groupnorm_input_grad", family="norm",
+    signature=(Attr("groups", "int"), Attr("eps", "float")),
+    infer=lambda ts, a: ts[0], reference=_groupnorm_input_grad_reference, macs=no_macs,
+    arity=3, pass_made=True, backward=True, new_activations=False,
+    error_bound=_group_grad_bound,
+    doc="the input gradient of group norm (instance norm: a group per channel)"))
+register(OpDef(
+    name="groupnorm_weight_grad", family="norm",
+    signature=(Attr("groups", "int"), Attr("eps", "float")),
+    infer=lambda ts, a: TensorType((ts[0].channels,), batched=False),
+    reference=_groupnorm_weight_grad_reference, macs=no_macs, arity=2, pass_made=True,
+    backward=True, new_activations=False, error_bound=_group_grad_bound,
+    doc="the scale gradient of group norm: sum of dy xhat over the batch and the pixels"))
+
+
+def _lrn_gradient(d):
+    return [d.add("lrn_grad", [d.input(0), d.dy], dict(d.attrs))]
+
+
+def _lrn_grad_reference(inputs, attrs):
+    x, dy = (np.asarray(v, np.float64) for v in inputs)
+    size, beta = attrs["size"], attrs["beta"]
+    divisor = _lrn_divisor(x, attrs)
+    through = _channel_window_sum(dy * x * divisor ** (-beta - 1), size // 2, (size - 1) // 2)
+    return dy * divisor ** -beta - 2 * beta * attrs["alpha"] / size * x * through
+
+
+get_op("lrn").gradient = _lrn_gradient
+
+register(OpDef(
+    name="lrn_grad", family="norm",
+    signature=(Attr("size", "int"), Attr("alpha", "float"), Attr("beta", "float"),
+               Attr("k", "float")),
+    infer=lambda ts, a: ts[0], reference=_lrn_grad_reference, macs=no_macs, arity=2,
+    pass_made=True, backward=True, new_activations=False,
+    # the forward's powers and window sums (its bound's analysis), twice, and a difference
+    error_bound=lambda ctx: EPS32 * (np.abs(ctx.out) + np.abs(ctx.inputs[1])) * (
+        2 * abs(ctx.attrs["beta"]) * (ctx.attrs["size"] + 2) + 12),
+    doc="the input gradient of local response normalization"))

@@ -37,6 +37,7 @@ from . import (
     as_choice,
     as_int,
     exact_bound,
+    get_op,
     no_macs,
     one_input,
     register,
@@ -233,3 +234,23 @@ register(OpDef(name="channel_shuffle", family="rearrange", signature=(Attr("grou
                error_bound=exact_bound(),  # a permutation: exact
                doc="interleave the channels of `groups` groups (ShuffleNet): output channel o "
                    "is input channel (o % groups) * (C / groups) + o // groups"))
+
+
+# -- gradients: each op is a permutation, so its gradient is the inverse permutation --------------
+# depth_to_space and space_to_depth with the same block and mode undo each other; shuffling
+# C / g groups undoes shuffling g (channel o = a C/g + b goes to b g + a, and back).
+
+def _inverse_rearrange(op: str):
+    def rule(d):
+        return [d.add(op, [d.dy], dict(d.attrs))]
+    return rule
+
+
+def _shuffle_gradient(d):
+    return [d.add("channel_shuffle", [d.dy],
+                  {"groups": d.type(d.input(0)).channels // d.attrs["groups"]})]
+
+
+get_op("depth_to_space").gradient = _inverse_rearrange("space_to_depth")
+get_op("space_to_depth").gradient = _inverse_rearrange("depth_to_space")
+get_op("channel_shuffle").gradient = _shuffle_gradient

@@ -65,6 +65,7 @@ from . import (
     as_float,
     as_pair,
     f64_sum_bound,
+    get_op,
     no_macs,
     one_input,
     register,
@@ -306,3 +307,47 @@ register(OpDef(
     aliases=("resize",), doc="nearest, bilinear or bicubic resizing by a scale factor or to a "
                              "size (ONNX's Resize)",
 ))
+
+
+# -- gradient: every mode is linear in x, y = A_h x A_w^T (extrapolated outputs constant), so
+#    dx = A_h^T dy A_w with dy zero where the output was extrapolated (it depends on no input)
+
+def _gradient(d):
+    x = d.type(d.input(0))
+    return [d.add("upsample_grad", [d.dy], {**d.attrs, "in_size": (x.height, x.width)})]
+
+
+def _axis_matrices(attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A_h, A_w, outside) of the forward resize an ``upsample_grad`` node differentiates."""
+    (h, w), (oh, ow) = attrs["in_size"], attrs["size"]
+    ah, out_h = axis_weights(h, oh, 0, attrs)
+    aw, out_w = axis_weights(w, ow, 1, attrs)
+    return ah, aw, out_h[:, None] | out_w[None, :]
+
+
+def _grad_reference(dy: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
+    ah, aw, outside = _axis_matrices(attrs)
+    dy = np.where(outside, 0.0, np.asarray(dy, np.float64))
+    return np.einsum("ph,ncpq,qw->nchw", ah, dy, aw)
+
+
+def _grad_bound(ctx: BoundCtx) -> np.ndarray:
+    """Each input pixel sums the weighted gradients of the outputs that read it (K terms: the
+    outputs reading its row times those reading its column), in float32: ``sum_bound``'s
+    analysis over the sum of |terms|, the weights computed in float64 and rounded (2 more)."""
+    ah, aw, outside = _axis_matrices(ctx.attrs)
+    k = int((ah != 0).sum(axis=0).max()) * int((aw != 0).sum(axis=0).max())
+    dy = np.where(outside, 0.0, np.abs(ctx.inputs[0]))
+    return ctx.err_in + (k + 2) * EPS32 * np.einsum("ph,ncpq,qw->nchw", np.abs(ah), dy,
+                                                    np.abs(aw))
+
+
+get_op("upsample").gradient = _gradient
+
+register(OpDef(
+    name="upsample_grad", family="resize", signature=(Attr("in_size", "ints"),),
+    infer=lambda ts, a: ts[0].with_shape(ts[0].channels, *a["in_size"]),
+    reference=one_input(_grad_reference), macs=no_macs, pass_made=True, backward=True,
+    new_activations=False, error_bound=_grad_bound,
+    doc="the input gradient of upsample (its attributes, and the input's size in_size): "
+        "each output's gradient spread back over the input pixels it read, by their weights"))

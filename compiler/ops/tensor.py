@@ -10,12 +10,14 @@ ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.
 - pad = Pad(mode "constant" | "reflect" | "edge", pads [0, 0, top, left, 0, 0, bottom, right],
   value for constant padding).
 - flip = Slice(starts -1, ends INT64_MIN, steps -1) on the flipped axes.
-- dropout = Dropout at inference = Identity.
+- dropout = Dropout at inference = Identity (in a training graph: ``dropout_train``, its seeded
+  mask, by its training form).
 - distance = Sub -> Abs -> Pow(p) -> ReduceSum -> Pow(1/p).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -524,10 +526,99 @@ def _dropout_canonicalize(attrs, in_types):
     return {"rate": rate}
 
 
+# Dropout in training (dropout's training form): y = x keep / (1 - rate), PyTorch's inverted
+# dropout, the mask drawn from a counter-based hash so that the float64 reference and every
+# kernel draw the same one, in 32-bit unsigned integer arithmetic (wrapping), with no state:
+#
+#     key  = mix32(mix32(mix32(seed) + stream) + step)
+#     keep = mix32(key + index) >= floor(rate 2^32)
+#
+# ``mix32`` is Wellons' lowbias32 (a bijection of 32-bit integers with near-ideal avalanche);
+# ``seed`` and ``step`` are the training graph's whole-batch input ``dropout_seed`` = [seed,
+# step] (the runtime feeds it each step; one for every dropout layer), ``stream`` tells the
+# layers apart (its node id) and ``index`` is the element's position in the N x C x H x W batch
+# (in that order, whatever layout a kernel stores). Its gradient is the same mask:
+# dx = dropout_train(dy), the op being linear and diagonal in x.
+
+#: The training graph's input holding [seed, step] for the dropout masks (autodiff.attach_loss).
+DROPOUT_SEED = "dropout_seed"
+_U32 = 0xFFFFFFFF
+
+
+def mix32(v: np.ndarray) -> np.ndarray:
+    """lowbias32 (Chris Wellons' hash prospector) on unsigned 32-bit values held in uint64."""
+    v = np.asarray(v, np.uint64) & _U32
+    v ^= v >> np.uint64(16)
+    v = (v * np.uint64(0x7FEB352D)) & _U32
+    v ^= v >> np.uint64(15)
+    v = (v * np.uint64(0x846CA68B)) & _U32
+    return v ^ (v >> np.uint64(16))
+
+
+def dropout_keep(seed: int, step: int, stream: int, shape: tuple[int, ...],
+                 rate: float) -> np.ndarray:
+    """The mask of kept elements for a batch of ``shape`` (the section comment's hash)."""
+    key = int(mix32(seed % 2 ** 32))
+    for salt in (stream, step):
+        key = int(mix32((key + salt) % 2 ** 32))
+    index = np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
+    return mix32(key + index) >= np.uint64(math.floor(rate * 2 ** 32))
+
+
+def _dropout_train_reference(inputs, attrs):
+    x = np.asarray(inputs[0], np.float64)
+    seed, step = (int(v) for v in np.asarray(inputs[1]).reshape(2))
+    keep = dropout_keep(seed, step, attrs["stream"], x.shape, attrs["rate"])
+    return np.where(keep, x / (1.0 - attrs["rate"]), 0.0)
+
+
+def _dropout_train_infer(in_types, attrs):
+    x, seed = in_types
+    if seed.shape != (2,) or seed.batched:
+        raise ShapeError(f"dropout_train: seed and step must be one [seed, step] for the batch, "
+                         f"got {seed}")
+    return x
+
+
+def _dropout_training_form(graph, node, updates: dict[int, int]) -> None:
+    """dropout -> dropout_train over the ``dropout_seed`` input (added by the first dropout;
+    a rate of 0 is the identity, and no mask)."""
+    x = node.inputs[0]
+    if node.attrs["rate"] == 0.0:
+        graph.replace_all_uses(node.id, x)
+        graph.erase(node.id)
+        return
+    seed = graph.inputs.get(DROPOUT_SEED)
+    if seed is None:
+        seed = graph.add("input", [], {"shape": (2,)}, name=DROPOUT_SEED,
+                         type=TensorType((2,), "int64", batched=False)).id
+        graph.inputs[DROPOUT_SEED] = seed
+    elif graph.node(seed).type.batched:
+        raise ShapeError(f"the network has an input named {DROPOUT_SEED!r}, which training "
+                         "takes for the dropout masks' seed; rename it")
+    train = graph.add("dropout_train", [x, seed], {"rate": node.attrs["rate"],
+                                                   "stream": node.id},
+                      name=node.name, span=node.span)
+    graph.replace_all_uses(node.id, train.id)
+    graph.erase(node.id)
+
+
+def _dropout_train_gradient(d):
+    return [d.add("dropout_train", [d.dy, d.input(1)], dict(d.attrs)), None]
+
+
 register(OpDef(name="dropout", family="tensor", view=True, signature=(Attr("rate", "float", 0.5),),
                canonicalize=_dropout_canonicalize, infer=same_shape,
                reference=one_input(lambda x, a: np.asarray(x, np.float64)), macs=no_macs,
-               new_activations=False, doc="dropout: identity at inference"))
+               new_activations=False, training_form=_dropout_training_form,
+               doc="dropout: identity at inference"))
+register(OpDef(name="dropout_train", family="tensor",
+               signature=(Attr("rate", "float"), Attr("stream", "int")),
+               infer=_dropout_train_infer, reference=_dropout_train_reference, macs=no_macs,
+               arity=2, pass_made=True, new_activations=False,
+               gradient=_dropout_train_gradient,
+               error_bound=lambda ctx: 2 * EPS32 * np.abs(ctx.out),  # 1 / (1 - rate), product
+               doc="x / (1 - rate) or 0, by the seeded mask (dropout's training form)"))
 register(OpDef(name="identity", family="tensor", view=True, signature=(), infer=same_shape,
                reference=one_input(lambda x, a: np.asarray(x, np.float64)), macs=no_macs,
                new_activations=False, doc="identity"))

@@ -87,7 +87,16 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "instance_norm": ([(3, 4, 5)], {}),
     "cross_entropy": ([(5,), ()], {}),
     "mse": ([(3, 4, 5), (3, 4, 5)], {}),
+    # the training forms' ops (compiler/autodiff.attach_loss), canonical attributes
+    "batch_mean": ([(3, 4, 5)], {}),
+    "batch_var": ([(6,)], {}),
+    "batchnorm_train": ([(3, 4, 5), (3,), (3,), (3,), (3,)], {"eps": 1e-5}),
+    "running_update": ([(3,), (3,), (3, 4, 5)], {"momentum": 0.1, "unbiased": True}),
+    "dropout_train": ([(3, 4, 5), (2,)], {"rate": 0.25, "stream": 7}),
 }
+#: Inputs of a sample call that are one value for the whole batch (no batch axis): parameters,
+#: batch statistics, the dropout seed.
+WHOLE_BATCH = {"batchnorm_train": (1, 2, 3, 4), "running_update": (0, 1), "dropout_train": (1,)}
 
 
 def canonical(op: OpDef, in_types: list[TensorType], raw: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +129,8 @@ def test_op_has_every_part(name):
         assert callable(getattr(op, part)), f"{name} has no {part}"
     assert isinstance(op.doc, str) and op.doc.strip(), f"{name} has no doc string"
     assert op.family, f"{name} has no family"
-    if op.signature and name not in NO_CANONICALIZE and not op.internal and not op.backward:
+    made = op.internal or op.backward or op.pass_made  # made with canonical attributes
+    if op.signature and name not in NO_CANONICALIZE and not made:
         assert callable(op.canonicalize), f"{name} has attributes but no canonicalize"
     if name in WEIGHTED:
         assert callable(op.params), f"{name} owns weights but has no params"
@@ -133,7 +143,11 @@ def test_op_has_every_part(name):
 NOT_LOWERED = {"input", "param"}
 #: Backward ops with a float64 reference but no kernel yet: compiling a training graph that
 #: needs one is refused by name (tests/training); each comes off this list with its lowering.
-REFERENCE_ONLY = {"reduce_to", "channel_pad", "pad_grad", "mse", "mse_grad", "distance_grad"}
+REFERENCE_ONLY = {"reduce_to", "channel_pad", "pad_grad", "mse", "mse_grad", "distance_grad",
+                  "batch_mean", "batch_var", "batch_stat_grad", "batchnorm_train",
+                  "bn_input_grad", "bn_channel_grad", "running_update", "groupnorm_input_grad",
+                  "groupnorm_weight_grad", "lrn_grad", "prelu_input_grad", "prelu_slope_grad",
+                  "upsample_grad", "dropout_train"}
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -190,7 +204,8 @@ def test_allow_lists_are_current():
     backward = {n for n, op in OPS.items() if op.backward}
     assert set(SAMPLES) == set(OPS) - set(LEAVES) - internal - backward, \
         "every op needs a sample call here"
-    assert REFERENCE_ONLY <= backward | {n for n, op in OPS.items() if op.family == "loss"}
+    made = {n for n, op in OPS.items() if op.pass_made}  # training forms' ops included
+    assert REFERENCE_ONLY <= backward | made | {n for n, op in OPS.items() if op.family == "loss"}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -199,7 +214,8 @@ def test_parts_agree_on_a_sample(name):
     output has the inferred shape, params have the declared shapes, macs is a count."""
     op = OPS[name]
     shapes, raw = SAMPLES[name]
-    in_types = [TensorType(s) for s in shapes]
+    whole = WHOLE_BATCH.get(name, ())
+    in_types = [TensorType(s, batched=k not in whole) for k, s in enumerate(shapes)]
     attrs = canonical(op, in_types, dict(raw))
     specs = op.param_specs(attrs, in_types)
     assert all(isinstance(s, ParamSpec) for s in specs)
@@ -211,7 +227,8 @@ def test_parts_agree_on_a_sample(name):
     assert isinstance(out, TensorType) and all(d >= 1 for d in out.shape)
     rng = np.random.default_rng(0)
     batch = 3
-    values = [rng.standard_normal((batch,) + s) for s in shapes]
+    values = [rng.random(s) + 0.5 if k in whole else rng.standard_normal((batch,) + s)
+              for k, s in enumerate(shapes)]
     if op.family == "loss" and name == "cross_entropy":  # class labels
         values[1] = rng.integers(0, shapes[0][0], (batch,) + shapes[1]).astype(np.float64)
     values += [rng.random(s.shape) + 0.5 for s in specs]  # positive: running_var
