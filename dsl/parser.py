@@ -10,6 +10,7 @@ from pathlib import Path
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
+from ..compiler.backends.numba.cache import auxiliary_file
 from ..compiler.ir import Span
 from . import ast
 from .errors import DslError, remember_source, source_lines
@@ -104,10 +105,17 @@ def _token_at(kind: str, text: str, line: int, column: int) -> Token:
 _JOINER = LineJoiner()
 
 
+#: The file Lark keeps its LALR tables in: building them takes a fifth of a second, a tenth of
+#: a cached compile. Lark checks the file against a hash of the grammar and the options (and
+#: its own version) and rebuilds and rewrites it when they differ or it cannot be read.
+PARSER_CACHE = "dsl-parser.lark"
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     return Lark(GRAMMAR.read_text(), parser="lalr", lexer="contextual",
-                postlex=_JOINER, propagate_positions=True, maybe_placeholders=True)
+                postlex=_JOINER, propagate_positions=True, maybe_placeholders=True,
+                cache=str(auxiliary_file(PARSER_CACHE)))
 
 
 def parse(text: str, file: str = "<string>") -> ast.Module:

@@ -186,3 +186,30 @@ def test_unusable_cache_dir_falls_back_once_to_one_folder(tmp_path, monkeypatch,
     monkeypatch.setattr(cache, "_LOADED", {})
     c = cache.load_module("c = 3\n", "fallback_c", root=blocked)
     assert c.c == 3 and list(temp.iterdir()) == folders
+
+
+def test_parser_tables_are_cached_and_a_damaged_file_rebuilt(tmp_path, monkeypatch):
+    """The DSL parser keeps its LALR tables in the cache root (``auxiliary_file``): written by
+    the first build, read by the next; garbage there, or a FIFO, means one more build, never
+    an error or a blocked reader. Every built parser parses the same way."""
+    from cnnc.dsl import parser
+
+    monkeypatch.setenv("CNNC_CACHE_DIR", str(tmp_path))
+    src = "network t\ninput x: 3 x 8 x 8\nx -> conv(4, 3) -> relu -> output y\n"
+    path = tmp_path / parser.PARSER_CACHE
+
+    def build():
+        return parser._parser.__wrapped__().parse(src)
+
+    def stamp() -> bytes:  # the hash line Lark checks (the pickled tables' order varies)
+        return path.read_bytes().split(b"\n", 1)[0]
+
+    want = build()
+    written = path.read_bytes()
+    assert path.is_file() and stamp().isalnum()
+    assert build() == want and path.read_bytes() == written  # read back, not rebuilt
+    path.write_bytes(b"not a parser\n")
+    assert build() == want and stamp() == written.split(b"\n", 1)[0]  # rebuilt, rewritten
+    path.unlink()
+    os.mkfifo(path)
+    assert build() == want and path.is_file() and stamp() == written.split(b"\n", 1)[0]

@@ -12,6 +12,7 @@ from cnnc.compiler.backends.numba.printer import (
     print_expr,
     print_kernel,
     print_module,
+    print_tasked,
     sanitize_comment,
 )
 from cnnc.compiler.kernels.kernel_ir import (
@@ -76,6 +77,20 @@ def test_print_and_run_scalar_kernel(tmp_path):
     y = np.zeros(12, np.float32)
     mod.scale2(x, y, 3)
     np.testing.assert_array_equal(y, 2 * x)
+
+
+def test_tasked_kernel_compiles_its_task_once(tmp_path):
+    """The task function runs with one argument signature, whatever Numba types the parallel
+    loop's index as where it builds the loop (uint64) and where it types the caller (int64):
+    a second signature would compile the whole task body twice."""
+    from cnnc.compiler.backends.numba.cache import load_module
+
+    mod = load_module(print_tasked(_kernel(), "test"), "tasked_test", root=tmp_path)
+    x = np.arange(12, dtype=np.float32)
+    y = np.zeros(12, np.float32)
+    mod.scale2(x, y, 3)
+    np.testing.assert_array_equal(y, 2 * x)
+    assert len(mod.scale2_task.signatures) == 1, mod.scale2_task.signatures
 
 
 def test_nested_parallel_loops_are_rejected():

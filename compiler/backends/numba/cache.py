@@ -51,7 +51,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["cache_root", "module_path", "load_module", "cache_key"]
+__all__ = ["cache_root", "module_path", "load_module", "cache_key", "auxiliary_file"]
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
@@ -402,6 +402,25 @@ def _fallback_root(root: Path, error: OSError) -> Path:
           "(set CNNC_CACHE_DIR to choose another)")
     _FALLBACK[root] = folder
     return folder
+
+
+def auxiliary_file(name: str, root: Path | str | None = None) -> Path:
+    """Where a cache file that is not a kernel lives (the DSL parser's tables, which their
+    reader checks against what they were built from): ``name`` in the cache root, or in the
+    folder used instead of an unusable root. Whatever is at that path and is not a regular
+    file is removed first, so a reader never blocks on it."""
+    root_path = cache_root() if root is None else Path(root)
+    root_path = _FALLBACK.get(root_path, root_path)
+    try:
+        root_path.mkdir(parents=True, exist_ok=True)
+        if not os.access(root_path, os.W_OK):
+            raise PermissionError(13, "not writable", str(root_path))
+    except OSError as e:
+        root_path = _fallback_root(root_path, e)
+    path = root_path / name
+    if os.path.lexists(path) and not _is_regular(path):
+        _remove(path)
+    return path
 
 
 def load_module(source: str, tag: str, root: Path | str | None = None) -> ModuleType:

@@ -331,6 +331,9 @@ def print_tasked(kernel: Kernel, header: str) -> str:
         *(f"    {st.var} = {print_expr(st.value)}" for st in pre
           if isinstance(st, Let) and st.var in used),
         f"    for {loop.var} in prange({print_expr(loop.extent)}):",
-        f"        {task.name}({args}, {loop.var})",
+        # the task index as int64: Numba types a prange index int64 when it types this
+        # function and uint64 in the parallel loop it builds, so without the cast the task
+        # is compiled twice, once per index type
+        f"        {task.name}({args}, np.int64({loop.var}))",
         "",
     ])
