@@ -43,6 +43,9 @@ __all__ = ["GradBuilder", "GradientError", "LOSSES", "attach_loss", "autodiff",
 #: Graph outputs of a training graph: the loss, ``grad:<name>`` per differentiated value and
 #: ``update:<name>`` per parameter the step sets (the module docstring).
 LOSS, GRAD, UPDATE = "loss", "grad:", "update:"
+#: The scores the loss read (``output:<name>``, the logits where a final softmax was skipped):
+#: kept as an output so a training step can report its batch's accuracy.
+OUTPUT = "output:"
 
 
 class GradientError(Exception):
@@ -228,7 +231,7 @@ def attach_loss(graph: Graph, loss: str = "cross_entropy", output: str | None = 
     except (ShapeError, AttrError) as e:  # a loss that does not fit the output
         raise GradientError(f"loss {loss!r} does not fit output {output!r} ({y.type}): "
                             f"{e}") from None
-    g.outputs = {LOSS: node.id}
+    g.outputs = {LOSS: node.id, OUTPUT + output: y.id}
     g.outputs.update({UPDATE + g.node(p).name: v for p, v in updates.items()})
     g.remove_dead()
     return g

@@ -1,10 +1,13 @@
-"""Training data for ``cnnc train``: scikit-learn's bundled 8x8 digits, or an ``.npz`` of
-images and labels, shaped to a network's input and split into training and test sets.
+"""Training data for ``cnnc train``: scikit-learn's bundled 8x8 digits, an ``.npz`` of images
+and labels, or a folder with one subfolder of image files per class (the classes numbered in
+the subfolders' sorted order), shaped to a network's input and split into training and test
+sets; and the seeded augmentation of a training batch.
 
-Images become float32 NCHW in [0, 1] (digits: 0..16 scaled; an .npz as given), resized with
-Pillow's bilinear filter to the input's height and width and repeated over its channels when
-they are single-channel. The split is a seeded permutation: the last ``test_fraction`` of it
-is the held-out test set.
+Images become float32 NCHW (digits: 0..16 scaled to [0, 1]; an .npz as given; image files as
+``cnnc run`` reads them, pixels in [0, 1]), resized bilinearly to the input's height and width
+(``images.resize_bilinear``, pixel centres) and repeated over its channels when they are
+single-channel. The split is a seeded permutation: the last ``test_fraction`` of it is the
+held-out test set.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .cli_common import CliError
+from .images import image_files, load_images, resize_bilinear
 
 IMAGE_KEYS, LABEL_KEYS = ("images", "x"), ("labels", "y")
 
@@ -39,12 +42,8 @@ def _resize(images: np.ndarray, shape: tuple[int, ...], source: str) -> np.ndarr
         raise CliError(f"{source}: images have {images.shape[1]} channels, the network's input "
                        f"takes {c}")
     if images.shape[2:] != (h, w):
-        resized = np.empty(images.shape[:2] + (h, w), np.float32)
-        for i in range(images.shape[0]):
-            for j in range(images.shape[1]):
-                picture = Image.fromarray(images[i, j].astype(np.float32), mode="F")
-                resized[i, j] = np.asarray(picture.resize((w, h), Image.BILINEAR))
-        images = resized
+        images = np.stack([resize_bilinear(np.asarray(im, np.float64).transpose(1, 2, 0), h, w)
+                           .transpose(2, 0, 1) for im in images])
     if images.shape[1] != c:
         images = np.repeat(images, c, axis=1)
     return np.ascontiguousarray(images, np.float32)
@@ -75,9 +74,23 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.int64)
 
 
+def _folder(path: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise CliError(f"{path}: a folder of training images needs one subfolder per class "
+                       f"(at least two); it has {len(classes)}")
+    images, labels = [], []
+    for label, folder in enumerate(classes):
+        files = image_files([folder])
+        images.append(load_images(files, shape))
+        labels += [label] * len(files)
+    return np.concatenate(images), np.asarray(labels, np.int64)
+
+
 def load_dataset(source: str, input_shape: tuple[int, ...], seed: int = 0,
                  test_fraction: float = 0.2) -> Dataset:
-    """``digits`` or an .npz path, shaped to ``input_shape`` (C x H x W) and split."""
+    """``digits``, an .npz path or a folder of class folders, shaped to ``input_shape``
+    (C x H x W) and split."""
     if source == "digits":
         from sklearn.datasets import load_digits  # slow to import: only when asked for
 
@@ -86,9 +99,11 @@ def load_dataset(source: str, input_shape: tuple[int, ...], seed: int = 0,
         y = digits.target.astype(np.int64)
     elif Path(source).suffix == ".npz":
         x, y = _npz(source)
+    elif Path(source).is_dir():
+        x, y = _folder(Path(source), tuple(input_shape))
     else:
-        raise CliError(f"--data takes 'digits' or an .npz file of images and labels, got "
-                       f"{source!r}")
+        raise CliError(f"--data takes 'digits', an .npz file of images and labels or a folder "
+                       f"of class folders; {source!r} is none of them")
     if len(y) < 2:
         raise CliError(f"{source}: needs at least two examples, got {len(y)}")
     x = _resize(x, tuple(input_shape), source)
@@ -96,3 +111,20 @@ def load_dataset(source: str, input_shape: tuple[int, ...], seed: int = 0,
     cut = len(y) - max(1, int(round(test_fraction * len(y))))
     train, test = order[:cut], order[cut:]
     return Dataset(x[train], y[train], x[test], y[test], int(y.max()) + 1)
+
+
+def augment(x: np.ndarray, rng: np.random.Generator, mirror: bool, crop: int) -> np.ndarray:
+    """A training batch mirrored left-right at random (each image with probability 1/2) and
+    shifted by a random crop of its zero-padded self (``crop`` pixels of padding per side):
+    the classic CIFAR augmentation, drawn from ``rng`` so a seeded run repeats exactly."""
+    out = x.copy()
+    if mirror:
+        flip = rng.random(len(x)) < 0.5
+        out[flip] = out[flip][..., ::-1]
+    if crop:
+        n, _, h, w = x.shape
+        padded = np.pad(out, ((0, 0), (0, 0), (crop, crop), (crop, crop)))
+        dy, dx = rng.integers(0, 2 * crop + 1, (2, n))
+        for i in range(n):
+            out[i] = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+    return out

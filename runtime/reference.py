@@ -38,6 +38,9 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
     for name, node_id in graph.inputs.items():
         x = inputs[name]
         want = graph.node(node_id).type.shape
+        if not graph.node(node_id).type.batched:  # one value for the whole batch
+            _check_whole_batch(name, x, graph.node(node_id).type)
+            continue
         shape_txt = "N x " + " x ".join(map(str, want))
         if not isinstance(x, np.ndarray):
             raise InputError(f"input {name!r} must be a NumPy array of shape {shape_txt}, "
@@ -66,6 +69,15 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
     return batch or 1
 
 
+def _check_whole_batch(name: str, x: object, t) -> None:
+    """A whole-batch input (``dropout_seed``): exactly its type's shape and element kind."""
+    if not isinstance(x, np.ndarray) or tuple(x.shape) != t.shape or \
+            (x.dtype.kind in "iu") != t.dtype.startswith("int"):
+        got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise InputError(f"input {name!r} takes one {t.dtype} array of shape {t.shape} for "
+                         f"the whole batch, got {got}")
+
+
 def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray],
                   params: Mapping[str, np.ndarray] | None = None, *,
                   keep: bool = False) -> dict[str, np.ndarray]:
@@ -80,7 +92,9 @@ def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray],
     values: dict[int, np.ndarray] = {}
     for node in graph.topo_order():
         if node.op == "input":
-            values[node.id] = np.asarray(inputs[node.name], np.float64)
+            integer = node.type.dtype.startswith("int")  # dropout_seed: kept exact
+            values[node.id] = np.asarray(inputs[node.name],
+                                         np.int64 if integer else np.float64)
         elif node.op == "param":
             values[node.id] = np.asarray(params[node.name], np.float64)
         else:

@@ -23,18 +23,28 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.autodiff import LOSS, GradientError, attach_loss, gradient_outputs, trainable_params
-from ..compiler.ir import Graph
+from ..compiler.autodiff import (
+    LOSS,
+    OUTPUT,
+    GradientError,
+    attach_loss,
+    gradient_outputs,
+    trainable_params,
+    update_outputs,
+)
+from ..compiler.ir import Graph, model_folder
 from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
 from ..compiler.ops.loss import check_labels
+from ..compiler.ops.tensor import DROPOUT_SEED
 from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import Target
+from ..compiler.types import shown_path
 from .executor import CpuExecutor
 from .optim import Optimizer, OptimizerError
 from .reference import InputError, check_inputs
-from .weights import check_weights, save_weights
+from .weights import WeightsError, check_weights, save_weights
 
 __all__ = ["TrainingModel", "TrainingError", "compile_training"]
 
@@ -73,7 +83,14 @@ class TrainingModel:
         self._grad_views = {n: self.flat_grads[offsets[i]:offsets[i + 1]].reshape(shapes[n])
                             for i, n in enumerate(self.trainable)}
         self._fixed: dict[str, np.ndarray] = {}
+        self.updates = update_outputs(plan.graph)
+        # the scores the loss read in the last step, by output name (a batch's accuracy)
+        self.last_scores: dict[str, np.ndarray] = {}
         self.steps_taken = 0
+        self.seed = 0  # dropout masks: hash of (seed, step, layer, element)
+        self.input_gradient_model: TrainingModel | None = None
+        # builds the same model differentiated with respect to its inputs too (input_gradient)
+        self.compile_with_inputs: Callable[[], TrainingModel] | None = None
         self.set_params(params)
 
     # -- parameters ---------------------------------------------------------------------------
@@ -119,6 +136,8 @@ class TrainingModel:
                 raise TrainingError(f"network {self.graph.name!r} has inputs "
                                     f"{', '.join(names)}: pass a dict keyed by input name")
             inputs = {names[0]: x}
+        if DROPOUT_SEED in self.plan.graph.inputs:
+            inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken], np.int64)
         labels = np.asarray(y)
         if labels.dtype.kind not in "iuf":
             raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
@@ -135,6 +154,8 @@ class TrainingModel:
         return flat, n
 
     def _run(self, x: Any, y: Any) -> float:
+        """One forward and backward pass: the gradients into ``flat_grads``, the loss back;
+        a non-finite loss or gradient raises naming the first layer that produced one."""
         flat, n = self._feed(x, y)
         arena = self.executor.run(flat, n)
         graph = self.plan.graph
@@ -142,11 +163,31 @@ class TrainingModel:
             self._grad_views[name][...] = self.executor.value(arena, flat,
                                                               self.grad_outputs[name])
         loss = float(self.executor.value(arena, flat, graph.outputs[LOSS]))
+        self.last_scores = {k[len(OUTPUT):]: self.executor.value(arena, flat, v)
+                            for k, v in graph.outputs.items() if k.startswith(OUTPUT)}
         if not np.isfinite(loss) or not np.all(np.isfinite(self.flat_grads)):
-            raise TrainingError(f"the loss or a gradient is not finite (loss {loss}) at "
-                                f"step {self.steps_taken}: lower the learning rate, or look "
-                                "for the layer with `cnnc run --check-numerics`")
+            raise TrainingError(self._first_nonfinite(flat, n, loss))
+        self._arena, self._flat = arena, flat
         return loss
+
+    def _first_nonfinite(self, flat: dict[int, np.ndarray], n: int, loss: float) -> str:
+        """Where a step went non-finite: run it again, step by step, to the first layer whose
+        output holds NaN or Inf (as ``--check-numerics`` does for inference)."""
+        found: list[str] = []
+
+        def look(index: int, arena: Any) -> bool:
+            step = self.plan.steps[index]
+            if step.view or np.isfinite(self.executor.value(arena, flat, step.output)).all():
+                return False
+            node = self.plan.graph.node(step.output)
+            at = (f" at {shown_path(node.span.file, model_folder(self.plan.graph))}:"
+                  f"{node.span.line}" if node.span else "")
+            found.append(f"layer {step.name} ({step.op}){at}")
+            return True
+        self.executor.run_watched(flat, n, look)
+        where = found[0] if found else "a parameter's gradient"
+        return (f"training step {self.steps_taken}: the loss is {loss}; the first non-finite "
+                f"values come from {where}; lower the learning rate or check the data")
 
     def loss_and_grads(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
         """The loss on a batch and its gradient with respect to each trainable parameter (by
@@ -155,12 +196,74 @@ class TrainingModel:
         return loss, {n: v.copy() for n, v in self._grad_views.items()}
 
     def train_step(self, x: Any, y: Any, lr: float | None = None) -> float:
-        """Forward, loss, backward and one optimizer update; returns the loss before it."""
+        """Forward, loss, backward and one optimizer update (and the running statistics the
+        step computed written back); returns the loss before the update."""
         loss = self._run(x, y)
+        for name, nid in self.updates.items():
+            self._fixed[name] = np.array(self.executor.value(self._arena, self._flat, nid),
+                                         np.float32)
         self.optimizer.update(self.flat_params, self.flat_grads, lr)
         self.steps_taken += 1
         self._refresh()
         return loss
+
+    def input_gradient(self, x: Any, y: Any) -> Any:
+        """The gradient of the loss with respect to the network's input(s) (an array, or a
+        dict by input name), the parameters as they are now; the first call compiles the
+        network differentiated with respect to its inputs too."""
+        if self.input_gradient_model is None:
+            if self.compile_with_inputs is None:
+                raise TrainingError("this training model was built without input gradients")
+            self.input_gradient_model = self.compile_with_inputs()
+        other = self.input_gradient_model
+        other.set_params(self.params)
+        other.seed, other.steps_taken = self.seed, self.steps_taken
+        return other.gradients_of_inputs(x, y)
+
+    def gradients_of_inputs(self, x: Any, y: Any) -> Any:
+        """The ``grad:<input>`` outputs of a model compiled with input gradients."""
+        self._run(x, y)
+        names = list(self.graph.inputs)
+        outputs = self.plan.graph.outputs
+        missing = [n for n in names if f"grad:{n}" not in outputs]
+        if missing:
+            raise TrainingError(f"no input gradients in this model for {', '.join(missing)}")
+        grads = {n: np.array(self.executor.value(self._arena, self._flat, outputs[f"grad:{n}"]))
+                 for n in names}
+        return grads[names[0]] if len(names) == 1 else grads
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """Everything a resumed run needs besides the data order: the parameters (under their
+        names), the optimizer's buffers and step count, and the steps taken."""
+        state = {f"param/{k}": v for k, v in self.params.items()}
+        state.update({f"optimizer/{k}": v for k, v in self.optimizer.state.items()})
+        state["optimizer_steps"] = np.array(self.optimizer.step_count)
+        state["steps_taken"] = np.array(self.steps_taken)
+        state["network"] = np.array(self.graph.name)
+        return state
+
+    def restore(self, state: Mapping[str, np.ndarray], source: str) -> None:
+        """The inverse of :meth:`checkpoint_state` (a checkpoint of another network, or of
+        another optimizer, is refused naming ``source``)."""
+        if str(state.get("network", "")) != self.graph.name:
+            raise TrainingError(f"{source}: a checkpoint of network "
+                                f"{str(state.get('network', '?'))!r}, not {self.graph.name!r}")
+        params = {k[len("param/"):]: v for k, v in state.items() if k.startswith("param/")}
+        try:
+            check_weights(self.graph, params, source)
+        except WeightsError as e:
+            raise TrainingError(str(e)) from None
+        buffers = {k[len("optimizer/"):]: np.array(v, np.float32)
+                   for k, v in state.items() if k.startswith("optimizer/")}
+        for k, v in buffers.items():
+            if v.shape != self.flat_params.shape:
+                raise TrainingError(f"{source}: optimizer buffer {k} has {v.size} values, the "
+                                    f"network {self.flat_params.size} trainable parameters")
+        self.set_params(params)
+        self.optimizer.state = buffers
+        self.optimizer.step_count = int(state["optimizer_steps"])
+        self.steps_taken = int(state["steps_taken"])
 
     def __repr__(self) -> str:
         return (f"TrainingModel({self.graph.name!r}, loss={self.loss!r}, "
@@ -193,5 +296,13 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
     if not gradient_outputs(plan.graph):
         raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
                             "parameter reaches the loss (all frozen?)")
-    return TrainingModel(graph, plan, params, opt, loss, freeze, opt_level,
-                         compile_inference=compile_inference)
+    model = TrainingModel(graph, plan, params, opt, loss, freeze, opt_level,
+                          compile_inference=compile_inference)
+    if not input_gradients:
+        options = dict(target=target, loss=loss, output=output, optimizer=optimizer, lr=lr,
+                       momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                       betas=betas, eps=eps, clip_norm=clip_norm,
+                       label_smoothing=label_smoothing, freeze=freeze, opt_level=opt_level,
+                       cache_dir=cache_dir, input_gradients=True)
+        model.compile_with_inputs = lambda: compile_training(graph, params, **options)
+    return model

@@ -8,14 +8,17 @@ on the held-out split after each epoch, and save the weights.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .cli_common import EXTRA, CliError, force_arg, load_graph
-from .datasets import load_dataset
+from .datasets import augment, load_dataset
 from .model import compile as compile_model
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .weights import load_weights
@@ -30,6 +33,50 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch: int) -> float:
     return right / max(1, len(y))
 
 
+CHECKPOINT, WEIGHTS = "checkpoint.npz", "weights.npz"
+
+
+def write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz written to a temporary file in the same folder, then renamed over ``path``: a
+    write killed midway leaves the previous file as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(folder: Path, tm, epoch: int, rng: np.random.Generator) -> None:
+    """``checkpoint.npz`` (parameters, optimizer state, epoch, the data order's generator) and
+    ``weights.npz`` (the parameters alone, for ``--weights`` anywhere), each atomically."""
+    state = tm.checkpoint_state()
+    state["epoch"] = np.array(epoch)
+    state["rng"] = np.array(json.dumps(rng.bit_generator.state))
+    write_atomically(folder / CHECKPOINT, state)
+    write_atomically(folder / WEIGHTS, {k: v for k, v in tm.params.items()})
+
+
+def load_checkpoint(folder: Path, tm, rng: np.random.Generator) -> int:
+    """Restore a run from ``folder``; returns the epochs it had finished."""
+    path = folder / CHECKPOINT
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = {k: data[k] for k in data.keys()}
+        rng.bit_generator.state = json.loads(str(state["rng"]))
+        epoch = int(state["epoch"])
+    except FileNotFoundError:
+        raise CliError(f"--resume: no checkpoint in {folder} ({CHECKPOINT})") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CliError(f"{path}: not a cnnc checkpoint ({type(e).__name__}: {e})") from None
+    tm.restore(state, str(path))
+    return epoch
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -42,6 +89,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.save and not args.force:
         if Path(args.save).exists():
             raise CliError(f"{args.save} exists; pass --force to overwrite it")
+    folder = Path(args.checkpoint) if args.checkpoint else None
+    if args.resume and folder is None:
+        raise CliError("--resume needs --checkpoint DIR (the folder to resume from)")
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise CliError(f"--checkpoint {folder}: not a folder")
+        if (folder / CHECKPOINT).exists() and not (args.resume or args.force):
+            raise CliError(f"{folder / CHECKPOINT} exists; pass --resume to continue that run "
+                           "or --force to start over")
+        folder.mkdir(parents=True, exist_ok=True)
     (shape,) = [graph.node(n).type.shape for n in graph.inputs.values()]
     data = load_dataset(args.data, shape, seed=args.seed)
     weights = load_weights(graph, args.weights) if args.weights else None
@@ -56,29 +113,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     evaluator = tm.inference()
     schedule = Schedule(args.schedule, warmup=args.warmup)
     rng = np.random.default_rng(args.seed)
+    tm.seed = args.seed
+    first = load_checkpoint(folder, tm, rng) if args.resume else 0
+    if first >= args.epochs:
+        raise CliError(f"the checkpoint in {folder} has finished {first} epochs already; "
+                       f"ask for more with --epochs")
     steps_per_epoch = -(-len(data.train_y) // args.batch)
     total = steps_per_epoch * args.epochs
     print(f"training {graph.name} on {args.data}: {len(data.train_y)} training and "
           f"{len(data.test_y)} test images, {args.epochs} epochs of {steps_per_epoch} steps "
           f"(batch {args.batch}, {args.optimizer}, lr {args.lr:g})", file=sys.stderr)
-    for epoch in range(args.epochs):
+    acc = float("nan")
+    for epoch in range(first, args.epochs):
         order = rng.permutation(len(data.train_y))
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
                    unit="step", file=sys.stderr, disable=args.quiet)
-        seen, start, losses = 0, time.perf_counter(), []
+        seen, right, start, losses = 0, 0, time.perf_counter(), []
         for k in bar:
             idx = order[k * args.batch:(k + 1) * args.batch]
             x, y = data.train_x[idx], data.train_y[idx]
+            if args.mirror or args.crop:
+                x = augment(x, rng, args.mirror, args.crop)
             lr = schedule.lr(args.lr, tm.steps_taken, total)
             losses.append(tm.train_step(x, y, lr=lr))
             seen += len(idx)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            (scores,) = tm.last_scores.values()
+            right += int((scores.reshape(len(y), -1).argmax(axis=1) == y).sum())
+            if k % 10 == 0 or k == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", acc=f"{right / seen:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
         bar.close()
         evaluator.set_params(tm.params)
         acc = accuracy(evaluator, data.test_x, data.test_y, 256)
         print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, test accuracy {acc:.4f}",
               file=sys.stderr)
+        if folder is not None:
+            save_checkpoint(folder, tm, epoch + 1, rng)
     if args.save:
         tm.save_weights(args.save)
         print(f"wrote {args.save}", file=sys.stderr)
@@ -104,6 +174,15 @@ def _configure_train(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--weights", help="start from these weights (.npz)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", metavar="FILE.npz", help="write the trained weights here")
+    p.add_argument("--checkpoint", metavar="DIR",
+                   help="after each epoch write DIR/checkpoint.npz (weights, optimizer state, "
+                        "epoch, data order) and DIR/weights.npz, each atomically")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --checkpoint DIR exactly where it stopped")
+    p.add_argument("--mirror", action="store_true",
+                   help="augment: mirror training images left-right at random (seeded)")
+    p.add_argument("--crop", type=int, default=0, metavar="PIXELS",
+                   help="augment: random crops of the image padded by PIXELS per side")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     force_arg(p)
 
