@@ -42,6 +42,9 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
         if not isinstance(x, np.ndarray):
             raise InputError(f"input {name!r} must be a NumPy array of shape {shape_txt}, "
                              f"got {type(x).__name__}")
+        if not graph.node(node_id).type.batched:
+            _check_whole_batch_input(name, x, graph.node(node_id).type)
+            continue
         if x.dtype.type not in dtypes:
             allowed = " or ".join(np.dtype(d).name for d in dtypes)
             raise InputError(f"input {name!r} has dtype {x.dtype}, expected {allowed} "
@@ -64,6 +67,19 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
         if not np.all(np.isfinite(x)):
             raise InputError(f"input {name!r} contains NaN or infinity")
     return batch or 1
+
+
+def _check_whole_batch_input(name: str, x: np.ndarray, t) -> None:
+    """One value for the whole batch (no batch axis: the training graph's dropout seed), of
+    its type's shape; integers where the type is int64."""
+    want = " x ".join(map(str, t.shape))
+    if tuple(x.shape) != t.shape:
+        raise InputError(f"input {name!r} has shape {' x '.join(map(str, x.shape))}, expected "
+                         f"{want} (one value for the whole batch, no batch axis)")
+    kinds = "iu" if t.dtype == "int64" else "f"
+    if x.dtype.kind not in kinds:
+        raise InputError(f"input {name!r} has dtype {x.dtype}, expected "
+                         f"{'integers' if kinds == 'iu' else 'floats'} (shape {want})")
 
 
 def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray],
