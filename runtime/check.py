@@ -7,6 +7,10 @@ of its inputs rounded to float32, and its output is compared with the float64 re
 same node evaluated on those same rounded inputs. So an error never accumulates across layers:
 each row measures one kernel's own arithmetic.
 
+``check_plan`` does the same for any lowered plan on given inputs: a training graph's forward,
+loss, backward and running-statistics steps alike (its whole-batch values, such as a loss, a
+parameter's gradient or the int64 dropout seed, fed and compared like any other).
+
 Tolerance rule: a step passes when, at every output element,
 
     |kernel - reference| <= tol * bound        (tol = 1 by default)
