@@ -7,6 +7,10 @@ of its inputs rounded to float32, and its output is compared with the float64 re
 same node evaluated on those same rounded inputs. So an error never accumulates across layers:
 each row measures one kernel's own arithmetic.
 
+``check_plan`` does the same for any lowered plan on given inputs: a training graph's forward,
+loss, backward and running-statistics steps alike (its whole-batch values, such as a loss, a
+parameter's gradient or the int64 dropout seed, fed and compared like any other).
+
 Tolerance rule: a step passes when, at every output element,
 
     |kernel - reference| <= tol * bound        (tol = 1 by default)
@@ -27,15 +31,19 @@ bound (the largest over the output's elements).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..compiler.ops import ERROR_FLOOR, evaluate_bound, node_macs
+from ..compiler.plan import Plan
+from ..compiler.types import TensorType
+from .executor import CpuExecutor
 from .model import CompiledModel
 from .model import compile as compile_model
-from .reference import run_reference
+from .reference import check_inputs, run_reference
 
 DEFAULT_TOL = 1.0
 
@@ -53,27 +61,43 @@ class CheckRow:
 
 def check_model(model: CompiledModel, *, batch: int = 1, tol: float = DEFAULT_TOL,
                 seed: int = 0) -> list[CheckRow]:
-    """One row per step of ``model`` (see the module docstring)."""
+    """One row per step of ``model`` on random inputs (see the module docstring)."""
     graph = model.plan.graph
-    executor = model.executor
     rng = np.random.default_rng(seed)
     inputs = {name: rng.standard_normal((batch,) + graph.node(nid).type.shape)
               .astype(np.float32) for name, nid in graph.inputs.items()}
-    ref = run_reference(graph, inputs, model.params, keep=True)
-    consts = executor.parameter_values(model.params)
+    return check_plan(model.plan, model.executor, model.params, inputs, tol=tol)
+
+
+def kernel_value(t: TensorType, value: np.ndarray) -> np.ndarray:
+    """A value as a kernel reads it: float32, or int64 for an integer input (the seed)."""
+    return np.ascontiguousarray(value, np.int64 if t.dtype == "int64" else np.float32)
+
+
+def check_plan(plan: Plan, executor: CpuExecutor, params: Mapping[str, np.ndarray],
+               inputs: Mapping[str, np.ndarray], *, tol: float = DEFAULT_TOL) -> list[CheckRow]:
+    """One row per step of a lowered ``plan`` bound to ``executor`` (its parameters set to
+    ``params``) on ``inputs`` by name: an inference model's, or a training graph's forward,
+    loss, backward and running-statistics steps, whose whole-batch values (a loss, a gradient
+    of a parameter, batch statistics; the int64 dropout seed among the inputs) are fed and
+    compared like any other (see the module docstring)."""
+    graph = plan.graph
+    batch = check_inputs(graph, inputs)
+    ref = run_reference(graph, inputs, params, keep=True)
+    consts = executor.parameter_values(params)
     arena = executor.arena(batch)
     rows = []
-    for index, step in enumerate(model.steps):
+    for index, step in enumerate(plan.steps):
         node = graph.node(step.node)
         shape = "x".join(map(str, node.type.shape))
         if step.view:
             rows.append(CheckRow(step.name, step.op, shape, "view", 0.0, 0.0, True))
             continue
         feeds: dict[int, np.ndarray] = {}
-        buffers = model.plan.buffers
+        buffers = plan.buffers
         for i in step.inputs:
-            x32 = np.ascontiguousarray(ref[f"%{i}"], np.float32)
-            buf = arena.value(model.plan, i)
+            x32 = kernel_value(graph.node(i).type, ref[f"%{i}"])
+            buf = arena.value(plan, i)
             if buf is None:
                 feeds[buffers.root(i)] = x32.reshape(-1)
             elif (buffers.storage.get(i) or buffers.storage.get(buffers.root(i))) is not None:
@@ -84,7 +108,8 @@ def check_model(model: CompiledModel, *, batch: int = 1, tol: float = DEFAULT_TO
                 buf[:] = x32.reshape(-1)
         executor.run_step(arena, index, feeds)
         args = [consts[i] if i in consts else
-                np.asarray(ref[f"%{i}"], np.float32).astype(np.float64) for i in node.inputs]
+                kernel_value(graph.node(i).type, ref[f"%{i}"]).astype(np.float64)
+                for i in node.inputs]
         terms = node_macs(graph, node) / max(1, node.type.size)
         want, bound = evaluate_bound(node.op, args, node.attrs, terms)
         got = executor.value(arena, feeds, step.node).reshape(want.shape).astype(np.float64)

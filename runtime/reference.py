@@ -38,13 +38,13 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
     for name, node_id in graph.inputs.items():
         x = inputs[name]
         want = graph.node(node_id).type.shape
-        if not graph.node(node_id).type.batched:  # one value for the whole batch
-            _check_whole_batch(name, x, graph.node(node_id).type)
-            continue
         shape_txt = "N x " + " x ".join(map(str, want))
         if not isinstance(x, np.ndarray):
             raise InputError(f"input {name!r} must be a NumPy array of shape {shape_txt}, "
                              f"got {type(x).__name__}")
+        if not graph.node(node_id).type.batched:
+            _check_whole_batch_input(name, x, graph.node(node_id).type)
+            continue
         if x.dtype.type not in dtypes:
             allowed = " or ".join(np.dtype(d).name for d in dtypes)
             raise InputError(f"input {name!r} has dtype {x.dtype}, expected {allowed} "
@@ -69,13 +69,17 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
     return batch or 1
 
 
-def _check_whole_batch(name: str, x: object, t) -> None:
-    """A whole-batch input (``dropout_seed``): exactly its type's shape and element kind."""
-    if not isinstance(x, np.ndarray) or tuple(x.shape) != t.shape or \
-            (x.dtype.kind in "iu") != t.dtype.startswith("int"):
-        got = f"{x.dtype} {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
-        raise InputError(f"input {name!r} takes one {t.dtype} array of shape {t.shape} for "
-                         f"the whole batch, got {got}")
+def _check_whole_batch_input(name: str, x: np.ndarray, t) -> None:
+    """One value for the whole batch (no batch axis: the training graph's dropout seed), of
+    its type's shape; integers where the type is int64."""
+    want = " x ".join(map(str, t.shape))
+    if tuple(x.shape) != t.shape:
+        raise InputError(f"input {name!r} has shape {' x '.join(map(str, x.shape))}, expected "
+                         f"{want} (one value for the whole batch, no batch axis)")
+    kinds = "iu" if t.dtype == "int64" else "f"
+    if x.dtype.kind not in kinds:
+        raise InputError(f"input {name!r} has dtype {x.dtype}, expected "
+                         f"{'integers' if kinds == 'iu' else 'floats'} (shape {want})")
 
 
 def run_reference(graph: Graph, inputs: Mapping[str, np.ndarray],

@@ -11,6 +11,11 @@ from collections.abc import Mapping
 
 from ..kernels.kernel_ir import BinOp, Call, Div, Expr, Loop, Stmt, walk
 
+#: Bit-wise operators (integer hashing), printed in parentheses whatever their context, with
+#: operands that bind tighter than any infix operator (so they are parenthesized too).
+BITWISE = ("^", ">>")
+BITWISE_OPERAND = 100
+
 
 class KernelPrinter:
     """Kernel IR as the source of one target. ``expr(e, prec)`` prints expression ``e`` in a
@@ -64,6 +69,9 @@ class KernelPrinter:
     def expr_BinOp(self, e: BinOp, prec: int) -> str:
         if e.op in ("max", "min"):
             return f"{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
+        if e.op in BITWISE:  # parenthesized: the targets rank these operators differently
+            a, b = (self.expr(v, BITWISE_OPERAND) for v in (e.a, e.b))
+            return f"({a} {e.op} {b})"
         return self.infix(e.a, e.op, e.b, prec)
 
     def expr_Div(self, e: Div, prec: int) -> str:

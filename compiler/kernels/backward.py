@@ -5,11 +5,14 @@ gradients, softmax cross-entropy and its gradient, and the softmax Jacobian prod
 A sum over the batch writes an unbatched value (``TensorType.batched``): its parallel loop runs
 over the value's own elements and reads every image; sums accumulate in float64. Everything
 else runs one parallel iteration per image (or image and channel) like the forward kernels.
-The window ops' gradients are in ``pool.py`` beside the forward windows they invert.
+The window ops' gradients are in ``pool.py`` beside the forward windows they invert; the
+gradients that reuse a forward kernel's arithmetic (padding, group norm, LRN) are beside it in
+``elementwise.py``. Batch norm's training kernels, the losses' and the dropout mask are here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +35,8 @@ from .kernel_ir import (
     cmp,
     const,
     div,
+    shr,
+    xor,
 )
 
 
@@ -44,7 +49,8 @@ def _prod(shape: Sequence[int]) -> int:
 
 def _whole_batch(name: str, params: list[Param], extent: Expr | int, body: list[Stmt],
                  comment: str, sz: Sizes) -> Kernel:
-    """``for t in prange(extent)``: one iteration per element of an unbatched result."""
+    """``for t in prange(extent)``: one iteration per element of an unbatched result (or per
+    channel, each reading and writing every image of it)."""
     return Kernel(name, params + sz.params() + [Param("n_batch", "int")],
                   [Loop("t", const(extent), body, kind="parallel")], comment)
 
@@ -198,3 +204,345 @@ def softmax_grad_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
     value = dy - call("exp", y) * Var("s") if log else y * (dy - Var("s"))
     body.append(Loop("l", const(L), [Store("y", idx, value)]))
     return rows_kernel(name, arrays("x0", "x1", "y"), outer * inner, body, comment, sz)
+
+
+# -- sums back to a broadcast shape, channel padding, losses -------------------------------------
+
+def reduce_to_kernel(name: str, in_shape: Sequence[int], out_shape: Sequence[int],
+                     batched: bool, comment: str = "") -> Kernel:
+    """``x0`` (per image ``in_shape``) summed over the axes ``out_shape`` was broadcast along
+    (NumPy's right-aligned rule) and, for an unbatched result, over the batch: one parallel
+    iteration per output element (per image when ``batched``), float64 sums."""
+    xs = [int(d) for d in in_shape]
+    os = [1] * (len(xs) - len(out_shape)) + [int(d) for d in out_shape]
+    reduced = [d for d in range(len(xs)) if os[d] == 1 and xs[d] != 1]
+    strides = [_prod(xs[d + 1:]) for d in range(len(xs))]
+    kept = [(f"o{d}", os[d]) for d in range(len(xs))]
+    at: Expr = Const(0)
+    for d in range(len(xs)):
+        at = at + Var(f"{'r' if d in reduced else 'o'}{d}") * strides[d]
+    size, total = _prod(os), _prod(xs)
+    tap: list[Stmt] = [*unflatten(Var("j"), [(f"r{d}", xs[d]) for d in reduced]),
+                       Let("acc", Var("acc") + Load("x0", Var("n") * total + at))]
+    span = _prod([xs[d] for d in reduced])
+    if batched:
+        body = unflatten(Var("t"), [("n", N_BATCH)] + kept)
+        body += [Let("acc", call("f64", Const(0))), Loop("j", Const(span), tap),
+                 Store("y", Var("t"), Var("acc"))]
+        return rows_kernel(name, arrays("x0", "y"), size, body, comment)
+    body = unflatten(Var("t"), kept) + [
+        Let("acc", call("f64", Const(0))),
+        Loop("n", N_BATCH, [Loop("j", Const(span), tap)]), Store("y", Var("t"), Var("acc"))]
+    return _whole_batch(name, arrays("x0", "y"), size, body, comment, Sizes(literal=True))
+
+
+def channel_pad_kernel(name: str, shape: Sequence[int], before: int, after: int,
+                       comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``before`` zero channels, the channels of ``x0`` (per image ``shape``), ``after`` zero
+    channels: one parallel iteration per (image, output channel)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    out_c = C + before + after
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", out_c)])
+    body += [Let("ci", Var("c") - before), Let("yb", Var("t") * L),
+             If(cmp("and", cmp(">=", Var("ci"), 0), cmp("<", Var("ci"), C)), [
+                 Let("xb", (Var("n") * C + Var("ci")) * L),
+                 Loop("j", const(L), [Store("y", Var("yb") + Var("j"),
+                                            Load("x0", Var("xb") + Var("j")))])],
+                [Loop("j", const(L), [Store("y", Var("yb") + Var("j"), Const(0.0))])])]
+    return rows_kernel(name, arrays("x0", "y"), out_c, body, comment, sz)
+
+
+def mse_kernel(name: str, size: int, comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """The mean of ``(x0 - x1)^2`` over every element of the batch (``size`` per image), in
+    float64. One serial loop: a scalar result."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    d = call("f64", Load("x0", Var("i"))) - call("f64", Load("x1", Var("i")))
+    body: list[Stmt] = [Let("total", call("f64", Const(0))), Loop("i", N_BATCH * L, [
+        Let("d", d), Let("total", Var("total") + Var("d") * Var("d"))]),
+        Store("y", Const(0), div(Var("total"), call("f64", N_BATCH * L)))]
+    return Kernel(name, arrays("x0", "x1", "y") + sz.params() + [Param("n_batch", "int")],
+                  body, comment)
+
+
+def mse_grad_kernel(name: str, size: int, comment: str = "",
+                    sz: Sizes | None = None) -> Kernel:
+    """``2 (x0 - x1) / count``, count the elements of the batch (``size`` per image)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    at = Var("t") * L + Var("j")
+    body: list[Stmt] = [Let("scale", div(F64(2.0), call("f64", N_BATCH * L))), Loop(
+        "j", const(L), [Store("y", at, (call("f64", Load("x0", at)) - call(
+            "f64", Load("x1", at))) * Var("scale"))])]
+    return rows_kernel(name, arrays("x0", "x1", "y"), 1, body, comment, sz)
+
+
+def distance_grad_kernel(name: str, size: int, p: float, comment: str = "",
+                         sz: Sizes | None = None) -> Kernel:
+    """``dy sign(a - b) (|a - b| / y)^(p - 1)`` per element of an image's embedding (``x0`` =
+    a, ``x1`` = b, ``x2`` = the distance y, ``x3`` = dy; 0 where y or a - b is 0), float64:
+    ``g = dy / y^(p - 1)`` once per image, then ``sign(d) |d|^(p - 1) g`` (p = 2: ``d g``)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    at = Var("t") * L + Var("j")
+    diff, g = Var("diff"), Var("g")
+    signed = Select(cmp(">", diff, F64(0.0)), g, F64(0.0) - g)
+    if p == 2.0:
+        value: Expr = diff * g
+    elif p == 1.0:
+        value = signed
+    else:
+        value = signed * call("pow", call("abs", diff), F64(p - 1.0))
+    dist = call("f64", Load("x2", Var("t")))
+    body: list[Stmt] = [
+        Let("dist", dist),
+        If(cmp(">", Var("dist"), F64(0.0)), [
+            Let("g", div(call("f64", Load("x3", Var("t"))),
+                         call("pow", Var("dist"), F64(p - 1.0)))),
+            Loop("j", const(L), [
+                Let("diff", call("f64", Load("x0", at)) - call("f64", Load("x1", at))),
+                Store("y", at, Select(cmp("==", diff, F64(0.0)), F64(0.0), value))])],
+           [Loop("j", const(L), [Store("y", at, Const(0.0))])])]
+    return rows_kernel(name, arrays("x0", "x1", "x2", "x3", "y"), 1, body, comment, sz)
+
+
+# -- batch norm in training: the batch's statistics, their gradients, the running updates --------
+# Every kernel reads its per-channel operands from the arrays its lowering names (``arrays``:
+# ``x<k>`` an activation or statistic, ``c_<k>`` a parameter packed as a constant), in the op's
+# input order. Channel sums run one parallel iteration per channel over every image, float64.
+
+def _channel_loop(shape: Sequence[int], sz: Sizes, body: list[Stmt]) -> tuple[Expr, Expr,
+                                                                            list[Stmt]]:
+    """``(C, L, loop)``: ``body`` run at every element ``o`` of channel ``t`` of every image
+    (``o`` the element's offset in an NCHW batch)."""
+    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    return C, L, [Loop("n", N_BATCH, [Let("xb", (Var("n") * C + Var("t")) * L), Loop(
+        "j", const(L), [Let("o", Var("xb") + Var("j")), *body])])]
+
+
+def _channel_mean(x: str, shape: Sequence[int], sz: Sizes) -> list[Stmt]:
+    """``mean``: the float64 mean of channel ``t`` of ``x`` over the batch and the pixels."""
+    _, L, loop = _channel_loop(shape, sz, [Let("s", Var("s") + Load(x, Var("o")))])
+    return [Let("s", call("f64", Const(0))), *loop,
+            Let("mean", div(Var("s"), call("f64", N_BATCH * L)))]
+
+
+def batch_stat_kernel(name: str, shape: Sequence[int], of: str, comment: str = "",
+                      sz: Sizes | None = None) -> Kernel:
+    """The mean (``of`` = mean) or biased variance (two passes) of each channel of ``x0`` over
+    the batch and the pixels."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    body = _channel_mean("x0", shape, sz)
+    value: Expr = Var("mean")
+    if of == "var":
+        _, L, loop = _channel_loop(shape, sz, [Let("d", Load("x0", Var("o")) - Var("mean")),
+                                               Let("s2", Var("s2") + Var("d") * Var("d"))])
+        body += [Let("s2", call("f64", Const(0))), *loop]
+        value = div(Var("s2"), call("f64", N_BATCH * L))
+    body.append(Store("y", Var("t"), value))
+    return _whole_batch(name, arrays("x0", "y"), sz("C", shape[0]), body, comment, sz)
+
+
+def batch_stat_grad_kernel(name: str, shape: Sequence[int], of: str, comment: str = "",
+                           sz: Sizes | None = None) -> Kernel:
+    """The input gradient of a channel's batch mean (``x1[c] / M``) or variance (``2 (x -
+    mean) x1[c] / M``), M the values per channel; ``x0`` = x."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    body: list[Stmt] = []
+    C, L, _ = _channel_loop(shape, sz, [])
+    scale = div(call("f64", Load("x1", Var("t"))), call("f64", N_BATCH * L))
+    if of == "mean":
+        value: Expr = Var("g")
+    else:
+        body += _channel_mean("x0", shape, sz)
+        value = F64(2.0) * (call("f64", Load("x0", Var("o"))) - Var("mean")) * Var("g")
+    body.append(Let("g", scale))
+    body += _channel_loop(shape, sz, [Store("y", Var("o"), value)])[2]
+    return _whole_batch(name, arrays("x0", "x1", "y"), C, body, comment, sz)
+
+
+def _rstd(var: Expr, eps: float) -> Expr:
+    """``1 / sqrt(var + eps)`` in float64."""
+    return div(F64(1.0), call("sqrt", call("f64", var) + F64(float(eps))))
+
+
+def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
+                           comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``(x - mean) gamma / sqrt(var + eps) + beta`` per (image, channel), the scale and
+    shift in float64 (``operands``: x, gamma, beta, mean, var)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    x, gamma, beta, mean, var = operands
+    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
+    body += [Let("a", call("f64", Load(gamma, Var("c"))) * _rstd(Load(var, Var("c")), eps)),
+             Let("b", call("f64", Load(beta, Var("c"))) - call("f64", Load(mean, Var("c"))) *
+                 Var("a")),
+             Let("xb", Var("t") * L),
+             Loop("j", const(L), [Store("y", Var("xb") + Var("j"), call(
+                 "f64", Load(x, Var("xb") + Var("j"))) * Var("a") + Var("b"))])]
+    return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def _distinct(names: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(names))
+
+
+def bn_input_grad_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
+                         comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``dy gamma / sqrt(var + eps)`` per (image, channel) (``operands``: dy, gamma, var)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    dy, gamma, var = operands
+    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
+    body += [Let("a", call("f64", Load(gamma, Var("c"))) * _rstd(Load(var, Var("c")), eps)),
+             Let("xb", Var("t") * L),
+             Loop("j", const(L), [Store("y", Var("xb") + Var("j"), call(
+                 "f64", Load(dy, Var("xb") + Var("j"))) * Var("a"))])]
+    return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def bn_channel_grad_kernel(name: str, shape: Sequence[int], eps: float, wrt: str,
+                           operands: Sequence[str], comment: str = "",
+                           sz: Sizes | None = None) -> Kernel:
+    """Per channel: ``rstd sum dy (x - mean)`` (``wrt`` weight), ``-gamma rstd sum dy``
+    (mean) or ``-gamma rstd^3 / 2 sum dy (x - mean)`` (var), sums over the batch and the
+    pixels (``operands``: x, gamma, mean, var, dy)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    x, gamma, mean, var, dy = operands
+    g = call("f64", Load(dy, Var("o")))
+    term = g if wrt == "mean" else g * (call("f64", Load(x, Var("o"))) - Var("m"))
+    C, L, loop = _channel_loop(shape, sz, [Let("s", Var("s") + term)])
+    body: list[Stmt] = [Let("m", call("f64", Load(mean, Var("t")))),
+                        Let("r", _rstd(Load(var, Var("t")), eps)),
+                        Let("s", call("f64", Const(0))), *loop]
+    gamma_r = call("f64", Load(gamma, Var("t"))) * Var("r")
+    value = {"weight": Var("s") * Var("r"), "mean": F64(0.0) - gamma_r * Var("s"),
+             "var": F64(-0.5) * gamma_r * Var("r") * Var("r") * Var("s")}[wrt]
+    body.append(Store("y", Var("t"), value))
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbiased: bool,
+                          operands: Sequence[str], comment: str = "",
+                          sz: Sizes | None = None) -> Kernel:
+    """``(1 - momentum) running + momentum stat`` per channel, the variance made unbiased
+    (times M / (M - 1), M = n_batch x the pixels of ``shape``, the normalized input's) where
+    ``unbiased`` (``operands``: running, stat)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    running, stat = operands
+    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    value: Expr = call("f64", Load(stat, Var("t")))
+    if unbiased:
+        m = call("f64", N_BATCH * L)
+        value = value * div(m, m - F64(1.0))
+    body: list[Stmt] = [Store("y", Var("t"), F64(1.0 - momentum) * call(
+        "f64", Load(running, Var("t"))) + F64(momentum) * value)]
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+# -- prelu, dropout, resizing ----------------------------------------------------------------------
+
+def prelu_input_grad_kernel(name: str, shape: Sequence[int], shared: bool,
+                            operands: Sequence[str], comment: str = "",
+                            sz: Sizes | None = None) -> Kernel:
+    """``dy`` where ``x > 0``, else ``slope dy``, per (image, channel); one slope for every
+    channel where ``shared`` (``operands``: x, slope, dy)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    x, slope, dy = operands
+    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    at = Var("xb") + Var("j")
+    body: list[Stmt] = [Let("c", Var("t") % C), Let("xb", Var("t") * L),
+                        Let("a", Load(slope, Const(0) if shared else Var("c"))),
+                        Loop("j", const(L), [Store("y", at, Select(
+                            cmp(">", Load(x, at), Const(0.0)), Load(dy, at),
+                            Var("a") * Load(dy, at)))])]
+    return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def prelu_slope_grad_kernel(name: str, shape: Sequence[int], num_parameters: int,
+                            comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """The sum of ``dy x`` where ``x <= 0`` over the batch and the pixels of each slope's
+    channels (every channel for one shared slope); ``x0`` = x, ``x1`` = dy, float64."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    per_slope = C if num_parameters == 1 else 1
+    at = Var("xb") + Var("j")
+    x = Load("x0", at)
+    body: list[Stmt] = [Let("acc", call("f64", Const(0))), Loop("cl", const(per_slope), [
+        Loop("n", N_BATCH, [
+            Let("xb", (Var("n") * C + Var("t") * per_slope + Var("cl")) * L),
+            Loop("j", const(L), [If(cmp("<=", x, Const(0.0)), [Let("acc", Var("acc") + call(
+                "f64", x) * call("f64", Load("x1", at)))])])])]),
+        Store("y", Var("t"), Var("acc"))]
+    return _whole_batch(name, arrays("x0", "x1", "y"), 1 if num_parameters == 1 else C, body,
+                        comment, sz)
+
+
+#: 2^32: the dropout hash works on unsigned 32-bit values, held in int64 (no overflow).
+_TWO32 = 2 ** 32
+
+
+def _mul32(v: Expr, c: int) -> Expr:
+    """``v c mod 2^32`` for ``v`` and ``c`` below 2^32, without a product past 2^49 (int64
+    arithmetic cannot hold v c itself)."""
+    low, high = c & 0xFFFF, c >> 16
+    return (v * low + ((v * high) % 65536) * 65536) % _TWO32
+
+
+def mix32(var: str, value: Expr) -> list[Stmt]:
+    """``var = lowbias32(value mod 2^32)``: the reference's ``mix32`` (``compiler/ops/tensor``),
+    step by step in integer arithmetic."""
+    v = Var(var)
+    return [Let(var, value % _TWO32), Let(var, xor(v, shr(v, 16))),
+            Let(var, _mul32(v, 0x7FEB352D)), Let(var, xor(v, shr(v, 15))),
+            Let(var, _mul32(v, 0x846CA68B)), Let(var, xor(v, shr(v, 16)))]
+
+
+def dropout_train_kernel(name: str, size: int, rate: float, stream: int, comment: str = "",
+                         sz: Sizes | None = None) -> Kernel:
+    """``x0 / (1 - rate)`` where the counter-based hash of the element's index in the batch
+    keeps it, else 0 (the reference's ``dropout_keep``): ``key`` = mix(mix(mix(seed) + stream)
+    + step) from the int64 ``x1`` = [seed, step], then an element is kept where mix(key +
+    index) >= floor(rate 2^32). One parallel iteration per image."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    at = Var("t") * L + Var("j")
+    body: list[Stmt] = [*mix32("key", Load("x1", Const(0))),
+                        *mix32("key", Var("key") + stream),
+                        *mix32("key", Var("key") + Load("x1", Const(1))),
+                        Loop("j", const(L), [
+                            *mix32("h", Var("key") + at),
+                            Store("y", at, Select(
+                                cmp(">=", Var("h"), Const(math.floor(rate * _TWO32))),
+                                call("f64", Load("x0", at)) * F64(1.0 / (1.0 - rate)),
+                                F64(0.0)))])]
+    return Kernel(name, [Param("x0"), Param("x1", "int_array"), Param("y")] + sz.params() +
+                  [Param("n_batch", "int")], [Loop("t", N_BATCH, body, kind="parallel")],
+                  comment)
+
+
+def upsample_grad_kernel(name: str, shape: Sequence[int], in_size: Sequence[int],
+                         taps: tuple[int, int], comment: str = "",
+                         sz: Sizes | None = None) -> Kernel:
+    """The adjoint of a separable resize, per (image, channel) plane of ``x0`` = dy (``shape``
+    C x OH x OW) into ``in_size`` (H, W): ``dx[i, j] = sum_a sum_b c_hw[i, a] c_ww[j, b]
+    dy[c_hrow[i, a], c_wcol[j, b]]``, the tables listing for each input row (column) the
+    ``taps`` output rows (columns) that read it and their weights (zero-padded), in float64."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, OH, OW = (sz(n, d) for n, d in zip(("C", "OH", "OW"), shape))
+    H, W = sz("H", in_size[0]), sz("W", in_size[1])
+    KH, KW = sz("KH", taps[0]), sz("KW", taps[1])
+    ra, cb = Var("i") * KH + Var("a"), Var("j") * KW + Var("b")
+    tap: list[Stmt] = [Let("acc", Var("acc") + Var("wr") * call("f64", Load("c_ww", cb)) * call(
+        "f64", Load("x0", Var("gb") + Var("p") * OW + call("int", Load("c_wcol", cb)))))]
+    body: list[Stmt] = [Let("gb", Var("t") * (OH * OW)), Let("yb", Var("t") * (H * W)),
+                        Loop("i", const(H), [Loop("j", const(W), [
+                            Let("acc", call("f64", Const(0))),
+                            Loop("a", const(KH), [
+                                Let("p", call("int", Load("c_hrow", ra))),
+                                Let("wr", call("f64", Load("c_hw", ra))),
+                                Loop("b", const(KW), tap)]),
+                            Store("y", Var("yb") + Var("i") * W + Var("j"), Var("acc"))])])]
+    return rows_kernel(name, arrays("x0", "c_hrow", "c_hw", "c_wcol", "c_ww", "y"), C, body,
+                       comment, sz)

@@ -228,16 +228,7 @@ def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
     cg = C // groups
     size = cg * hw
     body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % groups)]
-    e = Var("e")
-    x = Load("x0", Var("base") + e)
-    body += [Let("s", call("f64", Const(0))),
-             Loop("e", Const(size), [Let("s", Var("s") + x)]),
-             Let("mean", div(Var("s"), F64(float(size)))),
-             Let("s2", call("f64", Const(0))),
-             Loop("e", Const(size), [Let("dv", x - Var("mean")),
-                                     Let("s2", Var("s2") + Var("dv") * Var("dv"))]),
-             Let("rstd", div(F64(1.0), call("sqrt", div(Var("s2"), F64(float(size)))
-                                                + F64(float(eps))))),
+    body += [*_group_stats("x0", size, eps),
              Loop("cl", Const(cg), [
                  Let("c", Var("g") * cg + Var("cl")),
                  Let("a", Load("c_weight", Var("c")) * Var("rstd")),
@@ -247,6 +238,63 @@ def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
                          "y", Var("o"), Load("x0", Var("o")) * Var("a") + Var("b"), epilogue)]),
              ])]
     return rows_kernel(name, arrays("x0", "c_weight", "c_bias", "y"), groups, body, comment)
+
+
+def _group_stats(x: str, size: int, eps: float) -> list[Stmt]:
+    """``mean`` and ``rstd`` = 1 / sqrt(var + eps) of the ``size`` values of ``x`` from
+    ``base`` on: two float64 passes (the mean, then the squared deviations)."""
+    value = Load(x, Var("base") + Var("e"))
+    return [Let("s", call("f64", Const(0))),
+            Loop("e", Const(size), [Let("s", Var("s") + value)]),
+            Let("mean", div(Var("s"), F64(float(size)))),
+            Let("s2", call("f64", Const(0))),
+            Loop("e", Const(size), [Let("dv", value - Var("mean")),
+                                    Let("s2", Var("s2") + Var("dv") * Var("dv"))]),
+            Let("rstd", div(F64(1.0), call("sqrt", div(Var("s2"), F64(float(size)))
+                                               + F64(float(eps)))))]
+
+
+def groupnorm_input_grad_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
+                                operands: Sequence[str], comment: str = "") -> Kernel:
+    """Group norm's input gradient per (image, group): with the group's statistics
+    (``_group_stats``, as the forward kernel), ``dxhat = dy gamma[c]`` and xhat,
+    ``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``, float64 (``operands``: x,
+    gamma, dy)."""
+    x, gamma, dy = operands
+    C, hw = int(shape[0]), _prod(shape[1:])
+    cg = C // groups
+    size = cg * hw
+    at = Var("base") + Var("e")
+    xhat = (call("f64", Load(x, at)) - Var("mean")) * Var("rstd")
+    dxhat = call("f64", Load(dy, at)) * call("f64", Load(gamma, Var("g") * cg + Var("e") // hw))
+    body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % groups),
+                        *_group_stats(x, size, eps),
+                        Let("m1", call("f64", Const(0))), Let("m2", call("f64", Const(0))),
+                        Loop("e", Const(size), [Let("d", dxhat), Let("m1", Var("m1") + Var("d")),
+                                                Let("m2", Var("m2") + Var("d") * xhat)]),
+                        Let("m1", div(Var("m1"), F64(float(size)))),
+                        Let("m2", div(Var("m2"), F64(float(size)))),
+                        Loop("e", Const(size), [Store("y", at, Var("rstd") * (
+                            dxhat - Var("m1") - xhat * Var("m2")))])]
+    return rows_kernel(name, arrays(*dict.fromkeys(operands), "y"), groups, body, comment)
+
+
+def groupnorm_weight_grad_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
+                                 comment: str = "") -> Kernel:
+    """Group norm's scale gradient: ``sum dy xhat`` over the batch and the pixels, one
+    parallel iteration per channel (its group's statistics per image, ``_group_stats``);
+    ``x0`` = x, ``x1`` = dy, float64."""
+    C, hw = int(shape[0]), _prod(shape[1:])
+    cg = C // groups
+    size = cg * hw
+    at = Var("base") + (Var("t") % cg) * hw + Var("j")
+    body: list[Stmt] = [Let("acc", call("f64", Const(0))), Loop("n", N_BATCH, [
+        Let("base", (Var("n") * groups + Var("t") // cg) * size), *_group_stats("x0", size, eps),
+        Loop("j", Const(hw), [Let("acc", Var("acc") + call("f64", Load("x1", at)) * (
+            call("f64", Load("x0", at)) - Var("mean")) * Var("rstd"))])]),
+        Store("y", Var("t"), Var("acc"))]
+    return Kernel(name, arrays("x0", "x1", "y") + [Param("n_batch", "int")],
+                  [Loop("t", Const(C), body, kind="parallel")], comment)
 
 
 def _store_through(array: str, index: Expr, value: Expr,
@@ -354,23 +402,63 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
                   comment)
 
 
-def _lrn_window(c: Expr, C: int, size: int) -> list[Stmt]:
+def _lrn_window(c: Expr, C: int, size: int, lo: str = "lo", hi: str = "hi") -> list[Stmt]:
     """``lo .. hi``: the channels in the window of channel ``c`` (ONNX: ``(size - 1) // 2``
     before, ``size // 2`` after, clipped to the tensor)."""
     before, after = (size - 1) // 2, size // 2
-    return [Let("lo", fmax_i(c - before, 0)), Let("hi", fmin_i(c + (after + 1), C))]
+    return [Let(lo, fmax_i(c - before, 0)), Let(hi, fmin_i(c + (after + 1), C))]
 
 
 def _lrn_store(index: Expr, x_at, c: Expr, size: int, alpha: float, beta: float,
                k: float) -> list[Stmt]:
     """``y[index] = x_c / (k + alpha / size * sum of x^2 over lo .. hi) ** beta``, where
     ``x_at(channel)`` loads the pixel's value of a channel."""
-    cc = Var("cc")
-    return [Let("s", Const(0.0)),
-            Loop("cc", Var("hi") - Var("lo"), [Let("s", Var("s") + x_at(cc) * x_at(cc))],
-                 start=Var("lo")),
-            Store("y", index, div(x_at(c), call(
-                "pow", F64(float(k)) + F64(alpha / size) * Var("s"), F64(float(beta)))))]
+    sums, divisor = _lrn_divisor(x_at, size, alpha, k)
+    return sums + [Store("y", index, div(x_at(c), call("pow", divisor, F64(float(beta)))))]
+
+
+def _lrn_divisor(x_at, size: int, alpha: float, k: float, lo: str = "lo", hi: str = "hi",
+                 s: str = "s", cc: str = "cc") -> tuple[list[Stmt], Expr]:
+    """Statements summing the squares of channels ``lo .. hi`` into ``s`` (float32), and the
+    divisor ``k + alpha / size * s`` (float64)."""
+    return ([Let(s, Const(0.0)),
+             Loop(cc, Var(hi) - Var(lo), [Let(s, Var(s) + x_at(Var(cc)) * x_at(Var(cc)))],
+                  start=Var(lo))],
+            F64(float(k)) + F64(alpha / size) * Var(s))
+
+
+def lrn_grad_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: float,
+                    k: float, comment: str = "") -> Kernel:
+    """LRN's input gradient per (image, channel j): ``dy_j D_j^-beta - 2 beta alpha / size x_j
+    sum_c dy_c x_c D_c^(-beta - 1)`` over the channels c whose window holds j (``size // 2``
+    before j to ``(size - 1) // 2`` after: the window mirrored), each divisor D as the forward
+    kernel sums it (``_lrn_window``, ``_lrn_divisor``); ``x0`` = x, ``x1`` = dy."""
+    C, hw = int(shape[0]), _prod(shape[1:])
+    j = Var("j")
+
+    def x_at(c: Expr) -> Expr:
+        return Load("x0", Var("base") + c * hw + j)
+
+    def dy_at(c: Expr) -> Expr:
+        return call("f64", Load("x1", Var("base") + c * hw + j))
+
+    own_sums, own = _lrn_divisor(x_at, size, alpha, k)
+    # the window of channel m (lo2 .. hi2) for every m whose window holds c
+    reach = _lrn_window(Var("m"), C, size, "lo2", "hi2")
+    sums, divisor = _lrn_divisor(x_at, size, alpha, k, "lo2", "hi2", "s2", "cc2")
+    through = [*reach, *sums, Let("acc", Var("acc") + dy_at(Var("m")) * call(
+        "f64", x_at(Var("m"))) * call("pow", divisor, F64(-float(beta) - 1.0)))]
+    inner = [*own_sums, Let("acc", call("f64", Const(0))),
+             Loop("m", Var("mhi") - Var("mlo"), through, start=Var("mlo")),
+             Store("y", Var("base") + Var("c") * hw + j, dy_at(Var("c")) * call(
+                 "pow", own, F64(-float(beta))) - F64(2.0 * beta * alpha / size) * call(
+                 "f64", x_at(Var("c"))) * Var("acc"))]
+    body: list[Stmt] = [Let("n", Var("t") // C), Let("c", Var("t") % C),
+                        *_lrn_window(Var("c"), C, size),
+                        Let("mlo", fmax_i(Var("c") - size // 2, 0)),
+                        Let("mhi", fmin_i(Var("c") + ((size - 1) // 2 + 1), C)),
+                        Let("base", Var("n") * (C * hw)), Loop("j", Const(hw), inner)]
+    return rows_kernel(name, arrays("x0", "x1", "y"), C, body, comment)
 
 
 def fmax_i(a: ExprLike, b: ExprLike) -> Expr:
@@ -462,6 +550,29 @@ def _source_index(i: Expr, n: int, mode: str) -> Expr:
         return fmin_i(fmax_i(i, 0), n - 1)
     mirrored = Select(cmp("<", i, 0), Const(0) - i, i)
     return Select(cmp(">=", mirrored, n), (2 * (n - 1)) - mirrored, mirrored)
+
+
+def pad_grad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mode: str,
+                    comment: str = "") -> Kernel:
+    """The adjoint of ``pad_kernel`` per (image, channel) plane of ``x0`` = dy (``shape``, the
+    padded size): the inner window, plus (reflect, edge) every padded value added onto the
+    pixel it copies (``_source_index``, as the forward kernel reads it)."""
+    C, OH, OW = (int(d) for d in shape)
+    t, l, b, r = (int(p) for p in pads)
+    H, W = OH - t - b, OW - l - r
+    body: list[Stmt] = [Let("gb", Var("t") * (OH * OW)), Let("yb", Var("t") * (H * W))]
+    if mode == "constant":
+        body.append(Loop("i", Const(H), [Loop("j", Const(W), [Store(
+            "y", Var("yb") + Var("i") * W + Var("j"),
+            Load("x0", Var("gb") + (Var("i") + t) * OW + Var("j") + l))])]))
+        return rows_kernel(name, arrays("x0", "y"), C, body, comment)
+    at = Var("yb") + Var("i") * W + Var("j")
+    body += [Loop("e", Const(H * W), [Store("y", Var("yb") + Var("e"), Const(0.0))]),
+             Loop("p", Const(OH), [Let("i", _source_index(Var("p") - t, H, mode)), Loop(
+                 "q", Const(OW), [Let("j", _source_index(Var("q") - l, W, mode)), Store(
+                     "y", at, Load("y", at) + Load("x0", Var("gb") + Var("p") * OW + Var("q")))
+                 ])])]
+    return rows_kernel(name, arrays("x0", "y"), C, body, comment)
 
 
 def _mirror_pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mode: str,

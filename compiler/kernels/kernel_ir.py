@@ -78,8 +78,9 @@ class BinOp(Expr):
     """Scalar binary operation.
 
     ``op`` is one of ``+ - * // %`` (integers, with Python floor semantics, always applied to
-    non-negative values in generated kernels), ``+ - * max min`` on floats, or a comparison /
-    logic operator ``< <= > >= == != and or`` yielding a boolean.
+    non-negative values in generated kernels), ``^`` and ``>>`` (bit-wise exclusive or and
+    right shift of non-negative integers: hashing), ``+ - * max min`` on floats, or a
+    comparison / logic operator ``< <= > >= == != and or`` yielding a boolean.
     """
 
     op: str
@@ -259,7 +260,19 @@ _FOLD = {
     "*": lambda x, y: x * y,
     "//": lambda x, y: x // y,
     "%": lambda x, y: x % y,
+    "^": lambda x, y: x ^ y,
+    ">>": lambda x, y: x >> y,
 }
+
+
+def xor(a: ExprLike, b: ExprLike) -> Expr:
+    """Bit-wise exclusive or of non-negative integers."""
+    return binop("^", a, b)
+
+
+def shr(a: ExprLike, bits: int) -> Expr:
+    """A non-negative integer shifted right by ``bits``."""
+    return binop(">>", a, bits)
 
 
 def cmp(op: str, a: ExprLike, b: ExprLike) -> Expr:
@@ -335,10 +348,12 @@ Stmt = Let | Store | VStore | Loop | If | Comment
 
 @dataclass(frozen=True)
 class Param:
-    """A kernel argument: a flat float32 array, or a runtime integer (e.g. batch size)."""
+    """A kernel argument: a flat float32 array, a runtime integer (e.g. batch size), or a flat
+    int64 array (``int_array``: an integer graph input such as the dropout seed, which float32
+    cannot hold exactly)."""
 
     name: str
-    kind: Literal["array", "int"] = "array"
+    kind: Literal["array", "int", "int_array"] = "array"
 
 
 @dataclass(eq=False)

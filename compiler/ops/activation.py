@@ -19,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels.backward import softmax_grad_kernel
+from ..kernels.backward import (
+    prelu_input_grad_kernel,
+    prelu_slope_grad_kernel,
+    softmax_grad_kernel,
+)
 from ..kernels.common import Sizes
 from ..kernels.elementwise import channel_prelu_kernel, softmax_kernel
 from ..kernels.kernel_ir import (
@@ -58,7 +62,7 @@ from . import (
     same_shape,
     show_value,
 )
-from .lowering import lower_binary_epilogue, lower_elementwise
+from .lowering import lower_binary_epilogue, lower_elementwise, operand_arrays
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -601,19 +605,32 @@ def _prelu_slope_grad_bound(ctx: BoundCtx) -> np.ndarray:
         np.where(x > 0, 0.0, np.abs(x * dy)), ctx.attrs["num_parameters"])
 
 
+def _lower_prelu_grad(ctx, node):
+    sz = Sizes()
+    shape = ctx.graph.node(node.inputs[0]).type.shape
+    if node.op == "prelu_slope_grad":
+        k = prelu_slope_grad_kernel(ctx.kname, shape, node.attrs["num_parameters"], ctx.comment,
+                                    sz)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+    names, pack = operand_arrays(ctx)
+    shared = ctx.graph.node(node.inputs[1]).type.shape == (1,)
+    k = prelu_input_grad_kernel(ctx.kname, shape, shared, names, ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
+
+
 get_op("prelu").gradient = _prelu_gradient
 
 register(OpDef(
     name="prelu_input_grad", family="activation", signature=(),
     infer=lambda ts, a: ts[0], reference=_prelu_input_grad_reference, macs=no_macs, arity=3,
-    pass_made=True, backward=True, new_activations=False,
+    pass_made=True, backward=True, new_activations=False, lower=_lower_prelu_grad,
     error_bound=lambda ctx: 2 * EPS32 * np.abs(ctx.out),  # the slope rounded, one product
     doc="the input gradient of prelu: dy where x > 0, else slope dy"))
 register(OpDef(
     name="prelu_slope_grad", family="activation", signature=(Attr("num_parameters", "int"),),
     infer=lambda ts, a: TensorType((a["num_parameters"],), batched=False),
     reference=_prelu_slope_grad_reference, macs=no_macs, arity=2, pass_made=True,
-    backward=True, new_activations=False,
+    backward=True, new_activations=False, lower=_lower_prelu_grad,
     error_bound=_prelu_slope_grad_bound,
     doc="the slope gradient of prelu: dy x where x <= 0, summed over the batch and the "
         "pixels (and the channels, for one slope)"))

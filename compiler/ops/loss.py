@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ..kernels.backward import cross_entropy_grad_kernel, cross_entropy_kernel
+from ..kernels.backward import (
+    cross_entropy_grad_kernel,
+    cross_entropy_kernel,
+    mse_grad_kernel,
+    mse_kernel,
+)
 from ..kernels.common import Sizes
 from ..types import TensorType
 from . import (
@@ -159,14 +164,24 @@ def _mse_gradient(d):
     return [d.add("mse_grad", list(d.node.inputs)), None]
 
 
+def _lower_mse(ctx, node):
+    """The loss (one serial loop: a scalar) or its gradient (per image)."""
+    sz = Sizes()
+    build = mse_kernel if node.op == "mse" else mse_grad_kernel
+    k = build(ctx.kname, int(np.prod(ctx.in_shapes[0])), ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 register(OpDef(
-    name="mse", family="loss", signature=(), infer=_mse_infer, reference=_mse_reference,
+    name="mse", family="loss", lower=_lower_mse, signature=(), infer=_mse_infer,
+    reference=_mse_reference,
     macs=no_macs, arity=2, pass_made=True, new_activations=False, gradient=_mse_gradient,
     error_bound=lambda ctx: (ctx.inputs[0].size + 3) * EPS32 * np.abs(ctx.out),
     extra={"labels_type": lambda out: out},
     doc="mean squared error over every element of the batch"))
 register(OpDef(
-    name="mse_grad", family="loss", signature=(), infer=lambda ts, a: ts[0], arity=2,
+    name="mse_grad", family="loss", signature=(), lower=_lower_mse,
+    infer=lambda ts, a: ts[0], arity=2,
     reference=lambda inputs, a: 2.0 * (np.asarray(inputs[0], np.float64) -
                                        np.asarray(inputs[1], np.float64)) / np.size(inputs[0]),
     macs=no_macs, pass_made=True, backward=True, new_activations=False,

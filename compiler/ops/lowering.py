@@ -1,7 +1,10 @@
 """Lowering rules shared by several op families (element-wise arithmetic, standalone
-activations, channel-blocked batch norm)."""
+activations, channel-blocked batch norm), and how a kernel reads a node's mixed inputs."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from ..decisions import EpilogueOp, operand_kind, own_attrs, own_input_count
 from ..kernels.common import Sizes
@@ -48,3 +51,23 @@ def lower_binary_epilogue(ctx, node):
     k = elementwise_kernel(ctx.kname, "copy", ctx.out_shape, shapes, epilogue, ctx.comment, sz,
                            n_own=1)
     return ctx.kernel_step(k, inputs=list(node.inputs), ints=sz.values)
+
+
+def operand_arrays(ctx) -> tuple[list[str], Callable[[Any], dict[str, Any]] | None]:
+    """The array a kernel builder reads each of the node's own inputs from, in input order:
+    ``x<k>`` for its k-th activation input (``ctx.tensor_inputs``), ``c_<position>`` for a
+    constant (a parameter, packed when parameters are set); and the packer of those constants
+    (None without any). Training ops read parameters and computed values alike (a running
+    statistic updated twice is a parameter first, then the first update's result)."""
+    tensors = ctx.tensor_inputs
+    names: list[str] = []
+    consts: dict[str, int] = {}
+    for position, i in enumerate(ctx.own_inputs):
+        if i in tensors:
+            names.append(f"x{tensors.index(i)}")
+        else:
+            names.append(f"c_{position}")
+            consts[names[-1]] = i
+    if not consts:
+        return names, None
+    return names, lambda values: {name: values[i] for name, i in consts.items()}

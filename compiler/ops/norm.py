@@ -20,11 +20,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels.backward import (
+    batch_stat_grad_kernel,
+    batch_stat_kernel,
+    batchnorm_train_kernel,
+    bn_channel_grad_kernel,
+    bn_input_grad_kernel,
+    running_update_kernel,
+)
 from ..kernels.common import Sizes
 from ..kernels.elementwise import (
     channel_affine_kernel,
+    groupnorm_input_grad_kernel,
     groupnorm_kernel,
+    groupnorm_weight_grad_kernel,
     lrn_blocked_kernel,
+    lrn_grad_kernel,
     lrn_kernel,
 )
 from ..types import TensorType
@@ -46,7 +57,7 @@ from . import (
     register,
     same_shape,
 )
-from .lowering import lower_elementwise
+from .lowering import lower_elementwise, operand_arrays
 
 
 def _channels(in_types: list[TensorType], op: str) -> int:
@@ -542,13 +553,49 @@ def _batch_stat_grad_infer(in_types, attrs):
     return x
 
 
+def _normalized_shape(ctx) -> tuple[int, ...]:
+    """The per-image shape of the normalized input x (every training op's first input but
+    batchnorm_train's own gradient for x, whose dy has that shape too)."""
+    return ctx.graph.node(ctx.node.inputs[0]).type.shape
+
+
+def _lower_batch_stat(ctx, node):
+    """One parallel iteration per channel over every image (float64 sums)."""
+    sz = Sizes()
+    if node.op == "batch_stat_grad":
+        k = batch_stat_grad_kernel(ctx.kname, _normalized_shape(ctx), node.attrs["of"],
+                                   ctx.comment, sz)
+    else:
+        k = batch_stat_kernel(ctx.kname, _normalized_shape(ctx), node.op[len("batch_"):],
+                              ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
+def _lower_bn_training(ctx, node):
+    """batchnorm_train and its gradients: parameters as packed constants, statistics and
+    activations as values (``operand_arrays``)."""
+    sz = Sizes()
+    names, pack = operand_arrays(ctx)
+    shape, a = _normalized_shape(ctx), node.attrs
+    if node.op == "batchnorm_train":
+        k = batchnorm_train_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
+    elif node.op == "bn_input_grad":
+        k = bn_input_grad_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
+    elif node.op == "bn_channel_grad":
+        k = bn_channel_grad_kernel(ctx.kname, shape, a["eps"], a["wrt"], names, ctx.comment, sz)
+    else:  # running_update: x (its third input) is read for its size only
+        k = running_update_kernel(ctx.kname, ctx.graph.node(node.inputs[2]).type.shape,
+                                  a["momentum"], a["unbiased"], names[:2], ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
+
+
 for _of, _ref, _bound in (("mean", _batch_mean_reference, _batch_mean_bound),
                           ("var", _batch_var_reference, _batch_var_bound)):
     register(OpDef(
         name=f"batch_{_of}", family="norm", signature=(),
         infer=lambda ts, a, op=f"batch_{_of}": _stat_infer(ts, a, op), reference=_ref,
         macs=no_macs, pass_made=True, new_activations=False, gradient=_batch_stat_gradient,
-        error_bound=_bound,
+        error_bound=_bound, lower=_lower_batch_stat,
         doc=f"the {'mean' if _of == 'mean' else 'biased variance'} of each channel over the "
             "batch and its pixels (batch norm in training)"))
 
@@ -556,7 +603,7 @@ register(OpDef(
     name="batch_stat_grad", family="norm", signature=(Attr("of", "choice", choices=("mean",
                                                                                     "var")),),
     infer=_batch_stat_grad_infer, reference=_batch_stat_grad_reference, macs=no_macs, arity=2,
-    pass_made=True, backward=True, new_activations=False,
+    pass_made=True, backward=True, new_activations=False, lower=_lower_batch_stat,
     error_bound=lambda ctx: 6 * EPS32 * np.abs(ctx.out) + 4 * EPS32 * np.abs(
         ctx.inputs[0]) * np.abs(_channel_view(ctx.inputs[1], ctx.inputs[0].ndim)) / max(
         1, ctx.inputs[0].size // ctx.inputs[0].shape[1]),
@@ -616,6 +663,7 @@ register(OpDef(
     name="batchnorm_train", family="norm", signature=(Attr("eps", "float"),),
     infer=_bn_train_infer, reference=_bn_reference, macs=no_macs, arity=5, pass_made=True,
     new_activations=False, gradient=_bn_train_gradient, error_bound=_bn_bound,
+    lower=_lower_bn_training,
     doc="batch normalization with the batch's statistics (batchnorm's training form)"))
 
 
@@ -654,7 +702,7 @@ def _bn_channel_grad_bound(ctx: BoundCtx):
 register(OpDef(
     name="bn_input_grad", family="norm", signature=(Attr("eps", "float"),),
     infer=lambda ts, a: ts[0], reference=_bn_input_grad_reference, macs=no_macs, arity=3,
-    pass_made=True, backward=True, new_activations=False,
+    pass_made=True, backward=True, new_activations=False, lower=_lower_bn_training,
     error_bound=lambda ctx: 6 * EPS32 * np.abs(ctx.out),
     doc="dy gamma / sqrt(var + eps): batchnorm_train's gradient for x, statistics held"))
 register(OpDef(
@@ -663,7 +711,7 @@ register(OpDef(
     infer=lambda ts, a: TensorType((ts[0].channels,), batched=False),
     reference=_bn_channel_grad_reference,
     macs=no_macs, arity=5, pass_made=True, backward=True, new_activations=False,
-    error_bound=_bn_channel_grad_bound,
+    error_bound=_bn_channel_grad_bound, lower=_lower_bn_training,
     doc="batchnorm_train's gradient for its scale, mean or variance (`wrt`): a per-channel sum "
         "over the batch and the pixels"))
 
@@ -688,7 +736,7 @@ register(OpDef(
     name="running_update", family="norm",
     signature=(Attr("momentum", "float"), Attr("unbiased", "bool")),
     infer=_running_update_infer, reference=_running_update_reference, macs=no_macs, arity=3,
-    pass_made=True, new_activations=False,
+    pass_made=True, new_activations=False, lower=_lower_bn_training,
     error_bound=lambda ctx: 6 * EPS32 * (np.abs(ctx.out) + np.abs(ctx.inputs[0])),
     doc="(1 - momentum) running + momentum batch statistic (unbiased: the variance times "
         "M / (M - 1), M the values per channel; x is read for M only)"))
@@ -743,6 +791,18 @@ def _group_grad_bound(ctx: BoundCtx):
     return m * EPS32 * spread.reshape(x.shape)
 
 
+def _lower_group_grad(ctx, node):
+    a = node.attrs
+    if node.op == "groupnorm_weight_grad":
+        k = groupnorm_weight_grad_kernel(ctx.kname, ctx.in_shapes[0], a["groups"], a["eps"],
+                                         ctx.comment)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+    names, pack = operand_arrays(ctx)
+    k = groupnorm_input_grad_kernel(ctx.kname, ctx.in_shapes[0], a["groups"], a["eps"], names,
+                                    ctx.comment)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, pack=pack)
+
+
 get_op("groupnorm").gradient = lambda d: _norm_gradient(d, d.attrs["groups"])
 get_op("instance_norm").gradient = lambda d: _norm_gradient(d, d.type(d.input(0)).channels)
 
@@ -751,7 +811,7 @@ register(OpDef(
     signature=(Attr("groups", "int"), Attr("eps", "float")),
     infer=lambda ts, a: ts[0], reference=_groupnorm_input_grad_reference, macs=no_macs,
     arity=3, pass_made=True, backward=True, new_activations=False,
-    error_bound=_group_grad_bound,
+    error_bound=_group_grad_bound, lower=_lower_group_grad,
     doc="the input gradient of group norm (instance norm: a group per channel)"))
 register(OpDef(
     name="groupnorm_weight_grad", family="norm",
@@ -759,6 +819,7 @@ register(OpDef(
     infer=lambda ts, a: TensorType((ts[0].channels,), batched=False),
     reference=_groupnorm_weight_grad_reference, macs=no_macs, arity=2, pass_made=True,
     backward=True, new_activations=False, error_bound=_group_grad_bound,
+    lower=_lower_group_grad,
     doc="the scale gradient of group norm: sum of dy xhat over the batch and the pixels"))
 
 
@@ -782,6 +843,9 @@ register(OpDef(
                Attr("k", "float")),
     infer=lambda ts, a: ts[0], reference=_lrn_grad_reference, macs=no_macs, arity=2,
     pass_made=True, backward=True, new_activations=False,
+    lower=lambda ctx, node: ctx.kernel_step(lrn_grad_kernel(
+        ctx.kname, ctx.in_shapes[0], *(node.attrs[n] for n in ("size", "alpha", "beta", "k")),
+        ctx.comment), inputs=ctx.tensor_inputs),
     # the forward's powers and window sums (its bound's analysis), twice, and a difference
     error_bound=lambda ctx: EPS32 * (np.abs(ctx.out) + np.abs(ctx.inputs[1])) * (
         2 * abs(ctx.attrs["beta"]) * (ctx.attrs["size"] + 2) + 12),

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.backward import upsample_grad_kernel
+from ..kernels.common import Sizes
 from ..kernels.pool import FilterAxis, upsample_kernel
 from ..types import TensorType
 from . import (
@@ -342,11 +344,40 @@ def _grad_bound(ctx: BoundCtx) -> np.ndarray:
                                                     np.abs(aw))
 
 
+def _transposed_taps(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each input index i of an axis matrix ``a`` [outputs, inputs]: the outputs reading
+    it and their weights, as [inputs, taps] tables (zero weights pad the shorter lists)."""
+    taps = max(1, int((a != 0).sum(axis=0).max()))
+    rows = np.zeros((a.shape[1], taps))
+    weights = np.zeros((a.shape[1], taps))
+    for i in range(a.shape[1]):
+        (readers,) = np.nonzero(a[:, i])
+        rows[i, :len(readers)] = readers
+        weights[i, :len(readers)] = a[readers, i]
+    return rows, weights
+
+
+def _lower_grad(ctx, node):
+    """The adjoint as tables of the forward's axis weights (``axis_weights``; the rows and
+    columns of extrapolated outputs zeroed: they read no input), packed as constants."""
+    (h, w), (oh, ow) = node.attrs["in_size"], node.attrs["size"]
+    ah, outside_h = axis_weights(h, oh, 0, node.attrs)
+    aw, outside_w = axis_weights(w, ow, 1, node.attrs)
+    ah, aw = np.where(outside_h[:, None], 0.0, ah), np.where(outside_w[:, None], 0.0, aw)
+    (hrow, hw), (wcol, ww) = _transposed_taps(ah), _transposed_taps(aw)
+    sz = Sizes()
+    k = upsample_grad_kernel(ctx.kname, ctx.in_shapes[0], (h, w), (hrow.shape[1], wcol.shape[1]),
+                             ctx.comment, sz)
+    tables = {"c_hrow": hrow, "c_hw": hw, "c_wcol": wcol, "c_ww": ww}
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values,
+                           pack=lambda values: tables)
+
+
 get_op("upsample").gradient = _gradient
 
 register(OpDef(
     name="upsample_grad", family="resize", signature=(Attr("in_size", "ints"),),
-    infer=lambda ts, a: ts[0].with_shape(ts[0].channels, *a["in_size"]),
+    infer=lambda ts, a: ts[0].with_shape(ts[0].channels, *a["in_size"]), lower=_lower_grad,
     reference=one_input(_grad_reference), macs=no_macs, pass_made=True, backward=True,
     new_activations=False, error_bound=_grad_bound,
     doc="the input gradient of upsample (its attributes, and the input's size in_size): "

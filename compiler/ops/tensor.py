@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from ..kernels import elementwise
-from ..kernels.backward import channel_sum_kernel
+from ..kernels.backward import (
+    channel_pad_kernel,
+    channel_sum_kernel,
+    distance_grad_kernel,
+    dropout_train_kernel,
+    reduce_to_kernel,
+)
 from ..kernels.common import Sizes
 from ..kernels.elementwise import (
     channel_slice_kernel,
@@ -603,6 +609,14 @@ def _dropout_training_form(graph, node, updates: dict[int, int]) -> None:
     graph.erase(node.id)
 
 
+def _lower_dropout_train(ctx, node):
+    """The mask's hash in the kernel, from the int64 seed input as it is (``int_array``)."""
+    sz = Sizes()
+    k = dropout_train_kernel(ctx.kname, int(np.prod(ctx.in_shapes[0])), node.attrs["rate"],
+                             node.attrs["stream"], ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 def _dropout_train_gradient(d):
     return [d.add("dropout_train", [d.dy, d.input(1)], dict(d.attrs)), None]
 
@@ -616,7 +630,7 @@ register(OpDef(name="dropout_train", family="tensor",
                signature=(Attr("rate", "float"), Attr("stream", "int")),
                infer=_dropout_train_infer, reference=_dropout_train_reference, macs=no_macs,
                arity=2, pass_made=True, new_activations=False,
-               gradient=_dropout_train_gradient,
+               gradient=_dropout_train_gradient, lower=_lower_dropout_train,
                error_bound=lambda ctx: 2 * EPS32 * np.abs(ctx.out),  # 1 / (1 - rate), product
                doc="x / (1 - rate) or 0, by the seeded mask (dropout's training form)"))
 register(OpDef(name="identity", family="tensor", view=True, signature=(), infer=same_shape,
@@ -828,7 +842,27 @@ def pad_grad_reference(inputs, attrs):
     return dx
 
 
-register(OpDef(name="reduce_to", family="tensor",
+def _lower_reduce_to(ctx, node):
+    k = reduce_to_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["shape"],
+                         node.type.batched, ctx.comment)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+
+
+def _lower_channel_pad(ctx, node):
+    sz = Sizes()
+    k = channel_pad_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["before"],
+                           node.attrs["after"], ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
+def _lower_distance_grad(ctx, node):
+    sz = Sizes()
+    k = distance_grad_kernel(ctx.kname, int(np.prod(ctx.in_shapes[0])), node.attrs["p"],
+                             ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
+register(OpDef(name="reduce_to", family="tensor", lower=_lower_reduce_to,
                signature=(Attr("shape", "shape"), Attr("batched", "bool")),
                infer=_reduce_to_infer, reference=reduce_to_reference, macs=no_macs,
                pass_made=True, backward=True, new_activations=False,
@@ -855,18 +889,21 @@ register(OpDef(name="scale", family="tensor", signature=(Attr("factor", "float")
                error_bound=lambda ctx: ctx.err_in * abs(ctx.attrs["factor"]) +
                2 * EPS32 * np.abs(ctx.out),
                doc="x * factor"))
-register(OpDef(name="channel_pad", family="tensor",
+register(OpDef(name="channel_pad", family="tensor", lower=_lower_channel_pad,
                signature=(Attr("before", "int"), Attr("after", "int")),
                infer=_channel_pad_infer, reference=_channel_pad_reference, macs=no_macs,
                pass_made=True, backward=True, new_activations=False, error_bound=exact_bound(),
                doc="zero channels before and after (the gradient of channel_slice)"))
 register(OpDef(name="pad_grad", family="tensor",
+               lower=lambda ctx, node: _lower_simple(ctx, "pad_grad_kernel", ctx.in_shapes[0],
+                                                     node.attrs["pads"], node.attrs["mode"]),
                signature=(Attr("pads", "ints"), Attr("mode", "choice", choices=PAD_MODES)),
                infer=_pad_grad_infer, reference=pad_grad_reference, macs=no_macs,
                pass_made=True, backward=True, new_activations=False,
                error_bound=sum_bound(terms=lambda ctx: 4, extra=0),
                doc="the gradient of pad: the inner window, padded values added back"))
 register(OpDef(name="distance_grad", family="tensor", signature=(Attr("p", "float"),),
+               lower=_lower_distance_grad,
                infer=lambda ts, a: ts[0], reference=_distance_grad_reference, macs=no_macs,
                arity=4, pass_made=True, backward=True, new_activations=False,
                error_bound=lambda ctx: (2 * TRANSCENDENTAL + 4) * EPS32 * np.abs(ctx.out),

@@ -141,15 +141,6 @@ def test_op_has_every_part(name):
 #: Ops that never reach code generation: graph plumbing, and parameter-time ops (derived
 #: parameters), which the executor evaluates in float64 when parameters are set.
 NOT_LOWERED = {"input", "param"}
-#: Backward ops with a float64 reference but no kernel yet: compiling a training graph that
-#: needs one is refused by name (tests/training); each comes off this list with its lowering.
-REFERENCE_ONLY = {"reduce_to", "channel_pad", "pad_grad", "mse", "mse_grad", "distance_grad",
-                  "batch_mean", "batch_var", "batch_stat_grad", "batchnorm_train",
-                  "bn_input_grad", "bn_channel_grad", "running_update", "groupnorm_input_grad",
-                  "groupnorm_weight_grad", "lrn_grad", "prelu_input_grad", "prelu_slope_grad",
-                  "upsample_grad", "dropout_train"}
-
-
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_op_has_its_middle_floor_rules(name):
     """Every op says how it lowers (or aliases its input), and its epilogue rules agree."""
@@ -157,9 +148,6 @@ def test_op_has_its_middle_floor_rules(name):
     if op.internal or name in NOT_LOWERED:
         assert op.lower is None and not op.view, f"{name} is never lowered"
         assert name not in all_names() or not op.internal, f"{name} must not be in the DSL"
-        return
-    if name in REFERENCE_ONLY:
-        assert op.lower is None, f"{name} is lowered now: take it off REFERENCE_ONLY"
         return
     assert op.view or callable(op.lower), f"{name} has no lowering rule"
     assert op.takes_epilogue in ("none", "unary", "any")
@@ -204,8 +192,6 @@ def test_allow_lists_are_current():
     backward = {n for n, op in OPS.items() if op.backward}
     assert set(SAMPLES) == set(OPS) - set(LEAVES) - internal - backward, \
         "every op needs a sample call here"
-    made = {n for n, op in OPS.items() if op.pass_made}  # training forms' ops included
-    assert REFERENCE_ONLY <= backward | made | {n for n, op in OPS.items() if op.family == "loss"}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

@@ -5,7 +5,8 @@ distinct kernels (1-7 s each). Every kernel lives in its own cached module file 
 ``cache=True``, so compilation can happen anywhere: when more than one kernel is missing from
 Numba's disk cache, ``warm_modules`` starts ``min(os.cpu_count(), n)`` worker processes, each
 importing its share of the modules and compiling their functions for the exact argument types
-the runtime passes (flat C-contiguous float32 arrays, int64 sizes), which writes Numba's cache.
+the runtime passes (flat C-contiguous float32 arrays, int64 sizes, the int64 arrays of integer
+inputs), which writes Numba's cache.
 The main process then loads the machine code from the cache on the first call.
 
 Everything here is an optimization: if a worker fails, times out or cannot start, the kernels
@@ -81,10 +82,20 @@ def jobs_for(steps: Iterable[Any]) -> list[Job]:
             name = getattr(getattr(fn, "py_func", None), "__name__", None)
             if not path or not name or (path, name) in jobs or is_cached(fn):
                 continue
-            kinds = tuple(_ARG_KINDS[a.kind] for a in call.args)
+            kinds = _kinds(call)
             cost = 4 if step.sources and call.ir is None else 1  # a convolution step's kernels
             jobs[(path, name)] = Job(path, name, kinds, cost, _index_path(fn), fn)
     return list(jobs.values())
+
+
+def _kinds(call: Any) -> tuple[str, ...]:
+    """How each argument of a call is typed: by the plan's argument kinds, except the flat
+    int64 arrays a generated kernel declares (``Param`` kind ``int_array``)."""
+    kinds = [_ARG_KINDS[a.kind] for a in call.args]
+    if call.ir is not None:
+        kinds = ["int_array" if p.kind == "int_array" else k
+                 for p, k in zip(call.ir.params, kinds)]
+    return tuple(kinds)
 
 
 def _enabled() -> bool:
@@ -167,7 +178,7 @@ def _compile_here(jobs: list[Job], progress: Progress | None) -> None:
 def _signature(kinds) -> tuple:
     from numba import types
 
-    by_kind = {"array": types.float32[::1], "int": types.int64}
+    by_kind = {"array": types.float32[::1], "int": types.int64, "int_array": types.int64[::1]}
     return tuple(by_kind[k] for k in kinds)
 
 

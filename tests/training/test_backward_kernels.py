@@ -1,0 +1,240 @@
+"""The compiled float32 backward kernels against the float64 reference backward, step by step
+under ``cnnc check``'s error-bound rules (``runtime.check.check_plan``): every backward and
+training op in small training graphs; the same training graph at -O0 and -O2; and a
+batch-normed residual block against PyTorch autograd, with its running statistics' updates
+read through the executor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cnnc
+from cnnc.compiler.autodiff import update_outputs
+from cnnc.runtime.check import check_plan, format_rows
+from cnnc.runtime.reference import run_reference
+from cnnc.runtime.weights import init_params
+
+#: The training and backward ops whose kernels these tests check (each runs in a graph below).
+TRAINING_OPS = {"reduce_to", "channel_pad", "pad_grad", "mse", "mse_grad", "distance_grad",
+                "batch_mean", "batch_var", "batch_stat_grad", "batchnorm_train", "bn_input_grad",
+                "bn_channel_grad", "running_update", "groupnorm_input_grad",
+                "groupnorm_weight_grad", "lrn_grad", "prelu_input_grad", "prelu_slope_grad",
+                "upsample_grad", "dropout_train"}
+
+# One network through most of the training ops: batch norm in training (statistics, running
+# updates), prelu, dropout's seeded mask, group norm, LRN, bilinear upsampling, reflect
+# padding, a gate broadcast over the pixels (reduce_to), a channel slice (channel_pad), and
+# mse as the loss.
+WIDE = """network wide
+input x: 3 x 6 x 6
+a = x -> conv(4, 3, pad=1) -> batchnorm -> prelu -> dropout(0.3) -> groupnorm(2) -> lrn(3)
+gate = a -> globalavgpool -> sigmoid
+b = mul(a, gate) -> upsample(2, mode=bilinear) -> pad((1, 2, 0, 1), mode=reflect)
+b -> channel_slice(1, 4) -> conv(2, 1) -> output y
+"""
+
+# Siamese towers sharing their weights, their distance, edge and constant padding, a
+# per-channel prelu slope shared by every channel, and instance norm.
+SIAMESE = """network siamese
+input left: 2 x 5 x 4
+input right: 2 x 5 x 4
+block embed() {
+    return in -> pad((1, 0, 2, 1), mode=edge) -> conv(3, 3) -> prelu(num_parameters=1)
+        -> instance_norm -> pad(1) -> conv(2, 3) -> flatten
+}
+e1 = left -> embed
+e2 = right -> embed
+distance(e1, e2) -> output d
+"""
+
+
+def random_params(graph, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    params = {k: (rng.standard_normal(v.shape) * 0.5).astype(np.float32)
+              for k, v in init_params(graph).items()}
+    for k in params:
+        if k.endswith("running_var"):
+            params[k] = (rng.random(params[k].shape) + 0.5).astype(np.float32)
+    return params
+
+
+def training_feed(tm, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Inputs of a compiled training graph by name: normal activations and targets, and the
+    dropout seed (int64 [seed, step]) past float32's exact integers."""
+    graph = tm.plan.graph
+    feed = {}
+    for name, nid in graph.inputs.items():
+        t = graph.node(nid).type
+        if not t.batched:
+            feed[name] = np.array([2 ** 31 + 12345, 7], np.int64)
+        else:
+            feed[name] = rng.standard_normal((batch,) + t.shape).astype(np.float32)
+    return feed
+
+
+def compile_training(source: str, rng: np.random.Generator, opt_level: int = 2):
+    graph = cnnc.load(source)
+    return cnnc.compile(graph, weights=random_params(graph, rng), mode="train", loss="mse",
+                        opt_level=opt_level)
+
+
+@pytest.fixture(scope="module")
+def wide():
+    rng = np.random.default_rng(0)
+    tm = compile_training(WIDE, rng)
+    return tm, training_feed(tm, 3, rng)
+
+
+@pytest.fixture(scope="module")
+def siamese():
+    rng = np.random.default_rng(1)
+    tm = compile_training(SIAMESE, rng)
+    return tm, training_feed(tm, 2, rng)
+
+
+@pytest.fixture(scope="module")
+def checked(wide, siamese):
+    """The check's rows of both networks, by network."""
+    return {name: check_plan(tm.plan, tm.executor, tm.params, feed)
+            for name, (tm, feed) in (("wide", wide), ("siamese", siamese))}
+
+
+@pytest.mark.parametrize("network", ["wide", "siamese"])
+def test_every_step_is_within_its_error_bound(checked, network):
+    rows = checked[network]
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+
+
+def test_every_training_op_is_checked(checked):
+    """Every training and backward op ran as a kernel of its own in one of the graphs."""
+    ran = {r.op for rows in checked.values() for r in rows if r.lowering != "view"}
+    assert TRAINING_OPS - ran == set()
+
+
+def test_the_check_fails_kernels_that_read_other_values(wide):
+    """The check can fail: kernels given other parameters than the reference's (every
+    parameter scaled by 1.5) are far outside the bounds where they read one."""
+    tm, feed = wide
+    try:
+        tm.executor.set_params({k: v * 1.5 for k, v in tm.params.items()})
+        rows = check_plan(tm.plan, tm.executor, tm.params, feed)
+    finally:
+        tm.executor.set_params(tm.params)
+    failed = {r.op for r in rows if not r.ok}
+    assert {"batchnorm_train", "bn_input_grad", "prelu_input_grad"} <= failed
+
+
+def test_the_dropout_mask_is_the_references_hash(wide):
+    """The kernel's mask is exactly the reference's (``dropout_keep``) for a seed past 2^31:
+    the zeros of the compiled forward output are where the reference drops."""
+    tm, feed = wide
+    graph = tm.plan.graph
+    index, step = next((i, s) for i, s in enumerate(tm.plan.steps) if s.op == "dropout_train")
+    flat = {nid: np.ascontiguousarray(feed[name]).reshape(-1)
+            for name, nid in graph.inputs.items()}
+    # stopped after the mask: later steps may reuse its buffer
+    arena = tm.executor.run_watched(flat, 3, lambda i, _: i == index)
+    got = tm.executor.value(arena, flat, step.node)
+    ref = run_reference(graph, feed, tm.params, keep=True)
+    want = ref[f"%{step.node}"]
+    np.testing.assert_array_equal(got == 0, want == 0)
+    assert 0.2 < np.mean(want == 0) < 0.4  # rate 0.3
+
+
+def test_O0_and_O2_give_the_same_loss_and_gradients():
+    """Schedule invariance of the backward pass: the siamese graph's loss and gradients at -O0
+    and -O2 agree within float32 rounding of the longest sums."""
+    models = [compile_training(SIAMESE, np.random.default_rng(1), level) for level in (0, 2)]
+    rng = np.random.default_rng(2)
+    x = {n: rng.standard_normal((2, 2, 5, 4)).astype(np.float32) for n in ("left", "right")}
+    y = rng.standard_normal((2, 1)).astype(np.float32)
+    (loss0, grads0), (loss2, grads2) = (m.loss_and_grads(x, y) for m in models)
+    assert loss0 == pytest.approx(loss2, rel=1e-5)
+    assert set(grads0) == set(grads2)
+    for name in grads0:
+        scale = float(np.abs(grads0[name]).max())
+        np.testing.assert_allclose(grads2[name], grads0[name], rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=name)
+
+
+# -- a batch-normed residual block against PyTorch ------------------------------------------------
+
+RESIDUAL = """network res
+input image: 3 x 6 x 6
+x = image -> conv(4, 3, pad=1) as c0 -> batchnorm as bn0 -> relu
+y = x -> conv(4, 3, pad=1) as c1 -> batchnorm as bn1 -> relu -> conv(4, 3, pad=1) as c2
+  -> batchnorm as bn2
+add(x, y) -> relu -> globalavgpool -> flatten -> dense(3) as fc -> output scores
+"""
+
+
+def torch_residual(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndarray):
+    """The loss, its parameters (float64 leaves) and the running statistics after the step."""
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=not k.endswith(
+        ("running_mean", "running_var"))) for k, v in params.items()}
+
+    def bn(h, name):
+        return F.batch_norm(h, p[f"{name}.running_mean"], p[f"{name}.running_var"],
+                            p[f"{name}.weight"], p[f"{name}.bias"], training=True,
+                            momentum=0.1, eps=1e-5)
+
+    def conv(h, name):
+        return F.conv2d(h, p[f"{name}.weight"], p[f"{name}.bias"], padding=1)
+
+    a = F.relu(bn(conv(torch.tensor(x, dtype=torch.float64), "c0"), "bn0"))
+    b = bn(conv(F.relu(bn(conv(a, "c1"), "bn1")), "c2"), "bn2")
+    h = F.relu(a + b).mean(dim=(2, 3))
+    scores = F.linear(h, p["fc.weight"], p["fc.bias"])
+    return F.cross_entropy(scores, torch.tensor(labels, dtype=torch.long)), p
+
+
+@pytest.fixture(scope="module")
+def residual():
+    rng = np.random.default_rng(3)
+    graph = cnnc.load(RESIDUAL)
+    params = random_params(graph, rng)
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy")
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2])
+    return tm, params, x, labels
+
+
+def test_residual_batchnorm_block_matches_pytorch_autograd(residual):
+    tm, params, x, labels = residual
+    loss, grads = tm.loss_and_grads(x, labels)
+    ref, p = torch_residual(params, x, labels)
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), rel=1e-5)
+    assert set(grads) == {k for k, v in p.items() if v.requires_grad}
+    for name, g in grads.items():
+        want = p[name].grad.numpy()
+        np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-5 * np.abs(want).max() + 1e-7,
+                                   err_msg=name)
+
+
+def test_residual_running_statistics_match_pytorch(residual):
+    """The ``update:`` outputs (PyTorch's momentum, unbiased running variance), read from the
+    executor after one forward and backward."""
+    tm, params, x, labels = residual
+    _, p = torch_residual(params, x, labels)  # updates p's running statistics in place
+    graph = tm.plan.graph
+    flat = {graph.inputs["image"]: x.reshape(-1),
+            graph.inputs["labels"]: labels.astype(np.float32)}
+    arena = tm.executor.run(flat, len(x))
+    updates = update_outputs(graph)
+    assert set(updates) == {f"bn{i}.running_{s}" for i in range(3) for s in ("mean", "var")}
+    for name, node in updates.items():
+        got = tm.executor.value(arena, flat, node)
+        np.testing.assert_allclose(got, p[name].detach().numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_residual_steps_are_within_their_error_bounds(residual):
+    tm, _, x, labels = residual
+    feed = {"image": x, "labels": labels.astype(np.float32)}
+    rows = check_plan(tm.plan, tm.executor, tm.params, feed)
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+    assert {"batchnorm_train", "bn_input_grad", "bn_channel_grad", "batch_stat_grad",
+            "running_update"} <= {r.op for r in rows}
