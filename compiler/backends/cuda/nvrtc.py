@@ -125,6 +125,8 @@ def nvcc_compile(source: str, arch: str = "sm_80", name: str = "model.cu",
             cmd.insert(1, "--resource-usage")
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     text = (done.stdout + done.stderr).strip()
-    if done.returncode != 0 or (text and not resources):
+    report = "\n".join(line for line in text.splitlines() if not line.startswith("ptxas info")
+                       and not line.lstrip().startswith(("0 bytes stack", "bytes stack")))
+    if done.returncode != 0 or (report.strip() and not resources) or "warning" in text:
         raise CudaCompileError(f"nvcc ({arch}) failed on {name}:\n{text}")
     return text
