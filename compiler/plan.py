@@ -138,6 +138,7 @@ class Plan:
     sources: dict[str, str] = field(default_factory=dict)
     cache_path: str = ""
     stats: dict[str, int] = field(default_factory=dict)
+    listing_file: str = ""  # the listing's file name (a CUDA model's is its one module)
 
     @property
     def kernel_calls(self) -> int:

@@ -1,4 +1,5 @@
-"""The CPU a model is compiled for: which vector width the kernels use.
+"""The machine a model is compiled for: which vector width the kernels use, and which backend
+prints and runs them (Numba on the CPU; CUDA on a GPU, or its CPU emulation).
 
 Detected from the host's features at compile time (llvmlite reports what LLVM sees: with
 AVX-512F, 16-lane ``<16 x float>`` values live in zmm registers and there are 32 of them), or
@@ -15,17 +16,27 @@ from functools import lru_cache
 
 @dataclass(frozen=True)
 class Target:
-    """A CPU target: its name and the lanes of the widest float32 vector its kernels use."""
+    """A target: its name, the lanes of the widest float32 vector its kernels use, and its
+    backend (``numba``; ``cuda``: a GPU through CuPy; ``cuda-emu``: the same CUDA source run
+    on the CPU by ``backends/cuda/emulate.py``). CUDA kernels hold vectors as arrays of
+    floats in registers: 8 lanes keep the register tiles small."""
 
     name: str
     lanes: int
+    backend: str = "numba"
+
+    @property
+    def cuda(self) -> bool:
+        """Whether the kernels are CUDA C (on a GPU, or emulated)."""
+        return self.backend in ("cuda", "cuda-emu")
 
     def __str__(self) -> str:
         return self.name
 
 
 #: The targets cnnc generates code for.
-TARGETS = {"avx2": Target("avx2", 8), "avx512": Target("avx512", 16)}
+TARGETS = {"avx2": Target("avx2", 8), "avx512": Target("avx512", 16),
+           "cuda": Target("cuda", 8, "cuda"), "cuda-emu": Target("cuda-emu", 8, "cuda-emu")}
 
 
 @lru_cache(maxsize=1)

@@ -58,6 +58,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .model import compile as compile_model
 
     graph = load_graph(args)
+    if args.target == "cuda" and args.emit:  # printed without a GPU: nothing to run
+        return _emit_cuda(graph, args)
     t0 = time.perf_counter()
     model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
@@ -89,6 +91,24 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emit_cuda(graph, args: argparse.Namespace) -> int:
+    """``--target cuda --emit DIR``: the model's CUDA module, written without a GPU."""
+    from pathlib import Path
+
+    from .model import cuda_sources
+
+    t0 = time.perf_counter()
+    sources = cuda_sources(graph, parse_lowering(args.lowering), opt_level=args.opt_level,
+                           layout=args.layout)
+    files = write_files({Path(args.emit) / name: text for name, text in sources.items()},
+                        force=args.force, create_folders=True)
+    kernels = sum(text.count("__global__ void") for text in sources.values())
+    print(f"{graph.name}: printed {kernels} CUDA kernels at -O{args.opt_level} in "
+          f"{time.perf_counter() - t0:.2f} s; wrote {', '.join(f.name for f in files)} to "
+          f"{args.emit}")
+    return 0
+
+
 def _opt_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-O", dest="opt_level", type=int, choices=(0, 1, 2), default=2,
                    help="optimization level: 0 none, 1 folding and fusion, 2 everything "
@@ -99,9 +119,12 @@ def _opt_arg(p: argparse.ArgumentParser) -> None:
                         "NCHW (every activation plain), NCHW8c, NCHW16c or NHWC (every "
                         "blocked region in that storage where its kernels have it, else "
                         "NCHW8c)")
-    p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
-                   help="vector width of the kernels: cpu (this machine's: 16 lanes with "
-                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
+    p.add_argument("--target", choices=("cpu", "avx2", "avx512", "cuda", "cuda-emu"),
+                   default="cpu",
+                   help="the kernels: cpu (Numba, this machine's vector width: 16 lanes with "
+                        "AVX-512, else 8; default), avx2 (8) or avx512 (16); cuda (CUDA C for "
+                        "an NVIDIA GPU: with --emit, printed without one) or cuda-emu (the "
+                        "same CUDA source run on the CPU, for checking it)")
 
 
 def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compiler.backends.cuda.loader import CudaBackend, gpu_problem
 from ..compiler.ir import Graph, model_folder
 from ..compiler.lower import lower_graph
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
@@ -36,7 +37,8 @@ from .reference import InputError, check_inputs
 from .train import TrainingModel, compile_training
 from .weights import check_weights, init_params, load_weights, save_weights
 
-__all__ = ["compile", "CompiledModel", "ModelError", "NumericsError", "available_memory"]
+__all__ = ["compile", "cuda_sources", "CompiledModel", "ModelError", "NumericsError",
+           "available_memory"]
 
 
 class ModelError(InputError):
@@ -218,8 +220,9 @@ class CompiledModel:
     # -- generated code -----------------------------------------------------------------------
     def sources(self) -> dict[str, str]:
         """Every generated source file of the model (file name -> text)."""
-        name = f"model_{self.graph.name}.py"  # a listing; kernels run from shared modules
-        return {name: self.plan.listing, **self.plan.sources}
+        # the listing (Numba: kernels run from shared modules; CUDA: the model's one module)
+        name = self.plan.listing_file or f"model_{self.graph.name}.py"
+        return {**self.plan.sources, name: self.plan.listing}
 
     def emit(self, directory: str | Path) -> list[Path]:
         """Write the generated sources to ``directory``; returns the files written."""
@@ -275,6 +278,66 @@ class CompileProgress:
             self.bar = None
 
 
+def _target(target: str | Target) -> Target:
+    try:
+        return resolve_target(target)
+    except ValueError as e:
+        raise ModelError(str(e)) from None
+
+
+def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
+           cache_dir: str | Path | None, opt_level: int, layout: str,
+           dump_ir: str | Path | None, force: bool, progress: bool | None, autotune: bool,
+           device: str | None = None) -> tuple[Plan, list[PassRecord]]:
+    """The optimized copy of ``graph`` lowered for ``cpu`` (its kernels loaded, except a CUDA
+    module printed for ``device="none"``), and the pass records."""
+    if opt_level not in (0, 1, 2):
+        raise ModelError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
+    if layout not in LAYOUT_CHOICES:
+        raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {layout!r}")
+    if autotune and cpu.cuda:
+        raise ModelError(f"autotune measures CPU kernels; target {cpu} has none")
+    optimized = graph.copy()
+    try:
+        measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
+                             cache_dir=cache_dir) if autotune else None)
+        records = optimize(optimized, opt_level,
+                           ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
+                                           target=cpu, replace_dump=force),
+                           dump_dir=dump_ir)
+    except (LoweringError, DumpFolderError) as e:
+        raise ModelError(str(e)) from None
+    backend = None
+    if cpu.cuda:
+        root = Path(cache_dir) if cache_dir is not None else None
+        backend = CudaBackend(root, f"model_{graph.name}", device=device or (
+            "gpu" if cpu.backend == "cuda" else "emulate"))
+    bar = CompileProgress(progress)
+    try:
+        plan = lower_graph(optimized, cache_dir=cache_dir, progress=bar, backend=backend)
+    except LoweringError as e:
+        if not cpu.cuda:  # on the CPU every op lowers: a bug, with its traceback
+            raise
+        raise ModelError(f"target {cpu}: {e}") from None  # an op CUDA lacks, by name
+    finally:
+        bar.close()
+    if dump_ir is not None:  # the last listing: the lowered graph with its memory plan
+        (Path(dump_ir) / f"{len(records) + 1:02d}-memory_plan.ir").write_text(
+            plan.dump() + "\n", encoding="utf-8")
+    return plan, records
+
+
+def cuda_sources(source_or_graph_or_path: Any, lowering: str | Mapping[str, str] = "auto",
+                 *, opt_level: int = 2, layout: str = "auto") -> dict[str, str]:
+    """The CUDA module of a network (file name -> source), printed without a GPU: what
+    ``compile(..., target="cuda")`` would load."""
+    graph, _ = _load_graph(source_or_graph_or_path)
+    plan, _ = _lower(graph, _target("cuda"), lowering=lowering, cache_dir=None,
+                     opt_level=opt_level, layout=layout, dump_ir=None, force=False,
+                     progress=False, autotune=False, device="none")
+    return {plan.listing_file: plan.listing}
+
+
 def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa: A001 - public API
             weights: None | Mapping[str, np.ndarray] | str | Path = None, seed: int = 0,
             lowering: str | Mapping[str, str] = "auto", cache_dir: str | Path | None = None,
@@ -282,10 +345,13 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
             dump_ir: str | Path | None = None, force: bool = False,
             progress: bool | None = None, autotune: bool = False, mode: str = "infer",
             **training: Any) -> CompiledModel | TrainingModel:
-    """Compile a network to Numba kernels.
+    """Compile a network to Numba kernels (or CUDA ones).
 
     ``target``: ``cpu`` (this machine's CPU: 16-lane kernels with AVX-512, else 8-lane), or
-    ``avx2`` / ``avx512`` to choose (``compiler/target.py``; the numbers are the same).
+    ``avx2`` / ``avx512`` to choose (``compiler/target.py``; the numbers are the same);
+    ``cuda-emu``: the model's CUDA module run on the CPU by the emulation (slow: for checking
+    the CUDA kernels); ``cuda`` (an NVIDIA GPU) is refused with what was looked for and found
+    (the GPU executor is still to come; ``cuda_sources`` prints the module without a GPU).
     ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
     or an .npz path. ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2
     (everything; ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
@@ -313,14 +379,13 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     ``freeze`` (parameter name patterns).
     """
     t0 = time.perf_counter()
-    try:
-        cpu = resolve_target(target)
-    except ValueError as e:
-        raise ModelError(str(e)) from None
-    if opt_level not in (0, 1, 2):
-        raise ModelError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
-    if layout not in LAYOUT_CHOICES:
-        raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {layout!r}")
+    cpu = _target(target)
+    if cpu.backend == "cuda":
+        problem = gpu_problem()
+        raise ModelError(problem if problem is not None else
+                         "target 'cuda' found a GPU, but cnnc has no GPU executor yet: "
+                         "target 'cuda-emu' runs the same CUDA source on the CPU, and "
+                         "'cnnc compile --target cuda --emit DIR' writes it")
     graph, onnx_weights = _load_graph(source_or_graph_or_path)
     if weights is None:
         params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
@@ -332,6 +397,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     if mode not in ("infer", "train"):
         raise ModelError(f"mode must be 'infer' or 'train', got {mode!r}")
     if mode == "train":
+        if cpu.cuda:
+            raise ModelError(f"mode='train' runs on the CPU only so far, not target {target!r}")
         if lowering != "auto" or layout != "auto" or autotune or dump_ir is not None:
             raise ModelError("mode='train' takes no lowering, layout, autotune or dump_ir "
                              "options yet")
@@ -348,24 +415,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         return tm
     if training:
         raise ModelError(f"{', '.join(sorted(training))}: training options need mode='train'")
-    optimized = graph.copy()
-    try:
-        measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
-                             cache_dir=cache_dir) if autotune else None)
-        records = optimize(optimized, opt_level,
-                           ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
-                                           target=cpu, replace_dump=force),
-                           dump_dir=dump_ir)
-    except (LoweringError, DumpFolderError) as e:
-        raise ModelError(str(e)) from None
-    bar = CompileProgress(progress)
-    try:
-        plan = lower_graph(optimized, cache_dir=cache_dir, progress=bar)
-    finally:
-        bar.close()
-    if dump_ir is not None:  # the last listing: the lowered graph with its memory plan
-        (Path(dump_ir) / f"{len(records) + 1:02d}-memory_plan.ir").write_text(
-            plan.dump() + "\n", encoding="utf-8")
+    plan, records = _lower(graph, cpu, lowering=lowering, cache_dir=cache_dir,
+                           opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
+                           progress=progress, autotune=autotune)
     model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
     if model.bytes_needed(1) > available_memory():
         raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "

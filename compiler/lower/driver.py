@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import KernelRefused
+from ..backends.cuda.loader import CudaBackend
 from ..backends.numba.loader import NumbaBackend
 from ..decisions import EpilogueOp, epilogue_of, own_input_count, prologue_of
 from ..ir import Graph, Node, model_folder
@@ -60,7 +62,7 @@ class LowerCtx:
 
     graph: Graph
     node: Node
-    backend: NumbaBackend
+    backend: NumbaBackend | CudaBackend
 
     @property
     def kname(self) -> str:
@@ -275,7 +277,8 @@ def _schedule_key(graph: Graph) -> Callable[[Node], tuple[int, int]]:
     return key
 
 
-def _dedup(kernels: list[Kernel], backend: NumbaBackend) -> tuple[list[Kernel], dict[str, str]]:
+def _dedup(kernels: list[Kernel],
+           backend: NumbaBackend | CudaBackend) -> tuple[list[Kernel], dict[str, str]]:
     """Kernels with identical code are compiled once; the survivor's comment lists every
     layer that uses it. Returns the kernels to print and a map kernel name -> survivor name."""
     first: dict[str, Kernel] = {}
@@ -309,24 +312,44 @@ def lower_node(ctx: LowerCtx) -> Step:
     return op.lower(ctx, ctx.node)
 
 
+def checked_lowering(ctx: LowerCtx) -> Step:
+    """``lower_node``, each kernel of the step checked printable by the target's backend: a
+    kernel the target has no form for is refused here, naming the node and its DSL line."""
+    try:
+        step = lower_node(ctx)
+        for c in step.calls:
+            if c.ir is not None:
+                ctx.backend.check(c.ir)
+    except KernelRefused as e:
+        raise LoweringError(f"{describe_node(ctx.node, model_folder(ctx.graph))}: "
+                            f"{e}") from None
+    if isinstance(ctx.backend, CudaBackend):  # one module: name the layers of shared kernels
+        ctx.backend.note_users(step.calls, ctx.comment)
+    return step
+
+
 def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
                 reuse_buffers: bool = True,
-                progress: Callable[[int, int], None] | None = None) -> Plan:
+                progress: Callable[[int, int], None] | None = None,
+                backend: NumbaBackend | CudaBackend | None = None) -> Plan:
     """Lower every compute node, load each distinct kernel from its shared cached module, bind
-    the calls and plan the buffers. ``progress(done, total)`` follows a cold compile."""
-    backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
+    the calls and plan the buffers. ``progress(done, total)`` follows a cold compile.
+    ``backend``: the target's (default: Numba's, caching under ``cache_dir``)."""
+    if backend is None:
+        backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
     steps: list[Step] = []
     param_nodes: list[int] = []
     for node in graph.compute_nodes(key=_schedule_key(graph)):
         if is_constant(graph, node):
             param_nodes.append(node.id)
             continue
-        steps.append(lower_node(LowerCtx(graph, node, backend)))
+        steps.append(checked_lowering(LowerCtx(graph, node, backend)))
     generated = [c.ir for s in steps for c in s.calls if c.ir is not None]
     kernels, names = _dedup(generated, backend)
     header = f"network {graph.name}: {len(kernels)} kernels (listing; each runs from its " \
              "shared module)"
-    listing = backend.listing(kernels, header) + _module_map(steps, backend)
+    listing_file = f"model_{graph.name}{backend.listing_suffix}"
+    listing = backend.listing(kernels, header) + _module_map(steps, backend, listing_file)
     funcs: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for k in kernels:
@@ -345,13 +368,16 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
         for k, v in s.scratch.items():
             scratch[k] = max(scratch.get(k, 0), v)
     return Plan(graph, steps, buffers, scratch, param_nodes, listing, sources,
-                backend.cache_path)
+                backend.cache_path, listing_file=listing_file)
 
 
-def _module_map(steps: list[Step], backend: NumbaBackend) -> str:
-    """Comment lines naming, per convolution layer, the cached module that runs it."""
+def _module_map(steps: list[Step], backend: NumbaBackend | CudaBackend,
+                listing_file: str) -> str:
+    """Comment lines naming, per convolution layer, the cached module that runs it (none
+    where every kernel runs from the listing's module, as CUDA's do)."""
     lines = [f"# {backend.comment(s.name)} ({s.op}) -> {s.lowering} "
-             f"{backend.comment(', '.join(s.sources))}" for s in steps if s.sources]
+             f"{backend.comment(', '.join(s.sources))}" for s in steps
+             if set(s.sources) - {listing_file}]
     if not lines:
         return ""
     return "\n\n# Convolutions run by kernels of their own cached modules:\n" + \

@@ -12,7 +12,7 @@ Preconditions: the convolution is lowered direct, 1x1 with stride 1, no padding,
 and at least 8 input channels; the pool is a max or average pool (``maxpool``/``avgpool``) of
 a channel-blocked input, kept in its layout itself by ``select_layout`` (so its window has the
 blocked kernel's semantics); the pool's value has no other reader and is not a graph output.
-Runs after layout selection (it needs the layouts), -O2 inference only.
+Runs after layout selection (it needs the layouts), -O2 inference only, CPU targets only.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def _fusable(graph: Graph, conv: Node) -> Node | None:
 
 
 def fuse_prologues(graph: Graph, ctx: PassContext) -> bool:
-    if ctx.opt_level < 2 or ctx.training:
+    # the pooled rows live in per-thread scratch of the CPU's worker threads: no CUDA form
+    if ctx.opt_level < 2 or ctx.training or ctx.target.cuda:
         return False
     changed = False
     for conv in graph.topo_order():

@@ -74,6 +74,10 @@ class NumbaBackend:
         return numba.config.NUMBA_NUM_THREADS
 
     comment = staticmethod(sanitize_comment)
+    listing_suffix = ".py"
+
+    def check(self, kernel: Kernel) -> None:
+        """Every kernel of the IR has a Numba form (the CUDA backend's may refuse one)."""
 
     def dedup_key(self, kernel: Kernel) -> str:
         """Kernels with equal keys have identical code whatever their names and comments."""

@@ -1,0 +1,185 @@
+"""Run generated CUDA on the CPU: the module's very source, compiled by the system C++
+compiler against a small force-included header (:data:`HEADER`), loaded with ctypes.
+
+The header supplies what CUDA C adds to C++ as the kernels use it: ``threadIdx``,
+``blockIdx``, ``blockDim``, ``gridDim``, the function qualifiers, integer ``min``/``max`` and
+the bit casts of the non-finite literals; CUDA's math functions are C's. A launch runs every
+block in turn and the threads of a block as iterations of a loop, in forward, reversed or a
+shuffled order (:data:`ORDERS`: a kernel whose threads race for an element shows up as
+different numbers). The kernels have no ``__syncthreads`` yet; the header makes one abort the
+process with a message, rather than run as if the barrier held.
+
+Each kernel gets a host entry ``cnnc_launch_<name>(blocks, threads, order, args)`` whose
+``args`` is CUDA's launch layout (``void**``: one pointer per argument to its value), so the
+ctypes side passes arguments as a CuPy launch does. The shared library is cached by the hash of
+its sources and the compiler's version.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ...kernels.kernel_ir import Kernel
+from ..numba.cache import cache_root
+
+__all__ = ["HEADER", "ORDERS", "EmulatedModule", "compiler_path", "launch_source"]
+
+#: Thread orders within a block: index of the order -> name.
+ORDERS = ("forward", "reversed", "shuffled")
+
+HEADER = r"""
+// cnnc's CUDA-on-CPU emulation header: force-included before a generated module.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct cnnc_dim3 { unsigned x, y, z; };
+static thread_local cnnc_dim3 threadIdx, blockIdx, blockDim, gridDim;
+static const int warpSize = 32;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
+static inline double __longlong_as_double(long long i) {
+    double d; memcpy(&d, &i, sizeof d); return d;
+}
+static inline void __syncthreads() {
+    fprintf(stderr, "cnnc emulation: __syncthreads needs threads run as fibers, which this "
+                    "emulator does not do yet\n");
+    abort();
+}
+
+/* Thread i of n in the given order (0 forward, 1 reversed, 2 a permutation drawn per block). */
+static inline unsigned cnnc_thread_order(unsigned *perm, unsigned n, int order, unsigned block) {
+    for (unsigned i = 0; i < n; ++i) perm[i] = order == 1 ? n - 1 - i : i;
+    if (order == 2) {
+        unsigned long long s = 0x9E3779B97F4A7C15ull ^ block;
+        for (unsigned i = n - 1; i > 0; --i) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            unsigned j = (unsigned)((s >> 33) % (i + 1));
+            unsigned t = perm[i]; perm[i] = perm[j]; perm[j] = t;
+        }
+    }
+    return n;
+}
+"""
+
+
+def launch_source(kernels: Sequence[Kernel], module_file: str) -> str:
+    """The translation unit of the emulation: the generated module included verbatim, then one
+    host entry per kernel that runs its grid."""
+    lines = [f'#include "{module_file}"', ""]
+    for k in kernels:
+        args = ", ".join(f"*(int*)args[{i}]" if p.kind == "int" else f"*(float**)args[{i}]"
+                         for i, p in enumerate(k.params))
+        lines += [
+            f'extern "C" void cnnc_launch_{k.name}(unsigned blocks, unsigned threads, '
+            "int order, void** args) {",
+            "    unsigned perm[1024];",
+            "    gridDim = {blocks, 1, 1};",
+            "    blockDim = {threads, 1, 1};",
+            "    for (unsigned b = 0; b < blocks; ++b) {",
+            "        blockIdx = {b, 0, 0};",
+            "        cnnc_thread_order(perm, threads, order, b);",
+            "        for (unsigned i = 0; i < threads; ++i) {",
+            "            threadIdx = {perm[i], 0, 0};",
+            f"            {k.name}({args});",
+            "        }",
+            "    }",
+            "}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def compiler_path() -> str | None:
+    """The C++ compiler the emulation uses (``$CXX``, else ``g++``, else ``clang++``)."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@lru_cache(maxsize=4)
+def _compiler_version(cxx: str) -> str:
+    return subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                          check=False).stdout.split("\n")[0]
+
+
+#: Flags of the emulation build: optimized, no fast-math (CUDA's float semantics), every
+#: warning of the generated code an error except the CUDA pragmas C++ does not know.
+CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wall",
+             "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function")
+
+
+class EmulatedModule:
+    """A generated CUDA module compiled for the CPU (built on creation, cached on disk).
+    ``order`` is the thread order of every launch (:data:`ORDERS`)."""
+
+    def __init__(self, source: str, kernels: Sequence[Kernel], root: Path | None = None,
+                 order: str = "forward") -> None:
+        cxx = compiler_path()
+        if cxx is None:
+            raise RuntimeError("the CUDA emulation needs a C++ compiler (g++ or clang++; "
+                               "$CXX), and none is on PATH")
+        self.order = order
+        launch = launch_source(kernels, "module.cu")
+        key = hashlib.sha256("\0".join([HEADER, source, launch, " ".join(CXX_FLAGS),
+                                        _compiler_version(cxx)]).encode()).hexdigest()[:24]
+        folder = (root if root is not None else cache_root()) / "cuda-emu"
+        lib = folder / f"{key}.so"
+        if not lib.exists():
+            _build(cxx, source, launch, lib)
+        self.lib = ctypes.CDLL(str(lib))
+
+    @property
+    def order(self) -> str:
+        return ORDERS[self._order]
+
+    @order.setter
+    def order(self, name: str) -> None:
+        if name not in ORDERS:
+            raise ValueError(f"thread order {name!r}: expected one of {', '.join(ORDERS)}")
+        self._order = ORDERS.index(name)
+
+    def launch(self, name: str, blocks: int, threads: int, kernel: Kernel,
+               args: Sequence[Any]) -> None:
+        values = [ctypes.c_int(int(a)) if p.kind == "int" else ctypes.c_void_p(a.ctypes.data)
+                  for p, a in zip(kernel.params, args)]
+        argv = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
+        entry = getattr(self.lib, f"cnnc_launch_{name}")
+        entry(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_int(self._order), argv)
+
+
+def _build(cxx: str, source: str, launch: str, lib: Path) -> None:
+    """Compile the module and its launch entries into the shared library ``lib`` (written
+    whole, then moved in place: a concurrent build never loads half a file)."""
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cnnc-emu-") as tmp:
+        t = Path(tmp)
+        (t / "cuda_emulation.h").write_text(HEADER, encoding="utf-8")
+        (t / "module.cu").write_text(source, encoding="utf-8")
+        (t / "launch.cpp").write_text(launch, encoding="utf-8")
+        out = t / "module.so"
+        done = subprocess.run([cxx, *CXX_FLAGS, "-include", str(t / "cuda_emulation.h"),
+                               "-o", str(out), str(t / "launch.cpp")],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the CUDA emulation build failed:\n{done.stderr[-4000:]}")
+        os.replace(out, lib)

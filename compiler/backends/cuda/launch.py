@@ -1,0 +1,107 @@
+"""How a generated CUDA kernel is launched: the grid of its parallel loop, and the checks on
+its arguments. Shared by every module that runs the kernels (CuPy on a GPU, the CPU
+emulation), so the emulator exercises the same arithmetic up to the final launch call.
+
+A kernel's parallel loop of extent ``E`` runs as ``ceil(E / THREADS_PER_BLOCK)`` blocks of
+``THREADS_PER_BLOCK`` threads, thread ``i`` of block ``b`` running iteration
+``b * THREADS_PER_BLOCK + i`` behind the printed bounds guard; a kernel without one runs on
+one thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ...kernels.kernel_ir import BinOp, Const, Expr, Kernel, Let, Loop, Var
+
+__all__ = ["THREADS_PER_BLOCK", "MAX_ELEMENTS", "launch_shape", "Launcher", "KernelModule",
+           "check_arguments"]
+
+#: Threads of a block (four warps: the vector tiles of the direct convolution hold 100+
+#: floats per thread, so few threads per block keep more blocks resident).
+THREADS_PER_BLOCK = 128
+
+#: Kernels index with 32-bit ``int``: an array must hold fewer elements.
+MAX_ELEMENTS = 2**31 - 1
+
+_INT_OPS = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "//": lambda a, b: a // b, "%": lambda a, b: a % b, "max": max, "min": min,
+}
+
+
+def _evaluate(e: Expr, env: Mapping[str, int]) -> int:
+    """An integer expression of the kernel's integer arguments and invariants."""
+    if isinstance(e, Const) and isinstance(e.value, int):
+        return e.value
+    if isinstance(e, Var) and e.name in env:
+        return env[e.name]
+    if isinstance(e, BinOp) and e.op in _INT_OPS:
+        return _INT_OPS[e.op](_evaluate(e.a, env), _evaluate(e.b, env))
+    raise ValueError(f"cannot evaluate {e!r} before the launch")
+
+
+def launch_shape(kernel: Kernel, ints: Mapping[str, int]) -> tuple[int, int]:
+    """``(blocks, threads per block)`` of a launch of ``kernel`` with integer arguments
+    ``ints`` (by parameter name); ``(0, ...)`` when the parallel loop is empty."""
+    env = dict(ints)
+    for s in kernel.body:
+        if isinstance(s, Loop) and s.kind == "parallel":
+            extent = _evaluate(s.extent, env)
+            return -(-max(extent, 0) // THREADS_PER_BLOCK), THREADS_PER_BLOCK
+        if isinstance(s, Let):  # an invariant the extent may name (floats are skipped)
+            try:
+                env[s.var] = _evaluate(s.value, env)
+            except ValueError:
+                pass
+    return 1, 1
+
+
+def check_arguments(kernel: Kernel, args: Sequence[Any]) -> dict[str, int]:
+    """The integer arguments by name, after checking the arguments against the kernel's
+    parameters (count; float32 arrays, contiguous and within 32-bit indexing; integers within
+    ``int``)."""
+    if len(args) != len(kernel.params):
+        raise TypeError(f"kernel {kernel.name} takes {len(kernel.params)} arguments, "
+                        f"got {len(args)}")
+    ints: dict[str, int] = {}
+    for p, a in zip(kernel.params, args):
+        if p.kind == "int":
+            if not -2**31 <= int(a) <= MAX_ELEMENTS:
+                raise ValueError(f"kernel {kernel.name}: {p.name}={a} does not fit an int")
+            ints[p.name] = int(a)
+            continue
+        if getattr(a, "dtype", None) != np.float32 or a.ndim != 1:
+            raise TypeError(f"kernel {kernel.name}: {p.name} must be a flat float32 array, "
+                            f"got {getattr(a, 'dtype', type(a).__name__)}")
+        if a.size > MAX_ELEMENTS:
+            raise ValueError(f"kernel {kernel.name}: {p.name} has {a.size} elements; kernels "
+                             f"index with 32-bit integers (at most {MAX_ELEMENTS})")
+    return ints
+
+
+class KernelModule(Protocol):
+    """A compiled module of kernels: CuPy's on a GPU, or the CPU emulation's."""
+
+    def launch(self, name: str, blocks: int, threads: int, kernel: Kernel,
+               args: Sequence[Any]) -> None: ...
+
+
+@dataclass
+class Launcher:
+    """One kernel of a module, called like the Numba kernels: ``launcher(*args)``, arrays and
+    integers in the kernel's parameter order. ``module()`` gives the compiled module (built on
+    the first launch)."""
+
+    kernel: Kernel
+    module: Any  # () -> KernelModule
+
+    def __call__(self, *args: Any) -> None:
+        ints = check_arguments(self.kernel, args)
+        blocks, threads = launch_shape(self.kernel, ints)
+        if blocks:
+            self.module().launch(self.kernel.name, blocks, threads, self.kernel, args)

@@ -1,0 +1,85 @@
+"""The CUDA targets as a user meets them: ``cuda`` without a GPU (one sentence), ``cuda-emu``
+(the same CUDA source on the CPU), and the CLI writing the CUDA module without a GPU."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from cnnc.compiler.backends.cuda import loader
+from cnnc.compiler.backends.cuda.emulate import ORDERS, compiler_path
+from cnnc.compiler.backends.cuda.launch import Launcher
+from cnnc.runtime.cli import main
+from cnnc.runtime.model import ModelError
+from cnnc.runtime.model import compile as compile_model
+from cnnc.runtime.reference import run_reference
+
+SMALL = """
+network small
+input image: 3 x 12 x 10
+image -> conv(8, 3, pad=1) -> batchnorm -> relu -> maxpool(2)
+      -> conv(16, 3, pad=1, stride=2) -> relu
+      -> globalavgpool -> flatten -> dense(5) -> output logits
+"""
+
+needs_cxx = pytest.mark.skipif(compiler_path() is None, reason="no C++ compiler (g++/clang++)")
+
+
+def test_cuda_without_a_gpu_says_what_it_looked_for_in_one_sentence(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as if CuPy were not installed
+    with pytest.raises(ModelError) as e:
+        compile_model(SMALL, target="cuda")
+    message = str(e.value)
+    assert "\n" not in message and message.count(". ") == 0
+    assert "looked for CuPy" in message and "not installed" in message and "cuda-emu" in message
+
+    def no_device():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=no_device)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    problem = loader.gpu_problem()
+    assert "looked for an NVIDIA GPU" in problem and "no CUDA-capable device" in problem
+
+
+@needs_cxx
+def test_cuda_emu_runs_the_cuda_module_in_every_thread_order(tmp_path):
+    model = compile_model(SMALL, target="cuda-emu", cache_dir=tmp_path, seed=3)
+    assert model.plan.listing_file == "model_small.cu"
+    assert "__global__" in model.sources()["model_small.cu"]
+    launchers = [c.fn for s in model.steps for c in s.calls]
+    assert launchers and all(isinstance(f, Launcher) for f in launchers)
+    module = launchers[0].module()
+    x = np.random.default_rng(4).standard_normal((3, 3, 12, 10)).astype(np.float32)
+    ref = run_reference(model.graph, {"image": x}, model.params)["logits"]
+    outs = {}
+    for order in ORDERS:
+        module.order = order
+        outs[order] = model(x)
+    assert np.abs(outs["forward"] - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    for order in ORDERS[1:]:
+        np.testing.assert_array_equal(outs[order], outs["forward"])
+
+
+def test_cli_writes_the_cuda_module_without_a_gpu(tmp_path, capsys):
+    model = tmp_path / "small.cnn"
+    model.write_text(SMALL)
+    out = tmp_path / "cu"
+    assert main(["compile", str(model), "--target", "cuda", "--emit", str(out)]) == 0
+    source = (out / "model_small.cu").read_text()
+    assert "small.cnn:5" in source and 'extern "C" __global__' in source
+    assert "printed" in capsys.readouterr().out
+    assert main(["compile", str(model), "--target", "cuda", "--emit", str(out)]) != 0
+    assert "--force" in capsys.readouterr().err
+    assert (out / "model_small.cu").read_text() == source
+
+
+@needs_cxx
+def test_cli_checks_every_cuda_kernel_under_emulation(tmp_path, capsys):
+    model = tmp_path / "small.cnn"
+    model.write_text(SMALL)
+    assert main(["check", str(model), "--target", "cuda-emu"]) == 0
+    assert "0 failed" in capsys.readouterr().out
