@@ -17,6 +17,7 @@ operations. After an update the kernels' packed constants are refreshed from the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -134,9 +135,13 @@ class TrainingModel:
                 for name, nid in self.plan.graph.inputs.items()}
         return flat, n
 
-    def _run(self, x: Any, y: Any) -> float:
+    def _run(self, x: Any, y: Any,
+             after: Callable[[int, Any], bool] | None = None) -> float:
         flat, n = self._feed(x, y)
-        arena = self.executor.run(flat, n)
+        if after is None:
+            arena = self.executor.run(flat, n)
+        else:
+            arena = self.executor.run_watched(flat, n, after)
         graph = self.plan.graph
         for name in self.trainable:
             self._grad_views[name][...] = self.executor.value(arena, flat,
@@ -161,6 +166,32 @@ class TrainingModel:
         self.steps_taken += 1
         self._refresh()
         return loss
+
+    def profile_step(self, x: Any, y: Any, lr: float | None = None) -> list[tuple[str, str,
+                                                                                  float]]:
+        """One :meth:`train_step`, timed part by part: ``(name, what, seconds)`` for every plan
+        step (``what`` its op, fused ops included), then ``gradients`` (copying them into the
+        flat buffer, with the finiteness check), ``optimizer`` and ``refresh`` (packing the
+        kernels' constants from the updated parameters)."""
+        steps = self.plan.steps
+        marks = [0.0] * (len(steps) + 1)
+
+        def mark(index: int, arena: Any) -> bool:
+            marks[index + 1] = time.perf_counter()
+            return False
+
+        marks[0] = time.perf_counter()
+        self._run(x, y, after=mark)
+        gathered = time.perf_counter()
+        self.optimizer.update(self.flat_params, self.flat_grads, lr)
+        updated = time.perf_counter()
+        self.steps_taken += 1
+        self._refresh()
+        refreshed = time.perf_counter()
+        parts = [(s.name, s.op, marks[i + 1] - marks[i]) for i, s in enumerate(steps)]
+        return parts + [("gradients", "gradients", gathered - marks[-1]),
+                        ("optimizer", "optimizer", updated - gathered),
+                        ("refresh", "refresh", refreshed - updated)]
 
     def __repr__(self) -> str:
         return (f"TrainingModel({self.graph.name!r}, loss={self.loss!r}, "
