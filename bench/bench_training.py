@@ -51,8 +51,16 @@ KINDS = {
 }
 
 
-def kind_of(op: str) -> str:
-    return KINDS.get(op.split("+")[0], "element-wise and other")
+def kind_of(name: str, op: str) -> str:
+    """The kind of work of a plan step (``name``, ``op``) or of a training step's other part.
+    A convolution's input gradient is a transposed convolution, or its phase convolutions
+    and the concatenation and interleaving of their outputs (all named ``<layer>.grad.input``
+    by autodiff)."""
+    first = op.split("+")[0]
+    if ".grad.input" in name and first in ("conv", "conv_transpose", "concat",
+                                            "depth_to_space"):
+        return KINDS["conv_transpose"]
+    return KINDS.get(first, "element-wise and other")
 
 
 def peak_rss_mb() -> float:
@@ -90,7 +98,7 @@ def cnnc_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int
     profiles = [tm.profile_step(x, y) for _ in range(3)]
     for parts in zip(*profiles):
         name, op, _ = parts[0]
-        split[kind_of(op)] += float(np.median([p[2] for p in parts]))
+        split[kind_of(name, op)] += float(np.median([p[2] for p in parts]))
     return {"compile_s": compile_s, "times": times, "losses": losses,
             "split_ms": {k: v * 1e3 for k, v in sorted(split.items(), key=lambda kv: -kv[1])},
             "arena_mb": tm.executor.bytes_needed(len(x)) / 2**20}
