@@ -122,9 +122,11 @@ class CpuExecutor:
         consts = []
         for step in self.plan.steps:
             packed = step.pack(values) if step.pack else {}
-            # np.array copies: writable arrays, so every call has the type the kernels were
-            # compiled for (a read-only array would be a second Numba signature)
-            consts.append({k: np.array(v, dtype=np.float32).ravel() for k, v in packed.items()})
+            # writable contiguous float32 (a read-only array would be a second Numba
+            # signature), copied only where a packer's value is not that already: values are
+            # never the caller's arrays (parameter_values converts every source to float64)
+            consts.append({k: np.require(v, np.float32, ["C", "W"]).ravel()
+                           for k, v in packed.items()})
         self.consts = consts
         for arena in self.arenas.values():
             arena.bind(self)

@@ -17,6 +17,7 @@ operations. After an update the kernels' packed constants are refreshed from the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,16 @@ class TrainingModel:
                 for name, nid in self.plan.graph.inputs.items()}
         return flat, n
 
-    def _run(self, x: Any, y: Any) -> float:
+    def _run(self, x: Any, y: Any,
+             after: Callable[[int, Any], bool] | None = None) -> float:
         """One forward and backward pass: the gradients into ``flat_grads``, the loss back;
-        a non-finite loss or gradient raises naming the first layer that produced one."""
+        a non-finite loss or gradient raises naming the first layer that produced one.
+        ``after(index, arena)`` is called after each plan step (``profile_step``)."""
         flat, n = self._feed(x, y)
-        arena = self.executor.run(flat, n)
+        if after is None:
+            arena = self.executor.run(flat, n)
+        else:
+            arena = self.executor.run_watched(flat, n, after)
         graph = self.plan.graph
         for name in self.trainable:
             self._grad_views[name][...] = self.executor.value(arena, flat,
@@ -199,13 +205,18 @@ class TrainingModel:
         """Forward, loss, backward and one optimizer update (and the running statistics the
         step computed written back); returns the loss before the update."""
         loss = self._run(x, y)
+        self._update(lr)
+        self._refresh()
+        return loss
+
+    def _update(self, lr: float | None) -> None:
+        """After a pass: the running statistics it computed written back, one optimizer
+        update of the flat parameters (the kernels' constants are refreshed after)."""
         for name, nid in self.updates.items():
             self._fixed[name] = np.array(self.executor.value(self._arena, self._flat, nid),
                                          np.float32)
         self.optimizer.update(self.flat_params, self.flat_grads, lr)
         self.steps_taken += 1
-        self._refresh()
-        return loss
 
     def input_gradient(self, x: Any, y: Any) -> Any:
         """The gradient of the loss with respect to the network's input(s) (an array, or a
@@ -264,6 +275,31 @@ class TrainingModel:
         self.optimizer.state = buffers
         self.optimizer.step_count = int(state["optimizer_steps"])
         self.steps_taken = int(state["steps_taken"])
+
+    def profile_step(self, x: Any, y: Any, lr: float | None = None) -> list[tuple[str, str,
+                                                                                  float]]:
+        """One :meth:`train_step`, timed part by part: ``(name, what, seconds)`` for every plan
+        step (``what`` its op, fused ops included), then ``gradients`` (copying them into the
+        flat buffer, with the finiteness check), ``optimizer`` and ``refresh`` (packing the
+        kernels' constants from the updated parameters)."""
+        steps = self.plan.steps
+        marks = [0.0] * (len(steps) + 1)
+
+        def mark(index: int, arena: Any) -> bool:
+            marks[index + 1] = time.perf_counter()
+            return False
+
+        marks[0] = time.perf_counter()
+        self._run(x, y, after=mark)
+        gathered = time.perf_counter()
+        self._update(lr)
+        updated = time.perf_counter()
+        self._refresh()
+        refreshed = time.perf_counter()
+        parts = [(s.name, s.op, marks[i + 1] - marks[i]) for i, s in enumerate(steps)]
+        return parts + [("gradients", "gradients", gathered - marks[-1]),
+                        ("optimizer", "optimizer", updated - gathered),
+                        ("refresh", "refresh", refreshed - updated)]
 
     def __repr__(self) -> str:
         return (f"TrainingModel({self.graph.name!r}, loss={self.loss!r}, "

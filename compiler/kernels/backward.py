@@ -1,6 +1,7 @@
 """Kernel IR builders for the backward graph's own ops (``compiler/ops``' ``backward`` ops):
-sums over the batch (bias, dense and convolution weight gradients), the global pools'
-gradients, softmax cross-entropy and its gradient, and the softmax Jacobian product.
+sums over the batch (bias and dense weight gradients; the convolution's weight gradient is a
+GEMM, ``gemm.gemm_batch_sum_kernel``), the global pools' gradients, softmax cross-entropy and
+its gradient, and the softmax Jacobian product.
 
 A sum over the batch writes an unbatched value (``TensorType.batched``): its parallel loop runs
 over the value's own elements and reads every image; sums accumulate in float64. Everything
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from .common import N_BATCH, Sizes, arrays, fmax, rows_kernel, unflatten
 from .kernel_ir import (
@@ -80,35 +80,6 @@ def dense_weight_grad_kernel(name: str, n_in: int, n_out: int, comment: str = ""
                                "y", Var("t") * In + Var("i")) + Var("g") * Load(
                                "x0", Var("n") * In + Var("i")))])])]
     return _whole_batch(name, arrays("x0", "x1", "y"), Out, row, comment, sz)
-
-
-def conv_weight_grad_kernel(name: str, attrs: dict[str, Any], x_shape: Sequence[int],
-                            dy_shape: Sequence[int], comment: str = "",
-                            sz: Sizes | None = None) -> Kernel:
-    """``y[k, c, r, s] = sum over n, p, q of dy[n, k, p, q] * x[n, g C/g + c, p sh + r dh - t,
-    q sw + s dw - l]`` (``x0`` = x, ``x1`` = dy; padding reads as 0): one parallel iteration
-    per (k, c) filter plane, float64 accumulators."""
-    sz = sz if sz is not None else Sizes(literal=True)
-    (R, S), (sh, sw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["dilation"]
-    t, left, _, _ = attrs["pads"]
-    groups = attrs["groups"]
-    C, H, W = (sz(n, d) for n, d in zip("CHW", x_shape))
-    K, P, Q = (sz(n, d) for n, d in zip("KPQ", dy_shape))
-    cg, kg = int(x_shape[0]) // groups, int(dy_shape[0]) // groups
-    ih = Var("p") * sh + Var("r") * dh - t
-    iw = Var("q") * sw + Var("s") * dw - left
-    body: list[Stmt] = unflatten(Var("t"), [("k", K), ("c", cg)])
-    body.append(Let("ci", (Var("k") // kg) * cg + Var("c")))
-    tap: list[Stmt] = [Let("acc", call("f64", Const(0))), Loop("n", N_BATCH, [
-        Let("xb", (Var("n") * C + Var("ci")) * (H * W)),
-        Let("gb", (Var("n") * K + Var("k")) * (P * Q)),
-        Loop("p", const(P), [If(cmp("and", cmp(">=", ih, 0), cmp("<", ih, H)), [
-            Loop("q", const(Q), [If(cmp("and", cmp(">=", iw, 0), cmp("<", iw, W)), [
-                Let("acc", Var("acc") + Load("x1", Var("gb") + Var("p") * Q + Var("q")) *
-                    Load("x0", Var("xb") + ih * W + iw))])])])])]),
-        Store("y", (Var("t") * R + Var("r")) * S + Var("s"), Var("acc"))]
-    body.append(Loop("r", Const(R), [Loop("s", Const(S), tap)]))
-    return _whole_batch(name, arrays("x0", "x1", "y"), K * cg, body, comment, sz)
 
 
 def global_pool_grad_kernel(name: str, op: str, shape: Sequence[int], comment: str = "",

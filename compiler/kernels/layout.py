@@ -22,6 +22,22 @@ from .kernel_ir import (
 )
 from .tiles import GEMM_N
 
+#: The strides that place im2col's matrix elements (see ``layout_kernels``).
+IM2COL_STRIDES = ("MS", "RS", "RL", "JS", "JL")
+
+
+def im2col_strides(rows: int, cols: int) -> tuple[int, int, int, int, int]:
+    """:data:`IM2COL_STRIDES` of ``[rows, cols]`` matrices (``cols`` a multiple of 16) stored
+    as 16-column panels ``[cols/16, rows, 16]``: the convolution's GEMM operand."""
+    return rows * cols, GEMM_N * GEMM_N, GEMM_N, rows * GEMM_N, 1
+
+
+def im2col_transposed_strides(rows: int, cols: int) -> tuple[int, int, int, int, int]:
+    """:data:`IM2COL_STRIDES` of ``[rows, cols]`` matrices stored transposed, as ``[rows/16,
+    cols, 16]`` (``rows`` a multiple of 16): 16-column panels of the ``[cols, rows]``
+    transpose, the weight gradient's GEMM operand."""
+    return rows * cols, cols * GEMM_N, 1, GEMM_N * GEMM_N, GEMM_N
+
 
 def layout_kernels() -> list[Kernel]:
     """Kernels shared by all layers; every size is a runtime integer argument.
@@ -31,9 +47,14 @@ def layout_kernels() -> list[Kernel]:
       CB + lane`` (zero where that exceeds the group, and in the padding).
     - ``unpack_blocked_nchw(y, out, ...)``: ``[N, K8, P, Q, 8]`` -> ``[N, K, P, Q]``, channel
       ``k`` being at position ``(k // Kg) * KgPad + k % Kg`` of the blocked channel axis.
-    - ``im2col(x, col, ...)``: NCHW -> ``[N, g, PQp/16, Cg*R*S, 16]``: per image and group the
-      matrix ``[Cg*R*S, PQp]`` (zero beyond ``P*Q``) stored as 16-column panels, so the GEMM
-      reads each panel contiguously.
+    - ``im2col(x, col, ...)``: NCHW -> per image and group the matrix ``[Cg*R*S, PQp]`` (zero
+      beyond ``P*Q``), element ``(row, j)`` of matrix ``m = n g + gi`` at ``m MS + (row // 16)
+      RS + (row % 16) RL + (j // 16) JS + (j % 16) JL``. The convolution's GEMM reads it in
+      16-column panels ``[N, g, PQp/16, Cg*R*S, 16]`` (:func:`im2col_strides`); the weight
+      gradient's GEMM reads its transpose ``[P*Q, Cg*R*S]`` in 16-column panels
+      (:func:`im2col_transposed_strides`).
+    - ``pad_gemm_rows(x, out, ...)``: ``[N, K, L]`` -> ``[N, g, Kgp, L]``, each group's ``Kg``
+      rows then zero rows up to ``Kgp`` (a GEMM's row operand in whole 6-row tiles).
     - ``crop_gemm(c, out, ...)``: ``[N, g, Kgp, PQp]`` -> ``[N, K, P*Q]`` (the GEMM already
       applied the epilogue).
     """
@@ -82,6 +103,7 @@ def layout_kernels() -> list[Kernel]:
     P, Q, p, q = Var("P"), Var("Q"), Var("p"), Var("q")
     G, R, S, sh, sw, dh, dw, PQp = (Var(s) for s in ("G", "R", "S", "sh", "sw", "dh", "dw",
                                                      "PQp"))
+    MS, RS, RL, JS, JL = (Var(s) for s in IM2COL_STRIDES)
     row, gi = Var("row"), Var("gi")
     CRS = Cg * R * S
     iw = q * sw - pl + Var("s") * dw
@@ -91,31 +113,45 @@ def layout_kernels() -> list[Kernel]:
         Let("c", row // (R * S)),
         Let("r", (row // S) % R),
         Let("s", row % S),
-        # element (row, j) of the matrix lives in panel j // 16 at row * 16 + j % 16
-        Let("dst", (n * G + gi) * CRS * PQp + row * GEMM_N),
+        Let("dst", (n * G + gi) * MS + (row // GEMM_N) * RS + (row % GEMM_N) * RL),
         Loop("p", P, [
             Let("ih", p * sh - pt + Var("r") * dh),
             Let("rowok", cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))),
             Loop("q", Q, [
                 Let("j", p * Q + q),
-                Store("col", Var("dst") + (Var("j") // GEMM_N) * (CRS * GEMM_N)
-                      + Var("j") % GEMM_N, Select(ok, Load("x", im_src), Const(0.0)))]),
+                Store("col", Var("dst") + (Var("j") // GEMM_N) * JS + (Var("j") % GEMM_N) * JL,
+                      Select(ok, Load("x", im_src), Const(0.0)))]),
         ]),
-        Loop("j", PQp - P * Q, [Store("col", Var("dst") + (Var("j") // GEMM_N) * (CRS * GEMM_N)
-                                       + Var("j") % GEMM_N, Const(0.0))], start=P * Q),
+        Loop("j", PQp - P * Q, [Store("col", Var("dst") + (Var("j") // GEMM_N) * JS
+                                       + (Var("j") % GEMM_N) * JL, Const(0.0))], start=P * Q),
     ]
     im2col = Kernel("im2col",
                     [Param("x"), Param("col")] + int_params("N", "C", "H", "W", "G", "Cg", "R", "S",
                                                        "P", "Q", "sh", "sw", "dh", "dw", "pt",
-                                                       "pl", "PQp"),
+                                                       "pl", "PQp", *IM2COL_STRIDES),
                     [Loop("t", N * G * CRS, im_body, kind="parallel")],
                     "im2col: NCHW -> per image and group [Cg*R*S, P*Q padded to 16], "
                     "in 16-column panels")
 
+    # ---- pad_gemm_rows: [N, K, L] -> [N, g, Kgp, L], each group's rows padded with zeros
+    K, Kg, Kgp, L = Var("K"), Var("Kg"), Var("Kgp"), Var("L")
+    m, kr, j = Var("m"), Var("kr"), Var("j")
+    pad_body = unflatten(Var("t"), [("m", N * (K // Kg)), ("kr", Kgp)]) + [
+        Let("dst", Var("t") * L),
+        If(cmp("<", kr, Kg),
+           [Let("src", (m * Kg + kr) * L),
+            Loop("j", L, [Store("out", Var("dst") + j, Load("x", Var("src") + j))])],
+           [Loop("j", L, [Store("out", Var("dst") + j, Const(0.0))])])]
+    pad_rows = Kernel("pad_gemm_rows",
+                      [Param("x"), Param("out")] + int_params("N", "K", "Kg", "Kgp", "L"),
+                      [Loop("t", N * (K // Kg) * Kgp, pad_body, kind="parallel")],
+                      "[N, K, L] -> [N, g, Kg padded, L]: a GEMM's rows, zero beyond each "
+                      "group's Kg")
+
     # ---- crop: [N, g, Kgp, PQp] -> [N, K, PQ]
     crop = crop_epilogue_kernel("crop_gemm", (), [],
                                 "GEMM output [N, g, Kg padded, PQ padded] -> NCHW")
-    return [pack, unpack, unpack16, im2col, crop]
+    return [pack, unpack, unpack16, im2col, pad_rows, crop]
 
 
 def _operand_load(name: str, kind: str, full_index: Expr, n: Expr, nk: Expr) -> Expr:

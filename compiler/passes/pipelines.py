@@ -16,7 +16,8 @@
 Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
 folding: batch statistics change every step) and start with ``autodiff``
 (``compiler/autodiff.py``), which adds the backward graph; every later pass then sees forward
-and backward nodes alike.
+and backward nodes alike. At -O1 and -O2 they split transposed convolutions (the convolutions'
+input gradients) into phase convolutions as the inference pipelines do.
 """
 
 from __future__ import annotations
@@ -73,10 +74,15 @@ INFERENCE: dict[int, list[tuple[str, Pass]]] = {
 
 AUTODIFF: list[tuple[str, Pass]] = [("autodiff", autodiff)]
 
+#: The input gradients of convolutions are transposed convolutions: one stride-1 convolution
+#: per output phase does the multiply-adds of the gradient where the zero-stuffed one does s^2
+#: times as many (and at stride 1 skips the stuffing copy).
+PHASES: list[tuple[str, Pass]] = [("conv_transpose_as_phases", conv_transpose_as_phases)]
+
 TRAINING: dict[int, list[tuple[str, Pass]]] = {
     0: AUTODIFF + REQUIRED + PACK,
-    1: AUTODIFF + CLEANUP + REQUIRED + PACK,
-    2: AUTODIFF + CLEANUP + REQUIRED + PACK,
+    1: AUTODIFF + CLEANUP + PHASES + REQUIRED + PACK,
+    2: AUTODIFF + CLEANUP + PHASES + REQUIRED + PACK,
 }
 
 

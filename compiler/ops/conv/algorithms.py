@@ -52,7 +52,7 @@ from ...kernels.conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_kernel
 from ...kernels.kernel_ir import Kernel
-from ...kernels.layout import crop_epilogue_kernel, unpack_epilogue_kernel
+from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
 from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
 from ...types import Storage
 from .. import own_input_types
@@ -404,8 +404,9 @@ class Im2col(ConvAlgorithm):
         return (kgp, g.Cg * g.R * g.S, pqp, g.groups)
 
     def input_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        pqp = self.padded(g)[1]
         return "im2col", (g.C, g.H, g.W, g.groups, g.Cg, g.R, g.S, g.P, g.Q, g.sh, g.sw, g.dh,
-                          g.dw, g.pt, g.pl, self.padded(g)[1])
+                          g.dw, g.pt, g.pl, pqp, *im2col_strides(g.Cg * g.R * g.S, pqp))
 
     def output_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
         kgp, pqp = self.padded(g)

@@ -23,10 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ...kernels.backward import conv_weight_grad_kernel
-from ...kernels.common import Sizes
+from ...kernels.conv_geometry import ceil_div
+from ...kernels.gemm import gemm_batch_sum_kernel
+from ...kernels.layout import im2col_transposed_strides
+from ...kernels.tiles import GEMM_M, GEMM_N
+from ...plan import Arg, Call, Step
 from ...types import TensorType, spatial_out
-from .. import EPS32, BoundCtx, ShapeError
+from .. import EPS32, BoundCtx, LoweringError, ShapeError
 from .padding import pad_nchw
 
 #: The attributes a convolution's gradient convolutions take from it.
@@ -131,9 +134,45 @@ def weight_grad_bound(ctx: BoundCtx) -> np.ndarray:
     return (n * p * q + 2) * EPS32 * ctx.absolute()
 
 
-def lower_weight_grad(ctx, node):
-    """One parallel iteration per filter plane (``conv_weight_grad_kernel``)."""
-    sz = Sizes()
-    k = conv_weight_grad_kernel(ctx.kname, node.attrs, ctx.in_shapes[0], ctx.in_shapes[1],
-                                ctx.comment, sz)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+def _ints(*values: int) -> tuple[Arg, ...]:
+    return tuple(Arg("int", int(v)) for v in values)
+
+
+def lower_weight_grad(ctx, node) -> Step:
+    """A GEMM per group, summed over the batch: ``dw[g] = sum_n dy_g[n] @ col_g[n]^T``, where
+    ``dy_g[n]`` is the group's ``[K/g, P*Q]`` output gradient of image n (rows padded to the
+    GEMM's 6-row tiles by ``pad_gemm_rows``) and ``col_g[n]`` its ``[C/g*R*S, P*Q]`` im2col
+    matrix, written transposed in 16-column panels by the convolution's own ``im2col`` kernel
+    (columns padded to 16); ``crop_gemm`` drops the padding into ``[K, C/g, R, S]``."""
+    x, dy = ctx.tensor_inputs
+    if ctx.storage(x) is not None or ctx.storage(dy) is not None:
+        raise LoweringError(f"{ctx.kname}: the weight gradient reads NCHW tensors only")
+    a = node.attrs
+    (c, h, w), (k, p, q) = ctx.in_shapes
+    (r, s), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]
+    t, left, _, _ = a["pads"]
+    g = a["groups"]
+    cg, kg = c // g, k // g
+    crs, pq = cg * r * s, p * q
+    crs_p, kg_p = ceil_div(crs, GEMM_N) * GEMM_N, ceil_div(kg, GEMM_M) * GEMM_M
+    gemm = gemm_batch_sum_kernel(comment="weight gradient: im2col GEMM summed over the batch, "
+                                 "6 x 16 register tile; sizes are runtime arguments")
+    compute, source_name, src = ctx.load_tasked(gemm, "gemm_batch_sum", "weight gradient kernel")
+    rows, col, total = Arg("scratch", "wgrad_rows"), Arg("scratch", "wgrad_col"), \
+        Arg("scratch", "wgrad_sum")
+    calls = [
+        Call(ctx.layout_kernel("pad_gemm_rows"),
+             (Arg("value", dy), rows, Arg("batch"), *_ints(k, kg, kg_p, pq)), "pad_gemm_rows"),
+        Call(ctx.layout_kernel("im2col"),
+             (Arg("value", x), col, Arg("batch"),
+              *_ints(c, h, w, g, cg, r, s, p, q, sh, sw, dh, dw, t, left, pq,
+                    *im2col_transposed_strides(crs_p, pq))), "im2col"),
+        Call(compute, (col, rows, total, *_ints(kg_p, pq, crs_p, g), Arg("batch")), gemm.name),
+        Call(ctx.layout_kernel("crop_gemm"),
+             (total, Arg("output"), *_ints(1, k, kg, kg_p, crs, crs_p)), "crop_gemm"),
+    ]
+    # scratch is sized per image; the sum over the batch needs one image's worth
+    scratch = {"wgrad_rows": g * kg_p * pq, "wgrad_col": g * crs_p * pq,
+               "wgrad_sum": g * kg_p * crs_p}
+    return Step(node.id, ctx.step_name, ctx.step_ops, [x, dy], node.type.size, calls,
+                scratch=scratch, lowering="gemm", sources={source_name: src}, batched=False)
