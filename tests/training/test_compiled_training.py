@@ -110,3 +110,29 @@ def test_lenet5_learns_the_digits(capsys, tmp_path):
     assert float(last.split(": ")[1]) >= 0.97
     assert main(["train", "lenet5", "--epochs", "1", "--save", str(out)]) == 2  # no --force
     assert "pass --force" in capsys.readouterr().err
+
+
+def test_input_gradient_matches_pytorch(small):
+    graph, params, x, y = small
+    tm = cnnc.compile(graph, weights=params, mode="train")
+    got = tm.input_gradient(x, y)
+    t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    p = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+    h = F.relu(F.conv2d(F.pad(t, (0, 1, 1, 1)), p["c1.weight"], p["c1.bias"], stride=2))
+    b = torch.tanh(F.conv2d(h, p["c2.weight"], p["c2.bias"], padding=1))
+    h = F.max_pool2d(h + b, 2, ceil_mode=True)
+    h = F.avg_pool2d(torch.sigmoid(F.conv2d(h, p["c3.weight"], p["c3.bias"])), 2, padding=1)
+    F.cross_entropy(F.linear(h.flatten(1), p["fc.weight"], p["fc.bias"]),
+                    torch.tensor(y)).backward()
+    want = t.grad.numpy()
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_diverging_step_names_the_first_layer_that_went_non_finite(small):
+    graph, params, x, y = small
+    huge = {k: v * 1e30 if k == "c1.weight" else v for k, v in params.items()}
+    tm = cnnc.compile(graph, weights=huge, mode="train")
+    with pytest.raises(TrainingError, match=r"training step 0: the loss is \w+; the first "
+                                            r"non-finite values come from layer \S+ \(\w+\)"):
+        tm.train_step(x * 1e10, y)
