@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cache import compile_lock
+
 __all__ = ["Job", "jobs_for", "warm_modules", "is_cached"]
 
 #: Seconds a worker may take before it is abandoned (its kernels then compile in-process).
@@ -157,7 +159,8 @@ def _compile_here(jobs: list[Job], progress: Progress | None) -> None:
     for done, job in enumerate(jobs, 1):
         if job.dispatcher is not None:
             try:
-                job.dispatcher.compile(_signature(job.kinds))
+                with compile_lock(job.path):
+                    job.dispatcher.compile(_signature(job.kinds))
             except Exception:  # the first call compiles it instead, and says why
                 pass
         if progress is not None:
@@ -186,7 +189,8 @@ def _compile_jobs(jobs: list[list]) -> None:
                 mod = importlib.util.module_from_spec(spec)
                 sys.modules[name] = mod
                 spec.loader.exec_module(mod)
-            getattr(mod, func).compile(_signature(kinds))
+            with compile_lock(p):
+                getattr(mod, func).compile(_signature(kinds))
         except Exception:  # the main process compiles it instead
             continue
 
