@@ -3,10 +3,12 @@
 Numba compiles one function at a time in one thread, and a network needs a few to a few tens of
 distinct kernels (1-7 s each). Every kernel lives in its own cached module file with
 ``cache=True``, so compilation can happen anywhere: when more than one kernel is missing from
-Numba's disk cache, ``warm_modules`` starts ``min(os.cpu_count(), n)`` worker processes, each
-importing its share of the modules and compiling their functions for the exact argument types
-the runtime passes (flat C-contiguous float32 arrays, int64 sizes), which writes Numba's cache.
-The main process then loads the machine code from the cache on the first call.
+Numba's disk cache, ``warm_modules`` splits them into ``min(os.cpu_count(), n)`` shares; this
+process compiles the first share itself (it would only wait otherwise, and has Numba loaded
+already, where a worker first spends about half a second of CPU importing it) while one worker
+process per other share imports its modules, compiling each function for the exact argument
+types the runtime passes (flat C-contiguous float32 arrays, int64 sizes), which writes Numba's
+cache. This process then loads the workers' machine code from the cache on the first call.
 
 Everything here is an optimization: if a worker fails, times out or cannot start, the kernels
 it did not finish compile in-process on first call as before. Concurrent compiles of the same
@@ -98,7 +100,8 @@ Progress = Callable[[int, int], None]
 
 def warm_modules(jobs: list[Job], workers: int | None = None,
                  progress: Progress | None = None) -> int:
-    """Compile ``jobs`` in parallel worker processes; returns how many workers ran.
+    """Compile ``jobs`` here and in parallel worker processes; returns how many worker
+    processes ran (one fewer than the shares: this process compiles the first).
 
     ``progress(done, total)`` is called as jobs finish (polled from Numba's cache files), and
     at the end. With fewer than two jobs or one CPU (or parallel compiling turned off) the
@@ -120,8 +123,13 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
         loads[i] += job.cost
     procs = []
     files = []
+
+    def report(*_: int) -> None:
+        if progress is not None:
+            progress(sum(bool(j.index) and os.path.exists(j.index) for j in jobs), len(jobs))
+
     try:
-        for share in shares:
+        for share in shares[1:]:
             fd, name = tempfile.mkstemp(prefix="cnnc-warm-", suffix=".json")
             with os.fdopen(fd, "w") as f:
                 json.dump([[j.path, j.func, list(j.kinds)] for j in share], f)
@@ -129,10 +137,10 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cnnc.compiler.backends.numba.warm", name],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _compile_here(shares[0], report)
         deadline = time.monotonic() + WORKER_TIMEOUT
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if progress is not None:
-                progress(sum(bool(j.index) and os.path.exists(j.index) for j in jobs), len(jobs))
+            report()
             time.sleep(0.2)
         for p in procs:
             if p.poll() is None:
