@@ -213,3 +213,61 @@ def test_parser_tables_are_cached_and_a_damaged_file_rebuilt(tmp_path, monkeypat
     path.unlink()
     os.mkfifo(path)
     assert build() == want and path.is_file() and stamp() == written.split(b"\n", 1)[0]
+
+
+def test_compile_lock_makes_a_second_compiler_wait(tmp_path):
+    """While one holder compiles an entry, another waits for it (then finds the kernel in the
+    cache); a FIFO where the lock file belongs is not waited on."""
+    import threading
+
+    path = tmp_path / "entry" / "k.py"
+    path.parent.mkdir()
+    order = []
+
+    def second():
+        with cache.compile_lock(path):
+            order.append("second")
+
+    with cache.compile_lock(path):
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        waiting.join(0.5)
+        order.append("first")
+    waiting.join(30)
+    assert order == ["first", "second"]
+    (path.parent / cache.LOCK).unlink()
+    os.mkfifo(path.parent / cache.LOCK)
+    with cache.compile_lock(path), cache.compile_lock(path):
+        order.append("unlocked")
+    assert order[-1] == "unlocked"
+
+
+def test_parallel_compile_workers_fill_the_cache(tmp_path, monkeypatch):
+    """``warm_modules`` compiles one share of the jobs here and each other share in a worker
+    process (one job each here), for the argument types the runtime passes; this process then
+    only loads the workers' machine code."""
+    from cnnc.compiler.backends.numba import warm
+
+    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
+    template = textwrap.dedent("""
+        from numba import njit
+
+        @njit(cache=True)
+        def k(x, n):
+            for i in range(n):
+                x[i] = x[i] * {factor}
+    """)
+    mods = [cache.load_module(template.format(factor=f), f"warm{f}", root=tmp_path)
+            for f in (2, 3)]
+    jobs = [warm.Job(m.__file__, "k", ("array", "int"), dispatcher=m.k) for m in mods]
+    assert not any(warm.is_cached(m.k) for m in mods)
+    seen = []
+    assert warm.warm_modules(jobs, workers=2, progress=lambda *p: seen.append(p)) == 1
+    assert all(warm.is_cached(m.k) for m in mods) and seen[-1] == (2, 2)
+    assert sorted(len(m.k.signatures) for m in mods) == [0, 1]  # one compiled here
+    for factor, m in zip((2, 3), mods, strict=True):
+        by_worker = not m.k.signatures
+        x = np.arange(4, dtype=np.float32)
+        m.k(x, 4)
+        np.testing.assert_array_equal(x, factor * np.arange(4))
+        assert m.k.stats.cache_hits if by_worker else len(m.k.signatures) == 1

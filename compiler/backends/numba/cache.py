@@ -35,6 +35,7 @@ a sound entry look damaged: the cost is one more compile, never a wrong kernel.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -48,10 +49,17 @@ import stat
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["cache_root", "module_path", "load_module", "cache_key", "auxiliary_file"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: kernels compile without the entry lock
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["cache_root", "module_path", "load_module", "cache_key", "auxiliary_file",
+           "compile_lock"]
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
@@ -421,6 +429,38 @@ def auxiliary_file(name: str, root: Path | str | None = None) -> Path:
     if os.path.lexists(path) and not _is_regular(path):
         _remove(path)
     return path
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def compile_lock(path: Path | str) -> Iterator[None]:
+    """Hold the lock of the cache entry of kernel file ``path`` while compiling its functions:
+    concurrent processes (pytest-xdist workers, the parallel-compile workers of two compiles,
+    two users) then compile a kernel once, the others waiting and loading it from the cache
+    (Numba's ``compile`` looks there first). Best effort: where the lock cannot be taken (not
+    POSIX, no lock file, something else than a regular file in its place) it compiles unlocked.
+    The lock goes with the process that holds it, however that ends."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(Path(path).parent / LOCK, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK |
+                         getattr(os, "O_NOFOLLOW", 0), 0o600)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                fd = None
+            else:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def load_module(source: str, tag: str, root: Path | str | None = None) -> ModuleType:

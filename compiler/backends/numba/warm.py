@@ -3,11 +3,20 @@
 Numba compiles one function at a time in one thread, and a network needs a few to a few tens of
 distinct kernels (1-7 s each). Every kernel lives in its own cached module file with
 ``cache=True``, so compilation can happen anywhere: when more than one kernel is missing from
+<<<<<<< HEAD
 Numba's disk cache, ``warm_modules`` starts ``min(os.cpu_count(), n)`` worker processes, each
 importing its share of the modules and compiling their functions for the exact argument types
 the runtime passes (flat C-contiguous float32 arrays, int64 sizes, the int64 arrays of integer
 inputs), which writes Numba's cache.
 The main process then loads the machine code from the cache on the first call.
+=======
+Numba's disk cache, ``warm_modules`` splits them into ``min(os.cpu_count(), n)`` shares; this
+process compiles the first share itself (it would only wait otherwise, and has Numba loaded
+already, where a worker first spends about half a second of CPU importing it) while one worker
+process per other share imports its modules, compiling each function for the exact argument
+types the runtime passes (flat C-contiguous float32 arrays, int64 sizes), which writes Numba's
+cache. This process then loads the workers' machine code from the cache on the first call.
+>>>>>>> perf
 
 Everything here is an optimization: if a worker fails, times out or cannot start, the kernels
 it did not finish compile in-process on first call as before. Concurrent compiles of the same
@@ -27,6 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .cache import compile_lock
 
 __all__ = ["Job", "jobs_for", "warm_modules", "is_cached"]
 
@@ -107,7 +118,8 @@ Progress = Callable[[int, int], None]
 
 def warm_modules(jobs: list[Job], workers: int | None = None,
                  progress: Progress | None = None) -> int:
-    """Compile ``jobs`` in parallel worker processes; returns how many workers ran.
+    """Compile ``jobs`` here and in parallel worker processes; returns how many worker
+    processes ran (one fewer than the shares: this process compiles the first).
 
     ``progress(done, total)`` is called as jobs finish (polled from Numba's cache files), and
     at the end. With fewer than two jobs or one CPU (or parallel compiling turned off) the
@@ -129,8 +141,13 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
         loads[i] += job.cost
     procs = []
     files = []
+
+    def report(*_: int) -> None:
+        if progress is not None:
+            progress(sum(bool(j.index) and os.path.exists(j.index) for j in jobs), len(jobs))
+
     try:
-        for share in shares:
+        for share in shares[1:]:
             fd, name = tempfile.mkstemp(prefix="cnnc-warm-", suffix=".json")
             with os.fdopen(fd, "w") as f:
                 json.dump([[j.path, j.func, list(j.kinds)] for j in share], f)
@@ -138,10 +155,10 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cnnc.compiler.backends.numba.warm", name],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _compile_here(shares[0], report)
         deadline = time.monotonic() + WORKER_TIMEOUT
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-            if progress is not None:
-                progress(sum(bool(j.index) and os.path.exists(j.index) for j in jobs), len(jobs))
+            report()
             time.sleep(0.2)
         for p in procs:
             if p.poll() is None:
@@ -168,7 +185,8 @@ def _compile_here(jobs: list[Job], progress: Progress | None) -> None:
     for done, job in enumerate(jobs, 1):
         if job.dispatcher is not None:
             try:
-                job.dispatcher.compile(_signature(job.kinds))
+                with compile_lock(job.path):
+                    job.dispatcher.compile(_signature(job.kinds))
             except Exception:  # the first call compiles it instead, and says why
                 pass
         if progress is not None:
@@ -197,7 +215,8 @@ def _compile_jobs(jobs: list[list]) -> None:
                 mod = importlib.util.module_from_spec(spec)
                 sys.modules[name] = mod
                 spec.loader.exec_module(mod)
-            getattr(mod, func).compile(_signature(kinds))
+            with compile_lock(p):
+                getattr(mod, func).compile(_signature(kinds))
         except Exception:  # the main process compiles it instead
             continue
 
