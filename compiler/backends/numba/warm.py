@@ -3,20 +3,13 @@
 Numba compiles one function at a time in one thread, and a network needs a few to a few tens of
 distinct kernels (1-7 s each). Every kernel lives in its own cached module file with
 ``cache=True``, so compilation can happen anywhere: when more than one kernel is missing from
-<<<<<<< HEAD
-Numba's disk cache, ``warm_modules`` starts ``min(os.cpu_count(), n)`` worker processes, each
-importing its share of the modules and compiling their functions for the exact argument types
-the runtime passes (flat C-contiguous float32 arrays, int64 sizes, the int64 arrays of integer
-inputs), which writes Numba's cache.
-The main process then loads the machine code from the cache on the first call.
-=======
 Numba's disk cache, ``warm_modules`` splits them into ``min(os.cpu_count(), n)`` shares; this
 process compiles the first share itself (it would only wait otherwise, and has Numba loaded
 already, where a worker first spends about half a second of CPU importing it) while one worker
 process per other share imports its modules, compiling each function for the exact argument
-types the runtime passes (flat C-contiguous float32 arrays, int64 sizes), which writes Numba's
-cache. This process then loads the workers' machine code from the cache on the first call.
->>>>>>> perf
+types the runtime passes (flat C-contiguous float32 arrays, int64 sizes, the int64 arrays of
+integer inputs), which writes Numba's cache. This process then loads the workers' machine code
+from the cache on the first call.
 
 Everything here is an optimization: if a worker fails, times out or cannot start, the kernels
 it did not finish compile in-process on first call as before. Concurrent compiles of the same
