@@ -42,7 +42,7 @@ from .ops import AttrError, ShapeError, get_op, is_constant
 from .types import TensorType, shown_path
 
 __all__ = ["GradBuilder", "GradientError", "LABELS", "LOSSES", "LossTerm", "attach_loss",
-           "autodiff", "check_labels", "gradient_outputs", "is_labels", "labels_input",
+           "autodiff", "check_labels_input", "gradient_outputs", "is_labels", "labels_input",
            "loss_terms", "trainable_params", "update_outputs"]
 
 #: Graph outputs of a training graph: the loss, ``grad:<name>`` per differentiated value and
@@ -376,7 +376,7 @@ def attach_loss(graph: Graph, loss: str | Sequence[Any] = "cross_entropy",
     return g
 
 
-def check_labels(graph: Graph, name: str, labels: np.ndarray) -> None:
+def check_labels_input(graph: Graph, name: str, labels: np.ndarray) -> None:
     """Refuse labels the loss reading input ``name`` of training graph ``graph`` cannot take
     (class indices out of range, targets outside [0, 1]...): a ShapeError saying which."""
     for user in graph.users(graph.inputs[name]):

@@ -30,7 +30,7 @@ from ..compiler.autodiff import (
     OUTPUT,
     GradientError,
     attach_loss,
-    check_labels,
+    check_labels_input,
     gradient_outputs,
     is_labels,
     trainable_params,
@@ -165,7 +165,7 @@ class TrainingModel:
         n = check_inputs(self.plan.graph, inputs, dtypes=(np.float32,))
         for name in self._labels_inputs:
             try:
-                check_labels(self.plan.graph, name, inputs[name])
+                check_labels_input(self.plan.graph, name, inputs[name])
             except ShapeError as e:
                 raise TrainingError(f"{name}: {e}" if name != LABELS else str(e)) from None
         flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
