@@ -1,7 +1,8 @@
 """Reverse-mode automatic differentiation over the IR: the backward graph as more IR.
 
 A training graph is the network as written with a loss attached (``attach_loss``: the loss op
-of ``compiler/ops/loss.py`` over the chosen output and a ``labels`` input), each layer in its
+of ``compiler/ops/loss.py`` over the chosen output and a ``labels`` input, or a weighted sum of
+several such terms, one per head), each layer in its
 training form first (``OpDef.training_form``: batch norm normalizes with the batch's statistics,
 dropout draws its mask from the ``dropout_seed`` input, ``compiler/ops/tensor.py``). A
 parameter a step updates by itself, not by its gradient (batch norm's running statistics), is
@@ -29,16 +30,20 @@ location.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from .ir import Graph, Node, model_folder
 from .ops import AttrError, ShapeError, get_op, is_constant
 from .types import TensorType, shown_path
 
-__all__ = ["GradBuilder", "GradientError", "LOSSES", "attach_loss", "autodiff",
-           "gradient_outputs", "trainable_params", "update_outputs"]
+__all__ = ["GradBuilder", "GradientError", "LABELS", "LOSSES", "LossTerm", "attach_loss",
+           "autodiff", "check_labels_input", "gradient_outputs", "is_labels", "labels_input",
+           "loss_terms", "trainable_params", "update_outputs"]
 
 #: Graph outputs of a training graph: the loss, ``grad:<name>`` per differentiated value and
 #: ``update:<name>`` per parameter the step sets (the module docstring).
@@ -65,7 +70,8 @@ class GradBuilder:
     """What an op's gradient rule sees of one forward node, and how it adds backward nodes.
 
     ``dy`` is the node id of the loss's gradient with respect to the node's output (same type
-    as the output), or None at the root, where it is 1 (a loss's own node)."""
+    as the output: a whole-batch scalar for a term of a weighted sum of losses), or None at
+    the root, where it is 1 (the loss's own node: its rule needs no input for it)."""
 
     graph: Graph
     node: Node
@@ -162,38 +168,187 @@ def differentiate(graph: Graph, root: int, wrt: Sequence[int]) -> dict[int, int]
 
 @dataclass(frozen=True)
 class LossSpec:
-    """A loss over one network output: the op and its attributes, and what its ``labels``
-    input holds per sample (``labels_shape`` of the output's type)."""
+    """A loss a user names: its op (``compiler/ops/loss.py``) and, ``skips``, the final ops of
+    an output the loss reads through (a loss on logits skips the softmax or sigmoid that turns
+    them into probabilities, as PyTorch's ``CrossEntropyLoss`` and ``BCEWithLogitsLoss`` take
+    logits)."""
 
     op: str
     doc: str
+    skips: tuple[str, ...] = ()
 
 
 #: The losses ``attach_loss`` knows, by the name a user gives (``compile(loss=...)``).
 LOSSES: dict[str, LossSpec] = {
     "cross_entropy": LossSpec("cross_entropy", "softmax cross-entropy over the classes, "
-                              "integer labels (on the logits: a final softmax is skipped)"),
+                              "integer labels (on the logits: a final softmax is skipped)",
+                              ("softmax", "log_softmax")),
     "mse": LossSpec("mse", "mean squared error against targets of the output's shape"),
+    "bce_with_logits": LossSpec("bce_with_logits", "binary cross-entropy against targets in "
+                                "[0, 1] of the output's shape (on the logits: a final sigmoid "
+                                "is skipped)", ("sigmoid",)),
+    "triplet": LossSpec("triplet", "triplet margin loss of three outputs: the anchor, positive "
+                        "and negative embeddings; no labels"),
+    "contrastive": LossSpec("contrastive", "contrastive loss of a pair's distance output, "
+                            "labels 0 (similar pair) or 1 (dissimilar)"),
+    "localization": LossSpec("localization", "class cross-entropy plus the box's mean squared "
+                             "error where an object is present (outputs [K + 4], labels "
+                             "[class, x, y, h, w])"),
 }
 
+#: The labels input of a training graph with one loss; with several terms, each term that takes
+#: labels has its own, ``labels:<output>`` (:func:`labels_input`).
+LABELS = "labels"
 
-def attach_loss(graph: Graph, loss: str = "cross_entropy", output: str | None = None,
-                **attrs: Any) -> Graph:
-    """A copy of ``graph`` with ``loss`` over its output ``output`` (default: the only one) and
-    a ``labels`` input, the loss as the graph's only output (``loss``): a training graph for
-    :func:`autodiff`. Cross-entropy reads the logits: a final ``softmax`` (or
-    ``log_softmax``) is left out of the training graph, as PyTorch's ``CrossEntropyLoss``
-    takes logits."""
-    if loss not in LOSSES:
-        raise GradientError(f"unknown loss {loss!r}; cnnc has {', '.join(LOSSES)}")
-    if output is None:
-        if len(graph.outputs) != 1:
-            raise GradientError(f"network {graph.name!r} has {len(graph.outputs)} outputs "
-                                f"({', '.join(graph.outputs)}); name the one the loss reads")
-        output = next(iter(graph.outputs))
-    if output not in graph.outputs:
-        raise GradientError(f"network {graph.name!r} has no output {output!r} (it has "
-                            f"{', '.join(graph.outputs)})")
+
+def labels_input(output: str) -> str:
+    """The name of the labels input of the term over network output ``output``."""
+    return f"{LABELS}:{output}"
+
+
+def is_labels(name: str) -> bool:
+    """Whether an input of a training graph holds a loss's labels."""
+    return name == LABELS or name.startswith(LABELS + ":")
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of a training graph's loss: ``loss`` over the network outputs ``outputs`` (one,
+    or the triplet loss's three), scaled by ``weight``, with the loss op's ``options``."""
+
+    outputs: tuple[str, ...]
+    loss: str
+    weight: float = 1.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _default_outputs(graph: Graph, loss: str) -> tuple[str, ...]:
+    """The outputs a loss reads when none are named: all of the network's, if they are as many
+    as the loss reads (the triplet loss: anchor, positive, negative in declaration order)."""
+    reads = get_op(LOSSES[loss].op).extra.get("reads", 1)
+    if len(graph.outputs) != reads:
+        what = "the one" if reads == 1 else f"the {reads}"
+        raise GradientError(f"network {graph.name!r} has {len(graph.outputs)} outputs "
+                            f"({', '.join(graph.outputs)}); name {what} the loss reads")
+    return tuple(graph.outputs)
+
+
+def _as_outputs(output: Any) -> tuple[str, ...]:
+    if isinstance(output, str):
+        return (output,)
+    if isinstance(output, (tuple, list)) and output and all(isinstance(o, str) for o in output):
+        return tuple(output)
+    raise GradientError(f"a loss term's output must be an output name (or the triplet loss's "
+                        f"three), got {output!r}")
+
+
+def _parse_term(term: Any) -> LossTerm:
+    """``(output, loss[, weight[, options]])`` as a :class:`LossTerm`."""
+    if not isinstance(term, (tuple, list)) or not 2 <= len(term) <= 4:
+        raise GradientError(f"a loss term is (output, loss[, weight[, options]]), got {term!r}")
+    output, loss, *rest = term
+    weight = rest[0] if rest else 1.0
+    options = rest[1] if len(rest) > 1 else {}
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+            not math.isfinite(weight):
+        raise GradientError(f"the weight of loss term {term!r} must be a finite number, got "
+                            f"{weight!r}")
+    if not isinstance(options, Mapping):
+        raise GradientError(f"the options of loss term {term!r} must be a dict, got "
+                            f"{options!r}")
+    return LossTerm(_as_outputs(output), str(loss), float(weight), dict(options))
+
+
+def loss_terms(graph: Graph, loss: str | Sequence[Any], output: str | Sequence[str] | None,
+               options: Mapping[str, Any]) -> list[LossTerm]:
+    """The terms ``attach_loss`` is asked for: one loss by name (over ``output``, default the
+    only output), or a list of ``(output, loss[, weight[, options]])``."""
+    if isinstance(loss, str):
+        outputs = _as_outputs(output) if output is not None else None
+        if loss in LOSSES and outputs is None:
+            outputs = _default_outputs(graph, loss)
+        terms = [LossTerm(outputs or (), loss, 1.0, dict(options))]
+    else:
+        if output is not None or options:
+            raise GradientError("with a list of loss terms, give each term's output and "
+                                "options in its tuple: (output, loss, weight, options)")
+        terms = [_parse_term(t) for t in loss]
+        if not terms:
+            raise GradientError("the list of loss terms is empty")
+    read: set[str] = set()
+    for t in terms:
+        if t.loss not in LOSSES:
+            raise GradientError(f"unknown loss {t.loss!r}; cnnc has {', '.join(LOSSES)}")
+        reads = get_op(LOSSES[t.loss].op).extra.get("reads", 1)
+        if len(t.outputs) != reads:
+            raise GradientError(f"loss {t.loss!r} reads {reads} output{'s' * (reads > 1)}, "
+                                f"given {', '.join(t.outputs)}")
+        for name in t.outputs:
+            if name not in graph.outputs:
+                raise GradientError(f"network {graph.name!r} has no output {name!r} (it has "
+                                    f"{', '.join(graph.outputs)})")
+            if name in read:
+                raise GradientError(f"output {name!r} is read by two loss terms; each term "
+                                    "reads outputs of its own")
+            read.add(name)
+    return terms
+
+
+def _attach_term(g: Graph, term: LossTerm, labels_name: str, node_name: str
+                 ) -> tuple[int, list[tuple[str, int]]]:
+    """The node of one term's loss over its outputs (and a new labels input ``labels_name``
+    where the loss takes labels); returns it and the values it reads, by output name."""
+    spec = LOSSES[term.loss]
+    op = get_op(spec.op)
+    ys = []
+    for name in term.outputs:
+        y = g.node(g.outputs[name])
+        if y.op in spec.skips and y.attrs.get("axis", 0) == 0:
+            y = g.node(y.inputs[0])
+        ys.append(y)
+    shown = ", ".join(term.outputs)
+    try:
+        labels_type = op.extra["labels_type"](ys[0].type)
+    except ShapeError as e:
+        raise GradientError(f"loss {term.loss!r} does not fit output {shown!r}: {e}") from None
+    inputs = [y.id for y in ys]
+    types = [y.type for y in ys]
+    if labels_type is not None:
+        if labels_name in g.inputs:
+            raise GradientError(f"network {g.name!r} has an input named {labels_name!r}; "
+                                "rename it to train it (the loss's labels take that name)")
+        labels = g.add("input", [], {"shape": labels_type.shape}, type=labels_type,
+                       name=labels_name)
+        g.inputs[labels_name] = labels.id
+        inputs.append(labels.id)
+        types.append(labels_type)
+    given = {a.name: term.options.get(a.name, a.default) for a in op.signature}
+    unknown = sorted(set(term.options) - set(given))
+    if unknown:
+        raise GradientError(f"loss {term.loss!r} takes {', '.join(given) or 'no options'}, not "
+                            f"{', '.join(unknown)}")
+    try:
+        canonical = op.canonicalize(given, types) if op.canonicalize else given
+        node = g.add(spec.op, inputs, canonical, name=node_name, span=ys[0].span)
+    except (ShapeError, AttrError) as e:  # a loss that does not fit the output
+        raise GradientError(f"loss {term.loss!r} does not fit output {shown!r} "
+                            f"({ys[0].type}): {e}") from None
+    return node.id, [(name, y.id) for name, y in zip(term.outputs, ys)]
+
+
+def attach_loss(graph: Graph, loss: str | Sequence[Any] = "cross_entropy",
+                output: str | Sequence[str] | None = None, **attrs: Any) -> Graph:
+    """A copy of ``graph`` with its loss and labels inputs, the loss as output ``loss``: a
+    training graph for :func:`autodiff`.
+
+    ``loss`` names one loss (:data:`LOSSES`) over output ``output`` (default: the only one;
+    the triplet loss: a tuple of three, default the network's three outputs), with the loss
+    op's options ``attrs``, and one labels input ``labels``. Or it is a list of terms
+    ``(output, loss[, weight[, options]])``, summed with their weights (``loss_sum``; default
+    weight 1), each term's labels in an input of its own, ``labels:<output>`` (the triplet
+    loss's: none). A loss on logits skips a final ``softmax`` (``log_softmax``, ``sigmoid``)
+    of the output it reads (:class:`LossSpec`)."""
+    terms = loss_terms(graph, loss, output, attrs)
     g = graph.copy()
     updates: dict[int, int] = {}  # parameter -> its value after the step
     for n in g.topo_order():
@@ -205,36 +360,29 @@ def attach_loss(graph: Graph, loss: str = "cross_entropy", output: str | None = 
                 at = where(g, n)
                 raise GradientError(f"{at + ': ' if at else ''}layer {n.name or n.id} cannot "
                                     f"train: {e}") from None
-    y = g.node(g.outputs[output])
-    if loss == "cross_entropy" and y.op in ("softmax", "log_softmax") and \
-            y.attrs.get("axis", 0) == 0:
-        y = g.node(y.inputs[0])
-    spec = LOSSES[loss]
-    try:
-        labels_type = get_op(spec.op).extra["labels_type"](y.type)
-    except ShapeError as e:
-        raise GradientError(f"loss {loss!r} does not fit output {output!r}: {e}") from None
-    if "labels" in g.inputs:
-        raise GradientError(f"network {graph.name!r} has an input named 'labels'; rename it "
-                            "to train it (the loss's labels take that name)")
-    labels = g.add("input", [], {"shape": labels_type.shape}, type=labels_type, name="labels")
-    g.inputs["labels"] = labels.id
-    op = get_op(spec.op)
-    given = {a.name: attrs.get(a.name, a.default) for a in op.signature}
-    unknown = sorted(set(attrs) - set(given))
-    if unknown:
-        raise GradientError(f"loss {loss!r} takes {', '.join(given) or 'no options'}, not "
-                            f"{', '.join(unknown)}")
-    try:
-        canonical = op.canonicalize(given, [y.type, labels_type]) if op.canonicalize else given
-        node = g.add(spec.op, [y.id, labels.id], canonical, name=f"loss.{loss}", span=y.span)
-    except (ShapeError, AttrError) as e:  # a loss that does not fit the output
-        raise GradientError(f"loss {loss!r} does not fit output {output!r} ({y.type}): "
-                            f"{e}") from None
-    g.outputs = {LOSS: node.id, OUTPUT + output: y.id}
+    single = isinstance(loss, str)
+    nodes, scores = [], []
+    for t in terms:
+        labels_name = LABELS if single else labels_input(t.outputs[0])
+        node_name = f"loss.{t.loss}" if single else f"loss.{t.outputs[0]}.{t.loss}"
+        nid, read = _attach_term(g, t, labels_name, node_name)
+        nodes.append(nid)
+        scores += read
+    root = nodes[0] if single else g.add("loss_sum", nodes, {
+        "weights": tuple(t.weight for t in terms)}, name="loss.sum").id
+    g.outputs = {LOSS: root, **{OUTPUT + name: y for name, y in scores}}
     g.outputs.update({UPDATE + g.node(p).name: v for p, v in updates.items()})
     g.remove_dead()
     return g
+
+
+def check_labels_input(graph: Graph, name: str, labels: np.ndarray) -> None:
+    """Refuse labels the loss reading input ``name`` of training graph ``graph`` cannot take
+    (class indices out of range, targets outside [0, 1]...): a ShapeError saying which."""
+    for user in graph.users(graph.inputs[name]):
+        check = get_op(user.op).extra.get("check_labels")
+        if check is not None:
+            check(labels, graph.node(user.inputs[0]).type)
 
 
 def gradient_outputs(graph: Graph) -> dict[str, int]:
@@ -265,7 +413,7 @@ def autodiff(graph: Graph, ctx: TrainingOptions) -> bool:
     wrt = [p.id for p in trainable_params(graph, ctx.frozen)]
     if ctx.input_gradients:
         wrt += [nid for name, nid in graph.inputs.items()
-                if name != "labels" and graph.node(nid).type.batched]  # not dropout_seed
+                if not is_labels(name) and graph.node(nid).type.batched]  # not dropout_seed
     grads = differentiate(graph, graph.outputs[LOSS], wrt)
     for nid, g in grads.items():
         node = graph.node(nid)

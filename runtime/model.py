@@ -373,8 +373,11 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
 
     ``mode="train"``: a :class:`~cnnc.runtime.train.TrainingModel` (the loss attached, the
     backward graph generated, an optimizer over the trainable parameters); ``training`` takes
-    ``runtime.train.compile_training``'s options: ``loss`` (``cross_entropy``, ``mse``),
-    ``output``, ``optimizer`` (``sgd``, ``adam``, ``adamw``), ``lr``, ``momentum``,
+    ``runtime.train.compile_training``'s options: ``loss`` (``cross_entropy``, ``mse``,
+    ``bce_with_logits``, ``triplet``, ``contrastive``, ``localization``, or a list of
+    ``(output, loss[, weight[, options]])`` terms summed), ``output``, ``loss_options`` (the
+    loss's own: ``margin``, ``box_weight``...), ``optimizer`` (``sgd``, ``adam``, ``adamw``),
+    ``lr``, ``momentum``,
     ``nesterov``, ``weight_decay``, ``betas``, ``eps``, ``clip_norm``, ``label_smoothing``,
     ``freeze`` (parameter name patterns).
     """

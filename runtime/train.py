@@ -25,18 +25,20 @@ from typing import Any
 import numpy as np
 
 from ..compiler.autodiff import (
+    LABELS,
     LOSS,
     OUTPUT,
     GradientError,
     attach_loss,
+    check_labels_input,
     gradient_outputs,
+    is_labels,
     trainable_params,
     update_outputs,
 )
 from ..compiler.ir import Graph, model_folder
 from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
-from ..compiler.ops.loss import check_labels
 from ..compiler.ops.tensor import DROPOUT_SEED
 from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.plan import Plan
@@ -59,7 +61,7 @@ class TrainingModel:
     """A network compiled for training (see the module docstring)."""
 
     def __init__(self, graph: Graph, plan: Plan, params: Mapping[str, np.ndarray],
-                 optimizer: Optimizer, loss: str, frozen: Sequence[str] = (),
+                 optimizer: Optimizer, loss: str | Sequence[Any], frozen: Sequence[str] = (),
                  opt_level: int = 2, compile_seconds: float = 0.0,
                  compile_inference: Callable[..., Any] | None = None) -> None:
         self.graph = graph
@@ -85,6 +87,7 @@ class TrainingModel:
                             for i, n in enumerate(self.trainable)}
         self._fixed: dict[str, np.ndarray] = {}
         self.updates = update_outputs(plan.graph)
+        self._labels_inputs = [n for n in plan.graph.inputs if is_labels(n)]
         # the scores the loss read in the last step, by output name (a batch's accuracy)
         self.last_scores: dict[str, np.ndarray] = {}
         self.steps_taken = 0
@@ -129,6 +132,22 @@ class TrainingModel:
         return self.compile_inference(self.graph, weights=self.params, **options)
 
     # -- running ------------------------------------------------------------------------------
+    def _labels(self, y: Any) -> dict[str, np.ndarray]:
+        """The labels inputs from ``y``: one array for the one loss, or with several terms a
+        dict by output name (an array alone goes to every term that takes labels)."""
+        names = self._labels_inputs
+        if not isinstance(y, Mapping):
+            return {name: np.asarray(y) for name in names}
+        if names == [LABELS]:
+            raise TrainingError("this training model has one loss: pass its labels as an array")
+        by_output = {name[len(LABELS) + 1:]: name for name in names}
+        unknown = sorted(set(y) - set(by_output))
+        missing = sorted(set(by_output) - set(y))
+        if unknown or missing:
+            raise TrainingError(f"labels are needed for outputs {', '.join(by_output)}; got "
+                                f"{', '.join(map(str, y)) or 'none'}")
+        return {by_output[k]: np.asarray(v) for k, v in y.items()}
+
     def _feed(self, x: Any, y: Any) -> tuple[dict[int, np.ndarray], int]:
         inputs = dict(x) if isinstance(x, Mapping) else None
         names = [n for n in self.graph.inputs]
@@ -139,17 +158,16 @@ class TrainingModel:
             inputs = {names[0]: x}
         if DROPOUT_SEED in self.plan.graph.inputs:
             inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken], np.int64)
-        labels = np.asarray(y)
-        if labels.dtype.kind not in "iuf":
-            raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
-        inputs["labels"] = labels.astype(np.float32)
+        for name, labels in self._labels(y).items():
+            if labels.dtype.kind not in "iuf":
+                raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
+            inputs[name] = labels.astype(np.float32)
         n = check_inputs(self.plan.graph, inputs, dtypes=(np.float32,))
-        if self.loss == "cross_entropy":
-            scores = self.plan.graph.node(self.plan.graph.outputs[LOSS]).inputs[0]
+        for name in self._labels_inputs:
             try:
-                check_labels(labels, self.plan.graph.node(scores).type.shape[0])
+                check_labels_input(self.plan.graph, name, inputs[name])
             except ShapeError as e:
-                raise TrainingError(str(e)) from None
+                raise TrainingError(f"{name}: {e}" if name != LABELS else str(e)) from None
         flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
                 for name, nid in self.plan.graph.inputs.items()}
         return flat, n
@@ -308,7 +326,9 @@ class TrainingModel:
 
 
 def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: Target,
-                     loss: str = "cross_entropy", output: str | None = None,
+                     loss: str | Sequence[Any] = "cross_entropy",
+                     output: str | Sequence[str] | None = None,
+                     loss_options: Mapping[str, Any] | None = None,
                      optimizer: str = "sgd", lr: float = 0.01, momentum: float = 0.0,
                      nesterov: bool = False, weight_decay: float = 0.0,
                      betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -317,11 +337,20 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                      cache_dir: str | Path | None = None, progress: Any = None,
                      input_gradients: bool = False,
                      compile_inference: Callable[..., Any] | None = None) -> TrainingModel:
-    """The training model of ``graph`` (``cnnc.compile(..., mode="train")`` calls this)."""
+    """The training model of ``graph`` (``cnnc.compile(..., mode="train")`` calls this).
+
+    ``loss``: a loss's name over ``output`` with the loss op's ``loss_options`` (cross-entropy's
+    ``label_smoothing`` may be given by itself), or a list of terms ``(output, loss[, weight[,
+    options]])`` summed (``compiler.autodiff.attach_loss``)."""
+    attrs = dict(loss_options or {})
+    if label_smoothing:
+        if loss != "cross_entropy":
+            raise TrainingError("label_smoothing is an option of loss 'cross_entropy'; with "
+                                "several terms give it in each term's options")
+        attrs["label_smoothing"] = label_smoothing
     try:
         opt = Optimizer(optimizer, lr, momentum, nesterov, weight_decay, tuple(betas), eps,
                         clip_norm)
-        attrs = {"label_smoothing": label_smoothing} if loss == "cross_entropy" else {}
         tg = attach_loss(graph, loss, output, **attrs)
         optimize(tg, opt_level, ctx=PassContext(training=True, target=target,
                                                 frozen=tuple(freeze),
@@ -335,7 +364,8 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
     model = TrainingModel(graph, plan, params, opt, loss, freeze, opt_level,
                           compile_inference=compile_inference)
     if not input_gradients:
-        options = dict(target=target, loss=loss, output=output, optimizer=optimizer, lr=lr,
+        options = dict(target=target, loss=loss, output=output, loss_options=loss_options,
+                       optimizer=optimizer, lr=lr,
                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                        betas=betas, eps=eps, clip_norm=clip_norm,
                        label_smoothing=label_smoothing, freeze=freeze, opt_level=opt_level,

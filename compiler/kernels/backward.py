@@ -139,10 +139,23 @@ def cross_entropy_kernel(name: str, shape: Sequence[int], smoothing: float,
                   body, comment)
 
 
+def upstream(dy: int | None) -> Expr:
+    """The whole-batch scalar gradient reaching a loss, read from ``x<dy>[0]``; 1 at the root of
+    the training graph (``dy`` None: the gradient kernel reads no such input)."""
+    return F64(1.0) if dy is None else call("f64", Load(f"x{dy}", Const(0)))
+
+
+def _loss_grad_arrays(count: int, dy: int | None) -> list[Param]:
+    """``x0 .. x<count-1>`` (the loss's inputs), ``x<dy>`` when given, and ``y``."""
+    names = [f"x{k}" for k in range(count)] + ([f"x{dy}"] if dy is not None else [])
+    return arrays(*names, "y")
+
+
 def cross_entropy_grad_kernel(name: str, shape: Sequence[int], smoothing: float,
-                              comment: str = "", sz: Sizes | None = None) -> Kernel:
-    """``(softmax(z) - q) / (N pixels)`` per image and pixel (``cross_entropy_kernel``'s
-    inputs)."""
+                              dy: int | None = None, comment: str = "",
+                              sz: Sizes | None = None) -> Kernel:
+    """``dy (softmax(z) - q) / (N pixels)`` per image and pixel (``cross_entropy_kernel``'s
+    inputs; ``dy`` as :func:`upstream` reads it)."""
     sz = sz if sz is not None else Sizes(literal=True)
     K, L = sz("K", shape[0]), sz("L", _prod(shape[1:]))
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("j", L)])
@@ -150,12 +163,12 @@ def cross_entropy_grad_kernel(name: str, shape: Sequence[int], smoothing: float,
     idx = base + Var("l") * L
     body += _log_sum_exp(base, L, K)
     body += [Let("label", call("int", Load("x1", Var("n") * L + Var("j")))),
-             Let("scale", div(F64(1.0), call("f64", N_BATCH * L))),
+             Let("scale", div(upstream(dy), call("f64", N_BATCH * L))),
              Loop("l", const(K), [Store("y", idx, (
                  call("exp", call("f64", Load("x0", idx)) - Var("lse")) -
                  Select(cmp("==", Var("l"), Var("label")), F64(1.0 - smoothing), F64(0.0)) -
                  div(F64(smoothing), call("f64", K))) * Var("scale"))])]
-    return rows_kernel(name, arrays("x0", "x1", "y"), L, body, comment, sz)
+    return rows_kernel(name, _loss_grad_arrays(2, dy), L, body, comment, sz)
 
 
 def softmax_grad_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
@@ -237,16 +250,16 @@ def mse_kernel(name: str, size: int, comment: str = "", sz: Sizes | None = None)
                   body, comment)
 
 
-def mse_grad_kernel(name: str, size: int, comment: str = "",
+def mse_grad_kernel(name: str, size: int, dy: int | None = None, comment: str = "",
                     sz: Sizes | None = None) -> Kernel:
-    """``2 (x0 - x1) / count``, count the elements of the batch (``size`` per image)."""
+    """``dy 2 (x0 - x1) / count``, count the elements of the batch (``size`` per image)."""
     sz = sz if sz is not None else Sizes(literal=True)
     L = sz("L", size)
     at = Var("t") * L + Var("j")
-    body: list[Stmt] = [Let("scale", div(F64(2.0), call("f64", N_BATCH * L))), Loop(
-        "j", const(L), [Store("y", at, (call("f64", Load("x0", at)) - call(
-            "f64", Load("x1", at))) * Var("scale"))])]
-    return rows_kernel(name, arrays("x0", "x1", "y"), 1, body, comment, sz)
+    body: list[Stmt] = [Let("scale", div(F64(2.0) * upstream(dy), call("f64", N_BATCH * L))),
+                        Loop("j", const(L), [Store("y", at, (call("f64", Load("x0", at)) - call(
+                            "f64", Load("x1", at))) * Var("scale"))])]
+    return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
 
 
 def distance_grad_kernel(name: str, size: int, p: float, comment: str = "",
@@ -276,6 +289,195 @@ def distance_grad_kernel(name: str, size: int, p: float, comment: str = "",
                 Store("y", at, Select(cmp("==", diff, F64(0.0)), F64(0.0), value))])],
            [Loop("j", const(L), [Store("y", at, Const(0.0))])])]
     return rows_kernel(name, arrays("x0", "x1", "x2", "x3", "y"), 1, body, comment, sz)
+
+
+# -- the other losses: one serial loop for the batch mean, one row per image for the gradient ---
+# ``x<k>`` are the loss's inputs in the op's order; a gradient kernel's ``dy`` is as
+# :func:`upstream` reads it. Sums and the per-element arithmetic run in float64.
+
+def _batch_mean(name: str, inputs: int, count: Expr, body: list[Stmt], comment: str,
+                sz: Sizes) -> Kernel:
+    """``y = total / count`` after ``body`` (which adds each sample's term to ``total``)."""
+    return Kernel(name, _loss_grad_arrays(inputs, None) + sz.params() +
+                  [Param("n_batch", "int")],
+                  [Let("total", call("f64", Const(0))), *body,
+                   Store("y", Const(0), div(Var("total"), call("f64", count)))], comment)
+
+
+def _f64(array: str, at: Expr) -> Expr:
+    return call("f64", Load(array, at))
+
+
+def bce_with_logits_kernel(name: str, size: int, comment: str = "",
+                           sz: Sizes | None = None) -> Kernel:
+    """The mean over every element of ``max(x, 0) - x t + log(1 + exp(-|x|))`` (logits ``x0``,
+    targets ``x1``, ``size`` per image)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    x = Var("x")
+    body: list[Stmt] = [Loop("i", N_BATCH * L, [
+        Let("x", _f64("x0", Var("i"))),
+        Let("total", Var("total") + fmax(x, F64(0.0)) - x * _f64("x1", Var("i")) +
+            call("log1p", call("exp", F64(0.0) - call("abs", x))))])]
+    return _batch_mean(name, 2, N_BATCH * L, body, comment, sz)
+
+
+def bce_with_logits_grad_kernel(name: str, size: int, dy: int | None = None, comment: str = "",
+                                sz: Sizes | None = None) -> Kernel:
+    """``dy (sigmoid(x) - t) / count`` per element, the sigmoid from ``e = exp(-|x|)`` (1 / (1 +
+    e) or e / (1 + e): no overflow)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    at = Var("t") * L + Var("j")
+    e = Var("e")
+    body: list[Stmt] = [Let("scale", div(upstream(dy), call("f64", N_BATCH * L))), Loop(
+        "j", const(L), [
+            Let("x", _f64("x0", at)), Let("e", call("exp", F64(0.0) - call("abs", Var("x")))),
+            Let("sig", Select(cmp(">=", Var("x"), F64(0.0)), div(F64(1.0), F64(1.0) + e),
+                              div(e, F64(1.0) + e))),
+            Store("y", at, (Var("sig") - _f64("x1", at)) * Var("scale"))])]
+    return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
+
+
+def _triplet_distances(base: Expr, L: Expr | int, eps: float) -> list[Stmt]:
+    """``dp`` = ||a - p + eps|| and ``dn`` = ||a - n + eps|| of one sample (``x0``, ``x1``,
+    ``x2`` from ``base``), PyTorch's ``pairwise_distance``."""
+    at = base + Var("j")
+    return [Let("sp", call("f64", Const(0))), Let("sn", call("f64", Const(0))),
+            Loop("j", const(L), [
+                Let("u", _f64("x0", at) - _f64("x1", at) + F64(eps)),
+                Let("v", _f64("x0", at) - _f64("x2", at) + F64(eps)),
+                Let("sp", Var("sp") + Var("u") * Var("u")),
+                Let("sn", Var("sn") + Var("v") * Var("v"))]),
+            Let("dp", call("sqrt", Var("sp"))), Let("dn", call("sqrt", Var("sn")))]
+
+
+def triplet_kernel(name: str, size: int, margin: float, eps: float, comment: str = "",
+                   sz: Sizes | None = None) -> Kernel:
+    """The batch mean of ``max(||a - p + eps|| - ||a - n + eps|| + margin, 0)``: anchors
+    ``x0``, positives ``x1``, negatives ``x2``, ``size`` values each per image."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    body: list[Stmt] = [Loop("n", N_BATCH, [
+        *_triplet_distances(Var("n") * L, L, eps),
+        Let("total", Var("total") + fmax(Var("dp") - Var("dn") + F64(margin), F64(0.0)))])]
+    return _batch_mean(name, 3, N_BATCH, body, comment, sz)
+
+
+def triplet_grad_kernel(name: str, size: int, margin: float, eps: float, wrt: str,
+                        dy: int | None = None, comment: str = "",
+                        sz: Sizes | None = None) -> Kernel:
+    """The gradient of :func:`triplet_kernel`'s loss with respect to the ``anchor``,
+    ``positive`` or ``negative`` (``wrt``) of each image: where the hinge is open (its argument
+    >= 0, as PyTorch's ``clamp_min``), ``g = dy / N`` times ``u / dp - v / dn``, ``-u / dp`` or
+    ``v / dn`` (u = a - p + eps, v = a - n + eps; a zero distance passes nothing)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    at = Var("t") * L + Var("j")
+    u = _f64("x0", at) - _f64("x1", at) + F64(eps)
+    v = _f64("x0", at) - _f64("x2", at) + F64(eps)
+    gp, gn = Var("gp"), Var("gn")
+    value = {"anchor": u * gp - v * gn, "positive": F64(0.0) - u * gp, "negative": v * gn}[wrt]
+    body: list[Stmt] = [
+        *_triplet_distances(Var("t") * L, L, eps),
+        Let("g", Select(cmp(">=", Var("dp") - Var("dn") + F64(margin), F64(0.0)),
+                        div(upstream(dy), call("f64", N_BATCH)), F64(0.0))),
+        Let("gp", Select(cmp(">", Var("dp"), F64(0.0)), div(Var("g"), Var("dp")), F64(0.0))),
+        Let("gn", Select(cmp(">", Var("dn"), F64(0.0)), div(Var("g"), Var("dn")), F64(0.0))),
+        Loop("j", const(L), [Store("y", at, value)])]
+    return rows_kernel(name, _loss_grad_arrays(3, dy), 1, body, comment, sz)
+
+
+def contrastive_kernel(name: str, size: int, margin: float, comment: str = "",
+                       sz: Sizes | None = None) -> Kernel:
+    """The mean over every pair of ``(1 - Y) d^2 / 2 + Y max(margin - d, 0)^2 / 2`` (distances
+    ``x0``, labels ``x1``: 0 similar, 1 dissimilar; ``size`` per image)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    d, y, h = Var("d"), Var("lab"), Var("h")
+    body: list[Stmt] = [Loop("i", N_BATCH * L, [
+        Let("d", _f64("x0", Var("i"))), Let("lab", _f64("x1", Var("i"))),
+        Let("h", fmax(F64(margin) - d, F64(0.0))),
+        Let("total", Var("total") + F64(0.5) * ((F64(1.0) - y) * d * d + y * h * h))])]
+    return _batch_mean(name, 2, N_BATCH * L, body, comment, sz)
+
+
+def contrastive_grad_kernel(name: str, size: int, margin: float, dy: int | None = None,
+                            comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``dy ((1 - Y) d - Y max(margin - d, 0)) / count`` per pair."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    at = Var("t") * L + Var("j")
+    d, y = Var("d"), Var("lab")
+    body: list[Stmt] = [Let("scale", div(upstream(dy), call("f64", N_BATCH * L))), Loop(
+        "j", const(L), [
+            Let("d", _f64("x0", at)), Let("lab", _f64("x1", at)),
+            Store("y", at, ((F64(1.0) - y) * d - y * fmax(F64(margin) - d, F64(0.0))) *
+                  Var("scale"))])]
+    return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
+
+
+def localization_kernel(name: str, classes: int, box: int, box_weight: float,
+                        comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """The batch mean of ``-log softmax(s)_c + box_weight [c != 0] mean_j (b_j - t_j)^2``:
+    outputs ``x0`` [N, classes + box] (class scores s, then the box b), labels ``x1``
+    [N, 1 + box] (the class c, 0 meaning no object, then the box t)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    K = sz("K", classes)
+    width, lwidth = K + box, 1 + box
+    base = Var("n") * width
+    sq = _f64("x0", base + K + Var("j")) - _f64("x1", Var("n") * lwidth + 1 + Var("j"))
+    body: list[Stmt] = [Loop("n", N_BATCH, [
+        *_log_sum_exp(base, 1, K),
+        Let("label", call("int", Load("x1", Var("n") * lwidth))),
+        Let("total", Var("total") + Var("lse") - _f64("x0", base + Var("label"))),
+        If(cmp("!=", Var("label"), 0), [
+            Let("sq", call("f64", Const(0))),
+            Loop("j", const(box), [Let("d", sq), Let("sq", Var("sq") + Var("d") * Var("d"))]),
+            Let("total", Var("total") + F64(box_weight / box) * Var("sq"))])])]
+    return _batch_mean(name, 2, N_BATCH, body, comment, sz)
+
+
+def localization_grad_kernel(name: str, classes: int, box: int, box_weight: float,
+                             dy: int | None = None, comment: str = "",
+                             sz: Sizes | None = None) -> Kernel:
+    """Per image, ``g = dy / N``: ``g (softmax(s) - onehot(c))`` for the class scores and
+    ``g box_weight 2 (b - t) / box`` for the box where c != 0 (0 where no object)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    K = sz("K", classes)
+    width, lwidth = K + box, 1 + box
+    base = Var("t") * width
+    label = Var("label")
+    diff = _f64("x0", base + K + Var("j")) - _f64("x1", Var("t") * lwidth + 1 + Var("j"))
+    body: list[Stmt] = [
+        *_log_sum_exp(base, 1, K),
+        Let("label", call("int", Load("x1", Var("t") * lwidth))),
+        Let("g", div(upstream(dy), call("f64", N_BATCH))),
+        Loop("l", const(K), [Store("y", base + Var("l"), (
+            call("exp", _f64("x0", base + Var("l")) - Var("lse")) -
+            Select(cmp("==", Var("l"), label), F64(1.0), F64(0.0))) * Var("g"))]),
+        Let("gb", Select(cmp("!=", label, 0), Var("g") * F64(2.0 * box_weight / box),
+                         F64(0.0))),
+        Loop("j", const(box), [Store("y", base + K + Var("j"), diff * Var("gb"))])]
+    return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
+
+
+def loss_sum_kernel(name: str, weights: Sequence[float], comment: str = "") -> Kernel:
+    """``y = sum_i weights[i] x<i>[0]``: the weighted sum of whole-batch losses, in float64."""
+    total: Expr = call("f64", Const(0))
+    for k, w in enumerate(weights):
+        total = total + F64(float(w)) * _f64(f"x{k}", Const(0))
+    return Kernel(name, _loss_grad_arrays(len(weights), None) + [Param("n_batch", "int")],
+                  [Store("y", Const(0), total)], comment)
+
+
+def loss_weight_kernel(name: str, weight: float, dy: int | None = None,
+                       comment: str = "") -> Kernel:
+    """``y = weight`` (times ``dy`` as :func:`upstream` reads it): the gradient of a weighted
+    sum of losses with respect to one term."""
+    params = arrays(*([f"x{dy}"] if dy is not None else []), "y")  # x0 only orders the step
+    return Kernel(name, params + [Param("n_batch", "int")],
+                  [Store("y", Const(0), F64(float(weight)) * upstream(dy))], comment)
 
 
 # -- batch norm in training: the batch's statistics, their gradients, the running updates --------

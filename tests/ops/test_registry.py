@@ -87,6 +87,11 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "instance_norm": ([(3, 4, 5)], {}),
     "cross_entropy": ([(5,), ()], {}),
     "mse": ([(3, 4, 5), (3, 4, 5)], {}),
+    "bce_with_logits": ([(3, 4, 5), (3, 4, 5)], {}),
+    "triplet": ([(6,), (6,), (6,)], {"margin": 0.5}),
+    "contrastive": ([(1,), (1,)], {"margin": 2.0}),
+    "localization": ([(7,), (5,)], {"box_weight": 0.5}),
+    "loss_sum": ([(), ()], {"weights": (1.0, 0.3)}),
     # the training forms' ops (compiler/autodiff.attach_loss), canonical attributes
     "batch_mean": ([(3, 4, 5)], {}),
     "batch_var": ([(6,)], {}),
@@ -96,7 +101,8 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
 }
 #: Inputs of a sample call that are one value for the whole batch (no batch axis): parameters,
 #: batch statistics, the dropout seed.
-WHOLE_BATCH = {"batchnorm_train": (1, 2, 3, 4), "running_update": (0, 1), "dropout_train": (1,)}
+WHOLE_BATCH = {"batchnorm_train": (1, 2, 3, 4), "running_update": (0, 1), "dropout_train": (1,),
+               "loss_sum": (0, 1)}
 
 
 def canonical(op: OpDef, in_types: list[TensorType], raw: dict[str, Any]) -> dict[str, Any]:
@@ -217,6 +223,12 @@ def test_parts_agree_on_a_sample(name):
               for k, s in enumerate(shapes)]
     if op.family == "loss" and name == "cross_entropy":  # class labels
         values[1] = rng.integers(0, shapes[0][0], (batch,) + shapes[1]).astype(np.float64)
+    if name in ("bce_with_logits", "contrastive"):  # targets in [0, 1]; pairs 0 or 1
+        values[1] = rng.random(values[1].shape)
+        if name == "contrastive":
+            values[1] = np.round(values[1])
+    if name == "localization":  # the class (0: nothing there), then the box
+        values[1][:, 0] = rng.integers(0, shapes[0][0] - 4, batch)
     values += [rng.random(s.shape) + 0.5 for s in specs]  # positive: running_var
     y = op.reference(values, attrs)
     assert isinstance(y, np.ndarray) and y.dtype == np.float64
