@@ -506,6 +506,18 @@ def _activation_grad_infer(in_types, attrs):
     return in_types[0]
 
 
+def _activation_grad_bound(ctx: BoundCtx) -> np.ndarray:
+    """f'(x) in float32, times dy. The derivatives cancel: tanh's 1 - t^2, sigmoid's s (1 - s),
+    swish's and mish's x (1 - ...) lose digits where the subtracted term nears 1, so their
+    float32 error is absolute, of the size of EPS32 (1 + |x|) per transcendental call and
+    rounding (at most three calls and eight roundings), not relative to f'(x); an error already
+    in x (a fused producer's) moves f'(x) by at most about (1 + |f'|) times it."""
+    x, dy = ctx.inputs[0], np.abs(ctx.inputs[1])
+    slope = np.abs(DERIVATIVES[_of(ctx.attrs)[0]][0](x, _of(ctx.attrs)[1]))
+    return dy * (ctx.err_in * (1 + slope) + (3 * TRANSCENDENTAL + 8) * EPS32 *
+                 (1 + np.abs(x) + slope)) + 2 * EPS32 * np.abs(ctx.out)
+
+
 def _activation_gradient(d):
     """dx = f'(x) * dy."""
     return [d.add("activation_grad", [d.input(0), d.dy], {"of": d.node.op, **d.attrs})]
@@ -520,8 +532,7 @@ register(OpDef(
     arity=2, pass_made=True, backward=True, new_activations=False,
     epilogue=lambda x, a, dy: DERIVATIVES[a["of"]][1](x, _of(a)[1]) * dy,
     lower=lower_binary_epilogue,
-    # f'(x) in float32 (its transcendental calls and roundings, relative), times dy
-    error_bound=pointwise_bound(rel=3 * TRANSCENDENTAL + 8),
+    error_bound=_activation_grad_bound,
     doc="f'(x) * dy: the input gradient of activation `of` (autodiff)"))
 
 

@@ -94,6 +94,34 @@ def siamese():
     return tm, training_feed(tm, 2, rng)
 
 
+# The activations whose derivatives cancel (1 - t^2, s (1 - s), x (1 - ...)), each after a
+# convolution that makes its input large enough to saturate it.
+ACTIVATIONS = """network acts
+input x: 3 x 5 x 5
+x -> conv(4, 3, pad=1) -> tanh -> conv(4, 1) -> sigmoid -> conv(4, 1) -> swish
+  -> conv(4, 1) -> mish -> conv(4, 1) -> gelu -> conv(4, 1) -> softplus -> conv(4, 1)
+  -> gelu(approximate=tanh) -> conv(4, 1) -> elu -> conv(2, 1) -> output y
+"""
+
+
+@pytest.fixture(scope="module")
+def acts():
+    rng = np.random.default_rng(2)
+    graph = cnnc.load(ACTIVATIONS)
+    params = {k: v * 6 for k, v in random_params(graph, rng).items()}  # saturating inputs
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="mse")
+    return tm, training_feed(tm, 3, rng)
+
+
+def test_activation_gradients_are_within_their_error_bounds(acts):
+    """The derivatives' cancellation is absolute, not relative to f'(x): the bound says so."""
+    tm, feed = acts
+    rows = check_plan(tm.plan, tm.executor, tm.params, feed)
+    grads = [r for r in rows if "activation_grad" in r.op]
+    assert len(grads) == 8
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+
+
 @pytest.fixture(scope="module")
 def checked(wide, siamese):
     """The check's rows of both networks, by network."""
