@@ -1,7 +1,8 @@
 """The generated update kernels (``compiler/kernels/optimizer.py``) through ``Optimizer.update``,
 against the textbook formulas in NumPy (float64) on random buffers of odd lengths (one element,
 less than a block, just over one and several blocks), three steps with a changing learning
-rate, with and without clipping; the gradient norm kernel against NumPy's norm."""
+rate, with and without clipping; the gradient norm kernel against NumPy's norm; the kernels
+printed for CUDA."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 import numpy as np
 import pytest
 
+from cnnc.compiler.backends.cuda.printer import kernel_type_errors, print_kernel
+from cnnc.compiler.kernels.optimizer import UPDATE_KERNELS, block_norms_kernel
 from cnnc.runtime.optim import Optimizer, OptimizerError
 
 LENGTHS = (1, 7, 4097, 3 * 4096 + 5)
@@ -107,3 +110,15 @@ def test_a_non_finite_gradient_makes_the_norm_non_finite(bad):
 def test_buffers_must_be_flat_float32():
     with pytest.raises(OptimizerError, match="flat contiguous float32"):
         Optimizer().update(np.zeros(5), np.zeros(5))
+
+
+@pytest.mark.parametrize("build", [*UPDATE_KERNELS.values(), block_norms_kernel])
+def test_the_kernels_print_for_cuda_too(build):
+    """Kernel IR like any other: the CUDA printer types and prints them (float scalars as
+    ``float`` arguments), for the day training runs on the GPU."""
+    kernel = build()
+    assert kernel_type_errors(kernel) is None
+    source = print_kernel(kernel)
+    assert f"void {kernel.name}(" in source
+    floats = [p.name for p in kernel.params if p.kind == "float"]
+    assert all(f"float {name}," in source for name in floats)
