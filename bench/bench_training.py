@@ -45,7 +45,7 @@ KINDS = {
     "dense_weight_grad": "dense weight gradient",
     "maxpool": "pooling", "avgpool": "pooling", "globalavgpool": "pooling",
     "globalmaxpool": "pooling", "pool_grad": "pooling", "global_pool_grad": "pooling",
-    "gradients": "gradient copy and check",
+    "gradients": "gradient norm and check",
     "optimizer": "optimizer",
     "refresh": "repacking of weights",
 }

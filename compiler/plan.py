@@ -104,6 +104,9 @@ class BufferPlan:
     storage: dict[int, Storage] = field(default_factory=dict)  # blocked values by node id
     # Slots of whole-batch values (``Step.batched`` False): their size is not per image.
     unbatched: set[int] = field(default_factory=set)
+    # Whole-batch values placed one after another in one slot (a training graph's parameter
+    # gradients: the flat gradient buffer), by node id: the float where each begins.
+    offset: dict[int, int] = field(default_factory=dict)
 
     def root(self, value: int) -> int:
         while value in self.alias:
@@ -156,8 +159,8 @@ class Plan:
             root = b.root(v)
             where = f"arena slot {b.slot_of[root]}" if root in b.slot_of else "the caller's array"
             storage = b.storage.get(v, step.storage)
-            start = f", from float {storage.offset}" if storage is not None and storage.offset \
-                else ""
+            first = storage.offset if storage is not None else b.offset.get(v, 0)
+            start = f", from float {first}" if first else ""
             notes[v] = (f"{where}{start}" if root == v else f"view of %{root} in {where}{start}")
         return notes
 

@@ -107,7 +107,7 @@ def check_plan(plan: Plan, executor: CpuExecutor, params: Mapping[str, np.ndarra
             else:
                 buf[:] = x32.reshape(-1)
         executor.run_step(arena, index, feeds)
-        args = [consts[i] if i in consts else
+        args = [np.asarray(consts[i], np.float64) if i in consts else
                 kernel_value(graph.node(i).type, ref[f"%{i}"]).astype(np.float64)
                 for i in node.inputs]
         terms = node_macs(graph, node) / max(1, node.type.size)

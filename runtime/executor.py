@@ -1,13 +1,16 @@
 """The CPU executor: binds a compiler plan once, then runs it.
 
 Parameters: whenever they are set, the plan's parameter-time nodes (derived parameters such as
-folded batch-norm weights, folded constants) are evaluated in float64 from the source
-parameters, and each step's packer turns those values into its flat float32 constants.
+folded batch-norm weights, folded constants) are evaluated from the source parameters (in
+float64 where they compute, on the float32 values as they are where they only move them), and
+each step's packer turns those values into its flat float32 constants.
 
 Calls: every batch size gets an arena (one flat float32 buffer per slot of the plan's buffer
 plan, plus the scratch buffers), and every kernel call's arguments are resolved to arrays and
-integers once for that arena. A call then only patches in the caller's input arrays and calls
-the kernels in order.
+integers once for that arena; new parameters only replace the constant arguments. A call then
+only patches in the caller's input arrays and calls the kernels in order. The caller may hand
+in the buffers of whole-batch slots (the training model's flat gradient buffer): every arena
+uses them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.ops import evaluate
+from ..compiler.ops import evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 
 __all__ = ["CpuExecutor", "Arena"]
@@ -31,7 +34,8 @@ class Arena:
         self.n = n
         # zeroed once: channel-blocked values keep a zero halo (their padding) for good
         whole = plan.buffers.unbatched
-        self.slots = [np.zeros(size if i in whole else n * size, np.float32)
+        self.slots = [executor.slots[i] if i in executor.slots else
+                      np.zeros(size if i in whole else n * size, np.float32)
                       for i, size in enumerate(plan.buffers.slot_sizes)]
         self.scratch = {k: np.empty(n * v, np.float32) for k, v in plan.scratch.items()}
         self.values: dict[int, np.ndarray] = {}
@@ -42,10 +46,14 @@ class Arena:
             if step.storage is not None:  # maybe a channel range of a concatenation's buffer
                 start = step.storage.offset
                 self.values[step.output] = slot[start: n * step.storage.floats]
-            else:
-                self.values[step.output] = slot[: (n if step.batched else 1) * step.out_size]
+            else:  # whole-batch values placed together begin at their offset
+                start = plan.buffers.offset.get(step.output, 0)
+                size = (n if step.batched else 1) * step.out_size
+                self.values[step.output] = slot[start: start + size]
         self.calls: list[tuple[Any, list[Any], list[tuple[int, int]]]] = []
         self.step_calls: list[list[tuple[Any, list[Any], list[tuple[int, int]]]]] = []
+        # (a call's argument list, position, step index, constant name) of every constant
+        self.const_args: list[tuple[list[Any], int, int, str]] = []
         self.bind(executor)
 
     def value(self, plan: Plan, node: int) -> np.ndarray | None:
@@ -59,12 +67,13 @@ class Arena:
         return buf[storage.offset - plan.buffers.storage[root].offset:]
 
     def bind(self, executor: CpuExecutor) -> None:
-        """Resolve every argument of every call (constants are bound by reference, so new
-        parameters need a rebind: ``CpuExecutor.set_params`` drops the arenas)."""
+        """Resolve every argument of every call (constants are bound by reference: new
+        parameters replace them, ``bind_consts``)."""
         plan = executor.plan
         self.calls = []
         self.step_calls = []
-        for step, consts in zip(plan.steps, executor.consts):
+        self.const_args = []
+        for index, (step, consts) in enumerate(zip(plan.steps, executor.consts)):
             self.step_calls.append([])
             for call in step.calls:
                 args: list[Any] = []
@@ -73,8 +82,15 @@ class Arena:
                     args.append(self._resolve(plan, step, consts, a))
                     if args[-1] is None:  # a graph input: patched in per call
                         patches.append((pos, plan.buffers.root(a.ref)))
+                    if a.kind == "const":
+                        self.const_args.append((args, pos, index, a.ref))
                 self.calls.append((call.fn, args, patches))
                 self.step_calls[-1].append(self.calls[-1])
+
+    def bind_consts(self, executor: CpuExecutor) -> None:
+        """Replace the constant arguments of every call by the executor's current ones."""
+        for args, pos, index, name in self.const_args:
+            args[pos] = executor.consts[index][name]
 
     def _resolve(self, plan: Plan, step: Step, consts: dict[str, np.ndarray], a: Arg) -> Any:
         if a.kind == "value":
@@ -95,10 +111,17 @@ class Arena:
 class CpuExecutor:
     """Runs a :class:`~cnnc.compiler.plan.Plan` with its Numba kernels."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, slots: Mapping[int, np.ndarray] | None = None) -> None:
+        """``slots``: the caller's float32 buffers of whole-batch slots, by slot index."""
         self.plan = plan
         self.consts: list[dict[str, np.ndarray]] = [{} for _ in plan.steps]
         self.arenas: dict[int, Arena] = {}
+        self.slots = dict(slots or {})
+        for i, buf in self.slots.items():
+            if i not in plan.buffers.unbatched or buf.dtype != np.float32 or \
+                    buf.shape != (plan.buffers.slot_sizes[i],) or not buf.flags.c_contiguous:
+                raise ValueError(f"slot {i}: a buffer of {plan.buffers.slot_sizes[i]} float32 "
+                                 f"for a whole-batch slot, got {buf.dtype} {buf.shape}")
 
     def bytes_needed(self, batch: int) -> int:
         """Bytes of the arena for ``batch`` images (activations and scratch)."""
@@ -106,30 +129,39 @@ class CpuExecutor:
         return 4 * (batch * floats + self.plan.buffers.whole_batch_floats)
 
     def parameter_values(self, params: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
-        """Every constant of the plan's graph by node id, in float64: the source parameters by
-        name, then the parameter-time nodes evaluated from them."""
+        """Every constant of the plan's graph by node id: the source parameters by name as
+        they are, then the parameter-time nodes evaluated from them: in float64 where the
+        node computes (batch-norm folds), on the values as they are where it only moves them
+        (``OpDef.moves_values``: packing, transposes; exact in float32, and no float64 copy of
+        every weight at each training step)."""
         graph = self.plan.graph
         values: dict[int, np.ndarray] = {}
         for node in graph.params():
-            values[node.id] = np.asarray(params[node.name], np.float64)
+            values[node.id] = np.asarray(params[node.name])
         for nid in self.plan.param_nodes:
             node = graph.node(nid)
-            values[nid] = evaluate(node.op, [values[i] for i in node.inputs], node.attrs)
+            exact = get_op(node.op).moves_values
+            values[nid] = evaluate(node.op, [values[i] if exact else
+                                             np.asarray(values[i], np.float64)
+                                             for i in node.inputs], node.attrs)
         return values
 
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+        """Pack every step's constants from ``params`` (by name) and bind them in every arena.
+        A packer's value that is already writable contiguous float32 is bound as it is, not
+        copied: a source parameter passed so (the training model's flat parameter buffer) is
+        read by the kernels where it lies, and must be set again after the caller changes it."""
         values = self.parameter_values(params)
         consts = []
         for step in self.plan.steps:
             packed = step.pack(values) if step.pack else {}
             # writable contiguous float32 (a read-only array would be a second Numba
-            # signature), copied only where a packer's value is not that already: values are
-            # never the caller's arrays (parameter_values converts every source to float64)
+            # signature), copied only where a packer's value is not that already
             consts.append({k: np.require(v, np.float32, ["C", "W"]).ravel()
                            for k, v in packed.items()})
         self.consts = consts
         for arena in self.arenas.values():
-            arena.bind(self)
+            arena.bind_consts(self)
 
     def arena(self, n: int) -> Arena:
         arena = self.arenas.get(n)

@@ -9,14 +9,20 @@
 The training graph (``compiler/autodiff.py``: the loss attached, the ``autodiff`` pass at the
 head of the training pipeline) is lowered like any graph: its forward and backward kernels and
 the activations the backward pass reads share one planned arena. Trainable parameters live in
-one flat float32 buffer (``flat_params``) and their gradients in another (``flat_grads``); the
-optimizer (``runtime/optim.py``) updates the first from the second in a few whole-buffer
-operations. After an update the kernels' packed constants are refreshed from the new values
-(``CpuExecutor.set_params``: derived parameters in float64, then each step's packer).
+one flat float32 buffer (``flat_params``) and their gradients in another (``flat_grads``), in
+the same layout: the memory plan places the parameters' gradients one after another in one
+whole-batch slot (``lower_graph``'s ``together``), and that slot is ``flat_grads``, so the
+backward kernels write the gradients where the optimizer reads them. The optimizer
+(``runtime/optim.py``) updates the first buffer from the second with one generated kernel,
+after another has checked the gradients finite (their global norm). After an update the
+kernels' packed constants are refreshed from the new values (``CpuExecutor.set_params``: the
+derived parameters, then each step's packer; kernels that read a parameter as it is read it
+in ``flat_params``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,7 +55,7 @@ from .optim import Optimizer, OptimizerError
 from .reference import InputError, check_inputs
 from .weights import WeightsError, check_weights, save_weights
 
-__all__ = ["TrainingModel", "TrainingError", "compile_training"]
+__all__ = ["TrainingModel", "TrainingError", "compile_training", "trainable_gradients"]
 
 
 class TrainingError(InputError):
@@ -72,19 +78,21 @@ class TrainingModel:
         self.opt_level = opt_level
         self.optimizer = optimizer
         self.compile_seconds = compile_seconds
-        self.executor = CpuExecutor(plan)
         self.grad_outputs = gradient_outputs(plan.graph)
-        names = [p.name for p in trainable_params(graph, self.frozen)]
-        self.trainable = [n for n in names if n in self.grad_outputs]
+        grads = trainable_gradients(graph, plan.graph, self.frozen)
+        self.trainable = list(grads)
         shapes = {p.name: p.type.shape for p in graph.params()}
-        sizes = [int(np.prod(shapes[n])) for n in self.trainable]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-        self.flat_params = np.zeros(int(offsets[-1]), np.float32)
+        # the layout of both flat buffers: where the memory plan put each gradient
+        offsets = {n: plan.buffers.offset[g] for n, g in grads.items()}
+        size = sum(int(np.prod(shapes[n])) for n in self.trainable)
+        self.flat_params = np.zeros(size, np.float32)
         self.flat_grads = np.zeros_like(self.flat_params)
-        self._views = {n: self.flat_params[offsets[i]:offsets[i + 1]].reshape(shapes[n])
-                       for i, n in enumerate(self.trainable)}
-        self._grad_views = {n: self.flat_grads[offsets[i]:offsets[i + 1]].reshape(shapes[n])
-                            for i, n in enumerate(self.trainable)}
+        slot = plan.buffers.slot_of[next(iter(grads.values()))]
+        self.executor = CpuExecutor(plan, slots={slot: self.flat_grads})
+        self._views = {n: _at(self.flat_params, offsets[n], shapes[n]) for n in self.trainable}
+        self._grad_views = {n: _at(self.flat_grads, offsets[n], shapes[n])
+                            for n in self.trainable}
+        self._grad_norm = 0.0  # of the last pass's gradients (clipping reads it)
         self._fixed: dict[str, np.ndarray] = {}
         self.updates = update_outputs(plan.graph)
         self._labels_inputs = [n for n in plan.graph.inputs if is_labels(n)]
@@ -174,22 +182,21 @@ class TrainingModel:
 
     def _run(self, x: Any, y: Any,
              after: Callable[[int, Any], bool] | None = None) -> float:
-        """One forward and backward pass: the gradients into ``flat_grads``, the loss back;
-        a non-finite loss or gradient raises naming the first layer that produced one.
-        ``after(index, arena)`` is called after each plan step (``profile_step``)."""
+        """One forward and backward pass: the gradients into ``flat_grads`` (the kernels write
+        them there), the loss back; a non-finite loss or gradient raises naming the first
+        layer that produced one. ``after(index, arena)`` is called after each plan step
+        (``profile_step``)."""
         flat, n = self._feed(x, y)
         if after is None:
             arena = self.executor.run(flat, n)
         else:
             arena = self.executor.run_watched(flat, n, after)
         graph = self.plan.graph
-        for name in self.trainable:
-            self._grad_views[name][...] = self.executor.value(arena, flat,
-                                                              self.grad_outputs[name])
         loss = float(self.executor.value(arena, flat, graph.outputs[LOSS]))
         self.last_scores = {k[len(OUTPUT):]: self.executor.value(arena, flat, v)
                             for k, v in graph.outputs.items() if k.startswith(OUTPUT)}
-        if not np.isfinite(loss) or not np.all(np.isfinite(self.flat_grads)):
+        self._grad_norm = self.optimizer.gradient_norm(self.flat_grads)
+        if not np.isfinite(loss) or not math.isfinite(self._grad_norm):
             raise TrainingError(self._first_nonfinite(flat, n, loss))
         self._arena, self._flat = arena, flat
         return loss
@@ -233,7 +240,7 @@ class TrainingModel:
         for name, nid in self.updates.items():
             self._fixed[name] = np.array(self.executor.value(self._arena, self._flat, nid),
                                          np.float32)
-        self.optimizer.update(self.flat_params, self.flat_grads, lr)
+        self.optimizer.update(self.flat_params, self.flat_grads, lr, norm=self._grad_norm)
         self.steps_taken += 1
 
     def input_gradient(self, x: Any, y: Any) -> Any:
@@ -297,9 +304,10 @@ class TrainingModel:
     def profile_step(self, x: Any, y: Any, lr: float | None = None) -> list[tuple[str, str,
                                                                                   float]]:
         """One :meth:`train_step`, timed part by part: ``(name, what, seconds)`` for every plan
-        step (``what`` its op, fused ops included), then ``gradients`` (copying them into the
-        flat buffer, with the finiteness check), ``optimizer`` and ``refresh`` (packing the
-        kernels' constants from the updated parameters)."""
+        step (``what`` its op, fused ops included), then ``gradients`` (reading the loss and
+        the gradients' global norm: the finiteness check), ``optimizer`` (the running
+        statistics written back, the update kernel) and ``refresh`` (packing the kernels'
+        constants from the updated parameters)."""
         steps = self.plan.steps
         marks = [0.0] * (len(steps) + 1)
 
@@ -323,6 +331,21 @@ class TrainingModel:
         return (f"TrainingModel({self.graph.name!r}, loss={self.loss!r}, "
                 f"optimizer={self.optimizer.kind!r}, {len(self.trainable)} trainable tensors, "
                 f"{self.flat_params.size:,} parameters)")
+
+
+def trainable_gradients(graph: Graph, training_graph: Graph,
+                        frozen: Sequence[str]) -> dict[str, int]:
+    """The gradient outputs of ``training_graph`` (``graph`` differentiated) that the optimizer
+    reads, by parameter name in ``graph``'s order: the trainable parameters (not ``frozen``)
+    that reach the loss."""
+    outputs = gradient_outputs(training_graph)
+    return {p.name: outputs[p.name] for p in trainable_params(graph, frozen)
+            if p.name in outputs}
+
+
+def _at(flat: np.ndarray, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The view of ``flat`` holding a tensor of ``shape`` from float ``offset`` on."""
+    return flat[offset: offset + int(np.prod(shape))].reshape(shape)
 
 
 def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: Target,
@@ -350,17 +373,20 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         attrs["label_smoothing"] = label_smoothing
     try:
         opt = Optimizer(optimizer, lr, momentum, nesterov, weight_decay, tuple(betas), eps,
-                        clip_norm)
+                        clip_norm, cache_dir=cache_dir)
         tg = attach_loss(graph, loss, output, **attrs)
         optimize(tg, opt_level, ctx=PassContext(training=True, target=target,
                                                 frozen=tuple(freeze),
                                                 input_gradients=input_gradients))
-        plan = lower_graph(tg, cache_dir=cache_dir, progress=progress)
+        grads = trainable_gradients(graph, tg, freeze)
+        if not grads:
+            raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
+                                "parameter reaches the loss (all frozen?)")
+        plan = lower_graph(tg, cache_dir=cache_dir, progress=progress,
+                           together=list(grads.values()))
+        opt.compile()
     except (GradientError, OptimizerError, LoweringError) as e:
         raise TrainingError(str(e)) from None
-    if not gradient_outputs(plan.graph):
-        raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
-                            "parameter reaches the loss (all frozen?)")
     model = TrainingModel(graph, plan, params, opt, loss, freeze, opt_level,
                           compile_inference=compile_inference)
     if not input_gradients:

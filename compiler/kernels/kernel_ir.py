@@ -348,12 +348,13 @@ Stmt = Let | Store | VStore | Loop | If | Comment
 
 @dataclass(frozen=True)
 class Param:
-    """A kernel argument: a flat float32 array, a runtime integer (e.g. batch size), or a flat
-    int64 array (``int_array``: an integer graph input such as the dropout seed, which float32
-    cannot hold exactly)."""
+    """A kernel argument: a flat float32 array, a runtime integer (e.g. batch size), a runtime
+    float32 scalar (``float``: an optimizer's learning rate, which changes every step), or a
+    flat int64 array (``int_array``: an integer graph input such as the dropout seed, which
+    float32 cannot hold exactly)."""
 
     name: str
-    kind: Literal["array", "int", "int_array"] = "array"
+    kind: Literal["array", "int", "float", "int_array"] = "array"
 
 
 @dataclass(eq=False)

@@ -20,7 +20,7 @@ Kernel and argument identifiers derive from node ids (``n12_maxpool``); text fro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -40,7 +40,8 @@ from ..plan import Arg, Call, Plan, Step, Storage
 from ..types import BLOCK_LANES, NHWC, shown_path
 from .memory import plan_memory
 
-__all__ = ["LowerCtx", "lower_graph", "describe_node", "step_name", "step_ops"]
+__all__ = ["LowerCtx", "lower_graph", "load_kernel", "describe_node", "step_name",
+           "step_ops"]
 
 
 def describe_node(node: Node, folder: str | None = None) -> str:
@@ -331,10 +332,12 @@ def checked_lowering(ctx: LowerCtx) -> Step:
 def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
                 reuse_buffers: bool = True,
                 progress: Callable[[int, int], None] | None = None,
-                backend: NumbaBackend | CudaBackend | None = None) -> Plan:
+                backend: NumbaBackend | CudaBackend | None = None,
+                together: Sequence[int] = ()) -> Plan:
     """Lower every compute node, load each distinct kernel from its shared cached module, bind
     the calls and plan the buffers. ``progress(done, total)`` follows a cold compile.
-    ``backend``: the target's (default: Numba's, caching under ``cache_dir``)."""
+    ``backend``: the target's (default: Numba's, caching under ``cache_dir``). ``together``:
+    whole-batch values to place one after another in one slot (``plan_memory``)."""
     if backend is None:
         backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
     steps: list[Step] = []
@@ -362,13 +365,23 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
                 c.fn = funcs[names[c.ir.name]]
         sources.update(s.sources)
     backend.warm(steps, progress=progress)
-    buffers = plan_memory(graph, steps, reuse=reuse_buffers)
+    buffers = plan_memory(graph, steps, reuse=reuse_buffers, together=together)
     scratch: dict[str, int] = {}
     for s in steps:
         for k, v in s.scratch.items():
             scratch[k] = max(scratch.get(k, 0), v)
     return Plan(graph, steps, buffers, scratch, param_nodes, listing, sources,
                 backend.cache_path, listing_file=listing_file)
+
+
+def load_kernel(kernel: Kernel, *, cache_dir: str | Path | None = None,
+                backend: NumbaBackend | None = None) -> Callable[..., Any]:
+    """A kernel that is no node of a graph (the optimizer's updates of the flat parameter
+    buffer), loaded like a per-model kernel from its shared cached module by the backend
+    (default: Numba's, caching under ``cache_dir``); Numba compiles it at its first call."""
+    if backend is None:
+        backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
+    return backend.load_shared(kernel)[0]
 
 
 def _module_map(steps: list[Step], backend: NumbaBackend | CudaBackend,

@@ -10,18 +10,24 @@ halo a convolution reads as its padding is never overwritten; one whose every fl
 producer writes shares slots with plain values. Sizes are float32 elements per image; the
 executor multiplies by the batch size, except for whole-batch values (a loss, a parameter's
 gradient: ``Step.batched`` False), which get slots of their own, never shared with per-image
-values. Graph inputs are the caller's arrays and are never written.
+values; the whole-batch values listed ``together`` share one slot, one after another in that
+order (a training graph's parameter gradients: the flat gradient buffer the optimizer reads,
+filled by the kernels themselves). Graph inputs are the caller's arrays and are never written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..ir import Graph
-from ..ops import writes_whole_blocks
+from ..ops import LoweringError, writes_whole_blocks
 from ..plan import BufferPlan, Step
 
 
-def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True) -> BufferPlan:
+def plan_memory(graph: Graph, steps: list[Step], reuse: bool = True,
+                together: Sequence[int] = ()) -> BufferPlan:
     plan = BufferPlan()
+    plan.offset = _offsets_together(graph, steps, together)
     # A concatenation done in place owns a buffer its producers write their ranges of; it may
     # itself be a part of an outer one (DenseNet: each concatenation a prefix of the next).
     # The outermost owner's slot holds them all, and lives as long as any of them.
@@ -82,6 +88,11 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
     """A slot for ``target``'s value (``step`` computes it, or its first range): in place over
     an input that dies here, else a free slot of the same storage, else a new one."""
     need = target.out_size
+    if target.output in plan.offset:  # one of the values placed together: their slot
+        placed = next((plan.slot_of[v] for v in plan.offset if v in plan.slot_of), None)
+        if placed is not None:
+            return placed
+        need = sum(graph.node(v).type.size for v in plan.offset)
     if not target.batched:  # a whole-batch value: a slot of its own
         plan.slot_sizes.append(need)
         plan.unbatched.add(len(plan.slot_sizes) - 1)
@@ -105,6 +116,22 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
     plan.slot_sizes.append(need)
     kind[len(plan.slot_sizes) - 1] = _kind(graph, target)
     return len(plan.slot_sizes) - 1
+
+
+def _offsets_together(graph: Graph, steps: list[Step],
+                      together: Sequence[int]) -> dict[int, int]:
+    """The float offset of each value of ``together`` in the slot they share (each must be a
+    step's own whole-batch, plain output: a kernel writes it where it lies)."""
+    made = {s.output: s for s in steps}
+    offsets: dict[int, int] = {}
+    for v in together:
+        step = made.get(v)
+        if step is None or step.view or step.batched or step.storage is not None \
+                or v in offsets:
+            raise LoweringError(f"%{v} cannot be placed with the values it is listed with: "
+                                "not a kernel's own whole-batch output, or listed twice")
+        offsets[v] = sum(graph.node(u).type.size for u in offsets)
+    return offsets
 
 
 def _kind(graph: Graph, step: Step) -> object:

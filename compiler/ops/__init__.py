@@ -167,6 +167,10 @@ class OpDef:
     # A parameter-time op made by the last pass for its one user (packed weights): scheduled
     # with that user, so adding it leaves the order of the computation as it was.
     made_for_user: bool = False
+    # A parameter-time op whose reference only moves, copies or zero-fills values (packing,
+    # transposes, phase filters): exact in any precision, so it is evaluated on the float32
+    # parameters as they are, keeping their dtype, where a computing one gets float64 copies.
+    moves_values: bool = False
     # Compute ops only a pass creates (``channel_gather``): lowered like any op, but not in the
     # DSL and with no ONNX form.
     pass_made: bool = False

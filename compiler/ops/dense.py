@@ -127,13 +127,13 @@ def _dense_pack_infer(in_types, attrs):
 
 
 def _dense_pack_reference(inputs, attrs):
-    return scatter_weight(np.asarray(inputs[0], np.float64), attrs["features"], attrs["storage"])
+    return scatter_weight(np.asarray(inputs[0]), attrs["features"], attrs["storage"])
 
 
 register(OpDef(
     name="dense_pack", family="dense", signature=(), infer=_dense_pack_infer,
     reference=_dense_pack_reference, macs=lambda ts, out, a: 0, internal=True,
-    new_activations=False, made_for_user=True,
+    new_activations=False, made_for_user=True, moves_values=True,
     doc="a dense weight scattered over the channel-blocked storage of its flattened input"))
 
 
@@ -159,8 +159,8 @@ def _conv_weight_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> Ten
 register(OpDef(
     name="dense_weight_of_conv", family="dense", signature=(), arity=1, internal=True,
     infer=_conv_weight_infer, macs=lambda ts, out, a: 0, new_activations=False,
-    reference=lambda inputs, a: np.asarray(inputs[0], np.float64).reshape(
-        inputs[0].shape[0], -1),
+    moves_values=True,
+    reference=lambda inputs, a: np.asarray(inputs[0]).reshape(inputs[0].shape[0], -1),
     doc="a 1x1 convolution's weight [K, C, 1, 1] as a dense layer's [K, C] (conv_as_dense)"))
 
 
@@ -194,8 +194,8 @@ def _lower_weight_grad(ctx, node):
 register(OpDef(
     name="transpose_weight", family="dense", signature=(), arity=1, internal=True,
     infer=lambda ts, a: ts[0].with_shape(*ts[0].shape[::-1]), macs=lambda ts, out, a: 0,
-    new_activations=False,
-    reference=lambda inputs, a: np.ascontiguousarray(np.asarray(inputs[0], np.float64).T),
+    new_activations=False, moves_values=True,
+    reference=lambda inputs, a: np.ascontiguousarray(np.asarray(inputs[0]).T),
     doc="a dense weight [out, in] transposed (the weight of its input gradient)"))
 
 

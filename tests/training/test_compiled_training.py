@@ -1,6 +1,7 @@
 """The compiled training step against PyTorch: the same network and weights, the loss and
-every parameter's gradient from ``loss_and_grads``, and the parameters after SGD-with-momentum
-and Adam steps; LeNet-5 trained from scratch on the digits; the command's refusals."""
+every parameter's gradient from ``loss_and_grads`` (written by the kernels into the flat
+gradient buffer), and the parameters after SGD-with-momentum, Adam and AdamW steps, with
+clipping and schedules; LeNet-5 trained from scratch on the digits; the command's refusals."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 import cnnc
 from cnnc.runtime.cli import main
+from cnnc.runtime.optim import Schedule
 from cnnc.runtime.train import TrainingError
 from cnnc.runtime.weights import init_params
 
@@ -87,6 +89,67 @@ def test_train_steps_match_pytorch_optimizers(small, kind, options, torch_opt):
     for name, value in tm.params.items():
         np.testing.assert_allclose(value, p[name].detach().numpy(), rtol=2e-4, atol=2e-5,
                                    err_msg=f"{kind}: {name}")
+
+
+@pytest.mark.parametrize("kind, options, torch_opt, clip, schedule, torch_schedule", [
+    ("sgd", {"momentum": 0.9}, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), 0.05,
+     Schedule("step", step_size=1, gamma=0.5),
+     lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)),
+    ("adam", {"weight_decay": 0.01}, lambda ps: torch.optim.Adam(ps, lr=0.1, weight_decay=0.01),
+     0.05, Schedule("cosine"),
+     lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=3)),
+    ("adamw", {"weight_decay": 0.01}, lambda ps: torch.optim.AdamW(ps, lr=0.1,
+                                                                   weight_decay=0.01),
+     None, Schedule("constant", warmup=2),
+     lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / 2))),
+])
+def test_clipping_and_schedules_match_pytorch(small, kind, options, torch_opt, clip, schedule,
+                                             torch_schedule):
+    """Three steps with the learning rate of a schedule (against PyTorch's scheduler), the
+    gradients clipped by their global norm (``clip_grad_norm_``: here always over the limit)."""
+    graph, params, x, y = small
+    tm = cnnc.compile(graph, weights=params, mode="train", optimizer=kind, lr=0.1,
+                      clip_norm=clip, **options)
+    p = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    opt = torch_opt(list(p.values()))
+    lrs = torch_schedule(opt)
+    for t in range(3):
+        tm.train_step(x, y, lr=schedule.lr(0.1, t, 3))
+        opt.zero_grad()
+        loss, q = torch_loss({k: v.detach().numpy() for k, v in p.items()}, x, y)
+        loss.backward()
+        for k in p:
+            p[k].grad = q[k].grad
+        if clip is not None:
+            assert torch.nn.utils.clip_grad_norm_(list(p.values()), clip) > clip
+        opt.step()
+        lrs.step()
+    for name, value in tm.params.items():
+        np.testing.assert_allclose(value, p[name].detach().numpy(), rtol=2e-4, atol=2e-5,
+                                   err_msg=f"{kind}: {name}")
+
+
+def test_the_backward_kernels_write_the_gradients_into_the_flat_buffer(small):
+    """The memory plan puts the parameters' gradients one after another in one slot, and that
+    slot is ``flat_grads`` for every batch size: no copy, and the right values at each."""
+    graph, params, x, y = small
+    tm = cnnc.compile(graph, weights=params, mode="train")
+    sizes = [params[n].size for n in tm.trainable]
+    offsets = [tm.plan.buffers.offset[tm.grad_outputs[n]] for n in tm.trainable]
+    assert offsets == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert tm.flat_grads.size == sum(sizes)
+    for n in (3, 4):
+        _, grads = tm.loss_and_grads(x[:n], y[:n])
+        ref, p = torch_loss(params, x[:n], y[:n])
+        ref.backward()
+        for name, g in grads.items():
+            want = p[name].grad.numpy()
+            np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                       err_msg=f"batch {n}: {name}")
+            written = tm.executor.arenas[n].value(tm.plan, tm.grad_outputs[name])
+            assert np.shares_memory(written, tm.flat_grads), name
+        np.testing.assert_array_equal(
+            tm.flat_grads, np.concatenate([grads[k].ravel() for k in tm.trainable]))
 
 
 def test_bad_labels_and_options_are_refused(small):

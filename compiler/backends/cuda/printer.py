@@ -362,7 +362,7 @@ class CudaPrinter(KernelPrinter):
     def infer_locals(self, k: Kernel) -> None:
         """Type every local of ``k`` (parameters, loop variables, ``Let`` targets), widening a
         local assigned values of different types, until nothing changes."""
-        base = {p.name: ("int" if p.kind == "int" else "array") for p in k.params}
+        base = {p.name: {"int": "int", "float": "float"}.get(p.kind, "array") for p in k.params}
         self.types = dict(base)
         for _ in range(8):
             before = dict(self.types)
@@ -628,8 +628,8 @@ class CudaPrinter(KernelPrinter):
         stored = {s.array for s, _ in _walk(k.body) if isinstance(s, (Store, VStore))}
         params = []
         for p in k.params:
-            if p.kind == "int":
-                params.append(f"int {self.name(p.name)}")
+            if p.kind in ("int", "float"):
+                params.append(f"{p.kind} {self.name(p.name)}")
             else:
                 const_ = "" if p.name in stored else "const "
                 params.append(f"{const_}float* {self.name(p.name)}")

@@ -187,8 +187,9 @@ def _stack_infer(in_types, attrs):
 
 register(OpDef(
     name="stack_filters", family="conv", signature=(), infer=_stack_infer,
-    reference=lambda xs, a: np.concatenate([np.asarray(x, np.float64) for x in xs], axis=0),
+    reference=lambda xs, a: np.concatenate([np.asarray(x) for x in xs], axis=0),
     macs=lambda ts, out, a: 0, arity=None, internal=True, new_activations=False,
+    moves_values=True,
     doc="filters (or biases) of sibling convolutions stacked along the output channels"))
 
 
@@ -282,7 +283,7 @@ def _pack_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
 register(OpDef(
     name="conv_pack", family="conv", signature=(), infer=_pack_infer,
     reference=_pack_reference, macs=lambda ts, out, a: 0, arity=None, internal=True,
-    new_activations=False, made_for_user=True,
+    new_activations=False, made_for_user=True, moves_values=True,
     doc="a convolution's weights and bias packed for its compute kernel (its algorithm, "
         "register tile and block width), flat: the weights, then the bias"))
 
@@ -388,8 +389,8 @@ def _phase_filter_infer(in_types, attrs):
 
 def _phase_filter_reference(inputs, attrs):
     (sh, sw), (r0, s0) = attrs["stride"], attrs["start"]
-    w = transposed_as_conv_weight(np.asarray(inputs[0], np.float64), attrs["groups"])
-    return np.ascontiguousarray(w[:, :, r0::sh, s0::sw])
+    return transposed_as_conv_weight(np.asarray(inputs[0]), attrs["groups"],
+                                     slice(r0, None, sh), slice(s0, None, sw))
 
 
 register(OpDef(
@@ -397,6 +398,7 @@ register(OpDef(
     signature=(Attr("groups", "int"), Attr("stride", "ints"), Attr("start", "ints")),
     infer=_phase_filter_infer, reference=_phase_filter_reference,
     macs=lambda ts, out, a: 0, arity=1, internal=True, new_activations=False,
+    moves_values=True,
     doc="one output phase's filter of a transposed convolution (transposed_phases): the "
         "flipped, transposed weight's taps start, start + stride, ..."))
 

@@ -29,14 +29,17 @@ def transpose_pads_for(size: int, out: int, k: int, s: int, d: int, op_: int,
     return (*split_padding(total, upper), op_)
 
 
-def transposed_as_conv_weight(w: np.ndarray, groups: int) -> np.ndarray:
+def transposed_as_conv_weight(w: np.ndarray, groups: int, rows: slice = slice(None),
+                              cols: slice = slice(None)) -> np.ndarray:
     """A transposed convolution's weight ``[C, K/g, R, S]`` as the equivalent stride-1
     convolution's ``[K, C/g, R, S]``, flipped in space: ``wc[g*Kg + k, c, r, s] =
-    w[g*Cg + c, k, R-1-r, S-1-s]``."""
+    w[g*Cg + c, k, R-1-r, S-1-s]``; only its taps ``rows`` x ``cols`` (one phase's filter),
+    taken before the copy."""
     C, kg, R, S = w.shape
     cg = C // groups
     wc = w.reshape(groups, cg, kg, R, S).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-    return np.ascontiguousarray(wc.reshape(groups * kg, cg, R, S))
+    wc = np.ascontiguousarray(wc[..., rows, cols])
+    return wc.reshape(groups * kg, cg, *wc.shape[-2:])
 
 
 def transpose_as_conv(attrs: dict, in_shape: tuple[int, ...]):
