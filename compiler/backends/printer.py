@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..kernels.kernel_ir import BinOp, Call, Div, Expr, Loop, Stmt, walk
+from ..kernels.kernel_ir import BinOp, Call, Div, Expr, Loop, Stmt, VBin, VHalf, VUnary, walk
 
 #: Bit-wise operators (integer hashing), printed in parentheses whatever their context, with
 #: operands that bind tighter than any infix operator (so they are parenthesized too).
@@ -81,6 +81,20 @@ class KernelPrinter:
         if e.fn not in self.FUNCS:
             raise ValueError(f"function {e.fn!r} has no spelling in {type(self).__name__}")
         return f"{self.FUNCS[e.fn]}({', '.join(self.expr(a) for a in e.args)})"
+
+    # Vector operations are calls of the target's vector helpers, named alike everywhere.
+    def expr_VHalf(self, e: VHalf, prec: int) -> str:
+        return f"{'vhigh' if e.high else 'vlow'}({self.expr(e.value)})"
+
+    def expr_VBin(self, e: VBin, prec: int) -> str:
+        if e.op not in ("add", "mul", "max", "min", "div"):
+            raise ValueError(f"unknown vector op {e.op!r}")
+        return f"v{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
+
+    def expr_VUnary(self, e: VUnary, prec: int) -> str:
+        if e.op not in ("sqrt", "exp"):
+            raise ValueError(f"unknown vector op {e.op!r}")
+        return f"v{e.op}({self.expr(e.value)})"
 
     def empty_body(self) -> str:
         raise NotImplementedError

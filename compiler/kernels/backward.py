@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .common import N_BATCH, Sizes, arrays, fmax, rows_kernel, unflatten
+from .common import N_BATCH, Sizes, arrays, fmax, prod, rows_kernel, unflatten
 from .kernel_ir import (
     F64,
     Const,
@@ -40,13 +40,6 @@ from .kernel_ir import (
 )
 
 
-def _prod(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def _whole_batch(name: str, params: list[Param], extent: Expr | int, body: list[Stmt],
                  comment: str, sz: Sizes) -> Kernel:
     """``for t in prange(extent)``: one iteration per element of an unbatched result (or per
@@ -59,7 +52,7 @@ def channel_sum_kernel(name: str, shape: Sequence[int], comment: str = "",
                        sz: Sizes | None = None) -> Kernel:
     """``y[c] = sum over n and the rest of x[n, c, ...]`` (bias gradients)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     body: list[Stmt] = [Let("acc", call("f64", Const(0))), Loop("n", N_BATCH, [
         Let("xb", (Var("n") * C + Var("t")) * L),
         Loop("j", const(L), [Let("acc", Var("acc") + Load("x0", Var("xb") + Var("j")))])]),
@@ -87,7 +80,7 @@ def global_pool_grad_kernel(name: str, op: str, shape: Sequence[int], comment: s
     """The input gradient of global average (``dy / HW`` everywhere) or max pooling (all of
     ``dy`` at the plane's first maximum), per (image, channel) plane; ``x0`` = x, ``x1`` = dy."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, hw = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, hw = sz("C", shape[0]), sz("L", prod(shape[1:]))
     x = Load("x0", Var("xb") + Var("j"))
     body: list[Stmt] = [Let("xb", Var("t") * hw), Let("g", Load("x1", Var("t")))]
     if op == "globalavgpool":
@@ -120,7 +113,7 @@ def cross_entropy_kernel(name: str, shape: Sequence[int], smoothing: float,
     ``x0`` ``[N, K, pixels]`` and float class labels ``x1`` ``[N, pixels]``; q the one-hot
     target mixed with the uniform one (``smoothing``). One serial loop: a scalar result."""
     sz = sz if sz is not None else Sizes(literal=True)
-    K, L = sz("K", shape[0]), sz("L", _prod(shape[1:]))
+    K, L = sz("K", shape[0]), sz("L", prod(shape[1:]))
     base = Var("n") * (K * L) + Var("j")
     z = Load("x0", base + Var("l") * L)
     pixel = _log_sum_exp(base, L, K) + [
@@ -157,7 +150,7 @@ def cross_entropy_grad_kernel(name: str, shape: Sequence[int], smoothing: float,
     """``dy (softmax(z) - q) / (N pixels)`` per image and pixel (``cross_entropy_kernel``'s
     inputs; ``dy`` as :func:`upstream` reads it)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    K, L = sz("K", shape[0]), sz("L", _prod(shape[1:]))
+    K, L = sz("K", shape[0]), sz("L", prod(shape[1:]))
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("j", L)])
     base = Var("n") * (K * L) + Var("j")
     idx = base + Var("l") * L
@@ -176,8 +169,8 @@ def softmax_grad_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
     """softmax: ``y (dy - sum(dy y))``; log-softmax: ``dy - exp(y) sum(dy)`` along ``axis``
     (``x0`` = the forward output y, ``x1`` = dy; float64 sums)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    outer, L, inner = (sz("O", _prod(shape[:axis])), sz("L", shape[axis]),
-                       sz("I", _prod(shape[axis + 1:])))
+    outer, L, inner = (sz("O", prod(shape[:axis])), sz("L", shape[axis]),
+                       sz("I", prod(shape[axis + 1:])))
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("o", outer), ("i", inner)])
     body.append(Let("base", ((Var("n") * outer + Var("o")) * L) * inner + Var("i")))
     idx = Var("base") + Var("l") * inner
@@ -200,15 +193,15 @@ def reduce_to_kernel(name: str, in_shape: Sequence[int], out_shape: Sequence[int
     xs = [int(d) for d in in_shape]
     os = [1] * (len(xs) - len(out_shape)) + [int(d) for d in out_shape]
     reduced = [d for d in range(len(xs)) if os[d] == 1 and xs[d] != 1]
-    strides = [_prod(xs[d + 1:]) for d in range(len(xs))]
+    strides = [prod(xs[d + 1:]) for d in range(len(xs))]
     kept = [(f"o{d}", os[d]) for d in range(len(xs))]
     at: Expr = Const(0)
     for d in range(len(xs)):
         at = at + Var(f"{'r' if d in reduced else 'o'}{d}") * strides[d]
-    size, total = _prod(os), _prod(xs)
+    size, total = prod(os), prod(xs)
     tap: list[Stmt] = [*unflatten(Var("j"), [(f"r{d}", xs[d]) for d in reduced]),
                        Let("acc", Var("acc") + Load("x0", Var("n") * total + at))]
-    span = _prod([xs[d] for d in reduced])
+    span = prod([xs[d] for d in reduced])
     if batched:
         body = unflatten(Var("t"), [("n", N_BATCH)] + kept)
         body += [Let("acc", call("f64", Const(0))), Loop("j", Const(span), tap),
@@ -225,7 +218,7 @@ def channel_pad_kernel(name: str, shape: Sequence[int], before: int, after: int,
     """``before`` zero channels, the channels of ``x0`` (per image ``shape``), ``after`` zero
     channels: one parallel iteration per (image, output channel)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     out_c = C + before + after
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", out_c)])
     body += [Let("ci", Var("c") - before), Let("yb", Var("t") * L),
@@ -489,7 +482,7 @@ def _channel_loop(shape: Sequence[int], sz: Sizes, body: list[Stmt]) -> tuple[Ex
                                                                             list[Stmt]]:
     """``(C, L, loop)``: ``body`` run at every element ``o`` of channel ``t`` of every image
     (``o`` the element's offset in an NCHW batch)."""
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     return C, L, [Loop("n", N_BATCH, [Let("xb", (Var("n") * C + Var("t")) * L), Loop(
         "j", const(L), [Let("o", Var("xb") + Var("j")), *body])])]
 
@@ -546,7 +539,7 @@ def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands
     shift in float64 (``operands``: x, gamma, beta, mean, var)."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, gamma, beta, mean, var = operands
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
     body += [Let("a", call("f64", Load(gamma, Var("c"))) * _rstd(Load(var, Var("c")), eps)),
              Let("b", call("f64", Load(beta, Var("c"))) - call("f64", Load(mean, Var("c"))) *
@@ -566,7 +559,7 @@ def bn_input_grad_kernel(name: str, shape: Sequence[int], eps: float, operands: 
     """``dy gamma / sqrt(var + eps)`` per (image, channel) (``operands``: dy, gamma, var)."""
     sz = sz if sz is not None else Sizes(literal=True)
     dy, gamma, var = operands
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
     body += [Let("a", call("f64", Load(gamma, Var("c"))) * _rstd(Load(var, Var("c")), eps)),
              Let("xb", Var("t") * L),
@@ -604,7 +597,7 @@ def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbi
     ``unbiased`` (``operands``: running, stat)."""
     sz = sz if sz is not None else Sizes(literal=True)
     running, stat = operands
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     value: Expr = call("f64", Load(stat, Var("t")))
     if unbiased:
         m = call("f64", N_BATCH * L)
@@ -623,7 +616,7 @@ def prelu_input_grad_kernel(name: str, shape: Sequence[int], shared: bool,
     channel where ``shared`` (``operands``: x, slope, dy)."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, slope, dy = operands
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     at = Var("xb") + Var("j")
     body: list[Stmt] = [Let("c", Var("t") % C), Let("xb", Var("t") * L),
                         Let("a", Load(slope, Const(0) if shared else Var("c"))),
@@ -638,7 +631,7 @@ def prelu_slope_grad_kernel(name: str, shape: Sequence[int], num_parameters: int
     """The sum of ``dy x`` where ``x <= 0`` over the batch and the pixels of each slope's
     channels (every channel for one shared slope); ``x0`` = x, ``x1`` = dy, float64."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, L = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     per_slope = C if num_parameters == 1 else 1
     at = Var("xb") + Var("j")
     x = Load("x0", at)

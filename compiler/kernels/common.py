@@ -72,6 +72,14 @@ def apply_epilogue(value: Expr, epilogue: Sequence[FusedOp],
     return stmts
 
 
+def prod(shape: Sequence[int]) -> int:
+    """The number of elements of a shape (1 for a scalar's)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
 def unflatten(t: Expr, dims: list[tuple[str, ExprLike]]) -> list[Stmt]:
     """Lets splitting a flattened index over ``dims`` (outermost first, last fastest)."""
     lets: list[Stmt] = []

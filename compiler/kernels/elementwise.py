@@ -19,6 +19,7 @@ from .common import (
     apply_epilogue,
     arrays,
     fmax,
+    prod,
     rows_kernel,
     unflatten,
 )
@@ -60,13 +61,6 @@ from .tiles import (
     operand_step,
     store_epilogue,
 )
-
-
-def _prod(xs: Sequence[int]) -> int:
-    r = 1
-    for x in xs:
-        r *= int(x)
-    return r
 
 
 def _split_rows(size: int, target: int = 4096) -> tuple[int, int]:
@@ -130,8 +124,8 @@ def elementwise_kernel(name: str, op: str, out_shape: Sequence[int],
     n_own = n_own or len(in_shapes)
     sz = sz if sz is not None else Sizes(literal=True)
     dims, strides = broadcast_plan(out_shape, in_shapes)
-    sizes = [_prod(s) for s in in_shapes]
-    total = _prod(out_shape)
+    sizes = [prod(s) for s in in_shapes]
+    total = prod(out_shape)
     if len(dims) == 1 and all(st == [1] for st in strides):
         # Same shapes everywhere: split the flat sample into rows for the parallel loop.
         rows, inner = _split_rows(total)
@@ -166,7 +160,7 @@ def channel_affine_kernel(name: str, shape: Sequence[int], epilogue: Sequence[Fu
     """``y[n, c, ...] = epilogue(x[n, c, ...] * c_scale[c] + c_shift[c])`` (inference batch
     norm with precomputed scale and shift; activations only in the epilogue)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, inner = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, inner = sz("C", shape[0]), sz("L", prod(shape[1:]))
     body: list[Stmt] = [Let("c", Var("t") % C), Let("base", Var("t") * inner),
                         Let("sc", Load("c_scale", Var("c"))), Let("sh", Load("c_shift", Var("c")))]
     j = Var("j")
@@ -181,7 +175,7 @@ def channel_prelu_kernel(name: str, shape: Sequence[int], epilogue: Sequence[Fus
     """``y[n, c, ...] = epilogue(x if x >= 0 else x * c_slope[c])`` (PReLU; a feature vector
     is C channels of one element; activations only in the epilogue)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, inner = sz("C", shape[0]), sz("L", _prod(shape[1:]))
+    C, inner = sz("C", shape[0]), sz("L", prod(shape[1:]))
     body: list[Stmt] = [Let("c", Var("t") % C), Let("base", Var("t") * inner),
                         Let("sl", Load("c_slope", Var("c")))]
     j = Var("j")
@@ -198,8 +192,8 @@ def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
     """Softmax (or log-softmax) over per-sample ``axis``: per (outer, inner) position, the max,
     the sum of exponentials (float64), then the outputs."""
     sz = sz if sz is not None else Sizes(literal=True)
-    outer, L, inner = (sz("O", _prod(shape[:axis])), sz("L", shape[axis]),
-                       sz("I", _prod(shape[axis + 1:])))
+    outer, L, inner = (sz("O", prod(shape[:axis])), sz("L", shape[axis]),
+                       sz("I", prod(shape[axis + 1:])))
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("o", outer), ("i", inner)])
     body.append(Let("base", ((Var("n") * outer + Var("o")) * L) * inner + Var("i")))
     idx = Var("base") + Var("l") * inner
@@ -224,7 +218,7 @@ def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
     """Group norm: per (image, group) mean and variance (two passes, float64), then
     ``epilogue((x - mean) / sqrt(var + eps) * c_weight[c] + c_bias[c])`` (activations only;
     instance norm is the case groups = C)."""
-    C, hw = int(shape[0]), _prod(shape[1:])
+    C, hw = int(shape[0]), prod(shape[1:])
     cg = C // groups
     size = cg * hw
     body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % groups)]
@@ -261,7 +255,7 @@ def groupnorm_input_grad_kernel(name: str, shape: Sequence[int], groups: int, ep
     ``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``, float64 (``operands``: x,
     gamma, dy)."""
     x, gamma, dy = operands
-    C, hw = int(shape[0]), _prod(shape[1:])
+    C, hw = int(shape[0]), prod(shape[1:])
     cg = C // groups
     size = cg * hw
     at = Var("base") + Var("e")
@@ -284,7 +278,7 @@ def groupnorm_weight_grad_kernel(name: str, shape: Sequence[int], groups: int, e
     """Group norm's scale gradient: ``sum dy xhat`` over the batch and the pixels, one
     parallel iteration per channel (its group's statistics per image, ``_group_stats``);
     ``x0`` = x, ``x1`` = dy, float64."""
-    C, hw = int(shape[0]), _prod(shape[1:])
+    C, hw = int(shape[0]), prod(shape[1:])
     cg = C // groups
     size = cg * hw
     at = Var("base") + (Var("t") % cg) * hw + Var("j")
@@ -309,7 +303,7 @@ def _store_through(array: str, index: Expr, value: Expr,
 def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: float,
                k: float, comment: str = "") -> Kernel:
     """Local response normalization across channels (ONNX window placement)."""
-    C, hw = int(shape[0]), _prod(shape[1:])
+    C, hw = int(shape[0]), prod(shape[1:])
     body: list[Stmt] = [Let("n", Var("t") // C), Let("c", Var("t") % C),
                         *_lrn_window(Var("c"), C, size),
                         Let("base", Var("n") * (C * hw))]
@@ -433,7 +427,7 @@ def lrn_grad_kernel(name: str, shape: Sequence[int], size: int, alpha: float, be
     sum_c dy_c x_c D_c^(-beta - 1)`` over the channels c whose window holds j (``size // 2``
     before j to ``(size - 1) // 2`` after: the window mirrored), each divisor D as the forward
     kernel sums it (``_lrn_window``, ``_lrn_divisor``); ``x0`` = x, ``x1`` = dy."""
-    C, hw = int(shape[0]), _prod(shape[1:])
+    C, hw = int(shape[0]), prod(shape[1:])
     j = Var("j")
 
     def x_at(c: Expr) -> Expr:
@@ -474,8 +468,8 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
     """Concatenation along per-sample ``axis``: per (image, outer index), one contiguous copy
     per input into its slice of the output row."""
     sz = sz if sz is not None else Sizes(literal=True)
-    outer = sz("O", _prod(shapes[0][:axis]))
-    inners = [sz(f"L{k}", _prod(s[axis:])) for k, s in enumerate(shapes)]
+    outer = sz("O", prod(shapes[0][:axis]))
+    inners = [sz(f"L{k}", prod(s[axis:])) for k, s in enumerate(shapes)]
     total: ExprLike = 0
     for inner in inners:
         total = total + inner

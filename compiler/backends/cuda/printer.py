@@ -480,19 +480,6 @@ class CudaPrinter(KernelPrinter):
     def expr_VJoin(self, e: VJoin, prec: int) -> str:
         return f"vjoin({self.expr(e.a)}, {self.expr(e.b)})"
 
-    def expr_VHalf(self, e: VHalf, prec: int) -> str:
-        return f"{'vhigh' if e.high else 'vlow'}({self.expr(e.value)})"
-
-    def expr_VBin(self, e: VBin, prec: int) -> str:
-        if e.op not in ("add", "mul", "max", "min", "div"):
-            raise ValueError(f"unknown vector op {e.op!r}")
-        return f"v{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
-
-    def expr_VUnary(self, e: VUnary, prec: int) -> str:
-        if e.op not in ("sqrt", "exp"):
-            raise ValueError(f"unknown vector op {e.op!r}")
-        return f"v{e.op}({self.expr(e.value)})"
-
     def expr_VAlign(self, e: VAlign, prec: int) -> str:
         lanes = _lanes(self.type_of(e.a))
         if not 1 <= e.shift < lanes:

@@ -37,11 +37,8 @@ from ...kernels.kernel_ir import (
     Store,
     VAlign,
     Var,
-    VBin,
-    VHalf,
     VSpread,
     VStore,
-    VUnary,
 )
 from ..printer import KernelPrinter
 
@@ -185,19 +182,6 @@ class NumbaPrinter(KernelPrinter):
 
     expr_VZero = expr_VLoad = expr_VBroadcast = expr_VSplat = vector_call
     expr_VJoin = expr_VFma = vector_call
-
-    def expr_VHalf(self, e: VHalf, prec: int) -> str:
-        return f"{'vhigh' if e.high else 'vlow'}({self.expr(e.value)})"
-
-    def expr_VBin(self, e: VBin, prec: int) -> str:
-        if e.op not in ("add", "mul", "max", "min", "div"):
-            raise ValueError(f"unknown vector op {e.op!r}")
-        return f"v{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
-
-    def expr_VUnary(self, e: VUnary, prec: int) -> str:
-        if e.op not in ("sqrt", "exp"):
-            raise ValueError(f"unknown vector op {e.op!r}")
-        return f"v{e.op}({self.expr(e.value)})"
 
     def expr_VAlign(self, e: VAlign, prec: int) -> str:
         if not 1 <= e.shift <= 15:
