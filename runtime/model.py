@@ -402,12 +402,13 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     if mode == "train":
         if cpu.cuda:
             raise ModelError(f"mode='train' runs on the CPU only so far, not target {target!r}")
-        if lowering != "auto" or layout != "auto" or autotune or dump_ir is not None:
-            raise ModelError("mode='train' takes no lowering, layout, autotune or dump_ir "
-                             "options yet")
+        if layout != "auto" or autotune or dump_ir is not None:
+            raise ModelError("mode='train' takes no layout, autotune or dump_ir options yet "
+                             "(training keeps every activation plain NCHW)")
         bar = CompileProgress(progress)
         try:
             tm = compile_training(graph, params, target=cpu, opt_level=opt_level,
+                                  lowering=lowering,
                                   cache_dir=cache_dir, progress=bar, compile_inference=compile,
                                   **training)
         except TypeError as e:

@@ -358,6 +358,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                      clip_norm: float | None = None, label_smoothing: float = 0.0,
                      freeze: Sequence[str] = (), opt_level: int = 2,
                      cache_dir: str | Path | None = None, progress: Any = None,
+                     lowering: str | Mapping[str, str] = "auto",
                      input_gradients: bool = False,
                      compile_inference: Callable[..., Any] | None = None) -> TrainingModel:
     """The training model of ``graph`` (``cnnc.compile(..., mode="train")`` calls this).
@@ -376,7 +377,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                         clip_norm, cache_dir=cache_dir)
         tg = attach_loss(graph, loss, output, **attrs)
         optimize(tg, opt_level, ctx=PassContext(training=True, target=target,
-                                                frozen=tuple(freeze),
+                                                lowering=lowering, frozen=tuple(freeze),
                                                 input_gradients=input_gradients))
         grads = trainable_gradients(graph, tg, freeze)
         if not grads:
@@ -395,6 +396,6 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                        betas=betas, eps=eps, clip_norm=clip_norm,
                        label_smoothing=label_smoothing, freeze=freeze, opt_level=opt_level,
-                       cache_dir=cache_dir, input_gradients=True)
+                       cache_dir=cache_dir, lowering=lowering, input_gradients=True)
         model.compile_with_inputs = lambda: compile_training(graph, params, **options)
     return model

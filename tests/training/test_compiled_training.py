@@ -199,3 +199,25 @@ def test_a_diverging_step_names_the_first_layer_that_went_non_finite(small):
     with pytest.raises(TrainingError, match=r"training step 0: the loss is \S+; the first "
                                             r"non-finite values come from layer \S+ \(\w+\)"):
         tm.train_step(x * 1e10, y)
+
+
+@pytest.mark.parametrize("opt_level, lowering", [(0, "auto"), (2, "direct"), (2, "im2col")])
+def test_every_schedule_gives_the_same_gradients(small, opt_level, lowering):
+    """Schedule invariance for the backward pass: -O0 and every convolution algorithm forced
+    (the forward convolutions and the backward ones alike) give the -O2 default's loss and
+    gradients within float32 rounding."""
+    graph, params, x, y = small
+    base = cnnc.compile(graph, weights=params, mode="train")
+    other = cnnc.compile(graph, weights=params, mode="train", opt_level=opt_level,
+                         lowering=lowering)
+    loss0, grads0 = base.loss_and_grads(x, y)
+    loss1, grads1 = other.loss_and_grads(x, y)
+    assert loss1 == pytest.approx(loss0, rel=1e-5)
+    for name in grads0:
+        scale = float(np.abs(grads0[name]).max())
+        np.testing.assert_allclose(grads1[name], grads0[name], rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=name)
+    if lowering != "auto":
+        convs = [n for n in other.plan.graph.nodes() if n.op in ("conv", "conv_transpose")]
+        assert convs and all(n.attrs["lowering"].startswith(lowering[:3]) or
+                             n.attrs["lowering"] == "channelwise" for n in convs)
