@@ -79,13 +79,24 @@ def average_divisor(attrs: dict[str, Any], H: ExprLike, W: ExprLike) -> list[Stm
         [Let("cnt", Var("rows") * Var("cols"))]
 
 
+def lp_term(x: Expr, p: float) -> Expr:
+    """One tap's ``|x|^p`` of Lp pooling (``x * x`` for p = 2)."""
+    return x * x if p == 2.0 else call("pow", call("abs", x), Const(p))
+
+
+def lp_root(acc: Expr, p: float) -> Expr:
+    """Lp pooling's ``acc^(1/p)`` of its window's sum (``sqrt`` for p = 2)."""
+    return call("sqrt", acc) if p == 2.0 else call("pow", acc, Const(1.0 / p))
+
+
 def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int],
                      attrs: dict[str, Any], comment: str = "", sz: Sizes | None = None) -> Kernel:
-    """The input gradient of ``maxpool``, ``minpool`` or ``avgpool`` (``pool_grad``): one
-    parallel iteration per (image, channel) plane, which it zeroes and then adds each window's
-    share of ``dy`` (``x1``) into: max (min) pooling all of it to the window's first largest
-    (smallest) input cell of ``x0``, as the forward scans it; average pooling ``dy / cnt`` to
-    every tap on an input cell."""
+    """The input gradient of ``maxpool``, ``minpool``, ``avgpool`` or ``lppool``
+    (``pool_grad``): one parallel iteration per (image, channel) plane, which it zeroes and then
+    adds each window's share of ``dy`` (``x1``) into: max (min) pooling all of it to the
+    window's first largest (smallest) input cell of ``x0``, as the forward scans it; average
+    pooling ``dy / cnt`` to every tap on an input cell; Lp pooling ``dy (|x| / y)^(p-1)
+    sign(x)``, its window's ``y`` computed again as the forward does (nothing where y = 0)."""
     sz = sz if sz is not None else Sizes(literal=True)
     C, H, W = (sz(n, d) for n, d in zip("CHW", shape))
     P, Q = sz("P", out_hw[0]), sz("Q", out_hw[1])
@@ -116,6 +127,22 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
             Let("share", div(Var("g"), Var("cnt"))),
             Loop("r", Const(R), [If(_in_range(ih, 0, H), [Loop("s", Const(S), [
                 If(_in_range(iw, 0, W), [Store("y", at, Load("y", at) + Var("share"))])])])])])]
+    elif op == "lppool":
+        p = float(attrs["p"])
+        x = Load("x0", at)
+        share = div(x, Var("yw")) if p == 2.0 else call("pow", div(call("abs", x), Var("yw")),
+                                                         Const(p - 1.0)) * Select(
+            cmp(">", x, Const(0.0)), Const(1.0), Select(cmp("<", x, Const(0.0)), Const(-1.0),
+                                                          Const(0.0)))
+        q_body += [
+            Let("acc", Const(0.0)),
+            Loop("r", Const(R), [If(_in_range(ih, 0, H), [Loop("s", Const(S), [
+                If(_in_range(iw, 0, W), [Let("acc", Var("acc") + lp_term(x, p))])])])]),
+            Let("yw", lp_root(Var("acc"), p)),
+            If(cmp(">", Var("yw"), Const(0.0)), [
+                Loop("r", Const(R), [If(_in_range(ih, 0, H), [Loop("s", Const(S), [
+                    If(_in_range(iw, 0, W), [Store("y", at, Load("y", at) + Var("g") * share)])
+                ])])])])]
     else:
         raise ValueError(f"pool_grad_kernel: no kernel for the gradient of {op}")
     body.append(Loop("p", const(P), [Let("h0", Var("p") * sh - pt),
@@ -153,9 +180,7 @@ def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int
     elif op == "avgpool":
         init, update = Const(0.0), Var("acc") + x
     else:  # lppool
-        p = float(attrs["p"])
-        term = x * x if p == 2.0 else call("pow", call("abs", x), Const(p))
-        init, update = Const(0.0), Var("acc") + term
+        init, update = Const(0.0), Var("acc") + lp_term(x, float(attrs["p"]))
     miss = may_miss_input(attrs)
     track = miss and op in ("maxpool", "minpool")  # did the window see an input cell?
     hit = [Let("hit", Const(1))] if track else []
@@ -173,8 +198,7 @@ def pool_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int
         result = Select(cmp(">", Var("cnt"), 0), div(Var("acc"), Var("cnt")), Const(0.0)) \
             if miss else div(Var("acc"), Var("cnt"))
     elif op == "lppool":
-        p = float(attrs["p"])
-        result = call("sqrt", Var("acc")) if p == 2.0 else call("pow", Var("acc"), Const(1.0 / p))
+        result = lp_root(Var("acc"), float(attrs["p"]))
     q_body.append(Store("y", Var("yb") + Var("q"), result))
     body.append(Loop("q", const(Q), q_body))
     return rows_kernel(name, [Param("x0"), Param("y")], C * P, body, comment, sz)

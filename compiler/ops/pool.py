@@ -50,7 +50,6 @@ from . import (
     Attr,
     AttrError,
     BoundCtx,
-    LoweringError,
     OpDef,
     ShapeError,
     as_bool,
@@ -369,12 +368,8 @@ def _pool_grad_bound(ctx: BoundCtx) -> np.ndarray:
 
 
 def _lower_pool_grad(ctx, node):
-    """Max, min and average pooling's gradients (``pool_grad_kernel``); Lp pooling's has no
-    kernel yet and is refused by name."""
+    """Max, min, average and Lp pooling's gradients (``pool_grad_kernel``)."""
     of, attrs = _pool_of(node.attrs)
-    if of not in ("maxpool", "minpool", "avgpool"):
-        raise LoweringError(f"layer {node.name}: cnnc has no kernel for the gradient of {of} "
-                            "yet (its float64 reference exists: cnnc check, tests)")
     sz = Sizes()
     x, dy = ctx.in_shapes
     k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz)

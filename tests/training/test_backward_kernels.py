@@ -266,3 +266,20 @@ def test_residual_steps_are_within_their_error_bounds(residual):
     assert all(r.ok for r in rows), format_rows(rows, 1.0)
     assert {"batchnorm_train", "bn_input_grad", "bn_channel_grad", "batch_stat_grad",
             "running_update"} <= {r.op for r in rows}
+
+
+# Lp pooling's gradient recomputes each window's norm as the forward does: p = 2 (its sqrt
+# form) and p = 3 (pow), windows that overlap, reach into the padding, ceil mode.
+LP = """network lp
+input x: 2 x 7 x 6
+a = x -> conv(3, 3, pad=1) -> lppool(3, stride=2, pad=1, p=2) -> conv(3, 1)
+a -> lppool(2, stride=1, p=3, ceil_mode=true) -> output y
+"""
+
+
+def test_lp_pooling_gradients_are_within_their_error_bounds():
+    rng = np.random.default_rng(5)
+    tm = compile_training(LP, rng)
+    rows = check_plan(tm.plan, tm.executor, tm.params, training_feed(tm, 3, rng))
+    assert sum(1 for r in rows if "pool_grad" in r.op) == 2
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
