@@ -11,6 +11,12 @@ integers once for that arena; new parameters only replace the constant arguments
 only patches in the caller's input arrays and calls the kernels in order. The caller may hand
 in the buffers of whole-batch slots (the training model's flat gradient buffer): every arena
 uses them.
+
+Small calls run on one thread: a call of fewer than ``SERIAL_WORK`` multiply-accumulates
+(LeNet-5 at batch 1 has 0.42 million) runs its kernels with Numba's pool set to one thread,
+because waking the other threads costs more than they save there, and on a loaded machine
+threads waiting for work spin against the other processes (LeNet-5 at batch 1 beside two busy
+processes on 2 cores: p99 272 ms on two threads, 8 ms on one; bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -18,12 +24,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numba
 import numpy as np
 
-from ..compiler.ops import evaluate, get_op
+from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 
-__all__ = ["CpuExecutor", "Arena"]
+__all__ = ["CpuExecutor", "Arena", "SERIAL_WORK", "call_all"]
+
+#: Multiply-accumulates of a whole call below which its kernels run on one thread.
+SERIAL_WORK = 4_000_000
 
 
 class Arena:
@@ -114,6 +124,7 @@ class CpuExecutor:
     def __init__(self, plan: Plan, slots: Mapping[int, np.ndarray] | None = None) -> None:
         """``slots``: the caller's float32 buffers of whole-batch slots, by slot index."""
         self.plan = plan
+        self.macs_per_image = count_macs(plan.graph)  # small calls run on one thread
         self.consts: list[dict[str, np.ndarray]] = [{} for _ in plan.steps]
         self.arenas: dict[int, Arena] = {}
         self.slots = dict(slots or {})
@@ -174,7 +185,15 @@ class CpuExecutor:
         """Run every step on flat float32 inputs by graph-input node id; the outputs are in
         the returned arena (``arena.value(plan, node)``, or the input itself)."""
         arena = self.arena(n)
-        _call_all(arena.calls, inputs)
+        if self.macs_per_image * n < SERIAL_WORK:
+            threads = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                call_all(arena.calls, inputs)
+            finally:
+                numba.set_num_threads(threads)
+        else:
+            call_all(arena.calls, inputs)
         return arena
 
     def run_watched(self, inputs: Mapping[int, np.ndarray], n: int,
@@ -183,7 +202,7 @@ class CpuExecutor:
         stop early when it returns True (``check_numerics``: the first non-finite output)."""
         arena = self.arena(n)
         for index in range(len(self.plan.steps)):
-            _call_all(arena.step_calls[index], inputs)
+            call_all(arena.step_calls[index], inputs)
             if after(index, arena):
                 break
         return arena
@@ -206,14 +225,15 @@ class CpuExecutor:
     def run_step(self, arena: Arena, index: int, inputs: Mapping[int, np.ndarray]) -> None:
         """Run step ``index`` alone (``cnnc check``); its tensor inputs must be in their
         buffers already, or in ``inputs`` for graph inputs."""
-        _call_all(arena.step_calls[index], inputs)
+        call_all(arena.step_calls[index], inputs)
 
     def output(self, arena: Arena, inputs: Mapping[int, np.ndarray], node: int) -> np.ndarray:
         buf = arena.value(self.plan, node)
         return inputs[self.plan.buffers.root(node)] if buf is None else buf
 
 
-def _call_all(calls, inputs: Mapping[int, np.ndarray]) -> None:
+def call_all(calls, inputs: Mapping[int, np.ndarray]) -> None:
+    """Call bound kernels in order, the caller's input arrays patched into their places."""
     for fn, args, patches in calls:
         if patches:
             args = list(args)
