@@ -299,6 +299,12 @@ def bench_engines(engines: Sequence[str], workdir: Path, model: str, batch: int,
     return list(rows.values())
 
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def bar_chart(groups: list[str], series: dict[str, list[float]], ylabel: str,
               out: Path | IO[bytes], hline: float | None = None) -> None:
     """Grouped bars (one group per layer or network, one bar per engine) saved as PNG to a path

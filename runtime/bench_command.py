@@ -12,7 +12,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..compiler.target import host_target
-from .bench import PEERS, BenchError, bar_chart, bench_engines, installed, prepare, spawn_peak
+from .bench import (
+    PEERS,
+    BenchError,
+    bar_chart,
+    bench_engines,
+    installed,
+    markdown_table,
+    prepare,
+    spawn_peak,
+)
 from .cli_common import EXTRA, CliError, force_arg, load_graph, write_files
 from .summary import summarize
 
@@ -51,14 +60,11 @@ def format_table(rows: list[dict]) -> str:
     """The result as a Markdown table, one row per engine."""
     head = ["engine", "median ms", "p99 ms", "max ms", "runs", "GFLOP/s", "% of peak",
             "vs best peer", "max rel err"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        ratio = f"{r['vs_best_peer']:.2f}x" if "vs_best_peer" in r else ""
-        cells = [r["engine"], f"{r['median_ms']:.3g}", f"{r['p99_ms']:.3g}",
-                 f"{r['max_ms']:.3g}", str(r["runs"]), f"{r['gflops']:.3g}",
-                 f"{r['pct_peak']:.0f}%", ratio, f"{r['max_rel_err']:.1e}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [[r["engine"], f"{r['median_ms']:.3g}", f"{r['p99_ms']:.3g}", f"{r['max_ms']:.3g}",
+              str(r["runs"]), f"{r['gflops']:.3g}", f"{r['pct_peak']:.0f}%",
+              f"{r['vs_best_peer']:.2f}x" if "vs_best_peer" in r else "",
+              f"{r['max_rel_err']:.1e}"] for r in rows]
+    return markdown_table(head, cells)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -68,10 +74,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for peer in peers:
         if not installed(peer):
             print(f"{peer}: not installed, skipped (make bench-deps installs the peers)")
-    engines = ["cnnc"] + [p for p in peers if installed(p)]
+    # cnnc compiles for this machine's target, named in the table, at the peak loop's width
+    target = host_target()
+    engines = [f"cnnc-{target.name}"] + [p for p in peers if installed(p)]
     # a worker loads the network again: by its zoo name, or by the file's absolute path
     model = str(Path(args.model).resolve()) if Path(args.model).is_file() else args.model
-    lanes = host_target().lanes
+    lanes = target.lanes
     try:
         with tempfile.TemporaryDirectory(prefix="cnnc-bench-") as tmp:
             workdir = Path(tmp)
