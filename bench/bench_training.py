@@ -108,7 +108,8 @@ def torch_step_fn(graph, params: dict[str, np.ndarray], x: np.ndarray, y: np.nda
     """A PyTorch training step of ``graph`` (its batch norms with batch statistics)."""
     import torch
     import torch.nn.functional as F
-    from torch_graph import OPS
+
+    from cnnc.runtime.torch_graph import OPS
 
     ops = dict(OPS)
     ops["batchnorm"] = lambda xs, a: F.batch_norm(xs[0], xs[3], xs[4], xs[1], xs[2], True,

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTRA_MODULES = ("commands", "onnx_commands", "show", "train_command")
+EXTRA_MODULES = ("commands", "onnx_commands", "show", "train_command", "bench_command")
 
 
 def _register_extras() -> None:

@@ -1,5 +1,6 @@
-"""Run a cnnc IR graph with PyTorch's functional ops: the PyTorch side of the benchmarks, with
-exactly cnnc's weights. Only needs `torch` (pip install torch==2.13.0, CPU build)."""
+"""Run a cnnc IR graph with PyTorch's functional ops: the PyTorch side of the benchmarks
+(`cnnc bench`, `bench/`), with exactly cnnc's weights. Only needs `torch` (pip install
+torch==2.13.0, CPU build), imported only by the code that runs PyTorch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnc.compiler.ir import Graph
+from ..compiler.ir import Graph
 
 
 def _sym(pads: tuple[int, int, int, int]) -> tuple[int, int] | None:
