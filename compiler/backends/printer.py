@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..kernels.kernel_ir import BinOp, Call, Div, Expr, Loop, Stmt, VBin, VHalf, VUnary, walk
+from ..kernels.kernel_ir import (
+    BinOp,
+    Call,
+    Div,
+    Expr,
+    Loop,
+    Stmt,
+    VBin,
+    VHalf,
+    VSpread,
+    VUnary,
+    walk,
+)
 
 #: Bit-wise operators (integer hashing), printed in parentheses whatever their context, with
 #: operands that bind tighter than any infix operator (so they are parenthesized too).
@@ -95,6 +107,11 @@ class KernelPrinter:
         if e.op not in ("sqrt", "exp"):
             raise ValueError(f"unknown vector op {e.op!r}")
         return f"v{e.op}({self.expr(e.value)})"
+
+    def expr_VSpread(self, e: VSpread, prec: int) -> str:
+        if e.run not in (2, 4, 8) or not 0 <= e.lane < e.run:
+            raise ValueError(f"vspread takes runs of 2, 4 or 8 lanes, not {e.run}, {e.lane}")
+        return f"vspread({self.expr(e.value)}, {int(e.run)}, {int(e.lane)})"
 
     def empty_body(self) -> str:
         raise NotImplementedError

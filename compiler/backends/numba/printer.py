@@ -37,7 +37,6 @@ from ...kernels.kernel_ir import (
     Store,
     VAlign,
     Var,
-    VSpread,
     VStore,
 )
 from ..printer import KernelPrinter
@@ -187,11 +186,6 @@ class NumbaPrinter(KernelPrinter):
         if not 1 <= e.shift <= 15:
             raise ValueError(f"valign shifts by 1 to 15 lanes, not {e.shift}")
         return f"valign({self.expr(e.a)}, {self.expr(e.b)}, {int(e.shift)})"
-
-    def expr_VSpread(self, e: VSpread, prec: int) -> str:
-        if e.run not in (2, 4, 8) or not 0 <= e.lane < e.run:
-            raise ValueError(f"vspread takes runs of 2, 4 or 8 lanes, not {e.run}, {e.lane}")
-        return f"vspread({self.expr(e.value)}, {int(e.run)}, {int(e.lane)})"
 
     # -- statements -------------------------------------------------------------------------
     def empty_body(self) -> str:
