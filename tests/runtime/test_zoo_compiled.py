@@ -80,20 +80,22 @@ def test_schedule_invariance(name):
     and NHWC bit for bit NCHW8c's (the same kernels with other strides; unless a dense layer
     reads a flattened blocked tensor: it sums in storage order)."""
     graph, _ = small_graph(name)
-    model = compile_model(graph, seed=0, opt_level=0)
     rng = np.random.default_rng(1)
     inputs = {n: rng.standard_normal((2,) + graph.node(i).type.shape).astype(np.float32)
               for n, i in graph.inputs.items()}
-    want = run_reference(graph, inputs, model.params)
     schedules = [(level, lowering, "auto") for level in (0, 1, 2)
                  for lowering in ("direct", "im2col")]
     schedules += [(2, "direct", "NCHW16c"), (2, "direct", "NHWC")]
     if name in PLAIN_AT_O2:
         schedules.append((2, "direct", "NCHW"))
+    compiled = {(level, lowering, layout): compile_model(graph, seed=0, opt_level=level,
+                                                        lowering=lowering, layout=layout)
+                for level, lowering, layout in schedules}
+    # every schedule has the seed's weights: the first one's are the reference's
+    want = run_reference(graph, inputs, compiled[schedules[0]].params)
     runs, models = {}, {}
-    for level, lowering, layout in schedules:
-        m = models[layout] = compile_model(graph, seed=0, opt_level=level, lowering=lowering,
-                                           layout=layout)
+    for (level, lowering, layout), m in compiled.items():
+        models[layout] = m
         layouts = {n.attrs.get("layout") for n in m.plan.graph.nodes()} - {None}
         if layout == "NCHW":
             assert not layouts
