@@ -288,7 +288,7 @@ def _target(target: str | Target) -> Target:
 def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
            cache_dir: str | Path | None, opt_level: int, layout: str,
            dump_ir: str | Path | None, force: bool, progress: bool | None, autotune: bool,
-           device: str | None = None) -> tuple[Plan, list[PassRecord]]:
+           device: str | None = None, warm: bool = True) -> tuple[Plan, list[PassRecord]]:
     """The optimized copy of ``graph`` lowered for ``cpu`` (its kernels loaded, except a CUDA
     module printed for ``device="none"``), and the pass records."""
     if opt_level not in (0, 1, 2):
@@ -314,7 +314,8 @@ def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
             "gpu" if cpu.backend == "cuda" else "emulate"))
     bar = CompileProgress(progress)
     try:
-        plan = lower_graph(optimized, cache_dir=cache_dir, progress=bar, backend=backend)
+        plan = lower_graph(optimized, cache_dir=cache_dir, progress=bar, backend=backend,
+                           warm=warm)
     except LoweringError as e:
         if not cpu.cuda:  # on the CPU every op lowers: a bug, with its traceback
             raise
@@ -364,7 +365,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     (default ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``). ``dump_ir``: a folder to write the IR
     after each pass to: a new or empty one, unless ``force`` (an earlier dump there is
     replaced), and, last, the lowered graph with each value's arena slot. With ``warm``
-    (default) every kernel is compiled (or loaded from the disk cache) before this returns.
+    (default) every kernel is compiled (or loaded from the disk cache) before this returns;
+    without it each kernel compiles on its first call (a model only inspected compiles none).
     ``progress``: a progress bar on stderr while kernels compile (True: always, from the
     start; None: only when stderr is a terminal and the compile takes over a second).
     ``autotune``: time each convolution's algorithms once, compiled for this target,
@@ -421,7 +423,7 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         raise ModelError(f"{', '.join(sorted(training))}: training options need mode='train'")
     plan, records = _lower(graph, cpu, lowering=lowering, cache_dir=cache_dir,
                            opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
-                           progress=progress, autotune=autotune)
+                           progress=progress, autotune=autotune, warm=warm)
     model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
     if model.bytes_needed(1) > available_memory():
         raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "

@@ -333,9 +333,11 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
                 reuse_buffers: bool = True,
                 progress: Callable[[int, int], None] | None = None,
                 backend: NumbaBackend | CudaBackend | None = None,
-                together: Sequence[int] = ()) -> Plan:
+                together: Sequence[int] = (), warm: bool = True) -> Plan:
     """Lower every compute node, load each distinct kernel from its shared cached module, bind
-    the calls and plan the buffers. ``progress(done, total)`` follows a cold compile.
+    the calls and plan the buffers. ``progress(done, total)`` follows a cold compile; without
+    ``warm`` the kernels missing from the cache are not compiled ahead (each compiles on its
+    first call).
     ``backend``: the target's (default: Numba's, caching under ``cache_dir``). ``together``:
     whole-batch values to place one after another in one slot (``plan_memory``)."""
     if backend is None:
@@ -364,7 +366,8 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
             if c.ir is not None:
                 c.fn = funcs[names[c.ir.name]]
         sources.update(s.sources)
-    backend.warm(steps, progress=progress)
+    if warm:
+        backend.warm(steps, progress=progress)
     buffers = plan_memory(graph, steps, reuse=reuse_buffers, together=together)
     scratch: dict[str, int] = {}
     for s in steps:

@@ -28,3 +28,14 @@ def test_small_calls_run_on_one_thread_with_the_same_numbers(monkeypatch):
     pooled = model(x)
     assert seen[-1] == before
     np.testing.assert_array_equal(serial, pooled)
+
+
+def test_a_model_compiled_without_warm_compiles_its_kernels_on_first_call(tmp_path):
+    """``warm=False``: nothing is compiled ahead (Numba's cache index files appear only once
+    the model runs), and the first call compiles what it needs."""
+    net = "network tiny\ninput x: 3 x 6 x 6\nx -> conv(5, 3) -> relu -> flatten -> dense(2)" \
+          " -> output y\n"
+    model = cnnc.compile(net, cache_dir=tmp_path, warm=False)
+    assert not list(tmp_path.rglob("*.nbi"))
+    y = model(np.ones((1, 3, 6, 6), np.float32))
+    assert y.shape == (1, 2) and list(tmp_path.rglob("*.nbi"))
