@@ -7,11 +7,24 @@ import numpy as np
 
 from cnnc.compiler.autodiff import attach_loss, autodiff, gradient_outputs
 from cnnc.compiler.ir import Graph
-from cnnc.compiler.ops import evaluate
 from cnnc.compiler.passes import PassContext
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.reference import run_reference
 from cnnc.runtime.weights import init_params
+
+
+def net(shape: tuple[int, ...], body: str) -> str:
+    """A one-chain network from input ``x`` of ``shape`` through ``body`` to output ``y``."""
+    dims = " x ".join(map(str, shape))
+    return f"network t\ninput x: {dims}\nx -> {body} -> output y\n"
+
+
+def check(source: str, seed: int, batch: int = 2, loss: str = "mse") -> None:
+    """``source`` trained on ``loss``: every gradient against finite differences."""
+    rng = np.random.default_rng(seed)
+    tg = training_graph(source, loss)
+    feed, params = random_feed(tg, batch, rng)
+    assert check_gradients(tg, feed, params, rng) > 0
 
 
 def training_graph(source: str | Graph, loss: str = "mse", output: str | None = None,
@@ -33,7 +46,7 @@ def random_feed(graph: Graph, batch: int, rng: np.random.Generator, classes: int
         t = graph.node(nid).type
         shape = (batch,) + t.shape
         if not t.batched:  # dropout_seed: [seed, step]
-            feed[name] = rng.integers(0, 2 ** 31, t.shape).astype(np.float64)
+            feed[name] = rng.integers(0, 2 ** 31, t.shape)  # int64, as the kernels take it
         elif name == "labels" and classes:
             feed[name] = rng.integers(0, classes, shape).astype(np.float64)
         else:
@@ -45,30 +58,14 @@ def random_feed(graph: Graph, batch: int, rng: np.random.Generator, classes: int
     return feed, params
 
 
-def run_graph(graph: Graph, inputs: dict, params: dict) -> dict[str, np.ndarray]:
-    """The reference interpreter on a training graph: ``run_reference`` where every input has
-    a batch axis; with a whole-batch input (dropout_seed), which its input check does not take
-    yet, the same walk over each op's float64 reference without that check."""
-    if all(graph.node(nid).type.batched for nid in graph.inputs.values()):
-        return run_reference(graph, inputs, params)
-    values: dict[int, np.ndarray] = {}
-    for node in graph.topo_order():
-        if node.op in ("input", "param"):
-            source = inputs if node.op == "input" else params
-            values[node.id] = np.asarray(source[node.name], np.float64)
-        else:
-            values[node.id] = evaluate(node.op, [values[i] for i in node.inputs], node.attrs)
-    return {name: values[nid] for name, nid in graph.outputs.items()}
-
-
 def check_gradients(tg: Graph, feed: dict, params: dict, rng: np.random.Generator,
                     samples: int = 6, step: float = 1e-6, rtol: float = 1e-6) -> int:
     """Compare every ``grad:<name>`` output with central differences at ``samples`` random
     entries (all of a small tensor); returns how many entries were checked."""
-    out = run_graph(tg, feed, params)
+    out = run_reference(tg, feed, params)
 
     def loss(f: dict, p: dict) -> float:
-        return float(run_graph(tg, f, p)["loss"])
+        return float(run_reference(tg, f, p)["loss"])
 
     checked = 0
     scale = max(1e-3, max(float(np.abs(out[f"grad:{n}"]).max())

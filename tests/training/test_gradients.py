@@ -15,22 +15,10 @@ from cnnc.compiler.ops import get_op
 from cnnc.compiler.passes import PassContext
 from cnnc.dsl.builder import load_network
 
-from .gradcheck import check_gradients, random_feed, training_graph
+from .gradcheck import check, check_gradients, net, random_feed, training_graph
 
 SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
-
-
-def net(shape: tuple[int, ...], body: str) -> str:
-    dims = " x ".join(map(str, shape))
-    return f"network t\ninput x: {dims}\nx -> {body} -> output y\n"
-
-
-def check(source: str, seed: int, batch: int = 2, loss: str = "mse") -> None:
-    rng = np.random.default_rng(seed)
-    tg = training_graph(source, loss)
-    feed, params = random_feed(tg, batch, rng, classes=0)
-    assert check_gradients(tg, feed, params, rng) > 0
 
 
 @SETTINGS

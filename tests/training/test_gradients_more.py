@@ -26,22 +26,10 @@ from cnnc.compiler.passes.pipelines import pipeline
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.reference import run_reference
 
-from .gradcheck import check_gradients, random_feed, run_graph, training_graph
+from .gradcheck import check, check_gradients, net, random_feed, training_graph
 
 SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
-
-
-def net(shape: tuple[int, ...], body: str) -> str:
-    dims = " x ".join(map(str, shape))
-    return f"network t\ninput x: {dims}\nx -> {body} -> output y\n"
-
-
-def check(source: str, seed: int, batch: int = 2, loss: str = "mse") -> None:
-    rng = np.random.default_rng(seed)
-    tg = training_graph(source, loss)
-    feed, params = random_feed(tg, batch, rng)
-    assert check_gradients(tg, feed, params, rng) > 0
 
 
 # -- batch norm in training -----------------------------------------------------------------
@@ -308,10 +296,10 @@ def test_dropout_training_graph_and_its_gradient():
     # the gradient with the mask fixed (the same seed and step throughout)
     assert check_gradients(tg, feed, params, rng, samples=10) > 0
     # the same seed and step give the same step; another step another mask
-    first = run_graph(tg, feed, params)["loss"]
-    assert run_graph(tg, feed, params)["loss"] == first
+    first = run_reference(tg, feed, params)["loss"]
+    assert run_reference(tg, feed, params)["loss"] == first
     feed[DROPOUT_SEED] = feed[DROPOUT_SEED] + [0, 1]
-    assert run_graph(tg, feed, params)["loss"] != first
+    assert run_reference(tg, feed, params)["loss"] != first
 
 
 def test_dropout_scales_what_it_keeps():
@@ -320,7 +308,7 @@ def test_dropout_scales_what_it_keeps():
     g = training_graph(net((1, 10, 10), "dropout(0.2)"))
     (stream,) = [n.attrs["stream"] for n in g.nodes() if n.name == "dropout1"]
     x = np.ones((3, 1, 10, 10))
-    out = run_graph(g, {"x": x, "labels": np.zeros_like(x), DROPOUT_SEED: np.array([1.0, 2.0])},
+    out = run_reference(g, {"x": x, "labels": np.zeros_like(x), DROPOUT_SEED: np.array([1, 2])},
                     {})
     kept = dropout_keep(1, 2, stream, x.shape, 0.2)
     assert 0.6 < kept.mean() < 0.95
@@ -357,10 +345,10 @@ x -> conv(4, 3, pad=1) -> batchnorm -> prelu -> dropout(0.3) -> groupnorm(2) -> 
     tg = training_graph(src, "cross_entropy")
     feed, params = random_feed(tg, 2, rng, classes=5)
     assert check_gradients(tg, feed, params, rng, samples=3) > 0
-    before = run_graph(tg, feed, params)
+    before = run_reference(tg, feed, params)
     optimized = attach_loss(load_network(src), "cross_entropy")
     run_passes(optimized, pipeline(2, training=True), PassContext(training=True))
-    after = run_graph(optimized, feed, params)
+    after = run_reference(optimized, feed, params)
     assert set(after) == set(before) - {"grad:x"}  # no input gradients asked for here
     for name in after:
         np.testing.assert_allclose(after[name], before[name], rtol=1e-12, atol=1e-15,
