@@ -37,9 +37,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .ir import Graph, Node, model_folder
+from .ir import Graph, Node, node_location
 from .ops import AttrError, ShapeError, get_op, is_constant
-from .types import TensorType, shown_path
+from .types import TensorType
 
 __all__ = ["GradBuilder", "GradientError", "LABELS", "LOSSES", "LossTerm", "attach_loss",
            "autodiff", "check_labels_input", "gradient_outputs", "is_labels", "labels_input",
@@ -56,13 +56,6 @@ OUTPUT = "output:"
 class GradientError(Exception):
     """The loss cannot be differentiated as asked: an op without a gradient rule, a loss that
     does not fit the network's output. The message names the layer and its DSL location."""
-
-
-def where(graph: Graph, node: Node) -> str:
-    """``file:line:col`` of a node's DSL (relative to the model's folder), or ""."""
-    if node.span is None:
-        return ""
-    return f"{shown_path(node.span.file, model_folder(graph))}:{node.span.line}:{node.span.column}"
 
 
 @dataclass
@@ -147,7 +140,7 @@ def differentiate(graph: Graph, root: int, wrt: Sequence[int]) -> dict[int, int]
         dy = None if pending == [None] else _accumulate(graph, node.id, pending)  # type: ignore
         rule = get_op(node.op).gradient
         if rule is None:
-            at = where(graph, node)
+            at = node_location(graph, node, column=True)
             raise GradientError(f"{at + ': ' if at else ''}layer {node.name or node.id} "
                                 f"({node.op}) has no gradient rule: cnnc cannot train through "
                                 f"{node.op} yet")
@@ -357,7 +350,7 @@ def attach_loss(graph: Graph, loss: str | Sequence[Any] = "cross_entropy",
             try:
                 form(g, n, updates)
             except ShapeError as e:
-                at = where(g, n)
+                at = node_location(g, n, column=True)
                 raise GradientError(f"{at + ': ' if at else ''}layer {n.name or n.id} cannot "
                                     f"train: {e}") from None
     single = isinstance(loss, str)

@@ -19,7 +19,7 @@ import networkx as nx
 from .types import Span, TensorType, shown_path
 
 __all__ = ["Graph", "IRError", "Node", "Span", "TensorType", "TypeRule", "model_folder",
-           "shown_path"]
+           "node_location", "shown_path"]
 
 #: How a graph infers a node's type: ``rule(op, input types, attrs)`` (the op registry's
 #: ``compiler.ops.infer_node``, handed to the graph where graphs are made, so that this module
@@ -36,6 +36,15 @@ def model_folder(graph: Graph) -> str | None:
         if span is not None and span.file and not span.file.startswith("<"):
             return os.path.dirname(span.file) or "."
     return None
+
+
+def node_location(graph: Graph, node: Node, column: bool = False) -> str:
+    """``file:line`` (with ``column``: ``file:line:col``) of a node's DSL, the file named
+    relative to the model's folder (``model_folder``); "" for a node without a span."""
+    if node.span is None:
+        return ""
+    where = f"{shown_path(node.span.file, model_folder(graph))}:{node.span.line}"
+    return f"{where}:{node.span.column}" if column else where
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..compiler.backends.cuda.loader import CudaBackend, gpu_problem
-from ..compiler.ir import Graph, model_folder
+from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.passes.manager import DumpFolderError
@@ -185,11 +185,7 @@ class CompiledModel:
         value = self.executor.value(arena, flat, step.output)
         if np.isfinite(value).all():
             return False
-        from ..compiler.types import shown_path
-
-        node = self.plan.graph.node(step.output)
-        where = (f"{shown_path(node.span.file, model_folder(self.plan.graph))}:"
-                 f"{node.span.line}" if node.span else "")
+        where = node_location(self.plan.graph, self.plan.graph.node(step.output))
         nan = int(np.isnan(value).sum())
         raise NumericsError(step.name, step.op, where, nan, int((~np.isfinite(value)).sum()) - nan,
                             int(value.size), fused="+" in step.op)

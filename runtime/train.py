@@ -42,14 +42,13 @@ from ..compiler.autodiff import (
     trainable_params,
     update_outputs,
 )
-from ..compiler.ir import Graph, model_folder
+from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
 from ..compiler.ops.tensor import DROPOUT_SEED
 from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import Target
-from ..compiler.types import shown_path
 from .executor import CpuExecutor
 from .optim import Optimizer, OptimizerError
 from .reference import InputError, check_inputs
@@ -210,9 +209,8 @@ class TrainingModel:
             step = self.plan.steps[index]
             if step.view or np.isfinite(self.executor.value(arena, flat, step.output)).all():
                 return False
-            node = self.plan.graph.node(step.output)
-            at = (f" at {shown_path(node.span.file, model_folder(self.plan.graph))}:"
-                  f"{node.span.line}" if node.span else "")
+            where = node_location(self.plan.graph, self.plan.graph.node(step.output))
+            at = f" at {where}" if where else ""
             found.append(f"layer {step.name} ({step.op}){at}")
             return True
         self.executor.run_watched(flat, n, look)
