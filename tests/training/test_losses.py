@@ -16,11 +16,11 @@ from cnnc.compiler.autodiff import GradientError, attach_loss
 from cnnc.compiler.ops import all_ops
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.check import check_plan, format_rows
-from cnnc.runtime.reference import InputError
+from cnnc.runtime.reference import InputError, run_reference
 from cnnc.runtime.train import TrainingError
 from cnnc.runtime.weights import init_params
 
-from .gradcheck import check_gradients, random_feed, run_graph, training_graph
+from .gradcheck import check_gradients, random_feed, training_graph
 
 # One trunk, three heads: class scores, five independent logits (through a sigmoid the loss
 # skips), and a localization head (3 classes, then the box).
@@ -126,8 +126,8 @@ def test_the_weighted_sum_is_the_sum_of_its_terms():
         feed[f"labels:{output}"] = labels_for(
             loss, one.node(one.node(one.outputs["loss"]).inputs[0]).type.shape, 3, rng)
         alone = {"x": feed["x"], "labels": feed[f"labels:{output}"]}
-        total += weight * float(run_graph(one, alone, params)["loss"])
-    assert float(run_graph(tg, feed, params)["loss"]) == pytest.approx(total, rel=1e-12)
+        total += weight * float(run_reference(one, alone, params)["loss"])
+    assert float(run_reference(tg, feed, params)["loss"]) == pytest.approx(total, rel=1e-12)
 
 
 # -- the compiled losses against PyTorch --------------------------------------------------------
