@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .backends import HOST, Memory
 from .ir import Graph
 from .types import BLOCKED, BLOCKED16, NHWC, PLAIN, Storage  # re-exported for executors
 
@@ -142,6 +143,7 @@ class Plan:
     cache_path: str = ""
     stats: dict[str, int] = field(default_factory=dict)
     listing_file: str = ""  # the listing's file name (a CUDA model's is its one module)
+    memory: Memory = HOST  # where the kernels' arrays live (the backend's)
 
     @property
     def kernel_calls(self) -> int:

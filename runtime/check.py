@@ -40,7 +40,7 @@ import numpy as np
 from ..compiler.ops import ERROR_FLOOR, evaluate_bound, node_macs
 from ..compiler.plan import Plan
 from ..compiler.types import TensorType
-from .executor import CpuExecutor
+from .executor import Executor
 from .model import CompiledModel
 from .model import compile as compile_model
 from .reference import check_inputs, run_reference
@@ -74,7 +74,7 @@ def kernel_value(t: TensorType, value: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(value, np.int64 if t.dtype == "int64" else np.float32)
 
 
-def check_plan(plan: Plan, executor: CpuExecutor, params: Mapping[str, np.ndarray],
+def check_plan(plan: Plan, executor: Executor, params: Mapping[str, np.ndarray],
                inputs: Mapping[str, np.ndarray], *, tol: float = DEFAULT_TOL) -> list[CheckRow]:
     """One row per step of a lowered ``plan`` bound to ``executor`` (its parameters set to
     ``params``) on ``inputs`` by name: an inference model's, or a training graph's forward,
@@ -94,18 +94,12 @@ def check_plan(plan: Plan, executor: CpuExecutor, params: Mapping[str, np.ndarra
             rows.append(CheckRow(step.name, step.op, shape, "view", 0.0, 0.0, True))
             continue
         feeds: dict[int, np.ndarray] = {}
-        buffers = plan.buffers
         for i in step.inputs:
             x32 = kernel_value(graph.node(i).type, ref[f"%{i}"])
-            buf = arena.value(plan, i)
-            if buf is None:
-                feeds[buffers.root(i)] = x32.reshape(-1)
-            elif (buffers.storage.get(i) or buffers.storage.get(buffers.root(i))) is not None:
-                if x32.ndim == 2:  # a flattened blocked tensor: store the tensor itself
-                    x32 = x32.reshape((batch,) + graph.node(graph.node(i).inputs[0]).type.shape)
-                (buffers.storage.get(i) or buffers.storage[buffers.root(i)]).store(x32, buf)
+            if arena.value(plan, i) is None:  # a graph input: the caller's array
+                feeds[plan.buffers.root(i)] = x32.reshape(-1)
             else:
-                buf[:] = x32.reshape(-1)
+                executor.store(arena, i, x32)
         executor.run_step(arena, index, feeds)
         args = [np.asarray(consts[i], np.float64) if i in consts else
                 kernel_value(graph.node(i).type, ref[f"%{i}"]).astype(np.float64)

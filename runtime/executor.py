@@ -1,4 +1,11 @@
-"""The CPU executor: binds a compiler plan once, then runs it.
+"""The executor: binds a compiler plan once, then runs it, on the CPU (Numba kernels) or a
+GPU (CUDA kernels through CuPy, or their CPU emulation).
+
+Memory: the arena, the packed constants and the inputs of a call live where the plan's kernels
+read them (``plan.memory``, the backend's: NumPy's for Numba, a GPU's for CUDA); the executor
+uploads constants when parameters are set and inputs at each call, downloads a value when it is
+read, and otherwise only slices the buffers and hands them to kernels. In NumPy's memory the
+uploads and downloads are the arrays themselves.
 
 Parameters: whenever they are set, the plan's parameter-time nodes (derived parameters such as
 folded batch-norm weights, folded constants) are evaluated from the source parameters (in
@@ -30,7 +37,7 @@ import numpy as np
 from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 
-__all__ = ["CpuExecutor", "Arena", "SERIAL_WORK", "call_all"]
+__all__ = ["Executor", "Arena", "SERIAL_WORK", "call_all"]
 
 #: Multiply-accumulates of a whole call below which its kernels run on one thread.
 SERIAL_WORK = 4_000_000
@@ -39,16 +46,17 @@ SERIAL_WORK = 4_000_000
 class Arena:
     """Buffers of one batch size and the calls bound to them."""
 
-    def __init__(self, executor: CpuExecutor, n: int) -> None:
+    def __init__(self, executor: Executor, n: int) -> None:
         plan = executor.plan
         self.n = n
         # zeroed once: channel-blocked values keep a zero halo (their padding) for good
         whole = plan.buffers.unbatched
+        memory = plan.memory
         self.slots = [executor.slots[i] if i in executor.slots else
-                      np.zeros(size if i in whole else n * size, np.float32)
+                      memory.zeros(size if i in whole else n * size)
                       for i, size in enumerate(plan.buffers.slot_sizes)]
-        self.scratch = {k: np.empty(n * v, np.float32) for k, v in plan.scratch.items()}
-        self.values: dict[int, np.ndarray] = {}
+        self.scratch = {k: memory.empty(n * v) for k, v in plan.scratch.items()}
+        self.values: dict[int, Any] = {}
         for step in plan.steps:
             if step.output not in plan.buffers.slot_of:
                 continue  # a view of another value, or a graph input
@@ -66,9 +74,10 @@ class Arena:
         self.const_args: list[tuple[list[Any], int, int, str]] = []
         self.bind(executor)
 
-    def value(self, plan: Plan, node: int) -> np.ndarray | None:
-        """The buffer of a tensor value, from its first element on (None for a graph input:
-        the caller's array). A slice of blocked storage starts later in its base's buffer."""
+    def value(self, plan: Plan, node: int) -> Any:
+        """The buffer of a tensor value in the plan's memory, from its first element on (None
+        for a graph input: the caller's array). A slice of blocked storage starts later in its
+        base's buffer."""
         root = plan.buffers.root(node)
         buf = self.values.get(root)
         storage = plan.buffers.storage.get(node)
@@ -76,7 +85,7 @@ class Arena:
             return buf
         return buf[storage.offset - plan.buffers.storage[root].offset:]
 
-    def bind(self, executor: CpuExecutor) -> None:
+    def bind(self, executor: Executor) -> None:
         """Resolve every argument of every call (constants are bound by reference: new
         parameters replace them, ``bind_consts``)."""
         plan = executor.plan
@@ -97,12 +106,12 @@ class Arena:
                 self.calls.append((call.fn, args, patches))
                 self.step_calls[-1].append(self.calls[-1])
 
-    def bind_consts(self, executor: CpuExecutor) -> None:
+    def bind_consts(self, executor: Executor) -> None:
         """Replace the constant arguments of every call by the executor's current ones."""
         for args, pos, index, name in self.const_args:
             args[pos] = executor.consts[index][name]
 
-    def _resolve(self, plan: Plan, step: Step, consts: dict[str, np.ndarray], a: Arg) -> Any:
+    def _resolve(self, plan: Plan, step: Step, consts: dict[str, Any], a: Arg) -> Any:
         if a.kind == "value":
             return self.value(plan, a.ref)
         if a.kind == "output":
@@ -118,16 +127,21 @@ class Arena:
         raise ValueError(f"unknown argument kind {a.kind!r}")
 
 
-class CpuExecutor:
-    """Runs a :class:`~cnnc.compiler.plan.Plan` with its Numba kernels."""
+class Executor:
+    """Runs a :class:`~cnnc.compiler.plan.Plan` with its kernels, in the plan's memory."""
 
     def __init__(self, plan: Plan, slots: Mapping[int, np.ndarray] | None = None) -> None:
-        """``slots``: the caller's float32 buffers of whole-batch slots, by slot index."""
+        """``slots``: the caller's float32 buffers of whole-batch slots, by slot index (NumPy
+        arrays: a plan whose kernels run in another memory takes none)."""
         self.plan = plan
+        self.memory = plan.memory
         self.macs_per_image = count_macs(plan.graph)  # small calls run on one thread
-        self.consts: list[dict[str, np.ndarray]] = [{} for _ in plan.steps]
+        self.consts: list[dict[str, Any]] = [{} for _ in plan.steps]
         self.arenas: dict[int, Arena] = {}
         self.slots = dict(slots or {})
+        if self.slots and not self.memory.host:
+            raise ValueError("the caller's buffers are host arrays; this plan's kernels run in "
+                             "another memory")
         for i, buf in self.slots.items():
             if i not in plan.buffers.unbatched or buf.dtype != np.float32 or \
                     buf.shape != (plan.buffers.slot_sizes[i],) or not buf.flags.c_contiguous:
@@ -168,7 +182,7 @@ class CpuExecutor:
             packed = step.pack(values) if step.pack else {}
             # writable contiguous float32 (a read-only array would be a second Numba
             # signature), copied only where a packer's value is not that already
-            consts.append({k: np.require(v, np.float32, ["C", "W"]).ravel()
+            consts.append({k: self.memory.upload(np.require(v, np.float32, ["C", "W"]))
                            for k, v in packed.items()})
         self.consts = consts
         for arena in self.arenas.values():
@@ -181,11 +195,20 @@ class CpuExecutor:
             self.arenas[n] = arena
         return arena
 
+    def uploaded(self, inputs: Mapping[int, np.ndarray]) -> Mapping[int, Any]:
+        """The caller's flat input arrays in the plan's memory."""
+        if self.memory.host:
+            return inputs
+        return {k: self.memory.upload(v) for k, v in inputs.items()}
+
     def run(self, inputs: Mapping[int, np.ndarray], n: int) -> Arena:
         """Run every step on flat float32 inputs by graph-input node id; the outputs are in
-        the returned arena (``arena.value(plan, node)``, or the input itself)."""
+        the returned arena (``output`` and ``value`` read them)."""
         arena = self.arena(n)
-        if self.macs_per_image * n < SERIAL_WORK:
+        inputs = self.uploaded(inputs)
+        if not self.memory.host:  # kernels on a device: no host threads to hold back
+            call_all(arena.calls, inputs)
+        elif self.macs_per_image * n < SERIAL_WORK:
             threads = numba.get_num_threads()
             numba.set_num_threads(1)
             try:
@@ -201,8 +224,9 @@ class CpuExecutor:
         """Run the steps in order like :meth:`run`, calling ``after(index, arena)`` after each;
         stop early when it returns True (``check_numerics``: the first non-finite output)."""
         arena = self.arena(n)
+        device_inputs = self.uploaded(inputs)
         for index in range(len(self.plan.steps)):
-            call_all(arena.step_calls[index], inputs)
+            call_all(arena.step_calls[index], device_inputs)
             if after(index, arena):
                 break
         return arena
@@ -224,12 +248,32 @@ class CpuExecutor:
 
     def run_step(self, arena: Arena, index: int, inputs: Mapping[int, np.ndarray]) -> None:
         """Run step ``index`` alone (``cnnc check``); its tensor inputs must be in their
-        buffers already, or in ``inputs`` for graph inputs."""
-        call_all(arena.step_calls[index], inputs)
+        buffers already (``store``), or in ``inputs`` for graph inputs."""
+        call_all(arena.step_calls[index], self.uploaded(inputs))
+
+    def store(self, arena: Arena, node: int, value: np.ndarray) -> None:
+        """Write an NCHW ``[n, *shape]`` (or whole-batch) float32 value into the buffer of
+        ``node`` in ``arena``, in its storage (``cnnc check`` feeds each step so)."""
+        buffers = self.plan.buffers
+        buf = arena.value(self.plan, node)
+        storage = buffers.storage.get(node) or buffers.storage.get(buffers.root(node))
+        if storage is None:
+            self.memory.write(buf, value.reshape(-1))
+            return
+        if value.ndim == 2:  # a flattened blocked tensor: store the tensor itself
+            source = self.plan.graph.node(node).inputs[0]
+            value = value.reshape((arena.n,) + self.plan.graph.node(source).type.shape)
+        host = self.memory.download(buf)  # the halo and the other channels stay as they are
+        storage.store(value, host)
+        self.memory.write(buf, host)
 
     def output(self, arena: Arena, inputs: Mapping[int, np.ndarray], node: int) -> np.ndarray:
+        """The flat buffer of a value, as a host array (in NumPy's memory: the arena's buffer
+        itself, a view; a graph input: the caller's array)."""
         buf = arena.value(self.plan, node)
-        return inputs[self.plan.buffers.root(node)] if buf is None else buf
+        if buf is None:
+            return inputs[self.plan.buffers.root(node)]
+        return self.memory.download(buf)
 
 
 def call_all(calls, inputs: Mapping[int, np.ndarray]) -> None:

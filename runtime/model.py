@@ -31,7 +31,7 @@ from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
 from .autotune import Autotuner
-from .executor import CpuExecutor
+from .executor import Executor
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
 from .train import TrainingModel, compile_training
@@ -96,7 +96,7 @@ class CompiledModel:
         self.steps = plan.steps
         self.passes = passes or []
         self.opt_level = opt_level
-        self.executor = CpuExecutor(plan)
+        self.executor = Executor(plan)
         self.compile_seconds = compile_seconds
         self._params: dict[str, np.ndarray] = {}
         self.set_params(params)
@@ -131,11 +131,16 @@ class CompiledModel:
         """Bytes of the arena for ``batch`` images (activations and scratch)."""
         return self.executor.bytes_needed(batch)
 
+    def memory_available(self) -> int:
+        """Bytes a new arena may take where the kernels run (a GPU's memory, or the host's)."""
+        free = self.executor.memory.free_bytes()
+        return available_memory() if free is None else free
+
     def _check_memory(self, n: int) -> None:
         if n in self.executor.arenas:
             return
         need = self.bytes_needed(n)
-        avail = available_memory()
+        avail = self.memory_available()
         if need > avail:
             raise ModelError(
                 f"network {self.graph.name!r} at batch size {n} needs "
@@ -175,7 +180,8 @@ class CompiledModel:
         for name, nid in graph.outputs.items():
             shape = (n,) + graph.node(nid).type.shape
             v = self.executor.output(arena, flat, nid).reshape(shape)
-            result[name] = v.copy() if copy else v
+            # a device's value is downloaded: a copy already
+            result[name] = v.copy() if copy and self.executor.memory.host else v
         return result
 
     def _raise_nonfinite(self, step: Any, arena: Any, flat: Mapping[int, np.ndarray]) -> bool:
@@ -347,8 +353,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     ``target``: ``cpu`` (this machine's CPU: 16-lane kernels with AVX-512, else 8-lane), or
     ``avx2`` / ``avx512`` to choose (``compiler/target.py``; the numbers are the same);
     ``cuda-emu``: the model's CUDA module run on the CPU by the emulation (slow: for checking
-    the CUDA kernels); ``cuda`` (an NVIDIA GPU) is refused with what was looked for and found
-    (the GPU executor is still to come; ``cuda_sources`` prints the module without a GPU).
+    the CUDA kernels); ``cuda``: an NVIDIA GPU through CuPy (without one, refused with what was
+    looked for and found; ``cuda_sources`` prints the module without a GPU).
     ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
     or an .npz path. ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2
     (everything; ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
@@ -383,10 +389,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     cpu = _target(target)
     if cpu.backend == "cuda":
         problem = gpu_problem()
-        raise ModelError(problem if problem is not None else
-                         "target 'cuda' found a GPU, but cnnc has no GPU executor yet: "
-                         "target 'cuda-emu' runs the same CUDA source on the CPU, and "
-                         "'cnnc compile --target cuda --emit DIR' writes it")
+        if problem is not None:
+            raise ModelError(problem)
     graph, onnx_weights = _load_graph(source_or_graph_or_path)
     if weights is None:
         params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
@@ -421,10 +425,10 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
                            opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
                            progress=progress, autotune=autotune, warm=warm)
     model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
-    if model.bytes_needed(1) > available_memory():
+    if model.bytes_needed(1) > model.memory_available():
         raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "
                          f"of buffers at batch 1, more than the "
-                         f"{fmt_bytes(available_memory())} available")
+                         f"{fmt_bytes(model.memory_available())} available")
     if warm:
         model.warm_up()
     model.compile_seconds = time.perf_counter() - t0

@@ -15,7 +15,7 @@ whole-batch slot (``lower_graph``'s ``together``), and that slot is ``flat_grads
 backward kernels write the gradients where the optimizer reads them. The optimizer
 (``runtime/optim.py``) updates the first buffer from the second with one generated kernel,
 after another has checked the gradients finite (their global norm). After an update the
-kernels' packed constants are refreshed from the new values (``CpuExecutor.set_params``: the
+kernels' packed constants are refreshed from the new values (``Executor.set_params``: the
 derived parameters, then each step's packer; kernels that read a parameter as it is read it
 in ``flat_params``).
 """
@@ -49,7 +49,7 @@ from ..compiler.ops.tensor import DROPOUT_SEED
 from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.plan import Plan
 from ..compiler.target import Target
-from .executor import CpuExecutor
+from .executor import Executor
 from .optim import Optimizer, OptimizerError
 from .reference import InputError, check_inputs
 from .weights import WeightsError, check_weights, save_weights
@@ -87,7 +87,7 @@ class TrainingModel:
         self.flat_params = np.zeros(size, np.float32)
         self.flat_grads = np.zeros_like(self.flat_params)
         slot = plan.buffers.slot_of[next(iter(grads.values()))]
-        self.executor = CpuExecutor(plan, slots={slot: self.flat_grads})
+        self.executor = Executor(plan, slots={slot: self.flat_grads})
         self._views = {n: _at(self.flat_params, offsets[n], shapes[n]) for n in self.trainable}
         self._grad_views = {n: _at(self.flat_grads, offsets[n], shapes[n])
                             for n in self.trainable}

@@ -374,7 +374,7 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
         for k, v in s.scratch.items():
             scratch[k] = max(scratch.get(k, 0), v)
     return Plan(graph, steps, buffers, scratch, param_nodes, listing, sources,
-                backend.cache_path, listing_file=listing_file)
+                backend.cache_path, listing_file=listing_file, memory=backend.memory)
 
 
 def load_kernel(kernel: Kernel, *, cache_dir: str | Path | None = None,

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from cnnc.compiler.backends.cuda.emulate import EmulatedModule, compiler_path
 from cnnc.compiler.backends.cuda.launch import THREADS_PER_BLOCK, Launcher, launch_shape
+from cnnc.compiler.backends.cuda.memory import EmulatedMemory
 from cnnc.compiler.backends.cuda.printer import print_kernel, print_module
 from cnnc.compiler.kernels.kernel_ir import (
     F64,
@@ -46,8 +47,15 @@ def elementwise(value, name: str = "k") -> Kernel:
 
 
 def run(kernel: Kernel, tmp_path, *args, order: str = "forward") -> None:
+    """Launch ``kernel`` on the emulated GPU: the NumPy arrays among ``args`` are uploaded
+    and, after the launch, overwritten with what the kernel left in their device copies."""
     module = EmulatedModule(print_module([kernel]), [kernel], tmp_path, order=order)
-    Launcher(kernel, lambda: module)(*args)
+    memory = EmulatedMemory()
+    device = [memory.upload(a) if isinstance(a, np.ndarray) else a for a in args]
+    Launcher(kernel, lambda: module)(*device)
+    for a, d in zip(args, device):
+        if isinstance(a, np.ndarray):
+            a[:] = memory.download(d)
 
 
 def test_parallel_loop_is_grid_arithmetic_behind_a_guard():
@@ -186,3 +194,21 @@ def test_launch_refuses_wrong_arguments():
         launcher(np.zeros(3, np.float32))
     with pytest.raises(TypeError, match="flat float32"):
         launcher(np.zeros(3), np.zeros(3, np.float32), 3)
+
+
+@needs_cxx
+def test_emulated_gpu_memory_is_not_host_memory(tmp_path):
+    """As with CuPy: a launch refuses a host array, NumPy cannot read a device array without a
+    download, and a slice of a device array is a view of it."""
+    k = elementwise(Var("v") + Const(1.0))
+    module = EmulatedModule(print_module([k]), [k], tmp_path)
+    memory = EmulatedMemory()
+    x, y = memory.upload(np.arange(6, dtype=np.float32)), memory.zeros(6)
+    with pytest.raises(TypeError, match="host memory"):
+        Launcher(k, lambda: module)(np.zeros(6, np.float32), y, 6)
+    with pytest.raises(TypeError, match="download"):
+        np.asarray(y)
+    Launcher(k, lambda: module)(x[2:], y[1:], 4)
+    np.testing.assert_array_equal(memory.download(y), [0, 3, 4, 5, 6, 0])
+    memory.write(y[4:], np.array([9.0], np.float32))
+    np.testing.assert_array_equal(memory.download(y), [0, 3, 4, 5, 9, 0])

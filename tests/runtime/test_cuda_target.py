@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 
 from cnnc.compiler.backends.cuda import loader
-from cnnc.compiler.backends.cuda.emulate import ORDERS, compiler_path
+from cnnc.compiler.backends.cuda.emulate import ORDERS, EmulatedModule, compiler_path
 from cnnc.compiler.backends.cuda.launch import Launcher
+from cnnc.compiler.backends.cuda.memory import EmulatedArray, EmulatedMemory
+from cnnc.compiler.kernels.kernel_ir import Kernel, Param
 from cnnc.runtime.cli import main
-from cnnc.runtime.model import ModelError
+from cnnc.runtime.model import ModelError, NumericsError
 from cnnc.runtime.model import compile as compile_model
 from cnnc.runtime.reference import run_reference
 
@@ -83,3 +86,58 @@ def test_cli_checks_every_cuda_kernel_under_emulation(tmp_path, capsys):
     model.write_text(SMALL)
     assert main(["check", str(model), "--target", "cuda-emu"]) == 0
     assert "0 failed" in capsys.readouterr().out
+
+
+def emulated_cupy(root) -> types.SimpleNamespace:
+    """A stand-in for the part of CuPy's API the ``cuda`` target uses (arrays: ``zeros``,
+    ``empty``, ``asarray``, ``asnumpy``, slicing, ``set``; ``RawModule(code=...)`` and its
+    functions called as ``fn(grid, block, args)``; the device count and free memory), with a
+    GPU emulated on the CPU underneath: the module's source is compiled as the ``cuda-emu``
+    target compiles it, its kernels' parameters read from their printed signatures."""
+    memory = EmulatedMemory()
+
+    class RawModule:
+        def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
+            self.kernels = {}
+            for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', code):
+                self.kernels[name] = Kernel(name, [
+                    Param(p.split()[-1], "int") if p.startswith("int ") else
+                    Param(p.split()[-1]) for p in params.split(", ")], [])
+            self.module = EmulatedModule(code, list(self.kernels.values()), root)
+
+        def get_function(self, name: str):
+            kernel = self.kernels[name]
+
+            def launch(grid, block, args):
+                assert all(isinstance(a, (EmulatedArray, np.int32)) for a in args)
+                self.module.launch(name, grid[0], block[0], kernel, args)
+            return launch
+
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                    memGetInfo=lambda: (1 << 34, 1 << 35))
+    return types.SimpleNamespace(
+        zeros=lambda n, dtype: memory.zeros(n), empty=lambda n, dtype: memory.empty(n),
+        asarray=memory.upload, asnumpy=memory.download, int32=np.int32,
+        RawModule=RawModule, cuda=types.SimpleNamespace(runtime=runtime))
+
+
+@needs_cxx
+def test_cuda_target_runs_through_cupy_on_an_emulated_gpu(tmp_path, monkeypatch):
+    """``target="cuda"`` with CuPy present: parameters, arena and inputs on the device,
+    every kernel launched through CuPy's module, outputs downloaded; the numbers are the
+    reference's, at two batch sizes, and an overflow is found and named on the device too."""
+    monkeypatch.setitem(sys.modules, "cupy", emulated_cupy(tmp_path))
+    model = compile_model(SMALL, target="cuda", cache_dir=tmp_path, seed=5)
+    arena = model.executor.arena(1)
+    assert all(isinstance(b, EmulatedArray) for b in arena.slots)
+    rng = np.random.default_rng(6)
+    for n in (1, 4):
+        x = rng.standard_normal((n, 3, 12, 10)).astype(np.float32)
+        ref = run_reference(model.graph, {"image": x}, model.params)["logits"]
+        got = model(x)
+        assert type(got) is np.ndarray and got.shape == (n, 5)
+        assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    x[:] = 3e38  # the first convolution overflows float32
+    with pytest.raises(NumericsError) as e:
+        model.run({"image": x}, check_numerics=True)
+    assert e.value.inf > 0 and "layer conv1" in str(e.value)

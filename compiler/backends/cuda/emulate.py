@@ -9,9 +9,11 @@ shuffled order (:data:`ORDERS`: a kernel whose threads race for an element shows
 different numbers). The kernels have no ``__syncthreads`` yet; the header makes one abort the
 process with a message, rather than run as if the barrier held.
 
-Each kernel gets a host entry ``cnnc_launch_<name>(blocks, threads, order, args)`` whose
-``args`` is CUDA's launch layout (``void**``: one pointer per argument to its value), so the
-ctypes side passes arguments as a CuPy launch does. The shared library is cached by the hash of
+A launch takes arrays of the emulated GPU's memory (``memory.EmulatedArray``) and refuses
+host arrays, as a CuPy launch does. Each kernel gets a host entry
+``cnnc_launch_<name>(blocks, threads, order, args)`` whose ``args`` is CUDA's launch layout
+(``void**``: one pointer per argument to its value), so the ctypes side passes arguments as a
+CuPy launch does. The shared library is cached by the hash of
 its sources and the compiler's version.
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 
 from ...kernels.kernel_ir import Kernel
 from ..numba.cache import cache_root
+from .memory import EmulatedArray
 
 __all__ = ["HEADER", "ORDERS", "EmulatedModule", "compiler_path", "launch_source"]
 
@@ -160,11 +163,20 @@ class EmulatedModule:
 
     def launch(self, name: str, blocks: int, threads: int, kernel: Kernel,
                args: Sequence[Any]) -> None:
-        values = [ctypes.c_int(int(a)) if p.kind == "int" else ctypes.c_void_p(a.ctypes.data)
+        values = [ctypes.c_int(int(a)) if p.kind == "int" else
+                  ctypes.c_void_p(_device_pointer(kernel, p.name, a))
                   for p, a in zip(kernel.params, args)]
         argv = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         entry = getattr(self.lib, f"cnnc_launch_{name}")
         entry(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_int(self._order), argv)
+
+
+def _device_pointer(kernel: Kernel, name: str, a: Any) -> int:
+    """The address of device array ``a``; a host array is refused, as CuPy refuses one."""
+    if not isinstance(a, EmulatedArray):
+        raise TypeError(f"kernel {kernel.name}: {name} is a {type(a).__name__} in host memory; "
+                        "kernels take device arrays (upload it first)")
+    return a.pointer
 
 
 def _build(cxx: str, source: str, launch: str, lib: Path) -> None:

@@ -23,6 +23,7 @@ from .. import KernelRefused
 from ..numba.cache import cache_root
 from .emulate import EmulatedModule
 from .launch import KernelModule, Launcher
+from .memory import CupyMemory, EmulatedMemory
 from .printer import cuda_comment, kernel_type_errors, print_kernel, print_module
 
 __all__ = ["CudaBackend", "CupyModule", "gpu_problem"]
@@ -92,6 +93,7 @@ class CudaBackend:
         self.users: dict[str, list[str]] = {}  # kernel name -> comments of the nodes calling it
         self._module: KernelModule | None = None
         self._source: str | None = None
+        self._memory: CupyMemory | EmulatedMemory | None = None
 
     @property
     def cache_path(self) -> str:
@@ -102,6 +104,14 @@ class CudaBackend:
         """One: no kernel indexes per-thread scratch (``thread_id`` has no CUDA form; the
         printer refuses it)."""
         return 1
+
+    @property
+    def memory(self) -> CupyMemory | EmulatedMemory:
+        """Where the kernels' arrays live: the GPU's (CuPy), else the emulated GPU's (a
+        printed-only module never runs; its plan names the emulated memory)."""
+        if self._memory is None:
+            self._memory = CupyMemory() if self.device == "gpu" else EmulatedMemory()
+        return self._memory
 
     comment = staticmethod(cuda_comment)
 

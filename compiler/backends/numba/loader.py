@@ -17,6 +17,7 @@ import numba
 
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import layout_kernels
+from .. import HOST
 from . import cache, warm
 from .printer import print_kernel, print_module, print_tasked, sanitize_comment
 
@@ -72,6 +73,9 @@ class NumbaBackend:
     def threads(self) -> int:
         """Threads of the parallel loops (per-thread scratch buffers are sized by it)."""
         return numba.config.NUMBA_NUM_THREADS
+
+    #: NumPy arrays in this process's memory.
+    memory = HOST
 
     comment = staticmethod(sanitize_comment)
     listing_suffix = ".py"

@@ -1,0 +1,122 @@
+"""The memory of the CUDA kernels: a GPU's through CuPy (:class:`CupyMemory`), or the emulated
+GPU's (:class:`EmulatedMemory`), whose arrays behave towards the executor as CuPy's do: they
+slice, report their size and type, go to kernels, and refuse to be read by NumPy without a
+download (``__array__`` raises, as CuPy's does). So a value the executor forgot to upload or
+download fails the emulated tests here as it would fail on a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CupyMemory", "EmulatedArray", "EmulatedMemory"]
+
+
+class CupyMemory:
+    """CuPy arrays on the current GPU."""
+
+    host = False
+
+    def __init__(self) -> None:
+        import cupy  # the optional `gpu` extra: only a GPU target gets here
+
+        self.cupy = cupy
+
+    def zeros(self, n: int) -> Any:
+        return self.cupy.zeros(n, np.float32)
+
+    def empty(self, n: int) -> Any:
+        return self.cupy.empty(n, np.float32)
+
+    def upload(self, a: np.ndarray) -> Any:
+        return self.cupy.asarray(np.ascontiguousarray(a).reshape(-1))
+
+    def download(self, a: Any) -> np.ndarray:
+        return self.cupy.asnumpy(a)
+
+    def write(self, dst: Any, a: np.ndarray) -> None:
+        dst[: a.size].set(np.ascontiguousarray(a, dst.dtype).reshape(-1))
+
+    def free_bytes(self) -> int | None:
+        free, _total = self.cupy.cuda.runtime.memGetInfo()
+        return int(free)
+
+
+class EmulatedArray:
+    """A flat array in the emulated GPU's memory (host memory underneath)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return self._data.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self._data.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._data.shape
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, key: slice) -> EmulatedArray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("device arrays are sliced into contiguous ranges here, "
+                            f"not indexed by {key!r}")
+        return EmulatedArray(self._data[key])
+
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise TypeError("implicit conversion of device memory to a NumPy array: download it")
+
+    def set(self, a: np.ndarray) -> None:
+        """Copy host array ``a`` (of this array's size) into this array, as CuPy's ``set``."""
+        if a.size != self.size:
+            raise ValueError(f"set: {a.size} values for a device array of {self.size}")
+        self._data[:] = a.reshape(-1)
+
+    @property
+    def pointer(self) -> int:
+        """The address of the first element (what a kernel launch passes)."""
+        return self._data.ctypes.data
+
+    def __repr__(self) -> str:
+        return f"EmulatedArray({self.size} x {self.dtype})"
+
+
+class EmulatedMemory:
+    """The emulated GPU's memory: :class:`EmulatedArray` over host buffers; upload and
+    download copy, as they do to and from a GPU."""
+
+    host = False
+
+    def zeros(self, n: int) -> EmulatedArray:
+        return EmulatedArray(np.zeros(n, np.float32))
+
+    def empty(self, n: int) -> EmulatedArray:
+        return EmulatedArray(np.empty(n, np.float32))
+
+    def upload(self, a: np.ndarray) -> EmulatedArray:
+        return EmulatedArray(np.array(a, order="C").reshape(-1))
+
+    def download(self, a: EmulatedArray) -> np.ndarray:
+        if not isinstance(a, EmulatedArray):
+            raise TypeError(f"download takes a device array, got {type(a).__name__}")
+        return a._data.copy()
+
+    def write(self, dst: EmulatedArray, a: np.ndarray) -> None:
+        dst[: a.size].set(np.ascontiguousarray(a, dst.dtype))
+
+    def free_bytes(self) -> int | None:
+        return None
