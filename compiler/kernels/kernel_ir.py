@@ -318,12 +318,18 @@ class Loop:
     ``kind`` is ``"serial"`` or ``"parallel"``; a kernel holds at most one parallel loop on any
     path (builders flatten several parallel dimensions into one). ``extent`` may be an
     expression of runtime integer parameters (e.g. the batch size).
+
+    GPU kernels (CUDA only: the CPU printers refuse them) say how their threads cooperate
+    instead: a top-level ``"block"`` loop runs one iteration per thread block (the grid), and
+    its body holds block-wide :class:`Shared` arrays, invariants, and one ``"thread"`` loop of
+    literal extent (the block's threads) whose iterations run concurrently and meet at
+    :class:`Barrier` statements.
     """
 
     var: str
     extent: Expr
     body: list[Stmt]
-    kind: Literal["serial", "parallel"] = "serial"
+    kind: Literal["serial", "parallel", "block", "thread"] = "serial"
     start: Expr = field(default_factory=lambda: Const(0))
 
 
@@ -343,7 +349,26 @@ class Comment:
     text: str
 
 
-Stmt = Let | Store | VStore | Loop | If | Comment
+@dataclass(eq=False)
+class Shared:
+    """A float32 array of ``size`` elements shared by the threads of a block (CUDA's
+    ``__shared__``), read and written by name with :class:`Load` and :class:`Store`; declared in
+    the body of a ``"block"`` loop, before its ``"thread"`` loop. Its values do not outlive
+    the block."""
+
+    name: str
+    size: int
+
+
+@dataclass(eq=False)
+class Barrier:
+    """Every thread of the block waits here until all have arrived (CUDA's ``__syncthreads``):
+    what one thread stored in a :class:`Shared` array before it is seen by all after it. Every
+    thread must reach the same barriers in the same order (not under a condition that differs
+    between threads)."""
+
+
+Stmt = Let | Store | VStore | Loop | If | Comment | Shared | Barrier
 
 
 @dataclass(frozen=True)

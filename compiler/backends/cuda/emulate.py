@@ -3,11 +3,14 @@ compiler against a small force-included header (:data:`HEADER`), loaded with cty
 
 The header supplies what CUDA C adds to C++ as the kernels use it: ``threadIdx``,
 ``blockIdx``, ``blockDim``, ``gridDim``, the function qualifiers, integer ``min``/``max`` and
-the bit casts of the non-finite literals; CUDA's math functions are C's. A launch runs every
-block in turn and the threads of a block as iterations of a loop, in forward, reversed or a
-shuffled order (:data:`ORDERS`: a kernel whose threads race for an element shows up as
-different numbers). The kernels have no ``__syncthreads`` yet; the header makes one abort the
-process with a message, rather than run as if the barrier held.
+the bit casts of the non-finite literals, ``__shared__`` arrays and ``__syncthreads``; CUDA's
+math functions are C's. A launch runs every block in turn and the threads of a block in
+forward, reversed or a shuffled order (:data:`ORDERS`: a kernel whose threads race for an
+element, or read a shared array before the barrier that would make it complete, shows up as
+different numbers): as iterations of a loop, or, in a kernel with barriers, as fibers (one
+stack each, ``ucontext``) that each run to their next barrier in that order; the threads then
+go on together, and a block whose threads do not all reach the same barrier fails the launch
+(:class:`BarrierError`).
 
 A launch takes arrays of the emulated GPU's memory (``memory.EmulatedArray``) and refuses
 host arrays, as a CuPy launch does. Each kernel gets a host entry
@@ -30,11 +33,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ...kernels.kernel_ir import Kernel
+from ...kernels.kernel_ir import Barrier, Kernel, walk
 from ..numba.cache import cache_root
 from .memory import EmulatedArray
 
-__all__ = ["HEADER", "ORDERS", "EmulatedModule", "compiler_path", "launch_source"]
+__all__ = ["HEADER", "ORDERS", "EmulatedModule", "BarrierError", "compiler_path",
+           "launch_source"]
 
 #: Thread orders within a block: index of the order -> name.
 ORDERS = ("forward", "reversed", "shuffled")
@@ -45,6 +49,7 @@ HEADER = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ucontext.h>
 
 struct cnnc_dim3 { unsigned x, y, z; };
 static thread_local cnnc_dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -62,10 +67,32 @@ static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); r
 static inline double __longlong_as_double(long long i) {
     double d; memcpy(&d, &i, sizeof d); return d;
 }
-static inline void __syncthreads() {
-    fprintf(stderr, "cnnc emulation: __syncthreads needs threads run as fibers, which this "
-                    "emulator does not do yet\n");
-    abort();
+#define __shared__ static  /* blocks run one after another: one copy serves each in turn */
+
+/* The threads of a block that meets at barriers run as fibers on one stack each: a thread runs
+   until its next __syncthreads (or its end), then the next thread in the launch's order; when
+   every thread waits at the same barrier they all go on. */
+struct cnnc_fiber { ucontext_t ctx; unsigned tid; int state; int line; };
+enum { CNNC_RUNNING = 0, CNNC_WAITING = 1, CNNC_DONE = 2 };
+static cnnc_fiber *cnnc_current = 0;
+static ucontext_t cnnc_scheduler;
+static void (*cnnc_body)(void **) = 0;
+static void **cnnc_args = 0;
+
+static inline void cnnc_barrier(int line) {
+    if (!cnnc_current) {
+        fprintf(stderr, "cnnc emulation: __syncthreads in a kernel launched without fibers\n");
+        abort();
+    }
+    cnnc_current->state = CNNC_WAITING;
+    cnnc_current->line = line;
+    swapcontext(&cnnc_current->ctx, &cnnc_scheduler);
+}
+#define __syncthreads() cnnc_barrier(__LINE__)
+
+static void cnnc_fiber_main() {
+    cnnc_body(cnnc_args);
+    cnnc_current->state = CNNC_DONE;  /* then back to the scheduler (uc_link) */
 }
 
 /* Thread i of n in the given order (0 forward, 1 reversed, 2 a permutation drawn per block). */
@@ -81,19 +108,81 @@ static inline unsigned cnnc_thread_order(unsigned *perm, unsigned n, int order, 
     }
     return n;
 }
+
+/* Run `blocks` blocks of `threads` fibers each calling body(args). Returns 0, or 1 + the first
+   block whose threads did not all reach the same barrier (some ended or waited elsewhere). */
+static int cnnc_run_fibers(unsigned blocks, unsigned threads, int order,
+                           void (*body)(void **), void **args) {
+    enum { STACK = 64 * 1024 };
+    cnnc_fiber *fibers = (cnnc_fiber *)calloc(threads, sizeof(cnnc_fiber));
+    char *stacks = (char *)malloc((size_t)STACK * threads);
+    unsigned perm[1024];
+    int failed = 0;
+    cnnc_body = body;
+    cnnc_args = args;
+    gridDim = {blocks, 1, 1};
+    blockDim = {threads, 1, 1};
+    for (unsigned b = 0; b < blocks && !failed; ++b) {
+        blockIdx = {b, 0, 0};
+        cnnc_thread_order(perm, threads, order, b);
+        for (unsigned i = 0; i < threads; ++i) {
+            cnnc_fiber *f = &fibers[i];
+            getcontext(&f->ctx);
+            f->ctx.uc_stack.ss_sp = stacks + (size_t)STACK * i;
+            f->ctx.uc_stack.ss_size = STACK;
+            f->ctx.uc_link = &cnnc_scheduler;
+            makecontext(&f->ctx, cnnc_fiber_main, 0);
+            f->tid = i;
+            f->state = CNNC_RUNNING;
+        }
+        for (;;) {
+            for (unsigned i = 0; i < threads; ++i) {
+                cnnc_fiber *f = &fibers[perm[i]];
+                if (f->state != CNNC_RUNNING) continue;
+                cnnc_current = f;
+                threadIdx = {f->tid, 0, 0};
+                swapcontext(&cnnc_scheduler, &f->ctx);
+            }
+            unsigned done = 0, same = 0;
+            for (unsigned i = 0; i < threads; ++i) {
+                done += fibers[i].state == CNNC_DONE;
+                same += fibers[i].state == CNNC_WAITING && fibers[i].line == fibers[0].line;
+            }
+            if (done == threads) break;
+            if (same != threads) { failed = 1 + (int)b; break; }
+            for (unsigned i = 0; i < threads; ++i) fibers[i].state = CNNC_RUNNING;
+        }
+    }
+    cnnc_current = 0;
+    free(stacks);
+    free(fibers);
+    return failed;
+}
 """
 
 
 def launch_source(kernels: Sequence[Kernel], module_file: str) -> str:
     """The translation unit of the emulation: the generated module included verbatim, then one
-    host entry per kernel that runs its grid."""
+    host entry per kernel that runs its grid (returning 0, or 1 + the block whose threads did
+    not meet at the same barrier). A kernel whose threads meet at barriers runs them as
+    fibers; any other runs each thread to its end in turn."""
     lines = [f'#include "{module_file}"', ""]
     for k in kernels:
         args = ", ".join(f"*(int*)args[{i}]" if p.kind == "int" else f"*(float**)args[{i}]"
                          for i, p in enumerate(k.params))
+        head = (f'extern "C" int cnnc_launch_{k.name}(unsigned blocks, unsigned threads, '
+                "int order, void** args) {")
+        if any(isinstance(s, Barrier) for s, _ in walk(k.body)):
+            lines += [
+                f"static void cnnc_body_{k.name}(void** args) {{ {k.name}({args}); }}",
+                head,
+                f"    return cnnc_run_fibers(blocks, threads, order, cnnc_body_{k.name}, args);",
+                "}",
+                "",
+            ]
+            continue
         lines += [
-            f'extern "C" void cnnc_launch_{k.name}(unsigned blocks, unsigned threads, '
-            "int order, void** args) {",
+            head,
             "    unsigned perm[1024];",
             "    gridDim = {blocks, 1, 1};",
             "    blockDim = {threads, 1, 1};",
@@ -105,6 +194,7 @@ def launch_source(kernels: Sequence[Kernel], module_file: str) -> str:
             f"            {k.name}({args});",
             "        }",
             "    }",
+            "    return 0;",
             "}",
             "",
         ]
@@ -129,6 +219,10 @@ def _compiler_version(cxx: str) -> str:
 #: warning of the generated code an error except the CUDA pragmas C++ does not know.
 CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off", "-Wall",
              "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function")
+
+
+class BarrierError(RuntimeError):
+    """The threads of a block did not all reach the same barrier."""
 
 
 class EmulatedModule:
@@ -168,7 +262,13 @@ class EmulatedModule:
                   for p, a in zip(kernel.params, args)]
         argv = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         entry = getattr(self.lib, f"cnnc_launch_{name}")
-        entry(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_int(self._order), argv)
+        entry.restype = ctypes.c_int
+        failed = entry(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_int(self._order),
+                       argv)
+        if failed:
+            raise BarrierError(f"kernel {name}: the threads of block {failed - 1} did not all "
+                               "reach the same __syncthreads (on a GPU: a hang or undefined "
+                               "behaviour)")
 
 
 def _device_pointer(kernel: Kernel, name: str, a: Any) -> int:

@@ -4,7 +4,8 @@ emulation), so the emulator exercises the same arithmetic up to the final launch
 
 A kernel's parallel loop of extent ``E`` runs as ``ceil(E / THREADS_PER_BLOCK)`` blocks of
 ``THREADS_PER_BLOCK`` threads, thread ``i`` of block ``b`` running iteration
-``b * THREADS_PER_BLOCK + i`` behind the printed bounds guard; a kernel without one runs on
+``b * THREADS_PER_BLOCK + i`` behind the printed bounds guard; a GPU kernel's block loop of
+extent ``B`` runs as ``B`` blocks of its thread loop's threads; a kernel without either runs on
 one thread.
 """
 
@@ -53,6 +54,9 @@ def launch_shape(kernel: Kernel, ints: Mapping[str, int]) -> tuple[int, int]:
         if isinstance(s, Loop) and s.kind == "parallel":
             extent = _evaluate(s.extent, env)
             return -(-max(extent, 0) // THREADS_PER_BLOCK), THREADS_PER_BLOCK
+        if isinstance(s, Loop) and s.kind == "block":  # a block per iteration, its own threads
+            threads = next(t.extent for t in s.body if isinstance(t, Loop) and t.kind == "thread")
+            return max(_evaluate(s.extent, env), 0), _evaluate(threads, env)
         if isinstance(s, Let):  # an invariant the extent may name (floats are skipped)
             try:
                 env[s.var] = _evaluate(s.value, env)

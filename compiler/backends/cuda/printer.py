@@ -12,6 +12,10 @@ How the IR maps:
   rounds the grid up to whole blocks: ``launch.launch_shape``). Statements before it (loop
   invariants) run in every thread; anything after it is refused (each thread would run it). A
   kernel without a parallel loop runs on one thread.
+- A GPU kernel's ``"block"`` loop is the grid itself (iteration ``blockIdx.x``, one block
+  each) and its ``"thread"`` loop the block's threads (``threadIdx.x``); ``Shared`` arrays print
+  as ``__shared__`` and ``Barrier`` as ``__syncthreads()`` (``check_blocks`` says where they
+  may stand).
 - Scalars are ``int`` (indices: the launcher refuses arrays of 2**31 floats or more), ``float``
   (``Const(float)``, loads) or ``double`` (``F64``, ``f64()``, true division of integers), as
   Numba would type them; a local's type is that of the values assigned to it, widened
@@ -39,6 +43,7 @@ import numpy as np
 
 from ...kernels.kernel_ir import (
     F64,
+    Barrier,
     BinOp,
     Call,
     Comment,
@@ -51,6 +56,7 @@ from ...kernels.kernel_ir import (
     Load,
     Loop,
     Select,
+    Shared,
     Stmt,
     Store,
     VAlign,
@@ -71,7 +77,7 @@ from ..numba.printer import sanitize_comment
 from ..printer import KernelPrinter
 
 __all__ = ["CudaPrinter", "PRELUDE", "cuda_comment", "print_kernel", "print_module",
-           "kernel_type_errors"]
+           "kernel_type_errors", "check_blocks", "block_threads"]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -511,8 +517,14 @@ class CudaPrinter(KernelPrinter):
     def stmt_Loop(self, s: Loop, depth: int, out: list[str]) -> None:
         pad = self.INDENT * depth
         v = self.name(s.var)
-        if s.kind == "parallel":
-            raise ValueError(f"parallel loop {s.var!r} below the top level of its kernel")
+        if s.kind in ("parallel", "block"):
+            raise ValueError(f"{s.kind} loop {s.var!r} below the top level of its kernel")
+        if s.kind == "thread":  # the block's threads: checked by check_blocks
+            out.append(f"{pad}{{")
+            out.append(f"{pad}{self.INDENT}const int {v} = {self.offset(s.start, 'threadIdx.x')};")
+            self.block(s.body, self.child(0), depth + 1, out)
+            out.append(f"{pad}}}")
+            return
         start = self.expr(s.start)
         stop = s.start + s.extent
         if isinstance(stop, Const):
@@ -535,6 +547,18 @@ class CudaPrinter(KernelPrinter):
 
     def stmt_Comment(self, s: Comment, depth: int, out: list[str]) -> None:
         out.append(f"{self.INDENT * depth}// {cuda_comment(s.text)}")
+
+    def stmt_Shared(self, s: Shared, depth: int, out: list[str]) -> None:
+        out.append(f"{self.INDENT * depth}__shared__ float {self.name(s.name)}[{int(s.size)}];")
+
+    def stmt_Barrier(self, s: Barrier, depth: int, out: list[str]) -> None:
+        out.append(f"{self.INDENT * depth}__syncthreads();")
+
+    def offset(self, start: Expr, index: str) -> str:
+        """``start + index`` (just ``index`` from 0)."""
+        if isinstance(start, Const) and start.value == 0:
+            return index
+        return f"{self.expr(start, 6)} + {index}"
 
     def child(self, branch: int) -> Block:
         """The block of the statement being printed: its body (0) or else branch (1)."""
@@ -605,6 +629,7 @@ class CudaPrinter(KernelPrinter):
     def kernel(self, k: Kernel, with_comment: bool = True) -> str:
         """The ``extern "C" __global__`` function of kernel ``k``."""
         self.check_parallel_loops(k.name, k.body)
+        check_blocks(k)
         self.infer_locals(k)
         self.place_locals(k)
         stored = {s.array for s, _ in _walk(k.body) if isinstance(s, (Store, VStore))}
@@ -623,15 +648,14 @@ class CudaPrinter(KernelPrinter):
         for i, s in enumerate(k.body):
             self.declarations((), i, 1, out)
             self.at = ((), i)
-            if isinstance(s, Loop) and s.kind == "parallel":
+            if isinstance(s, Loop) and s.kind in ("parallel", "block"):
                 if any(not isinstance(r, (Let, Comment)) for r in k.body[i + 1:]):
-                    raise ValueError(f"kernel {k.name}: statements after its parallel loop "
+                    raise ValueError(f"kernel {k.name}: statements after its {s.kind} loop "
                                      "(each thread would run them)")
                 v = self.name(s.var)
-                index = "blockIdx.x * blockDim.x + threadIdx.x"
-                first = index if isinstance(s.start, Const) and s.start.value == 0 \
-                    else f"{self.expr(s.start, 6)} + {index}"
-                out.append(f"{ind}const int {v} = {first};")
+                index = "blockIdx.x * blockDim.x + threadIdx.x" if s.kind == "parallel" \
+                    else "blockIdx.x"
+                out.append(f"{ind}const int {v} = {self.offset(s.start, index)};")
                 out.append(f"{ind}if ({v} < {self.expr(s.start + s.extent, 5)}) {{")
                 self.block(s.body, self.child(0), 2, out)
                 out.append(f"{ind}}}")
@@ -639,6 +663,60 @@ class CudaPrinter(KernelPrinter):
                 self.body([s], 1, out)
         out.append("}")
         return "\n".join(out) + "\n"
+
+
+def check_blocks(k: Kernel) -> None:
+    """Refuse a kernel whose threads would not cooperate as the IR says: a ``"block"`` loop
+    only at the top level and not beside a parallel loop, holding exactly one ``"thread"``
+    loop of literal extent (at most 1024 threads) directly in its body; ``Shared`` arrays
+    only directly in a block loop's body; ``Barrier`` only inside the thread loop, never under
+    an ``If`` (threads that disagree on the condition would wait forever)."""
+    tops = [s for s in k.body if isinstance(s, Loop) and s.kind in ("parallel", "block")]
+    if len(tops) > 1:
+        raise ValueError(f"kernel {k.name}: more than one parallel or block loop")
+
+    def visit(stmts: list[Stmt], where: str) -> None:
+        for s in stmts:
+            if isinstance(s, Shared) and where != "block":
+                raise ValueError(f"kernel {k.name}: shared array {s.name!r} outside the body "
+                                 "of a block loop")
+            if isinstance(s, Barrier) and where != "thread":
+                raise ValueError(f"kernel {k.name}: a barrier outside the thread loop or under "
+                                 "a condition")
+            if isinstance(s, Loop):
+                if s.kind == "block" and where != "top":
+                    raise ValueError(f"kernel {k.name}: block loop {s.var!r} is nested")
+                if s.kind == "thread":
+                    if where != "block":
+                        raise ValueError(f"kernel {k.name}: thread loop {s.var!r} outside the "
+                                         "body of a block loop")
+                    if not (isinstance(s.extent, Const) and isinstance(s.extent.value, int)
+                            and 1 <= s.extent.value <= 1024):
+                        raise ValueError(f"kernel {k.name}: thread loop {s.var!r} needs a "
+                                         "literal extent of 1 to 1024 threads")
+                if s.kind == "block":
+                    threads = [t for t in s.body if isinstance(t, Loop) and t.kind == "thread"]
+                    if len(threads) != 1:
+                        raise ValueError(f"kernel {k.name}: block loop {s.var!r} holds "
+                                         f"{len(threads)} thread loops, not one")
+                inner = {"block": "block", "thread": "thread"}.get(
+                    s.kind, "thread" if where == "thread" else "other")
+                visit(s.body, inner)
+            elif isinstance(s, If):
+                visit(s.body, "other")
+                visit(s.orelse, "other")
+
+    visit(k.body, "top")
+
+
+def block_threads(k: Kernel) -> int | None:
+    """The threads of a block of GPU kernel ``k`` (its thread loop's extent), or None for a
+    kernel without a block loop."""
+    for s in k.body:
+        if isinstance(s, Loop) and s.kind == "block":
+            return next(t.extent.value for t in s.body
+                        if isinstance(t, Loop) and t.kind == "thread")
+    return None
 
 
 def _uses(e: Expr, var: str) -> bool:

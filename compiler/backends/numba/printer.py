@@ -203,6 +203,8 @@ class NumbaPrinter(KernelPrinter):
                    f"{self.expr(s.index)}, {self.expr(s.value)})")
 
     def stmt_Loop(self, s: Loop, depth: int, out: list[str]) -> None:
+        if s.kind in ("block", "thread"):  # cooperating GPU threads have no CPU form here
+            raise ValueError(f"{s.kind} loop {s.var!r}: a GPU kernel's, printed for CUDA only")
         rng = "prange" if s.kind == "parallel" else "range"
         if isinstance(s.start, Const) and s.start.value == 0:
             args = self.expr(s.extent)

@@ -1,0 +1,203 @@
+"""GPU kernels whose threads cooperate (shared memory, barriers), run by the emulation as
+fibers: the implicit-GEMM convolution against the float64 reference in every thread order, a
+barrier removed caught by wrong numbers, threads that miss a barrier caught by the launch, and
+the printers' refusals."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cnnc.compiler.backends.cuda.emulate import ORDERS, BarrierError, EmulatedModule, compiler_path
+from cnnc.compiler.backends.cuda.launch import Launcher, launch_shape
+from cnnc.compiler.backends.cuda.memory import EmulatedMemory
+from cnnc.compiler.backends.cuda.nvrtc import nvrtc_compile, nvrtc_library
+from cnnc.compiler.backends.cuda.printer import kernel_type_errors, print_kernel, print_module
+from cnnc.compiler.backends.numba.printer import print_kernel as print_numba
+from cnnc.compiler.kernels.gpu_conv import (
+    THREADS,
+    implicit_gemm_blocks,
+    implicit_gemm_conv_kernel,
+)
+from cnnc.compiler.kernels.kernel_ir import (
+    Barrier,
+    Const,
+    If,
+    Kernel,
+    Let,
+    Load,
+    Loop,
+    Param,
+    Shared,
+    Store,
+    Var,
+    cmp,
+)
+from cnnc.compiler.ops.conv import conv_reference
+
+needs_cxx = pytest.mark.skipif(compiler_path() is None, reason="no C++ compiler (g++/clang++)")
+MEMORY = EmulatedMemory()
+
+
+def without_barriers(stmts):
+    out = []
+    for s in stmts:
+        if isinstance(s, Barrier):
+            continue
+        if isinstance(s, Loop):
+            s = replace(s, body=without_barriers(s.body))
+        out.append(s)
+    return out
+
+
+@pytest.fixture(scope="module")
+def conv_modules(tmp_path_factory):
+    """The implicit-GEMM kernel, and the same kernel with its barriers removed, compiled once."""
+    root = tmp_path_factory.mktemp("gpu")
+    good = implicit_gemm_conv_kernel()
+    broken = replace(good, name="conv_no_barrier", body=without_barriers(good.body))
+    module = EmulatedModule(print_module([good, broken]), [good, broken], root)
+    return module, good, broken
+
+
+def run_conv(module, kernel, x, w, bias, *, stride, pad, dilation, groups, relu, order):
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    p = (h + 2 * pad[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    q = (wd + 2 * pad[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    y = MEMORY.zeros(n * k * p * q)
+    ints = [n, c, h, wd, k, p, q, r, s, *stride, *pad, *dilation, groups, int(relu)]
+    module.order = order
+    Launcher(kernel, lambda: module)(MEMORY.upload(x), MEMORY.upload(w), MEMORY.upload(bias), y,
+                                     *ints)
+    return MEMORY.download(y).reshape(n, k, p, q)
+
+
+def reference(x, w, bias, *, stride, pad, dilation, groups, relu):
+    out = conv_reference([x, w, bias], {"stride": stride, "dilation": dilation,
+                                         "groups": groups, "pads": (pad[0], pad[1]) * 2})
+    return np.maximum(out, 0) if relu else out
+
+
+@needs_cxx
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_implicit_gemm_matches_the_float64_convolution(conv_modules, data):
+    """Tails in every tile dimension (channels, pixels, the reduction), strides, dilations,
+    padding, groups, batch > 1, the fused bias and ReLU; the same bits in every thread order
+    (each thread sums its outputs in one fixed order)."""
+    module, kernel, _ = conv_modules
+    groups = data.draw(st.sampled_from([1, 1, 2, 3]))
+    cg = data.draw(st.integers(1, 5))
+    kg = data.draw(st.integers(1, 70))
+    r, s = data.draw(st.sampled_from([(1, 1), (3, 3), (2, 3), (5, 5)]))
+    stride = data.draw(st.sampled_from([(1, 1), (2, 2), (1, 2)]))
+    dilation = data.draw(st.sampled_from([(1, 1), (2, 1)]))
+    pad = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
+    h = data.draw(st.integers(dilation[0] * (r - 1) + 1 - 2 * pad[0], 12).filter(lambda v: v > 0))
+    wd = data.draw(st.integers(dilation[1] * (s - 1) + 1 - 2 * pad[1], 12).filter(lambda v: v > 0))
+    n = data.draw(st.integers(1, 2))
+    relu = data.draw(st.booleans())
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, groups * cg, h, wd)).astype(np.float32)
+    w = rng.standard_normal((groups * kg, cg, r, s)).astype(np.float32)
+    bias = rng.standard_normal(groups * kg).astype(np.float32)
+    opts = dict(stride=stride, pad=pad, dilation=dilation, groups=groups, relu=relu)
+    want = reference(x, w, bias, **opts)
+    got = {o: run_conv(module, kernel, x, w, bias, order=o, **opts) for o in ORDERS}
+    # float32 sums of cg*r*s products: a few ulps of the sum of absolute terms
+    scale = conv_reference([np.abs(x), np.abs(w)], {"stride": stride, "dilation": dilation,
+                                                    "groups": groups,
+                                                    "pads": (pad[0], pad[1]) * 2})
+    bound = 4 * np.finfo(np.float32).eps * (scale + np.abs(bias)[None, :, None, None] + 1e-30)
+    assert np.all(np.abs(got["forward"] - want) <= bound * (cg * r * s + 2))
+    for o in ORDERS[1:]:
+        np.testing.assert_array_equal(got[o], got["forward"])
+
+
+@needs_cxx
+def test_a_removed_barrier_gives_wrong_numbers(conv_modules):
+    """Without its barriers a thread multiplies tiles the other threads have not copied yet."""
+    module, kernel, broken = conv_modules
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 8, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((20, 8, 3, 3)).astype(np.float32)
+    bias = np.zeros(20, np.float32)
+    opts = dict(stride=(1, 1), pad=(1, 1), dilation=(1, 1), groups=1, relu=False)
+    want = reference(x, w, bias, **opts)
+    assert np.abs(run_conv(module, kernel, x, w, bias, order="shuffled", **opts)
+                  - want).max() < 1e-4
+    errors = [np.abs(run_conv(module, broken, x, w, bias, order=o, **opts) - want).max()
+              for o in ORDERS]
+    assert min(errors) > 0.1
+
+
+def test_launch_grid_is_one_block_per_output_tile():
+    kernel = implicit_gemm_conv_kernel()
+    ints = dict(n_batch=2, C=6, H=20, W=20, K=130, P=10, Q=10, R=3, S=3, sh=2, sw=2, ph=1, pw=1,
+                dh=1, dw=1, G=1, relu=0)
+    assert launch_shape(kernel, ints) == (implicit_gemm_blocks(2, 130, 10, 10, 1), THREADS)
+    assert implicit_gemm_blocks(2, 130, 10, 10, 1) == 2 * 3 * 2
+
+
+def spread_kernel(extra_barrier_for_thread0: bool) -> Kernel:
+    """Each of 32 threads writes its index to shared memory; after the barrier thread ``i``
+    reads thread ``31 - i``'s. With ``extra_barrier_for_thread0`` thread 0 loops once more
+    around a barrier than the others (a trip count that differs between threads)."""
+    t = Var("t")
+    trips = Const(1) + cmp("==", t, 0) * int(extra_barrier_for_thread0)
+    body = [Store("buf", t, Load("x", t)),
+            Loop("i", trips, [Barrier()]),
+            Store("y", t, Load("buf", Const(31) - t))]
+    block = [Shared("buf", 32), Loop("t", Const(32), body, kind="thread")]
+    return Kernel("spread" + "_bad" * extra_barrier_for_thread0,
+                  [Param("x"), Param("y")], [Loop("b", Const(1), block, kind="block")])
+
+
+@needs_cxx
+def test_threads_that_miss_a_barrier_fail_the_launch(tmp_path):
+    good, bad = spread_kernel(False), spread_kernel(True)
+    module = EmulatedModule(print_module([good, bad]), [good, bad], tmp_path)
+    x = np.arange(32, dtype=np.float32)
+    for order in ORDERS:
+        module.order = order
+        y = MEMORY.zeros(32)
+        Launcher(good, lambda: module)(MEMORY.upload(x), y)
+        np.testing.assert_array_equal(MEMORY.download(y), x[::-1])
+    with pytest.raises(BarrierError, match="block 0"):
+        Launcher(bad, lambda: module)(MEMORY.upload(x), MEMORY.zeros(32))
+
+
+def test_cooperating_threads_are_refused_where_they_cannot_cooperate():
+    t = Var("t")
+    shared_outside = Kernel("k", [Param("y")], [Shared("s", 4), Loop(
+        "b", Const(1), [Loop("t", Const(4), [Store("y", t, Const(0.0))], kind="thread")],
+        kind="block")])
+    assert "outside the body of a block loop" in kernel_type_errors(shared_outside)
+    barrier_under_if = Kernel("k", [Param("y")], [Loop("b", Const(1), [Loop(
+        "t", Const(4), [If(cmp("<", t, 2), [Barrier()])], kind="thread")], kind="block")])
+    assert "under a condition" in kernel_type_errors(barrier_under_if)
+    too_many = Kernel("k", [Param("y")], [Loop("b", Const(1), [Loop(
+        "t", Const(2048), [Let("z", t)], kind="thread")], kind="block")])
+    assert "1 to 1024 threads" in kernel_type_errors(too_many)
+    with pytest.raises(ValueError, match="CUDA only"):
+        print_numba(spread_kernel(False))
+
+
+def test_implicit_gemm_prints_shared_tiles_and_barriers():
+    src = print_kernel(implicit_gemm_conv_kernel())
+    assert "__shared__ float a_tile[512];" in src and "__shared__ float b_tile[512];" in src
+    assert src.count("__syncthreads();") == 2
+    assert "const int blk = blockIdx.x;" in src and "const int t = threadIdx.x;" in src
+
+
+@pytest.mark.skipif(nvrtc_library() is None, reason="NVRTC is not installed")
+def test_implicit_gemm_compiles_with_nvrtc_without_warnings():
+    source = print_module([implicit_gemm_conv_kernel()])
+    for arch in ("compute_80", "compute_90"):
+        nvrtc_compile(source, arch)
