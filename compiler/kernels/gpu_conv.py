@@ -49,9 +49,10 @@ TILE_M, TILE_N, TILE_K = 64, 64, 8
 THREADS = 256
 MICRO = 4
 
-#: The kernel's integer arguments after its arrays (``x, w, bias, y``).
-IMPLICIT_GEMM_INTS = ("n_batch", "C", "H", "W", "K", "P", "Q", "R", "S", "sh", "sw", "ph", "pw",
-                      "dh", "dw", "G", "relu")
+#: The kernel's integer arguments after its arrays (``x, w, bias, y``): the sizes, then the
+#: ReLU flag and the batch size (the order every convolution's compute kernel takes them in).
+IMPLICIT_GEMM_INTS = ("C", "H", "W", "K", "P", "Q", "R", "S", "sh", "sw", "ph", "pw", "dh", "dw",
+                      "G", "relu", "n_batch")
 
 
 def implicit_gemm_blocks(n_batch: int, k: int, p: int, q: int, groups: int) -> int:
@@ -69,7 +70,7 @@ def _and(*conds) -> BinOp:
 def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "") -> Kernel:
     """``y = relu?(conv(x, w) + bias)`` over NCHW ``x [n_batch, C, H, W]``, weights ``w [K,
     C/G, R, S]``, ``bias [K]`` and ``y [n_batch, K, P, Q]`` (see the module docstring)."""
-    n_batch, C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _ = \
+    C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _, n_batch = \
         (Var(v) for v in IMPLICIT_GEMM_INTS)
     cg, kg, kd, pq = Var("cg"), Var("kg"), Var("kd"), Var("pq")
     mtiles, jtiles = Var("mtiles"), Var("jtiles")

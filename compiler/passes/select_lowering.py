@@ -1,6 +1,6 @@
 """Lowering selection: which algorithm computes each convolution.
 
-    conv(x, w)  =>  conv(x, w; lowering=direct | channelwise | im2col)
+    conv(x, w)  =>  conv(x, w; lowering=direct | channelwise | im2col | implicit_gemm)
 
 The candidates are the algorithms of the op (``OpDef.algorithms``) that compute the node
 (``applies_to``: the channel-wise kernel takes depthwise and narrow-group shapes, the direct
@@ -11,7 +11,9 @@ channel-wise kernel, whichever computes the layer); otherwise, with ``--autotune
 candidates are measured (once per shape, attributes, target, -O level, layout and CPU: the winner is
 kept in the kernel cache); otherwise, at -O2, each algorithm's cost model (``estimate``:
 padded work of its tiling divided by the fraction of peak it reaches, plus the floats its
-layout kernels move) picks the cheapest, and at -O0/-O1 the first candidate is taken.
+layout kernels move) picks the cheapest, and at -O0/-O1 the first candidate is taken. On a
+GPU target the algorithms written for a GPU (``gpu_only``: the implicit GEMM) are the only
+automatic candidates where they compute the layer; elsewhere they are refused.
 """
 
 from __future__ import annotations
@@ -59,8 +61,14 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
             continue
         ctx.at(node)
         in_types = [graph.node(i).type for i in node.inputs]
-        candidates = [a for a in algorithms if a.applies_to(node, in_types)]
         choice = per_name.get(node.name, default)
+        applies = [a for a in algorithms if a.applies_to(node, in_types)]
+        candidates = [a for a in applies if a.runs_on(ctx.target)]
+        if choice == "auto":  # a GPU's own algorithm over the CPU's schedules printed for it
+            candidates = [a for a in candidates if a.gpu_only] or candidates
+        elif any(a.is_named(choice) and not a.runs_on(ctx.target) for a in applies):
+            raise LoweringError(f"lowering {choice} runs on GPU targets only, not "
+                                f"{ctx.target}")
         if choice == "auto" and ctx.measure is not None and len(candidates) > 1:
             choice = ctx.measure(graph, node, tuple(a.name for a in candidates))
             ctx.note(f"{layer(node)}: {choice} (measured)", node)

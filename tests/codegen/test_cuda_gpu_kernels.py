@@ -70,7 +70,7 @@ def run_conv(module, kernel, x, w, bias, *, stride, pad, dilation, groups, relu,
     p = (h + 2 * pad[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
     q = (wd + 2 * pad[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
     y = MEMORY.zeros(n * k * p * q)
-    ints = [n, c, h, wd, k, p, q, r, s, *stride, *pad, *dilation, groups, int(relu)]
+    ints = [c, h, wd, k, p, q, r, s, *stride, *pad, *dilation, groups, int(relu), n]
     module.order = order
     Launcher(kernel, lambda: module)(MEMORY.upload(x), MEMORY.upload(w), MEMORY.upload(bias), y,
                                      *ints)

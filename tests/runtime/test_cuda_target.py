@@ -14,7 +14,8 @@ from cnnc.compiler.backends.cuda import loader
 from cnnc.compiler.backends.cuda.emulate import ORDERS, EmulatedModule, compiler_path
 from cnnc.compiler.backends.cuda.launch import Launcher
 from cnnc.compiler.backends.cuda.memory import EmulatedArray, EmulatedMemory
-from cnnc.compiler.kernels.kernel_ir import Kernel, Param
+from cnnc.compiler.kernels.kernel_ir import Barrier, Kernel, Param
+from cnnc.runtime.check import check_model
 from cnnc.runtime.cli import main
 from cnnc.runtime.model import ModelError, NumericsError
 from cnnc.runtime.model import compile as compile_model
@@ -93,16 +94,19 @@ def emulated_cupy(root) -> types.SimpleNamespace:
     ``empty``, ``asarray``, ``asnumpy``, slicing, ``set``; ``RawModule(code=...)`` and its
     functions called as ``fn(grid, block, args)``; the device count and free memory), with a
     GPU emulated on the CPU underneath: the module's source is compiled as the ``cuda-emu``
-    target compiles it, its kernels' parameters read from their printed signatures."""
+    target compiles it, its kernels' parameters read from their printed signatures (and
+    whether their threads meet at barriers, from their bodies)."""
     memory = EmulatedMemory()
 
     class RawModule:
         def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
             self.kernels = {}
-            for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', code):
+            for name, params, body in re.findall(
+                    r'extern "C" __global__ void (\w+)\(([^)]*)\) \{(.*?)\n\}', code, re.S):
                 self.kernels[name] = Kernel(name, [
                     Param(p.split()[-1], "int") if p.startswith("int ") else
-                    Param(p.split()[-1]) for p in params.split(", ")], [])
+                    Param(p.split()[-1]) for p in params.split(", ")],
+                    [Barrier()] if "__syncthreads" in body else [])  # threads that meet
             self.module = EmulatedModule(code, list(self.kernels.values()), root)
 
         def get_function(self, name: str):
@@ -141,3 +145,32 @@ def test_cuda_target_runs_through_cupy_on_an_emulated_gpu(tmp_path, monkeypatch)
     with pytest.raises(NumericsError) as e:
         model.run({"image": x}, check_numerics=True)
     assert e.value.inf > 0 and "layer conv1" in str(e.value)
+
+
+SHAPES = """
+network shapes
+input image: 6 x 11 x 9
+c1 = image -> conv(12, 3, pad=1, groups=3) -> relu
+c2 = c1 -> conv(12, 3, pad=2, dilation=2)
+c1 + c2 -> relu -> conv(12, 3, pad=1, groups=12) -> conv_transpose(5, 3, stride=2, pad=1)
+      -> conv(7, (1, 3), stride=(2, 1), pad=(0, 1, 1, 0)) -> output y
+"""
+
+
+@needs_cxx
+@pytest.mark.parametrize("opt_level", (0, 2))
+def test_gpu_convolutions_check_every_step_under_emulation(tmp_path, opt_level):
+    """On a GPU target every convolution (grouped, dilated, depthwise, transposed,
+    asymmetric padding and stride; with a residual add fused or not) is the implicit GEMM, and
+    every step is within its error bound of the float64 reference."""
+    model = compile_model(SHAPES, target="cuda-emu", cache_dir=tmp_path, seed=2,
+                          opt_level=opt_level)
+    convs = [s for s in model.steps if s.op.split("+")[0] in ("conv", "conv_transpose")]
+    assert len(convs) >= 4 and {s.lowering for s in convs} == {"implicit_gemm"}
+    rows = check_model(model, batch=2)
+    assert all(r.ok for r in rows), [r for r in rows if not r.ok]
+
+
+def test_gpu_algorithms_are_refused_on_a_cpu(tmp_path):
+    with pytest.raises(ModelError, match="GPU targets only"):
+        compile_model(SMALL, lowering="implicit_gemm", cache_dir=tmp_path, warm=False)

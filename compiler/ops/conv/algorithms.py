@@ -24,6 +24,13 @@ records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) i
     ``[C8, R, S, Cg, L]`` (``vspread`` picks each lane's group input). Its user-facing family
     is ``direct``: ``--lowering direct`` means this kernel for such shapes.
 
+``implicit_gemm`` (GPU targets only)
+    NCHW in and out, nothing packed: the GEMM of ``kernels/gpu_conv.py`` over the weights as
+    they are and the im2col matrix read from the input where a tile needs it, tiled through
+    shared memory by blocks of 256 threads. The bias and a leading ReLU are applied in its
+    stores; another fused epilogue makes it write a scratch buffer that the crop kernel copies
+    out through the epilogue.
+
 ``im2col``
     NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
     ``P*Q`` rounded up to 16, zero columns; stored as 16-column panels), then a blocked GEMM
@@ -51,6 +58,7 @@ from ...decisions import own_attrs
 from ...kernels.conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_kernel
+from ...kernels.gpu_conv import TILE_M, TILE_N, implicit_gemm_conv_kernel
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
 from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
@@ -58,7 +66,8 @@ from ...types import Storage
 from .. import own_input_types
 from .transpose import transpose_as_conv
 
-__all__ = ["ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "ALGORITHMS", "by_name",
+__all__ = ["ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "IMPLICIT_GEMM", "ALGORITHMS",
+           "by_name",
            "geometry", "node_geometry", "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
 
 def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
@@ -128,6 +137,15 @@ class ConvAlgorithm:
     speedup_16_lanes: float = 1.0
     #: Whether it reads and writes channel-blocked storage (NCHW8c, NCHW16c, NHWC).
     blocked: bool = False
+    #: Whether its kernels are a GPU's (threads of a block cooperating): CUDA targets only.
+    gpu_only: bool = False
+    #: Whether its compute kernel reads the NCHW input as it is and writes the NCHW output
+    #: itself (an output kernel then only applies an epilogue beyond the bias and ReLU).
+    plain_io: bool = False
+
+    def runs_on(self, target) -> bool:
+        """Whether it can compute on ``target`` (a :class:`~cnnc.compiler.target.Target`)."""
+        return target.cuda or not self.gpu_only
 
     def applies(self, g: ConvGeometry) -> bool:
         raise NotImplementedError
@@ -432,6 +450,49 @@ class Im2col(ConvAlgorithm):
         return wp.ravel(), bp.ravel()
 
 
+@dataclass(frozen=True)
+class ImplicitGemm(ConvAlgorithm):
+    def applies(self, g: ConvGeometry) -> bool:
+        return True
+
+    def work(self, g: ConvGeometry) -> int:
+        kgp = ceil_div(g.Kg, TILE_M) * TILE_M
+        return g.groups * kgp * g.Cg * g.R * g.S * ceil_div(g.P * g.Q, TILE_N) * TILE_N
+
+    def in_floats(self, g: ConvGeometry) -> int:
+        return 0
+
+    def out_floats(self, g: ConvGeometry) -> int:
+        """The scratch output an epilogue beyond the bias and ReLU is applied from."""
+        return g.K * g.P * g.Q
+
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        note = (f"implicit GEMM convolution, {TILE_M} x {TILE_N} tiles through shared memory; "
+                "sizes are runtime arguments")
+        return implicit_gemm_conv_kernel(comment=note), "implicit_gemm"
+
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+        return (g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
+                g.groups)
+
+    def output_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
+        pq = g.P * g.Q  # the scratch output is already NCHW: a crop that keeps everything
+        return "crop_gemm", (g.K, g.Kg, g.Kg, pq, pq)
+
+    def output_epilogue_kernel(self, name, g, epilogue, kinds, comment):
+        return crop_epilogue_kernel(name, epilogue, kinds, comment)
+
+    def packed_sizes(self, g, tile=TILE_8):
+        return g.K * g.Cg * g.R * g.S, g.K
+
+    def pack_weights(self, g, w, b, tile=TILE_8):
+        """The weights as they are, ``[K, C/groups, R, S]``."""
+        b = np.zeros(g.K, np.float32) if b is None else np.asarray(b, np.float32)
+        return np.asarray(w, np.float32).ravel(), b.ravel()
+
+
 #: PERF-NOTES and bench/RESULTS.md: the direct kernel reaches 55-79% of the 8-lane peak, its
 #: 16-lane tiles 1.4-1.8x its 8-lane speed on 3x3 layers; the channel-wise kernel is memory
 #: bound (no 16-lane gain counted); im2col + our GEMM well below, its gather costing about as
@@ -439,9 +500,14 @@ class Im2col(ConvAlgorithm):
 DIRECT = Direct("direct", "direct", efficiency=0.6, speedup_16_lanes=1.5, blocked=True)
 CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
+#: On a GPU target the one algorithm written for a GPU (the others are the CPU's schedules,
+#: printed for CUDA: correct, one thread per register tile); its efficiency is not comparable
+#: with the CPU algorithms' and is not compared: ``select_lowering`` prefers it on a GPU.
+IMPLICIT_GEMM = ImplicitGemm("implicit_gemm", "implicit_gemm", efficiency=0.5, gpu_only=True,
+                             plain_io=True)
 #: Every convolution algorithm, the default first (``select_lowering`` takes the first that
-#: applies at -O0 and -O1).
-ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL)
+#: applies at -O0 and -O1, a GPU algorithm first on a GPU target).
+ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, IMPLICIT_GEMM)
 
 
 def by_name(name: str) -> ConvAlgorithm:

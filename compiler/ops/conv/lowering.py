@@ -20,10 +20,12 @@ from .transpose import transpose_as_conv, transposed_as_conv_weight
 
 def lower_conv(ctx, node) -> Step:
     """A ``conv`` / ``conv_transpose`` node as kernel calls: [zero-stuff,] pack (or im2col)
-    unless the input is already channel-blocked, the compute kernel, then unpack (or crop) with
-    the fused epilogue unless the output stays channel-blocked, in which case the compute
-    kernel applies the epilogue at its store. The compute kernel always fuses the bias and a
-    leading ReLU (a runtime flag, so layers with and without share a kernel)."""
+    unless the input is already channel-blocked (or the algorithm reads NCHW as it is), the
+    compute kernel, then unpack (or crop) with the fused epilogue unless the output stays
+    channel-blocked, in which case the compute kernel applies the epilogue at its store (or
+    the algorithm writes NCHW itself and there is no epilogue beyond the bias and ReLU). The
+    compute kernel always fuses the bias and a leading ReLU (a runtime flag, so layers with and
+    without share a kernel)."""
     algorithm = by_name(node.attrs["lowering"])
     attrs = own_attrs(node.attrs)
     x = ctx.tensor_inputs[0]
@@ -71,14 +73,15 @@ def lower_conv(ctx, node) -> Step:
         scratch["stuffed"] = int(np.prod(stuffed))
         source = Arg("scratch", "stuffed")
     xp, yp = Arg("scratch", "conv_in"), Arg("scratch", "conv_out")
-    if x_store is not None:
-        xp = source  # read where the producer stored it
+    to_output = algorithm.plain_io and not epilogue  # writes the NCHW output itself
+    if x_store is not None or algorithm.plain_io:
+        xp = source  # read where the producer stored it, or the NCHW input as it is
     else:
         name, sizes = algorithm.input_call(g)
         calls.append(Call(ctx.layout_kernel(name), (source, xp, Arg("batch"),
                                                     *(Arg("int", v) for v in sizes)), name))
         scratch["conv_in"] = algorithm.in_floats(g)
-    if y_store is not None:
+    if y_store is not None or to_output:
         yp = Arg("output")
     else:
         scratch["conv_out"] = algorithm.out_floats(g)
@@ -96,7 +99,7 @@ def lower_conv(ctx, node) -> Step:
                                 *pooled, *(Arg("int", v) for v in sizes), *pooled_ints,
                                 *op_ints, Arg("int", int(relu)), Arg("batch")),
                       kernel.name))
-    if y_store is None:
+    if y_store is None and not to_output:
         calls.append(_output_call(ctx, node, g, algorithm, epilogue, operands))
     pack = _packer(ctx, node, g, algorithm, tile)
 
@@ -104,8 +107,9 @@ def lower_conv(ctx, node) -> Step:
                 y_store.floats if y_store is not None else node.type.size, calls, pack=pack,
                 scratch=scratch, lowering=algorithm.name, storage=y_store,
                 # packing reads the whole input before the output is written; a blocked input
-                # or output is read and written in place by the compute kernel itself
-                inplace=x_store is None and y_store is None,
+                # or output, or a plain one the compute kernel writes itself, is written while
+                # the input is still read
+                inplace=x_store is None and y_store is None and not to_output,
                 sources={source_name: src})
 
 
