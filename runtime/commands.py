@@ -58,8 +58,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .model import compile as compile_model
 
     graph = load_graph(args)
-    if args.target == "cuda" and args.emit:  # printed without a GPU: nothing to run
+    if args.target == "cuda" and (args.emit or args.resources):  # printed without a GPU
         return _emit_cuda(graph, args)
+    if args.resources:
+        raise CliError("--resources reports the CUDA kernels' registers and shared memory: "
+                       "use it with --target cuda")
     t0 = time.perf_counter()
     model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
                           cache_dir=args.cache_dir, opt_level=args.opt_level,
@@ -92,20 +95,49 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _emit_cuda(graph, args: argparse.Namespace) -> int:
-    """``--target cuda --emit DIR``: the model's CUDA module, written without a GPU."""
+    """``--target cuda --emit DIR``: the model's CUDA module, written without a GPU;
+    ``--resources``: each kernel's registers, shared memory and spills, as nvcc reports them
+    for ``--arch``."""
     from pathlib import Path
 
+    from ..compiler.backends.cuda.nvrtc import (
+        CudaCompileError,
+        nvcc_compile,
+        nvcc_path,
+        resource_usage,
+    )
     from .model import cuda_sources
 
+    if args.resources and nvcc_path() is None:
+        raise CliError("--resources asks nvcc (the CUDA toolkit) for each kernel's registers "
+                       "and shared memory, and nvcc is not on PATH (nor in $CUDA_HOME/bin)")
     t0 = time.perf_counter()
     sources = cuda_sources(graph, parse_lowering(args.lowering), opt_level=args.opt_level,
                            layout=args.layout)
-    files = write_files({Path(args.emit) / name: text for name, text in sources.items()},
-                        force=args.force, create_folders=True)
     kernels = sum(text.count("__global__ void") for text in sources.values())
+    wrote = ""
+    if args.emit:
+        files = write_files({Path(args.emit) / name: text for name, text in sources.items()},
+                            force=args.force, create_folders=True)
+        wrote = f"; wrote {', '.join(f.name for f in files)} to {args.emit}"
     print(f"{graph.name}: printed {kernels} CUDA kernels at -O{args.opt_level} in "
-          f"{time.perf_counter() - t0:.2f} s; wrote {', '.join(f.name for f in files)} to "
-          f"{args.emit}")
+          f"{time.perf_counter() - t0:.2f} s{wrote}")
+    if args.resources:
+        rows = []
+        for name, text in sources.items():
+            try:
+                rows += resource_usage(nvcc_compile(text, args.arch, name, resources=True))
+            except CudaCompileError as e:
+                raise CliError(str(e)) from None
+        head = ("kernel", "registers", "shared bytes", "stack bytes", "spill stores",
+                "spill loads")
+        table = [head] + [(r.kernel, str(r.registers), str(r.shared_bytes), str(r.stack_bytes),
+                           str(r.spill_stores), str(r.spill_loads)) for r in rows]
+        widths = [max(len(t[i]) for t in table) for i in range(len(head))]
+        print(f"resources for {args.arch} (nvcc):")
+        for t in table:
+            print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                   for i, (v, w) in enumerate(zip(t, widths))))
     return 0
 
 
@@ -133,6 +165,12 @@ def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
     _opt_arg(p)
     p.add_argument("--emit", metavar="DIR", help="write the generated kernel sources here "
                    "(created if missing; existing files are kept unless --force)")
+    p.add_argument("--resources", action="store_true",
+                   help="with --target cuda: print each kernel's registers, shared memory and "
+                        "spills as nvcc compiles them for --arch (needs nvcc, not a GPU)")
+    p.add_argument("--arch", default="sm_80", choices=("sm_70", "sm_75", "sm_80", "sm_86",
+                                                       "sm_89", "sm_90"),
+                   help="the GPU architecture of --resources (default sm_80)")
     p.add_argument("--cache-dir", help="kernel cache (default $CNNC_CACHE_DIR or ~/.cache/cnnc)")
     force_arg(p)
     p.add_argument("--explain", action="store_true",

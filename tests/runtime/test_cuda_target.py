@@ -10,10 +10,11 @@ import types
 import numpy as np
 import pytest
 
-from cnnc.compiler.backends.cuda import loader
+from cnnc.compiler.backends.cuda import loader, nvrtc
 from cnnc.compiler.backends.cuda.emulate import ORDERS, EmulatedModule, compiler_path
 from cnnc.compiler.backends.cuda.launch import Launcher
 from cnnc.compiler.backends.cuda.memory import EmulatedArray, EmulatedMemory
+from cnnc.compiler.backends.cuda.nvrtc import nvcc_path
 from cnnc.compiler.kernels.kernel_ir import Barrier, Kernel, Param
 from cnnc.runtime.check import check_model
 from cnnc.runtime.cli import main
@@ -174,3 +175,24 @@ def test_gpu_convolutions_check_every_step_under_emulation(tmp_path, opt_level):
 def test_gpu_algorithms_are_refused_on_a_cpu(tmp_path):
     with pytest.raises(ModelError, match="GPU targets only"):
         compile_model(SMALL, lowering="implicit_gemm", cache_dir=tmp_path, warm=False)
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed on this machine")
+def test_cli_reports_each_cuda_kernels_resources(tmp_path, capsys):
+    model = tmp_path / "small.cnn"
+    model.write_text(SMALL)
+    assert main(["compile", str(model), "--target", "cuda", "--resources", "--arch",
+                 "sm_90"]) == 0
+    out = capsys.readouterr().out
+    assert "resources for sm_90" in out
+    row = next(line.split() for line in out.splitlines() if "conv_implicit_gemm" in line)
+    assert int(row[2]) == 4096  # shared bytes: two 512-float tiles
+
+
+def test_cli_resources_without_nvcc_says_what_it_needs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(nvrtc, "nvcc_path", lambda: None)
+    model = tmp_path / "small.cnn"
+    model.write_text(SMALL)
+    assert main(["compile", str(model), "--target", "cuda", "--resources"]) != 0
+    err = capsys.readouterr().err
+    assert "nvcc" in err and "Traceback" not in err

@@ -10,15 +10,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["CudaCompileError", "nvrtc_compile", "nvrtc_library", "nvcc_path", "nvcc_compile",
-           "ARCHITECTURES", "COMPILE_OPTIONS"]
+           "ARCHITECTURES", "COMPILE_OPTIONS", "KernelResources",
+           "resource_usage"]
 
 #: The GPU architectures the tests compile every module for (Ampere, Hopper).
 ARCHITECTURES = ("sm_80", "sm_90")
@@ -130,3 +133,40 @@ def nvcc_compile(source: str, arch: str = "sm_80", name: str = "model.cu",
     if done.returncode != 0 or (report.strip() and not resources) or "warning" in text:
         raise CudaCompileError(f"nvcc ({arch}) failed on {name}:\n{text}")
     return text
+
+
+@dataclass(frozen=True)
+class KernelResources:
+    """What ``ptxas`` reports of one kernel: registers per thread, shared memory per block,
+    stack frame and spills (bytes)."""
+
+    kernel: str
+    registers: int
+    shared_bytes: int
+    stack_bytes: int
+    spill_stores: int
+    spill_loads: int
+
+
+_ENTRY = re.compile(r"Compiling entry function '(\w+)'")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def resource_usage(report: str) -> list[KernelResources]:
+    """Each kernel's resources from the output of :func:`nvcc_compile` with ``resources``,
+    in the order ptxas lists them."""
+    out: list[KernelResources] = []
+    name, frame = None, (0, 0, 0)
+    for line in report.splitlines():
+        if m := _ENTRY.search(line):
+            name, frame = m.group(1), (0, 0, 0)
+        elif (m := _FRAME.search(line)) and name is not None:
+            frame = tuple(int(v) for v in m.groups())  # type: ignore[assignment]
+        elif (m := _USED.search(line)) and name is not None:
+            smem = _SMEM.search(line)
+            out.append(KernelResources(name, int(m.group(1)), int(smem.group(1)) if smem else 0,
+                                       *frame))
+            name = None
+    return out
