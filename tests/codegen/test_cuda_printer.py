@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnnc.compiler.backends.cuda.emulate import EmulatedModule, compiler_path
+from cnnc.compiler.backends.cuda.emulate import EmulatedModule, EmulationCrash, compiler_path
 from cnnc.compiler.backends.cuda.launch import THREADS_PER_BLOCK, Launcher, launch_shape
 from cnnc.compiler.backends.cuda.memory import EmulatedMemory
 from cnnc.compiler.backends.cuda.printer import print_kernel, print_module
@@ -212,3 +212,17 @@ def test_emulated_gpu_memory_is_not_host_memory(tmp_path):
     np.testing.assert_array_equal(memory.download(y), [0, 3, 4, 5, 6, 0])
     memory.write(y[4:], np.array([9.0], np.float32))
     np.testing.assert_array_equal(memory.download(y), [0, 3, 4, 5, 9, 0])
+
+
+@needs_cxx
+def test_an_access_past_an_array_fails_its_launch_not_the_caller(tmp_path):
+    """Each array ends at an inaccessible page and each launch runs in a child process: one
+    element too many faults there and is reported; the same launch within bounds is fine."""
+    k = elementwise(Var("v"))
+    module = EmulatedModule(print_module([k]), [k], tmp_path)
+    memory = EmulatedMemory()
+    x, y = memory.upload(np.arange(100, dtype=np.float32)), memory.zeros(99)
+    with pytest.raises(EmulationCrash, match="SIGSEGV"):
+        Launcher(k, lambda: module)(x, y, 100)  # writes y[99]: past its end
+    Launcher(k, lambda: module)(x, y, 99)
+    np.testing.assert_array_equal(memory.download(y), np.arange(99))

@@ -8,10 +8,12 @@ math functions are C's. A launch runs every block in turn and the threads of a b
 forward, reversed or a shuffled order (:data:`ORDERS`: a kernel whose threads race for an
 element, or read a shared array before the barrier that would make it complete, shows up as
 different numbers): as iterations of a loop, or, in a kernel with barriers, as fibers (one
-stack each; on x86-64 a hand-written switch of the callee-saved registers, elsewhere
-``ucontext``) that each run to their next barrier in that order; the threads then
+stack each; a hand-written x86-64 switch of the callee-saved registers) that each run to
+their next barrier in that order; the threads then
 go on together, and a block whose threads do not all reach the same barrier fails the launch
-(:class:`BarrierError`).
+(:class:`BarrierError`). Each launch runs in a forked child process over shared memory
+(``memory.EmulatedMemory``: every array ends at an inaccessible page), so a kernel that reads
+or writes past the end of an array fails its launch (:class:`EmulationCrash`), not the caller.
 
 A launch takes arrays of the emulated GPU's memory (``memory.EmulatedArray``) and refuses
 host arrays, as a CuPy launch does. Each kernel gets a host entry
@@ -24,9 +26,13 @@ its sources and the compiler's version.
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import hashlib
+import mmap
 import os
 import shutil
+import signal
+import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -34,12 +40,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...kernels.kernel_ir import Barrier, Kernel, walk
 from ..numba.cache import cache_root
 from .memory import EmulatedArray
 
-__all__ = ["HEADER", "ORDERS", "EmulatedModule", "BarrierError", "compiler_path",
-           "launch_source"]
+__all__ = ["HEADER", "ORDERS", "EmulatedModule", "BarrierError", "EmulationCrash",
+           "compiler_path", "launch_source"]
 
 #: Thread orders within a block: index of the order -> name.
 ORDERS = ("forward", "reversed", "shuffled")
@@ -50,7 +58,6 @@ HEADER = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <ucontext.h>
 
 struct cnnc_dim3 { unsigned x, y, z; };
 static thread_local cnnc_dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -74,7 +81,7 @@ static inline double __longlong_as_double(long long i) {
    until its next __syncthreads (or its end), then the next thread in the launch's order; when
    every thread waits at the same barrier they all go on. On x86-64 a fiber switch saves and
    restores the callee-saved registers and the stack pointer (a few nanoseconds: blocks of 256
-   threads meet at thousands of barriers); elsewhere it is ucontext's. */
+   threads meet at thousands of barriers). */
 struct cnnc_fiber { void *sp; unsigned tid; int state; int line; };
 enum { CNNC_RUNNING = 0, CNNC_WAITING = 1, CNNC_DONE = 2 };
 static cnnc_fiber *cnnc_current = 0;
@@ -115,23 +122,7 @@ static void *cnnc_fiber_stack(char *base, size_t size) {
 static inline void cnnc_to_fiber(cnnc_fiber *f) { cnnc_switch(&cnnc_scheduler_sp, f->sp); }
 static inline void cnnc_to_scheduler() { cnnc_switch(&cnnc_current->sp, cnnc_scheduler_sp); }
 #else
-static ucontext_t cnnc_scheduler_ctx;
-static void cnnc_fiber_main();
-static void *cnnc_fiber_stack(char *base, size_t size) {
-    ucontext_t *ctx = (ucontext_t *)calloc(1, sizeof(ucontext_t));
-    getcontext(ctx);
-    ctx->uc_stack.ss_sp = base;
-    ctx->uc_stack.ss_size = size;
-    ctx->uc_link = 0;
-    makecontext(ctx, cnnc_fiber_main, 0);
-    return ctx;
-}
-static inline void cnnc_to_fiber(cnnc_fiber *f) {
-    swapcontext(&cnnc_scheduler_ctx, (ucontext_t *)f->sp);
-}
-static inline void cnnc_to_scheduler() {
-    swapcontext((ucontext_t *)cnnc_current->sp, &cnnc_scheduler_ctx);
-}
+#error "the emulation's fibers (threads meeting at __syncthreads) switch x86-64 registers"
 #endif
 
 static inline void cnnc_barrier(int line) {
@@ -166,13 +157,19 @@ static inline unsigned cnnc_thread_order(unsigned *perm, unsigned n, int order, 
     return n;
 }
 
+/* The scratch memory cnnc_run_fibers takes for `threads` threads: a record and a stack each
+   (given by the caller, so that a launch allocates nothing). */
+enum { CNNC_FIBER_STACK = 64 * 1024 };
+extern "C" size_t cnnc_fiber_scratch_bytes(unsigned threads) {
+    return (size_t)threads * (sizeof(cnnc_fiber) + CNNC_FIBER_STACK) + 64;
+}
+
 /* Run `blocks` blocks of `threads` fibers each calling body(args). Returns 0, or 1 + the first
    block whose threads did not all reach the same barrier (some ended or waited elsewhere). */
 static int cnnc_run_fibers(unsigned blocks, unsigned threads, int order,
-                           void (*body)(void **), void **args) {
-    enum { STACK = 64 * 1024 };
-    cnnc_fiber *fibers = (cnnc_fiber *)calloc(threads, sizeof(cnnc_fiber));
-    char *stacks = (char *)malloc((size_t)STACK * threads);
+                           void (*body)(void **), void **args, char *scratch) {
+    char *stacks = (char *)(((size_t)scratch + 63) & ~(size_t)63);
+    cnnc_fiber *fibers = (cnnc_fiber *)(stacks + (size_t)CNNC_FIBER_STACK * threads);
     unsigned perm[1024];
     int failed = 0;
     cnnc_body = body;
@@ -184,10 +181,7 @@ static int cnnc_run_fibers(unsigned blocks, unsigned threads, int order,
         cnnc_thread_order(perm, threads, order, b);
         for (unsigned i = 0; i < threads; ++i) {
             cnnc_fiber *f = &fibers[i];
-#if !defined(__x86_64__)
-            free(f->sp);
-#endif
-            f->sp = cnnc_fiber_stack(stacks + (size_t)STACK * i, STACK);
+            f->sp = cnnc_fiber_stack(stacks + (size_t)CNNC_FIBER_STACK * i, CNNC_FIBER_STACK);
             f->tid = i;
             f->state = CNNC_RUNNING;
         }
@@ -210,11 +204,6 @@ static int cnnc_run_fibers(unsigned blocks, unsigned threads, int order,
         }
     }
     cnnc_current = 0;
-#if !defined(__x86_64__)
-    for (unsigned i = 0; i < threads; ++i) free(fibers[i].sp);
-#endif
-    free(stacks);
-    free(fibers);
     return failed;
 }
 """
@@ -230,12 +219,13 @@ def launch_source(kernels: Sequence[Kernel], module_file: str) -> str:
         args = ", ".join(f"*(int*)args[{i}]" if p.kind == "int" else f"*(float**)args[{i}]"
                          for i, p in enumerate(k.params))
         head = (f'extern "C" int cnnc_launch_{k.name}(unsigned blocks, unsigned threads, '
-                "int order, void** args) {")
+                "int order, void** args, char* scratch) {")
         if any(isinstance(s, Barrier) for s, _ in walk(k.body)):
             lines += [
                 f"static void cnnc_body_{k.name}(void** args) {{ {k.name}({args}); }}",
                 head,
-                f"    return cnnc_run_fibers(blocks, threads, order, cnnc_body_{k.name}, args);",
+                f"    return cnnc_run_fibers(blocks, threads, order, cnnc_body_{k.name}, args, "
+                "scratch);",
                 "}",
                 "",
             ]
@@ -284,17 +274,26 @@ class BarrierError(RuntimeError):
     """The threads of a block did not all reach the same barrier."""
 
 
+class EmulationCrash(RuntimeError):
+    """A launch's child process faulted or aborted."""
+
+
 class EmulatedModule:
     """A generated CUDA module compiled for the CPU (built on creation, cached on disk).
-    ``order`` is the thread order of every launch (:data:`ORDERS`)."""
+    ``order`` is the thread order of every launch (:data:`ORDERS`); with ``isolated`` (the
+    default) each launch runs in a forked child process, so that a kernel that faults fails
+    its launch (:class:`EmulationCrash`) instead of ending the caller."""
 
     def __init__(self, source: str, kernels: Sequence[Kernel], root: Path | None = None,
-                 order: str = "forward") -> None:
+                 order: str = "forward", isolated: bool = True) -> None:
         cxx = compiler_path()
         if cxx is None:
             raise RuntimeError("the CUDA emulation needs a C++ compiler (g++ or clang++; "
                                "$CXX), and none is on PATH")
         self.order = order
+        self.isolated = isolated
+        self._scratch: np.ndarray | None = None
+        self._status = mmap.mmap(-1, 8)  # shared with a launch's child process
         launch = launch_source(kernels, "module.cu")
         key = hashlib.sha256("\0".join([HEADER, source, launch, " ".join(CXX_FLAGS),
                                         _compiler_version(cxx)]).encode()).hexdigest()[:24]
@@ -303,6 +302,37 @@ class EmulatedModule:
         if not lib.exists():
             _build(cxx, source, launch, lib)
         self.lib = ctypes.CDLL(str(lib))
+        self.lib.cnnc_fiber_scratch_bytes.restype = ctypes.c_size_t
+
+    def _fiber_scratch(self, threads: int) -> ctypes.c_void_p:
+        """The fibers' records and stacks for blocks of ``threads`` (kept between launches)."""
+        size = int(self.lib.cnnc_fiber_scratch_bytes(ctypes.c_uint(threads)))
+        if self._scratch is None or self._scratch.size < size:
+            self._scratch = np.empty(size, np.uint8)
+        return ctypes.c_void_p(self._scratch.ctypes.data)
+
+    def _in_child(self, run: Any, name: str, blocks: int, threads: int) -> int:
+        """``run()`` in a forked child process, its result through shared memory: the arrays
+        are shared mappings, so the kernel's stores land where the parent reads them, and a
+        kernel that faults (an access past the end of an array reaches its guard page) or
+        aborts ends the child, not this process."""
+        pid = os.fork()
+        if pid == 0:  # the child: run the launch, report, and leave without any clean-up
+            faulthandler.disable()  # a fault is the parent's to report, in one sentence
+            code = 0
+            try:
+                struct.pack_into("i", self._status, 0, run())
+            except BaseException:
+                code = 70
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0:
+            why = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else \
+                f"exit status {os.WEXITSTATUS(status)}"
+            raise EmulationCrash(f"kernel {name} ({blocks} blocks of {threads} threads) ended "
+                                 f"the emulation with {why}: an access outside its arrays, or "
+                                 "an abort (its message is above)")
+        return struct.unpack_from("i", self._status, 0)[0]
 
     @property
     def order(self) -> str:
@@ -322,8 +352,12 @@ class EmulatedModule:
         argv = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         entry = getattr(self.lib, f"cnnc_launch_{name}")
         entry.restype = ctypes.c_int
-        failed = entry(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_int(self._order),
-                       argv)
+        scratch = self._fiber_scratch(threads)
+
+        def run() -> int:
+            return entry(ctypes.c_uint(blocks), ctypes.c_uint(threads),
+                         ctypes.c_int(self._order), argv, scratch)
+        failed = self._in_child(run, name, blocks, threads) if self.isolated else run()
         if failed:
             raise BarrierError(f"kernel {name}: the threads of block {failed - 1} did not all "
                                "reach the same __syncthreads (on a GPU: a hang or undefined "

@@ -3,15 +3,54 @@ GPU's (:class:`EmulatedMemory`), whose arrays behave towards the executor as CuP
 slice, report their size and type, go to kernels, and refuse to be read by NumPy without a
 download (``__array__`` raises, as CuPy's does). So a value the executor forgot to upload or
 download fails the emulated tests here as it would fail on a GPU.
+
+Each emulated allocation is a mapping of its own, shared (a launch run in a child process
+writes where the parent reads: ``emulate.EmulatedModule``'s isolation), that ends exactly
+where an inaccessible guard page begins: a kernel reading or writing past the end of an array
+faults at once rather than corrupting its neighbour (an access before its start is not
+caught).
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
+import weakref
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CupyMemory", "EmulatedArray", "EmulatedMemory"]
+__all__ = ["CupyMemory", "EmulatedArray", "EmulatedMemory", "guarded_empty"]
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mmap.restype = ctypes.c_void_p
+_LIBC.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_LIBC.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def guarded_empty(n: int, dtype: Any = np.float32) -> np.ndarray:
+    """``n`` zeros of ``dtype`` in a shared mapping of their own whose next page is
+    inaccessible (see the module docstring)."""
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    page = mmap.PAGESIZE
+    data_pages = max(1, -(-nbytes // page))
+    total = (data_pages + 1) * page
+    base = _LIBC.mmap(None, total, mmap.PROT_READ | mmap.PROT_WRITE,
+                      mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
+    if base in (None, _MAP_FAILED):
+        raise MemoryError(f"the emulated GPU could not map {total} bytes "
+                          f"(errno {ctypes.get_errno()})")
+    if _LIBC.mprotect(base + data_pages * page, page, 0) != 0:
+        _LIBC.munmap(base, total)
+        raise MemoryError(f"the emulated GPU could not protect its guard page "
+                          f"(errno {ctypes.get_errno()})")
+    holder = (ctypes.c_char * nbytes).from_address(base + data_pages * page - nbytes)
+    weakref.finalize(holder, _LIBC.munmap, base, total)
+    return np.frombuffer(holder, dtype, count=n)
 
 
 class CupyMemory:
@@ -102,13 +141,16 @@ class EmulatedMemory:
     host = False
 
     def zeros(self, n: int) -> EmulatedArray:
-        return EmulatedArray(np.zeros(n, np.float32))
+        return EmulatedArray(guarded_empty(n))  # mappings start zeroed
 
     def empty(self, n: int) -> EmulatedArray:
-        return EmulatedArray(np.empty(n, np.float32))
+        return EmulatedArray(guarded_empty(n))
 
     def upload(self, a: np.ndarray) -> EmulatedArray:
-        return EmulatedArray(np.array(a, order="C").reshape(-1))
+        a = np.asarray(a)
+        data = guarded_empty(a.size, a.dtype)
+        data[:] = a.reshape(-1)
+        return EmulatedArray(data)
 
     def download(self, a: EmulatedArray) -> np.ndarray:
         if not isinstance(a, EmulatedArray):
