@@ -216,8 +216,8 @@ def test_emulated_gpu_memory_is_not_host_memory(tmp_path):
 
 @needs_cxx
 def test_an_access_past_an_array_fails_its_launch_not_the_caller(tmp_path):
-    """Each array ends at an inaccessible page and each launch runs in a child process: one
-    element too many faults there and is reported; the same launch within bounds is fine."""
+    """Each array ends at an inaccessible page and a launch catches the fault: one element too
+    many is reported, and the process goes on; the same launch within bounds is fine."""
     k = elementwise(Var("v"))
     module = EmulatedModule(print_module([k]), [k], tmp_path)
     memory = EmulatedMemory()

@@ -11,9 +11,9 @@ different numbers): as iterations of a loop, or, in a kernel with barriers, as f
 stack each; a hand-written x86-64 switch of the callee-saved registers) that each run to
 their next barrier in that order; the threads then
 go on together, and a block whose threads do not all reach the same barrier fails the launch
-(:class:`BarrierError`). Each launch runs in a forked child process over shared memory
-(``memory.EmulatedMemory``: every array ends at an inaccessible page), so a kernel that reads
-or writes past the end of an array fails its launch (:class:`EmulationCrash`), not the caller.
+(:class:`BarrierError`). Every array of the emulated GPU ends at an inaccessible page
+(``memory.EmulatedMemory``) and a launch catches the fault, so a kernel that reads or writes
+past the end of an array fails its launch (:class:`EmulationCrash`), not the caller.
 
 A launch takes arrays of the emulated GPU's memory (``memory.EmulatedArray``) and refuses
 host arrays, as a CuPy launch does. Each kernel gets a host entry
@@ -26,13 +26,10 @@ its sources and the compiler's version.
 from __future__ import annotations
 
 import ctypes
-import faulthandler
 import hashlib
-import mmap
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -58,6 +55,8 @@ HEADER = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
+#include <signal.h>
 
 struct cnnc_dim3 { unsigned x, y, z; };
 static thread_local cnnc_dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -206,44 +205,89 @@ static int cnnc_run_fibers(unsigned blocks, unsigned threads, int order,
     cnnc_current = 0;
     return failed;
 }
+
+/* Run a launch with SIGSEGV and SIGBUS caught (on a stack of their own): a kernel that reads
+   or writes past the end of an array reaches the guard page after it, and the launch returns
+   minus the signal instead of ending the process. The caller's handlers are restored after. */
+typedef int (*cnnc_grid_fn)(unsigned, unsigned, int, void **, char *);
+static sigjmp_buf cnnc_fault_jump;
+static volatile sig_atomic_t cnnc_fault_signal = 0;
+static char cnnc_fault_stack[1 << 16];
+static void cnnc_on_fault(int sig) {
+    cnnc_fault_signal = sig;
+    siglongjmp(cnnc_fault_jump, 1);
+}
+static int cnnc_guarded(cnnc_grid_fn grid, unsigned blocks, unsigned threads, int order,
+                        void **args, char *scratch) {
+    struct sigaction act, old_segv, old_bus;
+    stack_t stack, old_stack;
+    memset(&act, 0, sizeof act);
+    act.sa_handler = cnnc_on_fault;
+    act.sa_flags = SA_ONSTACK;
+    sigemptyset(&act.sa_mask);
+    stack.ss_sp = cnnc_fault_stack;
+    stack.ss_size = sizeof cnnc_fault_stack;
+    stack.ss_flags = 0;
+    sigaltstack(&stack, &old_stack);
+    sigaction(SIGSEGV, &act, &old_segv);
+    sigaction(SIGBUS, &act, &old_bus);
+    int result;
+    if (sigsetjmp(cnnc_fault_jump, 1) == 0) {
+        result = grid(blocks, threads, order, args, scratch);
+    } else {
+        result = -(int)cnnc_fault_signal;
+    }
+    sigaction(SIGSEGV, &old_segv, 0);
+    sigaction(SIGBUS, &old_bus, 0);
+    sigaltstack(&old_stack, 0);
+    cnnc_current = 0;
+    return result;
+}
 """
 
 
 def launch_source(kernels: Sequence[Kernel], module_file: str) -> str:
     """The translation unit of the emulation: the generated module included verbatim, then one
-    host entry per kernel that runs its grid (returning 0, or 1 + the block whose threads did
-    not meet at the same barrier). A kernel whose threads meet at barriers runs them as
-    fibers; any other runs each thread to its end in turn."""
+    host entry per kernel that runs its grid under ``cnnc_guarded`` (returning 0, 1 + the block
+    whose threads did not meet at the same barrier, or minus the signal of a fault). A kernel
+    whose threads meet at barriers runs them as fibers; any other runs each thread to its end
+    in turn."""
     lines = [f'#include "{module_file}"', ""]
     for k in kernels:
         args = ", ".join(f"*(int*)args[{i}]" if p.kind == "int" else f"*(float**)args[{i}]"
                          for i, p in enumerate(k.params))
-        head = (f'extern "C" int cnnc_launch_{k.name}(unsigned blocks, unsigned threads, '
-                "int order, void** args, char* scratch) {")
+        grid = (f"static int cnnc_grid_{k.name}(unsigned blocks, unsigned threads, int order, "
+                "void** args, char* scratch) {")
         if any(isinstance(s, Barrier) for s, _ in walk(k.body)):
             lines += [
                 f"static void cnnc_body_{k.name}(void** args) {{ {k.name}({args}); }}",
-                head,
+                grid,
                 f"    return cnnc_run_fibers(blocks, threads, order, cnnc_body_{k.name}, args, "
                 "scratch);",
                 "}",
-                "",
             ]
-            continue
+        else:
+            lines += [
+                grid,
+                "    (void)scratch;",
+                "    unsigned perm[1024];",
+                "    gridDim = {blocks, 1, 1};",
+                "    blockDim = {threads, 1, 1};",
+                "    for (unsigned b = 0; b < blocks; ++b) {",
+                "        blockIdx = {b, 0, 0};",
+                "        cnnc_thread_order(perm, threads, order, b);",
+                "        for (unsigned i = 0; i < threads; ++i) {",
+                "            threadIdx = {perm[i], 0, 0};",
+                f"            {k.name}({args});",
+                "        }",
+                "    }",
+                "    return 0;",
+                "}",
+            ]
         lines += [
-            head,
-            "    unsigned perm[1024];",
-            "    gridDim = {blocks, 1, 1};",
-            "    blockDim = {threads, 1, 1};",
-            "    for (unsigned b = 0; b < blocks; ++b) {",
-            "        blockIdx = {b, 0, 0};",
-            "        cnnc_thread_order(perm, threads, order, b);",
-            "        for (unsigned i = 0; i < threads; ++i) {",
-            "            threadIdx = {perm[i], 0, 0};",
-            f"            {k.name}({args});",
-            "        }",
-            "    }",
-            "    return 0;",
+            f'extern "C" int cnnc_launch_{k.name}(unsigned blocks, unsigned threads, int order, '
+            "void** args, char* scratch) {",
+            f"    return cnnc_guarded(cnnc_grid_{k.name}, blocks, threads, order, args, scratch);",
             "}",
             "",
         ]
@@ -275,25 +319,22 @@ class BarrierError(RuntimeError):
 
 
 class EmulationCrash(RuntimeError):
-    """A launch's child process faulted or aborted."""
+    """A launch faulted (an access past the end of an array)."""
 
 
 class EmulatedModule:
     """A generated CUDA module compiled for the CPU (built on creation, cached on disk).
-    ``order`` is the thread order of every launch (:data:`ORDERS`); with ``isolated`` (the
-    default) each launch runs in a forked child process, so that a kernel that faults fails
-    its launch (:class:`EmulationCrash`) instead of ending the caller."""
+    ``order`` is the thread order of every launch (:data:`ORDERS`). A kernel that faults
+    fails its launch (:class:`EmulationCrash`) instead of ending the caller."""
 
     def __init__(self, source: str, kernels: Sequence[Kernel], root: Path | None = None,
-                 order: str = "forward", isolated: bool = True) -> None:
+                 order: str = "forward") -> None:
         cxx = compiler_path()
         if cxx is None:
             raise RuntimeError("the CUDA emulation needs a C++ compiler (g++ or clang++; "
                                "$CXX), and none is on PATH")
         self.order = order
-        self.isolated = isolated
         self._scratch: np.ndarray | None = None
-        self._status = mmap.mmap(-1, 8)  # shared with a launch's child process
         launch = launch_source(kernels, "module.cu")
         key = hashlib.sha256("\0".join([HEADER, source, launch, " ".join(CXX_FLAGS),
                                         _compiler_version(cxx)]).encode()).hexdigest()[:24]
@@ -310,29 +351,6 @@ class EmulatedModule:
         if self._scratch is None or self._scratch.size < size:
             self._scratch = np.empty(size, np.uint8)
         return ctypes.c_void_p(self._scratch.ctypes.data)
-
-    def _in_child(self, run: Any, name: str, blocks: int, threads: int) -> int:
-        """``run()`` in a forked child process, its result through shared memory: the arrays
-        are shared mappings, so the kernel's stores land where the parent reads them, and a
-        kernel that faults (an access past the end of an array reaches its guard page) or
-        aborts ends the child, not this process."""
-        pid = os.fork()
-        if pid == 0:  # the child: run the launch, report, and leave without any clean-up
-            faulthandler.disable()  # a fault is the parent's to report, in one sentence
-            code = 0
-            try:
-                struct.pack_into("i", self._status, 0, run())
-            except BaseException:
-                code = 70
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0:
-            why = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else \
-                f"exit status {os.WEXITSTATUS(status)}"
-            raise EmulationCrash(f"kernel {name} ({blocks} blocks of {threads} threads) ended "
-                                 f"the emulation with {why}: an access outside its arrays, or "
-                                 "an abort (its message is above)")
-        return struct.unpack_from("i", self._status, 0)[0]
 
     @property
     def order(self) -> str:
@@ -352,12 +370,14 @@ class EmulatedModule:
         argv = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
         entry = getattr(self.lib, f"cnnc_launch_{name}")
         entry.restype = ctypes.c_int
-        scratch = self._fiber_scratch(threads)
-
-        def run() -> int:
-            return entry(ctypes.c_uint(blocks), ctypes.c_uint(threads),
-                         ctypes.c_int(self._order), argv, scratch)
-        failed = self._in_child(run, name, blocks, threads) if self.isolated else run()
+        status = entry(ctypes.c_uint(blocks), ctypes.c_uint(threads), ctypes.c_int(self._order),
+                       argv, self._fiber_scratch(threads))
+        if status < 0:
+            raise EmulationCrash(f"kernel {name} ({blocks} blocks of {threads} threads) faulted "
+                                 f"with {signal.Signals(-status).name}: an access past the end "
+                                 "of an array (the emulation caught it; a GPU would report an "
+                                 "illegal address)")
+        failed = status
         if failed:
             raise BarrierError(f"kernel {name}: the threads of block {failed - 1} did not all "
                                "reach the same __syncthreads (on a GPU: a hang or undefined "

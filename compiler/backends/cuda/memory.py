@@ -4,11 +4,10 @@ slice, report their size and type, go to kernels, and refuse to be read by NumPy
 download (``__array__`` raises, as CuPy's does). So a value the executor forgot to upload or
 download fails the emulated tests here as it would fail on a GPU.
 
-Each emulated allocation is a mapping of its own, shared (a launch run in a child process
-writes where the parent reads: ``emulate.EmulatedModule``'s isolation), that ends exactly
-where an inaccessible guard page begins: a kernel reading or writing past the end of an array
-faults at once rather than corrupting its neighbour (an access before its start is not
-caught).
+Each emulated allocation is a mapping of its own that ends exactly where an inaccessible
+guard page begins: a kernel reading or writing past the end of an array faults at once (the
+launch catches it: ``emulate.EmulatedModule``) rather than corrupting its neighbour (an access
+before its start is not caught).
 """
 
 from __future__ import annotations
@@ -32,15 +31,15 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def guarded_empty(n: int, dtype: Any = np.float32) -> np.ndarray:
-    """``n`` zeros of ``dtype`` in a shared mapping of their own whose next page is
-    inaccessible (see the module docstring)."""
+    """``n`` zeros of ``dtype`` in a mapping of their own whose next page is inaccessible (see
+    the module docstring)."""
     dtype = np.dtype(dtype)
     nbytes = n * dtype.itemsize
     page = mmap.PAGESIZE
     data_pages = max(1, -(-nbytes // page))
     total = (data_pages + 1) * page
     base = _LIBC.mmap(None, total, mmap.PROT_READ | mmap.PROT_WRITE,
-                      mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
+                      mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
     if base in (None, _MAP_FAILED):
         raise MemoryError(f"the emulated GPU could not map {total} bytes "
                           f"(errno {ctypes.get_errno()})")
