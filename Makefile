@@ -6,7 +6,7 @@ MODEL ?= resnet18
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install graphviz bench-deps bench clean
+.PHONY: demo test lint install graphviz bench-deps bench bench-gpu clean
 
 $(BIN)/cnnc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench-deps: install
 bench: bench-deps
 	$(BIN)/python bench/bench_networks.py --models resnet18 googlenet mobilenet_v2 --batches 1 \
 	  --engines cnnc cnnc-O0 torch onnxruntime openvino
+
+# On a machine with an NVIDIA GPU: CuPy (the `gpu` extra), then cnnc's CUDA target against
+# PyTorch's CUDA build (bench/bench_gpu.py; a PyTorch without CUDA is compared on the CPU).
+bench-gpu: install
+	$(BIN)/pip install --quiet -e '.[gpu]'
+	$(BIN)/python bench/bench_gpu.py --models resnet50 resnet18 --batches 1 32
 
 lint: install
 	$(BIN)/ruff check .

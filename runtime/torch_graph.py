@@ -94,25 +94,28 @@ OPS: dict[str, Any] = {
 
 
 class TorchGraph:
-    """A callable that evaluates the graph with torch ops (inference, no autograd)."""
+    """A callable that evaluates the graph with torch ops (inference, no autograd), on the CPU
+    or on ``device`` (``"cuda"``: parameters kept there, inputs copied in and outputs out at
+    each call, as cnnc's GPU target does)."""
 
-    def __init__(self, graph: Graph, params: dict[str, np.ndarray]):
+    def __init__(self, graph: Graph, params: dict[str, np.ndarray], device: str = "cpu"):
         self.graph = graph
+        self.device = torch.device(device)
         self.order = graph.topo_order()
         missing = sorted({n.op for n in self.order if n.op not in OPS and
                           n.op not in ("input", "param")})
         if missing:
             raise NotImplementedError(f"no torch mapping for: {', '.join(missing)}")
         self.params = {n.id: torch.from_numpy(np.ascontiguousarray(params[n.name]))
-                       for n in graph.params()}
+                       .to(self.device) for n in graph.params()}
 
     @torch.inference_mode()
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         values: dict[int, torch.Tensor] = dict(self.params)
         for name, nid in self.graph.inputs.items():
-            values[nid] = torch.from_numpy(inputs[name])
+            values[nid] = torch.from_numpy(inputs[name]).to(self.device)
         for node in self.order:
             if node.op in ("input", "param"):
                 continue
             values[node.id] = OPS[node.op]([values[i] for i in node.inputs], node.attrs)
-        return {k: values[v].numpy() for k, v in self.graph.outputs.items()}
+        return {k: values[v].cpu().numpy() for k, v in self.graph.outputs.items()}
