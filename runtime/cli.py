@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _register_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a command that starts others
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -1,0 +1,128 @@
+"""Data-parallel training over MPI (``cnnc train --ranks N``, ``mpiexec -n N cnnc train``):
+the weights equal one process's on the concatenated batch within float32 reduction-order
+error; a run resumed under MPI ends bitwise where an uninterrupted one does; a rank that dies
+or hangs stops the job with a message instead of a hang.
+
+The oracle is single-process ``cnnc train`` with the same arguments: it takes the same global
+batches (same data order and augmentation), each as one batch.
+
+The bound: a rank's gradient is its shard's mean and the ranks' are averaged, so the average
+is the whole batch's mean gradient computed with the batch's float32 sums split at the shard
+boundaries and the parts added afterwards: a different summation order, nothing else (a
+power-of-two number of ranks divides exactly). Reordering a float32 sum of K terms moves it by
+at most about K u times the sum of the terms' magnitudes (u = 2^-24); the longest sums here
+are c1's weight gradient, K = 32 images x 28 x 28 pixels = 25,088, so K u < 2^-9. We allow
+2^-9 of each tensor's largest change over the run, plus one ulp of its largest value per step
+(the update itself rounds once, on inputs that may differ in their last bit). A wrong shard
+(one image counted twice or missed, a gradient not averaged) moves the result by 1/32 of the
+update or more: 16 times the bound.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnc.runtime.cli import main
+from cnnc.runtime.distributed import DistributedError, mpiexec_path, shard
+
+pytestmark = pytest.mark.host_target  # the ranks compile for this machine: so does the parent
+
+STEPS = 4  # 2 epochs of 2 steps
+ARGS = ["--epochs", "2", "--batch", "32", "--lr", "0.1", "--mirror", "--crop", "2", "--quiet"]
+RANK_FAILURE = Path(__file__).with_name("mpi_rank_failure.py")
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """80 of the 8x8 digits: 64 to train on (2 batches of 32), 16 to test; LeNet-5's training
+    step compiled on them here first, so that the ranks load its kernels from the cache."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    path = tmp_path_factory.mktemp("data") / "digits80.npz"
+    np.savez(path, images=(d.images[:80] / 16).astype(np.float32), labels=d.target[:80])
+    assert main(["train", "lenet5", "--data", str(path), *ARGS, "--epochs", "1"]) == 0
+    return path
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {k: data[k] for k in data.keys()}
+
+
+def assert_within_reduction_order(got: dict, expected: dict, start: dict, steps: int) -> None:
+    """The module docstring's bound, tensor by tensor."""
+    assert got.keys() == expected.keys()
+    for k in expected:
+        change = np.abs(expected[k] - start[k]).max()
+        bound = 2.0 ** -9 * change + steps * np.spacing(np.abs(expected[k]).max())
+        error = np.abs(got[k] - expected[k]).max()
+        assert error <= bound, f"{k}: {error:.3g} > {bound:.3g}"
+
+
+def test_shards_cover_the_batch_once():
+    for batch, size in ((32, 2), (29, 4), (4, 4), (7, 3)):
+        parts = [shard(batch, r, size) for r in range(size)]
+        covered = np.concatenate([np.arange(batch)[p] for p in parts])
+        np.testing.assert_array_equal(covered, np.arange(batch))
+        assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+    with pytest.raises(DistributedError, match="cannot be split between 4 ranks"):
+        shard(3, 0, 4)
+
+
+def test_two_and_four_ranks_train_as_one_process(digits, tmp_path):
+    """LeNet-5, 4 steps of SGD with momentum, mirrored and cropped batches."""
+    common = ["train", "lenet5", "--data", str(digits), *ARGS]
+    start = tmp_path / "start.npz"
+    assert main(["train", "lenet5", "--data", str(digits), "--epochs", "1", "--batch", "32",
+                 "--lr", "0", "--quiet", "--save", str(start)]) == 0  # lr 0: the initial weights
+    assert main([*common, "--save", str(tmp_path / "one.npz")]) == 0  # compiles, for the ranks
+    assert main([*common, "--ranks", "2", "--save", str(tmp_path / "two.npz")]) == 0
+    assert main([*common, "--ranks", "4", "--save", str(tmp_path / "four.npz")]) == 0
+    one = weights(tmp_path / "one.npz")
+    for name in ("two", "four"):
+        assert_within_reduction_order(weights(tmp_path / f"{name}.npz"), one,
+                                      weights(start), STEPS)
+
+
+def test_a_resumed_mpi_run_ends_bitwise_where_an_uninterrupted_one_does(digits, tmp_path):
+    # a constant learning rate: the run of 1 epoch is the first epoch of the run of 2
+    common = ["train", "lenet5", "--data", str(digits), *ARGS, "--ranks", "2", "--schedule",
+              "constant"]
+    assert main([*common, "--checkpoint", str(tmp_path / "a")]) == 0
+    assert main([*common, "--epochs", "1", "--checkpoint", str(tmp_path / "b")]) == 0
+    # rank 0 alone wrote, atomically: the two files and nothing else
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["checkpoint.npz",
+                                                                 "weights.npz"]
+    assert main([*common, "--checkpoint", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = weights(tmp_path / "a" / "weights.npz"), weights(tmp_path / "b" / "weights.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def run_failing_job(digits: Path, how: str, timeout: float) -> subprocess.CompletedProcess:
+    """``mpiexec -n 2`` of cnnc train whose rank 1 fails ``how`` at its third step."""
+    command = [mpiexec_path(), "-n", "2", sys.executable, str(RANK_FAILURE), how, "train",
+               "lenet5", "--data", str(digits), *ARGS, "--rank-timeout", "3"]
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("how", ["killed", "error", "hangs"])
+def test_a_failing_rank_stops_the_job_with_a_message(digits, how):
+    job = run_failing_job(digits, how, timeout=60)
+    assert job.returncode != 0
+    if how == "killed":  # mpiexec notices and ends the other rank
+        assert "BAD TERMINATION" in job.stdout + job.stderr
+    elif how == "error":
+        assert "rank 1 of 2: error: rank 1 fails at step 2" in job.stderr
+    else:
+        assert ("rank 0 of 2: no answer from the other ranks in 3 s at training step 2"
+                in job.stderr)
