@@ -1,0 +1,87 @@
+"""Batch inference over Dask: a local cluster of 2 workers gives one process's outputs bit for
+bit, in input order; a worker killed mid-run loses nothing (its chunks run again elsewhere)
+and duplicates nothing; bad ``--dask`` values are refused in one sentence."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnc.dsl.builder import load_zoo
+from cnnc.runtime import dask_inference
+from cnnc.runtime.cli import main
+from cnnc.runtime.dask_inference import dask_client, gather, submit
+from cnnc.runtime.images import ImageOptions, image_files
+from cnnc.runtime.weights import init_params
+
+pytestmark = pytest.mark.host_target  # the workers compile for this machine, so does the test
+
+IMAGES = 300
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """300 random 12 x 12 gray images, each different (LeNet-5 resizes them to 32 x 32)."""
+    path = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(IMAGES):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
+            path / f"{i:04d}.png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(folder, tmp_path_factory):
+    """``cnnc run`` in this process on the whole folder as one batch (the oracle; it also
+    compiles LeNet-5, so the workers load its kernels from the cache)."""
+    out = tmp_path_factory.mktemp("one") / "one.npz"
+    assert main(["run", "lenet5", "--images", str(folder), "-o", str(out)]) == 0
+    with np.load(out) as data:
+        return {k: data[k] for k in data.keys()}
+
+
+def test_two_workers_equal_one_process_bit_for_bit_in_order(folder, one_process, tmp_path):
+    out = tmp_path / "dask.npz"
+    assert main(["run", "lenet5", "--images", str(folder), "--dask", "local:2", "--chunk",
+                 "16", "-o", str(out)]) == 0
+    with np.load(out) as data:
+        assert data.keys() == one_process.keys()
+        for k in one_process:
+            assert data[k].shape == (IMAGES, 10)
+            np.testing.assert_array_equal(data[k], one_process[k])
+    # the images differ, so equal rows in equal places is the input order
+    assert len(np.unique(one_process["probabilities"], axis=0)) == IMAGES
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(folder, one_process):
+    graph = load_zoo("lenet5")
+    files = image_files([folder])
+    with dask_client("local:2") as client:
+        futures = submit(client, graph, init_params(graph, 0), files, ImageOptions(), chunk=10)
+        deadline = time.monotonic() + 60
+        while not any(f.done() for f in futures) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        busy = {w: tasks for w, tasks in client.processing().items() if tasks}
+        assert busy, "every chunk was done before a worker could be killed"
+        victim = next(iter(busy))
+        pids = client.run(os.getpid)
+        os.kill(pids[victim], signal.SIGKILL)  # mid-run: it holds unfinished chunks
+        outputs = gather(client, futures)
+    assert outputs.keys() == one_process.keys()
+    np.testing.assert_array_equal(outputs["probabilities"], one_process["probabilities"])
+
+
+def test_bad_dask_values_are_refused(folder, capsys, monkeypatch):
+    assert main(["run", "lenet5", "--images", str(folder), "--dask", "local:0"]) == 2
+    assert "--dask local:N takes a number of workers of at least 1" in capsys.readouterr().err
+    monkeypatch.setattr(dask_inference, "CONNECT_TIMEOUT", 1)  # nothing listens there
+    assert main(["run", "lenet5", "--images", str(folder), "--dask", "tcp://127.0.0.1:9",
+                 "--seed", "0"]) == 2
+    assert "no Dask scheduler answered there" in capsys.readouterr().err
+    assert main(["run", "lenet5", "--images", str(folder), "--dask", "--reference"]) == 2
+    assert "drop --reference" in capsys.readouterr().err
