@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .model import NumericsError
         from .model import compile as compile_model
 
-        model = compile_model(graph, weights=params, lowering=args.lowering)
+        model = compile_model(graph, args.target, weights=params, lowering=args.lowering)
         try:
             outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()},
                                 check_numerics=args.check_numerics)
@@ -125,7 +125,7 @@ def run_over_dask(args: argparse.Namespace, graph, params, options) -> int:
     files = image_files(args.input)
     t0 = time.perf_counter()
     outputs = run_on_dask(args.dask, graph, params, files, options, chunk=args.chunk,
-                          lowering=args.lowering)
+                          lowering=args.lowering, target=args.target)
     elapsed = time.perf_counter() - t0
     print(f"{graph.name}: compiled (Numba CPU) over Dask ({args.dask}), {len(files)} images "
           f"in chunks of {args.chunk}, {elapsed:.1f} s")
@@ -190,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
     p.add_argument("--reference", action="store_true", help="use the float64 interpreter")
     p.add_argument("--lowering", default="auto", choices=LOWERINGS)
+    p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
+                   help="the kernels' vector width: cpu (this machine's: 16 lanes with "
+                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
     p.add_argument("--check-numerics", action="store_true",
                    help="check every layer's output for NaN and Inf; report the first layer "
                         "that produces one (with its DSL line) and exit with status 1")

@@ -60,12 +60,14 @@ class DaskRun:
     options: ImageOptions
     key: str
     lowering: str = "auto"
+    target: str = "cpu"
 
 
-def model_key(graph: Graph, weights: Mapping[str, np.ndarray], lowering: str) -> str:
-    """A digest of the network (its IR dump), its weights and the lowering choice."""
+def model_key(graph: Graph, weights: Mapping[str, np.ndarray], lowering: str,
+              target: str) -> str:
+    """A digest of the network (its IR dump), its weights and how it is compiled."""
     h = hashlib.sha256(graph.dump().encode())
-    h.update(lowering.encode())
+    h.update(f"{lowering} {target}".encode())
     for name in sorted(weights):
         h.update(name.encode())
         h.update(np.ascontiguousarray(weights[name], np.float32).tobytes())
@@ -76,7 +78,8 @@ def compiled_model(run: DaskRun, weights: Mapping[str, np.ndarray]) -> Any:
     """This process's compiled model of ``run``: compiled at the first call, then kept."""
     model = _MODELS.get(run.key)
     if model is None:
-        model = compile_model(run.graph, weights=dict(weights), lowering=run.lowering)
+        model = compile_model(run.graph, run.target, weights=dict(weights),
+                              lowering=run.lowering)
         _MODELS[run.key] = model
     return model
 
@@ -135,14 +138,15 @@ def dask_client(spec: str) -> Iterator[Any]:
 
 def submit(client: Any, graph: Graph, weights: Mapping[str, np.ndarray],
            files: Sequence[str | Path], options: ImageOptions, chunk: int,
-           lowering: str = "auto") -> list[Any]:
+           lowering: str = "auto", target: str = "cpu") -> list[Any]:
     """One task per ``chunk`` files, in order; returns their futures."""
     if chunk < 1:
         raise DaskError(f"--chunk must be at least 1, got {chunk}")
     if len(graph.inputs) != 1:
         raise DaskError(f"images can feed only a network with one input; {graph.name!r} has "
                         f"{', '.join(graph.inputs)}")
-    run = DaskRun(graph, options, model_key(graph, weights, lowering), lowering)
+    run = DaskRun(graph, options, model_key(graph, weights, lowering, target), lowering,
+                  target)
     shared = client.scatter(dict(weights), broadcast=True)
     names = [str(f) for f in files]
     chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
@@ -158,10 +162,11 @@ def gather(client: Any, futures: Sequence[Any]) -> dict[str, np.ndarray]:
 
 def run_on_dask(spec: str, graph: Graph, weights: Mapping[str, np.ndarray],
                 files: Sequence[str | Path], options: ImageOptions, chunk: int = 32,
-                lowering: str = "auto") -> dict[str, np.ndarray]:
+                lowering: str = "auto", target: str = "cpu") -> dict[str, np.ndarray]:
     """The outputs of the network on every file, computed over Dask (see the module
     docstring), one row per file in order."""
     if not files:
         raise DaskError("no images to run on")
     with dask_client(spec) as client:
-        return gather(client, submit(client, graph, weights, files, options, chunk, lowering))
+        return gather(client, submit(client, graph, weights, files, options, chunk, lowering,
+                                     target))

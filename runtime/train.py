@@ -106,6 +106,9 @@ class TrainingModel:
         self.steps_taken = 0
         self.seed = 0  # dropout masks: hash of (seed, step, layer, element)
         self.replicas: Replicas | None = None  # data-parallel group (set_replicas)
+        # batch statistics averaged over the replicas in the pass (sync_batch_norm): the
+        # running statistics computed from them agree already
+        self.collective = any(step.collective for step in plan.steps)
         self.input_gradient_model: TrainingModel | None = None
         # builds the same model differentiated with respect to its inputs too (input_gradient)
         self.compile_with_inputs: Callable[[], TrainingModel] | None = None
@@ -138,8 +141,10 @@ class TrainingModel:
     def set_replicas(self, replicas: Replicas | None) -> None:
         """Train as one of ``replicas`` (None: alone): each step's gradients, loss and running
         statistics are averaged over the group before the update, so every replica, having
-        started from the same parameters, takes the same step."""
+        started from the same parameters, takes the same step; a model compiled with
+        ``sync_bn_replicas`` averages its batch statistics over them as it goes."""
         self.replicas = replicas
+        self.executor.set_replicas(replicas)
 
     def save_weights(self, path: str | Path) -> None:
         save_weights(self.params, path)
@@ -210,11 +215,15 @@ class TrainingModel:
                             for k, v in graph.outputs.items() if k.startswith(OUTPUT)}
         self._grad_norm = self.optimizer.gradient_norm(self.flat_grads)
         finite = bool(np.isfinite(loss)) and math.isfinite(self._grad_norm)
-        everywhere = finite
+        everywhere, own = finite, loss
         if self.replicas is not None:
             loss, everywhere = self._average_over_replicas(loss, finite, n, global_batch)
-        if not finite:
-            raise TrainingError(self._first_nonfinite(flat, n, loss))
+        if not finite and (self.replicas is None or not self.collective):
+            raise TrainingError(self._first_nonfinite(flat, n, own))
+        if not finite:  # running the steps again here alone would wait for the others
+            raise TrainingError(f"training step {self.steps_taken}: the loss is {own}, or a "
+                                "gradient is not finite; lower the learning rate or check the "
+                                "data")
         if not everywhere:
             raise TrainingError(f"training step {self.steps_taken}: another replica's loss or "
                                 "gradients are not finite (its own message says where); "
@@ -283,7 +292,7 @@ class TrainingModel:
         refreshed after)."""
         stats = {name: np.array(self.executor.value(self._arena, self._flat, nid), np.float32)
                  for name, nid in self.updates.items()}
-        if self.replicas is not None and stats:
+        if self.replicas is not None and stats and not self.collective:
             together = np.concatenate([v.ravel() for v in stats.values()])
             self.replicas.average(together)
             start = 0
@@ -410,13 +419,15 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                      freeze: Sequence[str] = (), opt_level: int = 2,
                      cache_dir: str | Path | None = None, progress: Any = None,
                      lowering: str | Mapping[str, str] = "auto",
-                     input_gradients: bool = False,
+                     input_gradients: bool = False, sync_bn_replicas: int = 1,
                      compile_inference: Callable[..., Any] | None = None) -> TrainingModel:
     """The training model of ``graph`` (``cnnc.compile(..., mode="train")`` calls this).
 
     ``loss``: a loss's name over ``output`` with the loss op's ``loss_options`` (cross-entropy's
     ``label_smoothing`` may be given by itself), or a list of terms ``(output, loss[, weight[,
-    options]])`` summed (``compiler.autodiff.attach_loss``)."""
+    options]])`` summed (``compiler.autodiff.attach_loss``). ``sync_bn_replicas``: batch norm
+    over the global batch of that many data-parallel replicas' equal shards (SyncBatchNorm;
+    the model then needs them, ``set_replicas``)."""
     attrs = dict(loss_options or {})
     if label_smoothing:
         if loss != "cross_entropy":
@@ -429,7 +440,8 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         tg = attach_loss(graph, loss, output, **attrs)
         optimize(tg, opt_level, ctx=PassContext(training=True, target=target,
                                                 lowering=lowering, frozen=tuple(freeze),
-                                                input_gradients=input_gradients))
+                                                input_gradients=input_gradients,
+                                                sync_bn_replicas=sync_bn_replicas))
         grads = trainable_gradients(graph, tg, freeze)
         if not grads:
             raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
@@ -447,6 +459,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                        betas=betas, eps=eps, clip_norm=clip_norm,
                        label_smoothing=label_smoothing, freeze=freeze, opt_level=opt_level,
-                       cache_dir=cache_dir, lowering=lowering, input_gradients=True)
+                       cache_dir=cache_dir, lowering=lowering, input_gradients=True,
+                       sync_bn_replicas=sync_bn_replicas)
         model.compile_with_inputs = lambda: compile_training(graph, params, **options)
     return model

@@ -36,6 +36,9 @@ from .model import compile as compile_model
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .weights import load_weights
 
+#: The targets training runs on (the CPU's, by vector width).
+CPU_TARGETS = ("cpu", "avx2", "avx512")
+
 
 def correct(model, x: np.ndarray, y: np.ndarray, batch: int) -> int:
     """How many of ``x`` have their label as their highest-scoring class."""
@@ -157,16 +160,17 @@ def train(args: argparse.Namespace, replicas: MpiReplicas | None) -> int:
     (shape,) = [graph.node(n).type.shape for n in graph.inputs.values()]
     data = load_dataset(args.data, shape, seed=args.seed)
     weights = load_weights(graph, args.weights) if args.weights else None
-    tm = compile_model(graph, weights=weights, seed=args.seed, mode="train",
+    tm = compile_model(graph, args.target, weights=weights, seed=args.seed, mode="train",
                        loss="cross_entropy", optimizer=args.optimizer, lr=args.lr,
                        momentum=args.momentum, weight_decay=args.weight_decay,
-                       freeze=tuple(args.freeze or ()))
+                       freeze=tuple(args.freeze or ()),
+                       sync_bn_replicas=ranks if args.sync_bn else 1)
     tm.set_replicas(replicas)
     out_classes = graph.node(next(iter(graph.outputs.values()))).type.shape[0]
     if data.classes > out_classes:
         raise CliError(f"{args.data}: labels go up to {data.classes - 1}, but network "
                        f"{graph.name!r} has {out_classes} classes (--param classes=...)")
-    evaluator = tm.inference()
+    evaluator = tm.inference(target=args.target)
     schedule = Schedule(args.schedule, warmup=args.warmup)
     rng = np.random.default_rng(args.seed)
     tm.seed = args.seed
@@ -179,6 +183,10 @@ def train(args: argparse.Namespace, replicas: MpiReplicas | None) -> int:
     if last < ranks:
         raise CliError(f"each epoch's last batch has {last} images, fewer than the {ranks} "
                        f"ranks: choose a --batch that leaves at least {ranks}")
+    if args.sync_bn and (args.batch % ranks or last % ranks):
+        raise CliError(f"--sync-bn needs batches that split into {ranks} equal shards: "
+                       f"--batch {args.batch} and each epoch's last batch of {last} images "
+                       f"must be multiples of {ranks}")
     total = steps_per_epoch * args.epochs
     if lead:
         on = f", {ranks} ranks of about {args.batch // ranks} images" if ranks > 1 else ""
@@ -255,6 +263,12 @@ def _configure_train(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--crop", type=int, default=0, metavar="PIXELS",
                    help="augment: random crops of the image padded by PIXELS per side")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--target", choices=CPU_TARGETS, default="cpu",
+                   help="the kernels' vector width: cpu (this machine's: 16 lanes with "
+                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under MPI: batch norm's statistics over the global batch, averaged "
+                        "between the ranks (PyTorch's SyncBatchNorm); each rank's own without")
     p.add_argument("--ranks", type=int, default=1, metavar="N",
                    help="train data-parallel on N processes of this machine: starts "
                         "'mpiexec -n N cnnc train ...' (needs the distributed extra)")

@@ -591,16 +591,17 @@ def bn_channel_grad_kernel(name: str, shape: Sequence[int], eps: float, wrt: str
 
 def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbiased: bool,
                           operands: Sequence[str], comment: str = "",
-                          sz: Sizes | None = None) -> Kernel:
+                          sz: Sizes | None = None, replicas: int = 1) -> Kernel:
     """``(1 - momentum) running + momentum stat`` per channel, the variance made unbiased
-    (times M / (M - 1), M = n_batch x the pixels of ``shape``, the normalized input's) where
-    ``unbiased`` (``operands``: running, stat)."""
+    (times M / (M - 1), M = replicas x n_batch x the pixels of ``shape``, the normalized
+    input's: the statistic is of ``replicas`` such batches) where ``unbiased`` (``operands``:
+    running, stat)."""
     sz = sz if sz is not None else Sizes(literal=True)
     running, stat = operands
     C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     value: Expr = call("f64", Load(stat, Var("t")))
     if unbiased:
-        m = call("f64", N_BATCH * L)
+        m = call("f64", N_BATCH * L * replicas if replicas != 1 else N_BATCH * L)
         value = value * div(m, m - F64(1.0))
     body: list[Stmt] = [Store("y", Var("t"), F64(1.0 - momentum) * call(
         "f64", Load(running, Var("t"))) + F64(momentum) * value)]
