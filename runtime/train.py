@@ -173,7 +173,7 @@ class TrainingModel:
                                 f"{', '.join(map(str, y)) or 'none'}")
         return {by_output[k]: np.asarray(v) for k, v in y.items()}
 
-    def _feed(self, x: Any, y: Any) -> tuple[dict[int, np.ndarray], int]:
+    def _feed(self, x: Any, y: Any, first: int = 0) -> tuple[dict[int, np.ndarray], int]:
         inputs = dict(x) if isinstance(x, Mapping) else None
         names = [n for n in self.graph.inputs]
         if inputs is None:
@@ -182,7 +182,7 @@ class TrainingModel:
                                     f"{', '.join(names)}: pass a dict keyed by input name")
             inputs = {names[0]: x}
         if DROPOUT_SEED in self.plan.graph.inputs:
-            inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken], np.int64)
+            inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken, first], np.int64)
         for name, labels in self._labels(y).items():
             if labels.dtype.kind not in "iuf":
                 raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
@@ -198,13 +198,14 @@ class TrainingModel:
         return flat, n
 
     def _run(self, x: Any, y: Any, after: Callable[[int, Any], bool] | None = None,
-             global_batch: int | None = None) -> float:
+             first: int = 0, global_batch: int | None = None) -> float:
         """One forward and backward pass: the gradients into ``flat_grads`` (the kernels write
         them there), averaged over the replicas if any, the loss back; a non-finite loss or
         gradient raises naming the first layer that produced one. ``after(index, arena)`` is
-        called after each plan step (``profile_step``). ``global_batch``: the images of the
-        batch this replica's is a shard of (default: its own times the replicas)."""
-        flat, n = self._feed(x, y)
+        called after each plan step (``profile_step``). With replicas, ``x`` is images
+        ``first`` on of a global batch of ``global_batch`` (default: ``x``'s times the
+        replicas), which places this shard's dropout masks and weighs its gradients."""
+        flat, n = self._feed(x, y, first)
         if after is None:
             arena = self.executor.run(flat, n)
         else:
@@ -276,12 +277,13 @@ class TrainingModel:
         loss = self._run(x, y)
         return loss, {n: v.copy() for n, v in self._grad_views.items()}
 
-    def train_step(self, x: Any, y: Any, lr: float | None = None,
+    def train_step(self, x: Any, y: Any, lr: float | None = None, *, first: int = 0,
                    global_batch: int | None = None) -> float:
         """Forward, loss, backward and one optimizer update (and the running statistics the
         step computed written back); returns the loss before the update (with replicas: the
-        global batch's, ``global_batch`` images of which ``x`` is this replica's shard)."""
-        loss = self._run(x, y, global_batch=global_batch)
+        global batch's, of ``global_batch`` images whose ``first`` on ``x`` is this replica's
+        shard)."""
+        loss = self._run(x, y, first=first, global_batch=global_batch)
         self._update(lr)
         self._refresh()
         return loss

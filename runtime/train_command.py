@@ -205,12 +205,13 @@ def train(args: argparse.Namespace, replicas: MpiReplicas | None) -> int:
             x, y = data.train_x[idx], data.train_y[idx]
             if args.mirror or args.crop:  # every rank draws the whole batch's augmentation
                 x = augment(x, rng, args.mirror, args.crop)
+            part = slice(0, len(idx))
             if replicas is not None:
                 part = shard(len(idx), replicas.rank, replicas.size)
                 x, y = x[part], y[part]
                 replicas.where = f"training step {tm.steps_taken}"
             lr = schedule.lr(args.lr, tm.steps_taken, total)
-            losses.append(tm.train_step(x, y, lr=lr, global_batch=len(idx)))
+            losses.append(tm.train_step(x, y, lr=lr, first=part.start, global_batch=len(idx)))
             seen += len(y)
             (scores,) = tm.last_scores.values()
             right += int((scores.reshape(len(y), -1).argmax(axis=1) == y).sum())

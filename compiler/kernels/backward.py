@@ -670,16 +670,18 @@ def dropout_train_kernel(name: str, size: int, rate: float, stream: int, comment
                          sz: Sizes | None = None) -> Kernel:
     """``x0 / (1 - rate)`` where the counter-based hash of the element's index in the batch
     keeps it, else 0 (the reference's ``dropout_keep``): ``key`` = mix(mix(mix(seed) + stream)
-    + step) from the int64 ``x1`` = [seed, step], then an element is kept where mix(key +
-    index) >= floor(rate 2^32). One parallel iteration per image."""
+    + step) from the int64 ``x1`` = [seed, step, first], then an element is kept where mix(key
+    + index) >= floor(rate 2^32), its index counted from image ``first`` of the global batch.
+    One parallel iteration per image."""
     sz = sz if sz is not None else Sizes(literal=True)
     L = sz("L", size)
     at = Var("t") * L + Var("j")
     body: list[Stmt] = [*mix32("key", Load("x1", Const(0))),
                         *mix32("key", Var("key") + stream),
                         *mix32("key", Var("key") + Load("x1", Const(1))),
+                        Let("first", Load("x1", Const(2)) * L),
                         Loop("j", const(L), [
-                            *mix32("h", Var("key") + at),
+                            *mix32("h", Var("key") + Var("first") + at),
                             Store("y", at, Select(
                                 cmp(">=", Var("h"), Const(math.floor(rate * _TWO32))),
                                 call("f64", Load("x0", at)) * F64(1.0 / (1.0 - rate)),

@@ -35,6 +35,11 @@ STEPS = 4  # 2 epochs of 2 steps
 # the 8-lane kernels the rest of the suite compiles (tests/conftest.py), in the ranks too
 ARGS = ["--epochs", "2", "--batch", "32", "--lr", "0.1", "--mirror", "--crop", "2", "--quiet",
         "--target", "avx2"]
+TINY_DROPOUT = """
+network tiny_dropout(classes = 10)
+input image: 1 x 8 x 8
+image -> conv(8, 3, pad=1) -> relu -> dropout(0.5) -> flatten -> dense(classes) -> output logits
+"""
 TINY_RESNET = """
 network tiny_resnet(classes = 10)
 input image: 1 x 16 x 16
@@ -127,6 +132,18 @@ def test_sync_bn_trains_a_resnet_as_one_process(digits, tmp_path):
     assert any(k.endswith(".running_var") for k in sync)
     beyond = beyond_reduction_order(own, one, start, STEPS)
     assert any(".running_mean" in b for b in beyond) and any(".running_var" in b for b in beyond)
+
+
+def test_dropout_ranks_draw_their_rows_of_one_process_masks(digits, tmp_path):
+    """Each rank's dropout masks are its shard's rows of the global batch's mask."""
+    (tmp_path / "tiny_dropout.cnn").write_text(TINY_DROPOUT)
+    model = [str(tmp_path / "tiny_dropout.cnn")]
+    common = ["train", *model, "--data", str(digits), *ARGS]
+    start = start_weights(model, digits, tmp_path / "start.npz")
+    assert main([*common, "--save", str(tmp_path / "one.npz")]) == 0
+    assert main([*common, "--ranks", "2", "--save", str(tmp_path / "two.npz")]) == 0
+    assert not beyond_reduction_order(weights(tmp_path / "two.npz"),
+                                      weights(tmp_path / "one.npz"), start, STEPS)
 
 
 def test_a_resumed_mpi_run_ends_bitwise_where_an_uninterrupted_one_does(digits, tmp_path):
