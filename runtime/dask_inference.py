@@ -151,7 +151,15 @@ def submit(client: Any, graph: Graph, weights: Mapping[str, np.ndarray],
     names = [str(f) for f in files]
     chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
     return client.map(infer_chunk, [run] * len(chunks), [shared] * len(chunks), chunks,
-                      key=[f"cnnc-{run.key[:12]}-chunk-{i}" for i in range(len(chunks))])
+                      key=[task_key(run, i, c) for i, c in enumerate(chunks)])
+
+
+def task_key(run: DaskRun, index: int, files: Sequence[str]) -> str:
+    """A task's name: its place and a digest of what it computes (the model, how images
+    become inputs, the files), so that equal tasks share a result and no others do."""
+    h = hashlib.sha256(f"{run.key} {run.options}".encode())
+    h.update("\n".join(files).encode())
+    return f"cnnc-chunk-{index}-{h.hexdigest()[:16]}"
 
 
 def gather(client: Any, futures: Sequence[Any]) -> dict[str, np.ndarray]:

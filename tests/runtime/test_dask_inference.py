@@ -44,9 +44,18 @@ def one_process(folder, tmp_path_factory):
         return {k: data[k] for k in data.keys()}
 
 
-def test_two_workers_equal_one_process_bit_for_bit_in_order(folder, one_process, tmp_path):
+@pytest.fixture(scope="module")
+def client():
+    """A local cluster of 2 worker processes (``--dask local:2``), for the module's tests."""
+    with dask_client("local:2") as client:
+        yield client
+
+
+def test_two_workers_equal_one_process_bit_for_bit_in_order(folder, one_process, client,
+                                                            tmp_path):
     out = tmp_path / "dask.npz"
-    assert main(["run", "lenet5", "--images", str(folder), "--dask", "local:2", "--chunk",
+    address = client.scheduler.address  # the command line connects to the cluster
+    assert main(["run", "lenet5", "--images", str(folder), "--dask", address, "--chunk",
                  "16", *TARGET, "-o", str(out)]) == 0
     with np.load(out) as data:
         assert data.keys() == one_process.keys()
@@ -57,21 +66,22 @@ def test_two_workers_equal_one_process_bit_for_bit_in_order(folder, one_process,
     assert len(np.unique(one_process["probabilities"], axis=0)) == IMAGES
 
 
-def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(folder, one_process):
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(folder, one_process, client):
     graph = load_zoo("lenet5")
     files = image_files([folder])
-    with dask_client("local:2") as client:
-        futures = submit(client, graph, init_params(graph, 0), files, ImageOptions(), chunk=10,
-                         target="avx2")
-        deadline = time.monotonic() + 60
-        while not any(f.done() for f in futures) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        busy = {w: tasks for w, tasks in client.processing().items() if tasks}
-        assert busy, "every chunk was done before a worker could be killed"
-        victim = next(iter(busy))
-        pids = client.run(os.getpid)
-        os.kill(pids[victim], signal.SIGKILL)  # mid-run: it holds unfinished chunks
-        outputs = gather(client, futures)
+    # 150 small tasks (new ones: another chunk size than the last test's), so that many are
+    # left when the first is done
+    futures = submit(client, graph, init_params(graph, 0), files, ImageOptions(), chunk=2,
+                     target="avx2")
+    deadline = time.monotonic() + 60
+    while not any(f.done() for f in futures) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    busy = {w: tasks for w, tasks in client.processing().items() if tasks}
+    assert busy, "every chunk was done before a worker could be killed"
+    victim = next(iter(busy))
+    pids = client.run(os.getpid)
+    os.kill(pids[victim], signal.SIGKILL)  # mid-run: it holds unfinished chunks
+    outputs = gather(client, futures)
     assert outputs.keys() == one_process.keys()
     np.testing.assert_array_equal(outputs["probabilities"], one_process["probabilities"])
 
