@@ -66,6 +66,19 @@ def test_two_workers_equal_one_process_bit_for_bit_in_order(folder, one_process,
     assert len(np.unique(one_process["probabilities"], axis=0)) == IMAGES
 
 
+def test_chunks_of_another_size_are_other_tasks(folder, one_process, client):
+    """Two runs in flight on one cluster, the same images cut differently: each gets its own
+    chunks' outputs (a task named by its place alone would be the other run's)."""
+    graph = load_zoo("lenet5")
+    files = image_files([folder])[:40]
+    params = init_params(graph, 0)
+    runs = [submit(client, graph, params, files, ImageOptions(), chunk=chunk, target="avx2")
+            for chunk in (20, 10)]
+    for futures in runs:
+        np.testing.assert_array_equal(gather(client, futures)["probabilities"],
+                                      one_process["probabilities"][:40])
+
+
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(folder, one_process, client):
     graph = load_zoo("lenet5")
     files = image_files([folder])
