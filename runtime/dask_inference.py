@@ -122,8 +122,9 @@ def dask_client(spec: str) -> Iterator[Any]:
         try:
             client = Client(address, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
-            raise DaskError(f"--dask {spec}: no Dask scheduler answered there within "
-                            f"{CONNECT_TIMEOUT} s ({e})") from None
+            raise DaskError(f"--dask {spec}: cannot reach a Dask scheduler there within "
+                            f"{CONNECT_TIMEOUT} s ({e}); give local, local:N or a scheduler's "
+                            "address such as tcp://host:8786") from None
         with client:
             yield client
         return
