@@ -106,9 +106,10 @@ class TrainingModel:
         self.steps_taken = 0
         self.seed = 0  # dropout masks: hash of (seed, step, layer, element)
         self.replicas: Replicas | None = None  # data-parallel group (set_replicas)
-        # batch statistics averaged over the replicas in the pass (sync_batch_norm): the
-        # running statistics computed from them agree already
-        self.collective = any(step.collective for step in plan.steps)
+        # batch statistics averaged over this many replicas in the pass (sync_batch_norm; 1:
+        # none): the running statistics computed from them agree already
+        self.sync_bn_replicas = max((n.attrs["replicas"] for n in plan.graph.nodes()
+                                     if n.op == "running_update"), default=1)
         self.input_gradient_model: TrainingModel | None = None
         # builds the same model differentiated with respect to its inputs too (input_gradient)
         self.compile_with_inputs: Callable[[], TrainingModel] | None = None
@@ -143,6 +144,10 @@ class TrainingModel:
         statistics are averaged over the group before the update, so every replica, having
         started from the same parameters, takes the same step; a model compiled with
         ``sync_bn_replicas`` averages its batch statistics over them as it goes."""
+        size = 1 if replicas is None else replicas.size
+        if self.sync_bn_replicas > 1 and size != self.sync_bn_replicas:
+            raise TrainingError(f"this model's batch norm is synchronized over "
+                                f"{self.sync_bn_replicas} replicas, not {size}")
         self.replicas = replicas
         self.executor.set_replicas(replicas)
 
@@ -219,7 +224,7 @@ class TrainingModel:
         everywhere, own = finite, loss
         if self.replicas is not None:
             loss, everywhere = self._average_over_replicas(loss, finite, n, global_batch)
-        if not finite and (self.replicas is None or not self.collective):
+        if not finite and (self.replicas is None or self.sync_bn_replicas == 1):
             raise TrainingError(self._first_nonfinite(flat, n, own))
         if not finite:  # running the steps again here alone would wait for the others
             raise TrainingError(f"training step {self.steps_taken}: the loss is {own}, or a "
@@ -294,7 +299,7 @@ class TrainingModel:
         refreshed after)."""
         stats = {name: np.array(self.executor.value(self._arena, self._flat, nid), np.float32)
                  for name, nid in self.updates.items()}
-        if self.replicas is not None and stats and not self.collective:
+        if self.replicas is not None and stats and self.sync_bn_replicas == 1:
             together = np.concatenate([v.ravel() for v in stats.values()])
             self.replicas.average(together)
             start = 0
