@@ -116,13 +116,17 @@ def two_ranks(digits, tmp_path_factory) -> Path:
     return folder
 
 
-def test_two_and_three_ranks_train_as_one_process(digits, two_ranks, tmp_path):
+def test_two_and_three_ranks_train_as_one_process(digits, two_ranks, tmp_path, capfd):
     """LeNet-5, 4 steps of SGD with momentum, mirrored and cropped batches; 3 ranks split each
-    batch of 32 into shards of 11, 11 and 10."""
+    batch of 32 into shards of 11, 11 and 10, and the 16 test images into 6, 5 and 5."""
     common = ["train", "lenet5", "--data", str(digits), *ARGS]
     start = start_weights(["lenet5"], digits, tmp_path / "start.npz")
+    capfd.readouterr()
     assert main([*common, "--save", str(tmp_path / "one.npz")]) == 0
+    alone = capfd.readouterr().out
     assert main([*common, "--ranks", "3", "--save", str(tmp_path / "three.npz")]) == 0
+    # the ranks' counts of right answers summed: the accuracy one process measures
+    assert capfd.readouterr().out == alone and alone.startswith("test accuracy: ")
     one = weights(tmp_path / "one.npz")
     for got in (two_ranks / "weights.npz", tmp_path / "three.npz"):
         assert not beyond_reduction_order(weights(got), one, start, STEPS)
