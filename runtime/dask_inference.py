@@ -176,6 +176,9 @@ def run_on_dask(spec: str, graph: Graph, weights: Mapping[str, np.ndarray],
     docstring), one row per file in order."""
     if not files:
         raise DaskError("no images to run on")
+    if chunk < 1:
+        raise DaskError(f"--chunk must be at least 1, got {chunk}")
+    parse_scheduler(spec)  # a bad value refused before any cluster starts
     with dask_client(spec) as client:
         return gather(client, submit(client, graph, weights, files, options, chunk, lowering,
                                      target))

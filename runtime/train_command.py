@@ -128,6 +128,9 @@ def check_arguments(args: argparse.Namespace, ranks: int) -> None:
     """The checks of the command line alone (before any rank starts)."""
     if args.epochs < 1 or args.batch < 1 or ranks < 1:
         raise CliError("--epochs, --batch and --ranks must be at least 1")
+    if not args.rank_timeout > 0:
+        raise CliError(f"--rank-timeout must be a positive number of seconds, got "
+                       f"{args.rank_timeout:g}")
     if args.batch < ranks:
         raise CliError(f"--batch {args.batch} cannot be split between {ranks} ranks: each "
                        "needs at least one image")

@@ -102,6 +102,8 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(folder, one_proces
 def test_bad_dask_values_are_refused(folder, capsys, monkeypatch):
     assert main(["run", "lenet5", "--images", str(folder), "--dask", "local:0"]) == 2
     assert "--dask local:N takes a number of workers of at least 1" in capsys.readouterr().err
+    assert main(["run", "lenet5", "--images", str(folder), "--dask", "--chunk", "0"]) == 2
+    assert "--chunk must be at least 1, got 0" in capsys.readouterr().err
     monkeypatch.setattr(dask_inference, "CONNECT_TIMEOUT", 1)  # nothing listens there
     assert main(["run", "lenet5", "--images", str(folder), "--dask", "tcp://127.0.0.1:9",
                  "--seed", "0"]) == 2

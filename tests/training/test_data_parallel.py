@@ -97,6 +97,15 @@ def start_weights(model: list[str], data: Path, path: Path) -> dict[str, np.ndar
     return weights(path)
 
 
+def test_runs_that_cannot_be_split_are_refused_before_any_rank_starts(capsys):
+    for argv, message in (
+            (["--ranks", "4", "--batch", "3"], "--batch 3 cannot be split between 4 ranks"),
+            (["--ranks", "2", "--rank-timeout", "0"], "--rank-timeout must be a positive"),
+            (["--ranks", "0"], "--ranks must be at least 1")):
+        assert main(["train", "lenet5", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_shards_cover_the_batch_once():
     for batch, size in ((32, 2), (29, 4), (4, 4), (7, 3)):
         parts = [shard(batch, r, size) for r in range(size)]
