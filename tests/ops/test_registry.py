@@ -97,7 +97,7 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "batch_var": ([(6,)], {}),
     "batchnorm_train": ([(3, 4, 5), (3,), (3,), (3,), (3,)], {"eps": 1e-5}),
     "running_update": ([(3,), (3,), (3, 4, 5)], {"momentum": 0.1, "unbiased": True}),
-    "dropout_train": ([(3, 4, 5), (2,)], {"rate": 0.25, "stream": 7}),
+    "dropout_train": ([(3, 4, 5), (3,)], {"rate": 0.25, "stream": 7}),
     # synchronized batch norm's statistics (compiler/passes/sync_batch_norm.py)
     "allreduce_mean": ([(3,)], {}),
 }
