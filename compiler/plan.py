@@ -88,6 +88,9 @@ class Step:
     # False for a value of the whole batch (``TensorType.batched``: a loss, a parameter's
     # gradient): ``out_size`` floats in all, not per image.
     batched: bool = True
+    # The output is then averaged over the data-parallel replicas by the executor, which is
+    # given them (``allreduce_mean``: its kernels copy, the executor communicates).
+    collective: bool = False
 
     @property
     def output(self) -> int:

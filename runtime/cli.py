@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -78,10 +79,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check_numerics and args.reference:
         raise CliError("--check-numerics watches the compiled kernels; the float64 reference "
                        "has no kernels to watch (drop --reference)")
+    if args.dask and (args.reference or args.check_numerics):
+        raise CliError("--dask runs the compiled model on its workers: drop --reference and "
+                       "--check-numerics")
     graph = load_graph(args)
     options = ImageOptions(resize=args.resize, mean=args.mean, std=args.std)
-    inputs = load_inputs(args.input, graph, options)
     params = load_weights(graph, args.weights) if args.weights else init_params(graph, args.seed)
+    if args.dask:
+        return run_over_dask(args, graph, params, options)
+    inputs = load_inputs(args.input, graph, options)
     t0 = time.perf_counter()
     if args.reference:
         outputs = run_reference(graph, inputs, params)
@@ -90,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .model import NumericsError
         from .model import compile as compile_model
 
-        model = compile_model(graph, weights=params, lowering=args.lowering)
+        model = compile_model(graph, args.target, weights=params, lowering=args.lowering)
         try:
             outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()},
                                 check_numerics=args.check_numerics)
@@ -105,6 +111,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         values = {k: np.asarray(v) for k, v in outputs.items()}
         write_files({args.output: lambda f: np.savez(f, **values)}, force=args.force)
+        print(f"wrote outputs to {args.output}")
+    return 0
+
+
+def run_over_dask(args: argparse.Namespace, graph, params, options) -> int:
+    """``cnnc run --dask``: the images in chunks over a Dask cluster, outputs in input order."""
+    from .dask_inference import run_on_dask
+    from .images import image_files
+
+    if any(Path(p).suffix.lower() in (".npy", ".npz") for p in args.input):
+        raise CliError("--dask runs on image files or folders of them, not .npy / .npz inputs")
+    files = image_files(args.input)
+    t0 = time.perf_counter()
+    outputs = run_on_dask(args.dask, graph, params, files, options, chunk=args.chunk,
+                          lowering=args.lowering, target=args.target)
+    elapsed = time.perf_counter() - t0
+    print(f"{graph.name}: compiled (Numba CPU) over Dask ({args.dask}), {len(files)} images "
+          f"in chunks of {args.chunk}, {elapsed:.1f} s")
+    report_outputs(outputs)
+    if args.output:
+        write_files({args.output: lambda f: np.savez(f, **outputs)}, force=args.force)
         print(f"wrote outputs to {args.output}")
     return 0
 
@@ -139,10 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a network on an input")
     model_arg(p)
-    p.add_argument("--input", required=True, nargs="+", metavar="FILE",
+    p.add_argument("--input", "--images", required=True, nargs="+", metavar="FILE",
                    help="one .npy (the single input) or .npz (by input name), or images "
                         "(.jpg, .png, ...; files or folders) run as one batch in the order "
                         "given, a folder's images sorted by name")
+    p.add_argument("--dask", nargs="?", const="local", metavar="SCHEDULER|local:N",
+                   help="run the images in chunks over Dask: a new local cluster of N "
+                        "workers ('local': one per core) or the scheduler at an address "
+                        "(tcp://host:8786; it must see the image files under the same paths); "
+                        "needs the distributed extra")
+    p.add_argument("--chunk", type=int, default=32, metavar="IMAGES",
+                   help="with --dask: images per task (default 32)")
     p.add_argument("--resize", choices=("stretch", "crop"), default="stretch",
                    help="images to the input's height x width: stretch both axes (default) "
                         "or crop: scale the shorter side to fit, keep the centre")
@@ -156,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
     p.add_argument("--reference", action="store_true", help="use the float64 interpreter")
     p.add_argument("--lowering", default="auto", choices=LOWERINGS)
+    p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
+                   help="the kernels' vector width: cpu (this machine's: 16 lanes with "
+                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
     p.add_argument("--check-numerics", action="store_true",
                    help="check every layer's output for NaN and Inf; report the first layer "
                         "that produces one (with its DSL line) and exit with status 1")
@@ -193,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _register_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a command that starts others
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

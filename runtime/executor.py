@@ -19,6 +19,10 @@ only patches in the caller's input arrays and calls the kernels in order. The ca
 in the buffers of whole-batch slots (the training model's flat gradient buffer): every arena
 uses them.
 
+Collective steps (``Step.collective``: ``allreduce_mean``): after their kernels, their output
+is averaged over the data-parallel replicas the executor is given (``set_replicas``), one
+Python call in the list of calls; with none the kernels' copy is the value.
+
 Small calls run on one thread: a call of fewer than ``SERIAL_WORK`` multiply-accumulates
 (LeNet-5 at batch 1 has 0.42 million) runs its kernels with Numba's pool set to one thread,
 because waking the other threads costs more than they save there, and on a loaded machine
@@ -36,6 +40,7 @@ import numpy as np
 
 from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
+from .replicas import Replicas
 
 __all__ = ["Executor", "Arena", "SERIAL_WORK", "call_all"]
 
@@ -105,6 +110,9 @@ class Arena:
                         self.const_args.append((args, pos, index, a.ref))
                 self.calls.append((call.fn, args, patches))
                 self.step_calls[-1].append(self.calls[-1])
+            if step.collective and executor.replicas is not None:
+                self.calls.append((executor.replicas.average, [self.values[step.output]], []))
+                self.step_calls[-1].append(self.calls[-1])
 
     def bind_consts(self, executor: Executor) -> None:
         """Replace the constant arguments of every call by the executor's current ones."""
@@ -142,6 +150,7 @@ class Executor:
         if self.slots and not self.memory.host:
             raise ValueError("the caller's buffers are host arrays; this plan's kernels run in "
                              "another memory")
+        self.replicas: Replicas | None = None
         for i, buf in self.slots.items():
             if i not in plan.buffers.unbatched or buf.dtype != np.float32 or \
                     buf.shape != (plan.buffers.slot_sizes[i],) or not buf.flags.c_contiguous:
@@ -187,6 +196,16 @@ class Executor:
         self.consts = consts
         for arena in self.arenas.values():
             arena.bind_consts(self)
+
+    def set_replicas(self, replicas: Replicas | None) -> None:
+        """The replicas the collective steps average over (None: none, the value as it is);
+        they average host arrays, so only a plan whose kernels run in the host's memory."""
+        if replicas is not None and not self.memory.host:
+            raise ValueError("data-parallel replicas average host arrays; this plan's kernels "
+                             "run in another memory")
+        self.replicas = replicas
+        for arena in self.arenas.values():
+            arena.bind(self)
 
     def arena(self, n: int) -> Arena:
         arena = self.arenas.get(n)

@@ -18,6 +18,11 @@ after another has checked the gradients finite (their global norm). After an upd
 kernels' packed constants are refreshed from the new values (``Executor.set_params``: the
 derived parameters, then each step's packer; kernels that read a parameter as it is read it
 in ``flat_params``).
+
+Data-parallel training (``set_replicas``): between the pass that writes ``flat_grads`` and the
+update that reads it, the gradients, the loss and the running statistics are averaged over the
+replicas (``runtime/replicas.py``), each replica's weighted by its share of the global batch,
+so that every replica takes the step one process would take on the whole batch.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from ..compiler.target import Target
 from .executor import Executor
 from .optim import Optimizer, OptimizerError
 from .reference import InputError, check_inputs
+from .replicas import Replicas
 from .weights import WeightsError, check_weights, save_weights
 
 __all__ = ["TrainingModel", "TrainingError", "compile_training", "trainable_gradients"]
@@ -99,6 +105,11 @@ class TrainingModel:
         self.last_scores: dict[str, np.ndarray] = {}
         self.steps_taken = 0
         self.seed = 0  # dropout masks: hash of (seed, step, layer, element)
+        self.replicas: Replicas | None = None  # data-parallel group (set_replicas)
+        # batch statistics averaged over this many replicas in the pass (sync_batch_norm; 1:
+        # none): the running statistics computed from them agree already
+        self.sync_bn_replicas = max((n.attrs["replicas"] for n in plan.graph.nodes()
+                                     if n.op == "running_update"), default=1)
         self.input_gradient_model: TrainingModel | None = None
         # builds the same model differentiated with respect to its inputs too (input_gradient)
         self.compile_with_inputs: Callable[[], TrainingModel] | None = None
@@ -128,6 +139,18 @@ class TrainingModel:
         """The kernels' constants from the current parameters."""
         self.executor.set_params({**self._fixed, **self._views})
 
+    def set_replicas(self, replicas: Replicas | None) -> None:
+        """Train as one of ``replicas`` (None: alone): each step's gradients, loss and running
+        statistics are averaged over the group before the update, so every replica, having
+        started from the same parameters, takes the same step; a model compiled with
+        ``sync_bn_replicas`` averages its batch statistics over them as it goes."""
+        size = 1 if replicas is None else replicas.size
+        if self.sync_bn_replicas > 1 and size != self.sync_bn_replicas:
+            raise TrainingError(f"this model's batch norm is synchronized over "
+                                f"{self.sync_bn_replicas} replicas, not {size}")
+        self.replicas = replicas
+        self.executor.set_replicas(replicas)
+
     def save_weights(self, path: str | Path) -> None:
         save_weights(self.params, path)
 
@@ -155,7 +178,7 @@ class TrainingModel:
                                 f"{', '.join(map(str, y)) or 'none'}")
         return {by_output[k]: np.asarray(v) for k, v in y.items()}
 
-    def _feed(self, x: Any, y: Any) -> tuple[dict[int, np.ndarray], int]:
+    def _feed(self, x: Any, y: Any, first: int = 0) -> tuple[dict[int, np.ndarray], int]:
         inputs = dict(x) if isinstance(x, Mapping) else None
         names = [n for n in self.graph.inputs]
         if inputs is None:
@@ -164,7 +187,7 @@ class TrainingModel:
                                     f"{', '.join(names)}: pass a dict keyed by input name")
             inputs = {names[0]: x}
         if DROPOUT_SEED in self.plan.graph.inputs:
-            inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken], np.int64)
+            inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken, first], np.int64)
         for name, labels in self._labels(y).items():
             if labels.dtype.kind not in "iuf":
                 raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
@@ -179,13 +202,15 @@ class TrainingModel:
                 for name, nid in self.plan.graph.inputs.items()}
         return flat, n
 
-    def _run(self, x: Any, y: Any,
-             after: Callable[[int, Any], bool] | None = None) -> float:
+    def _run(self, x: Any, y: Any, after: Callable[[int, Any], bool] | None = None,
+             first: int = 0, global_batch: int | None = None) -> float:
         """One forward and backward pass: the gradients into ``flat_grads`` (the kernels write
-        them there), the loss back; a non-finite loss or gradient raises naming the first
-        layer that produced one. ``after(index, arena)`` is called after each plan step
-        (``profile_step``)."""
-        flat, n = self._feed(x, y)
+        them there), averaged over the replicas if any, the loss back; a non-finite loss or
+        gradient raises naming the first layer that produced one. ``after(index, arena)`` is
+        called after each plan step (``profile_step``). With replicas, ``x`` is images
+        ``first`` on of a global batch of ``global_batch`` (default: ``x``'s times the
+        replicas), which places this shard's dropout masks and weighs its gradients."""
+        flat, n = self._feed(x, y, first)
         if after is None:
             arena = self.executor.run(flat, n)
         else:
@@ -195,10 +220,43 @@ class TrainingModel:
         self.last_scores = {k[len(OUTPUT):]: self.executor.value(arena, flat, v)
                             for k, v in graph.outputs.items() if k.startswith(OUTPUT)}
         self._grad_norm = self.optimizer.gradient_norm(self.flat_grads)
-        if not np.isfinite(loss) or not math.isfinite(self._grad_norm):
-            raise TrainingError(self._first_nonfinite(flat, n, loss))
+        finite = bool(np.isfinite(loss)) and math.isfinite(self._grad_norm)
+        everywhere, own = finite, loss
+        if self.replicas is not None:
+            loss, everywhere = self._average_over_replicas(loss, finite, n, global_batch)
+        if not finite and (self.replicas is None or self.sync_bn_replicas == 1):
+            raise TrainingError(self._first_nonfinite(flat, n, own))
+        if not finite:  # running the steps again here alone would wait for the others
+            raise TrainingError(f"training step {self.steps_taken}: the loss is {own}, or a "
+                                "gradient is not finite; lower the learning rate or check the "
+                                "data")
+        if not everywhere:
+            raise TrainingError(f"training step {self.steps_taken}: another replica's loss or "
+                                "gradients are not finite (its own message says where); "
+                                "lower the learning rate or check the data")
         self._arena, self._flat = arena, flat
         return loss
+
+    def _average_over_replicas(self, loss: float, finite: bool, n: int,
+                               global_batch: int | None) -> tuple[float, bool]:
+        """The gradients in ``flat_grads`` and the loss averaged over the replicas, each
+        replica's weighted by ``n`` over its mean share of ``global_batch``: the loss is a mean
+        over the batch, so the weighted mean of the shards' means is the whole batch's; with
+        equal shards the weight is 1 and the gradients are averaged as they are. Returns the
+        average loss and whether every replica's values were finite (if not, the gradients
+        are left as they are: every replica stops)."""
+        replicas = self.replicas
+        assert replicas is not None
+        weight = 1.0 if global_batch is None else n * replicas.size / global_batch
+        scalars = np.array([loss * weight if finite else 0.0, 0.0 if finite else 1.0])
+        replicas.average(scalars)
+        if scalars[1] != 0.0:
+            return math.nan, False
+        if weight != 1.0:
+            self.flat_grads *= np.float32(weight)
+        replicas.average(self.flat_grads)
+        self._grad_norm = self.optimizer.gradient_norm(self.flat_grads)
+        return float(scalars[0]), True
 
     def _first_nonfinite(self, flat: dict[int, np.ndarray], n: int, loss: float) -> str:
         """Where a step went non-finite: run it again, step by step, to the first layer whose
@@ -224,20 +282,31 @@ class TrainingModel:
         loss = self._run(x, y)
         return loss, {n: v.copy() for n, v in self._grad_views.items()}
 
-    def train_step(self, x: Any, y: Any, lr: float | None = None) -> float:
+    def train_step(self, x: Any, y: Any, lr: float | None = None, *, first: int = 0,
+                   global_batch: int | None = None) -> float:
         """Forward, loss, backward and one optimizer update (and the running statistics the
-        step computed written back); returns the loss before the update."""
-        loss = self._run(x, y)
+        step computed written back); returns the loss before the update (with replicas: the
+        global batch's, of ``global_batch`` images whose ``first`` on ``x`` is this replica's
+        shard)."""
+        loss = self._run(x, y, first=first, global_batch=global_batch)
         self._update(lr)
         self._refresh()
         return loss
 
     def _update(self, lr: float | None) -> None:
-        """After a pass: the running statistics it computed written back, one optimizer
-        update of the flat parameters (the kernels' constants are refreshed after)."""
-        for name, nid in self.updates.items():
-            self._fixed[name] = np.array(self.executor.value(self._arena, self._flat, nid),
-                                         np.float32)
+        """After a pass: the running statistics it computed written back (averaged over the
+        replicas), one optimizer update of the flat parameters (the kernels' constants are
+        refreshed after)."""
+        stats = {name: np.array(self.executor.value(self._arena, self._flat, nid), np.float32)
+                 for name, nid in self.updates.items()}
+        if self.replicas is not None and stats and self.sync_bn_replicas == 1:
+            together = np.concatenate([v.ravel() for v in stats.values()])
+            self.replicas.average(together)
+            start = 0
+            for name, value in stats.items():
+                stats[name] = together[start: start + value.size].reshape(value.shape)
+                start += value.size
+        self._fixed.update(stats)
         self.optimizer.update(self.flat_params, self.flat_grads, lr, norm=self._grad_norm)
         self.steps_taken += 1
 
@@ -357,13 +426,15 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                      freeze: Sequence[str] = (), opt_level: int = 2,
                      cache_dir: str | Path | None = None, progress: Any = None,
                      lowering: str | Mapping[str, str] = "auto",
-                     input_gradients: bool = False,
+                     input_gradients: bool = False, sync_bn_replicas: int = 1,
                      compile_inference: Callable[..., Any] | None = None) -> TrainingModel:
     """The training model of ``graph`` (``cnnc.compile(..., mode="train")`` calls this).
 
     ``loss``: a loss's name over ``output`` with the loss op's ``loss_options`` (cross-entropy's
     ``label_smoothing`` may be given by itself), or a list of terms ``(output, loss[, weight[,
-    options]])`` summed (``compiler.autodiff.attach_loss``)."""
+    options]])`` summed (``compiler.autodiff.attach_loss``). ``sync_bn_replicas``: batch norm
+    over the global batch of that many data-parallel replicas' equal shards (SyncBatchNorm;
+    the model then needs them, ``set_replicas``)."""
     attrs = dict(loss_options or {})
     if label_smoothing:
         if loss != "cross_entropy":
@@ -376,7 +447,8 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         tg = attach_loss(graph, loss, output, **attrs)
         optimize(tg, opt_level, ctx=PassContext(training=True, target=target,
                                                 lowering=lowering, frozen=tuple(freeze),
-                                                input_gradients=input_gradients))
+                                                input_gradients=input_gradients,
+                                                sync_bn_replicas=sync_bn_replicas))
         grads = trainable_gradients(graph, tg, freeze)
         if not grads:
             raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
@@ -394,6 +466,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                        betas=betas, eps=eps, clip_norm=clip_norm,
                        label_smoothing=label_smoothing, freeze=freeze, opt_level=opt_level,
-                       cache_dir=cache_dir, lowering=lowering, input_gradients=True)
+                       cache_dir=cache_dir, lowering=lowering, input_gradients=True,
+                       sync_bn_replicas=sync_bn_replicas)
         model.compile_with_inputs = lambda: compile_training(graph, params, **options)
     return model

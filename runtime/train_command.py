@@ -3,6 +3,11 @@ on the held-out split after each epoch, and save the weights.
 
     cnnc train lenet5 --data digits --epochs 10 --batch 32 --optimizer sgd --lr 0.05 \\
         --save lenet5.npz
+
+Under ``mpiexec -n N`` (or with ``--ranks N``, which starts that job) the N ranks train
+data-parallel (``runtime/distributed.py``): each takes its shard of every global batch of
+``--batch`` images, the gradients are averaged before every update, the evaluation is split
+between the ranks and its counts summed, and rank 0 alone prints and writes files.
 """
 
 from __future__ import annotations
@@ -19,18 +24,41 @@ import numpy as np
 
 from .cli_common import EXTRA, CliError, force_arg, load_graph
 from .datasets import augment, load_dataset
+from .distributed import (
+    DEFAULT_TIMEOUT,
+    MpiReplicas,
+    abort_job,
+    launch,
+    launched_by_mpiexec,
+    shard,
+)
 from .model import compile as compile_model
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
 from .weights import load_weights
 
+#: The targets training runs on (the CPU's, by vector width).
+CPU_TARGETS = ("cpu", "avx2", "avx512")
 
-def accuracy(model, x: np.ndarray, y: np.ndarray, batch: int) -> float:
-    """The fraction of ``x`` whose highest-scoring class is its label."""
+
+def correct(model, x: np.ndarray, y: np.ndarray, batch: int) -> int:
+    """How many of ``x`` have their label as their highest-scoring class."""
     right = 0
     for i in range(0, len(y), batch):
         scores = model(x[i:i + batch])
         right += int((scores.reshape(len(scores), -1).argmax(axis=1) == y[i:i + batch]).sum())
-    return right / max(1, len(y))
+    return right
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, batch: int,
+             replicas: MpiReplicas | None = None) -> float:
+    """The fraction of ``x`` whose highest-scoring class is its label; with ``replicas``, each
+    rank counts its shard and the counts are summed."""
+    if replicas is None:
+        return correct(model, x, y, batch) / max(1, len(y))
+    part = shard(len(y), replicas.rank, replicas.size, empty_ok=True)
+    counts = np.array([correct(model, x[part], y[part], batch)], np.int64)
+    replicas.total(counts)
+    return int(counts[0]) / max(1, len(y))
 
 
 CHECKPOINT, WEIGHTS = "checkpoint.npz", "weights.npz"
@@ -78,17 +106,50 @@ def load_checkpoint(folder: Path, tm, rng: np.random.Generator) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train alone, as one rank of an MPI job (started by mpiexec), or start that job
+    (``--ranks``)."""
+    if launched_by_mpiexec():
+        replicas = MpiReplicas(args.rank_timeout)
+        try:
+            if args.ranks not in (1, replicas.size):
+                raise CliError(f"--ranks {args.ranks}, but mpiexec started {replicas.size}")
+            return train(args, replicas)
+        except KeyboardInterrupt:
+            abort_job(replicas, "interrupted", 130)
+        except Exception as e:  # noqa: BLE001 - the other ranks would wait for this one
+            abort_job(replicas, f"error: {e}", 2)
+    check_arguments(args, args.ranks)
+    if args.ranks > 1:
+        return launch(args.ranks, args.argv)
+    return train(args, None)
+
+
+def check_arguments(args: argparse.Namespace, ranks: int) -> None:
+    """The checks of the command line alone (before any rank starts)."""
+    if args.epochs < 1 or args.batch < 1 or ranks < 1:
+        raise CliError("--epochs, --batch and --ranks must be at least 1")
+    if not args.rank_timeout > 0:
+        raise CliError(f"--rank-timeout must be a positive number of seconds, got "
+                       f"{args.rank_timeout:g}")
+    if args.batch < ranks:
+        raise CliError(f"--batch {args.batch} cannot be split between {ranks} ranks: each "
+                       "needs at least one image")
+    if args.save and not args.force:
+        if Path(args.save).exists():
+            raise CliError(f"{args.save} exists; pass --force to overwrite it")
+
+
+def train(args: argparse.Namespace, replicas: MpiReplicas | None) -> int:
+    """The training run, alone or as one of ``replicas`` (rank 0 prints and writes)."""
     from tqdm import tqdm
 
+    lead = replicas is None or replicas.rank == 0
+    ranks = 1 if replicas is None else replicas.size
     graph = load_graph(args)
     if len(graph.inputs) != 1:
         raise CliError(f"cnnc train takes networks of one input; {graph.name!r} has "
                        f"{', '.join(graph.inputs)}")
-    if args.epochs < 1 or args.batch < 1:
-        raise CliError("--epochs and --batch must be at least 1")
-    if args.save and not args.force:
-        if Path(args.save).exists():
-            raise CliError(f"{args.save} exists; pass --force to overwrite it")
+    check_arguments(args, ranks)
     folder = Path(args.checkpoint) if args.checkpoint else None
     if args.resume and folder is None:
         raise CliError("--resume needs --checkpoint DIR (the folder to resume from)")
@@ -102,15 +163,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     (shape,) = [graph.node(n).type.shape for n in graph.inputs.values()]
     data = load_dataset(args.data, shape, seed=args.seed)
     weights = load_weights(graph, args.weights) if args.weights else None
-    tm = compile_model(graph, weights=weights, seed=args.seed, mode="train",
+    tm = compile_model(graph, args.target, weights=weights, seed=args.seed, mode="train",
                        loss="cross_entropy", optimizer=args.optimizer, lr=args.lr,
                        momentum=args.momentum, weight_decay=args.weight_decay,
-                       freeze=tuple(args.freeze or ()))
+                       freeze=tuple(args.freeze or ()),
+                       sync_bn_replicas=ranks if args.sync_bn else 1)
+    tm.set_replicas(replicas)
     out_classes = graph.node(next(iter(graph.outputs.values()))).type.shape[0]
     if data.classes > out_classes:
         raise CliError(f"{args.data}: labels go up to {data.classes - 1}, but network "
                        f"{graph.name!r} has {out_classes} classes (--param classes=...)")
-    evaluator = tm.inference()
+    evaluator = tm.inference(target=args.target)
     schedule = Schedule(args.schedule, warmup=args.warmup)
     rng = np.random.default_rng(args.seed)
     tm.seed = args.seed
@@ -119,40 +182,60 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"the checkpoint in {folder} has finished {first} epochs already; "
                        f"ask for more with --epochs")
     steps_per_epoch = -(-len(data.train_y) // args.batch)
+    last = len(data.train_y) - (steps_per_epoch - 1) * args.batch
+    if last < ranks:
+        raise CliError(f"each epoch's last batch has {last} images, fewer than the {ranks} "
+                       f"ranks: choose a --batch that leaves at least {ranks}")
+    if args.sync_bn and (args.batch % ranks or last % ranks):
+        raise CliError(f"--sync-bn needs batches that split into {ranks} equal shards: "
+                       f"--batch {args.batch} and each epoch's last batch of {last} images "
+                       f"must be multiples of {ranks}")
     total = steps_per_epoch * args.epochs
-    print(f"training {graph.name} on {args.data}: {len(data.train_y)} training and "
-          f"{len(data.test_y)} test images, {args.epochs} epochs of {steps_per_epoch} steps "
-          f"(batch {args.batch}, {args.optimizer}, lr {args.lr:g})", file=sys.stderr)
+    if lead:
+        on = f", {ranks} ranks of about {args.batch // ranks} images" if ranks > 1 else ""
+        print(f"training {graph.name} on {args.data}: {len(data.train_y)} training and "
+              f"{len(data.test_y)} test images, {args.epochs} epochs of {steps_per_epoch} "
+              f"steps (batch {args.batch}{on}, {args.optimizer}, lr {args.lr:g})",
+              file=sys.stderr)
     acc = float("nan")
     for epoch in range(first, args.epochs):
         order = rng.permutation(len(data.train_y))
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
-                   unit="step", file=sys.stderr, disable=args.quiet)
+                   unit="step", file=sys.stderr, disable=args.quiet or not lead)
         seen, right, start, losses = 0, 0, time.perf_counter(), []
         for k in bar:
             idx = order[k * args.batch:(k + 1) * args.batch]
             x, y = data.train_x[idx], data.train_y[idx]
-            if args.mirror or args.crop:
+            if args.mirror or args.crop:  # every rank draws the whole batch's augmentation
                 x = augment(x, rng, args.mirror, args.crop)
+            part = slice(0, len(idx))
+            if replicas is not None:
+                part = shard(len(idx), replicas.rank, replicas.size)
+                x, y = x[part], y[part]
+                replicas.where = f"training step {tm.steps_taken}"
             lr = schedule.lr(args.lr, tm.steps_taken, total)
-            losses.append(tm.train_step(x, y, lr=lr))
-            seen += len(idx)
+            losses.append(tm.train_step(x, y, lr=lr, first=part.start, global_batch=len(idx)))
+            seen += len(y)
             (scores,) = tm.last_scores.values()
             right += int((scores.reshape(len(y), -1).argmax(axis=1) == y).sum())
             if k % 10 == 0 or k == steps_per_epoch - 1:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", acc=f"{right / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                                img_s=f"{ranks * seen / (time.perf_counter() - start):.0f}")
         bar.close()
         evaluator.set_params(tm.params)
-        acc = accuracy(evaluator, data.test_x, data.test_y, 256)
-        print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, test accuracy {acc:.4f}",
-              file=sys.stderr)
-        if folder is not None:
+        if replicas is not None:
+            replicas.where = f"the evaluation after epoch {epoch + 1}"
+        acc = accuracy(evaluator, data.test_x, data.test_y, 256, replicas)
+        if lead:
+            print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, test accuracy {acc:.4f}",
+                  file=sys.stderr)
+        if folder is not None and lead:
             save_checkpoint(folder, tm, epoch + 1, rng)
-    if args.save:
+    if args.save and lead:
         tm.save_weights(args.save)
         print(f"wrote {args.save}", file=sys.stderr)
-    print(f"test accuracy: {acc:.4f}")
+    if lead:
+        print(f"test accuracy: {acc:.4f}")
     return 0
 
 
@@ -184,6 +267,18 @@ def _configure_train(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--crop", type=int, default=0, metavar="PIXELS",
                    help="augment: random crops of the image padded by PIXELS per side")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--target", choices=CPU_TARGETS, default="cpu",
+                   help="the kernels' vector width: cpu (this machine's: 16 lanes with "
+                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under MPI: batch norm's statistics over the global batch, averaged "
+                        "between the ranks (PyTorch's SyncBatchNorm); each rank's own without")
+    p.add_argument("--ranks", type=int, default=1, metavar="N",
+                   help="train data-parallel on N processes of this machine: starts "
+                        "'mpiexec -n N cnnc train ...' (needs the distributed extra)")
+    p.add_argument("--rank-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="under MPI: how long a rank waits for the others in one collective "
+                        f"before it stops the job (default {DEFAULT_TIMEOUT:g})")
     force_arg(p)
 
 

@@ -591,16 +591,17 @@ def bn_channel_grad_kernel(name: str, shape: Sequence[int], eps: float, wrt: str
 
 def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbiased: bool,
                           operands: Sequence[str], comment: str = "",
-                          sz: Sizes | None = None) -> Kernel:
+                          sz: Sizes | None = None, replicas: int = 1) -> Kernel:
     """``(1 - momentum) running + momentum stat`` per channel, the variance made unbiased
-    (times M / (M - 1), M = n_batch x the pixels of ``shape``, the normalized input's) where
-    ``unbiased`` (``operands``: running, stat)."""
+    (times M / (M - 1), M = replicas x n_batch x the pixels of ``shape``, the normalized
+    input's: the statistic is of ``replicas`` such batches) where ``unbiased`` (``operands``:
+    running, stat)."""
     sz = sz if sz is not None else Sizes(literal=True)
     running, stat = operands
     C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     value: Expr = call("f64", Load(stat, Var("t")))
     if unbiased:
-        m = call("f64", N_BATCH * L)
+        m = call("f64", N_BATCH * L * replicas if replicas != 1 else N_BATCH * L)
         value = value * div(m, m - F64(1.0))
     body: list[Stmt] = [Store("y", Var("t"), F64(1.0 - momentum) * call(
         "f64", Load(running, Var("t"))) + F64(momentum) * value)]
@@ -669,16 +670,18 @@ def dropout_train_kernel(name: str, size: int, rate: float, stream: int, comment
                          sz: Sizes | None = None) -> Kernel:
     """``x0 / (1 - rate)`` where the counter-based hash of the element's index in the batch
     keeps it, else 0 (the reference's ``dropout_keep``): ``key`` = mix(mix(mix(seed) + stream)
-    + step) from the int64 ``x1`` = [seed, step], then an element is kept where mix(key +
-    index) >= floor(rate 2^32). One parallel iteration per image."""
+    + step) from the int64 ``x1`` = [seed, step, first], then an element is kept where mix(key
+    + index) >= floor(rate 2^32), its index counted from image ``first`` of the global batch.
+    One parallel iteration per image."""
     sz = sz if sz is not None else Sizes(literal=True)
     L = sz("L", size)
     at = Var("t") * L + Var("j")
     body: list[Stmt] = [*mix32("key", Load("x1", Const(0))),
                         *mix32("key", Var("key") + stream),
                         *mix32("key", Var("key") + Load("x1", Const(1))),
+                        Let("first", Load("x1", Const(2)) * L),
                         Loop("j", const(L), [
-                            *mix32("h", Var("key") + at),
+                            *mix32("h", Var("key") + Var("first") + at),
                             Store("y", at, Select(
                                 cmp(">=", Var("h"), Const(math.floor(rate * _TWO32))),
                                 call("f64", Load("x0", at)) * F64(1.0 / (1.0 - rate)),

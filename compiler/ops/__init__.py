@@ -241,7 +241,18 @@ def _load_families() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from . import activation, conv, dense, loss, norm, pool, rearrange, resize, tensor  # noqa: F401
+    from . import (  # noqa: F401
+        activation,
+        collective,
+        conv,
+        dense,
+        loss,
+        norm,
+        pool,
+        rearrange,
+        resize,
+        tensor,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

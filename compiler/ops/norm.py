@@ -585,7 +585,8 @@ def _lower_bn_training(ctx, node):
         k = bn_channel_grad_kernel(ctx.kname, shape, a["eps"], a["wrt"], names, ctx.comment, sz)
     else:  # running_update: x (its third input) is read for its size only
         k = running_update_kernel(ctx.kname, ctx.graph.node(node.inputs[2]).type.shape,
-                                  a["momentum"], a["unbiased"], names[:2], ctx.comment, sz)
+                                  a["momentum"], a["unbiased"], names[:2], ctx.comment, sz,
+                                  a["replicas"])
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
 
 
@@ -627,7 +628,8 @@ def _bn_training_form(graph, node, updates: dict[int, int]) -> None:
     graph.erase(node.id)
     for param, stat, unbiased in ((running_mean, mean, False), (running_var, var, True)):
         updates[param] = add("running_update", [updates.get(param, param), stat, x],
-                             {"momentum": node.attrs["momentum"], "unbiased": unbiased},
+                             {"momentum": node.attrs["momentum"], "unbiased": unbiased,
+                              "replicas": 1},
                              "update_" + graph.node(param).name.rsplit(".", 1)[-1])
 
 
@@ -719,7 +721,7 @@ register(OpDef(
 def _running_update_reference(inputs, attrs):
     running, stat, x = (np.asarray(v, np.float64) for v in inputs)
     if attrs["unbiased"]:
-        m = batch_count(x)
+        m = batch_count(x) * attrs["replicas"]
         stat = stat * m / (m - 1)
     return (1.0 - attrs["momentum"]) * running + attrs["momentum"] * stat
 
@@ -734,12 +736,13 @@ def _running_update_infer(in_types, attrs):
 
 register(OpDef(
     name="running_update", family="norm",
-    signature=(Attr("momentum", "float"), Attr("unbiased", "bool")),
+    signature=(Attr("momentum", "float"), Attr("unbiased", "bool"), Attr("replicas", "int", 1)),
     infer=_running_update_infer, reference=_running_update_reference, macs=no_macs, arity=3,
     pass_made=True, new_activations=False, lower=_lower_bn_training,
     error_bound=lambda ctx: 6 * EPS32 * (np.abs(ctx.out) + np.abs(ctx.inputs[0])),
     doc="(1 - momentum) running + momentum batch statistic (unbiased: the variance times "
-        "M / (M - 1), M the values per channel; x is read for M only)"))
+        "M / (M - 1), M the values per channel in `replicas` batches like x, which is read "
+        "for M only)"))
 
 
 # -- group norm, instance norm and LRN gradients --------------------------------------------------

@@ -541,12 +541,15 @@ def _dropout_canonicalize(attrs, in_types):
 #
 # ``mix32`` is Wellons' lowbias32 (a bijection of 32-bit integers with near-ideal avalanche);
 # ``seed`` and ``step`` are the training graph's whole-batch input ``dropout_seed`` = [seed,
-# step] (the runtime feeds it each step; one for every dropout layer), ``stream`` tells the
-# layers apart (its node id) and ``index`` is the element's position in the N x C x H x W batch
-# (in that order, whatever layout a kernel stores). Its gradient is the same mask:
+# step, first] (the runtime feeds it each step; one for every dropout layer), ``stream`` tells
+# the layers apart (its node id) and ``index`` is the element's position in the N x C x H x W
+# global batch (in that order, whatever layout a kernel stores): a data-parallel replica whose
+# shard of it starts at image ``first`` counts from there (0 alone), so the replicas together
+# draw one process's mask. Its gradient is the same mask:
 # dx = dropout_train(dy), the op being linear and diagonal in x.
 
-#: The training graph's input holding [seed, step] for the dropout masks (autodiff.attach_loss).
+#: The training graph's input holding [seed, step, first] for the dropout masks
+#: (autodiff.attach_loss).
 DROPOUT_SEED = "dropout_seed"
 _U32 = 0xFFFFFFFF
 
@@ -562,27 +565,29 @@ def mix32(v: np.ndarray) -> np.ndarray:
 
 
 def dropout_keep(seed: int, step: int, stream: int, shape: tuple[int, ...],
-                 rate: float) -> np.ndarray:
-    """The mask of kept elements for a batch of ``shape`` (the section comment's hash)."""
+                 rate: float, first: int = 0) -> np.ndarray:
+    """The mask of kept elements for a batch of ``shape``, images ``first`` on of the global
+    batch (the section comment's hash)."""
     key = int(mix32(seed % 2 ** 32))
     for salt in (stream, step):
         key = int(mix32((key + salt) % 2 ** 32))
-    index = np.arange(int(np.prod(shape)), dtype=np.uint64).reshape(shape)
+    start = first * int(np.prod(shape[1:]))
+    index = np.arange(start, start + int(np.prod(shape)), dtype=np.uint64).reshape(shape)
     return mix32(key + index) >= np.uint64(math.floor(rate * 2 ** 32))
 
 
 def _dropout_train_reference(inputs, attrs):
     x = np.asarray(inputs[0], np.float64)
-    seed, step = (int(v) for v in np.asarray(inputs[1]).reshape(2))
-    keep = dropout_keep(seed, step, attrs["stream"], x.shape, attrs["rate"])
+    seed, step, first = (int(v) for v in np.asarray(inputs[1]).reshape(3))
+    keep = dropout_keep(seed, step, attrs["stream"], x.shape, attrs["rate"], first)
     return np.where(keep, x / (1.0 - attrs["rate"]), 0.0)
 
 
 def _dropout_train_infer(in_types, attrs):
     x, seed = in_types
-    if seed.shape != (2,) or seed.batched:
-        raise ShapeError(f"dropout_train: seed and step must be one [seed, step] for the batch, "
-                         f"got {seed}")
+    if seed.shape != (3,) or seed.batched:
+        raise ShapeError(f"dropout_train: seed, step and first image must be one [seed, step, "
+                         f"first] for the batch, got {seed}")
     return x
 
 
@@ -596,8 +601,8 @@ def _dropout_training_form(graph, node, updates: dict[int, int]) -> None:
         return
     seed = graph.inputs.get(DROPOUT_SEED)
     if seed is None:
-        seed = graph.add("input", [], {"shape": (2,)}, name=DROPOUT_SEED,
-                         type=TensorType((2,), "int64", batched=False)).id
+        seed = graph.add("input", [], {"shape": (3,)}, name=DROPOUT_SEED,
+                         type=TensorType((3,), "int64", batched=False)).id
         graph.inputs[DROPOUT_SEED] = seed
     elif graph.node(seed).type.batched:
         raise ShapeError(f"the network has an input named {DROPOUT_SEED!r}, which training "

@@ -48,6 +48,9 @@ class PassContext:
     # and whether the network's inputs get gradients too (``input_gradient``).
     frozen: tuple[str, ...] = ()
     input_gradients: bool = False
+    # Data-parallel training: batch norm's statistics are those of the global batch of this
+    # many replicas' equal shards (``sync_batch_norm``); 1: each replica's own.
+    sync_bn_replicas: int = 1
     notes: list[str] = field(default_factory=list)
     current: Node | None = None
     folder: str | None = None  # the model's folder: DSL files are named relative to it

@@ -14,7 +14,8 @@
   pools read only by a 1x1 convolution computed in its kernel (prologue fusion).
 
 Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
-folding: batch statistics change every step) and start with ``autodiff``
+folding: batch statistics change every step) and start with ``sync_batch_norm`` (batch
+statistics over data-parallel replicas, when asked) and ``autodiff``
 (``compiler/autodiff.py``), which adds the backward graph; every later pass then sees forward
 and backward nodes alike. At -O1 and -O2 they split transposed convolutions (the convolutions'
 input gradients) into phase convolutions as the inference pipelines do.
@@ -40,6 +41,7 @@ from .pack_weights import pack_weights
 from .select_layout import select_layout
 from .select_lowering import select_lowering
 from .select_tile import select_tile
+from .sync_batch_norm import sync_batch_norm
 
 REQUIRED: list[tuple[str, Pass]] = [("select_lowering", select_lowering),
                                     ("select_tile", select_tile)]
@@ -72,7 +74,9 @@ INFERENCE: dict[int, list[tuple[str, Pass]]] = {
     + [("select_layout", select_layout), ("fuse_prologues", fuse_prologues)] + PACK,
 }
 
-AUTODIFF: list[tuple[str, Pass]] = [("autodiff", autodiff)]
+#: Batch norm synchronized over data-parallel replicas where asked (before the gradients, so
+#: that they go through the collectives), then the backward graph.
+AUTODIFF: list[tuple[str, Pass]] = [("sync_batch_norm", sync_batch_norm), ("autodiff", autodiff)]
 
 #: The input gradients of convolutions are transposed convolutions: one stride-1 convolution
 #: per output phase does the multiply-adds of the gradient where the zero-stuffed one does s^2

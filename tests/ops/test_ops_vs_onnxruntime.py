@@ -148,8 +148,10 @@ NOT_IN_ONNX = {
 
 #: The training graph's own ops have no ONNX form: autodiff's backward ops, the losses and the
 #: layers' training forms are checked against finite differences and PyTorch autograd instead
-#: (tests/training).
-TRAINING_FORMS = {"batch_mean", "batch_var", "batchnorm_train", "running_update", "dropout_train"}
+#: (tests/training), and the collective of synchronized batch norm against one process's
+#: training (tests/training/test_data_parallel.py).
+TRAINING_FORMS = {"batch_mean", "batch_var", "batchnorm_train", "running_update", "dropout_train",
+                  "allreduce_mean"}
 
 
 def test_every_op_is_compared_or_excused():

@@ -45,7 +45,7 @@ def random_feed(graph: Graph, batch: int, rng: np.random.Generator, classes: int
     for name, nid in graph.inputs.items():
         t = graph.node(nid).type
         shape = (batch,) + t.shape
-        if not t.batched:  # dropout_seed: [seed, step]
+        if not t.batched:  # dropout_seed: [seed, step, first]
             feed[name] = rng.integers(0, 2 ** 31, t.shape)  # int64, as the kernels take it
         elif name == "labels" and classes:
             feed[name] = rng.integers(0, classes, shape).astype(np.float64)

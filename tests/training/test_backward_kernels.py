@@ -62,13 +62,14 @@ def random_params(graph, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def training_feed(tm, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Inputs of a compiled training graph by name: normal activations and targets, and the
-    dropout seed (int64 [seed, step]) past float32's exact integers."""
+    dropout seed (int64 [seed, step, first]) past float32's exact integers, the batch a shard
+    from image 5 on of a global one."""
     graph = tm.plan.graph
     feed = {}
     for name, nid in graph.inputs.items():
         t = graph.node(nid).type
         if not t.batched:
-            feed[name] = np.array([2 ** 31 + 12345, 7], np.int64)
+            feed[name] = np.array([2 ** 31 + 12345, 7, 5], np.int64)
         else:
             feed[name] = rng.standard_normal((batch,) + t.shape).astype(np.float32)
     return feed

@@ -274,6 +274,16 @@ def test_dropout_mask_rate_and_reproducibility(rate):
         assert abs(agree - (rate ** 2 + (1 - rate) ** 2)) < 0.01
 
 
+def test_a_shard_of_the_batch_draws_its_rows_of_the_whole_batch_mask():
+    """A data-parallel replica whose shard starts at image ``first`` of the global batch draws
+    those images' rows of the mask one process draws for the whole batch."""
+    whole = dropout_keep(77, 4, 9, (8, 3, 5, 5), 0.5)
+    for first, stop in ((0, 3), (3, 8), (5, 6)):
+        np.testing.assert_array_equal(
+            dropout_keep(77, 4, 9, (stop - first, 3, 5, 5), 0.5, first), whole[first:stop])
+    assert not np.array_equal(dropout_keep(77, 4, 9, (4, 3, 5, 5), 0.5), whole[4:])
+
+
 DROPOUT_NET = """network t
 input x: 4 x 3 x 3
 x -> conv(4, 1) -> dropout(0.4) -> tanh -> dropout(0.25) -> conv(2, 1) -> output y
@@ -284,7 +294,7 @@ def test_dropout_training_graph_and_its_gradient():
     rng = np.random.default_rng(10)
     tg = training_graph(DROPOUT_NET)
     seed = tg.node(tg.inputs[DROPOUT_SEED])
-    assert seed.type.shape == (2,) and not seed.type.batched
+    assert seed.type.shape == (3,) and not seed.type.batched
     assert DROPOUT_SEED not in gradient_outputs(tg)
     streams = {n.name: n.attrs["stream"] for n in tg.nodes() if n.op == "dropout_train"}
     # a mask per layer, and each layer's gradient through the same mask
@@ -297,7 +307,7 @@ def test_dropout_training_graph_and_its_gradient():
     # the same seed and step give the same step; another step another mask
     first = run_reference(tg, feed, params)["loss"]
     assert run_reference(tg, feed, params)["loss"] == first
-    feed[DROPOUT_SEED] = feed[DROPOUT_SEED] + [0, 1]
+    feed[DROPOUT_SEED] = feed[DROPOUT_SEED] + [0, 1, 0]
     assert run_reference(tg, feed, params)["loss"] != first
 
 
@@ -307,8 +317,8 @@ def test_dropout_scales_what_it_keeps():
     g = training_graph(net((1, 10, 10), "dropout(0.2)"))
     (stream,) = [n.attrs["stream"] for n in g.nodes() if n.name == "dropout1"]
     x = np.ones((3, 1, 10, 10))
-    out = run_reference(g, {"x": x, "labels": np.zeros_like(x), DROPOUT_SEED: np.array([1, 2])},
-                    {})
+    out = run_reference(g, {"x": x, "labels": np.zeros_like(x),
+                            DROPOUT_SEED: np.array([1, 2, 0])}, {})
     kept = dropout_keep(1, 2, stream, x.shape, 0.2)
     assert 0.6 < kept.mean() < 0.95
     assert np.isclose(out["loss"], kept.mean() * 1.25 ** 2, rtol=1e-12)
