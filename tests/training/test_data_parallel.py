@@ -203,6 +203,8 @@ def test_a_failing_rank_stops_the_job_with_a_message(digits, how):
         assert "BAD TERMINATION" in job.stdout + job.stderr
     elif how == "error":
         assert "rank 1 of 2: error: rank 1 fails at step 2" in job.stderr
-    else:  # at step 2, or sooner where rank 1 started more than 3 s after rank 0
-        assert re.search(r"rank 0 of 2: no answer from the other ranks in 3 s at training "
-                         r"step [012] \(a rank stopped or hangs\); stopping the job", job.stderr)
+    else:  # at step 2, or sooner where rank 1 started more than 3 s after rank 0 (on a
+        # loaded machine: even before the first step's collective)
+        assert re.search(r"rank 0 of 2: no answer from the other ranks in 3 s at (training "
+                         r"step [012]|the first collective) \(a rank stopped or hangs\); "
+                         r"stopping the job", job.stderr)
