@@ -50,9 +50,15 @@ def as_model(model: Model, weights: str | Path | None = None) -> CompiledModel:
         return model
     graph = model if isinstance(model, Graph) else load_network(str(model))
     if weights is None and isinstance(model, str):
-        weights = trained_weights(model) if model == graph.name else None
+        weights = shipped_weights(model, graph)
     params = load_weights(graph, weights) if weights is not None else init_params(graph)
     return compile_model(graph, weights=params)
+
+
+def shipped_weights(source: str, graph: Graph) -> Path | None:
+    """The zoo's trained weights for network ``graph`` loaded as ``source`` (a zoo name, not a
+    file that happens to share it), or None."""
+    return trained_weights(source) if source == graph.name else None
 
 
 def _helper(model: CompiledModel, key: Hashable, build: Callable[[], Any]) -> Any:
@@ -396,4 +402,5 @@ def tsne(model: Model, images: np.ndarray, layer: str | None = None, seed: int =
 
 __all__ = ["ExplainError", "Model", "TopPatches", "as_model", "deconvnet",
            "feature_maps", "features", "filters", "gradcam", "guided_backprop",
-           "input_gradient", "occlusion", "receptive_box", "saliency", "top_patches", "tsne"]
+           "input_gradient", "occlusion", "receptive_box", "saliency", "shipped_weights",
+           "top_patches", "tsne"]
