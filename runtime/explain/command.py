@@ -2,6 +2,7 @@
 
     cnnc explain lenet5 --method gradcam -o gradcam.png          # the shipped trained weights
     cnnc explain net.cnn --weights w.npz --method saliency --image cat.png --class 3 -o s.png
+    cnnc explain lenet5 --method style --image content.png style.png -o styled.png
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ..images import image_files, load_images
 from ..model import compile as compile_model
 from ..weights import init_params, load_weights
 from . import methods
-from .explanation import METHODS, OVER_A_SET, default_images, explain
+from .descent import OPTIMIZERS
+from .explanation import METHODS, OVER_A_SET, PAIRS, default_images, explain
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -36,12 +38,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         images, labels = default_images(model, args.method)
     else:
         images, labels = np.zeros((1,) + methods.input_shape(model), np.float32), None
-    if args.method not in OVER_A_SET:
+    if args.method not in OVER_A_SET + PAIRS:
         images = images[:args.count]
         labels = labels[:args.count] if labels is not None else None
     result = explain(model, args.method, images, labels, layer=args.layer,
                      channel=args.channel, class_index=args.class_index, top=args.top,
-                     patch=args.patch, stride=args.stride, progress=not args.quiet)
+                     patch=args.patch, stride=args.stride, steps=args.steps,
+                     optimizer=args.optimizer, progress=not args.quiet)
     path = result.save(args.output, force=args.force)
     width, height = result.picture.size
     print(f"wrote {path} ({width} x {height})")
@@ -54,7 +57,8 @@ def _configure(p: argparse.ArgumentParser, model_arg) -> None:
                                      "(lenet5)")
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--image", nargs="+", metavar="IMG",
-                   help="images (files or folders); default: the held-out digits")
+                   help="images (files or folders); style: the content, then the style; "
+                        "default: the held-out digits")
     p.add_argument("--count", type=int, default=1,
                    help="how many of the images to explain, one row each (default 1; "
                         "top_patches and tsne use them all)")
@@ -65,6 +69,11 @@ def _configure(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--top", type=int, default=9, help="top_patches: how many images (9)")
     p.add_argument("--patch", type=int, default=8, help="occlusion: the square's side (8)")
     p.add_argument("--stride", type=int, default=2, help="occlusion: its step (2)")
+    p.add_argument("--steps", type=int,
+                   help="class_model, deepdream, style: optimizer steps (200, 20, 50)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="class_model, deepdream, style: lbfgs or adam (style: lbfgs; the "
+                        "others adam)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     force_arg(p)

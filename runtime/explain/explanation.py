@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..cli_common import write_files
 from ..datasets import load_dataset
-from . import methods, pictures
+from . import methods, pictures, synthesis
 from .gradients import ExplainError
 
 #: What the methods that need images use when given none, for a network that reads digits-like
@@ -38,8 +38,9 @@ class Request:
     top: int = 9
     patch: int = 8
     stride: int = 2
+    steps: int | None = None
+    optimizer: str | None = None
     progress: bool = False
-    options: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +126,45 @@ def _tsne(model, r: Request) -> Explanation:
     return Explanation("tsne", {"tsne": points}, pictures.scatter_picture(points, r.labels))
 
 
+def _synthesis_options(r: Request) -> dict[str, object]:
+    options: dict[str, object] = {}
+    if r.steps is not None:
+        options["steps"] = r.steps
+    if r.optimizer is not None:
+        options["optimizer"] = r.optimizer
+    return options
+
+
+def _synthesized(name: str, result: synthesis.Synthesis, shown: list[np.ndarray]
+                 ) -> Explanation:
+    images = np.stack([*shown, result.image])
+    return Explanation(name, {name: result.image, "objective": result.objective},
+                       pictures.image_rows_picture(images))
+
+
+def _class_model(model, r: Request) -> Explanation:
+    if r.class_index is None:
+        raise ExplainError("class_model needs a class (--class K)")
+    result = synthesis.class_model(model, r.class_index, **_synthesis_options(r))
+    return _synthesized("class_model", result, [])
+
+
+def _deepdream(model, r: Request) -> Explanation:
+    x = _first(r, "deepdream")
+    result = synthesis.deepdream(model, x, r.layer, r.channel, **_synthesis_options(r))
+    return _synthesized("deepdream", result, [x[0]])
+
+
+def _style(model, r: Request) -> Explanation:
+    if len(r.images) != 2:
+        raise ExplainError(f"style takes two images, the content then the style; got "
+                           f"{len(r.images)}")
+    layers = [r.layer] if r.layer else None
+    result = synthesis.style_transfer(model, r.images[:1], r.images[1:], style_layers=layers,
+                                      **_synthesis_options(r))
+    return _synthesized("style", result, [r.images[0], r.images[1]])
+
+
 #: Every method by name.
 METHODS: dict[str, Callable[..., Explanation]] = {
     "filters": _filters,
@@ -136,16 +176,20 @@ METHODS: dict[str, Callable[..., Explanation]] = {
     "occlusion": _occlusion,
     "top_patches": _top_patches,
     "tsne": _tsne,
+    "class_model": _class_model,
+    "deepdream": _deepdream,
+    "style": _style,
 }
-#: Methods that look at many images (the digits by default), not one.
+#: Methods that look at many images (the digits by default), not one; and at two.
 OVER_A_SET = ("top_patches", "tsne")
+PAIRS = ("style",)
 
 
 def explain(model: methods.Model, method: str, images: np.ndarray | None = None,
             labels: np.ndarray | None = None, **options) -> Explanation:
     """``method`` on ``model`` (as ``methods.as_model`` takes it) and ``images`` (default:
-    the held-out digits, the first of them where the method looks at one image); ``options``
-    as :class:`Request` names them."""
+    the held-out digits, the first of them where the method looks at one image, two for
+    style); ``options`` as :class:`Request` names them."""
     if method not in METHODS:
         raise ExplainError(f"unknown method {method!r}; cnnc explain has {', '.join(METHODS)}")
     model = methods.as_model(model)
@@ -161,4 +205,7 @@ def default_images(model, method: str) -> tuple[np.ndarray, np.ndarray]:
     data = load_dataset(DIGITS, methods.input_shape(model))
     if method in OVER_A_SET:
         return data.test_x, data.test_y
+    if method == "style":  # the first digit, in the style of the first one of another class
+        other = int(np.argmax(data.test_y != data.test_y[0]))
+        return data.test_x[[0, other]], data.test_y[[0, other]]
     return data.test_x[:1], data.test_y[:1]

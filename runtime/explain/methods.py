@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ...compiler.autodiff import GradientError, values_named
 from ...compiler.ir import Graph, Node
+from ...compiler.ops import get_op
 from ...compiler.receptive_field import receptive_fields
 from ...dsl.builder import load_network
 from ...zoo import trained_weights
@@ -68,9 +69,11 @@ def _helper(model: CompiledModel, key: Hashable, build: Callable[[], Any]) -> An
     return store[key]
 
 
-def _gradient_model(model: CompiledModel, objective: Sequence[str], *,
-                    gradients_of: Sequence[str] = (), values: Sequence[str] = (),
-                    rule: str | None = None) -> GradientModel:
+def gradient_model(model: CompiledModel, objective: Sequence[str], *,
+                   gradients_of: Sequence[str] = (), values: Sequence[str] = (),
+                   rule: str | None = None) -> GradientModel:
+    """The model's :class:`GradientModel` for these settings (compiled once), with the
+    model's current parameters."""
     key = ("gradient", tuple(objective), tuple(gradients_of), tuple(values), rule)
     gm = _helper(model, key, lambda: GradientModel(
         model.graph, model.params, objective=objective, gradients_of=gradients_of,
@@ -207,7 +210,7 @@ def input_gradient(model: Model, x: np.ndarray, class_index: int | Sequence[int]
     x = batch_of(model, x)
     classes = classes_for(model, x, class_index)
     out = output_name(model)
-    gm = _gradient_model(model, [out], rule=rule)
+    gm = gradient_model(model, [out], rule=rule)
     return gm.run(x, {out: one_hot(classes, class_count(model))}).input_grad
 
 
@@ -238,10 +241,16 @@ def last_feature_layer(graph: Graph) -> str:
     convs = [c for c in convolutions(graph) if c.type.shape[1] * c.type.shape[2] > 1]
     if not convs:
         raise ExplainError(f"network {graph.name!r} has no convolution with a spatial output")
-    node = convs[-1]
+    return after_activation(graph, convs[-1])
+
+
+def after_activation(graph: Graph, conv: Node) -> str:
+    """The value a convolution's maps end in: the convolution, or the chain of activations
+    (batch norm...) that alone reads it."""
+    node = conv
     users = graph.users(node.id)
     while len(users) == 1 and users[0].type == node.type and \
-            users[0].op not in ("conv", "add", "concat"):
+            get_op(users[0].op).family in ("activation", "norm"):
         node = users[0]
         users = graph.users(node.id)
     return node.name
@@ -259,7 +268,7 @@ def gradcam(model: Model, x: np.ndarray, class_index: int | Sequence[int] | None
     x = batch_of(model, x)
     classes = classes_for(model, x, class_index)
     out = output_name(model)
-    gm = _gradient_model(model, [out], gradients_of=[layer], values=[layer])
+    gm = gradient_model(model, [out], gradients_of=[layer], values=[layer])
     run = gm.run(x, {out: one_hot(classes, class_count(model))})
     weights = run.grads[layer].mean(axis=(2, 3), keepdims=True)
     return np.maximum((weights * run.values[layer]).sum(axis=1), 0.0)
