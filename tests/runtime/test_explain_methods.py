@@ -92,6 +92,9 @@ SIZES = {
     "occlusion": (2 * 130 + 2 + 64, 132),
     "top_patches": (3 * 58 + 2, 3 * 58 + 2),             # 9 crops, 3 a row
     "tsne": (480 + 64, 480),                             # the square and the legend
+    "class_model": (130 + 2, 132),                       # the image made
+    "deepdream": (2 * 130 + 2, 132),                     # the image, then the dream
+    "style": (3 * 130 + 2, 132),                         # content, style, the result
 }
 
 
@@ -99,10 +102,11 @@ SIZES = {
 def test_each_picture_is_a_png_of_its_stated_size(lenet, tmp_path, method):
     model, data = lenet
     many = method in explanation.OVER_A_SET
-    images = data.test_x[:40] if many else data.test_x[:1]
+    images = data.test_x[:40] if many else data.test_x[:2 if method == "style" else 1]
     labels = data.test_y[:40] if many else None
     layer = "tanh2" if method in ("feature_maps", "top_patches") else None
-    result = explanation.explain(model, method, images, labels, layer=layer, channel=3)
+    result = explanation.explain(model, method, images, labels, layer=layer, channel=3,
+                                 class_index=3, steps=4)
     path = result.save(tmp_path / f"{method}.png")
     with Image.open(path) as img:
         assert img.format == "PNG"
