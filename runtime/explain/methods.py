@@ -236,12 +236,15 @@ def deconvnet(model: Model, x: np.ndarray,
 
 
 def last_feature_layer(graph: Graph) -> str:
-    """Grad-CAM's default layer: the value after the last convolution whose output has more
-    than one pixel (through the activation that follows it, if one does)."""
-    convs = [c for c in convolutions(graph) if c.type.shape[1] * c.type.shape[2] > 1]
-    if not convs:
-        raise ExplainError(f"network {graph.name!r} has no convolution with a spatial output")
-    return after_activation(graph, convs[-1])
+    """Grad-CAM's default layer: the last value with maps of more than one pixel that is not
+    a pooling's (LeNet-5: the activation after its last such convolution; a ResNet: its last
+    block's output)."""
+    maps = [n for n in graph.topo_order() if n.type.rank == 3 and n.op != "input"
+            and n.type.shape[1] * n.type.shape[2] > 1 and get_op(n.op).family != "pool"]
+    if not maps:
+        raise ExplainError(f"network {graph.name!r} has no layer with maps of more than one "
+                           "pixel")
+    return maps[-1].name
 
 
 def after_activation(graph: Graph, conv: Node) -> str:
@@ -258,8 +261,9 @@ def after_activation(graph: Graph, conv: Node) -> str:
 
 def gradcam(model: Model, x: np.ndarray, class_index: int | Sequence[int] | None = None,
             layer: str | None = None) -> np.ndarray:
-    """Grad-CAM ``[N, h, w]`` (Selvaraju et al. 2017) at ``layer`` (default: after the last
-    convolution): ``relu(sum_k a_k A_k)``, a_k the mean over the pixels of d score / d A_k."""
+    """Grad-CAM ``[N, h, w]`` (Selvaraju et al. 2017) at ``layer`` (default:
+    :func:`last_feature_layer`): ``relu(sum_k a_k A_k)``, a_k the mean over the pixels of
+    d score / d A_k."""
     model = as_model(model)
     layer = layer or last_feature_layer(model.graph)
     if node_of(model.graph, layer).type.rank != 3:

@@ -197,10 +197,10 @@ def activation_layers(graph) -> list[str]:
 def style_transfer(model: methods.Model, content: np.ndarray, style: np.ndarray,
                    content_layers: Sequence[str] | None = None,
                    style_layers: Sequence[str] | None = None, content_weight: float = 1.0,
-                   style_weight: float = 1e4, steps: int = 50,
-                   optimizer: str = "lbfgs") -> Synthesis:
+                   style_weight: float = 1e3, steps: int = 50,
+                   optimizer: str = "lbfgs", lr: float = 0.003) -> Synthesis:
     """``content`` redrawn with the style of ``style`` (one image each): content at the last
-    convolution's maps, style at every convolution's, by default."""
+    convolution's maps, style at every convolution's, by default (``lr``: Adam's)."""
     model = methods.as_model(model)
     content = methods.batch_of(model, content)[:1]
     style = methods.batch_of(model, style)[:1]
@@ -209,4 +209,5 @@ def style_transfer(model: methods.Model, content: np.ndarray, style: np.ndarray,
         raise ExplainError(f"network {model.graph.name!r} has no convolution with maps")
     fun = style_objective(model, content, style, content_layers or layers[-1:],
                           style_layers or layers, content_weight, style_weight)
-    return _optimize(model, fun, content.ravel(), optimizer, steps)
+    options = {"lr": lr} if optimizer == "adam" else {}
+    return _optimize(model, fun, content.ravel(), optimizer, steps, **options)

@@ -145,3 +145,39 @@ def test_shipped_weights_classify_the_digits(lenet):
     data = load_dataset("digits", (1, 32, 32))
     accuracy = (model(data.test_x).argmax(axis=1) == data.test_y).mean()
     assert accuracy > 0.97
+
+
+BATCHNORM = """network withbn(classes = 4)
+input image: 3 x 8 x 8
+image -> conv(5, 3, pad=1, bias=false) as conv1 -> batchnorm as bn1 -> relu
+      -> conv(6, 3, stride=2, pad=1) as conv2 -> relu -> globalavgpool -> flatten
+      -> dense(classes) as fc -> output scores
+"""
+
+
+def test_batch_norm_is_differentiated_as_it_classifies():
+    """With its running statistics (the inference form), not the batch's: PyTorch's eval
+    mode. Grad-CAM's default layer is the last one with maps that is not a pooling's."""
+    graph = cnnc.load(BATCHNORM)
+    rng = np.random.default_rng(8)
+    params = {n.name: rng.standard_normal(n.type.shape).astype(np.float32)
+              for n in graph.params()}
+    params["bn1.running_var"] = rng.uniform(0.5, 2.0, 5).astype(np.float32)
+    model = cnnc.compile(graph, weights=params)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    classes = np.array([1, 2])
+    p = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    h = F.conv2d(xt, p["conv1.weight"], padding=1)
+    h = F.relu(F.batch_norm(h, p["bn1.running_mean"], p["bn1.running_var"], p["bn1.weight"],
+                            p["bn1.bias"], training=False, eps=1e-5))
+    maps = F.relu(F.conv2d(h, p["conv2.weight"], p["conv2.bias"], stride=2, padding=1))
+    maps.retain_grad()
+    scores = F.linear(maps.mean(dim=(2, 3)), p["fc.weight"], p["fc.bias"])
+    scores[torch.arange(2), torch.tensor(classes)].sum().backward()
+    assert close(methods.input_gradient(model, x, classes), xt.grad.numpy()) < 1e-5
+    cam = torch.relu((maps.grad.mean(dim=(2, 3), keepdim=True) * maps).sum(dim=1))
+    want = cam.detach().numpy()
+    got = methods.gradcam(model, x, classes)
+    assert got.shape == (2, 4, 4)
+    assert np.abs(got - want).max() <= 1e-5 * want.max()
