@@ -35,7 +35,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         images = load_images(image_files(args.image), methods.input_shape(model))
         labels = None
     elif args.method != "filters":
-        images, labels = default_images(model, args.method)
+        images, labels = default_images(model, args.method, args.count)
     else:
         images, labels = np.zeros((1,) + methods.input_shape(model), np.float32), None
     if args.method not in OVER_A_SET + PAIRS:

@@ -194,18 +194,18 @@ def explain(model: methods.Model, method: str, images: np.ndarray | None = None,
         raise ExplainError(f"unknown method {method!r}; cnnc explain has {', '.join(METHODS)}")
     model = methods.as_model(model)
     if images is None:
-        images, labels = default_images(model, method)
+        images, labels = default_images(model, method, 1)
     images = methods.batch_of(model, images)
     return METHODS[method](model, Request(images, labels, **options))
 
 
-def default_images(model, method: str) -> tuple[np.ndarray, np.ndarray]:
-    """The held-out digits at the network's input shape (one of them, except for the methods
-    over a set)."""
+def default_images(model, method: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out digits at the network's input shape: all of them for the methods over a
+    set, two for style, else the first ``count``."""
     data = load_dataset(DIGITS, methods.input_shape(model))
     if method in OVER_A_SET:
         return data.test_x, data.test_y
     if method == "style":  # the first digit, in the style of the first one of another class
         other = int(np.argmax(data.test_y != data.test_y[0]))
         return data.test_x[[0, other]], data.test_y[[0, other]]
-    return data.test_x[:1], data.test_y[:1]
+    return data.test_x[:count], data.test_y[:count]

@@ -125,17 +125,16 @@ def with_colour_bar(picture: Image.Image, lo: float, hi: float) -> Image.Image:
 # -- one picture per method ---------------------------------------------------------------------
 
 def filters_picture(weights: np.ndarray) -> Image.Image:
-    """Convolution kernels ``[K, C, kh, kw]``: one RGB tile per filter where C is 3, else a row
-    per filter of one grey tile per input channel; 0 is grey, the layer's largest magnitude
-    black or white."""
+    """Convolution kernels ``[K, C, kh, kw]``: one tile per filter, 8 a row, where C is 1 (grey)
+    or 3 (RGB), else a row per filter of one grey tile per input channel; 0 is grey, the
+    layer's largest magnitude black or white."""
     k, c, kh, kw = weights.shape
     scale = scale_for(kh, kw, 48)
     top = float(np.abs(weights).max()) or 1.0
     shown = 0.5 + weights / (2 * top)
-    if c == 3:
-        columns = int(np.ceil(np.sqrt(k)))
+    if c in (1, 3):
         tiles = [rgb(f) for f in shown]
-        return grid([tiles[i:i + columns] for i in range(0, k, columns)], scale)
+        return grid([tiles[i:i + 8] for i in range(0, k, 8)], scale)
     return grid([[rgb(f[None]) for f in shown_filter] for shown_filter in shown], scale)
 
 
