@@ -47,7 +47,8 @@ def as_model(model: Model, weights: str | Path | None = None) -> CompiledModel:
     initialization)."""
     if isinstance(model, CompiledModel):
         if weights is not None:
-            model.load_weights(weights)
+            raise ExplainError("a compiled model has its weights: give weights with a network "
+                               "name, or set them with model.load_weights")
         return model
     graph = model if isinstance(model, Graph) else load_network(str(model))
     if weights is None and isinstance(model, str):

@@ -12,7 +12,7 @@ from PIL import Image
 import cnnc
 from cnnc.runtime.cli import main
 from cnnc.runtime.datasets import load_dataset
-from cnnc.runtime.explain import explanation, methods
+from cnnc.runtime.explain import explanation, methods, pictures
 from cnnc.runtime.reference import run_reference
 
 TINY = """network tiny(classes = 3)
@@ -83,7 +83,7 @@ def test_receptive_box_reaches_into_the_padding(tiny):
 # times larger (128), its 5x5 kernels 9 times (45), its 10x10 maps 6 times (60), the 14x14
 # fields of tanh2 4 times (56).
 SIZES = {
-    "filters": (1 * 47 + 2, 6 * 47 + 2),                 # c1: 6 kernels of 1 channel
+    "filters": (6 * 47 + 2, 1 * 47 + 2),                 # c1: 6 kernels of 1 channel
     "feature_maps": (8 * 62 + 2 + 64, 2 * 62 + 2),       # tanh2: 16 maps, 8 a row
     "saliency": (2 * 130 + 2 + 64, 132),                 # the image and its map
     "guided_backprop": (2 * 130 + 2, 132),
@@ -142,3 +142,13 @@ def test_the_command_writes_the_picture_and_keeps_an_existing_one(tmp_path, caps
     assert main(["explain", "lenet5", "--method", "gradcam", "-o", str(out)]) == 2
     assert "already exists; give --force" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_filters_of_three_channels_are_colour_tiles():
+    rng = np.random.default_rng(2)
+    weights = rng.standard_normal((10, 3, 5, 5))
+    picture = pictures.filters_picture(weights)
+    assert picture.size == (8 * 47 + 2, 2 * 47 + 2)  # 8 a row, 45-pixel tiles
+    tile = np.asarray(picture)[2:47, 2:47]           # the first filter, 9 times larger
+    shown = np.round((0.5 + weights[0] / (2 * np.abs(weights).max())) * 255)
+    np.testing.assert_array_equal(tile[::9, ::9], shown.transpose(1, 2, 0))
