@@ -63,38 +63,46 @@ def shipped_weights(source: str, graph: Graph) -> Path | None:
     return trained_weights(source) if source == graph.name else None
 
 
-def _helper(model: CompiledModel, key: Hashable, build: Callable[[], Any]) -> Any:
+def _helper(model: CompiledModel, key: Hashable, build: Callable[[], Any],
+            set_params: Callable[[Any, dict[str, np.ndarray]], None]) -> Any:
+    """The helper ``key`` of ``model`` (``build`` the first time), its parameters the model's
+    current ones (``set_params`` again only after the model's have been replaced)."""
     store = _HELPERS.setdefault(model, {})
+    params = model.params
     if key not in store:
-        store[key] = build()
-    return store[key]
+        store[key] = build(), None
+    helper, seen = store[key]
+    if seen is None or seen.keys() != params.keys() or \
+            any(seen[k] is not v for k, v in params.items()):
+        set_params(helper, params)
+        store[key] = helper, params
+    return helper
 
 
 def gradient_model(model: CompiledModel, objective: Sequence[str], *,
                    gradients_of: Sequence[str] = (), values: Sequence[str] = (),
                    rule: str | None = None) -> GradientModel:
-    """The model's :class:`GradientModel` for these settings (compiled once), with the
-    model's current parameters."""
+    """The model's :class:`GradientModel` for these settings (compiled once)."""
     key = ("gradient", tuple(objective), tuple(gradients_of), tuple(values), rule)
-    gm = _helper(model, key, lambda: GradientModel(
+    return _helper(model, key, lambda: GradientModel(
         model.graph, model.params, objective=objective, gradients_of=gradients_of,
-        values=values, rule=rule))
-    gm.set_params(model.params)
-    return gm
+        values=values, rule=rule), GradientModel.set_params)
 
 
 def layer_values(model: CompiledModel, x: np.ndarray, layers: Sequence[str]
                  ) -> dict[str, np.ndarray]:
     """The values of ``layers`` (by name) for batch ``x``, from the network compiled up to
     them (once per model and layers)."""
-    def params_of(graph: Graph) -> dict[str, np.ndarray]:
-        names = {p.name for p in graph.params()}
-        return {k: v for k, v in model.params.items() if k in names}
+    def own(graph: Graph, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = {p.name for p in graph.params()}  # those of the layers before the cut
+        return {k: v for k, v in params.items() if k in names}
 
-    graph = with_outputs(model.graph, layers)
-    cut = _helper(model, ("values", tuple(layers)), lambda: compile_model(
-        graph, weights=params_of(graph), progress=False))
-    cut.set_params(params_of(cut.graph))
+    def build() -> CompiledModel:
+        graph = with_outputs(model.graph, layers)
+        return compile_model(graph, weights=own(graph, model.params), progress=False)
+
+    cut = _helper(model, ("values", tuple(layers)), build,
+                  lambda cut, params: cut.set_params(own(cut.graph, params)))
     out = cut.run({next(iter(cut.graph.inputs)): batch_of(model, x)})
     return {name: out[name] for name in layers}
 

@@ -181,3 +181,20 @@ def test_batch_norm_is_differentiated_as_it_classifies():
     got = methods.gradcam(model, x, classes)
     assert got.shape == (2, 4, 4)
     assert np.abs(got - want).max() <= 1e-5 * want.max()
+
+
+def test_the_compiled_helpers_follow_the_models_weights():
+    """A model's gradient and cut models are compiled once and take its new weights."""
+    graph = cnnc.load(SMALL)
+    rng = np.random.default_rng(4)
+    first, second = ({n.name: rng.standard_normal(n.type.shape).astype(np.float32)
+                      for n in graph.params()} for _ in range(2))
+    x = rng.standard_normal((2, 2, 12, 12)).astype(np.float32)
+    model = cnnc.compile(graph, weights=first)
+    before = methods.saliency(model, x, 1), methods.feature_maps(model, x, "conv2")
+    model.set_params(second)
+    after = methods.saliency(model, x, 1), methods.feature_maps(model, x, "conv2")
+    other = cnnc.compile(graph, weights=second)
+    assert not np.allclose(before[0], after[0])
+    np.testing.assert_array_equal(after[0], methods.saliency(other, x, 1))
+    np.testing.assert_array_equal(after[1], methods.feature_maps(other, x, "conv2"))
