@@ -18,12 +18,14 @@ from ..model import compile as compile_model
 from ..weights import init_params, load_weights
 from . import methods
 from .descent import OPTIMIZERS
-from .explanation import METHODS, OVER_A_SET, PAIRS, default_images, explain
+from .explanation import METHODS, OVER_A_SET, PAIRS, default_images, explain, png_path
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    if not args.output.lower().endswith(".png"):
-        raise CliError(f"-o: the picture is a PNG; name it .png, not {args.output}")
+    png_path(args.output)  # before the work, not after it
+    for option, value in (("--count", args.count), ("--top", args.top), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            raise CliError(f"{option} must be at least 1, got {value}")
     graph = load_graph(args)
     weights = args.weights or methods.shipped_weights(args.model, graph)
     params = load_weights(graph, weights) if weights else init_params(graph)

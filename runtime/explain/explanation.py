@@ -53,11 +53,17 @@ class Explanation:
 
     def save(self, path: str | Path, force: bool = False) -> Path:
         """Write the picture as a PNG (an existing file is replaced only with ``force``)."""
-        path = Path(path)
-        if path.suffix.lower() != ".png":
-            raise ExplainError(f"the picture is a PNG: name it .png, not {path.name}")
+        path = png_path(path)
         write_files({path: lambda f: self.picture.save(f, "PNG")}, force=force)
         return path
+
+
+def png_path(path: str | Path) -> Path:
+    """``path``, refused unless it names a .png file."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ExplainError(f"the picture is a PNG: name it .png, not {path.name}")
+    return path
 
 
 def _first(r: Request, what: str) -> np.ndarray:

@@ -152,7 +152,11 @@ def classes_for(model: CompiledModel, x: np.ndarray, class_index: int | Sequence
     if class_index is None:
         scores = model.run({next(iter(model.graph.inputs)): x})[output_name(model)]
         return scores.reshape(len(x), -1).argmax(axis=1)
-    classes = np.broadcast_to(np.asarray(class_index), (len(x),))
+    try:
+        classes = np.broadcast_to(np.asarray(class_index), (len(x),))
+    except ValueError:
+        raise ExplainError(f"give one class for all {len(x)} images or one for each, not "
+                           f"{np.shape(class_index)[0]}") from None
     for c in np.unique(classes):
         if c != int(c) or not 0 <= c < k:
             raise ExplainError(f"class {c} does not exist: network {model.graph.name!r} has "
@@ -361,6 +365,8 @@ def top_patches(model: Model, images: np.ndarray, layer: str, channel: int, k: i
     """Seed 004's Figure 6.12: over ``images``, the ``k`` whose ``channel`` of ``layer``
     reaches the highest value anywhere, each cropped to the receptive field of the neuron
     where it does."""
+    if k < 1:
+        raise ExplainError(f"top patches: k must be at least 1, got {k}")
     model = as_model(model)
     images = batch_of(model, images)
     node = node_of(model.graph, layer)
