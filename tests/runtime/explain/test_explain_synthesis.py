@@ -1,6 +1,6 @@
 """The images made by optimization: the Gram-matrix style loss and its gradient against
 central differences, the optimizers on a function with a known minimum, and the class model,
-DeepDream and neural style on the small network of the occlusion test: L-BFGS lowers each
+DeepDream and neural style on a LeNet-5 with ReLU and random weights: L-BFGS lowers each
 objective at every step, Adam over its steps (the objective it reports checked against the
 float64 reference interpreter)."""
 
@@ -9,28 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cnnc
 from cnnc.runtime.explain import synthesis
 from cnnc.runtime.explain.descent import adam, lbfgs
 from cnnc.runtime.reference import run_reference
 
-SMALL = """network small(classes = 3)
-input image: 2 x 10 x 10
-image -> conv(4, 3, pad=1) as conv1 -> relu -> maxpool(2) as pool1
-      -> conv(5, 3) as conv2 -> tanh -> flatten
-      -> dense(classes) as fc -> softmax
-      -> output probabilities
-"""
+from .nets import relu_lenet
 
 
 @pytest.fixture(scope="module")
 def small():
-    graph = cnnc.load(SMALL)
-    rng = np.random.default_rng(11)
-    params = {n.name: (0.5 * rng.standard_normal(n.type.shape)).astype(np.float32)
-              for n in graph.params()}
-    images = rng.random((2, 2, 10, 10)).astype(np.float32)
-    return graph, params, cnnc.compile(graph, weights=params), images
+    model, images = relu_lenet()
+    return model.graph, model.params, model, images
 
 
 def test_style_loss_and_its_gradient_against_central_differences():
@@ -78,9 +67,9 @@ def test_adam_descends_a_quadratic():
 
 def reference_score(graph, params, x: np.ndarray, k: int) -> float:
     """Class k's logit for one image, by the float64 interpreter (the softmax's input)."""
-    (fc,) = [n.id for n in graph.nodes() if n.name == "fc"]
+    (logits,) = [n.id for n in graph.nodes() if n.name == "out"]
     out = run_reference(graph, {"image": x.astype(np.float64)[None]}, params, keep=True)
-    return float(out[f"%{fc}"][0, k])
+    return float(out[f"%{logits}"][0, k])
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
@@ -93,7 +82,7 @@ def test_class_model_raises_the_class_score(small, optimizer):
     if optimizer == "lbfgs":
         assert np.all(np.diff(h) < 0)
     else:
-        assert h[-1] < h[0] and np.all(np.diff(h) <= 1e-3 * np.abs(h).max())
+        assert h[-1] < h[0] and np.all(np.diff(h) <= 1e-2 * np.abs(h).max())  # 1% overshoot
     x = result.image.astype(np.float64)
     want = -reference_score(graph, params, x, 1) + 1e-2 * float((x ** 2).sum())
     assert h[-1] == pytest.approx(want, rel=1e-4, abs=1e-5)
@@ -101,13 +90,13 @@ def test_class_model_raises_the_class_score(small, optimizer):
 
 def test_deepdream_amplifies_the_layer(small):
     graph, params, model, images = small
-    result = synthesis.deepdream(model, images[0], "conv1", channel=2, steps=8,
+    result = synthesis.deepdream(model, images[0], "c3", channel=2, steps=8,
                                  optimizer="lbfgs")
     assert np.all(np.diff(result.objective) < 0)
-    (conv1,) = [n.id for n in graph.nodes() if n.name == "conv1"]
+    (c3,) = [n.id for n in graph.nodes() if n.name == "c3"]
     before, after = (run_reference(graph, {"image": x.astype(np.float64)[None]}, params,
-                                   keep=True)[f"%{conv1}"][0, 2] for x in (images[0],
-                                                                          result.image))
+                                   keep=True)[f"%{c3}"][0, 2] for x in (images[0],
+                                                                       result.image))
     assert (after ** 2).sum() / 2 == pytest.approx(-result.objective[-1], rel=1e-4)
     assert (after ** 2).sum() > 2 * (before ** 2).sum()
 
@@ -116,16 +105,16 @@ def test_deepdream_amplifies_the_layer(small):
 def test_style_transfer_lowers_its_objective(small, optimizer):
     _, _, model, images = small
     result = synthesis.style_transfer(model, images[0], images[1], steps=12,
-                                      optimizer=optimizer, style_weight=10.0)
+                                      optimizer=optimizer, style_weight=10.0, lr=3e-4)
     h = result.objective
     if optimizer == "lbfgs":
         assert np.all(np.diff(h) < 0)
     else:  # Adam's first steps may overshoot a little
-        assert h.max() < 1.1 * h[0]
-    assert h[-1] < 0.95 * h[0]
+        assert h.max() < 1.05 * h[0]
+    assert h[-1] < 0.97 * h[0]
     # the objective it reports is the definition's, at the image it returns
     layers = synthesis.activation_layers(model.graph)
-    assert layers == ["relu1", "tanh1"]
+    assert layers == ["relu1", "relu2"]
     fun = synthesis.style_objective(model, images[:1], images[1:2], layers[-1:], layers,
                                     1.0, 10.0)
     assert fun(result.image.ravel().astype(np.float64))[0] == pytest.approx(h[-1], rel=1e-6)

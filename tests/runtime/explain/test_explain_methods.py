@@ -15,21 +15,13 @@ from cnnc.runtime.datasets import load_dataset
 from cnnc.runtime.explain import explanation, methods, pictures
 from cnnc.runtime.reference import run_reference
 
-TINY = """network tiny(classes = 3)
+from .nets import relu_lenet
+
+#: A 3x3 convolution with padding 1, then 2x2 max pooling (only its receptive fields are read).
+PADDED = """network padded
 input image: 1 x 10 x 10
-image -> conv(3, 3, pad=1) as conv1 -> relu -> maxpool(2) as pool1 -> flatten
-      -> dense(classes) as fc -> softmax
-      -> output probabilities
+image -> conv(3, 3, pad=1) as conv1 -> relu -> maxpool(2) as pool1 -> output y
 """
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    graph = cnnc.load(TINY)
-    rng = np.random.default_rng(5)
-    params = {n.name: rng.standard_normal(n.type.shape).astype(np.float32)
-              for n in graph.params()}
-    return graph, params, cnnc.compile(graph, weights=params)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +29,17 @@ def lenet():
     return methods.as_model("lenet5"), load_dataset("digits", (1, 32, 32))
 
 
-def test_occlusion_matches_a_loop_over_the_reference(tiny):
-    graph, params, model = tiny
-    x = np.random.default_rng(6).random((1, 1, 10, 10)).astype(np.float32)
-    got = methods.occlusion(model, x, class_index=2, patch=4, stride=3, fill=0.5, batch=2)
-    want = np.empty((3, 3))
-    for i, top in enumerate((0, 3, 6)):
-        for j, left in enumerate((0, 3, 6)):
+def test_occlusion_matches_a_loop_over_the_reference():
+    model, images = relu_lenet()
+    x = images[:1]
+    got = methods.occlusion(model, x, class_index=0, patch=8, stride=8, fill=0.0, batch=5)
+    want = np.empty((4, 4))
+    for i, top in enumerate((0, 8, 16, 24)):
+        for j, left in enumerate((0, 8, 16, 24)):
             occluded = x.astype(np.float64)
-            occluded[0, 0, top:top + 4, left:left + 4] = 0.5
-            want[i, j] = run_reference(graph, {"image": occluded}, params)["probabilities"][0, 2]
+            occluded[0, 0, top:top + 8, left:left + 8] = 0.0
+            want[i, j] = run_reference(model.graph, {"image": occluded},
+                                       model.params)["probabilities"][0, 0]
     assert np.ptp(want) > 0.01  # the patch matters somewhere
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
@@ -70,8 +63,8 @@ def test_top_patches_are_the_true_top_k_cropped_to_the_field(lenet):
         np.testing.assert_array_equal(crop, images[i, :, 2 * r:2 * r + 14, 2 * c:2 * c + 14])
 
 
-def test_receptive_box_reaches_into_the_padding(tiny):
-    graph, _, _ = tiny
+def test_receptive_box_reaches_into_the_padding():
+    graph = cnnc.load(PADDED)
     # conv1 is 3x3 with padding 1: the neuron at (0, 0) sees rows and columns -1 .. 1
     assert methods.receptive_box(graph, "conv1", 0, 0) == (-1, -1, 2, 2)
     # pool1 (2x2, stride 2) after it: 4 pixels, the neurons 2 apart: (1, 2) sees 1 .. 4, 3 .. 6
