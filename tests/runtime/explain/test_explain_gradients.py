@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from cnnc.compiler.autodiff import attach_loss, autodiff
+from cnnc.compiler.passes import PassContext
+from cnnc.compiler.passes.modify_backward import modify_backward
 from cnnc.runtime.datasets import load_dataset
 from cnnc.runtime.explain import methods
+from cnnc.runtime.reference import run_reference
 from cnnc.zoo import trained_weights
 
 from .nets import Twin, relu_lenet
@@ -112,3 +116,24 @@ def test_the_compiled_helpers_follow_the_models_weights(relu):
     np.testing.assert_array_equal(after[1], methods.feature_maps(other, x, "c3"))
     np.testing.assert_array_equal(before[0], methods.saliency(model, x, 1))
 
+
+
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_the_rules_in_float64_match_pytorch(rule):
+    """The rewrite and the rules' float64 references: the gradient graph run by the reference
+    interpreter, against PyTorch's hooks to float64 rounding."""
+    model, x = relu_lenet()
+    graph = model.graph.copy()
+    assert modify_backward(graph, rule) == 2
+    assert [n.name for n in graph.nodes() if n.op == "modified_backward"] == ["relu1", "relu2"]
+    params = {k: v.astype(np.float64) for k, v in model.params.items()}
+    forward = run_reference(graph, {"image": x.astype(np.float64)}, params)
+    np.testing.assert_array_equal(forward["probabilities"], run_reference(
+        model.graph, {"image": x.astype(np.float64)}, params)["probabilities"])
+    tg = attach_loss(graph, "weighted_sum", training_forms=False)
+    autodiff(tg, PassContext(training=True, frozen=("*",), input_gradients=True))
+    classes = np.array([0, 3, 9])
+    seeds = np.eye(10)[classes]
+    got = run_reference(tg, {"image": x.astype(np.float64), "labels": seeds}, params)
+    want = torch_input_gradient(Twin("relu", model.params, rule), x, classes)
+    np.testing.assert_allclose(got["grad:image"], want, rtol=0, atol=1e-12 * np.abs(want).max())
