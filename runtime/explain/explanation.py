@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +202,11 @@ def explain(model: methods.Model, method: str, images: np.ndarray | None = None,
     if images is None:
         images, labels = default_images(model, method, 1)
     images = methods.batch_of(model, images)
+    known = [f.name for f in fields(Request)][2:]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ExplainError(f"explain takes the options {', '.join(known)}; not "
+                           f"{', '.join(unknown)}")
     return METHODS[method](model, Request(images, labels, **options))
 
 
