@@ -9,8 +9,8 @@ parameter a step updates by itself, not by its gradient (batch norm's running st
 a graph output ``update:<name>`` holding its new value (one for the whole batch), which the
 runtime writes back into the parameter after each step. The ``autodiff``
 pass, at the head of the training pipeline, then adds to the same graph, for every trainable
-parameter (and, when asked, every network input), the gradient of the loss with respect to it,
-as graph outputs named ``grad:<name>``:
+parameter (and, when asked, every network input and the values of chosen layers: Grad-CAM's),
+the gradient of the loss with respect to it, as graph outputs named ``grad:<name>``:
 
     loss = L(f(x, w))   =>   grad:w = (d f / d w)^T (d L / d f)   (each op's rule, in reverse)
 
@@ -416,7 +416,7 @@ class TrainingOptions(Protocol):
 def values_named(graph: Graph, names: Sequence[str]) -> list[int]:
     """The nodes of the layers ``names`` (a GradientError naming the layers there are for a
     name that is not one)."""
-    by_name = {n.name: n.id for n in graph.topo_order() if n.name and n.op not in ("param",)}
+    by_name = {n.name: n.id for n in graph.topo_order() if n.name and n.op != "param"}
     missing = [name for name in names if name not in by_name]
     if missing:
         raise GradientError(f"network {graph.name!r} has no layer {missing[0]!r}; its layers "
