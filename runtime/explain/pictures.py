@@ -1,12 +1,12 @@
 """The explanations as pictures (Pillow): grids of tiles, heat maps over the image, a colour
 bar, a scatter plot.
 
-Every picture is a grid: ``rows`` x ``columns`` tiles of ``h`` x ``w`` pixels each drawn
-``scale`` times larger, ``GAP`` pixels apart and around, so it is
+Every picture but the scatter plot is a grid: ``rows`` x ``columns`` tiles of ``h`` x ``w``
+pixels each drawn ``scale`` times larger, ``GAP`` pixels apart and around, so it is
 ``columns (w scale + GAP) + GAP`` wide and ``rows (h scale + GAP) + GAP`` high; a picture with
 a colour bar is ``BAR`` pixels wider. A tile of the input image shows it stretched from its
 smallest to its largest value; a map of values (saliency, activations, probabilities) is
-coloured by ``COLOURS`` (dark blue is the low end, yellow the high one) over the range the bar
+coloured by ``COLOURS`` (dark purple the low end, yellow the high one) over the range the bar
 states; a signed gradient is grey where it is 0, lighter where it is positive.
 """
 
