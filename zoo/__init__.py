@@ -6,10 +6,10 @@ count and what is unusual about it; `description(name)` returns that text. Netwo
 in the header (`classes`, `size`, and where sensible a `width`) can be overridden:
 `load_zoo("resnet50", classes=10, size=64)`.
 
-`weights/` holds the trained weights that ship with the project (`trained_weights(name)`), so
+Trained weights ship beside their networks (`trained_weights(name)`: an .npz), so
 `cnnc explain lenet5 ...` works right after set-up. `lenet5_digits.npz` was made by
 
-    cnnc train lenet5 --data digits --save zoo/weights/lenet5_digits.npz
+    cnnc train lenet5 --data digits --save zoo/lenet5_digits.npz
 
 (its defaults: 10 epochs of SGD with momentum 0.9, lr 0.05, cosine schedule, seed 0; 99.2%
 on the held-out digits).
@@ -35,13 +35,13 @@ def path(name: str) -> Path:
     return p
 
 
-#: Trained weights shipped with the zoo, by network name (files under `weights/`).
+#: Trained weights shipped with the zoo, by network name (files in this folder).
 TRAINED = {"lenet5": "lenet5_digits.npz"}
 
 
 def trained_weights(name: str) -> Path | None:
     """The shipped trained weights of zoo network `name` (an .npz path), or None."""
-    return ZOO_DIR / "weights" / TRAINED[name] if name in TRAINED else None
+    return ZOO_DIR / TRAINED[name] if name in TRAINED else None
 
 
 def description(name: str) -> str:
