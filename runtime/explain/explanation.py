@@ -128,8 +128,11 @@ def _top_patches(model, r: Request) -> Explanation:
 
 
 def _tsne(model, r: Request) -> Explanation:
+    """Coloured by the labels, or where there are none by the predicted classes."""
     points = methods.tsne(model, r.images, r.layer)
-    return Explanation("tsne", {"tsne": points}, pictures.scatter_picture(points, r.labels))
+    classes = r.labels if r.labels is not None else methods.classes_for(model, r.images, None)
+    return Explanation("tsne", {"tsne": points, "classes": np.asarray(classes)},
+                       pictures.scatter_picture(points, classes))
 
 
 def _synthesis_options(r: Request) -> dict[str, object]:
