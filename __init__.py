@@ -3,6 +3,7 @@
     import cnnc
     graph = cnnc.load("resnet18")            # a zoo name, a .cnn path or DSL source
     outputs = cnnc.reference(graph, {"image": x})
+    saliency = cnnc.explain.saliency("lenet5", x, class_index=3)   # looking inside
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from .runtime.reference import run_reference
 
         return run_reference
+    if name == "explain":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.runtime.explain")
     if name == "zoo":
         import importlib
 

@@ -9,8 +9,8 @@ parameter a step updates by itself, not by its gradient (batch norm's running st
 a graph output ``update:<name>`` holding its new value (one for the whole batch), which the
 runtime writes back into the parameter after each step. The ``autodiff``
 pass, at the head of the training pipeline, then adds to the same graph, for every trainable
-parameter (and, when asked, every network input), the gradient of the loss with respect to it,
-as graph outputs named ``grad:<name>``:
+parameter (and, when asked, every network input and the values of chosen layers: Grad-CAM's),
+the gradient of the loss with respect to it, as graph outputs named ``grad:<name>``:
 
     loss = L(f(x, w))   =>   grad:w = (d f / d w)^T (d L / d f)   (each op's rule, in reverse)
 
@@ -43,7 +43,7 @@ from .types import TensorType
 
 __all__ = ["GradBuilder", "GradientError", "LABELS", "LOSSES", "LossTerm", "attach_loss",
            "autodiff", "check_labels_input", "gradient_outputs", "is_labels", "labels_input",
-           "loss_terms", "trainable_params", "update_outputs"]
+           "loss_terms", "trainable_params", "update_outputs", "values_named"]
 
 #: Graph outputs of a training graph: the loss, ``grad:<name>`` per differentiated value and
 #: ``update:<name>`` per parameter the step sets (the module docstring).
@@ -121,8 +121,9 @@ def _accumulate(graph: Graph, value: int, grads: list[int]) -> int:
 
 
 def differentiate(graph: Graph, root: int, wrt: Sequence[int]) -> dict[int, int]:
-    """Add the backward graph of scalar ``root`` with respect to the values ``wrt``; returns
-    each one's gradient node (values ``root`` does not depend on are left out)."""
+    """Add the backward graph of scalar ``root`` with respect to the values ``wrt`` (inputs,
+    parameters or intermediate values); returns each one's gradient node (values ``root`` does
+    not depend on are left out)."""
     order = graph.topo_order()
     leads = set(wrt)  # values on a path from a differentiated value
     for node in order:
@@ -130,7 +131,9 @@ def differentiate(graph: Graph, root: int, wrt: Sequence[int]) -> dict[int, int]
             leads.add(node.id)
     if root not in leads:
         return {}
+    asked = set(wrt)
     grads: dict[int, list[int | None]] = {root: [None]}
+    kept: dict[int, int] = {}  # the gradients of intermediate values asked for
     for node in reversed(order):
         pending = grads.pop(node.id, None)
         if pending is None or node.op in ("input", "param"):
@@ -138,18 +141,22 @@ def differentiate(graph: Graph, root: int, wrt: Sequence[int]) -> dict[int, int]
                 grads[node.id] = pending
             continue
         dy = None if pending == [None] else _accumulate(graph, node.id, pending)  # type: ignore
+        if dy is not None and node.id in asked:
+            kept[node.id] = dy
+        wanted = frozenset(i for i in node.inputs if i in leads)
+        if not wanted:  # an intermediate value asked for, nothing before it
+            continue
         rule = get_op(node.op).gradient
         if rule is None:
             at = node_location(graph, node, column=True)
             raise GradientError(f"{at + ': ' if at else ''}layer {node.name or node.id} "
                                 f"({node.op}) has no gradient rule: cnnc cannot train through "
                                 f"{node.op} yet")
-        wanted = frozenset(i for i in node.inputs if i in leads)
         din = rule(GradBuilder(graph, node, dy, wanted))
         for i, g in zip(node.inputs, din):
             if g is not None and i in leads:
                 grads.setdefault(i, []).append(g)
-    out: dict[int, int] = {}
+    out: dict[int, int] = dict(kept)
     for value in wrt:
         pending = grads.get(value)
         if pending:
@@ -187,6 +194,11 @@ LOSSES: dict[str, LossSpec] = {
     "localization": LossSpec("localization", "class cross-entropy plus the box's mean squared "
                              "error where an object is present (outputs [K + 4], labels "
                              "[class, x, y, h, w])"),
+    "weighted_sum": LossSpec("weighted_sum", "the output times weights of its shape (the "
+                             "labels), summed: an objective whose gradient is the weights, for "
+                             "explanations rather than training (on the logits: a final "
+                             "softmax is skipped, as class scores are)",
+                             ("softmax", "log_softmax")),
 }
 
 #: The labels input of a training graph with one loss; with several terms, each term that takes
@@ -330,7 +342,8 @@ def _attach_term(g: Graph, term: LossTerm, labels_name: str, node_name: str
 
 
 def attach_loss(graph: Graph, loss: str | Sequence[Any] = "cross_entropy",
-                output: str | Sequence[str] | None = None, **attrs: Any) -> Graph:
+                output: str | Sequence[str] | None = None, *, training_forms: bool = True,
+                **attrs: Any) -> Graph:
     """A copy of ``graph`` with its loss and labels inputs, the loss as output ``loss``: a
     training graph for :func:`autodiff`.
 
@@ -340,13 +353,15 @@ def attach_loss(graph: Graph, loss: str | Sequence[Any] = "cross_entropy",
     ``(output, loss[, weight[, options]])``, summed with their weights (``loss_sum``; default
     weight 1), each term's labels in an input of its own, ``labels:<output>`` (the triplet
     loss's: none). A loss on logits skips a final ``softmax`` (``log_softmax``, ``sigmoid``)
-    of the output it reads (:class:`LossSpec`)."""
+    of the output it reads (:class:`LossSpec`). Without ``training_forms`` every layer keeps
+    the form it infers with (the explanations differentiate the network as it classifies: a
+    layer whose inference form has no gradient rule is then refused by ``autodiff``)."""
     terms = loss_terms(graph, loss, output, attrs)
     g = graph.copy()
     updates: dict[int, int] = {}  # parameter -> its value after the step
     for n in g.topo_order():
         form = get_op(n.op).training_form
-        if form is not None:
+        if form is not None and training_forms:
             try:
                 form(g, n, updates)
             except ShapeError as e:
@@ -393,20 +408,34 @@ class TrainingOptions(Protocol):
 
     frozen: tuple[str, ...]
     input_gradients: bool
+    gradients_of: tuple[str, ...]
 
     def note(self, text: str, node: Node | None = None) -> None: ...
 
 
+def values_named(graph: Graph, names: Sequence[str]) -> list[int]:
+    """The nodes of the layers ``names`` (a GradientError naming the layers there are for a
+    name that is not one)."""
+    by_name = {n.name: n.id for n in graph.topo_order() if n.name and n.op != "param"}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise GradientError(f"network {graph.name!r} has no layer {missing[0]!r}; its layers "
+                            f"are {', '.join(by_name)}")
+    return [by_name[name] for name in names]
+
+
 def autodiff(graph: Graph, ctx: TrainingOptions) -> bool:
     """The pass: gradients of ``loss`` with respect to the trainable parameters (not those
-    ``ctx.frozen`` names) and, with ``ctx.input_gradients``, the network's inputs (not the
-    labels, not the whole-batch ``dropout_seed``), as outputs ``grad:<name>``."""
+    ``ctx.frozen`` names), with ``ctx.input_gradients`` the network's inputs (not the labels,
+    not the whole-batch ``dropout_seed``), and the intermediate values of the layers
+    ``ctx.gradients_of`` names (Grad-CAM's), as outputs ``grad:<name>``."""
     if LOSS not in graph.outputs:
         return False
     wrt = [p.id for p in trainable_params(graph, ctx.frozen)]
     if ctx.input_gradients:
         wrt += [nid for name, nid in graph.inputs.items()
                 if not is_labels(name) and graph.node(nid).type.batched]  # not dropout_seed
+    wrt += values_named(graph, ctx.gradients_of)
     grads = differentiate(graph, graph.outputs[LOSS], wrt)
     for nid, g in grads.items():
         node = graph.node(nid)

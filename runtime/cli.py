@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTRA_MODULES = ("commands", "onnx_commands", "show", "train_command", "bench_command")
+EXTRA_MODULES = ("commands", "onnx_commands", "show", "train_command", "bench_command",
+                 "explain.command")
 
 
 def _register_extras() -> None:

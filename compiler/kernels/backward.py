@@ -255,6 +255,30 @@ def mse_grad_kernel(name: str, size: int, dy: int | None = None, comment: str = 
     return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
 
 
+def weighted_sum_kernel(name: str, size: int, comment: str = "",
+                        sz: Sizes | None = None) -> Kernel:
+    """The sum of ``x0 x1`` over every element of the batch (``size`` per image), in float64.
+    One serial loop: a scalar result."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    term = call("f64", Load("x0", Var("i"))) * call("f64", Load("x1", Var("i")))
+    body: list[Stmt] = [Let("total", call("f64", Const(0))), Loop("i", N_BATCH * L, [
+        Let("total", Var("total") + term)]), Store("y", Const(0), Var("total"))]
+    return Kernel(name, arrays("x0", "x1", "y") + sz.params() + [Param("n_batch", "int")],
+                  body, comment)
+
+
+def weighted_sum_grad_kernel(name: str, size: int, dy: int | None = None, comment: str = "",
+                             sz: Sizes | None = None) -> Kernel:
+    """``dy x1``: the weights themselves, scaled by the gradient reaching the sum."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    L = sz("L", size)
+    at = Var("t") * L + Var("j")
+    body: list[Stmt] = [Let("scale", upstream(dy)), Loop("j", const(L), [
+        Store("y", at, call("f64", Load("x1", at)) * Var("scale"))])]
+    return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
+
+
 def distance_grad_kernel(name: str, size: int, p: float, comment: str = "",
                          sz: Sizes | None = None) -> Kernel:
     """``dy sign(a - b) (|a - b| / y)^(p - 1)`` per element of an image's embedding (``x0`` =

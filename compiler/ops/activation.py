@@ -645,3 +645,91 @@ register(OpDef(
     error_bound=_prelu_slope_grad_bound,
     doc="the slope gradient of prelu: dy x where x <= 0, summed over the batch and the "
         "pixels (and the channels, for one slope)"))
+
+
+# -- guided backpropagation and the deconvnet: an activation's backward pass changed ----------
+# Seed 002, "Visualize activations" by a single backward pass from a chosen neuron:
+#   guided backprop: "only let the gradients of the neurons with +ve activations and +ve
+#       gradients pass": dx = relu'(x) * max(dy, 0)  (Springenberg et al. 2015);
+#   deconvnet: "change the backward pass of ReLU: only let the gradients of the neurons with
+#       +ve gradients pass": dx = max(dy, 0), whatever x was  (Zeiler and Fergus 2014).
+# ``modified_backward`` computes activation ``of`` forward and takes one of these rules as
+# its gradient; the explanations put it in place of each activation of the network
+# (``compiler/passes/modify_backward.py``), so autodiff itself knows no modes. On the other
+# monotone activations the rules read the same way: guided keeps f'(x) and zeroes the
+# negative gradients, f'(x) * max(dy, 0); the deconvnet rectifies the gradient alone.
+
+#: The activations whose backward pass the rules can change: non-decreasing ones, f' >= 0.
+MONOTONE = ("relu", "leaky_relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "elu", "selu",
+            "softplus")
+BACKWARD_RULES = ("guided", "deconvnet")
+
+
+def _inner(attrs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The activation a modified node computes, and its own attributes."""
+    return attrs["of"], {k: v for k, v in attrs.items() if k not in ("of", "rule")}
+
+
+def _modified_reference(inputs, attrs):
+    of, a = _inner(attrs)
+    return get_op(of).reference(inputs, a)
+
+
+def _modified_epilogue(x: Expr, attrs: dict[str, Any], operand: Any) -> Expr:
+    of, a = _inner(attrs)
+    return get_op(of).epilogue(x, a, operand)
+
+
+def _modified_bound(ctx: BoundCtx) -> np.ndarray:
+    of, a = _inner(ctx.attrs)
+    return get_op(of).error_bound(BoundCtx(ctx.inputs, a, ctx.out, ctx.err_in, ctx.terms,
+                                           ctx.reference))
+
+
+def _modified_gradient(d):
+    return [d.add("modified_backward_grad", [d.input(0), d.dy], dict(d.attrs))]
+
+
+def _modified_grad_reference(inputs, attrs):
+    of, a = _inner(attrs)
+    x, dy = (np.asarray(v, np.float64) for v in inputs)
+    passed = np.maximum(dy, 0.0)
+    return DERIVATIVES[of][0](x, a) * passed if attrs["rule"] == "guided" else passed
+
+
+def _modified_grad_epilogue(x: Expr, attrs: dict[str, Any], dy: Expr) -> Expr:
+    of, a = _inner(attrs)
+    passed = _fmax(dy, ZERO)
+    return DERIVATIVES[of][1](x, a) * passed if attrs["rule"] == "guided" else passed
+
+
+def _modified_grad_bound(ctx: BoundCtx) -> np.ndarray:
+    """Guided: the activation gradient's bound with the rectified dy; the deconvnet's max is
+    exact, and the store rounds nothing more."""
+    of, a = _inner(ctx.attrs)
+    if ctx.attrs["rule"] != "guided":
+        return 2 * EPS32 * np.abs(ctx.out)
+    x, dy = ctx.inputs
+    return _activation_grad_bound(BoundCtx([x, np.maximum(dy, 0.0)], {"of": of, **a}, ctx.out,
+                                           ctx.err_in, ctx.terms, ctx.reference))
+
+
+register(OpDef(
+    name="modified_backward", family="activation",
+    signature=(Attr("of", "choice", choices=MONOTONE),
+               Attr("rule", "choice", choices=BACKWARD_RULES)),
+    infer=same_shape, reference=_modified_reference, macs=no_macs, new_activations=False,
+    pass_made=True, error_bound=_modified_bound, epilogue=_modified_epilogue,
+    lower=_lower_unary, takes_epilogue="any", inplace=True, layout_rule=elementwise_layouts,
+    gradient=_modified_gradient,
+    doc="activation `of` forward, the guided-backprop or deconvnet rule backward "
+        "(explanations)"))
+register(OpDef(
+    name="modified_backward_grad", family="activation",
+    signature=(Attr("of", "choice", choices=MONOTONE),
+               Attr("rule", "choice", choices=BACKWARD_RULES)),
+    infer=_activation_grad_infer, reference=_modified_grad_reference, macs=no_macs, arity=2,
+    pass_made=True, backward=True, new_activations=False, epilogue=_modified_grad_epilogue,
+    lower=lower_binary_epilogue, error_bound=_modified_grad_bound,
+    doc="guided: f'(x) max(dy, 0); deconvnet: max(dy, 0): the modified input gradient of "
+        "activation `of`"))

@@ -33,6 +33,12 @@ how many outputs the loss reads (1 unless given).
   the mean squared error of the four box values where c != 0 (the seed's labels (1, 0, 0, *)
   and (0, 1, 0, box) are c = 0 and c = 1 with the box: its "do not care" values are never
   read); batch mean.
+- ``weighted_sum``: ``sum over the batch of sum_i w_i y_i`` with weights w of the output's
+  shape (its labels). Not a loss to train on but the objective the explanations ascend
+  (``runtime/explain``): its gradient with respect to y is w itself, so it seeds a backward
+  pass with any chosen gradient (seed 002: "set the gradient of the interested neuron to 1.0,
+  and all other neurons of the layer to 0.0"; DeepDream's "equal to the activations"; a
+  style loss's gradient with respect to a layer). A class score is w one-hot. Gradient: w dy.
 - ``loss_sum``: ``sum_i w_i L_i``, the weighted sum of several terms (GoogLeNet's auxiliary
   heads weigh 0.3), the root of a training graph with several heads.
 
@@ -63,6 +69,8 @@ from ..kernels.backward import (
     mse_kernel,
     triplet_grad_kernel,
     triplet_kernel,
+    weighted_sum_grad_kernel,
+    weighted_sum_kernel,
 )
 from ..kernels.common import Sizes
 from ..types import TensorType
@@ -533,6 +541,52 @@ register(OpDef(
     arity=None, pass_made=True, backward=True, new_activations=False,
     lower=_lower_localization, error_bound=_float64_bound,
     doc="the gradient of the localization loss with respect to the scores and the box"))
+
+
+# -- a chosen gradient: the weighted sum of an output ---------------------------------------------
+
+def _weighted_sum_reference(inputs, attrs):
+    y, w = (np.asarray(v, np.float64) for v in inputs)
+    return np.asarray((y * w).sum())
+
+
+def _weighted_sum_grad_reference(inputs, attrs):
+    (_, w), dy = _split_upstream(inputs, 2)
+    return dy * w
+
+
+def _lower_weighted_sum(ctx, node):
+    """The sum (one serial loop: a scalar) or its gradient (per image)."""
+    sz = Sizes()
+    size = int(np.prod(ctx.in_shapes[0]))
+    if node.op == "weighted_sum":
+        k = weighted_sum_kernel(ctx.kname, size, ctx.comment, sz)
+    else:
+        k = weighted_sum_grad_kernel(ctx.kname, size, _upstream_index(ctx, 2), ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
+def _weighted_sum_bound(ctx: BoundCtx) -> np.ndarray:
+    """A float64 sum of float32 products, rounded once: the float64 rounding of the terms
+    (one EPS64 each of the sum of |terms|) and the final rounding to float32."""
+    y, w = ctx.inputs
+    return np.asarray(2 * EPS32 * np.abs(ctx.out) + (y.size + 2) * EPS64 * np.abs(y * w).sum())
+
+
+register(OpDef(
+    name="weighted_sum", family="loss", signature=(), infer=_same_shape_labels("weighted_sum"),
+    reference=_weighted_sum_reference, macs=no_macs, arity=2, pass_made=True,
+    new_activations=False, gradient=loss_gradient("weighted_sum_grad"),
+    lower=_lower_weighted_sum, error_bound=_weighted_sum_bound,
+    extra={"labels_type": lambda out: out},
+    doc="sum over the batch of the output times weights of its shape: an objective whose "
+        "gradient is the weights (explanations)"))
+register(OpDef(
+    name="weighted_sum_grad", family="loss", signature=(), infer=lambda ts, a: ts[0],
+    reference=_weighted_sum_grad_reference, macs=no_macs, arity=None, pass_made=True,
+    backward=True, new_activations=False, lower=_lower_weighted_sum,
+    error_bound=lambda ctx: 2 * EPS32 * np.abs(ctx.out),
+    doc="dy w: the gradient of weighted_sum with respect to the output"))
 
 
 # -- several heads: a weighted sum of losses ----------------------------------------------------

@@ -661,6 +661,11 @@ def _bn_train_gradient(d):
     return grads
 
 
+# The partial derivatives are the same whether mean and var are the batch's statistics or the
+# running ones: the inference form differentiates by the same rule (the explanations
+# differentiate the network as it classifies; training replaces it by batchnorm_train first).
+get_op("batchnorm").gradient = _bn_train_gradient
+
 register(OpDef(
     name="batchnorm_train", family="norm", signature=(Attr("eps", "float"),),
     infer=_bn_train_infer, reference=_bn_reference, macs=no_macs, arity=5, pass_made=True,

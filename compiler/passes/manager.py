@@ -45,9 +45,11 @@ class PassContext:
     measure: Callable[[Graph, Node, tuple[str, ...]], str] | None = None
     replace_dump: bool = False
     # Training (``compiler/autodiff.py``): parameter name patterns left as they are (fnmatch),
-    # and whether the network's inputs get gradients too (``input_gradient``).
+    # whether the network's inputs get gradients too (``input_gradient``), and the layers
+    # whose values get them (the explanations' Grad-CAM).
     frozen: tuple[str, ...] = ()
     input_gradients: bool = False
+    gradients_of: tuple[str, ...] = ()
     # Data-parallel training: batch norm's statistics are those of the global batch of this
     # many replicas' equal shards (``sync_batch_norm``); 1: each replica's own.
     sync_bn_replicas: int = 1

@@ -87,6 +87,8 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "instance_norm": ([(3, 4, 5)], {}),
     "cross_entropy": ([(5,), ()], {}),
     "mse": ([(3, 4, 5), (3, 4, 5)], {}),
+    "weighted_sum": ([(3, 4, 5), (3, 4, 5)], {}),
+    "modified_backward": ([(3, 4, 5)], {"of": "tanh", "rule": "guided"}),
     "bce_with_logits": ([(3, 4, 5), (3, 4, 5)], {}),
     "triplet": ([(6,), (6,), (6,)], {"margin": 0.5}),
     "contrastive": ([(1,), (1,)], {"margin": 2.0}),

@@ -65,6 +65,8 @@ def labels_for(loss: str, shape: tuple[int, ...], batch: int,
         return rng.integers(0, shape[0], batch).astype(np.float64)
     if loss == "bce_with_logits":
         return rng.random((batch,) + shape)
+    if loss == "weighted_sum":  # any weights: the explanations' seeds
+        return rng.standard_normal((batch,) + shape)
     if loss == "contrastive":
         return (np.arange(batch) % 2).astype(np.float64).reshape(batch, 1)
     if loss == "localization":
@@ -80,6 +82,7 @@ def labels_for(loss: str, shape: tuple[int, ...], batch: int,
     ("localization", "loc", {"box_weight": 0.5}),
     ("triplet", ("anchor", "positive", "negative"), {"margin": 1.5}),
     ("contrastive", "d", {"margin": 2.0}),
+    ("weighted_sum", "loc", {}),
 ])
 def test_each_loss_at_the_root_against_finite_differences(loss, output, options):
     rng = np.random.default_rng(3)
