@@ -36,7 +36,7 @@ from ...compiler.lower import lower_graph
 from ...compiler.passes import LoweringError, PassContext, optimize
 from ...compiler.passes.modify_backward import modify_backward
 from ...compiler.target import resolve_target
-from ..executor import CpuExecutor
+from ..executor import Executor
 from ..reference import InputError, check_inputs
 
 #: Graph outputs holding a layer's value (beside ``grad:<name>``), by layer name.
@@ -106,7 +106,7 @@ class GradientModel:
         self.seed_inputs = {name: LABELS if single else labels_input(name)
                             for name in self.objective}
         self.input_name = next(iter(graph.inputs))
-        self.executor = CpuExecutor(self.plan)
+        self.executor = Executor(self.plan)
         self.set_params(params)
 
     def set_params(self, params: Mapping[str, np.ndarray]) -> None:
