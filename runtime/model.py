@@ -25,6 +25,7 @@ import numpy as np
 from ..compiler.backends.cuda.loader import CudaBackend, gpu_problem
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
+from ..compiler.ops.detect import detections
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.passes.manager import DumpFolderError
 from ..compiler.plan import Plan
@@ -191,8 +192,13 @@ class CompiledModel:
                             int(value.size), fused="+" in step.op)
 
     def __call__(self, x: Any) -> Any:
-        """``model(x)`` or ``model({"name": x})``: an array for one output, else a dict."""
+        """``model(x)`` or ``model({"name": x})``: an array for one output, else a dict. An
+        output ``nms`` makes comes back as its list of boxes per image (``detections``: the
+        padded rows without the padding); ``run`` returns the padded array."""
         out = self.run(self._as_inputs(x))
+        for name, nid in self.graph.outputs.items():
+            if self.graph.node(nid).op == "nms":
+                out[name] = detections(out[name])
         return next(iter(out.values())) if len(out) == 1 else out
 
     def warm_up(self) -> None:

@@ -177,6 +177,19 @@ class LowerCtx:
                     inplace=op.inplace and storage is None, storage=storage,
                     batched=node.type.batched)
 
+    def host_step(self, fn: Callable[..., None], *, inputs: list[int]) -> Step:
+        """A step run by a host function instead of a generated kernel: ``fn(x0, ..., y,
+        n_batch)`` over the flat float32 buffers of ``inputs`` and of the output (detection
+        post-processing, ``compiler/ops/detect.py``: little work, and a loop whose length
+        depends on the data). The CPU target only: a CUDA module cannot call it."""
+        node = self.node
+        if isinstance(self.backend, CudaBackend):
+            raise LoweringError(f"{node.op} ({node.name or '%' + str(node.id)}) runs on the "
+                                "host after the kernels; the CUDA target has no host steps yet")
+        args = (*(Arg("value", i) for i in inputs), Arg("output"), Arg("batch"))
+        return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
+                    node.type.size, [Call(fn, args, f"host {node.op}")], lowering="host")
+
     def concat_view_step(self) -> Step:
         """A concatenation whose inputs were written into its channel-blocked buffer: no kernel;
         it owns the buffer (``plan_memory`` gives its producers their ranges of it)."""

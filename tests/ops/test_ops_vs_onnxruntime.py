@@ -121,7 +121,11 @@ COVERED = {
 }
 # compared in tests/ops/test_new_activation_ops.py (pad's reflect and edge modes too)
 COVERED |= {"elu", "selu", "softplus", "mish", "prelu", "instance_norm"}
+COVERED |= {"nms"}  # against NonMaxSuppression in tests/ops/test_detect.py
 NOT_IN_ONNX = {
+    "iou": "no ONNX operator: checked against counting shared cells (tests/ops/test_detect.py)",
+    "yolo_decode": "no ONNX operator: checked against a torch transcription of YOLOv2's "
+                   "decoding (tests/ops/test_detect.py)",
     "input": "a graph leaf: values are supplied by the caller, there is nothing to compute",
     "param": "a graph leaf: weights are supplied by the caller, there is nothing to compute",
     "bn_fold_weight": "a derived parameter of the batch-norm folding pass (tests/passes)",

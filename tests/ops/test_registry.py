@@ -98,6 +98,10 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "batchnorm_train": ([(3, 4, 5), (3,), (3,), (3,), (3,)], {"eps": 1e-5}),
     "running_update": ([(3,), (3,), (3, 4, 5)], {"momentum": 0.1, "unbiased": True}),
     "dropout_train": ([(3, 4, 5), (2,)], {"rate": 0.25, "stream": 7}),
+    # detection (compiler/ops/detect.py): boxes, a 2-anchor 2-class grid, decoded rows
+    "iou": ([(5, 4), (3, 4)], {}),
+    "yolo_decode": ([(14, 3, 2)], {"anchors": (1.0, 2.0, 1.5, 0.5), "classes": 2}),
+    "nms": ([(12, 6)], {"iou": 0.5, "score": 0.1, "top_k": 3}),
 }
 #: Inputs of a sample call that are one value for the whole batch (no batch axis): parameters,
 #: batch statistics, the dropout seed.
