@@ -15,7 +15,10 @@ from ..dsl.errors import DslError
 from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re-exported
     EXTRA,
     CliError,
+    convolutionalized,
     force_arg,
+    fully_convolutional_args,
+    input_size_of,
     load_array,
     load_graph,
     load_inputs,
@@ -49,15 +52,25 @@ def user_errors() -> tuple[type[Exception], ...]:
 def cmd_summary(args: argparse.Namespace) -> int:
     from ..compiler.ops import count_macs
     from ..compiler.passes import optimize
-    from .summary import format_receptive_fields, format_summary, summarize
+    from ..compiler.passes.convolutionalize import window_saving
+    from .summary import (
+        format_receptive_fields,
+        format_summary,
+        format_window_saving,
+        summarize,
+    )
 
-    graph = load_graph(args)
+    classifier = load_graph(args)
+    size = input_size_of(args)
+    graph = classifier if size is None else convolutionalized(classifier, size)
     print(format_summary(summarize(graph), all_rows=args.all))
     optimized = graph.copy()
     optimize(optimized, 2)
     before, after = count_macs(graph), count_macs(optimized)
     print(f"after the -O2 passes:           {after:,} multiply-accumulates per image "
           f"({before - after:,} saved)")
+    if size is not None:
+        print(format_window_saving(window_saving(classifier, graph)))
     if args.receptive_field:
         print("\n" + format_receptive_fields(graph, all_rows=args.all))
     return 0
@@ -78,10 +91,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.check_numerics and args.reference:
         raise CliError("--check-numerics watches the compiled kernels; the float64 reference "
                        "has no kernels to watch (drop --reference)")
-    graph = load_graph(args)
+    declared = load_graph(args)
+    size = input_size_of(args)
+    graph = declared if size is None else convolutionalized(declared, size)
     options = ImageOptions(resize=args.resize, mean=args.mean, std=args.std)
     inputs = load_inputs(args.input, graph, options)
-    params = load_weights(graph, args.weights) if args.weights else init_params(graph, args.seed)
+    params = (load_weights(declared, args.weights) if args.weights else
+              init_params(declared, args.seed))
     t0 = time.perf_counter()
     if args.reference:
         outputs = run_reference(graph, inputs, params)
@@ -131,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also list layers without parameters or new activations")
     p.add_argument("--receptive-field", action="store_true",
                    help="also print each layer's receptive field (size, jump, start)")
+    fully_convolutional_args(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("dump", help="print the IR graph")
@@ -162,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", metavar="FILE.npz",
                    help="also write the outputs to this .npz (keyed by output name)")
     force_arg(p)
+    fully_convolutional_args(p)
     p.set_defaults(func=cmd_run)
 
     for name, (func, help_text, configure) in EXTRA.items():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..compiler.ir import Graph
 from ..compiler.ops import get_op
+from ..compiler.passes.convolutionalize import WindowSaving
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,15 @@ def format_summary(s: Summary, all_rows: bool = True) -> str:
     lines.append(f"multiply-accumulates per image: {s.macs:,} ({format_giga(s.flops)} GFLOPs)")
     lines.append(f"activations per image:          {s.activations:,}")
     return "\n".join(lines)
+
+
+def format_window_saving(s: WindowSaving) -> str:
+    """The line `cnnc summary --fully-convolutional` ends with: seed 000's point, the work of
+    one convolutional pass against the classifier run on every window of the grid."""
+    (p, q), (sh, sw) = s.windows, s.stride
+    return (f"sliding windows: {p} x {q} = {p * q:,} windows at stride {sh}x{sw}: one pass "
+            f"{s.one_pass_macs:,} multiply-accumulates, window by window {p * q:,} x "
+            f"{s.window_macs:,} = {s.loop_macs:,} ({s.factor:.1f}x the work)")
 
 
 def format_giga(n: int) -> str:

@@ -48,6 +48,9 @@ class PassContext:
     # and whether the network's inputs get gradients too (``input_gradient``).
     frozen: tuple[str, ...] = ()
     input_gradients: bool = False
+    # The input size (height, width) a fully convolutional compile runs the network at
+    # (``convolutionalize``); None: as declared.
+    input_size: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     current: Node | None = None
     folder: str | None = None  # the model's folder: DSL files are named relative to it

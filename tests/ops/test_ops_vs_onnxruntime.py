@@ -132,6 +132,8 @@ NOT_IN_ONNX = {
     "channel_gather": "made by the fold_channel_moves pass from concatenations, slices and "
                       "shuffles, which are checked here (tests/passes)",
     "bn_fold_bias": "a derived parameter of the batch-norm folding pass (tests/passes)",
+    "conv_weight_of_dense": "a derived parameter of the convolutionalize pass "
+                            "(tests/passes/test_convolutionalize.py)",
     "bn_fold_input_weight": "a derived parameter of folding a batch norm into the next layer "
                             "(tests/passes)",
     "bn_fold_input_bias": "a derived parameter of folding a batch norm into the next layer "
