@@ -179,3 +179,11 @@ def test_summary_shows_the_work_saved(capsys, tmp_path):
     assert "--input-size takes HEIGHTxWIDTH" in capsys.readouterr().err
     assert main(["summary", str(path), "--fully-convolutional", "--input-size", "20x20"]) == 2
     assert "must be at least that" in capsys.readouterr().err
+
+
+def test_compile_command_takes_the_options(capsys, tmp_path, alex):
+    path = tmp_path / "alex.cnn"
+    path.write_text(ALEX)
+    assert main(["compile", str(path), "--fully-convolutional", "--input-size", "36x40",
+                 "--stats"]) == 0
+    assert "multiply-accumulates per image: 952896" in capsys.readouterr().out
