@@ -241,7 +241,7 @@ def _load_families() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from . import activation, conv, dense, detect, loss, norm, pool, rearrange, resize, tensor  # noqa: F401
+    from . import activation, conv, dense, detect, loss, norm, pool, rearrange, resize, roi, tensor  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------

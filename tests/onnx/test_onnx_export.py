@@ -96,6 +96,10 @@ NOT_EXPORTED = {
         "indices, not padded rows, and has no decoding or IoU operator; export the network up "
         "to its head"
     for op in ("iou", "yolo_decode", "nms")}
+NOT_EXPORTED.update({
+    op: "ONNX's MaxRoiPool and RoiAlign take the regions of the whole batch with an image index; "
+        "cnnc's take each image's own (compared with ONNX Runtime in tests/ops/test_roi.py)"
+    for op in ("roi_maxpool", "roi_align")})
 
 
 ALL_OPS = """

@@ -122,6 +122,7 @@ COVERED = {
 # compared in tests/ops/test_new_activation_ops.py (pad's reflect and edge modes too)
 COVERED |= {"elu", "selu", "softplus", "mish", "prelu", "instance_norm"}
 COVERED |= {"nms"}  # against NonMaxSuppression in tests/ops/test_detect.py
+COVERED |= {"roi_maxpool", "roi_align"}  # MaxRoiPool and RoiAlign in tests/ops/test_roi.py
 NOT_IN_ONNX = {
     "iou": "no ONNX operator: checked against counting shared cells (tests/ops/test_detect.py)",
     "yolo_decode": "no ONNX operator: checked against a torch transcription of YOLOv2's "

@@ -102,6 +102,9 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "iou": ([(5, 4), (3, 4)], {}),
     "yolo_decode": ([(14, 3, 2)], {"anchors": (1.0, 2.0, 1.5, 0.5), "classes": 2}),
     "nms": ([(12, 6)], {"iou": 0.5, "score": 0.1, "top_k": 3}),
+    # RoI pooling (compiler/ops/roi.py): a map and three regions of it
+    "roi_maxpool": ([(3, 6, 5), (3, 4)], {"output": (2, 2), "spatial_scale": 0.5}),
+    "roi_align": ([(3, 6, 5), (3, 4)], {"output": 2, "sampling_ratio": 2}),
 }
 #: Inputs of a sample call that are one value for the whole batch (no batch axis): parameters,
 #: batch statistics, the dropout seed.
