@@ -9,14 +9,22 @@ the same to IoU, which is symmetric in the two axes).
   ``b [M, 4]``, ``[B, M]``. A box of no area overlaps nothing (IoU 0), as ONNX Runtime treats
   it. ``box_iou`` is the one place the formula is written: the NMS, the mAP of
   ``runtime/detection.py`` and the dataset's matching all call it.
-- ``yolo_decode(anchors, classes)``: a YOLOv2-style head ``[A (5 + C), S, T]`` (per anchor a:
-  ``tx, ty, tw, th, to`` then C class logits) to one row per cell and anchor, ``[S T A, 4 + C]``
-  in the order (row, column, anchor): the box's corners as fractions of the image, then the
-  C class scores. For cell (i, j) and anchor (w_a, h_a) in grid cells:
+- ``yolo_decode(anchors, classes, format)``: a YOLO-style head ``[A (5 + C), S, T]`` to one
+  row per cell and anchor, ``[S T A, 4 + C]`` in the order (row, column, anchor): the box's
+  corners as fractions of the image, then the C class scores. The 5 + C channels of an
+  anchor are, with ``format=yolo`` (YOLOv2), ``tx, ty, tw, th, to`` then C class logits; with
+  ``format=localization`` seed 004's localization output (``compiler/ops/loss.py``, per cell:
+  what the ``localization`` loss trains), C + 1 class scores of which class 0 is "nothing",
+  then the box ``tx, ty, th, tw`` (its x, y, h, w). For cell (i, j) and anchor (w_a, h_a) in
+  grid cells:
 
       centre = ((j + sigmoid(tx)) / T, (i + sigmoid(ty)) / S)
       size   = (w_a exp(tw) / T, h_a exp(th) / S)
-      score_c = sigmoid(to) softmax(logits)_c
+      score_c = sigmoid(to) softmax(logits)_c        (yolo)
+      score_c = softmax(scores)_(c + 1)               (localization: class c + 1 of the labels)
+
+  ``encode_box`` is the inverse of the box formulas: the cell and targets a training label
+  holds.
 
 - ``nms(iou, score, top_k, max_boxes)``: per image and class, the boxes whose score is above
   ``score`` in order of decreasing score (ties: the lower index first), each kept unless its
@@ -57,6 +65,7 @@ from . import (
     BoundCtx,
     OpDef,
     ShapeError,
+    as_choice,
     as_float,
     as_int,
     exact_bound,
@@ -127,9 +136,13 @@ def _anchor_pairs(value: Any) -> tuple[tuple[float, float], ...]:
     return tuple((numbers[k], numbers[k + 1]) for k in range(0, len(numbers), 2))
 
 
+FORMATS = ("yolo", "localization")
+
+
 def _decode_canonicalize(attrs: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
     return {"anchors": _anchor_pairs(attrs["anchors"]),
-            "classes": as_int(attrs["classes"], "classes", 1)}
+            "classes": as_int(attrs["classes"], "classes", 1),
+            "format": as_choice(attrs["format"], "format", FORMATS)}
 
 
 def _decode_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:
@@ -145,21 +158,46 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def encode_box(box: np.ndarray, grid: tuple[int, int], anchor: tuple[float, float],
+               margin: float = 1e-3) -> tuple[int, int, np.ndarray]:
+    """The inverse of ``yolo_decode``'s box formulas for a box (x1, y1, x2, y2) as fractions
+    of the image: the cell (i, j) its centre falls in and the targets (tx, ty, tw, th) that
+    decode to it there with ``anchor`` (the centre's offset kept ``margin`` inside the cell,
+    where the sigmoid's inverse is finite)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    rows, cols = grid
+    cx, cy = (x1 + x2) / 2 * cols, (y1 + y2) / 2 * rows
+    i, j = min(max(int(cy), 0), rows - 1), min(max(int(cx), 0), cols - 1)
+    ox = min(max(cx - j, margin), 1 - margin)
+    oy = min(max(cy - i, margin), 1 - margin)
+    targets = [np.log(ox / (1 - ox)), np.log(oy / (1 - oy)),
+               np.log((x2 - x1) * cols / anchor[0]), np.log((y2 - y1) * rows / anchor[1])]
+    return i, j, np.array(targets)
+
+
 def _decode_reference(inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:
     x = np.asarray(inputs[0], np.float64)
     n, _, rows, cols = x.shape
     anchors = np.asarray(attrs["anchors"], np.float64)  # [A, 2]: width, height in cells
     a, c = len(anchors), attrs["classes"]
     t = x.reshape(n, a, 5 + c, rows, cols).transpose(0, 3, 4, 1, 2)  # [N, S, T, A, 5 + C]
+    if attrs["format"] == "yolo":
+        tx, ty, tw, th = (t[..., k] for k in range(4))
+        scores = _sigmoid(t[..., 4])[..., None] * _softmax(t[..., 5:])
+    else:  # the localization output: C + 1 class scores (0: nothing), then x, y, h, w
+        tx, ty, th, tw = (t[..., c + 1 + k] for k in range(4))
+        scores = _softmax(t[..., :c + 1])[..., 1:]
     i = np.arange(rows).reshape(1, rows, 1, 1)
     j = np.arange(cols).reshape(1, 1, cols, 1)
-    cx = (j + _sigmoid(t[..., 0])) / cols
-    cy = (i + _sigmoid(t[..., 1])) / rows
-    w = anchors[:, 0] * np.exp(t[..., 2]) / cols
-    h = anchors[:, 1] * np.exp(t[..., 3]) / rows
-    logits = t[..., 5:]
-    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    scores = _sigmoid(t[..., 4])[..., None] * e / e.sum(axis=-1, keepdims=True)
+    cx = (j + _sigmoid(tx)) / cols
+    cy = (i + _sigmoid(ty)) / rows
+    w = anchors[:, 0] * np.exp(tw) / cols
+    h = anchors[:, 1] * np.exp(th) / rows
     rows_out = np.concatenate([np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1),
                                scores], axis=-1)
     return rows_out.reshape(n, rows * cols * a, BOX + c)
@@ -281,7 +319,9 @@ register(OpDef(
 register(OpDef(
     name="yolo_decode", family="detect",
     signature=(Attr("anchors", "any", doc="[w1, h1, w2, h2, ...] in grid cells"),
-               Attr("classes", "int")),
+               Attr("classes", "int"),
+               Attr("format", "choice", "yolo", choices=FORMATS,
+                    doc="the channels of an anchor: YOLOv2's, or the localization loss's")),
     canonicalize=_decode_canonicalize, infer=_decode_infer, reference=_decode_reference,
     macs=no_macs, lower=_lower_host(_decode_reference), error_bound=_decode_bound,
     doc="a YOLO grid with anchor boxes to one row per cell and anchor: corners, class scores"))

@@ -11,13 +11,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import cnnc
 from cnnc.compiler.ops import get_op
-from cnnc.compiler.ops.detect import PADDING, box_iou, detections
+from cnnc.compiler.ops.detect import PADDING, box_iou, detections, encode_box
 from cnnc.dsl.errors import DslError
 from cnnc.runtime.onnx.errors import OnnxImportError
 
@@ -55,14 +55,22 @@ def test_iou_counts_the_shared_cells(a, b):
 
 # -- YOLO decoding ------------------------------------------------------------------------------
 
-def torch_decode(x: np.ndarray, anchors: list[tuple[float, float]], classes: int) -> np.ndarray:
-    """YOLOv2's decoding, written out per anchor in torch (float64)."""
+def torch_decode(x: np.ndarray, anchors: list[tuple[float, float]], classes: int,
+                 fmt: str) -> np.ndarray:
+    """YOLOv2's decoding, written out per anchor in torch (float64); the localization format
+    permuted into YOLOv2's first (its box's h and w swapped, its class 0's share of the
+    probability as the objectness: sigmoid(log(sum_{c>0} e^s_c) - s_0) softmax(s_{1..}) =
+    softmax(s)_{1..})."""
     t = torch.tensor(x, dtype=torch.float64)
     n, _, rows, cols = t.shape
     out = torch.zeros(n, rows, cols, len(anchors), 4 + classes, dtype=torch.float64)
     gy, gx = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     for a, (aw, ah) in enumerate(anchors):
         p = t[:, a * (5 + classes):(a + 1) * (5 + classes)]
+        if fmt == "localization":
+            s, box = p[:, :classes + 1], p[:, classes + 1:]
+            objectness = torch.logsumexp(s[:, 1:], dim=1, keepdim=True) - s[:, :1]
+            p = torch.cat([box[:, [0, 1, 3, 2]], objectness, s[:, 1:]], dim=1)
         cx = (gx + torch.sigmoid(p[:, 0])) / cols
         cy = (gy + torch.sigmoid(p[:, 1])) / rows
         w = aw * torch.exp(p[:, 2]) / cols
@@ -75,16 +83,35 @@ def torch_decode(x: np.ndarray, anchors: list[tuple[float, float]], classes: int
 
 
 @given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 3),
-       st.integers(0, 2 ** 31))
-def test_yolo_decode_matches_torch(anchors, classes, rows, cols, seed):
+       st.sampled_from(["yolo", "localization"]), st.integers(0, 2 ** 31))
+def test_yolo_decode_matches_torch(anchors, classes, rows, cols, fmt, seed):
     rng = np.random.default_rng(seed)
     pairs = [tuple(rng.uniform(0.5, 4.0, 2)) for _ in range(anchors)]
     x = rng.standard_normal((2, anchors * (5 + classes), rows, cols)) * 3
     op = get_op("yolo_decode")
     attrs = op.canonicalize({"anchors": tuple(v for p in pairs for v in p),
-                             "classes": classes}, [])
-    np.testing.assert_allclose(op.reference([x], attrs), torch_decode(x, pairs, classes),
-                               rtol=1e-12, atol=1e-14)
+                             "classes": classes, "format": fmt}, [])
+    np.testing.assert_allclose(op.reference([x], attrs),
+                               torch_decode(x, pairs, classes, fmt), rtol=1e-11,
+                               atol=1e-14)
+
+
+@given(st.floats(0.02, 0.6), st.floats(0.02, 0.6), st.floats(0, 0.4), st.floats(0, 0.4),
+       st.sampled_from(["yolo", "localization"]))
+def test_encode_box_is_decoded_back(w, h, left, top, fmt):
+    """A box encoded into its cell's targets (``encode_box``) and written into a grid in the
+    format's channels decodes to itself."""
+    box = np.array([left, top, left + w, top + h])
+    for centre, cells in ((left + w / 2, 5), (top + h / 2, 4)):  # a margin inside the cell
+        assume(1e-3 < centre * cells % 1 < 1 - 1e-3)
+    anchor = (1.5, 2.0)
+    i, j, (tx, ty, tw, th) = encode_box(box, (4, 5), anchor)
+    grid = np.zeros((1, 5 + 2, 4, 5))
+    channels = [0, 1, 2, 3] if fmt == "yolo" else [3, 4, 6, 5]
+    grid[0, channels, i, j] = tx, ty, tw, th
+    op = get_op("yolo_decode")
+    attrs = op.canonicalize({"anchors": anchor, "classes": 2, "format": fmt}, [])
+    np.testing.assert_allclose(op.reference([grid], attrs)[0, i * 5 + j, :4], box, atol=1e-12)
 
 
 # -- NMS against ONNX Runtime -------------------------------------------------------------------
