@@ -88,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.output and not args.output.endswith(".npz"):
         raise CliError(f"the output should be an .npz file, got {args.output}")
+    if args.draw and not args.draw.lower().endswith(".png"):
+        raise CliError(f"--draw writes a .png file, got {args.draw}")
     if args.check_numerics and args.reference:
         raise CliError("--check-numerics watches the compiled kernels; the float64 reference "
                        "has no kernels to watch (drop --reference)")
@@ -118,11 +120,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     batch = next(iter(inputs.values())).shape[0] if inputs else 1
     print(f"{graph.name}: {engine}, batch {batch}, {elapsed * 1e3:.1f} ms")
     report_outputs(outputs)
+    files = {}
     if args.output:
         values = {k: np.asarray(v) for k, v in outputs.items()}
-        write_files({args.output: lambda f: np.savez(f, **values)}, force=args.force)
+        files[args.output] = lambda f: np.savez(f, **values)
+    if args.draw:
+        files.update(drawings(graph, inputs, outputs, args.draw))
+    if files:
+        write_files(files, force=args.force)
+    if args.output:
         print(f"wrote outputs to {args.output}")
+    if args.draw:
+        print(f"drew the boxes in {', '.join(str(f) for f in files if f != args.output)}")
     return 0
+
+
+def drawings(graph, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+             path: str) -> dict[str, bytes]:
+    """``--draw``: each image with its detections (printed too), as PNG files by name."""
+    from ..compiler.ops.detect import detections
+    from .detection import DetectionError, draw_detections, find_detector, in_pixels, png_bytes
+
+    try:
+        detector = find_detector(graph)
+    except DetectionError as e:
+        raise CliError(f"--draw needs a detector: {e}") from None
+    (images,) = [inputs[name] for name in graph.inputs]
+    found = detections(outputs[detector.detections])
+    stem = path[: -len(".png")]
+    files = {}
+    for n, (image, rows) in enumerate(zip(images, found)):
+        boxes = in_pixels(rows, image.shape[1:])
+        shown = ", ".join(f"class {int(r[5])} {r[4]:.2f} at ({r[0]:.1f}, {r[1]:.1f})-"
+                          f"({r[2]:.1f}, {r[3]:.1f})" for r in boxes)
+        print(f"image {n}: {len(boxes)} boxes{': ' if shown else ''}{shown}")
+        name = path if len(images) == 1 else f"{stem}-{n}.png"
+        files[name] = png_bytes(draw_detections(image, boxes))
+    return files
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
@@ -178,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "that produces one (with its DSL line) and exit with status 1")
     p.add_argument("--output", "-o", metavar="FILE.npz",
                    help="also write the outputs to this .npz (keyed by output name)")
+    p.add_argument("--draw", metavar="FILE.png",
+                   help="a detector (an output made by nms): draw each image's boxes on it, "
+                        "into FILE.png (several images: FILE-0.png, FILE-1.png, ...)")
     force_arg(p)
     fully_convolutional_args(p)
     p.set_defaults(func=cmd_run)

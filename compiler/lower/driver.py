@@ -181,11 +181,8 @@ class LowerCtx:
         """A step run by a host function instead of a generated kernel: ``fn(x0, ..., y,
         n_batch)`` over the flat float32 buffers of ``inputs`` and of the output (detection
         post-processing, ``compiler/ops/detect.py``: little work, and a loop whose length
-        depends on the data). The CPU target only: a CUDA module cannot call it."""
+        depends on the data). No kernel: a CUDA module has none for it either."""
         node = self.node
-        if isinstance(self.backend, CudaBackend):
-            raise LoweringError(f"{node.op} ({node.name or '%' + str(node.id)}) runs on the "
-                                "host after the kernels; the CUDA target has no host steps yet")
         args = (*(Arg("value", i) for i in inputs), Arg("output"), Arg("batch"))
         return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
                     node.type.size, [Call(fn, args, f"host {node.op}")], lowering="host")

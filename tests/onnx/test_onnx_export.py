@@ -256,6 +256,9 @@ def small_zoo_graph(name: str) -> Graph:
 @pytest.mark.parametrize("name", zoo.names())
 def test_zoo_export_and_reimport(name):
     graph = small_zoo_graph(name)
+    kept = sorted({n.op for n in graph.nodes()} & set(NOT_EXPORTED))
+    if kept:
+        pytest.skip(f"{name}: {', '.join(kept)}: {NOT_EXPORTED[kept[0]]}")
     macs = summarize(graph).macs
     if macs > MAX_MACS:
         pytest.skip(f"{name}: {macs / 1e6:.0f} M MACs per sample at its smallest size")
