@@ -7,6 +7,8 @@ float64 reference, drawn input sizes); its weights stay the dense ones; what it 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -169,7 +171,10 @@ def test_summary_shows_the_work_saved(capsys, tmp_path):
     path.write_text(ALEX)
     assert main(["summary", str(path), "--fully-convolutional", "--input-size", "36x40"]) == 0
     out = capsys.readouterr().out
-    assert "fc1              conv" in out and "5x4x5" in out
+    # the dense weights counted where the convolution reads them (192 x 16 + 16), no row of
+    # their own
+    assert re.search(r"\nfc1 +conv +16x4x5 +3,088 +61,440 +320\n", out)
+    assert "conv_weight_of_dense" not in out and "total parameters:   4,929" in out
     assert ("sliding windows: 4 x 5 = 20 windows at stride 4x4: one pass 952,896 "
             "multiply-accumulates, window by window 20 x 298,704 = 5,974,080 (6.3x the work)"
             ) in out
