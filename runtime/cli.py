@@ -153,7 +153,8 @@ def drawings(graph, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray
         boxes = in_pixels(rows, image.shape[1:])
         shown = ", ".join(f"class {int(r[5])} {r[4]:.2f} at ({r[0]:.1f}, {r[1]:.1f})-"
                           f"({r[2]:.1f}, {r[3]:.1f})" for r in boxes)
-        print(f"image {n}: {len(boxes)} boxes{': ' if shown else ''}{shown}")
+        print(f"image {n}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}"
+              f"{': ' if shown else ''}{shown}")
         name = path if len(images) == 1 else f"{stem}-{n}.png"
         files[name] = png_bytes(draw_detections(image, boxes))
     return files

@@ -83,7 +83,7 @@ def _yolo(classes: int = 20, boxes: int = 2, width: int = 16) -> int:
     return body + conv_p(width * 16, boxes * 5 + classes, 1)
 
 
-def _shapes_detector(classes: int = 3, width: int = 16) -> int:
+def _shapes_detector(classes: int = 3, width: int = 8) -> int:
     ws = [3, width, width * 2, width * 4, width * 4, width * 4]
     body = sum(conv_p(a, b, 3, bias=False) + bn_p(b) for a, b in zip(ws, ws[1:]))
     return body + conv_p(width * 4, classes + 5, 1)
