@@ -3,7 +3,8 @@
 Every compute node (its fused epilogue included) becomes one plan step through its op's
 ``lower`` rule (in ``compiler/ops/<family>.py``), which is handed a :class:`LowerCtx`: the
 node, its storage, its fused epilogue resolved to the ops' rules, and the means to make steps
-(``kernel_step``, ``view_step``, ``concat_view_step``) and to load the kernels it compiles on
+(``kernel_step``, ``view_step``, ``concat_view_step``, ``host_step`` for a host function
+run between the kernels: detection post-processing) and to load the kernels it compiles on
 its own (``load_tasked``, ``layout_kernel``) through the target's backend. Op rules import
 nothing of this module. The lowering reads the decisions the passes recorded on the nodes
 (``epilogue``, ``lowering``, ``layout``, ``tile``) and decides nothing itself. Parameter-time

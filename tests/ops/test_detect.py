@@ -184,6 +184,23 @@ def test_nms_reference_matches_onnxruntime(case):
     assert np.all(padded[:, :, 5:][padded[:, :, 5] == PADDING] == PADDING)
 
 
+@pytest.mark.parametrize("case, iou, score, kept", [
+    ("every box suppressed by the first", 0.5, None, 1),  # one box of four, per class
+    ("every score below the threshold", 0.5, 0.95, 0),
+    ("nothing overlaps at IoU 1", 1.0, None, 4),
+])
+def test_nms_edge_cases_match_onnxruntime(case, iou, score, kept):
+    """Four equal boxes (two of them with corners swapped) of scores 0.9, 0.9, 0.8, 0.7 in
+    two classes."""
+    boxes = np.array([[[1, 1, 5, 5], [5, 5, 1, 1], [1, 5, 5, 1], [1, 1, 5, 5]]], np.float32)
+    scores = np.array([[[0.9, 0.9, 0.8, 0.7], [0.7, 0.8, 0.9, 0.9]]], np.float32)
+    want = ort_selected(onnx_nms(4, 2, 4, iou, score), boxes, scores)
+    attrs = get_op("nms").canonicalize({"iou": iou, "score": -3.4e38 if score is None else score,
+                                        "top_k": 4, "max_boxes": 8}, [])
+    got = selected_of(get_op("nms").reference([boxes, scores], attrs))
+    assert got == want and len(got) == 2 * kept, case
+
+
 def test_nms_of_one_class_with_ties_keeps_the_lower_index(tmp_path):
     """Two equal boxes of equal score: the first is kept, the second suppressed; a disjoint
     third survives; imported from ONNX and compiled, the same as ONNX Runtime."""
