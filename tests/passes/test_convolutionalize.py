@@ -51,8 +51,17 @@ def windows(classify, x: np.ndarray, size: int, stride: int, grid: tuple[int, in
 
 
 @pytest.fixture(scope="module")
-def alex():
-    graph = cnnc.load(ALEX)
+def alex_file(tmp_path_factory):
+    """ALEX as a file: the kernels' comments name it, so the command line's compile of the
+    same file finds them in the cache."""
+    path = tmp_path_factory.mktemp("alex") / "alex.cnn"
+    path.write_text(ALEX)
+    return path
+
+
+@pytest.fixture(scope="module")
+def alex(alex_file):
+    graph = cnnc.load(str(alex_file))
     params = init_params(graph, 7)
     classifier = cnnc.compile(graph, weights=params)
     grid = cnnc.compile(graph, weights=params, fully_convolutional=True, input_size=(36, 40))
@@ -186,9 +195,7 @@ def test_summary_shows_the_work_saved(capsys, tmp_path):
     assert "must be at least that" in capsys.readouterr().err
 
 
-def test_compile_command_takes_the_options(capsys, tmp_path, alex):
-    path = tmp_path / "alex.cnn"
-    path.write_text(ALEX)
-    assert main(["compile", str(path), "--fully-convolutional", "--input-size", "36x40",
+def test_compile_command_takes_the_options(capsys, alex_file, alex):
+    assert main(["compile", str(alex_file), "--fully-convolutional", "--input-size", "36x40",
                  "--stats"]) == 0
     assert "multiply-accumulates per image: 952896" in capsys.readouterr().out

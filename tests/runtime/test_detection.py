@@ -133,10 +133,13 @@ def test_run_draws_the_detections(tmp_path, capsys):
     path = tmp_path / "shapes.png"
     Image.fromarray((data.images[0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(path)
     out = tmp_path / "boxes.png"
-    args = ["run", "shapes_detector", "--input", str(path), "--draw", str(out)]
+    # the float64 reference: the same detections without compiling (tests/ops/test_detect.py
+    # compiles yolo_decode and nms)
+    args = ["run", "shapes_detector", "--param", "size=32", "--input", str(path), "--draw",
+            str(out), "--reference"]  # (the image resized to 32 x 32)
     assert main(args) == 0
     assert "image 0: " in capsys.readouterr().out
-    assert Image.open(out).size == (256, 256)
+    assert Image.open(out).size == (128, 128)
     assert main(args) == 2  # not over the user's file without --force
     assert "--force" in capsys.readouterr().err
     assert main(["run", "lenet5", "--input", str(path), "--draw", str(out), "--force"]) == 2
