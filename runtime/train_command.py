@@ -164,6 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"{folder / CHECKPOINT} exists; pass --resume to continue that run "
                            "or --force to start over")
         folder.mkdir(parents=True, exist_ok=True)
+    if args.data == "shapes" and (args.mirror or args.crop):
+        raise CliError("--mirror and --crop would move the shapes but not their boxes; "
+                       "--data shapes takes neither")
     (shape,) = [graph.node(n).type.shape for n in graph.inputs.values()]
     task = detection_task(graph, shape, args.seed) if args.data == "shapes" else \
         classification_task(graph, args.data, shape, args.seed)

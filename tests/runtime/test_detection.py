@@ -151,3 +151,7 @@ def test_detector_refusals(capsys):
         find_detector(cnnc.load("lenet5"))
     assert main(["train", "lenet5", "--data", "shapes", "--epochs", "1"]) == 2
     assert "--data shapes trains a detector" in capsys.readouterr().err
+    assert main(["train", "shapes_detector", "--data", "shapes", "--mirror"]) == 2
+    assert "would move the shapes but not their boxes" in capsys.readouterr().err
+    assert main(["train", "shapes_detector", "--data", "shapes", "--param", "classes=4"]) == 2
+    assert "--data shapes has 3 classes" in capsys.readouterr().err
