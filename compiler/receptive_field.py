@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .ir import Graph, Node
-from .ops import get_op
+from .ops import get_op, is_constant
 from .ops.resize import axis_taps, nearest_index, source_coordinates
 
 
@@ -85,10 +85,11 @@ _JOIN_OPS = ("add", "sub", "mul", "multiply", "subtract", "concat")
 
 
 def receptive_fields(graph: Graph) -> dict[int, Field]:
-    """The receptive field of every node (parameters excluded), keyed by node id."""
+    """The receptive field of every node (parameters and the constants derived from them,
+    such as a convolutionalized dense layer's weight, excluded), keyed by node id."""
     fields: dict[int, Field] = {}
     for node in graph.topo_order():
-        if node.op == "param":
+        if is_constant(graph, node):
             continue
         if node.op == "input":
             fields[node.id] = _INPUT if node.type.rank == 3 else _NONE

@@ -263,10 +263,11 @@ class Builder:
         if stmt.name in self.graph.inputs or frame.lookup(stmt.name) is not None:
             raise DslError(f"{stmt.name!r} is already defined", stmt.span)
         dims = tuple(self.input_dim(d, frame) for d in stmt.dims)
-        if len(dims) not in (1, 3):
-            raise DslError(f"an input is channels x height x width (or a feature count), got "
-                           f"{len(dims)} dimensions", stmt.span,
-                           "e.g. `input image: 3 x 224 x 224` or `input features: 128`")
+        if len(dims) not in (1, 2, 3):  # rows x columns: boxes x 4, the inputs of nms
+            raise DslError(f"an input is channels x height x width, rows x columns (boxes) or "
+                           f"a feature count, got {len(dims)} dimensions", stmt.span,
+                           "e.g. `input image: 3 x 224 x 224`, `input boxes: 100 x 4` or "
+                           "`input features: 128`")
         _check_elements(f"input {stmt.name!r}", dims, stmt.span)
         self.check_node_budget(stmt.span)
         node = self.graph.add("input", attrs={"shape": dims}, type=TensorType(dims),

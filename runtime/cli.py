@@ -16,7 +16,10 @@ from ..dsl.errors import DslError
 from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re-exported
     EXTRA,
     CliError,
+    convolutionalized,
     force_arg,
+    fully_convolutional_args,
+    input_size_of,
     load_array,
     load_graph,
     load_inputs,
@@ -50,15 +53,25 @@ def user_errors() -> tuple[type[Exception], ...]:
 def cmd_summary(args: argparse.Namespace) -> int:
     from ..compiler.ops import count_macs
     from ..compiler.passes import optimize
-    from .summary import format_receptive_fields, format_summary, summarize
+    from ..compiler.passes.convolutionalize import window_saving
+    from .summary import (
+        format_receptive_fields,
+        format_summary,
+        format_window_saving,
+        summarize,
+    )
 
-    graph = load_graph(args)
+    classifier = load_graph(args)
+    size = input_size_of(args)
+    graph = classifier if size is None else convolutionalized(classifier, size)
     print(format_summary(summarize(graph), all_rows=args.all))
     optimized = graph.copy()
     optimize(optimized, 2)
     before, after = count_macs(graph), count_macs(optimized)
     print(f"after the -O2 passes:           {after:,} multiply-accumulates per image "
           f"({before - after:,} saved)")
+    if size is not None:
+        print(format_window_saving(window_saving(classifier, graph)))
     if args.receptive_field:
         print("\n" + format_receptive_fields(graph, all_rows=args.all))
     return 0
@@ -76,15 +89,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.output and not args.output.endswith(".npz"):
         raise CliError(f"the output should be an .npz file, got {args.output}")
+    if args.draw and not args.draw.lower().endswith(".png"):
+        raise CliError(f"--draw writes a .png file, got {args.draw}")
     if args.check_numerics and args.reference:
         raise CliError("--check-numerics watches the compiled kernels; the float64 reference "
                        "has no kernels to watch (drop --reference)")
     if args.dask and (args.reference or args.check_numerics):
         raise CliError("--dask runs the compiled model on its workers: drop --reference and "
                        "--check-numerics")
-    graph = load_graph(args)
+    declared = load_graph(args)
+    size = input_size_of(args)
+    graph = declared if size is None else convolutionalized(declared, size)
     options = ImageOptions(resize=args.resize, mean=args.mean, std=args.std)
-    params = load_weights(graph, args.weights) if args.weights else init_params(graph, args.seed)
+    params = (load_weights(declared, args.weights) if args.weights else
+              init_params(declared, args.seed))
     if args.dask:
         return run_over_dask(args, graph, params, options)
     inputs = load_inputs(args.input, graph, options)
@@ -108,10 +126,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     batch = next(iter(inputs.values())).shape[0] if inputs else 1
     print(f"{graph.name}: {engine}, batch {batch}, {elapsed * 1e3:.1f} ms")
     report_outputs(outputs)
+    files = {}
     if args.output:
         values = {k: np.asarray(v) for k, v in outputs.items()}
-        write_files({args.output: lambda f: np.savez(f, **values)}, force=args.force)
+        files[args.output] = lambda f: np.savez(f, **values)
+    if args.draw:
+        files.update(drawings(graph, inputs, outputs, args.draw))
+    if files:
+        write_files(files, force=args.force)
+    if args.output:
         print(f"wrote outputs to {args.output}")
+    if args.draw:
+        print(f"drew the boxes in {', '.join(str(f) for f in files if f != args.output)}")
     return 0
 
 
@@ -136,6 +162,31 @@ def run_over_dask(args: argparse.Namespace, graph, params, options) -> int:
     return 0
 
 
+def drawings(graph, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+             path: str) -> dict[str, bytes]:
+    """``--draw``: each image with its detections (printed too), as PNG files by name."""
+    from ..compiler.ops.detect import detections
+    from .detection import DetectionError, draw_detections, find_detector, in_pixels, png_bytes
+
+    try:
+        detector = find_detector(graph)
+    except DetectionError as e:
+        raise CliError(f"--draw needs a detector: {e}") from None
+    (images,) = [inputs[name] for name in graph.inputs]
+    found = detections(outputs[detector.detections])
+    stem = path[: -len(".png")]
+    files = {}
+    for n, (image, rows) in enumerate(zip(images, found)):
+        boxes = in_pixels(rows, image.shape[1:])
+        shown = ", ".join(f"class {int(r[5])} {r[4]:.2f} at ({r[0]:.1f}, {r[1]:.1f})-"
+                          f"({r[2]:.1f}, {r[3]:.1f})" for r in boxes)
+        print(f"image {n}: {len(boxes)} box{'' if len(boxes) == 1 else 'es'}"
+              f"{': ' if shown else ''}{shown}")
+        name = path if len(images) == 1 else f"{stem}-{n}.png"
+        files[name] = png_bytes(draw_detections(image, boxes))
+    return files
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {}
 
 
@@ -158,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also list layers without parameters or new activations")
     p.add_argument("--receptive-field", action="store_true",
                    help="also print each layer's receptive field (size, jump, start)")
+    fully_convolutional_args(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("dump", help="print the IR graph")
@@ -198,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "that produces one (with its DSL line) and exit with status 1")
     p.add_argument("--output", "-o", metavar="FILE.npz",
                    help="also write the outputs to this .npz (keyed by output name)")
+    p.add_argument("--draw", metavar="FILE.png",
+                   help="a detector (an output made by nms): draw each image's boxes on it, "
+                        "into FILE.png (several images: FILE-0.png, FILE-1.png, ...)")
     force_arg(p)
+    fully_convolutional_args(p)
     p.set_defaults(func=cmd_run)
 
     for name, (func, help_text, configure) in EXTRA.items():

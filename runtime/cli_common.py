@@ -19,12 +19,14 @@ from typing import IO
 import numpy as np
 
 from ..compiler.ir import Graph
+from ..compiler.passes.convolutionalize import ConvolutionalizeError, fully_convolutional
 from ..dsl.builder import load_network
 from .images import ImageOptions, image_files, load_images
 from .weights import read_npy, read_npz
 
 __all__ = ["CliError", "parse_params", "load_graph", "load_array", "load_inputs",
-           "report_outputs", "write_files", "force_arg", "EXTRA", "_EXTRA"]
+           "report_outputs", "write_files", "force_arg", "EXTRA", "_EXTRA",
+           "fully_convolutional_args", "input_size_of", "convolutionalized"]
 
 
 class CliError(Exception):
@@ -56,6 +58,38 @@ def parse_params(items: Sequence[str] | None) -> dict[str, object]:
 def load_graph(args: argparse.Namespace) -> Graph:
     """The network a command names (a .cnn file or a zoo name), with its --param values."""
     return load_network(args.model, **parse_params(getattr(args, "param", None)))
+
+
+# -- fully convolutional --------------------------------------------------------------------------
+
+def fully_convolutional_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fully-convolutional", action="store_true",
+                   help="run a classifier on larger images in one pass: its flatten -> dense "
+                        "head as convolutions over the same weights, a grid of scores out "
+                        "(with --input-size)")
+    p.add_argument("--input-size", metavar="HxW",
+                   help="the image size for --fully-convolutional, e.g. 448x448")
+
+
+def input_size_of(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--input-size HxW`` as (height, width), given with --fully-convolutional; or None."""
+    text = getattr(args, "input_size", None)
+    if bool(getattr(args, "fully_convolutional", False)) != (text is not None):
+        raise CliError("--fully-convolutional and --input-size HxW go together")
+    if text is None:
+        return None
+    height, sep, width = text.lower().partition("x")
+    if not (sep and height.isdigit() and width.isdigit() and int(height) and int(width)):
+        raise CliError(f"--input-size takes HEIGHTxWIDTH in pixels, e.g. 448x448; got {text!r}")
+    return int(height), int(width)
+
+
+def convolutionalized(graph: Graph, size: tuple[int, int]) -> Graph:
+    """``graph`` run fully convolutionally on ``size`` images (its refusal a usage error)."""
+    try:
+        return fully_convolutional(graph, size)
+    except ConvolutionalizeError as e:
+        raise CliError(str(e)) from None
 
 
 # -- inputs -----------------------------------------------------------------------------------

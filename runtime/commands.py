@@ -15,7 +15,10 @@ from ..compiler.types import LAYOUT_CHOICES
 from .cli_common import (
     EXTRA,
     CliError,
+    convolutionalized,
     force_arg,
+    fully_convolutional_args,
+    input_size_of,
     load_graph,
     parse_params,
     report_outputs,
@@ -58,6 +61,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .model import compile as compile_model
 
     graph = load_graph(args)
+    size = input_size_of(args)
+    if size is not None:
+        graph = convolutionalized(graph, size)
     if args.target == "cuda" and (args.emit or args.resources):  # printed without a GPU
         return _emit_cuda(graph, args)
     if args.resources:
@@ -185,6 +191,7 @@ def _configure_compile(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--autotune", action="store_true",
                    help="time each convolution's algorithms once (cached) instead of trusting "
                         "the cost model")
+    fully_convolutional_args(p)
 
 
 # -- check ------------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ import numpy as np
 from ..compiler.backends.cuda.loader import CudaBackend, gpu_problem
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
+from ..compiler.ops.detect import detections
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
-from ..compiler.passes.manager import DumpFolderError
+from ..compiler.passes.convolutionalize import fully_convolutional as convolutionalized
+from ..compiler.passes.manager import DumpFolderError, OptionError
 from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
@@ -197,8 +199,13 @@ class CompiledModel:
                             int(value.size), fused="+" in step.op)
 
     def __call__(self, x: Any) -> Any:
-        """``model(x)`` or ``model({"name": x})``: an array for one output, else a dict."""
+        """``model(x)`` or ``model({"name": x})``: an array for one output, else a dict. An
+        output ``nms`` makes comes back as its list of boxes per image (``detections``: the
+        padded rows without the padding); ``run`` returns the padded array."""
         out = self.run(self._as_inputs(x))
+        for name, nid in self.graph.outputs.items():
+            if self.graph.node(nid).op == "nms":
+                out[name] = detections(out[name])
         return next(iter(out.values())) if len(out) == 1 else out
 
     def warm_up(self) -> None:
@@ -347,6 +354,7 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
             *, opt_level: int = 2, layout: str = "auto", warm: bool = True,
             dump_ir: str | Path | None = None, force: bool = False,
             progress: bool | None = None, autotune: bool = False, mode: str = "infer",
+            fully_convolutional: bool = False, input_size: tuple[int, int] | None = None,
             **training: Any) -> CompiledModel | TrainingModel:
     """Compile a network to Numba kernels (or CUDA ones).
 
@@ -375,6 +383,12 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     optimization level and layout (the winner is cached per shape, attributes, those options
     and CPU), instead of trusting the cost model.
 
+    ``fully_convolutional``: the network built as declared, with its weights, then run on
+    ``input_size`` (height, width) images: its ``flatten -> dense`` heads become convolutions
+    over the same weights, so a classifier returns a grid of scores, one per window of the size
+    it was declared at (``compiler/passes/convolutionalize.py``); ``model.graph`` is the
+    rewritten network (its input of the new size, its parameters those of the declared one).
+
     ``mode="train"``: a :class:`~cnnc.runtime.train.TrainingModel` (the loss attached, the
     backward graph generated, an optimizer over the trainable parameters); ``training`` takes
     ``runtime.train.compile_training``'s options: ``loss`` (``cross_entropy``, ``mse``,
@@ -401,6 +415,16 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     if mode not in ("infer", "train"):
         raise ModelError(f"mode must be 'infer' or 'train', got {mode!r}")
+    if fully_convolutional != (input_size is not None):
+        raise ModelError("fully_convolutional=True and input_size=(height, width) go together")
+    if fully_convolutional:
+        if mode == "train":
+            raise ModelError("fully_convolutional runs a trained classifier on larger images; "
+                             "it takes no mode='train'")
+        try:
+            graph = convolutionalized(graph, input_size)
+        except OptionError as e:
+            raise ModelError(str(e)) from None
     if mode == "train":
         if cpu.cuda:
             raise ModelError(f"mode='train' runs on the CPU only so far, not target {target!r}")

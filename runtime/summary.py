@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..compiler.ir import Graph
 from ..compiler.ops import get_op
+from ..compiler.passes.convolutionalize import WindowSaving
 
 
 @dataclass(frozen=True)
@@ -46,19 +47,32 @@ class Summary:
         return sum(r.activations for r in self.rows)
 
 
+def _parameters_read(graph: Graph, node_id: int) -> list[int]:
+    """The parameters a node input is: itself, or those a derived parameter (an internal op:
+    a convolutionalized dense layer's reshaped weight) is computed from."""
+    node = graph.node(node_id)
+    if node.op == "param":
+        return [node_id]
+    if not get_op(node.op).internal:
+        return []
+    return [p for i in node.inputs for p in _parameters_read(graph, i)]
+
+
 def summarize(graph: Graph) -> Summary:
-    """One row per computing node, in execution order. A shared parameter counts once, at
-    its first use."""
+    """One row per computing node, in execution order (derived parameters are counted where
+    they are read, not as rows). A shared parameter counts once, at its first use."""
     seen: set[int] = set()
     rows = []
     for node in graph.compute_nodes():
         op = get_op(node.op)
+        if op.internal:
+            continue
         params = buffers = 0
-        for i in node.inputs:
-            src = graph.node(i)
-            if src.op != "param" or i in seen:
+        for pid in (p for i in node.inputs for p in _parameters_read(graph, i)):
+            src = graph.node(pid)
+            if pid in seen:
                 continue
-            seen.add(i)
+            seen.add(pid)
             if src.attrs.get("trainable", True):
                 params += src.type.size
             else:
@@ -98,6 +112,15 @@ def format_summary(s: Summary, all_rows: bool = True) -> str:
     lines.append(f"multiply-accumulates per image: {s.macs:,} ({format_giga(s.flops)} GFLOPs)")
     lines.append(f"activations per image:          {s.activations:,}")
     return "\n".join(lines)
+
+
+def format_window_saving(s: WindowSaving) -> str:
+    """The line `cnnc summary --fully-convolutional` ends with: seed 000's point, the work of
+    one convolutional pass against the classifier run on every window of the grid."""
+    (p, q), (sh, sw) = s.windows, s.stride
+    return (f"sliding windows: {p} x {q} = {p * q:,} windows at stride {sh}x{sw}: one pass "
+            f"{s.one_pass_macs:,} multiply-accumulates, window by window {p * q:,} x "
+            f"{s.window_macs:,} = {s.loop_macs:,} ({s.factor:.1f}x the work)")
 
 
 def format_giga(n: int) -> str:

@@ -1,5 +1,6 @@
 """``cnnc train``: train a network on a dataset with the compiled training step, evaluate it
-on the held-out split after each epoch, and save the weights.
+on the held-out split after each epoch (accuracy; a detector on ``--data shapes``: mAP at IoU
+0.5), and save the weights.
 
     cnnc train lenet5 --data digits --epochs 10 --batch 32 --optimizer sgd --lr 0.05 \\
         --save lenet5.npz
@@ -18,12 +19,22 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .cli_common import EXTRA, CliError, force_arg, load_graph
-from .datasets import augment, load_dataset
+from .datasets import Dataset, augment, load_dataset
+from .detection import (
+    DetectionError,
+    find_detector,
+    grid_labels,
+    in_pixels,
+    mean_average_precision,
+)
 from .distributed import (
     DEFAULT_TIMEOUT,
     MpiReplicas,
@@ -34,6 +45,8 @@ from .distributed import (
 )
 from .model import compile as compile_model
 from .optim import OPTIMIZERS, SCHEDULES, Schedule
+from .shapes import CLASSES as SHAPES
+from .shapes import shapes_split
 from .weights import load_weights
 
 #: The targets training runs on (the CPU's, by vector width).
@@ -59,6 +72,61 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch: int,
     counts = np.array([correct(model, x[part], y[part], batch)], np.int64)
     replicas.total(counts)
     return int(counts[0]) / max(1, len(y))
+
+
+@dataclass
+class Task:
+    """What ``cnnc train`` trains on and how it measures the result: the data (labels per
+    training image: class indices, or a detector's grid labels), the loss options of
+    ``compile(mode="train")``, and the held-out measure."""
+
+    data: Dataset
+    loss: dict[str, Any]
+    measure: str
+    #: The measure of a model on the held-out images (with replicas: shared between them).
+    evaluate: Callable[[Any, MpiReplicas | None], float]
+    per_step_accuracy: bool = False
+
+
+def classification_task(graph, source: str, shape: tuple[int, ...], seed: int) -> Task:
+    data = load_dataset(source, shape, seed=seed)
+    out_classes = graph.node(next(iter(graph.outputs.values()))).type.shape[0]
+    if data.classes > out_classes:
+        raise CliError(f"{source}: labels go up to {data.classes - 1}, but network "
+                       f"{graph.name!r} has {out_classes} classes (--param classes=...)")
+    return Task(data, {"loss": "cross_entropy"}, "accuracy",
+                lambda model, replicas: accuracy(model, data.test_x, data.test_y, 256, replicas),
+                True)
+
+
+def detection_task(graph, shape: tuple[int, ...], seed: int) -> Task:
+    """The synthetic shapes (``runtime/shapes.py``) at the network's input size: the grid
+    output trained with the localization loss, mAP at IoU 0.5 of the detections output on the
+    held-out images."""
+    try:
+        detector = find_detector(graph)
+    except DetectionError as e:
+        raise CliError(f"--data shapes trains a detector: {e}") from None
+    if shape[0] != 3 or shape[1] != shape[2]:
+        raise CliError(f"--data shapes makes square RGB images; {graph.name!r} takes {shape}")
+    if detector.classes != len(SHAPES):
+        raise CliError(f"--data shapes has {len(SHAPES)} classes ({', '.join(SHAPES)}); "
+                       f"{graph.name!r} detects {detector.classes} (--param classes=3)")
+    train, test = shapes_split(size=shape[1], seed=seed)
+    try:
+        labels = grid_labels(train.objects, detector, shape[1:])
+    except DetectionError as e:
+        raise CliError(f"--data shapes: {e}") from None
+    data = Dataset(train.images, labels, test.images, np.zeros(len(test)), len(SHAPES))
+
+    def evaluate(model, replicas: MpiReplicas | None) -> float:
+        """Every rank measures the whole held-out split (mAP does not sum over shards)."""
+        found = []
+        for i in range(0, len(test), 256):
+            found += model(test.images[i:i + 256])[detector.detections]
+        return mean_average_precision([in_pixels(f, shape[1:]) for f in found], test.objects,
+                                      len(SHAPES))
+    return Task(data, {"loss": "localization", "output": detector.grid}, "mAP@0.5", evaluate)
 
 
 CHECKPOINT, WEIGHTS = "checkpoint.npz", "weights.npz"
@@ -160,19 +228,19 @@ def train(args: argparse.Namespace, replicas: MpiReplicas | None) -> int:
             raise CliError(f"{folder / CHECKPOINT} exists; pass --resume to continue that run "
                            "or --force to start over")
         folder.mkdir(parents=True, exist_ok=True)
+    if args.data == "shapes" and (args.mirror or args.crop):
+        raise CliError("--mirror and --crop would move the shapes but not their boxes; "
+                       "--data shapes takes neither")
     (shape,) = [graph.node(n).type.shape for n in graph.inputs.values()]
-    data = load_dataset(args.data, shape, seed=args.seed)
+    task = detection_task(graph, shape, args.seed) if args.data == "shapes" else \
+        classification_task(graph, args.data, shape, args.seed)
+    data = task.data
     weights = load_weights(graph, args.weights) if args.weights else None
     tm = compile_model(graph, args.target, weights=weights, seed=args.seed, mode="train",
-                       loss="cross_entropy", optimizer=args.optimizer, lr=args.lr,
-                       momentum=args.momentum, weight_decay=args.weight_decay,
-                       freeze=tuple(args.freeze or ()),
-                       sync_bn_replicas=ranks if args.sync_bn else 1)
+                       optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, freeze=tuple(args.freeze or ()),
+                       sync_bn_replicas=ranks if args.sync_bn else 1, **task.loss)
     tm.set_replicas(replicas)
-    out_classes = graph.node(next(iter(graph.outputs.values()))).type.shape[0]
-    if data.classes > out_classes:
-        raise CliError(f"{args.data}: labels go up to {data.classes - 1}, but network "
-                       f"{graph.name!r} has {out_classes} classes (--param classes=...)")
     evaluator = tm.inference(target=args.target)
     schedule = Schedule(args.schedule, warmup=args.warmup)
     rng = np.random.default_rng(args.seed)
@@ -216,34 +284,38 @@ def train(args: argparse.Namespace, replicas: MpiReplicas | None) -> int:
             lr = schedule.lr(args.lr, tm.steps_taken, total)
             losses.append(tm.train_step(x, y, lr=lr, first=part.start, global_batch=len(idx)))
             seen += len(y)
-            (scores,) = tm.last_scores.values()
-            right += int((scores.reshape(len(y), -1).argmax(axis=1) == y).sum())
+            if task.per_step_accuracy:
+                (scores,) = tm.last_scores.values()
+                right += int((scores.reshape(len(y), -1).argmax(axis=1) == y).sum())
             if k % 10 == 0 or k == steps_per_epoch - 1:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", acc=f"{right / seen:.3f}",
+                shown = {"acc": f"{right / seen:.3f}"} if task.per_step_accuracy else {}
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", **shown,
                                 img_s=f"{ranks * seen / (time.perf_counter() - start):.0f}")
         bar.close()
         evaluator.set_params(tm.params)
         if replicas is not None:
             replicas.where = f"the evaluation after epoch {epoch + 1}"
-        acc = accuracy(evaluator, data.test_x, data.test_y, 256, replicas)
+        acc = task.evaluate(evaluator, replicas)
         if lead:
-            print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, test accuracy {acc:.4f}",
-                  file=sys.stderr)
+            print(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, test {task.measure} "
+                  f"{acc:.4f}", file=sys.stderr)
         if folder is not None and lead:
             save_checkpoint(folder, tm, epoch + 1, rng)
     if args.save and lead:
         tm.save_weights(args.save)
         print(f"wrote {args.save}", file=sys.stderr)
     if lead:
-        print(f"test accuracy: {acc:.4f}")
+        print(f"test {task.measure}: {acc:.4f}")
     return 0
 
 
 def _configure_train(p: argparse.ArgumentParser, model_arg) -> None:
     model_arg(p)
     p.add_argument("--data", default="digits",
-                   help="'digits' (scikit-learn's 8x8 digits, resized) or an .npz of "
-                        "'images' (N x [C x] H x W) and 'labels' (default digits)")
+                   help="'digits' (scikit-learn's 8x8 digits, resized), an .npz of "
+                        "'images' (N x [C x] H x W) and 'labels', or 'shapes' (synthetic "
+                        "squares, discs and triangles for a detector: its grid trained with "
+                        "the localization loss, mAP at IoU 0.5 measured) (default digits)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")

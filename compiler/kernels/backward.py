@@ -434,49 +434,56 @@ def contrastive_grad_kernel(name: str, size: int, margin: float, dy: int | None 
     return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
 
 
-def localization_kernel(name: str, classes: int, box: int, box_weight: float,
+def localization_kernel(name: str, classes: int, box: int, box_weight: float, cells: int = 1,
                         comment: str = "", sz: Sizes | None = None) -> Kernel:
-    """The batch mean of ``-log softmax(s)_c + box_weight [c != 0] mean_j (b_j - t_j)^2``:
-    outputs ``x0`` [N, classes + box] (class scores s, then the box b), labels ``x1``
-    [N, 1 + box] (the class c, 0 meaning no object, then the box t)."""
+    """The mean over images and cells of ``-log softmax(s)_c + box_weight [c != 0] mean_j
+    (b_j - t_j)^2``: outputs ``x0`` [N, classes + box, cells] (class scores s, then the box b,
+    per cell of a grid; one cell for a whole-image output), labels ``x1`` [N, 1 + box, cells]
+    (the class c, 0 meaning no object, then the box t)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    K = sz("K", classes)
+    K, L = sz("K", classes), sz("L", cells)
     width, lwidth = K + box, 1 + box
-    base = Var("n") * width
-    sq = _f64("x0", base + K + Var("j")) - _f64("x1", Var("n") * lwidth + 1 + Var("j"))
-    body: list[Stmt] = [Loop("n", N_BATCH, [
-        *_log_sum_exp(base, 1, K),
-        Let("label", call("int", Load("x1", Var("n") * lwidth))),
-        Let("total", Var("total") + Var("lse") - _f64("x0", base + Var("label"))),
+    base, lbase = Var("base"), Var("lbase")
+    sq = _f64("x0", base + (K + Var("j")) * L) - _f64("x1", lbase + (1 + Var("j")) * L)
+    body: list[Stmt] = [Loop("n", N_BATCH, [Loop("p", const(L), [
+        Let("base", Var("n") * (width * L) + Var("p")),
+        Let("lbase", Var("n") * (lwidth * L) + Var("p")),
+        *_log_sum_exp(base, L, K),
+        Let("label", call("int", Load("x1", lbase))),
+        Let("total", Var("total") + Var("lse") - _f64("x0", base + Var("label") * L)),
         If(cmp("!=", Var("label"), 0), [
             Let("sq", call("f64", Const(0))),
             Loop("j", const(box), [Let("d", sq), Let("sq", Var("sq") + Var("d") * Var("d"))]),
-            Let("total", Var("total") + F64(box_weight / box) * Var("sq"))])])]
-    return _batch_mean(name, 2, N_BATCH, body, comment, sz)
+            Let("total", Var("total") + F64(box_weight / box) * Var("sq"))])])])]
+    return _batch_mean(name, 2, N_BATCH * L, body, comment, sz)
 
 
 def localization_grad_kernel(name: str, classes: int, box: int, box_weight: float,
-                             dy: int | None = None, comment: str = "",
+                             dy: int | None = None, cells: int = 1, comment: str = "",
                              sz: Sizes | None = None) -> Kernel:
-    """Per image, ``g = dy / N``: ``g (softmax(s) - onehot(c))`` for the class scores and
-    ``g box_weight 2 (b - t) / box`` for the box where c != 0 (0 where no object)."""
+    """Per image and cell, ``g = dy / (N cells)``: ``g (softmax(s) - onehot(c))`` for the class
+    scores and ``g box_weight 2 (b - t) / box`` for the box where c != 0 (0 where no
+    object)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    K = sz("K", classes)
+    K, L = sz("K", classes), sz("L", cells)
     width, lwidth = K + box, 1 + box
-    base = Var("t") * width
+    base, lbase = Var("base"), Var("lbase")
     label = Var("label")
-    diff = _f64("x0", base + K + Var("j")) - _f64("x1", Var("t") * lwidth + 1 + Var("j"))
+    diff = _f64("x0", base + (K + Var("j")) * L) - _f64("x1", lbase + (1 + Var("j")) * L)
     body: list[Stmt] = [
-        *_log_sum_exp(base, 1, K),
-        Let("label", call("int", Load("x1", Var("t") * lwidth))),
-        Let("g", div(upstream(dy), call("f64", N_BATCH))),
-        Loop("l", const(K), [Store("y", base + Var("l"), (
-            call("exp", _f64("x0", base + Var("l")) - Var("lse")) -
+        *unflatten(Var("t"), [("n", N_BATCH), ("p", L)]),
+        Let("base", Var("n") * (width * L) + Var("p")),
+        Let("lbase", Var("n") * (lwidth * L) + Var("p")),
+        *_log_sum_exp(base, L, K),
+        Let("label", call("int", Load("x1", lbase))),
+        Let("g", div(upstream(dy), call("f64", N_BATCH * L))),
+        Loop("l", const(K), [Store("y", base + Var("l") * L, (
+            call("exp", _f64("x0", base + Var("l") * L) - Var("lse")) -
             Select(cmp("==", Var("l"), label), F64(1.0), F64(0.0))) * Var("g"))]),
         Let("gb", Select(cmp("!=", label, 0), Var("g") * F64(2.0 * box_weight / box),
                          F64(0.0))),
-        Loop("j", const(box), [Store("y", base + K + Var("j"), diff * Var("gb"))])]
-    return rows_kernel(name, _loss_grad_arrays(2, dy), 1, body, comment, sz)
+        Loop("j", const(box), [Store("y", base + (K + Var("j")) * L, diff * Var("gb"))])]
+    return rows_kernel(name, _loss_grad_arrays(2, dy), L, body, comment, sz)
 
 
 def loss_sum_kernel(name: str, weights: Sequence[float], comment: str = "") -> Kernel:

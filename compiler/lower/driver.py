@@ -3,7 +3,8 @@
 Every compute node (its fused epilogue included) becomes one plan step through its op's
 ``lower`` rule (in ``compiler/ops/<family>.py``), which is handed a :class:`LowerCtx`: the
 node, its storage, its fused epilogue resolved to the ops' rules, and the means to make steps
-(``kernel_step``, ``view_step``, ``concat_view_step``) and to load the kernels it compiles on
+(``kernel_step``, ``view_step``, ``concat_view_step``, ``host_step`` for a host function
+run between the kernels: detection post-processing) and to load the kernels it compiles on
 its own (``load_tasked``, ``layout_kernel``) through the target's backend. Op rules import
 nothing of this module. The lowering reads the decisions the passes recorded on the nodes
 (``epilogue``, ``lowering``, ``layout``, ``tile``) and decides nothing itself. Parameter-time
@@ -176,6 +177,16 @@ class LowerCtx:
                     out_size, [Call(None, tuple(args), kernel.name, kernel)], pack=pack,
                     inplace=op.inplace and storage is None, storage=storage,
                     batched=node.type.batched)
+
+    def host_step(self, fn: Callable[..., None], *, inputs: list[int]) -> Step:
+        """A step run by a host function instead of a generated kernel: ``fn(x0, ..., y,
+        n_batch)`` over the flat float32 buffers of ``inputs`` and of the output (detection
+        post-processing, ``compiler/ops/detect.py``: little work, and a loop whose length
+        depends on the data). No kernel: a CUDA module has none for it either."""
+        node = self.node
+        args = (*(Arg("value", i) for i in inputs), Arg("output"), Arg("batch"))
+        return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
+                    node.type.size, [Call(fn, args, f"host {node.op}")], lowering="host")
 
     def concat_view_step(self) -> Step:
         """A concatenation whose inputs were written into its channel-blocked buffer: no kernel;

@@ -246,11 +246,13 @@ def _load_families() -> None:
         collective,
         conv,
         dense,
+        detect,
         loss,
         norm,
         pool,
         rearrange,
         resize,
+        roi,
         tensor,
     )
 

@@ -164,6 +164,26 @@ register(OpDef(
     doc="a 1x1 convolution's weight [K, C, 1, 1] as a dense layer's [K, C] (conv_as_dense)"))
 
 
+def _dense_weight_as_conv_infer(in_types: list[TensorType], attrs: dict[str, Any]
+                                ) -> TensorType:
+    k, features = in_types[0].shape
+    c, h, w = attrs["features"]
+    if features != c * h * w:
+        raise ShapeError(f"conv_weight_of_dense: a dense weight over {c}x{h}x{w} = "
+                         f"{c * h * w} features, got {in_types[0]}")
+    return in_types[0].with_shape(k, c, h, w)
+
+
+register(OpDef(
+    name="conv_weight_of_dense", family="dense", signature=(Attr("features", "shape"),),
+    arity=1, internal=True, infer=_dense_weight_as_conv_infer, macs=lambda ts, out, a: 0,
+    new_activations=False, moves_values=True,
+    reference=lambda inputs, a: np.asarray(inputs[0]).reshape(inputs[0].shape[0],
+                                                              *a["features"]),
+    doc="a dense weight [K, C*h*w] over a flattened C x h x w map as a convolution's "
+        "[K, C, h, w] (convolutionalize)"))
+
+
 # -- gradients ----------------------------------------------------------------------------------
 # y = x W^T + b:  dx = dy W = dense(dy, transpose_weight(W)),  dW = dy^T x summed over the batch
 # (dense_weight_grad),  db = channel_sum(dy).

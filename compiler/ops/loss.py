@@ -32,7 +32,9 @@ how many outputs the loss reads (1 unless given).
   sample: cross-entropy of the scores against c, plus ``box_weight`` (gamma, default 1) times
   the mean squared error of the four box values where c != 0 (the seed's labels (1, 0, 0, *)
   and (0, 1, 0, box) are c = 0 and c = 1 with the box: its "do not care" values are never
-  read); batch mean.
+  read); batch mean. On a grid ``[K + 4, S, T]`` with labels ``[5, S, T]`` (a YOLO-style
+  detector: seed 000's grid cells, each localizing the object whose centre falls in it) the
+  same per cell, averaged over N x S x T as cross-entropy averages over pixels.
 - ``weighted_sum``: ``sum over the batch of sum_i w_i y_i`` with weights w of the output's
   shape (its labels). Not a loss to train on but the objective the explanations ascend
   (``runtime/explain``): its gradient with respect to y is w itself, so it seeds a backward
@@ -471,10 +473,10 @@ BOX = 4
 
 
 def _localization_labels_type(out: TensorType) -> TensorType:
-    if out.rank != 1 or out.shape[0] < BOX + 2:
-        raise ShapeError(f"localization needs outputs [K + {BOX}]: K >= 2 class scores then the "
-                         f"box (x, y, h, w); got {out}")
-    return TensorType((1 + BOX,))
+    if out.rank not in (1, 3) or out.shape[0] < BOX + 2:
+        raise ShapeError(f"localization needs outputs [K + {BOX}] or a grid [K + {BOX}, S, T]: "
+                         f"K >= 2 class scores then the box (x, y, h, w); got {out}")
+    return TensorType((1 + BOX, *out.shape[1:]))
 
 
 def _localization_infer(in_types, attrs):
@@ -487,10 +489,13 @@ def _localization_infer(in_types, attrs):
 
 
 def _localization_parts(inputs):
-    """Scores [N, K], the box [N, 4], class labels [N], target boxes [N, 4], object mask."""
+    """Per image and cell (one cell for a whole-image output), rows of: scores [., K], the box
+    [., 4], class labels [.], target boxes [., 4], object mask [., 1]."""
     out, labels = (np.asarray(v, np.float64) for v in inputs)
-    classes = labels[:, 0]
-    return out[:, :-BOX], out[:, -BOX:], classes, labels[:, 1:], (classes != 0)[:, None]
+    rows = np.moveaxis(out.reshape(len(out), out.shape[1], -1), 1, 2).reshape(-1, out.shape[1])
+    truth = np.moveaxis(labels.reshape(len(labels), 1 + BOX, -1), 1, 2).reshape(-1, 1 + BOX)
+    classes = truth[:, 0]
+    return rows[:, :-BOX], rows[:, -BOX:], classes, truth[:, 1:], (classes != 0)[:, None]
 
 
 def _localization_reference(inputs, attrs):
@@ -504,10 +509,12 @@ def _localization_reference(inputs, attrs):
 def _localization_grad_reference(inputs, attrs):
     own, dy = _split_upstream(inputs, 2)
     scores, box, classes, target, present = _localization_parts(own)
-    n = len(scores)
     d_scores = np.exp(_log_softmax(scores)) - _targets(scores, classes, 0.0)
     d_box = attrs["box_weight"] * present * 2.0 * (box - target) / BOX
-    return dy * np.concatenate([d_scores, d_box], axis=1) / n
+    rows = dy * np.concatenate([d_scores, d_box], axis=1) / len(scores)
+    out = own[0]  # the rows back to [N, K + 4, cells...]
+    cells = rows.reshape(len(out), -1, out.shape[1])
+    return np.moveaxis(cells, 2, 1).reshape(out.shape)
 
 
 def _localization_check_labels(labels: np.ndarray, out: TensorType) -> None:
@@ -516,12 +523,13 @@ def _localization_check_labels(labels: np.ndarray, out: TensorType) -> None:
 
 def _lower_localization(ctx, node):
     sz = Sizes()
-    classes, weight = ctx.in_shapes[0][0] - BOX, node.attrs["box_weight"]
+    width, *grid = ctx.in_shapes[0]
+    classes, weight, cells = width - BOX, node.attrs["box_weight"], int(np.prod(grid))
     if node.op == "localization":
-        k = localization_kernel(ctx.kname, classes, BOX, weight, ctx.comment, sz)
+        k = localization_kernel(ctx.kname, classes, BOX, weight, cells, ctx.comment, sz)
     else:
         k = localization_grad_kernel(ctx.kname, classes, BOX, weight, _upstream_index(ctx, 2),
-                                     ctx.comment, sz)
+                                     cells, ctx.comment, sz)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 

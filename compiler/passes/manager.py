@@ -53,6 +53,9 @@ class PassContext:
     # Data-parallel training: batch norm's statistics are those of the global batch of this
     # many replicas' equal shards (``sync_batch_norm``); 1: each replica's own.
     sync_bn_replicas: int = 1
+    # The input size (height, width) a fully convolutional compile runs the network at
+    # (``convolutionalize``); None: as declared.
+    input_size: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     current: Node | None = None
     folder: str | None = None  # the model's folder: DSL files are named relative to it

@@ -130,11 +130,12 @@ class Importer:
                 TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
             raise OnnxImportError(f"input {inp.name!r}: cnnc networks take float tensors")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if len(dims) not in (2, 4) or any(d is None or d < 1 for d in dims[1:]):
+        # (N x B x 4 and N x C x B: the boxes and scores of NonMaxSuppression)
+        if len(dims) not in (2, 3, 4) or any(d is None or d < 1 for d in dims[1:]):
             shown = " x ".join("?" if d is None else str(d) for d in dims) or "unknown"
             raise OnnxImportError(
-                f"input {inp.name!r} has shape {shown}; cnnc needs N x C x H x W or N x F with "
-                "every dimension but the batch fixed")
+                f"input {inp.name!r} has shape {shown}; cnnc needs N x C x H x W, N x B x 4 "
+                "or N x F with every dimension but the batch fixed")
         self.shapes[inp.name] = tuple(dims[1:])
         self.inputs.append(inp.name)
         # A leading literal in a Reshape target that equals the declared batch (1 where the

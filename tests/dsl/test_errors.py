@@ -82,7 +82,8 @@ CASES = [
     ("bad input dims", "network n\ninput x: 3 x 0 x 5\nx -> output o\n", 2, 14, 1,
      "input dimensions must be positive integers, got 0", "e.g. 3 x 224 x 224"),
     ("four input dims", "network n\ninput x: 1 x 3 x 8 x 8\nx -> output o\n", 2, 1, 22,
-     "an input is channels x height x width (or a feature count), got 4 dimensions",
+     "an input is channels x height x width, rows x columns (boxes) or a feature count, "
+     "got 4 dimensions",
      "input image: 3 x 224 x 224"),
     ("literal weights count", H.replace("3 x", "1 x") +
      "x -> conv(1, 3, bias=false, weights=[1, 2, 3]) -> output o\n", 3, 37, 9,

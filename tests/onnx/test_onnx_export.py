@@ -86,7 +86,20 @@ def test_every_op_has_a_converter():
     # only in optimized graphs, which are never exported: export writes the network as written
     ops = {n for n, op in all_ops().items() if not (op.internal or op.pass_made)} - \
         {"input", "param"}
-    assert ops - set(CONVERTERS) == set()
+    assert ops - set(CONVERTERS) - set(NOT_EXPORTED) == set()
+    assert set(NOT_EXPORTED) <= ops - set(CONVERTERS), "stale names in NOT_EXPORTED"
+
+
+#: Ops the exporter refuses by name, and why.
+NOT_EXPORTED = {
+    op: "detection post-processing (compiler/ops/detect.py): ONNX's NonMaxSuppression returns "
+        "indices, not padded rows, and has no decoding or IoU operator; export the network up "
+        "to its head"
+    for op in ("iou", "yolo_decode", "nms")}
+NOT_EXPORTED.update({
+    op: "ONNX's MaxRoiPool and RoiAlign take the regions of the whole batch with an image index; "
+        "cnnc's take each image's own (compared with ONNX Runtime in tests/ops/test_roi.py)"
+    for op in ("roi_maxpool", "roi_align")})
 
 
 ALL_OPS = """
@@ -243,6 +256,9 @@ def small_zoo_graph(name: str) -> Graph:
 @pytest.mark.parametrize("name", zoo.names())
 def test_zoo_export_and_reimport(name):
     graph = small_zoo_graph(name)
+    kept = sorted({n.op for n in graph.nodes()} & set(NOT_EXPORTED))
+    if kept:
+        pytest.skip(f"{name}: {', '.join(kept)}: {NOT_EXPORTED[kept[0]]}")
     macs = summarize(graph).macs
     if macs > MAX_MACS:
         pytest.skip(f"{name}: {macs / 1e6:.0f} M MACs per sample at its smallest size")

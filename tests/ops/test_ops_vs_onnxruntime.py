@@ -121,13 +121,20 @@ COVERED = {
 }
 # compared in tests/ops/test_new_activation_ops.py (pad's reflect and edge modes too)
 COVERED |= {"elu", "selu", "softplus", "mish", "prelu", "instance_norm"}
+COVERED |= {"nms"}  # against NonMaxSuppression in tests/ops/test_detect.py
+COVERED |= {"roi_maxpool", "roi_align"}  # MaxRoiPool and RoiAlign in tests/ops/test_roi.py
 NOT_IN_ONNX = {
+    "iou": "no ONNX operator: checked against counting shared cells (tests/ops/test_detect.py)",
+    "yolo_decode": "no ONNX operator: checked against a torch transcription of YOLOv2's "
+                   "decoding (tests/ops/test_detect.py)",
     "input": "a graph leaf: values are supplied by the caller, there is nothing to compute",
     "param": "a graph leaf: weights are supplied by the caller, there is nothing to compute",
     "bn_fold_weight": "a derived parameter of the batch-norm folding pass (tests/passes)",
     "channel_gather": "made by the fold_channel_moves pass from concatenations, slices and "
                       "shuffles, which are checked here (tests/passes)",
     "bn_fold_bias": "a derived parameter of the batch-norm folding pass (tests/passes)",
+    "conv_weight_of_dense": "a derived parameter of the convolutionalize pass "
+                            "(tests/passes/test_convolutionalize.py)",
     "bn_fold_input_weight": "a derived parameter of folding a batch norm into the next layer "
                             "(tests/passes)",
     "bn_fold_input_bias": "a derived parameter of folding a batch norm into the next layer "

@@ -102,6 +102,13 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "dropout_train": ([(3, 4, 5), (3,)], {"rate": 0.25, "stream": 7}),
     # synchronized batch norm's statistics (compiler/passes/sync_batch_norm.py)
     "allreduce_mean": ([(3,)], {}),
+    # detection (compiler/ops/detect.py): boxes, a 2-anchor 2-class grid, decoded rows
+    "iou": ([(5, 4), (3, 4)], {}),
+    "yolo_decode": ([(14, 3, 2)], {"anchors": (1.0, 2.0, 1.5, 0.5), "classes": 2}),
+    "nms": ([(12, 6)], {"iou": 0.5, "score": 0.1, "top_k": 3}),
+    # RoI pooling (compiler/ops/roi.py): a map and three regions of it
+    "roi_maxpool": ([(3, 6, 5), (3, 4)], {"output": (2, 2), "spatial_scale": 0.5}),
+    "roi_align": ([(3, 6, 5), (3, 4)], {"output": 2, "sampling_ratio": 2}),
 }
 #: Inputs of a sample call that are one value for the whole batch (no batch axis): parameters,
 #: batch statistics, the dropout seed.

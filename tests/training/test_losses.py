@@ -299,3 +299,51 @@ def test_bad_labels_of_several_heads_are_refused(heads_model):
         pairs = cnnc.compile(TRIPLETS, mode="train", loss="contrastive", output="d")
         feed = {k: rng.standard_normal((2, 2, 2, 2)).astype(np.float32) for k in "apn"}
         pairs.loss_and_grads(feed, np.array([[1.0], [0.5]]))
+
+
+# -- the localization loss on a grid (a YOLO-style detector's head) -------------------------------
+
+GRID = """network grid
+input x: 3 x 4 x 3
+x -> conv(7, 3, pad=1) as head -> output g
+"""
+
+
+def grid_labels(rng: np.random.Generator, batch: int) -> np.ndarray:
+    """Per cell: the class (0, nothing there, in about half the cells) and a box."""
+    classes = rng.integers(0, 3, (batch, 1, 4, 3)) * (rng.random((batch, 1, 4, 3)) < 0.5)
+    return np.concatenate([classes, rng.standard_normal((batch, 4, 4, 3))], axis=1)
+
+
+def test_localization_on_a_grid_against_finite_differences():
+    rng = np.random.default_rng(8)
+    tg = training_graph(GRID, "localization", box_weight=0.5)
+    feed, params = random_feed(tg, 3, rng)
+    feed["labels"] = grid_labels(rng, 3)
+    assert check_gradients(tg, feed, params, rng) > 0
+
+
+def test_localization_on_a_grid_matches_pytorch_per_cell():
+    """Seed 004's loss of every cell, as rows of one batch: the mean over images and cells."""
+    rng = np.random.default_rng(9)
+    graph = cnnc.load(GRID)
+    params = {k: (rng.standard_normal(v.shape) * 0.7).astype(np.float32)
+              for k, v in init_params(graph).items()}
+    x = rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
+    labels = grid_labels(rng, 3)
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="localization",
+                      loss_options={"box_weight": 0.5})
+    got, grads = tm.loss_and_grads({"x": x}, labels)
+    p = torch_params(params)
+    out = F.conv2d(torch.tensor(x, dtype=torch.float64), p["head.weight"], p["head.bias"],
+                   padding=1)
+    want = seed_localization(out.permute(0, 2, 3, 1).reshape(-1, 7),
+                             torch.tensor(labels).permute(0, 2, 3, 1).reshape(-1, 5), 0.5)
+    want.backward()
+    assert got == pytest.approx(want.item(), rel=1e-5)
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, p[name].grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+    feed = {"x": x, "labels": labels.astype(np.float32)}
+    rows = [r for r in check_plan(tm.plan, tm.executor, tm.params, feed) if r.op in LOSS_OPS]
+    assert {"localization", "localization_grad"} <= {r.op for r in rows}
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)

@@ -83,6 +83,12 @@ def _yolo(classes: int = 20, boxes: int = 2, width: int = 16) -> int:
     return body + conv_p(width * 16, boxes * 5 + classes, 1)
 
 
+def _shapes_detector(classes: int = 3, width: int = 8) -> int:
+    ws = [3, width, width * 2, width * 4, width * 4, width * 4]
+    body = sum(conv_p(a, b, 3, bias=False) + bn_p(b) for a, b in zip(ws, ws[1:]))
+    return body + conv_p(width * 4, classes + 5, 1)
+
+
 # name -> trainable parameters with the default (1000-class, full-size) header.
 PARAMS = {
     "lenet5": 156 + 2_416 + 48_120 + 10_164 + 850,
@@ -116,6 +122,7 @@ PARAMS = {
     "unet": _unet(),
     "siamese": _siamese(),
     "yolo": _yolo(),
+    "shapes_detector": _shapes_detector(),
 }
 
 # name -> {output: per-sample shape} at the default size.
@@ -132,6 +139,7 @@ OUTPUTS.update({
     "unet": {"probabilities": (2, 512, 512)},
     "siamese": {"left_embedding": (128,), "right_embedding": (128,), "distance": (1,)},
     "yolo": {"grid": (30, 7, 7)},
+    "shapes_detector": {"grid": (8, 8, 8), "detections": (10, 7)},
 })
 
 # name -> header overrides for a small, fast float64 run (batch 2).
@@ -166,6 +174,7 @@ SMALL = {
     "unet": {"size": 32, "width": 8, "classes": 3},
     "siamese": {"size": 32, "width": 8, "embedding": 16},
     "yolo": {"size": 128, "width": 4},
+    "shapes_detector": {"size": 32, "width": 4},
 }
 
 # Outputs that end in a softmax over channels: each sample (each pixel) sums to 1.

@@ -4,9 +4,9 @@ the operator, node and opset). `HANDLERS` is every family's table in one."""
 from __future__ import annotations
 
 from ..importer import Handler
-from . import activation, arithmetic, conv, dense, norm, pool, reduce, resize, shape, tensor
+from . import activation, arithmetic, conv, dense, detect, norm, pool, reduce, resize, shape, tensor
 
-FAMILIES = (activation, arithmetic, conv, dense, norm, pool, reduce, resize, shape, tensor)
+FAMILIES = (activation, arithmetic, conv, dense, detect, norm, pool, reduce, resize, shape, tensor)
 
 HANDLERS: dict[str, Handler] = {op: handler for family in FAMILIES
                                 for op, handler in family.HANDLERS.items()}
