@@ -37,6 +37,7 @@ from ...types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatia
 from .. import (
     Attr,
     AttrError,
+    BoundCtx,
     OpDef,
     ParamSpec,
     ShapeError,
@@ -48,7 +49,15 @@ from .. import (
     require_rank,
     sum_bound,
 )
-from .algorithms import ALGORITHMS, ConvAlgorithm, by_name, geometry, kernel_lanes, node_geometry
+from .algorithms import (
+    ALGORITHMS,
+    DIRECT,
+    ConvAlgorithm,
+    by_name,
+    geometry,
+    kernel_lanes,
+    node_geometry,
+)
 from .gradient import (
     conv_gradient,
     conv_transpose_gradient,
@@ -155,6 +164,13 @@ def conv_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
     if len(inputs) > 2:
         out += np.asarray(inputs[2], np.float64)[None, :, None, None]
     return out
+
+
+def conv_bound(ctx: BoundCtx) -> np.ndarray:
+    """The error bound of the algorithm the node records (``ConvAlgorithm.error_bound``):
+    the direct sum's where none is recorded (the reference graph, -O0 before selection)."""
+    algorithm = by_name(ctx.lowering) if ctx.lowering is not None else DIRECT
+    return algorithm.error_bound(ctx)
 
 
 def conv_macs(in_types: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> int:
@@ -296,7 +312,7 @@ register(OpDef(
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
-    error_bound=sum_bound(),  # C/groups x R x S products per output (conv_macs), bias, weights
+    error_bound=conv_bound,  # per algorithm: C/groups x R x S products (direct), Winograd's
     gradient=conv_gradient,
     doc="2-D convolution (cross-correlation) with stride, padding, dilation and groups",
 ))

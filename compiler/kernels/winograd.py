@@ -1,0 +1,388 @@
+"""Winograd convolution F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2016): the transform matrices, derived in exact rationals, and the kernel.
+
+One-dimensional F(m, r) computes ``m`` outputs of a correlation with an ``r``-tap filter
+from ``alpha = m + r - 1`` inputs as
+
+    y = A^T [(G g) * (B^T d)]       (``*`` element-wise; ``alpha`` multiplications, not m r)
+
+and the two-dimensional F(m x m, r x r) nests it: ``Y = A^T [(G g G^T) * (B^T d B)] A``. The
+matrices come from the Chinese remainder theorem over the polynomials ``x - p`` of
+``alpha - 1`` finite interpolation points ``p`` and the point at infinity (Toom-Cook):
+
+- ``A^T[i, j] = p_j^i`` (the ``i``-th power of finite point ``j``); the infinite point's column
+  is ``e_{m-1}``;
+- ``G[j, k] = p_j^k / f_j`` with ``f_j = prod over finite l != j of (p_j - p_l)``; the
+  infinite point's row is ``e_{r-1}``;
+- ``B^T``'s row ``j`` holds the coefficients (of ``x^0 .. x^{alpha-1}``) of ``prod over
+  finite l != j of (x - p_l)``; the infinite point's row those of ``prod over all finite l``.
+
+The divisions by ``f_j`` sit in ``G``, so ``B^T`` and ``A^T`` are small integers, exact in
+float32; the filter transform ``U = G g G^T`` is computed in float64 once, when parameters are
+set (a derived parameter) and rounded once. Points: F(2, 3) ``0, 1, -1, inf``; F(4, 3) ``0,
+1, -1, 2, -2, inf`` (Lavin & Gray's; Barabasz et al. 2018 show these small points, symmetric
+about 0, keep the transforms' norms, and so the error, lowest).
+
+The kernel (:func:`winograd_conv_kernel`) fuses the three stages per task: a task is
+:data:`TILES` output tiles of one image; it transforms their input tiles, every channel block,
+into a per-thread scratch ``V`` (``[alpha^2, C8, TILES, 8]``), then for each 16-channel tile of
+output channels runs the ``alpha^2`` GEMMs ``M[xi] = V[xi] @ U[xi]`` on the 6 x 16 register
+tile of the direct kernel (6 tiles broadcast against 2 weight vectors, summed over the input
+channels) into a scratch ``M`` (``[alpha^2, TILES, 16]``, in L1), and transforms that back
+into the output pixels with the bias, the ReLU floor and the fused epilogue at the store.
+Vectors are 8 channels wide throughout: the transforms are lane-wise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cached_property
+
+import numpy as np
+
+from .common import int_params, unflatten
+from .conv_direct import IO_INTS, epilogue_params
+from .conv_geometry import ConvGeometry, ceil_div
+from .kernel_ir import (
+    Comment,
+    Const,
+    Expr,
+    If,
+    Kernel,
+    Let,
+    Loop,
+    Param,
+    Select,
+    Var,
+    VBin,
+    VBroadcast,
+    VFma,
+    VLoad,
+    VSplat,
+    VStore,
+    VZero,
+    call,
+    cmp,
+)
+from .tiles import (
+    TILE_K,
+    StorageIndex,
+    floor_let,
+    floored,
+    operand_plane,
+    operand_row,
+    operand_step,
+    store_epilogue,
+    zero_row_halo,
+)
+
+#: Output tiles a task computes together: the rows of the GEMM's register tile.
+TILES = 6
+#: Lanes of every vector of the kernel (channels).
+LANES = 8
+
+Matrix = tuple[tuple[Fraction, ...], ...]
+
+
+def _poly_mul(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
+    out = [Fraction(0)] * (len(a) + len(b) - 1)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i + j] += x * y
+    return out
+
+
+def _poly_of_roots(roots: list[Fraction]) -> list[Fraction]:
+    """Coefficients (of x^0 upwards) of prod (x - root)."""
+    poly = [Fraction(1)]
+    for p in roots:
+        poly = _poly_mul(poly, [-p, Fraction(1)])
+    return poly
+
+
+@dataclass(frozen=True)
+class WinogradTransform:
+    """F(m, r) with the finite interpolation ``points`` (and the point at infinity): the exact
+    matrices ``AT`` (m x alpha), ``G`` (alpha x r) and ``BT`` (alpha x alpha)."""
+
+    m: int
+    r: int
+    points: tuple[Fraction, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.points) != self.alpha - 1 or len(set(self.points)) != len(self.points):
+            raise ValueError(f"F({self.m}, {self.r}) needs {self.alpha - 1} distinct finite "
+                             f"points, got {self.points}")
+
+    @property
+    def alpha(self) -> int:
+        """Input tile size: ``m + r - 1``."""
+        return self.m + self.r - 1
+
+    @cached_property
+    def AT(self) -> Matrix:
+        rows = [[p ** i for p in self.points] + [Fraction(int(i == self.m - 1))]
+                for i in range(self.m)]
+        return tuple(tuple(r) for r in rows)
+
+    @cached_property
+    def G(self) -> Matrix:
+        rows = []
+        for j, p in enumerate(self.points):
+            f = Fraction(1)
+            for q in self.points[:j] + self.points[j + 1:]:
+                f *= p - q
+            rows.append([p ** k / f for k in range(self.r)])
+        rows.append([Fraction(int(k == self.r - 1)) for k in range(self.r)])
+        return tuple(tuple(r) for r in rows)
+
+    @cached_property
+    def BT(self) -> Matrix:
+        rows = []
+        for j in range(len(self.points)):
+            poly = _poly_of_roots(list(self.points[:j] + self.points[j + 1:]))
+            rows.append(poly + [Fraction(0)] * (self.alpha - len(poly)))
+        rows.append(_poly_of_roots(list(self.points)))
+        return tuple(tuple(r) for r in rows)
+
+    def array(self, name: str) -> np.ndarray:
+        """``AT``, ``G`` or ``BT`` in float64 (exact for ``AT`` and ``BT``)."""
+        return np.array([[float(v) for v in row] for row in getattr(self, name)])
+
+    def filter_transform(self, w: np.ndarray) -> np.ndarray:
+        """``U = G w G^T`` of filters ``[..., r, r]`` in float64: ``[..., alpha, alpha]``."""
+        G = self.array("G")
+        return np.einsum("ar,...rs,bs->...ab", G, np.asarray(w, np.float64), G)
+
+    def rounding_depth(self) -> int:
+        """The most float32 roundings on any path from one input to one output through the
+        two transforms the kernel computes in float32 (B^T d B and A^T M A): each 1-D pass
+        sums at most ``max nonzeros a row`` products (one rounding each, with FMA or not),
+        and each transform is two passes."""
+        def widest(m: Matrix) -> int:
+            return max(sum(v != 0 for v in row) for row in m)
+        return 2 * widest(self.BT) + 2 * widest(self.AT)
+
+
+def _fractions(*values: int) -> tuple[Fraction, ...]:
+    return tuple(Fraction(v) for v in values)
+
+
+#: F(2x2, 3x3): 16 multiplications per 4 outputs (2.25x fewer than direct).
+F2 = WinogradTransform(2, 3, _fractions(0, 1, -1))
+#: F(4x4, 3x3): 36 multiplications per 16 outputs (4x fewer than direct).
+F4 = WinogradTransform(4, 3, _fractions(0, 1, -1, 2, -2))
+
+
+def applies(g: ConvGeometry) -> bool:
+    """The convolutions the kernel computes: 3 x 3, stride 1, no dilation, ungrouped, at least
+    8 input channels (the kernel's vectors are 8-channel blocks; a 3-channel stem reads one
+    block of 3, and has few channels to save multiplications on anyway)."""
+    return (g.R, g.S, g.sh, g.sw, g.dh, g.dw, g.groups) == (3, 3, 1, 1, 1, 1, 1) and g.C >= 8
+
+
+def tiles(g: ConvGeometry, t: WinogradTransform) -> tuple[int, int]:
+    """Output tiles per image: rows and columns of ``m x m`` tiles covering P x Q."""
+    return ceil_div(g.P, t.m), ceil_div(g.Q, t.m)
+
+
+def scratch_floats(g: ConvGeometry, t: WinogradTransform) -> int:
+    """Floats of one thread's scratch: ``V`` then ``M``."""
+    return t.alpha ** 2 * TILES * (g.Cgb * LANES + TILE_K)
+
+
+#: Runtime integer arguments of the kernel (after the arrays ``x``, ``w``, ``bias``, ``y``,
+#: the epilogue operands ``e<k>`` and the scratch ``work``): input blocks of the storage
+#: read, input blocks computed, 16-channel output tiles, output size, tile columns and tiles
+#: per image, the rows and columns of the padded input that exist (``VH`` x ``VW``: tiles past
+#: them read zeros), then the input's and output's storage (``conv_direct.IO_INTS``) and ZH.
+WINOGRAD_INTS = ("NB", "C8", "KT", "P", "Q", "TQ", "NT", "VH", "VW") + IO_INTS + ("ZH",)
+
+
+def _apply(matrix: Matrix, values: list[Expr]) -> list[Expr]:
+    """``matrix @ values`` on vectors: each output a chain of FMAs over the row's nonzeros
+    (coefficients +-1 as plain adds; every coefficient here is an integer, exact in float32)."""
+    out = []
+    for row in matrix:
+        acc: Expr | None = None
+        for coef, v in zip(row, values):
+            if coef == 0:
+                continue
+            c = float(coef)
+            if acc is None:
+                acc = v if c == 1 else VBin("mul", VSplat(Const(c)), v)
+            elif c == 1:
+                acc = VBin("add", acc, v)
+            else:
+                acc = VFma(VSplat(Const(c)), v, acc)
+        out.append(acc if acc is not None else VZero())
+    return out
+
+
+def _transform_2d(matrix: Matrix, tile: list[list[Expr]], name: str) -> tuple[list, list]:
+    """``matrix @ tile @ matrix^T`` as Lets of locals ``<name>t_i_j`` (the column pass) and
+    ``<name>_i_j`` (the result); returns the statements and the result's variables."""
+    stmts: list = []
+    rows_in = len(tile)
+    cols = len(tile[0])
+    for v in range(cols):
+        column = _apply(matrix, [tile[u][v] for u in range(rows_in)])
+        for i, e in enumerate(column):
+            stmts.append(Let(f"{name}t_{i}_{v}", e))
+    half = [[Var(f"{name}t_{i}_{v}") for v in range(cols)] for i in range(len(matrix))]
+    result = []
+    for i in range(len(matrix)):
+        row = _apply(matrix, half[i])
+        for j, e in enumerate(row):
+            stmts.append(Let(f"{name}_{i}_{j}", e))
+        result.append([Var(f"{name}_{i}_{j}") for j in range(len(matrix))])
+    return stmts, result
+
+
+def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "conv_winograd",
+                         comment: str = "", epilogue=(), kinds=()) -> Kernel:
+    """The fused Winograd convolution of ``g`` (3x3, stride 1: :func:`applies`) with the
+    transform ``t``, over channel-blocked input and output storage (NCHW8c, NCHW16c read and
+    written as 8-channel halves, NHWC), or the packed scratch buffers of the direct kernel.
+
+    Weights ``w``: ``U`` ``[alpha^2, KT, C8, 8, 16]`` (:func:`pack_filters`); bias padded to
+    ``16 KT``. Literal: the transform (``m``) and the storage kinds; runtime:
+    :data:`WINOGRAD_INTS`, ``relu`` and ``n_batch``; one compiled kernel per transform and
+    layout serves every 3x3 stride-1 layer.
+    """
+    if not applies(g):
+        raise ValueError(f"Winograd computes 3x3 stride-1 ungrouped convolutions of at least "
+                         f"8 channels, not {g.describe()}")
+    m, a = t.m, t.alpha
+    a2 = a * a
+    NB, C8, KT, P, Q, TQ, NT, VH, VW, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, ZH = (
+        Var(v) for v in WINOGRAD_INTS)
+    x = StorageIndex(NB, Hp, Wp, XT, XL, g.lanes_in, g.nhwc_in)
+    yl = g.lanes_out
+    y = StorageIndex(YB, YH, YW, YT, YL, yl, g.nhwc_out)
+    n, i, cb, kt = Var("n"), Var("i"), Var("cb"), Var("kt")
+    vsize = C8 * (TILES * LANES)  # floats of V per transform point
+
+    # -- input transform: tile i, channel block cb -> V[xi, cb, i, :] --------------------
+    def x_at(u: int, v: int) -> Expr:
+        """Offset of padded-input pixel (y0 + u, x0 + v) of 8-channel block cb."""
+        if g.lanes_in == 16:
+            return x.at(n, cb // 2, Var("y0") + u, Var("x0") + v) + cb % 2 * 8
+        return x.at(n, cb, Var("y0") + u, Var("x0") + v)
+
+    def input_tile(guarded: bool) -> list:
+        tile = []
+        for u in range(a):
+            row = []
+            for v in range(a):
+                load = VLoad("x", x_at(u, v))
+                if guarded:
+                    load = Select(cmp("and", cmp("<", Var("y0") + u, VH),
+                                      cmp("<", Var("x0") + v, VW)), load, VZero())
+                row.append(load)
+            tile.append(row)
+        stmts, V = _transform_2d(t.BT, tile, "v")
+        base = Var("vbase") + cb * (TILES * LANES) + i * LANES
+        stmts += [VStore("work", base + (r * a + c) * vsize, V[r][c])
+                  for r in range(a) for c in range(a)]
+        return stmts
+
+    transform_in = [Loop("i", Var("nt"), [
+        Let("y0", (Var("g0") + i) // TQ * m),
+        Let("x0", (Var("g0") + i) % TQ * m),
+        Loop("cb", C8, [
+            If(cmp("and", cmp("<=", Var("y0") + a, VH), cmp("<=", Var("x0") + a, VW)),
+               input_tile(False), input_tile(True))])])]
+
+    # -- the alpha^2 GEMMs of one 16-channel output tile kt: M[xi, i, 16] ---------------------
+    l, xi = Var("l"), Var("xi")
+    lane: list = [Let(f"w{h}", VLoad("w", Var("ws") + l * TILE_K + h * LANES))
+                  for h in range(2)]
+    for r in range(TILES):
+        lane.append(Let("xb", VBroadcast("work", Var("vs") + r * LANES + l)))
+        for h in range(2):
+            acc = f"acc_{r}_{h}"
+            lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
+    gemm = Loop("xi", Const(a2), [
+        *(Let(f"acc_{r}_{h}", VZero()) for r in range(TILES) for h in range(2)),
+        Loop("cb", C8, [
+            Let("vs", Var("vbase") + xi * vsize + cb * (TILES * LANES)),
+            Let("ws", ((xi * KT + kt) * C8 + cb) * (LANES * TILE_K)),
+            Loop("l", Const(LANES), lane)]),
+        *(VStore("work", Var("mbase") + (xi * TILES + r) * TILE_K + h * LANES,
+                 Var(f"acc_{r}_{h}")) for r in range(TILES) for h in range(2))])
+
+    # -- output transform of tile i, half h of the 16 channels, with the epilogue -------------
+    ops, op_ints = epilogue_params(epilogue)
+
+    def output_tile(h: int) -> list:
+        tile = [[VLoad("work", Var("mbase") + ((r * a + c) * TILES + i) * TILE_K + h * LANES)
+                 for c in range(a)] for r in range(a)]
+        stmts, Y = _transform_2d(t.AT, tile, f"y{h}")
+        block, lane0 = divmod(h * LANES, yl)  # of the 16 channels, in the output's blocks
+        ob = kt * (TILE_K // yl) + block
+        bias = VLoad("bias", kt * TILE_K + h * LANES)
+
+        def pixel_stores(r: int, c: int) -> list:
+            p, q = Var("y0") + r, Var("x0") + c
+            value = floored(VBin("add", Y[r][c], bias))
+            index = y.at(n, ob, p, q) + lane0 if lane0 else y.at(n, ob, p, q)
+            return store_epilogue(
+                "y", index, value, epilogue,
+                lambda k: operand_row(k, n, ob, p, kinds[k], yl, g.nhwc_out) +
+                operand_step(k, kinds[k], q, 0, yl, lane0, g.nhwc_out))
+
+        whole = [s for r in range(m) for c in range(m) for s in pixel_stores(r, c)]
+        edge = [If(cmp("and", cmp("<", Var("y0") + r, P), cmp("<", Var("x0") + c, Q)),
+                   pixel_stores(r, c)) for r in range(m) for c in range(m)]
+        return stmts + [If(cmp("and", cmp("<=", Var("y0") + m, P),
+                               cmp("<=", Var("x0") + m, Q)), whole, edge)]
+
+    transform_out = Loop("i", Var("nt"), [
+        Let("y0", (Var("g0") + i) // TQ * m),
+        Let("x0", (Var("g0") + i) % TQ * m),
+        *output_tile(0), *output_tile(1)])
+
+    work = unflatten(Var("task"), [("n", Var("n_batch")), ("grp", Var("NG"))]) + [
+        Let("g0", Var("grp") * TILES),
+        Let("nt", Select(cmp("<", NT - Var("g0"), TILES), NT - Var("g0"), Const(TILES))),
+        Let("vbase", call("thread_id") * Var("WS")),
+        Let("mbase", Var("vbase") + a2 * vsize),
+        Comment(f"input transform B^T d B of the task's tiles ({a}x{a} inputs each)"),
+        *transform_in,
+        Comment(f"per 16 output channels: the {a2} GEMMs over the input channels, then the "
+                f"output transform A^T M A ({m}x{m} outputs each)"),
+        Loop("kt", KT, [gemm, transform_out]),
+    ]
+    # with ZH, tasks past the tile groups zero the halo of one output row of one block each
+    # (halo and interior are disjoint: no race with the tiles' stores)
+    zt = Var("task") - Var("groups")
+    halo = unflatten(zt, [("zn", Var("n_batch")), ("zb", YB), ("zp", P)]) + \
+        zero_row_halo(Var("zn"), Var("zb"), Var("zp"), P, Q, yl, g.nhwc_out)
+    body = [If(cmp("<", Var("task"), Var("groups")), work, halo)]
+    pre = [floor_let(),
+           Let("NG", (NT + (TILES - 1)) // TILES),
+           Let("groups", Var("n_batch") * Var("NG")),
+           Let("WS", a2 * (vsize + TILES * TILE_K))]
+    pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl, g.nhwc_out))
+            for k in range(len(ops))]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + [Param("work")] + \
+        int_params(*WINOGRAD_INTS) + op_ints + int_params("relu", "n_batch")
+    # ZH is 0 or 1 (a conditional extent would keep Numba from parallelizing the loop)
+    extent = Var("n_batch") * ((NT + (TILES - 1)) // TILES) + ZH * (Var("n_batch") * (YB * P))
+    tasks = Loop("task", extent, body, kind="parallel")
+    return Kernel(name, params, pre + [tasks], comment)
+
+
+def pack_filters(t: WinogradTransform, g: ConvGeometry, w: np.ndarray) -> np.ndarray:
+    """``U = G w G^T`` (float64, rounded once to float32) in the kernel's order ``[alpha^2,
+    KT, C8, 8, 16]``: transform point, 16-channel output tile, input block, input lane,
+    output lane; zero for the padded channels."""
+    a = t.alpha
+    KT = ceil_div(g.K, TILE_K)
+    wpad = np.zeros((KT * TILE_K, g.Cgb * LANES, 3, 3), np.float64)
+    wpad[:g.K, :g.C] = np.asarray(w, np.float64)
+    u = t.filter_transform(wpad)  # [Kp, Cp, a, a]
+    u = u.reshape(KT, TILE_K, g.Cgb, LANES, a * a).transpose(4, 0, 2, 3, 1)
+    return np.ascontiguousarray(u, np.float32).ravel()
