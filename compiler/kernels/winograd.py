@@ -188,8 +188,8 @@ def tiles(g: ConvGeometry, t: WinogradTransform) -> tuple[int, int]:
 
 
 def scratch_floats(g: ConvGeometry, t: WinogradTransform) -> int:
-    """Floats of one thread's scratch: ``V`` then ``M``."""
-    return t.alpha ** 2 * TILES * (g.Cgb * LANES + TILE_K)
+    """Floats of one thread's scratch: ``V``, ``M``, then the transforms' ``T``."""
+    return t.alpha ** 2 * (TILES * (g.Cgb * LANES + TILE_K) + LANES)
 
 
 #: Runtime integer arguments of the kernel (after the arrays ``x``, ``w``, ``bias``, ``y``,
@@ -220,26 +220,6 @@ def _apply(matrix: Matrix, values: list[Expr]) -> list[Expr]:
     return out
 
 
-def _transform_2d(matrix: Matrix, tile: list[list[Expr]], name: str) -> tuple[list, list]:
-    """``matrix @ tile @ matrix^T`` as Lets of locals ``<name>t_i_j`` (the column pass) and
-    ``<name>_i_j`` (the result); returns the statements and the result's variables."""
-    stmts: list = []
-    rows_in = len(tile)
-    cols = len(tile[0])
-    for v in range(cols):
-        column = _apply(matrix, [tile[u][v] for u in range(rows_in)])
-        for i, e in enumerate(column):
-            stmts.append(Let(f"{name}t_{i}_{v}", e))
-    half = [[Var(f"{name}t_{i}_{v}") for v in range(cols)] for i in range(len(matrix))]
-    result = []
-    for i in range(len(matrix)):
-        row = _apply(matrix, half[i])
-        for j, e in enumerate(row):
-            stmts.append(Let(f"{name}_{i}_{j}", e))
-        result.append([Var(f"{name}_{i}_{j}") for j in range(len(matrix))])
-    return stmts, result
-
-
 def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "conv_winograd",
                          comment: str = "", epilogue=(), kinds=()) -> Kernel:
     """The fused Winograd convolution of ``g`` (3x3, stride 1: :func:`applies`) with the
@@ -264,91 +244,87 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     n, i, cb, kt = Var("n"), Var("i"), Var("cb"), Var("kt")
     vsize = C8 * (TILES * LANES)  # floats of V per transform point
 
+    # Each 2-D transform is two 1-D passes through a small per-thread scratch ``T``: the
+    # columns (a runtime loop over them), then the rows. Unrolled over the whole tile, the
+    # F(4x4) kernel took Numba over ten times as long to compile as the direct one.
+    tbase = Var("tbase")
     # -- input transform: tile i, channel block cb -> V[xi, cb, i, :] --------------------
-    def x_at(u: int, v: int) -> Expr:
+    def x_at(u: int, v: Expr) -> Expr:
         """Offset of padded-input pixel (y0 + u, x0 + v) of 8-channel block cb."""
         if g.lanes_in == 16:
             return x.at(n, cb // 2, Var("y0") + u, Var("x0") + v) + cb % 2 * 8
         return x.at(n, cb, Var("y0") + u, Var("x0") + v)
 
-    def input_tile(guarded: bool) -> list:
-        tile = []
-        for u in range(a):
-            row = []
-            for v in range(a):
-                load = VLoad("x", x_at(u, v))
-                if guarded:
-                    load = Select(cmp("and", cmp("<", Var("y0") + u, VH),
-                                      cmp("<", Var("x0") + v, VW)), load, VZero())
-                row.append(load)
-            tile.append(row)
-        stmts, V = _transform_2d(t.BT, tile, "v")
-        base = Var("vbase") + cb * (TILES * LANES) + i * LANES
-        stmts += [VStore("work", base + (r * a + c) * vsize, V[r][c])
-                  for r in range(a) for c in range(a)]
-        return stmts
-
+    v, r = Var("v"), Var("r")
+    column = [Let("vok", cmp("<", Var("x0") + v, VW))]
+    column_in = [Select(cmp("and", Var(f"rok{u}"), Var("vok")), VLoad("x", x_at(u, v)), VZero())
+                 for u in range(a)]
+    column += [VStore("work", tbase + (u * a + v) * LANES, e)
+               for u, e in enumerate(_apply(t.BT, column_in))]
+    row_in = [VLoad("work", tbase + (r * a + c) * LANES) for c in range(a)]
+    vrow = Var("vbase") + cb * (TILES * LANES) + i * LANES + r * (a * vsize)
+    row = [VStore("work", vrow + c * vsize, e) for c, e in enumerate(_apply(t.BT, row_in))]
     transform_in = [Loop("i", Var("nt"), [
         Let("y0", (Var("g0") + i) // TQ * m),
         Let("x0", (Var("g0") + i) % TQ * m),
-        Loop("cb", C8, [
-            If(cmp("and", cmp("<=", Var("y0") + a, VH), cmp("<=", Var("x0") + a, VW)),
-               input_tile(False), input_tile(True))])])]
+        Comment("rows of the tile inside the padded input (the others read as zeros)"),
+        *(Let(f"rok{u}", cmp("<", Var("y0") + u, VH)) for u in range(a)),
+        Loop("cb", C8, [Loop("v", Const(a), column), Loop("r", Const(a), row)])])]
 
     # -- the alpha^2 GEMMs of one 16-channel output tile kt: M[xi, i, 16] ---------------------
     l, xi = Var("l"), Var("xi")
     lane: list = [Let(f"w{h}", VLoad("w", Var("ws") + l * TILE_K + h * LANES))
                   for h in range(2)]
-    for r in range(TILES):
-        lane.append(Let("xb", VBroadcast("work", Var("vs") + r * LANES + l)))
+    for j in range(TILES):
+        lane.append(Let("xb", VBroadcast("work", Var("vs") + j * LANES + l)))
         for h in range(2):
-            acc = f"acc_{r}_{h}"
+            acc = f"acc_{j}_{h}"
             lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
     gemm = Loop("xi", Const(a2), [
-        *(Let(f"acc_{r}_{h}", VZero()) for r in range(TILES) for h in range(2)),
+        *(Let(f"acc_{j}_{h}", VZero()) for j in range(TILES) for h in range(2)),
         Loop("cb", C8, [
             Let("vs", Var("vbase") + xi * vsize + cb * (TILES * LANES)),
             Let("ws", ((xi * KT + kt) * C8 + cb) * (LANES * TILE_K)),
             Loop("l", Const(LANES), lane)]),
-        *(VStore("work", Var("mbase") + (xi * TILES + r) * TILE_K + h * LANES,
-                 Var(f"acc_{r}_{h}")) for r in range(TILES) for h in range(2))])
+        *(VStore("work", Var("mbase") + (xi * TILES + j) * TILE_K + h * LANES,
+                 Var(f"acc_{j}_{h}")) for j in range(TILES) for h in range(2))])
 
     # -- output transform of tile i, half h of the 16 channels, with the epilogue -------------
     ops, op_ints = epilogue_params(epilogue)
+    h = Var("h")
+    # the output block of half h of the 16 channels and the lane it starts at
+    ob = kt * 2 + h if yl == LANES else kt
+    lane0 = Const(0) if yl == LANES else h * LANES
+    mcol = [VLoad("work", Var("mbase") + ((u * a + v) * TILES + i) * TILE_K + h * LANES)
+            for u in range(a)]
+    out_column = [VStore("work", tbase + (j * a + v) * LANES, e)
+                  for j, e in enumerate(_apply(t.AT, mcol))]
+    out_row_in = [VLoad("work", tbase + (r * a + c) * LANES) for c in range(a)]
+    p = Var("y0") + r
 
-    def output_tile(h: int) -> list:
-        tile = [[VLoad("work", Var("mbase") + ((r * a + c) * TILES + i) * TILE_K + h * LANES)
-                 for c in range(a)] for r in range(a)]
-        stmts, Y = _transform_2d(t.AT, tile, f"y{h}")
-        block, lane0 = divmod(h * LANES, yl)  # of the 16 channels, in the output's blocks
-        ob = kt * (TILE_K // yl) + block
-        bias = VLoad("bias", kt * TILE_K + h * LANES)
+    def pixel_store(c: int, value: Expr) -> list:
+        q = Var("x0") + c
+        return store_epilogue(
+            "y", y.at(n, ob, p, q) + lane0, floored(VBin("add", value, Var("bv"))), epilogue,
+            lambda k: operand_row(k, n, ob, p, kinds[k], yl, g.nhwc_out) +
+            operand_step(k, kinds[k], q, 0, yl, 0, g.nhwc_out) + lane0)
 
-        def pixel_stores(r: int, c: int) -> list:
-            p, q = Var("y0") + r, Var("x0") + c
-            value = floored(VBin("add", Y[r][c], bias))
-            index = y.at(n, ob, p, q) + lane0 if lane0 else y.at(n, ob, p, q)
-            return store_epilogue(
-                "y", index, value, epilogue,
-                lambda k: operand_row(k, n, ob, p, kinds[k], yl, g.nhwc_out) +
-                operand_step(k, kinds[k], q, 0, yl, lane0, g.nhwc_out))
-
-        whole = [s for r in range(m) for c in range(m) for s in pixel_stores(r, c)]
-        edge = [If(cmp("and", cmp("<", Var("y0") + r, P), cmp("<", Var("x0") + c, Q)),
-                   pixel_stores(r, c)) for r in range(m) for c in range(m)]
-        return stmts + [If(cmp("and", cmp("<=", Var("y0") + m, P),
-                               cmp("<=", Var("x0") + m, Q)), whole, edge)]
-
+    out_row = [If(cmp("and", cmp("<", p, P), cmp("<", Var("x0") + c, Q)), pixel_store(c, e))
+               for c, e in enumerate(_apply(t.AT, out_row_in))]
     transform_out = Loop("i", Var("nt"), [
         Let("y0", (Var("g0") + i) // TQ * m),
         Let("x0", (Var("g0") + i) % TQ * m),
-        *output_tile(0), *output_tile(1)])
+        Loop("h", Const(2), [
+            Let("bv", VLoad("bias", kt * TILE_K + h * LANES)),
+            Loop("v", Const(a), out_column),
+            Loop("r", Const(m), out_row)])])
 
     work = unflatten(Var("task"), [("n", Var("n_batch")), ("grp", Var("NG"))]) + [
         Let("g0", Var("grp") * TILES),
         Let("nt", Select(cmp("<", NT - Var("g0"), TILES), NT - Var("g0"), Const(TILES))),
         Let("vbase", call("thread_id") * Var("WS")),
         Let("mbase", Var("vbase") + a2 * vsize),
+        Let("tbase", Var("mbase") + a2 * (TILES * TILE_K)),
         Comment(f"input transform B^T d B of the task's tiles ({a}x{a} inputs each)"),
         *transform_in,
         Comment(f"per 16 output channels: the {a2} GEMMs over the input channels, then the "
@@ -364,7 +340,7 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     pre = [floor_let(),
            Let("NG", (NT + (TILES - 1)) // TILES),
            Let("groups", Var("n_batch") * Var("NG")),
-           Let("WS", a2 * (vsize + TILES * TILE_K))]
+           Let("WS", a2 * (vsize + TILES * TILE_K + LANES))]
     pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl, g.nhwc_out))
             for k in range(len(ops))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + [Param("work")] + \

@@ -1,17 +1,22 @@
 """Lowering selection: which algorithm computes each convolution.
 
-    conv(x, w)  =>  conv(x, w; lowering=direct | channelwise | im2col)
+    conv(x, w)  =>  conv(x, w; lowering=direct | channelwise | im2col | winograd_f4 |
+                                  winograd_f2)
 
 The candidates are the algorithms of the op (``OpDef.algorithms``) that compute the node
 (``applies_to``: the channel-wise kernel takes depthwise and narrow-group shapes, the direct
-one the others); each computes the same numbers within float32 rounding, so the choice only
-changes the time, and the node records it. The user's ``--lowering`` wins (for every layer, or
-per layer name), naming an algorithm or its family (``direct`` is the direct or the
-channel-wise kernel, whichever computes the layer); otherwise, with ``--autotune``, the
-candidates are measured (once per shape, attributes, target, -O level, layout and CPU: the winner is
-kept in the kernel cache); otherwise, at -O2, each algorithm's cost model (``estimate``:
-padded work of its tiling divided by the fraction of peak it reaches, plus the floats its
-layout kernels move) picks the cheapest, and at -O0/-O1 the first candidate is taken.
+one the others, Winograd 3x3 stride-1 ones; not on a CUDA target, an algorithm that is
+``cpu_only``); each computes the same numbers within float32 rounding (within its own error
+bound: Winograd's is larger), so the choice only changes the time, and the node records it.
+The user's ``--lowering`` wins (for every layer, where it computes the layer: the others are
+chosen as without it; or per layer name, refused where it cannot, saying why), naming an
+algorithm or its family (``direct`` is the direct or the channel-wise kernel, whichever
+computes the layer; ``winograd`` the cheaper of F(4x4, 3x3) and F(2x2, 3x3) by the cost
+model); otherwise, with ``--autotune``, the candidates are measured (once per shape,
+attributes, target, -O level, layout and CPU: the winner is kept in the kernel cache);
+otherwise, at -O2, each algorithm's cost model (``estimate``: padded work of its tiling
+divided by the fraction of peak it reaches, plus the floats its layout kernels move) picks the
+cheapest, and at -O0/-O1 the first candidate is taken.
 """
 
 from __future__ import annotations
@@ -59,8 +64,11 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
             continue
         ctx.at(node)
         in_types = [graph.node(i).type for i in node.inputs]
-        candidates = [a for a in algorithms if a.applies_to(node, in_types)]
+        candidates = [a for a in algorithms if a.applies_to(node, in_types)
+                      and not (a.cpu_only and ctx.target.cuda)]
         choice = per_name.get(node.name, default)
+        if node.name not in per_name and not any(a.is_named(choice) for a in candidates):
+            choice = "auto"  # a choice for every layer holds where it computes the layer
         if choice == "auto" and ctx.measure is not None and len(candidates) > 1:
             choice = ctx.measure(graph, node, tuple(a.name for a in candidates))
             ctx.note(f"{layer(node)}: {choice} (measured)", node)
@@ -74,11 +82,16 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
                     ctx.note(f"{layer(node)}: {chosen.name} (cost model: "
                              + ", ".join(f"{a} {c:.3g}" for a, c in costs.items()) + ")", node)
         else:
-            chosen = next((a for a in candidates if a.is_named(choice)), None)
-            if chosen is None:
+            named = [a for a in candidates if a.is_named(choice)]
+            if not named:
+                why = "; ".join(dict.fromkeys(
+                    a.refusal for a in algorithms if a.is_named(choice) and a.refusal))
                 raise LoweringError(
-                    f"lowering {choice} does not compute {layer(node)} ({node.op}); it can "
-                    f"use {', '.join(a.name for a in candidates)}")
+                    f"lowering {choice} does not compute {layer(node)} ({node.op})"
+                    f"{': ' + why if why else ''}; it can use "
+                    f"{', '.join(a.name for a in candidates)}")
+            # a family of several (winograd: F(4x4) and F(2x2)): the cheaper for this layer
+            chosen = min(named, key=lambda a: a.estimate(node, in_types, ctx.target.lanes))
         if node.attrs.get("lowering") != chosen.name:
             node.attrs["lowering"] = chosen.name
             changed = True

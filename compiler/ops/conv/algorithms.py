@@ -153,6 +153,12 @@ class ConvAlgorithm:
     speedup_16_lanes: float = 1.0
     #: Whether it reads and writes channel-blocked storage (NCHW8c, NCHW16c, NHWC).
     blocked: bool = False
+    #: What it does not compute, for the refusal of a ``--lowering`` that names it ("" when it
+    #: computes every convolution of its family).
+    refusal: str = ""
+    #: Whether its compute kernel indexes per-thread scratch (:meth:`thread_scratch`), which
+    #: has no CUDA form: a CPU-only algorithm.
+    cpu_only: bool = False
 
     def applies(self, g: ConvGeometry) -> bool:
         raise NotImplementedError
@@ -590,8 +596,12 @@ CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
 #: Winograd: its GEMMs run the direct kernel's register tile, its transforms are vector
 #: loads, adds and stores (bench/RESULTS.md).
-WINOGRAD_F4 = Winograd("winograd_f4", "winograd", efficiency=0.5, blocked=True, transform=F4)
-WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.5, blocked=True, transform=F2)
+_WINOGRAD_REFUSAL = "Winograd computes 3x3, stride-1, undilated, ungrouped convolutions of " \
+    "at least 8 input channels"
+WINOGRAD_F4 = Winograd("winograd_f4", "winograd", efficiency=0.5, blocked=True,
+                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, transform=F4)
+WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.5, blocked=True,
+                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, transform=F2)
 #: Every convolution algorithm, the default first (``select_lowering`` takes the first that
 #: applies at -O0 and -O1).
 ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2)
