@@ -5,7 +5,8 @@
 Each layer is compiled with the direct kernel (the register tile ``select_tile`` gives it on
 this machine's vector width) and with Winograd F(4x4, 3x3) and F(2x2, 3x3); the compute
 kernels run on packed operands (as inside a network, whose layout moves are fused into the
-neighbouring kernels), in one process, alternating round after round; medians. GFLOP/s are
+neighbouring kernels), in one process, alternating round after round; the median over rounds
+of each round's fastest call. GFLOP/s are
 *effective*: the direct convolution's 2 K C 9 P Q flops over the time, whatever the algorithm
 computes. The FMA peak (register-resident loop, the machine's widest vectors) is measured in
 the same run. Each output is compared with the float64 reference, as a fraction of the
@@ -48,6 +49,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=3,
+                    help="calls per round; a round counts its fastest (a loaded machine "
+                         "preempts some)")
     ap.add_argument("--layers", type=int, nargs="*", help="indices into LAYERS")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
@@ -94,7 +98,7 @@ def main() -> None:
                 for alg, k in kernels.items():
                     xp, wp, bp, out = ops[alg]
                     reps = []
-                    for _ in range(3):
+                    for _ in range(args.reps):
                         t0 = time.perf_counter()
                         k.run(xp, wp, bp, N, out)
                         reps.append(time.perf_counter() - t0)

@@ -24,12 +24,15 @@ set (a derived parameter) and rounded once. Points: F(2, 3) ``0, 1, -1, inf``; F
 about 0, keep the transforms' norms, and so the error, lowest).
 
 The kernel (:func:`winograd_conv_kernel`) fuses the three stages per task: a task is
-:data:`TILES` output tiles of one image; it transforms their input tiles, every channel block,
-into a per-thread scratch ``V`` (``[alpha^2, C8, TILES, 8]``), then for each 16-channel tile of
-output channels runs the ``alpha^2`` GEMMs ``M[xi] = V[xi] @ U[xi]`` on the 6 x 16 register
-tile of the direct kernel (6 tiles broadcast against 2 weight vectors, summed over the input
-channels) into a scratch ``M`` (``[alpha^2, TILES, 16]``, in L1), and transforms that back
-into the output pixels with the bias, the ReLU floor and the fused epilogue at the store.
+:data:`TILES` consecutive output tiles of the batch (numbered image after image, so a small
+image's last tiles share a task with the next image's first); it transforms their input
+tiles, every channel block, into a per-thread scratch ``V`` (``[alpha^2, C8, TILES, 8]``),
+then for each 16-channel tile of output channels runs the ``alpha^2`` GEMMs ``M[xi] = V[xi] @
+U[xi]`` on the 6 x 16 register tile of the direct kernel (6 tiles broadcast against 2 weight
+vectors, summed over the input channels) into a scratch ``M`` (``[alpha^2, TILES, 16]``, in
+L1), and transforms that back into the output pixels with the bias, the ReLU floor and the
+fused epilogue at the store. Each tile's sums are its own accumulators, in the same order
+whatever its place in a task: an image's outputs do not depend on the batch it runs in.
 Vectors are 8 channels wide throughout: the transforms are lane-wise.
 """
 
@@ -248,6 +251,9 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     # columns (a runtime loop over them), then the rows. Unrolled over the whole tile, the
     # F(4x4) kernel took Numba over ten times as long to compile as the direct one.
     tbase = Var("tbase")
+    # tile i of the task: its image and where it starts in the output (and padded input)
+    tile_origin = [Let("n", (Var("g0") + i) // NT), Let("lt", (Var("g0") + i) % NT),
+                   Let("y0", Var("lt") // TQ * m), Let("x0", Var("lt") % TQ * m)]
     # -- input transform: tile i, channel block cb -> V[xi, cb, i, :] --------------------
     def x_at(u: int, v: Expr) -> Expr:
         """Offset of padded-input pixel (y0 + u, x0 + v) of 8-channel block cb."""
@@ -265,8 +271,7 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     vrow = Var("vbase") + cb * (TILES * LANES) + i * LANES + r * (a * vsize)
     row = [VStore("work", vrow + c * vsize, e) for c, e in enumerate(_apply(t.BT, row_in))]
     transform_in = [Loop("i", Var("nt"), [
-        Let("y0", (Var("g0") + i) // TQ * m),
-        Let("x0", (Var("g0") + i) % TQ * m),
+        *tile_origin,
         Comment("rows of the tile inside the padded input (the others read as zeros)"),
         *(Let(f"rok{u}", cmp("<", Var("y0") + u, VH)) for u in range(a)),
         Loop("cb", C8, [Loop("v", Const(a), column), Loop("r", Const(a), row)])])]
@@ -312,16 +317,16 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     out_row = [If(cmp("and", cmp("<", p, P), cmp("<", Var("x0") + c, Q)), pixel_store(c, e))
                for c, e in enumerate(_apply(t.AT, out_row_in))]
     transform_out = Loop("i", Var("nt"), [
-        Let("y0", (Var("g0") + i) // TQ * m),
-        Let("x0", (Var("g0") + i) % TQ * m),
+        *tile_origin,
         Loop("h", Const(2), [
             Let("bv", VLoad("bias", kt * TILE_K + h * LANES)),
             Loop("v", Const(a), out_column),
             Loop("r", Const(m), out_row)])])
 
-    work = unflatten(Var("task"), [("n", Var("n_batch")), ("grp", Var("NG"))]) + [
-        Let("g0", Var("grp") * TILES),
-        Let("nt", Select(cmp("<", NT - Var("g0"), TILES), NT - Var("g0"), Const(TILES))),
+    work = [
+        Let("g0", Var("task") * TILES),
+        Let("nt", Select(cmp("<", Var("alltiles") - Var("g0"), TILES),
+                         Var("alltiles") - Var("g0"), Const(TILES))),
         Let("vbase", call("thread_id") * Var("WS")),
         Let("mbase", Var("vbase") + a2 * vsize),
         Let("tbase", Var("mbase") + a2 * (TILES * TILE_K)),
@@ -338,15 +343,15 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
         zero_row_halo(Var("zn"), Var("zb"), Var("zp"), P, Q, yl, g.nhwc_out)
     body = [If(cmp("<", Var("task"), Var("groups")), work, halo)]
     pre = [floor_let(),
-           Let("NG", (NT + (TILES - 1)) // TILES),
-           Let("groups", Var("n_batch") * Var("NG")),
+           Let("alltiles", Var("n_batch") * NT),
+           Let("groups", (Var("n_batch") * NT + (TILES - 1)) // TILES),
            Let("WS", a2 * (vsize + TILES * TILE_K + LANES))]
     pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl, g.nhwc_out))
             for k in range(len(ops))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + [Param("work")] + \
         int_params(*WINOGRAD_INTS) + op_ints + int_params("relu", "n_batch")
     # ZH is 0 or 1 (a conditional extent would keep Numba from parallelizing the loop)
-    extent = Var("n_batch") * ((NT + (TILES - 1)) // TILES) + ZH * (Var("n_batch") * (YB * P))
+    extent = (Var("n_batch") * NT + (TILES - 1)) // TILES + ZH * (Var("n_batch") * (YB * P))
     tasks = Loop("task", extent, body, kind="parallel")
     return Kernel(name, params, pre + [tasks], comment)
 

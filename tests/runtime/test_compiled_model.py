@@ -170,7 +170,7 @@ def test_unknown_target_and_lowering():
     with pytest.raises(ModelError, match="target 'cuda'"):
         compile_model(SMALL, target="cuda")
     with pytest.raises(ModelError, match="lowering"):
-        compile_model(SMALL, lowering="winograd")
+        compile_model(SMALL, lowering="fft")
     with pytest.raises(ModelError, match="'nope'"):
         compile_model(SMALL, lowering={"nope": "direct"})
 
