@@ -1,6 +1,7 @@
 """Winograd vs direct on the 3x3 stride-1 layers of ResNet-18 and VGG-16, per layer.
 
     .venv/bin/python bench/bench_winograd.py [--batch 1 8] [--threads 2] [--rounds 5]
+    .venv/bin/python bench/bench_winograd.py --networks resnet18 vgg16 [--batch 1 8]
 
 Each layer is compiled with the direct kernel (the register tile ``select_tile`` gives it on
 this machine's vector width) and with Winograd F(4x4, 3x3) and F(2x2, 3x3); the compute
@@ -44,6 +45,38 @@ LAYERS = [
 ALGORITHMS = ("direct", "winograd_f4", "winograd_f2")
 
 
+def networks(names: list[str], batches: list[int], rounds: int, reps: int) -> None:
+    """Whole networks at 224x224, compiled twice in this process: the default lowering (the
+    cost model, Winograd where it pays) and every convolution direct; alternating calls."""
+    from cnnc.runtime.model import compile as compile_model
+
+    print("| network | batch | direct ms | default ms | speed-up | Winograd layers |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        models = {lowering: compile_model(name, lowering=lowering, seed=0)
+                  for lowering in ("direct", "auto")}
+        chosen = [n.attrs["lowering"] for n in models["auto"].plan.graph.nodes()
+                  if n.op == "conv"]
+        wino = sum(c.startswith("winograd") for c in chosen)
+        for N in batches:
+            x = np.random.default_rng(0).standard_normal((N, 3, 224, 224)).astype(np.float32)
+            times: dict[str, list[float]] = {k: [] for k in models}
+            outs = {k: m(x) for k, m in models.items()}
+            for _ in range(rounds):
+                for k, m in models.items():
+                    best = np.inf
+                    for _ in range(reps):
+                        t0 = time.perf_counter()
+                        m(x)
+                        best = min(best, time.perf_counter() - t0)
+                    times[k].append(best)
+            med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+            diff = float(np.max(np.abs(outs["auto"] - outs["direct"])))
+            print(f"| {name} | {N} | {med['direct']:.1f} | {med['auto']:.1f} | "
+                  f"{med['direct'] / med['auto']:.2f}x | {wino} of {len(chosen)} "
+                  f"(outputs differ by {diff:.1e}) |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
@@ -53,6 +86,8 @@ def main() -> None:
                     help="calls per round; a round counts its fastest (a loaded machine "
                          "preempts some)")
     ap.add_argument("--layers", type=int, nargs="*", help="indices into LAYERS")
+    ap.add_argument("--networks", nargs="*",
+                    help="time these zoo networks instead (default lowering vs direct)")
     args = ap.parse_args()
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
 
@@ -65,6 +100,9 @@ def main() -> None:
     from cnnc.runtime.conv_kernel import compile_conv
 
     numba.set_num_threads(args.threads)
+    if args.networks:
+        networks(args.networks, args.batch, args.rounds, args.reps)
+        return
     lanes = host_target().lanes
     peak = measure_peak(args.threads, lanes=lanes)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")

@@ -156,7 +156,7 @@ class WinogradTransform:
     def filter_transform(self, w: np.ndarray) -> np.ndarray:
         """``U = G w G^T`` of filters ``[..., r, r]`` in float64: ``[..., alpha, alpha]``."""
         G = self.array("G")
-        return np.einsum("ar,...rs,bs->...ab", G, np.asarray(w, np.float64), G)
+        return G @ np.asarray(w, np.float64) @ G.T  # two batched matrix products
 
     def rounding_depth(self) -> int:
         """The most float32 roundings on any path from one input to one output through the

@@ -6,7 +6,8 @@
 The candidates are the algorithms of the op (``OpDef.algorithms``) that compute the node
 (``applies_to``: the channel-wise kernel takes depthwise and narrow-group shapes, the direct
 one the others, Winograd 3x3 stride-1 ones; not on a CUDA target, an algorithm that is
-``cpu_only``); each computes the same numbers within float32 rounding (within its own error
+``cpu_only``; the cost model and ``--autotune`` not, in a training graph, one that is not
+``auto_in_training``); each computes the same numbers within float32 rounding (within its own error
 bound: Winograd's is larger), so the choice only changes the time, and the node records it.
 The user's ``--lowering`` wins (for every layer, where it computes the layer: the others are
 chosen as without it; or per layer name, refused where it cannot, saying why), naming an
@@ -69,16 +70,19 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
         choice = per_name.get(node.name, default)
         if node.name not in per_name and not any(a.is_named(choice) for a in candidates):
             choice = "auto"  # a choice for every layer holds where it computes the layer
-        if choice == "auto" and ctx.measure is not None and len(candidates) > 1:
-            choice = ctx.measure(graph, node, tuple(a.name for a in candidates))
+        # what the cost model and --autotune choose among (in a training graph, not
+        # Winograd: its filter transform is made again after every update)
+        automatic = [a for a in candidates if a.auto_in_training or not ctx.training]
+        if choice == "auto" and ctx.measure is not None and len(automatic) > 1:
+            choice = ctx.measure(graph, node, tuple(a.name for a in automatic))
             ctx.note(f"{layer(node)}: {choice} (measured)", node)
         if choice == "auto":
-            chosen = candidates[0]
-            if ctx.opt_level >= 2 and len(candidates) > 1:
+            chosen = automatic[0]
+            if ctx.opt_level >= 2 and len(automatic) > 1:
                 costs = {a.name: a.estimate(node, in_types, ctx.target.lanes)
-                         for a in candidates}
-                chosen = min(candidates, key=lambda a: costs[a.name])
-                if chosen is not candidates[0]:
+                         for a in automatic}
+                chosen = min(automatic, key=lambda a: costs[a.name])
+                if chosen is not automatic[0]:
                     ctx.note(f"{layer(node)}: {chosen.name} (cost model: "
                              + ", ".join(f"{a} {c:.3g}" for a, c in costs.items()) + ")", node)
         else:

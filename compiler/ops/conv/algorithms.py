@@ -159,6 +159,10 @@ class ConvAlgorithm:
     #: Whether its compute kernel indexes per-thread scratch (:meth:`thread_scratch`), which
     #: has no CUDA form: a CPU-only algorithm.
     cpu_only: bool = False
+    #: Whether the cost model (and ``--autotune``) may choose it in a training graph, whose
+    #: packed weights are made again after every update (Winograd's filter transform: not
+    #: counted by the cost model; asked for by name, it runs).
+    auto_in_training: bool = True
 
     def applies(self, g: ConvGeometry) -> bool:
         raise NotImplementedError
@@ -486,18 +490,26 @@ class Winograd(_BlockedAlgorithm):
     def applies(self, g: ConvGeometry) -> bool:
         return winograd_applies(g)
 
+    def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
+        """:meth:`ConvAlgorithm.cost`, plus the filter transform streamed from memory where it
+        does not fit the cache: each task passes over all of ``U`` (36 x C x K floats for
+        F(4x4): 38 MB at 512 channels, where F(4x4) ran 0.88x direct's speed at 7x7)."""
+        u = self.packed_sizes(g)[0]
+        streamed = u * -(-self.tiles(g) // TILES) if 4 * u > U_IN_CACHE else 0
+        return super().cost(g, lanes) + FLOPS_PER_FLOAT_STREAMED * streamed
+
     def tiles(self, g: ConvGeometry) -> int:
         """Output tiles per image."""
         rows, cols = winograd_tiles(g, self.transform)
         return rows * cols
 
     def work(self, g: ConvGeometry) -> int:
-        """The GEMMs' multiply-adds over whole 6-tile groups and padded channels, plus the
-        two transforms' vector operations counted as multiply-adds of 8 lanes."""
+        """The GEMMs' multiply-adds over the tiles and padded channels (a task's tiles run
+        across images, so only the batch's last task has idle rows), plus the two transforms'
+        vector operations counted as multiply-adds of 8 lanes."""
         t = self.transform
         a, m = t.alpha, t.m
-        groups = -(-self.tiles(g) // TILES) * TILES
-        gemm = a * a * g.Kgb * TILE_K * g.Cgb * 8 * groups
+        gemm = a * a * g.Kgb * TILE_K * g.Cgb * 8 * self.tiles(g)
         nnz_b = sum(v != 0 for row in t.BT for v in row)
         nnz_a = sum(v != 0 for row in t.AT for v in row)
         transforms = self.tiles(g) * (2 * a * nnz_b * g.Cgb * 8 +
@@ -596,12 +608,19 @@ CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
 #: Winograd: its GEMMs run the direct kernel's register tile, its transforms are vector
 #: loads, adds and stores (bench/RESULTS.md).
+#: Bytes of Winograd's filter transform above which it streams from memory (half the 32 MiB
+#: last-level cache of the machines measured), and what streaming a float of it costs in
+#: flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512 channels).
+U_IN_CACHE = 16 << 20
+FLOPS_PER_FLOAT_STREAMED = 16.0
 _WINOGRAD_REFUSAL = "Winograd computes 3x3, stride-1, undilated, ungrouped convolutions of " \
     "at least 8 input channels"
 WINOGRAD_F4 = Winograd("winograd_f4", "winograd", efficiency=0.5, blocked=True,
-                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, transform=F4)
-WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.5, blocked=True,
-                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, transform=F2)
+                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, auto_in_training=False,
+                       transform=F4)
+WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.75, blocked=True,
+                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, auto_in_training=False,
+                       transform=F2)
 #: Every convolution algorithm, the default first (``select_lowering`` takes the first that
 #: applies at -O0 and -O1).
 ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2)
