@@ -234,3 +234,21 @@ x -> conv(64, 3, pad=1) as wide -> maxpool(14) -> conv(1024, 1) -> conv(1024, 3,
         chosen = {n.name: n.attrs["lowering"] for n in g.nodes() if n.op == "conv"}
         got = tuple(chosen[name].split("_")[0] for name in ("wide", "deep"))
         assert got == want, (training, lowering, chosen)
+
+
+def test_autotune_times_both_transforms():
+    """``--autotune`` is offered Winograd's two transforms beside the direct and im2col
+    kernels for a layer they compute (and not in a training graph)."""
+    from cnnc.compiler.passes import PassContext
+    from cnnc.compiler.passes.select_lowering import select_lowering
+
+    for training, want in [(False, ("direct", "im2col", "winograd_f4", "winograd_f2")),
+                           (True, ("direct", "im2col"))]:
+        offered = []
+
+        def measure(graph, node, names):
+            offered.append(names)
+            return names[-1]
+        g = load_network(RESNETISH)
+        select_lowering(g, PassContext(training=training, measure=measure, opt_level=2))
+        assert want in offered
