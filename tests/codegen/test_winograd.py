@@ -244,11 +244,23 @@ def test_autotune_times_both_transforms():
 
     for training, want in [(False, ("direct", "im2col", "winograd_f4", "winograd_f2")),
                            (True, ("direct", "im2col"))]:
-        offered = []
+        offered: list[tuple[str, ...]] = []
 
-        def measure(graph, node, names):
+        def measure(graph, node, names, offered=offered):
             offered.append(names)
             return names[-1]
         g = load_network(RESNETISH)
         select_lowering(g, PassContext(training=training, measure=measure, opt_level=2))
         assert want in offered
+
+
+def test_not_for_transposed_convolutions():
+    """A stride-1 3x3 transposed convolution is a 3x3 convolution of its padded input, but it
+    keeps the direct kernel (and the direct sum's error bound)."""
+    from cnnc.compiler.passes import PassContext
+    from cnnc.compiler.passes.select_lowering import select_lowering
+
+    g = load_network("network t\ninput x: 16 x 9 x 9\nx -> conv_transpose(16, 3) as up "
+                     "-> output y\n")
+    select_lowering(g, PassContext(lowering="winograd", opt_level=2))
+    assert next(n for n in g.nodes() if n.name == "up").attrs["lowering"] == "direct"

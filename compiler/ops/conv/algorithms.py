@@ -490,6 +490,11 @@ class Winograd(_BlockedAlgorithm):
     def applies(self, g: ConvGeometry) -> bool:
         return winograd_applies(g)
 
+    def applies_to(self, node, in_types) -> bool:
+        """Convolutions only: a transposed convolution runs on its zero-stuffed input (or as
+        phase convolutions, which are convolutions), and keeps the direct sum's bound."""
+        return node.op == "conv" and super().applies_to(node, in_types)
+
     def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
         """:meth:`ConvAlgorithm.cost`, plus the filter transform streamed from memory where it
         does not fit the cache: each task passes over all of ``U`` (36 x C x K floats for
