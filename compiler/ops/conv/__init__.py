@@ -5,8 +5,9 @@
   derived parameters of the passes that merge and split convolutions);
 - ``padding``: the DSL's padding forms and ``same`` (written once; the ONNX importer uses it);
 - ``transpose``: a transposed convolution as convolutions (stuffed, phases, flipped weights);
-- ``algorithms``: one object per algorithm (direct, channel-wise, im2col): shapes it takes,
-  cost, blocked layouts, buffer sizes, weight packing, kernels and their size arguments;
+- ``algorithms``: one object per algorithm (direct, channel-wise, im2col, Winograd F(4x4) and
+  F(2x2)): shapes it takes, cost, blocked layouts, buffer sizes, weight packing, kernels and
+  their size arguments, error bound;
 - ``lowering``: the rule that turns a node's recorded algorithm into plan steps.
 
 Convolution is cross-correlation, as in every framework: out[k, p, q] = sum over c, r, s of
@@ -215,13 +216,14 @@ def _algorithm(node) -> ConvAlgorithm | None:
 
 
 def _layout_rule(node, in_types):
-    """The blocked algorithms (direct, channel-wise) read and write NCHW8c where their
+    """The blocked algorithms (direct, channel-wise, Winograd) read and write NCHW8c where their
     objects say so (``reads_blocked``, ``writes_blocked``); im2col, and a transposed
     convolution (run on its zero-stuffed input), stay plain.
 
     NCHW16c and NHWC wherever NCHW8c (the direct kernel reads a 16-channel block as two
-    8-channel halves; the channel-wise kernel has 16 lanes, in, out, and in its packed input
-    and output; in NHWC the kernels step from pixel to pixel by the padded channel count)."""
+    8-channel halves, and so does Winograd's input transform; the channel-wise kernel has 16
+    lanes, in, out, and in its packed input and output; in NHWC the kernels step from pixel to
+    pixel by the padded channel count)."""
     algorithm = _algorithm(node)
     if node.op != "conv" or algorithm is None or not algorithm.blocked:
         return ((PLAIN, PLAIN),)
