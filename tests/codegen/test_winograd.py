@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from cnnc.compiler.kernels.winograd import F2, F4
 from cnnc.compiler.ops import EPS32, evaluate_bound
+from cnnc.compiler.passes import PassContext
+from cnnc.compiler.passes.select_lowering import select_lowering
 from cnnc.dsl.builder import load_network, load_zoo
 from cnnc.runtime.check import check_model, format_rows
 from cnnc.runtime.conv_kernel import compile_conv
@@ -218,9 +220,6 @@ def test_cost_model_choice_and_training():
     F(2x2), 151 MB for F(4x4), read for one tile an image); in a training graph it
     leaves Winograd out (its filter transform is made again after every update) unless it is
     asked for."""
-    from cnnc.compiler.passes import PassContext
-    from cnnc.compiler.passes.select_lowering import select_lowering
-
     src = """network choices
 input x: 64 x 28 x 28
 x -> conv(64, 3, pad=1) as wide -> maxpool(14) -> conv(1024, 1) -> conv(1024, 3, pad=1) as deep
@@ -239,9 +238,6 @@ x -> conv(64, 3, pad=1) as wide -> maxpool(14) -> conv(1024, 1) -> conv(1024, 3,
 def test_autotune_times_both_transforms():
     """``--autotune`` is offered Winograd's two transforms beside the direct and im2col
     kernels for a layer they compute (and not in a training graph)."""
-    from cnnc.compiler.passes import PassContext
-    from cnnc.compiler.passes.select_lowering import select_lowering
-
     for training, want in [(False, ("direct", "im2col", "winograd_f4", "winograd_f2")),
                            (True, ("direct", "im2col"))]:
         offered: list[tuple[str, ...]] = []
@@ -257,9 +253,6 @@ def test_autotune_times_both_transforms():
 def test_not_for_transposed_convolutions():
     """A stride-1 3x3 transposed convolution is a 3x3 convolution of its padded input, but it
     keeps the direct kernel (and the direct sum's error bound)."""
-    from cnnc.compiler.passes import PassContext
-    from cnnc.compiler.passes.select_lowering import select_lowering
-
     g = load_network("network t\ninput x: 16 x 9 x 9\nx -> conv_transpose(16, 3) as up "
                      "-> output y\n")
     select_lowering(g, PassContext(lowering="winograd", opt_level=2))
