@@ -50,7 +50,7 @@ def parse_lowering(items: list[str] | None) -> str | dict[str, str]:
 
 def _lowering_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lowering", action="append", metavar="CHOICE|LAYER=CHOICE",
-                   help="convolution lowering: auto (default), direct or im2col; repeat "
+                   help="convolution lowering: auto (default), direct, im2col or winograd; repeat "
                         "LAYER=CHOICE to choose per layer")
 
 

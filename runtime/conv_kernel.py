@@ -68,14 +68,18 @@ class ConvKernel:
         self.lowering = self.algorithm.name
         self.tile = tile
         kernel, tag = self.algorithm.kernel(g, tile=tile)
-        self.kernel, _, self.source = NumbaBackend(root).load_tasked(kernel, tag,
-                                                                     "convolution kernel")
+        backend = NumbaBackend(root)
+        self.kernel, _, self.source = backend.load_tasked(kernel, tag, "convolution kernel")
         self.module = sys.modules[self.kernel.py_func.__module__]
         self.path = getattr(self.module, "__file__", None)
         self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
         self.layout = layout_module(root)
         self.int_args = self.algorithm.int_args(g, tile=tile)
         self.relu = int(g.activation == "relu")
+        per_thread = self.algorithm.thread_scratch(g)
+        # the compute kernel's per-thread work space, for as many threads as it may run
+        self.work = [np.empty(backend.threads * per_thread, np.float32)] \
+            if per_thread else []
 
     def _check(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> None:
         g = self.geometry
@@ -104,7 +108,7 @@ class ConvKernel:
         """The compute kernel on packed operands; returns the packed (flat) output."""
         if out is None:
             out = np.empty(N * self.algorithm.out_floats(self.geometry), np.float32)
-        self.kernel(xp, wp, bp, out, *self.int_args, self.relu, int(N))
+        self.kernel(xp, wp, bp, out, *self.work, *self.int_args, self.relu, int(N))
         return out
 
     def unpack_output(self, yp: np.ndarray, N: int) -> np.ndarray:
@@ -115,7 +119,7 @@ class ConvKernel:
         return out
 
     def signature(self) -> tuple[str, ...]:
-        return ("array",) * 4 + ("int",) * (len(self.int_args) + 2)
+        return ("array",) * (4 + len(self.work)) + ("int",) * (len(self.int_args) + 2)
 
     def inspect_asm(self) -> str:
         """Machine code of the compute kernel's task function (compiled again without the
@@ -152,7 +156,8 @@ def _algorithm(g: ConvGeometry, lowering: str) -> ConvAlgorithm:
 
 
 def compile_conv(attrs: dict, in_shape: tuple[int, int, int],
-                 lowering: Literal["direct", "channelwise", "im2col"] = "direct", *,
+                 lowering: Literal["direct", "channelwise", "im2col", "winograd", "winograd_f4",
+                                   "winograd_f2"] = "direct", *,
                  comment: str = "",
                  root=None, tile: DirectTile | str = TILE_8) -> ConvKernel:
     """Generate, cache and load the kernels of one convolution (see the module docstring);

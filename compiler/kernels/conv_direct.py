@@ -122,7 +122,7 @@ def _zero_halo(lanes: int = 8, nhwc: bool = False) -> list:
                                                    Var("Q"), lanes, nhwc))])])]
 
 
-def _epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
+def epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
     """Array parameters ``e<k>`` of the fused epilogue's operands and their geometry ints."""
     count = sum(e.operand is not None for e in epilogue)
     return [Param(f"e{k}") for k in range(count)], \
@@ -263,7 +263,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         Let("nfull", Q // T),
         Let("tail", Q % T),
     ]
-    ops, op_ints = _epilogue_params(epilogue)
+    ops, op_ints = epilogue_params(epilogue)
     per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // yl), p, kinds[k], yl,
                                              g.nhwc_out)) for k in range(len(ops))]
     per_tile += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
@@ -394,7 +394,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
             tile_stmts(T, 1, inner, epilogue_stores(stores_for), lanes=L)
 
-    ops, op_ints = _epilogue_params(epilogue)
+    ops, op_ints = epilogue_params(epilogue)
 
     def in_block(stmts: list, counts: list) -> list:  # stmts with the block's rows in scope
         return [Let("xrow", x.row(n, cb, p * g.sh)), Let("yrow", y.row(n, cb, p)), *counts,

@@ -364,7 +364,8 @@ class BoundCtx:
     attributes, its reference output ``out``, ``err_in`` (a bound on the error already in
     ``inputs[0]``: 0 for a kernel's own inputs, the bound so far for a fused epilogue op),
     ``terms`` (the op's multiply-accumulates per output element, from its ``macs`` rule) and
-    the op's ``reference``."""
+    the op's ``reference``; ``lowering``: the algorithm the node records, if any (a
+    convolution's bound depends on it)."""
 
     inputs: list[np.ndarray]
     attrs: dict[str, Any]
@@ -372,6 +373,7 @@ class BoundCtx:
     err_in: Any
     terms: float
     reference: Callable[[Arrays, dict[str, Any]], np.ndarray]
+    lowering: str | None = None
 
     def absolute(self, reference: Callable[[Arrays, dict[str, Any]], np.ndarray] | None = None
                  ) -> np.ndarray:
@@ -454,19 +456,19 @@ def evaluate_bound(op: str, inputs: Arrays, attrs: dict[str, Any],
     ``terms``: the node's multiply-accumulates per output element (``node_macs``)."""
 
     def step(name: str, args: list[np.ndarray], a: dict[str, Any], err_in: Any,
-             k: float) -> tuple[np.ndarray, np.ndarray]:
+             k: float, lowering: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         d = get_op(name)
         if d.error_bound is None:
             raise ValueError(f"op {name!r} has no error_bound rule (compiler/ops)")
         y = d.reference(args, a)
-        return y, d.error_bound(BoundCtx(args, a, y, err_in, k, d.reference))
+        return y, d.error_bound(BoundCtx(args, a, y, err_in, k, d.reference, lowering))
 
     own = list(inputs[:own_input_count(len(inputs), attrs)])
     err_in: Any = 0.0
     for pre in prologue_of(attrs):  # computed in float32 by the same kernel
         own[0], pre_bound = step(pre.op, [own[0]], pre.attr_dict, err_in, 0.0)
         err_in = pre_bound
-    y, bound = step(op, own, own_attrs(attrs), 0.0, terms)
+    y, bound = step(op, own, own_attrs(attrs), 0.0, terms, attrs.get("lowering"))
     if np.any(err_in):
         # an error e in the first input of an affine op moves each output by at most the
         # op's linear part applied to e with |other inputs|: ref(|x| + e) - ref(|x|)

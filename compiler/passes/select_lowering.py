@@ -1,19 +1,27 @@
 """Lowering selection: which algorithm computes each convolution.
 
-    conv(x, w)  =>  conv(x, w; lowering=direct | channelwise | im2col | implicit_gemm)
+    conv(x, w)  =>  conv(x, w; lowering=direct | channelwise | im2col | winograd_f4 |
+                                  winograd_f2 | implicit_gemm)
 
 The candidates are the algorithms of the op (``OpDef.algorithms``) that compute the node
 (``applies_to``: the channel-wise kernel takes depthwise and narrow-group shapes, the direct
-one the others); each computes the same numbers within float32 rounding, so the choice only
-changes the time, and the node records it. The user's ``--lowering`` wins (for every layer, or
-per layer name), naming an algorithm or its family (``direct`` is the direct or the
-channel-wise kernel, whichever computes the layer); otherwise, with ``--autotune``, the
-candidates are measured (once per shape, attributes, target, -O level, layout and CPU: the winner is
-kept in the kernel cache); otherwise, at -O2, each algorithm's cost model (``estimate``:
-padded work of its tiling divided by the fraction of peak it reaches, plus the floats its
-layout kernels move) picks the cheapest, and at -O0/-O1 the first candidate is taken. On a
-GPU target the algorithms written for a GPU (``gpu_only``: the implicit GEMM) are the only
-automatic candidates where they compute the layer; elsewhere they are refused.
+one the others, Winograd 3x3 stride-1 ones; only those that run on the target: not
+``cpu_only`` ones on a GPU target, not ``gpu_only`` ones (the implicit GEMM) on a CPU; the
+cost model and ``--autotune`` not, in a training graph, one that is not
+``auto_in_training``); each computes the same numbers within float32 rounding (within its own error
+bound: Winograd's is larger), so the choice only changes the time, and the node records it.
+The user's ``--lowering`` wins (for every layer, where it computes the layer: the others are
+chosen as without it; or per layer name, refused where it cannot, saying why), naming an
+algorithm or its family (``direct`` is the direct or the channel-wise kernel, whichever
+computes the layer; ``winograd`` the cheaper of F(4x4, 3x3) and F(2x2, 3x3) by the cost
+model); otherwise, with ``--autotune``, the candidates are measured (once per shape,
+attributes, target, -O level, layout and CPU: the winner is kept in the kernel cache);
+otherwise, at -O2, each algorithm's cost model (``estimate``: padded work of its tiling
+divided by the fraction of peak it reaches, plus the floats its layout kernels move) picks the
+cheapest, and at -O0/-O1 the first candidate is taken. On a
+GPU target the algorithms written for a GPU (the implicit GEMM) are the only automatic
+candidates where they compute the layer. A ``--lowering`` naming an algorithm that does not
+run on the target is refused, saying which targets it runs on.
 """
 
 from __future__ import annotations
@@ -61,32 +69,44 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
             continue
         ctx.at(node)
         in_types = [graph.node(i).type for i in node.inputs]
-        choice = per_name.get(node.name, default)
         applies = [a for a in algorithms if a.applies_to(node, in_types)]
         candidates = [a for a in applies if a.runs_on(ctx.target)]
-        if choice == "auto":  # a GPU's own algorithm over the CPU's schedules printed for it
-            candidates = [a for a in candidates if a.gpu_only] or candidates
-        elif any(a.is_named(choice) and not a.runs_on(ctx.target) for a in applies):
-            raise LoweringError(f"lowering {choice} runs on GPU targets only, not "
+        choice = per_name.get(node.name, default)
+        elsewhere = [a for a in algorithms if a.is_named(choice) and not a.runs_on(ctx.target)]
+        if elsewhere and not any(a.is_named(choice) for a in candidates):
+            runs = "GPU" if elsewhere[0].gpu_only else "CPU"
+            raise LoweringError(f"lowering {choice} runs on {runs} targets only, not "
                                 f"{ctx.target}")
-        if choice == "auto" and ctx.measure is not None and len(candidates) > 1:
-            choice = ctx.measure(graph, node, tuple(a.name for a in candidates))
+        if node.name not in per_name and not any(a.is_named(choice) for a in candidates):
+            choice = "auto"  # a choice for every layer holds where it computes the layer
+        # what the cost model and --autotune choose among (in a training graph, not
+        # Winograd: its filter transform is made again after every update; on a GPU target,
+        # a GPU's own algorithm over the CPU's schedules printed for it)
+        automatic = [a for a in candidates if a.auto_in_training or not ctx.training]
+        automatic = [a for a in automatic if a.gpu_only] or automatic
+        if choice == "auto" and ctx.measure is not None and len(automatic) > 1:
+            choice = ctx.measure(graph, node, tuple(a.name for a in automatic))
             ctx.note(f"{layer(node)}: {choice} (measured)", node)
         if choice == "auto":
-            chosen = candidates[0]
-            if ctx.opt_level >= 2 and len(candidates) > 1:
+            chosen = automatic[0]
+            if ctx.opt_level >= 2 and len(automatic) > 1:
                 costs = {a.name: a.estimate(node, in_types, ctx.target.lanes)
-                         for a in candidates}
-                chosen = min(candidates, key=lambda a: costs[a.name])
-                if chosen is not candidates[0]:
+                         for a in automatic}
+                chosen = min(automatic, key=lambda a: costs[a.name])
+                if chosen is not automatic[0]:
                     ctx.note(f"{layer(node)}: {chosen.name} (cost model: "
                              + ", ".join(f"{a} {c:.3g}" for a, c in costs.items()) + ")", node)
         else:
-            chosen = next((a for a in candidates if a.is_named(choice)), None)
-            if chosen is None:
+            named = [a for a in candidates if a.is_named(choice)]
+            if not named:
+                why = "; ".join(dict.fromkeys(
+                    a.refusal for a in algorithms if a.is_named(choice) and a.refusal))
                 raise LoweringError(
-                    f"lowering {choice} does not compute {layer(node)} ({node.op}); it can "
-                    f"use {', '.join(a.name for a in candidates)}")
+                    f"lowering {choice} does not compute {layer(node)} ({node.op})"
+                    f"{': ' + why if why else ''}; it can use "
+                    f"{', '.join(a.name for a in candidates)}")
+            # a family of several (winograd: F(4x4) and F(2x2)): the cheaper for this layer
+            chosen = min(named, key=lambda a: a.estimate(node, in_types, ctx.target.lanes))
         if node.attrs.get("lowering") != chosen.name:
             node.attrs["lowering"] = chosen.name
             changed = True

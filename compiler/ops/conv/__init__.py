@@ -5,8 +5,9 @@
   derived parameters of the passes that merge and split convolutions);
 - ``padding``: the DSL's padding forms and ``same`` (written once; the ONNX importer uses it);
 - ``transpose``: a transposed convolution as convolutions (stuffed, phases, flipped weights);
-- ``algorithms``: one object per algorithm (direct, channel-wise, im2col): shapes it takes,
-  cost, blocked layouts, buffer sizes, weight packing, kernels and their size arguments;
+- ``algorithms``: one object per algorithm (direct, channel-wise, im2col, Winograd F(4x4) and
+  F(2x2)): shapes it takes, cost, blocked layouts, buffer sizes, weight packing, kernels and
+  their size arguments, error bound;
 - ``lowering``: the rule that turns a node's recorded algorithm into plan steps.
 
 Convolution is cross-correlation, as in every framework: out[k, p, q] = sum over c, r, s of
@@ -37,6 +38,7 @@ from ...types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatia
 from .. import (
     Attr,
     AttrError,
+    BoundCtx,
     OpDef,
     ParamSpec,
     ShapeError,
@@ -48,7 +50,15 @@ from .. import (
     require_rank,
     sum_bound,
 )
-from .algorithms import ALGORITHMS, ConvAlgorithm, by_name, geometry, kernel_lanes, node_geometry
+from .algorithms import (
+    ALGORITHMS,
+    DIRECT,
+    ConvAlgorithm,
+    by_name,
+    geometry,
+    kernel_lanes,
+    node_geometry,
+)
 from .gradient import (
     conv_gradient,
     conv_transpose_gradient,
@@ -157,6 +167,13 @@ def conv_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
     return out
 
 
+def conv_bound(ctx: BoundCtx) -> np.ndarray:
+    """The error bound of the algorithm the node records (``ConvAlgorithm.error_bound``):
+    the direct sum's where none is recorded (the reference graph, -O0 before selection)."""
+    algorithm = by_name(ctx.lowering) if ctx.lowering is not None else DIRECT
+    return algorithm.error_bound(ctx)
+
+
 def conv_macs(in_types: list[TensorType], out: TensorType, attrs: dict[str, Any]) -> int:
     r, s = attrs["kernel"]
     return out.size * (in_types[0].channels // attrs["groups"]) * r * s
@@ -199,13 +216,14 @@ def _algorithm(node) -> ConvAlgorithm | None:
 
 
 def _layout_rule(node, in_types):
-    """The blocked algorithms (direct, channel-wise) read and write NCHW8c where their
+    """The blocked algorithms (direct, channel-wise, Winograd) read and write NCHW8c where their
     objects say so (``reads_blocked``, ``writes_blocked``); im2col, and a transposed
     convolution (run on its zero-stuffed input), stay plain.
 
     NCHW16c and NHWC wherever NCHW8c (the direct kernel reads a 16-channel block as two
-    8-channel halves; the channel-wise kernel has 16 lanes, in, out, and in its packed input
-    and output; in NHWC the kernels step from pixel to pixel by the padded channel count)."""
+    8-channel halves, and so does Winograd's input transform; the channel-wise kernel has 16
+    lanes, in, out, and in its packed input and output; in NHWC the kernels step from pixel to
+    pixel by the padded channel count)."""
     algorithm = _algorithm(node)
     if node.op != "conv" or algorithm is None or not algorithm.blocked:
         return ((PLAIN, PLAIN),)
@@ -296,7 +314,7 @@ register(OpDef(
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
-    error_bound=sum_bound(),  # C/groups x R x S products per output (conv_macs), bias, weights
+    error_bound=conv_bound,  # per algorithm: C/groups x R x S products (direct), Winograd's
     gradient=conv_gradient,
     doc="2-D convolution (cross-correlation) with stride, padding, dilation and groups",
 ))

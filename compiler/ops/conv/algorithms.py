@@ -41,6 +41,18 @@ records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) i
     through the same printers as every other kernel. PERF-NOTES measured im2col + BLAS at
     18-71% of peak, below the direct kernel everywhere; this is the general fallback.
 
+``winograd_f4``, ``winograd_f2`` (family ``winograd``)
+    Winograd F(4x4, 3x3) and F(2x2, 3x3) (``kernels/winograd.py``) for 3x3, stride-1,
+    ungrouped convolutions of at least 8 input channels: the same channel-blocked input and
+    output storage as ``direct`` (and its packed scratch buffers where a side is NCHW); one
+    fused kernel transforms 6 input tiles of every channel block into a per-thread scratch,
+    runs the 36 (16) GEMMs over the input channels on the direct kernel's 6 x 16 register
+    tile, and transforms back at the store, with the epilogue. The weights are the filter
+    transform ``U = G g G^T``, computed in float64 when parameters are set (the ``conv_pack``
+    derived parameter). Its float32 error is larger than a direct sum's: :meth:`error_bound`.
+    Refused elsewhere (stride, dilation, groups, other kernel sizes, a 3-channel stem): the
+    multiplications it saves are those of the 3x3 window sliding by one pixel.
+
 Every kernel takes its sizes as runtime integers where that costs nothing: the compute kernels
 keep literal only what shapes their unrolled inner loops (channel block, kernel size, stride,
 dilation, tile structure), so one compiled kernel serves many layers and models. The bias is
@@ -62,12 +74,24 @@ from ...kernels.gpu_conv import TILE_M, TILE_N, implicit_gemm_conv_kernel
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
 from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
+from ...kernels.winograd import (
+    F2,
+    F4,
+    TILES,
+    WinogradTransform,
+    pack_filters,
+    scratch_floats,
+    winograd_conv_kernel,
+)
+from ...kernels.winograd import applies as winograd_applies
+from ...kernels.winograd import tiles as winograd_tiles
 from ...types import Storage
-from .. import own_input_types
+from .. import EPS32, BoundCtx, own_input_types, sum_bound
+from .padding import pad_nchw
 from .transpose import transpose_as_conv
 
-__all__ = ["ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "IMPLICIT_GEMM", "ALGORITHMS",
-           "by_name",
+__all__ = ["ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "WINOGRAD_F4", "WINOGRAD_F2",
+           "IMPLICIT_GEMM", "ALGORITHMS", "by_name",
            "geometry", "node_geometry", "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
 
 def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
@@ -137,6 +161,16 @@ class ConvAlgorithm:
     speedup_16_lanes: float = 1.0
     #: Whether it reads and writes channel-blocked storage (NCHW8c, NCHW16c, NHWC).
     blocked: bool = False
+    #: What it does not compute, for the refusal of a ``--lowering`` that names it ("" when it
+    #: computes every convolution of its family).
+    refusal: str = ""
+    #: Whether its compute kernel indexes per-thread scratch (:meth:`thread_scratch`), which
+    #: has no CUDA form: a CPU-only algorithm.
+    cpu_only: bool = False
+    #: Whether the cost model (and ``--autotune``) may choose it in a training graph, whose
+    #: packed weights are made again after every update (Winograd's filter transform: not
+    #: counted by the cost model; asked for by name, it runs).
+    auto_in_training: bool = True
     #: Whether its kernels are a GPU's (threads of a block cooperating): CUDA targets only.
     gpu_only: bool = False
     #: Whether its compute kernel reads the NCHW input as it is and writes the NCHW output
@@ -145,7 +179,7 @@ class ConvAlgorithm:
 
     def runs_on(self, target) -> bool:
         """Whether it can compute on ``target`` (a :class:`~cnnc.compiler.target.Target`)."""
-        return target.cuda or not self.gpu_only
+        return not self.cpu_only if target.cuda else not self.gpu_only
 
     def applies(self, g: ConvGeometry) -> bool:
         raise NotImplementedError
@@ -232,6 +266,20 @@ class ConvAlgorithm:
         """The output kernel with a fused epilogue applied at its store (its operands after
         the output, then the batch size and the sizes of :meth:`output_call`)."""
         raise NotImplementedError
+
+    def thread_scratch(self, g: ConvGeometry) -> int:
+        """Floats of scratch the compute kernel needs per worker thread (its ``work``
+        argument, after the epilogue operands), 0 for none."""
+        return 0
+
+    def error_bound(self, ctx: BoundCtx) -> np.ndarray:
+        """How far its float32 output may be from the float64 reference (``cnnc check``,
+        ``docs/numerics.md``): a sum of C/groups x R x S products in any order, Higham's
+        ``(K + 2) x 2^-24 x sum |terms|`` (``ops.sum_bound``)."""
+        return _SUM_BOUND(ctx)
+
+
+_SUM_BOUND = sum_bound()
 
 
 def _blocked_int_args(g: ConvGeometry, x: Storage | None, y: Storage | None
@@ -451,6 +499,128 @@ class Im2col(ConvAlgorithm):
 
 
 @dataclass(frozen=True)
+class Winograd(_BlockedAlgorithm):
+    """Winograd F(m x m, 3 x 3) with ``transform`` (``kernels/winograd.py``)."""
+
+    transform: WinogradTransform = F4
+
+    def applies(self, g: ConvGeometry) -> bool:
+        return winograd_applies(g)
+
+    def applies_to(self, node, in_types) -> bool:
+        """Convolutions only: a transposed convolution runs on its zero-stuffed input (or as
+        phase convolutions, which are convolutions), and keeps the direct sum's bound."""
+        return node.op == "conv" and super().applies_to(node, in_types)
+
+    def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
+        """:meth:`ConvAlgorithm.cost`, plus the filter transform streamed from memory where it
+        does not fit the cache: each task passes over all of ``U`` (36 x C x K floats for
+        F(4x4): 38 MB at 512 channels, where F(4x4) ran 0.88x direct's speed at 7x7)."""
+        u = self.packed_sizes(g)[0]
+        streamed = u * -(-self.tiles(g) // TILES) if 4 * u > U_IN_CACHE else 0
+        return super().cost(g, lanes) + FLOPS_PER_FLOAT_STREAMED * streamed
+
+    def tiles(self, g: ConvGeometry) -> int:
+        """Output tiles per image."""
+        rows, cols = winograd_tiles(g, self.transform)
+        return rows * cols
+
+    def work(self, g: ConvGeometry) -> int:
+        """The GEMMs' multiply-adds over the tiles and padded channels (a task's tiles run
+        across images, so only the batch's last task has idle rows), plus the two transforms'
+        vector operations counted as multiply-adds of 8 lanes."""
+        t = self.transform
+        a, m = t.alpha, t.m
+        gemm = a * a * g.Kgb * TILE_K * g.Cgb * 8 * self.tiles(g)
+        nnz_b = sum(v != 0 for row in t.BT for v in row)
+        nnz_a = sum(v != 0 for row in t.AT for v in row)
+        transforms = self.tiles(g) * (2 * a * nnz_b * g.Cgb * 8 +
+                                      (a + m) * nnz_a * g.Kgb * TILE_K)
+        return gemm + transforms
+
+    def reads_blocked(self, g: ConvGeometry) -> bool:
+        return True
+
+    def writes_blocked(self, g: ConvGeometry) -> bool:
+        return True
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        m = self.transform.m
+        rs = _window_tag(g, epilogue, kinds, prologue)
+        note = f"Winograd F({m}x{m}, 3x3) convolution{_fused_note(epilogue, prologue)}; " \
+               "sizes are runtime arguments"
+        tag = f"winograd{m}_{rs}"
+        tag += "_x16" if g.lanes_in == 16 else ""
+        tag += "_y16" if g.lanes_out == 16 else ""
+        tag += "_xhwc" if g.nhwc_in else ""
+        tag += "_yhwc" if g.nhwc_out else ""
+        return winograd_conv_kernel(g, self.transform, f"conv_winograd{m}", note, epilogue,
+                                    kinds), tag
+
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+        nb, xin, yout = _blocked_int_args(g, x, y)
+        rows, cols = winograd_tiles(g, self.transform)
+        return (nb, g.Cgb, g.Kgb, g.P, g.Q, cols, rows * cols, g.Hp, g.Wp) + xin + yout + \
+            (int(zero_halo),)
+
+    def packed_sizes(self, g, tile=TILE_8):
+        a = self.transform.alpha
+        return a * a * g.Kgb * TILE_K * g.Cgb * 8, g.Kgb * TILE_K
+
+    def pack_weights(self, g, w, b, tile=TILE_8):
+        """``U = G w G^T`` as ``[alpha^2, K/16, C/8, 8, 16]``, bias padded to 16 channels."""
+        bp = np.zeros(g.Kgb * TILE_K, np.float32)
+        if b is not None:
+            bp[:g.K] = np.asarray(b, np.float32)
+        return pack_filters(self.transform, g, np.asarray(w, np.float32)), bp
+
+    def thread_scratch(self, g: ConvGeometry) -> int:
+        return scratch_floats(g, self.transform)
+
+    def error_bound(self, ctx: BoundCtx) -> np.ndarray:
+        """Every output is ``A^T [sum over c of U_c * (B^T d_c B)] A + bias``, a sum over
+        paths from each input x weight product through the transforms, each path rounded at
+        most ``D = C + depth + 3`` times: ``depth`` in the input and output transforms
+        (``WinogradTransform.rounding_depth``, 10 for F(2,3), 18 for F(4,3)), C in the sum
+        over channels, and the float32 weights, their transform ``U`` and the bias add. So
+        (Higham 3.1 along each path)
+
+            |err| <= err_in + D x 2^-24 x ( |A^T| [sum_c (|G| |g_c| |G^T|) * (|B^T| |d_c| |B|)]
+                                            |A| + |bias| )
+
+        the same algorithm run on absolute values with absolute matrices. Where the direct
+        bound has sum |x w| over the 3x3 window, this one adds the input tile's other pixels
+        with the transforms' coefficients (up to 8 x 5 x 1/6 on a path of F(4,3)): the growth
+        with the transforms' norms that Barabasz et al. (2018) measure, about 1.7x the direct
+        error for F(2,3) and 7x for F(4,3) in one dimension."""
+        t = self.transform
+        x, w = (np.abs(np.asarray(v, np.float64)) for v in ctx.inputs[:2])
+        bias = np.abs(np.asarray(ctx.inputs[2], np.float64)) if len(ctx.inputs) > 2 else None
+        n, c = x.shape[:2]
+        k = w.shape[0]
+        p, q = ctx.out.shape[2:]
+        rows, cols = -(-p // t.m), -(-q // t.m)
+        a = t.alpha
+        # the padded input, zeros past the last tile (as the kernel reads it)
+        xp = np.zeros((n, c, rows * t.m + 2, cols * t.m + 2))
+        padded = pad_nchw(x, ctx.attrs["pads"])[:, :, :rows * t.m + 2, :cols * t.m + 2]
+        xp[:, :, :padded.shape[2], :padded.shape[3]] = padded
+        win = np.lib.stride_tricks.sliding_window_view(xp, (a, a), axis=(2, 3))
+        d = win[:, :, ::t.m, ::t.m]  # [n, c, rows, cols, a, a]
+        BT, G, AT = (np.abs(t.array(name)) for name in ("BT", "G", "AT"))
+        v = np.einsum("au,ncyxuv,bv->nyxabc", BT, d, BT, optimize=True)
+        u = np.einsum("ar,kcrs,bs->abck", G, w, G, optimize=True)
+        mm = np.einsum("nyxabc,abck->nkyxab", v, u, optimize=True)
+        y = np.einsum("ia,nkyxab,jb->nkyixj", AT, mm, AT, optimize=True)
+        y = y.reshape(n, k, rows * t.m, cols * t.m)[:, :, :p, :q]
+        if bias is not None:
+            y = y + bias[None, :, None, None]
+        depth = c + t.rounding_depth() + 3
+        return ctx.err_in + depth * EPS32 * y
+
+
+@dataclass(frozen=True)
 class ImplicitGemm(ConvAlgorithm):
     def applies(self, g: ConvGeometry) -> bool:
         return True
@@ -500,6 +670,21 @@ class ImplicitGemm(ConvAlgorithm):
 DIRECT = Direct("direct", "direct", efficiency=0.6, speedup_16_lanes=1.5, blocked=True)
 CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
+#: Winograd: its GEMMs run the direct kernel's register tile, its transforms are vector
+#: loads, adds and stores (bench/RESULTS.md).
+#: Bytes of Winograd's filter transform above which it streams from memory (half the 32 MiB
+#: last-level cache of the machines measured), and what streaming a float of it costs in
+#: flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512 channels).
+U_IN_CACHE = 16 << 20
+FLOPS_PER_FLOAT_STREAMED = 16.0
+_WINOGRAD_REFUSAL = "Winograd computes 3x3, stride-1, undilated, ungrouped convolutions of " \
+    "at least 8 input channels"
+WINOGRAD_F4 = Winograd("winograd_f4", "winograd", efficiency=0.5, blocked=True,
+                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, auto_in_training=False,
+                       transform=F4)
+WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.75, blocked=True,
+                       refusal=_WINOGRAD_REFUSAL, cpu_only=True, auto_in_training=False,
+                       transform=F2)
 #: On a GPU target the one algorithm written for a GPU (the others are the CPU's schedules,
 #: printed for CUDA: correct, one thread per register tile); its efficiency is not comparable
 #: with the CPU algorithms' and is not compared: ``select_lowering`` prefers it on a GPU.
@@ -507,7 +692,7 @@ IMPLICIT_GEMM = ImplicitGemm("implicit_gemm", "implicit_gemm", efficiency=0.5, g
                              plain_io=True)
 #: Every convolution algorithm, the default first (``select_lowering`` takes the first that
 #: applies at -O0 and -O1, a GPU algorithm first on a GPU target).
-ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, IMPLICIT_GEMM)
+ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2, IMPLICIT_GEMM)
 
 
 def by_name(name: str) -> ConvAlgorithm:

@@ -92,6 +92,10 @@ def lower_conv(ctx, node) -> Step:
         scratch["pooled"] = ctx.threads * g.Cgb * g.Q * 8
         pooled = [Arg("scratch", "pooled")]
         pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]]
+    per_thread = algorithm.thread_scratch(g)
+    if per_thread:  # the compute kernel's per-thread work space (Winograd's transformed tiles)
+        scratch["work"] = ctx.threads * per_thread
+        pooled = [Arg("scratch", "work")]
     op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
         if in_kernel else []
     sizes = algorithm.int_args(g, x_store, y_store, tile, bool(node.attrs.get("zero_halo")))

@@ -1,0 +1,369 @@
+"""Winograd convolution F(m x m, 3 x 3) (Lavin & Gray, "Fast Algorithms for Convolutional
+Neural Networks", 2016): the transform matrices, derived in exact rationals, and the kernel.
+
+One-dimensional F(m, r) computes ``m`` outputs of a correlation with an ``r``-tap filter
+from ``alpha = m + r - 1`` inputs as
+
+    y = A^T [(G g) * (B^T d)]       (``*`` element-wise; ``alpha`` multiplications, not m r)
+
+and the two-dimensional F(m x m, r x r) nests it: ``Y = A^T [(G g G^T) * (B^T d B)] A``. The
+matrices come from the Chinese remainder theorem over the polynomials ``x - p`` of
+``alpha - 1`` finite interpolation points ``p`` and the point at infinity (Toom-Cook):
+
+- ``A^T[i, j] = p_j^i`` (the ``i``-th power of finite point ``j``); the infinite point's column
+  is ``e_{m-1}``;
+- ``G[j, k] = p_j^k / f_j`` with ``f_j = prod over finite l != j of (p_j - p_l)``; the
+  infinite point's row is ``e_{r-1}``;
+- ``B^T``'s row ``j`` holds the coefficients (of ``x^0 .. x^{alpha-1}``) of ``prod over
+  finite l != j of (x - p_l)``; the infinite point's row those of ``prod over all finite l``.
+
+The divisions by ``f_j`` sit in ``G``, so ``B^T`` and ``A^T`` are small integers, exact in
+float32; the filter transform ``U = G g G^T`` is computed in float64 once, when parameters are
+set (a derived parameter) and rounded once. Points: F(2, 3) ``0, 1, -1, inf``; F(4, 3) ``0,
+1, -1, 2, -2, inf`` (Lavin & Gray's; Barabasz et al. 2018 show these small points, symmetric
+about 0, keep the transforms' norms, and so the error, lowest).
+
+The kernel (:func:`winograd_conv_kernel`) fuses the three stages per task: a task is
+:data:`TILES` consecutive output tiles of the batch (numbered image after image, so a small
+image's last tiles share a task with the next image's first); it transforms their input
+tiles, every channel block, into a per-thread scratch ``V`` (``[alpha^2, C8, TILES, 8]``),
+then for each 16-channel tile of output channels runs the ``alpha^2`` GEMMs ``M[xi] = V[xi] @
+U[xi]`` on the 6 x 16 register tile of the direct kernel (6 tiles broadcast against 2 weight
+vectors, summed over the input channels) into a scratch ``M`` (``[alpha^2, TILES, 16]``, in
+L1), and transforms that back into the output pixels with the bias, the ReLU floor and the
+fused epilogue at the store. Each tile's sums are its own accumulators, in the same order
+whatever its place in a task: an image's outputs do not depend on the batch it runs in.
+Vectors are 8 channels wide throughout: the transforms are lane-wise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import cached_property
+
+import numpy as np
+
+from .common import int_params, unflatten
+from .conv_direct import IO_INTS, epilogue_params
+from .conv_geometry import ConvGeometry, ceil_div
+from .kernel_ir import (
+    Comment,
+    Const,
+    Expr,
+    If,
+    Kernel,
+    Let,
+    Loop,
+    Param,
+    Select,
+    Var,
+    VBin,
+    VBroadcast,
+    VFma,
+    VLoad,
+    VSplat,
+    VStore,
+    VZero,
+    call,
+    cmp,
+)
+from .tiles import (
+    TILE_K,
+    StorageIndex,
+    floor_let,
+    floored,
+    operand_plane,
+    operand_row,
+    operand_step,
+    store_epilogue,
+    zero_row_halo,
+)
+
+#: Output tiles a task computes together: the rows of the GEMM's register tile.
+TILES = 6
+#: Lanes of every vector of the kernel (channels).
+LANES = 8
+
+Matrix = tuple[tuple[Fraction, ...], ...]
+
+
+def _poly_mul(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
+    out = [Fraction(0)] * (len(a) + len(b) - 1)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i + j] += x * y
+    return out
+
+
+def _poly_of_roots(roots: list[Fraction]) -> list[Fraction]:
+    """Coefficients (of x^0 upwards) of prod (x - root)."""
+    poly = [Fraction(1)]
+    for p in roots:
+        poly = _poly_mul(poly, [-p, Fraction(1)])
+    return poly
+
+
+@dataclass(frozen=True)
+class WinogradTransform:
+    """F(m, r) with the finite interpolation ``points`` (and the point at infinity): the exact
+    matrices ``AT`` (m x alpha), ``G`` (alpha x r) and ``BT`` (alpha x alpha)."""
+
+    m: int
+    r: int
+    points: tuple[Fraction, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.points) != self.alpha - 1 or len(set(self.points)) != len(self.points):
+            raise ValueError(f"F({self.m}, {self.r}) needs {self.alpha - 1} distinct finite "
+                             f"points, got {self.points}")
+
+    @property
+    def alpha(self) -> int:
+        """Input tile size: ``m + r - 1``."""
+        return self.m + self.r - 1
+
+    @cached_property
+    def AT(self) -> Matrix:
+        rows = [[p ** i for p in self.points] + [Fraction(int(i == self.m - 1))]
+                for i in range(self.m)]
+        return tuple(tuple(r) for r in rows)
+
+    @cached_property
+    def G(self) -> Matrix:
+        rows = []
+        for j, p in enumerate(self.points):
+            f = Fraction(1)
+            for q in self.points[:j] + self.points[j + 1:]:
+                f *= p - q
+            rows.append([p ** k / f for k in range(self.r)])
+        rows.append([Fraction(int(k == self.r - 1)) for k in range(self.r)])
+        return tuple(tuple(r) for r in rows)
+
+    @cached_property
+    def BT(self) -> Matrix:
+        rows = []
+        for j in range(len(self.points)):
+            poly = _poly_of_roots(list(self.points[:j] + self.points[j + 1:]))
+            rows.append(poly + [Fraction(0)] * (self.alpha - len(poly)))
+        rows.append(_poly_of_roots(list(self.points)))
+        return tuple(tuple(r) for r in rows)
+
+    def array(self, name: str) -> np.ndarray:
+        """``AT``, ``G`` or ``BT`` in float64 (exact for ``AT`` and ``BT``)."""
+        return np.array([[float(v) for v in row] for row in getattr(self, name)])
+
+    def filter_transform(self, w: np.ndarray) -> np.ndarray:
+        """``U = G w G^T`` of filters ``[..., r, r]`` in float64: ``[..., alpha, alpha]``."""
+        G = self.array("G")
+        return G @ np.asarray(w, np.float64) @ G.T  # two batched matrix products
+
+    def rounding_depth(self) -> int:
+        """The most float32 roundings on any path from one input to one output through the
+        two transforms the kernel computes in float32 (B^T d B and A^T M A): each 1-D pass
+        sums at most ``max nonzeros a row`` products (one rounding each, with FMA or not),
+        and each transform is two passes."""
+        def widest(m: Matrix) -> int:
+            return max(sum(v != 0 for v in row) for row in m)
+        return 2 * widest(self.BT) + 2 * widest(self.AT)
+
+
+def _fractions(*values: int) -> tuple[Fraction, ...]:
+    return tuple(Fraction(v) for v in values)
+
+
+#: F(2x2, 3x3): 16 multiplications per 4 outputs (2.25x fewer than direct).
+F2 = WinogradTransform(2, 3, _fractions(0, 1, -1))
+#: F(4x4, 3x3): 36 multiplications per 16 outputs (4x fewer than direct).
+F4 = WinogradTransform(4, 3, _fractions(0, 1, -1, 2, -2))
+
+
+def applies(g: ConvGeometry) -> bool:
+    """The convolutions the kernel computes: 3 x 3, stride 1, no dilation, ungrouped, at least
+    8 input channels (the kernel's vectors are 8-channel blocks; a 3-channel stem reads one
+    block of 3, and has few channels to save multiplications on anyway)."""
+    return (g.R, g.S, g.sh, g.sw, g.dh, g.dw, g.groups) == (3, 3, 1, 1, 1, 1, 1) and g.C >= 8
+
+
+def tiles(g: ConvGeometry, t: WinogradTransform) -> tuple[int, int]:
+    """Output tiles per image: rows and columns of ``m x m`` tiles covering P x Q."""
+    return ceil_div(g.P, t.m), ceil_div(g.Q, t.m)
+
+
+def scratch_floats(g: ConvGeometry, t: WinogradTransform) -> int:
+    """Floats of one thread's scratch: ``V``, ``M``, then the transforms' ``T``."""
+    return t.alpha ** 2 * (TILES * (g.Cgb * LANES + TILE_K) + LANES)
+
+
+#: Runtime integer arguments of the kernel (after the arrays ``x``, ``w``, ``bias``, ``y``,
+#: the epilogue operands ``e<k>`` and the scratch ``work``): input blocks of the storage
+#: read, input blocks computed, 16-channel output tiles, output size, tile columns and tiles
+#: per image, the rows and columns of the padded input that exist (``VH`` x ``VW``: tiles past
+#: them read zeros), then the input's and output's storage (``conv_direct.IO_INTS``) and ZH.
+WINOGRAD_INTS = ("NB", "C8", "KT", "P", "Q", "TQ", "NT", "VH", "VW") + IO_INTS + ("ZH",)
+
+
+def _apply(matrix: Matrix, values: list[Expr]) -> list[Expr]:
+    """``matrix @ values`` on vectors: each output a chain of FMAs over the row's nonzeros
+    (coefficients +-1 as plain adds; every coefficient here is an integer, exact in float32)."""
+    out = []
+    for row in matrix:
+        acc: Expr | None = None
+        for coef, v in zip(row, values):
+            if coef == 0:
+                continue
+            c = float(coef)
+            if acc is None:
+                acc = v if c == 1 else VBin("mul", VSplat(Const(c)), v)
+            elif c == 1:
+                acc = VBin("add", acc, v)
+            else:
+                acc = VFma(VSplat(Const(c)), v, acc)
+        out.append(acc if acc is not None else VZero())
+    return out
+
+
+def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "conv_winograd",
+                         comment: str = "", epilogue=(), kinds=()) -> Kernel:
+    """The fused Winograd convolution of ``g`` (3x3, stride 1: :func:`applies`) with the
+    transform ``t``, over channel-blocked input and output storage (NCHW8c, NCHW16c read and
+    written as 8-channel halves, NHWC), or the packed scratch buffers of the direct kernel.
+
+    Weights ``w``: ``U`` ``[alpha^2, KT, C8, 8, 16]`` (:func:`pack_filters`); bias padded to
+    ``16 KT``. Literal: the transform (``m``) and the storage kinds; runtime:
+    :data:`WINOGRAD_INTS`, ``relu`` and ``n_batch``; one compiled kernel per transform and
+    layout serves every 3x3 stride-1 layer.
+    """
+    if not applies(g):
+        raise ValueError(f"Winograd computes 3x3 stride-1 ungrouped convolutions of at least "
+                         f"8 channels, not {g.describe()}")
+    m, a = t.m, t.alpha
+    a2 = a * a
+    NB, C8, KT, P, Q, TQ, NT, VH, VW, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, ZH = (
+        Var(v) for v in WINOGRAD_INTS)
+    x = StorageIndex(NB, Hp, Wp, XT, XL, g.lanes_in, g.nhwc_in)
+    yl = g.lanes_out
+    y = StorageIndex(YB, YH, YW, YT, YL, yl, g.nhwc_out)
+    n, i, cb, kt = Var("n"), Var("i"), Var("cb"), Var("kt")
+    vsize = C8 * (TILES * LANES)  # floats of V per transform point
+
+    # Each 2-D transform is two 1-D passes through a small per-thread scratch ``T``: the
+    # columns (a runtime loop over them), then the rows. Unrolled over the whole tile, the
+    # F(4x4) kernel took Numba over ten times as long to compile as the direct one.
+    tbase = Var("tbase")
+    # tile i of the task: its image and where it starts in the output (and padded input)
+    tile_origin = [Let("n", (Var("g0") + i) // NT), Let("lt", (Var("g0") + i) % NT),
+                   Let("y0", Var("lt") // TQ * m), Let("x0", Var("lt") % TQ * m)]
+    # -- input transform: tile i, channel block cb -> V[xi, cb, i, :] --------------------
+    def x_at(u: int, v: Expr) -> Expr:
+        """Offset of padded-input pixel (y0 + u, x0 + v) of 8-channel block cb."""
+        if g.lanes_in == 16:
+            return x.at(n, cb // 2, Var("y0") + u, Var("x0") + v) + cb % 2 * 8
+        return x.at(n, cb, Var("y0") + u, Var("x0") + v)
+
+    v, r = Var("v"), Var("r")
+    column = [Let("vok", cmp("<", Var("x0") + v, VW))]
+    column_in = [Select(cmp("and", Var(f"rok{u}"), Var("vok")), VLoad("x", x_at(u, v)), VZero())
+                 for u in range(a)]
+    column += [VStore("work", tbase + (u * a + v) * LANES, e)
+               for u, e in enumerate(_apply(t.BT, column_in))]
+    row_in = [VLoad("work", tbase + (r * a + c) * LANES) for c in range(a)]
+    vrow = Var("vbase") + cb * (TILES * LANES) + i * LANES + r * (a * vsize)
+    row = [VStore("work", vrow + c * vsize, e) for c, e in enumerate(_apply(t.BT, row_in))]
+    transform_in = [Loop("i", Var("nt"), [
+        *tile_origin,
+        Comment("rows of the tile inside the padded input (the others read as zeros)"),
+        *(Let(f"rok{u}", cmp("<", Var("y0") + u, VH)) for u in range(a)),
+        Loop("cb", C8, [Loop("v", Const(a), column), Loop("r", Const(a), row)])])]
+
+    # -- the alpha^2 GEMMs of one 16-channel output tile kt: M[xi, i, 16] ---------------------
+    l, xi = Var("l"), Var("xi")
+    lane: list = [Let(f"w{h}", VLoad("w", Var("ws") + l * TILE_K + h * LANES))
+                  for h in range(2)]
+    for j in range(TILES):
+        lane.append(Let("xb", VBroadcast("work", Var("vs") + j * LANES + l)))
+        for h in range(2):
+            acc = f"acc_{j}_{h}"
+            lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
+    gemm = Loop("xi", Const(a2), [
+        *(Let(f"acc_{j}_{h}", VZero()) for j in range(TILES) for h in range(2)),
+        Loop("cb", C8, [
+            Let("vs", Var("vbase") + xi * vsize + cb * (TILES * LANES)),
+            Let("ws", ((xi * KT + kt) * C8 + cb) * (LANES * TILE_K)),
+            Loop("l", Const(LANES), lane)]),
+        *(VStore("work", Var("mbase") + (xi * TILES + j) * TILE_K + h * LANES,
+                 Var(f"acc_{j}_{h}")) for j in range(TILES) for h in range(2))])
+
+    # -- output transform of tile i, half h of the 16 channels, with the epilogue -------------
+    ops, op_ints = epilogue_params(epilogue)
+    h = Var("h")
+    # the output block of half h of the 16 channels and the lane it starts at
+    ob = kt * 2 + h if yl == LANES else kt
+    lane0 = Const(0) if yl == LANES else h * LANES
+    mcol = [VLoad("work", Var("mbase") + ((u * a + v) * TILES + i) * TILE_K + h * LANES)
+            for u in range(a)]
+    out_column = [VStore("work", tbase + (j * a + v) * LANES, e)
+                  for j, e in enumerate(_apply(t.AT, mcol))]
+    out_row_in = [VLoad("work", tbase + (r * a + c) * LANES) for c in range(a)]
+    p = Var("y0") + r
+
+    def pixel_store(c: int, value: Expr) -> list:
+        q = Var("x0") + c
+        return store_epilogue(
+            "y", y.at(n, ob, p, q) + lane0, floored(VBin("add", value, Var("bv"))), epilogue,
+            lambda k: operand_row(k, n, ob, p, kinds[k], yl, g.nhwc_out) +
+            operand_step(k, kinds[k], q, 0, yl, 0, g.nhwc_out) + lane0)
+
+    out_row = [If(cmp("and", cmp("<", p, P), cmp("<", Var("x0") + c, Q)), pixel_store(c, e))
+               for c, e in enumerate(_apply(t.AT, out_row_in))]
+    transform_out = Loop("i", Var("nt"), [
+        *tile_origin,
+        Loop("h", Const(2), [
+            Let("bv", VLoad("bias", kt * TILE_K + h * LANES)),
+            Loop("v", Const(a), out_column),
+            Loop("r", Const(m), out_row)])])
+
+    work = [
+        Let("g0", Var("task") * TILES),
+        Let("nt", Select(cmp("<", Var("alltiles") - Var("g0"), TILES),
+                         Var("alltiles") - Var("g0"), Const(TILES))),
+        Let("vbase", call("thread_id") * Var("WS")),
+        Let("mbase", Var("vbase") + a2 * vsize),
+        Let("tbase", Var("mbase") + a2 * (TILES * TILE_K)),
+        Comment(f"input transform B^T d B of the task's tiles ({a}x{a} inputs each)"),
+        *transform_in,
+        Comment(f"per 16 output channels: the {a2} GEMMs over the input channels, then the "
+                f"output transform A^T M A ({m}x{m} outputs each)"),
+        Loop("kt", KT, [gemm, transform_out]),
+    ]
+    # with ZH, tasks past the tile groups zero the halo of one output row of one block each
+    # (halo and interior are disjoint: no race with the tiles' stores)
+    zt = Var("task") - Var("groups")
+    halo = unflatten(zt, [("zn", Var("n_batch")), ("zb", YB), ("zp", P)]) + \
+        zero_row_halo(Var("zn"), Var("zb"), Var("zp"), P, Q, yl, g.nhwc_out)
+    body = [If(cmp("<", Var("task"), Var("groups")), work, halo)]
+    pre = [floor_let(),
+           Let("alltiles", Var("n_batch") * NT),
+           Let("groups", (Var("n_batch") * NT + (TILES - 1)) // TILES),
+           Let("WS", a2 * (vsize + TILES * TILE_K + LANES))]
+    pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl, g.nhwc_out))
+            for k in range(len(ops))]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + [Param("work")] + \
+        int_params(*WINOGRAD_INTS) + op_ints + int_params("relu", "n_batch")
+    # ZH is 0 or 1 (a conditional extent would keep Numba from parallelizing the loop)
+    extent = (Var("n_batch") * NT + (TILES - 1)) // TILES + ZH * (Var("n_batch") * (YB * P))
+    tasks = Loop("task", extent, body, kind="parallel")
+    return Kernel(name, params, pre + [tasks], comment)
+
+
+def pack_filters(t: WinogradTransform, g: ConvGeometry, w: np.ndarray) -> np.ndarray:
+    """``U = G w G^T`` (float64, rounded once to float32) in the kernel's order ``[alpha^2,
+    KT, C8, 8, 16]``: transform point, 16-channel output tile, input block, input lane,
+    output lane; zero for the padded channels."""
+    a = t.alpha
+    KT = ceil_div(g.K, TILE_K)
+    wpad = np.zeros((KT * TILE_K, g.Cgb * LANES, 3, 3), np.float64)
+    wpad[:g.K, :g.C] = np.asarray(w, np.float64)
+    u = t.filter_transform(wpad)  # [Kp, Cp, a, a]
+    u = u.reshape(KT, TILE_K, g.Cgb, LANES, a * a).transpose(4, 0, 2, 3, 1)
+    return np.ascontiguousarray(u, np.float32).ravel()
