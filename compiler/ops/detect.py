@@ -288,6 +288,17 @@ def detections(padded: np.ndarray) -> list[np.ndarray]:
     return [rows[rows[:, BOX + 1] != PADDING] for rows in padded]
 
 
+def selected_indices(padded: np.ndarray) -> np.ndarray:
+    """``nms``'s padded output as ONNX's ``NonMaxSuppression`` gives it: ``[S, 3]`` int64 rows
+    ``(image, class, box index)``, by image, then class, then best first (ONNX Runtime's
+    order)."""
+    out = []
+    for image, rows in enumerate(detections(padded)):
+        for c in sorted({int(r[BOX + 1]) for r in rows}):
+            out += [(image, c, int(r[BOX + 2])) for r in rows if int(r[BOX + 1]) == c]
+    return np.array(out, np.int64).reshape(-1, 3)
+
+
 # -- lowering: host steps -----------------------------------------------------------------------
 
 def host_function(reference: Callable[[Arrays, dict[str, Any]], np.ndarray],

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ...compiler.ops.detect import selected_indices
 from ...dsl.builder import load_network
 from ..reference import run_reference
 from .convert import import_onnx
@@ -47,11 +48,16 @@ class _Imported:
             self.model = compile_model(self.graph, weights=self.weights)
 
     def run(self, values: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs in graph order, as ONNX gives them: an ``nms`` output (an imported
+        NonMaxSuppression) as its selected indices rather than cnnc's padded rows."""
         feeds = {ours: _float(values[theirs]) for theirs, ours in self.feeds.items()}
         if self.model is not None:
             feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()}
-            return list(self.model.run(feeds).values())
-        return list(run_reference(self.graph, feeds, self.weights).values())
+            outputs = self.model.run(feeds)
+        else:
+            outputs = run_reference(self.graph, feeds, self.weights)
+        return [selected_indices(value) if self.graph.node(self.graph.outputs[name]).op == "nms"
+                else value for name, value in outputs.items()]
 
 
 def _float(x: Any) -> np.ndarray:

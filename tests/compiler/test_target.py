@@ -23,7 +23,9 @@ def probe(monkeypatch) -> Target:
 def test_cpu_resolves_through_the_host_query_everywhere(probe):
     assert resolve_target("cpu") is probe and resolve_target(None) is probe
     assert PassContext().target is probe
-    g = load_network("input x: 8 x 12 x 12\nx -> conv(16, 3, pad=1) -> relu -> output y\n")
+    # stride 2: the direct kernel (with its tile), not Winograd
+    g = load_network("input x: 8 x 12 x 12\n"
+                     "x -> conv(16, 3, pad=1, stride=2) -> relu -> output y\n")
     records = optimize(g, 2)  # what cnnc summary and cnnc show --after-passes run
     tiles = [n.attrs["tile"] for n in g.nodes() if "tile" in n.attrs]
     assert tiles and all(t.endswith("/16") for t in tiles)

@@ -41,7 +41,8 @@ def test_the_ops_list_their_algorithm_objects():
     for op in ("conv", "conv_transpose"):
         assert get_op(op).algorithms == ALGORITHMS
     names = [a.name for a in ALGORITHMS]
-    assert names == ["direct", "channelwise", "im2col", "winograd_f4", "winograd_f2"]
+    assert names == ["direct", "channelwise", "im2col", "winograd_f4", "winograd_f2",
+                     "implicit_gemm"]
 
 
 def test_same_padding_is_the_one_formula_of_the_dsl_and_onnx():

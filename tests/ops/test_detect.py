@@ -17,7 +17,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import cnnc
 from cnnc.compiler.ops import get_op
-from cnnc.compiler.ops.detect import PADDING, box_iou, detections, encode_box
+from cnnc.compiler.ops.detect import (
+    PADDING,
+    box_iou,
+    detections,
+    encode_box,
+    selected_indices,
+)
 from cnnc.dsl.errors import DslError
 from cnnc.runtime.onnx.errors import OnnxImportError
 
@@ -142,13 +148,8 @@ def ort_selected(model: onnx.ModelProto, boxes: np.ndarray, scores: np.ndarray) 
 
 
 def selected_of(padded: np.ndarray) -> list:
-    """(image, class, index) of the rows, grouped by image and class in row order (ONNX
-    Runtime's order: per class, best first)."""
-    out = []
-    for image, rows in enumerate(detections(padded)):
-        for c in sorted({int(r[5]) for r in rows}):
-            out += [(image, c, int(r[6])) for r in rows if int(r[5]) == c]
-    return out
+    """ONNX's selected indices of ``padded`` rows (``selected_indices``), as tuples."""
+    return [tuple(int(v) for v in row) for row in selected_indices(padded)]
 
 
 @st.composite

@@ -58,6 +58,12 @@ def _slice(imp: Importer, node: Any, i: int) -> None:
     flipped = set()
     channels = None
     for a, start, end, step in zip(axes, starts, ends, steps):
+        if a == 0:  # the batch: its size is the caller's, so only the whole of it
+            from_first = start == 0 or start <= -(2**31 - 1)  # (clamped to 0)
+            if step == 1 and from_first and end >= 2**31 - 1:
+                continue
+            raise refuse(node, imp.opset, "slicing the batch axis (axis 0) is not supported; "
+                         "only all of it (starts 0, ends INT_MAX)")
         whole = range(full[a])[slice(start, end, step)]
         if list(whole) == list(range(full[a]))[::step] and step in (1, -1):
             if step == -1 and full[a] > 1:
