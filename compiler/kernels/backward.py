@@ -1,6 +1,7 @@
 """Kernel IR builders for the backward graph's own ops (``compiler/ops``' ``backward`` ops):
-sums over the batch (bias and dense weight gradients; the convolution's weight gradient is a
-GEMM, ``gemm.gemm_batch_sum_kernel``), the global pools' gradients, softmax cross-entropy and
+sums over the batch (bias and dense weight gradients; the convolution's weight gradient is
+``weight_grad.py``'s direct kernel or a GEMM, ``gemm.gemm_batch_sum_kernel``), the global
+pools' gradients, softmax cross-entropy and
 its gradient, and the softmax Jacobian product.
 
 A sum over the batch writes an unbatched value (``TensorType.batched``): its parallel loop runs

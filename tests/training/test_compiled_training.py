@@ -204,8 +204,8 @@ def test_a_diverging_step_names_the_first_layer_that_went_non_finite(small):
 @pytest.mark.parametrize("opt_level, lowering", [(0, "auto"), (2, "direct"), (2, "im2col")])
 def test_every_schedule_gives_the_same_gradients(small, opt_level, lowering):
     """Schedule invariance for the backward pass: -O0 and every convolution algorithm forced
-    (the forward convolutions and the backward ones alike) give the -O2 default's loss and
-    gradients within float32 rounding."""
+    (the forward convolutions, the input gradients and the weight gradients alike) give the
+    -O2 default's loss and gradients within float32 rounding."""
     graph, params, x, y = small
     base = cnnc.compile(graph, weights=params, mode="train")
     other = cnnc.compile(graph, weights=params, mode="train", opt_level=opt_level,
@@ -218,6 +218,8 @@ def test_every_schedule_gives_the_same_gradients(small, opt_level, lowering):
         np.testing.assert_allclose(grads1[name], grads0[name], rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=name)
     if lowering != "auto":
-        convs = [n for n in other.plan.graph.nodes() if n.op in ("conv", "conv_transpose")]
+        convs = [n for n in other.plan.graph.nodes()
+                 if n.op in ("conv", "conv_transpose", "conv_weight_grad")]
+        assert {n.op for n in convs} >= {"conv", "conv_weight_grad"}
         assert convs and all(n.attrs["lowering"].startswith(lowering[:3]) or
                              n.attrs["lowering"] == "channelwise" for n in convs)
