@@ -15,7 +15,7 @@ gradients that reuse a forward kernel's arithmetic (padding, group norm, LRN) ar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .common import N_BATCH, Sizes, arrays, fmax, prod, rows_kernel, unflatten
 from .kernel_ir import (
@@ -53,11 +53,9 @@ def channel_sum_kernel(name: str, shape: Sequence[int], comment: str = "",
                        sz: Sizes | None = None) -> Kernel:
     """``y[c] = sum over n and the rest of x[n, c, ...]`` (bias gradients)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
-    body: list[Stmt] = [Let("acc", call("f64", Const(0))), Loop("n", N_BATCH, [
-        Let("xb", (Var("n") * C + Var("t")) * L),
-        Loop("j", const(L), [Let("acc", Var("acc") + Load("x0", Var("xb") + Var("j")))])]),
-        Store("y", Var("t"), Var("acc"))]
+    C = sz("C", shape[0])
+    body: list[Stmt] = [*_channel_sum("acc", shape, sz, lambda o: call("f64", Load("x0", o))),
+                        Store("y", Var("t"), Var("acc"))]
     return _whole_batch(name, arrays("x0", "y"), C, body, comment, sz)
 
 
@@ -488,10 +486,38 @@ def _channel_loop(shape: Sequence[int], sz: Sizes, body: list[Stmt]) -> tuple[Ex
         "j", const(L), [Let("o", Var("xb") + Var("j")), *body])])]
 
 
+#: Independent float64 partial sums of a channel sum: one chain of float64 adds waits on each
+#: add's latency (about 4 cycles an element); 8 chains keep the adders busy. They are added in
+#: a fixed order at the end, so the sum does not depend on the thread count.
+SUM_CHAINS = 8
+
+
+def _channel_sum(var: str, shape: Sequence[int], sz: Sizes,
+                 term: Callable[[Expr], Expr]) -> list[Stmt]:
+    """``var``: the float64 sum of ``term(o)`` over every element ``o`` of channel ``t`` of every
+    image (``o`` its offset in an NCHW batch), element ``j`` of a plane going to partial sum
+    ``j mod SUM_CHAINS`` (the plane's last ``L mod SUM_CHAINS`` elements to the first)."""
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
+    parts = [f"{var}_{k}" for k in range(SUM_CHAINS)]
+    jj = Var("jj")
+    run = [Let(part, Var(part) + term(Var("xb") + jj * SUM_CHAINS + k))
+           for k, part in enumerate(parts)]
+    tail = Loop("j", const(L % SUM_CHAINS),
+                [Let(parts[0], Var(parts[0]) + term(Var("xb") + Var("j")))],
+                start=const(L - L % SUM_CHAINS))
+    total: Expr = Var(parts[0])
+    for part in parts[1:]:
+        total = total + Var(part)
+    return [*(Let(part, call("f64", Const(0))) for part in parts),
+            Loop("n", N_BATCH, [Let("xb", (Var("n") * C + Var("t")) * L),
+                                Loop("jj", const(L // SUM_CHAINS), run), tail]),
+            Let(var, total)]
+
+
 def _channel_mean(x: str, shape: Sequence[int], sz: Sizes) -> list[Stmt]:
     """``mean``: the float64 mean of channel ``t`` of ``x`` over the batch and the pixels."""
-    _, L, loop = _channel_loop(shape, sz, [Let("s", Var("s") + Load(x, Var("o")))])
-    return [Let("s", call("f64", Const(0))), *loop,
+    L = sz("L", prod(shape[1:]))
+    return [*_channel_sum("s", shape, sz, lambda o: call("f64", Load(x, o))),
             Let("mean", div(Var("s"), call("f64", N_BATCH * L)))]
 
 
@@ -503,9 +529,12 @@ def batch_stat_kernel(name: str, shape: Sequence[int], of: str, comment: str = "
     body = _channel_mean("x0", shape, sz)
     value: Expr = Var("mean")
     if of == "var":
-        _, L, loop = _channel_loop(shape, sz, [Let("d", Load("x0", Var("o")) - Var("mean")),
-                                               Let("s2", Var("s2") + Var("d") * Var("d"))])
-        body += [Let("s2", call("f64", Const(0))), *loop]
+        L = sz("L", prod(shape[1:]))
+
+        def square(o: Expr) -> Expr:
+            d = call("f64", Load("x0", o)) - Var("mean")
+            return d * d
+        body += _channel_sum("s2", shape, sz, square)
         value = div(Var("s2"), call("f64", N_BATCH * L))
     body.append(Store("y", Var("t"), value))
     return _whole_batch(name, arrays("x0", "y"), sz("C", shape[0]), body, comment, sz)
@@ -577,12 +606,14 @@ def bn_channel_grad_kernel(name: str, shape: Sequence[int], eps: float, wrt: str
     pixels (``operands``: x, gamma, mean, var, dy)."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, gamma, mean, var, dy = operands
-    g = call("f64", Load(dy, Var("o")))
-    term = g if wrt == "mean" else g * (call("f64", Load(x, Var("o"))) - Var("m"))
-    C, L, loop = _channel_loop(shape, sz, [Let("s", Var("s") + term)])
+
+    def term(o: Expr) -> Expr:
+        g = call("f64", Load(dy, o))
+        return g if wrt == "mean" else g * (call("f64", Load(x, o)) - Var("m"))
+    C = sz("C", shape[0])
     body: list[Stmt] = [Let("m", call("f64", Load(mean, Var("t")))),
                         Let("r", _rstd(Load(var, Var("t")), eps)),
-                        Let("s", call("f64", Const(0))), *loop]
+                        *_channel_sum("s", shape, sz, term)]
     gamma_r = call("f64", Load(gamma, Var("t"))) * Var("r")
     value = {"weight": Var("s") * Var("r"), "mean": F64(0.0) - gamma_r * Var("s"),
              "var": F64(-0.5) * gamma_r * Var("r") * Var("r") * Var("s")}[wrt]
