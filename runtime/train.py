@@ -47,6 +47,7 @@ from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
 from ..compiler.ops.tensor import DROPOUT_SEED
 from ..compiler.passes import LoweringError, PassContext, optimize
+from ..compiler.passes.manager import write_memory_plan
 from ..compiler.plan import Plan
 from ..compiler.target import Target
 from .executor import CpuExecutor
@@ -356,14 +357,17 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                      clip_norm: float | None = None, label_smoothing: float = 0.0,
                      freeze: Sequence[str] = (), opt_level: int = 2,
                      cache_dir: str | Path | None = None, progress: Any = None,
-                     lowering: str | Mapping[str, str] = "auto",
+                     lowering: str | Mapping[str, str] = "auto", layout: str = "auto",
+                     dump_ir: str | Path | None = None, replace_dump: bool = False,
                      input_gradients: bool = False,
                      compile_inference: Callable[..., Any] | None = None) -> TrainingModel:
     """The training model of ``graph`` (``cnnc.compile(..., mode="train")`` calls this).
 
     ``loss``: a loss's name over ``output`` with the loss op's ``loss_options`` (cross-entropy's
     ``label_smoothing`` may be given by itself), or a list of terms ``(output, loss[, weight[,
-    options]])`` summed (``compiler.autodiff.attach_loss``)."""
+    options]])`` summed (``compiler.autodiff.attach_loss``). ``lowering`` and ``layout`` as
+    ``cnnc.compile`` takes them; ``dump_ir``: a folder for the IR after each pass and the
+    memory plan (``replace_dump``: an earlier dump there is replaced)."""
     attrs = dict(loss_options or {})
     if label_smoothing:
         if loss != "cross_entropy":
@@ -374,15 +378,18 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         opt = Optimizer(optimizer, lr, momentum, nesterov, weight_decay, tuple(betas), eps,
                         clip_norm, cache_dir=cache_dir)
         tg = attach_loss(graph, loss, output, **attrs)
-        optimize(tg, opt_level, ctx=PassContext(training=True, target=target,
-                                                lowering=lowering, frozen=tuple(freeze),
-                                                input_gradients=input_gradients))
+        records = optimize(tg, opt_level, ctx=PassContext(
+            training=True, target=target, lowering=lowering, layout=layout,
+            frozen=tuple(freeze), input_gradients=input_gradients, replace_dump=replace_dump),
+            dump_dir=dump_ir)
         grads = trainable_gradients(graph, tg, freeze)
         if not grads:
             raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
                                 "parameter reaches the loss (all frozen?)")
         plan = lower_graph(tg, cache_dir=cache_dir, progress=progress,
                            together=list(grads.values()))
+        if dump_ir is not None:
+            write_memory_plan(Path(dump_ir), len(records), plan.dump())
         opt.compile()
     except (GradientError, OptimizerError, LoweringError) as e:
         raise TrainingError(str(e)) from None
@@ -394,6 +401,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                        betas=betas, eps=eps, clip_norm=clip_norm,
                        label_smoothing=label_smoothing, freeze=freeze, opt_level=opt_level,
-                       cache_dir=cache_dir, lowering=lowering, input_gradients=True)
+                       cache_dir=cache_dir, lowering=lowering, layout=layout,
+                       input_gradients=True)
         model.compile_with_inputs = lambda: compile_training(graph, params, **options)
     return model

@@ -17,7 +17,10 @@ Training pipelines (``training=True``) leave out what is valid only for inferenc
 folding: batch statistics change every step) and start with ``autodiff``
 (``compiler/autodiff.py``), which adds the backward graph; every later pass then sees forward
 and backward nodes alike. At -O1 and -O2 they split transposed convolutions (the convolutions'
-input gradients) into phase convolutions as the inference pipelines do.
+input gradients) into phase convolutions as the inference pipelines do; lowering selection
+also picks each weight gradient's algorithm. At -O2 layout selection keeps channel-blocked
+the values whose every reader has a blocked kernel: the backward ops read NCHW, so these are
+the activations no backward op reads (a frozen backbone under a trained head).
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ PHASES: list[tuple[str, Pass]] = [("conv_transpose_as_phases", conv_transpose_as
 TRAINING: dict[int, list[tuple[str, Pass]]] = {
     0: AUTODIFF + REQUIRED + PACK,
     1: AUTODIFF + CLEANUP + PHASES + REQUIRED + PACK,
-    2: AUTODIFF + CLEANUP + PHASES + REQUIRED + PACK,
+    2: AUTODIFF + CLEANUP + PHASES + REQUIRED + [("select_layout", select_layout)] + PACK,
 }
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import cnnc
 from cnnc.runtime.cli import main
+from cnnc.runtime.model import ModelError
 from cnnc.runtime.optim import Schedule
 from cnnc.runtime.train import TrainingError
 from cnnc.runtime.weights import init_params
@@ -223,3 +224,50 @@ def test_every_schedule_gives_the_same_gradients(small, opt_level, lowering):
         assert {n.op for n in convs} >= {"conv", "conv_weight_grad"}
         assert convs and all(n.attrs["lowering"].startswith(lowering[:3]) or
                              n.attrs["lowering"] == "channelwise" for n in convs)
+
+
+# Transfer learning: only the head trains, so the frozen backbone has no backward reader and
+# its activations can stay channel-blocked between its kernels, as in inference.
+HEAD = """network head
+input image: 3 x 12 x 12
+image -> conv(16, 3, pad=1) as c1 -> relu -> conv(32, 3, stride=2, pad=1) as c2 -> relu
+  -> maxpool(2) -> globalavgpool -> flatten -> dense(5) as fc -> output scores
+"""
+
+
+@pytest.mark.parametrize("layout", ["NCHW8c", "NCHW16c", "NHWC"])
+def test_forced_layouts_give_the_plain_layouts_gradients(layout):
+    """A layout forced in training keeps the backbone's activations in it (the IR records
+    it) and gives the plain layout's loss and gradients within float32 rounding."""
+    rng = np.random.default_rng(5)
+    graph = cnnc.load(HEAD)
+    params = {k: (rng.standard_normal(v.shape) * 0.3).astype(np.float32)
+              for k, v in init_params(graph).items()}
+    x = rng.standard_normal((3, 3, 12, 12)).astype(np.float32)
+    y = np.array([4, 0, 2])
+    plain, forced = (cnnc.compile(graph, weights=params, mode="train", layout=choice,
+                                  freeze=["c1.*", "c2.*"]) for choice in ("NCHW", layout))
+    kept = {n.name for n in forced.plan.graph.nodes() if n.attrs.get("layout") == layout}
+    assert kept == {"c1", "relu1", "c2", "relu2", "maxpool1"}
+    assert not any(n.attrs.get("layout") for n in plain.plan.graph.nodes())
+    (loss0, grads0), (loss1, grads1) = plain.loss_and_grads(x, y), forced.loss_and_grads(x, y)
+    assert loss1 == pytest.approx(loss0, rel=1e-5)
+    assert set(grads1) == set(grads0) == {"fc.weight", "fc.bias"}
+    for name in grads0:
+        np.testing.assert_allclose(grads1[name], grads0[name], rtol=1e-4,
+                                   atol=1e-5 * float(np.abs(grads0[name]).max()), err_msg=name)
+
+
+def test_the_training_ir_dump_shows_the_decisions(small, tmp_path):
+    """``dump_ir`` in training: the IR after each pass, the backward graph's decisions among
+    them (each weight gradient's algorithm and tile), then the memory plan."""
+    graph, params, _, _ = small
+    cnnc.compile(graph, weights=params, mode="train", dump_ir=tmp_path / "ir")
+    files = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert files[0] == "00-input.ir" and files[1] == "01-autodiff.ir"
+    assert files[-1].endswith("-memory_plan.ir")
+    last_pass = (tmp_path / "ir" / files[-2]).read_text()
+    grads = [line for line in last_pass.splitlines() if "conv_weight_grad" in line]
+    assert grads and all("lowering=" in line for line in grads)
+    with pytest.raises(ModelError, match="not empty"):
+        cnnc.compile(graph, weights=params, mode="train", dump_ir=tmp_path / "ir")
