@@ -492,26 +492,37 @@ def _channel_loop(shape: Sequence[int], sz: Sizes, body: list[Stmt]) -> tuple[Ex
 SUM_CHAINS = 8
 
 
+def _channel_sums(sums: Sequence[tuple[str, Callable[[Expr], Expr]]], shape: Sequence[int],
+                  sz: Sizes) -> list[Stmt]:
+    """For each ``(var, term)``, ``var``: the float64 sum of ``term(o)`` over every element
+    ``o`` of channel ``t`` of every image (``o`` its offset in an NCHW batch), all in one pass;
+    element ``j`` of a plane goes to partial sum ``j mod SUM_CHAINS`` (the plane's last ``L mod
+    SUM_CHAINS`` elements to the first)."""
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
+    jj = Var("jj")
+    init, run, tail, totals = [], [], [], []
+    for var, term in sums:
+        parts = [f"{var}_{k}" for k in range(SUM_CHAINS)]
+        init += [Let(part, call("f64", Const(0))) for part in parts]
+        run += [Let(part, Var(part) + term(Var("xb") + jj * SUM_CHAINS + k))
+                for k, part in enumerate(parts)]
+        tail.append(Let(parts[0], Var(parts[0]) + term(Var("xb") + Var("j"))))
+        total: Expr = Var(parts[0])
+        for part in parts[1:]:
+            total = total + Var(part)
+        totals.append(Let(var, total))
+    return [*init,
+            Loop("n", N_BATCH, [Let("xb", (Var("n") * C + Var("t")) * L),
+                                Loop("jj", const(L // SUM_CHAINS), run),
+                                Loop("j", const(L % SUM_CHAINS), tail,
+                                     start=const(L - L % SUM_CHAINS))]),
+            *totals]
+
+
 def _channel_sum(var: str, shape: Sequence[int], sz: Sizes,
                  term: Callable[[Expr], Expr]) -> list[Stmt]:
-    """``var``: the float64 sum of ``term(o)`` over every element ``o`` of channel ``t`` of every
-    image (``o`` its offset in an NCHW batch), element ``j`` of a plane going to partial sum
-    ``j mod SUM_CHAINS`` (the plane's last ``L mod SUM_CHAINS`` elements to the first)."""
-    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
-    parts = [f"{var}_{k}" for k in range(SUM_CHAINS)]
-    jj = Var("jj")
-    run = [Let(part, Var(part) + term(Var("xb") + jj * SUM_CHAINS + k))
-           for k, part in enumerate(parts)]
-    tail = Loop("j", const(L % SUM_CHAINS),
-                [Let(parts[0], Var(parts[0]) + term(Var("xb") + Var("j")))],
-                start=const(L - L % SUM_CHAINS))
-    total: Expr = Var(parts[0])
-    for part in parts[1:]:
-        total = total + Var(part)
-    return [*(Let(part, call("f64", Const(0))) for part in parts),
-            Loop("n", N_BATCH, [Let("xb", (Var("n") * C + Var("t")) * L),
-                                Loop("jj", const(L // SUM_CHAINS), run), tail]),
-            Let(var, total)]
+    """``var``: the float64 sum of ``term(o)`` (:func:`_channel_sums` of one sum)."""
+    return _channel_sums([(var, term)], shape, sz)
 
 
 def _channel_mean(x: str, shape: Sequence[int], sz: Sizes) -> list[Stmt]:
@@ -619,6 +630,61 @@ def bn_channel_grad_kernel(name: str, shape: Sequence[int], eps: float, wrt: str
              "var": F64(-0.5) * gamma_r * Var("r") * Var("r") * Var("s")}[wrt]
     body.append(Store("y", Var("t"), value))
     return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def bn_grad_sums_kernel(name: str, shape: Sequence[int], operands: Sequence[str],
+                        comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """Per channel, in one pass over x and dy: ``y[c] = sum dy`` and ``y[C + c] = sum dy (x -
+    mean)``, over the batch and the pixels (``operands``: x, dy, mean)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    x, dy, mean = operands
+    C = sz("C", shape[0])
+
+    def centred(o: Expr) -> Expr:
+        return call("f64", Load(dy, o)) * (call("f64", Load(x, o)) - Var("m"))
+    body: list[Stmt] = [Let("m", call("f64", Load(mean, Var("t")))),
+                        *_channel_sums([("s0", lambda o: call("f64", Load(dy, o))),
+                                        ("s1", centred)], shape, sz),
+                        Store("y", Var("t"), Var("s0")), Store("y", C + Var("t"), Var("s1"))]
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
+                         comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``gamma rstd (dy - s0 / M - (x - mean) rstd^2 s1 / M)`` per (image, channel), ``s0``
+    and ``s1`` the channel's sums (:func:`bn_grad_sums_kernel`), M the values per channel, in
+    float64 (``operands``: x, dy, gamma, mean, var, sums)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    x, dy, gamma, mean, var, sums = operands
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
+    count = call("f64", N_BATCH * L)
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
+    body += [Let("r", _rstd(Load(var, Var("c")), eps)),
+             Let("a", call("f64", Load(gamma, Var("c"))) * Var("r")),
+             Let("b", div(call("f64", Load(sums, Var("c"))), count)),
+             Let("k", div(Var("r") * Var("r") * call("f64", Load(sums, C + Var("c"))), count)),
+             Let("m", call("f64", Load(mean, Var("c")))),
+             Let("xb", Var("t") * L),
+             Loop("j", const(L), [
+                 Let("o", Var("xb") + Var("j")),
+                 Store("y", Var("o"), Var("a") * (call("f64", Load(dy, Var("o"))) - Var("b") - (
+                     call("f64", Load(x, Var("o"))) - Var("m")) * Var("k")))])]
+    return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def bn_grad_param_kernel(name: str, channels: int, eps: float, wrt: str,
+                         operands: Sequence[str], comment: str = "",
+                         sz: Sizes | None = None) -> Kernel:
+    """Per channel from the sums: ``s1 rstd`` (``wrt`` weight; ``operands``: sums, var) or
+    ``s0`` (bias; ``operands``: sums)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C = sz("C", channels)
+    sums = operands[0]
+    value: Expr = call("f64", Load(sums, Var("t")))
+    if wrt == "weight":
+        value = call("f64", Load(sums, C + Var("t"))) * _rstd(Load(operands[1], Var("t")), eps)
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C,
+                        [Store("y", Var("t"), value)], comment, sz)
 
 
 def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbiased: bool,

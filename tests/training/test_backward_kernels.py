@@ -18,9 +18,12 @@ from cnnc.runtime.reference import run_reference
 from cnnc.runtime.weights import init_params
 
 #: The training and backward ops whose kernels these tests check (each runs in a graph below).
+#: Batch norm's backward runs fused at -O1 and -O2 (``fuse_batchnorm_backward``); its pieces,
+#: ``bn_input_grad``, ``bn_channel_grad`` and ``batch_stat_grad``, are checked at -O0 in the
+#: residual block below.
 TRAINING_OPS = {"reduce_to", "channel_pad", "pad_grad", "mse", "mse_grad", "distance_grad",
-                "batch_mean", "batch_var", "batch_stat_grad", "batchnorm_train", "bn_input_grad",
-                "bn_channel_grad", "running_update", "groupnorm_input_grad",
+                "batch_mean", "batch_var", "batchnorm_train", "bn_grad_sums", "bn_grad_input",
+                "bn_grad_param", "running_update", "groupnorm_input_grad",
                 "groupnorm_weight_grad", "lrn_grad", "prelu_input_grad", "prelu_slope_grad",
                 "upsample_grad", "dropout_train"}
 
@@ -151,7 +154,7 @@ def test_the_check_fails_kernels_that_read_other_values(wide):
     finally:
         tm.executor.set_params(tm.params)
     failed = {r.op for r in rows if not r.ok}
-    assert {"batchnorm_train", "bn_input_grad", "prelu_input_grad"} <= failed
+    assert {"batchnorm_train", "bn_grad_input", "prelu_input_grad"} <= failed
 
 
 def test_the_dropout_mask_is_the_references_hash(wide):
@@ -248,12 +251,15 @@ def torch_residual(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndar
     return F.cross_entropy(scores, torch.tensor(labels, dtype=torch.long)), p
 
 
-@pytest.fixture(scope="module")
-def residual():
+@pytest.fixture(scope="module", params=[0, 2], ids=["O0", "O2"])
+def residual(request):
+    """The block compiled at -O0 (batch norm's backward as the chain rule's pieces) and -O2
+    (fused: ``fuse_batchnorm_backward``)."""
     rng = np.random.default_rng(3)
     graph = cnnc.load(RESIDUAL)
     params = random_params(graph, rng)
-    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy")
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy",
+                      opt_level=request.param)
     x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
     labels = np.array([0, 2, 1, 2])
     return tm, params, x, labels
@@ -294,8 +300,9 @@ def test_residual_steps_are_within_their_error_bounds(residual):
     feed = {"image": x, "labels": labels.astype(np.float32)}
     rows = check_plan(tm.plan, tm.executor, tm.params, feed)
     assert all(r.ok for r in rows), format_rows(rows, 1.0)
-    assert {"batchnorm_train", "bn_input_grad", "bn_channel_grad", "batch_stat_grad",
-            "running_update"} <= {r.op for r in rows}
+    backward = {"bn_input_grad", "bn_channel_grad", "batch_stat_grad"} if tm.opt_level == 0 \
+        else {"bn_grad_sums", "bn_grad_input", "bn_grad_param"}
+    assert {"batchnorm_train", "running_update"} | backward <= {r.op for r in rows}
 
 
 # Lp pooling's gradient recomputes each window's norm as the forward does: p = 2 (its sqrt
