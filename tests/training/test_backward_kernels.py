@@ -220,6 +220,33 @@ def test_weight_gradient_kernels_are_within_their_error_bounds(lowering, target,
     assert sum(r.op == "conv_weight_grad" for r in rows) == 3
 
 
+# A batch norm whose input is read by another op too: x's gradient sums the fused batch norm's
+# input gradient with the residual add's.
+BN_SHARED = """network shared
+input image: 3 x 5 x 5
+a = image -> conv(4, 3, pad=1) as c0
+b = a -> batchnorm as bn0 -> relu
+add(a, b) -> conv(2, 1) as c1 -> output y
+"""
+
+
+def test_a_fused_batchnorm_backward_joins_the_other_gradients_of_its_input():
+    models = [compile_training(BN_SHARED, np.random.default_rng(6), level) for level in (0, 2)]
+    graph = models[1].plan.graph
+    fused = next(n for n in graph.nodes() if n.op == "bn_grad_input")
+    (total,) = graph.users(fused.id)
+    assert total.op == "add" and len(total.inputs) == 2
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 3, 5, 5)).astype(np.float32)
+    y = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    (loss0, grads0), (loss2, grads2) = (m.loss_and_grads(x, y) for m in models)
+    assert loss2 == pytest.approx(loss0, rel=1e-5)
+    for name in grads0:
+        scale = float(np.abs(grads0[name]).max())
+        np.testing.assert_allclose(grads2[name], grads0[name], rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=name)
+
+
 # -- a batch-normed residual block against PyTorch ------------------------------------------------
 
 RESIDUAL = """network res
