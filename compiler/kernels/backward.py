@@ -42,11 +42,14 @@ from .kernel_ir import (
 
 
 def _whole_batch(name: str, params: list[Param], extent: Expr | int, body: list[Stmt],
-                 comment: str, sz: Sizes) -> Kernel:
+                 comment: str, sz: Sizes, parallel: bool = True) -> Kernel:
     """``for t in prange(extent)``: one iteration per element of an unbatched result (or per
-    channel, each reading and writing every image of it)."""
+    channel, each reading and writing every image of it). Not ``parallel``: a plain loop, for
+    a few operations per element over C values, where starting the worker threads costs more
+    than the work (and, on a loaded machine, waits for a descheduled thread)."""
     return Kernel(name, params + sz.params() + [Param("n_batch", "int")],
-                  [Loop("t", const(extent), body, kind="parallel")], comment)
+                  [Loop("t", const(extent), body, kind="parallel" if parallel else "serial")],
+                  comment)
 
 
 def channel_sum_kernel(name: str, shape: Sequence[int], comment: str = "",
@@ -684,7 +687,7 @@ def bn_grad_param_kernel(name: str, channels: int, eps: float, wrt: str,
     if wrt == "weight":
         value = call("f64", Load(sums, C + Var("t"))) * _rstd(Load(operands[1], Var("t")), eps)
     return _whole_batch(name, arrays(*_distinct(operands), "y"), C,
-                        [Store("y", Var("t"), value)], comment, sz)
+                        [Store("y", Var("t"), value)], comment, sz, parallel=False)
 
 
 def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbiased: bool,
@@ -702,7 +705,8 @@ def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbi
         value = value * div(m, m - F64(1.0))
     body: list[Stmt] = [Store("y", Var("t"), F64(1.0 - momentum) * call(
         "f64", Load(running, Var("t"))) + F64(momentum) * value)]
-    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz,
+                        parallel=False)
 
 
 # -- prelu, dropout, resizing ----------------------------------------------------------------------
