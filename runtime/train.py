@@ -300,27 +300,29 @@ class TrainingModel:
         self.optimizer.step_count = int(state["optimizer_steps"])
         self.steps_taken = int(state["steps_taken"])
 
-    def profile_step(self, x: Any, y: Any, lr: float | None = None) -> list[tuple[str, str,
+    def profile_step(self, x: Any, y: Any, lr: float | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> list[tuple[str, str,
                                                                                   float]]:
         """One :meth:`train_step`, timed part by part: ``(name, what, seconds)`` for every plan
         step (``what`` its op, fused ops included), then ``gradients`` (reading the loss and
         the gradients' global norm: the finiteness check), ``optimizer`` (the running
         statistics written back, the update kernel) and ``refresh`` (packing the kernels'
-        constants from the updated parameters)."""
+        constants from the updated parameters). ``clock``: wall time, or ``time.thread_time``
+        for the CPU seconds of a step run on one thread."""
         steps = self.plan.steps
         marks = [0.0] * (len(steps) + 1)
 
         def mark(index: int, arena: Any) -> bool:
-            marks[index + 1] = time.perf_counter()
+            marks[index + 1] = clock()
             return False
 
-        marks[0] = time.perf_counter()
+        marks[0] = clock()
         self._run(x, y, after=mark)
-        gathered = time.perf_counter()
+        gathered = clock()
         self._update(lr)
-        updated = time.perf_counter()
+        updated = clock()
         self._refresh()
-        refreshed = time.perf_counter()
+        refreshed = clock()
         parts = [(s.name, s.op, marks[i + 1] - marks[i]) for i, s in enumerate(steps)]
         return parts + [("gradients", "gradients", gathered - marks[-1]),
                         ("optimizer", "optimizer", updated - gathered),

@@ -131,3 +131,62 @@ def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "")
     params = [Param("xp"), Param("dy"), Param("part"), Param("dw")] + \
         int_params(*WEIGHT_GRAD_INTS, "n_batch")
     return Kernel(name, params, [Loop("t", G * ktn * cpn, body, kind="parallel")], comment)
+
+
+def conv_weight_grad_by_output_kernel(name: str, rows: int, lanes: int,
+                                      comment: str = "") -> Kernel:
+    """The same ``dw`` with the lanes over output channels, for inputs of few channels (the
+    3-channel stem, where blocks of input channels would be mostly padding): ``dyb`` is dy
+    packed channel-blocked (``[N, G Kgb, P, Q, L]``, ``Kgb`` even: each group's output
+    channels in whole pairs of blocks) and ``xpad`` the input zero-padded, NCHW (``[N, C, Hp,
+    Wp]``); a tile is ``rows`` taps ``(c, r, s)`` of one group's flattened ``Cg R S`` (each a
+    broadcast of one input value) times two vectors of output channels. Sizes as
+    :data:`WEIGHT_GRAD_INTS` (``Cgb`` read as ``Kgb``).
+
+    One task per (group, pair of output blocks, tile of taps); its accumulators run over every
+    image and pixel in registers (the taps are the rows: no loop over them), then go through
+    the running thread's ``rows 2L`` floats of ``part`` into ``dw``. Taps past ``Cg R S`` read
+    the last one (clamped) and channels past ``Kg`` zero padding; neither is written."""
+    G, Kg, Cg, Kgb, P, Q, Hp, Wp, R, S, sh, sw, dh, dwd = (Var(v) for v in WEIGHT_GRAD_INTS)
+    L, width = lanes, 2 * lanes
+    gi, kp, rt, n, p, q = (Var(v) for v in ("gi", "kp", "rt", "n", "p", "q"))
+    taps = Cg * R * S
+    kpn, rtn = Kgb // 2, (taps + (rows - 1)) // rows
+    body: list = [
+        Let("gi", Var("t") // (kpn * rtn)),
+        Let("kp", (Var("t") // rtn) % kpn),
+        Let("rt", Var("t") % rtn),
+        Let("part0", call("thread_id") * (rows * width)),
+        Let("plane", Hp * Wp),
+        Let("dplane", P * Q * L),
+    ]
+    for i in range(rows):  # each tap's offset in an image of xpad (clamped to the last tap)
+        tap = f"tap{i}"
+        body += [Let(tap, BinOp("min", rt * rows + i, taps - 1)),
+                 Let(f"xo{i}", (gi * Cg + Var(tap) // (R * S)) * Var("plane")
+                     + (Var(tap) // S) % R * dh * Wp + Var(tap) % S * dwd)]
+    update: list = [Let("b0", VLoad("dyb", Var("d0") + q * L, L)),
+                    Let("b1", VLoad("dyb", Var("d0") + Var("dplane") + q * L, L))]
+    for i in range(rows):
+        update.append(Let("av", VBroadcast("xpad", Var("xr") + Var(f"xo{i}") + q * sw, L)))
+        for h in range(2):
+            acc = f"acc_{i}_{h}"
+            update.append(Let(acc, VFma(Var("av"), Var(f"b{h}"), Var(acc))))
+    pixel_row = [Let("xr", (n * (G * Cg) * Hp + p * sh) * Wp),
+                 Let("d0", (((n * (G * Kgb) + gi * Kgb + kp * 2) * P + p) * Q) * L),
+                 Loop("q", Q, update)]
+    stores = [VStore("part", Var("part0") + (i * width + h * L), Var(f"acc_{i}_{h}"))
+              for i in range(rows) for h in range(2)]
+    body += tile_stmts(rows, 2, [Loop("n", N_BATCH, [Loop("p", P, pixel_row)])], stores,
+                       lanes=L)
+    i, c2 = Var("i"), Var("c2")
+    body.append(Loop("i", const(rows), [
+        Let("tap", rt * rows + i),
+        If(cmp("<", Var("tap"), taps), [Loop("c2", const(width), [
+            Let("k", kp * width + c2),
+            If(cmp("<", Var("k"), Kg), [
+                Store("dw", (gi * Kg + Var("k")) * taps + Var("tap"),
+                      Load("part", Var("part0") + i * width + c2))])])])]))
+    params = [Param("xpad"), Param("dyb"), Param("part"), Param("dw")] + \
+        int_params(*WEIGHT_GRAD_INTS, "n_batch")
+    return Kernel(name, params, [Loop("t", G * kpn * rtn, body, kind="parallel")], comment)

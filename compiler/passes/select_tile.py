@@ -14,8 +14,9 @@ as many pixels of a row as fit the registers and waste least on the row's last t
     conv_weight_grad(x, dy; lowering=direct)  =>  (...; tile=<rows>x<channels>/<lanes>)
 
 A direct weight gradient's tile is ``rows`` output channels times two vectors of input
-channels: 6 x 16 on 8 lanes, 8 x 32 on 16 (``kernels.weight_grad.weight_grad_tile``); each
-weight's sum runs over the images and pixels in the same order in both.
+channels (``direct_out``: ``rows`` taps times two vectors of output channels): 6 x 16 on 8
+lanes, 8 x 32 on 16 (``kernels.weight_grad.weight_grad_tile``); each weight's sum runs over
+the images and pixels in the same order in both.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from .manager import PassContext
 def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
     """The tile of a convolution node or weight gradient run by a register-tiled direct kernel
     (None for other nodes, among them the channel-wise kernel's, which has one tile)."""
+    if node.op == "conv_weight_grad" and node.attrs.get("lowering") in ("direct", "direct_out"):
+        return weight_grad_tile_name(lanes)
     if node.attrs.get("lowering") != "direct":
         return None
-    if node.op == "conv_weight_grad":
-        return weight_grad_tile_name(lanes)
     if node.op not in ("conv", "conv_transpose"):
         return None
     a = own_attrs(node.attrs)
