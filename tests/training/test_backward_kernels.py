@@ -194,13 +194,14 @@ def test_O0_and_O2_give_the_same_loss_and_gradients():
 # its lanes over output channels: the cost model's choice there), stride 2 with odd and even
 # sizes, asymmetric padding, dilation 2 with groups, 20 input channels (past one pair of
 # 16-lane blocks) and 10 output channels (past one tile of rows), and the transposed
-# convolution's weight gradient (input and output gradient exchanged).
+# convolution's weight gradient (input and output gradient exchanged); a 1x1 stride-2
+# convolution, whose input gradient is one phase convolution and three zero phases.
 WEIGHT_GRAD = """network wgrad
-input x: 3 x 9 x 8
+input x: 3 x 12 x 8
 a = x -> conv(20, 3, pad=1) -> relu
 b = a -> conv(10, 3, stride=2, pad=(1, 0, 1, 1)) -> relu
 c = b -> conv(12, 3, dilation=2, pad=2, groups=2) -> relu
-c -> conv_transpose(4, 2, stride=2) -> output y
+c -> conv(8, 1, stride=2) -> conv_transpose(4, 2, stride=2) -> output y
 """
 
 
@@ -221,11 +222,12 @@ def test_weight_gradient_kernels_are_within_their_error_bounds(lowering, target,
     if lowering == "auto":  # the 3-channel input's by output channels (the cost model)
         assert chosen[0] == "direct_out" and set(chosen) <= {"direct", "direct_out"}
     else:
-        assert chosen == [lowering] * 4
+        assert chosen == [lowering] * 5
     assert {n.attrs.get("tile") for n in grads} == {tile}
     rows = check_plan(tm.plan, tm.executor, tm.params, training_feed(tm, 3, rng))
     assert all(r.ok for r in rows), format_rows(rows, 1.0)
-    assert sum(r.op == "conv_weight_grad" for r in rows) == 4
+    assert sum(r.op == "conv_weight_grad" for r in rows) == 5
+    assert "channel_pad" in {r.op for r in rows}
 
 
 # A batch norm whose input is read by another op too: x's gradient sums the fused batch norm's
