@@ -315,6 +315,13 @@ def test_residual_batchnorm_block_matches_pytorch_autograd(residual):
                                    err_msg=name)
 
 
+def test_relu_gradients_read_the_relu_outputs(residual):
+    """So the batch norms' outputs under them need not outlive the forward pass."""
+    graph = residual[0].plan.graph
+    grads = [n for n in graph.nodes() if n.op == "activation_grad"]
+    assert len(grads) == 3 and {graph.node(n.inputs[0]).op for n in grads} == {"relu"}
+
+
 def test_residual_running_statistics_match_pytorch(residual):
     """The ``update:`` outputs (PyTorch's momentum, unbiased running variance), read from the
     executor after one forward and backward."""
