@@ -17,7 +17,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from .common import N_BATCH, Sizes, arrays, fmax, prod, rows_kernel, unflatten
+from .common import (
+    N_BATCH,
+    FusedOp,
+    Sizes,
+    apply_epilogue,
+    arrays,
+    fmax,
+    prod,
+    rows_kernel,
+    unflatten,
+)
 from .kernel_ir import (
     F64,
     Const,
@@ -578,9 +588,11 @@ def _rstd(var: Expr, eps: float) -> Expr:
 
 
 def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
-                           comment: str = "", sz: Sizes | None = None) -> Kernel:
+                           comment: str = "", sz: Sizes | None = None,
+                           epilogue: Sequence[FusedOp] = ()) -> Kernel:
     """``(x - mean) gamma / sqrt(var + eps) + beta`` per (image, channel), the scale and
-    shift in float64 (``operands``: x, gamma, beta, mean, var)."""
+    shift in float64 (``operands``: x, gamma, beta, mean, var), then the fused unary
+    ``epilogue`` (a ReLU) at the store."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, gamma, beta, mean, var = operands
     C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
@@ -589,8 +601,10 @@ def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands
              Let("b", call("f64", Load(beta, Var("c"))) - call("f64", Load(mean, Var("c"))) *
                  Var("a")),
              Let("xb", Var("t") * L),
-             Loop("j", const(L), [Store("y", Var("xb") + Var("j"), call(
-                 "f64", Load(x, Var("xb") + Var("j"))) * Var("a") + Var("b"))])]
+             Loop("j", const(L), [
+                 *apply_epilogue(call("f64", Load(x, Var("xb") + Var("j"))) * Var("a")
+                                 + Var("b"), epilogue),
+                 Store("y", Var("xb") + Var("j"), Var("v"))])]
     return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
 
 

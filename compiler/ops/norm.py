@@ -582,7 +582,8 @@ def _lower_bn_training(ctx, node):
     names, pack = operand_arrays(ctx)
     shape, a = _normalized_shape(ctx), node.attrs
     if node.op == "batchnorm_train":
-        k = batchnorm_train_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
+        k = batchnorm_train_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz,
+                                   ctx.epilogue)
     elif node.op == "bn_input_grad":
         k = bn_input_grad_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
     elif node.op == "bn_channel_grad":
@@ -671,7 +672,7 @@ register(OpDef(
     name="batchnorm_train", family="norm", signature=(Attr("eps", "float"),),
     infer=_bn_train_infer, reference=_bn_reference, macs=no_macs, arity=5, pass_made=True,
     new_activations=False, gradient=_bn_train_gradient, error_bound=_bn_bound,
-    lower=_lower_bn_training,
+    lower=_lower_bn_training, takes_epilogue="unary",
     doc="batch normalization with the batch's statistics (batchnorm's training form)"))
 
 

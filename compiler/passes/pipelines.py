@@ -17,8 +17,9 @@ Training pipelines (``training=True``) leave out what is valid only for inferenc
 folding: batch statistics change every step) and start with ``autodiff``
 (``compiler/autodiff.py``), which adds the backward graph; every later pass then sees forward
 and backward nodes alike. At -O1 and -O2 they split transposed convolutions (the convolutions'
-input gradients) into phase convolutions as the inference pipelines do, and write each
-training batch norm's backward in closed form (``fuse_batchnorm_backward``); lowering selection
+input gradients) into phase convolutions as the inference pipelines do, write each
+training batch norm's backward in closed form (``fuse_batchnorm_backward``) and fuse
+epilogues where no backward op reads the value in between; lowering selection
 also picks each weight gradient's algorithm. At -O2 layout selection keeps channel-blocked
 the values whose every reader has a blocked kernel: the backward ops read NCHW, so these are
 the activations no backward op reads (a frozen backbone under a trained head).
@@ -87,10 +88,13 @@ PHASES: list[tuple[str, Pass]] = [("conv_transpose_as_phases", conv_transpose_as
 #: Batch norm's backward as its closed form: one pass of sums, one for the input gradient.
 FUSE_BACKWARD: list[tuple[str, Pass]] = [("fuse_batchnorm_backward", fuse_batchnorm_backward)]
 
+#: Element-wise ops fused into their producers where no backward op reads the value between.
+EPILOGUES: list[tuple[str, Pass]] = [("fuse_epilogues", fuse_epilogues)]
+
 TRAINING: dict[int, list[tuple[str, Pass]]] = {
     0: AUTODIFF + REQUIRED + PACK,
-    1: AUTODIFF + CLEANUP + FUSE_BACKWARD + PHASES + REQUIRED + PACK,
-    2: AUTODIFF + CLEANUP + FUSE_BACKWARD + PHASES + REQUIRED
+    1: AUTODIFF + CLEANUP + FUSE_BACKWARD + PHASES + EPILOGUES + REQUIRED + PACK,
+    2: AUTODIFF + CLEANUP + FUSE_BACKWARD + PHASES + EPILOGUES + REQUIRED
     + [("select_layout", select_layout)] + PACK,
 }
 
