@@ -10,7 +10,10 @@ and the output pixels. ``xp`` is the padded input packed channel-blocked by the 
 ``rows`` output channels (each a broadcast of one ``dy`` value) times two vectors of ``L``
 input channels (two blocks of ``xp`` at one pixel): per output pixel two vector loads,
 ``rows`` broadcasts and ``2 rows`` fused multiply-adds, the GEMM's ratio without its im2col
-pass (which cost as much as the GEMM itself at 56 x 56).
+pass (which cost as much as the GEMM itself at 56 x 56). For inputs of few channels (a
+3-channel stem), where blocks of input channels would be mostly padding,
+:func:`conv_weight_grad_by_output_kernel` turns the tile around: its lanes are output
+channels of dy packed channel-blocked, its broadcasts the taps of the zero-padded input.
 """
 
 from __future__ import annotations

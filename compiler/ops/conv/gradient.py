@@ -159,9 +159,10 @@ def _direct_blocks(g: ConvGeometry, lanes: int) -> int:
 @dataclass(frozen=True)
 class WeightGradAlgorithm:
     """How ``conv_weight_grad`` is computed (``select_lowering`` records ``lowering``): the
-    user's ``direct`` or ``im2col`` names one, as for the forward convolutions; the cost is
-    the multiply-adds of its padded tiling over the fraction of peak it reaches, plus the
-    floats its layout kernels move (comparable between the two only)."""
+    user's ``direct`` names the family of both direct kernels (the first, ``direct``, is
+    taken), ``im2col`` the GEMM, as for the forward convolutions; the cost is the
+    multiply-adds of its padded tiling over the fraction of peak it reaches, plus the floats
+    its layout kernels move (comparable between the algorithms of one node only)."""
 
     name: str
     family: str
