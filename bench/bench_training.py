@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_training.py [--models resnet18 bench/resnet18_nobn.cnn]
         [--batch 8] [--steps 5] [--warmup 2] [--threads 2] [--engines cnnc torch]
+        [--rounds 1] [--cpu-time]
 
 A step is forward, softmax cross-entropy, backward and one SGD update with momentum 0.9 (cnnc:
 ``TrainingModel.train_step``; PyTorch: ``loss.backward(); opt.step()`` on the same graph, its
@@ -9,9 +10,13 @@ batch norms in training mode). One driver process writes the weights, images and
 runs each engine in its own worker process with the same thread count (Numba's and PyTorch's
 pools must not fight): warm-up steps, then the median of the timed steps, images/s, the peak
 RSS of the process, and the losses of the first steps (the same weights and data: they agree).
-The cnnc worker also times one step part by part (``TrainingModel.profile_step``), summed by
-kind of work. The FMA peak is measured in the same run. Results: bench/results/training.json
-and a markdown table.
+With ``--rounds N`` the engines run N times in alternating order and the step times of all
+rounds are pooled (a shared host's load moves between rounds). ``--cpu-time`` (one thread)
+times each step in the CPU seconds of the thread that runs it, which other processes on the
+host do not inflate as they inflate wall time: the work of each engine, not its latency. The
+cnnc worker also times one step part by part (``TrainingModel.profile_step``), summed by kind
+of work. The FMA peak is measured in the same run. Results: bench/results/training.json and a
+markdown table.
 """
 
 from __future__ import annotations
@@ -75,13 +80,21 @@ def load_graph(model: str):
 
 # -- workers ------------------------------------------------------------------------------------
 
-def cnnc_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int) -> dict:
+def step_clock(cpu_time: bool):
+    """The step timer: CPU seconds of the calling thread (one thread does all the work), or
+    wall seconds."""
+    return time.thread_time if cpu_time else time.perf_counter
+
+
+def cnnc_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int,
+                cpu_time: bool) -> dict:
     import numba
 
     import cnnc
     from cnnc.runtime.weights import load_weights
 
     numba.set_num_threads(threads)
+    clock = step_clock(cpu_time)
     x, y = np.load(workdir / "x.npy"), np.load(workdir / "y.npy")
     graph = load_graph(model)
     t0 = time.perf_counter()
@@ -91,11 +104,11 @@ def cnnc_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int
     losses = [tm.train_step(x, y) for _ in range(warmup)]
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         losses.append(tm.train_step(x, y))
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     split: dict[str, float] = defaultdict(float)
-    profiles = [tm.profile_step(x, y) for _ in range(3)]
+    profiles = [tm.profile_step(x, y, clock=clock) for _ in range(3)]
     for parts in zip(*profiles):
         name, op, _ = parts[0]
         split[kind_of(name, op)] += float(np.median([p[2] for p in parts]))
@@ -137,21 +150,23 @@ def torch_step_fn(graph, params: dict[str, np.ndarray], x: np.ndarray, y: np.nda
     return step
 
 
-def torch_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int) -> dict:
+def torch_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int,
+                 cpu_time: bool) -> dict:
     import torch
 
     from cnnc.runtime.weights import load_weights
 
     torch.set_num_threads(threads)
+    clock = step_clock(cpu_time)
     x, y = np.load(workdir / "x.npy"), np.load(workdir / "y.npy")
     graph = load_graph(model)
     step = torch_step_fn(graph, load_weights(graph, workdir / "weights.npz"), x, y)
     losses = [step() for _ in range(warmup)]
     times = []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0 = clock()
         losses.append(step())
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return {"times": times, "losses": losses}
 
 
@@ -187,12 +202,17 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--engines", nargs="+", default=["cnnc", "torch"])
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--cpu-time", action="store_true")
     ap.add_argument("--worker")
     ap.add_argument("--workdir")
     args = ap.parse_args()
+    if args.cpu_time and args.threads != 1:
+        ap.error("--cpu-time times one thread's CPU seconds: give --threads 1")
     if args.worker:
         run = cnnc_worker if args.worker == "cnnc" else torch_worker
-        result = run(Path(args.workdir), args.models[0], args.threads, args.steps, args.warmup)
+        result = run(Path(args.workdir), args.models[0], args.threads, args.steps, args.warmup,
+                     args.cpu_time)
         result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
@@ -212,14 +232,23 @@ def main() -> None:
             except Exception as e:  # a model that does not load here: say so and go on
                 print(f"{model}: {type(e).__name__}: {e}", file=sys.stderr)
                 continue
-            for engine in args.engines:
-                env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-                res = spawn_worker(__file__, ["--worker", engine, "--workdir", str(workdir),
-                                              "--models", model, "--threads",
-                                              str(args.threads), "--steps", str(args.steps),
-                                              "--warmup", str(args.warmup)], env)
-                if res is None:
-                    continue
+            runs: dict[str, list[dict]] = defaultdict(list)
+            for turn in range(args.rounds):
+                # alternating order: the first engine of one round is the last of the next
+                for engine in args.engines[::-1] if turn % 2 else args.engines:
+                    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+                    worker = ["--worker", engine, "--workdir", str(workdir), "--models", model,
+                              "--threads", str(args.threads), "--steps", str(args.steps),
+                              "--warmup", str(args.warmup)]
+                    res = spawn_worker(__file__, worker + ["--cpu-time"] * args.cpu_time, env)
+                    if res is not None:
+                        runs[engine].append(res)
+                        print(f"  round {turn + 1} {engine}: median "
+                              f"{np.median(res['times']) * 1e3:.0f} ms", flush=True)
+            for engine, done in runs.items():
+                res = done[-1]  # its split and losses; the step times of every round
+                res["times"] = [t for r in done for t in r["times"]]
+                res["peak_rss_mb"] = max(r["peak_rss_mb"] for r in done)
                 median = float(np.median(res["times"]))
                 # a training step is about three forward passes of multiply-adds
                 gflops = 3 * info["flops"] * args.batch / median / 1e9
@@ -228,8 +257,8 @@ def main() -> None:
                            gflops=gflops, pct_peak=100 * gflops / peak)
                 rows.append(res)
                 print(f"{info['name']} {engine}: {median * 1e3:.0f} ms "
-                      f"({args.batch / median:.1f} images/s), peak RSS "
-                      f"{res['peak_rss_mb']:.0f} MB; losses "
+                      f"({args.batch / median:.1f} images/s) over {len(done)} rounds, peak "
+                      f"RSS {res['peak_rss_mb']:.0f} MB; losses "
                       f"{', '.join(f'{v:.4f}' for v in res['losses'][:3])}", flush=True)
     for r in rows:
         base = next((t for t in rows if t["model"] == r["model"] and t["engine"] == "torch"),
@@ -237,7 +266,8 @@ def main() -> None:
         if base:
             r["speedup_vs_torch"] = base["median_ms"] / r["median_ms"]
     RESULTS.mkdir(exist_ok=True)
-    out = {"peak_gflops": peaks, "threads": args.threads, "rows": rows}
+    out = {"peak_gflops": peaks, "threads": args.threads, "rounds": args.rounds,
+           "clock": "thread CPU time" if args.cpu_time else "wall", "rows": rows}
     (RESULTS / "training.json").write_text(json.dumps(out, indent=2))
     print()
     print(markdown_table(

@@ -28,7 +28,7 @@ from ..compiler.lower import lower_graph
 from ..compiler.ops.detect import detections
 from ..compiler.passes import LoweringError, PassContext, PassRecord, optimize
 from ..compiler.passes.convolutionalize import fully_convolutional as convolutionalized
-from ..compiler.passes.manager import DumpFolderError, OptionError
+from ..compiler.passes.manager import DumpFolderError, OptionError, write_memory_plan
 from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
@@ -331,9 +331,8 @@ def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
         raise ModelError(f"target {cpu}: {e}") from None  # an op CUDA lacks, by name
     finally:
         bar.close()
-    if dump_ir is not None:  # the last listing: the lowered graph with its memory plan
-        (Path(dump_ir) / f"{len(records) + 1:02d}-memory_plan.ir").write_text(
-            plan.dump() + "\n", encoding="utf-8")
+    if dump_ir is not None:
+        write_memory_plan(Path(dump_ir), len(records), plan.dump())
     return plan, records
 
 
@@ -428,17 +427,22 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     if mode == "train":
         if cpu.cuda:
             raise ModelError(f"mode='train' runs on the CPU only so far, not target {target!r}")
-        if layout != "auto" or autotune or dump_ir is not None:
-            raise ModelError("mode='train' takes no layout, autotune or dump_ir options yet "
-                             "(training keeps every activation plain NCHW)")
+        if autotune:
+            raise ModelError("mode='train' takes no autotune option yet")
+        if layout not in LAYOUT_CHOICES:
+            raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got "
+                             f"{layout!r}")
         bar = CompileProgress(progress)
         try:
             tm = compile_training(graph, params, target=cpu, opt_level=opt_level,
-                                  lowering=lowering,
+                                  lowering=lowering, layout=layout, dump_ir=dump_ir,
+                                  replace_dump=force,
                                   cache_dir=cache_dir, progress=bar, compile_inference=compile,
                                   **training)
         except TypeError as e:
             raise ModelError(f"mode='train': {e}") from None
+        except DumpFolderError as e:
+            raise ModelError(str(e)) from None
         finally:
             bar.close()
         tm.compile_seconds = time.perf_counter() - t0

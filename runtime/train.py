@@ -52,6 +52,7 @@ from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
 from ..compiler.ops.tensor import DROPOUT_SEED
 from ..compiler.passes import LoweringError, PassContext, optimize
+from ..compiler.passes.manager import write_memory_plan
 from ..compiler.plan import Plan
 from ..compiler.target import Target
 from .executor import Executor
@@ -368,27 +369,29 @@ class TrainingModel:
         self.optimizer.step_count = int(state["optimizer_steps"])
         self.steps_taken = int(state["steps_taken"])
 
-    def profile_step(self, x: Any, y: Any, lr: float | None = None) -> list[tuple[str, str,
+    def profile_step(self, x: Any, y: Any, lr: float | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> list[tuple[str, str,
                                                                                   float]]:
         """One :meth:`train_step`, timed part by part: ``(name, what, seconds)`` for every plan
         step (``what`` its op, fused ops included), then ``gradients`` (reading the loss and
         the gradients' global norm: the finiteness check), ``optimizer`` (the running
         statistics written back, the update kernel) and ``refresh`` (packing the kernels'
-        constants from the updated parameters)."""
+        constants from the updated parameters). ``clock``: wall time, or ``time.thread_time``
+        for the CPU seconds of a step run on one thread."""
         steps = self.plan.steps
         marks = [0.0] * (len(steps) + 1)
 
         def mark(index: int, arena: Any) -> bool:
-            marks[index + 1] = time.perf_counter()
+            marks[index + 1] = clock()
             return False
 
-        marks[0] = time.perf_counter()
+        marks[0] = clock()
         self._run(x, y, after=mark)
-        gathered = time.perf_counter()
+        gathered = clock()
         self._update(lr)
-        updated = time.perf_counter()
+        updated = clock()
         self._refresh()
-        refreshed = time.perf_counter()
+        refreshed = clock()
         parts = [(s.name, s.op, marks[i + 1] - marks[i]) for i, s in enumerate(steps)]
         return parts + [("gradients", "gradients", gathered - marks[-1]),
                         ("optimizer", "optimizer", updated - gathered),
@@ -425,16 +428,19 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                      clip_norm: float | None = None, label_smoothing: float = 0.0,
                      freeze: Sequence[str] = (), opt_level: int = 2,
                      cache_dir: str | Path | None = None, progress: Any = None,
-                     lowering: str | Mapping[str, str] = "auto",
+                     lowering: str | Mapping[str, str] = "auto", layout: str = "auto",
+                     dump_ir: str | Path | None = None, replace_dump: bool = False,
                      input_gradients: bool = False, sync_bn_replicas: int = 1,
                      compile_inference: Callable[..., Any] | None = None) -> TrainingModel:
     """The training model of ``graph`` (``cnnc.compile(..., mode="train")`` calls this).
 
     ``loss``: a loss's name over ``output`` with the loss op's ``loss_options`` (cross-entropy's
     ``label_smoothing`` may be given by itself), or a list of terms ``(output, loss[, weight[,
-    options]])`` summed (``compiler.autodiff.attach_loss``). ``sync_bn_replicas``: batch norm
-    over the global batch of that many data-parallel replicas' equal shards (SyncBatchNorm;
-    the model then needs them, ``set_replicas``)."""
+    options]])`` summed (``compiler.autodiff.attach_loss``). ``lowering`` and ``layout`` as
+    ``cnnc.compile`` takes them; ``dump_ir``: a folder for the IR after each pass and the
+    memory plan (``replace_dump``: an earlier dump there is replaced). ``sync_bn_replicas``:
+    batch norm over the global batch of that many data-parallel replicas' equal shards
+    (SyncBatchNorm; the model then needs them, ``set_replicas``)."""
     attrs = dict(loss_options or {})
     if label_smoothing:
         if loss != "cross_entropy":
@@ -445,16 +451,18 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         opt = Optimizer(optimizer, lr, momentum, nesterov, weight_decay, tuple(betas), eps,
                         clip_norm, cache_dir=cache_dir)
         tg = attach_loss(graph, loss, output, **attrs)
-        optimize(tg, opt_level, ctx=PassContext(training=True, target=target,
-                                                lowering=lowering, frozen=tuple(freeze),
-                                                input_gradients=input_gradients,
-                                                sync_bn_replicas=sync_bn_replicas))
+        records = optimize(tg, opt_level, ctx=PassContext(
+            training=True, target=target, lowering=lowering, layout=layout,
+            frozen=tuple(freeze), input_gradients=input_gradients, replace_dump=replace_dump,
+            sync_bn_replicas=sync_bn_replicas), dump_dir=dump_ir)
         grads = trainable_gradients(graph, tg, freeze)
         if not grads:
             raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
                                 "parameter reaches the loss (all frozen?)")
         plan = lower_graph(tg, cache_dir=cache_dir, progress=progress,
                            together=list(grads.values()))
+        if dump_ir is not None:
+            write_memory_plan(Path(dump_ir), len(records), plan.dump())
         opt.compile()
     except (GradientError, OptimizerError, LoweringError) as e:
         raise TrainingError(str(e)) from None
@@ -466,7 +474,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                        betas=betas, eps=eps, clip_norm=clip_norm,
                        label_smoothing=label_smoothing, freeze=freeze, opt_level=opt_level,
-                       cache_dir=cache_dir, lowering=lowering, input_gradients=True,
-                       sync_bn_replicas=sync_bn_replicas)
+                       cache_dir=cache_dir, lowering=lowering, layout=layout,
+                       input_gradients=True, sync_bn_replicas=sync_bn_replicas)
         model.compile_with_inputs = lambda: compile_training(graph, params, **options)
     return model

@@ -1,6 +1,7 @@
 """Kernel IR builders for the backward graph's own ops (``compiler/ops``' ``backward`` ops):
-sums over the batch (bias and dense weight gradients; the convolution's weight gradient is a
-GEMM, ``gemm.gemm_batch_sum_kernel``), the global pools' gradients, softmax cross-entropy and
+sums over the batch (bias and dense weight gradients; the convolution's weight gradient is
+``weight_grad.py``'s direct kernel or a GEMM, ``gemm.gemm_batch_sum_kernel``), the global
+pools' gradients, softmax cross-entropy and
 its gradient, and the softmax Jacobian product.
 
 A sum over the batch writes an unbatched value (``TensorType.batched``): its parallel loop runs
@@ -14,9 +15,19 @@ gradients that reuse a forward kernel's arithmetic (padding, group norm, LRN) ar
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .common import N_BATCH, Sizes, arrays, fmax, prod, rows_kernel, unflatten
+from .common import (
+    N_BATCH,
+    FusedOp,
+    Sizes,
+    apply_epilogue,
+    arrays,
+    fmax,
+    prod,
+    rows_kernel,
+    unflatten,
+)
 from .kernel_ir import (
     F64,
     Const,
@@ -41,22 +52,23 @@ from .kernel_ir import (
 
 
 def _whole_batch(name: str, params: list[Param], extent: Expr | int, body: list[Stmt],
-                 comment: str, sz: Sizes) -> Kernel:
+                 comment: str, sz: Sizes, parallel: bool = True) -> Kernel:
     """``for t in prange(extent)``: one iteration per element of an unbatched result (or per
-    channel, each reading and writing every image of it)."""
+    channel, each reading and writing every image of it). Not ``parallel``: a plain loop, for
+    a few operations per element over C values, where starting the worker threads costs more
+    than the work (and, on a loaded machine, waits for a descheduled thread)."""
     return Kernel(name, params + sz.params() + [Param("n_batch", "int")],
-                  [Loop("t", const(extent), body, kind="parallel")], comment)
+                  [Loop("t", const(extent), body, kind="parallel" if parallel else "serial")],
+                  comment)
 
 
 def channel_sum_kernel(name: str, shape: Sequence[int], comment: str = "",
                        sz: Sizes | None = None) -> Kernel:
     """``y[c] = sum over n and the rest of x[n, c, ...]`` (bias gradients)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
-    body: list[Stmt] = [Let("acc", call("f64", Const(0))), Loop("n", N_BATCH, [
-        Let("xb", (Var("n") * C + Var("t")) * L),
-        Loop("j", const(L), [Let("acc", Var("acc") + Load("x0", Var("xb") + Var("j")))])]),
-        Store("y", Var("t"), Var("acc"))]
+    C = sz("C", shape[0])
+    body: list[Stmt] = [*_channel_sum("acc", shape, sz, lambda o: call("f64", Load("x0", o))),
+                        Store("y", Var("t"), Var("acc"))]
     return _whole_batch(name, arrays("x0", "y"), C, body, comment, sz)
 
 
@@ -518,10 +530,49 @@ def _channel_loop(shape: Sequence[int], sz: Sizes, body: list[Stmt]) -> tuple[Ex
         "j", const(L), [Let("o", Var("xb") + Var("j")), *body])])]
 
 
+#: Independent float64 partial sums of a channel sum: one chain of float64 adds waits on each
+#: add's latency (about 4 cycles an element); 8 chains keep the adders busy. They are added in
+#: a fixed order at the end, so the sum does not depend on the thread count.
+SUM_CHAINS = 8
+
+
+def _channel_sums(sums: Sequence[tuple[str, Callable[[Expr], Expr]]], shape: Sequence[int],
+                  sz: Sizes) -> list[Stmt]:
+    """For each ``(var, term)``, ``var``: the float64 sum of ``term(o)`` over every element
+    ``o`` of channel ``t`` of every image (``o`` its offset in an NCHW batch), all in one pass;
+    element ``j`` of a plane goes to partial sum ``j mod SUM_CHAINS`` (the plane's last ``L mod
+    SUM_CHAINS`` elements to the first)."""
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
+    jj = Var("jj")
+    init, run, tail, totals = [], [], [], []
+    for var, term in sums:
+        parts = [f"{var}_{k}" for k in range(SUM_CHAINS)]
+        init += [Let(part, call("f64", Const(0))) for part in parts]
+        run += [Let(part, Var(part) + term(Var("xb") + jj * SUM_CHAINS + k))
+                for k, part in enumerate(parts)]
+        tail.append(Let(parts[0], Var(parts[0]) + term(Var("xb") + Var("j"))))
+        total: Expr = Var(parts[0])
+        for part in parts[1:]:
+            total = total + Var(part)
+        totals.append(Let(var, total))
+    return [*init,
+            Loop("n", N_BATCH, [Let("xb", (Var("n") * C + Var("t")) * L),
+                                Loop("jj", const(L // SUM_CHAINS), run),
+                                Loop("j", const(L % SUM_CHAINS), tail,
+                                     start=const(L - L % SUM_CHAINS))]),
+            *totals]
+
+
+def _channel_sum(var: str, shape: Sequence[int], sz: Sizes,
+                 term: Callable[[Expr], Expr]) -> list[Stmt]:
+    """``var``: the float64 sum of ``term(o)`` (:func:`_channel_sums` of one sum)."""
+    return _channel_sums([(var, term)], shape, sz)
+
+
 def _channel_mean(x: str, shape: Sequence[int], sz: Sizes) -> list[Stmt]:
     """``mean``: the float64 mean of channel ``t`` of ``x`` over the batch and the pixels."""
-    _, L, loop = _channel_loop(shape, sz, [Let("s", Var("s") + Load(x, Var("o")))])
-    return [Let("s", call("f64", Const(0))), *loop,
+    L = sz("L", prod(shape[1:]))
+    return [*_channel_sum("s", shape, sz, lambda o: call("f64", Load(x, o))),
             Let("mean", div(Var("s"), call("f64", N_BATCH * L)))]
 
 
@@ -533,9 +584,12 @@ def batch_stat_kernel(name: str, shape: Sequence[int], of: str, comment: str = "
     body = _channel_mean("x0", shape, sz)
     value: Expr = Var("mean")
     if of == "var":
-        _, L, loop = _channel_loop(shape, sz, [Let("d", Load("x0", Var("o")) - Var("mean")),
-                                               Let("s2", Var("s2") + Var("d") * Var("d"))])
-        body += [Let("s2", call("f64", Const(0))), *loop]
+        L = sz("L", prod(shape[1:]))
+
+        def square(o: Expr) -> Expr:
+            d = call("f64", Load("x0", o)) - Var("mean")
+            return d * d
+        body += _channel_sum("s2", shape, sz, square)
         value = div(Var("s2"), call("f64", N_BATCH * L))
     body.append(Store("y", Var("t"), value))
     return _whole_batch(name, arrays("x0", "y"), sz("C", shape[0]), body, comment, sz)
@@ -565,9 +619,11 @@ def _rstd(var: Expr, eps: float) -> Expr:
 
 
 def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
-                           comment: str = "", sz: Sizes | None = None) -> Kernel:
+                           comment: str = "", sz: Sizes | None = None,
+                           epilogue: Sequence[FusedOp] = ()) -> Kernel:
     """``(x - mean) gamma / sqrt(var + eps) + beta`` per (image, channel), the scale and
-    shift in float64 (``operands``: x, gamma, beta, mean, var)."""
+    shift in float64 (``operands``: x, gamma, beta, mean, var), then the fused unary
+    ``epilogue`` (a ReLU) at the store."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, gamma, beta, mean, var = operands
     C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
@@ -576,8 +632,10 @@ def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands
              Let("b", call("f64", Load(beta, Var("c"))) - call("f64", Load(mean, Var("c"))) *
                  Var("a")),
              Let("xb", Var("t") * L),
-             Loop("j", const(L), [Store("y", Var("xb") + Var("j"), call(
-                 "f64", Load(x, Var("xb") + Var("j"))) * Var("a") + Var("b"))])]
+             Loop("j", const(L), [
+                 *apply_epilogue(call("f64", Load(x, Var("xb") + Var("j"))) * Var("a")
+                                 + Var("b"), epilogue),
+                 Store("y", Var("xb") + Var("j"), Var("v"))])]
     return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
 
 
@@ -607,17 +665,74 @@ def bn_channel_grad_kernel(name: str, shape: Sequence[int], eps: float, wrt: str
     pixels (``operands``: x, gamma, mean, var, dy)."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, gamma, mean, var, dy = operands
-    g = call("f64", Load(dy, Var("o")))
-    term = g if wrt == "mean" else g * (call("f64", Load(x, Var("o"))) - Var("m"))
-    C, L, loop = _channel_loop(shape, sz, [Let("s", Var("s") + term)])
+
+    def term(o: Expr) -> Expr:
+        g = call("f64", Load(dy, o))
+        return g if wrt == "mean" else g * (call("f64", Load(x, o)) - Var("m"))
+    C = sz("C", shape[0])
     body: list[Stmt] = [Let("m", call("f64", Load(mean, Var("t")))),
                         Let("r", _rstd(Load(var, Var("t")), eps)),
-                        Let("s", call("f64", Const(0))), *loop]
+                        *_channel_sum("s", shape, sz, term)]
     gamma_r = call("f64", Load(gamma, Var("t"))) * Var("r")
     value = {"weight": Var("s") * Var("r"), "mean": F64(0.0) - gamma_r * Var("s"),
              "var": F64(-0.5) * gamma_r * Var("r") * Var("r") * Var("s")}[wrt]
     body.append(Store("y", Var("t"), value))
     return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def bn_grad_sums_kernel(name: str, shape: Sequence[int], operands: Sequence[str],
+                        comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """Per channel, in one pass over x and dy: ``y[c] = sum dy`` and ``y[C + c] = sum dy (x -
+    mean)``, over the batch and the pixels (``operands``: x, dy, mean)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    x, dy, mean = operands
+    C = sz("C", shape[0])
+
+    def centred(o: Expr) -> Expr:
+        return call("f64", Load(dy, o)) * (call("f64", Load(x, o)) - Var("m"))
+    body: list[Stmt] = [Let("m", call("f64", Load(mean, Var("t")))),
+                        *_channel_sums([("s0", lambda o: call("f64", Load(dy, o))),
+                                        ("s1", centred)], shape, sz),
+                        Store("y", Var("t"), Var("s0")), Store("y", C + Var("t"), Var("s1"))]
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
+                         comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """``gamma rstd (dy - s0 / M - (x - mean) rstd^2 s1 / M)`` per (image, channel), ``s0``
+    and ``s1`` the channel's sums (:func:`bn_grad_sums_kernel`), M the values per channel, in
+    float64 (``operands``: x, dy, gamma, mean, var, sums)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    x, dy, gamma, mean, var, sums = operands
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
+    count = call("f64", N_BATCH * L)
+    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
+    body += [Let("r", _rstd(Load(var, Var("c")), eps)),
+             Let("a", call("f64", Load(gamma, Var("c"))) * Var("r")),
+             Let("b", div(call("f64", Load(sums, Var("c"))), count)),
+             Let("k", div(Var("r") * Var("r") * call("f64", Load(sums, C + Var("c"))), count)),
+             Let("m", call("f64", Load(mean, Var("c")))),
+             Let("xb", Var("t") * L),
+             Loop("j", const(L), [
+                 Let("o", Var("xb") + Var("j")),
+                 Store("y", Var("o"), Var("a") * (call("f64", Load(dy, Var("o"))) - Var("b") - (
+                     call("f64", Load(x, Var("o"))) - Var("m")) * Var("k")))])]
+    return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+
+
+def bn_grad_param_kernel(name: str, channels: int, eps: float, wrt: str,
+                         operands: Sequence[str], comment: str = "",
+                         sz: Sizes | None = None) -> Kernel:
+    """Per channel from the sums: ``s1 rstd`` (``wrt`` weight; ``operands``: sums, var) or
+    ``s0`` (bias; ``operands``: sums)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C = sz("C", channels)
+    sums = operands[0]
+    value: Expr = call("f64", Load(sums, Var("t")))
+    if wrt == "weight":
+        value = call("f64", Load(sums, C + Var("t"))) * _rstd(Load(operands[1], Var("t")), eps)
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C,
+                        [Store("y", Var("t"), value)], comment, sz, parallel=False)
 
 
 def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbiased: bool,
@@ -636,7 +751,8 @@ def running_update_kernel(name: str, shape: Sequence[int], momentum: float, unbi
         value = value * div(m, m - F64(1.0))
     body: list[Stmt] = [Store("y", Var("t"), F64(1.0 - momentum) * call(
         "f64", Load(running, Var("t"))) + F64(momentum) * value)]
-    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz,
+                        parallel=False)
 
 
 # -- prelu, dropout, resizing ----------------------------------------------------------------------

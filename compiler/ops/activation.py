@@ -518,9 +518,18 @@ def _activation_grad_bound(ctx: BoundCtx) -> np.ndarray:
                  (1 + np.abs(x) + slope)) + 2 * EPS32 * np.abs(ctx.out)
 
 
+#: Activations whose derivative is the same at their output as at their input (f'(f(x)) =
+#: f'(x): relu' is 1 exactly where relu(x) > 0, relu6' where 0 < relu6(x) < 6): their gradient
+#: reads the output, which the next layer's weight gradient keeps anyway, so the input (a batch
+#: norm's output, say) is free once the activation has run.
+SAME_SLOPE_AT_OUTPUT = ("relu", "relu6")
+
+
 def _activation_gradient(d):
-    """dx = f'(x) * dy."""
-    return [d.add("activation_grad", [d.input(0), d.dy], {"of": d.node.op, **d.attrs})]
+    """dx = f'(x) * dy, f'(x) read as f'(f(x)) where that is the same
+    (:data:`SAME_SLOPE_AT_OUTPUT`)."""
+    at = d.node.id if d.node.op in SAME_SLOPE_AT_OUTPUT else d.input(0)
+    return [d.add("activation_grad", [at, d.dy], {"of": d.node.op, **d.attrs})]
 
 
 for _name in DERIVATIVES:

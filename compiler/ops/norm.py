@@ -25,6 +25,9 @@ from ..kernels.backward import (
     batch_stat_kernel,
     batchnorm_train_kernel,
     bn_channel_grad_kernel,
+    bn_grad_input_kernel,
+    bn_grad_param_kernel,
+    bn_grad_sums_kernel,
     bn_input_grad_kernel,
     running_update_kernel,
 )
@@ -476,10 +479,11 @@ register(OpDef(
 #     d batch_mean / dx = dmean / M,   d batch_var / dx = dvar 2 (x - mean(x)) / M
 #
 # and the three meet at x, summed: gamma rstd (dy - sum(dy) / M - xhat sum(dy xhat) / M), the
-# closed form (checked against PyTorch in tests/training). Why not one fused op: the batch's
-# statistics are needed anyway as values of the graph (the running updates read them), every
-# op keeps a true derivative of its own (checked alone by finite differences), and the
-# backward's reductions (sum dy, sum dy xhat) stay per-channel ops the kernels can share.
+# closed form (checked against PyTorch in tests/training). Why not one fused op from the
+# start: the batch's statistics are needed anyway as values of the graph (the running updates
+# read them) and every op keeps a true derivative of its own (checked alone by finite
+# differences). At -O1 and -O2 the ``fuse_batchnorm_backward`` pass then rewrites the pieces
+# into the closed form's three ops below (one pass of sums, one for dx).
 
 
 def _stat_axes(x: np.ndarray) -> tuple[int, ...]:
@@ -578,11 +582,16 @@ def _lower_bn_training(ctx, node):
     names, pack = operand_arrays(ctx)
     shape, a = _normalized_shape(ctx), node.attrs
     if node.op == "batchnorm_train":
-        k = batchnorm_train_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
+        k = batchnorm_train_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz,
+                                   ctx.epilogue)
     elif node.op == "bn_input_grad":
         k = bn_input_grad_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
     elif node.op == "bn_channel_grad":
         k = bn_channel_grad_kernel(ctx.kname, shape, a["eps"], a["wrt"], names, ctx.comment, sz)
+    elif node.op == "bn_grad_sums":
+        k = bn_grad_sums_kernel(ctx.kname, shape, names, ctx.comment, sz)
+    elif node.op == "bn_grad_input":
+        k = bn_grad_input_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
     else:  # running_update: x (its third input) is read for its size only
         k = running_update_kernel(ctx.kname, ctx.graph.node(node.inputs[2]).type.shape,
                                   a["momentum"], a["unbiased"], names[:2], ctx.comment, sz,
@@ -670,7 +679,7 @@ register(OpDef(
     name="batchnorm_train", family="norm", signature=(Attr("eps", "float"),),
     infer=_bn_train_infer, reference=_bn_reference, macs=no_macs, arity=5, pass_made=True,
     new_activations=False, gradient=_bn_train_gradient, error_bound=_bn_bound,
-    lower=_lower_bn_training,
+    lower=_lower_bn_training, takes_epilogue="unary",
     doc="batch normalization with the batch's statistics (batchnorm's training form)"))
 
 
@@ -721,6 +730,88 @@ register(OpDef(
     error_bound=_bn_channel_grad_bound, lower=_lower_bn_training,
     doc="batchnorm_train's gradient for its scale, mean or variance (`wrt`): a per-channel sum "
         "over the batch and the pixels"))
+
+
+# -- the fused batch-norm backward (``fuse_batchnorm_backward``) ---------------------------------
+# The closed form the chain rule composes above, in three ops: one pass over x and dy for both
+# sums, one pass for dx, and the parameters' gradients from the sums:
+#
+#     s0 = sum dy,  s1 = sum dy (x - mean)                        (bn_grad_sums, [2, C])
+#     dx = gamma rstd (dy - s0 / M - (x - mean) rstd^2 s1 / M)     (bn_grad_input)
+#     dgamma = s1 rstd,  dbeta = s0                                (bn_grad_param)
+
+
+def _bn_grad_sums_reference(inputs, attrs):
+    x, dy, mean = (np.asarray(v, np.float64) for v in inputs)
+    axes = _stat_axes(x)
+    return np.stack([dy.sum(axis=axes), (dy * (x - _channel_view(mean, x.ndim))).sum(axis=axes)])
+
+
+def _bn_grad_sums_bound(ctx: BoundCtx):
+    """Float32 sums of M terms (products of a difference, for s1)."""
+    x, dy, mean = ctx.inputs
+    m, axes = x.size // x.shape[1], _stat_axes(x)
+    spread = (np.abs(dy) * (np.abs(x) + np.abs(_channel_view(mean, x.ndim)))).sum(axis=axes)
+    return (m + 8) * EPS32 * np.stack([np.abs(dy).sum(axis=axes), spread])
+
+
+def _bn_grad_input_reference(inputs, attrs):
+    x, dy, gamma, mean, var, sums = (np.asarray(v, np.float64) for v in inputs)
+    m = batch_count(x)
+    rstd = 1.0 / np.sqrt(var + attrs["eps"])
+    centred = x - _channel_view(mean, x.ndim)
+    return _channel_view(gamma * rstd, x.ndim) * (
+        dy - _channel_view(sums[0] / m, x.ndim)
+        - centred * _channel_view(rstd ** 2 * sums[1] / m, x.ndim))
+
+
+def _bn_grad_input_bound(ctx: BoundCtx):
+    """A few float64 operations on float32 values: a few roundings of the largest term."""
+    x, dy, gamma, mean, var, sums = ctx.inputs
+    m = x.size // x.shape[1]
+    rstd = 1.0 / np.sqrt(var + ctx.attrs["eps"])
+    terms = np.abs(dy) + _channel_view(np.abs(sums[0]) / m, x.ndim) + np.abs(
+        x - _channel_view(mean, x.ndim)) * _channel_view(rstd ** 2 * np.abs(sums[1]) / m, x.ndim)
+    return 8 * EPS32 * _channel_view(np.abs(gamma) * rstd, x.ndim) * terms
+
+
+def _bn_grad_param_reference(inputs, attrs):
+    sums = np.asarray(inputs[0], np.float64)
+    if attrs["wrt"] == "bias":
+        return sums[0]
+    return sums[1] / np.sqrt(np.asarray(inputs[1], np.float64) + attrs["eps"])
+
+
+def _lower_bn_grad_param(ctx, node):
+    sz = Sizes()
+    names, pack = operand_arrays(ctx)
+    k = bn_grad_param_kernel(ctx.kname, node.type.shape[0], node.attrs["eps"],
+                             node.attrs["wrt"], names, ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
+
+
+register(OpDef(
+    name="bn_grad_sums", family="norm", signature=(),
+    infer=lambda ts, a: TensorType((2, ts[0].channels), batched=False),
+    reference=_bn_grad_sums_reference, macs=no_macs, arity=3, pass_made=True, backward=True,
+    new_activations=False, error_bound=_bn_grad_sums_bound, lower=_lower_bn_training,
+    doc="sum dy and sum dy (x - mean) per channel over the batch and the pixels, in one pass "
+        "(the fused batch-norm backward)"))
+register(OpDef(
+    name="bn_grad_input", family="norm", signature=(Attr("eps", "float"),),
+    infer=lambda ts, a: ts[0], reference=_bn_grad_input_reference, macs=no_macs, arity=6,
+    pass_made=True, backward=True, new_activations=False, error_bound=_bn_grad_input_bound,
+    lower=_lower_bn_training,
+    doc="batch norm's whole input gradient in training, through the batch statistics too, "
+        "from bn_grad_sums"))
+register(OpDef(
+    name="bn_grad_param", family="norm",
+    signature=(Attr("eps", "float"), Attr("wrt", "choice", choices=("weight", "bias"))),
+    infer=lambda ts, a: TensorType((ts[0].shape[1],), batched=False),
+    reference=_bn_grad_param_reference, macs=no_macs, arity=None, pass_made=True,
+    backward=True, new_activations=False,
+    error_bound=lambda ctx: 4 * EPS32 * np.abs(ctx.out), lower=_lower_bn_grad_param,
+    doc="batch norm's scale (s1 rstd) or shift (s0) gradient from bn_grad_sums"))
 
 
 def _running_update_reference(inputs, attrs):

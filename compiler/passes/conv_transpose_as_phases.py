@@ -18,8 +18,15 @@ are one convolution of ``s^2 K`` filters (``stack_filters``): one kernel, no con
 With stride 1 there is one phase: the convolution of the flipped kernel, padded by ``R - 1 -
 top`` (no depth_to_space; the zero-stuffed lowering would copy the input into a padded buffer).
 
+A phase no tap reaches is zero when the transposed convolution has no bias (the input gradient
+of a 1x1 stride-2 convolution: one phase of four has taps): the computed phases' outputs carry
+the zero phases beside them as zero channels (``channel_pad``) into the concatenation,
+
+    y = depth_to_space(channel_pad(conv(x, w_00), after=3 K), 2, DCR)
+
 Preconditions: a square stride, no dilation, the output a multiple of the stride
-in both axes, every phase a convolution with non-negative padding (no tap-less phase, no crop),
+in both axes, every phase a convolution with non-negative padding (no crop; a tap-less phase
+only without a bias),
 no fused epilogue, at most 16 phases unless they are one convolution, and a weight that is a
 parameter or derived from parameters (its phase filters are evaluated when parameters are
 set). Otherwise the node stays, and ``--explain`` says why.
@@ -27,7 +34,7 @@ set). Otherwise the node stays, and ``--explain`` says why.
 
 from __future__ import annotations
 
-from ..ir import Graph
+from ..ir import Graph, Node
 from ..ops import epilogue_of, is_constant
 from ..ops.conv import transposed_phases
 from .common import layer
@@ -38,8 +45,29 @@ MAX_PHASES = 16
 
 
 def _uniform(phases: list[dict]) -> bool:
-    return all(p["kernel"] == phases[0]["kernel"] and p["pads"] == phases[0]["pads"]
-               for p in phases)
+    return all(p["kernel"] is not None and p["kernel"] == phases[0]["kernel"]
+               and p["pads"] == phases[0]["pads"] for p in phases)
+
+
+def _with_zero_phases(graph: Graph, node: Node, phases: list[dict],
+                      convs: dict[int, int]) -> list[int]:
+    """The pieces of the phases' concatenation, in phase order: each computed phase's
+    convolution, with the runs of tap-less phases around it as zero channels
+    (``channel_pad``)."""
+    runs: list[list[int]] = []  # [convolution, zero phases before, zero phases after]
+    before = 0
+    for k, phase in enumerate(phases):
+        if phase["kernel"] is not None:
+            runs.append([convs[k], before, 0])
+            before = 0
+        elif runs:
+            runs[-1][2] += 1
+        else:
+            before += 1
+    k_out = node.attrs["out_channels"]
+    return [conv if not (b or a) else graph.add(
+        "channel_pad", [conv], {"before": b * k_out, "after": a * k_out},
+        name=f"{graph.node(conv).name}.zeros", span=node.span).id for conv, b, a in runs]
 
 
 def conv_transpose_as_phases(graph: Graph, ctx: PassContext) -> bool:
@@ -63,10 +91,14 @@ def conv_transpose_as_phases(graph: Graph, ctx: PassContext) -> bool:
             continue
         ctx.at(node)
         s = a["stride"][0]
+        if all(p["kernel"] is None for p in phases):
+            ctx.note(f"{layer(node)}: kept as a zero-stuffed convolution (no tap reaches any "
+                     "output phase)", node)
+            continue
         filters = [graph.add("phase_filter", [w], {"groups": a["groups"], "stride": a["stride"],
                                                    "start": p["start"]},
                              name=f"{layer(node)}.phase{k}.weight", span=node.span).id
-                   for k, p in enumerate(phases)]
+                   if p["kernel"] is not None else -1 for k, p in enumerate(phases)]
         conv_attrs = {"out_channels": a["out_channels"], "stride": (1, 1),
                       "dilation": (1, 1), "groups": a["groups"], "bias": a["bias"]}
         if a.get("folded"):
@@ -89,14 +121,18 @@ def conv_transpose_as_phases(graph: Graph, ctx: PassContext) -> bool:
             how = f"one convolution of {len(phases)} x {a['out_channels']} " \
                   f"{phases[0]['kernel'][0]}x{phases[0]['kernel'][1]} filters"
         else:
-            convs = [graph.add("conv", [x, f, *bias],
-                               {**conv_attrs, "kernel": p["kernel"], "pads": p["pads"]},
-                               name=f"{layer(node)}.phase{k}", span=node.span).id
-                     for k, (f, p) in enumerate(zip(filters, phases))]
-            stacked = graph.add("concat", convs, {"axis": 0}, name=f"{layer(node)}.phases",
-                                span=node.span)
-            kernels = sorted({f"{p['kernel'][0]}x{p['kernel'][1]}" for p in phases})
-            how = f"{len(phases)} convolutions ({', '.join(kernels)} kernels)"
+            convs = {k: graph.add("conv", [x, f, *bias],
+                                  {**conv_attrs, "kernel": p["kernel"], "pads": p["pads"]},
+                                  name=f"{layer(node)}.phase{k}", span=node.span).id
+                     for k, (f, p) in enumerate(zip(filters, phases)) if p["kernel"] is not None}
+            pieces = _with_zero_phases(graph, node, phases, convs)
+            stacked = graph.node(pieces[0]) if len(pieces) == 1 else graph.add(
+                "concat", pieces, {"axis": 0}, name=f"{layer(node)}.phases", span=node.span)
+            kernels = sorted({f"{p['kernel'][0]}x{p['kernel'][1]}" for p in phases
+                              if p["kernel"] is not None})
+            how = f"{len(convs)} convolutions ({', '.join(kernels)} kernels)"
+            if len(convs) < len(phases):
+                how += f" and {len(phases) - len(convs)} phases no tap reaches (zeros)"
         if s == 1:  # one phase: the convolution itself
             graph.replace_all_uses(node.id, stacked.id)
             graph.erase(node.id)

@@ -19,7 +19,10 @@ Preconditions: the producer's op takes epilogues of that kind (its ``takes_epilo
 ``unary`` or ``any``); its value has no other user and is not a graph output; it is computed
 per call (not a parameter-time constant). For a binary op with two candidate producers the
 later one (largest id) takes the epilogue, so the other operand is ready before it runs.
-Training pipelines do not run this pass (backward needs the intermediate values).
+In a training graph the same preconditions keep every value the backward pass reads: a value
+read by a gradient op has another user, so it stays. What fuses there: a ReLU into the
+convolution, batch norm or residual add under it (its gradient reads the ReLU's output, not
+its input), and the sum of two gradients into the input-gradient convolution computing one.
 """
 
 from __future__ import annotations
@@ -61,8 +64,6 @@ def _fuse(graph: Graph, prod: Node, user: Node, ops: list[EpilogueOp], operands:
 
 
 def fuse_epilogues(graph: Graph, ctx: PassContext) -> bool:
-    if ctx.training:
-        return False
     changed = False
     for user in graph.topo_order():
         if user.id not in graph or get_op(user.op).epilogue is None:

@@ -119,6 +119,12 @@ def prepare_dump_folder(folder: Path, replace: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
+def write_memory_plan(folder: Path, passes: int, listing: str) -> None:
+    """The last file of an IR dump after ``passes`` passes: the lowered graph with its memory
+    plan (``Plan.dump``)."""
+    (folder / f"{passes + 1:02d}-memory_plan.ir").write_text(listing + "\n", encoding="utf-8")
+
+
 Pass = Callable[[Graph, PassContext], bool]
 
 

@@ -18,7 +18,12 @@ folding: batch statistics change every step) and start with ``sync_batch_norm`` 
 statistics over data-parallel replicas, when asked) and ``autodiff``
 (``compiler/autodiff.py``), which adds the backward graph; every later pass then sees forward
 and backward nodes alike. At -O1 and -O2 they split transposed convolutions (the convolutions'
-input gradients) into phase convolutions as the inference pipelines do.
+input gradients) into phase convolutions as the inference pipelines do, write each
+training batch norm's backward in closed form (``fuse_batchnorm_backward``) and fuse
+epilogues where no backward op reads the value in between; lowering selection
+also picks each weight gradient's algorithm. At -O2 layout selection keeps channel-blocked
+the values whose every reader has a blocked kernel: the backward ops read NCHW, so these are
+the activations no backward op reads (a frozen backbone under a trained head).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .fold_batchnorm_into_consumer import fold_batchnorm_into_consumer
 from .fold_bottlenecks import fold_bottlenecks
 from .fold_channel_moves import fold_channel_moves
 from .fold_constants import fold_constants
+from .fuse_batchnorm_backward import fuse_batchnorm_backward
 from .fuse_epilogues import fuse_epilogues
 from .fuse_prologues import fuse_prologues
 from .manager import Pass
@@ -83,10 +89,17 @@ AUTODIFF: list[tuple[str, Pass]] = [("sync_batch_norm", sync_batch_norm), ("auto
 #: times as many (and at stride 1 skips the stuffing copy).
 PHASES: list[tuple[str, Pass]] = [("conv_transpose_as_phases", conv_transpose_as_phases)]
 
+#: Batch norm's backward as its closed form: one pass of sums, one for the input gradient.
+FUSE_BACKWARD: list[tuple[str, Pass]] = [("fuse_batchnorm_backward", fuse_batchnorm_backward)]
+
+#: Element-wise ops fused into their producers where no backward op reads the value between.
+EPILOGUES: list[tuple[str, Pass]] = [("fuse_epilogues", fuse_epilogues)]
+
 TRAINING: dict[int, list[tuple[str, Pass]]] = {
     0: AUTODIFF + REQUIRED + PACK,
-    1: AUTODIFF + CLEANUP + PHASES + REQUIRED + PACK,
-    2: AUTODIFF + CLEANUP + PHASES + REQUIRED + PACK,
+    1: AUTODIFF + CLEANUP + FUSE_BACKWARD + PHASES + EPILOGUES + REQUIRED + PACK,
+    2: AUTODIFF + CLEANUP + FUSE_BACKWARD + PHASES + EPILOGUES + REQUIRED
+    + [("select_layout", select_layout)] + PACK,
 }
 
 

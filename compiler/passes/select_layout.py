@@ -85,7 +85,7 @@ def layout_pairs(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:
 
 
 def select_layout(graph: Graph, ctx: PassContext) -> bool:
-    if ctx.opt_level < 2 or ctx.training or ctx.layout == PLAIN:
+    if ctx.opt_level < 2 or ctx.layout == PLAIN:
         return False
     blocked = {n.id for n in graph.compute_nodes()
                if not is_constant(graph, n) and not graph.is_output(n.id)

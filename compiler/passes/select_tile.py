@@ -10,6 +10,13 @@ vectors) when each group's channels, padded to 16, divide into 32-channel tiles,
 as many pixels of a row as fit the registers and waste least on the row's last tile
 (``kernels.tiles.choose_tile``). Depthwise and narrow-group convolutions keep their own
 8-channel kernel (``ops.conv.channelwise``).
+
+    conv_weight_grad(x, dy; lowering=direct)  =>  (...; tile=<rows>x<channels>/<lanes>)
+
+A direct weight gradient's tile is ``rows`` output channels times two vectors of input
+channels (``direct_out``: ``rows`` taps times two vectors of output channels): 6 x 16 on 8
+lanes, 8 x 32 on 16 (``kernels.weight_grad.weight_grad_tile``); each weight's sum runs over
+the images and pixels in the same order in both.
 """
 
 from __future__ import annotations
@@ -18,14 +25,19 @@ from collections import Counter
 
 from ..ir import Graph
 from ..kernels.tiles import choose_tile
+from ..kernels.weight_grad import weight_grad_tile_name
 from ..ops import own_attrs
 from .manager import PassContext
 
 
 def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
-    """The tile of a convolution node run by the register-tiled direct kernel (None for other
-    nodes, among them the channel-wise kernel's, which has one tile)."""
-    if node.op not in ("conv", "conv_transpose") or node.attrs.get("lowering") != "direct":
+    """The tile of a convolution node or weight gradient run by a register-tiled direct kernel
+    (None for other nodes, among them the channel-wise kernel's, which has one tile)."""
+    if node.op == "conv_weight_grad" and node.attrs.get("lowering") in ("direct", "direct_out"):
+        return weight_grad_tile_name(lanes)
+    if node.attrs.get("lowering") != "direct":
+        return None
+    if node.op not in ("conv", "conv_transpose"):
         return None
     a = own_attrs(node.attrs)
     groups, k = a["groups"], a["out_channels"]

@@ -676,6 +676,33 @@ def test_a_strided_transposed_convolution_becomes_its_phase_convolutions(deconv,
     same_numbers(before, g, params)
 
 
+@pytest.mark.parametrize("deconv, live, zeros", [
+    # a 1x1 stride-2 convolution's input gradient: only phase (0, 0) has a tap
+    ("conv_transpose(6, 1, stride=2, output_padding=1, bias=false)", [0], [(0, 18)]),
+    # output padding past a 1x1 kernel, stride 3: phase (0, 0) of nine again
+    ("conv_transpose(6, 1, stride=3, output_padding=2, bias=false)", [0], [(0, 48)]),
+    # a 2x1 kernel: the second column phase of each row phase has no tap
+    ("conv_transpose(6, (2, 1), stride=2, output_padding=(0, 1), bias=false)", [0, 2],
+     [(0, 6), (0, 6)]),
+])
+def test_phases_no_tap_reaches_are_zero_channels_without_a_bias(deconv, live, zeros):
+    from cnnc.compiler.passes.conv_transpose_as_phases import conv_transpose_as_phases
+
+    g = build(f"x -> conv(4, 3, pad=1) -> relu -> {deconv} -> relu -> output y")
+    params = random_params(g)
+    before = g.copy()
+    assert run(conv_transpose_as_phases, g)
+    assert "conv_transpose" not in ops(g)
+    convs = [n for n in g.compute_nodes() if n.op == "conv"][1:]
+    assert [n.name.rsplit(".phase", 1)[1] for n in convs] == [str(k) for k in live]
+    pads = [n for n in g.compute_nodes() if n.op == "channel_pad"]
+    assert [(n.attrs["before"], n.attrs["after"]) for n in pads] == zeros
+    assert all(g.node(n.inputs[0]) in convs for n in pads)
+    shuffle = next(n for n in g.compute_nodes() if n.op == "depth_to_space")
+    assert g.node(shuffle.inputs[0]).op == ("channel_pad" if len(pads) == 1 else "concat")
+    same_numbers(before, g, params)
+
+
 @pytest.mark.parametrize("deconv, why", [
     ("conv_transpose(6, 3, stride=(2, 1), pad=1)", "a stride that is not square"),
     ("conv_transpose(6, 2, pad=2)", "stride 1 with more padding than the kernel reaches"),

@@ -13,14 +13,18 @@ import torch.nn.functional as F
 
 import cnnc
 from cnnc.compiler.autodiff import update_outputs
+from cnnc.compiler.decisions import epilogue_of
 from cnnc.runtime.check import check_plan, format_rows
 from cnnc.runtime.reference import run_reference
 from cnnc.runtime.weights import init_params
 
 #: The training and backward ops whose kernels these tests check (each runs in a graph below).
+#: Batch norm's backward runs fused at -O1 and -O2 (``fuse_batchnorm_backward``); its pieces,
+#: ``bn_input_grad``, ``bn_channel_grad`` and ``batch_stat_grad``, are checked at -O0 in the
+#: residual block below.
 TRAINING_OPS = {"reduce_to", "channel_pad", "pad_grad", "mse", "mse_grad", "distance_grad",
-                "batch_mean", "batch_var", "batch_stat_grad", "batchnorm_train", "bn_input_grad",
-                "bn_channel_grad", "running_update", "groupnorm_input_grad",
+                "batch_mean", "batch_var", "batchnorm_train", "bn_grad_sums", "bn_grad_input",
+                "bn_grad_param", "running_update", "groupnorm_input_grad",
                 "groupnorm_weight_grad", "lrn_grad", "prelu_input_grad", "prelu_slope_grad",
                 "upsample_grad", "dropout_train"}
 
@@ -152,7 +156,7 @@ def test_the_check_fails_kernels_that_read_other_values(wide):
     finally:
         tm.executor.set_params(tm.params)
     failed = {r.op for r in rows if not r.ok}
-    assert {"batchnorm_train", "bn_input_grad", "prelu_input_grad"} <= failed
+    assert {"batchnorm_train", "bn_grad_input", "prelu_input_grad"} <= failed
 
 
 def test_the_dropout_mask_is_the_references_hash(wide):
@@ -182,6 +186,73 @@ def test_O0_and_O2_give_the_same_loss_and_gradients():
     (loss0, grads0), (loss2, grads2) = (m.loss_and_grads(x, y) for m in models)
     assert loss0 == pytest.approx(loss2, rel=1e-5)
     assert set(grads0) == set(grads2)
+    for name in grads0:
+        scale = float(np.abs(grads0[name]).max())
+        np.testing.assert_allclose(grads2[name], grads0[name], rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=name)
+
+
+# The weight gradient's kernels on awkward shapes: 3 input channels (the direct kernel with
+# its lanes over output channels: the cost model's choice there), stride 2 with odd and even
+# sizes, asymmetric padding, dilation 2 with groups, 20 input channels (past one pair of
+# 16-lane blocks) and 10 output channels (past one tile of rows), and the transposed
+# convolution's weight gradient (input and output gradient exchanged); a 1x1 stride-2
+# convolution, whose input gradient is one phase convolution and three zero phases.
+WEIGHT_GRAD = """network wgrad
+input x: 3 x 12 x 8
+a = x -> conv(20, 3, pad=1) -> relu
+b = a -> conv(10, 3, stride=2, pad=(1, 0, 1, 1)) -> relu
+c = b -> conv(12, 3, dilation=2, pad=2, groups=2) -> relu
+c -> conv(8, 1, stride=2) -> conv_transpose(4, 2, stride=2) -> output y
+"""
+
+
+@pytest.mark.parametrize("lowering, target, tile", [("direct", "avx2", "6x16/8"),
+                                                    ("direct", "avx512", "8x32/16"),
+                                                    ("auto", "avx2", "6x16/8"),
+                                                    ("auto", "avx512", "8x32/16"),
+                                                    ("im2col", "cpu", None)])
+def test_weight_gradient_kernels_are_within_their_error_bounds(lowering, target, tile):
+    """Each kernel (the direct ones with the tile of each vector width) against the float64
+    reference under the error bounds."""
+    rng = np.random.default_rng(4)
+    graph = cnnc.load(WEIGHT_GRAD)
+    tm = cnnc.compile(graph, target, weights=random_params(graph, rng), mode="train",
+                      loss="mse", lowering=lowering)
+    grads = [n for n in tm.plan.graph.nodes() if n.op == "conv_weight_grad"]
+    chosen = [n.attrs["lowering"] for n in sorted(grads, key=lambda n: n.id)]
+    if lowering == "auto":  # the 3-channel input's by output channels (the cost model)
+        assert chosen[0] == "direct_out" and set(chosen) <= {"direct", "direct_out"}
+    else:
+        assert chosen == [lowering] * 5
+    assert {n.attrs.get("tile") for n in grads} == {tile}
+    rows = check_plan(tm.plan, tm.executor, tm.params, training_feed(tm, 3, rng))
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+    assert sum(r.op == "conv_weight_grad" for r in rows) == 5
+    assert "channel_pad" in {r.op for r in rows}
+
+
+# A batch norm whose input is read by another op too: x's gradient sums the fused batch norm's
+# input gradient with the residual add's.
+BN_SHARED = """network shared
+input image: 3 x 5 x 5
+a = image -> conv(4, 3, pad=1) as c0
+b = a -> batchnorm as bn0 -> relu
+add(a, b) -> conv(2, 1) as c1 -> output y
+"""
+
+
+def test_a_fused_batchnorm_backward_joins_the_other_gradients_of_its_input():
+    models = [compile_training(BN_SHARED, np.random.default_rng(6), level) for level in (0, 2)]
+    graph = models[1].plan.graph
+    fused = next(n for n in graph.nodes() if n.op == "bn_grad_input")
+    (total,) = graph.users(fused.id)
+    assert total.op == "add" and len(total.inputs) == 2
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 3, 5, 5)).astype(np.float32)
+    y = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    (loss0, grads0), (loss2, grads2) = (m.loss_and_grads(x, y) for m in models)
+    assert loss2 == pytest.approx(loss0, rel=1e-5)
     for name in grads0:
         scale = float(np.abs(grads0[name]).max())
         np.testing.assert_allclose(grads2[name], grads0[name], rtol=1e-4, atol=1e-5 * scale,
@@ -219,12 +290,15 @@ def torch_residual(params: dict[str, np.ndarray], x: np.ndarray, labels: np.ndar
     return F.cross_entropy(scores, torch.tensor(labels, dtype=torch.long)), p
 
 
-@pytest.fixture(scope="module")
-def residual():
+@pytest.fixture(scope="module", params=[0, 2], ids=["O0", "O2"])
+def residual(request):
+    """The block compiled at -O0 (batch norm's backward as the chain rule's pieces) and -O2
+    (fused: ``fuse_batchnorm_backward``)."""
     rng = np.random.default_rng(3)
     graph = cnnc.load(RESIDUAL)
     params = random_params(graph, rng)
-    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy")
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy",
+                      opt_level=request.param)
     x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
     labels = np.array([0, 2, 1, 2])
     return tm, params, x, labels
@@ -241,6 +315,19 @@ def test_residual_batchnorm_block_matches_pytorch_autograd(residual):
         want = p[name].grad.numpy()
         np.testing.assert_allclose(g, want, rtol=1e-3, atol=1e-5 * np.abs(want).max() + 1e-7,
                                    err_msg=name)
+
+
+def test_relu_gradients_read_the_relu_outputs(residual):
+    """So the batch norms' outputs under them need not outlive the forward pass (at -O2 the
+    ReLUs are fused into the batch norms and the residual add: the gradients read those)."""
+    graph = residual[0].plan.graph
+    grads = [n for n in graph.nodes() if n.op == "activation_grad"]
+    sources = [graph.node(n.inputs[0]) for n in grads]
+    assert len(grads) == 3 and all(
+        s.op == "relu" or [e.op for e in epilogue_of(s.attrs)][-1:] == ["relu"]
+        for s in sources)
+    if residual[0].opt_level == 2:
+        assert sorted(s.op for s in sources) == ["add", "batchnorm_train", "batchnorm_train"]
 
 
 def test_residual_running_statistics_match_pytorch(residual):
@@ -265,8 +352,9 @@ def test_residual_steps_are_within_their_error_bounds(residual):
     feed = {"image": x, "labels": labels.astype(np.float32)}
     rows = check_plan(tm.plan, tm.executor, tm.params, feed)
     assert all(r.ok for r in rows), format_rows(rows, 1.0)
-    assert {"batchnorm_train", "bn_input_grad", "bn_channel_grad", "batch_stat_grad",
-            "running_update"} <= {r.op for r in rows}
+    backward = {"bn_input_grad", "bn_channel_grad", "batch_stat_grad"} if tm.opt_level == 0 \
+        else {"bn_grad_sums", "bn_grad_input", "bn_grad_param"}
+    assert {"batchnorm_train", "running_update"} | backward <= {r.op for r in rows}
 
 
 # Lp pooling's gradient recomputes each window's norm as the forward does: p = 2 (its sqrt

@@ -60,6 +60,7 @@ from .algorithms import (
     node_geometry,
 )
 from .gradient import (
+    WEIGHT_GRAD_ALGORITHMS,
     conv_gradient,
     conv_transpose_gradient,
     lower_weight_grad,
@@ -454,6 +455,6 @@ register(OpDef(
                Attr("pads", "ints"), Attr("dilation", "ints"), Attr("groups", "int")),
     infer=weight_grad_infer, reference=weight_grad_reference, macs=weight_grad_macs, arity=2,
     pass_made=True, backward=True, new_activations=False, error_bound=weight_grad_bound,
-    lower=lower_weight_grad,
+    lower=lower_weight_grad, algorithms=WEIGHT_GRAD_ALGORITHMS,
     doc="a convolution's weight gradient from its input and output gradient, summed over "
         "the batch (autodiff)"))

@@ -19,17 +19,25 @@ dw = conv_weight_grad(dy, x) with the roles of input and output gradient exchang
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ...kernels.conv_geometry import ceil_div
+from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_batch_sum_kernel
 from ...kernels.layout import im2col_transposed_strides
 from ...kernels.tiles import GEMM_M, GEMM_N
+from ...kernels.weight_grad import (
+    conv_weight_grad_by_output_kernel,
+    conv_weight_grad_kernel,
+    parse_weight_grad_tile,
+    weight_grad_tile,
+)
 from ...plan import Arg, Call, Step
 from ...types import TensorType, spatial_out
 from .. import EPS32, BoundCtx, LoweringError, ShapeError
+from .algorithms import FLOPS_PER_FLOAT_MOVED
 from .padding import pad_nchw
 
 #: The attributes a convolution's gradient convolutions take from it.
@@ -138,15 +146,153 @@ def _ints(*values: int) -> tuple[Arg, ...]:
     return tuple(Arg("int", int(v)) for v in values)
 
 
+def _weight_grad_geometry(node, in_types) -> ConvGeometry:
+    """The forward convolution whose weight gradient ``node`` is: input ``x``, its attributes."""
+    return ConvGeometry.from_attrs({**node.attrs, "bias": False}, in_types[0].shape)
+
+
+def _direct_blocks(g: ConvGeometry, lanes: int) -> int:
+    """Input blocks of ``lanes`` channels per group the direct kernel reads: whole pairs."""
+    return 2 * ceil_div(g.Cg, 2 * lanes)
+
+
+@dataclass(frozen=True)
+class WeightGradAlgorithm:
+    """How ``conv_weight_grad`` is computed (``select_lowering`` records ``lowering``): the
+    user's ``direct`` names the family of both direct kernels (the first, ``direct``, is
+    taken), ``im2col`` the GEMM, as for the forward convolutions; the cost is the
+    multiply-adds of its padded tiling over the fraction of peak it reaches, plus the floats
+    its layout kernels move (comparable between the algorithms of one node only)."""
+
+    name: str
+    family: str
+    efficiency: float
+
+    def is_named(self, choice: str) -> bool:
+        return choice in (self.name, self.family)
+
+    def applies_to(self, node, in_types) -> bool:
+        return True
+
+    def estimate(self, node, in_types, lanes: int = 8) -> float:
+        g = _weight_grad_geometry(node, in_types)
+        pixels = g.P * g.Q
+        rows, width = weight_grad_tile(lanes)
+        if self.name == "direct":
+            blocks = _direct_blocks(g, width)
+            macs = g.groups * ceil_div(g.Kg, rows) * rows * blocks * width * g.R * g.S * pixels
+            moved = g.groups * blocks * width * g.Hp * g.Wp
+        elif self.name == "direct_out":
+            taps = g.Cg * g.R * g.S
+            blocks = 2 * ceil_div(g.Kg, 2 * width)
+            macs = g.groups * blocks * width * ceil_div(taps, rows) * rows * pixels
+            moved = g.groups * blocks * width * pixels + g.C * g.Hp * g.Wp
+        else:
+            crs = g.Cg * g.R * g.S
+            macs = g.groups * ceil_div(g.Kg, GEMM_M) * GEMM_M * ceil_div(crs, GEMM_N) * GEMM_N \
+                * pixels
+            # im2col's stores land 64 bytes apart (a transposed panel): measured at about as
+            # much time per float as 150 flops of the GEMM at 56 x 56
+            moved = IM2COL_STORE_WEIGHT * g.groups * ceil_div(crs, GEMM_N) * GEMM_N * pixels
+        return 2 * macs / self.efficiency + FLOPS_PER_FLOAT_MOVED * moved
+
+
+#: A transposed im2col store, in floats moved by a pack (``WeightGradAlgorithm.estimate``).
+IM2COL_STORE_WEIGHT = 20
+WEIGHT_GRAD_DIRECT = WeightGradAlgorithm("direct", "direct", efficiency=0.8)
+#: The direct kernel with its lanes over output channels (inputs of few channels).
+WEIGHT_GRAD_DIRECT_OUT = WeightGradAlgorithm("direct_out", "direct", efficiency=0.8)
+WEIGHT_GRAD_GEMM = WeightGradAlgorithm("im2col", "im2col", efficiency=0.8)
+#: The direct kernel first: the default at -O0 and -O1 (it computes every shape).
+WEIGHT_GRAD_ALGORITHMS = (WEIGHT_GRAD_DIRECT, WEIGHT_GRAD_DIRECT_OUT, WEIGHT_GRAD_GEMM)
+
+
 def lower_weight_grad(ctx, node) -> Step:
+    """The algorithm ``node`` records (``lowering``): ``direct`` (:func:`_lower_direct`),
+    ``direct_out`` (:func:`_lower_direct_by_output`) or ``im2col`` (:func:`_lower_gemm`)."""
+    x, dy = ctx.tensor_inputs
+    if ctx.storage(x) is not None or ctx.storage(dy) is not None:
+        raise LoweringError(f"{ctx.kname}: the weight gradient reads NCHW tensors only")
+    lowering = node.attrs.get("lowering", "im2col")
+    if lowering == "direct":
+        return _lower_direct(ctx, node)
+    if lowering == "direct_out":
+        return _lower_direct_by_output(ctx, node)
+    return _lower_gemm(ctx, node)
+
+
+def _lower_direct(ctx, node) -> Step:
+    """``pack_nchw_blocked`` packs x, padded, into blocks of the tile's lanes (the forward
+    convolution's ``conv_in`` scratch), then ``conv_weight_grad_kernel`` reads it and dy as
+    it is, and writes dw."""
+    x, dy = ctx.tensor_inputs
+    g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
+    rows, lanes = parse_weight_grad_tile(node.attrs["tile"])
+    cgb = _direct_blocks(g, lanes)
+    kernel = conv_weight_grad_kernel(
+        "conv_weight_grad", rows, lanes,
+        comment=f"weight gradient: direct over NCHW{lanes}c input, {rows} x {2 * lanes} "
+                "register tile; sizes are runtime arguments")
+    compute, source_name, src = ctx.load_tasked(kernel, f"weight_grad_{rows}x{2 * lanes}",
+                                                "weight gradient kernel")
+    xp, part = Arg("scratch", "conv_in"), Arg("scratch", "wgrad_part")
+    calls = [
+        Call(ctx.layout_kernel("pack_nchw_blocked"),
+             (Arg("value", x), xp, Arg("batch"),
+              *_ints(g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl, g.groups * cgb, lanes, g.Cg, cgb)),
+             "pack_nchw_blocked"),
+        Call(compute, (xp, Arg("value", dy), part, Arg("output"),
+                       *_ints(g.groups, g.Kg, g.Cg, cgb, g.P, g.Q, g.Hp, g.Wp, g.R, g.S, g.sh,
+                              g.sw, g.dh, g.dw), Arg("batch")), kernel.name),
+    ]
+    # one tile's partial sums per thread (scratch is sized per image: a few KB too many)
+    scratch = {"conv_in": g.groups * cgb * lanes * g.Hp * g.Wp,
+               "wgrad_part": ctx.threads * rows * 2 * lanes * g.R * g.S}
+    return Step(node.id, ctx.step_name, ctx.step_ops, [x, dy], node.type.size, calls,
+                scratch=scratch, lowering="direct", sources={source_name: src}, batched=False)
+
+
+def _lower_direct_by_output(ctx, node) -> Step:
+    """``pack_nchw_blocked`` packs dy into blocks of the tile's lanes (the forward
+    convolution's ``conv_out`` scratch) and, in blocks of one channel, zero-pads x (its
+    ``conv_in``); then ``conv_weight_grad_by_output_kernel`` writes dw."""
+    x, dy = ctx.tensor_inputs
+    g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
+    rows, lanes = parse_weight_grad_tile(node.attrs["tile"])
+    kgb = 2 * ceil_div(g.Kg, 2 * lanes)
+    kernel = conv_weight_grad_by_output_kernel(
+        "conv_weight_grad_by_output", rows, lanes,
+        comment=f"weight gradient: direct, lanes over output channels of NCHW{lanes}c dy, "
+                f"{rows} taps x {2 * lanes} channels; sizes are runtime arguments")
+    compute, source_name, src = ctx.load_tasked(
+        kernel, f"weight_grad_out_{rows}x{2 * lanes}", "weight gradient kernel")
+    xpad, dyb = Arg("scratch", "conv_in"), Arg("scratch", "conv_out")
+    pack = ctx.layout_kernel("pack_nchw_blocked")
+    calls = [
+        Call(pack, (Arg("value", dy), dyb, Arg("batch"),
+                    *_ints(g.K, g.P, g.Q, g.P, g.Q, 0, 0, g.groups * kgb, lanes, g.Kg, kgb)),
+             "pack_nchw_blocked"),
+        Call(pack, (Arg("value", x), xpad, Arg("batch"),
+                    *_ints(g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl, g.C, 1, g.C, g.C)),
+             "pack_nchw_blocked"),
+        Call(compute, (xpad, dyb, Arg("scratch", "wgrad_part"), Arg("output"),
+                       *_ints(g.groups, g.Kg, g.Cg, kgb, g.P, g.Q, g.Hp, g.Wp, g.R, g.S, g.sh,
+                              g.sw, g.dh, g.dw), Arg("batch")), kernel.name),
+    ]
+    scratch = {"conv_in": g.C * g.Hp * g.Wp, "conv_out": g.groups * kgb * lanes * g.P * g.Q,
+               "wgrad_part": ctx.threads * rows * 2 * lanes}
+    return Step(node.id, ctx.step_name, ctx.step_ops, [x, dy], node.type.size, calls,
+                scratch=scratch, lowering="direct_out", sources={source_name: src},
+                batched=False)
+
+
+def _lower_gemm(ctx, node) -> Step:
     """A GEMM per group, summed over the batch: ``dw[g] = sum_n dy_g[n] @ col_g[n]^T``, where
     ``dy_g[n]`` is the group's ``[K/g, P*Q]`` output gradient of image n (rows padded to the
     GEMM's 6-row tiles by ``pad_gemm_rows``) and ``col_g[n]`` its ``[C/g*R*S, P*Q]`` im2col
     matrix, written transposed in 16-column panels by the convolution's own ``im2col`` kernel
     (columns padded to 16); ``crop_gemm`` drops the padding into ``[K, C/g, R, S]``."""
     x, dy = ctx.tensor_inputs
-    if ctx.storage(x) is not None or ctx.storage(dy) is not None:
-        raise LoweringError(f"{ctx.kname}: the weight gradient reads NCHW tensors only")
     a = node.attrs
     (c, h, w), (k, p, q) = ctx.in_shapes
     (r, s), (sh, sw), (dh, dw) = a["kernel"], a["stride"], a["dilation"]

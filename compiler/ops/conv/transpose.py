@@ -71,12 +71,12 @@ def transpose_as_conv(attrs: dict, in_shape: tuple[int, ...]):
 def _phase_axis(size: int, out: int, kernel: int, stride: int, before: int,
                 phase: int) -> tuple[int, int, int, int] | None:
     """One axis of one phase: (taps M, padding before, padding after, first tap of the
-    flipped kernel), or None where no stride-1 convolution computes it (no tap reaches the
-    phase, or it would need negative padding: a crop)."""
+    flipped kernel); ``(0, 0, 0, 0)`` where no tap reaches the phase; None where a stride-1
+    convolution would need negative padding (a crop)."""
     r0 = (phase + before) % stride
     taps = -(-(kernel - r0) // stride)
     if taps < 1:
-        return None
+        return 0, 0, 0, 0
     pad_before = taps - 1 - (phase + before) // stride
     pad_after = out // stride - 1 - size - pad_before + taps
     if pad_before < 0 or pad_after < 0:
@@ -91,8 +91,10 @@ def transposed_phases(attrs: dict[str, Any], in_shape: tuple[int, ...],
     (row-major) its ``kernel``, ``pads`` (top, left, bottom, right) and ``start`` (the first
     row and column of the flipped weight, ``transposed_as_conv_weight``, taken every ``s``).
     With stride 1 that is one convolution, the flipped kernel padded by ``R - 1 - top``. A
-    string says why not: a non-square stride, dilation, an output not a multiple of the
-    stride, or a phase no convolution computes."""
+    phase no tap reaches (``kernel`` None) is zero when there is no bias (a 1x1 stride-2
+    transposed convolution: three of its four phases). A string says why not: a non-square
+    stride, dilation, an output not a multiple of the stride, a phase that would crop, or
+    one no tap reaches that holds the bias."""
     (sh, sw), (dh, dw) = attrs["stride"], attrs["dilation"]
     if sh != sw:
         return "the stride is not square"
@@ -108,6 +110,11 @@ def transposed_phases(attrs: dict[str, Any], in_shape: tuple[int, ...],
         for j in range(sw):
             rows = _phase_axis(H, P, R, sh, t, i)
             cols = _phase_axis(W, Q, S, sw, l, j)
+            if (rows is not None and not rows[0]) or (cols is not None and not cols[0]):
+                if attrs["bias"]:
+                    return f"no tap reaches output phase ({i}, {j}), which holds the bias"
+                phases.append({"kernel": None})
+                continue
             if rows is None or cols is None:
                 return f"output phase ({i}, {j}) is not a padded stride-1 convolution"
             phases.append({"kernel": (rows[0], cols[0]),
