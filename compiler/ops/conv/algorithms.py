@@ -90,9 +90,9 @@ from .. import EPS32, BoundCtx, own_input_types, sum_bound
 from .padding import pad_nchw
 from .transpose import transpose_as_conv
 
-__all__ = ["ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "WINOGRAD_F4", "WINOGRAD_F2",
-           "IMPLICIT_GEMM", "ALGORITHMS", "by_name",
-           "geometry", "node_geometry", "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
+__all__ = ["LoweringChoice", "ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "WINOGRAD_F4",
+           "WINOGRAD_F2", "IMPLICIT_GEMM", "ALGORITHMS", "by_name", "geometry", "node_geometry",
+           "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
 
 def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
               activation: str | None = None) -> ConvGeometry:
@@ -149,44 +149,61 @@ def _fused_note(epilogue, prologue: Prologue | None) -> str:
 
 
 @dataclass(frozen=True)
-class ConvAlgorithm:
-    """What every convolution algorithm answers. ``family`` is the name a user asks for
+class LoweringChoice:
+    """What lowering selection (``passes/select_lowering.py``) asks of an algorithm, of a
+    convolution or of a convolution's weight gradient. ``family`` is the name a user asks for
     (``--lowering``): the channel-wise kernel is the ``direct`` family's form for its shapes.
     ``efficiency``: the fraction of the 8-lane fp32 peak its compute kernel reaches on
-    well-shaped layers; ``speedup_16_lanes``: how much faster it runs on a 16-lane target."""
+    well-shaped layers."""
 
     name: str
     family: str
     efficiency: float
-    speedup_16_lanes: float = 1.0
-    #: Whether it reads and writes channel-blocked storage (NCHW8c, NCHW16c, NHWC).
-    blocked: bool = False
     #: What it does not compute, for the refusal of a ``--lowering`` that names it ("" when it
-    #: computes every convolution of its family).
+    #: computes every node of its family).
     refusal: str = ""
-    #: Whether its compute kernel indexes per-thread scratch (:meth:`thread_scratch`), which
-    #: has no CUDA form: a CPU-only algorithm.
+    #: Whether its compute kernel indexes per-thread scratch (``thread_scratch``), which has
+    #: no CUDA form: a CPU-only algorithm.
     cpu_only: bool = False
+    #: Whether its kernels are a GPU's (threads of a block cooperating): CUDA targets only.
+    gpu_only: bool = False
     #: Whether the cost model (and ``--autotune``) may choose it in a training graph, whose
     #: packed weights are made again after every update (Winograd's filter transform: not
     #: counted by the cost model; asked for by name, it runs).
     auto_in_training: bool = True
-    #: Whether its kernels are a GPU's (threads of a block cooperating): CUDA targets only.
-    gpu_only: bool = False
-    #: Whether its compute kernel reads the NCHW input as it is and writes the NCHW output
-    #: itself (an output kernel then only applies an epilogue beyond the bias and ReLU).
-    plain_io: bool = False
 
     def runs_on(self, target) -> bool:
         """Whether it can compute on ``target`` (a :class:`~cnnc.compiler.target.Target`)."""
         return not self.cpu_only if target.cuda else not self.gpu_only
 
-    def applies(self, g: ConvGeometry) -> bool:
-        raise NotImplementedError
-
     def is_named(self, choice: str) -> bool:
         """Whether a user's ``--lowering`` choice names it: its name, or its family."""
         return choice in (self.name, self.family)
+
+    def applies_to(self, node, in_types) -> bool:
+        """Whether it computes this node."""
+        raise NotImplementedError
+
+    def estimate(self, node, in_types, lanes: int = 8) -> float:
+        """Its relative time on this node on a target of ``lanes`` lanes (comparable between
+        the algorithms of one node only)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ConvAlgorithm(LoweringChoice):
+    """What every convolution algorithm answers. ``speedup_16_lanes``: how much faster it runs
+    on a 16-lane target."""
+
+    speedup_16_lanes: float = 1.0
+    #: Whether it reads and writes channel-blocked storage (NCHW8c, NCHW16c, NHWC).
+    blocked: bool = False
+    #: Whether its compute kernel reads the NCHW input as it is and writes the NCHW output
+    #: itself (an output kernel then only applies an epilogue beyond the bias and ReLU).
+    plain_io: bool = False
+
+    def applies(self, g: ConvGeometry) -> bool:
+        raise NotImplementedError
 
     def applies_to(self, node, in_types) -> bool:
         """Whether it computes this node (lowering selection's question)."""

@@ -37,7 +37,7 @@ from ...kernels.weight_grad import (
 from ...plan import Arg, Call, Step
 from ...types import TensorType, spatial_out
 from .. import EPS32, BoundCtx, LoweringError, ShapeError
-from .algorithms import FLOPS_PER_FLOAT_MOVED
+from .algorithms import FLOPS_PER_FLOAT_MOVED, LoweringChoice
 from .padding import pad_nchw
 
 #: The attributes a convolution's gradient convolutions take from it.
@@ -157,19 +157,12 @@ def _direct_blocks(g: ConvGeometry, lanes: int) -> int:
 
 
 @dataclass(frozen=True)
-class WeightGradAlgorithm:
+class WeightGradAlgorithm(LoweringChoice):
     """How ``conv_weight_grad`` is computed (``select_lowering`` records ``lowering``): the
     user's ``direct`` names the family of both direct kernels (the first, ``direct``, is
     taken), ``im2col`` the GEMM, as for the forward convolutions; the cost is the
     multiply-adds of its padded tiling over the fraction of peak it reaches, plus the floats
     its layout kernels move (comparable between the algorithms of one node only)."""
-
-    name: str
-    family: str
-    efficiency: float
-
-    def is_named(self, choice: str) -> bool:
-        return choice in (self.name, self.family)
 
     def applies_to(self, node, in_types) -> bool:
         return True
