@@ -12,7 +12,8 @@ cost model and ``--autotune`` not, in a training graph, one that is not
 bound: Winograd's is larger), so the choice only changes the time, and the node records it.
 The user's ``--lowering`` wins (for every layer, where it computes the layer: the others are
 chosen as without it; or per layer name, refused where it cannot, saying why), naming an
-algorithm or its family (``direct`` is the direct or the channel-wise kernel, whichever
+algorithm (by its own name first: a weight gradient's ``direct`` is its ``direct`` kernel, not
+``direct_out``) or its family (``direct`` is the direct or the channel-wise kernel, whichever
 computes the layer; ``winograd`` the cheaper of F(4x4, 3x3) and F(2x2, 3x3) by the cost
 model); otherwise, with ``--autotune``, the candidates are measured (once per shape,
 attributes, target, -O level, layout and CPU: the winner is kept in the kernel cache);
@@ -105,8 +106,11 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
                     f"lowering {choice} does not compute {layer(node)} ({node.op})"
                     f"{': ' + why if why else ''}; it can use "
                     f"{', '.join(a.name for a in candidates)}")
-            # a family of several (winograd: F(4x4) and F(2x2)): the cheaper for this layer
-            chosen = min(named, key=lambda a: a.estimate(node, in_types, ctx.target.lanes))
+            # an algorithm's own name takes it; a family of several (winograd: F(4x4) and
+            # F(2x2)) the cheaper for this layer
+            exact = [a for a in named if a.name == choice]
+            chosen = exact[0] if exact else \
+                min(named, key=lambda a: a.estimate(node, in_types, ctx.target.lanes))
         if node.attrs.get("lowering") != chosen.name:
             node.attrs["lowering"] = chosen.name
             changed = True

@@ -139,8 +139,13 @@ def clear_of_boundaries(case: dict[str, Any], attrs: dict[str, Any], margin: flo
                         float32: bool = False) -> bool:
     """No coordinate within ``margin`` of a whole or half number without being on it, and
     none on it either where the other side's arithmetic may miss it: a crop region (the others
-    compute it in float32), or with ``float32`` a scale of size / in (float32's differs)."""
-    exact_too = attrs["coordinates"] == "tf_crop_and_resize" or float32 and "size" in case
+    compute it in float32), or with ``float32`` a scale of size / in (float32's differs) or
+    half_pixel_symmetric's offset."""
+    # (and half_pixel_symmetric's offset, centre x (1 - size / (in x scale)), which float32
+    # arithmetic makes a hair from 0 where the scale is not exact: ONNX Runtime then reads a
+    # coordinate that is whole in exact arithmetic just below it)
+    exact_too = attrs["coordinates"] == "tf_crop_and_resize" or float32 and (
+        "size" in case or attrs["coordinates"] == "half_pixel_symmetric")
     for n, x in zip(case["shape"][1:], coordinates(case, attrs)):
         # (ONNX's reference places its taps by x plus a padding width, whose float addition
         # may round a coordinate a hair from a whole number onto it: it then reads the pixels
