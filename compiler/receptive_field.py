@@ -28,7 +28,8 @@ coordinate (its weights a tent two pixels wide, centred there), bicubic four, an
 downsampling by s stretches either over 1 / s times as many; the source coordinates are
 spaced 1 / scale apart (half-pixel) or (in - 1) / (out - 1) apart (align_corners: the corner
 pixels' centres meet); depth_to_space is nearest upsampling by its block, space_to_depth a
-block x block window with stride block. Fractions are exact (resizing's to 1/1000).
+block x block window with stride block. Fractions are exact (resizing's to 1/1000, except
+align_corners' (in - 1) / (out - 1), exact whatever the lengths).
 
 Fields are read from the canonical attributes each op stores on its node (`kernel`, `stride`,
 `dilation`, `pads` = (top, left, bottom, right), `scale`, `mode`), so they hold for graphs from
@@ -164,6 +165,8 @@ def _resized(ax: Axis, a: dict, k: int, n_in: int, n_out: int) -> Axis:
                              (a["roi"][k], a["roi"][k + 2]))
     first = Fraction(src[0]).limit_denominator(1000)
     step = Fraction(src[1] - src[0]).limit_denominator(1000) if n_out > 1 else 1 / f
+    if a["coordinates"] == "align_corners" and n_out > 1:  # exactly, whatever the lengths
+        first, step = Fraction(0), Fraction(n_in - 1, n_out - 1)
     if a["mode"] == "nearest":
         return Axis(ax.size, ax.jump * step,
                     ax.start + int(nearest_index(src[:1], a["rounding"])[0]) * ax.jump)

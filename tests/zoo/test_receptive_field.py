@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from cnnc.compiler.receptive_field import describe, receptive_fields
@@ -160,6 +160,8 @@ def brute_force(layers: list[tuple], lengths: list[tuple[int, int]],
 
 
 @given(st.lists(layer, min_size=1, max_size=4))
+# align_corners' spacing 383 / 1151: a denominator above the 1/1000 the others are rounded to
+@example([("bilinear", 2, False), ("bilinear", 2, False), ("bilinear", 3, True)])
 def test_recurrence_matches_the_window_index_sets(layers):
     text = " -> ".join(map(dsl, layers))
     try:
