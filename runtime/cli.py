@@ -121,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except NumericsError as e:
             print(f"numerics: {e}", file=sys.stderr)
             return 1
-        engine = "compiled (Numba CPU)" + (", numerics checked" if args.check_numerics else "")
+        engine = f"compiled ({engine_name(args.target)})" + (
+            ", numerics checked" if args.check_numerics else "")
     elapsed = time.perf_counter() - t0
     batch = next(iter(inputs.values())).shape[0] if inputs else 1
     print(f"{graph.name}: {engine}, batch {batch}, {elapsed * 1e3:.1f} ms")
@@ -141,6 +142,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def engine_name(target: str) -> str:
+    """What runs the kernels of ``target``, as ``cnnc run`` reports it."""
+    return {"cpu": "Numba CPU", "avx2": "Numba CPU, 8 lanes", "avx512": "Numba CPU, 16 lanes",
+            "cuda": "CUDA GPU", "cuda-emu": "CUDA emulated on the CPU"}.get(target, target)
+
+
 def run_over_dask(args: argparse.Namespace, graph, params, options) -> int:
     """``cnnc run --dask``: the images in chunks over a Dask cluster, outputs in input order."""
     from .dask_inference import run_on_dask
@@ -153,7 +160,8 @@ def run_over_dask(args: argparse.Namespace, graph, params, options) -> int:
     outputs = run_on_dask(args.dask, graph, params, files, options, chunk=args.chunk,
                           lowering=args.lowering, target=args.target)
     elapsed = time.perf_counter() - t0
-    print(f"{graph.name}: compiled (Numba CPU) over Dask ({args.dask}), {len(files)} images "
+    print(f"{graph.name}: compiled ({engine_name(args.target)}) over Dask ({args.dask}), "
+          f"{len(files)} images "
           f"in chunks of {args.chunk}, {elapsed:.1f} s")
     report_outputs(outputs)
     if args.output:
@@ -242,9 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights")
     p.add_argument("--reference", action="store_true", help="use the float64 interpreter")
     p.add_argument("--lowering", default="auto", choices=LOWERINGS)
-    p.add_argument("--target", choices=("cpu", "avx2", "avx512"), default="cpu",
-                   help="the kernels' vector width: cpu (this machine's: 16 lanes with "
-                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
+    p.add_argument("--target", choices=("cpu", "avx2", "avx512", "cuda", "cuda-emu"),
+                   default="cpu",
+                   help="the kernels: cpu (this machine's vector width: 16 lanes with AVX-512, "
+                        "else 8; default), avx2 (8) or avx512 (16); cuda (an NVIDIA GPU through "
+                        "CuPy) or cuda-emu (the same CUDA kernels run on the CPU, slowly)")
     p.add_argument("--check-numerics", action="store_true",
                    help="check every layer's output for NaN and Inf; report the first layer "
                         "that produces one (with its DSL line) and exit with status 1")

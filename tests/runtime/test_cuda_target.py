@@ -16,11 +16,13 @@ from cnnc.compiler.backends.cuda.launch import Launcher
 from cnnc.compiler.backends.cuda.memory import EmulatedArray, EmulatedMemory
 from cnnc.compiler.backends.cuda.nvrtc import nvcc_path
 from cnnc.compiler.kernels.kernel_ir import Barrier, Kernel, Param
+from cnnc.dsl.builder import load_network
 from cnnc.runtime.check import check_model
 from cnnc.runtime.cli import main
 from cnnc.runtime.model import ModelError, NumericsError
 from cnnc.runtime.model import compile as compile_model
 from cnnc.runtime.reference import run_reference
+from cnnc.runtime.weights import init_params
 
 SMALL = """
 network small
@@ -196,3 +198,18 @@ def test_cli_resources_without_nvcc_says_what_it_needs(tmp_path, capsys, monkeyp
     assert main(["compile", str(model), "--target", "cuda", "--resources"]) != 0
     err = capsys.readouterr().err
     assert "nvcc" in err and "Traceback" not in err
+
+
+@needs_cxx
+def test_cli_runs_a_model_on_the_emulated_gpu(tmp_path, capsys):
+    model = tmp_path / "small.cnn"
+    model.write_text(SMALL)
+    x = np.random.default_rng(7).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(model), "--input", str(tmp_path / "x.npy"), "--target", "cuda-emu",
+                 "-o", str(tmp_path / "out.npz")]) == 0
+    assert "compiled (CUDA emulated on the CPU)" in capsys.readouterr().out
+    ref = run_reference(load_network(str(model)), {"image": x},
+                        init_params(load_network(str(model)), 0))["logits"]
+    got = np.load(tmp_path / "out.npz")["logits"]
+    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
