@@ -141,16 +141,17 @@ def clear_of_boundaries(case: dict[str, Any], attrs: dict[str, Any], margin: flo
     none on it either where the other side's arithmetic may miss it: a crop region (the others
     compute it in float32), or with ``float32`` a scale of size / in (float32's differs) or
     half_pixel_symmetric's offset."""
-    # (and half_pixel_symmetric's offset, centre x (1 - size / (in x scale)), which float32
-    # arithmetic makes a hair from 0 where the scale is not exact: ONNX Runtime then reads a
-    # coordinate that is whole in exact arithmetic just below it)
-    exact_too = attrs["coordinates"] == "tf_crop_and_resize" or float32 and (
-        "size" in case or attrs["coordinates"] == "half_pixel_symmetric")
-    for n, x in zip(case["shape"][1:], coordinates(case, attrs)):
+    exact_too = attrs["coordinates"] == "tf_crop_and_resize" or float32 and "size" in case
+    for k, (n, x) in enumerate(zip(case["shape"][1:], coordinates(case, attrs))):
+        # half_pixel_symmetric's offset, centre x (1 - size / (in x scale)), is a hair from 0
+        # where in x scale is not the size exactly (a float32 scale): ONNX Runtime then reads
+        # a coordinate that is whole in exact arithmetic just below it
+        shifted = float32 and attrs["coordinates"] == "half_pixel_symmetric" and \
+            n * attrs["scale"][k] != attrs["size"][k]
         # (ONNX's reference places its taps by x plus a padding width, whose float addition
         # may round a coordinate a hair from a whole number onto it: it then reads the pixels
         # one to the left)
-        if near(x, np.arange(-4, 2 * n + 6) / 2, margin, exact_too):
+        if near(x, np.arange(-4, 2 * n + 6) / 2, margin, exact_too or shifted):
             return False
         if attrs["coordinates"] == "tf_crop_and_resize" and \
                 near(x, np.array([0, n - 1]), margin, True):
