@@ -137,10 +137,21 @@ def dask_client(spec: str) -> Iterator[Any]:
         yield client
 
 
+@dataclass
+class Submitted:
+    """A run's tasks (their futures, in order) and the weights scattered for them. The
+    weights' futures are held as long as the tasks': scattered data cannot be computed again,
+    and a cluster whose client let go of them may drop them before every task has read them
+    (the tasks then fail with "lost dependencies")."""
+
+    futures: list[Any]
+    weights: dict[str, Any]
+
+
 def submit(client: Any, graph: Graph, weights: Mapping[str, np.ndarray],
            files: Sequence[str | Path], options: ImageOptions, chunk: int,
-           lowering: str = "auto", target: str = "cpu") -> list[Any]:
-    """One task per ``chunk`` files, in order; returns their futures."""
+           lowering: str = "auto", target: str = "cpu") -> Submitted:
+    """One task per ``chunk`` files, in order."""
     if chunk < 1:
         raise DaskError(f"--chunk must be at least 1, got {chunk}")
     if len(graph.inputs) != 1:
@@ -151,8 +162,9 @@ def submit(client: Any, graph: Graph, weights: Mapping[str, np.ndarray],
     shared = client.scatter(dict(weights), broadcast=True)
     names = [str(f) for f in files]
     chunks = [names[i:i + chunk] for i in range(0, len(names), chunk)]
-    return client.map(infer_chunk, [run] * len(chunks), [shared] * len(chunks), chunks,
-                      key=[task_key(run, i, c) for i, c in enumerate(chunks)])
+    return Submitted(client.map(infer_chunk, [run] * len(chunks), [shared] * len(chunks),
+                                chunks, key=[task_key(run, i, c) for i, c in enumerate(chunks)]),
+                     shared)
 
 
 def task_key(run: DaskRun, index: int, files: Sequence[str]) -> str:
@@ -163,9 +175,9 @@ def task_key(run: DaskRun, index: int, files: Sequence[str]) -> str:
     return f"cnnc-chunk-{index}-{h.hexdigest()[:16]}"
 
 
-def gather(client: Any, futures: Sequence[Any]) -> dict[str, np.ndarray]:
+def gather(client: Any, submitted: Submitted) -> dict[str, np.ndarray]:
     """The tasks' outputs concatenated in task order, by output name."""
-    parts = client.gather(list(futures))
+    parts = client.gather(list(submitted.futures))
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 

@@ -74,8 +74,8 @@ def test_chunks_of_another_size_are_other_tasks(folder, one_process, client):
     params = init_params(graph, 0)
     runs = [submit(client, graph, params, files, ImageOptions(), chunk=chunk, target="avx2")
             for chunk in (20, 10)]
-    for futures in runs:
-        np.testing.assert_array_equal(gather(client, futures)["probabilities"],
+    for run in runs:
+        np.testing.assert_array_equal(gather(client, run)["probabilities"],
                                       one_process["probabilities"][:40])
 
 
@@ -84,8 +84,9 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(folder, one_proces
     files = image_files([folder])
     # 150 small tasks (new ones: another chunk size than the last test's), so that many are
     # left when the first is done
-    futures = submit(client, graph, init_params(graph, 0), files, ImageOptions(), chunk=2,
-                     target="avx2")
+    run = submit(client, graph, init_params(graph, 0), files, ImageOptions(), chunk=2,
+                 target="avx2")
+    futures = run.futures
     deadline = time.monotonic() + 60
     while not any(f.done() for f in futures) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -94,7 +95,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(folder, one_proces
     victim = next(iter(busy))
     pids = client.run(os.getpid)
     os.kill(pids[victim], signal.SIGKILL)  # mid-run: it holds unfinished chunks
-    outputs = gather(client, futures)
+    outputs = gather(client, run)
     assert outputs.keys() == one_process.keys()
     np.testing.assert_array_equal(outputs["probabilities"], one_process["probabilities"])
 
