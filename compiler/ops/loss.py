@@ -250,15 +250,22 @@ def _mse_grad_reference(inputs, attrs):
     return dy * 2.0 * (y - t) / y.size
 
 
-def _lower_mse(ctx, node):
-    """The loss (one serial loop: a scalar) or its gradient (per image)."""
-    sz = Sizes()
-    size = int(np.prod(ctx.in_shapes[0]))
-    if node.op == "mse":
-        k = mse_kernel(ctx.kname, size, ctx.comment, sz)
-    else:
-        k = mse_grad_kernel(ctx.kname, size, _upstream_index(ctx, 2), ctx.comment, sz)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+def _elementwise_loss_lowering(op: str, loss_kernel, grad_kernel):
+    """The lowering of a loss over two same-shaped tensors, ``op``, and of its gradient op:
+    the loss (one serial loop: a scalar) or its gradient (per image)."""
+
+    def lower(ctx, node):
+        sz = Sizes()
+        size = int(np.prod(ctx.in_shapes[0]))
+        if node.op == op:
+            k = loss_kernel(ctx.kname, size, ctx.comment, sz)
+        else:
+            k = grad_kernel(ctx.kname, size, _upstream_index(ctx, 2), ctx.comment, sz)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+    return lower
+
+
+_lower_mse = _elementwise_loss_lowering("mse", mse_kernel, mse_grad_kernel)
 
 
 register(OpDef(
@@ -563,15 +570,8 @@ def _weighted_sum_grad_reference(inputs, attrs):
     return dy * w
 
 
-def _lower_weighted_sum(ctx, node):
-    """The sum (one serial loop: a scalar) or its gradient (per image)."""
-    sz = Sizes()
-    size = int(np.prod(ctx.in_shapes[0]))
-    if node.op == "weighted_sum":
-        k = weighted_sum_kernel(ctx.kname, size, ctx.comment, sz)
-    else:
-        k = weighted_sum_grad_kernel(ctx.kname, size, _upstream_index(ctx, 2), ctx.comment, sz)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+_lower_weighted_sum = _elementwise_loss_lowering("weighted_sum", weighted_sum_kernel,
+                                                 weighted_sum_grad_kernel)
 
 
 def _weighted_sum_bound(ctx: BoundCtx) -> np.ndarray:
