@@ -101,7 +101,7 @@ class ConvKernel:
         N = x.shape[0]
         xp = np.empty(N * self.algorithm.in_floats(self.geometry), np.float32)
         name, sizes = self.algorithm.input_call(self.geometry)
-        getattr(self.layout, name)(x.ravel(), xp, N, *sizes)
+        self.layout[name](x.ravel(), xp, N, *sizes)
         return xp
 
     def run(self, xp, wp, bp, N: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -115,27 +115,15 @@ class ConvKernel:
         g = self.geometry
         out = np.empty((N, g.K, g.P, g.Q), np.float32)
         name, sizes = self.algorithm.output_call(g)
-        getattr(self.layout, name)(yp, out.reshape(-1), N, *sizes)
+        self.layout[name](yp, out.reshape(-1), N, *sizes)
         return out
 
     def signature(self) -> tuple[str, ...]:
         return ("array",) * (4 + len(self.work)) + ("int",) * (len(self.int_args) + 2)
 
     def inspect_asm(self) -> str:
-        """Machine code of the compute kernel's task function (compiled again without the
-        cache: Numba cannot show the assembly of code loaded from its disk cache)."""
-        import numba
-        from numba import types
-
-        task = getattr(self.module, self.kernel.py_func.__name__ + "_task")
-        opts = dict(task.targetoptions)
-        opts.pop("cache", None)
-        opts.pop("nopython", None)
-        fresh = numba.njit(**opts)(task.py_func)
-        sig = tuple(types.int64 if k == "int" else types.float32[::1]
-                    for k in self.signature() + ("int",))
-        fresh.compile(sig)
-        return fresh.inspect_asm(sig)
+        """Machine code of the compute kernel's task function."""
+        return self.kernel.inspect_asm()
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
         x, w = np.asarray(x), np.asarray(w)

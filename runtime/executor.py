@@ -14,8 +14,10 @@ each step's packer turns those values into its flat float32 constants.
 
 Calls: every batch size gets an arena (one flat float32 buffer per slot of the plan's buffer
 plan, plus the scratch buffers), and every kernel call's arguments are resolved to arrays and
-integers once for that arena; new parameters only replace the constant arguments. A call then
-only patches in the caller's input arrays and calls the kernels in order. The caller may hand
+integers once for that arena; new parameters only replace the constant arguments. On the CPU
+the generated kernels' calls are bound into one task program (``backends/numba/tasks.py``): a
+call then only patches the caller's input arrays into it and runs it, one call of a compiled
+loop for every run of consecutive kernels, with no Python between them. The caller may hand
 in the buffers of whole-batch slots (the training model's flat gradient buffer): every arena
 uses them.
 
@@ -33,19 +35,50 @@ processes on 2 cores: p99 272 ms on two threads, 8 ms on one; bench/RESULTS.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numba
 import numpy as np
 
+from ..compiler.backends.numba.tasks import TaskKernel, TaskProgram
 from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 from .replicas import Replicas
 
-__all__ = ["Executor", "Arena", "SERIAL_WORK", "call_all"]
+__all__ = ["Executor", "Arena", "SERIAL_WORK", "TaskRange", "PythonCall"]
 
 #: Multiply-accumulates of a whole call below which its kernels run on one thread.
 SERIAL_WORK = 4_000_000
+
+
+@dataclass(frozen=True)
+class TaskRange:
+    """Calls ``first`` to ``last - 1`` of an arena's task program."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class PythonCall:
+    """``fn(*args)`` with the caller's inputs patched in at ``patches`` ((position, node))."""
+
+    fn: Callable[..., Any]
+    args: list[Any]
+    patches: list[tuple[int, int]]
+
+
+Item = TaskRange | PythonCall
+
+
+def _extend(items: list[Item], item: Item) -> None:
+    """Append ``item``, merging a task range into the one it continues."""
+    last = items[-1] if items else None
+    if isinstance(item, TaskRange) and isinstance(last, TaskRange) and last.last == item.first:
+        items[-1] = TaskRange(last.first, item.last)
+    else:
+        items.append(item)
 
 
 class Arena:
@@ -73,10 +106,6 @@ class Arena:
                 start = plan.buffers.offset.get(step.output, 0)
                 size = (n if step.batched else 1) * step.out_size
                 self.values[step.output] = slot[start: start + size]
-        self.calls: list[tuple[Any, list[Any], list[tuple[int, int]]]] = []
-        self.step_calls: list[list[tuple[Any, list[Any], list[tuple[int, int]]]]] = []
-        # (a call's argument list, position, step index, constant name) of every constant
-        self.const_args: list[tuple[list[Any], int, int, str]] = []
         self.bind(executor)
 
     def value(self, plan: Plan, node: int) -> Any:
@@ -92,32 +121,68 @@ class Arena:
 
     def bind(self, executor: Executor) -> None:
         """Resolve every argument of every call (constants are bound by reference: new
-        parameters replace them, ``bind_consts``)."""
+        parameters replace them, ``bind_consts``). In the host's memory the generated kernels'
+        calls are bound into one :class:`TaskProgram` and consecutive ones run as one range of
+        it, with no Python between them; other calls (host steps, the replicas' averaging, a
+        device's launches) are Python calls between the ranges."""
         plan = executor.plan
-        self.calls = []
-        self.step_calls = []
-        self.const_args = []
+        host = executor.memory.host
+        tasks: list[tuple[TaskKernel, list[Any]]] = []
+        # per task call: where its graph inputs go; per constant: where it is bound
+        self.task_patches: list[tuple[int, int, int]] = []
+        self.const_args: list[tuple[int | list[Any], int, int, str]] = []
+        self.step_items: list[list[Item]] = []
         for index, (step, consts) in enumerate(zip(plan.steps, executor.consts)):
-            self.step_calls.append([])
+            items: list[Item] = []
             for call in step.calls:
-                args: list[Any] = []
-                patches: list[tuple[int, int]] = []
-                for pos, a in enumerate(call.args):
-                    args.append(self._resolve(plan, step, consts, a))
-                    if args[-1] is None:  # a graph input: patched in per call
-                        patches.append((pos, plan.buffers.root(a.ref)))
-                    if a.kind == "const":
-                        self.const_args.append((args, pos, index, a.ref))
-                self.calls.append((call.fn, args, patches))
-                self.step_calls[-1].append(self.calls[-1])
+                args = [self._resolve(plan, step, consts, a) for a in call.args]
+                patches = [(pos, plan.buffers.root(a.ref)) for pos, a in enumerate(call.args)
+                           if args[pos] is None]  # graph inputs: patched in per call
+                is_task = host and isinstance(call.fn, TaskKernel)
+                if is_task:
+                    at = len(tasks)
+                    tasks.append((call.fn, args))
+                    self.task_patches += [(at, pos, nid) for pos, nid in patches]
+                    _extend(items, TaskRange(at, at + 1))
+                else:
+                    items.append(PythonCall(call.fn, args, patches))
+                self.const_args += [(at if is_task else args, pos, index, a.ref)
+                                    for pos, a in enumerate(call.args) if a.kind == "const"]
             if step.collective and executor.replicas is not None:
-                self.calls.append((executor.replicas.average, [self.values[step.output]], []))
-                self.step_calls[-1].append(self.calls[-1])
+                items.append(PythonCall(executor.replicas.average,
+                                        [self.values[step.output]], []))
+            self.step_items.append(items)
+        self.program = TaskProgram(tasks)
+        self.items: list[Item] = []
+        for items in self.step_items:
+            for item in items:
+                _extend(self.items, item)
 
     def bind_consts(self, executor: Executor) -> None:
         """Replace the constant arguments of every call by the executor's current ones."""
-        for args, pos, index, name in self.const_args:
-            args[pos] = executor.consts[index][name]
+        for where, pos, index, name in self.const_args:
+            value = executor.consts[index][name]
+            if isinstance(where, int):
+                self.program.set(where, pos, value)
+            else:
+                where[pos] = value
+
+    def call(self, items: list[Item], inputs: Mapping[int, Any]) -> None:
+        """Run ``items`` in order, the caller's input arrays patched into their places."""
+        ranges = [item for item in items if isinstance(item, TaskRange)]
+        for at, pos, nid in self.task_patches:
+            if items is self.items or any(r.first <= at < r.last for r in ranges):
+                self.program.set(at, pos, inputs[nid])
+        for item in items:
+            if isinstance(item, TaskRange):
+                self.program.run(item.first, item.last)
+                continue
+            args = item.args
+            if item.patches:
+                args = list(args)
+                for pos, nid in item.patches:
+                    args[pos] = inputs[nid]
+            item.fn(*args)
 
     def _resolve(self, plan: Plan, step: Step, consts: dict[str, Any], a: Arg) -> Any:
         if a.kind == "value":
@@ -226,16 +291,16 @@ class Executor:
         arena = self.arena(n)
         inputs = self.uploaded(inputs)
         if not self.memory.host:  # kernels on a device: no host threads to hold back
-            call_all(arena.calls, inputs)
+            arena.call(arena.items, inputs)
         elif self.macs_per_image * n < SERIAL_WORK:
             threads = numba.get_num_threads()
             numba.set_num_threads(1)
             try:
-                call_all(arena.calls, inputs)
+                arena.call(arena.items, inputs)
             finally:
                 numba.set_num_threads(threads)
         else:
-            call_all(arena.calls, inputs)
+            arena.call(arena.items, inputs)
         return arena
 
     def run_watched(self, inputs: Mapping[int, np.ndarray], n: int,
@@ -245,7 +310,7 @@ class Executor:
         arena = self.arena(n)
         device_inputs = self.uploaded(inputs)
         for index in range(len(self.plan.steps)):
-            call_all(arena.step_calls[index], device_inputs)
+            arena.call(arena.step_items[index], device_inputs)
             if after(index, arena):
                 break
         return arena
@@ -268,7 +333,7 @@ class Executor:
     def run_step(self, arena: Arena, index: int, inputs: Mapping[int, np.ndarray]) -> None:
         """Run step ``index`` alone (``cnnc check``); its tensor inputs must be in their
         buffers already (``store``), or in ``inputs`` for graph inputs."""
-        call_all(arena.step_calls[index], self.uploaded(inputs))
+        arena.call(arena.step_items[index], self.uploaded(inputs))
 
     def store(self, arena: Arena, node: int, value: np.ndarray) -> None:
         """Write an NCHW ``[n, *shape]`` (or whole-batch) float32 value into the buffer of
@@ -293,13 +358,3 @@ class Executor:
         if buf is None:
             return inputs[self.plan.buffers.root(node)]
         return self.memory.download(buf)
-
-
-def call_all(calls, inputs: Mapping[int, np.ndarray]) -> None:
-    """Call bound kernels in order, the caller's input arrays patched into their places."""
-    for fn, args, patches in calls:
-        if patches:
-            args = list(args)
-            for pos, nid in patches:
-                args[pos] = inputs[nid]
-        fn(*args)

@@ -138,7 +138,8 @@ def test_comment_is_sanitized_and_source_readable():
     assert "os.system" not in k.source  # the shared module holds no layer text
     assert "\n" not in k.comment and "\r" not in k.comment and "\x00" not in k.comment
     assert k.comment.startswith("model.cnn:12 conv1 import os")
-    assert "prange(" in k.source and k.source.count("prange(") == 1
+    # one task function: the parallel loop's body for one task, and its task count
+    assert k.source.count("(t, args):") == 1 and k.source.count("_tasks(") == 1
     assert k.path is not None and open(k.path).read() == k.source
 
 

@@ -12,11 +12,12 @@ from cnnc.compiler.backends.numba.printer import (
     print_expr,
     print_kernel,
     print_module,
-    print_tasked,
     sanitize_comment,
 )
+from cnnc.compiler.backends.numba.tasks import TaskKernel, TaskProgram
 from cnnc.compiler.kernels.kernel_ir import (
     BinOp,
+    Call,
     Const,
     Epilogue,
     Kernel,
@@ -66,31 +67,94 @@ def _kernel(parallel_inner: bool = False) -> Kernel:
                   [Loop("i", Var("n"), [inner], kind="parallel")], "scale by two")
 
 
+def _load(kernel: Kernel, tmp_path, tag: str) -> TaskKernel:
+    from cnnc.compiler.backends.numba.cache import load_module
+
+    mod = load_module(print_module([kernel], header="test"), tag, root=tmp_path)
+    return TaskKernel(mod, kernel.name, kernel.params, parallel=True)
+
+
 def test_print_and_run_scalar_kernel(tmp_path):
     from cnnc.compiler.backends.numba.cache import load_module
 
     src = print_module([_kernel()], header="test\nheader")
-    assert "for i in prange(n):" in src and "for j in range(4):" in src
+    # the parallel loop's body is the task function's body, its variable the task index
+    assert "def scale2(i, args):" in src and "for j in range(4):" in src
+    assert "prange" not in src and "def scale2_tasks(x, y, n):\n    return n" in src
     assert "# test header" in src and "# scale by two" in src
     mod = load_module(src, "printer_test", root=tmp_path)
+    kernel = TaskKernel(mod, "scale2", _kernel().params, parallel=True)
     x = np.arange(12, dtype=np.float32)
     y = np.zeros(12, np.float32)
-    mod.scale2(x, y, 3)
+    kernel(x, y, 3)
     np.testing.assert_array_equal(y, 2 * x)
+    assert kernel.tasks([x, y, 3]) == 3
 
 
-def test_tasked_kernel_compiles_its_task_once(tmp_path):
-    """The task function runs with one argument signature, whatever Numba types the parallel
-    loop's index as where it builds the loop (uint64) and where it types the caller (int64):
-    a second signature would compile the whole task body twice."""
-    from cnnc.compiler.backends.numba.cache import load_module
+def test_every_argument_kind_reaches_the_task(tmp_path):
+    """Arrays, int64 arrays, integers and float32 scalars through the argument block: y[i] =
+    x[i] * alpha + idx[i] + offset, for a float32 alpha that float64 would round otherwise."""
+    i = Var("i")
+    body = Load("x", i) * Var("alpha") + Call("f32", (Load("idx", i),)) + \
+        Call("f32", (Var("offset"),))
+    k = Kernel("axpy", [Param("x"), Param("idx", "int_array"), Param("alpha", "float"),
+                        Param("offset", "int"), Param("y"), Param("n", "int")],
+               [Loop("i", Var("n"), [Store("y", i, body)], kind="parallel")])
+    kernel = _load(k, tmp_path, "axpy_test")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(37).astype(np.float32)
+    idx = rng.integers(-5, 5, 37).astype(np.int64)
+    y = np.zeros(37, np.float32)
+    alpha = np.float32(1.0) / np.float32(3.0)
+    kernel(x, idx, alpha, -7, y, 37)
+    want = x * alpha + idx.astype(np.float32) + np.float32(-7)
+    np.testing.assert_array_equal(y, want)
+    with pytest.raises(TypeError, match="'idx' must be a C-contiguous int64 array"):
+        kernel(x, idx.astype(np.int32), alpha, -7, y, 37)
+    with pytest.raises(TypeError, match="'x' must be a C-contiguous float32 array, not a "
+                                        "strided float32"):
+        kernel(np.zeros(74, np.float32)[::2], idx, alpha, -7, y, 37)
+    with pytest.raises(TypeError, match="takes 6 arguments"):
+        kernel(x, idx, alpha)
 
-    mod = load_module(print_tasked(_kernel(), "test"), "tasked_test", root=tmp_path)
-    x = np.arange(12, dtype=np.float32)
-    y = np.zeros(12, np.float32)
-    mod.scale2(x, y, 3)
-    np.testing.assert_array_equal(y, 2 * x)
-    assert len(mod.scale2_task.signatures) == 1, mod.scale2_task.signatures
+
+def test_a_program_runs_its_calls_in_order_and_takes_new_arguments(tmp_path):
+    """Two calls bound once: the second reads what the first wrote; a replaced array is the
+    one the next run reads."""
+    kernel = _load(_kernel(), tmp_path, "program_test")
+    x = np.arange(8, dtype=np.float32)
+    mid = np.zeros(8, np.float32)
+    out = np.zeros(8, np.float32)
+    program = TaskProgram([(kernel, [x, mid, 2]), (kernel, [mid, out, 2])])
+    program.run()
+    np.testing.assert_array_equal(out, 4 * x)
+    program.set(0, 0, np.full(8, 3, np.float32))
+    program.run()
+    np.testing.assert_array_equal(out, np.full(8, 12, np.float32))
+    program.run(1, 2)  # the second call alone
+    np.testing.assert_array_equal(out, 2 * mid)
+
+
+def test_a_serial_kernel_is_one_task(tmp_path):
+    k = Kernel("fill", [Param("y"), Param("n", "int")],
+               [Loop("i", Var("n"), [Store("y", Var("i"), Const(1.5))])])
+    src = print_module([k])
+    assert "def fill(task, args):" in src and "def fill_tasks(y, n):\n    return 1" in src
+    kernel = _load(k, tmp_path, "serial_test")
+    y = np.zeros(5, np.float32)
+    kernel(y, 5)
+    np.testing.assert_array_equal(y, np.full(5, 1.5, np.float32))
+    assert kernel.tasks([y, 5]) == 1
+
+
+def test_a_parallel_loop_must_be_the_kernels_last_statement():
+    loop = Loop("i", Var("n"), [Store("y", Var("i"), Const(1.0))], kind="parallel")
+    after = Store("y", Const(0), Const(2.0))
+    with pytest.raises(ValueError, match="must be the kernel's last statement"):
+        print_kernel(Kernel("k", [Param("y"), Param("n", "int")], [loop, after]))
+    with pytest.raises(ValueError, match="must be the kernel's last statement"):
+        print_kernel(Kernel("k", [Param("y"), Param("n", "int")],
+                            [Loop("j", Const(2), [loop])]))
 
 
 def test_nested_parallel_loops_are_rejected():

@@ -15,12 +15,12 @@ def test_small_calls_run_on_one_thread_with_the_same_numbers(monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     assert model.executor.macs_per_image * 2 < executor.SERIAL_WORK  # LeNet-5: small
     seen: list[int] = []
-    real = executor.call_all
+    real = executor.Arena.call
 
-    def watch(calls, inputs):
+    def watch(arena, items, inputs):
         seen.append(numba.get_num_threads())
-        real(calls, inputs)
-    monkeypatch.setattr(executor, "call_all", watch)
+        real(arena, items, inputs)
+    monkeypatch.setattr(executor.Arena, "call", watch)
     before = numba.get_num_threads()
     serial = model(x)
     assert seen == [1] and numba.get_num_threads() == before

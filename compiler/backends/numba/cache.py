@@ -6,8 +6,9 @@ cached), so generated source is written to
     ``<root>/<tag>-<key>/<tag>.py``
 
 where ``root`` is ``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, and ``key`` hashes the source, the
-cnnc, Numba and llvmlite versions and the source of :mod:`simd` (Numba's own cache only watches
-the kernel file, not the intrinsics it calls). Numba then keeps its compiled code in the
+cnnc, Numba and llvmlite versions and the sources of :mod:`simd`, :mod:`block` and :mod:`tasks`
+(Numba's own cache only watches the kernel file, not the intrinsics it calls or how it is
+compiled). Numba then keeps its compiled code in the
 ``__pycache__`` folder beside the file, so a second process loads a kernel in a fraction of a
 second instead of compiling it again.
 
@@ -59,7 +60,7 @@ except ImportError:  # pragma: no cover - not POSIX: kernels compile without the
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["cache_root", "module_path", "load_module", "cache_key", "auxiliary_file",
-           "compile_lock"]
+           "compile_lock", "track_saves"]
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
@@ -82,9 +83,12 @@ def _versions() -> str:
         cnnc_version = version("cnnc")
     except Exception:  # pragma: no cover - not installed as a distribution
         cnnc_version = "0"
-    simd_src = (Path(__file__).with_name("simd.py")).read_bytes()
+    # the intrinsics generated code calls, and how it is compiled (``tasks``): Numba's cache
+    # watches only the kernel's own file
+    helpers = b"".join(Path(__file__).with_name(name).read_bytes()
+                       for name in ("simd.py", "block.py", "tasks.py"))
     return "|".join([cnnc_version, numba.__version__, llvmlite.__version__,
-                     hashlib.sha256(simd_src).hexdigest()])
+                     hashlib.sha256(helpers).hexdigest()])
 
 
 _VERSIONS: str | None = None
@@ -283,23 +287,23 @@ def _record_seen() -> None:
             pass
 
 
-def _track_saves(mod: ModuleType, path: Path) -> None:
-    """Record checksums right after Numba saves a compiled overload of a function in ``mod``."""
-    for value in list(vars(mod).values()):
-        cache = getattr(value, "_cache", None)
-        save = getattr(cache, "save_overload", None)
-        if save is None or getattr(save, "_cnnc_tracked", False):
-            continue
+def track_saves(compiled: object, path: Path) -> None:
+    """Record checksums right after Numba saves a compiled overload of ``compiled`` (a
+    dispatcher or C callback of the kernel file ``path``) to its cache."""
+    cache = getattr(compiled, "_cache", None)
+    save = getattr(cache, "save_overload", None)
+    if save is None or getattr(save, "_cnnc_tracked", False):
+        return
 
-        def tracked(sig, data, _save=save):
-            _save(sig, data)
-            try:
-                _record(path)
-            except OSError:
-                pass
+    def tracked(sig, data, _save=save):
+        _save(sig, data)
+        try:
+            _record(path)
+        except OSError:
+            pass
 
-        tracked._cnnc_tracked = True  # type: ignore[attr-defined]
-        cache.save_overload = tracked
+    tracked._cnnc_tracked = True  # type: ignore[attr-defined]
+    cache.save_overload = tracked
 
 
 # -- checking an entry ------------------------------------------------------------------------
@@ -496,7 +500,8 @@ def load_module(source: str, tag: str, root: Path | str | None = None) -> Module
         except BaseException:
             sys.modules.pop(name, None)
             raise
-        _track_saves(mod, path)
+        for value in list(vars(mod).values()):
+            track_saves(value, path)
         _SEEN.add(path)
         _LOADED[key] = mod
         return mod

@@ -1,9 +1,10 @@
 """How the lowering driver loads kernels through Numba: :class:`NumbaBackend`.
 
 A per-model kernel is printed into a module of its own with no layer text in it (so every layer
-and model with the same code shares, and caches, one module); a convolution's compute kernel is
-printed as a task function and a parallel loop calling it (``printer.print_tasked``); the
-layout kernels every convolution shares live in one module per cache root and process.
+and model with the same code shares, and caches, one module); a convolution's compute kernel
+into a module named by its tag; the layout kernels every convolution shares live in one module
+per cache root and process. Every kernel comes back as a :class:`~.tasks.TaskKernel` (its task
+function, compiled when first needed).
 """
 
 from __future__ import annotations
@@ -19,20 +20,36 @@ from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import layout_kernels
 from .. import HOST
 from . import cache, warm
-from .printer import print_kernel, print_module, print_tasked, sanitize_comment
+from .printer import print_kernel, print_module, sanitize_comment, task_form
+from .tasks import TaskKernel
 
 __all__ = ["NumbaBackend", "layout_module", "shared_source"]
 
-_LAYOUT_MODULES: dict[str, Any] = {}
+_LAYOUT_KERNELS: dict[str, dict[str, TaskKernel]] = {}
 
 
-def layout_module(root: Path | None = None) -> Any:
-    """The compiled shared layout kernels (one cached module per cache root and process)."""
+_TASK_KERNELS: dict[tuple[str, str], TaskKernel] = {}
+
+
+def task_kernel(module: Any, kernel: Kernel) -> TaskKernel:
+    """The task kernel of ``kernel`` (printed into ``module`` under its name): one per module
+    and name in a process, so each is compiled or loaded once."""
+    key = (str(module.__file__), kernel.name)
+    if key not in _TASK_KERNELS:
+        _TASK_KERNELS[key] = TaskKernel(module, kernel.name, kernel.params,
+                                        task_form(kernel)[1] is not None)
+    return _TASK_KERNELS[key]
+
+
+def layout_module(root: Path | None = None) -> dict[str, TaskKernel]:
+    """The shared layout kernels by name (one cached module per cache root and process)."""
     key = str(root)
-    if key not in _LAYOUT_MODULES:
-        src = print_module(layout_kernels(), header="shared layout kernels", fastmath=False)
-        _LAYOUT_MODULES[key] = cache.load_module(src, "layout", root)
-    return _LAYOUT_MODULES[key]
+    if key not in _LAYOUT_KERNELS:
+        kernels = layout_kernels()
+        mod = cache.load_module(print_module(kernels, header="shared layout kernels"),
+                                "layout", root)
+        _LAYOUT_KERNELS[key] = {k.name: task_kernel(mod, k) for k in kernels}
+    return _LAYOUT_KERNELS[key]
 
 
 def _shared_name(kernel: Kernel) -> str:
@@ -48,7 +65,7 @@ def shared_source(kernel: Kernel) -> tuple[str, str]:
     every layer and model with the same code uses (and caches) the same module."""
     fname = _shared_name(kernel)
     src = print_module([replace(kernel, name=fname, comment="")],
-                       header=f"{fname} kernel (sizes are runtime arguments)", fastmath=False)
+                       header=f"{fname} kernel (sizes are runtime arguments)")
     return fname, src
 
 
@@ -85,30 +102,29 @@ class NumbaBackend:
 
     def dedup_key(self, kernel: Kernel) -> str:
         """Kernels with equal keys have identical code whatever their names and comments."""
-        return print_kernel(replace(kernel, name="k", comment=""), with_comment=False,
-                            fastmath=False)
+        return print_kernel(replace(kernel, name="k", comment=""), with_comment=False)
 
     def listing(self, kernels: list[Kernel], header: str) -> str:
         """One readable module of ``kernels`` (with their comments): the model's listing."""
-        return print_module(kernels, header=header, fastmath=False)
+        return print_module(kernels, header=header)
 
-    def load_shared(self, kernel: Kernel) -> tuple[Callable[..., Any], str, str]:
-        """``(function, source file name, source)`` of a kernel from its shared module."""
+    def load_shared(self, kernel: Kernel) -> tuple[TaskKernel, str, str]:
+        """``(kernel, source file name, source)`` of a kernel from its shared module."""
         fname, src = shared_source(kernel)
         mod = cache.load_module(src, fname, self.root)
-        return getattr(mod, fname), module_file_name(mod, fname), src
+        return (task_kernel(mod, replace(kernel, name=fname)), module_file_name(mod, fname),
+                src)
 
-    def load_tasked(self, kernel: Kernel, tag: str,
-                    header: str) -> tuple[Callable[..., Any], str, str]:
-        """``(function, source file name, source)`` of a compute kernel printed as a task and
-        a parallel loop (``print_tasked``), cached as the module ``tag``."""
-        src = print_tasked(kernel, header)
+    def load_tasked(self, kernel: Kernel, tag: str, header: str) -> tuple[TaskKernel, str, str]:
+        """``(kernel, source file name, source)`` of a compute kernel of its own module,
+        cached as the module ``tag``."""
+        src = print_module([kernel], header=header)
         mod = cache.load_module(src, tag, self.root)
-        return getattr(mod, kernel.name), module_file_name(mod, tag), src
+        return task_kernel(mod, kernel), module_file_name(mod, tag), src
 
-    def layout_kernel(self, name: str) -> Callable[..., Any]:
+    def layout_kernel(self, name: str) -> TaskKernel:
         """One of the shared layout kernels (``kernels.layout.layout_kernels``)."""
-        return getattr(layout_module(self.root), name)
+        return layout_module(self.root)[name]
 
     def warm(self, steps: Iterable[Any],
              progress: Callable[[int, int], None] | None = None) -> None:

@@ -1,13 +1,14 @@
-"""Print kernel IR as Python source for ``numba.njit``.
+"""Print kernel IR as Python source that Numba compiles into CPU task functions.
 
-The output of :func:`print_module` is a complete, importable module: a header, imports of
-``prange`` and the :mod:`simd` intrinsics, and one ``@njit(..., cache=True)`` function per kernel.
-A size is a literal where the builder made it one (what shapes an unrolled loop: channel block,
-kernel size, stride) and a runtime integer argument otherwise; literals fold into the index
-arithmetic. Parallel loops print as ``prange`` (the printer refuses a
-parallel loop nested in another: Numba would serialize it anyway, and one flattened ``prange``
-is the rule). Scalar float constants print as ``np.float32(...)`` so float32 arithmetic is not
-promoted to float64.
+The output of :func:`print_module` is a complete, importable module: a header, imports of the
+:mod:`simd` intrinsics and the :mod:`block` helpers, and per kernel a task function
+``name(task, args)`` with its task count ``name_tasks(...)`` (:func:`print_kernel`).
+A kernel's parallel loop (one, flattened, at its end: the rule) is not printed as a loop: its
+body is the task function's body for one iteration, the loop variable being the task index,
+and :mod:`tasks` runs the iterations over the threads. A size is a literal where the builder
+made it one (what shapes an unrolled loop: channel block, kernel size, stride) and a runtime
+integer argument otherwise; literals fold into the index arithmetic. Scalar float constants
+print as ``np.float32(...)`` so float32 arithmetic is not promoted to float64.
 
 Identifiers in the generated code come only from the compiler (kernel and parameter names are
 checked to be plain identifiers); user text appears only in ``#`` comments after
@@ -32,16 +33,22 @@ from ...kernels.kernel_ir import (
     Let,
     Load,
     Loop,
-    Param,
     Select,
+    Stmt,
     Store,
     VAlign,
     Var,
     VStore,
+    walk,
 )
 from ..printer import KernelPrinter
+from .block import WORDS
 
-__all__ = ["sanitize_comment", "print_kernel", "print_module", "MAX_COMMENT"]
+#: The argument block's name in a task function.
+BLOCK_NAME = "args"
+
+__all__ = ["sanitize_comment", "print_kernel", "print_module", "task_form", "MAX_COMMENT",
+           "BLOCK_NAME"]
 
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -134,7 +141,7 @@ def _width(lanes: int) -> str:
 
 class NumbaPrinter(KernelPrinter):
     """Kernel IR as Python for ``numba.njit``: float32 literals as ``np.float32(...)`` (so
-    arithmetic is not promoted to float64), parallel loops as ``prange``, vectors as calls of
+    arithmetic is not promoted to float64), vectors as calls of
     the SIMD extension."""
 
     FUNCS = FUNCS
@@ -205,7 +212,7 @@ class NumbaPrinter(KernelPrinter):
     def stmt_Loop(self, s: Loop, depth: int, out: list[str]) -> None:
         if s.kind in ("block", "thread"):  # cooperating GPU threads have no CPU form here
             raise ValueError(f"{s.kind} loop {s.var!r}: a GPU kernel's, printed for CUDA only")
-        rng = "prange" if s.kind == "parallel" else "range"
+        rng = "range"  # a parallel loop's iterations are tasks (``task_form``): none is left
         if isinstance(s.start, Const) and s.start.value == 0:
             args = self.expr(s.extent)
         else:
@@ -224,19 +231,56 @@ class NumbaPrinter(KernelPrinter):
     def stmt_Comment(self, s: Comment, depth: int, out: list[str]) -> None:
         out.append(f"{self.INDENT * depth}# {sanitize_comment(s.text)}")
 
-    # -- functions --------------------------------------------------------------------------
-    def kernel(self, k: Kernel, *, parallel: bool = True, fastmath: bool = True,
-               with_comment: bool = True) -> str:
-        """Source of one ``@njit`` function for kernel ``k`` (no imports)."""
-        par = self.check_parallel_loops(k.name, k.body) and parallel
+    # -- functions ------------------------------------------------------------------------
+    def kernel(self, k: Kernel, *, with_comment: bool = True) -> str:
+        """Source of kernel ``k`` as a task function and its task count (no imports): see
+        :func:`print_kernel`."""
+        pre, loop = task_form(k)
+        names = {p.name for p in k.params}
+        task = _check_ident(loop.var) if loop is not None else "task"
+        if task in names or BLOCK_NAME in names or f"{k.name}_tasks" in names:
+            raise ValueError(f"kernel {k.name}: a parameter is named {task!r}, "
+                             f"{BLOCK_NAME!r} or {k.name + '_tasks'!r}")
         out: list[str] = []
         if k.comment and with_comment:
             out += [f"# {sanitize_comment(line)}" for line in k.comment.split("\n")]
-        out.append(f"@njit(parallel={par}, fastmath={fastmath}, cache=True, nogil=True)")
+        out.append(f"def {_check_ident(k.name)}({task}, {BLOCK_NAME}):")
+        at = 0
+        for p in k.params:
+            name = _check_ident(p.name)
+            unpack = {"array": f"f32_array({BLOCK_NAME}, {at})",
+                      "int_array": f"i64_array({BLOCK_NAME}, {at})",
+                      "int": f"{BLOCK_NAME}[{at}]",
+                      "float": f"f32_scalar({BLOCK_NAME}, {at})"}[p.kind]
+            out.append(f"{self.INDENT}{name} = {unpack}")
+            at += WORDS[p.kind]
+        self.body(pre + (loop.body if loop is not None else []), 1, out)
+        # the task count, in plain Python: evaluated when a call's arguments are bound
         params = ", ".join(_check_ident(p.name) for p in k.params)
-        out.append(f"def {_check_ident(k.name)}({params}):")
-        self.body(k.body, 1, out)
+        out += ["", "", f"def {k.name}_tasks({params}):"]
+        if loop is None:
+            out.append(f"{self.INDENT}return 1")
+        else:
+            extent = self.expr(loop.extent)
+            out += [f"{self.INDENT}{st.var} = {self.expr(st.value)}" for st in pre
+                    if isinstance(st, Let) and re.search(rf"\b{st.var}\b", extent)]
+            out.append(f"{self.INDENT}return {extent}")
         return "\n".join(out) + "\n"
+
+
+def task_form(k: Kernel) -> tuple[list[Stmt], Loop | None]:
+    """``(statements before it, the loop)`` of a kernel whose work is one flattened parallel
+    loop at its end (after ``Let``s only: they are its task count's inputs), ``(body, None)``
+    for a kernel with no parallel loop; any other kernel is refused."""
+    NumbaPrinter.check_parallel_loops(k.name, k.body)
+    *pre, last = k.body or [Comment("")]
+    if isinstance(last, Loop) and last.kind == "parallel" and \
+            all(isinstance(st, (Let, Comment)) for st in pre):
+        return list(pre), last
+    if not any(isinstance(s, Loop) and s.kind == "parallel" for s, _ in walk(k.body)):
+        return list(k.body), None
+    raise ValueError(f"kernel {k.name}: a parallel loop must be the kernel's last statement, "
+                     f"after Let statements only (one flattened parallel loop is the rule)")
 
 
 PRINTER = NumbaPrinter()
@@ -247,73 +291,44 @@ def print_expr(e: Expr, prec: int = 0) -> str:
     return PRINTER.expr(e, prec)
 
 
-def print_kernel(k: Kernel, *, parallel: bool = True, fastmath: bool = True,
-                 with_comment: bool = True) -> str:
-    """Source of one ``@njit`` function for kernel ``k`` (no imports)."""
-    return PRINTER.kernel(k, parallel=parallel, fastmath=fastmath, with_comment=with_comment)
+def print_kernel(k: Kernel, *, with_comment: bool = True) -> str:
+    """Source of kernel ``k`` as its CPU task function ``k.name(task, block)``, which reads its
+    arguments from the argument block (:mod:`block`) and does one iteration of the kernel's
+    parallel loop (all of a kernel without one), and ``k.name_tasks(*params)``, the number of
+    tasks: the loop's extent (1). No imports (:func:`print_module` adds them)."""
+    return PRINTER.kernel(k, with_comment=with_comment)
 
 
-def print_module(kernels: list[Kernel], *, header: str = "", parallel: bool = True,
-                 fastmath: bool = True) -> str:
-    """A complete module holding ``kernels``; ``header`` is a (sanitized) comment line."""
+def print_module(kernels: list[Kernel], *, header: str = "") -> str:
+    """A complete module of the task functions of ``kernels`` (:func:`print_kernel`);
+    ``header`` is a (sanitized) comment line. The functions are plain Python until
+    :class:`~.tasks.TaskKernel` compiles them (C callbacks: one signature for all)."""
     lines = ["# Generated by cnnc (cnnc.compiler.backends.numba). "
              "Do not edit: regenerated on demand."]
     if header:
         lines.append(f"# {sanitize_comment(header)}")
     lines += [
+        "# Each kernel is a task function (task, args), compiled by cnnc as a C callback and",
+        "# called by cnnc.compiler.backends.numba.tasks.run_tasks for task 0 .. <name>_tasks - 1.",
         "import math",
         "",
         "import numpy as np",
-        "from numba import get_thread_id, njit, prange",
+        "from numba import get_thread_id",
         "",
+        "from cnnc.compiler.backends.numba.block import f32_array, f32_scalar, i64_array",
         "from cnnc.compiler.backends.numba.simd import (",
         "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vjoin, vload,",
         "    vload16, vlow, vmax, vmin, vmul, vsplat, vsplat16, vspread, vsqrt, vstore, vsum,",
         "    vzero, vzero16,",
         ")",
         "",
-        "_UNUSED = (math, np, get_thread_id, prange, vadd, valign, vbroadcast, vbroadcast16, vdiv,",
-        "           vexp, vfma, vhigh, vjoin, vload, vload16, vlow, vmax, vmin, vmul, vsplat,",
-        "           vsplat16, vspread, vsqrt, vstore, vsum, vzero, vzero16)",
+        "_UNUSED = (math, np, get_thread_id, f32_array, f32_scalar, i64_array, vadd,",
+        "           valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vjoin, vload,",
+        "           vload16, vlow, vmax, vmin, vmul, vsplat, vsplat16, vspread, vsqrt, vstore,",
+        "           vsum, vzero, vzero16)",
         "",
     ]
     for k in kernels:
         lines.append("")
-        lines.append(print_kernel(k, parallel=parallel, fastmath=fastmath))
+        lines.append(print_kernel(k))
     return "\n".join(lines)
-
-
-def print_tasked(kernel: Kernel, header: str) -> str:
-    """Module source for a compute kernel whose body is one flattened ``prange`` loop, split in
-    two functions: ``<name>_task`` (serial: the loop body for one task ``t``) and ``<name>``,
-    a parallel loop calling it.
-
-    Numba's parallel passes grow much faster than linearly with the size of a ``prange`` body;
-    with the runtime-sized tails the unrolled tiles made a single-function kernel compile 4-5x
-    slower. Outlined, the task compiles as an ordinary function (the call per output row costs
-    nothing measurable).
-    """
-    *pre, loop = kernel.body
-    assert isinstance(loop, Loop) and loop.kind == "parallel", kernel.name
-    task = Kernel(f"{kernel.name}_task", kernel.params + [Param(loop.var, "int")],
-                  pre + loop.body, kernel.comment)
-    src = print_module([task], header=header, parallel=False, fastmath=False)
-    names = [p.name for p in kernel.params]
-    args = ", ".join(names)
-    extent = print_expr(loop.extent)
-    used = {st.var for st in pre
-            if isinstance(st, Let) and re.search(rf"\b{st.var}\b", extent)}
-    return src + "\n".join([
-        "",
-        "",
-        "@njit(parallel=True, fastmath=False, cache=True, nogil=True)",
-        f"def {kernel.name}({args}):",
-        *(f"    {st.var} = {print_expr(st.value)}" for st in pre
-          if isinstance(st, Let) and st.var in used),
-        f"    for {loop.var} in prange({print_expr(loop.extent)}):",
-        # the task index as int64: Numba types a prange index int64 when it types this
-        # function and uint64 in the parallel loop it builds, so without the cast the task
-        # is compiled twice, once per index type
-        f"        {task.name}({args}, np.int64({loop.var}))",
-        "",
-    ])

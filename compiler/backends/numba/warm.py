@@ -6,10 +6,9 @@ distinct kernels (1-7 s each). Every kernel lives in its own cached module file 
 Numba's disk cache, ``warm_modules`` splits them into ``min(os.cpu_count(), n)`` shares; this
 process compiles the first share itself (it would only wait otherwise, and has Numba loaded
 already, where a worker first spends about half a second of CPU importing it) while one worker
-process per other share imports its modules, compiling each function for the exact argument
-types the runtime passes (flat C-contiguous float32 arrays, int64 sizes, the int64 arrays of
-integer inputs), which writes Numba's cache. This process then loads the workers' machine code
-from the cache on the first call.
+process per other share imports its modules and compiles each task function (one signature for
+all: ``tasks.SIGNATURE``), which writes Numba's cache. This process then loads the workers'
+machine code from the cache when it binds the calls.
 
 Everything here is an optimization: if a worker fails, times out or cannot start, the kernels
 it did not finish compile in-process on first call as before. Concurrent compiles of the same
@@ -30,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import compile_lock
+from .tasks import TaskKernel, compile_task_function, task_function
 
-__all__ = ["Job", "jobs_for", "warm_modules", "is_cached"]
+__all__ = ["Job", "jobs_for", "warm_modules"]
 
 #: Seconds a worker may take before it is abandoned (its kernels then compile in-process).
 WORKER_TIMEOUT = 900
@@ -40,66 +39,30 @@ WORKER_TIMEOUT = 900
 
 @dataclass(frozen=True)
 class Job:
-    """Compile function ``func`` of the module file ``path`` for argument ``kinds``."""
+    """Compile the task function ``func`` of the module file ``path``."""
 
     path: str
     func: str
-    kinds: tuple[str, ...]
     cost: int = 1  # rough relative compile time, to balance the workers
     index: str = ""  # Numba's cache index file: it exists once the job is done
-    dispatcher: Any = field(default=None, compare=False)  # the loaded function, in-process
-
-
-def _index_path(dispatcher: Any) -> str:
-    try:
-        return str(dispatcher._cache._cache_file._index_path)
-    except Exception:
-        return ""
-
-
-def is_cached(dispatcher: Any) -> bool:
-    """Whether Numba's disk cache has an index for ``dispatcher`` (a cheap, conservative test:
-    a false "cached" only means the main process compiles that kernel itself)."""
-    path = _index_path(dispatcher)
-    return bool(path) and os.path.exists(path)
-
-
-def _module_file(fn: Any) -> str | None:
-    mod = sys.modules.get(getattr(getattr(fn, "py_func", None), "__module__", ""), None)
-    return getattr(mod, "__file__", None)
-
-
-#: How a plan argument kind is typed when compiled ahead of time.
-_ARG_KINDS = {"value": "array", "output": "array", "scratch": "array", "const": "array",
-              "int": "int", "batch": "int"}
+    kernel: TaskKernel | None = field(default=None, compare=False)  # in-process
 
 
 def jobs_for(steps: Iterable[Any]) -> list[Job]:
-    """Jobs for the kernels a plan's steps call that are not in Numba's cache yet, typed by
-    their bound arguments (arrays and integers). Convolution kernels count 4x (they compile
-    slower)."""
+    """Jobs for the kernels a plan's steps call that are not in Numba's cache yet.
+    Convolution kernels count 4x (they compile slower)."""
     jobs: dict[tuple[str, str], Job] = {}
     for step in steps:
         for call in step.calls:
             fn = call.fn
-            path = _module_file(fn)
-            name = getattr(getattr(fn, "py_func", None), "__name__", None)
-            if not path or not name or (path, name) in jobs or is_cached(fn):
+            if not isinstance(fn, TaskKernel) or (str(fn.path), fn.name) in jobs:
                 continue
-            kinds = _kinds(call)
+            index = fn.index_path
+            if os.path.exists(index):
+                continue
             cost = 4 if step.sources and call.ir is None else 1  # a convolution step's kernels
-            jobs[(path, name)] = Job(path, name, kinds, cost, _index_path(fn), fn)
+            jobs[(str(fn.path), fn.name)] = Job(str(fn.path), fn.name, cost, index, fn)
     return list(jobs.values())
-
-
-def _kinds(call: Any) -> tuple[str, ...]:
-    """How each argument of a call is typed: by the plan's argument kinds, except the flat
-    int64 arrays a generated kernel declares (``Param`` kind ``int_array``)."""
-    kinds = [_ARG_KINDS[a.kind] for a in call.args]
-    if call.ir is not None:
-        kinds = ["int_array" if p.kind == "int_array" else k
-                 for p, k in zip(call.ir.params, kinds)]
-    return tuple(kinds)
 
 
 def _enabled() -> bool:
@@ -143,7 +106,7 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
         for share in shares[1:]:
             fd, name = tempfile.mkstemp(prefix="cnnc-warm-", suffix=".json")
             with os.fdopen(fd, "w") as f:
-                json.dump([[j.path, j.func, list(j.kinds)] for j in share], f)
+                json.dump([[j.path, j.func] for j in share], f)
             files.append(name)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "cnnc.compiler.backends.numba.warm", name],
@@ -173,31 +136,23 @@ def warm_modules(jobs: list[Job], workers: int | None = None,
 
 
 def _compile_here(jobs: list[Job], progress: Progress | None) -> None:
-    """Compile each job's function in this process (its loaded dispatcher, so the first call
-    finds it compiled), reporting after each."""
+    """Compile each job's function in this process (its loaded kernel, so binding finds it
+    compiled), reporting after each."""
     for done, job in enumerate(jobs, 1):
-        if job.dispatcher is not None:
+        if job.kernel is not None:
             try:
-                with compile_lock(job.path):
-                    job.dispatcher.compile(_signature(job.kinds))
-            except Exception:  # the first call compiles it instead, and says why
+                job.kernel.compile()
+            except Exception:  # binding the calls compiles it instead, and says why
                 pass
         if progress is not None:
             progress(done, len(jobs))
-
-
-def _signature(kinds) -> tuple:
-    from numba import types
-
-    by_kind = {"array": types.float32[::1], "int": types.int64, "int_array": types.int64[::1]}
-    return tuple(by_kind[k] for k in kinds)
 
 
 def _compile_jobs(jobs: list[list]) -> None:
     """Worker: import each module file and compile its function (writes Numba's cache)."""
     import importlib.util
 
-    for path, func, kinds in jobs:
+    for path, func in jobs:
         try:
             p = Path(path)
             name = f"cnnc_gen_{p.parent.name.replace('-', '_')}"
@@ -208,8 +163,7 @@ def _compile_jobs(jobs: list[list]) -> None:
                 mod = importlib.util.module_from_spec(spec)
                 sys.modules[name] = mod
                 spec.loader.exec_module(mod)
-            with compile_lock(p):
-                getattr(mod, func).compile(_signature(kinds))
+            compile_task_function(task_function(getattr(mod, func), p), p)
         except Exception:  # the main process compiles it instead
             continue
 

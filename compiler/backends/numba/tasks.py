@@ -1,0 +1,267 @@
+"""Running generated CPU kernels: task functions, and one compiled loop that calls them.
+
+A generated kernel is compiled by Numba as a C-callable function ``kernel(task, block)``
+(:mod:`block` has the argument layout): a kernel whose work is one flattened parallel loop does
+one iteration of that loop per call, any other kernel does all its work in call 0. Nothing in a
+kernel is parallel by itself; :func:`run_tasks`, compiled once and cached like any kernel, runs
+a sequence of bound kernel calls, the tasks of each either spread over Numba's threads (a
+``prange``) or in order on the calling thread, calling each task through the kernel's address.
+
+Why: Numba's parallel transformation of a ``prange`` costs 1-2 s of compilation per function,
+about 40% of a convolution kernel's compile and most of a small kernel's; here it is paid once
+for every kernel there will ever be. And a whole model's kernels run in one call from Python
+(:class:`TaskProgram`), with no Python between them.
+
+A :class:`TaskKernel` is also callable from Python like the function it replaces,
+``kernel(*args)`` (tests, the optimizer's update, autotuning): it binds the arguments into a
+block and runs them through the same loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core.ccallback import CFunc
+from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.compiler_machinery import PassManager
+from numba.core.untyped_passes import (
+    FindLiterallyCalls,
+    InlineClosureLikes,
+    InlineInlinables,
+    LiteralUnroll,
+    MakeFunctionToJitFunction,
+    ReconstructSSA,
+    WithLifting,
+)
+from numba.extending import intrinsic
+
+from ...kernels.kernel_ir import Param
+from . import cache
+from .block import BLOCK, WORDS
+
+__all__ = ["TaskKernel", "TaskProgram", "run_tasks", "SIGNATURE", "task_function",
+           "compile_task_function"]
+
+#: The one signature of every task function: ``void kernel(int64 task, int64 *block)``.
+SIGNATURE = types.void(types.int64, BLOCK)
+
+#: Numba options of every task function: no exceptions (an integer division by zero gives a
+#: number, as NumPy's does, instead of an exception a C callback could not raise), plain IEEE
+#: float arithmetic (the kernels' rounding is what the error bounds state), and none of
+#: Numba's rewrites of array expressions, constant subscripts and raises (the generated code
+#: has none of them).
+OPTIONS = {"nopython": True, "error_model": "numpy", "fastmath": False, "no_rewrites": True}
+
+#: Passes of Numba's nopython pipeline a generated task function does not need: it has no
+#: closures or ``with`` blocks, calls no ``literal_unroll``, ``literally`` or inlinable
+#: functions, and gives every variable one type wherever it is assigned, which is all the
+#: SSA form buys type inference. Left out, a convolution kernel compiles in about 0.75x the
+#: time (1.95 s against 2.55 s of CPU), the machine code the same.
+UNNEEDED_PASSES = (ReconstructSSA, InlineClosureLikes, MakeFunctionToJitFunction, WithLifting,
+                   LiteralUnroll, FindLiterallyCalls, InlineInlinables)
+
+
+class TaskCompiler(CompilerBase):
+    """Numba's nopython pipeline without :data:`UNNEEDED_PASSES`."""
+
+    def define_pipelines(self) -> list[PassManager]:
+        pm = PassManager("cnnc task")
+        for pass_class, description in \
+                DefaultPassBuilder.define_nopython_pipeline(self.state).passes:
+            if pass_class not in UNNEEDED_PASSES:
+                pm.add_pass(pass_class, description)
+        pm.finalize()
+        return [pm]
+
+
+@intrinsic
+def _call_task(typingctx, function, task, block):
+    """Call the task function at address ``function`` for ``task`` with the block at address
+    ``block``."""
+    sig = types.void(types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        word = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [word, word.as_pointer()])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(fn, [args[1], builder.inttoptr(args[2], word.as_pointer())])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def run_tasks(functions, counts, blocks, parallel, first, last):  # pragma: no cover - compiled
+    """Run calls ``first`` to ``last - 1``: call ``s`` runs tasks ``0 .. counts[s] - 1`` of the
+    function at address ``functions[s]`` on the block at address ``blocks[s]``, over the
+    threads where ``parallel[s]``, else in order."""
+    for s in range(first, last):
+        if parallel[s]:
+            for t in prange(counts[s]):
+                # as int64: Numba's parallel loop gives an unsigned index
+                _call_task(functions[s], np.int64(t), blocks[s])
+        else:
+            for t in range(counts[s]):
+                _call_task(functions[s], t, blocks[s])
+
+
+def task_function(py_func: Callable[..., Any], path: Path) -> CFunc:
+    """The (not yet compiled) C callback of the task function ``py_func`` of the kernel file
+    ``path``, cached on disk beside it."""
+    cf = CFunc(py_func, (SIGNATURE.args, SIGNATURE.return_type), locals={},
+               options=dict(OPTIONS), pipeline_class=TaskCompiler)
+    cf.enable_caching()
+    cache.track_saves(cf, path)
+    return cf
+
+
+def compile_task_function(cf: CFunc, path: Path) -> None:
+    """Compile ``cf`` or load it from the cache, holding the kernel file's lock (another
+    process compiling it meanwhile: this one then loads its result)."""
+    if cf.address is None:
+        # Numba's threading layer defines the symbols a task's ``get_thread_id`` links
+        # against when it starts, which asking for its size does (parallel code started it
+        # before, but a task function alone is not parallel code)
+        numba.get_num_threads()
+        with cache.compile_lock(path):
+            cf.compile()
+
+
+class TaskKernel:
+    """A generated kernel of a cached module: the task function ``name(task, block)`` and its
+    task count ``name_tasks(*args)`` (plain Python, evaluated when calls are bound)."""
+
+    def __init__(self, module: ModuleType, name: str, params: Sequence[Param],
+                 parallel: bool) -> None:
+        self.module = module
+        self.name = name
+        self.py_func = getattr(module, name)
+        self.count_tasks: Callable[..., Any] = getattr(module, f"{name}_tasks")
+        self.params = tuple(params)
+        self.parallel = parallel
+        self.path = Path(module.__file__ or "")
+        offsets = np.cumsum([0] + [WORDS[p.kind] for p in self.params])
+        self.offsets = [int(o) for o in offsets[:-1]]
+        self.words = int(offsets[-1])
+        self._cfunc: CFunc | None = None
+
+    def __repr__(self) -> str:
+        return f"<task kernel {self.name} of {self.path.parent.name}>"
+
+    # -- compiling --------------------------------------------------------------------------
+    def _function(self) -> CFunc:
+        if self._cfunc is None:
+            self._cfunc = task_function(self.py_func, self.path)
+        return self._cfunc
+
+    @property
+    def index_path(self) -> str:
+        """Numba's cache index of the compiled function (it exists once compiled)."""
+        return str(self._function()._cache._cache_file._index_path)
+
+    def compile(self) -> None:
+        """Compile the task function, or load it from the cache (once per process)."""
+        compile_task_function(self._function(), self.path)
+
+    @property
+    def cache_hits(self) -> int:
+        """How many times this process loaded the task function from the disk cache."""
+        return self._function().cache_hits
+
+    def inspect_asm(self) -> str:
+        """Machine code of the task function (compiled again, without the cache: Numba cannot
+        show the assembly of code it loaded from its disk cache)."""
+        options = {k: v for k, v in OPTIONS.items() if k != "nopython"}
+        fresh = njit(**options)(self.py_func)
+        fresh.compile(SIGNATURE.args)
+        return fresh.inspect_asm(SIGNATURE.args)
+
+    @property
+    def address(self) -> int:
+        """The task function's address (compiled on first use)."""
+        self.compile()
+        return self._function().address
+
+    # -- binding ----------------------------------------------------------------------------
+    def tasks(self, args: Sequence[Any]) -> int:
+        """How many tasks a call with ``args`` has."""
+        return int(self.count_tasks(*args))
+
+    def put(self, words: np.ndarray, pos: int, value: Any) -> None:
+        """Write argument ``pos`` into a call's block ``words``."""
+        p = self.params[pos]
+        at = self.offsets[pos]
+        if p.kind in ("array", "int_array"):
+            dtype = np.float32 if p.kind == "array" else np.int64
+            if not (isinstance(value, np.ndarray) and value.dtype == dtype
+                    and value.flags.c_contiguous):
+                raise TypeError(f"{self.name}: argument {p.name!r} must be a C-contiguous "
+                                f"{np.dtype(dtype).name} array, not {_describe(value)}")
+            words[at] = value.ctypes.data
+            words[at + 1] = value.size
+        elif p.kind == "int":
+            words[at] = int(value)
+        else:  # float: its float32 bits
+            words[at] = int(np.float32(value).view(np.uint32))
+
+    def bind(self, args: Sequence[Any]) -> np.ndarray:
+        """The block of a call with ``args`` (None for an array patched in later)."""
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.name} takes {len(self.params)} arguments "
+                            f"({', '.join(p.name for p in self.params)}), not {len(args)}")
+        words = np.zeros(self.words, np.int64)
+        for pos, value in enumerate(args):
+            if value is not None:
+                self.put(words, pos, value)
+        return words
+
+    def __call__(self, *args: Any) -> None:
+        """Run the kernel on ``args`` now (its tasks over Numba's threads when parallel)."""
+        TaskProgram([(self, list(args))]).run()
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        order = "contiguous" if value.flags.c_contiguous else "strided"
+        return f"a {order} {value.dtype} array"
+    return type(value).__name__
+
+
+class TaskProgram:
+    """Kernel calls bound once, run in order by one call of :func:`run_tasks`.
+
+    The program holds every array its blocks point to (the blocks hold bare addresses): an
+    argument replaced with :meth:`set` is released only when it is no longer in the program.
+    """
+
+    def __init__(self, calls: Sequence[tuple[TaskKernel, list[Any]]]) -> None:
+        self.kernels = [k for k, _ in calls]
+        self.args = [list(a) for _, a in calls]
+        self.blocks = [k.bind(a) for k, a in calls]
+        n = len(calls)
+        self.functions = np.array([k.address for k in self.kernels], np.int64).reshape(n)
+        self.counts = np.array([k.tasks(a) for k, a in zip(self.kernels, self.args)],
+                               np.int64).reshape(n)
+        self.block_addresses = np.array([b.ctypes.data for b in self.blocks],
+                                        np.int64).reshape(n)
+        self.parallel = np.array([k.parallel for k in self.kernels], np.bool_).reshape(n)
+
+    def __len__(self) -> int:
+        return len(self.kernels)
+
+    def set(self, call: int, pos: int, value: Any) -> None:
+        """Replace argument ``pos`` of call ``call`` (an array: a new parameter, an input)."""
+        self.kernels[call].put(self.blocks[call], pos, value)
+        self.args[call][pos] = value
+
+    def run(self, first: int = 0, last: int | None = None) -> None:
+        """Run calls ``first`` to ``last - 1`` (all by default)."""
+        run_tasks(self.functions, self.counts, self.block_addresses, self.parallel,
+                  first, len(self.kernels) if last is None else last)
