@@ -139,21 +139,22 @@ class Executor:
     """Runs a :class:`~cnnc.compiler.plan.Plan` with its kernels, in the plan's memory."""
 
     def __init__(self, plan: Plan, slots: Mapping[int, np.ndarray] | None = None) -> None:
-        """``slots``: the caller's float32 buffers of whole-batch slots, by slot index (NumPy
-        arrays: a plan whose kernels run in another memory takes none)."""
+        """``slots``: the caller's float32 buffers of whole-batch slots, by slot index, in the
+        plan's memory (NumPy arrays, or a GPU's: the training model's flat gradients)."""
         self.plan = plan
         self.memory = plan.memory
         self.macs_per_image = count_macs(plan.graph)  # small calls run on one thread
         self.consts: list[dict[str, Any]] = [{} for _ in plan.steps]
         self.arenas: dict[int, Arena] = {}
         self.slots = dict(slots or {})
-        if self.slots and not self.memory.host:
-            raise ValueError("the caller's buffers are host arrays; this plan's kernels run in "
-                             "another memory")
         self.replicas: Replicas | None = None
         for i, buf in self.slots.items():
+            if isinstance(buf, np.ndarray) != self.memory.host:
+                raise ValueError(f"slot {i}: a {type(buf).__name__}, not an array of the memory "
+                                 "this plan's kernels run in")
             if i not in plan.buffers.unbatched or buf.dtype != np.float32 or \
-                    buf.shape != (plan.buffers.slot_sizes[i],) or not buf.flags.c_contiguous:
+                    buf.shape != (plan.buffers.slot_sizes[i],) or \
+                    (self.memory.host and not buf.flags.c_contiguous):
                 raise ValueError(f"slot {i}: a buffer of {plan.buffers.slot_sizes[i]} float32 "
                                  f"for a whole-batch slot, got {buf.dtype} {buf.shape}")
 

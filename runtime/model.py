@@ -425,8 +425,6 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         except OptionError as e:
             raise ModelError(str(e)) from None
     if mode == "train":
-        if cpu.cuda:
-            raise ModelError(f"mode='train' runs on the CPU only so far, not target {target!r}")
         if autotune:
             raise ModelError("mode='train' takes no autotune option yet")
         if layout not in LAYOUT_CHOICES:

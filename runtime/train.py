@@ -19,6 +19,16 @@ kernels' packed constants are refreshed from the new values (``Executor.set_para
 derived parameters, then each step's packer; kernels that read a parameter as it is read it
 in ``flat_params``).
 
+On a GPU target (``target="cuda"``, or ``"cuda-emu"``: the same CUDA source run on the CPU)
+every forward, backward and optimizer kernel is a CUDA kernel of the model's one module, and
+``flat_params``, ``flat_grads`` and the optimizer's state are arrays of the GPU's memory
+(``plan.memory``): a step uploads the batch, downloads the loss, the gradients' per-block norms
+and the running statistics, updates the parameters on the device, and brings them back to a
+host copy that the packers of the kernels' constants read (``_host_params``: ``params``,
+``save_weights`` and ``inference`` read it too), whose packed constants go up again.
+``loss_and_grads`` returns host NumPy values. Data-parallel replicas average host arrays: they
+are refused on a GPU target.
+
 Data-parallel training (``set_replicas``): between the pass that writes ``flat_grads`` and the
 update that reads it, the gradients, the loss and the running statistics are averaged over the
 replicas (``runtime/replicas.py``), each replica's weighted by its share of the global batch,
@@ -47,6 +57,7 @@ from ..compiler.autodiff import (
     trainable_params,
     update_outputs,
 )
+from ..compiler.backends.cuda.loader import CudaBackend
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
@@ -91,13 +102,15 @@ class TrainingModel:
         # the layout of both flat buffers: where the memory plan put each gradient
         offsets = {n: plan.buffers.offset[g] for n, g in grads.items()}
         size = sum(int(np.prod(shapes[n])) for n in self.trainable)
-        self.flat_params = np.zeros(size, np.float32)
-        self.flat_grads = np.zeros_like(self.flat_params)
+        self.memory = plan.memory  # where the kernels run: the host's, or a GPU's
+        self.flat_params = self.memory.zeros(size)
+        self.flat_grads = self.memory.zeros(size)
+        # the parameters as the host sees them (on the host: flat_params itself)
+        self._host_params = self.flat_params if self.memory.host else np.zeros(size, np.float32)
         slot = plan.buffers.slot_of[next(iter(grads.values()))]
         self.executor = Executor(plan, slots={slot: self.flat_grads})
-        self._views = {n: _at(self.flat_params, offsets[n], shapes[n]) for n in self.trainable}
-        self._grad_views = {n: _at(self.flat_grads, offsets[n], shapes[n])
-                            for n in self.trainable}
+        self._offsets = {n: (offsets[n], shapes[n]) for n in self.trainable}
+        self._views = {n: _at(self._host_params, *self._offsets[n]) for n in self.trainable}
         self._grad_norm = 0.0  # of the last pass's gradients (clipping reads it)
         self._fixed: dict[str, np.ndarray] = {}
         self.updates = update_outputs(plan.graph)
@@ -133,6 +146,8 @@ class TrainingModel:
                 values[node.name] = np.asarray(node.attrs["value"], np.float32)
         for name, view in self._views.items():
             view[...] = values[name]
+        if not self.memory.host:
+            self.memory.write(self.flat_params, self._host_params)
         self._fixed = {k: v.copy() for k, v in values.items() if k not in self._views}
         self._refresh()
 
@@ -146,6 +161,9 @@ class TrainingModel:
         started from the same parameters, takes the same step; a model compiled with
         ``sync_bn_replicas`` averages its batch statistics over them as it goes."""
         size = 1 if replicas is None else replicas.size
+        if replicas is not None and not self.memory.host:
+            raise TrainingError("data-parallel replicas average host arrays; this model's "
+                                "kernels run on a GPU target (train replicas on the CPU)")
         if self.sync_bn_replicas > 1 and size != self.sync_bn_replicas:
             raise TrainingError(f"this model's batch norm is synchronized over "
                                 f"{self.sync_bn_replicas} replicas, not {size}")
@@ -281,7 +299,8 @@ class TrainingModel:
         """The loss on a batch and its gradient with respect to each trainable parameter (by
         name, the parameter's shape); the parameters are left as they are."""
         loss = self._run(x, y)
-        return loss, {n: v.copy() for n, v in self._grad_views.items()}
+        grads = self.memory.download(self.flat_grads)  # on the host: the buffer itself
+        return loss, {n: _at(grads, *self._offsets[n]).copy() for n in self.trainable}
 
     def train_step(self, x: Any, y: Any, lr: float | None = None, *, first: int = 0,
                    global_batch: int | None = None) -> float:
@@ -309,6 +328,8 @@ class TrainingModel:
                 start += value.size
         self._fixed.update(stats)
         self.optimizer.update(self.flat_params, self.flat_grads, lr, norm=self._grad_norm)
+        if not self.memory.host:  # the packers read the host's copy
+            self._host_params[...] = self.memory.download(self.flat_params)
         self.steps_taken += 1
 
     def input_gradient(self, x: Any, y: Any) -> Any:
@@ -341,7 +362,7 @@ class TrainingModel:
         """Everything a resumed run needs besides the data order: the parameters (under their
         names), the optimizer's buffers and step count, and the steps taken."""
         state = {f"param/{k}": v for k, v in self.params.items()}
-        state.update({f"optimizer/{k}": v for k, v in self.optimizer.state.items()})
+        state.update({f"optimizer/{k}": v for k, v in self.optimizer.host_state().items()})
         state["optimizer_steps"] = np.array(self.optimizer.step_count)
         state["steps_taken"] = np.array(self.steps_taken)
         state["network"] = np.array(self.graph.name)
@@ -365,7 +386,7 @@ class TrainingModel:
                 raise TrainingError(f"{source}: optimizer buffer {k} has {v.size} values, the "
                                     f"network {self.flat_params.size} trainable parameters")
         self.set_params(params)
-        self.optimizer.state = buffers
+        self.optimizer.set_state(buffers)
         self.optimizer.step_count = int(state["optimizer_steps"])
         self.steps_taken = int(state["steps_taken"])
 
@@ -459,7 +480,13 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         if not grads:
             raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
                                 "parameter reaches the loss (all frozen?)")
-        plan = lower_graph(tg, cache_dir=cache_dir, progress=progress,
+        backend = None
+        if target.cuda:  # one CUDA module: the optimizer's kernels, then the graph's
+            backend = CudaBackend(Path(cache_dir) if cache_dir is not None else None,
+                                  f"train_{graph.name}",
+                                  device="gpu" if target.backend == "cuda" else "emulate")
+            opt.load(backend)
+        plan = lower_graph(tg, cache_dir=cache_dir, progress=progress, backend=backend,
                            together=list(grads.values()))
         if dump_ir is not None:
             write_memory_plan(Path(dump_ir), len(records), plan.dump())
