@@ -42,7 +42,7 @@ from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 from .replicas import Replicas
 
-__all__ = ["Executor", "Arena", "SERIAL_WORK", "call_all"]
+__all__ = ["Executor", "Arena", "SERIAL_WORK", "call_all", "flat_input"]
 
 #: Multiply-accumulates of a whole call below which its kernels run on one thread.
 SERIAL_WORK = 4_000_000
@@ -216,10 +216,11 @@ class Executor:
         return arena
 
     def uploaded(self, inputs: Mapping[int, np.ndarray]) -> Mapping[int, Any]:
-        """The caller's flat input arrays in the plan's memory."""
+        """The caller's flat input arrays in the plan's memory (an array already there, a
+        caller's CuPy array, is read where it lies)."""
         if self.memory.host:
             return inputs
-        return {k: self.memory.upload(v) for k, v in inputs.items()}
+        return {k: v if self.memory.owns(v) else self.memory.upload(v) for k, v in inputs.items()}
 
     def run(self, inputs: Mapping[int, np.ndarray], n: int) -> Arena:
         """Run every step on flat float32 inputs by graph-input node id; the outputs are in
@@ -294,6 +295,14 @@ class Executor:
         if buf is None:
             return inputs[self.plan.buffers.root(node)]
         return self.memory.download(buf)
+
+
+def flat_input(a: Any) -> Any:
+    """A caller's input array as the flat contiguous array the kernels index: a view where it
+    is contiguous (a NumPy array, or a GPU's array, which stays on its device)."""
+    if isinstance(a, np.ndarray):
+        return np.ascontiguousarray(a).reshape(-1)
+    return a.reshape(-1)
 
 
 def call_all(calls, inputs: Mapping[int, np.ndarray]) -> None:

@@ -66,7 +66,7 @@ from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.passes.manager import write_memory_plan
 from ..compiler.plan import Plan
 from ..compiler.target import Target
-from .executor import Executor
+from .executor import Executor, flat_input
 from .optim import Optimizer, OptimizerError
 from .reference import InputError, check_inputs
 from .replicas import Replicas
@@ -186,7 +186,7 @@ class TrainingModel:
         dict by output name (an array alone goes to every term that takes labels)."""
         names = self._labels_inputs
         if not isinstance(y, Mapping):
-            return {name: np.asarray(y) for name in names}
+            return {name: self._host(y) for name in names}
         if names == [LABELS]:
             raise TrainingError("this training model has one loss: pass its labels as an array")
         by_output = {name[len(LABELS) + 1:]: name for name in names}
@@ -195,7 +195,14 @@ class TrainingModel:
         if unknown or missing:
             raise TrainingError(f"labels are needed for outputs {', '.join(by_output)}; got "
                                 f"{', '.join(map(str, y)) or 'none'}")
-        return {by_output[k]: np.asarray(v) for k, v in y.items()}
+        return {by_output[k]: self._host(v) for k, v in y.items()}
+
+    def _host(self, a: Any) -> np.ndarray:
+        """Labels as a host array (a GPU's array is downloaded: they are checked against the
+        classes on the host, and are small beside the images)."""
+        if not self.memory.host and self.memory.owns(a):
+            return self.memory.download(a)
+        return np.asarray(a)
 
     def _feed(self, x: Any, y: Any, first: int = 0) -> tuple[dict[int, np.ndarray], int]:
         inputs = dict(x) if isinstance(x, Mapping) else None
@@ -211,14 +218,14 @@ class TrainingModel:
             if labels.dtype.kind not in "iuf":
                 raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
             inputs[name] = labels.astype(np.float32)
-        n = check_inputs(self.plan.graph, inputs, dtypes=(np.float32,))
+        n = check_inputs(self.plan.graph, inputs, dtypes=(np.float32,),
+                         device=None if self.memory.host else self.memory.owns)
         for name in self._labels_inputs:
             try:
                 check_labels_input(self.plan.graph, name, inputs[name])
             except ShapeError as e:
                 raise TrainingError(f"{name}: {e}" if name != LABELS else str(e)) from None
-        flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
-                for name, nid in self.plan.graph.inputs.items()}
+        flat = {nid: flat_input(inputs[name]) for name, nid in self.plan.graph.inputs.items()}
         return flat, n
 
     def _run(self, x: Any, y: Any, after: Callable[[int, Any], bool] | None = None,
@@ -297,7 +304,9 @@ class TrainingModel:
 
     def loss_and_grads(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
         """The loss on a batch and its gradient with respect to each trainable parameter (by
-        name, the parameter's shape); the parameters are left as they are."""
+        name, the parameter's shape; host NumPy arrays on every target); the parameters are
+        left as they are. On a GPU target ``x`` may be a CuPy array (read on the device), and
+        ``y`` too (labels are downloaded: they are checked on the host)."""
         loss = self._run(x, y)
         grads = self.memory.download(self.flat_grads)  # on the host: the buffer itself
         return loss, {n: _at(grads, *self._offsets[n]).copy() for n in self.trainable}
@@ -468,6 +477,9 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
             raise TrainingError("label_smoothing is an option of loss 'cross_entropy'; with "
                                 "several terms give it in each term's options")
         attrs["label_smoothing"] = label_smoothing
+    if target.cuda and sync_bn_replicas > 1:
+        raise TrainingError(f"sync_bn_replicas needs data-parallel replicas, which average "
+                            f"host arrays; target {target} runs its kernels on a GPU")
     try:
         opt = Optimizer(optimizer, lr, momentum, nesterov, weight_decay, tuple(betas), eps,
                         clip_norm, cache_dir=cache_dir)
