@@ -495,7 +495,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         backend = None
         if target.cuda:  # one CUDA module: the optimizer's kernels, then the graph's
             backend = CudaBackend(Path(cache_dir) if cache_dir is not None else None,
-                                  f"train_{graph.name}",
+                                  f"model_{graph.name}",
                                   device="gpu" if target.backend == "cuda" else "emulate")
             opt.load(backend)
         plan = lower_graph(tg, cache_dir=cache_dir, progress=progress, backend=backend,

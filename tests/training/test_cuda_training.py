@@ -1,7 +1,8 @@
 """Training on the GPU targets, run through the CPU emulation of the generated CUDA module
 (``cuda-emu``): a small ResNet's ``loss_and_grads`` against the CPU target's and the float64
 reference's, in every thread order; ``train_step``s against the CPU's; every step of training
-graphs (dropout's int64 hash among them) within its error bound; the refusals."""
+graphs (dropout's int64 hash among them) within its error bound; the modules through NVRTC;
+the refusals."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import cnnc
 from cnnc.compiler.backends.cuda.emulate import ORDERS, compiler_path
 from cnnc.compiler.backends.cuda.memory import EmulatedArray
+from cnnc.compiler.backends.cuda.nvrtc import COMPILE_OPTIONS, nvrtc_compile, nvrtc_library
 from cnnc.runtime.check import check_plan, format_rows
 from cnnc.runtime.reference import run_reference
 from cnnc.runtime.train import TrainingError
@@ -19,6 +21,14 @@ from .test_backward_kernels import SIAMESE, WIDE, random_params, training_feed
 
 pytestmark = pytest.mark.skipif(compiler_path() is None,
                                 reason="no C++ compiler (g++/clang++) for the CUDA emulation")
+needs_nvrtc = pytest.mark.skipif(nvrtc_library() is None,
+                                 reason="NVRTC is not installed (pip install nvidia-cuda-nvrtc)")
+
+
+def nvrtc_front_end(source: str) -> None:
+    """Compile a module through NVRTC's front end and NVVM (PTX for compute_80, unoptimized:
+    about a second; ``test_cuda_zoo.py`` builds whole modules down to machine code)."""
+    nvrtc_compile(source, "compute_80", "train.cu", COMPILE_OPTIONS + ("-G",))
 
 # A small ResNet: a strided stem convolution, batch norm in training, max pooling, a basic
 # block (residual add) and a downsampling one (strided 3x3 and 1x1 shortcut), global average
@@ -84,6 +94,12 @@ def test_the_kernels_are_cuda_and_the_buffers_on_the_emulated_gpu(resnet):
     for buf in (emu.flat_params, emu.flat_grads):
         assert isinstance(buf, EmulatedArray)
     assert {s.lowering for s in emu.plan.steps if s.op == "conv_weight_grad"} == {"gemm"}
+
+
+@needs_nvrtc
+def test_the_training_module_compiles_for_a_gpu(resnet):
+    emu, *_ = resnet
+    nvrtc_front_end(emu.plan.listing)
 
 
 def test_loss_and_grads_equal_the_cpus_in_every_thread_order(resnet):
@@ -203,6 +219,8 @@ def test_every_training_op_runs_as_cuda_within_its_error_bound(source, batch, tm
     if "dropout" in source:
         assert "dropout_train" in {r.op for r in rows}
         assert "const long long* x1" in tm.plan.listing
+    if nvrtc_library() is not None:
+        nvrtc_front_end(tm.plan.listing)
 
 
 class Alone:
