@@ -213,7 +213,10 @@ class TrainingModel:
                                     f"{', '.join(names)}: pass a dict keyed by input name")
             inputs = {names[0]: x}
         if DROPOUT_SEED in self.plan.graph.inputs:
-            inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken, first], np.int64)
+            # the hash takes the seed modulo 2^32 first: reduced here, so that no kernel takes
+            # the remainder of a negative seed (C's % keeps its sign, Python's does not)
+            inputs[DROPOUT_SEED] = np.array([self.seed % 2**32, self.steps_taken, first],
+                                            np.int64)
         for name, labels in self._labels(y).items():
             if labels.dtype.kind not in "iuf":
                 raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
