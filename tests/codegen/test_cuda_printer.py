@@ -217,6 +217,13 @@ def test_launch_refuses_wrong_arguments():
         launcher(np.zeros(3, np.float32))
     with pytest.raises(TypeError, match="flat float32"):
         launcher(np.zeros(3), np.zeros(3, np.float32), 3)
+    scaled = Kernel("scaled", [Param("x"), Param("s", "float"), Param("seed", "int_array")],
+                    [Store("x", Const(0), Var("s"))])
+    launcher = Launcher(scaled, lambda: pytest.fail("must not launch"))
+    with pytest.raises(TypeError, match="s must be a real number, got str"):
+        launcher(np.zeros(3, np.float32), "0.5", np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="seed must be a flat int64 array, got float32"):
+        launcher(np.zeros(3, np.float32), 0.5, np.zeros(3, np.float32))
 
 
 @needs_cxx

@@ -119,9 +119,9 @@ class KernelModule(Protocol):
 
 @dataclass
 class Launcher:
-    """One kernel of a module, called like the Numba kernels: ``launcher(*args)``, arrays and
-    integers in the kernel's parameter order. ``module()`` gives the compiled module (built on
-    the first launch)."""
+    """One kernel of a module, called like the Numba kernels: ``launcher(*args)``, device
+    arrays, integers and floats in the kernel's parameter order (the module docstring).
+    ``module()`` gives the compiled module (built on the first launch)."""
 
     kernel: Kernel
     module: Any  # () -> KernelModule
