@@ -46,7 +46,7 @@ from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 from .replicas import Replicas
 
-__all__ = ["Executor", "Arena", "SERIAL_WORK", "TaskRange", "PythonCall"]
+__all__ = ["Executor", "Arena", "SERIAL_WORK", "TaskRange", "PythonCall", "flat_input"]
 
 #: Multiply-accumulates of a whole call below which its kernels run on one thread.
 SERIAL_WORK = 4_000_000
@@ -204,21 +204,22 @@ class Executor:
     """Runs a :class:`~cnnc.compiler.plan.Plan` with its kernels, in the plan's memory."""
 
     def __init__(self, plan: Plan, slots: Mapping[int, np.ndarray] | None = None) -> None:
-        """``slots``: the caller's float32 buffers of whole-batch slots, by slot index (NumPy
-        arrays: a plan whose kernels run in another memory takes none)."""
+        """``slots``: the caller's float32 buffers of whole-batch slots, by slot index, in the
+        plan's memory (NumPy arrays, or a GPU's: the training model's flat gradients)."""
         self.plan = plan
         self.memory = plan.memory
         self.macs_per_image = count_macs(plan.graph)  # small calls run on one thread
         self.consts: list[dict[str, Any]] = [{} for _ in plan.steps]
         self.arenas: dict[int, Arena] = {}
         self.slots = dict(slots or {})
-        if self.slots and not self.memory.host:
-            raise ValueError("the caller's buffers are host arrays; this plan's kernels run in "
-                             "another memory")
         self.replicas: Replicas | None = None
         for i, buf in self.slots.items():
+            if isinstance(buf, np.ndarray) != self.memory.host:
+                raise ValueError(f"slot {i}: a {type(buf).__name__}, not an array of the memory "
+                                 "this plan's kernels run in")
             if i not in plan.buffers.unbatched or buf.dtype != np.float32 or \
-                    buf.shape != (plan.buffers.slot_sizes[i],) or not buf.flags.c_contiguous:
+                    buf.shape != (plan.buffers.slot_sizes[i],) or \
+                    (self.memory.host and not buf.flags.c_contiguous):
                 raise ValueError(f"slot {i}: a buffer of {plan.buffers.slot_sizes[i]} float32 "
                                  f"for a whole-batch slot, got {buf.dtype} {buf.shape}")
 
@@ -280,10 +281,11 @@ class Executor:
         return arena
 
     def uploaded(self, inputs: Mapping[int, np.ndarray]) -> Mapping[int, Any]:
-        """The caller's flat input arrays in the plan's memory."""
+        """The caller's flat input arrays in the plan's memory (an array already there, a
+        caller's CuPy array, is read where it lies)."""
         if self.memory.host:
             return inputs
-        return {k: self.memory.upload(v) for k, v in inputs.items()}
+        return {k: v if self.memory.owns(v) else self.memory.upload(v) for k, v in inputs.items()}
 
     def run(self, inputs: Mapping[int, np.ndarray], n: int) -> Arena:
         """Run every step on flat float32 inputs by graph-input node id; the outputs are in
@@ -358,3 +360,11 @@ class Executor:
         if buf is None:
             return inputs[self.plan.buffers.root(node)]
         return self.memory.download(buf)
+
+
+def flat_input(a: Any) -> Any:
+    """A caller's input array as the flat contiguous array the kernels index: a view where it
+    is contiguous (a NumPy array, or a GPU's array, which stays on its device)."""
+    if isinstance(a, np.ndarray):
+        return np.ascontiguousarray(a).reshape(-1)
+    return a.reshape(-1)

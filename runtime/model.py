@@ -33,7 +33,7 @@ from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
 from .autotune import Autotuner
-from .executor import Executor
+from .executor import Executor, flat_input
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
 from .train import TrainingModel, compile_training
@@ -164,15 +164,22 @@ class CompiledModel:
             check_numerics: bool = False) -> dict[str, Any]:
         """Run on named inputs; returns every output by name.
 
+        On a GPU target (``cuda``) an input may be a CuPy array: the kernels read it on the
+        device where it lies (checked for shape and dtype, not scanned for NaN). If any input
+        is, the outputs are CuPy arrays on the device too (copies, or with ``copy=False`` views
+        of the model's buffers, valid until its next call); otherwise NumPy arrays.
+
         ``check_numerics``: look at every step's output as it is produced and raise
         :class:`NumericsError` at the first one (in execution order) holding NaN or Inf, naming
         its layer, op, DSL location and the count of bad values. Off by default, and then it
         costs nothing: the plain run never looks at the values."""
-        n = check_inputs(self.graph, inputs, dtypes=(np.float32,))
+        memory = self.executor.memory
+        n = check_inputs(self.graph, inputs, dtypes=(np.float32,),
+                         device=None if memory.host else memory.owns)
         self._check_memory(n)
         graph = self.plan.graph
-        flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
-                for name, nid in graph.inputs.items()}
+        flat = {nid: flat_input(inputs[name]) for name, nid in graph.inputs.items()}
+        on_device = not memory.host and any(memory.owns(v) for v in flat.values())
         if check_numerics:
             arena = self.executor.run_watched(flat, n, lambda i, a: self._raise_nonfinite(
                 self.steps[i], a, flat))
@@ -181,10 +188,26 @@ class CompiledModel:
         result = {}
         for name, nid in graph.outputs.items():
             shape = (n,) + graph.node(nid).type.shape
+            if on_device:
+                result[name] = self._device_output(arena, flat, nid, shape, copy)
+                continue
             v = self.executor.output(arena, flat, nid).reshape(shape)
             # a device's value is downloaded: a copy already
-            result[name] = v.copy() if copy and self.executor.memory.host else v
+            result[name] = v.copy() if copy and memory.host else v
         return result
+
+    def _device_output(self, arena: Any, flat: Mapping[int, Any], nid: int,
+                       shape: tuple[int, ...], copy: bool) -> Any:
+        """Output ``nid`` as an array of the GPU's memory, of ``shape``: its plain buffer as
+        it lies (a copy unless ``copy`` is False), or a graph input as given."""
+        buf = arena.value(self.plan, nid)
+        if buf is None:
+            return flat[self.plan.buffers.root(nid)].reshape(shape)
+        if self.plan.buffers.storage.get(nid) is not None:  # not plain NCHW: moved through
+            host = self.executor.value(arena, flat, nid)
+            return self.executor.memory.upload(host).reshape(shape)
+        v = buf[: int(np.prod(shape))].reshape(shape)
+        return v.copy() if copy else v
 
     def _raise_nonfinite(self, step: Any, arena: Any, flat: Mapping[int, np.ndarray]) -> bool:
         """Raise NumericsError when ``step``'s output holds NaN or Inf (views: never)."""
@@ -199,13 +222,17 @@ class CompiledModel:
                             int(value.size), fused="+" in step.op)
 
     def __call__(self, x: Any) -> Any:
-        """``model(x)`` or ``model({"name": x})``: an array for one output, else a dict. An
-        output ``nms`` makes comes back as its list of boxes per image (``detections``: the
-        padded rows without the padding); ``run`` returns the padded array."""
+        """``model(x)`` or ``model({"name": x})``: an array for one output, else a dict (NumPy
+        arrays, or CuPy arrays where a CuPy array went in: ``run``). An output ``nms`` makes
+        comes back as its list of boxes per image (``detections``: the padded rows without the
+        padding); ``run`` returns the padded array."""
         out = self.run(self._as_inputs(x))
         for name, nid in self.graph.outputs.items():
             if self.graph.node(nid).op == "nms":
-                out[name] = detections(out[name])
+                value = out[name]
+                if not isinstance(value, np.ndarray):  # a device's: boxes are host lists
+                    value = self.executor.memory.download(value)
+                out[name] = detections(value)
         return next(iter(out.values())) if len(out) == 1 else out
 
     def warm_up(self) -> None:
@@ -425,8 +452,6 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         except OptionError as e:
             raise ModelError(str(e)) from None
     if mode == "train":
-        if cpu.cuda:
-            raise ModelError(f"mode='train' runs on the CPU only so far, not target {target!r}")
         if autotune:
             raise ModelError("mode='train' takes no autotune option yet")
         if layout not in LAYOUT_CHOICES:

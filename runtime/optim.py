@@ -11,7 +11,10 @@ buffer (the layout data-parallel training will all-reduce), with PyTorch's updat
 Gradient clipping by global norm (``torch.nn.utils.clip_grad_norm_``) first scales g by
 ``min(1, clip / (norm + 1e-6))``. Each update is one generated kernel over the whole buffers
 (``compiler/kernels/optimizer.py``: one per kind, the learning rate and the step's scalars as
-run-time arguments), and the global norm another: no per-parameter or per-op Python work.
+run-time arguments), and the global norm another: no per-parameter or per-op Python work. On a
+GPU target (``Optimizer.load`` with the model's CUDA backend) the kernels are CUDA kernels of
+the model's module and the buffers (parameters, gradients, the optimizer's state) the GPU's:
+an update moves nothing between host and device but the gradients' per-block norms.
 Schedules give the learning rate of step ``t`` of ``total``: constant, ``step`` (times
 ``gamma`` every ``step_size`` steps) or ``cosine`` (to 0 at the end), after a linear warm-up.
 """
@@ -26,8 +29,17 @@ from typing import Any
 
 import numpy as np
 
+from ..compiler.backends import HOST, Memory
+from ..compiler.backends.cuda.loader import CudaBackend
+from ..compiler.backends.numba.loader import NumbaBackend
 from ..compiler.kernels.kernel_ir import Kernel
-from ..compiler.kernels.optimizer import UPDATE_KERNELS, block_count, block_norms_kernel
+from ..compiler.kernels.optimizer import (
+    GPU_UPDATE_BLOCK,
+    UPDATE_BLOCK,
+    UPDATE_KERNELS,
+    block_count,
+    block_norms_kernel,
+)
 from ..compiler.lower import load_kernel
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -49,10 +61,11 @@ SCALARS: dict[str, Callable[[Any], Any]] = {"float": np.float32, "int": int}
 class BoundKernel:
     """A loaded kernel called with its arguments by parameter name (the builder's names)."""
 
-    def __init__(self, kernel: Kernel, cache_dir: str | Path | None) -> None:
+    def __init__(self, kernel: Kernel, cache_dir: str | Path | None,
+                 backend: NumbaBackend | CudaBackend | None = None) -> None:
         self.names = [p.name for p in kernel.params]
         self.kinds = {p.name: p.kind for p in kernel.params}
-        self.fn: Callable[..., Any] = load_kernel(kernel, cache_dir=cache_dir)
+        self.fn: Callable[..., Any] = load_kernel(kernel, cache_dir=cache_dir, backend=backend)
 
     def __call__(self, **args: Any) -> None:
         self.fn(*(SCALARS.get(self.kinds[n], _flat)(args[n]) for n in self.names))
@@ -63,9 +76,11 @@ class BoundKernel:
                 for n, k in self.kinds.items()})
 
 
-def _flat(a: np.ndarray) -> np.ndarray:
-    """``a``, refused unless it is a flat contiguous float32 buffer (what the kernels index)."""
-    if a.dtype != np.float32 or not a.flags.c_contiguous or a.ndim != 1:
+def _flat(a: Any) -> Any:
+    """``a``, refused unless it is a flat contiguous float32 buffer (what the kernels index; a
+    device array is contiguous when flat)."""
+    if a.dtype != np.float32 or a.ndim != 1 or \
+            (isinstance(a, np.ndarray) and not a.flags.c_contiguous):
         raise OptimizerError(f"optimizer buffers are flat contiguous float32, got {a.dtype} "
                              f"{a.shape}")
     return a
@@ -73,7 +88,8 @@ def _flat(a: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Optimizer:
-    """One optimizer's settings and state (``state`` holds its flat buffers by name)."""
+    """One optimizer's settings and state (``state`` holds its flat buffers by name, in
+    ``memory``: the host's, or the GPU's after :meth:`load`)."""
 
     kind: str = "sgd"
     lr: float = 0.01
@@ -86,6 +102,7 @@ class Optimizer:
     step_count: int = 0
     state: dict[str, np.ndarray] = field(default_factory=dict)
     cache_dir: str | Path | None = field(default=None, repr=False, compare=False)
+    memory: Memory = field(default=HOST, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind not in OPTIMIZERS:
@@ -103,6 +120,7 @@ class Optimizer:
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise OptimizerError(f"clip_norm must be positive, got {self.clip_norm!r}")
         self._kernels: tuple[BoundKernel, BoundKernel] | None = None
+        self._backend: CudaBackend | None = None
 
     @property
     def kernel_name(self) -> str:
@@ -111,12 +129,23 @@ class Optimizer:
             return "sgd_momentum" if self.momentum else "sgd"
         return "adam"
 
+    def load(self, backend: CudaBackend) -> None:
+        """Put the kernels in ``backend``'s CUDA module (before it is printed: the model's
+        lowering prints it) and keep the buffers in its memory, the GPU's."""
+        if self._kernels is not None:
+            raise OptimizerError("the optimizer's kernels are loaded already")
+        self._backend = backend
+        self.memory = backend.memory
+        self.kernels()
+
     def kernels(self) -> tuple[BoundKernel, BoundKernel]:
-        """The update kernel and the gradient norm kernel, loaded (from the cache under
-        ``cache_dir``) at the first call."""
+        """The update kernel and the gradient norm kernel, loaded (Numba's from the cache under
+        ``cache_dir``; or added to the CUDA module given to :meth:`load`) at the first call."""
         if self._kernels is None:
-            self._kernels = (BoundKernel(UPDATE_KERNELS[self.kernel_name](), self.cache_dir),
-                             BoundKernel(block_norms_kernel(), self.cache_dir))
+            block = UPDATE_BLOCK if self._backend is None else GPU_UPDATE_BLOCK
+            self._kernels = (BoundKernel(UPDATE_KERNELS[self.kernel_name](block),
+                                         self.cache_dir, self._backend),
+                             BoundKernel(block_norms_kernel(), self.cache_dir, self._backend))
         return self._kernels
 
     def compile(self) -> None:
@@ -124,16 +153,19 @@ class Optimizer:
         for kernel in self.kernels():
             kernel.compile()
 
-    def gradient_norm(self, grads: np.ndarray) -> float:
-        """The global 2-norm of the flat gradients (non-finite if any gradient is)."""
-        norms = np.empty(block_count(grads.size), np.float32)
+    def gradient_norm(self, grads: Any) -> float:
+        """The global 2-norm of the flat gradients (non-finite if any gradient is); on a GPU
+        only the per-block norms come back to the host."""
+        norms = self.memory.empty(block_count(grads.size))
         self.kernels()[1](g=grads, norms=norms, n=grads.size)
-        return math.sqrt(float(np.dot(norms.astype(np.float64), norms)))
+        host = self.memory.download(norms)
+        return math.sqrt(float(np.dot(host.astype(np.float64), host)))
 
-    def update(self, params: np.ndarray, grads: np.ndarray, lr: float | None = None,
+    def update(self, params: Any, grads: Any, lr: float | None = None,
                norm: float | None = None) -> None:
-        """One step over the flat float32 buffers, ``params`` in place (``grads`` is only
-        read); ``norm``: the gradients' global norm where the caller has it (clipping)."""
+        """One step over the flat float32 buffers (in :attr:`memory`), ``params`` in place
+        (``grads`` is only read); ``norm``: the gradients' global norm where the caller has it
+        (clipping)."""
         lr = self.lr if lr is None else lr
         self.step_count += 1
         scale = 1.0
@@ -145,19 +177,35 @@ class Optimizer:
         if self.kind == "sgd" and not self.momentum:
             update(**common, lr=lr, weight_decay=self.weight_decay)
         elif self.kind == "sgd":
-            buf = self.state.setdefault("momentum", np.zeros_like(params))
+            buf = self._buffer("momentum", params.size)
             update(**common, buf=buf, lr=lr, weight_decay=self.weight_decay,
                    momentum=self.momentum, nesterov=int(self.nesterov))
         else:
             b1, b2 = self.betas
             t = self.step_count
             decoupled = self.kind == "adamw"
-            update(**common, exp_avg=self.state.setdefault("exp_avg", np.zeros_like(params)),
-                   exp_avg_sq=self.state.setdefault("exp_avg_sq", np.zeros_like(params)),
+            update(**common, exp_avg=self._buffer("exp_avg", params.size),
+                   exp_avg_sq=self._buffer("exp_avg_sq", params.size),
                    step_size=lr / (1 - b1 ** t), bias2_sqrt=math.sqrt(1 - b2 ** t),
                    decay=1 - lr * self.weight_decay if decoupled else 1.0,
                    weight_decay=0.0 if decoupled else self.weight_decay,
                    beta1_weight=1 - b1, beta2=b2, beta2_weight=1 - b2, eps=self.eps)
+
+
+    def _buffer(self, name: str, size: int) -> Any:
+        """State buffer ``name`` (``size`` zeros in :attr:`memory` at its first use)."""
+        if name not in self.state:
+            self.state[name] = self.memory.zeros(size)
+        return self.state[name]
+
+    def host_state(self) -> dict[str, np.ndarray]:
+        """The state buffers as host arrays (copies where they live on a GPU)."""
+        return {k: np.array(self.memory.download(v), np.float32) for k, v in self.state.items()}
+
+    def set_state(self, buffers: dict[str, np.ndarray]) -> None:
+        """Replace the state buffers by host arrays (copied into :attr:`memory`)."""
+        self.state = {k: self.memory.upload(np.require(v, np.float32, ["C", "W"]).reshape(-1))
+                      for k, v in buffers.items()}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ semantics. It is the oracle for `cnnc check`, the tests and every optimization."
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +18,13 @@ class InputError(Exception):
 
 
 def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
-                 dtypes: tuple[type, ...] = (np.float32, np.float64)) -> int:
+                 dtypes: tuple[type, ...] = (np.float32, np.float64),
+                 device: Callable[[Any], bool] | None = None) -> int:
     """Validate the inputs by name, shape and dtype; returns the batch size.
+
+    ``device``: which arrays a GPU target's kernels read where they lie (its memory's
+    ``owns``: a caller's CuPy array); they are checked like NumPy arrays, except for NaN and
+    infinity (that would take a reduction on the device and a wait for it).
 
     An array in non-native byte order (a big-endian ``>f4`` read from a file) is refused with
     the conversion to make, not converted: this function only checks, and the CLI's loaders
@@ -39,8 +45,10 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
         x = inputs[name]
         want = graph.node(node_id).type.shape
         shape_txt = "N x " + " x ".join(map(str, want))
-        if not isinstance(x, np.ndarray):
-            raise InputError(f"input {name!r} must be a NumPy array of shape {shape_txt}, "
+        on_device = device is not None and not isinstance(x, np.ndarray) and device(x)
+        if not isinstance(x, np.ndarray) and not on_device:
+            kinds = "a NumPy or CuPy array" if device is not None else "a NumPy array"
+            raise InputError(f"input {name!r} must be {kinds} of shape {shape_txt}, "
                              f"got {type(x).__name__}")
         if not graph.node(node_id).type.batched:
             _check_whole_batch_input(name, x, graph.node(node_id).type)
@@ -64,7 +72,7 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
         batch = x.shape[0]
         if batch == 0:
             raise InputError(f"input {name!r} has batch size 0")
-        if not np.all(np.isfinite(x)):
+        if not on_device and not np.all(np.isfinite(x)):
             raise InputError(f"input {name!r} contains NaN or infinity")
     return batch or 1
 

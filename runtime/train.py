@@ -19,6 +19,16 @@ kernels' packed constants are refreshed from the new values (``Executor.set_para
 derived parameters, then each step's packer; kernels that read a parameter as it is read it
 in ``flat_params``).
 
+On a GPU target (``target="cuda"``, or ``"cuda-emu"``: the same CUDA source run on the CPU)
+every forward, backward and optimizer kernel is a CUDA kernel of the model's one module, and
+``flat_params``, ``flat_grads`` and the optimizer's state are arrays of the GPU's memory
+(``plan.memory``): a step uploads the batch, downloads the loss, the gradients' per-block norms
+and the running statistics, updates the parameters on the device, and brings them back to a
+host copy that the packers of the kernels' constants read (``_host_params``: ``params``,
+``save_weights`` and ``inference`` read it too), whose packed constants go up again.
+``loss_and_grads`` returns host NumPy values. Data-parallel replicas average host arrays: they
+are refused on a GPU target.
+
 Data-parallel training (``set_replicas``): between the pass that writes ``flat_grads`` and the
 update that reads it, the gradients, the loss and the running statistics are averaged over the
 replicas (``runtime/replicas.py``), each replica's weighted by its share of the global batch,
@@ -47,6 +57,7 @@ from ..compiler.autodiff import (
     trainable_params,
     update_outputs,
 )
+from ..compiler.backends.cuda.loader import CudaBackend
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
@@ -55,7 +66,7 @@ from ..compiler.passes import LoweringError, PassContext, optimize
 from ..compiler.passes.manager import write_memory_plan
 from ..compiler.plan import Plan
 from ..compiler.target import Target
-from .executor import Executor
+from .executor import Executor, flat_input
 from .optim import Optimizer, OptimizerError
 from .reference import InputError, check_inputs
 from .replicas import Replicas
@@ -91,13 +102,15 @@ class TrainingModel:
         # the layout of both flat buffers: where the memory plan put each gradient
         offsets = {n: plan.buffers.offset[g] for n, g in grads.items()}
         size = sum(int(np.prod(shapes[n])) for n in self.trainable)
-        self.flat_params = np.zeros(size, np.float32)
-        self.flat_grads = np.zeros_like(self.flat_params)
+        self.memory = plan.memory  # where the kernels run: the host's, or a GPU's
+        self.flat_params = self.memory.zeros(size)
+        self.flat_grads = self.memory.zeros(size)
+        # the parameters as the host sees them (on the host: flat_params itself)
+        self._host_params = self.flat_params if self.memory.host else np.zeros(size, np.float32)
         slot = plan.buffers.slot_of[next(iter(grads.values()))]
         self.executor = Executor(plan, slots={slot: self.flat_grads})
-        self._views = {n: _at(self.flat_params, offsets[n], shapes[n]) for n in self.trainable}
-        self._grad_views = {n: _at(self.flat_grads, offsets[n], shapes[n])
-                            for n in self.trainable}
+        self._offsets = {n: (offsets[n], shapes[n]) for n in self.trainable}
+        self._views = {n: _at(self._host_params, *self._offsets[n]) for n in self.trainable}
         self._grad_norm = 0.0  # of the last pass's gradients (clipping reads it)
         self._fixed: dict[str, np.ndarray] = {}
         self.updates = update_outputs(plan.graph)
@@ -133,6 +146,8 @@ class TrainingModel:
                 values[node.name] = np.asarray(node.attrs["value"], np.float32)
         for name, view in self._views.items():
             view[...] = values[name]
+        if not self.memory.host:
+            self.memory.write(self.flat_params, self._host_params)
         self._fixed = {k: v.copy() for k, v in values.items() if k not in self._views}
         self._refresh()
 
@@ -146,6 +161,9 @@ class TrainingModel:
         started from the same parameters, takes the same step; a model compiled with
         ``sync_bn_replicas`` averages its batch statistics over them as it goes."""
         size = 1 if replicas is None else replicas.size
+        if replicas is not None and not self.memory.host:
+            raise TrainingError("data-parallel replicas average host arrays; this model's "
+                                "kernels run on a GPU target (train replicas on the CPU)")
         if self.sync_bn_replicas > 1 and size != self.sync_bn_replicas:
             raise TrainingError(f"this model's batch norm is synchronized over "
                                 f"{self.sync_bn_replicas} replicas, not {size}")
@@ -168,7 +186,7 @@ class TrainingModel:
         dict by output name (an array alone goes to every term that takes labels)."""
         names = self._labels_inputs
         if not isinstance(y, Mapping):
-            return {name: np.asarray(y) for name in names}
+            return {name: self._host(y) for name in names}
         if names == [LABELS]:
             raise TrainingError("this training model has one loss: pass its labels as an array")
         by_output = {name[len(LABELS) + 1:]: name for name in names}
@@ -177,7 +195,14 @@ class TrainingModel:
         if unknown or missing:
             raise TrainingError(f"labels are needed for outputs {', '.join(by_output)}; got "
                                 f"{', '.join(map(str, y)) or 'none'}")
-        return {by_output[k]: np.asarray(v) for k, v in y.items()}
+        return {by_output[k]: self._host(v) for k, v in y.items()}
+
+    def _host(self, a: Any) -> np.ndarray:
+        """Labels as a host array (a GPU's array is downloaded: they are checked against the
+        classes on the host, and are small beside the images)."""
+        if not self.memory.host and self.memory.owns(a):
+            return self.memory.download(a)
+        return np.asarray(a)
 
     def _feed(self, x: Any, y: Any, first: int = 0) -> tuple[dict[int, np.ndarray], int]:
         inputs = dict(x) if isinstance(x, Mapping) else None
@@ -188,19 +213,22 @@ class TrainingModel:
                                     f"{', '.join(names)}: pass a dict keyed by input name")
             inputs = {names[0]: x}
         if DROPOUT_SEED in self.plan.graph.inputs:
-            inputs[DROPOUT_SEED] = np.array([self.seed, self.steps_taken, first], np.int64)
+            # the hash takes the seed modulo 2^32 first: reduced here, so that no kernel takes
+            # the remainder of a negative seed (C's % keeps its sign, Python's does not)
+            inputs[DROPOUT_SEED] = np.array([self.seed % 2**32, self.steps_taken, first],
+                                            np.int64)
         for name, labels in self._labels(y).items():
             if labels.dtype.kind not in "iuf":
                 raise TrainingError(f"labels must be numbers, got an array of {labels.dtype}")
             inputs[name] = labels.astype(np.float32)
-        n = check_inputs(self.plan.graph, inputs, dtypes=(np.float32,))
+        n = check_inputs(self.plan.graph, inputs, dtypes=(np.float32,),
+                         device=None if self.memory.host else self.memory.owns)
         for name in self._labels_inputs:
             try:
                 check_labels_input(self.plan.graph, name, inputs[name])
             except ShapeError as e:
                 raise TrainingError(f"{name}: {e}" if name != LABELS else str(e)) from None
-        flat = {nid: np.ascontiguousarray(inputs[name]).reshape(-1)
-                for name, nid in self.plan.graph.inputs.items()}
+        flat = {nid: flat_input(inputs[name]) for name, nid in self.plan.graph.inputs.items()}
         return flat, n
 
     def _run(self, x: Any, y: Any, after: Callable[[int, Any], bool] | None = None,
@@ -279,9 +307,12 @@ class TrainingModel:
 
     def loss_and_grads(self, x: Any, y: Any) -> tuple[float, dict[str, np.ndarray]]:
         """The loss on a batch and its gradient with respect to each trainable parameter (by
-        name, the parameter's shape); the parameters are left as they are."""
+        name, the parameter's shape; host NumPy arrays on every target); the parameters are
+        left as they are. On a GPU target ``x`` may be a CuPy array (read on the device), and
+        ``y`` too (labels are downloaded: they are checked on the host)."""
         loss = self._run(x, y)
-        return loss, {n: v.copy() for n, v in self._grad_views.items()}
+        grads = self.memory.download(self.flat_grads)  # on the host: the buffer itself
+        return loss, {n: _at(grads, *self._offsets[n]).copy() for n in self.trainable}
 
     def train_step(self, x: Any, y: Any, lr: float | None = None, *, first: int = 0,
                    global_batch: int | None = None) -> float:
@@ -309,6 +340,8 @@ class TrainingModel:
                 start += value.size
         self._fixed.update(stats)
         self.optimizer.update(self.flat_params, self.flat_grads, lr, norm=self._grad_norm)
+        if not self.memory.host:  # the packers read the host's copy
+            self._host_params[...] = self.memory.download(self.flat_params)
         self.steps_taken += 1
 
     def input_gradient(self, x: Any, y: Any) -> Any:
@@ -341,7 +374,7 @@ class TrainingModel:
         """Everything a resumed run needs besides the data order: the parameters (under their
         names), the optimizer's buffers and step count, and the steps taken."""
         state = {f"param/{k}": v for k, v in self.params.items()}
-        state.update({f"optimizer/{k}": v for k, v in self.optimizer.state.items()})
+        state.update({f"optimizer/{k}": v for k, v in self.optimizer.host_state().items()})
         state["optimizer_steps"] = np.array(self.optimizer.step_count)
         state["steps_taken"] = np.array(self.steps_taken)
         state["network"] = np.array(self.graph.name)
@@ -365,7 +398,7 @@ class TrainingModel:
                 raise TrainingError(f"{source}: optimizer buffer {k} has {v.size} values, the "
                                     f"network {self.flat_params.size} trainable parameters")
         self.set_params(params)
-        self.optimizer.state = buffers
+        self.optimizer.set_state(buffers)
         self.optimizer.step_count = int(state["optimizer_steps"])
         self.steps_taken = int(state["steps_taken"])
 
@@ -447,6 +480,9 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
             raise TrainingError("label_smoothing is an option of loss 'cross_entropy'; with "
                                 "several terms give it in each term's options")
         attrs["label_smoothing"] = label_smoothing
+    if target.cuda and sync_bn_replicas > 1:
+        raise TrainingError(f"sync_bn_replicas needs data-parallel replicas, which average "
+                            f"host arrays; target {target} runs its kernels on a GPU")
     try:
         opt = Optimizer(optimizer, lr, momentum, nesterov, weight_decay, tuple(betas), eps,
                         clip_norm, cache_dir=cache_dir)
@@ -459,7 +495,13 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         if not grads:
             raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
                                 "parameter reaches the loss (all frozen?)")
-        plan = lower_graph(tg, cache_dir=cache_dir, progress=progress,
+        backend = None
+        if target.cuda:  # one CUDA module: the optimizer's kernels, then the graph's
+            backend = CudaBackend(Path(cache_dir) if cache_dir is not None else None,
+                                  f"model_{graph.name}",
+                                  device="gpu" if target.backend == "cuda" else "emulate")
+            opt.load(backend)
+        plan = lower_graph(tg, cache_dir=cache_dir, progress=progress, backend=backend,
                            together=list(grads.values()))
         if dump_ir is not None:
             write_memory_plan(Path(dump_ir), len(records), plan.dump())

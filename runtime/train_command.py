@@ -49,8 +49,10 @@ from .shapes import CLASSES as SHAPES
 from .shapes import shapes_split
 from .weights import load_weights
 
-#: The targets training runs on (the CPU's, by vector width).
+#: The CPU targets (by vector width): the ones data-parallel ranks train on.
 CPU_TARGETS = ("cpu", "avx2", "avx512")
+#: The targets training runs on: the CPU's, and the GPU's (CuPy, or its CPU emulation).
+TARGETS = (*CPU_TARGETS, "cuda", "cuda-emu")
 
 
 def correct(model, x: np.ndarray, y: np.ndarray, batch: int) -> int:
@@ -202,6 +204,9 @@ def check_arguments(args: argparse.Namespace, ranks: int) -> None:
     if args.batch < ranks:
         raise CliError(f"--batch {args.batch} cannot be split between {ranks} ranks: each "
                        "needs at least one image")
+    if (ranks > 1 or args.sync_bn) and args.target not in CPU_TARGETS:
+        raise CliError(f"--ranks and --sync-bn train on the CPU targets; --target "
+                       f"{args.target} runs one process on a GPU")
     if args.save and not args.force:
         if Path(args.save).exists():
             raise CliError(f"{args.save} exists; pass --force to overwrite it")
@@ -339,9 +344,10 @@ def _configure_train(p: argparse.ArgumentParser, model_arg) -> None:
     p.add_argument("--crop", type=int, default=0, metavar="PIXELS",
                    help="augment: random crops of the image padded by PIXELS per side")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--target", choices=CPU_TARGETS, default="cpu",
+    p.add_argument("--target", choices=TARGETS, default="cpu",
                    help="the kernels' vector width: cpu (this machine's: 16 lanes with "
-                        "AVX-512, else 8; default), avx2 (8) or avx512 (16)")
+                        "AVX-512, else 8; default), avx2 (8) or avx512 (16); or cuda (an "
+                        "NVIDIA GPU through CuPy), cuda-emu (its CUDA on the CPU)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under MPI: batch norm's statistics over the global batch, averaged "
                         "between the ranks (PyTorch's SyncBatchNorm); each rank's own without")

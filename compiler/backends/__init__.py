@@ -46,6 +46,10 @@ class Memory(Protocol):
     def free_bytes(self) -> int | None:
         """Bytes a new allocation may take, or None where that is the host's memory."""
 
+    def owns(self, a: Any) -> bool:
+        """Whether ``a`` is an array of this memory (a kernel reads it where it lies: a
+        caller's CuPy array on a GPU target)."""
+
 
 class HostMemory:
     """NumPy arrays in the process's memory: uploading a flat contiguous array and downloading
@@ -70,6 +74,9 @@ class HostMemory:
 
     def free_bytes(self) -> int | None:
         return None
+
+    def owns(self, a: Any) -> bool:
+        return isinstance(a, np.ndarray)
 
 
 #: The memory of CPU kernels.

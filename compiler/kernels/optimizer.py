@@ -22,8 +22,9 @@ float64): the global norm that clipping scales by, and the step's check that eve
 finite, without a pass of NumPy over the buffer. The blocks are fixed, so the norm does not
 depend on the thread count.
 
-Each kernel is a parallel loop over blocks of ``UPDATE_BLOCK`` floats with a serial inner loop
-over one contiguous block (the loop LLVM vectorizes).
+Each update kernel is a parallel loop over blocks of ``block`` floats with a serial inner loop
+over one contiguous block: ``UPDATE_BLOCK`` on the CPU (the loop LLVM vectorizes), one on a GPU
+(``GPU_UPDATE_BLOCK``: a thread per float, neighbouring threads reading neighbouring floats).
 """
 
 from __future__ import annotations
@@ -48,11 +49,13 @@ from .kernel_ir import (
     cmp,
 )
 
-__all__ = ["UPDATE_BLOCK", "UPDATE_KERNELS", "block_count", "block_norms_kernel",
-           "sgd_kernel", "sgd_momentum_kernel", "adam_kernel"]
+__all__ = ["UPDATE_BLOCK", "GPU_UPDATE_BLOCK", "UPDATE_KERNELS", "block_count",
+           "block_norms_kernel", "sgd_kernel", "sgd_momentum_kernel", "adam_kernel"]
 
 #: Floats per task of the parallel loop, and per partial norm of ``block_norms``.
 UPDATE_BLOCK = 4096
+#: Floats per thread of a GPU's update kernels.
+GPU_UPDATE_BLOCK = 1
 
 N = Var("n")
 I = Var("i")  # noqa: E741 - the element's index
@@ -63,11 +66,11 @@ def block_count(n: int) -> int:
     return -(-n // UPDATE_BLOCK)
 
 
-def _over_blocks(body: list[Stmt]) -> Loop:
-    """``for b in prange(blocks): for i in <block b>: body``."""
-    inner = Loop("i", fmin(UPDATE_BLOCK, N - Var("start")), body, start=Var("start"))
-    return Loop("b", (N + (UPDATE_BLOCK - 1)) // UPDATE_BLOCK,
-                [Let("start", Var("b") * UPDATE_BLOCK), inner], kind="parallel")
+def _over_blocks(body: list[Stmt], block: int) -> Loop:
+    """``for b in prange(blocks): for i in <block b of block floats>: body``."""
+    inner = Loop("i", fmin(block, N - Var("start")), body, start=Var("start"))
+    return Loop("b", (N + (block - 1)) // block, [Let("start", Var("b") * block), inner],
+                kind="parallel")
 
 
 def _floats(*names: str) -> list[Param]:
@@ -83,15 +86,15 @@ def _decayed_gradient(p: Expr) -> Let:
     return Let("d", Load("g", I) * Var("scale") + Var("weight_decay") * p)
 
 
-def sgd_kernel() -> Kernel:
+def sgd_kernel(block: int = UPDATE_BLOCK) -> Kernel:
     """SGD without momentum (the module docstring)."""
     body: list[Stmt] = [Let("w", Load("p", I)), _decayed_gradient(Var("w")),
                         Store("p", I, Var("w") - Var("lr") * Var("d"))]
     return Kernel("sgd_update", _arrays("p", "g") + _floats("lr", "weight_decay", "scale")
-                  + [Param("n", "int")], [_over_blocks(body)], "SGD update (PyTorch's)")
+                  + [Param("n", "int")], [_over_blocks(body, block)], "SGD update (PyTorch's)")
 
 
-def sgd_momentum_kernel() -> Kernel:
+def sgd_momentum_kernel(block: int = UPDATE_BLOCK) -> Kernel:
     """SGD with momentum, Nesterov's or not (the module docstring)."""
     mu = Var("momentum")
     step = Select(cmp("!=", Var("nesterov"), 0), Var("d") + mu * Var("v"), Var("v"))
@@ -100,11 +103,11 @@ def sgd_momentum_kernel() -> Kernel:
                         Store("p", I, Var("w") - Var("lr") * step)]
     return Kernel("sgd_momentum_update",
                   _arrays("p", "g", "buf") + _floats("lr", "weight_decay", "momentum", "scale")
-                  + [Param("nesterov", "int"), Param("n", "int")], [_over_blocks(body)],
+                  + [Param("nesterov", "int"), Param("n", "int")], [_over_blocks(body, block)],
                   "SGD update with momentum (PyTorch's)")
 
 
-def adam_kernel() -> Kernel:
+def adam_kernel(block: int = UPDATE_BLOCK) -> Kernel:
     """Adam and AdamW (the module docstring)."""
     w1 = Var("beta1_weight")
     m, d = Var("m"), Var("d")
@@ -124,7 +127,7 @@ def adam_kernel() -> Kernel:
                   _arrays("p", "g", "exp_avg", "exp_avg_sq")
                   + _floats("step_size", "decay", "weight_decay", "beta1_weight", "beta2",
                             "beta2_weight", "bias2_sqrt", "eps", "scale") + [Param("n", "int")],
-                  [_over_blocks(body)], "Adam and AdamW update (PyTorch's)")
+                  [_over_blocks(body, block)], "Adam and AdamW update (PyTorch's)")
 
 
 #: Independent float64 sums per block of ``block_norms``: one chain of dependent additions
@@ -161,5 +164,5 @@ def block_norms_kernel() -> Kernel:
 
 
 #: The update kernels by name (``runtime/optim.py`` picks one per optimizer).
-UPDATE_KERNELS: dict[str, Callable[[], Kernel]] = {
+UPDATE_KERNELS: dict[str, Callable[[int], Kernel]] = {
     "sgd": sgd_kernel, "sgd_momentum": sgd_momentum_kernel, "adam": adam_kernel}

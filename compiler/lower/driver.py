@@ -389,10 +389,11 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
 
 
 def load_kernel(kernel: Kernel, *, cache_dir: str | Path | None = None,
-                backend: NumbaBackend | None = None) -> Callable[..., Any]:
+                backend: NumbaBackend | CudaBackend | None = None) -> Callable[..., Any]:
     """A kernel that is no node of a graph (the optimizer's updates of the flat parameter
     buffer), loaded like a per-model kernel from its shared cached module by the backend
-    (default: Numba's, caching under ``cache_dir``); Numba compiles it at its first call."""
+    (default: Numba's, caching under ``cache_dir``); Numba compiles it at its first call. A
+    CUDA backend puts it in its module (before the module is printed)."""
     if backend is None:
         backend = NumbaBackend(Path(cache_dir) if cache_dir is not None else None)
     return backend.load_shared(kernel)[0]

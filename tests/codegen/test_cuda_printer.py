@@ -14,11 +14,13 @@ from cnnc.compiler.backends.cuda.emulate import EmulatedModule, EmulationCrash, 
 from cnnc.compiler.backends.cuda.launch import THREADS_PER_BLOCK, Launcher, launch_shape
 from cnnc.compiler.backends.cuda.memory import EmulatedMemory
 from cnnc.compiler.backends.cuda.printer import print_kernel, print_module
+from cnnc.compiler.kernels.backward import mix32 as mix32_stmts
 from cnnc.compiler.kernels.kernel_ir import (
     F64,
     BinOp,
     Comment,
     Const,
+    Div,
     If,
     Kernel,
     Let,
@@ -34,7 +36,10 @@ from cnnc.compiler.kernels.kernel_ir import (
     VStore,
     call,
     cmp,
+    shr,
+    xor,
 )
+from cnnc.compiler.ops.tensor import mix32
 
 needs_cxx = pytest.mark.skipif(compiler_path() is None, reason="no C++ compiler (g++/clang++)")
 
@@ -112,6 +117,24 @@ def test_refusals_name_what_has_no_cuda_form():
     k.body.append(Store("y", Const(0), Const(0.0)))
     with pytest.raises(ValueError, match="after its parallel loop"):
         print_kernel(k)
+    with pytest.raises(TypeError, match=r"\^ on values of type float"):
+        print_kernel(elementwise(xor(Var("v"), 1)))
+
+
+def hash_kernel() -> Kernel:
+    """``y[i] = mix32(seeds[i] + 2^40) mod 2^32 / 2^32``: the dropout hash's int64 arithmetic
+    (``kernels.backward.mix32``) on an int64 array, a literal past 32 bits, ``^`` and ``>>``."""
+    body = [*mix32_stmts("h", Load("seeds", Var("i")) + 2**40),
+            Let("h", xor(Var("h"), shr(Var("h"), 3))),
+            Store("y", Var("i"), Div(call("f64", Var("h")), F64(2.0**32)))]
+    return Kernel("hash", [Param("seeds", "int_array"), Param("y"), Param("n", "int")],
+                  [Loop("i", Var("n"), body, kind="parallel")])
+
+
+def test_int64_values_print_as_long_long():
+    source = print_kernel(hash_kernel())
+    assert "const long long* seeds" in source and "long long h = " in source
+    assert "1099511627776LL" in source and "(h ^ (h >> 3))" in source
 
 
 # -- the numbers, through the emulation of the printed source --------------------------------
@@ -194,6 +217,13 @@ def test_launch_refuses_wrong_arguments():
         launcher(np.zeros(3, np.float32))
     with pytest.raises(TypeError, match="flat float32"):
         launcher(np.zeros(3), np.zeros(3, np.float32), 3)
+    scaled = Kernel("scaled", [Param("x"), Param("s", "float"), Param("seed", "int_array")],
+                    [Store("x", Const(0), Var("s"))])
+    launcher = Launcher(scaled, lambda: pytest.fail("must not launch"))
+    with pytest.raises(TypeError, match="s must be a real number, got str"):
+        launcher(np.zeros(3, np.float32), "0.5", np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="seed must be a flat int64 array, got float32"):
+        launcher(np.zeros(3, np.float32), 0.5, np.zeros(3, np.float32))
 
 
 @needs_cxx
@@ -226,3 +256,15 @@ def test_an_access_past_an_array_fails_its_launch_not_the_caller(tmp_path):
         Launcher(k, lambda: module)(x, y, 100)  # writes y[99]: past its end
     Launcher(k, lambda: module)(x, y, 99)
     np.testing.assert_array_equal(memory.download(y), np.arange(99))
+
+
+@needs_cxx
+def test_the_int64_hash_is_the_references(tmp_path):
+    """Seeds past 2^31 and near 2^63 - 2^40 (no product of the hash passes 2^49): the
+    emulated kernel's hash is NumPy's ``mix32`` on uint64 exactly."""
+    seeds = np.array([0, 1, 2**31 + 12345, 2**32 - 1, 2**62, 7 * 2**40 + 3], np.int64)
+    y = np.zeros(seeds.size, np.float32)
+    run(hash_kernel(), tmp_path, seeds, y, seeds.size)
+    h = mix32((seeds.astype(np.uint64) + np.uint64(2**40)) & np.uint64(2**32 - 1))
+    want = (h ^ (h >> np.uint64(3))).astype(np.float64) / 2.0**32
+    np.testing.assert_array_equal(y, want.astype(np.float32))

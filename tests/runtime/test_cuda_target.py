@@ -21,7 +21,7 @@ from cnnc.runtime.check import check_model
 from cnnc.runtime.cli import main
 from cnnc.runtime.model import ModelError, NumericsError
 from cnnc.runtime.model import compile as compile_model
-from cnnc.runtime.reference import run_reference
+from cnnc.runtime.reference import InputError, run_reference
 from cnnc.runtime.weights import init_params
 
 SMALL = """
@@ -93,13 +93,20 @@ def test_cli_checks_every_cuda_kernel_under_emulation(tmp_path, capsys):
 
 
 def emulated_cupy(root) -> types.SimpleNamespace:
-    """A stand-in for the part of CuPy's API the ``cuda`` target uses (arrays: ``zeros``,
-    ``empty``, ``asarray``, ``asnumpy``, slicing, ``set``; ``RawModule(code=...)`` and its
-    functions called as ``fn(grid, block, args)``; the device count and free memory), with a
-    GPU emulated on the CPU underneath: the module's source is compiled as the ``cuda-emu``
-    target compiles it, its kernels' parameters read from their printed signatures (and
-    whether their threads meet at barriers, from their bodies)."""
+    """A stand-in for the part of CuPy's API the ``cuda`` target uses (arrays: ``ndarray``,
+    ``zeros``, ``empty``, ``asarray`` (of the array's shape), ``asnumpy``, slicing,
+    ``reshape``, ``copy``, ``set``; ``RawModule(code=...)`` and its functions called as
+    ``fn(grid, block, args)`` with device arrays and NumPy scalars; the device count and free
+    memory), with a GPU emulated on the CPU underneath: the module's source is compiled as the
+    ``cuda-emu`` target compiles it, its kernels' parameters read from their printed
+    signatures (and whether their threads meet at barriers, from their bodies)."""
     memory = EmulatedMemory()
+
+    def kind(param: str) -> str:
+        """A parameter's kind from its printed declaration."""
+        if param.startswith(("int ", "float ")):
+            return param.split()[0]
+        return "int_array" if "long long*" in param else "array"
 
     class RawModule:
         def __init__(self, code: str, options: tuple[str, ...] = ()) -> None:
@@ -107,8 +114,7 @@ def emulated_cupy(root) -> types.SimpleNamespace:
             for name, params, body in re.findall(
                     r'extern "C" __global__ void (\w+)\(([^)]*)\) \{(.*?)\n\}', code, re.S):
                 self.kernels[name] = Kernel(name, [
-                    Param(p.split()[-1], "int") if p.startswith("int ") else
-                    Param(p.split()[-1]) for p in params.split(", ")],
+                    Param(p.split()[-1], kind(p)) for p in params.split(", ")],
                     [Barrier()] if "__syncthreads" in body else [])  # threads that meet
             self.module = EmulatedModule(code, list(self.kernels.values()), root)
 
@@ -116,15 +122,20 @@ def emulated_cupy(root) -> types.SimpleNamespace:
             kernel = self.kernels[name]
 
             def launch(grid, block, args):
-                assert all(isinstance(a, (EmulatedArray, np.int32)) for a in args)
+                assert all(isinstance(a, (EmulatedArray, np.int32, np.float32)) for a in args)
                 self.module.launch(name, grid[0], block[0], kernel, args)
             return launch
+
+    def asarray(a):
+        if isinstance(a, EmulatedArray):
+            return a
+        return memory.upload(a).reshape(np.shape(a))
 
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1,
                                     memGetInfo=lambda: (1 << 34, 1 << 35))
     return types.SimpleNamespace(
         zeros=lambda n, dtype: memory.zeros(n), empty=lambda n, dtype: memory.empty(n),
-        asarray=memory.upload, asnumpy=memory.download, int32=np.int32,
+        asarray=asarray, asnumpy=memory.download, int32=np.int32, ndarray=EmulatedArray,
         RawModule=RawModule, cuda=types.SimpleNamespace(runtime=runtime))
 
 
@@ -213,3 +224,63 @@ def test_cli_runs_a_model_on_the_emulated_gpu(tmp_path, capsys):
                         init_params(load_network(str(model)), 0))["logits"]
     got = np.load(tmp_path / "out.npz")["logits"]
     assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+@needs_cxx
+def test_cuda_target_takes_cupy_arrays_and_returns_them(tmp_path, monkeypatch):
+    """A CuPy input is read where it lies (nothing is uploaded at the call), and the outputs
+    come back as CuPy arrays of their shape (copies: the next call leaves them as they are),
+    equal to the NumPy call's; a CuPy input of the wrong shape is refused as a NumPy one is."""
+    cupy = emulated_cupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    model = compile_model(SMALL, target="cuda", cache_dir=tmp_path, seed=5)
+    x = np.random.default_rng(8).standard_normal((2, 3, 12, 10)).astype(np.float32)
+    want = model(x)
+    uploads = []
+    memory = model.executor.memory
+    monkeypatch.setattr(memory, "upload", lambda a: uploads.append(a) or cupy.asarray(a))
+    got = model(cupy.asarray(x))
+    assert isinstance(got, EmulatedArray) and got.shape == (2, 5) and not uploads
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)
+    model(cupy.asarray(np.zeros_like(x)))
+    np.testing.assert_array_equal(cupy.asnumpy(got), want)  # a copy, not the arena
+    with pytest.raises(InputError, match="has shape 2 x 3 x 10 x 12"):
+        model(cupy.asarray(x.transpose(0, 1, 3, 2).copy()))
+    with pytest.raises(InputError, match="NumPy or CuPy array"):
+        model([1.0])
+
+
+TRAIN_SMALL = """
+network small_train
+input image: 3 x 8 x 8
+image -> conv(4, 3, pad=1) -> batchnorm -> relu -> dropout(0.25) -> maxpool(2)
+      -> flatten -> dense(3) -> output logits
+"""
+
+
+@needs_cxx
+def test_training_on_the_cuda_target_through_cupy(tmp_path, monkeypatch):
+    """``mode="train"`` on ``target="cuda"``: every kernel (forward, backward with dropout's
+    int64 seed, Adam's update with its float arguments) launched through CuPy's module; CuPy
+    images and labels give the NumPy ones' loss and gradients bit for bit, as host arrays,
+    and train steps on the device give the same losses both ways."""
+    cupy = emulated_cupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    options = dict(mode="train", target="cuda", cache_dir=tmp_path, seed=1,
+                   loss="cross_entropy", optimizer="adam", lr=0.01)
+    tm = compile_model(TRAIN_SMALL, **options)
+    assert isinstance(tm.flat_params, EmulatedArray)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    y = np.array([0, 1, 2, 1])
+    loss, grads = tm.loss_and_grads(x, y)
+    loss_dev, grads_dev = tm.loss_and_grads(cupy.asarray(x), cupy.asarray(y))
+    assert loss_dev == loss
+    for name, g in grads.items():
+        assert type(grads_dev[name]) is np.ndarray
+        np.testing.assert_array_equal(grads_dev[name], g, err_msg=name)
+    again = compile_model(TRAIN_SMALL, **options)
+    for _ in range(3):
+        assert tm.train_step(cupy.asarray(x), cupy.asarray(y)) == again.train_step(x, y)
+    for name, v in tm.params.items():
+        np.testing.assert_array_equal(v, again.params[name], err_msg=name)

@@ -2,7 +2,8 @@
 against the textbook formulas in NumPy (float64) on random buffers of odd lengths (one element,
 less than a block, just over one and several blocks), three steps with a changing learning
 rate, with and without clipping; the gradient norm kernel against NumPy's norm; the kernels
-printed for CUDA."""
+printed for CUDA, and run on the emulated GPU (SGD with momentum, Adam, AdamW) against the
+formulas and the CPU's kernels."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import math
 import numpy as np
 import pytest
 
+from cnnc.compiler.backends.cuda.emulate import compiler_path
+from cnnc.compiler.backends.cuda.loader import CudaBackend
+from cnnc.compiler.backends.cuda.memory import EmulatedArray
 from cnnc.compiler.backends.cuda.printer import kernel_type_errors, print_kernel
 from cnnc.compiler.kernels.optimizer import UPDATE_KERNELS, block_norms_kernel
 from cnnc.runtime.optim import Optimizer, OptimizerError
@@ -115,10 +119,60 @@ def test_buffers_must_be_flat_float32():
 @pytest.mark.parametrize("build", [*UPDATE_KERNELS.values(), block_norms_kernel])
 def test_the_kernels_print_for_cuda_too(build):
     """Kernel IR like any other: the CUDA printer types and prints them (float scalars as
-    ``float`` arguments), for the day training runs on the GPU."""
+    ``float`` arguments)."""
     kernel = build()
     assert kernel_type_errors(kernel) is None
     source = print_kernel(kernel)
     assert f"void {kernel.name}(" in source
     floats = [p.name for p in kernel.params if p.kind == "float"]
     assert all(f"float {name}," in source for name in floats)
+
+
+EMULATED = [
+    ("sgd", {"momentum": 0.9, "weight_decay": 0.01}),
+    ("sgd", {"momentum": 0.9, "nesterov": True}),
+    ("adam", {"weight_decay": 0.01, "betas": (0.8, 0.99), "eps": 1e-6}),
+    ("adamw", {"weight_decay": 0.01}),
+]
+
+
+@pytest.mark.skipif(compiler_path() is None, reason="no C++ compiler for the CUDA emulation")
+@pytest.mark.parametrize("kind, options", EMULATED)
+def test_updates_on_the_emulated_gpu_follow_the_formulas_and_the_cpu(kind, options, tmp_path):
+    """Three clipped steps over buffers of the emulated GPU (the update kernel a thread per
+    float, its learning rate and corrections float arguments; the norm's blocks downloaded):
+    within the formulas' float64 tolerance above, and within a few float32 roundings of the
+    CPU kernels' parameters and state (the same operations in the same order, but CUDA fuses
+    ``a * b + c`` into one rounding where LLVM rounds twice: each element may differ by a few
+    roundings of its terms, which are at most about the buffer's largest value, so the
+    difference is bounded absolutely, by 8 units in the last place of that value)."""
+
+    def assert_roundings(got: np.ndarray, want: np.ndarray, name: str) -> None:
+        np.testing.assert_allclose(got, want, rtol=0, atol=2.0**-20 * np.abs(want).max(),
+                                   err_msg=name)
+    n = 3 * 4096 + 5
+    rng = np.random.default_rng(4)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in LRS]
+    clip = 0.5 * math.sqrt(n)
+    gpu = Optimizer(kind, 0.1, clip_norm=clip, **options)
+    gpu.load(CudaBackend(tmp_path, "optimizer", device="emulate"))
+    cpu = Optimizer(kind, 0.1, clip_norm=clip, **options)
+    memory = gpu.memory
+    p, p_cpu = memory.upload(p0), p0.copy()
+    for g, lr in zip(grads, LRS):
+        device_g = memory.upload(g)
+        gpu.update(p, device_g, lr)
+        cpu.update(p_cpu, g, lr)
+        np.testing.assert_array_equal(memory.download(device_g), g)  # only read
+    assert isinstance(p, EmulatedArray)
+    got = memory.download(p)
+    want = numpy_steps(kind, p0, grads, clip_norm=clip, **options)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_roundings(got, p_cpu, "parameters")
+    state = gpu.host_state()
+    assert set(state) == set(cpu.state)
+    for name, v in state.items():
+        assert_roundings(v, cpu.state[name], name)
+    assert gpu.gradient_norm(memory.upload(grads[0])) == pytest.approx(
+        float(np.linalg.norm(grads[0].astype(np.float64))), rel=1e-6)

@@ -107,3 +107,25 @@ def test_a_folder_of_class_folders_is_a_dataset(tmp_path):
     batch = rng.standard_normal((5, 1, 8, 8)).astype(np.float32)
     same = augment(batch, np.random.default_rng(3), True, 2)
     np.testing.assert_array_equal(same, augment(batch, np.random.default_rng(3), True, 2))
+
+
+def test_training_on_the_emulated_gpu_follows_the_cpu(tmp_path, capsys):
+    """``--target cuda-emu``: the CUDA module trained on the CPU's emulation ends where the
+    CPU target does, within float32 reduction-order error (gradients agree to about 1e-6
+    relative; three SGD steps of lr 0.05 keep the weights within 1e-4); ``--ranks`` is
+    refused there."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "tiny.npz"
+    np.savez(data, images=rng.random((24, 32, 32), np.float32), labels=np.arange(24) % 3)
+    common = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--batch", "8",
+              "--quiet", "--seed", "2"]
+    assert main([*common, "--target", "cuda-emu", "--save", str(tmp_path / "gpu.npz")]) == 0
+    assert main([*common, "--save", str(tmp_path / "cpu.npz")]) == 0
+    gpu, cpu = weights(tmp_path / "gpu.npz"), weights(tmp_path / "cpu.npz")
+    assert gpu.keys() == cpu.keys()
+    for k in gpu:
+        np.testing.assert_allclose(gpu[k], cpu[k], rtol=1e-4,
+                                   atol=1e-5 * np.abs(cpu[k]).max(), err_msg=k)
+    capsys.readouterr()
+    assert main([*common, "--target", "cuda-emu", "--ranks", "2"]) == 2
+    assert "--ranks and --sync-bn train on the CPU targets" in capsys.readouterr().err

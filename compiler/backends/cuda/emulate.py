@@ -41,6 +41,7 @@ import numpy as np
 
 from ...kernels.kernel_ir import Barrier, Kernel, walk
 from ..numba.cache import cache_root
+from .launch import scalar_argument
 from .memory import EmulatedArray
 
 __all__ = ["HEADER", "ORDERS", "EmulatedModule", "BarrierError", "EmulationCrash",
@@ -246,6 +247,10 @@ static int cnnc_guarded(cnnc_grid_fn grid, unsigned blocks, unsigned threads, in
 """
 
 
+#: How the host entry reads each kind of parameter from CUDA's launch layout.
+_LAUNCH_TYPES = {"int": "int", "float": "float", "array": "float*", "int_array": "long long*"}
+
+
 def launch_source(kernels: Sequence[Kernel], module_file: str) -> str:
     """The translation unit of the emulation: the generated module included verbatim, then one
     host entry per kernel that runs its grid under ``cnnc_guarded`` (returning 0, 1 + the block
@@ -254,8 +259,7 @@ def launch_source(kernels: Sequence[Kernel], module_file: str) -> str:
     in turn."""
     lines = [f'#include "{module_file}"', ""]
     for k in kernels:
-        args = ", ".join(f"*(int*)args[{i}]" if p.kind == "int" else f"*(float**)args[{i}]"
-                         for i, p in enumerate(k.params))
+        args = ", ".join(f"*({_LAUNCH_TYPES[p.kind]}*)args[{i}]" for i, p in enumerate(k.params))
         grid = (f"static int cnnc_grid_{k.name}(unsigned blocks, unsigned threads, int order, "
                 "void** args, char* scratch) {")
         if any(isinstance(s, Barrier) for s, _ in walk(k.body)):
@@ -364,7 +368,7 @@ class EmulatedModule:
 
     def launch(self, name: str, blocks: int, threads: int, kernel: Kernel,
                args: Sequence[Any]) -> None:
-        values = [ctypes.c_int(int(a)) if p.kind == "int" else
+        values = [_SCALARS[p.kind](scalar_argument(p.kind, a)) if p.kind in _SCALARS else
                   ctypes.c_void_p(_device_pointer(kernel, p.name, a))
                   for p, a in zip(kernel.params, args)]
         argv = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
@@ -382,6 +386,10 @@ class EmulatedModule:
             raise BarrierError(f"kernel {name}: the threads of block {failed - 1} did not all "
                                "reach the same __syncthreads (on a GPU: a hang or undefined "
                                "behaviour)")
+
+
+#: The ctypes value of each kind of scalar argument.
+_SCALARS = {"int": ctypes.c_int, "float": ctypes.c_float}
 
 
 def _device_pointer(kernel: Kernel, name: str, a: Any) -> int:

@@ -7,6 +7,12 @@ A kernel's parallel loop of extent ``E`` runs as ``ceil(E / THREADS_PER_BLOCK)``
 ``b * THREADS_PER_BLOCK + i`` behind the printed bounds guard; a GPU kernel's block loop of
 extent ``B`` runs as ``B`` blocks of its thread loop's threads; a kernel without either runs on
 one thread.
+
+A kernel's arguments, in its parameters' order (``Param.kind``): ``int`` a Python or NumPy
+integer (passed as a 32-bit ``int``), ``float`` a real number (passed as a ``float``:
+an optimizer's learning rate), ``array`` a flat float32 device array, ``int_array`` a flat
+int64 device array (the dropout seed). :func:`scalar_argument` converts the scalars for
+every module alike.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ import numpy as np
 from ...kernels.kernel_ir import BinOp, Const, Expr, Kernel, Let, Loop, Var
 
 __all__ = ["THREADS_PER_BLOCK", "MAX_ELEMENTS", "launch_shape", "Launcher", "KernelModule",
-           "check_arguments"]
+           "check_arguments", "scalar_argument", "ARRAY_DTYPES"]
+
+#: The element type of each kind of array parameter.
+ARRAY_DTYPES = {"array": np.dtype(np.float32), "int_array": np.dtype(np.int64)}
 
 #: Threads of a block (four warps: the vector tiles of the direct convolution hold 100+
 #: floats per thread, so few threads per block keep more blocks resident).
@@ -65,10 +74,17 @@ def launch_shape(kernel: Kernel, ints: Mapping[str, int]) -> tuple[int, int]:
     return 1, 1
 
 
+def scalar_argument(kind: str, value: Any) -> Any:
+    """A scalar argument as the kernel takes it: ``np.int32`` for an ``int`` parameter,
+    ``np.float32`` for a ``float`` one (CuPy passes NumPy scalars by their type; the emulation
+    copies their bytes)."""
+    return np.int32(value) if kind == "int" else np.float32(value)
+
+
 def check_arguments(kernel: Kernel, args: Sequence[Any]) -> dict[str, int]:
     """The integer arguments by name, after checking the arguments against the kernel's
-    parameters (count; float32 arrays, contiguous and within 32-bit indexing; integers within
-    ``int``)."""
+    parameters (count; arrays of their parameter's element type, flat and within 32-bit
+    indexing; integers within ``int``; floats real numbers)."""
     if len(args) != len(kernel.params):
         raise TypeError(f"kernel {kernel.name} takes {len(kernel.params)} arguments, "
                         f"got {len(args)}")
@@ -79,8 +95,14 @@ def check_arguments(kernel: Kernel, args: Sequence[Any]) -> dict[str, int]:
                 raise ValueError(f"kernel {kernel.name}: {p.name}={a} does not fit an int")
             ints[p.name] = int(a)
             continue
-        if getattr(a, "dtype", None) != np.float32 or a.ndim != 1:
-            raise TypeError(f"kernel {kernel.name}: {p.name} must be a flat float32 array, "
+        if p.kind == "float":
+            if not isinstance(a, (int, float, np.integer, np.floating)):
+                raise TypeError(f"kernel {kernel.name}: {p.name} must be a real number, got "
+                                f"{type(a).__name__}")
+            continue
+        want = ARRAY_DTYPES[p.kind]
+        if getattr(a, "dtype", None) != want or a.ndim != 1:
+            raise TypeError(f"kernel {kernel.name}: {p.name} must be a flat {want} array, "
                             f"got {getattr(a, 'dtype', type(a).__name__)}")
         if a.size > MAX_ELEMENTS:
             raise ValueError(f"kernel {kernel.name}: {p.name} has {a.size} elements; kernels "
@@ -97,9 +119,9 @@ class KernelModule(Protocol):
 
 @dataclass
 class Launcher:
-    """One kernel of a module, called like the Numba kernels: ``launcher(*args)``, arrays and
-    integers in the kernel's parameter order. ``module()`` gives the compiled module (built on
-    the first launch)."""
+    """One kernel of a module, called like the Numba kernels: ``launcher(*args)``, device
+    arrays, integers and floats in the kernel's parameter order (the module docstring).
+    ``module()`` gives the compiled module (built on the first launch)."""
 
     kernel: Kernel
     module: Any  # () -> KernelModule

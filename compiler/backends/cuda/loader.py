@@ -22,7 +22,7 @@ from ...kernels.layout import layout_kernels
 from .. import KernelRefused
 from ..numba.cache import cache_root
 from .emulate import EmulatedModule
-from .launch import KernelModule, Launcher
+from .launch import KernelModule, Launcher, scalar_argument
 from .memory import CupyMemory, EmulatedMemory
 from .printer import cuda_comment, kernel_type_errors, print_kernel, print_module
 
@@ -56,8 +56,8 @@ def gpu_problem() -> str | None:
 
 
 class CupyModule:
-    """A module compiled by CuPy (NVRTC) for the current GPU; arguments may be CuPy arrays
-    (device pointers) or integers."""
+    """A module compiled by CuPy (NVRTC) for the current GPU; arguments are CuPy arrays
+    (device pointers) and NumPy scalars (``launch.scalar_argument``)."""
 
     def __init__(self, source: str) -> None:
         import cupy
@@ -71,9 +71,8 @@ class CupyModule:
         fn = self.functions.get(name)
         if fn is None:
             fn = self.functions[name] = self.module.get_function(name)
-        np_int32 = self.cupy.int32
-        fn((blocks,), (threads,), tuple(np_int32(a) if p.kind == "int" else a
-                                        for p, a in zip(kernel.params, args)))
+        fn((blocks,), (threads,), tuple(scalar_argument(p.kind, a) if p.kind in ("int", "float")
+                                        else a for p, a in zip(kernel.params, args)))
 
 
 class CudaBackend:

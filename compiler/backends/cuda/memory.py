@@ -81,9 +81,14 @@ class CupyMemory:
         free, _total = self.cupy.cuda.runtime.memGetInfo()
         return int(free)
 
+    def owns(self, a: Any) -> bool:
+        return isinstance(a, self.cupy.ndarray)
+
 
 class EmulatedArray:
-    """A flat array in the emulated GPU's memory (host memory underneath)."""
+    """An array in the emulated GPU's memory (host memory underneath): flat as the executor
+    allocates and slices it, or of any shape as a caller's CuPy array is (``reshape`` of a
+    contiguous array, ``copy``)."""
 
     __slots__ = ("_data",)
 
@@ -110,10 +115,24 @@ class EmulatedArray:
         return len(self._data)
 
     def __getitem__(self, key: slice) -> EmulatedArray:
-        if not isinstance(key, slice) or key.step not in (None, 1):
+        if not isinstance(key, slice) or key.step not in (None, 1) or self.ndim != 1:
             raise TypeError("device arrays are sliced into contiguous ranges here, "
                             f"not indexed by {key!r}")
         return EmulatedArray(self._data[key])
+
+    def reshape(self, *shape: Any) -> EmulatedArray:
+        """The same memory seen in another shape (as CuPy's ``reshape`` of a contiguous
+        array: a view)."""
+        view = self._data.reshape(*shape)
+        if not np.shares_memory(view, self._data):
+            raise ValueError("reshape of an emulated device array must be a view")
+        return EmulatedArray(view)
+
+    def copy(self) -> EmulatedArray:
+        """A copy in a new allocation of the emulated GPU's memory."""
+        data = guarded_empty(self.size, self.dtype).reshape(self.shape)
+        data[...] = self._data
+        return EmulatedArray(data)
 
     def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         raise TypeError("implicit conversion of device memory to a NumPy array: download it")
@@ -122,7 +141,7 @@ class EmulatedArray:
         """Copy host array ``a`` (of this array's size) into this array, as CuPy's ``set``."""
         if a.size != self.size:
             raise ValueError(f"set: {a.size} values for a device array of {self.size}")
-        self._data[:] = a.reshape(-1)
+        self._data[...] = a.reshape(self.shape)
 
     @property
     def pointer(self) -> int:
@@ -130,7 +149,7 @@ class EmulatedArray:
         return self._data.ctypes.data
 
     def __repr__(self) -> str:
-        return f"EmulatedArray({self.size} x {self.dtype})"
+        return f"EmulatedArray({' x '.join(map(str, self.shape))} {self.dtype})"
 
 
 class EmulatedMemory:
@@ -152,6 +171,7 @@ class EmulatedMemory:
         return EmulatedArray(data)
 
     def download(self, a: EmulatedArray) -> np.ndarray:
+        """A host copy of ``a``, of its shape (as ``cupy.asnumpy``)."""
         if not isinstance(a, EmulatedArray):
             raise TypeError(f"download takes a device array, got {type(a).__name__}")
         return a._data.copy()
@@ -161,3 +181,6 @@ class EmulatedMemory:
 
     def free_bytes(self) -> int | None:
         return None
+
+    def owns(self, a: Any) -> bool:
+        return isinstance(a, EmulatedArray)

@@ -16,17 +16,20 @@ How the IR maps:
   each) and its ``"thread"`` loop the block's threads (``threadIdx.x``); ``Shared`` arrays print
   as ``__shared__`` and ``Barrier`` as ``__syncthreads()`` (``check_blocks`` says where they
   may stand).
-- Scalars are ``int`` (indices: the launcher refuses arrays of 2**31 floats or more), ``float``
-  (``Const(float)``, loads) or ``double`` (``F64``, ``f64()``, true division of integers), as
-  Numba would type them; a local's type is that of the values assigned to it, widened
-  (int < float < double) where they differ. Locals are declared where C++ scoping needs them:
+- Scalars are ``int`` (indices: the launcher refuses arrays of 2**31 floats or more), ``long
+  long`` (a load of an ``int_array`` parameter, an integer literal past 32 bits, arithmetic on
+  them: the dropout hash's int64), ``float`` (``Const(float)``, loads of float arrays) or
+  ``double`` (``F64``, ``f64()``, true division of integers), as Numba would type them; a
+  local's type is that of the values assigned to it, widened (int < long long < float <
+  double) where they differ. Locals are declared where C++ scoping needs them:
   at the first assignment when every use follows it in the same block, else just before the
   first statement of the innermost block that holds every use.
 - Functions use the float spelling on float arguments (``expf``, ``tanhf``, ``erff``, ...),
   the double one on doubles; ``a * b + c`` on floats and every vector fused multiply-add
   print as ``fmaf``.
 - ``//`` and ``%`` print as C's ``/`` and ``%``: the IR applies them only to non-negative
-  integers, where floor and truncation agree.
+  integers, where floor and truncation agree; the bit-wise ``^`` and ``>>`` (on non-negative
+  integers too) print in parentheses, as every target's printer prints them.
 
 Identifiers come only from the compiler; a name C++ or CUDA reserves (``floor``, ``int``,
 ``threadIdx``, the prelude's functions) gets a trailing underscore. User text appears only in
@@ -74,7 +77,7 @@ from ...kernels.kernel_ir import (
     VZero,
 )
 from ..numba.printer import sanitize_comment
-from ..printer import KernelPrinter
+from ..printer import BITWISE, KernelPrinter
 
 __all__ = ["CudaPrinter", "PRELUDE", "cuda_comment", "print_kernel", "print_module",
            "kernel_type_errors", "check_blocks", "block_threads"]
@@ -94,7 +97,7 @@ RESERVED = frozenset("""
     if inline int long register restrict return short signed sizeof static struct switch
     typedef union unsigned void volatile while class namespace template typename this new
     delete operator private public protected virtual friend using true false nullptr
-    threadIdx blockIdx blockDim gridDim warpSize min max abs floor floorf exp expf expm1
+    threadIdx blockIdx blockDim gridDim warpSize min max abs llabs floor floorf exp expf expm1
     expm1f log logf log1p log1pf tanh tanhf erf erff sqrt sqrtf pow powf fabs fabsf fmaf
     fmaxf fminf f8 f16 vec
     """.split()) | frozenset(VECTOR_FUNCS)
@@ -238,10 +241,15 @@ def _double_literal(v: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Types: "int", "bool", "float", "double", or a vector of 8 or 16 lanes ("f8", "f16")
+# Types: "int", "bool", "long long", "float", "double", or a vector of 8 or 16 lanes ("f8",
+# "f16")
 # ---------------------------------------------------------------------------------------------
 
-_SCALAR_RANK = {"bool": 0, "int": 1, "float": 2, "double": 3}
+_SCALAR_RANK = {"bool": 0, "int": 1, "long long": 2, "float": 3, "double": 4}
+#: The integer types (``//``, ``%`` and the bit-wise operators take only these).
+_INTEGERS = ("int", "long long")
+#: The C type of an element of an array parameter of each kind (``Param.kind``).
+ELEMENT = {"array": "float", "int_array": "long long"}
 
 
 def _wider(a: str, b: str) -> str:
@@ -307,12 +315,15 @@ class CudaPrinter(KernelPrinter):
         self.declare: dict[str, _Scope] = {}
         self.at: tuple[Block, int] = ((), 0)  # the block and index being printed
         self.unused: set[str] = set()  # locals assigned and never read
+        self.elements: dict[str, str] = {}  # array parameter -> the C type of its elements
 
     # -- types ------------------------------------------------------------------------------
     def type_of(self, e: Expr) -> str:
         """The C type of expression ``e`` in the current kernel."""
         if isinstance(e, Const):
-            return "float" if isinstance(e.value, float) else "int"
+            if isinstance(e.value, float):
+                return "float"
+            return "int" if -2**31 <= e.value < 2**31 else "long long"
         if isinstance(e, F64):
             return "double"
         if isinstance(e, Var):
@@ -320,18 +331,18 @@ class CudaPrinter(KernelPrinter):
                 raise ValueError(f"variable {e.name!r} is used before it is assigned")
             return self.types[e.name]
         if isinstance(e, Load):
-            return "float"
+            return self.elements.get(e.array, "float")
         if isinstance(e, BinOp):
             if e.op in _COMPARISONS:
                 return "bool"
             t = _wider(_wider(self.type_of(e.a), self.type_of(e.b)), "int")
-            if e.op in ("//", "%") and t != "int":
-                raise TypeError(f"{e.op} on values of type {t} (the IR's // and % are on "
+            if e.op in ("//", "%", *BITWISE) and t not in _INTEGERS:
+                raise TypeError(f"{e.op} on values of type {t} (the IR's {e.op} is on "
                                 "non-negative integers)")
             return t
         if isinstance(e, Div):
             t = _wider(self.type_of(e.a), self.type_of(e.b))
-            return "double" if t in ("int", "bool") else t
+            return "double" if t in ("int", "long long", "bool") else t
         if isinstance(e, Select):
             return _wider(self.type_of(e.a), self.type_of(e.b))
         if isinstance(e, Call):
@@ -361,13 +372,14 @@ class CudaPrinter(KernelPrinter):
         t = self.type_of(e.args[0])
         for a in e.args[1:]:
             t = _wider(t, self.type_of(a))
-        if e.fn == "abs" and t == "int":
-            return "int"
-        return "double" if t in ("int", "bool", "double") else t
+        if e.fn == "abs" and t in _INTEGERS:
+            return t
+        return "double" if t in ("int", "long long", "bool", "double") else t
 
     def infer_locals(self, k: Kernel) -> None:
         """Type every local of ``k`` (parameters, loop variables, ``Let`` targets), widening a
         local assigned values of different types, until nothing changes."""
+        self.elements = {p.name: ELEMENT[p.kind] for p in k.params if p.kind in ELEMENT}
         base = {p.name: {"int": "int", "float": "float"}.get(p.kind, "array") for p in k.params}
         self.types = dict(base)
         for _ in range(8):
@@ -403,9 +415,9 @@ class CudaPrinter(KernelPrinter):
         if isinstance(e.value, float):
             s = _float_literal(e.value)
         else:
-            if not -2**31 <= e.value < 2**31:
-                raise ValueError(f"integer literal {e.value} does not fit a 32-bit int")
-            s = str(e.value)
+            if not -2**63 <= e.value < 2**63:
+                raise ValueError(f"integer literal {e.value} does not fit a 64-bit integer")
+            s = str(e.value) if -2**31 <= e.value < 2**31 else f"{e.value}LL"
         return f"({s})" if s.startswith("-") and prec > 0 else s
 
     def expr_F64(self, e: F64, prec: int) -> str:
@@ -423,6 +435,9 @@ class CudaPrinter(KernelPrinter):
             t = self.type_of(e)
             fn = {"float": f"f{e.op}f", "double": f"f{e.op}"}.get(t, e.op)
             return f"{fn}({self.cast(e.a, t)}, {self.cast(e.b, t)})"
+        if e.op in BITWISE:
+            self.type_of(e)  # refused on other than integers
+            return super().expr_BinOp(e, prec)
         if e.op == "+" and self.type_of(e) == "float":  # a * b + c and c + a * b: one fmaf
             for prod, other in ((e.a, e.b), (e.b, e.a)):
                 if isinstance(prod, BinOp) and prod.op == "*":
@@ -444,7 +459,7 @@ class CudaPrinter(KernelPrinter):
 
     def expr_Div(self, e: Div, prec: int) -> str:
         t = self.type_of(e)
-        s = f"{self.cast(e.a, t) if self.type_of(e.a) == 'int' else self.expr(e.a, 7)} / " \
+        s = f"{self.cast(e.a, t) if self.type_of(e.a) in _INTEGERS else self.expr(e.a, 7)} / " \
             f"{self.expr(e.b, 8)}"
         return f"({s})" if prec > 7 else s
 
@@ -465,6 +480,8 @@ class CudaPrinter(KernelPrinter):
             raise ValueError(f"function {e.fn!r} has no spelling in CudaPrinter")
         if t == "int":  # abs of an integer
             return f"abs({self.expr(e.args[0])})"
+        if t == "long long":
+            return f"llabs({self.expr(e.args[0])})"
         fn = MATH_FUNCS[e.fn][0 if t == "float" else 1]
         return f"{fn}({', '.join(self.cast(a, t) for a in e.args)})"
 
@@ -639,7 +656,7 @@ class CudaPrinter(KernelPrinter):
                 params.append(f"{p.kind} {self.name(p.name)}")
             else:
                 const_ = "" if p.name in stored else "const "
-                params.append(f"{const_}float* {self.name(p.name)}")
+                params.append(f"{const_}{ELEMENT[p.kind]}* {self.name(p.name)}")
         out: list[str] = []
         if k.comment and with_comment:
             out += [f"// {cuda_comment(line)}" for line in k.comment.split("\n")]

@@ -192,9 +192,10 @@ class WeightGradAlgorithm(LoweringChoice):
 
 #: A transposed im2col store, in floats moved by a pack (``WeightGradAlgorithm.estimate``).
 IM2COL_STORE_WEIGHT = 20
-WEIGHT_GRAD_DIRECT = WeightGradAlgorithm("direct", "direct", efficiency=0.8)
+WEIGHT_GRAD_DIRECT = WeightGradAlgorithm("direct", "direct", efficiency=0.8, cpu_only=True)
 #: The direct kernel with its lanes over output channels (inputs of few channels).
-WEIGHT_GRAD_DIRECT_OUT = WeightGradAlgorithm("direct_out", "direct", efficiency=0.8)
+WEIGHT_GRAD_DIRECT_OUT = WeightGradAlgorithm("direct_out", "direct", efficiency=0.8,
+                                             cpu_only=True)
 WEIGHT_GRAD_GEMM = WeightGradAlgorithm("im2col", "im2col", efficiency=0.8)
 #: The direct kernel first: the default at -O0 and -O1 (it computes every shape).
 WEIGHT_GRAD_ALGORITHMS = (WEIGHT_GRAD_DIRECT, WEIGHT_GRAD_DIRECT_OUT, WEIGHT_GRAD_GEMM)
