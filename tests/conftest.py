@@ -6,6 +6,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from cnnc.compiler import target
+
 # "ci" draws the same examples at every run (derandomized: a stop is never refused for an
 # example no earlier run drew); "thorough" (CNNC_HYPOTHESIS_PROFILE=thorough) draws new ones
 # each time, many more, and is how new cases are looked for.
@@ -17,20 +19,96 @@ settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("CNNC_HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(autouse=True)
-def _eight_lane_target_by_default(request, monkeypatch):
+#: This machine's own target query, for the tests marked ``host_target``.
+_HOST_TARGET = target.host_target
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _eight_lane_target_by_default():
     """Compile at the 8-lane target ("cpu" means avx2 here), unless a test is marked
     ``host_target`` or names its target. The patched host query is the one every default asks
     when it is used (``resolve_target``: ``compile()``, ``PassContext()``, so the passes run
     alone and ``cnnc summary``/``show``), so it reaches them all (tests/compiler/test_target.py).
+    It holds for the whole session, so a module- or session-scoped fixture's models (set up
+    before any function-scoped fixture) are 8-lane too: their kernels are the ones the rest of
+    the suite compiles, not 16-lane twins compiled for that fixture alone.
 
     Why: on an AVX-512 machine the 16-lane kernels take about twice as long to compile, and
     a cold CI cache compiles every zoo network's kernels. They compute the same numbers bit for
     bit (same FMAs, same order), which ``test_targets_agree_bitwise`` (whole networks, both
     targets) and the tile tests in ``tests/codegen/test_conv.py`` check directly.
     """
-    if request.node.get_closest_marker("host_target"):
-        return
-    from cnnc.compiler import target
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(target, "host_target", lambda: target.TARGETS["avx2"])
+        yield
 
-    monkeypatch.setattr(target, "host_target", lambda: target.TARGETS["avx2"])
+
+@pytest.fixture(autouse=True)
+def _this_machines_target_where_marked(request, monkeypatch):
+    """A test marked ``host_target`` compiles for this machine's CPU."""
+    if request.node.get_closest_marker("host_target"):
+        monkeypatch.setattr(target, "host_target", _HOST_TARGET)
+
+
+# --- Compile-work log (off unless CNNC_TEST_KERNEL_LOG names a folder) -------------------------
+# Each pytest process appends one JSON line per test to <folder>/<worker>.jsonl: the kernel
+# modules it was first to write into the cache (each a distinct kernel source: a cold compile)
+# and the seconds (wall and this thread's CPU) Numba spent compiling in this process (the
+# parallel-compile workers' time is not in it). How the suite's compile budget is spent, test
+# by test; it changes no test.
+_KERNEL_LOG = os.environ.get("CNNC_TEST_KERNEL_LOG")
+
+if _KERNEL_LOG:
+    import json
+    import time
+    from pathlib import Path
+
+    _current = {"test": "", "new": [], "compile_s": 0.0, "compile_cpu_s": 0.0}
+
+    def pytest_configure(config):
+        from numba.core import event
+
+        from cnnc.compiler.backends.numba import cache
+
+        load = cache.load_module
+
+        def logged_load_module(source, tag, root=None):
+            folder = cache.module_path(source, tag, root).parent
+            existed = folder.exists()
+            module = load(source, tag, root)
+            if not existed:
+                where = "" if root is None else f" (in {root})"
+                _current["new"].append(folder.name + where)
+            return module
+
+        cache.load_module = logged_load_module
+
+        class CompileTimer(event.Listener):
+            depth = 0
+            start = cpu_start = 0.0
+
+            def on_start(self, ev):
+                if self.depth == 0:
+                    self.start, self.cpu_start = time.perf_counter(), time.thread_time()
+                self.depth += 1
+
+            def on_end(self, ev):
+                self.depth -= 1
+                if self.depth == 0:
+                    _current["compile_s"] += time.perf_counter() - self.start
+                    _current["compile_cpu_s"] += time.thread_time() - self.cpu_start
+
+        event.register("numba:compile", CompileTimer())
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        _current.update(test=item.nodeid, new=[], compile_s=0.0, compile_cpu_s=0.0)
+        t0 = time.perf_counter()
+        yield
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        Path(_KERNEL_LOG).mkdir(parents=True, exist_ok=True)
+        with open(Path(_KERNEL_LOG) / f"{worker}.jsonl", "a") as f:
+            f.write(json.dumps({"test": item.nodeid, "new": _current["new"],
+                                "compile_s": round(_current["compile_s"], 2),
+                                "compile_cpu_s": round(_current["compile_cpu_s"], 2),
+                                "wall_s": round(time.perf_counter() - t0, 2)}) + "\n")
