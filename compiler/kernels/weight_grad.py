@@ -21,7 +21,6 @@ from __future__ import annotations
 from .common import N_BATCH, int_params
 from .kernel_ir import (
     BinOp,
-    Expr,
     If,
     Kernel,
     Let,
@@ -33,7 +32,6 @@ from .kernel_ir import (
     VBin,
     VBroadcast,
     VFma,
-    VJoin,
     VLoad,
     VStore,
     call,
@@ -70,16 +68,10 @@ def parse_weight_grad_tile(text: str) -> tuple[int, int]:
     return int(shape.split("x")[0]), int(lanes)
 
 
-def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "",
-                            block: int | None = None) -> Kernel:
+def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "") -> Kernel:
     """``dw`` ``[K, Cg, R, S]`` (``K = G Kg``) from ``xp`` and ``dy`` (module docstring); every
     size is a runtime integer (:data:`WEIGHT_GRAD_INTS`), so one compiled kernel serves every
     layer.
-
-    ``block``: the channels of a block of ``xp`` (default ``lanes``). 16-lane vectors also
-    read 8-channel blocks, the forward convolution's own packing of x (``Cgb`` then counts
-    8-channel blocks, a multiple of 4): each vector joins two blocks at the pixel, so the
-    weight gradient reads what the forward packed instead of packing x again.
 
     One task per (group, tile of ``rows`` output channels, pair of input blocks); inside it,
     image after image and tap after tap, the tile's accumulators run over the image's output
@@ -90,13 +82,8 @@ def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "",
     written. Last, the tile's sums go to ``dw``."""
     G, Kg, Cg, Cgb, P, Q, Hp, Wp, R, S, sh, sw, dh, dwd = (Var(v) for v in WEIGHT_GRAD_INTS)
     L, width = lanes, 2 * lanes
-    B = lanes if block is None else block
-    if B not in (lanes, lanes // 2):
-        raise ValueError(f"conv_weight_grad_kernel: {lanes}-lane vectors read blocks of "
-                         f"{lanes} or {lanes // 2} channels, not {B}")
     gi, kt, cp, n, p, q, r, s = (Var(v) for v in ("gi", "kt", "cp", "n", "p", "q", "r", "s"))
-    per_vector = L // B  # blocks a vector spans
-    ktn, cpn = (Kg + (rows - 1)) // rows, Cgb // (2 * per_vector)
+    ktn, cpn = (Kg + (rows - 1)) // rows, Cgb // 2
     tap_floats = rows * width
     body: list = [
         Let("gi", Var("t") // (ktn * cpn)),
@@ -104,26 +91,21 @@ def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "",
         Let("cp", Var("t") % cpn),
         Let("k0", kt * rows),
         Let("part0", call("thread_id") * (R * S * tap_floats)),
-        Let("xb", gi * Cgb + cp * (2 * per_vector)),
-        Let("swl", sw * B),
-        Let("plane", Hp * Wp * B),
+        Let("xb", gi * Cgb + cp * 2),
+        Let("swl", sw * L),
+        Let("plane", Hp * Wp * L),
     ]
     # dy's channel of each tile row, clamped to the group's last one
     body += [Let(f"kr{i}", gi * Kg + BinOp("min", Var("k0") + i, Kg - 1)) for i in range(rows)]
 
-    def block_at(k: int) -> Expr:
-        return VLoad("xp", Var("x0") + k * Var("plane") + q * Var("swl"), B)
-    if per_vector == 1:
-        update: list = [Let("b0", block_at(0)), Let("b1", block_at(1))]
-    else:  # two 8-channel blocks a vector
-        update = [Let("b0", VJoin(block_at(0), block_at(1))),
-                  Let("b1", VJoin(block_at(2), block_at(3)))]
+    update: list = [Let("b0", VLoad("xp", Var("x0") + q * Var("swl"), L)),
+                    Let("b1", VLoad("xp", Var("x0") + Var("plane") + q * Var("swl"), L))]
     for i in range(rows):
         update.append(Let("av", VBroadcast("dy", Var(f"d{i}") + q, L)))
         for h in range(2):
             acc = f"acc_{i}_{h}"
             update.append(Let(acc, VFma(Var("av"), Var(f"b{h}"), Var(acc))))
-    row = [Let("x0", (((n * (G * Cgb) + Var("xb")) * Hp + p * sh + r * dh) * Wp + s * dwd) * B)]
+    row = [Let("x0", (((n * (G * Cgb) + Var("xb")) * Hp + p * sh + r * dh) * Wp + s * dwd) * L)]
     row += [Let(f"d{i}", ((n * (G * Kg) + Var(f"kr{i}")) * P + p) * Q) for i in range(rows)]
     row.append(Loop("q", Q, update))
 

@@ -214,83 +214,33 @@ def lower_weight_grad(ctx, node) -> Step:
     return _lower_gemm(ctx, node)
 
 
-#: Channels per block of the forward direct kernel's packed input (``ConvGeometry.CB`` of an
-#: input of 8 channels or more, whatever the target's vector width).
-FORWARD_BLOCK = 8
-
-
-def packed_input_source(graph, node):
-    """The forward convolution whose packed input the weight gradient ``node`` reads instead of
-    packing x again (None: it packs x itself): a direct ``conv`` of the same x and attributes,
-    ungrouped, that packs x itself (x stored NCHW, no prologue), when its 8-channel blocks fill
-    whole pairs of the weight gradient's vectors (``ceil(C / 8)`` a multiple of ``2 lanes /
-    8``). Its packing then goes to a scratch buffer of its own (``packed_input_key``), which
-    stays as it was until the backward pass: both lowerings ask this one rule."""
-    if node.op != "conv_weight_grad" or node.attrs.get("lowering") != "direct" or \
-            node.attrs.get("groups") != 1:
-        return None
-    x = graph.node(node.inputs[0])
-    c = x.type.shape[0]
-    _, lanes = parse_weight_grad_tile(node.attrs["tile"])
-    if x.attrs.get("layout") is not None or c < FORWARD_BLOCK or \
-            ceil_div(c, FORWARD_BLOCK) % (2 * lanes // FORWARD_BLOCK):
-        return None
-    for user in graph.users(x.id):
-        if user.op == "conv" and user.inputs[0] == x.id and \
-                user.attrs.get("lowering") == "direct" and not user.attrs.get("prologue") and \
-                all(user.attrs[k] == node.attrs[k] for k in CONV_ATTRS):
-            return user
-    return None
-
-
-def packed_input_key(conv_id: int) -> str:
-    """The scratch buffer of the packed input of convolution ``conv_id`` that its weight
-    gradient reads too (:func:`packed_input_source`)."""
-    return f"packed_input_{conv_id}"
-
-
-def keeps_packed_input(graph, conv) -> bool:
-    """Whether a convolution packs its input into :func:`packed_input_key`'s buffer, for a
-    weight gradient to read."""
-    return any(packed_input_source(graph, u) is conv for u in graph.users(conv.inputs[0]))
-
-
 def _lower_direct(ctx, node) -> Step:
     """``pack_nchw_blocked`` packs x, padded, into blocks of the tile's lanes (the forward
     convolution's ``conv_in`` scratch), then ``conv_weight_grad_kernel`` reads it and dy as
-    it is, and writes dw. Where :func:`packed_input_source` names the forward convolution, the
-    kernel reads the 8-channel blocks that convolution packed, two to a 16-lane vector, and
-    packs nothing (ResNet-18: every layer but the stem, 25 of 1080 ms a step on one thread)."""
+    it is, and writes dw."""
     x, dy = ctx.tensor_inputs
     g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
     rows, lanes = parse_weight_grad_tile(node.attrs["tile"])
-    forward = packed_input_source(ctx.graph, node)
-    block = lanes if forward is None else FORWARD_BLOCK
-    cgb = _direct_blocks(g, lanes) if forward is None else ceil_div(g.Cg, FORWARD_BLOCK)
+    cgb = _direct_blocks(g, lanes)
     kernel = conv_weight_grad_kernel(
         "conv_weight_grad", rows, lanes,
-        comment=f"weight gradient: direct over NCHW{block}c input, {rows} x {2 * lanes} "
-                "register tile; sizes are runtime arguments", block=block)
-    tag = f"weight_grad_{rows}x{2 * lanes}" + (f"_b{block}" if block != lanes else "")
-    compute, source_name, src = ctx.load_tasked(kernel, tag, "weight gradient kernel")
-    part = Arg("scratch", "wgrad_part")
-    calls = []
+        comment=f"weight gradient: direct over NCHW{lanes}c input, {rows} x {2 * lanes} "
+                "register tile; sizes are runtime arguments")
+    compute, source_name, src = ctx.load_tasked(kernel, f"weight_grad_{rows}x{2 * lanes}",
+                                                "weight gradient kernel")
+    xp, part = Arg("scratch", "conv_in"), Arg("scratch", "wgrad_part")
+    calls = [
+        Call(ctx.layout_kernel("pack_nchw_blocked"),
+             (Arg("value", x), xp, Arg("batch"),
+              *_ints(g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl, g.groups * cgb, lanes, g.Cg, cgb)),
+             "pack_nchw_blocked"),
+        Call(compute, (xp, Arg("value", dy), part, Arg("output"),
+                       *_ints(g.groups, g.Kg, g.Cg, cgb, g.P, g.Q, g.Hp, g.Wp, g.R, g.S, g.sh,
+                              g.sw, g.dh, g.dw), Arg("batch")), kernel.name),
+    ]
     # one tile's partial sums per thread (scratch is sized per image: a few KB too many)
-    scratch = {"wgrad_part": ctx.threads * rows * 2 * lanes * g.R * g.S}
-    if forward is None:
-        xp = Arg("scratch", "conv_in")
-        calls.append(Call(
-            ctx.layout_kernel("pack_nchw_blocked"),
-            (Arg("value", x), xp, Arg("batch"),
-             *_ints(g.C, g.H, g.W, g.Hp, g.Wp, g.pt, g.pl, g.groups * cgb, lanes, g.Cg, cgb)),
-            "pack_nchw_blocked"))
-        scratch["conv_in"] = g.groups * cgb * lanes * g.Hp * g.Wp
-    else:  # the forward's packed x, [N, ceil(C / 8), Hp, Wp, 8]: the same window geometry
-        xp = Arg("scratch", packed_input_key(forward.id))
-    calls.append(Call(compute, (xp, Arg("value", dy), part, Arg("output"),
-                                *_ints(g.groups, g.Kg, g.Cg, cgb, g.P, g.Q, g.Hp, g.Wp, g.R,
-                                       g.S, g.sh, g.sw, g.dh, g.dw), Arg("batch")),
-                      kernel.name))
+    scratch = {"conv_in": g.groups * cgb * lanes * g.Hp * g.Wp,
+               "wgrad_part": ctx.threads * rows * 2 * lanes * g.R * g.S}
     return Step(node.id, ctx.step_name, ctx.step_ops, [x, dy], node.type.size, calls,
                 scratch=scratch, lowering="direct", sources={source_name: src}, batched=False)
 

@@ -15,7 +15,6 @@ from ...kernels.tiles import TILE_8, DirectTile
 from ...plan import Arg, Call, Step
 from .. import LoweringError, own_input_types
 from .algorithms import DIRECT, ConvAlgorithm, by_name, geometry, kernel_lanes
-from .gradient import keeps_packed_input, packed_input_key
 from .transpose import transpose_as_conv, transposed_as_conv_weight
 
 
@@ -79,12 +78,9 @@ def lower_conv(ctx, node) -> Step:
         xp = source  # read where the producer stored it, or the NCHW input as it is
     else:
         name, sizes = algorithm.input_call(g)
-        if node.op == "conv" and keeps_packed_input(ctx.graph, node):
-            # kept for the weight gradient, which reads it instead of packing x again
-            xp = Arg("scratch", packed_input_key(node.id))
         calls.append(Call(ctx.layout_kernel(name), (source, xp, Arg("batch"),
                                                     *(Arg("int", v) for v in sizes)), name))
-        scratch[xp.ref] = algorithm.in_floats(g)
+        scratch["conv_in"] = algorithm.in_floats(g)
     if y_store is not None or to_output:
         yp = Arg("output")
     else:
