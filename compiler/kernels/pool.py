@@ -116,7 +116,8 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
     maximum (an integer pick, of another width than the compare, it did not); the second adds
     each window's ``dy`` onto its pick. In one loop the pick was a data-dependent branch per
     tap beside the scatter, and ResNet-18's stem pooling gradient took 34 ms where the two
-    loops take 11 (one thread, batch 8)."""
+    loops take 11 (one thread, batch 8). ``work`` is indexed by ``thread_id``: a CPU kernel
+    (training runs on CPU targets only)."""
     sz = sz if sz is not None else Sizes(literal=True)
     C, H, W = (sz(n, d) for n, d in zip("CHW", shape))
     P, Q = sz("P", out_hw[0]), sz("Q", out_hw[1])
