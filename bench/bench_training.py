@@ -14,9 +14,9 @@ With ``--rounds N`` the engines run N times in alternating order and the step ti
 rounds are pooled (a shared host's load moves between rounds). ``--cpu-time`` (one thread)
 times each step in the CPU seconds of the thread that runs it, which other processes on the
 host do not inflate as they inflate wall time: the work of each engine, not its latency. The
-cnnc worker also times one step part by part (``TrainingModel.profile_step``), summed by kind
-of work. The FMA peak is measured in the same run. Results: bench/results/training.json and a
-markdown table.
+cnnc worker also times three steps kernel call by kernel call
+(``TrainingModel.profile_calls``), the median of each call summed by kind of work. The FMA
+peak is measured in the same run. Results: bench/results/training.json and a markdown table.
 """
 
 from __future__ import annotations
@@ -52,15 +52,23 @@ KINDS = {
     "globalmaxpool": "pooling", "pool_grad": "pooling", "global_pool_grad": "pooling",
     "gradients": "gradient norm and check",
     "optimizer": "optimizer",
-    "refresh": "repacking of weights",
+    "refresh": "repacking of weights (after the update)",
 }
 
 
-def kind_of(name: str, op: str) -> str:
-    """The kind of work of a plan step (``name``, ``op``) or of a training step's other part.
-    A convolution's input gradient is a transposed convolution, or its phase convolutions
-    and the concatenation and interleaving of their outputs (all named ``<layer>.grad.input``
-    by autodiff)."""
+#: The layout kernels that move a convolution's activations between NCHW and the packed,
+#: channel-blocked layout of its compute kernel (``compiler/kernels/layout.py``).
+REPACKING = ("pack_nchw_blocked", "unpack_blocked_nchw", "unpack_epilogue")
+
+
+def kind_of(name: str, op: str, kernel: str = "") -> str:
+    """The kind of work of a kernel call (``kernel``) of a plan step (``name``, ``op``) or of
+    a training step's other part. A convolution's input gradient is a transposed convolution,
+    or its phase convolutions and the concatenation and interleaving of their outputs (all
+    named ``<layer>.grad.input`` by autodiff); the packing and unpacking of a convolution's
+    activations (its input, its output; the weight gradient's input) count apart."""
+    if any(k in kernel for k in REPACKING):
+        return "repacking of activations (conv)"
     first = op.split("+")[0]
     if ".grad.input" in name and first in ("conv", "conv_transpose", "concat",
                                             "depth_to_space"):
@@ -108,10 +116,10 @@ def cnnc_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int
         losses.append(tm.train_step(x, y))
         times.append(clock() - t0)
     split: dict[str, float] = defaultdict(float)
-    profiles = [tm.profile_step(x, y, clock=clock) for _ in range(3)]
+    profiles = [tm.profile_calls(x, y, clock=clock) for _ in range(3)]
     for parts in zip(*profiles):
-        name, op, _ = parts[0]
-        split[kind_of(name, op)] += float(np.median([p[2] for p in parts]))
+        name, op, kernel, _ = parts[0]
+        split[kind_of(name, op, kernel)] += float(np.median([p[3] for p in parts]))
     return {"compile_s": compile_s, "times": times, "losses": losses,
             "split_ms": {k: v * 1e3 for k, v in sorted(split.items(), key=lambda kv: -kv[1])},
             "arena_mb": tm.executor.bytes_needed(len(x)) / 2**20}

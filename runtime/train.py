@@ -430,6 +430,36 @@ class TrainingModel:
                         ("optimizer", "optimizer", updated - gathered),
                         ("refresh", "refresh", refreshed - updated)]
 
+    def profile_calls(self, x: Any, y: Any, lr: float | None = None,
+                      clock: Callable[[], float] = time.perf_counter
+                      ) -> list[tuple[str, str, str, float]]:
+        """:meth:`profile_step` kernel call by kernel call: ``(name, what, kernel, seconds)``
+        for every call of every plan step (a convolution's packing of its input, its compute
+        kernel and the unpacking of its output apart), then the step's ``gradients``,
+        ``optimizer`` and ``refresh`` as :meth:`profile_step` gives them."""
+        arena = self.executor.arena(self._feed(x, y)[1])
+        times: list[tuple[str, str, str, float]] = []
+
+        def timed(step: Any, kernel: str, fn: Callable[..., Any]) -> Callable[..., None]:
+            def run(*args: Any) -> None:
+                start = clock()
+                fn(*args)
+                times.append((step.name, step.op, kernel, clock() - start))
+            return run
+
+        bound = [list(calls) for calls in arena.step_calls]
+        for step, calls in zip(self.plan.steps, arena.step_calls):
+            # the plan's names of the kernels; past them, the replicas' averaging
+            names = [c.kernel for c in step.calls] + ["allreduce"]
+            calls[:] = [(timed(step, name, fn), args, patches)
+                        for name, (fn, args, patches) in zip(names, calls)]
+        try:
+            parts = self.profile_step(x, y, lr, clock)
+        finally:
+            for calls, own in zip(arena.step_calls, bound):
+                calls[:] = own
+        return times + [(name, what, what, seconds) for name, what, seconds in parts[-3:]]
+
     def __repr__(self) -> str:
         return (f"TrainingModel({self.graph.name!r}, loss={self.loss!r}, "
                 f"optimizer={self.optimizer.kind!r}, {len(self.trainable)} trainable tensors, "

@@ -39,10 +39,13 @@ from ..kernels.pool import (
     avgpool_blocked_ok,
     global_pool_blocked_kernel,
     global_pool_kernel,
+    pool_grad_arrays,
     pool_grad_kernel,
+    pool_grad_scratch,
     pool_kernel,
     window_pool_blocked_kernel,
 )
+from ..plan import Arg, Call, Step
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatial_out
 from . import (
     EPS32,
@@ -368,12 +371,23 @@ def _pool_grad_bound(ctx: BoundCtx) -> np.ndarray:
 
 
 def _lower_pool_grad(ctx, node):
-    """Max, min, average and Lp pooling's gradients (``pool_grad_kernel``)."""
+    """Max, min, average and Lp pooling's gradients (``pool_grad_kernel``); max and min
+    pooling's kernel picks each row's taps into a row of ``pool_picks`` scratch per thread."""
     of, attrs = _pool_of(node.attrs)
     sz = Sizes()
     x, dy = ctx.in_shapes
     k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+    work = pool_grad_scratch(of, dy[1:], ctx.threads)
+    if not work:
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+    arrays = dict(zip(pool_grad_arrays(of), (*(Arg("value", i) for i in ctx.tensor_inputs),
+                                             Arg("output"), Arg("scratch", "pool_picks"))))
+    args = [arrays[p.name] if p.name in arrays else Arg("batch") if p.name == "n_batch"
+            else Arg("int", int(sz.values[p.name])) for p in k.params]
+    # scratch is sized per image: a batch's arena holds more rows than there are threads
+    return Step(node.id, ctx.step_name, ctx.step_ops, list(dict.fromkeys(ctx.tensor_inputs)),
+                node.type.size, [Call(None, tuple(args), k.name, k)],
+                scratch={"pool_picks": work})
 
 
 def _lower_global_grad(ctx, node):

@@ -267,6 +267,12 @@ class ConvAlgorithm(LoweringChoice):
         """Floats of the packed weights and of the packed bias (:meth:`pack_weights`)."""
         raise NotImplementedError
 
+    def pack_flat(self, g: ConvGeometry, w: np.ndarray, b: np.ndarray | None,
+                  tile: DirectTile = TILE_8) -> np.ndarray:
+        """:meth:`pack_weights`' weights then bias in one flat float32 array (the
+        ``conv_pack`` node's value, made again after every training update)."""
+        return np.concatenate(self.pack_weights(g, w, b, tile))
+
     def input_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
         """The shared layout kernel (``kernels.layout``) that brings an NCHW input to the
         compute kernel's packed input, and its size arguments (after the source, the packed
@@ -384,6 +390,23 @@ class Direct(_BlockedAlgorithm):
     def packed_sizes(self, g, tile=TILE_8):
         padded = g.groups * g.Kgb * TILE_K
         return padded * g.Cgb * g.CB * g.R * g.S, padded
+
+    def pack_flat(self, g, w, b, tile=TILE_8):
+        """Where no channel is padded (every ResNet layer but the stem): one copy of the
+        weights straight into their place, the bias after them (a training step makes it
+        again for every layer: the padded copy, the transposed copy and the concatenation
+        were three passes over ResNet-18's 11.7M weights and cost 5% of its step)."""
+        G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
+        CB, Cgb, Kgb, kt, TK = g.CB, g.Cgb, g.Kgb, g.k_tiles(tile), tile.channels
+        if Kgb * TILE_K != Kg or Cgb * CB != Cg:
+            return super().pack_flat(g, w, b, tile)
+        n_w, n_b = self.packed_sizes(g, tile)
+        flat = np.empty(n_w + n_b, np.float32)
+        # the packed order [G, kt, Cgb, R, S, CB, TK], seen in the weights' own order
+        into = flat[:n_w].reshape(G, kt, Cgb, R, S, CB, TK).transpose(0, 1, 6, 2, 5, 3, 4)
+        into[...] = np.asarray(w, np.float32).reshape(G, kt, TK, Cgb, CB, R, S)
+        flat[n_w:] = 0.0 if b is None else np.asarray(b, np.float32)
+        return flat
 
     def pack_weights(self, g, w, b, tile=TILE_8):
         """``[G, k-tiles, Cgb, R, S, CB, tile.channels]``."""

@@ -127,8 +127,7 @@ def pack_conv_weights(op: str, g: ConvGeometry, algorithm: ConvAlgorithm, tile: 
     weight = np.asarray(w, np.float32)
     if op == "conv_transpose":
         weight = transposed_as_conv_weight(weight, g.groups)
-    wp, bp = algorithm.pack_weights(g, weight, b, tile)
-    return np.concatenate([wp, bp])
+    return algorithm.pack_flat(g, weight, b, tile)
 
 
 def _packer(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile):

@@ -33,12 +33,13 @@ def transposed_as_conv_weight(w: np.ndarray, groups: int, rows: slice = slice(No
                               cols: slice = slice(None)) -> np.ndarray:
     """A transposed convolution's weight ``[C, K/g, R, S]`` as the equivalent stride-1
     convolution's ``[K, C/g, R, S]``, flipped in space: ``wc[g*Kg + k, c, r, s] =
-    w[g*Cg + c, k, R-1-r, S-1-s]``; only its taps ``rows`` x ``cols`` (one phase's filter),
-    taken before the copy."""
+    w[g*Cg + c, k, R-1-r, S-1-s]``; only its taps ``rows`` x ``cols`` (one phase's filter).
+    Ungrouped, a view of ``w`` (no copy: the packing that reads it makes the one copy, after
+    every training update); grouped, a copy."""
     C, kg, R, S = w.shape
     cg = C // groups
     wc = w.reshape(groups, cg, kg, R, S).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-    wc = np.ascontiguousarray(wc[..., rows, cols])
+    wc = wc[..., rows, cols]
     return wc.reshape(groups * kg, cg, *wc.shape[-2:])
 
 
