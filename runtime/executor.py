@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numba
@@ -169,20 +170,41 @@ class Arena:
 
     def call(self, items: list[Item], inputs: Mapping[int, Any]) -> None:
         """Run ``items`` in order, the caller's input arrays patched into their places."""
+        self._patch(items, inputs)
+        for item in items:
+            if isinstance(item, TaskRange):
+                self.program.run(item.first, item.last)
+            else:
+                self._python_call(item, inputs)
+
+    def calls_of(self, index: int, inputs: Mapping[int, Any]) -> list[Callable[[], None]]:
+        """Step ``index``'s calls one by one, each a function that runs it (a profiler times
+        them apart: a convolution's packing, compute and unpacking)."""
+        items = self.step_items[index]
+        self._patch(items, inputs)
+        runs: list[Callable[[], None]] = []
+        for item in items:
+            if isinstance(item, TaskRange):
+                runs += [partial(self.program.run, i, i + 1) for i in range(item.first, item.last)]
+            else:
+                runs.append(partial(self._python_call, item, inputs))
+        return runs
+
+    def _patch(self, items: list[Item], inputs: Mapping[int, Any]) -> None:
+        """Patch the caller's input arrays into the task calls of ``items``."""
         ranges = [item for item in items if isinstance(item, TaskRange)]
         for at, pos, nid in self.task_patches:
             if items is self.items or any(r.first <= at < r.last for r in ranges):
                 self.program.set(at, pos, inputs[nid])
-        for item in items:
-            if isinstance(item, TaskRange):
-                self.program.run(item.first, item.last)
-                continue
-            args = item.args
-            if item.patches:
-                args = list(args)
-                for pos, nid in item.patches:
-                    args[pos] = inputs[nid]
-            item.fn(*args)
+
+    @staticmethod
+    def _python_call(item: PythonCall, inputs: Mapping[int, Any]) -> None:
+        args = item.args
+        if item.patches:
+            args = list(args)
+            for pos, nid in item.patches:
+                args[pos] = inputs[nid]
+        item.fn(*args)
 
     def _resolve(self, plan: Plan, step: Step, consts: dict[str, Any], a: Arg) -> Any:
         if a.kind == "value":
@@ -306,13 +328,21 @@ class Executor:
         return arena
 
     def run_watched(self, inputs: Mapping[int, np.ndarray], n: int,
-                    after: Callable[[int, Arena], bool]) -> Arena:
+                    after: Callable[[int, Arena], bool],
+                    each_call: Callable[[int, int, Callable[[], None]], None] | None = None
+                    ) -> Arena:
         """Run the steps in order like :meth:`run`, calling ``after(index, arena)`` after each;
-        stop early when it returns True (``check_numerics``: the first non-finite output)."""
+        stop early when it returns True (``check_numerics``: the first non-finite output).
+        With ``each_call``, step ``index``'s calls are handed to it one by one,
+        ``each_call(index, position, run)``, to be run (``run()``) and timed."""
         arena = self.arena(n)
         device_inputs = self.uploaded(inputs)
         for index in range(len(self.plan.steps)):
-            arena.call(arena.step_items[index], device_inputs)
+            if each_call is None:
+                arena.call(arena.step_items[index], device_inputs)
+            else:
+                for position, run in enumerate(arena.calls_of(index, device_inputs)):
+                    each_call(index, position, run)
             if after(index, arena):
                 break
         return arena

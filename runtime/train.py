@@ -232,18 +232,20 @@ class TrainingModel:
         return flat, n
 
     def _run(self, x: Any, y: Any, after: Callable[[int, Any], bool] | None = None,
-             first: int = 0, global_batch: int | None = None) -> float:
+             first: int = 0, global_batch: int | None = None,
+             each_call: Callable[[int, int, Callable[[], None]], None] | None = None) -> float:
         """One forward and backward pass: the gradients into ``flat_grads`` (the kernels write
         them there), averaged over the replicas if any, the loss back; a non-finite loss or
         gradient raises naming the first layer that produced one. ``after(index, arena)`` is
-        called after each plan step (``profile_step``). With replicas, ``x`` is images
+        called after each plan step (``profile_step``), ``each_call`` handed each kernel call
+        (``Executor.run_watched``: ``profile_calls``). With replicas, ``x`` is images
         ``first`` on of a global batch of ``global_batch`` (default: ``x``'s times the
         replicas), which places this shard's dropout masks and weighs its gradients."""
         flat, n = self._feed(x, y, first)
         if after is None:
             arena = self.executor.run(flat, n)
         else:
-            arena = self.executor.run_watched(flat, n, after)
+            arena = self.executor.run_watched(flat, n, after, each_call)
         graph = self.plan.graph
         loss = float(self.executor.value(arena, flat, graph.outputs[LOSS]))
         self.last_scores = {k[len(OUTPUT):]: self.executor.value(arena, flat, v)
@@ -403,14 +405,16 @@ class TrainingModel:
         self.steps_taken = int(state["steps_taken"])
 
     def profile_step(self, x: Any, y: Any, lr: float | None = None,
-                     clock: Callable[[], float] = time.perf_counter) -> list[tuple[str, str,
-                                                                                  float]]:
+                     clock: Callable[[], float] = time.perf_counter,
+                     each_call: Callable[[int, int, Callable[[], None]], None] | None = None
+                     ) -> list[tuple[str, str, float]]:
         """One :meth:`train_step`, timed part by part: ``(name, what, seconds)`` for every plan
         step (``what`` its op, fused ops included), then ``gradients`` (reading the loss and
         the gradients' global norm: the finiteness check), ``optimizer`` (the running
         statistics written back, the update kernel) and ``refresh`` (packing the kernels'
         constants from the updated parameters). ``clock``: wall time, or ``time.thread_time``
-        for the CPU seconds of a step run on one thread."""
+        for the CPU seconds of a step run on one thread; ``each_call`` is handed every kernel
+        call to run (``profile_calls``)."""
         steps = self.plan.steps
         marks = [0.0] * (len(steps) + 1)
 
@@ -419,7 +423,7 @@ class TrainingModel:
             return False
 
         marks[0] = clock()
-        self._run(x, y, after=mark)
+        self._run(x, y, after=mark, each_call=each_call)
         gathered = clock()
         self._update(lr)
         updated = clock()
@@ -437,27 +441,17 @@ class TrainingModel:
         for every call of every plan step (a convolution's packing of its input, its compute
         kernel and the unpacking of its output apart), then the step's ``gradients``,
         ``optimizer`` and ``refresh`` as :meth:`profile_step` gives them."""
-        arena = self.executor.arena(self._feed(x, y)[1])
         times: list[tuple[str, str, str, float]] = []
+        steps = self.plan.steps
 
-        def timed(step: Any, kernel: str, fn: Callable[..., Any]) -> Callable[..., None]:
-            def run(*args: Any) -> None:
-                start = clock()
-                fn(*args)
-                times.append((step.name, step.op, kernel, clock() - start))
-            return run
-
-        bound = [list(calls) for calls in arena.step_calls]
-        for step, calls in zip(self.plan.steps, arena.step_calls):
+        def timed(index: int, position: int, run: Callable[[], None]) -> None:
+            start = clock()
+            run()
             # the plan's names of the kernels; past them, the replicas' averaging
-            names = [c.kernel for c in step.calls] + ["allreduce"]
-            calls[:] = [(timed(step, name, fn), args, patches)
-                        for name, (fn, args, patches) in zip(names, calls)]
-        try:
-            parts = self.profile_step(x, y, lr, clock)
-        finally:
-            for calls, own in zip(arena.step_calls, bound):
-                calls[:] = own
+            names = [c.kernel for c in steps[index].calls] + ["allreduce"]
+            times.append((steps[index].name, steps[index].op, names[position], clock() - start))
+
+        parts = self.profile_step(x, y, lr, clock, each_call=timed)
         return times + [(name, what, what, seconds) for name, what, seconds in parts[-3:]]
 
     def __repr__(self) -> str:
