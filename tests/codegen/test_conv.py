@@ -223,7 +223,7 @@ KERNELS_8 = [dict(kernel=3, pads=(1, 0, 2, 1), bias=True, activation="relu"),
 def tile_8_configs(draw):
     attrs = dict(draw(st.sampled_from(KERNELS_8)), out_channels=draw(st.integers(1, 40)))
     C = draw(st.integers(8, 20))
-    H, W = draw(st.integers(1, 15)), draw(st.integers(1, 15))
+    H, W = draw(st.integers(1, 15)), draw(st.integers(2, 16))  # Q: 1 to 15 pixels
     return attrs, (C, H, W), draw(st.integers(1, 2))
 
 
@@ -267,7 +267,10 @@ def test_8_lane_tile_split_and_order():
         if q < 4:
             assert (six, four) == (0, 0)
         else:
-            assert q <= covered < q + 4 and six >= 0 and (four == 0 or 6 * six + 4 <= q)
+            assert q <= covered < q + 4 and six >= 0
+            rest = q - 6 * six  # the kernel's 4-pixel tiles start here, the last at q - 4
+            starts = [6 * six + min(4 * j, rest - 4) for j in range(four)]
+            assert all(0 <= a <= q - 4 for a in starts) and (not starts or starts[-1] == q - 4)
         assert cost_8(q) >= 8 * q // 6
     assert split_8(7) == (0, 2) and split_8(14) == (1, 2) and split_8(56) == (8, 2)
     assert split_8(49) == (7, 2) and split_8(12) == (2, 0)

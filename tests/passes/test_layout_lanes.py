@@ -331,7 +331,7 @@ def test_8_lane_plane_tiles_in_every_blocked_layout(monkeypatch):
     runs = {}
     for cpus, layout in ((2, "NCHW8c"), (2, "NCHW16c"), (2, "NHWC"), (64, "NCHW8c")):
         monkeypatch.setattr("os.cpu_count", lambda cpus=cpus: cpus)
-        m = compile_model(graph, seed=4, target="avx2", layout=layout)
+        m = compile_model(graph, seed=4, target="avx2", layout=layout, lowering="direct")
         tiles = {n.attrs["tile"] for n in m.plan.graph.nodes() if n.op == "conv"}
         assert tiles == ({"6x16/8:plane"} if cpus == 2 else {"6x16/8"}), (cpus, layout)
         runs[f"{layout} on {cpus} CPUs"] = m
