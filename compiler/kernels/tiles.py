@@ -149,6 +149,10 @@ def cost_8(Q: int) -> int:
 #: Tasks per CPU below which the plane order (one task per image and k-tile) is not chosen: its
 #: tasks are few (64 channels at batch 1: 4), and threads left without one idle.
 PLANE_TASKS_PER_THREAD = 2
+#: The least saving of the cost model for which the plane order is chosen: planes of 112 and
+#: 224 pixels a row save under 0.5% (one 4-pixel tile a row), which measures as noise or a
+#: little slower (bench/RESULTS.md); rows of 56 save 1.7%, of 14 6%, of 7 19%.
+PLANE_MIN_SAVING = 0.01
 
 
 def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
@@ -158,10 +162,11 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     None: many), on a target with ``lanes``-lane vectors.
 
     8 lanes: the 6 x 16 tile; its tasks take whole planes (``order="plane"``) where that costs
-    less than row by row (:func:`cost_8`: a plane of 7 x 7 is 7 full tiles and two of 4 where
-    rows of 7 take two 4-pixel tiles each, 56 pixels' time for 49; rows of 14 take a 6- and
-    two 4-pixel tiles, the plane 32 full tiles and one of 4) and there are at least
-    :data:`PLANE_TASKS_PER_THREAD` planes for each of this machine's CPUs, else rows.
+    at least :data:`PLANE_MIN_SAVING` less than row by row (:func:`cost_8`: a plane of 7 x 7
+    is 7 full tiles and two of 4 where rows of 7 take two 4-pixel tiles each, 56 pixels' time
+    for 49; rows of 14 take a 6- and two 4-pixel tiles, the plane 32 full tiles and one of 4)
+    and there are at least :data:`PLANE_TASKS_PER_THREAD` planes for each of this machine's
+    CPUs, else rows.
 
     16 lanes: two vectors (32 channels) when each group's channels, padded to 16, are a multiple
     of 32, else one; of :data:`PIXELS_16`, the pixel count ``T <= Q`` that minimizes
@@ -171,7 +176,7 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     """
     if lanes == 8:
         busy = planes is None or planes >= PLANE_TASKS_PER_THREAD * (os.cpu_count() or 1)
-        plane = busy and cost_8(P * Q) < P * cost_8(Q)
+        plane = busy and cost_8(P * Q) < (1 - PLANE_MIN_SAVING) * P * cost_8(Q)
         return DirectTile(order="plane") if plane else TILE_8
     vectors = 2 if -(-groups_k // TILE_K) % 2 == 0 else 1
     fitting = [t for t in PIXELS_16 if t <= Q] or [min(PIXELS_16)]
