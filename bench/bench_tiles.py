@@ -149,7 +149,8 @@ def run_layers(sets: list[str], tiles: list[str], target: str, repeat: int,
     return {"peak": max(peaks), "peaks": peaks, "rows": rows}
 
 
-def run_network(model: str, engine: str, workdir: Path, target: str, repeat: int) -> dict:
+def run_network(model: str, engine: str, workdir: Path, target: str, repeat: int,
+                lowering: str = "auto") -> dict:
     """One engine on one network at batch 1 on one thread (in its worker process): median CPU
     time of the thread per call, and the error against the float64 reference."""
     x = np.load(workdir / "x1.npy")
@@ -163,7 +164,8 @@ def run_network(model: str, engine: str, workdir: Path, target: str, repeat: int
 
         numba.set_num_threads(1)
         graph = load_network(model)
-        m = compile_model(graph, weights=workdir / "weights.npz", target=target)
+        m = compile_model(graph, weights=workdir / "weights.npz", target=target,
+                          lowering=lowering)
         tiles = Counter(n.attrs["tile"] for n in m.plan.graph.nodes()
                         if n.op == "conv" and "tile" in n.attrs)
         result["tiles"] = dict(tiles)
@@ -212,7 +214,7 @@ def networks(args, env: dict[str, str]) -> None:
                 for engine in args.engines:
                     cmd = [sys.executable, __file__, "--network-worker", model, engine,
                            "--workdir", tmp, "--target", args.target,
-                           "--repeat", str(args.repeat)]
+                           "--repeat", str(args.repeat), "--lowering", args.lowering]
                     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True,
                                           check=True)
                     per[engine].append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -244,6 +246,9 @@ def main() -> None:
                     help="time these whole networks instead of the layers (batch 1)")
     ap.add_argument("--engines", nargs="+", default=["cnnc", "onnxruntime"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--lowering", default="auto",
+                    help="cnnc's convolution lowering in --networks (auto: Winograd where the "
+                         "cost model prefers it; direct: every convolution direct)")
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--network-worker", nargs=2, metavar=("MODEL", "ENGINE"))
     ap.add_argument("--workdir")
@@ -254,7 +259,7 @@ def main() -> None:
         return
     if args.network_worker:
         print(json.dumps(run_network(*args.network_worker, Path(args.workdir), args.target,
-                                     args.repeat)))
+                                     args.repeat, args.lowering)))
         return
     env = avx2_only_env() if args.avx2_only else dict(os.environ)
     env.update(NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
