@@ -149,10 +149,11 @@ def cost_8(Q: int) -> int:
 #: Tasks per CPU below which the plane order (one task per image and k-tile) is not chosen: its
 #: tasks are few (64 channels at batch 1: 4), and threads left without one idle.
 PLANE_TASKS_PER_THREAD = 2
-#: The least saving of the cost model for which the plane order is chosen: planes of 112 and
-#: 224 pixels a row save under 0.5% (one 4-pixel tile a row), which measures as noise or a
-#: little slower (bench/RESULTS.md); rows of 56 save 1.7%, of 14 6%, of 7 19%.
-PLANE_MIN_SAVING = 0.01
+#: The least saving of the cost model for which the plane order is chosen: rows of 7 save 19%,
+#: of 14 6% (measured: 3-5% faster), but rows of 28 and 56 only 1.7% and of 112 and 224 under
+#: 0.5% (one or two 4-pixel tiles a row, no pixel wasted), which measured as noise, or a few
+#: percent slower for 1x1 layers at 56 px (bench/RESULTS.md): those stay row by row.
+PLANE_MIN_SAVING = 0.02
 
 
 def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,

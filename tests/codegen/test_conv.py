@@ -277,8 +277,8 @@ def test_8_lane_tile_split_and_order():
     assert choose_tile(8, 512, 7, 7) == DirectTile(order="plane")  # planes: many
     assert choose_tile(8, 256, 14, 14) == DirectTile(order="plane")
     assert choose_tile(8, 64, 12, 12, planes=64) == TILE_8  # nothing to gain
-    assert choose_tile(8, 64, 112, 112) == TILE_8  # too little to gain
-    assert choose_tile(8, 64, 56, 56) == DirectTile(order="plane")
+    assert choose_tile(8, 64, 56, 56) == TILE_8  # too little to gain
+    assert choose_tile(8, 64, 13, 13) == DirectTile(order="plane")
     assert choose_tile(8, 512, 7, 7, planes=1) == TILE_8  # threads left idle
     assert DirectTile.parse("6x16/8:plane") == DirectTile(order="plane")
     assert str(DirectTile(8, 2, 6, "kblocks")) == "6x16/8:kblocks"
