@@ -100,7 +100,7 @@ def asm_counts(asm: str) -> dict[str, int]:
 
 
 def run_layers(sets: list[str], tiles: list[str], target: str, repeat: int,
-               asm: bool) -> dict:
+               asm: bool, only: list[str] | None = None) -> dict:
     """The measurement (in the worker process): the peak, then every layer with every tile."""
     import numba
 
@@ -115,6 +115,8 @@ def run_layers(sets: list[str], tiles: list[str], target: str, repeat: int,
     rows = []
     for net in sets:
         for name, attrs, shape in SETS[net]:
+            if only and name not in only:
+                continue
             g = geometry(attrs, shape)
             x = rng.standard_normal((1, *shape)).astype(np.float32)
             w = (rng.standard_normal((g.K, g.C, g.R, g.S)) / np.sqrt(g.C * g.R * g.S)) \
@@ -241,6 +243,7 @@ def main() -> None:
     ap.add_argument("--avx2-only", action="store_true",
                     help="generate AVX2 code only (the Zen 3 proxy on an AVX-512 machine)")
     ap.add_argument("--asm", action="store_true", help="check each kernel's machine code")
+    ap.add_argument("--layers", nargs="+", help="only these layers (names as printed)")
     ap.add_argument("--repeat", type=int, default=11)
     ap.add_argument("--networks", nargs="+",
                     help="time these whole networks instead of the layers (batch 1)")
@@ -255,7 +258,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(run_layers(args.sets, args.tiles, args.target, args.repeat,
-                                    args.asm)))
+                                    args.asm, args.layers)))
         return
     if args.network_worker:
         print(json.dumps(run_network(*args.network_worker, Path(args.workdir), args.target,
@@ -268,7 +271,7 @@ def main() -> None:
         return
     cmd = [sys.executable, __file__, "--worker", "--sets", *args.sets, "--tiles", *args.tiles,
            "--target", args.target, "--repeat", str(args.repeat)] + \
-        (["--asm"] if args.asm else [])
+        (["--asm"] if args.asm else []) + (["--layers", *args.layers] if args.layers else [])
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True)
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     peak = res["peak"]
