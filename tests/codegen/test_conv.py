@@ -232,17 +232,20 @@ def tile_8_configs(draw):
 @given(cfg=tile_8_configs())
 def test_8_lane_row_and_plane_tiles_match_reference_bitwise(cfg, conv_ref, close):
     """The 6 x 16 tile row by row (6-pixel tiles, then 4-pixel ones ending at the row's end,
-    or one-pixel tiles for rows under 4: every rest of ``Q % 6``) and plane by plane (tiles
-    whose pixels cross into the next row, each with its own input and output offset): the
-    same FMAs in the same order, so bit for bit the same numbers, and the reference's."""
+    or one-pixel tiles for rows under 4: every rest of ``Q % 6``), in the k-tiles-fastest
+    order, and plane by plane (tiles whose pixels cross into the next row, each with its own
+    input and output offset): the same FMAs in the same order, so bit for bit the same
+    numbers, and the reference's."""
     attrs, shape, N = cfg
     rows = compile_conv(attrs, shape, "direct")
     plane = compile_conv(attrs, shape, "direct", tile="6x16/8:plane")
+    kblocks = compile_conv(attrs, shape, "direct", tile="6x16/8:kblocks")
     assert str(plane.tile) == "6x16/8:plane"
     rng = np.random.default_rng(N)
     x, w, b = _operands(rng, plane.geometry, N)
     y = plane(x, w, b)
     np.testing.assert_array_equal(y, rows(x, w, b))
+    np.testing.assert_array_equal(y, kblocks(x, w, b))
     a = normalize_attrs(attrs)
     close(y, conv_ref(x, w, b, stride=a["stride"], pads=a["pads"], dilation=a["dilation"],
                       groups=a["groups"], activation=a["activation"]))
