@@ -88,24 +88,29 @@ def _overlap_tail(Q: Expr, full: int, tile) -> list:
     ]
 
 
-def _direct_tail(Q: Expr, tile) -> list:
-    """The tail of a direct-convolution row (``tail = Q % 6``), with the row length a runtime
-    value: a 2-pixel tile ending at the last pixel for tails of 1-2, a 4-pixel one for 3-4 (two
-    for 5), overlapping pixels already written (they write the same values again: same
-    operands, same order); rows of 1 or 3 pixels run one-pixel tiles. One unrolled tile per
-    tail width made the kernel compile several times slower; a single 4-pixel tail tile cost
-    15-20% on rows of 14 (ResNet's 14x14 layers)."""
-    t = Var("tail")
-    n4 = Select(cmp("==", t, 5), Const(2), Const(1))
+def _split_8(Q: Expr, tile) -> list:
+    """The tiles of the 8-lane kernel over ``Q`` consecutive output pixels (a row, or a plane
+    with ``order="plane"``), ``Q`` a runtime value: ``nfull`` tiles of 6 pixels, then ``n4``
+    of 4, the last ending at the last pixel (it may overlap the one before, which writes the
+    same values again: same operands, same order); fewer than 4 pixels run one-pixel tiles.
+    The counts are ``tiles.split_8``'s (the cost model's copy): a rest of 1, 2 or 5 pixels
+    takes one 6-pixel tile back and runs 7, 8 or 11 pixels as 4-pixel tiles, which keep both
+    FMA units busy where a 2-pixel tile (the earlier tail of rows of 14 and 56) ran at half
+    rate. Three tile bodies: 6, 4 and 1 pixels (each unrolled body lengthens the compile)."""
+    t, six, rest, q4 = Var("tail"), Var("nfull"), Var("rest"), Var("q4") * 4
+    drop = cmp("and", cmp(">=", Q, 6), cmp("or", cmp("==", t, 1),
+                                           cmp("or", cmp("==", t, 2), cmp("==", t, 5))))
     return [
-        If(cmp("and", cmp(">", t, 0), cmp("and", cmp("<=", t, 2), cmp(">=", Q, 2))),
-           tile(2, Q - 2)),
-        If(cmp("and", cmp(">=", t, 3), cmp(">=", Q, 4)), [
-            Let("n4", n4),
-            Loop("q4", Var("n4"), tile(4, Var("q4") + (Q - 3 - Var("n4"))))]),
-        If(cmp("or", cmp("==", Q, 1), cmp("==", Q, 3)), [Loop("q1", Q, tile(1, Var("q1")))]),
+        Let("tail", Q % 6),
+        Let("nfull", Select(cmp("<", Q, 4), Const(0),
+                            Q // 6 - Select(drop, Const(1), Const(0)))),
+        Let("rest", Q - six * 6),
+        Loop("qt", six, tile(6, Var("qt") * 6)),
+        Comment("the rest: 4-pixel tiles, the last ending at the last pixel"),
+        If(cmp(">=", Q, 4), [Loop("q4", (rest + 3) // 4, tile(4, six * 6 + Select(
+            cmp("<", q4, rest - 4), q4, rest - 4)))]),
+        If(cmp("<", Q, 4), [Loop("q1", Q, tile(1, Var("q1")))]),
     ]
-
 
 
 def _zero_halo(lanes: int = 8, nhwc: bool = False) -> list:
@@ -130,7 +135,7 @@ def epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
 
 
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
-                       order: Literal["auto", "rows", "kblocks"] = "rows",
+                       order: Literal["auto", "rows", "kblocks", "plane"] | None = None,
                        epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8,
                        prologue: tuple[str, dict] | None = None) -> Kernel:
     """The register-tiled direct convolution (not depthwise) over NCHW8c, NCHW16c or NHWC
@@ -150,8 +155,12 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     (with the epilogue) one block apart; in NCHW16c it is one block, stored whole. An 8-lane
     accumulator is one NCHW8c block or half an NCHW16c one.
 
-    ``order`` picks the fastest dimension of the flattened parallel loop: ``"rows"`` (n, k-tile,
-    row), the PERF-NOTES order and the default, or ``"kblocks"`` (n, row, k-tile).
+    ``order`` (by default the tile's, ``tiles.ORDERS``) picks the tasks of the parallel loop:
+    ``"rows"`` (n, k-tile, row: the PERF-NOTES order), ``"kblocks"`` (n, row, k-tile), or
+    ``"plane"`` (n, k-tile: the tiles run through the plane's pixels in row-major order, a
+    tile's pixels crossing into the next row, each with its own input and output offset);
+    ``"auto"``: ``kblocks`` when a group's weights fit :data:`WEIGHTS_IN_L2`, else ``rows``.
+    A pooling prologue has tasks of its own (n, row) and takes its rows in any order.
 
     ``prologue`` (a pooling op and its attributes; a 1x1, stride-1, unpadded, ungrouped
     convolution only): ``x`` is the pool's input, and each task (n, row) first pools its row
@@ -192,13 +201,38 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
+    if order is None:
+        order = tile_shape.order
+    if order == "auto":
+        wbytes = g.Kgb * TILE_K * g.Cgb * CB * R * S * 4
+        order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
+    plane = order == "plane" and prologue is None
+
+    def plane_pixels(T: int, f0: ExprLike) -> list:
+        """The row ``pp<i>`` and column ``pq<i>`` of pixel ``f0 + i`` of the plane, the offset
+        ``xd<i>`` of its input window from pixel 0's (``xq``) and its output offset ``yo<i>``."""
+        stmts: list = [Let("pp0", f0 // Q), Let("pq0", f0 % Q)]
+        for i in range(1, T):
+            nxt = Var(f"pq{i - 1}") + 1
+            stmts += [Let(f"pq{i}", Select(cmp("==", nxt, Q), Const(0), nxt)),
+                      Let(f"pp{i}", Select(cmp("==", Var(f"pq{i}"), 0), Var(f"pp{i - 1}") + 1,
+                                           Var(f"pp{i - 1}")))]
+        for i in range(T):
+            pp, pq = Var(f"pp{i}"), Var(f"pq{i}")
+            if i:
+                stmts.append(Let(f"xd{i}", (pp - Var("pp0")) * Var("xpline") +
+                                 (pq - Var("pq0")) * (g.sw * xpix)))
+            stmts.append(Let(f"yo{i}", y.row(n, kb * (TK // yl), pp) + pq * ypix))
+        return stmts
+
     def tile(T: int, q0: ExprLike) -> list:
         l = Var("l")
         xs, ws = Var("xs"), Var("ws")
         lane: list = [Let(f"w{h}", VLoad("w", ws + l * TK + h * lanes, lanes))
                       for h in range(nvec)]
         for i in range(T):
-            lane.append(Let("xb", VBroadcast(xarr, xs + (i * g.sw * xpix) + l, lanes)))
+            xoff = (Var(f"xd{i}") if i else 0) if plane else i * g.sw * xpix
+            lane.append(Let("xb", VBroadcast(xarr, xs + xoff + l, lanes)))
             for h in range(nvec):
                 acc = f"acc_{i}_{h}"
                 lane.append(Let(acc, VFma(Var("xb"), Var(f"w{h}"), Var(acc))))
@@ -239,56 +273,87 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                         # the output block within the tile, and the lane in it
                         block, lane0 = divmod(h * lanes + j * piece, yl)
                         part = VHalf(acc, j == 1) if piece < lanes else acc
-                        idx = Var("yrow") + (q0 + i) * ypix + block * Var("yplane")
+                        if plane:
+                            idx = Var(f"yo{i}") + block * Var("yplane")
+                        else:
+                            idx = Var("yrow") + (q0 + i) * ypix + block * Var("yplane")
                         if lane0:
                             idx = idx + lane0
-                        out += store_epilogue(
-                            "y", idx, part, rest, lambda k, i=i, b=block, l0=lane0: Var(
-                                f"erow{k}") + operand_step(k, kinds[k], q0 + i, b, yl, l0,
-                                                           g.nhwc_out),
-                            lanes=piece)
+                        out += store_epilogue("y", idx, part, rest, lambda k, i=i, b=block,
+                                              l0=lane0: operand_at(k, i, q0, b, l0),
+                                              lanes=piece)
             return out
 
+        if plane:
+            return plane_pixels(T, q0) + [
+                Let("xq", Var("xrow") + Var("pp0") * Var("xpline") +
+                    Var("pq0") * (g.sw * xpix))] + \
+                tile_stmts(T, nvec, inner, epilogue_stores(stores_for), lanes=lanes)
         return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
             tile_stmts(T, nvec, inner, epilogue_stores(stores_for), lanes=lanes)
 
+    def operand_at(k: int, i: int, q0: ExprLike, block: int, lane0: int) -> Expr:
+        """Offset in operand ``e<k>`` of lane ``lane0`` of block ``block`` of the tile's pixel
+        ``i``."""
+        if plane:
+            return operand_row(k, n, kb * (TK // yl), Var(f"pp{i}"), kinds[k], yl,
+                               g.nhwc_out) + operand_step(k, kinds[k], Var(f"pq{i}"), block,
+                                                          yl, lane0, g.nhwc_out)
+        return Var(f"erow{k}") + operand_step(k, kinds[k], q0 + i, block, yl, lane0,
+                                              g.nhwc_out)
+
     gi = kb // Kgb
-    if order == "auto":
-        wbytes = g.Kgb * TILE_K * g.Cgb * CB * R * S * 4
-        order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
     T = tile_shape.pixels
+    split_8 = lanes == 8 and T == 6  # else one tile width and an overlapping last tile
     per_tile: list = [
         Let("wk", kb * (Cgb * (R * S * CB * TK))),
         Let("yrow", y.row(n, kb * (TK // yl), p)),
-        Let("nfull", Q // T),
-        Let("tail", Q % T),
     ]
+    if not split_8:
+        per_tile += [Let("nfull", Q // T), Let("tail", Q % T)]
     ops, op_ints = epilogue_params(epilogue)
     per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // yl), p, kinds[k], yl,
                                              g.nhwc_out)) for k in range(len(ops))]
-    per_tile += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
-    if tile_shape == TILE_8:
-        per_tile += [Comment("tail: the last Q % 6 output pixels of the row (overlapping tiles)")]
-        per_tile += _direct_tail(Q, tile)
+    if split_8:
+        per_tile += _split_8(Q, tile)
     else:
-        per_tile += [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping "
+        per_tile += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T)),
+                     Comment(f"tail: the last Q % {T} output pixels of the row (overlapping "
                              "tile)")]
         per_tile += _overlap_tail(Q, T, tile)
     per_tile += _zero_halo(yl, g.nhwc_out)
+    per_plane: list = []
+    if plane:
+        # the same tiles over the P * Q pixels of the plane, then the halo of every row
+        count = P * Q
+        per_plane = [Let("wk", kb * (Cgb * (R * S * CB * TK)))]
+        if split_8:
+            per_plane += _split_8(count, tile)
+        else:
+            per_plane += [Let("nfull", count // T), Let("tail", count % T),
+                          Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
+            per_plane += _overlap_tail(count, T, tile)
+        per_plane += [Loop("p", P, _zero_halo(yl, g.nhwc_out))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops
     ints = int_params(*DIRECT_INTS)
     if prologue is None:
-        if order == "rows":
-            body = unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)])
-        else:
-            body = unflatten(t, [("n", Var("n_batch")), ("p", P), ("kb", KB)])
-        if g.lanes_in == 8:
-            body.append(Let("xrow", x.row(n, gi * Cgb, p * g.sh)))
-        else:  # the group's first 8-channel half-block xg, added in the channel loop
-            body += [Let("xg", gi * Cgb), Let("xrow", x.row(n, 0, p * g.sh))]
-        body += per_tile
         xstrides = [Let("xplane", const(x.plane)), Let("xrstep", Wp * (g.dh * xpix))]
-        tasks = Var("n_batch") * (KB * P)
+        if plane:
+            body = unflatten(t, [("n", Var("n_batch")), ("kb", KB)])
+            row0: ExprLike = 0
+            xstrides.append(Let("xpline", const(x.line) * g.sh))
+            tasks = Var("n_batch") * KB
+        else:
+            body = unflatten(t, [("n", Var("n_batch")), ("kb", KB), ("p", P)]
+                             if order == "rows" else
+                             [("n", Var("n_batch")), ("p", P), ("kb", KB)])
+            row0 = p * g.sh
+            tasks = Var("n_batch") * (KB * P)
+        if g.lanes_in == 8:
+            body.append(Let("xrow", x.row(n, gi * Cgb, row0)))
+        else:  # the group's first 8-channel half-block xg, added in the channel loop
+            body += [Let("xg", gi * Cgb), Let("xrow", x.row(n, 0, row0))]
+        body += per_plane if plane else per_tile
     else:
         op, attrs = prologue
         H, W = Var("H"), Var("W")

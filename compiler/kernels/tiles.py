@@ -3,6 +3,7 @@ tile sizes, accumulator blocks, the store epilogue's ReLU floor, integer paramet
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .common import apply_epilogue
@@ -45,21 +46,35 @@ def _prod(*xs: ExprLike) -> ExprLike:
     return r
 
 
+#: How the tasks of a direct convolution's parallel loop cover its output (``DirectTile.order``):
+#: ``rows``: a task is one output row of one k-tile, the rows of a k-tile consecutive (its
+#: weights stay in cache, the input streams once per k-tile); ``kblocks``: the same tasks, the
+#: k-tiles of a row consecutive (the input rows stay in cache, all weights cycle through it);
+#: ``plane``: a task is the whole output plane of one k-tile, whose pixels the tiles run through
+#: in row-major order, a tile's pixels crossing from one row into the next (rows of 7 pixels
+#: run full tiles instead of a full one and a short one).
+ORDERS = ("rows", "kblocks", "plane")
+
+
 @dataclass(frozen=True)
 class DirectTile:
-    """The register tile of the direct convolution: ``pixels`` output pixels of one row times
-    ``vectors`` vectors of ``lanes`` output channels, ``pixels x vectors`` accumulators.
+    """The register tile of the direct convolution: ``pixels`` output pixels (of one row, or
+    consecutive in the plane with ``order="plane"``) times ``vectors`` vectors of ``lanes``
+    output channels, ``pixels x vectors`` accumulators, and the ``order`` of its tasks
+    (:data:`ORDERS`).
 
     The default is the 8-lane tile of PERF-NOTES.md (6 x 16: 12 ymm accumulators + 2 weight
     vectors + 1 broadcast, 15 of 16 registers); with AVX-512, 16-lane vectors and 32 registers
     allow up to 14 pixels x 32 channels (28 + 2 + 1 = 31). The activation layout does not
     change with the tile: the kernel splits each 16-lane accumulator into two 8-channel blocks
-    at its store. Printed (and parsed) as ``<pixels>x<channels>/<lanes>``, e.g. ``14x32/16``.
+    at its store. Printed (and parsed) as ``<pixels>x<channels>/<lanes>[:<order>]``, e.g.
+    ``14x32/16`` or ``6x16/8:plane`` (no suffix: ``rows``).
     """
 
     lanes: int = 8
     vectors: int = 2
     pixels: int = 6
+    order: str = "rows"
 
     def __post_init__(self) -> None:
         if self.lanes not in (8, 16) or self.vectors not in (1, 2) or self.pixels < 1:
@@ -68,6 +83,9 @@ class DirectTile:
             raise ValueError("an 8-lane tile has two vectors (one 16-channel block pair)")
         if self.pixels * self.vectors + self.vectors + 1 > self.registers:
             raise ValueError(f"tile {self} needs more than {self.registers} vector registers")
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown tile order {self.order!r}: expected one of "
+                             f"{', '.join(ORDERS)}")
 
     @property
     def channels(self) -> int:
@@ -79,13 +97,19 @@ class DirectTile:
         return 16 if self.lanes == 8 else 32
 
     def __str__(self) -> str:
-        return f"{self.pixels}x{self.channels}/{self.lanes}"
+        suffix = "" if self.order == "rows" else f":{self.order}"
+        return f"{self.pixels}x{self.channels}/{self.lanes}{suffix}"
 
     @classmethod
     def parse(cls, text: str) -> DirectTile:
-        shape, lanes = text.split("/")
-        pixels, channels = shape.split("x")
-        return cls(int(lanes), int(channels) // int(lanes), int(pixels))
+        """The tile printed as ``text`` (``str(tile)``); ValueError for anything else."""
+        try:
+            shape, _, order = text.partition(":")
+            pixels, rest = shape.split("x")
+            channels, lanes = (int(v) for v in rest.split("/"))
+            return cls(lanes, channels // lanes, int(pixels), order or "rows")
+        except (ValueError, ZeroDivisionError) as e:
+            raise ValueError(f"not a direct-convolution tile: {text!r} ({e})") from None
 
 
 #: The 8-lane tile (AVX2 and every CPU).
@@ -97,9 +121,53 @@ TILE_8 = DirectTile()
 PIXELS_16 = (14, 7)
 
 
-def choose_tile(lanes: int, groups_k: int, Q: int) -> DirectTile:
-    """The tile for a layer with ``groups_k`` output channels per group and rows of ``Q`` output
-    pixels, on a target with ``lanes``-lane vectors.
+def split_8(Q: int) -> tuple[int, int]:
+    """How the 8-lane kernel covers ``Q`` consecutive output pixels (a row, or a plane with
+    ``order="plane"``): ``(six, four)`` tiles of 6 and 4 pixels, the 4-pixel ones after the
+    6-pixel ones, the last ending at the last pixel (it may overlap the one before). A tile of
+    4 pixels (8 accumulators, as many as two FMA units of 4 cycles' latency keep busy) runs
+    at the rate of a 6-pixel one; a shorter one does not (a 2-pixel tile: half). So the rest
+    of ``Q % 6`` pixels of 1, 2 or 5 takes one 6-pixel tile back: 7, 8 or 11 pixels in 2, 2
+    or 3 four-pixel tiles. ``(0, 0)`` for ``Q < 4`` (one-pixel tiles). The kernel's
+    ``_split_8`` computes the same at run time: this is the cost model's copy of its counts."""
+    if Q < 4:
+        return 0, 0
+    six = Q // 6 - (Q >= 6 and Q % 6 in (1, 2, 5))
+    return six, -(-(Q - 6 * six) // 4)
+
+
+def cost_8(Q: int) -> int:
+    """The cost model's time of covering ``Q`` pixels with the 8-lane tiles (:func:`split_8`),
+    in cycles per input channel: a tile of ``T`` pixels takes ``max(T, 4)`` cycles of FMAs (2
+    per cycle, 2 per pixel; under 8 accumulators the FMA latency of 4 cycles bounds it) plus
+    2 for what every tile repeats whatever its width (its weight loads, its loop), so a
+    4-pixel tile costs 6/4 a pixel where a 6-pixel one costs 8/6."""
+    six, four = split_8(Q)
+    return six * 8 + four * 6 if Q >= 4 else Q * 6
+
+
+#: Tasks per CPU below which the plane order (one task per image and k-tile) is not chosen: its
+#: tasks are few (64 channels at batch 1: 4), and threads left without one idle.
+PLANE_TASKS_PER_THREAD = 2
+#: The least saving of the cost model for which the plane order is chosen: rows of 7 save 19%,
+#: of 14 6% (measured: 3-5% faster), but rows of 28 and 56 only 1.7% and of 112 and 224 under
+#: 0.5% (one or two 4-pixel tiles a row, no pixel wasted), which measured as noise, or a few
+#: percent slower for 1x1 layers at 56 px (bench/RESULTS.md): those stay row by row.
+PLANE_MIN_SAVING = 0.02
+
+
+def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
+                planes: int | None = None) -> DirectTile:
+    """The tile for a layer with ``groups_k`` output channels per group and ``P`` rows of ``Q``
+    output pixels (``planes``: images times 16-channel k-tiles, the tasks of the plane order;
+    None: many), on a target with ``lanes``-lane vectors.
+
+    8 lanes: the 6 x 16 tile; its tasks take whole planes (``order="plane"``) where that costs
+    at least :data:`PLANE_MIN_SAVING` less than row by row (:func:`cost_8`: a plane of 7 x 7
+    is 7 full tiles and two of 4 where rows of 7 take two 4-pixel tiles each, 56 pixels' time
+    for 49; rows of 14 take a 6- and two 4-pixel tiles, the plane 32 full tiles and one of 4)
+    and there are at least :data:`PLANE_TASKS_PER_THREAD` planes for each of this machine's
+    CPUs, else rows.
 
     16 lanes: two vectors (32 channels) when each group's channels, padded to 16, are a multiple
     of 32, else one; of :data:`PIXELS_16`, the pixel count ``T <= Q`` that minimizes
@@ -108,7 +176,9 @@ def choose_tile(lanes: int, groups_k: int, Q: int) -> DirectTile:
     of 56 take 4 x 14, of 17 three 7-pixel tiles); rows shorter than 7 take the 7-pixel kernel.
     """
     if lanes == 8:
-        return TILE_8
+        busy = planes is None or planes >= PLANE_TASKS_PER_THREAD * (os.cpu_count() or 1)
+        plane = busy and cost_8(P * Q) < (1 - PLANE_MIN_SAVING) * P * cost_8(Q)
+        return DirectTile(order="plane") if plane else TILE_8
     vectors = 2 if -(-groups_k // TILE_K) % 2 == 0 else 1
     fitting = [t for t in PIXELS_16 if t <= Q] or [min(PIXELS_16)]
     pixels = min(fitting, key=lambda t: (-(-Q // t) * (t + 2), -t))

@@ -2,14 +2,16 @@
 
     conv(x, w; lowering=direct)  =>  conv(x, w; lowering=direct, tile=<pixels>x<channels>/<lanes>)
 
-The tile changes which output values one kernel iteration computes together, never the
-numbers: every output is the same chain of fused multiply-adds in the same order (c-block, r,
-s, lane), so 8- and 16-lane kernels agree bitwise. On an 8-lane target every layer takes the
-6 x 16 tile of PERF-NOTES.md. With 16 lanes (AVX-512) the tile is 32 output channels (two
-vectors) when each group's channels, padded to 16, divide into 32-channel tiles, else 16, and
-as many pixels of a row as fit the registers and waste least on the row's last tile
-(``kernels.tiles.choose_tile``). Depthwise and narrow-group convolutions keep their own
-8-channel kernel (``ops.conv.channelwise``).
+The tile changes which output values one kernel iteration computes together, never the numbers:
+every output is the same chain of fused multiply-adds in the same order (c-block, r, s, lane),
+so 8- and 16-lane kernels agree bitwise. On an 8-lane target (AVX2: 16 ymm registers) every
+layer takes the 6 x 16 tile of PERF-NOTES.md (12 accumulators, 2 weight vectors, a broadcast),
+its tasks row by row or, where the cost model says it runs fewer short tiles (rows of 7 and
+14), plane by plane (``6x16/8:plane``; ``kernels.tiles.cost_8``). With 16 lanes (AVX-512) the
+tile is 32 output channels (two vectors) when each group's channels, padded to 16, divide into
+32-channel tiles, else 16, and as many pixels of a row as fit the registers and waste least on
+the row's last tile (``kernels.tiles.choose_tile``). Depthwise and narrow-group convolutions
+keep their own 8-channel kernel (``ops.conv.channelwise``).
 
     conv_weight_grad(x, dy; lowering=direct)  =>  (...; tile=<rows>x<channels>/<lanes>)
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir import Graph
-from ..kernels.tiles import choose_tile
+from ..kernels.tiles import TILE_K, choose_tile
 from ..kernels.weight_grad import weight_grad_tile_name
 from ..ops import own_attrs
 from .manager import PassContext
@@ -41,9 +43,12 @@ def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
         return None
     a = own_attrs(node.attrs)
     groups, k = a["groups"], a["out_channels"]
-    # Rows of the output (a transposed convolution runs as a stride-1 convolution of its
-    # output's size).
-    return str(choose_tile(lanes, k // groups, node.type.shape[2]))
+    # The output's plane (a transposed convolution runs as a stride-1 convolution of its
+    # output's size), and its planes of 16 output channels per image: the tasks of the plane
+    # order at batch 1 (the batch is a runtime size: a larger one only adds tasks).
+    _, p, q = node.type.shape
+    planes = groups * -(-(k // groups) // TILE_K)
+    return str(choose_tile(lanes, k // groups, q, p, planes))
 
 
 def select_tile(graph: Graph, ctx: PassContext) -> bool:

@@ -212,6 +212,84 @@ def test_choose_tile():
         compile_conv(dict(out_channels=48, kernel=1), (8, 4, 4), tile="4x32/16")
 
 
+# -- 8-lane tiles (AVX2: 16 ymm registers) ------------------------------------------------------
+
+#: The kernels the 8-lane tile tests draw from (each a compile of its own): a padded 3x3 with the
+#: bias and the ReLU, and a strided pointwise convolution.
+KERNELS_8 = [dict(kernel=3, pads=(1, 0, 2, 1), bias=True, activation="relu"),
+             dict(kernel=1, stride=2)]
+
+
+@st.composite
+def tile_8_configs(draw):
+    attrs = dict(draw(st.sampled_from(KERNELS_8)), out_channels=draw(st.integers(1, 40)))
+    C = draw(st.integers(8, 20))
+    H, W = draw(st.integers(1, 15)), draw(st.integers(2, 16))  # Q: 1 to 15 pixels
+    return attrs, (C, H, W), draw(st.integers(1, 2))
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=tile_8_configs())
+def test_8_lane_row_and_plane_tiles_match_reference_bitwise(cfg, conv_ref, close):
+    """The 6 x 16 tile row by row (6-pixel tiles, then 4-pixel ones ending at the row's end,
+    or one-pixel tiles for rows under 4: every rest of ``Q % 6``), in the k-tiles-fastest
+    order, and plane by plane (tiles whose pixels cross into the next row, each with its own
+    input and output offset): the same FMAs in the same order, so bit for bit the same
+    numbers, and the reference's."""
+    attrs, shape, N = cfg
+    rows = compile_conv(attrs, shape, "direct")
+    plane = compile_conv(attrs, shape, "direct", tile="6x16/8:plane")
+    kblocks = compile_conv(attrs, shape, "direct", tile="6x16/8:kblocks")
+    assert str(plane.tile) == "6x16/8:plane"
+    rng = np.random.default_rng(N)
+    x, w, b = _operands(rng, plane.geometry, N)
+    y = plane(x, w, b)
+    np.testing.assert_array_equal(y, rows(x, w, b))
+    np.testing.assert_array_equal(y, kblocks(x, w, b))
+    a = normalize_attrs(attrs)
+    close(y, conv_ref(x, w, b, stride=a["stride"], pads=a["pads"], dilation=a["dilation"],
+                      groups=a["groups"], activation=a["activation"]))
+
+
+def test_8_lane_plane_tile_stem(conv_ref, close):
+    """The 3-channel stem (a channel block of 3) plane by plane: the reference's numbers."""
+    attrs = dict(out_channels=32, kernel=7, stride=2, pads=3, activation="relu")
+    k = compile_conv(attrs, (3, 20, 22), "direct", tile="6x16/8:plane")
+    _check(k, attrs, 2, np.random.default_rng(7), conv_ref, close)
+
+
+def test_8_lane_tile_split_and_order():
+    """The cost model's counts of 6- and 4-pixel tiles cover every row exactly once or with
+    an overlap under one tile; planes of short rows and of rows of 14 take the plane order,
+    rows of multiples of 6 stay row by row, and so do layers with fewer planes than threads."""
+    from cnnc.compiler.kernels.tiles import TILE_8, DirectTile, choose_tile, cost_8, split_8
+
+    for q in range(1, 300):
+        six, four = split_8(q)
+        covered = 6 * six + 4 * four
+        if q < 4:
+            assert (six, four) == (0, 0)
+        else:
+            assert q <= covered < q + 4 and six >= 0
+            rest = q - 6 * six  # the kernel's 4-pixel tiles start here, the last at q - 4
+            starts = [6 * six + min(4 * j, rest - 4) for j in range(four)]
+            assert all(0 <= a <= q - 4 for a in starts) and (not starts or starts[-1] == q - 4)
+        assert cost_8(q) >= 8 * q // 6
+    assert split_8(7) == (0, 2) and split_8(14) == (1, 2) and split_8(56) == (8, 2)
+    assert split_8(49) == (7, 2) and split_8(12) == (2, 0)
+    assert choose_tile(8, 512, 7, 7) == DirectTile(order="plane")  # planes: many
+    assert choose_tile(8, 256, 14, 14) == DirectTile(order="plane")
+    assert choose_tile(8, 64, 12, 12, planes=64) == TILE_8  # nothing to gain
+    assert choose_tile(8, 64, 56, 56) == TILE_8  # too little to gain
+    assert choose_tile(8, 64, 13, 13) == DirectTile(order="plane")
+    assert choose_tile(8, 512, 7, 7, planes=1) == TILE_8  # threads left idle
+    assert DirectTile.parse("6x16/8:plane") == DirectTile(order="plane")
+    assert str(DirectTile(8, 2, 6, "kblocks")) == "6x16/8:kblocks"
+    with pytest.raises(ValueError, match="order"):
+        DirectTile.parse("6x16/8:diagonal")
+
+
 @pytest.mark.host_target
 def test_16_lane_kernel_asm_uses_zmm_without_spills():
     """With AVX-512 the 14 x 32 tile is 28 zmm accumulators, 2 weight vectors and a broadcast:

@@ -310,3 +310,29 @@ def test_every_nhwc_kernel_checks_against_the_reference(source):
     model, rows = check(load_network(source), layout="NHWC")
     assert _layouts(model) == {"NHWC"}
     assert rows and all(r.ok for r in rows), [(r.name, r.fraction) for r in rows if not r.ok]
+
+
+#: Layers of 64 channels on planes of 7 x 7 and 4 x 4 (rows too short for the 6-pixel tile):
+#: on an 8-lane target the tiles run plane by plane, the residual add fused at their stores.
+PLANES = """network planes
+input x: 16 x 7 x 7
+s = x -> conv(64, 3, pad=1) -> relu
+d = s -> conv(64, 3, pad=1)
+(s + d) -> relu -> conv(64, 1, stride=2) -> relu -> globalavgpool -> output y
+"""
+
+
+def test_8_lane_plane_tiles_in_every_blocked_layout(monkeypatch):
+    """On a machine of 2 CPUs (4 planes of 16 channels are work enough for its threads) the
+    8-lane target's tiles cross rows (``6x16/8:plane``), in NCHW8c, NCHW16c (read as 8-channel
+    halves) and NHWC, with the residual operand and the halo at each pixel's own row; with
+    many CPUs they stay row by row. Every model bit for bit the same, and the reference's."""
+    graph = load_network(PLANES)
+    runs = {}
+    for cpus, layout in ((2, "NCHW8c"), (2, "NCHW16c"), (2, "NHWC"), (64, "NCHW8c")):
+        monkeypatch.setattr("os.cpu_count", lambda cpus=cpus: cpus)
+        m = compile_model(graph, seed=4, target="avx2", layout=layout, lowering="direct")
+        tiles = {n.attrs["tile"] for n in m.plan.graph.nodes() if n.op == "conv"}
+        assert tiles == ({"6x16/8:plane"} if cpus == 2 else {"6x16/8"}), (cpus, layout)
+        runs[f"{layout} on {cpus} CPUs"] = m
+    _agree(graph, runs)
