@@ -89,20 +89,29 @@ def lp_root(acc: Expr, p: float) -> Expr:
     return call("sqrt", acc) if p == 2.0 else call("pow", acc, Const(1.0 / p))
 
 
-def pool_grad_arrays(op: str) -> list[str]:
+def picks_rows(op: str, thread_scratch: bool) -> bool:
+    """Whether :func:`pool_grad_kernel` picks each output row's window taps into a row of
+    per-thread scratch first: max and min pooling, where the target has per-thread scratch
+    (the CPU's; a GPU kernel picks and adds window by window)."""
+    return op in ("maxpool", "minpool") and thread_scratch
+
+
+def pool_grad_arrays(op: str, thread_scratch: bool = True) -> list[str]:
     """The array parameters of :func:`pool_grad_kernel` for the gradient of ``op``: x, dy,
-    dx, and for max and min pooling ``work``, one output row's window picks per thread
-    (:func:`pool_grad_scratch`)."""
-    return ["x0", "x1", "y"] + (["work"] if op in ("maxpool", "minpool") else [])
+    dx, and where it picks rows (:func:`picks_rows`) ``work``, one output row's window picks
+    per thread (:func:`pool_grad_scratch`)."""
+    return ["x0", "x1", "y"] + (["work"] if picks_rows(op, thread_scratch) else [])
 
 
-def pool_grad_scratch(op: str, out_hw: tuple[int, int], threads: int) -> int:
+def pool_grad_scratch(op: str, out_hw: tuple[int, int], threads: int,
+                      thread_scratch: bool = True) -> int:
     """Floats of :func:`pool_grad_kernel`'s ``work`` for ``threads`` threads (0: none)."""
-    return threads * out_hw[1] if op in ("maxpool", "minpool") else 0
+    return threads * out_hw[1] if picks_rows(op, thread_scratch) else 0
 
 
 def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int],
-                     attrs: dict[str, Any], comment: str = "", sz: Sizes | None = None) -> Kernel:
+                     attrs: dict[str, Any], comment: str = "", sz: Sizes | None = None,
+                     thread_scratch: bool = True) -> Kernel:
     """The input gradient of ``maxpool``, ``minpool``, ``avgpool`` or ``lppool``
     (``pool_grad``): one parallel iteration per (image, channel) plane, which it zeroes and then
     adds each window's share of ``dy`` (``x1``) into: max (min) pooling all of it to the
@@ -116,8 +125,9 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
     maximum (an integer pick, of another width than the compare, it did not); the second adds
     each window's ``dy`` onto its pick. In one loop the pick was a data-dependent branch per
     tap beside the scatter, and ResNet-18's stem pooling gradient took 34 ms where the two
-    loops take 11 (one thread, batch 8). ``work`` is indexed by ``thread_id``: a CPU kernel
-    (training runs on CPU targets only)."""
+    loops take 11 (one thread, batch 8). ``work`` is indexed by ``thread_id``, which only the
+    CPU has: without ``thread_scratch`` (a GPU target) each window's pick is added at once, in
+    one loop (:func:`picks_rows`)."""
     sz = sz if sz is not None else Sizes(literal=True)
     C, H, W = (sz(n, d) for n, d in zip("CHW", shape))
     P, Q = sz("P", out_hw[0]), sz("Q", out_hw[1])
@@ -154,11 +164,16 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
                     + tap % S * dw),
                 Store("y", Var("at"), Load("y", Var("at"))
                       + Load("x1", Var("yb") + Var("p") * Q + Var("q")))])]
+        params = [Param(n) for n in pool_grad_arrays(op, thread_scratch)]
+        if not picks_rows(op, thread_scratch):  # the pick, then its window's dy added at once
+            add = [Let("tap", call("int", Var("best")))] + scatter[1:]
+            body.append(Loop("p", const(P), [Let("h0", Var("p") * sh - pt),
+                                              Loop("q", const(Q), pick[:-1] + add)]))
+            return rows_kernel(name, params, C, body, comment, sz)
         body.insert(0, Let("wb", call("thread_id") * Q))
         body.append(Loop("p", const(P), [Let("h0", Var("p") * sh - pt),
                                           Loop("q", const(Q), pick),
                                           Loop("q", const(Q), scatter)]))
-        params = [Param(n) for n in pool_grad_arrays(op)]
         return rows_kernel(name, params, C, body, comment, sz)
     if op == "avgpool":
         q_body += average_divisor(attrs, H, W)

@@ -156,6 +156,12 @@ PLANE_TASKS_PER_THREAD = 2
 PLANE_MIN_SAVING = 0.02
 
 
+def output_planes(groups: int, k: int) -> int:
+    """An image's planes of :data:`TILE_K` output channels (each group's padded apart): the
+    tasks of the plane order at batch 1."""
+    return groups * -(-(k // groups) // TILE_K)
+
+
 def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
                 planes: int | None = None) -> DirectTile:
     """The tile for a layer with ``groups_k`` output channels per group and ``P`` rows of ``Q``

@@ -372,16 +372,19 @@ def _pool_grad_bound(ctx: BoundCtx) -> np.ndarray:
 
 def _lower_pool_grad(ctx, node):
     """Max, min, average and Lp pooling's gradients (``pool_grad_kernel``); max and min
-    pooling's kernel picks each row's taps into a row of ``pool_picks`` scratch per thread."""
+    pooling's kernel picks each row's taps into a row of ``pool_picks`` scratch per thread
+    where the target has per-thread scratch (the CPU's)."""
     of, attrs = _pool_of(node.attrs)
     sz = Sizes()
     x, dy = ctx.in_shapes
-    k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz)
-    work = pool_grad_scratch(of, dy[1:], ctx.threads)
+    scratch = ctx.backend.thread_scratch
+    k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz, scratch)
+    work = pool_grad_scratch(of, dy[1:], ctx.threads, scratch)
     if not work:
         return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
-    arrays = dict(zip(pool_grad_arrays(of), (*(Arg("value", i) for i in ctx.tensor_inputs),
-                                             Arg("output"), Arg("scratch", "pool_picks"))))
+    arrays = dict(zip(pool_grad_arrays(of, scratch),
+                      (*(Arg("value", i) for i in ctx.tensor_inputs), Arg("output"),
+                       Arg("scratch", "pool_picks"))))
     args = [arrays[p.name] if p.name in arrays else Arg("batch") if p.name == "n_batch"
             else Arg("int", int(sz.values[p.name])) for p in k.params]
     # scratch is sized per image: a batch's arena holds more rows than there are threads

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir import Graph
-from ..kernels.tiles import TILE_K, choose_tile
+from ..kernels.tiles import choose_tile, output_planes
 from ..kernels.weight_grad import weight_grad_tile_name
 from ..ops import own_attrs
 from .manager import PassContext
@@ -47,8 +47,7 @@ def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
     # output's size), and its planes of 16 output channels per image: the tasks of the plane
     # order at batch 1 (the batch is a runtime size: a larger one only adds tasks).
     _, p, q = node.type.shape
-    planes = groups * -(-(k // groups) // TILE_K)
-    return str(choose_tile(lanes, k // groups, q, p, planes))
+    return str(choose_tile(lanes, k // groups, q, p, output_planes(groups, k)))
 
 
 def select_tile(graph: Graph, ctx: PassContext) -> bool:

@@ -104,6 +104,9 @@ class CudaBackend:
         printer refuses it)."""
         return 1
 
+    #: No kernel may index scratch by the running thread (see :attr:`threads`).
+    thread_scratch = False
+
     @property
     def memory(self) -> CupyMemory | EmulatedMemory:
         """Where the kernels' arrays live: the GPU's (CuPy), else the emulated GPU's (a

@@ -94,6 +94,9 @@ class NumbaBackend:
     #: NumPy arrays in this process's memory.
     memory = HOST
 
+    #: Kernels may index scratch by the running thread (``thread_id``).
+    thread_scratch = True
+
     comment = staticmethod(sanitize_comment)
     listing_suffix = ".py"
 
