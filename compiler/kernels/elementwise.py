@@ -592,19 +592,29 @@ def pad_grad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mode: 
     sz = sz if sz is not None else Sizes(literal=True)
     t, l, b, r = (int(p) for p in pads)
     unpadded = (int(shape[0]), int(shape[1]) - t - b, int(shape[2]) - l - r)
-    C, H, W, t, l, _, OH, OW = _pad_sizes(unpadded, pads, sz)
+    C, H, W, t, l, r, OH, OW = _pad_sizes(unpadded, pads, sz)
     body: list[Stmt] = [Let("gb", Var("t") * (OH * OW)), Let("yb", Var("t") * (H * W))]
     if mode == "constant":
         body.append(Loop("i", const(H), [Loop("j", const(W), [Store(
             "y", Var("yb") + Var("i") * W + Var("j"),
             Load("x0", Var("gb") + (Var("i") + t) * OW + Var("j") + l))])]))
         return rows_kernel(name, arrays("x0", "y"), C, body, comment, sz)
-    at = Var("yb") + Var("i") * W + Var("j")
+    # Per row of dy: its source row, then the left border, the middle (a contiguous run) and
+    # the right border added onto the pixels they copy: the additions in the order of the
+    # output pixels, with no mirroring in the middle.
+    j = Var("j")
+
+    def add(column: Expr, source: Expr) -> Stmt:
+        at = Var("yr") + column
+        return Store("y", at, Load("y", at) + Load("x0", Var("gr") + source))
+
     body += [Loop("e", const(H * W), [Store("y", Var("yb") + Var("e"), Const(0.0))]),
-             Loop("p", const(OH), [Let("i", _source_index(Var("p") - t, H, mode)), Loop(
-                 "q", const(OW), [Let("j", _source_index(Var("q") - l, W, mode)), Store(
-                     "y", at, Load("y", at) + Load("x0", Var("gb") + Var("p") * OW + Var("q")))
-                 ])])]
+             Loop("p", const(OH), [
+                 Let("yr", Var("yb") + _source_index(Var("p") - t, H, mode) * W),
+                 Let("gr", Var("gb") + Var("p") * OW),
+                 Loop("j", const(l), [add(_source_index(j - l, W, mode), j)]),
+                 Loop("j", const(W), [add(j, j + l)]),
+                 Loop("j", const(r), [add(_source_index(j + W, W, mode), j + (l + W))])])]
     return rows_kernel(name, arrays("x0", "y"), C, body, comment, sz)
 
 
@@ -679,29 +689,49 @@ def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
                       comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Input of a transposed convolution as a plain one: ``stride - 1`` zeros between pixels,
     ``before`` rows/columns of zeros in front (negative: cropped), zeros after, to
-    ``out_hw``. The sizes (``C H W``, ``before`` as ``BT BL``, ``out_hw`` as ``P Q``) are
-    runtime integers recorded in ``sz`` (literals without one); the stride stays in the code
-    (its divisions by a literal are cheap)."""
+    ``out_hw``: per output row, zeros or an input row's pixels each followed by ``stride - 1``
+    zeros, every output written once. The sizes (``C H W``, ``before`` as ``BT BL``,
+    ``out_hw`` as ``P Q``, the input columns that land in the output ``J0 .. J1 - 1``, the
+    output columns ``C0 .. CE - 1`` they span) are runtime integers recorded in ``sz``
+    (literals without one); the stride stays in the code (its zeros unrolled)."""
     sz = sz if sz is not None else Sizes(literal=True)
     C, H, W = (sz(n, int(d)) for n, d in zip("CHW", shape))
     sh, sw = stride
     bt, bl = sz("BT", before[0]), sz("BL", before[1])
     OH, OW = sz("P", out_hw[0]), sz("Q", out_hw[1])
+    # The input columns that land in the output, ``j0 .. j1 - 1`` (bl + j sw in [0, OW)), and
+    # the output columns before the first and from past the last of them (all zeros).
+    j0 = max(0, -(before[1] // sw))
+    j1 = max(j0, min(int(shape[2]), -(-(out_hw[1] - before[1]) // sw)))
+    first = min(out_hw[1], before[1] + j0 * sw) if j1 > j0 else out_hw[1]
+    end = min(out_hw[1], before[1] + j1 * sw) if j1 > j0 else out_hw[1]
+    j0, j1, first, end = sz("J0", j0), sz("J1", j1), sz("C0", first), sz("CE", end)
     body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += [Let("sr", Var("oh") - bt), Let("yb", Var("t") * OW)]
     row_ok = cmp("and", cmp(">=", Var("sr"), 0),
                  cmp("and", cmp("<", Var("sr"), (H - 1) * sh + 1),
                      cmp("==", Var("sr") % sh, 0)))
-    sc = Var("j") - bl
-    col_ok = cmp("and", cmp(">=", sc, 0),
-                 cmp("and", cmp("<", sc, (W - 1) * sw + 1), cmp("==", sc % sw, 0)))
-    xb = (Var("nc") * H + Var("sr") // sh) * W
-    copy = [Let("xb", xb),
-            Loop("j", const(OW), [Store("y", Var("yb") + Var("j"),
-                                        Select(col_ok, Load("x0", Var("xb") + sc // sw),
-                                               Const(0.0)))])]
-    zero = [Loop("j", const(OW), [Store("y", Var("yb") + Var("j"), Const(0.0))])]
-    body.append(If(row_ok, copy, zero))
+    zero = Const(0.0)
+
+    def pixel(j: Expr, guarded: bool) -> list[Stmt]:
+        """Input column ``j`` and the stride's zeros after it (unrolled; past the row's end
+        only after the last pixel, where they are guarded)."""
+        col = bl + j * sw
+        stmts: list[Stmt] = [Store("y", Var("yb") + col, Load("x0", Var("xb") + j))]
+        for k in range(1, sw):
+            store = Store("y", Var("yb") + col + k, zero)
+            stmts.append(If(cmp("<", col + k, OW), [store]) if guarded else store)
+        return stmts
+
+    copy = [Let("xb", (Var("nc") * H + Var("sr") // sh) * W),
+            Loop("j", const(first), [Store("y", Var("yb") + Var("j"), zero)]),
+            # the guard-free loop over all pixels but the last vectorizes
+            Loop("j", const(j1 - j0 - 1), pixel(Var("j"), False), start=const(j0)),
+            If(cmp(">", j1, j0), pixel(j1 - 1, True)),
+            Loop("j", const(OW - end), [Store("y", Var("yb") + Var("j"), zero)],
+                 start=const(end))]
+    body.append(If(row_ok, copy, [Loop("j", const(OW), [Store("y", Var("yb") + Var("j"),
+                                                              zero)])]))
     return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment, sz)
 
 

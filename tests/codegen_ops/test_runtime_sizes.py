@@ -32,7 +32,7 @@ x -> flip(horizontal) -> output f
 x -> instance_norm -> output i
 x -> groupnorm(2) -> output g
 x -> lrn(size=3) -> output l
-x -> conv_transpose(3, 3, stride=2) -> output t
+x -> conv_transpose(3, 3, stride=2, pad=(1, 3)) -> output t
 distance(e1, e2) -> output d
 """
 
