@@ -4,7 +4,7 @@ builders given literal sizes (fully specialized code, one kernel per shape: how 
 built before).
 
     NUMBA_NUM_THREADS=1 .venv/bin/python bench/bench_small_kernels.py [--size 64x56x56]
-        [--batch 4] [--rounds 5] [--repeat 20]
+        [--batch 4] [--rounds 5] [--repeat 20] [--kernels "pad,upsample bilinear"]
 
 Each kernel is bound alone into a task program (``backends/numba/tasks.py``, as a compiled
 model runs it) and run ``--repeat`` times per round, the two versions alternating for
@@ -28,6 +28,7 @@ from cnnc.compiler.backends.numba.tasks import TaskProgram
 from cnnc.compiler.kernels import elementwise as ew
 from cnnc.compiler.kernels.common import Sizes
 from cnnc.compiler.kernels.kernel_ir import Kernel
+from cnnc.compiler.kernels.pool import FilterAxis, upsample_kernel
 
 #: name -> (builder(sz) -> kernel, per-image floats of each input array and of the output).
 Case = tuple[Callable[[Sizes | None], Kernel], dict[str, int]]
@@ -60,7 +61,16 @@ def cases(c: int, h: int, w: int) -> dict[str, Case]:
             {"x0": c * hw, "x1": c, "x2": c * hw, "y": c * hw}),
         "lrn": (lambda sz: ew.lrn_kernel("k_lrn", shape, 5, 1e-4, 0.75, 2.0, sz=sz),
                 {"x0": c * hw, "y": c * hw}),
+        "upsample bilinear": (lambda sz: upsample_kernel(
+            "k_upsample", shape, (2 * h, 2 * w), BILINEAR, (FilterAxis(2), FilterAxis(2)), sz=sz),
+            {"x0": c * hw, "y": 4 * c * hw}),
     }
+
+
+#: ``upsample(2, mode=bilinear)``'s canonical attributes.
+BILINEAR = {"scale": (2.0, 2.0), "mode": "bilinear", "coordinates": "half_pixel",
+            "rounding": "floor", "roi": (0.0, 0.0, 1.0, 1.0), "cubic_a": -0.75,
+            "exclude_outside": False, "extrapolation": 0.0}
 
 
 def program(kernel: Kernel, sizes: Sizes, floats: dict[str, int], batch: int,
@@ -94,6 +104,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--kernels", default="", help="comma-separated names (default: all)")
     args = ap.parse_args()
     c, h, w = (int(d) for d in args.size.split("x"))
     print(f"{c} x {h} x {w}, batch {args.batch}, {numba.get_num_threads()} thread(s); median "
@@ -101,6 +112,8 @@ def main() -> None:
     print("| kernel | literal sizes (us) | runtime sizes (us) | runtime / literal |")
     print("|---|---|---|---|")
     for name, (build, floats) in cases(c, h, w).items():
+        if args.kernels and name not in args.kernels.split(","):
+            continue
         runtime = Sizes()
         versions = [program(build(None), Sizes(), floats, args.batch, "literal"),
                     program(build(runtime), runtime, floats, args.batch, "runtime")]

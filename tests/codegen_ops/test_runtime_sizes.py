@@ -3,7 +3,8 @@ module (its name carries the hash of its source, so one name is one compiled ker
 kernel stays within its op's float32 error bound of the float64 reference at both shapes.
 
 The forward ops (padding in its three modes, flip, instance and group norm, LRN, the
-zero-stuffing before a transposed convolution, distance) run in one inference network; the
+zero-stuffing before a transposed convolution, distance, bilinear resizing with aligned
+corners) run in one inference network; the
 backward kernels of padding, group norm and LRN in one small training network.
 """
 
@@ -33,6 +34,7 @@ x -> instance_norm -> output i
 x -> groupnorm(2) -> output g
 x -> lrn(size=3) -> output l
 x -> conv_transpose(3, 3, stride=2, pad=(1, 3)) -> output t
+x -> upsample(2, mode=bilinear, align_corners=true) -> output u
 distance(e1, e2) -> output d
 """
 
@@ -65,7 +67,7 @@ def forward_models():
 
 @pytest.mark.parametrize("prefix, count", [("k_pad", 3), ("k_flip", 1), ("k_instance_norm", 2),
                                            ("k_lrn", 1), ("k_zero_stuff", 1),
-                                           ("k_distance", 1)])
+                                           ("k_distance", 1), ("k_upsample", 1)])
 def test_two_shapes_share_one_kernel_module(forward_models, prefix, count):
     """Each of these kernels is one module at both shapes (instance norm and group norm are
     the same kernel: group norm with a group per channel)."""
@@ -78,7 +80,7 @@ def test_two_shapes_share_one_kernel_module(forward_models, prefix, count):
 def test_forward_kernels_within_their_error_bounds(forward_models, at):
     rows = check_model(forward_models[at], batch=3)
     assert {r.op for r in rows} >= {"pad", "flip", "instance_norm", "groupnorm", "lrn",
-                                    "conv_transpose", "distance"}
+                                    "conv_transpose", "distance", "upsample"}
     assert all(r.ok for r in rows), format_rows(rows, 1.0)
 
 
