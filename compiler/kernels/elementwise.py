@@ -19,6 +19,7 @@ from .common import (
     Sizes,
     apply_epilogue,
     arrays,
+    as_f64,
     fmax,
     prod,
     rows_kernel,
@@ -244,22 +245,17 @@ def _group_sizes(shape: Sequence[int], groups: int, sz: Sizes) -> tuple[ExprLike
     return sz("G", groups), sz("CG", C // groups), sz("HW", hw)
 
 
-def _as_f64(n: ExprLike) -> Expr:
-    """A count as a float64 value (a literal, or a runtime integer converted)."""
-    return F64(float(n)) if isinstance(n, int) else call("f64", n)
-
-
 def _group_stats(x: str, size: ExprLike, eps: float) -> list[Stmt]:
     """``mean`` and ``rstd`` = 1 / sqrt(var + eps) of the ``size`` values of ``x`` from
     ``base`` on: two float64 passes (the mean, then the squared deviations)."""
     value = Load(x, Var("base") + Var("e"))
     return [Let("s", call("f64", Const(0))),
             Loop("e", const(size), [Let("s", Var("s") + value)]),
-            Let("mean", div(Var("s"), _as_f64(size))),
+            Let("mean", div(Var("s"), as_f64(size))),
             Let("s2", call("f64", Const(0))),
             Loop("e", const(size), [Let("dv", value - Var("mean")),
                                     Let("s2", Var("s2") + Var("dv") * Var("dv"))]),
-            Let("rstd", div(F64(1.0), call("sqrt", div(Var("s2"), _as_f64(size))
+            Let("rstd", div(F64(1.0), call("sqrt", div(Var("s2"), as_f64(size))
                                                + F64(float(eps)))))]
 
 
@@ -288,8 +284,8 @@ def groupnorm_input_grad_kernel(name: str, shape: Sequence[int], groups: int, ep
                         Let("m1", call("f64", Const(0))), Let("m2", call("f64", Const(0))),
                         over_group([Let("d", dxhat), Let("m1", Var("m1") + Var("d")),
                                     Let("m2", Var("m2") + Var("d") * xhat)]),
-                        Let("m1", div(Var("m1"), _as_f64(size))),
-                        Let("m2", div(Var("m2"), _as_f64(size))),
+                        Let("m1", div(Var("m1"), as_f64(size))),
+                        Let("m2", div(Var("m2"), as_f64(size))),
                         over_group([Store("y", at, Var("rstd") * (
                             dxhat - Var("m1") - xhat * Var("m2")))])]
     return rows_kernel(name, arrays(*dict.fromkeys(operands), "y"), G, body, comment, sz)

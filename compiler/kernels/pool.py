@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import N_BATCH, Sizes, fmax, fmin, rows_kernel, unflatten
+from .common import N_BATCH, Sizes, as_f64, fmax, fmin, rows_kernel, unflatten
 from .kernel_ir import (
     F64,
     Const,
@@ -233,11 +233,6 @@ class FilterAxis:
     stretch: float = 1.0
 
 
-def _f64(n: ExprLike) -> Expr:
-    """A size as a float64 value (a literal, or a runtime integer converted)."""
-    return F64(float(n)) if isinstance(n, int) else call("f64", n)
-
-
 def _coordinate(i: Expr, n_in: ExprLike, n_out: ExprLike, single: bool, scale: float,
                 coordinates: str, roi: tuple[float, float]) -> Expr:
     """ONNX's source coordinate of output index ``i`` along one axis (``single``: the axis has
@@ -251,11 +246,11 @@ def _coordinate(i: Expr, n_in: ExprLike, n_out: ExprLike, single: bool, scale: f
             return F64(0.0)
         return div(i + half, F64(scale)) - half
     if coordinates == "half_pixel_symmetric":
-        offset = div(_f64(n_in), F64(2.0)) * (
-            F64(1.0) - div(_f64(n_out), _f64(n_in) * F64(scale)))
+        offset = div(as_f64(n_in), F64(2.0)) * (
+            F64(1.0) - div(as_f64(n_out), as_f64(n_in) * F64(scale)))
         return offset + div(i + half, F64(scale)) - half
     if coordinates == "align_corners":
-        return F64(0.0) if single else div(i * (n_in - 1), _f64(n_out - 1))
+        return F64(0.0) if single else div(i * (n_in - 1), as_f64(n_out - 1))
     if coordinates == "asymmetric":
         return div(i, F64(scale))
     if coordinates == "tf_half_pixel_for_nn":
@@ -263,9 +258,9 @@ def _coordinate(i: Expr, n_in: ExprLike, n_out: ExprLike, single: bool, scale: f
     if coordinates == "tf_crop_and_resize":
         start, end = roi
         if single:
-            return F64(0.5 * (start + end)) * _f64(n_in - 1)
+            return F64(0.5 * (start + end)) * as_f64(n_in - 1)
         return div((F64(start) * (n_out - 1 - i) + F64(end) * i) * (n_in - 1),
-                   _f64(n_out - 1))
+                   as_f64(n_out - 1))
     raise ValueError(f"unknown coordinate transformation {coordinates!r}")
 
 
@@ -349,7 +344,7 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
         lets: list[Stmt] = [Let(f"{p}x", x)]
         if crop:
             lets.append(Let(f"{p}out", cmp("or", cmp("<", Var(f"{p}x"), F64(0.0)),
-                                           cmp(">", Var(f"{p}x"), _f64(n_in - 1)))))
+                                           cmp(">", Var(f"{p}x"), as_f64(n_in - 1)))))
         if mode == "nearest":
             return lets + _nearest(p, attrs["rounding"], n_in)
         if plain:
