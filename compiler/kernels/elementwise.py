@@ -343,7 +343,7 @@ def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: f
 LRN_ROOT_EXPONENTS = (0.5, 0.75, 1.0)
 
 
-def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: float,
+def lrn_blocked_kernel(name: str, size: int, alpha: float, beta: float,
                        k: float, comment: str = "", lanes: int = 8,
                        nhwc: bool = False) -> Kernel:
     """Local response normalization over channel-blocked storage (geometry ``X*`` in, ``Y*``
@@ -356,9 +356,10 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
     vectors (``valign`` across a block boundary), ``norm = k + alpha / size * sum`` in one fused
     multiply-add and ``x / norm ** beta`` with square roots, all in float32; padding lanes get
     ``0 / norm = 0``. Otherwise each lane's window is summed and raised with ``pow`` per lane in
-    float64 (as the NCHW kernel), padding lanes stored as zeros."""
+    float64 (as the NCHW kernel), padding lanes stored as zeros. The sizes are runtime
+    integers (the channels ``C`` too where lanes are looked at one by one)."""
 
-    C, L = channels, lanes
+    L = lanes
     n, cb, p, q, j = Var("n"), Var("cb"), Var("p"), Var("q"), Var("j")
     x, y = StorageIndex.named("X", L, nhwc), StorageIndex.named("Y", L, nhwc)
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
@@ -398,19 +399,22 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
             den = VBin("mul", Var("r"), VUnary("sqrt", Var("r")))
         pixel.append(VStore("y", Var("yrow") + q * y.pixel, VBin("div", Var("xc"), den)))
         row: Stmt = Loop("q", Q, pixel)
+        channels: list[str] = []
     else:
         def x_at(c: Expr) -> Expr:  # channel c of pixel (p, q)
             return Load("x0", block_at(c // L) + c % L)
 
-        c = Var("c")
+        c, C = Var("c"), Var("C")
         lane = [Let("c", cb * L + j), Let("o", Var("yrow") + q * y.pixel + j),
                 If(cmp("<", c, C), [*_lrn_window(c, C, size),
                                     *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
                    [Store("y", Var("o"), Const(0.0))])]
         row = Loop("q", Q, [Loop("j", Const(L), lane)])
+        channels = ["C"]
     body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("yrow", y.row(n, cb, p)), row]
-    ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
+    ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
+        ["Y" + s for s in BLOCKED_INTS] + channels
     params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
         [Param("n_batch", "int")]
     return Kernel(name, params, [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")],

@@ -335,10 +335,10 @@ def _lower_lrn(ctx, node):
     source = ctx.storage(ctx.tensor_inputs[0])
     if source is not None:  # NCHW8c or NCHW16c in and out (the layout rule)
         c, h, w = ctx.out_shape
-        ints = {"C8": -(-c // source.lanes), "P": h, "Q": w}
+        ints = {"C": c, "C8": -(-c // source.lanes), "P": h, "Q": w}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
-        k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment, source.lanes, source.nhwc)
+        k = lrn_blocked_kernel(ctx.kname, *window, ctx.comment, source.lanes, source.nhwc)
         return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
     k = lrn_kernel(ctx.kname, ctx.in_shapes[0], *window, ctx.comment, sz)

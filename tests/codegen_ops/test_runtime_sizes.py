@@ -4,7 +4,7 @@ kernel stays within its op's float32 error bound of the float64 reference at bot
 
 The forward ops (padding in its three modes, flip, instance and group norm, LRN, the
 zero-stuffing before a transposed convolution, distance, bilinear resizing with aligned
-corners) run in one inference network; the
+corners, LRN on channel-blocked storage) run in one inference network; the
 backward kernels of padding, group norm and LRN in one small training network.
 """
 
@@ -33,6 +33,7 @@ x -> flip(horizontal) -> output f
 x -> instance_norm -> output i
 x -> groupnorm(2) -> output g
 x -> lrn(size=3) -> output l
+x -> conv({c + 13}, 3, pad=1) -> lrn(size=3, beta=0.6) -> conv(8, 3, pad=1) -> output lb
 x -> conv_transpose(3, 3, stride=2, pad=(1, 3)) -> output t
 x -> upsample(2, mode=bilinear, align_corners=true) -> output u
 distance(e1, e2) -> output d
@@ -66,11 +67,12 @@ def forward_models():
 
 
 @pytest.mark.parametrize("prefix, count", [("k_pad", 3), ("k_flip", 1), ("k_instance_norm", 2),
-                                           ("k_lrn", 1), ("k_zero_stuff", 1),
+                                           ("k_lrn", 2), ("k_zero_stuff", 1),
                                            ("k_distance", 1), ("k_upsample", 1)])
 def test_two_shapes_share_one_kernel_module(forward_models, prefix, count):
     """Each of these kernels is one module at both shapes (instance norm and group norm are
-    the same kernel: group norm with a group per channel)."""
+    the same kernel: group norm with a group per channel; LRN between convolutions runs on
+    channel-blocked storage, lane by lane for this exponent, and on its own input as NCHW)."""
     first, second = (modules(m, prefix) for m in forward_models)
     assert len(first) == count, first
     assert first == second
