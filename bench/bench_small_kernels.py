@@ -26,6 +26,7 @@ from cnnc.compiler.backends.numba.loader import task_kernel
 from cnnc.compiler.backends.numba.printer import print_module
 from cnnc.compiler.backends.numba.tasks import TaskProgram
 from cnnc.compiler.kernels import elementwise as ew
+from cnnc.compiler.kernels.backward import reduce_to_kernel
 from cnnc.compiler.kernels.common import Sizes
 from cnnc.compiler.kernels.kernel_ir import Kernel
 from cnnc.compiler.kernels.pool import FilterAxis, upsample_kernel
@@ -61,6 +62,9 @@ def cases(c: int, h: int, w: int) -> dict[str, Case]:
             {"x0": c * hw, "x1": c, "x2": c * hw, "y": c * hw}),
         "lrn": (lambda sz: ew.lrn_kernel("k_lrn", shape, 5, 1e-4, 0.75, 2.0, sz=sz),
                 {"x0": c * hw, "y": c * hw}),
+        "reduce_to pixels": (lambda sz: reduce_to_kernel("k_reduce_to", shape, (c, 1, 1), True,
+                                                         sz=sz),
+                             {"x0": c * hw, "y": c}),
         "upsample bilinear": (lambda sz: upsample_kernel(
             "k_upsample", shape, (2 * h, 2 * w), BILINEAR, (FilterAxis(2), FilterAxis(2)), sz=sz),
             {"x0": c * hw, "y": 4 * c * hw}),

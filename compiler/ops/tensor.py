@@ -851,9 +851,10 @@ def pad_grad_reference(inputs, attrs):
 
 
 def _lower_reduce_to(ctx, node):
+    sz = Sizes()
     k = reduce_to_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["shape"],
-                         node.type.batched, ctx.comment)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+                         node.type.batched, ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 def _lower_channel_pad(ctx, node):

@@ -4,8 +4,8 @@ kernel stays within its op's float32 error bound of the float64 reference at bot
 
 The forward ops (padding in its three modes, flip, instance and group norm, LRN, the
 zero-stuffing before a transposed convolution, distance, bilinear resizing with aligned
-corners, LRN on channel-blocked storage) run in one inference network; the
-backward kernels of padding, group norm and LRN in one small training network.
+corners, LRN on channel-blocked storage) run in one inference network; the backward kernels of
+padding, group norm, LRN and a broadcast product (reduce_to) in one small training network.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ distance(e1, e2) -> output d
 def backward_source(c: int, h: int, w: int) -> str:
     return f"""network sizes_train
 input x: {c} x {h} x {w}
-x -> conv({c}, 1) -> pad((1, 0, 2, 1), mode=reflect) -> groupnorm(2) -> lrn(3)
-  -> pad((0, 1, 1, 0)) -> conv(2, 1) -> output y
+a = x -> conv({c}, 1) -> pad((1, 0, 2, 1), mode=reflect) -> groupnorm(2) -> lrn(3)
+gate = a -> globalavgpool -> sigmoid
+mul(a, gate) -> pad((0, 1, 1, 0)) -> conv(2, 1) -> output y
 """
 
 
@@ -96,11 +97,11 @@ def test_backward_kernels_share_one_module_and_stay_within_their_bounds():
                 .astype(np.float32) for name, nid in tm.plan.graph.inputs.items()}
         rows = check_plan(tm.plan, tm.executor, tm.params, feed)
         assert {"pad_grad", "groupnorm_input_grad", "groupnorm_weight_grad",
-                "lrn_grad"} <= {r.op for r in rows}
+                "lrn_grad", "reduce_to"} <= {r.op for r in rows}
         assert all(r.ok for r in rows), format_rows(rows, 1.0)
         models.append(tm)
     for prefix in ("k_pad_grad", "k_groupnorm_input_grad", "k_groupnorm_weight_grad",
-                   "k_lrn_grad"):
+                   "k_lrn_grad", "k_reduce_to"):
         first, second = (modules(m, prefix) for m in models)
         assert first, prefix
         assert first == second, prefix
