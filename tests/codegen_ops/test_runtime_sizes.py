@@ -26,7 +26,7 @@ def forward_source(c: int, h: int, w: int) -> str:
 input x: {c} x {h} x {w}
 input e1: {h * w}
 input e2: {h * w}
-x -> pad((1, 2, 0, 1), value=0.5) -> output a
+x -> pad((1, 2, 0, 1)) -> output a
 x -> pad((1, 0, 2, 1), mode=reflect) -> output b
 x -> pad((0, 3, 1, 0), mode=edge) -> output c
 x -> flip(horizontal) -> output f
