@@ -32,6 +32,7 @@ from .kernel_ir import (
     F64,
     Const,
     Expr,
+    ExprLike,
     If,
     Kernel,
     Let,
@@ -198,31 +199,55 @@ def softmax_grad_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
 # -- sums back to a broadcast shape, channel padding, losses -------------------------------------
 
 def reduce_to_kernel(name: str, in_shape: Sequence[int], out_shape: Sequence[int],
-                     batched: bool, comment: str = "") -> Kernel:
+                     batched: bool, comment: str = "", sz: Sizes | None = None) -> Kernel:
     """``x0`` (per image ``in_shape``) summed over the axes ``out_shape`` was broadcast along
     (NumPy's right-aligned rule) and, for an unbatched result, over the batch: one parallel
-    iteration per output element (per image when ``batched``), float64 sums."""
+    iteration per output element (per image when ``batched``), float64 sums. The input's
+    extents ``D<axis>`` are runtime integers recorded in ``sz`` (literals without one); which
+    axes are reduced, and the axes of extent 1, shape the code."""
+    sz = sz if sz is not None else Sizes(literal=True)
     xs = [int(d) for d in in_shape]
     os = [1] * (len(xs) - len(out_shape)) + [int(d) for d in out_shape]
     reduced = [d for d in range(len(xs)) if os[d] == 1 and xs[d] != 1]
-    strides = [prod(xs[d + 1:]) for d in range(len(xs))]
-    kept = [(f"o{d}", os[d]) for d in range(len(xs))]
-    at: Expr = Const(0)
+    dims: list[ExprLike] = [1 if xs[d] == 1 else sz(f"D{d}", xs[d]) for d in range(len(xs))]
+    kept = [(f"o{d}", 1 if d in reduced else dims[d]) for d in range(len(xs))]
+    # Adjacent reduced axes are one run, read with one index (no division by a runtime
+    # extent in the inner loop where the reduced axes are contiguous, e.g. the pixels).
+    runs: list[list[int]] = []
+    for d in reduced:
+        if runs and runs[-1][-1] == d - 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    at: ExprLike = 0
     for d in range(len(xs)):
-        at = at + Var(f"{'r' if d in reduced else 'o'}{d}") * strides[d]
-    size, total = prod(os), prod(xs)
-    tap: list[Stmt] = [*unflatten(Var("j"), [(f"r{d}", xs[d]) for d in reduced]),
-                       Let("acc", Var("acc") + Load("x0", Var("n") * total + at))]
-    span = prod([xs[d] for d in reduced])
+        if d not in reduced:
+            at = at + Var(f"o{d}") * _product(dims[d + 1:])
+    for k, run in enumerate(runs):
+        at = at + Var(f"r{k}") * _product(dims[run[-1] + 1:])
+    size, total = _product([e for _, e in kept]), _product(dims)
+    tap: list[Stmt] = [
+        *unflatten(Var("j"), [(f"r{k}", _product([dims[d] for d in run]))
+                              for k, run in enumerate(runs)]),
+        Let("acc", Var("acc") + Load("x0", Var("n") * total + at))]
+    span = _product([dims[d] for d in reduced])
     if batched:
         body = unflatten(Var("t"), [("n", N_BATCH)] + kept)
-        body += [Let("acc", call("f64", Const(0))), Loop("j", Const(span), tap),
+        body += [Let("acc", call("f64", Const(0))), Loop("j", const(span), tap),
                  Store("y", Var("t"), Var("acc"))]
-        return rows_kernel(name, arrays("x0", "y"), size, body, comment)
+        return rows_kernel(name, arrays("x0", "y"), size, body, comment, sz)
     body = unflatten(Var("t"), kept) + [
         Let("acc", call("f64", Const(0))),
-        Loop("n", N_BATCH, [Loop("j", Const(span), tap)]), Store("y", Var("t"), Var("acc"))]
-    return _whole_batch(name, arrays("x0", "y"), size, body, comment, Sizes(literal=True))
+        Loop("n", N_BATCH, [Loop("j", const(span), tap)]), Store("y", Var("t"), Var("acc"))]
+    return _whole_batch(name, arrays("x0", "y"), size, body, comment, sz)
+
+
+def _product(extents: Sequence[ExprLike]) -> ExprLike:
+    """The product of literal or runtime extents (1 for none)."""
+    out: ExprLike = 1
+    for e in extents:
+        out = out * e
+    return out
 
 
 def channel_pad_kernel(name: str, shape: Sequence[int], before: int, after: int,

@@ -9,7 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..decisions import EpilogueOp
-from .kernel_ir import BinOp, Expr, ExprLike, Kernel, Let, Loop, Param, Stmt, Var, const
+from .kernel_ir import (
+    F64,
+    BinOp,
+    Expr,
+    ExprLike,
+    Kernel,
+    Let,
+    Loop,
+    Param,
+    Stmt,
+    Var,
+    call,
+    const,
+)
 
 #: The batch size, a runtime integer argument of every kernel.
 N_BATCH = Var("n_batch")
@@ -50,6 +63,11 @@ class Sizes:
 
     def params(self) -> list[Param]:
         return [Param(n, "int") for n in self.values]
+
+
+def as_f64(n: ExprLike) -> Expr:
+    """A size as a float64 value: a literal, or a runtime integer (``Sizes``) converted."""
+    return F64(float(n)) if isinstance(n, int) else call("f64", n)
 
 
 def fmax(a: ExprLike, b: ExprLike) -> Expr:

@@ -1,11 +1,12 @@
 """Kernel IR builders for everything that is not a convolution or a window op.
 
-Every builder returns a :class:`Kernel` over flat float32 arrays with literal per-sample shapes;
-the batch size is the runtime integer ``n_batch``, so one kernel serves every batch size. Each
-kernel has one flattened ``prange`` over (image, row) and a serial inner loop over a contiguous
-row, which is what LLVM vectorizes. Array parameters are named ``x0, x1, ...`` (tensor inputs),
-``y`` (output) and ``c_*`` (constants prepared once per weight set, e.g. folded batch-norm
-scale and shift).
+Every builder returns a :class:`Kernel` over flat float32 arrays. The per-sample sizes are
+literals or, for a builder given a :class:`~.common.Sizes`, runtime integers (then one compiled
+kernel serves every shape); the batch size is the runtime integer ``n_batch``, so one kernel
+serves every batch size. Each kernel has one flattened ``prange`` over (image, row) and a serial
+inner loop over a contiguous row, which is what LLVM vectorizes. Array parameters are named
+``x0, x1, ...`` (tensor inputs), ``y`` (output) and ``c_*`` (constants prepared once per weight
+set, e.g. folded batch-norm scale and shift).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .common import (
     Sizes,
     apply_epilogue,
     arrays,
+    as_f64,
     fmax,
     prod,
     rows_kernel,
@@ -214,81 +216,97 @@ def softmax_kernel(name: str, shape: Sequence[int], axis: int, log: bool,
 
 
 def groupnorm_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
-                     comment: str = "", epilogue: Sequence[FusedOp] = ()) -> Kernel:
+                     comment: str = "", epilogue: Sequence[FusedOp] = (),
+                     sz: Sizes | None = None) -> Kernel:
     """Group norm: per (image, group) mean and variance (two passes, float64), then
     ``epilogue((x - mean) / sqrt(var + eps) * c_weight[c] + c_bias[c])`` (activations only;
-    instance norm is the case groups = C)."""
-    C, hw = int(shape[0]), prod(shape[1:])
-    cg = C // groups
+    instance norm is the case groups = C). The sizes (``_group_sizes``) are runtime integers
+    recorded in ``sz`` (literals without one); ``eps`` stays in the code."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    G, cg, hw = _group_sizes(shape, groups, sz)
     size = cg * hw
-    body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % groups)]
+    body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % G)]
     body += [*_group_stats("x0", size, eps),
-             Loop("cl", Const(cg), [
+             Loop("cl", const(cg), [
                  Let("c", Var("g") * cg + Var("cl")),
                  Let("a", Load("c_weight", Var("c")) * Var("rstd")),
                  Let("b", Load("c_bias", Var("c")) - Var("mean") * Var("a")),
-                 Loop("j", Const(hw), [
+                 Loop("j", const(hw), [
                      Let("o", Var("base") + Var("cl") * hw + Var("j")), *_store_through(
                          "y", Var("o"), Load("x0", Var("o")) * Var("a") + Var("b"), epilogue)]),
              ])]
-    return rows_kernel(name, arrays("x0", "c_weight", "c_bias", "y"), groups, body, comment)
+    return rows_kernel(name, arrays("x0", "c_weight", "c_bias", "y"), G, body, comment, sz)
 
 
-def _group_stats(x: str, size: int, eps: float) -> list[Stmt]:
+def _group_sizes(shape: Sequence[int], groups: int, sz: Sizes) -> tuple[ExprLike, ...]:
+    """The groups ``G``, channels per group ``CG`` and pixels per channel ``HW`` of a
+    C x ... sample, through ``sz``."""
+    C, hw = int(shape[0]), prod(shape[1:])
+    return sz("G", groups), sz("CG", C // groups), sz("HW", hw)
+
+
+def _group_stats(x: str, size: ExprLike, eps: float) -> list[Stmt]:
     """``mean`` and ``rstd`` = 1 / sqrt(var + eps) of the ``size`` values of ``x`` from
     ``base`` on: two float64 passes (the mean, then the squared deviations)."""
     value = Load(x, Var("base") + Var("e"))
     return [Let("s", call("f64", Const(0))),
-            Loop("e", Const(size), [Let("s", Var("s") + value)]),
-            Let("mean", div(Var("s"), F64(float(size)))),
+            Loop("e", const(size), [Let("s", Var("s") + value)]),
+            Let("mean", div(Var("s"), as_f64(size))),
             Let("s2", call("f64", Const(0))),
-            Loop("e", Const(size), [Let("dv", value - Var("mean")),
+            Loop("e", const(size), [Let("dv", value - Var("mean")),
                                     Let("s2", Var("s2") + Var("dv") * Var("dv"))]),
-            Let("rstd", div(F64(1.0), call("sqrt", div(Var("s2"), F64(float(size)))
+            Let("rstd", div(F64(1.0), call("sqrt", div(Var("s2"), as_f64(size))
                                                + F64(float(eps)))))]
 
 
 def groupnorm_input_grad_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
-                                operands: Sequence[str], comment: str = "") -> Kernel:
+                                operands: Sequence[str], comment: str = "",
+                                sz: Sizes | None = None) -> Kernel:
     """Group norm's input gradient per (image, group): with the group's statistics
     (``_group_stats``, as the forward kernel), ``dxhat = dy gamma[c]`` and xhat,
     ``dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))``, float64 (``operands``: x,
-    gamma, dy)."""
+    gamma, dy). Sizes as the forward kernel's."""
+    sz = sz if sz is not None else Sizes(literal=True)
     x, gamma, dy = operands
-    C, hw = int(shape[0]), prod(shape[1:])
-    cg = C // groups
+    G, cg, hw = _group_sizes(shape, groups, sz)
     size = cg * hw
-    at = Var("base") + Var("e")
+    at = Var("base") + Var("cl") * hw + Var("j")
     xhat = (call("f64", Load(x, at)) - Var("mean")) * Var("rstd")
-    dxhat = call("f64", Load(dy, at)) * call("f64", Load(gamma, Var("g") * cg + Var("e") // hw))
-    body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % groups),
+    dxhat = call("f64", Load(dy, at)) * Var("gam")
+
+    def over_group(stmts: list[Stmt]) -> Stmt:  # each channel's gamma loaded once
+        return Loop("cl", const(cg), [
+            Let("gam", call("f64", Load(gamma, Var("g") * cg + Var("cl")))),
+            Loop("j", const(hw), stmts)])
+
+    body: list[Stmt] = [Let("base", Var("t") * size), Let("g", Var("t") % G),
                         *_group_stats(x, size, eps),
                         Let("m1", call("f64", Const(0))), Let("m2", call("f64", Const(0))),
-                        Loop("e", Const(size), [Let("d", dxhat), Let("m1", Var("m1") + Var("d")),
-                                                Let("m2", Var("m2") + Var("d") * xhat)]),
-                        Let("m1", div(Var("m1"), F64(float(size)))),
-                        Let("m2", div(Var("m2"), F64(float(size)))),
-                        Loop("e", Const(size), [Store("y", at, Var("rstd") * (
+                        over_group([Let("d", dxhat), Let("m1", Var("m1") + Var("d")),
+                                    Let("m2", Var("m2") + Var("d") * xhat)]),
+                        Let("m1", div(Var("m1"), as_f64(size))),
+                        Let("m2", div(Var("m2"), as_f64(size))),
+                        over_group([Store("y", at, Var("rstd") * (
                             dxhat - Var("m1") - xhat * Var("m2")))])]
-    return rows_kernel(name, arrays(*dict.fromkeys(operands), "y"), groups, body, comment)
+    return rows_kernel(name, arrays(*dict.fromkeys(operands), "y"), G, body, comment, sz)
 
 
 def groupnorm_weight_grad_kernel(name: str, shape: Sequence[int], groups: int, eps: float,
-                                 comment: str = "") -> Kernel:
+                                 comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Group norm's scale gradient: ``sum dy xhat`` over the batch and the pixels, one
     parallel iteration per channel (its group's statistics per image, ``_group_stats``);
-    ``x0`` = x, ``x1`` = dy, float64."""
-    C, hw = int(shape[0]), prod(shape[1:])
-    cg = C // groups
+    ``x0`` = x, ``x1`` = dy, float64. Sizes as the forward kernel's."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    G, cg, hw = _group_sizes(shape, groups, sz)
     size = cg * hw
     at = Var("base") + (Var("t") % cg) * hw + Var("j")
     body: list[Stmt] = [Let("acc", call("f64", Const(0))), Loop("n", N_BATCH, [
-        Let("base", (Var("n") * groups + Var("t") // cg) * size), *_group_stats("x0", size, eps),
-        Loop("j", Const(hw), [Let("acc", Var("acc") + call("f64", Load("x1", at)) * (
+        Let("base", (Var("n") * G + Var("t") // cg) * size), *_group_stats("x0", size, eps),
+        Loop("j", const(hw), [Let("acc", Var("acc") + call("f64", Load("x1", at)) * (
             call("f64", Load("x0", at)) - Var("mean")) * Var("rstd"))])]),
         Store("y", Var("t"), Var("acc"))]
-    return Kernel(name, arrays("x0", "x1", "y") + [Param("n_batch", "int")],
-                  [Loop("t", Const(C), body, kind="parallel")], comment)
+    return Kernel(name, arrays("x0", "x1", "y") + sz.params() + [Param("n_batch", "int")],
+                  [Loop("t", G * cg, body, kind="parallel")], comment)
 
 
 def _store_through(array: str, index: Expr, value: Expr,
@@ -301,9 +319,12 @@ def _store_through(array: str, index: Expr, value: Expr,
 
 
 def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: float,
-               k: float, comment: str = "") -> Kernel:
-    """Local response normalization across channels (ONNX window placement)."""
-    C, hw = int(shape[0]), prod(shape[1:])
+               k: float, comment: str = "", sz: Sizes | None = None) -> Kernel:
+    """Local response normalization across channels (ONNX window placement). The channels
+    ``C`` and pixels ``HW`` are runtime integers recorded in ``sz`` (literals without one); the
+    window and the float attributes stay in the code."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, hw = sz("C", int(shape[0])), sz("HW", prod(shape[1:]))
     body: list[Stmt] = [Let("n", Var("t") // C), Let("c", Var("t") % C),
                         *_lrn_window(Var("c"), C, size),
                         Let("base", Var("n") * (C * hw))]
@@ -313,8 +334,8 @@ def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: f
         return Load("x0", Var("base") + c * hw + j)
 
     inner = _lrn_store(Var("base") + Var("c") * hw + j, x_at, Var("c"), size, alpha, beta, k)
-    body.append(Loop("j", Const(hw), inner))
-    return rows_kernel(name, arrays("x0", "y"), C, body, comment)
+    body.append(Loop("j", const(hw), inner))
+    return rows_kernel(name, arrays("x0", "y"), C, body, comment, sz)
 
 
 #: The exponents ``beta`` the vector LRN kernel raises to with square roots (the divisor
@@ -322,7 +343,7 @@ def lrn_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: f
 LRN_ROOT_EXPONENTS = (0.5, 0.75, 1.0)
 
 
-def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: float,
+def lrn_blocked_kernel(name: str, size: int, alpha: float, beta: float,
                        k: float, comment: str = "", lanes: int = 8,
                        nhwc: bool = False) -> Kernel:
     """Local response normalization over channel-blocked storage (geometry ``X*`` in, ``Y*``
@@ -335,9 +356,10 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
     vectors (``valign`` across a block boundary), ``norm = k + alpha / size * sum`` in one fused
     multiply-add and ``x / norm ** beta`` with square roots, all in float32; padding lanes get
     ``0 / norm = 0``. Otherwise each lane's window is summed and raised with ``pow`` per lane in
-    float64 (as the NCHW kernel), padding lanes stored as zeros."""
+    float64 (as the NCHW kernel), padding lanes stored as zeros. The sizes are runtime
+    integers (the channels ``C`` too where lanes are looked at one by one)."""
 
-    C, L = channels, lanes
+    L = lanes
     n, cb, p, q, j = Var("n"), Var("cb"), Var("p"), Var("q"), Var("j")
     x, y = StorageIndex.named("X", L, nhwc), StorageIndex.named("Y", L, nhwc)
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
@@ -377,26 +399,29 @@ def lrn_blocked_kernel(name: str, channels: int, size: int, alpha: float, beta: 
             den = VBin("mul", Var("r"), VUnary("sqrt", Var("r")))
         pixel.append(VStore("y", Var("yrow") + q * y.pixel, VBin("div", Var("xc"), den)))
         row: Stmt = Loop("q", Q, pixel)
+        channels: list[str] = []
     else:
         def x_at(c: Expr) -> Expr:  # channel c of pixel (p, q)
             return Load("x0", block_at(c // L) + c % L)
 
-        c = Var("c")
+        c, C = Var("c"), Var("C")
         lane = [Let("c", cb * L + j), Let("o", Var("yrow") + q * y.pixel + j),
                 If(cmp("<", c, C), [*_lrn_window(c, C, size),
                                     *_lrn_store(Var("o"), x_at, c, size, alpha, beta, k)],
                    [Store("y", Var("o"), Const(0.0))])]
         row = Loop("q", Q, [Loop("j", Const(L), lane)])
+        channels = ["C"]
     body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
         Let("yrow", y.row(n, cb, p)), row]
-    ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + ["Y" + s for s in BLOCKED_INTS]
+    ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
+        ["Y" + s for s in BLOCKED_INTS] + channels
     params = [Param("x0"), Param("y")] + [Param(i, "int") for i in ints] + \
         [Param("n_batch", "int")]
     return Kernel(name, params, [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")],
                   comment)
 
 
-def _lrn_window(c: Expr, C: int, size: int, lo: str = "lo", hi: str = "hi") -> list[Stmt]:
+def _lrn_window(c: Expr, C: ExprLike, size: int, lo: str = "lo", hi: str = "hi") -> list[Stmt]:
     """``lo .. hi``: the channels in the window of channel ``c`` (ONNX: ``(size - 1) // 2``
     before, ``size // 2`` after, clipped to the tensor)."""
     before, after = (size - 1) // 2, size // 2
@@ -422,12 +447,14 @@ def _lrn_divisor(x_at, size: int, alpha: float, k: float, lo: str = "lo", hi: st
 
 
 def lrn_grad_kernel(name: str, shape: Sequence[int], size: int, alpha: float, beta: float,
-                    k: float, comment: str = "") -> Kernel:
+                    k: float, comment: str = "", sz: Sizes | None = None) -> Kernel:
     """LRN's input gradient per (image, channel j): ``dy_j D_j^-beta - 2 beta alpha / size x_j
     sum_c dy_c x_c D_c^(-beta - 1)`` over the channels c whose window holds j (``size // 2``
     before j to ``(size - 1) // 2`` after: the window mirrored), each divisor D as the forward
-    kernel sums it (``_lrn_window``, ``_lrn_divisor``); ``x0`` = x, ``x1`` = dy."""
-    C, hw = int(shape[0]), prod(shape[1:])
+    kernel sums it (``_lrn_window``, ``_lrn_divisor``); ``x0`` = x, ``x1`` = dy. Sizes as the
+    forward kernel's."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, hw = sz("C", int(shape[0])), sz("HW", prod(shape[1:]))
     j = Var("j")
 
     def x_at(c: Expr) -> Expr:
@@ -451,8 +478,8 @@ def lrn_grad_kernel(name: str, shape: Sequence[int], size: int, alpha: float, be
                         *_lrn_window(Var("c"), C, size),
                         Let("mlo", fmax_i(Var("c") - size // 2, 0)),
                         Let("mhi", fmin_i(Var("c") + ((size - 1) // 2 + 1), C)),
-                        Let("base", Var("n") * (C * hw)), Loop("j", Const(hw), inner)]
-    return rows_kernel(name, arrays("x0", "x1", "y"), C, body, comment)
+                        Let("base", Var("n") * (C * hw)), Loop("j", const(hw), inner)]
+    return rows_kernel(name, arrays("x0", "x1", "y"), C, body, comment, sz)
 
 
 def fmax_i(a: ExprLike, b: ExprLike) -> Expr:
@@ -513,29 +540,39 @@ def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "",
 
 
 def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: float,
-               comment: str = "", mode: str = "constant") -> Kernel:
+               comment: str = "", mode: str = "constant", sz: Sizes | None = None) -> Kernel:
     """Padding of a C x H x W sample: per output row, fill or copy (``constant``), or copy
-    from the mirrored (``reflect``) or clamped (``edge``) source row and columns."""
+    from the mirrored (``reflect``) or clamped (``edge``) source row and columns. The sizes
+    (``C H W``, the pads ``T L R``, the output ``P Q``) are runtime integers recorded in ``sz``
+    (literals without one); the fill value and the mode stay in the code."""
     if mode != "constant":
-        return _mirror_pad_kernel(name, shape, pads, mode, comment)
-    C, H, W = (int(d) for d in shape)
-    t, l, b, r = (int(p) for p in pads)
-    OH, OW = H + t + b, W + l + r
+        return _mirror_pad_kernel(name, shape, pads, mode, comment, sz)
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, H, W, t, l, r, OH, OW = _pad_sizes(shape, pads, sz)
     body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += [Let("ih", Var("oh") - t), Let("yb", Var("t") * OW)]
     fill = Const(float(value))
     ok = cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))
     copy_row = [Let("xb", (Var("nc") * H + Var("ih")) * W),
-                Loop("j", Const(l), [Store("y", Var("yb") + Var("j"), fill)]),
-                Loop("j", Const(W), [Store("y", Var("yb") + l + Var("j"),
+                Loop("j", const(l), [Store("y", Var("yb") + Var("j"), fill)]),
+                Loop("j", const(W), [Store("y", Var("yb") + l + Var("j"),
                                            Load("x0", Var("xb") + Var("j")))]),
-                Loop("j", Const(r), [Store("y", Var("yb") + (l + W) + Var("j"), fill)])]
-    body.append(If(ok, copy_row, [Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"),
+                Loop("j", const(r), [Store("y", Var("yb") + (l + W) + Var("j"), fill)])]
+    body.append(If(ok, copy_row, [Loop("j", const(OW), [Store("y", Var("yb") + Var("j"),
                                                               fill)])]))
-    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment, sz)
 
 
-def _source_index(i: Expr, n: int, mode: str) -> Expr:
+def _pad_sizes(shape: Sequence[int], pads: Sequence[int], sz: Sizes) -> tuple[ExprLike, ...]:
+    """``C H W`` of the unpadded sample, the pads ``T L R`` (the bottom one is implied) and
+    the padded ``P Q``, through ``sz``."""
+    C, H, W = (int(d) for d in shape)
+    t, l, b, r = (int(p) for p in pads)
+    return (sz("C", C), sz("H", H), sz("W", W), sz("T", t), sz("L", l), sz("R", r),
+            sz("P", H + t + b), sz("Q", W + l + r))
+
+
+def _source_index(i: Expr, n: ExprLike, mode: str) -> Expr:
     """The input index an output index ``i`` (in input coordinates, -pad .. n - 1 + pad)
     reads: mirrored about the first and last index without repeating them (``reflect``; the
     shape rule keeps the padding below ``n``, so one reflection suffices), or clamped
@@ -547,45 +584,56 @@ def _source_index(i: Expr, n: int, mode: str) -> Expr:
 
 
 def pad_grad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mode: str,
-                    comment: str = "") -> Kernel:
+                    comment: str = "", sz: Sizes | None = None) -> Kernel:
     """The adjoint of ``pad_kernel`` per (image, channel) plane of ``x0`` = dy (``shape``, the
     padded size): the inner window, plus (reflect, edge) every padded value added onto the
-    pixel it copies (``_source_index``, as the forward kernel reads it)."""
-    C, OH, OW = (int(d) for d in shape)
+    pixel it copies (``_source_index``, as the forward kernel reads it). Sizes as
+    ``pad_kernel``'s."""
+    sz = sz if sz is not None else Sizes(literal=True)
     t, l, b, r = (int(p) for p in pads)
-    H, W = OH - t - b, OW - l - r
+    unpadded = (int(shape[0]), int(shape[1]) - t - b, int(shape[2]) - l - r)
+    C, H, W, t, l, r, OH, OW = _pad_sizes(unpadded, pads, sz)
     body: list[Stmt] = [Let("gb", Var("t") * (OH * OW)), Let("yb", Var("t") * (H * W))]
     if mode == "constant":
-        body.append(Loop("i", Const(H), [Loop("j", Const(W), [Store(
+        body.append(Loop("i", const(H), [Loop("j", const(W), [Store(
             "y", Var("yb") + Var("i") * W + Var("j"),
             Load("x0", Var("gb") + (Var("i") + t) * OW + Var("j") + l))])]))
-        return rows_kernel(name, arrays("x0", "y"), C, body, comment)
-    at = Var("yb") + Var("i") * W + Var("j")
-    body += [Loop("e", Const(H * W), [Store("y", Var("yb") + Var("e"), Const(0.0))]),
-             Loop("p", Const(OH), [Let("i", _source_index(Var("p") - t, H, mode)), Loop(
-                 "q", Const(OW), [Let("j", _source_index(Var("q") - l, W, mode)), Store(
-                     "y", at, Load("y", at) + Load("x0", Var("gb") + Var("p") * OW + Var("q")))
-                 ])])]
-    return rows_kernel(name, arrays("x0", "y"), C, body, comment)
+        return rows_kernel(name, arrays("x0", "y"), C, body, comment, sz)
+    # Per row of dy: its source row, then the left border, the middle (a contiguous run) and
+    # the right border added onto the pixels they copy: the additions in the order of the
+    # output pixels, with no mirroring in the middle.
+    j = Var("j")
+
+    def add(column: Expr, source: Expr) -> Stmt:
+        at = Var("yr") + column
+        return Store("y", at, Load("y", at) + Load("x0", Var("gr") + source))
+
+    body += [Loop("e", const(H * W), [Store("y", Var("yb") + Var("e"), Const(0.0))]),
+             Loop("p", const(OH), [
+                 Let("yr", Var("yb") + _source_index(Var("p") - t, H, mode) * W),
+                 Let("gr", Var("gb") + Var("p") * OW),
+                 Loop("j", const(l), [add(_source_index(j - l, W, mode), j)]),
+                 Loop("j", const(W), [add(j, j + l)]),
+                 Loop("j", const(r), [add(_source_index(j + W, W, mode), j + (l + W))])])]
+    return rows_kernel(name, arrays("x0", "y"), C, body, comment, sz)
 
 
 def _mirror_pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], mode: str,
-                       comment: str = "") -> Kernel:
+                       comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Reflect or edge padding: per output row, its source row; the left and right borders
     read their mirrored or clamped columns, the middle is a contiguous copy."""
-    C, H, W = (int(d) for d in shape)
-    t, l, b, r = (int(p) for p in pads)
-    OH, OW = H + t + b, W + l + r
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, H, W, t, l, r, OH, OW = _pad_sizes(shape, pads, sz)
     j = Var("j")
     body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += [Let("ih", _source_index(Var("oh") - t, H, mode)),
              Let("xb", (Var("nc") * H + Var("ih")) * W), Let("yb", Var("t") * OW),
-             Loop("j", Const(l), [Store("y", Var("yb") + j, Load(
+             Loop("j", const(l), [Store("y", Var("yb") + j, Load(
                  "x0", Var("xb") + _source_index(j - l, W, mode)))]),
-             Loop("j", Const(W), [Store("y", Var("yb") + l + j, Load("x0", Var("xb") + j))]),
-             Loop("j", Const(r), [Store("y", Var("yb") + (l + W) + j, Load(
+             Loop("j", const(W), [Store("y", Var("yb") + l + j, Load("x0", Var("xb") + j))]),
+             Loop("j", const(r), [Store("y", Var("yb") + (l + W) + j, Load(
                  "x0", Var("xb") + _source_index(j + W, W, mode)))])]
-    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment, sz)
 
 
 def channel_slice_kernel(name: str, shape: Sequence[int], start: int, stop: int,
@@ -604,56 +652,87 @@ def channel_slice_kernel(name: str, shape: Sequence[int], start: int, stop: int,
                   [Loop("t", N_BATCH, body, kind="parallel")], comment)
 
 
-def flip_kernel(name: str, shape: Sequence[int], axis: str, comment: str = "") -> Kernel:
-    C, H, W = (int(d) for d in shape)
+def flip_kernel(name: str, shape: Sequence[int], axis: str, comment: str = "",
+                sz: Sizes | None = None) -> Kernel:
+    """A C x H x W sample mirrored along ``axis``, one parallel iteration per row; the sizes
+    ``C H W`` are runtime integers recorded in ``sz`` (literals without one)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, H, W = (sz(n, int(d)) for n, d in zip("CHW", shape))
     body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("h", H)])
     src_h = (H - 1) - Var("h") if axis in ("vertical", "both") else Var("h")
     body += [Let("xb", (Var("nc") * H + src_h) * W), Let("yb", Var("t") * W)]
     src_w = (W - 1) - Var("j") if axis in ("horizontal", "both") else Var("j")
-    body.append(Loop("j", Const(W), [Store("y", Var("yb") + Var("j"),
+    body.append(Loop("j", const(W), [Store("y", Var("yb") + Var("j"),
                                            Load("x0", Var("xb") + src_w))]))
-    return rows_kernel(name, arrays("x0", "y"), C * H, body, comment)
+    return rows_kernel(name, arrays("x0", "y"), C * H, body, comment, sz)
 
 
-def distance_kernel(name: str, size: int, p: float, comment: str = "") -> Kernel:
-    """Lp distance of two embeddings per image (float64 sum)."""
+def distance_kernel(name: str, size: int, p: float, comment: str = "",
+                    sz: Sizes | None = None) -> Kernel:
+    """Lp distance of two embeddings per image (float64 sum); the embedding's length ``S`` is
+    a runtime integer recorded in ``sz`` (a literal without one), ``p`` stays in the code."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    S = sz("S", int(size))
     j = Var("j")
     d = Load("x0", Var("b") + j) - Load("x1", Var("b") + j)
     term = d * d if p == 2.0 else call("pow", call("abs", call("f64", d)), F64(p))
     root = call("sqrt", Var("s")) if p == 2.0 else call("pow", Var("s"), F64(1.0 / p))
-    body: list[Stmt] = [Let("b", Var("t") * size), Let("s", call("f64", Const(0))),
-                        Loop("j", Const(size), [Let("s", Var("s") + term)]),
+    body: list[Stmt] = [Let("b", Var("t") * S), Let("s", call("f64", Const(0))),
+                        Loop("j", const(S), [Let("s", Var("s") + term)]),
                         Store("y", Var("t"), root)]
-    return Kernel(name, arrays("x0", "x1", "y") + [Param("n_batch", "int")],
+    return Kernel(name, arrays("x0", "x1", "y") + sz.params() + [Param("n_batch", "int")],
                   [Loop("t", N_BATCH, body, kind="parallel")], comment)
 
 
 def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
                       before: tuple[int, int], out_hw: tuple[int, int],
-                      comment: str = "") -> Kernel:
+                      comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Input of a transposed convolution as a plain one: ``stride - 1`` zeros between pixels,
     ``before`` rows/columns of zeros in front (negative: cropped), zeros after, to
-    ``out_hw``."""
-    C, H, W = (int(d) for d in shape)
+    ``out_hw``: per output row, zeros or an input row's pixels each followed by ``stride - 1``
+    zeros, every output written once. The sizes (``C H W``, ``before`` as ``BT BL``,
+    ``out_hw`` as ``P Q``, the input columns that land in the output ``J0 .. J1 - 1``, the
+    output columns ``C0 .. CE - 1`` they span) are runtime integers recorded in ``sz``
+    (literals without one); the stride stays in the code (its zeros unrolled)."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, H, W = (sz(n, int(d)) for n, d in zip("CHW", shape))
     sh, sw = stride
-    bt, bl = before
-    OH, OW = out_hw
+    bt, bl = sz("BT", before[0]), sz("BL", before[1])
+    OH, OW = sz("P", out_hw[0]), sz("Q", out_hw[1])
+    # The input columns that land in the output, ``j0 .. j1 - 1`` (bl + j sw in [0, OW)), and
+    # the output columns before the first and from past the last of them (all zeros).
+    j0 = max(0, -(before[1] // sw))
+    j1 = max(j0, min(int(shape[2]), -(-(out_hw[1] - before[1]) // sw)))
+    first = min(out_hw[1], before[1] + j0 * sw) if j1 > j0 else out_hw[1]
+    end = min(out_hw[1], before[1] + j1 * sw) if j1 > j0 else out_hw[1]
+    j0, j1, first, end = sz("J0", j0), sz("J1", j1), sz("C0", first), sz("CE", end)
     body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
     body += [Let("sr", Var("oh") - bt), Let("yb", Var("t") * OW)]
     row_ok = cmp("and", cmp(">=", Var("sr"), 0),
                  cmp("and", cmp("<", Var("sr"), (H - 1) * sh + 1),
                      cmp("==", Var("sr") % sh, 0)))
-    sc = Var("j") - bl
-    col_ok = cmp("and", cmp(">=", sc, 0),
-                 cmp("and", cmp("<", sc, (W - 1) * sw + 1), cmp("==", sc % sw, 0)))
-    xb = (Var("nc") * H + Var("sr") // sh) * W
-    copy = [Let("xb", xb),
-            Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"),
-                                        Select(col_ok, Load("x0", Var("xb") + sc // sw),
-                                               Const(0.0)))])]
-    zero = [Loop("j", Const(OW), [Store("y", Var("yb") + Var("j"), Const(0.0))])]
-    body.append(If(row_ok, copy, zero))
-    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment)
+    zero = Const(0.0)
+
+    def pixel(j: Expr, guarded: bool) -> list[Stmt]:
+        """Input column ``j`` and the stride's zeros after it (unrolled; past the row's end
+        only after the last pixel, where they are guarded)."""
+        col = bl + j * sw
+        stmts: list[Stmt] = [Store("y", Var("yb") + col, Load("x0", Var("xb") + j))]
+        for k in range(1, sw):
+            store = Store("y", Var("yb") + col + k, zero)
+            stmts.append(If(cmp("<", col + k, OW), [store]) if guarded else store)
+        return stmts
+
+    copy = [Let("xb", (Var("nc") * H + Var("sr") // sh) * W),
+            Loop("j", const(first), [Store("y", Var("yb") + Var("j"), zero)]),
+            # the guard-free loop over all pixels but the last vectorizes
+            Loop("j", const(j1 - j0 - 1), pixel(Var("j"), False), start=const(j0)),
+            If(cmp(">", j1, j0), pixel(j1 - 1, True)),
+            Loop("j", const(OW - end), [Store("y", Var("yb") + Var("j"), zero)],
+                 start=const(end))]
+    body.append(If(row_ok, copy, [Loop("j", const(OW), [Store("y", Var("yb") + Var("j"),
+                                                              zero)])]))
+    return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment, sz)
 
 
 def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,

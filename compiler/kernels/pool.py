@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import N_BATCH, Sizes, fmax, fmin, rows_kernel, unflatten
+from .common import N_BATCH, Sizes, as_f64, fmax, fmin, rows_kernel, unflatten
 from .kernel_ir import (
     F64,
     Const,
@@ -287,35 +287,38 @@ class FilterAxis:
     stretch: float = 1.0
 
 
-def _coordinate(i: Expr, n_in: int, n_out: int, scale: float, coordinates: str,
-                roi: tuple[float, float]) -> Expr:
-    """ONNX's source coordinate of output index ``i`` along one axis, in float64 and in the
-    order of operations of ``compiler/ops/resize.source_coordinates`` (so rounding to the
-    nearest pixel and the tf_crop_and_resize range test agree with it bit for bit)."""
+def _coordinate(i: Expr, n_in: ExprLike, n_out: ExprLike, single: bool, scale: float,
+                coordinates: str, roi: tuple[float, float]) -> Expr:
+    """ONNX's source coordinate of output index ``i`` along one axis (``single``: the axis has
+    one output), in float64 and in the order of operations of
+    ``compiler/ops/resize.source_coordinates`` (so rounding to the nearest pixel and the
+    tf_crop_and_resize range test agree with it bit for bit); the sizes may be runtime
+    integers."""
     half = F64(0.5)
     if coordinates in ("half_pixel", "pytorch_half_pixel"):
-        if coordinates == "pytorch_half_pixel" and n_out == 1:
+        if coordinates == "pytorch_half_pixel" and single:
             return F64(0.0)
         return div(i + half, F64(scale)) - half
     if coordinates == "half_pixel_symmetric":
-        offset = n_in / 2 * (1 - n_out / (n_in * scale))
-        return F64(offset) + div(i + half, F64(scale)) - half
+        offset = div(as_f64(n_in), F64(2.0)) * (
+            F64(1.0) - div(as_f64(n_out), as_f64(n_in) * F64(scale)))
+        return offset + div(i + half, F64(scale)) - half
     if coordinates == "align_corners":
-        return div(i * (n_in - 1), F64(float(n_out - 1))) if n_out > 1 else F64(0.0)
+        return F64(0.0) if single else div(i * (n_in - 1), as_f64(n_out - 1))
     if coordinates == "asymmetric":
         return div(i, F64(scale))
     if coordinates == "tf_half_pixel_for_nn":
         return div(i + half, F64(scale))
     if coordinates == "tf_crop_and_resize":
         start, end = roi
-        if n_out == 1:
-            return F64(0.5 * (start + end) * (n_in - 1))
+        if single:
+            return F64(0.5 * (start + end)) * as_f64(n_in - 1)
         return div((F64(start) * (n_out - 1 - i) + F64(end) * i) * (n_in - 1),
-                   F64(float(n_out - 1)))
+                   as_f64(n_out - 1))
     raise ValueError(f"unknown coordinate transformation {coordinates!r}")
 
 
-def _clamp(v: ExprLike, n: int) -> Expr:
+def _clamp(v: ExprLike, n: ExprLike) -> Expr:
     return fmin(fmax(v, 0), n - 1)
 
 
@@ -323,7 +326,7 @@ def _floor(v: Expr) -> Expr:
     return call("int", call("floor", v))
 
 
-def _nearest(p: str, rounding: str, n_in: int) -> list[Stmt]:
+def _nearest(p: str, rounding: str, n_in: ExprLike) -> list[Stmt]:
     """``{p}i``: input pixel round(``{p}x``) as ``rounding`` rounds (ceil(v) is floor(v), plus
     one where v is above it), clamped to the input."""
     x = Var(f"{p}x")
@@ -336,7 +339,7 @@ def _nearest(p: str, rounding: str, n_in: int) -> list[Stmt]:
                                        Var(f"{p}fl") + 1, Var(f"{p}fl")), n_in))]
 
 
-def _tent(p: str, x: Expr, n_in: int) -> list[Stmt]:
+def _tent(p: str, x: Expr, n_in: ExprLike) -> list[Stmt]:
     """The two taps of unstretched bilinear sampling at ``x``: ``{p}lo``, ``{p}hi`` and the
     weight ``{p}f`` of ``{p}hi``. Reading the edge pixel past either end is what clamping the
     coordinate to [0, n - 1] gives."""
@@ -347,7 +350,7 @@ def _tent(p: str, x: Expr, n_in: int) -> list[Stmt]:
 
 
 def _weight(p: str, tap: Expr, axis: FilterAxis, attrs: dict[str, Any],
-            n_in: int) -> list[Stmt]:
+            n_in: ExprLike) -> list[Stmt]:
     """Lets leaving in ``{p}w`` the weight of input position ``{p}t`` = ``tap``: the filter at
     ``stretch`` x (``{p}t`` - ``{p}x``), the tent or Keys' cubic (the op's formulas, in the same
     order); 0 outside the input with ``exclude_outside``."""
@@ -369,29 +372,33 @@ def _weight(p: str, tap: Expr, axis: FilterAxis, attrs: dict[str, Any],
 
 def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
                     attrs: dict[str, Any], axes: tuple[FilterAxis, FilterAxis] | None = None,
-                    comment: str = "") -> Kernel:
+                    comment: str = "", sz: Sizes | None = None) -> Kernel:
     """Resizing of a C x H x W sample (``compiler/ops/resize.py``: coordinates, rounding,
     filters), one parallel iteration per output row, in float64 rounded once at the store.
     Nearest reads one pixel; bilinear without antialiasing two per axis in closed form;
     otherwise (bicubic, antialiased) each output sums ``axes[0].taps x axes[1].taps`` weighted
     pixels and divides by the weights' sums. tf_crop_and_resize's outputs from outside the
-    input are the extrapolation value."""
-    C, H, W = (int(d) for d in shape)
-    OH, OW = out_hw
+    input are the extrapolation value. The sizes (``C H W``, the output's ``P Q``) are runtime
+    integers recorded in ``sz`` (literals without one); the scales, the filters' taps and the
+    attributes stay in the code."""
+    sz = sz if sz is not None else Sizes(literal=True)
+    C, H, W = (sz(n, int(d)) for n, d in zip("CHW", shape))
+    OH, OW = sz("P", int(out_hw[0])), sz("Q", int(out_hw[1]))
     mode, coords = attrs["mode"], attrs["coordinates"]
     roi = attrs["roi"]
     crop = coords == "tf_crop_and_resize"
     plain = mode == "bilinear" and axes is not None and \
         all(ax.taps == 2 and ax.stretch == 1.0 for ax in axes)
 
-    def axis_lets(p: str, i: Expr, n_in: int, n_out: int, k: int) -> list[Stmt]:
-        x = _coordinate(i, n_in, n_out, attrs["scale"][k], coords, (roi[k], roi[k + 2]))
+    def axis_lets(p: str, i: Expr, n_in: ExprLike, n_out: ExprLike, k: int) -> list[Stmt]:
+        x = _coordinate(i, n_in, n_out, int(out_hw[k]) == 1, attrs["scale"][k], coords,
+                        (roi[k], roi[k + 2]))
         if plain and not crop:
             return _tent(p, x, n_in)
         lets: list[Stmt] = [Let(f"{p}x", x)]
         if crop:
             lets.append(Let(f"{p}out", cmp("or", cmp("<", Var(f"{p}x"), F64(0.0)),
-                                           cmp(">", Var(f"{p}x"), F64(float(n_in - 1))))))
+                                           cmp(">", Var(f"{p}x"), as_f64(n_in - 1)))))
         if mode == "nearest":
             return lets + _nearest(p, attrs["rounding"], n_in)
         if plain:
@@ -436,8 +443,8 @@ def upsample_kernel(name: str, shape: Sequence[int], out_hw: tuple[int, int],
     if crop:
         value = Select(cmp("or", Var("rout"), Var("cout")), Const(float(attrs["extrapolation"])),
                        value)
-    body.append(Loop("j", Const(OW), col + [Store("y", Var("yb") + Var("j"), value)]))
-    return rows_kernel(name, [Param("x0"), Param("y")], C * OH, body, comment)
+    body.append(Loop("j", const(OW), col + [Store("y", Var("yb") + Var("j"), value)]))
+    return rows_kernel(name, [Param("x0"), Param("y")], C * OH, body, comment, sz)
 
 
 # -- channel-blocked (NCHW8c) variants: 8 channels per vector ---------------------------------

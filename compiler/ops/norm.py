@@ -230,9 +230,10 @@ def _gn_bound(ctx: BoundCtx, groups: int | None = None):
 def _lower_gn(ctx, node):
 
     w, b = ctx.param_inputs
+    sz = Sizes()
     k = groupnorm_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["groups"], node.attrs["eps"],
-                         ctx.comment)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs,
+                         ctx.comment, sz=sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values,
                        pack=lambda values: {"c_weight": values[w], "c_bias": values[b]})
 
 
@@ -279,9 +280,10 @@ def _lower_in(ctx, node):
 
     w, b = ctx.param_inputs
     shape = ctx.in_shapes[0]
+    sz = Sizes()
     k = groupnorm_kernel(ctx.kname, shape, shape[0], node.attrs["eps"], ctx.comment,
-                         epilogue=ctx.epilogue)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs,
+                         epilogue=ctx.epilogue, sz=sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values,
                        pack=lambda values: {"c_weight": values[w], "c_bias": values[b]})
 
 
@@ -333,13 +335,14 @@ def _lower_lrn(ctx, node):
     source = ctx.storage(ctx.tensor_inputs[0])
     if source is not None:  # NCHW8c or NCHW16c in and out (the layout rule)
         c, h, w = ctx.out_shape
-        ints = {"C8": -(-c // source.lanes), "P": h, "Q": w}
+        ints = {"C": c, "C8": -(-c // source.lanes), "P": h, "Q": w}
         ints.update(zip(("XB", "XH", "XW", "XT", "XL"), source.ints()))
         ints.update(zip(("YB", "YH", "YW", "YT", "YL"), ctx.out_storage.ints()))
-        k = lrn_blocked_kernel(ctx.kname, c, *window, ctx.comment, source.lanes, source.nhwc)
+        k = lrn_blocked_kernel(ctx.kname, *window, ctx.comment, source.lanes, source.nhwc)
         return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
-    k = lrn_kernel(ctx.kname, ctx.in_shapes[0], *window, ctx.comment)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+    sz = Sizes()
+    k = lrn_kernel(ctx.kname, ctx.in_shapes[0], *window, ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 register(OpDef(
@@ -892,14 +895,15 @@ def _group_grad_bound(ctx: BoundCtx):
 
 def _lower_group_grad(ctx, node):
     a = node.attrs
+    sz = Sizes()
     if node.op == "groupnorm_weight_grad":
         k = groupnorm_weight_grad_kernel(ctx.kname, ctx.in_shapes[0], a["groups"], a["eps"],
-                                         ctx.comment)
-        return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+                                         ctx.comment, sz)
+        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
     names, pack = operand_arrays(ctx)
     k = groupnorm_input_grad_kernel(ctx.kname, ctx.in_shapes[0], a["groups"], a["eps"], names,
-                                    ctx.comment)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, pack=pack)
+                                    ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values, pack=pack)
 
 
 get_op("groupnorm").gradient = lambda d: _norm_gradient(d, d.attrs["groups"])
@@ -936,15 +940,21 @@ def _lrn_grad_reference(inputs, attrs):
 
 get_op("lrn").gradient = _lrn_gradient
 
+
+def _lower_lrn_grad(ctx, node):
+    sz = Sizes()
+    k = lrn_grad_kernel(ctx.kname, ctx.in_shapes[0],
+                        *(node.attrs[n] for n in ("size", "alpha", "beta", "k")), ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
+
+
 register(OpDef(
     name="lrn_grad", family="norm",
     signature=(Attr("size", "int"), Attr("alpha", "float"), Attr("beta", "float"),
                Attr("k", "float")),
     infer=lambda ts, a: ts[0], reference=_lrn_grad_reference, macs=no_macs, arity=2,
     pass_made=True, backward=True, new_activations=False,
-    lower=lambda ctx, node: ctx.kernel_step(lrn_grad_kernel(
-        ctx.kname, ctx.in_shapes[0], *(node.attrs[n] for n in ("size", "alpha", "beta", "k")),
-        ctx.comment), inputs=ctx.tensor_inputs),
+    lower=lambda ctx, node: _lower_lrn_grad(ctx, node),
     # the forward's powers and window sums (its bound's analysis), twice, and a difference
     error_bound=lambda ctx: EPS32 * (np.abs(ctx.out) + np.abs(ctx.inputs[1])) * (
         2 * abs(ctx.attrs["beta"]) * (ctx.attrs["size"] + 2) + 12),

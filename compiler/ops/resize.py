@@ -286,8 +286,10 @@ def _lower(ctx, node):
     axes = None
     if a["mode"] != "nearest":
         axes = tuple(FilterAxis(axis_taps(a, k), stretch(a, k)) for k in (0, 1))
-    k = upsample_kernel(ctx.kname, ctx.in_shapes[0], ctx.out_shape[1:], a, axes, ctx.comment)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+    sz = Sizes()
+    k = upsample_kernel(ctx.kname, ctx.in_shapes[0], ctx.out_shape[1:], a, axes, ctx.comment,
+                        sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 register(OpDef(

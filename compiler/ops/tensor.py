@@ -216,10 +216,12 @@ def _concat_canonicalize(attrs, in_types):
 
 
 def _lower_simple(ctx, builder: str, *args):
-    """A kernel with literal sizes from ``kernels.elementwise.<builder>(name, *args, comment)``."""
+    """A kernel from ``kernels.elementwise.<builder>(name, *args, comment, sz)``, its sizes
+    runtime integers (``Sizes``)."""
 
-    k = getattr(elementwise, builder)(ctx.kname, *args, ctx.comment)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+    sz = Sizes()
+    k = getattr(elementwise, builder)(ctx.kname, *args, ctx.comment, sz=sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 def _lower_concat(ctx, node):
@@ -485,9 +487,10 @@ def _pad_reference(x: np.ndarray, attrs: dict[str, Any]) -> np.ndarray:
 def _lower_pad(ctx, node):
 
     a = node.attrs
+    sz = Sizes()
     k = pad_kernel(ctx.kname, ctx.in_shapes[0], a["pads"], a["value"], ctx.comment,
-                   mode=a["mode"])
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+                   mode=a["mode"], sz=sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 register(OpDef(name="pad", family="tensor",
@@ -848,9 +851,10 @@ def pad_grad_reference(inputs, attrs):
 
 
 def _lower_reduce_to(ctx, node):
+    sz = Sizes()
     k = reduce_to_kernel(ctx.kname, ctx.in_shapes[0], node.attrs["shape"],
-                         node.type.batched, ctx.comment)
-    return ctx.kernel_step(k, inputs=ctx.tensor_inputs)
+                         node.type.batched, ctx.comment, sz)
+    return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
 def _lower_channel_pad(ctx, node):

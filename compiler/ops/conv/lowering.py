@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from ...decisions import operand_kind, own_attrs, prologue_of
+from ...kernels.common import Sizes
 from ...kernels.conv_geometry import ConvGeometry
 from ...kernels.elementwise import zero_stuff_kernel
 from ...kernels.tiles import TILE_8, DirectTile
@@ -66,10 +67,12 @@ def lower_conv(ctx, node) -> Step:
     source = Arg("value", x)
     if node.op == "conv_transpose":
         _, stuffed, before, hw = transpose_as_conv(attrs, x_shape)
+        sz = Sizes()
         k = zero_stuff_kernel(f"n{node.id}_zero_stuff", x_shape, attrs["stride"], before, hw,
-                              ctx.comment)
-        calls.append(Call(None, (Arg("value", x), Arg("scratch", "stuffed"), Arg("batch")),
-                          k.name, k))
+                              ctx.comment, sz)
+        sizes = tuple(Arg("int", v) for v in sz.values.values())
+        calls.append(Call(None, (Arg("value", x), Arg("scratch", "stuffed"), *sizes,
+                                 Arg("batch")), k.name, k))
         scratch["stuffed"] = int(np.prod(stuffed))
         source = Arg("scratch", "stuffed")
     xp, yp = Arg("scratch", "conv_in"), Arg("scratch", "conv_out")
