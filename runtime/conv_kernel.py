@@ -10,7 +10,6 @@ keeps operands packed (``pack_input`` / ``pack_weights`` / ``run`` / ``unpack_ou
 from __future__ import annotations
 
 import math
-import sys
 from typing import Literal
 
 import numpy as np
@@ -70,8 +69,7 @@ class ConvKernel:
         kernel, tag = self.algorithm.kernel(g, tile=tile)
         backend = NumbaBackend(root)
         self.kernel, _, self.source = backend.load_tasked(kernel, tag, "convolution kernel")
-        self.module = sys.modules[self.kernel.py_func.__module__]
-        self.path = getattr(self.module, "__file__", None)
+        self.path = str(self.kernel.path)
         self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
         self.layout = layout_module(root)
         self.int_args = self.algorithm.int_args(g, tile=tile)

@@ -192,9 +192,10 @@ class Arena:
 
     def _patch(self, items: list[Item], inputs: Mapping[int, Any]) -> None:
         """Patch the caller's input arrays into the task calls of ``items``."""
-        ranges = [item for item in items if isinstance(item, TaskRange)]
+        whole = items is self.items
+        ranges = [] if whole else [item for item in items if isinstance(item, TaskRange)]
         for at, pos, nid in self.task_patches:
-            if items is self.items or any(r.first <= at < r.last for r in ranges):
+            if whole or any(r.first <= at < r.last for r in ranges):
                 self.program.set(at, pos, inputs[nid])
 
     @staticmethod

@@ -219,6 +219,11 @@ class LowerCtx:
         """Threads of the parallel loops (for per-thread scratch buffers)."""
         return self.backend.threads
 
+    @property
+    def thread_scratch(self) -> bool:
+        """Whether kernels may index scratch by the running thread (``thread_id``: the CPU)."""
+        return self.backend.thread_scratch
+
 
 def blocked_storage(graph: Graph, node: Node) -> Storage | None:
     """How a value ``select_layout`` kept channel-blocked is stored: as many blocks of its

@@ -377,7 +377,7 @@ def _lower_pool_grad(ctx, node):
     of, attrs = _pool_of(node.attrs)
     sz = Sizes()
     x, dy = ctx.in_shapes
-    scratch = ctx.backend.thread_scratch
+    scratch = ctx.thread_scratch
     k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz, scratch)
     work = pool_grad_scratch(of, dy[1:], ctx.threads, scratch)
     if not work:

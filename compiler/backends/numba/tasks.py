@@ -140,7 +140,6 @@ class TaskKernel:
 
     def __init__(self, module: ModuleType, name: str, params: Sequence[Param],
                  parallel: bool) -> None:
-        self.module = module
         self.name = name
         self.py_func = getattr(module, name)
         self.count_tasks: Callable[..., Any] = getattr(module, f"{name}_tasks")
