@@ -41,14 +41,22 @@ TARGETS = {"avx2": Target("avx2", 8), "avx512": Target("avx512", 16),
 
 @lru_cache(maxsize=1)
 def _host_features() -> frozenset[str]:
+    """The features LLVM generates code for: Numba's ``NUMBA_CPU_FEATURES`` where it is set
+    (``+avx2,-avx512f,...``: a process told to generate AVX2 code on an AVX-512 machine, as
+    ``bench/bench_tiles.py --avx2-only`` does; an instruction the CPU has but LLVM was told
+    not to use cannot be selected), else the host's."""
+    # imported here, not at the top: this module is read at start-up by every command
     from llvmlite import binding
+    from numba.core import config
 
+    if config.CPU_FEATURES is not None:
+        return frozenset(f[1:] for f in config.CPU_FEATURES.split(",") if f.startswith("+"))
     return frozenset(name for name, on in binding.get_host_cpu_features().items() if on)
 
 
 def host_has(*features: str) -> bool:
-    """Whether this machine's CPU, as LLVM sees it, has every one of ``features``
-    (``"avx512f"``, ``"avx512vl"``, ...)."""
+    """Whether the CPU LLVM generates code for (this machine's, unless Numba was told
+    another's features) has every one of ``features`` (``"avx512f"``, ``"avx512vl"``, ...)."""
     return _host_features().issuperset(features)
 
 

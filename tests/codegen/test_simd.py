@@ -282,3 +282,50 @@ def test_the_channel_wise_kernel_activates_two_pixels_at_a_time(epilogue, exps):
                                                                  for e in epilogue], kinds=[]))
     assert src.count("vexp(") == exps
     assert ("vjoin(" in src) == bool(exps)
+
+
+_AVX2_ONLY_EXP = """
+import numpy as np
+from numba import njit
+from cnnc.compiler.backends.numba.simd import vexp, vload16, vstore
+from cnnc.compiler.target import host_has
+
+@njit(cache=False)
+def run(a, out):
+    for i in range(0, a.size, 16):
+        vstore(out, i, vexp(vload16(a, i)))
+
+x = np.load("{x}")
+out = np.empty_like(x)
+run(x, out)
+np.save("{out}", out)
+print(host_has("avx512f"))
+"""
+
+
+def test_vector_exp_follows_the_features_llvm_is_told_not_the_hosts(tmp_path):
+    """A process whose Numba generates code for a CPU without AVX-512 (``NUMBA_CPU_FEATURES``,
+    as ``bench_tiles.py --avx2-only`` sets on an AVX-512 machine) compiles the 16-lane ``vexp``
+    with the exponent-bits scaling: ``vscalefps`` asked of such an LLVM cannot be selected.
+    Its numbers are the exponent-bits ones, bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    from llvmlite import binding
+
+    feats = binding.get_host_cpu_features()
+    flags = ",".join(("+" if on and not k.startswith(("avx512", "evex512", "amx")) else "-") + k
+                     for k, on in sorted(feats.items()))
+    x = np.linspace(-110.0, 95.0, 4096, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = _AVX2_ONLY_EXP.format(x=tmp_path / "x.npy", out=tmp_path / "out.npy")
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=flags)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False"]
+    want = np.empty_like(x)
+    _exp_kernel(make_vexp(False), 16)(x, want)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy").view(np.uint32),
+                                  want.view(np.uint32))
