@@ -712,10 +712,13 @@ CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
 #: Winograd: its GEMMs run the direct kernel's register tile, its transforms are vector
 #: loads, adds and stores (bench/RESULTS.md).
-#: Bytes of Winograd's filter transform above which it streams from memory (half the 32 MiB
-#: last-level cache of the machines measured), and what streaming a float of it costs in
-#: flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512 channels).
-U_IN_CACHE = 16 << 20
+#: Bytes of Winograd's filter transform above which it streams from memory, and what
+#: streaming a float of it costs in flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512
+#: channels). Measured on a 2-vCPU Zen 4 with a 32 MiB last-level cache, one thread, batch 1
+#: and 8: a U of 8 MiB stays in cache between tasks (VGG-16's 28x28 256->512 layer, F(2x2) 9.1
+#: ms against direct's 16.2), one of 16 MiB does not (F(2x2) at 512->512: 28x28 38-47 ms
+#: against direct's 34, 14x14 11-14 against 8.5, ResNet-18's 7x7 3.2-3.6 against 2.2).
+U_IN_CACHE = 12 << 20
 FLOPS_PER_FLOAT_STREAMED = 16.0
 _WINOGRAD_REFUSAL = "Winograd computes 3x3, stride-1, undilated, ungrouped convolutions of " \
     "at least 8 input channels"
