@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.backends.cuda.loader import CudaBackend, gpu_problem
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.ops.detect import detections
@@ -345,6 +344,9 @@ def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
         raise ModelError(str(e)) from None
     backend = None
     if cpu.cuda:
+        # imported here, for start-up cost: a CPU target never loads the CUDA backend
+        from ..compiler.backends.cuda.loader import CudaBackend
+
         root = Path(cache_dir) if cache_dir is not None else None
         backend = CudaBackend(root, f"model_{graph.name}", device=device or (
             "gpu" if cpu.backend == "cuda" else "emulate"))
@@ -428,6 +430,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     t0 = time.perf_counter()
     cpu = _target(target)
     if cpu.backend == "cuda":
+        # imported here, for start-up cost: a CPU target never loads the CUDA backend
+        from ..compiler.backends.cuda.loader import gpu_problem
+
         problem = gpu_problem()
         if problem is not None:
             raise ModelError(problem)

@@ -68,6 +68,35 @@ def test_transforms_compute_the_correlation_exactly(t):
         assert y == want
 
 
+@settings(max_examples=15, deadline=None)
+@given(t=st.sampled_from([F2, F4]),
+       batch=st.lists(st.integers(0, 4), min_size=0, max_size=3), seed=st.integers(0, 2 ** 16))
+def test_filter_transform_is_exact_g_w_gt_rounded_in_float64(t, batch, seed):
+    """``filter_transform`` (one 2-D product with ``G kron G``) against ``G w G^T`` in
+    rationals, filter by filter, for any batch shape, empty ones included: each element within
+    16 float64 roundings of the sum of its terms' magnitudes (the float64 weights are exact
+    rationals; a term ``G[p, i] G[q, j] w[i, j]`` is rounded at most 4 times: both entries of
+    ``G``, their product, the product with ``w``; the sum of 9 terms 8 times)."""
+    w = np.random.default_rng(seed).standard_normal(tuple(batch) + (3, 3))
+    u = t.filter_transform(w)
+    a = t.alpha
+    assert u.shape == tuple(batch) + (a, a) and u.dtype == np.float64
+    for index in np.ndindex(*batch):
+        g = [[Fraction(float(v)) for v in row] for row in w[index]]
+        for p in range(a):
+            for q in range(a):
+                exact = sum(t.G[p][i] * g[i][j] * t.G[q][j] for i in range(3) for j in range(3))
+                scale = sum(abs(t.G[p][i] * g[i][j] * t.G[q][j])
+                            for i in range(3) for j in range(3))
+                assert abs(Fraction(float(u[index + (p, q)])) - exact) <= \
+                    16 * Fraction(2.0 ** -53) * scale
+
+
+def test_filter_transform_refuses_other_filter_sizes():
+    with pytest.raises(ValueError, match="filters must be 3 x 3"):
+        F4.filter_transform(np.zeros((2, 5, 5)))
+
+
 def test_rounding_depths():
     """Two passes of each transform, each as long as its widest row: F(2,3) rows of 2 and 3
     nonzeros, F(4,3) of 4 and 5 (``error_bound``'s D = C + depth + 3)."""
