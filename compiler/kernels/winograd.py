@@ -384,16 +384,22 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     return Kernel(name, params, pre + [tasks], comment)
 
 
-def pack_filters(t: WinogradTransform, g: ConvGeometry, w: np.ndarray) -> np.ndarray:
+def pack_filters(t: WinogradTransform, g: ConvGeometry, w: np.ndarray,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """``U = G w G^T`` (float64, rounded once to float32) in the kernel's order ``[alpha^2,
     KT, C8, 8, 16]``: transform point, 16-channel output tile, input block, input lane,
     output lane; zero for the padded channels. Transformed one output tile at a time, so each
-    tile's float64 values are reordered while they are still in cache."""
+    tile's float64 values are reordered while they are still in cache. ``out``: a flat
+    contiguous float32 array of that size to write every value into (returned), else a new
+    one."""
     a2 = t.alpha ** 2
     KT = ceil_div(g.K, TILE_K)
     Cp = g.Cgb * LANES
     w = np.asarray(w)
-    out = np.zeros((a2, KT, g.Cgb, LANES, TILE_K), np.float32)
+    shape = (a2, KT, g.Cgb, LANES, TILE_K)
+    if out is None:
+        out = np.empty(int(np.prod(shape)), np.float32)
+    packed = out.reshape(shape)  # a view: ``out`` is flat and contiguous
     for kt in range(KT):
         k0, k1 = kt * TILE_K, min(g.K, (kt + 1) * TILE_K)
         u = t.filter_transform(w[k0:k1]).reshape(k1 - k0, g.C, a2)  # float64
@@ -401,5 +407,5 @@ def pack_filters(t: WinogradTransform, g: ConvGeometry, w: np.ndarray) -> np.nda
             padded = np.zeros((TILE_K, Cp, a2))
             padded[:k1 - k0, :g.C] = u
             u = padded
-        out[:, kt] = u.reshape(TILE_K, g.Cgb, LANES, a2).transpose(3, 1, 2, 0)
-    return out.ravel()
+        packed[:, kt] = u.reshape(TILE_K, g.Cgb, LANES, a2).transpose(3, 1, 2, 0)
+    return out
