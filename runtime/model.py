@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,8 +35,10 @@ from .autotune import Autotuner
 from .executor import Executor, flat_input
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
-from .train import TrainingModel, compile_training
 from .weights import check_weights, init_params, load_weights, save_weights
+
+if TYPE_CHECKING:  # for the annotations: the training runtime is imported when one is asked for
+    from .train import TrainingModel
 
 __all__ = ["compile", "cuda_sources", "CompiledModel", "ModelError", "NumericsError",
            "available_memory"]
@@ -462,6 +464,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         if layout not in LAYOUT_CHOICES:
             raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got "
                              f"{layout!r}")
+        # imported here, for start-up cost: an inference compile never loads the training runtime
+        from .train import compile_training
+
         bar = CompileProgress(progress)
         try:
             tm = compile_training(graph, params, target=cpu, opt_level=opt_level,

@@ -160,6 +160,13 @@ class WinogradTransform:
         """``AT``, ``G`` or ``BT`` in float64 (exact for ``AT`` and ``BT``)."""
         return np.array([[float(v) for v in row] for row in getattr(self, name)])
 
+    @cached_property
+    def _gt(self) -> np.ndarray:
+        """``G^T`` in float64, read-only (the filter transform's, made once)."""
+        gt = self.array("G").T
+        gt.setflags(write=False)
+        return gt
+
     def filter_transform(self, w: np.ndarray) -> np.ndarray:
         """``U = G w G^T`` of filters ``[..., r, r]`` in float64: ``[..., alpha, alpha]``.
 
@@ -173,7 +180,7 @@ class WinogradTransform:
         if w.shape[-2:] != (r, r):
             raise ValueError(f"F({self.m}, {self.r}): filters must be {r} x {r}, got "
                              f"{w.shape[-2:]}")
-        GT = self.array("G").T
+        GT = self._gt
         flat = w.reshape(-1, r, r)
         n = flat.shape[0]
         products = max(1, -(-n // FILTERS_A_PRODUCT))
