@@ -2,8 +2,9 @@
 
 Before it looks in its cache (``Cache.load_overload``), Numba refreshes the CPU target
 context. The first refresh of a process imports and registers every implementation Numba has
-(NumPy's linear algebra, random generators, typed containers, datetimes, ...): 0.4-0.5 s of
-CPU, paid by every process, a third of a cached ResNet-18 compile. It prepares Numba to
+(NumPy's linear algebra, random generators, typed containers, datetimes, ...): about 0.3 s
+of CPU in every process, an eighth of a cached ResNet-18 compile (bench/RESULTS.md). It
+prepares Numba to
 *compile*; machine code loaded from the cache needs none of it, only the symbols it links
 against, which are registered elsewhere:
 
