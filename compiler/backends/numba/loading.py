@@ -4,9 +4,8 @@ Before it looks in its cache (``Cache.load_overload``), Numba refreshes the CPU 
 context. The first refresh of a process imports and registers every implementation Numba has
 (NumPy's linear algebra, random generators, typed containers, datetimes, ...): about 0.3 s
 of CPU in every process, an eighth of a cached ResNet-18 compile (bench/RESULTS.md). It
-prepares Numba to
-*compile*; machine code loaded from the cache needs none of it, only the symbols it links
-against, which are registered elsewhere:
+prepares Numba to *compile*; machine code loaded from the cache needs none of it, only the
+symbols it links against, which are registered elsewhere:
 
 - Numba's C helpers and Python's exception objects: when the target context is created
   (``BaseContext.__init__``, ``CPUContext.init``), before any load;
