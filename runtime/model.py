@@ -18,11 +18,10 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..compiler.backends.cuda.loader import CudaBackend, gpu_problem
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.ops.detect import detections
@@ -36,8 +35,10 @@ from .autotune import Autotuner
 from .executor import Executor, flat_input
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
-from .train import TrainingModel, compile_training
 from .weights import check_weights, init_params, load_weights, save_weights
+
+if TYPE_CHECKING:  # for the annotations: the training runtime is imported when one is asked for
+    from .train import TrainingModel
 
 __all__ = ["compile", "cuda_sources", "CompiledModel", "ModelError", "NumericsError",
            "available_memory"]
@@ -345,6 +346,9 @@ def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
         raise ModelError(str(e)) from None
     backend = None
     if cpu.cuda:
+        # imported here, for start-up cost: a CPU target never loads the CUDA backend
+        from ..compiler.backends.cuda.loader import CudaBackend
+
         root = Path(cache_dir) if cache_dir is not None else None
         backend = CudaBackend(root, f"model_{graph.name}", device=device or (
             "gpu" if cpu.backend == "cuda" else "emulate"))
@@ -428,6 +432,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     t0 = time.perf_counter()
     cpu = _target(target)
     if cpu.backend == "cuda":
+        # imported here, for start-up cost: a CPU target never loads the CUDA backend
+        from ..compiler.backends.cuda.loader import gpu_problem
+
         problem = gpu_problem()
         if problem is not None:
             raise ModelError(problem)
@@ -457,6 +464,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         if layout not in LAYOUT_CHOICES:
             raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got "
                              f"{layout!r}")
+        # imported here, for start-up cost: an inference compile never loads the training runtime
+        from .train import compile_training
+
         bar = CompileProgress(progress)
         try:
             tm = compile_training(graph, params, target=cpu, opt_level=opt_level,

@@ -29,9 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.backends import HOST, Memory
-from ..compiler.backends.cuda.loader import CudaBackend
-from ..compiler.backends.numba.loader import NumbaBackend
+from ..compiler.backends import HOST, Backend, Memory
 from ..compiler.kernels.kernel_ir import Kernel
 from ..compiler.kernels.optimizer import (
     GPU_UPDATE_BLOCK,
@@ -62,7 +60,7 @@ class BoundKernel:
     """A loaded kernel called with its arguments by parameter name (the builder's names)."""
 
     def __init__(self, kernel: Kernel, cache_dir: str | Path | None,
-                 backend: NumbaBackend | CudaBackend | None = None) -> None:
+                 backend: Backend | None = None) -> None:
         self.names = [p.name for p in kernel.params]
         self.kinds = {p.name: p.kind for p in kernel.params}
         self.fn: Callable[..., Any] = load_kernel(kernel, cache_dir=cache_dir, backend=backend)
@@ -120,7 +118,7 @@ class Optimizer:
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise OptimizerError(f"clip_norm must be positive, got {self.clip_norm!r}")
         self._kernels: tuple[BoundKernel, BoundKernel] | None = None
-        self._backend: CudaBackend | None = None
+        self._backend: Backend | None = None
 
     @property
     def kernel_name(self) -> str:
@@ -129,7 +127,7 @@ class Optimizer:
             return "sgd_momentum" if self.momentum else "sgd"
         return "adam"
 
-    def load(self, backend: CudaBackend) -> None:
+    def load(self, backend: Backend) -> None:
         """Put the kernels in ``backend``'s CUDA module (before it is printed: the model's
         lowering prints it) and keep the buffers in its memory, the GPU's."""
         if self._kernels is not None:

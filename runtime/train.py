@@ -57,7 +57,6 @@ from ..compiler.autodiff import (
     trainable_params,
     update_outputs,
 )
-from ..compiler.backends.cuda.loader import CudaBackend
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
@@ -521,6 +520,9 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                                 "parameter reaches the loss (all frozen?)")
         backend = None
         if target.cuda:  # one CUDA module: the optimizer's kernels, then the graph's
+            # imported here, for start-up cost: a CPU target never loads the CUDA backend
+            from ..compiler.backends.cuda.loader import CudaBackend
+
             backend = CudaBackend(Path(cache_dir) if cache_dir is not None else None,
                                   f"model_{graph.name}",
                                   device="gpu" if target.backend == "cuda" else "emulate")

@@ -6,15 +6,23 @@ A backend also says where its kernels' arrays live (:class:`Memory`): the execut
 the arena, uploads constants and inputs and downloads outputs through it, and touches the
 arrays in no other way than slicing them and handing them to kernels. NumPy's memory for the
 Numba kernels (:data:`HOST`, where upload and download are the arrays themselves); a GPU's
-through CuPy, or the emulated GPU's (``backends/cuda/memory.py``)."""
+through CuPy, or the emulated GPU's (``backends/cuda/memory.py``).
+
+:class:`Backend` is what the lowering driver and the ops' lowering rules ask of a backend, so
+that they name no backend package: a CPU compile never imports the CUDA one (whose printer and
+emulation cost a fifth of a second at start-up), and only ``runtime/`` picks a backend for
+a target."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["KernelRefused", "Memory", "HostMemory", "HOST"]
+from ..kernels.kernel_ir import Kernel
+
+__all__ = ["Backend", "KernelRefused", "Memory", "HostMemory", "HOST"]
 
 
 class KernelRefused(ValueError):
@@ -81,3 +89,56 @@ class HostMemory:
 
 #: The memory of CPU kernels.
 HOST = HostMemory()
+
+
+class Backend(Protocol):
+    """How the lowering driver and the ops' lowering rules print, load and cache kernels for
+    one target (``numba.loader.NumbaBackend``, ``cuda.loader.CudaBackend``)."""
+
+    #: The backend's name (``numba``, ``cuda``).
+    name: str
+    #: The kernels' file suffix in a listing (``.py``, ``.cu``).
+    listing_suffix: str
+    #: Whether kernels may index scratch by the running thread (``thread_id``).
+    thread_scratch: bool
+
+    @property
+    def cache_path(self) -> str:
+        """The folder the kernels are cached in."""
+
+    @property
+    def threads(self) -> int:
+        """Threads of the parallel loops (per-thread scratch buffers are sized by it)."""
+
+    @property
+    def memory(self) -> Memory:
+        """Where the kernels' arrays live."""
+
+    def comment(self, text: str) -> str:
+        """``text`` as a comment of the target's language (sanitized)."""
+
+    def check(self, kernel: Kernel) -> None:
+        """Raise :class:`KernelRefused` where ``kernel`` has no form on this target."""
+
+    def dedup_key(self, kernel: Kernel) -> str:
+        """Kernels with equal keys have identical code whatever their names and comments."""
+
+    def listing(self, kernels: list[Kernel], header: str) -> str:
+        """The model's listing of its per-node ``kernels``."""
+
+    def load_shared(self, kernel: Kernel) -> tuple[Callable[..., Any], str, str]:
+        """``(kernel, source file name, source)`` of a per-node kernel."""
+
+    def load_tasked(self, kernel: Kernel, tag: str,
+                    header: str) -> tuple[Callable[..., Any], str, str]:
+        """``(kernel, source file name, source)`` of a compute kernel cached as ``tag``."""
+
+    def layout_kernel(self, name: str) -> Callable[..., Any]:
+        """One of the shared layout kernels (``kernels.layout.layout_kernels``)."""
+
+    def note_users(self, calls: Iterable[Any], comment: str) -> None:
+        """Record that the node described by ``comment`` runs ``calls`` (for the listing)."""
+
+    def warm(self, steps: Iterable[Any],
+             progress: Callable[[int, int], None] | None = None) -> None:
+        """Compile (or load) the kernels of ``steps`` now."""

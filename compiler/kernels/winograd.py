@@ -87,6 +87,13 @@ LANES = 8
 
 Matrix = tuple[tuple[Fraction, ...], ...]
 
+#: Filters per matrix product of the filter transform (``[2048 x 3, 3] @ [3, 6]``): large
+#: enough that a product's call costs little, small enough that the BLAS library runs it on
+#: the calling thread (NumPy's OpenBLAS threads a product of 4 x 65536 multiply-adds or more;
+#: its threads wait spinning between such short products, which cost 10x their work on a
+#: loaded machine).
+FILTERS_A_PRODUCT = 2048
+
 
 def _poly_mul(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
     out = [Fraction(0)] * (len(a) + len(b) - 1)
@@ -153,10 +160,38 @@ class WinogradTransform:
         """``AT``, ``G`` or ``BT`` in float64 (exact for ``AT`` and ``BT``)."""
         return np.array([[float(v) for v in row] for row in getattr(self, name)])
 
+    @cached_property
+    def _gt(self) -> np.ndarray:
+        """``G^T`` in float64, read-only (the filter transform's, made once)."""
+        gt = self.array("G").T
+        gt.setflags(write=False)
+        return gt
+
     def filter_transform(self, w: np.ndarray) -> np.ndarray:
-        """``U = G w G^T`` of filters ``[..., r, r]`` in float64: ``[..., alpha, alpha]``."""
-        G = self.array("G")
-        return G @ np.asarray(w, np.float64) @ G.T  # two batched matrix products
+        """``U = G w G^T`` of filters ``[..., r, r]`` in float64: ``[..., alpha, alpha]``.
+
+        Computed as ``T^T = w^T G^T``, then ``U = T G^T``, each a matrix product over up to
+        :data:`FILTERS_A_PRODUCT` filters at a time (their rows stacked): NumPy's batched ``G
+        @ w @ G.T`` calls the BLAS library twice per 3 x 3 filter, several times slower for a
+        ResNet's filters. Each value is the same sum in the same order as that of ``G @ w @
+        G.T``: the same float64 result."""
+        a, r = self.alpha, self.r
+        w = np.asarray(w, np.float64)
+        if w.shape[-2:] != (r, r):
+            raise ValueError(f"F({self.m}, {self.r}): filters must be {r} x {r}, got "
+                             f"{w.shape[-2:]}")
+        GT = self._gt
+        flat = w.reshape(-1, r, r)
+        n = flat.shape[0]
+        products = max(1, -(-n // FILTERS_A_PRODUCT))
+        per = -(-n // products)  # filters a product, the last padded with zero filters
+        if per * products != n:
+            flat = np.concatenate([flat, np.zeros((per * products - n, r, r))])
+        # rows (filter, j) of T^T = w^T G^T, then rows (filter, p) of U = T G^T
+        tt = np.matmul(flat.transpose(0, 2, 1).reshape(products, per * r, r), GT)
+        t = tt.reshape(products, per, r, a).transpose(0, 1, 3, 2).reshape(products, per * a, r)
+        u = np.matmul(t, GT).reshape(-1, a, a)[:n]
+        return u.reshape(w.shape[:-2] + (a, a))
 
     def rounding_depth(self) -> int:
         """The most float32 roundings on any path from one input to one output through the
@@ -361,14 +396,28 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     return Kernel(name, params, pre + [tasks], comment)
 
 
-def pack_filters(t: WinogradTransform, g: ConvGeometry, w: np.ndarray) -> np.ndarray:
+def pack_filters(t: WinogradTransform, g: ConvGeometry, w: np.ndarray,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """``U = G w G^T`` (float64, rounded once to float32) in the kernel's order ``[alpha^2,
     KT, C8, 8, 16]``: transform point, 16-channel output tile, input block, input lane,
-    output lane; zero for the padded channels."""
-    a = t.alpha
+    output lane; zero for the padded channels. Transformed one output tile at a time, so each
+    tile's float64 values are reordered while they are still in cache. ``out``: a flat
+    contiguous float32 array of that size to write every value into (returned), else a new
+    one."""
+    a2 = t.alpha ** 2
     KT = ceil_div(g.K, TILE_K)
-    wpad = np.zeros((KT * TILE_K, g.Cgb * LANES, 3, 3), np.float64)
-    wpad[:g.K, :g.C] = np.asarray(w, np.float64)
-    u = t.filter_transform(wpad)  # [Kp, Cp, a, a]
-    u = u.reshape(KT, TILE_K, g.Cgb, LANES, a * a).transpose(4, 0, 2, 3, 1)
-    return np.ascontiguousarray(u, np.float32).ravel()
+    Cp = g.Cgb * LANES
+    w = np.asarray(w)
+    shape = (a2, KT, g.Cgb, LANES, TILE_K)
+    if out is None:
+        out = np.empty(int(np.prod(shape)), np.float32)
+    packed = out.reshape(shape)  # a view: ``out`` is flat and contiguous
+    for kt in range(KT):
+        k0, k1 = kt * TILE_K, min(g.K, (kt + 1) * TILE_K)
+        u = t.filter_transform(w[k0:k1]).reshape(k1 - k0, g.C, a2)  # float64
+        if (k1 - k0, g.C) != (TILE_K, Cp):
+            padded = np.zeros((TILE_K, Cp, a2))
+            padded[:k1 - k0, :g.C] = u
+            u = padded
+        packed[:, kt] = u.reshape(TILE_K, g.Cgb, LANES, a2).transpose(3, 1, 2, 0)
+    return out

@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import KernelRefused
-from ..backends.cuda.loader import CudaBackend
+from ..backends import Backend, KernelRefused
 from ..backends.numba.loader import NumbaBackend
 from ..decisions import EpilogueOp, epilogue_of, own_input_count, prologue_of
 from ..ir import Graph, Node, model_folder
@@ -64,7 +63,7 @@ class LowerCtx:
 
     graph: Graph
     node: Node
-    backend: NumbaBackend | CudaBackend
+    backend: Backend
 
     @property
     def kname(self) -> str:
@@ -295,7 +294,7 @@ def _schedule_key(graph: Graph) -> Callable[[Node], tuple[int, int]]:
 
 
 def _dedup(kernels: list[Kernel],
-           backend: NumbaBackend | CudaBackend) -> tuple[list[Kernel], dict[str, str]]:
+           backend: Backend) -> tuple[list[Kernel], dict[str, str]]:
     """Kernels with identical code are compiled once; the survivor's comment lists every
     layer that uses it. Returns the kernels to print and a map kernel name -> survivor name."""
     first: dict[str, Kernel] = {}
@@ -340,15 +339,14 @@ def checked_lowering(ctx: LowerCtx) -> Step:
     except KernelRefused as e:
         raise LoweringError(f"{describe_node(ctx.node, model_folder(ctx.graph))}: "
                             f"{e}") from None
-    if isinstance(ctx.backend, CudaBackend):  # one module: name the layers of shared kernels
-        ctx.backend.note_users(step.calls, ctx.comment)
+    ctx.backend.note_users(step.calls, ctx.comment)  # CUDA's one module names them
     return step
 
 
 def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
                 reuse_buffers: bool = True,
                 progress: Callable[[int, int], None] | None = None,
-                backend: NumbaBackend | CudaBackend | None = None,
+                backend: Backend | None = None,
                 together: Sequence[int] = (), warm: bool = True) -> Plan:
     """Lower every compute node, load each distinct kernel from its shared cached module, bind
     the calls and plan the buffers. ``progress(done, total)`` follows a cold compile; without
@@ -394,7 +392,7 @@ def lower_graph(graph: Graph, *, cache_dir: str | Path | None = None,
 
 
 def load_kernel(kernel: Kernel, *, cache_dir: str | Path | None = None,
-                backend: NumbaBackend | CudaBackend | None = None) -> Callable[..., Any]:
+                backend: Backend | None = None) -> Callable[..., Any]:
     """A kernel that is no node of a graph (the optimizer's updates of the flat parameter
     buffer), loaded like a per-model kernel from its shared cached module by the backend
     (default: Numba's, caching under ``cache_dir``); Numba compiles it at its first call. A
@@ -404,7 +402,7 @@ def load_kernel(kernel: Kernel, *, cache_dir: str | Path | None = None,
     return backend.load_shared(kernel)[0]
 
 
-def _module_map(steps: list[Step], backend: NumbaBackend | CudaBackend,
+def _module_map(steps: list[Step], backend: Backend,
                 listing_file: str) -> str:
     """Comment lines naming, per convolution layer, the cached module that runs it (none
     where every kernel runs from the listing's module, as CUDA's do)."""

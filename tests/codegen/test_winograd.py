@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnc.compiler.kernels.winograd import F2, F4
+from cnnc.compiler.kernels.winograd import F2, F4, FILTERS_A_PRODUCT
 from cnnc.compiler.ops import EPS32, evaluate_bound
 from cnnc.compiler.passes import PassContext
 from cnnc.compiler.passes.select_lowering import select_lowering
@@ -66,6 +66,47 @@ def test_transforms_compute_the_correlation_exactly(t):
         want = [[sum(d[i + r][j + s] * g[r][s] for r in range(3) for s in range(3))
                  for j in range(m)] for i in range(m)]
         assert y == want
+
+
+@settings(max_examples=15, deadline=None)
+@given(t=st.sampled_from([F2, F4]),
+       batch=st.lists(st.integers(0, 4), min_size=0, max_size=3), seed=st.integers(0, 2 ** 16))
+def test_filter_transform_is_exact_g_w_gt_rounded_in_float64(t, batch, seed):
+    """``filter_transform`` (stacked 2-D products) against ``G w G^T`` in rationals, filter by
+    filter, for any batch shape, empty ones included: each element within 16 float64
+    roundings of the sum of its terms' magnitudes (the float64 weights are exact rationals; a
+    term ``G[p, i] w[i, j] G[q, j]`` is rounded at most 4 times, both entries of ``G`` and
+    two products, and each 1-D pass sums 3 terms)."""
+    w = np.random.default_rng(seed).standard_normal(tuple(batch) + (3, 3))
+    u = t.filter_transform(w)
+    a = t.alpha
+    assert u.shape == tuple(batch) + (a, a) and u.dtype == np.float64
+    for index in np.ndindex(*batch):
+        g = [[Fraction(float(v)) for v in row] for row in w[index]]
+        for p in range(a):
+            for q in range(a):
+                exact = sum(t.G[p][i] * g[i][j] * t.G[q][j] for i in range(3) for j in range(3))
+                scale = sum(abs(t.G[p][i] * g[i][j] * t.G[q][j])
+                            for i in range(3) for j in range(3))
+                assert abs(Fraction(float(u[index + (p, q)])) - exact) <= \
+                    16 * Fraction(2.0 ** -53) * scale
+
+
+def test_filter_transform_of_more_filters_than_one_product_takes():
+    """Filters beyond ``FILTERS_A_PRODUCT`` (several products, the last one padded) against
+    NumPy's ``G @ w @ G.T`` filter by filter in float64: the same sums in the same order, so
+    within 16 roundings of the terms' magnitudes of each other (equal where the BLAS library
+    rounds alike in both)."""
+    w = np.random.default_rng(5).standard_normal((3, FILTERS_A_PRODUCT // 2 + 7, 3, 3))
+    for t in (F2, F4):
+        G = t.array("G")
+        scale = np.abs(G) @ np.abs(w) @ np.abs(G).T
+        assert np.all(np.abs(t.filter_transform(w) - G @ w @ G.T) <= 16 * 2.0 ** -53 * scale)
+
+
+def test_filter_transform_refuses_other_filter_sizes():
+    with pytest.raises(ValueError, match="filters must be 3 x 3"):
+        F4.filter_transform(np.zeros((2, 5, 5)))
 
 
 def test_rounding_depths():

@@ -129,6 +129,9 @@ class NumbaBackend:
         """One of the shared layout kernels (``kernels.layout.layout_kernels``)."""
         return layout_module(self.root)[name]
 
+    def note_users(self, calls: Iterable[Any], comment: str) -> None:
+        """Nothing to record: each layer's kernel carries its own comment in the listing."""
+
     def warm(self, steps: Iterable[Any],
              progress: Callable[[int, int], None] | None = None) -> None:
         """Compile the kernels of ``steps`` missing from Numba's cache, in parallel workers."""

@@ -45,6 +45,7 @@ from numba.extending import intrinsic
 from ...kernels.kernel_ir import Param
 from . import cache
 from .block import BLOCK, WORDS
+from .loading import LoadingCache
 
 __all__ = ["TaskKernel", "TaskProgram", "run_tasks", "SIGNATURE", "task_function",
            "compile_task_function"]
@@ -112,12 +113,18 @@ def run_tasks(functions, counts, blocks, parallel, first, last):  # pragma: no c
                 _call_task(functions[s], t, blocks[s])
 
 
+# Loaded from Numba's cache without the compiler's start-up (``loading``), as the task
+# functions are.
+run_tasks._cache = LoadingCache(run_tasks.py_func)
+
+
 def task_function(py_func: Callable[..., Any], path: Path) -> CFunc:
     """The (not yet compiled) C callback of the task function ``py_func`` of the kernel file
     ``path``, cached on disk beside it."""
     cf = CFunc(py_func, (SIGNATURE.args, SIGNATURE.return_type), locals={},
                options=dict(OPTIONS), pipeline_class=TaskCompiler)
-    cf.enable_caching()
+    # Numba's cache (``enable_caching``), loading without the compiler's start-up
+    cf._cache = LoadingCache(py_func)
     cache.track_saves(cf, path)
     return cf
 

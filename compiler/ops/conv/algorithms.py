@@ -609,11 +609,19 @@ class Winograd(_BlockedAlgorithm):
         return a * a * g.Kgb * TILE_K * g.Cgb * 8, g.Kgb * TILE_K
 
     def pack_weights(self, g, w, b, tile=TILE_8):
-        """``U = G w G^T`` as ``[alpha^2, K/16, C/8, 8, 16]``, bias padded to 16 channels."""
-        bp = np.zeros(g.Kgb * TILE_K, np.float32)
+        """``U = G w G^T`` as ``[alpha^2, K/16, C/8, 8, 16]``, bias padded to 16 channels:
+        the two parts of :meth:`pack_flat`'s array (views)."""
+        return np.split(self.pack_flat(g, w, b, tile), [self.packed_sizes(g, tile)[0]])
+
+    def pack_flat(self, g, w, b, tile=TILE_8):
+        """The filters transformed straight into the flat array, then the bias (no copy of
+        the whole into a concatenation: these are the largest packed weights)."""
+        n_w, n_b = self.packed_sizes(g, tile)
+        flat = np.zeros(n_w + n_b, np.float32)
+        pack_filters(self.transform, g, np.asarray(w, np.float32), out=flat[:n_w])
         if b is not None:
-            bp[:g.K] = np.asarray(b, np.float32)
-        return pack_filters(self.transform, g, np.asarray(w, np.float32)), bp
+            flat[n_w:n_w + g.K] = np.asarray(b, np.float32)
+        return flat
 
     def thread_scratch(self, g: ConvGeometry) -> int:
         return scratch_floats(g, self.transform)
