@@ -88,6 +88,28 @@ def _overlap_tail(Q: Expr, full: int, tile) -> list:
     ]
 
 
+#: The narrow tile of a channel-wise kernel's rows shorter than its full tile.
+NARROW_DW = 4
+
+
+def _narrow_row_tail(Q: Expr, full: int, tile) -> list:
+    """:func:`_overlap_tail` for the channel-wise kernel, whose rows of 7 (and 4 to 7: the last
+    stages of MobileNetV2 and EfficientNet-B0) are shorter than its 8-pixel tile: there a row
+    runs two overlapping :data:`NARROW_DW`-pixel tiles, the first at pixel 0, the second
+    ending at the last pixel (it writes pixels already written again: same operands, same
+    order), instead of one-pixel tiles, whose multiply-adds over all the taps form one
+    dependent chain (latency-bound: 4 chains keep the FMA unit busy). Rows of 1 to 3 pixels run
+    one-pixel tiles. One tile body more than :func:`_overlap_tail`."""
+    short = cmp("==", Var("nfull"), 0)
+    return [
+        If(cmp("and", cmp(">", Var("tail"), 0), cmp(">", Var("nfull"), 0)),
+           tile(full, Q - full)),
+        If(cmp("and", short, cmp(">=", Q, NARROW_DW)),
+           tile(NARROW_DW, Const(0)) + tile(NARROW_DW, Q - NARROW_DW)),
+        If(cmp("and", short, cmp("<", Q, NARROW_DW)), [Loop("q1", Q, tile(1, Var("q1")))]),
+    ]
+
+
 def _split_8(Q: Expr, tile) -> list:
     """The tiles of the 8-lane kernel over ``Q`` consecutive output pixels (a row, or a plane
     with ``order="plane"``), ``Q`` a runtime value: ``nfull`` tiles of 6 pixels, then ``n4``
@@ -467,7 +489,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                   for k in range(len(ops)))] + stmts
 
     tail = [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)"),
-            *_overlap_tail(Q, T, tile),
+            *_narrow_row_tail(Q, T, tile),
             Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L, g.nhwc_out))]
     counts = [Let("nfull", Q // T), Let("tail", Q % T)]
