@@ -702,6 +702,28 @@ def test_a_blocked_gate_multiply_writes_over_its_input():
         np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def test_a_blocked_gate_multiply_keeps_an_input_read_later():
+    """The same gate, but x is read again by a convolution beside the multiply's: the product
+    takes x's slot only if no step after the multiply reads x, and the numbers are the
+    reference's. (A residual ``x * g + x`` fused into the multiply reads each float of x
+    before writing it: in place is right there.)"""
+    src = ("network se_keep\ninput x: 3 x 7 x 9\n"
+           "t = x -> conv(24, 3, pad=1) -> relu -> conv(24, 3, pad=1, groups=24) -> swish\n"
+           "g = t -> globalavgpool -> conv(6, 1) -> swish -> conv(24, 1) -> sigmoid\n"
+           "a = t * g -> conv(8, 3, pad=1)\n"
+           "b = t -> conv(8, 3, pad=1)\n"
+           "a + b -> output y\n")
+    m = compile_model(src, seed=5, opt_level=2)
+    steps, buffers = m.plan.steps, m.plan.buffers
+    at = next(i for i, s in enumerate(steps) if s.op == "mul")
+    x = steps[at].inputs[0]
+    read_later = any(x in s.inputs for s in steps[at + 1:])
+    assert read_later == (buffers.slot_of[steps[at].output] != buffers.slot_of[x])
+    x = np.random.default_rng(7).standard_normal((2, 3, 7, 9)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("width", [1, 3, 6, 9, 13])
 @pytest.mark.parametrize("act", ["swish", "sigmoid"])
 def test_depthwise_activations_on_pixel_pairs_match_the_reference(width, act):
