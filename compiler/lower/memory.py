@@ -9,11 +9,11 @@ channel-blocked value (``Step.storage``) with a halo or padding lanes shares a s
 values of exactly the same storage, so the zero halo a convolution reads as its padding is
 never overwritten; one whose every float its producer writes shares slots with plain values.
 Sizes are float32 elements per image; the executor multiplies by the batch size, except for
-whole-batch values (a loss, a parameter's
-gradient: ``Step.batched`` False), which get slots of their own, never shared with per-image
-values; the whole-batch values listed ``together`` share one slot, one after another in that
-order (a training graph's parameter gradients: the flat gradient buffer the optimizer reads,
-filled by the kernels themselves). Graph inputs are the caller's arrays and are never written.
+whole-batch values (a loss, a parameter's gradient: ``Step.batched`` False), which get slots of
+their own, never shared with per-image values; the whole-batch values listed ``together`` share
+one slot, one after another in that order (a training graph's parameter gradients: the flat
+gradient buffer the optimizer reads, filled by the kernels themselves). Graph inputs are the
+caller's arrays and are never written.
 """
 
 from __future__ import annotations
