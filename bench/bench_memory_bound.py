@@ -4,7 +4,7 @@ share of the measured bandwidth it reaches.
 
     NUMBA_NUM_THREADS=2 .venv/bin/python bench/bench_memory_bound.py
         [--models mobilenet_v2 efficientnet_b0 squeezenet1_1] [--batch 1] [--repeat 20]
-        [--threads 2] [--top 12]
+        [--threads 2] [--top 12] [--cpu]
 
 Bandwidth, measured in the same run on ``--threads`` threads (Numba, parallel loops over
 arrays of 64 Mi floats, far past the last-level cache): *copy* (``a[i] = b[i]``) and *triad*
@@ -17,6 +17,11 @@ included), its output, and its packed constants; scratch is left out. A step is
 its bytes at the bandwidth. At batch 1 most activations fit in the last-level cache, so a step
 can pass 100% of the DRAM bandwidth: the column says how far from the memory system's limit a
 kernel is, not that it is wrong.
+
+``--cpu`` times in CPU time of the calling thread (``time.thread_time``) instead of wall time:
+with ``--threads 1`` a loaded machine's other processes then count less (Numba's OpenMP layer
+runs a one-thread parallel region on the calling thread; with more threads the workers' time
+would be missed).
 
 Results: bench/results/memory_bound.json and markdown tables (by kind of op, then the slowest
 memory-bound steps).
@@ -123,9 +128,10 @@ def kind_of(plan, index: int) -> str:
     return step.op
 
 
-def profile(model, batch: int, repeat: int) -> dict:
+def profile(model, batch: int, repeat: int, clock=time.perf_counter) -> dict:
     """The median of whole runs, and per step: op, name, median seconds of its calls (each
-    timed alone: a kernel's own parallel-region start included) summed, bytes, FLOPs."""
+    timed alone: a kernel's own parallel-region start included) summed, bytes, FLOPs; seconds
+    of ``clock``."""
     ex = model.executor
     rng = np.random.default_rng(0)
     graph = ex.plan.graph
@@ -134,16 +140,16 @@ def profile(model, batch: int, repeat: int) -> dict:
     times: dict[int, list[float]] = defaultdict(list)
 
     def timed(index: int, position: int, run) -> None:
-        t0 = time.perf_counter()
+        t0 = clock()
         run()
-        times[index].append(time.perf_counter() - t0)
+        times[index].append(clock() - t0)
 
     ex.run_watched(inputs, batch, lambda i, a: False)  # warm: kernels loaded, caches filled
     whole = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         ex.run(inputs, batch)
-        whole.append(time.perf_counter() - t0)
+        whole.append(clock() - t0)
     per_run: list[dict[int, float]] = []
     for _ in range(repeat):
         times.clear()
@@ -169,6 +175,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--cpu", action="store_true",
+                    help="CPU time of the calling thread instead of wall time (with --threads 1)")
     args = ap.parse_args()
     bandwidth = measure_bandwidth(args.threads)
     # three arrays of 1 Mi floats (12 MB): in the last-level cache of the machines we run on
@@ -180,10 +188,12 @@ def main() -> None:
           f"{peak:.0f} GFLOP/s, balance {balance:.1f} FLOP/byte", flush=True)
     numba.set_num_threads(args.threads)
     out = {"bandwidth_gbs": bandwidth, "cached_triad_gbs": cached, "peak_gflops": peak,
-           "threads": args.threads, "batch": args.batch, "models": {}}
+           "threads": args.threads, "batch": args.batch,
+           "clock": "thread CPU" if args.cpu else "wall", "models": {}}
     for name in args.models:
         model = cnnc.compile(name)
-        prof = profile(model, args.batch, args.repeat)
+        prof = profile(model, args.batch, args.repeat,
+                       time.thread_time if args.cpu else time.perf_counter)
         out["models"][name] = prof
         rows = prof["steps"]
         total = sum(r["seconds"] for r in rows)

@@ -88,6 +88,33 @@ def _overlap_tail(Q: Expr, full: int, tile) -> list:
     ]
 
 
+#: The narrow tile of a channel-wise kernel's rows shorter than its full tile.
+NARROW_DW = 4
+#: Pixels per tile of the 16-lane channel-wise kernel: 7 divides every row of a 224 x 224
+#: network (112, 56, 28, 14, 7), where 8 pixels run rows of 28 and 14 as 32 and 16 (an
+#: overlapping last tile) and rows of 7 as two 4-pixel tiles.
+TILE_DW_16 = 7
+
+
+def _narrow_row_tail(Q: Expr, full: int, tile) -> list:
+    """:func:`_overlap_tail` for the channel-wise kernel, whose rows may be shorter than its
+    tile (rows of 7 at the last stages of MobileNetV2 and EfficientNet-B0 with an 8-pixel
+    tile): a row of 4 pixels or more then runs two overlapping :data:`NARROW_DW`-pixel tiles,
+    the first at pixel 0, the second ending at the last pixel (it writes pixels already
+    written again: same operands, same order), instead of one-pixel tiles, whose multiply-adds
+    over all the taps form one dependent chain (latency-bound: 4 chains keep the FMA unit
+    busy). Rows of 1 to 3 pixels run one-pixel tiles. One tile body more than
+    :func:`_overlap_tail`."""
+    short = cmp("==", Var("nfull"), 0)
+    return [
+        If(cmp("and", cmp(">", Var("tail"), 0), cmp(">", Var("nfull"), 0)),
+           tile(full, Q - full)),
+        If(cmp("and", short, cmp(">=", Q, NARROW_DW)),
+           tile(NARROW_DW, Const(0)) + tile(NARROW_DW, Q - NARROW_DW)),
+        If(cmp("and", short, cmp("<", Q, NARROW_DW)), [Loop("q1", Q, tile(1, Var("q1")))]),
+    ]
+
+
 def _split_8(Q: Expr, tile) -> list:
     """The tiles of the 8-lane kernel over ``Q`` consecutive output pixels (a row, or a plane
     with ``order="plane"``), ``Q`` a runtime value: ``nfull`` tiles of 6 pixels, then ``n4``
@@ -398,13 +425,15 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     lane's group (the vector itself when ``Cg == 1``, ``vspread`` for groups narrower than the
     vector, a broadcast of channel ``j`` for 8 channels in 8 lanes) by the weights ``w[C8, R,
     S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is 8
-    output pixels (6 when 8 weight vectors must stay in 16 registers). Literal: kernel size,
-    stride, dilation, ``Cg``, lanes; runtime: :data:`DEPTHWISE_INTS` and ``relu``."""
+    output pixels (6 when 8 weight vectors must stay in 16 registers; 7 with 16 lanes:
+    :data:`TILE_DW_16`); rows shorter than a tile run narrower ones (:func:`_narrow_row_tail`).
+    Literal: kernel size, stride, dilation, ``Cg``, lanes; runtime: :data:`DEPTHWISE_INTS` and
+    ``relu``."""
     R, S, cg = g.R, g.S, g.Cg
     if not g.channelwise:
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")
     L = g.lanes_in  # channels a block, in and out: the vector width
-    T = TILE_DW if cg <= 4 or L == 16 else 6  # 16 lanes: 32 registers
+    T = TILE_DW_16 if L == 16 else TILE_DW if cg <= 4 else 6
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
     x = StorageIndex(XB, Hp, Wp, XT, XL, L, g.nhwc_in)
@@ -467,7 +496,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
                   for k in range(len(ops)))] + stmts
 
     tail = [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)"),
-            *_overlap_tail(Q, T, tile),
+            *_narrow_row_tail(Q, T, tile),
             Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L, g.nhwc_out))]
     counts = [Let("nfull", Q // T), Let("tail", Q % T)]

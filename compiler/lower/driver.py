@@ -174,7 +174,7 @@ class LowerCtx:
         out_size = storage.floats if storage is not None else node.type.size
         return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
                     out_size, [Call(None, tuple(args), kernel.name, kernel)], pack=pack,
-                    inplace=op.inplace and storage is None, storage=storage,
+                    inplace=op.inplace, storage=storage,
                     batched=node.type.batched)
 
     def host_step(self, fn: Callable[..., None], *, inputs: list[int]) -> Step:

@@ -4,15 +4,16 @@ Every step output that is not a view gets a slot of the arena; views alias their
 are reused once their value is dead (liveness over the step order), and a step whose kernels
 read each element of an input before writing the same element of the output (``Step.inplace``:
 element-wise kernels, convolutions that pack their input first) may write over an input that
-dies at that step and has the output's size. A channel-blocked value (``Step.storage``) with a
-halo or padding lanes shares a slot only with values of exactly the same storage, so the zero
-halo a convolution reads as its padding is never overwritten; one whose every float its
-producer writes shares slots with plain values. Sizes are float32 elements per image; the
-executor multiplies by the batch size, except for whole-batch values (a loss, a parameter's
-gradient: ``Step.batched`` False), which get slots of their own, never shared with per-image
-values; the whole-batch values listed ``together`` share one slot, one after another in that
-order (a training graph's parameter gradients: the flat gradient buffer the optimizer reads,
-filled by the kernels themselves). Graph inputs are the caller's arrays and are never written.
+dies at that step and has the output's size (plain) or its very storage (channel-blocked). A
+channel-blocked value (``Step.storage``) with a halo or padding lanes shares a slot only with
+values of exactly the same storage, so the zero halo a convolution reads as its padding is
+never overwritten; one whose every float its producer writes shares slots with plain values.
+Sizes are float32 elements per image; the executor multiplies by the batch size, except for
+whole-batch values (a loss, a parameter's gradient: ``Step.batched`` False), which get slots of
+their own, never shared with per-image values; the whole-batch values listed ``together`` share
+one slot, one after another in that order (a training graph's parameter gradients: the flat
+gradient buffer the optimizer reads, filled by the kernels themselves). Graph inputs are the
+caller's arrays and are never written.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
         roots = [plan.root(v) for v in step.inputs]
         for r in roots:
             if (r in plan.slot_of and r not in outputs and last_use.get(r) == i
-                    and graph.node(r).type.size == need and roots.count(r) == 1
-                    and target.storage is None and kind[plan.slot_of[r]] is None):
+                    and roots.count(r) == 1 and _same_storage(plan, graph, r, target)
+                    and kind[plan.slot_of[r]] == _kind(graph, target)):
                 return plan.slot_of[r]
     usable = [f for f in free if kind[f] == _kind(graph, target)]
     if reuse and usable:
@@ -116,6 +117,17 @@ def _choose_slot(plan: BufferPlan, graph: Graph, target: Step, step: Step, i: in
     plan.slot_sizes.append(need)
     kind[len(plan.slot_sizes) - 1] = _kind(graph, target)
     return len(plan.slot_sizes) - 1
+
+
+def _same_storage(plan: BufferPlan, graph: Graph, value: int, target: Step) -> bool:
+    """Whether ``target``'s output can lie exactly where ``value`` lies: both plain and of one
+    size, or both in the same channel-blocked storage (halo, padding lanes and all: an
+    element-wise kernel over blocked storage, such as the squeeze-and-excitation gate's
+    ``mul``, then writes each float over the one it has just read, in the cache lines it has
+    just loaded, instead of into a second buffer)."""
+    if target.storage is None:
+        return value not in plan.storage and graph.node(value).type.size == target.out_size
+    return plan.storage.get(value) == target.storage
 
 
 def _offsets_together(graph: Graph, steps: list[Step],

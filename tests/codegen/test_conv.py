@@ -305,3 +305,15 @@ def test_16_lane_kernel_asm_uses_zmm_without_spills():
     for block in re.split(r"\n\.?LBB\S*:", asm):
         if len(re.findall(r"vfmadd231ps", block)) >= 28:
             assert not re.search(r"zmm\d+,\s*-?\d*\(%rsp\)|\(%rsp\),\s*%zmm", block), block
+
+
+
+def test_depthwise_rows_of_every_width(conv_ref, close):
+    """One channel-wise kernel (its sizes are run-time values: one compile) over rows of 1 to
+    19 pixels: one-pixel tiles (under 4), two overlapping 4-pixel tiles (4 to 7: the last
+    stages of MobileNetV2 and EfficientNet-B0), full tiles and an overlapping full tile: the
+    reference's numbers on every path."""
+    attrs = dict(out_channels=11, kernel=3, groups=11, pads=1, bias=True, activation="relu")
+    rng = np.random.default_rng(11)
+    for W in range(1, 20):
+        _check(compile_conv(attrs, (11, 3, W), "direct"), attrs, 2, rng, conv_ref, close)

@@ -262,8 +262,9 @@ def test_a_16_lane_accumulator_gets_its_activation_before_it_is_split():
 
 
 @pytest.mark.parametrize("epilogue, exps", [
-    (["swish"], 4 + 4 + 1),  # pairs of the 8-pixel tile, of its overlapping tail, one pixel
-    (["sigmoid", "relu6"], 4 + 4 + 1),
+    # pairs of the 8-pixel tile, of its overlapping tail, of two 4-pixel tiles, one pixel
+    (["swish"], 4 + 4 + 2 + 2 + 1),
+    (["sigmoid", "relu6"], 4 + 4 + 2 + 2 + 1),
     (["relu6"], 0),  # nothing costly: no pairs
 ])
 def test_the_channel_wise_kernel_activates_two_pixels_at_a_time(epilogue, exps):

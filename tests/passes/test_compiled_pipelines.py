@@ -679,12 +679,58 @@ def test_a_producer_that_zeroes_its_halo_takes_a_slot_another_storage_dirtied(mo
         np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("width", [1, 3, 9, 13])
+def test_a_blocked_gate_multiply_writes_over_its_input():
+    """Squeeze-and-excitation's ``x * gate`` on channel-blocked storage: x dies at the
+    multiply, so the product takes x's very slot and storage (written in place, float by
+    float over what the kernel has just read), and the numbers are the reference's, on a
+    second call too (the slot as the first call left it)."""
+    src = ("network se\ninput x: 3 x 7 x 9\n"
+           "t = x -> conv(24, 3, pad=1) -> relu -> conv(24, 3, pad=1, groups=24) -> swish\n"
+           "g = t -> globalavgpool -> conv(6, 1) -> swish -> conv(24, 1) -> sigmoid\n"
+           "t * g -> conv(8, 1) -> output y\n")
+    m = compile_model(src, seed=5, opt_level=2)
+    graph, buffers = m.plan.graph, m.plan.buffers
+    mul = next(n for n in graph.compute_nodes() if n.op == "mul")
+    x = graph.node(mul.inputs[0])
+    assert mul.attrs["layout"] == x.attrs["layout"] != "NCHW"
+    assert buffers.slot_of[mul.id] == buffers.slot_of[x.id]
+    assert buffers.storage[mul.id] == buffers.storage[x.id]
+    rng = np.random.default_rng(6)
+    for _ in range(2):
+        x = rng.standard_normal((2, 3, 7, 9)).astype(np.float32)
+        want = run_reference(m.graph, {"x": x}, m.params)["y"]
+        np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_blocked_gate_multiply_keeps_an_input_read_later():
+    """The same gate, but x is read again by a convolution beside the multiply's: the product
+    takes x's slot only if no step after the multiply reads x, and the numbers are the
+    reference's. (A residual ``x * g + x`` fused into the multiply reads each float of x
+    before writing it: in place is right there.)"""
+    src = ("network se_keep\ninput x: 3 x 7 x 9\n"
+           "t = x -> conv(24, 3, pad=1) -> relu -> conv(24, 3, pad=1, groups=24) -> swish\n"
+           "g = t -> globalavgpool -> conv(6, 1) -> swish -> conv(24, 1) -> sigmoid\n"
+           "a = t * g -> conv(8, 3, pad=1)\n"
+           "b = t -> conv(8, 3, pad=1)\n"
+           "a + b -> output y\n")
+    m = compile_model(src, seed=5, opt_level=2)
+    steps, buffers = m.plan.steps, m.plan.buffers
+    at = next(i for i, s in enumerate(steps) if s.op == "mul")
+    x = steps[at].inputs[0]
+    read_later = any(x in s.inputs for s in steps[at + 1:])
+    assert read_later == (buffers.slot_of[steps[at].output] != buffers.slot_of[x])
+    x = np.random.default_rng(7).standard_normal((2, 3, 7, 9)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("width", [1, 3, 6, 9, 13])
 @pytest.mark.parametrize("act", ["swish", "sigmoid"])
 def test_depthwise_activations_on_pixel_pairs_match_the_reference(width, act):
     """The channel-wise kernel applies swish and sigmoid to two pixels at a time (16 lanes):
-    rows of every tail length (the 8-pixel tile, its overlapping tail, single pixels), a
-    stride-2 layer and a 5x5 window, against the float64 reference."""
+    rows of every tail length (the 8-pixel tile, its overlapping tail, two overlapping
+    4-pixel tiles, single pixels), a stride-2 layer and a 5x5 window, against the float64
+    reference."""
     src = (f"network pairs\ninput x: 3 x 5 x {width}\n"
            f"x -> conv(24, 3, pad=1) -> {act} -> conv(24, 3, pad=1, groups=24) -> {act}\n"
            f"  -> conv(24, 5, stride=2, pad=2, groups=24) -> {act} -> conv(8, 1) -> output y\n")
