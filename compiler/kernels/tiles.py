@@ -178,7 +178,7 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     16 lanes: two vectors (32 channels) when each group's channels, padded to 16, are a multiple
     of 32, else one; of :data:`PIXELS_16`, the pixel count ``T <= Q`` that minimizes
     ``ceil(Q / T) * (T + 2)``: the pixels computed, the last tile overlapping (see
-    ``conv_direct._overlap_tail``), plus about two pixels' worth of weight loads per tile (rows
+    ``conv_direct._row_tiles``), plus about two pixels' worth of weight loads per tile (rows
     of 56 take 4 x 14, of 17 three 7-pixel tiles); rows shorter than 7 take the 7-pixel kernel.
     """
     if lanes == 8:

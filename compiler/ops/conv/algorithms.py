@@ -11,8 +11,9 @@ records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) i
     8]`` (each group's output channels zero-padded to a multiple of 16). A tile is 6 output
     pixels x 16 output channels: 12 ``<8 x float>`` accumulators + 2 weight vectors + 1
     broadcast (wider tiles on 16-lane targets: ``select_tile``). One flattened parallel loop
-    over (n, k-block, output row); q-tiles plus an unrolled tail tile for ``Q % 6``; then
-    c-block, r, s and the ``CB`` lanes. Strides and dilations only change literal offsets.
+    over (n, k-block, output row); q-tiles (the last ending at the row's end; on 8 lanes
+    6-pixel tiles, then the 4-pixel ones of ``tiles.split_8``); then c-block, r, s and the
+    ``CB`` lanes. Strides and dilations only change literal offsets.
     Groups run group by group; when a group is whole input blocks (``C/groups`` a multiple of
     8) and whole output block pairs (``K/groups`` of 16), its input and output are the dense
     channel-blocked layout and stay blocked between kernels. In NCHW16c regions the kernel
