@@ -67,9 +67,9 @@ def lower_conv(ctx, node) -> Step:
             algorithm.runtime_residual and prologue is None:
         residual = RESIDUAL_CODES.get(tuple(e.op for e in epilogue))
         if residual is None or any(k != "full" for k in kinds):
-            raise LoweringError(f"{ctx.kname}: a runtime residual computes the epilogues "
-                                f"{', '.join(map(str, RESIDUAL_CODES))} of a full operand, "
-                                f"not {[str(e) for e in epilogue]}")
+            raise LoweringError(f"{ctx.kname}: a runtime residual computes no epilogue, "
+                                "add(r) or add(r) then relu of an operand of the output's "
+                                f"shape, not [{', '.join(map(str, epilogue))}]")
         in_kernel = []
     kernel, tag = algorithm.kernel(g, in_kernel, kinds if in_kernel else (), tile, prologue,
                                    residual is not None)
