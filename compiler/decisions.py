@@ -7,8 +7,9 @@ algorithm (``lowering``), the register tile (``tile``), the activation layout (`
 zero border kept around a channel-blocked value (``halo``), whether its kernel zeroes that
 border on every call (``zero_halo``), the channel blocks before it in a merged convolution's
 buffer (``prefix``), a concatenation written in place (``in_place``), the batch norms folded
-into it (``folded``), whether it is evaluated when parameters are set (``parameter_time``) and
-whether its last input is the parameter-time node of its packed weights (``packed``).
+into it (``folded``), whether it is evaluated when parameters are set (``parameter_time``),
+whether its last input is the parameter-time node of its packed weights (``packed``) and
+whether its kernel takes a residual add as a runtime choice (``residual``: ``"runtime"``).
 
 A module of its own, below the op registry and the kernel builders, so that both read the same
 records without importing each other.
@@ -24,7 +25,7 @@ import numpy as np
 #: Node attributes that record a pass's decision rather than the op's meaning; they are
 #: stripped before an op's own shape rule and reference see the attributes.
 DECISION_KEYS = ("epilogue", "prologue", "lowering", "tile", "layout", "halo", "zero_halo",
-                 "prefix", "in_place", "folded", "parameter_time", "packed")
+                 "prefix", "in_place", "folded", "parameter_time", "packed", "residual")
 
 
 @dataclass(frozen=True)

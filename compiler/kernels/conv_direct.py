@@ -21,6 +21,7 @@ from .kernel_ir import (
     Param,
     Select,
     Var,
+    VBin,
     VBroadcast,
     VFma,
     VHalf,
@@ -48,6 +49,8 @@ from .tiles import (
     operand_plane,
     operand_row,
     operand_step,
+    residual_let,
+    residual_store,
     store_epilogue,
     tile_stmts,
     vector_head,
@@ -73,18 +76,24 @@ DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS + ("ZH",)
 #: direct convolution producer stores 2 * ceil(C/16) blocks, one more than C8 for 116 channels).
 DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS + ("ZH",)
 
-def _overlap_tail(Q: Expr, full: int, tile) -> list:
-    """Tiles for the last ``Q % full`` pixels of a row whose length ``Q`` is a runtime value.
+def _row_tiles(Q: Expr, full: int, tile) -> list:
+    """Tiles of ``full`` pixels over ``Q`` consecutive output pixels (a row, or a plane with
+    ``order="plane"``), ``Q`` a runtime value.
 
-    Instead of one unrolled tile per possible tail width (long compiles), the tail is covered
-    by a full-width tile that ends at the last pixel and overlaps pixels already written (it
-    writes the same values again: same operands, same order); a row shorter than ``full`` runs
-    one-pixel tiles. Only two tile bodies are generated beside the main one.
+    Instead of one unrolled tile per possible tail width (long compiles), ``ceil(Q / full)``
+    tiles run in one loop, the last one ending at the last pixel: it overlaps pixels already
+    written (it writes the same values again: same operands, same order); a row shorter than
+    ``full`` runs one-pixel tiles. One loop for the full tiles and the tail, so the kernel
+    holds one unrolled body of ``full`` pixels (a separate tail tile was a second copy: about
+    a third of a 16-lane kernel's source) and one of a single pixel.
     """
+    q0 = Var("qt") * full
     return [
-        If(cmp("and", cmp(">", Var("tail"), 0), cmp(">", Var("nfull"), 0)),
-           tile(full, Q - full)),
-        If(cmp("==", Var("nfull"), 0), [Loop("q1", Q, tile(1, Var("q1")))]),
+        Let("ntiles", Select(cmp("<", Q, full), Const(0), (Q + (full - 1)) // full)),
+        Loop("qt", Var("ntiles"), [
+            Let("q0", Select(cmp("<", q0, Q - full), q0, Q - full)),
+            *tile(full, Var("q0"))]),
+        If(cmp("<", Q, full), [Loop("q1", Q, tile(1, Var("q1")))]),
     ]
 
 
@@ -96,22 +105,24 @@ NARROW_DW = 4
 TILE_DW_16 = 7
 
 
-def _narrow_row_tail(Q: Expr, full: int, tile) -> list:
-    """:func:`_overlap_tail` for the channel-wise kernel, whose rows may be shorter than its
-    tile (rows of 7 at the last stages of MobileNetV2 and EfficientNet-B0 with an 8-pixel
-    tile): a row of 4 pixels or more then runs two overlapping :data:`NARROW_DW`-pixel tiles,
-    the first at pixel 0, the second ending at the last pixel (it writes pixels already
-    written again: same operands, same order), instead of one-pixel tiles, whose multiply-adds
-    over all the taps form one dependent chain (latency-bound: 4 chains keep the FMA unit
-    busy). Rows of 1 to 3 pixels run one-pixel tiles. One tile body more than
-    :func:`_overlap_tail`."""
-    short = cmp("==", Var("nfull"), 0)
+def _narrow_row_tiles(Q: Expr, full: int, tile) -> list:
+    """:func:`_row_tiles` for the channel-wise kernel, whose rows may be shorter than its tile
+    (rows of 7 at the last stages of MobileNetV2 and EfficientNet-B0 with an 8-pixel tile): a
+    row of 4 pixels or more then runs two overlapping :data:`NARROW_DW`-pixel tiles, the first
+    at pixel 0, the second ending at the last pixel (it writes pixels already written again:
+    same operands, same order), instead of one-pixel tiles, whose multiply-adds over all the
+    taps form one dependent chain (latency-bound: 4 chains keep the FMA unit busy). Rows of 1
+    to 3 pixels run one-pixel tiles. One tile body more than :func:`_row_tiles`."""
+    q0 = Var("qt") * full
+    short = cmp("<", Q, full)
     return [
-        If(cmp("and", cmp(">", Var("tail"), 0), cmp(">", Var("nfull"), 0)),
-           tile(full, Q - full)),
+        Let("ntiles", Select(short, Const(0), (Q + (full - 1)) // full)),
+        Loop("qt", Var("ntiles"), [
+            Let("q0", Select(cmp("<", q0, Q - full), q0, Q - full)),
+            *tile(full, Var("q0"))]),
         If(cmp("and", short, cmp(">=", Q, NARROW_DW)),
            tile(NARROW_DW, Const(0)) + tile(NARROW_DW, Q - NARROW_DW)),
-        If(cmp("and", short, cmp("<", Q, NARROW_DW)), [Loop("q1", Q, tile(1, Var("q1")))]),
+        If(cmp("<", Q, NARROW_DW), [Loop("q1", Q, tile(1, Var("q1")))]),
     ]
 
 
@@ -134,8 +145,9 @@ def _split_8(Q: Expr, tile) -> list:
         Let("rest", Q - six * 6),
         Loop("qt", six, tile(6, Var("qt") * 6)),
         Comment("the rest: 4-pixel tiles, the last ending at the last pixel"),
-        If(cmp(">=", Q, 4), [Loop("q4", (rest + 3) // 4, tile(4, six * 6 + Select(
-            cmp("<", q4, rest - 4), q4, rest - 4)))]),
+        If(cmp(">=", Q, 4), [Loop("q4", (rest + 3) // 4, [
+            Let("q0", six * 6 + Select(cmp("<", q4, rest - 4), q4, rest - 4)),
+            *tile(4, Var("q0"))])]),
         If(cmp("<", Q, 4), [Loop("q1", Q, tile(1, Var("q1")))]),
     ]
 
@@ -161,10 +173,17 @@ def epilogue_params(epilogue) -> tuple[list[Param], list[Param]]:
         int_params(*[n for k in range(count) for n in operand_ints(k)])
 
 
+def residual_params() -> tuple[list[Param], list[Param]]:
+    """The parameters of a runtime residual (``residual=True``): the array ``e0`` and its
+    geometry ints, as :func:`epilogue_params` gives those of a fused ``add``'s operand."""
+    return [Param("e0")], int_params(*operand_ints(0))
+
+
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
                        order: Literal["auto", "rows", "kblocks", "plane"] | None = None,
                        epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8,
-                       prologue: tuple[str, dict] | None = None) -> Kernel:
+                       prologue: tuple[str, dict] | None = None,
+                       residual: bool = False) -> Kernel:
     """The register-tiled direct convolution (not depthwise) over NCHW8c, NCHW16c or NHWC
     activations (``g.lanes_in`` / ``g.lanes_out``: the block widths of the storage it reads
     and writes; a 16-channel input block is read as two 8-channel halves, in NCHW8c's order;
@@ -195,7 +214,15 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     an NCHW16c input block as two 8-channel halves),
     then runs every k-tile over it while it is in cache. The pool's input sizes are the
     runtime ints ``H`` and ``W``; ``Hp``/``Wp``/``XT``/``XL`` then describe ``x``'s storage.
+
+    ``residual``: instead of a fused ``epilogue``, the residual operand ``e0`` (a full tensor
+    of the output's storage) and the runtime ``residual`` (last argument) choosing among the
+    epilogues of ``tiles.RESIDUAL_CODES`` (``tiles.residual_store``).
     """
+    if residual:
+        if epilogue:
+            raise ValueError("a kernel with a runtime residual takes no other epilogue")
+        kinds = ("full",)
     if g.channelwise:
         raise ValueError("use channelwise_conv_kernel for depthwise and narrow groups")
     if prologue is not None and (
@@ -284,11 +311,13 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             # (16 lanes: one vexp for swish, not two), the rest on each stored piece (an
             # 8-channel block of NCHW8c, a half or a whole 16-channel block of NCHW16c, two
             # adjacent 8-channel blocks of NHWC)
-            out = []
+            # the bias of the tile's channels, loaded once for all its pixels (per pixel it was
+            # a load and its index arithmetic more for Numba to type; LLVM merged them)
+            out: list = [Let(f"bias{h}", VLoad(epi.bias_array, kb * TK + h * lanes, lanes))
+                         for h in range(nvec)]
             for i in range(T):
                 for h in range(nvec):
-                    acc = floored(epi.apply_vec(Var(f"acc_{i}_{h}"), kb * TK + h * lanes,
-                                                 lanes=lanes), lanes)
+                    acc = floored(VBin("add", Var(f"acc_{i}_{h}"), Var(f"bias{h}")), lanes)
                     rest = epilogue
                     if lanes == 16:  # each step once for both halves
                         out.append(Let(f"acc_{i}_{h}", acc))
@@ -306,6 +335,10 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                             idx = Var("yrow") + (q0 + i) * ypix + block * Var("yplane")
                         if lane0:
                             idx = idx + lane0
+                        if residual:
+                            out += residual_store("y", idx, part,
+                                                  operand_at(0, i, q0, block, lane0), piece)
+                            continue
                         out += store_epilogue("y", idx, part, rest, lambda k, i=i, b=block,
                                               l0=lane0: operand_at(k, i, q0, b, l0),
                                               lanes=piece)
@@ -336,18 +369,14 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         Let("wk", kb * (Cgb * (R * S * CB * TK))),
         Let("yrow", y.row(n, kb * (TK // yl), p)),
     ]
-    if not split_8:
-        per_tile += [Let("nfull", Q // T), Let("tail", Q % T)]
-    ops, op_ints = epilogue_params(epilogue)
+    ops, op_ints = residual_params() if residual else epilogue_params(epilogue)
     per_tile += [Let(f"erow{k}", operand_row(k, n, kb * (TK // yl), p, kinds[k], yl,
                                              g.nhwc_out)) for k in range(len(ops))]
     if split_8:
         per_tile += _split_8(Q, tile)
     else:
-        per_tile += [Loop("qt", Var("nfull"), tile(T, Var("qt") * T)),
-                     Comment(f"tail: the last Q % {T} output pixels of the row (overlapping "
-                             "tile)")]
-        per_tile += _overlap_tail(Q, T, tile)
+        per_tile += [Comment(f"tiles of {T} pixels, the last ending at the last pixel")]
+        per_tile += _row_tiles(Q, T, tile)
     per_tile += _zero_halo(yl, g.nhwc_out)
     per_plane: list = []
     if plane:
@@ -357,9 +386,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         if split_8:
             per_plane += _split_8(count, tile)
         else:
-            per_plane += [Let("nfull", count // T), Let("tail", count % T),
-                          Loop("qt", Var("nfull"), tile(T, Var("qt") * T))]
-            per_plane += _overlap_tail(count, T, tile)
+            per_plane += _row_tiles(count, T, tile)
         per_plane += [Loop("p", P, _zero_halo(yl, g.nhwc_out))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops
     ints = int_params(*DIRECT_INTS)
@@ -405,8 +432,9 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         ints += int_params("H", "W")
         tasks = Var("n_batch") * P
     params += ints + op_ints + int_params("relu", "n_batch")
+    params += int_params("residual") if residual else []
     # Loop-invariant strides, computed once (runtime sizes).
-    pre = [floor_let()]
+    pre = [floor_let()] + ([residual_let()] if residual else [])
     pre += [Let("xpix", x.pixel)] if nhwc_x else []
     pre += [Let("ypix", y.pixel)] if g.nhwc_out else []
     pre += [*xstrides, Let("yplane", const(y.plane))]
@@ -426,7 +454,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     vector, a broadcast of channel ``j`` for 8 channels in 8 lanes) by the weights ``w[C8, R,
     S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is 8
     output pixels (6 when 8 weight vectors must stay in 16 registers; 7 with 16 lanes:
-    :data:`TILE_DW_16`); rows shorter than a tile run narrower ones (:func:`_narrow_row_tail`).
+    :data:`TILE_DW_16`); rows shorter than a tile run narrower ones (:func:`_narrow_row_tiles`).
     Literal: kernel size, stride, dilation, ``Cg``, lanes; runtime: :data:`DEPTHWISE_INTS` and
     ``relu``."""
     R, S, cg = g.R, g.S, g.Cg
@@ -490,27 +518,25 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
 
     ops, op_ints = epilogue_params(epilogue)
 
-    def in_block(stmts: list, counts: list) -> list:  # stmts with the block's rows in scope
-        return [Let("xrow", x.row(n, cb, p * g.sh)), Let("yrow", y.row(n, cb, p)), *counts,
+    def in_block(stmts: list) -> list:  # stmts with the block's rows in scope
+        return [Let("xrow", x.row(n, cb, p * g.sh)), Let("yrow", y.row(n, cb, p)),
                 *(Let(f"erow{k}", operand_row(k, n, cb, p, kinds[k], L, g.nhwc_out))
                   for k in range(len(ops)))] + stmts
 
-    tail = [Comment(f"tail: the last Q % {T} output pixels of the row (overlapping tile)"),
-            *_narrow_row_tail(Q, T, tile),
-            Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
+    halo = [Comment("with ZH: zero this row's halo (the tasks cover every block and row)"),
             If(cmp(">", Var("ZH"), 0), zero_row_halo(n, cb, p, P, Q, L, g.nhwc_out))]
-    counts = [Let("nfull", Q // T), Let("tail", Q % T)]
     if g.nhwc_in or g.nhwc_out:
         # a task is a row, its blocks innermost: in NHWC a tile's pixels hold the blocks side
         # by side, so the next block reads (and writes) the other halves of the cache lines
         # this one fetched
-        body = unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)]) + counts + [
-            Loop("qt", Var("nfull"), [Loop("cb", C8, in_block(tile(T, Var("qt") * T), []))]),
-            Loop("cb", C8, in_block(tail, []))]
+        body = unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)])
+        body += _narrow_row_tiles(Q, T, lambda T, q0: [Loop("cb", C8, in_block(tile(T, q0)))])
+        body.append(Loop("cb", C8, in_block(halo)))
         tasks = Var("n_batch") * P
     else:
         body = unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
-        body += in_block([Loop("qt", Var("nfull"), tile(T, Var("qt") * T))] + tail, counts)
+        body += in_block([Comment(f"tiles of {T} pixels, the last ending at the last pixel"),
+                          *_narrow_row_tiles(Q, T, tile), *halo])
         tasks = Var("n_batch") * (C8 * P)
     pre = [floor_let()]
     pre += [Let("xpix", x.pixel)] if g.nhwc_in else []

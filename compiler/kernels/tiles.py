@@ -178,7 +178,7 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     16 lanes: two vectors (32 channels) when each group's channels, padded to 16, are a multiple
     of 32, else one; of :data:`PIXELS_16`, the pixel count ``T <= Q`` that minimizes
     ``ceil(Q / T) * (T + 2)``: the pixels computed, the last tile overlapping (see
-    ``conv_direct._overlap_tail``), plus about two pixels' worth of weight loads per tile (rows
+    ``conv_direct._row_tiles``), plus about two pixels' worth of weight loads per tile (rows
     of 56 take 4 x 14, of 17 three 7-pixel tiles); rows shorter than 7 take the 7-pixel kernel.
     """
     if lanes == 8:
@@ -218,6 +218,36 @@ def floored(v: Expr, lanes: int = 8) -> Expr:
 
 def floor_let() -> Let:
     return Let("floor", Select(cmp("!=", Var("relu"), 0), Const(0.0), Const(LOWEST)))
+
+
+#: The fused epilogues (after a leading ReLU, which is ``relu``) a kernel built with
+#: ``residual=True`` computes as a runtime choice, and the value of its ``residual`` argument
+#: for each: none, a residual add ``add(r)``, and ``add(r)`` then ReLU (ResNet's block end).
+RESIDUAL_CODES = {(): 0, ("add",): 1, ("add", "relu"): 2}
+
+
+def residual_let() -> Let:
+    """``rfloor``: the floor after the residual add (0 for code 2, else the lowest float)."""
+    return Let("rfloor", Select(cmp("==", Var("residual"), 2), Const(0.0), Const(LOWEST)))
+
+
+def residual_store(array: str, index: Expr, value: Expr, operand_index: Expr,
+                   lanes: int = 8) -> list[Stmt]:
+    """Store ``value`` at ``array[index]``, first adding the residual operand ``e0`` at
+    ``operand_index`` and flooring at ``rfloor`` where the runtime ``residual`` is not 0.
+
+    The runtime form of the fused epilogues of :data:`RESIDUAL_CODES`, as ``floor`` is that of
+    a leading ReLU: one compiled kernel serves the layers with and without a residual (ResNet's
+    block ends and the convolutions before them), where each fused form was a kernel of its
+    own. The same operations in the same order as the fused ``add`` and ``relu`` (``v + r``,
+    then ``max(v, 0)``); without a residual the value is stored as it is and ``e0`` is not read
+    (the caller may pass any array)."""
+    v = f"rv{lanes}"  # one name per width: a 16-lane kernel also stores 8-lane halves
+    return [Let(v, value),
+            If(cmp("!=", Var("residual"), 0), [Let(v, VBin("max", VBin(
+                "add", Var(v), VLoad("e0", operand_index, lanes)), VSplat(Var("rfloor"),
+                                                                          lanes)))]),
+            VStore(array, index, Var(v))]
 
 
 #: Runtime integers describing a channel-blocked buffer an operand lives in: blocks per image,

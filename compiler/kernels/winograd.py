@@ -45,7 +45,7 @@ from functools import cached_property
 import numpy as np
 
 from .common import int_params, unflatten
-from .conv_direct import IO_INTS, epilogue_params
+from .conv_direct import IO_INTS, epilogue_params, residual_params
 from .conv_geometry import ConvGeometry, ceil_div
 from .kernel_ir import (
     Comment,
@@ -67,6 +67,7 @@ from .kernel_ir import (
     VZero,
     call,
     cmp,
+    const,
 )
 from .tiles import (
     TILE_K,
@@ -76,6 +77,8 @@ from .tiles import (
     operand_plane,
     operand_row,
     operand_step,
+    residual_let,
+    residual_store,
     store_epilogue,
     zero_row_halo,
 )
@@ -259,7 +262,8 @@ def _apply(matrix: Matrix, values: list[Expr]) -> list[Expr]:
 
 
 def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "conv_winograd",
-                         comment: str = "", epilogue=(), kinds=()) -> Kernel:
+                         comment: str = "", epilogue=(), kinds=(),
+                         residual: bool = False) -> Kernel:
     """The fused Winograd convolution of ``g`` (3x3, stride 1: :func:`applies`) with the
     transform ``t``, over channel-blocked input and output storage (NCHW8c, NCHW16c read and
     written as 8-channel halves, NHWC), or the packed scratch buffers of the direct kernel.
@@ -267,8 +271,13 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     Weights ``w``: ``U`` ``[alpha^2, KT, C8, 8, 16]`` (:func:`pack_filters`); bias padded to
     ``16 KT``. Literal: the transform (``m``) and the storage kinds; runtime:
     :data:`WINOGRAD_INTS`, ``relu`` and ``n_batch``; one compiled kernel per transform and
-    layout serves every 3x3 stride-1 layer.
+    layout serves every 3x3 stride-1 layer. ``residual``: a runtime residual instead of a fused
+    epilogue, as in ``conv_direct.direct_conv_kernel``.
     """
+    if residual:
+        if epilogue:
+            raise ValueError("a kernel with a runtime residual takes no other epilogue")
+        kinds = ("full",)
     if not applies(g):
         raise ValueError(f"Winograd computes 3x3 stride-1 ungrouped convolutions of at least "
                          f"8 channels, not {g.describe()}")
@@ -296,15 +305,21 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
             return x.at(n, cb // 2, Var("y0") + u, Var("x0") + v) + cb % 2 * 8
         return x.at(n, cb, Var("y0") + u, Var("x0") + v)
 
+    # Each value a transform reads is loaded once into a local (``d<u>``, ``t<c>``, ``m<u>``)
+    # and its address computed once: the transforms read each several times, and repeating
+    # the load in every expression gave Numba several times the code to type and lower (LLVM
+    # merged the copies again; the machine code is the same).
     v, r = Var("v"), Var("r")
-    column = [Let("vok", cmp("<", Var("x0") + v, VW))]
-    column_in = [Select(cmp("and", Var(f"rok{u}"), Var("vok")), VLoad("x", x_at(u, v)), VZero())
-                 for u in range(a)]
+    column = [Let("vok", cmp("<", Var("x0") + v, VW)), Let("xcol", x_at(0, v))]
+    column += [Let(f"d{u}", Select(cmp("and", Var(f"rok{u}"), Var("vok")),
+                                   VLoad("x", Var("xcol") + u * Var("xline")), VZero()))
+               for u in range(a)]
     column += [VStore("work", tbase + (u * a + v) * LANES, e)
-               for u, e in enumerate(_apply(t.BT, column_in))]
-    row_in = [VLoad("work", tbase + (r * a + c) * LANES) for c in range(a)]
-    vrow = Var("vbase") + cb * (TILES * LANES) + i * LANES + r * (a * vsize)
-    row = [VStore("work", vrow + c * vsize, e) for c, e in enumerate(_apply(t.BT, row_in))]
+               for u, e in enumerate(_apply(t.BT, [Var(f"d{u}") for u in range(a)]))]
+    row = [Let(f"t{c}", VLoad("work", tbase + (r * a + c) * LANES)) for c in range(a)]
+    row.append(Let("vrow", Var("vbase") + cb * (TILES * LANES) + i * LANES + r * (a * vsize)))
+    row += [VStore("work", Var("vrow") + c * vsize, e)
+            for c, e in enumerate(_apply(t.BT, [Var(f"t{c}") for c in range(a)]))]
     transform_in = [Loop("i", Var("nt"), [
         *tile_origin,
         Comment("rows of the tile inside the padded input (the others read as zeros)"),
@@ -330,27 +345,34 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
                  Var(f"acc_{j}_{h}")) for j in range(TILES) for h in range(2))])
 
     # -- output transform of tile i, half h of the 16 channels, with the epilogue -------------
-    ops, op_ints = epilogue_params(epilogue)
+    ops, op_ints = residual_params() if residual else epilogue_params(epilogue)
     h = Var("h")
     # the output block of half h of the 16 channels and the lane it starts at
     ob = kt * 2 + h if yl == LANES else kt
     lane0 = Const(0) if yl == LANES else h * LANES
-    mcol = [VLoad("work", Var("mbase") + ((u * a + v) * TILES + i) * TILE_K + h * LANES)
-            for u in range(a)]
-    out_column = [VStore("work", tbase + (j * a + v) * LANES, e)
-                  for j, e in enumerate(_apply(t.AT, mcol))]
-    out_row_in = [VLoad("work", tbase + (r * a + c) * LANES) for c in range(a)]
+    out_column = [Let("mcol", Var("mbase") + (v * TILES + i) * TILE_K + h * LANES)]
+    out_column += [Let(f"m{u}", VLoad("work", Var("mcol") + u * (a * TILES * TILE_K)))
+                   for u in range(a)]
+    out_column += [VStore("work", tbase + (j * a + v) * LANES, e)
+                   for j, e in enumerate(_apply(t.AT, [Var(f"m{u}") for u in range(a)]))]
+    out_row_in = [Let(f"t{c}", VLoad("work", tbase + (r * a + c) * LANES)) for c in range(a)]
     p = Var("y0") + r
 
     def pixel_store(c: int, value: Expr) -> list:
         q = Var("x0") + c
+        if residual:
+            return residual_store("y", y.at(n, ob, p, q) + lane0,
+                                  floored(VBin("add", value, Var("bv"))),
+                                  operand_row(0, n, ob, p, "full", yl, g.nhwc_out) +
+                                  operand_step(0, "full", q, 0, yl, 0, g.nhwc_out) + lane0)
         return store_epilogue(
             "y", y.at(n, ob, p, q) + lane0, floored(VBin("add", value, Var("bv"))), epilogue,
             lambda k: operand_row(k, n, ob, p, kinds[k], yl, g.nhwc_out) +
             operand_step(k, kinds[k], q, 0, yl, 0, g.nhwc_out) + lane0)
 
-    out_row = [If(cmp("and", cmp("<", p, P), cmp("<", Var("x0") + c, Q)), pixel_store(c, e))
-               for c, e in enumerate(_apply(t.AT, out_row_in))]
+    out_row = out_row_in + [
+        If(cmp("and", cmp("<", p, P), cmp("<", Var("x0") + c, Q)), pixel_store(c, e))
+        for c, e in enumerate(_apply(t.AT, [Var(f"t{c}") for c in range(a)]))]
     transform_out = Loop("i", Var("nt"), [
         *tile_origin,
         Loop("h", Const(2), [
@@ -383,15 +405,17 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     halo = Loop("zh", ZH * (Var("zhi") - Var("zlo")),
                 row + zero_row_halo(Var("zn"), Var("zb"), Var("zp"), P, Q, yl, g.nhwc_out))
     body = work + share + [halo]
-    pre = [floor_let(),
+    pre = [floor_let(), *([residual_let()] if residual else []),
            Let("alltiles", Var("n_batch") * NT),
            Let("groups", (Var("n_batch") * NT + (TILES - 1)) // TILES),
            Let("hrows", Var("n_batch") * (YB * P)),
-           Let("WS", a2 * (vsize + TILES * TILE_K + LANES))]
+           Let("WS", a2 * (vsize + TILES * TILE_K + LANES)),
+           Let("xline", const(x.line))]
     pre += [Let(f"eplane{k}", operand_plane(k, kinds[k], yl, g.nhwc_out))
             for k in range(len(ops))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + [Param("work")] + \
         int_params(*WINOGRAD_INTS) + op_ints + int_params("relu", "n_batch")
+    params += int_params("residual") if residual else []
     tasks = Loop("task", (Var("n_batch") * NT + (TILES - 1)) // TILES, body, kind="parallel")
     return Kernel(name, params, pre + [tasks], comment)
 

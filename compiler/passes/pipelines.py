@@ -11,7 +11,8 @@
   and the concatenations and slices around them composed into gathers, epilogue fusion.
 - ``-O2``: everything: -O1, sibling 1x1 convolutions merged, lowering chosen by the cost model,
   layout selection (activations stay channel-blocked between convolutions and pools), then
-  pools read only by a 1x1 convolution computed in its kernel (prologue fusion).
+  pools read only by a 1x1 convolution computed in its kernel (prologue fusion), and the
+  convolutions with and without a fused residual add sharing one kernel where both occur.
 
 Training pipelines (``training=True``) leave out what is valid only for inference (batch-norm
 folding: batch statistics change every step) and start with ``sync_batch_norm`` (batch
@@ -47,6 +48,7 @@ from .pack_weights import pack_weights
 from .select_layout import select_layout
 from .select_lowering import select_lowering
 from .select_tile import select_tile
+from .share_residual_kernels import share_residual_kernels
 from .sync_batch_norm import sync_batch_norm
 
 REQUIRED: list[tuple[str, Pass]] = [("select_lowering", select_lowering),
@@ -77,7 +79,8 @@ INFERENCE: dict[int, list[tuple[str, Pass]]] = {
     + PACK,
     2: CLEANUP + FOLD_AND_FUSE + [("fold_bottlenecks", fold_bottlenecks),
                                   ("eliminate_dead_code", eliminate_dead_code)] + REQUIRED
-    + [("select_layout", select_layout), ("fuse_prologues", fuse_prologues)] + PACK,
+    + [("select_layout", select_layout), ("fuse_prologues", fuse_prologues),
+       ("share_residual_kernels", share_residual_kernels)] + PACK,
 }
 
 #: Batch norm synchronized over data-parallel replicas where asked (before the gradients, so

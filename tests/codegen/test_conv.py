@@ -301,7 +301,7 @@ def test_16_lane_kernel_asm_uses_zmm_without_spills():
     k = compile_conv(dict(out_channels=64, kernel=3, pads=1), (16, 16, 16), "direct",
                      tile="14x32/16")
     asm = k.inspect_asm()
-    assert len(re.findall(r"vfmadd\d+ps\s+[^\n]*zmm", asm)) >= 2 * 28  # main and tail tile
+    assert len(re.findall(r"vfmadd\d+ps\s+[^\n]*zmm", asm)) >= 28  # the tile's accumulators
     for block in re.split(r"\n\.?LBB\S*:", asm):
         if len(re.findall(r"vfmadd231ps", block)) >= 28:
             assert not re.search(r"zmm\d+,\s*-?\d*\(%rsp\)|\(%rsp\),\s*%zmm", block), block

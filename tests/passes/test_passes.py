@@ -510,6 +510,49 @@ def test_prologue_fusion_declines(body, level, why):
     assert not any(n.attrs.get("prologue") for n in g.compute_nodes()), why
 
 
+# -- residual kernels shared --------------------------------------------------------------------
+
+#: Convolutions of one kernel (3x3, 16 -> 16 channels, blocked in and out) with no epilogue
+#: (b, c: c's ReLU is the kernel's relu argument), add then ReLU (d) and add alone (f); the stem
+#: reads the plain input and the last one writes the plain output: kernels of their own.
+RESIDUAL_FORMS = """a = x -> conv(16, 3, pad=1) -> relu
+b = a -> conv(16, 3, pad=1)
+c = b -> conv(16, 3, pad=1) -> relu
+d = c -> conv(16, 3, pad=1)
+e = relu(d + b)
+f = e -> conv(16, 3, pad=1)
+g = f + c
+g -> conv(16, 3, pad=1) -> output y"""
+
+
+@pytest.mark.parametrize("lowering", ["direct", "winograd_f2"])
+def test_convolutions_with_and_without_a_residual_share_a_runtime_residual(lowering):
+    g = build(RESIDUAL_FORMS, 8)
+    params = random_params(g)
+    before = g.copy()
+    optimize(g, 2, ctx=PassContext(opt_level=2, lowering=lowering))
+    convs = [n for n in g.compute_nodes() if n.op == "conv"]
+    assert len(convs) == 6  # the adds fused
+    shared = [n for n in convs if n.attrs.get("residual") == "runtime"]
+    epilogues = sorted(tuple(e.op for e in n.attrs.get("epilogue", ())) for n in shared)
+    assert epilogues == [(), ("add",), ("add", "relu"), ("relu",)]
+    assert "residual='runtime'" in g.dump()
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("body,why", [
+    ("a = x -> conv(16, 3, pad=1) -> relu\nb = a -> conv(16, 3, pad=1) -> relu\n"
+     "b -> conv(16, 3, pad=1) -> output y", "no residual anywhere"),
+    ("a = x -> conv(16, 3, pad=1)\nb = a -> conv(16, 3, pad=1) -> relu\n"
+     "c = b -> conv(16, 1)\n(c + a) -> conv(16, 3, pad=1) -> output y",
+     "the residual 1x1 convolution has no plain partner of its kernel"),
+])
+def test_a_residual_kernel_is_shared_only_where_both_forms_occur(body, why):
+    g = build(body, 8)
+    optimize(g, 2)
+    assert not any(n.attrs.get("residual") for n in g.compute_nodes()), why
+
+
 # -- 1x1 convolutions of one pixel as dense layers ----------------------------------------------
 
 SQUEEZE_EXCITE = """f = x -> conv(16, 3, pad=1)

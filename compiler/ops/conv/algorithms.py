@@ -11,8 +11,9 @@ records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) i
     8]`` (each group's output channels zero-padded to a multiple of 16). A tile is 6 output
     pixels x 16 output channels: 12 ``<8 x float>`` accumulators + 2 weight vectors + 1
     broadcast (wider tiles on 16-lane targets: ``select_tile``). One flattened parallel loop
-    over (n, k-block, output row); q-tiles plus an unrolled tail tile for ``Q % 6``; then
-    c-block, r, s and the ``CB`` lanes. Strides and dilations only change literal offsets.
+    over (n, k-block, output row); q-tiles (the last ending at the row's end; on 8 lanes
+    6-pixel tiles, then the 4-pixel ones of ``tiles.split_8``); then c-block, r, s and the
+    ``CB`` lanes. Strides and dilations only change literal offsets.
     Groups run group by group; when a group is whole input blocks (``C/groups`` a multiple of
     8) and whole output block pairs (``K/groups`` of 16), its input and output are the dense
     channel-blocked layout and stay blocked between kernels. In NCHW16c regions the kernel
@@ -128,9 +129,12 @@ FLOPS_PER_FLOAT_MOVED = 8.0
 Prologue = tuple[str, dict]
 
 
-def _window_tag(g: ConvGeometry, epilogue, kinds, prologue: Prologue | None) -> str:
+def _window_tag(g: ConvGeometry, epilogue, kinds, prologue: Prologue | None,
+                residual: bool = False) -> str:
     """The literal part of a compute kernel's cache tag: window, stride, dilation, fused ops."""
     rs = f"{g.R}x{g.S}_s{g.sh}x{g.sw}_d{g.dh}x{g.dw}"
+    if residual:
+        rs += "_residual"
     if epilogue:
         rs += "_" + "-".join(e.op for e in epilogue) + "".join(f"_{k}" for k in kinds)
     if prologue is not None:
@@ -201,6 +205,9 @@ class ConvAlgorithm(LoweringChoice):
     #: Whether its compute kernel reads the NCHW input as it is and writes the NCHW output
     #: itself (an output kernel then only applies an epilogue beyond the bias and ReLU).
     plain_io: bool = False
+    #: Whether its compute kernel can take a residual add as a runtime choice
+    #: (``kernel(..., residual=True)``).
+    runtime_residual: bool = False
 
     def applies(self, g: ConvGeometry) -> bool:
         raise NotImplementedError
@@ -242,10 +249,12 @@ class ConvAlgorithm(LoweringChoice):
         return False
 
     def kernel(self, g: ConvGeometry, epilogue=(), kinds=(), tile: DirectTile = TILE_8,
-               prologue: Prologue | None = None) -> tuple[Kernel, str]:
+               prologue: Prologue | None = None, residual: bool = False) -> tuple[Kernel, str]:
         """The compute kernel (kernel IR) and a cache tag. The kernel depends only on what
         stays literal (channel block, kernel size, stride, dilation, register tile, the ops of
-        an epilogue applied at its store), so layers and models that share those share it."""
+        an epilogue applied at its store), so layers and models that share those share it.
+        ``residual``: the residual add (and a ReLU after it) as a runtime choice instead of
+        an ``epilogue`` (:attr:`runtime_residual` algorithms only: ``tiles.residual_store``)."""
         raise NotImplementedError
 
     def int_args(self, g: ConvGeometry, x: Storage | None = None, y: Storage | None = None,
@@ -360,8 +369,8 @@ class Direct(_BlockedAlgorithm):
         padded to whole 16-channel block pairs)."""
         return g.output_blocks_dense
 
-    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
-        rs = _window_tag(g, epilogue, kinds, prologue)
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
+        rs = _window_tag(g, epilogue, kinds, prologue, residual)
         note = f"direct NCHW{16 if g.lanes_in == 16 else g.CB}c convolution, kernel " \
                f"{g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
                f"dilation {g.dh}x{g.dw}, tile {tile}{_fused_note(epilogue, prologue)}; " \
@@ -379,8 +388,10 @@ class Direct(_BlockedAlgorithm):
         if g.nhwc_out:
             note = note.replace(" convolution,", " convolution into NHWC,")
             tag += "_yhwc"
+        if residual:
+            note += "; residual add (and ReLU) a runtime choice"
         return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
-                                  tile_shape=tile, prologue=prologue), tag
+                                  tile_shape=tile, prologue=prologue, residual=residual), tag
 
     def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
         nb, xin, yout = _blocked_int_args(g, x, y)
@@ -437,7 +448,9 @@ class ChannelWise(_BlockedAlgorithm):
     def writes_blocked(self, g: ConvGeometry) -> bool:
         return True
 
-    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
+        if residual:
+            raise ValueError(f"the {self.name} kernel takes no runtime residual")
         if prologue is not None:
             raise ValueError("a pooling prologue runs only in the direct convolution kernel")
         rs = _window_tag(g, epilogue, kinds, prologue)
@@ -499,7 +512,9 @@ class Im2col(ConvAlgorithm):
         kgp, pqp = self.padded(g)
         return g.groups * kgp * pqp
 
-    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
+        if residual:
+            raise ValueError(f"the {self.name} kernel takes no runtime residual")
         if prologue is not None:
             raise ValueError("a pooling prologue runs only in the direct convolution kernel")
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
@@ -583,20 +598,22 @@ class Winograd(_BlockedAlgorithm):
 
     def writes_blocked(self, g: ConvGeometry) -> bool:
         return True
-    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
         if prologue is not None:
             raise ValueError("a pooling prologue runs only in the direct convolution kernel")
         m = self.transform.m
-        rs = _window_tag(g, epilogue, kinds, prologue)
+        rs = _window_tag(g, epilogue, kinds, prologue, residual)
         note = f"Winograd F({m}x{m}, 3x3) convolution{_fused_note(epilogue, prologue)}; " \
                "sizes are runtime arguments"
+        if residual:
+            note += "; residual add (and ReLU) a runtime choice"
         tag = f"winograd{m}_{rs}"
         tag += "_x16" if g.lanes_in == 16 else ""
         tag += "_y16" if g.lanes_out == 16 else ""
         tag += "_xhwc" if g.nhwc_in else ""
         tag += "_yhwc" if g.nhwc_out else ""
         return winograd_conv_kernel(g, self.transform, f"conv_winograd{m}", note, epilogue,
-                                    kinds), tag
+                                    kinds, residual), tag
 
     def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
         nb, xin, yout = _blocked_int_args(g, x, y)
@@ -684,7 +701,9 @@ class ImplicitGemm(ConvAlgorithm):
         """The scratch output an epilogue beyond the bias and ReLU is applied from."""
         return g.K * g.P * g.Q
 
-    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None):
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
+        if residual:
+            raise ValueError(f"the {self.name} kernel takes no runtime residual")
         if prologue is not None:
             raise ValueError("a pooling prologue runs only in the direct convolution kernel")
         note = (f"implicit GEMM convolution, {TILE_M} x {TILE_N} tiles through shared memory; "
@@ -715,7 +734,8 @@ class ImplicitGemm(ConvAlgorithm):
 #: 16-lane tiles 1.4-1.8x its 8-lane speed on 3x3 layers; the channel-wise kernel is memory
 #: bound (no 16-lane gain counted); im2col + our GEMM well below, its gather costing about as
 #: much as a pass over the col matrix at memory speed (the GEMM stays 8-lane).
-DIRECT = Direct("direct", "direct", efficiency=0.6, speedup_16_lanes=1.5, blocked=True)
+DIRECT = Direct("direct", "direct", efficiency=0.6, speedup_16_lanes=1.5, blocked=True,
+                runtime_residual=True)
 CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
 #: Winograd: its GEMMs run the direct kernel's register tile, its transforms are vector
@@ -732,10 +752,10 @@ _WINOGRAD_REFUSAL = "Winograd computes 3x3, stride-1, undilated, ungrouped convo
     "at least 8 input channels"
 WINOGRAD_F4 = Winograd("winograd_f4", "winograd", efficiency=0.5, blocked=True,
                        refusal=_WINOGRAD_REFUSAL, cpu_only=True, auto_in_training=False,
-                       transform=F4)
+                       runtime_residual=True, transform=F4)
 WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.75, blocked=True,
                        refusal=_WINOGRAD_REFUSAL, cpu_only=True, auto_in_training=False,
-                       transform=F2)
+                       runtime_residual=True, transform=F2)
 #: On a GPU target the one algorithm written for a GPU (the others are the CPU's schedules,
 #: printed for CUDA: correct, one thread per register tile); its efficiency is not comparable
 #: with the CPU algorithms' and is not compared: ``select_lowering`` prefers it on a GPU.

@@ -12,7 +12,7 @@ from ...decisions import operand_kind, own_attrs, prologue_of
 from ...kernels.common import Sizes
 from ...kernels.conv_geometry import ConvGeometry
 from ...kernels.elementwise import zero_stuff_kernel
-from ...kernels.tiles import TILE_8, DirectTile
+from ...kernels.tiles import RESIDUAL_CODES, TILE_8, DirectTile, operand_ints
 from ...plan import Arg, Call, Step
 from .. import LoweringError, own_input_types
 from .algorithms import DIRECT, ConvAlgorithm, by_name, geometry, kernel_lanes
@@ -60,7 +60,19 @@ def lower_conv(ctx, node) -> Step:
     # The register tile chosen by the select_tile pass (absent: depthwise, im2col, or a graph
     # lowered without the pipeline).
     tile = DirectTile.parse(node.attrs["tile"]) if "tile" in node.attrs else TILE_8
-    kernel, tag = algorithm.kernel(g, in_kernel, kinds if in_kernel else (), tile, prologue)
+    # the residual add a runtime choice (``share_residual_kernels``): the code of the fused
+    # epilogue, the kernel built without it
+    residual = None
+    if node.attrs.get("residual") == "runtime" and y_store is not None and \
+            algorithm.runtime_residual and prologue is None:
+        residual = RESIDUAL_CODES.get(tuple(e.op for e in epilogue))
+        if residual is None or any(k != "full" for k in kinds):
+            raise LoweringError(f"{ctx.kname}: a runtime residual computes no epilogue, "
+                                "add(r) or add(r) then relu of an operand of the output's "
+                                f"shape, not [{', '.join(map(str, epilogue))}]")
+        in_kernel = []
+    kernel, tag = algorithm.kernel(g, in_kernel, kinds if in_kernel else (), tile, prologue,
+                                   residual is not None)
     compute, source_name, src = ctx.load_tasked(kernel, tag, "convolution kernel")
     calls: list[Call] = []
     scratch: dict[str, int] = {}
@@ -101,10 +113,17 @@ def lower_conv(ctx, node) -> Step:
         pooled = [Arg("scratch", "work")]
     op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
         if in_kernel else []
+    last: list[Arg] = []
+    if residual is not None:
+        # without a residual the kernel reads no operand: the output stands in for it
+        op_args = [Arg("value", o) for o in operands] or [Arg("output")]
+        op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] or \
+            [Arg("int", 0)] * len(operand_ints(0))
+        last = [Arg("int", residual)]
     sizes = algorithm.int_args(g, x_store, y_store, tile, bool(node.attrs.get("zero_halo")))
     calls.append(Call(compute, (xp, Arg("const", "w"), Arg("const", "b"), yp, *op_args,
                                 *pooled, *(Arg("int", v) for v in sizes), *pooled_ints,
-                                *op_ints, Arg("int", int(relu)), Arg("batch")),
+                                *op_ints, Arg("int", int(relu)), Arg("batch"), *last),
                       kernel.name))
     if y_store is None and not to_output:
         calls.append(_output_call(ctx, node, g, algorithm, epilogue, operands))
