@@ -5,6 +5,7 @@ clipping and schedules; LeNet-5 trained from scratch on the digits; the command'
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -169,6 +170,62 @@ def test_profiling_calls_times_every_kernel_and_takes_the_same_step(small):
     plain.train_step(x, y)
     np.testing.assert_array_equal(profiled.flat_params, plain.flat_params)
     assert profiled.train_step(x, y) == plain.train_step(x, y)
+
+
+def _step_of(tm, name: str) -> int:
+    return next(i for i, s in enumerate(tm.plan.steps) if s.name == name)
+
+
+def test_the_refresh_after_an_update_makes_only_what_changed_again(small):
+    """After an update the constants of a frozen layer are kept as they are (the same
+    arrays), the others made again; and they are the very constants a model built afresh from
+    the updated parameters packs, so it computes bitwise the same loss and gradients."""
+    graph, params, x, y = small
+    options = dict(mode="train", optimizer="sgd", lr=0.1, momentum=0.9, freeze=["c1.*"])
+    tm = cnnc.compile(graph, weights=params, **options)
+    frozen, trained = _step_of(tm, "c1"), _step_of(tm, "c2")
+    kept, old = dict(tm.executor.consts[frozen]), tm.executor.consts[trained]["w"].copy()
+    for _ in range(2):
+        tm.train_step(x, y)
+    assert all(tm.executor.consts[frozen][k] is v for k, v in kept.items())
+    assert not np.array_equal(tm.executor.consts[trained]["w"], old)
+    fresh = cnnc.compile(graph, weights=tm.params, **options)
+    for step, got, want in zip(tm.plan.steps, tm.executor.consts, fresh.executor.consts):
+        assert set(got) == set(want), step.name
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{step.name} {k}")
+    loss, grads = tm.loss_and_grads(x, y)
+    want_loss, want_grads = fresh.loss_and_grads(x, y)
+    assert loss == want_loss
+    for name in want_grads:
+        np.testing.assert_array_equal(grads[name], want_grads[name], err_msg=name)
+
+
+def test_parameter_values_are_the_same_on_one_thread_and_two(small):
+    """The parameter-time nodes evaluated level by level on a pool of two threads give what
+    one thread gives, and every level reads only earlier levels and source parameters."""
+    graph, params, _, _ = small
+    tm = cnnc.compile(graph, weights=params, mode="train")
+    executor = tm.executor
+    param_nodes = set(tm.plan.param_nodes)
+    assert param_nodes and sorted(n for level in executor.levels for n in level) == \
+        sorted(param_nodes)
+    done: set[int] = set()
+    for level in executor.levels:
+        for nid in level:
+            assert not (set(tm.plan.graph.node(nid).inputs) & param_nodes) - done, nid
+        done |= set(level)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = executor.parameter_values(tm.params)
+        numba.set_num_threads(2)
+        two = executor.parameter_values(tm.params)
+    finally:
+        numba.set_num_threads(threads)
+    assert executor.pool_threads == 2 and set(one) == set(two)
+    for nid in one:
+        np.testing.assert_array_equal(one[nid], two[nid], err_msg=str(nid))
 
 
 def test_bad_labels_and_options_are_refused(small):
