@@ -266,7 +266,8 @@ class Executor:
         return 4 * (batch * floats + self.plan.buffers.whole_batch_floats)
 
     def parameter_values(self, params: Mapping[str, np.ndarray],
-                         changed: Collection[str] | None = None) -> dict[int, np.ndarray]:
+                         changed: Collection[str] | None = None,
+                         reuse: bool = False) -> dict[int, np.ndarray]:
         """Every constant of the plan's graph by node id: the source parameters by name as
         they are, then the parameter-time nodes evaluated from them: in float64 where the
         node computes (batch-norm folds), on the values as they are where it only moves them
@@ -275,7 +276,8 @@ class Executor:
         changed since the last call), a node that depends on none of them keeps its last
         value of the last :meth:`set_params`. The nodes of a level, which read only source
         parameters and nodes of earlier levels, are evaluated on Numba's thread count of
-        threads."""
+        threads. ``reuse``: an op that can (``OpDef.reference_into``: packing) writes its new
+        value into the memory of its last value (so into the kernels' constants)."""
         graph = self.plan.graph
         values: dict[int, np.ndarray] = {}
         for node in graph.params():
@@ -286,8 +288,10 @@ class Executor:
         for nid in self.plan.param_nodes:
             if nid in self.values:
                 values[nid] = self.values[nid]
+        last = self.values if reuse else {}
         for level in todo:
-            for nid, value in zip(level, self._map(partial(_evaluate, graph, values), level)):
+            run = partial(_evaluate, graph, values, last)
+            for nid, value in zip(level, self._map(run, level)):
                 values[nid] = value
         return values
 
@@ -300,7 +304,7 @@ class Executor:
         ``changed``: the names of the parameters that changed since the last call (None:
         any); the constants of steps that read none of them are kept as they are."""
         kept = self.consts if changed is not None and self.values else None
-        values = self.parameter_values(params, changed)
+        values = self.parameter_values(params, changed, reuse=True)
         self.values = values
         stale = set(changed or ())
         consts = []
@@ -457,12 +461,19 @@ def flat_input(a: Any) -> Any:
     return a.reshape(-1)
 
 
-def _evaluate(graph: Graph, values: Mapping[int, np.ndarray], nid: int) -> np.ndarray:
-    """A parameter-time node's value from its inputs' (see ``Executor.parameter_values``)."""
+def _evaluate(graph: Graph, values: Mapping[int, np.ndarray], last: Mapping[int, np.ndarray],
+              nid: int) -> np.ndarray:
+    """A parameter-time node's value from its inputs' (see ``Executor.parameter_values``),
+    written into ``last[nid]`` where that is a writable contiguous float32 array of its shape
+    and the op can (``evaluate``'s ``out``)."""
     node = graph.node(nid)
     exact = get_op(node.op).moves_values
+    out = last.get(nid)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.writeable
+            and out.flags.c_contiguous and out.shape == node.type.shape):
+        out = None
     return evaluate(node.op, [values[i] if exact else np.asarray(values[i], np.float64)
-                              for i in node.inputs], node.attrs)
+                              for i in node.inputs], node.attrs, out)
 
 
 def parameter_sources(graph: Graph, param_nodes: list[int]) -> dict[int, frozenset[str]]:
