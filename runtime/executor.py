@@ -10,11 +10,10 @@ uploads and downloads are the arrays themselves.
 Parameters: whenever they are set, the plan's parameter-time nodes (derived parameters such as
 folded batch-norm weights, folded constants) are evaluated from the source parameters (in
 float64 where they compute, on the float32 values as they are where they only move them), and
-each step's packer turns those values into its flat float32 constants. The nodes of one
-dependency level are evaluated on Numba's thread count of Python threads (a training step
-makes them again after every update; NumPy's copies release the GIL), and a caller that says
-which parameters changed (``set_params(..., changed=)``) has only the nodes and constants that
-depend on them made again.
+each step's packer turns those values into its flat float32 constants. A caller that says
+which parameters changed (``set_params(..., changed=)``: a training step after its update) has
+only the nodes and constants that depend on them made again, packings into the memory of the
+last ones (``OpDef.reference_into``).
 
 Calls: every batch size gets an arena (one flat float32 buffer per slot of the plan's buffer
 plan, plus the scratch buffers), and every kernel call's arguments are resolved to arrays and
@@ -39,7 +38,6 @@ processes on 2 cores: p99 272 ms on two threads, 8 ms on one; bench/RESULTS.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -246,10 +244,7 @@ class Executor:
         # not change), and the source parameters each constant node depends on
         self.values: dict[int, np.ndarray] = {}
         self.sources = parameter_sources(plan.graph, plan.param_nodes)
-        self.levels = parameter_levels(plan.graph, plan.param_nodes)
         self.step_sources = [self.sources_of_step(step) for step in plan.steps]
-        self.pool: ThreadPoolExecutor | None = None
-        self.pool_threads = 0
         for i, buf in self.slots.items():
             if isinstance(buf, np.ndarray) != self.memory.host:
                 raise ValueError(f"slot {i}: a {type(buf).__name__}, not an array of the memory "
@@ -273,26 +268,22 @@ class Executor:
         node computes (batch-norm folds), on the values as they are where it only moves them
         (``OpDef.moves_values``: packing, transposes; exact in float32, and no float64 copy of
         every weight at each training step). With ``changed`` (names of the parameters that
-        changed since the last call), a node that depends on none of them keeps its last
-        value of the last :meth:`set_params`. The nodes of a level, which read only source
-        parameters and nodes of earlier levels, are evaluated on Numba's thread count of
-        threads. ``reuse``: an op that can (``OpDef.reference_into``: packing) writes its new
-        value into the memory of its last value (so into the kernels' constants)."""
+        changed since the last call), a node that depends on none of them keeps its value
+        of the last :meth:`set_params`. ``reuse``: an op that can (``OpDef.reference_into``:
+        packing) writes its new value into the memory of its last value (so into the
+        kernels' constants)."""
         graph = self.plan.graph
         values: dict[int, np.ndarray] = {}
         for node in graph.params():
             values[node.id] = np.asarray(params[node.name])
         stale = None if changed is None or not self.values else set(changed)
-        todo = [[nid for nid in level if stale is None or nid not in self.values
-                 or not self.sources[nid].isdisjoint(stale)] for level in self.levels]
-        for nid in self.plan.param_nodes:
-            if nid in self.values:
-                values[nid] = self.values[nid]
         last = self.values if reuse else {}
-        for level in todo:
-            run = partial(_evaluate, graph, values, last)
-            for nid, value in zip(level, self._map(run, level)):
-                values[nid] = value
+        for nid in self.plan.param_nodes:  # topological order
+            if stale is None or nid not in self.values or \
+                    not self.sources[nid].isdisjoint(stale):
+                values[nid] = _evaluate(graph, values, last, nid)
+            else:
+                values[nid] = self.values[nid]
         return values
 
     def set_params(self, params: Mapping[str, np.ndarray],
@@ -332,19 +323,6 @@ class Executor:
                 names.add(node.name)
             names |= self.sources.get(i, frozenset())
         return frozenset(names)
-
-    def _map(self, fn: Callable[[int], np.ndarray], nids: list[int]) -> list[np.ndarray]:
-        """``fn`` over ``nids`` on Numba's thread count of Python threads (in this thread
-        alone where that is one, or there is one node)."""
-        threads = min(numba.get_num_threads(), len(nids))
-        if threads <= 1:
-            return [fn(nid) for nid in nids]
-        if self.pool is None or self.pool_threads != threads:
-            if self.pool is not None:
-                self.pool.shutdown()
-            self.pool = ThreadPoolExecutor(threads, thread_name_prefix="cnnc-params")
-            self.pool_threads = threads
-        return list(self.pool.map(fn, nids))
 
     def set_replicas(self, replicas: Replicas | None) -> None:
         """The replicas the collective steps average over (None: none, the value as it is);
@@ -487,15 +465,3 @@ def parameter_sources(graph: Graph, param_nodes: list[int]) -> dict[int, frozens
         sources[nid] = frozenset(names)
     return sources
 
-
-def parameter_levels(graph: Graph, param_nodes: list[int]) -> list[list[int]]:
-    """``param_nodes`` in levels: each node after every node it reads, the largest of a level
-    first (a pool's threads take them in order: the long ones start first)."""
-    depth: dict[int, int] = {}
-    for nid in param_nodes:  # topological order
-        depth[nid] = 1 + max((depth[i] for i in graph.node(nid).inputs if i in depth),
-                             default=-1)
-    levels: list[list[int]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
-    for nid, d in depth.items():
-        levels[d].append(nid)
-    return [sorted(level, key=lambda nid: -graph.node(nid).type.size) for level in levels]

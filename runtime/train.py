@@ -16,8 +16,8 @@ backward kernels write the gradients where the optimizer reads them. The optimiz
 (``runtime/optim.py``) updates the first buffer from the second with one generated kernel,
 after another has checked the gradients finite (their global norm). After an update the
 kernels' packed constants are refreshed from the new values (``Executor.set_params``: the
-derived parameters of those the update changed, on Numba's thread count of threads, then the
-packers of the steps that read them; kernels that read a parameter as it is read it in
+derived parameters of those the update changed, packings into the last ones' memory, then
+the packers of the steps that read them; kernels that read a parameter as it is read it in
 ``flat_params``).
 
 On a GPU target (``target="cuda"``, or ``"cuda-emu"``: the same CUDA source run on the CPU)

@@ -5,7 +5,6 @@ clipping and schedules; LeNet-5 trained from scratch on the digits; the command'
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 import torch
@@ -203,33 +202,6 @@ def test_the_refresh_after_an_update_makes_only_what_changed_again(small):
     assert loss == want_loss
     for name in want_grads:
         np.testing.assert_array_equal(grads[name], want_grads[name], err_msg=name)
-
-
-def test_parameter_values_are_the_same_on_one_thread_and_two(small):
-    """The parameter-time nodes evaluated level by level on a pool of two threads give what
-    one thread gives, and every level reads only earlier levels and source parameters."""
-    graph, params, _, _ = small
-    tm = cnnc.compile(graph, weights=params, mode="train")
-    executor = tm.executor
-    param_nodes = set(tm.plan.param_nodes)
-    assert param_nodes and sorted(n for level in executor.levels for n in level) == \
-        sorted(param_nodes)
-    done: set[int] = set()
-    for level in executor.levels:
-        for nid in level:
-            assert not (set(tm.plan.graph.node(nid).inputs) & param_nodes) - done, nid
-        done |= set(level)
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = executor.parameter_values(tm.params)
-        numba.set_num_threads(2)
-        two = executor.parameter_values(tm.params)
-    finally:
-        numba.set_num_threads(threads)
-    assert executor.pool_threads == 2 and set(one) == set(two)
-    for nid in one:
-        np.testing.assert_array_equal(one[nid], two[nid], err_msg=str(nid))
 
 
 def test_bad_labels_and_options_are_refused(small):
