@@ -5,10 +5,11 @@
 
 Every step is one ``TrainingModel.profile_step`` (forward, backward, SGD update with momentum,
 then the refresh: the packings of the parameters the update changed made again, into the last
-ones' memory). Printed: the refresh's CPU milliseconds (the refresh runs in the calling
-thread: its thread time, which a shared host's load does not inflate) and wall milliseconds,
-median and best, and the process's minor page faults per step (new arrays for the packings
-fault their pages in again). The refresh does not depend on the batch: the default is 1.
+ones' memory), its parts timed in the CPU seconds of the calling thread (the refresh runs in
+it; a shared host's load does not inflate them). Printed: the refresh's median, mean, best and
+worst CPU milliseconds, and the minor page faults of a whole step, median and mean (new arrays
+for the packings fault their pages in again: where that happens every other step, the mean
+shows it and the median may not). The refresh does not depend on the batch: the default is 1.
 """
 
 from __future__ import annotations
@@ -41,19 +42,18 @@ def main() -> None:
     x = rng.standard_normal((args.batch,) + graph.node(image).type.shape).astype(np.float32)
     y = rng.integers(0, graph.node(output).type.shape[0], args.batch)
     tm.train_step(x, y)  # warm-up: the first refresh after compiling allocates
-    cpu, wall, faults = [], [], []
+    cpu, faults = [], []
     for _ in range(args.steps):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        wall.append(next(s for name, _, s in tm.profile_step(x, y) if name == "refresh"))
         cpu.append(next(s for name, _, s in tm.profile_step(x, y, clock=time.thread_time)
                         if name == "refresh"))
-        faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(f"{graph.name}: {tm.flat_params.size:,} trainable parameters, "
           f"{len(tm.plan.param_nodes)} parameter-time nodes, {args.threads} thread(s)")
-    print(f"  refresh CPU median {1e3 * np.median(cpu):.1f} ms (best {1e3 * min(cpu):.1f}), "
-          f"wall median {1e3 * np.median(wall):.1f} ms (best {1e3 * min(wall):.1f}) over "
-          f"{args.steps} steps; minor page faults a step (the whole step, two steps "
-          f"averaged) median {np.median(faults):.0f}")
+    ms = 1e3 * np.array(cpu)
+    print(f"  refresh CPU ms over {args.steps} steps: median {np.median(ms):.1f}, mean "
+          f"{ms.mean():.1f}, best {ms.min():.1f}, worst {ms.max():.1f}; minor page faults a "
+          f"step: median {np.median(faults):.0f}, mean {np.mean(faults):.0f}")
 
 
 if __name__ == "__main__":
