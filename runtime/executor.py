@@ -10,7 +10,10 @@ uploads and downloads are the arrays themselves.
 Parameters: whenever they are set, the plan's parameter-time nodes (derived parameters such as
 folded batch-norm weights, folded constants) are evaluated from the source parameters (in
 float64 where they compute, on the float32 values as they are where they only move them), and
-each step's packer turns those values into its flat float32 constants.
+each step's packer turns those values into its flat float32 constants. A caller that says
+which parameters changed (``set_params(..., changed=)``: a training step after its update) has
+only the nodes and constants that depend on them made again, packings into the memory of the
+last ones (``OpDef.reference_into``).
 
 Calls: every batch size gets an arena (one flat float32 buffer per slot of the plan's buffer
 plan, plus the scratch buffers), and every kernel call's arguments are resolved to arrays and
@@ -34,7 +37,7 @@ processes on 2 cores: p99 272 ms on two threads, 8 ms on one; bench/RESULTS.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -43,6 +46,7 @@ import numba
 import numpy as np
 
 from ..compiler.backends.numba.tasks import TaskKernel, TaskProgram
+from ..compiler.ir import Graph
 from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 from .replicas import Replicas
@@ -236,6 +240,11 @@ class Executor:
         self.arenas: dict[int, Arena] = {}
         self.slots = dict(slots or {})
         self.replicas: Replicas | None = None
+        # the last parameter values by node id (kept where a later set_params says they did
+        # not change), and the source parameters each constant node depends on
+        self.values: dict[int, np.ndarray] = {}
+        self.sources = parameter_sources(plan.graph, plan.param_nodes)
+        self.step_sources = [self.sources_of_step(step) for step in plan.steps]
         for i, buf in self.slots.items():
             if isinstance(buf, np.ndarray) != self.memory.host:
                 raise ValueError(f"slot {i}: a {type(buf).__name__}, not an array of the memory "
@@ -251,32 +260,49 @@ class Executor:
         floats = self.plan.buffers.floats_per_image + sum(self.plan.scratch.values())
         return 4 * (batch * floats + self.plan.buffers.whole_batch_floats)
 
-    def parameter_values(self, params: Mapping[str, np.ndarray]) -> dict[int, np.ndarray]:
+    def parameter_values(self, params: Mapping[str, np.ndarray],
+                         changed: Collection[str] | None = None,
+                         reuse: bool = False) -> dict[int, np.ndarray]:
         """Every constant of the plan's graph by node id: the source parameters by name as
         they are, then the parameter-time nodes evaluated from them: in float64 where the
         node computes (batch-norm folds), on the values as they are where it only moves them
         (``OpDef.moves_values``: packing, transposes; exact in float32, and no float64 copy of
-        every weight at each training step)."""
+        every weight at each training step). With ``changed`` (names of the parameters that
+        changed since the last call), a node that depends on none of them keeps its value
+        of the last :meth:`set_params`. ``reuse``: an op that can (``OpDef.reference_into``:
+        packing) writes its new value into the memory of its last value (so into the
+        kernels' constants)."""
         graph = self.plan.graph
         values: dict[int, np.ndarray] = {}
         for node in graph.params():
             values[node.id] = np.asarray(params[node.name])
-        for nid in self.plan.param_nodes:
-            node = graph.node(nid)
-            exact = get_op(node.op).moves_values
-            values[nid] = evaluate(node.op, [values[i] if exact else
-                                             np.asarray(values[i], np.float64)
-                                             for i in node.inputs], node.attrs)
+        stale = None if changed is None or not self.values else set(changed)
+        last = self.values if reuse else {}
+        for nid in self.plan.param_nodes:  # topological order
+            if stale is None or nid not in self.values or \
+                    not self.sources[nid].isdisjoint(stale):
+                values[nid] = _evaluate(graph, values, last, nid)
+            else:
+                values[nid] = self.values[nid]
         return values
 
-    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
+    def set_params(self, params: Mapping[str, np.ndarray],
+                   changed: Collection[str] | None = None) -> None:
         """Pack every step's constants from ``params`` (by name) and bind them in every arena.
         A packer's value that is already writable contiguous float32 is bound as it is, not
         copied: a source parameter passed so (the training model's flat parameter buffer) is
-        read by the kernels where it lies, and must be set again after the caller changes it."""
-        values = self.parameter_values(params)
+        read by the kernels where it lies, and must be set again after the caller changes it.
+        ``changed``: the names of the parameters that changed since the last call (None:
+        any); the constants of steps that read none of them are kept as they are."""
+        kept = self.consts if changed is not None and self.values else None
+        values = self.parameter_values(params, changed, reuse=True)
+        self.values = values
+        stale = set(changed or ())
         consts = []
-        for step in self.plan.steps:
+        for index, step in enumerate(self.plan.steps):
+            if kept is not None and self.step_sources[index].isdisjoint(stale):
+                consts.append(kept[index])
+                continue
             packed = step.pack(values) if step.pack else {}
             # writable contiguous float32 (a read-only array would be a second Numba
             # signature), copied only where a packer's value is not that already
@@ -285,6 +311,18 @@ class Executor:
         self.consts = consts
         for arena in self.arenas.values():
             arena.bind_consts(self)
+
+    def sources_of_step(self, step: Step) -> frozenset[str]:
+        """The source parameters a step's packer may read: those of its node's constant
+        inputs."""
+        graph = self.plan.graph
+        names: set[str] = set()
+        for i in graph.node(step.node).inputs:
+            node = graph.node(i)
+            if node.op == "param":
+                names.add(node.name)
+            names |= self.sources.get(i, frozenset())
+        return frozenset(names)
 
     def set_replicas(self, replicas: Replicas | None) -> None:
         """The replicas the collective steps average over (None: none, the value as it is);
@@ -399,3 +437,31 @@ def flat_input(a: Any) -> Any:
     if isinstance(a, np.ndarray):
         return np.ascontiguousarray(a).reshape(-1)
     return a.reshape(-1)
+
+
+def _evaluate(graph: Graph, values: Mapping[int, np.ndarray], last: Mapping[int, np.ndarray],
+              nid: int) -> np.ndarray:
+    """A parameter-time node's value from its inputs' (see ``Executor.parameter_values``),
+    written into ``last[nid]`` where that is a writable contiguous float32 array of its shape
+    and the op can (``evaluate``'s ``out``)."""
+    node = graph.node(nid)
+    exact = get_op(node.op).moves_values
+    out = last.get(nid)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.writeable
+            and out.flags.c_contiguous and out.shape == node.type.shape):
+        out = None
+    return evaluate(node.op, [values[i] if exact else np.asarray(values[i], np.float64)
+                              for i in node.inputs], node.attrs, out)
+
+
+def parameter_sources(graph: Graph, param_nodes: list[int]) -> dict[int, frozenset[str]]:
+    """The names of the source parameters each parameter-time node depends on."""
+    sources: dict[int, frozenset[str]] = {}
+    for nid in param_nodes:  # topological order
+        names: set[str] = set()
+        for i in graph.node(nid).inputs:
+            node = graph.node(i)
+            names |= {node.name} if node.op == "param" else sources.get(i, frozenset())
+        sources[nid] = frozenset(names)
+    return sources
+

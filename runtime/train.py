@@ -16,8 +16,9 @@ backward kernels write the gradients where the optimizer reads them. The optimiz
 (``runtime/optim.py``) updates the first buffer from the second with one generated kernel,
 after another has checked the gradients finite (their global norm). After an update the
 kernels' packed constants are refreshed from the new values (``Executor.set_params``: the
-derived parameters, then each step's packer; kernels that read a parameter as it is read it
-in ``flat_params``).
+derived parameters of those the update changed, packings into the last ones' memory, then
+the packers of the steps that read them; kernels that read a parameter as it is read it in
+``flat_params``).
 
 On a GPU target (``target="cuda"``, or ``"cuda-emu"``: the same CUDA source run on the CPU)
 every forward, backward and optimizer kernel is a CUDA kernel of the model's one module, and
@@ -113,6 +114,9 @@ class TrainingModel:
         self._grad_norm = 0.0  # of the last pass's gradients (clipping reads it)
         self._fixed: dict[str, np.ndarray] = {}
         self.updates = update_outputs(plan.graph)
+        # what an update changes: the trainable parameters and the running statistics (the
+        # derived values and constants of frozen and fixed ones are not made again)
+        self.updated = self.trainable + list(self.updates)
         self._labels_inputs = [n for n in plan.graph.inputs if is_labels(n)]
         # the scores the loss read in the last step, by output name (a batch's accuracy)
         self.last_scores: dict[str, np.ndarray] = {}
@@ -150,9 +154,10 @@ class TrainingModel:
         self._fixed = {k: v.copy() for k, v in values.items() if k not in self._views}
         self._refresh()
 
-    def _refresh(self) -> None:
-        """The kernels' constants from the current parameters."""
-        self.executor.set_params({**self._fixed, **self._views})
+    def _refresh(self, changed: Sequence[str] | None = None) -> None:
+        """The kernels' constants from the current parameters (``changed``: the names of
+        those that changed since the last refresh; None: any)."""
+        self.executor.set_params({**self._fixed, **self._views}, changed)
 
     def set_replicas(self, replicas: Replicas | None) -> None:
         """Train as one of ``replicas`` (None: alone): each step's gradients, loss and running
@@ -323,7 +328,7 @@ class TrainingModel:
         shard)."""
         loss = self._run(x, y, first=first, global_batch=global_batch)
         self._update(lr)
-        self._refresh()
+        self._refresh(self.updated)
         return loss
 
     def _update(self, lr: float | None) -> None:
@@ -426,7 +431,7 @@ class TrainingModel:
         gathered = clock()
         self._update(lr)
         updated = clock()
-        self._refresh()
+        self._refresh(self.updated)
         refreshed = clock()
         parts = [(s.name, s.op, marks[i + 1] - marks[i]) for i, s in enumerate(steps)]
         return parts + [("gradients", "gradients", gathered - marks[-1]),

@@ -171,6 +171,11 @@ class OpDef:
     # transposes, phase filters): exact in any precision, so it is evaluated on the float32
     # parameters as they are, keeping their dtype, where a computing one gets float64 copies.
     moves_values: bool = False
+    # ``(inputs, attrs, out)``: a ``moves_values`` op's reference written into ``out`` (float32,
+    # its value's shape) instead of a new array. A training step makes every packing again after
+    # each update: into the last one's memory, where new arrays of ResNet-18's 47 MB of packed
+    # weights cost page faults every other step, more than the copies themselves.
+    reference_into: Callable[[Arrays, dict[str, Any], np.ndarray], Any] | None = None
     # Compute ops only a pass creates (``channel_gather``): lowered like any op, but not in the
     # DSL and with no ONNX form.
     pass_made: bool = False
@@ -330,9 +335,17 @@ def elementwise_layouts(node: Any, in_types: list[TensorType]) -> tuple[tuple[st
     return in_every_blocked_layout(((PLAIN, PLAIN), (BLOCKED, BLOCKED)))
 
 
-def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any]) -> np.ndarray:
+def evaluate(op: str, inputs: Arrays, attrs: dict[str, Any],
+             out: np.ndarray | None = None) -> np.ndarray:
     """The float64 reference of a node, its fused epilogue included: the op's reference on
-    its own inputs, then each epilogue op's reference in order."""
+    its own inputs, then each epilogue op's reference in order. ``out``: an array of the
+    value's shape and dtype that an op with a ``reference_into`` rule and no fused ops writes
+    its value into (and returns); other ops make a new array."""
+    into = get_op(op).reference_into
+    if out is not None and into is not None and not epilogue_of(attrs) and \
+            not prologue_of(attrs):
+        into(inputs, own_attrs(attrs), out)
+        return out
     y = get_op(op).reference(_through_prologue(inputs, attrs), own_attrs(attrs))
     for e in epilogue_of(attrs):
         args = [y] if e.operand is None else [y, inputs[e.operand]]

@@ -211,10 +211,14 @@ def _lower_weight_grad(ctx, node):
     k = dense_weight_grad_kernel(ctx.kname, n_in, n_out, ctx.comment, sz)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
+def _transpose_into(inputs, attrs: dict[str, Any], out: np.ndarray) -> None:
+    out[...] = np.asarray(inputs[0]).T
+
+
 register(OpDef(
     name="transpose_weight", family="dense", signature=(), arity=1, internal=True,
     infer=lambda ts, a: ts[0].with_shape(*ts[0].shape[::-1]), macs=lambda ts, out, a: 0,
-    new_activations=False, moves_values=True,
+    new_activations=False, moves_values=True, reference_into=_transpose_into,
     reference=lambda inputs, a: np.ascontiguousarray(np.asarray(inputs[0]).T),
     doc="a dense weight [out, in] transposed (the weight of its input gradient)"))
 

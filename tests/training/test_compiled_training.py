@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import cnnc
+from cnnc.compiler.ops import evaluate
 from cnnc.runtime.cli import main
 from cnnc.runtime.model import ModelError
 from cnnc.runtime.optim import Schedule
@@ -171,6 +172,38 @@ def test_profiling_calls_times_every_kernel_and_takes_the_same_step(small):
     assert profiled.train_step(x, y) == plain.train_step(x, y)
 
 
+def _step_of(tm, name: str) -> int:
+    return next(i for i, s in enumerate(tm.plan.steps) if s.name.split("+")[0] == name)
+
+
+def test_the_refresh_after_an_update_makes_only_what_changed_again(small):
+    """After an update the constants of a frozen layer are kept as they are (the same
+    arrays), the others made again; and they are the very constants a model built afresh from
+    the updated parameters packs, so it computes bitwise the same loss and gradients."""
+    graph, params, x, y = small
+    options = dict(mode="train", optimizer="sgd", lr=0.1, momentum=0.9, freeze=["c1.*"])
+    tm = cnnc.compile(graph, weights=params, **options)
+    frozen, trained = _step_of(tm, "c1"), _step_of(tm, "c2")
+    kept, packed = dict(tm.executor.consts[frozen]), tm.executor.consts[trained]["w"]
+    old = packed.copy()
+    for _ in range(2):
+        tm.train_step(x, y)
+    assert all(tm.executor.consts[frozen][k] is v for k, v in kept.items())
+    # the trained layer's packing is made again, into the memory of the last one
+    assert not np.array_equal(tm.executor.consts[trained]["w"], old)
+    assert np.shares_memory(tm.executor.consts[trained]["w"], packed)
+    fresh = cnnc.compile(graph, weights=tm.params, **options)
+    for step, got, want in zip(tm.plan.steps, tm.executor.consts, fresh.executor.consts):
+        assert set(got) == set(want), step.name
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{step.name} {k}")
+    loss, grads = tm.loss_and_grads(x, y)
+    want_loss, want_grads = fresh.loss_and_grads(x, y)
+    assert loss == want_loss
+    for name in want_grads:
+        np.testing.assert_array_equal(grads[name], want_grads[name], err_msg=name)
+
+
 def test_bad_labels_and_options_are_refused(small):
     graph, params, x, y = small
     tm = cnnc.compile(graph, weights=params, mode="train")
@@ -274,6 +307,27 @@ def test_forced_layouts_give_the_plain_layouts_gradients(layout):
     for name in grads0:
         np.testing.assert_allclose(grads1[name], grads0[name], rtol=1e-4,
                                    atol=1e-5 * float(np.abs(grads0[name]).max()), err_msg=name)
+
+
+def test_packing_into_the_last_packings_memory_gives_a_new_packing():
+    """A convolution's packing written into an array (a training refresh reuses the last
+    packing's memory) is, bit for bit, the packing made into a new array: for a layer whose
+    channels fill whole blocks (one copy into place) and for the stem's 3 (padded)."""
+    rng = np.random.default_rng(6)
+    graph = cnnc.load(HEAD)
+    params = {k: rng.standard_normal(v.shape).astype(np.float32)
+              for k, v in init_params(graph).items()}
+    tm = cnnc.compile(graph, weights=params, mode="train", layout="NCHW",
+                      freeze=["c1.*", "c2.*"])
+    values = tm.executor.parameter_values(params)
+    packs = [n for n in tm.plan.graph.nodes() if n.op == "conv_pack"]
+    assert {n.attrs["in_shape"][0] for n in packs} == {3, 16}
+    for node in packs:
+        inputs = [values[i] for i in node.inputs]
+        want = evaluate(node.op, inputs, node.attrs)
+        out = np.full(want.shape, np.nan, np.float32)
+        assert evaluate(node.op, inputs, node.attrs, out) is out
+        np.testing.assert_array_equal(out, want, err_msg=node.name)
 
 
 def test_the_training_ir_dump_shows_the_decisions(small, tmp_path):

@@ -293,15 +293,16 @@ def _pack_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType
     return in_types[0].with_shape(sum(algorithm.packed_sizes(g, tile)))
 
 
-def _pack_reference(inputs, attrs: dict[str, Any]) -> np.ndarray:
+def _pack_reference(inputs, attrs: dict[str, Any], out: np.ndarray | None = None) -> np.ndarray:
     g, algorithm, tile = _packing(attrs)
     return pack_conv_weights(attrs["of"], g, algorithm, tile, inputs[0],
-                             inputs[1] if len(inputs) > 1 else None)
+                             inputs[1] if len(inputs) > 1 else None, out)
 
 
 register(OpDef(
     name="conv_pack", family="conv", signature=(), infer=_pack_infer,
-    reference=_pack_reference, macs=lambda ts, out, a: 0, arity=None, internal=True,
+    reference=_pack_reference, reference_into=_pack_reference,
+    macs=lambda ts, out, a: 0, arity=None, internal=True,
     new_activations=False, made_for_user=True, moves_values=True,
     doc="a convolution's weights and bias packed for its compute kernel (its algorithm, "
         "register tile and block width), flat: the weights, then the bias"))

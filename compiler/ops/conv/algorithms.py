@@ -277,10 +277,11 @@ class ConvAlgorithm(LoweringChoice):
         raise NotImplementedError
 
     def pack_flat(self, g: ConvGeometry, w: np.ndarray, b: np.ndarray | None,
-                  tile: DirectTile = TILE_8) -> np.ndarray:
+                  tile: DirectTile = TILE_8, out: np.ndarray | None = None) -> np.ndarray:
         """:meth:`pack_weights`' weights then bias in one flat float32 array (the
-        ``conv_pack`` node's value, made again after every training update)."""
-        return np.concatenate(self.pack_weights(g, w, b, tile))
+        ``conv_pack`` node's value, made again after every training update), written into
+        ``out`` where one is given."""
+        return np.concatenate(self.pack_weights(g, w, b, tile), out=out)
 
     def input_call(self, g: ConvGeometry) -> tuple[str, tuple[int, ...]]:
         """The shared layout kernel (``kernels.layout``) that brings an NCHW input to the
@@ -402,7 +403,7 @@ class Direct(_BlockedAlgorithm):
         padded = g.groups * g.Kgb * TILE_K
         return padded * g.Cgb * g.CB * g.R * g.S, padded
 
-    def pack_flat(self, g, w, b, tile=TILE_8):
+    def pack_flat(self, g, w, b, tile=TILE_8, out=None):
         """Where no channel is padded (every ResNet layer but the stem): one copy of the
         weights straight into their place, the bias after them (a training step makes it
         again for every layer: the padded copy, the transposed copy and the concatenation
@@ -410,9 +411,9 @@ class Direct(_BlockedAlgorithm):
         G, Kg, Cg, R, S = g.groups, g.Kg, g.Cg, g.R, g.S
         CB, Cgb, Kgb, kt, TK = g.CB, g.Cgb, g.Kgb, g.k_tiles(tile), tile.channels
         if Kgb * TILE_K != Kg or Cgb * CB != Cg:
-            return super().pack_flat(g, w, b, tile)
+            return super().pack_flat(g, w, b, tile, out)
         n_w, n_b = self.packed_sizes(g, tile)
-        flat = np.empty(n_w + n_b, np.float32)
+        flat = np.empty(n_w + n_b, np.float32) if out is None else out
         # the packed order [G, kt, Cgb, R, S, CB, TK], seen in the weights' own order
         into = flat[:n_w].reshape(G, kt, Cgb, R, S, CB, TK).transpose(0, 1, 6, 2, 5, 3, 4)
         into[...] = np.asarray(w, np.float32).reshape(G, kt, TK, Cgb, CB, R, S)

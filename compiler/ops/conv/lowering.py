@@ -140,16 +140,18 @@ def lower_conv(ctx, node) -> Step:
 
 
 def pack_conv_weights(op: str, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile,
-                      w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+                      w: np.ndarray, b: np.ndarray | None,
+                      out: np.ndarray | None = None) -> np.ndarray:
     """A convolution's weights and bias packed for its compute kernel, one flat float32 array
     (the weights, then the bias): a transposed convolution's weight first becomes the equivalent
     convolution's (flipped, transposed). Float32 because the kernel's constants are: packing
     only moves values, so this is exactly what they will hold, without a float64 round trip
-    each time a training step refreshes them."""
+    each time a training step refreshes them. ``out``: the float32 array to write them into
+    (None: a new one)."""
     weight = np.asarray(w, np.float32)
     if op == "conv_transpose":
         weight = transposed_as_conv_weight(weight, g.groups)
-    return algorithm.pack_flat(g, weight, b, tile)
+    return algorithm.pack_flat(g, weight, b, tile, out)
 
 
 def _packer(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile):
