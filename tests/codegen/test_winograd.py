@@ -300,3 +300,26 @@ def test_not_for_transposed_convolutions():
                      "-> output y\n")
     select_lowering(g, PassContext(lowering="winograd", opt_level=2))
     assert next(n for n in g.nodes() if n.name == "up").attrs["lowering"] == "direct"
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", ["winograd_f2", "winograd_f4"])
+def test_packing_into_the_last_packings_memory_gives_a_new_packing(name, bias):
+    """Winograd's packing written into an array a training refresh reuses (filled here with
+    NaN) is, bit for bit, the packing made into a new array: padded input and output channels
+    and the bias's padding are written too, with a bias or without."""
+    from cnnc.compiler.kernels.conv_geometry import ConvGeometry
+    from cnnc.compiler.ops.conv.algorithms import WINOGRAD_F2, WINOGRAD_F4
+
+    algorithm = WINOGRAD_F2 if name == "winograd_f2" else WINOGRAD_F4
+    g = ConvGeometry.from_attrs({"out_channels": 20, "kernel": (3, 3), "stride": (1, 1),
+                                 "pads": (1, 1, 1, 1), "dilation": (1, 1), "groups": 1,
+                                 "bias": bias}, (12, 9, 9))
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((20, 12, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(20).astype(np.float32) if bias else None
+    want = algorithm.pack_flat(g, w, b)
+    out = np.full(want.shape, np.nan, np.float32)
+    assert algorithm.pack_flat(g, w, b, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    assert np.all(want[-(want.size - algorithm.packed_sizes(g)[0]):][20:] == 0)

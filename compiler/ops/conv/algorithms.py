@@ -631,12 +631,14 @@ class Winograd(_BlockedAlgorithm):
         the two parts of :meth:`pack_flat`'s array (views)."""
         return np.split(self.pack_flat(g, w, b, tile), [self.packed_sizes(g, tile)[0]])
 
-    def pack_flat(self, g, w, b, tile=TILE_8):
-        """The filters transformed straight into the flat array, then the bias (no copy of
-        the whole into a concatenation: these are the largest packed weights)."""
+    def pack_flat(self, g, w, b, tile=TILE_8, out=None):
+        """The filters transformed straight into the flat array (``out`` where one is given),
+        then the bias (no copy of the whole into a concatenation: these are the largest
+        packed weights)."""
         n_w, n_b = self.packed_sizes(g, tile)
-        flat = np.zeros(n_w + n_b, np.float32)
+        flat = np.empty(n_w + n_b, np.float32) if out is None else out
         pack_filters(self.transform, g, np.asarray(w, np.float32), out=flat[:n_w])
+        flat[n_w:] = 0.0  # the padded channels' bias, and all of it without one
         if b is not None:
             flat[n_w:n_w + g.K] = np.asarray(b, np.float32)
         return flat
