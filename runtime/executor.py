@@ -244,7 +244,9 @@ class Executor:
         # not change), and the source parameters each constant node depends on
         self.values: dict[int, np.ndarray] = {}
         self.sources = parameter_sources(plan.graph, plan.param_nodes)
-        self.step_sources = [self.sources_of_step(step) for step in plan.steps]
+        # the source parameters each step's packer may read: its node's constant inputs'
+        self.step_sources = [sources_of(plan.graph, plan.graph.node(step.node).inputs,
+                                        self.sources) for step in plan.steps]
         for i, buf in self.slots.items():
             if isinstance(buf, np.ndarray) != self.memory.host:
                 raise ValueError(f"slot {i}: a {type(buf).__name__}, not an array of the memory "
@@ -311,18 +313,6 @@ class Executor:
         self.consts = consts
         for arena in self.arenas.values():
             arena.bind_consts(self)
-
-    def sources_of_step(self, step: Step) -> frozenset[str]:
-        """The source parameters a step's packer may read: those of its node's constant
-        inputs."""
-        graph = self.plan.graph
-        names: set[str] = set()
-        for i in graph.node(step.node).inputs:
-            node = graph.node(i)
-            if node.op == "param":
-                names.add(node.name)
-            names |= self.sources.get(i, frozenset())
-        return frozenset(names)
 
     def set_replicas(self, replicas: Replicas | None) -> None:
         """The replicas the collective steps average over (None: none, the value as it is);
@@ -458,10 +448,17 @@ def parameter_sources(graph: Graph, param_nodes: list[int]) -> dict[int, frozens
     """The names of the source parameters each parameter-time node depends on."""
     sources: dict[int, frozenset[str]] = {}
     for nid in param_nodes:  # topological order
-        names: set[str] = set()
-        for i in graph.node(nid).inputs:
-            node = graph.node(i)
-            names |= {node.name} if node.op == "param" else sources.get(i, frozenset())
-        sources[nid] = frozenset(names)
+        sources[nid] = sources_of(graph, graph.node(nid).inputs, sources)
     return sources
+
+
+def sources_of(graph: Graph, inputs: list[int],
+               sources: Mapping[int, frozenset[str]]) -> frozenset[str]:
+    """The source parameters ``inputs`` depend on: a parameter itself, a parameter-time
+    node's ``sources``, nothing for a tensor computed per call."""
+    names: set[str] = set()
+    for i in inputs:
+        node = graph.node(i)
+        names |= {node.name} if node.op == "param" else sources.get(i, frozenset())
+    return frozenset(names)
 

@@ -76,7 +76,8 @@ DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS + ("ZH",)
 #: direct convolution producer stores 2 * ceil(C/16) blocks, one more than C8 for 116 channels).
 DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS + ("ZH",)
 
-def _row_tiles(Q: Expr, full: int, tile) -> list:
+
+def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
     """Tiles of ``full`` pixels over ``Q`` consecutive output pixels (a row, or a plane with
     ``order="plane"``), ``Q`` a runtime value.
 
@@ -86,15 +87,27 @@ def _row_tiles(Q: Expr, full: int, tile) -> list:
     ``full`` runs one-pixel tiles. One loop for the full tiles and the tail, so the kernel
     holds one unrolled body of ``full`` pixels (a separate tail tile was a second copy: about
     a third of a 16-lane kernel's source) and one of a single pixel.
+
+    ``narrow`` (the channel-wise kernel, whose rows may be shorter than its tile: rows of 7 at
+    the last stages of MobileNetV2 and EfficientNet-B0 with an 8-pixel tile): a row shorter
+    than ``full`` but of ``narrow`` pixels or more runs two overlapping ``narrow``-pixel
+    tiles, the first at pixel 0, the second ending at the last pixel, instead of one-pixel
+    tiles, whose multiply-adds over all the taps form one dependent chain (latency-bound: 4
+    chains keep the FMA unit busy); shorter rows run one-pixel tiles. One tile body more.
     """
     q0 = Var("qt") * full
-    return [
-        Let("ntiles", Select(cmp("<", Q, full), Const(0), (Q + (full - 1)) // full)),
+    short = cmp("<", Q, full)
+    stmts = [
+        Let("ntiles", Select(short, Const(0), (Q + (full - 1)) // full)),
         Loop("qt", Var("ntiles"), [
             Let("q0", Select(cmp("<", q0, Q - full), q0, Q - full)),
             *tile(full, Var("q0"))]),
-        If(cmp("<", Q, full), [Loop("q1", Q, tile(1, Var("q1")))]),
     ]
+    if narrow:
+        stmts.append(If(cmp("and", short, cmp(">=", Q, narrow)),
+                        tile(narrow, Const(0)) + tile(narrow, Q - narrow)))
+        short = cmp("<", Q, narrow)
+    return stmts + [If(short, [Loop("q1", Q, tile(1, Var("q1")))])]
 
 
 #: The narrow tile of a channel-wise kernel's rows shorter than its full tile.
@@ -103,27 +116,6 @@ NARROW_DW = 4
 #: network (112, 56, 28, 14, 7), where 8 pixels run rows of 28 and 14 as 32 and 16 (an
 #: overlapping last tile) and rows of 7 as two 4-pixel tiles.
 TILE_DW_16 = 7
-
-
-def _narrow_row_tiles(Q: Expr, full: int, tile) -> list:
-    """:func:`_row_tiles` for the channel-wise kernel, whose rows may be shorter than its tile
-    (rows of 7 at the last stages of MobileNetV2 and EfficientNet-B0 with an 8-pixel tile): a
-    row of 4 pixels or more then runs two overlapping :data:`NARROW_DW`-pixel tiles, the first
-    at pixel 0, the second ending at the last pixel (it writes pixels already written again:
-    same operands, same order), instead of one-pixel tiles, whose multiply-adds over all the
-    taps form one dependent chain (latency-bound: 4 chains keep the FMA unit busy). Rows of 1
-    to 3 pixels run one-pixel tiles. One tile body more than :func:`_row_tiles`."""
-    q0 = Var("qt") * full
-    short = cmp("<", Q, full)
-    return [
-        Let("ntiles", Select(short, Const(0), (Q + (full - 1)) // full)),
-        Loop("qt", Var("ntiles"), [
-            Let("q0", Select(cmp("<", q0, Q - full), q0, Q - full)),
-            *tile(full, Var("q0"))]),
-        If(cmp("and", short, cmp(">=", Q, NARROW_DW)),
-           tile(NARROW_DW, Const(0)) + tile(NARROW_DW, Q - NARROW_DW)),
-        If(cmp("<", Q, NARROW_DW), [Loop("q1", Q, tile(1, Var("q1")))]),
-    ]
 
 
 def _split_8(Q: Expr, tile) -> list:
@@ -454,7 +446,7 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     vector, a broadcast of channel ``j`` for 8 channels in 8 lanes) by the weights ``w[C8, R,
     S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is 8
     output pixels (6 when 8 weight vectors must stay in 16 registers; 7 with 16 lanes:
-    :data:`TILE_DW_16`); rows shorter than a tile run narrower ones (:func:`_narrow_row_tiles`).
+    :data:`TILE_DW_16`); rows shorter than a tile run narrower ones (:func:`_row_tiles`).
     Literal: kernel size, stride, dilation, ``Cg``, lanes; runtime: :data:`DEPTHWISE_INTS` and
     ``relu``."""
     R, S, cg = g.R, g.S, g.Cg
@@ -530,13 +522,14 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         # by side, so the next block reads (and writes) the other halves of the cache lines
         # this one fetched
         body = unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)])
-        body += _narrow_row_tiles(Q, T, lambda T, q0: [Loop("cb", C8, in_block(tile(T, q0)))])
+        body += _row_tiles(Q, T, lambda T, q0: [Loop("cb", C8, in_block(tile(T, q0)))],
+                           NARROW_DW)
         body.append(Loop("cb", C8, in_block(halo)))
         tasks = Var("n_batch") * P
     else:
         body = unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
         body += in_block([Comment(f"tiles of {T} pixels, the last ending at the last pixel"),
-                          *_narrow_row_tiles(Q, T, tile), *halo])
+                          *_row_tiles(Q, T, tile, NARROW_DW), *halo])
         tasks = Var("n_batch") * (C8 * P)
     pre = [floor_let()]
     pre += [Let("xpix", x.pixel)] if g.nhwc_in else []
