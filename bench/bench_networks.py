@@ -50,8 +50,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=2,
                     help="worker processes per engine, in alternating order")
-    ap.add_argument("--peak", type=float, default=166.0,
-                    help="nominal fp32 peak GFLOP/s: 2 cores x 32 flop/cycle x 2.6 GHz")
     args = ap.parse_args()
     missing = [e for e in args.engines if e in PEERS and not installed(e)]
     for engine in missing:
@@ -89,7 +87,6 @@ def main() -> None:
                 base = next((r for r in results if r["engine"] == "torch"), None)
                 for res in results:
                     res["pct_measured_peak"] = res.pop("pct_peak")
-                    res["pct_peak"] = 100 * res["gflops"] / args.peak
                     res["max_rel_err_vs_fp64"] = res.pop("max_rel_err")
                     if res["engine"] in cold:
                         res["cold_compile_s"] = cold[res["engine"]]
