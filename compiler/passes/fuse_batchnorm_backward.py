@@ -1,7 +1,7 @@
 """Batch norm's backward in closed form: the pieces the chain rule composes for one training
 batch norm (``ops/norm.py``: the statistics are ops of their own) replaced by three ops.
 
-    mean = batch_mean(x),  var = batch_var(x),  y = batchnorm_train(x, gamma, beta, mean, var)
+    mean = batch_mean(x),  var = batch_var(x, mean),  y = batchnorm_train(x, gamma, beta, mean, var)
     dx = add(.., bn_input_grad(dy, gamma, var),
              batch_stat_grad(x, bn_channel_grad(x, gamma, mean, var, dy; wrt=mean); of=mean),
              batch_stat_grad(x, bn_channel_grad(x, gamma, mean, var, dy; wrt=var); of=var), ..)
@@ -17,6 +17,15 @@ passes over the activations (each channel sum reads x or dy or both, each piece 
 written and read again by the add) become four making five: one reading x and dy for both
 sums, one writing dx, two over C values.
 
+Then the gradient of a ReLU (or ReLU6) under the batch norm, when it feeds only these two
+ops, is read through instead of written (``gate``: the mask at the activation's output y):
+
+    g = activation_grad(y, dy'; of=relu),  s = bn_grad_sums(x, g, mean), dx = bn_grad_input(..g..)
+        =>  s = bn_grad_sums(x, dy', mean, y; gate=relu), dx = bn_grad_input(.., dy', .., y;
+            gate=relu)
+
+one kernel and one write and read of g fewer (a block's first ReLU, the stem's).
+
 Preconditions: the statistics are ``batch_mean`` and ``batch_var`` of the normalized ``x``;
 ``bn_input_grad`` and both ``batch_stat_grad`` exist (x's gradient is needed) and are each read
 only by one ``add``, the same one (where autodiff sums x's gradients). The scale's gradient
@@ -27,6 +36,7 @@ Training pipelines only, where autodiff made these ops.
 from __future__ import annotations
 
 from ..ir import Graph, Node
+from ..ops.norm import GATES
 from .common import layer, sole_user
 from .manager import PassContext
 
@@ -50,7 +60,7 @@ def fuse_batchnorm_backward(graph: Graph, ctx: PassContext) -> bool:
             continue
         x, gamma, _, mean, var = bn.inputs
         if graph.node(mean).op != "batch_mean" or graph.node(var).op != "batch_var" or \
-                graph.node(mean).inputs != [x] or graph.node(var).inputs != [x]:
+                graph.node(mean).inputs != [x] or graph.node(var).inputs != [x, mean]:
             continue
         ctx.at(bn)
         eps = bn.attrs["eps"]
@@ -95,10 +105,29 @@ def fuse_batchnorm_backward(graph: Graph, ctx: PassContext) -> bool:
             if user.op == "channel_sum" and user.inputs == [dy]:
                 _replace(graph, user, "bn_grad_param", [sums.id], eps, "bias")
                 rewritten.append("dbeta")
+        if _gate_through(graph, sums, dx):
+            rewritten.append(f"dy through the {sums.attrs['gate']} gradient")
         ctx.note(f"{layer(bn)}: backward fused ({', '.join(rewritten)} from one pass of "
                  "sums)", bn)
         changed = True
     return changed
+
+
+def _gate_through(graph: Graph, sums: Node, dx: Node) -> bool:
+    """The second rewrite of the module docstring, where its preconditions hold: dy is an
+    ``activation_grad`` of a gate activation (``ops.norm.GATES``) read by ``sums`` and ``dx``
+    alone, and not a graph output."""
+    grad = graph.node(sums.inputs[1])
+    if (grad.op != "activation_grad" or grad.attrs["of"] not in GATES or len(grad.attrs) != 1
+            or graph.is_output(grad.id)
+            or {u.id for u in graph.users(grad.id)} != {sums.id, dx.id}):
+        return False
+    y, dy = grad.inputs
+    for node in (sums, dx):
+        graph.set_inputs(node.id, [dy if i == grad.id else i for i in node.inputs] + [y])
+        node.attrs["gate"] = grad.attrs["of"]
+    graph.erase(grad.id)
+    return True
 
 
 def _user_id(graph: Graph, node: Node) -> int | None:

@@ -319,15 +319,50 @@ def test_residual_batchnorm_block_matches_pytorch_autograd(residual):
 
 def test_relu_gradients_read_the_relu_outputs(residual):
     """So the batch norms' outputs under them need not outlive the forward pass (at -O2 the
-    ReLUs are fused into the batch norms and the residual add: the gradients read those)."""
+    ReLUs are fused into the batch norms and the residual add: the gradients read those).
+    At -O2 the two ReLU gradients that feed only a batch norm's backward are read through by
+    it (``gate``) instead of written: the last one, also the shortcut's gradient, stays."""
     graph = residual[0].plan.graph
     grads = [n for n in graph.nodes() if n.op == "activation_grad"]
-    sources = [graph.node(n.inputs[0]) for n in grads]
-    assert len(grads) == 3 and all(
-        s.op == "relu" or [e.op for e in epilogue_of(s.attrs)][-1:] == ["relu"]
-        for s in sources)
-    if residual[0].opt_level == 2:
-        assert sorted(s.op for s in sources) == ["add", "batchnorm_train", "batchnorm_train"]
+    gated = [n for n in graph.nodes() if n.attrs.get("gate", "none") != "none"]
+    sources = [graph.node(n.inputs[0]) for n in grads] + [graph.node(n.inputs[-1])
+                                                          for n in gated]
+    assert all(s.op == "relu" or [e.op for e in epilogue_of(s.attrs)][-1:] == ["relu"]
+               for s in sources)
+    if residual[0].opt_level == 0:
+        assert len(grads) == 3 and not gated
+    else:
+        assert [graph.node(n.inputs[0]).op for n in grads] == ["add"]
+        assert sorted((n.op, n.attrs["gate"]) for n in gated) == [
+            ("bn_grad_input", "relu")] * 2 + [("bn_grad_sums", "relu")] * 2
+        assert {s.op for s in sources[1:]} == {"batchnorm_train"}
+
+
+def test_batch_variance_far_from_zero_is_within_its_bound():
+    """The variance's one pass of sums about the batch mean, where the values lie far from
+    zero (a convolution's bias of 1000 under a spread of about 1: sums of x and x^2 about 0
+    in float32 would lose every digit): against NumPy's float64 variance of the values the
+    kernel read, and under its bound in the check."""
+    rng = np.random.default_rng(9)
+    graph = cnnc.load(RESIDUAL)
+    params = random_params(graph, rng)
+    params["c0.bias"] = params["c0.bias"] + np.float32(1000.0)
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy")
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2])
+    rows = check_plan(tm.plan, tm.executor, tm.params,
+                      {"image": x, "labels": labels.astype(np.float32)})
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+    g = tm.plan.graph
+    var = next(n for n in g.nodes() if n.op == "batch_var" and n.name == "bn0.batch_var")
+    assert g.node(var.inputs[1]).op == "batch_mean"
+    flat = {g.inputs["image"]: x.reshape(-1), g.inputs["labels"]: labels.astype(np.float32)}
+    arena = tm.executor.run(flat, len(x))
+    conv = tm.executor.value(arena, flat, var.inputs[0]).reshape(4, 4, 6, 6)
+    assert np.abs(conv.astype(np.float64).mean(axis=(0, 2, 3)) - 1000).max() < 10
+    want = conv.astype(np.float64).var(axis=(0, 2, 3))
+    got = tm.executor.value(arena, flat, var.id)
+    np.testing.assert_allclose(got, want, rtol=4e-7)
 
 
 def test_residual_running_statistics_match_pytorch(residual):
