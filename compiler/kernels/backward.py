@@ -24,7 +24,6 @@ from .common import (
     apply_epilogue,
     arrays,
     fmax,
-    int_params,
     prod,
     rows_kernel,
     unflatten,
@@ -51,7 +50,6 @@ from .kernel_ir import (
     shr,
     xor,
 )
-from .tiles import BLOCKED_INTS, StorageIndex
 
 
 def _whole_batch(name: str, params: list[Param], extent: Expr | int, body: list[Stmt],
@@ -749,60 +747,28 @@ def bn_grad_sums_kernel(name: str, shape: Sequence[int], operands: Sequence[str]
 
 def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
                          comment: str = "", sz: Sizes | None = None,
-                         gate: Gate | None = None, out: StorageIndex | None = None) -> Kernel:
+                         gate: Gate | None = None) -> Kernel:
     """``gamma rstd (dy - s0 / M - (x - mean) rstd^2 s1 / M)`` per (image, channel), ``s0``
     and ``s1`` the channel's sums (:func:`bn_grad_sums_kernel`), M the values per channel, in
     float64 (``operands``: x, dy, gamma, mean, var, sums, and with a ``gate`` the
-    activation's output it reads dy through). ``out``: written channel-blocked (its geometry
-    integers ``YB``...; the inputs NCHW), else NCHW."""
+    activation's output it reads dy through)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    x = operands[0]
+    x, _, gamma, mean, var, sums = operands[:6]
     upstream = _upstream(operands, gate)
-    if out is not None:
-        return _bn_grad_input_blocked(name, shape, eps, operands, comment, sz, upstream, out)
     C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
+    count = call("f64", N_BATCH * L)
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
-    body += [*_bn_scales(operands, eps, Var("c"), call("f64", N_BATCH * L), C),
+    body += [Let("r", _rstd(Load(var, Var("c")), eps)),
+             Let("a", call("f64", Load(gamma, Var("c"))) * Var("r")),
+             Let("b", div(call("f64", Load(sums, Var("c"))), count)),
+             Let("k", div(Var("r") * Var("r") * call("f64", Load(sums, C + Var("c"))), count)),
+             Let("m", call("f64", Load(mean, Var("c")))),
              Let("xb", Var("t") * L),
              Loop("j", const(L), [
                  Let("o", Var("xb") + Var("j")),
                  Store("y", Var("o"), Var("a") * (upstream(Var("o")) - Var("b") - (
                      call("f64", Load(x, Var("o"))) - Var("m")) * Var("k")))])]
     return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
-
-
-def _bn_scales(operands: Sequence[str], eps: float, c: Expr, count: Expr,
-               C: ExprLike) -> list[Stmt]:
-    """``a = gamma rstd``, ``b = s0 / M``, ``k = rstd^2 s1 / M`` and ``m = mean`` of channel
-    ``c`` in float64 (:func:`bn_grad_input_kernel`)."""
-    gamma, mean, var, sums = operands[2:6]
-    return [Let("r", _rstd(Load(var, c), eps)),
-            Let("a", call("f64", Load(gamma, c)) * Var("r")),
-            Let("b", div(call("f64", Load(sums, c)), count)),
-            Let("k", div(Var("r") * Var("r") * call("f64", Load(sums, C + c)), count)),
-            Let("m", call("f64", Load(mean, c)))]
-
-
-def _bn_grad_input_blocked(name: str, shape: Sequence[int], eps: float,
-                           operands: Sequence[str], comment: str, sz: Sizes,
-                           upstream: Callable[[Expr], Expr], out: StorageIndex) -> Kernel:
-    """:func:`bn_grad_input_kernel` reading NCHW and writing ``out``'s channel-blocked
-    storage: one task per (image, channel), its rows at the storage's pixel stride."""
-    x = operands[0]
-    C, H, W = sz("C", shape[0]), sz("H", shape[1]), sz("W", shape[2])
-    n, c, p, q = Var("n"), Var("c"), Var("p"), Var("q")
-    lanes = out.lanes
-    body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
-    body += _bn_scales(operands, eps, c, call("f64", N_BATCH * H * W), C)
-    body += [Let("xb", Var("t") * (H * W)), Loop("p", const(H), [
-        Let("xr", Var("xb") + p * W),
-        Let("yr", out.at(n, c // lanes, p, 0) + c % lanes),
-        Loop("q", const(W), [
-            Let("o", Var("xr") + q),
-            Store("y", Var("yr") + q * out.pixel, Var("a") * (upstream(Var("o")) - Var("b") - (
-                call("f64", Load(x, Var("o"))) - Var("m")) * Var("k")))])])]
-    params = arrays(*_distinct(operands), "y") + int_params(*(f"Y{s}" for s in BLOCKED_INTS))
-    return rows_kernel(name, params, C, body, comment, sz)
 
 
 def bn_grad_param_kernel(name: str, channels: int, eps: float, wrt: str,

@@ -6,8 +6,7 @@ input: no im2col matrix.
 is, for each tap (r, s), a GEMM ``[K, N P Q] @ [N P Q, C]`` whose reduction runs over the batch
 and the output pixels. ``xp`` is the padded input packed channel-blocked by the shared
 ``pack_nchw_blocked`` kernel (``[N, G Cgb, Hp, Wp, L]``, each group's channels zero-padded to
-``Cgb`` blocks of ``L`` lanes, ``Cgb`` even); ``dy`` is read as it is, NCHW or
-channel-blocked. A register tile is
+``Cgb`` blocks of ``L`` lanes, ``Cgb`` even); ``dy`` is read as it is, NCHW. A register tile is
 ``rows`` output channels (each a broadcast of one ``dy`` value) times two vectors of ``L``
 input channels (two blocks of ``xp`` at one pixel): per output pixel two vector loads,
 ``rows`` broadcasts and ``2 rows`` fused multiply-adds, the GEMM's ratio without its im2col
@@ -39,17 +38,13 @@ from .kernel_ir import (
     cmp,
     const,
 )
-from .tiles import BLOCKED_INTS, StorageIndex, tile_stmts
+from .tiles import tile_stmts
 
 #: Runtime sizes of :func:`conv_weight_grad_kernel`: groups, output and input channels per
 #: group, input blocks per group, output rows and columns, packed input rows and columns, the
 #: window, stride and dilation (``dwd``: ``dw`` is the output).
 WEIGHT_GRAD_INTS = ("G", "Kg", "Cg", "Cgb", "P", "Q", "Hp", "Wp", "R", "S", "sh", "sw", "dh",
                     "dwd")
-
-
-#: The geometry integers of a channel-blocked dy (``StorageIndex.named("D")``).
-DY_INTS = tuple("D" + s for s in BLOCKED_INTS)
 
 
 def weight_grad_tile(lanes: int) -> tuple[int, int]:
@@ -73,13 +68,10 @@ def parse_weight_grad_tile(text: str) -> tuple[int, int]:
     return int(shape.split("x")[0]), int(lanes)
 
 
-def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "",
-                            dy_storage: StorageIndex | None = None) -> Kernel:
+def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "") -> Kernel:
     """``dw`` ``[K, Cg, R, S]`` (``K = G Kg``) from ``xp`` and ``dy`` (module docstring); every
     size is a runtime integer (:data:`WEIGHT_GRAD_INTS`), so one compiled kernel serves every
-    layer. ``dy_storage``: dy is channel-blocked (a batch norm's input gradient written for
-    the input-gradient convolutions, ``select_layout``), read at that storage's offsets (its
-    geometry integers after the others); else NCHW.
+    layer.
 
     One task per (group, tile of ``rows`` output channels, pair of input blocks); inside it,
     image after image and tap after tap, the tile's accumulators run over the image's output
@@ -106,21 +98,15 @@ def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "",
     # dy's channel of each tile row, clamped to the group's last one
     body += [Let(f"kr{i}", gi * Kg + BinOp("min", Var("k0") + i, Kg - 1)) for i in range(rows)]
 
-    step = 1 if dy_storage is None else dy_storage.pixel  # dy's floats from q to q + 1
     update: list = [Let("b0", VLoad("xp", Var("x0") + q * Var("swl"), L)),
                     Let("b1", VLoad("xp", Var("x0") + Var("plane") + q * Var("swl"), L))]
     for i in range(rows):
-        update.append(Let("av", VBroadcast("dy", Var(f"d{i}") + q * step, L)))
+        update.append(Let("av", VBroadcast("dy", Var(f"d{i}") + q, L)))
         for h in range(2):
             acc = f"acc_{i}_{h}"
             update.append(Let(acc, VFma(Var("av"), Var(f"b{h}"), Var(acc))))
     row = [Let("x0", (((n * (G * Cgb) + Var("xb")) * Hp + p * sh + r * dh) * Wp + s * dwd) * L)]
-    if dy_storage is None:
-        row += [Let(f"d{i}", ((n * (G * Kg) + Var(f"kr{i}")) * P + p) * Q) for i in range(rows)]
-    else:
-        dl = dy_storage.lanes
-        row += [Let(f"d{i}", dy_storage.at(n, Var(f"kr{i}") // dl, p, 0) + Var(f"kr{i}") % dl)
-                for i in range(rows)]
+    row += [Let(f"d{i}", ((n * (G * Kg) + Var(f"kr{i}")) * P + p) * Q) for i in range(rows)]
     row.append(Loop("q", Q, update))
 
     stores, sums = [], []
@@ -145,9 +131,8 @@ def conv_weight_grad_kernel(name: str, rows: int, lanes: int, comment: str = "",
         If(cmp("<", Var("k"), Kg), [Loop("c2", const(width), [
             Let("c", cp * width + c2),
             If(cmp("<", Var("c"), Cg), [write])])])]))
-    ints = WEIGHT_GRAD_INTS + (() if dy_storage is None else DY_INTS)
     params = [Param("xp"), Param("dy"), Param("part"), Param("dw")] + \
-        int_params(*ints, "n_batch")
+        int_params(*WEIGHT_GRAD_INTS, "n_batch")
     return Kernel(name, params, [Loop("t", G * ktn * cpn, body, kind="parallel")], comment)
 
 

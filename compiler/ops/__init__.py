@@ -145,14 +145,6 @@ class OpDef:
     # (accepted layouts of the first input, producible output layouts) for a node.
     layout_rule: Callable[[Any, list[TensorType]], tuple[tuple[str, ...], tuple[str, ...]]] \
         | None = None
-    # Whether the inputs after the first are read NCHW whatever the layout of the output (a
-    # batch norm's input gradient written channel-blocked from NCHW x and dy); else a full
-    # operand is read in the output's storage (a fused residual).
-    plain_operands: bool = False
-    # node -> the position of an input after the first that the node's kernel reads in any
-    # channel-blocked storage although its own output is plain (the direct weight gradient's
-    # dy), or None.
-    blocked_operand: Callable[[Any], int | None] | None = None
     # (node, in_types) -> whether its channel-blocked kernel writes every lane of every block
     # of its output (padding lanes included) and can zero the output's halo on each call
     # (``zero_halo``): such a value may take any free arena slot (``plan_memory``).

@@ -44,8 +44,7 @@ from ..kernels.elementwise import (
     lrn_kernel,
 )
 from ..kernels.kernel_ir import Expr
-from ..kernels.tiles import BLOCKED_INTS, StorageIndex
-from ..types import BLOCKED, BLOCKED16, NHWC, PLAIN, TensorType
+from ..types import TensorType
 from . import (
     EPS32,
     EPS64,
@@ -609,16 +608,8 @@ def _lower_bn_training(ctx, node):
     elif node.op == "bn_grad_sums":
         k = bn_grad_sums_kernel(ctx.kname, shape, names, ctx.comment, sz, _gate_rule(node))
     elif node.op == "bn_grad_input":
-        store = ctx.out_storage
-        if any(ctx.storage(i) is not None for i in ctx.tensor_inputs):
-            raise LoweringError(f"{ctx.kname}: batch norm's input gradient reads NCHW only")
-        out = None if store is None else StorageIndex.named("Y", store.lanes, store.nhwc)
         k = bn_grad_input_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz,
-                                 _gate_rule(node), out)
-        ints = dict(sz.values)
-        if store is not None:
-            ints.update(zip((f"Y{s}" for s in BLOCKED_INTS), store.ints()))
-        return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints, pack=pack)
+                                 _gate_rule(node))
     else:  # running_update: x (its third input) is read for its size only
         k = running_update_kernel(ctx.kname, ctx.graph.node(node.inputs[2]).type.shape,
                                   a["momentum"], a["unbiased"], names[:2], ctx.comment, sz,
@@ -835,15 +826,6 @@ def _bn_grad_input_bound(ctx: BoundCtx):
     return 8 * EPS32 * _channel_view(np.abs(gamma) * rstd, x.ndim) * terms
 
 
-def _bn_grad_input_layouts(node, in_types):
-    """NCHW in, and out NCHW or channel-blocked (any blocked storage: written for the
-    input-gradient convolutions and the weight gradient, which read it so; its other inputs
-    are read NCHW as the first: ``plain_operands``)."""
-    if in_types[0].rank != 3:
-        return ((PLAIN, PLAIN),)
-    return ((PLAIN, PLAIN),) + tuple((PLAIN, out) for out in (BLOCKED, BLOCKED16, NHWC))
-
-
 def _bn_grad_param_reference(inputs, attrs):
     sums = np.asarray(inputs[0], np.float64)
     if attrs["wrt"] == "bias":
@@ -870,7 +852,7 @@ register(OpDef(
     name="bn_grad_input", family="norm", signature=(Attr("eps", "float"), GATE),
     infer=lambda ts, a: ts[0], reference=_bn_grad_input_reference, macs=no_macs, arity=None,
     pass_made=True, backward=True, new_activations=False, error_bound=_bn_grad_input_bound,
-    lower=_lower_bn_training, layout_rule=_bn_grad_input_layouts, plain_operands=True,
+    lower=_lower_bn_training,
     doc="batch norm's whole input gradient in training, through the batch statistics too, "
         "from bn_grad_sums"))
 register(OpDef(

@@ -23,10 +23,8 @@ input gradients) into phase convolutions as the inference pipelines do, write ea
 training batch norm's backward in closed form (``fuse_batchnorm_backward``) and fuse
 epilogues where no backward op reads the value in between; lowering selection
 also picks each weight gradient's algorithm. At -O2 layout selection keeps channel-blocked
-the values whose every reader has a blocked kernel: most backward ops read NCHW, so these are
-the activations no backward op reads (a frozen backbone under a trained head) and each batch
-norm's input gradient read only by convolutions and direct weight gradients (written blocked
-from NCHW inputs for them).
+the values whose every reader has a blocked kernel: the backward ops read NCHW, so these are
+the activations no backward op reads (a frozen backbone under a trained head).
 """
 
 from __future__ import annotations

@@ -20,13 +20,6 @@ there.
 A channel gather (``fold_channel_moves``: shuffles, ragged concatenations and slices) is
 blocked when all its inputs are: it copies any channel to any lane.
 
-Two kinds of op read across the border of a region. One whose ``plain_operands`` the op
-declares reads its inputs after the first NCHW whatever its output's layout (a batch norm's
-input gradient in training, written blocked from NCHW x and dy); one whose
-``blocked_operand`` names an input position reads that input blocked although its own output
-is plain (the direct weight gradient's dy). So a training graph keeps each batch norm's input
-gradient blocked for the input-gradient convolutions and the weight gradient that read it.
-
 Block width, per region (the blocked values connected through the inputs they read: one storage
 width, as a residual operand or a concatenation's parts must share it): 16 channels a block when
 every kernel of the region has a 16-lane form (each op's ``layout_rule`` lists ``NCHW16c``
@@ -117,12 +110,9 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
         elif (in_layout(node), BLOCKED) not in layout_pairs(graph, node):
             return False
         if node.op not in GATHERING:
-            plain = get_op(node.op).plain_operands
             for pos, o in enumerate(node.inputs):
                 if pos == 0 or is_constant(graph, graph.node(o)):
                     continue  # the first input, weights
-                if plain and o not in blocked:
-                    continue  # read NCHW whatever the output's layout
                 kind = operand_kind(graph.node(o).type.shape, node.type.shape)
                 if kind == "full" and o in blocked:
                     continue  # a residual in the same storage layout
@@ -140,8 +130,6 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
                     continue  # a residual of a blocked node (checked by `fits(user)`)
                 if user.op in GATHERING and user.id in blocked:
                     continue  # read (or written into its range) blocked (`fits(user)`)
-                if pos > 0 and user.id not in blocked and _reads_blocked(user) == pos:
-                    continue  # a blocked operand of a plain output (the weight gradient's dy)
                 return False
         return True
 
@@ -196,13 +184,6 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
     return bool(blocked)
 
 
-def _reads_blocked(node: Node) -> int | None:
-    """The input position ``node``'s kernel reads channel-blocked although its output is plain
-    (the op's ``blocked_operand``), or None."""
-    rule = get_op(node.op).blocked_operand
-    return None if rule is None else rule(node)
-
-
 def _regions(graph: Graph, blocked: set[int]) -> list[set[int]]:
     """The connected regions of blocked values: a value and every blocked value it reads (its
     input, a residual operand, the parts of a concatenation) share one storage block width."""
@@ -246,7 +227,7 @@ def _region_fits(graph: Graph, region: set[int], blocked: set[int], layout: str)
         for o in node.inputs[1:]:
             other = graph.node(o)
             if o not in blocked and not is_constant(graph, other) and \
-                    other.type.shape[0] % whole and not get_op(node.op).plain_operands:
+                    other.type.shape[0] % whole:
                 return False  # a plain gate of channels past the last whole vector
         for user in graph.users(nid):
             if user.id not in region and user.inputs[0] == nid and (

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 import cnnc
 from cnnc.compiler.ops import evaluate
-from cnnc.runtime.check import check_plan, format_rows
 from cnnc.runtime.cli import main
 from cnnc.runtime.model import ModelError
 from cnnc.runtime.optim import Schedule
@@ -305,65 +304,6 @@ def test_forced_layouts_give_the_plain_layouts_gradients(layout):
     (loss0, grads0), (loss1, grads1) = plain.loss_and_grads(x, y), forced.loss_and_grads(x, y)
     assert loss1 == pytest.approx(loss0, rel=1e-5)
     assert set(grads1) == set(grads0) == {"fc.weight", "fc.bias"}
-    for name in grads0:
-        np.testing.assert_allclose(grads1[name], grads0[name], rtol=1e-4,
-                                   atol=1e-5 * float(np.abs(grads0[name]).max()), err_msg=name)
-
-
-# Batch-normed convolutions without biases (ResNet's): each batch norm's input gradient is read
-# only by the input-gradient convolutions (the stride-2 one's four phases) and the direct weight
-# gradient, so it is written channel-blocked for them, its halo their padding.
-BN_BLOCKS = """network bnblocks
-input image: 16 x 8 x 8
-image -> conv(24, 3, pad=1, bias=false) as c1 -> batchnorm as b1 -> relu
-  -> conv(24, 3, pad=1, bias=false) as c2 -> batchnorm as b2 -> relu
-  -> conv(32, 3, stride=2, pad=1, bias=false) as c3 -> batchnorm as b3 -> relu
-  -> globalavgpool -> flatten -> dense(5) as fc -> output scores
-"""
-
-
-@pytest.fixture(scope="module")
-def bn_blocks():
-    """The network, its parameters, a batch and the plain layout's loss and gradients."""
-    rng = np.random.default_rng(8)
-    graph = cnnc.load(BN_BLOCKS)
-    params = {k: (rng.standard_normal(v.shape) * 0.3).astype(np.float32)
-              for k, v in init_params(graph).items()}
-    for k in params:
-        if k.endswith("running_var"):
-            params[k] = np.abs(params[k]) + np.float32(0.5)
-    x = rng.standard_normal((3, 16, 8, 8)).astype(np.float32)
-    y = np.array([4, 0, 2])
-    plain = cnnc.compile(graph, weights=params, mode="train", layout="NCHW")
-    assert not any(n.attrs.get("layout") for n in plain.plan.graph.nodes())
-    return graph, params, x, y, plain.loss_and_grads(x, y)
-
-
-@pytest.mark.parametrize("layout", ["NCHW8c", "NCHW16c", "NHWC"])
-def test_batchnorm_input_gradients_stored_blocked_give_the_plain_gradients(bn_blocks, layout):
-    """Every layout forced: the batch norms' input gradients that only convolutions and
-    direct weight gradients read are stored in it (24 channels: padding lanes in 16-channel
-    blocks), the others (one read by a weight gradient over the output channels, which
-    packs NCHW dy itself) NCHW; every step is within its error bound against the float64
-    reference; the loss and gradients are the plain layout's within float32 rounding."""
-    graph, params, x, y, (loss0, grads0) = bn_blocks
-    tm = cnnc.compile(graph, weights=params, mode="train", layout=layout)
-    g = tm.plan.graph
-    stored = 0
-    for node in (n for n in g.nodes() if n.op == "bn_grad_input"):
-        readers = g.users(node.id)
-        direct = all(u.attrs.get("lowering") == "direct" for u in readers
-                     if u.op == "conv_weight_grad")
-        assert node.attrs.get("layout") == (layout if direct else None), node.name
-        stored += direct
-        assert {u.op for u in readers} <= {"conv", "conv_weight_grad"}
-    assert stored >= 2
-    rows = check_plan(tm.plan, tm.executor, tm.params, {"image": x, "labels": y.astype(
-        np.float32)})
-    assert all(r.ok for r in rows), format_rows(rows, 1.0)
-    loss1, grads1 = tm.loss_and_grads(x, y)
-    assert loss1 == pytest.approx(loss0, rel=1e-5)
-    assert set(grads1) == set(grads0)
     for name in grads0:
         np.testing.assert_allclose(grads1[name], grads0[name], rtol=1e-4,
                                    atol=1e-5 * float(np.abs(grads0[name]).max()), err_msg=name)

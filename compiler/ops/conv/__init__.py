@@ -457,6 +457,5 @@ register(OpDef(
     infer=weight_grad_infer, reference=weight_grad_reference, macs=weight_grad_macs, arity=2,
     pass_made=True, backward=True, new_activations=False, error_bound=weight_grad_bound,
     lower=lower_weight_grad, algorithms=WEIGHT_GRAD_ALGORITHMS,
-    blocked_operand=lambda node: 1 if node.attrs.get("lowering") == "direct" else None,
     doc="a convolution's weight gradient from its input and output gradient, summed over "
         "the batch (autodiff)"))

@@ -27,7 +27,7 @@ import numpy as np
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_batch_sum_kernel
 from ...kernels.layout import im2col_transposed_strides
-from ...kernels.tiles import GEMM_M, GEMM_N, StorageIndex
+from ...kernels.tiles import GEMM_M, GEMM_N
 from ...kernels.weight_grad import (
     conv_weight_grad_by_output_kernel,
     conv_weight_grad_kernel,
@@ -205,10 +205,9 @@ def lower_weight_grad(ctx, node) -> Step:
     """The algorithm ``node`` records (``lowering``): ``direct`` (:func:`_lower_direct`),
     ``direct_out`` (:func:`_lower_direct_by_output`) or ``im2col`` (:func:`_lower_gemm`)."""
     x, dy = ctx.tensor_inputs
+    if ctx.storage(x) is not None or ctx.storage(dy) is not None:
+        raise LoweringError(f"{ctx.kname}: the weight gradient reads NCHW tensors only")
     lowering = node.attrs.get("lowering", "im2col")
-    if ctx.storage(x) is not None or (ctx.storage(dy) is not None and lowering != "direct"):
-        raise LoweringError(f"{ctx.kname}: the weight gradient reads x in NCHW, and dy "
-                            "channel-blocked only in its direct kernel")
     if lowering == "direct":
         return _lower_direct(ctx, node)
     if lowering == "direct_out":
@@ -224,20 +223,12 @@ def _lower_direct(ctx, node) -> Step:
     g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
     rows, lanes = parse_weight_grad_tile(node.attrs["tile"])
     cgb = _direct_blocks(g, lanes)
-    dy_store = ctx.storage(dy)
-    dy_index, dy_ints, variant, read = None, (), "", "NCHW dy"
-    if dy_store is not None:  # written blocked for the input gradient's convolutions
-        dy_index = StorageIndex.named("D", dy_store.lanes, dy_store.nhwc)
-        dy_ints = _ints(*dy_store.ints())
-        variant = f"_dy{dy_store.lanes}{'h' if dy_store.nhwc else 'c'}"
-        read = f"{dy_store.layout} dy"
     kernel = conv_weight_grad_kernel(
         "conv_weight_grad", rows, lanes,
-        comment=f"weight gradient: direct over NCHW{lanes}c input and {read}, {rows} x "
-                f"{2 * lanes} register tile; sizes are runtime arguments",
-        dy_storage=dy_index)
-    compute, source_name, src = ctx.load_tasked(
-        kernel, f"weight_grad_{rows}x{2 * lanes}{variant}", "weight gradient kernel")
+        comment=f"weight gradient: direct over NCHW{lanes}c input, {rows} x {2 * lanes} "
+                "register tile; sizes are runtime arguments")
+    compute, source_name, src = ctx.load_tasked(kernel, f"weight_grad_{rows}x{2 * lanes}",
+                                                "weight gradient kernel")
     xp, part = Arg("scratch", "conv_in"), Arg("scratch", "wgrad_part")
     calls = [
         Call(ctx.layout_kernel("pack_nchw_blocked"),
@@ -246,7 +237,7 @@ def _lower_direct(ctx, node) -> Step:
              "pack_nchw_blocked"),
         Call(compute, (xp, Arg("value", dy), part, Arg("output"),
                        *_ints(g.groups, g.Kg, g.Cg, cgb, g.P, g.Q, g.Hp, g.Wp, g.R, g.S, g.sh,
-                              g.sw, g.dh, g.dw), *dy_ints, Arg("batch")), kernel.name),
+                              g.sw, g.dh, g.dw), Arg("batch")), kernel.name),
     ]
     # one tile's partial sums per thread (scratch is sized per image: a few KB too many)
     scratch = {"conv_in": g.groups * cgb * lanes * g.Hp * g.Wp,
