@@ -1,7 +1,8 @@
 """Batch norm's backward in closed form: the pieces the chain rule composes for one training
 batch norm (``ops/norm.py``: the statistics are ops of their own) replaced by three ops.
 
-    mean = batch_mean(x),  var = batch_var(x, mean),  y = batchnorm_train(x, gamma, beta, mean, var)
+    mean = batch_mean(x),  var = batch_var(x, mean),
+    y = batchnorm_train(x, gamma, beta, mean, var)
     dx = add(.., bn_input_grad(dy, gamma, var),
              batch_stat_grad(x, bn_channel_grad(x, gamma, mean, var, dy; wrt=mean); of=mean),
              batch_stat_grad(x, bn_channel_grad(x, gamma, mean, var, dy; wrt=var); of=var), ..)
