@@ -18,14 +18,16 @@ passes over the activations (each channel sum reads x or dy or both, each piece 
 written and read again by the add) become four making five: one reading x and dy for both
 sums, one writing dx, two over C values.
 
-Then the gradient of a ReLU (or ReLU6) under the batch norm, when it feeds only these two
-ops, is read through instead of written (``gate``: the mask at the activation's output y):
+Then the gradient of a ReLU (or ReLU6) over batch norms, when it feeds only such ops, is read
+through instead of written (``gate``: the mask at the activation's output y):
 
     g = activation_grad(y, dy'; of=relu),  s = bn_grad_sums(x, g, mean), dx = bn_grad_input(..g..)
         =>  s = bn_grad_sums(x, dy', mean, y; gate=relu), dx = bn_grad_input(.., dy', .., y;
             gate=relu)
 
-one kernel and one write and read of g fewer (a block's first ReLU, the stem's).
+one kernel and one write and read of g fewer, wherever every reader of g is such an op (one
+batch norm's pair: a block's first ReLU, the stem's; or two batch norms', a downsampling
+block's branch and shortcut after its residual add).
 
 Preconditions: the statistics are ``batch_mean`` and ``batch_var`` of the normalized ``x``;
 ``bn_input_grad`` and both ``batch_stat_grad`` exist (x's gradient is needed) and are each read
@@ -106,29 +108,37 @@ def fuse_batchnorm_backward(graph: Graph, ctx: PassContext) -> bool:
             if user.op == "channel_sum" and user.inputs == [dy]:
                 _replace(graph, user, "bn_grad_param", [sums.id], eps, "bias")
                 rewritten.append("dbeta")
-        if _gate_through(graph, sums, dx):
-            rewritten.append(f"dy through the {sums.attrs['gate']} gradient")
         ctx.note(f"{layer(bn)}: backward fused ({', '.join(rewritten)} from one pass of "
                  "sums)", bn)
         changed = True
+    for grad in graph.topo_order():
+        readers = _gate_through(graph, grad)
+        if readers:
+            ctx.note(f"{layer(grad)}: read through by {readers} batch-norm backward kernels "
+                     "(gate)", grad)
+            changed = True
     return changed
 
 
-def _gate_through(graph: Graph, sums: Node, dx: Node) -> bool:
-    """The second rewrite of the module docstring, where its preconditions hold: dy is an
-    ``activation_grad`` of a gate activation (``ops.norm.GATES``) read by ``sums`` and ``dx``
-    alone, and not a graph output."""
-    grad = graph.node(sums.inputs[1])
+def _gate_through(graph: Graph, grad: Node) -> int:
+    """The second rewrite of the module docstring, where its preconditions hold: ``grad`` is
+    an ``activation_grad`` of a gate activation (``ops.norm.GATES``), not a graph output,
+    whose every reader is a fused batch-norm backward op reading it as dy (one batch norm's
+    pair, or two: a downsampling block's branch and shortcut). The readers then read its dy
+    through the gate, and it is erased. Returns how many read it (0: not rewritten)."""
+    readers = graph.users(grad.id)
     if (grad.op != "activation_grad" or grad.attrs["of"] not in GATES or len(grad.attrs) != 1
-            or graph.is_output(grad.id)
-            or {u.id for u in graph.users(grad.id)} != {sums.id, dx.id}):
-        return False
+            or graph.is_output(grad.id) or not readers
+            or any(r.op not in ("bn_grad_sums", "bn_grad_input") or r.inputs[1] != grad.id
+                   or grad.id in r.inputs[2:] or r.attrs.get("gate", "none") != "none"
+                   for r in readers)):
+        return 0
     y, dy = grad.inputs
-    for node in (sums, dx):
-        graph.set_inputs(node.id, [dy if i == grad.id else i for i in node.inputs] + [y])
+    for node in readers:
+        graph.set_inputs(node.id, [node.inputs[0], dy, *node.inputs[2:], y])
         node.attrs["gate"] = grad.attrs["of"]
     graph.erase(grad.id)
-    return True
+    return len(readers)
 
 
 def _user_id(graph: Graph, node: Node) -> int | None:

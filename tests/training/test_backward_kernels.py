@@ -338,6 +338,50 @@ def test_relu_gradients_read_the_relu_outputs(residual):
         assert {s.op for s in sources[1:]} == {"batchnorm_train"}
 
 
+# A downsampling block: the ReLU after the residual add feeds two batch norms' backward only
+# (the branch's and the shortcut's), so its gradient is read through by four kernels.
+DOWN = """network down
+input image: 3 x 6 x 6
+x = image -> conv(4, 3, pad=1) as c0 -> batchnorm as bn0 -> relu
+y = x -> conv(4, 3, stride=2, pad=1) as c1 -> batchnorm as bn1 -> relu
+  -> conv(4, 3, pad=1) as c2 -> batchnorm as bn2
+s = x -> conv(4, 1, stride=2) as c3 -> batchnorm as bn3
+add(y, s) -> relu -> globalavgpool -> flatten -> dense(3) as fc -> output scores
+"""
+
+
+def test_relu_gradients_over_two_batch_norms_are_read_through():
+    """At -O2 no ReLU gradient is written: the two under one batch norm each and the one over
+    the branch's and the shortcut's; every step within its bound, and the loss and gradients
+    those of -O0 (the chain rule's pieces, each ReLU gradient a kernel of its own)."""
+    rng = np.random.default_rng(10)
+    graph = cnnc.load(DOWN)
+    params = random_params(graph, rng)
+    models = [cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy",
+                           opt_level=level) for level in (0, 2)]
+    g = models[1].plan.graph
+    assert not [n for n in g.nodes() if n.op == "activation_grad"]
+    gates = sorted((n.name, n.op) for n in g.nodes() if n.attrs.get("gate") == "relu")
+    assert [name.split(".")[0] for name, _ in gates] == ["bn0"] * 2 + ["bn1"] * 2 + [
+        "bn2"] * 2 + ["bn3"] * 2
+    last = {g.node(n.inputs[-1]).id for n in g.nodes() if n.name.startswith(("bn2", "bn3"))
+            and n.attrs.get("gate") == "relu"}
+    assert len(last) == 1 and g.node(last.pop()).op == "add"
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2])
+    rows = check_plan(models[1].plan, models[1].executor, models[1].params,
+                      {"image": x, "labels": labels.astype(np.float32)})
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+    (loss0, grads0), (loss2, grads2) = (m.loss_and_grads(x, labels) for m in models)
+    assert loss2 == pytest.approx(loss0, rel=1e-5)
+    # the convolutions' biases under batch norms have zero gradients: rounding noise, so the
+    # absolute tolerance is of the largest gradient
+    scale = max(float(np.abs(v).max()) for v in grads0.values())
+    for name in grads0:
+        np.testing.assert_allclose(grads2[name], grads0[name], rtol=1e-4, atol=1e-6 * scale,
+                                   err_msg=name)
+
+
 def test_batch_variance_far_from_zero_is_within_its_bound():
     """The variance's one pass of sums about the batch mean, where the values lie far from
     zero (a convolution's bias of 1000 under a spread of about 1: sums of x and x^2 about 0
