@@ -53,6 +53,10 @@ KINDS = {
     "gradients": "gradient norm and check",
     "optimizer": "optimizer",
     "refresh": "repacking of weights (after the update)",
+    **dict.fromkeys(("batch_mean", "batch_var", "running_update"), "batch norm statistics"),
+    **dict.fromkeys(("batchnorm_train", "bn_grad_sums", "bn_grad_input", "bn_grad_param"),
+                    "batch norm (normalizing, backward)"),
+    "activation_grad": "ReLU gradients, adds", "add": "ReLU gradients, adds",
 }
 
 

@@ -603,21 +603,28 @@ def _channel_mean(x: str, shape: Sequence[int], sz: Sizes) -> list[Stmt]:
 
 def batch_stat_kernel(name: str, shape: Sequence[int], of: str, comment: str = "",
                       sz: Sizes | None = None) -> Kernel:
-    """The mean (``of`` = mean) or biased variance (two passes) of each channel of ``x0`` over
-    the batch and the pixels."""
+    """The mean (``of`` = mean) or biased variance of each channel of ``x0`` over the batch
+    and the pixels. The variance in one pass of float64 sums about ``x1[c]``, the channel's
+    float32 mean (the shift): ``d = x - x1[c]``, ``var = sum d^2 / M - (sum d / M)^2``; the
+    second term corrects for the shift not being the exact mean and, the shift that close,
+    cancels nothing (``ops.norm``'s ``batch_var`` bound)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    body = _channel_mean("x0", shape, sz)
-    value: Expr = Var("mean")
-    if of == "var":
-        L = sz("L", prod(shape[1:]))
+    if of == "mean":
+        body = _channel_mean("x0", shape, sz)
+        body.append(Store("y", Var("t"), Var("mean")))
+        return _whole_batch(name, arrays("x0", "y"), sz("C", shape[0]), body, comment, sz)
+    count = call("f64", N_BATCH * sz("L", prod(shape[1:])))
 
-        def square(o: Expr) -> Expr:
-            d = call("f64", Load("x0", o)) - Var("mean")
-            return d * d
-        body += _channel_sum("s2", shape, sz, square)
-        value = div(Var("s2"), call("f64", N_BATCH * L))
-    body.append(Store("y", Var("t"), value))
-    return _whole_batch(name, arrays("x0", "y"), sz("C", shape[0]), body, comment, sz)
+    def deviation(o: Expr) -> Expr:
+        return call("f64", Load("x0", o)) - Var("m")
+
+    def square(o: Expr) -> Expr:
+        return deviation(o) * deviation(o)
+    body = [Let("m", call("f64", Load("x1", Var("t")))),
+            *_channel_sums([("s1", deviation), ("s2", square)], shape, sz),
+            Let("d", div(Var("s1"), count)),
+            Store("y", Var("t"), div(Var("s2"), count) - Var("d") * Var("d"))]
+    return _whole_batch(name, arrays("x0", "x1", "y"), sz("C", shape[0]), body, comment, sz)
 
 
 def batch_stat_grad_kernel(name: str, shape: Sequence[int], of: str, comment: str = "",
@@ -705,30 +712,49 @@ def bn_channel_grad_kernel(name: str, shape: Sequence[int], eps: float, wrt: str
     return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
 
 
+#: A gate on dy (``ops.norm``'s ``gate``): ``(y, dy) -> the gated dy``, the activation's
+#: gradient at its output y.
+Gate = Callable[[Expr, Expr], Expr]
+
+
+def _upstream(operands: Sequence[str], gate: Gate | None) -> Callable[[Expr], Expr]:
+    """``o -> dy[o]`` in float64, ``operands[1]`` read through ``gate`` at the last operand
+    (the activation's output) where there is one."""
+    dy = operands[1]
+    if gate is None:
+        return lambda o: call("f64", Load(dy, o))
+    return lambda o: call("f64", gate(Load(operands[-1], o), Load(dy, o)))
+
+
 def bn_grad_sums_kernel(name: str, shape: Sequence[int], operands: Sequence[str],
-                        comment: str = "", sz: Sizes | None = None) -> Kernel:
+                        comment: str = "", sz: Sizes | None = None,
+                        gate: Gate | None = None) -> Kernel:
     """Per channel, in one pass over x and dy: ``y[c] = sum dy`` and ``y[C + c] = sum dy (x -
-    mean)``, over the batch and the pixels (``operands``: x, dy, mean)."""
+    mean)``, over the batch and the pixels (``operands``: x, dy, mean, and with a ``gate``
+    the activation's output it reads dy through)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    x, dy, mean = operands
+    x, mean = operands[0], operands[2]
     C = sz("C", shape[0])
+    upstream = _upstream(operands, gate)
 
     def centred(o: Expr) -> Expr:
-        return call("f64", Load(dy, o)) * (call("f64", Load(x, o)) - Var("m"))
+        return upstream(o) * (call("f64", Load(x, o)) - Var("m"))
     body: list[Stmt] = [Let("m", call("f64", Load(mean, Var("t")))),
-                        *_channel_sums([("s0", lambda o: call("f64", Load(dy, o))),
-                                        ("s1", centred)], shape, sz),
+                        *_channel_sums([("s0", upstream), ("s1", centred)], shape, sz),
                         Store("y", Var("t"), Var("s0")), Store("y", C + Var("t"), Var("s1"))]
     return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
 
 
 def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
-                         comment: str = "", sz: Sizes | None = None) -> Kernel:
+                         comment: str = "", sz: Sizes | None = None,
+                         gate: Gate | None = None) -> Kernel:
     """``gamma rstd (dy - s0 / M - (x - mean) rstd^2 s1 / M)`` per (image, channel), ``s0``
     and ``s1`` the channel's sums (:func:`bn_grad_sums_kernel`), M the values per channel, in
-    float64 (``operands``: x, dy, gamma, mean, var, sums)."""
+    float64 (``operands``: x, dy, gamma, mean, var, sums, and with a ``gate`` the
+    activation's output it reads dy through)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    x, dy, gamma, mean, var, sums = operands
+    x, _, gamma, mean, var, sums = operands[:6]
+    upstream = _upstream(operands, gate)
     C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
     count = call("f64", N_BATCH * L)
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("c", C)])
@@ -740,7 +766,7 @@ def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: 
              Let("xb", Var("t") * L),
              Loop("j", const(L), [
                  Let("o", Var("xb") + Var("j")),
-                 Store("y", Var("o"), Var("a") * (call("f64", Load(dy, Var("o"))) - Var("b") - (
+                 Store("y", Var("o"), Var("a") * (upstream(Var("o")) - Var("b") - (
                      call("f64", Load(x, Var("o"))) - Var("m")) * Var("k")))])]
     return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
 

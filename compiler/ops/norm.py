@@ -18,6 +18,8 @@ ONNX mapping (checked against ONNX Runtime in tests/ops/test_ops_vs_onnxruntime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..kernels.backward import (
@@ -41,6 +43,7 @@ from ..kernels.elementwise import (
     lrn_grad_kernel,
     lrn_kernel,
 )
+from ..kernels.kernel_ir import Expr
 from ..types import TensorType
 from . import (
     EPS32,
@@ -508,6 +511,10 @@ def _stat_infer(in_types, attrs, op):
     _channels(in_types, op)
     if not x.batched:
         raise ShapeError(f"{op} reads a batch of values, got {x}")
+    if op == "batch_var" and (len(in_types) != 2 or in_types[1].shape != (x.channels,)
+                              or in_types[1].batched):
+        raise ShapeError(f"batch_var reads x and the batch mean of its {x.channels} channels, "
+                         f"got {', '.join(map(str, in_types))}")
     return TensorType((x.channels,), x.dtype, batched=False)
 
 
@@ -530,16 +537,23 @@ def _batch_mean_bound(ctx: BoundCtx):
 
 
 def _batch_var_bound(ctx: BoundCtx):
-    """A float32 sum of M squared deviations from a float32 mean (whose own error moves each
-    deviation by the mean's bound)."""
-    x = ctx.inputs[0]
+    """The kernel's one pass of float64 sums about the float32 mean m it reads (the shift):
+    d = x - m (exact, or within EPS64 |d|), s1 = sum d, s2 = sum d^2, var = s2 / M - (s1 /
+    M)^2. Each sum of M terms is within about M EPS64 of its terms' absolute sum, and |s1| / M
+    and sum |d| / M are at most sqrt(s2 / M), so var is within (3 M + 10) EPS64 s2 / M before
+    the float32 store (EPS32 |var|). s2 / M = var + (mean - m)^2, m within float32 rounding
+    of the mean: no cancellation however far the values lie from 0."""
+    x, shift = ctx.inputs[0], _channel_view(ctx.inputs[1], ctx.inputs[0].ndim)
     m = x.size // x.shape[1]
-    return (m + 6) * EPS32 * (np.abs(ctx.out) + x.mean(axis=_stat_axes(x)) ** 2 +
-                              np.abs(x).mean(axis=_stat_axes(x)) ** 2)
+    second_moment = ((x - shift) ** 2).mean(axis=_stat_axes(x))
+    return EPS32 * np.abs(ctx.out) + (3 * m + 10) * EPS64 * second_moment
 
 
 def _batch_stat_gradient(d):
-    return [d.add("batch_stat_grad", [d.input(0), d.dy], {"of": d.node.op[len("batch_"):]})]
+    """dx of the statistic; batch_var's second input, the mean it is taken about, moves
+    nothing (the variance of x is the same about any shift)."""
+    dx = d.add("batch_stat_grad", [d.input(0), d.dy], {"of": d.node.op[len("batch_"):]})
+    return [dx] + [None] * (len(d.node.inputs) - 1)
 
 
 def _batch_stat_grad_reference(inputs, attrs):
@@ -592,9 +606,10 @@ def _lower_bn_training(ctx, node):
     elif node.op == "bn_channel_grad":
         k = bn_channel_grad_kernel(ctx.kname, shape, a["eps"], a["wrt"], names, ctx.comment, sz)
     elif node.op == "bn_grad_sums":
-        k = bn_grad_sums_kernel(ctx.kname, shape, names, ctx.comment, sz)
+        k = bn_grad_sums_kernel(ctx.kname, shape, names, ctx.comment, sz, _gate_rule(node))
     elif node.op == "bn_grad_input":
-        k = bn_grad_input_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
+        k = bn_grad_input_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz,
+                                 _gate_rule(node))
     else:  # running_update: x (its third input) is read for its size only
         k = running_update_kernel(ctx.kname, ctx.graph.node(node.inputs[2]).type.shape,
                                   a["momentum"], a["unbiased"], names[:2], ctx.comment, sz,
@@ -610,7 +625,9 @@ for _of, _ref, _bound in (("mean", _batch_mean_reference, _batch_mean_bound),
         macs=no_macs, pass_made=True, new_activations=False, gradient=_batch_stat_gradient,
         error_bound=_bound, lower=_lower_batch_stat,
         doc=f"the {'mean' if _of == 'mean' else 'biased variance'} of each channel over the "
-            "batch and its pixels (batch norm in training)"))
+            "batch and its pixels (batch norm in training)" + (
+                "; its second input is the batch mean, the shift of its one pass of sums"
+                if _of == "var" else "")))
 
 register(OpDef(
     name="batch_stat_grad", family="norm", signature=(Attr("of", "choice", choices=("mean",
@@ -633,7 +650,7 @@ def _bn_training_form(graph, node, updates: dict[int, int]) -> None:
         return graph.add(op, inputs, attrs, name=f"{layer}.{what}", span=node.span).id
 
     mean = add("batch_mean", [x], {}, "batch_mean")
-    var = add("batch_var", [x], {}, "batch_var")
+    var = add("batch_var", [x, mean], {}, "batch_var")  # one pass about the mean
     train = graph.add("batchnorm_train", [x, gamma, beta, mean, var],
                       {"eps": node.attrs["eps"]}, name=node.name, span=node.span)
     graph.replace_all_uses(node.id, train.id)
@@ -744,22 +761,53 @@ register(OpDef(
 #     dgamma = s1 rstd,  dbeta = s0                                (bn_grad_param)
 
 
+#: The activations whose gradient the fused batch-norm backward applies as it reads dy (its
+#: ``gate``, where that gradient feeds only the batch norm's backward): their derivative at
+#: their output is an exact 0/1 mask, so the gated dy equals ``activation_grad``'s value bit
+#: for bit and the bounds below hold as they are, with the gated dy.
+GATES = ("relu", "relu6")
+GATE = Attr("gate", "choice", "none", choices=("none",) + GATES,
+            doc="dy is read through this activation's gradient at the last input, the "
+                "activation's output (fuse_batchnorm_backward)")
+
+
+def gated(inputs, attrs) -> list[np.ndarray]:
+    """The float64 inputs of a fused batch-norm backward op, dy (the second) read through its
+    ``gate``: ``activation_grad``'s own rule at the last input, which is then dropped."""
+    values = [np.asarray(v, np.float64) for v in inputs]
+    if attrs.get("gate", "none") == "none":
+        return values
+    *values, y = values
+    values[1] = get_op("activation_grad").reference([y, values[1]], {"of": attrs["gate"]})
+    return values
+
+
+def _gate_rule(node) -> Callable[[Expr, Expr], Expr] | None:
+    """The gate as the kernels apply it, (y, dy) -> gated dy: ``activation_grad``'s
+    epilogue rule."""
+    gate = node.attrs.get("gate", "none")
+    if gate == "none":
+        return None
+    rule = get_op("activation_grad").epilogue
+    return lambda y, dy: rule(y, {"of": gate}, dy)
+
+
 def _bn_grad_sums_reference(inputs, attrs):
-    x, dy, mean = (np.asarray(v, np.float64) for v in inputs)
+    x, dy, mean = gated(inputs, attrs)
     axes = _stat_axes(x)
     return np.stack([dy.sum(axis=axes), (dy * (x - _channel_view(mean, x.ndim))).sum(axis=axes)])
 
 
 def _bn_grad_sums_bound(ctx: BoundCtx):
     """Float32 sums of M terms (products of a difference, for s1)."""
-    x, dy, mean = ctx.inputs
+    x, dy, mean = gated(ctx.inputs, ctx.attrs)
     m, axes = x.size // x.shape[1], _stat_axes(x)
     spread = (np.abs(dy) * (np.abs(x) + np.abs(_channel_view(mean, x.ndim)))).sum(axis=axes)
     return (m + 8) * EPS32 * np.stack([np.abs(dy).sum(axis=axes), spread])
 
 
 def _bn_grad_input_reference(inputs, attrs):
-    x, dy, gamma, mean, var, sums = (np.asarray(v, np.float64) for v in inputs)
+    x, dy, gamma, mean, var, sums = gated(inputs, attrs)
     m = batch_count(x)
     rstd = 1.0 / np.sqrt(var + attrs["eps"])
     centred = x - _channel_view(mean, x.ndim)
@@ -770,7 +818,7 @@ def _bn_grad_input_reference(inputs, attrs):
 
 def _bn_grad_input_bound(ctx: BoundCtx):
     """A few float64 operations on float32 values: a few roundings of the largest term."""
-    x, dy, gamma, mean, var, sums = ctx.inputs
+    x, dy, gamma, mean, var, sums = gated(ctx.inputs, ctx.attrs)
     m = x.size // x.shape[1]
     rstd = 1.0 / np.sqrt(var + ctx.attrs["eps"])
     terms = np.abs(dy) + _channel_view(np.abs(sums[0]) / m, x.ndim) + np.abs(
@@ -794,15 +842,15 @@ def _lower_bn_grad_param(ctx, node):
 
 
 register(OpDef(
-    name="bn_grad_sums", family="norm", signature=(),
+    name="bn_grad_sums", family="norm", signature=(GATE,),
     infer=lambda ts, a: TensorType((2, ts[0].channels), batched=False),
-    reference=_bn_grad_sums_reference, macs=no_macs, arity=3, pass_made=True, backward=True,
+    reference=_bn_grad_sums_reference, macs=no_macs, arity=None, pass_made=True, backward=True,
     new_activations=False, error_bound=_bn_grad_sums_bound, lower=_lower_bn_training,
     doc="sum dy and sum dy (x - mean) per channel over the batch and the pixels, in one pass "
-        "(the fused batch-norm backward)"))
+        "(the fused batch-norm backward; dy through a ReLU's gradient where `gate` says)"))
 register(OpDef(
-    name="bn_grad_input", family="norm", signature=(Attr("eps", "float"),),
-    infer=lambda ts, a: ts[0], reference=_bn_grad_input_reference, macs=no_macs, arity=6,
+    name="bn_grad_input", family="norm", signature=(Attr("eps", "float"), GATE),
+    infer=lambda ts, a: ts[0], reference=_bn_grad_input_reference, macs=no_macs, arity=None,
     pass_made=True, backward=True, new_activations=False, error_bound=_bn_grad_input_bound,
     lower=_lower_bn_training,
     doc="batch norm's whole input gradient in training, through the batch statistics too, "

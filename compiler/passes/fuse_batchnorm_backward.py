@@ -1,7 +1,8 @@
 """Batch norm's backward in closed form: the pieces the chain rule composes for one training
 batch norm (``ops/norm.py``: the statistics are ops of their own) replaced by three ops.
 
-    mean = batch_mean(x),  var = batch_var(x),  y = batchnorm_train(x, gamma, beta, mean, var)
+    mean = batch_mean(x),  var = batch_var(x, mean),
+    y = batchnorm_train(x, gamma, beta, mean, var)
     dx = add(.., bn_input_grad(dy, gamma, var),
              batch_stat_grad(x, bn_channel_grad(x, gamma, mean, var, dy; wrt=mean); of=mean),
              batch_stat_grad(x, bn_channel_grad(x, gamma, mean, var, dy; wrt=var); of=var), ..)
@@ -17,6 +18,17 @@ passes over the activations (each channel sum reads x or dy or both, each piece 
 written and read again by the add) become four making five: one reading x and dy for both
 sums, one writing dx, two over C values.
 
+Then the gradient of a ReLU (or ReLU6) over batch norms, when it feeds only such ops, is read
+through instead of written (``gate``: the mask at the activation's output y):
+
+    g = activation_grad(y, dy'; of=relu),  s = bn_grad_sums(x, g, mean), dx = bn_grad_input(..g..)
+        =>  s = bn_grad_sums(x, dy', mean, y; gate=relu), dx = bn_grad_input(.., dy', .., y;
+            gate=relu)
+
+one kernel and one write and read of g fewer, wherever every reader of g is such an op (one
+batch norm's pair: a block's first ReLU, the stem's; or two batch norms', a downsampling
+block's branch and shortcut after its residual add).
+
 Preconditions: the statistics are ``batch_mean`` and ``batch_var`` of the normalized ``x``;
 ``bn_input_grad`` and both ``batch_stat_grad`` exist (x's gradient is needed) and are each read
 only by one ``add``, the same one (where autodiff sums x's gradients). The scale's gradient
@@ -27,6 +39,7 @@ Training pipelines only, where autodiff made these ops.
 from __future__ import annotations
 
 from ..ir import Graph, Node
+from ..ops.norm import GATES
 from .common import layer, sole_user
 from .manager import PassContext
 
@@ -50,7 +63,7 @@ def fuse_batchnorm_backward(graph: Graph, ctx: PassContext) -> bool:
             continue
         x, gamma, _, mean, var = bn.inputs
         if graph.node(mean).op != "batch_mean" or graph.node(var).op != "batch_var" or \
-                graph.node(mean).inputs != [x] or graph.node(var).inputs != [x]:
+                graph.node(mean).inputs != [x] or graph.node(var).inputs != [x, mean]:
             continue
         ctx.at(bn)
         eps = bn.attrs["eps"]
@@ -98,7 +111,34 @@ def fuse_batchnorm_backward(graph: Graph, ctx: PassContext) -> bool:
         ctx.note(f"{layer(bn)}: backward fused ({', '.join(rewritten)} from one pass of "
                  "sums)", bn)
         changed = True
+    for grad in graph.topo_order():
+        readers = _gate_through(graph, grad)
+        if readers:
+            ctx.note(f"{layer(grad)}: read through by {readers} batch-norm backward kernels "
+                     "(gate)", grad)
+            changed = True
     return changed
+
+
+def _gate_through(graph: Graph, grad: Node) -> int:
+    """The second rewrite of the module docstring, where its preconditions hold: ``grad`` is
+    an ``activation_grad`` of a gate activation (``ops.norm.GATES``), not a graph output,
+    whose every reader is a fused batch-norm backward op reading it as dy (one batch norm's
+    pair, or two: a downsampling block's branch and shortcut). The readers then read its dy
+    through the gate, and it is erased. Returns how many read it (0: not rewritten)."""
+    readers = graph.users(grad.id)
+    if (grad.op != "activation_grad" or grad.attrs["of"] not in GATES or len(grad.attrs) != 1
+            or graph.is_output(grad.id) or not readers
+            or any(r.op not in ("bn_grad_sums", "bn_grad_input") or r.inputs[1] != grad.id
+                   or grad.id in r.inputs[2:] or r.attrs.get("gate", "none") != "none"
+                   for r in readers)):
+        return 0
+    y, dy = grad.inputs
+    for node in readers:
+        graph.set_inputs(node.id, [node.inputs[0], dy, *node.inputs[2:], y])
+        node.attrs["gate"] = grad.attrs["of"]
+    graph.erase(grad.id)
+    return len(readers)
 
 
 def _user_id(graph: Graph, node: Node) -> int | None:

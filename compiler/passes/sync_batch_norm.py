@@ -1,7 +1,7 @@
 """Batch norm over the global batch of data-parallel replicas (PyTorch's SyncBatchNorm): the
 statistics of each replica's shard combined into the whole batch's, before ``autodiff``.
 
-    m = batch_mean(x), v = batch_var(x)                      (this replica's shard, M values)
+    m = batch_mean(x), v = batch_var(x, m)                   (this replica's shard, M values)
         =>  mu = allreduce_mean(m)
             var = allreduce_mean(v + (m - mu)^2)
 
@@ -48,7 +48,9 @@ def _synchronize(graph: Graph, train: Node, mean: int, var: int, replicas: int) 
     def add(op: str, inputs: list[int], what: str) -> int:
         return graph.add(op, inputs, {}, name=f"{layer(train)}.{what}", span=train.span).id
 
-    readers_of_mean, readers_of_var = graph.users(mean), graph.users(var)
+    # the shard's variance keeps its own mean as the shift of its sums
+    readers_of_mean = [r for r in graph.users(mean) if r.id != var]
+    readers_of_var = graph.users(var)
     mu = add("allreduce_mean", [mean], "sync_mean")
     deviation = add("sub", [mean, mu], "shard_deviation")
     moment = add("add", [var, add("mul", [deviation, deviation], "shard_deviation_sq")],

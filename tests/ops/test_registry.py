@@ -96,7 +96,7 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
     "loss_sum": ([(), ()], {"weights": (1.0, 0.3)}),
     # the training forms' ops (compiler/autodiff.attach_loss), canonical attributes
     "batch_mean": ([(3, 4, 5)], {}),
-    "batch_var": ([(6,)], {}),
+    "batch_var": ([(6,), (6,)], {}),
     "batchnorm_train": ([(3, 4, 5), (3,), (3,), (3,), (3,)], {"eps": 1e-5}),
     "running_update": ([(3,), (3,), (3, 4, 5)], {"momentum": 0.1, "unbiased": True}),
     "dropout_train": ([(3, 4, 5), (3,)], {"rate": 0.25, "stream": 7}),
@@ -112,8 +112,8 @@ SAMPLES: dict[str, tuple[list[tuple[int, ...]], dict[str, Any]]] = {
 }
 #: Inputs of a sample call that are one value for the whole batch (no batch axis): parameters,
 #: batch statistics, the dropout seed.
-WHOLE_BATCH = {"batchnorm_train": (1, 2, 3, 4), "running_update": (0, 1), "dropout_train": (1,),
-               "loss_sum": (0, 1), "allreduce_mean": (0,)}
+WHOLE_BATCH = {"batch_var": (1,), "batchnorm_train": (1, 2, 3, 4), "running_update": (0, 1),
+               "dropout_train": (1,), "loss_sum": (0, 1), "allreduce_mean": (0,)}
 
 
 def canonical(op: OpDef, in_types: list[TensorType], raw: dict[str, Any]) -> dict[str, Any]:

@@ -319,15 +319,94 @@ def test_residual_batchnorm_block_matches_pytorch_autograd(residual):
 
 def test_relu_gradients_read_the_relu_outputs(residual):
     """So the batch norms' outputs under them need not outlive the forward pass (at -O2 the
-    ReLUs are fused into the batch norms and the residual add: the gradients read those)."""
+    ReLUs are fused into the batch norms and the residual add: the gradients read those).
+    At -O2 the two ReLU gradients that feed only a batch norm's backward are read through by
+    it (``gate``) instead of written: the last one, also the shortcut's gradient, stays."""
     graph = residual[0].plan.graph
     grads = [n for n in graph.nodes() if n.op == "activation_grad"]
-    sources = [graph.node(n.inputs[0]) for n in grads]
-    assert len(grads) == 3 and all(
-        s.op == "relu" or [e.op for e in epilogue_of(s.attrs)][-1:] == ["relu"]
-        for s in sources)
-    if residual[0].opt_level == 2:
-        assert sorted(s.op for s in sources) == ["add", "batchnorm_train", "batchnorm_train"]
+    gated = [n for n in graph.nodes() if n.attrs.get("gate", "none") != "none"]
+    sources = [graph.node(n.inputs[0]) for n in grads] + [graph.node(n.inputs[-1])
+                                                          for n in gated]
+    assert all(s.op == "relu" or [e.op for e in epilogue_of(s.attrs)][-1:] == ["relu"]
+               for s in sources)
+    if residual[0].opt_level == 0:
+        assert len(grads) == 3 and not gated
+    else:
+        assert [graph.node(n.inputs[0]).op for n in grads] == ["add"]
+        assert sorted((n.op, n.attrs["gate"]) for n in gated) == [
+            ("bn_grad_input", "relu")] * 2 + [("bn_grad_sums", "relu")] * 2
+        assert {s.op for s in sources[1:]} == {"batchnorm_train"}
+
+
+# A downsampling block: the ReLU after the residual add feeds two batch norms' backward only
+# (the branch's and the shortcut's), so its gradient is read through by four kernels.
+DOWN = """network down
+input image: 3 x 6 x 6
+x = image -> conv(4, 3, pad=1) as c0 -> batchnorm as bn0 -> relu
+y = x -> conv(4, 3, stride=2, pad=1) as c1 -> batchnorm as bn1 -> relu
+  -> conv(4, 3, pad=1) as c2 -> batchnorm as bn2
+s = x -> conv(4, 1, stride=2) as c3 -> batchnorm as bn3
+add(y, s) -> relu -> globalavgpool -> flatten -> dense(3) as fc -> output scores
+"""
+
+
+def test_relu_gradients_over_two_batch_norms_are_read_through():
+    """At -O2 no ReLU gradient is written: the two under one batch norm each and the one over
+    the branch's and the shortcut's; every step within its bound, and the loss and gradients
+    those of -O0 (the chain rule's pieces, each ReLU gradient a kernel of its own)."""
+    rng = np.random.default_rng(10)
+    graph = cnnc.load(DOWN)
+    params = random_params(graph, rng)
+    models = [cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy",
+                           opt_level=level) for level in (0, 2)]
+    g = models[1].plan.graph
+    assert not [n for n in g.nodes() if n.op == "activation_grad"]
+    gates = sorted((n.name, n.op) for n in g.nodes() if n.attrs.get("gate") == "relu")
+    assert [name.split(".")[0] for name, _ in gates] == ["bn0"] * 2 + ["bn1"] * 2 + [
+        "bn2"] * 2 + ["bn3"] * 2
+    last = {g.node(n.inputs[-1]).id for n in g.nodes() if n.name.startswith(("bn2", "bn3"))
+            and n.attrs.get("gate") == "relu"}
+    assert len(last) == 1 and g.node(last.pop()).op == "add"
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2])
+    rows = check_plan(models[1].plan, models[1].executor, models[1].params,
+                      {"image": x, "labels": labels.astype(np.float32)})
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+    (loss0, grads0), (loss2, grads2) = (m.loss_and_grads(x, labels) for m in models)
+    assert loss2 == pytest.approx(loss0, rel=1e-5)
+    # the convolutions' biases under batch norms have zero gradients: rounding noise, so the
+    # absolute tolerance is of the largest gradient
+    scale = max(float(np.abs(v).max()) for v in grads0.values())
+    for name in grads0:
+        np.testing.assert_allclose(grads2[name], grads0[name], rtol=1e-4, atol=1e-6 * scale,
+                                   err_msg=name)
+
+
+def test_batch_variance_far_from_zero_is_within_its_bound():
+    """The variance's one pass of sums about the batch mean, where the values lie far from
+    zero (a convolution's bias of 1000 under a spread of about 1: sums of x and x^2 about 0
+    in float32 would lose every digit): against NumPy's float64 variance of the values the
+    kernel read, and under its bound in the check."""
+    rng = np.random.default_rng(9)
+    graph = cnnc.load(RESIDUAL)
+    params = random_params(graph, rng)
+    params["c0.bias"] = params["c0.bias"] + np.float32(1000.0)
+    tm = cnnc.compile(graph, weights=params, mode="train", loss="cross_entropy")
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    labels = np.array([0, 2, 1, 2])
+    rows = check_plan(tm.plan, tm.executor, tm.params,
+                      {"image": x, "labels": labels.astype(np.float32)})
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+    g = tm.plan.graph
+    var = next(n for n in g.nodes() if n.op == "batch_var" and n.name == "bn0.batch_var")
+    assert g.node(var.inputs[1]).op == "batch_mean"
+    flat = {g.inputs["image"]: x.reshape(-1), g.inputs["labels"]: labels.astype(np.float32)}
+    arena = tm.executor.run(flat, len(x))
+    conv = tm.executor.value(arena, flat, var.inputs[0]).reshape(4, 4, 6, 6)
+    assert np.abs(conv.astype(np.float64).mean(axis=(0, 2, 3)) - 1000).max() < 10
+    want = conv.astype(np.float64).var(axis=(0, 2, 3))
+    got = tm.executor.value(arena, flat, var.id)
+    np.testing.assert_allclose(got, want, rtol=4e-7)
 
 
 def test_residual_running_statistics_match_pytorch(residual):
