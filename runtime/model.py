@@ -31,11 +31,12 @@ from ..compiler.passes.manager import DumpFolderError, OptionError, write_memory
 from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
+from . import constants_cache
 from .autotune import Autotuner
 from .executor import Executor, flat_input
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
-from .weights import check_weights, init_params, load_weights, save_weights
+from .weights import check_parameter_memory, check_weights, init_params, load_weights, save_weights
 
 if TYPE_CHECKING:  # for the annotations: the training runtime is imported when one is asked for
     from .train import TrainingModel
@@ -93,7 +94,9 @@ class CompiledModel:
 
     def __init__(self, graph: Graph, plan: Plan, params: dict[str, np.ndarray],
                  *, compile_seconds: float = 0.0, passes: list[PassRecord] | None = None,
-                 opt_level: int = 2) -> None:
+                 opt_level: int = 2, packed: list[dict[str, np.ndarray]] | None = None) -> None:
+        """``packed``: the steps' constants already packed from ``params`` (by an equal plan:
+        ``runtime/constants_cache.py``), bound as they are instead of packed again."""
         self.graph = graph
         self.plan = plan
         self.steps = plan.steps
@@ -102,7 +105,13 @@ class CompiledModel:
         self.executor = Executor(plan)
         self.compile_seconds = compile_seconds
         self._params: dict[str, np.ndarray] = {}
-        self.set_params(params)
+        if packed is None:
+            self.set_params(params)
+        else:  # read back from the cache: checked (and literal weights put in) when stored
+            for v in params.values():
+                v.setflags(write=False)
+            self._params = dict(params)
+            self.executor.set_packed(packed)
 
     # -- parameters ---------------------------------------------------------------------------
     @property
@@ -113,6 +122,12 @@ class CompiledModel:
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
         """Replace the parameters (all of them, checked by name and shape); derived parameters
         (folded batch norms) are recomputed and every kernel's constants repacked."""
+        self._params = self._checked(values)
+        self.executor.set_params(self._params)
+
+    def _checked(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Float32 copies of ``values`` checked against the network, the literal weights its
+        definition fixes put in, each read-only."""
         values = {k: np.array(v, dtype=np.float32) for k, v in values.items()}
         check_weights(self.graph, values)
         for node in self.graph.params():  # literal weights come from the network definition
@@ -120,8 +135,7 @@ class CompiledModel:
                 values[node.name] = np.asarray(node.attrs["value"], np.float32)
         for v in values.values():
             v.setflags(write=False)
-        self._params = values
-        self.executor.set_params(values)
+        return values
 
     def save_weights(self, path: str | Path) -> None:
         save_weights(self._params, path)
@@ -439,7 +453,14 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         if problem is not None:
             raise ModelError(problem)
     graph, onnx_weights = _load_graph(source_or_graph_or_path)
-    if weights is None:
+    # the seeded initial values are made after lowering, where they may come from the cache
+    # of packed constants (runtime/constants_cache.py) with the kernels' constants
+    # (not a network made fully convolutional: its values are the declared network's)
+    seeded = weights is None and onnx_weights is None and not fully_convolutional
+    params: dict[str, np.ndarray] = {}
+    if seeded:
+        check_parameter_memory(graph)  # refused before anything is compiled
+    elif weights is None:
         params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
     elif isinstance(weights, (str, Path)):
         params = load_weights(graph, weights)
@@ -467,6 +488,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         # imported here, for start-up cost: an inference compile never loads the training runtime
         from .train import compile_training
 
+        if seeded:
+            params = init_params(graph, seed)
+
         bar = CompileProgress(progress)
         try:
             tm = compile_training(graph, params, target=cpu, opt_level=opt_level,
@@ -487,7 +511,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     plan, records = _lower(graph, cpu, lowering=lowering, cache_dir=cache_dir,
                            opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
                            progress=progress, autotune=autotune, warm=warm)
-    model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
+    model = _model(graph, plan, records, opt_level,
+                   params if not seeded else None, seed, cpu, autotune, cache_dir)
     if model.bytes_needed(1) > model.memory_available():
         raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "
                          f"of buffers at batch 1, more than the "
@@ -495,4 +520,27 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     if warm:
         model.warm_up()
     model.compile_seconds = time.perf_counter() - t0
+    return model
+
+
+def _model(graph: Graph, plan: Plan, records: list[PassRecord], opt_level: int,
+           params: dict[str, np.ndarray] | None, seed: int, cpu: Target, autotune: bool,
+           cache_dir: str | Path | None) -> CompiledModel:
+    """The compiled model of ``plan`` with ``params``, or (None) with the initial values of
+    ``seed``: those and the kernels' constants read from the cache of packed constants where
+    this plan's are there, else made, packed and stored there."""
+    if params is not None:
+        return CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
+    if not constants_cache.cacheable(graph, plan, cpu, autotune):
+        return CompiledModel(graph, plan, init_params(graph, seed), passes=records,
+                             opt_level=opt_level)
+    key = constants_cache.entry_key(graph, plan, seed, cpu)
+    path = constants_cache.entry_path(key, cache_dir)
+    entry = constants_cache.load(path, key, graph, plan)
+    if entry is not None:
+        return CompiledModel(graph, plan, entry.params, passes=records, opt_level=opt_level,
+                             packed=entry.consts)
+    model = CompiledModel(graph, plan, init_params(graph, seed), passes=records,
+                          opt_level=opt_level)
+    constants_cache.store(path, key, model.params, model.executor.consts)
     return model
