@@ -31,7 +31,9 @@ from ..compiler.passes.manager import DumpFolderError, OptionError, write_memory
 from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
-from . import constants_cache
+from ..dsl.errors import DslError
+from ..dsl.source import read_source
+from . import compile_cache
 from .autotune import Autotuner
 from .executor import Executor, flat_input
 from .memory import available_memory, fmt_bytes
@@ -96,7 +98,7 @@ class CompiledModel:
                  *, compile_seconds: float = 0.0, passes: list[PassRecord] | None = None,
                  opt_level: int = 2, packed: list[dict[str, np.ndarray]] | None = None) -> None:
         """``packed``: the steps' constants already packed from ``params`` (by an equal plan:
-        ``runtime/constants_cache.py``), bound as they are instead of packed again."""
+        ``runtime/compile_cache.py``), bound as they are instead of packed again."""
         self.graph = graph
         self.plan = plan
         self.steps = plan.steps
@@ -336,28 +338,65 @@ def _target(target: str | Target) -> Target:
         raise ModelError(str(e)) from None
 
 
+class _Front:
+    """Where a program's front-end cache entry is (``path``, ``key``) and what it holds
+    (``entry``: None on a miss)."""
+
+    def __init__(self, path: Path, key: str, entry: compile_cache.Frontend | None) -> None:
+        self.path, self.key, self.entry = path, key, entry
+
+
+def _cached_front(src: Any, cpu: Target, *, opt_level: int, lowering: str | Mapping[str, str],
+                  layout: str, cache_dir: str | Path | None) -> _Front | None:
+    """The front-end cache entry of a program given as a zoo name, a .cnn path or DSL text
+    (None for a Graph, an ONNX file or a program that imports files: no entry is kept)."""
+    if isinstance(src, Graph):
+        return None
+    text = str(src)
+    if "\n" not in text and text.lower().endswith(".onnx"):
+        return None
+    try:
+        text, file = read_source(src)
+    except DslError:
+        return None  # reported by the parse, as without the cache
+    if not compile_cache.frontend_cacheable(text):
+        return None
+    key = compile_cache.frontend_key(text, file, cpu, opt_level, lowering, layout)
+    path = compile_cache.entry_path(compile_cache.FRONTEND, key, cache_dir)
+    return _Front(path, key, compile_cache.load_frontend(path, key))
+
+
 def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
            cache_dir: str | Path | None, opt_level: int, layout: str,
            dump_ir: str | Path | None, force: bool, progress: bool | None, autotune: bool,
-           device: str | None = None, warm: bool = True) -> tuple[Plan, list[PassRecord]]:
+           device: str | None = None, warm: bool = True,
+           front: _Front | None = None) -> tuple[Plan, list[PassRecord]]:
     """The optimized copy of ``graph`` lowered for ``cpu`` (its kernels loaded, except a CUDA
-    module printed for ``device="none"``), and the pass records."""
+    module printed for ``device="none"``), and the pass records. ``front``: the program's
+    front-end cache entry: its optimized graph used where it has one, else stored there."""
     if opt_level not in (0, 1, 2):
         raise ModelError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
     if layout not in LAYOUT_CHOICES:
         raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {layout!r}")
     if autotune and cpu.cuda:
         raise ModelError(f"autotune measures CPU kernels; target {cpu} has none")
-    optimized = graph.copy()
-    try:
-        measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
-                             cache_dir=cache_dir) if autotune else None)
-        records = optimize(optimized, opt_level,
-                           ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
-                                           target=cpu, replace_dump=force),
-                           dump_dir=dump_ir)
-    except (LoweringError, DumpFolderError) as e:
-        raise ModelError(str(e)) from None
+    if front is not None and front.entry is not None:
+        optimized, records = front.entry.optimized, front.entry.records
+    else:
+        optimized = graph.copy()
+        try:
+            measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
+                                 cache_dir=cache_dir) if autotune else None)
+            records = optimize(optimized, opt_level,
+                               ctx=PassContext(lowering=lowering, layout=layout,
+                                               measure=measure, target=cpu,
+                                               replace_dump=force),
+                               dump_dir=dump_ir)
+        except (LoweringError, DumpFolderError) as e:
+            raise ModelError(str(e)) from None
+        if front is not None:  # before lowering, which annotates the graph it lowers
+            compile_cache.store_frontend(front.path, front.key,
+                                         compile_cache.Frontend(graph, optimized, records))
     backend = None
     if cpu.cuda:
         # imported here, for start-up cost: a CPU target never loads the CUDA backend
@@ -452,9 +491,16 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         problem = gpu_problem()
         if problem is not None:
             raise ModelError(problem)
-    graph, onnx_weights = _load_graph(source_or_graph_or_path)
+    front = None
+    if mode == "infer" and not autotune and dump_ir is None and not fully_convolutional:
+        front = _cached_front(source_or_graph_or_path, cpu, opt_level=opt_level,
+                              lowering=lowering, layout=layout, cache_dir=cache_dir)
+    if front is not None and front.entry is not None:
+        graph, onnx_weights = front.entry.graph, None
+    else:
+        graph, onnx_weights = _load_graph(source_or_graph_or_path)
     # the seeded initial values are made after lowering, where they may come from the cache
-    # of packed constants (runtime/constants_cache.py) with the kernels' constants
+    # of packed constants (runtime/compile_cache.py) with the kernels' constants
     # (not a network made fully convolutional: its values are the declared network's)
     seeded = weights is None and onnx_weights is None and not fully_convolutional
     params: dict[str, np.ndarray] = {}
@@ -510,7 +556,7 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         raise ModelError(f"{', '.join(sorted(training))}: training options need mode='train'")
     plan, records = _lower(graph, cpu, lowering=lowering, cache_dir=cache_dir,
                            opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
-                           progress=progress, autotune=autotune, warm=warm)
+                           progress=progress, autotune=autotune, warm=warm, front=front)
     model = _model(graph, plan, records, opt_level,
                    params if not seeded else None, seed, cpu, autotune, cache_dir)
     if model.bytes_needed(1) > model.memory_available():
@@ -531,16 +577,16 @@ def _model(graph: Graph, plan: Plan, records: list[PassRecord], opt_level: int,
     this plan's are there, else made, packed and stored there."""
     if params is not None:
         return CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
-    if not constants_cache.cacheable(graph, plan, cpu, autotune):
+    if not compile_cache.constants_cacheable(graph, plan, cpu, autotune):
         return CompiledModel(graph, plan, init_params(graph, seed), passes=records,
                              opt_level=opt_level)
-    key = constants_cache.entry_key(graph, plan, seed, cpu)
-    path = constants_cache.entry_path(key, cache_dir)
-    entry = constants_cache.load(path, key, graph, plan)
+    key = compile_cache.constants_key(graph, plan, seed, cpu)
+    path = compile_cache.entry_path(compile_cache.CONSTANTS, key, cache_dir)
+    entry = compile_cache.load_constants(path, key, graph, plan)
     if entry is not None:
         return CompiledModel(graph, plan, entry.params, passes=records, opt_level=opt_level,
                              packed=entry.consts)
     model = CompiledModel(graph, plan, init_params(graph, seed), passes=records,
                           opt_level=opt_level)
-    constants_cache.store(path, key, model.params, model.executor.consts)
+    compile_cache.store_constants(path, key, model.params, model.executor.consts)
     return model
