@@ -7,8 +7,12 @@ the disk cache, imports included, and where its time goes.
 Each measurement is a new process (``python -c``-like: the interpreter's start-up counted) of
 each interpreter in turn (this one and ``--against`` ones, alternating, round after round), on
 a cache warmed by one compile per model and interpreter first (``$CNNC_CACHE_DIR``, shared: a
-kernel's entry is keyed by its source and the code that compiles it, so two versions never mix
-theirs). Two kinds of process per round:
+kernel's entry is keyed by its source and the code that compiles it, and a compile-cache entry
+by the code's hash too, so two versions never mix theirs). The warming runs without
+``PYTHONDONTWRITEBYTECODE``, so each checkout's modules have their bytecode written, as an
+installed package has: where that variable is set (as on the shared host of session 22),
+every process would otherwise compile cnnc's source again, about 0.3 s of CPU, and the
+comparison would be of that. Two kinds of process per round:
 
 - plain: ``import cnnc; cnnc.compile(model)``; the parent takes its wall time and CPU time
   (user + system, from the kernel's accounting of the child);
@@ -18,7 +22,8 @@ theirs). Two kinds of process per round:
   lowering driver, kernel modules imported, without the task functions loaded inside it),
   pack (parameters set: derived parameters, packed weights), kernel load (Numba's task
   functions and the task loop loaded from its cache), first call (the warm-up call, less the
-  loads inside it), other (the rest of ``compile``).
+  loads inside it), cache (reading and writing ``runtime/compile_cache.py``'s entries, keys
+  included; absent before it), other (the rest of ``compile``).
 
 Medians over the rounds go to stdout as markdown tables (bench/RESULTS.md keeps the measured
 ones)."""
@@ -35,7 +40,7 @@ import sys
 import time
 
 STAGES = ("imports", "parse", "init", "passes", "lower", "pack", "kernel load", "first call",
-          "other")
+          "cache", "other")
 
 
 def _worker(model: str, split: bool) -> dict[str, float]:
@@ -90,6 +95,11 @@ def _wrap_stages(wall: dict[str, float], cpu: dict[str, float]) -> None:
     tasks.compile_task_function = timed("kernel load", tasks.compile_task_function)
     tasks.run_tasks.compile = timed("kernel load", tasks.run_tasks.compile)
     model.CompiledModel.warm_up = timed("first call", model.CompiledModel.warm_up)
+    cache = getattr(model, "compile_cache", None)  # not in checkouts before it
+    if cache is not None:
+        for name in ("load_frontend", "store_frontend", "load_constants", "store_constants",
+                     "frontend_key", "constants_key"):
+            setattr(cache, name, timed("cache", getattr(cache, name)))
 
 
 def _run(python: str, model: str, split: bool, env: dict[str, str]) -> dict[str, float]:
@@ -123,9 +133,10 @@ def main() -> None:
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads))
     pythons = [sys.executable] + args.against
     models = args.models.split(",")
-    for python in pythons:  # warm the cache: every kernel compiled (or already there)
+    warming = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for python in pythons:  # warm the caches: every kernel compiled (or already there)
         for m in models:
-            _run(python, m, False, env)
+            _run(python, m, False, warming)
     runs: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
     for r in range(args.rounds):
         for m in models:

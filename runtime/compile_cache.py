@@ -1,5 +1,5 @@
 """On-disk caches of a compile's host work: the optimized graph, and a seeded compile's
-parameters with its kernels' packed constants.
+packed kernel constants.
 
 The kernel cache (``compiler/backends/numba/cache.py``) makes a second compile of a network
 load its kernels instead of compiling them; what was left of a cached compile in a fresh
@@ -15,14 +15,15 @@ cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or ``compile``'s ``cache
   importing the parser) and the passes; the records' times are the first compile's. Not for a
   program that imports other files (their text is not in the key), a ``Graph`` or ONNX input,
   autotuning, an IR dump or training;
-- ``constants/<key>.bin``: the parameters made from the seed and every step's packed
-  constants, keyed by the seed and everything else they depend on: the network as written
-  (every node, attribute and literal value), the optimized graph the plan was lowered from
-  (every decision the passes recorded: layouts, algorithms, tiles), the target, the thread
-  count, NumPy's version (the random streams) and the source of the compiler and runtime. Only
-  for networks of at least :data:`MIN_FLOATS` parameters (smaller ones cost little to make),
-  CPU plans and no autotuning. An entry holds the parameters' floats twice (as they are and
-  packed): ResNet-18's is 106 MB.
+- ``constants/<key>.bin``: every step's packed constants of a seeded compile, keyed by the
+  seed and everything else they depend on: the network as written (every node, attribute and
+  literal value: the initial values), the optimized graph the plan was lowered from (every
+  decision the passes recorded: layouts, algorithms, tiles), the target, the thread and CPU
+  counts, NumPy's version (the random streams) and the source of the compiler and runtime. A
+  hit skips making the initial values (they are made from the seed only if the model's
+  parameters are asked for) and packing them. Only for networks of at least
+  :data:`MIN_FLOATS` parameters (smaller ones cost little to make), CPU plans and no
+  autotuning. An entry is about the size of the parameters in float32 (ResNet-18's 53 MB).
 
 A change of anything in a key is another key: a miss, never a stale value. At most
 :data:`MAX_ENTRIES` entries of each kind are kept, the least recently used removed first.
@@ -61,9 +62,9 @@ from ..compiler.passes import PassRecord
 from ..compiler.plan import Plan
 from ..compiler.target import Target
 
-__all__ = ["MIN_FLOATS", "MAX_ENTRIES", "Constants", "Frontend", "constants_cacheable",
-           "constants_key", "frontend_cacheable", "frontend_key", "entry_path",
-           "load_constants", "store_constants", "load_frontend", "store_frontend"]
+__all__ = ["MIN_FLOATS", "MAX_ENTRIES", "Frontend", "code_fingerprint",
+           "constants_cacheable", "constants_key", "frontend_cacheable", "frontend_key",
+           "entry_path", "load_constants", "store_constants", "load_frontend", "store_frontend"]
 
 #: Networks with fewer parameters (float32 values) keep no constants entry: cheap to make.
 MIN_FLOATS = 1 << 20
@@ -77,7 +78,7 @@ _IMPORT = re.compile(r'\b(import|from)\s*"')
 _CODE: str | None = None
 
 
-def _code_fingerprint() -> str:
+def code_fingerprint() -> str:
     """NumPy's version and a hash of the source of the packages a compile's host work runs
     (once a process: about 10 ms)."""
     global _CODE
@@ -96,7 +97,7 @@ def _code_fingerprint() -> str:
 def _hash(*parts: str) -> str:
     h = hashlib.sha256()
     # the machine's CPU count and threads: the passes' tile choice weighs them
-    for part in (MAGIC.decode(), _code_fingerprint(), str(os.cpu_count()),
+    for part in (MAGIC.decode(), code_fingerprint(), str(os.cpu_count()),
                  str(numba.config.NUMBA_NUM_THREADS), *parts):
         h.update(part.encode())
         h.update(b"\0")
@@ -265,15 +266,6 @@ def store_frontend(path: Path, key: str, entry: Frontend) -> None:
 
 # -- a seeded compile's parameters and packed constants --------------------------------------
 
-class Constants:
-    """A constants entry: the parameters by name and each step's packed constants."""
-
-    def __init__(self, params: dict[str, np.ndarray],
-                 consts: list[dict[str, np.ndarray]]) -> None:
-        self.params = params
-        self.consts = consts
-
-
 def _canonical(value: Any) -> str:
     """An attribute value as text that differs whenever the value does (an array in full,
     by a hash of its bytes: ``str`` of a large array elides its middle)."""
@@ -312,48 +304,47 @@ def constants_key(graph: Graph, plan: Plan, seed: int, target: Target) -> str:
                  _graph_text(plan.graph))
 
 
-def store_constants(path: Path, key: str, params: Mapping[str, np.ndarray],
+def _const_refs(plan: Plan) -> list[set[str]]:
+    """The constants each step's calls are bound to."""
+    return [{a.ref for call in step.calls for a in call.args if a.kind == "const"}
+            for step in plan.steps]
+
+
+def store_constants(path: Path, key: str, plan: Plan,
                     consts: Sequence[Mapping[str, np.ndarray]]) -> None:
-    """Write a constants entry: each parameter and packed constant as float32."""
-    named: list[tuple[str, np.ndarray]] = [(f"param:{k}", v) for k, v in params.items()]
-    for index, step_consts in enumerate(consts):
-        named += [(f"const:{index}:{k}", v) for k, v in step_consts.items()]
+    """Write a constants entry: each packed constant a call of ``plan`` is bound to, as
+    float32."""
+    named = [(f"{index}:{k}", v) for index, (step_consts, refs) in
+             enumerate(zip(consts, _const_refs(plan))) for k, v in step_consts.items()
+             if k in refs]
     _write(path, key, [([name, list(v.shape)], np.ascontiguousarray(v, np.float32))
                        for name, v in named])
 
 
-def load_constants(path: Path, key: str, graph: Graph, plan: Plan) -> Constants | None:
-    """The constants entry at ``path`` for ``plan``, or None (a miss; a damaged entry, or one
-    whose arrays are not this plan's, is removed with a warning)."""
+def load_constants(path: Path, key: str, plan: Plan) -> list[dict[str, np.ndarray]] | None:
+    """Each step's packed constants from the entry at ``path`` for ``plan``, or None (a miss;
+    a damaged entry, or one whose constants are not this plan's, is removed with a
+    warning)."""
     names: list[str] = []
     try:
         parts = _read(path, key, lambda size, meta: _named_array(size, meta, names))
         if parts is None:
             return None
-        params = {node.name: tuple(node.type.shape) for node in graph.params()}
         consts: list[dict[str, np.ndarray]] = [{} for _ in plan.steps]
-        found: dict[str, np.ndarray] = {}
         for name, a in zip(names, parts):
-            kind, _, rest = name.partition(":")
-            if kind == "param" and params.get(rest) == a.shape:
-                found[rest] = a
-                continue
-            index, _, const = rest.partition(":")
-            if kind != "const" or not index.isdigit() or int(index) >= len(consts):
-                raise _Damaged(f"it holds {name} {a.shape}, not of this plan")
+            index, _, const = name.partition(":")
+            if not index.isdigit() or int(index) >= len(consts):
+                raise _Damaged(f"it holds constant {name}, not this plan's")
             consts[int(index)][const] = a
-        missing = [p for p in params if p not in found]
-        for i, step in enumerate(plan.steps):
-            refs = {a.ref for call in step.calls for a in call.args if a.kind == "const"}
-            missing += [f"{step.name} {k}" for k in sorted(refs - set(consts[i]))]
-        if missing:
-            raise _Damaged(f"it lacks {', '.join(missing[:3])}")
+        for step, refs, have in zip(plan.steps, _const_refs(plan), consts):
+            if set(have) != refs:
+                raise _Damaged(f"its constants of step {step.name} are not this plan's")
     except _Damaged as e:
         _damaged(path, e)
         return None
     except OSError:
         return None
-    return Constants(found, consts)
+    return consts
 
 
 def _named_array(size: int, meta: Any, names: list[str]) -> np.ndarray:

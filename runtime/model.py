@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,11 +94,14 @@ class CompiledModel:
     pass did (``cnnc compile --explain``).
     """
 
-    def __init__(self, graph: Graph, plan: Plan, params: dict[str, np.ndarray],
+    def __init__(self, graph: Graph, plan: Plan,
+                 params: Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray]],
                  *, compile_seconds: float = 0.0, passes: list[PassRecord] | None = None,
                  opt_level: int = 2, packed: list[dict[str, np.ndarray]] | None = None) -> None:
         """``packed``: the steps' constants already packed from ``params`` (by an equal plan:
-        ``runtime/compile_cache.py``), bound as they are instead of packed again."""
+        ``runtime/compile_cache.py``), bound as they are instead of packed again; ``params``
+        may then be the function that makes them, called when they are first asked for (the
+        kernels need only the packed constants)."""
         self.graph = graph
         self.plan = plan
         self.steps = plan.steps
@@ -106,20 +109,28 @@ class CompiledModel:
         self.opt_level = opt_level
         self.executor = Executor(plan)
         self.compile_seconds = compile_seconds
-        self._params: dict[str, np.ndarray] = {}
+        self._params: dict[str, np.ndarray] | None = None
+        self._make_params = params if callable(params) else None
         if packed is None:
-            self.set_params(params)
-        else:  # read back from the cache: checked (and literal weights put in) when stored
-            for v in params.values():
-                v.setflags(write=False)
-            self._params = dict(params)
+            self.set_params(params() if callable(params) else params)
+        else:
+            if not callable(params):
+                self._params = self._checked(params)
             self.executor.set_packed(packed)
 
     # -- parameters ---------------------------------------------------------------------------
     @property
     def params(self) -> dict[str, np.ndarray]:
         """Parameters by name (float32, read-only: change them with ``set_params``)."""
-        return dict(self._params)
+        return dict(self._values())
+
+    def _values(self) -> dict[str, np.ndarray]:
+        """The parameters, made first where they were left to be made when asked for."""
+        if self._params is None:
+            assert self._make_params is not None
+            self._params = self._checked(self._make_params())
+            self._make_params = None
+        return self._params
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
         """Replace the parameters (all of them, checked by name and shape); derived parameters
@@ -140,7 +151,7 @@ class CompiledModel:
         return values
 
     def save_weights(self, path: str | Path) -> None:
-        save_weights(self._params, path)
+        save_weights(self._values(), path)
 
     def load_weights(self, path: str | Path) -> None:
         self.set_params(load_weights(self.graph, path))
@@ -582,11 +593,11 @@ def _model(graph: Graph, plan: Plan, records: list[PassRecord], opt_level: int,
                              opt_level=opt_level)
     key = compile_cache.constants_key(graph, plan, seed, cpu)
     path = compile_cache.entry_path(compile_cache.CONSTANTS, key, cache_dir)
-    entry = compile_cache.load_constants(path, key, graph, plan)
-    if entry is not None:
-        return CompiledModel(graph, plan, entry.params, passes=records, opt_level=opt_level,
-                             packed=entry.consts)
+    consts = compile_cache.load_constants(path, key, plan)
+    if consts is not None:  # the parameters are made from the seed if they are asked for
+        return CompiledModel(graph, plan, lambda: init_params(graph, seed), passes=records,
+                             opt_level=opt_level, packed=consts)
     model = CompiledModel(graph, plan, init_params(graph, seed), passes=records,
                           opt_level=opt_level)
-    compile_cache.store_constants(path, key, model.params, model.executor.consts)
+    compile_cache.store_constants(path, key, plan, model.executor.consts)
     return model
