@@ -26,7 +26,8 @@ cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or ``compile``'s ``cache
   autotuning. An entry is about the size of the parameters in float32 (ResNet-18's 53 MB).
 
 A change of anything in a key is another key: a miss, never a stale value. At most
-:data:`MAX_ENTRIES` entries of each kind are kept, the least recently used removed first.
+:data:`MAX_ENTRIES` entries of each kind are kept (64 front ends, 8 sets of constants), the
+least recently used removed first.
 
 Robustness, as the kernel cache's: an entry is written under a temporary name and
 ``os.replace``-d into place (two processes writing the same entry leave one whole file); on
@@ -48,6 +49,7 @@ import os
 import pickle
 import re
 import stat
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,8 +70,9 @@ __all__ = ["MIN_FLOATS", "MAX_ENTRIES", "Frontend", "code_fingerprint",
 
 #: Networks with fewer parameters (float32 values) keep no constants entry: cheap to make.
 MIN_FLOATS = 1 << 20
-#: Entries kept of each kind (the least recently used beyond it are removed).
-MAX_ENTRIES = 16
+#: Entries kept of each kind (the least recently used beyond are removed): front-end entries
+#: are small (ResNet-50's 160 kB), a constants entry is about the size of the weights.
+MAX_ENTRIES = {"frontend": 64, "constants": 8}
 MAGIC = b"cnnc compile cache 1\n"
 FRONTEND, CONSTANTS = "frontend", "constants"
 # an import statement of the DSL (``import "file"``, ``from "file" import name``)
@@ -117,8 +120,8 @@ class _Damaged(Exception):
 
 
 def _write(path: Path, key: str, parts: Sequence[tuple[Any, Any]]) -> None:
-    """Write an entry of ``(meta, bytes-like)`` parts atomically, then keep the folder to
-    :data:`MAX_ENTRIES`; a cache that cannot be written is only a slower compile."""
+    """Write an entry of ``(meta, bytes-like)`` parts atomically, then keep its folder to its
+    kind's :data:`MAX_ENTRIES`; a cache that cannot be written is only a slower compile."""
     crc = 0
     for _, data in parts:
         crc = zlib.crc32(data, crc)
@@ -138,14 +141,20 @@ def _write(path: Path, key: str, parts: Sequence[tuple[Any, Any]]) -> None:
 
 
 def _trim(folder: Path) -> None:
-    """Remove the least recently used entries beyond :data:`MAX_ENTRIES` (a hit touches its
-    entry)."""
+    """Remove the least recently used entries beyond the folder's kind's :data:`MAX_ENTRIES`
+    (a hit touches its entry), and what a writer that died left under a temporary name an
+    hour ago or more."""
     try:
-        entries = [(e.stat(follow_symlinks=False).st_mtime_ns, e.path) for e in os.scandir(folder)
-                   if e.name.endswith(".bin") and not e.name.startswith(".")]
+        found = [(e.name, e.stat(follow_symlinks=False).st_mtime_ns, e.path)
+                 for e in os.scandir(folder)]
     except OSError:
         return
-    for _, path in sorted(entries)[:-MAX_ENTRIES]:
+    hour_ago = time.time_ns() - 3600 * 10**9
+    entries = sorted((t, path) for name, t, path in found
+                     if name.endswith(".bin") and not name.startswith("."))
+    stale = [path for name, t, path in found if name.startswith(".tmp-") and t < hour_ago]
+    keep = MAX_ENTRIES.get(folder.name, 8)
+    for path in [p for _, p in entries[:-keep]] + stale:
         try:
             os.unlink(path)
         except OSError:

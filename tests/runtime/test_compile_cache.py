@@ -202,10 +202,18 @@ def test_a_fifo_in_an_entrys_place_never_blocks(root):
 
 
 def test_the_oldest_entries_beyond_the_limit_are_removed(root, monkeypatch):
-    monkeypatch.setattr(compile_cache, "MAX_ENTRIES", 2)
-    for seed in (1, 2, 3):
+    monkeypatch.setattr(compile_cache, "MAX_ENTRIES", {"constants": 2, "frontend": 2})
+    for seed in (1, 2):
         compile_model("lenet5", seed=seed, warm=False)
+    first, second = sorted(entries(root, "constants"), key=lambda p: p.stat().st_mtime_ns)
+    os.utime(first, ns=(second.stat().st_mtime_ns + 10**9,) * 2)  # as if just read: kept
+    left = root / "constants" / ".tmp-left-by-a-dead-writer.bin"
+    left.write_bytes(b"partial")
+    os.utime(left, ns=(second.stat().st_mtime_ns - 7200 * 10**9,) * 2)
+    compile_model("lenet5", seed=3, warm=False)
+    assert first in entries(root, "constants") and second not in entries(root, "constants")
     assert len(entries(root, "constants")) == 2
+    assert not left.exists()
 
 
 WRITER = textwrap.dedent("""
