@@ -23,7 +23,7 @@ cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or ``compile``'s ``cache
   hit skips making the initial values (they are made from the seed only if the model's
   parameters are asked for) and packing them. Only for networks of at least
   :data:`MIN_FLOATS` parameters (smaller ones cost little to make), CPU plans and no
-  autotuning. An entry is about the size of the parameters in float32 (ResNet-18's 53 MB).
+  autotuning. An entry is about the size of the parameters in float32 (ResNet-18's 59 MB).
 
 A change of anything in a key is another key: a miss, never a stale value. At most
 :data:`MAX_ENTRIES` entries of each kind are kept (64 front ends, 8 sets of constants), the

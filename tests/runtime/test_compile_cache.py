@@ -63,6 +63,9 @@ def test_a_hit_skips_the_host_work_and_computes_the_same_numbers(root, monkeypat
     assert second.params.keys() == first.params.keys()
     assert all(np.array_equal(second.params[k], first.params[k]) for k in first.params)
     assert not any(v.flags.writeable for v in second.params.values())
+    second.save_weights(root / "w.npz")
+    with np.load(root / "w.npz") as saved:
+        assert all(np.array_equal(saved[k], first.params[k]) for k in first.params)
     ref = run_reference(first.graph, {"image": X.astype(np.float64)}, first.params)
     np.testing.assert_allclose(y, next(iter(ref.values())), rtol=1e-4, atol=1e-6)
     # the decisions stay there to look at
@@ -82,6 +85,16 @@ def test_another_seed_is_another_entry_with_its_own_values(root):
     assert not np.array_equal(a(X), b(X))
     again = compile_model("lenet5", seed=4)
     assert np.array_equal(again(X), b(X))
+
+
+def test_given_weights_keep_no_constants_entry(root):
+    first = compile_model("lenet5", seed=3, warm=False)
+    doubled = {k: 2 * v for k, v in first.params.items()}
+    entries_before = entries(root, "constants")
+    m = compile_model("lenet5", weights=doubled)
+    assert entries(root, "constants") == entries_before
+    ref = run_reference(m.graph, {"image": X.astype(np.float64)}, doubled)
+    np.testing.assert_allclose(m(X), next(iter(ref.values())), rtol=1e-4, atol=1e-6)
 
 
 def test_a_program_that_imports_files_keeps_no_front_end_entry(root, tmp_path):
