@@ -4,9 +4,10 @@ packed kernel constants.
 The kernel cache (``compiler/backends/numba/cache.py``) makes a second compile of a network
 load its kernels instead of compiling them; what was left of a cached compile in a fresh
 process was host work redone every time (bench/RESULTS.md): parsing and the passes, the seeded
-initial weights, and packing them into every kernel's constants (ResNet-18: about 0.8 s of CPU
-together, more than the kernels' loading). Two kinds of entry keep its results, in the kernel
-cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or ``compile``'s ``cache_dir``):
+initial weights, and packing them into every kernel's constants (ResNet-18: 0.4 s of CPU
+together, ResNet-50 1.0 s, more than loading their kernels). Two kinds of entry keep its
+results, in the kernel cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or
+``compile``'s ``cache_dir``):
 
 - ``frontend/<key>.bin``: the network as written and its optimized copy with the pass records
   (pickled), keyed by the program's text and file name, the options the passes see (target,

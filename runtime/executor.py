@@ -316,7 +316,7 @@ class Executor:
 
     def set_packed(self, consts: list[dict[str, np.ndarray]]) -> None:
         """Bind constants packed before (``set_params``' ``consts`` of an equal plan, read back
-        from ``runtime/constants_cache.py``): one writable contiguous float32 array per name,
+        from ``runtime/compile_cache.py``): one writable contiguous float32 array per name,
         per step, bound as they are."""
         if len(consts) != len(self.plan.steps):
             raise ValueError(f"{len(consts)} steps of constants for a plan of "

@@ -405,7 +405,7 @@ def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
                                dump_dir=dump_ir)
         except (LoweringError, DumpFolderError) as e:
             raise ModelError(str(e)) from None
-        if front is not None:  # before lowering, which annotates the graph it lowers
+        if front is not None:  # the graphs as the passes left them
             compile_cache.store_frontend(front.path, front.key,
                                          compile_cache.Frontend(graph, optimized, records))
     backend = None

@@ -31,9 +31,9 @@ _LAYOUT_KERNELS: dict[str, dict[str, TaskKernel]] = {}
 
 _TASK_KERNELS: dict[tuple[str, str], TaskKernel] = {}
 
-# A compute kernel's module source by header, printed once a kernel object (a kernel is built
-# once for all the layers that share it: ``ops.conv.lowering.compute_kernel``). Kernels hash
-# by identity and are never changed once built.
+# A compute kernel's module source by header, printed once per kernel object (one is built for
+# all the layers that share it: ``ops.conv.lowering.compute_kernel``). Kernels hash by
+# identity and are not changed once built.
 _MODULE_SOURCES: weakref.WeakKeyDictionary[Kernel, dict[str, str]] = \
     weakref.WeakKeyDictionary()
 
