@@ -7,18 +7,26 @@ the disk cache, imports included, and where its time goes.
 Each measurement is a new process (``python -c``-like: the interpreter's start-up counted) of
 each interpreter in turn (this one and ``--against`` ones, alternating, round after round), on
 a cache warmed by one compile per model and interpreter first (``$CNNC_CACHE_DIR``, shared: a
-kernel's entry is keyed by its source and the code that compiles it, so two versions never mix
-theirs). Two kinds of process per round:
+kernel's entry is keyed by its source and the code that compiles it, and a compile-cache entry
+by the code's hash too, so two versions never mix theirs). The warming runs without
+``PYTHONDONTWRITEBYTECODE``, so each checkout's modules have their bytecode written, as an
+installed package has: where that variable is set (as on the shared host of session 22),
+every process would otherwise compile cnnc's source again, about 0.3 s of CPU, and the
+comparison would be of that. Two kinds of process per round:
 
-- plain: ``import cnnc; cnnc.compile(model)``; the parent takes its wall time and CPU time
-  (user + system, from the kernel's accounting of the child);
+- plain: ``import cnnc; cnnc.compile(model)``; "ready" is when ``compile`` returns: the wall
+  time from the parent's start of the process, and the process's CPU time until then
+  (interpreter start-up included); "process" is until the process has ended, interpreter
+  finalization included (0.1-0.2 s of CPU: tearing down Numba's and everyone's modules), the
+  parent's wall time and the kernel's accounting of the child's CPU (user + system);
 - split: the same, with timers wrapped around the stages (exclusive: a nested stage's time is
   not its caller's): imports (``import cnnc`` and the first ``cnnc.compile``, which imports
   the runtime), parse (DSL to graph), init (the seeded initial weights), passes, lower (the
   lowering driver, kernel modules imported, without the task functions loaded inside it),
   pack (parameters set: derived parameters, packed weights), kernel load (Numba's task
   functions and the task loop loaded from its cache), first call (the warm-up call, less the
-  loads inside it), other (the rest of ``compile``).
+  loads inside it), cache (reading and writing ``runtime/compile_cache.py``'s entries, keys
+  included; absent before it), other (the rest of ``compile``).
 
 Medians over the rounds go to stdout as markdown tables (bench/RESULTS.md keeps the measured
 ones)."""
@@ -35,7 +43,7 @@ import sys
 import time
 
 STAGES = ("imports", "parse", "init", "passes", "lower", "pack", "kernel load", "first call",
-          "other")
+          "cache", "other")
 
 
 def _worker(model: str, split: bool) -> dict[str, float]:
@@ -53,10 +61,12 @@ def _worker(model: str, split: bool) -> dict[str, float]:
     t1, c1 = time.perf_counter(), time.process_time()
     compile_model(model)
     total_wall, total_cpu = time.perf_counter() - t1, time.process_time() - c1
+    ready, ready_cpu = time.time(), time.process_time()  # the process's CPU since it began
     wall["imports"], cpu["imports"] = t_imp, c_imp
     wall["other"] = total_wall - sum(v for k, v in wall.items() if k != "imports")
     cpu["other"] = total_cpu - sum(v for k, v in cpu.items() if k != "imports")
-    return {**{f"wall {k}": v for k, v in wall.items()}, **{f"cpu {k}": v for k, v in cpu.items()}}
+    return {**{f"wall {k}": v for k, v in wall.items()}, **{f"cpu {k}": v for k, v in cpu.items()},
+            "ready at": ready, "ready cpu": ready_cpu}
 
 
 def _wrap_stages(wall: dict[str, float], cpu: dict[str, float]) -> None:
@@ -90,10 +100,16 @@ def _wrap_stages(wall: dict[str, float], cpu: dict[str, float]) -> None:
     tasks.compile_task_function = timed("kernel load", tasks.compile_task_function)
     tasks.run_tasks.compile = timed("kernel load", tasks.run_tasks.compile)
     model.CompiledModel.warm_up = timed("first call", model.CompiledModel.warm_up)
+    cache = getattr(model, "compile_cache", None)  # not in checkouts before it
+    if cache is not None:
+        for name in ("load_frontend", "store_frontend", "load_constants", "store_constants",
+                     "frontend_key", "constants_key"):
+            setattr(cache, name, timed("cache", getattr(cache, name)))
 
 
 def _run(python: str, model: str, split: bool, env: dict[str, str]) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()
     t = time.perf_counter()
     out = subprocess.run([python, __file__, "--worker", model] + (["--split"] if split else []),
                          capture_output=True, text=True, env=env)
@@ -103,6 +119,7 @@ def _run(python: str, model: str, split: bool, env: dict[str, str]) -> dict[str,
         raise SystemExit(f"{python} {model}: {out.stderr.strip().splitlines()[-1:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process wall"] = wall
+    result["ready wall"] = result.pop("ready at") - started
     result["process cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return result
 
@@ -123,9 +140,10 @@ def main() -> None:
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads))
     pythons = [sys.executable] + args.against
     models = args.models.split(",")
-    for python in pythons:  # warm the cache: every kernel compiled (or already there)
+    warming = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for python in pythons:  # warm the caches: every kernel compiled (or already there)
         for m in models:
-            _run(python, m, False, env)
+            _run(python, m, False, warming)
     runs: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
     for r in range(args.rounds):
         for m in models:
@@ -140,13 +158,15 @@ def main() -> None:
 
     print(f"load average now {os.getloadavg()[0]:.1f}, NUMBA_NUM_THREADS={args.threads}, "
           f"{args.rounds} rounds\n")
-    print("| model | interpreter | process wall s | process CPU s | runs (wall) |")
-    print("|---|---|---|---|---|")
+    print("| model | interpreter | ready wall s | ready CPU s | process wall s | process CPU s "
+          "| runs (ready wall) |")
+    print("|---|---|---|---|---|---|---|")
     for m in models:
         for python in pythons:
             rows = runs[(python, m, False)]
-            walls = ", ".join(f"{row['process wall']:.2f}" for row in rows)
-            print(f"| {m} | {python} | {med(rows, 'process wall'):.2f} | "
+            walls = ", ".join(f"{row['ready wall']:.2f}" for row in rows)
+            print(f"| {m} | {python} | {med(rows, 'ready wall'):.2f} | "
+                  f"{med(rows, 'ready cpu'):.2f} | {med(rows, 'process wall'):.2f} | "
                   f"{med(rows, 'process cpu'):.2f} | {walls} |")
     print("\nSplit, CPU s (median over the rounds; exclusive stages):\n")
     print("| model | interpreter | " + " | ".join(STAGES) + " | process |")

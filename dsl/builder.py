@@ -34,10 +34,9 @@ from ..compiler.ops import (
     infer_node,
 )
 from ..zoo import ZOO_DIR
-from ..zoo import names as zoo_names
 from ..zoo import path as zoo_path
 from . import ast
-from .errors import DslError, LimitError, display_file
+from .errors import DslError, LimitError
 from .limits import (
     MAX_DEPTH,
     MAX_DIM,
@@ -45,10 +44,10 @@ from .limits import (
     MAX_INT,
     MAX_NODES,
     MAX_REPEAT,
-    MAX_SOURCE_BYTES,
     MAX_STEPS,
 )
 from .parser import parse
+from .source import TEXT_SOURCE, read_file, read_source
 
 # Attributes that take literal (fixed) parameter values, and the parameter each one fills.
 LITERAL_PARAMS = {"weights": "weight", "bias": "bias"}
@@ -390,7 +389,7 @@ class Builder:
         run once, so a diamond of imports does not multiply the work)."""
         if str(path) in self.loaded:
             return self.loaded[str(path)]
-        module = parse(_read_file(path), str(path))
+        module = parse(read_file(path), str(path))
         sub = ModuleEnv(str(path))
         self.loaded[str(path)] = sub
         self.importing.append(str(path))
@@ -1102,12 +1101,6 @@ def _header_span(header: ast.Header | None) -> Span | None:
     return header.span if header is not None else None
 
 
-def _os_reason(e: Exception) -> str:
-    if isinstance(e, UnicodeDecodeError):
-        return "it is not UTF-8 text"
-    return getattr(e, "strerror", None) or str(e)
-
-
 def load_network(source_or_path: str | Path, **overrides: Any) -> Graph:
     """Build the IR for a zoo name, a path to a .cnn file, or DSL source text."""
     text, file = read_source(source_or_path)
@@ -1133,70 +1126,3 @@ def load_zoo(name: str, **params: Any) -> Graph:
     return load_network(zoo_path(name), **params)
 
 
-TEXT_SOURCE = "<string>"  # the file name of a program given as text
-
-
-def read_source(source_or_path: str | Path) -> tuple[str, str]:
-    """(text, file name) for a file path, a zoo name, or source text.
-
-    A `Path` is always a file. A string is a file when a file of that name exists (whatever
-    characters it holds, `->` and newlines included), else a zoo network's name, else program
-    text when it looks like one (a newline, `->` or punctuation no name has).
-    """
-    s = str(source_or_path)
-    path = Path(s)
-    if isinstance(source_or_path, Path) or _is_file(path):
-        return _read_file(path), s
-    if _is_dir(path):
-        raise DslError(f"{display_file(s)} is a directory, not a .cnn file")
-    if "\n" in s or "->" in s:
-        return _check_size(s, "the program text"), TEXT_SOURCE
-    names = zoo_names()
-    if s in names:
-        zoo_file = zoo_path(s)
-        return zoo_file.read_text(encoding="utf-8"), str(zoo_file)
-    if any(c in s for c in " ()=:#"):  # not a path or a name: a one-line program
-        return s, TEXT_SOURCE
-    close = difflib.get_close_matches(Path(s).stem, names, n=1)
-    raise DslError(f"no file {s!r} and no zoo network of that name",
-                   hint=(f"did you mean {close[0]!r}? " if close else "") +
-                   f"zoo: {', '.join(names) or '(empty)'}")
-
-
-def _read_file(path: Path) -> str:
-    """A program file's text; never blocks on a FIFO or device, never reads a huge file."""
-    name = display_file(str(path))
-    try:
-        if path.is_dir():
-            raise DslError(f"{name} is a directory, not a .cnn file")
-        if path.exists() and not path.is_file():
-            raise DslError(f"{name} is not a regular file (a pipe or a device?)")
-        if path.exists() and path.stat().st_size > MAX_SOURCE_BYTES:
-            raise DslError(f"{name} is {path.stat().st_size:,} bytes; a program may be at most "
-                           f"{MAX_SOURCE_BYTES:,}")
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DslError(f"cannot read {name}: {_os_reason(e)}") from None
-
-
-def _check_size(text: str, what: str) -> str:
-    if len(text) > MAX_SOURCE_BYTES:
-        raise DslError(f"{what} is {len(text):,} characters; a program may be at most "
-                       f"{MAX_SOURCE_BYTES:,}")
-    return text
-
-
-def _is_file(path: Path) -> bool:
-    """Whether a regular file of this name exists; names the OS cannot take (a NUL byte, too
-    long) name no file."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
-def _is_dir(path: Path) -> bool:
-    try:
-        return path.is_dir()
-    except (OSError, ValueError):
-        return False

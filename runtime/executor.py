@@ -314,6 +314,19 @@ class Executor:
         for arena in self.arenas.values():
             arena.bind_consts(self)
 
+    def set_packed(self, consts: list[dict[str, np.ndarray]]) -> None:
+        """Bind constants packed before (``set_params``' ``consts`` of an equal plan, read back
+        from ``runtime/compile_cache.py``): one writable contiguous float32 array per name,
+        per step, bound as they are."""
+        if len(consts) != len(self.plan.steps):
+            raise ValueError(f"{len(consts)} steps of constants for a plan of "
+                             f"{len(self.plan.steps)}")
+        self.values = {}  # the next set_params evaluates every parameter-time node
+        self.consts = [{k: self.memory.upload(np.require(v, np.float32, ["C", "W"]))
+                        for k, v in step.items()} for step in consts]
+        for arena in self.arenas.values():
+            arena.bind_consts(self)
+
     def set_replicas(self, replicas: Replicas | None) -> None:
         """The replicas the collective steps average over (None: none, the value as it is);
         they average host arrays, so only a plan whose kernels run in the host's memory."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +31,14 @@ from ..compiler.passes.manager import DumpFolderError, OptionError, write_memory
 from ..compiler.plan import Plan
 from ..compiler.target import Target, resolve_target
 from ..compiler.types import LAYOUT_CHOICES
+from ..dsl.errors import DslError
+from ..dsl.source import read_source
+from . import compile_cache
 from .autotune import Autotuner
 from .executor import Executor, flat_input
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
-from .weights import check_weights, init_params, load_weights, save_weights
+from .weights import check_parameter_memory, check_weights, init_params, load_weights, save_weights
 
 if TYPE_CHECKING:  # for the annotations: the training runtime is imported when one is asked for
     from .train import TrainingModel
@@ -91,9 +94,14 @@ class CompiledModel:
     pass did (``cnnc compile --explain``).
     """
 
-    def __init__(self, graph: Graph, plan: Plan, params: dict[str, np.ndarray],
+    def __init__(self, graph: Graph, plan: Plan,
+                 params: Mapping[str, np.ndarray] | Callable[[], Mapping[str, np.ndarray]],
                  *, compile_seconds: float = 0.0, passes: list[PassRecord] | None = None,
-                 opt_level: int = 2) -> None:
+                 opt_level: int = 2, packed: list[dict[str, np.ndarray]] | None = None) -> None:
+        """``packed``: the steps' constants already packed from ``params`` (by an equal plan:
+        ``runtime/compile_cache.py``), bound as they are instead of packed again; ``params``
+        may then be the function that makes them, called when they are first asked for (the
+        kernels need only the packed constants)."""
         self.graph = graph
         self.plan = plan
         self.steps = plan.steps
@@ -101,18 +109,38 @@ class CompiledModel:
         self.opt_level = opt_level
         self.executor = Executor(plan)
         self.compile_seconds = compile_seconds
-        self._params: dict[str, np.ndarray] = {}
-        self.set_params(params)
+        self._params: dict[str, np.ndarray] | None = None
+        self._make_params = params if callable(params) else None
+        if packed is None:
+            self.set_params(params() if callable(params) else params)
+        else:
+            if not callable(params):
+                self._params = self._checked(params)
+            self.executor.set_packed(packed)
 
     # -- parameters ---------------------------------------------------------------------------
     @property
     def params(self) -> dict[str, np.ndarray]:
         """Parameters by name (float32, read-only: change them with ``set_params``)."""
-        return dict(self._params)
+        return dict(self._values())
+
+    def _values(self) -> dict[str, np.ndarray]:
+        """The parameters, made first where they were left to be made when asked for."""
+        if self._params is None:
+            assert self._make_params is not None
+            self._params = self._checked(self._make_params())
+            self._make_params = None
+        return self._params
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
         """Replace the parameters (all of them, checked by name and shape); derived parameters
         (folded batch norms) are recomputed and every kernel's constants repacked."""
+        self._params = self._checked(values)
+        self.executor.set_params(self._params)
+
+    def _checked(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Float32 copies of ``values`` checked against the network, the literal weights its
+        definition fixes put in, each read-only."""
         values = {k: np.array(v, dtype=np.float32) for k, v in values.items()}
         check_weights(self.graph, values)
         for node in self.graph.params():  # literal weights come from the network definition
@@ -120,11 +148,10 @@ class CompiledModel:
                 values[node.name] = np.asarray(node.attrs["value"], np.float32)
         for v in values.values():
             v.setflags(write=False)
-        self._params = values
-        self.executor.set_params(values)
+        return values
 
     def save_weights(self, path: str | Path) -> None:
-        save_weights(self._params, path)
+        save_weights(self._values(), path)
 
     def load_weights(self, path: str | Path) -> None:
         self.set_params(load_weights(self.graph, path))
@@ -322,28 +349,65 @@ def _target(target: str | Target) -> Target:
         raise ModelError(str(e)) from None
 
 
+class _Front:
+    """Where a program's front-end cache entry is (``path``, ``key``) and what it holds
+    (``entry``: None on a miss)."""
+
+    def __init__(self, path: Path, key: str, entry: compile_cache.Frontend | None) -> None:
+        self.path, self.key, self.entry = path, key, entry
+
+
+def _cached_front(src: Any, cpu: Target, *, opt_level: int, lowering: str | Mapping[str, str],
+                  layout: str, cache_dir: str | Path | None) -> _Front | None:
+    """The front-end cache entry of a program given as a zoo name, a .cnn path or DSL text
+    (None for a Graph, an ONNX file or a program that imports files: no entry is kept)."""
+    if isinstance(src, Graph):
+        return None
+    text = str(src)
+    if "\n" not in text and text.lower().endswith(".onnx"):
+        return None
+    try:
+        text, file = read_source(src)
+    except DslError:
+        return None  # reported by the parse, as without the cache
+    if not compile_cache.frontend_cacheable(text):
+        return None
+    key = compile_cache.frontend_key(text, file, cpu, opt_level, lowering, layout)
+    path = compile_cache.entry_path(compile_cache.FRONTEND, key, cache_dir)
+    return _Front(path, key, compile_cache.load_frontend(path, key))
+
+
 def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
            cache_dir: str | Path | None, opt_level: int, layout: str,
            dump_ir: str | Path | None, force: bool, progress: bool | None, autotune: bool,
-           device: str | None = None, warm: bool = True) -> tuple[Plan, list[PassRecord]]:
+           device: str | None = None, warm: bool = True,
+           front: _Front | None = None) -> tuple[Plan, list[PassRecord]]:
     """The optimized copy of ``graph`` lowered for ``cpu`` (its kernels loaded, except a CUDA
-    module printed for ``device="none"``), and the pass records."""
+    module printed for ``device="none"``), and the pass records. ``front``: the program's
+    front-end cache entry: its optimized graph used where it has one, else stored there."""
     if opt_level not in (0, 1, 2):
         raise ModelError(f"opt_level must be 0, 1 or 2, got {opt_level!r}")
     if layout not in LAYOUT_CHOICES:
         raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got {layout!r}")
     if autotune and cpu.cuda:
         raise ModelError(f"autotune measures CPU kernels; target {cpu} has none")
-    optimized = graph.copy()
-    try:
-        measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
-                             cache_dir=cache_dir) if autotune else None)
-        records = optimize(optimized, opt_level,
-                           ctx=PassContext(lowering=lowering, layout=layout, measure=measure,
-                                           target=cpu, replace_dump=force),
-                           dump_dir=dump_ir)
-    except (LoweringError, DumpFolderError) as e:
-        raise ModelError(str(e)) from None
+    if front is not None and front.entry is not None:
+        optimized, records = front.entry.optimized, front.entry.records
+    else:
+        optimized = graph.copy()
+        try:
+            measure = (Autotuner(compile, cpu, layout=layout, opt_level=opt_level,
+                                 cache_dir=cache_dir) if autotune else None)
+            records = optimize(optimized, opt_level,
+                               ctx=PassContext(lowering=lowering, layout=layout,
+                                               measure=measure, target=cpu,
+                                               replace_dump=force),
+                               dump_dir=dump_ir)
+        except (LoweringError, DumpFolderError) as e:
+            raise ModelError(str(e)) from None
+        if front is not None:  # the graphs as the passes left them
+            compile_cache.store_frontend(front.path, front.key,
+                                         compile_cache.Frontend(graph, optimized, records))
     backend = None
     if cpu.cuda:
         # imported here, for start-up cost: a CPU target never loads the CUDA backend
@@ -438,8 +502,22 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         problem = gpu_problem()
         if problem is not None:
             raise ModelError(problem)
-    graph, onnx_weights = _load_graph(source_or_graph_or_path)
-    if weights is None:
+    front = None
+    if mode == "infer" and not autotune and dump_ir is None and not fully_convolutional:
+        front = _cached_front(source_or_graph_or_path, cpu, opt_level=opt_level,
+                              lowering=lowering, layout=layout, cache_dir=cache_dir)
+    if front is not None and front.entry is not None:
+        graph, onnx_weights = front.entry.graph, None
+    else:
+        graph, onnx_weights = _load_graph(source_or_graph_or_path)
+    # the seeded initial values are made after lowering, where they may come from the cache
+    # of packed constants (runtime/compile_cache.py) with the kernels' constants
+    # (not a network made fully convolutional: its values are the declared network's)
+    seeded = weights is None and onnx_weights is None and not fully_convolutional
+    params: dict[str, np.ndarray] = {}
+    if seeded:
+        check_parameter_memory(graph)  # refused before anything is compiled
+    elif weights is None:
         params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
     elif isinstance(weights, (str, Path)):
         params = load_weights(graph, weights)
@@ -467,6 +545,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         # imported here, for start-up cost: an inference compile never loads the training runtime
         from .train import compile_training
 
+        if seeded:
+            params = init_params(graph, seed)
+
         bar = CompileProgress(progress)
         try:
             tm = compile_training(graph, params, target=cpu, opt_level=opt_level,
@@ -486,8 +567,9 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         raise ModelError(f"{', '.join(sorted(training))}: training options need mode='train'")
     plan, records = _lower(graph, cpu, lowering=lowering, cache_dir=cache_dir,
                            opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
-                           progress=progress, autotune=autotune, warm=warm)
-    model = CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
+                           progress=progress, autotune=autotune, warm=warm, front=front)
+    model = _model(graph, plan, records, opt_level,
+                   params if not seeded else None, seed, cpu, autotune, cache_dir)
     if model.bytes_needed(1) > model.memory_available():
         raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "
                          f"of buffers at batch 1, more than the "
@@ -495,4 +577,27 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     if warm:
         model.warm_up()
     model.compile_seconds = time.perf_counter() - t0
+    return model
+
+
+def _model(graph: Graph, plan: Plan, records: list[PassRecord], opt_level: int,
+           params: dict[str, np.ndarray] | None, seed: int, cpu: Target, autotune: bool,
+           cache_dir: str | Path | None) -> CompiledModel:
+    """The compiled model of ``plan`` with ``params``, or (None) with the initial values of
+    ``seed``: those and the kernels' constants read from the cache of packed constants where
+    this plan's are there, else made, packed and stored there."""
+    if params is not None:
+        return CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
+    if not compile_cache.constants_cacheable(graph, plan, cpu, autotune):
+        return CompiledModel(graph, plan, init_params(graph, seed), passes=records,
+                             opt_level=opt_level)
+    key = compile_cache.constants_key(graph, plan, seed, cpu)
+    path = compile_cache.entry_path(compile_cache.CONSTANTS, key, cache_dir)
+    consts = compile_cache.load_constants(path, key, plan)
+    if consts is not None:  # the parameters are made from the seed if they are asked for
+        return CompiledModel(graph, plan, lambda: init_params(graph, seed), passes=records,
+                             opt_level=opt_level, packed=consts)
+    model = CompiledModel(graph, plan, init_params(graph, seed), passes=records,
+                          opt_level=opt_level)
+    compile_cache.store_constants(path, key, plan, model.executor.consts)
     return model

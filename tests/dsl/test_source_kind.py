@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cnnc.dsl.builder import MAX_SOURCE_BYTES, load_network, read_source
+from cnnc.dsl.builder import load_network
 from cnnc.dsl.errors import DslError
+from cnnc.dsl.limits import MAX_SOURCE_BYTES
+from cnnc.dsl.source import read_source
 
 PROGRAM = "input x: 3 x 8 x 8\nx -> conv(4, 3) -> output y\n"
 

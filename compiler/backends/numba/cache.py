@@ -53,6 +53,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import IO
 
 try:
     import fcntl
@@ -60,7 +61,7 @@ except ImportError:  # pragma: no cover - not POSIX: kernels compile without the
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["cache_root", "module_path", "load_module", "cache_key", "auxiliary_file",
-           "compile_lock", "track_saves"]
+           "compile_lock", "track_saves", "atomic_file", "warn"]
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, ModuleType] = {}
@@ -124,7 +125,7 @@ _FALLBACK: dict[Path, Path] = {}  # unusable root -> the folder used instead
 _SEEN: set[Path] = set()  # kernel files loaded here: their Numba files are recorded at exit
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
     """One line on stderr (a warning about the cache is never an error)."""
     print(f"cnnc: warning: {message}", file=sys.stderr)
 
@@ -189,12 +190,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(path: Path, data: str | bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path``'s new content into: written under a temporary name in
+    the same folder and ``os.replace``-d into place when the block ends without an error (else
+    removed), so a reader never sees a torn file and of two concurrent writers one whole file
+    wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -202,6 +208,11 @@ def _write_atomic(path: Path, data: str | bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 # -- the manifest -----------------------------------------------------------------------------
@@ -316,7 +327,7 @@ def _ensure_file(path: Path, source: str) -> None:
         return
     if os.path.lexists(path):
         what = "is not a regular file" if data is None else "differs from its source"
-        _warn(f"kernel cache: {path} {what}; rebuilding it")
+        warn(f"kernel cache: {path} {what}; rebuilding it")
         _remove(path)
     _write_atomic(path, source)
     _purge_numba_cache(path)
@@ -384,7 +395,7 @@ def _check_entry(path: Path, source: str) -> None:
     _ensure_file(path, source)
     problem = _damage(path)
     if problem is not None:
-        _warn(f"kernel cache: {path.parent}: {problem}; purged, the kernel compiles again")
+        warn(f"kernel cache: {path.parent}: {problem}; purged, the kernel compiles again")
         _purge_numba_cache(path)
         if _numba_files(path):  # a read-only cache keeps its damaged files: use another
             raise PermissionError(f"cannot remove the damaged files in {path.parent}")
@@ -410,7 +421,7 @@ def _fallback_root(root: Path, error: OSError) -> Path:
         folder = Path(tempfile.mkdtemp(prefix="cnnc-cache-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
     why = error.strerror or str(error)
-    _warn(f"kernel cache {root} is not usable ({why}); using {folder} instead "
+    warn(f"kernel cache {root} is not usable ({why}); using {folder} instead "
           "(set CNNC_CACHE_DIR to choose another)")
     _FALLBACK[root] = folder
     return folder

@@ -9,6 +9,7 @@ function, compiled when first needed).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -29,6 +30,12 @@ _LAYOUT_KERNELS: dict[str, dict[str, TaskKernel]] = {}
 
 
 _TASK_KERNELS: dict[tuple[str, str], TaskKernel] = {}
+
+# A compute kernel's module source by header, printed once per kernel object (one is built for
+# all the layers that share it: ``ops.conv.lowering.compute_kernel``). Kernels hash by
+# identity and are not changed once built.
+_MODULE_SOURCES: weakref.WeakKeyDictionary[Kernel, dict[str, str]] = \
+    weakref.WeakKeyDictionary()
 
 
 def task_kernel(module: Any, kernel: Kernel) -> TaskKernel:
@@ -121,7 +128,10 @@ class NumbaBackend:
     def load_tasked(self, kernel: Kernel, tag: str, header: str) -> tuple[TaskKernel, str, str]:
         """``(kernel, source file name, source)`` of a compute kernel of its own module,
         cached as the module ``tag``."""
-        src = print_module([kernel], header=header)
+        sources = _MODULE_SOURCES.setdefault(kernel, {})
+        src = sources.get(header)
+        if src is None:
+            src = sources[header] = print_module([kernel], header=header)
         mod = cache.load_module(src, tag, self.root)
         return task_kernel(mod, kernel), module_file_name(mod, tag), src
 

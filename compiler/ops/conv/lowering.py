@@ -5,18 +5,40 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
 from ...decisions import operand_kind, own_attrs, prologue_of
-from ...kernels.common import Sizes
+from ...kernels.common import FusedOp, Sizes
 from ...kernels.conv_geometry import ConvGeometry
 from ...kernels.elementwise import zero_stuff_kernel
+from ...kernels.kernel_ir import Kernel
 from ...kernels.tiles import RESIDUAL_CODES, TILE_8, DirectTile, operand_ints
 from ...plan import Arg, Call, Step
 from .. import LoweringError, own_input_types
 from .algorithms import DIRECT, ConvAlgorithm, by_name, geometry, kernel_lanes
 from .transpose import transpose_as_conv, transposed_as_conv_weight
+
+
+@lru_cache(maxsize=256)
+def compute_kernel(algorithm: ConvAlgorithm, g: ConvGeometry, epilogue: tuple[FusedOp, ...],
+                   kinds: tuple[str, ...], tile: DirectTile,
+                   prologue: tuple[str, tuple[tuple[str, Any], ...]] | None,
+                   residual: bool) -> tuple[Kernel, str]:
+    """``algorithm.kernel(...)``: the compute kernel and its module tag, built once a process
+    for equal arguments (a kernel's code is a function of them alone: its sizes are runtime
+    arguments, so layers of one shape class share it). Building a kernel's IR and printing it
+    to find its cache entry was most of a cached compile's lowering (bench/RESULTS.md); the
+    one object also lets the backend print it once (``NumbaBackend.load_tasked``)."""
+    pre = (prologue[0], dict(prologue[1])) if prologue is not None else None
+    return algorithm.kernel(g, list(epilogue), kinds, tile, pre, residual)
+
+
+def _hashable(prologue: tuple[str, dict[str, Any]] | None
+              ) -> tuple[str, tuple[tuple[str, Any], ...]] | None:
+    return None if prologue is None else (prologue[0], tuple(sorted(prologue[1].items())))
 
 
 def lower_conv(ctx, node) -> Step:
@@ -71,8 +93,8 @@ def lower_conv(ctx, node) -> Step:
                                 "add(r) or add(r) then relu of an operand of the output's "
                                 f"shape, not [{', '.join(map(str, epilogue))}]")
         in_kernel = []
-    kernel, tag = algorithm.kernel(g, in_kernel, kinds if in_kernel else (), tile, prologue,
-                                   residual is not None)
+    kernel, tag = compute_kernel(algorithm, g, tuple(in_kernel), tuple(kinds) if in_kernel else (),
+                                 tile, _hashable(prologue), residual is not None)
     compute, source_name, src = ctx.load_tasked(kernel, tag, "convolution kernel")
     calls: list[Call] = []
     scratch: dict[str, int] = {}
