@@ -22,6 +22,16 @@ settings.load_profile(os.environ.get("CNNC_HYPOTHESIS_PROFILE", "ci"))
 #: This machine's own target query, for the tests marked ``host_target``.
 _HOST_TARGET = target.host_target
 
+# Under pytest-xdist with a worker per core, a compile's parallel-compile worker processes
+# (compiler/backends/numba/warm.py) only compete with the other test workers for the same cores,
+# and each one first spends about a second of CPU importing Numba and cnnc, and this process
+# then loads their machine code back from the cache: on 2 cores the suite does more work for
+# nothing. So the test workers compile in-process (set CNNC_PARALLEL_COMPILE to override;
+# tests/codegen/test_cache.py turns it on to test it).
+if (int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1)
+        and "CNNC_PARALLEL_COMPILE" not in os.environ):
+    os.environ["CNNC_PARALLEL_COMPILE"] = "0"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _eight_lane_target_by_default():
