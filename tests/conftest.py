@@ -69,11 +69,11 @@ def _this_machines_target_where_marked(request, monkeypatch):
 # --- Compile-work log (off unless CNNC_TEST_KERNEL_LOG names a folder) -------------------------
 # Each pytest process appends one JSON line per test to <folder>/<worker>.jsonl: the kernel
 # modules it was first to write into the cache (each a distinct kernel source: a cold compile),
-# the seconds (wall and this thread's CPU) Numba spent compiling in this process (the
-# parallel-compile workers' time is not in it), and the test's CPU seconds: this process's
-# (``cpu_s``, every thread) and its finished child processes' (``child_cpu_s``: command-line
-# runs, compile workers). How the suite's compile budget is spent, test by test, in numbers the
-# other processes on a shared machine do not distort; it changes no test.
+# the seconds (wall and this thread's CPU) Numba spent compiling, or loading from its cache, in
+# this process (the parallel-compile workers' time is not in it), and the test's CPU seconds:
+# this process's (``cpu_s``, every thread) and its finished child processes' (``child_cpu_s``:
+# command-line runs, compile workers). How the suite's compile budget is spent, test by test,
+# in numbers the other processes on a shared machine do not distort; it changes no test.
 _KERNEL_LOG = os.environ.get("CNNC_TEST_KERNEL_LOG")
 
 if _KERNEL_LOG:
@@ -118,6 +118,22 @@ if _KERNEL_LOG:
                     _current["compile_cpu_s"] += time.thread_time() - self.cpu_start
 
         event.register("numba:compile", CompileTimer())
+
+        # The kernels are C callbacks (``tasks.compile_task_function``), whose compiles (or
+        # loads from Numba's cache) raise no compile event: time them where they happen.
+        from numba.core.ccallback import CFunc
+
+        compile_cfunc = CFunc.compile
+
+        def timed_compile(self):
+            start, cpu_start = time.perf_counter(), time.thread_time()
+            try:
+                return compile_cfunc(self)
+            finally:
+                _current["compile_s"] += time.perf_counter() - start
+                _current["compile_cpu_s"] += time.thread_time() - cpu_start
+
+        CFunc.compile = timed_compile
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(item, nextitem):
