@@ -178,12 +178,12 @@ def test_an_image_alone_or_in_a_batch(kernels, algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ["winograd_f2", "winograd_f4"])
-def test_tasks_split_by_output_channels_give_the_same_bits(kernels, algorithm):
-    """One image of 7 x 7 tiles is 9 groups of 6, its 200 output channels 13 tiles. On 2 or 4
-    threads (9 groups: 5 against 4, 3 against 2) each group splits into 2 or 4 shares of
-    the output-channel tiles (6 and 7 tiles, or 3 and 4); on 1, 3 (3 groups each) or 5 it
-    does not pay. Every output is the same bits whatever the split (the sums of each
-    output the same, in the same order)."""
+def test_tasks_as_equal_shares_of_few_groups_give_the_same_bits(kernels, algorithm):
+    """One image of 7 x 7 tiles is 9 groups of 6, its 200 output channels 13 tiles. On 2, 4
+    or 5 threads (9 groups: 5 against 4, 3 against 2, 2 against 1) the tasks are as many
+    equal shares of the 9 x 13 (group, output-channel tile) pairs; on 1 or 3 a task per group.
+    Every output is the same bits whatever the shares (the sums of each output the same, in
+    the same order)."""
     m = 2 if algorithm == "winograd_f2" else 4
     attrs = dict(out_channels=200, kernel=3, pads=1, bias=True, activation="relu")
     k = kernels(algorithm, attrs, (9, 7 * m, 7 * m))
@@ -194,13 +194,13 @@ def test_tasks_split_by_output_channels_give_the_same_bits(kernels, algorithm):
     at = WINOGRAD_INTS.index("TH")
     ints = list(k.int_args)
     outs = {}
-    for threads, shares in ((1, 1), (2, 2), (3, 1), (4, 4), (5, 1)):
+    for threads, tasks in ((1, 9), (2, 2), (3, 9), (4, 4), (5, 5)):
         ints[at] = threads
         k.int_args = tuple(ints)  # this ConvKernel's own (each compile_conv makes one)
         arrays = [None] * (4 + len(k.work))
-        assert k.kernel.count_tasks(*arrays, *ints, k.relu, 1) == 9 * shares
+        assert k.kernel.count_tasks(*arrays, *ints, k.relu, 1) == tasks
         outs[threads] = k(x, w, b)
-    for threads in (2, 4):
+    for threads in (2, 4, 5):
         np.testing.assert_array_equal(outs[threads], outs[1])
 
 
