@@ -30,11 +30,12 @@ where the groups are few and would share out unevenly between the threads, a tas
 equal share of all the groups' (group, output-channel tile) pairs: :func:`task_count`); it
 transforms their input tiles, every channel block, into a per-thread scratch ``V``
 (``[alpha^2, C8, TILES, 8]``), then for each 16-channel tile of its output channels runs the
-``alpha^2`` GEMMs ``M[xi] = V[xi] @ U[xi]`` on the 6 x 16 register tile of the direct kernel (6 tiles broadcast against 2 weight
-vectors, summed over the input channels) into a scratch ``M`` (``[alpha^2, TILES, 16]``, in
-L1), and transforms that back into the output pixels with the bias, the ReLU floor and the
-fused epilogue at the store. Each tile's sums are its own accumulators, in the same order
-whatever its place in a task: an image's outputs do not depend on the batch it runs in.
+``alpha^2`` GEMMs ``M[xi] = V[xi] @ U[xi]`` on the 6 x 16 register tile of the direct kernel
+(6 tiles broadcast against 2 weight vectors, summed over the input channels) into a scratch
+``M`` (``[alpha^2, TILES, 16]``, in L1), and transforms that back into the output pixels with
+the bias, the ReLU floor and the fused epilogue at the store. Each tile's sums are its own
+accumulators, in the same order whatever its place in a task: an image's outputs do not
+depend on the batch it runs in.
 Vectors are 8 channels wide throughout: the transforms are lane-wise.
 """
 
