@@ -72,7 +72,7 @@ class ConvKernel:
         self.path = str(self.kernel.path)
         self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
         self.layout = layout_module(root)
-        self.int_args = self.algorithm.int_args(g, tile=tile)
+        self.int_args = self.algorithm.int_args(g, tile=tile, threads=backend.threads)
         self.relu = int(g.activation == "relu")
         per_thread = self.algorithm.thread_scratch(g)
         # the compute kernel's per-thread work space, for as many threads as it may run

@@ -25,14 +25,17 @@ about 0, keep the transforms' norms, and so the error, lowest).
 
 The kernel (:func:`winograd_conv_kernel`) fuses the three stages per task: a task is
 :data:`TILES` consecutive output tiles of the batch (numbered image after image, so a small
-image's last tiles share a task with the next image's first); it transforms their input
-tiles, every channel block, into a per-thread scratch ``V`` (``[alpha^2, C8, TILES, 8]``),
-then for each 16-channel tile of output channels runs the ``alpha^2`` GEMMs ``M[xi] = V[xi] @
-U[xi]`` on the 6 x 16 register tile of the direct kernel (6 tiles broadcast against 2 weight
-vectors, summed over the input channels) into a scratch ``M`` (``[alpha^2, TILES, 16]``, in
-L1), and transforms that back into the output pixels with the bias, the ReLU floor and the
-fused epilogue at the store. Each tile's sums are its own accumulators, in the same order
-whatever its place in a task: an image's outputs do not depend on the batch it runs in.
+image's last tiles share a task with the next image's first), for every output channel (or,
+where the groups are few and would share out unevenly between the threads, a task is an
+equal share of all the groups' (group, output-channel tile) pairs: :func:`task_count`); it
+transforms their input tiles, every channel block, into a per-thread scratch ``V``
+(``[alpha^2, C8, TILES, 8]``), then for each 16-channel tile of its output channels runs the
+``alpha^2`` GEMMs ``M[xi] = V[xi] @ U[xi]`` on the 6 x 16 register tile of the direct kernel
+(6 tiles broadcast against 2 weight vectors, summed over the input channels) into a scratch
+``M`` (``[alpha^2, TILES, 16]``, in L1), and transforms that back into the output pixels with
+the bias, the ReLU floor and the fused epilogue at the store. Each tile's sums are its own
+accumulators, in the same order whatever its place in a task: an image's outputs do not
+depend on the batch it runs in.
 Vectors are 8 channels wide throughout: the transforms are lane-wise.
 """
 
@@ -237,8 +240,27 @@ def scratch_floats(g: ConvGeometry, t: WinogradTransform) -> int:
 #: the epilogue operands ``e<k>`` and the scratch ``work``): input blocks of the storage
 #: read, input blocks computed, 16-channel output tiles, output size, tile columns and tiles
 #: per image, the rows and columns of the padded input that exist (``VH`` x ``VW``: tiles past
-#: them read zeros), then the input's and output's storage (``conv_direct.IO_INTS``) and ZH.
-WINOGRAD_INTS = ("NB", "C8", "KT", "P", "Q", "TQ", "NT", "VH", "VW") + IO_INTS + ("ZH",)
+#: them read zeros), then the input's and output's storage (``conv_direct.IO_INTS``), ZH, and
+#: the threads the tasks are balanced for (``TH``: :func:`task_count`).
+WINOGRAD_INTS = ("NB", "C8", "KT", "P", "Q", "TQ", "NT", "VH", "VW") + IO_INTS + ("ZH", "TH")
+
+#: From this many tile groups per thread on, a layer runs a task per group: the unevenness
+#: of whole groups between the threads (at most one in this many) is small, and many tasks
+#: keep the threads' shares even on fewer threads than ``TH`` too (:func:`task_count`).
+GROUPS_PER_THREAD = 8
+
+
+def task_count(groups: Expr, TH: Expr) -> Expr:
+    """The kernel's tasks: one per tile group, or ``TH`` equal shares of all the groups'
+    (group, 16-channel output tile) pairs where the groups are few (under
+    :data:`GROUPS_PER_THREAD` a thread) and do not share out evenly between ``TH`` threads.
+    A parallel loop gives each thread one contiguous range of its tasks: 9 groups of a 14 x 14
+    F(2x2) or 28 x 28 F(4x4) layer at batch 1 ran as 5 against 4 on 2 threads, and two
+    shares of 4.5 groups are even. A group cut between two shares has its input tiles
+    transformed by both (at most ``TH - 1`` groups transformed twice); the sums of every
+    output are the same, in the same order, whatever the shares."""
+    few = cmp("and", cmp("!=", groups % TH, 0), cmp("<", groups, GROUPS_PER_THREAD * TH))
+    return Select(few, TH, groups)
 
 
 def _apply(matrix: Matrix, values: list[Expr]) -> list[Expr]:
@@ -283,7 +305,7 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
                          f"8 channels, not {g.describe()}")
     m, a = t.m, t.alpha
     a2 = a * a
-    NB, C8, KT, P, Q, TQ, NT, VH, VW, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, ZH = (
+    NB, C8, KT, P, Q, TQ, NT, VH, VW, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, ZH, TH = (
         Var(v) for v in WINOGRAD_INTS)
     x = StorageIndex(NB, Hp, Wp, XT, XL, g.lanes_in, g.nhwc_in)
     yl = g.lanes_out
@@ -380,27 +402,40 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
             Loop("v", Const(a), out_column),
             Loop("r", Const(m), out_row)])])
 
-    work = [
-        Let("g0", Var("task") * TILES),
+    # task: the (group, output-channel tile) pairs u0 .. u1 - 1 of all groups x KT, in order;
+    # each group it touches: the input transform, then its output-channel tiles in the range
+    per_group = [
+        Let("g0", Var("grp") * TILES),
         Let("nt", Select(cmp("<", Var("alltiles") - Var("g0"), TILES),
                          Var("alltiles") - Var("g0"), Const(TILES))),
-        Let("vbase", call("thread_id") * Var("WS")),
-        Let("mbase", Var("vbase") + a2 * vsize),
-        Let("tbase", Var("mbase") + a2 * (TILES * TILE_K)),
-        Comment(f"input transform B^T d B of the task's tiles ({a}x{a} inputs each)"),
+        Let("kt0", Select(cmp(">", Var("u0"), Var("grp") * KT), Var("u0") - Var("grp") * KT,
+                          Const(0))),
+        Let("kt1", Select(cmp("<", Var("u1"), (Var("grp") + 1) * KT),
+                          Var("u1") - Var("grp") * KT, KT)),
+        Comment(f"input transform B^T d B of the group's tiles ({a}x{a} inputs each)"),
         *transform_in,
         Comment(f"per 16 output channels: the {a2} GEMMs over the input channels, then the "
                 f"output transform A^T M A ({m}x{m} outputs each)"),
-        Loop("kt", KT, [gemm, transform_out]),
+        Loop("kt", Var("kt1") - Var("kt0"), [gemm, transform_out], start=Var("kt0")),
+    ]
+    work = [
+        Let("u0", Var("task") * Var("units") // Var("ntasks")),
+        Let("u1", (Var("task") + 1) * Var("units") // Var("ntasks")),
+        Let("vbase", call("thread_id") * Var("WS")),
+        Let("mbase", Var("vbase") + a2 * vsize),
+        Let("tbase", Var("mbase") + a2 * (TILES * TILE_K)),
+        Loop("grp", Select(cmp(">", Var("u1"), Var("u0")),
+                           (Var("u1") + KT - 1) // KT - Var("u0") // KT, Const(0)),
+             per_group, start=Var("u0") // KT),
     ]
     # with ZH, each task also zeroes the halo of its share of the output rows (R = n_batch *
-    # YB * P rows of blocks of images: task t's are t R / groups .. (t + 1) R / groups - 1).
+    # YB * P rows of blocks of images: task t's are t R / tasks .. (t + 1) R / tasks - 1).
     # Not tasks of their own after the tile groups: a parallel loop's iterations go to the
     # threads as contiguous ranges, and one thread got every tile (ResNet-18's Winograd
     # layers ran no faster on 2 threads than on 1). Halo and interior are disjoint: no race
     # with the tiles' stores.
-    share = [Let("zlo", Var("task") * Var("hrows") // Var("groups")),
-             Let("zhi", (Var("task") + 1) * Var("hrows") // Var("groups"))]
+    share = [Let("zlo", Var("task") * Var("hrows") // Var("ntasks")),
+             Let("zhi", (Var("task") + 1) * Var("hrows") // Var("ntasks"))]
     row = unflatten(Var("zlo") + Var("zh"), [("zn", Var("n_batch")), ("zb", YB), ("zp", P)])
     halo = Loop("zh", ZH * (Var("zhi") - Var("zlo")),
                 row + zero_row_halo(Var("zn"), Var("zb"), Var("zp"), P, Q, yl, g.nhwc_out))
@@ -408,6 +443,8 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     pre = [floor_let(), *([residual_let()] if residual else []),
            Let("alltiles", Var("n_batch") * NT),
            Let("groups", (Var("n_batch") * NT + (TILES - 1)) // TILES),
+           Let("ntasks", task_count(Var("groups"), TH)),
+           Let("units", Var("groups") * KT),
            Let("hrows", Var("n_batch") * (YB * P)),
            Let("WS", a2 * (vsize + TILES * TILE_K + LANES)),
            Let("xline", const(x.line))]
@@ -416,7 +453,8 @@ def winograd_conv_kernel(g: ConvGeometry, t: WinogradTransform, name: str = "con
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops + [Param("work")] + \
         int_params(*WINOGRAD_INTS) + op_ints + int_params("relu", "n_batch")
     params += int_params("residual") if residual else []
-    tasks = Loop("task", (Var("n_batch") * NT + (TILES - 1)) // TILES, body, kind="parallel")
+    # the extent spelt out: the task count function evaluates the Lets it names
+    tasks = Loop("task", task_count(Var("groups"), TH), body, kind="parallel")
     return Kernel(name, params, pre + [tasks], comment)
 
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnc.compiler.kernels.winograd import F2, F4, FILTERS_A_PRODUCT
+from cnnc.compiler.kernels.winograd import F2, F4, FILTERS_A_PRODUCT, WINOGRAD_INTS
 from cnnc.compiler.ops import EPS32, evaluate_bound
 from cnnc.compiler.passes import PassContext
 from cnnc.compiler.passes.select_lowering import select_lowering
@@ -175,6 +175,33 @@ def test_an_image_alone_or_in_a_batch(kernels, algorithm):
     batch = k(x, w, b)
     for i in (0, 2, 4):
         np.testing.assert_array_equal(batch[i:i + 1], k(x[i:i + 1], w, b))
+
+
+@pytest.mark.parametrize("algorithm", ["winograd_f2", "winograd_f4"])
+def test_tasks_as_equal_shares_of_few_groups_give_the_same_bits(kernels, algorithm):
+    """One image of 7 x 7 tiles is 9 groups of 6, its 200 output channels 13 tiles. On 2, 4
+    or 5 threads (9 groups: 5 against 4, 3 against 2, 2 against 1) the tasks are as many
+    equal shares of the 9 x 13 (group, output-channel tile) pairs; on 1 or 3 a task per group.
+    Every output is the same bits whatever the shares (the sums of each output the same, in
+    the same order)."""
+    m = 2 if algorithm == "winograd_f2" else 4
+    attrs = dict(out_channels=200, kernel=3, pads=1, bias=True, activation="relu")
+    k = kernels(algorithm, attrs, (9, 7 * m, 7 * m))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 9, 7 * m, 7 * m)).astype(np.float32)
+    w = rng.standard_normal((200, 9, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(200).astype(np.float32)
+    at = WINOGRAD_INTS.index("TH")
+    ints = list(k.int_args)
+    outs = {}
+    for threads, tasks in ((1, 9), (2, 2), (3, 9), (4, 4), (5, 5)):
+        ints[at] = threads
+        k.int_args = tuple(ints)  # this ConvKernel's own (each compile_conv makes one)
+        arrays = [None] * (4 + len(k.work))
+        assert k.kernel.count_tasks(*arrays, *ints, k.relu, 1) == tasks
+        outs[threads] = k(x, w, b)
+    for threads in (2, 4, 5):
+        np.testing.assert_array_equal(outs[threads], outs[1])
 
 
 def test_bound_grows_with_the_transform():

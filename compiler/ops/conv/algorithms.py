@@ -258,12 +258,14 @@ class ConvAlgorithm(LoweringChoice):
         raise NotImplementedError
 
     def int_args(self, g: ConvGeometry, x: Storage | None = None, y: Storage | None = None,
-                 tile: DirectTile = TILE_8, zero_halo: bool = False) -> tuple[int, ...]:
+                 tile: DirectTile = TILE_8, zero_halo: bool = False,
+                 threads: int = 1) -> tuple[int, ...]:
         """The runtime size arguments of the compute kernel: with ``x`` the input is read
         where a producer stored it channel-blocked (else from the packed scratch buffer), with
         ``y`` the output is written into its channel-blocked storage (else into the packed
         scratch buffer the output kernel reads); ``zero_halo``: the kernel zeroes the halo of
-        ``y``'s whole buffer on every call."""
+        ``y``'s whole buffer on every call; ``threads``: the threads its parallel loop's tasks
+        run on (a kernel that sizes its tasks by them: Winograd's)."""
         raise NotImplementedError
 
     def pack_weights(self, g: ConvGeometry, w: np.ndarray, b: np.ndarray | None,
@@ -394,7 +396,7 @@ class Direct(_BlockedAlgorithm):
         return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
                                   tile_shape=tile, prologue=prologue, residual=residual), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
         nb, xin, yout = _blocked_int_args(g, x, y)
         kt = g.k_tiles(tile)
         return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
@@ -472,7 +474,7 @@ class ChannelWise(_BlockedAlgorithm):
                    f"{'out' if g.nhwc_out else ''}"
         return channelwise_conv_kernel(g, name, note, epilogue, kinds), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
         nb, xin, yout = _blocked_int_args(g, x, y)
         return (g.C8, nb, g.P, g.Q) + xin + yout + (int(zero_halo),)
 
@@ -521,7 +523,7 @@ class Im2col(ConvAlgorithm):
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm"
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
         kgp, pqp = self.padded(g)
         return (kgp, g.Cg * g.R * g.S, pqp, g.groups)
 
@@ -616,11 +618,11 @@ class Winograd(_BlockedAlgorithm):
         return winograd_conv_kernel(g, self.transform, f"conv_winograd{m}", note, epilogue,
                                     kinds, residual), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
         nb, xin, yout = _blocked_int_args(g, x, y)
         rows, cols = winograd_tiles(g, self.transform)
         return (nb, g.Cgb, g.Kgb, g.P, g.Q, cols, rows * cols, g.Hp, g.Wp) + xin + yout + \
-            (int(zero_halo),)
+            (int(zero_halo), threads)
 
     def packed_sizes(self, g, tile=TILE_8):
         a = self.transform.alpha
@@ -713,7 +715,7 @@ class ImplicitGemm(ConvAlgorithm):
                 "sizes are runtime arguments")
         return implicit_gemm_conv_kernel(comment=note), "implicit_gemm"
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
         return (g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                 g.groups)
 

@@ -142,7 +142,8 @@ def lower_conv(ctx, node) -> Step:
         op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] or \
             [Arg("int", 0)] * len(operand_ints(0))
         last = [Arg("int", residual)]
-    sizes = algorithm.int_args(g, x_store, y_store, tile, bool(node.attrs.get("zero_halo")))
+    sizes = algorithm.int_args(g, x_store, y_store, tile, bool(node.attrs.get("zero_halo")),
+                               ctx.threads)
     calls.append(Call(compute, (xp, Arg("const", "w"), Arg("const", "b"), yp, *op_args,
                                 *pooled, *(Arg("int", v) for v in sizes), *pooled_ints,
                                 *op_ints, Arg("int", int(relu)), Arg("batch"), *last),
