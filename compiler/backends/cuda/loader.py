@@ -24,7 +24,7 @@ from ..numba.cache import cache_root
 from .emulate import EmulatedModule
 from .launch import KernelModule, Launcher, scalar_argument
 from .memory import CupyMemory, EmulatedMemory
-from .printer import cuda_comment, kernel_type_errors, print_kernel, print_module
+from .printer import cuda_comment, print_kernel, print_module
 
 __all__ = ["CudaBackend", "CupyModule", "gpu_problem"]
 
@@ -90,6 +90,12 @@ class CudaBackend:
         self.kernels: dict[str, Kernel] = {}
         self.keys: dict[str, str] = {}  # kernel name -> its code (dedup_key)
         self.users: dict[str, list[str]] = {}  # kernel name -> comments of the nodes calling it
+        # a kernel's code by kernel object, printed once: the lowering checks each kernel,
+        # dedups the model's and adds them, and hands the same object for every layer of a
+        # shape class (``ops.conv.lowering.compute_kernel``) and every use of a layout kernel;
+        # printing it anew each time was most of a deep network's CUDA lowering (kernels hash
+        # by identity and are never changed once built)
+        self._codes: dict[Kernel, str] = {}
         self._module: KernelModule | None = None
         self._source: str | None = None
         self._memory: CupyMemory | EmulatedMemory | None = None
@@ -122,21 +128,27 @@ class CudaBackend:
         return f"{self.module_name}.cu"
 
     def dedup_key(self, kernel: Kernel) -> str:
-        """Kernels with equal keys have identical code whatever their names and comments."""
-        return print_kernel(replace(kernel, name="k", comment=""), with_comment=False)
+        """Kernels with equal keys have identical code whatever their names and comments: the
+        code printed under one name without the comment. Raises :class:`KernelRefused` where
+        ``kernel`` has no CUDA form."""
+        code = self._codes.get(kernel)
+        if code is None:
+            try:
+                code = print_kernel(replace(kernel, name="k", comment=""), with_comment=False)
+            except (ValueError, TypeError) as e:  # the printer's refusals (kernel_type_errors)
+                raise KernelRefused(f"kernel {kernel.name} has no CUDA form: {e}") from None
+            self._codes[kernel] = code
+        return code
 
     listing_suffix = ".cu"
 
     def check(self, kernel: Kernel) -> None:
-        """Raise :class:`KernelRefused` where ``kernel`` has no CUDA form."""
-        problem = kernel_type_errors(kernel)
-        if problem is not None:
-            raise KernelRefused(f"kernel {kernel.name} has no CUDA form: {problem}")
+        """Raise :class:`KernelRefused` where ``kernel`` has no CUDA form (by printing it)."""
+        self.dedup_key(kernel)
 
     def add(self, kernel: Kernel) -> Launcher:
         """Put ``kernel`` in the module (once per name: a second kernel of the same name and
         other code gets a numbered name) and return its launcher."""
-        self.check(kernel)
         key = self.dedup_key(kernel)
         name, n = kernel.name, 1
         while name in self.kernels and self.keys[name] != key:

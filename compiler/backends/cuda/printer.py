@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
+from functools import cache
 
 import numpy as np
 
@@ -736,18 +737,25 @@ def block_threads(k: Kernel) -> int | None:
     return None
 
 
+@cache
+def _field_names(kind: type) -> tuple[str, ...]:
+    """The fields of an expression class (``dataclasses.fields`` once a class: the walks below
+    visit every node of every statement, millions for a deep network's kernels)."""
+    return tuple(f.name for f in fields(kind))
+
+
 def _uses(e: Expr, var: str) -> bool:
     if isinstance(e, Var):
         return e.name == var
-    return any(isinstance(getattr(e, f.name), Expr) and _uses(getattr(e, f.name), var)
-               for f in fields(e))
+    return any(isinstance(getattr(e, f), Expr) and _uses(getattr(e, f), var)
+               for f in _field_names(type(e)))
 
 
 def _expr_names(e: Expr, out: set[str]) -> None:
     if isinstance(e, Var):
         out.add(e.name)
-    for f in fields(e):
-        value = getattr(e, f.name)
+    for f in _field_names(type(e)):
+        value = getattr(e, f)
         if isinstance(value, Expr):
             _expr_names(value, out)
         elif isinstance(value, tuple):
