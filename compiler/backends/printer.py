@@ -104,7 +104,7 @@ class KernelPrinter:
         return f"v{e.op}({self.expr(e.a)}, {self.expr(e.b)})"
 
     def expr_VUnary(self, e: VUnary, prec: int) -> str:
-        if e.op not in ("sqrt", "exp"):
+        if e.op not in ("sqrt", "exp", "tanh"):
             raise ValueError(f"unknown vector op {e.op!r}")
         return f"v{e.op}({self.expr(e.value)})"
 

@@ -175,10 +175,10 @@ class VBin(Expr):
 
 @dataclass(frozen=True, eq=False)
 class VUnary(Expr):
-    """Lane-wise vector ``sqrt`` (correctly rounded) or ``exp`` (``simd.vexp``: within 2
-    ulps)."""
+    """Lane-wise vector ``sqrt`` (correctly rounded), ``exp`` (``simd.vexp``: within 2 ulps) or
+    ``tanh`` (``simd.vtanh``: within 4)."""
 
-    op: Literal["sqrt", "exp"]
+    op: Literal["sqrt", "exp", "tanh"]
     value: Expr
 
 

@@ -144,6 +144,7 @@ VECTOR = {
     "relu": lambda x, a: _vmax(x, VZero()),
     "sigmoid": lambda x, a: _vsigmoid_of(x, VSplat(Const(1.0))),
     "swish": lambda x, a: _vsigmoid_of(x, x),
+    "tanh": lambda x, a: VUnary("tanh", x),
     "relu6": lambda x, a: _vmin(_vmax(x, VZero()), VSplat(Const(6.0))),
     "leaky_relu": _vleaky,
     "hard_sigmoid": lambda x, a: _vmin(_vmax(VBin("add", VBin("mul", x, VSplat(Const(float(

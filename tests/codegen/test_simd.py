@@ -7,6 +7,7 @@ import pytest
 from numba import njit
 
 from cnnc.compiler.backends.numba.simd import (
+    TANH_SMALL,
     make_vexp,
     vadd,
     valign,
@@ -29,6 +30,7 @@ from cnnc.compiler.backends.numba.simd import (
     vsqrt,
     vstore,
     vsum,
+    vtanh,
     vzero,
     vzero16,
 )
@@ -206,6 +208,40 @@ def test_vector_exp_is_within_two_ulps_and_handles_the_edges():
     _exp_all(edges, got)
     np.testing.assert_array_equal(got, [np.inf, 0.0, np.nan, 1.0, 1.0, np.inf, 0.0,
                                         np.float32(np.e)])
+
+
+@njit
+def _tanh_all(a, out):
+    for i in range(0, a.size, 8):
+        vstore(out, i, vtanh(vload(a, i)))
+
+
+def test_vector_tanh_is_within_four_ulps_on_both_branches_and_handles_the_edges():
+    """``vtanh``: the Taylor polynomial below ``TANH_SMALL``, ``(1 - e) / (1 + e)`` above;
+    against float64 ``np.tanh`` on each branch, the switch, tiny and subnormal inputs, and the
+    special values (the activation's bound allows 8 ulps: ``ops.TRANSCENDENTAL``)."""
+    rng = np.random.default_rng(7)
+    tiny = 10.0 ** rng.uniform(-45, -1, 50_000) * rng.choice([-1.0, 1.0], 50_000)
+    x = np.concatenate([rng.uniform(-12.0, 12.0, 200_000), rng.uniform(-1.0, 1.0, 200_000),
+                        np.linspace(-TANH_SMALL * 1.01, TANH_SMALL * 1.01, 50_000), tiny,
+                        np.nextafter(np.float32([TANH_SMALL] * 4), [0, 1, 0, 1]) * [1, 1, -1, -1],
+                        ]).astype(np.float32)
+    x = x[: x.size // 8 * 8]
+    out = np.empty_like(x)
+    _tanh_all(x, out)
+    want = np.tanh(x.astype(np.float64))
+    want32 = want.astype(np.float32)
+    normal = np.abs(want32) >= np.finfo(np.float32).tiny
+    ulps = np.abs(out[normal] - want[normal]) / np.spacing(np.abs(want32[normal]))
+    for lo, hi in ((0.0, TANH_SMALL), (TANH_SMALL, np.inf)):
+        branch = (np.abs(x[normal]) >= lo) & (np.abs(x[normal]) < hi)
+        assert branch.sum() > 10_000 and ulps[branch].max() <= 4.0, (lo, ulps[branch].max())
+    np.testing.assert_array_equal(out[~normal], x[~normal])  # tanh(x) = x below the normals
+    edges = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e30, -1e30, 20.0], np.float32)
+    got = np.empty_like(edges)
+    _tanh_all(edges, got)
+    np.testing.assert_array_equal(got, [1.0, -1.0, np.nan, 0.0, -0.0, 1.0, -1.0, 1.0])
+    assert np.signbit(got[4]) and not np.signbit(got[3])
 
 
 def _exp_kernel(exp, lanes: int):

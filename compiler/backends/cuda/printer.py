@@ -87,8 +87,8 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 #: The operations of the prelude's vectors; the kernels call them by these names.
 VECTOR_FUNCS = ("vzero", "vload", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
-                "vmin", "vdiv", "vsqrt", "vexp", "valign", "vspread", "vsum", "vjoin", "vlow",
-                "vhigh", "vstore")
+                "vmin", "vdiv", "vsqrt", "vexp", "vtanh", "valign", "vspread", "vsum", "vjoin",
+                "vlow", "vhigh", "vstore")
 
 #: Names a local or parameter may not take in CUDA C++ (keywords, built-in variables, the
 #: math functions kernels call, the prelude's names); such a name is printed with a trailing
@@ -167,6 +167,12 @@ template <int L> __device__ __forceinline__ vec<L> vexp(vec<L> a) {
     vec<L> r;
 #pragma unroll
     for (int i = 0; i < L; ++i) r.lane[i] = expf(a.lane[i]);
+    return r;
+}
+template <int L> __device__ __forceinline__ vec<L> vtanh(vec<L> a) {
+    vec<L> r;
+#pragma unroll
+    for (int i = 0; i < L; ++i) r.lane[i] = tanhf(a.lane[i]);
     return r;
 }
 template <int L> __device__ __forceinline__ float vsum(vec<L> a) {

@@ -53,7 +53,7 @@ __all__ = ["sanitize_comment", "print_kernel", "print_module", "task_form", "MAX
 MAX_COMMENT = 200
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _VEC_FUNCS = ("vzero", "vload", "vstore", "vbroadcast", "vsplat", "vfma", "vadd", "vmul", "vmax",
-              "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vsum", "vjoin")
+              "vmin", "vdiv", "vsqrt", "valign", "vspread", "vexp", "vtanh", "vsum", "vjoin")
 
 
 def sanitize_comment(text: str, max_len: int = MAX_COMMENT) -> str:
@@ -319,13 +319,13 @@ def print_module(kernels: list[Kernel], *, header: str = "") -> str:
         "from cnnc.compiler.backends.numba.simd import (",
         "    vadd, valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vjoin, vload,",
         "    vload16, vlow, vmax, vmin, vmul, vsplat, vsplat16, vspread, vsqrt, vstore, vsum,",
-        "    vzero, vzero16,",
+        "    vtanh, vzero, vzero16,",
         ")",
         "",
         "_UNUSED = (math, np, get_thread_id, f32_array, f32_scalar, i64_array, vadd,",
         "           valign, vbroadcast, vbroadcast16, vdiv, vexp, vfma, vhigh, vjoin, vload,",
         "           vload16, vlow, vmax, vmin, vmul, vsplat, vsplat16, vspread, vsqrt, vstore,",
-        "           vsum, vzero, vzero16)",
+        "           vsum, vtanh, vzero, vzero16)",
         "",
     ]
     for k in kernels:
