@@ -352,23 +352,31 @@ def _scalef_for(scalef: bool | None, lanes: int) -> bool:
     return host_has("avx512f", *(("avx512vl",) if lanes == 8 else ()))
 
 
-def make_vexp(scalef: bool | None):
-    """``vexp``, its ``2 ** n`` scaling by ``vscalefps`` (``scalef=True``), by exponent bits
-    (``False``), or whichever the CPU compiled for has (``None``: the generated kernels').
-    Both give the same bits; ``tests/codegen/test_simd.py`` compares them."""
+def _lanewise(name: str, ir_of, scalef: bool | None):
+    """The intrinsic ``name(v)`` of a vector ``v`` of either width whose IR ``ir_of(builder,
+    v, lanes, use_scalef)`` builds, scaling by powers of two as ``scalef`` says
+    (:func:`make_vexp`)."""
 
-    def vexp(typingctx, v):
-        """Lane-wise ``e ** v`` (float32, within 2 ulps of the correctly rounded value)."""
+    def typer(typingctx, v):
         if not _is_vec(v):
             return None
         lanes = v.lanes
 
         def codegen(context, builder, signature, args):
-            return _exp_ir(builder, args[0], lanes, _scalef_for(scalef, lanes))
+            return ir_of(builder, args[0], lanes, _scalef_for(scalef, lanes))
 
         return v(v), codegen
 
-    return intrinsic(vexp)
+    typer.__name__ = typer.__qualname__ = name  # Numba names the intrinsic after it
+    return intrinsic(typer)
+
+
+def make_vexp(scalef: bool | None):
+    """``vexp`` (lane-wise ``e ** v``, float32, within 2 ulps of the correctly rounded value),
+    its ``2 ** n`` scaling by ``vscalefps`` (``scalef=True``), by exponent bits (``False``), or
+    whichever the CPU compiled for has (``None``: the generated kernels'). Both give the same
+    bits; ``tests/codegen/test_simd.py`` compares them."""
+    return _lanewise("vexp", _exp_ir, scalef)
 
 
 vexp = make_vexp(None)
@@ -407,20 +415,9 @@ def _tanh_ir(builder, x, lanes: int, use_scalef: bool):
 
 
 def make_vtanh(scalef: bool | None):
-    """``vtanh``, its ``vexp`` scaling as :func:`make_vexp`'s ``scalef`` says."""
-
-    def vtanh(typingctx, v):
-        """Lane-wise ``tanh(v)`` (float32, within 4 ulps: ``tests/codegen/test_simd.py``)."""
-        if not _is_vec(v):
-            return None
-        lanes = v.lanes
-
-        def codegen(context, builder, signature, args):
-            return _tanh_ir(builder, args[0], lanes, _scalef_for(scalef, lanes))
-
-        return v(v), codegen
-
-    return intrinsic(vtanh)
+    """``vtanh`` (lane-wise ``tanh(v)``, float32, within 4 ulps), its ``vexp`` scaling as
+    :func:`make_vexp`'s ``scalef`` says."""
+    return _lanewise("vtanh", _tanh_ir, scalef)
 
 
 vtanh = make_vtanh(None)
