@@ -742,30 +742,17 @@ def test_depthwise_activations_on_pixel_pairs_match_the_reference(width, act):
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-#: Four convolutions of one kernel (3x3, 16 channels, blocked in and out): none, a leading
-#: ReLU, add then ReLU, and add alone (``share_residual_kernels``); a halo and odd sizes.
-RESIDUAL_FORMS = """network res
-input x: 8 x 7 x 13
-a = x -> conv(16, 3, pad=1) -> relu
-b = a -> conv(16, 3, pad=1)
-c = b -> conv(16, 3, pad=1) -> relu
-d = c -> conv(16, 3, pad=1)
-e = relu(d + b)
-f = e -> conv(16, 3, pad=1)
-g = f + c
-g -> conv(16, 3, pad=1) -> output y
-"""
-
-
 @pytest.mark.parametrize("lowering,target,layout", [
     ("direct", "avx2", "auto"),
     ("winograd_f2", "avx2", "auto"),
     # 16-lane accumulators stored as 8-channel halves, each with its half of the residual
     ("direct", "avx512", "NCHW8c"),
 ])
-def test_a_runtime_residual_gives_each_fused_epilogues_numbers(lowering, target, layout):
-    m = compile_model(RESIDUAL_FORMS, target=target, seed=5, opt_level=2, lowering=lowering,
-                      layout=layout)
+def test_a_runtime_residual_gives_each_fused_epilogues_numbers(lowering, target, layout,
+                                                                residual_forms):
+    # a halo and odd sizes
+    m = compile_model(f"network res\ninput x: 8 x 7 x 13\n{residual_forms}\n", target=target,
+                      seed=5, opt_level=2, lowering=lowering, layout=layout)
     shared = [s for s in m.plan.steps if m.plan.graph.node(s.output).attrs.get("residual")]
     assert len(shared) == 4
     assert len({id(c.fn) for s in shared for c in s.calls}) == 1  # one compiled kernel

@@ -512,22 +512,12 @@ def test_prologue_fusion_declines(body, level, why):
 
 # -- residual kernels shared --------------------------------------------------------------------
 
-#: Convolutions of one kernel (3x3, 16 -> 16 channels, blocked in and out) with no epilogue
-#: (b, c: c's ReLU is the kernel's relu argument), add then ReLU (d) and add alone (f); the stem
-#: reads the plain input and the last one writes the plain output: kernels of their own.
-RESIDUAL_FORMS = """a = x -> conv(16, 3, pad=1) -> relu
-b = a -> conv(16, 3, pad=1)
-c = b -> conv(16, 3, pad=1) -> relu
-d = c -> conv(16, 3, pad=1)
-e = relu(d + b)
-f = e -> conv(16, 3, pad=1)
-g = f + c
-g -> conv(16, 3, pad=1) -> output y"""
 
 
 @pytest.mark.parametrize("lowering", ["direct", "winograd_f2"])
-def test_convolutions_with_and_without_a_residual_share_a_runtime_residual(lowering):
-    g = build(RESIDUAL_FORMS, 8)
+def test_convolutions_with_and_without_a_residual_share_a_runtime_residual(lowering,
+                                                                          residual_forms):
+    g = build(residual_forms, 8)
     params = random_params(g)
     before = g.copy()
     optimize(g, 2, ctx=PassContext(opt_level=2, lowering=lowering))
