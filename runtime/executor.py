@@ -13,7 +13,12 @@ float64 where they compute, on the float32 values as they are where they only mo
 each step's packer turns those values into its flat float32 constants. A caller that says
 which parameters changed (``set_params(..., changed=)``: a training step after its update) has
 only the nodes and constants that depend on them made again, packings into the memory of the
-last ones (``OpDef.reference_into``).
+last ones (``OpDef.reference_into``). On a GPU, a training model's parameters live in a device
+buffer that its optimizer updates there (``gather_on_device``): a step's constants that only
+move parameters' values (packing, transposes, slicing: every op on the way ``moves_values``)
+are then copied out of that buffer by one gather kernel on the device, through an index made
+once by packing the parameters' float positions in place of their values, and need no round
+trip through the host.
 
 Calls: every batch size gets an arena (one flat float32 buffer per slot of the plan's buffer
 plan, plus the scratch buffers), and every kernel call's arguments are resolved to arrays and
@@ -51,7 +56,8 @@ from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
 from .replicas import Replicas
 
-__all__ = ["Executor", "Arena", "SERIAL_WORK", "TaskRange", "PythonCall", "flat_input"]
+__all__ = ["Executor", "Arena", "SERIAL_WORK", "TaskRange", "PythonCall", "DeviceConstants",
+           "flat_input"]
 
 #: Multiply-accumulates of a whole call below which its kernels run on one thread.
 SERIAL_WORK = 4_000_000
@@ -75,6 +81,25 @@ class PythonCall:
 
 
 Item = TaskRange | PythonCall
+
+#: A parameter float's position ``i`` in the flat buffer is traced through the packers as the
+#: float32 pair ``((i + 1) // SPLIT, (i + 1) % SPLIT)``: both exact in float32 (below 2^24)
+#: for buffers of up to 2^36 floats; 0 stands for a zero the packing wrote.
+SPLIT = 4096
+
+
+@dataclass
+class DeviceConstants:
+    """Steps whose constants are gathered on the device from a flat parameter buffer
+    (:meth:`Executor.gather_on_device`)."""
+
+    flat: Any  # the parameters, flat, in the plan's memory
+    offsets: dict[str, int]  # where each parameter begins in ``flat``
+    gather: Callable[..., None]  # the gather_constants kernel: (p, index, out, n) by name
+    steps: frozenset[int] = frozenset()  # the steps whose constants are gathered
+    buffer: Any = None  # their constants one after another (each a flat view of it)
+    index: Any = None  # for each float of ``buffer`` its position in ``flat`` (-1: zero)
+    host_reads: frozenset[str] = frozenset()  # device parameters packed on the host still
 
 
 def _extend(items: list[Item], item: Item) -> None:
@@ -247,6 +272,9 @@ class Executor:
         # the source parameters each step's packer may read: its node's constant inputs'
         self.step_sources = [sources_of(plan.graph, plan.graph.node(step.node).inputs,
                                         self.sources) for step in plan.steps]
+        self.device: DeviceConstants | None = None
+        # the parameter-time nodes the host still evaluates (None: all)
+        self.host_nodes: frozenset[int] | None = None
         for i, buf in self.slots.items():
             if isinstance(buf, np.ndarray) != self.memory.host:
                 raise ValueError(f"slot {i}: a {type(buf).__name__}, not an array of the memory "
@@ -280,7 +308,10 @@ class Executor:
             values[node.id] = np.asarray(params[node.name])
         stale = None if changed is None or not self.values else set(changed)
         last = self.values if reuse else {}
+        needed = self.host_nodes if stale is not None else None
         for nid in self.plan.param_nodes:  # topological order
+            if needed is not None and nid not in needed:
+                continue  # only gathered constants read it: made on the device
             if stale is None or nid not in self.values or \
                     not self.sources[nid].isdisjoint(stale):
                 values[nid] = _evaluate(graph, values, last, nid)
@@ -296,13 +327,21 @@ class Executor:
         read by the kernels where it lies, and must be set again after the caller changes it.
         ``changed``: the names of the parameters that changed since the last call (None:
         any); the constants of steps that read none of them are kept as they are."""
-        kept = self.consts if changed is not None and self.values else None
-        values = self.parameter_values(params, changed, reuse=True)
+        device = self.device
+        tracing = device is not None and device.index is None
+        kept = self.consts if changed is not None and self.values and not tracing else None
+        values = self.parameter_values(params, None if tracing else changed, reuse=True)
         self.values = values
         stale = set(changed or ())
-        consts = []
+        gathered = frozenset() if device is None else device.steps
+        consts, regather = [], False
         for index, step in enumerate(self.plan.steps):
-            if kept is not None and self.step_sources[index].isdisjoint(stale):
+            fresh = kept is None or not self.step_sources[index].isdisjoint(stale)
+            if index in gathered:  # views of the device buffer
+                consts.append(self.consts[index])
+                regather |= fresh
+                continue
+            if not fresh:
                 consts.append(kept[index])
                 continue
             packed = step.pack(values) if step.pack else {}
@@ -311,8 +350,92 @@ class Executor:
             consts.append({k: self.memory.upload(np.require(v, np.float32, ["C", "W"]))
                            for k, v in packed.items()})
         self.consts = consts
+        if tracing:
+            self._find_gathered(params)
+        elif regather:
+            device.gather(p=device.flat, index=device.index, out=device.buffer,
+                          n=device.buffer.size)
         for arena in self.arenas.values():
             arena.bind_consts(self)
+
+    def gather_on_device(self, flat: Any, offsets: Mapping[str, int],
+                         gather: Callable[..., None]) -> None:
+        """Have the steps whose constants only move values of the parameters held in ``flat``
+        (a flat float32 buffer in the plan's memory, parameter ``name`` from
+        ``offsets[name]`` on) make them on the device: ``gather`` (the ``gather_constants``
+        kernel, called with ``p``, ``index``, ``out``, ``n``) copies them out of ``flat`` when
+        a :meth:`set_params` says those parameters changed, instead of packing the host's
+        values and uploading them; :meth:`reads_parameters` then says when a call still reads
+        them. The steps are found at the next :meth:`set_params`, which reads every parameter:
+        each packer is run on the float32 pair that numbers each parameter float (``SPLIT``),
+        and a step is gathered where every one of its constants comes out as positions in
+        ``flat`` (or zeros) through ops that only move values, and gathering the values of
+        the parameters given reproduces its host packing exactly."""
+        self.device = DeviceConstants(flat, dict(offsets), gather)
+
+    def reads_parameters(self, changed: Collection[str]) -> bool:
+        """Whether :meth:`set_params` with ``changed`` reads the values of parameters held on
+        the device (:meth:`gather_on_device`) from its ``params`` (always, without one)."""
+        device = self.device
+        return device is None or device.index is None or not device.host_reads.isdisjoint(changed)
+
+    def _find_gathered(self, params: Mapping[str, np.ndarray]) -> None:
+        """The steps whose constants ``gather_on_device`` gathers (see there), their constants
+        rebound to views of one device buffer, filled by a first gather."""
+        device = self.device
+        graph = self.plan.graph
+        flat_size = int(device.flat.size)
+        host_flat = np.zeros(flat_size, np.float32)
+        halves: tuple[dict[int, np.ndarray], dict[int, np.ndarray]] = ({}, {})
+        for node in graph.params():
+            if node.name in device.offsets:
+                start = device.offsets[node.name]
+                host_flat[start: start + node.type.size] = np.ravel(params[node.name])
+                code = np.arange(start + 1, start + 1 + node.type.size).reshape(node.type.shape)
+                halves[0][node.id] = (code // SPLIT).astype(np.float32)
+                halves[1][node.id] = (code % SPLIT).astype(np.float32)
+        for nid in self.plan.param_nodes:  # topological order
+            node = graph.node(nid)
+            if get_op(node.op).moves_values and all(i in halves[0] for i in node.inputs):
+                for half in halves:
+                    half[nid] = evaluate(node.op, [half[i] for i in node.inputs], node.attrs)
+        chosen: dict[int, dict[str, np.ndarray]] = {}
+        for index, step in enumerate(self.plan.steps):
+            sources = self.step_sources[index]
+            if not step.pack or not sources or not sources <= device.offsets.keys():
+                continue
+            try:
+                high, low = step.pack(halves[0]), step.pack(halves[1])
+            except KeyError:  # it reads a value that is not only moved parameters
+                continue
+            found = {}
+            for name, packed in self.consts[index].items():
+                position = _positions(high.get(name), low.get(name), flat_size)
+                if position is None or not np.array_equal(
+                        np.where(position >= 0, host_flat[position], 0),
+                        self.memory.download(packed).reshape(position.shape), equal_nan=True):
+                    break
+                found[name] = position
+            else:
+                chosen[index] = found
+        host_steps = [i for i, step in enumerate(self.plan.steps) if step.pack and i not in chosen]
+        device.host_reads = frozenset().union(
+            *(self.step_sources[i] for i in host_steps)) & device.offsets.keys()
+        self.host_nodes = _ancestors(graph, [i for s in host_steps
+                                             for i in graph.node(self.plan.steps[s].node).inputs],
+                                     frozenset(self.plan.param_nodes))
+        positions = [p.reshape(-1) for found in chosen.values() for p in found.values()]
+        index_array = np.concatenate(positions) if positions else np.zeros(0, np.int64)
+        device.index = self.memory.upload(index_array)
+        device.buffer = self.memory.zeros(max(index_array.size, 1))
+        start = 0
+        for index, found in chosen.items():
+            for name, position in found.items():
+                self.consts[index][name] = device.buffer[start: start + position.size]
+                start += position.size
+        device.steps = frozenset(chosen)
+        device.gather(p=device.flat, index=device.index, out=device.buffer,
+                      n=int(index_array.size))
 
     def set_packed(self, consts: list[dict[str, np.ndarray]]) -> None:
         """Bind constants packed before (``set_params``' ``consts`` of an equal plan, read back
@@ -440,6 +563,33 @@ def flat_input(a: Any) -> Any:
     if isinstance(a, np.ndarray):
         return np.ascontiguousarray(a).reshape(-1)
     return a.reshape(-1)
+
+
+def _positions(high: Any, low: Any, size: int) -> np.ndarray | None:
+    """The flat buffer positions (-1: zero) a constant traced as ``high`` and ``low``
+    (``SPLIT``) holds, as int64 of its shape; None where they are not such positions."""
+    if high is None or low is None:
+        return None
+    high, low = np.asarray(high, np.float64), np.asarray(low, np.float64)
+    if high.shape != low.shape or not (np.isfinite(high).all() and np.isfinite(low).all()):
+        return None
+    code = high * SPLIT + low
+    if not (np.array_equal(code, np.round(code)) and (low >= 0).all() and (low < SPLIT).all()
+            and (code >= 0).all() and (code <= size).all()):
+        return None
+    return code.astype(np.int64) - 1
+
+
+def _ancestors(graph: Graph, inputs: list[int], param_nodes: frozenset[int]) -> frozenset[int]:
+    """The parameter-time nodes among ``inputs`` and their inputs, recursively."""
+    found: set[int] = set()
+    stack = [i for i in inputs if i in param_nodes]
+    while stack:
+        nid = stack.pop()
+        if nid not in found:
+            found.add(nid)
+            stack += [i for i in graph.node(nid).inputs if i in param_nodes]
+    return frozenset(found)
 
 
 def _evaluate(graph: Graph, values: Mapping[int, np.ndarray], last: Mapping[int, np.ndarray],

@@ -51,9 +51,27 @@ class OptimizerError(ValueError):
     """An optimizer or schedule setting that is not valid (named, with the valid range)."""
 
 
-#: How a kernel's scalar arguments are passed (float32 scalars: float32 arithmetic, and one
-#: compiled signature whatever Python number the caller has).
-SCALARS: dict[str, Callable[[Any], Any]] = {"float": np.float32, "int": int}
+def _flat(a: Any) -> Any:
+    """``a``, refused unless it is a flat contiguous float32 buffer (what the kernels index; a
+    device array is contiguous when flat)."""
+    if a.dtype != np.float32 or a.ndim != 1 or \
+            (isinstance(a, np.ndarray) and not a.flags.c_contiguous):
+        raise OptimizerError(f"optimizer buffers are flat contiguous float32, got {a.dtype} "
+                             f"{a.shape}")
+    return a
+
+
+def _flat_int64(a: Any) -> Any:
+    """``a``, refused unless it is a flat int64 array (an ``int_array`` parameter)."""
+    if a.dtype != np.int64 or a.ndim != 1:
+        raise OptimizerError(f"index arrays are flat int64, got {a.dtype} {a.shape}")
+    return a
+
+
+#: How an argument is passed, by the kernel parameter's kind (float32 scalars: float32
+#: arithmetic, and one compiled signature whatever Python number the caller has).
+ARGUMENTS: dict[str, Callable[[Any], Any]] = {"float": np.float32, "int": int,
+                                              "int_array": _flat_int64, "array": _flat}
 
 
 class BoundKernel:
@@ -66,22 +84,12 @@ class BoundKernel:
         self.fn: Callable[..., Any] = load_kernel(kernel, cache_dir=cache_dir, backend=backend)
 
     def __call__(self, **args: Any) -> None:
-        self.fn(*(SCALARS.get(self.kinds[n], _flat)(args[n]) for n in self.names))
+        self.fn(*(ARGUMENTS[self.kinds[n]](args[n]) for n in self.names))
 
     def compile(self) -> None:
         """Compile it now (Numba compiles at the first call: one on empty buffers)."""
-        self(**{n: {"float": 0.0, "int": 0}.get(k, np.empty(0, np.float32))
-                for n, k in self.kinds.items()})
-
-
-def _flat(a: Any) -> Any:
-    """``a``, refused unless it is a flat contiguous float32 buffer (what the kernels index; a
-    device array is contiguous when flat)."""
-    if a.dtype != np.float32 or a.ndim != 1 or \
-            (isinstance(a, np.ndarray) and not a.flags.c_contiguous):
-        raise OptimizerError(f"optimizer buffers are flat contiguous float32, got {a.dtype} "
-                             f"{a.shape}")
-    return a
+        empty = {"float": 0.0, "int": 0, "int_array": np.empty(0, np.int64)}
+        self(**{n: empty.get(k, np.empty(0, np.float32)) for n, k in self.kinds.items()})
 
 
 @dataclass

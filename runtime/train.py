@@ -24,9 +24,12 @@ On a GPU target (``target="cuda"``, or ``"cuda-emu"``: the same CUDA source run 
 every forward, backward and optimizer kernel is a CUDA kernel of the model's one module, and
 ``flat_params``, ``flat_grads`` and the optimizer's state are arrays of the GPU's memory
 (``plan.memory``): a step uploads the batch, downloads the loss, the gradients' per-block norms
-and the running statistics, updates the parameters on the device, and brings them back to a
-host copy that the packers of the kernels' constants read (``_host_params``: ``params``,
-``save_weights`` and ``inference`` read it too), whose packed constants go up again.
+and the running statistics, and updates the parameters on the device. The kernels' constants
+that only move parameters' values (the convolutions' packed weights, batch norm's weight and
+bias, a dense layer's weights) are gathered from ``flat_params`` on the device by one kernel
+(``Executor.gather_on_device``); the host's copy of the parameters (``_host_params``:
+``params``, ``save_weights`` and ``inference`` read it) is downloaded only when it is read, or
+when a packer that computes on the host needs an updated parameter.
 ``loss_and_grads`` returns host NumPy values. Data-parallel replicas average host arrays: they
 are refused on a GPU target.
 
@@ -59,6 +62,7 @@ from ..compiler.autodiff import (
     update_outputs,
 )
 from ..compiler.ir import Graph, node_location
+from ..compiler.kernels.optimizer import gather_kernel
 from ..compiler.lower import lower_graph
 from ..compiler.ops import ShapeError
 from ..compiler.ops.tensor import DROPOUT_SEED
@@ -67,7 +71,7 @@ from ..compiler.passes.manager import write_memory_plan
 from ..compiler.plan import Plan
 from ..compiler.target import Target
 from .executor import Executor, flat_input
-from .optim import Optimizer, OptimizerError
+from .optim import BoundKernel, Optimizer, OptimizerError
 from .reference import InputError, check_inputs
 from .replicas import Replicas
 from .weights import WeightsError, check_weights, save_weights
@@ -86,7 +90,10 @@ class TrainingModel:
     def __init__(self, graph: Graph, plan: Plan, params: Mapping[str, np.ndarray],
                  optimizer: Optimizer, loss: str | Sequence[Any], frozen: Sequence[str] = (),
                  opt_level: int = 2, compile_seconds: float = 0.0,
-                 compile_inference: Callable[..., Any] | None = None) -> None:
+                 compile_inference: Callable[..., Any] | None = None,
+                 gather: BoundKernel | None = None) -> None:
+        """``gather``: on a GPU target, the ``gather_constants`` kernel of the model's module
+        (the constants that only move parameters are then made on the device)."""
         self.graph = graph
         self.compile_inference = compile_inference  # cnnc.compile, handed in by it
         self.plan = plan
@@ -111,6 +118,9 @@ class TrainingModel:
         self.executor = Executor(plan, slots={slot: self.flat_grads})
         self._offsets = {n: (offsets[n], shapes[n]) for n in self.trainable}
         self._views = {n: _at(self._host_params, *self._offsets[n]) for n in self.trainable}
+        self._host_stale = False  # flat_params updated on the device since the host's copy
+        if gather is not None and not self.memory.host:
+            self.executor.gather_on_device(self.flat_params, offsets, gather)
         self._grad_norm = 0.0  # of the last pass's gradients (clipping reads it)
         self._fixed: dict[str, np.ndarray] = {}
         self.updates = update_outputs(plan.graph)
@@ -136,6 +146,7 @@ class TrainingModel:
     @property
     def params(self) -> dict[str, np.ndarray]:
         """Every parameter by name (copies, float32)."""
+        self._sync_host()
         out = {n: v.copy() for n, v in self._fixed.items()}
         out.update({n: v.copy() for n, v in self._views.items()})
         return out
@@ -151,13 +162,23 @@ class TrainingModel:
             view[...] = values[name]
         if not self.memory.host:
             self.memory.write(self.flat_params, self._host_params)
+        self._host_stale = False
         self._fixed = {k: v.copy() for k, v in values.items() if k not in self._views}
         self._refresh()
 
     def _refresh(self, changed: Sequence[str] | None = None) -> None:
         """The kernels' constants from the current parameters (``changed``: the names of
         those that changed since the last refresh; None: any)."""
+        if changed is None or self.executor.reads_parameters(changed):
+            self._sync_host()
         self.executor.set_params({**self._fixed, **self._views}, changed)
+
+    def _sync_host(self) -> None:
+        """The host's copy of the parameters brought up to date (on a GPU target, after
+        updates on the device)."""
+        if self._host_stale:
+            self._host_params[...] = self.memory.download(self.flat_params)
+            self._host_stale = False
 
     def set_replicas(self, replicas: Replicas | None) -> None:
         """Train as one of ``replicas`` (None: alone): each step's gradients, loss and running
@@ -346,8 +367,7 @@ class TrainingModel:
                 start += value.size
         self._fixed.update(stats)
         self.optimizer.update(self.flat_params, self.flat_grads, lr, norm=self._grad_norm)
-        if not self.memory.host:  # the packers read the host's copy
-            self._host_params[...] = self.memory.download(self.flat_params)
+        self._host_stale = not self.memory.host  # downloaded when read (_sync_host)
         self.steps_taken += 1
 
     def input_gradient(self, x: Any, y: Any) -> Any:
@@ -523,8 +543,8 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
         if not grads:
             raise TrainingError(f"nothing to train in network {graph.name!r}: no trainable "
                                 "parameter reaches the loss (all frozen?)")
-        backend = None
-        if target.cuda:  # one CUDA module: the optimizer's kernels, then the graph's
+        backend = gather = None
+        if target.cuda:  # one CUDA module: the optimizer's and gather kernels, the graph's
             # imported here, for start-up cost: a CPU target never loads the CUDA backend
             from ..compiler.backends.cuda.loader import CudaBackend
 
@@ -532,6 +552,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
                                   f"model_{graph.name}",
                                   device="gpu" if target.backend == "cuda" else "emulate")
             opt.load(backend)
+            gather = BoundKernel(gather_kernel(), cache_dir, backend)
         plan = lower_graph(tg, cache_dir=cache_dir, progress=progress, backend=backend,
                            together=list(grads.values()))
         if dump_ir is not None:
@@ -540,7 +561,7 @@ def compile_training(graph: Graph, params: Mapping[str, np.ndarray], *, target: 
     except (GradientError, OptimizerError, LoweringError) as e:
         raise TrainingError(str(e)) from None
     model = TrainingModel(graph, plan, params, opt, loss, freeze, opt_level,
-                          compile_inference=compile_inference)
+                          compile_inference=compile_inference, gather=gather)
     if not input_gradients:
         options = dict(target=target, loss=loss, output=output, loss_options=loss_options,
                        optimizer=optimizer, lr=lr,

@@ -22,6 +22,10 @@ float64): the global norm that clipping scales by, and the step's check that eve
 finite, without a pass of NumPy over the buffer. The blocks are fixed, so the norm does not
 depend on the thread count.
 
+``gather_constants`` makes the kernels' packed constants from the updated parameters where
+the packing only moves values (``runtime/executor.py``, on a GPU target): ``out[t] =
+p[index[t]]``, zero where ``index[t]`` is negative (padding).
+
 Each update kernel is a parallel loop over blocks of ``block`` floats with a serial inner loop
 over one contiguous block: ``UPDATE_BLOCK`` on the CPU (the loop LLVM vectorizes), one on a GPU
 (``GPU_UPDATE_BLOCK``: a thread per float, neighbouring threads reading neighbouring floats).
@@ -36,6 +40,7 @@ from .kernel_ir import (
     Const,
     Div,
     Expr,
+    If,
     Kernel,
     Let,
     Load,
@@ -50,7 +55,8 @@ from .kernel_ir import (
 )
 
 __all__ = ["UPDATE_BLOCK", "GPU_UPDATE_BLOCK", "UPDATE_KERNELS", "block_count",
-           "block_norms_kernel", "sgd_kernel", "sgd_momentum_kernel", "adam_kernel"]
+           "block_norms_kernel", "gather_kernel", "sgd_kernel", "sgd_momentum_kernel",
+           "adam_kernel"]
 
 #: Floats per task of the parallel loop, and per partial norm of ``block_norms``.
 UPDATE_BLOCK = 4096
@@ -161,6 +167,19 @@ def block_norms_kernel() -> Kernel:
     loop = Loop("b", (N + (UPDATE_BLOCK - 1)) // UPDATE_BLOCK, body, kind="parallel")
     return Kernel("gradient_block_norms", _arrays("g", "norms") + [Param("n", "int")], [loop],
                   "2-norms of blocks of the flat gradient buffer")
+
+
+def gather_kernel() -> Kernel:
+    """``out[t] = p[index[t]]`` for ``t < n``, zero where ``index[t] < 0``: a thread per float
+    (on a GPU, neighbouring threads writing neighbouring floats)."""
+    at = Var("at")
+    body: list[Stmt] = [Let("at", Load("index", I)),
+                        If(cmp(">=", at, 0), [Store("out", I, Load("p", at))],
+                           [Store("out", I, Const(0.0))])]
+    return Kernel("gather_constants", [Param("p"), Param("index", "int_array"), Param("out"),
+                                       Param("n", "int")],
+                  [Loop("i", N, body, kind="parallel")],
+                  "packed constants gathered from the flat parameter buffer (-1: zero)")
 
 
 #: The update kernels by name (``runtime/optim.py`` picks one per optimizer).

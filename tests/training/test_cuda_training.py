@@ -14,6 +14,7 @@ from cnnc.compiler.backends.cuda.emulate import ORDERS, compiler_path
 from cnnc.compiler.backends.cuda.memory import EmulatedArray
 from cnnc.compiler.backends.cuda.nvrtc import COMPILE_OPTIONS, nvrtc_compile, nvrtc_library
 from cnnc.runtime.check import check_plan, format_rows
+from cnnc.runtime.executor import Executor
 from cnnc.runtime.reference import run_reference
 from cnnc.runtime.train import TrainingError
 
@@ -176,6 +177,37 @@ def test_train_steps_give_the_cpus_losses_and_parameters(resnet):
             tm.set_params(params)
             tm.optimizer.state.clear()
             tm.optimizer.step_count = tm.steps_taken = 0
+
+
+def test_a_step_leaves_the_parameters_and_their_packed_constants_on_the_device(resnet):
+    """The constants that only move parameters' values (the convolutions' packed weights,
+    batch norm's weight and bias, the dense layer's weights) are gathered on the device: a
+    step's traffic over the (emulated) bus is the batch, the labels, the running statistics
+    and the loss, not the parameters (1391 floats here) nor the packed constants (about twice
+    as many); after the steps every gathered constant equals what the host's packing of the
+    downloaded parameters gives (an executor of the same plan without the gather)."""
+    emu, _, params, x, y = resnet
+    memory, device = emu.memory, emu.executor.device
+    n_params = emu.flat_params.size
+    assert len(device.steps) >= 20 and device.buffer.size > 1.5 * n_params
+    assert not device.host_reads  # no packer on the host reads a trained parameter
+    try:
+        emu.train_step(x, y)
+        up, down = memory.uploaded, memory.downloaded
+        emu.train_step(x, y)
+        assert memory.downloaded - down < 4 * n_params
+        assert memory.uploaded - up - x.nbytes < 4 * n_params
+        fresh = Executor(emu.plan)
+        fresh.set_params(emu.params)
+        for index in device.steps:
+            for name, value in emu.executor.consts[index].items():
+                np.testing.assert_array_equal(memory.download(value),
+                                              memory.download(fresh.consts[index][name]),
+                                              err_msg=f"{emu.plan.steps[index].name} {name}")
+    finally:
+        emu.set_params(params)
+        emu.optimizer.state.clear()
+        emu.optimizer.step_count = emu.steps_taken = 0
 
 
 def test_a_checkpoint_restores_the_optimizer_state_on_the_device(resnet, tmp_path):

@@ -154,9 +154,14 @@ class EmulatedArray:
 
 class EmulatedMemory:
     """The emulated GPU's memory: :class:`EmulatedArray` over host buffers; upload and
-    download copy, as they do to and from a GPU."""
+    download copy, as they do to and from a GPU, and count the bytes they move (``uploaded``,
+    ``downloaded``: what would cross the bus)."""
 
     host = False
+
+    def __init__(self) -> None:
+        self.uploaded = 0
+        self.downloaded = 0
 
     def zeros(self, n: int) -> EmulatedArray:
         return EmulatedArray(guarded_empty(n))  # mappings start zeroed
@@ -168,16 +173,19 @@ class EmulatedMemory:
         a = np.asarray(a)
         data = guarded_empty(a.size, a.dtype)
         data[:] = a.reshape(-1)
+        self.uploaded += data.nbytes
         return EmulatedArray(data)
 
     def download(self, a: EmulatedArray) -> np.ndarray:
         """A host copy of ``a``, of its shape (as ``cupy.asnumpy``)."""
         if not isinstance(a, EmulatedArray):
             raise TypeError(f"download takes a device array, got {type(a).__name__}")
+        self.downloaded += a._data.nbytes
         return a._data.copy()
 
     def write(self, dst: EmulatedArray, a: np.ndarray) -> None:
         dst[: a.size].set(np.ascontiguousarray(a, dst.dtype))
+        self.uploaded += a.size * dst.dtype.itemsize
 
     def free_bytes(self) -> int | None:
         return None
