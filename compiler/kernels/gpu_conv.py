@@ -16,6 +16,18 @@ micro-tile out of shared memory into registers; a second barrier keeps the next 
 from overwriting a tile still being read. The bias and a ReLU (a runtime flag, as in the CPU
 GEMM) are applied in the stores. Every size is a runtime integer: one kernel serves every
 convolution.
+
+The weight gradient is the same GEMM turned around (:func:`implicit_gemm_weight_grad_kernel`):
+
+    dw[g Kg + m, k] = sum over images n and pixels j of dy[n, g Kg + m, j] B_n[k, j]
+
+a tile of :data:`TILE_M` output channels by :data:`TILE_N` values of ``k = (c, r, s)`` per
+block, its reduction over the batch and the pixels, :data:`TILE_K` values a slice, ``dy`` read
+as it is and ``B`` from the input as above. Early layers have few such tiles (ResNet's 64 ->
+64 3x3: 9) and a long reduction (``N P Q``), so the pixels are cut into ``splits`` equal
+ranges, each range's blocks summing over every image into a partial gradient of their own,
+and :func:`split_sum_kernel` adds the partials in a fixed order: no atomics, the same bits
+whatever order the blocks run in.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from .kernel_ir import (
     Barrier,
     BinOp,
     Const,
+    Expr,
     If,
     Kernel,
     Let,
@@ -41,7 +54,8 @@ from .kernel_ir import (
 from .tiles import floor_let
 
 __all__ = ["TILE_M", "TILE_N", "TILE_K", "THREADS", "IMPLICIT_GEMM_INTS",
-           "implicit_gemm_conv_kernel", "implicit_gemm_blocks"]
+           "IMPLICIT_WEIGHT_GRAD_INTS", "implicit_gemm_conv_kernel", "implicit_gemm_blocks",
+           "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel"]
 
 #: Output channels, output pixels and reduction values of a block's tile.
 TILE_M, TILE_N, TILE_K = 64, 64, 8
@@ -55,6 +69,30 @@ IMPLICIT_GEMM_INTS = ("C", "H", "W", "K", "P", "Q", "R", "S", "sh", "sw", "ph", 
                       "G", "relu", "n_batch")
 
 
+#: The weight gradient kernel's integer arguments after its arrays (``x, dy, grad``).
+IMPLICIT_WEIGHT_GRAD_INTS = ("C", "H", "W", "K", "P", "Q", "R", "S", "sh", "sw", "ph", "pw",
+                             "dh", "dw", "G", "splits", "n_batch")
+#: Blocks a weight gradient aims at (a GPU's multiprocessors, a few times over).
+WEIGHT_GRAD_BLOCKS = 256
+#: Fewest pixels of one split's range (shorter ranges cost more in partial sums than their
+#: blocks gain).
+SPLIT_PIXELS = 256
+#: Most floats of the partial gradients (the arena's scratch is sized per image: this many
+#: per image of the batch).
+SPLIT_FLOATS = 1 << 20
+
+
+def weight_grad_splits(k: int, kd: int, pq: int, groups: int) -> int:
+    """Pixel ranges of :func:`implicit_gemm_weight_grad_kernel` for ``k`` output channels,
+    ``kd = C/G R S`` reduction values per output channel and ``pq`` pixels: enough blocks for
+    :data:`WEIGHT_GRAD_BLOCKS`, each range at least :data:`SPLIT_PIXELS` pixels, the partials
+    at most :data:`SPLIT_FLOATS`; 1 (no partials) where that leaves no choice."""
+    tiles = groups * -(-(k // groups) // TILE_M) * -(-kd // TILE_N)
+    splits = min(-(-WEIGHT_GRAD_BLOCKS // tiles), -(-pq // SPLIT_PIXELS),
+                 SPLIT_FLOATS // max(k * kd, 1))
+    return max(splits, 1)
+
+
 def implicit_gemm_blocks(n_batch: int, k: int, p: int, q: int, groups: int) -> int:
     """Blocks of a launch: one per image, group and tile of the output."""
     return n_batch * groups * -(-(k // groups) // TILE_M) * -(-(p * q) // TILE_N)
@@ -65,6 +103,22 @@ def _and(*conds) -> BinOp:
     for c in conds[1:]:
         out = cmp("and", out, c)
     return out
+
+
+def _micro_products() -> list[Stmt]:
+    """One step ``ks`` of a slice: the thread's 4 x 4 micro-tile at rows ``tm`` and columns
+    ``tn`` of the shared tiles ``a_tile [TILE_K, TILE_M]`` and ``b_tile [TILE_K, TILE_N]``,
+    multiplied into its accumulators ``acc_i_j``."""
+    products: list[Stmt] = []
+    for i in range(MICRO):
+        products.append(Let(f"a{i}", Load("a_tile", Var("ks") * TILE_M + Var("tm") + i)))
+    for jj in range(MICRO):
+        products.append(Let(f"b{jj}", Load("b_tile", Var("ks") * TILE_N + Var("tn") + jj)))
+    for i in range(MICRO):
+        for jj in range(MICRO):
+            acc = Var(f"acc_{i}_{jj}")
+            products.append(Let(acc.name, Var(f"a{i}") * Var(f"b{jj}") + acc))
+    return products
 
 
 def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "") -> Kernel:
@@ -105,16 +159,6 @@ def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "
         copies.append(Store("b_tile", bk * TILE_N + bj, Select(
             inside, Load("x", ((n * C + g * cg + c) * H + ih) * W + iw), Const(0.0))))
 
-    products: list[Stmt] = []
-    for i in range(MICRO):
-        products.append(Let(f"a{i}", Load("a_tile", Var("ks") * TILE_M + Var("tm") + i)))
-    for jj in range(MICRO):
-        products.append(Let(f"b{jj}", Load("b_tile", Var("ks") * TILE_N + Var("tn") + jj)))
-    for i in range(MICRO):
-        for jj in range(MICRO):
-            acc = Var(f"acc_{i}_{jj}")
-            products.append(Let(acc.name, Var(f"a{i}") * Var(f"b{jj}") + acc))
-
     stores: list[Stmt] = []
     for i in range(MICRO):
         row = m0 + Var("tm") + i
@@ -129,7 +173,7 @@ def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "
         Let("tm", (t // (TILE_N // MICRO)) * MICRO), Let("tn", (t % (TILE_N // MICRO)) * MICRO),
         *[Let(f"acc_{i}_{jj}", Const(0.0)) for i in range(MICRO) for jj in range(MICRO)],
         Loop("k0", (kd + (TILE_K - 1)) // TILE_K, copies + [
-            Barrier(), Loop("ks", Const(TILE_K), products), Barrier()]),
+            Barrier(), Loop("ks", Const(TILE_K), _micro_products()), Barrier()]),
         *stores,
     ]
     block_body: list[Stmt] = [
@@ -148,3 +192,101 @@ def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "
     ]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + int_params(*IMPLICIT_GEMM_INTS)
     return Kernel(name, params, body, comment)
+
+
+def implicit_gemm_weight_grad_kernel(name: str = "conv_weight_grad_implicit_gemm",
+                                     comment: str = "") -> Kernel:
+    """``grad [splits, K, C/G, R, S]``: the weight gradient of the convolution of NCHW ``x
+    [n_batch, C, H, W]`` whose output gradient is ``dy [n_batch, K, P, Q]``, range ``s`` of
+    the pixels summed over every image into ``grad[s]`` (see the module docstring); with one
+    split, the gradient itself."""
+    C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, splits, n_batch = \
+        (Var(v) for v in IMPLICIT_WEIGHT_GRAD_INTS)
+    cg, kg, kd, pq = Var("cg"), Var("kg"), Var("kd"), Var("pq")
+    span, count = Var("span"), Var("count")
+    mtiles, ctiles = Var("mtiles"), Var("ctiles")
+    blk, t = Var("blk"), Var("t")
+    m0, k0, g, split = Var("m0"), Var("k0"), Var("g"), Var("split")
+    per_slice = TILE_K * TILE_M // THREADS  # elements of each tile a thread copies
+
+    def reduction(tag: str, u: Expr) -> tuple[list[Stmt], Var, Var, Expr]:
+        """Reduction value ``u`` of this block's range: its image and pixel, and whether it
+        is one (the last slice runs past the range; the last range past the pixels)."""
+        img, pix = Var(f"img{tag}"), Var(f"pix{tag}")
+        lets: list[Stmt] = [Let(f"u{tag}", u), Let(img.name, Var(f"u{tag}") // span),
+                            Let(pix.name, split * span + Var(f"u{tag}") % span)]
+        return lets, img, pix, _and(cmp("<", Var(f"u{tag}"), count), cmp("<", pix, pq))
+
+    copies: list[Stmt] = []
+    for e in range(per_slice):
+        # dy: consecutive threads take consecutive reduction values (consecutive pixels)
+        ae = t + e * THREADS
+        am, ak = Var(f"am{e}"), Var(f"ak{e}")
+        lets, img, pix, valid = reduction(f"a{e}", Var("u0") + ak)
+        copies += [Let(am.name, ae // TILE_K), Let(ak.name, ae % TILE_K), *lets]
+        copies.append(Store("a_tile", ak * TILE_M + am, Select(
+            _and(cmp("<", m0 + am, kg), valid),
+            Load("dy", (img * K + g * kg + m0 + am) * pq + pix), Const(0.0))))
+    for e in range(per_slice):
+        # B transposed: consecutive threads take consecutive reduction values again
+        be = t + e * THREADS
+        bk, bj = Var(f"bk{e}"), Var(f"bj{e}")
+        col, c, rs, ih, iw = (Var(f"{v}{e}") for v in ("col", "c", "rs", "ih", "iw"))
+        lets, img, pix, valid = reduction(f"b{e}", Var("u0") + bk)
+        copies += [Let(bk.name, be % TILE_K), Let(bj.name, be // TILE_K), *lets,
+                   Let(col.name, k0 + bj), Let(c.name, col // (R * S)),
+                   Let(rs.name, col % (R * S)),
+                   Let(ih.name, (pix // Q) * sh - ph + (rs // S) * dh),
+                   Let(iw.name, (pix % Q) * sw - pw + (rs % S) * dw)]
+        inside = _and(cmp("<", col, kd), valid, cmp(">=", ih, 0), cmp("<", ih, H),
+                      cmp(">=", iw, 0), cmp("<", iw, W))
+        copies.append(Store("b_tile", bk * TILE_N + bj, Select(
+            inside, Load("x", ((img * C + g * cg + c) * H + ih) * W + iw), Const(0.0))))
+
+    stores: list[Stmt] = []
+    for i in range(MICRO):
+        row = m0 + Var("tm") + i
+        for jj in range(MICRO):
+            col = k0 + Var("tn") + jj
+            stores.append(If(_and(cmp("<", row, kg), cmp("<", col, kd)), [
+                Store("grad", (split * K + g * kg + row) * kd + col, Var(f"acc_{i}_{jj}"))]))
+
+    thread_body: list[Stmt] = [
+        Let("tm", (t // (TILE_N // MICRO)) * MICRO), Let("tn", (t % (TILE_N // MICRO)) * MICRO),
+        *[Let(f"acc_{i}_{jj}", Const(0.0)) for i in range(MICRO) for jj in range(MICRO)],
+        Loop("slice", (count + (TILE_K - 1)) // TILE_K, [
+            Let("u0", Var("slice") * TILE_K), *copies,
+            Barrier(), Loop("ks", Const(TILE_K), _micro_products()), Barrier()]),
+        *stores,
+    ]
+    block_body: list[Stmt] = [
+        Shared("a_tile", TILE_K * TILE_M), Shared("b_tile", TILE_K * TILE_N),
+        Let("split", blk // (G * mtiles * ctiles)),
+        Let("g", (blk // (mtiles * ctiles)) % G),
+        Let("m0", ((blk // ctiles) % mtiles) * TILE_M),
+        Let("k0", (blk % ctiles) * TILE_N),
+        Loop("t", Const(THREADS), thread_body, kind="thread"),
+    ]
+    body: list[Stmt] = [
+        Let("cg", C // G), Let("kg", K // G), Let("kd", cg * R * S), Let("pq", P * Q),
+        # each split: a range of ``span`` pixels, over every image
+        Let("span", (pq + (splits - 1)) // splits), Let("count", n_batch * span),
+        Let("mtiles", (kg + (TILE_M - 1)) // TILE_M), Let("ctiles", (kd + (TILE_N - 1)) // TILE_N),
+        Loop("blk", splits * G * mtiles * ctiles, block_body, kind="block"),
+    ]
+    params = [Param("x"), Param("dy"), Param("grad")] + int_params(*IMPLICIT_WEIGHT_GRAD_INTS)
+    return Kernel(name, params, body, comment)
+
+
+def split_sum_kernel(name: str = "sum_splits", comment: str = "") -> Kernel:
+    """``out[i] = part[0, i] + part[1, i] + ... + part[splits - 1, i]`` for ``i < n``, in that
+    order (``part [splits, n]``): a thread per float."""
+    i = Var("i")
+    body: list[Stmt] = [Let("total", Load("part", i)),
+                        Loop("s", Var("splits") - 1, [
+                            Let("total", Var("total") + Load("part", Var("s") * Var("n") + i))],
+                             start=Const(1)),
+                        Store("out", i, Var("total"))]
+    return Kernel(name, [Param("part"), Param("out")] + int_params("splits", "n"),
+                  [Loop("i", Var("n"), body, kind="parallel")],
+                  comment or "partial sums of a split reduction added, in order")

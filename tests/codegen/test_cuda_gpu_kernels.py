@@ -1,5 +1,6 @@
 """GPU kernels whose threads cooperate (shared memory, barriers), run by the emulation as
-fibers: the implicit-GEMM convolution against the float64 reference in every thread order, a
+fibers: the implicit-GEMM convolution and its weight gradient (with its pixels split into
+ranges and the partials added) against the float64 reference in every thread order, a
 barrier removed caught by wrong numbers, threads that miss a barrier caught by the launch, and
 the printers' refusals."""
 
@@ -22,6 +23,9 @@ from cnnc.compiler.kernels.gpu_conv import (
     THREADS,
     implicit_gemm_blocks,
     implicit_gemm_conv_kernel,
+    implicit_gemm_weight_grad_kernel,
+    split_sum_kernel,
+    weight_grad_splits,
 )
 from cnnc.compiler.kernels.kernel_ir import (
     Barrier,
@@ -38,6 +42,7 @@ from cnnc.compiler.kernels.kernel_ir import (
     cmp,
 )
 from cnnc.compiler.ops.conv import conv_reference
+from cnnc.compiler.ops.conv.gradient import weight_grad_reference
 
 needs_cxx = pytest.mark.skipif(compiler_path() is None, reason="no C++ compiler (g++/clang++)")
 MEMORY = EmulatedMemory()
@@ -135,6 +140,70 @@ def test_a_removed_barrier_gives_wrong_numbers(conv_modules):
     errors = [np.abs(run_conv(module, broken, x, w, bias, order=o, **opts) - want).max()
               for o in ORDERS]
     assert min(errors) > 0.1
+
+
+@pytest.fixture(scope="module")
+def weight_grad_module(tmp_path_factory):
+    """The weight gradient kernel and the partial sums' kernel, compiled once."""
+    kernels = [implicit_gemm_weight_grad_kernel(), split_sum_kernel()]
+    return EmulatedModule(print_module(kernels), kernels, tmp_path_factory.mktemp("wgrad")), \
+        *kernels
+
+
+@needs_cxx
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_implicit_gemm_weight_grad_matches_the_float64_gradient(weight_grad_module, data):
+    """Tails in every tile dimension (output channels, ``C/G R S``, the reduction over images
+    and pixels), strides, dilations, padding, groups, batches of 1 to 3, the pixels in 1 to 4
+    ranges (a last range shorter, or empty); the same bits in every thread order."""
+    module, kernel, add = weight_grad_module
+    groups = data.draw(st.sampled_from([1, 1, 2, 3]))
+    cg = data.draw(st.integers(1, 9))
+    kg = data.draw(st.integers(1, 70))
+    r, s = data.draw(st.sampled_from([(1, 1), (3, 3), (2, 3)]))
+    stride = data.draw(st.sampled_from([(1, 1), (2, 2), (1, 2)]))
+    dilation = data.draw(st.sampled_from([(1, 1), (2, 1)]))
+    pad = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
+    h = data.draw(st.integers(dilation[0] * (r - 1) + 1 - 2 * pad[0], 11).filter(lambda v: v > 0))
+    wd = data.draw(st.integers(dilation[1] * (s - 1) + 1 - 2 * pad[1], 11).filter(lambda v: v > 0))
+    n = data.draw(st.integers(1, 3))
+    splits = data.draw(st.integers(1, 4))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, groups * cg, h, wd)).astype(np.float32)
+    p = (h + 2 * pad[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    q = (wd + 2 * pad[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    k = groups * kg
+    dy = rng.standard_normal((n, k, p, q)).astype(np.float32)
+    attrs = dict(kernel=(r, s), stride=stride, dilation=dilation, groups=groups,
+                 pads=(pad[0], pad[1]) * 2)
+    want = weight_grad_reference([x, dy], attrs)
+    ints = [groups * cg, h, wd, k, p, q, r, s, *stride, *pad, *dilation, groups, splits, n]
+    got = {}
+    for order in ORDERS:
+        module.order = order
+        part, grad = MEMORY.zeros(splits * want.size), MEMORY.zeros(want.size)
+        Launcher(kernel, lambda: module)(MEMORY.upload(x), MEMORY.upload(dy), part, *ints)
+        Launcher(add, lambda: module)(part, grad, splits, want.size)
+        got[order] = MEMORY.download(grad).reshape(want.shape)
+    # float32 sums of n p q products: a few ulps of the sum of absolute terms
+    scale = weight_grad_reference([np.abs(x), np.abs(dy)], attrs)
+    bound = 4 * np.finfo(np.float32).eps * (n * p * q + splits) * (scale + 1e-30)
+    assert np.all(np.abs(got["forward"] - want) <= bound)
+    for o in ORDERS[1:]:
+        np.testing.assert_array_equal(got[o], got["forward"])
+
+
+def test_weight_grad_splits_fill_the_gpu_where_the_tiles_are_few():
+    """ResNet-18's first 3x3 layers (9 tiles, 3136 pixels) split in 13 ranges of at least 256
+    pixels (117 blocks), its 7x7 stem (3 tiles) in 49 of 256 pixels; a layer of few pixels is
+    not split, nor one whose partials would pass a million floats."""
+    assert weight_grad_splits(64, 64 * 9, 56 * 56, 1) == 13
+    assert weight_grad_splits(128, 128 * 9, 28 * 28, 1) == 4
+    assert weight_grad_splits(64, 3 * 49, 112 * 112, 1) == 49
+    assert weight_grad_splits(512, 512 * 9, 7 * 7, 1) == 1
+    assert weight_grad_splits(2048, 2048, 10_000, 1) == 1
 
 
 def test_launch_grid_is_one_block_per_output_tile():

@@ -96,7 +96,7 @@ def test_the_kernels_are_cuda_and_the_buffers_on_the_emulated_gpu(resnet):
     assert "float lr," in source
     for buf in (emu.flat_params, emu.flat_grads):
         assert isinstance(buf, EmulatedArray)
-    assert {s.lowering for s in emu.plan.steps if s.op == "conv_weight_grad"} == {"gemm"}
+    assert {s.lowering for s in emu.plan.steps if s.op == "conv_weight_grad"} == {"implicit_gemm"}
 
 
 @needs_nvrtc
@@ -255,6 +255,36 @@ def test_every_training_op_runs_as_cuda_within_its_error_bound(source, batch, tm
         assert "const long long* x1" in tm.plan.listing
     if nvrtc_library() is not None:
         nvrtc_front_end(tm.plan.listing)
+
+
+SPLIT = """network split_grad
+input image: 3 x 20 x 30
+image -> conv(5, 3, pad=1) -> relu -> conv(4, 3, stride=2, pad=(0, 1)) -> relu
+      -> globalavgpool -> flatten -> dense(3) -> output scores
+"""
+
+
+def test_weight_gradients_split_over_pixel_ranges_equal_the_reference(tmp_path):
+    """Layers of one tile and 600 and 150 pixels: the first's weight gradient runs as three
+    pixel ranges whose partial gradients are added after (``weight_grad_splits``), the
+    second as one; both within their error bounds of the float64 gradient, in every order."""
+    rng = np.random.default_rng(5)
+    graph = cnnc.load(SPLIT)
+    tm = cnnc.compile(graph, weights=random_params(graph, rng), mode="train", loss="mse",
+                      target="cuda-emu", cache_dir=tmp_path)
+    grads = [s for s in tm.plan.steps if s.op == "conv_weight_grad"]
+    assert sorted(len(s.calls) for s in grads) == [1, 2]  # one split, and three added
+    assert {s.lowering for s in grads} == {"implicit_gemm"}
+    feed = training_feed(tm, 2, rng)
+    module = module_of(tm)
+    try:
+        for order in ORDERS:
+            module.order = order
+            rows = [r for r in check_plan(tm.plan, tm.executor, tm.params, feed)
+                    if r.op == "conv_weight_grad"]
+            assert len(rows) == 2 and all(r.ok for r in rows), format_rows(rows, 1.0)
+    finally:
+        module.order = "forward"
 
 
 class Alone:

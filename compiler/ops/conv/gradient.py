@@ -26,6 +26,13 @@ import numpy as np
 
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_batch_sum_kernel
+from ...kernels.gpu_conv import (
+    TILE_M,
+    TILE_N,
+    implicit_gemm_weight_grad_kernel,
+    split_sum_kernel,
+    weight_grad_splits,
+)
 from ...kernels.layout import im2col_transposed_strides
 from ...kernels.tiles import GEMM_M, GEMM_N
 from ...kernels.weight_grad import (
@@ -180,6 +187,11 @@ class WeightGradAlgorithm(LoweringChoice):
             blocks = 2 * ceil_div(g.Kg, 2 * width)
             macs = g.groups * blocks * width * ceil_div(taps, rows) * rows * pixels
             moved = g.groups * blocks * width * pixels + g.C * g.Hp * g.Wp
+        elif self.name == "implicit_gemm":  # nothing moved: B is read where it lies
+            crs = g.Cg * g.R * g.S
+            macs = g.groups * ceil_div(g.Kg, TILE_M) * TILE_M * ceil_div(crs, TILE_N) * TILE_N \
+                * pixels
+            moved = 0
         else:
             crs = g.Cg * g.R * g.S
             macs = g.groups * ceil_div(g.Kg, GEMM_M) * GEMM_M * ceil_div(crs, GEMM_N) * GEMM_N \
@@ -197,13 +209,18 @@ WEIGHT_GRAD_DIRECT = WeightGradAlgorithm("direct", "direct", efficiency=0.8, cpu
 WEIGHT_GRAD_DIRECT_OUT = WeightGradAlgorithm("direct_out", "direct", efficiency=0.8,
                                              cpu_only=True)
 WEIGHT_GRAD_GEMM = WeightGradAlgorithm("im2col", "im2col", efficiency=0.8)
+#: The GPU's GEMM of shared-memory tiles (``kernels/gpu_conv.py``): a GPU target's choice.
+WEIGHT_GRAD_IMPLICIT_GEMM = WeightGradAlgorithm("implicit_gemm", "implicit_gemm",
+                                                efficiency=0.5, gpu_only=True)
 #: The direct kernel first: the default at -O0 and -O1 (it computes every shape).
-WEIGHT_GRAD_ALGORITHMS = (WEIGHT_GRAD_DIRECT, WEIGHT_GRAD_DIRECT_OUT, WEIGHT_GRAD_GEMM)
+WEIGHT_GRAD_ALGORITHMS = (WEIGHT_GRAD_DIRECT, WEIGHT_GRAD_DIRECT_OUT, WEIGHT_GRAD_GEMM,
+                          WEIGHT_GRAD_IMPLICIT_GEMM)
 
 
 def lower_weight_grad(ctx, node) -> Step:
     """The algorithm ``node`` records (``lowering``): ``direct`` (:func:`_lower_direct`),
-    ``direct_out`` (:func:`_lower_direct_by_output`) or ``im2col`` (:func:`_lower_gemm`)."""
+    ``direct_out`` (:func:`_lower_direct_by_output`), ``implicit_gemm``
+    (:func:`_lower_implicit_gemm`) or ``im2col`` (:func:`_lower_gemm`)."""
     x, dy = ctx.tensor_inputs
     if ctx.storage(x) is not None or ctx.storage(dy) is not None:
         raise LoweringError(f"{ctx.kname}: the weight gradient reads NCHW tensors only")
@@ -212,7 +229,38 @@ def lower_weight_grad(ctx, node) -> Step:
         return _lower_direct(ctx, node)
     if lowering == "direct_out":
         return _lower_direct_by_output(ctx, node)
+    if lowering == "implicit_gemm":
+        return _lower_implicit_gemm(ctx, node)
     return _lower_gemm(ctx, node)
+
+
+def _lower_implicit_gemm(ctx, node) -> Step:
+    """The GPU's weight gradient (``implicit_gemm_weight_grad_kernel``): x and dy read as
+    they are; with the pixels in several ranges (``weight_grad_splits``), each range's partial
+    gradient into scratch, added in order by ``split_sum_kernel``."""
+    x, dy = ctx.tensor_inputs
+    g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
+    splits = weight_grad_splits(g.K, g.Cg * g.R * g.S, g.P * g.Q, g.groups)
+    kernel = implicit_gemm_weight_grad_kernel(
+        comment="weight gradient: implicit GEMM over shared-memory tiles, summed over the "
+                "batch; sizes are runtime arguments")
+    compute, source_name, src = ctx.load_tasked(kernel, "weight_grad_implicit_gemm",
+                                                "weight gradient kernel")
+    partials = Arg("output") if splits == 1 else Arg("scratch", "wgrad_split")
+    calls = [Call(compute, (Arg("value", x), Arg("value", dy), partials,
+                            *_ints(g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.pt,
+                                   g.pl, g.dh, g.dw, g.groups, splits), Arg("batch")),
+                  kernel.name)]
+    scratch = {}
+    if splits > 1:
+        add = split_sum_kernel()
+        add_fn, _, _ = ctx.load_tasked(add, "sum_splits", "partial sums")
+        calls.append(Call(add_fn, (partials, Arg("output"), *_ints(splits, node.type.size)),
+                          add.name))
+        scratch["wgrad_split"] = splits * node.type.size  # per image: more than it needs
+    return Step(node.id, ctx.step_name, ctx.step_ops, [x, dy], node.type.size, calls,
+                scratch=scratch, lowering="implicit_gemm", sources={source_name: src},
+                batched=False)
 
 
 def _lower_direct(ctx, node) -> Step:
