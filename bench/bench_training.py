@@ -129,8 +129,10 @@ def cnnc_worker(workdir: Path, model: str, threads: int, steps: int, warmup: int
             "arena_mb": tm.executor.bytes_needed(len(x)) / 2**20}
 
 
-def torch_step_fn(graph, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray):
-    """A PyTorch training step of ``graph`` (its batch norms with batch statistics)."""
+def torch_step_fn(graph, params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray,
+                  device: str = "cpu"):
+    """A PyTorch training step of ``graph`` (its batch norms with batch statistics) on
+    ``device`` (``cuda``: ``bench_gpu.py --train``)."""
     import torch
     import torch.nn.functional as F
 
@@ -141,11 +143,11 @@ def torch_step_fn(graph, params: dict[str, np.ndarray], x: np.ndarray, y: np.nda
                                                   a["momentum"], a["eps"])
     order = [n for n in graph.topo_order() if n.op not in ("input", "param")]
     stats = {n.inputs[i] for n in order if n.op == "batchnorm" for i in (3, 4)}
-    tensors = {n.id: torch.tensor(params[n.name], requires_grad=n.id not in stats)
-               for n in graph.params()}
+    tensors = {n.id: torch.tensor(params[n.name], requires_grad=n.id not in stats,
+                                  device=device) for n in graph.params()}
     opt = torch.optim.SGD([t for t in tensors.values() if t.requires_grad], lr=LR,
                           momentum=MOMENTUM)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y.astype(np.int64)).to(device)
     (image,) = graph.inputs.values()
     (output,) = graph.outputs.values()
 
