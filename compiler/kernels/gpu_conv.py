@@ -32,6 +32,8 @@ whatever order the blocks run in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .common import int_params
 from .kernel_ir import (
     Barrier,
@@ -105,6 +107,53 @@ def _and(*conds) -> BinOp:
     return out
 
 
+def _window_element(tag: str, image: Expr, k: Expr, pixel: Expr,
+                    valid: Expr) -> tuple[list[Stmt], Expr]:
+    """Element ``(k, pixel)`` of image ``image``'s im2col matrix ``B`` of group ``g`` (the
+    module docstring; ``k = (c, r, s)``, ``pixel = (p, q)``): the locals it needs (suffixed
+    ``tag``) and its value, zero in the padding or where not ``valid``."""
+    C, H, W, Q, R, S, sh, sw, ph, pw, dh, dw = (Var(v) for v in (
+        "C", "H", "W", "Q", "R", "S", "sh", "sw", "ph", "pw", "dh", "dw"))
+    c, rs, ih, iw = (Var(f"{v}{tag}") for v in ("c", "rs", "ih", "iw"))
+    lets: list[Stmt] = [Let(c.name, k // (R * S)), Let(rs.name, k % (R * S)),
+                        Let(ih.name, (pixel // Q) * sh - ph + (rs // S) * dh),
+                        Let(iw.name, (pixel % Q) * sw - pw + (rs % S) * dw)]
+    inside = _and(valid, cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
+    at = ((image * C + Var("g") * Var("cg") + c) * H + ih) * W + iw
+    return lets, Select(inside, Load("x", at), Const(0.0))
+
+
+def _block_gemm(origin: list[Stmt], slices: Loop, stores: list[Stmt]) -> list[Stmt]:
+    """A block's body: its shared tiles, ``origin`` (where its output tile lies), and its
+    threads: each zeroes its micro-tile's accumulators, runs ``slices`` (a loop over the
+    reduction's slices whose body copies the slice into the shared tiles) with the barriers
+    and the micro-tile products appended to its body, then ``stores``."""
+    t = Var("t")
+    loop = Loop(slices.var, slices.extent, [
+        *slices.body, Barrier(), Loop("ks", Const(TILE_K), _micro_products()), Barrier()])
+    thread_body: list[Stmt] = [
+        Let("tm", (t // (TILE_N // MICRO)) * MICRO), Let("tn", (t % (TILE_N // MICRO)) * MICRO),
+        *[Let(f"acc_{i}_{jj}", Const(0.0)) for i in range(MICRO) for jj in range(MICRO)],
+        loop, *stores]
+    return [Shared("a_tile", TILE_K * TILE_M), Shared("b_tile", TILE_K * TILE_N), *origin,
+            Loop("t", Const(THREADS), thread_body, kind="thread")]
+
+
+def _micro_stores(m0: Expr, n0: Expr, rows: Expr, cols: Expr,
+                  store: Callable[[Expr, Expr, Expr], Stmt]) -> list[Stmt]:
+    """The thread's micro-tile written out: ``store(row, col, accumulator)`` for each of its
+    accumulators whose place in the output tile at ``(m0, n0)`` lies inside ``rows`` x
+    ``cols``."""
+    stores: list[Stmt] = []
+    for i in range(MICRO):
+        row = m0 + Var("tm") + i
+        for jj in range(MICRO):
+            col = n0 + Var("tn") + jj
+            stores.append(If(_and(cmp("<", row, rows), cmp("<", col, cols)),
+                             [store(row, col, Var(f"acc_{i}_{jj}"))]))
+    return stores
+
+
 def _micro_products() -> list[Stmt]:
     """One step ``ks`` of a slice: the thread's 4 x 4 micro-tile at rows ``tm`` and columns
     ``tn`` of the shared tiles ``a_tile [TILE_K, TILE_M]`` and ``b_tile [TILE_K, TILE_N]``,
@@ -147,43 +196,19 @@ def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "
         be = t + e * THREADS
         bk, bj = Var(f"bk{e}"), Var(f"bj{e}")
         kk, j = Var(f"kk{e}"), Var(f"pix{e}")
-        c, rs = Var(f"c{e}"), Var(f"rs{e}")
-        ih, iw = Var(f"ih{e}"), Var(f"iw{e}")
         copies += [Let(f"bk{e}", be // TILE_N), Let(f"bj{e}", be % TILE_N),
-                   Let(f"kk{e}", Var("k0") * TILE_K + bk), Let(f"pix{e}", j0 + bj),
-                   Let(f"c{e}", kk // (R * S)), Let(f"rs{e}", kk % (R * S)),
-                   Let(f"ih{e}", (j // Q) * sh - ph + (rs // S) * dh),
-                   Let(f"iw{e}", (j % Q) * sw - pw + (rs % S) * dw)]
-        inside = _and(cmp("<", kk, kd), cmp("<", j, pq), cmp(">=", ih, 0), cmp("<", ih, H),
-                      cmp(">=", iw, 0), cmp("<", iw, W))
-        copies.append(Store("b_tile", bk * TILE_N + bj, Select(
-            inside, Load("x", ((n * C + g * cg + c) * H + ih) * W + iw), Const(0.0))))
+                   Let(f"kk{e}", Var("k0") * TILE_K + bk), Let(f"pix{e}", j0 + bj)]
+        lets, value = _window_element(str(e), n, kk, j, _and(cmp("<", kk, kd), cmp("<", j, pq)))
+        copies += [*lets, Store("b_tile", bk * TILE_N + bj, value)]
 
-    stores: list[Stmt] = []
-    for i in range(MICRO):
-        row = m0 + Var("tm") + i
-        for jj in range(MICRO):
-            col = j0 + Var("tn") + jj
-            value = BinOp("max", Var(f"acc_{i}_{jj}") + Load("bias", g * kg + row),
-                          Var("floor"))
-            stores.append(If(_and(cmp("<", row, kg), cmp("<", col, pq)), [
-                Store("y", (n * K + g * kg + row) * pq + col, value)]))
+    stores = _micro_stores(m0, j0, kg, pq, lambda row, col, acc: Store(
+        "y", (n * K + g * kg + row) * pq + col,
+        BinOp("max", acc + Load("bias", g * kg + row), Var("floor"))))
 
-    thread_body: list[Stmt] = [
-        Let("tm", (t // (TILE_N // MICRO)) * MICRO), Let("tn", (t % (TILE_N // MICRO)) * MICRO),
-        *[Let(f"acc_{i}_{jj}", Const(0.0)) for i in range(MICRO) for jj in range(MICRO)],
-        Loop("k0", (kd + (TILE_K - 1)) // TILE_K, copies + [
-            Barrier(), Loop("ks", Const(TILE_K), _micro_products()), Barrier()]),
-        *stores,
-    ]
-    block_body: list[Stmt] = [
-        Shared("a_tile", TILE_K * TILE_M), Shared("b_tile", TILE_K * TILE_N),
-        Let("n", blk // (G * mtiles * jtiles)),
-        Let("g", (blk // (mtiles * jtiles)) % G),
-        Let("m0", ((blk // jtiles) % mtiles) * TILE_M),
-        Let("j0", (blk % jtiles) * TILE_N),
-        Loop("t", Const(THREADS), thread_body, kind="thread"),
-    ]
+    block_body = _block_gemm(
+        [Let("n", blk // (G * mtiles * jtiles)), Let("g", (blk // (mtiles * jtiles)) % G),
+         Let("m0", ((blk // jtiles) % mtiles) * TILE_M), Let("j0", (blk % jtiles) * TILE_N)],
+        Loop("k0", (kd + (TILE_K - 1)) // TILE_K, copies), stores)
     body: list[Stmt] = [
         floor_let(),
         Let("cg", C // G), Let("kg", K // G), Let("kd", cg * R * S), Let("pq", P * Q),
@@ -231,42 +256,21 @@ def implicit_gemm_weight_grad_kernel(name: str = "conv_weight_grad_implicit_gemm
         # B transposed: consecutive threads take consecutive reduction values again
         be = t + e * THREADS
         bk, bj = Var(f"bk{e}"), Var(f"bj{e}")
-        col, c, rs, ih, iw = (Var(f"{v}{e}") for v in ("col", "c", "rs", "ih", "iw"))
+        col = Var(f"col{e}")
         lets, img, pix, valid = reduction(f"b{e}", Var("u0") + bk)
         copies += [Let(bk.name, be % TILE_K), Let(bj.name, be // TILE_K), *lets,
-                   Let(col.name, k0 + bj), Let(c.name, col // (R * S)),
-                   Let(rs.name, col % (R * S)),
-                   Let(ih.name, (pix // Q) * sh - ph + (rs // S) * dh),
-                   Let(iw.name, (pix % Q) * sw - pw + (rs % S) * dw)]
-        inside = _and(cmp("<", col, kd), valid, cmp(">=", ih, 0), cmp("<", ih, H),
-                      cmp(">=", iw, 0), cmp("<", iw, W))
-        copies.append(Store("b_tile", bk * TILE_N + bj, Select(
-            inside, Load("x", ((img * C + g * cg + c) * H + ih) * W + iw), Const(0.0))))
+                   Let(col.name, k0 + bj)]
+        window, value = _window_element(str(e), img, col, pix, _and(cmp("<", col, kd), valid))
+        copies += [*window, Store("b_tile", bk * TILE_N + bj, value)]
 
-    stores: list[Stmt] = []
-    for i in range(MICRO):
-        row = m0 + Var("tm") + i
-        for jj in range(MICRO):
-            col = k0 + Var("tn") + jj
-            stores.append(If(_and(cmp("<", row, kg), cmp("<", col, kd)), [
-                Store("grad", (split * K + g * kg + row) * kd + col, Var(f"acc_{i}_{jj}"))]))
+    stores = _micro_stores(m0, k0, kg, kd, lambda row, col, acc: Store(
+        "grad", (split * K + g * kg + row) * kd + col, acc))
 
-    thread_body: list[Stmt] = [
-        Let("tm", (t // (TILE_N // MICRO)) * MICRO), Let("tn", (t % (TILE_N // MICRO)) * MICRO),
-        *[Let(f"acc_{i}_{jj}", Const(0.0)) for i in range(MICRO) for jj in range(MICRO)],
-        Loop("slice", (count + (TILE_K - 1)) // TILE_K, [
-            Let("u0", Var("slice") * TILE_K), *copies,
-            Barrier(), Loop("ks", Const(TILE_K), _micro_products()), Barrier()]),
-        *stores,
-    ]
-    block_body: list[Stmt] = [
-        Shared("a_tile", TILE_K * TILE_M), Shared("b_tile", TILE_K * TILE_N),
-        Let("split", blk // (G * mtiles * ctiles)),
-        Let("g", (blk // (mtiles * ctiles)) % G),
-        Let("m0", ((blk // ctiles) % mtiles) * TILE_M),
-        Let("k0", (blk % ctiles) * TILE_N),
-        Loop("t", Const(THREADS), thread_body, kind="thread"),
-    ]
+    block_body = _block_gemm(
+        [Let("split", blk // (G * mtiles * ctiles)), Let("g", (blk // (mtiles * ctiles)) % G),
+         Let("m0", ((blk // ctiles) % mtiles) * TILE_M), Let("k0", (blk % ctiles) * TILE_N)],
+        Loop("slice", (count + (TILE_K - 1)) // TILE_K,
+             [Let("u0", Var("slice") * TILE_K), *copies]), stores)
     body: list[Stmt] = [
         Let("cg", C // G), Let("kg", K // G), Let("kd", cg * R * S), Let("pq", P * Q),
         # each split: a range of ``span`` pixels, over every image

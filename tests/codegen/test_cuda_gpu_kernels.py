@@ -59,6 +59,24 @@ def without_barriers(stmts):
     return out
 
 
+@st.composite
+def conv_geometries(draw, max_cg: int, kernels: list[tuple[int, int]], max_side: int):
+    """A convolution's shape: groups, channels per group in (up to ``max_cg``) and out (up to
+    70: a 64-row tile and a tail), kernel, stride, dilation, padding, and an input of at
+    least one window and at most ``max_side`` a side."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg, kg = draw(st.integers(1, max_cg)), draw(st.integers(1, 70))
+    r, s = draw(st.sampled_from(kernels))
+    stride = draw(st.sampled_from([(1, 1), (2, 2), (1, 2)]))
+    dilation = draw(st.sampled_from([(1, 1), (2, 1)]))
+    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    h = draw(st.integers(dilation[0] * (r - 1) + 1 - 2 * pad[0], max_side)
+             .filter(lambda v: v > 0))
+    wd = draw(st.integers(dilation[1] * (s - 1) + 1 - 2 * pad[1], max_side)
+              .filter(lambda v: v > 0))
+    return groups, cg, kg, (r, s), stride, dilation, pad, h, wd
+
+
 @pytest.fixture(scope="module")
 def conv_modules(tmp_path_factory):
     """The implicit-GEMM kernel, and the same kernel with its barriers removed, compiled once."""
@@ -97,15 +115,8 @@ def test_implicit_gemm_matches_the_float64_convolution(conv_modules, data):
     padding, groups, batch > 1, the fused bias and ReLU; the same bits in every thread order
     (each thread sums its outputs in one fixed order)."""
     module, kernel, _ = conv_modules
-    groups = data.draw(st.sampled_from([1, 1, 2, 3]))
-    cg = data.draw(st.integers(1, 5))
-    kg = data.draw(st.integers(1, 70))
-    r, s = data.draw(st.sampled_from([(1, 1), (3, 3), (2, 3), (5, 5)]))
-    stride = data.draw(st.sampled_from([(1, 1), (2, 2), (1, 2)]))
-    dilation = data.draw(st.sampled_from([(1, 1), (2, 1)]))
-    pad = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
-    h = data.draw(st.integers(dilation[0] * (r - 1) + 1 - 2 * pad[0], 12).filter(lambda v: v > 0))
-    wd = data.draw(st.integers(dilation[1] * (s - 1) + 1 - 2 * pad[1], 12).filter(lambda v: v > 0))
+    groups, cg, kg, (r, s), stride, dilation, pad, h, wd = data.draw(
+        conv_geometries(5, [(1, 1), (3, 3), (2, 3), (5, 5)], 12))
     n = data.draw(st.integers(1, 2))
     relu = data.draw(st.booleans())
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
@@ -159,15 +170,8 @@ def test_implicit_gemm_weight_grad_matches_the_float64_gradient(weight_grad_modu
     and pixels), strides, dilations, padding, groups, batches of 1 to 3, the pixels in 1 to 4
     ranges (a last range shorter, or empty); the same bits in every thread order."""
     module, kernel, add = weight_grad_module
-    groups = data.draw(st.sampled_from([1, 1, 2, 3]))
-    cg = data.draw(st.integers(1, 9))
-    kg = data.draw(st.integers(1, 70))
-    r, s = data.draw(st.sampled_from([(1, 1), (3, 3), (2, 3)]))
-    stride = data.draw(st.sampled_from([(1, 1), (2, 2), (1, 2)]))
-    dilation = data.draw(st.sampled_from([(1, 1), (2, 1)]))
-    pad = (data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2)))
-    h = data.draw(st.integers(dilation[0] * (r - 1) + 1 - 2 * pad[0], 11).filter(lambda v: v > 0))
-    wd = data.draw(st.integers(dilation[1] * (s - 1) + 1 - 2 * pad[1], 11).filter(lambda v: v > 0))
+    groups, cg, kg, (r, s), stride, dilation, pad, h, wd = data.draw(
+        conv_geometries(9, [(1, 1), (3, 3), (2, 3)], 11))
     n = data.draw(st.integers(1, 3))
     splits = data.draw(st.integers(1, 4))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
