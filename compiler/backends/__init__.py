@@ -101,6 +101,9 @@ class Backend(Protocol):
     listing_suffix: str
     #: Whether kernels may index scratch by the running thread (``thread_id``).
     thread_scratch: bool
+    #: Whether kernels may run blocks of threads that cooperate (``Shared``, ``Barrier``): a
+    #: GPU's; the ops' rules then choose their GPU forms (``kernels/backward.py``'s sums).
+    thread_blocks: bool
 
     @property
     def cache_path(self) -> str:

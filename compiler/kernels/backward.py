@@ -7,6 +7,12 @@ its gradient, and the softmax Jacobian product.
 A sum over the batch writes an unbatched value (``TensorType.batched``): its parallel loop runs
 over the value's own elements and reads every image; sums accumulate in float64. Everything
 else runs one parallel iteration per image (or image and channel) like the forward kernels.
+A per-channel sum (bias gradients, batch norm's statistics and gradient sums) is one thread per
+channel on the CPU; on a GPU (``blocks``) it is a block of :data:`SUM_THREADS` threads per
+channel, each summing every :data:`SUM_THREADS`-th value of the channel (neighbouring threads
+reading neighbouring values) in float64, then adding the threads' sums pairwise in shared
+memory (:func:`_block_channel_sums`): one thread per channel of a GPU would read a ResNet
+layer's 100,000 values a channel one after another.
 The window ops' gradients are in ``pool.py`` beside the forward windows they invert; the
 gradients that reuse a forward kernel's arithmetic (padding, group norm, LRN) are beside it in
 ``elementwise.py``. Batch norm's training kernels, the losses' and the dropout mask are here.
@@ -30,6 +36,7 @@ from .common import (
 )
 from .kernel_ir import (
     F64,
+    Barrier,
     Const,
     Expr,
     ExprLike,
@@ -40,6 +47,7 @@ from .kernel_ir import (
     Loop,
     Param,
     Select,
+    Shared,
     Stmt,
     Store,
     Var,
@@ -64,13 +72,13 @@ def _whole_batch(name: str, params: list[Param], extent: Expr | int, body: list[
 
 
 def channel_sum_kernel(name: str, shape: Sequence[int], comment: str = "",
-                       sz: Sizes | None = None) -> Kernel:
-    """``y[c] = sum over n and the rest of x[n, c, ...]`` (bias gradients)."""
+                       sz: Sizes | None = None, blocks: bool = False) -> Kernel:
+    """``y[c] = sum over n and the rest of x[n, c, ...]`` (bias gradients); ``blocks``: a
+    GPU's form (the module docstring)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    C = sz("C", shape[0])
-    body: list[Stmt] = [*_channel_sum("acc", shape, sz, lambda o: call("f64", Load("x0", o))),
-                        Store("y", Var("t"), Var("acc"))]
-    return _whole_batch(name, arrays("x0", "y"), C, body, comment, sz)
+    return _channel_sums_kernel(name, arrays("x0", "y"), shape, sz,
+                                [("acc", lambda o: call("f64", Load("x0", o)))], [],
+                                [Store("y", Var("t"), Var("acc"))], comment, blocks)
 
 
 def dense_weight_grad_kernel(name: str, n_in: int, n_out: int, comment: str = "",
@@ -588,6 +596,55 @@ def _channel_sums(sums: Sequence[tuple[str, Callable[[Expr], Expr]]], shape: Seq
             *totals]
 
 
+#: Threads of a block of a GPU's per-channel sum (a power of two: the pairwise additions).
+SUM_THREADS = 256
+
+
+def _channel_sums_kernel(name: str, params: list[Param], shape: Sequence[int], sz: Sizes,
+                         sums: Sequence[tuple[str, Callable[[Expr], Expr]]],
+                         before: list[Stmt], after: list[Stmt], comment: str,
+                         blocks: bool) -> Kernel:
+    """Per channel ``t``: ``before`` (its invariants), each ``(var, term)`` of ``sums`` the
+    float64 sum of ``term(o)`` over the channel's elements in every image, then ``after``,
+    which reads the sums: one thread per channel (:func:`_channel_sums`), or with ``blocks``
+    a GPU block per channel (:func:`_block_channel_sums`)."""
+    if not blocks:
+        return _whole_batch(name, params, sz("C", shape[0]), [
+            *before, *_channel_sums(sums, shape, sz), *after], comment, sz)
+    loop = _block_channel_sums(sums, shape, sz, before, after)  # names its sizes first
+    return Kernel(name, params + sz.params() + [Param("n_batch", "int")], [loop], comment)
+
+
+def _block_channel_sums(sums: Sequence[tuple[str, Callable[[Expr], Expr]]],
+                        shape: Sequence[int], sz: Sizes, before: list[Stmt],
+                        after: list[Stmt]) -> Loop:
+    """The block loop of :func:`_channel_sums_kernel`'s GPU form: block ``t`` for channel
+    ``t``; thread ``th`` sums values ``th``, ``th + SUM_THREADS``, ... of the channel's ``N
+    L`` (image-major) into float64 partials, which meet in shared memory and are added
+    pairwise (thread ``i`` adds ``i + h`` for ``h`` = 128, 64, ..., 1, a barrier after each
+    round: the same order whatever order the threads run in); thread 0 runs ``after``."""
+    C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
+    th, i = Var("th"), Var("i")
+    step: list[Stmt] = [Let("e", th + i * SUM_THREADS),
+                        Let("o", ((Var("e") // L) * C + Var("t")) * L + Var("e") % L)]
+    step += [Let(f"{var}_part", Var(f"{var}_part") + term(Var("o"))) for var, term in sums]
+    thread: list[Stmt] = [Let(f"{var}_part", call("f64", Const(0))) for var, _ in sums]
+    thread += [Loop("i", (N_BATCH * L - th + (SUM_THREADS - 1)) // SUM_THREADS, step),
+               *(Store(f"{var}_shared", th, Var(f"{var}_part")) for var, _ in sums),
+               Barrier()]
+    half = SUM_THREADS // 2
+    while half:
+        thread += [If(cmp("<", th, half), [
+            Store(f"{var}_shared", th, Load(f"{var}_shared", th)
+                  + Load(f"{var}_shared", th + half)) for var, _ in sums]), Barrier()]
+        half //= 2
+    thread.append(If(cmp("==", th, 0), [
+        *(Let(var, Load(f"{var}_shared", Const(0))) for var, _ in sums), *after]))
+    return Loop("t", C, [*(Shared(f"{var}_shared", SUM_THREADS, double=True) for var, _ in sums),
+                         *before, Loop("th", const(SUM_THREADS), thread, kind="thread")],
+                kind="block")
+
+
 def _channel_sum(var: str, shape: Sequence[int], sz: Sizes,
                  term: Callable[[Expr], Expr]) -> list[Stmt]:
     """``var``: the float64 sum of ``term(o)`` (:func:`_channel_sums` of one sum)."""
@@ -602,29 +659,31 @@ def _channel_mean(x: str, shape: Sequence[int], sz: Sizes) -> list[Stmt]:
 
 
 def batch_stat_kernel(name: str, shape: Sequence[int], of: str, comment: str = "",
-                      sz: Sizes | None = None) -> Kernel:
+                      sz: Sizes | None = None, blocks: bool = False) -> Kernel:
     """The mean (``of`` = mean) or biased variance of each channel of ``x0`` over the batch
     and the pixels. The variance in one pass of float64 sums about ``x1[c]``, the channel's
     float32 mean (the shift): ``d = x - x1[c]``, ``var = sum d^2 / M - (sum d / M)^2``; the
     second term corrects for the shift not being the exact mean and, the shift that close,
-    cancels nothing (``ops.norm``'s ``batch_var`` bound)."""
+    cancels nothing (``ops.norm``'s ``batch_var`` bound). ``blocks``: a GPU's form (the
+    module docstring)."""
     sz = sz if sz is not None else Sizes(literal=True)
-    if of == "mean":
-        body = _channel_mean("x0", shape, sz)
-        body.append(Store("y", Var("t"), Var("mean")))
-        return _whole_batch(name, arrays("x0", "y"), sz("C", shape[0]), body, comment, sz)
     count = call("f64", N_BATCH * sz("L", prod(shape[1:])))
+    if of == "mean":
+        return _channel_sums_kernel(
+            name, arrays("x0", "y"), shape, sz, [("s", lambda o: call("f64", Load("x0", o)))],
+            [], [Let("mean", div(Var("s"), count)), Store("y", Var("t"), Var("mean"))], comment,
+            blocks)
 
     def deviation(o: Expr) -> Expr:
         return call("f64", Load("x0", o)) - Var("m")
 
     def square(o: Expr) -> Expr:
         return deviation(o) * deviation(o)
-    body = [Let("m", call("f64", Load("x1", Var("t")))),
-            *_channel_sums([("s1", deviation), ("s2", square)], shape, sz),
-            Let("d", div(Var("s1"), count)),
-            Store("y", Var("t"), div(Var("s2"), count) - Var("d") * Var("d"))]
-    return _whole_batch(name, arrays("x0", "x1", "y"), sz("C", shape[0]), body, comment, sz)
+    return _channel_sums_kernel(
+        name, arrays("x0", "x1", "y"), shape, sz, [("s1", deviation), ("s2", square)],
+        [Let("m", call("f64", Load("x1", Var("t"))))],
+        [Let("d", div(Var("s1"), count)),
+         Store("y", Var("t"), div(Var("s2"), count) - Var("d") * Var("d"))], comment, blocks)
 
 
 def batch_stat_grad_kernel(name: str, shape: Sequence[int], of: str, comment: str = "",
@@ -728,10 +787,11 @@ def _upstream(operands: Sequence[str], gate: Gate | None) -> Callable[[Expr], Ex
 
 def bn_grad_sums_kernel(name: str, shape: Sequence[int], operands: Sequence[str],
                         comment: str = "", sz: Sizes | None = None,
-                        gate: Gate | None = None) -> Kernel:
+                        gate: Gate | None = None, blocks: bool = False) -> Kernel:
     """Per channel, in one pass over x and dy: ``y[c] = sum dy`` and ``y[C + c] = sum dy (x -
     mean)``, over the batch and the pixels (``operands``: x, dy, mean, and with a ``gate``
-    the activation's output it reads dy through)."""
+    the activation's output it reads dy through); ``blocks``: a GPU's form (the module
+    docstring)."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, mean = operands[0], operands[2]
     C = sz("C", shape[0])
@@ -739,10 +799,10 @@ def bn_grad_sums_kernel(name: str, shape: Sequence[int], operands: Sequence[str]
 
     def centred(o: Expr) -> Expr:
         return upstream(o) * (call("f64", Load(x, o)) - Var("m"))
-    body: list[Stmt] = [Let("m", call("f64", Load(mean, Var("t")))),
-                        *_channel_sums([("s0", upstream), ("s1", centred)], shape, sz),
-                        Store("y", Var("t"), Var("s0")), Store("y", C + Var("t"), Var("s1"))]
-    return _whole_batch(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+    return _channel_sums_kernel(
+        name, arrays(*_distinct(operands), "y"), shape, sz, [("s0", upstream), ("s1", centred)],
+        [Let("m", call("f64", Load(mean, Var("t"))))],
+        [Store("y", Var("t"), Var("s0")), Store("y", C + Var("t"), Var("s1"))], comment, blocks)
 
 
 def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],

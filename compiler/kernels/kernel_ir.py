@@ -351,13 +351,14 @@ class Comment:
 
 @dataclass(eq=False)
 class Shared:
-    """A float32 array of ``size`` elements shared by the threads of a block (CUDA's
-    ``__shared__``), read and written by name with :class:`Load` and :class:`Store`; declared in
-    the body of a ``"block"`` loop, before its ``"thread"`` loop. Its values do not outlive
-    the block."""
+    """An array of ``size`` float32 (or, ``double``, float64) elements shared by the threads
+    of a block (CUDA's ``__shared__``), read and written by name with :class:`Load` and
+    :class:`Store`; declared in the body of a ``"block"`` loop, before its ``"thread"`` loop.
+    Its values do not outlive the block."""
 
     name: str
     size: int
+    double: bool = False
 
 
 @dataclass(eq=False)

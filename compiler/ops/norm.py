@@ -581,14 +581,15 @@ def _normalized_shape(ctx) -> tuple[int, ...]:
 
 
 def _lower_batch_stat(ctx, node):
-    """One parallel iteration per channel over every image (float64 sums)."""
+    """One parallel iteration per channel over every image (float64 sums; on a GPU a block of
+    threads per channel)."""
     sz = Sizes()
     if node.op == "batch_stat_grad":
         k = batch_stat_grad_kernel(ctx.kname, _normalized_shape(ctx), node.attrs["of"],
                                    ctx.comment, sz)
     else:
         k = batch_stat_kernel(ctx.kname, _normalized_shape(ctx), node.op[len("batch_"):],
-                              ctx.comment, sz)
+                              ctx.comment, sz, blocks=ctx.backend.thread_blocks)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
@@ -606,7 +607,8 @@ def _lower_bn_training(ctx, node):
     elif node.op == "bn_channel_grad":
         k = bn_channel_grad_kernel(ctx.kname, shape, a["eps"], a["wrt"], names, ctx.comment, sz)
     elif node.op == "bn_grad_sums":
-        k = bn_grad_sums_kernel(ctx.kname, shape, names, ctx.comment, sz, _gate_rule(node))
+        k = bn_grad_sums_kernel(ctx.kname, shape, names, ctx.comment, sz, _gate_rule(node),
+                                blocks=ctx.backend.thread_blocks)
     elif node.op == "bn_grad_input":
         k = bn_grad_input_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz,
                                  _gate_rule(node))

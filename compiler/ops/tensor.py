@@ -880,7 +880,8 @@ register(OpDef(name="reduce_to", family="tensor", lower=_lower_reduce_to,
                doc="a broadcast value's gradient summed back to its shape (and over the batch)"))
 def _lower_channel_sum(ctx, node):
     sz = Sizes()
-    k = channel_sum_kernel(ctx.kname, ctx.in_shapes[0], ctx.comment, sz)
+    k = channel_sum_kernel(ctx.kname, ctx.in_shapes[0], ctx.comment, sz,
+                           blocks=ctx.backend.thread_blocks)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 

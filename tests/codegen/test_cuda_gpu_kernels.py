@@ -1,6 +1,7 @@
 """GPU kernels whose threads cooperate (shared memory, barriers), run by the emulation as
 fibers: the implicit-GEMM convolution and its weight gradient (with its pixels split into
-ranges and the partials added) against the float64 reference in every thread order, a
+ranges and the partials added), and batch norm's per-channel sums (a block per channel),
+against the float64 reference in every thread order, a
 barrier removed caught by wrong numbers, threads that miss a barrier caught by the launch, and
 the printers' refusals."""
 
@@ -19,6 +20,8 @@ from cnnc.compiler.backends.cuda.memory import EmulatedMemory
 from cnnc.compiler.backends.cuda.nvrtc import nvrtc_compile, nvrtc_library
 from cnnc.compiler.backends.cuda.printer import kernel_type_errors, print_kernel, print_module
 from cnnc.compiler.backends.numba.printer import print_kernel as print_numba
+from cnnc.compiler.kernels.backward import batch_stat_kernel, bn_grad_sums_kernel
+from cnnc.compiler.kernels.common import Sizes
 from cnnc.compiler.kernels.gpu_conv import (
     THREADS,
     implicit_gemm_blocks,
@@ -197,6 +200,49 @@ def test_implicit_gemm_weight_grad_matches_the_float64_gradient(weight_grad_modu
     assert np.all(np.abs(got["forward"] - want) <= bound)
     for o in ORDERS[1:]:
         np.testing.assert_array_equal(got[o], got["forward"])
+
+
+@pytest.fixture(scope="module")
+def channel_sum_module(tmp_path_factory):
+    """Batch norm's variance and gradient sums in their GPU form (a block per channel), for
+    runtime sizes, compiled once."""
+    sz = Sizes()
+    kernels = [batch_stat_kernel("variance", (1, 1, 1), "var", sz=sz, blocks=True),
+               bn_grad_sums_kernel("grad_sums", (1, 1, 1), ["x", "dy", "mean"], sz=Sizes(),
+                                   blocks=True)]
+    return EmulatedModule(print_module(kernels), kernels, tmp_path_factory.mktemp("sums")), \
+        *kernels
+
+
+@needs_cxx
+@pytest.mark.parametrize("n, c, h, w", [(1, 3, 1, 1), (2, 5, 7, 9), (3, 2, 16, 17)])
+def test_block_channel_sums_match_float64_in_every_order(channel_sum_module, n, c, h, w):
+    """Channels of fewer values than a block's threads, and of several rounds of them: the
+    float64 sums, rounded once to float32, in every thread order (the pairwise additions in
+    shared memory run in one order whatever order the threads do)."""
+    module, variance, grad_sums = channel_sum_module
+    rng = np.random.default_rng(n * c)
+    x = (rng.standard_normal((n, c, h, w)) + 3).astype(np.float32)
+    dy = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    mean = x.mean(axis=(0, 2, 3)).astype(np.float32)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    d = x64 - mean[None, :, None, None]
+    want_var = (d * d).mean(axis=(0, 2, 3)) - d.mean(axis=(0, 2, 3)) ** 2
+    want_sums = np.concatenate([dy64.sum(axis=(0, 2, 3)), (dy64 * d).sum(axis=(0, 2, 3))])
+    sizes = dict(C=c, L=h * w, n_batch=n)
+
+    def launch(kernel, **arrays):  # the arguments by the kernel's parameter names
+        args = {**sizes, **{k: MEMORY.upload(v.ravel()) if isinstance(v, np.ndarray) else v
+                            for k, v in arrays.items()}}
+        Launcher(kernel, lambda: module)(*(args[p.name] for p in kernel.params))
+    for order in ORDERS:
+        module.order = order
+        var, sums = MEMORY.zeros(c), MEMORY.zeros(2 * c)
+        launch(variance, x0=x, x1=mean, y=var)
+        launch(grad_sums, x=x, dy=dy, mean=mean, y=sums)
+        np.testing.assert_allclose(MEMORY.download(var), want_var, rtol=1e-6)
+        np.testing.assert_allclose(MEMORY.download(sums), want_sums, rtol=1e-6,
+                                   atol=1e-6 * np.abs(want_sums).max())
 
 
 def test_weight_grad_splits_fill_the_gpu_where_the_tiles_are_few():

@@ -97,6 +97,8 @@ def test_the_kernels_are_cuda_and_the_buffers_on_the_emulated_gpu(resnet):
     for buf in (emu.flat_params, emu.flat_grads):
         assert isinstance(buf, EmulatedArray)
     assert {s.lowering for s in emu.plan.steps if s.op == "conv_weight_grad"} == {"implicit_gemm"}
+    # batch norm's per-channel sums: a block of threads per channel, float64 in shared memory
+    assert source.count("__shared__ double") >= 3
 
 
 @needs_nvrtc

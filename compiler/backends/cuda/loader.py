@@ -112,6 +112,7 @@ class CudaBackend:
 
     #: No kernel may index scratch by the running thread (see :attr:`threads`).
     thread_scratch = False
+    thread_blocks = True
 
     @property
     def memory(self) -> CupyMemory | EmulatedMemory:

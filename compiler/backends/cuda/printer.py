@@ -387,6 +387,8 @@ class CudaPrinter(KernelPrinter):
         """Type every local of ``k`` (parameters, loop variables, ``Let`` targets), widening a
         local assigned values of different types, until nothing changes."""
         self.elements = {p.name: ELEMENT[p.kind] for p in k.params if p.kind in ELEMENT}
+        self.elements |= {s.name: "double" if s.double else "float"
+                          for s, _ in _walk(k.body) if isinstance(s, Shared)}
         base = {p.name: {"int": "int", "float": "float"}.get(p.kind, "array") for p in k.params}
         self.types = dict(base)
         for _ in range(8):
@@ -532,7 +534,7 @@ class CudaPrinter(KernelPrinter):
 
     def stmt_Store(self, s: Store, depth: int, out: list[str]) -> None:
         out.append(f"{self.INDENT * depth}{self.name(s.array)}[{self.expr(s.index)}] = "
-                   f"{self.cast(s.value, 'float')};")
+                   f"{self.cast(s.value, self.elements.get(s.array, 'float'))};")
 
     def stmt_VStore(self, s: VStore, depth: int, out: list[str]) -> None:
         out.append(f"{self.INDENT * depth}vstore({self.name(s.array)}, {self.expr(s.index)}, "
@@ -573,7 +575,8 @@ class CudaPrinter(KernelPrinter):
         out.append(f"{self.INDENT * depth}// {cuda_comment(s.text)}")
 
     def stmt_Shared(self, s: Shared, depth: int, out: list[str]) -> None:
-        out.append(f"{self.INDENT * depth}__shared__ float {self.name(s.name)}[{int(s.size)}];")
+        out.append(f"{self.INDENT * depth}__shared__ {'double' if s.double else 'float'} "
+                   f"{self.name(s.name)}[{int(s.size)}];")
 
     def stmt_Barrier(self, s: Barrier, depth: int, out: list[str]) -> None:
         out.append(f"{self.INDENT * depth}__syncthreads();")

@@ -103,6 +103,7 @@ class NumbaBackend:
 
     #: Kernels may index scratch by the running thread (``thread_id``).
     thread_scratch = True
+    thread_blocks = False
 
     comment = staticmethod(sanitize_comment)
     listing_suffix = ".py"
