@@ -39,7 +39,7 @@ thread (LeNet-5's eleven kernels: 45 -> 35 us a call), and Numba's pool is left 
 The one-array call (``Arena.run_input``): a caller that has checked its array (the compiled
 model's ``__call__``: one NumPy float32 C-contiguous input of the expected shape) has its
 address written straight into the task blocks, with no per-argument checks, and the calls run
-(bench/RESULTS.md: the Python side of a LeNet-5 call, 18 -> ~6 us).
+(bench/RESULTS.md: ``model(x)`` of one trivial kernel 17 -> 5 us).
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ class Arena:
 
     def call(self, items: list[Item], inputs: Mapping[int, Any], serial: bool = False) -> None:
         """Run ``items`` in order, the caller's input arrays patched into their places;
-        ``serial``: each kernel's tasks in order on this thread (``TaskProgram.run``)."""
+        ``serial``: each kernel's tasks in order on this thread (``run_range``)."""
         self._patch(items, inputs)
         for item in items:
             if isinstance(item, TaskRange):
