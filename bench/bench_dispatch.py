@@ -11,8 +11,11 @@ nothing and what is timed is getting to them):
 - ``njit loop``: as many calls of a Numba ``@njit`` function from a Python loop: the cost per
   kernel of the executor before task programs (one dispatcher call per kernel).
 
-Then LeNet-5 at batch 1 end to end (median and p99 over ``--repeat`` calls). Medians of the
-per-call times; one process, ``--threads`` Numba threads. Results go to stdout as markdown.
+Then what a compiled model's call costs around its kernels: ``model(x)`` of a network of one
+trivial kernel (a ReLU of one float, batch 1: the input's checks, running the task program,
+the output's copy), and LeNet-5 at batch 1 end to end (median and p99 over ``--repeat``
+calls). Medians of the per-call times; one process, ``--threads`` Numba threads. Results go
+to stdout as markdown.
 """
 
 from __future__ import annotations
@@ -83,6 +86,11 @@ def main() -> None:
     for name, t in rows:
         med = float(np.median(t))
         print(f"| {name} | {med * 1e6:.1f} | {med / args.calls * 1e9:.0f} |")
+    tiny = cnnc.compile("network tiny\ninput x: 1 x 1 x 1\nx -> relu -> output y\n")
+    one = np.ones((1, 1, 1, 1), np.float32)
+    t = _times(lambda: tiny(one), args.repeat)
+    print(f"\nA model of one trivial kernel, batch 1: model(x) median {np.median(t) * 1e6:.1f} us, "
+          f"min {t.min() * 1e6:.1f} us")
     model = cnnc.compile("lenet5")
     image = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
     t = _times(lambda: model(image), args.repeat)

@@ -34,10 +34,17 @@ is averaged over the data-parallel replicas the executor is given (``set_replica
 Python call in the list of calls; with none the kernels' copy is the value.
 
 Small calls run on one thread: a call of fewer than ``SERIAL_WORK`` multiply-accumulates
-(LeNet-5 at batch 1 has 0.42 million) runs its kernels with Numba's pool set to one thread,
-because waking the other threads costs more than they save there, and on a loaded machine
-threads waiting for work spin against the other processes (LeNet-5 at batch 1 beside two busy
-processes on 2 cores: p99 272 ms on two threads, 8 ms on one; bench/RESULTS.md).
+(LeNet-5 at batch 1 has 0.42 million) runs every kernel's tasks in order on the calling thread
+(``Arena.run_range``), because waking the other threads costs more than they save
+there, and on a loaded machine threads waiting for work spin against the other processes
+(LeNet-5 at batch 1 beside two busy processes on 2 cores: p99 272 ms on two threads, 8 ms on
+one; bench/RESULTS.md). No parallel region is started at all: one costs 1-2 us even on one
+thread (LeNet-5's eleven kernels: 45 -> 35 us a call), and Numba's pool is left as it is.
+
+The one-array call (``Arena.run_input``): a caller that has checked its array (the compiled
+model's ``__call__``: one NumPy float32 C-contiguous input of the expected shape) has its
+address written straight into the task blocks, with no per-argument checks, and the calls run
+(bench/RESULTS.md: ``model(x)`` of one trivial kernel 17 -> 5 us).
 """
 
 from __future__ import annotations
@@ -47,10 +54,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numba
 import numpy as np
 
-from ..compiler.backends.numba.tasks import TaskKernel, TaskProgram
+from ..compiler.backends.numba.tasks import TaskKernel, TaskProgram, run_tasks
 from ..compiler.ir import Graph
 from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
@@ -187,6 +193,14 @@ class Arena:
         for items in self.step_items:
             for item in items:
                 _extend(self.items, item)
+        # where each graph input's address and size go in the task blocks (``run_input``)
+        self.input_words = [(at, pos, self.program.blocks[at], tasks[at][0].offsets[pos], nid)
+                            for at, pos, nid in self.task_patches]
+        # one task range and no Python call: what ``run_input`` runs
+        whole = self.items[0] if len(self.items) == 1 else None
+        self.whole: TaskRange | None = whole if isinstance(whole, TaskRange) else None
+        # no call's tasks over the threads: a serial run (``run_range``)
+        self.in_order = np.zeros(len(self.program), np.bool_)
 
     def bind_consts(self, executor: Executor) -> None:
         """Replace the constant arguments of every call by the executor's current ones."""
@@ -197,14 +211,40 @@ class Arena:
             else:
                 where[pos] = value
 
-    def call(self, items: list[Item], inputs: Mapping[int, Any]) -> None:
-        """Run ``items`` in order, the caller's input arrays patched into their places."""
+    def call(self, items: list[Item], inputs: Mapping[int, Any], serial: bool = False) -> None:
+        """Run ``items`` in order, the caller's input arrays patched into their places;
+        ``serial``: each kernel's tasks in order on this thread (``run_range``)."""
         self._patch(items, inputs)
         for item in items:
             if isinstance(item, TaskRange):
-                self.program.run(item.first, item.last)
+                self.run_range(item, serial)
             else:
                 self._python_call(item, inputs)
+
+    def run_range(self, item: TaskRange, serial: bool) -> None:
+        """Run a range of the task program: each call's tasks over the threads where its
+        kernel is parallel, or with ``serial`` every call's in order on this thread (the
+        program's own flags replaced by ``in_order``, with no parallel region started)."""
+        p = self.program
+        if serial:
+            run_tasks(p.functions, p.counts, p.block_addresses, self.in_order, item.first,
+                      item.last)
+        else:
+            p.run(item.first, item.last)
+
+    def run_input(self, node: int, flat: np.ndarray, serial: bool) -> None:
+        """Run every call on the one graph input ``node``: ``flat``, a flat C-contiguous
+        float32 NumPy array of this arena's batch, checked by the caller (its address is
+        written into the blocks as it is: a wrong array here reads out of bounds). Only for
+        an arena of host kernels whose calls are one task range (``whole``)."""
+        assert self.whole is not None
+        address, size = flat.ctypes.data, flat.size
+        for at, pos, block, word, nid in self.input_words:
+            if nid == node:
+                block[word] = address
+                block[word + 1] = size
+                self.program.args[at][pos] = flat  # held while the blocks point to it
+        self.run_range(self.whole, serial)
 
     def calls_of(self, index: int, inputs: Mapping[int, Any]) -> list[Callable[[], None]]:
         """Step ``index``'s calls one by one, each a function that runs it (a profiler times
@@ -479,18 +519,14 @@ class Executor:
         the returned arena (``output`` and ``value`` read them)."""
         arena = self.arena(n)
         inputs = self.uploaded(inputs)
-        if not self.memory.host:  # kernels on a device: no host threads to hold back
-            arena.call(arena.items, inputs)
-        elif self.macs_per_image * n < SERIAL_WORK:
-            threads = numba.get_num_threads()
-            numba.set_num_threads(1)
-            try:
-                arena.call(arena.items, inputs)
-            finally:
-                numba.set_num_threads(threads)
-        else:
-            arena.call(arena.items, inputs)
+        # kernels on a device: no host threads to hold back
+        arena.call(arena.items, inputs, self.memory.host and self.serial(n))
         return arena
+
+    def serial(self, n: int) -> bool:
+        """Whether a call at batch ``n`` runs its kernels' tasks in order on the calling
+        thread (fewer than ``SERIAL_WORK`` multiply-accumulates: the module's docstring)."""
+        return self.macs_per_image * n < SERIAL_WORK
 
     def run_watched(self, inputs: Mapping[int, np.ndarray], n: int,
                     after: Callable[[int, Arena], bool],

@@ -17,6 +17,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,7 @@ from ..dsl.errors import DslError
 from ..dsl.source import read_source
 from . import compile_cache
 from .autotune import Autotuner
-from .executor import Executor, flat_input
+from .executor import Arena, Executor, flat_input
 from .memory import available_memory, fmt_bytes
 from .reference import InputError, check_inputs
 from .weights import check_parameter_memory, check_weights, init_params, load_weights, save_weights
@@ -222,6 +224,7 @@ class CompiledModel:
             v = self.executor.output(arena, flat, nid).reshape(shape)
             # a device's value is downloaded: a copy already
             result[name] = v.copy() if copy and memory.host else v
+        self._remember_arena(n)
         return result
 
     def _device_output(self, arena: Any, flat: Mapping[int, Any], nid: int,
@@ -254,6 +257,9 @@ class CompiledModel:
         arrays, or CuPy arrays where a CuPy array went in: ``run``). An output ``nms`` makes
         comes back as its list of boxes per image (``detections``: the padded rows without the
         padding); ``run`` returns the padded array."""
+        out = self._one_array_call(x)
+        if out is not None:
+            return out
         out = self.run(self._as_inputs(x))
         for name, nid in self.graph.outputs.items():
             if self.graph.node(nid).op == "nms":
@@ -262,6 +268,56 @@ class CompiledModel:
                     value = self.executor.memory.download(value)
                 out[name] = detections(value)
         return next(iter(out.values())) if len(out) == 1 else out
+
+    def _one_array_call(self, x: Any) -> np.ndarray | None:
+        """``model(x)`` for the common call, with only the checks it needs: one NumPy
+        float32 C-contiguous array of the expected shape at a batch size run before, a
+        network of one input and one plain output on the host (``_fast``), kernels that are
+        one task range. None for anything else: ``run`` then checks it (with its clear
+        errors) and runs it. The output is a copy: the arena's buffer is the next call's."""
+        fast = self._fast
+        if fast is None or type(x) is not np.ndarray or x.dtype != np.float32 or \
+                x.shape[1:] != fast.shape or not x.flags.c_contiguous:
+            return None
+        found = fast.arenas.get(x.shape[0])
+        if found is None:
+            return None
+        arena, out = found
+        if not np.isfinite(x).all():
+            raise InputError(f"input {fast.name!r} contains NaN or infinity")
+        arena.run_input(fast.node, x.reshape(-1), self.executor.serial(x.shape[0]))
+        return out.copy()
+
+    @cached_property
+    def _fast(self) -> OneArrayCall | None:
+        """What ``_one_array_call`` needs of this model, or None where it does not apply."""
+        graph = self.plan.graph
+        if not self.executor.memory.host or len(graph.inputs) != 1 or \
+                len(graph.outputs) != 1:
+            return None
+        (name, node), = graph.inputs.items()
+        output = next(iter(graph.outputs.values()))
+        t = graph.node(node).type
+        if not t.batched or t.dtype != "float32" or graph.node(output).op == "nms" or \
+                self.plan.buffers.storage.get(output) is not None:
+            return None
+        return OneArrayCall(name, node, t.shape, output, graph.node(output).type.shape)
+
+    def _remember_arena(self, n: int) -> None:
+        """After a call at batch ``n`` through ``run``: the arena and its output's view for
+        ``_one_array_call``, where its calls are one task range and the output has a buffer
+        of its own (not the input itself)."""
+        fast = self._fast
+        if fast is None or n in fast.arenas:
+            return
+        arena = self.executor.arenas.get(n)
+        if arena is None or arena.whole is None:
+            return
+        buf = arena.value(self.plan, fast.output)
+        if buf is None:
+            return
+        fast.arenas[n] = (arena, buf[: n * int(np.prod(fast.out_shape))].reshape(
+            (n,) + fast.out_shape))
 
     def warm_up(self) -> None:
         """Run once at batch 1 on zeros, so every kernel is compiled (or loaded)."""
@@ -303,6 +359,20 @@ class CompiledModel:
         kernels = sum(1 for s in self.steps if not s.view)
         return (f"CompiledModel({self.graph.name!r}, -O{self.opt_level}, {kernels} kernel "
                 f"steps, inputs {list(self.graph.inputs)}, outputs {list(self.graph.outputs)})")
+
+
+@dataclass
+class OneArrayCall:
+    """A model's one float32 input (``name``, graph node, shape per image) and one plain
+    output (node, shape per image), with the arena of each batch size seen and its output's
+    view: what ``CompiledModel._one_array_call`` reads."""
+
+    name: str
+    node: int
+    shape: tuple[int, ...]
+    output: int
+    out_shape: tuple[int, ...]
+    arenas: dict[int, tuple[Arena, np.ndarray]] = field(default_factory=dict)
 
 
 #: Kernels that only change how a tensor is laid out in memory (NCHW <-> blocked, im2col).

@@ -63,6 +63,7 @@ from ..decisions import (
     own_input_count,
     prologue_of,
 )
+from ..kernels.kernel_ir import VZero
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 
 
@@ -149,6 +150,11 @@ class OpDef:
     # of its output (padding lanes included) and can zero the output's halo on each call
     # (``zero_halo``): such a value may take any free arena slot (``plan_memory``).
     writes_whole_blocks: Callable[[Any, list[TensorType]], bool] | None = None
+    # (node, in_types) -> whether, where its output stays plain NCHW, its compute kernel
+    # still writes channel-blocked scratch that a second kernel unpacks (a convolution's
+    # blocked algorithms): its epilogue's vector ops may then be applied at the compute
+    # kernel's store (``select_layout``'s ``store_epilogue``)
+    unpacks_output: Callable[[Any, list[TensorType]], bool] | None = None
     # (node, in_types, lanes) -> blocks of ``lanes`` channels its blocked kernel writes
     out_blocks: Callable[[Any, list[TensorType], int], int] | None = None
     # (graph, node, storage of its first input, storage of its output) -> the parameter-time
@@ -307,6 +313,20 @@ def writes_whole_blocks(graph: Any, node: Any) -> bool:
     lane of every block of its output and can zero the output's halo on each call."""
     rule = get_op(node.op).writes_whole_blocks
     return rule is not None and rule(node, [graph.node(i).type for i in node.inputs])
+
+
+def unpacks_output(graph: Any, node: Any) -> bool:
+    """The op's rule (``OpDef.unpacks_output``): its compute kernel writes channel-blocked
+    scratch that a second kernel unpacks to the plain output."""
+    rule = get_op(node.op).unpacks_output
+    return rule is not None and rule(node, [graph.node(i).type for i in node.inputs])
+
+
+def has_vector_epilogue(op: str, attrs: dict[str, Any]) -> bool:
+    """Whether the operand-free epilogue op ``op`` has a vector form for ``attrs`` (its
+    ``vector_epilogue`` rule gives one: leaky ReLU only for slopes in [0, 1])."""
+    rule = get_op(op).vector_epilogue
+    return rule is not None and rule(VZero(), attrs, None) is not None
 
 
 def node_macs(graph: Any, node: Any) -> int:

@@ -65,8 +65,16 @@ which is written later (its producer depends on ``m``).
 
 from __future__ import annotations
 
+from ..decisions import epilogue_of
 from ..ir import Graph, Node
-from ..ops import get_op, is_constant, operand_kind, writes_whole_blocks
+from ..ops import (
+    get_op,
+    has_vector_epilogue,
+    is_constant,
+    operand_kind,
+    unpacks_output,
+    writes_whole_blocks,
+)
 from ..types import BLOCK_LANES, BLOCKED, BLOCKED16, NHWC, PLAIN
 from .common import layer
 from .manager import PassContext
@@ -85,8 +93,10 @@ def layout_pairs(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:
 
 
 def select_layout(graph: Graph, ctx: PassContext) -> bool:
-    if ctx.opt_level < 2 or ctx.layout == PLAIN:
+    if ctx.opt_level < 2:
         return False
+    if ctx.layout == PLAIN:
+        return _store_epilogues(graph, set(), ctx)
     blocked = {n.id for n in graph.compute_nodes()
                if not is_constant(graph, n) and not graph.is_output(n.id)
                and any(out == BLOCKED for _, out in layout_pairs(graph, n))}
@@ -181,7 +191,36 @@ def select_layout(graph: Graph, ctx: PassContext) -> bool:
                 after = f", after the first {node.attrs['prefix']} blocks of {layer(base)}"
             ctx.note(f"{layer(node)}: {len(node.inputs)} producers write into their channel "
                      f"ranges (no copy){after}", node)
-    return bool(blocked)
+    stored = _store_epilogues(graph, blocked, ctx)
+    return bool(blocked) or stored
+
+
+def _store_epilogues(graph: Graph, blocked: set[int], ctx: PassContext) -> bool:
+    """Of each value left plain whose compute kernel writes channel-blocked scratch that a
+    second kernel unpacks (``ops.unpacks_output``: a convolution's blocked algorithms), the
+    leading epilogue ops that need no operand and have a vector form are applied at the
+    compute kernel's store, in vectors (``store_epilogue``: how many, a leading ReLU
+    counted), not one value at a time in the unpacking, which applies the rest. LeNet-5's
+    ``c1 -> tanh`` feeds a plain pooling: its unpacking's scalar tanh was half of a call
+    (bench/RESULTS.md). The padding channels get the ops too; the unpacking drops them."""
+    changed = False
+    for node in graph.compute_nodes():
+        if node.id in blocked or not unpacks_output(graph, node):
+            continue
+        ops = epilogue_of(node.attrs)
+        count = 0
+        while count < len(ops) and ops[count].operand is None and \
+                has_vector_epilogue(ops[count].op, ops[count].attr_dict):
+            count += 1
+        if count <= int(bool(ops) and ops[0].op == "relu"):
+            continue  # nothing beyond the ReLU every compute kernel applies anyway
+        ctx.at(node)
+        node.attrs["store_epilogue"] = count
+        what = ", ".join(str(o) for o in ops[:count])
+        ctx.note(f"{layer(node)}: output unpacked to NCHW after its kernel; epilogue {what} "
+                 "applied at the kernel's store, in vectors", node)
+        changed = True
+    return changed
 
 
 def _regions(graph: Graph, blocked: set[int]) -> list[set[int]]:

@@ -759,3 +759,19 @@ def test_a_runtime_residual_gives_each_fused_epilogues_numbers(lowering, target,
     x = np.random.default_rng(8).standard_normal((3, 8, 7, 13)).astype(np.float32)
     want = run_reference(m.graph, {"x": x}, m.params)["y"]
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_an_unpacked_convolution_splits_its_epilogue_between_store_and_unpacking():
+    """The vector ops at the compute kernel's store (swish, over the padding channels too),
+    the rest (gelu: no vector form) and the residual operand at the unpacking to NCHW: the
+    network's numbers, within float32 error of the float64 reference."""
+    net = ("network split\ninput x: 4 x 9 x 9\n"
+           "z = x -> conv(6, 1)\n"  # first: the later producer takes the add
+           "y = x -> conv(6, 3, pad=1) -> swish -> gelu\n(y + z) -> output out\n")
+    m = compile_model(net, seed=4, lowering="direct")
+    (conv,) = [n for n in m.plan.graph.compute_nodes() if n.attrs.get("store_epilogue")]
+    assert [e.op for e in conv.attrs["epilogue"]] == ["swish", "gelu", "add"]
+    assert conv.attrs["store_epilogue"] == 1
+    x = np.random.default_rng(5).standard_normal((2, 4, 9, 9)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["out"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)

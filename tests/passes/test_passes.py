@@ -510,6 +510,41 @@ def test_prologue_fusion_declines(body, level, why):
     assert not any(n.attrs.get("prologue") for n in g.compute_nodes()), why
 
 
+# -- vector epilogues at the store of a convolution whose output is unpacked -----------------
+
+@pytest.mark.parametrize("body, count", [
+    ("x -> conv(6, 3) -> tanh -> avgpool(2) -> output y", 1),  # LeNet-5's c1: a plain pool
+    ("x -> conv(6, 3) -> sigmoid -> output y", 1),
+    ("x -> conv(6, 3) -> relu -> tanh -> output y", 2),  # the ReLU counted, as it is first
+    ("x -> conv(6, 3) -> swish -> gelu -> output y", 1),  # gelu has no vector form: unpacked
+    ("x -> conv(6, 3) -> leaky_relu(alpha=0.1) -> leaky_relu(alpha=2.0) -> output y", 1),
+])
+def test_an_unpacked_convolution_applies_its_vector_epilogue_at_its_store(body, count):
+    g = build(body)
+    params = random_params(g)
+    before = g.copy()
+    records = optimize(g, 2, ctx=PassContext(lowering="direct"))  # im2col unpacks nothing
+    (conv,) = [n for n in g.compute_nodes() if n.op == "conv"]
+    assert "layout" not in conv.attrs and conv.attrs["store_epilogue"] == count
+    assert f"store_epilogue={count}" in g.dump()
+    notes = [text for r in records if r.name == "select_layout" for text in r.notes]
+    assert any("applied at the kernel's store, in vectors" in t for t in notes)
+    same_numbers(before, g, params)
+
+
+@pytest.mark.parametrize("body, level, why", [
+    ("x -> conv(6, 3) -> relu -> output y", 2, "a ReLU alone: every compute kernel applies it"),
+    ("x -> conv(6, 3) -> gelu -> tanh -> output y", 2, "the first op has no vector form"),
+    ("x -> conv(8, 3) -> tanh -> conv(8, 3) -> output y", 2,
+     "the output stays blocked: the whole epilogue is at the store already"),
+    ("x -> conv(6, 3) -> tanh -> output y", 1, "-O1 runs no layout selection"),
+])
+def test_the_store_epilogue_is_not_recorded(body, level, why):
+    g = build(body)
+    optimize(g, level, ctx=PassContext(lowering="direct"))
+    assert not any("store_epilogue" in n.attrs for n in g.compute_nodes()), why
+
+
 # -- residual kernels shared --------------------------------------------------------------------
 
 

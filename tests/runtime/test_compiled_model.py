@@ -13,7 +13,7 @@ import pytest
 
 from cnnc.runtime import model as model_mod
 from cnnc.runtime.cli import main
-from cnnc.runtime.model import ModelError
+from cnnc.runtime.model import CompiledModel, ModelError
 from cnnc.runtime.model import compile as compile_model
 from cnnc.runtime.reference import InputError, run_reference
 
@@ -125,6 +125,35 @@ def test_wrong_input_is_a_clear_error(small, bad, words):
         small(bad)
     for w in words:
         assert w in str(e.value)
+
+
+def test_the_one_array_call_keeps_the_checks_and_returns_copies(small, monkeypatch):
+    """``model(x)`` with a float32 C-contiguous array at a batch size run before skips the
+    general path (``run``) but not its checks: NaN and infinity are still refused with its
+    message; any other array (strided, float64, big-endian, another shape) takes the general
+    path, with its answer or its clear error. Each call returns its own array."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 12, 10)).astype(np.float32)
+    want = small.run({"image": x})["logits"]  # the general path: this batch size's arena
+    general = CompiledModel.run
+    monkeypatch.setattr(CompiledModel, "run", lambda *a, **k: pytest.fail("general path"))
+    first = small(x)
+    np.testing.assert_array_equal(first, want)
+    second = small(x * 2)
+    assert not np.shares_memory(first, second) and not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, want)  # not overwritten by the next call
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[1, 2, 11, 9] = bad
+        with pytest.raises(InputError, match="'image' contains NaN or infinity"):
+            small(y)
+    monkeypatch.setattr(CompiledModel, "run", general)
+    np.testing.assert_array_equal(small(np.asfortranarray(x)), want)
+    np.testing.assert_array_equal(small(x[:, :, :, ::-1].copy()[:, :, :, ::-1]), want)
+    for bad, words in [(x.astype(np.float64), "float64"), (x.astype(">f4"), "big-endian"),
+                       (x[:, :, :, :9].copy(), "N x 3 x 12 x 10")]:
+        with pytest.raises(InputError, match=words):
+            small(bad)
 
 
 def test_wrong_input_name(small):

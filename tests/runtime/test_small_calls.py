@@ -1,5 +1,6 @@
-"""A call below ``SERIAL_WORK`` multiply-accumulates runs its kernels on one thread: the same
-numbers as on the whole pool, and the pool's size is given back afterwards."""
+"""A call below ``SERIAL_WORK`` multiply-accumulates runs its kernels' tasks in order on the
+calling thread (no parallel region): the same numbers as on the whole pool, whose size is
+left as it is."""
 
 from __future__ import annotations
 
@@ -10,24 +11,26 @@ import cnnc
 from cnnc.runtime import executor
 
 
-def test_small_calls_run_on_one_thread_with_the_same_numbers(monkeypatch):
+def test_small_calls_run_their_tasks_in_order_with_the_same_numbers(monkeypatch):
     model = cnnc.compile("lenet5")
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     assert model.executor.macs_per_image * 2 < executor.SERIAL_WORK  # LeNet-5: small
-    seen: list[int] = []
-    real = executor.Arena.call
+    seen: list[bool] = []
+    real = executor.Arena.run_range
 
-    def watch(arena, items, inputs):
-        seen.append(numba.get_num_threads())
-        real(arena, items, inputs)
-    monkeypatch.setattr(executor.Arena, "call", watch)
+    def watch(arena, item, serial):
+        seen.append(serial)
+        real(arena, item, serial)
+    monkeypatch.setattr(executor.Arena, "run_range", watch)
     before = numba.get_num_threads()
-    serial = model(x)
-    assert seen == [1] and numba.get_num_threads() == before
-    monkeypatch.setattr(executor, "SERIAL_WORK", 0)  # everything on the whole pool
+    serial = model(x)  # the first call at this batch size (``run``), then the one-array call
+    again = model(x)
+    assert seen == [True, True] and numba.get_num_threads() == before
+    monkeypatch.setattr(executor, "SERIAL_WORK", 0)  # everything over the whole pool
     pooled = model(x)
-    assert seen[-1] == before
+    assert seen[-1] is False
     np.testing.assert_array_equal(serial, pooled)
+    np.testing.assert_array_equal(again, pooled)
 
 
 def test_a_model_compiled_without_warm_compiles_its_kernels_on_first_call(tmp_path):

@@ -241,6 +241,13 @@ def _writes_whole_blocks(node, in_types):
     return node.op == "conv" and algorithm is not None and algorithm.blocked
 
 
+def _unpacks_output(node, in_types):
+    """The blocked algorithms (direct, channel-wise, Winograd) write channel-blocked scratch
+    that ``output_call``'s kernel unpacks where the output stays NCHW."""
+    algorithm = _algorithm(node)
+    return algorithm is not None and algorithm.blocked
+
+
 def _out_blocks(node, in_types, lanes: int) -> int:
     """Blocks of ``lanes`` channels the blocked kernel writes: the direct kernel pads each
     group's output channels to whole 16-channel block pairs (``ConvGeometry.out_blocks``)."""
@@ -312,7 +319,7 @@ register(OpDef(
     lower=lower_conv, takes_epilogue="any", algorithms=ALGORITHMS, out_blocks=_out_blocks,
     pack=_pack_rule,
     layouts=("NCHW", "NCHW8c", "NCHW16c", "NHWC"), layout_rule=_layout_rule,
-    writes_whole_blocks=_writes_whole_blocks,
+    writes_whole_blocks=_writes_whole_blocks, unpacks_output=_unpacks_output,
     name="conv", family="conv", signature=_CONV_SIGNATURE,
     canonicalize=conv_canonicalize, params=conv_params, infer=conv_infer,
     reference=conv_reference, macs=conv_macs, aliases=("conv2d",),
@@ -426,7 +433,7 @@ register(OpDef(
 register(OpDef(
     lower=lower_conv, takes_epilogue="any", algorithms=ALGORITHMS, out_blocks=_out_blocks,
     pack=_pack_rule,
-    layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule,
+    layouts=("NCHW", "NCHW8c"), layout_rule=_layout_rule, unpacks_output=_unpacks_output,
     name="conv_transpose", family="conv",
     signature=(
         Attr("out_channels", "int"),

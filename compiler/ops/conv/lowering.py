@@ -46,7 +46,9 @@ def lower_conv(ctx, node) -> Step:
     unless the input is already channel-blocked (or the algorithm reads NCHW as it is), the
     compute kernel, then unpack (or crop) with the fused epilogue unless the output stays
     channel-blocked, in which case the compute kernel applies the epilogue at its store (or
-    the algorithm writes NCHW itself and there is no epilogue beyond the bias and ReLU). The
+    the algorithm writes NCHW itself and there is no epilogue beyond the bias and ReLU); an
+    unpacked output's leading vector ops are applied at the store too where the layout pass
+    says so (``store_epilogue``). The
     compute kernel always fuses the bias and a leading ReLU (a runtime flag, so layers with and
     without share a kernel)."""
     algorithm = by_name(node.attrs["lowering"])
@@ -65,8 +67,15 @@ def lower_conv(ctx, node) -> Step:
     if relu:
         epilogue = epilogue[1:]
     operands = [ctx.operand(e) for e in epilogue if e.operand is not None]
-    in_kernel = epilogue if y_store is not None else []
-    kinds = [operand_kind(ctx.graph.node(o).type.shape, node.type.shape) for o in operands]
+    # a plain output is unpacked from the kernel's blocked scratch: the kernel applies the
+    # leading operand-free vector ops the layout pass chose (``store_epilogue``, counted with
+    # the ReLU), the unpacking the rest (and every operand)
+    at_store = max(0, node.attrs.get("store_epilogue", 0) - relu)
+    in_kernel = epilogue if y_store is not None else epilogue[:at_store]
+    unpacked = [] if y_store is not None else epilogue[at_store:]
+    kernel_operands = operands if y_store is not None else []
+    kinds = [operand_kind(ctx.graph.node(o).type.shape, node.type.shape)
+             for o in kernel_operands]
     g = geometry(node.op, attrs, x_shape, "relu" if relu else None)
     if not algorithm.applies(g):
         raise LoweringError(f"{ctx.kname}: the {algorithm.name} algorithm does not compute "
@@ -122,7 +131,7 @@ def lower_conv(ctx, node) -> Step:
         yp = Arg("output")
     else:
         scratch["conv_out"] = algorithm.out_floats(g)
-    op_args = [Arg("value", o) for o in operands] if in_kernel else []
+    op_args = [Arg("value", o) for o in kernel_operands]
     pooled: list[Arg] = []  # the prologue's scratch (one pooled row per thread), x's H x W
     pooled_ints: list[Arg] = []
     if prologue is not None:
@@ -133,8 +142,7 @@ def lower_conv(ctx, node) -> Step:
     if per_thread:  # the compute kernel's per-thread work space (Winograd's transformed tiles)
         scratch["work"] = ctx.threads * per_thread
         pooled = [Arg("scratch", "work")]
-    op_ints = [Arg("int", v) for o in operands for v in ctx.operand_geometry(o)] \
-        if in_kernel else []
+    op_ints = [Arg("int", v) for o in kernel_operands for v in ctx.operand_geometry(o)]
     last: list[Arg] = []
     if residual is not None:
         # without a residual the kernel reads no operand: the output stands in for it
@@ -149,7 +157,7 @@ def lower_conv(ctx, node) -> Step:
                                 *op_ints, Arg("int", int(relu)), Arg("batch"), *last),
                       kernel.name))
     if y_store is None and not to_output:
-        calls.append(_output_call(ctx, node, g, algorithm, epilogue, operands))
+        calls.append(_output_call(ctx, node, g, algorithm, unpacked, operands))
     pack = _packer(ctx, node, g, algorithm, tile)
 
     return Step(node.id, ctx.step_name, ctx.step_ops, [x] + operands,
