@@ -19,6 +19,7 @@ block and runs them through the same loop.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +29,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.core.ccallback import CFunc
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.compiler_machinery import PassManager
@@ -47,8 +49,8 @@ from . import cache
 from .block import BLOCK, WORDS
 from .loading import LoadingCache
 
-__all__ = ["TaskKernel", "TaskProgram", "run_tasks", "SIGNATURE", "task_function",
-           "compile_task_function"]
+__all__ = ["TaskKernel", "TaskProgram", "run_tasks", "CHUNKS_PER_THREAD", "SIGNATURE",
+           "task_function", "compile_task_function"]
 
 #: The one signature of every task function: ``void kernel(int64 task, int64 *block)``.
 SIGNATURE = types.void(types.int64, BLOCK)
@@ -98,19 +100,142 @@ def _call_task(typingctx, function, task, block):
     return sig, codegen
 
 
+#: Chunks a parallel call's tasks are cut into per thread: a thread claims one chunk of
+#: consecutive tasks at a time (two atomic additions a chunk), so a thread that is late or
+#: stalled leaves at most a chunk unfinished for the others to wait on.
+CHUNKS_PER_THREAD = 4
+
+#: Spins (``pause``) a thread waits for another's last chunk before it yields its core.
+WAIT_SPINS = 2000
+
+
+@intrinsic
+def _fetch_add(typingctx, address, value):
+    """Add ``value`` to the int64 at ``address`` atomically; the value it held before."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _load(typingctx, address):
+    """The int64 at ``address``, read atomically (acquiring what its writers released)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def _address(typingctx, array):
+    """The address of ``array``'s first element."""
+    sig = types.int64(array)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The CPU's spin-wait hint (x86's ``pause``; nothing elsewhere)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            fn = cgutils.get_or_insert_function(builder.module,
+                                                ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _yield(typingctx):
+    """Give the core to another runnable thread (``sched_yield``)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module,
+                                            ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True)
+def _work(functions, counts, blocks, chunks, first, state):  # pragma: no cover - compiled
+    """One thread's share of calls ``first`` .. ``first + len(chunks) - 1``: for each call, claim
+    chunks of its tasks (``chunks[i]`` consecutive ones) and run them until none is left, then
+    wait until every claimed task of it is done (the next call may read its output). The
+    int64 words at ``state`` hold each call's claimed and done task counts."""
+    for i in range(chunks.size):
+        s = first + i
+        count = counts[s]
+        claimed = state + 16 * i
+        done = claimed + 8
+        while True:
+            a = _fetch_add(claimed, chunks[i])
+            if a >= count:
+                break
+            b = min(a + chunks[i], count)
+            for t in range(a, b):
+                _call_task(functions[s], t, blocks[s])
+            _fetch_add(done, b - a)
+        spins = 0
+        while _load(done) < count:
+            if spins < WAIT_SPINS:
+                _pause()
+                spins += 1
+            else:
+                _yield()
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def run_tasks(functions, counts, blocks, parallel, first, last):  # pragma: no cover - compiled
+def run_tasks(functions, counts, blocks, parallel, first, last, threads,
+              per_thread):  # pragma: no cover - compiled
     """Run calls ``first`` to ``last - 1``: call ``s`` runs tasks ``0 .. counts[s] - 1`` of the
     function at address ``functions[s]`` on the block at address ``blocks[s]``, over the
-    threads where ``parallel[s]``, else in order."""
+    threads where ``parallel[s]``, else in order on one thread.
+
+    On one thread (or with no parallel call) the calls run in order on the calling thread.
+    Otherwise every thread enters one parallel region for the whole range and takes chunks of
+    each call's tasks as it becomes free (:func:`_work`; ``per_thread`` chunks per thread for
+    a parallel call, one chunk of all its tasks for another): a thread that starts late (its
+    core taken by another process) finds the work done by the others instead of holding
+    every call back by its share, and the threads meet once per range, not once per call."""
+    n = last - first
+    shared = False
     for s in range(first, last):
-        if parallel[s]:
-            for t in prange(counts[s]):
-                # as int64: Numba's parallel loop gives an unsigned index
-                _call_task(functions[s], np.int64(t), blocks[s])
-        else:
+        shared = shared or (parallel[s] and counts[s] > 1)
+    if threads == 1 or not shared:
+        for s in range(first, last):
             for t in range(counts[s]):
                 _call_task(functions[s], t, blocks[s])
+        return
+    chunks = np.empty(n, np.int64)
+    for i in range(n):
+        count = counts[first + i]
+        if parallel[first + i]:
+            chunks[i] = max(1, count // (threads * per_thread))
+        else:
+            chunks[i] = max(1, count)
+    state = np.zeros(2 * n, np.int64)
+    address = _address(state)
+    for _ in prange(threads):
+        _work(functions, counts, blocks, chunks, first, address)
 
 
 # Loaded from Numba's cache without the compiler's start-up (``loading``), as the task
@@ -258,6 +383,9 @@ class TaskProgram:
         self.block_addresses = np.array([b.ctypes.data for b in self.blocks],
                                         np.int64).reshape(n)
         self.parallel = np.array([k.parallel for k in self.kernels], np.bool_).reshape(n)
+        #: chunks per thread of a parallel call's tasks (``CHUNKS_PER_THREAD``; the outputs
+        #: are the same bits whatever it is: a task's sums do not depend on who runs it)
+        self.per_thread = CHUNKS_PER_THREAD
 
     def __len__(self) -> int:
         return len(self.kernels)
@@ -270,4 +398,5 @@ class TaskProgram:
     def run(self, first: int = 0, last: int | None = None) -> None:
         """Run calls ``first`` to ``last - 1`` (all by default)."""
         run_tasks(self.functions, self.counts, self.block_addresses, self.parallel,
-                  first, len(self.kernels) if last is None else last)
+                  first, len(self.kernels) if last is None else last,
+                  numba.get_num_threads(), self.per_thread)
