@@ -3,13 +3,15 @@ busy, against the same loop on a quiet machine: median, p99, the worst call and 
 
     .venv/bin/python bench/bench_load.py [--models lenet5,resnet18,mobilenet_v2]
         [--engines cnnc,onnxruntime] [--busy 0,1,2] [--seconds 4] [--threads 2] [--rounds 2]
-        [--cnnc LABEL=PYTHON ...] [--env KEY=VALUE ...] [--json FILE]
+        [--cnnc LABEL=PYTHON[,KEY=VALUE...] ...] [--env KEY=VALUE ...] [--json FILE]
 
 Each measurement runs in its own process (a fresh thread pool), on the same seeded weights and
 input for every engine (``runtime/bench.py``'s ``prepare``: ONNX Runtime reads them as ONNX);
 ``--busy N`` processes spin on the cores meanwhile. ``--cnnc LABEL=PYTHON`` adds cnnc as
 installed for another interpreter (another checkout's ``.venv/bin/python``: a before/after
-comparison); the engines and interpreters run in alternating order, round after round, and the
+comparison), with its own environment variables after the interpreter (``OMP_WAIT_POLICY``;
+``CNNC_BENCH_SERIAL_WORK``: the executor's one-thread threshold, ``SERIAL_WORK``, in that
+worker); the engines and interpreters run in alternating order, round after round, and the
 calls of all rounds are pooled. The best call is the quiet machine's figure when the host is
 shared: the median then carries the neighbours' load. The numbers go to stdout as a markdown
 table (bench/RESULTS.md keeps the measured ones).
@@ -52,8 +54,11 @@ def _runner(engine: str, workdir: Path, model: str, threads: int):
 
     import cnnc
     from cnnc.dsl.builder import load_network
+    from cnnc.runtime import executor
     from cnnc.runtime.weights import load_weights
 
+    if "CNNC_BENCH_SERIAL_WORK" in os.environ:
+        executor.SERIAL_WORK = int(os.environ["CNNC_BENCH_SERIAL_WORK"])
     numba.set_num_threads(threads)
     graph = load_network(model)
     compiled = cnnc.compile(graph, weights=load_weights(graph, workdir / "weights.npz"))
@@ -122,19 +127,21 @@ def main() -> None:
         return
     import importlib.util
 
-    engines: list[tuple[str, str, str]] = []  # (label, engine, python)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    cnnc_env = dict(env, **dict(kv.split("=", 1) for kv in args.env))
+    engines: list[tuple[str, str, str, dict[str, str]]] = []  # (label, engine, python, env)
     for engine in args.engines.split(","):
         if engine == "cnnc":
-            engines.append(("cnnc", "cnnc", sys.executable))
+            engines.append(("cnnc", "cnnc", sys.executable, cnnc_env))
         elif importlib.util.find_spec(engine) is None:
             print(f"{engine} is not installed: skipped")
         else:
-            engines.append((engine, engine, sys.executable))
+            engines.append((engine, engine, sys.executable, env))
     for spec in args.cnnc:
-        label, python = spec.split("=", 1)
-        engines.append((label, "cnnc", python))
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    cnnc_env = dict(env, **dict(kv.split("=", 1) for kv in args.env))
+        label, rest = spec.split("=", 1)
+        python, *pairs = rest.split(",")
+        engines.append((label, "cnnc", python, dict(cnnc_env, **dict(kv.split("=", 1)
+                                                                   for kv in pairs))))
     busy_counts = [int(b) for b in args.busy.split(",")]
     times: dict[tuple[str, str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,7 +150,7 @@ def main() -> None:
                 workdir = prepared(model, Path(tmp))
                 order = engines if r % 2 == 0 else engines[::-1]
                 for busy in busy_counts:
-                    for label, engine, python in order:
+                    for label, engine, python, worker_env in order:
                         spinners = [mp.Process(target=spin, daemon=True) for _ in range(busy)]
                         for p in spinners:
                             p.start()
@@ -153,7 +160,7 @@ def main() -> None:
                                  str(workdir), "--models", model, "--threads",
                                  str(args.threads), "--seconds", str(args.seconds)],
                                 capture_output=True, text=True, check=True,
-                                env=cnnc_env if engine == "cnnc" else env).stdout
+                                env=worker_env).stdout
                         finally:
                             for p in spinners:
                                 p.terminate()
