@@ -19,6 +19,7 @@ block and runs them through the same loop.
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +52,14 @@ from .loading import LoadingCache
 
 __all__ = ["TaskKernel", "TaskProgram", "run_tasks", "CHUNKS_PER_THREAD", "SIGNATURE",
            "task_function", "compile_task_function"]
+
+# Numba's OpenMP threads sleep between parallel regions (a model call is one region:
+# :func:`run_tasks`) unless the user has said otherwise. Spinning for the next region, as
+# OpenMP does by default, takes a core another process needs: MobileNetV2 at batch 1 beside
+# two busy processes ran 2.6 times slower, while sleeping costs a quiet call one wake-up
+# (about 0.05 ms; bench/RESULTS.md). OpenMP reads this when it loads: it applies only if no
+# OpenMP runtime (Numba's parallel code, PyTorch) has started in this process before.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: The one signature of every task function: ``void kernel(int64 task, int64 *block)``.
 SIGNATURE = types.void(types.int64, BLOCK)
