@@ -4,8 +4,17 @@ A generated kernel is compiled by Numba as a C-callable function ``kernel(task, 
 (:mod:`block` has the argument layout): a kernel whose work is one flattened parallel loop does
 one iteration of that loop per call, any other kernel does all its work in call 0. Nothing in a
 kernel is parallel by itself; :func:`run_tasks`, compiled once and cached like any kernel, runs
-a sequence of bound kernel calls, the tasks of each either spread over Numba's threads (a
-``prange``) or in order on the calling thread, calling each task through the kernel's address.
+a sequence of bound kernel calls, the tasks of each either shared by Numba's threads or in
+order on one thread, calling each task through the kernel's address.
+
+Scheduling: the threads enter one parallel region for the whole sequence and claim chunks of
+each call's tasks from an atomic counter as they become free, waiting at the end of each call
+for its last chunks (the next call may read its output). Numba's own ``prange`` schedule is
+static with the OpenMP threading layer used here (each thread one fixed share; its
+``parallel_chunksize`` is dynamic only with TBB), so a thread whose core another process held
+made every call wait for its share, and the threads met once per call; now a late thread finds
+the work done by the others and the threads meet once per sequence. A task's sums do not
+depend on which thread runs it, so the outputs are the same bits whatever the order.
 
 Why: Numba's parallel transformation of a ``prange`` costs 1-2 s of compilation per function,
 about 40% of a convolution kernel's compile and most of a small kernel's; here it is paid once
