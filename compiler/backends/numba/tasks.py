@@ -194,21 +194,21 @@ def _yield(typingctx):
 
 
 @njit(nogil=True)
-def _work(functions, counts, blocks, chunks, first, state):  # pragma: no cover - compiled
-    """One thread's share of calls ``first`` .. ``first + len(chunks) - 1``: for each call, claim
-    chunks of its tasks (``chunks[i]`` consecutive ones) and run them until none is left, then
-    wait until every claimed task of it is done (the next call may read its output). The
-    int64 words at ``state`` hold each call's claimed and done task counts."""
-    for i in range(chunks.size):
-        s = first + i
+def _work(functions, counts, blocks, first, last, state):  # pragma: no cover - compiled
+    """One thread's share of calls ``first`` to ``last - 1``: for each call, claim chunks of
+    its tasks and run them until none is left, then wait until every claimed task of it is
+    done (the next call may read its output). The int64 words at ``state`` hold, for call
+    ``first + i``, its claimed and done task counts and its chunk (words ``3i`` to ``3i + 2``)."""
+    for s in range(first, last):
         count = counts[s]
-        claimed = state + 16 * i
+        claimed = state + 24 * (s - first)
         done = claimed + 8
+        chunk = _load(claimed + 16)
         while True:
-            a = _fetch_add(claimed, chunks[i])
+            a = _fetch_add(claimed, chunk)
             if a >= count:
                 break
-            b = min(a + chunks[i], count)
+            b = a + chunk if a + chunk < count else count
             for t in range(a, b):
                 _call_task(functions[s], t, blocks[s])
             _fetch_add(done, b - a)
@@ -222,19 +222,20 @@ def _work(functions, counts, blocks, chunks, first, state):  # pragma: no cover 
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def run_tasks(functions, counts, blocks, parallel, first, last, threads,
-              per_thread):  # pragma: no cover - compiled
+def run_tasks(functions, counts, blocks, parallel, first, last, threads, per_thread,
+              state):  # pragma: no cover - compiled
     """Run calls ``first`` to ``last - 1``: call ``s`` runs tasks ``0 .. counts[s] - 1`` of the
     function at address ``functions[s]`` on the block at address ``blocks[s]``, over the
     threads where ``parallel[s]``, else in order on one thread.
 
     On one thread (or with no parallel call) the calls run in order on the calling thread.
-    Otherwise every thread enters one parallel region for the whole range and takes chunks of
-    each call's tasks as it becomes free (:func:`_work`; ``per_thread`` chunks per thread for
-    a parallel call, one chunk of all its tasks for another): a thread that starts late (its
-    core taken by another process) finds the work done by the others instead of holding
-    every call back by its share, and the threads meet once per range, not once per call."""
-    n = last - first
+    Otherwise ``threads`` threads enter one parallel region for the whole range and take
+    chunks of each call's tasks as they become free (:func:`_work`; ``per_thread`` chunks per
+    thread for a parallel call, one chunk of all its tasks for another): a thread that starts
+    late (its core taken by another process) finds the work done by the others instead of
+    holding every call back by its share, and the threads meet once per range, not once per
+    call. ``state``: int64 scratch of 3 words per call (allocated by the caller: an
+    allocation here costs a cold compile 0.4 s more)."""
     shared = False
     for s in range(first, last):
         shared = shared or (parallel[s] and counts[s] > 1)
@@ -243,17 +244,16 @@ def run_tasks(functions, counts, blocks, parallel, first, last, threads,
             for t in range(counts[s]):
                 _call_task(functions[s], t, blocks[s])
         return
-    chunks = np.empty(n, np.int64)
-    for i in range(n):
-        count = counts[first + i]
-        if parallel[first + i]:
-            chunks[i] = max(1, count // (threads * per_thread))
-        else:
-            chunks[i] = max(1, count)
-    state = np.zeros(2 * n, np.int64)
+    for s in range(first, last):
+        i = 3 * (s - first)
+        state[i] = 0
+        state[i + 1] = 0
+        state[i + 2] = counts[s] // (threads * per_thread) if parallel[s] else counts[s]
+        if state[i + 2] < 1:
+            state[i + 2] = 1
     address = _address(state)
     for _ in prange(threads):
-        _work(functions, counts, blocks, chunks, first, address)
+        _work(functions, counts, blocks, first, last, address)
 
 
 # Loaded from Numba's cache without the compiler's start-up (``loading``), as the task
@@ -404,6 +404,7 @@ class TaskProgram:
         #: chunks per thread of a parallel call's tasks (``CHUNKS_PER_THREAD``; the outputs
         #: are the same bits whatever it is: a task's sums do not depend on who runs it)
         self.per_thread = CHUNKS_PER_THREAD
+        self.state = np.zeros(3 * n, np.int64)  # run_tasks' counters
 
     def __len__(self) -> int:
         return len(self.kernels)
@@ -417,4 +418,4 @@ class TaskProgram:
         """Run calls ``first`` to ``last - 1`` (all by default)."""
         run_tasks(self.functions, self.counts, self.block_addresses, self.parallel,
                   first, len(self.kernels) if last is None else last,
-                  numba.get_num_threads(), self.per_thread)
+                  numba.get_num_threads(), self.per_thread, self.state)
