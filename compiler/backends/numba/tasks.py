@@ -388,6 +388,8 @@ class TaskProgram:
 
     The program holds every array its blocks point to (the blocks hold bare addresses): an
     argument replaced with :meth:`set` is released only when it is no longer in the program.
+    It runs on one Python thread at a time: its blocks and :func:`run_tasks`' counters are
+    its own.
     """
 
     def __init__(self, calls: Sequence[tuple[TaskKernel, list[Any]]]) -> None:
