@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.backends.numba.tasks import TaskKernel, TaskProgram, run_tasks
+from ..compiler.backends.numba.tasks import TaskKernel, TaskProgram
 from ..compiler.ir import Graph
 from ..compiler.ops import count_macs, evaluate, get_op
 from ..compiler.plan import Arg, Plan, Step
@@ -199,8 +199,6 @@ class Arena:
         # one task range and no Python call: what ``run_input`` runs
         whole = self.items[0] if len(self.items) == 1 else None
         self.whole: TaskRange | None = whole if isinstance(whole, TaskRange) else None
-        # no call's tasks over the threads: a serial run (``run_range``)
-        self.in_order = np.zeros(len(self.program), np.bool_)
 
     def bind_consts(self, executor: Executor) -> None:
         """Replace the constant arguments of every call by the executor's current ones."""
@@ -222,15 +220,10 @@ class Arena:
                 self._python_call(item, inputs)
 
     def run_range(self, item: TaskRange, serial: bool) -> None:
-        """Run a range of the task program: each call's tasks over the threads where its
-        kernel is parallel, or with ``serial`` every call's in order on this thread (the
-        program's own flags replaced by ``in_order``, with no parallel region started)."""
-        p = self.program
-        if serial:
-            run_tasks(p.functions, p.counts, p.block_addresses, self.in_order, item.first,
-                      item.last)
-        else:
-            p.run(item.first, item.last)
+        """Run a range of the task program: each call's tasks shared by the threads where its
+        kernel is parallel, or with ``serial`` every call's in order on this thread, with no
+        parallel region started."""
+        self.program.run(item.first, item.last, serial)
 
     def run_input(self, node: int, flat: np.ndarray, serial: bool) -> None:
         """Run every call on the one graph input ``node``: ``flat``, a flat C-contiguous

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from cnnc.compiler.backends.numba.printer import (
     print_module,
     sanitize_comment,
 )
-from cnnc.compiler.backends.numba.tasks import TaskKernel, TaskProgram
+from cnnc.compiler.backends.numba.tasks import CHUNKS_PER_THREAD, TaskKernel, TaskProgram
 from cnnc.compiler.kernels.kernel_ir import (
     BinOp,
     Call,
@@ -74,21 +75,50 @@ def _load(kernel: Kernel, tmp_path, tag: str) -> TaskKernel:
     return TaskKernel(mod, kernel.name, kernel.params, parallel=True)
 
 
-def test_print_and_run_scalar_kernel(tmp_path):
+@pytest.fixture(scope="module")
+def scale2(tmp_path_factory) -> tuple[str, TaskKernel]:
+    """``(source, kernel)`` of :func:`_kernel`, compiled once for the tests that run it."""
     from cnnc.compiler.backends.numba.cache import load_module
 
     src = print_module([_kernel()], header="test\nheader")
+    mod = load_module(src, "printer_test", root=tmp_path_factory.mktemp("scale2"))
+    return src, TaskKernel(mod, "scale2", _kernel().params, parallel=True)
+
+
+def test_print_and_run_scalar_kernel(scale2):
+    src, kernel = scale2
     # the parallel loop's body is the task function's body, its variable the task index
     assert "def scale2(i, args):" in src and "for j in range(4):" in src
     assert "prange" not in src and "def scale2_tasks(x, y, n):\n    return n" in src
     assert "# test header" in src and "# scale by two" in src
-    mod = load_module(src, "printer_test", root=tmp_path)
-    kernel = TaskKernel(mod, "scale2", _kernel().params, parallel=True)
     x = np.arange(12, dtype=np.float32)
     y = np.zeros(12, np.float32)
     kernel(x, y, 3)
     np.testing.assert_array_equal(y, 2 * x)
     assert kernel.tasks([x, y, 3]) == 3
+
+
+@pytest.mark.parametrize("per_thread", (1, CHUNKS_PER_THREAD, 10 ** 6))
+@pytest.mark.parametrize("n", (1, 3, 37, 500))
+def test_chained_calls_see_every_task_of_the_last(scale2, n, per_thread):
+    """Five calls, each reading what the one before wrote, their tasks claimed in chunks by
+    every thread (one call of 1 task: on the calling thread; chunks of half a call, the
+    default, one task): every task of every call runs once, x * 2^5 exactly (a task skipped
+    leaves zeros; a call waiting for it never ends). A call started before the last one
+    ended is the reproducibility test's to catch (tests/runtime: real kernels, long tasks)."""
+    threads = numba.get_num_threads()
+    if threads < 2:
+        pytest.skip("one thread only: no tasks to share")
+    _, kernel = scale2
+    x = np.random.default_rng(n).standard_normal(4 * n).astype(np.float32)
+    ys = [x] + [np.zeros(4 * n, np.float32) for _ in range(5)]
+    program = TaskProgram([(kernel, [ys[k], ys[k + 1], n]) for k in range(5)])
+    program.per_thread = per_thread
+    for _ in range(3):
+        for y in ys[1:]:
+            y[:] = 0
+        program.run()
+        np.testing.assert_array_equal(ys[-1], x * np.float32(32))
 
 
 def test_every_argument_kind_reaches_the_task(tmp_path):

@@ -9,6 +9,8 @@ import numba
 import numpy as np
 import pytest
 
+from cnnc.compiler.backends.numba.tasks import CHUNKS_PER_THREAD
+from cnnc.runtime import executor
 from cnnc.runtime.model import compile as compile_model
 
 NET = """network repro
@@ -63,3 +65,24 @@ def test_batch_size_does_not_change_an_images_bits(image, level):
     whole = _bits(model, image)
     for i in (0, 5):
         np.testing.assert_array_equal(_bits(model, image[i:i + 1])[0], whole[i])
+
+
+@pytest.mark.parametrize("level", (0, 2))
+def test_task_order_does_not_change_the_bits(image, level, monkeypatch):
+    """Every call on the threads (no small call kept on one), its tasks claimed in chunks of
+    half a call, the default chunks, or one task at a time: the bits of one thread's run."""
+    threads = numba.get_num_threads()
+    if threads < 2:
+        pytest.skip("one thread only: nothing to compare")
+    monkeypatch.setattr(executor, "SERIAL_WORK", 0)
+    model = compile_model(NET, seed=3, opt_level=level)
+    try:
+        numba.set_num_threads(1)
+        one = _bits(model, image)
+    finally:
+        numba.set_num_threads(threads)
+    program = model.executor.arena(len(image)).program
+    for per_thread in (1, CHUNKS_PER_THREAD, 10 ** 6):
+        program.per_thread = per_thread
+        for _ in range(3):
+            np.testing.assert_array_equal(_bits(model, image), one)

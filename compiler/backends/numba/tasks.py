@@ -4,8 +4,17 @@ A generated kernel is compiled by Numba as a C-callable function ``kernel(task, 
 (:mod:`block` has the argument layout): a kernel whose work is one flattened parallel loop does
 one iteration of that loop per call, any other kernel does all its work in call 0. Nothing in a
 kernel is parallel by itself; :func:`run_tasks`, compiled once and cached like any kernel, runs
-a sequence of bound kernel calls, the tasks of each either spread over Numba's threads (a
-``prange``) or in order on the calling thread, calling each task through the kernel's address.
+a sequence of bound kernel calls, the tasks of each either shared by Numba's threads or in
+order on one thread, calling each task through the kernel's address.
+
+Scheduling: the threads enter one parallel region for the whole sequence and claim chunks of
+each call's tasks from an atomic counter as they become free, waiting at the end of each call
+for its last chunks (the next call may read its output). Numba's own ``prange`` schedule is
+static with the OpenMP threading layer used here (each thread one fixed share; its
+``parallel_chunksize`` is dynamic only with TBB), so a thread whose core another process held
+made every call wait for its share, and the threads met once per call; now a late thread finds
+the work done by the others and the threads meet once per sequence. A task's sums do not
+depend on which thread runs it, so the outputs are the same bits whatever the order.
 
 Why: Numba's parallel transformation of a ``prange`` costs 1-2 s of compilation per function,
 about 40% of a convolution kernel's compile and most of a small kernel's; here it is paid once
@@ -19,6 +28,8 @@ block and runs them through the same loop.
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +39,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.core.ccallback import CFunc
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
 from numba.core.compiler_machinery import PassManager
@@ -47,8 +59,16 @@ from . import cache
 from .block import BLOCK, WORDS
 from .loading import LoadingCache
 
-__all__ = ["TaskKernel", "TaskProgram", "run_tasks", "SIGNATURE", "task_function",
-           "compile_task_function"]
+__all__ = ["TaskKernel", "TaskProgram", "run_tasks", "CHUNKS_PER_THREAD", "SIGNATURE",
+           "task_function", "compile_task_function"]
+
+# Numba's OpenMP threads sleep between parallel regions (a model call is one region:
+# :func:`run_tasks`) unless the user has said otherwise. Spinning for the next region, as
+# OpenMP does by default, takes a core another process needs: MobileNetV2 at batch 1 beside
+# two busy processes ran 2.6 times slower, while sleeping costs a quiet call one wake-up
+# (about 0.05 ms; bench/RESULTS.md). OpenMP reads this when it loads: it applies only if no
+# OpenMP runtime (Numba's parallel code, PyTorch) has started in this process before.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 #: The one signature of every task function: ``void kernel(int64 task, int64 *block)``.
 SIGNATURE = types.void(types.int64, BLOCK)
@@ -98,19 +118,142 @@ def _call_task(typingctx, function, task, block):
     return sig, codegen
 
 
+#: Chunks a parallel call's tasks are cut into per thread: a thread claims one chunk of
+#: consecutive tasks at a time (two atomic additions a chunk), so a thread that is late or
+#: stalled leaves at most a chunk unfinished for the others to wait on.
+CHUNKS_PER_THREAD = 4
+
+#: Spins (``pause``) a thread waits for another's last chunk before it yields its core.
+WAIT_SPINS = 2000
+
+
+@intrinsic
+def _fetch_add(typingctx, address, value):
+    """Add ``value`` to the int64 at ``address`` atomically; the value it held before."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _load(typingctx, address):
+    """The int64 at ``address``, read atomically (acquiring what its writers released)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def _address(typingctx, array):
+    """The address of ``array``'s first element."""
+    sig = types.int64(array)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The CPU's spin-wait hint (x86's ``pause``; nothing elsewhere)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            fn = cgutils.get_or_insert_function(builder.module,
+                                                ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _yield(typingctx):
+    """Give the core to another runnable thread (``sched_yield``)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module,
+                                            ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(nogil=True)
+def _work(functions, counts, blocks, first, last, state):  # pragma: no cover - compiled
+    """One thread's share of calls ``first`` to ``last - 1``: for each call, claim chunks of
+    its tasks and run them until none is left, then wait until every claimed task of it is
+    done (the next call may read its output). The int64 words at ``state`` hold, for call
+    ``first + i``, its claimed and done task counts and its chunk (words ``3i`` to ``3i + 2``)."""
+    for s in range(first, last):
+        count = counts[s]
+        claimed = state + 24 * (s - first)
+        done = claimed + 8
+        chunk = _load(claimed + 16)
+        while True:
+            a = _fetch_add(claimed, chunk)
+            if a >= count:
+                break
+            b = a + chunk if a + chunk < count else count
+            for t in range(a, b):
+                _call_task(functions[s], t, blocks[s])
+            _fetch_add(done, b - a)
+        spins = 0
+        while _load(done) < count:
+            if spins < WAIT_SPINS:
+                _pause()
+                spins += 1
+            else:
+                _yield()
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def run_tasks(functions, counts, blocks, parallel, first, last):  # pragma: no cover - compiled
+def run_tasks(functions, counts, blocks, parallel, first, last, threads, per_thread,
+              state):  # pragma: no cover - compiled
     """Run calls ``first`` to ``last - 1``: call ``s`` runs tasks ``0 .. counts[s] - 1`` of the
     function at address ``functions[s]`` on the block at address ``blocks[s]``, over the
-    threads where ``parallel[s]``, else in order."""
+    threads where ``parallel[s]``, else in order on one thread.
+
+    On one thread (or with no parallel call) the calls run in order on the calling thread.
+    Otherwise ``threads`` threads enter one parallel region for the whole range and take
+    chunks of each call's tasks as they become free (:func:`_work`; ``per_thread`` chunks per
+    thread for a parallel call, one chunk of all its tasks for another): a thread that starts
+    late (its core taken by another process) finds the work done by the others instead of
+    holding every call back by its share, and the threads meet once per range, not once per
+    call. ``state``: int64 scratch of 3 words per call (allocated by the caller: an
+    allocation here costs a cold compile 0.4 s more)."""
+    shared = False
     for s in range(first, last):
-        if parallel[s]:
-            for t in prange(counts[s]):
-                # as int64: Numba's parallel loop gives an unsigned index
-                _call_task(functions[s], np.int64(t), blocks[s])
-        else:
+        shared = shared or (parallel[s] and counts[s] > 1)
+    if threads == 1 or not shared:
+        for s in range(first, last):
             for t in range(counts[s]):
                 _call_task(functions[s], t, blocks[s])
+        return
+    for s in range(first, last):
+        i = 3 * (s - first)
+        state[i] = 0
+        state[i + 1] = 0
+        state[i + 2] = counts[s] // (threads * per_thread) if parallel[s] else counts[s]
+        if state[i + 2] < 1:
+            state[i + 2] = 1
+    address = _address(state)
+    for _ in prange(threads):
+        _work(functions, counts, blocks, first, last, address)
 
 
 # Loaded from Numba's cache without the compiler's start-up (``loading``), as the task
@@ -245,6 +388,8 @@ class TaskProgram:
 
     The program holds every array its blocks point to (the blocks hold bare addresses): an
     argument replaced with :meth:`set` is released only when it is no longer in the program.
+    It runs on one Python thread at a time: its blocks and :func:`run_tasks`' counters are
+    its own.
     """
 
     def __init__(self, calls: Sequence[tuple[TaskKernel, list[Any]]]) -> None:
@@ -258,6 +403,10 @@ class TaskProgram:
         self.block_addresses = np.array([b.ctypes.data for b in self.blocks],
                                         np.int64).reshape(n)
         self.parallel = np.array([k.parallel for k in self.kernels], np.bool_).reshape(n)
+        #: chunks per thread of a parallel call's tasks (``CHUNKS_PER_THREAD``; the outputs
+        #: are the same bits whatever it is: a task's sums do not depend on who runs it)
+        self.per_thread = CHUNKS_PER_THREAD
+        self.state = np.zeros(3 * n, np.int64)  # run_tasks' counters
 
     def __len__(self) -> int:
         return len(self.kernels)
@@ -267,7 +416,9 @@ class TaskProgram:
         self.kernels[call].put(self.blocks[call], pos, value)
         self.args[call][pos] = value
 
-    def run(self, first: int = 0, last: int | None = None) -> None:
-        """Run calls ``first`` to ``last - 1`` (all by default)."""
+    def run(self, first: int = 0, last: int | None = None, serial: bool = False) -> None:
+        """Run calls ``first`` to ``last - 1`` (all by default); ``serial``: every call's
+        tasks in order on the calling thread, no parallel region started (a small call)."""
         run_tasks(self.functions, self.counts, self.block_addresses, self.parallel,
-                  first, len(self.kernels) if last is None else last)
+                  first, len(self.kernels) if last is None else last,
+                  1 if serial else numba.get_num_threads(), self.per_thread, self.state)
