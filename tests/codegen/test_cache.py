@@ -242,32 +242,74 @@ def test_compile_lock_makes_a_second_compiler_wait(tmp_path):
     assert order[-1] == "unlocked"
 
 
-def test_parallel_compile_workers_fill_the_cache(tmp_path, monkeypatch):
-    """``warm_modules`` compiles one share of the jobs here and each other share in a worker
-    process (one job each here); this process then only loads the workers' machine code."""
-    from cnnc.compiler.backends.numba import warm
+def _scale_kernels(root: Path) -> list:
+    """Two task kernels (x *= 2, x *= 3) in modules of their own under ``root``."""
     from cnnc.compiler.backends.numba.loader import task_kernel
     from cnnc.compiler.backends.numba.printer import print_module
     from cnnc.compiler.kernels.kernel_ir import Const, Kernel, Load, Loop, Param, Store, Var
 
-    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
-    kernels, loaded = [], []
+    kernels = []
     for factor in (2.0, 3.0):
         i = Var("i")
         k = Kernel("k", [Param("x"), Param("n", "int")],
                    [Loop("i", Var("n"), [Store("x", i, Load("x", i) * Const(factor))],
                          kind="parallel")])
-        mod = cache.load_module(print_module([k]), f"warm{int(factor)}", root=tmp_path)
+        mod = cache.load_module(print_module([k]), f"warm{int(factor)}", root=root)
         kernels.append(task_kernel(mod, k))
-        loaded.append(mod)
-    jobs = [warm.Job(str(k.path), k.name, 1, k.index_path, k) for k in kernels]
-    assert not any(os.path.exists(j.index) for j in jobs)
-    seen = []
-    assert warm.warm_modules(jobs, workers=2, progress=lambda *p: seen.append(p)) == 1
-    assert all(os.path.exists(j.index) for j in jobs) and seen[-1] == (2, 2)
-    for factor, kernel in zip((2, 3), kernels, strict=True):
+    return kernels
+
+
+def _check_scaling(kernels: list) -> None:
+    for factor, kernel in zip((2, 3), kernels):
         x = np.arange(4, dtype=np.float32)
         kernel(x, 4)
         np.testing.assert_array_equal(x, factor * np.arange(4))
-    # one compiled here, the other loaded from what the worker wrote
-    assert sorted(k.cache_hits for k in kernels) == [0, 1]
+
+
+def test_parallel_compile_workers_fill_the_cache(tmp_path, monkeypatch):
+    """A worker started before its jobs are known (``Helpers``) compiles the jobs it is sent,
+    longest first; this process then finds them done and only loads their machine code."""
+    from cnnc.compiler.backends.numba import warm
+
+    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
+    helpers = warm.Helpers(1)  # started before the jobs exist, as a cold compile does
+    kernels = _scale_kernels(tmp_path)
+    jobs = [warm.Job(str(k.path), k.name, 1, k.index_path, k) for k in kernels]
+    assert not any(os.path.exists(j.index) for j in jobs)
+    warming = warm.start(jobs, workers=2, helpers=helpers)
+    assert warming.workers == 1
+    for p in warming.procs:
+        assert p.wait(120) == 0
+    assert all(os.path.exists(j.index) for j in jobs)
+    seen = []
+    warming.finish(lambda *p: seen.append(p))
+    assert seen[-1] == (2, 2)
+    _check_scaling(kernels)
+    assert [k.cache_hits for k in kernels] == [1, 1]  # both loaded from the worker's files
+
+
+def test_parallel_compile_without_workers_compiles_here(tmp_path, monkeypatch):
+    """With one process allowed, ``warm_modules`` sends nothing and compiles every job here,
+    reporting each."""
+    from cnnc.compiler.backends.numba import warm
+
+    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
+    kernels = _scale_kernels(tmp_path)
+    jobs = [warm.Job(str(k.path), k.name, 1, k.index_path, k) for k in kernels]
+    seen = []
+    assert warm.warm_modules(jobs, workers=1, progress=lambda *p: seen.append(p)) == 0
+    assert seen == [(1, 2), (2, 2)] and all(os.path.exists(j.index) for j in jobs)
+    _check_scaling(kernels)
+    assert [k.cache_hits for k in kernels] == [0, 0]
+
+
+def test_a_kernel_another_process_compiles_is_skipped(tmp_path):
+    """Without waiting, a kernel whose entry lock is held elsewhere is left alone (the
+    parallel compile's processes take the next one); once the lock is free it compiles."""
+    kernel = _scale_kernels(tmp_path)[0]
+    with cache.compile_lock(kernel.path) as held:  # another holder (its own open file)
+        assert held
+        assert kernel.compile(wait=False) is False
+        assert not os.path.exists(kernel.index_path)
+    assert kernel.compile(wait=False) is True and os.path.exists(kernel.index_path)
+    _check_scaling([kernel])

@@ -48,7 +48,7 @@ from .block import BLOCK, WORDS
 from .loading import LoadingCache
 
 __all__ = ["TaskKernel", "TaskProgram", "run_tasks", "SIGNATURE", "task_function",
-           "compile_task_function"]
+           "compile_task_function", "ready_compiler"]
 
 #: The one signature of every task function: ``void kernel(int64 task, int64 *block)``.
 SIGNATURE = types.void(types.int64, BLOCK)
@@ -129,16 +129,33 @@ def task_function(py_func: Callable[..., Any], path: Path) -> CFunc:
     return cf
 
 
-def compile_task_function(cf: CFunc, path: Path) -> None:
+def compile_task_function(cf: CFunc, path: Path, wait: bool = True) -> bool:
     """Compile ``cf`` or load it from the cache, holding the kernel file's lock (another
-    process compiling it meanwhile: this one then loads its result)."""
+    process compiling it meanwhile: this one then loads its result). Without ``wait``, a
+    kernel another process is compiling is left alone: returns whether ``cf`` is compiled."""
     if cf.address is None:
         # Numba's threading layer defines the symbols a task's ``get_thread_id`` links
         # against when it starts, which asking for its size does (parallel code started it
         # before, but a task function alone is not parallel code)
         numba.get_num_threads()
-        with cache.compile_lock(path):
+        with cache.compile_lock(path, wait) as held:
+            if not held:
+                return False
             cf.compile()
+    return True
+
+
+def _idle(task, block):  # pragma: no cover - compiled
+    """A task function that does nothing (:func:`ready_compiler` compiles it)."""
+
+
+def ready_compiler() -> None:
+    """Get Numba's compiler ready in this process (its target context refreshed, LLVM's
+    passes set up): compile a task function that does nothing, uncached. A parallel-compile
+    worker does this while the main process is still lowering (``warm``)."""
+    numba.get_num_threads()
+    CFunc(_idle, (SIGNATURE.args, SIGNATURE.return_type), locals={}, options=dict(OPTIONS),
+          pipeline_class=TaskCompiler).compile()
 
 
 class TaskKernel:
@@ -172,9 +189,11 @@ class TaskKernel:
         """Numba's cache index of the compiled function (it exists once compiled)."""
         return str(self._function()._cache._cache_file._index_path)
 
-    def compile(self) -> None:
-        """Compile the task function, or load it from the cache (once per process)."""
-        compile_task_function(self._function(), self.path)
+    def compile(self, wait: bool = True) -> bool:
+        """Compile the task function, or load it from the cache (once per process). Without
+        ``wait``, nothing is done while another process compiles it: returns whether it is
+        compiled."""
+        return compile_task_function(self._function(), self.path, wait)
 
     @property
     def cache_hits(self) -> int:
