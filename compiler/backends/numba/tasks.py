@@ -19,7 +19,8 @@ block and runs them through the same loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,7 +31,9 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core.ccallback import CFunc
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.compiler_machinery import PassManager
+from numba.core.registry import cpu_target
 from numba.core.untyped_passes import (
     FindLiterallyCalls,
     InlineClosureLikes,
@@ -67,6 +70,37 @@ OPTIONS = {"nopython": True, "error_model": "numpy", "fastmath": False, "no_rewr
 #: time (1.95 s against 2.55 s of CPU), the machine code the same.
 UNNEEDED_PASSES = (ReconstructSSA, InlineClosureLikes, MakeFunctionToJitFunction, WithLifting,
                    LiteralUnroll, FindLiterallyCalls, InlineInlinables)
+
+
+#: LLVM's optimization level of the function passes Numba runs on each function of a task
+#: function's module before it links the module and runs the module passes (at Numba's level,
+#: ``NUMBA_OPT``, 3 by default, which repeat the same simplifications). At 0 that first round
+#: is skipped: ResNet-18's kernels compile in about 1 s less CPU of 12 (LLVM's share 4.1 ->
+#: 2.7 s), at the same speed within the host's noise (bench/RESULTS.md, session 23).
+FUNCTION_PASS_OPT = 0
+
+
+@contextlib.contextmanager
+def task_llvm_passes() -> Iterator[None]:
+    """Compile with :data:`FUNCTION_PASS_OPT` in this block (Numba's CPU code generator is one
+    object for every function, so the compiler's lock is held: no other thread compiles with
+    it meanwhile)."""
+    codegen = cpu_target.target_context.codegen()
+    own = vars(codegen).get("_function_pass_manager")
+    make = codegen._function_pass_manager
+
+    def function_passes(**kwargs: Any) -> Any:
+        return make(**{**kwargs, "opt": FUNCTION_PASS_OPT})
+
+    with global_compiler_lock:
+        codegen._function_pass_manager = function_passes
+        try:
+            yield
+        finally:
+            if own is None:
+                del codegen._function_pass_manager  # the class's method again
+            else:
+                codegen._function_pass_manager = own
 
 
 class TaskCompiler(CompilerBase):
@@ -141,7 +175,8 @@ def compile_task_function(cf: CFunc, path: Path, wait: bool = True) -> bool:
         with cache.compile_lock(path, wait) as held:
             if not held:
                 return False
-            cf.compile()
+            with task_llvm_passes():
+                cf.compile()
     return True
 
 
@@ -154,8 +189,9 @@ def ready_compiler() -> None:
     passes set up): compile a task function that does nothing, uncached. A parallel-compile
     worker does this while the main process is still lowering (``warm``)."""
     numba.get_num_threads()
-    CFunc(_idle, (SIGNATURE.args, SIGNATURE.return_type), locals={}, options=dict(OPTIONS),
-          pipeline_class=TaskCompiler).compile()
+    with task_llvm_passes():
+        CFunc(_idle, (SIGNATURE.args, SIGNATURE.return_type), locals={}, options=dict(OPTIONS),
+              pipeline_class=TaskCompiler).compile()
 
 
 class TaskKernel:
@@ -205,7 +241,8 @@ class TaskKernel:
         show the assembly of code it loaded from its disk cache)."""
         options = {k: v for k, v in OPTIONS.items() if k != "nopython"}
         fresh = njit(**options)(self.py_func)
-        fresh.compile(SIGNATURE.args)
+        with task_llvm_passes():
+            fresh.compile(SIGNATURE.args)
         return fresh.inspect_asm(SIGNATURE.args)
 
     @property
