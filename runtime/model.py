@@ -508,11 +508,11 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         front = _cached_front(source_or_graph_or_path, cpu, opt_level=opt_level,
                               lowering=lowering, layout=layout, cache_dir=cache_dir)
     # Workers for the kernels a cold compile will compile, started now so that they get
-    # ready while this process parses, optimizes and lowers (``warm``); none where the
-    # compile cache knows the program (its kernels were compiled with it).
+    # ready while this process parses, optimizes and lowers (``warm``): only for a program
+    # the compile cache has not seen (its kernels are then likely missing too; a graph
+    # object, which that cache does not key, starts its workers when its kernels are known).
     helpers = None
-    if warm and mode == "infer" and not cpu.cuda and not autotune and \
-            (front is None or front.entry is None):
+    if warm and not cpu.cuda and front is not None and front.entry is None:
         helpers = numba_warm.Helpers.prestart()
     try:
         if front is not None and front.entry is not None:
