@@ -313,3 +313,39 @@ def test_a_kernel_another_process_compiles_is_skipped(tmp_path):
         assert not os.path.exists(kernel.index_path)
     assert kernel.compile(wait=False) is True and os.path.exists(kernel.index_path)
     _check_scaling([kernel])
+
+
+TINY = """network tiny_parallel
+input image: 3 x 12 x 12
+image -> conv(16, 3) as c1 -> relu -> maxpool(2) -> output features
+"""
+
+
+def test_a_cold_compile_starts_its_workers_ahead(tmp_path, monkeypatch):
+    """``compile`` of a program the compile cache has not seen starts its parallel-compile
+    workers before it lowers (``Helpers.prestart``) and sends them the missing kernels; the
+    model computes the float64 reference's numbers."""
+    from cnnc.compiler.backends.numba import warm
+    from cnnc.runtime.model import compile as compile_model
+    from cnnc.runtime.reference import run_reference
+
+    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
+    sent = []
+    start = warm.start
+
+    def recorded(jobs, workers=None, helpers=None, progress=None):
+        sent.append((helpers, start(jobs, workers, helpers, progress)))
+        return sent[-1][1]
+
+    monkeypatch.setattr(warm, "start", recorded)
+    model = compile_model(TINY, seed=1, cache_dir=tmp_path)
+    (helpers, warming), = sent
+    parallel = (os.cpu_count() or 1) > 1
+    assert (helpers is not None) == parallel and len(warming.jobs) >= 2
+    assert warming.workers == (min(os.cpu_count() or 1, len(warming.jobs)) - 1 if parallel else 0)
+    for p in warming.procs:
+        assert p.wait(120) == 0
+    assert all(os.path.exists(j.index) for j in warming.jobs)
+    x = np.random.default_rng(2).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    ref = run_reference(model.graph, {"image": x.astype(np.float64)}, model.params)
+    np.testing.assert_allclose(model(x), next(iter(ref.values())), rtol=1e-4, atol=1e-5)
