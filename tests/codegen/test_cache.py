@@ -333,8 +333,8 @@ def test_a_cold_compile_starts_its_workers_ahead(tmp_path, monkeypatch):
     sent = []
     start = warm.start
 
-    def recorded(jobs, workers=None, helpers=None, progress=None):
-        sent.append((helpers, start(jobs, workers, helpers, progress)))
+    def recorded(jobs, workers=None, helpers=None):
+        sent.append((helpers, start(jobs, workers, helpers)))
         return sent[-1][1]
 
     monkeypatch.setattr(warm, "start", recorded)

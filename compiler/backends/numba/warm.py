@@ -101,6 +101,13 @@ Progress = Callable[[int, int], None]
 _EXITING: list[subprocess.Popen] = []
 
 
+def _exiting(p: subprocess.Popen) -> None:
+    """Keep ``p`` to be waited for (and forget those that have exited: a long-running process
+    compiles many models)."""
+    _EXITING[:] = [q for q in _EXITING if q.poll() is None]
+    _EXITING.append(p)
+
+
 @atexit.register
 def _reap() -> None:
     for p in _EXITING:
@@ -154,7 +161,7 @@ class Helpers:
                     stdin.close()
             except OSError:  # the worker died: its jobs are taken by the others
                 pass
-            _EXITING.append(p)
+            _exiting(p)
         self.procs = []
         return sent
 
@@ -167,7 +174,7 @@ class Helpers:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
-            _EXITING.append(p)
+            _exiting(p)
         self.procs = []
 
 
@@ -212,8 +219,8 @@ class Warming:
                 time.sleep(POLL)
 
 
-def start(jobs: list[Job], workers: int | None = None, helpers: Helpers | None = None,
-          progress: Progress | None = None) -> Warming:
+def start(jobs: list[Job], workers: int | None = None,
+          helpers: Helpers | None = None) -> Warming:
     """Send ``jobs`` to the worker processes (``helpers``, more started where they are
     fewer than ``min(workers, len(jobs)) - 1``; ``workers`` default: the CPUs). With fewer
     than two jobs, one CPU or parallel compiling off, no worker gets any: the jobs then
