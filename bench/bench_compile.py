@@ -3,13 +3,16 @@ kernel's compile goes.
 
     .venv/bin/python bench/bench_compile.py count [--models resnet18,vgg16]
     .venv/bin/python bench/bench_compile.py cold [--model resnet18] [--target avx512] [--rounds 2]
+        [--python /base/.venv/bin/python,.venv/bin/python]
     .venv/bin/python bench/bench_compile.py kernels [--model resnet18] [--target avx512]
 
 ``count`` lowers each network for both vector widths without compiling anything (``warm=False``)
 and counts the distinct task functions its calls run (each one Numba compile on a cold cache).
 ``cold`` compiles the model in a fresh process with an empty cache (``NUMBA_NUM_THREADS=2``,
-the parallel compile workers included) and reports wall seconds and CPU seconds (the process's
-and its waited-for children's, user and system). ``kernels`` compiles each distinct kernel of
+the parallel compile workers included) and reports the whole process's wall and CPU seconds
+(the interpreter's start and exit included, its workers' CPU too, user and system) and the
+wall seconds of import and compile inside it; ``--python`` alternates the interpreters of
+several checkouts (A/B). ``kernels`` compiles each distinct kernel of
 the model one after another in one process on an empty cache and splits its time by Numba's
 compiler passes (``numba:run_pass`` events: type inference, lowering to LLVM IR) and LLVM's
 stages (function passes, module passes, machine code: Numba's code-library methods timed).
@@ -61,30 +64,41 @@ def count(models: list[str]) -> None:
 
 
 def cold_worker(model: str, target: str) -> dict:
-    """Import cnnc and compile ``model``: wall seconds of both, CPU seconds of the whole
-    process (the interpreter's start included) and of its compile workers among them."""
+    """Import cnnc and compile ``model``: wall seconds of both, and CPU seconds of this
+    process until then (the interpreter's start included; not its workers')."""
     t0 = time.perf_counter()
     import cnnc
 
     cnnc.compile((ROOT / "zoo" / f"{model}.cnn").read_text(), target=target)
     wall = time.perf_counter() - t0
     c = os.times()
-    children = c.children_user + c.children_system
-    return {"wall_s": wall, "cpu_s": c.user + c.system + children, "children_cpu_s": children}
+    return {"wall_s": wall, "self_cpu_s": c.user + c.system}
 
 
-def cold(model: str, target: str, rounds: int) -> None:
+def cold(model: str, target: str, rounds: int, pythons: list[str]) -> None:
+    """``rounds`` cold compiles by each interpreter of ``pythons`` (each its own checkout's
+    virtual environment: A/B alternating), each in a fresh process on an empty cache."""
+    import resource
+
     for r in range(rounds):
-        with tempfile.TemporaryDirectory() as cache:
-            env = dict(os.environ, CNNC_CACHE_DIR=cache, NUMBA_NUM_THREADS="2")
-            load = os.getloadavg()[0]
-            out = subprocess.run([sys.executable, __file__, "cold-worker", "--model", model,
-                                  "--target", target], env=env, capture_output=True,
-                                 text=True, check=True).stdout
-            res = json.loads(out.strip().splitlines()[-1])
-            print(f"{model} {target} round {r}: wall {res['wall_s']:.1f} s, CPU "
-                  f"{res['cpu_s']:.1f} s (workers {res['children_cpu_s']:.1f}), "
-                  f"load {load:.1f}", flush=True)
+        for python in pythons:
+            with tempfile.TemporaryDirectory() as cache:
+                env = dict(os.environ, CNNC_CACHE_DIR=cache, NUMBA_NUM_THREADS="2")
+                load = os.getloadavg()[0]
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t0 = time.perf_counter()
+                out = subprocess.run([python, __file__, "cold-worker", "--model", model,
+                                      "--target", target], env=env, capture_output=True,
+                                     text=True, check=True).stdout
+                whole = time.perf_counter() - t0
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+                res = json.loads(out.strip().splitlines()[-1])
+                print(f"{model} {target} round {r} {python}: whole process wall {whole:.1f} s, "
+                      f"CPU {cpu:.1f} s; import and compile wall {res['wall_s']:.1f} s, "
+                      f"the main process's CPU until then {res['self_cpu_s']:.1f} s; "
+                      f"load {load:.1f}",
+                      flush=True)
 
 
 class StageTimer:
@@ -168,11 +182,14 @@ def main() -> None:
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--target", default="avx512", choices=TARGETS)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--python", default=sys.executable,
+                    help="cold: interpreters to alternate, comma-separated (each checkout's "
+                         "virtual environment's python: base and branch)")
     args = ap.parse_args()
     if args.what == "count":
         count(args.models.split(","))
     elif args.what == "cold":
-        cold(args.model, args.target, args.rounds)
+        cold(args.model, args.target, args.rounds, args.python.split(","))
     elif args.what == "cold-worker":
         print(json.dumps(cold_worker(args.model, args.target)))
     else:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..compiler.backends.numba import warm as numba_warm
 from ..compiler.ir import Graph, node_location
 from ..compiler.lower import lower_graph
 from ..compiler.ops.detect import detections
@@ -576,78 +577,106 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     if mode == "infer" and not autotune and dump_ir is None and not fully_convolutional:
         front = _cached_front(source_or_graph_or_path, cpu, opt_level=opt_level,
                               lowering=lowering, layout=layout, cache_dir=cache_dir)
-    if front is not None and front.entry is not None:
-        graph, onnx_weights = front.entry.graph, None
-    else:
-        graph, onnx_weights = _load_graph(source_or_graph_or_path)
-    # the seeded initial values are made after lowering, where they may come from the cache
-    # of packed constants (runtime/compile_cache.py) with the kernels' constants
-    # (not a network made fully convolutional: its values are the declared network's)
-    seeded = weights is None and onnx_weights is None and not fully_convolutional
-    params: dict[str, np.ndarray] = {}
-    if seeded:
-        check_parameter_memory(graph)  # refused before anything is compiled
-    elif weights is None:
-        params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
-    elif isinstance(weights, (str, Path)):
-        params = load_weights(graph, weights)
-    else:
-        check_weights(graph, dict(weights))  # refuses strings, complex, NaN before converting
-        params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
-    if mode not in ("infer", "train"):
-        raise ModelError(f"mode must be 'infer' or 'train', got {mode!r}")
-    if fully_convolutional != (input_size is not None):
-        raise ModelError("fully_convolutional=True and input_size=(height, width) go together")
-    if fully_convolutional:
-        if mode == "train":
-            raise ModelError("fully_convolutional runs a trained classifier on larger images; "
-                             "it takes no mode='train'")
-        try:
-            graph = convolutionalized(graph, input_size)
-        except OptionError as e:
-            raise ModelError(str(e)) from None
-    if mode == "train":
-        if autotune:
-            raise ModelError("mode='train' takes no autotune option yet")
-        if layout not in LAYOUT_CHOICES:
-            raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got "
-                             f"{layout!r}")
-        # imported here, for start-up cost: an inference compile never loads the training runtime
-        from .train import compile_training
-
+    # Workers for the kernels a cold compile will compile, started now so that they get
+    # ready while this process parses, optimizes and lowers (``warm``): only for a program
+    # the compile cache has not seen (its kernels are then likely missing too; a graph
+    # object, which that cache does not key, starts its workers when its kernels are known).
+    helpers = None
+    if warm and not cpu.cuda and front is not None and front.entry is None:
+        helpers = numba_warm.Helpers.prestart()
+    try:
+        if front is not None and front.entry is not None:
+            graph, onnx_weights = front.entry.graph, None
+        else:
+            graph, onnx_weights = _load_graph(source_or_graph_or_path)
+        # the seeded initial values are made after lowering, where they may come from the cache
+        # of packed constants (runtime/compile_cache.py) with the kernels' constants
+        # (not a network made fully convolutional: its values are the declared network's)
+        seeded = weights is None and onnx_weights is None and not fully_convolutional
+        params: dict[str, np.ndarray] = {}
         if seeded:
-            params = init_params(graph, seed)
+            check_parameter_memory(graph)  # refused before anything is compiled
+        elif weights is None:
+            params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
+        elif isinstance(weights, (str, Path)):
+            params = load_weights(graph, weights)
+        else:
+            check_weights(graph, dict(weights))  # refuses strings, complex, NaN before converting
+            params = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+        if mode not in ("infer", "train"):
+            raise ModelError(f"mode must be 'infer' or 'train', got {mode!r}")
+        if fully_convolutional != (input_size is not None):
+            raise ModelError("fully_convolutional=True and input_size=(height, width) go together")
+        if fully_convolutional:
+            if mode == "train":
+                raise ModelError("fully_convolutional runs a trained classifier on larger images; "
+                                 "it takes no mode='train'")
+            try:
+                graph = convolutionalized(graph, input_size)
+            except OptionError as e:
+                raise ModelError(str(e)) from None
+        if mode == "train":
+            if autotune:
+                raise ModelError("mode='train' takes no autotune option yet")
+            if layout not in LAYOUT_CHOICES:
+                raise ModelError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, got "
+                                 f"{layout!r}")
+            # imported here, for start-up cost: an inference compile never loads the training
+            # runtime
+            from .train import compile_training
 
-        bar = CompileProgress(progress)
-        try:
-            tm = compile_training(graph, params, target=cpu, opt_level=opt_level,
-                                  lowering=lowering, layout=layout, dump_ir=dump_ir,
-                                  replace_dump=force,
-                                  cache_dir=cache_dir, progress=bar, compile_inference=compile,
-                                  **training)
-        except TypeError as e:
-            raise ModelError(f"mode='train': {e}") from None
-        except DumpFolderError as e:
-            raise ModelError(str(e)) from None
-        finally:
-            bar.close()
-        tm.compile_seconds = time.perf_counter() - t0
-        return tm
-    if training:
-        raise ModelError(f"{', '.join(sorted(training))}: training options need mode='train'")
-    plan, records = _lower(graph, cpu, lowering=lowering, cache_dir=cache_dir,
-                           opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
-                           progress=progress, autotune=autotune, warm=warm, front=front)
-    model = _model(graph, plan, records, opt_level,
-                   params if not seeded else None, seed, cpu, autotune, cache_dir)
-    if model.bytes_needed(1) > model.memory_available():
-        raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "
-                         f"of buffers at batch 1, more than the "
-                         f"{fmt_bytes(model.memory_available())} available")
-    if warm:
-        model.warm_up()
-    model.compile_seconds = time.perf_counter() - t0
-    return model
+            if seeded:
+                params = init_params(graph, seed)
+
+            bar = CompileProgress(progress)
+            try:
+                tm = compile_training(graph, params, target=cpu, opt_level=opt_level,
+                                      lowering=lowering, layout=layout, dump_ir=dump_ir,
+                                      replace_dump=force,
+                                      cache_dir=cache_dir, progress=bar, compile_inference=compile,
+                                      **training)
+            except TypeError as e:
+                raise ModelError(f"mode='train': {e}") from None
+            except DumpFolderError as e:
+                raise ModelError(str(e)) from None
+            finally:
+                bar.close()
+            tm.compile_seconds = time.perf_counter() - t0
+            return tm
+        if training:
+            raise ModelError(f"{', '.join(sorted(training))}: training options need mode='train'")
+        plan, records = _lower(graph, cpu, lowering=lowering, cache_dir=cache_dir,
+                               opt_level=opt_level, layout=layout, dump_ir=dump_ir, force=force,
+                               progress=progress, autotune=autotune, warm=warm and cpu.cuda,
+                               front=front)
+        # On the CPU the kernels compile (in the workers, and here in ``finish``) while this
+        # process makes and packs the parameters, which need none of them.
+        warming = None
+        if warm and not cpu.cuda:
+            warming = numba_warm.start(numba_warm.jobs_for(plan.steps), helpers=helpers)
+        elif helpers is not None:
+            helpers.close()
+        helpers = None
+        model = _model(graph, plan, records, opt_level,
+                       params if not seeded else None, seed, cpu, autotune, cache_dir)
+        if warming is not None:
+            bar = CompileProgress(progress)
+            try:
+                warming.finish(bar)
+            finally:
+                bar.close()
+        if model.bytes_needed(1) > model.memory_available():
+            raise ModelError(f"network {graph.name!r} needs {fmt_bytes(model.bytes_needed(1))} "
+                             f"of buffers at batch 1, more than the "
+                             f"{fmt_bytes(model.memory_available())} available")
+        if warm:
+            model.warm_up()
+        model.compile_seconds = time.perf_counter() - t0
+        return model
+    except BaseException:
+        if helpers is not None:
+            helpers.kill()
+        raise
 
 
 def _model(graph: Graph, plan: Plan, records: list[PassRecord], opt_level: int,

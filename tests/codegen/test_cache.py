@@ -242,32 +242,110 @@ def test_compile_lock_makes_a_second_compiler_wait(tmp_path):
     assert order[-1] == "unlocked"
 
 
-def test_parallel_compile_workers_fill_the_cache(tmp_path, monkeypatch):
-    """``warm_modules`` compiles one share of the jobs here and each other share in a worker
-    process (one job each here); this process then only loads the workers' machine code."""
-    from cnnc.compiler.backends.numba import warm
+def _scale_kernels(root: Path) -> list:
+    """Two task kernels (x *= 2, x *= 3) in modules of their own under ``root``."""
     from cnnc.compiler.backends.numba.loader import task_kernel
     from cnnc.compiler.backends.numba.printer import print_module
     from cnnc.compiler.kernels.kernel_ir import Const, Kernel, Load, Loop, Param, Store, Var
 
-    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
-    kernels, loaded = [], []
+    kernels = []
     for factor in (2.0, 3.0):
         i = Var("i")
         k = Kernel("k", [Param("x"), Param("n", "int")],
                    [Loop("i", Var("n"), [Store("x", i, Load("x", i) * Const(factor))],
                          kind="parallel")])
-        mod = cache.load_module(print_module([k]), f"warm{int(factor)}", root=tmp_path)
+        mod = cache.load_module(print_module([k]), f"warm{int(factor)}", root=root)
         kernels.append(task_kernel(mod, k))
-        loaded.append(mod)
-    jobs = [warm.Job(str(k.path), k.name, 1, k.index_path, k) for k in kernels]
-    assert not any(os.path.exists(j.index) for j in jobs)
-    seen = []
-    assert warm.warm_modules(jobs, workers=2, progress=lambda *p: seen.append(p)) == 1
-    assert all(os.path.exists(j.index) for j in jobs) and seen[-1] == (2, 2)
-    for factor, kernel in zip((2, 3), kernels, strict=True):
+    return kernels
+
+
+def _check_scaling(kernels: list) -> None:
+    for factor, kernel in zip((2, 3), kernels):
         x = np.arange(4, dtype=np.float32)
         kernel(x, 4)
         np.testing.assert_array_equal(x, factor * np.arange(4))
-    # one compiled here, the other loaded from what the worker wrote
-    assert sorted(k.cache_hits for k in kernels) == [0, 1]
+
+
+def test_parallel_compile_workers_fill_the_cache(tmp_path, monkeypatch):
+    """A worker started before its jobs are known (``Helpers``) compiles the jobs it is sent,
+    longest first; this process then finds them done and only loads their machine code."""
+    from cnnc.compiler.backends.numba import warm
+
+    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
+    helpers = warm.Helpers(1)  # started before the jobs exist, as a cold compile does
+    kernels = _scale_kernels(tmp_path)
+    jobs = [warm.Job(str(k.path), k.name, 1, k.index_path, k) for k in kernels]
+    assert not any(os.path.exists(j.index) for j in jobs)
+    warming = warm.start(jobs, workers=2, helpers=helpers)
+    assert warming.workers == 1
+    for p in warming.procs:
+        assert p.wait(120) == 0
+    assert all(os.path.exists(j.index) for j in jobs)
+    seen = []
+    warming.finish(lambda *p: seen.append(p))
+    assert seen[-1] == (2, 2)
+    _check_scaling(kernels)
+    assert [k.cache_hits for k in kernels] == [1, 1]  # both loaded from the worker's files
+
+
+def test_parallel_compile_without_workers_compiles_here(tmp_path, monkeypatch):
+    """With one process allowed, ``warm_modules`` sends nothing and compiles every job here,
+    reporting each."""
+    from cnnc.compiler.backends.numba import warm
+
+    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
+    kernels = _scale_kernels(tmp_path)
+    jobs = [warm.Job(str(k.path), k.name, 1, k.index_path, k) for k in kernels]
+    seen = []
+    assert warm.warm_modules(jobs, workers=1, progress=lambda *p: seen.append(p)) == 0
+    assert seen == [(1, 2), (2, 2)] and all(os.path.exists(j.index) for j in jobs)
+    _check_scaling(kernels)
+    assert [k.cache_hits for k in kernels] == [0, 0]
+
+
+def test_a_kernel_another_process_compiles_is_skipped(tmp_path):
+    """Without waiting, a kernel whose entry lock is held elsewhere is left alone (the
+    parallel compile's processes take the next one); once the lock is free it compiles."""
+    kernel = _scale_kernels(tmp_path)[0]
+    with cache.compile_lock(kernel.path) as held:  # another holder (its own open file)
+        assert held
+        assert kernel.compile(wait=False) is False
+        assert not os.path.exists(kernel.index_path)
+    assert kernel.compile(wait=False) is True and os.path.exists(kernel.index_path)
+    _check_scaling([kernel])
+
+
+TINY = """network tiny_parallel
+input image: 3 x 12 x 12
+image -> conv(16, 3) as c1 -> relu -> maxpool(2) -> output features
+"""
+
+
+def test_a_cold_compile_starts_its_workers_ahead(tmp_path, monkeypatch):
+    """``compile`` of a program the compile cache has not seen starts its parallel-compile
+    workers before it lowers (``Helpers.prestart``) and sends them the missing kernels; the
+    model computes the float64 reference's numbers."""
+    from cnnc.compiler.backends.numba import warm
+    from cnnc.runtime.model import compile as compile_model
+    from cnnc.runtime.reference import run_reference
+
+    monkeypatch.setenv("CNNC_PARALLEL_COMPILE", "1")
+    sent = []
+    start = warm.start
+
+    def recorded(jobs, workers=None, helpers=None):
+        sent.append((helpers, start(jobs, workers, helpers)))
+        return sent[-1][1]
+
+    monkeypatch.setattr(warm, "start", recorded)
+    model = compile_model(TINY, seed=1, cache_dir=tmp_path)
+    (helpers, warming), = sent
+    parallel = (os.cpu_count() or 1) > 1
+    assert (helpers is not None) == parallel and len(warming.jobs) >= 2
+    assert warming.workers == (min(os.cpu_count() or 1, len(warming.jobs)) - 1 if parallel else 0)
+    for p in warming.procs:
+        assert p.wait(120) == 0
+    assert all(os.path.exists(j.index) for j in warming.jobs)
+    x = np.random.default_rng(2).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    ref = run_reference(model.graph, {"image": x.astype(np.float64)}, model.params)
+    np.testing.assert_allclose(model(x), next(iter(ref.values())), rtol=1e-4, atol=1e-5)

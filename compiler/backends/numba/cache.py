@@ -450,13 +450,15 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def compile_lock(path: Path | str) -> Iterator[None]:
+def compile_lock(path: Path | str, wait: bool = True) -> Iterator[bool]:
     """Hold the lock of the cache entry of kernel file ``path`` while compiling its functions:
     concurrent processes (pytest-xdist workers, the parallel-compile workers of two compiles,
     two users) then compile a kernel once, the others waiting and loading it from the cache
-    (Numba's ``compile`` looks there first). Best effort: where the lock cannot be taken (not
-    POSIX, no lock file, something else than a regular file in its place) it compiles unlocked.
-    The lock goes with the process that holds it, however that ends."""
+    (Numba's ``compile`` looks there first). Yields whether the lock is held: without
+    ``wait``, False at once where another holder has it (the parallel compile's processes
+    skip a kernel another is compiling). Best effort: where the lock cannot be taken (not
+    POSIX, no lock file, something else than a regular file in its place) it yields True
+    unlocked. The lock goes with the process that holds it, however that ends."""
     fd = None
     if fcntl is not None:
         try:
@@ -466,13 +468,18 @@ def compile_lock(path: Path | str) -> Iterator[None]:
                 os.close(fd)
                 fd = None
             else:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by another (only without ``wait``)
+            if fd is not None:
+                os.close(fd)
+            yield False
+            return
         except OSError:
             if fd is not None:
                 os.close(fd)
             fd = None
     try:
-        yield
+        yield True
     finally:
         if fd is not None:
             os.close(fd)  # releases the lock

@@ -28,9 +28,10 @@ block and runs them through the same loop.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,7 +43,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.ccallback import CFunc
 from numba.core.compiler import CompilerBase, DefaultPassBuilder
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.compiler_machinery import PassManager
+from numba.core.registry import cpu_target
 from numba.core.untyped_passes import (
     FindLiterallyCalls,
     InlineClosureLikes,
@@ -60,7 +63,7 @@ from .block import BLOCK, WORDS
 from .loading import LoadingCache
 
 __all__ = ["TaskKernel", "TaskProgram", "run_tasks", "CHUNKS_PER_THREAD", "SIGNATURE",
-           "task_function", "compile_task_function"]
+           "task_function", "compile_task_function", "ready_compiler"]
 
 # Numba's OpenMP threads sleep between parallel regions (a model call is one region:
 # :func:`run_tasks`) unless the user has said otherwise. Spinning for the next region, as
@@ -87,6 +90,37 @@ OPTIONS = {"nopython": True, "error_model": "numpy", "fastmath": False, "no_rewr
 #: time (1.95 s against 2.55 s of CPU), the machine code the same.
 UNNEEDED_PASSES = (ReconstructSSA, InlineClosureLikes, MakeFunctionToJitFunction, WithLifting,
                    LiteralUnroll, FindLiterallyCalls, InlineInlinables)
+
+
+#: LLVM's optimization level of the function passes Numba runs on each function of a task
+#: function's module before it links the module and runs the module passes (at Numba's level,
+#: ``NUMBA_OPT``, 3 by default, which repeat the same simplifications). At 0 that first round
+#: is skipped: ResNet-18's kernels compile in about 1 s less CPU of 12 (LLVM's share 4.1 ->
+#: 2.7 s), at the same speed within the host's noise (bench/RESULTS.md, session 23).
+FUNCTION_PASS_OPT = 0
+
+
+@contextlib.contextmanager
+def task_llvm_passes() -> Iterator[None]:
+    """Compile with :data:`FUNCTION_PASS_OPT` in this block (Numba's CPU code generator is one
+    object for every function, so the compiler's lock is held: no other thread compiles with
+    it meanwhile)."""
+    codegen = cpu_target.target_context.codegen()
+    own = vars(codegen).get("_function_pass_manager")
+    make = codegen._function_pass_manager
+
+    def function_passes(**kwargs: Any) -> Any:
+        return make(**{**kwargs, "opt": FUNCTION_PASS_OPT})
+
+    with global_compiler_lock:
+        codegen._function_pass_manager = function_passes
+        try:
+            yield
+        finally:
+            if own is None:
+                del codegen._function_pass_manager  # the class's method again
+            else:
+                codegen._function_pass_manager = own
 
 
 class TaskCompiler(CompilerBase):
@@ -272,16 +306,35 @@ def task_function(py_func: Callable[..., Any], path: Path) -> CFunc:
     return cf
 
 
-def compile_task_function(cf: CFunc, path: Path) -> None:
+def compile_task_function(cf: CFunc, path: Path, wait: bool = True) -> bool:
     """Compile ``cf`` or load it from the cache, holding the kernel file's lock (another
-    process compiling it meanwhile: this one then loads its result)."""
+    process compiling it meanwhile: this one then loads its result). Without ``wait``, a
+    kernel another process is compiling is left alone: returns whether ``cf`` is compiled."""
     if cf.address is None:
         # Numba's threading layer defines the symbols a task's ``get_thread_id`` links
         # against when it starts, which asking for its size does (parallel code started it
         # before, but a task function alone is not parallel code)
         numba.get_num_threads()
-        with cache.compile_lock(path):
-            cf.compile()
+        with cache.compile_lock(path, wait) as held:
+            if not held:
+                return False
+            with task_llvm_passes():
+                cf.compile()
+    return True
+
+
+def _idle(task, block):  # pragma: no cover - compiled
+    """A task function that does nothing (:func:`ready_compiler` compiles it)."""
+
+
+def ready_compiler() -> None:
+    """Get Numba's compiler ready in this process (its target context refreshed, LLVM's
+    passes set up): compile a task function that does nothing, uncached. A parallel-compile
+    worker does this while the main process is still lowering (``warm``)."""
+    numba.get_num_threads()
+    with task_llvm_passes():
+        CFunc(_idle, (SIGNATURE.args, SIGNATURE.return_type), locals={}, options=dict(OPTIONS),
+              pipeline_class=TaskCompiler).compile()
 
 
 class TaskKernel:
@@ -315,9 +368,11 @@ class TaskKernel:
         """Numba's cache index of the compiled function (it exists once compiled)."""
         return str(self._function()._cache._cache_file._index_path)
 
-    def compile(self) -> None:
-        """Compile the task function, or load it from the cache (once per process)."""
-        compile_task_function(self._function(), self.path)
+    def compile(self, wait: bool = True) -> bool:
+        """Compile the task function, or load it from the cache (once per process). Without
+        ``wait``, nothing is done while another process compiles it: returns whether it is
+        compiled."""
+        return compile_task_function(self._function(), self.path, wait)
 
     @property
     def cache_hits(self) -> int:
@@ -329,7 +384,8 @@ class TaskKernel:
         show the assembly of code it loaded from its disk cache)."""
         options = {k: v for k, v in OPTIONS.items() if k != "nopython"}
         fresh = njit(**options)(self.py_func)
-        fresh.compile(SIGNATURE.args)
+        with task_llvm_passes():
+            fresh.compile(SIGNATURE.args)
         return fresh.inspect_asm(SIGNATURE.args)
 
     @property
