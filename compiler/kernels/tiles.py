@@ -205,8 +205,11 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     ``ceil(Q / T) * (T + 2)``: the pixels computed, the last tile overlapping (see
     ``conv_direct._row_tiles``), plus about two pixels' worth of weight loads per tile (rows
     of 56 take 4 x 14, of 17 three 7-pixel tiles); rows shorter than 7 take the 7-pixel kernel.
-    ``strided_1x1`` (a 1x1 convolution with a stride, unpadded, one group): its tasks
-    ``gather`` their input rows (16 lanes; bench/RESULTS.md, session 23).
+    ``strided_1x1`` (a 1x1 convolution with a stride, unpadded, one group): with the
+    14-pixel tile its tasks ``gather`` their input rows (ResNet-50's 56 -> 28 projection 18%
+    faster at batch 8, 28 -> 14 7%); rows of 7 stay ``rows`` (gathered 2-5% slower: a task's
+    copy is all loads at its start, one line a pixel per 16 channels, with no multiply-adds to
+    hide them behind; bench/RESULTS.md, session 23).
     """
     if lanes == 8:
         busy = planes is None or planes >= PLANE_TASKS_PER_THREAD * (os.cpu_count() or 1)
@@ -215,7 +218,8 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     vectors = 2 if -(-groups_k // TILE_K) % 2 == 0 else 1
     fitting = [t for t in PIXELS_16 if t <= Q] or [min(PIXELS_16)]
     pixels = min(fitting, key=lambda t: (-(-Q // t) * (t + 2), -t))
-    return DirectTile(16, vectors, pixels, "gather" if strided_1x1 else "rows")
+    gather = strided_1x1 and pixels == max(PIXELS_16)
+    return DirectTile(16, vectors, pixels, "gather" if gather else "rows")
 
 
 def tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc",
