@@ -423,33 +423,34 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             # the k-tiles in KG groups (a runtime int), a task each with the row: a group's
             # weights stay in L2 while its rows pass, and short planes still make tasks for
             # every thread; each task gathers its row again (a copy of Cgb * Q * 8 floats)
-            what = "every sw-th pixel of row p * sh"
+            what, then = "every sw-th pixel of row p * sh", "the group's k-tiles"
             window = [Let("acc", VLoad("x", x.tap(Var("xblk"), Var("win_r"), q * g.sw), 8))]
             body = unflatten(t, [("n", Var("n_batch")), ("kg", Var("KG")), ("p", P)])
-            body += [Let("win_r", p * g.sh),
-                     Let("ks", (KB + Var("KG") - 1) // Var("KG")),
+            body += [Let("ks", (KB + Var("KG") - 1) // Var("KG")),
                      Let("kb0", Var("kg") * Var("ks"))]
+            win_r: ExprLike = p * g.sh
             kloop = Loop("kb", Select(cmp("<", Var("kb0") + Var("ks"), KB), Var("ks"),
                                       KB - Var("kb0")), per_tile, start=Var("kb0"))
             tasks = Var("n_batch") * (Var("KG") * P)
         else:
             op, attrs = prologue
-            what = f"{op} of row p"
+            what, then = f"{op} of row p", "every k-tile"
             window = blocked_window(op, attrs, "x", Var("xblk"), q, Var("H"), Var("W"), x,
                                     lanes=8)
             body = unflatten(t, [("n", Var("n_batch")), ("p", P)])
-            body.append(Let("win_r", p * attrs["stride"][0] - attrs["pads"][0]))
+            win_r = p * attrs["stride"][0] - attrs["pads"][0]
             kloop = Loop("kb", KB, per_tile)
             tasks = Var("n_batch") * P
         body += [
             Comment(f"prologue: {what} of every input block, into xpool"),
+            Let("win_r", win_r),
             Let("xrow", call("thread_id") * (Cgb * Q * 8)),
             Loop("cb", Cgb, [
                 Let("xblk", xblk),
                 Let("xcb", Var("xrow") + Var("cb") * (Q * 8)),
                 Loop("q", Q, window + [VStore("xpool", Var("xcb") + q * 8, Var("acc"))]),
             ]),
-            Comment("then the k-tiles of the row over it"),
+            Comment(f"then {then} of the row over the pooled row"),
             kloop,
         ]
         xstrides = [Let("xplane", Q * 8), Let("xrstep", Const(0))]
