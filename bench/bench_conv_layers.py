@@ -18,6 +18,28 @@ inputs and weights; outputs are compared with a float64 reference. Engines:
 Reports GFLOP/s, percent of the nominal fp32 peak (2 cores x 32 flop/cycle x 2.6 GHz = 166) and
 the ratio to PyTorch; writes bench/results/conv_layers.json and .png, and prints a markdown
 table. Not collected by pytest.
+
+**In the network** (``--networks``): every convolution of compiled zoo networks timed as it
+runs inside the network (its operands where the network's other kernels left them, caches as
+in a run), call by call through ``Executor.run_watched``:
+
+    NUMBA_NUM_THREADS=1 .venv/bin/python bench/bench_conv_layers.py \
+        --networks resnet18 resnet50 vgg16 --batch 1 8 --threads 1 [--repeat 20]
+
+A table per network and batch: each convolution's shape, the algorithm and tile the compiler
+chose, its fused epilogue, the compute kernel's ms (its packing and unpacking calls apart, in
+``step ms``), GFLOP/s (the convolution's own multiply-adds, 2 FLOPs each) and percent of the
+FMA peak measured in the same run on the same threads (``runtime.bench.measure_peak``, at
+the host's vector width, the better of a measurement before and one after); for Winograd
+layers that is the *effective* rate (direct FLOPs over time), and ``alg GFLOP/s`` the
+arithmetic the algorithm itself does (its GEMMs and transforms, ``ConvAlgorithm.work``).
+With ``--threads 1`` times are CPU time of the calling thread (other processes' time slices
+do not count; Numba runs a one-thread parallel region on the calling thread), with more
+threads wall time; each as the minimum over ``--repeat`` runs and as the median (on a
+shared 2-core host even one thread's CPU time varies by 20-30% with the other core's cache
+and memory traffic: the minimum is the layer undisturbed). Set ``NUMBA_NUM_THREADS`` to
+``--threads``: the compiler sizes some kernels' tasks
+by it. Writes bench/results/conv_layers_network.json.
 """
 
 from __future__ import annotations
@@ -25,8 +47,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +62,7 @@ from common import (  # noqa: E402
     RESULTS,
     bar_chart,
     markdown_table,
+    measure_peak,
     median_time,
     spawn_worker,
 )
@@ -149,6 +175,120 @@ def worker(engine: str, layer: int, batch: int, threads: int, repeat: int, workd
     return result
 
 
+# -- in the network ---------------------------------------------------------------------------
+
+def conv_steps(plan) -> list[int]:
+    """Indices of the plan's convolution steps (their op ``conv``, with anything fused)."""
+    return [i for i, s in enumerate(plan.steps)
+            if s.op.split("+")[0] == "conv" and s.calls]
+
+
+def network_layers(name: str, batch: int, threads: int, repeat: int) -> dict:
+    """Every convolution of zoo network ``name`` at ``batch``, timed call by call inside
+    whole runs (see the module's docstring); seconds per call, median (one thread: thread CPU
+    time) or minimum (more threads: wall time) over ``repeat`` runs."""
+    import numba
+
+    import cnnc
+    from cnnc.compiler.ops.conv.algorithms import by_name, node_geometry
+    from cnnc.runtime.executor import flat_input
+
+    numba.set_num_threads(threads)
+    model = cnnc.compile(name)
+    ex = model.executor
+    plan, graph = ex.plan, ex.plan.graph
+    rng = np.random.default_rng(0)
+    inputs = {nid: flat_input(rng.standard_normal((batch, *graph.node(nid).type.shape))
+                              .astype(np.float32)) for nid in graph.inputs.values()}
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    times: dict[tuple[int, int], list[float]] = defaultdict(list)
+
+    def timed(index: int, position: int, run) -> None:
+        t0 = clock()
+        run()
+        times[index, position].append(clock() - t0)
+
+    ex.run_watched(inputs, batch, lambda i, a: False)  # warm: kernels loaded, caches filled
+    whole = []
+    for _ in range(repeat):
+        t0 = clock()
+        ex.run(inputs, batch)
+        whole.append(clock() - t0)
+    times.clear()
+    for _ in range(repeat):
+        ex.run_watched(inputs, batch, lambda i, a: False, each_call=timed)
+    def per_run(keys: list[tuple[int, int]]) -> list[float]:  # seconds of these calls, by run
+        return [sum(times[key][r] for key in keys) for r in range(repeat)]
+
+    steps = [per_run([(i, k) for k in range(len(s.calls))])
+             for i, s in enumerate(plan.steps) if s.calls]
+    layers = []
+    for index in conv_steps(plan):
+        step = plan.steps[index]
+        node = graph.node(step.node)
+        in_types = [graph.node(i).type for i in node.inputs]
+        g = node_geometry(node, in_types)
+        alg = by_name(node.attrs["lowering"])
+        # the compute kernel: the calls that are no layout move (pack_*, unpack_*, crop_*)
+        compute = per_run([(index, k) for k, c in enumerate(step.calls)
+                           if not c.kernel.startswith(("pack", "unpack", "crop", "im2col"))])
+        whole_step = per_run([(index, k) for k in range(len(step.calls))])
+        macs = g.K * g.Cg * g.R * g.S * g.P * g.Q * batch
+        layers.append({
+            "step": step.name, "shape": f"{g.C}x{g.H}x{g.W} -> {g.K}x{g.P}x{g.Q}",
+            "kernel": f"{g.R}x{g.S}" + (f" s{g.sh}" if g.sh > 1 else ""),
+            "algorithm": alg.name, "tile": node.attrs.get("tile", ""),
+            "epilogue": "+".join(e.op for e in node.attrs.get("epilogue", ())),
+            "kernel_min_s": min(compute), "kernel_median_s": statistics.median(compute),
+            "step_min_s": min(whole_step), "step_median_s": statistics.median(whole_step),
+            "flops": 2 * macs, "alg_flops": 2 * alg.work(g) * batch})
+    totals = [sum(run) for run in zip(*steps)]
+    return {"network": name, "batch": batch, "threads": threads,
+            "clock": "thread CPU" if threads == 1 else "wall",
+            "whole_run_min_s": min(whole), "whole_run_median_s": statistics.median(whole),
+            "steps_min_s": min(totals), "steps_median_s": statistics.median(totals),
+            "layers": layers}
+
+
+def network_main(args) -> None:
+    """The per-layer tables of ``--networks`` (see the module's docstring)."""
+    from cnnc.compiler.target import host_target
+
+    lanes = host_target().lanes
+    peak = measure_peak(args.threads, lanes=lanes)
+    out = []
+    for name in args.networks:
+        for batch in args.batch:
+            res = network_layers(name, batch, args.threads, args.repeat)
+            # the peak again after the runs, the higher kept (a disturbed second reads low)
+            peak = max(peak, measure_peak(args.threads, lanes=lanes))
+            res["peak_gflops"] = peak
+            out.append(res)
+    for res in out:
+        peak = res["peak_gflops"]
+        conv = sum(r["kernel_min_s"] for r in res["layers"])
+        print(f"\n### {res['network']}, batch {res['batch']}, {res['threads']} thread(s), "
+              f"{res['clock']} time: a run {1e3 * res['whole_run_min_s']:.2f} ms (median "
+              f"{1e3 * res['whole_run_median_s']:.2f}), its steps "
+              f"{1e3 * res['steps_min_s']:.2f} ms ({1e3 * res['steps_median_s']:.2f}), the "
+              f"convolution kernels' minima {1e3 * conv:.2f} ms; FMA peak {peak:.0f} GFLOP/s\n")
+        table = []
+        for r in res["layers"]:
+            gf, med = (r["flops"] / r[k] / 1e9 for k in ("kernel_min_s", "kernel_median_s"))
+            alg = "" if not r["algorithm"].startswith("winograd") else \
+                f"{r['alg_flops'] / r['kernel_min_s'] / 1e9:.0f}"
+            table.append([r["step"].split("+")[0], r["shape"], r["kernel"], r["algorithm"],
+                          r["tile"], r["epilogue"], f"{1e3 * r['kernel_min_s']:.3f}",
+                          f"{1e3 * r['kernel_median_s']:.3f}", f"{1e3 * r['step_min_s']:.3f}",
+                          f"{gf:.0f}", f"{100 * gf / peak:.0f}%", f"{100 * med / peak:.0f}%",
+                          alg])
+        print(markdown_table(["conv", "shape", "kernel", "algorithm", "tile", "epilogue",
+                              "ms (min)", "ms (median)", "step ms (min)", "GFLOP/s",
+                              "% peak", "% peak (median)", "alg GFLOP/s"], table))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "conv_layers_network.json").write_text(json.dumps(out, indent=1))
+
+
 # -- driver -----------------------------------------------------------------------------------
 
 def main() -> None:
@@ -160,7 +300,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--worker", nargs=3, metavar=("ENGINE", "LAYER", "BATCH"))
     ap.add_argument("--workdir")
+    ap.add_argument("--networks", nargs="+",
+                    help="time every convolution inside these zoo networks instead")
     args = ap.parse_args()
+    if args.networks:
+        network_main(args)
+        return
     if args.worker:
         engine, layer, batch = args.worker[0], int(args.worker[1]), int(args.worker[2])
         print(json.dumps(worker(engine, layer, batch, args.threads, args.repeat,

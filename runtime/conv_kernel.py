@@ -74,7 +74,7 @@ class ConvKernel:
         self.layout = layout_module(root)
         self.int_args = self.algorithm.int_args(g, tile=tile, threads=backend.threads)
         self.relu = int(g.activation == "relu")
-        per_thread = self.algorithm.thread_scratch(g)
+        per_thread = self.algorithm.thread_scratch(g, tile)
         # the compute kernel's per-thread work space, for as many threads as it may run
         self.work = [np.empty(backend.threads * per_thread, np.float32)] \
             if per_thread else []

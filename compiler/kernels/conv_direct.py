@@ -197,7 +197,13 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     ``"rows"`` (n, k-tile, row: the PERF-NOTES order), ``"kblocks"`` (n, row, k-tile), or
     ``"plane"`` (n, k-tile: the tiles run through the plane's pixels in row-major order, a
     tile's pixels crossing into the next row, each with its own input and output offset);
-    ``"auto"``: ``kblocks`` when a group's weights fit :data:`WEIGHTS_IN_L2`, else ``rows``.
+    ``"auto"``: ``kblocks`` when a group's weights fit :data:`WEIGHTS_IN_L2`, else ``rows``;
+    ``"gather"`` (a strided 1x1, unpadded, ungrouped convolution): tasks (n, k-tile group,
+    row), ``KG`` groups (a runtime int, the last of the sizes), each task first copying
+    every ``sw``-th pixel of input row ``p * sh`` of every channel into its thread's row of
+    the scratch ``xpool`` (``[threads, Cgb, Q, 8]``, the prologue's), then running its
+    group's k-tiles over that row at stride 1: the same sums in the same order as the
+    strided loops, read once per group instead of once per k-tile, and contiguous.
     A pooling prologue has tasks of its own (n, row) and takes its rows in any order.
 
     ``prologue`` (a pooling op and its attributes; a 1x1, stride-1, unpadded, ungrouped
@@ -222,7 +228,18 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             (1, 1, 1, 1, 0, 0, 0, 0, 1, 8)):
         raise ValueError("a pooling prologue needs a 1x1, stride-1, unpadded, ungrouped "
                          f"convolution of at least 8 channels, not {g.describe()}")
-    xarr = "x" if prologue is None else "xpool"
+    if order is None:
+        order = tile_shape.order
+    # ``gather``: a strided 1x1 convolution whose tasks first copy their row's input pixels
+    # (every sh-th row, every sw-th column) into ``xpool``, then run over it at stride 1
+    gather = order == "gather"
+    if gather and (prologue is not None or (g.R, g.S, g.pt, g.pl, g.pb, g.pr, g.groups, g.CB)
+                   != (1, 1, 0, 0, 0, 0, 1, 8)):
+        raise ValueError("the gather order needs a 1x1, unpadded, ungrouped convolution of at "
+                         f"least 8 channels without a prologue, not {g.describe()}")
+    pooled = prologue is not None or gather  # the loops read xpool, 8 channels a pixel
+    sw = 1 if gather else g.sw  # the input pixels' stride where the loops read them
+    xarr = "xpool" if pooled else "x"
     CB, R, S = g.CB, g.R, g.S
     lanes, nvec, TK = tile_shape.lanes, tile_shape.vectors, tile_shape.channels
     yl = g.lanes_out  # channels a block of the output storage
@@ -236,23 +253,21 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     y = StorageIndex(YB, YH, YW, YT, YL, yl, g.nhwc_out)
     # floats between the pixels the loops read and between output pixels: literal in NCHWc
     # and in the prologue's pooled rows, a runtime local in NHWC
-    nhwc_x = g.nhwc_in and prologue is None
-    if prologue is not None:
+    nhwc_x = g.nhwc_in and not pooled
+    if pooled:
         xpix: ExprLike = CB
     else:
         xpix = Var("xpix") if nhwc_x else x.pixel
     ypix = Var("ypix") if g.nhwc_out else y.pixel
     # 16-channel input blocks read as 8-channel halves (not the prologue's pooled rows)
-    halves = g.lanes_in == 16 and prologue is None
+    halves = g.lanes_in == 16 and not pooled
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
-    if order is None:
-        order = tile_shape.order
     if order == "auto":
         wbytes = g.Kgb * TILE_K * g.Cgb * CB * R * S * 4
         order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
-    plane = order == "plane" and prologue is None
+    plane = order == "plane" and not pooled
 
     def plane_pixels(T: int, f0: ExprLike) -> list:
         """The row ``pp<i>`` and column ``pq<i>`` of pixel ``f0 + i`` of the plane, the offset
@@ -277,7 +292,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         lane: list = [Let(f"w{h}", VLoad("w", ws + l * TK + h * lanes, lanes))
                       for h in range(nvec)]
         for i in range(T):
-            xoff = (Var(f"xd{i}") if i else 0) if plane else i * g.sw * xpix
+            xoff = (Var(f"xd{i}") if i else 0) if plane else i * sw * xpix
             lane.append(Let("xb", VBroadcast(xarr, xs + xoff + l, lanes)))
             for h in range(nvec):
                 acc = f"acc_{i}_{h}"
@@ -341,7 +356,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
                 Let("xq", Var("xrow") + Var("pp0") * Var("xpline") +
                     Var("pq0") * (g.sw * xpix))] + \
                 tile_stmts(T, nvec, inner, epilogue_stores(stores_for), lanes=lanes)
-        return [Let("xq", Var("xrow") + q0 * (g.sw * xpix))] + \
+        return [Let("xq", Var("xrow") + q0 * (sw * xpix))] + \
             tile_stmts(T, nvec, inner, epilogue_stores(stores_for), lanes=lanes)
 
     def operand_at(k: int, i: int, q0: ExprLike, block: int, lane0: int) -> Expr:
@@ -382,7 +397,7 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
         per_plane += [Loop("p", P, _zero_halo(yl, g.nhwc_out))]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + ops
     ints = int_params(*DIRECT_INTS)
-    if prologue is None:
+    if not pooled:
         xstrides = [Let("xplane", const(x.plane)), Let("xrstep", Wp * (g.dh * xpix))]
         if plane:
             body = unflatten(t, [("n", Var("n_batch")), ("kb", KB)])
@@ -401,28 +416,46 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
             body += [Let("xg", gi * Cgb), Let("xrow", x.row(n, 0, row0))]
         body += per_plane if plane else per_tile
     else:
-        op, attrs = prologue
-        H, W = Var("H"), Var("W")
         q = Var("q")
-        window = blocked_window(op, attrs, "x", Var("xblk"), q, H, W, x, lanes=8)
-        body = unflatten(t, [("n", Var("n_batch")), ("p", P)])
+        xblk = x.block_start(n, Var("cb")) if g.lanes_in == 8 else \
+            x.block_start(n, Var("cb") // 2) + Var("cb") % 2 * 8
+        if gather:
+            # the k-tiles in KG groups (a runtime int), a task each with the row: a group's
+            # weights stay in L2 while its rows pass, and short planes still make tasks for
+            # every thread; each task gathers its row again (a copy of Cgb * Q * 8 floats)
+            what, then = "every sw-th pixel of row p * sh", "the group's k-tiles"
+            window = [Let("acc", VLoad("x", x.tap(Var("xblk"), Var("win_r"), q * g.sw), 8))]
+            body = unflatten(t, [("n", Var("n_batch")), ("kg", Var("KG")), ("p", P)])
+            body += [Let("ks", (KB + Var("KG") - 1) // Var("KG")),
+                     Let("kb0", Var("kg") * Var("ks"))]
+            win_r: ExprLike = p * g.sh
+            kloop = Loop("kb", Select(cmp("<", Var("kb0") + Var("ks"), KB), Var("ks"),
+                                      KB - Var("kb0")), per_tile, start=Var("kb0"))
+            tasks = Var("n_batch") * (Var("KG") * P)
+        else:
+            op, attrs = prologue
+            what, then = f"{op} of row p", "every k-tile"
+            window = blocked_window(op, attrs, "x", Var("xblk"), q, Var("H"), Var("W"), x,
+                                    lanes=8)
+            body = unflatten(t, [("n", Var("n_batch")), ("p", P)])
+            win_r = p * attrs["stride"][0] - attrs["pads"][0]
+            kloop = Loop("kb", KB, per_tile)
+            tasks = Var("n_batch") * P
         body += [
-            Comment(f"prologue: {op} of row p of every input block, into xpool"),
-            Let("win_r", p * attrs["stride"][0] - attrs["pads"][0]),
+            Comment(f"prologue: {what} of every input block, into xpool"),
+            Let("win_r", win_r),
             Let("xrow", call("thread_id") * (Cgb * Q * 8)),
             Loop("cb", Cgb, [
-                Let("xblk", x.block_start(n, Var("cb")) if g.lanes_in == 8 else
-                    x.block_start(n, Var("cb") // 2) + Var("cb") % 2 * 8),
+                Let("xblk", xblk),
                 Let("xcb", Var("xrow") + Var("cb") * (Q * 8)),
                 Loop("q", Q, window + [VStore("xpool", Var("xcb") + q * 8, Var("acc"))]),
             ]),
-            Comment("then every k-tile of the row over the pooled row"),
-            Loop("kb", KB, per_tile),
+            Comment(f"then {then} of the row over the pooled row"),
+            kloop,
         ]
         xstrides = [Let("xplane", Q * 8), Let("xrstep", Const(0))]
         params.append(Param("xpool"))
-        ints += int_params("H", "W")
-        tasks = Var("n_batch") * P
+        ints += int_params("KG") if gather else int_params("H", "W")
     params += ints + op_ints + int_params("relu", "n_batch")
     params += int_params("residual") if residual else []
     # Loop-invariant strides, computed once (runtime sizes).

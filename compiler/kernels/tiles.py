@@ -52,8 +52,12 @@ def _prod(*xs: ExprLike) -> ExprLike:
 #: k-tiles of a row consecutive (the input rows stay in cache, all weights cycle through it);
 #: ``plane``: a task is the whole output plane of one k-tile, whose pixels the tiles run through
 #: in row-major order, a tile's pixels crossing from one row into the next (rows of 7 pixels
-#: run full tiles instead of a full one and a short one).
-ORDERS = ("rows", "kblocks", "plane")
+#: run full tiles instead of a full one and a short one); ``gather`` (strided 1x1 convolutions):
+#: a task is one output row of a group of k-tiles (:func:`gather_groups`), which first copies
+#: the row's input pixels (every ``sw``-th of input row ``p * sh``) of every channel into a
+#: per-thread scratch row, then runs its k-tiles over that row at stride 1: the input is read
+#: once per group of k-tiles instead of once per k-tile, contiguous where the loops read it.
+ORDERS = ("rows", "kblocks", "plane", "gather")
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,29 @@ def output_planes(groups: int, k: int) -> int:
     return groups * -(-(k // groups) // TILE_K)
 
 
+#: Bytes of packed weights a ``gather`` task's group of k-tiles may hold: this machine kind's
+#: 1 MiB L2 per core. Each group gathers its rows again, which cost ResNet-50's 1024 -> 2048
+#: projection 4.5% in groups of 512 KiB (bench/RESULTS.md, session 23).
+GATHER_WEIGHTS = 1 << 20
+#: Tasks per thread (at batch 1) below which a ``gather`` kernel cuts its k-tiles into more
+#: groups: 7 rows of a 7 x 7 output on 2 threads would split 4 : 3.
+GATHER_TASKS_PER_THREAD = 4
+
+
+def gather_groups(k_tiles: int, tile_weights: int, rows: int, threads: int) -> int:
+    """The groups of k-tiles of a ``gather`` kernel (its runtime ``KG``): as few as keep each
+    group's weights (``tile_weights`` bytes a k-tile) within :data:`GATHER_WEIGHTS`, doubled
+    (at most one per k-tile) until ``rows`` output rows make
+    :data:`GATHER_TASKS_PER_THREAD` tasks for each of ``threads``."""
+    per = max(1, GATHER_WEIGHTS // tile_weights)
+    groups = -(-k_tiles // per)
+    while groups < k_tiles and groups * rows < GATHER_TASKS_PER_THREAD * threads:
+        groups = min(k_tiles, 2 * groups)
+    return groups
+
+
 def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
-                planes: int | None = None) -> DirectTile:
+                planes: int | None = None, strided_1x1: bool = False) -> DirectTile:
     """The tile for a layer with ``groups_k`` output channels per group and ``P`` rows of ``Q``
     output pixels (``planes``: images times 16-channel k-tiles, the tasks of the plane order;
     None: many), on a target with ``lanes``-lane vectors.
@@ -180,6 +205,11 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     ``ceil(Q / T) * (T + 2)``: the pixels computed, the last tile overlapping (see
     ``conv_direct._row_tiles``), plus about two pixels' worth of weight loads per tile (rows
     of 56 take 4 x 14, of 17 three 7-pixel tiles); rows shorter than 7 take the 7-pixel kernel.
+    ``strided_1x1`` (a 1x1 convolution with a stride, unpadded, one group): with the
+    14-pixel tile its tasks ``gather`` their input rows (ResNet-50's 56 -> 28 projection 18%
+    faster at batch 8, 28 -> 14 7%); rows of 7 stay ``rows`` (gathered 2-5% slower: a task's
+    copy is all loads at its start, one line a pixel per 16 channels, with no multiply-adds to
+    hide them behind; bench/RESULTS.md, session 23).
     """
     if lanes == 8:
         busy = planes is None or planes >= PLANE_TASKS_PER_THREAD * (os.cpu_count() or 1)
@@ -188,7 +218,8 @@ def choose_tile(lanes: int, groups_k: int, Q: int, P: int = 1,
     vectors = 2 if -(-groups_k // TILE_K) % 2 == 0 else 1
     fitting = [t for t in PIXELS_16 if t <= Q] or [min(PIXELS_16)]
     pixels = min(fitting, key=lambda t: (-(-Q // t) * (t + 2), -t))
-    return DirectTile(16, vectors, pixels)
+    gather = strided_1x1 and pixels == max(PIXELS_16)
+    return DirectTile(16, vectors, pixels, "gather" if gather else "rows")
 
 
 def tile_stmts(T: int, nvec: int, inner: list, stores, prefix: str = "acc",

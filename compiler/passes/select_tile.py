@@ -10,8 +10,10 @@ its tasks row by row or, where the cost model says it runs fewer short tiles (ro
 14), plane by plane (``6x16/8:plane``; ``kernels.tiles.cost_8``). With 16 lanes (AVX-512) the
 tile is 32 output channels (two vectors) when each group's channels, padded to 16, divide into
 32-channel tiles, else 16, and as many pixels of a row as fit the registers and waste least on
-the row's last tile (``kernels.tiles.choose_tile``). Depthwise and narrow-group convolutions
-keep their own 8-channel kernel (``ops.conv.channelwise``).
+the row's last tile (``kernels.tiles.choose_tile``); a strided 1x1 convolution's tasks gather
+their input rows first (``14x32/16:gather``: read once per group of k-tiles, contiguous).
+Depthwise and narrow-group convolutions keep their own 8-channel kernel
+(``ops.conv.channelwise``).
 
     conv_weight_grad(x, dy; lowering=direct)  =>  (...; tile=<rows>x<channels>/<lanes>)
 
@@ -28,7 +30,7 @@ from collections import Counter
 from ..ir import Graph
 from ..kernels.tiles import choose_tile, output_planes
 from ..kernels.weight_grad import weight_grad_tile_name
-from ..ops import own_attrs
+from ..ops import own_attrs, prologue_of
 from .manager import PassContext
 
 
@@ -47,7 +49,10 @@ def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
     # output's size), and its planes of 16 output channels per image: the tasks of the plane
     # order at batch 1 (the batch is a runtime size: a larger one only adds tasks).
     _, p, q = node.type.shape
-    return str(choose_tile(lanes, k // groups, q, p, output_planes(groups, k)))
+    strided_1x1 = node.op == "conv" and tuple(a["kernel"]) == (1, 1) and \
+        tuple(a["stride"]) != (1, 1) and not any(a["pads"]) and groups == 1 and \
+        tuple(a["dilation"]) == (1, 1) and in_shape[0] >= 8 and not prologue_of(node.attrs)
+    return str(choose_tile(lanes, k // groups, q, p, output_planes(groups, k), strided_1x1))
 
 
 def select_tile(graph: Graph, ctx: PassContext) -> bool:

@@ -191,6 +191,81 @@ def test_16_lane_tiles_match_reference_and_8_lanes_bitwise(case, conv_ref, close
                         groups=a["groups"], activation=a["activation"]))
 
 
+def test_16_lane_gather_order_matches_reference_and_8_lanes_bitwise(conv_ref, close):
+    """A strided 1x1 convolution whose tasks first gather their input row (every ``sw``-th
+    pixel of input row ``p * sh``, every channel) into a per-thread row, then run their group
+    of k-tiles over it at stride 1: the same FMAs in the same order as the 8-lane strided
+    kernel, for every count of k-tile groups (``KG``, the kernel's last size argument: one
+    group, two with the last one shorter, one per k-tile), and the reference's numbers."""
+    attrs = dict(out_channels=96, kernel=1, stride=(2, 3), bias=True, activation="relu")
+    shape = (24, 11, 47)  # 6 x 16 outputs: a 14-pixel tile and one overlapping it; 3 k-tiles
+    gathered = compile_conv(attrs, shape, "direct", tile="14x32/16:gather")
+    strided = compile_conv(attrs, shape, "direct")
+    rng = np.random.default_rng(11)
+    x, w, b = _operands(rng, gathered.geometry, 2)
+    want = strided(x, w, b)
+    a = normalize_attrs(attrs)
+    close(want, conv_ref(x, w, b, stride=a["stride"], pads=a["pads"], activation="relu"))
+    sizes = gathered.int_args
+    for groups in (1, 2, 3):
+        gathered.int_args = sizes[:-1] + (groups,)
+        np.testing.assert_array_equal(gathered(x, w, b), want)
+    with pytest.raises(ValueError, match="gather order needs a 1x1"):
+        compile_conv(dict(out_channels=32, kernel=3, stride=2), (8, 9, 9), tile="7x32/16:gather")
+
+
+#: Strided 1x1 convolutions with rows of 14 and 28 pixels reading a producer's channel-blocked
+#: storage (NCHW16c: 16-channel blocks read as 8-channel halves; NHWC; a halo): one with the
+#: runtime residual add and ReLU (32 channels a tile), one of 48 channels (16 a tile).
+GATHER_NET = """network gather
+input x: 24 x 28 x 56
+h = x -> conv(32, 3, pad=1) -> relu
+s = h -> conv(32, 1, stride=2)
+d = h -> conv(32, 3, stride=2, pad=1)
+relu(s + d) -> conv(48, 1, stride=(1, 2)) -> output y
+"""
+
+
+@pytest.mark.parametrize("layout", ["auto", "NHWC"])
+def test_gather_order_in_a_network_matches_8_lanes_bitwise(layout):
+    """In a compiled network (16-lane target) the gathering kernels read the producers'
+    storage and give the 8-lane target's numbers bit for bit, and the reference's."""
+    from cnnc.runtime.model import compile as compile_model
+    from cnnc.runtime.reference import run_reference
+
+    x = np.random.default_rng(4).standard_normal((2, 24, 28, 56)).astype(np.float32)
+    got = {}
+    for target in ("avx2", "avx512"):
+        m = compile_model(GATHER_NET, seed=3, target=target, lowering="direct",
+                          layout=layout if target == "avx512" else "auto")
+        got[target] = m(x)
+    tiles = sorted(n.attrs["tile"] for n in m.plan.graph.nodes() if "gather" in
+                   n.attrs.get("tile", ""))
+    assert tiles == ["14x16/16:gather", "14x32/16:gather"]
+    np.testing.assert_array_equal(got["avx512"], got["avx2"])
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(got["avx512"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_gather_groups():
+    """As few groups of k-tiles as keep a group's weights within L2's share, more where the
+    rows would leave threads idle, never more than one per k-tile."""
+    from cnnc.compiler.kernels.tiles import GATHER_WEIGHTS, choose_tile, gather_groups
+
+    kib = 1024
+    assert gather_groups(16, 32 * kib, 28, 2) == 1  # ResNet-50's 256 -> 512 at 28 x 28
+    assert gather_groups(64, 128 * kib, 7, 2) == 64 * 128 * kib // GATHER_WEIGHTS
+    assert gather_groups(16, 32 * kib, 7, 2) == 2  # 7 rows on 2 threads: 14 tasks
+    assert gather_groups(2, 8 * kib, 1, 64) == 2  # never more than the k-tiles
+    for k_tiles in (1, 3, 16, 64):
+        for rows in (1, 7, 28):
+            groups = gather_groups(k_tiles, 128 * kib, rows, 2)
+            assert 1 <= groups <= k_tiles
+    assert str(choose_tile(16, 512, 28, 28, strided_1x1=True)) == "14x32/16:gather"
+    assert str(choose_tile(16, 2048, 7, 7, strided_1x1=True)) == "7x32/16"  # rows of 7: not
+    assert choose_tile(8, 512, 28, 28, strided_1x1=True).order == "rows"  # 16 lanes only
+
+
 def test_choose_tile():
     from cnnc.compiler.kernels.tiles import TILE_8, DirectTile, choose_tile
 

@@ -74,7 +74,7 @@ from ...kernels.gemm import gemm_kernel
 from ...kernels.gpu_conv import TILE_M, TILE_N, implicit_gemm_conv_kernel
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
-from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile
+from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile, gather_groups
 from ...kernels.winograd import (
     F2,
     F4,
@@ -302,9 +302,9 @@ class ConvAlgorithm(LoweringChoice):
         the output, then the batch size and the sizes of :meth:`output_call`)."""
         raise NotImplementedError
 
-    def thread_scratch(self, g: ConvGeometry) -> int:
-        """Floats of scratch the compute kernel needs per worker thread (its ``work``
-        argument, after the epilogue operands), 0 for none."""
+    def thread_scratch(self, g: ConvGeometry, tile: DirectTile = TILE_8) -> int:
+        """Floats of scratch the compute kernel with ``tile`` needs per worker thread (its
+        ``work`` argument, after the epilogue operands), 0 for none."""
         return 0
 
     def error_bound(self, ctx: BoundCtx) -> np.ndarray:
@@ -380,6 +380,8 @@ class Direct(_BlockedAlgorithm):
                "sizes are runtime arguments"
         tag = f"direct_cb{g.CB}_{rs}" if tile == TILE_8 else \
             f"direct_cb{g.CB}_t{tile.pixels}x{tile.channels}l{tile.lanes}_{rs}"
+        if tile.order == "gather":  # the other orders' tags predate the order's choice
+            tag += "_gather"
         if g.lanes_in == 16:
             tag += "_x16"
         if g.lanes_out == 16:
@@ -397,9 +399,19 @@ class Direct(_BlockedAlgorithm):
                                   tile_shape=tile, prologue=prologue, residual=residual), tag
 
     def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+        """:data:`~...kernels.conv_direct.DIRECT_INTS`; with the ``gather`` order then its
+        groups of k-tiles ``KG`` (``tiles.gather_groups``)."""
         nb, xin, yout = _blocked_int_args(g, x, y)
         kt = g.k_tiles(tile)
-        return (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
+        ints = (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
+        if tile.order == "gather":
+            ints += (gather_groups(kt, 4 * g.Cgb * g.CB * tile.channels, g.P, threads),)
+        return ints
+
+    def thread_scratch(self, g: ConvGeometry, tile: DirectTile = TILE_8) -> int:
+        """With the ``gather`` order, a row of every input channel (8 floats a pixel)."""
+        return g.Cgb * g.Q * 8 if tile.order == "gather" else 0
+
 
     def packed_sizes(self, g, tile=TILE_8):
         padded = g.groups * g.Kgb * TILE_K
@@ -645,7 +657,7 @@ class Winograd(_BlockedAlgorithm):
             flat[n_w:n_w + g.K] = np.asarray(b, np.float32)
         return flat
 
-    def thread_scratch(self, g: ConvGeometry) -> int:
+    def thread_scratch(self, g: ConvGeometry, tile: DirectTile = TILE_8) -> int:
         return scratch_floats(g, self.transform)
 
     def error_bound(self, ctx: BoundCtx) -> np.ndarray:

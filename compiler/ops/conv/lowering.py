@@ -138,8 +138,9 @@ def lower_conv(ctx, node) -> Step:
         scratch["pooled"] = ctx.threads * g.Cgb * g.Q * 8
         pooled = [Arg("scratch", "pooled")]
         pooled_ints = [Arg("int", v) for v in ctx.graph.node(x).type.shape[1:]]
-    per_thread = algorithm.thread_scratch(g)
-    if per_thread:  # the compute kernel's per-thread work space (Winograd's transformed tiles)
+    per_thread = algorithm.thread_scratch(g, tile)
+    if per_thread:  # the compute kernel's per-thread work space (Winograd's transformed tiles,
+        # the gather order's rows)
         scratch["work"] = ctx.threads * per_thread
         pooled = [Arg("scratch", "work")]
     op_ints = [Arg("int", v) for o in kernel_operands for v in ctx.operand_geometry(o)]
