@@ -65,6 +65,7 @@ from common import (  # noqa: E402
     measure_peak,
     median_time,
     spawn_worker,
+    whole_runs,
 )
 
 # name, cnnc attrs, input shape (C, H, W)
@@ -208,12 +209,7 @@ def network_layers(name: str, batch: int, threads: int, repeat: int) -> dict:
         run()
         times[index, position].append(clock() - t0)
 
-    ex.run_watched(inputs, batch, lambda i, a: False)  # warm: kernels loaded, caches filled
-    whole = []
-    for _ in range(repeat):
-        t0 = clock()
-        ex.run(inputs, batch)
-        whole.append(clock() - t0)
+    whole = whole_runs(ex, inputs, batch, repeat, clock)
     times.clear()
     for _ in range(repeat):
         ex.run_watched(inputs, batch, lambda i, a: False, each_call=timed)

@@ -50,15 +50,9 @@ def runner(engine: str, workdir: Path, model: str, threads: int) -> Callable[[],
         graph = cnnc.load(model)
         compiled = cnnc.compile(graph, weights=load_weights(graph, workdir / "weights.npz"))
         return lambda: compiled(x)
-    import onnxruntime as ort
+    from cnnc.runtime.bench import onnxruntime_runner
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(workdir / "model.onnx"), opts,
-                                providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda: sess.run(None, {name: x})
+    return onnxruntime_runner(workdir / "model.onnx", x, threads)
 
 
 def worker(engine: str, workdir: Path, model: str, threads: int) -> None:

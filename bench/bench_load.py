@@ -41,15 +41,9 @@ def _runner(engine: str, workdir: Path, model: str, threads: int):
 
     x = np.load(workdir / "x1.npy")
     if engine == "onnxruntime":
-        import onnxruntime as ort
+        from cnnc.runtime.bench import onnxruntime_runner
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(workdir / "model.onnx"), opts,
-                                    providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda: sess.run(None, {name: x})
+        return onnxruntime_runner(workdir / "model.onnx", x, threads)
     import numba
 
     import cnnc

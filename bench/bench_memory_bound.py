@@ -47,7 +47,7 @@ from cnnc.runtime.bench import measure_peak
 from cnnc.runtime.executor import flat_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, markdown_table  # noqa: E402
+from common import RESULTS, markdown_table, whole_runs  # noqa: E402
 
 
 @numba.njit(parallel=True, cache=True)
@@ -144,12 +144,7 @@ def profile(model, batch: int, repeat: int, clock=time.perf_counter) -> dict:
         run()
         times[index].append(clock() - t0)
 
-    ex.run_watched(inputs, batch, lambda i, a: False)  # warm: kernels loaded, caches filled
-    whole = []
-    for _ in range(repeat):
-        t0 = clock()
-        ex.run(inputs, batch)
-        whole.append(clock() - t0)
+    whole = whole_runs(ex, inputs, batch, repeat, clock)
     per_run: list[dict[int, float]] = []
     for _ in range(repeat):
         times.clear()

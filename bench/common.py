@@ -25,6 +25,19 @@ def median_time(fn: Callable[[], object], repeat: int, min_time: float = 0.5,
     return bench.tail_ms(times)["median_ms"] / 1e3, min(times), len(times)
 
 
+def whole_runs(executor, inputs, batch: int, repeat: int,
+               clock: Callable[[], float]) -> list[float]:
+    """``repeat`` runs of a compiled model's executor on ``inputs`` (flat arrays by input
+    node), each timed by ``clock``, after one watched run (kernels loaded, caches filled)."""
+    executor.run_watched(inputs, batch, lambda i, a: False)
+    whole = []
+    for _ in range(repeat):
+        t0 = clock()
+        executor.run(inputs, batch)
+        whole.append(clock() - t0)
+    return whole
+
+
 def spawn_worker(script: str, args: list[str], env: dict | None = None,
                  timeout: float = 3600) -> dict | None:
     """Run `python script --worker ...` in a fresh process; its last stdout line is JSON. None

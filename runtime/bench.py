@@ -175,6 +175,19 @@ def prepare(graph: Graph, batches: Sequence[int], workdir: Path) -> None:
         np.save(workdir / f"ref{b}.npy", ref)
 
 
+def onnxruntime_runner(path: Path, x: np.ndarray, threads: int) -> Callable[[], object]:
+    """One ONNX Runtime call of the model at ``path`` on ``x`` (its first input), on
+    ``threads`` intra-op threads and one inter-op thread (the CPU provider)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda: sess.run(None, {name: x})
+
+
 def _runner(engine: str, workdir: Path, model: str, x: np.ndarray, threads: int,
             result: dict) -> Callable[[], object]:
     """Load ``engine`` with the prepared weights; the function that runs it once on x."""
@@ -208,15 +221,7 @@ def _runner(engine: str, workdir: Path, model: str, x: np.ndarray, threads: int,
         name = next(iter(graph.inputs))
         return lambda: tg({name: x})
     if engine == "onnxruntime":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(workdir / "model.onnx"), opts,
-                                    providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda: sess.run(None, {name: x})
+        return onnxruntime_runner(workdir / "model.onnx", x, threads)
     if engine == "openvino":
         import openvino as ov
 
