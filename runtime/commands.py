@@ -288,8 +288,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         outputs = model.run(inputs)
         times.append(time.perf_counter() - t1)
     med = statistics.median(times)
-    print(f"latency, batch {args.batch}: median {med * 1e3:.1f} ms, best "
-          f"{min(times) * 1e3:.1f} ms over {len(times)} runs "
+    print(f"latency, batch {args.batch}: median {med * 1e3:.3g} ms, best "
+          f"{min(times) * 1e3:.3g} ms over {len(times)} runs "
           f"({s.flops * args.batch / med / 1e9:.1f} GFLOP/s)")
     report_outputs(outputs)
     return 1 if bad else 0
