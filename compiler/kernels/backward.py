@@ -711,10 +711,10 @@ def _rstd(var: Expr, eps: float) -> Expr:
 
 def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
                            comment: str = "", sz: Sizes | None = None,
-                           epilogue: Sequence[FusedOp] = ()) -> Kernel:
+                           epilogue: Sequence[FusedOp] = (), blocks: bool = False) -> Kernel:
     """``(x - mean) gamma / sqrt(var + eps) + beta`` per (image, channel), the scale and
     shift in float64 (``operands``: x, gamma, beta, mean, var), then the fused unary
-    ``epilogue`` (a ReLU) at the store."""
+    ``epilogue`` (a ReLU) at the store; ``blocks``: a GPU's form (:func:`_plane_kernel`)."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, gamma, beta, mean, var = operands
     C, L = sz("C", shape[0]), sz("L", prod(shape[1:]))
@@ -727,7 +727,28 @@ def batchnorm_train_kernel(name: str, shape: Sequence[int], eps: float, operands
                  *apply_epilogue(call("f64", Load(x, Var("xb") + Var("j"))) * Var("a")
                                  + Var("b"), epilogue),
                  Store("y", Var("xb") + Var("j"), Var("v"))])]
-    return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+    return _plane_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz, blocks)
+
+
+def _plane_kernel(name: str, params: list[Param], C: ExprLike, body: list[Stmt], comment: str,
+                  sz: Sizes, blocks: bool) -> Kernel:
+    """``rows_kernel`` over (image, channel) planes ``t``, ``body`` ending in the serial loop
+    over the plane's values. With ``blocks`` (a GPU's form) a block per plane instead, whose
+    :data:`SUM_THREADS` threads each run the plane's invariants (the statements before the
+    loop) and every :data:`SUM_THREADS`-th value of the loop (neighbouring threads,
+    neighbouring values): one thread per plane would read its values one after another."""
+    if not blocks:
+        return rows_kernel(name, params, C, body, comment, sz)
+    *invariants, values = body
+    if not (isinstance(values, Loop) and values.kind == "serial"
+            and isinstance(values.start, Const) and values.start.value == 0):
+        raise ValueError(f"kernel {name}: a plane kernel's body ends in its values' loop")
+    th, i = Var("th"), Var("i")
+    loop = Loop("i", (values.extent - th + (SUM_THREADS - 1)) // SUM_THREADS,
+                [Let(values.var, th + i * SUM_THREADS), *values.body])
+    return Kernel(name, params + sz.params() + [Param("n_batch", "int")], [Loop(
+        "t", N_BATCH * C, [*invariants, Loop("th", const(SUM_THREADS), [loop], kind="thread")],
+        kind="block")], comment)
 
 
 def _distinct(names: Sequence[str]) -> list[str]:
@@ -807,11 +828,12 @@ def bn_grad_sums_kernel(name: str, shape: Sequence[int], operands: Sequence[str]
 
 def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: Sequence[str],
                          comment: str = "", sz: Sizes | None = None,
-                         gate: Gate | None = None) -> Kernel:
+                         gate: Gate | None = None, blocks: bool = False) -> Kernel:
     """``gamma rstd (dy - s0 / M - (x - mean) rstd^2 s1 / M)`` per (image, channel), ``s0``
     and ``s1`` the channel's sums (:func:`bn_grad_sums_kernel`), M the values per channel, in
     float64 (``operands``: x, dy, gamma, mean, var, sums, and with a ``gate`` the
-    activation's output it reads dy through)."""
+    activation's output it reads dy through); ``blocks``: a GPU's form
+    (:func:`_plane_kernel`)."""
     sz = sz if sz is not None else Sizes(literal=True)
     x, _, gamma, mean, var, sums = operands[:6]
     upstream = _upstream(operands, gate)
@@ -828,7 +850,7 @@ def bn_grad_input_kernel(name: str, shape: Sequence[int], eps: float, operands: 
                  Let("o", Var("xb") + Var("j")),
                  Store("y", Var("o"), Var("a") * (upstream(Var("o")) - Var("b") - (
                      call("f64", Load(x, Var("o"))) - Var("m")) * Var("k")))])]
-    return rows_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz)
+    return _plane_kernel(name, arrays(*_distinct(operands), "y"), C, body, comment, sz, blocks)
 
 
 def bn_grad_param_kernel(name: str, channels: int, eps: float, wrt: str,

@@ -601,7 +601,7 @@ def _lower_bn_training(ctx, node):
     shape, a = _normalized_shape(ctx), node.attrs
     if node.op == "batchnorm_train":
         k = batchnorm_train_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz,
-                                   ctx.epilogue)
+                                   ctx.epilogue, blocks=ctx.backend.thread_blocks)
     elif node.op == "bn_input_grad":
         k = bn_input_grad_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz)
     elif node.op == "bn_channel_grad":
@@ -611,7 +611,7 @@ def _lower_bn_training(ctx, node):
                                 blocks=ctx.backend.thread_blocks)
     elif node.op == "bn_grad_input":
         k = bn_grad_input_kernel(ctx.kname, shape, a["eps"], names, ctx.comment, sz,
-                                 _gate_rule(node))
+                                 _gate_rule(node), blocks=ctx.backend.thread_blocks)
     else:  # running_update: x (its third input) is read for its size only
         k = running_update_kernel(ctx.kname, ctx.graph.node(node.inputs[2]).type.shape,
                                   a["momentum"], a["unbiased"], names[:2], ctx.comment, sz,

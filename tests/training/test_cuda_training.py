@@ -97,8 +97,13 @@ def test_the_kernels_are_cuda_and_the_buffers_on_the_emulated_gpu(resnet):
     for buf in (emu.flat_params, emu.flat_grads):
         assert isinstance(buf, EmulatedArray)
     assert {s.lowering for s in emu.plan.steps if s.op == "conv_weight_grad"} == {"implicit_gemm"}
-    # batch norm's per-channel sums: a block of threads per channel, float64 in shared memory
+    # batch norm's per-channel sums: a block of threads per channel, float64 in shared memory;
+    # its per-(image, channel) kernels a block per plane, the threads striding its values
     assert source.count("__shared__ double") >= 3
+    planes = {s.calls[0].fn.kernel.name for s in emu.plan.steps
+              if s.op.split("+")[0] in ("batchnorm_train", "bn_grad_input")}
+    bodies = [source.split(f"void {name}(")[1].split("\n}\n")[0] for name in planes]
+    assert len(bodies) >= 2 and all("const int th = threadIdx.x;" in b for b in bodies)
 
 
 @needs_nvrtc
