@@ -35,7 +35,7 @@ Python call in the list of calls; with none the kernels' copy is the value.
 
 Small calls run on one thread: a call of fewer than ``SERIAL_WORK`` multiply-accumulates
 (LeNet-5 at batch 1 has 0.42 million) runs every kernel's tasks in order on the calling thread
-(``Arena.run_range``), because waking the other threads costs more than they save
+(``TaskProgram.run``'s ``serial``), because waking the other threads costs more than they save
 there, and on a loaded machine threads waiting for work spin against the other processes
 (LeNet-5 at batch 1 beside two busy processes on 2 cores: p99 272 ms on two threads, 8 ms on
 one; bench/RESULTS.md). No parallel region is started at all: one costs 1-2 us even on one
@@ -211,19 +211,14 @@ class Arena:
 
     def call(self, items: list[Item], inputs: Mapping[int, Any], serial: bool = False) -> None:
         """Run ``items`` in order, the caller's input arrays patched into their places;
-        ``serial``: each kernel's tasks in order on this thread (``run_range``)."""
+        ``serial``: each kernel's tasks in order on this thread, no parallel region started
+        (``TaskProgram.run``)."""
         self._patch(items, inputs)
         for item in items:
             if isinstance(item, TaskRange):
-                self.run_range(item, serial)
+                self.program.run(item.first, item.last, serial)
             else:
                 self._python_call(item, inputs)
-
-    def run_range(self, item: TaskRange, serial: bool) -> None:
-        """Run a range of the task program: each call's tasks shared by the threads where its
-        kernel is parallel, or with ``serial`` every call's in order on this thread, with no
-        parallel region started."""
-        self.program.run(item.first, item.last, serial)
 
     def run_input(self, node: int, flat: np.ndarray, serial: bool) -> None:
         """Run every call on the one graph input ``node``: ``flat``, a flat C-contiguous
@@ -237,7 +232,7 @@ class Arena:
                 block[word] = address
                 block[word + 1] = size
                 self.program.args[at][pos] = flat  # held while the blocks point to it
-        self.run_range(self.whole, serial)
+        self.program.run(self.whole.first, self.whole.last, serial)
 
     def calls_of(self, index: int, inputs: Mapping[int, Any]) -> list[Callable[[], None]]:
         """Step ``index``'s calls one by one, each a function that runs it (a profiler times

@@ -40,7 +40,7 @@ from . import compile_cache
 from .autotune import Autotuner
 from .executor import Arena, Executor, flat_input
 from .memory import available_memory, fmt_bytes
-from .reference import InputError, check_inputs
+from .reference import InputError, check_finite, check_inputs
 from .weights import check_parameter_memory, check_weights, init_params, load_weights, save_weights
 
 if TYPE_CHECKING:  # for the annotations: the training runtime is imported when one is asked for
@@ -284,8 +284,7 @@ class CompiledModel:
         if found is None:
             return None
         arena, out = found
-        if not np.isfinite(x).all():
-            raise InputError(f"input {fast.name!r} contains NaN or infinity")
+        check_finite(fast.name, x)
         arena.run_input(fast.node, x.reshape(-1), self.executor.serial(x.shape[0]))
         return out.copy()
 

@@ -72,9 +72,15 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray],
         batch = x.shape[0]
         if batch == 0:
             raise InputError(f"input {name!r} has batch size 0")
-        if not on_device and not np.all(np.isfinite(x)):
-            raise InputError(f"input {name!r} contains NaN or infinity")
+        if not on_device:
+            check_finite(name, x)
     return batch or 1
+
+
+def check_finite(name: str, x: np.ndarray) -> None:
+    """Refuse input ``name`` where ``x`` holds a NaN or an infinity."""
+    if not np.isfinite(x).all():
+        raise InputError(f"input {name!r} contains NaN or infinity")
 
 
 def _check_whole_batch_input(name: str, x: np.ndarray, t) -> None:

@@ -8,6 +8,7 @@ import numba
 import numpy as np
 
 import cnnc
+from cnnc.compiler.backends.numba.tasks import TaskProgram
 from cnnc.runtime import executor
 
 
@@ -16,12 +17,12 @@ def test_small_calls_run_their_tasks_in_order_with_the_same_numbers(monkeypatch)
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     assert model.executor.macs_per_image * 2 < executor.SERIAL_WORK  # LeNet-5: small
     seen: list[bool] = []
-    real = executor.Arena.run_range
+    real = TaskProgram.run
 
-    def watch(arena, item, serial):
+    def watch(program, first, last, serial=False):
         seen.append(serial)
-        real(arena, item, serial)
-    monkeypatch.setattr(executor.Arena, "run_range", watch)
+        real(program, first, last, serial)
+    monkeypatch.setattr(TaskProgram, "run", watch)
     before = numba.get_num_threads()
     serial = model(x)  # the first call at this batch size (``run``), then the one-array call
     again = model(x)
