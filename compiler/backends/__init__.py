@@ -51,6 +51,10 @@ class Memory(Protocol):
     def write(self, dst: Any, a: np.ndarray) -> None:
         """Copy host array ``a`` into the first ``a.size`` elements of ``dst``."""
 
+    def copy(self, dst: Any, src: Any) -> None:
+        """Copy array ``src`` of this memory into the first ``src.size`` elements of ``dst``
+        (on a GPU: within its memory, nothing crosses the bus)."""
+
     def free_bytes(self) -> int | None:
         """Bytes a new allocation may take, or None where that is the host's memory."""
 
@@ -79,6 +83,9 @@ class HostMemory:
 
     def write(self, dst: np.ndarray, a: np.ndarray) -> None:
         dst[: a.size] = a.reshape(-1)
+
+    def copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        dst[: src.size] = src.reshape(-1)
 
     def free_bytes(self) -> int | None:
         return None

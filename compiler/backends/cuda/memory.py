@@ -77,6 +77,9 @@ class CupyMemory:
     def write(self, dst: Any, a: np.ndarray) -> None:
         dst[: a.size].set(np.ascontiguousarray(a, dst.dtype).reshape(-1))
 
+    def copy(self, dst: Any, src: Any) -> None:
+        dst[: src.size] = src.reshape(-1)
+
     def free_bytes(self) -> int | None:
         free, _total = self.cupy.cuda.runtime.memGetInfo()
         return int(free)
@@ -143,6 +146,12 @@ class EmulatedArray:
             raise ValueError(f"set: {a.size} values for a device array of {self.size}")
         self._data[...] = a.reshape(self.shape)
 
+    def fill_from(self, src: EmulatedArray) -> None:
+        """Copy device array ``src`` (of this array's size) into this array."""
+        if src.size != self.size:
+            raise ValueError(f"copy: {src.size} values for a device array of {self.size}")
+        self._data[...] = src._data.reshape(self.shape)
+
     @property
     def pointer(self) -> int:
         """The address of the first element (what a kernel launch passes)."""
@@ -186,6 +195,10 @@ class EmulatedMemory:
     def write(self, dst: EmulatedArray, a: np.ndarray) -> None:
         dst[: a.size].set(np.ascontiguousarray(a, dst.dtype))
         self.uploaded += a.size * dst.dtype.itemsize
+
+    def copy(self, dst: EmulatedArray, src: EmulatedArray) -> None:
+        """Within the device's memory: no bytes cross the bus."""
+        dst[: src.size].fill_from(src)
 
     def free_bytes(self) -> int | None:
         return None
