@@ -55,6 +55,10 @@ class Memory(Protocol):
         """Copy array ``src`` of this memory into the first ``src.size`` elements of ``dst``
         (on a GPU: within its memory, nothing crosses the bus)."""
 
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        """``run``'s kernel calls captured, not run; the function returned runs them again,
+        their arguments as they were given (on a GPU: a CUDA graph, one launch)."""
+
     def free_bytes(self) -> int | None:
         """Bytes a new allocation may take, or None where that is the host's memory."""
 
@@ -86,6 +90,9 @@ class HostMemory:
 
     def copy(self, dst: np.ndarray, src: np.ndarray) -> None:
         dst[: src.size] = src.reshape(-1)
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        return run  # NumPy's kernels are calls: running them again is the replay
 
     def free_bytes(self) -> int | None:
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from functools import partial
 
 import numpy as np
 import pytest
@@ -95,9 +96,10 @@ def test_cli_checks_every_cuda_kernel_under_emulation(tmp_path, capsys):
 def emulated_cupy(root) -> types.SimpleNamespace:
     """A stand-in for the part of CuPy's API the ``cuda`` target uses (arrays: ``ndarray``,
     ``zeros``, ``empty``, ``asarray`` (of the array's shape), ``asnumpy``, slicing,
-    ``reshape``, ``copy``, ``set``; ``RawModule(code=...)`` and its functions called as
-    ``fn(grid, block, args)`` with device arrays and NumPy scalars; the device count and free
-    memory), with a GPU emulated on the CPU underneath: the module's source is compiled as the
+    ``reshape``, ``copy``, ``set``, ``copyto``; ``RawModule(code=...)`` and its functions
+    called as ``fn(grid, block, args)`` with device arrays and NumPy scalars; streams, their
+    events and graph capture; the device count and free memory), with a GPU emulated on the
+    CPU underneath: the module's source is compiled as the
     ``cuda-emu`` target compiles it, its kernels' parameters read from their printed
     signatures (and whether their threads meet at barriers, from their bodies)."""
     memory = EmulatedMemory()
@@ -123,8 +125,54 @@ def emulated_cupy(root) -> types.SimpleNamespace:
 
             def launch(grid, block, args):
                 assert all(isinstance(a, (EmulatedArray, np.int32, np.float32)) for a in args)
-                self.module.launch(name, grid[0], block[0], kernel, args)
+                run = partial(self.module.launch, name, grid[0], block[0], kernel, tuple(args))
+                stream = streams[-1]
+                if stream.captured is not None:  # captured into a graph, not run
+                    stream.captured.append(run)
+                else:
+                    launched.append(name)
+                    run()
             return launch
+
+    class Stream:
+        """A stream: ``with`` makes it current; a capture collects its launches."""
+
+        def __init__(self, non_blocking: bool = False) -> None:
+            self.captured: list | None = None
+
+        def __enter__(self):
+            streams.append(self)
+            return self
+
+        def __exit__(self, *exc) -> None:
+            streams.pop()
+
+        def begin_capture(self) -> None:
+            assert self is not streams[0], "no capture on the null stream"
+            self.captured = []
+
+        def end_capture(self):
+            graph, self.captured = Graph(self.captured), None
+            return graph
+
+        def record(self):
+            return object()  # an event
+
+        def wait_event(self, event) -> None:
+            pass  # launches run in order here
+
+    class Graph:
+        def __init__(self, launches: list) -> None:
+            self.launches = launches
+
+        def launch(self, stream) -> None:
+            replays.append(len(self.launches))
+            for run in self.launches:
+                run()
+
+    streams = [Stream()]  # the null stream
+    launched: list[str] = []  # kernels launched one by one
+    replays: list[int] = []  # graphs launched: their kernel counts
 
     def asarray(a):
         if isinstance(a, EmulatedArray):
@@ -136,7 +184,10 @@ def emulated_cupy(root) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         zeros=lambda n, dtype: memory.zeros(n), empty=lambda n, dtype: memory.empty(n),
         asarray=asarray, asnumpy=memory.download, int32=np.int32, ndarray=EmulatedArray,
-        RawModule=RawModule, cuda=types.SimpleNamespace(runtime=runtime))
+        copyto=lambda dst, src: dst.fill_from(src), RawModule=RawModule,
+        cuda=types.SimpleNamespace(runtime=runtime, Stream=Stream,
+                                   get_current_stream=lambda: streams[-1]),
+        launched=launched, replays=replays)
 
 
 @needs_cxx
@@ -159,6 +210,43 @@ def test_cuda_target_runs_through_cupy_on_an_emulated_gpu(tmp_path, monkeypatch)
     with pytest.raises(NumericsError) as e:
         model.run({"image": x}, check_numerics=True)
     assert e.value.inf > 0 and "layer conv1" in str(e.value)
+
+
+@needs_cxx
+def test_calls_from_the_third_on_replay_one_captured_graph(tmp_path, monkeypatch):
+    """The first call at a batch size launches kernel by kernel, the second captures its
+    launches into a CUDA graph (on a stream of its own, not the null stream) reading the
+    input from the arena's own buffer, and every later call copies its input there and
+    launches the graph alone: each call's output is still its own input's (a replay that
+    read the captured call's input would give the second call's logits), NumPy and CuPy
+    inputs alike; new weights have the next call capture again with them."""
+    cupy = emulated_cupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    model = compile_model(SMALL, target="cuda", cache_dir=tmp_path, seed=5)
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((2, 3, 12, 10)).astype(np.float32) for _ in range(5)]
+
+    def check(x, params, on_device: bool) -> None:
+        ref = run_reference(model.graph, {"image": x}, params)["logits"]
+        got = model(cupy.asarray(x)) if on_device else model(x)
+        got = cupy.asnumpy(got) if on_device else got
+        assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+    params = model.params
+    before = len(cupy.launched)  # the compile's own first call, at batch 1
+    check(xs[0], params, False)
+    launched = len(cupy.launched)
+    kernels = launched - before
+    assert kernels >= 5 and not cupy.replays  # one by one
+    check(xs[1], params, True)  # captured, then replayed
+    assert len(cupy.launched) == launched and cupy.replays == [kernels]
+    check(xs[2], params, False)
+    check(xs[3], params, True)
+    assert len(cupy.launched) == launched and cupy.replays == [kernels] * 3
+    params = {k: v * np.float32(0.5) for k, v in params.items()}
+    model.set_params(params)
+    check(xs[4], params, False)
+    assert len(cupy.launched) == launched and cupy.replays == [kernels] * 4
 
 
 SHAPES = """
