@@ -16,6 +16,8 @@ from cnnc.compiler.backends.cuda.emulate import ORDERS, EmulatedModule, compiler
 from cnnc.compiler.backends.cuda.launch import Launcher
 from cnnc.compiler.backends.cuda.memory import EmulatedArray, EmulatedMemory
 from cnnc.compiler.backends.cuda.nvrtc import nvcc_path
+from cnnc.compiler.decisions import own_attrs
+from cnnc.compiler.kernels.gpu_conv import DEFAULT_TILE, TILE_K, GemmTile, choose_gemm_tile
 from cnnc.compiler.kernels.kernel_ir import Barrier, Kernel, Param
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.check import check_model
@@ -269,6 +271,19 @@ def test_gpu_convolutions_check_every_step_under_emulation(tmp_path, opt_level):
                           opt_level=opt_level)
     convs = [s for s in model.steps if s.op.split("+")[0] in ("conv", "conv_transpose")]
     assert len(convs) >= 4 and {s.lowering for s in convs} == {"implicit_gemm"}
+    # each layer's tile recorded in the IR (select_tile) and its kernel in the module
+    source = model.plan.listing
+    tiles = set()
+    for node in model.plan.graph.nodes():
+        if node.attrs.get("lowering") == "implicit_gemm" and node.op != "conv_weight_grad":
+            groups = own_attrs(node.attrs)["groups"]
+            tile = choose_gemm_tile(own_attrs(node.attrs)["out_channels"] // groups,
+                                    node.type.shape[1] * node.type.shape[2])
+            assert node.attrs["tile"] == str(tile)
+            tiles.add(tile)
+            name = "conv_implicit_gemm" + ("" if tile == DEFAULT_TILE else f"_{tile}")
+            assert f"void {name}(" in source
+    assert tiles and DEFAULT_TILE not in tiles  # 5 to 12 output channels: 32 rows
     rows = check_model(model, batch=2)
     assert all(r.ok for r in rows), [r for r in rows if not r.ok]
 
@@ -287,7 +302,9 @@ def test_cli_reports_each_cuda_kernels_resources(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resources for sm_90" in out
     row = next(line.split() for line in out.splitlines() if "conv_implicit_gemm" in line)
-    assert int(row[2]) == 4096  # shared bytes: two 512-float tiles
+    suffix = row[0][len("conv_implicit_gemm_"):]  # the layer's tile, if not 64 x 64
+    tile = GemmTile.parse(suffix) if suffix else DEFAULT_TILE
+    assert int(row[2]) == 4 * TILE_K * (tile.m + tile.n)  # shared bytes: its two tiles
 
 
 def test_cli_resources_without_nvcc_says_what_it_needs(tmp_path, capsys, monkeypatch):

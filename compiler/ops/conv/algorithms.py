@@ -71,7 +71,7 @@ from ...decisions import own_attrs
 from ...kernels.conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_kernel
-from ...kernels.gpu_conv import TILE_M, TILE_N, implicit_gemm_conv_kernel
+from ...kernels.gpu_conv import GemmTile, choose_gemm_tile, implicit_gemm_conv_kernel
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
 from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile, gather_groups
@@ -247,6 +247,11 @@ class ConvAlgorithm(LoweringChoice):
     def writes_blocked(self, g: ConvGeometry) -> bool:
         """Whether its compute kernel can write channel-blocked storage for a consumer."""
         return False
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile | GemmTile:
+        """The tile a node records (``select_tile``: its ``tile``; None: a graph lowered
+        without the pass, the algorithm's default for ``g``)."""
+        return DirectTile.parse(text) if text is not None else TILE_8
 
     def kernel(self, g: ConvGeometry, epilogue=(), kinds=(), tile: DirectTile = TILE_8,
                prologue: Prologue | None = None, residual: bool = False) -> tuple[Kernel, str]:
@@ -708,8 +713,12 @@ class ImplicitGemm(ConvAlgorithm):
         return True
 
     def work(self, g: ConvGeometry) -> int:
-        kgp = ceil_div(g.Kg, TILE_M) * TILE_M
-        return g.groups * kgp * g.Cg * g.R * g.S * ceil_div(g.P * g.Q, TILE_N) * TILE_N
+        t = choose_gemm_tile(g.Kg, g.P * g.Q)
+        return g.groups * ceil_div(g.Kg, t.m) * t.m * g.Cg * g.R * g.S * \
+            ceil_div(g.P * g.Q, t.n) * t.n
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> GemmTile:
+        return GemmTile.parse(text) if text is not None else choose_gemm_tile(g.Kg, g.P * g.Q)
 
     def in_floats(self, g: ConvGeometry) -> int:
         return 0
@@ -723,9 +732,10 @@ class ImplicitGemm(ConvAlgorithm):
             raise ValueError(f"the {self.name} kernel takes no runtime residual")
         if prologue is not None:
             raise ValueError("a pooling prologue runs only in the direct convolution kernel")
-        note = (f"implicit GEMM convolution, {TILE_M} x {TILE_N} tiles through shared memory; "
+        note = (f"implicit GEMM convolution, {tile.m} x {tile.n} tiles through shared memory; "
                 "sizes are runtime arguments")
-        return implicit_gemm_conv_kernel(comment=note), "implicit_gemm"
+        name = "conv_implicit_gemm" + ("" if (tile.m, tile.n) == (64, 64) else f"_{tile}")
+        return implicit_gemm_conv_kernel(name, note, tile), "implicit_gemm"
 
     def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
         return (g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
