@@ -23,6 +23,10 @@ a layer's output channels or pixels leave most of a 64-wide tile's last row or c
 (16 channels; a 14 x 14 plane is 196 pixels, 3.06 tiles of 64, 6.1 of 32). The relative
 speeds of the tiles (:data:`TILE_EFFICIENCY`) are estimates, not measured on a GPU.
 
+Where a group has few output channels (depthwise convolutions: one), a tile's rows are mostly
+padding: :func:`gpu_direct_conv_kernel` computes such layers a thread per output value
+instead, its window summed in a loop, neighbouring threads on neighbouring pixels.
+
 The weight gradient is the same GEMM turned around (:func:`implicit_gemm_weight_grad_kernel`):
 
     dw[g Kg + m, k] = sum over images n and pixels j of dy[n, g Kg + m, j] B_n[k, j]
@@ -63,7 +67,7 @@ from .kernel_ir import (
 from .tiles import floor_let
 
 __all__ = ["GemmTile", "GEMM_TILES", "DEFAULT_TILE", "WEIGHT_GRAD_TILE", "TILE_K",
-           "TILE_EFFICIENCY", "choose_gemm_tile", "IMPLICIT_GEMM_INTS",
+           "TILE_EFFICIENCY", "choose_gemm_tile", "IMPLICIT_GEMM_INTS", "gpu_direct_conv_kernel",
            "IMPLICIT_WEIGHT_GRAD_INTS", "implicit_gemm_conv_kernel", "implicit_gemm_blocks",
            "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel"]
 
@@ -279,6 +283,33 @@ def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "
     ]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + int_params(*IMPLICIT_GEMM_INTS)
     return Kernel(name, params, body, comment)
+
+
+def gpu_direct_conv_kernel(name: str = "conv_gpu_direct", comment: str = "") -> Kernel:
+    """``y = relu?(conv(x, w) + bias)`` with the arrays and integers of
+    :func:`implicit_gemm_conv_kernel`, a thread per output value ``(n, k, p, q)`` (``q``
+    fastest: neighbouring threads read neighbouring input columns and write neighbouring
+    outputs) summing its group's ``C/G x R x S`` products in order; no shared memory, nothing
+    padded (the module docstring)."""
+    C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _, n_batch = \
+        (Var(v) for v in IMPLICIT_GEMM_INTS)
+    i, c, r, s_ = Var("i"), Var("c"), Var("r"), Var("s")
+    ih, iw = Var("ih"), Var("iw")
+    inside = _and(cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
+    x_at = ((Var("n") * C + Var("g") * Var("cg") + c) * H + ih) * W + iw
+    w_at = ((Var("k") * Var("cg") + c) * R + r) * S + s_
+    taps = Loop("c", Var("cg"), [Loop("r", R, [
+        Let("ih", Var("p") * sh - ph + r * dh),
+        Loop("s", S, [Let("iw", Var("q") * sw - pw + s_ * dw),
+                      Let("acc", Var("acc") + Select(inside, Load("x", x_at), Const(0.0))
+                          * Load("w", w_at))])])])
+    body: list[Stmt] = [
+        Let("q", i % Q), Let("p", (i // Q) % P), Let("k", (i // (P * Q)) % K),
+        Let("n", i // (K * P * Q)), Let("g", Var("k") // Var("kg")), Let("acc", Const(0.0)),
+        taps, Store("y", i, BinOp("max", Var("acc") + Load("bias", Var("k")), Var("floor")))]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + int_params(*IMPLICIT_GEMM_INTS)
+    return Kernel(name, params, [floor_let(), Let("cg", C // G), Let("kg", K // G),
+                                 Loop("i", n_batch * K * P * Q, body, kind="parallel")], comment)
 
 
 def implicit_gemm_weight_grad_kernel(name: str = "conv_weight_grad_implicit_gemm",

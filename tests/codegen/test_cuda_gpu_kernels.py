@@ -27,6 +27,7 @@ from cnnc.compiler.kernels.gpu_conv import (
     GEMM_TILES,
     GemmTile,
     choose_gemm_tile,
+    gpu_direct_conv_kernel,
     implicit_gemm_blocks,
     implicit_gemm_conv_kernel,
     implicit_gemm_weight_grad_kernel,
@@ -85,12 +86,13 @@ def conv_geometries(draw, max_cg: int, kernels: list[tuple[int, int]], max_side:
 
 @pytest.fixture(scope="module")
 def conv_modules(tmp_path_factory):
-    """The implicit-GEMM kernel in each tile (by tile), and the 64 x 64 one with its barriers
-    removed, compiled once."""
+    """The implicit-GEMM kernel in each tile (by tile) and the thread-per-output convolution
+    (``direct``), and the 64 x 64 one with its barriers removed, compiled once."""
     root = tmp_path_factory.mktemp("gpu")
     tiles = {str(t): implicit_gemm_conv_kernel(f"conv_{t}", tile=t) for t in GEMM_TILES}
     good = tiles[str(DEFAULT_TILE)]
     broken = replace(good, name="conv_no_barrier", body=without_barriers(good.body))
+    tiles["direct"] = gpu_direct_conv_kernel()  # a thread per output: no tile
     kernels = [*tiles.values(), broken]
     module = EmulatedModule(print_module(kernels), kernels, root)
     return module, tiles, broken
@@ -116,14 +118,14 @@ def reference(x, w, bias, *, stride, pad, dilation, groups, relu):
 
 
 @needs_cxx
-@settings(max_examples=16, deadline=None,
+@settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_implicit_gemm_matches_the_float64_convolution(conv_modules, data):
-    """Every tile (64 or 32 channels by 64 or 32 pixels), tails in every tile dimension
-    (channels, pixels, the reduction), strides, dilations, padding, groups, batch > 1, the
-    fused bias and ReLU; the same bits in every thread order (each thread sums its outputs in
-    one fixed order)."""
+    """Every tile (64 or 32 channels by 64 or 32 pixels) and the thread-per-output kernel
+    (``direct``), tails in every tile dimension (channels, pixels, the reduction), strides,
+    dilations, padding, groups, batch > 1, the fused bias and ReLU; the same bits in every
+    thread order (each thread sums its outputs in one fixed order)."""
     module, tiles, _ = conv_modules
     kernel = tiles[data.draw(st.sampled_from(sorted(tiles)))]
     groups, cg, kg, (r, s), stride, dilation, pad, h, wd = data.draw(
