@@ -378,9 +378,10 @@ class Direct(_BlockedAlgorithm):
         return g.groups * g.Kgb * TILE_K * g.Cgb * g.CB * g.R * g.S * g.P * g.Q
 
     def reads_blocked(self, g: ConvGeometry) -> bool:
-        """An ungrouped convolution of at least 8 channels (a stem with fewer packs its own
-        block of 3), or groups of whole 8-channel blocks."""
-        return g.C >= 8 if g.groups == 1 else g.Cg % 8 == 0
+        """An ungrouped convolution whose channels fill 8-channel blocks (``CB`` 8: at least
+        ``PAD_TO_BLOCK``; a stem with fewer packs its own block of 3), or groups of whole
+        8-channel blocks."""
+        return g.CB == 8 if g.groups == 1 else g.Cg % 8 == 0
 
     def writes_blocked(self, g: ConvGeometry) -> bool:
         """Unless each group's outputs would be padded inside the tensor (``K/groups`` is
