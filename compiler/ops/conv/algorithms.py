@@ -258,6 +258,14 @@ class ConvAlgorithm(LoweringChoice):
         """Whether its compute kernel can write channel-blocked storage for a consumer."""
         return False
 
+    def refuse_fusions(self, prologue: Prologue | None, residual: bool) -> None:
+        """For a kernel that fuses neither a pooling prologue nor a runtime residual: refuse
+        them (``kernel``'s arguments)."""
+        if residual:
+            raise ValueError(f"the {self.name} kernel takes no runtime residual")
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+
     def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile | GemmTile:
         """The tile a node records (``select_tile``: its ``tile``; None: a graph lowered
         without the pass, the algorithm's default for ``g``)."""
@@ -480,10 +488,7 @@ class ChannelWise(_BlockedAlgorithm):
         return True
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         rs = _window_tag(g, epilogue, kinds, prologue)
         kind = "depthwise" if g.Cg == 1 else f"grouped ({g.Cg} channels a group)"
         note = f"{kind} convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
@@ -544,10 +549,7 @@ class Im2col(ConvAlgorithm):
         return g.groups * kgp * pqp
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm"
 
@@ -739,10 +741,7 @@ class ImplicitGemm(ConvAlgorithm):
         return g.K * g.P * g.Q
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         note = (f"implicit GEMM convolution, {tile.m} x {tile.n} tiles through shared memory; "
                 "sizes are runtime arguments")
         name = "conv_implicit_gemm" + ("" if (tile.m, tile.n) == (64, 64) else f"_{tile}")
@@ -781,10 +780,7 @@ class GpuDirect(ImplicitGemm):
         return TILE_8  # no tile (select_tile records none): the default stands for it
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         note = "convolution, a thread per output value; sizes are runtime arguments"
         return gpu_direct_conv_kernel(comment=note), "gpu_direct"
 
