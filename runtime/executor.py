@@ -131,6 +131,8 @@ class Arena:
         self.warm = False
         self.graph: Callable[[], None] | None = None
         self.staged: dict[int, Any] = {}
+        # every call a kernel launch: no host step, whose Python a capture would not replay
+        self.replayable = not memory.host and all(s.lowering != "host" for s in plan.steps)
         self.slots = [executor.slots[i] if i in executor.slots else
                       memory.zeros(size if i in whole else n * size)
                       for i, size in enumerate(plan.buffers.slot_sizes)]
@@ -218,15 +220,17 @@ class Arena:
                 where[pos] = value
 
     def replay(self, inputs: Mapping[int, Any]) -> None:
-        """Run every call on a device (each one a kernel launch), the caller's flat input
-        arrays (NumPy's or the device's) by graph-input node id. The first call runs as it
-        comes: the module is compiled and its kernels fetched at their first launch, which
-        no capture may hold. The next captures the calls (``Memory.capture``: a CUDA graph
-        on a GPU) reading the inputs from buffers of the arena's own, and every call from
-        then on copies its inputs there and replays the capture: one launch from the host in
-        place of one per kernel (and of Python's per-launch checks). New constant arrays
-        (``bind_consts``, ``bind``) have the next call capture again."""
-        if not self.warm:
+        """Run every call on a device (kernel launches, and host steps' Python), the caller's
+        flat input arrays (NumPy's or the device's) by graph-input node id. The first call
+        runs as it comes: the module is compiled and its kernels fetched at their first
+        launch, which no capture may hold. The next captures the calls (``Memory.capture``:
+        a CUDA graph on a GPU) reading the inputs from buffers of the arena's own, and every
+        call from then on copies its inputs there and replays the capture: one launch from
+        the host in place of one per kernel (and of Python's per-launch checks). New
+        constant arrays (``bind_consts``, ``bind``) have the next call capture again. Only
+        where every call is a launch (``replayable``: a host step runs Python between
+        them)."""
+        if not self.warm or not self.replayable:
             self.call(self.items, {k: v if self.memory.owns(v) else self.memory.upload(v)
                                    for k, v in inputs.items()})
             self.warm = True
