@@ -257,15 +257,22 @@ class ConvAlgorithm(LoweringChoice):
         an ``epilogue`` (:attr:`runtime_residual` algorithms only: ``tiles.residual_store``)."""
         raise NotImplementedError
 
+    def k_groups(self, g: ConvGeometry, tile: DirectTile, threads: int, l2: int) -> int | None:
+        """The groups of output-channel tiles a task of the compute kernel runs where the
+        kernel takes their count as a runtime size (``kgroups`` of :meth:`int_args`), sized
+        by the target's ``l2`` bytes per core and the ``threads``; None where it takes none."""
+        return None
+
     def int_args(self, g: ConvGeometry, x: Storage | None = None, y: Storage | None = None,
                  tile: DirectTile = TILE_8, zero_halo: bool = False,
-                 threads: int = 1) -> tuple[int, ...]:
+                 threads: int = 1, kgroups: int | None = None) -> tuple[int, ...]:
         """The runtime size arguments of the compute kernel: with ``x`` the input is read
         where a producer stored it channel-blocked (else from the packed scratch buffer), with
         ``y`` the output is written into its channel-blocked storage (else into the packed
         scratch buffer the output kernel reads); ``zero_halo``: the kernel zeroes the halo of
         ``y``'s whole buffer on every call; ``threads``: the threads its parallel loop's tasks
-        run on (a kernel that sizes its tasks by them: Winograd's)."""
+        run on (a kernel that sizes its tasks by them: Winograd's); ``kgroups``: the groups
+        of k-tiles of a direct kernel whose tasks take several (``Direct.k_groups``)."""
         raise NotImplementedError
 
     def pack_weights(self, g: ConvGeometry, w: np.ndarray, b: np.ndarray | None,
@@ -398,14 +405,26 @@ class Direct(_BlockedAlgorithm):
         return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
                                   tile_shape=tile, prologue=prologue, residual=residual), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def k_groups(self, g, tile, threads, l2):
+        """The groups of k-tiles a task of ``tile``'s order runs (``tiles.gather_groups``:
+        each group's packed weights within ``l2`` bytes, enough tasks for ``threads`` at
+        batch 1); None for orders whose task is one k-tile."""
+        if tile.order != "gather":
+            return None
+        return gather_groups(g.k_tiles(tile), 4 * g.Cgb * g.CB * tile.channels, g.P, threads,
+                             l2)
+
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         """:data:`~...kernels.conv_direct.DIRECT_INTS`; with the ``gather`` order then its
-        groups of k-tiles ``KG`` (``tiles.gather_groups``)."""
+        groups of k-tiles ``KG`` (``kgroups``: the node's recorded :meth:`k_groups`)."""
         nb, xin, yout = _blocked_int_args(g, x, y)
         kt = g.k_tiles(tile)
         ints = (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
         if tile.order == "gather":
-            ints += (gather_groups(kt, 4 * g.Cgb * g.CB * tile.channels, g.P, threads),)
+            if kgroups is None:
+                raise ValueError(f"a {tile} kernel needs its groups of k-tiles (kgroups)")
+            ints += (kgroups,)
         return ints
 
     def thread_scratch(self, g: ConvGeometry, tile: DirectTile = TILE_8) -> int:
@@ -486,7 +505,8 @@ class ChannelWise(_BlockedAlgorithm):
                    f"{'out' if g.nhwc_out else ''}"
         return channelwise_conv_kernel(g, name, note, epilogue, kinds), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         nb, xin, yout = _blocked_int_args(g, x, y)
         return (g.C8, nb, g.P, g.Q) + xin + yout + (int(zero_halo),)
 
@@ -535,7 +555,8 @@ class Im2col(ConvAlgorithm):
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm"
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         kgp, pqp = self.padded(g)
         return (kgp, g.Cg * g.R * g.S, pqp, g.groups)
 
@@ -630,7 +651,8 @@ class Winograd(_BlockedAlgorithm):
         return winograd_conv_kernel(g, self.transform, f"conv_winograd{m}", note, epilogue,
                                     kinds, residual), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         nb, xin, yout = _blocked_int_args(g, x, y)
         rows, cols = winograd_tiles(g, self.transform)
         return (nb, g.Cgb, g.Kgb, g.P, g.Q, cols, rows * cols, g.Hp, g.Wp) + xin + yout + \
@@ -727,7 +749,8 @@ class ImplicitGemm(ConvAlgorithm):
                 "sizes are runtime arguments")
         return implicit_gemm_conv_kernel(comment=note), "implicit_gemm"
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         return (g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                 g.groups)
 
