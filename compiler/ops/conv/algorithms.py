@@ -86,6 +86,7 @@ from ...kernels.winograd import (
 )
 from ...kernels.winograd import applies as winograd_applies
 from ...kernels.winograd import tiles as winograd_tiles
+from ...target import DEFAULT_CACHES, Caches
 from ...types import Storage
 from .. import EPS32, BoundCtx, own_input_types, sum_bound
 from .padding import pad_nchw
@@ -188,9 +189,10 @@ class LoweringChoice:
         """Whether it computes this node."""
         raise NotImplementedError
 
-    def estimate(self, node, in_types, lanes: int = 8) -> float:
-        """Its relative time on this node on a target of ``lanes`` lanes (comparable between
-        the algorithms of one node only)."""
+    def estimate(self, node, in_types, lanes: int = 8,
+                 caches: Caches = DEFAULT_CACHES) -> float:
+        """Its relative time on this node on a target of ``lanes`` lanes and these ``caches``
+        (comparable between the algorithms of one node only)."""
         raise NotImplementedError
 
 
@@ -216,9 +218,10 @@ class ConvAlgorithm(LoweringChoice):
         """Whether it computes this node (lowering selection's question)."""
         return self.applies(node_geometry(node, in_types))
 
-    def estimate(self, node, in_types, lanes: int = 8) -> float:
-        """:meth:`cost` of this node on a target of ``lanes`` lanes."""
-        return self.cost(node_geometry(node, in_types), lanes)
+    def estimate(self, node, in_types, lanes: int = 8,
+                 caches: Caches = DEFAULT_CACHES) -> float:
+        """:meth:`cost` of this node on a target of ``lanes`` lanes and these ``caches``."""
+        return self.cost(node_geometry(node, in_types), lanes, caches)
 
     def work(self, g: ConvGeometry) -> int:
         """Multiply-adds per image of its padded tiling."""
@@ -232,10 +235,10 @@ class ConvAlgorithm(LoweringChoice):
         """Floats per image of the packed output."""
         raise NotImplementedError
 
-    def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
+    def cost(self, g: ConvGeometry, lanes: int = 8, caches: Caches = DEFAULT_CACHES) -> float:
         """Relative time: the multiply-adds of its padded tiling divided by the fraction of
         peak it reaches, plus the floats its layout kernels move. Only the comparison between
-        algorithms of one layer is meaningful."""
+        algorithms of one layer is meaningful. ``caches``: the target's (Winograd's)."""
         speed = self.efficiency * (self.speedup_16_lanes if lanes == 16 else 1.0)
         moved = self.in_floats(g) + self.out_floats(g)
         return 2 * self.work(g) / speed + FLOPS_PER_FLOAT_MOVED * moved
@@ -603,13 +606,14 @@ class Winograd(_BlockedAlgorithm):
         phase convolutions, which are convolutions), and keeps the direct sum's bound."""
         return node.op == "conv" and super().applies_to(node, in_types)
 
-    def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
+    def cost(self, g: ConvGeometry, lanes: int = 8, caches: Caches = DEFAULT_CACHES) -> float:
         """:meth:`ConvAlgorithm.cost`, plus the filter transform streamed from memory where it
-        does not fit the cache: each task passes over all of ``U`` (36 x C x K floats for
-        F(4x4): 38 MB at 512 channels, where F(4x4) ran 0.88x direct's speed at 7x7)."""
+        does not fit the cache (:data:`U_IN_CACHE` of the target's L3): each task passes over
+        all of ``U`` (36 x C x K floats for F(4x4): 38 MB at 512 channels, where F(4x4) ran
+        0.88x direct's speed at 7x7)."""
         u = self.packed_sizes(g)[0]
-        streamed = u * -(-self.tiles(g) // TILES) if 4 * u > U_IN_CACHE else 0
-        return super().cost(g, lanes) + FLOPS_PER_FLOAT_STREAMED * streamed
+        streamed = u * -(-self.tiles(g) // TILES) if 4 * u > U_IN_CACHE * caches.l3 else 0
+        return super().cost(g, lanes, caches) + FLOPS_PER_FLOAT_STREAMED * streamed
 
     def tiles(self, g: ConvGeometry) -> int:
         """Output tiles per image."""
@@ -780,13 +784,15 @@ CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
 #: Winograd: its GEMMs run the direct kernel's register tile, its transforms are vector
 #: loads, adds and stores (bench/RESULTS.md).
-#: Bytes of Winograd's filter transform above which it streams from memory, and what
-#: streaming a float of it costs in flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512
-#: channels). Measured on a 2-vCPU Zen 4 with a 32 MiB last-level cache, one thread, batch 1
-#: and 8: a U of 8 MiB stays in cache between tasks (VGG-16's 28x28 256->512 layer, F(2x2) 9.1
-#: ms against direct's 16.2), one of 16 MiB does not (F(2x2) at 512->512: 28x28 38-47 ms
-#: against direct's 34, 14x14 11-14 against 8.5, ResNet-18's 7x7 3.2-3.6 against 2.2).
-U_IN_CACHE = 12 << 20
+#: The share of the target's last-level cache (``target.Caches.l3``) that Winograd's filter
+#: transform may take before it streams from memory, and what streaming a float of it costs in
+#: flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512 channels). Measured on a 2-vCPU
+#: Zen 4 with a 32 MiB last-level cache, one thread, batch 1 and 8: a U of 8 MiB stays in cache
+#: between tasks (VGG-16's 28x28 256->512 layer, F(2x2) 9.1 ms against direct's 16.2), one of
+#: 16 MiB does not (F(2x2) at 512->512: 28x28 38-47 ms against direct's 34, 14x14 11-14
+#: against 8.5, ResNet-18's 7x7 3.2-3.6 against 2.2): 12 MiB of 32, in proportion elsewhere
+#: (an assumption: measured on that one L3 only).
+U_IN_CACHE = 3 / 8
 FLOPS_PER_FLOAT_STREAMED = 16.0
 _WINOGRAD_REFUSAL = "Winograd computes 3x3, stride-1, undilated, ungrouped convolutions of " \
     "at least 8 input channels"
