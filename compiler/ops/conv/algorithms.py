@@ -28,9 +28,14 @@ records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) i
 ``implicit_gemm`` (GPU targets only)
     NCHW in and out, nothing packed: the GEMM of ``kernels/gpu_conv.py`` over the weights as
     they are and the im2col matrix read from the input where a tile needs it, tiled through
-    shared memory by blocks of 256 threads. The bias and a leading ReLU are applied in its
-    stores; another fused epilogue makes it write a scratch buffer that the crop kernel copies
-    out through the epilogue.
+    shared memory by blocks of 64 to 256 threads (a tile per layer). The bias and a leading
+    ReLU are applied in its stores; another fused epilogue makes it write a scratch buffer
+    that the crop kernel copies out through the epilogue.
+
+``gpu_direct`` (GPU targets only)
+    The implicit GEMM's arrays, sizes and output handling, a thread per output value summing
+    its window in order: depthwise layers and groups of one or two output channels, whose
+    GEMM tiles would be mostly padding rows.
 
 ``im2col``
     NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
@@ -71,7 +76,12 @@ from ...decisions import own_attrs
 from ...kernels.conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_kernel
-from ...kernels.gpu_conv import TILE_M, TILE_N, implicit_gemm_conv_kernel
+from ...kernels.gpu_conv import (
+    GemmTile,
+    choose_gemm_tile,
+    gpu_direct_conv_kernel,
+    implicit_gemm_conv_kernel,
+)
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
 from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile, gather_groups
@@ -93,8 +103,8 @@ from .padding import pad_nchw
 from .transpose import transpose_as_conv
 
 __all__ = ["LoweringChoice", "ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "WINOGRAD_F4",
-           "WINOGRAD_F2", "IMPLICIT_GEMM", "ALGORITHMS", "by_name", "geometry", "node_geometry",
-           "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
+           "WINOGRAD_F2", "IMPLICIT_GEMM", "GPU_DIRECT", "ALGORITHMS", "by_name", "geometry",
+           "node_geometry", "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
 
 def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
               activation: str | None = None) -> ConvGeometry:
@@ -250,6 +260,11 @@ class ConvAlgorithm(LoweringChoice):
     def writes_blocked(self, g: ConvGeometry) -> bool:
         """Whether its compute kernel can write channel-blocked storage for a consumer."""
         return False
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile | GemmTile:
+        """The tile a node records (``select_tile``: its ``tile``; None: a graph lowered
+        without the pass, the algorithm's default for ``g``)."""
+        return DirectTile.parse(text) if text is not None else TILE_8
 
     def kernel(self, g: ConvGeometry, epilogue=(), kinds=(), tile: DirectTile = TILE_8,
                prologue: Prologue | None = None, residual: bool = False) -> tuple[Kernel, str]:
@@ -734,8 +749,12 @@ class ImplicitGemm(ConvAlgorithm):
         return True
 
     def work(self, g: ConvGeometry) -> int:
-        kgp = ceil_div(g.Kg, TILE_M) * TILE_M
-        return g.groups * kgp * g.Cg * g.R * g.S * ceil_div(g.P * g.Q, TILE_N) * TILE_N
+        t = choose_gemm_tile(g.Kg, g.P * g.Q)
+        return g.groups * ceil_div(g.Kg, t.m) * t.m * g.Cg * g.R * g.S * \
+            ceil_div(g.P * g.Q, t.n) * t.n
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> GemmTile:
+        return GemmTile.parse(text) if text is not None else choose_gemm_tile(g.Kg, g.P * g.Q)
 
     def in_floats(self, g: ConvGeometry) -> int:
         return 0
@@ -749,9 +768,10 @@ class ImplicitGemm(ConvAlgorithm):
             raise ValueError(f"the {self.name} kernel takes no runtime residual")
         if prologue is not None:
             raise ValueError("a pooling prologue runs only in the direct convolution kernel")
-        note = (f"implicit GEMM convolution, {TILE_M} x {TILE_N} tiles through shared memory; "
+        note = (f"implicit GEMM convolution, {tile.m} x {tile.n} tiles through shared memory; "
                 "sizes are runtime arguments")
-        return implicit_gemm_conv_kernel(comment=note), "implicit_gemm"
+        name = "conv_implicit_gemm" + ("" if (tile.m, tile.n) == (64, 64) else f"_{tile}")
+        return implicit_gemm_conv_kernel(name, note, tile), "implicit_gemm"
 
     def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
                  kgroups=None):
@@ -772,6 +792,27 @@ class ImplicitGemm(ConvAlgorithm):
         """The weights as they are, ``[K, C/groups, R, S]``."""
         b = np.zeros(g.K, np.float32) if b is None else np.asarray(b, np.float32)
         return np.asarray(w, np.float32).ravel(), b.ravel()
+
+
+@dataclass(frozen=True)
+class GpuDirect(ImplicitGemm):
+    """A thread per output value (``gpu_direct_conv_kernel``): the implicit GEMM's arrays,
+    integers and output handling, none of its tiles; for layers whose groups have too few
+    output channels to fill a tile's rows (depthwise ones: one)."""
+
+    def work(self, g: ConvGeometry) -> int:
+        return g.groups * g.Kg * g.Cg * g.R * g.S * g.P * g.Q
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile:
+        return TILE_8  # no tile (select_tile records none): the default stands for it
+
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
+        if residual:
+            raise ValueError(f"the {self.name} kernel takes no runtime residual")
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        note = "convolution, a thread per output value; sizes are runtime arguments"
+        return gpu_direct_conv_kernel(comment=note), "gpu_direct"
 
 
 #: PERF-NOTES and bench/RESULTS.md: the direct kernel reaches 55-79% of the 8-lane peak, its
@@ -807,9 +848,16 @@ WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.75, blocked=True,
 #: with the CPU algorithms' and is not compared: ``select_lowering`` prefers it on a GPU.
 IMPLICIT_GEMM = ImplicitGemm("implicit_gemm", "implicit_gemm", efficiency=0.5, gpu_only=True,
                              plain_io=True)
+#: Each thread reads its window's inputs and weights from the caches, no reuse through shared
+#: memory: a tenth of the implicit GEMM's rate assumed (an estimate: not measured on a GPU),
+#: so it wins where the GEMM's tiles would be mostly padding: fewer than about 3 output
+#: channels a group (depthwise layers), against the GEMM's 32-row tiles.
+GPU_DIRECT = GpuDirect("gpu_direct", "gpu_direct", efficiency=0.05, gpu_only=True,
+                       plain_io=True)
 #: Every convolution algorithm, the default first (``select_lowering`` takes the first that
 #: applies at -O0 and -O1, a GPU algorithm first on a GPU target).
-ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2, IMPLICIT_GEMM)
+ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2, IMPLICIT_GEMM,
+              GPU_DIRECT)
 
 
 def by_name(name: str) -> ConvAlgorithm:
