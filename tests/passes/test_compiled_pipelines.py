@@ -342,7 +342,7 @@ def test_cpu_target_is_this_machines_and_the_cli_names_one(tmp_path, capsys):
     src = tmp_path / "small.cnn"
     src.write_text(net)
     assert main(["compile", str(src), "--target", "avx512", "--explain"]) == 0
-    assert "target avx512: direct convolution tiles 7x16/16 x" in capsys.readouterr().out
+    assert "target avx512: convolution tiles 7x16/16 x" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("pool,channels,out", [

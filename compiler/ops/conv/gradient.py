@@ -41,6 +41,7 @@ from ...kernels.weight_grad import (
     weight_grad_tile,
 )
 from ...plan import Arg, Call, Step
+from ...target import DEFAULT_CACHES, Caches
 from ...types import TensorType, spatial_out
 from .. import EPS32, BoundCtx, LoweringError, ShapeError
 from .algorithms import FLOPS_PER_FLOAT_MOVED, LoweringChoice
@@ -173,7 +174,8 @@ class WeightGradAlgorithm(LoweringChoice):
     def applies_to(self, node, in_types) -> bool:
         return True
 
-    def estimate(self, node, in_types, lanes: int = 8) -> float:
+    def estimate(self, node, in_types, lanes: int = 8,
+                 caches: Caches = DEFAULT_CACHES) -> float:
         g = _weight_grad_geometry(node, in_types)
         pixels = g.P * g.Q
         rows, width = weight_grad_tile(lanes)

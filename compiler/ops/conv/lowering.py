@@ -153,7 +153,7 @@ def lower_conv(ctx, node) -> Step:
             [Arg("int", 0)] * len(operand_ints(0))
         last = [Arg("int", residual)]
     sizes = algorithm.int_args(g, x_store, y_store, tile, bool(node.attrs.get("zero_halo")),
-                               ctx.threads)
+                               ctx.threads, node.attrs.get("kgroups"))
     calls.append(Call(compute, (xp, Arg("const", "w"), Arg("const", "b"), yp, *op_args,
                                 *pooled, *(Arg("int", v) for v in sizes), *pooled_ints,
                                 *op_ints, Arg("int", int(relu)), Arg("batch"), *last),
