@@ -25,7 +25,10 @@ speeds of the tiles (:data:`TILE_EFFICIENCY`) are estimates, not measured on a G
 
 Where a group has few output channels (depthwise convolutions: one), a tile's rows are mostly
 padding: :func:`gpu_direct_conv_kernel` computes such layers a thread per output value
-instead, its window summed in a loop, neighbouring threads on neighbouring pixels.
+instead, its window summed in a loop, neighbouring threads on neighbouring pixels, and
+:func:`gpu_direct_weight_grad_kernel` their weight gradient a row per weight summing over the
+images and pixels (which the lowering's GPU schedule runs as a block a weight,
+``gpu_schedule``).
 
 The weight gradient is the same GEMM turned around (:func:`implicit_gemm_weight_grad_kernel`):
 
@@ -68,6 +71,7 @@ from .tiles import floor_let
 
 __all__ = ["GemmTile", "GEMM_TILES", "DEFAULT_TILE", "WEIGHT_GRAD_TILE", "TILE_K",
            "TILE_EFFICIENCY", "choose_gemm_tile", "IMPLICIT_GEMM_INTS", "gpu_direct_conv_kernel",
+           "gpu_direct_weight_grad_kernel",
            "IMPLICIT_WEIGHT_GRAD_INTS", "implicit_gemm_conv_kernel", "implicit_gemm_blocks",
            "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel"]
 
@@ -310,6 +314,33 @@ def gpu_direct_conv_kernel(name: str = "conv_gpu_direct", comment: str = "") -> 
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + int_params(*IMPLICIT_GEMM_INTS)
     return Kernel(name, params, [floor_let(), Let("cg", C // G), Let("kg", K // G),
                                  Loop("i", n_batch * K * P * Q, body, kind="parallel")], comment)
+
+
+def gpu_direct_weight_grad_kernel(name: str = "conv_weight_grad_gpu_direct",
+                                  comment: str = "") -> Kernel:
+    """``grad [K, C/G, R, S]``, the arrays and integers of
+    :func:`implicit_gemm_weight_grad_kernel` (``splits`` 1): a row per weight ``(k, c, r,
+    s)``, its sum of ``dy[n, k, p, q] x[n, g C/G + c, p sh - ph + r dh, q sw - pw + s dw]``
+    over the images and output pixels in order, in float32 as the GEMM's; nothing padded."""
+    C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _, n_batch = \
+        (Var(v) for v in IMPLICIT_WEIGHT_GRAD_INTS)
+    i, u, pq = Var("i"), Var("u"), Var("pq")
+    ih, iw = Var("ih"), Var("iw")
+    inside = _and(cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
+    x_at = ((Var("n") * C + Var("g") * Var("cg") + Var("c")) * H + ih) * W + iw
+    dy_at = (Var("n") * K + Var("k")) * pq + u % pq
+    terms = Loop("u", n_batch * pq, [
+        Let("n", u // pq), Let("ih", ((u // Q) % P) * sh - ph + Var("r") * dh),
+        Let("iw", (u % Q) * sw - pw + Var("s") * dw),
+        Let("acc", Var("acc") + Select(inside, Load("x", x_at), Const(0.0)) * Load("dy", dy_at))])
+    body: list[Stmt] = [
+        Let("s", i % S), Let("r", (i // S) % R), Let("c", (i // (R * S)) % Var("cg")),
+        Let("k", i // (Var("cg") * R * S)), Let("g", Var("k") // Var("kg")),
+        Let("acc", Const(0.0)), terms, Store("grad", i, Var("acc"))]
+    params = [Param("x"), Param("dy"), Param("grad")] + int_params(*IMPLICIT_WEIGHT_GRAD_INTS)
+    return Kernel(name, params, [Let("cg", C // G), Let("kg", K // G), Let("pq", P * Q),
+                                 Loop("i", K * Var("cg") * R * S, body, kind="parallel")],
+                  comment)
 
 
 def implicit_gemm_weight_grad_kernel(name: str = "conv_weight_grad_implicit_gemm",

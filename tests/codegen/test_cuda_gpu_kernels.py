@@ -28,6 +28,7 @@ from cnnc.compiler.kernels.gpu_conv import (
     GemmTile,
     choose_gemm_tile,
     gpu_direct_conv_kernel,
+    gpu_direct_weight_grad_kernel,
     implicit_gemm_blocks,
     implicit_gemm_conv_kernel,
     implicit_gemm_weight_grad_kernel,
@@ -169,25 +170,29 @@ def test_a_removed_barrier_gives_wrong_numbers(conv_modules):
 
 @pytest.fixture(scope="module")
 def weight_grad_module(tmp_path_factory):
-    """The weight gradient kernel and the partial sums' kernel, compiled once."""
-    kernels = [implicit_gemm_weight_grad_kernel(), split_sum_kernel()]
+    """The weight gradient kernel, the partial sums' kernel and the row-per-weight gradient,
+    compiled once."""
+    kernels = [implicit_gemm_weight_grad_kernel(), split_sum_kernel(),
+               gpu_direct_weight_grad_kernel()]
     return EmulatedModule(print_module(kernels), kernels, tmp_path_factory.mktemp("wgrad")), \
         *kernels
 
 
 @needs_cxx
-@settings(max_examples=10, deadline=None,
+@settings(max_examples=14, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_implicit_gemm_weight_grad_matches_the_float64_gradient(weight_grad_module, data):
-    """Tails in every tile dimension (output channels, ``C/G R S``, the reduction over images
-    and pixels), strides, dilations, padding, groups, batches of 1 to 3, the pixels in 1 to 4
-    ranges (a last range shorter, or empty); the same bits in every thread order."""
-    module, kernel, add = weight_grad_module
+    """The implicit GEMM and the row-per-weight kernel: tails in every tile dimension (output
+    channels, ``C/G R S``, the reduction over images and pixels), strides, dilations,
+    padding, groups, batches of 1 to 3, the GEMM's pixels in 1 to 4 ranges (a last range
+    shorter, or empty); the same bits in every thread order."""
+    module, gemm, add, direct = weight_grad_module
     groups, cg, kg, (r, s), stride, dilation, pad, h, wd = data.draw(
         conv_geometries(9, [(1, 1), (3, 3), (2, 3)], 11))
     n = data.draw(st.integers(1, 3))
-    splits = data.draw(st.integers(1, 4))
+    kernel = data.draw(st.sampled_from([gemm, direct]))  # a row per weight: one range
+    splits = data.draw(st.integers(1, 4)) if kernel is gemm else 1
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     x = rng.standard_normal((n, groups * cg, h, wd)).astype(np.float32)
     p = (h + 2 * pad[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1

@@ -97,7 +97,9 @@ def test_the_kernels_are_cuda_and_the_buffers_on_the_emulated_gpu(resnet):
     assert "float lr," in source
     for buf in (emu.flat_params, emu.flat_grads):
         assert isinstance(buf, EmulatedArray)
-    assert {s.lowering for s in emu.plan.steps if s.op == "conv_weight_grad"} == {"implicit_gemm"}
+    # GPU algorithms only; at 4 and 8 output channels a row per weight beats the GEMM's
+    # 64-row tiles (the cost model; the GEMM's is checked in a graph by the split test below)
+    assert {s.lowering for s in emu.plan.steps if s.op == "conv_weight_grad"} == {"gpu_direct"}
     # batch norm's per-channel sums: a block of threads per channel, float64 in shared memory;
     # its per-(image, channel) kernels a block per plane, the threads striding its values
     assert source.count("__shared__ double") >= 3
@@ -282,8 +284,9 @@ def test_weight_gradients_split_over_pixel_ranges_equal_the_reference(tmp_path):
     second as one; both within their error bounds of the float64 gradient, in every order."""
     rng = np.random.default_rng(5)
     graph = cnnc.load(SPLIT)
+    # the GEMM named: the cost model gives 4 and 5 output channels a row per weight
     tm = cnnc.compile(graph, weights=random_params(graph, rng), mode="train", loss="mse",
-                      target="cuda-emu", cache_dir=tmp_path)
+                      target="cuda-emu", cache_dir=tmp_path, lowering="implicit_gemm")
     grads = [s for s in tm.plan.steps if s.op == "conv_weight_grad"]
     assert sorted(len(s.calls) for s in grads) == [1, 2]  # one split, and three added
     assert {s.lowering for s in grads} == {"implicit_gemm"}
@@ -319,3 +322,32 @@ def test_gpu_training_refusals_say_why(resnet, tmp_path):
     with pytest.raises(TrainingError, match="lowering direct runs on CPU targets only"):
         cnnc.compile(RESNET, mode="train", target="cuda-emu", cache_dir=tmp_path,
                      lowering={"basic1.conv1.grad.weight": "direct"})
+
+
+DEPTHWISE = """network separable
+input image: 3 x 10 x 10
+image -> conv(8, 3, pad=1) -> relu -> conv(8, 3, pad=1, groups=8) -> relu -> conv(6, 1)
+      -> globalavgpool -> flatten -> dense(3) -> output logits
+"""
+
+
+def test_depthwise_layers_train_a_thread_per_value_on_a_gpu(tmp_path):
+    """A depthwise layer on a GPU target runs its forward pass and its weight gradient a
+    thread (a row) per value (``gpu_direct``), not the GEMM tiles of one output channel a
+    group; the loss and every gradient equal the CPU target's within float32 rounding of
+    reordered sums."""
+    rng = np.random.default_rng(7)
+    graph = cnnc.load(DEPTHWISE)
+    params = random_params(graph, rng)
+    emu = cnnc.compile(graph, weights=params, mode="train", target="cuda-emu",
+                       cache_dir=tmp_path, **OPTIONS)
+    cpu = cnnc.compile(graph, weights=params, mode="train", target="avx2", **OPTIONS)
+    lowered = {emu.plan.graph.node(s.node).op: s.lowering for s in emu.plan.steps
+               if s.lowering == "gpu_direct"}
+    assert set(lowered) == {"conv", "conv_weight_grad"}
+    x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
+    y = np.array([0, 2])
+    (loss, grads), (want_loss, want) = emu.loss_and_grads(x, y), cpu.loss_and_grads(x, y)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    for name, g in grads.items():
+        assert_close(g, want[name], 1e-5, name)

@@ -28,6 +28,7 @@ from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_batch_sum_kernel
 from ...kernels.gpu_conv import (
     WEIGHT_GRAD_TILE,
+    gpu_direct_weight_grad_kernel,
     implicit_gemm_weight_grad_kernel,
     split_sum_kernel,
     weight_grad_splits,
@@ -193,6 +194,9 @@ class WeightGradAlgorithm(LoweringChoice):
             t = WEIGHT_GRAD_TILE
             macs = g.groups * ceil_div(g.Kg, t.m) * t.m * ceil_div(crs, t.n) * t.n * pixels
             moved = 0
+        elif self.name == "gpu_direct":  # every weight its own sum: nothing padded
+            macs = g.groups * g.Kg * g.Cg * g.R * g.S * pixels
+            moved = 0
         else:
             crs = g.Cg * g.R * g.S
             macs = g.groups * ceil_div(g.Kg, GEMM_M) * GEMM_M * ceil_div(crs, GEMM_N) * GEMM_N \
@@ -213,14 +217,19 @@ WEIGHT_GRAD_GEMM = WeightGradAlgorithm("im2col", "im2col", efficiency=0.8)
 #: The GPU's GEMM of shared-memory tiles (``kernels/gpu_conv.py``): a GPU target's choice.
 WEIGHT_GRAD_IMPLICIT_GEMM = WeightGradAlgorithm("implicit_gemm", "implicit_gemm",
                                                 efficiency=0.5, gpu_only=True)
+#: A row per weight (``gpu_direct_weight_grad_kernel``): depthwise layers on a GPU, whose
+#: one output channel a group would leave 63 of a GEMM tile's 64 rows padding; the same
+#: assumed rate as the forward ``gpu_direct`` (``ops/conv/algorithms.py``).
+WEIGHT_GRAD_GPU_DIRECT = WeightGradAlgorithm("gpu_direct", "gpu_direct", efficiency=0.05,
+                                             gpu_only=True)
 #: The direct kernel first: the default at -O0 and -O1 (it computes every shape).
 WEIGHT_GRAD_ALGORITHMS = (WEIGHT_GRAD_DIRECT, WEIGHT_GRAD_DIRECT_OUT, WEIGHT_GRAD_GEMM,
-                          WEIGHT_GRAD_IMPLICIT_GEMM)
+                          WEIGHT_GRAD_IMPLICIT_GEMM, WEIGHT_GRAD_GPU_DIRECT)
 
 
 def lower_weight_grad(ctx, node) -> Step:
     """The algorithm ``node`` records (``lowering``): ``direct`` (:func:`_lower_direct`),
-    ``direct_out`` (:func:`_lower_direct_by_output`), ``implicit_gemm``
+    ``direct_out`` (:func:`_lower_direct_by_output`), ``implicit_gemm`` or ``gpu_direct``
     (:func:`_lower_implicit_gemm`) or ``im2col`` (:func:`_lower_gemm`)."""
     x, dy = ctx.tensor_inputs
     if ctx.storage(x) is not None or ctx.storage(dy) is not None:
@@ -230,22 +239,30 @@ def lower_weight_grad(ctx, node) -> Step:
         return _lower_direct(ctx, node)
     if lowering == "direct_out":
         return _lower_direct_by_output(ctx, node)
-    if lowering == "implicit_gemm":
+    if lowering in ("implicit_gemm", "gpu_direct"):
         return _lower_implicit_gemm(ctx, node)
     return _lower_gemm(ctx, node)
 
 
 def _lower_implicit_gemm(ctx, node) -> Step:
-    """The GPU's weight gradient (``implicit_gemm_weight_grad_kernel``): x and dy read as
-    they are; with the pixels in several ranges (``weight_grad_splits``), each range's partial
-    gradient into scratch, added in order by ``split_sum_kernel``."""
+    """The GPU's weight gradients: ``implicit_gemm_weight_grad_kernel``, or for
+    ``gpu_direct`` ``gpu_direct_weight_grad_kernel`` (the same arguments, one range); x and
+    dy read as they are; with the pixels in several ranges (``weight_grad_splits``), each
+    range's partial gradient into scratch, added in order by ``split_sum_kernel``."""
     x, dy = ctx.tensor_inputs
     g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
-    splits = weight_grad_splits(g.K, g.Cg * g.R * g.S, g.P * g.Q, g.groups)
-    kernel = implicit_gemm_weight_grad_kernel(
-        comment="weight gradient: implicit GEMM over shared-memory tiles, summed over the "
-                "batch; sizes are runtime arguments")
-    compute, source_name, src = ctx.load_tasked(kernel, "weight_grad_implicit_gemm",
+    lowering = node.attrs["lowering"]
+    if lowering == "gpu_direct":
+        splits = 1
+        kernel = gpu_direct_weight_grad_kernel(
+            comment="weight gradient: a row per weight, summed over the batch and the "
+                    "pixels; sizes are runtime arguments")
+    else:
+        splits = weight_grad_splits(g.K, g.Cg * g.R * g.S, g.P * g.Q, g.groups)
+        kernel = implicit_gemm_weight_grad_kernel(
+            comment="weight gradient: implicit GEMM over shared-memory tiles, summed over the "
+                    "batch; sizes are runtime arguments")
+    compute, source_name, src = ctx.load_tasked(kernel, f"weight_grad_{lowering}",
                                                 "weight gradient kernel")
     partials = Arg("output") if splits == 1 else Arg("scratch", "wgrad_split")
     calls = [Call(compute, (Arg("value", x), Arg("value", dy), partials,
@@ -260,7 +277,7 @@ def _lower_implicit_gemm(ctx, node) -> Step:
                           add.name))
         scratch["wgrad_split"] = splits * node.type.size  # per image: more than it needs
     return Step(node.id, ctx.step_name, ctx.step_ops, [x, dy], node.type.size, calls,
-                scratch=scratch, lowering="implicit_gemm", sources={source_name: src},
+                scratch=scratch, lowering=lowering, sources={source_name: src},
                 batched=False)
 
 
