@@ -28,13 +28,17 @@ as it is and ``B`` from the input as above. Early layers have few such tiles (Re
 ranges, each range's blocks summing over every image into a partial gradient of their own,
 and :func:`split_sum_kernel` adds the partials in a fixed order: no atomics, the same bits
 whatever order the blocks run in.
+
+A dense layer ``y[n, o] = sum_i x[n, i] w[o, i]`` is the same GEMM with the images as its
+columns (:func:`dense_gemm_kernel`: ``A = w``, ``B[i, n] = x[n, i]``); its weight gradient is
+the convolution's, of a 1x1 kernel over 1x1 images (``ops/dense.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from .common import int_params
+from .common import FusedOp, int_params
 from .kernel_ir import (
     Barrier,
     BinOp,
@@ -57,7 +61,8 @@ from .tiles import floor_let
 
 __all__ = ["TILE_M", "TILE_N", "TILE_K", "THREADS", "IMPLICIT_GEMM_INTS",
            "IMPLICIT_WEIGHT_GRAD_INTS", "implicit_gemm_conv_kernel", "implicit_gemm_blocks",
-           "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel"]
+           "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel",
+           "dense_gemm_kernel", "DENSE_GEMM_INTS"]
 
 #: Output channels, output pixels and reduction values of a block's tile.
 TILE_M, TILE_N, TILE_K = 64, 64, 8
@@ -294,3 +299,53 @@ def split_sum_kernel(name: str = "sum_splits", comment: str = "") -> Kernel:
     return Kernel(name, [Param("part"), Param("out")] + int_params("splits", "n"),
                   [Loop("i", Var("n"), body, kind="parallel")],
                   comment or "partial sums of a split reduction added, in order")
+
+
+#: The dense GEMM's integer arguments after its arrays: inputs and outputs of a row, the batch.
+DENSE_GEMM_INTS = ("NI", "NO", "n_batch")
+
+
+def dense_gemm_kernel(name: str, bias: bool, epilogue: Sequence[FusedOp],
+                      comment: str = "") -> Kernel:
+    """``y[n, o] = epilogue(sum_i x0[n, i] c_w[o, i] + c_b[o])`` for ``x0 [n_batch, NI]``,
+    ``c_w [NO, NI]`` and ``y [n_batch, NO]`` (the module docstring): a block per tile of
+    :data:`TILE_M` outputs by :data:`TILE_N` images, the slices of ``w`` and ``x`` copied into
+    shared memory (consecutive threads, consecutive inputs of a row), then the unary
+    ``epilogue`` (the ops' scalar rules) at the stores."""
+    ni, no, n_batch = (Var(v) for v in DENSE_GEMM_INTS)
+    t, m0, j0 = Var("t"), Var("m0"), Var("j0")
+    per_slice = TILE_K * TILE_M // THREADS  # elements of each tile a thread copies
+    copies: list[Stmt] = []
+    for e in range(per_slice):
+        # both tiles: consecutive threads take consecutive inputs of a row
+        at = t + e * THREADS
+        row, k = Var(f"row{e}"), Var(f"kc{e}")
+        col, kk = Var(f"col{e}"), Var(f"kk{e}")
+        copies += [Let(row.name, at // TILE_K), Let(k.name, at % TILE_K),
+                   Let(kk.name, Var("k0") * TILE_K + k), Let(col.name, j0 + row)]
+        copies.append(Store("a_tile", k * TILE_M + row, Select(
+            _and(cmp("<", m0 + row, no), cmp("<", kk, ni)),
+            Load("c_w", (m0 + row) * ni + kk), Const(0.0))))
+        copies.append(Store("b_tile", k * TILE_N + row, Select(
+            _and(cmp("<", col, n_batch), cmp("<", kk, ni)), Load("x0", col * ni + kk),
+            Const(0.0))))
+
+    def store(out: Expr, image: Expr, acc: Expr) -> Stmt:
+        value: Expr = acc + Load("c_b", out) if bias else acc
+        for op in epilogue:
+            value = op.scalar(value, op.attr_dict, None)
+        return Store("y", image * no + out, value)
+
+    block_body = _block_gemm(
+        [Let("m0", (Var("blk") // Var("jtiles")) * TILE_M),
+         Let("j0", (Var("blk") % Var("jtiles")) * TILE_N)],
+        Loop("k0", (ni + (TILE_K - 1)) // TILE_K, copies),
+        _micro_stores(m0, j0, no, n_batch, store))
+    body: list[Stmt] = [
+        Let("mtiles", (no + (TILE_M - 1)) // TILE_M),
+        Let("jtiles", (n_batch + (TILE_N - 1)) // TILE_N),
+        Loop("blk", Var("mtiles") * Var("jtiles"), block_body, kind="block"),
+    ]
+    params = [Param("x0"), Param("c_w")] + ([Param("c_b")] if bias else []) + [Param("y")] + \
+        int_params(*DENSE_GEMM_INTS)
+    return Kernel(name, params, body, comment)

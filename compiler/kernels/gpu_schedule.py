@@ -59,11 +59,16 @@ from .kernel_ir import (
     evaluate_int,
 )
 
-__all__ = ["BLOCK_THREADS", "gpu_schedule", "per_element", "per_block", "independent",
-           "pairwise_rounds", "reduction"]
+__all__ = ["BLOCK_THREADS", "ELEMENT_NOTE", "BLOCK_NOTE", "gpu_schedule", "schedule_of",
+           "per_element", "per_block", "independent", "pairwise_rounds", "reduction"]
 
 #: Threads of a block of a row's reduction (a power of two: the pairwise rounds).
 BLOCK_THREADS = 128
+
+#: The comments that open the rewritten loops' bodies (the printed kernel says its schedule;
+#: :func:`schedule_of` reads it back).
+ELEMENT_NOTE = "GPU schedule: a thread per element of the CPU's rows"
+BLOCK_NOTE = "GPU schedule: a block per row, its threads striding the row"
 
 #: The reductions a loop may carry: the operator of ``acc = acc op term``.
 _REDUCTIONS = ("+", "max", "min")
@@ -92,10 +97,27 @@ def gpu_schedule(kernel: Kernel, ints: Mapping[str, int]) -> Kernel:
     return replace(kernel, body=[*pre, rewritten, *post])
 
 
+def schedule_of(kernel: Kernel) -> str:
+    """How ``kernel`` runs on a GPU: ``block`` (a block per row or tile whose threads
+    cooperate), ``element`` (a thread per element: :func:`per_element`'s form, or a parallel
+    loop with no serial loop in it), ``row`` (a thread walking a row serially: the CPU's
+    schedule) or ``single`` (one thread)."""
+    for s in kernel.body:
+        if isinstance(s, Loop) and s.kind == "block":
+            return "block"
+        if isinstance(s, Loop) and s.kind == "parallel":
+            if s.body and isinstance(s.body[0], Comment) and s.body[0].text == ELEMENT_NOTE:
+                return "element"
+            return "row" if any(isinstance(t, Loop) for t, _ in _walk(s.body)) else "element"
+    return "single"
+
+
 def _split_top(kernel: Kernel) -> tuple[list[Stmt], Loop, list[Stmt]] | None:
     """``(invariants, the parallel loop, what follows)`` of a CPU-scheduled kernel."""
     for i, s in enumerate(kernel.body):
         if isinstance(s, Loop) and s.kind == "parallel":
+            if s.body and isinstance(s.body[0], Comment) and s.body[0].text == ELEMENT_NOTE:
+                return None  # rewritten already
             pre, post = kernel.body[:i], kernel.body[i + 1:]
             if all(isinstance(p, (Let, Comment)) for p in pre + post):
                 return pre, s, post
@@ -130,8 +152,8 @@ def per_element(loop: Loop, env: Mapping[str, int], names: set[str],
     extent = inner.extent
     head: list[Stmt] = [Let(loop.var, loop.start + Var(e) // extent)]
     tail: list[Stmt] = [Let(inner.var, inner.start + Var(e) % extent)]
-    return Loop(e, loop.extent * extent, [*head, *invariants, *tail, *inner.body],
-                kind="parallel")
+    return Loop(e, loop.extent * extent, [
+        Comment(ELEMENT_NOTE), *head, *invariants, *tail, *inner.body], kind="parallel")
 
 
 def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
@@ -173,8 +195,8 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
         if _loaded_by([s]) & {a for a, at in stored_at.items() if at != index}:
             return None
     return Loop(loop.var, loop.extent, [
-        *shared, Loop(th.name, Const(BLOCK_THREADS), body, kind="thread")],
-        kind="block", start=loop.start)
+        *shared, Loop(th.name, Const(BLOCK_THREADS), [Comment(BLOCK_NOTE), *body],
+                      kind="thread")], kind="block", start=loop.start)
 
 
 def _strided(loop: Loop, th: Var, it: str) -> Loop:

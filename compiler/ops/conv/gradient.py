@@ -239,7 +239,15 @@ def _lower_implicit_gemm(ctx, node) -> Step:
     they are; with the pixels in several ranges (``weight_grad_splits``), each range's partial
     gradient into scratch, added in order by ``split_sum_kernel``."""
     x, dy = ctx.tensor_inputs
-    g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
+    return implicit_weight_grad_step(ctx, node, _weight_grad_geometry(
+        node, [ctx.graph.node(x).type]))
+
+
+def implicit_weight_grad_step(ctx, node, g: ConvGeometry) -> Step:
+    """The step of :func:`_lower_implicit_gemm` for the convolution ``g`` whose weight
+    gradient ``node`` is (its tensor inputs x and dy): also a dense layer's, the convolution
+    of a 1x1 kernel over 1x1 images (``ops/dense.py``)."""
+    x, dy = ctx.tensor_inputs
     splits = weight_grad_splits(g.K, g.Cg * g.R * g.S, g.P * g.Q, g.groups)
     kernel = implicit_gemm_weight_grad_kernel(
         comment="weight gradient: implicit GEMM over shared-memory tiles, summed over the "
