@@ -140,7 +140,7 @@ def per_element(loop: Loop, env: Mapping[str, int], names: set[str],
     """The parallel ``loop`` over rows as one parallel loop over the rows' elements (the module
     docstring), or None where its row is not invariants then one independent loop whose
     extent the launch knows (``known`` names)."""
-    *invariants, inner = loop.body
+    *invariants, inner = _hoisted(loop.body)
     if not (isinstance(inner, Loop) and inner.kind == "serial"
             and all(isinstance(s, (Let, Comment)) for s in invariants)):
         return None
@@ -154,6 +154,42 @@ def per_element(loop: Loop, env: Mapping[str, int], names: set[str],
     tail: list[Stmt] = [Let(inner.var, inner.start + Var(e) % extent)]
     return Loop(e, loop.extent * extent, [
         Comment(ELEMENT_NOTE), *head, *invariants, *tail, *inner.body], kind="parallel")
+
+
+def _hoisted(body: list[Stmt]) -> list[Stmt]:
+    """``body`` with a closing run of branches that each set locals and then loop over the
+    same range (a concatenation: the input a channel comes from chooses the copy) turned into
+    one loop over that range whose iterations take the branches: ``if c: lets; for j: b``
+    ... as ``for j: (if c: lets; b) ...`` (:func:`independent` then decides whether the
+    iterations may run apart)."""
+    start = len(body)
+    while start > 0 and _branch_loop(body[start - 1]) is not None:
+        start -= 1
+    branches = [_branch_loop(s) for s in body[start:]]
+    if not branches:
+        return body
+    loops = [b[1] for b in branches if b is not None]
+    first = loops[0]
+    if any(lp.var != first.var or repr(lp.extent) != repr(first.extent)
+           or repr(lp.start) != repr(first.start) for lp in loops):
+        return body
+    merged: list[Stmt] = []
+    for s, branch in zip(body[start:], branches):
+        assert isinstance(s, If) and branch is not None
+        lets, lp = branch
+        merged.append(If(s.cond, [*lets, *lp.body]))
+    return [*body[:start], Loop(first.var, first.extent, merged, start=first.start)]
+
+
+def _branch_loop(s: Stmt) -> tuple[list[Stmt], Loop] | None:
+    """``(lets, loop)`` of a branch ``if c: lets; loop`` without an else, or None."""
+    if not (isinstance(s, If) and not s.orelse and s.body):
+        return None
+    *lets, lp = s.body
+    if not (isinstance(lp, Loop) and lp.kind == "serial"
+            and all(isinstance(x, (Let, Comment)) for x in lets)):
+        return None
+    return lets, lp
 
 
 def per_block(loop: Loop, env: Mapping[str, int], names: set[str],

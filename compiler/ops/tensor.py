@@ -489,7 +489,7 @@ def _lower_pad(ctx, node):
     a = node.attrs
     sz = Sizes()
     k = pad_kernel(ctx.kname, ctx.in_shapes[0], a["pads"], a["value"], ctx.comment,
-                   mode=a["mode"], sz=sz)
+                   mode=a["mode"], sz=sz, gpu=ctx.backend.thread_blocks)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 

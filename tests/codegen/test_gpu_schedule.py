@@ -1,10 +1,11 @@
 """The GPU schedules of the kernels built with the CPU's (``kernels/gpu_schedule.py``) and the
 dense layer's tiled GEMM, run by the emulation in every thread order against float64
-references (PyTorch's, NumPy's) on drawn shapes: element-wise chains with broadcasting and
-window pooling a thread per element, global pooling and softmax a block per row (rows of 1
-value to several rounds of a block's threads), dense layers as tiles of outputs by images; a
-reduction without its barriers caught by wrong numbers; the rewrite declining the loops whose
-iterations are not independent."""
+references (PyTorch's, NumPy's) on drawn shapes: element-wise chains with broadcasting, window
+pooling, padding, a transposed convolution's zero stuffing and concatenation a thread per
+output value; global pooling and softmax a block per row (rows of 1 value to several rounds
+of a block's threads); dense layers as tiles of outputs by images; a reduction without its
+barriers caught by wrong numbers; the rewrite declining the loops whose iterations are not
+independent."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ from cnnc.compiler.backends.cuda.memory import EmulatedMemory
 from cnnc.compiler.backends.cuda.printer import print_kernel, print_module
 from cnnc.compiler.decisions import EpilogueOp
 from cnnc.compiler.kernels.common import Sizes
-from cnnc.compiler.kernels.elementwise import elementwise_kernel, softmax_kernel
+from cnnc.compiler.kernels.elementwise import (
+    elementwise_kernel,
+    pad_kernel,
+    softmax_kernel,
+    zero_stuff_kernel,
+)
 from cnnc.compiler.kernels.gpu_conv import TILE_M, TILE_N, dense_gemm_kernel
 from cnnc.compiler.kernels.gpu_schedule import (
     BLOCK_THREADS,
@@ -44,6 +50,7 @@ from cnnc.compiler.kernels.kernel_ir import (
     Var,
 )
 from cnnc.compiler.kernels.pool import global_pool_kernel, pool_grad_kernel, pool_kernel
+from cnnc.compiler.kernels.rearrange import channel_gather_kernel
 from cnnc.compiler.lower.driver import resolve
 
 pytestmark = pytest.mark.skipif(compiler_path() is None,
@@ -233,3 +240,60 @@ def test_scatters_and_carried_locals_keep_the_cpus_schedule():
     assert gpu_schedule(prefix, {"L": 5}) is prefix
     pool = pool_kernel("pool", "maxpool", (4, 6, 6), (3, 3), {**attrs, "stride": (2, 2)})
     assert "GPU schedule: a thread per element" in print_kernel(gpu_schedule(pool, {}))
+
+
+@settings(max_examples=8, deadline=None)
+@given(shapes, st.sampled_from(["constant", "reflect", "edge"]),
+       st.tuples(*[st.integers(0, 2)] * 4))
+def test_padding_runs_a_thread_per_output_value(shape, mode, pads):
+    n, c, h, w = shape
+    t, left, b, r = pads
+    if mode == "reflect" and max(t, b) >= h or mode == "reflect" and max(left, r) >= w:
+        return
+    sz = Sizes()
+    kernel = pad_kernel("pad", (c, h, w), pads, 1.5, mode=mode, sz=sz, gpu=True)
+    gpu = scheduled(kernel, sz, "element")
+    x = np.random.default_rng(h * w).standard_normal(shape)
+    out = n * c * (h + t + b) * (w + left + r)
+    got = run(gpu, out, x0=x, n_batch=n, **sz.values)["shuffled"]
+    spec = ((0, 0), (0, 0), (t, b), (left, r))
+    want = np.pad(x, spec, constant_values=1.5) if mode == "constant" else np.pad(x, spec, mode)
+    close(got, want.ravel())
+
+
+@settings(max_examples=8, deadline=None)
+@given(shapes, st.integers(1, 3), st.integers(1, 3), st.integers(-1, 2), st.integers(0, 3))
+def test_zero_stuffing_runs_a_thread_per_output_value(shape, sh, sw, before, after):
+    """A transposed convolution's input spread out: an input pixel every ``stride`` values,
+    ``before`` zeros in front (negative: cropped) and ``after`` behind."""
+    n, c, h, w = shape
+    oh, ow = before + (h - 1) * sh + 1 + after, before + (w - 1) * sw + 1 + after
+    if min(oh, ow) < 1:
+        return
+    sz = Sizes()
+    kernel = zero_stuff_kernel("stuff", (c, h, w), (sh, sw), (before, before), (oh, ow), sz=sz,
+                               gpu=True)
+    gpu = scheduled(kernel, sz, "element")
+    x = np.random.default_rng(h + w).standard_normal(shape)
+    got = run(gpu, n * c * oh * ow, x0=x, n_batch=n, **sz.values)["reversed"]
+    spread = np.zeros((n, c, (h - 1) * sh + 1 + 2 * 3, (w - 1) * sw + 1 + 2 * 3))
+    spread[:, :, 3:3 + (h - 1) * sh + 1:sh, 3:3 + (w - 1) * sw + 1:sw] = x
+    want = spread[:, :, 3 - before:3 - before + oh, 3 - before:3 - before + ow]
+    close(got, want.ravel())
+
+
+@settings(max_examples=6, deadline=None)
+@given(shapes, st.integers(1, 4))
+def test_concatenation_runs_a_thread_per_output_value(shape, c1):
+    """Every channel of the output a channel of one of two inputs (``c_table``): the branches
+    that choose the input run inside the loop over the plane's values."""
+    n, c0, h, w = shape
+    rng = np.random.default_rng(c0 * c1)
+    x0, x1 = rng.standard_normal((n, c0, h, w)), rng.standard_normal((n, c1, h, w))
+    kernel = channel_gather_kernel("gather", 2, False)
+    ints = {"C": c0 + c1, "P": h, "Q": w, "X0C": c0, "X1C": c1}
+    gpu = gpu_schedule(kernel, ints)
+    assert schedule_of(kernel) == "row" and schedule_of(gpu) == "element"
+    table = np.array([(0, k) for k in range(c0)] + [(1, k) for k in range(c1)], np.float32)
+    got = run(gpu, x0.size + x1.size, x0=x0, x1=x1, c_table=table, n_batch=n, **ints)
+    close(got["forward"], np.concatenate([x0, x1], axis=1).ravel())
