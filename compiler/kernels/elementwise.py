@@ -491,9 +491,11 @@ def fmin_i(a: ExprLike, b: ExprLike) -> Expr:
 
 
 def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
-                  comment: str = "", sz: Sizes | None = None) -> Kernel:
+                  comment: str = "", sz: Sizes | None = None, gpu: bool = False) -> Kernel:
     """Concatenation along per-sample ``axis``: per (image, outer index), one contiguous copy
-    per input into its slice of the output row."""
+    per input into its slice of the output row. With ``gpu`` one loop over the output row,
+    each value taken from the input whose slice holds it (a GPU runs a thread per value:
+    ``gpu_schedule``)."""
     sz = sz if sz is not None else Sizes(literal=True)
     outer = sz("O", prod(shapes[0][:axis]))
     inners = [sz(f"L{k}", prod(s[axis:])) for k, s in enumerate(shapes)]
@@ -501,6 +503,18 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
     for inner in inners:
         total = total + inner
     body: list[Stmt] = [Let("ob", Var("t") * total)]
+    if gpu:
+        j = Var("j")
+        starts: list[ExprLike] = [0]
+        for inner in inners[:-1]:
+            starts.append(starts[-1] + inner)
+        value: Expr = Load(f"x{len(inners) - 1}", Var("t") * inners[-1] + j - starts[-1])
+        for k in range(len(inners) - 2, -1, -1):
+            value = Select(cmp("<", j, starts[k + 1]),
+                           Load(f"x{k}", Var("t") * inners[k] + j - starts[k]), value)
+        body.append(Loop("j", const(total), [Store("y", Var("ob") + j, value)]))
+        return rows_kernel(name, arrays(*[f"x{k}" for k in range(len(shapes))], "y"), outer,
+                           body, comment, sz)
     off: ExprLike = 0
     for k, inner in enumerate(inners):
         body.append(Let(f"ib{k}", Var("t") * inner))

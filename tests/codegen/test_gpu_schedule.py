@@ -26,6 +26,7 @@ from cnnc.compiler.backends.cuda.printer import print_kernel, print_module
 from cnnc.compiler.decisions import EpilogueOp
 from cnnc.compiler.kernels.common import Sizes
 from cnnc.compiler.kernels.elementwise import (
+    concat_kernel,
     elementwise_kernel,
     pad_kernel,
     softmax_kernel,
@@ -297,3 +298,19 @@ def test_concatenation_runs_a_thread_per_output_value(shape, c1):
     table = np.array([(0, k) for k in range(c0)] + [(1, k) for k in range(c1)], np.float32)
     got = run(gpu, x0.size + x1.size, x0=x0, x1=x1, c_table=table, n_batch=n, **ints)
     close(got["forward"], np.concatenate([x0, x1], axis=1).ravel())
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(1, 3), st.lists(st.integers(1, 5), min_size=1, max_size=3), st.integers(1, 9),
+       st.integers(1, 9))
+def test_channel_concatenation_runs_a_thread_per_output_value(n, channels, h, w):
+    """Inputs of any channel counts, each value of the output read from the input whose
+    slice holds it."""
+    rng = np.random.default_rng(sum(channels))
+    xs = [rng.standard_normal((n, c, h, w)) for c in channels]
+    sz = Sizes()
+    kernel = concat_kernel("concat", [x.shape[1:] for x in xs], 0, sz=sz, gpu=True)
+    gpu = scheduled(kernel, sz, "element")
+    got = run(gpu, sum(x.size for x in xs), n_batch=n, **sz.values,
+              **{f"x{k}": x for k, x in enumerate(xs)})["shuffled"]
+    close(got, np.concatenate(xs, axis=1).ravel())
