@@ -212,11 +212,11 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
             if carried is not None and not _stored(s.body):
                 red = _fresh(f"red{len(shared)}", names)
                 names.add(red)
-                body += _block_reduction(s, carried, th, it, red, doubles)
+                body += _block_reduction(s, carried, th, it, red, doubles, env)
                 shared += [Shared(f"{red}_{k}", BLOCK_THREADS, double=var in doubles)
                            for k, var in enumerate(carried)]
             elif independent(s, env):
-                body.append(_strided(s, th, it))
+                body.append(_strided(s, th, it, env))
             else:
                 return None
         else:
@@ -235,16 +235,30 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
                       kind="thread")], kind="block", start=loop.start)
 
 
-def _strided(loop: Loop, th: Var, it: str) -> Loop:
+def _strided(loop: Loop, th: Var, it: str, env: Mapping[str, int]) -> Loop:
     """``loop`` run by the block's threads, thread ``th`` taking every
-    :data:`BLOCK_THREADS`-th iteration from its own."""
+    :data:`BLOCK_THREADS`-th iteration from its own; a loop whose body is locals then one
+    independent loop of a known range (a group's channels, then each channel's values) as
+    one loop over both, so that every thread has values to take."""
     i = Var(it)
+    *lets, inner = loop.body or [Comment("")]
+    if (isinstance(inner, Loop) and inner.kind == "serial"
+            and all(isinstance(s, (Let, Comment)) for s in lets)
+            and not (_names(inner.extent) | _names(inner.start)) & _assigned(loop.body)
+            and loop.var not in _names(inner.extent) | _names(inner.start)
+            and independent(inner, env)):
+        flat = Var(f"{it}_at")
+        return Loop(it, (loop.extent * inner.extent - th + (BLOCK_THREADS - 1))
+                    // BLOCK_THREADS, [
+            Let(flat.name, th + i * BLOCK_THREADS),
+            Let(loop.var, loop.start + flat // inner.extent), *lets,
+            Let(inner.var, inner.start + flat % inner.extent), *inner.body])
     trips = (loop.extent - th + (BLOCK_THREADS - 1)) // BLOCK_THREADS
     return Loop(it, trips, [Let(loop.var, loop.start + th + i * BLOCK_THREADS), *loop.body])
 
 
 def _block_reduction(loop: Loop, carried: dict[str, str], th: Var, it: str, red: str,
-                     doubles: set[str]) -> list[Stmt]:
+                     doubles: set[str], env: Mapping[str, int]) -> list[Stmt]:
     """The reduction ``loop`` by a block: each thread its partial over its iterations (a
     sum's from zero, a maximum's from the value before the loop, which it may hold any number
     of times), the partials in the shared arrays ``red_<k>``, combined pairwise, and every
@@ -254,7 +268,7 @@ def _block_reduction(loop: Loop, carried: dict[str, str], th: Var, it: str, red:
         if op == "+":
             zero: Expr = F64(0.0) if var in doubles else Const(0.0)
             out += [Let(f"{var}_{red}", Var(var)), Let(var, zero)]
-    out.append(_strided(loop, th, it))
+    out.append(_strided(loop, th, it, env))
     arrays = [(f"{red}_{k}", _combine(op)) for k, op in enumerate(carried.values())]
     out += [Store(name, th, Var(var)) for (name, _), var in zip(arrays, carried)]
     out.append(Barrier())
@@ -319,28 +333,43 @@ def reduction(loop: Loop) -> dict[str, str] | None:
 def independent(loop: Loop, env: Mapping[str, int]) -> bool:
     """Whether the iterations of serial ``loop`` may run in any order, at once: no local
     carried from one to the next, no vectors, shared arrays or barriers, and each array it
-    stores stored at one index whose coefficient of the loop variable is nonzero for the sizes
-    ``env``, and read only at that index."""
+    stores stored at one index, read only at that index, and distinct per iteration: affine
+    in the loop variable with a coefficient (for the sizes ``env``) larger than the span the
+    loops nested in the body reach (their bounds known from ``env``)."""
     if _carried(loop):
         return False
     for s, _ in _walk(loop.body):
         if isinstance(s, (VStore, Shared, Barrier)) or (
                 isinstance(s, Loop) and s.kind != "serial"):
             return False
-    assigned = _assigned(loop.body)
-    once = {s.var: s.value for s in loop.body if isinstance(s, Let)
-            and sum(isinstance(t, Let) and t.var == s.var for t, _ in _walk(loop.body)) == 1}
+    extents: dict[str, int] = {}  # the nested loops' variables: how far each reaches
+    unbounded: set[str] = set()  # (an index naming one of these is refused)
+    for s, _ in _walk(loop.body):
+        if isinstance(s, Loop):
+            try:
+                evaluate_int(s.start, env)
+                extents[s.var] = max(extents.get(s.var, 0), evaluate_int(s.extent, env))
+            except ValueError:
+                unbounded.add(s.var)
+    for var in unbounded:
+        extents.pop(var, None)
+    lets = [s for s, _ in _walk(loop.body) if isinstance(s, Let)]
+    once = {s.var: s.value for s in lets if sum(t.var == s.var for t in lets) == 1}
+    unknown = _assigned(loop.body) - set(once) - set(extents)
     for array, indices in _store_indices(loop.body).items():
         keys = {repr(i) for i in indices}
         if len(keys) != 1 or any(repr(ld.index) not in keys for ld in _loads_of(loop.body, array)):
             return False
-        coefficient = _coefficient(indices[0], loop.var, once, assigned - set(once))
-        if coefficient is None:
-            return False
-        try:
-            if evaluate_int(coefficient, env) == 0:
+        spans = []
+        for var, extent in [(loop.var, 2), *extents.items()]:
+            coefficient = _coefficient(indices[0], var, once, unknown)
+            if coefficient is None:
                 return False
-        except ValueError:
+            try:
+                spans.append(abs(evaluate_int(coefficient, env)) * (extent - 1))
+            except ValueError:
+                return False
+        if spans[0] <= sum(spans[1:]):
             return False
     return True
 

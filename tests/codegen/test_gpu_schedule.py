@@ -28,6 +28,7 @@ from cnnc.compiler.kernels.common import Sizes
 from cnnc.compiler.kernels.elementwise import (
     concat_kernel,
     elementwise_kernel,
+    groupnorm_kernel,
     pad_kernel,
     softmax_kernel,
     zero_stuff_kernel,
@@ -314,3 +315,23 @@ def test_channel_concatenation_runs_a_thread_per_output_value(n, channels, h, w)
     got = run(gpu, sum(x.size for x in xs), n_batch=n, **sz.values,
               **{f"x{k}": x for k, x in enumerate(xs)})["shuffled"]
     close(got, np.concatenate(xs, axis=1).ravel())
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(1, 3), st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 6), (3, 3)]),
+       st.integers(1, 13), st.integers(1, 13))
+def test_group_norm_is_a_block_per_group(n, channels_groups, h, w):
+    """The group's mean and variance reduced by the block (two passes), then its channels'
+    values normalized a thread per value (the loop over the group's channels and the one over
+    a channel's values run as one); instance norm is a group per channel."""
+    c, groups = channels_groups
+    rng = np.random.default_rng(c * h + w)
+    x = rng.standard_normal((n, c, h, w)) * 3 + 1
+    weight, bias = rng.standard_normal(c), rng.standard_normal(c)
+    sz = Sizes()
+    gpu = scheduled(groupnorm_kernel("gn", (c, h, w), groups, 1e-5, sz=sz), sz, "block")
+    got = run(gpu, x.size, x0=x, c_weight=weight, c_bias=bias, n_batch=n, **sz.values)
+    g = x.reshape(n, groups, -1)
+    normed = ((g - g.mean(axis=2, keepdims=True)) / np.sqrt(g.var(axis=2, keepdims=True) + 1e-5))
+    want = normed.reshape(x.shape) * weight[:, None, None] + bias[:, None, None]
+    close(got["reversed"], want.ravel())
