@@ -36,20 +36,23 @@ image -> conv(4, 3, stride=2, pad=1, bias=false) -> batchnorm -> relu -> maxpool
 """
 
 
+def step_launches(step, batch: int) -> list[tuple[str, str, tuple[int, int]]]:
+    """``(kernel, schedule, (blocks, threads))`` of each kernel launch of a plan's ``step``
+    at batch size ``batch`` (``gpu_schedule.schedule_of``, ``launch.launch_shape``)."""
+    out = []
+    for call in step.calls:
+        if not isinstance(call.fn, Launcher):
+            continue
+        kernel = call.fn.kernel
+        ints = {p.name: (a.ref or batch) if a.kind == "batch" else a.ref
+                for p, a in zip(kernel.params, call.args) if p.kind == "int"}
+        out.append((kernel.name, schedule_of(kernel), launch_shape(kernel, ints)))
+    return out
+
+
 def launches(plan, batch: int) -> list[tuple[str, str, str, tuple[int, int]]]:
     """``(step op, kernel, schedule, (blocks, threads))`` of every kernel launch of ``plan``."""
-    out = []
-    for step in plan.steps:
-        for call in step.calls:
-            if not isinstance(call.fn, Launcher):
-                continue
-            kernel = call.fn.kernel
-            ints = {}
-            for p, a in zip(kernel.params, call.args):
-                if p.kind == "int":
-                    ints[p.name] = (a.ref or batch) if a.kind == "batch" else a.ref
-            out.append((step.op, kernel.name, schedule_of(kernel), launch_shape(kernel, ints)))
-    return out
+    return [(step.op, *launch) for step in plan.steps for launch in step_launches(step, batch)]
 
 
 def report(title: str, rows: list[tuple[str, str, str, tuple[int, int]]]) -> None:
