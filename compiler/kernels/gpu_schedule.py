@@ -202,13 +202,19 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
     shared: list[Stmt] = []
     doubles = _doubles(loop.body)
     stored_at: dict[str, int] = {}
+    stale: set[str] = set()  # locals a loop left as its last iteration did: one thread's
     for index, s in enumerate(loop.body):
+        if _read_first(s) & stale:
+            return None
+        if isinstance(s, Let):
+            stale.discard(s.var)
         if isinstance(s, (Let, Comment)):
             body.append(s)
         elif isinstance(s, Store):
             body.append(If(cmp("==", th, 0), [s]))
         elif isinstance(s, Loop) and s.kind == "serial":
             carried = reduction(s)
+            stale |= (_assigned(s.body) | {s.var}) - set(carried or ())
             if carried is not None and not _stored(s.body):
                 red = _fresh(f"red{len(shared)}", names)
                 names.add(red)
@@ -233,6 +239,26 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
     return Loop(loop.var, loop.extent, [
         *shared, Loop(th.name, Const(BLOCK_THREADS), [Comment(BLOCK_NOTE), *body],
                       kind="thread")], kind="block", start=loop.start)
+
+
+def _read_first(s: Stmt) -> set[str]:
+    """The locals statement ``s`` may read before it assigns them (all it reads, but for a
+    loop's or branch's body the locals assigned earlier in it)."""
+    reads: set[str] = set()
+
+    def visit(stmts: list[Stmt], defined: set[str]) -> None:
+        for t in stmts:
+            reads.update(_own_names(t) - defined)
+            if isinstance(t, Let):
+                defined.add(t.var)
+            elif isinstance(t, Loop):
+                visit(t.body, defined | {t.var})
+            elif isinstance(t, If):
+                visit(t.body, set(defined))
+                visit(t.orelse, set(defined))
+
+    visit([s], set())
+    return reads
 
 
 def _strided(loop: Loop, th: Var, it: str, env: Mapping[str, int]) -> Loop:

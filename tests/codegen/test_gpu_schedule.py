@@ -226,8 +226,9 @@ def test_a_reduction_without_its_barriers_gives_wrong_numbers():
 
 def test_scatters_and_carried_locals_keep_the_cpus_schedule():
     """The pooling gradient adds each window's share onto input cells other windows reach too
-    (not independent), and a running sum carried from one element to the next is no
-    reduction of the row: both keep a thread per row."""
+    (not independent), a running sum carried from one element to the next is no reduction of
+    the row, and a local a loop leaves as its last iteration set it is one thread's: all keep
+    a thread per row."""
     sz = Sizes()
     attrs = {"kernel": (3, 3), "stride": (1, 1), "pads": (1, 1, 1, 1), "dilation": (1, 1),
              "count_include_pad": True}
@@ -240,6 +241,15 @@ def test_scatters_and_carried_locals_keep_the_cpus_schedule():
             Store("y", Var("t") * Var("L") + j, Var("s"))])], kind="parallel")])
     assert not independent(prefix.body[0].body[1], {"L": 5})
     assert gpu_schedule(prefix, {"L": 5}) is prefix
+    # the row's sum plus its last value: the last value is one thread's, not the row's
+    last = Kernel("sum_and_last", [Param("x0"), Param("y"), Param("L", "int")], [Loop(
+        "t", Var("L"), [Let("s", Const(0.0)), Loop("j", Var("L"), [
+            Let("z", Load("x0", Var("t") * Var("L") + j)), Let("s", Var("s") + Var("z"))]),
+            Store("y", Var("t"), Var("s") + Var("z"))], kind="parallel")])
+    assert gpu_schedule(last, {"L": 5}) is last
+    without_last = replace(last, body=[replace(last.body[0], body=[
+        *last.body[0].body[:2], Store("y", Var("t"), Var("s"))])])
+    assert schedule_of(gpu_schedule(without_last, {"L": 5})) == "block"
     pool = pool_kernel("pool", "maxpool", (4, 6, 6), (3, 3), {**attrs, "stride": (2, 2)})
     assert "GPU schedule: a thread per element" in print_kernel(gpu_schedule(pool, {}))
 
