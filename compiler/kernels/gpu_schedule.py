@@ -12,19 +12,26 @@ body does (a kernel that fits neither keeps its thread per row):
   one parallel loop over ``rows * extent``; thread ``e`` recomputes its row's invariants
   (row ``e // extent``) and runs iteration ``e % extent``: neighbouring threads, neighbouring
   elements. Element-wise and broadcast chains, pooling windows, upsampling, padding rows,
-  slices, flips.
+  slices, flips; a closing run of branches that each loop over the same range (a
+  concatenation choosing its input) is one loop first (:func:`_hoisted`).
 - **A block per row** (:func:`per_block`): the row's body sums or takes the maximum of its
   values (a *reduction* loop: each carried local updated as ``acc = acc + term`` or ``acc =
   max(acc, term)``) and then stores: global pooling, softmax, group norm's statistics. The
   row's :data:`BLOCK_THREADS` threads each run every :data:`BLOCK_THREADS`-th iteration of
-  every loop (neighbouring threads, neighbouring values); a reduction's partials meet in
-  shared memory and are combined pairwise (:func:`pairwise_rounds`), after which every thread
-  holds the row's value; a store outside the loops is thread 0's.
+  every loop (neighbouring threads, neighbouring values; a loop over a group's channels and
+  the one over each channel's values as one); a reduction's partials meet in shared memory and
+  are combined pairwise (:func:`pairwise_rounds`), after which every thread holds the row's
+  value; a store outside the loops is thread 0's. A row that reads, after a loop, a local the
+  loop left behind (one thread's last iteration) keeps the CPU's schedule.
 
 Iterations are independent when no local is carried from one to the next and every array
-stored is stored at one index, distinct per iteration (affine in the loop variable, a nonzero
-coefficient for this layer's sizes), and read, if at all, only there. The sizes come from the
-lowering (``ints``): a kernel whose coefficient the sizes do not decide keeps its schedule.
+stored is stored at one index, read, if at all, only there, and distinct per iteration: affine
+in the loop variable with a coefficient, for this layer's sizes, larger than the span of the
+loops nested in the body. The sizes are the lowering's (``ints``): the driver rewrites every
+per-node kernel on a backend whose threads cooperate (``Backend.thread_blocks``) for its
+node's sizes, and the CUDA backend every other kernel it is handed (a convolution's epilogue,
+the layout kernels) for none, where only literal coefficients decide; a kernel whose
+coefficients the sizes do not decide keeps its schedule.
 """
 
 from __future__ import annotations
@@ -197,7 +204,7 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
     """The parallel ``loop`` over rows as a block per row (the module docstring), or None
     where its row is not invariants, reductions, independent loops and stores, with at least
     one reduction, each array stored in one place and read only there."""
-    th, it = Var(_fresh("th", names)), _fresh("it", names)
+    th, it, at = Var(_fresh("th", names)), _fresh("it", names), _fresh("it_at", names)
     body: list[Stmt] = []
     shared: list[Stmt] = []
     doubles = _doubles(loop.body)
@@ -215,14 +222,16 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
         elif isinstance(s, Loop) and s.kind == "serial":
             carried = reduction(s)
             stale |= (_assigned(s.body) | {s.var}) - set(carried or ())
+            if carried is not None and any(_integer(loop.body[:index], v) for v in carried):
+                return None  # the partials meet in float arrays
             if carried is not None and not _stored(s.body):
                 red = _fresh(f"red{len(shared)}", names)
                 names.add(red)
-                body += _block_reduction(s, carried, th, it, red, doubles, env)
+                body += _block_reduction(s, carried, th, it, at, red, doubles, env)
                 shared += [Shared(f"{red}_{k}", BLOCK_THREADS, double=var in doubles)
                            for k, var in enumerate(carried)]
             elif independent(s, env):
-                body.append(_strided(s, th, it, env))
+                body.append(_strided(s, th, it, at, env))
             else:
                 return None
         else:
@@ -234,11 +243,19 @@ def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
     if not shared:
         return None
     for index, s in enumerate(loop.body):  # an array stored is read only where it is stored
-        if _loaded_by([s]) & {a for a, at in stored_at.items() if at != index}:
+        if _loaded_by([s]) & {a for a, where in stored_at.items() if where != index}:
             return None
     return Loop(loop.var, loop.extent, [
         *shared, Loop(th.name, Const(BLOCK_THREADS), [Comment(BLOCK_NOTE), *body],
                       kind="thread")], kind="block", start=loop.start)
+
+
+def _integer(before: list[Stmt], var: str) -> bool:
+    """Whether ``var``'s last value in the statements ``before`` is an integer literal (a
+    count, which a float reduction would change the type of)."""
+    lets = [s for s in before if isinstance(s, Let) and s.var == var]
+    return bool(lets) and isinstance(lets[-1].value, Const) and isinstance(
+        lets[-1].value.value, int)
 
 
 def _read_first(s: Stmt) -> set[str]:
@@ -261,11 +278,11 @@ def _read_first(s: Stmt) -> set[str]:
     return reads
 
 
-def _strided(loop: Loop, th: Var, it: str, env: Mapping[str, int]) -> Loop:
+def _strided(loop: Loop, th: Var, it: str, at: str, env: Mapping[str, int]) -> Loop:
     """``loop`` run by the block's threads, thread ``th`` taking every
     :data:`BLOCK_THREADS`-th iteration from its own; a loop whose body is locals then one
     independent loop of a known range (a group's channels, then each channel's values) as
-    one loop over both, so that every thread has values to take."""
+    one loop over both (its index ``at``), so that every thread has values to take."""
     i = Var(it)
     *lets, inner = loop.body or [Comment("")]
     if (isinstance(inner, Loop) and inner.kind == "serial"
@@ -273,7 +290,7 @@ def _strided(loop: Loop, th: Var, it: str, env: Mapping[str, int]) -> Loop:
             and not (_names(inner.extent) | _names(inner.start)) & _assigned(loop.body)
             and loop.var not in _names(inner.extent) | _names(inner.start)
             and independent(inner, env)):
-        flat = Var(f"{it}_at")
+        flat = Var(at)
         return Loop(it, (loop.extent * inner.extent - th + (BLOCK_THREADS - 1))
                     // BLOCK_THREADS, [
             Let(flat.name, th + i * BLOCK_THREADS),
@@ -283,8 +300,8 @@ def _strided(loop: Loop, th: Var, it: str, env: Mapping[str, int]) -> Loop:
     return Loop(it, trips, [Let(loop.var, loop.start + th + i * BLOCK_THREADS), *loop.body])
 
 
-def _block_reduction(loop: Loop, carried: dict[str, str], th: Var, it: str, red: str,
-                     doubles: set[str], env: Mapping[str, int]) -> list[Stmt]:
+def _block_reduction(loop: Loop, carried: dict[str, str], th: Var, it: str, at: str,
+                     red: str, doubles: set[str], env: Mapping[str, int]) -> list[Stmt]:
     """The reduction ``loop`` by a block: each thread its partial over its iterations (a
     sum's from zero, a maximum's from the value before the loop, which it may hold any number
     of times), the partials in the shared arrays ``red_<k>``, combined pairwise, and every
@@ -294,7 +311,7 @@ def _block_reduction(loop: Loop, carried: dict[str, str], th: Var, it: str, red:
         if op == "+":
             zero: Expr = F64(0.0) if var in doubles else Const(0.0)
             out += [Let(f"{var}_{red}", Var(var)), Let(var, zero)]
-    out.append(_strided(loop, th, it, env))
+    out.append(_strided(loop, th, it, at, env))
     arrays = [(f"{red}_{k}", _combine(op)) for k, op in enumerate(carried.values())]
     out += [Store(name, th, Var(var)) for (name, _), var in zip(arrays, carried)]
     out.append(Barrier())
