@@ -24,6 +24,10 @@ body does (a kernel that fits neither keeps its thread per row):
   value; a store outside the loops is thread 0's. A row that reads, after a loop, a local the
   loop left behind (one thread's last iteration) keeps the CPU's schedule.
 
+A kernel of one thread (a serial loop over a few values per channel, where the CPU's threads
+would cost more than the work) gets a thread per iteration where the iterations are
+independent, then, where it fits, one of these forms.
+
 Iterations are independent when no local is carried from one to the next and every array
 stored is stored at one index, read, if at all, only there, and distinct per iteration: affine
 in the loop variable with a coefficient, for this layer's sizes, larger than the span of the
@@ -85,6 +89,8 @@ def gpu_schedule(kernel: Kernel, ints: Mapping[str, int]) -> Kernel:
     """``kernel`` in a GPU form (the module docstring) for the sizes ``ints`` (the kernel's
     integer arguments but the batch size), or ``kernel`` itself where it fits none."""
     split = _split_top(kernel)
+    one_thread = split is None
+    split = split or _serial_top(kernel, ints)
     if split is None:
         return kernel
     pre, loop, post = split
@@ -100,6 +106,8 @@ def gpu_schedule(kernel: Kernel, ints: Mapping[str, int]) -> Kernel:
     if rewritten is None:
         rewritten = per_block(loop, env, names, _params_and(pre, kernel))
     if rewritten is None:
+        if one_thread:  # made parallel: a thread per iteration
+            return replace(kernel, body=[*pre, loop, *post])
         return kernel
     return replace(kernel, body=[*pre, rewritten, *post])
 
@@ -132,6 +140,28 @@ def _split_top(kernel: Kernel) -> tuple[list[Stmt], Loop, list[Stmt]] | None:
         if isinstance(s, Loop) and s.kind == "block":
             return None
     return None
+
+
+def _serial_top(kernel: Kernel, ints: Mapping[str, int]) -> tuple[
+        list[Stmt], Loop, list[Stmt]] | None:
+    """A kernel that is invariants then one serial loop of independent iterations (a few
+    operations per channel, where starting the CPU's threads costs more than the work), as
+    :func:`_split_top` gives it with that loop made parallel: a thread per iteration."""
+    *pre, last = kernel.body or [Comment("")]
+    if not (isinstance(last, Loop) and last.kind == "serial"
+            and all(isinstance(s, (Let, Comment)) for s in pre)
+            and _names(last.extent) | _names(last.start) <= _params_and(pre, kernel)):
+        return None
+    env = dict(ints)
+    for s in pre:
+        if isinstance(s, Let):
+            try:
+                env[s.var] = evaluate_int(s.value, env)
+            except ValueError:
+                pass
+    if not independent(last, env):
+        return None
+    return pre, replace(last, kind="parallel"), []
 
 
 def _params_and(pre: list[Stmt], kernel: Kernel) -> frozenset[str]:

@@ -24,6 +24,7 @@ from cnnc.compiler.backends.cuda.launch import Launcher, launch_shape
 from cnnc.compiler.backends.cuda.memory import EmulatedMemory
 from cnnc.compiler.backends.cuda.printer import print_kernel, print_module
 from cnnc.compiler.decisions import EpilogueOp
+from cnnc.compiler.kernels.backward import bn_grad_param_kernel
 from cnnc.compiler.kernels.common import Sizes
 from cnnc.compiler.kernels.elementwise import (
     concat_kernel,
@@ -345,3 +346,18 @@ def test_group_norm_is_a_block_per_group(n, channels_groups, h, w):
     normed = ((g - g.mean(axis=2, keepdims=True)) / np.sqrt(g.var(axis=2, keepdims=True) + 1e-5))
     want = normed.reshape(x.shape) * weight[:, None, None] + bias[:, None, None]
     close(got["reversed"], want.ravel())
+
+
+@pytest.mark.parametrize("channels", [1, 130])
+def test_a_one_thread_loop_over_channels_runs_a_thread_per_channel(channels):
+    """Batch norm's scale gradient from its sums: one serial loop on the CPU (starting its
+    threads costs more than the work), a thread per channel on a GPU."""
+    sz = Sizes()
+    kernel = bn_grad_param_kernel("scale_grad", channels, 1e-5, "weight", ["sums", "var"], sz=sz)
+    gpu = gpu_schedule(kernel, sz.values)
+    assert schedule_of(kernel) == "single" and schedule_of(gpu) == "element"
+    assert launch_shape(gpu, sz.values)[0] == -(-channels // 128)
+    rng = np.random.default_rng(channels)
+    sums, var = rng.standard_normal(2 * channels), rng.random(channels)
+    got = run(gpu, channels, sums=sums, var=var, n_batch=1, **sz.values)["shuffled"]
+    close(got, sums[channels:] / np.sqrt(var + 1e-5))
