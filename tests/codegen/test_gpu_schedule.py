@@ -361,3 +361,30 @@ def test_a_one_thread_loop_over_channels_runs_a_thread_per_channel(channels):
     sums, var = rng.standard_normal(2 * channels), rng.random(channels)
     got = run(gpu, channels, sums=sums, var=var, n_batch=1, **sz.values)["shuffled"]
     close(got, sums[channels:] / np.sqrt(var + 1e-5))
+
+
+@settings(max_examples=10, deadline=None)
+@given(shapes, st.sampled_from(["maxpool", "avgpool"]), st.integers(1, 3), st.integers(1, 3),
+       st.integers(0, 1))
+def test_pooling_gradients_gather_a_thread_per_input_cell(shape, op, k, stride, pad):
+    """Each input cell sums the shares of the windows covering it (overlapping windows,
+    windows that skip cells, padding): what the CPU's windows scatter, without races."""
+    n, c, h, w = shape
+    pad = min(pad, k // 2)
+    if h + 2 * pad < k or w + 2 * pad < k:
+        return
+    p, q = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    attrs = {"kernel": (k, k), "stride": (stride, stride), "pads": (pad,) * 4,
+             "dilation": (1, 1), "count_include_pad": True}
+    sz = Sizes()
+    kernel = pool_grad_kernel("pool_grad", op, (c, h, w), (p, q), attrs, sz=sz,
+                              thread_scratch=False, gpu=True)
+    gpu = scheduled(kernel, sz, "element")
+    rng = np.random.default_rng(n * h + w * k)
+    x, dy = rng.standard_normal(shape), rng.standard_normal((n, c, p, q))
+    got = run(gpu, x.size, x0=x, x1=dy, n_batch=n, **sz.values)["forward"]
+    xt = torch.from_numpy(x).requires_grad_()
+    out = torch.nn.functional.max_pool2d(xt, k, stride, pad) if op == "maxpool" else \
+        torch.nn.functional.avg_pool2d(xt, k, stride, pad, count_include_pad=True)
+    out.backward(torch.from_numpy(dy))
+    close(got, xt.grad.numpy().ravel())
