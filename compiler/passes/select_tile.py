@@ -15,6 +15,12 @@ their input rows first (``14x32/16:gather``: read once per group of k-tiles, con
 Depthwise and narrow-group convolutions keep their own 8-channel kernel
 (``ops.conv.channelwise``).
 
+    conv(x, w; lowering=implicit_gemm)  =>  (...; tile=<m>x<n>)
+
+A GPU's implicit GEMM computes blocks of ``m`` output channels by ``n`` pixels (32 or 64
+each): the tile of least padded work over its estimated efficiency for the layer's output
+channels per group and output plane (``kernels.gpu_conv.choose_gemm_tile``).
+
     conv_weight_grad(x, dy; lowering=direct)  =>  (...; tile=<rows>x<channels>/<lanes>)
 
 A direct weight gradient's tile is ``rows`` output channels times two vectors of input
@@ -28,17 +34,23 @@ from __future__ import annotations
 from collections import Counter
 
 from ..ir import Graph
+from ..kernels.gpu_conv import choose_gemm_tile
 from ..kernels.tiles import choose_tile, output_planes
 from ..kernels.weight_grad import weight_grad_tile_name
 from ..ops import own_attrs, prologue_of
 from .manager import PassContext
 
 
-def direct_tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
+def tile_for(node, in_shape: tuple[int, ...], lanes: int) -> str | None:
     """The tile of a convolution node or weight gradient run by a register-tiled direct kernel
-    (None for other nodes, among them the channel-wise kernel's, which has one tile)."""
+    or a GPU's implicit GEMM (None for other nodes, among them the channel-wise kernel's,
+    which has one tile)."""
     if node.op == "conv_weight_grad" and node.attrs.get("lowering") in ("direct", "direct_out"):
         return weight_grad_tile_name(lanes)
+    if node.op in ("conv", "conv_transpose") and node.attrs.get("lowering") == "implicit_gemm":
+        _, p, q = node.type.shape  # a transposed convolution runs as one of its output's size
+        return str(choose_gemm_tile(own_attrs(node.attrs)["out_channels"] //
+                                    own_attrs(node.attrs)["groups"], p * q))
     if node.attrs.get("lowering") != "direct":
         return None
     if node.op not in ("conv", "conv_transpose"):
@@ -60,7 +72,7 @@ def select_tile(graph: Graph, ctx: PassContext) -> bool:
     chosen: Counter[str] = Counter()
     for node in graph.topo_order():
         ctx.at(node)
-        tile = direct_tile_for(node, graph.node(node.inputs[0]).type.shape
+        tile = tile_for(node, graph.node(node.inputs[0]).type.shape
                                if node.inputs else (), ctx.target.lanes)
         if tile is None:
             if "tile" in node.attrs:
@@ -72,6 +84,6 @@ def select_tile(graph: Graph, ctx: PassContext) -> bool:
             node.attrs["tile"] = tile
             changed = True
     if changed:
-        ctx.note(f"target {ctx.target}: direct convolution tiles " + ", ".join(
+        ctx.note(f"target {ctx.target}: convolution tiles " + ", ".join(
             f"{t} x{n}" for t, n in sorted(chosen.items())))
     return changed

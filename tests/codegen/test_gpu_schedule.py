@@ -34,7 +34,7 @@ from cnnc.compiler.kernels.elementwise import (
     softmax_kernel,
     zero_stuff_kernel,
 )
-from cnnc.compiler.kernels.gpu_conv import TILE_M, TILE_N, dense_gemm_kernel
+from cnnc.compiler.kernels.gpu_conv import DEFAULT_TILE, dense_gemm_kernel
 from cnnc.compiler.kernels.gpu_schedule import (
     BLOCK_THREADS,
     gpu_schedule,
@@ -196,7 +196,7 @@ def test_dense_layers_are_tiles_of_outputs_by_images(batch, n_in, n_out, bias):
     kernel = dense_gemm_kernel("dense", bias, relu())
     ints = {"NI": n_in, "NO": n_out}
     assert launch_shape(kernel, {**ints, "n_batch": batch})[0] == \
-        -(-n_out // TILE_M) * -(-batch // TILE_N)
+        -(-n_out // DEFAULT_TILE.m) * -(-batch // DEFAULT_TILE.n)
     rng = np.random.default_rng(n_in + n_out)
     x, w, b = (rng.standard_normal(s) for s in ((batch, n_in), (n_out, n_in), (n_out,)))
     args = {"x0": x, "c_w": w, "n_batch": batch, **ints} | ({"c_b": b} if bias else {})

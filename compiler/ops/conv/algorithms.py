@@ -28,9 +28,14 @@ records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) i
 ``implicit_gemm`` (GPU targets only)
     NCHW in and out, nothing packed: the GEMM of ``kernels/gpu_conv.py`` over the weights as
     they are and the im2col matrix read from the input where a tile needs it, tiled through
-    shared memory by blocks of 256 threads. The bias and a leading ReLU are applied in its
-    stores; another fused epilogue makes it write a scratch buffer that the crop kernel copies
-    out through the epilogue.
+    shared memory by blocks of 64 to 256 threads (a tile per layer). The bias and a leading
+    ReLU are applied in its stores; another fused epilogue makes it write a scratch buffer
+    that the crop kernel copies out through the epilogue.
+
+``gpu_direct`` (GPU targets only)
+    The implicit GEMM's arrays, sizes and output handling, a thread per output value summing
+    its window in order: depthwise layers and groups of one or two output channels, whose
+    GEMM tiles would be mostly padding rows.
 
 ``im2col``
     NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
@@ -71,7 +76,12 @@ from ...decisions import own_attrs
 from ...kernels.conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_kernel
-from ...kernels.gpu_conv import TILE_M, TILE_N, implicit_gemm_conv_kernel
+from ...kernels.gpu_conv import (
+    GemmTile,
+    choose_gemm_tile,
+    gpu_direct_conv_kernel,
+    implicit_gemm_conv_kernel,
+)
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
 from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile, gather_groups
@@ -92,8 +102,8 @@ from .padding import pad_nchw
 from .transpose import transpose_as_conv
 
 __all__ = ["LoweringChoice", "ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "WINOGRAD_F4",
-           "WINOGRAD_F2", "IMPLICIT_GEMM", "ALGORITHMS", "by_name", "geometry", "node_geometry",
-           "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
+           "WINOGRAD_F2", "IMPLICIT_GEMM", "GPU_DIRECT", "ALGORITHMS", "by_name", "geometry",
+           "node_geometry", "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
 
 def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
               activation: str | None = None) -> ConvGeometry:
@@ -248,6 +258,19 @@ class ConvAlgorithm(LoweringChoice):
         """Whether its compute kernel can write channel-blocked storage for a consumer."""
         return False
 
+    def refuse_fusions(self, prologue: Prologue | None, residual: bool) -> None:
+        """For a kernel that fuses neither a pooling prologue nor a runtime residual: refuse
+        them (``kernel``'s arguments)."""
+        if residual:
+            raise ValueError(f"the {self.name} kernel takes no runtime residual")
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile | GemmTile:
+        """The tile a node records (``select_tile``: its ``tile``; None: a graph lowered
+        without the pass, the algorithm's default for ``g``)."""
+        return DirectTile.parse(text) if text is not None else TILE_8
+
     def kernel(self, g: ConvGeometry, epilogue=(), kinds=(), tile: DirectTile = TILE_8,
                prologue: Prologue | None = None, residual: bool = False) -> tuple[Kernel, str]:
         """The compute kernel (kernel IR) and a cache tag. The kernel depends only on what
@@ -363,9 +386,10 @@ class Direct(_BlockedAlgorithm):
         return g.groups * g.Kgb * TILE_K * g.Cgb * g.CB * g.R * g.S * g.P * g.Q
 
     def reads_blocked(self, g: ConvGeometry) -> bool:
-        """An ungrouped convolution of at least 8 channels (a stem with fewer packs its own
-        block of 3), or groups of whole 8-channel blocks."""
-        return g.C >= 8 if g.groups == 1 else g.Cg % 8 == 0
+        """An ungrouped convolution whose channels fill 8-channel blocks (``CB`` 8: at least
+        ``PAD_TO_BLOCK``; a stem with fewer packs its own block of 3), or groups of whole
+        8-channel blocks."""
+        return g.CB == 8 if g.groups == 1 else g.Cg % 8 == 0
 
     def writes_blocked(self, g: ConvGeometry) -> bool:
         """Unless each group's outputs would be padded inside the tensor (``K/groups`` is
@@ -464,10 +488,7 @@ class ChannelWise(_BlockedAlgorithm):
         return True
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         rs = _window_tag(g, epilogue, kinds, prologue)
         kind = "depthwise" if g.Cg == 1 else f"grouped ({g.Cg} channels a group)"
         note = f"{kind} convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
@@ -528,10 +549,7 @@ class Im2col(ConvAlgorithm):
         return g.groups * kgp * pqp
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm"
 
@@ -708,8 +726,12 @@ class ImplicitGemm(ConvAlgorithm):
         return True
 
     def work(self, g: ConvGeometry) -> int:
-        kgp = ceil_div(g.Kg, TILE_M) * TILE_M
-        return g.groups * kgp * g.Cg * g.R * g.S * ceil_div(g.P * g.Q, TILE_N) * TILE_N
+        t = choose_gemm_tile(g.Kg, g.P * g.Q)
+        return g.groups * ceil_div(g.Kg, t.m) * t.m * g.Cg * g.R * g.S * \
+            ceil_div(g.P * g.Q, t.n) * t.n
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> GemmTile:
+        return GemmTile.parse(text) if text is not None else choose_gemm_tile(g.Kg, g.P * g.Q)
 
     def in_floats(self, g: ConvGeometry) -> int:
         return 0
@@ -719,13 +741,11 @@ class ImplicitGemm(ConvAlgorithm):
         return g.K * g.P * g.Q
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
-        note = (f"implicit GEMM convolution, {TILE_M} x {TILE_N} tiles through shared memory; "
+        self.refuse_fusions(prologue, residual)
+        note = (f"implicit GEMM convolution, {tile.m} x {tile.n} tiles through shared memory; "
                 "sizes are runtime arguments")
-        return implicit_gemm_conv_kernel(comment=note), "implicit_gemm"
+        name = "conv_implicit_gemm" + ("" if (tile.m, tile.n) == (64, 64) else f"_{tile}")
+        return implicit_gemm_conv_kernel(name, note, tile), "implicit_gemm"
 
     def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
         return (g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
@@ -745,6 +765,24 @@ class ImplicitGemm(ConvAlgorithm):
         """The weights as they are, ``[K, C/groups, R, S]``."""
         b = np.zeros(g.K, np.float32) if b is None else np.asarray(b, np.float32)
         return np.asarray(w, np.float32).ravel(), b.ravel()
+
+
+@dataclass(frozen=True)
+class GpuDirect(ImplicitGemm):
+    """A thread per output value (``gpu_direct_conv_kernel``): the implicit GEMM's arrays,
+    integers and output handling, none of its tiles; for layers whose groups have too few
+    output channels to fill a tile's rows (depthwise ones: one)."""
+
+    def work(self, g: ConvGeometry) -> int:
+        return g.groups * g.Kg * g.Cg * g.R * g.S * g.P * g.Q
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile:
+        return TILE_8  # no tile (select_tile records none): the default stands for it
+
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
+        self.refuse_fusions(prologue, residual)
+        note = "convolution, a thread per output value; sizes are runtime arguments"
+        return gpu_direct_conv_kernel(comment=note), "gpu_direct"
 
 
 #: PERF-NOTES and bench/RESULTS.md: the direct kernel reaches 55-79% of the 8-lane peak, its
@@ -778,9 +816,16 @@ WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.75, blocked=True,
 #: with the CPU algorithms' and is not compared: ``select_lowering`` prefers it on a GPU.
 IMPLICIT_GEMM = ImplicitGemm("implicit_gemm", "implicit_gemm", efficiency=0.5, gpu_only=True,
                              plain_io=True)
+#: Each thread reads its window's inputs and weights from the caches, no reuse through shared
+#: memory: a tenth of the implicit GEMM's rate assumed (an estimate: not measured on a GPU),
+#: so it wins where the GEMM's tiles would be mostly padding: fewer than about 3 output
+#: channels a group (depthwise layers), against the GEMM's 32-row tiles.
+GPU_DIRECT = GpuDirect("gpu_direct", "gpu_direct", efficiency=0.05, gpu_only=True,
+                       plain_io=True)
 #: Every convolution algorithm, the default first (``select_lowering`` takes the first that
 #: applies at -O0 and -O1, a GPU algorithm first on a GPU target).
-ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2, IMPLICIT_GEMM)
+ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2, IMPLICIT_GEMM,
+              GPU_DIRECT)
 
 
 def by_name(name: str) -> ConvAlgorithm:
