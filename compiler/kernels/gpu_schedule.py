@@ -115,15 +115,19 @@ def gpu_schedule(kernel: Kernel, ints: Mapping[str, int]) -> Kernel:
 def schedule_of(kernel: Kernel) -> str:
     """How ``kernel`` runs on a GPU: ``block`` (a block per row or tile whose threads
     cooperate), ``element`` (a thread per element: :func:`per_element`'s form, or a parallel
-    loop with no serial loop in it), ``row`` (a thread walking a row serially: the CPU's
-    schedule) or ``single`` (one thread)."""
+    loop with no loop in it), ``output`` (a thread per output value that reads its inputs in
+    serial loops: a window, a plane), ``row`` (a thread walking a row, storing as it goes: the
+    CPU's schedule) or ``single`` (one thread)."""
     for s in kernel.body:
         if isinstance(s, Loop) and s.kind == "block":
             return "block"
         if isinstance(s, Loop) and s.kind == "parallel":
             if s.body and isinstance(s.body[0], Comment) and s.body[0].text == ELEMENT_NOTE:
                 return "element"
-            return "row" if any(isinstance(t, Loop) for t, _ in _walk(s.body)) else "element"
+            loops = [t for t, _ in _walk(s.body) if isinstance(t, Loop)]
+            if any(_stored(t.body) for t in loops):
+                return "row"
+            return "output" if loops else "element"
     return "single"
 
 
