@@ -104,7 +104,7 @@ def gpu_schedule(kernel: Kernel, ints: Mapping[str, int]) -> Kernel:
     names = _all_names(kernel)
     rewritten = per_element(loop, env, names, _params_and(pre, kernel))
     if rewritten is None:
-        rewritten = per_block(loop, env, names, _params_and(pre, kernel))
+        rewritten = per_block(loop, env, names)
     if rewritten is None:
         if one_thread:  # made parallel: a thread per iteration
             return replace(kernel, body=[*pre, loop, *post])
@@ -233,8 +233,7 @@ def _branch_loop(s: Stmt) -> tuple[list[Stmt], Loop] | None:
     return lets, lp
 
 
-def per_block(loop: Loop, env: Mapping[str, int], names: set[str],
-              known: frozenset[str]) -> Loop | None:
+def per_block(loop: Loop, env: Mapping[str, int], names: set[str]) -> Loop | None:
     """The parallel ``loop`` over rows as a block per row (the module docstring), or None
     where its row is not invariants, reductions, independent loops and stores, with at least
     one reduction, each array stored in one place and read only there."""
