@@ -8,10 +8,12 @@ compared, TF32 off in both (float32 throughout).
 For each model and batch: whole-network latency (median of the timed calls, NumPy in and out:
 the copies to and from the device included, for both engines) and throughput (images/s), the
 largest relative difference of the outputs, and cnnc's per-layer time and GFLOP/s (each step
-timed alone, the device synchronized after it). ``--train``: the training step of those
-models (forward, softmax cross-entropy, backward, SGD with momentum; PyTorch's the same graph,
-``bench_training.torch_step_fn`` on the GPU), the median step and the first step's losses of
-both. ``--target cuda-emu`` runs the same script on
+timed alone, the device synchronized after it) with its kernels' GPU schedules and launches
+(``kernels``: e.g. ``element 50176x128`` a thread per element, ``block 65536x128`` a block per
+row; ``bench/gpu_schedules.py`` counts them per network without a GPU). ``--train``: the
+training step of those models (forward, softmax cross-entropy, backward, SGD with momentum;
+PyTorch's the same graph, ``bench_training.torch_step_fn`` on the GPU), the median step and
+the first step's losses of both. ``--target cuda-emu`` runs the same script on
 the CPU through the emulation (a check of the script itself; its times mean nothing).
 Results go to bench/results/gpu.json and a markdown table is printed.
 """
@@ -35,6 +37,7 @@ from cnnc.runtime.weights import init_params
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_training import LR, MOMENTUM, torch_step_fn  # noqa: E402
 from common import RESULTS, markdown_table, median_time  # noqa: E402
+from gpu_schedules import step_launches  # noqa: E402
 
 
 def synchronize(target: str) -> None:
@@ -46,7 +49,8 @@ def synchronize(target: str) -> None:
 
 
 def per_layer(model, x: np.ndarray, target: str) -> list[dict]:
-    """Each step's seconds (run alone after the device is idle) and GFLOP/s."""
+    """Each step's seconds (run alone after the device is idle), GFLOP/s, and its kernels'
+    GPU schedules and launches (blocks x threads: ``gpu_schedules.step_launches``)."""
     executor, graph = model.executor, model.plan.graph
     flat = {nid: x.reshape(-1) for nid in graph.inputs.values()}
     model.run({name: x for name in graph.inputs})  # the arena exists, its inputs stored
@@ -63,8 +67,11 @@ def per_layer(model, x: np.ndarray, target: str) -> list[dict]:
     for i, step in enumerate(model.steps):
         seconds = marks[i + 1] - marks[i]
         flops = 2 * node_macs(graph, graph.node(step.node)) * x.shape[0]
+        kernels = "; ".join(f"{schedule} {blocks}x{threads}" for _, schedule, (blocks, threads)
+                            in step_launches(step, x.shape[0]))
         rows.append({"layer": step.name, "op": step.op, "lowering": step.lowering,
-                     "ms": seconds * 1e3, "gflops": flops / seconds / 1e9 if flops else 0.0})
+                     "kernels": kernels, "ms": seconds * 1e3,
+                     "gflops": flops / seconds / 1e9 if flops else 0.0})
     return rows
 
 

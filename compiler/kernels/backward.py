@@ -34,6 +34,7 @@ from .common import (
     rows_kernel,
     unflatten,
 )
+from .gpu_schedule import pairwise_rounds
 from .kernel_ir import (
     F64,
     Barrier,
@@ -632,17 +633,16 @@ def _block_channel_sums(sums: Sequence[tuple[str, Callable[[Expr], Expr]]],
     thread += [Loop("i", (N_BATCH * L - th + (SUM_THREADS - 1)) // SUM_THREADS, step),
                *(Store(f"{var}_shared", th, Var(f"{var}_part")) for var, _ in sums),
                Barrier()]
-    half = SUM_THREADS // 2
-    while half:
-        thread += [If(cmp("<", th, half), [
-            Store(f"{var}_shared", th, Load(f"{var}_shared", th)
-                  + Load(f"{var}_shared", th + half)) for var, _ in sums]), Barrier()]
-        half //= 2
+    thread += pairwise_rounds(th, SUM_THREADS, [(f"{var}_shared", _add) for var, _ in sums])
     thread.append(If(cmp("==", th, 0), [
         *(Let(var, Load(f"{var}_shared", Const(0))) for var, _ in sums), *after]))
     return Loop("t", C, [*(Shared(f"{var}_shared", SUM_THREADS, double=True) for var, _ in sums),
                          *before, Loop("th", const(SUM_THREADS), thread, kind="thread")],
                 kind="block")
+
+
+def _add(a: Expr, b: Expr) -> Expr:
+    return a + b
 
 
 def _channel_sum(var: str, shape: Sequence[int], sz: Sizes,

@@ -491,9 +491,11 @@ def fmin_i(a: ExprLike, b: ExprLike) -> Expr:
 
 
 def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
-                  comment: str = "", sz: Sizes | None = None) -> Kernel:
+                  comment: str = "", sz: Sizes | None = None, gpu: bool = False) -> Kernel:
     """Concatenation along per-sample ``axis``: per (image, outer index), one contiguous copy
-    per input into its slice of the output row."""
+    per input into its slice of the output row. With ``gpu`` one loop over the output row,
+    each value taken from the input whose slice holds it (a GPU runs a thread per value:
+    ``gpu_schedule``)."""
     sz = sz if sz is not None else Sizes(literal=True)
     outer = sz("O", prod(shapes[0][:axis]))
     inners = [sz(f"L{k}", prod(s[axis:])) for k, s in enumerate(shapes)]
@@ -501,6 +503,18 @@ def concat_kernel(name: str, shapes: Sequence[Sequence[int]], axis: int,
     for inner in inners:
         total = total + inner
     body: list[Stmt] = [Let("ob", Var("t") * total)]
+    if gpu:
+        j = Var("j")
+        starts: list[ExprLike] = [0]
+        for inner in inners[:-1]:
+            starts.append(starts[-1] + inner)
+        value: Expr = Load(f"x{len(inners) - 1}", Var("t") * inners[-1] + j - starts[-1])
+        for k in range(len(inners) - 2, -1, -1):
+            value = Select(cmp("<", j, starts[k + 1]),
+                           Load(f"x{k}", Var("t") * inners[k] + j - starts[k]), value)
+        body.append(Loop("j", const(total), [Store("y", Var("ob") + j, value)]))
+        return rows_kernel(name, arrays(*[f"x{k}" for k in range(len(shapes))], "y"), outer,
+                           body, comment, sz)
     off: ExprLike = 0
     for k, inner in enumerate(inners):
         body.append(Let(f"ib{k}", Var("t") * inner))
@@ -540,12 +554,15 @@ def concat_blocked_kernel(name: str, n_inputs: int, comment: str = "",
 
 
 def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: float,
-               comment: str = "", mode: str = "constant", sz: Sizes | None = None) -> Kernel:
+               comment: str = "", mode: str = "constant", sz: Sizes | None = None,
+               gpu: bool = False) -> Kernel:
     """Padding of a C x H x W sample: per output row, fill or copy (``constant``), or copy
     from the mirrored (``reflect``) or clamped (``edge``) source row and columns. The sizes
     (``C H W``, the pads ``T L R``, the output ``P Q``) are runtime integers recorded in ``sz``
-    (literals without one); the fill value and the mode stay in the code."""
-    if mode != "constant":
+    (literals without one); the fill value and the mode stay in the code. With ``gpu`` a row
+    is one loop over its values, the borders chosen per value (a GPU runs a thread per value:
+    ``gpu_schedule``), not a loop per border and one for the middle (which vectorize)."""
+    if mode != "constant" and not gpu:
         return _mirror_pad_kernel(name, shape, pads, mode, comment, sz)
     sz = sz if sz is not None else Sizes(literal=True)
     C, H, W, t, l, r, OH, OW = _pad_sizes(shape, pads, sz)
@@ -553,6 +570,17 @@ def pad_kernel(name: str, shape: Sequence[int], pads: Sequence[int], value: floa
     body += [Let("ih", Var("oh") - t), Let("yb", Var("t") * OW)]
     fill = Const(float(value))
     ok = cmp("and", cmp(">=", Var("ih"), 0), cmp("<", Var("ih"), H))
+    if gpu:
+        j = Var("j")
+        if mode == "constant":
+            inside = cmp("and", ok, cmp("and", cmp(">=", j, l), cmp("<", j, l + W)))
+            value_at: Expr = Select(inside, Load("x0", (Var("nc") * H + Var("ih")) * W + j - l),
+                                    fill)
+        else:
+            source_row = (Var("nc") * H + _source_index(Var("ih"), H, mode)) * W
+            value_at = Load("x0", source_row + _source_index(j - l, W, mode))
+        body.append(Loop("j", const(OW), [Store("y", Var("yb") + j, value_at)]))
+        return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment, sz)
     copy_row = [Let("xb", (Var("nc") * H + Var("ih")) * W),
                 Loop("j", const(l), [Store("y", Var("yb") + Var("j"), fill)]),
                 Loop("j", const(W), [Store("y", Var("yb") + l + Var("j"),
@@ -686,19 +714,33 @@ def distance_kernel(name: str, size: int, p: float, comment: str = "",
 
 def zero_stuff_kernel(name: str, shape: Sequence[int], stride: tuple[int, int],
                       before: tuple[int, int], out_hw: tuple[int, int],
-                      comment: str = "", sz: Sizes | None = None) -> Kernel:
+                      comment: str = "", sz: Sizes | None = None, gpu: bool = False) -> Kernel:
     """Input of a transposed convolution as a plain one: ``stride - 1`` zeros between pixels,
     ``before`` rows/columns of zeros in front (negative: cropped), zeros after, to
     ``out_hw``: per output row, zeros or an input row's pixels each followed by ``stride - 1``
     zeros, every output written once. The sizes (``C H W``, ``before`` as ``BT BL``,
     ``out_hw`` as ``P Q``, the input columns that land in the output ``J0 .. J1 - 1``, the
     output columns ``C0 .. CE - 1`` they span) are runtime integers recorded in ``sz``
-    (literals without one); the stride stays in the code (its zeros unrolled)."""
+    (literals without one); the stride stays in the code (its zeros unrolled). With ``gpu``
+    a row is one loop over its values, each an input pixel or a zero (a GPU runs a thread per
+    value: ``gpu_schedule``; the sizes then ``C H W BT BL P Q``)."""
     sz = sz if sz is not None else Sizes(literal=True)
     C, H, W = (sz(n, int(d)) for n, d in zip("CHW", shape))
     sh, sw = stride
     bt, bl = sz("BT", before[0]), sz("BL", before[1])
     OH, OW = sz("P", out_hw[0]), sz("Q", out_hw[1])
+    if gpu:
+        sr, sc = Var("sr"), Var("sc")
+        pixel = cmp("and", cmp(">=", sr, 0), cmp("and", cmp("<", sr, (H - 1) * sh + 1),
+                                                  cmp("==", sr % sh, 0)))
+        pixel = cmp("and", pixel, cmp("and", cmp(">=", sc, 0), cmp("and", cmp(
+            "<", sc, (W - 1) * sw + 1), cmp("==", sc % sw, 0))))
+        body = unflatten(Var("t"), [("nc", N_BATCH * C), ("oh", OH)])
+        body += [Let("sr", Var("oh") - bt), Let("yb", Var("t") * OW), Loop("j", const(OW), [
+            Let("sc", Var("j") - bl),
+            Store("y", Var("yb") + Var("j"), Select(pixel, Load(
+                "x0", (Var("nc") * H + sr // sh) * W + sc // sw), Const(0.0)))])]
+        return rows_kernel(name, arrays("x0", "y"), C * OH, body, comment, sz)
     # The input columns that land in the output, ``j0 .. j1 - 1`` (bl + j sw in [0, OW)), and
     # the output columns before the first and from past the last of them (all zeros).
     j0 = max(0, -(before[1] // sw))

@@ -41,14 +41,18 @@ few such tiles (ResNet's 64 -> 64 3x3: 9) and a long reduction (``N P Q``), so t
 are cut into ``splits`` equal ranges, each range's blocks summing over every image into a
 partial gradient of their own, and :func:`split_sum_kernel` adds the partials in a fixed
 order: no atomics, the same bits whatever order the blocks run in.
+
+A dense layer ``y[n, o] = sum_i x[n, i] w[o, i]`` is the same GEMM with the images as its
+columns (:func:`dense_gemm_kernel`: ``A = w``, ``B[i, n] = x[n, i]``); its weight gradient is
+the convolution's, of a 1x1 kernel over 1x1 images (``ops/dense.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .common import int_params
+from .common import FusedOp, int_params
 from .kernel_ir import (
     Barrier,
     BinOp,
@@ -73,7 +77,8 @@ __all__ = ["GemmTile", "GEMM_TILES", "DEFAULT_TILE", "WEIGHT_GRAD_TILE", "TILE_K
            "TILE_EFFICIENCY", "choose_gemm_tile", "IMPLICIT_GEMM_INTS", "gpu_direct_conv_kernel",
            "gpu_direct_weight_grad_kernel",
            "IMPLICIT_WEIGHT_GRAD_INTS", "implicit_gemm_conv_kernel", "implicit_gemm_blocks",
-           "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel"]
+           "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel",
+           "dense_gemm_kernel", "DENSE_GEMM_INTS"]
 
 #: Reduction values of a block's slice (the shared tiles' depth).
 TILE_K = 8
@@ -419,3 +424,54 @@ def split_sum_kernel(name: str = "sum_splits", comment: str = "") -> Kernel:
     return Kernel(name, [Param("part"), Param("out")] + int_params("splits", "n"),
                   [Loop("i", Var("n"), body, kind="parallel")],
                   comment or "partial sums of a split reduction added, in order")
+
+
+#: The dense GEMM's integer arguments after its arrays: inputs and outputs of a row, the batch.
+DENSE_GEMM_INTS = ("NI", "NO", "n_batch")
+
+
+def dense_gemm_kernel(name: str, bias: bool, epilogue: Sequence[FusedOp],
+                      comment: str = "") -> Kernel:
+    """``y[n, o] = epilogue(sum_i x0[n, i] c_w[o, i] + c_b[o])`` for ``x0 [n_batch, NI]``,
+    ``c_w [NO, NI]`` and ``y [n_batch, NO]`` (the module docstring): a block per tile of
+    :data:`DEFAULT_TILE` (64 outputs by 64 images), the slices of ``w`` and ``x`` copied into
+    shared memory (consecutive threads, consecutive inputs of a row), then the unary
+    ``epilogue`` (the ops' scalar rules) at the stores."""
+    ni, no, n_batch = (Var(v) for v in DENSE_GEMM_INTS)
+    t, m0, j0 = Var("t"), Var("m0"), Var("j0")
+    tile = DEFAULT_TILE  # square: a thread copies as many elements of either tile
+    per_slice = TILE_K * tile.m // tile.threads
+    copies: list[Stmt] = []
+    for e in range(per_slice):
+        # both tiles: consecutive threads take consecutive inputs of a row
+        at = t + e * tile.threads
+        row, k = Var(f"row{e}"), Var(f"kc{e}")
+        col, kk = Var(f"col{e}"), Var(f"kk{e}")
+        copies += [Let(row.name, at // TILE_K), Let(k.name, at % TILE_K),
+                   Let(kk.name, Var("k0") * TILE_K + k), Let(col.name, j0 + row)]
+        copies.append(Store("a_tile", k * tile.m + row, Select(
+            _and(cmp("<", m0 + row, no), cmp("<", kk, ni)),
+            Load("c_w", (m0 + row) * ni + kk), Const(0.0))))
+        copies.append(Store("b_tile", k * tile.n + row, Select(
+            _and(cmp("<", col, n_batch), cmp("<", kk, ni)), Load("x0", col * ni + kk),
+            Const(0.0))))
+
+    def store(out: Expr, image: Expr, acc: Expr) -> Stmt:
+        value: Expr = acc + Load("c_b", out) if bias else acc
+        for op in epilogue:
+            value = op.scalar(value, op.attr_dict, None)
+        return Store("y", image * no + out, value)
+
+    block_body = _block_gemm(
+        [Let("m0", (Var("blk") // Var("jtiles")) * tile.m),
+         Let("j0", (Var("blk") % Var("jtiles")) * tile.n)],
+        Loop("k0", (ni + (TILE_K - 1)) // TILE_K, copies),
+        _micro_stores(m0, j0, no, n_batch, store), tile)
+    body: list[Stmt] = [
+        Let("mtiles", (no + (tile.m - 1)) // tile.m),
+        Let("jtiles", (n_batch + (tile.n - 1)) // tile.n),
+        Loop("blk", Var("mtiles") * Var("jtiles"), block_body, kind="block"),
+    ]
+    params = [Param("x0"), Param("c_w")] + ([Param("c_b")] if bias else []) + [Param("y")] + \
+        int_params(*DENSE_GEMM_INTS)
+    return Kernel(name, params, body, comment)

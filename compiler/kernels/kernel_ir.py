@@ -18,6 +18,7 @@ store; see :class:`Epilogue`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
@@ -524,3 +525,21 @@ def call(fn: str, *args: ExprLike) -> Call:
 
 def div(a: ExprLike, b: ExprLike) -> Div:
     return Div(const(a), const(b))
+
+
+_INT_OPS = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "//": lambda a, b: a // b, "%": lambda a, b: a % b, "max": max, "min": min,
+}
+
+
+def evaluate_int(e: Expr, env: Mapping[str, int]) -> int:
+    """The value of integer expression ``e`` of the variables ``env`` (a kernel's integer
+    arguments and invariants); ``ValueError`` where it names anything else."""
+    if isinstance(e, Const) and isinstance(e.value, int):
+        return e.value
+    if isinstance(e, Var) and e.name in env:
+        return env[e.name]
+    if isinstance(e, BinOp) and e.op in _INT_OPS:
+        return _INT_OPS[e.op](evaluate_int(e.a, env), evaluate_int(e.b, env))
+    raise ValueError(f"cannot evaluate {e!r} before the launch")

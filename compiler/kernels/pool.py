@@ -111,7 +111,7 @@ def pool_grad_scratch(op: str, out_hw: tuple[int, int], threads: int,
 
 def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int, int],
                      attrs: dict[str, Any], comment: str = "", sz: Sizes | None = None,
-                     thread_scratch: bool = True) -> Kernel:
+                     thread_scratch: bool = True, gpu: bool = False) -> Kernel:
     """The input gradient of ``maxpool``, ``minpool``, ``avgpool`` or ``lppool``
     (``pool_grad``): one parallel iteration per (image, channel) plane, which it zeroes and then
     adds each window's share of ``dy`` (``x1``) into: max (min) pooling all of it to the
@@ -127,7 +127,13 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
     tap beside the scatter, and ResNet-18's stem pooling gradient took 34 ms where the two
     loops take 11 (one thread, batch 8). ``work`` is indexed by ``thread_id``, which only the
     CPU has: without ``thread_scratch`` (a GPU target) each window's pick is added at once, in
-    one loop (:func:`picks_rows`)."""
+    one loop (:func:`picks_rows`).
+
+    With ``gpu`` (max, min and average pooling) each input cell gathers instead of each
+    window scattering: per (image, channel, input row), a loop over the row's cells, each
+    summing the shares of the windows that cover it (a max (min) window's ``dy`` where its
+    pick, found as above, is this cell): a GPU runs a thread per cell (``gpu_schedule``), where
+    windows scattering onto shared cells would race."""
     sz = sz if sz is not None else Sizes(literal=True)
     C, H, W = (sz(n, d) for n, d in zip("CHW", shape))
     P, Q = sz("P", out_hw[0]), sz("Q", out_hw[1])
@@ -165,6 +171,8 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
                 Store("y", Var("at"), Load("y", Var("at"))
                       + Load("x1", Var("yb") + Var("p") * Q + Var("q")))])]
         params = [Param(n) for n in pool_grad_arrays(op, thread_scratch)]
+        if gpu:
+            return _gather_grad(name, params, (C, H, W, P, Q), attrs, pick[:-1], comment, sz)
         if not picks_rows(op, thread_scratch):  # the pick, then its window's dy added at once
             add = [Let("tap", call("int", Var("best")))] + scatter[1:]
             body.append(Loop("p", const(P), [Let("h0", Var("p") * sh - pt),
@@ -175,6 +183,10 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
                                           Loop("q", const(Q), pick),
                                           Loop("q", const(Q), scatter)]))
         return rows_kernel(name, params, C, body, comment, sz)
+    if op == "avgpool" and gpu:
+        window = [Let("w0", Var("q") * sw - pl), *average_divisor(attrs, H, W)]
+        return _gather_grad(name, [Param(n) for n in pool_grad_arrays(op)], (C, H, W, P, Q),
+                            attrs, window, comment, sz)
     if op == "avgpool":
         q_body += average_divisor(attrs, H, W)
         q_body += [If(cmp(">", Var("cnt"), 0), [
@@ -202,6 +214,42 @@ def pool_grad_kernel(name: str, op: str, shape: Sequence[int], out_hw: tuple[int
     body.append(Loop("p", const(P), [Let("h0", Var("p") * sh - pt),
                                       Loop("q", const(Q), q_body)]))
     return rows_kernel(name, [Param(n) for n in pool_grad_arrays(op)], C, body, comment, sz)
+
+
+def _gather_grad(name: str, params: list[Param], sizes: tuple[ExprLike, ...],
+                 attrs: dict[str, Any], window: list[Stmt], comment: str,
+                 sz: Sizes) -> Kernel:
+    """:func:`pool_grad_kernel`'s gather form: per (plane, input row ``ch``), each input cell
+    ``cw`` adds, over the taps ``(rr, ss)`` of the windows ``(p, q)`` that cover it, what the
+    window gives it: ``window`` (statements of ``h0``, ``q`` and ``p``) computes the window's
+    max (min) pick ``best`` (the tap ``r S + s`` as a float) or its average's divisor
+    ``cnt``."""
+    C, H, W, P, Q = sizes
+    (R, S), (sh, sw) = attrs["kernel"], attrs["stride"]
+    pt, pl, _, _ = attrs["pads"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    pn, qn = Var("pn"), Var("qn")
+    dy = Load("x1", Var("yb") + Var("p") * Q + Var("q"))
+    if any(isinstance(s, Let) and s.var == "best" for s in window):
+        share: list[Stmt] = [If(cmp("==", Var("best"), call("f32", Var("rr") * S + Var("ss"))), [
+            Let("g", Var("g") + dy)])]
+    else:
+        share = [If(cmp(">", Var("cnt"), 0), [Let("g", Var("g") + div(dy, Var("cnt")))])]
+    taps = Loop("rr", Const(R), [
+        Let("pn", Var("ch") + pt - Var("rr") * dh),
+        If(cmp("and", cmp(">=", pn, 0), cmp("and", cmp("==", pn % sh, 0),
+                                             cmp("<", pn // sh, P))), [
+            Let("p", pn // sh), Let("h0", Var("p") * sh - pt),
+            Loop("ss", Const(S), [
+                Let("qn", Var("cw") + pl - Var("ss") * dw),
+                If(cmp("and", cmp(">=", qn, 0), cmp("and", cmp("==", qn % sw, 0),
+                                                     cmp("<", qn // sw, Q))), [
+                    Let("q", qn // sw), *window, *share])])])])
+    body: list[Stmt] = unflatten(Var("t"), [("nc", N_BATCH * C), ("ch", H)])
+    body += [Let("xb", Var("nc") * (H * W)), Let("yb", Var("nc") * (P * Q)),
+             Loop("cw", const(W), [Let("g", Const(0.0)), taps,
+                                   Store("y", Var("xb") + Var("ch") * W + Var("cw"), Var("g"))])]
+    return rows_kernel(name, params, C * H, body, comment, sz)
 
 
 def _count_taps(var: str, loop: str, start: Expr, k: int, d: int, lo: ExprLike,

@@ -34,6 +34,7 @@ from ..backends.numba.loader import NumbaBackend
 from ..decisions import EpilogueOp, epilogue_of, own_input_count, prologue_of
 from ..ir import Graph, Node, model_folder
 from ..kernels.common import FusedOp
+from ..kernels.gpu_schedule import gpu_schedule
 from ..kernels.kernel_ir import Kernel
 from ..ops import LoweringError, get_op, is_constant
 from ..plan import Arg, Call, Plan, Step, Storage
@@ -167,6 +168,8 @@ class LowerCtx:
         (once, here): ``x<k>`` is ``inputs[k]``, ``y`` the output, ``c_*`` a packed constant,
         ``n_batch`` the batch size, other integers the literal ``ints``."""
         ints = ints or {}
+        if self.backend.thread_blocks:  # a GPU's threads: its schedule of the CPU's kernel
+            kernel = gpu_schedule(kernel, ints)
         args = []
         node = self.node
         whole_batch = not node.type.batched and not any(

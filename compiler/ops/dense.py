@@ -11,7 +11,9 @@ import numpy as np
 
 from ..kernels.backward import dense_weight_grad_kernel
 from ..kernels.common import Sizes
+from ..kernels.conv_geometry import ConvGeometry
 from ..kernels.elementwise import dense_kernel
+from ..kernels.gpu_conv import dense_gemm_kernel
 from ..types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout
 from . import (
     EPS32,
@@ -26,6 +28,7 @@ from . import (
     register,
     sum_bound,
 )
+from .conv.gradient import implicit_weight_grad_step
 
 
 def _features(t: TensorType) -> int:
@@ -107,8 +110,12 @@ def _lower(ctx, node):
     storage = ctx.storage(x)
     n_in = ctx.in_shapes[0][0] if storage is None else storage.floats
     sz = Sizes()
-    k = dense_kernel(ctx.kname, n_in, node.attrs["out_features"], bool(b), ctx.epilogue,
-                     ctx.comment, sz)
+    if ctx.backend.thread_blocks and storage is None:  # a GPU's: the tiled GEMM
+        k = dense_gemm_kernel(ctx.kname, bool(b), ctx.epilogue, ctx.comment)
+        sz.values.update(NI=n_in, NO=node.attrs["out_features"])
+    else:
+        k = dense_kernel(ctx.kname, n_in, node.attrs["out_features"], bool(b), ctx.epilogue,
+                         ctx.comment, sz)
     weight = w
     if storage is not None:
         packed = ctx.graph.node(node.inputs[-1])
@@ -206,8 +213,14 @@ get_op("dense").gradient = _dense_gradient
 
 
 def _lower_weight_grad(ctx, node):
-    sz = Sizes()
+    """One parallel iteration per output feature; on a GPU the convolution's weight gradient
+    (implicit GEMM) of a 1x1 kernel over 1x1 images: ``dy^T x`` summed over the images."""
     (n_in,), (n_out,) = ctx.in_shapes
+    if ctx.backend.thread_blocks:
+        return implicit_weight_grad_step(ctx, node, ConvGeometry(
+            C=n_in, H=1, W=1, K=n_out, R=1, S=1, sh=1, sw=1, pt=0, pl=0, pb=0, pr=0, dh=1,
+            dw=1, groups=1, bias=False, activation=None))
+    sz = Sizes()
     k = dense_weight_grad_kernel(ctx.kname, n_in, n_out, ctx.comment, sz)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 

@@ -378,7 +378,8 @@ def _lower_pool_grad(ctx, node):
     sz = Sizes()
     x, dy = ctx.in_shapes
     scratch = ctx.thread_scratch
-    k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz, scratch)
+    k = pool_grad_kernel(ctx.kname, of, x, dy[1:], attrs, ctx.comment, sz, scratch,
+                         gpu=ctx.backend.thread_blocks)
     work = pool_grad_scratch(of, dy[1:], ctx.threads, scratch)
     if not work:
         return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)

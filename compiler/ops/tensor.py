@@ -242,7 +242,8 @@ def _lower_concat(ctx, node):
                                   ctx.out_storage.nhwc)
         return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=ints)
     sz = Sizes()
-    k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz)
+    k = concat_kernel(ctx.kname, ctx.in_shapes, node.attrs["axis"], ctx.comment, sz,
+                      gpu=ctx.backend.thread_blocks)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 
@@ -489,7 +490,7 @@ def _lower_pad(ctx, node):
     a = node.attrs
     sz = Sizes()
     k = pad_kernel(ctx.kname, ctx.in_shapes[0], a["pads"], a["value"], ctx.comment,
-                   mode=a["mode"], sz=sz)
+                   mode=a["mode"], sz=sz, gpu=ctx.backend.thread_blocks)
     return ctx.kernel_step(k, inputs=ctx.tensor_inputs, ints=sz.values)
 
 

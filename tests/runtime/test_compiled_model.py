@@ -13,7 +13,7 @@ import pytest
 
 from cnnc.runtime import model as model_mod
 from cnnc.runtime.cli import main
-from cnnc.runtime.model import CompiledModel, ModelError
+from cnnc.runtime.model import CompiledModel, ModelError, cuda_sources
 from cnnc.runtime.model import compile as compile_model
 from cnnc.runtime.reference import InputError, run_reference
 
@@ -267,6 +267,24 @@ def test_golden_generated_kernels(name):
     assert path.is_file(), f"no golden file {path}; run with CNNC_UPDATE_GOLDEN=1"
     assert src == path.read_text(encoding="utf-8"), (
         f"generated code for {name} changed; if on purpose, regenerate with "
+        "CNNC_UPDATE_GOLDEN=1")
+
+
+#: The goldens whose CUDA module is kept too: pooling (average with its padding excluded, global
+#: maximum), element-wise chains with broadcasting and fused activations, concatenation,
+#: bilinear upsampling, softmax and a dense layer, in their GPU schedules.
+CUDA_GOLDEN = ("golden_mlp", "golden_branches")
+
+
+@pytest.mark.parametrize("name", CUDA_GOLDEN)
+def test_golden_cuda_modules(name):
+    (src,) = cuda_sources(GOLDEN[name]).values()
+    path = GOLDEN_DIR / f"{name}.cu.txt"
+    if os.environ.get("CNNC_UPDATE_GOLDEN") == "1":
+        path.write_text(src, encoding="utf-8")
+    assert path.is_file(), f"no golden file {path}; run with CNNC_UPDATE_GOLDEN=1"
+    assert src == path.read_text(encoding="utf-8"), (
+        f"generated CUDA for {name} changed; if on purpose, regenerate with "
         "CNNC_UPDATE_GOLDEN=1")
 
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ...kernels.kernel_ir import BinOp, Const, Expr, Kernel, Let, Loop, Var
+from ...kernels.kernel_ir import Kernel, Let, Loop, evaluate_int
 
 __all__ = ["THREADS_PER_BLOCK", "MAX_ELEMENTS", "launch_shape", "Launcher", "KernelModule",
            "check_arguments", "scalar_argument", "ARRAY_DTYPES"]
@@ -38,37 +38,20 @@ THREADS_PER_BLOCK = 128
 #: Kernels index with 32-bit ``int``: an array must hold fewer elements.
 MAX_ELEMENTS = 2**31 - 1
 
-_INT_OPS = {
-    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "//": lambda a, b: a // b, "%": lambda a, b: a % b, "max": max, "min": min,
-}
-
-
-def _evaluate(e: Expr, env: Mapping[str, int]) -> int:
-    """An integer expression of the kernel's integer arguments and invariants."""
-    if isinstance(e, Const) and isinstance(e.value, int):
-        return e.value
-    if isinstance(e, Var) and e.name in env:
-        return env[e.name]
-    if isinstance(e, BinOp) and e.op in _INT_OPS:
-        return _INT_OPS[e.op](_evaluate(e.a, env), _evaluate(e.b, env))
-    raise ValueError(f"cannot evaluate {e!r} before the launch")
-
-
 def launch_shape(kernel: Kernel, ints: Mapping[str, int]) -> tuple[int, int]:
     """``(blocks, threads per block)`` of a launch of ``kernel`` with integer arguments
     ``ints`` (by parameter name); ``(0, ...)`` when the parallel loop is empty."""
     env = dict(ints)
     for s in kernel.body:
         if isinstance(s, Loop) and s.kind == "parallel":
-            extent = _evaluate(s.extent, env)
+            extent = evaluate_int(s.extent, env)
             return -(-max(extent, 0) // THREADS_PER_BLOCK), THREADS_PER_BLOCK
         if isinstance(s, Loop) and s.kind == "block":  # a block per iteration, its own threads
             threads = next(t.extent for t in s.body if isinstance(t, Loop) and t.kind == "thread")
-            return max(_evaluate(s.extent, env), 0), _evaluate(threads, env)
+            return max(evaluate_int(s.extent, env), 0), evaluate_int(threads, env)
         if isinstance(s, Let):  # an invariant the extent may name (floats are skipped)
             try:
-                env[s.var] = _evaluate(s.value, env)
+                env[s.var] = evaluate_int(s.value, env)
             except ValueError:
                 pass
     return 1, 1

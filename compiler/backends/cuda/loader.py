@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from ...kernels.gpu_schedule import gpu_schedule
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import layout_kernels
 from .. import KernelRefused
@@ -96,6 +97,7 @@ class CudaBackend:
         # printing it anew each time was most of a deep network's CUDA lowering (kernels hash
         # by identity and are never changed once built)
         self._codes: dict[Kernel, str] = {}
+        self._scheduled: dict[Kernel, Kernel] = {}
         self._module: KernelModule | None = None
         self._source: str | None = None
         self._memory: CupyMemory | EmulatedMemory | None = None
@@ -148,8 +150,10 @@ class CudaBackend:
         self.dedup_key(kernel)
 
     def add(self, kernel: Kernel) -> Launcher:
-        """Put ``kernel`` in the module (once per name: a second kernel of the same name and
-        other code gets a numbered name) and return its launcher."""
+        """Put ``kernel`` in the module in its GPU form (:meth:`scheduled`), once per name (a
+        second kernel of the same name and other code gets a numbered name), and return its
+        launcher."""
+        kernel = self.scheduled(kernel)
         key = self.dedup_key(kernel)
         name, n = kernel.name, 1
         while name in self.kernels and self.keys[name] != key:
@@ -215,6 +219,16 @@ class CudaBackend:
 
     def layout_kernel(self, name: str) -> Callable[..., Any]:
         return self.add(_layout_kernels()[name])
+
+    def scheduled(self, kernel: Kernel) -> Kernel:
+        """``kernel`` in its GPU form (``gpu_schedule`` for any sizes: the kernels the
+        lowering rules hand over without theirs, a convolution's layout and epilogue kernels;
+        the per-node kernels come rewritten for their sizes already), once per kernel
+        object (the layout kernels are shared by every layer)."""
+        done = self._scheduled.get(kernel)
+        if done is None:
+            done = self._scheduled[kernel] = gpu_schedule(kernel, {})
+        return done
 
     def module_sources(self) -> dict[str, str]:
         """The source files of the model: its one module."""

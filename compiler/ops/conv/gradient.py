@@ -250,8 +250,16 @@ def _lower_implicit_gemm(ctx, node) -> Step:
     dy read as they are; with the pixels in several ranges (``weight_grad_splits``), each
     range's partial gradient into scratch, added in order by ``split_sum_kernel``."""
     x, dy = ctx.tensor_inputs
-    g = _weight_grad_geometry(node, [ctx.graph.node(x).type])
-    lowering = node.attrs["lowering"]
+    return implicit_weight_grad_step(ctx, node, _weight_grad_geometry(
+        node, [ctx.graph.node(x).type]), node.attrs["lowering"])
+
+
+def implicit_weight_grad_step(ctx, node, g: ConvGeometry,
+                              lowering: str = "implicit_gemm") -> Step:
+    """The step of :func:`_lower_implicit_gemm` for the convolution ``g`` whose weight
+    gradient ``node`` is (its tensor inputs x and dy), by ``lowering``: also a dense layer's,
+    the convolution of a 1x1 kernel over 1x1 images (``ops/dense.py``)."""
+    x, dy = ctx.tensor_inputs
     if lowering == "gpu_direct":
         splits = 1
         kernel = gpu_direct_weight_grad_kernel(

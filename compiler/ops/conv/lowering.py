@@ -113,7 +113,7 @@ def lower_conv(ctx, node) -> Step:
         _, stuffed, before, hw = transpose_as_conv(attrs, x_shape)
         sz = Sizes()
         k = zero_stuff_kernel(f"n{node.id}_zero_stuff", x_shape, attrs["stride"], before, hw,
-                              ctx.comment, sz)
+                              ctx.comment, sz, gpu=ctx.backend.thread_blocks)
         sizes = tuple(Arg("int", v) for v in sz.values.values())
         calls.append(Call(None, (Arg("value", x), Arg("scratch", "stuffed"), *sizes,
                                  Arg("batch")), k.name, k))
