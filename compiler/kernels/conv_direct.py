@@ -38,10 +38,10 @@ from .kernel_ir import (
 from .pool import blocked_window
 from .tiles import (
     TILE_8,
-    TILE_DW,
     TILE_K,
     DirectTile,
     StorageIndex,
+    depthwise_tile,
     epilogue_stores,
     floor_let,
     floored,
@@ -112,10 +112,6 @@ def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
 
 #: The narrow tile of a channel-wise kernel's rows shorter than its full tile.
 NARROW_DW = 4
-#: Pixels per tile of the 16-lane channel-wise kernel: 7 divides every row of a 224 x 224
-#: network (112, 56, 28, 14, 7), where 8 pixels run rows of 28 and 14 as 32 and 16 (an
-#: overlapping last tile) and rows of 7 as two 4-pixel tiles.
-TILE_DW_16 = 7
 
 
 def _split_8(Q: Expr, tile) -> list:
@@ -477,16 +473,16 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     that block once and, for each ``j < Cg``, multiplies the ``j``-th input channel of every
     lane's group (the vector itself when ``Cg == 1``, ``vspread`` for groups narrower than the
     vector, a broadcast of channel ``j`` for 8 channels in 8 lanes) by the weights ``w[C8, R,
-    S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is 8
-    output pixels (6 when 8 weight vectors must stay in 16 registers; 7 with 16 lanes:
-    :data:`TILE_DW_16`); rows shorter than a tile run narrower ones (:func:`_row_tiles`).
+    S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is
+    ``tiles.depthwise_tile`` output pixels (7, 8 or 6); rows shorter than a tile run narrower
+    ones (:func:`_row_tiles`).
     Literal: kernel size, stride, dilation, ``Cg``, lanes; runtime: :data:`DEPTHWISE_INTS` and
     ``relu``."""
     R, S, cg = g.R, g.S, g.Cg
     if not g.channelwise:
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")
     L = g.lanes_in  # channels a block, in and out: the vector width
-    T = TILE_DW_16 if L == 16 else TILE_DW if cg <= 4 else 6
+    T = depthwise_tile(L, cg, R * S)
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
     x = StorageIndex(XB, Hp, Wp, XT, XL, L, g.nhwc_in)
