@@ -174,6 +174,26 @@ def test_pool_drawn_attributes(case, batch):
     assert_matches_reference(model, batch)
 
 
+@pytest.mark.parametrize("w", [4, 5, 6, 7])
+@settings(max_examples=3, derandomize=True, deadline=None)
+@given(st.integers(3, 6), st.sampled_from(["avx2", "avx512"]), st.sampled_from(["auto", "NHWC"]))
+def test_blocked_global_pools_for_every_row_remainder(w, h, target, layout):
+    """The channel-blocked global pools run four accumulators a row (pixel ``w`` into ``w %
+    4``, the row's last ``W % 4`` into the first): every remainder, 8 and 16 lanes, NCHWc and
+    NHWC storage, within the ops' error bounds (``cnnc check``)."""
+    from cnnc.runtime.check import check_model, format_rows
+
+    src = (f"network gp\ninput x: 3 x {h} x {w}\ny = x -> conv(24, 1) -> relu\n"
+           "y -> globalavgpool -> output a\ny -> globalmaxpool -> output m\n")
+    model = compile_model(src, target=target, layout=layout, seed=1)
+    plan = model.executor.plan
+    pools = [s for s in plan.steps if s.op.startswith("global")]
+    assert len(pools) == 2 and all(  # the pools read the convolution's blocked storage
+        plan.buffers.storage.get(plan.graph.node(s.node).inputs[0]) is not None for s in pools)
+    rows = check_model(model, batch=3)
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+
+
 def test_odd_sizes_71x71_batch_9():
     src = """
 network odd
