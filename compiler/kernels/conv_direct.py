@@ -38,6 +38,7 @@ from .kernel_ir import (
 from .pool import blocked_window
 from .tiles import (
     TILE_8,
+    TILE_DW,
     TILE_K,
     DirectTile,
     StorageIndex,
@@ -77,7 +78,7 @@ DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS + ("ZH",)
 DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS + ("ZH",)
 
 
-def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
+def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0, exact: int = 0) -> list:
     """Tiles of ``full`` pixels over ``Q`` consecutive output pixels (a row, or a plane with
     ``order="plane"``), ``Q`` a runtime value.
 
@@ -94,6 +95,9 @@ def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
     tiles, the first at pixel 0, the second ending at the last pixel, instead of one-pixel
     tiles, whose multiply-adds over all the taps form one dependent chain (latency-bound: 4
     chains keep the FMA unit busy); shorter rows run one-pixel tiles. One tile body more.
+    ``exact`` (shorter than ``full``): a row of exactly ``exact`` pixels runs one tile of
+    that width instead (the 8-lane 5x5 kernel's rows of 7: 7 chains, not two tiles of 4 that
+    compute 8 pixels). One tile body more again.
     """
     q0 = Var("qt") * full
     short = cmp("<", Q, full)
@@ -104,8 +108,9 @@ def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
             *tile(full, Var("q0"))]),
     ]
     if narrow:
-        stmts.append(If(cmp("and", short, cmp(">=", Q, narrow)),
-                        tile(narrow, Const(0)) + tile(narrow, Q - narrow)))
+        pair = If(cmp("and", short, cmp(">=", Q, narrow)),
+                  tile(narrow, Const(0)) + tile(narrow, Q - narrow))
+        stmts.append(If(cmp("==", Q, exact), tile(exact, Const(0)), [pair]) if exact else pair)
         short = cmp("<", Q, narrow)
     return stmts + [If(short, [Loop("q1", Q, tile(1, Var("q1")))])]
 
@@ -483,6 +488,8 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")
     L = g.lanes_in  # channels a block, in and out: the vector width
     T = depthwise_tile(L, cg, R * S)
+    # rows of TILE_DW (7) pixels with a wider tile (the 8-lane 5x5 windows) run one tile of 7
+    exact = TILE_DW if T > TILE_DW else 0
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
     x = StorageIndex(XB, Hp, Wp, XT, XL, L, g.nhwc_in)
@@ -552,13 +559,13 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         # this one fetched
         body = unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)])
         body += _row_tiles(Q, T, lambda T, q0: [Loop("cb", C8, in_block(tile(T, q0)))],
-                           NARROW_DW)
+                           NARROW_DW, exact)
         body.append(Loop("cb", C8, in_block(halo)))
         tasks = Var("n_batch") * P
     else:
         body = unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
         body += in_block([Comment(f"tiles of {T} pixels, the last ending at the last pixel"),
-                          *_row_tiles(Q, T, tile, NARROW_DW), *halo])
+                          *_row_tiles(Q, T, tile, NARROW_DW, exact), *halo])
         tasks = Var("n_batch") * (C8 * P)
     pre = [floor_let()]
     pre += [Let("xpix", x.pixel)] if g.nhwc_in else []
