@@ -4,7 +4,7 @@ share of the measured bandwidth it reaches.
 
     NUMBA_NUM_THREADS=2 .venv/bin/python bench/bench_memory_bound.py
         [--models mobilenet_v2 efficientnet_b0 squeezenet1_1] [--batch 1] [--repeat 20]
-        [--threads 2] [--top 12] [--cpu]
+        [--threads 2] [--top 12] [--cpu] [--avx2-only] [--target avx2|avx512]
 
 Bandwidth, measured in the same run on ``--threads`` threads (Numba, parallel loops over
 arrays of 64 Mi floats, far past the last-level cache): *copy* (``a[i] = b[i]``) and *triad*
@@ -23,8 +23,17 @@ with ``--threads 1`` a loaded machine's other processes then count less (Numba's
 runs a one-thread parallel region on the calling thread; with more threads the workers' time
 would be missed).
 
-Results: bench/results/memory_bound.json and markdown tables (by kind of op, then the slowest
-memory-bound steps).
+``--avx2-only`` runs the measurement in a process whose Numba generates AVX2 code only (the
+environment of ``bench/common.py: avx2_only_env``, as ``bench_tiles.py --avx2-only``): the
+model is compiled for the 8-lane ``avx2`` target, the FMA peak measured at 8 lanes. ``--target``
+names the target without changing the process (``avx2`` on an AVX-512 machine: 8-lane kernels
+in AVX-512 code).
+
+Each step's row has the median of its calls' sums over the runs (``seconds``) and the minimum
+(``seconds_min``); whole runs likewise.
+
+Results: bench/results/memory_bound[_<target>][_avx2only].json and markdown tables (by kind of
+op, then the slowest memory-bound steps).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -42,12 +52,12 @@ import numpy as np
 
 import cnnc
 from cnnc.compiler.ops import get_op
-from cnnc.compiler.target import host_target
+from cnnc.compiler.target import resolve_target
 from cnnc.runtime.bench import measure_peak
 from cnnc.runtime.executor import flat_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, markdown_table, whole_runs  # noqa: E402
+from common import RESULTS, avx2_only_env, markdown_table, whole_runs  # noqa: E402
 
 
 @numba.njit(parallel=True, cache=True)
@@ -157,9 +167,11 @@ def profile(model, batch: int, repeat: int, clock=time.perf_counter) -> dict:
             continue
         rows.append({"step": step.name, "op": kind_of(ex.plan, index),
                      "seconds": statistics.median(r.get(index, 0.0) for r in per_run),
+                     "seconds_min": min(r.get(index, 0.0) for r in per_run),
                      "bytes": step_bytes(ex, arena, index),
                      "flops": step_flops(ex.plan, index, batch)})
-    return {"whole_run_s": statistics.median(whole), "steps": rows}
+    return {"whole_run_s": statistics.median(whole), "whole_run_min_s": min(whole),
+            "steps": rows}
 
 
 def main() -> None:
@@ -172,21 +184,34 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--cpu", action="store_true",
                     help="CPU time of the calling thread instead of wall time (with --threads 1)")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="generate AVX2 code only (the Zen 3 proxy on an AVX-512 machine), "
+                         "8-lane kernels")
+    ap.add_argument("--target", default="cpu",
+                    help="the target cnnc compiles for (cpu: this process's CPU)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.avx2_only and not args.worker:
+        # the same measurement in a process whose Numba generates AVX2 code only
+        cmd = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+        raise SystemExit(subprocess.run(cmd, env=avx2_only_env()).returncode)
+    target = resolve_target("avx2" if args.avx2_only else args.target)
     bandwidth = measure_bandwidth(args.threads)
     # three arrays of 1 Mi floats (12 MB): in the last-level cache of the machines we run on
     cached = measure_bandwidth(args.threads, 1 << 20, runs=200)["triad"]
-    peak = measure_peak(args.threads, lanes=host_target().lanes)
+    peak = measure_peak(args.threads, lanes=target.lanes)
     balance = peak / bandwidth["triad"]
-    print(f"{args.threads} threads: copy {bandwidth['copy']:.1f} GB/s, triad "
+    print(f"target {target}{' (AVX2 code only)' if args.avx2_only else ''}, "
+          f"{args.threads} threads: copy {bandwidth['copy']:.1f} GB/s, triad "
           f"{bandwidth['triad']:.1f} GB/s (12 MB in cache: triad {cached:.1f} GB/s), FMA peak "
           f"{peak:.0f} GFLOP/s, balance {balance:.1f} FLOP/byte", flush=True)
     numba.set_num_threads(args.threads)
     out = {"bandwidth_gbs": bandwidth, "cached_triad_gbs": cached, "peak_gflops": peak,
-           "threads": args.threads, "batch": args.batch,
+           "threads": args.threads, "batch": args.batch, "target": target.name,
+           "avx2_only": args.avx2_only,
            "clock": "thread CPU" if args.cpu else "wall", "models": {}}
     for name in args.models:
-        model = cnnc.compile(name)
+        model = cnnc.compile(name, target=target)
         prof = profile(model, args.batch, args.repeat,
                        time.thread_time if args.cpu else time.perf_counter)
         out["models"][name] = prof
@@ -196,7 +221,8 @@ def main() -> None:
         kinds: dict[str, list[dict]] = defaultdict(list)
         for r in bound:
             kinds[r["op"]].append(r)
-        print(f"\n### {name}, batch {args.batch}: a run {1e3 * prof['whole_run_s']:.2f} ms, "
+        print(f"\n### {name}, batch {args.batch}: a run {1e3 * prof['whole_run_s']:.2f} ms "
+              f"(best {1e3 * prof['whole_run_min_s']:.2f}), "
               f"its steps one by one {1e3 * total:.2f} ms, "
               f"{1e3 * sum(r['seconds'] for r in bound):.2f} ms in {len(bound)} memory-bound "
               f"steps\n")
@@ -220,7 +246,9 @@ def main() -> None:
               f"{100 * r['bytes'] / r['seconds'] / 1e9 / cached:.0f}%",
               f"{r['flops'] / r['bytes']:.2f}"] for r in slow]))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory_bound.json").write_text(json.dumps(out, indent=1))
+    suffix = ("" if args.target == "cpu" and not args.avx2_only else f"_{target}") + \
+        ("_avx2only" if args.avx2_only else "")
+    (RESULTS / f"memory_bound{suffix}.json").write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, markdown_table, measure_peak  # noqa: E402
+from common import RESULTS, avx2_only_env, markdown_table, measure_peak  # noqa: E402
 
 
 def _conv(k: int, c: int, hw: int, r: int = 3, s: int = 1) -> tuple[str, dict, tuple]:
@@ -73,18 +73,6 @@ SETS: dict[str, list] = {
         _conv(512, 512, 14),
     ],
 }
-
-
-def avx2_only_env() -> dict[str, str]:
-    """This environment, with Numba told to generate code for an AVX2 CPU (Zen 3) with the
-    host's features less every AVX-512 one."""
-    from llvmlite import binding
-
-    feats = binding.get_host_cpu_features()
-    off = ("avx512", "evex512", "amx")
-    flags = ",".join(("+" if on and not k.startswith(off) else "-") + k
-                     for k, on in sorted(feats.items()))
-    return dict(os.environ, NUMBA_CPU_NAME="znver3", NUMBA_CPU_FEATURES=flags)
 
 
 def asm_counts(asm: str) -> dict[str, int]:

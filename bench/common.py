@@ -4,9 +4,12 @@ itself (timing, the FMA peak, workers, tables, charts) is in `cnnc.runtime.bench
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from llvmlite import binding
 
 from cnnc.runtime import bench
 from cnnc.runtime.bench import markdown_table, measure_peak  # noqa: F401 - used by the scripts
@@ -16,6 +19,18 @@ RESULTS = HERE / "results"
 # Nominal fp32 peak of this machine kind: 2 FMA units x 8 lanes x 2 flops = 32 flop/cycle/core
 # at 2.6 GHz (PERF-NOTES.md). Percentages are of this figure, whatever the CPU boosts to.
 NOMINAL_PEAK_PER_CORE = 83.2
+
+
+def avx2_only_env() -> dict[str, str]:
+    """This environment, with Numba told to generate code for an AVX2 CPU (Zen 3) with the
+    host's features less every AVX-512 one: on an AVX-512 machine, the proxy for an AVX2 CPU
+    with the same 256-bit FMA throughput (Zen 4 for Zen 3); cnnc's host target is then
+    ``avx2`` (8 lanes)."""
+    feats = binding.get_host_cpu_features()
+    off = ("avx512", "evex512", "amx")
+    flags = ",".join(("+" if on and not k.startswith(off) else "-") + k
+                     for k, on in sorted(feats.items()))
+    return dict(os.environ, NUMBA_CPU_NAME="znver3", NUMBA_CPU_FEATURES=flags)
 
 
 def median_time(fn: Callable[[], object], repeat: int, min_time: float = 0.5,

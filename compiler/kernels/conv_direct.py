@@ -41,6 +41,7 @@ from .tiles import (
     TILE_DW,
     DirectTile,
     StorageIndex,
+    depthwise_tile,
     epilogue_stores,
     floor_let,
     floored,
@@ -71,7 +72,7 @@ DIRECT_INTS = ("NB", "Cgb", "KB", "Kgb", "P", "Q") + IO_INTS + ("ZH",)
 DEPTHWISE_INTS = ("C8", "XB", "P", "Q") + IO_INTS + ("ZH",)
 
 
-def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
+def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0, exact: int = 0) -> list:
     """Tiles of ``full`` pixels over ``Q`` consecutive output pixels (a row, or a plane with
     ``order="plane"``), ``Q`` a runtime value.
 
@@ -88,6 +89,9 @@ def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
     tiles, the first at pixel 0, the second ending at the last pixel, instead of one-pixel
     tiles, whose multiply-adds over all the taps form one dependent chain (latency-bound: 4
     chains keep the FMA unit busy); shorter rows run one-pixel tiles. One tile body more.
+    ``exact`` (shorter than ``full``): a row of exactly ``exact`` pixels runs one tile of
+    that width instead (the 8-lane 5x5 kernel's rows of 7: 7 chains, not two tiles of 4 that
+    compute 8 pixels). One tile body more again.
     """
     q0 = Var("qt") * full
     short = cmp("<", Q, full)
@@ -98,18 +102,15 @@ def _row_tiles(Q: Expr, full: int, tile, narrow: int = 0) -> list:
             *tile(full, Var("q0"))]),
     ]
     if narrow:
-        stmts.append(If(cmp("and", short, cmp(">=", Q, narrow)),
-                        tile(narrow, Const(0)) + tile(narrow, Q - narrow)))
+        pair = If(cmp("and", short, cmp(">=", Q, narrow)),
+                  tile(narrow, Const(0)) + tile(narrow, Q - narrow))
+        stmts.append(If(cmp("==", Q, exact), tile(exact, Const(0)), [pair]) if exact else pair)
         short = cmp("<", Q, narrow)
     return stmts + [If(short, [Loop("q1", Q, tile(1, Var("q1")))])]
 
 
 #: The narrow tile of a channel-wise kernel's rows shorter than its full tile.
 NARROW_DW = 4
-#: Pixels per tile of the 16-lane channel-wise kernel: 7 divides every row of a 224 x 224
-#: network (112, 56, 28, 14, 7), where 8 pixels run rows of 28 and 14 as 32 and 16 (an
-#: overlapping last tile) and rows of 7 as two 4-pixel tiles.
-TILE_DW_16 = 7
 
 
 def _split_8(Q: Expr, tile) -> list:
@@ -467,16 +468,18 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
     that block once and, for each ``j < Cg``, multiplies the ``j``-th input channel of every
     lane's group (the vector itself when ``Cg == 1``, ``vspread`` for groups narrower than the
     vector, a broadcast of channel ``j`` for 8 channels in 8 lanes) by the weights ``w[C8, R,
-    S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is 8
-    output pixels (6 when 8 weight vectors must stay in 16 registers; 7 with 16 lanes:
-    :data:`TILE_DW_16`); rows shorter than a tile run narrower ones (:func:`_row_tiles`).
+    S, Cg, lanes]``: exactly the multiply-adds of the convolution, no padded group. A tile is
+    ``tiles.depthwise_tile`` output pixels (7, 8 or 6); rows shorter than a tile run narrower
+    ones (:func:`_row_tiles`).
     Literal: kernel size, stride, dilation, ``Cg``, lanes; runtime: :data:`DEPTHWISE_INTS` and
     ``relu``."""
     R, S, cg = g.R, g.S, g.Cg
     if not g.channelwise:
         raise ValueError(f"not a channel-wise convolution: {g.describe()}")
     L = g.lanes_in  # channels a block, in and out: the vector width
-    T = TILE_DW_16 if L == 16 else TILE_DW if cg <= 4 else 6
+    T = depthwise_tile(L, cg, R * S)
+    # rows of TILE_DW (7) pixels with a wider tile (the 8-lane 5x5 windows) run one tile of 7
+    exact = TILE_DW if T > TILE_DW else 0
     C8, XB, P, Q, Hp, Wp, XT, XL, YB, YH, YW, YT, YL, _ = (Var(v) for v in DEPTHWISE_INTS)
     n, cb, p = Var("n"), Var("cb"), Var("p")
     x = StorageIndex(XB, Hp, Wp, XT, XL, L, g.nhwc_in)
@@ -546,13 +549,13 @@ def channelwise_conv_kernel(g: ConvGeometry, name: str = "conv_depthwise",
         # this one fetched
         body = unflatten(Var("t"), [("n", Var("n_batch")), ("p", P)])
         body += _row_tiles(Q, T, lambda T, q0: [Loop("cb", C8, in_block(tile(T, q0)))],
-                           NARROW_DW)
+                           NARROW_DW, exact)
         body.append(Loop("cb", C8, in_block(halo)))
         tasks = Var("n_batch") * P
     else:
         body = unflatten(Var("t"), [("n", Var("n_batch")), ("cb", C8), ("p", P)])
         body += in_block([Comment(f"tiles of {T} pixels, the last ending at the last pixel"),
-                          *_row_tiles(Q, T, tile, NARROW_DW), *halo])
+                          *_row_tiles(Q, T, tile, NARROW_DW, exact), *halo])
         tasks = Var("n_batch") * (C8 * P)
     pre = [floor_let()]
     pre += [Let("xpix", x.pixel)] if g.nhwc_in else []

@@ -817,6 +817,14 @@ def dense_kernel(name: str, n_in: int, n_out: int, bias: bool,
                   pre + [Loop("o", no, body, kind="parallel")], comment)
 
 
+#: Floats of a block's plane up to which a task of a channel-blocked element-wise kernel takes
+#: the whole plane, not one row: a task of one short row (7 pixels of 8 lanes: 224 bytes)
+#: costs its claim and set-up more than its loads (EfficientNet-B0's gate products on 7 x 7
+#: planes ran at 24 GB/s with 8 lanes, 35 with 16). A choice without a division: a task's
+#: index splits by runtime divisions already, and two more cost a 56 x 56 plane's rows 40%.
+PLANE_TASK_FLOATS = 4096
+
+
 def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[str],
                                epilogue: Sequence[FusedOp], comment: str = "",
                                lanes: int = 8, nhwc: bool = False) -> Kernel:
@@ -828,14 +836,20 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
     same tensor shape (``kinds[k-1] == "full"``) or a plain per-channel gate ``[N, C]``
     (``"channel"``). ``op`` is ``add``, ``sub``, ``mul``, ``copy`` (``n_own`` = 1) or
     ``affine``: ``x0 * c_scale[c] + c_shift[c]`` (an inference batch norm; the packed scale and
-    shift padded with zeros to whole blocks; ``n_own`` = 1).
+    shift padded with zeros to whole blocks; ``n_own`` = 1). A task is one row of one block
+    of one image, or the block's whole plane where it holds at most
+    :data:`PLANE_TASK_FLOATS` floats.
     """
 
     C8, P, Q = Var("C8"), Var("P"), Var("Q")
     n, cb, p, q = Var("n"), Var("cb"), Var("p"), Var("q")
     x, y = StorageIndex.named("X", lanes, nhwc), StorageIndex.named("Y", lanes, nhwc)
     others = len(kinds)
-    body: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("p", P))) + [
+    whole = cmp("<=", P * Q * lanes, PLANE_TASK_FLOATS)  # a task is the whole plane
+    groups = Select(whole, Const(1), P)
+    head: list[Stmt] = unflatten(Var("t"), y.tasks(("n", N_BATCH), ("cb", C8), ("pg", groups)))
+    body: list[Stmt] = [
+        Let("p", Var("pg") + Var("pr")),  # one of them is 0
         Let("xrow", x.row(n, cb, p)),
         Let("yrow", y.row(n, cb, p)),
     ]
@@ -865,11 +879,12 @@ def elementwise_blocked_kernel(name: str, op: str, n_own: int, kinds: Sequence[s
 
     body.append(Loop("q", Q, store_epilogue("y", Var("yrow") + q * y.pixel, value, epilogue,
                                             operand_index, lambda k: f"x{n_own + k}", lanes)))
+    body = head + [Loop("pr", Select(whole, P, Const(1)), body)]
     ints = ["C8", "P", "Q"] + ["X" + s for s in BLOCKED_INTS] + \
         [n for k in range(others) for n in operand_ints(k)] + ["Y" + s for s in BLOCKED_INTS]
     pre = [Let(f"eplane{k}", operand_plane(k, kinds[k], lanes, nhwc)) for k in range(others)]
     consts = [Param("c_scale"), Param("c_shift")] if op == "affine" else []
     params = [Param(f"x{k}") for k in range(others + 1)] + consts + [Param("y")] + \
         [Param(i, "int") for i in ints] + [Param("n_batch", "int")]
-    return Kernel(name, params, pre + [Loop("t", N_BATCH * (C8 * P), body, kind="parallel")],
-                  comment)
+    return Kernel(name, params, pre + [Loop("t", N_BATCH * (C8 * groups), body,
+                                            kind="parallel")], comment)

@@ -576,29 +576,52 @@ def avgpool_blocked_ok(attrs: dict[str, Any]) -> bool:
     return bool(attrs.get("count_include_pad", True)) or not any(attrs["pads"])
 
 
+#: Independent accumulators of the channel-blocked global pool: its adds (maxima) over a plane
+#: are one dependent chain otherwise, a vector every 3 cycles (the add's latency) where two
+#: units could take two a cycle.
+GLOBAL_POOL_CHAINS = 4
+
+
 def global_pool_blocked_kernel(name: str, op: str, comment: str = "", lanes: int = 8,
                                nhwc: bool = False) -> Kernel:
     """Mean or maximum over each channel's H x W plane of channel-blocked storage (``lanes``
     channels a block), written as the plain ``[N, C]`` result (``C`` a multiple of 8: with 16
     lanes the last block may hold 8 channels, and only its low half is stored); the mean sums
-    in float32 vectors."""
+    in float32 vectors, each row's pixels in turn into :data:`GLOBAL_POOL_CHAINS` accumulators
+    (pixel ``w`` into ``w % 4``; a row's last ``W % 4`` pixels into the first), added pairwise
+    at the end."""
     C8, H, W = Var("C8"), Var("H"), Var("W")
     x = StorageIndex.named("X", lanes, nhwc)
     n, cb = Var("n"), Var("cb")
-    tap = VLoad("x0", x.tap(Var("xb"), Var("h"), Var("w")), lanes)
+    k = GLOBAL_POOL_CHAINS
+
+    def tap(w: ExprLike) -> Expr:
+        return VLoad("x0", Var("xr") + w * x.pixel, lanes)
+
     if op == "globalavgpool":
         init: Expr = VZero(lanes)
-        update: Expr = VBin("add", Var("acc"), tap)
-        final: Expr = VBin("mul", Var("acc"), VSplat(div(Const(1.0), call("f32", H * W)), lanes))
+        kind = "add"
     else:
         init = VSplat(Const(float("-inf")), lanes)
-        update = VBin("max", Var("acc"), tap)
-        final = Var("acc")
+        kind = "max"
+    chains = [Let(f"acc{j}", VBin(kind, Var(f"acc{j}"), tap(Var("w4") * k + j)))
+              for j in range(k)]
     body: list[Stmt] = unflatten(Var("t"), [("n", N_BATCH), ("cb", C8)]) + [
         Let("xb", x.block_start(n, cb)),
-        Let("acc", init),
-        Loop("h", H, [Loop("w", W, [Let("acc", update)])]),
+        *(Let(f"acc{j}", init) for j in range(k)),
+        Loop("h", H, [
+            Let("xr", x.tap(Var("xb"), Var("h"), 0)),
+            Loop("w4", W // k, chains),
+            Loop("w", W % k, [Let("acc0", VBin(kind, Var("acc0"), tap(Var("w"))))],
+                 start=W - W % k),
+        ]),
+        Let("acc", VBin(kind, VBin(kind, Var("acc0"), Var("acc1")),
+                        VBin(kind, Var("acc2"), Var("acc3")))),
     ]
+    if op == "globalavgpool":
+        final: Expr = VBin("mul", Var("acc"), VSplat(div(Const(1.0), call("f32", H * W)), lanes))
+    else:
+        final = Var("acc")
     ints = ["C8", "H", "W"] + ["X" + s for s in BLOCKED_INTS]
     if lanes == 8:
         body.append(VStore("y", (n * C8 + cb) * lanes, final))

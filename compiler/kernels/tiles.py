@@ -33,8 +33,29 @@ from .kernel_ir import (
 #: Output channels of one channel-blocked storage block pair: each group's output channels are
 #: stored padded to a multiple of this (two 8-channel blocks), whatever the kernel's tile.
 TILE_K = 16
-#: Pixels per tile of the depthwise kernel (one accumulator per pixel).
-TILE_DW = 8
+#: Pixels per tile of the depthwise kernel (one accumulator per pixel; see
+#: :func:`depthwise_tile`): 7 divides every row of a 224 x 224 network (112, 56, 28, 14, 7),
+#: where 8 pixels run rows of 28 and 14 as 32 and 16 (an overlapping last tile) and rows of 7
+#: as two 4-pixel tiles, whose 4 multiply-add chains leave half of two FMA units idle (their
+#: latency is 4 cycles). A 7-pixel tile issues as many loads a pixel as an 8-pixel one (a
+#: weight vector and 7 input vectors a tap), so long rows lose nothing.
+TILE_DW = 7
+
+
+def depthwise_tile(lanes: int, cg: int, taps: int) -> int:
+    """Pixels per tile of the channel-wise kernel with ``lanes`` lanes, ``cg`` input channels a
+    group and ``taps`` window taps: :data:`TILE_DW` with 16 lanes (32 registers) and for the
+    8-lane depthwise 3x3 (and smaller) windows; 8 for larger 8-lane windows, whose 7-pixel tile
+    LLVM unrolls over every tap (a 5x5 window: 175 multiply-adds, under its full-unroll
+    threshold, where 8 pixels' 200 are over) and then runs chain by chain, spilling the
+    input vectors it shares between taps to the stack: 1.3x the 8-pixel tile's time (rows of
+    28, AVX2 code); 6 for 8-lane groups of more than 4 channels (8 weight vectors must stay
+    in 16 registers)."""
+    if lanes == 16:
+        return TILE_DW
+    if cg > 4:
+        return 6
+    return TILE_DW if taps <= 9 else 8
 #: GEMM register tile: rows (output channels) x columns (pixels).
 GEMM_M, GEMM_N = 6, 16
 

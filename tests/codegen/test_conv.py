@@ -421,11 +421,14 @@ def test_16_lane_kernel_asm_uses_zmm_without_spills():
 
 
 def test_depthwise_rows_of_every_width(conv_ref, close):
-    """One channel-wise kernel (its sizes are run-time values: one compile) over rows of 1 to
-    19 pixels: one-pixel tiles (under 4), two overlapping 4-pixel tiles (4 to 7: the last
-    stages of MobileNetV2 and EfficientNet-B0), full tiles and an overlapping full tile: the
-    reference's numbers on every path."""
-    attrs = dict(out_channels=11, kernel=3, groups=11, pads=1, bias=True, activation="relu")
+    """One channel-wise kernel per window (its sizes are run-time values: one compile each)
+    over rows of 1 to 19 pixels: one-pixel tiles (under 4), two overlapping 4-pixel tiles
+    (4 up to the full tile), full tiles and an overlapping full tile; the 8-lane 3x3 window's
+    full tile is 7 pixels, the 5x5 one's 8 (``tiles.depthwise_tile``), whose rows of exactly 7
+    run one 7-pixel tile: the reference's numbers on every path."""
     rng = np.random.default_rng(11)
-    for W in range(1, 20):
-        _check(compile_conv(attrs, (11, 3, W), "direct"), attrs, 2, rng, conv_ref, close)
+    for k in (3, 5):
+        attrs = dict(out_channels=11, kernel=k, groups=11, pads=k // 2, bias=True,
+                     activation="relu")
+        for W in range(1, 20):
+            _check(compile_conv(attrs, (11, 3, W), "direct"), attrs, 2, rng, conv_ref, close)

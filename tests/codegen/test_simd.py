@@ -344,7 +344,7 @@ def test_vector_exp_follows_the_features_llvm_is_told_not_the_hosts(tmp_path):
     """A process whose Numba generates code for a CPU without AVX-512 (``NUMBA_CPU_FEATURES``,
     as ``bench_tiles.py --avx2-only`` sets on an AVX-512 machine) compiles the 16-lane ``vexp``
     with the exponent-bits scaling: ``vscalefps`` asked of such an LLVM cannot be selected.
-    Its numbers are the exponent-bits ones, bit for bit."""
+    Its numbers are the exponent-bits ones, bit for bit, NaN and the infinities included."""
     import os
     import subprocess
     import sys
@@ -354,7 +354,9 @@ def test_vector_exp_follows_the_features_llvm_is_told_not_the_hosts(tmp_path):
     feats = binding.get_host_cpu_features()
     flags = ",".join(("+" if on and not k.startswith(("avx512", "evex512", "amx")) else "-") + k
                      for k, on in sorted(feats.items()))
-    x = np.linspace(-110.0, 95.0, 4096, dtype=np.float32)
+    x = np.concatenate([np.linspace(-110.0, 95.0, 4096, dtype=np.float32),
+                        np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 88.72, -103.97,
+                                  1e30, -1e30, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0], np.float32)])
     np.save(tmp_path / "x.npy", x)
     script = _AVX2_ONLY_EXP.format(x=tmp_path / "x.npy", out=tmp_path / "out.npy")
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=flags)

@@ -174,6 +174,50 @@ def test_pool_drawn_attributes(case, batch):
     assert_matches_reference(model, batch)
 
 
+@pytest.mark.parametrize("w", [4, 5, 6, 7])
+@settings(max_examples=3, derandomize=True, deadline=None)
+@given(st.integers(3, 6), st.sampled_from(["avx2", "avx512"]), st.sampled_from(["auto", "NHWC"]))
+def test_blocked_global_pools_for_every_row_remainder(w, h, target, layout):
+    """The channel-blocked global pools run four accumulators a row (pixel ``w`` into ``w %
+    4``, the row's last ``W % 4`` into the first): every remainder, 8 and 16 lanes, NCHWc and
+    NHWC storage, within the ops' error bounds (``cnnc check``)."""
+    from cnnc.runtime.check import check_model, format_rows
+
+    src = (f"network gp\ninput x: 3 x {h} x {w}\ny = x -> conv(24, 1) -> relu\n"
+           "y -> globalavgpool -> output a\ny -> globalmaxpool -> output m\n")
+    model = compile_model(src, target=target, layout=layout, seed=1)
+    plan = model.executor.plan
+    pools = [s for s in plan.steps if s.op.startswith("global")]
+    assert len(pools) == 2 and all(  # the pools read the convolution's blocked storage
+        plan.buffers.storage.get(plan.graph.node(s.node).inputs[0]) is not None for s in pools)
+    rows = check_model(model, batch=3)
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+
+
+@pytest.mark.parametrize("hw", [5, 24])
+@pytest.mark.parametrize("target", ["avx2", "avx512"])
+def test_blocked_elementwise_tasks_of_rows_and_of_planes(hw, target):
+    """A channel-blocked element-wise kernel (a squeeze-and-excitation gate's product) takes a
+    block's whole plane a task where it holds at most ``PLANE_TASK_FLOATS`` floats (5 x 5), a
+    row a task otherwise (24 x 24): both within the ops' error bounds, at 8 and 16 lanes,
+    batch 3."""
+    from cnnc.compiler.kernels.elementwise import PLANE_TASK_FLOATS
+    from cnnc.runtime.check import check_model, format_rows
+
+    lanes = 16 if target == "avx512" else 8
+    assert (hw * hw * lanes <= PLANE_TASK_FLOATS) == (hw == 5)
+    src = (f"network ew\ninput x: 8 x {hw} x {hw}\ny = x -> conv(32, 1) -> relu\n"
+           "g = y -> globalavgpool -> conv(8, 1) -> relu -> conv(32, 1) -> sigmoid\n"
+           "(y * g) -> conv(16, 1) -> output out\n")
+    model = compile_model(src, target=target, seed=4)
+    plan = model.executor.plan
+    muls = [s for s in plan.steps if s.op == "mul"]
+    assert len(muls) == 1  # the product reads the blocked storage of y
+    assert plan.buffers.storage.get(plan.graph.node(muls[0].node).inputs[0]) is not None
+    rows = check_model(model, batch=3)
+    assert all(r.ok for r in rows), format_rows(rows, 1.0)
+
+
 def test_odd_sizes_71x71_batch_9():
     src = """
 network odd

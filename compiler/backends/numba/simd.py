@@ -275,7 +275,7 @@ def vsqrt(typingctx, v):
 #: degree-6 polynomial of Cephes' ``expf`` on |r| <= ln 2 / 2, times 2 ** n (``vscalefps`` with
 #: AVX-512, else two exponent-field powers; results that underflow do so gradually). Inputs are
 #: clamped to [-104, 89.5] first: below, e ** x rounds to 0; above, the product overflows to
-#: inf; NaN stays NaN.
+#: inf; NaN stays NaN (through the arithmetic: the clamps keep it).
 _LOG2E = 1.44269504088896341
 _LN2_HI, _LN2_LO = 0.693359375, -2.12194440e-4
 _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
@@ -299,12 +299,31 @@ def _scale_by_scalef(builder, y, n, lanes: int):
     return builder.call(fn, [y, n, y, ir.Constant(ir.IntType(8), -1)])
 
 
+def _truncate_to_int(builder, n, lanes: int):
+    """``n`` (integral floats) as int32 lanes. With AVX, ``vcvttps2dq`` itself (an x86
+    intrinsic, per 8 lanes), whose NaN lanes are defined (the integer indefinite, 0x80000000);
+    LLVM's ``fptosi`` makes a NaN lane poison, which only a select of the result can keep out
+    (:func:`_exp_ir`)."""
+    it = ir.VectorType(_I32, lanes)
+    if not host_has("avx"):
+        return builder.fptosi(n, it)
+    v8, i8 = _llvm(8), ir.VectorType(_I32, 8)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i8, [v8]),
+                                        "llvm.x86.avx.cvtt.ps2dq.256")
+    if lanes == 8:
+        return builder.call(fn, [n])
+    halves = [builder.call(fn, [_shuffle(builder, n, lanes, list(range(h, h + 8)))])
+              for h in (0, 8)]
+    return builder.shuffle_vector(halves[0], halves[1],
+                                  ir.Constant(ir.VectorType(_I32, 16), list(range(16))))
+
+
 def _scale_by_exponent_bits(builder, y, n, lanes: int):
     """``y * 2 ** n`` as two products with powers of two built in the exponent field (each
     factor in the normal range, so a result that underflows does so gradually): 9
     instructions where ``vscalefps`` is one."""
     vt, it = _llvm(lanes), ir.VectorType(_I32, lanes)
-    ni = builder.fptosi(n, it)
+    ni = _truncate_to_int(builder, n, lanes)
     half = builder.ashr(ni, ir.Constant(it, [1] * lanes))
     for part in (half, builder.sub(ni, half)):
         bits = builder.shl(builder.add(part, ir.Constant(it, [127] * lanes)),
@@ -333,6 +352,11 @@ def _exp_ir(builder, x, lanes: int, use_scalef: bool):
     y = builder.fadd(_llvm_call(builder, "fma", lanes, p, builder.fmul(r, r), r), c(1.0))
     scale = _scale_by_scalef if use_scalef else _scale_by_exponent_bits
     y = scale(builder, y, n, lanes)
+    if use_scalef or host_has("avx"):
+        # a NaN x gives a NaN r and polynomial, and NaN times any scale is NaN: no select
+        # (cmp and blend, a fifth of the AVX2 function's time); without AVX the fptosi of
+        # a NaN n is poison, and only the select keeps it out of the result
+        return y
     return builder.select(builder.fcmp_unordered("uno", x, x), x, y)
 
 
