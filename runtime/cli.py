@@ -4,6 +4,7 @@ never a Python traceback."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import paused_collection
 from ..dsl.errors import DslError
 from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re-exported
     EXTRA,
     CliError,
+    compile_source,
     convolutionalized,
     force_arg,
     fully_convolutional_args,
@@ -101,20 +104,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     size = input_size_of(args)
     graph = declared if size is None else convolutionalized(declared, size)
     options = ImageOptions(resize=args.resize, mean=args.mean, std=args.std)
-    params = (load_weights(declared, args.weights) if args.weights else
-              init_params(declared, args.seed))
+
+    def params() -> dict[str, np.ndarray]:
+        return (load_weights(declared, args.weights) if args.weights else
+                init_params(declared, args.seed))
+
     if args.dask:
-        return run_over_dask(args, graph, params, options)
+        return run_over_dask(args, graph, params(), options)
     inputs = load_inputs(args.input, graph, options)
     t0 = time.perf_counter()
     if args.reference:
-        outputs = run_reference(graph, inputs, params)
+        outputs = run_reference(graph, inputs, params())
         engine = "float64 reference"
     else:
         from .model import NumericsError
         from .model import compile as compile_model
 
-        model = compile_model(graph, args.target, weights=params, lowering=args.lowering)
+        source = compile_source(args, graph)
+        if source is graph:
+            model = compile_model(graph, args.target, weights=params(), lowering=args.lowering)
+        else:  # the weights made or read by the compile: its caches then apply
+            model = compile_model(source, args.target, weights=args.weights, seed=args.seed,
+                                  lowering=args.lowering)
         try:
             outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()},
                                 check_numerics=args.check_numerics)
@@ -294,7 +305,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user mistake prints a located message and returns 2, never a
     traceback. An unexpected exception is a bug in cnnc: it says so (set CNNC_TRACEBACK=1 to
     see the Python traceback) and returns 70."""
-    _register_extras()
+    # This process is the command: what its imports made lives until it exits, so it is
+    # frozen for the collector (``cnnc.import_frozen``: the collections of the command and of
+    # the exit skip it)
+    with paused_collection():
+        _register_extras()
+    gc.freeze()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # a command that starts others
