@@ -5,7 +5,8 @@ The kernel cache (``compiler/backends/numba/cache.py``) makes a second compile o
 load its kernels instead of compiling them; what was left of a cached compile in a fresh
 process was host work redone every time (bench/RESULTS.md): parsing and the passes, the seeded
 initial weights, and packing them into every kernel's constants (ResNet-18: 0.4 s of CPU
-together, ResNet-50 1.0 s, more than loading their kernels). Two kinds of entry keep its
+together, ResNet-50 1.0 s, more than loading their kernels; packing given weights 0.2 s).
+Two kinds of entry keep its
 results, in the kernel cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or
 ``compile``'s ``cache_dir``):
 
@@ -16,15 +17,18 @@ results, in the kernel cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, o
   importing the parser) and the passes; the records' times are the first compile's. Not for a
   program that imports other files (their text is not in the key), a ``Graph`` or ONNX input,
   autotuning, an IR dump or training;
-- ``constants/<key>.bin``: every step's packed constants of a seeded compile, keyed by the
-  seed and everything else they depend on: the network as written (every node, attribute and
-  literal value: the initial values), the optimized graph the plan was lowered from (every
-  decision the passes recorded: layouts, algorithms, tiles), the target, the thread and CPU
-  counts, NumPy's version (the random streams) and the source of the compiler and runtime. A
-  hit skips making the initial values (they are made from the seed only if the model's
-  parameters are asked for) and packing them. Only for networks of at least
-  :data:`MIN_FLOATS` parameters (smaller ones cost little to make), CPU plans and no
-  autotuning. An entry is about the size of the parameters in float32 (ResNet-18's 59 MB).
+- ``constants/<key>.bin``: every step's packed constants, keyed by where the parameters
+  come from (a seed, or given values by a SHA-256 of them: :func:`weights_digest`, an .npz
+  or an ONNX file's as much as a dict) and everything else they depend on: the network as
+  written (every node, attribute and literal value: the initial values), the optimized graph
+  the plan was lowered from (every decision the passes recorded: layouts, algorithms, tiles)
+  or, where the graphs came from a program's text, its front-end key (which fixes both), the
+  target, the thread and CPU counts, NumPy's version (the random streams) and the source of
+  the compiler and runtime. A hit skips packing, and for a seed making the initial values
+  (they are made from the seed only if the model's parameters are asked for). Only for
+  networks of at least :data:`MIN_FLOATS` parameters (smaller ones cost little to make), CPU
+  plans and no autotuning. An entry is about the size of the parameters in float32
+  (ResNet-18's 59 MB).
 
 A change of anything in a key is another key: a miss, never a stale value. At most
 :data:`MAX_ENTRIES` entries of each kind are kept (64 front ends, 8 sets of constants), the
@@ -67,6 +71,7 @@ from ..compiler.target import Target
 
 __all__ = ["MIN_FLOATS", "MAX_ENTRIES", "Frontend", "code_fingerprint",
            "constants_cacheable", "constants_key", "frontend_cacheable", "frontend_key",
+           "weights_digest",
            "entry_path", "load_constants", "store_constants", "load_frontend", "store_frontend"]
 
 #: Networks with fewer parameters (float32 values) keep no constants entry: cheap to make.
@@ -308,8 +313,27 @@ def constants_cacheable(graph: Graph, plan: Plan, target: Target, autotune: bool
     return floats >= MIN_FLOATS and not autotune and not target.cuda and plan.memory.host
 
 
-def constants_key(graph: Graph, plan: Plan, seed: int, target: Target) -> str:
-    """The hash of everything a seeded compile's parameters and constants depend on."""
+def weights_digest(values: Mapping[str, np.ndarray]) -> str:
+    """What given parameter values are, for :func:`constants_key`: a SHA-256 of each one's
+    name, shape and float32 bytes (as they are packed; ResNet-18's 47 MB in about 0.05 s,
+    a quarter of their packing)."""
+    h = hashlib.sha256()
+    for name in sorted(values):
+        data = np.ascontiguousarray(values[name], np.float32)
+        h.update(f"\0{name}\0{data.shape}\0".encode())
+        h.update(data)
+    return f"weights {h.hexdigest()}"
+
+
+def constants_key(graph: Graph, plan: Plan, seed: int | str, target: Target,
+                  front: str | None = None) -> str:
+    """The hash of everything a compile's parameters and constants depend on. ``seed``: the
+    seed of the initial values, or the :func:`weights_digest` of given ones. ``front``: the
+    front-end key the graphs were parsed and optimized under (the program's text and every
+    option the passes see, in full): the graphs are then not hashed again (ResNet-50's
+    0.03 s)."""
+    if front is not None:
+        return _hash(CONSTANTS, repr(seed), repr(target), FRONTEND, front)
     return _hash(CONSTANTS, repr(seed), repr(target), _graph_text(graph),
                  _graph_text(plan.graph))
 

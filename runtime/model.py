@@ -656,8 +656,8 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         elif helpers is not None:
             helpers.close()
         helpers = None
-        model = _model(graph, plan, records, opt_level,
-                       params if not seeded else None, seed, cpu, autotune, cache_dir)
+        model = _model(graph, plan, records, opt_level, params if not seeded else None, seed,
+                       cpu, autotune, cache_dir, None if front is None else front.key)
         if warming is not None:
             bar = CompileProgress(progress)
             try:
@@ -680,22 +680,23 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
 
 def _model(graph: Graph, plan: Plan, records: list[PassRecord], opt_level: int,
            params: dict[str, np.ndarray] | None, seed: int, cpu: Target, autotune: bool,
-           cache_dir: str | Path | None) -> CompiledModel:
+           cache_dir: str | Path | None, front: str | None) -> CompiledModel:
     """The compiled model of ``plan`` with ``params``, or (None) with the initial values of
-    ``seed``: those and the kernels' constants read from the cache of packed constants where
-    this plan's are there, else made, packed and stored there."""
-    if params is not None:
-        return CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
+    ``seed``: the kernels' constants read from the cache of packed constants where this
+    plan's are there for those values (and the initial values made only when asked for),
+    else packed and stored there. ``front``: the front-end key the graphs came under."""
     if not compile_cache.constants_cacheable(graph, plan, cpu, autotune):
-        return CompiledModel(graph, plan, init_params(graph, seed), passes=records,
-                             opt_level=opt_level)
-    key = compile_cache.constants_key(graph, plan, seed, cpu)
+        return CompiledModel(graph, plan, init_params(graph, seed) if params is None else params,
+                             passes=records, opt_level=opt_level)
+    origin = seed if params is None else compile_cache.weights_digest(params)
+    key = compile_cache.constants_key(graph, plan, origin, cpu, front)
     path = compile_cache.entry_path(compile_cache.CONSTANTS, key, cache_dir)
     consts = compile_cache.load_constants(path, key, plan)
-    if consts is not None:  # the parameters are made from the seed if they are asked for
-        return CompiledModel(graph, plan, lambda: init_params(graph, seed), passes=records,
-                             opt_level=opt_level, packed=consts)
-    model = CompiledModel(graph, plan, init_params(graph, seed), passes=records,
-                          opt_level=opt_level)
+    if consts is not None:  # seeded: the parameters are made from the seed if asked for
+        return CompiledModel(graph, plan,
+                             (lambda: init_params(graph, seed)) if params is None else params,
+                             passes=records, opt_level=opt_level, packed=consts)
+    model = CompiledModel(graph, plan, init_params(graph, seed) if params is None else params,
+                          passes=records, opt_level=opt_level)
     compile_cache.store_constants(path, key, plan, model.executor.consts)
     return model
