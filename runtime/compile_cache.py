@@ -1,14 +1,13 @@
-"""On-disk caches of a compile's host work: the optimized graph, and a seeded compile's
-packed kernel constants.
+"""On-disk caches of a compile's host work: the optimized graph, and the packed kernel
+constants.
 
 The kernel cache (``compiler/backends/numba/cache.py``) makes a second compile of a network
 load its kernels instead of compiling them; what was left of a cached compile in a fresh
 process was host work redone every time (bench/RESULTS.md): parsing and the passes, the seeded
 initial weights, and packing them into every kernel's constants (ResNet-18: 0.4 s of CPU
-together, ResNet-50 1.0 s, more than loading their kernels; packing given weights 0.2 s).
-Two kinds of entry keep its
-results, in the kernel cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or
-``compile``'s ``cache_dir``):
+together, ResNet-50 1.0 s, more than loading their kernels; packing given weights: ResNet-18's
+0.2 s). Two kinds of entry keep its results, in the kernel cache's root (``$CNNC_CACHE_DIR``
+or ``~/.cache/cnnc``, or ``compile``'s ``cache_dir``):
 
 - ``frontend/<key>.bin``: the network as written and its optimized copy with the pass records
   (pickled), keyed by the program's text and file name, the options the passes see (target,
