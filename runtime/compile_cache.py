@@ -10,21 +10,24 @@ together, ResNet-50 1.0 s, more than loading their kernels; packing given weight
 or ``~/.cache/cnnc``, or ``compile``'s ``cache_dir``):
 
 - ``frontend/<key>.bin``: the network as written and its optimized copy with the pass records
-  (pickled), keyed by the program's text and file name, the options the passes see (target,
+  (pickled), keyed by the program's text (an ONNX file's: a SHA-256 of its bytes, weights
+  included: :func:`onnx_text`) and file name, the options the passes see (target,
   optimization level, lowering, layout), the thread and CPU counts (the tiles chosen weigh
   them) and the source of the packages that parse and optimize. A hit skips parsing (and
-  importing the parser) and the passes; the records' times are the first compile's. Not for a
-  program that imports other files (their text is not in the key), a ``Graph`` or ONNX input,
-  autotuning, an IR dump or training;
+  importing the parser; for an ONNX file, importing onnx and converting the model) and the
+  passes; the records' times are the first compile's. Not for a program that imports other
+  files (their text is not in the key), an ONNX file with external data (likewise), a
+  ``Graph``, autotuning, an IR dump or training;
 - ``constants/<key>.bin``: every step's packed constants, keyed by where the parameters
-  come from (a seed, or given values by a SHA-256 of them: :func:`weights_digest`, an .npz
-  or an ONNX file's as much as a dict) and everything else they depend on: the network as
+  come from (a seed, an ONNX file under its front-end key, or given values by a SHA-256 of
+  them: :func:`weights_digest`, an .npz's as much as a dict's) and everything else they
+  depend on: the network as
   written (every node, attribute and literal value: the initial values), the optimized graph
   the plan was lowered from (every decision the passes recorded: layouts, algorithms, tiles)
   or, where the graphs came from a program's text, its front-end key (which fixes both), the
   target, the thread and CPU counts, NumPy's version (the random streams) and the source of
-  the compiler and runtime. A hit skips packing, and for a seed making the initial values
-  (they are made from the seed only if the model's parameters are asked for). Only for
+  the compiler and runtime. A hit skips packing, and for a seed or an ONNX file making the
+  parameters (made from the seed, or read from the file, only if they are asked for). Only for
   networks of at least :data:`MIN_FLOATS` parameters (smaller ones cost little to make), CPU
   plans and no autotuning. An entry is about the size of the parameters in float32
   (ResNet-18's 59 MB).
@@ -70,7 +73,7 @@ from ..compiler.target import Target
 
 __all__ = ["MIN_FLOATS", "MAX_ENTRIES", "Frontend", "code_fingerprint",
            "constants_cacheable", "constants_key", "frontend_cacheable", "frontend_key",
-           "weights_digest",
+           "weights_digest", "onnx_text",
            "entry_path", "load_constants", "store_constants", "load_frontend", "store_frontend"]
 
 #: Networks with fewer parameters (float32 values) keep no constants entry: cheap to make.
@@ -239,6 +242,16 @@ class Frontend:
 def frontend_cacheable(text: str) -> bool:
     """Whether a program's front end can be cached by its text: not when it imports files."""
     return _IMPORT.search(text) is None
+
+
+def onnx_text(data: bytes) -> str | None:
+    """What stands for an ONNX file's bytes in its front-end key (a SHA-256 of them: its graph
+    and its weights), or None where the file is not the whole model: one whose tensors name
+    files of external data (the ``location`` every such entry holds; the word by chance in
+    the bytes only costs the entry)."""
+    if b"location" in data:
+        return None
+    return f"onnx {hashlib.sha256(data).hexdigest()}"
 
 
 def frontend_key(text: str, file: str, target: Target, opt_level: int,

@@ -126,6 +126,45 @@ def test_a_weights_digest_changes_with_every_name_shape_and_value():
     assert compile_cache.weights_digest(dict(reversed(list(w.items())))) == digest
 
 
+def test_an_onnx_files_front_end_and_constants_are_keyed_by_its_bytes(root, monkeypatch):
+    pytest.importorskip("onnx")
+    from cnnc.runtime.onnx import export_onnx
+
+    declared = compile_model("lenet5", seed=3, warm=False)
+    path = root / "lenet5.onnx"
+    export_onnx(declared.graph, declared.params, path)
+    first = compile_model(str(path))
+    assert len(entries(root, "frontend")) == 2 and len(entries(root, "constants")) == 2
+    ref = run_reference(declared.graph, {"image": X.astype(np.float64)}, declared.params)
+    np.testing.assert_allclose(first(X), next(iter(ref.values())), rtol=1e-4, atol=1e-6)
+    with monkeypatch.context() as m:
+        no_host_work(m)
+        m.setattr(model_module, "_onnx_weights",
+                  lambda *a: pytest.fail("a cache hit read the ONNX file's weights"))
+        second = compile_model(str(path))
+    assert np.array_equal(second(X), first(X))
+    # its weights are read from the file when asked for
+    assert all(np.array_equal(second.params[k], first.params[k]) for k in first.params)
+    third = compile_model(str(path))
+    # other weights in the file: other bytes, another entry of each kind, their numbers
+    halved = {k: v * 0.5 for k, v in declared.params.items()}
+    export_onnx(declared.graph, halved, path)
+    with pytest.raises(model_module.ModelError, match="has changed since"):
+        _ = third.params
+    other = compile_model(str(path))
+    assert len(entries(root, "frontend")) == 3 and len(entries(root, "constants")) == 3
+    ref = run_reference(declared.graph, {"image": X.astype(np.float64)}, halved)
+    np.testing.assert_allclose(other(X), next(iter(ref.values())), rtol=1e-4, atol=1e-6)
+    # given weights take the place of the file's, keyed by their values
+    given = compile_model(str(path), weights=declared.params)
+    assert np.array_equal(given(X), first(X))
+
+
+def test_an_onnx_file_with_external_data_keeps_no_front_end_entry():
+    assert compile_cache.onnx_text(b"\x08\x07 plain model bytes") is not None
+    assert compile_cache.onnx_text(b"...\x12\x08location\x1a\x0cweights.data...") is None
+
+
 def test_a_program_that_imports_files_keeps_no_front_end_entry(root, tmp_path):
     (tmp_path / "lib.cnn").write_text("block pair(c) {\n    return in -> conv(c, 3) -> relu\n}\n")
     program = tmp_path / "main.cnn"
