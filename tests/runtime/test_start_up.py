@@ -95,3 +95,38 @@ def test_the_runtimes_import_freezes_what_it_made_and_nothing_after(tmp_path, mo
             gc.enable()
     finally:
         gc.unfreeze()  # the rest of the suite collects as before
+
+
+def test_the_command_line_imports_only_the_module_of_the_command_it_runs():
+    from cnnc.runtime import cli
+    from cnnc.runtime.cli_common import EXTRA
+
+    cli._register_extras()  # every module: the table names each command's own
+    assert set(EXTRA) == set(cli.COMMAND_MODULES)
+    for command, module in cli.COMMAND_MODULES.items():
+        assert EXTRA[command][0].__module__ == f"cnnc.runtime.{module}", command
+    assert not set(cli.BASIC_COMMANDS) & set(EXTRA)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from cnnc.runtime.cli import main
+        assert main(["dump", "lenet5"]) == 0
+        print(sorted(m for m in sys.modules if m.startswith("cnnc.runtime.") and
+                     m.rpartition(".")[2] in ("commands", "onnx_commands", "show",
+                                              "train_command", "bench_command")))
+    """)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_command_hands_compile_the_models_name_where_the_graph_is_just_that():
+    from types import SimpleNamespace
+
+    from cnnc.runtime.cli_common import compile_source
+
+    graph = cnnc.load("lenet5")
+    plain = SimpleNamespace(model="lenet5", param=None, input_size=None)
+    assert compile_source(plain, graph) == "lenet5"
+    assert compile_source(SimpleNamespace(model="lenet5", param=["classes=7"], input_size=None),
+                          graph) is graph
+    assert compile_source(SimpleNamespace(model="lenet5", param=None, input_size="64x64"),
+                          graph) is graph
