@@ -317,13 +317,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user mistake prints a located message and returns 2, never a
     traceback. An unexpected exception is a bug in cnnc: it says so (set CNNC_TRACEBACK=1 to
     see the Python traceback) and returns 70."""
-    # This process is the command: what its imports made lives until it exits, so it is
-    # frozen for the collector (``cnnc.import_frozen``: the collections of the command and of
-    # the exit skip it)
     given = list(sys.argv[1:] if argv is None else argv)
     with paused_collection():
         _register_extras(next((a for a in given if not a.startswith("-")), None))
-    gc.freeze()
+    if argv is None:
+        # the process's own command (its arguments from sys.argv): what its imports made
+        # lives until it exits, so it is frozen for the collector (``cnnc.import_frozen``:
+        # the collections of the command and of the exit skip it); not when a program calls
+        # main() with arguments, whose objects that later become garbage would stay
+        gc.freeze()
     parser = build_parser()
     args = parser.parse_args(given)
     args.argv = given  # a command that starts others
