@@ -447,7 +447,9 @@ def _cached_front(src: Any, cpu: Target, *, opt_level: int, lowering: str | Mapp
             return None  # reported by the import, as without the cache
         if found is None:
             return None
-        onnx, text, file = str(src), found, str(Path(text).resolve())
+        # the file by its absolute path: its weights may be read later, from another folder
+        onnx = file = str(Path(text).resolve())
+        text = found
     else:
         try:
             text, file = read_source(src)
