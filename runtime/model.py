@@ -560,9 +560,11 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     ``cuda-emu``: the model's CUDA module run on the CPU by the emulation (slow: for checking
     the CUDA kernels); ``cuda``: an NVIDIA GPU through CuPy (without one, refused with what was
     looked for and found; ``cuda_sources`` prints the module without a GPU).
-    ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
-    or an .npz path. ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2
-    (everything; ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
+    ``weights``: None (deterministic initialization from ``seed``; an ONNX file's own), a
+    dict by parameter name, or an .npz path (for a network of a million parameters or more,
+    the packed constants of each are kept in the compile cache: ``runtime/compile_cache.py``).
+    ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2 (everything;
+    ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
     chooses), ``direct`` or ``im2col`` for every convolution, or a dict from layer name to one
     of those. ``layout``: ``auto`` (activations stay channel-blocked where the rules allow, at
     -O2, in blocks of 8 or 16 channels as a cost model picks per region), ``NCHW`` (every
