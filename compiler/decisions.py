@@ -3,16 +3,17 @@
 A node's ``attrs`` hold the op's own attributes and, under the keys of ``DECISION_KEYS``, what
 a pass decided about it: the element-wise ops fused at its store (``epilogue``: a tuple of
 :class:`EpilogueOp`) or at the read of its first input (``prologue``: :class:`PrologueOp`), the
-algorithm (``lowering``), the register tile (``tile``), the activation layout (``layout``), the
-zero border kept around a channel-blocked value (``halo``), whether its kernel zeroes that
-border on every call (``zero_halo``), the channel blocks before it in a merged convolution's
-buffer (``prefix``), a concatenation written in place (``in_place``), the batch norms folded
-into it (``folded``), whether it is evaluated when parameters are set (``parameter_time``),
-whether its last input is the parameter-time node of its packed weights (``packed``) and
-whether its kernel takes a residual add as a runtime choice (``residual``: ``"runtime"``) and,
-of a value whose compute kernel writes channel-blocked scratch unpacked to its plain output,
-how many leading epilogue ops that kernel applies at its store (``store_epilogue``; the
-unpacking applies the rest).
+algorithm (``lowering``), the register tile (``tile``) and, for a tile whose tasks take groups
+of its k-tiles, how many groups (``kgroups``: sized by the target's L2), the activation layout
+(``layout``), the zero border kept around a channel-blocked value (``halo``), whether its
+kernel zeroes that border on every call (``zero_halo``), the channel blocks before it in a
+merged convolution's buffer (``prefix``), a concatenation written in place (``in_place``), the
+batch norms folded into it (``folded``), whether it is evaluated when parameters are set
+(``parameter_time``), whether its last input is the parameter-time node of its packed weights
+(``packed``) and whether its kernel takes a residual add as a runtime choice (``residual``:
+``"runtime"``) and, of a value whose compute kernel writes channel-blocked scratch unpacked to
+its plain output, how many leading epilogue ops that kernel applies at its store
+(``store_epilogue``; the unpacking applies the rest).
 
 A module of its own, below the op registry and the kernel builders, so that both read the same
 records without importing each other.
@@ -27,9 +28,9 @@ import numpy as np
 
 #: Node attributes that record a pass's decision rather than the op's meaning; they are
 #: stripped before an op's own shape rule and reference see the attributes.
-DECISION_KEYS = ("epilogue", "prologue", "lowering", "tile", "layout", "halo", "zero_halo",
-                 "prefix", "in_place", "folded", "parameter_time", "packed", "residual",
-                 "store_epilogue")
+DECISION_KEYS = ("epilogue", "prologue", "lowering", "tile", "kgroups", "layout", "halo",
+                 "zero_halo", "prefix", "in_place", "folded", "parameter_time", "packed",
+                 "residual", "store_epilogue")
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ global pool reads the layer, so its output stays in the storage layout selection
 between the layers of a model). The layer's steps alone are run on random data at batch 1 and
 timed (median of a few runs after a warm-up; the pack of the network's input into blocked
 storage is the layer's own step, as for the first layer of a blocked region). The winner is
-stored under the kernel cache, keyed by the op, its attributes, the input shape, the target,
-the optimization level and layout, the CPU (LLVM's name and features) and the cnnc, Numba and
-llvmlite versions, so every later compile of a model with that layer and those options reuses
-it without measuring.
+stored under the kernel cache, keyed by the op, its attributes, the input shape, the target
+(its caches too: the tiles the candidates run depend on them), the optimization level and
+layout, the CPU (LLVM's name and features) and the cnnc, Numba and llvmlite versions, so
+every later compile of a model with that layer and those options reuses it without
+measuring.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Autotuner:
     def key(self, node: Node, in_shape: tuple[int, ...]) -> str:
         attrs = own_attrs(node.attrs)
         text = json.dumps([node.op, sorted((k, repr(v)) for k, v in attrs.items()),
-                           list(in_shape), self.target.name, self.layout, self.opt_level,
+                           list(in_shape), repr(self.target), self.layout, self.opt_level,
                            _cpu(), cache.cache_key("autotune")])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 

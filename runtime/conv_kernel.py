@@ -19,6 +19,7 @@ from ..compiler.backends.numba.printer import sanitize_comment
 from ..compiler.kernels.conv_geometry import ConvGeometry
 from ..compiler.kernels.tiles import TILE_8, DirectTile
 from ..compiler.ops.conv.algorithms import ALGORITHMS, ConvAlgorithm
+from ..compiler.target import host_caches
 
 __all__ = ["ConvKernel", "compile_conv", "normalize_attrs", "gflops"]
 
@@ -72,7 +73,10 @@ class ConvKernel:
         self.path = str(self.kernel.path)
         self.comment = sanitize_comment(f"{comment + ': ' if comment else ''}{g.describe()}")
         self.layout = layout_module(root)
-        self.int_args = self.algorithm.int_args(g, tile=tile, threads=backend.threads)
+        # the groups of k-tiles of a gathering tile: as the select_tile pass sizes them
+        kgroups = self.algorithm.k_groups(g, tile, backend.threads, host_caches().l2)
+        self.int_args = self.algorithm.int_args(g, tile=tile, threads=backend.threads,
+                                                kgroups=kgroups)
         self.relu = int(g.activation == "relu")
         per_thread = self.algorithm.thread_scratch(g, tile)
         # the compute kernel's per-thread work space, for as many threads as it may run

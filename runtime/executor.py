@@ -125,7 +125,14 @@ class Arena:
         self.n = n
         # zeroed once: channel-blocked values keep a zero halo (their padding) for good
         whole = plan.buffers.unbatched
-        memory = plan.memory
+        memory = self.memory = plan.memory
+        # on a device (``replay``): whether the module has run a call, the calls captured,
+        # and the buffers the capture reads the graph inputs from
+        self.warm = False
+        self.graph: Callable[[], None] | None = None
+        self.staged: dict[int, Any] = {}
+        # every call a kernel launch: no host step, whose Python a capture would not replay
+        self.replayable = not memory.host and all(s.lowering != "host" for s in plan.steps)
         self.slots = [executor.slots[i] if i in executor.slots else
                       memory.zeros(size if i in whole else n * size)
                       for i, size in enumerate(plan.buffers.slot_sizes)]
@@ -163,6 +170,7 @@ class Arena:
         device's launches) are Python calls between the ranges."""
         plan = executor.plan
         host = executor.memory.host
+        self.graph = None
         tasks: list[tuple[TaskKernel, list[Any]]] = []
         # per task call: where its graph inputs go; per constant: where it is bound
         self.task_patches: list[tuple[int, int, int]] = []
@@ -207,7 +215,38 @@ class Arena:
             if isinstance(where, int):
                 self.program.set(where, pos, value)
             else:
+                if where[pos] is not value:  # a capture holds the old array's address
+                    self.graph = None
                 where[pos] = value
+
+    def replay(self, inputs: Mapping[int, Any]) -> None:
+        """Run every call on a device (kernel launches, and host steps' Python), the caller's
+        flat input arrays (NumPy's or the device's) by graph-input node id. The first call
+        runs as it comes: the module is compiled and its kernels fetched at their first
+        launch, which no capture may hold. The next captures the calls (``Memory.capture``:
+        a CUDA graph on a GPU) reading the inputs from buffers of the arena's own, and every
+        call from then on copies its inputs there and replays the capture: one launch from
+        the host in place of one per kernel (and of Python's per-launch checks). New
+        constant arrays (``bind_consts``, ``bind``) have the next call capture again. Only
+        where every call is a launch (``replayable``: a host step runs Python between
+        them)."""
+        if not self.warm or not self.replayable:
+            self.call(self.items, {k: v if self.memory.owns(v) else self.memory.upload(v)
+                                   for k, v in inputs.items()})
+            self.warm = True
+            return
+        memory = self.memory
+        if self.graph is None:  # the buffers are this call's inputs' copies
+            self.staged = {k: v.copy() if memory.owns(v) else memory.upload(v)
+                           for k, v in inputs.items()}
+            self.graph = memory.capture(partial(self.call, self.items, self.staged))
+        else:
+            for k, v in inputs.items():
+                if memory.owns(v):
+                    memory.copy(self.staged[k], v)
+                else:
+                    memory.write(self.staged[k], np.asarray(v))
+        self.graph()
 
     def call(self, items: list[Item], inputs: Mapping[int, Any], serial: bool = False) -> None:
         """Run ``items`` in order, the caller's input arrays patched into their places;
@@ -506,9 +545,10 @@ class Executor:
         """Run every step on flat float32 inputs by graph-input node id; the outputs are in
         the returned arena (``output`` and ``value`` read them)."""
         arena = self.arena(n)
-        inputs = self.uploaded(inputs)
-        # kernels on a device: no host threads to hold back
-        arena.call(arena.items, inputs, self.memory.host and self.serial(n))
+        if self.memory.host:
+            arena.call(arena.items, inputs, self.serial(n))
+        else:
+            arena.replay(inputs)
         return arena
 
     def serial(self, n: int) -> bool:

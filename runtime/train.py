@@ -23,13 +23,15 @@ the packers of the steps that read them; kernels that read a parameter as it is 
 On a GPU target (``target="cuda"``, or ``"cuda-emu"``: the same CUDA source run on the CPU)
 every forward, backward and optimizer kernel is a CUDA kernel of the model's one module, and
 ``flat_params``, ``flat_grads`` and the optimizer's state are arrays of the GPU's memory
-(``plan.memory``): a step uploads the batch, downloads the loss, the gradients' per-block norms
-and the running statistics, and updates the parameters on the device. The kernels' constants
-that only move parameters' values (the convolutions' packed weights, batch norm's weight and
-bias, a dense layer's weights) are gathered from ``flat_params`` on the device by one kernel
-(``Executor.gather_on_device``); the host's copy of the parameters (``_host_params``:
-``params``, ``save_weights`` and ``inference`` read it) is downloaded only when it is read, or
-when a packer that computes on the host needs an updated parameter.
+(``plan.memory``): a step uploads the batch, downloads the loss, the scores and the
+gradients' per-block norms, and updates the parameters on the device. The running statistics
+stay there too: they follow the parameters in one buffer (``flat_state``), a pass's new values
+are copied into it within the device's memory, and the running updates read them back out of
+it. The kernels' constants that only move values of that buffer (the convolutions' packed
+weights, batch norm's weight and bias, a dense layer's weights, the running statistics) are
+gathered from it on the device by one kernel (``Executor.gather_on_device``); the host's copy
+(``_host_state``: ``params``, ``save_weights`` and ``inference`` read it) is downloaded only
+when it is read, or when a packer that computes on the host needs an updated value.
 ``loss_and_grads`` returns host NumPy values. Data-parallel replicas average host arrays: they
 are refused on a GPU target.
 
@@ -109,21 +111,29 @@ class TrainingModel:
         # the layout of both flat buffers: where the memory plan put each gradient
         offsets = {n: plan.buffers.offset[g] for n, g in grads.items()}
         size = sum(int(np.prod(shapes[n])) for n in self.trainable)
+        self.updates = update_outputs(plan.graph)
+        # the running statistics after the trainable parameters, in one buffer with them
+        stat_offsets: dict[str, int] = {}
+        end = size
+        for name in self.updates:
+            stat_offsets[name], end = end, end + int(np.prod(shapes[name]))
         self.memory = plan.memory  # where the kernels run: the host's, or a GPU's
-        self.flat_params = self.memory.zeros(size)
+        self.flat_state = self.memory.zeros(end)
+        self.flat_params = self.flat_state[:size]
         self.flat_grads = self.memory.zeros(size)
-        # the parameters as the host sees them (on the host: flat_params itself)
-        self._host_params = self.flat_params if self.memory.host else np.zeros(size, np.float32)
+        # the parameters and statistics as the host sees them (on the host: flat_state)
+        self._host_state = self.flat_state if self.memory.host else np.zeros(end, np.float32)
         slot = plan.buffers.slot_of[next(iter(grads.values()))]
         self.executor = Executor(plan, slots={slot: self.flat_grads})
         self._offsets = {n: (offsets[n], shapes[n]) for n in self.trainable}
-        self._views = {n: _at(self._host_params, *self._offsets[n]) for n in self.trainable}
-        self._host_stale = False  # flat_params updated on the device since the host's copy
+        self._views = {n: _at(self._host_state, *self._offsets[n]) for n in self.trainable}
+        self._stat_at = {n: (stat_offsets[n], shapes[n]) for n in self.updates}
+        self._stats = {n: _at(self._host_state, *self._stat_at[n]) for n in self.updates}
+        self._host_stale = False  # flat_state updated on the device since the host's copy
         if gather is not None and not self.memory.host:
-            self.executor.gather_on_device(self.flat_params, offsets, gather)
+            self.executor.gather_on_device(self.flat_state, {**offsets, **stat_offsets}, gather)
         self._grad_norm = 0.0  # of the last pass's gradients (clipping reads it)
-        self._fixed: dict[str, np.ndarray] = {}
-        self.updates = update_outputs(plan.graph)
+        self._fixed: dict[str, np.ndarray] = {}  # frozen and fixed parameters
         # what an update changes: the trainable parameters and the running statistics (the
         # derived values and constants of frozen and fixed ones are not made again)
         self.updated = self.trainable + list(self.updates)
@@ -147,9 +157,7 @@ class TrainingModel:
     def params(self) -> dict[str, np.ndarray]:
         """Every parameter by name (copies, float32)."""
         self._sync_host()
-        out = {n: v.copy() for n, v in self._fixed.items()}
-        out.update({n: v.copy() for n, v in self._views.items()})
-        return out
+        return {n: v.copy() for n, v in {**self._fixed, **self._views, **self._stats}.items()}
 
     def set_params(self, values: Mapping[str, np.ndarray]) -> None:
         """Replace every parameter (checked by name and shape against the network)."""
@@ -158,12 +166,13 @@ class TrainingModel:
         for node in self.graph.params():
             if node.attrs.get("init") == "literal":
                 values[node.name] = np.asarray(node.attrs["value"], np.float32)
-        for name, view in self._views.items():
+        for name, view in {**self._views, **self._stats}.items():
             view[...] = values[name]
         if not self.memory.host:
-            self.memory.write(self.flat_params, self._host_params)
+            self.memory.write(self.flat_state, self._host_state)
         self._host_stale = False
-        self._fixed = {k: v.copy() for k, v in values.items() if k not in self._views}
+        self._fixed = {k: v.copy() for k, v in values.items()
+                       if k not in self._views and k not in self._stats}
         self._refresh()
 
     def _refresh(self, changed: Sequence[str] | None = None) -> None:
@@ -171,13 +180,13 @@ class TrainingModel:
         those that changed since the last refresh; None: any)."""
         if changed is None or self.executor.reads_parameters(changed):
             self._sync_host()
-        self.executor.set_params({**self._fixed, **self._views}, changed)
+        self.executor.set_params({**self._fixed, **self._views, **self._stats}, changed)
 
     def _sync_host(self) -> None:
-        """The host's copy of the parameters brought up to date (on a GPU target, after
-        updates on the device)."""
+        """The host's copy of the parameters and running statistics brought up to date (on a
+        GPU target, after updates on the device)."""
         if self._host_stale:
-            self._host_params[...] = self.memory.download(self.flat_params)
+            self._host_state[...] = self.memory.download(self.flat_state)
             self._host_stale = False
 
     def set_replicas(self, replicas: Replicas | None) -> None:
@@ -356,16 +365,13 @@ class TrainingModel:
         """After a pass: the running statistics it computed written back (averaged over the
         replicas), one optimizer update of the flat parameters (the kernels' constants are
         refreshed after)."""
-        stats = {name: np.array(self.executor.value(self._arena, self._flat, nid), np.float32)
-                 for name, nid in self.updates.items()}
-        if self.replicas is not None and stats and self.sync_bn_replicas == 1:
-            together = np.concatenate([v.ravel() for v in stats.values()])
-            self.replicas.average(together)
-            start = 0
-            for name, value in stats.items():
-                stats[name] = together[start: start + value.size].reshape(value.shape)
-                start += value.size
-        self._fixed.update(stats)
+        for name, nid in self.updates.items():  # where the kernels run: no round trip
+            start, shape = self._stat_at[name]
+            n = int(np.prod(shape))
+            self.memory.copy(self.flat_state[start: start + n],
+                             self._arena.value(self.plan, nid)[:n])
+        if self.replicas is not None and self.updates and self.sync_bn_replicas == 1:
+            self.replicas.average(self.flat_state[self.flat_params.size:])
         self.optimizer.update(self.flat_params, self.flat_grads, lr, norm=self._grad_norm)
         self._host_stale = not self.memory.host  # downloaded when read (_sync_host)
         self.steps_taken += 1

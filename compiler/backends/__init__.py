@@ -51,6 +51,14 @@ class Memory(Protocol):
     def write(self, dst: Any, a: np.ndarray) -> None:
         """Copy host array ``a`` into the first ``a.size`` elements of ``dst``."""
 
+    def copy(self, dst: Any, src: Any) -> None:
+        """Copy array ``src`` of this memory into the first ``src.size`` elements of ``dst``
+        (on a GPU: within its memory, nothing crosses the bus)."""
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        """``run``'s kernel calls captured, not run; the function returned runs them again,
+        their arguments as they were given (on a GPU: a CUDA graph, one launch)."""
+
     def free_bytes(self) -> int | None:
         """Bytes a new allocation may take, or None where that is the host's memory."""
 
@@ -79,6 +87,12 @@ class HostMemory:
 
     def write(self, dst: np.ndarray, a: np.ndarray) -> None:
         dst[: a.size] = a.reshape(-1)
+
+    def copy(self, dst: np.ndarray, src: np.ndarray) -> None:
+        dst[: src.size] = src.reshape(-1)
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        return run  # NumPy's kernels are calls: running them again is the replay
 
     def free_bytes(self) -> int | None:
         return None

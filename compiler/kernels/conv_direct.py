@@ -39,7 +39,6 @@ from .pool import blocked_window
 from .tiles import (
     TILE_8,
     TILE_DW,
-    TILE_K,
     DirectTile,
     StorageIndex,
     epilogue_stores,
@@ -56,11 +55,6 @@ from .tiles import (
     vector_head,
     zero_row_halo,
 )
-
-#: Weight bytes per group up to which ``order="auto"`` iterates k-blocks fastest (weights stay
-#: in L2 while consecutive tasks share input rows). L2 is 2 MiB per core on the target machine.
-WEIGHTS_IN_L2 = 1 << 20
-
 
 #: Runtime integer arguments of each compute kernel, in order (after the arrays ``x``, ``w``,
 #: ``bias``, ``y`` and the epilogue operands ``e<k>``; then each operand's geometry, ``relu``
@@ -172,7 +166,7 @@ def residual_params() -> tuple[list[Param], list[Param]]:
 
 
 def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str = "",
-                       order: Literal["auto", "rows", "kblocks", "plane"] | None = None,
+                       order: Literal["rows", "kblocks", "plane", "gather"] | None = None,
                        epilogue=(), kinds=(), tile_shape: DirectTile = TILE_8,
                        prologue: tuple[str, dict] | None = None,
                        residual: bool = False) -> Kernel:
@@ -197,7 +191,6 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     ``"rows"`` (n, k-tile, row: the PERF-NOTES order), ``"kblocks"`` (n, row, k-tile), or
     ``"plane"`` (n, k-tile: the tiles run through the plane's pixels in row-major order, a
     tile's pixels crossing into the next row, each with its own input and output offset);
-    ``"auto"``: ``kblocks`` when a group's weights fit :data:`WEIGHTS_IN_L2`, else ``rows``;
     ``"gather"`` (a strided 1x1, unpadded, ungrouped convolution): tasks (n, k-tile group,
     row), ``KG`` groups (a runtime int, the last of the sizes), each task first copying
     every ``sw``-th pixel of input row ``p * sh`` of every channel into its thread's row of
@@ -264,9 +257,6 @@ def direct_conv_kernel(g: ConvGeometry, name: str = "conv_direct", comment: str 
     n, kb, p = Var("n"), Var("kb"), Var("p")
     t = Var("t")
 
-    if order == "auto":
-        wbytes = g.Kgb * TILE_K * g.Cgb * CB * R * S * 4
-        order = "kblocks" if wbytes <= WEIGHTS_IN_L2 else "rows"
     plane = order == "plane" and not pooled
 
     def plane_pixels(T: int, f0: ExprLike) -> list:

@@ -13,6 +13,14 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+#: Fewest channels a group that the direct kernel pads to a whole 8-channel block (zero
+#: weights) rather than reading in a block of their own count: at 6 or 7 the padding costs a
+#: third or less of the multiply-adds, and an input in whole 8-channel blocks can stay
+#: channel-blocked from its producer (LeNet-5's c1 -> s2 -> c3: no unpacking of c1, no packing
+#: for c3, s2 in vectors); a 3-channel stem keeps its 3-channel block.
+PAD_TO_BLOCK = 6
+
+
 def channelwise(c: int, k: int, groups: int) -> bool:
     """Whether a grouped convolution runs as the channel-wise kernel, whose 8 lanes are 8
     output channels: each group maps its channels to as many outputs (``C == K``) and a group
@@ -128,10 +136,12 @@ class ConvGeometry:
     @property
     def CB(self) -> int:
         """Channel block of the direct kernel's loops and weights: 8, or the group's channel
-        count when smaller (3-channel stem), whatever the input storage's block (an NCHW16c
-        input is read as two 8-channel halves a block, in the order of NCHW8c: the same sums);
-        the channel-wise kernel's: ``lanes_in``."""
-        return self.lanes_in if self.channelwise else min(8, self.Cg)
+        count when it is below :data:`PAD_TO_BLOCK` (3-channel stem), whatever the input
+        storage's block (an NCHW16c input is read as two 8-channel halves a block, in the order
+        of NCHW8c: the same sums); the channel-wise kernel's: ``lanes_in``."""
+        if self.channelwise:
+            return self.lanes_in
+        return 8 if self.Cg >= PAD_TO_BLOCK else self.Cg
 
     @property
     def Cgb(self) -> int:

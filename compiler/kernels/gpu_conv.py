@@ -8,31 +8,42 @@ read from the NCHW input where the tile needs it,
 
     B[(c, r, s), (p, q)] = x[n, g C/G + c, p sh - ph + r dh, q sw - pw + s dw]
 
-(zero outside the image). A block of :data:`THREADS` threads computes a :data:`TILE_M` x
-:data:`TILE_N` tile of ``Y``: for each slice of :data:`TILE_K` values of ``k`` the threads
-copy the slice's ``A`` and ``B`` tiles into shared memory (two elements each, consecutive
-threads reading consecutive addresses), meet at a barrier, and each multiplies its 4 x 4
-micro-tile out of shared memory into registers; a second barrier keeps the next slice's copy
-from overwriting a tile still being read. The bias and a ReLU (a runtime flag, as in the CPU
-GEMM) are applied in the stores. Every size is a runtime integer: one kernel serves every
-convolution.
+(zero outside the image). A block computes an ``m`` x ``n`` tile of ``Y`` (:class:`GemmTile`:
+64 or 32 output channels by 64 or 32 pixels, one thread per 4 x 4 micro-tile): for each
+slice of :data:`TILE_K` values of ``k`` the threads copy the slice's ``A`` and ``B`` tiles
+into shared memory (two to four elements each, consecutive threads reading consecutive
+addresses), meet at a barrier, and each multiplies its micro-tile out of shared memory into
+registers; a second barrier keeps the next slice's copy from overwriting a tile still being
+read. The bias and a ReLU (a runtime flag, as in the CPU GEMM) are applied in the stores.
+Every size is a runtime integer: one kernel per tile serves every convolution.
+
+The tile is chosen per layer (:func:`choose_gemm_tile`, recorded as the node's ``tile``): the
+64 x 64 tile reads the fewest tile elements per multiply-add, a smaller one wastes less where
+a layer's output channels or pixels leave most of a 64-wide tile's last row or column empty
+(16 channels; a 14 x 14 plane is 196 pixels, 3.06 tiles of 64, 6.1 of 32). The relative
+speeds of the tiles (:data:`TILE_EFFICIENCY`) are estimates, not measured on a GPU.
+
+Where a group has few output channels (depthwise convolutions: one), a tile's rows are mostly
+padding: :func:`gpu_direct_conv_kernel` computes such layers a thread per output value
+instead, its window summed in a loop, neighbouring threads on neighbouring pixels.
 
 The weight gradient is the same GEMM turned around (:func:`implicit_gemm_weight_grad_kernel`):
 
     dw[g Kg + m, k] = sum over images n and pixels j of dy[n, g Kg + m, j] B_n[k, j]
 
-a tile of :data:`TILE_M` output channels by :data:`TILE_N` values of ``k = (c, r, s)`` per
-block, its reduction over the batch and the pixels, :data:`TILE_K` values a slice, ``dy`` read
-as it is and ``B`` from the input as above. Early layers have few such tiles (ResNet's 64 ->
-64 3x3: 9) and a long reduction (``N P Q``), so the pixels are cut into ``splits`` equal
-ranges, each range's blocks summing over every image into a partial gradient of their own,
-and :func:`split_sum_kernel` adds the partials in a fixed order: no atomics, the same bits
-whatever order the blocks run in.
+a tile of 64 output channels by 64 values of ``k = (c, r, s)`` per block
+(:data:`WEIGHT_GRAD_TILE`), its reduction over the batch and the pixels, :data:`TILE_K`
+values a slice, ``dy`` read as it is and ``B`` from the input as above. Early layers have
+few such tiles (ResNet's 64 -> 64 3x3: 9) and a long reduction (``N P Q``), so the pixels
+are cut into ``splits`` equal ranges, each range's blocks summing over every image into a
+partial gradient of their own, and :func:`split_sum_kernel` adds the partials in a fixed
+order: no atomics, the same bits whatever order the blocks run in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .common import int_params
 from .kernel_ir import (
@@ -55,15 +66,65 @@ from .kernel_ir import (
 )
 from .tiles import floor_let
 
-__all__ = ["TILE_M", "TILE_N", "TILE_K", "THREADS", "IMPLICIT_GEMM_INTS",
+__all__ = ["GemmTile", "GEMM_TILES", "DEFAULT_TILE", "WEIGHT_GRAD_TILE", "TILE_K",
+           "TILE_EFFICIENCY", "choose_gemm_tile", "IMPLICIT_GEMM_INTS", "gpu_direct_conv_kernel",
            "IMPLICIT_WEIGHT_GRAD_INTS", "implicit_gemm_conv_kernel", "implicit_gemm_blocks",
            "implicit_gemm_weight_grad_kernel", "weight_grad_splits", "split_sum_kernel"]
 
-#: Output channels, output pixels and reduction values of a block's tile.
-TILE_M, TILE_N, TILE_K = 64, 64, 8
-#: Threads of a block: 16 x 16, each computing a 4 x 4 micro-tile.
-THREADS = 256
+#: Reduction values of a block's slice (the shared tiles' depth).
+TILE_K = 8
+#: Each thread's micro-tile: MICRO x MICRO outputs in registers.
 MICRO = 4
+
+
+@dataclass(frozen=True)
+class GemmTile:
+    """A block's output tile: ``m`` output channels (rows of ``Y``) by ``n`` pixels (or, in
+    the weight gradient, ``k`` values), one thread per :data:`MICRO` x :data:`MICRO`
+    micro-tile; printed and parsed as ``<m>x<n>`` (the node's ``tile``)."""
+
+    m: int = 64
+    n: int = 64
+
+    def __post_init__(self) -> None:
+        if self.m not in (32, 64) or self.n not in (32, 64):
+            raise ValueError(f"not an implicit-GEMM tile: {self.m}x{self.n} (rows and columns "
+                             "of 32 or 64)")
+
+    @property
+    def threads(self) -> int:
+        return (self.m // MICRO) * (self.n // MICRO)
+
+    def __str__(self) -> str:
+        return f"{self.m}x{self.n}"
+
+    @classmethod
+    def parse(cls, text: str) -> GemmTile:
+        m, _, n = text.partition("x")
+        if not (m.isdigit() and n.isdigit()):
+            raise ValueError(f"not an implicit-GEMM tile: {text!r} (expected <m>x<n>)")
+        return cls(int(m), int(n))
+
+
+#: The tiles a layer may take, the preferred first.
+GEMM_TILES = (GemmTile(64, 64), GemmTile(64, 32), GemmTile(32, 64), GemmTile(32, 32))
+DEFAULT_TILE = GEMM_TILES[0]
+WEIGHT_GRAD_TILE = DEFAULT_TILE
+#: Multiply-adds per unit of time of each tile relative to 64 x 64: a smaller tile copies
+#: more tile elements (from L2) per multiply-add, ``(m + n) / (m n)``, with the same shared
+#: memory reads per thread. Estimates: no GPU has run them yet.
+TILE_EFFICIENCY = {"64x64": 1.0, "64x32": 0.9, "32x64": 0.9, "32x32": 0.8}
+
+
+def choose_gemm_tile(kg: int, pq: int) -> GemmTile:
+    """The tile of the least estimated time for ``kg`` output channels per group and ``pq``
+    output pixels: the multiply-adds of the padded tiles over the tile's efficiency (ties to
+    the larger tile). The batch is a runtime size: blocks per multiprocessor are not
+    counted."""
+    def cost(t: GemmTile) -> float:
+        return -(-kg // t.m) * t.m * -(-pq // t.n) * t.n / TILE_EFFICIENCY[str(t)]
+    return min(GEMM_TILES, key=cost)
+
 
 #: The kernel's integer arguments after its arrays (``x, w, bias, y``): the sizes, then the
 #: ReLU flag and the batch size (the order every convolution's compute kernel takes them in).
@@ -89,15 +150,17 @@ def weight_grad_splits(k: int, kd: int, pq: int, groups: int) -> int:
     ``kd = C/G R S`` reduction values per output channel and ``pq`` pixels: enough blocks for
     :data:`WEIGHT_GRAD_BLOCKS`, each range at least :data:`SPLIT_PIXELS` pixels, the partials
     at most :data:`SPLIT_FLOATS`; 1 (no partials) where that leaves no choice."""
-    tiles = groups * -(-(k // groups) // TILE_M) * -(-kd // TILE_N)
+    t = WEIGHT_GRAD_TILE
+    tiles = groups * -(-(k // groups) // t.m) * -(-kd // t.n)
     splits = min(-(-WEIGHT_GRAD_BLOCKS // tiles), -(-pq // SPLIT_PIXELS),
                  SPLIT_FLOATS // max(k * kd, 1))
     return max(splits, 1)
 
 
-def implicit_gemm_blocks(n_batch: int, k: int, p: int, q: int, groups: int) -> int:
+def implicit_gemm_blocks(n_batch: int, k: int, p: int, q: int, groups: int,
+                         tile: GemmTile = DEFAULT_TILE) -> int:
     """Blocks of a launch: one per image, group and tile of the output."""
-    return n_batch * groups * -(-(k // groups) // TILE_M) * -(-(p * q) // TILE_N)
+    return n_batch * groups * -(-(k // groups) // tile.m) * -(-(p * q) // tile.n)
 
 
 def _and(*conds) -> BinOp:
@@ -123,20 +186,21 @@ def _window_element(tag: str, image: Expr, k: Expr, pixel: Expr,
     return lets, Select(inside, Load("x", at), Const(0.0))
 
 
-def _block_gemm(origin: list[Stmt], slices: Loop, stores: list[Stmt]) -> list[Stmt]:
+def _block_gemm(origin: list[Stmt], slices: Loop, stores: list[Stmt],
+                tile: GemmTile = DEFAULT_TILE) -> list[Stmt]:
     """A block's body: its shared tiles, ``origin`` (where its output tile lies), and its
     threads: each zeroes its micro-tile's accumulators, runs ``slices`` (a loop over the
     reduction's slices whose body copies the slice into the shared tiles) with the barriers
     and the micro-tile products appended to its body, then ``stores``."""
     t = Var("t")
     loop = Loop(slices.var, slices.extent, [
-        *slices.body, Barrier(), Loop("ks", Const(TILE_K), _micro_products()), Barrier()])
+        *slices.body, Barrier(), Loop("ks", Const(TILE_K), _micro_products(tile)), Barrier()])
     thread_body: list[Stmt] = [
-        Let("tm", (t // (TILE_N // MICRO)) * MICRO), Let("tn", (t % (TILE_N // MICRO)) * MICRO),
+        Let("tm", (t // (tile.n // MICRO)) * MICRO), Let("tn", (t % (tile.n // MICRO)) * MICRO),
         *[Let(f"acc_{i}_{jj}", Const(0.0)) for i in range(MICRO) for jj in range(MICRO)],
         loop, *stores]
-    return [Shared("a_tile", TILE_K * TILE_M), Shared("b_tile", TILE_K * TILE_N), *origin,
-            Loop("t", Const(THREADS), thread_body, kind="thread")]
+    return [Shared("a_tile", TILE_K * tile.m), Shared("b_tile", TILE_K * tile.n), *origin,
+            Loop("t", Const(tile.threads), thread_body, kind="thread")]
 
 
 def _micro_stores(m0: Expr, n0: Expr, rows: Expr, cols: Expr,
@@ -154,15 +218,15 @@ def _micro_stores(m0: Expr, n0: Expr, rows: Expr, cols: Expr,
     return stores
 
 
-def _micro_products() -> list[Stmt]:
-    """One step ``ks`` of a slice: the thread's 4 x 4 micro-tile at rows ``tm`` and columns
-    ``tn`` of the shared tiles ``a_tile [TILE_K, TILE_M]`` and ``b_tile [TILE_K, TILE_N]``,
-    multiplied into its accumulators ``acc_i_j``."""
+def _micro_products(tile: GemmTile) -> list[Stmt]:
+    """One step ``ks`` of a slice: the thread's micro-tile at rows ``tm`` and columns ``tn``
+    of the shared tiles ``a_tile [TILE_K, m]`` and ``b_tile [TILE_K, n]``, multiplied into
+    its accumulators ``acc_i_j``."""
     products: list[Stmt] = []
     for i in range(MICRO):
-        products.append(Let(f"a{i}", Load("a_tile", Var("ks") * TILE_M + Var("tm") + i)))
+        products.append(Let(f"a{i}", Load("a_tile", Var("ks") * tile.m + Var("tm") + i)))
     for jj in range(MICRO):
-        products.append(Let(f"b{jj}", Load("b_tile", Var("ks") * TILE_N + Var("tn") + jj)))
+        products.append(Let(f"b{jj}", Load("b_tile", Var("ks") * tile.n + Var("tn") + jj)))
     for i in range(MICRO):
         for jj in range(MICRO):
             acc = Var(f"acc_{i}_{jj}")
@@ -170,36 +234,38 @@ def _micro_products() -> list[Stmt]:
     return products
 
 
-def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "") -> Kernel:
+def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "",
+                              tile: GemmTile = DEFAULT_TILE) -> Kernel:
     """``y = relu?(conv(x, w) + bias)`` over NCHW ``x [n_batch, C, H, W]``, weights ``w [K,
-    C/G, R, S]``, ``bias [K]`` and ``y [n_batch, K, P, Q]`` (see the module docstring)."""
+    C/G, R, S]``, ``bias [K]`` and ``y [n_batch, K, P, Q]``, in ``tile``s (see the module
+    docstring)."""
     C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _, n_batch = \
         (Var(v) for v in IMPLICIT_GEMM_INTS)
     cg, kg, kd, pq = Var("cg"), Var("kg"), Var("kd"), Var("pq")
     mtiles, jtiles = Var("mtiles"), Var("jtiles")
     blk, t = Var("blk"), Var("t")
     m0, j0, g, n = Var("m0"), Var("j0"), Var("g"), Var("n")
-    per_slice = TILE_K * TILE_M // THREADS  # elements of each tile a thread copies
+    threads = tile.threads
 
     copies: list[Stmt] = []
-    for e in range(per_slice):
+    for e in range(TILE_K * tile.m // threads):  # the A tile's elements a thread copies
         # A: consecutive threads take consecutive k of a row (consecutive weights)
-        ae = t + e * THREADS
+        ae = t + e * threads
         am, ak = Var(f"am{e}"), Var(f"ak{e}")
         copies += [Let(f"am{e}", ae // TILE_K), Let(f"ak{e}", ae % TILE_K),
                    Let(f"acol{e}", Var("k0") * TILE_K + ak)]
         inside = _and(cmp("<", m0 + am, kg), cmp("<", Var(f"acol{e}"), kd))
-        copies.append(Store("a_tile", ak * TILE_M + am, Select(
+        copies.append(Store("a_tile", ak * tile.m + am, Select(
             inside, Load("w", (g * kg + m0 + am) * kd + Var(f"acol{e}")), Const(0.0))))
-    for e in range(per_slice):
+    for e in range(TILE_K * tile.n // threads):  # the B tile's
         # B: consecutive threads take consecutive pixels (consecutive input columns)
-        be = t + e * THREADS
+        be = t + e * threads
         bk, bj = Var(f"bk{e}"), Var(f"bj{e}")
         kk, j = Var(f"kk{e}"), Var(f"pix{e}")
-        copies += [Let(f"bk{e}", be // TILE_N), Let(f"bj{e}", be % TILE_N),
+        copies += [Let(f"bk{e}", be // tile.n), Let(f"bj{e}", be % tile.n),
                    Let(f"kk{e}", Var("k0") * TILE_K + bk), Let(f"pix{e}", j0 + bj)]
         lets, value = _window_element(str(e), n, kk, j, _and(cmp("<", kk, kd), cmp("<", j, pq)))
-        copies += [*lets, Store("b_tile", bk * TILE_N + bj, value)]
+        copies += [*lets, Store("b_tile", bk * tile.n + bj, value)]
 
     stores = _micro_stores(m0, j0, kg, pq, lambda row, col, acc: Store(
         "y", (n * K + g * kg + row) * pq + col,
@@ -207,16 +273,43 @@ def implicit_gemm_conv_kernel(name: str = "conv_implicit_gemm", comment: str = "
 
     block_body = _block_gemm(
         [Let("n", blk // (G * mtiles * jtiles)), Let("g", (blk // (mtiles * jtiles)) % G),
-         Let("m0", ((blk // jtiles) % mtiles) * TILE_M), Let("j0", (blk % jtiles) * TILE_N)],
-        Loop("k0", (kd + (TILE_K - 1)) // TILE_K, copies), stores)
+         Let("m0", ((blk // jtiles) % mtiles) * tile.m), Let("j0", (blk % jtiles) * tile.n)],
+        Loop("k0", (kd + (TILE_K - 1)) // TILE_K, copies), stores, tile)
     body: list[Stmt] = [
         floor_let(),
         Let("cg", C // G), Let("kg", K // G), Let("kd", cg * R * S), Let("pq", P * Q),
-        Let("mtiles", (kg + (TILE_M - 1)) // TILE_M), Let("jtiles", (pq + (TILE_N - 1)) // TILE_N),
+        Let("mtiles", (kg + (tile.m - 1)) // tile.m), Let("jtiles", (pq + (tile.n - 1)) // tile.n),
         Loop("blk", n_batch * G * mtiles * jtiles, block_body, kind="block"),
     ]
     params = [Param("x"), Param("w"), Param("bias"), Param("y")] + int_params(*IMPLICIT_GEMM_INTS)
     return Kernel(name, params, body, comment)
+
+
+def gpu_direct_conv_kernel(name: str = "conv_gpu_direct", comment: str = "") -> Kernel:
+    """``y = relu?(conv(x, w) + bias)`` with the arrays and integers of
+    :func:`implicit_gemm_conv_kernel`, a thread per output value ``(n, k, p, q)`` (``q``
+    fastest: neighbouring threads read neighbouring input columns and write neighbouring
+    outputs) summing its group's ``C/G x R x S`` products in order; no shared memory, nothing
+    padded (the module docstring)."""
+    C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _, n_batch = \
+        (Var(v) for v in IMPLICIT_GEMM_INTS)
+    i, c, r, s_ = Var("i"), Var("c"), Var("r"), Var("s")
+    ih, iw = Var("ih"), Var("iw")
+    inside = _and(cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
+    x_at = ((Var("n") * C + Var("g") * Var("cg") + c) * H + ih) * W + iw
+    w_at = ((Var("k") * Var("cg") + c) * R + r) * S + s_
+    taps = Loop("c", Var("cg"), [Loop("r", R, [
+        Let("ih", Var("p") * sh - ph + r * dh),
+        Loop("s", S, [Let("iw", Var("q") * sw - pw + s_ * dw),
+                      Let("acc", Var("acc") + Select(inside, Load("x", x_at), Const(0.0))
+                          * Load("w", w_at))])])])
+    body: list[Stmt] = [
+        Let("q", i % Q), Let("p", (i // Q) % P), Let("k", (i // (P * Q)) % K),
+        Let("n", i // (K * P * Q)), Let("g", Var("k") // Var("kg")), Let("acc", Const(0.0)),
+        taps, Store("y", i, BinOp("max", Var("acc") + Load("bias", Var("k")), Var("floor")))]
+    params = [Param("x"), Param("w"), Param("bias"), Param("y")] + int_params(*IMPLICIT_GEMM_INTS)
+    return Kernel(name, params, [floor_let(), Let("cg", C // G), Let("kg", K // G),
+                                 Loop("i", n_batch * K * P * Q, body, kind="parallel")], comment)
 
 
 def implicit_gemm_weight_grad_kernel(name: str = "conv_weight_grad_implicit_gemm",
@@ -232,7 +325,8 @@ def implicit_gemm_weight_grad_kernel(name: str = "conv_weight_grad_implicit_gemm
     mtiles, ctiles = Var("mtiles"), Var("ctiles")
     blk, t = Var("blk"), Var("t")
     m0, k0, g, split = Var("m0"), Var("k0"), Var("g"), Var("split")
-    per_slice = TILE_K * TILE_M // THREADS  # elements of each tile a thread copies
+    tile = WEIGHT_GRAD_TILE
+    threads = tile.threads
 
     def reduction(tag: str, u: Expr) -> tuple[list[Stmt], Var, Var, Expr]:
         """Reduction value ``u`` of this block's range: its image and pixel, and whether it
@@ -243,39 +337,39 @@ def implicit_gemm_weight_grad_kernel(name: str = "conv_weight_grad_implicit_gemm
         return lets, img, pix, _and(cmp("<", Var(f"u{tag}"), count), cmp("<", pix, pq))
 
     copies: list[Stmt] = []
-    for e in range(per_slice):
+    for e in range(TILE_K * tile.m // threads):
         # dy: consecutive threads take consecutive reduction values (consecutive pixels)
-        ae = t + e * THREADS
+        ae = t + e * threads
         am, ak = Var(f"am{e}"), Var(f"ak{e}")
         lets, img, pix, valid = reduction(f"a{e}", Var("u0") + ak)
         copies += [Let(am.name, ae // TILE_K), Let(ak.name, ae % TILE_K), *lets]
-        copies.append(Store("a_tile", ak * TILE_M + am, Select(
+        copies.append(Store("a_tile", ak * tile.m + am, Select(
             _and(cmp("<", m0 + am, kg), valid),
             Load("dy", (img * K + g * kg + m0 + am) * pq + pix), Const(0.0))))
-    for e in range(per_slice):
+    for e in range(TILE_K * tile.n // threads):
         # B transposed: consecutive threads take consecutive reduction values again
-        be = t + e * THREADS
+        be = t + e * threads
         bk, bj = Var(f"bk{e}"), Var(f"bj{e}")
         col = Var(f"col{e}")
         lets, img, pix, valid = reduction(f"b{e}", Var("u0") + bk)
         copies += [Let(bk.name, be % TILE_K), Let(bj.name, be // TILE_K), *lets,
                    Let(col.name, k0 + bj)]
         window, value = _window_element(str(e), img, col, pix, _and(cmp("<", col, kd), valid))
-        copies += [*window, Store("b_tile", bk * TILE_N + bj, value)]
+        copies += [*window, Store("b_tile", bk * tile.n + bj, value)]
 
     stores = _micro_stores(m0, k0, kg, kd, lambda row, col, acc: Store(
         "grad", (split * K + g * kg + row) * kd + col, acc))
 
     block_body = _block_gemm(
         [Let("split", blk // (G * mtiles * ctiles)), Let("g", (blk // (mtiles * ctiles)) % G),
-         Let("m0", ((blk // ctiles) % mtiles) * TILE_M), Let("k0", (blk % ctiles) * TILE_N)],
+         Let("m0", ((blk // ctiles) % mtiles) * tile.m), Let("k0", (blk % ctiles) * tile.n)],
         Loop("slice", (count + (TILE_K - 1)) // TILE_K,
-             [Let("u0", Var("slice") * TILE_K), *copies]), stores)
+             [Let("u0", Var("slice") * TILE_K), *copies]), stores, tile)
     body: list[Stmt] = [
         Let("cg", C // G), Let("kg", K // G), Let("kd", cg * R * S), Let("pq", P * Q),
         # each split: a range of ``span`` pixels, over every image
         Let("span", (pq + (splits - 1)) // splits), Let("count", n_batch * span),
-        Let("mtiles", (kg + (TILE_M - 1)) // TILE_M), Let("ctiles", (kd + (TILE_N - 1)) // TILE_N),
+        Let("mtiles", (kg + (tile.m - 1)) // tile.m), Let("ctiles", (kd + (tile.n - 1)) // tile.n),
         Loop("blk", splits * G * mtiles * ctiles, block_body, kind="block"),
     ]
     params = [Param("x"), Param("dy"), Param("grad")] + int_params(*IMPLICIT_WEIGHT_GRAD_INTS)

@@ -166,21 +166,21 @@ def output_planes(groups: int, k: int) -> int:
     return groups * -(-(k // groups) // TILE_K)
 
 
-#: Bytes of packed weights a ``gather`` task's group of k-tiles may hold: this machine kind's
-#: 1 MiB L2 per core. Each group gathers its rows again, which cost ResNet-50's 1024 -> 2048
-#: projection 4.5% in groups of 512 KiB (bench/RESULTS.md, session 23).
-GATHER_WEIGHTS = 1 << 20
 #: Tasks per thread (at batch 1) below which a ``gather`` kernel cuts its k-tiles into more
 #: groups: 7 rows of a 7 x 7 output on 2 threads would split 4 : 3.
 GATHER_TASKS_PER_THREAD = 4
 
 
-def gather_groups(k_tiles: int, tile_weights: int, rows: int, threads: int) -> int:
+def gather_groups(k_tiles: int, tile_weights: int, rows: int, threads: int, l2: int) -> int:
     """The groups of k-tiles of a ``gather`` kernel (its runtime ``KG``): as few as keep each
-    group's weights (``tile_weights`` bytes a k-tile) within :data:`GATHER_WEIGHTS`, doubled
-    (at most one per k-tile) until ``rows`` output rows make
-    :data:`GATHER_TASKS_PER_THREAD` tasks for each of ``threads``."""
-    per = max(1, GATHER_WEIGHTS // tile_weights)
+    group's weights (``tile_weights`` bytes a k-tile) within the target's L2 per core (``l2``
+    bytes: ``target.Caches``), doubled (at most one per k-tile) until ``rows`` output rows
+    make :data:`GATHER_TASKS_PER_THREAD` tasks for each of ``threads``.
+
+    The whole L2, not half: on the 1 MiB L2 of Zen 4, ResNet-50's 1024 -> 2048 projection ran
+    4.5% slower in groups of 512 KiB than of 1 MiB, each group gathering its rows again
+    (bench/RESULTS.md, session 23)."""
+    per = max(1, l2 // tile_weights)
     groups = -(-k_tiles // per)
     while groups < k_tiles and groups * rows < GATHER_TASKS_PER_THREAD * threads:
         groups = min(k_tiles, 2 * groups)

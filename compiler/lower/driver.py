@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Backend, KernelRefused
+from ..backends import Backend, KernelRefused, Memory
 from ..backends.numba.loader import NumbaBackend
 from ..decisions import EpilogueOp, epilogue_of, own_input_count, prologue_of
 from ..ir import Graph, Node, model_folder
@@ -55,6 +55,21 @@ def resolve(e: EpilogueOp) -> FusedOp:
     """A fused op with its op's scalar and vector rules, as the kernel builders apply it."""
     op = get_op(e.op)
     return FusedOp(e.op, e.attrs, e.operand, e.origin, op.epilogue, op.vector_epilogue)
+
+
+def on_host(fn: Callable[..., None], memory: Memory) -> Callable[..., None]:
+    """A host step's ``fn(x0, ..., y, n_batch)`` called with arrays of ``memory``: as it is
+    in the host's; on a device, the inputs downloaded, ``fn`` run into a host buffer, that
+    written into ``y``."""
+    if memory.host:
+        return fn
+
+    def run(*args: Any) -> None:
+        *xs, y, n = args
+        out = np.zeros(y.size, np.float32)
+        fn(*(memory.download(x) for x in xs), out, n)
+        memory.write(y, out)
+    return run
 
 
 @dataclass
@@ -181,11 +196,14 @@ class LowerCtx:
         """A step run by a host function instead of a generated kernel: ``fn(x0, ..., y,
         n_batch)`` over the flat float32 buffers of ``inputs`` and of the output (detection
         post-processing, ``compiler/ops/detect.py``: little work, and a loop whose length
-        depends on the data). No kernel: a CUDA module has none for it either."""
+        depends on the data). No kernel: a CUDA module has none for it either; where the
+        backend's arrays live on a device, the inputs are downloaded for it and its output
+        written back (:func:`on_host`)."""
         node = self.node
         args = (*(Arg("value", i) for i in inputs), Arg("output"), Arg("batch"))
         return Step(node.id, step_name(node), step_ops(node), list(dict.fromkeys(inputs)),
-                    node.type.size, [Call(fn, args, f"host {node.op}")], lowering="host")
+                    node.type.size, [Call(on_host(fn, self.backend.memory), args,
+                                          f"host {node.op}")], lowering="host")
 
     def concat_view_step(self) -> Step:
         """A concatenation whose inputs were written into its channel-blocked buffer: no kernel;

@@ -91,7 +91,8 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
         if choice == "auto":
             chosen = automatic[0]
             if ctx.opt_level >= 2 and len(automatic) > 1:
-                costs = {a.name: a.estimate(node, in_types, ctx.target.lanes)
+                costs = {a.name: a.estimate(node, in_types, ctx.target.lanes,
+                                              ctx.target.caches)
                          for a in automatic}
                 chosen = min(automatic, key=lambda a: costs[a.name])
                 if chosen is not automatic[0]:
@@ -110,7 +111,8 @@ def select_lowering(graph: Graph, ctx: PassContext) -> bool:
             # F(2x2)) the cheaper for this layer
             exact = [a for a in named if a.name == choice]
             chosen = exact[0] if exact else \
-                min(named, key=lambda a: a.estimate(node, in_types, ctx.target.lanes))
+                min(named, key=lambda a: a.estimate(node, in_types, ctx.target.lanes,
+                                                    ctx.target.caches))
         if node.attrs.get("lowering") != chosen.name:
             node.attrs["lowering"] = chosen.name
             changed = True

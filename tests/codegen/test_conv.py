@@ -247,20 +247,57 @@ def test_gather_order_in_a_network_matches_8_lanes_bitwise(layout):
     np.testing.assert_allclose(got["avx512"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+#: A strided 1x1 convolution whose packed weights (384 x 512 floats: 768 KiB) lie between a
+#: 512 KiB and a 1 MiB L2.
+L2_NET = """network l2
+input x: 384 x 28 x 28
+x -> conv(512, 1, stride=2) -> relu -> output y
+"""
+
+
+def test_the_l2_size_sizes_the_groups_of_k_tiles(monkeypatch):
+    """The target's L2 decides a gathering kernel's groups of k-tiles (``kgroups``, recorded
+    on the node): one group of all 16 k-tiles where the weights fit a 1 MiB L2, two for a
+    faked 512 KiB one (``CNNC_L2_BYTES``); the same sums in the same order, so the outputs
+    agree bit for bit, and with the reference."""
+    from cnnc.runtime.model import compile as compile_model
+    from cnnc.runtime.reference import run_reference
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # the batch-1 task rule: 14 rows suffice
+    x = np.random.default_rng(5).standard_normal((2, 384, 28, 28)).astype(np.float32)
+    got, groups = {}, {}
+    for l2 in ("1M", "512K"):
+        monkeypatch.setenv("CNNC_L2_BYTES", l2)
+        m = compile_model(L2_NET, seed=3, target="avx512", lowering="direct")
+        conv = next(n for n in m.plan.graph.nodes() if n.op == "conv")
+        assert conv.attrs["tile"] == "14x32/16:gather"
+        groups[l2] = conv.attrs["kgroups"]
+        got[l2] = m(x)
+    assert groups == {"1M": 1, "512K": 2}
+    np.testing.assert_array_equal(got["512K"], got["1M"])
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(got["1M"], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_gather_groups():
-    """As few groups of k-tiles as keep a group's weights within L2's share, more where the
+    """As few groups of k-tiles as keep a group's weights within the L2 given, more where the
     rows would leave threads idle, never more than one per k-tile."""
-    from cnnc.compiler.kernels.tiles import GATHER_WEIGHTS, choose_tile, gather_groups
+    from cnnc.compiler.kernels.tiles import choose_tile, gather_groups
 
     kib = 1024
-    assert gather_groups(16, 32 * kib, 28, 2) == 1  # ResNet-50's 256 -> 512 at 28 x 28
-    assert gather_groups(64, 128 * kib, 7, 2) == 64 * 128 * kib // GATHER_WEIGHTS
-    assert gather_groups(16, 32 * kib, 7, 2) == 2  # 7 rows on 2 threads: 14 tasks
-    assert gather_groups(2, 8 * kib, 1, 64) == 2  # never more than the k-tiles
+    l2 = 1024 * kib
+    assert gather_groups(16, 32 * kib, 28, 2, l2) == 1  # ResNet-50's 256 -> 512 at 28 x 28
+    assert gather_groups(64, 128 * kib, 7, 2, l2) == 8  # 8 MiB of weights, 8 k-tiles a group
+    assert gather_groups(64, 128 * kib, 7, 2, 512 * kib) == 16  # half the L2: twice the groups
+    assert gather_groups(64, 128 * kib, 7, 2, 2048 * kib) == 4
+    assert gather_groups(16, 32 * kib, 7, 2, l2) == 2  # 7 rows on 2 threads: 14 tasks
+    assert gather_groups(2, 8 * kib, 1, 64, l2) == 2  # never more than the k-tiles
+    assert gather_groups(4, 2048 * kib, 28, 1, l2) == 4  # a k-tile over the L2: one each
     for k_tiles in (1, 3, 16, 64):
         for rows in (1, 7, 28):
-            groups = gather_groups(k_tiles, 128 * kib, rows, 2)
-            assert 1 <= groups <= k_tiles
+            for cache in (256 * kib, l2, 4096 * kib):
+                groups = gather_groups(k_tiles, 128 * kib, rows, 2, cache)
+                assert 1 <= groups <= k_tiles
     assert str(choose_tile(16, 512, 28, 28, strided_1x1=True)) == "14x32/16:gather"
     assert str(choose_tile(16, 2048, 7, 7, strided_1x1=True)) == "7x32/16"  # rows of 7: not
     assert choose_tile(8, 512, 28, 28, strided_1x1=True).order == "rows"  # 16 lanes only

@@ -1,9 +1,9 @@
 """GPU kernels whose threads cooperate (shared memory, barriers), run by the emulation as
-fibers: the implicit-GEMM convolution and its weight gradient (with its pixels split into
-ranges and the partials added), and batch norm's per-channel sums (a block per channel),
-against the float64 reference in every thread order, a
-barrier removed caught by wrong numbers, threads that miss a barrier caught by the launch, and
-the printers' refusals."""
+fibers: the implicit-GEMM convolution in each of its tiles and its weight gradient (with its
+pixels split into ranges and the partials added), and batch norm's per-channel sums (a block
+per channel), against the float64 reference in every thread order, a barrier removed caught
+by wrong numbers, threads that miss a barrier caught by the launch, and the printers'
+refusals."""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ from cnnc.compiler.backends.numba.printer import print_kernel as print_numba
 from cnnc.compiler.kernels.backward import batch_stat_kernel, bn_grad_sums_kernel
 from cnnc.compiler.kernels.common import Sizes
 from cnnc.compiler.kernels.gpu_conv import (
-    THREADS,
+    DEFAULT_TILE,
+    GEMM_TILES,
+    GemmTile,
+    choose_gemm_tile,
+    gpu_direct_conv_kernel,
     implicit_gemm_blocks,
     implicit_gemm_conv_kernel,
     implicit_gemm_weight_grad_kernel,
@@ -82,12 +86,16 @@ def conv_geometries(draw, max_cg: int, kernels: list[tuple[int, int]], max_side:
 
 @pytest.fixture(scope="module")
 def conv_modules(tmp_path_factory):
-    """The implicit-GEMM kernel, and the same kernel with its barriers removed, compiled once."""
+    """The implicit-GEMM kernel in each tile (by tile) and the thread-per-output convolution
+    (``direct``), and the 64 x 64 one with its barriers removed, compiled once."""
     root = tmp_path_factory.mktemp("gpu")
-    good = implicit_gemm_conv_kernel()
+    tiles = {str(t): implicit_gemm_conv_kernel(f"conv_{t}", tile=t) for t in GEMM_TILES}
+    good = tiles[str(DEFAULT_TILE)]
     broken = replace(good, name="conv_no_barrier", body=without_barriers(good.body))
-    module = EmulatedModule(print_module([good, broken]), [good, broken], root)
-    return module, good, broken
+    tiles["direct"] = gpu_direct_conv_kernel()  # a thread per output: no tile
+    kernels = [*tiles.values(), broken]
+    module = EmulatedModule(print_module(kernels), kernels, root)
+    return module, tiles, broken
 
 
 def run_conv(module, kernel, x, w, bias, *, stride, pad, dilation, groups, relu, order):
@@ -110,14 +118,16 @@ def reference(x, w, bias, *, stride, pad, dilation, groups, relu):
 
 
 @needs_cxx
-@settings(max_examples=12, deadline=None,
+@settings(max_examples=20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_implicit_gemm_matches_the_float64_convolution(conv_modules, data):
-    """Tails in every tile dimension (channels, pixels, the reduction), strides, dilations,
-    padding, groups, batch > 1, the fused bias and ReLU; the same bits in every thread order
-    (each thread sums its outputs in one fixed order)."""
-    module, kernel, _ = conv_modules
+    """Every tile (64 or 32 channels by 64 or 32 pixels) and the thread-per-output kernel
+    (``direct``), tails in every tile dimension (channels, pixels, the reduction), strides,
+    dilations, padding, groups, batch > 1, the fused bias and ReLU; the same bits in every
+    thread order (each thread sums its outputs in one fixed order)."""
+    module, tiles, _ = conv_modules
+    kernel = tiles[data.draw(st.sampled_from(sorted(tiles)))]
     groups, cg, kg, (r, s), stride, dilation, pad, h, wd = data.draw(
         conv_geometries(5, [(1, 1), (3, 3), (2, 3), (5, 5)], 12))
     n = data.draw(st.integers(1, 2))
@@ -142,7 +152,8 @@ def test_implicit_gemm_matches_the_float64_convolution(conv_modules, data):
 @needs_cxx
 def test_a_removed_barrier_gives_wrong_numbers(conv_modules):
     """Without its barriers a thread multiplies tiles the other threads have not copied yet."""
-    module, kernel, broken = conv_modules
+    module, tiles, broken = conv_modules
+    kernel = tiles[str(DEFAULT_TILE)]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 8, 9, 9)).astype(np.float32)
     w = rng.standard_normal((20, 8, 3, 3)).astype(np.float32)
@@ -257,11 +268,35 @@ def test_weight_grad_splits_fill_the_gpu_where_the_tiles_are_few():
 
 
 def test_launch_grid_is_one_block_per_output_tile():
-    kernel = implicit_gemm_conv_kernel()
     ints = dict(n_batch=2, C=6, H=20, W=20, K=130, P=10, Q=10, R=3, S=3, sh=2, sw=2, ph=1, pw=1,
                 dh=1, dw=1, G=1, relu=0)
-    assert launch_shape(kernel, ints) == (implicit_gemm_blocks(2, 130, 10, 10, 1), THREADS)
+    kernel = implicit_gemm_conv_kernel()
+    assert launch_shape(kernel, ints) == (implicit_gemm_blocks(2, 130, 10, 10, 1), 256)
     assert implicit_gemm_blocks(2, 130, 10, 10, 1) == 2 * 3 * 2
+    small = GemmTile(32, 32)
+    kernel = implicit_gemm_conv_kernel(tile=small)
+    assert launch_shape(kernel, ints) == (2 * 5 * 4, 64)
+    assert implicit_gemm_blocks(2, 130, 10, 10, 1, small) == 2 * 5 * 4
+
+
+def test_each_layer_takes_the_tile_that_wastes_least():
+    """64 x 64 where the output channels and pixels fill it (ResNet-50's 56 x 56 and 28 x 28
+    layers); 32 rows for 16 or 32 output channels per group (a 64-row tile would compute
+    half or more padding); 32 pixel columns for a 14 x 14 plane (196 pixels: 4 tiles of 64
+    are 256 columns, 7 of 32 are 224); never a tile that pads more in both dimensions than
+    the 64 x 64 one."""
+    assert choose_gemm_tile(64, 56 * 56) == GemmTile(64, 64)
+    assert choose_gemm_tile(512, 28 * 28) == GemmTile(64, 64)
+    assert choose_gemm_tile(16, 56 * 56).m == 32 and choose_gemm_tile(32, 28 * 28).m == 32
+    assert choose_gemm_tile(256, 14 * 14) == GemmTile(64, 32)
+    for kg in (1, 16, 24, 64, 96, 128, 200):
+        for pq in (1, 49, 196, 784, 3136):
+            t = choose_gemm_tile(kg, pq)
+            padded = -(-kg // t.m) * t.m * -(-pq // t.n) * t.n
+            assert padded <= -(-kg // 64) * 64 * -(-pq // 64) * 64
+    with pytest.raises(ValueError, match="32 or 64"):
+        GemmTile(16, 64)
+    assert GemmTile.parse("64x32") == GemmTile(64, 32) and str(GemmTile(32, 64)) == "32x64"
 
 
 def spread_kernel(extra_barrier_for_thread0: bool) -> Kernel:
@@ -317,6 +352,6 @@ def test_implicit_gemm_prints_shared_tiles_and_barriers():
 
 @pytest.mark.skipif(nvrtc_library() is None, reason="NVRTC is not installed")
 def test_implicit_gemm_compiles_with_nvrtc_without_warnings():
-    source = print_module([implicit_gemm_conv_kernel()])
+    source = print_module([implicit_gemm_conv_kernel(f"conv_{t}", tile=t) for t in GEMM_TILES])
     for arch in ("compute_80", "compute_90"):
         nvrtc_compile(source, arch)

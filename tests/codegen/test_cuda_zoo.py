@@ -28,7 +28,7 @@ from cnnc.compiler.backends.cuda.nvrtc import (
     resource_usage,
 )
 from cnnc.compiler.backends.cuda.printer import PRELUDE
-from cnnc.compiler.kernels.gpu_conv import THREADS, TILE_K, TILE_M, TILE_N
+from cnnc.compiler.kernels.gpu_conv import DEFAULT_TILE, TILE_K, GemmTile
 from cnnc.dsl.builder import load_zoo
 from cnnc.runtime.check import check
 from cnnc.runtime.model import cuda_sources
@@ -90,16 +90,20 @@ def test_nvrtc_builds_whole_modules(modules, arch, net):
 
 @pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed on this machine")
 def test_nvcc_builds_a_whole_module(modules):
-    """And reports each kernel's resources: every kernel of the module once, the implicit
-    GEMM's shared memory its two tiles of floats, its 256 threads within a block's
-    registers."""
+    """And reports each kernel's resources: every kernel of the module once, each implicit
+    GEMM's shared memory its two tiles of floats (its tile in its name, 64 x 64 without),
+    its threads within a block's registers."""
     usage = resource_usage(nvcc_compile(modules["lenet5"], "sm_80", "model_lenet5.cu",
                                         resources=True))
     printed = re.findall(r'__global__ void (\w+)\(', modules["lenet5"])
     assert sorted(r.kernel for r in usage) == sorted(printed)
-    gemm = next(r for r in usage if r.kernel == "conv_implicit_gemm")
-    assert gemm.shared_bytes == 4 * (TILE_K * TILE_M + TILE_K * TILE_N)
-    assert 0 < gemm.registers * THREADS <= 65536 and gemm.spill_stores == 0
+    gemms = [r for r in usage if r.kernel.startswith("conv_implicit_gemm")]
+    assert gemms
+    for gemm in gemms:
+        suffix = gemm.kernel[len("conv_implicit_gemm_"):]
+        tile = GemmTile.parse(suffix) if suffix else DEFAULT_TILE
+        assert gemm.shared_bytes == 4 * TILE_K * (tile.m + tile.n)
+        assert 0 < gemm.registers * tile.threads <= 65536 and gemm.spill_stores == 0
 
 
 @needs_nvrtc

@@ -7,6 +7,7 @@ transform) and the network tests share theirs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
@@ -18,6 +19,7 @@ from cnnc.compiler.kernels.winograd import F2, F4, FILTERS_A_PRODUCT, WINOGRAD_I
 from cnnc.compiler.ops import EPS32, evaluate_bound
 from cnnc.compiler.passes import PassContext
 from cnnc.compiler.passes.select_lowering import select_lowering
+from cnnc.compiler.target import DEFAULT_CACHES, TARGETS
 from cnnc.dsl.builder import load_network, load_zoo
 from cnnc.runtime.check import check_model, format_rows
 from cnnc.runtime.conv_kernel import compile_conv
@@ -303,6 +305,20 @@ x -> conv(64, 3, pad=1) as wide -> maxpool(14) -> conv(1024, 1) -> conv(1024, 3,
         chosen = {n.name: n.attrs["lowering"] for n in g.nodes() if n.op == "conv"}
         got = tuple(chosen[name].split("_")[0] for name in ("wide", "deep"))
         assert got == want, (training, lowering, chosen)
+
+
+def test_the_last_level_cache_decides_where_the_filter_transform_streams():
+    """The target's L3 sizes the filter transform the cost model keeps in cache: VGG-16's
+    28x28 256 -> 512 layer (F(2x2)'s 8 MiB transform) takes F(2x2) with a 32 MiB L3, and
+    F(4x4) (4.5 MiB of it) with a faked 16 MiB one, where F(2x2)'s transform would stream."""
+    src = "network vgg\ninput x: 256 x 28 x 28\nx -> conv(512, 3, pad=1) as c -> output y\n"
+    chosen = {}
+    for l3 in (32 << 20, 16 << 20):
+        target = replace(TARGETS["avx512"], caches=replace(DEFAULT_CACHES, l3=l3))
+        g = load_network(src)
+        select_lowering(g, PassContext(opt_level=2, target=target))
+        chosen[l3 >> 20] = next(n for n in g.nodes() if n.name == "c").attrs["lowering"]
+    assert chosen == {32: "winograd_f2", 16: "winograd_f4"}
 
 
 def test_autotune_times_both_transforms():

@@ -42,7 +42,7 @@ def test_the_ops_list_their_algorithm_objects():
         assert get_op(op).algorithms == ALGORITHMS
     names = [a.name for a in ALGORITHMS]
     assert names == ["direct", "channelwise", "im2col", "winograd_f4", "winograd_f2",
-                     "implicit_gemm"]
+                     "implicit_gemm", "gpu_direct"]
 
 
 def test_same_padding_is_the_one_formula_of_the_dsl_and_onnx():

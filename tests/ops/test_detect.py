@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import cnnc
+from cnnc.compiler.backends.cuda.emulate import compiler_path
 from cnnc.compiler.ops import get_op
 from cnnc.compiler.ops.detect import (
     PADDING,
@@ -258,3 +259,21 @@ def test_yolo_decode_and_nms_compiled_equal_the_reference():
     assert isinstance(boxes, list) and len(boxes) == 3
     for rows, padded in zip(boxes, got):
         assert rows.shape == (int((padded[:, 5] >= 0).sum()), 7)
+
+
+@pytest.mark.skipif(compiler_path() is None, reason="no C++ compiler for the CUDA emulation")
+def test_detection_host_steps_run_on_a_gpu_target():
+    """On a GPU target (emulated) the decoding and suppression are host steps between the
+    CUDA kernels: their inputs downloaded, their outputs written back to the device; such a
+    call is never captured as a CUDA graph (a replay would skip the host's Python), so its
+    third call, on new images, still gives the CPU target's detections."""
+    graph = cnnc.load(DETECTOR)
+    gpu = cnnc.compile(graph, target="cuda-emu", seed=1)
+    cpu = cnnc.compile(graph, seed=1)
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+        got, want = gpu.run({"image": x})["dets"], cpu.run({"image": x})["dets"]
+        np.testing.assert_array_equal(got[..., 5:], want[..., 5:])
+        np.testing.assert_allclose(got[..., :5], want[..., :5], rtol=1e-5, atol=1e-6)
+    assert gpu.executor.arena(2).graph is None

@@ -342,7 +342,7 @@ def test_cpu_target_is_this_machines_and_the_cli_names_one(tmp_path, capsys):
     src = tmp_path / "small.cnn"
     src.write_text(net)
     assert main(["compile", str(src), "--target", "avx512", "--explain"]) == 0
-    assert "target avx512: direct convolution tiles 7x16/16 x" in capsys.readouterr().out
+    assert "target avx512: convolution tiles 7x16/16 x" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("pool,channels,out", [
@@ -775,3 +775,24 @@ def test_an_unpacked_convolution_splits_its_epilogue_between_store_and_unpacking
     x = np.random.default_rng(5).standard_normal((2, 4, 9, 9)).astype(np.float32)
     want = run_reference(m.graph, {"x": x}, m.params)["out"]
     np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("width, blocked", [(6, True), (7, True), (5, False)])
+def test_six_or_more_channels_stay_blocked_between_convolutions(width, blocked):
+    """LeNet-5's shape: a convolution of ``width`` output channels, a pooling, a convolution
+    reading them. From 6 channels on the second convolution reads its input channel-blocked
+    (padded to a block of 8, zero weights for the padding), so the first's output is never
+    unpacked nor packed again; at 5 the second packs its own 5-channel block. The numbers
+    within float32 error of the float64 reference either way (batch 2)."""
+    net = (f"network narrow\ninput x: 1 x 20 x 20\n"
+           f"x -> conv({width}, 5) -> tanh -> avgpool(2) -> conv(16, 5) -> tanh -> flatten "
+           f"-> dense(4) -> output y\n")
+    m = compile_model(net, seed=3, target="avx2", lowering="direct")
+    convs = [n for n in m.plan.graph.compute_nodes() if n.op == "conv"]
+    pool = next(n for n in m.plan.graph.compute_nodes() if n.op == "avgpool")
+    assert ("layout" in convs[0].attrs) == blocked and ("layout" in pool.attrs) == blocked
+    kernels = [c.kernel for s in m.plan.steps for c in s.calls]
+    assert kernels.count("pack_nchw_blocked") == (1 if blocked else 2)
+    x = np.random.default_rng(4).standard_normal((2, 1, 20, 20)).astype(np.float32)
+    want = run_reference(m.graph, {"x": x}, m.params)["y"]
+    np.testing.assert_allclose(m(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -513,7 +513,7 @@ def test_prologue_fusion_declines(body, level, why):
 # -- vector epilogues at the store of a convolution whose output is unpacked -----------------
 
 @pytest.mark.parametrize("body, count", [
-    ("x -> conv(6, 3) -> tanh -> avgpool(2) -> output y", 1),  # LeNet-5's c1: a plain pool
+    ("x -> conv(6, 3) -> tanh -> avgpool(2) -> output y", 1),  # a plain pool after it
     ("x -> conv(6, 3) -> sigmoid -> output y", 1),
     ("x -> conv(6, 3) -> relu -> tanh -> output y", 2),  # the ReLU counted, as it is first
     ("x -> conv(6, 3) -> swish -> gelu -> output y", 1),  # gelu has no vector form: unpacked

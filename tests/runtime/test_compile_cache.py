@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -178,7 +179,9 @@ def test_every_input_of_a_front_end_key_changes_it(monkeypatch):
     base = dict(text="x", file="<string>", target=TARGETS["avx2"], opt_level=2,
                 lowering="auto", layout="auto")
     key = compile_cache.frontend_key(**base)
+    other_l2 = replace(TARGETS["avx2"], caches=replace(TARGETS["avx2"].caches, l2=512 << 10))
     changes = [("text", "y"), ("file", "a.cnn"), ("target", TARGETS["avx512"]),
+               ("target", other_l2),
                ("opt_level", 1), ("lowering", "direct"), ("lowering", {"c1": "im2col"}),
                ("layout", "NCHW")]
     for name, value in changes:
@@ -221,7 +224,9 @@ def test_every_input_of_a_constants_key_changes_it(monkeypatch):
                                                         "e" * 32),
                 compile_cache.constants_key(fresh.graph, fresh.plan, 4, avx2, "f" * 32),
                 compile_cache.constants_key(fresh.graph, fresh.plan, 3, TARGETS["avx512"],
-                                            "f" * 32)}) == 5
+                                            "f" * 32),
+                compile_cache.constants_key(fresh.graph, fresh.plan, 3, replace(
+                    avx2, caches=replace(avx2.caches, l2=512 << 10)), "f" * 32)}) == 6
     monkeypatch.setattr(compile_cache, "code_fingerprint", lambda: "another compiler")
     assert compile_cache.constants_key(fresh.graph, fresh.plan, 3, avx2) != key
     assert compile_cache.constants_key(fresh.graph, fresh.plan, 3, avx2, "f" * 32) != front

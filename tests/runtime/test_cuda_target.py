@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from functools import partial
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from cnnc.compiler.backends.cuda.emulate import ORDERS, EmulatedModule, compiler
 from cnnc.compiler.backends.cuda.launch import Launcher
 from cnnc.compiler.backends.cuda.memory import EmulatedArray, EmulatedMemory
 from cnnc.compiler.backends.cuda.nvrtc import nvcc_path
+from cnnc.compiler.decisions import own_attrs
+from cnnc.compiler.kernels.gpu_conv import DEFAULT_TILE, TILE_K, GemmTile, choose_gemm_tile
 from cnnc.compiler.kernels.kernel_ir import Barrier, Kernel, Param
 from cnnc.dsl.builder import load_network
 from cnnc.runtime.check import check_model
@@ -95,9 +98,10 @@ def test_cli_checks_every_cuda_kernel_under_emulation(tmp_path, capsys):
 def emulated_cupy(root) -> types.SimpleNamespace:
     """A stand-in for the part of CuPy's API the ``cuda`` target uses (arrays: ``ndarray``,
     ``zeros``, ``empty``, ``asarray`` (of the array's shape), ``asnumpy``, slicing,
-    ``reshape``, ``copy``, ``set``; ``RawModule(code=...)`` and its functions called as
-    ``fn(grid, block, args)`` with device arrays and NumPy scalars; the device count and free
-    memory), with a GPU emulated on the CPU underneath: the module's source is compiled as the
+    ``reshape``, ``copy``, ``set``, ``copyto``; ``RawModule(code=...)`` and its functions
+    called as ``fn(grid, block, args)`` with device arrays and NumPy scalars; streams, their
+    events and graph capture; the device count and free memory), with a GPU emulated on the
+    CPU underneath: the module's source is compiled as the
     ``cuda-emu`` target compiles it, its kernels' parameters read from their printed
     signatures (and whether their threads meet at barriers, from their bodies)."""
     memory = EmulatedMemory()
@@ -123,8 +127,54 @@ def emulated_cupy(root) -> types.SimpleNamespace:
 
             def launch(grid, block, args):
                 assert all(isinstance(a, (EmulatedArray, np.int32, np.float32)) for a in args)
-                self.module.launch(name, grid[0], block[0], kernel, args)
+                run = partial(self.module.launch, name, grid[0], block[0], kernel, tuple(args))
+                stream = streams[-1]
+                if stream.captured is not None:  # captured into a graph, not run
+                    stream.captured.append(run)
+                else:
+                    launched.append(name)
+                    run()
             return launch
+
+    class Stream:
+        """A stream: ``with`` makes it current; a capture collects its launches."""
+
+        def __init__(self, non_blocking: bool = False) -> None:
+            self.captured: list | None = None
+
+        def __enter__(self):
+            streams.append(self)
+            return self
+
+        def __exit__(self, *exc) -> None:
+            streams.pop()
+
+        def begin_capture(self) -> None:
+            assert self is not streams[0], "no capture on the null stream"
+            self.captured = []
+
+        def end_capture(self):
+            graph, self.captured = Graph(self.captured), None
+            return graph
+
+        def record(self):
+            return object()  # an event
+
+        def wait_event(self, event) -> None:
+            pass  # launches run in order here
+
+    class Graph:
+        def __init__(self, launches: list) -> None:
+            self.launches = launches
+
+        def launch(self, stream) -> None:
+            replays.append(len(self.launches))
+            for run in self.launches:
+                run()
+
+    streams = [Stream()]  # the null stream
+    launched: list[str] = []  # kernels launched one by one
+    replays: list[int] = []  # graphs launched: their kernel counts
 
     def asarray(a):
         if isinstance(a, EmulatedArray):
@@ -136,7 +186,10 @@ def emulated_cupy(root) -> types.SimpleNamespace:
     return types.SimpleNamespace(
         zeros=lambda n, dtype: memory.zeros(n), empty=lambda n, dtype: memory.empty(n),
         asarray=asarray, asnumpy=memory.download, int32=np.int32, ndarray=EmulatedArray,
-        RawModule=RawModule, cuda=types.SimpleNamespace(runtime=runtime))
+        copyto=lambda dst, src: dst.fill_from(src), RawModule=RawModule,
+        cuda=types.SimpleNamespace(runtime=runtime, Stream=Stream,
+                                   get_current_stream=lambda: streams[-1]),
+        launched=launched, replays=replays)
 
 
 @needs_cxx
@@ -161,6 +214,43 @@ def test_cuda_target_runs_through_cupy_on_an_emulated_gpu(tmp_path, monkeypatch)
     assert e.value.inf > 0 and "layer conv1" in str(e.value)
 
 
+@needs_cxx
+def test_calls_from_the_third_on_replay_one_captured_graph(tmp_path, monkeypatch):
+    """The first call at a batch size launches kernel by kernel, the second captures its
+    launches into a CUDA graph (on a stream of its own, not the null stream) reading the
+    input from the arena's own buffer, and every later call copies its input there and
+    launches the graph alone: each call's output is still its own input's (a replay that
+    read the captured call's input would give the second call's logits), NumPy and CuPy
+    inputs alike; new weights have the next call capture again with them."""
+    cupy = emulated_cupy(tmp_path)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    model = compile_model(SMALL, target="cuda", cache_dir=tmp_path, seed=5)
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((2, 3, 12, 10)).astype(np.float32) for _ in range(5)]
+
+    def check(x, params, on_device: bool) -> None:
+        ref = run_reference(model.graph, {"image": x}, params)["logits"]
+        got = model(cupy.asarray(x)) if on_device else model(x)
+        got = cupy.asnumpy(got) if on_device else got
+        assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+    params = model.params
+    before = len(cupy.launched)  # the compile's own first call, at batch 1
+    check(xs[0], params, False)
+    launched = len(cupy.launched)
+    kernels = launched - before
+    assert kernels >= 5 and not cupy.replays  # one by one
+    check(xs[1], params, True)  # captured, then replayed
+    assert len(cupy.launched) == launched and cupy.replays == [kernels]
+    check(xs[2], params, False)
+    check(xs[3], params, True)
+    assert len(cupy.launched) == launched and cupy.replays == [kernels] * 3
+    params = {k: v * np.float32(0.5) for k, v in params.items()}
+    model.set_params(params)
+    check(xs[4], params, False)
+    assert len(cupy.launched) == launched and cupy.replays == [kernels] * 4
+
+
 SHAPES = """
 network shapes
 input image: 6 x 11 x 9
@@ -175,12 +265,37 @@ c1 + c2 -> relu -> conv(12, 3, pad=1, groups=12) -> conv_transpose(5, 3, stride=
 @pytest.mark.parametrize("opt_level", (0, 2))
 def test_gpu_convolutions_check_every_step_under_emulation(tmp_path, opt_level):
     """On a GPU target every convolution (grouped, dilated, depthwise, transposed,
-    asymmetric padding and stride; with a residual add fused or not) is the implicit GEMM, and
-    every step is within its error bound of the float64 reference."""
+    asymmetric padding and stride; with a residual add fused or not) is a GPU algorithm: the
+    implicit GEMM (at -O0 every layer; at -O2 every layer of 5 or more output channels a
+    group), or at -O2 a thread per output value for the depthwise layer (one output channel a
+    group: a GEMM tile of 32 rows would compute 31 of padding); every step is within its
+    error bound of the float64 reference."""
     model = compile_model(SHAPES, target="cuda-emu", cache_dir=tmp_path, seed=2,
                           opt_level=opt_level)
-    convs = [s for s in model.steps if s.op.split("+")[0] in ("conv", "conv_transpose")]
-    assert len(convs) >= 4 and {s.lowering for s in convs} == {"implicit_gemm"}
+    graph = model.plan.graph
+    convs = [s for s in model.plan.steps if graph.node(s.node).op in ("conv", "conv_transpose")]
+    assert len(convs) >= 4
+    per_group = {s.node: own_attrs(graph.node(s.node).attrs)["out_channels"]
+                 // own_attrs(graph.node(s.node).attrs)["groups"] for s in convs}
+    assert min(per_group.values()) == 1  # the depthwise layer
+    for s in convs:
+        if opt_level == 0 or per_group[s.node] >= 5:
+            assert s.lowering == "implicit_gemm", s.name
+        elif per_group[s.node] == 1:
+            assert s.lowering == "gpu_direct", s.name
+    # each layer's tile recorded in the IR (select_tile) and its kernel in the module
+    source = model.plan.listing
+    tiles = set()
+    for node in model.plan.graph.nodes():
+        if node.attrs.get("lowering") == "implicit_gemm" and node.op != "conv_weight_grad":
+            groups = own_attrs(node.attrs)["groups"]
+            tile = choose_gemm_tile(own_attrs(node.attrs)["out_channels"] // groups,
+                                    node.type.shape[1] * node.type.shape[2])
+            assert node.attrs["tile"] == str(tile)
+            tiles.add(tile)
+            name = "conv_implicit_gemm" + ("" if tile == DEFAULT_TILE else f"_{tile}")
+            assert f"void {name}(" in source
+    assert tiles and DEFAULT_TILE not in tiles  # 5 to 12 output channels: 32 rows
     rows = check_model(model, batch=2)
     assert all(r.ok for r in rows), [r for r in rows if not r.ok]
 
@@ -199,7 +314,9 @@ def test_cli_reports_each_cuda_kernels_resources(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resources for sm_90" in out
     row = next(line.split() for line in out.splitlines() if "conv_implicit_gemm" in line)
-    assert int(row[2]) == 4096  # shared bytes: two 512-float tiles
+    suffix = row[0][len("conv_implicit_gemm_"):]  # the layer's tile, if not 64 x 64
+    tile = GemmTile.parse(suffix) if suffix else DEFAULT_TILE
+    assert int(row[2]) == 4 * TILE_K * (tile.m + tile.n)  # shared bytes: its two tiles
 
 
 def test_cli_resources_without_nvcc_says_what_it_needs(tmp_path, capsys, monkeypatch):

@@ -33,7 +33,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import numpy as np
 from ...kernels.kernel_ir import Barrier, Kernel, walk
 from ..numba.cache import cache_root
 from .launch import scalar_argument
-from .memory import EmulatedArray
+from .memory import EmulatedArray, EmulatedMemory
 
 __all__ = ["HEADER", "ORDERS", "EmulatedModule", "BarrierError", "EmulationCrash",
            "compiler_path", "launch_source"]
@@ -329,15 +329,18 @@ class EmulationCrash(RuntimeError):
 class EmulatedModule:
     """A generated CUDA module compiled for the CPU (built on creation, cached on disk).
     ``order`` is the thread order of every launch (:data:`ORDERS`). A kernel that faults
-    fails its launch (:class:`EmulationCrash`) instead of ending the caller."""
+    fails its launch (:class:`EmulationCrash`) instead of ending the caller. ``memory``: the
+    emulated GPU's memory whose captures (``EmulatedMemory.capture``) record this module's
+    launches instead of running them."""
 
     def __init__(self, source: str, kernels: Sequence[Kernel], root: Path | None = None,
-                 order: str = "forward") -> None:
+                 order: str = "forward", memory: EmulatedMemory | None = None) -> None:
         cxx = compiler_path()
         if cxx is None:
             raise RuntimeError("the CUDA emulation needs a C++ compiler (g++ or clang++; "
                                "$CXX), and none is on PATH")
         self.order = order
+        self.memory = memory
         self._scratch: np.ndarray | None = None
         launch = launch_source(kernels, "module.cu")
         key = hashlib.sha256("\0".join([HEADER, source, launch, " ".join(CXX_FLAGS),
@@ -368,6 +371,10 @@ class EmulatedModule:
 
     def launch(self, name: str, blocks: int, threads: int, kernel: Kernel,
                args: Sequence[Any]) -> None:
+        if self.memory is not None and self.memory.recording is not None:
+            self.memory.recording.append(partial(self.launch, name, blocks, threads, kernel,
+                                                 tuple(args)))
+            return
         values = [_SCALARS[p.kind](scalar_argument(p.kind, a)) if p.kind in _SCALARS else
                   ctypes.c_void_p(_device_pointer(kernel, p.name, a))
                   for p, a in zip(kernel.params, args)]

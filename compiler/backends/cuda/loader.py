@@ -191,8 +191,10 @@ class CudaBackend:
             if self.device == "gpu":
                 self._module = CupyModule(self.source())
             elif self.device == "emulate":
+                memory = self.memory
+                assert isinstance(memory, EmulatedMemory)
                 self._module = EmulatedModule(self.source(), list(self.kernels.values()),
-                                              self.root)
+                                              self.root, memory=memory)
             else:
                 raise RuntimeError("this CUDA module was only printed (no device to run on)")
         return self._module

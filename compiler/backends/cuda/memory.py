@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,29 @@ class CupyMemory:
 
     def write(self, dst: Any, a: np.ndarray) -> None:
         dst[: a.size].set(np.ascontiguousarray(a, dst.dtype).reshape(-1))
+
+    def copy(self, dst: Any, src: Any) -> None:
+        self.cupy.copyto(dst[: src.size], src.reshape(-1))
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        """``run``'s kernel launches captured into a CUDA graph on a stream of its own (not
+        run); the function returned launches the graph, after what the caller's current
+        stream has queued and before what it queues next."""
+        cupy = self.cupy
+        stream = cupy.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            try:
+                run()
+            finally:
+                graph = stream.end_capture()
+
+        def replay() -> None:
+            caller = cupy.cuda.get_current_stream()
+            stream.wait_event(caller.record())
+            graph.launch(stream)
+            caller.wait_event(stream.record())
+        return replay
 
     def free_bytes(self) -> int | None:
         free, _total = self.cupy.cuda.runtime.memGetInfo()
@@ -143,6 +167,12 @@ class EmulatedArray:
             raise ValueError(f"set: {a.size} values for a device array of {self.size}")
         self._data[...] = a.reshape(self.shape)
 
+    def fill_from(self, src: EmulatedArray) -> None:
+        """Copy device array ``src`` (of this array's size) into this array."""
+        if src.size != self.size:
+            raise ValueError(f"copy: {src.size} values for a device array of {self.size}")
+        self._data[...] = src._data.reshape(self.shape)
+
     @property
     def pointer(self) -> int:
         """The address of the first element (what a kernel launch passes)."""
@@ -162,6 +192,8 @@ class EmulatedMemory:
     def __init__(self) -> None:
         self.uploaded = 0
         self.downloaded = 0
+        # the launches being captured (``capture``): the emulated modules append to it
+        self.recording: list[Callable[[], None]] | None = None
 
     def zeros(self, n: int) -> EmulatedArray:
         return EmulatedArray(guarded_empty(n))  # mappings start zeroed
@@ -186,6 +218,29 @@ class EmulatedMemory:
     def write(self, dst: EmulatedArray, a: np.ndarray) -> None:
         dst[: a.size].set(np.ascontiguousarray(a, dst.dtype))
         self.uploaded += a.size * dst.dtype.itemsize
+
+    def copy(self, dst: EmulatedArray, src: EmulatedArray) -> None:
+        """Within the device's memory: no bytes cross the bus."""
+        dst[: src.size].fill_from(src)
+
+    def capture(self, run: Callable[[], None]) -> Callable[[], None]:
+        """``run``'s launches recorded, not run (as a CUDA graph captures them: the modules
+        given this memory append them to :attr:`recording`); the function returned runs them
+        again in order, their arguments as they were given (arrays by address, scalars by
+        value)."""
+        if self.recording is not None:
+            raise RuntimeError("a capture is already under way")
+        self.recording = []
+        try:
+            run()
+            launches = self.recording
+        finally:
+            self.recording = None
+
+        def replay() -> None:
+            for launch in launches:
+                launch()
+        return replay
 
     def free_bytes(self) -> int | None:
         return None

@@ -33,6 +33,7 @@ import numpy as np
 
 from ...decisions import own_input_count
 from ...kernels.conv_geometry import ConvGeometry
+from ...kernels.gpu_conv import GemmTile
 from ...kernels.tiles import TILE_8, DirectTile
 from ...types import BLOCKED, PLAIN, TensorType, in_every_blocked_layout, spatial_out
 from .. import (
@@ -288,11 +289,13 @@ def _pack_rule(graph, node, x_store, y_store):
                                             y_store.lanes if y_store is not None else None)
 
 
-def _packing(attrs: dict[str, Any]) -> tuple[ConvGeometry, ConvAlgorithm, DirectTile]:
+def _packing(attrs: dict[str, Any]
+             ) -> tuple[ConvGeometry, ConvAlgorithm, DirectTile | GemmTile]:
     conv = {k: v for k, v in attrs.items() if k in PACKING_ATTRS}
     g = geometry(attrs["of"], conv, attrs["in_shape"])
     g = replace(g, lanes_in=attrs["block_lanes"], lanes_out=attrs["block_lanes"])
-    return g, by_name(attrs["algorithm"]), DirectTile.parse(attrs["kernel_tile"])
+    algorithm = by_name(attrs["algorithm"])
+    return g, algorithm, algorithm.parse_tile(attrs["kernel_tile"], g)
 
 
 def _pack_infer(in_types: list[TensorType], attrs: dict[str, Any]) -> TensorType:

@@ -28,9 +28,14 @@ records (``lowering``, chosen by ``select_lowering`` among :data:`ALGORITHMS`) i
 ``implicit_gemm`` (GPU targets only)
     NCHW in and out, nothing packed: the GEMM of ``kernels/gpu_conv.py`` over the weights as
     they are and the im2col matrix read from the input where a tile needs it, tiled through
-    shared memory by blocks of 256 threads. The bias and a leading ReLU are applied in its
-    stores; another fused epilogue makes it write a scratch buffer that the crop kernel copies
-    out through the epilogue.
+    shared memory by blocks of 64 to 256 threads (a tile per layer). The bias and a leading
+    ReLU are applied in its stores; another fused epilogue makes it write a scratch buffer
+    that the crop kernel copies out through the epilogue.
+
+``gpu_direct`` (GPU targets only)
+    The implicit GEMM's arrays, sizes and output handling, a thread per output value summing
+    its window in order: depthwise layers and groups of one or two output channels, whose
+    GEMM tiles would be mostly padding rows.
 
 ``im2col``
     NCHW. ``im2col`` writes, per image and group, the matrix ``col[Cg*R*S, PQp]`` (``PQp`` =
@@ -71,7 +76,12 @@ from ...decisions import own_attrs
 from ...kernels.conv_direct import channelwise_conv_kernel, direct_conv_kernel
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_kernel
-from ...kernels.gpu_conv import TILE_M, TILE_N, implicit_gemm_conv_kernel
+from ...kernels.gpu_conv import (
+    GemmTile,
+    choose_gemm_tile,
+    gpu_direct_conv_kernel,
+    implicit_gemm_conv_kernel,
+)
 from ...kernels.kernel_ir import Kernel
 from ...kernels.layout import crop_epilogue_kernel, im2col_strides, unpack_epilogue_kernel
 from ...kernels.tiles import GEMM_M, GEMM_N, TILE_8, TILE_K, DirectTile, gather_groups
@@ -86,14 +96,15 @@ from ...kernels.winograd import (
 )
 from ...kernels.winograd import applies as winograd_applies
 from ...kernels.winograd import tiles as winograd_tiles
+from ...target import DEFAULT_CACHES, Caches
 from ...types import Storage
 from .. import EPS32, BoundCtx, own_input_types, sum_bound
 from .padding import pad_nchw
 from .transpose import transpose_as_conv
 
 __all__ = ["LoweringChoice", "ConvAlgorithm", "DIRECT", "CHANNELWISE", "IM2COL", "WINOGRAD_F4",
-           "WINOGRAD_F2", "IMPLICIT_GEMM", "ALGORITHMS", "by_name", "geometry", "node_geometry",
-           "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
+           "WINOGRAD_F2", "IMPLICIT_GEMM", "GPU_DIRECT", "ALGORITHMS", "by_name", "geometry",
+           "node_geometry", "kernel_lanes", "FLOPS_PER_FLOAT_MOVED"]
 
 def geometry(op: str, attrs: dict, in_shape: tuple[int, ...],
               activation: str | None = None) -> ConvGeometry:
@@ -188,9 +199,10 @@ class LoweringChoice:
         """Whether it computes this node."""
         raise NotImplementedError
 
-    def estimate(self, node, in_types, lanes: int = 8) -> float:
-        """Its relative time on this node on a target of ``lanes`` lanes (comparable between
-        the algorithms of one node only)."""
+    def estimate(self, node, in_types, lanes: int = 8,
+                 caches: Caches = DEFAULT_CACHES) -> float:
+        """Its relative time on this node on a target of ``lanes`` lanes and these ``caches``
+        (comparable between the algorithms of one node only)."""
         raise NotImplementedError
 
 
@@ -216,9 +228,10 @@ class ConvAlgorithm(LoweringChoice):
         """Whether it computes this node (lowering selection's question)."""
         return self.applies(node_geometry(node, in_types))
 
-    def estimate(self, node, in_types, lanes: int = 8) -> float:
-        """:meth:`cost` of this node on a target of ``lanes`` lanes."""
-        return self.cost(node_geometry(node, in_types), lanes)
+    def estimate(self, node, in_types, lanes: int = 8,
+                 caches: Caches = DEFAULT_CACHES) -> float:
+        """:meth:`cost` of this node on a target of ``lanes`` lanes and these ``caches``."""
+        return self.cost(node_geometry(node, in_types), lanes, caches)
 
     def work(self, g: ConvGeometry) -> int:
         """Multiply-adds per image of its padded tiling."""
@@ -232,10 +245,10 @@ class ConvAlgorithm(LoweringChoice):
         """Floats per image of the packed output."""
         raise NotImplementedError
 
-    def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
+    def cost(self, g: ConvGeometry, lanes: int = 8, caches: Caches = DEFAULT_CACHES) -> float:
         """Relative time: the multiply-adds of its padded tiling divided by the fraction of
         peak it reaches, plus the floats its layout kernels move. Only the comparison between
-        algorithms of one layer is meaningful."""
+        algorithms of one layer is meaningful. ``caches``: the target's (Winograd's)."""
         speed = self.efficiency * (self.speedup_16_lanes if lanes == 16 else 1.0)
         moved = self.in_floats(g) + self.out_floats(g)
         return 2 * self.work(g) / speed + FLOPS_PER_FLOAT_MOVED * moved
@@ -248,6 +261,19 @@ class ConvAlgorithm(LoweringChoice):
         """Whether its compute kernel can write channel-blocked storage for a consumer."""
         return False
 
+    def refuse_fusions(self, prologue: Prologue | None, residual: bool) -> None:
+        """For a kernel that fuses neither a pooling prologue nor a runtime residual: refuse
+        them (``kernel``'s arguments)."""
+        if residual:
+            raise ValueError(f"the {self.name} kernel takes no runtime residual")
+        if prologue is not None:
+            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile | GemmTile:
+        """The tile a node records (``select_tile``: its ``tile``; None: a graph lowered
+        without the pass, the algorithm's default for ``g``)."""
+        return DirectTile.parse(text) if text is not None else TILE_8
+
     def kernel(self, g: ConvGeometry, epilogue=(), kinds=(), tile: DirectTile = TILE_8,
                prologue: Prologue | None = None, residual: bool = False) -> tuple[Kernel, str]:
         """The compute kernel (kernel IR) and a cache tag. The kernel depends only on what
@@ -257,15 +283,22 @@ class ConvAlgorithm(LoweringChoice):
         an ``epilogue`` (:attr:`runtime_residual` algorithms only: ``tiles.residual_store``)."""
         raise NotImplementedError
 
+    def k_groups(self, g: ConvGeometry, tile: DirectTile, threads: int, l2: int) -> int | None:
+        """The groups of output-channel tiles a task of the compute kernel runs where the
+        kernel takes their count as a runtime size (``kgroups`` of :meth:`int_args`), sized
+        by the target's ``l2`` bytes per core and the ``threads``; None where it takes none."""
+        return None
+
     def int_args(self, g: ConvGeometry, x: Storage | None = None, y: Storage | None = None,
                  tile: DirectTile = TILE_8, zero_halo: bool = False,
-                 threads: int = 1) -> tuple[int, ...]:
+                 threads: int = 1, kgroups: int | None = None) -> tuple[int, ...]:
         """The runtime size arguments of the compute kernel: with ``x`` the input is read
         where a producer stored it channel-blocked (else from the packed scratch buffer), with
         ``y`` the output is written into its channel-blocked storage (else into the packed
         scratch buffer the output kernel reads); ``zero_halo``: the kernel zeroes the halo of
         ``y``'s whole buffer on every call; ``threads``: the threads its parallel loop's tasks
-        run on (a kernel that sizes its tasks by them: Winograd's)."""
+        run on (a kernel that sizes its tasks by them: Winograd's); ``kgroups``: the groups
+        of k-tiles of a direct kernel whose tasks take several (``Direct.k_groups``)."""
         raise NotImplementedError
 
     def pack_weights(self, g: ConvGeometry, w: np.ndarray, b: np.ndarray | None,
@@ -363,9 +396,10 @@ class Direct(_BlockedAlgorithm):
         return g.groups * g.Kgb * TILE_K * g.Cgb * g.CB * g.R * g.S * g.P * g.Q
 
     def reads_blocked(self, g: ConvGeometry) -> bool:
-        """An ungrouped convolution of at least 8 channels (a stem with fewer packs its own
-        block of 3), or groups of whole 8-channel blocks."""
-        return g.C >= 8 if g.groups == 1 else g.Cg % 8 == 0
+        """An ungrouped convolution whose channels fill 8-channel blocks (``CB`` 8: at least
+        ``PAD_TO_BLOCK``; a stem with fewer packs its own block of 3), or groups of whole
+        8-channel blocks."""
+        return g.CB == 8 if g.groups == 1 else g.Cg % 8 == 0
 
     def writes_blocked(self, g: ConvGeometry) -> bool:
         """Unless each group's outputs would be padded inside the tensor (``K/groups`` is
@@ -398,14 +432,26 @@ class Direct(_BlockedAlgorithm):
         return direct_conv_kernel(g, comment=note, epilogue=epilogue, kinds=kinds,
                                   tile_shape=tile, prologue=prologue, residual=residual), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def k_groups(self, g, tile, threads, l2):
+        """The groups of k-tiles a task of ``tile``'s order runs (``tiles.gather_groups``:
+        each group's packed weights within ``l2`` bytes, enough tasks for ``threads`` at
+        batch 1); None for orders whose task is one k-tile."""
+        if tile.order != "gather":
+            return None
+        return gather_groups(g.k_tiles(tile), 4 * g.Cgb * g.CB * tile.channels, g.P, threads,
+                             l2)
+
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         """:data:`~...kernels.conv_direct.DIRECT_INTS`; with the ``gather`` order then its
-        groups of k-tiles ``KG`` (``tiles.gather_groups``)."""
+        groups of k-tiles ``KG`` (``kgroups``: the node's recorded :meth:`k_groups`)."""
         nb, xin, yout = _blocked_int_args(g, x, y)
         kt = g.k_tiles(tile)
         ints = (nb, g.Cgb, g.groups * kt, kt, g.P, g.Q) + xin + yout + (int(zero_halo),)
         if tile.order == "gather":
-            ints += (gather_groups(kt, 4 * g.Cgb * g.CB * tile.channels, g.P, threads),)
+            if kgroups is None:
+                raise ValueError(f"a {tile} kernel needs its groups of k-tiles (kgroups)")
+            ints += (kgroups,)
         return ints
 
     def thread_scratch(self, g: ConvGeometry, tile: DirectTile = TILE_8) -> int:
@@ -464,10 +510,7 @@ class ChannelWise(_BlockedAlgorithm):
         return True
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         rs = _window_tag(g, epilogue, kinds, prologue)
         kind = "depthwise" if g.Cg == 1 else f"grouped ({g.Cg} channels a group)"
         note = f"{kind} convolution, kernel {g.R}x{g.S}, stride {g.sh}x{g.sw}, " \
@@ -486,7 +529,8 @@ class ChannelWise(_BlockedAlgorithm):
                    f"{'out' if g.nhwc_out else ''}"
         return channelwise_conv_kernel(g, name, note, epilogue, kinds), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         nb, xin, yout = _blocked_int_args(g, x, y)
         return (g.C8, nb, g.P, g.Q) + xin + yout + (int(zero_halo),)
 
@@ -528,14 +572,12 @@ class Im2col(ConvAlgorithm):
         return g.groups * kgp * pqp
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
+        self.refuse_fusions(prologue, residual)
         note = "im2col GEMM, 6 x 16 register tile; sizes are runtime arguments"
         return gemm_kernel(comment=note), "gemm"
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         kgp, pqp = self.padded(g)
         return (kgp, g.Cg * g.R * g.S, pqp, g.groups)
 
@@ -582,13 +624,14 @@ class Winograd(_BlockedAlgorithm):
         phase convolutions, which are convolutions), and keeps the direct sum's bound."""
         return node.op == "conv" and super().applies_to(node, in_types)
 
-    def cost(self, g: ConvGeometry, lanes: int = 8) -> float:
+    def cost(self, g: ConvGeometry, lanes: int = 8, caches: Caches = DEFAULT_CACHES) -> float:
         """:meth:`ConvAlgorithm.cost`, plus the filter transform streamed from memory where it
-        does not fit the cache: each task passes over all of ``U`` (36 x C x K floats for
-        F(4x4): 38 MB at 512 channels, where F(4x4) ran 0.88x direct's speed at 7x7)."""
+        does not fit the cache (:data:`U_IN_CACHE` of the target's L3): each task passes over
+        all of ``U`` (36 x C x K floats for F(4x4): 38 MB at 512 channels, where F(4x4) ran
+        0.88x direct's speed at 7x7)."""
         u = self.packed_sizes(g)[0]
-        streamed = u * -(-self.tiles(g) // TILES) if 4 * u > U_IN_CACHE else 0
-        return super().cost(g, lanes) + FLOPS_PER_FLOAT_STREAMED * streamed
+        streamed = u * -(-self.tiles(g) // TILES) if 4 * u > U_IN_CACHE * caches.l3 else 0
+        return super().cost(g, lanes, caches) + FLOPS_PER_FLOAT_STREAMED * streamed
 
     def tiles(self, g: ConvGeometry) -> int:
         """Output tiles per image."""
@@ -630,7 +673,8 @@ class Winograd(_BlockedAlgorithm):
         return winograd_conv_kernel(g, self.transform, f"conv_winograd{m}", note, epilogue,
                                     kinds, residual), tag
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         nb, xin, yout = _blocked_int_args(g, x, y)
         rows, cols = winograd_tiles(g, self.transform)
         return (nb, g.Cgb, g.Kgb, g.P, g.Q, cols, rows * cols, g.Hp, g.Wp) + xin + yout + \
@@ -708,8 +752,12 @@ class ImplicitGemm(ConvAlgorithm):
         return True
 
     def work(self, g: ConvGeometry) -> int:
-        kgp = ceil_div(g.Kg, TILE_M) * TILE_M
-        return g.groups * kgp * g.Cg * g.R * g.S * ceil_div(g.P * g.Q, TILE_N) * TILE_N
+        t = choose_gemm_tile(g.Kg, g.P * g.Q)
+        return g.groups * ceil_div(g.Kg, t.m) * t.m * g.Cg * g.R * g.S * \
+            ceil_div(g.P * g.Q, t.n) * t.n
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> GemmTile:
+        return GemmTile.parse(text) if text is not None else choose_gemm_tile(g.Kg, g.P * g.Q)
 
     def in_floats(self, g: ConvGeometry) -> int:
         return 0
@@ -719,15 +767,14 @@ class ImplicitGemm(ConvAlgorithm):
         return g.K * g.P * g.Q
 
     def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
-        if residual:
-            raise ValueError(f"the {self.name} kernel takes no runtime residual")
-        if prologue is not None:
-            raise ValueError("a pooling prologue runs only in the direct convolution kernel")
-        note = (f"implicit GEMM convolution, {TILE_M} x {TILE_N} tiles through shared memory; "
+        self.refuse_fusions(prologue, residual)
+        note = (f"implicit GEMM convolution, {tile.m} x {tile.n} tiles through shared memory; "
                 "sizes are runtime arguments")
-        return implicit_gemm_conv_kernel(comment=note), "implicit_gemm"
+        name = "conv_implicit_gemm" + ("" if (tile.m, tile.n) == (64, 64) else f"_{tile}")
+        return implicit_gemm_conv_kernel(name, note, tile), "implicit_gemm"
 
-    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1):
+    def int_args(self, g, x=None, y=None, tile=TILE_8, zero_halo=False, threads=1,
+                 kgroups=None):
         return (g.C, g.H, g.W, g.K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw,
                 g.groups)
 
@@ -747,6 +794,24 @@ class ImplicitGemm(ConvAlgorithm):
         return np.asarray(w, np.float32).ravel(), b.ravel()
 
 
+@dataclass(frozen=True)
+class GpuDirect(ImplicitGemm):
+    """A thread per output value (``gpu_direct_conv_kernel``): the implicit GEMM's arrays,
+    integers and output handling, none of its tiles; for layers whose groups have too few
+    output channels to fill a tile's rows (depthwise ones: one)."""
+
+    def work(self, g: ConvGeometry) -> int:
+        return g.groups * g.Kg * g.Cg * g.R * g.S * g.P * g.Q
+
+    def parse_tile(self, text: str | None, g: ConvGeometry) -> DirectTile:
+        return TILE_8  # no tile (select_tile records none): the default stands for it
+
+    def kernel(self, g, epilogue=(), kinds=(), tile=TILE_8, prologue=None, residual=False):
+        self.refuse_fusions(prologue, residual)
+        note = "convolution, a thread per output value; sizes are runtime arguments"
+        return gpu_direct_conv_kernel(comment=note), "gpu_direct"
+
+
 #: PERF-NOTES and bench/RESULTS.md: the direct kernel reaches 55-79% of the 8-lane peak, its
 #: 16-lane tiles 1.4-1.8x its 8-lane speed on 3x3 layers; the channel-wise kernel is memory
 #: bound (no 16-lane gain counted); im2col + our GEMM well below, its gather costing about as
@@ -757,13 +822,15 @@ CHANNELWISE = ChannelWise("channelwise", "direct", efficiency=0.6, blocked=True)
 IM2COL = Im2col("im2col", "im2col", efficiency=0.3)
 #: Winograd: its GEMMs run the direct kernel's register tile, its transforms are vector
 #: loads, adds and stores (bench/RESULTS.md).
-#: Bytes of Winograd's filter transform above which it streams from memory, and what
-#: streaming a float of it costs in flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512
-#: channels). Measured on a 2-vCPU Zen 4 with a 32 MiB last-level cache, one thread, batch 1
-#: and 8: a U of 8 MiB stays in cache between tasks (VGG-16's 28x28 256->512 layer, F(2x2) 9.1
-#: ms against direct's 16.2), one of 16 MiB does not (F(2x2) at 512->512: 28x28 38-47 ms
-#: against direct's 34, 14x14 11-14 against 8.5, ResNet-18's 7x7 3.2-3.6 against 2.2).
-U_IN_CACHE = 12 << 20
+#: The share of the target's last-level cache (``target.Caches.l3``) that Winograd's filter
+#: transform may take before it streams from memory, and what streaming a float of it costs in
+#: flop-equivalents (bench/RESULTS.md: F(4x4) at 7x7 with 512 channels). Measured on a 2-vCPU
+#: Zen 4 with a 32 MiB last-level cache, one thread, batch 1 and 8: a U of 8 MiB stays in cache
+#: between tasks (VGG-16's 28x28 256->512 layer, F(2x2) 9.1 ms against direct's 16.2), one of
+#: 16 MiB does not (F(2x2) at 512->512: 28x28 38-47 ms against direct's 34, 14x14 11-14
+#: against 8.5, ResNet-18's 7x7 3.2-3.6 against 2.2): 12 MiB of 32, in proportion elsewhere
+#: (an assumption: measured on that one L3 only).
+U_IN_CACHE = 3 / 8
 FLOPS_PER_FLOAT_STREAMED = 16.0
 _WINOGRAD_REFUSAL = "Winograd computes 3x3, stride-1, undilated, ungrouped convolutions of " \
     "at least 8 input channels"
@@ -778,9 +845,16 @@ WINOGRAD_F2 = Winograd("winograd_f2", "winograd", efficiency=0.75, blocked=True,
 #: with the CPU algorithms' and is not compared: ``select_lowering`` prefers it on a GPU.
 IMPLICIT_GEMM = ImplicitGemm("implicit_gemm", "implicit_gemm", efficiency=0.5, gpu_only=True,
                              plain_io=True)
+#: Each thread reads its window's inputs and weights from the caches, no reuse through shared
+#: memory: a tenth of the implicit GEMM's rate assumed (an estimate: not measured on a GPU),
+#: so it wins where the GEMM's tiles would be mostly padding: fewer than about 3 output
+#: channels a group (depthwise layers), against the GEMM's 32-row tiles.
+GPU_DIRECT = GpuDirect("gpu_direct", "gpu_direct", efficiency=0.05, gpu_only=True,
+                       plain_io=True)
 #: Every convolution algorithm, the default first (``select_lowering`` takes the first that
 #: applies at -O0 and -O1, a GPU algorithm first on a GPU target).
-ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2, IMPLICIT_GEMM)
+ALGORITHMS = (DIRECT, CHANNELWISE, IM2COL, WINOGRAD_F4, WINOGRAD_F2, IMPLICIT_GEMM,
+              GPU_DIRECT)
 
 
 def by_name(name: str) -> ConvAlgorithm:

@@ -27,8 +27,7 @@ import numpy as np
 from ...kernels.conv_geometry import ConvGeometry, ceil_div
 from ...kernels.gemm import gemm_batch_sum_kernel
 from ...kernels.gpu_conv import (
-    TILE_M,
-    TILE_N,
+    WEIGHT_GRAD_TILE,
     implicit_gemm_weight_grad_kernel,
     split_sum_kernel,
     weight_grad_splits,
@@ -42,6 +41,7 @@ from ...kernels.weight_grad import (
     weight_grad_tile,
 )
 from ...plan import Arg, Call, Step
+from ...target import DEFAULT_CACHES, Caches
 from ...types import TensorType, spatial_out
 from .. import EPS32, BoundCtx, LoweringError, ShapeError
 from .algorithms import FLOPS_PER_FLOAT_MOVED, LoweringChoice
@@ -174,7 +174,8 @@ class WeightGradAlgorithm(LoweringChoice):
     def applies_to(self, node, in_types) -> bool:
         return True
 
-    def estimate(self, node, in_types, lanes: int = 8) -> float:
+    def estimate(self, node, in_types, lanes: int = 8,
+                 caches: Caches = DEFAULT_CACHES) -> float:
         g = _weight_grad_geometry(node, in_types)
         pixels = g.P * g.Q
         rows, width = weight_grad_tile(lanes)
@@ -189,8 +190,8 @@ class WeightGradAlgorithm(LoweringChoice):
             moved = g.groups * blocks * width * pixels + g.C * g.Hp * g.Wp
         elif self.name == "implicit_gemm":  # nothing moved: B is read where it lies
             crs = g.Cg * g.R * g.S
-            macs = g.groups * ceil_div(g.Kg, TILE_M) * TILE_M * ceil_div(crs, TILE_N) * TILE_N \
-                * pixels
+            t = WEIGHT_GRAD_TILE
+            macs = g.groups * ceil_div(g.Kg, t.m) * t.m * ceil_div(crs, t.n) * t.n * pixels
             moved = 0
         else:
             crs = g.Cg * g.R * g.S

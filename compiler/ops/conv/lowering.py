@@ -14,8 +14,9 @@ from ...decisions import operand_kind, own_attrs, prologue_of
 from ...kernels.common import FusedOp, Sizes
 from ...kernels.conv_geometry import ConvGeometry
 from ...kernels.elementwise import zero_stuff_kernel
+from ...kernels.gpu_conv import GemmTile
 from ...kernels.kernel_ir import Kernel
-from ...kernels.tiles import RESIDUAL_CODES, TILE_8, DirectTile, operand_ints
+from ...kernels.tiles import RESIDUAL_CODES, DirectTile, operand_ints
 from ...plan import Arg, Call, Step
 from .. import LoweringError, own_input_types
 from .algorithms import DIRECT, ConvAlgorithm, by_name, geometry, kernel_lanes
@@ -24,7 +25,7 @@ from .transpose import transpose_as_conv, transposed_as_conv_weight
 
 @lru_cache(maxsize=256)
 def compute_kernel(algorithm: ConvAlgorithm, g: ConvGeometry, epilogue: tuple[FusedOp, ...],
-                   kinds: tuple[str, ...], tile: DirectTile,
+                   kinds: tuple[str, ...], tile: DirectTile | GemmTile,
                    prologue: tuple[str, tuple[tuple[str, Any], ...]] | None,
                    residual: bool) -> tuple[Kernel, str]:
     """``algorithm.kernel(...)``: the compute kernel and its module tag, built once a process
@@ -90,7 +91,7 @@ def lower_conv(ctx, node) -> Step:
         g.validate()
     # The register tile chosen by the select_tile pass (absent: depthwise, im2col, or a graph
     # lowered without the pipeline).
-    tile = DirectTile.parse(node.attrs["tile"]) if "tile" in node.attrs else TILE_8
+    tile = algorithm.parse_tile(node.attrs.get("tile"), g)
     # the residual add a runtime choice (``share_residual_kernels``): the code of the fused
     # epilogue, the kernel built without it
     residual = None
@@ -152,7 +153,7 @@ def lower_conv(ctx, node) -> Step:
             [Arg("int", 0)] * len(operand_ints(0))
         last = [Arg("int", residual)]
     sizes = algorithm.int_args(g, x_store, y_store, tile, bool(node.attrs.get("zero_halo")),
-                               ctx.threads)
+                               ctx.threads, node.attrs.get("kgroups"))
     calls.append(Call(compute, (xp, Arg("const", "w"), Arg("const", "b"), yp, *op_args,
                                 *pooled, *(Arg("int", v) for v in sizes), *pooled_ints,
                                 *op_ints, Arg("int", int(relu)), Arg("batch"), *last),
@@ -171,8 +172,8 @@ def lower_conv(ctx, node) -> Step:
                 sources={source_name: src})
 
 
-def pack_conv_weights(op: str, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile,
-                      w: np.ndarray, b: np.ndarray | None,
+def pack_conv_weights(op: str, g: ConvGeometry, algorithm: ConvAlgorithm,
+                      tile: DirectTile | GemmTile, w: np.ndarray, b: np.ndarray | None,
                       out: np.ndarray | None = None) -> np.ndarray:
     """A convolution's weights and bias packed for its compute kernel, one flat float32 array
     (the weights, then the bias): a transposed convolution's weight first becomes the equivalent
@@ -186,7 +187,7 @@ def pack_conv_weights(op: str, g: ConvGeometry, algorithm: ConvAlgorithm, tile: 
     return algorithm.pack_flat(g, weight, b, tile, out)
 
 
-def _packer(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile):
+def _packer(ctx, node, g: ConvGeometry, algorithm: ConvAlgorithm, tile: DirectTile | GemmTile):
     """How the step gets its constants ``w`` and ``b`` when parameters are set: split from the
     parameter-time node of its packed weights (``pack_weights`` pass: ``packed``), which must
     be packed for this very kernel."""
