@@ -10,7 +10,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import atexit
+import gc
+import importlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
+
+# At exit, every object still alive is frozen (``gc.freeze``) before the interpreter tears its
+# modules down: its collections then skip the ~110,000 objects NumPy, Numba and networkx made,
+# 0.2-0.5 s of every process's exit (bench/RESULTS.md, session 24). The price: the finalizers
+# (``__del__``) of objects in reference cycles that are already garbage at exit do not run,
+# which Python does not promise either ("not guaranteed ... for objects that still exist when
+# the interpreter exits"). Registered first, so it runs after the exit handlers of modules
+# imported later.
+atexit.register(gc.freeze)
 
 
 def load(source_or_path: str, **params: Any):
@@ -20,22 +36,46 @@ def load(source_or_path: str, **params: Any):
     return load_network(source_or_path, **params)
 
 
+@contextmanager
+def paused_collection() -> Iterator[None]:
+    """Python's automatic collection off inside the block (on again after it, if it was):
+    an import of ~800 modules triggers 0.05-0.1 s of collections that find nothing to free
+    (bench/RESULTS.md, session 24)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def import_frozen(name: str) -> ModuleType:
+    """Import module ``name`` with automatic collection paused, then freeze every object
+    alive (``gc.freeze``): what an import makes (module globals, Numba's type registries)
+    lives as long as the process, and a collection that walks it finds nothing to free;
+    frozen, every later collection (the compile's own, the exit's) skips it. The price: an
+    object alive at that moment that later becomes garbage in a reference cycle is never
+    freed (one without a cycle is freed as before)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    with paused_collection():
+        module = importlib.import_module(name)
+    if gc.isenabled():
+        gc.freeze()
+    return module
+
+
 def __getattr__(name: str) -> Any:
     # Heavy entry points import lazily so `import cnnc` stays fast.
     if name == "compile":
-        from .runtime.model import compile as compile_model
-
-        return compile_model
+        return import_frozen(f"{__name__}.runtime.model").compile
     if name == "reference":
         from .runtime.reference import run_reference
 
         return run_reference
     if name == "explain":
-        import importlib
-
         return importlib.import_module(f"{__name__}.runtime.explain")
     if name == "zoo":
-        import importlib
-
         return importlib.import_module(f"{__name__}.zoo")
     raise AttributeError(f"module 'cnnc' has no attribute {name!r}")

@@ -4,6 +4,10 @@ the disk cache, imports included, and where its time goes.
     .venv/bin/python bench/bench_cached_compile.py [--models resnet18,lenet5] [--rounds 5]
         [--against /path/to/other/.venv/bin/python] [--threads 1]
 
+A model is anything ``cnnc.compile`` takes as text: a zoo name, a .cnn file, an .onnx file
+(its weights then the file's), or ``onnx:NAME``: the zoo network NAME exported to ONNX with
+its seed-0 weights (``runtime/bench.py``'s ``prepare``, once, into ``--workdir``).
+
 Each measurement is a new process (``python -c``-like: the interpreter's start-up counted) of
 each interpreter in turn (this one and ``--against`` ones, alternating, round after round), on
 a cache warmed by one compile per model and interpreter first (``$CNNC_CACHE_DIR``, shared: a
@@ -40,7 +44,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 STAGES = ("imports", "parse", "init", "passes", "lower", "pack", "kernel load", "first call",
           "cache", "other")
@@ -103,8 +109,22 @@ def _wrap_stages(wall: dict[str, float], cpu: dict[str, float]) -> None:
     cache = getattr(model, "compile_cache", None)  # not in checkouts before it
     if cache is not None:
         for name in ("load_frontend", "store_frontend", "load_constants", "store_constants",
-                     "frontend_key", "constants_key"):
-            setattr(cache, name, timed("cache", getattr(cache, name)))
+                     "frontend_key", "constants_key", "weights_digest", "onnx_text"):
+            if hasattr(cache, name):  # the last two not in checkouts before them
+                setattr(cache, name, timed("cache", getattr(cache, name)))
+
+
+def _onnx_file(model: str, workdir: Path) -> Path:
+    """The ONNX file of ``onnx:NAME`` (written on first use)."""
+    folder = workdir / model.partition(":")[2]
+    path = folder / "model.onnx"
+    if not path.exists():
+        import cnnc
+        from cnnc.runtime.bench import prepare
+
+        folder.mkdir(parents=True, exist_ok=True)
+        prepare(cnnc.load(model.partition(":")[2]), [1], folder)
+    return path
 
 
 def _run(python: str, model: str, split: bool, env: dict[str, str]) -> dict[str, float]:
@@ -131,6 +151,9 @@ def main() -> None:
     ap.add_argument("--against", action="append", default=[],
                     help="another interpreter (another checkout's .venv/bin/python)")
     ap.add_argument("--threads", type=int, default=1, help="NUMBA_NUM_THREADS of the compiles")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(),
+                                                      "cnnc-bench-cached-compile"),
+                    help="where the ONNX files of onnx:NAME models are written")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -140,17 +163,21 @@ def main() -> None:
     env = dict(os.environ, NUMBA_NUM_THREADS=str(args.threads))
     pythons = [sys.executable] + args.against
     models = args.models.split(",")
+    # what each model's processes compile: its name, or the ONNX file of onnx:NAME
+    source = {m: str(_onnx_file(m, Path(args.workdir))) if m.startswith("onnx:") else m
+              for m in models}
     warming = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     for python in pythons:  # warm the caches: every kernel compiled (or already there)
         for m in models:
-            _run(python, m, False, warming)
+            _run(python, source[m], False, warming)
     runs: dict[tuple[str, str, bool], list[dict[str, float]]] = {}
     for r in range(args.rounds):
         for m in models:
             order = pythons if r % 2 == 0 else pythons[::-1]
             for python in order:
                 for split in (False, True):
-                    runs.setdefault((python, m, split), []).append(_run(python, m, split, env))
+                    runs.setdefault((python, m, split), []).append(
+                        _run(python, source[m], split, env))
         print(f"round {r + 1} done (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
 
     def med(rows: list[dict[str, float]], key: str) -> float:

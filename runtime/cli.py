@@ -4,6 +4,7 @@ never a Python traceback."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import paused_collection
 from ..dsl.errors import DslError
 from .cli_common import (  # noqa: F401 - CliError, load_array, parse_params: re-exported
     EXTRA,
     CliError,
+    compile_source,
     convolutionalized,
     force_arg,
     fully_convolutional_args,
@@ -101,20 +104,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     size = input_size_of(args)
     graph = declared if size is None else convolutionalized(declared, size)
     options = ImageOptions(resize=args.resize, mean=args.mean, std=args.std)
-    params = (load_weights(declared, args.weights) if args.weights else
-              init_params(declared, args.seed))
+
+    def params() -> dict[str, np.ndarray]:
+        return (load_weights(declared, args.weights) if args.weights else
+                init_params(declared, args.seed))
+
     if args.dask:
-        return run_over_dask(args, graph, params, options)
+        return run_over_dask(args, graph, params(), options)
     inputs = load_inputs(args.input, graph, options)
     t0 = time.perf_counter()
     if args.reference:
-        outputs = run_reference(graph, inputs, params)
+        outputs = run_reference(graph, inputs, params())
         engine = "float64 reference"
     else:
         from .model import NumericsError
         from .model import compile as compile_model
 
-        model = compile_model(graph, args.target, weights=params, lowering=args.lowering)
+        source = compile_source(args, graph)
+        if source is graph:
+            model = compile_model(graph, args.target, weights=params(), lowering=args.lowering)
+        else:  # the weights made or read by the compile: its caches then apply
+            model = compile_model(source, args.target, weights=args.weights, seed=args.seed,
+                                  lowering=args.lowering)
         try:
             outputs = model.run({k: np.asarray(v, np.float32) for k, v in inputs.items()},
                                 check_numerics=args.check_numerics)
@@ -274,15 +285,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-EXTRA_MODULES = ("commands", "onnx_commands", "show", "train_command", "bench_command",
-                 "explain.command")
+#: The commands this module defines (``build_parser``).
+BASIC_COMMANDS = ("summary", "dump", "run")
+#: The module that adds each further command (``cli_common.EXTRA``), imported only when its
+#: command runs: ``cnnc run`` needs none of them (0.06-0.13 s of imports), the help or an
+#: unknown name all of them. The CLI's tests check the table against what they register.
+COMMAND_MODULES = {"compile": "commands", "check": "commands", "demo": "commands",
+                   "export": "onnx_commands", "import": "onnx_commands", "show": "show",
+                   "train": "train_command", "bench": "bench_command",
+                   "explain": "explain.command"}
+EXTRA_MODULES = tuple(dict.fromkeys(COMMAND_MODULES.values()))
 
 
-def _register_extras() -> None:
-    """Import the modules that add commands (compile, check, demo, import, export)."""
+def _register_extras(command: str | None = None) -> None:
+    """Import the modules that add commands: none for a basic command, the one that adds
+    ``command``, or (None, or a name nobody adds) all of them."""
     import importlib
 
-    for name in EXTRA_MODULES:
+    if command in BASIC_COMMANDS:
+        return
+    names = (COMMAND_MODULES[command],) if command in COMMAND_MODULES else EXTRA_MODULES
+    for name in names:
         try:
             importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as e:
@@ -294,10 +317,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user mistake prints a located message and returns 2, never a
     traceback. An unexpected exception is a bug in cnnc: it says so (set CNNC_TRACEBACK=1 to
     see the Python traceback) and returns 70."""
-    _register_extras()
+    given = list(sys.argv[1:] if argv is None else argv)
+    with paused_collection():
+        _register_extras(next((a for a in given if not a.startswith("-")), None))
+    if argv is None:
+        # the process's own command (its arguments from sys.argv): what its imports made
+        # lives until it exits, so it is frozen for the collector (``cnnc.import_frozen``:
+        # the collections of the command and of the exit skip it); not when a program calls
+        # main() with arguments, whose objects that later become garbage would stay
+        gc.freeze()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # a command that starts others
+    args = parser.parse_args(given)
+    args.argv = given  # a command that starts others
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -24,8 +24,8 @@ from ..dsl.builder import load_network
 from .images import ImageOptions, image_files, load_images
 from .weights import read_npy, read_npz
 
-__all__ = ["CliError", "parse_params", "load_graph", "load_array", "load_inputs",
-           "report_outputs", "write_files", "force_arg", "EXTRA", "_EXTRA",
+__all__ = ["CliError", "parse_params", "load_graph", "compile_source", "load_array",
+           "load_inputs", "report_outputs", "write_files", "force_arg", "EXTRA", "_EXTRA",
            "fully_convolutional_args", "input_size_of", "convolutionalized"]
 
 
@@ -69,6 +69,17 @@ def fully_convolutional_args(p: argparse.ArgumentParser) -> None:
                         "(with --input-size)")
     p.add_argument("--input-size", metavar="HxW",
                    help="the image size for --fully-convolutional, e.g. 448x448")
+
+
+def compile_source(args: argparse.Namespace, graph: Graph) -> str | Graph:
+    """What a command hands ``compile`` for ``graph``, the network its model argument names:
+    that argument itself (a zoo name or a .cnn file) where the graph is just that network
+    (no ``--param``, not made fully convolutional), so that the compile cache can skip the
+    passes, and for seeded weights the packing (``runtime/compile_cache.py``); else the
+    graph."""
+    if getattr(args, "param", None) or getattr(args, "input_size", None) is not None:
+        return graph
+    return args.model
 
 
 def input_size_of(args: argparse.Namespace) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ from ..compiler.types import LAYOUT_CHOICES
 from .cli_common import (
     EXTRA,
     CliError,
+    compile_source,
     convolutionalized,
     force_arg,
     fully_convolutional_args,
@@ -70,8 +71,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise CliError("--resources reports the CUDA kernels' registers and shared memory: "
                        "use it with --target cuda")
     t0 = time.perf_counter()
-    model = compile_model(graph, lowering=parse_lowering(args.lowering), target=args.target,
-                          cache_dir=args.cache_dir, opt_level=args.opt_level,
+    model = compile_model(compile_source(args, graph), lowering=parse_lowering(args.lowering),
+                          target=args.target, cache_dir=args.cache_dir, opt_level=args.opt_level,
                           layout=args.layout,
                           dump_ir=args.dump_ir, force=args.force, autotune=args.autotune)
     elapsed = time.perf_counter() - t0
@@ -205,7 +206,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.tolerance > 0:
         raise CliError(f"--tolerance must be positive, got {args.tolerance}")
     graph = load_graph(args)
-    model = compile_model(graph, lowering=parse_lowering(args.lowering), seed=args.seed,
+    model = compile_model(compile_source(args, graph), lowering=parse_lowering(args.lowering),
+                          seed=args.seed,
                           opt_level=args.opt_level, layout=args.layout,
                           target=args.target)
     rows = check_model(model, batch=args.batch, tol=args.tolerance, seed=args.seed)
@@ -227,13 +229,13 @@ def _configure_check(p: argparse.ArgumentParser, model_arg) -> None:
 
 # -- demo -------------------------------------------------------------------------------------
 
+# as a user's program would: the network's name or file (DSL parameters: its graph)
 _CACHED_COMPILE = """
 import json, sys, time
 t0 = time.perf_counter()
-from cnnc.dsl.builder import load_network
-from cnnc.runtime.model import compile
-graph = load_network(sys.argv[1], **json.loads(sys.argv[2]))
-compile(graph)
+import cnnc
+params = json.loads(sys.argv[2])
+cnnc.compile(cnnc.load(sys.argv[1], **params) if params else sys.argv[1])
 print(time.perf_counter() - t0)
 """
 
@@ -260,7 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"{graph.name}: {len(s.rows)} layers, {s.params:,} parameters, "
           f"{format_giga(s.flops)} GFLOPs per image")
     t0 = time.perf_counter()
-    model = compile_model(graph, seed=args.seed)
+    model = compile_model(compile_source(args, graph), seed=args.seed)
     compile_s = time.perf_counter() - t0
     cached = _cached_compile_seconds(args.model, parse_params(args.param))
     kind = "cold" if cached is not None and compile_s > 2 * cached else "from the disk cache"

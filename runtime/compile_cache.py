@@ -1,30 +1,36 @@
-"""On-disk caches of a compile's host work: the optimized graph, and a seeded compile's
-packed kernel constants.
+"""On-disk caches of a compile's host work: the optimized graph, and the packed kernel
+constants.
 
 The kernel cache (``compiler/backends/numba/cache.py``) makes a second compile of a network
 load its kernels instead of compiling them; what was left of a cached compile in a fresh
 process was host work redone every time (bench/RESULTS.md): parsing and the passes, the seeded
 initial weights, and packing them into every kernel's constants (ResNet-18: 0.4 s of CPU
-together, ResNet-50 1.0 s, more than loading their kernels). Two kinds of entry keep its
-results, in the kernel cache's root (``$CNNC_CACHE_DIR`` or ``~/.cache/cnnc``, or
-``compile``'s ``cache_dir``):
+together, ResNet-50 1.0 s, more than loading their kernels; packing given weights: ResNet-18's
+0.2 s). Two kinds of entry keep its results, in the kernel cache's root (``$CNNC_CACHE_DIR``
+or ``~/.cache/cnnc``, or ``compile``'s ``cache_dir``):
 
 - ``frontend/<key>.bin``: the network as written and its optimized copy with the pass records
-  (pickled), keyed by the program's text and file name, the options the passes see (target,
+  (pickled), keyed by the program's text (an ONNX file's: a SHA-256 of its bytes, weights
+  included: :func:`onnx_text`) and file name, the options the passes see (target,
   optimization level, lowering, layout), the thread and CPU counts (the tiles chosen weigh
   them) and the source of the packages that parse and optimize. A hit skips parsing (and
-  importing the parser) and the passes; the records' times are the first compile's. Not for a
-  program that imports other files (their text is not in the key), a ``Graph`` or ONNX input,
-  autotuning, an IR dump or training;
-- ``constants/<key>.bin``: every step's packed constants of a seeded compile, keyed by the
-  seed and everything else they depend on: the network as written (every node, attribute and
-  literal value: the initial values), the optimized graph the plan was lowered from (every
-  decision the passes recorded: layouts, algorithms, tiles), the target, the thread and CPU
-  counts, NumPy's version (the random streams) and the source of the compiler and runtime. A
-  hit skips making the initial values (they are made from the seed only if the model's
-  parameters are asked for) and packing them. Only for networks of at least
-  :data:`MIN_FLOATS` parameters (smaller ones cost little to make), CPU plans and no
-  autotuning. An entry is about the size of the parameters in float32 (ResNet-18's 59 MB).
+  importing the parser; for an ONNX file, importing onnx and converting the model) and the
+  passes; the records' times are the first compile's. Not for a program that imports other
+  files (their text is not in the key), an ONNX file with external data (likewise), a
+  ``Graph``, autotuning, an IR dump or training;
+- ``constants/<key>.bin``: every step's packed constants, keyed by where the parameters
+  come from (a seed, an ONNX file under its front-end key, or given values by a SHA-256 of
+  them: :func:`weights_digest`, an .npz's as much as a dict's) and everything else they
+  depend on: the network as
+  written (every node, attribute and literal value: the initial values), the optimized graph
+  the plan was lowered from (every decision the passes recorded: layouts, algorithms, tiles)
+  or, where the graphs came from a program's text, its front-end key (which fixes both), the
+  target, the thread and CPU counts, NumPy's version (the random streams) and the source of
+  the compiler and runtime. A hit skips packing, and for a seed or an ONNX file making the
+  parameters (made from the seed, or read from the file, only if they are asked for). Only for
+  networks of at least :data:`MIN_FLOATS` parameters (smaller ones cost little to make), CPU
+  plans and no autotuning. An entry is about the size of the parameters in float32
+  (ResNet-18's 59 MB).
 
 A change of anything in a key is another key: a miss, never a stale value. At most
 :data:`MAX_ENTRIES` entries of each kind are kept (64 front ends, 8 sets of constants), the
@@ -67,6 +73,7 @@ from ..compiler.target import Target
 
 __all__ = ["MIN_FLOATS", "MAX_ENTRIES", "Frontend", "code_fingerprint",
            "constants_cacheable", "constants_key", "frontend_cacheable", "frontend_key",
+           "weights_digest", "onnx_text",
            "entry_path", "load_constants", "store_constants", "load_frontend", "store_frontend"]
 
 #: Networks with fewer parameters (float32 values) keep no constants entry: cheap to make.
@@ -237,6 +244,16 @@ def frontend_cacheable(text: str) -> bool:
     return _IMPORT.search(text) is None
 
 
+def onnx_text(data: bytes) -> str | None:
+    """What stands for an ONNX file's bytes in its front-end key (a SHA-256 of them: its graph
+    and its weights), or None where the file is not the whole model: one whose tensors name
+    files of external data (the ``location`` every such entry holds; the word by chance in
+    the bytes only costs the entry)."""
+    if b"location" in data:
+        return None
+    return f"onnx {hashlib.sha256(data).hexdigest()}"
+
+
 def frontend_key(text: str, file: str, target: Target, opt_level: int,
                  lowering: str | Mapping[str, str], layout: str) -> str:
     """The hash of what the parsed and optimized graphs of a program depend on."""
@@ -308,8 +325,27 @@ def constants_cacheable(graph: Graph, plan: Plan, target: Target, autotune: bool
     return floats >= MIN_FLOATS and not autotune and not target.cuda and plan.memory.host
 
 
-def constants_key(graph: Graph, plan: Plan, seed: int, target: Target) -> str:
-    """The hash of everything a seeded compile's parameters and constants depend on."""
+def weights_digest(values: Mapping[str, np.ndarray]) -> str:
+    """What given parameter values are, for :func:`constants_key`: a SHA-256 of each one's
+    name, shape and float32 bytes (as they are packed; ResNet-18's 47 MB in about 0.05 s,
+    a quarter of their packing)."""
+    h = hashlib.sha256()
+    for name in sorted(values):
+        data = np.ascontiguousarray(values[name], np.float32)
+        h.update(f"\0{name}\0{data.shape}\0".encode())
+        h.update(data)
+    return f"weights {h.hexdigest()}"
+
+
+def constants_key(graph: Graph, plan: Plan, seed: int | str, target: Target,
+                  front: str | None = None) -> str:
+    """The hash of everything a compile's parameters and constants depend on. ``seed``: the
+    seed of the initial values, or the :func:`weights_digest` of given ones. ``front``: the
+    front-end key the graphs were parsed and optimized under (the program's text and every
+    option the passes see, in full): the graphs are then not hashed again (ResNet-50's
+    0.03 s)."""
+    if front is not None:
+        return _hash(CONSTANTS, repr(seed), repr(target), FRONTEND, front)
     return _hash(CONSTANTS, repr(seed), repr(target), _graph_text(graph),
                  _graph_text(plan.graph))
 

@@ -320,7 +320,17 @@ class CompiledModel:
             (n,) + fast.out_shape))
 
     def warm_up(self) -> None:
-        """Run once at batch 1 on zeros, so every kernel is compiled (or loaded)."""
+        """Get every kernel compiled (or loaded) for calls at batch 1. On the host, where
+        batch 1's calls are one range of task functions: bind its arena (which compiles or
+        loads each of them) and start the task loop on no call (which loads it), without
+        computing the network on zeros (ResNet-50: 0.1 s of CPU of a cached compile's 1.0);
+        otherwise (a host step between kernels, a device's modules) run once on zeros."""
+        if self.executor.memory.host:
+            arena = self.executor.arena(1)
+            if arena.whole is not None:
+                arena.program.run(0, 0)
+                self._remember_arena(1)
+                return
         self.run({name: np.zeros((1,) + self.graph.node(nid).type.shape, np.float32)
                   for name, nid in self.graph.inputs.items()})
 
@@ -423,28 +433,61 @@ class _Front:
     """Where a program's front-end cache entry is (``path``, ``key``) and what it holds
     (``entry``: None on a miss)."""
 
-    def __init__(self, path: Path, key: str, entry: compile_cache.Frontend | None) -> None:
+    def __init__(self, path: Path, key: str, entry: compile_cache.Frontend | None,
+                 onnx: str | None = None) -> None:
         self.path, self.key, self.entry = path, key, entry
+        #: an ONNX file's path and the text that stands for it (its weights are its own)
+        self.onnx = onnx
+        self.onnx_text: str | None = None
 
 
 def _cached_front(src: Any, cpu: Target, *, opt_level: int, lowering: str | Mapping[str, str],
                   layout: str, cache_dir: str | Path | None) -> _Front | None:
-    """The front-end cache entry of a program given as a zoo name, a .cnn path or DSL text
-    (None for a Graph, an ONNX file or a program that imports files: no entry is kept)."""
+    """The front-end cache entry of a program given as a zoo name, a .cnn path, DSL text or
+    an ONNX file (None for a Graph, or a program that imports files or external data: no
+    entry is kept)."""
     if isinstance(src, Graph):
         return None
     text = str(src)
+    onnx = None
     if "\n" not in text and text.lower().endswith(".onnx"):
-        return None
-    try:
-        text, file = read_source(src)
-    except DslError:
-        return None  # reported by the parse, as without the cache
-    if not compile_cache.frontend_cacheable(text):
-        return None
+        try:
+            found = compile_cache.onnx_text(Path(text).read_bytes())
+        except OSError:
+            return None  # reported by the import, as without the cache
+        if found is None:
+            return None
+        # the file by its absolute path: its weights may be read later, from another folder
+        onnx = file = str(Path(text).resolve())
+        text = found
+    else:
+        try:
+            text, file = read_source(src)
+        except DslError:
+            return None  # reported by the parse, as without the cache
+        if not compile_cache.frontend_cacheable(text):
+            return None
     key = compile_cache.frontend_key(text, file, cpu, opt_level, lowering, layout)
     path = compile_cache.entry_path(compile_cache.FRONTEND, key, cache_dir)
-    return _Front(path, key, compile_cache.load_frontend(path, key))
+    front = _Front(path, key, compile_cache.load_frontend(path, key), onnx)
+    if onnx is not None:
+        front.onnx_text = text
+    return front
+
+
+def _onnx_weights(path: str, text: str) -> dict[str, np.ndarray]:
+    """The weights of the ONNX file at ``path``, which its front-end entry was keyed under
+    ``text`` (:func:`compile_cache.onnx_text`): refused if it has changed since."""
+    from .onnx import import_onnx  # imported only when needed (onnx's import: 0.3 s and more)
+
+    try:
+        same = compile_cache.onnx_text(Path(path).read_bytes()) == text
+    except OSError:
+        same = False
+    if not same:
+        raise ModelError(f"{path} has changed since this model was compiled from it; compile "
+                         "it again to read its weights")
+    return import_onnx(path)[1]
 
 
 def _lower(graph: Graph, cpu: Target, *, lowering: str | Mapping[str, str],
@@ -527,9 +570,11 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
     ``cuda-emu``: the model's CUDA module run on the CPU by the emulation (slow: for checking
     the CUDA kernels); ``cuda``: an NVIDIA GPU through CuPy (without one, refused with what was
     looked for and found; ``cuda_sources`` prints the module without a GPU).
-    ``weights``: None (deterministic initialization from ``seed``), a dict by parameter name,
-    or an .npz path. ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2
-    (everything; ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
+    ``weights``: None (deterministic initialization from ``seed``; an ONNX file's own), a
+    dict by parameter name, or an .npz path (for a network of a million parameters or more,
+    the packed constants of each are kept in the compile cache: ``runtime/compile_cache.py``).
+    ``opt_level``: 0 (no optimizing pass), 1 (folding and fusion) or 2 (everything;
+    ``compiler/passes/pipelines.py``). ``lowering``: ``auto`` (the pipeline
     chooses), ``direct`` or ``im2col`` for every convolution, or a dict from layer name to one
     of those. ``layout``: ``auto`` (activations stay channel-blocked where the rules allow, at
     -O2, in blocks of 8 or 16 channels as a cost model picks per region), ``NCHW`` (every
@@ -588,12 +633,17 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
             graph, onnx_weights = front.entry.graph, None
         else:
             graph, onnx_weights = _load_graph(source_or_graph_or_path)
+        # an ONNX file's own weights, where its front-end entry stands for them: read from the
+        # file only if the cache of packed constants lacks them or they are asked for
+        from_file = weights is None and onnx_weights is None and front is not None and \
+            front.onnx is not None
         # the seeded initial values are made after lowering, where they may come from the cache
         # of packed constants (runtime/compile_cache.py) with the kernels' constants
         # (not a network made fully convolutional: its values are the declared network's)
-        seeded = weights is None and onnx_weights is None and not fully_convolutional
+        seeded = weights is None and onnx_weights is None and not fully_convolutional and \
+            not from_file
         params: dict[str, np.ndarray] = {}
-        if seeded:
+        if seeded or from_file:
             check_parameter_memory(graph)  # refused before anything is compiled
         elif weights is None:
             params = onnx_weights if onnx_weights is not None else init_params(graph, seed)
@@ -656,8 +706,20 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
         elif helpers is not None:
             helpers.close()
         helpers = None
-        model = _model(graph, plan, records, opt_level,
-                       params if not seeded else None, seed, cpu, autotune, cache_dir)
+        front_key = None if front is None else front.key
+        if seeded:
+            model = _model(graph, plan, records, opt_level, lambda: init_params(graph, seed),
+                           seed, cpu, autotune, cache_dir, front_key)
+        elif front is not None and front.onnx is not None and weights is None:
+            # the file's own weights: keyed by its front-end key, which hashes them
+            path, text = front.onnx, front.onnx_text or ""
+            model = _model(graph, plan, records, opt_level,
+                           params if onnx_weights is not None else
+                           (lambda: _onnx_weights(path, text)),
+                           "onnx", cpu, autotune, cache_dir, front_key)
+        else:
+            model = _model(graph, plan, records, opt_level, params, None, cpu, autotune,
+                           cache_dir, front_key)
         if warming is not None:
             bar = CompileProgress(progress)
             try:
@@ -679,23 +741,28 @@ def compile(source_or_graph_or_path: Any, target: str | Target = "cpu",  # noqa:
 
 
 def _model(graph: Graph, plan: Plan, records: list[PassRecord], opt_level: int,
-           params: dict[str, np.ndarray] | None, seed: int, cpu: Target, autotune: bool,
-           cache_dir: str | Path | None) -> CompiledModel:
-    """The compiled model of ``plan`` with ``params``, or (None) with the initial values of
-    ``seed``: those and the kernels' constants read from the cache of packed constants where
-    this plan's are there, else made, packed and stored there."""
-    if params is not None:
-        return CompiledModel(graph, plan, params, passes=records, opt_level=opt_level)
+           params: dict[str, np.ndarray] | Callable[[], dict[str, np.ndarray]],
+           origin: int | str | None, cpu: Target, autotune: bool,
+           cache_dir: str | Path | None, front: str | None) -> CompiledModel:
+    """The compiled model of ``plan`` with ``params`` (or the function that makes them: the
+    seeded initial values, an ONNX file's), the kernels' constants read from the cache of
+    packed constants where this plan's are there for those values (the values then made
+    only when asked for), else packed and stored there. ``origin``: what the values are,
+    for the key (a seed, ``"onnx"`` for an ONNX file's under its front-end key; None: given
+    values, by their digest). ``front``: the front-end key the graphs came under."""
+    def values() -> dict[str, np.ndarray]:
+        return params() if callable(params) else params
+
     if not compile_cache.constants_cacheable(graph, plan, cpu, autotune):
-        return CompiledModel(graph, plan, init_params(graph, seed), passes=records,
-                             opt_level=opt_level)
-    key = compile_cache.constants_key(graph, plan, seed, cpu)
+        return CompiledModel(graph, plan, values(), passes=records, opt_level=opt_level)
+    if origin is None:
+        origin = compile_cache.weights_digest(values())
+    key = compile_cache.constants_key(graph, plan, origin, cpu, front)
     path = compile_cache.entry_path(compile_cache.CONSTANTS, key, cache_dir)
     consts = compile_cache.load_constants(path, key, plan)
-    if consts is not None:  # the parameters are made from the seed if they are asked for
-        return CompiledModel(graph, plan, lambda: init_params(graph, seed), passes=records,
-                             opt_level=opt_level, packed=consts)
-    model = CompiledModel(graph, plan, init_params(graph, seed), passes=records,
-                          opt_level=opt_level)
+    if consts is not None:
+        return CompiledModel(graph, plan, params, passes=records, opt_level=opt_level,
+                             packed=consts)
+    model = CompiledModel(graph, plan, values(), passes=records, opt_level=opt_level)
     compile_cache.store_constants(path, key, plan, model.executor.consts)
     return model

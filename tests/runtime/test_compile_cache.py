@@ -88,14 +88,82 @@ def test_another_seed_is_another_entry_with_its_own_values(root):
     assert np.array_equal(again(X), b(X))
 
 
-def test_given_weights_keep_no_constants_entry(root):
+def test_given_weights_are_an_entry_of_their_values(root, monkeypatch):
     first = compile_model("lenet5", seed=3, warm=False)
     doubled = {k: 2 * v for k, v in first.params.items()}
-    entries_before = entries(root, "constants")
+    before = entries(root, "constants")
     m = compile_model("lenet5", weights=doubled)
-    assert entries(root, "constants") == entries_before
+    assert len(entries(root, "constants")) == len(before) + 1
     ref = run_reference(m.graph, {"image": X.astype(np.float64)}, doubled)
     np.testing.assert_allclose(m(X), next(iter(ref.values())), rtol=1e-4, atol=1e-6)
+    # the same values again, as a copy or from an .npz: a hit, nothing packed
+    np.savez(root / "doubled.npz", **doubled)
+    with monkeypatch.context() as mp:
+        no_host_work(mp)
+        again = compile_model("lenet5", weights={k: v.copy() for k, v in doubled.items()})
+        from_file = compile_model("lenet5", weights=root / "doubled.npz")
+    assert np.array_equal(again(X), m(X)) and np.array_equal(from_file(X), m(X))
+    assert all(np.array_equal(again.params[k], doubled[k]) for k in doubled)
+    # one value changed: another entry, and its own numbers
+    changed = {k: v.copy() for k, v in doubled.items()}
+    name = next(iter(changed))
+    changed[name].flat[0] += 0.25
+    other = compile_model("lenet5", weights=changed)
+    assert len(entries(root, "constants")) == len(before) + 2
+    ref = run_reference(m.graph, {"image": X.astype(np.float64)}, changed)
+    np.testing.assert_allclose(other(X), next(iter(ref.values())), rtol=1e-4, atol=1e-6)
+    assert not np.array_equal(other(X), m(X))
+
+
+def test_a_weights_digest_changes_with_every_name_shape_and_value():
+    w = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float32)}
+    digest = compile_cache.weights_digest(w)
+    assert compile_cache.weights_digest({k: v.astype(np.float64) for k, v in w.items()}) == digest
+    assert compile_cache.weights_digest({"c": w["a"], "b": w["b"]}) != digest
+    assert compile_cache.weights_digest({**w, "a": w["a"].reshape(3, 2)}) != digest
+    flipped = w["a"].copy()
+    flipped.view(np.uint32).flat[5] ^= 1  # the lowest bit of one value
+    assert compile_cache.weights_digest({**w, "a": flipped}) != digest
+    assert compile_cache.weights_digest(dict(reversed(list(w.items())))) == digest
+
+
+def test_an_onnx_files_front_end_and_constants_are_keyed_by_its_bytes(root, monkeypatch):
+    pytest.importorskip("onnx")
+    from cnnc.runtime.onnx import export_onnx
+
+    declared = compile_model("lenet5", seed=3, warm=False)
+    path = root / "lenet5.onnx"
+    export_onnx(declared.graph, declared.params, path)
+    first = compile_model(str(path))
+    assert len(entries(root, "frontend")) == 2 and len(entries(root, "constants")) == 2
+    ref = run_reference(declared.graph, {"image": X.astype(np.float64)}, declared.params)
+    np.testing.assert_allclose(first(X), next(iter(ref.values())), rtol=1e-4, atol=1e-6)
+    with monkeypatch.context() as m:
+        no_host_work(m)
+        m.setattr(model_module, "_onnx_weights",
+                  lambda *a: pytest.fail("a cache hit read the ONNX file's weights"))
+        second = compile_model(str(path))
+    assert np.array_equal(second(X), first(X))
+    # its weights are read from the file when asked for
+    assert all(np.array_equal(second.params[k], first.params[k]) for k in first.params)
+    third = compile_model(str(path))
+    # other weights in the file: other bytes, another entry of each kind, their numbers
+    halved = {k: v * 0.5 for k, v in declared.params.items()}
+    export_onnx(declared.graph, halved, path)
+    with pytest.raises(model_module.ModelError, match="has changed since"):
+        _ = third.params
+    other = compile_model(str(path))
+    assert len(entries(root, "frontend")) == 3 and len(entries(root, "constants")) == 3
+    ref = run_reference(declared.graph, {"image": X.astype(np.float64)}, halved)
+    np.testing.assert_allclose(other(X), next(iter(ref.values())), rtol=1e-4, atol=1e-6)
+    # given weights take the place of the file's, keyed by their values
+    given = compile_model(str(path), weights=declared.params)
+    assert np.array_equal(given(X), first(X))
+
+
+def test_an_onnx_file_with_external_data_keeps_no_front_end_entry():
+    assert compile_cache.onnx_text(b"\x08\x07 plain model bytes") is not None
+    assert compile_cache.onnx_text(b"...\x12\x08location\x1a\x0cweights.data...") is None
 
 
 def test_a_program_that_imports_files_keeps_no_front_end_entry(root, tmp_path):
@@ -148,8 +216,20 @@ def test_every_input_of_a_constants_key_changes_it(monkeypatch):
     assert compile_cache.constants_key(m.graph, m.plan, 3, avx2) != literal
     fresh = compile_model("lenet5", seed=3, warm=False)
     key = compile_cache.constants_key(fresh.graph, fresh.plan, 3, avx2)
+    digest = compile_cache.weights_digest(fresh.params)
+    assert compile_cache.constants_key(fresh.graph, fresh.plan, digest, avx2) != key
+    # graphs that came under a front-end key: that key stands for them
+    front = compile_cache.constants_key(fresh.graph, fresh.plan, 3, avx2, "f" * 32)
+    assert len({front, key, compile_cache.constants_key(fresh.graph, fresh.plan, 3, avx2,
+                                                        "e" * 32),
+                compile_cache.constants_key(fresh.graph, fresh.plan, 4, avx2, "f" * 32),
+                compile_cache.constants_key(fresh.graph, fresh.plan, 3, TARGETS["avx512"],
+                                            "f" * 32),
+                compile_cache.constants_key(fresh.graph, fresh.plan, 3, replace(
+                    avx2, caches=replace(avx2.caches, l2=512 << 10)), "f" * 32)}) == 6
     monkeypatch.setattr(compile_cache, "code_fingerprint", lambda: "another compiler")
     assert compile_cache.constants_key(fresh.graph, fresh.plan, 3, avx2) != key
+    assert compile_cache.constants_key(fresh.graph, fresh.plan, 3, avx2, "f" * 32) != front
 
 
 def damage_flip(path):
