@@ -50,26 +50,22 @@ def paused_collection() -> Iterator[None]:
             gc.enable()
 
 
-def import_frozen(name: str) -> ModuleType:
-    """Import module ``name`` with automatic collection paused, then freeze every object
-    alive (``gc.freeze``): what an import makes (module globals, Numba's type registries)
-    lives as long as the process, and a collection that walks it finds nothing to free;
-    frozen, every later collection (the compile's own, the exit's) skips it. The price: an
-    object alive at that moment that later becomes garbage in a reference cycle is never
-    freed (one without a cycle is freed as before)."""
+def import_paused(name: str) -> ModuleType:
+    """Import module ``name`` with automatic collection paused (``paused_collection``). Not
+    frozen after (``gc.freeze``), though that would spare the compile's collections the
+    ~110,000 objects the import made: a library freezing its caller's heap would keep every
+    object alive then that later becomes garbage in a reference cycle forever. The ``cnnc``
+    command, whose process is its own, freezes (``runtime/cli.py``)."""
     if name in sys.modules:
         return sys.modules[name]
     with paused_collection():
-        module = importlib.import_module(name)
-    if gc.isenabled():
-        gc.freeze()
-    return module
+        return importlib.import_module(name)
 
 
 def __getattr__(name: str) -> Any:
     # Heavy entry points import lazily so `import cnnc` stays fast.
     if name == "compile":
-        return import_frozen(f"{__name__}.runtime.model").compile
+        return import_paused(f"{__name__}.runtime.model").compile
     if name == "reference":
         from .runtime.reference import run_reference
 

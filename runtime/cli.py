@@ -322,9 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _register_extras(next((a for a in given if not a.startswith("-")), None))
     if argv is None:
         # the process's own command (its arguments from sys.argv): what its imports made
-        # lives until it exits, so it is frozen for the collector (``cnnc.import_frozen``:
-        # the collections of the command and of the exit skip it); not when a program calls
-        # main() with arguments, whose objects that later become garbage would stay
+        # lives until it exits, so it is frozen for the collector (the collections of the
+        # command and of the exit skip it); not when a program calls main() with arguments,
+        # whose objects that later become garbage would stay
         gc.freeze()
     parser = build_parser()
     args = parser.parse_args(given)
