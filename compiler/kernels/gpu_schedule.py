@@ -291,14 +291,14 @@ def _integer(before: list[Stmt], var: str) -> bool:
         lets[-1].value.value, int)
 
 
-def _read_first(s: Stmt) -> set[str]:
-    """The locals statement ``s`` may read before it assigns them (all it reads, but for a
-    loop's or branch's body the locals assigned earlier in it)."""
-    reads: set[str] = set()
+def _scoped_reads(stmts: list[Stmt], names: Callable[[Stmt], set[str]]) -> set[str]:
+    """The locals that a statement of ``stmts``, or of the bodies within them, names
+    (``names(s)``) where no earlier statement of its scope has assigned them."""
+    found: set[str] = set()
 
-    def visit(stmts: list[Stmt], defined: set[str]) -> None:
-        for t in stmts:
-            reads.update(_own_names(t) - defined)
+    def visit(body: list[Stmt], defined: set[str]) -> None:
+        for t in body:
+            found.update(names(t) - defined)
             if isinstance(t, Let):
                 defined.add(t.var)
             elif isinstance(t, Loop):
@@ -307,8 +307,14 @@ def _read_first(s: Stmt) -> set[str]:
                 visit(t.body, set(defined))
                 visit(t.orelse, set(defined))
 
-    visit([s], set())
-    return reads
+    visit(stmts, set())
+    return found
+
+
+def _read_first(s: Stmt) -> set[str]:
+    """The locals statement ``s`` may read before it assigns them (all it reads, but for a
+    loop's or branch's body the locals assigned earlier in it)."""
+    return _scoped_reads([s], _own_names)
 
 
 def _strided(loop: Loop, th: Var, it: str, at: str, env: Mapping[str, int]) -> Loop:
@@ -451,24 +457,12 @@ def independent(loop: Loop, env: Mapping[str, int]) -> bool:
 
 
 def _carried(loop: Loop) -> set[str]:
-    """The locals an iteration of ``loop`` may read before it assigns them, and assigns."""
-    assigned = _assigned(loop.body)
-    carried: set[str] = set()
-
-    def visit(stmts: list[Stmt], defined: set[str]) -> None:
-        for s in stmts:
-            carried.update((_own_names(s) - ({s.var} if isinstance(s, Let) and not _uses(
-                s.value, s.var) else set())) & assigned - defined)
-            if isinstance(s, Let):
-                defined.add(s.var)
-            elif isinstance(s, Loop):
-                visit(s.body, defined | {s.var})
-            elif isinstance(s, If):
-                visit(s.body, set(defined))
-                visit(s.orelse, set(defined))
-
-    visit(loop.body, set())
-    return carried
+    """The locals an iteration of ``loop`` may read before it assigns them, and assigns (a
+    ``Let`` of a local from a value that does not read it reads nothing of it)."""
+    def names(s: Stmt) -> set[str]:
+        own = _own_names(s)
+        return own - {s.var} if isinstance(s, Let) and not _uses(s.value, s.var) else own
+    return _scoped_reads(loop.body, names) & _assigned(loop.body)
 
 
 def _coefficient(e: Expr, var: str, defs: Mapping[str, Expr],
