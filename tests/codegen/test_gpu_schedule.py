@@ -56,21 +56,12 @@ from cnnc.compiler.kernels.pool import global_pool_kernel, pool_grad_kernel, poo
 from cnnc.compiler.kernels.rearrange import channel_gather_kernel
 from cnnc.compiler.lower.driver import resolve
 
+from .test_cuda_gpu_kernels import without_barriers
+
 pytestmark = pytest.mark.skipif(compiler_path() is None,
                                 reason="no C++ compiler (g++/clang++) for the CUDA emulation")
 MEMORY = EmulatedMemory()
 _MODULES: dict[str, EmulatedModule] = {}
-
-
-def without_barriers(stmts: list) -> list:
-    out = []
-    for s in stmts:
-        if isinstance(s, Barrier):
-            continue
-        if isinstance(s, Loop):
-            s = replace(s, body=without_barriers(s.body))
-        out.append(s)
-    return out
 
 
 def emulated(kernel: Kernel) -> EmulatedModule:
