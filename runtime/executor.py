@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compiler.backends import Memory
 from ..compiler.backends.numba.tasks import TaskKernel, TaskProgram
 from ..compiler.ir import Graph
 from ..compiler.ops import count_macs, evaluate, get_op
@@ -231,8 +232,7 @@ class Arena:
         where every call is a launch (``replayable``: a host step runs Python between
         them)."""
         if not self.warm or not self.replayable:
-            self.call(self.items, {k: v if self.memory.owns(v) else self.memory.upload(v)
-                                   for k, v in inputs.items()})
+            self.call(self.items, in_memory(self.memory, inputs))
             self.warm = True
             return
         memory = self.memory
@@ -535,11 +535,8 @@ class Executor:
         return arena
 
     def uploaded(self, inputs: Mapping[int, np.ndarray]) -> Mapping[int, Any]:
-        """The caller's flat input arrays in the plan's memory (an array already there, a
-        caller's CuPy array, is read where it lies)."""
-        if self.memory.host:
-            return inputs
-        return {k: v if self.memory.owns(v) else self.memory.upload(v) for k, v in inputs.items()}
+        """The caller's flat input arrays in the plan's memory (:func:`in_memory`)."""
+        return in_memory(self.memory, inputs)
 
     def run(self, inputs: Mapping[int, np.ndarray], n: int) -> Arena:
         """Run every step on flat float32 inputs by graph-input node id; the outputs are in
@@ -619,6 +616,14 @@ class Executor:
         if buf is None:
             return inputs[self.plan.buffers.root(node)]
         return self.memory.download(buf)
+
+
+def in_memory(memory: Memory, inputs: Mapping[int, Any]) -> Mapping[int, Any]:
+    """The caller's flat input arrays in ``memory`` (an array already there, a caller's CuPy
+    array, is read where it lies; in the host's, every NumPy array is)."""
+    if memory.host:
+        return inputs
+    return {k: v if memory.owns(v) else memory.upload(v) for k, v in inputs.items()}
 
 
 def flat_input(a: Any) -> Any:

@@ -179,20 +179,37 @@ def _and(*conds) -> BinOp:
     return out
 
 
+def _input_row(p: Expr, r: Expr) -> Expr:
+    """The input row that output row ``p`` reads at kernel row ``r``."""
+    return p * Var("sh") - Var("ph") + r * Var("dh")
+
+
+def _input_col(q: Expr, s: Expr) -> Expr:
+    """The input column that output column ``q`` reads at kernel column ``s``."""
+    return q * Var("sw") - Var("pw") + s * Var("dw")
+
+
+def _input_value(image: Expr, c: Expr, ih: Expr, iw: Expr, valid: Expr | None = None) -> Expr:
+    """``x[image, g C/G + c, ih, iw]`` of NCHW ``x`` (group ``g``), zero in the padding or
+    where not ``valid``."""
+    H, W = Var("H"), Var("W")
+    inside = _and(*([valid] if valid is not None else []),
+                  cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
+    at = ((image * Var("C") + Var("g") * Var("cg") + c) * H + ih) * W + iw
+    return Select(inside, Load("x", at), Const(0.0))
+
+
 def _window_element(tag: str, image: Expr, k: Expr, pixel: Expr,
                     valid: Expr) -> tuple[list[Stmt], Expr]:
     """Element ``(k, pixel)`` of image ``image``'s im2col matrix ``B`` of group ``g`` (the
     module docstring; ``k = (c, r, s)``, ``pixel = (p, q)``): the locals it needs (suffixed
     ``tag``) and its value, zero in the padding or where not ``valid``."""
-    C, H, W, Q, R, S, sh, sw, ph, pw, dh, dw = (Var(v) for v in (
-        "C", "H", "W", "Q", "R", "S", "sh", "sw", "ph", "pw", "dh", "dw"))
+    Q, R, S = Var("Q"), Var("R"), Var("S")
     c, rs, ih, iw = (Var(f"{v}{tag}") for v in ("c", "rs", "ih", "iw"))
     lets: list[Stmt] = [Let(c.name, k // (R * S)), Let(rs.name, k % (R * S)),
-                        Let(ih.name, (pixel // Q) * sh - ph + (rs // S) * dh),
-                        Let(iw.name, (pixel % Q) * sw - pw + (rs % S) * dw)]
-    inside = _and(valid, cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
-    at = ((image * C + Var("g") * Var("cg") + c) * H + ih) * W + iw
-    return lets, Select(inside, Load("x", at), Const(0.0))
+                        Let(ih.name, _input_row(pixel // Q, rs // S)),
+                        Let(iw.name, _input_col(pixel % Q, rs % S))]
+    return lets, _input_value(image, c, ih, iw, valid)
 
 
 def _block_gemm(origin: list[Stmt], slices: Loop, stores: list[Stmt],
@@ -300,17 +317,13 @@ def gpu_direct_conv_kernel(name: str = "conv_gpu_direct", comment: str = "") -> 
     fastest: neighbouring threads read neighbouring input columns and write neighbouring
     outputs) summing its group's ``C/G x R x S`` products in order; no shared memory, nothing
     padded (the module docstring)."""
-    C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _, n_batch = \
-        (Var(v) for v in IMPLICIT_GEMM_INTS)
+    C, _, _, K, P, Q, R, S, *_, G, _, n_batch = (Var(v) for v in IMPLICIT_GEMM_INTS)
     i, c, r, s_ = Var("i"), Var("c"), Var("r"), Var("s")
-    ih, iw = Var("ih"), Var("iw")
-    inside = _and(cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
-    x_at = ((Var("n") * C + Var("g") * Var("cg") + c) * H + ih) * W + iw
     w_at = ((Var("k") * Var("cg") + c) * R + r) * S + s_
     taps = Loop("c", Var("cg"), [Loop("r", R, [
-        Let("ih", Var("p") * sh - ph + r * dh),
-        Loop("s", S, [Let("iw", Var("q") * sw - pw + s_ * dw),
-                      Let("acc", Var("acc") + Select(inside, Load("x", x_at), Const(0.0))
+        Let("ih", _input_row(Var("p"), r)),
+        Loop("s", S, [Let("iw", _input_col(Var("q"), s_)),
+                      Let("acc", Var("acc") + _input_value(Var("n"), c, Var("ih"), Var("iw"))
                           * Load("w", w_at))])])])
     body: list[Stmt] = [
         Let("q", i % Q), Let("p", (i // Q) % P), Let("k", (i // (P * Q)) % K),
@@ -327,17 +340,14 @@ def gpu_direct_weight_grad_kernel(name: str = "conv_weight_grad_gpu_direct",
     :func:`implicit_gemm_weight_grad_kernel` (``splits`` 1): a row per weight ``(k, c, r,
     s)``, its sum of ``dy[n, k, p, q] x[n, g C/G + c, p sh - ph + r dh, q sw - pw + s dw]``
     over the images and output pixels in order, in float32 as the GEMM's; nothing padded."""
-    C, H, W, K, P, Q, R, S, sh, sw, ph, pw, dh, dw, G, _, n_batch = \
-        (Var(v) for v in IMPLICIT_WEIGHT_GRAD_INTS)
+    C, _, _, K, P, Q, R, S, *_, G, _, n_batch = (Var(v) for v in IMPLICIT_WEIGHT_GRAD_INTS)
     i, u, pq = Var("i"), Var("u"), Var("pq")
-    ih, iw = Var("ih"), Var("iw")
-    inside = _and(cmp(">=", ih, 0), cmp("<", ih, H), cmp(">=", iw, 0), cmp("<", iw, W))
-    x_at = ((Var("n") * C + Var("g") * Var("cg") + Var("c")) * H + ih) * W + iw
     dy_at = (Var("n") * K + Var("k")) * pq + u % pq
     terms = Loop("u", n_batch * pq, [
-        Let("n", u // pq), Let("ih", ((u // Q) % P) * sh - ph + Var("r") * dh),
-        Let("iw", (u % Q) * sw - pw + Var("s") * dw),
-        Let("acc", Var("acc") + Select(inside, Load("x", x_at), Const(0.0)) * Load("dy", dy_at))])
+        Let("n", u // pq), Let("ih", _input_row((u // Q) % P, Var("r"))),
+        Let("iw", _input_col(u % Q, Var("s"))),
+        Let("acc", Var("acc") + _input_value(Var("n"), Var("c"), Var("ih"), Var("iw"))
+            * Load("dy", dy_at))])
     body: list[Stmt] = [
         Let("s", i % S), Let("r", (i // S) % R), Let("c", (i // (R * S)) % Var("cg")),
         Let("k", i // (Var("cg") * R * S)), Let("g", Var("k") // Var("kg")),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from cnnc.compiler.backends.cuda.emulate import ORDERS, EmulatedModule, compiler_path
@@ -122,12 +122,30 @@ def test_elementwise_chains_run_a_thread_per_element(shape, broadcast):
     sz = Sizes()
     kernel = elementwise_kernel("ew", "add", (c, h, w), [(c, h, w), x1.shape[1:]], relu(),
                                 sz=sz)
-    if schedule_of(kernel) == "element":  # a single value per image: no row to split
-        return
+    assume(schedule_of(kernel) != "element")  # a single value per image: no row to split
     gpu = scheduled(kernel, sz, "element")
     assert launch_shape(gpu, {**sz.values, "n_batch": n})[0] == -(-x0.size // 128)
     got = run(gpu, x0.size, x0=x0, x1=x1, n_batch=n, **sz.values)["shuffled"]
     close(got, np.maximum(x0 + x1, 0).ravel())
+
+
+def pool_window(shape, k: int, stride: int, pad: int):
+    """``(pad, p, q, attrs)`` of a ``k`` x ``k`` pooling of ``stride`` over ``shape``, its
+    padding at most half the window; a draw where no window fits is rejected."""
+    _, _, h, w = shape
+    pad = min(pad, k // 2)
+    assume(h + 2 * pad >= k and w + 2 * pad >= k)
+    p, q = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    attrs = {"kernel": (k, k), "stride": (stride, stride), "pads": (pad,) * 4,
+             "dilation": (1, 1), "count_include_pad": True}
+    return pad, p, q, attrs
+
+
+def torch_pool(xt, op: str, k: int, stride: int, pad: int):
+    """PyTorch's max or average pooling (padding counted), the independent reference."""
+    if op == "maxpool":
+        return torch.nn.functional.max_pool2d(xt, k, stride, pad)
+    return torch.nn.functional.avg_pool2d(xt, k, stride, pad, count_include_pad=True)
 
 
 @settings(max_examples=10, deadline=None)
@@ -135,20 +153,12 @@ def test_elementwise_chains_run_a_thread_per_element(shape, broadcast):
        st.integers(0, 1))
 def test_window_pooling_runs_a_thread_per_output(shape, op, k, stride, pad):
     n, c, h, w = shape
-    pad = min(pad, k // 2)
-    if h + 2 * pad < k or w + 2 * pad < k:
-        return
-    p, q = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    attrs = {"kernel": (k, k), "stride": (stride, stride), "pads": (pad,) * 4,
-             "dilation": (1, 1), "count_include_pad": True}
+    pad, p, q, attrs = pool_window(shape, k, stride, pad)
     sz = Sizes()
     gpu = scheduled(pool_kernel("pool", op, (c, h, w), (p, q), attrs, sz=sz), sz, "element")
     x = np.random.default_rng(n * h + w).standard_normal(shape)
     got = run(gpu, n * c * p * q, x0=x, n_batch=n, **sz.values)["reversed"]
-    xt = torch.from_numpy(x)
-    want = torch.nn.functional.max_pool2d(xt, k, stride, pad) if op == "maxpool" else \
-        torch.nn.functional.avg_pool2d(xt, k, stride, pad, count_include_pad=True)
-    close(got, want.numpy().ravel())
+    close(got, torch_pool(torch.from_numpy(x), op, k, stride, pad).numpy().ravel())
 
 
 @settings(max_examples=10, deadline=None)
@@ -252,8 +262,7 @@ def test_scatters_and_carried_locals_keep_the_cpus_schedule():
 def test_padding_runs_a_thread_per_output_value(shape, mode, pads):
     n, c, h, w = shape
     t, left, b, r = pads
-    if mode == "reflect" and max(t, b) >= h or mode == "reflect" and max(left, r) >= w:
-        return
+    assume(mode != "reflect" or (max(t, b) < h and max(left, r) < w))
     sz = Sizes()
     kernel = pad_kernel("pad", (c, h, w), pads, 1.5, mode=mode, sz=sz, gpu=True)
     gpu = scheduled(kernel, sz, "element")
@@ -272,8 +281,7 @@ def test_zero_stuffing_runs_a_thread_per_output_value(shape, sh, sw, before, aft
     ``before`` zeros in front (negative: cropped) and ``after`` behind."""
     n, c, h, w = shape
     oh, ow = before + (h - 1) * sh + 1 + after, before + (w - 1) * sw + 1 + after
-    if min(oh, ow) < 1:
-        return
+    assume(min(oh, ow) >= 1)
     sz = Sizes()
     kernel = zero_stuff_kernel("stuff", (c, h, w), (sh, sw), (before, before), (oh, ow), sz=sz,
                                gpu=True)
@@ -361,12 +369,7 @@ def test_pooling_gradients_gather_a_thread_per_input_cell(shape, op, k, stride, 
     """Each input cell sums the shares of the windows covering it (overlapping windows,
     windows that skip cells, padding): what the CPU's windows scatter, without races."""
     n, c, h, w = shape
-    pad = min(pad, k // 2)
-    if h + 2 * pad < k or w + 2 * pad < k:
-        return
-    p, q = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    attrs = {"kernel": (k, k), "stride": (stride, stride), "pads": (pad,) * 4,
-             "dilation": (1, 1), "count_include_pad": True}
+    pad, p, q, attrs = pool_window(shape, k, stride, pad)
     sz = Sizes()
     kernel = pool_grad_kernel("pool_grad", op, (c, h, w), (p, q), attrs, sz=sz,
                               thread_scratch=False, gpu=True)
@@ -375,7 +378,5 @@ def test_pooling_gradients_gather_a_thread_per_input_cell(shape, op, k, stride, 
     x, dy = rng.standard_normal(shape), rng.standard_normal((n, c, p, q))
     got = run(gpu, x.size, x0=x, x1=dy, n_batch=n, **sz.values)["forward"]
     xt = torch.from_numpy(x).requires_grad_()
-    out = torch.nn.functional.max_pool2d(xt, k, stride, pad) if op == "maxpool" else \
-        torch.nn.functional.avg_pool2d(xt, k, stride, pad, count_include_pad=True)
-    out.backward(torch.from_numpy(dy))
+    torch_pool(xt, op, k, stride, pad).backward(torch.from_numpy(dy))
     close(got, xt.grad.numpy().ravel())
